@@ -1,0 +1,43 @@
+# nanostream: every target works from any directory (make -C path/to/nanostream TARGET)
+# and is safe to run twice.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# CPU torch by default (from PyPI / the local wheel). GPU=1 installs the CUDA build from TORCH_INDEX.
+GPU ?= 0
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cu130
+STAMP := $(VENV)/.nanostream-setup-$(GPU)
+
+.PHONY: setup test lint bench train-cpu train-gpu clean help
+
+help:
+	@echo "targets: setup test lint bench train-cpu train-gpu clean (see README.md)"
+
+setup: $(STAMP)
+
+$(STAMP): $(ROOT)/pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(GPU),1)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)
+else
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+endif
+	$(PY) -m pip install -q -e "$(ROOT)[dev]"
+	@rm -f $(VENV)/.nanostream-setup-*
+	@touch $@
+	@echo "setup done: $(VENV)"
+
+test: setup
+	cd $(ROOT) && $(PY) -m pytest -q
+
+lint: setup
+	cd $(ROOT) && $(VENV)/bin/ruff check src tests bench examples
+
+bench: setup
+	cd $(ROOT) && $(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) $(ROOT)/.pytest_cache $(ROOT)/.ruff_cache $(ROOT)/src/*.egg-info

@@ -1,0 +1,110 @@
+"""The ``nanostream`` command line: argparse, one subcommand per library entry point.
+
+Every subcommand turns a ``NanostreamError`` into one clear line on stderr (no
+traceback) and an exit code: 0 ok, 1 work failed, 2 bad input, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import DATASETS, DEFAULT_DATASET, LOOPS, Config
+from .errors import ConfigError, NanostreamError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 with usage; keep it to one line + hint
+        self.exit(EXIT_USAGE, f"nanostream: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _fmt():
+    return argparse.ArgumentDefaultsHelpFormatter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nanostream", description="Async data path for small-LLM pretraining shards.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    f = sub.add_parser("fetch", help="download parquet shards", formatter_class=_fmt())
+    f.add_argument("-n", "--num-shards", type=int, default=8, help="train shards 0..N-1 to fetch; -1 = all")
+    f.add_argument("--workers", type=int, default=8, help="concurrent connections")
+    f.add_argument("--dataset", default=DEFAULT_DATASET, help=f"one of: {', '.join(sorted(DATASETS))}")
+    f.add_argument("--base-url", default=None, help="shard URL prefix (default: the dataset's Hub URL)")
+    f.add_argument("--max-shard", type=int, default=None, help="index of the validation (last) shard "
+                   "(default: the dataset's, or the folder's record)")
+    f.add_argument("--data-dir", type=Path, default=None, help="where shards go (default: $NANOSTREAM_BASE_DIR/data/DATASET)")
+    f.add_argument("--verify", action="store_true", help="re-check shards already present against the server's sha256")
+    f.add_argument("--quiet", action="store_true", help="no progress output, only errors and the summary")
+    f.add_argument("--retries", type=int, default=8, help="attempts per shard before giving up")
+    f.add_argument("--loop", choices=LOOPS, default=None, help="event loop (default: $NANOSTREAM_LOOP or asyncio)")
+
+    s = sub.add_parser("serve", help="serve a folder of shards over HTTP (offline mirror)", formatter_class=_fmt())
+    s.add_argument("dir", type=Path, help="folder whose shard files to serve")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind")
+    s.add_argument("--port", type=int, default=8000, help="port to bind (0 = any free port)")
+
+    sm = sub.add_parser("sample", help="write the embedded offline sample corpus", formatter_class=_fmt())
+    sm.add_argument("dir", type=Path, help="folder to write shards into")
+    sm.add_argument("--shards", type=int, default=4, help="number of shards, the last one is validation")
+
+    t = sub.add_parser("tokenizer", help="BPE tokenizer tools", formatter_class=_fmt())
+    tsub = t.add_subparsers(dest="tok_command", required=True, parser_class=_Parser)
+    tt = tsub.add_parser("train", help="train a BPE tokenizer on train shards", formatter_class=_fmt())
+    tt.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size incl. special tokens")
+    tt.add_argument("--max-chars", type=int, default=20_000_000, help="characters of text to train on")
+    tt.add_argument("--data-dir", type=Path, default=None, help="shard folder (default: $NANOSTREAM_BASE_DIR/data/fineweb-edu-100b)")
+    tt.add_argument("--out", type=Path, default=None, help="output folder (default: $NANOSTREAM_BASE_DIR/tokenizer)")
+    return p
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "fetch":
+        from .fetch_cli import run_fetch
+
+        return run_fetch(args, cfg)
+    if args.command == "serve":
+        from .serve import run_server
+
+        return run_server(args.dir, host=args.host, port=args.port)
+    if args.command == "sample":
+        from .sample import write_sample
+
+        if args.shards < 2:
+            raise ConfigError(f"--shards must be >= 2 (one train, one validation), got {args.shards}")
+        paths = write_sample(args.dir, shards=args.shards)
+        print(f"wrote {len(paths)} sample shards to {args.dir} (validation: {paths[-1].name})")
+        return EXIT_OK
+    if args.command == "tokenizer":
+        from .tokenizer import train_tokenizer_cli
+
+        return train_tokenizer_cli(args, cfg)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        cfg = Config.from_env()
+        return _run(args, cfg)
+    except ConfigError as exc:
+        print(f"nanostream: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NanostreamError as exc:
+        print(f"nanostream: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("nanostream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

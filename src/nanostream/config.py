@@ -1,0 +1,91 @@
+"""Configuration: the built-in datasets and the one frozen ``Config`` read from env.
+
+Environment variables are read here and nowhere else (``Config.from_env``); the
+resulting object is passed explicitly to whatever needs it.
+
+| env var               | default                 | meaning                                        |
+|-----------------------|-------------------------|------------------------------------------------|
+| NANOSTREAM_BASE_DIR   | ~/.cache/nanostream     | root of data folders and tokenizers            |
+| HF_TOKEN              | unset                   | bearer token sent to the Hub, never printed    |
+| HF_ENDPOINT           | https://huggingface.co  | replaces the Hub's address                     |
+| NANOSTREAM_LOOP       | asyncio                 | event loop for fetch: ``asyncio`` or ``uvloop``|
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+LOOPS = ("asyncio", "uvloop")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A built-in dataset: a Hub repo of ``shard_XXXXX.parquet`` files, the last one validation."""
+
+    name: str
+    repo: str
+    max_shard: int
+    text_column: str = "text"
+
+    def base_url(self, endpoint: str = DEFAULT_ENDPOINT) -> str:
+        return f"{endpoint.rstrip('/')}/datasets/{self.repo}/resolve/main"
+
+
+DATASETS: dict[str, Dataset] = {
+    "fineweb-edu-100b": Dataset("fineweb-edu-100b", "karpathy/fineweb-edu-100b-shuffle", 1822),
+    "climbmix-400b": Dataset("climbmix-400b", "karpathy/climbmix-400b-shuffle", 6542),
+}
+DEFAULT_DATASET = "fineweb-edu-100b"
+
+
+def get_dataset(name: str) -> Dataset:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        known = ", ".join(sorted(DATASETS))
+        raise ConfigError(f"unknown dataset {name!r}: choose one of {known}") from None
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` without a trailing slash, or raise ConfigError if it is not http(s)."""
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise ConfigError(f"base URL {url!r} is not an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings from the environment. Build with ``Config.from_env()``."""
+
+    base_dir: Path = field(default_factory=lambda: Path("~/.cache/nanostream").expanduser())
+    hf_endpoint: str = DEFAULT_ENDPOINT
+    hf_token: str | None = field(default=None, repr=False)
+    loop: str = "asyncio"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        base = env.get("NANOSTREAM_BASE_DIR") or "~/.cache/nanostream"
+        endpoint = check_url(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
+        loop = env.get("NANOSTREAM_LOOP") or "asyncio"
+        if loop not in LOOPS:
+            raise ConfigError(f"NANOSTREAM_LOOP={loop!r}: choose asyncio or uvloop")
+        return cls(
+            base_dir=Path(base).expanduser(),
+            hf_endpoint=endpoint,
+            hf_token=env.get("HF_TOKEN") or None,
+            loop=loop,
+        )
+
+    def data_dir(self, dataset: str = DEFAULT_DATASET) -> Path:
+        """Default folder for a dataset's shards: ``BASE_DIR/data/NAME``."""
+        return self.base_dir / "data" / dataset
+
+    def tokenizer_dir(self) -> Path:
+        return self.base_dir / "tokenizer"

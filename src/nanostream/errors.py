@@ -1,0 +1,82 @@
+"""Every exception nanostream raises, in one hierarchy.
+
+Library errors (aiohttp's, pyarrow's, OS errors) are translated into these at
+one boundary per module with ``raise ... from exc``, so callers catch one root
+and still see the cause. Messages name the shard, URL or path and say what to
+do next.
+
+    NanostreamError
+    ├── ConfigError              bad input: flag, env var, dataset name, folder (CLI exit 2)
+    ├── FetchError               a shard could not be downloaded
+    │   ├── HTTPStatusError      the server refused (401/403/404, ...): not retried
+    │   ├── RetriesExhausted     transient failures (5xx, 429, drops, stalls) outlasted the retries
+    │   └── VerificationError    bytes on disk do not match size / sha256 / parquet magic
+    ├── ShardError               a shard on disk cannot be used
+    │   ├── MissingShardError    a shard or data folder that should exist does not
+    │   └── CorruptShardError    pyarrow cannot read the file (truncated, not parquet, bad column)
+    ├── TokenizerError           a tokenizer file is missing, corrupt, or cannot be trained
+    └── LoaderError              bad TokenDataset arguments or an incompatible resume state
+"""
+
+from __future__ import annotations
+
+
+class NanostreamError(Exception):
+    """Root of every error nanostream raises on purpose."""
+
+
+class ConfigError(NanostreamError, ValueError):
+    """Invalid user input: a flag, an env var, a dataset name, an unusable folder."""
+
+
+class FetchError(NanostreamError):
+    """A shard could not be downloaded. ``shard`` and ``url`` say which."""
+
+    def __init__(self, message: str, *, shard: str | None = None, url: str | None = None):
+        super().__init__(message)
+        self.shard = shard
+        self.url = url
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with a status that retrying will not fix."""
+
+    def __init__(self, message: str, *, status: int, shard: str | None = None, url: str | None = None):
+        super().__init__(message, shard=shard, url=url)
+        self.status = status
+
+
+class RetriesExhausted(FetchError):
+    """Transient failures kept happening until the attempts ran out."""
+
+    def __init__(self, message: str, *, attempts: int, shard: str | None = None, url: str | None = None):
+        super().__init__(message, shard=shard, url=url)
+        self.attempts = attempts
+
+
+class VerificationError(FetchError):
+    """Downloaded bytes failed a check (length, sha256, parquet magic)."""
+
+
+class ShardError(NanostreamError):
+    """A shard file on disk cannot be used. ``path`` says which."""
+
+    def __init__(self, message: str, *, path: object = None):
+        super().__init__(message)
+        self.path = path
+
+
+class MissingShardError(ShardError, FileNotFoundError):
+    """A shard file or data folder that should exist does not."""
+
+
+class CorruptShardError(ShardError):
+    """pyarrow could not read a shard (truncated, not parquet, missing text column)."""
+
+
+class TokenizerError(NanostreamError):
+    """A tokenizer could not be trained, saved or loaded."""
+
+
+class LoaderError(NanostreamError, ValueError):
+    """TokenDataset was given bad arguments or a resume state it cannot use."""

@@ -1,0 +1,151 @@
+"""Shard names, the data folder's layout and record, the train/val split, and striding math.
+
+A data folder holds ``shard_XXXXX.parquet`` files directly, plus bookkeeping
+whose names all start with ``.nanostream`` (``.nanostream.json`` records which
+dataset the folder holds, so readers know the validation shard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ConfigError, MissingShardError
+
+log = logging.getLogger(__name__)
+
+SHARD_RE = re.compile(r"^shard_(\d{5,})\.parquet$")
+BOOKKEEPING_PREFIX = ".nanostream"
+RECORD_NAME = ".nanostream.json"
+
+
+def shard_name(index: int) -> str:
+    if index < 0:
+        raise ConfigError(f"shard index must be >= 0, got {index}")
+    return f"shard_{index:05d}.parquet"
+
+
+def shard_index(name: str) -> int | None:
+    """The index in a shard file name, or None if ``name`` is not a shard file."""
+    m = SHARD_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def list_shards(data_dir: Path) -> list[int]:
+    """Sorted indices of the complete shard files in ``data_dir`` (partials never match)."""
+    try:
+        names = os.listdir(data_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(i for i in map(shard_index, names) if i is not None)
+
+
+@dataclass(frozen=True)
+class FolderRecord:
+    """What a data folder holds, written by fetch and ``nanostream sample``."""
+
+    base_url: str
+    max_shard: int
+    dataset: str | None = None
+    text_column: str = "text"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_record(data_dir: Path, record: FolderRecord) -> None:
+    """Atomically write ``DIR/.nanostream.json``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".nanostream.tmp.", dir=data_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(record), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, data_dir / RECORD_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(data_dir)
+
+
+def read_record(data_dir: Path) -> FolderRecord | None:
+    path = data_dir / RECORD_NAME
+    try:
+        raw = json.loads(path.read_text())
+        return FolderRecord(**raw)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a valid nanostream record ({exc}); delete it and fetch again") from exc
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which shard indices a split reads, and where the validation shard is."""
+
+    train: tuple[int, ...]
+    val: int
+    guessed_val: bool = False  # True when no record existed and val = last file on disk
+
+
+def resolve_split(data_dir: Path, *, max_shard: int | None = None, num_shards: int | None = None) -> Split:
+    """Decide train and val shards for a folder.
+
+    Val is ``max_shard`` (given, else from the folder's record); without either it is
+    the last shard file present (``guessed_val``). Train is ``0..num_shards-1`` when
+    given (clamped below val), else every other shard present.
+    """
+    if max_shard is None:
+        record = read_record(data_dir)
+        max_shard = record.max_shard if record else None
+    present = list_shards(data_dir)
+    guessed = False
+    if max_shard is None:
+        if not present:
+            raise MissingShardError(
+                f"no shard files and no .nanostream.json in {data_dir}: run `nanostream fetch` first",
+                path=data_dir,
+            )
+        max_shard, guessed = present[-1], True
+    if num_shards is not None:
+        if num_shards < 0:
+            raise ConfigError(f"num_shards must be >= 0, got {num_shards}")
+        train = tuple(range(min(num_shards, max_shard)))
+    else:
+        train = tuple(i for i in present if i != max_shard)
+    return Split(train=train, val=max_shard, guessed_val=guessed)
+
+
+def check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
+
+
+def owns(row_group: int, rank: int, world_size: int) -> bool:
+    """Row group ``i`` of every shard belongs to rank ``i % world_size``."""
+    return row_group % world_size == rank
+
+
+def strided(n: int, rank: int, world_size: int) -> range:
+    """The row-group indices in ``range(n)`` that ``rank`` of ``world_size`` reads."""
+    check_rank(rank, world_size)
+    return range(rank, n, world_size)
+
+
+def worker_stride(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:
+    """Fold DataLoader workers into ranks: worker ``w`` of rank ``r`` is ``r*k + w`` of ``world*k``."""
+    check_rank(rank, world_size)
+    k = max(1, num_workers)
+    check_rank(worker_id, k)
+    return rank * k + worker_id, world_size * k
