@@ -1,0 +1,126 @@
+"""Partial downloads on disk: the bookkeeping that makes shards atomic, verified and resumable.
+
+For a shard ``shard_00007.parquet`` in DIR the downloader uses, all hidden:
+
+- ``.nanostream.shard_00007.parquet.part``  the bytes so far (written at their offsets)
+- ``.nanostream.shard_00007.parquet.state`` JSON: URL, size, validator, sha256 and the
+  byte ranges still missing; written atomically and never ahead of the data
+- ``.nanostream.shard_00007.parquet.lock``  an flock held by the process downloading it
+
+Only ``finalize`` creates the final name: fsync the part, check length, parquet
+magic and sha256, ``os.replace``, fsync the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(f".nanostream.{final.name}.part")
+
+
+def state_path(final: Path) -> Path:
+    return final.with_name(f".nanostream.{final.name}.state")
+
+
+def lock_path(final: Path) -> Path:
+    return final.with_name(f".nanostream.{final.name}.lock")
+
+
+@dataclass
+class PartState:
+    """What a resumed download needs: where from, what to expect, which ranges are missing."""
+
+    url: str
+    size: int
+    validator: str | None = None  # strong ETag of the body, for If-Range
+    sha256: str | None = None
+    missing: list[list[int]] = field(default_factory=list)  # [start, end) ranges still to fetch
+
+    def save(self, final: Path) -> None:
+        path = state_path(final)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, final: Path, url: str) -> PartState | None:
+        """The saved state if it matches ``url`` and a part file exists, else None (and clean up)."""
+        path, part = state_path(final), part_path(final)
+        try:
+            state = cls(**json.loads(path.read_text()))
+            ok = state.url == url and part.exists() and all(
+                0 <= s <= e <= state.size for s, e in state.missing
+            )
+        except (OSError, ValueError, TypeError):
+            ok, state = False, None
+        if not ok:
+            discard(final)
+            return None
+        return state
+
+
+def discard(final: Path) -> None:
+    """Remove a shard's part and state files (not its lock)."""
+    for p in (part_path(final), state_path(final), state_path(final).with_name(state_path(final).name + ".tmp")):
+        p.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_file(path: Path, size: int | None, sha256: str | None) -> str | None:
+    """Why ``path`` is not a good shard (length, magic, sha256), or None if it is. Blocking."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"length {actual} != expected {size}"
+    if actual < 8:
+        return f"only {actual} bytes, not a parquet file"
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        tail = f.read(4)
+    if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+        return "missing parquet magic PAR1 at start or end"
+    if sha256 is not None:
+        got = sha256_file(path)
+        if got != sha256:
+            return f"sha256 {got[:12]}... != expected {sha256[:12]}..."
+    return None
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finalize(final: Path, size: int, sha256: str | None) -> str | None:
+    """Verify the part file and atomically publish it as ``final``. Blocking.
+
+    Returns None on success, else why verification failed (the part is then discarded).
+    """
+    part = part_path(final)
+    fsync_path(part)
+    problem = check_file(part, size, sha256)
+    if problem is not None:
+        discard(final)
+        return problem
+    os.replace(part, final)
+    fsync_path(final.parent)
+    state_path(final).unlink(missing_ok=True)
+    return None
