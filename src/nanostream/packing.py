@@ -1,0 +1,238 @@
+"""BOS-aligned best-fit packing of tokenized documents into fixed-length rows (numpy only).
+
+Owns the packing buffer used by ``TokenDataset``: documents arrive a row group at a
+time as one flat token array (each document already starts with BOS) plus their
+lengths, and leave as exact copies into the rows of a batch. Nothing here imports torch.
+
+The rule is nanochat's best fit: every row starts at a document boundary; from the
+buffer, place the longest document that fits in the space left, repeat, and when
+none fits, crop the shortest document to fill the row exactly (its tail is dropped
+and counted as cropped). Ties go to the document that entered the buffer first, so
+the output is the same as the reference loop that scans a Python list, but:
+
+* documents are found through a sorted list of the distinct lengths present
+  (``bisect``) and one FIFO per length, not by scanning the buffer;
+* tokens stay in the row group's flat array and are copied once, by numpy slice,
+  into the batch (no per-document lists or tensors);
+* a batch is a transaction: ``begin()`` / ``commit()`` / ``rollback()`` undo the
+  takes and refills of a batch that could not be finished (stream ended or raised),
+  so the buffer always matches the last batch actually handed out.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right, insort
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from itertools import chain
+
+import numpy as np
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest array dtype holding every token id (uint16 up to 65536 ids, else int32)."""
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 1 << 31:
+        return np.dtype(np.int32)
+    raise ValueError(f"vocab_size {vocab_size} does not fit in int32 token ids")
+
+
+def flatten_docs(token_lists: Sequence[Sequence[int]], bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate documents into one array with BOS in front of each; return (tokens, lengths).
+
+    ``lengths[i]`` counts document i's tokens plus its BOS.
+    """
+    n = len(token_lists)
+    body_lens = np.fromiter(map(len, token_lists), dtype=np.int64, count=n)
+    lengths = body_lens + 1
+    body = np.fromiter(chain.from_iterable(token_lists), dtype=dtype, count=int(body_lens.sum()))
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(body_lens[:-1], out=starts[1:])
+    tokens = np.insert(body, starts, np.array(bos_id, dtype=dtype)) if n else body
+    return tokens, lengths
+
+
+class _Chunk:
+    """One batch of documents sharing a flat token array."""
+
+    __slots__ = ("alive", "lengths", "n_alive", "serial", "starts", "tokens")
+
+    def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        self.serial = serial
+        self.tokens = tokens
+        self.lengths = lengths
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        self.starts: list[int] = starts.tolist()
+        self.alive = np.ones(len(lengths), dtype=bool)
+        self.n_alive = len(lengths)
+
+
+@dataclass
+class PackStats:
+    """Counters since the start of the run (carried across resume)."""
+
+    docs_in: int = 0  # documents that entered the buffer
+    tokens_in: int = 0  # their tokens, BOS included
+    docs_used: int = 0  # documents placed in a row (whole or cropped)
+    docs_cropped: int = 0
+    tokens_out: int = 0  # tokens written into rows
+    tokens_cropped: int = 0  # tokens of cropped documents that were dropped
+
+    @property
+    def crop_fraction(self) -> float:
+        """Share of the tokens taken from the buffer that were cropped away."""
+        used = self.tokens_out + self.tokens_cropped
+        return self.tokens_cropped / used if used else 0.0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class BestFitPacker:
+    """A buffer of documents and the best-fit rule that fills rows from it.
+
+    ``fill_row(out, refill)`` calls ``refill()`` (which should ``add`` one chunk and return
+    True, or return False at the end of the data) whenever fewer than ``buffer_docs``
+    documents are buffered before a placement, exactly like the reference loop.
+    """
+
+    def __init__(self, buffer_docs: int) -> None:
+        if buffer_docs < 1:
+            raise ValueError(f"buffer_docs must be >= 1, got {buffer_docs}")
+        self.buffer_docs = buffer_docs
+        self.stats = PackStats()
+        self.n_docs = 0
+        self._lens: list[int] = []  # distinct lengths with a non-empty FIFO, sorted
+        self._fifo: dict[int, deque[tuple[_Chunk, int]]] = {}
+        self._chunks: dict[int, _Chunk] = {}
+        self._serial = 0
+        self._journal: list[tuple] | None = None
+        self._saved_stats: PackStats | None = None
+
+    # -- buffer ------------------------------------------------------------------------------
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order."""
+        if len(lengths) == 0:
+            return
+        chunk = _Chunk(self._serial, tokens, lengths)
+        self._serial += 1
+        self._chunks[chunk.serial] = chunk
+        fifo, lens = self._fifo, self._lens
+        for j, length in enumerate(lengths.tolist()):
+            q = fifo.get(length)
+            if q is None:
+                q = fifo[length] = deque()
+                insort(lens, length)
+            q.append((chunk, j))
+        self.n_docs += len(lengths)
+        self.stats.docs_in += len(lengths)
+        self.stats.tokens_in += len(tokens)
+        if self._journal is not None:
+            self._journal.append(("add", chunk))
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """The buffered documents in arrival order: (flat tokens, lengths). Adding them to a
+        fresh packer recreates this one's buffer exactly."""
+        toks, lens = [], []
+        for chunk in sorted(self._chunks.values(), key=lambda c: c.serial):
+            if chunk.n_alive == len(chunk.lengths):
+                toks.append(chunk.tokens)
+                lens.append(chunk.lengths)
+            else:
+                toks.append(chunk.tokens[np.repeat(chunk.alive, chunk.lengths)])
+                lens.append(chunk.lengths[chunk.alive])
+        dtype = next(iter(self._chunks.values())).tokens.dtype if self._chunks else np.dtype(np.int32)
+        if not toks:
+            return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
+        return np.concatenate(toks), np.concatenate(lens).astype(np.int64, copy=False)
+
+    # -- rows --------------------------------------------------------------------------------
+    def fill_row(self, out: np.ndarray, refill: Callable[[], bool]) -> bool:
+        """Fill ``out`` (1-D) completely; False if the data ran out first (``out`` is then partial)."""
+        cap, pos = len(out), 0
+        lens, exhausted = self._lens, False
+        while pos < cap:
+            while self.n_docs < self.buffer_docs and not exhausted:
+                exhausted = not refill()
+            if self.n_docs == 0:
+                return False
+            room = cap - pos
+            i = bisect_right(lens, room) - 1
+            crop = i < 0
+            if crop:
+                i = 0
+            length = lens[i]
+            q = self._fifo[length]
+            chunk, j = q.popleft()
+            if not q:
+                del self._fifo[length]
+                del lens[i]
+            n = room if crop else length
+            start = chunk.starts[j]
+            out[pos : pos + n] = chunk.tokens[start : start + n]
+            pos += n
+            self._take(chunk, j)
+            st = self.stats
+            st.docs_used += 1
+            st.tokens_out += n
+            if crop:
+                st.docs_cropped += 1
+                st.tokens_cropped += length - n
+            if self._journal is not None:
+                self._journal.append(("take", chunk, j, length))
+        return True
+
+    def _take(self, chunk: _Chunk, j: int) -> None:
+        chunk.alive[j] = False
+        chunk.n_alive -= 1
+        self.n_docs -= 1
+        if chunk.n_alive == 0:
+            del self._chunks[chunk.serial]
+
+    # -- batch transactions ------------------------------------------------------------------
+    def begin(self) -> None:
+        """Start recording changes so that ``rollback()`` can undo them."""
+        self._journal = []
+        self._saved_stats = PackStats(**self.stats.as_dict())
+
+    def commit(self) -> None:
+        self._journal = None
+        self._saved_stats = None
+
+    def rollback(self) -> None:
+        """Undo every take and add since ``begin()``, newest first."""
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        for entry in reversed(journal):
+            if entry[0] == "take":
+                _, chunk, j, length = entry
+                if chunk.n_alive == 0:
+                    self._chunks[chunk.serial] = chunk
+                chunk.alive[j] = True
+                chunk.n_alive += 1
+                self.n_docs += 1
+                self._push_front(length, chunk, j)
+            else:
+                chunk = entry[1]
+                for length in reversed(chunk.lengths.tolist()):
+                    q = self._fifo[length]
+                    q.pop()
+                    if not q:
+                        del self._fifo[length]
+                        self._lens.remove(length)
+                self.n_docs -= len(chunk.lengths)
+                del self._chunks[chunk.serial]
+                self._serial = chunk.serial
+        assert self._saved_stats is not None
+        self.stats, self._saved_stats = self._saved_stats, None
+
+    def _push_front(self, length: int, chunk: _Chunk, j: int) -> None:
+        q = self._fifo.get(length)
+        if q is None:
+            q = self._fifo[length] = deque()
+            insort(self._lens, length)
+        q.appendleft((chunk, j))

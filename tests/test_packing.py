@@ -1,0 +1,161 @@
+"""Best-fit packer: same rows as the reference list-scanning loop, exact export/import, rollback."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from nanostream.packing import BestFitPacker, flatten_docs, token_dtype
+
+BOS = 1000
+
+
+def reference_rows(groups: list[list[list[int]]], cap: int, n_rows: int, buffer_docs: int) -> list[list[int]]:
+    """nanochat's loop, verbatim in spirit: scan the list for the longest fit, else crop the shortest."""
+    it = iter(groups)
+    buf: list[list[int]] = []
+    rows = []
+    exhausted = False
+    for _ in range(n_rows):
+        row: list[int] = []
+        while len(row) < cap:
+            while len(buf) < buffer_docs and not exhausted:
+                g = next(it, None)
+                if g is None:
+                    exhausted = True
+                else:
+                    buf.extend([BOS, *d] for d in g)
+            if not buf:
+                return rows
+            room = cap - len(row)
+            best, best_len = -1, 0
+            for i, d in enumerate(buf):
+                if best_len < len(d) <= room:
+                    best, best_len = i, len(d)
+            if best >= 0:
+                row.extend(buf.pop(best))
+            else:
+                short = min(range(len(buf)), key=lambda i: len(buf[i]))
+                row.extend(buf.pop(short)[:room])
+        rows.append(row)
+    return rows
+
+
+def random_groups(seed: int, n_groups: int, per_group: int, max_len: int) -> list[list[list[int]]]:
+    rng = random.Random(seed)
+    return [
+        [[rng.randrange(BOS) for _ in range(rng.randrange(0, max_len))] for _ in range(per_group)]
+        for _ in range(n_groups)
+    ]
+
+
+def packed_rows(groups, cap, n_rows, buffer_docs, packer=None):
+    packer = packer or BestFitPacker(buffer_docs)
+    it = iter(groups)
+
+    def refill() -> bool:
+        g = next(it, None)
+        if g is None:
+            return False
+        packer.add(*flatten_docs(g, BOS, np.dtype(np.uint16)))
+        return True
+
+    rows = []
+    for _ in range(n_rows):
+        out = np.empty(cap, dtype=np.int64)
+        packer.begin()
+        if not packer.fill_row(out, refill):
+            packer.rollback()  # like the loader: an unfinished row (batch) leaves no trace
+            break
+        packer.commit()
+        rows.append(out.tolist())
+    return rows, packer, it
+
+
+@pytest.mark.parametrize(("cap", "buffer_docs", "max_len"), [(65, 8, 40), (129, 50, 300), (33, 1, 20), (257, 200, 90)])
+def test_same_rows_as_reference(cap: int, buffer_docs: int, max_len: int) -> None:
+    groups = random_groups(cap, 30, 17, max_len)
+    want = reference_rows(groups, cap, 10_000, buffer_docs)
+    got, packer, _ = packed_rows(groups, cap, 10_000, buffer_docs)
+    assert got == want
+    assert all(len(r) == cap and r[0] == BOS for r in got)
+    st = packer.stats
+    assert st.docs_in == 30 * 17
+    assert st.tokens_out == cap * len(got)
+    assert st.docs_used + packer.n_docs == st.docs_in
+    assert 0.0 <= st.crop_fraction < 1.0
+
+
+def test_crop_accounting() -> None:
+    packer = BestFitPacker(1)
+    packer.add(*flatten_docs([list(range(1, 10))], BOS, np.dtype(np.int32)))  # 10 tokens with BOS
+    out = np.empty(4, dtype=np.int64)
+    assert packer.fill_row(out, lambda: False)
+    assert out.tolist() == [BOS, 1, 2, 3]
+    st = packer.stats
+    assert (st.docs_cropped, st.tokens_cropped, st.tokens_out) == (1, 6, 4)
+    assert st.crop_fraction == pytest.approx(0.6)
+    assert not packer.fill_row(out, lambda: False)
+
+
+def test_export_reload_continues_identically() -> None:
+    groups = random_groups(7, 40, 13, 120)
+    cap, bd = 97, 30
+    full, _, _ = packed_rows(groups, cap, 10_000, bd)
+    first, packer, rest = packed_rows(groups, cap, 25, bd)
+    tokens, lengths = packer.export()
+    assert lengths.sum() == len(tokens) and len(lengths) == packer.n_docs
+    fresh = BestFitPacker(bd)
+    fresh.add(tokens, lengths)
+    second, _, _ = packed_rows(list(rest), cap, 10_000, bd, packer=fresh)
+    assert first + second == full
+
+
+def test_rollback_restores_everything() -> None:
+    groups = random_groups(3, 12, 9, 60)
+    cap, bd = 50, 10
+    _, packer, rest = packed_rows(groups, cap, 6, bd)
+    before = (packer.export(), packer.stats.as_dict(), packer.n_docs)
+    rest = list(rest)
+    packer.begin()
+    out = np.empty(cap, dtype=np.int64)
+    feed = iter(rest[:3])
+
+    def refill() -> bool:
+        g = next(feed, None)
+        if g is None:
+            return False
+        packer.add(*flatten_docs(g, BOS, np.dtype(np.uint16)))
+        return True
+
+    for _ in range(40):
+        if not packer.fill_row(out, refill):
+            break
+    packer.rollback()
+    after = (packer.export(), packer.stats.as_dict(), packer.n_docs)
+    assert np.array_equal(before[0][0], after[0][0]) and np.array_equal(before[0][1], after[0][1])
+    assert before[1:] == after[1:]
+    # and it still packs exactly like a packer that never saw the rolled-back work
+    fresh = BestFitPacker(bd)
+    fresh.add(*before[0])
+    a, _, _ = packed_rows(rest, cap, 1000, bd, packer=packer)
+    b, _, _ = packed_rows(rest, cap, 1000, bd, packer=fresh)
+    assert a == b
+
+
+def test_token_dtype() -> None:
+    assert token_dtype(257) == np.uint16
+    assert token_dtype(1 << 16) == np.uint16
+    assert token_dtype(100_000) == np.int32
+    with pytest.raises(ValueError):
+        token_dtype(1 << 40)
+
+
+def test_flatten_docs_bos_and_empty() -> None:
+    tokens, lengths = flatten_docs([[5, 6], [], [7]], 9, np.dtype(np.int32))
+    assert tokens.tolist() == [9, 5, 6, 9, 9, 7]
+    assert lengths.tolist() == [3, 1, 2]
+    tokens, lengths = flatten_docs([], 9, np.dtype(np.int32))
+    assert len(tokens) == 0 and len(lengths) == 0
