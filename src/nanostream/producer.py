@@ -1,0 +1,251 @@
+"""The producer behind ``stream()``: what comes next, read on a worker thread, into a bounded queue.
+
+Owns the per-epoch order (optionally shuffled, identical on every rank), resume
+skipping, the single reader thread (pyarrow releases the GIL while it decodes),
+translation of pyarrow/OS errors into ``CorruptShardError``, the one re-fetch of
+a corrupt shard, and the hand-over of batches (or the error that ended the
+stream) to the consumer through an ``asyncio.Queue`` of at most ``queue_size``
+batches. The producer task, its thread and every file it opened are gone when
+``run()`` returns, also when it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ConfigError, CorruptShardError, MissingShardError
+from .source import ShardSource, file_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a batch came from; ``stream(..., start=pos)`` resumes right after it."""
+
+    epoch: int
+    shard: int
+    row_group: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The documents of one row group and where they came from."""
+
+    texts: list[str]
+    shard: int
+    row_group: int
+    epoch: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.shard, self.row_group)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a producer needs, resolved by ``stream()``."""
+
+    data_dir: Path
+    split: str
+    shards: tuple[int, ...]
+    max_shard: int
+    text_column: str
+    base_url: str | None
+    token: str | None
+    rank: int
+    world_size: int
+    epochs: int | None
+    shuffle: bool
+    seed: int
+    start: Position | None
+    queue_size: int
+    fetch_ahead: int
+    fetch_workers: int
+    retry: Any = None
+
+
+def shard_order(shards: tuple[int, ...], epoch: int, shuffle: bool, seed: int) -> list[int]:
+    order = list(shards)
+    if shuffle:
+        random.Random(f"nanostream:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def row_group_order(n: int, shard: int, epoch: int, plan: Plan) -> list[int]:
+    """The row groups of a shard that ``plan.rank`` reads, in this epoch's order."""
+    order = list(range(n))
+    if plan.shuffle:
+        random.Random(f"nanostream:{plan.seed}:{epoch}:{shard}").shuffle(order)
+    return [g for g in order if g % plan.world_size == plan.rank]
+
+
+class _End:
+    """Queue sentinel: the stream is over (``error`` is None) or failed."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class _Shard:
+    """An open shard, used only on the reader thread."""
+
+    def __init__(self, path: Path, column: str) -> None:
+        self.path = path
+        self.column = column
+        self.seen = file_id(path)
+        try:
+            self.file = pq.ParquetFile(path)
+        except FileNotFoundError as exc:
+            raise MissingShardError(f"{path} disappeared while streaming: fetch it again", path=path) from exc
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise _corrupt(path, exc) from exc
+        try:
+            field = self.file.schema_arrow.field(column)
+        except KeyError as exc:
+            self.file.close()
+            raise CorruptShardError(f"{path} has no {column!r} column: delete it and fetch it again",
+                                    path=path) from exc
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            self.file.close()
+            raise CorruptShardError(f"{path}: column {column!r} is {field.type}, not text", path=path)
+        self.num_row_groups = self.file.num_row_groups
+
+    def read(self, row_group: int) -> list[str]:
+        try:
+            table = self.file.read_row_group(row_group, columns=[self.column])
+            return table.column(0).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise _corrupt(self.path, exc, row_group) from exc
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _corrupt(path: Path, exc: BaseException, row_group: int | None = None) -> CorruptShardError:
+    where = f" (row group {row_group})" if row_group is not None else ""
+    return CorruptShardError(
+        f"{path}{where} is not a readable parquet shard ({exc}): delete it and fetch it again "
+        "(`nanostream fetch`)", path=path)
+
+
+class Producer:
+    """Reads the plan's row groups in order and puts ``Batch``es into ``queue``."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.queue: asyncio.Queue[Batch | _End] = asyncio.Queue(maxsize=plan.queue_size)
+        self.produced = 0  # batches put into the queue
+        self.max_queued = 0  # largest queue size seen right after a put
+        self.source: ShardSource | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self) -> None:
+        """The producer task: every batch, then an end marker (carrying the error, if one ended it)."""
+        end = _End()
+        try:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")
+            p = self.plan
+            async with ShardSource(p.data_dir, p.base_url, max_shard=p.max_shard, token=p.token,
+                                   workers=p.fetch_workers, ahead=p.fetch_ahead, retry=p.retry) as source:
+                self.source = source
+                await self._produce(source)
+        except Exception as exc:  # delivered to the consumer, raised there
+            end = _End(exc)
+        finally:
+            await self._stop_thread()
+        await self.queue.put(end)
+
+    def _epochs(self) -> Iterator[int]:
+        first = self.plan.start.epoch if self.plan.start else 0
+        return itertools.count(first) if self.plan.epochs is None else iter(range(first, self.plan.epochs))
+
+    async def _produce(self, source: ShardSource) -> None:
+        p = self.plan
+        start = p.start
+        for epoch in self._epochs():
+            order = shard_order(p.shards, epoch, p.shuffle, p.seed)
+            if start is not None:  # resume: drop the shards consumed before the start position
+                order = order[order.index(start.shard):]
+            for k, shard in enumerate(order):
+                after = start.row_group if start is not None and k == 0 else None
+                await self._emit_shard(source, epoch, shard, order[k + 1:], after)
+            start = None
+
+    async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, upcoming: list[int],
+                          after: int | None) -> None:
+        """Put the owned row groups of one shard (those after row group ``after``, if given)."""
+        done = 0  # row groups of this shard's order already handed over (or skipped on resume)
+        refetched = False
+        path = await source.get(shard, upcoming)
+        while True:
+            seen = file_id(path)
+            try:
+                handle = await self._call(_Shard, path, self.plan.text_column)
+                seen = handle.seen
+                try:
+                    order = row_group_order(handle.num_row_groups, shard, epoch, self.plan)
+                    if after is not None:
+                        done = _resume_index(order, after, path, handle.num_row_groups)
+                        after = None
+                    while done < len(order):
+                        texts = await self._call(handle.read, order[done])
+                        await self._put(Batch(texts, shard, order[done], epoch))
+                        done += 1
+                    return
+                finally:
+                    await self._call(handle.close)
+            except CorruptShardError as exc:
+                if refetched or not source.remote_known:
+                    raise
+                refetched = True
+                log.warning("%s; fetching it again", exc)
+                path = await source.replace(shard, seen)
+
+    async def _put(self, batch: Batch) -> None:
+        await self.queue.put(batch)
+        self.produced += 1
+        self.max_queued = max(self.max_queued, self.queue.qsize())
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the reader thread. On cancel the call still finishes before we go on,
+        so a file is never closed under a read in flight."""
+        assert self._executor is not None
+        cf: Future[T] = self._executor.submit(fn, *args)
+        fut = asyncio.wrap_future(cf)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not cf.cancel():
+                await asyncio.wait([fut])
+            raise
+
+    async def _stop_thread(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        fence = asyncio.wrap_future(executor.submit(lambda: None))
+        executor.shutdown(wait=False)
+        await asyncio.wait([fence])  # the thread has finished everything queued on it
+        executor.shutdown(wait=True)  # joins a thread that is already exiting
+
+
+def _resume_index(order: list[int], after: int, path: Path, n: int) -> int:
+    try:
+        return order.index(after) + 1
+    except ValueError:
+        raise ConfigError(f"resume position: row group {after} of {path} is not one this rank reads "
+                          f"(the shard has {n} row groups); resume with the same rank, world_size, "
+                          "shuffle and seed") from None

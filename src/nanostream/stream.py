@@ -1,0 +1,214 @@
+"""``stream()`` and ``iter_batches()``: row groups of a split as batches, async or blocking.
+
+Owns the user-facing arguments (which folder, which remote, which shards form the
+split, which rank), the ``Stream`` async iterator and its lifecycle (``async for``,
+``break``, cancel, ``aclose``, ``async with``), and ``BatchIterator``, the blocking
+twin that runs the same stream on an event loop in a background thread. The
+reading itself is ``nanostream.producer``; downloading is ``nanostream.source``.
+
+Resume: ``batch.position`` is ``Position(epoch, shard, row_group)``;
+``stream(..., start=pos)`` continues with the batch right after it. The order of
+an epoch depends only on the split's shards, ``rank``/``world_size``, ``shuffle``
+and ``seed`` (not on timing or on what is on disk), so resume with the same values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from .blocking import BatchIterator
+from .config import DEFAULT_DATASET, Config, check_url, get_dataset
+from .errors import ConfigError, MissingShardError
+from .producer import Batch, Plan, Position, Producer, _End, shard_order
+from .shards import check_rank, read_record, resolve_split, shard_name
+from .source import usable_remote
+
+__all__ = ["Batch", "BatchIterator", "Position", "Stream", "default_rank", "iter_batches", "stream"]
+
+log = logging.getLogger(__name__)
+_warned_guess: set[Path] = set()
+
+
+def default_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed if initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    dist = sys.modules.get("torch.distributed")  # never import torch here
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    try:
+        return int(os.environ.get("RANK") or 0), int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError as exc:
+        raise ConfigError(f"RANK/WORLD_SIZE must be integers ({exc})") from exc
+
+
+def stream(
+    split: str = "train",
+    *,
+    data_dir: Path | str | None = None,
+    dataset: str | None = None,
+    base_url: str | None = None,
+    max_shard: int | None = None,
+    num_shards: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    epochs: int | None = 1,
+    shuffle: bool = False,
+    seed: int = 0,
+    start: Position | None = None,
+    queue_size: int = 8,
+    fetch_ahead: int = 2,
+    fetch_workers: int = 4,
+    retry: Any = None,
+    config: Config | None = None,
+) -> Stream:
+    """Batches (the documents of one row group each) of ``split`` ("train" or "val").
+
+    Nothing starts until the first ``async for`` step; arguments, folder and
+    split are checked now. See the module docstring and README for the details.
+    """
+    return Stream(_plan(**locals()))
+
+
+def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_url: str | None,
+          max_shard: int | None, num_shards: int | None, rank: int | None, world_size: int | None,
+          epochs: int | None, shuffle: bool, seed: int, start: Position | None, queue_size: int,
+          fetch_ahead: int, fetch_workers: int, retry: Any, config: Config | None) -> Plan:
+    if split not in ("train", "val"):
+        raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"epochs must be >= 1 or None (forever), got {epochs}")
+    if queue_size < 1 or fetch_ahead < 0 or fetch_workers < 1:
+        raise ConfigError(f"need queue_size >= 1, fetch_ahead >= 0, fetch_workers >= 1 "
+                          f"(got {queue_size}, {fetch_ahead}, {fetch_workers})")
+    cfg = config or Config.from_env()
+    name = dataset or (DEFAULT_DATASET if data_dir is None else None)
+    ds = get_dataset(name) if name else None
+    folder = Path(data_dir).expanduser() if data_dir is not None else cfg.data_dir(name or DEFAULT_DATASET)
+    record = read_record(folder)
+    if base_url:
+        url: str | None = check_url(base_url)
+    elif record is not None and usable_remote(record.base_url):
+        url = record.base_url
+    else:
+        url = ds.base_url(cfg.hf_endpoint) if ds else None
+    if max_shard is None and record is None and ds is not None:
+        max_shard = ds.max_shard
+    if not folder.is_dir() and (url is None or (num_shards is None and split == "train")):
+        raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch "
+                                f"--data-dir {folder}` first, or pass num_shards= and base_url=", path=folder)
+    sp = resolve_split(folder, max_shard=max_shard, num_shards=num_shards)
+    if sp.guessed_val and folder not in _warned_guess:
+        _warned_guess.add(folder)
+        log.warning("%s has no .nanostream.json: assuming its last shard file %s is the validation shard "
+                    "(pass max_shard= or fetch with `nanostream fetch` to record it)", folder,
+                    shard_name(sp.val))
+    shards = sp.train if split == "train" else (sp.val,)
+    if not shards:
+        raise MissingShardError(f"no {split} shards in {folder} (validation shard is {shard_name(sp.val)}): "
+                                "fetch some with `nanostream fetch -n N`, or pass num_shards=", path=folder)
+    if rank is None or world_size is None:
+        r, w = default_rank()
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    check_rank(rank, world_size)
+    if start is not None:
+        _check_start(start, shards, rank, world_size, epochs)
+    column = record.text_column if record is not None else (ds.text_column if ds else "text")
+    return Plan(data_dir=folder, split=split, shards=tuple(shards), max_shard=sp.val, text_column=column,
+                base_url=url, token=cfg.hf_token, rank=rank, world_size=world_size, epochs=epochs,
+                shuffle=shuffle, seed=seed, start=start, queue_size=queue_size, fetch_ahead=fetch_ahead,
+                fetch_workers=fetch_workers, retry=retry)
+
+
+def _check_start(start: Position, shards: tuple[int, ...], rank: int, world_size: int,
+                 epochs: int | None) -> None:
+    if not isinstance(start, Position):
+        raise ConfigError(f"start must be a Position (batch.position), got {start!r}")
+    if start.shard not in shards:
+        raise ConfigError(f"resume position {start}: shard {start.shard} is not in this split "
+                          f"({len(shards)} shards); resume with the same data_dir/num_shards")
+    if start.row_group % world_size != rank:
+        raise ConfigError(f"resume position {start}: row group {start.row_group} belongs to rank "
+                          f"{start.row_group % world_size}, not rank {rank} of {world_size}")
+    if start.epoch < 0 or (epochs is not None and start.epoch >= epochs):
+        raise ConfigError(f"resume position {start}: epoch {start.epoch} is outside 0..{epochs}")
+
+
+async def _consume(producer: Producer) -> AsyncIterator[Batch]:
+    """The async generator behind ``Stream``: starts the producer, stops it however iteration ends."""
+    task = asyncio.create_task(producer.run(), name="nanostream-producer")
+    try:
+        while True:
+            item = await producer.queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()
+
+
+class Stream:
+    """Async iterator of ``Batch``es; also an async context manager. Single use.
+
+    Breaking out of ``async for`` stops the producer (and downloads) as soon as the
+    stream is garbage: CPython does that at once, through the event loop's async
+    generator finalizer. ``aclose()``/``async with`` do it before returning.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._producer = Producer(plan)
+        self._agen: Any = None
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Batch:
+        if self._agen is None:
+            self._agen = _consume(self._producer)
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        if self._agen is not None:
+            await self._agen.aclose()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def qsize(self) -> int:
+        """Batches read ahead and waiting for the consumer (at most ``queue_size``)."""
+        return self._producer.queue.qsize()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: batches produced, the largest queue seen, shards downloaded by this stream."""
+        src = self._producer.source
+        return {"produced": self._producer.produced, "max_queued": self._producer.max_queued,
+                "queue_size": self.plan.queue_size, "fetched": src.fetched if src else 0}
+
+    def order(self, epoch: int) -> list[int]:
+        """The shard order of ``epoch`` (every rank uses the same)."""
+        return shard_order(self.plan.shards, epoch, self.plan.shuffle, self.plan.seed)
+
+
+def iter_batches(split: str = "train", **kwargs: Any) -> BatchIterator:
+    """Blocking twin of ``stream()`` (same arguments) for code without an event loop.
+
+    The stream runs on an event loop in a background thread; ``next()`` waits for
+    the next batch. Use it in a ``for`` loop or ``with``; ``close()`` (or dropping
+    the iterator) stops the producer, the downloads and the thread.
+    """
+    return BatchIterator(stream(split, **kwargs))
