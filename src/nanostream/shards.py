@@ -68,6 +68,7 @@ def write_record(data_dir: Path, record: FolderRecord) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".nanostream.tmp.", dir=data_dir)
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(record), f, indent=2)
             f.flush()

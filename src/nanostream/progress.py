@@ -1,0 +1,109 @@
+"""Progress feedback for long work: a tqdm bar on a TTY, plain periodic lines in logs, or nothing.
+
+All three share one small interface the downloader calls: ``add_total(nbytes)``,
+``advance(nbytes)``, ``shard_done(result)`` and ``close()``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class _Counts:
+    def __init__(self, shards: int) -> None:
+        self.shards, self.done, self.failed = shards, 0, 0
+        self.total = self.bytes = 0
+        self.started = time.monotonic()
+
+    def shard_done(self, result) -> None:
+        if result.error is None:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def rate(self) -> float:
+        return self.bytes / max(time.monotonic() - self.started, 1e-9)
+
+
+class NullProgress(_Counts):
+    def add_total(self, n: int) -> None:
+        self.total += n
+
+    def advance(self, n: int) -> None:
+        self.bytes += n
+
+    def close(self) -> None:
+        pass
+
+
+class LineProgress(NullProgress):
+    """One plain line every ``interval`` seconds (for logs and CI)."""
+
+    def __init__(self, shards: int, stream: TextIO = sys.stderr, interval: float = 5.0) -> None:
+        super().__init__(shards)
+        self.stream, self.interval = stream, interval
+        self._last = time.monotonic()
+
+    def _maybe_print(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
+
+    def line(self) -> str:
+        mb, total = self.bytes / 1e6, self.total / 1e6
+        rate = self.rate() / 1e6
+        eta = (self.total - self.bytes) / max(self.rate(), 1e-9)
+        return (f"fetch: {self.done}/{self.shards} shards, {self.failed} failed, "
+                f"{mb:.1f}/{total:.1f} MB, {rate:.1f} MB/s, ETA {eta:.0f}s")
+
+    def advance(self, n: int) -> None:
+        super().advance(n)
+        self._maybe_print()
+
+    def shard_done(self, result) -> None:
+        super().shard_done(result)
+        self._maybe_print()
+
+
+class BarProgress(NullProgress):
+    """A tqdm bar: bytes, MB/s, ETA, and shards done/failed as postfix."""
+
+    def __init__(self, shards: int, stream: TextIO = sys.stderr) -> None:
+        super().__init__(shards)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, file=stream,
+                        desc="fetch", dynamic_ncols=True, miniters=1, mininterval=0.2)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"shards {self.done}/{self.shards} failed {self.failed}", refresh=False)
+
+    def add_total(self, n: int) -> None:
+        super().add_total(n)
+        self.bar.total = self.total
+        self.bar.refresh()
+
+    def advance(self, n: int) -> None:
+        super().advance(n)
+        self.bar.update(n)
+
+    def shard_done(self, result) -> None:
+        super().shard_done(result)
+        self._postfix()
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def make_progress(shards: int, *, quiet: bool = False, stream: TextIO = sys.stderr) -> NullProgress:
+    if quiet:
+        return NullProgress(shards)
+    if stream.isatty():
+        return BarProgress(shards, stream)
+    return LineProgress(shards, stream)
