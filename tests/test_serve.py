@@ -1,0 +1,367 @@
+"""Tests for ``nanostream serve`` (the offline mirror) and the fault layer in ``tests/servers.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from nanostream.errors import ConfigError
+from nanostream.serve import make_app, parse_range, start_server
+from servers import FaultServer
+
+NAME = "shard_00000.parquet"
+SIZE = 300_000
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / NAME).write_bytes(os.urandom(SIZE))
+    (folder / "shard_00001.parquet").write_bytes(os.urandom(1000))
+    return folder
+
+
+@pytest.fixture
+async def mirror(root: Path):
+    runner, url = await start_server(root)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield url, session
+    finally:
+        await runner.cleanup()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def raw_status(url: str, target: str) -> int:
+    """Send ``GET target`` byte for byte (no client-side normalisation) and return the status code."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        line = await reader.readline()
+        return int(line.split()[1])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+# -- the mirror --------------------------------------------------------------------------------
+async def test_head_and_get_headers_and_bytes(root: Path, mirror) -> None:
+    url, session = mirror
+    digest = sha(root / NAME)
+    async with session.head(f"{url}/{NAME}") as r:
+        assert r.status == 200
+        assert r.headers["Content-Length"] == str(SIZE)
+        assert r.headers["Accept-Ranges"] == "bytes"
+        assert r.headers["ETag"] == f'"{digest}"'
+        assert r.headers["X-Linked-Etag"] == f'"{digest}"'
+        assert r.headers["X-Linked-Size"] == str(SIZE)
+        assert r.headers["Content-Type"] in ("application/vnd.apache.parquet", "application/octet-stream")
+        assert await r.read() == b""
+    async with session.get(f"{url}/{NAME}") as r:
+        assert r.status == 200
+        assert r.headers["ETag"] == f'"{digest}"'
+        assert await r.read() == (root / NAME).read_bytes()
+
+
+async def test_ranges(root: Path, mirror) -> None:
+    url, session = mirror
+    data = (root / NAME).read_bytes()
+    cases = {
+        "bytes=10-19": (10, 20),
+        "bytes=1000-": (1000, SIZE),
+        "bytes=-50": (SIZE - 50, SIZE),
+        "bytes=-999999999": (0, SIZE),
+        f"bytes=5-{SIZE * 2}": (5, SIZE),
+    }
+    for header, (start, end) in cases.items():
+        async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
+            assert r.status == 206, header
+            assert r.headers["Content-Range"] == f"bytes {start}-{end - 1}/{SIZE}"
+            assert r.headers["Content-Length"] == str(end - start)
+            assert await r.read() == data[start:end], header
+    for header in (f"bytes={SIZE}-", f"bytes={SIZE + 5}-{SIZE + 9}", "bytes=-0"):
+        async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
+            assert r.status == 416, header
+            assert r.headers["Content-Range"] == f"bytes */{SIZE}"
+    for header in ("bytes=0-1,5-6", "items=0-5", "bytes=9-3", "bytes=x-"):  # ignored: whole file
+        async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
+            assert r.status == 200, header
+            assert await r.read() == data
+
+
+def test_parse_range_edges() -> None:
+    assert parse_range(None, 10) is None
+    assert parse_range("bytes=0-0", 10) == (0, 1)
+    assert parse_range("bytes=0-", 0) is False
+    assert parse_range("bytes=-3", 0) is False
+    assert parse_range(" bytes = 2 - 4 ", 10) == (2, 5)
+
+
+async def test_if_range(root: Path, mirror) -> None:
+    url, session = mirror
+    data = (root / NAME).read_bytes()
+    etag = f'"{sha(root / NAME)}"'
+    async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=100-", "If-Range": etag}) as r:
+        assert r.status == 206
+        assert await r.read() == data[100:]
+    stale = '"' + "0" * 64 + '"'
+    async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=100-", "If-Range": stale}) as r:
+        assert r.status == 200
+        assert "Content-Range" not in r.headers
+        assert await r.read() == data
+
+
+async def test_etag_follows_file_changes(root: Path, mirror) -> None:
+    url, session = mirror
+    path = root / "shard_00001.parquet"
+    async with session.head(f"{url}/{path.name}") as r:
+        first = r.headers["ETag"]
+    path.write_bytes(os.urandom(1001))
+    async with session.head(f"{url}/{path.name}") as r:
+        assert r.headers["ETag"] != first
+        assert r.headers["ETag"] == f'"{sha(path)}"'
+        assert r.headers["Content-Length"] == "1001"
+
+
+@pytest.mark.parametrize("target", [
+    "/../secret.txt",
+    "/%2e%2e/secret.txt",
+    "/%2E%2E%2Fsecret.txt",
+    "/%2E%2E%2Fetc%2Fpasswd",
+    "/..%2fsecret.txt",
+    "//etc/passwd",
+    "/%2Fetc%2Fpasswd",
+    "/sub/inner.parquet",
+    "/sub",
+    "/.hidden",
+    "/outside_link.parquet",
+    "/dir_link",
+    "/nope.parquet",
+    "/",
+])
+async def test_nothing_outside_the_folder(root: Path, target: str) -> None:
+    (root.parent / "secret.txt").write_text("secret")
+    (root / "sub").mkdir()
+    (root / "sub" / "inner.parquet").write_bytes(b"x")
+    (root / ".hidden").write_text("hidden")
+    (root / "outside_link.parquet").symlink_to(root.parent / "secret.txt")
+    (root / "dir_link").symlink_to(root / "sub")
+    runner, url = await start_server(root)
+    try:
+        assert await raw_status(url, target) == 404
+        assert await raw_status(url, f"/{NAME}") == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_symlink_inside_the_folder_is_served(root: Path, mirror) -> None:
+    url, session = mirror
+    (root / "alias.parquet").symlink_to(root / NAME)
+    async with session.get(f"{url}/alias.parquet") as r:
+        assert r.status == 200
+        assert await r.read() == (root / NAME).read_bytes()
+
+
+def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nowhere"):
+        make_app(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        make_app(tmp_path / "file")
+
+
+@pytest.mark.slow
+def test_cli_serve_subprocess_serves_and_stops_on_sigint(root: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "nanostream.cli", "serve", str(root), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(f"serving {root} at http://127.0.0.1:"), line
+        assert line.rstrip().endswith("(2 shard files)"), line
+        url = line.split(" at ", 1)[1].split()[0]
+        import urllib.request
+
+        with urllib.request.urlopen(f"{url}/{NAME}", timeout=10) as r:
+            assert r.read() == (root / NAME).read_bytes()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_cli_serve_missing_folder_exits_2(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "nanostream.cli", "serve", str(tmp_path / "nope"), "--port", "0"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert "nope" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+# -- the fault layer ---------------------------------------------------------------------------
+async def test_fault_statuses_then_normal(root: Path, fault_server) -> None:
+    srv = await fault_server(root)
+    srv.script(NAME, "status:503", "429:7", "status:404")
+    async with aiohttp.ClientSession() as s:
+        statuses = []
+        for _ in range(4):
+            async with s.get(f"{srv.url}/{NAME}") as r:
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert r.headers["Retry-After"] == "7"
+                body = await r.read()
+        async with s.head(f"{srv.url}/{NAME}") as r:  # HEAD consumes nothing
+            assert r.status == 200
+    assert statuses == [503, 429, 404, 200]
+    assert body == (root / NAME).read_bytes()
+    assert srv.count(NAME) == 4 and srv.count(NAME, "HEAD") == 1
+    assert [r.status for r in srv.requests] == [503, 429, 404, 200, 200]
+    assert srv.pending(NAME) == 0
+
+
+async def test_fault_drop_and_short(root: Path, fault_server) -> None:
+    srv = await fault_server(root)
+    srv.script(NAME, "drop:1000", "short:2000")
+    async with aiohttp.ClientSession() as s:
+        for expected in (1000, 2000):
+            got = bytearray()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with s.get(f"{srv.url}/{NAME}") as r:
+                    assert r.status == 200 and r.headers["Content-Length"] == str(SIZE)
+                    async for chunk in r.content.iter_any():
+                        got += chunk
+            assert len(got) <= expected
+            assert bytes(got) == (root / NAME).read_bytes()[: len(got)]
+        assert srv.bytes_sent[NAME] == 3000
+        async with s.get(f"{srv.url}/{NAME}") as r:
+            assert await r.read() == (root / NAME).read_bytes()
+
+
+async def test_fault_flip_corrupts_one_byte(root: Path, fault_server) -> None:
+    srv = await fault_server(root)
+    srv.script(NAME, "flip:12345")
+    data = (root / NAME).read_bytes()
+    async with aiohttp.ClientSession() as s, s.get(f"{srv.url}/{NAME}") as r:
+        body = await r.read()
+    assert len(body) == SIZE and body != data
+    assert [i for i in range(SIZE) if body[i] != data[i]] == [12345]
+    assert body[12345] == data[12345] ^ 0xFF
+
+
+async def test_fault_stall_until_client_gives_up(root: Path, fault_server) -> None:
+    srv = await fault_server(root)
+    srv.script(NAME, "stall:500")
+    timeout = aiohttp.ClientTimeout(sock_read=0.3)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        with pytest.raises(asyncio.TimeoutError):
+            async with s.get(f"{srv.url}/{NAME}") as r:
+                await r.read()
+    assert srv.bytes_sent[NAME] == 500
+
+
+async def test_fault_redirect_like_the_hub(root: Path, fault_server) -> None:
+    srv = await fault_server(root, redirect=True)
+    digest = sha(root / NAME)
+    async with aiohttp.ClientSession() as s:
+        async with s.head(f"{srv.url}/{NAME}", allow_redirects=False) as r:
+            assert r.status == 302
+            assert r.headers["Location"].endswith(f"/cdn/{NAME}")
+            assert r.headers["X-Linked-Etag"] == f'"{digest}"'
+            assert r.headers["X-Linked-Size"] == str(SIZE)
+        async with s.get(f"{srv.url}/{NAME}", headers={"Range": "bytes=10-"}) as r:
+            assert r.status == 206
+            cdn_etag = r.headers["ETag"]
+            assert digest not in cdn_etag
+            assert "X-Linked-Etag" not in r.headers and "X-Linked-Size" not in r.headers
+            assert await r.read() == (root / NAME).read_bytes()[10:]
+        # the CDN honours If-Range with its own ETag
+        async with s.get(f"{srv.url}/cdn/{NAME}", headers={"Range": "bytes=5-9", "If-Range": cdn_etag}) as r:
+            assert r.status == 206 and await r.read() == (root / NAME).read_bytes()[5:10]
+        # status faults hit the API hop, body faults the CDN hop: one fault per attempt
+        srv.script(NAME, "status:503", "drop:100")
+        async with s.get(f"{srv.url}/{NAME}") as r:
+            assert r.status == 503
+            await r.read()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with s.get(f"{srv.url}/{NAME}") as r:
+                await r.read()
+        async with s.get(f"{srv.url}/nope.parquet") as r:
+            assert r.status == 404
+    assert srv.count(NAME) == 3 and srv.count(NAME, "HEAD") == 1
+    assert srv.count(f"cdn/{NAME}") == 3
+
+
+async def test_throttle_and_latency(root: Path) -> None:
+    async with FaultServer(root, rate=1_000_000, latency=0.1) as srv, aiohttp.ClientSession() as s:
+        t0 = time.monotonic()
+        async with s.get(f"{srv.url}/{NAME}") as r:
+            assert await r.read() == (root / NAME).read_bytes()
+        elapsed = time.monotonic() - t0
+    assert 0.1 + SIZE / 1_000_000 * 0.9 <= elapsed < 5, elapsed
+
+
+async def test_close_with_a_stalled_client_is_quick(root: Path) -> None:
+    srv = await FaultServer(root).start()
+    srv.script(NAME, "stall:10")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{srv.url}/{NAME}") as r:
+            assert r.status == 200
+            t0 = time.monotonic()
+            await srv.aclose()
+            assert time.monotonic() - t0 < 1.0
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+
+
+def test_bad_fault_strings(root: Path) -> None:
+    srv = FaultServer(root)
+    for bad in ("drop", "drop:x", "status:", "flip:-1", "boom:1", "429:soon"):
+        with pytest.raises(ValueError, match="bad fault"):
+            srv.script(NAME, bad)
+
+
+@pytest.mark.slow
+def test_subprocess_mode_prints_url_and_serves(root: Path) -> None:
+    script = Path(__file__).with_name("servers.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(root), "--port", "0", "--rate", "5000000",
+                             "--latency", "0.01", "--fault", f"{NAME}=status:503"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{url}/{NAME}", timeout=10)
+        assert info.value.code == 503
+        info.value.close()
+        with urllib.request.urlopen(f"{url}/{NAME}", timeout=10) as r:
+            assert r.read() == (root / NAME).read_bytes()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err
