@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Position:
     """Where a batch came from; ``stream(..., start=pos)`` resumes right after it."""
 
@@ -107,21 +107,26 @@ class _Shard:
         self.column = column
         self.seen = file_id(path)
         try:
-            self.file = pq.ParquetFile(path)
+            # we open (and close) the native file ourselves: a failed ParquetFile() must not keep it open
+            self.source = pa.OSFile(str(path), "r")
         except FileNotFoundError as exc:
             raise MissingShardError(f"{path} disappeared while streaming: fetch it again", path=path) from exc
-        except (pa.ArrowException, OSError, ValueError) as exc:
+        except OSError as exc:
             raise _corrupt(path, exc) from exc
         try:
+            self.file = pq.ParquetFile(self.source)
             field = self.file.schema_arrow.field(column)
+            self.num_row_groups = self.file.num_row_groups
         except KeyError as exc:
-            self.file.close()
+            self.source.close()
             raise CorruptShardError(f"{path} has no {column!r} column: delete it and fetch it again",
                                     path=path) from exc
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            self.source.close()
+            raise _corrupt(path, exc) from exc
         if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
-            self.file.close()
+            self.source.close()
             raise CorruptShardError(f"{path}: column {column!r} is {field.type}, not text", path=path)
-        self.num_row_groups = self.file.num_row_groups
 
     def read(self, row_group: int) -> list[str]:
         try:
@@ -132,6 +137,7 @@ class _Shard:
 
     def close(self) -> None:
         self.file.close()
+        self.source.close()
 
 
 def _corrupt(path: Path, exc: BaseException, row_group: int | None = None) -> CorruptShardError:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import MissingShardError
+from .errors import ConfigError, MissingShardError
 from .shards import FolderRecord, read_record, shard_name, write_record
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ class ShardSource:
                 if self.retry is not None:
                     kwargs["retry"] = self.retry
                 assert self.base_url is not None
+                try:
+                    self.data_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigError(f"cannot create data folder {self.data_dir}: {exc}") from exc
                 fetcher = Fetcher(self.data_dir, self.base_url, **kwargs)
                 self._fetcher = await self._stack.enter_async_context(fetcher)
                 self._record_folder()

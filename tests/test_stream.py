@@ -1,0 +1,350 @@
+"""stream() / iter_batches(): coverage across ranks, splits, back-pressure, shutdown, errors,
+background fetching from a real loopback server, one download per shard across processes, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from datagen import doc_id, make_shards
+from nanostream.errors import ConfigError, CorruptShardError, FetchError, MissingShardError
+from nanostream.shards import FolderRecord, read_record, shard_name, write_record
+from nanostream.stream import Batch, Position, iter_batches, stream
+from servers import FaultServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ids(batches: list[Batch]) -> list[tuple[int, int, int]]:
+    return [doc_id(t) for b in batches for t in b.texts]
+
+
+def all_ids(shards, row_groups=4, rows=8) -> set[tuple[int, int, int]]:
+    return {(s, g, r) for s in shards for g in range(row_groups) for r in range(rows)}
+
+
+async def collect(s) -> list[Batch]:
+    return [b async for b in s]
+
+
+def our_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("nanostream")]
+
+
+def open_shard_files() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith(".parquet"):
+            out.append(target)
+    return out
+
+
+async def settled() -> None:
+    """Wait until only the current task is left, and none of our threads or shard files."""
+    me = asyncio.current_task()
+    for _ in range(200):
+        if not [t for t in asyncio.all_tasks() if t is not me] and not our_threads() and not open_shard_files():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"left behind: {asyncio.all_tasks()} {our_threads()} {open_shard_files()}")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    make_shards(folder, 5, row_groups=4, rows=8, base_url="")  # train 0..3, val 4, no remote
+    return folder
+
+
+# -- which shards, which ranks -------------------------------------------------------------------
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+async def test_train_exactly_once_across_ranks(data: Path, world_size: int) -> None:
+    seen: Counter[tuple[int, int, int]] = Counter()
+    for rank in range(world_size):
+        batches = await collect(stream("train", data_dir=data, rank=rank, world_size=world_size))
+        assert all(b.row_group % world_size == rank and b.epoch == 0 for b in batches)
+        seen.update(ids(batches))
+    assert set(seen) == all_ids(range(4)) and max(seen.values()) == 1
+
+
+async def test_shuffle_same_order_on_every_rank_and_exactly_once(data: Path) -> None:
+    runs = [await collect(stream("train", data_dir=data, rank=r, world_size=2, shuffle=True, seed=7, epochs=2))
+            for r in range(2)]
+    for epoch in range(2):
+        seen = Counter(i for run in runs for i in ids([b for b in run if b.epoch == epoch]))
+        assert set(seen) == all_ids(range(4)) and max(seen.values()) == 1
+    shard_seq = [[b.shard for b in run if b.epoch == 0] for run in runs]
+    assert list(dict.fromkeys(shard_seq[0])) == list(dict.fromkeys(shard_seq[1]))
+    plain = await collect(stream("train", data_dir=data))
+    e0 = [b.position for b in runs[0] if b.epoch == 0]
+    e1 = [b.position for b in runs[0] if b.epoch == 1]
+    assert [(p.shard, p.row_group) for p in e0] != [(p.shard, p.row_group) for p in e1]
+    assert [b.position for b in plain] == sorted(b.position for b in plain)  # unshuffled: file order
+
+
+async def test_val_is_last_shard_also_with_fewer_train_shards(data: Path, caplog) -> None:
+    for i in (2, 3):
+        (data / shard_name(i)).unlink()  # only train 0, 1 downloaded; val 4 present
+    val = await collect(stream("val", data_dir=data, world_size=1, rank=0))
+    assert {b.shard for b in val} == {4} and set(ids(val)) == all_ids([4])
+    train = await collect(stream("train", data_dir=data))
+    assert set(ids(train)) == all_ids([0, 1])
+    # no record: the last shard file is val, and we are told so once
+    (data / ".nanostream.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="nanostream"):
+        assert {b.shard for b in await collect(stream("val", data_dir=data))} == {4}
+        assert {b.shard for b in await collect(stream("train", data_dir=data))} == {0, 1}
+    warnings = [r for r in caplog.records if "validation shard" in r.getMessage()]
+    assert len(warnings) == 1 and "shard_00004.parquet" in warnings[0].getMessage()
+
+
+def test_bad_arguments(data: Path, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ConfigError):
+        stream("test", data_dir=data)
+    with pytest.raises(ConfigError):
+        stream("train", data_dir=data, rank=2, world_size=2)
+    with pytest.raises(ConfigError):
+        stream("train", data_dir=data, epochs=0)
+    with pytest.raises(ConfigError, match="not in this split"):
+        stream("train", data_dir=data, start=Position(0, 4, 0))
+    with pytest.raises(MissingShardError, match="does not exist"):
+        stream("train", data_dir=tmp_path / "nope")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert (stream("train", data_dir=data).plan.rank, stream("train", data_dir=data).plan.world_size) == (1, 3)
+
+
+# -- the producer ----------------------------------------------------------------------------------
+async def test_back_pressure_slow_consumer(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    make_shards(folder, 3, row_groups=10, rows=4, base_url="")
+    s = stream("train", data_dir=folder, queue_size=3)
+    consumed = 0
+    async for _ in s:
+        consumed += 1
+        await asyncio.sleep(0.05)  # slow consumer: the producer must wait, not run ahead
+        st = s.stats
+        assert s.qsize() <= 3 and st["max_queued"] <= 3
+        assert st["produced"] <= consumed + 3
+    assert consumed == 20 and s.stats["produced"] == 20 and s.stats["max_queued"] == 3
+
+
+@pytest.mark.parametrize("how", ["break", "aclose", "async_with", "cancel"])
+async def test_clean_shutdown(data: Path, how: str) -> None:
+    if how == "break":
+        async for _ in stream("train", data_dir=data, epochs=None, queue_size=2):
+            break
+    elif how == "aclose":
+        s = stream("train", data_dir=data, epochs=None)
+        await s.__anext__()
+        await s.aclose()
+        assert not our_threads() and not open_shard_files()
+    elif how == "async_with":
+        async with stream("train", data_dir=data, epochs=None) as s:
+            async for _ in s:
+                break
+        assert not our_threads() and not open_shard_files()
+    else:
+        got = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in stream("train", data_dir=data, epochs=None, queue_size=1):
+                got.set()
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(consume())
+        await got.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await settled()
+
+
+async def test_epochs_none_runs_on_and_epochs_two_twice(data: Path) -> None:
+    two = await collect(stream("train", data_dir=data, epochs=2))
+    assert Counter(ids(two)) == Counter({i: 2 for i in all_ids(range(4))})
+    assert [b.epoch for b in two] == [0] * 16 + [1] * 16
+    n = 0
+    async with stream("train", data_dir=data, epochs=None) as s:
+        async for b in s:
+            n += 1
+            if b.epoch == 3:
+                break
+    assert n == 16 * 3 + 1
+
+
+# -- errors ----------------------------------------------------------------------------------------
+async def test_truncated_shard_raises_named_error(data: Path) -> None:
+    path = data / shard_name(2)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    got: list[Batch] = []
+    with pytest.raises(CorruptShardError, match=r"shard_00002\.parquet") as err:
+        async for b in stream("train", data_dir=data):
+            got.append(b)
+    assert err.value.path == path and "fetch it again" in str(err.value)
+    assert set(ids(got)) == all_ids([0, 1])  # everything before it arrived; nothing after
+    await settled()
+
+
+@pytest.mark.parametrize("content", [b"", b"not parquet at all" * 10])
+async def test_garbage_shard_raises(data: Path, content: bytes) -> None:
+    (data / shard_name(0)).write_bytes(content)
+    with pytest.raises(CorruptShardError, match=r"shard_00000\.parquet"):
+        await collect(stream("train", data_dir=data))
+
+
+async def test_missing_shard_without_remote(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    make_shards(folder, 2, base_url="")
+    with pytest.raises(MissingShardError, match=r"shard_00002\.parquet"):
+        await collect(stream("train", data_dir=folder, num_shards=5, max_shard=9))
+
+
+# -- background fetching ---------------------------------------------------------------------------
+def remote(tmp_path: Path, n: int = 6, **kw) -> Path:
+    folder = tmp_path / "remote"
+    make_shards(folder, n, record=False, **kw)
+    return folder
+
+
+async def test_stream_from_empty_folder_while_downloading(tmp_path: Path) -> None:
+    src = remote(tmp_path)  # shards of ~5 kB; 10 kB/s per connection: ~0.5 s each
+    local = tmp_path / "local"
+    async with FaultServer(src, rate=10_000) as srv:
+        t0 = time.monotonic()
+        got: list[Batch] = []
+        first = None
+        async for b in stream("train", data_dir=local, base_url=srv.url, num_shards=5, max_shard=5,
+                              fetch_ahead=1):
+            if first is None:
+                first = time.monotonic() - t0
+                assert not (local / shard_name(4)).exists()  # the rest is still to come
+            got.append(b)
+        total = time.monotonic() - t0
+    assert first is not None and first < total / 2
+    assert Counter(ids(got)) == Counter(all_ids(range(5), rows=16))
+    assert [b.shard for b in got] == sorted(b.shard for b in got)
+    assert all(srv.count(shard_name(i)) == 1 for i in range(5)) and srv.count(shard_name(5)) == 0
+    rec = read_record(local)
+    assert rec is not None and rec.max_shard == 5 and rec.base_url == srv.url
+    await settled()
+
+
+async def test_corrupt_local_shard_is_fetched_again(tmp_path: Path) -> None:
+    src = remote(tmp_path, 4)
+    local = tmp_path / "local"
+    make_shards(local, 4, record=False)
+    (local / shard_name(1)).write_bytes(b"PAR1 truncated")
+    async with FaultServer(src) as srv:
+        write_record(local, FolderRecord(base_url=srv.url, max_shard=3))
+        got = await collect(stream("train", data_dir=local))
+    assert set(ids(got)) == all_ids(range(3), rows=16)
+    assert srv.count(shard_name(1)) == 1 and srv.count(shard_name(0)) == 0
+
+
+async def test_failed_download_raises_named_error(tmp_path: Path) -> None:
+    src = remote(tmp_path, 4)
+    async with FaultServer(src) as srv:
+        srv.script(shard_name(1), "status:404")
+        got: list[Batch] = []
+        with pytest.raises(FetchError, match=r"shard_00001\.parquet"):
+            async for b in stream("train", data_dir=tmp_path / "local", base_url=srv.url, num_shards=3,
+                                  max_shard=3):
+                got.append(b)
+        assert {b.shard for b in got} <= {0}
+    await settled()
+
+
+async def test_break_stops_background_downloads(tmp_path: Path) -> None:
+    src = remote(tmp_path)
+    async with FaultServer(src, rate=5_000) as srv:
+        s = stream("train", data_dir=tmp_path / "local", base_url=srv.url, num_shards=5, max_shard=5)
+        async with s:
+            await s.__anext__()
+        await settled()
+        assert not (tmp_path / "local" / shard_name(4)).exists()
+
+
+WORKER = """
+import sys
+from collections import Counter
+from nanostream.stream import iter_batches
+n = Counter(t.split(" ", 1)[0] for b in iter_batches("train", data_dir=sys.argv[1], base_url=sys.argv[2],
+            num_shards=5, max_shard=5, rank=int(sys.argv[3]), world_size=2) for t in b.texts)
+print(sum(n.values()), max(n.values()))
+"""
+
+
+async def test_two_processes_download_each_shard_once(tmp_path: Path) -> None:
+    src = remote(tmp_path)
+    local = tmp_path / "local"
+    async with FaultServer(src, rate=5_000) as srv:  # ~1 s a shard: the two overlap
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", WORKER, str(local), srv.url, str(r),
+                                                      stdout=subprocess.PIPE, env=env) for r in range(2)]
+        outs = [(await p.communicate())[0].decode().split() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+    assert outs == [["160", "1"], ["160", "1"]]  # 5 shards * 2 of 4 row groups * 16 rows, once each
+    assert [srv.count(shard_name(i)) for i in range(6)] == [1, 1, 1, 1, 1, 0]
+
+
+# -- resume and the blocking twin ------------------------------------------------------------------
+@pytest.mark.parametrize("shuffle", [False, True])
+async def test_resume_continues_exactly_after(data: Path, shuffle: bool) -> None:
+    kw = dict(data_dir=data, rank=1, world_size=2, epochs=3, shuffle=shuffle, seed=3)
+    full = await collect(stream("train", **kw))
+    assert len(full) == 24
+    for k in (0, 3, 7, 8, 15, 22):
+        pos = pickle.loads(pickle.dumps(full[k].position))
+        rest = await collect(stream("train", start=pos, **kw))
+        assert [b.position for b in rest] == [b.position for b in full[k + 1:]]
+        assert [b.texts for b in rest] == [b.texts for b in full[k + 1:]]
+
+
+async def test_resume_with_a_foreign_row_group_is_refused(data: Path) -> None:
+    with pytest.raises(ConfigError, match="rank"):
+        stream("train", data_dir=data, rank=0, world_size=2, start=Position(0, 1, 1))
+    with pytest.raises(ConfigError, match="row group 9"):
+        await collect(stream("train", data_dir=data, start=Position(0, 1, 9)))
+
+
+def test_iter_batches_matches_stream_and_cleans_up(data: Path) -> None:
+    blocking = list(iter_batches("train", data_dir=data, rank=0, world_size=2))
+    expected = asyncio.run(collect(stream("train", data_dir=data, rank=0, world_size=2)))
+    assert [b.position for b in blocking] == [b.position for b in expected]
+    assert [b.texts for b in blocking] == [b.texts for b in expected]
+    for _ in iter_batches("train", data_dir=data, epochs=None):
+        break
+    it = iter_batches("val", data_dir=data, epochs=None)
+    next(it)
+    with it:
+        pass
+    assert next(it, None) is None
+    for _ in range(100):
+        if not our_threads() and not open_shard_files():
+            break
+        time.sleep(0.01)
+    assert not our_threads() and not open_shard_files()
+
+
+def test_iter_batches_raises_stream_errors(data: Path) -> None:
+    (data / shard_name(1)).write_bytes(b"junk")
+    it = iter_batches("train", data_dir=data)
+    with pytest.raises(CorruptShardError, match=r"shard_00001\.parquet"):
+        for _ in it:
+            pass
+    assert not [t for t in our_threads() if t.is_alive()]
