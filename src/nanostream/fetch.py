@@ -358,14 +358,19 @@ class Fetcher:
         try:
             await f.seek(seg.pos)
             buf = bytearray()
-            async for chunk in resp.content.iter_chunked(READ_CHUNK):
-                if not job.live(gen):
-                    return
-                buf += chunk[: seg.end - seg.pos - len(buf)]
-                if len(buf) >= WRITE_CHUNK or seg.pos + len(buf) >= seg.end:
-                    await self._write(f, part, job, seg, buf)
-                    if seg.done():
+            try:
+                async for chunk in resp.content.iter_chunked(READ_CHUNK):
+                    if not job.live(gen):
                         return
+                    buf += chunk[: seg.end - seg.pos - len(buf)]
+                    if len(buf) >= WRITE_CHUNK or seg.pos + len(buf) >= seg.end:
+                        await self._write(f, part, job, seg, buf)
+                        if seg.done():
+                            return
+            except Exception:
+                if buf and job.live(gen):  # keep the good bytes that arrived before the failure
+                    await self._write(f, part, job, seg, buf)
+                raise
             if buf and job.live(gen):
                 await self._write(f, part, job, seg, buf)
         finally:

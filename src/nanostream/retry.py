@@ -30,11 +30,12 @@ class RetryPolicy:
     cap: float = 60.0  # largest backoff ceiling, seconds
     connect_timeout: float = 30.0  # to open a connection
     read_timeout: float = 60.0  # longest silence while reading a body (a stall); no total timeout
+    max_retry_after: float = 300.0  # longest Retry-After (429/503) obeyed
 
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the ``failures``-th failure (1-based)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cap)
+        if retry_after is not None:  # the server knows best, within reason
+            return min(max(retry_after, 0.0), self.max_retry_after)
         return random.uniform(0.0, min(self.cap, self.base * 2 ** max(failures - 1, 0)))
 
 

@@ -1,0 +1,373 @@
+"""The downloader against real loopback servers with injected faults (never a mocked client)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nanostream.errors import HTTPStatusError, RetriesExhausted
+from nanostream.fetch import Fetcher, fetch_shards
+from nanostream.partial import part_path, state_path
+from nanostream.retry import RetryPolicy
+from nanostream.shards import shard_name
+
+from datagen import make_big_shard, make_shards
+
+FAST = RetryPolicy(attempts=5, base=0.01, cap=0.05, connect_timeout=5, read_timeout=1.0)
+NAME0 = shard_name(0)
+
+
+def remote_shards(root: Path, n: int, mb: float = 0.0) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    if mb:
+        return [make_big_shard(root / shard_name(i), i, mb) for i in range(n)]
+    return make_shards(root, n, record=False)
+
+
+def assert_same(remote: Path, local: Path, n: int) -> None:
+    for i in range(n):
+        assert (local / shard_name(i)).read_bytes() == (remote / shard_name(i)).read_bytes(), shard_name(i)
+
+
+def assert_clean(local: Path) -> None:
+    """Only shard files and .nanostream* bookkeeping; no part or state files left."""
+    for name in os.listdir(local):
+        assert name.startswith("shard_") or name.startswith(".nanostream"), name
+        assert not name.endswith((".part", ".state", ".tmp")), name
+
+
+async def test_fetch_byte_identical_and_clean(fault_server, tmp_path):
+    srv = await fault_server()
+    remote_shards(srv.root, 4)
+    local = tmp_path / "local"
+    seen = []
+    results = await fetch_shards(range(4), data_dir=local, base_url=srv.url, workers=3, retry=FAST,
+                                 on_shard=seen.append)
+    assert [r.error for r in results] == [None] * 4
+    assert sorted(r.index for r in seen) == [0, 1, 2, 3]
+    assert_same(srv.root, local, 4)
+    assert_clean(local)
+    # idempotent: a second run downloads nothing
+    before = len(srv.requests)
+    again = await fetch_shards(range(4), data_dir=local, base_url=srv.url, retry=FAST)
+    assert all(r.skipped and r.downloaded == 0 for r in again)
+    assert len(srv.requests) == before
+
+
+@pytest.mark.parametrize("fault", ["status:503", "status:500", "status:408", "short:100", "drop:1000"])
+async def test_transient_faults_are_retried(fault_server, tmp_path, fault):
+    srv = await fault_server()
+    remote_shards(srv.root, 1)
+    srv.script(NAME0, fault, fault)
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
+    assert res.error is None
+    assert res.attempts == 2
+    assert srv.count(NAME0) == 3
+    assert_same(srv.root, tmp_path / "l", 1)
+    assert_clean(tmp_path / "l")
+
+
+async def test_429_obeys_retry_after(fault_server, tmp_path):
+    srv = await fault_server()
+    remote_shards(srv.root, 1)
+    srv.script(NAME0, "429:1")
+    t0 = time.monotonic()
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
+    assert res.error is None and res.attempts == 1
+    assert time.monotonic() - t0 >= 0.95  # waited as told, not FAST's 0.05 s backoff
+
+
+@pytest.mark.parametrize("status", [404, 403, 401])
+async def test_client_errors_fail_at_once(fault_server, tmp_path, status):
+    srv = await fault_server()
+    remote_shards(srv.root, 2)
+    srv.script(NAME0, f"status:{status}")
+    r0, r1 = await fetch_shards([0, 1], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
+    assert isinstance(r0.error, HTTPStatusError) and r0.error.status == status
+    assert NAME0 in str(r0.error) and srv.url in str(r0.error) and str(status) in str(r0.error)
+    assert srv.count(NAME0) == 1  # never retried
+    assert r1.error is None  # the other shard is unaffected
+    assert not (tmp_path / "l" / NAME0).exists()
+    assert_clean(tmp_path / "l")
+
+
+async def test_missing_file_is_404_not_retried(fault_server, tmp_path):
+    srv = await fault_server()
+    [res] = await fetch_shards([7], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
+    assert isinstance(res.error, HTTPStatusError) and res.error.status == 404
+    assert srv.count(shard_name(7)) == 1
+
+
+async def test_retries_exhausted_keeps_partial_for_resume(fault_server, tmp_path):
+    srv = await fault_server()
+    remote_shards(srv.root, 1, mb=3)
+    srv.script(NAME0, *["drop:500000"] * 3)
+    local = tmp_path / "l"
+    policy = RetryPolicy(attempts=3, base=0.01, cap=0.05, read_timeout=1.0)
+    [res] = await fetch_shards([0], data_dir=local, base_url=srv.url, retry=policy)
+    assert isinstance(res.error, RetriesExhausted) and res.error.attempts == 3
+    assert "rerun to resume" in str(res.error)
+    assert not (local / NAME0).exists()
+    assert part_path(local / NAME0).exists() and state_path(local / NAME0).exists()
+    # the rerun continues with a Range request instead of starting again
+    size = (srv.root / NAME0).stat().st_size
+    sent_before = srv.bytes_sent[NAME0]
+    [res] = await fetch_shards([0], data_dir=local, base_url=srv.url, retry=FAST)
+    assert res.error is None
+    last = srv.requests[-1]
+    assert last.range is not None and int(last.range.split("=")[1].split("-")[0]) > 0
+    assert srv.bytes_sent[NAME0] - sent_before < size
+    assert_same(srv.root, local, 1)
+    assert_clean(local)
+
+
+async def test_dropped_connection_resumes_by_range(fault_server, tmp_path):
+    srv = await fault_server()
+    remote_shards(srv.root, 1, mb=3)
+    size = (srv.root / NAME0).stat().st_size
+    srv.script(NAME0, f"drop:{size // 2}")
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, workers=1, retry=FAST)
+    assert res.error is None and res.attempts == 1
+    second = [r for r in srv.requests if r.method == "GET"][1]
+    assert second.range is not None and int(second.range.split("=")[1].split("-")[0]) > size // 4
+    assert srv.bytes_sent[NAME0] < 1.5 * size  # not downloaded twice
+    assert_same(srv.root, tmp_path / "l", 1)
+
+
+async def test_stalled_body_times_out_and_retries(fault_server, tmp_path):
+    srv = await fault_server()
+    remote_shards(srv.root, 1)
+    srv.script(NAME0, "stall:100")
+    policy = RetryPolicy(attempts=3, base=0.01, cap=0.05, read_timeout=0.5)
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, retry=policy)
+    assert res.error is None and res.attempts == 1
+    assert_same(srv.root, tmp_path / "l", 1)
+
+
+@pytest.mark.parametrize("redirect", [False, True])
+async def test_flipped_byte_is_caught_by_sha256(fault_server, tmp_path, redirect):
+    srv = await fault_server(redirect=redirect)
+    remote_shards(srv.root, 1)
+    srv.script(NAME0, "flip:1000")
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
+    assert res.error is None and res.attempts == 1
+    assert srv.count(NAME0) == 2
+    assert_same(srv.root, tmp_path / "l", 1)
+    assert_clean(tmp_path / "l")
+
+
+async def test_hub_redirect_followed(fault_server, tmp_path):
+    srv = await fault_server(redirect=True)
+    remote_shards(srv.root, 3)
+    results = await fetch_shards(range(3), data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
+    assert all(r.error is None for r in results)
+    assert_same(srv.root, tmp_path / "l", 3)
+
+
+async def test_tail_is_split_across_idle_connections(fault_server, tmp_path):
+    srv = await fault_server(rate=8_000_000)
+    remote_shards(srv.root, 1, mb=6)
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, workers=4, retry=FAST,
+                               min_split=512 * 1024)
+    assert res.error is None
+    gets = [r for r in srv.requests if r.method == "GET"]
+    assert len(gets) >= 4  # the idle workers each took a byte range of the one shard
+    assert sum(r.range is not None for r in gets) >= 3
+    assert srv.bytes_sent[NAME0] < 1.05 * (srv.root / NAME0).stat().st_size  # ~every byte once
+    assert_same(srv.root, tmp_path / "l", 1)
+
+
+async def test_two_fetchers_download_each_shard_once(fault_server, tmp_path):
+    srv = await fault_server(rate=4_000_000)
+    remote_shards(srv.root, 4, mb=1)
+    local = tmp_path / "l"
+    a, b = await asyncio.gather(
+        fetch_shards(range(4), data_dir=local, base_url=srv.url, workers=2, retry=FAST),
+        fetch_shards(reversed(range(4)), data_dir=local, base_url=srv.url, workers=2, retry=FAST),
+    )
+    assert all(r.error is None for r in [*a, *b])
+    for i in range(4):
+        assert srv.count(shard_name(i)) == 1
+    assert_same(srv.root, local, 4)
+    assert_clean(local)
+
+
+async def test_verify_refetches_a_bad_local_copy(fault_server, tmp_path):
+    srv = await fault_server()
+    remote_shards(srv.root, 2)
+    local = tmp_path / "l"
+    await fetch_shards(range(2), data_dir=local, base_url=srv.url, retry=FAST)
+    data = bytearray((local / NAME0).read_bytes())
+    data[500] ^= 0xFF
+    (local / NAME0).write_bytes(bytes(data))
+    results = await fetch_shards(range(2), data_dir=local, base_url=srv.url, retry=FAST, verify=True)
+    assert results[0].error is None and not results[0].skipped
+    assert results[1].skipped
+    assert srv.count(NAME0) == 2 and srv.count(shard_name(1)) == 1  # the good one only got a HEAD
+    assert srv.count(shard_name(1), "HEAD") == 1
+    assert_same(srv.root, local, 2)
+
+
+async def test_fetcher_api_dedupes_and_cancels_cleanly(fault_server, tmp_path):
+    srv = await fault_server(rate=1_000_000)
+    remote_shards(srv.root, 2, mb=2)
+    local = tmp_path / "l"
+    async with Fetcher(local, srv.url, workers=2, retry=FAST) as f:
+        r1, r2 = await asyncio.gather(f.fetch(0), f.fetch(0))
+        assert r1 is r2 and srv.count(NAME0) == 1
+        task = asyncio.create_task(f.fetch(1))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not (local / shard_name(1)).exists()
+    assert part_path(local / shard_name(1)).exists()  # kept for resume
+    ours = [t for t in asyncio.all_tasks() if "Fetcher" in t.get_coro().__qualname__]
+    assert ours == []
+
+
+# -- the CLI in subprocesses ------------------------------------------------------------------
+def nanostream(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanostream.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60, **kw)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--workers", "0"], "--workers"),
+    (["--workers", "-3"], "--workers"),
+    (["-n", "-2"], "-n"),
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--base-url", "ftp://example.com/x"], "not an http"),
+    (["--base-url", "http://127.0.0.1:9", "--data-dir", "/proc/nope/x"], "cannot be created"),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+    out = nanostream("fetch", *args, env={"NANOSTREAM_BASE_DIR": str(tmp_path)})
+    assert out.returncode == 2, out
+    assert needle in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+async def test_cli_failure_names_shard_and_exits_1(fault_server, tmp_path):
+    srv = await fault_server()
+    remote_shards(srv.root, 3)
+    (srv.root / shard_name(1)).unlink()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nanostream.cli", "fetch", "-n", "2", "--max-shard", "2", "--base-url", srv.url,
+        "--data-dir", str(tmp_path / "l"), "--retries", "2", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert f"failed {shard_name(1)}" in err.decode() and "404" in err.decode()
+    assert "2/3 shards present" in out.decode() and "Traceback" not in err.decode()
+    assert (tmp_path / "l" / ".nanostream.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_fetch_leaves_no_partial_final_file_and_resumes(tmp_path, sig):
+    remote = tmp_path / "remote"
+    remote_shards(remote, 3, mb=2)
+    srv = subprocess.Popen([sys.executable, str(Path(__file__).parent / "servers.py"), str(remote),
+                            "--rate", "1500000"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = srv.stdout.readline().strip()
+        local = tmp_path / "local"
+        args = [sys.executable, "-m", "nanostream.cli", "fetch", "-n", "2", "--max-shard", "2",
+                "--base-url", url, "--data-dir", str(local), "--workers", "3"]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(local.glob(".nanostream.*.part")):
+            time.sleep(0.05)
+        time.sleep(0.4)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, err
+            assert "Traceback" not in err and "interrupted" in err
+        finals = [p for p in local.iterdir() if p.name.startswith("shard_")]
+        for p in finals:  # anything with a final name is complete
+            assert p.read_bytes() == (remote / p.name).read_bytes()
+        assert len(finals) < 3
+        assert any(local.glob(".nanostream.*.part"))
+        rerun = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert rerun.returncode == 0, rerun.stderr
+        assert_same(remote, local, 3)
+        assert_clean(local)
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)
+        srv.stdout.close()
+
+
+async def test_hf_token_sent_as_bearer_and_never_printed(tmp_path):
+    from aiohttp import web
+
+    from nanostream.serve import make_app
+
+    remote = tmp_path / "remote"
+    remote_shards(remote, 1)
+    seen: list[str | None] = []
+
+    @web.middleware
+    async def record_auth(request, handler):
+        seen.append(request.headers.get("Authorization"))
+        return await handler(request)
+
+    app = make_app(remote)
+    app.middlewares.append(record_auth)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nanostream.cli", "-v", "fetch", "-n", "0", "--max-shard", "0",
+            "--base-url", url, "--data-dir", str(tmp_path / "l"), env={**os.environ, "HF_TOKEN": "hf_s3cret"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 0, err
+    assert seen and all(h == "Bearer hf_s3cret" for h in seen)
+    assert b"s3cret" not in out + err
+    assert b"s3cret" not in (tmp_path / "l" / ".nanostream.json").read_bytes()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_cli_loop_switch_and_plain_progress_lines(fault_server, tmp_path, loop):
+    srv = await fault_server()
+    remote_shards(srv.root, 2)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nanostream.cli", "fetch", "-n", "1", "--max-shard", "1", "--base-url", srv.url,
+        "--data-dir", str(tmp_path / "l"), "--loop", loop, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"{loop} loop" in err.decode()
+    assert "\r" not in err.decode()  # not a TTY: no progress bar redraws
+    assert "2/2 shards present" in out.decode()
+    assert_same(srv.root, tmp_path / "l", 2)
+
+
+def test_line_progress_prints_plain_periodic_lines():
+    import io
+
+    from nanostream.fetch import ShardResult
+    from nanostream.progress import LineProgress, make_progress
+
+    buf = io.StringIO()
+    p = LineProgress(3, buf, interval=0.0)
+    p.add_total(3_000_000)
+    p.advance(1_000_000)
+    p.shard_done(ShardResult(0, Path("x"), 1_000_000))
+    lines = buf.getvalue().splitlines()
+    assert lines and lines[-1].startswith("fetch: 1/3 shards, 0 failed, 1.0/3.0 MB")
+    assert type(make_progress(3, stream=io.StringIO())) is LineProgress
+    assert make_progress(3, quiet=True).__class__.__name__ == "NullProgress"
