@@ -1,0 +1,43 @@
+"""`make bench`: every benchmark part in one run, each printing nanostream vs its baseline.
+
+Parts: fetch (downloader vs process pool), stream (row-group producer vs bare pyarrow),
+tokenizer (rustbpe+tiktoken vs HF tokenizers), loader (TokenDataset vs encode_batch and
+the reference best-fit loop). ``BENCH_QUICK=1`` runs smaller sizes; ``BENCH_PARTS=fetch,stream``
+picks parts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+import traceback
+
+PARTS = ("fetch", "stream", "tokenizer", "loader")
+
+
+def main() -> int:
+    quick = os.environ.get("BENCH_QUICK", "0") not in ("", "0")
+    wanted = [p for p in os.environ.get("BENCH_PARTS", ",".join(PARTS)).split(",") if p]
+    failed = []
+    for part in wanted:
+        if part not in PARTS:
+            print(f"bench: unknown part {part!r}; choose from {', '.join(PARTS)}", file=sys.stderr)
+            return 2
+        print(f"\n=== bench: {part} {'(quick)' if quick else ''} ===", flush=True)
+        t0 = time.monotonic()
+        try:
+            importlib.import_module(f"bench.{part}_bench").main(quick=quick)
+        except Exception:  # one broken part must not hide the others' figures
+            traceback.print_exc()
+            failed.append(part)
+        print(f"--- {part}: {time.monotonic() - t0:.1f}s", flush=True)
+    if failed:
+        print(f"bench: parts that crashed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
