@@ -1,0 +1,319 @@
+"""TokenDataset: batch contract, packing on real shards, striding over ranks/workers, resume, errors, device."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from nanostream import ByteTokenizer, TokenDataset, to_device
+from nanostream.errors import CorruptShardError, LoaderError, NanostreamError
+
+from datagen import doc_id, doc_text, make_shards
+
+BOS = ByteTokenizer.bos_id
+PIN_WARNING = "ignore:'pin_memory' argument is set as true but no accelerator:UserWarning"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("shards")
+    make_shards(folder, 4, row_groups=8, rows=12)  # 3 train shards x 8 row groups x 12 docs, shard 3 = val
+    return folder
+
+
+def make(data: Path, **kw) -> TokenDataset:
+    args = {"batch_size": 4, "seq_len": 96, "data_dir": data, "rank": 0, "world_size": 1, "buffer_docs": 16}
+    args.update(kw)
+    return TokenDataset(kw.pop("split", "train"), ByteTokenizer(), **{k: v for k, v in args.items() if k != "split"})
+
+
+def rows_of(x: torch.Tensor, y: torch.Tensor) -> list[bytes]:
+    full = torch.cat([x, y[:, -1:]], dim=1)
+    return [full[i].tolist() for i in range(full.shape[0])]
+
+
+def segments(batches) -> list[str]:
+    """Every document (or cropped document head) placed in the batches, decoded."""
+    out = []
+    for x, y in batches:
+        for row in rows_of(x, y):
+            assert row[0] == BOS
+            cur: list[int] = []
+            for t in [*row[1:], BOS]:
+                if t == BOS:
+                    out.append(bytes(cur).decode("utf-8", errors="replace"))
+                    cur = []
+                else:
+                    cur.append(t)
+    return out
+
+
+def ids_of(segs: list[str]) -> list[tuple[int, int, int]]:
+    ids = []
+    for s in segs:
+        try:
+            ids.append(doc_id(s))
+        except ValueError:  # a crop shorter than its id
+            pass
+    return ids
+
+
+def test_batch_contract(data: Path) -> None:
+    ds = make(data, epochs=1)
+    batches = list(ds)
+    assert len(batches) > 5
+    for x, y in batches:
+        assert x.shape == y.shape == (4, 96)
+        assert x.dtype == y.dtype == torch.int64
+        assert x.is_contiguous() and y.is_contiguous()
+        assert (x[:, 0] == BOS).all()
+        assert torch.equal(x[:, 1:], y[:, :-1])
+    for seg in segments(batches):  # every piece is a whole document or the head of one
+        s, g, r = doc_id(seg) if seg.startswith("doc:") and seg.count(" ") else (None, None, None)
+        if s is not None:
+            assert doc_text(s, g, r).startswith(seg)
+    st = ds.stats()
+    assert st["batches"] == len(batches)
+    assert 0 < st["crop_fraction"] < 1
+    assert st["tokens_out"] == len(batches) * 4 * 97
+
+
+def test_exactly_once_in_process(data: Path) -> None:
+    seen: list[tuple[int, int, int]] = []
+    docs_in = used = left = n_segments = 0
+    for r in range(3):
+        ds = make(data, rank=r, world_size=3, epochs=1)
+        batches = list(ds)
+        segs = segments(batches)
+        ids = ids_of(segs)
+        assert all(g % 3 == r for _, g, _ in ids)
+        seen += ids
+        st = ds.stats()
+        n_segments += len(segs)
+        docs_in, used, left = docs_in + st["docs_in"], used + st["docs_used"], left + st["buffered_docs"]
+        assert st["docs_used"] == len(segs)
+    assert len(seen) == len(set(seen))
+    assert docs_in == 3 * 8 * 12 and used + left == docs_in and n_segments == used
+
+
+@pytest.mark.filterwarnings(PIN_WARNING)
+def test_workers_and_ranks_disjoint(data: Path) -> None:
+    """2 ranks x 2 workers through DataLoader: the same batches as the 4 folded strides in-process."""
+    all_ids: list[tuple[int, int, int]] = []
+    for rank in range(2):
+        ds = make(data, rank=rank, world_size=2, epochs=1)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, pin_memory=True)
+        got = [(x.clone(), y.clone()) for x, y in loader]
+        expect = []
+        for w in range(2):
+            expect.append(list(make(data, rank=rank * 2 + w, world_size=4, epochs=1)))
+        # DataLoader takes batches from its workers in turn
+        merged = [b for pair in zip(*expect, strict=False) for b in pair]
+        longest = max(expect, key=len)
+        merged += longest[len(min(expect, key=len)):]
+        assert len(got) == len(merged)
+        for (x, y), (ex, ey) in zip(got, merged, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+        ids = ids_of(segments(got))
+        assert all(g % 4 in (2 * rank, 2 * rank + 1) for _, g, _ in ids)  # folded stride r*k+w of W*k
+        all_ids += ids
+    assert len(all_ids) == len(set(all_ids))
+    assert len(all_ids) > 0.8 * 3 * 8 * 12
+
+
+@pytest.mark.parametrize(("k", "epochs"), [(0, 1), (1, 1), (5, 1), (13, 2), (29, 2)])
+def test_resume_exact(data: Path, k: int, epochs: int) -> None:
+    full = list(make(data, epochs=epochs))
+    assert len(full) > k
+    ds = make(data, epochs=epochs)
+    it = iter(ds)
+    head = [next(it) for _ in range(k)]
+    deadline = time.monotonic() + 5
+    while not it._q.full() and time.monotonic() < deadline:  # let the tokenizer thread run ahead
+        time.sleep(0.01)
+    state = ds.state_dict()
+    it.close()
+    if k:
+        assert len(state["lengths"]) > 0  # documents of partly used row groups are carried in the state
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = make(data, epochs=epochs)
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(head) + len(rest) == len(full)
+    for (x, y), (ex, ey) in zip(head + rest, full, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert fresh.stats()["tokens_cropped"] == make_stats(data, epochs)["tokens_cropped"]
+
+
+def make_stats(data: Path, epochs: int) -> dict:
+    ds = make(data, epochs=epochs)
+    for _ in ds:
+        pass
+    return ds.stats()
+
+
+def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
+    ds = make(data, epochs=1)
+    it = iter(ds)
+    next(it)
+    state = ds.state_dict()
+    it.close()
+    with pytest.raises(LoaderError, match="seq_len"):
+        make(data, seq_len=128, epochs=1).load_state_dict(state)
+    with pytest.raises(LoaderError, match="not a TokenDataset state"):
+        make(data, epochs=1).load_state_dict({"foo": 1})
+    other = make(data, rank=1, world_size=2, epochs=1)
+    other.load_state_dict(state)
+    with pytest.raises(LoaderError, match="stride"):
+        iter(other)
+
+
+@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"seq_len": 0}, {"split": "test"}, {"buffer_docs": 0}])
+def test_bad_arguments(data: Path, kw: dict) -> None:
+    with pytest.raises(LoaderError):
+        make(data, **kw)
+
+
+def test_val_split_and_missing_folder(data: Path, tmp_path: Path) -> None:
+    ids = ids_of(segments(make(data, split="val", epochs=1)))
+    assert ids and {s for s, _, _ in ids} == {3}
+    with pytest.raises(NanostreamError):
+        make(tmp_path / "nope")
+
+
+def test_early_break_leaves_no_thread(data: Path) -> None:
+    before = threading.active_count()
+    ds = make(data)  # epochs=None: endless
+    for i, _ in enumerate(ds):
+        if i == 3:
+            break
+    gc.collect()
+    assert threading.active_count() == before
+    it = iter(ds)
+    next(it)
+    it.close()
+    assert threading.active_count() == before
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+@pytest.fixture
+def corrupt(tmp_path: Path) -> Path:
+    make_shards(tmp_path, 4, row_groups=4, rows=12)
+    (tmp_path / "shard_00001.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    return tmp_path
+
+
+def test_stream_error_propagates_and_state_stays_exact(corrupt: Path) -> None:
+    ds = make(corrupt, epochs=1)
+    got = []
+    with pytest.raises(CorruptShardError):
+        for b in ds:
+            got.append(b)
+            state = ds.state_dict()
+    assert got
+    assert threading.active_count() == 1 or all(t.name != "nanostream-tokenize" for t in threading.enumerate())
+    after = ds.state_dict()  # the failed batch left no trace
+    assert after["position"] == state["position"] and torch.equal(after["tokens"], state["tokens"])
+
+
+@pytest.mark.filterwarnings(PIN_WARNING)
+def test_stream_error_through_workers(corrupt: Path) -> None:
+    loader = DataLoader(make(corrupt, epochs=1), batch_size=None, num_workers=2, pin_memory=True)
+    with pytest.raises(CorruptShardError):
+        for _ in loader:
+            pass
+
+
+def test_pickles_without_live_iterator(data: Path) -> None:
+    ds = make(data, epochs=1)
+    it = iter(ds)
+    next(it)
+    clone = pickle.loads(pickle.dumps(ds))
+    it.close()
+    assert next(iter(clone))[0].shape == (4, 96)
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on new torch
+def test_stateful_dataloader_resume(data: Path) -> None:
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    for workers in (0, 2):
+        full = [(x.clone(), y.clone()) for x, y in
+                sdl.StatefulDataLoader(make(data, epochs=1), batch_size=None, num_workers=workers)]
+        loader = sdl.StatefulDataLoader(make(data, epochs=1), batch_size=None, num_workers=workers)
+        it = iter(loader)
+        head = [next(it) for _ in range(7)]
+        state = loader.state_dict()
+        del it
+        again = sdl.StatefulDataLoader(make(data, epochs=1), batch_size=None, num_workers=workers)
+        again.load_state_dict(state)
+        rest = list(again)
+        assert len(head) + len(rest) == len(full)
+        for (x, y), (ex, ey) in zip(head + rest, full, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_to_device_cpu_is_free(data: Path) -> None:
+    x, y = next(iter(make(data, epochs=1)))
+    moved = to_device((x, y), "cpu")
+    assert moved[0] is x and moved[1] is y
+    ds = make(data, epochs=1)
+    it = to_device(ds, "cpu")
+    assert type(it).__name__ == "_TokenIterator"
+    assert next(it)[0].shape == (4, 96)
+    it.close()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_gloo(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp.json"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(Path(__file__).with_name("ddp_worker.py")),
+           str(data), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    ids = [tuple(i) for r in result["ranks"] for i in r["ids"]]
+    assert len(ids) == len(set(ids)) and len(ids) > 0.8 * 3 * 8 * 12
+    for r in result["ranks"]:
+        rank = r["rank"]
+        assert r["world_size"] == 2 and all(g % 4 in (2 * rank, 2 * rank + 1) for _, g, _ in r["ids"])
+        assert r["states_distinct"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_batches(data: Path) -> None:
+    cpu = list(make(data, epochs=1))
+    for source in (make(data, epochs=1), DataLoader(make(data, epochs=1), batch_size=None, num_workers=2,
+                                                   pin_memory=True)):
+        got = [(x.cpu(), y.cpu()) for x, y in to_device(source, "cuda")]
+        assert len(got) == len(cpu)
+        for (x, y), (ex, ey) in zip(got, cpu, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_copy_is_on_side_stream(data: Path) -> None:
+    it = to_device(make(data, epochs=1), "cuda")
+    x, _ = next(it)
+    assert x.is_cuda and it._side != torch.cuda.current_stream()
+    assert it._ahead is not None  # the next batch is already in flight
+    it.close()
