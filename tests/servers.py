@@ -95,12 +95,13 @@ class Fault:
 
 @dataclass
 class Seen:
-    """One request as the server saw it; ``status`` is 0 until it is answered."""
+    """One request as the server saw it; ``status`` is 0 until it is answered, ``at`` is loop time on arrival."""
 
     method: str
     path: str
     range: str | None
     status: int = 0
+    at: float = 0.0
 
 
 class FaultServer:
@@ -184,7 +185,7 @@ class FaultServer:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
-        seen = Seen(request.method, request.path, request.headers.get("Range"))
+        seen = Seen(request.method, request.path, request.headers.get("Range"), at=asyncio.get_running_loop().time())
         self.requests.append(seen)
         seen.status = 500
         try:

@@ -1,0 +1,173 @@
+"""Shared benchmark helpers: test shards, the throttled server subprocess, and process-tree measurement.
+
+``measure(cmd)`` runs a command to completion and reports wall time, CPU seconds
+(user+sys of the whole process tree, from ``RUSAGE_CHILDREN`` deltas) and peak
+RSS (sum of RSS over the process and all its descendants, sampled every 50 ms
+with psutil; PSS likewise). Run one measured command at a time: the CPU delta covers every
+child reaped in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+MB = 1_000_000
+
+
+def make_big_shards(folder: Path, n: int, megabytes: float) -> list[Path]:
+    """Write ``shard_00000..n-1`` of about ``megabytes`` MB each (tests/datagen.make_big_shard)."""
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from nanostream.shards import shard_name
+
+    from datagen import make_big_shard
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [make_big_shard(folder / shard_name(i), i, megabytes) for i in range(n)]
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    process: psutil.Process
+
+    def cpu(self) -> float:
+        """CPU seconds (user+sys) the server has used so far."""
+        t = self.process.cpu_times()
+        return t.user + t.system
+
+
+@contextlib.contextmanager
+def server_subprocess(root: Path, *, rate: float | None = None, latency: float = 0.0,
+                      redirect: bool = False) -> Iterator[ServerProcess]:
+    """Run ``tests/servers.py`` on ``root`` in a subprocess; yield its URL and process; stop it on exit."""
+    cmd = [sys.executable, str(TESTS / "servers.py"), str(root), "--port", "0", "--latency", str(latency)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    if redirect:
+        cmd.append("--redirect")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"server subprocess did not print its URL (got {url!r}, exit {proc.poll()})")
+        yield ServerProcess(url, psutil.Process(proc.pid))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@dataclass
+class RunStats:
+    wall: float
+    cpu: float  # user + sys
+    cpu_user: float
+    cpu_sys: float
+    peak_rss: int  # peak of the tree's summed RSS (counts pages shared by forked workers once per process)
+    peak_pss: int  # peak of the tree's summed PSS (shared pages split between sharers)
+    returncode: int
+    stderr: str
+
+
+def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over ``proc`` and its descendants; PSS splits shared pages fairly."""
+    rss = pss = 0
+    try:
+        members = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    for p in members:
+        with contextlib.suppress(psutil.Error):
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+    return rss, pss
+
+
+def measure(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 600,
+            interval: float = 0.05) -> RunStats:
+    """Run ``cmd`` to completion; see the module docstring for what is measured."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = peak_pss = 0
+    try:
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            rss, pss = _tree_memory(ps)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"{cmd[:4]} ran past {timeout} s")
+            time.sleep(interval)
+        wall = time.perf_counter() - t0
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return RunStats(wall=wall, cpu=user + system, cpu_user=user, cpu_sys=system, peak_rss=peak, peak_pss=peak_pss,
+                    returncode=proc.returncode, stderr=stderr)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identical(source: Sequence[Path], folder: Path) -> bool:
+    """True when ``folder`` holds a byte-identical copy of every file in ``source``."""
+    for src in source:
+        dst = folder / src.name
+        if not dst.is_file() or dst.stat().st_size != src.stat().st_size or sha256(dst) != sha256(src):
+            return False
+    return True
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain fixed-width text table."""
+    cells = [[str(h) for h in headers], *[[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def bench_env(base_dir: Path) -> dict[str, str]:
+    """The environment for measured subprocesses: no Hub token, a private base dir, src importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "NANOSTREAM_LOOP")}
+    env["NANOSTREAM_BASE_DIR"] = str(base_dir)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
