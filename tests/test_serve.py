@@ -16,6 +16,7 @@ import pytest
 
 from nanostream.errors import ConfigError
 from nanostream.serve import make_app, parse_range, start_server
+
 from servers import FaultServer
 
 NAME = "shard_00000.parquet"
