@@ -84,18 +84,25 @@ class ShardSource:
             self._tasks[index] = asyncio.create_task(self._fetch(index), name=f"nanostream-fetch-{index}")
 
     async def get(self, index: int, upcoming: Iterable[int] = ()) -> Path:
-        """The local file of shard ``index``; also starts fetching ``ahead`` of ``upcoming``."""
-        upcoming = list(upcoming)[: self.ahead]
-        self.want([index, *upcoming])
+        """The local file of shard ``index``; then starts fetching the first ``ahead`` of ``upcoming``.
+
+        The shard needed now is requested alone, so it has every connection to itself
+        (the fetcher splits one shard over its workers): the first batch comes after
+        about one shard's download. The ones after it start as soon as it has landed.
+        """
+        self.want([index])
         task = self._tasks.pop(index, None)
         if task is None:
-            return self.path(index)
-        try:
-            return await task
-        finally:
-            if not task.done():  # we were cancelled: do not leave the download behind
-                task.cancel()
-                await asyncio.wait([task])
+            path = self.path(index)
+        else:
+            try:
+                path = await task
+            finally:
+                if not task.done():  # we were cancelled: do not leave the download behind
+                    task.cancel()
+                    await asyncio.wait([task])
+        self.want(list(upcoming)[: self.ahead])
+        return path
 
     async def replace(self, index: int, seen: tuple[int, int, int, int] | None) -> Path:
         """Delete a corrupt shard (if it is still the file we read) and download it again."""
