@@ -167,6 +167,27 @@ def make_stats(data: Path, epochs: int) -> dict:
     return ds.stats()
 
 
+def test_snapshot_and_hold_for_read_ahead_consumers(data: Path) -> None:
+    """A consumer that reads one batch ahead (CudaPrefetcher) holds the state of what it handed out."""
+    full = list(make(data, epochs=1))
+    ds = make(data, epochs=1)
+    it = iter(ds)
+    head = [next(it) for _ in range(4)]
+    snap = it.snapshot()
+    head.append(next(it))  # read ahead: the training loop has only seen 4 batches
+    it.hold(snap)
+    state = ds.state_dict()
+    assert state["batches"] == 4
+    it.close()
+    assert ds.state_dict()["batches"] == 4  # also the final state kept after close
+    fresh = make(data, epochs=1)
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(rest) == len(full) - 4
+    for (x, y), (ex, ey) in zip(head[:4] + rest, full, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
 def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
     ds = make(data, epochs=1)
     it = iter(ds)
@@ -317,3 +338,19 @@ def test_cuda_copy_is_on_side_stream(data: Path) -> None:
     assert x.is_cuda and it._side != torch.cuda.current_stream()
     assert it._ahead is not None  # the next batch is already in flight
     it.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_prefetch_keeps_resume_exact(data: Path) -> None:
+    full = list(make(data, epochs=1))
+    ds = make(data, epochs=1)
+    it = to_device(ds, "cuda")
+    head = [tuple(t.cpu() for t in next(it)) for _ in range(5)]
+    state = ds.state_dict()  # the prefetcher has already read batch 6; the state must say 5
+    assert state["batches"] == 5
+    it.close()
+    fresh = make(data, epochs=1)
+    fresh.load_state_dict(state)
+    for (x, y), (ex, ey) in zip(head + list(fresh), full, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import LoaderError
-from .packing import BestFitPacker, PackStats, flatten_docs, token_dtype
+from .packing import BestFitPacker, BufferSnapshot, PackStats, flatten_docs, token_dtype
 from .shards import worker_stride
 from .stream import Position, default_rank, iter_batches, stream
 from .tokenizer import Tokenizer
@@ -88,6 +88,29 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
             close()
 
 
+class _Snapshot:
+    """A TokenDataset iterator's resume state at one batch boundary, not yet turned into tensors."""
+
+    def __init__(self, config: dict[str, Any], stride: tuple[int, int], position: Position | None,
+                 buffer: BufferSnapshot, stats: dict[str, int], batches: int) -> None:
+        self.config, self.stride, self.position = config, stride, position
+        self.buffer, self.stats, self.batches = buffer, stats, batches
+
+    def state_dict(self) -> dict[str, Any]:
+        tokens, lengths = self.buffer.export()
+        pos = self.position
+        return {
+            "version": STATE_VERSION,
+            "config": dict(self.config),
+            "stride": list(self.stride),
+            "position": None if pos is None else [pos.epoch, pos.shard, pos.row_group],
+            "tokens": torch.from_numpy(tokens),
+            "lengths": torch.from_numpy(lengths),
+            "stats": dict(self.stats),
+            "batches": self.batches,
+        }
+
+
 class _TokenIterator:
     """One pass of a TokenDataset: owns the tokenizer thread and the packing buffer."""
 
@@ -100,10 +123,11 @@ class _TokenIterator:
         self._position: Position | None = None
         self.batches = 0
         self.wait_s = 0.0  # time the consumer blocked on the tokenizer thread
+        self._held: _Snapshot | None = None
         dtype = token_dtype(ds.tokenizer.vocab_size)
         if state is not None:
             self._position = Position(*state["position"]) if state["position"] is not None else None
-            tokens = state["tokens"].numpy().astype(dtype, copy=False)
+            tokens = state["tokens"].numpy().astype(dtype, copy=True)
             self._packer.add(tokens, state["lengths"].numpy().astype(np.int64, copy=False))
             self._packer.stats = PackStats(**state["stats"])
             self.batches = int(state["batches"])
@@ -169,19 +193,19 @@ class _TokenIterator:
         self.batches += 1
         return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
+    def snapshot(self) -> _Snapshot:
+        """The state right now, cheaply (no token copies); ``.state_dict()`` materializes it."""
+        return _Snapshot(self._config, self.stride, self._position, self._packer.snapshot(),
+                         self._packer.stats.as_dict(), self.batches)
+
+    def hold(self, snap: _Snapshot | None) -> None:
+        """Report ``snap`` from ``state_dict()`` until released with ``hold(None)``: used by a
+        consumer that reads one batch ahead (``CudaPrefetcher``) so the state matches what the
+        training loop has actually received."""
+        self._held = snap
+
     def state_dict(self) -> dict[str, Any]:
-        tokens, lengths = self._packer.export()
-        pos = self._position
-        return {
-            "version": STATE_VERSION,
-            "config": dict(self._config),
-            "stride": list(self.stride),
-            "position": None if pos is None else [pos.epoch, pos.shard, pos.row_group],
-            "tokens": torch.from_numpy(tokens),
-            "lengths": torch.from_numpy(lengths),
-            "stats": self._packer.stats.as_dict(),
-            "batches": self.batches,
-        }
+        return (self._held or self.snapshot()).state_dict()
 
     def stats(self) -> dict[str, Any]:
         st = self._packer.stats
@@ -358,7 +382,13 @@ class CudaPrefetcher:
     turn; a set is rewritten only after its previous copy has finished). Copies run with
     ``non_blocking=True`` on a side stream; the consumer's stream waits on an event, and
     ``record_stream`` keeps the caching allocator from reusing the memory too early.
-    ``wait_s`` is the time spent waiting for the source iterable (data wait).
+
+    Reading one batch ahead would make the source's resume state one batch ahead too, so:
+    a ``TokenDataset`` (or its iterator) is told to report the state of the batch last
+    *returned* here (its ``state_dict()`` stays exact), and for other sources with a
+    ``state_dict()`` (e.g. torchdata's ``StatefulDataLoader``) it is captured after each
+    batch and returned by this object's ``state_dict()``. ``wait_s``: time spent waiting
+    for the source (data wait).
     """
 
     def __init__(self, batches: Iterable[Any], device: torch.device | str = "cuda", slots: int = 2) -> None:
@@ -366,14 +396,17 @@ class CudaPrefetcher:
             raise LoaderError("to_device: a CUDA device was asked for but torch.cuda.is_available() is False")
         dev = torch.device(device)
         self.device = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
-        self._source = batches
         self._it = iter(batches)
+        self._snap = getattr(self._it, "snapshot", None)  # our _TokenIterator
+        has_state = self._snap is None and callable(getattr(batches, "state_dict", None))
+        self._source_state = batches.state_dict if has_state else None
         self._side = torch.cuda.Stream(self.device)
         self._pinned: list[list[torch.Tensor]] = [[] for _ in range(slots)]
         self._copied: list[Any] = [None] * slots  # event recorded after each slot's last copy
         self._k = 0
         self._ahead: Any = None
-        self._started = self._done = False
+        self._state: Any = None
+        self._started = False
         self.wait_s = 0.0
         self.batches = 0
 
@@ -398,6 +431,8 @@ class CudaPrefetcher:
             return None
         finally:
             self.wait_s += time.perf_counter() - t0
+        state = self._snap() if self._snap is not None else (
+            self._source_state() if self._source_state is not None else None)
         single = isinstance(batch, torch.Tensor)
         tensors = (batch,) if single else tuple(batch)
         slot = self._k % len(self._pinned)
@@ -410,23 +445,33 @@ class CudaPrefetcher:
             done = torch.cuda.Event()
             done.record(self._side)
         self._copied[slot] = done
-        return (out[0] if single else out), done
+        return (out[0] if single else out), done, state
 
     def __next__(self) -> Any:
         if not self._started:
             self._started = True
+            if self._snap is not None:
+                self._it.hold(self._snap())
             self._ahead = self._stage()
         if self._ahead is None:
             self.close()
             raise StopIteration
-        out, done = self._ahead
+        out, done, state = self._ahead
         current = torch.cuda.current_stream(self.device)
         current.wait_event(done)
         for t in (out,) if isinstance(out, torch.Tensor) else out:
             t.record_stream(current)
+        self._state = state
+        if self._snap is not None:
+            self._it.hold(state)  # the source now reports the batch we return
         self._ahead = self._stage()  # the next copy overlaps the caller's step on this batch
         self.batches += 1
         return out
+
+    def state_dict(self) -> Any:
+        """The source's resume state as of the last batch returned (None before the first)."""
+        st = self._state
+        return st.state_dict() if isinstance(st, _Snapshot) else st
 
     def close(self) -> None:
         """Drop the staged batch and close the source iterator if it can be closed."""

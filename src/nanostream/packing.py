@@ -91,6 +91,28 @@ class PackStats:
         return asdict(self)
 
 
+class BufferSnapshot:
+    """The buffered documents at one moment, as references to immutable chunk arrays."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> None:
+        self.parts = parts
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        toks, lens = [], []
+        for tokens, lengths, alive in self.parts:
+            if alive is None:
+                toks.append(tokens)
+                lens.append(lengths)
+            else:
+                toks.append(tokens[np.repeat(alive, lengths)])
+                lens.append(lengths[alive])
+        if not toks:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        return np.concatenate(toks), np.concatenate(lens).astype(np.int64, copy=False)
+
+
 class BestFitPacker:
     """A buffer of documents and the best-fit rule that fills rows from it.
 
@@ -133,21 +155,17 @@ class BestFitPacker:
         if self._journal is not None:
             self._journal.append(("add", chunk))
 
+    def snapshot(self) -> BufferSnapshot:
+        """A cheap, frozen view of the buffer (chunk arrays are never modified, only alive flags
+        are copied); ``.export()`` turns it into arrays when needed."""
+        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.alive.copy())
+                 for c in sorted(self._chunks.values(), key=lambda c: c.serial)]
+        return BufferSnapshot(parts)
+
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         """The buffered documents in arrival order: (flat tokens, lengths). Adding them to a
         fresh packer recreates this one's buffer exactly."""
-        toks, lens = [], []
-        for chunk in sorted(self._chunks.values(), key=lambda c: c.serial):
-            if chunk.n_alive == len(chunk.lengths):
-                toks.append(chunk.tokens)
-                lens.append(chunk.lengths)
-            else:
-                toks.append(chunk.tokens[np.repeat(chunk.alive, chunk.lengths)])
-                lens.append(chunk.lengths[chunk.alive])
-        dtype = next(iter(self._chunks.values())).tokens.dtype if self._chunks else np.dtype(np.int32)
-        if not toks:
-            return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
-        return np.concatenate(toks), np.concatenate(lens).astype(np.int64, copy=False)
+        return self.snapshot().export()
 
     # -- rows --------------------------------------------------------------------------------
     def fill_row(self, out: np.ndarray, refill: Callable[[], bool]) -> bool:
