@@ -1,0 +1,217 @@
+"""Where the demo trainer's data comes from: the Hub, or the offline sample served on 127.0.0.1.
+
+Owns ``SOURCE`` selection (``auto`` | ``hub`` | ``sample``), the Hub reachability
+probe (one HEAD of the dataset's first shard, bounded by a few seconds), writing
+the sample corpus once into ``$NANOSTREAM_BASE_DIR/sample-src``, and running
+``nanostream serve`` on it as a child process for the length of the run. Either
+way the trainer gets a base URL, and the data then takes the real path: fetched
+over HTTP by the async downloader while it is streamed.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanostream.config import DEFAULT_DATASET, Config, get_dataset
+from nanostream.errors import ConfigError, FetchError
+from nanostream.shards import RECORD_NAME, list_shards, read_record, shard_name
+
+SOURCES = ("auto", "hub", "sample")
+SAMPLE_NAME = "sample"
+PROBE_TIMEOUT = 3.0
+SERVE_START_TIMEOUT = 30.0
+_SERVING_RE = re.compile(r"serving .* at (http://\S+)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Resolved data source: a corpus name, where its shards are served, and where they go locally."""
+
+    kind: str  # "hub" or "sample"
+    name: str  # corpus name, also the tokenizer's folder prefix
+    base_url: str
+    max_shard: int  # the validation shard's index
+    data_dir: Path
+    notice: str  # the one line telling the user which source and how to choose
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx from the Hub's resolve endpoint already proves it answers: do not follow it to the CDN."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _head(url: str, token: str | None, timeout: float) -> str | None:
+    """HEAD ``url``: None when the server answers usefully (2xx/3xx), else why not, in a few words."""
+    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "nanostream-demo"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(req, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if 300 <= exc.code < 400:
+            return None
+        hint = " (gated or bad token? check HF_TOKEN)" if exc.code in (401, 403) else ""
+        return f"HTTP {exc.code} from {url}{hint}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{type(reason).__name__}: {reason} for {url}"
+
+
+def probe_hub(cfg: Config, dataset: str = DEFAULT_DATASET, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when the Hub serves ``dataset``'s first shard within ``timeout`` seconds, else the reason.
+
+    Honours ``HF_ENDPOINT`` and ``HF_TOKEN`` through ``cfg``. The socket timeout does not bound
+    DNS resolution, so the HEAD runs in a worker thread and the caller waits at most ``timeout``;
+    a thread still stuck in the resolver is joined before returning (resolvers give up on their
+    own), so no thread outlives this call, and its late answer is ignored.
+    """
+    url = f"{get_dataset(dataset).base_url(cfg.hf_endpoint)}/{shard_name(0)}"
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(_head(url, cfg.hf_token, timeout)),
+                              name="nanostream-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    if not result:
+        worker.join()
+        return f"no answer within {timeout:g} s from {url}"
+    return result[0]
+
+
+def sample_is_complete(folder: Path, shards: int) -> bool:
+    record = read_record(folder)
+    return record is not None and record.max_shard == shards - 1 and list_shards(folder) == list(range(shards))
+
+
+def ensure_sample(folder: Path, shards: int) -> Path:
+    """Write the sample corpus (``shards`` files, the last one validation) once; reuse it when complete."""
+    if shards < 2:
+        raise ConfigError(f"the sample needs >= 2 shards (one train, one validation), got {shards}")
+    if not sample_is_complete(folder, shards):
+        from nanostream.sample import write_sample
+
+        write_sample(folder, shards=shards)
+    return folder
+
+
+def drop_stale(data_dir: Path, src_dir: Path) -> None:
+    """Delete downloaded sample shards that no longer match the served ones.
+
+    The sample is split into as many shards as asked for, so ``shard_00000`` changes with
+    ``--shards`` (and with the installed packages it is built from); the fetcher keeps a
+    shard that is already on disk, so a stale copy would silently be trained on.
+    """
+    served = read_record(src_dir)
+    record = read_record(data_dir)
+    if record is not None and (served is None or record.max_shard != served.max_shard):
+        (data_dir / RECORD_NAME).unlink(missing_ok=True)
+    for index in list_shards(data_dir):
+        local, remote = data_dir / shard_name(index), src_dir / shard_name(index)
+        if not remote.exists() or not filecmp.cmp(local, remote, shallow=False):
+            local.unlink(missing_ok=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def serve_folder(folder: Path, timeout: float = SERVE_START_TIMEOUT) -> Iterator[str]:
+    """Run ``nanostream serve FOLDER --port 0`` as a child process; yield its URL; stop it on exit.
+
+    The child's output goes to a temporary log file (not a pipe, which nobody would drain);
+    its first line carries the URL. On a failed start the log's tail is in the error.
+    """
+    with tempfile.TemporaryDirectory(prefix="nanostream-serve-") as tmp:
+        log_path = Path(tmp) / "serve.log"
+        with log_path.open("ab") as log:
+            cmd = [sys.executable, "-m", "nanostream.cli", "serve", str(folder), "--port", "0"]
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = _wait_for_url(proc, log_path, timeout)
+            yield url
+        finally:
+            _stop(proc)
+
+
+def _wait_for_url(proc: subprocess.Popen, log_path: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log_path.read_text(errors="replace")
+        if m := _SERVING_RE.search(text):
+            return m.group(1).rstrip("/")
+        if proc.poll() is not None or time.monotonic() > deadline:
+            why = f"exited with {proc.returncode}" if proc.returncode is not None else f"no URL after {timeout:g} s"
+            tail = " | ".join(text.strip().splitlines()[-3:]) or "no output"
+            raise FetchError(f"`nanostream serve` for the sample corpus {why}: {tail}", url=None)
+        time.sleep(0.05)
+
+
+def choose(source: str, cfg: Config, dataset: str = DEFAULT_DATASET,
+           timeout: float = PROBE_TIMEOUT) -> tuple[str, str]:
+    """Resolve ``source`` to ``("hub" | "sample", notice)``. Only ``auto`` and ``hub`` touch the Hub."""
+    if source not in SOURCES:
+        raise ConfigError(f"SOURCE={source!r}: choose one of {', '.join(SOURCES)}")
+    if source == "sample":
+        return "sample", ("nanostream: training on the offline sample corpus (SOURCE=sample). "
+                          "Set SOURCE=hub or SOURCE=auto to use the Hub.")
+    why = probe_hub(cfg, dataset, timeout)
+    if why is None:
+        return "hub", (f"nanostream: training on {dataset} from the Hub ({cfg.hf_endpoint}, SOURCE={source}). "
+                       "Set SOURCE=sample for the offline sample corpus.")
+    if source == "hub":
+        raise FetchError(f"Hub not reachable ({why}) and SOURCE=hub requires it: check the network, "
+                         "HF_ENDPOINT and HF_TOKEN, or set SOURCE=sample", url=cfg.hf_endpoint)
+    return "sample", (f"nanostream: Hub not reachable ({why}); training on the offline sample corpus "
+                      "(SOURCE=sample). Set SOURCE=hub to require the Hub.")
+
+
+@contextmanager
+def open_source(source: str, cfg: Config, *, shards: int, dataset: str = DEFAULT_DATASET,
+                timeout: float = PROBE_TIMEOUT) -> Iterator[Source]:
+    """Pick the source and make it servable for the ``with`` block.
+
+    ``shards`` is the number of train shards. The Hub: ``dataset``'s shards ``0..shards-1`` plus
+    its validation shard, into ``BASE/data/DATASET``. The sample: ``shards + 1`` files written
+    to ``BASE/sample-src`` (once), served on 127.0.0.1, fetched into ``BASE/data/sample``.
+    """
+    if shards < 1:
+        raise ConfigError(f"--shards must be >= 1 train shard, got {shards}")
+    kind, notice = choose(source, cfg, dataset, timeout)
+    if kind == "hub":
+        ds = get_dataset(dataset)
+        yield Source("hub", ds.name, ds.base_url(cfg.hf_endpoint), ds.max_shard, cfg.data_dir(ds.name), notice)
+        return
+    folder = ensure_sample(cfg.base_dir / "sample-src", shards + 1)
+    data_dir = cfg.data_dir(SAMPLE_NAME)
+    drop_stale(data_dir, folder)
+    with serve_folder(folder) as url:
+        yield Source("sample", SAMPLE_NAME, url, shards, data_dir, notice)
+
+
+def env_default(name: str, default: str) -> str:
+    """An env var's value for an argparse default (make passes knobs as flags; env works too)."""
+    return os.environ.get(name) or default

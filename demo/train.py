@@ -1,0 +1,271 @@
+"""``python -m demo.train``: train a tiny GPT on nanostream's real data path (``make train-cpu``).
+
+Owns the demo run: the CPU thread split, the tokenizer for the chosen corpus (trained
+once, then reused), the training loop with its log lines (step, loss, tokens/s, data
+wait), the validation loss in bits per byte and a generated sample. The data source
+is ``demo.source``; the model is ``demo.gpt``; the data itself comes from the library
+(``TokenDataset`` over ``iter_batches``, which fetches shards over HTTP while streaming).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from typing import TextIO
+
+import torch
+
+from demo.gpt import GPT, GPTConfig
+from demo.source import PROBE_TIMEOUT, SOURCES, Source, env_default, open_source
+from nanostream.bpe import train_with_stats
+from nanostream.config import Config
+from nanostream.errors import ConfigError, NanostreamError
+from nanostream.loader import TokenDataset, to_device
+from nanostream.stream import iter_batches
+from nanostream.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+
+LOSS_WINDOW = 10  # the loss "fall" compares the mean of the first and of the last this-many steps
+
+
+def vocab_arg(value: str) -> int | str:
+    if value == "byte":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--vocab must be an integer or 'byte', got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m demo.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Train a tiny GPT on nanostream's data path (make train-cpu).")
+    p.add_argument("--source", choices=SOURCES, default=env_default("SOURCE", "auto"),
+                   help="data: the Hub (FineWeb-Edu), the offline sample served on 127.0.0.1, or auto "
+                        "(the Hub if it answers within --probe-timeout s); env SOURCE")
+    p.add_argument("--device", default=env_default("DEVICE", "cpu"), help="cpu or cuda[:N]; env DEVICE")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    p.add_argument("--depth", type=int, default=4, help="transformer blocks")
+    p.add_argument("--width", type=int, default=0, help="model width d_model (0: 32 * depth)")
+    p.add_argument("--batch", type=int, default=8, help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--shards", type=int, default=2, help="train shards (plus the validation shard)")
+    p.add_argument("--vocab", type=vocab_arg, default=4096, help="BPE vocabulary size, or 'byte' (no training)")
+    p.add_argument("--tokenizer-chars", type=int, default=2_000_000, help="characters to train the BPE on")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup", type=int, default=10, help="linear warmup steps")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
+    p.add_argument("--eval-batches", type=int, default=8, help="validation batches for bits per byte")
+    p.add_argument("--sample-tokens", type=int, default=48, help="tokens to generate at the end (0: none)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: cores minus the loader's)")
+    p.add_argument("--probe-timeout", type=float, default=PROBE_TIMEOUT, help="seconds to wait for the Hub")
+    p.add_argument("--seed", type=int, default=1337, help="model init and sampling seed")
+    return p
+
+
+def thread_split(override: int = 0) -> tuple[int, int, int]:
+    """(cores, torch intra-op threads, loader threads).
+
+    The loader's work (the event loop, one parquet reader thread, one tokenizer thread, the
+    tokenizer's encoding threads) is light but latency-bound: give it one core's share, and
+    torch's intra-op pool the rest. Then the two never fight for a core (oversubscribed
+    OpenMP threads spin and stall each other, which shows up as slow, jittery steps). On
+    2 cores that is 1 + 1; on 16 it is 15 + 1.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    loader = 1
+    return cores, override if override > 0 else max(1, cores - loader), loader
+
+
+def get_tokenizer(args: argparse.Namespace, src: Source, cfg: Config, threads: int) -> tuple[Tokenizer, str]:
+    """The tokenizer for this corpus: ``BASE/tokenizer/<corpus>-<vocab>``, trained on first use."""
+    if args.vocab == "byte":
+        return ByteTokenizer(), "bytes (no training)"
+    folder = cfg.tokenizer_dir() / f"{src.name}-{args.vocab}"
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(folder, num_threads=threads), f"loaded {folder}"
+    t0 = time.perf_counter()
+    texts = iter_batches("train", data_dir=src.data_dir, base_url=src.base_url, max_shard=src.max_shard,
+                         num_shards=args.shards, epochs=1, config=cfg)
+    try:
+        tok, used = train_with_stats((t for batch in texts for t in batch.texts), vocab_size=args.vocab,
+                                     max_chars=args.tokenizer_chars, num_threads=threads)
+    finally:
+        texts.close()
+    tok.save(folder)
+    return tok, f"trained on {used:,} chars in {time.perf_counter() - t0:.1f}s, saved to {folder}"
+
+
+def token_bytes(tok: Tokenizer, device: torch.device) -> torch.Tensor:
+    """UTF-8 bytes each token id stands for (0 for special tokens such as BOS)."""
+    n = tok.vocab_size
+    if isinstance(tok, ByteTokenizer):
+        lengths = [1] * 256 + [0] * (n - 256)
+    elif hasattr(tok, "ranks"):
+        lengths = [0] * n
+        for piece, rank in tok.ranks.items():
+            lengths[rank] = len(piece)
+    else:
+        lengths = [0 if i == tok.bos_id else len(tok.decode([i]).encode("utf-8")) for i in range(n)]
+    return torch.tensor(lengths, dtype=torch.int64, device=device)
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warmup, flat, then linear decay to 10% over the last 40% of the steps."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    decay_from = int(0.6 * args.steps)
+    if step < decay_from:
+        return args.lr
+    frac = (step - decay_from) / max(1, args.steps - decay_from)
+    return args.lr * (1.0 - 0.9 * frac)
+
+
+def dataset(split: str, args: argparse.Namespace, src: Source, tok: Tokenizer, cfg: Config,
+            epochs: int | None) -> TokenDataset:
+    return TokenDataset(split, tok, args.batch, args.seq_len, data_dir=src.data_dir, base_url=src.base_url,
+                        max_shard=src.max_shard, num_shards=args.shards, epochs=epochs, config=cfg)
+
+
+@torch.no_grad()
+def evaluate_bpb(model: GPT, batches: Iterator, n: int, tb: torch.Tensor, autocast) -> tuple[float, int]:
+    """Validation bits per byte: summed token NLL (nats) / (ln 2 * UTF-8 bytes of those tokens)."""
+    model.eval()
+    nats, nbytes, seen = 0.0, 0, 0
+    for x, y in batches:
+        with autocast():
+            loss = model(x, y, reduction="none")
+        b = tb[y]
+        nats += float((loss * (b > 0)).sum())
+        nbytes += int(b.sum())
+        seen += 1
+        if seen == n:
+            break
+    model.train()
+    return (nats / (math.log(2) * nbytes) if nbytes else float("nan")), seen
+
+
+def generate(model: GPT, tok: Tokenizer, device: torch.device, n: int, seed: int, autocast) -> str:
+    prompt = [tok.bos_id, *tok.encode_batch(["The "])[0]]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    with autocast():
+        out = model.generate(torch.tensor([prompt], device=device), n, generator=gen)[0, 1:].tolist()
+    model.train()
+    if tok.bos_id in out:  # stop at the end of the document
+        out = out[: out.index(tok.bos_id)]
+    return tok.decode(out)
+
+
+def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> dict:
+    """The whole run; returns its figures (losses, data wait, bpb, sample) for callers and tests."""
+    def say(msg: str) -> None:
+        print(msg, file=out or sys.stdout, flush=True)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("DEVICE=cuda but torch sees no CUDA device: run `make train-cpu`, or `make setup GPU=1` "
+                          "on a machine with a GPU")
+    for name in ("steps", "depth", "batch", "seq_len", "eval_batches", "log_every"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cores, torch_threads, loader_threads = thread_split(args.threads)
+    torch.set_num_threads(torch_threads)
+    import pyarrow  # its own decode pool: keep it inside the loader's share
+
+    pyarrow.set_cpu_count(loader_threads)
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext)
+    torch.manual_seed(args.seed)
+    with open_source(args.source, cfg, shards=args.shards, timeout=args.probe_timeout) as src:
+        say(src.notice)
+        say(f"threads: {cores} cores -> torch {torch_threads} intra-op, loader {loader_threads} "
+            f"(reader + tokenizer); device {device}{' (bf16 autocast)' if device.type == 'cuda' else ''}")
+        tok, how = get_tokenizer(args, src, cfg, loader_threads)
+        say(f"tokenizer: vocab {tok.vocab_size}, {how}")
+        width = args.width or 32 * args.depth
+        mcfg = GPTConfig(vocab_size=tok.vocab_size, seq_len=args.seq_len, depth=args.depth, d_model=width,
+                         head_dim=32 if width % 32 == 0 else width)
+        model = GPT(mcfg).to(device)
+        opt = model.optimizer(args.lr, device_type=device.type)
+        say(f"model: {model.num_params() / 1e6:.2f}M params, depth {mcfg.depth}, width {mcfg.d_model}, "
+            f"seq_len {mcfg.seq_len}, batch {args.batch}; data {src.base_url} -> {src.data_dir}")
+        losses: list[float] = []
+        wait_total = step_total = win_wait = win_time = 0.0
+        tokens_per_step = args.batch * args.seq_len
+        batches = to_device(dataset("train", args, src, tok, cfg, epochs=None), device)
+        try:
+            for step in range(args.steps):
+                t0 = time.perf_counter()
+                x, y = next(batches)
+                t1 = time.perf_counter()
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, args)
+                with autocast():
+                    loss = model(x, y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())  # also waits for the device, so step times are real
+                dt = time.perf_counter() - t0
+                wait_total, step_total = wait_total + (t1 - t0), step_total + dt
+                win_wait, win_time = win_wait + (t1 - t0), win_time + dt
+                if not math.isfinite(losses[-1]):
+                    raise NanostreamError(f"loss became {losses[-1]} at step {step}: lower --lr")
+                if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+                    n = (step % args.log_every) + 1
+                    say(f"step {step + 1:5d}/{args.steps} | loss {losses[-1]:.4f} | "
+                        f"{n * tokens_per_step / win_time:8,.0f} tok/s | data wait {100 * win_wait / win_time:5.2f}%")
+                    win_wait = win_time = 0.0
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        val = to_device(dataset("val", args, src, tok, cfg, epochs=1), device)
+        try:
+            bpb, evaluated = evaluate_bpb(model, val, args.eval_batches, token_bytes(tok, device), autocast)
+        finally:
+            close = getattr(val, "close", None)
+            if close is not None:
+                close()
+        text = generate(model, tok, device, args.sample_tokens, args.seed, autocast) if args.sample_tokens else ""
+    w = min(LOSS_WINDOW, len(losses))
+    first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
+    result = {"source": src.kind, "losses": losses, "first_loss": first, "last_loss": last,
+              "loss_fall": 1 - last / first, "data_wait_s": wait_total, "step_time_s": step_total,
+              "data_wait_pct": 100 * wait_total / step_total, "val_bpb": bpb, "val_batches": evaluated,
+              "sample": text, "tokens_per_s": args.steps * tokens_per_step / step_total}
+    say(f"done: {args.steps} steps in {step_total:.1f}s ({result['tokens_per_s']:,.0f} tok/s); loss "
+        f"{first:.3f} -> {last:.3f} (mean of first/last {w} steps, -{100 * result['loss_fall']:.0f}%)")
+    say(f"data wait: {wait_total:.2f}s total, {result['data_wait_pct']:.2f}% of step time")
+    say(f"validation: {bpb:.4f} bits per byte ({evaluated} batches of {args.batch}x{args.seq_len} tokens)")
+    if text:
+        say(f"sample: {text!r}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        train(args, Config.from_env())
+    except ConfigError as exc:
+        print(f"demo.train: error: {exc}", file=sys.stderr)
+        return 2
+    except NanostreamError as exc:
+        print(f"demo.train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("demo.train: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
