@@ -40,3 +40,25 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(ROOT)/.pytest_cache $(ROOT)/.ruff_cache $(ROOT)/src/*.egg-info
+
+# --- demo trainer (demo/train.py): knobs as make variables or env vars; empty = the trainer's
+# default (see `$(PY) -m demo.train --help` and README.md). SOURCE: auto | hub | sample.
+STEPS ?=
+DEPTH ?=
+BATCH ?=
+SEQ_LEN ?=
+SHARDS ?=
+SOURCE ?=
+DEVICE ?=
+VOCAB ?=
+TRAIN_FLAGS = $(if $(STEPS),--steps $(STEPS)) $(if $(DEPTH),--depth $(DEPTH)) $(if $(BATCH),--batch $(BATCH)) \
+	$(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(SHARDS),--shards $(SHARDS)) $(if $(SOURCE),--source $(SOURCE)) \
+	$(if $(VOCAB),--vocab $(VOCAB))
+
+train-cpu: setup
+	cd $(ROOT) && $(PY) -m demo.train --device $(or $(DEVICE),cpu) $(TRAIN_FLAGS)
+
+# the CUDA build of torch is needed here, whatever GPU= says: set it up (once; a stamp makes reruns free)
+train-gpu:
+	@$(MAKE) --no-print-directory -f $(ROOT)/Makefile setup GPU=1
+	cd $(ROOT) && $(PY) -m demo.train --device $(if $(filter cuda%,$(DEVICE)),$(DEVICE),cuda) $(TRAIN_FLAGS)
