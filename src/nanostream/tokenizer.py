@@ -224,7 +224,7 @@ def load_tokenizer(path: Path | str, *, num_threads: int | None = None) -> Token
     """The tokenizer saved in folder ``path`` (or its ``tokenizer.json``); ``"byte"`` gives ByteTokenizer."""
     if isinstance(path, str) and path == "byte":
         return ByteTokenizer()
-    directory = Path(path)
+    directory = Path(path).expanduser()
     if directory.name == CONFIG_NAME and directory.is_file():
         directory = directory.parent
     config_path = directory / CONFIG_NAME
