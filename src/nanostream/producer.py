@@ -12,6 +12,7 @@ batches. The producer task, its thread and every file it opened are gone when
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import random
@@ -29,6 +30,7 @@ from .source import ShardSource, file_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+READ_AHEAD = 2  # row-group reads queued on the reader thread beyond the batch being handed over
 
 
 @dataclass(frozen=True, order=True)
@@ -156,6 +158,7 @@ class Producer:
         self.produced = 0  # batches put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.source: ShardSource | None = None
+        self._left = 0  # row groups of the current shard not yet handed over
         self._executor: ThreadPoolExecutor | None = None
 
     async def run(self) -> None:
@@ -206,13 +209,14 @@ class Producer:
                     if after is not None:
                         done = _resume_index(order, after, path, handle.num_row_groups)
                         after = None
-                    while done < len(order):
-                        texts = await self._call(handle.read, order[done])
-                        await self._put(Batch(texts, shard, order[done], epoch))
-                        done += 1
+                    self._left = len(order) - done
+                    try:
+                        await self._emit_row_groups(handle, epoch, shard, order[done:])
+                    finally:
+                        done = len(order) - self._left  # handed over so far, for a retry after a re-fetch
                     return
                 finally:
-                    await self._call(handle.close)
+                    await self._call(handle.close)  # runs on the reader thread after any read queued
             except CorruptShardError as exc:
                 if refetched or not source.remote_known:
                     raise
@@ -220,23 +224,46 @@ class Producer:
                 log.warning("%s; fetching it again", exc)
                 path = await source.replace(shard, seen)
 
+    async def _emit_row_groups(self, handle: _Shard, epoch: int, shard: int, groups: list[int]) -> None:
+        """Read ``groups`` in order and put them. Up to ``READ_AHEAD`` reads wait on the reader thread,
+        so it never idles while the loop hands a batch over."""
+        pending: collections.deque[asyncio.Future[list[str]]] = collections.deque()
+        try:
+            for k, group in enumerate(groups):
+                while len(pending) < READ_AHEAD and k + len(pending) < len(groups):
+                    pending.append(self._submit(handle.read, groups[k + len(pending)]))
+                texts = await self._result(pending.popleft())
+                await self._put(Batch(texts, shard, group, epoch))
+                self._left -= 1
+        finally:
+            for fut in pending:  # reads ahead that nobody will take: drop them if not started
+                fut.cancel()
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     async def _put(self, batch: Batch) -> None:
         await self.queue.put(batch)
         self.produced += 1
         self.max_queued = max(self.max_queued, self.queue.qsize())
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the reader thread. On cancel the call still finishes before we go on,
-        so a file is never closed under a read in flight."""
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn`` on the reader thread. One thread, first in first out: a ``close`` queued
+        after a read runs after it, so a file is never closed under a read in flight."""
         assert self._executor is not None
         cf: Future[T] = self._executor.submit(fn, *args)
-        fut = asyncio.wrap_future(cf)
+        return asyncio.wrap_future(cf)
+
+    @staticmethod
+    async def _result(fut: asyncio.Future[T]) -> T:
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
-            if not cf.cancel():
-                await asyncio.wait([fut])
+            await asyncio.wait([fut])  # let the thread finish what it is doing before cleanup
+            if not fut.cancelled():
+                fut.exception()
             raise
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._result(self._submit(fn, *args))
 
     async def _stop_thread(self) -> None:
         executor, self._executor = self._executor, None

@@ -1,0 +1,232 @@
+"""Benchmark of ``stream()``: throughput, time to first batch, and memory.
+
+1. Documents/s through ``stream()`` (and the blocking ``iter_batches``) vs a bare
+   pyarrow ``read_row_group`` loop over the same files, same process, warm page
+   cache, best of a few alternating rounds. Target: >= 0.9x.
+2. Time to the first batch from an empty folder behind the throttled loopback
+   server (``tests/servers.py`` as a subprocess) vs "fetch everything, then read",
+   and vs one shard's download time alone (same downloader, same workers).
+   Target: first batch within 1.5x of one shard's download.
+3. Peak RSS (``ru_maxrss``) streaming 4 vs 16 shards, each in a fresh subprocess.
+   Target: flat, within 10%.
+
+``python -m bench.stream_bench [--quick]``; ``make bench`` calls ``main(quick)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import MB, bench_env, make_big_shards, server_subprocess, table, verdict
+from nanostream.fetch import fetch_shards
+from nanostream.shards import FolderRecord, shard_name, write_record
+from nanostream.stream import iter_batches, stream
+
+RATE = 4_000_000  # bytes/s per connection
+LATENCY = 0.05
+WORKERS = 4
+
+
+def make_text_shards(folder: Path, n: int, *, row_groups: int, rows: int, words: int, seed: int = 0) -> list[Path]:
+    """``n`` shards in the real layout (1024-doc row groups, zstd) of English-ish random word documents."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
+    weights = np.linspace(2.0, 0.1, len(letters))
+    vocab = np.array(["".join(rng.choice(letters, size=int(k), p=weights / weights.sum()))
+                      for k in rng.integers(2, 10, size=8000)], dtype=object)
+    zipf = 1.0 / np.arange(1, len(vocab) + 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in range(n):
+        texts = []
+        for g in range(row_groups):
+            lengths = rng.integers(words // 2, words * 3 // 2, size=rows)
+            picks = rng.choice(len(vocab), size=int(lengths.sum()), p=zipf / zipf.sum())
+            at = 0
+            for r, k in enumerate(lengths):
+                texts.append(f"doc:{s}:{g}:{r} " + " ".join(vocab[picks[at:at + k]]))
+                at += k
+        path = folder / shard_name(s)
+        pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), path, row_group_size=rows,
+                       compression="zstd")
+        paths.append(path)
+    write_record(folder, FolderRecord(base_url="", max_shard=n - 1))
+    return paths
+
+
+# -- 1. throughput ---------------------------------------------------------------------------------
+def bare_loop(paths: list[Path]) -> int:
+    docs = 0
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        try:
+            for g in range(pf.num_row_groups):
+                docs += len(pf.read_row_group(g, columns=["text"]).column(0).to_pylist())
+        finally:
+            pf.close()
+    return docs
+
+
+async def _stream_docs(folder: Path, n: int) -> int:
+    return sum([len(b.texts) async for b in stream("train", data_dir=folder, num_shards=n, rank=0, world_size=1)])
+
+
+def stream_loop(folder: Path, n: int) -> int:
+    return asyncio.run(_stream_docs(folder, n))
+
+
+def blocking_loop(folder: Path, n: int) -> int:
+    with iter_batches("train", data_dir=folder, num_shards=n, rank=0, world_size=1) as it:
+        return sum(len(b.texts) for b in it)
+
+
+def throughput(folder: Path, n: int, rounds: int) -> dict[str, float]:
+    paths = [folder / shard_name(i) for i in range(n)]
+    runs = {"pyarrow loop": lambda: bare_loop(paths), "stream()": lambda: stream_loop(folder, n),
+            "iter_batches()": lambda: blocking_loop(folder, n)}
+    best = dict.fromkeys(runs, float("inf"))
+    docs = {}
+    bare_loop(paths)  # warm the page cache
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            docs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    assert len(set(docs.values())) == 1, docs
+    return {name: docs[name] / t for name, t in best.items()}
+
+
+# -- 2. time to first batch ------------------------------------------------------------------------
+async def _first_batch(local: Path, url: str, n: int) -> float:
+    t0 = time.perf_counter()
+    async with stream("train", data_dir=local, base_url=url, num_shards=n, max_shard=n, rank=0, world_size=1,
+                      fetch_workers=WORKERS) as s:
+        async for _ in s:
+            return time.perf_counter() - t0
+    raise RuntimeError("no batch")
+
+
+async def _fetch_then_read(local: Path, url: str, n: int) -> float:
+    t0 = time.perf_counter()
+    results = await fetch_shards(range(n), data_dir=local, base_url=url, workers=WORKERS)
+    bad = [r.error for r in results if r.error]
+    if bad:
+        raise bad[0]
+    pf = pq.ParquetFile(local / shard_name(0))
+    try:
+        pf.read_row_group(0, columns=["text"]).column(0).to_pylist()
+    finally:
+        pf.close()
+    return time.perf_counter() - t0
+
+
+async def _one_shard(local: Path, url: str) -> float:
+    t0 = time.perf_counter()
+    [res] = await fetch_shards([0], data_dir=local, base_url=url, workers=WORKERS)
+    if res.error:
+        raise res.error
+    return time.perf_counter() - t0
+
+
+def first_batch(work: Path, n: int, shard_mb: float) -> dict[str, float]:
+    src = work / "remote"
+    make_big_shards(src, n + 1, shard_mb)
+    out: dict[str, float] = {}
+    with server_subprocess(src, rate=RATE, latency=LATENCY) as server:
+        for name, fn in (("one shard alone", lambda d: _one_shard(d, server.url)),
+                         ("stream(): first batch", lambda d: _first_batch(d, server.url, n)),
+                         ("fetch all, then read", lambda d: _fetch_then_read(d, server.url, n))):
+            local = work / name.replace(" ", "_").replace(",", "").replace(":", "").replace("()", "")
+            out[name] = asyncio.run(fn(local))
+            shutil.rmtree(local, ignore_errors=True)
+    out["shard_mb"] = sum(p.stat().st_size for p in src.glob("shard_*.parquet")) / (n + 1) / MB
+    return out
+
+
+# -- 3. memory ---------------------------------------------------------------------------------------
+def rss_child(folder: Path, n: int) -> None:
+    docs = stream_loop(folder, n)
+    print(docs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def peak_rss(folder: Path, n: int, env: dict[str, str]) -> int:
+    out = subprocess.run([sys.executable, "-m", "bench.stream_bench", "--rss-child", str(folder), str(n)],
+                         env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[1])
+
+
+def main(quick: bool = False) -> dict:
+    n_tp, rounds = (8, 3) if quick else (15, 3)
+    groups, words = (2, 200) if quick else (4, 400)
+    shard_mb, n_ttfb = (8.0, 4) if quick else (16.0, 8)
+    work = Path(tempfile.mkdtemp(prefix="nanostream-stream-bench-"))
+    try:
+        print(f"stream bench: writing 17 shards of {groups} x 1024 documents ...", flush=True)
+        data = work / "data"
+        make_text_shards(data, 17, row_groups=groups, rows=1024, words=words)
+        print("stream bench: throughput ...", flush=True)
+        tp = throughput(data, n_tp, rounds)
+        print("stream bench: memory (fresh subprocesses) ...", flush=True)
+        env = bench_env(work / "base")
+        rss = {n: peak_rss(data, n, env) for n in (4, 16)}
+        print("stream bench: time to first batch ...", flush=True)
+        ttfb = first_batch(work / "ttfb", n_ttfb, shard_mb)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ratio = tp["stream()"] / tp["pyarrow loop"]
+    ratio_blocking = tp["iter_batches()"] / tp["pyarrow loop"]
+    rows = [[name, f"{v:,.0f}", f"{v / tp['pyarrow loop']:.2f}x"] for name, v in tp.items()]
+    print(f"\nstream throughput: {n_tp} shards x {groups} row groups x 1024 docs (~{words * 6} chars each), "
+          f"best of {rounds}")
+    print(table(["reader", "docs/s", "vs pyarrow"], rows))
+    one, first, every = ttfb["one shard alone"], ttfb["stream(): first batch"], ttfb["fetch all, then read"]
+    print(f"\ntime to first batch: {n_ttfb} train shards of {ttfb['shard_mb']:.1f} MB, {WORKERS} connections "
+          f"at {RATE / MB:g} MB/s each, {LATENCY * 1000:.0f} ms latency")
+    print(table(["", "seconds", "vs one shard"],
+                [[k, f"{v:.2f}", f"{v / one:.2f}x"] for k, v in ttfb.items() if k != "shard_mb"]))
+    flat = rss[16] / rss[4]
+    print(f"\npeak RSS streaming 4 shards: {rss[4] / MB:.0f} MB, 16 shards: {rss[16] / MB:.0f} MB "
+          f"({flat:.2f}x)")
+    targets = {
+        "stream() >= 0.9x bare pyarrow docs/s": ratio >= 0.9,
+        "first batch within 1.5x of one shard's download": first <= 1.5 * one,
+        "peak RSS flat (16 vs 4 shards within 10%)": flat <= 1.10,
+    }
+    for name, ok in targets.items():
+        print(f"  {verdict(ok)}  {name}")
+    return {
+        "docs_per_s": {k: round(v) for k, v in tp.items()},
+        "stream_over_pyarrow": round(ratio, 3),
+        "iter_batches_over_pyarrow": round(ratio_blocking, 3),
+        "first_batch_s": round(first, 3),
+        "one_shard_s": round(one, 3),
+        "fetch_all_then_read_s": round(every, 3),
+        "first_batch_over_one_shard": round(first / one, 2),
+        "peak_rss_mb": {n: round(v / MB, 1) for n, v in rss.items()},
+        "rss_16_over_4": round(flat, 3),
+        "targets": targets,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shards and fewer of them")
+    parser.add_argument("--rss-child", nargs=2, metavar=("DIR", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(Path(args.rss_child[0]), int(args.rss_child[1]))
+    else:
+        main(quick=args.quick)
