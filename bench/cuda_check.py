@@ -1,0 +1,209 @@
+"""One-call GPU check of the loader's device path: correctness, copy/compute overlap, data wait.
+
+Run from the repository root on a machine with CUDA (no install needed: ``src`` and
+``tests`` are put on ``sys.path``)::
+
+    python bench/cuda_check.py            # ~1-2 minutes on an H100
+    python bench/cuda_check.py --cpu-dry-run   # no GPU: runs the same code paths on CPU (no timings judged)
+
+It prints one PASS/FAIL line per check and a JSON summary (also written to
+``$OUT/cuda_check.json`` when ``OUT`` is set). Checks:
+
+1. correctness: batches from ``to_device(TokenDataset, "cuda")`` and from
+   ``to_device(DataLoader(ds, num_workers=2, pin_memory=True), "cuda")`` equal the CPU
+   batches; single batches (pinned and not) move intact; resume through the prefetcher
+   is exact (``ds.state_dict()`` describes the batch last returned, not the one read ahead).
+2. overlap: synthetic int64 batches and a fixed matmul "step" on the default stream;
+   step time with the prefetcher vs compute alone vs a plain blocking ``.to("cuda")``.
+   ``hidden`` = share of the copy cost the prefetcher removes; target >= 0.8 for the
+   large batch (the small one is informational: its copy is a few microseconds).
+3. data wait: a small GPT-like model trained on ``TokenDataset`` through DataLoader
+   workers and ``to_device``, ``loss.item()`` every step; ``wait`` = time spent in
+   ``next()`` / total; target < 5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT / "src", ROOT / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from nanostream import ByteTokenizer, TokenDataset, to_device  # noqa: E402
+
+from datagen import make_shards  # noqa: E402  (tests/)
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(torch.equal(x.cpu(), ex) and torch.equal(y.cpu(), ey)
+                                    for (x, y), (ex, ey) in zip(a, b, strict=True))
+
+
+def correctness(folder: Path, device: str) -> dict[str, bool]:
+    def ds() -> TokenDataset:
+        return TokenDataset("train", ByteTokenizer(), 8, 512, data_dir=folder, rank=0, world_size=1, epochs=1)
+
+    cpu = list(ds())
+    res = {"dataset": _same([tuple(t.clone() for t in b) for b in to_device(ds(), device)], cpu)}
+    def loader() -> DataLoader:  # two workers interleave two strides: compare with the same on CPU
+        return DataLoader(ds(), batch_size=None, num_workers=2, pin_memory=device == "cuda")
+
+    cpu_loader = [tuple(t.clone() for t in b) for b in loader()]
+    res["dataloader_2_workers"] = _same([tuple(t.clone() for t in b) for b in to_device(loader(), device)],
+                                        cpu_loader)
+    x, y = cpu[0]
+    moved = to_device((x, y), device)
+    res["single_batch"] = torch.equal(moved[0].cpu(), x) and torch.equal(moved[1].cpu(), y)
+    if device == "cuda":
+        px = x.pin_memory()
+        res["single_pinned"] = torch.equal(to_device(px, device).cpu(), x)
+    d = ds()
+    it = to_device(d, device)
+    head = [tuple(t.clone().cpu() for t in next(it)) for _ in range(5)]
+    state = d.state_dict()
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+    fresh = ds()
+    fresh.load_state_dict(state)
+    res["resume_through_prefetcher"] = state["batches"] == 5 and _same(head + list(fresh), cpu)
+    return res
+
+
+def overlap(device: str, shape: tuple[int, int], steps: int) -> dict[str, float]:
+    """Seconds per step: compute only, blocking copy + compute, prefetcher + compute."""
+    dev = torch.device(device)
+    batches = [(torch.randint(0, 50_000, shape), torch.randint(0, 50_000, shape)) for _ in range(4)]
+    n = 4096 if device == "cuda" else 256
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    # size the compute to ~3x the blocking copy of one batch
+    sync()
+    t0 = time.perf_counter()
+    for i in range(10):
+        x, y = batches[i % 4]
+        x.to(dev), y.to(dev)
+    sync()
+    copy = (time.perf_counter() - t0) / 10
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    sync()
+    mm = (time.perf_counter() - t0) / 10
+    reps = max(1, round(3 * copy / mm))
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = (x[:, :8].float().mean() + y[:, :8].float().mean()).to(a.dtype)
+        c = a
+        for _ in range(reps):
+            c = a @ a
+        return c[0, 0] + z
+
+    def run(source: Any) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for x, y in source:
+            step(x, y)
+        sync()
+        return (time.perf_counter() - t0) / steps
+
+    on_dev = [(x.to(dev), y.to(dev)) for x, y in batches]
+    run(on_dev[i % 4] for i in range(3))  # warm up
+    compute = run(on_dev[i % 4] for i in range(steps))
+    blocking = run((x.to(dev), y.to(dev)) for x, y in (batches[i % 4] for i in range(steps)))
+    prefetch = run(to_device((batches[i % 4] for i in range(steps)), device))
+    added = blocking - compute
+    hidden = (blocking - prefetch) / added if added > 0 else 1.0
+    return {"copy_ms": 1000 * copy, "compute_ms": 1000 * compute, "blocking_ms": 1000 * blocking,
+            "prefetch_ms": 1000 * prefetch, "matmuls_per_step": reps, "hidden": hidden}
+
+
+def data_wait(folder: Path, device: str, steps: int) -> dict[str, float]:
+    B, T, V, D = (16, 1024, 257, 512) if device == "cuda" else (4, 128, 257, 64)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = torch.nn.Sequential(torch.nn.Embedding(V, D), *[torch.nn.Sequential(torch.nn.Linear(D, 4 * D),
+                                torch.nn.GELU(), torch.nn.Linear(4 * D, D)) for _ in range(4)],
+                                torch.nn.Linear(D, V)).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ds = TokenDataset("train", ByteTokenizer(), B, T, data_dir=folder, rank=0, world_size=1)
+    loader = DataLoader(ds, batch_size=None, num_workers=min(4, os.cpu_count() or 1), pin_memory=device == "cuda", persistent_workers=False)
+    it = to_device(loader, device)
+    waited = 0.0
+    t_start = 0.0
+    for i in range(steps + 5):
+        if i == 5:  # after warm-up (worker start, first kernels)
+            waited, t_start = 0.0, time.perf_counter()
+        t0 = time.perf_counter()
+        x, y = next(it)
+        waited += time.perf_counter() - t0
+        loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+    total = time.perf_counter() - t_start
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+    return {"steps": steps, "step_ms": 1000 * total / steps, "wait_fraction": waited / total}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cpu-dry-run", action="store_true", help="run every code path on CPU; judge nothing")
+    p.add_argument("--steps", type=int, default=50)
+    args = p.parse_args()
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        print("cuda_check: SKIP (torch.cuda.is_available() is False; use --cpu-dry-run to exercise the code)")
+        return 0
+    device = "cpu" if args.cpu_dry_run else "cuda"
+    steps = 3 if args.cpu_dry_run else args.steps
+    res: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                           "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="nanostream-cuda-check-") as tmp:
+        folder = Path(tmp) / "data"
+        make_shards(folder, 5, row_groups=8, rows=256, words=120)
+        res["correctness"] = correctness(folder, device)
+        small, large = ((8, 64), (8, 256)) if args.cpu_dry_run else ((32, 2048), (128, 16384))
+        res["overlap_small"] = overlap(device, small, steps)
+        res["overlap_large"] = overlap(device, large, steps)
+        res["data_wait"] = data_wait(folder, device, steps)
+    checks = {f"correct: {k}": v for k, v in res["correctness"].items()}
+    checks["overlap: large batch copy >= 80% hidden"] = res["overlap_large"]["hidden"] >= 0.8
+    checks["data wait < 5% of step time"] = res["data_wait"]["wait_fraction"] < 0.05
+    for name, ok in checks.items():
+        judged = device == "cuda" or name.startswith("correct")
+        print(f"{('PASS' if ok else 'FAIL') if judged else 'n/a '}  {name}")
+    for k in ("overlap_small", "overlap_large"):
+        o = res[k]
+        print(f"{k}: copy {o['copy_ms']:.3f} ms, compute {o['compute_ms']:.3f} ms/step, blocking "
+              f"{o['blocking_ms']:.3f}, prefetch {o['prefetch_ms']:.3f} -> {100 * o['hidden']:.0f}% of the copy hidden")
+    dw = res["data_wait"]
+    print(f"data wait: {100 * dw['wait_fraction']:.2f}% of {dw['step_ms']:.1f} ms/step over {dw['steps']} steps")
+    print(json.dumps(res, indent=1))
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "cuda_check.json").write_text(json.dumps(res, indent=1))
+    return 0 if all(v for k, v in checks.items() if device == "cuda" or k.startswith("correct")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

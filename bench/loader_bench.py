@@ -1,0 +1,190 @@
+"""Loader benchmark: ``TokenDataset`` vs the tokenizer alone and vs the reference best-fit loop.
+
+Data: the offline sample corpus (``nanostream.sample``, real English text) written to
+a temp folder; tokenizer: a BPE trained on it with ``nanostream.tokenizer.train_tokenizer``
+when that exists, else ``ByteTokenizer`` (the table says which). Batches are (8, 1024).
+
+Rows (targets, PASS/FAIL, never asserted):
+* encode_batch: the tokenizer's own ``encode_batch`` over the same row groups (the limit);
+* TokenDataset: one in-process iterator (num_workers=0), tokenizing on its background thread;
+  target >= 0.8x the limit in document tokens/s;
+* reference: ``bench/reference_loader.py`` (tokenize + scan-the-list best fit + ``torch.tensor``
+  per document, all in the consuming thread); target: TokenDataset >= 3x faster;
+* RSS: peak resident memory sampled over a long endless run; target: flat (growth < 16 MB
+  between the first and the last quarter);
+plus informational rows: DataLoader with 2 workers, ``state_dict()`` cost, crop fraction.
+
+Run: ``python -m bench.loader_bench [--quick]`` (``make bench`` calls ``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch.utils.data import DataLoader
+
+from bench.reference_loader import reference_batches
+from nanostream import ByteTokenizer, TokenDataset, iter_batches
+
+B, T = 8, 1024
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [headers, *[[f"{c:,.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _data(folder: Path) -> Path:
+    try:
+        from nanostream.sample import write_sample
+    except ImportError:  # sample corpus not there: a synthetic one from the test generator
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from datagen import make_shards
+
+        make_shards(folder, 4, row_groups=12, rows=1024, words=150)
+        return folder
+    write_sample(folder, shards=4)
+    return folder
+
+
+def _tokenizer(texts: list[str]) -> tuple[Any, str]:
+    try:
+        from nanostream.tokenizer import train_tokenizer
+    except ImportError:
+        return ByteTokenizer(), "ByteTokenizer (train_tokenizer not available)"
+    tok = train_tokenizer(texts, vocab_size=8192, max_chars=4_000_000)
+    return tok, f"BPE via train_tokenizer, vocab {tok.vocab_size}, {getattr(tok, 'num_threads', '?')} threads"
+
+
+def _groups(folder: Path) -> list[list[str]]:
+    with iter_batches("train", data_dir=folder, rank=0, world_size=1, epochs=1) as it:
+        return [b.texts for b in it]
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    epochs = 1 if quick else 3
+    res: dict[str, Any] = {"quick": quick, "batch": [B, T], "epochs": epochs}
+    with tempfile.TemporaryDirectory(prefix="nanostream-loader-bench-") as tmp:
+        folder = _data(Path(tmp) / "data")
+        groups = _groups(folder)
+        tok, tok_name = _tokenizer([t for g in groups for t in g])
+        res["tokenizer"] = tok_name
+        res["docs"] = sum(map(len, groups))
+
+        # the limit: encode_batch alone on the same row groups, in memory
+        t0 = time.perf_counter()
+        doc_tokens = 0
+        for _ in range(epochs):
+            for g in groups:
+                doc_tokens += sum(map(len, tok.encode_batch(g)))
+        t_enc = time.perf_counter() - t0
+        res["encode_tok_s"] = doc_tokens / t_enc
+
+        def loader(**kw: Any) -> TokenDataset:
+            return TokenDataset("train", tok, B, T, data_dir=folder, rank=0, world_size=1, **kw)
+
+        # TokenDataset, in process
+        t0 = time.perf_counter()
+        ds = loader(epochs=epochs)
+        n = sum(1 for _ in ds)
+        t_ds = time.perf_counter() - t0
+        st = ds.stats()
+        res.update(dataset_tok_s=doc_tokens / t_ds, dataset_batches=n, dataset_batch_tok_s=n * B * T / t_ds,
+                   crop_fraction=st["crop_fraction"], wait_s=st["wait_s"], dataset_s=t_ds)
+
+        # the reference loop (same source, same rule)
+        def texts() -> Any:
+            with iter_batches("train", data_dir=folder, rank=0, world_size=1, epochs=epochs) as it:
+                for b in it:
+                    yield b.texts
+
+        t0 = time.perf_counter()
+        ref = reference_batches(texts(), tok, B, T)
+        first_ref = [next(ref) for _ in range(3)]
+        n_ref = 3 + sum(1 for _ in ref)
+        t_ref = time.perf_counter() - t0
+        first_ds = [b for b, _ in zip(loader(epochs=epochs), range(3), strict=False)]
+        same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first_ref, first_ds, strict=True))
+        res.update(reference_tok_s=doc_tokens / t_ref, reference_batches=n_ref, reference_s=t_ref, same_batches=same)
+
+        # DataLoader with 2 workers (informational: 2 cores here, so workers compete with encode threads)
+        t0 = time.perf_counter()
+        n_dl = sum(1 for _ in DataLoader(loader(epochs=epochs), batch_size=None, num_workers=2))
+        res["dataloader2_tok_s"] = doc_tokens / (time.perf_counter() - t0)
+        res["dataloader2_batches"] = n_dl
+
+        # state_dict cost with a full buffer
+        ds = loader(epochs=None)
+        it = iter(ds)
+        for _ in range(20):
+            next(it)
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            state = ds.state_dict()
+            times.append(time.perf_counter() - t0)
+            next(it)
+        it.close()
+        res["state_ms"] = 1000 * statistics.median(times)
+        res["state_mb"] = (state["tokens"].numel() * state["tokens"].element_size() + state["lengths"].numel() * 8) / 1e6
+        res["state_docs"] = len(state["lengths"])
+
+        # RSS over a long endless run
+        steps = 400 if quick else 3000
+        gc.collect()
+        samples = []
+        it = iter(loader(epochs=None))
+        for i in range(steps):
+            next(it)
+            if i % 25 == 0:
+                samples.append(_rss())
+        it.close()
+        q = max(1, len(samples) // 4)
+        first, last = max(samples[1:q + 1] or samples), max(samples[-q:])
+        res.update(rss_first_mb=first / 1e6, rss_last_mb=last / 1e6, rss_growth_mb=(last - first) / 1e6,
+                   rss_steps=steps)
+
+    ratio_enc = res["dataset_tok_s"] / res["encode_tok_s"]
+    ratio_ref = res["dataset_tok_s"] / res["reference_tok_s"]
+    res["vs_encode"], res["vs_reference"] = ratio_enc, ratio_ref
+    res["pass"] = {"vs_encode>=0.8": ratio_enc >= 0.8, "vs_reference>=3": ratio_ref >= 3.0,
+                   "rss_flat": res["rss_growth_mb"] < 16}
+    v = {k: "PASS" if ok else "FAIL" for k, ok in res["pass"].items()}
+    print(f"loader bench: {res['docs']:,} docs x {epochs} epoch(s), batch ({B}, {T}), tokenizer: {tok_name}")
+    print(_table(["what", "doc tokens/s", "x", "target", "result"], [
+        ["encode_batch (the limit)", f"{res['encode_tok_s']:,.0f}", 1.0, "", ""],
+        ["TokenDataset, num_workers=0", f"{res['dataset_tok_s']:,.0f}", ratio_enc, ">= 0.8x limit", v["vs_encode>=0.8"]],
+        ["reference best-fit loop", f"{res['reference_tok_s']:,.0f}", res["reference_tok_s"] / res["encode_tok_s"],
+         "TokenDataset >= 3x", f"{v['vs_reference>=3']} ({ratio_ref:.2f}x)"],
+        ["DataLoader, 2 workers", f"{res['dataloader2_tok_s']:,.0f}", res["dataloader2_tok_s"] / res["encode_tok_s"],
+         "info", ""],
+    ]))
+    print(f"peak RSS over {res['rss_steps']} batches: {res['rss_first_mb']:.0f} MB (first quarter) -> "
+          f"{res['rss_last_mb']:.0f} MB (last quarter), growth {res['rss_growth_mb']:+.1f} MB: {v['rss_flat']}")
+    print(f"crop fraction {100 * res['crop_fraction']:.2f}% of document tokens; consumer waited {res['wait_s']:.2f}s "
+          f"of {res['dataset_s']:.2f}s on the tokenizer thread; state_dict() {res['state_ms']:.2f} ms for "
+          f"{res['state_docs']} buffered docs ({res['state_mb']:.2f} MB); same batches as reference: {same}")
+    return res
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    main(quick=p.parse_args().quick)
