@@ -219,7 +219,7 @@ async def test_fetcher_api_dedupes_and_cancels_cleanly(fault_server, tmp_path):
     srv = await fault_server(rate=1_000_000)
     remote_shards(srv.root, 2, mb=2)
     local = tmp_path / "l"
-    async with Fetcher(local, srv.url, workers=2, retry=FAST) as f:
+    async with Fetcher(local, srv.url, workers=2, retry=FAST, min_split=64 << 20) as f:
         r1, r2 = await asyncio.gather(f.fetch(0), f.fetch(0))
         assert r1 is r2 and srv.count(NAME0) == 1
         task = asyncio.create_task(f.fetch(1))

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiofiles
 import aiohttp
 import filelock
 
@@ -86,6 +88,8 @@ class _Job:
         self.lock: filelock.BaseFileLock | None = None
         self.finalizing = False
         self.saved_at = 0.0
+        self.hasher = None  # sha256 of bytes [0, hashed) as written, while one range writes them in order
+        self.hashed = 0
 
     @property
     def name(self) -> str:
@@ -93,6 +97,57 @@ class _Job:
 
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
+
+
+def _pwrite_and_hash(fd: int, chunks: list, offset: int, hasher) -> int:
+    written = os.pwritev(fd, chunks, offset)
+    if hasher is not None:
+        for c in chunks:
+            hasher.update(c)
+    return written
+
+
+class _Writer:
+    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Fetcher's pool.
+
+    The file descriptor is closed only after any write still running in the pool has finished,
+    so a cancelled download never leaves a thread writing to a reused descriptor.
+    """
+
+    def __init__(self, fd: int, path: Path, pool: concurrent.futures.Executor):
+        self.fd, self.path, self.pool = fd, path, pool
+        self.hasher = None  # set to the job's sha256 object while this range continues the hashed prefix
+        self.chunks: list[bytes | memoryview] = []
+        self.pending = 0
+        self.inflight: concurrent.futures.Future | None = None
+
+    def add(self, chunk: bytes, room: int) -> None:
+        if len(chunk) > room:  # the range may have been split since this request started
+            chunk = memoryview(chunk)[: max(room, 0)]
+        self.chunks.append(chunk)
+        self.pending += len(chunk)
+
+    async def flush(self, offset: int, end: int) -> int:
+        """Write the buffered bytes at ``offset`` (never past ``end``); return how many."""
+        chunks, n = self.chunks, self.pending
+        if offset + n > end:  # split while buffering: drop what now belongs to another range
+            n = max(end - offset, 0)
+            chunks = [memoryview(b"".join(chunks))[:n]]
+        self.chunks, self.pending = [], 0
+        self.inflight = self.pool.submit(_pwrite_and_hash, self.fd, chunks, offset, self.hasher)
+        try:
+            written = await asyncio.wrap_future(self.inflight)
+        except OSError as exc:
+            raise Fatal(f"cannot write {self.path}: {exc} (disk full?)") from exc
+        if written != n:
+            raise Fatal(f"short write to {self.path}: {written} of {n} bytes (disk full?)")
+        return n
+
+    def close(self) -> None:
+        if self.inflight is not None and not self.inflight.done():
+            self.inflight.add_done_callback(lambda _: os.close(self.fd))
+        else:
+            os.close(self.fd)
 
 
 class Fetcher:
@@ -105,7 +160,7 @@ class Fetcher:
 
     def __init__(self, data_dir: Path, base_url: str, *, workers: int = 8, token: str | None = None,
                  retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress=None,
-                 min_split: int = 2 << 20, poll_interval: float = 0.25) -> None:
+                 min_split: int = 512 << 10, poll_interval: float = 0.25) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if retry.attempts < 1:
@@ -122,6 +177,7 @@ class Fetcher:
         self._tasks: set[asyncio.Task] = set()
         self._event = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanostream-write")
 
     async def __aenter__(self) -> Fetcher:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.retry.connect_timeout,
@@ -147,6 +203,7 @@ class Fetcher:
                     job.future.cancel()
             if self._session is not None:
                 await self._session.close()
+            self._pool.shutdown(wait=True)  # no writer thread outlives the Fetcher
 
     async def fetch(self, index: int) -> ShardResult:
         """Download shard ``index`` (or wait for it); the verified result, or raise FetchError."""
@@ -327,6 +384,7 @@ class Fetcher:
             if size is None:
                 raise Fatal("the server sent no Content-Length; cannot verify the download")
             job.size, job.sha256 = size, sha
+            job.hasher, job.hashed = (hashlib.sha256() if sha else None), 0
             job.validator = etag if etag and not etag.startswith("W/") else None
             self._new_part(job)
             if self.progress is not None:
@@ -344,46 +402,45 @@ class Fetcher:
     def _reset(self, job: _Job, why: str) -> None:
         log.warning("%s: %s; restarting it from byte 0", job.name, why)
         job.gen += 1
-        job.size = job.sha256 = job.validator = None
+        job.size = job.sha256 = job.validator = job.hasher = None
+        job.hashed = 0
         discard(job.final)
         job.segments = [_Segment(0, None)]
         self._notify()
 
     async def _copy_body(self, job: _Job, seg: _Segment, gen: int, resp: aiohttp.ClientResponse) -> None:
+        """Stream the body into the part file at ``seg.pos`` with ``pwritev`` (no copies)."""
         part = part_path(job.final)
         try:
-            f = await aiofiles.open(part, "r+b")
+            fd = os.open(part, os.O_WRONLY)
         except OSError as exc:
             raise Fatal(f"cannot open {part} for writing: {exc}") from exc
+        out = _Writer(fd, part, self._pool)
         try:
-            await f.seek(seg.pos)
-            buf = bytearray()
             try:
                 async for chunk in resp.content.iter_chunked(READ_CHUNK):
                     if not job.live(gen):
                         return
-                    buf += chunk[: seg.end - seg.pos - len(buf)]
-                    if len(buf) >= WRITE_CHUNK or seg.pos + len(buf) >= seg.end:
-                        await self._write(f, part, job, seg, buf)
+                    out.add(chunk, seg.end - seg.pos - out.pending)
+                    if out.pending >= WRITE_CHUNK or seg.pos + out.pending >= seg.end:
+                        out.hasher = job.hasher if job.hashed == seg.pos else None
+                        self._wrote(job, seg, await out.flush(seg.pos, seg.end))
                         if seg.done():
                             return
             except Exception:
-                if buf and job.live(gen):  # keep the good bytes that arrived before the failure
-                    await self._write(f, part, job, seg, buf)
+                if out.pending and job.live(gen):  # keep the good bytes that arrived before the failure
+                    out.hasher = job.hasher if job.hashed == seg.pos else None
+                    self._wrote(job, seg, await out.flush(seg.pos, seg.end))
                 raise
-            if buf and job.live(gen):
-                await self._write(f, part, job, seg, buf)
+            if out.pending and job.live(gen):
+                out.hasher = job.hasher if job.hashed == seg.pos else None
+                self._wrote(job, seg, await out.flush(seg.pos, seg.end))
         finally:
-            await f.close()
+            out.close()
 
-    async def _write(self, f, part: Path, job: _Job, seg: _Segment, buf: bytearray) -> None:
-        del buf[max(seg.end - seg.pos, 0):]  # the range may have been split while buffering
-        try:
-            await f.write(bytes(buf))
-        except OSError as exc:
-            raise Fatal(f"cannot write {part}: {exc} (disk full?)") from exc
-        n = len(buf)
-        buf.clear()
+    def _wrote(self, job: _Job, seg: _Segment, n: int) -> None:
+        if job.hasher is not None and job.hashed == seg.pos:
+            job.hashed += n
         seg.pos += n
         job.downloaded += n
         if self.progress is not None:
@@ -406,7 +463,8 @@ class Fetcher:
         job.finalizing = True
         gen = job.gen
         try:
-            problem = await asyncio.to_thread(finalize, job.final, job.size, job.sha256)
+            digest = job.hasher.hexdigest() if job.hasher is not None and job.hashed == job.size else None
+            problem = await asyncio.to_thread(finalize, job.final, job.size, job.sha256, digest)
         except OSError as exc:
             return self._fail(job, Fatal(f"cannot publish {job.final}: {exc}"))
         finally:

@@ -109,14 +109,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def finalize(final: Path, size: int, sha256: str | None) -> str | None:
+def finalize(final: Path, size: int, sha256: str | None, digest: str | None = None) -> str | None:
     """Verify the part file and atomically publish it as ``final``. Blocking.
 
+    ``digest`` is the sha256 the downloader computed over the bytes as it wrote them
+    (when one request wrote the file front to back); without it the file is hashed.
     Returns None on success, else why verification failed (the part is then discarded).
     """
     part = part_path(final)
     fsync_path(part)
-    problem = check_file(part, size, sha256)
+    problem = check_file(part, size, None if digest else sha256)
+    if problem is None and digest and sha256 and digest != sha256:
+        problem = f"sha256 {digest[:12]}... != expected {sha256[:12]}..."
     if problem is not None:
         discard(final)
         return problem

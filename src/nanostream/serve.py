@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiofiles
 from aiohttp import web
 
 from .errors import ConfigError
@@ -97,23 +98,20 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
 
 
 async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """Yield bytes ``[start, end)`` of ``path`` in chunks, each read in a worker thread.
+    """Yield bytes ``[start, end)`` of ``path`` in chunks, read with aiofiles (a worker thread).
 
     Use it with ``contextlib.aclosing`` so the file is closed on early exit.
     Raises ``OSError`` if the file is shorter than ``end``.
     """
-    f = await asyncio.to_thread(path.open, "rb")
-    try:
-        f.seek(start)
+    async with aiofiles.open(path, "rb") as f:
+        await f.seek(start)
         pos = start
         while pos < end:
-            data = await asyncio.to_thread(f.read, min(chunk, end - pos))
+            data = await f.read(min(chunk, end - pos))
             if not data:
                 raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
             pos += len(data)
             yield data
-    finally:
-        f.close()
 
 
 async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,
