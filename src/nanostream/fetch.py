@@ -40,7 +40,6 @@ from .shards import shard_name
 __all__ = ["Fetcher", "RetryPolicy", "ShardResult", "fetch_shards"]
 
 log = logging.getLogger(__name__)
-READ_CHUNK = 256 * 1024
 WRITE_CHUNK = 1 << 20
 SAVE_EVERY_S = 1.0
 DEFAULT_RETRY = RetryPolicy()
@@ -418,7 +417,7 @@ class Fetcher:
         out = _Writer(fd, part, self._pool)
         try:
             try:
-                async for chunk in resp.content.iter_chunked(READ_CHUNK):
+                async for chunk, _ in resp.content.iter_chunks():
                     if not job.live(gen):
                         return
                     out.add(chunk, seg.end - seg.pos - out.pending)
