@@ -33,7 +33,7 @@ test: setup
 	cd $(ROOT) && $(PY) -m pytest -q
 
 lint: setup
-	cd $(ROOT) && $(VENV)/bin/ruff check src tests bench examples
+	cd $(ROOT) && $(VENV)/bin/ruff check src tests bench demo
 
 bench: setup
 	cd $(ROOT) && $(PY) -m bench.run
