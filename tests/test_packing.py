@@ -51,8 +51,8 @@ def random_groups(seed: int, n_groups: int, per_group: int, max_len: int) -> lis
     ]
 
 
-def packed_rows(groups, cap, n_rows, buffer_docs, packer=None):
-    packer = packer or BestFitPacker(buffer_docs)
+def packed_rows(groups, cap, n_rows, buffer_docs, packer=None, slack=0):
+    packer = packer or BestFitPacker(buffer_docs, compact_slack=slack)
     it = iter(groups)
 
     def refill() -> bool:
@@ -70,15 +70,19 @@ def packed_rows(groups, cap, n_rows, buffer_docs, packer=None):
             packer.rollback()  # like the loader: an unfinished row (batch) leaves no trace
             break
         packer.commit()
+        assert packer.held_tokens <= 2 * packer.alive_tokens + packer.compact_slack
         rows.append(out.tolist())
     return rows, packer, it
 
 
+@pytest.mark.parametrize("slack", [0, 1 << 30])  # compact after every row / never
 @pytest.mark.parametrize(("cap", "buffer_docs", "max_len"), [(65, 8, 40), (129, 50, 300), (33, 1, 20), (257, 200, 90)])
-def test_same_rows_as_reference(cap: int, buffer_docs: int, max_len: int) -> None:
+def test_same_rows_as_reference(cap: int, buffer_docs: int, max_len: int, slack: int) -> None:
     groups = random_groups(cap, 30, 17, max_len)
     want = reference_rows(groups, cap, 10_000, buffer_docs)
-    got, packer, _ = packed_rows(groups, cap, 10_000, buffer_docs)
+    got, packer, _ = packed_rows(groups, cap, 10_000, buffer_docs, slack=slack)
+    if slack == 0:
+        assert packer.compactions > 0
     assert got == want
     assert all(len(r) == cap and r[0] == BOS for r in got)
     st = packer.stats
@@ -107,7 +111,7 @@ def test_export_reload_continues_identically() -> None:
     first, packer, rest = packed_rows(groups, cap, 25, bd)
     tokens, lengths = packer.export()
     assert lengths.sum() == len(tokens) and len(lengths) == packer.n_docs
-    fresh = BestFitPacker(bd)
+    fresh = BestFitPacker(bd, compact_slack=0)
     fresh.add(tokens, lengths)
     second, _, _ = packed_rows(list(rest), cap, 10_000, bd, packer=fresh)
     assert first + second == full
@@ -143,6 +147,16 @@ def test_rollback_restores_everything() -> None:
     a, _, _ = packed_rows(rest, cap, 1000, bd, packer=packer)
     b, _, _ = packed_rows(rest, cap, 1000, bd, packer=fresh)
     assert a == b
+
+
+def test_memory_stays_bounded_with_long_documents() -> None:
+    """Documents longer than a row are used only when they are the shortest: they linger, and must
+    not keep their whole row group's array alive (compaction)."""
+    rng = random.Random(5)
+    groups = [[[1] * (300 if rng.random() < 0.1 else rng.randrange(1, 30)) for _ in range(200)] for _ in range(200)]
+    rows, packer, _ = packed_rows(groups, 64, 100_000, 100, slack=1 << 12)
+    assert len(rows) > 1000 and packer.compactions > 0
+    assert packer.held_tokens <= 2 * packer.alive_tokens + (1 << 12)
 
 
 def test_token_dtype() -> None:

@@ -121,12 +121,16 @@ class BestFitPacker:
     documents are buffered before a placement, exactly like the reference loop.
     """
 
-    def __init__(self, buffer_docs: int) -> None:
+    def __init__(self, buffer_docs: int, *, compact_slack: int = 1 << 18) -> None:
         if buffer_docs < 1:
             raise ValueError(f"buffer_docs must be >= 1, got {buffer_docs}")
         self.buffer_docs = buffer_docs
+        self.compact_slack = compact_slack
         self.stats = PackStats()
         self.n_docs = 0
+        self.alive_tokens = 0  # tokens of the buffered documents
+        self.held_tokens = 0  # tokens of the chunk arrays kept alive by them
+        self.compactions = 0
         self._lens: list[int] = []  # distinct lengths with a non-empty FIFO, sorted
         self._fifo: dict[int, deque[tuple[_Chunk, int]]] = {}
         self._chunks: dict[int, _Chunk] = {}
@@ -139,6 +143,13 @@ class BestFitPacker:
         """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order."""
         if len(lengths) == 0:
             return
+        chunk = self._insert(tokens, lengths)
+        self.stats.docs_in += len(lengths)
+        self.stats.tokens_in += len(tokens)
+        if self._journal is not None:
+            self._journal.append(("add", chunk))
+
+    def _insert(self, tokens: np.ndarray, lengths: np.ndarray) -> _Chunk:
         chunk = _Chunk(self._serial, tokens, lengths)
         self._serial += 1
         self._chunks[chunk.serial] = chunk
@@ -150,10 +161,20 @@ class BestFitPacker:
                 insort(lens, length)
             q.append((chunk, j))
         self.n_docs += len(lengths)
-        self.stats.docs_in += len(lengths)
-        self.stats.tokens_in += len(tokens)
-        if self._journal is not None:
-            self._journal.append(("add", chunk))
+        self.alive_tokens += len(tokens)
+        self.held_tokens += len(tokens)
+        return chunk
+
+    def _compact(self) -> None:
+        """Copy the buffered documents into one array so that the row-group arrays they came
+        from can be freed. Every FIFO is in (chunk, index) order, so rebuilding them from the
+        exported documents keeps every placement decision the same."""
+        tokens, lengths = self.export()
+        self._fifo, self._lens, self._chunks = {}, [], {}
+        self.n_docs = self.alive_tokens = self.held_tokens = 0
+        if len(lengths):
+            self._insert(tokens, lengths)
+        self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
         """A cheap, frozen view of the buffer (chunk arrays are never modified, only alive flags
@@ -192,7 +213,7 @@ class BestFitPacker:
             start = chunk.starts[j]
             out[pos : pos + n] = chunk.tokens[start : start + n]
             pos += n
-            self._take(chunk, j)
+            self._take(chunk, j, length)
             st = self.stats
             st.docs_used += 1
             st.tokens_out += n
@@ -203,12 +224,14 @@ class BestFitPacker:
                 self._journal.append(("take", chunk, j, length))
         return True
 
-    def _take(self, chunk: _Chunk, j: int) -> None:
+    def _take(self, chunk: _Chunk, j: int, length: int) -> None:
         chunk.alive[j] = False
         chunk.n_alive -= 1
         self.n_docs -= 1
+        self.alive_tokens -= length
         if chunk.n_alive == 0:
             del self._chunks[chunk.serial]
+            self.held_tokens -= len(chunk.tokens)
 
     # -- batch transactions ------------------------------------------------------------------
     def begin(self) -> None:
@@ -217,8 +240,11 @@ class BestFitPacker:
         self._saved_stats = PackStats(**self.stats.as_dict())
 
     def commit(self) -> None:
+        """End the batch; compact when the kept row-group arrays outweigh the buffer (bounded memory)."""
         self._journal = None
         self._saved_stats = None
+        if self.held_tokens > 2 * self.alive_tokens + self.compact_slack:
+            self._compact()
 
     def rollback(self) -> None:
         """Undo every take and add since ``begin()``, newest first."""
@@ -230,9 +256,11 @@ class BestFitPacker:
                 _, chunk, j, length = entry
                 if chunk.n_alive == 0:
                     self._chunks[chunk.serial] = chunk
+                    self.held_tokens += len(chunk.tokens)
                 chunk.alive[j] = True
                 chunk.n_alive += 1
                 self.n_docs += 1
+                self.alive_tokens += length
                 self._push_front(length, chunk, j)
             else:
                 chunk = entry[1]
@@ -243,6 +271,8 @@ class BestFitPacker:
                         del self._fifo[length]
                         self._lens.remove(length)
                 self.n_docs -= len(chunk.lengths)
+                self.alive_tokens -= len(chunk.tokens)
+                self.held_tokens -= len(chunk.tokens)
                 del self._chunks[chunk.serial]
                 self._serial = chunk.serial
         assert self._saved_stats is not None
