@@ -175,6 +175,22 @@ async def test_clean_shutdown(data: Path, how: str) -> None:
     await settled()
 
 
+async def test_cancel_at_any_point_leaves_nothing_open(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    make_shards(folder, 9, row_groups=1, rows=2, base_url="")  # a shard open per batch
+    for k in range(12):
+        async def consume(k: int = k) -> None:
+            async for _ in stream("train", data_dir=folder, epochs=None, queue_size=1):
+                await asyncio.sleep(0.001 * (k % 3))
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.002 * k)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await settled()
+
+
 async def test_epochs_none_runs_on_and_epochs_two_twice(data: Path) -> None:
     two = await collect(stream("train", data_dir=data, epochs=2))
     assert Counter(ids(two)) == Counter({i: 2 for i in all_ids(range(4))})

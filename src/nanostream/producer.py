@@ -200,9 +200,9 @@ class Producer:
         refetched = False
         path = await source.get(shard, upcoming)
         while True:
-            seen = file_id(path)
+            seen = None
             try:
-                handle = await self._call(_Shard, path, self.plan.text_column)
+                handle = await self._open(path)
                 seen = handle.seen
                 try:
                     order = row_group_order(handle.num_row_groups, shard, epoch, self.plan)
@@ -216,13 +216,15 @@ class Producer:
                         done = len(order) - self._left  # handed over so far, for a retry after a re-fetch
                     return
                 finally:
-                    await self._call(handle.close)  # runs on the reader thread after any read queued
+                    # queued on the reader thread after any read of this file; not awaited (the
+                    # thread is drained before the producer ends)
+                    self._submit(handle.close).add_done_callback(_retrieve)
             except CorruptShardError as exc:
                 if refetched or not source.remote_known:
                     raise
                 refetched = True
                 log.warning("%s; fetching it again", exc)
-                path = await source.replace(shard, seen)
+                path = await source.replace(shard, seen or file_id(path))
 
     async def _emit_row_groups(self, handle: _Shard, epoch: int, shard: int, groups: list[int]) -> None:
         """Read ``groups`` in order and put them. Up to ``READ_AHEAD`` reads wait on the reader thread,
@@ -232,13 +234,13 @@ class Producer:
             for k, group in enumerate(groups):
                 while len(pending) < READ_AHEAD and k + len(pending) < len(groups):
                     pending.append(self._submit(handle.read, groups[k + len(pending)]))
-                texts = await self._result(pending.popleft())
+                texts = await pending.popleft()  # if cancelled: dropped unless started
                 await self._put(Batch(texts, shard, group, epoch))
                 self._left -= 1
         finally:
             for fut in pending:  # reads ahead that nobody will take: drop them if not started
                 fut.cancel()
-                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+                fut.add_done_callback(_retrieve)
 
     async def _put(self, batch: Batch) -> None:
         await self.queue.put(batch)
@@ -252,18 +254,14 @@ class Producer:
         cf: Future[T] = self._executor.submit(fn, *args)
         return asyncio.wrap_future(cf)
 
-    @staticmethod
-    async def _result(fut: asyncio.Future[T]) -> T:
+    async def _open(self, path: Path) -> _Shard:
+        assert self._executor is not None
+        cf: Future[_Shard] = self._executor.submit(_Shard, path, self.plan.text_column)
         try:
-            return await asyncio.shield(fut)
+            return await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
-            await asyncio.wait([fut])  # let the thread finish what it is doing before cleanup
-            if not fut.cancelled():
-                fut.exception()
+            self._executor.submit(_close_opened, cf)  # runs after the open: closes what it opened
             raise
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._result(self._submit(fn, *args))
 
     async def _stop_thread(self) -> None:
         executor, self._executor = self._executor, None
@@ -273,6 +271,17 @@ class Producer:
         executor.shutdown(wait=False)
         await asyncio.wait([fence])  # the thread has finished everything queued on it
         executor.shutdown(wait=True)  # joins a thread that is already exiting
+
+
+def _close_opened(cf: Future[_Shard]) -> None:
+    if not cf.cancelled() and cf.exception() is None:
+        cf.result().close()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Done callback for results nobody awaits: mark their exception as seen."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _resume_index(order: list[int], after: int, path: Path, n: int) -> int:
