@@ -39,7 +39,7 @@ async def collect(s) -> list[Batch]:
 
 
 def our_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("nanostream")]
+    return [t for t in threading.enumerate() if t.name.startswith(("nanostream-read", "nanostream-loop"))]
 
 
 def open_shard_files() -> list[str]:
