@@ -147,10 +147,13 @@ def small_docs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_rerun_with_fewer_shards_replaces_the_old_ones(small_docs: list[str], tmp_path: Path) -> None:
     folder = tmp_path / "s"
     sample.write_sample(folder, shards=4, docs_per_group=8)
-    (folder / f"{sample.TMP_PREFIX}leftover.tmp").write_bytes(b"partial")
+    old, fresh = folder / f"{sample.TMP_PREFIX}killed.tmp", folder / f"{sample.TMP_PREFIX}running.tmp"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(old, (0, 0))
     paths = sample.write_sample(folder, shards=2, docs_per_group=8)
     assert list_shards(folder) == [0, 1]
-    assert sorted(os.listdir(folder)) == [".nanostream.json", shard_name(0), shard_name(1)]
+    assert sorted(os.listdir(folder)) == [".nanostream.json", fresh.name, shard_name(0), shard_name(1)]
     assert read_record(folder).max_shard == 1  # type: ignore[union-attr]
     assert [d for p in paths for d in _texts(p)] == small_docs
     groups = []

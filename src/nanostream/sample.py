@@ -37,6 +37,7 @@ import os
 import re
 import sysconfig
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,7 @@ SKIP_DIRS = frozenset({"test", "tests", "testing", "idle_test", "__pycache__", "
 MIN_CHARS = 200
 MIN_QUOTED_SHARE = 0.1  # skip files whose triple-quoted strings are under 10% of the bytes (~5% of text)
 TMP_PREFIX = f"{BOOKKEEPING_PREFIX}.sample."
+STALE_TMP_S = 3600.0
 _TRIPLE_QUOTED = re.compile(rb'("""|\'\'\')(.*?)\1', re.DOTALL)
 _DEFS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 _STOPWORDS = frozenset(
@@ -188,7 +190,7 @@ def split_counts(n_docs: int, shards: int, docs_per_group: int) -> list[int]:
 
 
 def _claim_folder(out_dir: Path, shards: int) -> None:
-    """Refuse a folder holding another dataset; drop our stale temps and extra shards."""
+    """Refuse a folder holding another dataset; claim it; drop our stale temps and extra shards."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,8 +204,12 @@ def _claim_folder(out_dir: Path, shards: int) -> None:
         raise ConfigError(f"{out_dir} already holds {what}: pick an empty folder for the sample")
     write_record(out_dir, FolderRecord(base_url="", max_shard=shards - 1, dataset=DATASET))
     for name in os.listdir(out_dir):
-        if name.startswith(TMP_PREFIX):
-            (out_dir / name).unlink(missing_ok=True)
+        tmp = out_dir / name
+        try:  # temps of a killed run; a fresh one may belong to a concurrent run
+            if name.startswith(TMP_PREFIX) and time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                tmp.unlink()
+        except FileNotFoundError:
+            pass
     for index in present:
         if index >= shards:  # left over from an earlier run with more shards
             (out_dir / shard_name(index)).unlink(missing_ok=True)
