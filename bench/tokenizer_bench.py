@@ -30,6 +30,13 @@ VOCAB = 8192
 BATCH = 1024  # documents per encode_batch call: one row group
 
 
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
 def corpus(chars: int) -> list[str]:
     """Sample-corpus documents, cycled and cut so they hold exactly ``chars`` characters."""
     docs = documents()
@@ -44,11 +51,12 @@ def corpus(chars: int) -> list[str]:
     raise AssertionError("unreachable")
 
 
-def encode_rate(encode_batch: Callable[[Sequence[str]], list[list[int]]], texts: list[str]) -> tuple[int, float]:
-    """Tokens produced and tokens/s for encoding ``texts`` in row-group-sized batches."""
-    t0 = time.perf_counter()
+def encode_rate(encode_batch: Callable[[Sequence[str]], list[list[int]]], texts: list[str]) -> dict:
+    """Tokens, tokens/s (wall) and process CPU s / wall s for encoding ``texts`` in row-group batches."""
+    c0, t0 = time.process_time(), time.perf_counter()
     tokens = sum(len(ids) for i in range(0, len(texts), BATCH) for ids in encode_batch(texts[i:i + BATCH]))
-    return tokens, tokens / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return {"tokens": tokens, "tok_s": tokens / wall, "cpu_per_wall": (time.process_time() - c0) / wall}
 
 
 def bench_tiktoken(texts: list[str], chars: int) -> dict:
@@ -57,7 +65,7 @@ def bench_tiktoken(texts: list[str], chars: int) -> dict:
     result: dict = {"train_s": time.perf_counter() - t0, "vocab": tok.vocab_size}
     for threads in (1, 2):
         tok.num_threads = threads
-        result["tokens"], result[f"tok_s_{threads}"] = encode_rate(tok.encode_batch, texts)
+        result[threads] = encode_rate(tok.encode_batch, texts)
     return result
 
 
@@ -86,7 +94,7 @@ def bench_hf(texts: list[str]) -> dict | None:
             def encode_batch(batch: Sequence[str]) -> list[list[int]]:
                 return [e.ids for e in tok.encode_batch(list(batch), add_special_tokens=False)]
 
-            result["tokens"], result[f"tok_s_{threads}"] = encode_rate(encode_batch, texts)
+            result[threads] = encode_rate(encode_batch, texts)
         sample = texts[0][:2000]
         result["round_trip"] = tok.decode(tok.encode(sample, add_special_tokens=False).ids) == sample
         return result
@@ -101,22 +109,24 @@ def main(quick: bool = False) -> dict:
     texts = corpus(chars)
     print(f"tokenizer bench: {chars:,} chars in {len(texts):,} documents of the sample corpus "
           f"(built in {time.perf_counter() - t0:.1f} s); vocab {VOCAB}; {os.cpu_count()} CPUs, "
-          f"RAYON_NUM_THREADS={os.environ['RAYON_NUM_THREADS']}", flush=True)
+          f"RAYON_NUM_THREADS={os.environ['RAYON_NUM_THREADS']}; load average {_load()}", flush=True)
     results = {"chars": chars, "docs": len(texts), "tiktoken": bench_tiktoken(texts, chars),
                "hf": bench_hf(texts)}
     rows = []
     for name, label in (("tiktoken", "rustbpe train + tiktoken encode"), ("hf", "HF tokenizers")):
         r = results[name]
         if r is None:
-            rows.append([label, "-", "-", "-", "-", "-", "not installed"])
+            rows.append([label, "-", "-", "-", "-", "-", "-", "not installed"])
             continue
-        rows.append([label, f"{r['train_s']:.2f}", r["vocab"], f"{chars / r['tokens']:.2f}",
-                     f"{r['tok_s_1'] / 1e6:.2f}", f"{r['tok_s_2'] / 1e6:.2f}", ""])
-    print(table(["tokenizer", "train s", "vocab", "chars/token", "Mtok/s 1 thr", "Mtok/s 2 thr", "note"], rows))
+        rows.append([label, f"{r['train_s']:.2f}", r["vocab"], f"{chars / r[1]['tokens']:.2f}",
+                     f"{r[1]['tok_s'] / 1e6:.2f}", f"{r[2]['tok_s'] / 1e6:.2f}", f"{r[2]['cpu_per_wall']:.2f}", ""])
+    print(table(["tokenizer", "train s", "vocab", "chars/token", "Mtok/s 1 thr", "Mtok/s 2 thr",
+                 "2 thr CPU/wall", "note"], rows))
     hf, tk = results["hf"], results["tiktoken"]
     if hf is not None:
-        print(f"tiktoken vs HF encode: {tk['tok_s_1'] / hf['tok_s_1']:.1f}x on 1 thread, "
-              f"{tk['tok_s_2'] / hf['tok_s_2']:.1f}x on 2 threads")
+        print(f"tiktoken vs HF encode: {tk[1]['tok_s'] / hf[1]['tok_s']:.1f}x on 1 thread, "
+              f"{tk[2]['tok_s'] / hf[2]['tok_s']:.1f}x on 2 threads")
+    print(f"load average after: {_load()} (other processes on this machine slow the wall-clock figures)")
     return results
 
 
