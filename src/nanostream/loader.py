@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -68,21 +69,35 @@ def _put(q: queue.Queue, stop: threading.Event, item: object) -> bool:
 
 def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
                     q: queue.Queue, stop: threading.Event) -> None:
-    """Thread body. Holds no reference to the iterator object, so dropping that still stops us."""
+    """Thread body: a two-stage pipeline, so that flattening row group ``i`` (GIL-bound numpy
+    work here) overlaps encoding row group ``i+1`` (on one encoder thread, which may use the
+    tokenizer's own threads). Holds no reference to the iterator object, so dropping that
+    still stops us; the encoder thread is joined before we return."""
     source = None
+    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanostream-encode")
+    bos = tokenizer.bos_id
+
+    def hand_over(position: Position, ids: Future) -> bool:
+        tokens, lengths = flatten_docs(ids.result(), bos, dtype)
+        return _put(q, stop, (position, tokens, lengths))
+
     try:
         source = open_source()
-        bos = tokenizer.bos_id
+        pending: tuple[Position, Future] | None = None
         for batch in source:
             if stop.is_set():
                 return
-            tokens, lengths = flatten_docs(tokenizer.encode_batch(batch.texts), bos, dtype)
-            if not _put(q, stop, (batch.position, tokens, lengths)):
+            ahead = (batch.position, encoder.submit(tokenizer.encode_batch, batch.texts))
+            if pending is not None and not hand_over(*pending):
                 return
+            pending = ahead
+        if pending is not None and not hand_over(*pending):
+            return
         _put(q, stop, _End())
     except Exception as exc:  # handed to the consumer, raised there unchanged
         _put(q, stop, _End(exc))
     finally:
+        encoder.shutdown(wait=True, cancel_futures=True)
         close = getattr(source, "close", None)
         if close is not None:
             close()
