@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nanostream import ByteTokenizer, TokenDataset, to_device
-from nanostream.errors import CorruptShardError, LoaderError, NanostreamError
+from nanostream.errors import CorruptShardError, LoaderError, NanostreamError, TokenizerError
 
 from datagen import doc_id, doc_text, make_shards
 
@@ -259,6 +259,30 @@ def test_stream_error_through_workers(corrupt: Path) -> None:
     with pytest.raises(CorruptShardError):
         for _ in loader:
             pass
+
+
+class _FailingTokenizer(ByteTokenizer):
+    def __init__(self, after: int) -> None:
+        self.calls, self.after = 0, after
+
+    def encode_batch(self, texts):
+        self.calls += 1
+        if self.calls > self.after:
+            raise TokenizerError("boom: tokenizer failed on purpose")
+        return super().encode_batch(texts)
+
+
+def test_tokenizer_error_propagates_and_threads_stop(data: Path) -> None:
+    before = threading.active_count()
+    ds = TokenDataset("train", _FailingTokenizer(after=3), 4, 96, data_dir=data, rank=0, world_size=1,
+                      buffer_docs=16)
+    n = 0
+    with pytest.raises(TokenizerError, match="on purpose"):
+        for _ in ds:
+            n += 1
+    assert n > 0
+    gc.collect()
+    assert threading.active_count() == before
 
 
 def test_pickles_without_live_iterator(data: Path) -> None:
