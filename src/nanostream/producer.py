@@ -1,9 +1,9 @@
 """The producer behind ``stream()``: what comes next, read on a worker thread, into a bounded queue.
 
 Owns the per-epoch order (optionally shuffled, identical on every rank), resume
-skipping, the single reader thread (pyarrow releases the GIL while it decodes),
-translation of pyarrow/OS errors into ``CorruptShardError``, the one re-fetch of
-a corrupt shard, and the hand-over of batches (or the error that ended the
+skipping, the single reader thread (pyarrow releases the GIL while it decodes;
+the file reading itself is ``nanostream.reader``), the one re-fetch of a corrupt
+shard, and the hand-over of batches (or the error that ended the
 stream) to the consumer through an ``asyncio.Queue`` of at most ``queue_size``
 batches. The producer task, its thread and every file it opened are gone when
 ``run()`` returns, also when it is cancelled.
@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from .errors import ConfigError, CorruptShardError, MissingShardError
+from .errors import ConfigError, CorruptShardError
+from .reader import ShardReader, close_opened
 from .source import ShardSource, file_id
 
 log = logging.getLogger(__name__)
@@ -99,55 +97,6 @@ class _End:
 
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
-
-
-class _Shard:
-    """An open shard, used only on the reader thread."""
-
-    def __init__(self, path: Path, column: str) -> None:
-        self.path = path
-        self.column = column
-        self.seen = file_id(path)
-        try:
-            # we open (and close) the native file ourselves: a failed ParquetFile() must not keep it open
-            self.source = pa.OSFile(str(path), "r")
-        except FileNotFoundError as exc:
-            raise MissingShardError(f"{path} disappeared while streaming: fetch it again", path=path) from exc
-        except OSError as exc:
-            raise _corrupt(path, exc) from exc
-        try:
-            self.file = pq.ParquetFile(self.source)
-            field = self.file.schema_arrow.field(column)
-            self.num_row_groups = self.file.num_row_groups
-        except KeyError as exc:
-            self.source.close()
-            raise CorruptShardError(f"{path} has no {column!r} column: delete it and fetch it again",
-                                    path=path) from exc
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            self.source.close()
-            raise _corrupt(path, exc) from exc
-        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
-            self.source.close()
-            raise CorruptShardError(f"{path}: column {column!r} is {field.type}, not text", path=path)
-
-    def read(self, row_group: int) -> list[str]:
-        try:
-            # use_threads=False: one text column gains nothing from Arrow's pool, only switches
-            table = self.file.read_row_group(row_group, columns=[self.column], use_threads=False)
-            return table.column(0).to_pylist()
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise _corrupt(self.path, exc, row_group) from exc
-
-    def close(self) -> None:
-        self.file.close()
-        self.source.close()
-
-
-def _corrupt(path: Path, exc: BaseException, row_group: int | None = None) -> CorruptShardError:
-    where = f" (row group {row_group})" if row_group is not None else ""
-    return CorruptShardError(
-        f"{path}{where} is not a readable parquet shard ({exc}): delete it and fetch it again "
-        "(`nanostream fetch`)", path=path)
 
 
 class Producer:
@@ -227,7 +176,7 @@ class Producer:
                 log.warning("%s; fetching it again", exc)
                 path = await source.replace(shard, seen or file_id(path))
 
-    async def _emit_row_groups(self, handle: _Shard, epoch: int, shard: int, groups: list[int]) -> None:
+    async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int]) -> None:
         """Read ``groups`` in order and put them. Up to ``READ_AHEAD`` reads wait on the reader thread,
         so it never idles while the loop hands a batch over."""
         pending: collections.deque[asyncio.Future[list[str]]] = collections.deque()
@@ -255,13 +204,13 @@ class Producer:
         cf: Future[T] = self._executor.submit(fn, *args)
         return asyncio.wrap_future(cf)
 
-    async def _open(self, path: Path) -> _Shard:
+    async def _open(self, path: Path) -> ShardReader:
         assert self._executor is not None
-        cf: Future[_Shard] = self._executor.submit(_Shard, path, self.plan.text_column)
+        cf: Future[ShardReader] = self._executor.submit(ShardReader, path, self.plan.text_column)
         try:
             return await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
-            self._executor.submit(_close_opened, cf)  # runs after the open: closes what it opened
+            self._executor.submit(close_opened, cf)  # runs after the open: closes what it opened
             raise
 
     async def _stop_thread(self) -> None:
@@ -272,11 +221,6 @@ class Producer:
         executor.shutdown(wait=False)
         await asyncio.wait([fence])  # the thread has finished everything queued on it
         executor.shutdown(wait=True)  # joins a thread that is already exiting
-
-
-def _close_opened(cf: Future[_Shard]) -> None:
-    if not cf.cancelled() and cf.exception() is None:
-        cf.result().close()
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
