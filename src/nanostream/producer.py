@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ class Position:
 class Batch:
     """The documents of one row group and where they came from."""
 
-    texts: list[str]
+    texts: list[str] = field(repr=False)  # a row group is ~1000 documents: keep reprs short
     shard: int
     row_group: int
     epoch: int
