@@ -201,6 +201,11 @@ def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
     it.close()
     with pytest.raises(LoaderError, match="seq_len"):
         make(data, seq_len=128, epochs=1).load_state_dict(state)
+    with pytest.raises(LoaderError, match="shuffle"):
+        make(data, shuffle=True, epochs=1).load_state_dict(state)
+    longer = make(data, epochs=3)  # more epochs is fine: training goes on past the old end
+    longer.load_state_dict(state)
+    assert len(list(longer)) > len(list(make(data, epochs=1)))
     with pytest.raises(LoaderError, match="not a TokenDataset state"):
         make(data, epochs=1).load_state_dict({"foo": 1})
     other = make(data, rank=1, world_size=2, epochs=1)

@@ -295,7 +295,7 @@ class TokenDataset(IterableDataset):
         kw = self._stream_kwargs
         return {"split": self.split, "batch_size": self.batch_size, "seq_len": self.seq_len,
                 "buffer_docs": self.buffer_docs, "bos_id": int(self.tokenizer.bos_id),
-                "vocab_size": int(self.tokenizer.vocab_size), "epochs": self.epochs,
+                "vocab_size": int(self.tokenizer.vocab_size),
                 "shuffle": bool(kw.get("shuffle", False)), "seed": int(kw.get("seed", 0))}
 
     def __iter__(self) -> _TokenIterator:
