@@ -51,11 +51,12 @@ class _LoopThread:
 
     def next(self) -> Batch:
         assert self.loop is not None
-        fut = asyncio.run_coroutine_threadsafe(self.stream.__anext__(), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(self.stream.next_chunk(), self.loop)
         try:
-            return fut.result()
+            chunk = fut.result()
         finally:
             fut.cancel()  # no-op once done; stops the step if we were interrupted (Ctrl-C)
+        return chunk.batch()  # strings made on the caller's thread, which will also free them
 
     def close(self) -> None:
         if self.loop is not None and self._stop is not None and self.thread.is_alive():

@@ -5,7 +5,7 @@ skipping, the single reader thread (pyarrow releases the GIL while it decodes;
 the file reading itself is ``nanostream.reader``), the one re-fetch of a corrupt
 shard, and the hand-over of batches (or the error that ended the
 stream) to the consumer through an ``asyncio.Queue`` of at most ``queue_size``
-batches. The producer task, its thread and every file it opened are gone when
+row groups, kept in Arrow memory until the consumer takes them. The producer task, its thread and every file it opened are gone when
 ``run()`` returns, also when it is cancelled.
 """
 
@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
+
 from .errors import ConfigError, CorruptShardError
-from .reader import ShardReader, close_opened
+from .reader import ShardReader, close_opened, to_texts
 from .source import ShardSource, file_id
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,21 @@ class Batch:
     @property
     def position(self) -> Position:
         return Position(self.epoch, self.shard, self.row_group)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A row group as read, still in Arrow memory: what the queue holds. The consumer turns it
+    into a ``Batch`` on its own thread (``batch()``), where the strings will also be freed."""
+
+    column: pa.ChunkedArray
+    path: Path
+    shard: int
+    row_group: int
+    epoch: int
+
+    def batch(self) -> Batch:
+        return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch)
 
 
 @dataclass(frozen=True)
@@ -100,11 +117,11 @@ class _End:
 
 
 class Producer:
-    """Reads the plan's row groups in order and puts ``Batch``es into ``queue``."""
+    """Reads the plan's row groups in order and puts ``Chunk``s into ``queue``."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.queue: asyncio.Queue[Batch | _End] = asyncio.Queue(maxsize=plan.queue_size)
+        self.queue: asyncio.Queue[Chunk | _End] = asyncio.Queue(maxsize=plan.queue_size)
         self.produced = 0  # batches put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.source: ShardSource | None = None
@@ -179,21 +196,21 @@ class Producer:
     async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int]) -> None:
         """Read ``groups`` in order and put them. Up to ``READ_AHEAD`` reads wait on the reader thread,
         so it never idles while the loop hands a batch over."""
-        pending: collections.deque[asyncio.Future[list[str]]] = collections.deque()
+        pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
         try:
             for k, group in enumerate(groups):
                 while len(pending) < READ_AHEAD and k + len(pending) < len(groups):
                     pending.append(self._submit(handle.read, groups[k + len(pending)]))
-                texts = await pending.popleft()  # if cancelled: dropped unless started
-                await self._put(Batch(texts, shard, group, epoch))
+                column = await pending.popleft()  # if cancelled: dropped unless started
+                await self._put(Chunk(column, handle.path, shard, group, epoch))
                 self._left -= 1
         finally:
             for fut in pending:  # reads ahead that nobody will take: drop them if not started
                 fut.cancel()
                 fut.add_done_callback(_retrieve)
 
-    async def _put(self, batch: Batch) -> None:
-        await self.queue.put(batch)
+    async def _put(self, chunk: Chunk) -> None:
+        await self.queue.put(chunk)
         self.produced += 1
         self.max_queued = max(self.max_queued, self.queue.qsize())
 

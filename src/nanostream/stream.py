@@ -25,7 +25,7 @@ from typing import Any
 from .blocking import BatchIterator
 from .config import DEFAULT_DATASET, Config, check_url, get_dataset
 from .errors import ConfigError, MissingShardError
-from .producer import Batch, Plan, Position, Producer, _End, shard_order
+from .producer import Batch, Chunk, Plan, Position, Producer, _End, shard_order
 from .shards import check_rank, read_record, resolve_split, shard_name
 from .source import usable_remote
 
@@ -139,7 +139,7 @@ def _check_start(start: Position, shards: tuple[int, ...], rank: int, world_size
         raise ConfigError(f"resume position {start}: epoch {start.epoch} is outside 0..{epochs}")
 
 
-async def _consume(producer: Producer) -> AsyncIterator[Batch]:
+async def _consume(producer: Producer) -> AsyncIterator[Chunk]:
     """The async generator behind ``Stream``: starts the producer, stops it however iteration ends."""
     task = asyncio.create_task(producer.run(), name="nanostream-producer")
     try:
@@ -174,6 +174,10 @@ class Stream:
         return self
 
     async def __anext__(self) -> Batch:
+        return (await self.next_chunk()).batch()
+
+    async def next_chunk(self) -> Chunk:
+        """The next row group still in Arrow memory (``chunk.batch()`` makes the ``Batch``)."""
         if self._agen is None:
             self._agen = _consume(self._producer)
         return await self._agen.__anext__()
