@@ -19,10 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import hashlib
 import logging
-import os
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +29,16 @@ import filelock
 
 from ._compat import TaskGroup
 from .config import check_url
+from .download import RangeDownloader
 from .errors import ConfigError, FetchError, HTTPStatusError, RetriesExhausted, VerificationError
-from .partial import PartState, check_file, discard, finalize, lock_path, part_path
-from .retry import Fatal, RetryPolicy, Transient, check_status, classify, describe, parse_sha256
+from .jobs import Job, Segment
+from .partial import PartState, check_file, discard, finalize, lock_path
+from .retry import Fatal, RetryPolicy, classify, describe
 from .shards import shard_name
 
 __all__ = ["Fetcher", "RetryPolicy", "ShardResult", "fetch_shards"]
 
 log = logging.getLogger(__name__)
-WRITE_CHUNK = 1 << 20
-SAVE_EVERY_S = 1.0
 DEFAULT_RETRY = RetryPolicy()
 
 
@@ -60,93 +57,6 @@ class ShardResult:
     @property
     def name(self) -> str:
         return shard_name(self.index)
-
-
-class _Segment:
-    """A byte range [pos, end) of a shard still to download; ``end`` is None until the size is known."""
-
-    __slots__ = ("active", "end", "pos")
-
-    def __init__(self, pos: int, end: int | None):
-        self.pos, self.end, self.active = pos, end, False
-
-    def done(self) -> bool:
-        return self.end is not None and self.pos >= self.end
-
-
-class _Job:
-    def __init__(self, index: int, final: Path, url: str):
-        self.index, self.final, self.url = index, final, url
-        self.future: asyncio.Future[ShardResult] = asyncio.get_running_loop().create_future()
-        self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
-        self.segments: list[_Segment] = []
-        self.size: int | None = None
-        self.validator: str | None = None
-        self.sha256: str | None = None
-        self.attempts = self.downloaded = self.gen = 0
-        self.lock: filelock.BaseFileLock | None = None
-        self.finalizing = False
-        self.saved_at = 0.0
-        self.hasher = None  # sha256 of bytes [0, hashed) as written, while one range writes them in order
-        self.hashed = 0
-
-    @property
-    def name(self) -> str:
-        return self.final.name
-
-    def live(self, gen: int) -> bool:
-        return gen == self.gen and not self.future.done()
-
-
-def _pwrite_and_hash(fd: int, chunks: list, offset: int, hasher) -> int:
-    written = os.pwritev(fd, chunks, offset)
-    if hasher is not None:
-        for c in chunks:
-            hasher.update(c)
-    return written
-
-
-class _Writer:
-    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Fetcher's pool.
-
-    The file descriptor is closed only after any write still running in the pool has finished,
-    so a cancelled download never leaves a thread writing to a reused descriptor.
-    """
-
-    def __init__(self, fd: int, path: Path, pool: concurrent.futures.Executor):
-        self.fd, self.path, self.pool = fd, path, pool
-        self.hasher = None  # set to the job's sha256 object while this range continues the hashed prefix
-        self.chunks: list[bytes | memoryview] = []
-        self.pending = 0
-        self.inflight: concurrent.futures.Future | None = None
-
-    def add(self, chunk: bytes, room: int) -> None:
-        if len(chunk) > room:  # the range may have been split since this request started
-            chunk = memoryview(chunk)[: max(room, 0)]
-        self.chunks.append(chunk)
-        self.pending += len(chunk)
-
-    async def flush(self, offset: int, end: int) -> int:
-        """Write the buffered bytes at ``offset`` (never past ``end``); return how many."""
-        chunks, n = self.chunks, self.pending
-        if offset + n > end:  # split while buffering: drop what now belongs to another range
-            n = max(end - offset, 0)
-            chunks = [memoryview(b"".join(chunks))[:n]]
-        self.chunks, self.pending = [], 0
-        self.inflight = self.pool.submit(_pwrite_and_hash, self.fd, chunks, offset, self.hasher)
-        try:
-            written = await asyncio.wrap_future(self.inflight)
-        except OSError as exc:
-            raise Fatal(f"cannot write {self.path}: {exc} (disk full?)") from exc
-        if written != n:
-            raise Fatal(f"short write to {self.path}: {written} of {n} bytes (disk full?)")
-        return n
-
-    def close(self) -> None:
-        if self.inflight is not None and not self.inflight.done():
-            self.inflight.add_done_callback(lambda _: os.close(self.fd))
-        else:
-            os.close(self.fd)
 
 
 class Fetcher:
@@ -170,9 +80,9 @@ class Fetcher:
         self._headers = {"Accept-Encoding": "identity"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._jobs: dict[int, _Job] = {}
-        self._pending: collections.deque[_Job] = collections.deque()
-        self._active: list[_Job] = []
+        self._jobs: dict[int, Job] = {}
+        self._pending: collections.deque[Job] = collections.deque()
+        self._active: list[Job] = []
         self._tasks: set[asyncio.Task] = set()
         self._event = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -184,6 +94,7 @@ class Fetcher:
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
                                               auto_decompress=False, trust_env=True)
+        self._ranges = RangeDownloader(self._session, self._pool, self._headers, self.progress, self._notify)
         for _ in range(self.workers):
             self._spawn(self._worker())
         return self
@@ -196,7 +107,7 @@ class Fetcher:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for job in list(self._jobs.values()):
-                self._save(job, force=True)
+                job.save(force=True)
                 self._release(job)
                 if not job.future.done():
                     job.future.cancel()
@@ -211,7 +122,7 @@ class Fetcher:
         job = self._jobs.get(index)
         if job is None:
             name = shard_name(index)
-            job = self._jobs[index] = _Job(index, self.data_dir / name, f"{self.base_url}/{name}")
+            job = self._jobs[index] = Job(index, self.data_dir / name, f"{self.base_url}/{name}")
             self._pending.append(job)
             self._notify()
         return await asyncio.shield(job.future)
@@ -231,7 +142,7 @@ class Fetcher:
             job, seg = await self._next_work()
             await self._run_segment(job, seg)
 
-    async def _next_work(self) -> tuple[_Job, _Segment]:
+    async def _next_work(self) -> tuple[Job, Segment]:
         while True:
             event = self._event
             for job in self._active:
@@ -247,8 +158,8 @@ class Fetcher:
                 return stolen
             await event.wait()
 
-    def _steal(self) -> tuple[_Job, _Segment] | None:
-        best: tuple[int, _Job, _Segment] | None = None
+    def _steal(self) -> tuple[Job, Segment] | None:
+        best: tuple[int, Job, Segment] | None = None
         for job in self._active:
             for seg in job.segments:
                 if seg.active and seg.end is not None and not job.finalizing:
@@ -258,13 +169,13 @@ class Fetcher:
         if best is None:
             return None
         left, job, seg = best
-        new = _Segment(seg.pos + left // 2, seg.end)
+        new = Segment(seg.pos + left // 2, seg.end)
         seg.end = new.pos
         new.active = True
         job.segments.append(new)
         return job, new
 
-    async def _prepare(self, job: _Job) -> None:
+    async def _prepare(self, job: Job) -> None:
         """Skip, defer (another process has it), resume or start ``job``."""
         if job.final.exists() and not self.verify:
             return self._resolve(job, skipped=True)
@@ -285,20 +196,20 @@ class Fetcher:
         state = PartState.load(job.final, job.url)
         if state is not None:
             job.size, job.validator, job.sha256 = state.size, state.validator, state.sha256
-            job.segments = [_Segment(s, e) for s, e in state.missing]
+            job.segments = [Segment(s, e) for s, e in state.missing]
             log.info("%s: resuming, %d of %d bytes to go", job.name,
                      sum(e - s for s, e in state.missing), state.size)
             if self.progress is not None:
                 self.progress.add_total(sum(e - s for s, e in state.missing))
         else:
-            job.segments = [_Segment(0, None)]
+            job.segments = [Segment(0, None)]
         self._active.append(job)
         if all(s.done() for s in job.segments):
             self._spawn(self._finalize(job))
         self._notify()
         return None
 
-    async def _wait_for_other(self, job: _Job) -> None:
+    async def _wait_for_other(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
             if job.final.exists() and not self.verify:
@@ -314,12 +225,12 @@ class Fetcher:
             return None
 
     # -- downloading ------------------------------------------------------------------------
-    async def _run_segment(self, job: _Job, seg: _Segment) -> None:
+    async def _run_segment(self, job: Job, seg: Segment) -> None:
         gen = job.gen
         try:
             while job.live(gen) and not seg.done():
                 try:
-                    await self._request(job, seg, gen)
+                    await self._ranges.fetch_range(job, seg, gen)
                 except Exception as exc:
                     if not job.live(gen):
                         return
@@ -337,133 +248,11 @@ class Fetcher:
         if job.live(gen) and not job.finalizing and all(s.done() and not s.active for s in job.segments):
             await self._finalize(job)
 
-    async def _request(self, job: _Job, seg: _Segment, gen: int) -> None:
-        headers = dict(self._headers)
-        ranged = seg.pos > 0 or (seg.end is not None and seg.end != job.size)
-        if ranged:
-            headers["Range"] = f"bytes={seg.pos}-{seg.end - 1}"
-            if job.validator:
-                headers["If-Range"] = job.validator
-        async with self._session.get(job.url, headers=headers) as resp:
-            check_status(resp)
-            if not job.live(gen):
-                return
-            self._learn(job, resp)
-            if not job.live(gen):
-                return
-            if ranged:
-                if resp.status == 200:
-                    return self._reset(job, "the server ignored Range/If-Range (remote file changed?)")
-                first = resp.headers.get("Content-Range", "").replace("bytes ", "").split("-")[0]
-                if first != str(seg.pos):
-                    raise Transient(f"asked for bytes from {seg.pos}, got Content-Range {first!r}")
-            elif resp.status == 206:
-                raise Transient("got 206 Partial Content for a plain GET")
-            if seg.end is None:
-                seg.end = job.size
-                self._notify()  # the size is known: idle workers can now split this shard
-            await self._copy_body(job, seg, gen, resp)
-        if job.live(gen) and not seg.done():
-            raise Transient(f"body ended at byte {seg.pos} of {seg.end}")
-
-    def _learn(self, job: _Job, resp: aiohttp.ClientResponse) -> None:
-        """Take size, sha256 and validator from the first response; reset if a later one disagrees."""
-        linked_sha = linked_size = None
-        for r in (*resp.history, resp):
-            linked_sha = parse_sha256(r.headers.get("X-Linked-Etag")) or linked_sha
-            linked_size = r.headers.get("X-Linked-Size") or linked_size
-        if resp.status == 206:
-            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-        else:
-            total = resp.headers.get("Content-Length")
-        size = int(linked_size or total) if (linked_size or total or "").isdigit() else None
-        sha = linked_sha or parse_sha256(resp.headers.get("ETag"))
-        etag = resp.headers.get("ETag")
-        if job.size is None:
-            if size is None:
-                raise Fatal("the server sent no Content-Length; cannot verify the download")
-            job.size, job.sha256 = size, sha
-            job.hasher, job.hashed = (hashlib.sha256() if sha else None), 0
-            job.validator = etag if etag and not etag.startswith("W/") else None
-            self._new_part(job)
-            if self.progress is not None:
-                self.progress.add_total(size)
-        elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
-            self._reset(job, "the remote file changed (size or sha256 differ)")
-
-    def _new_part(self, job: _Job) -> None:
-        part = part_path(job.final)
-        part.unlink(missing_ok=True)  # a fresh inode: writers of an abandoned generation can't touch it
-        with open(part, "wb") as f:
-            f.truncate(job.size)
-        self._save(job, force=True)
-
-    def _reset(self, job: _Job, why: str) -> None:
-        log.warning("%s: %s; restarting it from byte 0", job.name, why)
-        job.gen += 1
-        job.size = job.sha256 = job.validator = job.hasher = None
-        job.hashed = 0
-        discard(job.final)
-        job.segments = [_Segment(0, None)]
-        self._notify()
-
-    async def _copy_body(self, job: _Job, seg: _Segment, gen: int, resp: aiohttp.ClientResponse) -> None:
-        """Stream the body into the part file at ``seg.pos`` with ``pwritev`` (no copies)."""
-        part = part_path(job.final)
-        try:
-            fd = os.open(part, os.O_WRONLY)
-        except OSError as exc:
-            raise Fatal(f"cannot open {part} for writing: {exc}") from exc
-        out = _Writer(fd, part, self._pool)
-        try:
-            try:
-                async for chunk, _ in resp.content.iter_chunks():
-                    if not job.live(gen):
-                        return
-                    out.add(chunk, seg.end - seg.pos - out.pending)
-                    if out.pending >= WRITE_CHUNK or seg.pos + out.pending >= seg.end:
-                        out.hasher = job.hasher if job.hashed == seg.pos else None
-                        self._wrote(job, seg, await out.flush(seg.pos, seg.end))
-                        if seg.done():
-                            return
-            except Exception:
-                if out.pending and job.live(gen):  # keep the good bytes that arrived before the failure
-                    out.hasher = job.hasher if job.hashed == seg.pos else None
-                    self._wrote(job, seg, await out.flush(seg.pos, seg.end))
-                raise
-            if out.pending and job.live(gen):
-                out.hasher = job.hasher if job.hashed == seg.pos else None
-                self._wrote(job, seg, await out.flush(seg.pos, seg.end))
-        finally:
-            out.close()
-
-    def _wrote(self, job: _Job, seg: _Segment, n: int) -> None:
-        if job.hasher is not None and job.hashed == seg.pos:
-            job.hashed += n
-        seg.pos += n
-        job.downloaded += n
-        if self.progress is not None:
-            self.progress.advance(n)
-        self._save(job)
-
-    def _save(self, job: _Job, force: bool = False) -> None:
-        """Record the missing ranges (never ahead of what was written)."""
-        now = time.monotonic()
-        if job.size is None or job.future.done() or not (force or now - job.saved_at >= SAVE_EVERY_S):
-            return
-        job.saved_at = now
-        missing = [[s.pos, s.end] for s in job.segments if s.end is not None and s.pos < s.end]
-        try:
-            PartState(job.url, job.size, job.validator, job.sha256, missing).save(job.final)
-        except OSError as exc:
-            log.warning("%s: could not save resume state: %s", job.name, exc)
-
-    async def _finalize(self, job: _Job) -> None:
+    async def _finalize(self, job: Job) -> None:
         job.finalizing = True
         gen = job.gen
         try:
-            digest = job.hasher.hexdigest() if job.hasher is not None and job.hashed == job.size else None
-            problem = await asyncio.to_thread(finalize, job.final, job.size, job.sha256, digest)
+            problem = await asyncio.to_thread(finalize, job.final, job.size, job.sha256, job.digest())
         except OSError as exc:
             return self._fail(job, Fatal(f"cannot publish {job.final}: {exc}"))
         finally:
@@ -477,20 +266,15 @@ class Fetcher:
                                 shard=job.name, url=job.url)
         if job.attempts >= self.retry.attempts:
             return self._fail(job, err)
-        self._reset(job, f"{problem}; discarded the bytes (attempt {job.attempts}/{self.retry.attempts - 1})")
+        job.reset(f"{problem}; discarded the bytes (attempt {job.attempts}/{self.retry.attempts - 1})")
+        self._notify()
         return None
 
-    async def _verify_existing(self, job: _Job) -> bool:
+    async def _verify_existing(self, job: Job) -> bool:
         """--verify: compare a present shard with the server's sha256 (HEAD). False = re-fetch."""
         while True:
             try:
-                async with self._session.head(job.url, headers=self._headers) as resp:
-                    check_status(resp)
-                    sha = None
-                    for r in (*resp.history, resp):
-                        sha = parse_sha256(r.headers.get("X-Linked-Etag")) or sha
-                    sha = sha or parse_sha256(resp.headers.get("ETag"))
-                    size = resp.headers.get("X-Linked-Size") or resp.headers.get("Content-Length")
+                sha, expected = await self._ranges.head_info(job.url)
                 break
             except Exception as exc:
                 retryable, after = classify(exc)
@@ -499,7 +283,6 @@ class Fetcher:
                     self._fail(job, exc)
                     return False
                 await asyncio.sleep(self.retry.backoff(job.attempts, after))
-        expected = int(size) if size and size.isdigit() else None
         problem = await asyncio.to_thread(check_file, job.final, expected, sha)
         if problem is None:
             return True
@@ -508,19 +291,19 @@ class Fetcher:
         return False
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _done(self, job: _Job) -> None:
+    def _done(self, job: Job) -> None:
         self._release(job)
         self._jobs.pop(job.index, None)
         if job in self._active:
             self._active.remove(job)
         self._notify()
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: Job) -> None:
         if job.lock is not None:
             job.lock.release()
             job.lock = None
 
-    def _resolve(self, job: _Job, *, skipped: bool) -> None:
+    def _resolve(self, job: Job, *, skipped: bool) -> None:
         size = job.final.stat().st_size
         result = ShardResult(job.index, job.final, size, job.downloaded, job.attempts, skipped)
         self._done(job)
@@ -528,7 +311,7 @@ class Fetcher:
         if self.progress is not None:
             self.progress.shard_done(result)
 
-    def _fail(self, job: _Job, exc: BaseException) -> None:
+    def _fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
             return
         if isinstance(exc, FetchError):
@@ -549,7 +332,7 @@ class Fetcher:
         if err is not exc:
             err.__cause__ = exc
         if isinstance(err, RetriesExhausted):
-            self._save(job, force=True)  # keep the partial download for the next run
+            job.save(force=True)  # keep the partial download for the next run
         self._done(job)
         job.future.set_exception(err)
         if self.progress is not None:
