@@ -82,6 +82,12 @@ async def test_train_exactly_once_across_ranks(data: Path, world_size: int) -> N
     assert set(seen) == all_ids(range(4)) and max(seen.values()) == 1
 
 
+async def test_rank_without_row_groups(data: Path) -> None:
+    assert await collect(stream("train", data_dir=data, rank=4, world_size=5)) == []  # one epoch: empty
+    with pytest.raises(ConfigError, match="reads no row group"):  # forever: an error, not a hang
+        await collect(stream("train", data_dir=data, rank=4, world_size=5, epochs=None))
+
+
 async def test_shuffle_same_order_on_every_rank_and_exactly_once(data: Path) -> None:
     runs = [await collect(stream("train", data_dir=data, rank=r, world_size=2, shuffle=True, seed=7, epochs=2))
             for r in range(2)]

@@ -155,9 +155,15 @@ class Producer:
             order = shard_order(p.shards, epoch, p.shuffle, p.seed)
             if start is not None:  # resume: drop the shards consumed before the start position
                 order = order[order.index(start.shard):]
+            before = self.produced
             for k, shard in enumerate(order):
                 after = start.row_group if start is not None and k == 0 else None
                 await self._emit_shard(source, epoch, shard, order[k + 1:], after)
+            if p.epochs is None and start is None and self.produced == before:  # would spin forever
+                raise ConfigError(
+                    f"rank {p.rank} of {p.world_size} reads no row group of the {p.split} split in "
+                    f"{p.data_dir} (row group i goes to rank i % world_size, and these shards have fewer "
+                    "row groups than that): use fewer ranks or DataLoader workers")
             start = None
 
     async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, upcoming: list[int],
