@@ -285,10 +285,8 @@ async def test_failed_download_raises_named_error(tmp_path: Path) -> None:
         srv.script(shard_name(1), "status:404")
         got: list[Batch] = []
         with pytest.raises(FetchError, match=r"shard_00001\.parquet"):
-            # fetch_ahead=0: nothing else in flight to cancel when it fails (see the report on
-            # Fetcher._copy_body leaking a part file when cancelled inside aiofiles.open)
             async for b in stream("train", data_dir=tmp_path / "local", base_url=srv.url, num_shards=3,
-                                  max_shard=3, fetch_ahead=0):
+                                  max_shard=3):
                 got.append(b)
         assert {b.shard for b in got} <= {0}
     await settled()
@@ -299,10 +297,7 @@ async def test_break_stops_background_downloads(tmp_path: Path) -> None:
     async with FaultServer(src, rate=5_000) as srv:
         s = stream("train", data_dir=tmp_path / "local", base_url=srv.url, num_shards=5, max_shard=5)
         async with s:
-            await s.__anext__()
-            # let shards 1, 2 get into their bodies: cancelling the Fetcher inside its
-            # aiofiles.open() leaks the part file (reported to fetch.py's owner)
-            await asyncio.sleep(0.3)
+            await s.__anext__()  # shards 1, 2 are starting to download now
         await settled()
         assert not (tmp_path / "local" / shard_name(4)).exists()
 
