@@ -2,8 +2,8 @@
 
 Owns the model: token + learned position embeddings, ``depth`` pre-norm blocks
 (causal self-attention through ``scaled_dot_product_attention`` and a GELU MLP),
-a final norm and an output head tied to the token embedding. Also the optimizer
-setup (AdamW, no weight decay on vectors) and sampling. Nothing in here knows
+a final norm and an untied output head. Also the optimizer setup (AdamW; the token
+embedding gets its own, larger learning rate and no weight decay) and sampling. Nothing in here knows
 about nanostream: the trainer feeds it ``(B, T)`` int64 token tensors.
 """
 
@@ -84,8 +84,8 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.d_model, bias=False)
+        # untied: at this size a tied head learns the bigram statistics measurably slower
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight  # weight tying: one (vocab, d_model) matrix
         self.apply(self._init)
         # residual projections start small so the residual stream's variance stays ~1 with depth
         for name, p in self.named_parameters():
@@ -98,7 +98,7 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
-        """Parameters, counting the tied embedding once and leaving out position embeddings."""
+        """Parameters, leaving out position embeddings."""
         return sum(p.numel() for p in self.parameters()) - self.pos_emb.weight.numel()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
@@ -117,11 +117,23 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction)
         return loss if reduction != "none" else loss.view(targets.shape)
 
-    def optimizer(self, lr: float, weight_decay: float = 0.1, device_type: str = "cpu") -> torch.optim.AdamW:
-        """AdamW; matrices decay, vectors (norm weights) do not. Fused kernels on CUDA."""
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    def optimizer(self, lr: float, emb_lr: float, weight_decay: float = 0.1,
+                  device_type: str = "cpu") -> torch.optim.AdamW:
+        """AdamW with three groups: the token embedding (``emb_lr``, no decay), matrices (``lr``,
+        decayed), vectors such as norm weights (``lr``, no decay). Each group keeps its peak rate in
+        ``base_lr`` for the trainer's schedule. Fused kernels on CUDA.
+
+        The embedding's rows are each touched only by the tokens present in a batch, so they see
+        few, sparse updates; a larger rate for them (nanochat does the same) makes the first few
+        hundred steps of a tiny run learn much faster.
+        """
+        emb = self.tok_emb.weight
+        rest = [p for p in self.parameters() if p is not emb]
+        groups = [
+            {"params": [emb], "lr": emb_lr, "base_lr": emb_lr, "weight_decay": 0.0},
+            {"params": [p for p in rest if p.dim() >= 2], "lr": lr, "base_lr": lr, "weight_decay": weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "lr": lr, "base_lr": lr, "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device_type == "cuda")
 
     @torch.no_grad()

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data: the Hub (FineWeb-Edu), the offline sample served on 127.0.0.1, or auto "
                         "(the Hub if it answers within --probe-timeout s); env SOURCE")
     p.add_argument("--device", default=env_default("DEVICE", "cpu"), help="cpu or cuda[:N]; env DEVICE")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=250, help="optimizer steps")
     p.add_argument("--depth", type=int, default=4, help="transformer blocks")
     p.add_argument("--width", type=int, default=0, help="model width d_model (0: 32 * depth)")
     p.add_argument("--batch", type=int, default=8, help="sequences per step")
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=vocab_arg, default=4096, help="BPE vocabulary size, or 'byte' (no training)")
     p.add_argument("--tokenizer-chars", type=int, default=2_000_000, help="characters to train the BPE on")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--emb-lr", type=float, default=0.1, help="peak learning rate of the token embedding")
     p.add_argument("--warmup", type=int, default=10, help="linear warmup steps")
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     p.add_argument("--eval-batches", type=int, default=8, help="validation batches for bits per byte")
@@ -117,15 +118,14 @@ def token_bytes(tok: Tokenizer, device: torch.device) -> torch.Tensor:
     return torch.tensor(lengths, dtype=torch.int64, device=device)
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warmup, flat, then linear decay to 10% over the last 40% of the steps."""
+def lr_scale(step: int, args: argparse.Namespace) -> float:
+    """Fraction of the peak rates: linear warmup, flat, then linear decay to 10% over the last 40%."""
     if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
+        return (step + 1) / args.warmup
     decay_from = int(0.6 * args.steps)
     if step < decay_from:
-        return args.lr
-    frac = (step - decay_from) / max(1, args.steps - decay_from)
-    return args.lr * (1.0 - 0.9 * frac)
+        return 1.0
+    return 1.0 - 0.9 * (step - decay_from) / max(1, args.steps - decay_from)
 
 
 def dataset(split: str, args: argparse.Namespace, src: Source, tok: Tokenizer, cfg: Config,
@@ -173,9 +173,11 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("DEVICE=cuda but torch sees no CUDA device: run `make train-cpu`, or `make setup GPU=1` "
                           "on a machine with a GPU")
-    for name in ("steps", "depth", "batch", "seq_len", "eval_batches", "log_every"):
+    for name in ("steps", "depth", "batch", "seq_len", "shards", "eval_batches", "log_every", "tokenizer_chars"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if min(args.width, args.warmup, args.sample_tokens, args.threads) < 0 or min(args.lr, args.emb_lr) <= 0:
+        raise ConfigError("--width, --warmup, --sample-tokens and --threads must be >= 0, --lr and --emb-lr > 0")
     cores, torch_threads, loader_threads = thread_split(args.threads)
     torch.set_num_threads(torch_threads)
     import pyarrow  # its own decode pool: keep it inside the loader's share
@@ -193,7 +195,7 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
         mcfg = GPTConfig(vocab_size=tok.vocab_size, seq_len=args.seq_len, depth=args.depth, d_model=width,
                          head_dim=32 if width % 32 == 0 else width)
         model = GPT(mcfg).to(device)
-        opt = model.optimizer(args.lr, device_type=device.type)
+        opt = model.optimizer(args.lr, args.emb_lr, device_type=device.type)
         say(f"model: {model.num_params() / 1e6:.2f}M params, depth {mcfg.depth}, width {mcfg.d_model}, "
             f"seq_len {mcfg.seq_len}, batch {args.batch}; data {src.base_url} -> {src.data_dir}")
         losses: list[float] = []
@@ -206,7 +208,7 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
                 x, y = next(batches)
                 t1 = time.perf_counter()
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, args)
+                    group["lr"] = group["base_lr"] * lr_scale(step, args)
                 with autocast():
                     loss = model(x, y)
                 loss.backward()

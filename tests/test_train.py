@@ -198,3 +198,16 @@ def test_stale_sample_copies_are_dropped(tmp_path: Path) -> None:
     source.drop_stale(local, served)
     assert list_shards(local) == [1]  # only the byte-identical copy is kept
     assert not (local / ".nanostream.json").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_run_on_cuda_bf16(base: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["--source", "sample", "--device", "cuda", "--steps", "20", "--depth", "2",
+                                      "--batch", "4", "--seq-len", "64", "--shards", "1", "--vocab", "byte",
+                                      "--lr", "1e-2", "--warmup", "3", "--eval-batches", "2", "--sample-tokens", "8"])
+    result = train(args, Config.from_env())
+    assert all(math.isfinite(v) for v in result["losses"])
+    assert result["last_loss"] < 0.9 * result["first_loss"], result["losses"]
+    assert math.isfinite(result["val_bpb"])
+    assert "device cuda (bf16 autocast)" in capsys.readouterr().out
