@@ -20,6 +20,8 @@ do next.
 
 from __future__ import annotations
 
+# Every __init__ takes the message alone too: DataLoader workers re-raise errors as ``cls(message)``.
+
 
 class NanostreamError(Exception):
     """Root of every error nanostream raises on purpose."""
@@ -41,7 +43,7 @@ class FetchError(NanostreamError):
 class HTTPStatusError(FetchError):
     """The server answered with a status that retrying will not fix."""
 
-    def __init__(self, message: str, *, status: int, shard: str | None = None, url: str | None = None):
+    def __init__(self, message: str, *, status: int = 0, shard: str | None = None, url: str | None = None):
         super().__init__(message, shard=shard, url=url)
         self.status = status
 
@@ -49,7 +51,7 @@ class HTTPStatusError(FetchError):
 class RetriesExhausted(FetchError):
     """Transient failures kept happening until the attempts ran out."""
 
-    def __init__(self, message: str, *, attempts: int, shard: str | None = None, url: str | None = None):
+    def __init__(self, message: str, *, attempts: int = 0, shard: str | None = None, url: str | None = None):
         super().__init__(message, shard=shard, url=url)
         self.attempts = attempts
 
