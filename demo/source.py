@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,24 +75,31 @@ def _head(url: str, token: str | None, timeout: float) -> str | None:
         return f"{type(reason).__name__}: {reason} for {url}"
 
 
-def probe_hub(cfg: Config, dataset: str = DEFAULT_DATASET, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """None when the Hub serves ``dataset``'s first shard within ``timeout`` seconds, else the reason.
+@contextmanager
+def hub_probe(cfg: Config, dataset: str = DEFAULT_DATASET, timeout: float = PROBE_TIMEOUT) -> Iterator[str | None]:
+    """Yield None when the Hub serves ``dataset``'s first shard within ``timeout`` seconds, else why not.
 
-    Honours ``HF_ENDPOINT`` and ``HF_TOKEN`` through ``cfg``. The socket timeout does not bound
-    DNS resolution, so the HEAD runs in a worker thread and the caller waits at most ``timeout``;
-    a thread still stuck in the resolver is joined before returning (resolvers give up on their
-    own), so no thread outlives this call, and its late answer is ignored.
+    Honours ``HF_ENDPOINT`` and ``HF_TOKEN`` through ``cfg``. A socket timeout does not bound DNS
+    resolution, so the HEAD runs in a worker thread and the caller waits at most ``timeout`` (plus
+    0.5 s): a probe stuck in the resolver counts as unreachable and the run goes on. The thread is
+    joined when the ``with`` block ends (resolvers give up on their own), so none outlives it.
     """
     url = f"{get_dataset(dataset).base_url(cfg.hf_endpoint)}/{shard_name(0)}"
     result: list[str | None] = []
     worker = threading.Thread(target=lambda: result.append(_head(url, cfg.hf_token, timeout)),
                               name="nanostream-hub-probe", daemon=True)
     worker.start()
-    worker.join(timeout + 0.5)
-    if not result:
+    try:
+        worker.join(timeout + 0.5)
+        yield result[0] if result else f"no answer within {timeout:g} s from {url}"
+    finally:
         worker.join()
-        return f"no answer within {timeout:g} s from {url}"
-    return result[0]
+
+
+def probe_hub(cfg: Config, dataset: str = DEFAULT_DATASET, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """``hub_probe`` as a plain call (waits for a late probe thread before returning)."""
+    with hub_probe(cfg, dataset, timeout) as why:
+        return why
 
 
 def sample_is_complete(folder: Path, shards: int) -> bool:
@@ -170,15 +177,11 @@ def _wait_for_url(proc: subprocess.Popen, log_path: Path, timeout: float) -> str
         time.sleep(0.05)
 
 
-def choose(source: str, cfg: Config, dataset: str = DEFAULT_DATASET,
-           timeout: float = PROBE_TIMEOUT) -> tuple[str, str]:
-    """Resolve ``source`` to ``("hub" | "sample", notice)``. Only ``auto`` and ``hub`` touch the Hub."""
-    if source not in SOURCES:
-        raise ConfigError(f"SOURCE={source!r}: choose one of {', '.join(SOURCES)}")
+def decide(source: str, why: str | None, cfg: Config, dataset: str = DEFAULT_DATASET) -> tuple[str, str]:
+    """``("hub" | "sample", notice)`` for ``source`` given the probe's answer ``why`` (None: reachable)."""
     if source == "sample":
         return "sample", ("nanostream: training on the offline sample corpus (SOURCE=sample). "
                           "Set SOURCE=hub or SOURCE=auto to use the Hub.")
-    why = probe_hub(cfg, dataset, timeout)
     if why is None:
         return "hub", (f"nanostream: training on {dataset} from the Hub ({cfg.hf_endpoint}, SOURCE={source}). "
                        "Set SOURCE=sample for the offline sample corpus.")
@@ -187,6 +190,21 @@ def choose(source: str, cfg: Config, dataset: str = DEFAULT_DATASET,
                          "HF_ENDPOINT and HF_TOKEN, or set SOURCE=sample", url=cfg.hf_endpoint)
     return "sample", (f"nanostream: Hub not reachable ({why}); training on the offline sample corpus "
                       "(SOURCE=sample). Set SOURCE=hub to require the Hub.")
+
+
+def check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ConfigError(f"SOURCE={source!r}: choose one of {', '.join(SOURCES)}")
+
+
+def choose(source: str, cfg: Config, dataset: str = DEFAULT_DATASET,
+           timeout: float = PROBE_TIMEOUT) -> tuple[str, str]:
+    """Resolve ``source`` to ``("hub" | "sample", notice)``. Only ``auto`` and ``hub`` touch the Hub."""
+    check_source(source)
+    if source == "sample":
+        return decide(source, None, cfg, dataset)
+    with hub_probe(cfg, dataset, timeout) as why:
+        return decide(source, why, cfg, dataset)
 
 
 @contextmanager
@@ -200,15 +218,19 @@ def open_source(source: str, cfg: Config, *, shards: int, dataset: str = DEFAULT
     """
     if shards < 1:
         raise ConfigError(f"--shards must be >= 1 train shard, got {shards}")
-    kind, notice = choose(source, cfg, dataset, timeout)
-    if kind == "hub":
-        ds = get_dataset(dataset)
-        yield Source("hub", ds.name, ds.base_url(cfg.hf_endpoint), ds.max_shard, cfg.data_dir(ds.name), notice)
-        return
-    folder = ensure_sample(cfg.base_dir / "sample-src", shards + 1)
-    data_dir = cfg.data_dir(SAMPLE_NAME)
-    drop_stale(data_dir, folder)
-    with serve_folder(folder) as url:
+    check_source(source)
+    with ExitStack() as stack:
+        # a probe thread stuck in DNS is joined only when the run is over, never waited for up front
+        why = None if source == "sample" else stack.enter_context(hub_probe(cfg, dataset, timeout))
+        kind, notice = decide(source, why, cfg, dataset)
+        if kind == "hub":
+            ds = get_dataset(dataset)
+            yield Source("hub", ds.name, ds.base_url(cfg.hf_endpoint), ds.max_shard, cfg.data_dir(ds.name), notice)
+            return
+        folder = ensure_sample(cfg.base_dir / "sample-src", shards + 1)
+        data_dir = cfg.data_dir(SAMPLE_NAME)
+        drop_stale(data_dir, folder)
+        url = stack.enter_context(serve_folder(folder))
         yield Source("sample", SAMPLE_NAME, url, shards, data_dir, notice)
 
 

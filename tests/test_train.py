@@ -12,7 +12,9 @@ import asyncio
 import math
 import os
 import shutil
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pyarrow
@@ -188,6 +190,16 @@ async def test_probe_reports_http_errors_and_bad_source(base: Path, hub: FakeHub
         await asyncio.to_thread(source.choose, "hub", cfg)
     with pytest.raises(ConfigError, match="SOURCE='cloud'"):
         source.choose("cloud", cfg)
+
+
+def test_silent_hub_falls_back_within_the_timeout(base: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        cfg = Config.from_env({"HF_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"})
+        t0 = time.monotonic()
+        kind, notice = source.choose("auto", cfg, timeout=0.5)
+        elapsed = time.monotonic() - t0
+    assert kind == "sample" and notice.startswith("nanostream: Hub not reachable (") and "timed out" in notice
+    assert elapsed < 2.0
 
 
 def test_stale_sample_copies_are_dropped(tmp_path: Path) -> None:
