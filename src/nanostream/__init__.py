@@ -19,6 +19,7 @@ _LAZY = {
     "stream": "stream",
     "iter_batches": "stream",
     "Batch": "stream",
+    "Position": "stream",
     "fetch_shards": "fetch",
     "Fetcher": "fetch",
     "ByteTokenizer": "tokenizer",
