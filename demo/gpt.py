@@ -4,12 +4,15 @@ Owns the model: token + learned position embeddings, ``depth`` pre-norm blocks
 (causal self-attention through ``scaled_dot_product_attention`` and a GELU MLP),
 a final norm and an untied output head. Also the optimizer setup (AdamW; the token
 embedding gets its own, larger learning rate and no weight decay) and sampling. Nothing in here knows
-about nanostream: the trainer feeds it ``(B, T)`` int64 token tensors.
+about nanostream: the trainer feeds it ``(B, T)`` int64 token tensors. ``bits_per_byte``
+is the tokenizer-independent validation figure.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -152,3 +155,27 @@ class GPT(nn.Module):
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
+
+
+@torch.no_grad()
+def bits_per_byte(model: GPT, batches: Iterator, n: int, tb: torch.Tensor,
+                  autocast: Callable[[], AbstractContextManager]) -> tuple[float, int]:
+    """Bits per byte over up to ``n`` ``(x, y)`` batches: summed NLL (nats) / (ln 2 * bytes of the targets).
+
+    ``tb[i]`` is the number of UTF-8 bytes token ``i`` stands for; tokens worth 0 bytes (BOS and
+    other specials) are left out of both sums, so the figure is comparable across tokenizers.
+    Returns (bits per byte, batches used).
+    """
+    model.eval()
+    nats, nbytes, seen = 0.0, 0, 0
+    for x, y in batches:
+        with autocast():
+            loss = model(x, y, reduction="none")
+        b = tb[y]
+        nats += float((loss * (b > 0)).sum())
+        nbytes += int(b.sum())
+        seen += 1
+        if seen == n:
+            break
+    model.train()
+    return (nats / (math.log(2) * nbytes) if nbytes else float("nan")), seen

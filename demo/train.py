@@ -15,12 +15,13 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import TextIO
 
+import pyarrow
 import torch
 
-from demo.gpt import GPT, GPTConfig
+from demo.gpt import GPT, GPTConfig, bits_per_byte
 from demo.source import PROBE_TIMEOUT, SOURCES, Source, env_default, open_source
 from nanostream.bpe import train_with_stats
 from nanostream.config import Config
@@ -134,24 +135,6 @@ def dataset(split: str, args: argparse.Namespace, src: Source, tok: Tokenizer, c
                         max_shard=src.max_shard, num_shards=args.shards, epochs=epochs, config=cfg)
 
 
-@torch.no_grad()
-def evaluate_bpb(model: GPT, batches: Iterator, n: int, tb: torch.Tensor, autocast) -> tuple[float, int]:
-    """Validation bits per byte: summed token NLL (nats) / (ln 2 * UTF-8 bytes of those tokens)."""
-    model.eval()
-    nats, nbytes, seen = 0.0, 0, 0
-    for x, y in batches:
-        with autocast():
-            loss = model(x, y, reduction="none")
-        b = tb[y]
-        nats += float((loss * (b > 0)).sum())
-        nbytes += int(b.sum())
-        seen += 1
-        if seen == n:
-            break
-    model.train()
-    return (nats / (math.log(2) * nbytes) if nbytes else float("nan")), seen
-
-
 def generate(model: GPT, tok: Tokenizer, device: torch.device, n: int, seed: int, autocast) -> str:
     prompt = [tok.bos_id, *tok.encode_batch(["The "])[0]]
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -164,25 +147,77 @@ def generate(model: GPT, tok: Tokenizer, device: torch.device, n: int, seed: int
     return tok.decode(out)
 
 
-def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> dict:
-    """The whole run; returns its figures (losses, data wait, bpb, sample) for callers and tests."""
-    def say(msg: str) -> None:
-        print(msg, file=out or sys.stdout, flush=True)
+@contextmanager
+def device_batches(ds: TokenDataset, device: torch.device) -> Iterator:
+    """``to_device`` over ``ds`` (CUDA: copies overlap compute); its reader threads are stopped on exit."""
+    it = to_device(ds, device)
+    try:
+        yield it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("DEVICE=cuda but torch sees no CUDA device: run `make train-cpu`, or `make setup GPU=1` "
-                          "on a machine with a GPU")
+
+def check_args(args: argparse.Namespace) -> torch.device:
     for name in ("steps", "depth", "batch", "seq_len", "shards", "eval_batches", "log_every", "tokenizer_chars"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if min(args.width, args.warmup, args.sample_tokens, args.threads) < 0 or min(args.lr, args.emb_lr) <= 0:
         raise ConfigError("--width, --warmup, --sample-tokens and --threads must be >= 0, --lr and --emb-lr > 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"DEVICE={args.device!r} is not a torch device: use cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("DEVICE=cuda but torch sees no CUDA device: run `make train-cpu`, or `make setup GPU=1` "
+                          "on a machine with a GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"DEVICE={args.device!r}: the demo runs on cpu or cuda")
+    return device
+
+
+def run_steps(model: GPT, opt: torch.optim.Optimizer, batches: Iterator, args: argparse.Namespace,
+              autocast, say) -> tuple[list[float], float, float]:
+    """The training loop: (losses, seconds blocked on the loader, seconds of whole steps)."""
+    losses: list[float] = []
+    wait_total = step_total = win_wait = win_time = 0.0
+    for step in range(args.steps):
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        t1 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale(step, args)
+        with autocast():
+            loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # also waits for the device, so step times are real
+        dt = time.perf_counter() - t0
+        wait_total, step_total = wait_total + (t1 - t0), step_total + dt
+        win_wait, win_time = win_wait + (t1 - t0), win_time + dt
+        if not math.isfinite(losses[-1]):
+            raise NanostreamError(f"loss became {losses[-1]} at step {step + 1}: lower --lr / --emb-lr")
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            n = (step % args.log_every) + 1
+            say(f"step {step + 1:5d}/{args.steps} | loss {losses[-1]:.4f} | "
+                f"{n * args.batch * args.seq_len / win_time:8,.0f} tok/s | "
+                f"data wait {100 * win_wait / win_time:5.2f}%")
+            win_wait = win_time = 0.0
+    return losses, wait_total, step_total
+
+
+def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> dict:
+    """The whole run; returns its figures (losses, data wait, bpb, sample) for callers and tests."""
+    def say(msg: str) -> None:
+        print(msg, file=out or sys.stdout, flush=True)
+
+    device = check_args(args)
     cores, torch_threads, loader_threads = thread_split(args.threads)
     torch.set_num_threads(torch_threads)
-    import pyarrow  # its own decode pool: keep it inside the loader's share
-
-    pyarrow.set_cpu_count(loader_threads)
+    pyarrow.set_cpu_count(loader_threads)  # pyarrow's decode pool stays inside the loader's share
     autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext)
     torch.manual_seed(args.seed)
     with open_source(args.source, cfg, shards=args.shards, timeout=args.probe_timeout) as src:
@@ -198,53 +233,19 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
         opt = model.optimizer(args.lr, args.emb_lr, device_type=device.type)
         say(f"model: {model.num_params() / 1e6:.2f}M params, depth {mcfg.depth}, width {mcfg.d_model}, "
             f"seq_len {mcfg.seq_len}, batch {args.batch}; data {src.base_url} -> {src.data_dir}")
-        losses: list[float] = []
-        wait_total = step_total = win_wait = win_time = 0.0
-        tokens_per_step = args.batch * args.seq_len
-        batches = to_device(dataset("train", args, src, tok, cfg, epochs=None), device)
-        try:
-            for step in range(args.steps):
-                t0 = time.perf_counter()
-                x, y = next(batches)
-                t1 = time.perf_counter()
-                for group in opt.param_groups:
-                    group["lr"] = group["base_lr"] * lr_scale(step, args)
-                with autocast():
-                    loss = model(x, y)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())  # also waits for the device, so step times are real
-                dt = time.perf_counter() - t0
-                wait_total, step_total = wait_total + (t1 - t0), step_total + dt
-                win_wait, win_time = win_wait + (t1 - t0), win_time + dt
-                if not math.isfinite(losses[-1]):
-                    raise NanostreamError(f"loss became {losses[-1]} at step {step}: lower --lr")
-                if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-                    n = (step % args.log_every) + 1
-                    say(f"step {step + 1:5d}/{args.steps} | loss {losses[-1]:.4f} | "
-                        f"{n * tokens_per_step / win_time:8,.0f} tok/s | data wait {100 * win_wait / win_time:5.2f}%")
-                    win_wait = win_time = 0.0
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-        val = to_device(dataset("val", args, src, tok, cfg, epochs=1), device)
-        try:
-            bpb, evaluated = evaluate_bpb(model, val, args.eval_batches, token_bytes(tok, device), autocast)
-        finally:
-            close = getattr(val, "close", None)
-            if close is not None:
-                close()
+        with device_batches(dataset("train", args, src, tok, cfg, epochs=None), device) as batches:
+            losses, wait_total, step_total = run_steps(model, opt, batches, args, autocast, say)
+        with device_batches(dataset("val", args, src, tok, cfg, epochs=1), device) as val:
+            bpb, evaluated = bits_per_byte(model, val, args.eval_batches, token_bytes(tok, device), autocast)
         text = generate(model, tok, device, args.sample_tokens, args.seed, autocast) if args.sample_tokens else ""
     w = min(LOSS_WINDOW, len(losses))
     first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
+    tokens_per_s = args.steps * args.batch * args.seq_len / step_total
     result = {"source": src.kind, "losses": losses, "first_loss": first, "last_loss": last,
               "loss_fall": 1 - last / first, "data_wait_s": wait_total, "step_time_s": step_total,
               "data_wait_pct": 100 * wait_total / step_total, "val_bpb": bpb, "val_batches": evaluated,
-              "sample": text, "tokens_per_s": args.steps * tokens_per_step / step_total}
-    say(f"done: {args.steps} steps in {step_total:.1f}s ({result['tokens_per_s']:,.0f} tok/s); loss "
+              "sample": text, "tokens_per_s": tokens_per_s}
+    say(f"done: {args.steps} steps in {step_total:.1f}s ({tokens_per_s:,.0f} tok/s); loss "
         f"{first:.3f} -> {last:.3f} (mean of first/last {w} steps, -{100 * result['loss_fall']:.0f}%)")
     say(f"data wait: {wait_total:.2f}s total, {result['data_wait_pct']:.2f}% of step time")
     say(f"validation: {bpb:.4f} bits per byte ({evaluated} batches of {args.batch}x{args.seq_len} tokens)")

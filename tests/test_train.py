@@ -9,6 +9,7 @@ shards (``datagen``) so no test pays for building the real sample corpus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -26,6 +27,7 @@ from nanostream.config import Config, get_dataset
 from nanostream.errors import ConfigError, FetchError
 from nanostream.serve import make_app
 from nanostream.shards import list_shards, shard_name
+from nanostream.tokenizer import ByteTokenizer
 
 from datagen import make_shards, write_shard
 
@@ -33,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `demo` lives beside src/, not inside the package
 
 from demo import source  # noqa: E402
-from demo.train import build_parser, train  # noqa: E402
+from demo.gpt import GPT, GPTConfig, bits_per_byte  # noqa: E402
+from demo.train import build_parser, token_bytes, train  # noqa: E402
 
 TINY = ["--steps", "3", "--depth", "1", "--batch", "2", "--seq-len", "32", "--shards", "1", "--vocab", "byte"]
 MAKE_TINY = ["STEPS=3", "DEPTH=1", "BATCH=2", "SEQ_LEN=32", "SHARDS=1", "VOCAB=byte"]
@@ -200,6 +203,22 @@ def test_silent_hub_falls_back_within_the_timeout(base: Path) -> None:
         elapsed = time.monotonic() - t0
     assert kind == "sample" and notice.startswith("nanostream: Hub not reachable (") and "timed out" in notice
     assert elapsed < 2.0
+
+
+def test_bits_per_byte_counts_bytes_and_skips_bos() -> None:
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, seq_len=16, depth=1, d_model=32))
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.randint(0, 256, (2, 16))
+    y[0, :4] = tok.bos_id  # 4 targets worth 0 bytes: out of both sums
+    tb = token_bytes(tok, torch.device("cpu"))
+    bpb, used = bits_per_byte(model, iter([(x, y)] * 3), 2, tb, contextlib.nullcontext)
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(model(x).view(-1, tok.vocab_size), y.view(-1), reduction="none")
+    keep = y.view(-1) != tok.bos_id
+    assert used == 2
+    assert bpb == pytest.approx(float(nll[keep].sum()) / (math.log(2) * int(keep.sum())), rel=1e-5)
 
 
 def test_stale_sample_copies_are_dropped(tmp_path: Path) -> None:
