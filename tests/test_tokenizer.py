@@ -11,6 +11,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from nanostream.tokenizer import (
     BPETokenizer,
     ByteTokenizer,
     Tokenizer,
+    _balanced_chunks,
     load_tokenizer,
     train_tokenizer,
 )
@@ -119,6 +121,7 @@ def test_bpe_round_trips_arbitrary_text(tok: BPETokenizer, text: str) -> None:
 
 def test_encode_batch_equals_per_doc_encode(tok: BPETokenizer) -> None:
     docs = TRICKY + rich_texts(200, seed=2)
+    threads_before = threading.active_count()
     expected = [tok.encode(d) for d in docs]
     default = tok.num_threads
     try:
@@ -129,6 +132,18 @@ def test_encode_batch_equals_per_doc_encode(tok: BPETokenizer) -> None:
         tok.num_threads = default
     assert tok.encode_batch([]) == []
     assert tok.encode_batch(tuple(docs[:1])) == expected[:1]
+    assert threading.active_count() == threads_before  # the encoding threads are joined
+
+
+def test_balanced_chunks_keep_order_and_balance() -> None:
+    texts = ["x" * n for n in [500, 1, 1, 1, 1, 1, *range(200)]]
+    for n in (2, 3, 8):
+        chunks = _balanced_chunks(texts, n)
+        assert [t for c in chunks for t in c] == texts
+        assert 1 < len(chunks) <= n and all(chunks)
+    assert _balanced_chunks(["a"], 4) == [["a"]]
+    sizes = [sum(map(len, c)) for c in _balanced_chunks(["y" * 10] * 1024, 4)]
+    assert sizes == [2560] * 4
 
 
 def test_save_load_identical_ids(tok: BPETokenizer, saved: Path) -> None:
