@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -256,6 +257,8 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (a `kill`, a CI timeout) unwinds like Ctrl-C, so the server child and loader threads are stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         train(args, Config.from_env())
     except ConfigError as exc:

@@ -14,10 +14,12 @@ import math
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow
 import pytest
 import torch
@@ -203,6 +205,25 @@ def test_silent_hub_falls_back_within_the_timeout(base: Path) -> None:
         elapsed = time.monotonic() - t0
     assert kind == "sample" and notice.startswith("nanostream: Hub not reachable (") and "timed out" in notice
     assert elapsed < 2.0
+
+
+def test_sigterm_stops_the_sample_server_and_exits(base: Path) -> None:
+    cmd = [sys.executable, "-m", "demo.train", "--source", "sample", *TINY[2:], "--steps", "1000000",
+           "--log-every", "1"]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # wait until it trains
+                if line.startswith("step"):
+                    break
+            children = psutil.Process(proc.pid).children(recursive=True)
+            assert any("serve" in " ".join(c.cmdline()) for c in children)
+            proc.terminate()
+            assert proc.wait(timeout=30) == 143
+            assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_bits_per_byte_counts_bytes_and_skips_bos() -> None:
