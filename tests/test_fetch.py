@@ -176,12 +176,42 @@ async def test_tail_is_split_across_idle_connections(fault_server, tmp_path):
     remote_shards(srv.root, 1, mb=6)
     [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, workers=4, retry=FAST,
                                min_split=512 * 1024)
-    assert res.error is None
+    assert res.error is None and res.attempts == 0
     gets = [r for r in srv.requests if r.method == "GET"]
     assert len(gets) >= 4  # the idle workers each took a byte range of the one shard
     assert sum(r.range is not None for r in gets) >= 3
     assert srv.bytes_sent[NAME0] < 1.05 * (srv.root / NAME0).stat().st_size  # ~every byte once
     assert_same(srv.root, tmp_path / "l", 1)
+
+
+async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
+    """Regression: range B's write, started before range A completed the prefix, was not hashed."""
+    import hashlib
+
+    from nanostream.jobs import Job, Segment
+
+    job = Job(0, tmp_path / NAME0, "http://127.0.0.1:1/x")
+    job.learned(100, "0" * 64, None)
+    a, b = Segment(0, 60), Segment(60, 100)
+    job.segments = [a, b]
+    hb = job.hasher_for(b)  # B flushes first: its bytes do not continue the prefix
+    ha = job.hasher_for(a)
+    assert hb is None and ha is job.hasher
+    ha.update(b"a" * 60)
+    job.wrote(a, 60, hashed=True)  # A completes while B's write is still in flight
+    job.wrote(b, 40, hashed=hb is not None)
+    assert job.hashed == 60 and job.digest() is None  # the whole file must be hashed from disk
+    assert job.hasher.hexdigest() == hashlib.sha256(b"a" * 60).hexdigest()
+
+
+async def test_split_ranges_never_fail_verification(fault_server, tmp_path):
+    srv = await fault_server(rate=6_000_000)
+    remote_shards(srv.root, 3, mb=3)
+    results = await fetch_shards(range(3), data_dir=tmp_path / "l", base_url=srv.url, workers=8, retry=FAST,
+                                 min_split=128 * 1024)
+    assert [(r.error, r.attempts) for r in results] == [(None, 0)] * 3
+    assert sum(r.range is not None for r in srv.requests) >= 5
+    assert_same(srv.root, tmp_path / "l", 3)
 
 
 async def test_two_fetchers_download_each_shard_once(fault_server, tmp_path):

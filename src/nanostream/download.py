@@ -96,6 +96,15 @@ class RangeDownloader:
         except OSError as exc:
             raise Fatal(f"cannot open {part} for writing: {exc}") from exc
         out = Writer(fd, part, self.pool)
+
+        async def flush() -> None:
+            out.hasher = job.hasher_for(seg)
+            n = await out.flush(seg.pos, seg.end)
+            if job.live(gen):
+                job.wrote(seg, n, hashed=out.hasher is not None)
+                if self.progress is not None:
+                    self.progress.advance(n)
+
         try:
             try:
                 async for chunk, _ in resp.content.iter_chunks():
@@ -103,25 +112,17 @@ class RangeDownloader:
                         return
                     out.add(chunk, seg.end - seg.pos - out.pending)
                     if out.pending >= WRITE_CHUNK or seg.pos + out.pending >= seg.end:
-                        out.hasher = job.hasher if job.hashed == seg.pos else None
-                        self._wrote(job, seg, await out.flush(seg.pos, seg.end))
+                        await flush()
                         if seg.done():
                             return
             except Exception:
                 if out.pending and job.live(gen):  # keep the good bytes that arrived before the failure
-                    out.hasher = job.hasher if job.hashed == seg.pos else None
-                    self._wrote(job, seg, await out.flush(seg.pos, seg.end))
+                    await flush()
                 raise
             if out.pending and job.live(gen):
-                out.hasher = job.hasher if job.hashed == seg.pos else None
-                self._wrote(job, seg, await out.flush(seg.pos, seg.end))
+                await flush()
         finally:
             out.close()
-
-    def _wrote(self, job: Job, seg: Segment, n: int) -> None:
-        job.wrote(seg, n)
-        if self.progress is not None:
-            self.progress.advance(n)
 
     async def head_info(self, url: str) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""

@@ -83,8 +83,13 @@ class Job:
         discard(self.final)
         self.segments = [Segment(0, None)]
 
-    def wrote(self, seg: Segment, n: int) -> None:
-        if self.hasher is not None and self.hashed == seg.pos:
+    def hasher_for(self, seg: Segment) -> Any:
+        """The running sha256 if ``seg``'s next bytes continue the in-order prefix, else None."""
+        return self.hasher if self.hasher is not None and self.hashed == seg.pos else None
+
+    def wrote(self, seg: Segment, n: int, *, hashed: bool) -> None:
+        """``n`` bytes landed at ``seg.pos``; ``hashed`` if they went through ``hasher`` too."""
+        if hashed:
             self.hashed += n
         seg.pos += n
         self.downloaded += n
