@@ -23,8 +23,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"nanostream: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Append ``(default: X)`` unless the help already says its default or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def _fmt():
-    return argparse.ArgumentDefaultsHelpFormatter
+    return _Help
 
 
 def build_parser() -> argparse.ArgumentParser:

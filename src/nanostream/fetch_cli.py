@@ -87,6 +87,8 @@ def summarize(results: list[ShardResult], data_dir: Path, seconds: float) -> str
 def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
     data_dir, base_url, max_shard, indices, record = plan(args, cfg)
     loop = args.loop or cfg.loop
+    if args.quiet:  # retries and resumes are logged at INFO; --quiet keeps warnings and errors only
+        logging.getLogger("nanostream").setLevel(logging.WARNING)
     write_record(data_dir, record)
     if not args.quiet:
         print(f"fetch: {len(indices) - 1} train shards + validation shard {max_shard} from {base_url} "
