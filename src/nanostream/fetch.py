@@ -59,6 +59,16 @@ class ShardResult:
         return shard_name(self.index)
 
 
+def _try_lock(final: Path) -> filelock.BaseFileLock | None:
+    """The shard's flock if no other process (or Fetcher) holds it, else None."""
+    lock = filelock.FileLock(lock_path(final))
+    try:
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        return None
+    return lock
+
+
 class Fetcher:
     """Download shards into ``data_dir`` from ``base_url/shard_XXXXX.parquet``.
 
@@ -179,15 +189,13 @@ class Fetcher:
         """Skip, defer (another process has it), resume or start ``job``."""
         if job.final.exists() and not self.verify:
             return self._resolve(job, skipped=True)
-        lock = filelock.FileLock(lock_path(job.final))
         try:
-            lock.acquire(blocking=False)
-        except filelock.Timeout:
-            log.debug("%s is being downloaded by another process; waiting for it", job.name)
-            return self._spawn(self._wait_for_other(job))
+            job.lock = _try_lock(job.final)
         except OSError as exc:
             return self._fail(job, Fatal(f"cannot create lock file {lock_path(job.final)}: {exc}"))
-        job.lock = lock
+        if job.lock is None:
+            log.debug("%s is being downloaded by another process; waiting for it", job.name)
+            return self._spawn(self._wait_for_other(job))
         if job.final.exists():
             if not self.verify or await self._verify_existing(job):
                 return self._resolve(job, skipped=True)
@@ -214,10 +222,8 @@ class Fetcher:
             await asyncio.sleep(self.poll_interval)
             if job.final.exists() and not self.verify:
                 return self._resolve(job, skipped=True)
-            probe = filelock.FileLock(lock_path(job.final))
-            try:
-                probe.acquire(blocking=False)
-            except filelock.Timeout:
+            probe = _try_lock(job.final)
+            if probe is None:
                 continue
             probe.release()  # the other process is gone without the file (or we verify): take over
             self._pending.appendleft(job)

@@ -19,6 +19,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .shards import fsync
+
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -101,14 +103,6 @@ def check_file(path: Path, size: int | None, sha256: str | None) -> str | None:
     return None
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def finalize(final: Path, size: int, sha256: str | None, digest: str | None = None) -> str | None:
     """Verify the part file and atomically publish it as ``final``. Blocking.
 
@@ -117,7 +111,7 @@ def finalize(final: Path, size: int, sha256: str | None, digest: str | None = No
     Returns None on success, else why verification failed (the part is then discarded).
     """
     part = part_path(final)
-    fsync_path(part)
+    fsync(part)
     problem = check_file(part, size, None if digest else sha256)
     if problem is None and digest and sha256 and digest != sha256:
         problem = f"sha256 {digest[:12]}... != expected {sha256[:12]}..."
@@ -125,6 +119,6 @@ def finalize(final: Path, size: int, sha256: str | None, digest: str | None = No
         discard(final)
         return problem
     os.replace(part, final)
-    fsync_path(final.parent)
+    fsync(final.parent)
     state_path(final).unlink(missing_ok=True)
     return None

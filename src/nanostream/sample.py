@@ -49,7 +49,7 @@ from .errors import ConfigError, ShardError
 from .shards import (
     BOOKKEEPING_PREFIX,
     FolderRecord,
-    fsync_dir,
+    fsync,
     list_shards,
     read_record,
     shard_name,
@@ -251,7 +251,7 @@ def write_sample(out_dir: Path, shards: int = 4, *, docs_per_group: int = 1024) 
         _write_shard(path, docs[start:start + count], docs_per_group)
         paths.append(path)
         start += count
-    fsync_dir(out_dir)
+    fsync(out_dir)
     log.debug("sample: %d documents, %d chars in %d shards under %s",
               len(docs), sum(map(len, docs)), shards, out_dir)
     return paths

@@ -55,7 +55,8 @@ class FolderRecord:
     text_column: str = "text"
 
 
-def fsync_dir(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder: so a rename in it survives a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -77,7 +78,7 @@ def write_record(data_dir: Path, record: FolderRecord) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(data_dir)
+    fsync(data_dir)
 
 
 def read_record(data_dir: Path) -> FolderRecord | None:

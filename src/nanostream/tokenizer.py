@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import tiktoken
 
 from .errors import TokenizerError
-from .shards import fsync_dir
+from .shards import fsync
 
 if TYPE_CHECKING:
     import argparse
@@ -179,7 +179,7 @@ class BPETokenizer:
             directory.mkdir(parents=True, exist_ok=True)
             _atomic_write(directory / RANKS_NAME, ranks)
             _atomic_write(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
-            fsync_dir(directory)
+            fsync(directory)
         except OSError as exc:
             raise TokenizerError(f"cannot save the tokenizer to {directory}: {exc}") from exc
         return directory
