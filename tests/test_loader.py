@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 
 from nanostream import ByteTokenizer, TokenDataset, to_device
 from nanostream.errors import CorruptShardError, LoaderError, NanostreamError, TokenizerError
+from nanostream.loader import _encoding
+from nanostream.tokenizer import BPETokenizer
 
 from datagen import doc_id, doc_text, make_shards
 
@@ -386,3 +388,98 @@ def test_cuda_prefetch_keeps_resume_exact(data: Path) -> None:
     fresh.load_state_dict(state)
     for (x, y), (ex, ey) in zip(head + list(fresh), full, strict=True):
         assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+# -- BPETokenizer: the loader drives its threads text by text ----------------------------------
+
+MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"er", b"an", b"on", b"re", b" a", b"or", b"es"]
+
+
+def small_bpe(num_threads: int = 2) -> BPETokenizer:
+    ranks = {bytes([b]): b for b in range(256)}
+    ranks.update({m: 256 + i for i, m in enumerate(MERGES)})
+    return BPETokenizer(ranks, num_threads=num_threads)
+
+
+class _BatchOnlyBPE(BPETokenizer):
+    """Overrides encode_batch, so the loader must call it per row group (the generic path)."""
+
+    def encode_batch(self, texts):
+        return super().encode_batch(texts)
+
+
+@pytest.fixture(scope="module")
+def big_groups(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("big_groups")
+    make_shards(folder, 3, row_groups=3, rows=80)  # 80 docs per row group: 4 encoding tasks of 20 texts
+    return folder
+
+
+def make_bpe(data: Path, tok, **kw) -> TokenDataset:
+    args = {"data_dir": data, "rank": 0, "world_size": 1, "buffer_docs": 40, "epochs": 2}
+    args.update(kw)
+    return TokenDataset("train", tok, 4, 64, **args)
+
+
+def test_bpe_text_by_text_gives_the_same_batches(big_groups: Path) -> None:
+    fast, plain = small_bpe(), _BatchOnlyBPE(small_bpe().ranks, num_threads=2)
+    assert _encoding(fast)[1] == 2 and _encoding(plain)[1] == 1
+    assert _encoding(small_bpe(num_threads=1))[1] == 1
+    got, want = list(make_bpe(big_groups, fast)), list(make_bpe(big_groups, plain))
+    assert len(got) == len(want) > 10
+    for (x, y), (ex, ey) in zip(got, want, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    texts = [fast.decode(row[1:]) for x, y in got for row in rows_of(x, y)]
+    assert all(t.startswith("doc:") for t in texts)  # rows start at a document, BOS first
+    assert (torch.stack([x[:, 0] for x, _ in got]) == fast.bos_id).all()
+
+
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_bpe_resume_exact(big_groups: Path, k: int) -> None:
+    tok = small_bpe()
+    full = list(make_bpe(big_groups, tok))
+    ds = make_bpe(big_groups, tok)
+    it = iter(ds)
+    head = [next(it) for _ in range(k)]
+    deadline = time.monotonic() + 5
+    while not it._q.full() and time.monotonic() < deadline:  # row groups queued and in encoding
+        time.sleep(0.01)
+    state = ds.state_dict()
+    it.close()
+    assert not our_threads()
+    fresh = make_bpe(big_groups, tok)
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(head) + len(rest) == len(full)
+    for (x, y), (ex, ey) in zip(head + rest, full, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_bpe_early_break_joins_encoding_threads(big_groups: Path) -> None:
+    ds = make_bpe(big_groups, small_bpe(), epochs=None)
+    for i, _ in enumerate(ds):
+        if i == 2:
+            assert any(n.startswith("nanostream-encode") for n in our_threads())
+            break
+    gc.collect()
+    assert not our_threads()
+
+
+class _WideIdTokenizer(ByteTokenizer):
+    def encode_batch(self, texts):
+        return [[70_000] for _ in texts]  # does not fit the uint16 tokens of a 257-id vocabulary
+
+
+class _DroppingTokenizer(ByteTokenizer):
+    def encode_batch(self, texts):
+        return super().encode_batch(texts)[1:]
+
+
+@pytest.mark.parametrize(("tok", "match"), [(_WideIdTokenizer(), "outside the token dtype"),
+                                            (_DroppingTokenizer(), "11 id lists for 12 texts")])
+def test_bad_tokenizer_output_raises_loader_error(data: Path, tok, match: str) -> None:
+    ds = TokenDataset("train", tok, 4, 96, data_dir=data, rank=0, world_size=1, buffer_docs=16)
+    with pytest.raises(LoaderError, match=match):
+        next(iter(ds))
+    gc.collect()
+    assert not our_threads()

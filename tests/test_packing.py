@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from nanostream.packing import BestFitPacker, flatten_docs, token_dtype
+from nanostream.packing import BestFitPacker, DocBytes, flatten_docs, join_docs, token_dtype
 
 BOS = 1000
 
@@ -173,3 +173,31 @@ def test_flatten_docs_bos_and_empty() -> None:
     assert lengths.tolist() == [3, 1, 2]
     tokens, lengths = flatten_docs([], 9, np.dtype(np.int32))
     assert len(tokens) == 0 and len(lengths) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_doc_bytes_join_equals_flatten(dtype: type) -> None:
+    dt = np.dtype(dtype)
+    for seed in range(3):
+        groups = random_groups(seed, 4, 30, 50)  # includes empty documents
+        for g in [*groups, []]:
+            to_bytes = DocBytes(BOS, dt)
+            tokens, lengths = join_docs([to_bytes(d) for d in g], [len(d) + 1 for d in g], dt)
+            want_tokens, want_lengths = flatten_docs(g, BOS, dt)
+            assert tokens.dtype == dt and lengths.dtype == np.int64
+            assert np.array_equal(tokens, want_tokens) and np.array_equal(lengths, want_lengths)
+    big = DocBytes(70_000, np.dtype(np.int32))  # int32 ids above uint16
+    assert np.frombuffer(big([1 << 20, 0]), dtype=np.int32).tolist() == [70_000, 1 << 20, 0]
+
+
+def test_doc_bytes_rejects_ids_outside_dtype_and_bounds_its_cache() -> None:
+    to_bytes = DocBytes(BOS, np.dtype(np.uint16))
+    for bad in ([1 << 16], [-1]):
+        with pytest.raises(ValueError, match="does not fit in uint16"):
+            to_bytes(bad)
+    with pytest.raises(ValueError, match="uint16 or int32"):
+        DocBytes(BOS, np.dtype(np.int64))
+    to_bytes.MAX_CACHED = 3
+    for n in range(20):
+        assert np.frombuffer(to_bytes(list(range(n))), dtype=np.uint16).tolist() == [BOS, *range(n)]
+        assert len(to_bytes._structs) <= 3

@@ -4,6 +4,11 @@ Owns the packing buffer used by ``TokenDataset``: documents arrive a row group a
 time as one flat token array (each document already starts with BOS) plus their
 lengths, and leave as exact copies into the rows of a batch. Nothing here imports torch.
 
+Building that flat array: ``flatten_docs`` converts a whole row group of id lists at
+once; ``DocBytes`` converts one document right after it was encoded (while its ids
+are still in the CPU cache, on the encoding thread, in a GIL hold of a few
+microseconds) and ``join_docs`` glues the pieces; both give the same arrays.
+
 The rule is nanochat's best fit: every row starts at a document boundary; from the
 buffer, place the longest document that fits in the space left, repeat, and when
 none fits, crop the shortest document to fill the row exactly (its tail is dropped
@@ -21,10 +26,11 @@ the output is the same as the reference loop that scans a Python list, but:
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import chain
 
 import numpy as np
@@ -52,6 +58,41 @@ def flatten_docs(token_lists: Sequence[Sequence[int]], bos_id: int, dtype: np.dt
     np.cumsum(body_lens[:-1], out=starts[1:])
     tokens = np.insert(body, starts, np.array(bos_id, dtype=dtype)) if n else body
     return tokens, lengths
+
+
+class DocBytes:
+    """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or
+    int32) values, for ``join_docs``. Thread-safe; keeps a bounded cache of ``struct.Struct``
+    objects per document length."""
+
+    MAX_CACHED = 4096
+
+    def __init__(self, bos_id: int, dtype: np.dtype) -> None:
+        dtype = np.dtype(dtype)
+        codes = {np.dtype(np.uint16): "H", np.dtype(np.int32): "i"}
+        if dtype not in codes:
+            raise ValueError(f"token dtype must be uint16 or int32, got {dtype}")
+        self.bos_id, self.dtype, self._code = bos_id, dtype, codes[dtype]
+        self._structs: dict[int, struct.Struct] = {}
+
+    def __call__(self, ids: Sequence[int]) -> bytes:
+        n = len(ids) + 1
+        packer = self._structs.get(n)
+        if packer is None:
+            if len(self._structs) >= self.MAX_CACHED:
+                self._structs.clear()
+            packer = self._structs[n] = struct.Struct(f"={n}{self._code}")
+        try:
+            return packer.pack(self.bos_id, *ids)
+        except struct.error as exc:
+            raise ValueError(f"a token id does not fit in {self.dtype} ({exc}): "
+                             f"ids must be integers in 0..{np.iinfo(self.dtype).max}") from exc
+
+
+def join_docs(parts: Sequence[bytes], lengths: Sequence[int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``DocBytes`` outputs of consecutive documents and their lengths (BOS included) as
+    ``(tokens, lengths)`` arrays, like ``flatten_docs``; ``tokens`` is read-only."""
+    return np.frombuffer(b"".join(parts), dtype=dtype), np.array(lengths, dtype=np.int64).reshape(-1)
 
 
 class _Chunk:
@@ -237,7 +278,7 @@ class BestFitPacker:
     def begin(self) -> None:
         """Start recording changes so that ``rollback()`` can undo them."""
         self._journal = []
-        self._saved_stats = PackStats(**self.stats.as_dict())
+        self._saved_stats = replace(self.stats)
 
     def commit(self) -> None:
         """End the batch; compact when the kept row-group arrays outweigh the buffer (bounded memory)."""
