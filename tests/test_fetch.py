@@ -401,3 +401,41 @@ def test_line_progress_prints_plain_periodic_lines():
     assert lines and lines[-1].startswith("fetch: 1/3 shards, 0 failed, 1.0/3.0 MB")
     assert type(make_progress(3, stream=io.StringIO())) is LineProgress
     assert make_progress(3, quiet=True).__class__.__name__ == "NullProgress"
+
+
+@pytest.mark.parametrize("columns", [100, 0])
+async def test_cli_progress_bar_on_a_tty(fault_server, tmp_path, columns):
+    import pty
+
+    srv = await fault_server(rate=2_000_000)
+    remote_shards(srv.root, 2, mb=1)
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))  # 0: size unknown
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nanostream.cli", "fetch", "-n", "1", "--max-shard", "1", "--base-url",
+            srv.url, "--data-dir", str(tmp_path / "l"), stdout=asyncio.subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        out, _ = await proc.communicate()
+        screen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            screen += data
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+    assert proc.returncode == 0
+    text = screen.decode(errors="replace")
+    assert "\r" in text and "shards 2/2 failed 0" in text and "B/s" in text  # a live tqdm bar
+    assert "2/2 shards present" in out.decode()

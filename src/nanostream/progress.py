@@ -6,6 +6,7 @@ All three share one small interface the downloader calls: ``add_total(nbytes)``,
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -76,8 +77,12 @@ class BarProgress(NullProgress):
         super().__init__(shards)
         from tqdm import tqdm
 
-        self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, file=stream,
-                        desc="fetch", dynamic_ncols=True, miniters=1, mininterval=0.2)
+        try:  # a terminal that reports 0 columns (some ptys) would get an empty bar
+            sized = os.get_terminal_size(stream.fileno()).columns > 0
+        except (OSError, ValueError, AttributeError):
+            sized = False
+        self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, file=stream, desc="fetch",
+                        dynamic_ncols=sized, ncols=None if sized else 100, miniters=1, mininterval=0.2)
         self._postfix()
 
     def _postfix(self) -> None:
