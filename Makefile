@@ -4,10 +4,14 @@ ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-# CPU torch by default (from PyPI / the local wheel). GPU=1 installs the CUDA build from TORCH_INDEX.
+# CPU torch by default: `pip install torch==$(TORCH_VERSION)` (on this project's machines a CPU wheel
+# on local disk; elsewhere on Linux set TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu, since
+# PyPI's default Linux wheel is the CUDA build). GPU=1 installs the CUDA build from TORCH_INDEX and
+# sticks until the next `make setup GPU=0`.
 GPU ?= $(if $(wildcard $(VENV)/.nanostream-setup-1),1,0)
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cu130
+TORCH_CPU_INDEX ?=
 STAMP := $(VENV)/.nanostream-setup-$(GPU)
 
 .PHONY: setup test lint bench train-cpu train-gpu clean help
@@ -22,7 +26,7 @@ $(STAMP): $(ROOT)/pyproject.toml
 ifeq ($(GPU),1)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)
 else
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_CPU_INDEX),--index-url $(TORCH_CPU_INDEX))
 endif
 	$(PY) -m pip install -q -e "$(ROOT)[dev]"
 	@rm -f $(VENV)/.nanostream-setup-*
