@@ -72,6 +72,13 @@ def ids_of(segs: list[str]) -> list[tuple[int, int, int]]:
     return ids
 
 
+def assert_same_batches(got, want) -> None:
+    """Every (inputs, targets) pair equal, and as many of them."""
+    assert len(got) == len(want)
+    for (x, y), (ex, ey) in zip(got, want, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
 def our_threads() -> list[str]:
     """Threads started by nanostream (tokenizer, encoder, stream loop/reader) still running."""
     return [t.name for t in threading.enumerate() if t.name.startswith("nanostream")]
@@ -130,9 +137,7 @@ def test_workers_and_ranks_disjoint(data: Path) -> None:
         merged = [b for pair in zip(*expect, strict=False) for b in pair]
         longest = max(expect, key=len)
         merged += longest[len(min(expect, key=len)):]
-        assert len(got) == len(merged)
-        for (x, y), (ex, ey) in zip(got, merged, strict=True):
-            assert torch.equal(x, ex) and torch.equal(y, ey)
+        assert_same_batches(got, merged)
         ids = ids_of(segments(got))
         assert all(g % 4 in (2 * rank, 2 * rank + 1) for _, g, _ in ids)  # folded stride r*k+w of W*k
         all_ids += ids
@@ -161,9 +166,7 @@ def test_resume_exact(data: Path, k: int, epochs: int) -> None:
     fresh = make(data, epochs=epochs)
     fresh.load_state_dict(state)
     rest = list(fresh)
-    assert len(head) + len(rest) == len(full)
-    for (x, y), (ex, ey) in zip(head + rest, full, strict=True):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert_same_batches(head + rest, full)
     assert fresh.stats()["tokens_cropped"] == make_stats(data, epochs)["tokens_cropped"]
 
 
@@ -191,8 +194,7 @@ def test_snapshot_and_hold_for_read_ahead_consumers(data: Path) -> None:
     fresh.load_state_dict(state)
     rest = list(fresh)
     assert len(rest) == len(full) - 4
-    for (x, y), (ex, ey) in zip(head[:4] + rest, full, strict=True):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert_same_batches(head[:4] + rest, full)
 
 
 def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
@@ -318,9 +320,7 @@ def test_stateful_dataloader_resume(data: Path) -> None:
         again = sdl.StatefulDataLoader(make(data, epochs=1), batch_size=None, num_workers=workers)
         again.load_state_dict(state)
         rest = list(again)
-        assert len(head) + len(rest) == len(full)
-        for (x, y), (ex, ey) in zip(head + rest, full, strict=True):
-            assert torch.equal(x, ex) and torch.equal(y, ey)
+        assert_same_batches(head + rest, full)
 
 
 def test_to_device_cpu_is_free(data: Path) -> None:
@@ -359,9 +359,7 @@ def test_cuda_matches_cpu_batches(data: Path) -> None:
     for source in (make(data, epochs=1), DataLoader(make(data, epochs=1), batch_size=None, num_workers=2,
                                                    pin_memory=True)):
         got = [(x.cpu(), y.cpu()) for x, y in to_device(source, "cuda")]
-        assert len(got) == len(cpu)
-        for (x, y), (ex, ey) in zip(got, cpu, strict=True):
-            assert torch.equal(x, ex) and torch.equal(y, ey)
+        assert_same_batches(got, cpu)
 
 
 @pytest.mark.cuda
@@ -386,8 +384,7 @@ def test_cuda_prefetch_keeps_resume_exact(data: Path) -> None:
     it.close()
     fresh = make(data, epochs=1)
     fresh.load_state_dict(state)
-    for (x, y), (ex, ey) in zip(head + list(fresh), full, strict=True):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert_same_batches(head + list(fresh), full)
 
 
 # -- BPETokenizer: the loader drives its threads text by text ----------------------------------
@@ -427,8 +424,7 @@ def test_bpe_text_by_text_gives_the_same_batches(big_groups: Path) -> None:
     assert _encoding(small_bpe(num_threads=1))[1] == 1
     got, want = list(make_bpe(big_groups, fast)), list(make_bpe(big_groups, plain))
     assert len(got) == len(want) > 10
-    for (x, y), (ex, ey) in zip(got, want, strict=True):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert_same_batches(got, want)
     texts = [fast.decode(row[1:]) for x, y in got for row in rows_of(x, y)]
     assert all(t.startswith("doc:") for t in texts)  # rows start at a document, BOS first
     assert (torch.stack([x[:, 0] for x, _ in got]) == fast.bos_id).all()
@@ -450,9 +446,7 @@ def test_bpe_resume_exact(big_groups: Path, k: int) -> None:
     fresh = make_bpe(big_groups, tok)
     fresh.load_state_dict(state)
     rest = list(fresh)
-    assert len(head) + len(rest) == len(full)
-    for (x, y), (ex, ey) in zip(head + rest, full, strict=True):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert_same_batches(head + rest, full)
 
 
 def test_bpe_early_break_joins_encoding_threads(big_groups: Path) -> None:
