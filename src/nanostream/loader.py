@@ -48,11 +48,6 @@ STATE_VERSION = 1
 SPLITS = ("train", "val")
 
 
-def _batches(split: str, *, rank: int, world_size: int, start: Position | None, **kwargs: Any) -> Iterator[Any]:
-    """The row groups one iterator reads: the single place that talks to the stream."""
-    return iter_batches(split, rank=rank, world_size=world_size, start=start, **kwargs)
-
-
 class _End:
     """Queue marker: the stream finished (``error`` None) or failed."""
 
@@ -214,7 +209,7 @@ class _TokenIterator:
         split, start = ds.split, self._position
 
         def open_source() -> Iterator[Any]:
-            return _batches(split, rank=stride[0], world_size=stride[1], start=start, **kwargs)
+            return iter_batches(split, rank=stride[0], world_size=stride[1], start=start, **kwargs)
 
         self._thread = threading.Thread(target=_tokenize_ahead, name="nanostream-tokenize", daemon=True,
                                         args=(open_source, ds.tokenizer, dtype, self._q, self._stop))
