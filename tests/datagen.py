@@ -45,7 +45,7 @@ def make_shards(
     rows: int = 16,
     words: int = 20,
     record: bool = True,
-    base_url: str = "http://127.0.0.1:0",
+    base_url: str = "",  # no remote: a reader must not try to download
 ) -> list[Path]:
     """Write shards 0..n-1 into ``folder`` (shard n-1 is val) and, if ``record``, its record."""
     folder.mkdir(parents=True, exist_ok=True)

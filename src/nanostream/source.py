@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import ConfigError, MissingShardError
 from .shards import FolderRecord, read_record, shard_name, write_record
@@ -26,13 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def usable_remote(url: str | None) -> bool:
-    """True if ``url`` can be downloaded from (non-empty and not the placeholder port 0)."""
-    if not url:
-        return False
-    try:
-        return urlsplit(url).port != 0
-    except ValueError:
-        return False
+    """True if ``url`` names a remote to download from (a record's empty base_url means none)."""
+    return bool(url)
 
 
 def file_id(path: Path) -> tuple[int, int, int, int] | None:
