@@ -33,12 +33,17 @@ must take the sha256 from the redirect. Status faults are consumed on the
 ``/<name>`` hop, body faults on the ``/cdn/<name>`` hop (one fault per attempt).
 ``count(name)`` counts requests for the ``/<name>`` path only.
 
+``sha256=False`` serves like nginx or S3: a strong but opaque ``ETag`` (an md5 of
+the sha256, still honoured by ``If-Range``), no sha256 anywhere, so a client can
+only check length and parquet magic.
+
 Subprocess mode (benches, chaos tests)::
 
     python tests/servers.py DIR [--host H] [--port 0] [--rate B_PER_S] [--latency S] [--redirect]
-                                [--fault NAME=FAULT[,FAULT...]]... [--chaos P] [--seed N]
+                                [--no-sha256] [--fault NAME=FAULT[,FAULT...]]... [--chaos P] [--seed N]
 
-prints the base URL alone on its first stdout line and serves until SIGINT/SIGTERM.
+prints the base URL alone on its first stdout line and serves until SIGINT/SIGTERM,
+then prints ``bytes_sent JSON`` (body bytes per file) on its last line.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import random
 import signal
 import sys
@@ -108,8 +114,9 @@ class FaultServer:
     """The real serve app plus scripted faults, throttling, latency and Hub-style redirects."""
 
     def __init__(self, root: Path, *, rate: float | None = None, latency: float = 0.0, redirect: bool = False,
-                 chaos: float = 0.0, seed: int = 0) -> None:
+                 chaos: float = 0.0, seed: int = 0, sha256: bool = True) -> None:
         self.root = Path(root)
+        self.sha256 = sha256
         self.rate = rate
         self.latency = latency
         self.redirect = redirect
@@ -220,6 +227,8 @@ class FaultServer:
             fault = self._next_fault(name, body_ok=True) if is_get else None
             if fault is not None and not fault.is_body:
                 return self._status_response(fault, name)
+            if not self.sha256:  # nginx/S3-like: opaque ETag, If-Range mapped back to the app's
+                request = await self._opaque(request, name)
             if fault is not None:
                 request[_FAULT] = fault
             return await handler(request)
@@ -234,6 +243,15 @@ class FaultServer:
         location = str(request.url.with_path(f"/cdn/{name}").with_query(None))
         return web.Response(status=302, headers={
             "Location": location, "ETag": info.etag, "X-Linked-Etag": info.etag, "X-Linked-Size": str(info.size)})
+
+    async def _opaque(self, request: web.Request, name: str) -> web.Request:
+        info = await self.files.info(name)
+        if info is not None and request.headers.get("If-Range") == self._cdn_etag(info.sha256):
+            headers = CIMultiDict(request.headers)
+            headers["If-Range"] = info.etag
+            request = request.clone(headers=headers)
+        request[_CDN] = True
+        return request
 
     @staticmethod
     def _cdn_etag(sha256: str) -> str:
@@ -336,6 +354,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=None, help="bytes/s per connection")
     p.add_argument("--latency", type=float, default=0.0, help="seconds before each response")
     p.add_argument("--redirect", action="store_true", help="Hub-style 302 to /cdn/<name>")
+    p.add_argument("--no-sha256", dest="sha256", action="store_false", help="opaque ETag, no sha256 (nginx/S3)")
     p.add_argument("--fault", action="append", default=[], metavar="NAME=FAULT[,FAULT...]")
     p.add_argument("--chaos", type=float, default=0.0, help="probability of a random fault per GET")
     p.add_argument("--seed", type=int, default=0)
@@ -344,7 +363,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def _serve(args: argparse.Namespace) -> None:
     srv = FaultServer(args.dir, rate=args.rate, latency=args.latency, redirect=args.redirect,
-                      chaos=args.chaos, seed=args.seed)
+                      chaos=args.chaos, seed=args.seed, sha256=args.sha256)
     for spec in args.fault:
         name, _, faults = spec.partition("=")
         srv.script(name, *faults.split(","))
@@ -355,6 +374,7 @@ async def _serve(args: argparse.Namespace) -> None:
     async with srv:
         print(srv.url, flush=True)
         await stop.wait()
+    print("bytes_sent", json.dumps(dict(srv.bytes_sent)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nanostream.config import DATASETS, Config, check_url, get_dataset
+from nanostream.config import DATASETS, Config, check_url, get_dataset, token_allowed
 from nanostream.errors import ConfigError, NanostreamError
 
 
@@ -46,3 +46,25 @@ def test_check_url_rejects_non_http(url):
     with pytest.raises(ConfigError):
         check_url(url)
     assert check_url("https://h/x/") == "https://h/x"
+
+
+@pytest.mark.parametrize(("url", "hosts", "ok"), [
+    ("https://huggingface.co/datasets/x/resolve/main/a", {"huggingface.co"}, True),
+    ("http://huggingface.co/datasets/x", {"huggingface.co"}, False),  # cleartext to a remote host
+    ("http://node0:8000/shard_00000.parquet", {"huggingface.co"}, False),
+    ("http://node0:8000/shard_00000.parquet", {"node0:8000"}, False),  # opted in, but not over https
+    ("https://node0:8443/x", {"node0:8443"}, True),
+    ("https://node0:8443/x", {"node0"}, True),
+    ("http://127.0.0.1:9/x", {"127.0.0.1:9"}, True),  # loopback may be plain http
+    ("http://localhost:9/x", {"localhost"}, True),
+    ("http://[::1]:9/x", {"[::1]:9"}, True),
+    ("https://user:pw@evil.example/x", {"huggingface.co"}, False),
+])
+def test_token_goes_only_to_allowed_hosts_over_https_or_loopback(url, hosts, ok):
+    assert token_allowed(url, hosts) is ok
+
+
+def test_token_hosts_are_the_endpoint_plus_opt_ins():
+    cfg = Config.from_env({"HF_ENDPOINT": "https://hub.example:8443", "NANOSTREAM_TOKEN_HOSTS": "a, B:1 ,"})
+    assert cfg.token_hosts == {"hub.example:8443", "a", "b:1"}
+    assert Config.from_env({}).token_hosts == {"huggingface.co"}

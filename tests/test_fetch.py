@@ -188,10 +188,12 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
     """Regression: range B's write, started before range A completed the prefix, was not hashed."""
     import hashlib
 
+    from nanostream.disk import Disk
     from nanostream.jobs import Job, Segment
 
-    job = Job(0, tmp_path / NAME0, "http://127.0.0.1:1/x")
-    job.learned(100, "0" * 64, None)
+    disk, tasks = Disk(), []
+    job = Job(0, tmp_path / NAME0, "http://127.0.0.1:1/x", disk, lambda c: tasks.append(asyncio.ensure_future(c)))
+    await job.learned(100, "0" * 64, None)
     a, b = Segment(0, 60), Segment(60, 100)
     job.segments = [a, b]
     hb = job.hasher_for(b)  # B flushes first: its bytes do not continue the prefix
@@ -202,6 +204,8 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
     job.wrote(b, 40, hashed=hb is not None)
     assert job.hashed == 60 and job.digest() is None  # the whole file must be hashed from disk
     assert job.hasher.hexdigest() == hashlib.sha256(b"a" * 60).hexdigest()
+    await asyncio.gather(*tasks)
+    disk.close()
 
 
 async def test_split_ranges_never_fail_verification(fault_server, tmp_path):
@@ -299,7 +303,7 @@ async def test_cli_failure_names_shard_and_exits_1(fault_server, tmp_path):
     assert (tmp_path / "l" / ".nanostream.json").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_fetch_leaves_no_partial_final_file_and_resumes(tmp_path, sig):
     remote = tmp_path / "remote"
     remote_shards(remote, 3, mb=2)
@@ -317,9 +321,11 @@ def test_killed_fetch_leaves_no_partial_final_file_and_resumes(tmp_path, sig):
         time.sleep(0.4)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
-        if sig == signal.SIGINT:
-            assert proc.returncode == 130, err
-            assert "Traceback" not in err and "interrupted" in err
+        if sig != signal.SIGKILL:  # Ctrl-C and SIGTERM: state saved, one line, 130 / 143
+            assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
+            assert "Traceback" not in err and "kept in" in err
+            assert len([x for x in err.splitlines() if x.startswith("nanostream:")]) == 1, err
+            assert any(local.glob(".nanostream.*.state"))
         finals = [p for p in local.iterdir() if p.name.startswith("shard_")]
         for p in finals:  # anything with a final name is complete
             assert p.read_bytes() == (remote / p.name).read_bytes()
@@ -335,7 +341,109 @@ def test_killed_fetch_leaves_no_partial_final_file_and_resumes(tmp_path, sig):
         srv.stdout.close()
 
 
-async def test_hf_token_sent_as_bearer_and_never_printed(tmp_path):
+class ServerProcess:
+    """tests/servers.py in a subprocess; ``stop()`` returns the body bytes it sent per file."""
+
+    def __init__(self, root: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "servers.py"), str(root), *args],
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+
+    def stop(self) -> dict[str, int]:
+        import json
+
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=20)
+        line = [x for x in out.splitlines() if x.startswith("bytes_sent ")]
+        return json.loads(line[-1].split(" ", 1)[1]) if line else {}
+
+
+def wait_for(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.005)
+
+
+def test_kill9_at_many_moments_never_publishes_a_hole_and_refetches_little(tmp_path):
+    """Against a server with no sha256 (opaque ETag, like nginx or S3) kill -9 fetch again and again,
+    several times in a shard's first 100 ms: the clean rerun's shards are byte-identical and the
+    server sent at most 1.15x the data (the state follows the data within one write)."""
+    remote = tmp_path / "remote"
+    n = 9
+    remote.mkdir()
+    paths = [make_big_shard(remote / shard_name(i), i, 1.0) for i in range(n)]
+    total = sum(p.stat().st_size for p in paths)
+    srv = ServerProcess(remote, "--rate", "1500000", "--no-sha256")
+    local = tmp_path / "local"
+    args = [sys.executable, "-m", "nanostream.cli", "fetch", "-n", str(n - 1), "--max-shard", str(n - 1),
+            "--base-url", srv.url, "--data-dir", str(local), "--workers", "4", "--quiet"]
+    try:
+        for delay in (0.01, 0.05, 0.09, 0.3, 0.6, 0.03, 0.9):
+            before = {p.name for p in local.glob(".nanostream.*.part")} if local.exists() else set()
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # a moment after a new shard's first bytes arrive (a part file appears)
+            wait_for(lambda b=before, pr=proc: pr.poll() is not None
+                     or {p.name for p in local.glob(".nanostream.*.part")} - b)
+            time.sleep(delay)
+            proc.kill()
+            proc.communicate(timeout=30)
+            for p in local.glob("shard_*.parquet"):  # anything with a final name is complete
+                assert p.read_bytes() == (remote / p.name).read_bytes(), p.name
+        rerun = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr
+    finally:
+        sent = srv.stop()
+    assert_same(remote, local, n)
+    assert_clean(local)
+    served = sum(sent.values())
+    print(f"kill -9 x7 then rerun: server sent {served / total:.3f}x the data")
+    assert served <= 1.15 * total, f"served {served / total:.2f}x the data"
+
+
+async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
+    """Cancel fetches at many moments; every range the state file says is done holds the right bytes."""
+    import json
+    import random
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    make_big_shard(remote / NAME0, 0, 2.0)
+    srv = await fault_server(rate=4e6, sha256=False)
+    local = tmp_path / "l"
+    want = (remote / NAME0).read_bytes()
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(8):
+        task = asyncio.ensure_future(fetch_shards([0], data_dir=local, base_url=srv.url, workers=3, retry=FAST,
+                                                  min_split=64 << 10))
+        await asyncio.sleep(rng.uniform(0.0, 0.12))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if (local / NAME0).exists():
+            break
+        state_file = state_path(local / NAME0)
+        if not state_file.exists():
+            continue
+        state = json.loads(state_file.read_text())
+        data = part_path(local / NAME0).read_bytes()
+        assert len(data) == state["size"] == len(want)
+        holes, pos = [], 0
+        for start, end in sorted((s, state["size"] if e is None else e) for s, e in state["missing"]):
+            holes.append((pos, start))
+            pos = end
+        holes.append((pos, state["size"]))
+        for start, end in holes:  # every claimed range is exactly the remote's bytes
+            assert data[start:end] == want[start:end]
+        checked += 1
+    assert checked >= 3
+    [res] = await fetch_shards([0], data_dir=local, base_url=srv.url, retry=FAST)
+    assert res.error is None and (local / NAME0).read_bytes() == want
+
+
+@pytest.mark.parametrize("who", ["endpoint", "opt-in", "other-host"])
+async def test_hf_token_goes_only_to_the_hub_host_and_is_never_printed(tmp_path, who):
+    """HF_TOKEN reaches HF_ENDPOINT's host or a NANOSTREAM_TOKEN_HOSTS host, never another --base-url."""
     from aiohttp import web
 
     from nanostream.serve import make_app
@@ -355,17 +463,26 @@ async def test_hf_token_sent_as_bearer_and_never_printed(tmp_path):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    port = site._server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HF_TOKEN": "hf_s3cret"}
+    env.pop("NANOSTREAM_TOKEN_HOSTS", None)
+    env.pop("HF_ENDPOINT", None)
+    if who == "endpoint":
+        env["HF_ENDPOINT"] = url
+    elif who == "opt-in":
+        env["NANOSTREAM_TOKEN_HOSTS"] = f"example.org, 127.0.0.1:{port}"
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nanostream.cli", "-v", "fetch", "-n", "0", "--max-shard", "0",
-            "--base-url", url, "--data-dir", str(tmp_path / "l"), env={**os.environ, "HF_TOKEN": "hf_s3cret"},
+            "--base-url", url, "--data-dir", str(tmp_path / "l"), env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()
     finally:
         await runner.cleanup()
     assert proc.returncode == 0, err
-    assert seen and all(h == "Bearer hf_s3cret" for h in seen)
+    expected = None if who == "other-host" else "Bearer hf_s3cret"
+    assert seen and all(h == expected for h in seen)
     assert b"s3cret" not in out + err
     assert b"s3cret" not in (tmp_path / "l" / ".nanostream.json").read_bytes()
 

@@ -9,18 +9,24 @@ resulting object is passed explicitly to whatever needs it.
 | HF_TOKEN              | unset                   | bearer token sent to the Hub, never printed    |
 | HF_ENDPOINT           | https://huggingface.co  | replaces the Hub's address                     |
 | NANOSTREAM_LOOP       | asyncio                 | event loop for fetch: ``asyncio`` or ``uvloop``|
+| NANOSTREAM_TOKEN_HOSTS| unset                   | extra hosts (comma list) that may get HF_TOKEN |
+
+HF_TOKEN goes only to the Hub's host (HF_ENDPOINT's) and the hosts listed in
+NANOSTREAM_TOKEN_HOSTS, and only over https unless the host is loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_TOKEN_HOSTS = frozenset({"huggingface.co"})
 LOOPS = ("asyncio", "uvloop")
 
 
@@ -59,6 +65,33 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def host_of(url: str) -> str:
+    """``host[:port]`` of an http(s) URL, lower-cased (no userinfo)."""
+    netloc = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1].lower()
+    return netloc
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def token_allowed(url: str, hosts: Collection[str]) -> bool:
+    """May a bearer token go to ``url``? Only to ``hosts`` (``host`` or ``host:port``), and only
+    over https unless that host is loopback (a test server or a local mirror)."""
+    host = host_of(url)
+    bare = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
+    if host not in hosts and bare not in hosts:
+        return False
+    return url.startswith("https://") or _is_loopback(host)
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings from the environment. Build with ``Config.from_env()``."""
@@ -67,6 +100,7 @@ class Config:
     hf_endpoint: str = DEFAULT_ENDPOINT
     hf_token: str | None = field(default=None, repr=False)
     loop: str = "asyncio"
+    token_hosts: frozenset[str] = DEFAULT_TOKEN_HOSTS  # where HF_TOKEN may be sent
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -76,11 +110,13 @@ class Config:
         loop = env.get("NANOSTREAM_LOOP") or "asyncio"
         if loop not in LOOPS:
             raise ConfigError(f"NANOSTREAM_LOOP={loop!r}: choose asyncio or uvloop")
+        extra = {h.strip().lower() for h in (env.get("NANOSTREAM_TOKEN_HOSTS") or "").split(",") if h.strip()}
         return cls(
             base_dir=Path(base).expanduser(),
             hf_endpoint=endpoint,
             hf_token=env.get("HF_TOKEN") or None,
             loop=loop,
+            token_hosts=frozenset({host_of(endpoint), *extra}),
         )
 
     def data_dir(self, dataset: str = DEFAULT_DATASET) -> Path:

@@ -3,48 +3,82 @@
 ``RangeDownloader.fetch_range`` issues ``GET`` (with ``Range`` + ``If-Range`` when it
 continues or splits a shard), learns size / sha256 / validator from the first
 answer (following the Hub's redirect: ``X-Linked-Etag`` / ``X-Linked-Size`` sit on
-the 302), restarts the shard if the remote changed, and streams the body to disk.
+the 302), restarts the shard if the remote changed, checks that a body starting
+at byte 0 is parquet before anything is written, and streams the body to disk.
 Failures surface as ``Transient`` / ``Fatal`` (see ``retry.py``) for the caller's
-retry loop. ``head_info`` answers ``--verify``'s question: what sha256 and size
-does the server announce?
+retry loop. ``head_info`` answers ``--verify``'s question and the size probes:
+what sha256 and size does the server announce?
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import errno
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
+from .disk import Disk
 from .jobs import Job, Segment, Writer
-from .partial import part_path
-from .retry import Fatal, Transient, check_status, parse_sha256
+from .partial import PARQUET_MAGIC, part_path
+from .retry import Fatal, NoSpace, Transient, check_status, parse_sha256
 
-WRITE_CHUNK = 1 << 20
+
+class Meter:
+    """Running estimates of one connection's rate and a request's round trip, for split sizing."""
+
+    def __init__(self) -> None:
+        self.rtt = 0.05
+        self.rate = 0.0  # bytes/s of one connection, 0 until measured
+
+    def round_trip(self, seconds: float) -> None:
+        self.rtt = 0.8 * self.rtt + 0.2 * seconds
+
+    def body(self, nbytes: int, seconds: float) -> None:
+        if nbytes >= 256 << 10 and seconds > 0:
+            r = nbytes / seconds
+            self.rate = r if not self.rate else 0.8 * self.rate + 0.2 * r
+
+
+def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
+    ctype = resp.headers.get("Content-Type", "no Content-Type")
+    return f"the server sent {ctype}, not parquet (first bytes {head[:40]!r})"
 
 
 class RangeDownloader:
-    """Shared by a Fetcher's workers: one session, one writer pool, one progress sink."""
+    """Shared by a Fetcher's workers: one session, one disk pool, one progress sink."""
 
-    def __init__(self, session: aiohttp.ClientSession, pool: concurrent.futures.Executor,
-                 headers: dict[str, str], progress: Any, on_change: Callable[[], None]):
-        self.session, self.pool, self.headers = session, pool, headers
-        self.progress, self.on_change = progress, on_change
+    def __init__(self, session: aiohttp.ClientSession, disk: Disk,
+                 headers_for: Callable[[str], dict[str, str]], progress: Any,
+                 on_change: Callable[[], None], meter: Meter):
+        self.session, self.disk, self.headers_for = session, disk, headers_for
+        self.progress, self.on_change, self.meter = progress, on_change, meter
+        self.reached = False  # some response arrived from the server in this run
 
     async def fetch_range(self, job: Job, seg: Segment, gen: int) -> None:
-        headers = dict(self.headers)
+        headers = self.headers_for(job.url)
         ranged = seg.pos > 0 or (seg.end is not None and seg.end != job.size)
         if ranged:
-            headers["Range"] = f"bytes={seg.pos}-{seg.end - 1}"
+            headers["Range"] = f"bytes={seg.pos}-{'' if seg.end is None else seg.end - 1}"
             if job.validator:
                 headers["If-Range"] = job.validator
+        t0 = time.monotonic()
         async with self.session.get(job.url, headers=headers) as resp:
+            self.reached = True
+            self.meter.round_trip(time.monotonic() - t0)
             check_status(resp)
             if not job.live(gen):
                 return
-            self._learn(job, resp)
+            head = b""
+            if resp.status == 200:  # a body from byte 0: it must be parquet before we believe its size
+                head = await resp.content.read(64)
+                while len(head) < 4 and not resp.content.at_eof():
+                    head += await resp.content.read(64)
+                if head[:4] != PARQUET_MAGIC:
+                    raise Transient(describe_body(resp, head))
+            await self._learn(job, resp)
             if not job.live(gen):
                 return
             if ranged:
@@ -58,11 +92,11 @@ class RangeDownloader:
             if seg.end is None:
                 seg.end = job.size
                 self.on_change()  # the size is known: idle workers can now split this shard
-            await self._copy_body(job, seg, gen, resp)
+            await self._copy_body(job, seg, gen, resp, head)
         if job.live(gen) and not seg.done():
             raise Transient(f"body ended at byte {seg.pos} of {seg.end}")
 
-    def _learn(self, job: Job, resp: aiohttp.ClientResponse) -> None:
+    async def _learn(self, job: Job, resp: aiohttp.ClientResponse) -> None:
         """Take size, sha256 and validator from the first response; reset if a later one disagrees."""
         linked_sha = linked_size = None
         for r in (*resp.history, resp):
@@ -78,7 +112,14 @@ class RangeDownloader:
         if job.size is None:
             if size is None:
                 raise Fatal("the server sent no Content-Length; cannot verify the download")
-            job.learned(size, sha, etag if etag and not etag.startswith("W/") else None)
+            try:
+                await job.learned(size, sha, etag if etag and not etag.startswith("W/") else None)
+            except Fatal as exc:
+                cause = exc.__cause__
+                if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                    job.size = None  # not started: the next attempt learns again
+                    raise NoSpace(str(exc), size) from cause
+                raise
             if self.progress is not None:
                 self.progress.add_total(size)
         elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
@@ -88,18 +129,21 @@ class RangeDownloader:
         job.reset(why)
         self.on_change()
 
-    async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse) -> None:
+    async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse,
+                         head: bytes) -> None:
         """Stream the body into the part file at ``seg.pos`` with ``pwritev`` (no copies)."""
         part = part_path(job.final)
         try:
-            fd = os.open(part, os.O_WRONLY)
+            fd = await self.disk.run(os.open, part, os.O_WRONLY)
         except OSError as exc:
-            raise Fatal(f"cannot open {part} for writing: {exc}") from exc
-        out = Writer(fd, part, self.pool)
+            raise Fatal(f"cannot open {part} for writing: {exc.strerror or exc}") from exc
+        out = Writer(fd, part, self.disk)
+        t0, got = time.monotonic(), 0
 
         async def flush() -> None:
             out.hasher = job.hasher_for(seg)
             n = await out.flush(seg.pos, seg.end)
+            seg.buffered = 0
             if job.live(gen):
                 job.wrote(seg, n, hashed=out.hasher is not None)
                 if self.progress is not None:
@@ -107,11 +151,16 @@ class RangeDownloader:
 
         try:
             try:
+                if head:
+                    out.add(head, seg.end - seg.pos)
+                    seg.buffered = out.pending
                 async for chunk, _ in resp.content.iter_chunks():
                     if not job.live(gen):
                         return
+                    got += len(chunk)
                     out.add(chunk, seg.end - seg.pos - out.pending)
-                    if out.pending >= WRITE_CHUNK or seg.pos + out.pending >= seg.end:
+                    seg.buffered = out.pending
+                    if out.due() or seg.pos + out.pending >= seg.end:
                         await flush()
                         if seg.done():
                             return
@@ -122,15 +171,21 @@ class RangeDownloader:
             if out.pending and job.live(gen):
                 await flush()
         finally:
+            seg.buffered = 0
             out.close()
+            self.meter.body(got, time.monotonic() - t0)
 
     async def head_info(self, url: str) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""
-        async with self.session.head(url, headers=self.headers) as resp:
+        async with self.session.head(url, headers=self.headers_for(url), allow_redirects=True) as resp:
+            self.reached = True
             check_status(resp)
             sha = None
             for r in (*resp.history, resp):
                 sha = parse_sha256(r.headers.get("X-Linked-Etag")) or sha
             sha = sha or parse_sha256(resp.headers.get("ETag"))
-            size = resp.headers.get("X-Linked-Size") or resp.headers.get("Content-Length")
+            size = None
+            for r in (*resp.history, resp):
+                size = r.headers.get("X-Linked-Size") or size
+            size = size or resp.headers.get("Content-Length")
         return sha, (int(size) if size and size.isdigit() else None)

@@ -10,7 +10,8 @@ do next.
     ├── FetchError               a shard could not be downloaded
     │   ├── HTTPStatusError      the server refused (401/403/404, ...): not retried
     │   ├── RetriesExhausted     transient failures (5xx, 429, drops, stalls) outlasted the retries
-    │   └── VerificationError    bytes on disk do not match size / sha256 / parquet magic
+    │   ├── VerificationError    bytes on disk do not match size / sha256 / parquet magic
+    │   └── DiskFullError        the data folder cannot hold the shards (checked before starting)
     ├── ShardError               a shard on disk cannot be used
     │   ├── MissingShardError    a shard or data folder that should exist does not
     │   └── CorruptShardError    pyarrow cannot read the file (truncated, not parquet, bad column)
@@ -58,6 +59,10 @@ class RetriesExhausted(FetchError):
 
 class VerificationError(FetchError):
     """Downloaded bytes failed a check (length, sha256, parquet magic)."""
+
+
+class DiskFullError(FetchError):
+    """The data folder's filesystem has too little free space for the shards asked for."""
 
 
 class ShardError(NanostreamError):

@@ -3,38 +3,44 @@
 ``Fetcher`` runs W worker tasks; each holds at most one connection, so W bounds the
 connections (the session's connector is capped at W as well). A worker takes, in
 order: an idle byte range of a shard already started (a resumed or retried one),
-the next queued shard, or -- when fewer shards remain than workers -- the back half
-of the largest range still downloading (work stealing, as aria2 and hf_transfer
-split the tail), so every connection stays busy to the last byte.
+the next queued shard, or -- once the queue is empty -- half of the range with the
+most bytes still to *receive*, so every connection gets a slice of the tail and
+all finish together. A range is split only if each half is at least a few round
+trips of bytes at the measured per-connection rate (``min_piece``), and a shard's
+finalize (fsync, checks, rename) runs in its own task so its worker moves on at once.
 
-Guarantees (see ``partial.py`` for the files): bytes land in a hidden part file at
-their offsets; the remaining ranges are saved so a crash or Ctrl-C resumes with
-``Range`` + ``If-Range``; a shard gets its final name only after fsync, length,
-parquet magic and sha256 checks; a per-shard flock keeps two processes from
-downloading the same shard (the second waits for the verified file).
+Guarantees (see ``partial.py`` and ``jobs.py`` for the files): bytes land in a
+hidden part file at their offsets, reserved up front (a disk too small for the
+next shard makes it wait for the running ones instead of filling the disk with
+partials); the remaining ranges are saved right after each write, never ahead of
+the fsynced data, so a crash or Ctrl-C resumes with ``Range`` + ``If-Range``; a
+shard gets its final name only when every byte was written and its length,
+parquet magic and (when the server announces one) sha256 match; a per-shard
+flock keeps two processes from downloading the same shard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import aiohttp
-import filelock
 
 from ._compat import TaskGroup
-from .config import check_url
-from .download import RangeDownloader
-from .errors import ConfigError, FetchError, HTTPStatusError, RetriesExhausted, VerificationError
+from .config import DEFAULT_TOKEN_HOSTS, check_url, token_allowed
+from .disk import Disk
+from .download import Meter, RangeDownloader
+from .errors import ConfigError, FetchError, VerificationError
 from .jobs import Job, Segment
-from .partial import PartState, check_file, discard, finalize, lock_path
-from .retry import Fatal, RetryPolicy, classify, describe
+from .outcomes import ShardResult, open_job, translate, try_lock
+from .partial import check_file, finalize
+from .retry import NoSpace, RetryPolicy, classify, describe, unreachable
 from .shards import shard_name
+from .space import check_space as preflight
 
 __all__ = ["Fetcher", "RetryPolicy", "ShardResult", "fetch_shards"]
 
@@ -42,44 +48,19 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy()
 
 
-@dataclass
-class ShardResult:
-    """Outcome of one shard: ``path`` is the verified final file, or ``error`` says why not."""
-
-    index: int
-    path: Path | None
-    size: int = 0  # bytes of the final file
-    downloaded: int = 0  # bytes transferred by this process
-    attempts: int = 0  # failed requests (retries) along the way
-    skipped: bool = False  # already present (or finished by another process): no download
-    error: FetchError | None = None
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.index)
-
-
-def _try_lock(final: Path) -> filelock.BaseFileLock | None:
-    """The shard's flock if no other process (or Fetcher) holds it, else None."""
-    lock = filelock.FileLock(lock_path(final))
-    try:
-        lock.acquire(blocking=False)
-    except filelock.Timeout:
-        return None
-    return lock
-
-
 class Fetcher:
     """Download shards into ``data_dir`` from ``base_url/shard_XXXXX.parquet``.
 
     Use as ``async with Fetcher(dir, url) as f: result = await f.fetch(7)``; concurrent
     ``fetch`` calls share the workers. ``progress`` is an optional object with
-    ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``.
+    ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``. ``token`` is
+    sent only to ``token_hosts`` (and only over https unless the host is loopback).
     """
 
     def __init__(self, data_dir: Path, base_url: str, *, workers: int = 8, token: str | None = None,
-                 retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress=None,
-                 min_split: int = 512 << 10, poll_interval: float = 0.25) -> None:
+                 token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS, retry: RetryPolicy = DEFAULT_RETRY,
+                 verify: bool = False, progress=None, min_split: int | None = None,
+                 poll_interval: float = 0.25) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if retry.attempts < 1:
@@ -87,16 +68,23 @@ class Fetcher:
         self.data_dir, self.base_url = Path(data_dir), check_url(base_url)
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
         self.min_split, self.poll_interval = min_split, poll_interval
-        self._headers = {"Accept-Encoding": "identity"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self.token, self.token_hosts = token, frozenset(token_hosts)
         self._jobs: dict[int, Job] = {}
         self._pending: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._tasks: set[asyncio.Task] = set()
         self._event = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanostream-write")
+        self._down_since: float | None = None
+        self._parked: list[Job] = []  # shards waiting for disk space held by running ones
+        self.meter = Meter()
+        self.disk = Disk()
+
+    def headers_for(self, url: str) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity"}
+        if self.token and token_allowed(url, self.token_hosts):
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     async def __aenter__(self) -> Fetcher:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.retry.connect_timeout,
@@ -104,7 +92,8 @@ class Fetcher:
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
                                               auto_decompress=False, trust_env=True)
-        self._ranges = RangeDownloader(self._session, self._pool, self._headers, self.progress, self._notify)
+        self._ranges = RangeDownloader(self._session, self.disk, self.headers_for, self.progress,
+                                       self._notify, self.meter)
         for _ in range(self.workers):
             self._spawn(self._worker())
         return self
@@ -116,14 +105,14 @@ class Fetcher:
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            self.disk.close()  # every write has finished: the final saves see all of them
             for job in list(self._jobs.values()):
-                job.save(force=True)
+                job.save_now()
                 self._release(job)
                 if not job.future.done():
                     job.future.cancel()
             if self._session is not None:
                 await self._session.close()
-            self._pool.shutdown(wait=True)  # no writer thread outlives the Fetcher
 
     async def fetch(self, index: int) -> ShardResult:
         """Download shard ``index`` (or wait for it); the verified result, or raise FetchError."""
@@ -132,16 +121,22 @@ class Fetcher:
         job = self._jobs.get(index)
         if job is None:
             name = shard_name(index)
-            job = self._jobs[index] = Job(index, self.data_dir / name, f"{self.base_url}/{name}")
+            job = self._jobs[index] = Job(index, self.data_dir / name, f"{self.base_url}/{name}",
+                                          self.disk, self._spawn)
             self._pending.append(job)
             self._notify()
         return await asyncio.shield(job.future)
 
+    async def head(self, index: int) -> int | None:
+        """The size the server announces for shard ``index`` (HEAD), or None."""
+        return (await self._ranges.head_info(f"{self.base_url}/{shard_name(index)}"))[1]
+
     # -- scheduling -------------------------------------------------------------------------
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
@@ -156,8 +151,10 @@ class Fetcher:
         while True:
             event = self._event
             for job in self._active:
+                if job.finalizing:
+                    continue
                 for seg in job.segments:
-                    if not seg.active and not seg.done() and not job.finalizing:
+                    if not seg.active and not seg.done():
                         seg.active = True
                         return job, seg
             if self._pending:
@@ -168,18 +165,30 @@ class Fetcher:
                 return stolen
             await event.wait()
 
+    def min_piece(self) -> int:
+        """Smallest range worth a request of its own: ~4 round trips of one connection's bytes."""
+        if self.min_split is not None:
+            return self.min_split
+        if not self.meter.rate:
+            return 512 << 10
+        return int(min(max(self.meter.rate * self.meter.rtt * 4, 128 << 10), 16 << 20))
+
     def _steal(self) -> tuple[Job, Segment] | None:
+        """Split the range with the most bytes left to receive; the idle worker takes its back half."""
+        floor = self.min_piece()
         best: tuple[int, Job, Segment] | None = None
         for job in self._active:
+            if job.finalizing:
+                continue
             for seg in job.segments:
-                if seg.active and seg.end is not None and not job.finalizing:
-                    left = seg.end - seg.pos
-                    if left >= 2 * self.min_split and (best is None or left > best[0]):
-                        best = (left, job, seg)
+                left = seg.left()
+                if seg.active and left >= 2 * floor and (best is None or left > best[0]):
+                    best = (left, job, seg)
         if best is None:
             return None
         left, job, seg = best
-        new = Segment(seg.pos + left // 2, seg.end)
+        assert seg.end is not None
+        new = Segment(seg.end - left // 2, seg.end)
         seg.end = new.pos
         new.active = True
         job.segments.append(new)
@@ -187,32 +196,33 @@ class Fetcher:
 
     async def _prepare(self, job: Job) -> None:
         """Skip, defer (another process has it), resume or start ``job``."""
-        if job.final.exists() and not self.verify:
-            return self._resolve(job, skipped=True)
         try:
-            job.lock = _try_lock(job.final)
+            status, job.lock, state = await self.disk.run(open_job, job.final, job.url, self.verify)
         except OSError as exc:
-            return self._fail(job, Fatal(f"cannot create lock file {lock_path(job.final)}: {exc}"))
-        if job.lock is None:
+            return self._fail(job, FetchError(f"{job.name}: cannot lock {job.final.parent}: {exc}",
+                                              shard=job.name, url=job.url))
+        if status == "present":
+            return self._resolve(job, skipped=True)
+        if status == "busy":
             log.debug("%s is being downloaded by another process; waiting for it", job.name)
-            return self._spawn(self._wait_for_other(job))
-        if job.final.exists():
-            if not self.verify or await self._verify_existing(job):
-                return self._resolve(job, skipped=True)
-            if job.future.done():
-                return None
-        state = PartState.load(job.final, job.url)
+            self._spawn(self._wait_for_other(job))
+            return None
+        if status == "verify" and await self._verify_existing(job):
+            return self._resolve(job, skipped=True)
+        if job.future.done():
+            return None
         if state is not None:
             job.size, job.validator, job.sha256 = state.size, state.validator, state.sha256
-            job.segments = [Segment(s, e) for s, e in state.missing]
-            log.info("%s: resuming, %d of %d bytes to go", job.name,
-                     sum(e - s for s, e in state.missing), state.size)
+            job.segments = [Segment(s, e) for s, e in state.ranges() if s < e]
+            todo = sum(e - s for s, e in state.ranges())
+            log.info("%s: resuming, %d of %d bytes to go", job.name, todo, state.size)
             if self.progress is not None:
-                self.progress.add_total(sum(e - s for s, e in state.missing))
+                self.progress.add_total(todo)
         else:
             job.segments = [Segment(0, None)]
         self._active.append(job)
         if all(s.done() for s in job.segments):
+            job.finalizing = True
             self._spawn(self._finalize(job))
         self._notify()
         return None
@@ -222,7 +232,7 @@ class Fetcher:
             await asyncio.sleep(self.poll_interval)
             if job.final.exists() and not self.verify:
                 return self._resolve(job, skipped=True)
-            probe = _try_lock(job.final)
+            probe = try_lock(job.final)
             if probe is None:
                 continue
             probe.release()  # the other process is gone without the file (or we verify): take over
@@ -237,42 +247,90 @@ class Fetcher:
             while job.live(gen) and not seg.done():
                 try:
                     await self._ranges.fetch_range(job, seg, gen)
+                    self._down_since = None
                 except Exception as exc:
                     if not job.live(gen):
                         return
+                    if isinstance(exc, NoSpace):
+                        return self._no_space(job, exc)
                     retryable, after = classify(exc)
                     job.attempts += 1
+                    why = None if self._ranges.reached else unreachable(exc)
+                    if why is not None and self._host_down(why, exc):
+                        return None
                     if not retryable or job.attempts >= self.retry.attempts:
                         return self._fail(job, exc)
                     delay = self.retry.backoff(job.attempts, after)
-                    log.info("%s: %s; retry %d/%d in %.1fs", job.name, describe(exc),
-                             job.attempts, self.retry.attempts - 1, delay)
+                    if why is not None:  # never reached the host yet: retry often, fail in bounded time
+                        delay = min(delay, 1.0)
+                        log.debug("%s: %s; retrying in %.1fs", job.name, why, delay)
+                    else:
+                        log.info("%s: %s; retry %d/%d in %.1fs", job.name, describe(exc),
+                                 job.attempts, self.retry.attempts - 1, delay)
                     await asyncio.sleep(delay)
         finally:
             seg.active = False
             self._notify()
         if job.live(gen) and not job.finalizing and all(s.done() and not s.active for s in job.segments):
-            await self._finalize(job)
+            job.finalizing = True
+            self._spawn(self._finalize(job))
+
+    def _host_down(self, why: str, exc: BaseException) -> bool:
+        """No connection was ever made: after ``unreachable_after`` seconds fail every shard at once."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.info("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
+        if now - self._down_since < self.retry.unreachable_after:
+            return False
+        err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT or --base-url "
+                         f"({self.base_url})", url=self.base_url)
+        err.__cause__ = exc
+        for other in [*self._pending, *self._active]:
+            self._fail(other, err)
+        self._pending.clear()
+        return True
+
+    def _no_space(self, job: Job, exc: NoSpace) -> None:
+        """The disk can't hold this shard now: wait for the running shards, or fail if none runs."""
+        holders = [j for j in self._active if j is not job and j.size is not None]
+        if job in self._active:
+            self._active.remove(job)
+        if holders:
+            log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
+                     job.name, exc.needed / 1e6, len(holders))
+            job.segments = []
+            self._parked.append(job)
+            return None
+        return self._fail(job, exc)
 
     async def _finalize(self, job: Job) -> None:
-        job.finalizing = True
         gen = job.gen
-        try:
-            problem = await asyncio.to_thread(finalize, job.final, job.size, job.sha256, job.digest())
-        except OSError as exc:
-            return self._fail(job, Fatal(f"cannot publish {job.final}: {exc}"))
-        finally:
-            job.finalizing = False
+        assert job.size is not None
+        async with job.files:
+            try:
+                problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest())
+            except OSError as exc:
+                job.finalizing = False
+                return self._fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
+                                                  shard=job.name, url=job.url))
         if not job.live(gen):
             return None
         if problem is None:
+            job.finalizing = False
             return self._resolve(job, skipped=False)
         job.attempts += 1
         err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
                                 shard=job.name, url=job.url)
         if job.attempts >= self.retry.attempts:
+            job.finalizing = False
             return self._fail(job, err)
-        job.reset(f"{problem}; discarded the bytes (attempt {job.attempts}/{self.retry.attempts - 1})")
+        delay = self.retry.backoff(job.attempts)
+        log.warning("%s: %s; downloading it again in %.1fs (attempt %d/%d)", job.name, problem, delay,
+                    job.attempts, self.retry.attempts - 1)
+        await asyncio.sleep(delay)
+        job.reset(f"{problem}; discarded the bytes")
+        job.finalizing = False
         self._notify()
         return None
 
@@ -289,7 +347,7 @@ class Fetcher:
                     self._fail(job, exc)
                     return False
                 await asyncio.sleep(self.retry.backoff(job.attempts, after))
-        problem = await asyncio.to_thread(check_file, job.final, expected, sha)
+        problem = await self.disk.run(check_file, job.final, expected, sha)
         if problem is None:
             return True
         log.warning("%s: present but %s; downloading it again", job.name, problem)
@@ -302,6 +360,8 @@ class Fetcher:
         self._jobs.pop(job.index, None)
         if job in self._active:
             self._active.remove(job)
+        while self._parked:  # space was freed (or a reservation ended): parked shards try again
+            self._pending.appendleft(self._parked.pop())
         self._notify()
 
     def _release(self, job: Job) -> None:
@@ -320,25 +380,7 @@ class Fetcher:
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
             return
-        if isinstance(exc, FetchError):
-            err = exc
-        elif isinstance(exc, Fatal) and exc.status is not None:
-            err = HTTPStatusError(f"{job.name}: {exc} from {job.url}", status=exc.status,
-                                  shard=job.name, url=job.url)
-            discard(job.final)
-        elif isinstance(exc, Fatal):
-            err = FetchError(f"{job.name}: {exc}", shard=job.name, url=job.url)
-        elif not classify(exc)[0]:
-            err = FetchError(f"{job.name}: unexpected {type(exc).__name__}: {exc} ({job.url})",
-                             shard=job.name, url=job.url)
-        else:
-            err = RetriesExhausted(
-                f"{job.name}: gave up after {job.attempts} failed attempts; last: {describe(exc)} "
-                f"({job.url}); rerun to resume", attempts=job.attempts, shard=job.name, url=job.url)
-        if err is not exc:
-            err.__cause__ = exc
-        if isinstance(err, RetriesExhausted):
-            job.save(force=True)  # keep the partial download for the next run
+        err = translate(job, exc)
         self._done(job)
         job.future.set_exception(err)
         if self.progress is not None:
@@ -348,11 +390,12 @@ class Fetcher:
 async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str, workers: int = 8,
                        token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False,
                        on_shard: Callable[[ShardResult], None] | None = None, progress=None,
-                       **fetcher_kwargs) -> list[ShardResult]:
+                       check_space: bool = False, **fetcher_kwargs) -> list[ShardResult]:
     """Fetch every shard in ``indices``; one result per index (in order), failures in ``.error``.
 
     ``on_shard`` is called as each shard lands or fails. Raises only for bad arguments
-    (``ConfigError``) or cancellation; partial downloads are kept for resume.
+    (``ConfigError``), a disk too small for the shards (``DiskFullError``, with
+    ``check_space``) or cancellation; partial downloads are kept for resume.
     """
     indices = list(dict.fromkeys(indices))
     data_dir = Path(data_dir)
@@ -369,6 +412,8 @@ async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str,
 
     async with Fetcher(data_dir, base_url, workers=workers, token=token, retry=retry, verify=verify,
                        progress=progress, **fetcher_kwargs) as f:
+        if check_space:
+            await preflight(f, indices)
         async with TaskGroup() as tg:
             for i in indices:
                 tg.create_task(one(f, i))

@@ -1,10 +1,17 @@
-"""One shard's download in progress: its byte ranges, resume state, part file and writer.
+"""One shard's download in progress: its byte ranges, its part and state files, and its writer.
 
 A ``Job`` is a shard being fetched: what the server said (size, sha256, validator),
 the ``Segment`` ranges still missing, a generation counter that abandons every
 in-flight range when the remote changes, and the running sha256 of the prefix
-written in order. ``Writer`` puts received chunks into the part file with one
-``pwritev`` per MiB, without copying them.
+written in order. Every change to the job's files (create, save, discard, publish)
+runs under the job's ``files`` lock, in the Fetcher's ``Disk`` pool.
+
+State saves are coalesced: each write marks the job dirty and one saver task per
+job loops "snapshot the ranges written so far, fsync the part, replace the state"
+until nothing new was written, so the state follows the data within one fsync
+and never claims a byte that is not durable. ``Writer`` buffers received chunks
+and writes them with one ``pwritev`` once ``FLUSH_BYTES`` arrived or
+``FLUSH_SECONDS`` passed, whichever comes first.
 """
 
 from __future__ import annotations
@@ -15,35 +22,54 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import filelock
 
-from .partial import PartState, discard, part_path
+from .disk import Disk, pwrite_and_hash
+from .partial import PartState, create_part, discard, part_path
 from .retry import Fatal
+from .shards import fsync
 
 log = logging.getLogger(__name__)
-SAVE_EVERY_S = 1.0
+FLUSH_BYTES = 128 << 10
+FLUSH_SECONDS = 0.2
 
 
 class Segment:
-    """A byte range [pos, end) of a shard still to download; ``end`` is None until the size is known."""
+    """A byte range [pos, end) still to download; ``end`` is None until the size is known.
 
-    __slots__ = ("active", "end", "pos")
+    ``pos`` counts bytes written; ``buffered`` bytes after it have arrived but are not
+    written yet (splits are decided on ``pos + buffered``, so received bytes are not
+    requested twice).
+    """
+
+    __slots__ = ("active", "buffered", "end", "pos")
 
     def __init__(self, pos: int, end: int | None):
-        self.pos, self.end, self.active = pos, end, False
+        self.pos, self.end, self.active, self.buffered = pos, end, False, 0
 
     def done(self) -> bool:
         return self.end is not None and self.pos >= self.end
+
+    def left(self) -> int:
+        """Bytes not yet received (0 when the end is unknown)."""
+        return 0 if self.end is None else max(self.end - self.pos - self.buffered, 0)
+
+
+def _sync_and_save(final: Path, state: PartState) -> None:
+    fsync(part_path(final))  # the bytes the state claims are durable before the claim
+    state.save(final)
 
 
 class Job:
     """A shard being downloaded; ``future`` resolves to its ShardResult (or FetchError)."""
 
-    def __init__(self, index: int, final: Path, url: str):
-        self.index, self.final, self.url = index, final, url
+    def __init__(self, index: int, final: Path, url: str, disk: Disk,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any]):
+        self.index, self.final, self.url, self.disk, self._spawn = index, final, url, disk, spawn
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
         self.segments: list[Segment] = []
@@ -53,9 +79,11 @@ class Job:
         self.attempts = self.downloaded = self.gen = 0
         self.lock: filelock.BaseFileLock | None = None
         self.finalizing = False
-        self.saved_at = 0.0
+        self.files = asyncio.Lock()  # serialises create / save / discard / finalize of this job's files
         self.hasher: Any = None  # sha256 of bytes [0, hashed) as written, while one range writes them in order
         self.hashed = 0
+        self._dirty = False
+        self._saver: asyncio.Task | None = None
 
     @property
     def name(self) -> str:
@@ -64,15 +92,25 @@ class Job:
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
 
-    def learned(self, size: int, sha256: str | None, validator: str | None) -> None:
-        """The first response told us what to expect: start a fresh part file of ``size`` bytes."""
+    def remaining(self) -> int:
+        """Bytes of this job not received yet (unknown ends count as nothing)."""
+        return sum(s.left() for s in self.segments)
+
+    async def learned(self, size: int, sha256: str | None, validator: str | None) -> None:
+        """The first response told us what to expect: a fresh part file of ``size`` bytes, reserved."""
         self.size, self.sha256, self.validator = size, sha256, validator
         self.hasher, self.hashed = (hashlib.sha256() if sha256 else None), 0
-        part = part_path(self.final)
-        part.unlink(missing_ok=True)  # a fresh inode: writers of an abandoned generation can't touch it
-        with open(part, "wb") as f:
-            f.truncate(size)
-        self.save(force=True)
+        gen = self.gen
+        async with self.files:
+            if gen != self.gen:
+                return
+            try:
+                await self.disk.run(create_part, self.final, size)
+            except OSError as exc:
+                raise Fatal(f"cannot create {part_path(self.final)} ({size / 1e6:.1f} MB): "
+                            f"{exc.strerror or exc}") from exc
+            state = self.snapshot()  # claims nothing yet: [[0, null]]
+            await self.disk.run(state.save, self.final)
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
@@ -80,8 +118,12 @@ class Job:
         self.gen += 1
         self.size = self.sha256 = self.validator = self.hasher = None
         self.hashed = 0
-        discard(self.final)
         self.segments = [Segment(0, None)]
+        self._spawn(self._discard())
+
+    async def _discard(self) -> None:
+        async with self.files:
+            await self.disk.run(discard, self.final)
 
     def hasher_for(self, seg: Segment) -> Any:
         """The running sha256 if ``seg``'s next bytes continue the in-order prefix, else None."""
@@ -93,52 +135,68 @@ class Job:
             self.hashed += n
         seg.pos += n
         self.downloaded += n
-        self.save()
+        self._dirty = True
+        if self._saver is None or self._saver.done():
+            self._saver = self._spawn(self._save_loop())
 
     def digest(self) -> str | None:
         """The sha256 computed while writing, when it covers the whole file."""
         return self.hasher.hexdigest() if self.hasher is not None and self.hashed == self.size else None
 
-    def save(self, force: bool = False) -> None:
-        """Record the missing ranges (never ahead of what was written)."""
-        now = time.monotonic()
-        if self.size is None or self.future.done() or not (force or now - self.saved_at >= SAVE_EVERY_S):
+    def snapshot(self) -> PartState:
+        """The resume state as of now: every range not written yet is missing (an unknown end: ``None``)."""
+        assert self.size is not None
+        missing = [[s.pos, s.end] for s in self.segments if not s.done()]
+        return PartState(self.url, self.size, self.validator, self.sha256, missing)
+
+    async def _save_loop(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            async with self.files:
+                if self.size is None or self.finalizing or self.future.done():
+                    return
+                state = self.snapshot()  # taken before the fsync: it claims only bytes the fsync covers
+                try:
+                    await self.disk.run_synced(_sync_and_save, self.final, state)
+                except OSError as exc:
+                    log.warning("%s: could not save resume state: %s", self.name, exc)
+                    return
+
+    def save_now(self) -> None:
+        """Blocking final save at shutdown (after every write has finished): fsync, then the state."""
+        if self.size is None or self.future.done() or self.finalizing:
             return
-        self.saved_at = now
-        missing = [[s.pos, s.end] for s in self.segments if s.end is not None and s.pos < s.end]
         try:
-            PartState(self.url, self.size, self.validator, self.sha256, missing).save(self.final)
+            _sync_and_save(self.final, self.snapshot())
         except OSError as exc:
             log.warning("%s: could not save resume state: %s", self.name, exc)
 
 
-def pwrite_and_hash(fd: int, chunks: list, offset: int, hasher) -> int:
-    written = os.pwritev(fd, chunks, offset)
-    if hasher is not None:
-        for c in chunks:
-            hasher.update(c)
-    return written
-
-
 class Writer:
-    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Fetcher's pool.
+    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool.
 
     The file descriptor is closed only after any write still running in the pool has finished,
     so a cancelled download never leaves a thread writing to a reused descriptor.
     """
 
-    def __init__(self, fd: int, path: Path, pool: concurrent.futures.Executor):
-        self.fd, self.path, self.pool = fd, path, pool
+    def __init__(self, fd: int, path: Path, disk: Disk):
+        self.fd, self.path, self.disk = fd, path, disk
         self.hasher = None  # set to the job's sha256 object while this range continues the hashed prefix
         self.chunks: list[bytes | memoryview] = []
         self.pending = 0
+        self.since = 0.0  # monotonic time of the oldest buffered byte
         self.inflight: concurrent.futures.Future | None = None
 
     def add(self, chunk: bytes, room: int) -> None:
         if len(chunk) > room:  # the range may have been split since this request started
             chunk = memoryview(chunk)[: max(room, 0)]
+        if not self.pending:
+            self.since = time.monotonic()
         self.chunks.append(chunk)
         self.pending += len(chunk)
+
+    def due(self) -> bool:
+        return self.pending >= FLUSH_BYTES or (self.pending > 0 and time.monotonic() - self.since >= FLUSH_SECONDS)
 
     async def flush(self, offset: int, end: int) -> int:
         """Write the buffered bytes at ``offset`` (never past ``end``); return how many."""
@@ -147,11 +205,11 @@ class Writer:
             n = max(end - offset, 0)
             chunks = [memoryview(b"".join(chunks))[:n]]
         self.chunks, self.pending = [], 0
-        self.inflight = self.pool.submit(pwrite_and_hash, self.fd, chunks, offset, self.hasher)
+        self.inflight = self.disk.submit(pwrite_and_hash, self.fd, chunks, offset, self.hasher)
         try:
             written = await asyncio.wrap_future(self.inflight)
         except OSError as exc:
-            raise Fatal(f"cannot write {self.path}: {exc} (disk full?)") from exc
+            raise Fatal(f"cannot write {self.path}: {exc.strerror or exc} (disk full?)") from exc
         if written != n:
             raise Fatal(f"short write to {self.path}: {written} of {n} bytes (disk full?)")
         return n

@@ -29,6 +29,7 @@ class RetryPolicy:
     base: float = 1.0  # first backoff ceiling, seconds
     cap: float = 60.0  # largest backoff ceiling, seconds
     connect_timeout: float = 30.0  # to open a connection
+    unreachable_after: float = 8.0  # give up on a host that never answered once it failed this long
     read_timeout: float = 60.0  # longest silence while reading a body (a stall); no total timeout
     max_retry_after: float = 300.0  # longest Retry-After (429/503) obeyed
 
@@ -53,6 +54,24 @@ class Fatal(Exception):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+class NoSpace(Fatal):
+    """The disk cannot hold this shard's part file now (``posix_fallocate`` said ENOSPC)."""
+
+    def __init__(self, message: str, needed: int):
+        super().__init__(message)
+        self.needed = needed
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Why no connection could be made (DNS failure, refused, no route), or None for other failures."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve host {exc.host!r}"
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+            exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientConnectorSSLError)):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+    return None
 
 
 def parse_retry_after(value: str | None) -> float | None:

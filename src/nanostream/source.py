@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from .config import host_of
 from .errors import ConfigError, MissingShardError
 from .shards import FolderRecord, read_record, shard_name, write_record
 
@@ -119,7 +120,9 @@ class ShardSource:
             if self._fetcher is None:
                 from .fetch import Fetcher
 
-                kwargs: dict[str, Any] = {"workers": self.workers, "token": self.token}
+                # the caller decided the token may go to base_url's host (stream() checks Config.token_hosts)
+                kwargs: dict[str, Any] = {"workers": self.workers, "token": self.token,
+                                          "token_hosts": {host_of(self.base_url or "")}}
                 if self.retry is not None:
                     kwargs["retry"] = self.retry
                 assert self.base_url is not None

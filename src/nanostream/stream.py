@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .blocking import BatchIterator
-from .config import DEFAULT_DATASET, Config, check_url, get_dataset
+from .config import DEFAULT_DATASET, Config, check_url, get_dataset, token_allowed
 from .errors import ConfigError, MissingShardError
 from .producer import Batch, Chunk, Plan, Position, Producer, _End, shard_order
 from .shards import check_rank, read_record, resolve_split, shard_name
@@ -120,7 +120,8 @@ def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_
         _check_start(start, shards, rank, world_size, epochs)
     column = record.text_column if record is not None else (ds.text_column if ds else "text")
     return Plan(data_dir=folder, split=split, shards=tuple(shards), max_shard=sp.val, text_column=column,
-                base_url=url, token=cfg.hf_token, rank=rank, world_size=world_size, epochs=epochs,
+                base_url=url, token=cfg.hf_token if url and token_allowed(url, cfg.token_hosts) else None,
+                rank=rank, world_size=world_size, epochs=epochs,
                 shuffle=shuffle, seed=seed, start=start, queue_size=queue_size, fetch_ahead=fetch_ahead,
                 fetch_workers=fetch_workers, retry=retry)
 

@@ -1,0 +1,51 @@
+"""The downloader's disk work, always off the event loop: writes, part creation, fsyncs, state saves.
+
+One ``Disk`` per Fetcher owns a small thread pool. Everything that can block on the
+filesystem (``pwritev``, creating and reserving a part file, fsync, the atomic state
+replace, finalize) runs there, so the loop keeps serving sockets while the disk is
+busy; fsyncs additionally share a semaphore (``max_syncs``) so a burst of finishing
+shards cannot queue sixteen fsyncs in front of a state save.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def pwrite_and_hash(fd: int, chunks: list, offset: int, hasher: Any) -> int:
+    """Write ``chunks`` at ``offset`` with one ``pwritev`` (no copies); feed ``hasher`` too."""
+    written = os.pwritev(fd, chunks, offset)
+    if hasher is not None:
+        for c in chunks:
+            hasher.update(c)
+    return written
+
+
+class Disk:
+    """A thread pool for blocking file work plus a cap on concurrent fsyncs."""
+
+    def __init__(self, threads: int = 4, max_syncs: int = 2) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nanostream-disk")
+        self._syncs = asyncio.Semaphore(max_syncs)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        return self.pool.submit(fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking ``fn(*args)`` in the pool; awaiting it does not block the loop."""
+        return await asyncio.wrap_future(self.pool.submit(fn, *args))
+
+    async def run_synced(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like ``run`` for work that fsyncs: at most ``max_syncs`` at a time."""
+        async with self._syncs:
+            return await self.run(fn, *args)
+
+    def close(self) -> None:
+        """Wait for every write still running (no thread outlives the Fetcher)."""
+        self.pool.shutdown(wait=True)
