@@ -180,7 +180,8 @@ async def test_tail_is_split_across_idle_connections(fault_server, tmp_path):
     gets = [r for r in srv.requests if r.method == "GET"]
     assert len(gets) >= 4  # the idle workers each took a byte range of the one shard
     assert sum(r.range is not None for r in gets) >= 3
-    assert srv.bytes_sent[NAME0] < 1.05 * (srv.root / NAME0).stat().st_size  # ~every byte once
+    size = (srv.root / NAME0).stat().st_size  # ~every byte once (a split wastes what was in flight)
+    assert srv.bytes_sent[NAME0] < 1.10 * size, srv.bytes_sent[NAME0] / size
     assert_same(srv.root, tmp_path / "l", 1)
 
 
@@ -556,3 +557,32 @@ async def test_cli_progress_bar_on_a_tty(fault_server, tmp_path, columns):
     text = screen.decode(errors="replace")
     assert "\r" in text and "shards 2/2 failed 0" in text and "B/s" in text  # a live tqdm bar
     assert "2/2 shards present" in out.decode()
+
+
+async def test_html_200_is_retried_with_backoff_and_named(tmp_path):
+    """A captive portal or a wrong URL answering 200 text/html: each attempt is one request after a
+    backoff, no part file is created from its size, and the error says what came back."""
+    from aiohttp import web
+
+    hits: list[float] = []
+
+    async def portal(request):
+        hits.append(asyncio.get_running_loop().time())
+        return web.Response(text="<!DOCTYPE html><html>Sign in to the Wi-Fi</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{name}", portal)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    policy = RetryPolicy(attempts=4, base=0.05, cap=0.05, connect_timeout=5, read_timeout=1.0)
+    try:
+        [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=url, retry=policy)
+    finally:
+        await runner.cleanup()
+    assert isinstance(res.error, RetriesExhausted) and res.attempts == 4 and len(hits) == 4
+    assert "text/html" in str(res.error) and "<!DOCTYPE html>" in str(res.error)
+    assert "resume" not in str(res.error)
+    assert not list((tmp_path / "l").glob(".nanostream.*.part"))

@@ -77,6 +77,7 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
         self._down_since: float | None = None
         self._parked: list[Job] = []  # shards waiting for disk space held by running ones
+        self.failed: dict[int, ShardResult] = {}  # index -> the result of a shard that failed
         self.meter = Meter()
         self.disk = Disk()
 
@@ -256,7 +257,7 @@ class Fetcher:
                     retryable, after = classify(exc)
                     job.attempts += 1
                     why = None if self._ranges.reached else unreachable(exc)
-                    if why is not None and self._host_down(why, exc):
+                    if why is not None and self._host_down(why, exc, now=job.attempts >= self.retry.attempts):
                         return None
                     if not retryable or job.attempts >= self.retry.attempts:
                         return self._fail(job, exc)
@@ -275,13 +276,14 @@ class Fetcher:
             job.finalizing = True
             self._spawn(self._finalize(job))
 
-    def _host_down(self, why: str, exc: BaseException) -> bool:
-        """No connection was ever made: after ``unreachable_after`` seconds fail every shard at once."""
-        now = time.monotonic()
+    def _host_down(self, why: str, exc: BaseException, *, now: bool = False) -> bool:
+        """No connection was ever made: after ``unreachable_after`` seconds (or when a shard runs out
+        of attempts) fail every shard at once, with one error."""
+        t = time.monotonic()
         if self._down_since is None:
-            self._down_since = now
+            self._down_since = t
             log.info("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
-        if now - self._down_since < self.retry.unreachable_after:
+        if not now and t - self._down_since < self.retry.unreachable_after:
             return False
         err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT or --base-url "
                          f"({self.base_url})", url=self.base_url)
@@ -383,8 +385,9 @@ class Fetcher:
         err = translate(job, exc)
         self._done(job)
         job.future.set_exception(err)
+        result = self.failed[job.index] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err)
         if self.progress is not None:
-            self.progress.shard_done(ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err))
+            self.progress.shard_done(result)
 
 
 async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str, workers: int = 8,
@@ -405,7 +408,7 @@ async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str,
         try:
             res = await f.fetch(i)
         except FetchError as exc:
-            res = ShardResult(i, None, error=exc)
+            res = f.failed.get(i) or ShardResult(i, None, error=exc)
         results[i] = res
         if on_shard is not None:
             on_shard(res)
