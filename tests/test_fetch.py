@@ -14,7 +14,7 @@ import pytest
 
 from nanostream.errors import HTTPStatusError, RetriesExhausted
 from nanostream.fetch import Fetcher, fetch_shards
-from nanostream.partial import part_path, state_path
+from nanostream.partial import PartState, part_path, state_path
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 
@@ -404,7 +404,6 @@ def test_kill9_at_many_moments_never_publishes_a_hole_and_refetches_little(tmp_p
 
 async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
     """Cancel fetches at many moments; every range the state file says is done holds the right bytes."""
-    import json
     import random
 
     remote = tmp_path / "remote"
@@ -423,17 +422,18 @@ async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
         await asyncio.gather(task, return_exceptions=True)
         if (local / NAME0).exists():
             break
-        state_file = state_path(local / NAME0)
-        if not state_file.exists():
+        if not state_path(local / NAME0).exists():
             continue
-        state = json.loads(state_file.read_text())
+        loaded = PartState.load(local / NAME0, f"{srv.url}/{NAME0}")
+        assert loaded is not None
+        state = loaded[0]
         data = part_path(local / NAME0).read_bytes()
-        assert len(data) == state["size"] == len(want)
+        assert len(data) == state.size == len(want)
         holes, pos = [], 0
-        for start, end in sorted((s, state["size"] if e is None else e) for s, e in state["missing"]):
+        for start, end in sorted(state.ranges()):
             holes.append((pos, start))
             pos = end
-        holes.append((pos, state["size"]))
+        holes.append((pos, state.size))
         for start, end in holes:  # every claimed range is exactly the remote's bytes
             assert data[start:end] == want[start:end]
         checked += 1

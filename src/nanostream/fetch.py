@@ -109,6 +109,7 @@ class Fetcher:
             self.disk.close()  # every write has finished: the final saves see all of them
             for job in list(self._jobs.values()):
                 job.save_now()
+                job.close_files()
                 self._release(job)
                 if not job.future.done():
                     job.future.cancel()
@@ -198,7 +199,7 @@ class Fetcher:
     async def _prepare(self, job: Job) -> None:
         """Skip, defer (another process has it), resume or start ``job``."""
         try:
-            status, job.lock, state = await self.disk.run(open_job, job.final, job.url, self.verify)
+            status, job.lock, state, job.pfiles = await self.disk.run(open_job, job.final, job.url, self.verify)
         except OSError as exc:
             return self._fail(job, FetchError(f"{job.name}: cannot lock {job.final.parent}: {exc}",
                                               shard=job.name, url=job.url))
@@ -310,6 +311,7 @@ class Fetcher:
         gen = job.gen
         assert job.size is not None
         async with job.files:
+            job.close_files()
             try:
                 problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest())
             except OSError as exc:
@@ -358,6 +360,7 @@ class Fetcher:
 
     # -- outcomes ---------------------------------------------------------------------------
     def _done(self, job: Job) -> None:
+        job.close_files()
         self._release(job)
         self._jobs.pop(job.index, None)
         if job in self._active:

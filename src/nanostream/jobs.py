@@ -29,9 +29,8 @@ from typing import Any
 import filelock
 
 from .disk import Disk, pwrite_and_hash
-from .partial import PartState, create_part, discard, part_path
+from .partial import PartFiles, PartState, create_part, discard, part_path
 from .retry import Fatal
-from .shards import fsync
 
 log = logging.getLogger(__name__)
 FLUSH_BYTES = 128 << 10
@@ -59,11 +58,6 @@ class Segment:
         return 0 if self.end is None else max(self.end - self.pos - self.buffered, 0)
 
 
-def _sync_and_save(final: Path, state: PartState) -> None:
-    fsync(part_path(final))  # the bytes the state claims are durable before the claim
-    state.save(final)
-
-
 class Job:
     """A shard being downloaded; ``future`` resolves to its ShardResult (or FetchError)."""
 
@@ -84,6 +78,7 @@ class Job:
         self.hashed = 0
         self._dirty = False
         self._saver: asyncio.Task | None = None
+        self.pfiles: PartFiles | None = None  # open part/state descriptors while downloading
 
     @property
     def name(self) -> str:
@@ -104,13 +99,14 @@ class Job:
         async with self.files:
             if gen != self.gen:
                 return
+            self.close_files()
             try:
                 await self.disk.run(create_part, self.final, size)
+                self.pfiles = await self.disk.run(lambda: PartFiles(self.final, fresh=True))
+                await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, null]]
             except OSError as exc:
                 raise Fatal(f"cannot create {part_path(self.final)} ({size / 1e6:.1f} MB): "
                             f"{exc.strerror or exc}") from exc
-            state = self.snapshot()  # claims nothing yet: [[0, null]]
-            await self.disk.run(state.save, self.final)
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
@@ -123,7 +119,14 @@ class Job:
 
     async def _discard(self) -> None:
         async with self.files:
+            self.close_files()
             await self.disk.run(discard, self.final)
+
+    def close_files(self) -> None:
+        """Close the part/state descriptors (waits for a save in progress in the pool)."""
+        if self.pfiles is not None:
+            self.pfiles.close()
+            self.pfiles = None
 
     def hasher_for(self, seg: Segment) -> Any:
         """The running sha256 if ``seg``'s next bytes continue the in-order prefix, else None."""
@@ -153,21 +156,21 @@ class Job:
         while self._dirty:
             self._dirty = False
             async with self.files:
-                if self.size is None or self.finalizing or self.future.done():
+                if self.size is None or self.finalizing or self.future.done() or self.pfiles is None:
                     return
-                state = self.snapshot()  # taken before the fsync: it claims only bytes the fsync covers
+                state = self.snapshot()  # taken before the fdatasync: it claims only bytes the sync covers
                 try:
-                    await self.disk.run_synced(_sync_and_save, self.final, state)
+                    await self.disk.run_synced(self.pfiles.save, state)
                 except OSError as exc:
                     log.warning("%s: could not save resume state: %s", self.name, exc)
                     return
 
     def save_now(self) -> None:
         """Blocking final save at shutdown (after every write has finished): fsync, then the state."""
-        if self.size is None or self.future.done() or self.finalizing:
+        if self.size is None or self.future.done() or self.finalizing or self.pfiles is None:
             return
         try:
-            _sync_and_save(self.final, self.snapshot())
+            self.pfiles.save(self.snapshot())
         except OSError as exc:
             log.warning("%s: could not save resume state: %s", self.name, exc)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import filelock
 
 from .errors import DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
-from .partial import PartState, discard, lock_path, part_path
+from .partial import PartFiles, PartState, discard, lock_path, part_path
 from .retry import Fatal, NoSpace, classify, describe
 from .shards import shard_name
 
@@ -50,16 +50,24 @@ def try_lock(final: Path) -> filelock.BaseFileLock | None:
     return lock
 
 
-def open_job(final: Path, url: str, verify: bool) -> tuple[str, filelock.BaseFileLock | None, PartState | None]:
-    """("present" | "busy" | "verify" | "start", lock, resume state). Blocking."""
+def open_job(final: Path, url: str, verify: bool
+             ) -> tuple[str, filelock.BaseFileLock | None, PartState | None, PartFiles | None]:
+    """("present" | "busy" | "verify" | "start", lock, resume state, its open files). Blocking."""
     if final.exists() and not verify:
-        return "present", None, None
+        return "present", None, None, None
     lock = try_lock(final)
     if lock is None:
-        return "busy", None, None
+        return "busy", None, None, None
     if final.exists():
-        return "verify", lock, None
-    return "start", lock, PartState.load(final, url)
+        return "verify", lock, None, None
+    loaded = PartState.load(final, url)
+    if loaded is None:
+        return "start", lock, None, None
+    try:
+        return "start", lock, loaded[0], PartFiles(final, seq=loaded[1])
+    except BaseException:
+        lock.release()
+        raise
 
 
 def translate(job: Job, exc: BaseException) -> FetchError:

@@ -4,11 +4,14 @@ For a shard ``shard_00007.parquet`` in DIR the downloader uses, all hidden:
 
 - ``.nanostream.shard_00007.parquet.part``  the bytes so far (written at their offsets)
 - ``.nanostream.shard_00007.parquet.state`` JSON: URL, size, validator, sha256 and the
-  byte ranges still missing; written atomically and never ahead of the data
+  byte ranges still missing, in two checksummed slots written in turn in place
+  (the newest valid slot wins, so a torn write falls back to the previous state)
 - ``.nanostream.shard_00007.parquet.lock``  an flock held by the process downloading it
 
-"Never ahead of the data": a state file only claims bytes that were written *and*
-fsynced before it was written (``Job.snapshot`` then ``fsync(part)`` then ``save``).
+"Never ahead of the data": a state slot only claims bytes that were written *and*
+fdatasynced before it was written (``Job.snapshot``, then ``PartFiles.save``: fdatasync
+the part, then pwrite the slot). The state itself needs no fsync: a slot lost or torn
+by a power cut leaves the older one, which claims less.
 A missing range whose end is not known yet is saved as ``[start, null]``: from
 ``start`` to the end of the file. Only ``finalize`` creates the final name: fsync the
 part, check length, parquet magic and sha256, ``os.replace``, fsync the folder.
@@ -20,12 +23,18 @@ import errno
 import hashlib
 import json
 import os
+import struct
+import threading
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .shards import fsync
 
 PARQUET_MAGIC = b"PAR1"
+SLOT = 64 << 10  # bytes per state slot (a state with thousands of ranges still fits)
+SLOT_HEADER = struct.Struct("<4sQII")  # magic, sequence number, JSON length, crc32 of the JSON
+SLOT_MAGIC = b"NSS1"
 
 
 def part_path(final: Path) -> Path:
@@ -50,38 +59,81 @@ class PartState:
     sha256: str | None = None
     missing: list[list[int | None]] = field(default_factory=list)  # [start, end) to fetch; end None = EOF
 
-    def save(self, final: Path) -> None:
-        """Atomically replace the state file (blocking; the part file must be fsynced first)."""
-        path = state_path(final)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
+    def encode(self, seq: int) -> bytes:
+        body = json.dumps(asdict(self), separators=(",", ":")).encode()
+        if SLOT_HEADER.size + len(body) > SLOT:
+            raise OSError(errno.EFBIG, f"resume state of {len(self.missing)} ranges does not fit a slot")
+        return SLOT_HEADER.pack(SLOT_MAGIC, seq, len(body), zlib.crc32(body)) + body
 
     def ranges(self) -> list[tuple[int, int]]:
         """``missing`` with open ends closed at ``size``."""
         return [(s, self.size if e is None else e) for s, e in self.missing]
 
     @classmethod
-    def load(cls, final: Path, url: str) -> PartState | None:
-        """The saved state if it matches ``url`` and a part file of the right size exists, else None
-        (and the stale files are removed). Blocking."""
-        path, part = state_path(final), part_path(final)
+    def load(cls, final: Path, url: str) -> tuple[PartState, int] | None:
+        """The newest valid saved state and its sequence number, if it matches ``url`` and a part
+        file of the right size exists; else None (and the stale files are removed). Blocking."""
+        part = part_path(final)
         try:
-            state = cls(**json.loads(path.read_text()))
-            ok = (state.url == url and isinstance(state.size, int) and part.stat().st_size == state.size
-                  and all(isinstance(s, int) and (e is None or isinstance(e, int)) for s, e in state.missing)
-                  and all(0 <= s <= e <= state.size for s, e in state.ranges()))
-        except (OSError, ValueError, TypeError):
-            ok, state = False, None
+            best = None
+            raw = state_path(final).read_bytes()
+            for off in (0, SLOT):
+                magic, seq, n, crc = SLOT_HEADER.unpack_from(raw.ljust(off + SLOT_HEADER.size, b"\0"), off)
+                body = raw[off + SLOT_HEADER.size: off + SLOT_HEADER.size + n]
+                if magic == SLOT_MAGIC and len(body) == n and zlib.crc32(body) == crc and (best is None or seq > best[1]):
+                    best = (cls(**json.loads(body)), seq)
+            ok = best is not None and best[0].valid(url) and part.stat().st_size == best[0].size
+        except (OSError, ValueError, TypeError, struct.error):
+            ok, best = False, None
         if not ok:
             discard(final)
             return None
-        return state
+        return best
+
+    def valid(self, url: str) -> bool:
+        return (self.url == url and isinstance(self.size, int)
+                and all(isinstance(s, int) and (e is None or isinstance(e, int)) for s, e in self.missing)
+                and all(0 <= s <= e <= self.size for s, e in self.ranges()))
+
+
+class PartFiles:
+    """Open descriptors of a shard's part and state files, for the saves of one download attempt.
+
+    ``save`` (blocking, in the disk pool) fdatasyncs the part, then writes the state to the
+    slot after the last one. A lock makes ``close`` wait for a save in progress.
+    """
+
+    def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
+        self.part = os.open(part_path(final), os.O_RDONLY)
+        try:
+            self.state = os.open(state_path(final), flags, 0o644)
+        except BaseException:
+            os.close(self.part)
+            raise
+        self.seq = seq
+        self._lock = threading.Lock()
+
+    def save(self, state: PartState) -> None:
+        with self._lock:
+            if self.part < 0:
+                return
+            os.fdatasync(self.part)  # the bytes the state claims are durable before the claim
+            self.seq += 1
+            data = state.encode(self.seq)
+            os.pwrite(self.state, data, (self.seq % 2) * SLOT)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.part >= 0:
+                os.close(self.part)
+                os.close(self.state)
+                self.part = self.state = -1
 
 
 def discard(final: Path) -> None:
     """Remove a shard's part and state files (not its lock)."""
-    for p in (part_path(final), state_path(final), state_path(final).with_name(state_path(final).name + ".tmp")):
+    for p in (part_path(final), state_path(final)):
         p.unlink(missing_ok=True)
 
 
