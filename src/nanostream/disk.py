@@ -1,10 +1,11 @@
 """The downloader's disk work, always off the event loop: writes, part creation, fsyncs, state saves.
 
-One ``Disk`` per Fetcher owns a small thread pool. Everything that can block on the
-filesystem (``pwritev``, creating and reserving a part file, fsync, the atomic state
-replace, finalize) runs there, so the loop keeps serving sockets while the disk is
-busy; fsyncs additionally share a semaphore (``max_syncs``) so a burst of finishing
-shards cannot queue sixteen fsyncs in front of a state save.
+One ``Disk`` per Fetcher owns two small thread pools: one for the body writes
+(``pwritev`` + sha256), one for everything else that can block on the filesystem
+(locks, creating and reserving a part file, fdatasync + state saves, finalize), so a
+write never queues behind an fsync and the loop keeps serving sockets while the disk
+is busy. Syncs additionally share a semaphore (``max_syncs``) so a burst of
+finishing shards cannot queue sixteen fsyncs in front of one state save.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ class Disk:
     """A thread pool for blocking file work plus a cap on concurrent fsyncs."""
 
     def __init__(self, threads: int = 4, max_syncs: int = 2) -> None:
+        self.writes = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanostream-write")
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nanostream-disk")
         self._syncs = asyncio.Semaphore(max_syncs)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        return self.pool.submit(fn, *args)
+        """Start a body write (``pwrite_and_hash``) in the write pool."""
+        return self.writes.submit(fn, *args)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` in the pool; awaiting it does not block the loop."""
@@ -47,5 +50,6 @@ class Disk:
             return await self.run(fn, *args)
 
     def close(self) -> None:
-        """Wait for every write still running (no thread outlives the Fetcher)."""
+        """Wait for every write and sync still running (no thread outlives the Fetcher)."""
+        self.writes.shutdown(wait=True)
         self.pool.shutdown(wait=True)

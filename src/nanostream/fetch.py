@@ -79,7 +79,7 @@ class Fetcher:
         self._parked: list[Job] = []  # shards waiting for disk space held by running ones
         self.failed: dict[int, ShardResult] = {}  # index -> the result of a shard that failed
         self.meter = Meter()
-        self.disk = Disk()
+        self.disk = Disk(threads=max(4, min(16, workers // 2)))
 
     def headers_for(self, url: str) -> dict[str, str]:
         headers = {"Accept-Encoding": "identity"}
@@ -168,12 +168,16 @@ class Fetcher:
             await event.wait()
 
     def min_piece(self) -> int:
-        """Smallest range worth a request of its own: ~4 round trips of one connection's bytes."""
+        """Smallest range worth a request of its own: two round trips of one connection's bytes.
+
+        A split pays one round trip before its bytes flow, so halving ``L`` bytes wins once
+        ``L/2`` exceeds one round trip's worth; two leaves a margin for the estimates' noise.
+        """
         if self.min_split is not None:
             return self.min_split
         if not self.meter.rate:
             return 512 << 10
-        return int(min(max(self.meter.rate * self.meter.rtt * 4, 128 << 10), 16 << 20))
+        return int(min(max(self.meter.rate * self.meter.rtt * 2, 64 << 10), 16 << 20))
 
     def _steal(self) -> tuple[Job, Segment] | None:
         """Split the range with the most bytes left to receive; the idle worker takes its back half."""

@@ -153,6 +153,8 @@ class Job:
         return PartState(self.url, self.size, self.validator, self.sha256, missing)
 
     async def _save_loop(self) -> None:
+        if os.environ.get("XNOSAVE"):
+            return
         while self._dirty:
             self._dirty = False
             async with self.files:
