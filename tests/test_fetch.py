@@ -586,3 +586,50 @@ async def test_html_200_is_retried_with_backoff_and_named(tmp_path):
     assert "text/html" in str(res.error) and "<!DOCTYPE html>" in str(res.error)
     assert "resume" not in str(res.error)
     assert not list((tmp_path / "l").glob(".nanostream.*.part"))
+
+
+async def test_token_is_not_carried_across_a_redirect_to_another_host(tmp_path):
+    """The Hub answers 302 to its CDN: the token goes to the Hub's host, never to the CDN's."""
+    from aiohttp import web
+
+    from nanostream.serve import make_app
+
+    remote = tmp_path / "remote"
+    remote_shards(remote, 1)
+    seen: dict[str, list] = {"hub": [], "cdn": []}
+
+    def recorder(who):
+        @web.middleware
+        async def record(request, handler):
+            seen[who].append(request.headers.get("Authorization"))
+            return await handler(request)
+        return record
+
+    cdn = make_app(remote)
+    cdn.middlewares.append(recorder("cdn"))
+    cdn_runner = web.AppRunner(cdn)
+    await cdn_runner.setup()
+    cdn_site = web.TCPSite(cdn_runner, "127.0.0.2", 0)
+    await cdn_site.start()
+    cdn_url = f"http://127.0.0.2:{cdn_site._server.sockets[0].getsockname()[1]}"
+
+    async def hub(request):
+        seen["hub"].append(request.headers.get("Authorization"))
+        raise web.HTTPFound(f"{cdn_url}/{request.match_info['name']}")
+
+    hub_app = web.Application()
+    hub_app.router.add_get("/{name}", hub)
+    hub_runner = web.AppRunner(hub_app)
+    await hub_runner.setup()
+    hub_site = web.TCPSite(hub_runner, "127.0.0.1", 0)
+    await hub_site.start()
+    port = hub_site._server.sockets[0].getsockname()[1]
+    try:
+        [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=f"http://127.0.0.1:{port}",
+                                   retry=FAST, token="hf_s3cret", token_hosts={f"127.0.0.1:{port}"})
+    finally:
+        await hub_runner.cleanup()
+        await cdn_runner.cleanup()
+    assert res.error is None, res.error
+    assert seen["hub"] and all(h == "Bearer hf_s3cret" for h in seen["hub"])
+    assert seen["cdn"] and all(h is None for h in seen["cdn"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from nanostream.partial import SLOT, PartFiles, PartState, create_part, part_path, state_path
@@ -39,7 +40,7 @@ def test_a_state_for_another_url_or_size_or_format_is_discarded(tmp_path):
     assert PartState.load(final, URL + "x") is None
     assert not part_path(final).exists() and not state_path(final).exists()
     create_part(final, 10)
-    state_path(final).write_text('{"url": "%s", "size": 10, "missing": []}' % URL)  # the old JSON format
+    state_path(final).write_text(json.dumps({"url": URL, "size": 10, "missing": []}))  # the old JSON format
     assert PartState.load(final, URL) is None and not part_path(final).exists()
 
 
