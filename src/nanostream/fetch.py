@@ -3,11 +3,9 @@
 ``Fetcher`` runs W worker tasks; each holds at most one connection, so W bounds the
 connections (the session's connector is capped at W as well). A worker takes, in
 order: an idle byte range of a shard already started (a resumed or retried one),
-the next queued shard, or -- once the queue is empty -- half of the range with the
-most bytes still to *receive*, so every connection gets a slice of the tail and
-all finish together. A range is split only if each half is at least a few round
-trips of bytes at the measured per-connection rate (``min_piece``), and a shard's
-finalize (fsync, checks, rename) runs in its own task so its worker moves on at once.
+the next queued shard, or -- once the queue is empty -- a slice of the tail
+(``tail.py``). A shard's finalize (fsync, checks, rename) runs in its own task so
+its worker moves on at once. How each shard is settled lives in ``outcomes.py``.
 
 Guarantees (see ``partial.py`` and ``jobs.py`` for the files): bytes land in a
 hidden part file at their offsets, reserved up front (a disk too small for the
@@ -22,9 +20,7 @@ flock keeps two processes from downloading the same shard.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
@@ -36,11 +32,12 @@ from .disk import Disk
 from .download import Meter, RangeDownloader
 from .errors import ConfigError, FetchError, VerificationError
 from .jobs import Job, Segment
-from .outcomes import ShardResult, open_job, translate, try_lock
+from .outcomes import Ledger, ShardResult, open_job, try_lock
 from .partial import check_file, finalize
 from .retry import NoSpace, RetryPolicy, classify, describe, unreachable
 from .shards import shard_name
 from .space import check_space as preflight
+from .tail import min_piece, split_tail
 
 __all__ = ["Fetcher", "RetryPolicy", "ShardResult", "fetch_shards"]
 
@@ -48,7 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy()
 
 
-class Fetcher:
+class Fetcher(Ledger):
     """Download shards into ``data_dir`` from ``base_url/shard_XXXXX.parquet``.
 
     Use as ``async with Fetcher(dir, url) as f: result = await f.fetch(7)``; concurrent
@@ -69,15 +66,10 @@ class Fetcher:
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
         self.min_split, self.poll_interval = min_split, poll_interval
         self.token, self.token_hosts = token, frozenset(token_hosts)
-        self._jobs: dict[int, Job] = {}
-        self._pending: collections.deque[Job] = collections.deque()
-        self._active: list[Job] = []
+        super().__init__()
         self._tasks: set[asyncio.Task] = set()
         self._event = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
-        self._down_since: float | None = None
-        self._parked: list[Job] = []  # shards waiting for disk space held by running ones
-        self.failed: dict[int, ShardResult] = {}  # index -> the result of a shard that failed
         self.meter = Meter()
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
 
@@ -168,37 +160,10 @@ class Fetcher:
             await event.wait()
 
     def min_piece(self) -> int:
-        """Smallest range worth a request of its own: two round trips of one connection's bytes.
-
-        A split pays one round trip before its bytes flow, so halving ``L`` bytes wins once
-        ``L/2`` exceeds one round trip's worth; two leaves a margin for the estimates' noise.
-        """
-        if self.min_split is not None:
-            return self.min_split
-        if not self.meter.rate:
-            return 512 << 10
-        return int(min(max(self.meter.rate * self.meter.rtt * 2, 64 << 10), 16 << 20))
+        return self.min_split if self.min_split is not None else min_piece(self.meter)
 
     def _steal(self) -> tuple[Job, Segment] | None:
-        """Split the range with the most bytes left to receive; the idle worker takes its back half."""
-        floor = self.min_piece()
-        best: tuple[int, Job, Segment] | None = None
-        for job in self._active:
-            if job.finalizing:
-                continue
-            for seg in job.segments:
-                left = seg.left()
-                if seg.active and left >= 2 * floor and (best is None or left > best[0]):
-                    best = (left, job, seg)
-        if best is None:
-            return None
-        left, job, seg = best
-        assert seg.end is not None
-        new = Segment(seg.end - left // 2, seg.end)
-        seg.end = new.pos
-        new.active = True
-        job.segments.append(new)
-        return job, new
+        return split_tail(self._active, self.min_piece())
 
     async def _prepare(self, job: Job) -> None:
         """Skip, defer (another process has it), resume or start ``job``."""
@@ -281,36 +246,6 @@ class Fetcher:
             job.finalizing = True
             self._spawn(self._finalize(job))
 
-    def _host_down(self, why: str, exc: BaseException, *, now: bool = False) -> bool:
-        """No connection was ever made: after ``unreachable_after`` seconds (or when a shard runs out
-        of attempts) fail every shard at once, with one error."""
-        t = time.monotonic()
-        if self._down_since is None:
-            self._down_since = t
-            log.info("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
-        if not now and t - self._down_since < self.retry.unreachable_after:
-            return False
-        err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT or --base-url "
-                         f"({self.base_url})", url=self.base_url)
-        err.__cause__ = exc
-        for other in [*self._pending, *self._active]:
-            self._fail(other, err)
-        self._pending.clear()
-        return True
-
-    def _no_space(self, job: Job, exc: NoSpace) -> None:
-        """The disk can't hold this shard now: wait for the running shards, or fail if none runs."""
-        holders = [j for j in self._active if j is not job and j.size is not None]
-        if job in self._active:
-            self._active.remove(job)
-        if holders:
-            log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
-                     job.name, exc.needed / 1e6, len(holders))
-            job.segments = []
-            self._parked.append(job)
-            return None
-        return self._fail(job, exc)
-
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
         assert job.size is not None
@@ -362,39 +297,6 @@ class Fetcher:
         job.final.unlink(missing_ok=True)
         return False
 
-    # -- outcomes ---------------------------------------------------------------------------
-    def _done(self, job: Job) -> None:
-        job.close_files()
-        self._release(job)
-        self._jobs.pop(job.index, None)
-        if job in self._active:
-            self._active.remove(job)
-        while self._parked:  # space was freed (or a reservation ended): parked shards try again
-            self._pending.appendleft(self._parked.pop())
-        self._notify()
-
-    def _release(self, job: Job) -> None:
-        if job.lock is not None:
-            job.lock.release()
-            job.lock = None
-
-    def _resolve(self, job: Job, *, skipped: bool) -> None:
-        size = job.final.stat().st_size
-        result = ShardResult(job.index, job.final, size, job.downloaded, job.attempts, skipped)
-        self._done(job)
-        job.future.set_result(result)
-        if self.progress is not None:
-            self.progress.shard_done(result)
-
-    def _fail(self, job: Job, exc: BaseException) -> None:
-        if job.future.done():
-            return
-        err = translate(job, exc)
-        self._done(job)
-        job.future.set_exception(err)
-        result = self.failed[job.index] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err)
-        if self.progress is not None:
-            self.progress.shard_done(result)
 
 
 async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str, workers: int = 8,

@@ -4,23 +4,32 @@
 resumable?), run in the Fetcher's disk pool. ``translate`` is the one boundary
 where whatever ended a shard (an HTTP status, exhausted retries, a full disk)
 becomes the ``FetchError`` the caller sees, with a message that says what to do.
+``Ledger`` (the Fetcher's base) keeps the shards' queues and settles each one:
+resolved, failed, parked until disk space frees up, or failed all at once when
+the host was never reached.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
 from .errors import DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
 from .partial import PartFiles, PartState, discard, lock_path, part_path
-from .retry import Fatal, NoSpace, classify, describe
+from .retry import Fatal, NoSpace, RetryPolicy, classify, describe
 from .shards import shard_name
 
 if TYPE_CHECKING:
     from .jobs import Job
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,3 +103,84 @@ def translate(job: Job, exc: BaseException) -> FetchError:
             f"({job.url}){hint}", attempts=job.attempts, shard=job.name, url=job.url)
     err.__cause__ = exc
     return err
+
+
+class Ledger:
+    """The shards a Fetcher knows of, by state, and how each one is settled."""
+
+    base_url: str
+    retry: RetryPolicy
+    progress: Any
+    _notify: Callable[[], None]
+
+    def __init__(self) -> None:
+        self._jobs: dict[int, Job] = {}
+        self._pending: collections.deque[Job] = collections.deque()
+        self._active: list[Job] = []
+        self._parked: list[Job] = []  # shards waiting for disk space held by running ones
+        self._down_since: float | None = None
+        self.failed: dict[int, ShardResult] = {}  # index -> the result of a shard that failed
+
+    def _host_down(self, why: str, exc: BaseException, *, now: bool = False) -> bool:
+        """No connection was ever made: after ``unreachable_after`` seconds (or when a shard runs out
+        of attempts) fail every shard at once, with one error."""
+        t = time.monotonic()
+        if self._down_since is None:
+            self._down_since = t
+            log.info("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
+        if not now and t - self._down_since < self.retry.unreachable_after:
+            return False
+        err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT or --base-url "
+                         f"({self.base_url})", url=self.base_url)
+        err.__cause__ = exc
+        for other in [*self._pending, *self._active]:
+            self._fail(other, err)
+        self._pending.clear()
+        return True
+
+    def _no_space(self, job: Job, exc: NoSpace) -> None:
+        """The disk can't hold this shard now: wait for the running shards, or fail if none runs."""
+        holders = [j for j in self._active if j is not job and j.size is not None]
+        if job in self._active:
+            self._active.remove(job)
+        if holders:
+            log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
+                     job.name, exc.needed / 1e6, len(holders))
+            job.segments = []
+            self._parked.append(job)
+            return None
+        return self._fail(job, exc)
+
+
+    def _done(self, job: Job) -> None:
+        job.close_files()
+        self._release(job)
+        self._jobs.pop(job.index, None)
+        if job in self._active:
+            self._active.remove(job)
+        while self._parked:  # space was freed (or a reservation ended): parked shards try again
+            self._pending.appendleft(self._parked.pop())
+        self._notify()
+
+    def _release(self, job: Job) -> None:
+        if job.lock is not None:
+            job.lock.release()
+            job.lock = None
+
+    def _resolve(self, job: Job, *, skipped: bool) -> None:
+        size = job.final.stat().st_size
+        result = ShardResult(job.index, job.final, size, job.downloaded, job.attempts, skipped)
+        self._done(job)
+        job.future.set_result(result)
+        if self.progress is not None:
+            self.progress.shard_done(result)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        if job.future.done():
+            return
+        err = translate(job, exc)
+        self._done(job)
+        job.future.set_exception(err)
+        result = self.failed[job.index] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err)
+        if self.progress is not None:
+            self.progress.shard_done(result)
