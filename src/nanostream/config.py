@@ -9,6 +9,12 @@ resulting object is passed explicitly to whatever needs it.
 | HF_TOKEN              | unset                   | bearer token sent to the Hub, never printed    |
 | HF_ENDPOINT           | https://huggingface.co  | replaces the Hub's address                     |
 | NANOSTREAM_LOOP       | asyncio                 | event loop for fetch: ``asyncio`` or ``uvloop``|
+| AWS_ENDPOINT_URL_S3   | unset (AWS)             | an S3-compatible store for s3:// (R2, MinIO)   |
+| AWS_ENDPOINT_URL      | unset (AWS)             | the same, when AWS_ENDPOINT_URL_S3 is unset    |
+
+AWS credentials, profile and region are resolved by botocore's standard chain
+(``s3.S3Signer.create``), which reads its own variables (AWS_ACCESS_KEY_ID,
+AWS_PROFILE, AWS_DEFAULT_REGION, ...) and ``~/.aws``.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class Config:
     hf_endpoint: str = DEFAULT_ENDPOINT
     hf_token: str | None = field(default=None, repr=False)
     loop: str = "asyncio"
+    s3_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -76,11 +83,15 @@ class Config:
         loop = env.get("NANOSTREAM_LOOP") or "asyncio"
         if loop not in LOOPS:
             raise ConfigError(f"NANOSTREAM_LOOP={loop!r}: choose asyncio or uvloop")
+        s3 = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        if s3 and not s3.startswith(("http://", "https://")):
+            raise ConfigError(f"AWS_ENDPOINT_URL(_S3)={s3!r} is not an http:// or https:// URL")
         return cls(
             base_dir=Path(base).expanduser(),
             hf_endpoint=endpoint,
             hf_token=env.get("HF_TOKEN") or None,
             loop=loop,
+            s3_endpoint=check_url(s3) if s3 else None,
         )
 
     def data_dir(self, dataset: str = DEFAULT_DATASET) -> Path:
