@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
+import socket
+import subprocess
 import sys
+import time
 import uuid
 
 import aiohttp
@@ -59,6 +64,52 @@ def bucket(moto_url, aws_env):
     client.create_bucket(Bucket=name)
     yield name, client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def strict_moto():
+    """moto in a subprocess that checks every SigV4 signature (after 3 unsigned IAM set-up calls).
+
+    Yields (url, access key, secret) of an IAM user allowed s3:*, and a bucket filled by it.
+    """
+    import botocore.session
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "AWS_ACCESS_KEY_ID": "setup",
+           "AWS_SECRET_ACCESS_KEY": "setup", "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("moto server did not start")
+                time.sleep(0.1)
+        session = botocore.session.get_session()
+        iam = session.create_client("iam", region_name="us-east-1", endpoint_url=url,
+                                    aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="nano")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="nano", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="nano")["AccessKey"]
+        iam.close()
+        s3 = session.create_client("s3", region_name="us-east-1", endpoint_url=url,
+                                   aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        s3.create_bucket(Bucket="strict")
+        for k in ("p/a.parquet", "p/odd key+(1)=&.parquet", "p/z/b.parquet"):
+            put(s3, "strict", k, sha=True)
+        s3.close()
+        yield url, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def put(client, bucket, key, body=BODY, *, sha=False):
@@ -231,3 +282,21 @@ def test_config_reads_the_s3_endpoint():
     assert Config.from_env(both).s3_endpoint == "https://r2.example"
     with pytest.raises(ConfigError, match=r"AWS_ENDPOINT_URL\(_S3\)='minio:9000' is not an http"):
         Config.from_env({"AWS_ENDPOINT_URL": "minio:9000"})
+
+
+async def test_signatures_pass_a_store_that_checks_them(strict_moto, aws_env):
+    url, key_id, secret = strict_moto
+    aws_env.setenv("AWS_ACCESS_KEY_ID", key_id)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    cat = await s3_catalog("s3://strict/p/", endpoint=url, page_size=1, retry=FAST)  # continuation tokens
+    assert [(f.path, f.verification) for f in cat.files] == [
+        ("a.parquet", "sha256"), ("odd key+(1)=&.parquet", "sha256"), ("z/b.parquet", "sha256")]
+    signer = await S3Signer.create(url)
+    obj = signer.object_url("strict", "p/odd key+(1)=&.parquet")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(URL(obj, encoded=True), headers=signer.get_headers(obj, 2, 6)) as resp:
+            assert resp.status == 206 and await resp.read() == BODY[2:6]
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(DatasetError, match=r"access denied \(HTTP 403\) \(SignatureDoesNotMatch.*credentials found "
+                                           r"were refused; set AWS_ACCESS_KEY_ID"):
+        await s3_catalog("s3://strict/p/", endpoint=url, retry=FAST)
