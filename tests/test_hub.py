@@ -177,3 +177,14 @@ async def test_resolve_urls_serve_the_listed_bytes_with_hub_headers(tmp_path):
     assert resp.status == 206 and body == (tmp_path / "repo/data/a.parquet").read_bytes()[4:]
     assert linked["X-Linked-Etag"] == f'"{shas["data/a.parquet"]}"' == f'"{f.sha256}"'
     assert linked["X-Linked-Size"] == str(f.size) and linked["X-Repo-Commit"] == cat.revision
+
+
+async def test_a_path_may_name_one_file(tmp_path):
+    shas = make_repo(tmp_path / "repo", LAYOUT)
+    async with HubServer() as hub:
+        hub.add_repo("org/name", tmp_path / "repo")
+        cat = await hub_catalog("hf://datasets/org/name/data/train-00001.parquet", endpoint=hub.url)
+        with pytest.raises(DatasetError, match=r"no \*\.parquet files at commit"):
+            await hub_catalog("hf://datasets/org/name/data/nope.parquet", endpoint=hub.url)
+    assert [(f.path, f.sha256) for f in cat.files] == [("train-00001.parquet", shas["data/train-00001.parquet"])]
+    assert cat.files[0].url.endswith("/data/train-00001.parquet")

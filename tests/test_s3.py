@@ -300,3 +300,17 @@ async def test_signatures_pass_a_store_that_checks_them(strict_moto, aws_env):
     with pytest.raises(DatasetError, match=r"access denied \(HTTP 403\) \(SignatureDoesNotMatch.*credentials found "
                                            r"were refused; set AWS_ACCESS_KEY_ID"):
         await s3_catalog("s3://strict/p/", endpoint=url, retry=FAST)
+
+
+async def test_an_object_gone_between_listing_and_head_is_an_error(aws_env):
+    listing = LISTING.replace(b"</ETag>", b"</ETag><ChecksumAlgorithm>SHA256</ChecksumAlgorithm>")
+
+    def list_then_gone(n: int) -> web.Response:
+        return web.Response(body=listing) if n == 1 else web.Response(status=404)
+
+    runner, url, _ = await refusing_store(list_then_gone)
+    try:
+        with pytest.raises(DatasetError, match=r"/bkt/p/a\.parquet: the object was listed but is gone"):
+            await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
+    finally:
+        await runner.cleanup()

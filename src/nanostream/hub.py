@@ -101,7 +101,8 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
     """The parquet files under ``url`` at one commit, as a Catalog pinned to that commit's sha.
 
     ``revision`` (a recorded sha) replaces the one in the URL: a folder fetched before
-    lists the same commit again. Paths in the catalog are relative to ``PATH``.
+    lists the same commit again. Paths in the catalog are relative to ``PATH``; a ``PATH``
+    ending in ``.parquet`` names one file.
     """
     hp = parse_hub_url(url)
     if session is None:
@@ -112,8 +113,13 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
                                      text_column=text_column, revision=revision, session=own, retry=retry)
     api = Api(session, endpoint.rstrip("/"), token, hp, retry)
     sha = await api.resolve(revision or hp.revision or "main")
-    entries = await api.tree(sha)
-    prefix = f"{hp.path}/" if hp.path else ""
+    if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
+        folder = hp.path.rpartition("/")[0]
+        entries = [e for e in await api.tree(sha, folder, recursive=False) if e.get("path") == hp.path]
+        prefix = f"{folder}/" if folder else ""
+    else:
+        entries = await api.tree(sha, hp.path)
+        prefix = f"{hp.path}/" if hp.path else ""
     files, seen = [], 0
     for e in entries:
         if e.get("type") != "file":
@@ -149,9 +155,9 @@ class Api:
                                f"no commit sha (got {sha!r}); is HF_ENDPOINT a Hub?")
         return sha
 
-    async def tree(self, sha: str) -> list[dict[str, Any]]:
-        path = f"/{quote(self.hp.path, safe='')}" if self.hp.path else ""
-        url: str | None = f"{self.base}/tree/{sha}{path}?recursive=true"
+    async def tree(self, sha: str, folder: str, *, recursive: bool = True) -> list[dict[str, Any]]:
+        path = f"/{quote(folder, safe='')}" if folder else ""
+        url: str | None = f"{self.base}/tree/{sha}{path}{'?recursive=true' if recursive else ''}"
         entries: list[dict[str, Any]] = []
         while url is not None:
             page, url = await self._get(url, sha)

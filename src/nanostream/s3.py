@@ -166,9 +166,17 @@ async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | No
     sha = [o for o in keep if "SHA256" in o["algorithms"]]
     if sha:
         gate = asyncio.Semaphore(max(1, heads))
-        async with TaskGroup() as tg:
-            for o in sha:
-                tg.create_task(lister.checksum(o, gate))
+        try:
+            async with TaskGroup() as tg:
+                for o in sha:
+                    tg.create_task(lister.checksum(o, gate))
+        except Exception as exc:  # the TaskGroup wraps the first failure in an ExceptionGroup: unwrap it
+            first = exc
+            while getattr(first, "exceptions", None):
+                first = first.exceptions[0]
+            if first is exc:
+                raise
+            raise first from first.__cause__  # keep its own cause
     files = [DataFile(o["key"][len(sp.prefix):], o["size"], o.get("sha256"), o["md5"],
                       f"s3://{sp.bucket}/{o['key']}") for o in keep]
     files.sort(key=lambda f: f.path)
@@ -237,7 +245,7 @@ class Lister:
                     body = await resp.read()
                     if resp.status == 200:
                         return resp.status, resp.headers, body
-                    self._refuse(resp, body)
+                    self._refuse(resp, body, url)
             except DatasetError:
                 raise
             except _Moved as moved:
@@ -251,7 +259,7 @@ class Lister:
                                            f"{describe(exc)} ({url})", attempts=failures, url=url) from exc
                 await asyncio.sleep(self.retry.backoff(failures, after))
 
-    def _refuse(self, resp: aiohttp.ClientResponse, body: bytes) -> None:
+    def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> None:
         code = message = ""
         if body:
             try:
@@ -266,6 +274,9 @@ class Lister:
         if resp.status in RETRY_STATUSES or code in ("SlowDown", "InternalError"):
             raise Transient(f"HTTP {resp.status} {code}".strip(), parse_retry_after(resp.headers.get("Retry-After")))
         where, detail = f"s3://{self.sp.bucket}", f" ({code}: {message})" if code else ""
+        if resp.method == "HEAD" and resp.status == 404:
+            raise DatasetError(f"{url}: the object was listed but is gone (HTTP 404): the prefix is changing "
+                               "under the listing; list again when it is stable")
         if resp.status == 404 or code == "NoSuchBucket":
             raise DatasetError(f"{where}: no such bucket (HTTP {resp.status}){detail}: check the name, and "
                                "AWS_ENDPOINT_URL for R2/MinIO")
