@@ -1,8 +1,7 @@
-"""The catalog: split rules, the built-in datasets, local folders, the record and its migration, columns."""
+"""The catalog: split rules, the built-in datasets, local folders, the text column."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pyarrow as pa
@@ -13,21 +12,13 @@ from nanostream.catalog import (
     Catalog,
     DataFile,
     builtin_catalog,
-    catalog_from_json,
-    catalog_to_json,
     check_text_column,
     local_catalog,
-    numbered_catalog,
-    read_catalog,
     split_of,
-    write_catalog,
 )
 from nanostream.errors import ConfigError, CorruptShardError, DatasetError
-from nanostream.shards import FolderRecord, write_record
 
 from datagen import write_shard
-
-SHA = "ab" * 32
 
 
 def cat(*paths: str, val: str | None = None, name: str = "ds") -> Catalog:
@@ -122,42 +113,6 @@ def test_builtin_datasets_are_plain_numbered_catalogs():
     assert paths(sp.validation) == ["shard_01822.parquet"] and len(sp.train) == 1822 and not sp.guessed_val
     assert paths(c.pick(2)) == ["shard_00000.parquet", "shard_00001.parquet", "shard_01822.parquet"]
     assert paths(builtin_catalog("climbmix-400b", "http://h").split("val")) == ["shard_06542.parquet"]
-
-
-def test_record_round_trip_keeps_everything_and_stays_compact(tmp_path):
-    base = "http://h/datasets/o/n/resolve/" + "c" * 40
-    files = (DataFile("data/a b.parquet", 5, SHA, None, base + "/data/a%20b.parquet"),
-             DataFile("data/b.parquet", 6, None, "cd" * 16, base + "/data/b.parquet"),
-             DataFile("other.parquet", 7, None, None, "s3://bucket/key/other.parquet"))
-    c = Catalog("hf://datasets/o/n", files, "content", "data/b*", "hf://datasets/o/n", "c" * 40, "*.parquet")
-    raw = catalog_to_json(c)
-    assert raw["base_url"] == base and "url" not in raw["files"][0] and raw["files"][2]["url"].startswith("s3:")
-    write_catalog(tmp_path, c)
-    assert read_catalog(tmp_path) == c
-    assert read_catalog(tmp_path / "missing") is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".nanostream.json"]
-    big = builtin_catalog("climbmix-400b", "https://huggingface.co")
-    assert len(json.dumps(catalog_to_json(big))) < 400_000
-    assert catalog_from_json(json.loads(json.dumps(catalog_to_json(big)))) == big
-
-
-def test_records_of_the_previous_version_migrate(tmp_path):
-    write_record(tmp_path, FolderRecord(base_url="http://h/x", max_shard=3, dataset="fineweb-edu-100b"))
-    c = read_catalog(tmp_path)
-    assert c == numbered_catalog("fineweb-edu-100b", "http://h/x", 4)
-    assert c.files[3].url == "http://h/x/shard_00003.parquet" and paths(c.split("val")) == ["shard_00003.parquet"]
-    write_record(tmp_path, FolderRecord(base_url="", max_shard=1, text_column="content"))  # no remote
-    c = read_catalog(tmp_path)
-    assert [f.url for f in c.files] == ["", ""] and c.text_column == "content"
-
-
-def test_bad_records_are_config_errors(tmp_path):
-    (tmp_path / ".nanostream.json").write_text("{not json")
-    with pytest.raises(DatasetError, match="not a valid nanostream record"):
-        read_catalog(tmp_path)
-    (tmp_path / ".nanostream.json").write_text(json.dumps({"format": "nanostream-catalog", "version": 9}))
-    with pytest.raises(DatasetError, match="upgrade nanostream"):
-        read_catalog(tmp_path)
 
 
 def test_local_folders_any_names_sorted_bookkeeping_skipped(tmp_path):
