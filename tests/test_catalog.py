@@ -142,3 +142,11 @@ def test_text_column_errors_list_the_columns(tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(CorruptShardError, match=r"junk\.parquet"):
         check_text_column(tmp_path / "junk.parquet", "text")
+
+
+def test_a_file_changed_since_listing_is_named():
+    f = DataFile("data/a.parquet", 100, "ab" * 32)
+    assert f.mismatch(100, "AB" * 32) is None and f.mismatch(None, None) is None
+    assert "is 99 bytes at the source but 100 in the catalog" in f.mismatch(99, "ab" * 32)
+    assert "has sha256 cdcdcdcdcdcd… at the source" in f.mismatch(100, "cd" * 32)
+    assert DataFile("b.parquet", None).mismatch(5, "cd" * 32) is None  # nothing listed: nothing to compare

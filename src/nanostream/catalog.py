@@ -63,6 +63,19 @@ class DataFile:
             if value is not None and not _HEX[n].match(value):
                 raise DatasetError(f"{p}: {name} {value!r} is not {n} lowercase hex digits")
 
+    def mismatch(self, size: int | None, sha256: str | None = None) -> str | None:
+        """What differs between this listing and what a server announces at download time, or None.
+
+        The downloader calls it with the size and sha256 it learned (X-Linked-Size /
+        X-Linked-Etag, Content-Range): a difference means the file changed since it was
+        listed, which is an error, never a silent mix of versions.
+        """
+        if size is not None and self.size is not None and size != self.size:
+            return f"{self.path} is {size} bytes at the source but {self.size} in the catalog (changed since listed)"
+        if sha256 and self.sha256 and sha256.lower() != self.sha256:
+            return f"{self.path} has sha256 {sha256[:12]}… at the source but {self.sha256[:12]}… in the catalog"
+        return None
+
     @property
     def verification(self) -> str:
         """What a download of this file is checked against: ``sha256``, ``md5`` or ``size``."""
