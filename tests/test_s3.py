@@ -197,6 +197,12 @@ async def test_signed_ranged_get_reads_the_bytes(moto_url, bucket):
             assert resp.headers["Content-Range"] == f"bytes 4-99/{len(BODY)}"
         async with s.get(URL(url, encoded=True), headers=signer.get_headers(url)) as resp:
             assert resp.status == 200 and await resp.read() == BODY
+            etag = resp.headers["ETag"]
+        async with s.get(URL(url, encoded=True), headers=signer.get_headers(url, 4, 8, if_match=etag)) as resp:
+            assert resp.status == 206 and await resp.read() == BODY[4:8]
+        changed = signer.get_headers(url, 4, 8, if_match='"0123456789abcdef0123456789abcdef"')
+        async with s.get(URL(url, encoded=True), headers=changed) as resp:
+            assert resp.status == 412  # another version: no bytes of it
 
 
 async def test_credentials_come_from_the_standard_chain(aws_env, tmp_path):

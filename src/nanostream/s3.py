@@ -4,7 +4,7 @@ botocore (the optional ``s3`` extra: ``pip install 'nanostream[s3]'``) supplies 
 standard AWS credential chain (environment, ``~/.aws`` config and profiles, SSO,
 instance role) and the SigV4 signer, nothing more: every request goes out through
 aiohttp, the listing here and the bytes through the existing downloader, which asks
-``S3Signer.headers`` for signed headers (``Range`` and ``If-Range`` included) per request.
+``S3Signer.get_headers`` for signed headers (``Range``, ``If-Match``) per request.
 
 ``s3_catalog`` lists ``PREFIX/`` with ListObjectsV2 (continuation tokens), keeps the
 ``*.parquet`` keys the ``include`` glob matches, and records per file what a download
@@ -127,14 +127,19 @@ class S3Signer:
         S3SigV4Auth(creds, "s3", self.region).add_auth(request)
         return dict(request.headers.items())
 
-    def get_headers(self, url: str, start: int | None = None, end: int | None = None,
-                    if_range: str | None = None) -> dict[str, str]:
-        """Signed headers for a GET of bytes ``[start, end)`` of one object (all of it without a range)."""
+    def get_headers(self, url: str, start: int | None = None, end: int | None = None, *,
+                    if_match: str | None = None) -> dict[str, str]:
+        """Signed headers for a GET of bytes ``[start, end)`` of one object (all of it without a range).
+
+        ``if_match`` (the ETag the first answer carried) makes a changed object answer
+        412 instead of bytes of another version: S3 documents If-Match for GetObject,
+        and moto ignores If-Range, so a ranged continuation should send If-Match.
+        """
         extra: dict[str, str] = {}
         if start is not None:
             extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-            if if_range:
-                extra["If-Range"] = if_range
+        if if_match:
+            extra["If-Match"] = if_match
         return self.headers("GET", url, extra)
 
 
