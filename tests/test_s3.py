@@ -320,3 +320,13 @@ async def test_an_object_gone_between_listing_and_head_is_an_error(aws_env):
             await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
     finally:
         await runner.cleanup()
+
+
+async def test_no_credentials_anywhere_is_the_403_hint(moto_url, bucket, aws_env):
+    name, client = bucket
+    put(client, name, "p/a.parquet", sha=True)  # moto lists anonymously, but refuses the anonymous HEAD
+    aws_env.delenv("AWS_ACCESS_KEY_ID")
+    aws_env.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(DatasetError, match=rf"s3://{name}: access denied \(HTTP 403\).*no AWS credentials found; "
+                                           "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"):
+        await s3_catalog(f"s3://{name}/p/", endpoint=moto_url, retry=FAST)
