@@ -188,3 +188,18 @@ async def test_a_path_may_name_one_file(tmp_path):
             await hub_catalog("hf://datasets/org/name/data/nope.parquet", endpoint=hub.url)
     assert [(f.path, f.sha256) for f in cat.files] == [("train-00001.parquet", shas["data/train-00001.parquet"])]
     assert cat.files[0].url.endswith("/data/train-00001.parquet")
+
+
+async def test_todays_downloader_fetches_and_verifies_a_listed_file(tmp_path):
+    """The resolve endpoint behaves as the Hub's for nanostream.fetch (redirect, X-Linked-Etag, ranges)."""
+    from nanostream.fetch import fetch_shards
+
+    shas = make_repo(tmp_path / "repo", ["shard_00000.parquet", "shard_00001.parquet"])
+    async with HubServer() as hub:
+        hub.add_repo("org/name", tmp_path / "repo")
+        cat = await hub_catalog("hf://datasets/org/name", endpoint=hub.url)
+        base = cat.files[0].url.rsplit("/", 1)[0]
+        results = await fetch_shards([0, 1], data_dir=tmp_path / "out", base_url=base, workers=2)
+    assert [r.error for r in results] == [None, None]
+    for f in cat.files:
+        assert hashlib.sha256((tmp_path / "out" / f.path).read_bytes()).hexdigest() == f.sha256 == shas[f.path]
