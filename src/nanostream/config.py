@@ -10,9 +10,15 @@ resulting object is passed explicitly to whatever needs it.
 | HF_ENDPOINT           | https://huggingface.co  | replaces the Hub's address                     |
 | NANOSTREAM_LOOP       | asyncio                 | event loop for fetch: ``asyncio`` or ``uvloop``|
 | NANOSTREAM_TOKEN_HOSTS| unset                   | extra hosts (comma list) that may get HF_TOKEN |
+| AWS_ENDPOINT_URL_S3   | unset (AWS)             | an S3-compatible store for s3:// (R2, MinIO)   |
+| AWS_ENDPOINT_URL      | unset (AWS)             | the same, when AWS_ENDPOINT_URL_S3 is unset    |
 
 HF_TOKEN goes only to the Hub's host (HF_ENDPOINT's) and the hosts listed in
 NANOSTREAM_TOKEN_HOSTS, and only over https unless the host is loopback.
+
+AWS credentials, profile and region are resolved by botocore's standard chain
+(``s3.S3Signer.create``), which reads its own variables (AWS_ACCESS_KEY_ID,
+AWS_PROFILE, AWS_DEFAULT_REGION, ...) and ``~/.aws``.
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ class Config:
     hf_token: str | None = field(default=None, repr=False)
     loop: str = "asyncio"
     token_hosts: frozenset[str] = DEFAULT_TOKEN_HOSTS  # where HF_TOKEN may be sent
+    s3_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -111,12 +118,16 @@ class Config:
         if loop not in LOOPS:
             raise ConfigError(f"NANOSTREAM_LOOP={loop!r}: choose asyncio or uvloop")
         extra = {h.strip().lower() for h in (env.get("NANOSTREAM_TOKEN_HOSTS") or "").split(",") if h.strip()}
+        s3 = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        if s3 and not s3.startswith(("http://", "https://")):
+            raise ConfigError(f"AWS_ENDPOINT_URL(_S3)={s3!r} is not an http:// or https:// URL")
         return cls(
             base_dir=Path(base).expanduser(),
             hf_endpoint=endpoint,
             hf_token=env.get("HF_TOKEN") or None,
             loop=loop,
             token_hosts=frozenset({host_of(endpoint), *extra}),
+            s3_endpoint=check_url(s3) if s3 else None,
         )
 
     def data_dir(self, dataset: str = DEFAULT_DATASET) -> Path:

@@ -7,6 +7,8 @@ do next.
 
     NanostreamError
     ├── ConfigError              bad input: flag, env var, dataset name, folder (CLI exit 2)
+    │   └── DatasetError         a dataset that cannot be used: unknown scheme, no such repo/bucket/
+    │                            revision, no access, no parquet files, an empty split, no text column
     ├── FetchError               a shard could not be downloaded
     │   ├── HTTPStatusError      the server refused (401/403/404, ...): not retried
     │   ├── RetriesExhausted     transient failures (5xx, 429, drops, stalls) outlasted the retries
@@ -30,6 +32,10 @@ class NanostreamError(Exception):
 
 class ConfigError(NanostreamError, ValueError):
     """Invalid user input: a flag, an env var, a dataset name, an unusable folder."""
+
+
+class DatasetError(ConfigError):
+    """A dataset cannot be used as given: its URL, listing, splits or text column."""
 
 
 class FetchError(NanostreamError):

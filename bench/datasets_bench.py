@@ -1,0 +1,156 @@
+"""Dataset listing speed: 10,000 files from a Hub-like server and an S3 server (moto), both on loopback.
+
+    .venv/bin/python -m bench.datasets_bench [--quick]
+
+Target (issue 11): listing 10,000 files, paginated, takes well under 5 s. Servers run
+in subprocesses (tests/hubserver.py, ``python -m moto.server``) so only the client's
+work is on this process's event loop; each figure is the median of interleaved rounds.
+Also times the folder record (catalog_to_json + write + read back) for 10,000 files.
+Prints figures and PASS/FAIL, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from nanostream.hub import hub_catalog
+from nanostream.record import read_catalog, write_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_S = 5.0
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start") from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def hub_server(repo_dir: Path, page_size: int) -> Iterator[str]:
+    cmd = [sys.executable, str(ROOT / "tests" / "hubserver.py"), f"bench/data={repo_dir}",
+           "--page-size", str(page_size)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def make_repo(folder: Path, n: int) -> None:
+    """``n`` small files named like a sharded Hub dataset, 10 folders (the listing never reads them)."""
+    for i in range(n):
+        path = folder / "data" / f"part-{i % 10:02d}" / f"{i:06d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PAR1" + i.to_bytes(8, "little") + b"PAR1")
+
+
+def fill_bucket(url: str, n: int) -> None:
+    import botocore.session
+
+    client = botocore.session.get_session().create_client("s3", region_name="us-east-1", endpoint_url=url)
+    client.create_bucket(Bucket="bench")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: client.put_object(Bucket="bench", Key=f"corpus/part-{i % 10:02d}/{i:06d}.parquet",
+                                                  Body=b"PAR1" + i.to_bytes(8, "little") + b"PAR1"), range(n)))
+    client.close()
+
+
+def timed(coro_fn) -> tuple[float, int]:
+    t = time.perf_counter()
+    cat = asyncio.run(coro_fn())
+    return time.perf_counter() - t, len(cat.files)
+
+
+def report(label: str, times: list[float], files: int) -> None:
+    med = statistics.median(times)
+    verdict = "PASS" if med < TARGET_S else "FAIL"
+    print(f"{label}: {files} files, median {med:.3f}s over {len(times)} rounds "
+          f"(min {min(times):.3f}s, max {max(times):.3f}s); target < {TARGET_S:.0f}s: {verdict}", flush=True)
+
+
+def main(quick: bool = False) -> None:
+    n = 2_000 if quick else 10_000
+    rounds = 3 if quick else 5
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    with tempfile.TemporaryDirectory(prefix="nanostream-datasets-bench.") as tmp:
+        repo = Path(tmp) / "repo"
+        make_repo(repo, n)
+        results: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        with hub_server(repo, 1000) as url1000, hub_server(repo, 100) as url100:
+            for _ in range(rounds):  # interleaved rounds
+                for label, url in (("hub tree, 1000 a page", url1000), ("hub tree, 100 a page", url100)):
+                    t, k = timed(lambda u=url: hub_catalog("hf://datasets/bench/data", endpoint=u))
+                    results.setdefault(label, []).append(t)
+                    counts[label] = k
+        for label, times in results.items():
+            report(f"list {label}", times, counts[label])
+
+        try:
+            from nanostream.s3 import s3_catalog
+            with moto_server() as s3url:
+                t0 = time.perf_counter()
+                fill_bucket(s3url, n)
+                print(f"(filled the moto bucket with {n} objects in {time.perf_counter() - t0:.1f}s)", flush=True)
+                times = []
+                for _ in range(rounds):
+                    t, k = timed(lambda: s3_catalog("s3://bench/corpus/", endpoint=s3url))
+                    times.append(t)
+                report("list s3 ListObjectsV2 (moto), 1000 a page", times, k)
+        except ImportError as exc:
+            print(f"s3 listing skipped: {exc} (pip install -e '.[dev]')")
+
+        with hub_server(repo, 1000) as url:
+            cat = asyncio.run(hub_catalog("hf://datasets/bench/data", endpoint=url))
+        folder = Path(tmp) / "folder"
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            write_catalog(folder, cat)
+            again = read_catalog(folder)
+            times.append(time.perf_counter() - t)
+        assert again == cat
+        size = (folder / ".nanostream.json").stat().st_size
+        print(f"folder record of {len(cat.files)} files: write + read {statistics.median(times) * 1000:.0f} ms "
+              f"(median of {rounds}), {size / 1e6:.2f} MB on disk", flush=True)
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv[1:])

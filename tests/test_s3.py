@@ -1,0 +1,332 @@
+"""s3:// listing, verification kinds, the credential chain and signed ranged GETs, against moto on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from nanostream.errors import DatasetError
+from nanostream.retry import RetryPolicy
+
+pytest.importorskip("botocore")
+moto_server = pytest.importorskip("moto.server")
+
+from nanostream.s3 import S3Path, S3Signer, parse_s3_url, s3_catalog, verification_summary  # noqa: E402
+
+FAST = RetryPolicy(attempts=3, base=0.01, cap=0.02)
+BODY = b"PAR1" + bytes(range(256)) * 64 + b"PAR1"
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """A clean credential chain: env keys, empty ~/.aws files, no instance role lookups."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
+@pytest.fixture
+def bucket(moto_url, aws_env):
+    """A fresh bucket and a botocore client to fill it (setup only; nanostream never uses the client)."""
+    import botocore.session
+
+    client = botocore.session.get_session().create_client("s3", region_name="us-east-1", endpoint_url=moto_url)
+    name = f"nano-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    yield name, client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def strict_moto():
+    """moto in a subprocess that checks every SigV4 signature (after 3 unsigned IAM set-up calls).
+
+    Yields (url, access key, secret) of an IAM user allowed s3:*, and a bucket filled by it.
+    """
+    import botocore.session
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "AWS_ACCESS_KEY_ID": "setup",
+           "AWS_SECRET_ACCESS_KEY": "setup", "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("moto server did not start")
+                time.sleep(0.1)
+        session = botocore.session.get_session()
+        iam = session.create_client("iam", region_name="us-east-1", endpoint_url=url,
+                                    aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="nano")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="nano", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="nano")["AccessKey"]
+        iam.close()
+        s3 = session.create_client("s3", region_name="us-east-1", endpoint_url=url,
+                                   aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        s3.create_bucket(Bucket="strict")
+        for k in ("p/a.parquet", "p/odd key+(1)=&.parquet", "p/z/b.parquet"):
+            put(s3, "strict", k, sha=True)
+        s3.close()
+        yield url, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def put(client, bucket, key, body=BODY, *, sha=False):
+    kwargs = {"ChecksumAlgorithm": "SHA256"} if sha else {}
+    client.put_object(Bucket=bucket, Key=key, Body=body, **kwargs)
+
+
+def put_multipart(client, bucket, key):
+    up = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
+    parts = []
+    for n, body in enumerate((b"x" * (5 << 20), b"tail"), 1):
+        r = client.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n, Body=body,
+                               ChecksumAlgorithm="SHA256")
+        parts.append({"ETag": r["ETag"], "PartNumber": n, "ChecksumSHA256": r["ChecksumSHA256"]})
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
+                                     MultipartUpload={"Parts": parts})
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("s3://my-bucket", S3Path("my-bucket", "")),
+    ("s3://my-bucket/", S3Path("my-bucket", "")),
+    ("s3://my-bucket/corpus", S3Path("my-bucket", "corpus/")),
+    ("s3://my.bucket/a/b/", S3Path("my.bucket", "a/b/")),
+])
+def test_urls(url, expected):
+    assert parse_s3_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://b/x", "s3://", "s3://Bad_Bucket/x", "s3://ab/x", "s3://a..b/x"])
+def test_bad_urls(url):
+    with pytest.raises(DatasetError, match="s3://"):
+        parse_s3_url(url)
+
+
+async def test_listing_paginates_and_records_what_each_file_is_checked_against(moto_url, bucket):
+    name, client = bucket
+    put(client, name, "corpus/train/a.parquet", sha=True)
+    put(client, name, "corpus/train/b.parquet")
+    put_multipart(client, name, "corpus/train/c.parquet")
+    put(client, name, "corpus/val/d.parquet")
+    put(client, name, "corpus/notes.txt", b"x")
+    put(client, name, "corpus2/e.parquet")  # outside the prefix "corpus/"
+    cat = await s3_catalog(f"s3://{name}/corpus", endpoint=moto_url, page_size=2, retry=FAST)
+    assert [f.path for f in cat.files] == ["train/a.parquet", "train/b.parquet", "train/c.parquet",
+                                           "val/d.parquet"]
+    a, b, c, _ = cat.files
+    assert a.sha256 == hashlib.sha256(BODY).hexdigest() and a.verification == "sha256"
+    assert b.sha256 is None and b.md5 == hashlib.md5(BODY).hexdigest() and b.verification == "md5"
+    assert c.sha256 is None and c.md5 is None and c.size == (5 << 20) + 4 and c.verification == "size"
+    assert a.url == f"s3://{name}/corpus/train/a.parquet" and cat.source == f"s3://{name}/corpus/"
+    assert verification_summary(cat) == ("MD5 (single-part ETag) for 2 files, sha256 for 1 file, "
+                                         "size alone for 1 file")
+    assert [f.path for f in cat.split("val")] == ["val/d.parquet"]
+
+
+async def test_include_and_empty_prefixes(moto_url, bucket):
+    name, client = bucket
+    put(client, name, "x/a.parquet")
+    put(client, name, "x/b.parquet")
+    put(client, name, "x/readme.md", b"x")
+    cat = await s3_catalog(f"s3://{name}/x/", endpoint=moto_url, include="b*")
+    assert [f.path for f in cat.files] == ["b.parquet"]
+    with pytest.raises(DatasetError, match=r"no \*\.parquet objects .*\(0 objects seen\)"):
+        await s3_catalog(f"s3://{name}/nothing/", endpoint=moto_url)
+    with pytest.raises(DatasetError, match=r"no \*\.parquet objects matching --include 'z\*' \(3 objects seen\)"):
+        await s3_catalog(f"s3://{name}/x/", endpoint=moto_url, include="z*")
+
+
+async def test_a_missing_bucket_says_so(moto_url, aws_env):
+    with pytest.raises(DatasetError, match=r"s3://no-such-bucket-here: no such bucket \(HTTP 404\).*AWS_ENDPOINT_URL"):
+        await s3_catalog("s3://no-such-bucket-here/x/", endpoint=moto_url, retry=FAST)
+
+
+async def test_signed_ranged_get_reads_the_bytes(moto_url, bucket):
+    name, client = bucket
+    put(client, name, "data/odd key+(1).parquet")
+    signer = await S3Signer.create(moto_url)
+    url = signer.object_url(name, "data/odd key+(1).parquet")
+    headers = signer.get_headers(url, 4, 100)
+    assert "range" in headers["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert headers["Range"] == "bytes=4-99" and "Credential=AKIDENV/" in headers["Authorization"]
+    async with aiohttp.ClientSession() as s:
+        async with s.get(URL(url, encoded=True), headers=headers) as resp:
+            assert resp.status == 206 and await resp.read() == BODY[4:100]
+            assert resp.headers["Content-Range"] == f"bytes 4-99/{len(BODY)}"
+        async with s.get(URL(url, encoded=True), headers=signer.get_headers(url)) as resp:
+            assert resp.status == 200 and await resp.read() == BODY
+            etag = resp.headers["ETag"]
+        async with s.get(URL(url, encoded=True), headers=signer.get_headers(url, 4, 8, if_match=etag)) as resp:
+            assert resp.status == 206 and await resp.read() == BODY[4:8]
+        changed = signer.get_headers(url, 4, 8, if_match='"0123456789abcdef0123456789abcdef"')
+        async with s.get(URL(url, encoded=True), headers=changed) as resp:
+            assert resp.status == 412  # another version: no bytes of it
+
+
+async def test_credentials_come_from_the_standard_chain(aws_env, tmp_path):
+    (tmp_path / "aws-credentials").write_text("[nano]\naws_access_key_id = AKIDPROFILE\n"
+                                              "aws_secret_access_key = s\n")
+    (tmp_path / "aws-config").write_text("[profile nano]\nregion = eu-west-3\n")
+    aws_env.setenv("AWS_PROFILE", "nano")
+    aws_env.delenv("AWS_ACCESS_KEY_ID")
+    aws_env.delenv("AWS_SECRET_ACCESS_KEY")
+    signer = await S3Signer.create()
+    headers = signer.get_headers(signer.object_url("bkt", "k.parquet"), 0, 10)
+    assert "Credential=AKIDPROFILE/" in headers["Authorization"] and "/eu-west-3/s3/" in headers["Authorization"]
+    assert signer.object_url("bkt", "k.parquet") == "https://bkt.s3.eu-west-3.amazonaws.com/k.parquet"
+    aws_env.delenv("AWS_PROFILE")
+    anonymous = await S3Signer.create("http://127.0.0.1:9")
+    assert anonymous.get_headers("http://127.0.0.1:9/b/k", 0, 10) == {"Range": "bytes=0-9"}
+
+
+async def test_missing_extra_is_one_clear_error(aws_env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "botocore.session", None)
+    with pytest.raises(DatasetError, match=r"pip install 'nanostream\[s3\]'"):
+        await S3Signer.create()
+
+
+async def refusing_store(handler) -> tuple[web.AppRunner, str, list]:
+    seen: list = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization", ""))
+        return handler(len(seen))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+
+
+LISTING = (b'<?xml version="1.0"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+           b"<IsTruncated>false</IsTruncated><Contents><Key>p/a.parquet</Key><Size>5</Size>"
+           b"<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag></Contents></ListBucketResult>")
+
+
+async def test_access_denied_and_another_region(aws_env):
+    def deny(n: int) -> web.Response:
+        return web.Response(status=403, body=b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>")
+
+    def moved_then_list(n: int) -> web.Response:
+        if n == 1:
+            return web.Response(status=301, headers={"x-amz-bucket-region": "ap-south-1"},
+                                body=b"<Error><Code>PermanentRedirect</Code></Error>")
+        return web.Response(body=LISTING)
+
+    runner, url, _ = await refusing_store(deny)
+    try:
+        with pytest.raises(DatasetError, match=r"access denied \(HTTP 403\) \(AccessDenied: no\): the credentials"):
+            await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
+    finally:
+        await runner.cleanup()
+    runner, url, seen = await refusing_store(moved_then_list)
+    try:
+        cat = await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
+    finally:
+        await runner.cleanup()
+    assert [f.md5 for f in cat.files] == ["0123456789abcdef0123456789abcdef"]
+    assert "/us-east-1/s3/" in seen[0] and "/ap-south-1/s3/" in seen[1]
+
+
+def test_checksum_header_decodes_to_the_hex_digest():
+    assert base64.b64decode("a3z7P5F+ZjDm2QzTpb9CfZoidd2Hs4k90h45dKkga58=").hex() == (
+        hashlib.sha256(b"PAR1" + bytes(range(256)) * 40 + b"PAR1").hexdigest())
+
+
+def test_config_reads_the_s3_endpoint():
+    from nanostream.config import Config
+    from nanostream.errors import ConfigError
+
+    assert Config.from_env({}).s3_endpoint is None
+    assert Config.from_env({"AWS_ENDPOINT_URL": "http://minio:9000/"}).s3_endpoint == "http://minio:9000"
+    both = {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "https://r2.example"}
+    assert Config.from_env(both).s3_endpoint == "https://r2.example"
+    with pytest.raises(ConfigError, match=r"AWS_ENDPOINT_URL\(_S3\)='minio:9000' is not an http"):
+        Config.from_env({"AWS_ENDPOINT_URL": "minio:9000"})
+
+
+async def test_signatures_pass_a_store_that_checks_them(strict_moto, aws_env):
+    url, key_id, secret = strict_moto
+    aws_env.setenv("AWS_ACCESS_KEY_ID", key_id)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    cat = await s3_catalog("s3://strict/p/", endpoint=url, page_size=1, retry=FAST)  # continuation tokens
+    assert [(f.path, f.verification) for f in cat.files] == [
+        ("a.parquet", "sha256"), ("odd key+(1)=&.parquet", "sha256"), ("z/b.parquet", "sha256")]
+    signer = await S3Signer.create(url)
+    obj = signer.object_url("strict", "p/odd key+(1)=&.parquet")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(URL(obj, encoded=True), headers=signer.get_headers(obj, 2, 6)) as resp:
+            assert resp.status == 206 and await resp.read() == BODY[2:6]
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(DatasetError, match=r"access denied \(HTTP 403\) \(SignatureDoesNotMatch.*credentials found "
+                                           r"were refused; set AWS_ACCESS_KEY_ID"):
+        await s3_catalog("s3://strict/p/", endpoint=url, retry=FAST)
+
+
+async def test_an_object_gone_between_listing_and_head_is_an_error(aws_env):
+    listing = LISTING.replace(b"</ETag>", b"</ETag><ChecksumAlgorithm>SHA256</ChecksumAlgorithm>")
+
+    def list_then_gone(n: int) -> web.Response:
+        return web.Response(body=listing) if n == 1 else web.Response(status=404)
+
+    runner, url, _ = await refusing_store(list_then_gone)
+    try:
+        with pytest.raises(DatasetError, match=r"/bkt/p/a\.parquet: the object was listed but is gone"):
+            await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
+    finally:
+        await runner.cleanup()
+
+
+async def test_no_credentials_anywhere_is_the_403_hint(moto_url, bucket, aws_env):
+    name, client = bucket
+    put(client, name, "p/a.parquet", sha=True)  # moto lists anonymously, but refuses the anonymous HEAD
+    aws_env.delenv("AWS_ACCESS_KEY_ID")
+    aws_env.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(DatasetError, match=rf"s3://{name}: access denied \(HTTP 403\).*no AWS credentials found; "
+                                           "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"):
+        await s3_catalog(f"s3://{name}/p/", endpoint=moto_url, retry=FAST)
