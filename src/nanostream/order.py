@@ -16,7 +16,9 @@ consumed yet) to the readers with ``shards.deal`` and evens the work out:
   others start over on their own row groups for the missing ones (``padded``).
 
 A reader that would read nothing makes ``ConfigError`` on every reader, so no rank
-waits forever on the others.
+waits forever on the others. (Resumed near the end of an epoch at a larger world
+size, what is left may not feed every reader: then it is dropped, or with
+``drop_last=False`` the empty readers repeat from all that is left.)
 
 ``Cursor(epoch, done, extra, total)`` is the global position: row groups ``[0, done)``
 of the epoch's global order and the indices in ``extra`` are consumed; ``consumed``
@@ -87,19 +89,41 @@ class EpochPlan:
         self.base = base if base is not None and base.epoch == epoch else None
         skip = self._consumed(self.base)
         left = [i for i in range(self.total) if i not in skip]
-        dealt = [[left[j] for j in d] for d in deal([self.items[i] for i in left], world_size, local_world_size)]
+        dealt = [[left[j] for j in d] for d in deal(self._keyed(left, counts), world_size, local_world_size)]
         lengths = [len(d) for d in dealt]
-        if min(lengths) == 0:
+        if min(lengths) == 0 and self.base is None:
             idle = lengths.index(0)
             raise ConfigError(
                 f"reader {idle} of {world_size} ({world_size // local_world_size} node(s) of "
                 f"{local_world_size}; DataLoader workers count as readers) reads no row group in epoch "
-                f"{epoch}: {len(left)} row groups left for {world_size} readers. Use fewer ranks or "
+                f"{epoch}: {len(left)} row groups for {world_size} readers. Use fewer ranks or "
                 "workers, or more shards")
+        if min(lengths) == 0 and not drop_last:  # a resume near the epoch's end: pad from what is left
+            dealt = [d or left for d in dealt]
+            lengths = [len(d) for d in dealt]
         self.length = min(lengths) if drop_last else max(lengths)
         self.dropped = sum(n - self.length for n in lengths if n > self.length)
         self.padded = sum(self.length - n for n in lengths if n < self.length)
-        self._seqs = [(d * (self.length // len(d) + 1))[: self.length] for d in dealt]
+        self._seqs = [(d * (self.length // len(d) + 1))[: self.length] if d else [] for d in dealt]
+
+    def _keyed(self, left: list[int], counts: dict[int, int]) -> list[tuple[int, int]]:
+        """``(shard, key)`` of the row groups left: ``key % local`` picks the local reader. A whole
+        shard uses the row-group index (the one-node rule); a shard partly consumed (a resume at
+        another world size) numbers what is left of it, so its local readers share it evenly."""
+        per_shard: dict[int, int] = {}
+        for i in left:
+            s = self.items[i][0]
+            per_shard[s] = per_shard.get(s, 0) + 1
+        seen: dict[int, int] = {}
+        out = []
+        for i in left:
+            s, g = self.items[i]
+            if per_shard[s] == counts[s]:
+                out.append((s, g))
+            else:
+                out.append((s, seen.get(s, 0)))
+                seen[s] = seen.get(s, 0) + 1
+        return out
 
     def _consumed(self, cursor: Cursor | None) -> set[int]:
         if cursor is None:
