@@ -380,6 +380,41 @@ async def test_resume_continues_exactly_after(data: Path, shuffle: bool) -> None
         assert [b.texts for b in rest] == [b.texts for b in full[k + 1:]]
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+async def test_resume_exact_on_two_nodes_and_cursor_from_any_rank(tmp_path: Path, shuffle: bool) -> None:
+    folder = tmp_path / "d"
+    make_shards(folder, 6, row_groups=4, rows=2, base_url="")  # 5 train shards, dealt to 2 nodes: uneven
+    kw = dict(data_dir=folder, world_size=4, local_world_size=2, epochs=2, shuffle=shuffle, seed=3)
+    full = [await collect(stream("train", rank=r, **kw)) for r in range(4)]
+    n = stream("train", rank=0, **kw).epoch_length()
+    assert [len(f) for f in full] == [2 * n] * 4 and n == 4  # node 0: 3 shards, node 1: 2 shards -> 4 each
+    for k in (0, 2, n, n + 1):
+        pos = pickle.loads(pickle.dumps(full[3][k].position))
+        rest = await collect(stream("train", rank=3, start=pos, **kw))
+        assert [b.position for b in rest] == [b.position for b in full[3][k + 1:]]
+        # the global position after k+1 batches of every rank, the same whichever rank computes it
+        cursors = {stream("train", rank=r, **kw).cursor(full[r][k].position) for r in range(4)}
+        assert len(cursors) == 1
+    legacy = Position(full[1][2].epoch, full[1][2].shard, full[1][2].row_group)  # no taken/base: searched
+    assert [b.position for b in await collect(stream("train", rank=1, start=legacy, **kw))] == \
+        [b.position for b in full[1][3:]]
+
+
+def test_layout_from_torchrun_env(data: Path, monkeypatch) -> None:
+    for k, v in dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", GROUP_RANK="1").items():
+        monkeypatch.setenv(k, v)
+    p = stream("train", data_dir=data).plan
+    assert (p.rank, p.world_size, p.local_world_size) == (3, 4, 2)
+    p = stream("train", data_dir=data, rank=5, world_size=8).plan  # workers folded in: not torchrun's world
+    assert (p.rank, p.world_size, p.local_world_size) == (5, 8, 8)
+    assert stream("val", data_dir=data).plan.local_world_size == 4  # one val shard: read as one node
+    monkeypatch.setenv("GROUP_RANK", "0")
+    with pytest.raises(ConfigError, match="node by node"):
+        stream("train", data_dir=data)
+    with pytest.raises(ConfigError, match="does not divide"):
+        stream("train", data_dir=data, rank=0, world_size=4, local_world_size=3)
+
+
 async def test_resume_with_a_foreign_row_group_is_refused(data: Path) -> None:
     with pytest.raises(ConfigError, match="rank"):
         stream("train", data_dir=data, rank=0, world_size=2, start=Position(0, 1, 1))

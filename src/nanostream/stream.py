@@ -214,6 +214,7 @@ class Stream:
         self.plan = plan
         self._producer = Producer(plan)
         self._agen: Any = None
+        self._epoch_plan: tuple[Any, EpochPlan] | None = None
 
     def __aiter__(self) -> Stream:
         return self
@@ -274,7 +275,10 @@ class Stream:
         epoch = first if epoch is None else epoch
         if base is None and epoch == first:
             base = p.start_base()
-        return p.epoch_plan(self._producer.counts, epoch, base)
+        key = (epoch, base)
+        if self._epoch_plan is None or self._epoch_plan[0] != key:  # one kept: cursor() per step is cheap
+            self._epoch_plan = (key, p.epoch_plan(self._producer.counts, epoch, base))
+        return self._epoch_plan[1]
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Row groups (batches) every rank reads in ``epoch`` -- the same on every rank.
