@@ -6,6 +6,11 @@ each node its own empty data folder, one loopback server (tests/servers.py
 One epoch of ``stream()``, shuffled. The baseline is the same cluster dealt as one
 node (LOCAL_WORLD_SIZE = WORLD_SIZE: the rule before node-aware striding), where
 every node downloads every shard. Same run, same data.
+
+The server sends at most RATE bytes/s per connection, as a remote does: unthrottled on
+loopback, a shard split over several connections (the downloader's work stealing)
+makes the server push megabytes into socket buffers past the point where the first
+connection's range was cut, and those count as served although nobody reads them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from bench.common import MB, ROOT, TESTS, table, verdict
 from bench.stream_bench import make_text_shards
 
 NODES, PER_NODE = 4, 2
+RATE = 4_000_000  # bytes/s per connection, as in the fetch and stream benches
 
 
 async def run_cluster(work: Path, url: str, shards: int, tag: str, *, node_aware: bool) -> tuple[list[dict], float]:
@@ -55,7 +61,7 @@ async def measure(work: Path, shards: int) -> dict:
 
     remote = work / "remote"
     results = {}
-    async with FaultServer(remote) as srv:
+    async with FaultServer(remote, rate=RATE) as srv:
         for tag, aware in (("one-node", False), ("node-aware", True)):
             before = dict(srv.bytes_by)
             reports, wall = await run_cluster(work, srv.url, shards, tag, node_aware=aware)
@@ -80,7 +86,7 @@ def main(quick: bool = False) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     data, shard = sum(sizes), max(sizes)
     print(f"\nbytes served per node: {shards} train shards, {data / MB:.1f} MB in all ({shard / MB:.2f} MB the largest), "
-          f"{NODES} nodes x {PER_NODE} ranks, shuffled, one epoch")
+          f"{NODES} nodes x {PER_NODE} ranks, shuffled, one epoch, {RATE / MB:g} MB/s per connection")
     rows = []
     for tag, r in res.items():
         total = sum(r["per_node"])
