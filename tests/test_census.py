@@ -11,6 +11,7 @@ import pytest
 
 from nanostream.census import CACHE_NAME, row_group_counts, row_group_counts_blocking
 from nanostream.errors import CorruptShardError, HTTPStatusError
+from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 
 from datagen import make_shards
@@ -42,3 +43,13 @@ async def test_local_footers_and_a_corrupt_local_shard(tmp_path: Path) -> None:
     (tmp_path / shard_name(2)).write_bytes(b"PAR1 junk PAR1")
     with pytest.raises(CorruptShardError, match=r"shard_00002\.parquet"):
         await row_group_counts(tmp_path, (2,), None)
+
+
+async def test_hub_style_redirect_and_a_retried_503(tmp_path: Path) -> None:
+    make_shards(tmp_path / "remote", 2, row_groups=5, rows=8, record=False)
+    async with FaultServer(tmp_path / "remote", redirect=True) as srv:
+        srv.script(shard_name(1), "status:503")
+        counts = await row_group_counts(tmp_path / "local", (0, 1), srv.url, token="t",
+                                        retry=RetryPolicy(base=0.01))
+    assert counts == {0: 5, 1: 5}
+    assert [r.status for r in srv.requests if r.path == "/" + shard_name(1)] == [503, 302, 302]
