@@ -9,6 +9,8 @@ In-process (async tests)::
         assert srv.count("shard_00000.parquet") == 3
         srv.requests        # [Seen(method, path, range, status), ...] in arrival order
         srv.bytes_sent      # {"shard_00000.parquet": body bytes actually written}
+        srv.bytes_by        # {requester: body bytes written to it}; the requester is the bearer token
+                            # (HF_TOKEN), so simulated nodes that set HF_TOKEN=node0.. are told apart
 
     async with FaultServer(root, rate=4e6) as srv: ...   # same thing without the fixture
 
@@ -124,6 +126,7 @@ class FaultServer:
         self.url = ""
         self.requests: list[Seen] = []
         self.bytes_sent: dict[str, int] = defaultdict(int)
+        self.bytes_by: dict[str, int] = defaultdict(int)
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
         self._random = random.Random(seed)
         self._closing = asyncio.Event()
@@ -290,6 +293,7 @@ class FaultServer:
                     sent += len(piece)
                     pos += len(piece)
                     self.bytes_sent[path.name] += len(piece)
+                    self.bytes_by[request.headers.get("Authorization", "").removeprefix("Bearer ")] += len(piece)
                     if self.rate:
                         delay = t0 + sent / self.rate - loop.time()
                         if delay > 0:

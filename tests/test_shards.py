@@ -9,7 +9,10 @@ import pytest
 from nanostream.errors import ConfigError, MissingShardError
 from nanostream.shards import (
     FolderRecord,
+    check_layout,
+    deal,
     list_shards,
+    node_count,
     owns,
     read_record,
     resolve_split,
@@ -87,3 +90,35 @@ def test_workers_fold_into_disjoint_ranks(world, workers):
 def test_bad_rank_is_a_config_error(rank, world):
     with pytest.raises(ConfigError):
         strided(4, rank, world)
+
+
+def test_worked_example_two_nodes_two_ranks_two_workers():
+    """The docstring's example: shards A B C D (0..3) of 8 row groups, 2 nodes x 2 ranks x 2 workers."""
+    items = [(s, g) for s in range(4) for g in range(8)]
+    dealt = deal(items, 8, 4)  # readers r*2 + w of 8, 4 per node
+    names = [[f"{'ABCD'[items[i][0]]}{items[i][1]}" for i in d] for d in dealt]
+    assert names[0] == ["A0", "A4", "C0", "C4"]  # rank 0 worker 0
+    assert names[1] == ["A1", "A5", "C1", "C5"]  # rank 0 worker 1
+    assert names[3] == ["A3", "A7", "C3", "C7"]  # rank 1 worker 1
+    assert names[4] == ["B0", "B4", "D0", "D4"]  # rank 2 worker 0
+    assert names[7] == ["B3", "B7", "D3", "D7"]  # rank 3 worker 1
+    assert sorted(i for d in dealt for i in d) == list(range(32))
+    for r in range(4):  # folding workers keeps a rank on its node: reader r*2+w is on node r // 2
+        assert {items[i][0] for w in range(2) for i in dealt[worker_stride(r, 4, w, 2)[0]]} == \
+            ({0, 2} if r < 2 else {1, 3})
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_one_node_deal_is_the_one_node_rule(world):
+    items = [(s, g) for s in (3, 0, 2) for g in (2, 0, 3, 1, 4)]  # any order, as shuffled
+    for r, d in enumerate(deal(items, world, world)):
+        assert [items[i] for i in d] == [(s, g) for s, g in items if owns(g, r, world)]
+
+
+def test_layout_checks():
+    check_layout(3, 4, 2)
+    with pytest.raises(ConfigError, match="does not divide"):
+        check_layout(0, 6, 4)
+    with pytest.raises(ConfigError):
+        check_layout(4, 4, 2)
+    assert node_count(8, 2, 4) == 4 and node_count(8, 2, 1) == 1  # val: one shard, read as one node

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import pickle
+import random
 import subprocess
 import sys
 import threading
@@ -72,20 +73,54 @@ def data(tmp_path: Path) -> Path:
 
 
 # -- which shards, which ranks -------------------------------------------------------------------
-@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
-async def test_train_exactly_once_across_ranks(data: Path, world_size: int) -> None:
-    seen: Counter[tuple[int, int, int]] = Counter()
-    for rank in range(world_size):
-        batches = await collect(stream("train", data_dir=data, rank=rank, world_size=world_size))
-        assert all(b.row_group % world_size == rank and b.epoch == 0 for b in batches)
-        seen.update(ids(batches))
-    assert set(seen) == all_ids(range(4)) and max(seen.values()) == 1
+def todays_sequence(shards, counts, rank, world, epoch, shuffle, seed) -> list[tuple[int, int]]:
+    """The one-node rule before node-aware striding, written out: row group g of every shard
+    (in the epoch's shard order, each shard's row groups in its order) goes to rank g % world."""
+    order = list(shards)
+    if shuffle:
+        random.Random(f"nanostream:{seed}:{epoch}").shuffle(order)
+    out = []
+    for s in order:
+        groups = list(range(counts[s]))
+        if shuffle:
+            random.Random(f"nanostream:{seed}:{epoch}:{s}").shuffle(groups)
+        out += [(s, g) for g in groups if g % world == rank]
+    return out
 
 
-async def test_rank_without_row_groups(data: Path) -> None:
-    assert await collect(stream("train", data_dir=data, rank=4, world_size=5)) == []  # one epoch: empty
-    with pytest.raises(ConfigError, match="reads no row group"):  # forever: an error, not a hang
-        await collect(stream("train", data_dir=data, rank=4, world_size=5, epochs=None))
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("shuffle", [False, True])
+async def test_one_node_reads_todays_order_evened_out(tmp_path: Path, world_size: int, drop_last: bool,
+                                                      shuffle: bool) -> None:
+    folder = tmp_path / "d"
+    make_shards(folder, 4, row_groups=4, rows=2, base_url="")  # train 0..2: 12 row groups
+    kw = dict(data_dir=folder, world_size=world_size, drop_last=drop_last, shuffle=shuffle, seed=5, epochs=2)
+    runs = [await collect(stream("train", rank=r, **kw)) for r in range(world_size)]
+    for epoch in range(2):
+        today = [todays_sequence((0, 1, 2), {0: 4, 1: 4, 2: 4}, r, world_size, epoch, shuffle, 5)
+                 for r in range(world_size)]
+        n = (min if drop_last else max)(len(t) for t in today)
+        assert stream("train", rank=0, **kw).epoch_length(epoch) == n
+        seen: Counter[tuple[int, int, int]] = Counter()
+        for r, run in enumerate(runs):
+            got = [(b.shard, b.row_group) for b in run if b.epoch == epoch]
+            assert got == (today[r] * 2)[:n]  # today's order, cut (drop_last) or padded from its start
+            seen.update(ids([b for b in run if b.epoch == epoch]))
+        if drop_last:
+            assert max(seen.values()) == 1 and len(seen) == 2 * n * world_size
+        else:
+            assert set(seen) == all_ids(range(3), rows=2)
+
+
+async def test_rank_without_row_groups_is_an_error_on_every_rank(data: Path) -> None:
+    for rank in (0, 4):  # 16 row groups, row group g to rank g % 5: rank 4 reads none
+        for epochs in (1, None):  # one epoch: not 0 batches silently; forever: not a hang
+            s = stream("train", data_dir=data, rank=rank, world_size=5, epochs=epochs)
+            with pytest.raises(ConfigError, match=r"reader 4 of 5 .* reads no row group"):
+                await collect(s)
+            with pytest.raises(ConfigError, match="reads no row group"):
+                s.epoch_length()
 
 
 async def test_shuffle_same_order_on_every_rank_and_exactly_once(data: Path) -> None:
@@ -219,7 +254,7 @@ async def test_truncated_shard_raises_named_error(data: Path) -> None:
         async for b in stream("train", data_dir=data):
             got.append(b)
     assert err.value.path == path and "fetch it again" in str(err.value)
-    assert set(ids(got)) == all_ids([0, 1])  # everything before it arrived; nothing after
+    assert got == []  # its footer is read before the epoch starts (row-group census): fails at once
     await settled()
 
 
@@ -238,6 +273,12 @@ async def test_missing_shard_without_remote(tmp_path: Path) -> None:
 
 
 # -- background fetching ---------------------------------------------------------------------------
+def downloads(srv: FaultServer, name: str) -> int:
+    """GETs of ``name`` that download it (not the census's suffix-range reads of its footer)."""
+    return sum(1 for r in srv.requests if r.path == "/" + name and r.method == "GET"
+               and not (r.range or "").startswith("bytes=-"))
+
+
 def remote(tmp_path: Path, n: int = 6, **kw) -> Path:
     folder = tmp_path / "remote"
     make_shards(folder, n, record=False, **kw)
@@ -261,7 +302,7 @@ async def test_stream_from_empty_folder_while_downloading(tmp_path: Path) -> Non
     assert first is not None and first < total / 2
     assert Counter(ids(got)) == Counter(all_ids(range(5), rows=16))
     assert [b.shard for b in got] == sorted(b.shard for b in got)
-    assert all(srv.count(shard_name(i)) == 1 for i in range(5)) and srv.count(shard_name(5)) == 0
+    assert all(downloads(srv, shard_name(i)) == 1 for i in range(5)) and srv.count(shard_name(5)) == 0
     rec = read_record(local)
     assert rec is not None and rec.max_shard == 5 and rec.base_url == srv.url
     await settled()
@@ -276,7 +317,7 @@ async def test_corrupt_local_shard_is_fetched_again(tmp_path: Path) -> None:
         write_record(local, FolderRecord(base_url=srv.url, max_shard=3))
         got = await collect(stream("train", data_dir=local))
     assert set(ids(got)) == all_ids(range(3), rows=16)
-    assert srv.count(shard_name(1)) == 1 and srv.count(shard_name(0)) == 0
+    assert downloads(srv, shard_name(1)) == 1 and srv.count(shard_name(0)) == 0
 
 
 async def test_failed_download_raises_named_error(tmp_path: Path) -> None:
@@ -322,7 +363,8 @@ async def test_two_processes_download_each_shard_once(tmp_path: Path) -> None:
         outs = [(await p.communicate())[0].decode().split() for p in procs]
         assert [p.returncode for p in procs] == [0, 0]
     assert outs == [["160", "1"], ["160", "1"]]  # 5 shards * 2 of 4 row groups * 16 rows, once each
-    assert [srv.count(shard_name(i)) for i in range(6)] == [1, 1, 1, 1, 1, 0]
+    assert [downloads(srv, shard_name(i)) for i in range(6)] == [1, 1, 1, 1, 1, 0]
+    assert [srv.count(shard_name(i)) for i in range(5)] == [3, 2, 2, 2, 2]  # + footer reads, by one rank
 
 
 # -- resume and the blocking twin ------------------------------------------------------------------
@@ -336,6 +378,41 @@ async def test_resume_continues_exactly_after(data: Path, shuffle: bool) -> None
         rest = await collect(stream("train", start=pos, **kw))
         assert [b.position for b in rest] == [b.position for b in full[k + 1:]]
         assert [b.texts for b in rest] == [b.texts for b in full[k + 1:]]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+async def test_resume_exact_on_two_nodes_and_cursor_from_any_rank(tmp_path: Path, shuffle: bool) -> None:
+    folder = tmp_path / "d"
+    make_shards(folder, 6, row_groups=4, rows=2, base_url="")  # 5 train shards, dealt to 2 nodes: uneven
+    kw = dict(data_dir=folder, world_size=4, local_world_size=2, epochs=2, shuffle=shuffle, seed=3)
+    full = [await collect(stream("train", rank=r, **kw)) for r in range(4)]
+    n = stream("train", rank=0, **kw).epoch_length()
+    assert [len(f) for f in full] == [2 * n] * 4 and n == 4  # node 0: 3 shards, node 1: 2 shards -> 4 each
+    for k in (0, 2, n, n + 1):
+        pos = pickle.loads(pickle.dumps(full[3][k].position))
+        rest = await collect(stream("train", rank=3, start=pos, **kw))
+        assert [b.position for b in rest] == [b.position for b in full[3][k + 1:]]
+        # the global position after k+1 batches of every rank, the same whichever rank computes it
+        cursors = {stream("train", rank=r, **kw).cursor(full[r][k].position) for r in range(4)}
+        assert len(cursors) == 1
+    legacy = Position(full[1][2].epoch, full[1][2].shard, full[1][2].row_group)  # no taken/base: searched
+    assert [b.position for b in await collect(stream("train", rank=1, start=legacy, **kw))] == \
+        [b.position for b in full[1][3:]]
+
+
+def test_layout_from_torchrun_env(data: Path, monkeypatch) -> None:
+    for k, v in dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", GROUP_RANK="1").items():
+        monkeypatch.setenv(k, v)
+    p = stream("train", data_dir=data).plan
+    assert (p.rank, p.world_size, p.local_world_size) == (3, 4, 2)
+    p = stream("train", data_dir=data, rank=5, world_size=8).plan  # workers folded in: not torchrun's world
+    assert (p.rank, p.world_size, p.local_world_size) == (5, 8, 8)
+    assert stream("val", data_dir=data).plan.local_world_size == 4  # one val shard: read as one node
+    monkeypatch.setenv("GROUP_RANK", "0")
+    with pytest.raises(ConfigError, match="node by node"):
+        stream("train", data_dir=data)
+    with pytest.raises(ConfigError, match="does not divide"):
+        stream("train", data_dir=data, rank=0, world_size=4, local_world_size=3)
 
 
 async def test_resume_with_a_foreign_row_group_is_refused(data: Path) -> None:

@@ -20,6 +20,7 @@ _LAZY = {
     "iter_batches": "stream",
     "Batch": "stream",
     "Position": "stream",
+    "Cursor": "stream",
     "fetch_shards": "fetch",
     "Fetcher": "fetch",
     "ByteTokenizer": "tokenizer",

@@ -1,12 +1,14 @@
 """The producer behind ``stream()``: what comes next, read on a worker thread, into a bounded queue.
 
-Owns the per-epoch order (optionally shuffled, identical on every rank), resume
-skipping, the single reader thread (pyarrow releases the GIL while it decodes;
-the file reading itself is ``nanostream.reader``), the one re-fetch of a corrupt
-shard, and the hand-over of batches (or the error that ended the
-stream) to the consumer through an ``asyncio.Queue`` of at most ``queue_size``
-row groups, kept in Arrow memory until the consumer takes them. The producer task, its thread and every file it opened are gone when
-``run()`` returns, also when it is cancelled.
+Owns the row-group census at start (``nanostream.census``), each epoch's plan
+(``nanostream.order``: the same global order on every rank, dealt to nodes and
+readers, equal work), resume skipping, the single reader thread (pyarrow releases
+the GIL while it decodes; the file reading itself is ``nanostream.reader``), the one
+re-fetch of a corrupt shard, and the hand-over of batches (or the error that ended
+the stream) to the consumer through an ``asyncio.Queue`` of at most ``queue_size``
+row groups, kept in Arrow memory until the consumer takes them. The producer task,
+its thread and every file it opened are gone when ``run()`` returns, also when it
+is cancelled.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,9 +25,13 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from .census import row_group_counts
 from .errors import ConfigError, CorruptShardError
+from .order import Cursor, EpochPlan, shard_order
 from .reader import ShardReader, close_opened, to_texts
 from .source import ShardSource, file_id
+
+__all__ = ["Batch", "Chunk", "Cursor", "Plan", "Position", "Producer", "shard_order"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,11 +40,19 @@ READ_AHEAD = 2  # row-group reads queued on the reader thread beyond the batch b
 
 @dataclass(frozen=True, order=True)
 class Position:
-    """Where a batch came from; ``stream(..., start=pos)`` resumes right after it."""
+    """Where a batch came from; ``stream(..., start=pos)`` resumes right after it (same world size).
+
+    ``taken`` counts the row groups this reader took in the epoch (this one included) and
+    ``base`` is the ``Cursor`` the epoch's dealing started from (None: the epoch's start);
+    neither takes part in comparisons. ``Stream.cursor(pos)`` turns a position into the
+    global ``Cursor`` for a resume at another world size.
+    """
 
     epoch: int
     shard: int
     row_group: int
+    taken: int = field(default=0, compare=False)
+    base: Cursor | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -50,10 +63,12 @@ class Batch:
     shard: int
     row_group: int
     epoch: int
+    taken: int = 0
+    base: Cursor | None = field(default=None, repr=False)
 
     @property
     def position(self) -> Position:
-        return Position(self.epoch, self.shard, self.row_group)
+        return Position(self.epoch, self.shard, self.row_group, self.taken, self.base)
 
 
 @dataclass(frozen=True)
@@ -66,9 +81,12 @@ class Chunk:
     shard: int
     row_group: int
     epoch: int
+    taken: int = 0
+    base: Cursor | None = None
 
     def batch(self) -> Batch:
-        return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch)
+        return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch,
+                     self.taken, self.base)
 
 
 @dataclass(frozen=True)
@@ -87,26 +105,24 @@ class Plan:
     epochs: int | None
     shuffle: bool
     seed: int
-    start: Position | None
+    start: Position | Cursor | None
     queue_size: int
     fetch_ahead: int
     fetch_workers: int
     retry: Any = None
+    local_world_size: int = 0  # readers per node as dealt (0: world_size, one node)
+    drop_last: bool = True
 
+    def epoch_plan(self, counts: dict[int, int], epoch: int, base: Cursor | None = None) -> EpochPlan:
+        return EpochPlan(self.shards, counts, epoch, shuffle=self.shuffle, seed=self.seed,
+                         world_size=self.world_size, local_world_size=self.local_world_size or self.world_size,
+                         drop_last=self.drop_last, base=base)
 
-def shard_order(shards: tuple[int, ...], epoch: int, shuffle: bool, seed: int) -> list[int]:
-    order = list(shards)
-    if shuffle:
-        random.Random(f"nanostream:{seed}:{epoch}").shuffle(order)
-    return order
-
-
-def row_group_order(n: int, shard: int, epoch: int, plan: Plan) -> list[int]:
-    """The row groups of a shard that ``plan.rank`` reads, in this epoch's order."""
-    order = list(range(n))
-    if plan.shuffle:
-        random.Random(f"nanostream:{plan.seed}:{epoch}:{shard}").shuffle(order)
-    return [g for g in order if g % plan.world_size == plan.rank]
+    def start_base(self) -> Cursor | None:
+        """The cursor the first epoch's dealing starts from."""
+        if isinstance(self.start, Cursor):
+            return self.start
+        return self.start.base if self.start is not None else None
 
 
 class _End:
@@ -126,6 +142,7 @@ class Producer:
         self.max_queued = 0  # largest queue size seen right after a put
         self.source: ShardSource | None = None
         self._left = 0  # row groups of the current shard not yet handed over
+        self.counts: dict[int, int] | None = None  # row groups per shard (census), set by Stream or run()
         self._executor: ThreadPoolExecutor | None = None
 
     async def run(self) -> None:
@@ -150,26 +167,30 @@ class Producer:
 
     async def _produce(self, source: ShardSource) -> None:
         p = self.plan
+        if self.counts is None:
+            self.counts = await row_group_counts(p.data_dir, p.shards, source.base_url, token=p.token,
+                                                 retry=p.retry)
         start = p.start
         for epoch in self._epochs():
-            order = shard_order(p.shards, epoch, p.shuffle, p.seed)
-            if start is not None:  # resume: drop the shards consumed before the start position
-                order = order[order.index(start.shard):]
-            before = self.produced
-            for k, shard in enumerate(order):
-                after = start.row_group if start is not None and k == 0 else None
-                await self._emit_shard(source, epoch, shard, order[k + 1:], after)
-            if p.epochs is None and start is None and self.produced == before:  # would spin forever
-                raise ConfigError(
-                    f"rank {p.rank} of {p.world_size} reads no row group of the {p.split} split in "
-                    f"{p.data_dir} (row group i goes to rank i % world_size, and these shards have fewer "
-                    "row groups than that): use fewer ranks or DataLoader workers")
+            base = p.start_base() if start is not None else None
+            ep = p.epoch_plan(self.counts, epoch, base)
+            seq = ep.sequence(p.rank)
+            taken = _resume_index(seq, start, p.data_dir) if isinstance(start, Position) else 0
+            runs = _runs(seq, taken)
+            for k, (shard, first, groups) in enumerate(runs):
+                upcoming: dict[int, None] = {}
+                for r in itertools.islice(runs, k + 1, None):
+                    if len(upcoming) >= p.fetch_ahead:
+                        break
+                    if r[0] != shard:
+                        upcoming[r[0]] = None
+                await self._emit_shard(source, epoch, shard, groups, first, list(upcoming), ep.base)
             start = None
 
-    async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, upcoming: list[int],
-                          after: int | None) -> None:
-        """Put the owned row groups of one shard (those after row group ``after``, if given)."""
-        done = 0  # row groups of this shard's order already handed over (or skipped on resume)
+    async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
+                          upcoming: list[int], base: Cursor | None) -> None:
+        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them."""
+        done = 0  # of ``groups``, handed over so far
         refetched = False
         path = await source.get(shard, upcoming)
         while True:
@@ -178,15 +199,12 @@ class Producer:
                 handle = await self._open(path)
                 seen = handle.seen
                 try:
-                    order = row_group_order(handle.num_row_groups, shard, epoch, self.plan)
-                    if after is not None:
-                        done = _resume_index(order, after, path, handle.num_row_groups)
-                        after = None
-                    self._left = len(order) - done
+                    self._check_count(handle, shard)
+                    self._left = len(groups) - done
                     try:
-                        await self._emit_row_groups(handle, epoch, shard, order[done:])
+                        await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base)
                     finally:
-                        done = len(order) - self._left  # handed over so far, for a retry after a re-fetch
+                        done = len(groups) - self._left  # handed over so far, for a retry after a re-fetch
                     return
                 finally:
                     # queued on the reader thread after any read of this file; not awaited (the
@@ -199,7 +217,15 @@ class Producer:
                 log.warning("%s; fetching it again", exc)
                 path = await source.replace(shard, seen or file_id(path))
 
-    async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int]) -> None:
+    def _check_count(self, handle: ShardReader, shard: int) -> None:
+        assert self.counts is not None
+        if handle.num_row_groups != self.counts[shard]:
+            raise ConfigError(f"{handle.path} has {handle.num_row_groups} row groups, but "
+                              f"{self.plan.data_dir}/.nanostream.rowgroups.json says {self.counts[shard]}: the "
+                              "folder's shards changed; delete that file and start again")
+
+    async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int], taken: int,
+                               base: Cursor | None) -> None:
         """Read ``groups`` in order and put them. Up to ``READ_AHEAD`` reads wait on the reader thread,
         so it never idles while the loop hands a batch over."""
         pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
@@ -208,7 +234,7 @@ class Producer:
                 while len(pending) < READ_AHEAD and k + len(pending) < len(groups):
                     pending.append(self._submit(handle.read, groups[k + len(pending)]))
                 column = await pending.popleft()  # if cancelled: dropped unless started
-                await self._put(Chunk(column, handle.path, shard, group, epoch))
+                await self._put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base))
                 self._left -= 1
         finally:
             for fut in pending:  # reads ahead that nobody will take: drop them if not started
@@ -252,10 +278,25 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _resume_index(order: list[int], after: int, path: Path, n: int) -> int:
+def _runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
+    """``seq[skip:]`` as runs of one shard: ``(shard, count before the run, row groups)``."""
+    runs: list[tuple[int, int, list[int]]] = []
+    for i in range(skip, len(seq)):
+        shard, group = seq[i]
+        if not runs or runs[-1][0] != shard:
+            runs.append((shard, i, []))
+        runs[-1][2].append(group)
+    return runs
+
+
+def _resume_index(seq: list[tuple[int, int]], start: Position, data_dir: Path) -> int:
+    """How many of ``seq`` the reader had taken at ``start`` (found by ``taken``, else searched)."""
+    key = (start.shard, start.row_group)
+    if 0 < start.taken <= len(seq) and seq[start.taken - 1] == key:
+        return start.taken
     try:
-        return order.index(after) + 1
+        return seq.index(key) + 1
     except ValueError:
-        raise ConfigError(f"resume position: row group {after} of {path} is not one this rank reads "
-                          f"(the shard has {n} row groups); resume with the same rank, world_size, "
-                          "shuffle and seed") from None
+        raise ConfigError(f"resume position {start}: row group {start.row_group} of shard {start.shard} in "
+                          f"{data_dir} is not one this rank reads in epoch {start.epoch}; resume with the same "
+                          "rank, world_size, local_world_size, shuffle and seed (or from a Cursor)") from None

@@ -3,6 +3,33 @@
 A data folder holds ``shard_XXXXX.parquet`` files directly, plus bookkeeping
 whose names all start with ``.nanostream`` (``.nanostream.json`` records which
 dataset the folder holds, so readers know the validation shard).
+
+Striding (who reads which row group). Readers are ranks, with DataLoader workers
+folded in below them (``worker_stride``: worker ``w`` of ``k`` on rank ``r`` is
+reader ``r*k + w`` of ``world*k``; a node of ``L`` ranks then has ``L*k`` readers).
+Ranks are numbered node by node, as torchrun does: rank ``r`` is local reader
+``r % L`` of node ``r // L``, with ``N = world // L`` nodes.
+
+* One node (``L == world``): row group ``g`` of every shard goes to reader
+  ``g % world`` (``strided``/``owns``).
+* ``N`` nodes (``deal``): the epoch's shard order is dealt to the nodes -- shard
+  ``k`` of the order goes to node ``k % N`` -- and within a node row group ``g``
+  of each of its shards goes to local reader ``g % L``. A node downloads only its
+  own shards; with ``N == 1`` this is exactly the one-node rule above.
+
+Worked example: 2 nodes x 2 ranks x 2 workers, so world 4 and L 2, folded to 8
+readers with 4 per node; the epoch's order is shards A B C D of 8 row groups each.
+Node 0 (ranks 0, 1) gets A and C, node 1 (ranks 2, 3) gets B and D. Reader
+``j = local_rank*2 + worker`` of a node reads row groups ``g`` with ``g % 4 == j``:
+
+    rank 0 worker 0: A0 A4 C0 C4    rank 2 worker 0: B0 B4 D0 D4
+    rank 0 worker 1: A1 A5 C1 C5    rank 2 worker 1: B1 B5 D1 D5
+    rank 1 worker 0: A2 A6 C2 C6    rank 3 worker 0: B2 B6 D2 D6
+    rank 1 worker 1: A3 A7 C3 C7    rank 3 worker 1: B3 B7 D3 D7
+
+Each node downloads 2 shards, not 4. A split with fewer shards than nodes (the
+single validation shard) is read as on one node (``node_count`` returns 1).
+Equal work per reader and the resume cursor are ``nanostream.order``.
 """
 
 from __future__ import annotations
@@ -151,3 +178,31 @@ def worker_stride(rank: int, world_size: int, worker_id: int, num_workers: int) 
     k = max(1, num_workers)
     check_rank(worker_id, k)
     return rank * k + worker_id, world_size * k
+
+
+def check_layout(rank: int, world_size: int, local_world_size: int) -> None:
+    """Raise ConfigError unless ``rank`` is in the world and the nodes hold equal numbers of ranks."""
+    check_rank(rank, world_size)
+    if local_world_size < 1 or world_size % local_world_size:
+        raise ConfigError(f"local_world_size {local_world_size} does not divide world_size {world_size}: "
+                          "every node must run the same number of ranks (and DataLoader workers)")
+
+
+def node_count(world_size: int, local_world_size: int, num_shards: int) -> int:
+    """Nodes the shards are dealt to: ``world // local``, or 1 if the split has fewer shards than nodes."""
+    nodes = world_size // local_world_size
+    return nodes if num_shards >= nodes else 1
+
+
+def deal(items: list[tuple[int, int]], world_size: int, local_world_size: int) -> list[list[int]]:
+    """Indices into ``items`` (``(shard, row_group)`` pairs in read order, a shard's row groups
+    together) that each reader reads, reader by reader. The ``k``-th shard of ``items`` goes to
+    node ``k % nodes``; its row group ``g`` to local reader ``g % local_world_size`` there."""
+    nodes = world_size // local_world_size
+    out: list[list[int]] = [[] for _ in range(world_size)]
+    k, last = -1, None
+    for i, (shard, group) in enumerate(items):
+        if shard != last:
+            k, last = k + 1, shard
+        out[(k % nodes) * local_world_size + group % local_world_size].append(i)
+    return out

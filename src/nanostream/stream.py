@@ -6,10 +6,17 @@ split, which rank), the ``Stream`` async iterator and its lifecycle (``async for
 twin that runs the same stream on an event loop in a background thread. The
 reading itself is ``nanostream.producer``; downloading is ``nanostream.source``.
 
+Ranks: ``rank``/``world_size``/``local_world_size`` (``default_layout``: torch.distributed,
+else torchrun's RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, LOCAL_RANK, GROUP_RANK -- read here,
+next to where they are used, like RANK/WORLD_SIZE always were). Shards are dealt to
+nodes and row groups to the ranks of a node (``nanostream.shards``); every rank reads
+the same number of row groups per epoch (``drop_last``; ``Stream.epoch_length``).
+
 Resume: ``batch.position`` is ``Position(epoch, shard, row_group)``;
-``stream(..., start=pos)`` continues with the batch right after it. The order of
-an epoch depends only on the split's shards, ``rank``/``world_size``, ``shuffle``
-and ``seed`` (not on timing or on what is on disk), so resume with the same values.
+``stream(..., start=pos)`` continues with the batch right after it, with the same
+rank, world size, ``shuffle`` and ``seed``. ``Stream.cursor(pos)`` is the global
+``Cursor`` (``nanostream.order``) every rank computes alike; ``start=cursor`` resumes at
+any world size, skipping no row group.
 """
 
 from __future__ import annotations
@@ -23,13 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from .blocking import BatchIterator
+from .census import row_group_counts, row_group_counts_blocking
 from .config import DEFAULT_DATASET, Config, check_url, get_dataset, token_allowed
 from .errors import ConfigError, MissingShardError
-from .producer import Batch, Chunk, Plan, Position, Producer, _End, shard_order
-from .shards import check_rank, read_record, resolve_split, shard_name
+from .order import EpochPlan
+from .producer import Batch, Chunk, Cursor, Plan, Position, Producer, _End, _resume_index, shard_order
+from .shards import check_layout, node_count, read_record, resolve_split, shard_name
 from .source import usable_remote
 
-__all__ = ["Batch", "BatchIterator", "Position", "Stream", "default_rank", "iter_batches", "stream"]
+__all__ = ["Batch", "BatchIterator", "Cursor", "Position", "Stream", "default_layout", "default_rank",
+           "iter_batches", "stream"]
 
 log = logging.getLogger(__name__)
 _warned_guess: set[Path] = set()
@@ -46,6 +56,35 @@ def default_rank() -> tuple[int, int]:
         raise ConfigError(f"RANK/WORLD_SIZE must be integers ({exc})") from exc
 
 
+def default_layout(rank: int | None = None, world_size: int | None = None,
+                   local_world_size: int | None = None) -> tuple[int, int, int]:
+    """(rank, world_size, local_world_size), the given ones kept, the others from ``default_rank`` and
+    torchrun's LOCAL_WORLD_SIZE. That is used only when world_size is torchrun's own (not given, or
+    equal to WORLD_SIZE); otherwise local_world_size defaults to world_size: one node. Where torchrun
+    also sets LOCAL_RANK and GROUP_RANK, they must agree with ``rank`` being numbered node by node."""
+    env_rank, env_world = default_rank()
+    rank = env_rank if rank is None else rank
+    world_size = env_world if world_size is None else world_size
+    if local_world_size is None:
+        try:
+            env = {k: int(os.environ[k]) for k in ("LOCAL_WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE")
+                   if os.environ.get(k)}
+        except ValueError as exc:
+            raise ConfigError(f"LOCAL_WORLD_SIZE/LOCAL_RANK/GROUP_RANK must be integers ({exc})") from exc
+        local = env.get("LOCAL_WORLD_SIZE")
+        if local is None or env.get("WORLD_SIZE", world_size) != world_size:
+            local_world_size = world_size
+        else:
+            local_world_size = local
+            node, local_rank = divmod(rank, local) if local > 0 else (0, 0)
+            if env.get("LOCAL_RANK", local_rank) != local_rank or env.get("GROUP_RANK", node) != node:
+                raise ConfigError(
+                    f"RANK={rank} is not local rank LOCAL_RANK={env.get('LOCAL_RANK')} of node "
+                    f"GROUP_RANK={env.get('GROUP_RANK')} with LOCAL_WORLD_SIZE={local}: nanostream needs ranks "
+                    "numbered node by node and the same number per node; pass local_world_size= explicitly")
+    return rank, world_size, local_world_size
+
+
 def stream(
     split: str = "train",
     *,
@@ -56,10 +95,12 @@ def stream(
     num_shards: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    local_world_size: int | None = None,
+    drop_last: bool = True,
     epochs: int | None = 1,
     shuffle: bool = False,
     seed: int = 0,
-    start: Position | None = None,
+    start: Position | Cursor | None = None,
     queue_size: int = 8,
     fetch_ahead: int = 2,
     fetch_workers: int = 4,
@@ -76,7 +117,8 @@ def stream(
 
 def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_url: str | None,
           max_shard: int | None, num_shards: int | None, rank: int | None, world_size: int | None,
-          epochs: int | None, shuffle: bool, seed: int, start: Position | None, queue_size: int,
+          local_world_size: int | None, drop_last: bool, epochs: int | None, shuffle: bool, seed: int,
+          start: Position | Cursor | None, queue_size: int,
           fetch_ahead: int, fetch_workers: int, retry: Any, config: Config | None) -> Plan:
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
@@ -111,31 +153,34 @@ def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_
     if not shards:
         raise MissingShardError(f"no {split} shards in {folder} (validation shard is {shard_name(sp.val)}): "
                                 "fetch some with `nanostream fetch -n N`, or pass num_shards=", path=folder)
-    if rank is None or world_size is None:
-        r, w = default_rank()
-        rank = r if rank is None else rank
-        world_size = w if world_size is None else world_size
-    check_rank(rank, world_size)
+    rank, world_size, local_world_size = default_layout(rank, world_size, local_world_size)
+    check_layout(rank, world_size, local_world_size)
+    if node_count(world_size, local_world_size, len(shards)) == 1:
+        local_world_size = world_size  # fewer shards than nodes (val): every node reads them all
     if start is not None:
-        _check_start(start, shards, rank, world_size, epochs)
+        _check_start(start, shards, rank, local_world_size, epochs)
     column = record.text_column if record is not None else (ds.text_column if ds else "text")
     return Plan(data_dir=folder, split=split, shards=tuple(shards), max_shard=sp.val, text_column=column,
                 base_url=url, token=cfg.hf_token if url and token_allowed(url, cfg.token_hosts) else None,
                 rank=rank, world_size=world_size, epochs=epochs,
                 shuffle=shuffle, seed=seed, start=start, queue_size=queue_size, fetch_ahead=fetch_ahead,
-                fetch_workers=fetch_workers, retry=retry)
+                fetch_workers=fetch_workers, retry=retry, local_world_size=local_world_size,
+                drop_last=drop_last)
 
 
-def _check_start(start: Position, shards: tuple[int, ...], rank: int, world_size: int,
+def _check_start(start: Position | Cursor, shards: tuple[int, ...], rank: int, local_world_size: int,
                  epochs: int | None) -> None:
-    if not isinstance(start, Position):
-        raise ConfigError(f"start must be a Position (batch.position), got {start!r}")
-    if start.shard not in shards:
-        raise ConfigError(f"resume position {start}: shard {start.shard} is not in this split "
-                          f"({len(shards)} shards); resume with the same data_dir/num_shards")
-    if start.row_group % world_size != rank:
-        raise ConfigError(f"resume position {start}: row group {start.row_group} belongs to rank "
-                          f"{start.row_group % world_size}, not rank {rank} of {world_size}")
+    if isinstance(start, Position):
+        if start.shard not in shards:
+            raise ConfigError(f"resume position {start}: shard {start.shard} is not in this split "
+                              f"({len(shards)} shards); resume with the same data_dir/num_shards")
+        if start.row_group % local_world_size != rank % local_world_size:
+            raise ConfigError(f"resume position {start}: row group {start.row_group} belongs to local rank "
+                              f"{start.row_group % local_world_size}, not rank {rank} (local rank "
+                              f"{rank % local_world_size} of {local_world_size}); resume at another world "
+                              "size from a Cursor (Stream.cursor)")
+    elif not isinstance(start, Cursor):
+        raise ConfigError(f"start must be a Position (batch.position) or a Cursor (Stream.cursor), got {start!r}")
     if start.epoch < 0 or (epochs is not None and start.epoch >= epochs):
         raise ConfigError(f"resume position {start}: epoch {start.epoch} is outside 0..{epochs}")
 
@@ -170,6 +215,7 @@ class Stream:
         self.plan = plan
         self._producer = Producer(plan)
         self._agen: Any = None
+        self._epoch_plan: tuple[Any, EpochPlan] | None = None
 
     def __aiter__(self) -> Stream:
         return self
@@ -207,6 +253,60 @@ class Stream:
     def order(self, epoch: int) -> list[int]:
         """The shard order of ``epoch`` (every rank uses the same)."""
         return shard_order(self.plan.shards, epoch, self.plan.shuffle, self.plan.seed)
+
+    async def prepare(self) -> dict[int, int]:
+        """Count every shard's row groups now (footers; see ``nanostream.census``), without blocking
+        the event loop. ``epoch_length``/``cursor`` then answer at once; iteration reuses the counts."""
+        if self._producer.counts is None:
+            p = self.plan
+            self._producer.counts = await row_group_counts(
+                p.data_dir, p.shards, p.base_url if usable_remote(p.base_url) else None, token=p.token,
+                retry=p.retry)
+        return self._producer.counts
+
+    def epoch_plan(self, epoch: int | None = None, base: Cursor | None = None) -> EpochPlan:
+        """Who reads what in ``epoch`` (default: the first this stream reads, from its start).
+        Counts the row groups first if ``prepare`` has not (blocking)."""
+        p = self.plan
+        if self._producer.counts is None:
+            self._producer.counts = row_group_counts_blocking(
+                p.data_dir, p.shards, p.base_url if usable_remote(p.base_url) else None, token=p.token,
+                retry=p.retry)
+        first = p.start.epoch if p.start is not None else 0
+        epoch = first if epoch is None else epoch
+        if base is None and epoch == first:
+            base = p.start_base()
+        key = (epoch, base)
+        if self._epoch_plan is None or self._epoch_plan[0] != key:  # one kept: cursor() per step is cheap
+            self._epoch_plan = (key, p.epoch_plan(self._producer.counts, epoch, base))
+        return self._epoch_plan[1]
+
+    def epoch_length(self, epoch: int | None = None) -> int:
+        """Row groups (batches) every rank reads in ``epoch`` -- the same on every rank.
+
+        Default: the first epoch this stream reads, counted from its ``start``. Raises
+        ConfigError if some rank would read none."""
+        return self.epoch_plan(epoch).length
+
+    def cursor(self, position: Position | None = None, *, taken: int | None = None) -> Cursor:
+        """The global position after ``position`` (default: the start), assuming every rank has taken
+        ``taken`` row groups of the epoch (default: as many as this one at ``position``).
+
+        Every rank computes the same cursor from the same ``taken``. Ranks that are not level
+        (a packer takes row groups at its own pace) must agree on the smallest ``taken`` among
+        them, or a resume may skip row groups; the row groups the others took beyond it are
+        read again."""
+        if position is None:
+            start = self.plan.start
+            if isinstance(start, Cursor):
+                return start
+            if start is None:
+                return Cursor(0, 0, (), self.epoch_plan(0).total)
+            position = start
+        ep = self.epoch_plan(position.epoch, position.base)
+        if taken is None:
+            taken = _resume_index(ep.sequence(self.plan.rank), position, self.plan.data_dir)
+        return ep.cursor_after(taken)
 
 
 def iter_batches(split: str = "train", **kwargs: Any) -> BatchIterator:

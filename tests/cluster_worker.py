@@ -1,0 +1,75 @@
+"""One rank of a (simulated or torchrun) cluster for tests/test_stream_cluster.py and bench/cluster_bench.py.
+
+Usage: python tests/cluster_worker.py OUT_DIR --data-dir DIR --base-url URL --num-shards N --max-shard M
+           [--take K] [--start CURSOR_JSON] [--shuffle] [--pad] [--dist]
+
+The rank, world size and node come from torchrun's environment (RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK: set by hand in the simulation, by torchrun
+for real; ``--dist`` also joins a gloo process group first). It reads one epoch of
+``stream()`` -- or its first K batches -- and writes OUT_DIR/rank<RANK>.json: the
+layout it saw, the epoch length it was told beforehand, every document id it read
+and the global cursor after its last batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from nanostream.order import Cursor
+from nanostream.stream import iter_batches, stream
+
+from datagen import doc_id
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out", type=Path)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--max-shard", type=int, required=True)
+    p.add_argument("--take", type=int, default=None)
+    p.add_argument("--start", default=None, help="a Cursor as JSON (Cursor.to_list)")
+    p.add_argument("--shuffle", action="store_true")
+    p.add_argument("--pad", action="store_true", help="drop_last=False: even out by repeating")
+    p.add_argument("--dist", action="store_true")
+    args = p.parse_args()
+    dist = None
+    if args.dist:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    try:
+        kw = dict(data_dir=args.data_dir, base_url=args.base_url, num_shards=args.num_shards,
+                  max_shard=args.max_shard, shuffle=args.shuffle, seed=11, epochs=1, drop_last=not args.pad,
+                  start=Cursor.from_list(json.loads(args.start)) if args.start else None)
+        s = stream("train", **kw)  # rank, world_size, local_world_size: from the environment
+        plan = s.plan
+        length = s.epoch_length()
+        batches = []
+        last = None
+        for b in iter_batches("train", **kw):
+            batches.append([b.shard, b.row_group, [list(doc_id(t)) for t in b.texts]])
+            last = b.position
+            if args.take is not None and len(batches) == args.take:
+                break
+        cursor = s.cursor(last) if last is not None else s.cursor()
+        if dist is not None:
+            assert (dist.get_rank(), dist.get_world_size()) == (plan.rank, plan.world_size)
+            dist.barrier()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"rank{plan.rank}.json").write_text(json.dumps({
+            "rank": plan.rank, "world_size": plan.world_size, "local_world_size": plan.local_world_size,
+            "data_dir": str(plan.data_dir), "epoch_length": length, "batches": batches,
+            "cursor": cursor.to_list()}))
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
