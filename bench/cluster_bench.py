@@ -44,7 +44,8 @@ async def run_cluster(work: Path, url: str, shards: int, tag: str, *, node_aware
         local = PER_NODE if node_aware else world
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RANK": str(rank), "WORLD_SIZE": str(world),
                "LOCAL_RANK": str(rank % local), "LOCAL_WORLD_SIZE": str(local), "GROUP_RANK": str(rank // local),
-               "HF_TOKEN": f"{tag}-{node}", "OMP_NUM_THREADS": "1"}
+               "HF_TOKEN": f"{tag}-{node}", "OMP_NUM_THREADS": "1",
+               "NANOSTREAM_TOKEN_HOSTS": url.split("://", 1)[1].split("/", 1)[0]}  # tokens tell nodes apart
         cmd = [sys.executable, str(TESTS / "cluster_worker.py"), str(out), "--data-dir", str(work / f"{tag}-{node}"),
                "--base-url", url, "--num-shards", str(shards), "--max-shard", str(shards), "--shuffle"]
         procs.append(await asyncio.create_subprocess_exec(*cmd, stderr=subprocess.PIPE, env=env))

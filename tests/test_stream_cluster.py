@@ -35,11 +35,17 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def worker_env(rank: int, world: int, per_node: int, token: str) -> dict[str, str]:
+def token_host(url: str) -> str:
+    """The server's host:port: HF_TOKEN (each node's tag) goes only to hosts opted in like this."""
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
+def worker_env(rank: int, world: int, per_node: int, token: str, url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
     return {**env, "PYTHONPATH": str(ROOT / "src"), "RANK": str(rank), "WORLD_SIZE": str(world),
             "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node),
-            "GROUP_RANK": str(rank // per_node), "HF_TOKEN": token, "OMP_NUM_THREADS": "1"}
+            "GROUP_RANK": str(rank // per_node), "HF_TOKEN": token, "OMP_NUM_THREADS": "1",
+            "NANOSTREAM_TOKEN_HOSTS": token_host(url)}
 
 
 async def run_cluster(tmp: Path, url: str, nodes: int, tag: str, *, take: int | None = None,
@@ -55,7 +61,7 @@ async def run_cluster(tmp: Path, url: str, nodes: int, tag: str, *, take: int | 
         cmd += ["--start", json.dumps(start)] if start is not None else []
         cmd += ["--pad"] if pad else []
         procs.append(await asyncio.create_subprocess_exec(
-            *cmd, stderr=subprocess.PIPE, env=worker_env(rank, nodes * per_node, per_node, f"{tag}-{rank // per_node}")))
+            *cmd, stderr=subprocess.PIPE, env=worker_env(rank, nodes * per_node, per_node, f"{tag}-{rank // per_node}", url)))
     errs = [(await p.communicate())[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(errs)[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nodes * per_node)]
@@ -127,7 +133,8 @@ def test_torchrun_two_nodes_two_ranks(remote: Path, tmp_path: Path) -> None:
         launches = []
         for node in range(2):
             env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
-            env.update(PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", HF_TOKEN=f"t-{node}")
+            env.update(PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", HF_TOKEN=f"t-{node}",
+                       NANOSTREAM_TOKEN_HOSTS=token_host(url))
             cmd = [torchrun, "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
                    "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "nanostream-test", "--max-restarts", "0",
                    str(WORKER), str(out), "--data-dir", str(tmp_path / f"t-{node}"), "--base-url", url,
