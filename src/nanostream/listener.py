@@ -119,7 +119,9 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol, forwarded to aiohttp's RequestHandler ----------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.listener.live[self.inner] = self
+        live = self.listener.live
+        live[self.inner] = self
+        self.listener.peak = max(self.listener.peak, len(live))
         self._arm()
         self.inner.connection_made(transport)
 
@@ -196,6 +198,7 @@ class Listener:
         self.limits = limits.check()
         self.slots = asyncio.Semaphore(limits.max_connections)
         self.live: dict[Any, _Conn] = {}  # aiohttp RequestHandler -> its connection
+        self.peak = 0  # most connections ever open at once
         self._socks: list[socket.socket] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -283,7 +286,8 @@ class Listener:
         """Closes the connection after its ``max_keepalive_requests``-th response."""
         conn = self.live.get(request.protocol)
         if conn is not None and conn.requests >= self.limits.max_keepalive_requests:
-            response.force_close()
+            response.force_close()  # headers are computed before this hook: say it too
+            response.headers["Connection"] = "close"
 
     def _close_sockets(self) -> None:
         for sock in self._socks:
