@@ -2,7 +2,8 @@
 
 Parts: fetch (downloader vs process pool), stream (row-group producer vs bare pyarrow),
 tokenizer (rustbpe+tiktoken vs HF tokenizers), loader (TokenDataset vs encode_batch and
-the reference best-fit loop). ``BENCH_QUICK=1`` runs smaller sizes; ``BENCH_PARTS=fetch,stream``
+the reference best-fit loop), serve (the mirror vs http.server and nginx; 1000 concurrent GETs).
+``BENCH_QUICK=1`` runs smaller sizes; ``BENCH_PARTS=fetch,stream``
 picks parts.
 """
 
@@ -14,7 +15,7 @@ import sys
 import time
 import traceback
 
-PARTS = ("fetch", "stream", "tokenizer", "loader")
+PARTS = ("fetch", "stream", "tokenizer", "loader", "serve")
 
 
 def main() -> int:
