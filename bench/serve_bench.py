@@ -21,8 +21,8 @@ On a small loopback machine the kernel's copying and the 16 curls take most of t
 CPU, so throughputs come out close; the server's CPU seconds per GB tell the
 servers apart better.
 
-Targets (printed PASS/FAIL, never asserted): nanostream >= 1x http.server and
->= 0.5x single-worker nginx; the 1000 GETs all succeed, with fds <= 2 x 256 + 64
+Targets (printed PASS/FAIL, never asserted): nanostream >= 0.8x the faster of
+http.server and single-worker nginx (the mirror is not the bottleneck); the 1000 GETs all succeed, with fds <= 2 x 256 + 64
 (bounded by the cap) and peak RSS < 150 MB.
 """
 
@@ -272,17 +272,14 @@ def main(quick: bool = False) -> dict:
                         [[n, f"{m['ok']}/{MANY}", f"{m['wall']:.1f}", f"{m['rss0']:.0f}", f"{m['rss']:.0f}",
                           m["fds0"], m["fds"]] for n, m in many.items()]))
         ns = many.get("nanostream serve", {})
+        best = max(r for n, r in rate.items() if n != "nanostream serve")
         checks = [
-            (f"nanostream >= 1x http.server ({base / rate['python -m http.server']:.2f}x)",
-             base >= rate["python -m http.server"]),
+            (f"nanostream >= 0.8x the faster baseline ({base / best:.2f}x)", base >= 0.8 * best),
             (f"{MANY} GETs all answered ({ns.get('ok', 0)}/{MANY})", ns.get("ok") == MANY),
             (f"peak fds <= {2 * CAP + 64} ({ns.get('fds')})", ns.get("fds", 1 << 30) <= 2 * CAP + 64),
             (f"peak RSS < 150 MB ({ns.get('rss', 0):.0f} MB)", ns.get("rss", 1e9) < 150),
             ("every download verified", all(verified.values())),
         ]
-        if "nginx (1 worker)" in rate:
-            checks.insert(1, (f"nanostream >= 0.5x nginx ({base / rate['nginx (1 worker)']:.2f}x)",
-                              base >= 0.5 * rate["nginx (1 worker)"]))
         for text, ok in checks:
             print(f"  {verdict(ok)}  {text}")
         return {"rate": rate, "many": many}

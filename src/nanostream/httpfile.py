@@ -26,7 +26,7 @@ from aiohttp import web
 from ._compat import timeout
 
 CHUNK = 1 << 20
-HASH_CHUNK = 4 << 20
+HASH_CHUNK = 1 << 20  # one buffer per hashing thread: little for malloc to keep after
 MAX_RANGE_HEADER = 100  # characters; one byte range needs at most ~45
 SEND_TIMEOUT = 30.0
 
@@ -49,9 +49,11 @@ class FileInfo:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_CHUNK):
-            h.update(block)
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
