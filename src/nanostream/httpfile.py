@@ -140,9 +140,8 @@ async def write_body(request: web.BaseRequest, response: web.StreamResponse, pat
     reads instead, each write waiting for the socket to drain, under the same timeout.
     """
     loop = asyncio.get_running_loop()
-    f = await asyncio.to_thread(path.open, "rb")
-    try:
-        pos = start
+    pos = start
+    with path.open("rb") as f:  # stat'ed a moment ago: opening does not wait for the disk
         while pos < end:
             transport = request.transport
             if transport is None or transport.is_closing():
@@ -152,13 +151,11 @@ async def write_body(request: web.BaseRequest, response: web.StreamResponse, pat
                     sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
             except NotImplementedError:
                 break
-            except TimeoutError as exc:
+            except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
                 raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
             if not sent:
                 raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
             pos += sent
-    finally:
-        await asyncio.to_thread(f.close)
     if pos < end:  # no sendfile here: bounded reads, each write waits for the socket to drain
         gen = iter_file(path, pos, end)
         try:
@@ -166,7 +163,7 @@ async def write_body(request: web.BaseRequest, response: web.StreamResponse, pat
                 try:
                     async with timeout(send_timeout):
                         await response.write(data)
-                except TimeoutError as exc:
+                except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
                     raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
         finally:
             await gen.aclose()

@@ -27,7 +27,6 @@ import asyncio
 import errno
 import logging
 import math
-import resource
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,6 +63,10 @@ class Limits:
 
     def reserve_fds(self) -> None:
         """Raise the soft ``RLIMIT_NOFILE`` if the cap needs it; ConfigError if the hard limit is too low."""
+        try:
+            import resource
+        except ImportError:  # not POSIX: nothing to raise
+            return
         need = self.max_connections * FDS_PER_CONNECTION + FDS_SPARE
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY or soft >= need:

@@ -151,8 +151,8 @@ class ShardFiles:
             await response.write_eof()
         except OSError as exc:  # the client left or stalled, or the file went: nothing left to tell it
             level = logging.DEBUG if type(exc) in (ConnectionResetError, BrokenPipeError) else logging.INFO
-            log.log(level, "%s %s to %s stopped at some byte of %d-%d: %s", request.method, request.path,
-                    request.remote, start, end, exc)
+            log.log(level, "%s %s (bytes %d-%d) to %s stopped: %s", request.method, request.path,
+                    start, end - 1, request.remote, exc)
             if request.transport is not None:
                 request.transport.abort()
         return response
