@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ import aiohttp
 import pytest
 
 from nanostream.errors import ConfigError
-from nanostream.serve import make_app, parse_range, start_server
+from nanostream.serve import Limits, make_app, parse_range, start_server
 
 from servers import FaultServer
 
@@ -99,10 +101,9 @@ async def test_ranges(root: Path, mirror) -> None:
         async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
             assert r.status == 416, header
             assert r.headers["Content-Range"] == f"bytes */{SIZE}"
-    for header in ("bytes=0-1,5-6", "items=0-5", "bytes=9-3", "bytes=x-"):  # ignored: whole file
-        async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
-            assert r.status == 200, header
-            assert await r.read() == data
+    async with session.get(f"{url}/{NAME}", headers={"Range": "items=0-5"}) as r:  # RFC 9110: ignore the unit
+        assert r.status == 200
+        assert await r.read() == data
 
 
 def test_parse_range_edges() -> None:
@@ -111,6 +112,12 @@ def test_parse_range_edges() -> None:
     assert parse_range("bytes=0-", 0) is False
     assert parse_range("bytes=-3", 0) is False
     assert parse_range(" bytes = 2 - 4 ", 10) == (2, 5)
+    assert parse_range("items=0-1", 10) is None
+    assert parse_range("bytes=5" + "9" * 80 + "-", 10) is False  # past the end, not an overflow
+    for bad in ("bytes", "bytes=0-1,5-6", "bytes=9-3", "bytes=x-", "bytes=-", "bytes=1-2-3", "bytes=\u0663-",
+                "bytes=" + "9" * 5000 + "-"):
+        with pytest.raises(ValueError):
+            parse_range(bad, 10)
 
 
 async def test_if_range(root: Path, mirror) -> None:
@@ -216,6 +223,250 @@ def test_cli_serve_missing_folder_exits_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "nope" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+# -- hardening: bad headers, slow and idle clients, the connection cap, bad flags -----------------
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+async def raw_exchange(url: str, data: bytes) -> bytes:
+    """Send ``data`` as is and return everything the server answers until it closes or 10 s pass."""
+    reader, writer = await asyncio.open_connection(*host_port(url))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(1 << 20), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith(("nanostream", "aiohttp"))]
+
+
+def get(target: str = f"/{NAME}", *headers: str) -> bytes:
+    lines = [f"GET {target} HTTP/1.1", "Host: mirror", "Connection: close", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+BIG = "9" * 5000
+BAD_REQUESTS = {
+    "5000-digit Range start": (get(f"/{NAME}", f"Range: bytes={BIG}-"), 416),
+    "5000-digit Range end": (get(f"/{NAME}", f"Range: bytes=0-{BIG}"), 416),
+    "5000-digit suffix Range": (get(f"/{NAME}", f"Range: bytes=-{BIG}"), 416),
+    "malformed Range": (get(f"/{NAME}", "Range: bytes=x-"), 416),
+    "reversed Range": (get(f"/{NAME}", "Range: bytes=9-3"), 416),
+    "multiple ranges": (get(f"/{NAME}", "Range: bytes=0-1,5-6"), 416),
+    "bad If-Range": (get(f"/{NAME}", "Range: bytes=0-", "If-Range: yesterday-ish"), 400),
+    "dot-dot path": (get("/../secret.txt"), 404),
+    "encoded dot-dot path": (get("/%2E%2E%2Fsecret.txt"), 404),
+    "absolute path": (get("//etc/passwd"), 404),
+    "huge header": (get(f"/{NAME}", "X-Big: " + "a" * 20_000), 400),
+    "too many headers": (get(f"/{NAME}", *(f"X-{i}: 1" for i in range(100))), 400),
+    "huge request line": (get("/" + "a" * 20_000), 400),
+    "not HTTP": (b"GARBAGE\r\n\r\n", 400),
+    "POST": (get(f"/{NAME}").replace(b"GET", b"POST", 1), 405),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+async def test_bad_request_gets_4xx_and_one_log_line(root: Path, case: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    data, status = BAD_REQUESTS[case]
+    caplog.set_level(logging.INFO)
+    mirror, url = await start_server(root)
+    try:
+        caplog.clear()
+        answer = await raw_exchange(url, data)
+        assert answer.split(b"\r\n", 1)[0].split()[1] == str(status).encode(), answer[:200]
+        records = logged(caplog)
+        assert len(records) == 1, [r.getMessage() for r in records]
+        assert records[0].exc_info is None and str(status) in records[0].getMessage()
+        assert await raw_status(url, f"/{NAME}") == 200  # and the mirror still serves
+    finally:
+        await mirror.cleanup()
+
+
+async def test_if_range_validators(root: Path, mirror) -> None:
+    url, session = mirror
+    data = (root / NAME).read_bytes()
+    for validator in ("Sat, 28 Nov 2026 10:00:00 GMT", f'W/"{sha(root / NAME)}"', '"other"'):
+        async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=5-", "If-Range": validator}) as r:
+            assert r.status == 200, validator  # a date or a weak/other tag never matches: the whole file
+            assert await r.read() == data
+    async with session.get(f"{url}/{NAME}", headers={"If-Range": "garbage"}) as r:  # no Range: ignored
+        assert r.status == 200
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Read until the server closes the connection; the 10 s bound only stops a broken test from hanging."""
+    out = bytearray()
+    while chunk := await asyncio.wait_for(reader.read(65536), 10):
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /shard_00000.parquet HTTP/1.1\r\nHost: mirror\r\n"])
+async def test_silent_or_half_sent_client_is_dropped(root: Path, sent: bytes,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    mirror, url = await start_server(root, limits=Limits(timeout=0.3))
+    try:
+        reader, writer = await asyncio.open_connection(*host_port(url))
+        writer.write(sent)
+        assert await closed_by_server(reader) == b""
+        writer.close()
+        await writer.wait_closed()
+        assert any("no complete request within 0.3 s" in r.getMessage() for r in logged(caplog))
+        assert mirror.listener.open_connections == 0
+    finally:
+        await mirror.cleanup()
+
+
+async def test_dribbling_client_is_dropped(root: Path) -> None:
+    """A request sent a byte at a time (slowloris) is cut at the deadline, however often bytes arrive."""
+    mirror, url = await start_server(root, limits=Limits(timeout=0.3))
+    try:
+        reader, writer = await asyncio.open_connection(*host_port(url))
+        writer.write(b"GET /shard_00000.parquet HTTP/1.1\r\nHost: mirror\r\nX-Slow: ")
+        with pytest.raises(ConnectionError):
+            for _ in range(500):  # 500 x 20 ms = 10 s: a bound, never reached when the deadline works
+                writer.write(b"a")
+                await writer.drain()
+                if reader.at_eof() or writer.transport.is_closing():
+                    raise ConnectionResetError("closed by the server")
+                await asyncio.sleep(0.02)
+        writer.close()
+    finally:
+        await mirror.cleanup()
+
+
+async def test_idle_keepalive_dropped_but_busy_response_is_not(root: Path) -> None:
+    async def slow_body(request, response, path, start, end) -> None:
+        await asyncio.sleep(0.6)  # longer than the request deadline: a busy connection must survive it
+        await response.write((root / NAME).read_bytes()[start:end])
+
+    mirror, url = await start_server(root, limits=Limits(timeout=0.3), body_writer=slow_body)
+    try:
+        reader, writer = await asyncio.open_connection(*host_port(url))
+        writer.write(f"GET /{NAME} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+        body = await asyncio.wait_for(reader.readexactly(SIZE), 10)
+        assert body == (root / NAME).read_bytes()
+        assert await closed_by_server(reader) == b""  # then idle on keep-alive: dropped
+        writer.close()
+    finally:
+        await mirror.cleanup()
+
+
+async def test_keepalive_request_limit(root: Path) -> None:
+    mirror, url = await start_server(root, limits=Limits(max_keepalive_requests=3))
+    try:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            closes = []
+            for _ in range(4):
+                async with s.get(f"{url}/shard_00001.parquet") as r:
+                    await r.read()
+                    closes.append(r.headers.get("Connection", "").lower() == "close")
+        assert closes == [False, False, True, False]  # the third on a connection closes it; a new one starts
+    finally:
+        await mirror.cleanup()
+
+
+async def test_stalled_reader_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    size = 32 << 20  # more than the loopback socket buffers hold
+    (folder / "big.bin").write_bytes(os.urandom(size))
+    mirror, url = await start_server(folder, limits=Limits(timeout=0.3))
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, host_port(url))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(get("/big.bin"))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        for _ in range(200):  # stall until the server gives up (bounded: 200 x 50 ms)
+            if any("read nothing for 0.3 s" in r.getMessage() for r in logged(caplog)):
+                break
+            await asyncio.sleep(0.05)
+        got = len(await closed_by_server(reader)) if not reader.at_eof() else 0
+        assert got < size // 2
+        assert any("read nothing for 0.3 s" in r.getMessage() for r in logged(caplog))
+        assert mirror.listener.open_connections == 0
+        writer.close()
+    finally:
+        await mirror.cleanup()
+
+
+async def test_connection_cap_holds(root: Path) -> None:
+    cap, clients = 8, 60
+    release = asyncio.Event()
+    started = 0
+
+    async def gated_body(request, response, path, start, end) -> None:
+        nonlocal started
+        started += 1
+        await release.wait()
+        await response.write(path.read_bytes()[start:end])
+
+    mirror, url = await start_server(root, limits=Limits(max_connections=cap, timeout=20), body_writer=gated_body)
+    try:
+        async def client() -> bytes:
+            reader, writer = await asyncio.open_connection(*host_port(url))
+            try:
+                writer.write(get())
+                return await closed_by_server(reader)
+            finally:
+                writer.close()
+
+        tasks = [asyncio.ensure_future(client()) for _ in range(clients)]
+        for _ in range(400):  # until the cap is reached (bounded)
+            if started == cap:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # give any extra connection a chance to (wrongly) get in
+        assert started == cap and mirror.listener.open_connections == cap
+        release.set()
+        answers = await asyncio.gather(*tasks)
+        data = (root / NAME).read_bytes()
+        assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(data) for a in answers)
+        assert started == clients and mirror.listener.peak == cap
+    finally:
+        await mirror.cleanup()
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", "99999"], ["--port", "-1"], ["--port", "http"], ["--port", "{busy}"],
+    ["--host", "no.such.host.invalid"], ["--max-connections", "0"], ["--max-connections", "many"],
+    ["--max-connections", "100000000"], ["--timeout", "0"], ["--timeout", "nan"],
+    ["--max-keepalive-requests", "0"], ["{file}"], ["{missing}"],
+])
+def test_cli_bad_flag_is_one_line_and_exit_2(root: Path, busy_port: int, args: list[str]) -> None:
+    subs = {"{busy}": str(busy_port), "{file}": str(root / NAME), "{missing}": str(root / "nope")}
+    argv = [subs.get(a, a) for a in args]
+    folder = [] if argv[0] in subs.values() else [str(root)]
+    port = [] if "--port" in argv else ["--port", "0"]
+    res = subprocess.run([sys.executable, "-m", "nanostream.cli", "serve", *folder, *argv, *port],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 # -- the fault layer ---------------------------------------------------------------------------

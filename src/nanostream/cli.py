@@ -60,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a folder of shards over HTTP (offline mirror)", formatter_class=_fmt())
     s.add_argument("dir", type=Path, help="folder whose shard files to serve")
     s.add_argument("--host", default="127.0.0.1", help="address to bind")
-    s.add_argument("--port", type=int, default=8000, help="port to bind (0 = any free port)")
+    s.add_argument("--port", type=int, default=8000, help="port to bind, 0-65535 (0 = any free port)")
+    s.add_argument("--max-connections", type=int, default=256,
+                   help="connections open at once; more wait in the kernel's backlog")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds a client may take to send a request, stay idle, or stall reading")
+    s.add_argument("--max-keepalive-requests", type=int, default=100,
+                   help="requests per connection before the server closes it")
 
     sm = sub.add_parser("sample", help="write the embedded offline sample corpus", formatter_class=_fmt())
     sm.add_argument("dir", type=Path, help="folder to write shards into")
@@ -82,9 +88,11 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 
         return run_fetch(args, cfg)
     if args.command == "serve":
-        from .serve import run_server
+        from .serve import Limits, run_server
 
-        return run_server(args.dir, host=args.host, port=args.port)
+        limits = Limits(max_connections=args.max_connections, timeout=args.timeout,
+                        max_keepalive_requests=args.max_keepalive_requests)
+        return run_server(args.dir, host=args.host, port=args.port, limits=limits)
     if args.command == "sample":
         from .sample import write_sample
 

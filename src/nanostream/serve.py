@@ -2,127 +2,67 @@
 
 Owns the read-only file server used by ``nanostream serve DIR``, by the tests'
 fault-injection layer (``tests/servers.py``), the benchmarks and the demo trainer.
+Its connection limits (a cap on open connections, request deadlines, a keep-alive
+request limit) live in ``listener.py``.
 
 Only the regular, non-hidden files directly inside the folder are served, at
 ``/<filename>``, for GET and HEAD. Every answer carries ``Content-Length``,
 ``Accept-Ranges: bytes``, ``ETag: "<sha256>"`` plus the Hub-style
 ``X-Linked-Etag: "<sha256>"`` and ``X-Linked-Size``, so a downloader can verify
 what it wrote. A single ``Range`` (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``) is
-answered 206, an unsatisfiable one 416; ``If-Range`` with a different ETag gets
-the full body (200). Anything else (``..``, encoded slashes, subfolders, hidden
-files, symlinks leading outside the folder) is a 404.
+answered 206, an unsatisfiable one 416; ``If-Range`` with a different ETag (or a
+date) gets the full body (200). Rejected, each with a 4xx and one log line, no
+traceback: anything outside the folder (``..``, encoded slashes, subfolders,
+hidden files, symlinks leading out: 404), a malformed, multi-range or overlong
+``Range`` (416; a unit other than ``bytes`` is ignored, as RFC 9110 requires), an
+``If-Range`` that is neither an entity tag nor a date (400), oversized or
+malformed headers (400, from aiohttp's parser).
 
 The sha256 of each file is computed once per (path, size, mtime) in a worker
-thread; bodies are streamed in 1 MiB chunks read in a thread, so the event loop
-never blocks on disk and no file is ever held in memory whole.
+thread. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
+``httpfile.py``; a reader that stalls for the send timeout is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import functools
 import logging
 import os
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiofiles
 from aiohttp import web
 
 from .errors import ConfigError
+from .httpfile import (
+    CHUNK,
+    SEND_TIMEOUT,
+    FileInfo,
+    SlowReader,
+    if_range_matches,
+    iter_file,
+    parse_range,
+    sha256_file,
+    write_body,
+)
+from .listener import Limits, Listener, server_kwargs
 from .shards import list_shards
 
-log = logging.getLogger(__name__)
+__all__ = ["CHUNK", "FILES_KEY", "FileInfo", "Limits", "Mirror", "ShardFiles", "SlowReader", "iter_file",
+           "make_app", "parse_range", "run_server", "start_server", "write_body"]
 
-CHUNK = 1 << 20
-HASH_CHUNK = 4 << 20
+log = logging.getLogger(__name__)
 
 BodyWriter = Callable[[web.BaseRequest, web.StreamResponse, Path, int, int], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class FileInfo:
-    """A servable file: its resolved path, size and sha256 (hex)."""
-
-    path: Path
-    size: int
-    sha256: str
-
-    @property
-    def etag(self) -> str:
-        return f'"{self.sha256}"'
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
-    """Parse one ``Range`` header against a file of ``size`` bytes.
-
-    Returns ``(start, end)`` (end exclusive) for a satisfiable single range,
-    ``None`` when the header is absent, malformed or multi-range (serve the
-    whole file, as RFC 9110 allows), and ``False`` when it is unsatisfiable (416).
-    """
-    if not header:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    first, last = first.strip(), last.strip()
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
-        return None
-    if first == "":
-        if last == "":
-            return None
-        n = int(last)
-        if n == 0 or size == 0:
-            return False
-        return max(0, size - n), size
-    start = int(first)
-    if last != "" and int(last) < start:
-        return None
-    if start >= size:
-        return False
-    end = size if last == "" else min(size, int(last) + 1)
-    return start, end
-
-
-async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """Yield bytes ``[start, end)`` of ``path`` in chunks, read with aiofiles (a worker thread).
-
-    Use it with ``contextlib.aclosing`` so the file is closed on early exit.
-    Raises ``OSError`` if the file is shorter than ``end``.
-    """
-    async with aiofiles.open(path, "rb") as f:
-        await f.seek(start)
-        pos = start
-        while pos < end:
-            data = await f.read(min(chunk, end - pos))
-            if not data:
-                raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
-            pos += len(data)
-            yield data
-
-
-async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,
-                     start: int, end: int) -> None:
-    """The default body writer: bytes ``[start, end)`` of ``path`` in 1 MiB chunks."""
-    gen = iter_file(path, start, end)
-    try:
-        async for data in gen:
-            await response.write(data)
-    finally:
-        await gen.aclose()
+def _clip(text: str, n: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n] + "..."
 
 
 class ShardFiles:
@@ -165,7 +105,7 @@ class ShardFiles:
             async with lock:
                 digest = self._hashes.get(key)
                 if digest is None:
-                    digest = await asyncio.to_thread(_sha256_file, real)
+                    digest = await asyncio.to_thread(sha256_file, real)
                     self._hashes[key] = digest
             self._locks.pop(key, None)
         return FileInfo(real, st.st_size, digest)
@@ -175,25 +115,30 @@ class ShardFiles:
         return await self.respond(request, request.match_info.get("name", ""))
 
     async def respond(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
-        """Answer GET/HEAD for file ``name`` (404 if not servable)."""
+        """Answer GET/HEAD for file ``name``; raise a ``web.HTTPException`` (4xx) to refuse."""
         info = await self.info(name)
         if info is None:
             raise web.HTTPNotFound(text=f"no file {name!r} in this mirror\n")
-        rng = parse_range(request.headers.get("Range"), info.size)
+        headers = {"Accept-Ranges": "bytes", "ETag": info.etag, "X-Linked-Etag": info.etag,
+                   "X-Linked-Size": str(info.size)}
+        try:
+            rng = parse_range(request.headers.get("Range"), info.size)
+        except ValueError as exc:
+            raise web.HTTPRequestRangeNotSatisfiable(
+                headers={**headers, "Content-Range": f"bytes */{info.size}"},
+                text=f"bad Range header ({exc}); send one range: bytes=a-b, bytes=a- or bytes=-n\n") from None
         if_range = request.headers.get("If-Range")
-        if rng is not None and if_range is not None and if_range.strip() != info.etag:
-            rng = None  # the client's copy is of another version: send it the whole file
-        headers = {
-            "Accept-Ranges": "bytes",
-            "ETag": info.etag,
-            "X-Linked-Etag": info.etag,
-            "X-Linked-Size": str(info.size),
-            "Content-Type": "application/vnd.apache.parquet" if name.endswith(".parquet")
-            else "application/octet-stream",
-        }
+        try:
+            if rng is not None and if_range is not None and not if_range_matches(if_range, info.etag):
+                rng = None  # the client's copy is of another version: send it the whole file
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"bad If-Range header ({exc})\n") from None
         if rng is False:
-            headers["Content-Range"] = f"bytes */{info.size}"
-            return web.Response(status=416, headers=headers)
+            raise web.HTTPRequestRangeNotSatisfiable(
+                headers={**headers, "Content-Range": f"bytes */{info.size}"},
+                text=f"the range starts at or past the end of the file ({info.size} bytes)\n")
+        headers["Content-Type"] = ("application/vnd.apache.parquet" if name.endswith(".parquet")
+                                   else "application/octet-stream")
         start, end = rng if rng else (0, info.size)
         response = web.StreamResponse(status=206 if rng else 200, headers=headers)
         if rng:
@@ -204,63 +149,102 @@ class ShardFiles:
             if request.method != "HEAD" and end > start:
                 await self.body_writer(request, response, info.path, start, end)
             await response.write_eof()
-        except ConnectionResetError as exc:  # the client went away mid-body: nothing left to tell it
-            log.debug("client left during %s %s: %s", request.method, request.path, exc)
+        except OSError as exc:  # the client left or stalled, or the file went: nothing left to tell it
+            level = logging.DEBUG if type(exc) in (ConnectionResetError, BrokenPipeError) else logging.INFO
+            log.log(level, "%s %s (bytes %d-%d) to %s stopped: %s", request.method, request.path,
+                    start, end - 1, request.remote, exc)
+            if request.transport is not None:
+                request.transport.abort()
         return response
 
 
 FILES_KEY = web.AppKey("nanostream_files", ShardFiles)
 
 
-def make_app(root: Path, *, body_writer: BodyWriter | None = None) -> web.Application:
+@web.middleware
+async def _log_refusals(request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if 400 <= exc.status < 500:
+            log.info("%d %s %s from %s: %s", exc.status, request.method, _clip(request.path_qs), request.remote,
+                     _clip(exc.text or exc.reason))
+        raise
+
+
+def make_app(root: Path, *, body_writer: BodyWriter | None = None,
+             send_timeout: float = SEND_TIMEOUT) -> web.Application:
     """An aiohttp app serving the files directly inside ``root`` (see the module docstring).
 
     ``body_writer(request, response, path, start, end)`` writes bytes ``[start, end)``
-    after the headers are sent; the default streams the file. Raises ConfigError
-    if ``root`` is not an existing folder.
+    after the headers are sent; the default is :func:`write_body` with ``send_timeout``.
+    Raises ConfigError if ``root`` is not an existing folder.
     """
-    files = ShardFiles(root, body_writer=body_writer)
-    app = web.Application()
+    writer = body_writer or functools.partial(write_body, send_timeout=send_timeout)
+    files = ShardFiles(root, body_writer=writer)
+    app = web.Application(middlewares=[_log_refusals])
     app[FILES_KEY] = files
     app.router.add_get("/{name:.*}", files.handle, allow_head=True)
     return app
-
 
 
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def start_server(root: Path, host: str = "127.0.0.1", port: int = 0, *,
-                       shutdown_timeout: float = 2.0, access_log: bool = False,
-                       **app_kwargs: object) -> tuple[web.AppRunner, str]:
-    """Start serving ``root``; return the runner and its base URL. Caller awaits ``runner.cleanup()``.
+class Mirror:
+    """A running mirror: its aiohttp runner and its ``Listener``. ``await cleanup()`` stops both."""
 
-    ``app_kwargs`` go to :func:`make_app`. Raises ConfigError if the folder is
-    missing or the address cannot be bound.
+    def __init__(self, runner: web.AppRunner, listener: Listener, url: str) -> None:
+        self.runner, self.listener, self.url = runner, listener, url
+
+    async def cleanup(self) -> None:
+        """Stop accepting, let running responses finish (``shutdown_timeout``), then drop the rest."""
+        try:
+            await self.listener.close()
+        finally:
+            try:
+                await self.runner.cleanup()
+            finally:
+                self.listener.abort_all()
+                await asyncio.sleep(0)  # let the aborted transports report connection_lost
+
+
+async def start_server(root: Path, host: str = "127.0.0.1", port: int = 0, *, limits: Limits | None = None,
+                       shutdown_timeout: float = 2.0, access_log: bool = False,
+                       body_writer: BodyWriter | None = None) -> tuple[Mirror, str]:
+    """Start serving ``root``; return the mirror and its base URL. Caller awaits ``mirror.cleanup()``.
+
+    ``limits`` (default ``Limits()``) caps connections and sets the request, idle and
+    send timeouts. Raises ConfigError if the folder is missing, a limit is out of
+    range, or the address cannot be resolved or bound.
     """
-    app = make_app(root, **app_kwargs)  # type: ignore[arg-type]
+    limits = (limits or Limits()).check()
+    app = make_app(root, body_writer=body_writer, send_timeout=limits.timeout)
+    listener = Listener(limits)
+    bound = await listener.bind(host, port)
+    app.middlewares.append(listener.middleware)
+    app.on_response_prepare.append(listener.on_response_prepare)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout,
-                           access_log=logging.getLogger("aiohttp.access") if access_log else None)
-    await runner.setup()
+                           access_log=logging.getLogger("aiohttp.access") if access_log else None,
+                           **server_kwargs(limits))
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc}); choose another --host/--port") from exc
+        await runner.setup()
+        assert runner.server is not None
+        listener.start(runner.server)
     except BaseException:
+        await listener.close()
         await runner.cleanup()
         raise
-    bound = runner.addresses[0]
-    return runner, _url(host, int(bound[1]))
+    return Mirror(runner, listener, _url(host, bound)), _url(host, bound)
 
 
-async def _serve_forever(root: Path, host: str, port: int) -> None:
+async def _serve_forever(root: Path, host: str, port: int, limits: Limits) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    runner, url = await start_server(root, host, port, access_log=verbose)
+    mirror, url = await start_server(root, host, port, limits=limits, access_log=verbose)
     installed: list[signal.Signals] = []
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -270,17 +254,28 @@ async def _serve_forever(root: Path, host: str, port: int) -> None:
             except (NotImplementedError, RuntimeError):  # e.g. Windows: Ctrl-C raises KeyboardInterrupt
                 pass
         print(f"serving {root} at {url} ({len(list_shards(root))} shard files)", flush=True)
+        log.info("at most %d connections open, %g s to send a request, idle or stall, %d requests per connection",
+                 limits.max_connections, limits.timeout, limits.max_keepalive_requests)
         await stop.wait()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        await mirror.cleanup()
 
 
-def run_server(root: Path, *, host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Serve ``root`` until Ctrl-C or SIGTERM, then return 0. Prints the URL first (``--port 0`` = any)."""
+def run_server(root: Path, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None) -> int:
+    """Serve ``root`` until Ctrl-C or SIGTERM, then return 0. Prints the URL first (``--port 0`` = any).
+
+    Raises ConfigError (before binding) for a bad port, limit or folder, an unresolvable
+    host, a port in use, or a descriptor limit too low for ``limits.max_connections``.
+    """
+    limits = (limits or Limits()).check()
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    ShardFiles(root)  # the folder must exist before anything is bound
+    limits.reserve_fds()
     try:
-        asyncio.run(_serve_forever(Path(root), host, port))
+        asyncio.run(_serve_forever(Path(root), host, port, limits))
     except KeyboardInterrupt:
         pass
     print(f"nanostream serve: stopped serving {root}", file=sys.stderr, flush=True)
