@@ -172,13 +172,14 @@ class TreeRun:
 
 def run_tree(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 300,
              kill_when: Callable[[], bool] | None = None, poll: float = 0.02, rss_every: float = 0.1,
-             log: Path | None = None) -> TreeRun:
+             log: Path | None = None, cwd: Path | None = None) -> TreeRun:
     """Run ``cmd`` in its own session to completion, or until ``kill_when()`` is true (then SIGKILL its whole
     process group, as ``kill -9`` / an OOM kill would). Past ``timeout`` it is killed too (``killed`` False)."""
     log = log or Path(os.devnull)
     with log.open("wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     ps = psutil.Process(proc.pid)
     peak, next_rss, killed, status, usage = 0, 0.0, False, None, None
     try:
