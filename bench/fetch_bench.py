@@ -22,7 +22,11 @@ which exit code; after ``kill -9`` of the client's process group at 40% of the
 bytes and a rerun, the bytes served / the data size, and what the killed run
 left under final names (nanostream also against a server that sends no sha256).
 
-    python -m bench.fetch_bench [--quick] [--rounds N] [--parts speed,integrity] [--scenarios a,b,c]
+    python -m bench.fetch_bench [--quick] [--rounds N] [--parts speed,integrity] [--scenarios abc] [--redirect]
+
+``--redirect`` sends every speed-part request through a Hub-style 302 (the
+server's ``--redirect`` mode: ``/<name>`` answers 302 to ``/cdn/<name>``).
+``BENCH_ROUNDS`` sets the rounds under ``make bench``.
 
 Peers come from the bench venv (``make bench`` builds it; see bench/peers.py);
 a missing peer is reported and skipped. Targets (printed PASS/FAIL, never
@@ -212,7 +216,7 @@ def run_once(client: Client, server, data: Data, work: Path, log: Path) -> Run:
 
 
 # -- speed ------------------------------------------------------------------------------------------
-def speed(work: Path, quick: bool, rounds: int, scenarios: list[Scenario]) -> dict:
+def speed(work: Path, quick: bool, rounds: int, scenarios: list[Scenario], redirect: bool = False) -> dict:
     results: dict[str, dict[str, Series]] = {}
     totals: dict[str, int] = {}
     cache: dict[tuple[int, float], Data] = {}
@@ -229,8 +233,8 @@ def speed(work: Path, quick: bool, rounds: int, scenarios: list[Scenario]) -> di
         rate = RATE if sc.throttled else None
         latency = LATENCY if sc.throttled else 0.0
         print(f"fetch bench: {sc.describe(quick)}: {data.total / MB:.0f} MB, {rounds} round(s) of "
-              f"{len(active)} clients", flush=True)
-        with server_subprocess(data.folder, rate=rate, latency=latency) as server:
+              f"{len(active)} clients{', Hub-style redirects' if redirect else ''}", flush=True)
+        with server_subprocess(data.folder, rate=rate, latency=latency, redirect=redirect) as server:
             server.warm(data.names)
             for rnd in range(rounds):
                 shift = rnd % len(active)
@@ -410,12 +414,12 @@ def kill_part(work: Path, data: Data) -> dict:
 def integrity(work: Path, quick: bool) -> dict:
     print("fetch bench: integrity part ...", flush=True)
     small = _make_data(work / "remote-integrity", 17, 1 if quick else 2)
-    killdata = _make_data(work / "remote-kill", 17, 2 if quick else 4)
+    killdata = _make_data(work / "remote-kill", 17, 4 if quick else 16)
     return {"corrupt": corrupt_part(work, small), "kill": kill_part(work, killdata)}
 
 
 def main(quick: bool = False, rounds: int | None = None, parts: tuple[str, ...] = ("speed", "integrity"),
-         scenarios: str = "abc") -> dict:
+         scenarios: str = "abc", redirect: bool = False) -> dict:
     rounds = rounds or int(os.environ.get("BENCH_ROUNDS") or (1 if quick else 3))
     chosen = [sc for sc in SCENARIOS if sc.key in scenarios]
     for c in (*PEERS16, CURL, ARIA64):
@@ -425,7 +429,7 @@ def main(quick: bool = False, rounds: int | None = None, parts: tuple[str, ...] 
     result: dict = {}
     try:
         if "speed" in parts:
-            result["speed"] = speed(work, quick, rounds, chosen)
+            result["speed"] = speed(work, quick, rounds, chosen, redirect)
         if "integrity" in parts:
             result["integrity"] = integrity(work, quick)
     finally:
@@ -439,5 +443,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--parts", default="speed,integrity", help="speed, integrity or both (default both)")
     parser.add_argument("--scenarios", default="abc", help="which speed scenarios (default abc)")
+    parser.add_argument("--redirect", action="store_true", help="Hub-style 302 before every body (default off)")
     a = parser.parse_args()
-    main(quick=a.quick, rounds=a.rounds, parts=tuple(a.parts.split(",")), scenarios=a.scenarios)
+    main(quick=a.quick, rounds=a.rounds, parts=tuple(a.parts.split(",")), scenarios=a.scenarios, redirect=a.redirect)

@@ -85,7 +85,7 @@ def curl_ceiling(base_url: str, names: Sequence[str], out_dir: Path, timeout: fl
 
     Raises RuntimeError if a curl fails."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen(["curl", "-sS", "--fail", "-o", str(out_dir / name), "-w", "%{size_download} %{time_total}",
+    procs = [subprocess.Popen(["curl", "-sS", "-L", "--fail", "-o", str(out_dir / name), "-w", "%{size_download} %{time_total}",
                                f"{base_url.rstrip('/')}/{name}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for name in names]
     results = []
