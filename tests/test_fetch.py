@@ -409,7 +409,7 @@ async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
     remote = tmp_path / "remote"
     remote.mkdir()
     make_big_shard(remote / NAME0, 0, 2.0)
-    srv = await fault_server(rate=4e6, sha256=False)
+    srv = await fault_server(rate=4e6, no_sha256=True)
     local = tmp_path / "l"
     want = (remote / NAME0).read_bytes()
     rng = random.Random(7)
