@@ -16,14 +16,15 @@ if TYPE_CHECKING:
 
 
 def min_piece(meter: Meter) -> int:
-    """Smallest range worth a request of its own: two round trips of one connection's bytes.
+    """Smallest range worth a request of its own: one round trip of one connection's bytes.
 
-    A split pays one round trip before its bytes flow, so halving ``L`` bytes wins once
-    ``L/2`` exceeds one round trip's worth; two leaves a margin for the estimates' noise.
+    A split pays one round trip (request to first byte, server latency included) before
+    its bytes flow: ``L`` bytes left on one connection take ``L/r``, split in two they take
+    ``rtt + L/2r``, so the split wins once the new half ``L/2`` exceeds ``r * rtt``.
     """
     if not meter.rate:
         return 512 << 10
-    return int(min(max(meter.rate * meter.rtt * 2, 64 << 10), 16 << 20))
+    return int(min(max(meter.rate * meter.rtt, 64 << 10), 16 << 20))
 
 
 def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
