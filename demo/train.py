@@ -26,8 +26,9 @@ from demo.gpt import GPT, GPTConfig, bits_per_byte
 from demo.source import PROBE_TIMEOUT, SOURCES, Source, env_default, open_source
 from nanostream.bpe import train_with_stats
 from nanostream.config import Config
+from nanostream.device import to_device
 from nanostream.errors import ConfigError, NanostreamError
-from nanostream.loader import TokenDataset, to_device
+from nanostream.loader import TokenDataset
 from nanostream.stream import iter_batches
 from nanostream.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
