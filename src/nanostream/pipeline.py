@@ -67,6 +67,10 @@ def _put(q: queue.Queue, stop: threading.Event, item: object) -> bool:
 
 def _get(q: queue.Queue, stop: threading.Event, producer: threading.Thread, what: str) -> Any:
     """The next item of ``q``; raises ``_Stopped`` on stop, LoaderError if ``producer`` died silently."""
+    try:
+        return q.get_nowait()  # the common case when producers are ahead: no timed wait
+    except queue.Empty:
+        pass
     while True:
         if stop.is_set():
             raise _Stopped
