@@ -25,7 +25,10 @@ median and p99 ``next()`` latency and the share of wall time spent in ``next()``
 < 1% whenever the loader's production rate (measured free-running, same run) exceeds the
 consumption rate (32 x 1024 tokens / 30 ms = 1.09M tok/s). Baseline: the reference loop
 (tokenizing and packing in ``next()``). Also the time to the first (32, 2048) batch from a
-fresh dataset vs the reference loop (info).
+fresh dataset vs the reference loop and, when ``NANOCHAT_DIR`` names a checkout of
+github.com/karpathy/nanochat (only imported from there, to run it), vs nanochat's own
+``tokenizing_distributed_data_loader_bos_bestfit`` on the same shards with the same BPE
+(target: no slower).
 
 Run: ``python -m bench.loader_bench [--quick] [--sim-only]`` (``make bench`` calls ``main``).
 """
@@ -195,7 +198,16 @@ def _simulate(folder: Path, tok: Any, quick: bool, loader_threads: int) -> dict[
                ref_wait_share=sum(lat) / wall, ref_cpu_share=cpu / wall, ref_steps=ref_steps)
     # time to the first (32, 2048) batch from a fresh dataset (page cache warm), interleaved rounds
     ttfb: dict[str, list[float]] = {"dataset": [], "reference": []}
+    nanochat = _nanochat_loader(folder, tok, loader_threads)
+    if nanochat is not None:
+        ttfb["nanochat"] = []
     for _ in range(3):
+        if nanochat is not None:
+            t0 = time.perf_counter()
+            nc = nanochat(SIM_B, TTFB_T)
+            next(nc)
+            ttfb["nanochat"].append(time.perf_counter() - t0)
+            nc.close()
         t0 = time.perf_counter()
         it = iter(dataset(TTFB_T))
         next(it)
@@ -209,7 +221,39 @@ def _simulate(folder: Path, tok: Any, quick: bool, loader_threads: int) -> dict[
     out["ttfb_s"] = {k: statistics.median(v) for k, v in ttfb.items()}
     ahead = out["production_tok_s"] > out["consumption_tok_s"]
     out["pass"] = {"wait_share<1%": out["wait_share"] < 0.01} if ahead else {}
+    if nanochat is not None:
+        out["pass"]["ttfb<=nanochat"] = out["ttfb_s"]["dataset"] <= out["ttfb_s"]["nanochat"]
     return out
+
+
+def _nanochat_loader(folder: Path, tok: Any, threads: int) -> Any:
+    """nanochat's best-fit loader over ``folder``'s shards with ``tok``'s BPE, from the checkout named
+    by ``NANOCHAT_DIR``; None when that is unset. Its modules are imported from there, not copied."""
+    root = os.environ.get("NANOCHAT_DIR")
+    if not root or not hasattr(tok, "_enc"):
+        return None
+    base = folder.parent / "nanochat-base"
+    data = base / "base_data_climbmix"  # where nanochat.dataset looks for shards
+    data.mkdir(parents=True, exist_ok=True)
+    for shard in sorted(folder.glob("shard_*.parquet")):  # same split: the last shard is val
+        if not (data / shard.name).exists():
+            (data / shard.name).symlink_to(shard)
+    os.environ["NANOCHAT_BASE_DIR"] = str(base)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(k, None)
+    sys.path.insert(0, root)
+    try:
+        from nanochat.dataloader import tokenizing_distributed_data_loader_bos_bestfit
+        from nanochat.tokenizer import RustBPETokenizer
+    finally:
+        sys.path.remove(root)
+    nc_tok = RustBPETokenizer(tok._enc, "<|bos|>")
+
+    def loader(b: int, t: int) -> Any:
+        return tokenizing_distributed_data_loader_bos_bestfit(nc_tok, b, t, "train", device="cpu",
+                                                               tokenizer_threads=threads)
+
+    return loader
 
 
 def show_simulation(out: dict[str, Any]) -> None:
@@ -229,8 +273,12 @@ def show_simulation(out: dict[str, Any]) -> None:
     ]))
     print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall time in next() beyond its "
           "CPU time is the training thread waiting for a core or the GIL")
-    print(f"  time to first ({SIM_B}, {TTFB_T}) batch, fresh dataset, median of 3: TokenDataset "
-          f"{out['ttfb_s']['dataset']:.2f} s, reference loop {out['ttfb_s']['reference']:.2f} s (info)")
+    tt = out["ttfb_s"]
+    nc = (f", nanochat's loader {tt['nanochat']:.2f} s (target: no slower: "
+          f"{'PASS' if tt['dataset'] <= tt['nanochat'] else 'FAIL'})") if "nanochat" in tt else \
+        " (info; set NANOCHAT_DIR to a nanochat checkout to compare with its loader)"
+    print(f"  time to first ({SIM_B}, {TTFB_T}) batch, fresh loader, median of 3 interleaved: TokenDataset "
+          f"{tt['dataset']:.2f} s, reference loop {tt['reference']:.2f} s{nc}")
 
 
 
