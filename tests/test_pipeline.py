@@ -4,6 +4,7 @@ from any stage reach the consumer; no thread outlives the iterator."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from nanostream import threads_for
 from nanostream.errors import LoaderError
 from nanostream.loader import HostSink
+from nanostream.pipeline import set_loader_idle
 from test_loader import assert_same_batches, make, our_threads, run_ahead
 
 from datagen import make_shards
@@ -102,3 +105,23 @@ def test_stats_and_state_describe_the_batch_returned_not_the_ones_ahead(data: Pa
     assert torch.equal(x[:, 1:], y[:, :-1])
     it.close()
     assert ds.stats()["batches"] == 1 and ds.state_dict()["batches"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_loader_idle_puts_every_loader_thread_under_sched_idle(data: Path) -> None:
+    plan = threads_for("cuda", cores=2, loader_idle=True)
+    assert plan.loader_idle
+    set_loader_idle(True)
+    try:
+        it = iter(make(data, epochs=None))
+        next(it)
+        run_ahead(it)
+        policies = {t.name: os.sched_getscheduler(t.native_id) for t in threading.enumerate()
+                    if t.name.startswith("nanostream")}
+        it.close()
+    finally:
+        set_loader_idle(False)
+    assert {"nanostream-assemble", "nanostream-tokenize"} <= set(policies)
+    assert any(name.startswith("nanostream-read") or name == "nanostream-loop" for name in policies)
+    assert set(policies.values()) == {os.SCHED_IDLE}, policies  # stream threads inherit it
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the training thread keeps its priority

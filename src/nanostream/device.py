@@ -35,7 +35,7 @@ import torch
 
 from .errors import LoaderError
 from .loader import TokenDataset
-from .pipeline import _End, _put
+from .pipeline import _End, _put, background_thread, set_loader_idle
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "ThreadPlan", "threads_for", "to_device"]
 
@@ -54,13 +54,15 @@ class ThreadPlan:
     cores: int
     torch: int
     loader: int
+    loader_idle: bool = False  # loader threads under SCHED_IDLE (see nanostream.pipeline)
 
     def apply(self) -> None:
-        """Set torch's intra-op pool and pyarrow's CPU pool to this plan."""
+        """Set torch's intra-op pool, pyarrow's CPU pool and the loader threads' priority to this plan."""
         import pyarrow
 
         torch.set_num_threads(self.torch)
         pyarrow.set_cpu_count(self.loader)
+        set_loader_idle(self.loader_idle)
 
 
 def _cores() -> int:
@@ -70,7 +72,8 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, cores: int = 0) -> ThreadPlan:
+def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, cores: int = 0,
+                loader_idle: bool = False) -> ThreadPlan:
     """The thread split for training on ``device`` with ``cores`` cores (0: this process's).
 
     * CPU: the model is the work. The loader's work is light but latency-bound, so it gets one
@@ -81,6 +84,8 @@ def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, core
       (14 + 2 on 16 cores), where tokenizing is the CPU work that matters.
 
     ``torch_threads`` > 0 overrides torch's share (the loader's stays as planned).
+    ``loader_idle``: run the loader's threads under ``SCHED_IDLE``, so that the training thread
+    never waits for a core they hold (for hosts whose spare CPU the loader can rely on).
     """
     dev = torch.device(device)
     n = cores if cores > 0 else _cores()
@@ -90,7 +95,7 @@ def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, core
     else:
         torch_n = 2 if n >= 8 else 1
         loader = max(1, n - torch_n)
-    return ThreadPlan(dev.type, n, torch_threads if torch_threads > 0 else torch_n, loader)
+    return ThreadPlan(dev.type, n, torch_threads if torch_threads > 0 else torch_n, loader, loader_idle)
 
 
 def _wait_host(event: torch.cuda.Event) -> None:
@@ -227,6 +232,7 @@ def _prefetch(it: Iterator[Any], q: queue.Queue, stop: threading.Event, device: 
               side: torch.cuda.Stream, slots: int, capture: Any) -> None:
     """Thread body: batches of ``it`` started on their way to ``device``, with their events and the
     source's resume state, onto ``q``. Closes ``it`` (if it can be closed) when it returns."""
+    background_thread()
     ring = _PinnedRing(slots)
     try:
         with torch.cuda.device(device), torch.cuda.stream(side):

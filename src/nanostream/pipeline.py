@@ -17,10 +17,18 @@ is a queue pop of a finished batch:
 Every error (stream, tokenizer, sink) reaches the consumer unchanged through the queue;
 ``close()`` stops and joins both threads and the tokenizer's encoding threads. Nothing
 here imports torch.
+
+Scheduling: with ``set_loader_idle(True)`` (``ThreadPlan(loader_idle=True).apply()``) the
+producer threads, and the threads they start (encoding pool, the stream's reader and loop),
+run under Linux ``SCHED_IDLE``: they get every CPU cycle the training thread leaves, and never
+make it wait for a core. Off by default: a loader at idle priority starves on a host whose
+CPUs other processes keep busy.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
 import threading
 import time
@@ -38,6 +46,26 @@ from .tokenizer import BPETokenizer, Tokenizer
 
 if TYPE_CHECKING:
     from .stream import Position
+
+log = logging.getLogger(__name__)
+_loader_idle = False
+
+
+def set_loader_idle(idle: bool) -> None:
+    """Run the producer threads of loaders started from now on under ``SCHED_IDLE`` (Linux)."""
+    global _loader_idle
+    _loader_idle = bool(idle)
+
+
+def background_thread() -> None:
+    """Called first in each producer thread: apply the loader's scheduling policy to it."""
+    if not _loader_idle or not hasattr(os, "SCHED_IDLE"):
+        return
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:  # not permitted in some sandboxes: run at normal priority
+        log.debug("SCHED_IDLE not applied to %s: %s", threading.current_thread().name, exc)
+
 
 TASKS_PER_THREAD = 2  # a row group is split into this many encoding tasks per thread ...
 MIN_TASK_TEXTS = 16  # ... of at least this many texts (fewer tasks: less hand-off overhead)
@@ -129,6 +157,7 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
     row group ``i``'s, so those threads never wait for us. The encoding threads are joined and
     the stream closed before we return.
     """
+    background_thread()  # before starting the stream and encoding threads, which inherit it
     source = None
     encode, workers = _encoding(tokenizer)
     to_bytes = DocBytes(tokenizer.bos_id, dtype)
@@ -243,6 +272,7 @@ class BatchPipeline:
 
     def _assemble(self) -> None:
         """Thread body: pack, finish and queue batches until the data ends, fails or we are stopped."""
+        background_thread()
         packer, sink = self._packer, self._sink
         try:
             while not self._stop.is_set():
