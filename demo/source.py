@@ -120,8 +120,8 @@ def ensure_sample(folder: Path, shards: int, say: Callable[[str], None] = _quiet
     if not sample_is_complete(folder, shards):
         from nanostream.sample import write_sample
 
-        say(f"sample: building the sample corpus into {folder} ({shards} shards; once, about a minute "
-            "on 2 cores) ...")
+        say(f"sample: building the sample corpus into {folder} ({shards} shards; once, can take "
+            "a minute) ...")
         t0 = time.monotonic()
         write_sample(folder, shards=shards)
         say(f"sample: built in {time.monotonic() - t0:.0f} s")

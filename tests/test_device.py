@@ -138,7 +138,7 @@ def test_cuda_prefetch_keeps_resume_exact(data: Path, how: str) -> None:
 
 @cuda_test
 def test_cuda_break_and_errors_leave_no_thread(data: Path, tmp_path: Path) -> None:
-    for source in (make(data), iter(make(data)), [torch.ones(4, 8)] * 50):
+    for source in (make(data), iter(make(data)), (torch.ones(4, 8) for _ in range(50))):
         for i, _ in enumerate(to_device(source, "cuda")):
             if i == 3:
                 break
