@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from nanostream import threads_for, to_device
 from nanostream.device import CudaPrefetcher, PinnedRowsSink
 from nanostream.errors import CorruptShardError, LoaderError
-from test_loader import PIN_WARNING, assert_same_batches, make, our_threads
+from test_loader import PIN_WARNING, assert_same_batches, corrupt, make, our_threads  # noqa: F401 (fixture)
 
 from datagen import make_shards
 
@@ -137,16 +137,15 @@ def test_cuda_prefetch_keeps_resume_exact(data: Path, how: str) -> None:
 
 
 @cuda_test
-def test_cuda_break_and_errors_leave_no_thread(data: Path, tmp_path: Path) -> None:
+def test_cuda_break_and_errors_leave_no_thread(data: Path, request: pytest.FixtureRequest) -> None:
     for source in (make(data), iter(make(data)), (torch.ones(4, 8) for _ in range(50))):
         for i, _ in enumerate(to_device(source, "cuda")):
             if i == 3:
                 break
         gc.collect()
         assert not our_threads()
-    make_shards(tmp_path, 4, row_groups=4, rows=12)
-    (tmp_path / "shard_00001.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
-    for source in (make(tmp_path, epochs=1), iter(make(tmp_path, epochs=1))):
+    bad = request.getfixturevalue("corrupt")  # test_loader's corrupt shard folder
+    for source in (make(bad, epochs=1), iter(make(bad, epochs=1))):
         with pytest.raises(CorruptShardError):
             for _ in to_device(source, "cuda"):
                 pass
