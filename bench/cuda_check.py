@@ -9,17 +9,20 @@ Run from the repository root on a machine with CUDA (no install needed: ``src`` 
 It prints one PASS/FAIL line per check and a JSON summary (also written to
 ``$OUT/cuda_check.json`` when ``OUT`` is set). Checks:
 
-1. correctness: batches from ``to_device(TokenDataset, "cuda")`` and from
-   ``to_device(DataLoader(ds, num_workers=2, pin_memory=True), "cuda")`` equal the CPU
-   batches; single batches (pinned and not) move intact; resume through the prefetcher
-   is exact (``ds.state_dict()`` describes the batch last returned, not the one read ahead).
-2. overlap: synthetic int64 batches and a fixed matmul "step" on the default stream;
-   step time with the prefetcher vs compute alone vs a plain blocking ``.to("cuda")``.
-   ``hidden`` = share of the copy cost the prefetcher removes; target >= 0.8 for the
-   large batch (the small one is informational: its copy is a few microseconds).
-3. data wait: a small GPT-like model trained on ``TokenDataset`` through DataLoader
-   workers and ``to_device``, ``loss.item()`` every step; ``wait`` = time spent in
-   ``next()`` / total; target < 5%.
+1. correctness: batches from ``to_device(TokenDataset, "cuda")`` (the pinned ring), from
+   ``to_device(iter(TokenDataset), "cuda")`` (the prefetch thread) and from
+   ``to_device(DataLoader(ds, num_workers=2, pin_memory=True), "cuda")`` equal the same
+   source's batches on CPU (the DataLoader compared with the same DataLoader: its two
+   workers interleave two strides); single batches (pinned and not) move intact; resume
+   through read-ahead is exact (``ds.state_dict()`` describes the batch last returned).
+2. overlap: synthetic int64 batches (unpinned) and a fixed matmul "step" on the default
+   stream; step time with ``to_device`` vs compute alone vs a plain blocking ``.to("cuda")``,
+   median of interleaved rounds. ``hidden`` = share of the copy cost that ``to_device``
+   removes. Targets: >= 0.9 for the large batch; the small batch no slower than blocking.
+3. data wait: a small GPT-like model trained on ``TokenDataset`` through ``to_device``
+   (in-process, the pinned ring; and DataLoader workers, informational), ``loss.item()``
+   every step, threads from ``threads_for("cuda")``; ``wait`` = time spent in ``next()`` /
+   total. Target: < 1% in-process.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from nanostream import ByteTokenizer, TokenDataset, to_device  # noqa: E402
+from nanostream import ByteTokenizer, TokenDataset, threads_for, to_device  # noqa: E402
 
 from datagen import make_shards  # noqa: E402  (tests/)
 
@@ -57,7 +61,8 @@ def correctness(folder: Path, device: str) -> dict[str, bool]:
         return TokenDataset("train", ByteTokenizer(), 8, 512, data_dir=folder, rank=0, world_size=1, epochs=1)
 
     cpu = list(ds())
-    res = {"dataset": _same([tuple(t.clone() for t in b) for b in to_device(ds(), device)], cpu)}
+    res = {"dataset": _same([tuple(t.clone() for t in b) for b in to_device(ds(), device)], cpu),
+           "iterator": _same([tuple(t.clone() for t in b) for b in to_device(iter(ds()), device)], cpu)}
     def loader() -> DataLoader:  # two workers interleave two strides: compare with the same on CPU
         return DataLoader(ds(), batch_size=None, num_workers=2, pin_memory=device == "cuda")
 
@@ -83,7 +88,7 @@ def correctness(folder: Path, device: str) -> dict[str, bool]:
     return res
 
 
-def overlap(device: str, shape: tuple[int, int], steps: int) -> dict[str, float]:
+def overlap(device: str, shape: tuple[int, int], steps: int, rounds: int = 3) -> dict[str, float]:
     """Seconds per step: compute only, blocking copy + compute, prefetcher + compute."""
     dev = torch.device(device)
     batches = [(torch.randint(0, 50_000, shape), torch.randint(0, 50_000, shape)) for _ in range(4)]
@@ -116,26 +121,41 @@ def overlap(device: str, shape: tuple[int, int], steps: int) -> dict[str, float]
             c = a @ a
         return c[0, 0] + z
 
-    def run(source: Any) -> float:
+    def run(make_source: Any) -> float:
         sync()
         t0 = time.perf_counter()
+        source = make_source()  # inside the timing: a prefetcher gets no head start
         for x, y in source:
             step(x, y)
         sync()
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
         return (time.perf_counter() - t0) / steps
 
     on_dev = [(x.to(dev), y.to(dev)) for x, y in batches]
-    run(on_dev[i % 4] for i in range(3))  # warm up
-    compute = run(on_dev[i % 4] for i in range(steps))
-    blocking = run((x.to(dev), y.to(dev)) for x, y in (batches[i % 4] for i in range(steps)))
-    prefetch = run(to_device((batches[i % 4] for i in range(steps)), device))
+    def host(n: int) -> Any:
+        return (batches[i % 4] for i in range(n))
+
+    sources = {"compute": lambda: (on_dev[i % 4] for i in range(steps)),
+               "blocking": lambda: ((x.to(dev), y.to(dev)) for x, y in host(steps)),
+               "prefetch": lambda: to_device(host(steps), device)}
+    run(lambda: (on_dev[i % 4] for i in range(3)))  # warm up (kernels, pinned buffers)
+    run(lambda: to_device(host(3), device))
+    times: dict[str, list[float]] = {k: [] for k in sources}
+    for _ in range(rounds):  # interleaved, so a disturbance hits all three alike
+        for k, make_source in sources.items():
+            times[k].append(run(make_source))
+    compute, blocking, prefetch = (statistics.median(times[k]) for k in ("compute", "blocking", "prefetch"))
     added = blocking - compute
     hidden = (blocking - prefetch) / added if added > 0 else 1.0
     return {"copy_ms": 1000 * copy, "compute_ms": 1000 * compute, "blocking_ms": 1000 * blocking,
             "prefetch_ms": 1000 * prefetch, "matmuls_per_step": reps, "hidden": hidden}
 
 
-def data_wait(folder: Path, device: str, steps: int) -> dict[str, float]:
+def data_wait(folder: Path, device: str, steps: int, workers: int) -> dict[str, float]:
+    """Train a small model on ``TokenDataset``; ``workers`` 0: in-process (``to_device`` packs into
+    the pinned ring), else a DataLoader with that many workers behind ``to_device``."""
     B, T, V, D = (16, 1024, 257, 512) if device == "cuda" else (4, 128, 257, 64)
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -144,26 +164,29 @@ def data_wait(folder: Path, device: str, steps: int) -> dict[str, float]:
                                 torch.nn.Linear(D, V)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     ds = TokenDataset("train", ByteTokenizer(), B, T, data_dir=folder, rank=0, world_size=1)
-    loader = DataLoader(ds, batch_size=None, num_workers=min(4, os.cpu_count() or 1), pin_memory=device == "cuda", persistent_workers=False)
-    it = to_device(loader, device)
+    source: Any = ds if workers == 0 else DataLoader(ds, batch_size=None, num_workers=workers,
+                                                    pin_memory=device == "cuda")
+    it = to_device(source, device)
     waited = 0.0
     t_start = 0.0
-    for i in range(steps + 5):
-        if i == 5:  # after warm-up (worker start, first kernels)
-            waited, t_start = 0.0, time.perf_counter()
-        t0 = time.perf_counter()
-        x, y = next(it)
-        waited += time.perf_counter() - t0
-        loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss.item()
-    total = time.perf_counter() - t_start
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
-    return {"steps": steps, "step_ms": 1000 * total / steps, "wait_fraction": waited / total}
+    try:
+        for i in range(steps + 5):
+            if i == 5:  # after warm-up (worker start, first kernels)
+                waited, t_start = 0.0, time.perf_counter()
+            t0 = time.perf_counter()
+            x, y = next(it)
+            waited += time.perf_counter() - t0
+            loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss.item()
+        total = time.perf_counter() - t_start
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    return {"steps": steps, "workers": workers, "step_ms": 1000 * total / steps, "wait_fraction": waited / total}
 
 
 def main() -> int:
@@ -185,10 +208,16 @@ def main() -> int:
         small, large = ((8, 64), (8, 256)) if args.cpu_dry_run else ((32, 2048), (128, 16384))
         res["overlap_small"] = overlap(device, small, steps)
         res["overlap_large"] = overlap(device, large, steps)
-        res["data_wait"] = data_wait(folder, device, steps)
+        plan = threads_for(device)
+        plan.apply()
+        res["threads"] = {"torch": plan.torch, "loader": plan.loader, "cores": plan.cores}
+        res["data_wait"] = data_wait(folder, device, steps, workers=0)
+        res["data_wait_dataloader"] = data_wait(folder, device, steps, workers=min(4, os.cpu_count() or 1))
     checks = {f"correct: {k}": v for k, v in res["correctness"].items()}
-    checks["overlap: large batch copy >= 80% hidden"] = res["overlap_large"]["hidden"] >= 0.8
-    checks["data wait < 5% of step time"] = res["data_wait"]["wait_fraction"] < 0.05
+    checks["overlap: large batch copy >= 90% hidden"] = res["overlap_large"]["hidden"] >= 0.9
+    small = res["overlap_small"]
+    checks["overlap: small batch no slower than a blocking copy"] = small["prefetch_ms"] <= small["blocking_ms"]
+    checks["data wait < 1% of step time (in-process TokenDataset)"] = res["data_wait"]["wait_fraction"] < 0.01
     for name, ok in checks.items():
         judged = device == "cuda" or name.startswith("correct")
         print(f"{('PASS' if ok else 'FAIL') if judged else 'n/a '}  {name}")
@@ -196,8 +225,10 @@ def main() -> int:
         o = res[k]
         print(f"{k}: copy {o['copy_ms']:.3f} ms, compute {o['compute_ms']:.3f} ms/step, blocking "
               f"{o['blocking_ms']:.3f}, prefetch {o['prefetch_ms']:.3f} -> {100 * o['hidden']:.0f}% of the copy hidden")
-    dw = res["data_wait"]
-    print(f"data wait: {100 * dw['wait_fraction']:.2f}% of {dw['step_ms']:.1f} ms/step over {dw['steps']} steps")
+    for k in ("data_wait", "data_wait_dataloader"):
+        dw = res[k]
+        print(f"{k}: {100 * dw['wait_fraction']:.2f}% of {dw['step_ms']:.1f} ms/step over {dw['steps']} steps "
+              f"({dw['workers']} DataLoader workers; threads {res['threads']})")
     print(json.dumps(res, indent=1))
     out = os.environ.get("OUT")
     if out:

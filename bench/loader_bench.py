@@ -18,7 +18,19 @@ Rows (targets, PASS/FAIL, never asserted):
   first third (after a warm-up fifth);
 plus informational rows: DataLoader with 2 workers, ``state_dict()`` cost, crop fraction.
 
-Run: ``python -m bench.loader_bench [--quick]`` (``make bench`` calls ``main``).
+Training-loop simulation (issue 9; what a GPU step costs the data path, measurable without a
+GPU): batches (32, 1024) with the BPE tokenizer, each "step" a ``time.sleep`` of 30 ms (a GPU
+step releases the GIL the same way), tokenizer threads from ``threads_for("cuda")``. Reported:
+median and p99 ``next()`` latency and the share of wall time spent in ``next()``; target
+< 1% whenever the loader's production rate (measured free-running, same run) exceeds the
+consumption rate (32 x 1024 tokens / 30 ms = 1.09M tok/s). Baseline: the reference loop
+(tokenizing and packing in ``next()``). Also the time to the first (32, 2048) batch from a
+fresh dataset vs the reference loop and, when ``NANOCHAT_DIR`` names a checkout of
+github.com/karpathy/nanochat (only imported from there, to run it), vs nanochat's own
+``tokenizing_distributed_data_loader_bos_bestfit`` on the same shards with the same BPE
+(target: no slower).
+
+Run: ``python -m bench.loader_bench [--quick] [--sim-only]`` (``make bench`` calls ``main``).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import os
 import resource
 import statistics
 import sys
@@ -40,7 +53,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.reference_loader import reference_batches
-from nanostream import ByteTokenizer, TokenDataset, iter_batches
+from nanostream import ByteTokenizer, TokenDataset, iter_batches, threads_for
+from nanostream.pipeline import set_loader_idle
 
 B, T = 8, 1024
 
@@ -108,7 +122,181 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def main(quick: bool = False) -> dict[str, Any]:
+SIM_B, SIM_T, SIM_STEP_S = 32, 1024, 0.030
+TTFB_T = 2048
+
+
+def _simulated_steps(it: Any, steps: int, warmup: int, step_s: float) -> tuple[list[float], float, float]:
+    """Over ``steps`` simulated training steps (after ``warmup`` ones): the ``next()`` latencies, the
+    wall time, and the CPU time the training thread itself spent in ``next()``."""
+    for _ in range(warmup):
+        next(it)
+        time.sleep(step_s)
+    latencies = []
+    cpu = 0.0
+    t_start = time.perf_counter()
+    for _ in range(steps):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        next(it)
+        latencies.append(time.perf_counter() - t0)
+        cpu += time.thread_time() - c0
+        time.sleep(step_s)  # the "GPU step": releases the GIL, as a step waiting on the device does
+    return latencies, time.perf_counter() - t_start, cpu
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def simulate(folder: Path, tok: Any, quick: bool) -> dict[str, Any]:
+    """The training-loop simulation and time to first batch (see the module docstring)."""
+    plan = threads_for("cuda")
+    threads = getattr(tok, "num_threads", None)
+    if threads is not None:
+        tok.num_threads = plan.loader
+    try:
+        return _simulate(folder, tok, quick, plan.loader)
+    finally:
+        if threads is not None:
+            tok.num_threads = threads
+
+
+def _simulate(folder: Path, tok: Any, quick: bool, loader_threads: int) -> dict[str, Any]:
+    steps, ref_steps = (100, 30) if quick else (400, 60)
+
+    def dataset(seq_len: int) -> TokenDataset:
+        return TokenDataset("train", tok, SIM_B, seq_len, data_dir=folder, rank=0, world_size=1, epochs=None)
+
+    def endless_texts() -> Any:
+        with iter_batches("train", data_dir=folder, rank=0, world_size=1, epochs=None) as it:
+            for b in it:
+                yield b.texts
+
+    out: dict[str, Any] = {"batch": [SIM_B, SIM_T], "step_ms": 1000 * SIM_STEP_S, "steps": steps,
+                           "loader_threads": loader_threads,
+                           "consumption_tok_s": SIM_B * SIM_T / SIM_STEP_S}
+    # production rate, free-running (no sleep), after the pipeline has filled
+    it = iter(dataset(SIM_T))
+    for _ in range(5):
+        next(it)
+    n = 15 if quick else 40
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    out["production_tok_s"] = n * SIM_B * SIM_T / (time.perf_counter() - t0)
+    it.close()
+    # the simulation: TokenDataset (loader threads at normal priority, then under SCHED_IDLE),
+    # then the reference loop (all its work is inside next())
+    for key, idle in (("", False), ("idle_", True)):
+        set_loader_idle(idle)
+        try:
+            it = iter(dataset(SIM_T))
+            lat, wall, cpu = _simulated_steps(it, steps, warmup=10, step_s=SIM_STEP_S)
+            it.close()
+        finally:
+            set_loader_idle(False)
+        out.update({f"{key}next_median_ms": 1000 * statistics.median(lat), f"{key}next_p99_ms": 1000 * _pct(lat, 0.99),
+                    f"{key}wait_share": sum(lat) / wall, f"{key}cpu_share": cpu / wall})
+    ref = reference_batches(endless_texts(), tok, SIM_B, SIM_T)
+    lat, wall, cpu = _simulated_steps(ref, ref_steps, warmup=3, step_s=SIM_STEP_S)
+    ref.close()
+    out.update(ref_next_median_ms=1000 * statistics.median(lat), ref_next_p99_ms=1000 * _pct(lat, 0.99),
+               ref_wait_share=sum(lat) / wall, ref_cpu_share=cpu / wall, ref_steps=ref_steps)
+    # time to the first (32, 2048) batch from a fresh dataset (page cache warm), interleaved rounds
+    ttfb: dict[str, list[float]] = {"dataset": [], "reference": []}
+    nanochat = _nanochat_loader(folder, tok, loader_threads)
+    if nanochat is not None:
+        ttfb["nanochat"] = []
+    for _ in range(3):
+        if nanochat is not None:
+            t0 = time.perf_counter()
+            nc = nanochat(SIM_B, TTFB_T)
+            next(nc)
+            ttfb["nanochat"].append(time.perf_counter() - t0)
+            nc.close()
+        t0 = time.perf_counter()
+        it = iter(dataset(TTFB_T))
+        next(it)
+        ttfb["dataset"].append(time.perf_counter() - t0)
+        it.close()
+        t0 = time.perf_counter()
+        ref = reference_batches(endless_texts(), tok, SIM_B, TTFB_T)
+        next(ref)
+        ttfb["reference"].append(time.perf_counter() - t0)
+        ref.close()
+    out["ttfb_s"] = {k: statistics.median(v) for k, v in ttfb.items()}
+    ahead = out["production_tok_s"] > out["consumption_tok_s"]
+    out["pass"] = {"wait_share<1%": out["wait_share"] < 0.01,
+                   "wait_share<1% (loader_idle)": out["idle_wait_share"] < 0.01} if ahead else {}
+    if nanochat is not None:
+        out["pass"]["ttfb<=nanochat"] = out["ttfb_s"]["dataset"] <= out["ttfb_s"]["nanochat"]
+    return out
+
+
+def _nanochat_loader(folder: Path, tok: Any, threads: int) -> Any:
+    """nanochat's best-fit loader over ``folder``'s shards with ``tok``'s BPE, from the checkout named
+    by ``NANOCHAT_DIR``; None when that is unset. Its modules are imported from there, not copied."""
+    root = os.environ.get("NANOCHAT_DIR")
+    if not root or not hasattr(tok, "_enc"):
+        return None
+    base = folder.parent / "nanochat-base"
+    data = base / "base_data_climbmix"  # where nanochat.dataset looks for shards
+    data.mkdir(parents=True, exist_ok=True)
+    for shard in sorted(folder.glob("shard_*.parquet")):  # same split: the last shard is val
+        if not (data / shard.name).exists():
+            (data / shard.name).symlink_to(shard)
+    os.environ["NANOCHAT_BASE_DIR"] = str(base)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(k, None)
+    sys.path.insert(0, root)
+    try:
+        from nanochat.dataloader import tokenizing_distributed_data_loader_bos_bestfit
+        from nanochat.tokenizer import RustBPETokenizer
+    finally:
+        sys.path.remove(root)
+    nc_tok = RustBPETokenizer(tok._enc, "<|bos|>")
+
+    def loader(b: int, t: int) -> Any:
+        return tokenizing_distributed_data_loader_bos_bestfit(nc_tok, b, t, "train", device="cpu",
+                                                               tokenizer_threads=threads)
+
+    return loader
+
+
+def show_simulation(out: dict[str, Any]) -> None:
+    ahead = out["production_tok_s"] > out["consumption_tok_s"]
+
+    def verdict(share: float) -> str:
+        return ("PASS" if share < 0.01 else "FAIL") if ahead else "n/a (production below consumption)"
+
+    steps, ref_steps = out["steps"], out["ref_steps"]
+    print(f"\ntraining-loop simulation: batch ({SIM_B}, {SIM_T}), step = sleep {1000 * SIM_STEP_S:.0f} ms, "
+          f"{steps} steps (reference: {ref_steps}); tokenizer threads {out['loader_threads']} (threads_for('cuda'))")
+    print(f"  production {out['production_tok_s'] / 1e6:.2f}M tok/s free-running vs consumption "
+          f"{out['consumption_tok_s'] / 1e6:.2f}M tok/s")
+    print(_table(["loader", "next() median ms", "p99 ms", "wall in next()", "target", "result",
+                  "CPU of the training thread in next() (info)"], [
+        *[[name, f"{out[k + 'next_median_ms']:.3f}", f"{out[k + 'next_p99_ms']:.3f}",
+           f"{100 * out[k + 'wait_share']:.2f}%", "< 1%", verdict(out[k + "wait_share"]),
+           f"{100 * out[k + 'cpu_share']:.2f}% of wall"]
+          for name, k in (("TokenDataset", ""), ("TokenDataset, loader_idle=True", "idle_"))],
+        ["reference loop", f"{out['ref_next_median_ms']:.1f}", f"{out['ref_next_p99_ms']:.1f}",
+         f"{100 * out['ref_wait_share']:.1f}%", "baseline", "", f"{100 * out['ref_cpu_share']:.1f}% of wall"],
+    ]))
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs. Wall time in next() beyond its CPU "
+          "time is the training thread waiting for a core, mostly one the loader's own threads hold: "
+          "loader_idle=True (threads_for(..., loader_idle=True)) runs them under SCHED_IDLE")
+    tt = out["ttfb_s"]
+    nc = (f", nanochat's loader {tt['nanochat']:.2f} s (target: no slower: "
+          f"{'PASS' if tt['dataset'] <= tt['nanochat'] else 'FAIL'})") if "nanochat" in tt else \
+        " (info; set NANOCHAT_DIR to a nanochat checkout to compare with its loader)"
+    print(f"  time to first ({SIM_B}, {TTFB_T}) batch, fresh loader, median of 3 interleaved: TokenDataset "
+          f"{tt['dataset']:.2f} s, reference loop {tt['reference']:.2f} s{nc}")
+
+
+
+def main(quick: bool = False, sim_only: bool = False) -> dict[str, Any]:
     epochs = 1 if quick else 3
     res: dict[str, Any] = {"quick": quick, "batch": [B, T], "epochs": epochs}
     with tempfile.TemporaryDirectory(prefix="nanostream-loader-bench-") as tmp:
@@ -117,6 +305,11 @@ def main(quick: bool = False) -> dict[str, Any]:
         tok, tok_name = _tokenizer([t for g in groups for t in g])
         res["tokenizer"] = tok_name
         res["docs"] = sum(map(len, groups))
+        if sim_only:
+            print(f"loader bench (simulation only): {res['docs']:,} docs, tokenizer: {tok_name}")
+            res["simulation"] = simulate(folder, tok, quick)
+            show_simulation(res["simulation"])
+            return res
 
         def loader(**kw: Any) -> TokenDataset:
             return TokenDataset("train", tok, B, T, data_dir=folder, rank=0, world_size=1, **kw)
@@ -222,11 +415,13 @@ def main(quick: bool = False) -> dict[str, Any]:
         res.update(rss_first_mb=first / 1e6, rss_last_mb=last / 1e6, rss_growth_mb=(last - first) / 1e6,
                    rss_steps=steps)
 
+        res["simulation"] = simulate(folder, tok, quick)
+
     ratio_enc = res["dataset_tok_s"] / res["encode_tok_s"]
     ratio_ref = res["dataset_tok_s"] / res["reference_tok_s"]
     res["vs_encode"], res["vs_reference"] = ratio_enc, ratio_ref
     res["pass"] = {"vs_encode>=0.8": ratio_enc >= 0.8, "vs_reference>=3": ratio_ref >= 3.0,
-                   "rss_flat": res["rss_growth_mb"] < 16}
+                   "rss_flat": res["rss_growth_mb"] < 16, **res["simulation"]["pass"]}
     v = {k: "PASS" if ok else "FAIL" for k, ok in res["pass"].items()}
     print(f"loader bench: {res['docs']:,} docs, {res['doc_tokens'] / epochs / 1e6:.2f}M tokens x {epochs} epoch(s), "
           f"batch ({B}, {T}), best of {res['rounds']} round(s), tokenizer: {tok_name}")
@@ -252,10 +447,13 @@ def main(quick: bool = False) -> dict[str, Any]:
     print(f"crop fraction {100 * res['crop_fraction']:.2f}% of document tokens; consumer waited {res['wait_s']:.2f}s "
           f"of {res['dataset_s']:.2f}s on the tokenizer thread; state_dict() {res['state_ms']:.2f} ms for "
           f"{res['state_docs']} buffered docs ({res['state_mb']:.2f} MB); same batches as reference: {same}")
+    show_simulation(res["simulation"])
     return res
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    main(quick=p.parse_args().quick)
+    p.add_argument("--sim-only", action="store_true", help="only the training-loop simulation and first batch")
+    args = p.parse_args()
+    main(quick=args.quick, sim_only=args.sim_only)

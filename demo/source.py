@@ -10,9 +10,11 @@ over HTTP by the async downloader while it is streamed.
 
 from __future__ import annotations
 
+import ctypes
 import filecmp
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +109,22 @@ def sample_is_complete(folder: Path, shards: int) -> bool:
     return record is not None and record.max_shard == shards - 1 and list_shards(folder) == list(range(shards))
 
 
-def ensure_sample(folder: Path, shards: int) -> Path:
+def _quiet(msg: str) -> None:
+    pass
+
+
+def ensure_sample(folder: Path, shards: int, say: Callable[[str], None] = _quiet) -> Path:
     """Write the sample corpus (``shards`` files, the last one validation) once; reuse it when complete."""
     if shards < 2:
         raise ConfigError(f"the sample needs >= 2 shards (one train, one validation), got {shards}")
     if not sample_is_complete(folder, shards):
         from nanostream.sample import write_sample
 
+        say(f"sample: building the sample corpus into {folder} ({shards} shards; once, can take "
+            "a minute) ...")
+        t0 = time.monotonic()
         write_sample(folder, shards=shards)
+        say(f"sample: built in {time.monotonic() - t0:.0f} s")
     return folder
 
 
@@ -135,6 +145,29 @@ def drop_stale(data_dir: Path, src_dir: Path) -> None:
             local.unlink(missing_ok=True)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when the process that started it dies, even by
+    ``kill -9`` (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a no-op). Exits at once if the
+    parent is already gone. Runs in the forked child before exec: async-signal-safe calls only."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            libc = None
+
+    def preexec() -> None:
+        if libc is not None:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -149,6 +182,10 @@ def _stop(proc: subprocess.Popen) -> None:
 def serve_folder(folder: Path, timeout: float = SERVE_START_TIMEOUT) -> Iterator[str]:
     """Run ``nanostream serve FOLDER --port 0`` as a child process; yield its URL; stop it on exit.
 
+    The child also exits when this process dies without unwinding (``kill -9``): see
+    ``_die_with_parent``. Call this from the thread that lives as long as the server should
+    (the main thread): Linux signals the child when the *thread* that forked it ends.
+
     The child's output goes to a temporary log file (not a pipe, which nobody would drain);
     its first line carries the URL. On a failed start the log's tail is in the error.
     """
@@ -156,7 +193,8 @@ def serve_folder(folder: Path, timeout: float = SERVE_START_TIMEOUT) -> Iterator
         log_path = Path(tmp) / "serve.log"
         with log_path.open("ab") as log:
             cmd = [sys.executable, "-m", "nanostream.cli", "serve", str(folder), "--port", "0"]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent(os.getpid()))
         try:
             url = _wait_for_url(proc, log_path, timeout)
             yield url
@@ -209,8 +247,11 @@ def choose(source: str, cfg: Config, dataset: str = DEFAULT_DATASET,
 
 @contextmanager
 def open_source(source: str, cfg: Config, *, shards: int, dataset: str = DEFAULT_DATASET,
-                timeout: float = PROBE_TIMEOUT) -> Iterator[Source]:
+                timeout: float = PROBE_TIMEOUT, say: Callable[[str], None] = _quiet) -> Iterator[Source]:
     """Pick the source and make it servable for the ``with`` block.
+
+    ``say`` gets the source notice as soon as the source is decided, then a line before each
+    step that can take long (building the sample corpus).
 
     ``shards`` is the number of train shards. The Hub: ``dataset``'s shards ``0..shards-1`` plus
     its validation shard, into ``BASE/data/DATASET``. The sample: ``shards + 1`` files written
@@ -223,11 +264,12 @@ def open_source(source: str, cfg: Config, *, shards: int, dataset: str = DEFAULT
         # a probe thread stuck in DNS is joined only when the run is over, never waited for up front
         why = None if source == "sample" else stack.enter_context(hub_probe(cfg, dataset, timeout))
         kind, notice = decide(source, why, cfg, dataset)
+        say(notice)
         if kind == "hub":
             ds = get_dataset(dataset)
             yield Source("hub", ds.name, ds.base_url(cfg.hf_endpoint), ds.max_shard, cfg.data_dir(ds.name), notice)
             return
-        folder = ensure_sample(cfg.base_dir / "sample-src", shards + 1)
+        folder = ensure_sample(cfg.base_dir / "sample-src", shards + 1, say)
         data_dir = cfg.data_dir(SAMPLE_NAME)
         drop_stale(data_dir, folder)
         url = stack.enter_context(serve_folder(folder))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 import time
@@ -19,15 +18,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TextIO
 
-import pyarrow
 import torch
 
 from demo.gpt import GPT, GPTConfig, bits_per_byte
 from demo.source import PROBE_TIMEOUT, SOURCES, Source, env_default, open_source
 from nanostream.bpe import train_with_stats
 from nanostream.config import Config
+from nanostream.device import threads_for, to_device
 from nanostream.errors import ConfigError, NanostreamError
-from nanostream.loader import TokenDataset, to_device
+from nanostream.loader import TokenDataset
 from nanostream.stream import iter_batches
 from nanostream.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
@@ -64,36 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     p.add_argument("--eval-batches", type=int, default=8, help="validation batches for bits per byte")
     p.add_argument("--sample-tokens", type=int, default=48, help="tokens to generate at the end (0: none)")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: cores minus the loader's)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0: nanostream.threads_for(device): on CPU cores minus one, "
+                        "on CUDA 1-2, the loader getting the rest)")
     p.add_argument("--probe-timeout", type=float, default=PROBE_TIMEOUT, help="seconds to wait for the Hub")
     p.add_argument("--seed", type=int, default=1337, help="model init and sampling seed")
     return p
 
 
-def thread_split(override: int = 0) -> tuple[int, int, int]:
-    """(cores, torch intra-op threads, loader threads).
-
-    The loader's work (the event loop, one parquet reader thread, one tokenizer thread, the
-    tokenizer's encoding threads) is light but latency-bound: give it one core's share, and
-    torch's intra-op pool the rest. Then the two never fight for a core (oversubscribed
-    OpenMP threads spin and stall each other, which shows up as slow, jittery steps). On
-    2 cores that is 1 + 1; on 16 it is 15 + 1.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    loader = 1
-    return cores, override if override > 0 else max(1, cores - loader), loader
-
-
-def get_tokenizer(args: argparse.Namespace, src: Source, cfg: Config, threads: int) -> tuple[Tokenizer, str]:
+def get_tokenizer(args: argparse.Namespace, src: Source, cfg: Config, threads: int,
+                  say=lambda msg: None) -> tuple[Tokenizer, str]:
     """The tokenizer for this corpus: ``BASE/tokenizer/<corpus>-<vocab>``, trained on first use."""
     if args.vocab == "byte":
         return ByteTokenizer(), "bytes (no training)"
     folder = cfg.tokenizer_dir() / f"{src.name}-{args.vocab}"
     if (folder / "tokenizer.json").exists():
         return load_tokenizer(folder, num_threads=threads), f"loaded {folder}"
+    say(f"tokenizer: training a BPE of {args.vocab} tokens on the first {args.tokenizer_chars:,} characters "
+        f"of {src.name} (once; saved to {folder}) ...")
     t0 = time.perf_counter()
     texts = iter_batches("train", data_dir=src.data_dir, base_url=src.base_url, max_shard=src.max_shard,
                          num_shards=args.shards, epochs=1, config=cfg)
@@ -216,16 +203,14 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
         print(msg, file=out or sys.stdout, flush=True)
 
     device = check_args(args)
-    cores, torch_threads, loader_threads = thread_split(args.threads)
-    torch.set_num_threads(torch_threads)
-    pyarrow.set_cpu_count(loader_threads)  # pyarrow's decode pool stays inside the loader's share
+    plan = threads_for(device, torch_threads=args.threads)
+    plan.apply()  # torch's intra-op pool, and pyarrow's decode pool inside the loader's share
     autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext)
     torch.manual_seed(args.seed)
-    with open_source(args.source, cfg, shards=args.shards, timeout=args.probe_timeout) as src:
-        say(src.notice)
-        say(f"threads: {cores} cores -> torch {torch_threads} intra-op, loader {loader_threads} "
+    with open_source(args.source, cfg, shards=args.shards, timeout=args.probe_timeout, say=say) as src:
+        say(f"threads: {plan.cores} cores -> torch {plan.torch} intra-op, loader {plan.loader} "
             f"(reader + tokenizer); device {device}{' (bf16 autocast)' if device.type == 'cuda' else ''}")
-        tok, how = get_tokenizer(args, src, cfg, loader_threads)
+        tok, how = get_tokenizer(args, src, cfg, plan.loader, say)
         say(f"tokenizer: vocab {tok.vocab_size}, {how}")
         width = args.width or 32 * args.depth
         mcfg = GPTConfig(vocab_size=tok.vocab_size, seq_len=args.seq_len, depth=args.depth, d_model=width,

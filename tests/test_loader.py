@@ -1,4 +1,4 @@
-"""TokenDataset: batch contract, packing on real shards, striding over ranks/workers, resume, errors, device."""
+"""TokenDataset: batch contract, packing on real shards, striding over ranks/workers, resume, errors."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nanostream import ByteTokenizer, TokenDataset, to_device
+from nanostream import ByteTokenizer, TokenDataset
 from nanostream.errors import CorruptShardError, LoaderError, NanostreamError, TokenizerError
-from nanostream.loader import _encoding
+from nanostream.pipeline import _encoding
 from nanostream.tokenizer import BPETokenizer
 
 from datagen import doc_id, doc_text, make_shards
@@ -77,6 +77,16 @@ def assert_same_batches(got, want) -> None:
     assert len(got) == len(want)
     for (x, y), (ex, ey) in zip(got, want, strict=True):
         assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def run_ahead(it, timeout: float = 5) -> None:
+    """Let the iterator's producer threads run ahead: batches assembled and row groups tokenized
+    ahead of the last batch returned (or the data finished)."""
+    pipe = it._pipe
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pipe._thread.is_alive() and not (
+            pipe._out.full() and (pipe._tokens.full() or not pipe._tokenizer_thread.is_alive())):
+        time.sleep(0.01)
 
 
 def our_threads() -> list[str]:
@@ -152,9 +162,7 @@ def test_resume_exact(data: Path, k: int, epochs: int) -> None:
     ds = make(data, epochs=epochs)
     it = iter(ds)
     head = [next(it) for _ in range(k)]
-    deadline = time.monotonic() + 5
-    while not it._q.full() and time.monotonic() < deadline:  # let the tokenizer thread run ahead
-        time.sleep(0.01)
+    run_ahead(it)
     state = ds.state_dict()
     it.close()
     if k:
@@ -218,7 +226,8 @@ def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
         iter(other)
 
 
-@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"seq_len": 0}, {"split": "test"}, {"buffer_docs": 0}])
+@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"seq_len": 0}, {"split": "test"}, {"buffer_docs": 0},
+                                {"ahead": 0}])
 def test_bad_arguments(data: Path, kw: dict) -> None:
     with pytest.raises(LoaderError):
         make(data, **kw)
@@ -326,17 +335,6 @@ def test_stateful_dataloader_resume(data: Path) -> None:
         assert_same_batches(head + rest, full)
 
 
-def test_to_device_cpu_is_free(data: Path) -> None:
-    x, y = next(iter(make(data, epochs=1)))
-    moved = to_device((x, y), "cpu")
-    assert moved[0] is x and moved[1] is y
-    ds = make(data, epochs=1)
-    it = to_device(ds, "cpu")
-    assert type(it).__name__ == "_TokenIterator"
-    assert next(it)[0].shape == (4, 96)
-    it.close()
-
-
 @pytest.mark.slow
 def test_torchrun_two_ranks_gloo(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp.json"
@@ -353,41 +351,6 @@ def test_torchrun_two_ranks_gloo(data: Path, tmp_path: Path) -> None:
         rank = r["rank"]
         assert r["world_size"] == 2 and all(g % 4 in (2 * rank, 2 * rank + 1) for _, g, _ in r["ids"])
         assert r["states_distinct"]
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu_batches(data: Path) -> None:
-    cpu = list(make(data, epochs=1))
-    for source in (make(data, epochs=1), DataLoader(make(data, epochs=1), batch_size=None, num_workers=2,
-                                                   pin_memory=True)):
-        got = [(x.cpu(), y.cpu()) for x, y in to_device(source, "cuda")]
-        assert_same_batches(got, cpu)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_copy_is_on_side_stream(data: Path) -> None:
-    it = to_device(make(data, epochs=1), "cuda")
-    x, _ = next(it)
-    assert x.is_cuda and it._side != torch.cuda.current_stream()
-    assert it._ahead is not None  # the next batch is already in flight
-    it.close()
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_prefetch_keeps_resume_exact(data: Path) -> None:
-    full = list(make(data, epochs=1))
-    ds = make(data, epochs=1)
-    it = to_device(ds, "cuda")
-    head = [tuple(t.cpu() for t in next(it)) for _ in range(5)]
-    state = ds.state_dict()  # the prefetcher has already read batch 6; the state must say 5
-    assert state["batches"] == 5
-    it.close()
-    fresh = make(data, epochs=1)
-    fresh.load_state_dict(state)
-    assert_same_batches(head + list(fresh), full)
 
 
 # -- BPETokenizer: the loader drives its threads text by text ----------------------------------
@@ -440,9 +403,7 @@ def test_bpe_resume_exact(big_groups: Path, k: int) -> None:
     ds = make_bpe(big_groups, tok)
     it = iter(ds)
     head = [next(it) for _ in range(k)]
-    deadline = time.monotonic() + 5
-    while not it._q.full() and time.monotonic() < deadline:  # row groups queued and in encoding
-        time.sleep(0.01)
+    run_ahead(it)  # batches assembled ahead, row groups queued and in encoding
     state = ds.state_dict()
     it.close()
     assert not our_threads()

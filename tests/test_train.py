@@ -226,6 +226,48 @@ def test_sigterm_stops_the_sample_server_and_exits(base: Path) -> None:
                 proc.kill()
 
 
+def test_kill_9_of_the_trainer_stops_the_sample_server(base: Path) -> None:
+    """The trainer cannot unwind from SIGKILL: its `nanostream serve` child must go by itself."""
+    cmd = [sys.executable, "-m", "demo.train", "--source", "sample", *TINY[2:], "--steps", "1000000",
+           "--log-every", "1"]
+    servers: list[psutil.Process] = []
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # wait until it trains
+                if line.startswith("step"):
+                    break
+            servers += [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "serve" in " ".join(c.cmdline())]
+            assert servers
+            proc.kill()
+            assert proc.wait(timeout=30) == -9
+            _gone, alive = psutil.wait_procs(servers, timeout=20)
+            assert not alive, f"serve child outlived kill -9 of the trainer: {alive}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for server in servers:  # never leave a server behind, even when the test fails
+                with contextlib.suppress(psutil.Error):
+                    server.kill()
+
+
+def test_progress_is_printed_before_building_the_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    said: list[str] = []
+    folder = tmp_path / "sample-src"
+
+    def fake_write(out_dir: Path, shards: int) -> list[Path]:  # the real corpus takes a minute to build
+        assert said and said[-1].startswith("sample: building the sample corpus")
+        return make_shards(out_dir, shards, row_groups=1, rows=4)
+
+    monkeypatch.setattr("nanostream.sample.write_sample", fake_write)
+    source.ensure_sample(folder, 2, said.append)
+    assert said[-1].startswith("sample: built in")
+    said.clear()
+    source.ensure_sample(folder, 2, said.append)  # complete: reused, nothing to say
+    assert said == []
+
+
 def test_bits_per_byte_counts_bytes_and_skips_bos() -> None:
     torch.manual_seed(0)
     tok = ByteTokenizer()

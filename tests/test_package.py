@@ -1,0 +1,106 @@
+"""The package namespace: every public name is the same object whatever was imported before it.
+
+Each order runs in a fresh interpreter (a subprocess), because the bug this guards
+against depends on which submodules an interpreter has already loaded: importing
+``nanostream.stream`` (the module) used to replace the function ``nanostream.stream``.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import nanostream
+
+SUBMODULES = sorted(m.name for m in pkgutil.iter_modules(nanostream.__path__))
+PUBLIC = list(nanostream.__all__)
+
+# In a fresh interpreter: run the imports of `steps` in order, then check every public name.
+CHECK = r"""
+import importlib, json, sys, types
+steps = json.loads(sys.argv[1])
+got = {}
+for kind, what in steps:
+    if kind == "module":
+        importlib.import_module("nanostream." + what)
+    elif kind == "from":  # `from nanostream import a, b` as written in user code
+        exec(f"from nanostream import {', '.join(what)}", got)
+    else:
+        raise SystemExit(f"unknown step {kind}")
+import nanostream
+bad = []
+for name in nanostream.__all__:
+    owner = nanostream._LAZY.get(name)
+    want = getattr(importlib.import_module("nanostream." + owner), name) if owner else None
+    for where, value in (("attribute", getattr(nanostream, name)), ("from-import", got.get(name))):
+        if value is None and where == "from-import":
+            continue
+        if owner is None:
+            ok = not isinstance(value, types.ModuleType)
+        else:
+            ok = value is want
+        if not ok:
+            bad.append(f"{where} {name} -> {value!r}")
+    ns = {}
+    exec(f"from nanostream import {name}", ns)
+    if owner and ns[name] is not want:
+        bad.append(f"late from-import {name} -> {ns[name]!r}")
+print(json.dumps(bad))
+"""
+
+
+def run_order(steps: list[tuple[str, object]]) -> list[str]:
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", CHECK, json.dumps(steps)], capture_output=True,
+                          text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def orders() -> dict[str, list[tuple[str, object]]]:
+    every_module = [("module", m) for m in SUBMODULES]
+    out: dict[str, list[tuple[str, object]]] = {
+        "issue: TokenDataset before stream": [("from", ["TokenDataset", "stream"])],
+        "issue: stream before TokenDataset": [("from", ["stream", "TokenDataset"])],
+        "every submodule first": [*every_module, ("from", PUBLIC)],
+        "every submodule first, reversed": [*every_module[::-1], ("from", PUBLIC[::-1])],
+    }
+    for name in PUBLIC:  # each name first, then every submodule, then every name again
+        out[f"{name} first"] = [("from", [name]), *every_module, ("from", PUBLIC)]
+    return out
+
+
+def test_no_public_name_is_shadowed_by_a_submodule_unless_guarded() -> None:
+    clashes = set(PUBLIC) & set(SUBMODULES)
+    assert clashes == set(nanostream._SHADOWED), (
+        f"public names that are also submodules: {sorted(clashes)}; rename one, or add it to _SHADOWED")
+
+
+@pytest.mark.timeout(300)
+def test_every_public_name_in_every_order() -> None:
+    cases = orders()
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(cases, pool.map(run_order, cases.values()), strict=True))
+    assert {k: v for k, v in results.items() if v} == {}
+
+
+def test_import_nanostream_loads_neither_torch_nor_pyarrow() -> None:
+    code = ("import sys, nanostream; print(sorted(m for m in ('torch', 'pyarrow', 'aiohttp') if m in sys.modules)); "
+            "import nanostream.pipeline; print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "False"]  # only loader.py and device.py import torch
+
+
+def test_submodule_stays_importable_and_attribute_stays_the_function() -> None:
+    import importlib
+
+    mod = importlib.import_module("nanostream.stream")
+    assert isinstance(mod, type(sys)) and callable(nanostream.stream) and nanostream.stream is mod.stream
+    assert Path(mod.__file__).name == "stream.py"
+    from nanostream.stream import Stream  # noqa: F401  (the module's other names)

@@ -1,0 +1,127 @@
+"""pipeline.py: batches are packed and finished on the producer thread, ahead of ``next()``; errors
+from any stage reach the consumer; no thread outlives the iterator."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nanostream import threads_for
+from nanostream.errors import LoaderError
+from nanostream.loader import HostSink
+from nanostream.pipeline import set_loader_idle
+from test_loader import assert_same_batches, make, our_threads, run_ahead
+
+from datagen import make_shards
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("shards")
+    make_shards(folder, 4, row_groups=8, rows=12)
+    return folder
+
+
+class RecordingSink(HostSink):
+    """The CPU sink, recording which thread runs each step; optionally failing in ``finish``."""
+
+    def __init__(self, batch_size: int, row_len: int, fail_at: int = 0) -> None:
+        super().__init__(batch_size, row_len)
+        self.threads: dict[str, set[str]] = {"rows": set(), "finish": set(), "ready": set()}
+        self.finished, self.fail_at = 0, fail_at
+
+    def rows(self) -> np.ndarray:
+        self.threads["rows"].add(threading.current_thread().name)
+        return super().rows()
+
+    def finish(self, rows: np.ndarray):
+        self.threads["finish"].add(threading.current_thread().name)
+        self.finished += 1
+        if self.finished == self.fail_at:
+            raise LoaderError("sink failed on purpose")
+        return super().finish(rows)
+
+    def ready(self, item):
+        self.threads["ready"].add(threading.current_thread().name)
+        return super().ready(item)
+
+
+def test_batches_are_finished_on_the_producer_thread_ahead_of_next(data: Path) -> None:
+    full = list(make(data, epochs=1))
+    ds = make(data, epochs=1, ahead=3)
+    sink = RecordingSink(4, 97)
+    it = ds._iterate(sink)
+    got = [next(it)]
+    run_ahead(it)
+    assert it._pipe._out.qsize() == 3  # three finished batches wait, beyond the one returned
+    assert sink.finished == 5  # 1 returned, 3 queued, 1 waiting for room
+    assert it.batches == 1 and ds.state_dict()["batches"] == 1
+    got += list(it)
+    assert_same_batches(got, full)
+    assert sink.threads == {"rows": {"nanostream-assemble"}, "finish": {"nanostream-assemble"},
+                            "ready": {threading.current_thread().name}}
+    assert not our_threads()
+
+
+def test_sink_error_reaches_the_consumer_and_state_stays_exact(data: Path) -> None:
+    full = list(make(data, epochs=1))
+    ds = make(data, epochs=1)
+    it = ds._iterate(RecordingSink(4, 97, fail_at=4))
+    head = []
+    with pytest.raises(LoaderError, match="on purpose"):
+        for batch in it:
+            head.append(batch)
+    assert len(head) == 3 and not our_threads()
+    state = ds.state_dict()
+    assert state["batches"] == 3
+    fresh = make(data, epochs=1)
+    fresh.load_state_dict(state)
+    assert_same_batches(head + list(fresh), full)
+
+
+def test_dropping_a_running_iterator_stops_its_threads(data: Path) -> None:
+    it = iter(make(data, epochs=None))
+    next(it)
+    run_ahead(it)  # producer blocked on a full queue
+    assert {"nanostream-assemble", "nanostream-tokenize"} <= set(our_threads())
+    del it
+    gc.collect()
+    assert not our_threads()
+
+
+def test_stats_and_state_describe_the_batch_returned_not_the_ones_ahead(data: Path) -> None:
+    ds = make(data, epochs=1)
+    it = iter(ds)
+    x, y = next(it)
+    run_ahead(it)
+    st = ds.stats()
+    assert st["batches"] == 1 and st["tokens_out"] == 4 * 97
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    it.close()
+    assert ds.stats()["batches"] == 1 and ds.state_dict()["batches"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_loader_idle_puts_every_loader_thread_under_sched_idle(data: Path) -> None:
+    plan = threads_for("cuda", cores=2, loader_idle=True)
+    assert plan.loader_idle
+    set_loader_idle(True)
+    try:
+        it = iter(make(data, epochs=None))
+        next(it)
+        run_ahead(it)
+        policies = {t.name: os.sched_getscheduler(t.native_id) for t in threading.enumerate()
+                    if t.name.startswith("nanostream")}
+        it.close()
+    finally:
+        set_loader_idle(False)
+    assert {"nanostream-assemble", "nanostream-tokenize"} <= set(policies)
+    assert any(name.startswith("nanostream-read") or name == "nanostream-loop" for name in policies)
+    assert set(policies.values()) == {os.SCHED_IDLE}, policies  # stream threads inherit it
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the training thread keeps its priority
