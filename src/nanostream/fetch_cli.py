@@ -19,12 +19,12 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from .config import Config, check_url, get_dataset
 from .errors import ConfigError
 from .progress import make_progress
-from .retry import RetryPolicy
-from .shards import FolderRecord, list_shards, read_record, write_record
+from .shards import FolderRecord, list_shards, read_record, shard_name, write_record
 
 log = logging.getLogger(__name__)
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -133,9 +133,15 @@ def _stopped(data_dir: Path, what: str) -> None:
 
 
 def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
-    from .fetch import fetch_shards  # aiohttp is imported only by the commands that download
-
     data_dir, base_url, max_shard, indices, record = plan(args, cfg)
+    if not args.verify and all((data_dir / shard_name(i)).exists() for i in indices):
+        write_record(data_dir, record)  # nothing to download: no aiohttp import, no event loop
+        done = [SimpleNamespace(error=None, downloaded=0, skipped=True, attempts=0) for _ in indices]
+        print(summarize(done, data_dir, 0.0), flush=True)
+        return 0
+    from .fetch import fetch_shards  # aiohttp is imported only when something is downloaded
+    from .retry import RetryPolicy
+
     loop = args.loop or cfg.loop
     if args.quiet:  # retries and resumes are logged at INFO; --quiet keeps warnings and errors only
         logging.getLogger("nanostream").setLevel(logging.WARNING)
