@@ -330,3 +330,41 @@ async def test_no_credentials_anywhere_is_the_403_hint(moto_url, bucket, aws_env
     with pytest.raises(DatasetError, match=rf"s3://{name}: access denied \(HTTP 403\).*no AWS credentials found; "
                                            "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"):
         await s3_catalog(f"s3://{name}/p/", endpoint=moto_url, retry=FAST)
+
+
+# -- downloads: the same downloader, signed, with ranges, If-Match and the catalog's checksums -----
+async def test_objects_download_split_verified_and_a_changed_object_is_an_error(moto_url, bucket, tmp_path):
+    from nanostream.errors import VerificationError
+    from nanostream.fetch import fetch_files
+
+    name, client = bucket
+    big = b"PAR1" + os.urandom(1 << 20) + b"PAR1"
+    put(client, name, "c/a.parquet", big, sha=True)
+    put(client, name, "c/sub/b b.parquet", BODY)
+    cat = await s3_catalog(f"s3://{name}/c/", endpoint=moto_url, retry=FAST)
+    results = await fetch_files(cat.files, data_dir=tmp_path / "d", s3_endpoint=moto_url, workers=4,
+                                min_split=64 << 10, retry=FAST)
+    assert [r.error for r in results] == [None, None] and [r.file for r in results] == ["a.parquet", "sub/b b.parquet"]
+    assert (tmp_path / "d" / "a.parquet").read_bytes() == big
+    assert (tmp_path / "d" / "sub" / "b b.parquet").read_bytes() == BODY
+    put(client, name, "c/sub/b b.parquet", BODY[:-8] + b"zzzzPAR1")  # same size, other bytes
+    [res] = await fetch_files([cat.files[1]], data_dir=tmp_path / "e", s3_endpoint=moto_url, retry=FAST)
+    assert isinstance(res.error, VerificationError) and "changed at the source since it was listed" in str(res.error)
+    assert not (tmp_path / "e" / "sub" / "b b.parquet").exists()
+
+
+def test_cli_fetches_a_prefix_and_says_what_was_verified(moto_url, bucket, tmp_path):
+    name, client = bucket
+    put(client, name, "p/train-0.parquet", BODY, sha=True)
+    put(client, name, "p/train-1.parquet", BODY)
+    put(client, name, "p/val-0.parquet", BODY)
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_url}
+    run = [sys.executable, "-m", "nanostream.cli", "fetch", "--data-dir", str(tmp_path / "d")]
+    out = subprocess.run([*run, "--dataset", f"s3://{name}/p/"], capture_output=True, text=True, env=env, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert "verification: MD5 (single-part ETag) for 2 files, sha256 for 1 file" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "d").iterdir() if not p.name.endswith(".lock")) == [
+        ".nanostream.json", "train-0.parquet", "train-1.parquet", "val-0.parquet"]
+    out = subprocess.run([*run[:-1], str(tmp_path / "x"), "--dataset", "s3://no-such-bucket-here/p/"],
+                         capture_output=True, text=True, env=env, timeout=90)
+    assert out.returncode == 2 and "no such bucket" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if not args.verbose:  # botocore says "Found credentials in ..." at INFO: keep errors to one line
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         cfg = Config.from_env()
         return _run(args, cfg)
