@@ -368,3 +368,27 @@ def test_cli_fetches_a_prefix_and_says_what_was_verified(moto_url, bucket, tmp_p
     out = subprocess.run([*run[:-1], str(tmp_path / "x"), "--dataset", "s3://no-such-bucket-here/p/"],
                          capture_output=True, text=True, env=env, timeout=90)
     assert out.returncode == 2 and "no such bucket" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+async def test_stream_reads_a_prefix_while_downloading(moto_url, bucket, tmp_path):
+    import asyncio
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nanostream.config import Config
+    from nanostream.stream import stream
+
+    name, client = bucket
+    for split, k in (("train", 0), ("train", 1), ("val", 2)):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"text": [f"doc:{k}:{r}" for r in range(12)]}), buf, row_group_size=4)
+        put(client, name, f"p/{split}/{k}.parquet", buf.getvalue(), sha=k == 0)
+    cfg = Config(base_dir=tmp_path, s3_endpoint=moto_url)
+    s = await asyncio.to_thread(stream, "train", dataset=f"s3://{name}/p/", num_shards=2, config=cfg)
+    texts = [t async for b in s for t in b.texts]
+    assert sorted(texts) == sorted(f"doc:{k}:{r}" for k in (0, 1) for r in range(12))
+    folder = tmp_path / "data" / "s3" / name / "p"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet")) == [
+        "train/0.parquet", "train/1.parquet"]
