@@ -154,8 +154,10 @@ async def test_etag_follows_file_changes(root: Path, mirror) -> None:
     "/..%2fsecret.txt",
     "//etc/passwd",
     "/%2Fetc%2Fpasswd",
-    "/sub/inner.parquet",
     "/sub",
+    "/sub/",
+    "/sub/.inner.parquet",
+    "/.git/inner.parquet",
     "/.hidden",
     "/outside_link.parquet",
     "/dir_link",
@@ -175,6 +177,14 @@ async def test_nothing_outside_the_folder(root: Path, target: str) -> None:
         assert await raw_status(url, f"/{NAME}") == 200
     finally:
         await runner.cleanup()
+
+
+async def test_files_in_subfolders_are_served(root: Path, mirror) -> None:
+    url, session = mirror
+    (root / "data" / "CC-MAIN 2024").mkdir(parents=True)
+    (root / "data" / "CC-MAIN 2024" / "000_00000.parquet").write_bytes((root / NAME).read_bytes())
+    async with session.get(f"{url}/data/CC-MAIN%202024/000_00000.parquet", headers={"Range": "bytes=0-3"}) as r:
+        assert r.status == 206 and await r.read() == (root / NAME).read_bytes()[:4]
 
 
 async def test_symlink_inside_the_folder_is_served(root: Path, mirror) -> None:
@@ -201,7 +211,7 @@ def test_cli_serve_subprocess_serves_and_stops_on_sigint(root: Path) -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith(f"serving {root} at http://127.0.0.1:"), line
-        assert line.rstrip().endswith("(2 shard files)"), line
+        assert line.rstrip().endswith("(2 parquet files)"), line
         url = line.split(" at ", 1)[1].split()[0]
         import urllib.request
 
