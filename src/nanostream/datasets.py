@@ -163,7 +163,8 @@ def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = Non
         return numbered_for(dataset, folder, base_url, max_shard, recorded, text_column, config)
     if dataset is None and recorded is None:
         return folder_catalog(folder, text_column=text_column, val=val)
-    if recorded is not None and (dataset is None or dataset == recorded.name or dataset in DATASETS):
+    legacy = dataset in DATASETS and not recorded_name(recorded).startswith(SCHEMES)  # numbered folders
+    if recorded is not None and (dataset is None or dataset == recorded.name or legacy):
         if include is not None and include != recorded.include:
             raise DatasetError(f"{folder} was fetched with --include {recorded.include!r}, not {include!r}: "
                                "pass the same, or use another data folder")
@@ -183,6 +184,10 @@ def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = Non
             return cat
     return run_blocking(open_catalog(dataset, config=config, data_dir=folder, include=include, val=val,
                                      text_column=text_column))
+
+
+def recorded_name(cat: Catalog | None) -> str:
+    return cat.name if cat is not None else ""
 
 
 def run_blocking(coro: Any) -> Any:
