@@ -20,7 +20,9 @@ malformed headers (400, from aiohttp's parser).
 
 The sha256 of each file is computed once per (path, size, mtime) in a worker
 thread. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
-``httpfile.py``; a reader that stalls for the send timeout is dropped.
+``httpfile.py``; a reader that stalls for the send timeout is dropped. A folder
+fetched from an ``hf://`` dataset also answers the Hub API for it (``hubmirror.py``),
+so ``HF_ENDPOINT`` can point at the mirror.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from .httpfile import (
     sha256_file,
     write_body,
 )
+from .hubmirror import HubMirror
 from .listener import Limits, Listener, server_kwargs
 
 __all__ = ["CHUNK", "FILES_KEY", "FileInfo", "Limits", "Mirror", "ShardFiles", "SlowReader", "iter_file",
@@ -187,6 +190,9 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     files = ShardFiles(root, body_writer=writer)
     app = web.Application(middlewares=[_log_refusals])
     app[FILES_KEY] = files
+    hub = HubMirror.of(files.root, files)
+    if hub is not None:  # a folder fetched from hf://: answer the Hub API too (hubmirror.py)
+        hub.add_routes(app)
     app.router.add_get("/{name:.*}", files.handle, allow_head=True)
     return app
 
