@@ -392,3 +392,33 @@ async def test_stream_reads_a_prefix_while_downloading(moto_url, bucket, tmp_pat
     folder = tmp_path / "data" / "s3" / name / "p"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet")) == [
         "train/0.parquet", "train/1.parquet"]
+
+
+async def test_a_resumed_range_sends_if_match_and_a_changed_object_answers_412(moto_url, bucket, tmp_path):
+    """A part file saved against an old ETag: the continuation's If-Match gets 412. A listed file fails
+    ("changed since listed"); one the catalog knows nothing about starts over and gets the new bytes."""
+    from nanostream.catalog import DataFile
+    from nanostream.fetch import fetch_files
+    from nanostream.partial import PartFiles, PartState, create_part
+
+    name, client = bucket
+    old, new = b"PAR1" + os.urandom(4000) + b"PAR1", b"PAR1" + os.urandom(4000) + b"PAR1"
+    put(client, name, "r/x.parquet", old)
+    etag = client.head_object(Bucket=name, Key="r/x.parquet")["ETag"]
+    put(client, name, "r/x.parquet", new)  # same size, another ETag
+    signer = await S3Signer.create(moto_url)
+    url = signer.object_url(name, "r/x.parquet")
+    for k, listed in enumerate((True, False)):
+        final = tmp_path / f"d{k}" / "x.parquet"
+        final.parent.mkdir()
+        create_part(final, len(old))
+        pf = PartFiles(final, fresh=True)
+        pf.save(PartState(url, len(old), etag, None, [[2000, None]]))  # bytes [0, 2000) "written" before
+        pf.close()
+        file = DataFile("x.parquet", len(old) if listed else None, url=f"s3://{name}/r/x.parquet")
+        [res] = await fetch_files([file], data_dir=final.parent, s3_endpoint=moto_url, retry=FAST)
+        if listed:
+            assert "changed at the source since it was listed: it answers 412 to If-Match" in str(res.error)
+            assert not final.exists()
+        else:
+            assert res.error is None and final.read_bytes() == new

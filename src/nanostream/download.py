@@ -69,7 +69,9 @@ class RangeDownloader:
             self.reached = True
             self.meter.round_trip(time.monotonic() - t0)
             if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
-                raise changed(job, "it answers 412 to If-Match")
+                if job.known:
+                    raise changed(job, "it answers 412 to If-Match")
+                return self._reset(job, "the object changed (412 to If-Match)")
             check_status(resp)
             if not job.live(gen):
                 return
