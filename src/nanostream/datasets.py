@@ -186,6 +186,23 @@ def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = Non
                                      text_column=text_column))
 
 
+def split_indices(cat: Catalog, folder: Path, split: str, num_shards: int | None) -> tuple[int, ...]:
+    """Indices into ``cat.files`` of the split: validation's all, train's first ``num_shards``, or those
+    present in the folder when ``num_shards`` is None."""
+    if num_shards is not None and num_shards < 0:
+        raise ConfigError(f"num_shards must be >= 0, got {num_shards}")
+    files = cat.split("train" if split == "train" else "val")
+    if split == "train":
+        files = files[:num_shards] if num_shards is not None else tuple(
+            f for f in files if (folder / f.path).exists())
+    where = {f.path: i for i, f in enumerate(cat.files)}
+    if not files:
+        val = ", ".join(f.path for f in cat.split("val")[:3])
+        raise MissingShardError(f"no {split} files in {folder} (validation: {val}): fetch some with "
+                                "`nanostream fetch -n N`, or pass num_shards=", path=folder)
+    return tuple(where[f.path] for f in files)
+
+
 def recorded_name(cat: Catalog | None) -> str:
     return cat.name if cat is not None else ""
 

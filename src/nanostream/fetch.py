@@ -13,8 +13,10 @@ next shard makes it wait for the running ones instead of filling the disk with
 partials); the remaining ranges are saved right after each write, never ahead of
 the fsynced data, so a crash or Ctrl-C resumes with ``Range`` + ``If-Range``; a
 shard gets its final name only when every byte was written and its length,
-parquet magic and (when the server announces one) sha256 match; a per-shard
-flock keeps two processes from downloading the same shard.
+parquet magic and (when the catalog lists or the server announces one) sha256
+match, or the MD5 an S3 ETag listed; a per-shard flock keeps two processes from
+downloading the same shard. A file the catalog lists (size, sha256, ETag) that the
+source answers differently for is a ``VerificationError``, never a restart.
 """
 
 from __future__ import annotations

@@ -161,7 +161,8 @@ def create_part(final: Path, size: int) -> None:
     os.close(fd)
 
 
-def sha256_file(path: Path, block: int = 1 << 20, algorithm: str = "sha256") -> str:
+def file_digest(path: Path, algorithm: str = "sha256", block: int = 1 << 20) -> str:
+    """Hex digest of a file (``sha256``, or ``md5`` for an S3 ETag). Blocking."""
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(block):
@@ -183,11 +184,11 @@ def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None
     if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
         return f"not a parquet file (starts with {head!r}, ends with {tail!r}; PAR1 expected at both ends)"
     if sha256 is not None:
-        got = sha256_file(path)
+        got = file_digest(path)
         if got != sha256:
             return f"sha256 {got[:12]}... != expected {sha256[:12]}..."
     elif md5 is not None:
-        got = sha256_file(path, algorithm="md5")
+        got = file_digest(path, "md5")
         if got != md5:
             return (f"MD5 {got[:12]}... != the listed ETag {md5[:12]}... (an object encrypted with SSE-KMS or "
                     "SSE-C has an ETag that is not its MD5)")

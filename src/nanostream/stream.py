@@ -33,7 +33,7 @@ from .blocking import BatchIterator
 from .catalog import Catalog
 from .census import row_group_counts, row_group_counts_blocking
 from .config import DEFAULT_DATASET, Config
-from .datasets import folder_name, pin_catalog
+from .datasets import folder_name, pin_catalog, split_indices
 from .errors import ConfigError, MissingShardError
 from .order import EpochPlan
 from .producer import Batch, Chunk, Cursor, Plan, Position, Producer, _End, _resume_index, shard_order
@@ -147,7 +147,7 @@ def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_
     if not folder.is_dir() and (not remote or (num_shards is None and split == "train")):
         raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch "
                                 f"--data-dir {folder}` first, or pass num_shards=", path=folder)
-    shards = _pick(cat, folder, split, num_shards)
+    shards = split_indices(cat, folder, split, num_shards)
     rank, world_size, local_world_size = default_layout(rank, world_size, local_world_size)
     check_layout(rank, world_size, local_world_size)
     if node_count(world_size, local_world_size, len(shards)) == 1:
@@ -159,23 +159,6 @@ def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_
                 shuffle=shuffle, seed=seed, start=start, queue_size=queue_size, fetch_ahead=fetch_ahead,
                 fetch_workers=fetch_workers, retry=retry, local_world_size=local_world_size,
                 drop_last=drop_last)
-
-
-def _pick(cat: Catalog, folder: Path, split: str, num_shards: int | None) -> tuple[int, ...]:
-    """Indices into ``cat.files`` of the split: validation's all, train's first ``num_shards``, or those
-    present in the folder when ``num_shards`` is None."""
-    if num_shards is not None and num_shards < 0:
-        raise ConfigError(f"num_shards must be >= 0, got {num_shards}")
-    files = cat.split("train" if split == "train" else "val")
-    if split == "train":
-        files = files[:num_shards] if num_shards is not None else tuple(
-            f for f in files if (folder / f.path).exists())
-    where = {f.path: i for i, f in enumerate(cat.files)}
-    if not files:
-        val = ", ".join(f.path for f in cat.split("val")[:3])
-        raise MissingShardError(f"no {split} files in {folder} (validation: {val}): fetch some with "
-                                "`nanostream fetch -n N`, or pass num_shards=", path=folder)
-    return tuple(where[f.path] for f in files)
 
 
 def _check_start(start: Position | Cursor, shards: tuple[int, ...], rank: int, local_world_size: int,
