@@ -46,9 +46,9 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None
 
 
 @contextlib.contextmanager
-def hub_server(repo_dir: Path, page_size: int) -> Iterator[str]:
+def hub_server(repo_dir: Path, page_size: int, rate: float | None = None) -> Iterator[str]:
     cmd = [sys.executable, str(ROOT / "tests" / "hubserver.py"), f"bench/data={repo_dir}",
-           "--page-size", str(page_size)]
+           "--page-size", str(page_size), *(["--rate", str(rate)] if rate else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -152,6 +152,7 @@ def main(quick: bool = False) -> None:
         size = (folder / ".nanostream.json").stat().st_size
         print(f"folder record of {len(cat.files)} files: write + read {statistics.median(times) * 1000:.0f} ms "
               f"(median of {rounds}), {size / 1e6:.2f} MB on disk", flush=True)
+    first_batch_row(quick)
     try:
         fetch_row(quick)
     except ImportError as exc:
@@ -206,6 +207,51 @@ def fetch_row(quick: bool) -> None:
         ratio = statistics.median(times["s3://"]) / statistics.median(times["hf://"])
         print(f"fetch by s3:// / by hf:// time ratio {ratio:.2f}; every file byte-identical by both: "
               f"{'PASS' if same else 'FAIL'}", flush=True)
+
+
+def first_batch_row(quick: bool) -> None:
+    """Time to the first batch of ``stream(dataset="hf://...")`` from an empty folder (listing, census and
+    the first file's download included) vs one file's download alone, the server throttled per response."""
+    from nanostream.config import Config
+    from nanostream.fetch import fetch_files
+    from nanostream.stream import stream
+
+    n, mb, rate, rounds = (4, 4.0, 4e6, 2) if quick else (6, 8.0, 4e6, 3)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from datagen import make_big_shard
+
+    with tempfile.TemporaryDirectory(prefix="nanostream-datasets-ttfb.") as tmp:
+        repo = Path(tmp) / "repo"
+        (repo / "data").mkdir(parents=True)
+        for i in range(n + 1):
+            name = f"validation-{i:05d}.parquet" if i == n else f"train-{i:05d}.parquet"
+            make_big_shard(repo / "data" / name, i, mb)
+        times: dict[str, list[float]] = {"one file alone": [], "stream(): first batch": []}
+        with hub_server(repo, 1000, rate) as url:
+            cfg = Config(base_dir=Path(tmp), hf_endpoint=url)
+            for r in range(rounds):
+                t = time.perf_counter()
+                s = stream("train", dataset="hf://datasets/bench/data", data_dir=Path(tmp) / f"s{r}",
+                           num_shards=n, fetch_workers=4, config=cfg)
+
+                async def first(s=s) -> None:
+                    async with s:
+                        await s.__anext__()
+
+                asyncio.run(first())
+                times["stream(): first batch"].append(time.perf_counter() - t)
+                file = s.plan.files[0]
+                t = time.perf_counter()
+                [res] = asyncio.run(fetch_files([file], data_dir=Path(tmp) / f"f{r}", workers=4))
+                times["one file alone"].append(time.perf_counter() - t)
+                assert res.error is None, res.error
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k, v in med.items():
+            print(f"hf:// {k}: median {v:.2f}s over {rounds} rounds ({mb:.0f} MB files, {rate / 1e6:.0f} MB/s "
+                  "per connection, 4 connections)", flush=True)
+        ratio = med["stream(): first batch"] / med["one file alone"]
+        print(f"hf:// first batch / one file alone = {ratio:.2f}; target <= 1.5: "
+              f"{'PASS' if ratio <= 1.5 else 'FAIL'}", flush=True)
 
 
 if __name__ == "__main__":

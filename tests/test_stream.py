@@ -498,6 +498,8 @@ async def test_local_folder_of_any_names_with_val_glob_and_text_column(tmp_path:
         await collect(stream("train", data_dir=folder))
     train = await collect(stream("train", data_dir=folder, text_column="body"))
     assert set(ids(train)) == all_ids([0, 1], row_groups=2, rows=4)  # sorted paths: a/y, b/x; c is validation
+    rest = await collect(stream("train", data_dir=folder, text_column="body", start=train[1].position))
+    assert [b.position for b in rest] == [b.position for b in train[2:]]  # exact resume by catalog index
     val = await collect(stream("val", data_dir=folder, text_column="body", val="a/*"))
     assert set(ids(val)) == all_ids([1], row_groups=2, rows=4)
     with pytest.raises(DatasetError, match=r"split 'validation' resolves to no file.*'z\*' matches none"):
