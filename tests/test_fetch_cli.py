@@ -123,6 +123,13 @@ async def test_hub_repo_is_fetched_pinned_verified_and_kept_at_its_commit(tmp_pa
         again = await hubcli(hub, "--dataset", "hf://datasets/org/corpus/data", "-n", "-1", "--data-dir", str(local))
         assert again.returncode == 0 and len(hub.requests) == asked, again.stderr  # no listing, no download
         assert "3/3 shards present" in again.stdout
+        # --verify checks present files against the recorded sha256, without asking the Hub
+        target = local / "train/part-00001.parquet"
+        good = target.read_bytes()
+        target.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+        fixed = await hubcli(hub, "--dataset", "hf://datasets/org/corpus/data", "-n", "-1", "--data-dir", str(local),
+                             "--verify")
+        assert fixed.returncode == 0 and target.read_bytes() == good, fixed.stderr
         # a file that differs from the listing at download time: an error, nothing under its name
         record["files"][0]["size"] += 1
         (local / ".nanostream.json").write_text(json.dumps(record))

@@ -96,8 +96,9 @@ def _numbered(dataset: str, base_url: str | None, args: argparse.Namespace, cfg:
     if max_shard is None:
         same = recorded is not None and _source(recorded) == base
         max_shard = len(recorded.files) - 1 if recorded is not None and same else ds.max_shard
-    return numbered_catalog(ds.name if base == hub_url else base, base, max_shard + 1,
-                            text_column=args.text_column or ds.text_column, source=base)
+    cat = numbered_catalog(ds.name if base == hub_url else base, base, max_shard + 1,
+                           text_column=args.text_column or ds.text_column, source=base)
+    return replace(cat, val=args.val) if args.val else cat
 
 
 def _source(cat: Catalog) -> str:
