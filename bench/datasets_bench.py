@@ -5,8 +5,10 @@
 Target (issue 11): listing 10,000 files, paginated, takes well under 5 s. Servers run
 in subprocesses (tests/hubserver.py, ``python -m moto.server``) so only the client's
 work is on this process's event loop; each figure is the median of interleaved rounds.
-Also times the folder record (catalog_to_json + write + read back) for 10,000 files.
-Prints figures and PASS/FAIL, asserts nothing.
+Also times the folder record (catalog_to_json + write + read back) for 10,000 files, and
+fetches the same parquet files by ``hf://`` (the Hub-like server) and by ``s3://`` (moto)
+with ``nanostream fetch`` in a subprocess: the same downloader, two sources (PASS when
+every file arrives byte-identical by both). Prints figures and PASS/FAIL, asserts nothing.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None
 
 
 @contextlib.contextmanager
-def hub_server(repo_dir: Path, page_size: int) -> Iterator[str]:
+def hub_server(repo_dir: Path, page_size: int, rate: float | None = None) -> Iterator[str]:
     cmd = [sys.executable, str(ROOT / "tests" / "hubserver.py"), f"bench/data={repo_dir}",
-           "--page-size", str(page_size)]
+           "--page-size", str(page_size), *(["--rate", str(rate)] if rate else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -150,6 +152,106 @@ def main(quick: bool = False) -> None:
         size = (folder / ".nanostream.json").stat().st_size
         print(f"folder record of {len(cat.files)} files: write + read {statistics.median(times) * 1000:.0f} ms "
               f"(median of {rounds}), {size / 1e6:.2f} MB on disk", flush=True)
+    first_batch_row(quick)
+    try:
+        fetch_row(quick)
+    except ImportError as exc:
+        print(f"fetch row skipped: {exc} (pip install -e '.[dev]')")
+
+
+def fetch_row(quick: bool) -> None:
+    """``nanostream fetch`` of the same files from the Hub-like server and from moto, interleaved rounds."""
+    n, mb, rounds = (4, 4.0, 2) if quick else (8, 8.0, 3)
+    for key, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
+                       ("AWS_EC2_METADATA_DISABLED", "true")):
+        os.environ.setdefault(key, value)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from datagen import make_big_shard
+
+    with tempfile.TemporaryDirectory(prefix="nanostream-datasets-fetch.") as tmp:
+        repo = Path(tmp) / "repo"
+        paths = []
+        for i in range(n):
+            path = repo / "data" / f"part-{i % 2}" / f"{i:05d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            paths.append(make_big_shard(path, i, mb))
+        total = sum(p.stat().st_size for p in paths)
+        times: dict[str, list[float]] = {"hf://": [], "s3://": []}
+        same = True
+        with hub_server(repo, 1000) as hub, moto_server() as s3url:
+            import botocore.session
+
+            client = botocore.session.get_session().create_client("s3", region_name="us-east-1", endpoint_url=s3url)
+            client.create_bucket(Bucket="bench")
+            for p in paths:
+                client.put_object(Bucket="bench", Key=f"corpus/{p.relative_to(repo / 'data').as_posix()}",
+                                  Body=p.read_bytes(), ChecksumAlgorithm="SHA256")
+            client.close()
+            env = {**os.environ, "HF_ENDPOINT": hub, "AWS_ENDPOINT_URL": s3url}
+            for r in range(rounds):
+                for label, ds in (("hf://", "hf://datasets/bench/data/data"), ("s3://", "s3://bench/corpus/")):
+                    out = Path(tmp) / f"{label[:2]}{r}"
+                    t = time.perf_counter()
+                    proc = subprocess.run([sys.executable, "-m", "nanostream.cli", "fetch", "--dataset", ds, "-n",
+                                           "-1", "--data-dir", str(out), "--quiet"], env=env, capture_output=True,
+                                          text=True)
+                    times[label].append(time.perf_counter() - t)
+                    same = same and proc.returncode == 0 and all(
+                        (out / p.relative_to(repo / "data")).read_bytes() == p.read_bytes() for p in paths)
+                    if proc.returncode:
+                        print(f"fetch {label} failed: {proc.stderr.strip()}", flush=True)
+        for label, ts in times.items():
+            med = statistics.median(ts)
+            print(f"fetch {n} files ({total / 1e6:.0f} MB) by {label}: median {med:.2f}s, "
+                  f"{total / 1e6 / med:.0f} MB/s over {rounds} rounds", flush=True)
+        ratio = statistics.median(times["s3://"]) / statistics.median(times["hf://"])
+        print(f"fetch by s3:// / by hf:// time ratio {ratio:.2f}; every file byte-identical by both: "
+              f"{'PASS' if same else 'FAIL'}", flush=True)
+
+
+def first_batch_row(quick: bool) -> None:
+    """Time to the first batch of ``stream(dataset="hf://...")`` from an empty folder (listing, census and
+    the first file's download included) vs one file's download alone, the server throttled per response."""
+    from nanostream.config import Config
+    from nanostream.fetch import fetch_files
+    from nanostream.stream import stream
+
+    n, mb, rate, rounds = (4, 4.0, 4e6, 2) if quick else (6, 8.0, 4e6, 3)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from datagen import make_big_shard
+
+    with tempfile.TemporaryDirectory(prefix="nanostream-datasets-ttfb.") as tmp:
+        repo = Path(tmp) / "repo"
+        (repo / "data").mkdir(parents=True)
+        for i in range(n + 1):
+            name = f"validation-{i:05d}.parquet" if i == n else f"train-{i:05d}.parquet"
+            make_big_shard(repo / "data" / name, i, mb)
+        times: dict[str, list[float]] = {"one file alone": [], "stream(): first batch": []}
+        with hub_server(repo, 1000, rate) as url:
+            cfg = Config(base_dir=Path(tmp), hf_endpoint=url)
+            for r in range(rounds):
+                t = time.perf_counter()
+                s = stream("train", dataset="hf://datasets/bench/data", data_dir=Path(tmp) / f"s{r}",
+                           num_shards=n, fetch_workers=4, config=cfg)
+
+                async def first(s=s) -> None:
+                    async with s:
+                        await s.__anext__()
+
+                asyncio.run(first())
+                times["stream(): first batch"].append(time.perf_counter() - t)
+                file = s.plan.files[0]
+                t = time.perf_counter()
+                [res] = asyncio.run(fetch_files([file], data_dir=Path(tmp) / f"f{r}", workers=4))
+                times["one file alone"].append(time.perf_counter() - t)
+                assert res.error is None, res.error
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k, v in med.items():
+            print(f"hf:// {k}: median {v:.2f}s over {rounds} rounds ({mb:.0f} MB files, {rate / 1e6:.0f} MB/s "
+                  "per connection, 4 connections)", flush=True)
+        ratio = med["stream(): first batch"] / med["one file alone"]
+        print(f"hf:// first batch / one file alone = {ratio:.2f}; target <= 1.5: "
+              f"{'PASS' if ratio <= 1.5 else 'FAIL'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ files do not. REV and PATH may be URL-quoted (``%2F``).
 
 Subprocess mode (benches)::
 
-    python tests/hubserver.py ORG/NAME=DIR [ORG/NAME=DIR ...] [--page-size N]
+    python tests/hubserver.py ORG/NAME=DIR [ORG/NAME=DIR ...] [--page-size N] [--rate BYTES_PER_S]
 
 prints the endpoint URL alone on its first stdout line and serves until SIGINT/SIGTERM.
 """
@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -48,7 +49,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 from aiohttp import web
 
-from nanostream.serve import ShardFiles
+from nanostream.serve import ShardFiles, iter_file
 
 TOKEN = "hf_test_token"
 
@@ -79,7 +80,7 @@ def _sha256(path: Path) -> str:
 
 class HubServer:
     def __init__(self, *, token: str = TOKEN, page_size: int = 1000, next_host: str | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, rate: float | None = None) -> None:
         self.token, self.page_size, self.next_host = token, page_size, next_host
         self.host, self.port = host, port
         self.repos: dict[str, Repo] = {}
@@ -87,7 +88,8 @@ class HubServer:
         self._faults: deque[int] = deque()
         self._content: dict[str, str] = {}  # a file entry's oid -> its sha256 (the blob's name)
         self._blobs = Path(tempfile.mkdtemp(prefix="nanostream-hub-blobs."))
-        self._files = ShardFiles(self._blobs)
+        writer = functools.partial(_throttled, rate=rate) if rate else None  # bytes/s per response
+        self._files = ShardFiles(self._blobs, body_writer=writer)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -214,6 +216,14 @@ class HubServer:
         return web.json_response(page, headers=headers)
 
 
+async def _throttled(request: web.BaseRequest, response: web.StreamResponse, path: Path, start: int, end: int, *,
+                     rate: float) -> None:
+    async with contextlib.aclosing(iter_file(path, start, end, 64 << 10)) as chunks:
+        async for data in chunks:
+            await response.write(data)
+            await asyncio.sleep(len(data) / rate)
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers={"X-Error-Code": code})
 
@@ -224,7 +234,7 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with HubServer(page_size=args.page_size) as hub:
+    async with HubServer(page_size=args.page_size, rate=args.rate) as hub:
         for spec in args.repo:
             repo_id, _, folder = spec.partition("=")
             hub.add_repo(repo_id, Path(folder))
@@ -236,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tests/hubserver.py", description="Hub-like dataset server")
     p.add_argument("repo", nargs="+", metavar="ORG/NAME=DIR")
     p.add_argument("--page-size", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=None, help="bytes/s per file response (default: unthrottled)")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from nanostream.access import Access
+from nanostream.catalog import numbered_catalog
 from nanostream.census import CACHE_NAME, row_group_counts, row_group_counts_blocking
 from nanostream.errors import CorruptShardError, HTTPStatusError
 from nanostream.retry import RetryPolicy
@@ -18,12 +20,16 @@ from datagen import make_shards
 from servers import FaultServer
 
 
+def files(url: str, n: int = 4):
+    return numbered_catalog("t", url, n).files
+
+
 async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     make_shards(remote, 4, row_groups=3, rows=64, record=False)
     local = tmp_path / "local"
     async with FaultServer(remote) as srv:
-        a, b = await asyncio.gather(*(row_group_counts(local, (0, 1, 2), srv.url) for _ in range(2)))
+        a, b = await asyncio.gather(*(row_group_counts(local, (0, 1, 2), files(srv.url), Access()) for _ in range(2)))
         assert a == b == {0: 3, 1: 3, 2: 3}
         ranges = [r.range for r in srv.requests]
         assert all(r.startswith("bytes=-") for r in ranges)  # footers only, and once for both readers:
@@ -31,26 +37,27 @@ async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Pa
         footer_bytes = sum(srv.bytes_sent.values())
         assert footer_bytes < 0.2 * sum((remote / shard_name(s)).stat().st_size for s in range(3))
         assert json.loads((local / CACHE_NAME).read_text()) == {shard_name(s): 3 for s in range(3)}
-        assert row_group_counts_blocking(local, (2, 0), srv.url) == {2: 3, 0: 3}  # from the file
+        assert row_group_counts_blocking(local, (2, 0), files(srv.url), Access()) == {2: 3, 0: 3}  # from the file
         assert len(srv.requests) == 4
         srv.script(shard_name(3), "status:404")
         with pytest.raises(HTTPStatusError, match=r"shard_00003\.parquet"):
-            await row_group_counts(local, (3,), srv.url)
+            await row_group_counts(local, (3,), files(srv.url), Access())
 
 
 async def test_local_footers_and_a_corrupt_local_shard(tmp_path: Path) -> None:
     make_shards(tmp_path, 3, row_groups=5, rows=2)
-    assert await row_group_counts(tmp_path, (0, 1), None) == {0: 5, 1: 5}
+    assert await row_group_counts(tmp_path, (0, 1), files("")) == {0: 5, 1: 5}
     (tmp_path / shard_name(2)).write_bytes(b"PAR1 junk PAR1")
     with pytest.raises(CorruptShardError, match=r"shard_00002\.parquet"):
-        await row_group_counts(tmp_path, (2,), None)
+        await row_group_counts(tmp_path, (2,), files(""))
 
 
 async def test_hub_style_redirect_and_a_retried_503(tmp_path: Path) -> None:
     make_shards(tmp_path / "remote", 2, row_groups=5, rows=8, record=False)
     async with FaultServer(tmp_path / "remote", redirect=True) as srv:
         srv.script(shard_name(1), "status:503")
-        counts = await row_group_counts(tmp_path / "local", (0, 1), srv.url, token="t",
+        access = Access("t", {srv.url.split("://")[1]})
+        counts = await row_group_counts(tmp_path / "local", (0, 1), files(srv.url, 2), access,
                                         retry=RetryPolicy(base=0.01))
     assert counts == {0: 5, 1: 5}
     assert [r.status for r in srv.requests if r.path == "/" + shard_name(1)] == [503, 302]

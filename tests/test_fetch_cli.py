@@ -76,3 +76,92 @@ async def test_folder_from_another_source_is_refused_unless_verify(fault_server,
     assert read_record(local).base_url == srv_b.url
     for i in range(3):
         assert (local / shard_name(i)).read_bytes() == (b / shard_name(i)).read_bytes()
+
+
+# -- catalog sources: hf:// through the CLI, and every bad input of issue 11 -------------------
+def hub_files(folder, names):
+    from datagen import write_shard
+
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_shard(folder / name, i, 2, 8)
+
+
+async def hubcli(hub, *args: str, token: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_ENDPOINT": hub.url}
+    env.pop("HF_TOKEN", None)
+    if token:
+        env["HF_TOKEN"] = hub.token
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "nanostream.cli", "fetch", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+async def test_hub_repo_is_fetched_pinned_verified_and_kept_at_its_commit(tmp_path):
+    import json
+
+    from hubserver import HubServer
+
+    names = ["data/train/part-00000.parquet", "data/train/part-00001.parquet", "data/validation/v-0.parquet",
+             "data/README.md"]
+    hub_files(tmp_path / "v1", names[:3])
+    (tmp_path / "v1" / names[3]).write_text("x")
+    hub_files(tmp_path / "v2", ["data/train/part-00009.parquet", "data/validation/v-0.parquet"])
+    local = tmp_path / "local"
+    async with HubServer(page_size=2) as hub:
+        sha = hub.add_repo("org/corpus", tmp_path / "v1")
+        out = await hubcli(hub, "--dataset", "hf://datasets/org/corpus/data", "-n", "-1", "--data-dir", str(local))
+        assert out.returncode == 0, out.stderr
+        assert "verification: sha256 for 3 files" in out.stderr and f"at commit {sha[:12]}" in out.stderr
+        for name in names[:3]:
+            assert (local / name.removeprefix("data/")).read_bytes() == (tmp_path / "v1" / name).read_bytes()
+        record = json.loads((local / ".nanostream.json").read_text())
+        assert record["revision"] == sha and len(record["files"]) == 3
+        hub.commit("org/corpus", tmp_path / "v2")  # main moves on; the folder stays at its commit
+        asked = len(hub.requests)
+        again = await hubcli(hub, "--dataset", "hf://datasets/org/corpus/data", "-n", "-1", "--data-dir", str(local))
+        assert again.returncode == 0 and len(hub.requests) == asked, again.stderr  # no listing, no download
+        assert "3/3 shards present" in again.stdout
+        # --verify checks present files against the recorded sha256, without asking the Hub
+        target = local / "train/part-00001.parquet"
+        good = target.read_bytes()
+        target.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+        fixed = await hubcli(hub, "--dataset", "hf://datasets/org/corpus/data", "-n", "-1", "--data-dir", str(local),
+                             "--verify")
+        assert fixed.returncode == 0 and target.read_bytes() == good, fixed.stderr
+        # a file that differs from the listing at download time: an error, nothing under its name
+        record["files"][0]["size"] += 1
+        (local / ".nanostream.json").write_text(json.dumps(record))
+        (local / "train/part-00000.parquet").unlink()
+        bad = await hubcli(hub, "--dataset", "hf://datasets/org/corpus/data", "-n", "-1", "--data-dir", str(local))
+    assert bad.returncode == 1 and "changed at the source since it was listed" in bad.stderr, bad.stderr
+    assert not (local / "train/part-00000.parquet").exists() and "Traceback" not in bad.stderr
+
+
+async def test_every_bad_source_gets_one_line_exit_2_and_no_files(tmp_path):
+    from hubserver import HubServer
+
+    hub_files(tmp_path / "repo", ["train.parquet", "val.parquet"])
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("x")
+    async with HubServer() as hub:
+        hub.add_repo("org/ok", tmp_path / "repo")
+        hub.add_repo("org/private", tmp_path / "repo", private=True)
+        hub.add_repo("org/docs", tmp_path / "docs")
+        cases = [
+            (["--dataset", "gs://bucket/x/"], False, "unknown scheme 'gs'"),
+            (["--dataset", "hf://datasets/org/missing"], True, "no such dataset repo"),
+            (["--dataset", "hf://datasets/org/private"], False, "set HF_TOKEN"),
+            (["--dataset", "hf://datasets/org/ok@v9"], False, "revision 'v9' does not exist"),
+            (["--dataset", "hf://datasets/org/docs"], False, "no *.parquet files"),
+            (["--dataset", "hf://datasets/org/ok", "--include", "nope*"], False, "matching --include 'nope*'"),
+            (["--dataset", "hf://datasets/org/ok", "--val", "x*"], False, "split 'validation' resolves to no file"),
+            (["--dataset", "hf://datasets/org/ok", "--base-url", hub.url], False, "apply to the built-in"),
+        ]
+        for k, (args, token, needle) in enumerate(cases):
+            folder = tmp_path / f"d{k}"
+            out = await hubcli(hub, *args, "--data-dir", str(folder), token=token)
+            assert out.returncode == 2 and needle in out.stderr, (args, out.stderr)
+            assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+            assert not folder.exists() or not any(folder.iterdir()), list(folder.iterdir())

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from nanostream.errors import ConfigError
+from nanostream.errors import ConfigError, DatasetError
 from nanostream.serve import Limits, make_app, parse_range, start_server
 
 from servers import FaultServer
@@ -154,8 +154,10 @@ async def test_etag_follows_file_changes(root: Path, mirror) -> None:
     "/..%2fsecret.txt",
     "//etc/passwd",
     "/%2Fetc%2Fpasswd",
-    "/sub/inner.parquet",
     "/sub",
+    "/sub/",
+    "/sub/.inner.parquet",
+    "/.git/inner.parquet",
     "/.hidden",
     "/outside_link.parquet",
     "/dir_link",
@@ -175,6 +177,14 @@ async def test_nothing_outside_the_folder(root: Path, target: str) -> None:
         assert await raw_status(url, f"/{NAME}") == 200
     finally:
         await runner.cleanup()
+
+
+async def test_files_in_subfolders_are_served(root: Path, mirror) -> None:
+    url, session = mirror
+    (root / "data" / "CC-MAIN 2024").mkdir(parents=True)
+    (root / "data" / "CC-MAIN 2024" / "000_00000.parquet").write_bytes((root / NAME).read_bytes())
+    async with session.get(f"{url}/data/CC-MAIN%202024/000_00000.parquet", headers={"Range": "bytes=0-3"}) as r:
+        assert r.status == 206 and await r.read() == (root / NAME).read_bytes()[:4]
 
 
 async def test_symlink_inside_the_folder_is_served(root: Path, mirror) -> None:
@@ -201,7 +211,7 @@ def test_cli_serve_subprocess_serves_and_stops_on_sigint(root: Path) -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith(f"serving {root} at http://127.0.0.1:"), line
-        assert line.rstrip().endswith("(2 shard files)"), line
+        assert line.rstrip().endswith("(2 parquet files)"), line
         url = line.split(" at ", 1)[1].split()[0]
         import urllib.request
 
@@ -617,3 +627,38 @@ def test_subprocess_mode_prints_url_and_serves(root: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err
+
+
+async def test_a_folder_fetched_from_the_hub_is_a_hub_for_the_next_node(tmp_path: Path) -> None:
+    """serve answers the Hub API for its recorded hf:// dataset: HF_ENDPOINT=mirror lists the same commit."""
+    from nanostream.config import Config
+    from nanostream.datasets import open_catalog
+    from nanostream.fetch import fetch_files
+    from nanostream.record import write_catalog
+
+    from datagen import write_shard
+    from hubserver import HubServer
+
+    repo = tmp_path / "repo"
+    for i, name in enumerate(["data/a/train-0.parquet", "data/b/train-1.parquet", "data/validation.parquet"]):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        write_shard(repo / name, i, 2, 4)
+    url = "hf://datasets/org/corpus/data"
+    async with HubServer(page_size=2) as hub:
+        sha = hub.add_repo("org/corpus", repo)
+        first = await open_catalog(url, config=Config(base_dir=tmp_path, hf_endpoint=hub.url))
+        write_catalog(tmp_path / "node0", first)
+        assert all(r.error is None for r in await fetch_files(first.files, data_dir=tmp_path / "node0"))
+    runner, mirror = await start_server(tmp_path / "node0")
+    try:
+        again = await open_catalog(url, config=Config(base_dir=tmp_path, hf_endpoint=mirror))
+        results = await fetch_files(again.files, data_dir=tmp_path / "node1")
+        with pytest.raises(DatasetError, match="no such dataset repo"):
+            await open_catalog("hf://datasets/org/other", config=Config(base_dir=tmp_path, hf_endpoint=mirror))
+    finally:
+        await runner.cleanup()
+    assert again.revision == sha and [(f.path, f.size, f.sha256) for f in again.files] == \
+        [(f.path, f.size, f.sha256) for f in first.files]
+    assert all(r.error is None for r in results)
+    for f in first.files:
+        assert (tmp_path / "node1" / f.path).read_bytes() == (repo / "data" / f.path).read_bytes()

@@ -4,6 +4,7 @@ background fetching from a real loopback server, one download per shard across p
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import pickle
@@ -448,3 +449,58 @@ def test_iter_batches_raises_stream_errors(data: Path) -> None:
         for _ in it:
             pass
     assert not [t for t in our_threads() if t.is_alive()]
+
+
+# -- catalog sources: any names, hf:// listed once, splits, text column ----------------------------
+async def test_hub_dataset_streams_while_downloading_listed_once_for_every_rank(tmp_path: Path) -> None:
+    from nanostream.config import Config
+
+    from datagen import write_shard
+    from hubserver import HubServer
+
+    repo = tmp_path / "repo" / "data"
+    repo.mkdir(parents=True)
+    names = ["train-00000-of-00003.parquet", "train-00001-of-00003.parquet", "train-00002-of-00003.parquet",
+             "validation-00000-of-00001.parquet"]
+    for i, n in enumerate(names):
+        write_shard(repo / n, i, 4, 8)
+    local = tmp_path / "local"
+    async with HubServer(page_size=2) as hub:
+        sha = hub.add_repo("org/corpus", tmp_path / "repo")
+        cfg = Config(base_dir=tmp_path, hf_endpoint=hub.url)
+        kw = dict(dataset="hf://datasets/org/corpus", data_dir=local, num_shards=3, config=cfg, world_size=2)
+        # stream() lists on the caller's thread (blocking): off this loop, which serves the Hub here
+        runs = [await collect(await asyncio.to_thread(stream, "train", rank=r, **kw)) for r in range(2)]
+        val = await collect(await asyncio.to_thread(stream, "val", **{**kw, "world_size": 1, "rank": 0}))
+        listings = [r for r in hub.requests if "/api/" in r.path_qs]
+    assert Counter(ids(runs[0] + runs[1])) == Counter(all_ids(range(3)))  # every row group once, over 2 ranks
+    assert set(ids(val)) == all_ids([3]) and {b.shard for b in val} == {3}
+    assert len([r for r in listings if "/revision/" in r.path_qs]) == 1  # the first stream listed; the rest read
+    rec = json.loads((local / ".nanostream.json").read_text())
+    assert rec["revision"] == sha and [f["path"] for f in rec["files"]] == [f"data/{n}" for n in names]
+    assert (local / "data" / names[0]).read_bytes() == (repo / names[0]).read_bytes()
+
+
+async def test_local_folder_of_any_names_with_val_glob_and_text_column(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from nanostream.errors import DatasetError
+
+    from datagen import write_shard
+
+    folder = tmp_path / "mine"
+    for i, name in enumerate(["b/x.parquet", "a/y.parquet", "c.parquet"]):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_shard(folder / name, i, 2, 4)
+        table = pq.read_table(folder / name)
+        pq.write_table(table.rename_columns(["body"]), folder / name, row_group_size=4)
+    with pytest.raises(DatasetError, match=r"has no column 'text'; its columns are: body"):
+        await collect(stream("train", data_dir=folder))
+    train = await collect(stream("train", data_dir=folder, text_column="body"))
+    assert set(ids(train)) == all_ids([0, 1], row_groups=2, rows=4)  # sorted paths: a/y, b/x; c is validation
+    rest = await collect(stream("train", data_dir=folder, text_column="body", start=train[1].position))
+    assert [b.position for b in rest] == [b.position for b in train[2:]]  # exact resume by catalog index
+    val = await collect(stream("val", data_dir=folder, text_column="body", val="a/*"))
+    assert set(ids(val)) == all_ids([1], row_groups=2, rows=4)
+    with pytest.raises(DatasetError, match=r"split 'validation' resolves to no file.*'z\*' matches none"):
+        stream("val", data_dir=folder, val="z*")

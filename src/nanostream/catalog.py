@@ -196,7 +196,7 @@ def resolve_splits(cat: Catalog) -> Splits:
     if unassigned:
         say_once(f"unassigned:{cat.name}", f"dataset {cat.name}: {len(unassigned)} file(s) carry no split in "
                  f"their name and are left out, e.g. {unassigned[0].path}")
-    if not train:
+    if not train and cat.val is None:  # an explicit val may take every file (a validation-only folder)
         raise empty_split(cat, "train")
     if not validation:
         raise empty_split(cat, "validation")
@@ -207,8 +207,8 @@ def resolve_splits(cat: Catalog) -> Splits:
 def numbered_catalog(name: str, base_url: str, count: int, *, text_column: str = "text",
                      source: str = "", revision: str | None = None) -> Catalog:
     """``shard_00000.parquet`` .. ``shard_{count-1}.parquet`` under ``base_url``, the last validation."""
-    if count < 2:
-        raise DatasetError(f"dataset {name}: needs at least 2 shards (train + validation), got {count}")
+    if count < 1:
+        raise DatasetError(f"dataset {name}: needs at least 1 shard (the validation shard), got {count}")
     base = base_url.rstrip("/")
     names = [f"shard_{i:05d}.parquet" for i in range(count)]
     files = tuple(DataFile(n, None, url=f"{base}/{n}" if base else "") for n in names)

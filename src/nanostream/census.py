@@ -3,7 +3,8 @@
 A node downloads only its own shards, but to give every rank the same number of row
 groups it must know how many every shard has. The counts come, in this order, from:
 
-1. ``DIR/.nanostream.rowgroups.json`` (``{"shard_00000.parquet": 52, ...}``), written here;
+1. ``DIR/.nanostream.rowgroups.json`` (``{"shard_00000.parquet": 52, ...}``, keyed by the
+   file's path in the folder), written here;
 2. the footer of a local shard file;
 3. the footer of a remote shard, read with a suffix-range GET: the first shard's in two
    (its last 8 bytes, then exactly the footer), the others', 16 at a time, in one GET
@@ -32,9 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._compat import TaskGroup
+from .access import Access, is_s3
+from .catalog import DataFile
 from .errors import CorruptShardError, FetchError, HTTPStatusError, MissingShardError, RetriesExhausted
 from .retry import Fatal, RetryPolicy, Transient, check_status, classify, describe
-from .shards import BOOKKEEPING_PREFIX, shard_name
+from .shards import BOOKKEEPING_PREFIX
 
 log = logging.getLogger(__name__)
 CACHE_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.json"
@@ -42,30 +45,30 @@ LOCK_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.lock"
 CONCURRENCY = 16
 
 
-async def row_group_counts(data_dir: Path, shards: tuple[int, ...], base_url: str | None, *,
-                           token: str | None = None, retry: RetryPolicy | None = None) -> dict[int, int]:
-    """``{shard: number of row groups}`` for ``shards`` (see the module docstring for where from)."""
-    counts = _known(data_dir, shards)
+async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...],
+                           access: Access | None = None, *, retry: RetryPolicy | None = None) -> dict[int, int]:
+    """``{shard: number of row groups}`` for ``shards`` (indices into ``files``; see the module docstring)."""
+    counts = _known(data_dir, shards, files)
     if len(counts) == len(shards):
         return counts
     lock = await _lock(data_dir)
     try:
-        counts = _known(data_dir, shards)  # another rank may have filled it in meanwhile
+        counts = _known(data_dir, shards, files)  # another rank may have filled it in meanwhile
         missing = [s for s in shards if s not in counts]
         remote: list[int] = []
         for s in missing:
-            n = _local_count(data_dir / shard_name(s), base_url is not None)
+            n = _local_count(data_dir / files[s].path, bool(files[s].url) and access is not None)
             if n is None:
                 remote.append(s)
             else:
                 counts[s] = n
         if remote:
-            if base_url is None:
-                path = data_dir / shard_name(remote[0])
+            if access is None or not all(files[s].url for s in remote):
+                path = data_dir / files[remote[0]].path
                 raise MissingShardError(f"{path} is missing and no remote is known for {data_dir}: run "
-                                        "`nanostream fetch` first, or pass base_url= (or dataset=)", path=path)
-            counts.update(await _remote_counts(base_url, remote, token, retry or RetryPolicy()))
-        _save(data_dir, counts)
+                                        "`nanostream fetch` first, or pass dataset= (or base_url=)", path=path)
+            counts.update(await _remote_counts(files, remote, access, retry or RetryPolicy()))
+        _save(data_dir, {files[s].path: n for s, n in counts.items()})
     finally:
         if lock is not None:
             lock.release()
@@ -90,10 +93,10 @@ def row_group_counts_blocking(*args: Any, **kwargs: Any) -> dict[int, int]:
     return out["value"]
 
 
-def _known(data_dir: Path, shards: tuple[int, ...]) -> dict[int, int]:
+def _known(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...]) -> dict[int, int]:
     try:
         raw = json.loads((data_dir / CACHE_NAME).read_text())
-        return {s: int(raw[shard_name(s)]) for s in shards if shard_name(s) in raw}
+        return {s: int(raw[files[s].path]) for s in shards if files[s].path in raw}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}  # absent or unreadable: count again (and rewrite it)
 
@@ -127,14 +130,14 @@ def _local_count(path: Path, remote_known: bool) -> int | None:
                                 "(`nanostream fetch`)", path=path) from exc
 
 
-def _save(data_dir: Path, counts: dict[int, int]) -> None:
+def _save(data_dir: Path, counts: dict[str, int]) -> None:
     try:
         old = json.loads((data_dir / CACHE_NAME).read_text())
         if not isinstance(old, dict):
             old = {}
     except (OSError, ValueError):
         old = {}
-    merged = {**old, **{shard_name(s): n for s, n in counts.items()}}
+    merged = {**old, **counts}
     if merged == old:
         return
     try:
@@ -152,24 +155,22 @@ def _save(data_dir: Path, counts: dict[int, int]) -> None:
         log.warning("could not save row-group counts in %s (%s); continuing", data_dir / CACHE_NAME, exc)
 
 
-async def _remote_counts(base_url: str, shards: list[int], token: str | None,
+async def _remote_counts(files: tuple[DataFile, ...], shards: list[int], access: Access,
                          retry: RetryPolicy) -> dict[int, int]:
-    headers = {"Accept-Encoding": "identity"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    await access.prepare(files[s].url for s in shards)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=retry.connect_timeout, sock_read=retry.read_timeout)
     out: dict[int, int] = {}
     sem = asyncio.Semaphore(CONCURRENCY)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout, auto_decompress=False,
-                                     trust_env=True) as session:
-        out[shards[0]], size = await _footer_count(session, f"{base_url}/{shard_name(shards[0])}", shards[0],
-                                                   retry, 8)
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=True) as session:
+        def remote(shard: int) -> Remote:
+            return Remote(session, access, files[shard], shard)
+
+        out[shards[0]], size = await _footer_count(remote(shards[0]), retry, 8)
         guess = size + size // 4
 
         async def one(shard: int) -> None:
             async with sem:
-                out[shard], _ = await _footer_count(session, f"{base_url}/{shard_name(shard)}", shard, retry,
-                                                    guess)
+                out[shard], _ = await _footer_count(remote(shard), retry, guess)
 
         try:
             async with TaskGroup() as tg:
@@ -183,29 +184,37 @@ async def _remote_counts(base_url: str, shards: list[int], token: str | None,
     return out
 
 
-async def _footer_count(session: aiohttp.ClientSession, url: str, shard: int, retry: RetryPolicy,
-                        probe: int) -> tuple[int, int]:
-    """(row groups, footer bytes with its 8-byte trailer) of the parquet file at ``url``, from its
+class Remote:
+    """One remote file's footer reads: its URL, signed or token headers, its name for errors."""
+
+    def __init__(self, session: aiohttp.ClientSession, access: Access, file: DataFile, shard: int) -> None:
+        self.session, self.access, self.shard, self.name = session, access, shard, file.path
+        self.signed = is_s3(file.url)
+        self.url = access.http_url(file.url)
+
+
+async def _footer_count(r: Remote, retry: RetryPolicy, probe: int) -> tuple[int, int]:
+    """(row groups, footer bytes with its 8-byte trailer) of the remote parquet file, from its
     last ``probe`` bytes, and a second GET if the footer is longer."""
-    tail = await _get_tail(session, url, max(probe, 8), shard, retry)
+    url = r.url
+    tail = await _get_tail(r, max(probe, 8), retry)
     if len(tail) < 8 or tail[-4:] != b"PAR1":
-        raise FetchError(f"{url} does not end like a parquet file: check --base-url", shard=shard_name(shard), url=url)
+        raise FetchError(f"{url} does not end like a parquet file: check --base-url", shard=r.name, url=url)
     size = int.from_bytes(tail[-8:-4], "little") + 8
     if size > len(tail):
-        tail = await _get_tail(session, url, size, shard, retry)
+        tail = await _get_tail(r, size, retry)
     try:
         return pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-size:])).num_row_groups, size
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise FetchError(f"the parquet footer of {url} is unreadable ({exc})", shard=shard_name(shard),
-                         url=url) from exc
+        raise FetchError(f"the parquet footer of {url} is unreadable ({exc})", shard=r.name, url=url) from exc
 
 
-async def _get_tail(session: aiohttp.ClientSession, url: str, n: int, shard: int, retry: RetryPolicy) -> bytes:
-    """The last ``n`` bytes at ``url`` (a suffix Range GET), retried like a shard download."""
-    failures = 0
+async def _get_tail(r: Remote, n: int, retry: RetryPolicy) -> bytes:
+    """The last ``n`` bytes of the remote file (a suffix Range GET), retried like a shard download."""
+    failures, url = 0, r.url
     while True:
         try:
-            async with session.get(url, headers={"Range": f"bytes=-{n}"}) as resp:
+            async with r.session.get(r.access.target(url, r.signed), headers=r.access.tail(url, r.signed, n)) as resp:
                 check_status(resp)
                 body = await resp.read()
                 whole = resp.status == 200 or resp.headers.get("Content-Range", "").endswith(f"/{len(body)}")
@@ -220,8 +229,8 @@ async def _get_tail(session: aiohttp.ClientSession, url: str, n: int, shard: int
             if not retryable:
                 status = exc.status if isinstance(exc, Fatal) else 0
                 raise HTTPStatusError(f"cannot read the footer of {url}: {describe(exc)}", status=status or 0,
-                                      shard=shard_name(shard), url=url) from exc
+                                      shard=r.name, url=url) from exc
             if failures >= retry.attempts:
                 raise RetriesExhausted(f"cannot read the footer of {url}: {describe(exc)} (after {failures} "
-                                       "tries)", attempts=failures, shard=shard_name(shard), url=url) from exc
+                                       "tries)", attempts=failures, shard=r.name, url=url) from exc
             await asyncio.sleep(retry.backoff(failures, after))

@@ -45,14 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     f = sub.add_parser("fetch", help="download parquet shards", formatter_class=_fmt())
-    f.add_argument("-n", "--num-shards", type=int, default=8, help="train shards 0..N-1 to fetch; -1 = all")
+    f.add_argument("-n", "--num-shards", type=int, default=8,
+                   help="the first N train files to fetch (plus the validation files); -1 = all")
     f.add_argument("--workers", type=int, default=8, help="concurrent connections")
-    f.add_argument("--dataset", default=DEFAULT_DATASET, help=f"one of: {', '.join(sorted(DATASETS))}")
-    f.add_argument("--base-url", default=None, help="shard URL prefix (default: the dataset's Hub URL)")
-    f.add_argument("--max-shard", type=int, default=None, help="index of the validation (last) shard "
-                   "(default: the dataset's, or the folder's record)")
-    f.add_argument("--data-dir", type=Path, default=None, help="where shards go (default: $NANOSTREAM_BASE_DIR/data/DATASET)")
-    f.add_argument("--verify", action="store_true", help="re-check shards already present against the server's sha256")
+    f.add_argument("--dataset", default=DEFAULT_DATASET,
+                   help=f"a built-in name ({', '.join(sorted(DATASETS))}), hf://datasets/ORG/NAME[@REV][/PATH] "
+                   "or s3://BUCKET/PREFIX/")
+    f.add_argument("--include", default=None, help="glob over paths under PATH/PREFIX: keep only those "
+                   "(hf:// and s3://; default: every *.parquet)")
+    f.add_argument("--val", default=None, help="glob of the validation files (default: the files named as "
+                   "validation, else the last file)")
+    f.add_argument("--text-column", default=None, help="the text column (default: text, or the folder's record)")
+    f.add_argument("--base-url", default=None, help="shard_XXXXX.parquet URL prefix for a built-in dataset "
+                   "(default: the dataset's Hub URL)")
+    f.add_argument("--max-shard", type=int, default=None, help="index of the validation (last) shard with "
+                   "--base-url (default: the dataset's, or the folder's record)")
+    f.add_argument("--data-dir", type=Path, default=None, help="where files go (default: "
+                   "$NANOSTREAM_BASE_DIR/data/DATASET, a URL's parts as folders: hf/ORG/NAME/PATH, s3/BUCKET/PREFIX)")
+    f.add_argument("--verify", action="store_true", help="re-check files already present against the "
+                   "catalog's sha256/MD5/size, else the server's sha256")
     f.add_argument("--quiet", action="store_true", help="no progress output, only errors and the summary")
     f.add_argument("--retries", type=int, default=8, help="attempts per shard before giving up")
     f.add_argument("--loop", choices=LOOPS, default=None, help="event loop (default: $NANOSTREAM_LOOP or asyncio)")
@@ -112,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if not args.verbose:  # botocore says "Found credentials in ..." at INFO: keep errors to one line
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         cfg = Config.from_env()
         return _run(args, cfg)

@@ -1,10 +1,13 @@
-"""One HTTP range request into a shard's part file: headers, validation, body streaming.
+"""One HTTP range request into a file's part file: headers, validation, body streaming.
 
-``RangeDownloader.fetch_range`` issues ``GET`` (with ``Range`` + ``If-Range`` when it
-continues or splits a shard), learns size / sha256 / validator from the first
-answer (following the Hub's redirect: ``X-Linked-Etag`` / ``X-Linked-Size`` sit on
-the 302), restarts the shard if the remote changed, checks that a body starting
-at byte 0 is parquet before anything is written, and streams the body to disk.
+``RangeDownloader.fetch_range`` issues ``GET`` (with ``Range`` + ``If-Range``, or
+``If-Match`` on S3, when it continues or splits a file; headers from ``access.py``),
+learns size / sha256 / validator from the first answer (following the Hub's
+redirect: ``X-Linked-Etag`` / ``X-Linked-Size`` sit on the 302), checks them against
+the catalog (a listed file that changed is a ``VerificationError``, never a silent
+mix of versions; a file the catalog knows nothing about is restarted instead),
+checks that a body starting at byte 0 is parquet before anything is written, and
+streams the body to disk.
 Failures surface as ``Transient`` / ``Fatal`` (see ``retry.py``) for the caller's
 retry loop. ``head_info`` answers ``--verify``'s question and the size probes:
 what sha256 and size does the server announce?
@@ -20,7 +23,9 @@ from typing import Any
 
 import aiohttp
 
+from .access import Access
 from .disk import Disk
+from .errors import VerificationError
 from .jobs import Job, Segment, Writer
 from .partial import PARQUET_MAGIC, part_path
 from .retry import Fatal, NoSpace, Transient, check_status, parse_sha256
@@ -50,24 +55,23 @@ def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
 class RangeDownloader:
     """Shared by a Fetcher's workers: one session, one disk pool, one progress sink."""
 
-    def __init__(self, session: aiohttp.ClientSession, disk: Disk,
-                 headers_for: Callable[[str], dict[str, str]], progress: Any,
+    def __init__(self, session: aiohttp.ClientSession, disk: Disk, access: Access, progress: Any,
                  on_change: Callable[[], None], meter: Meter):
-        self.session, self.disk, self.headers_for = session, disk, headers_for
+        self.session, self.disk, self.access = session, disk, access
         self.progress, self.on_change, self.meter = progress, on_change, meter
         self.reached = False  # some response arrived from the server in this run
 
     async def fetch_range(self, job: Job, seg: Segment, gen: int) -> None:
-        headers = self.headers_for(job.url)
         ranged = seg.pos > 0 or (seg.end is not None and seg.end != job.size)
-        if ranged:
-            headers["Range"] = f"bytes={seg.pos}-{'' if seg.end is None else seg.end - 1}"
-            if job.validator:
-                headers["If-Range"] = job.validator
+        headers = self.access.get(job.url, job.signed, seg.pos if ranged else None, seg.end, job.validator)
         t0 = time.monotonic()
-        async with self.session.get(job.url, headers=headers) as resp:
+        async with self.session.get(self.access.target(job.url, job.signed), headers=headers) as resp:
             self.reached = True
             self.meter.round_trip(time.monotonic() - t0)
+            if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
+                if job.known:
+                    raise changed(job, "it answers 412 to If-Match")
+                return self._reset(job, "the object changed (412 to If-Match)")
             check_status(resp)
             if not job.live(gen):
                 return
@@ -109,6 +113,15 @@ class RangeDownloader:
         size = int(linked_size or total) if (linked_size or total or "").isdigit() else None
         sha = linked_sha or parse_sha256(resp.headers.get("ETag"))
         etag = resp.headers.get("ETag")
+        listed = job.file
+        if job.known:
+            problem = listed.mismatch(size, sha)
+            tag = (etag or "").strip('"').lower()
+            if problem is None and job.signed and listed.md5 and len(tag) == 32 and tag != listed.md5:
+                problem = f"its ETag is {tag[:12]}… at the source but {listed.md5[:12]}… in the catalog"
+            if problem is not None:
+                raise changed(job, problem)
+            sha, size = sha or listed.sha256, size if size is not None else listed.size
         if job.size is None:
             if size is None:
                 raise Fatal("the server sent no Content-Length; cannot verify the download")
@@ -123,6 +136,8 @@ class RangeDownloader:
             if self.progress is not None:
                 self.progress.add_total(size)
         elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
+            if job.known:
+                raise changed(job, "its size or sha256 differs between two answers")
             self._reset(job, "the remote file changed (size or sha256 differ)")
 
     def _reset(self, job: Job, why: str) -> None:
@@ -175,9 +190,10 @@ class RangeDownloader:
             out.close()
             self.meter.body(got, time.monotonic() - t0)
 
-    async def head_info(self, url: str) -> tuple[str | None, int | None]:
+    async def head_info(self, url: str, signed: bool = False) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""
-        async with self.session.head(url, headers=self.headers_for(url), allow_redirects=True) as resp:
+        async with self.session.head(self.access.target(url, signed), headers=self.access.head(url, signed),
+                                     allow_redirects=True) as resp:
             self.reached = True
             check_status(resp)
             sha = None
@@ -189,3 +205,10 @@ class RangeDownloader:
                 size = r.headers.get("X-Linked-Size") or size
             size = size or resp.headers.get("Content-Length")
         return sha, (int(size) if size and size.isdigit() else None)
+
+
+def changed(job: Job, why: str) -> VerificationError:
+    """The error for a listed file that is not what the catalog says any more (not retried)."""
+    return VerificationError(f"{job.name} changed at the source since it was listed: {why} ({job.url}); "
+                             "nothing was kept under its name: list it again (a fresh --data-dir, or delete "
+                             ".nanostream.json) to fetch the new version", shard=job.name, url=job.url)

@@ -12,7 +12,8 @@ do next.
     ├── FetchError               a shard could not be downloaded
     │   ├── HTTPStatusError      the server refused (401/403/404, ...): not retried
     │   ├── RetriesExhausted     transient failures (5xx, 429, drops, stalls) outlasted the retries
-    │   ├── VerificationError    bytes on disk do not match size / sha256 / parquet magic
+    │   ├── VerificationError    bytes on disk do not match size / sha256 / MD5 / parquet magic, or a
+    │   │                        listed file changed at the source since it was listed
     │   └── DiskFullError        the data folder cannot hold the shards (checked before starting)
     ├── ShardError               a shard on disk cannot be used
     │   ├── MissingShardError    a shard or data folder that should exist does not
@@ -64,7 +65,8 @@ class RetriesExhausted(FetchError):
 
 
 class VerificationError(FetchError):
-    """Downloaded bytes failed a check (length, sha256, parquet magic)."""
+    """Downloaded bytes failed a check (length, sha256, MD5, parquet magic), or the file changed at the
+    source since the catalog listed it."""
 
 
 class DiskFullError(FetchError):

@@ -13,21 +13,24 @@ next shard makes it wait for the running ones instead of filling the disk with
 partials); the remaining ranges are saved right after each write, never ahead of
 the fsynced data, so a crash or Ctrl-C resumes with ``Range`` + ``If-Range``; a
 shard gets its final name only when every byte was written and its length,
-parquet magic and (when the server announces one) sha256 match; a per-shard
-flock keeps two processes from downloading the same shard.
+parquet magic and (when the catalog lists or the server announces one) sha256
+match, or the MD5 an S3 ETag listed; a per-shard flock keeps two processes from
+downloading the same shard. A file the catalog lists (size, sha256, ETag) that the
+source answers differently for is a ``VerificationError``, never a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection
 from pathlib import Path
 
 import aiohttp
 
-from ._compat import TaskGroup
-from .config import DEFAULT_TOKEN_HOSTS, check_url, token_allowed
+from .access import Access, is_s3
+from .catalog import DataFile
+from .config import DEFAULT_TOKEN_HOSTS, check_url
 from .disk import Disk
 from .download import Meter, RangeDownloader
 from .errors import ConfigError, FetchError, VerificationError
@@ -36,36 +39,38 @@ from .outcomes import Ledger, ShardResult, open_job, try_lock
 from .partial import check_file, finalize
 from .retry import NoSpace, RetryPolicy, classify, describe, unreachable
 from .shards import shard_name
-from .space import check_space as preflight
 from .tail import min_piece, split_tail
 
-__all__ = ["Fetcher", "RetryPolicy", "ShardResult", "fetch_shards"]
+__all__ = ["Fetcher", "RetryPolicy", "ShardResult", "fetch_files", "fetch_shards"]
 
 log = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy()
 
 
 class Fetcher(Ledger):
-    """Download shards into ``data_dir`` from ``base_url/shard_XXXXX.parquet``.
+    """Download catalog files (``DataFile``) into ``data_dir / file.path``.
 
-    Use as ``async with Fetcher(dir, url) as f: result = await f.fetch(7)``; concurrent
-    ``fetch`` calls share the workers. ``progress`` is an optional object with
+    Use as ``async with Fetcher(dir) as f: result = await f.fetch(file)``; concurrent
+    ``fetch`` calls share the workers. With a ``base_url``, ``fetch(7)`` fetches
+    ``base_url/shard_00007.parquet``. ``progress`` is an optional object with
     ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``. ``token`` is
-    sent only to ``token_hosts`` (and only over https unless the host is loopback).
+    sent only to ``token_hosts`` (and only over https unless the host is loopback);
+    ``s3://`` files are signed with the AWS chain's credentials (``access.py``).
     """
 
-    def __init__(self, data_dir: Path, base_url: str, *, workers: int = 8, token: str | None = None,
-                 token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS, retry: RetryPolicy = DEFAULT_RETRY,
-                 verify: bool = False, progress=None, min_split: int | None = None,
-                 poll_interval: float = 0.25) -> None:
+    def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
+                 token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
+                 retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress=None,
+                 min_split: int | None = None, poll_interval: float = 0.25, s3_endpoint: str | None = None,
+                 access: Access | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if retry.attempts < 1:
             raise ConfigError(f"retry attempts must be >= 1, got {retry.attempts}")
-        self.data_dir, self.base_url = Path(data_dir), check_url(base_url)
+        self.data_dir, self.base_url = Path(data_dir), check_url(base_url) if base_url else None
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
         self.min_split, self.poll_interval = min_split, poll_interval
-        self.token, self.token_hosts = token, frozenset(token_hosts)
+        self.access = access or Access(token, token_hosts, s3_endpoint)
         super().__init__()
         self._tasks: set[asyncio.Task] = set()
         self._event = asyncio.Event()
@@ -74,10 +79,8 @@ class Fetcher(Ledger):
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
 
     def headers_for(self, url: str) -> dict[str, str]:
-        headers = {"Accept-Encoding": "identity"}
-        if self.token and token_allowed(url, self.token_hosts):
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
+        """Headers of a plain GET of an http(s) ``url`` (the token only where it may go)."""
+        return self.access.plain(url)
 
     async def __aenter__(self) -> Fetcher:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.retry.connect_timeout,
@@ -85,7 +88,7 @@ class Fetcher(Ledger):
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
                                               auto_decompress=False, trust_env=True)
-        self._ranges = RangeDownloader(self._session, self.disk, self.headers_for, self.progress,
+        self._ranges = RangeDownloader(self._session, self.disk, self.access, self.progress,
                                        self._notify, self.meter)
         for _ in range(self.workers):
             self._spawn(self._worker())
@@ -108,22 +111,40 @@ class Fetcher(Ledger):
             if self._session is not None:
                 await self._session.close()
 
-    async def fetch(self, index: int) -> ShardResult:
-        """Download shard ``index`` (or wait for it); the verified result, or raise FetchError."""
+    def data_file(self, item: int | DataFile) -> DataFile:
+        """``item`` as a DataFile: a shard index names ``base_url/shard_XXXXX.parquet``."""
+        if isinstance(item, DataFile):
+            return item
+        if self.base_url is None:
+            raise ConfigError(f"shard {item}: this Fetcher has no base_url; pass a DataFile")
+        name = shard_name(item)
+        return DataFile(name, None, url=f"{self.base_url}/{name}")
+
+    async def fetch(self, item: int | DataFile, index: int | None = None) -> ShardResult:
+        """Download one file (or wait for it); the verified result, or raise FetchError."""
         if self._session is None:
             raise RuntimeError("use Fetcher as `async with Fetcher(...) as f`")
-        job = self._jobs.get(index)
+        file = self.data_file(item)
+        job = self._jobs.get(file.path)
         if job is None:
-            name = shard_name(index)
-            job = self._jobs[index] = Job(index, self.data_dir / name, f"{self.base_url}/{name}",
-                                          self.disk, self._spawn)
+            if not file.url:
+                raise ConfigError(f"{file.path} has no source URL: it can only be read where it is")
+            await self.access.prepare([file.url])
+            signed = is_s3(file.url)
+            job = self._jobs[file.path] = Job(file.path, self.data_dir / file.path, self.access.http_url(file.url),
+                                              self.disk, self._spawn, file=file, signed=signed,
+                                              index=item if isinstance(item, int) else index)
             self._pending.append(job)
             self._notify()
         return await asyncio.shield(job.future)
 
-    async def head(self, index: int) -> int | None:
-        """The size the server announces for shard ``index`` (HEAD), or None."""
-        return (await self._ranges.head_info(f"{self.base_url}/{shard_name(index)}"))[1]
+    async def head(self, item: int | DataFile) -> int | None:
+        """The size of a file: the catalog's, else what the server announces (HEAD), or None."""
+        file = self.data_file(item)
+        if file.size is not None:
+            return file.size
+        await self.access.prepare([file.url])
+        return (await self._ranges.head_info(self.access.http_url(file.url), is_s3(file.url)))[1]
 
     # -- scheduling -------------------------------------------------------------------------
     def _spawn(self, coro) -> asyncio.Task:
@@ -227,7 +248,8 @@ class Fetcher(Ledger):
                     retryable, after = classify(exc)
                     job.attempts += 1
                     why = None if self._ranges.reached else unreachable(exc)
-                    if why is not None and self._host_down(why, exc, now=job.attempts >= self.retry.attempts):
+                    if why is not None and self._host_down(why, exc, now=job.attempts >= self.retry.attempts,
+                                                           url=job.url):
                         return None
                     if not retryable or job.attempts >= self.retry.attempts:
                         return self._fail(job, exc)
@@ -252,7 +274,8 @@ class Fetcher(Ledger):
         async with job.files:
             job.close_files()
             try:
-                problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest())
+                md5 = job.file.md5 if job.file is not None else None
+                problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(), md5)
             except OSError as exc:
                 job.finalizing = False
                 return self._fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
@@ -278,10 +301,12 @@ class Fetcher(Ledger):
         return None
 
     async def _verify_existing(self, job: Job) -> bool:
-        """--verify: compare a present shard with the server's sha256 (HEAD). False = re-fetch."""
-        while True:
+        """--verify: compare a present file with the catalog, else the server's sha256 (HEAD). False = re-fetch."""
+        listed = job.file
+        sha, expected, md5 = listed.sha256, listed.size, listed.md5
+        while not job.known:
             try:
-                sha, expected = await self._ranges.head_info(job.url)
+                sha, expected = await self._ranges.head_info(job.url, job.signed)
                 break
             except Exception as exc:
                 retryable, after = classify(exc)
@@ -290,7 +315,7 @@ class Fetcher(Ledger):
                     self._fail(job, exc)
                     return False
                 await asyncio.sleep(self.retry.backoff(job.attempts, after))
-        problem = await self.disk.run(check_file, job.final, expected, sha)
+        problem = await self.disk.run(check_file, job.final, expected, sha, md5)
         if problem is None:
             return True
         log.warning("%s: present but %s; downloading it again", job.name, problem)
@@ -298,35 +323,4 @@ class Fetcher(Ledger):
         return False
 
 
-
-async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str, workers: int = 8,
-                       token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False,
-                       on_shard: Callable[[ShardResult], None] | None = None, progress=None,
-                       check_space: bool = False, **fetcher_kwargs) -> list[ShardResult]:
-    """Fetch every shard in ``indices``; one result per index (in order), failures in ``.error``.
-
-    ``on_shard`` is called as each shard lands or fails. Raises only for bad arguments
-    (``ConfigError``), a disk too small for the shards (``DiskFullError``, with
-    ``check_space``) or cancellation; partial downloads are kept for resume.
-    """
-    indices = list(dict.fromkeys(indices))
-    data_dir = Path(data_dir)
-    results: dict[int, ShardResult] = {}
-
-    async def one(f: Fetcher, i: int) -> None:
-        try:
-            res = await f.fetch(i)
-        except FetchError as exc:
-            res = f.failed.get(i) or ShardResult(i, None, error=exc)
-        results[i] = res
-        if on_shard is not None:
-            on_shard(res)
-
-    async with Fetcher(data_dir, base_url, workers=workers, token=token, retry=retry, verify=verify,
-                       progress=progress, **fetcher_kwargs) as f:
-        if check_space:
-            await preflight(f, indices)
-        async with TaskGroup() as tg:
-            for i in indices:
-                tg.create_task(one(f, i))
-    return [results[i] for i in indices]
+from .fetch_many import fetch_files, fetch_shards  # noqa: E402  (they use Fetcher)

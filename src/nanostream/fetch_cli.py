@@ -1,10 +1,12 @@
-"""``nanostream fetch``: turn CLI flags into a shard list, run the downloader, report.
+"""``nanostream fetch``: turn CLI flags into a catalog's files, run the downloader, report.
 
-Validates every input before any network work (bad input is ``ConfigError``, exit
-2), refuses a folder that holds another source's shards, records which dataset the
-folder holds (``.nanostream.json``), checks the free space when it is tight, picks
-the event loop, shows progress, and prints one summary line plus one line per
-distinct failure. Ctrl-C and SIGTERM both keep the partial downloads and their
+Validates every flag before any network work (bad input is ``ConfigError``, exit
+2), lists the dataset (``datasets.open_catalog``: a built-in name, ``hf://``,
+``s3://``) or reads the folder's pinned record, refuses a folder that holds another
+source's files, records the catalog (``.nanostream.json``) before the first byte,
+says once what each file is verified against, checks the free space when it is
+tight, picks the event loop, shows progress, and prints one summary line plus one
+line per distinct failure. Ctrl-C and SIGTERM both keep the partial downloads and their
 saved state (exit 130 and 143).
 """
 
@@ -18,13 +20,17 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
+from .catalog import Catalog, DataFile, numbered_catalog
 from .config import Config, check_url, get_dataset
+from .datasets import folder_name, open_catalog
 from .errors import ConfigError
 from .progress import make_progress
-from .shards import FolderRecord, list_shards, read_record, shard_name, write_record
+from .record import read_catalog, write_catalog
 
 log = logging.getLogger(__name__)
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -45,8 +51,8 @@ def check_writable_dir(path: Path) -> Path:
     return path
 
 
-def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, str, int, list[int], FolderRecord]:
-    """Validate flags; return (data_dir, base_url, max_shard, indices, record)."""
+def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[DataFile, ...]]:
+    """Validate flags, list (or read the folder's record of) the dataset; (data_dir, catalog, files to fetch)."""
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.num_shards < -1:
@@ -55,25 +61,53 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, str, int, list[in
         raise ConfigError(f"--retries must be >= 1, got {args.retries}")
     if args.max_shard is not None and args.max_shard < 0:
         raise ConfigError(f"--max-shard must be >= 0, got {args.max_shard}")
-    dataset = get_dataset(args.dataset)
-    hub_url = dataset.base_url(cfg.hf_endpoint)
-    base_url = check_url(args.base_url) if args.base_url else hub_url
-    data_dir = check_writable_dir((args.data_dir or cfg.data_dir(dataset.name)).expanduser())
-    record = read_record(data_dir)
-    same_source = record is not None and record.base_url == base_url
-    if record is not None and record.base_url and not same_source and list_shards(data_dir) and not args.verify:
-        raise ConfigError(
-            f"{data_dir} holds shards fetched from {record.base_url}, not {base_url}: fetch into another "
-            f"--data-dir, or add --verify to check every shard there against {base_url} (and re-fetch those "
-            "that differ)")
+    dataset = args.dataset
+    numbered = args.base_url is not None or args.max_shard is not None
+    if numbered and "://" in dataset:
+        raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
+    if numbered or "://" not in dataset:
+        get_dataset(dataset)  # an unknown name: one line listing the built-in ones
+    base_url = check_url(args.base_url) if args.base_url else None
+    data_dir = check_writable_dir((args.data_dir or cfg.data_dir(folder_name(dataset))).expanduser())
+    recorded = read_catalog(data_dir)
+    if numbered:
+        cat = _numbered(dataset, base_url, args, cfg, recorded)
+    else:
+        pinned = recorded is not None and recorded.name == dataset
+        cat = asyncio.run(open_catalog(dataset, config=cfg, data_dir=data_dir if pinned else None,
+                                       include=args.include, val=args.val, text_column=args.text_column))
+    if recorded is not None and _source(recorded) != _source(cat):
+        present = any((data_dir / f.path).exists() for f in recorded.files)
+        if present and not args.verify:
+            raise ConfigError(
+                f"{data_dir} holds files of {recorded.name} fetched from {_source(recorded)}, not {_source(cat)}: "
+                f"fetch into another --data-dir, or add --verify to check every file there against "
+                f"{_source(cat)} (and re-fetch those that differ)")
+    return data_dir, cat, cat.pick(None if args.num_shards == -1 else args.num_shards)
+
+
+def _numbered(dataset: str, base_url: str | None, args: argparse.Namespace, cfg: Config,
+              recorded: Catalog | None) -> Catalog:
+    """--base-url / --max-shard: ``shard_XXXXX.parquet`` files under a URL prefix, the last validation."""
+    ds = get_dataset(dataset)
+    hub_url = ds.base_url(cfg.hf_endpoint)
+    base = base_url or hub_url
     max_shard = args.max_shard
     if max_shard is None:
-        max_shard = record.max_shard if same_source and record is not None else dataset.max_shard
-    n = max_shard if args.num_shards == -1 else min(args.num_shards, max_shard)
-    indices = [*range(n), max_shard]
-    record = FolderRecord(base_url=base_url, max_shard=max_shard,
-                          dataset=dataset.name if base_url == hub_url else None)
-    return data_dir, base_url, max_shard, indices, record
+        same = recorded is not None and _source(recorded) == base
+        max_shard = len(recorded.files) - 1 if recorded is not None and same else ds.max_shard
+    cat = numbered_catalog(ds.name if base == hub_url else base, base, max_shard + 1,
+                           text_column=args.text_column or ds.text_column, source=base)
+    return replace(cat, val=args.val) if args.val else cat
+
+
+def _source(cat: Catalog) -> str:
+    """Where a catalog's bytes come from: its files' URL prefix (a Hub commit's, a bucket prefix)."""
+    first = cat.files[0]
+    for tail in ("/" + quote(first.path), "/" + first.path):
+        if first.url.endswith(tail):
+            return first.url[: -len(tail)]
+    return cat.source or cat.name
 
 
 async def _until_sigterm(coro):
@@ -133,29 +167,33 @@ def _stopped(data_dir: Path, what: str) -> None:
 
 
 def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
-    data_dir, base_url, max_shard, indices, record = plan(args, cfg)
-    if not args.verify and all((data_dir / shard_name(i)).exists() for i in indices):
-        write_record(data_dir, record)  # nothing to download: no aiohttp import, no event loop
-        done = [SimpleNamespace(error=None, downloaded=0, skipped=True, attempts=0) for _ in indices]
-        print(summarize(done, data_dir, 0.0), flush=True)
-        return 0
-    from .fetch import fetch_shards  # aiohttp is imported only when something is downloaded
-    from .retry import RetryPolicy
-
-    loop = args.loop or cfg.loop
     if args.quiet:  # retries and resumes are logged at INFO; --quiet keeps warnings and errors only
         logging.getLogger("nanostream").setLevel(logging.WARNING)
-    write_record(data_dir, record)
+    data_dir, cat, files = plan(args, cfg)
+    loop = args.loop or cfg.loop
+    write_catalog(data_dir, cat)  # before any byte: later fetches and every rank read this pin
+    if not args.verify and all((data_dir / f.path).exists() for f in files):
+        done = [SimpleNamespace(error=None, downloaded=0, skipped=True, attempts=0) for _ in files]
+        print(summarize(done, data_dir, 0.0), flush=True)  # nothing to download: no aiohttp, no loop
+        return 0
+    from .fetch import fetch_files  # aiohttp is imported only when something is downloaded
+    from .retry import RetryPolicy
+    from .s3 import verification_summary
+    val = set(cat.split("val"))
     if not args.quiet:
-        print(f"fetch: {len(indices) - 1} train shards + validation shard {max_shard} from {base_url} "
-              f"into {data_dir} ({args.workers} connections, {loop} loop)", file=sys.stderr, flush=True)
-    progress = make_progress(len(indices), quiet=args.quiet)
+        pin = f" at commit {cat.revision[:12]}" if cat.revision and cat.revision != "main" else ""
+        print(f"fetch: {sum(f not in val for f in files)} train files + {len(val)} validation file(s) of "
+              f"{cat.name}{pin} into {data_dir} ({args.workers} connections, {loop} loop)",
+              file=sys.stderr, flush=True)
+        print(f"fetch: verification: {verification_summary(replace(cat, files=files))}", file=sys.stderr,
+              flush=True)
+    progress = make_progress(len(files), quiet=args.quiet)
     retry = RetryPolicy(attempts=args.retries)
     start = time.monotonic()
     try:
-        results = _run_loop(fetch_shards(indices, data_dir=data_dir, base_url=base_url, workers=args.workers,
-                                         token=cfg.hf_token, token_hosts=cfg.token_hosts, retry=retry,
-                                         verify=args.verify, progress=progress, check_space=True), loop)
+        results = _run_loop(fetch_files(files, data_dir=data_dir, workers=args.workers, token=cfg.hf_token,
+                                        token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, retry=retry,
+                                        verify=args.verify, progress=progress, check_space=True), loop)
     except KeyboardInterrupt:
         progress.close()
         _stopped(data_dir, "interrupted")

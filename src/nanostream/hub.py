@@ -9,8 +9,8 @@ paginated ``Link: <...>; rel="next"`` header), and keeps the ``*.parquet`` files
 ``include`` glob matches, with sha256 from ``lfs.oid`` and size from ``size``. File
 URLs name the sha, so every later download and every rank reads that commit.
 
-``HF_TOKEN`` goes only to the Hub's own host (``hub_headers``), never to a host a
-``Link`` or a redirect points at. 401, 403, 404 and a missing revision become
+``HF_TOKEN`` goes only to the Hub's own host (``hub_headers``, the same policy as
+downloads: ``config.token_allowed``), never to a host a ``Link`` or a redirect points at. 401, 403, 404 and a missing revision become
 ``DatasetError`` with their own hint; transient failures are retried per
 ``RetryPolicy`` and then raise ``RetriesExhausted``.
 """
@@ -28,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from .catalog import Catalog, DataFile
+from .config import host_of, token_allowed
 from .errors import DatasetError, RetriesExhausted
 from .retry import RETRY_STATUSES, RetryPolicy, Transient, classify, describe, parse_retry_after
 
@@ -83,9 +84,11 @@ def parse_hub_url(url: str) -> HubPath:
 
 
 def hub_headers(url: str | URL, endpoint: str, token: str | None) -> dict[str, str]:
-    """Headers for a request to ``url``: the bearer token only when it goes to the Hub's own origin."""
-    target, hub = URL(str(url)), URL(endpoint)
-    if token and (target.scheme, target.host, target.port) == (hub.scheme, hub.host, hub.port):
+    """Headers for a request to ``url``: the bearer token only where ``config.token_allowed`` lets it go
+    with the Hub's host as the one allowed host (the downloader's policy: https unless loopback), over
+    the endpoint's own scheme."""
+    same_scheme = URL(str(url)).scheme == URL(endpoint).scheme
+    if token and same_scheme and token_allowed(str(url), {host_of(endpoint)}):
         return {"Authorization": f"Bearer {token}"}
     return {}
 

@@ -1,4 +1,4 @@
-"""One shard's download in progress: its byte ranges, its part and state files, and its writer.
+"""One file's download in progress: its byte ranges, its part and state files, and its writer.
 
 A ``Job`` is a shard being fetched: what the server said (size, sha256, validator),
 the ``Segment`` ranges still missing, a generation counter that abandons every
@@ -61,9 +61,13 @@ class Segment:
 class Job:
     """A shard being downloaded; ``future`` resolves to its ShardResult (or FetchError)."""
 
-    def __init__(self, index: int, final: Path, url: str, disk: Disk,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], Any]):
-        self.index, self.final, self.url, self.disk, self._spawn = index, final, url, disk, spawn
+    def __init__(self, key: str, final: Path, url: str, disk: Disk,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None,
+                 file: Any = None, signed: bool = False):
+        self.key, self.final, self.url, self.disk, self._spawn = key, final, url, disk, spawn
+        self.index = index  # the caller's number for it (a shard index, or its place in the list)
+        self.file = file  # the catalog's DataFile: what the download must match (size, sha256, md5)
+        self.signed = signed  # an s3:// object: every request is SigV4-signed
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
         self.segments: list[Segment] = []
@@ -82,7 +86,12 @@ class Job:
 
     @property
     def name(self) -> str:
-        return self.final.name
+        return self.key
+
+    @property
+    def known(self) -> bool:
+        """The catalog says what this file is: a different answer is an error, never a reset."""
+        return self.file is not None and (self.file.size is not None or bool(self.file.sha256))
 
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()

@@ -34,19 +34,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ShardResult:
-    """Outcome of one shard: ``path`` is the verified final file, or ``error`` says why not."""
+    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not.
 
-    index: int
+    ``file`` is its path relative to the data folder; ``index`` the caller's number for it
+    (the shard index for ``fetch_shards``, its place in the list for ``fetch_files``).
+    """
+
+    index: int | None
     path: Path | None
     size: int = 0  # bytes of the final file
     downloaded: int = 0  # bytes transferred by this process
     attempts: int = 0  # failed requests (retries) along the way
     skipped: bool = False  # already present (or finished by another process): no download
     error: FetchError | None = None
+    file: str = ""
 
     @property
     def name(self) -> str:
-        return shard_name(self.index)
+        return self.file or shard_name(self.index or 0)
 
 
 def try_lock(final: Path) -> filelock.BaseFileLock | None:
@@ -64,6 +69,7 @@ def open_job(final: Path, url: str, verify: bool
     """("present" | "busy" | "verify" | "start", lock, resume state, its open files). Blocking."""
     if final.exists() and not verify:
         return "present", None, None, None
+    final.parent.mkdir(parents=True, exist_ok=True)  # a catalog path may have folders
     lock = try_lock(final)
     if lock is None:
         return "busy", None, None, None
@@ -108,20 +114,20 @@ def translate(job: Job, exc: BaseException) -> FetchError:
 class Ledger:
     """The shards a Fetcher knows of, by state, and how each one is settled."""
 
-    base_url: str
+    base_url: str | None
     retry: RetryPolicy
     progress: Any
     _notify: Callable[[], None]
 
     def __init__(self) -> None:
-        self._jobs: dict[int, Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._pending: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._parked: list[Job] = []  # shards waiting for disk space held by running ones
         self._down_since: float | None = None
-        self.failed: dict[int, ShardResult] = {}  # index -> the result of a shard that failed
+        self.failed: dict[str, ShardResult] = {}  # file path -> the result of a file that failed
 
-    def _host_down(self, why: str, exc: BaseException, *, now: bool = False) -> bool:
+    def _host_down(self, why: str, exc: BaseException, *, now: bool = False, url: str = "") -> bool:
         """No connection was ever made: after ``unreachable_after`` seconds (or when a shard runs out
         of attempts) fail every shard at once, with one error."""
         t = time.monotonic()
@@ -130,8 +136,9 @@ class Ledger:
             log.info("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
         if not now and t - self._down_since < self.retry.unreachable_after:
             return False
-        err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT or --base-url "
-                         f"({self.base_url})", url=self.base_url)
+        where = self.base_url or url.rsplit("/", 1)[0]
+        err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, AWS_ENDPOINT_URL or "
+                         f"--base-url ({where})", url=where)
         err.__cause__ = exc
         for other in [*self._pending, *self._active]:
             self._fail(other, err)
@@ -155,7 +162,7 @@ class Ledger:
     def _done(self, job: Job) -> None:
         job.close_files()
         self._release(job)
-        self._jobs.pop(job.index, None)
+        self._jobs.pop(job.key, None)
         if job in self._active:
             self._active.remove(job)
         while self._parked:  # space was freed (or a reservation ended): parked shards try again
@@ -169,7 +176,7 @@ class Ledger:
 
     def _resolve(self, job: Job, *, skipped: bool) -> None:
         size = job.final.stat().st_size
-        result = ShardResult(job.index, job.final, size, job.downloaded, job.attempts, skipped)
+        result = ShardResult(job.index, job.final, size, job.downloaded, job.attempts, skipped, file=job.key)
         self._done(job)
         job.future.set_result(result)
         if self.progress is not None:
@@ -181,6 +188,7 @@ class Ledger:
         err = translate(job, exc)
         self._done(job)
         job.future.set_exception(err)
-        result = self.failed[job.index] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err)
+        result = self.failed[job.key] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
+                                                  file=job.key)
         if self.progress is not None:
             self.progress.shard_done(result)

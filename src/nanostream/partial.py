@@ -161,16 +161,17 @@ def create_part(final: Path, size: int) -> None:
     os.close(fd)
 
 
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", block: int = 1 << 20) -> str:
+    """Hex digest of a file (``sha256``, or ``md5`` for an S3 ETag). Blocking."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
 
 
-def check_file(path: Path, size: int | None, sha256: str | None) -> str | None:
-    """Why ``path`` is not a good shard (length, magic, sha256), or None if it is. Blocking."""
+def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None = None) -> str | None:
+    """Why ``path`` is not a good shard (length, magic, sha256 or else md5), or None if it is. Blocking."""
     actual = path.stat().st_size
     if size is not None and actual != size:
         return f"length {actual} != expected {size}"
@@ -183,13 +184,19 @@ def check_file(path: Path, size: int | None, sha256: str | None) -> str | None:
     if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
         return f"not a parquet file (starts with {head!r}, ends with {tail!r}; PAR1 expected at both ends)"
     if sha256 is not None:
-        got = sha256_file(path)
+        got = file_digest(path)
         if got != sha256:
             return f"sha256 {got[:12]}... != expected {sha256[:12]}..."
+    elif md5 is not None:
+        got = file_digest(path, "md5")
+        if got != md5:
+            return (f"MD5 {got[:12]}... != the listed ETag {md5[:12]}... (an object encrypted with SSE-KMS or "
+                    "SSE-C has an ETag that is not its MD5)")
     return None
 
 
-def finalize(final: Path, size: int, sha256: str | None, digest: str | None = None) -> str | None:
+def finalize(final: Path, size: int, sha256: str | None, digest: str | None = None,
+             md5: str | None = None) -> str | None:
     """Verify the part file and atomically publish it as ``final``. Blocking.
 
     The caller guarantees every byte of ``[0, size)`` was written (no missing range).
@@ -199,7 +206,7 @@ def finalize(final: Path, size: int, sha256: str | None, digest: str | None = No
     """
     part = part_path(final)
     fsync(part)
-    problem = check_file(part, size, None if digest else sha256)
+    problem = check_file(part, size, None if digest else sha256, None if sha256 else md5)
     if problem is None and digest and sha256 and digest != sha256:
         problem = f"sha256 {digest[:12]}... != expected {sha256[:12]}..."
     if problem is not None:

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from .access import Access
+from .catalog import Catalog, DataFile
 from .census import row_group_counts
 from .errors import ConfigError, CorruptShardError
 from .order import Cursor, EpochPlan, shard_order
@@ -95,11 +97,12 @@ class Plan:
 
     data_dir: Path
     split: str
-    shards: tuple[int, ...]
-    max_shard: int
+    shards: tuple[int, ...]  # indices into ``files``: the split's files this stream reads
+    catalog: Catalog  # the dataset (``Position.shard`` indexes its files)
     text_column: str
-    base_url: str | None
     token: str | None
+    token_hosts: frozenset[str]
+    s3_endpoint: str | None
     rank: int
     world_size: int
     epochs: int | None
@@ -112,6 +115,16 @@ class Plan:
     retry: Any = None
     local_world_size: int = 0  # readers per node as dealt (0: world_size, one node)
     drop_last: bool = True
+
+    @property
+    def files(self) -> tuple[DataFile, ...]:
+        return self.catalog.files
+
+    def access(self) -> Access | None:
+        """What requests for the files carry (a fresh one per event loop); None if nothing is remote."""
+        if not any(f.url for f in self.files):
+            return None
+        return Access(self.token, self.token_hosts, self.s3_endpoint)
 
     def epoch_plan(self, counts: dict[int, int], epoch: int, base: Cursor | None = None) -> EpochPlan:
         return EpochPlan(self.shards, counts, epoch, shuffle=self.shuffle, seed=self.seed,
@@ -151,7 +164,7 @@ class Producer:
         try:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")
             p = self.plan
-            async with ShardSource(p.data_dir, p.base_url, max_shard=p.max_shard, token=p.token,
+            async with ShardSource(p.data_dir, p.catalog, access=p.access(), text_column=p.text_column,
                                    workers=p.fetch_workers, ahead=p.fetch_ahead, retry=p.retry) as source:
                 self.source = source
                 await self._produce(source)
@@ -168,8 +181,7 @@ class Producer:
     async def _produce(self, source: ShardSource) -> None:
         p = self.plan
         if self.counts is None:
-            self.counts = await row_group_counts(p.data_dir, p.shards, source.base_url, token=p.token,
-                                                 retry=p.retry)
+            self.counts = await row_group_counts(p.data_dir, p.shards, p.files, source.access, retry=p.retry)
         start = p.start
         for epoch in self._epochs():
             base = p.start_base() if start is not None else None
@@ -211,7 +223,7 @@ class Producer:
                     # thread is drained before the producer ends)
                     self._submit(handle.close).add_done_callback(_retrieve)
             except CorruptShardError as exc:
-                if refetched or not source.remote_known:
+                if refetched or not source.remote_known(shard):
                     raise
                 refetched = True
                 log.warning("%s; fetching it again", exc)

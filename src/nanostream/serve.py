@@ -5,22 +5,24 @@ fault-injection layer (``tests/servers.py``), the benchmarks and the demo traine
 Its connection limits (a cap on open connections, request deadlines, a keep-alive
 request limit) live in ``listener.py``.
 
-Only the regular, non-hidden files directly inside the folder are served, at
-``/<filename>``, for GET and HEAD. Every answer carries ``Content-Length``,
+The regular, non-hidden files under the folder are served, subfolders included (a
+catalog's nested paths), at ``/<path>``, for GET and HEAD. Every answer carries ``Content-Length``,
 ``Accept-Ranges: bytes``, ``ETag: "<sha256>"`` plus the Hub-style
 ``X-Linked-Etag: "<sha256>"`` and ``X-Linked-Size``, so a downloader can verify
 what it wrote. A single ``Range`` (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``) is
 answered 206, an unsatisfiable one 416; ``If-Range`` with a different ETag (or a
 date) gets the full body (200). Rejected, each with a 4xx and one log line, no
-traceback: anything outside the folder (``..``, encoded slashes, subfolders,
-hidden files, symlinks leading out: 404), a malformed, multi-range or overlong
+traceback: anything outside the folder (``..``, empty path parts,
+hidden files or folders, symlinks leading out, folders themselves: 404), a malformed, multi-range or overlong
 ``Range`` (416; a unit other than ``bytes`` is ignored, as RFC 9110 requires), an
 ``If-Range`` that is neither an entity tag nor a date (400), oversized or
 malformed headers (400, from aiohttp's parser).
 
 The sha256 of each file is computed once per (path, size, mtime) in a worker
 thread. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
-``httpfile.py``; a reader that stalls for the send timeout is dropped.
+``httpfile.py``; a reader that stalls for the send timeout is dropped. A folder
+fetched from an ``hf://`` dataset also answers the Hub API for it (``hubmirror.py``),
+so ``HF_ENDPOINT`` can point at the mirror.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from .httpfile import (
     sha256_file,
     write_body,
 )
+from .hubmirror import HubMirror
 from .listener import Limits, Listener, server_kwargs
-from .shards import list_shards
 
 __all__ = ["CHUNK", "FILES_KEY", "FileInfo", "Limits", "Mirror", "ShardFiles", "SlowReader", "iter_file",
            "make_app", "parse_range", "run_server", "start_server", "write_body"]
@@ -80,15 +82,18 @@ class ShardFiles:
         self._locks: dict[tuple[str, int, int], asyncio.Lock] = {}
 
     def _lookup(self, name: str) -> tuple[Path, os.stat_result] | None:
-        """The real path and stat of ``name`` if it is a regular, non-hidden file directly in root."""
-        if not name or name.startswith(".") or any(c in name for c in "/\\\x00"):
+        """The real path and stat of ``name`` if it is a regular file under root whose path, as asked
+        and as resolved, has no hidden part (subfolders allowed; nothing outside root)."""
+        parts = name.split("/")
+        if not name or any(not p or p.startswith(".") or "\\" in p or "\x00" in p for p in parts):
             return None
         try:
             real = (self.root / name).resolve(strict=True)
             st = real.stat()
+            rel = real.relative_to(self.root)
         except (OSError, RuntimeError, ValueError):
             return None
-        if real.parent != self.root or real.name.startswith(".") or not stat.S_ISREG(st.st_mode):
+        if any(p.startswith(".") for p in rel.parts) or not stat.S_ISREG(st.st_mode):
             return None
         return real, st
 
@@ -185,6 +190,9 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     files = ShardFiles(root, body_writer=writer)
     app = web.Application(middlewares=[_log_refusals])
     app[FILES_KEY] = files
+    hub = HubMirror.of(files.root, files)
+    if hub is not None:  # a folder fetched from hf://: answer the Hub API too (hubmirror.py)
+        hub.add_routes(app)
     app.router.add_get("/{name:.*}", files.handle, allow_head=True)
     return app
 
@@ -253,7 +261,8 @@ async def _serve_forever(root: Path, host: str, port: int, limits: Limits) -> No
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # e.g. Windows: Ctrl-C raises KeyboardInterrupt
                 pass
-        print(f"serving {root} at {url} ({len(list_shards(root))} shard files)", flush=True)
+        count = await asyncio.to_thread(_count_parquet, Path(root))
+        print(f"serving {root} at {url} ({count} parquet files)", flush=True)
         log.info("at most %d connections open, %g s to send a request, idle or stall, %d requests per connection",
                  limits.max_connections, limits.timeout, limits.max_keepalive_requests)
         await stop.wait()
@@ -261,6 +270,10 @@ async def _serve_forever(root: Path, host: str, port: int, limits: Limits) -> No
         for sig in installed:
             loop.remove_signal_handler(sig)
         await mirror.cleanup()
+
+
+def _count_parquet(root: Path) -> int:
+    return sum(1 for p in root.rglob("*.parquet") if not any(x.startswith(".") for x in p.relative_to(root).parts))
 
 
 def run_server(root: Path, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None) -> int:

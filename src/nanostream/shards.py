@@ -109,14 +109,32 @@ def write_record(data_dir: Path, record: FolderRecord) -> None:
 
 
 def read_record(data_dir: Path) -> FolderRecord | None:
+    """The folder's record as a FolderRecord; a catalog record (``record.py``) of numbered shards is
+    read as one too (its base URL and validation shard). Prefer ``record.read_catalog``."""
     path = data_dir / RECORD_NAME
     try:
         raw = json.loads(path.read_text())
+        if isinstance(raw, dict) and "format" in raw:
+            return _from_catalog(raw, path)
         return FolderRecord(**raw)
     except FileNotFoundError:
         return None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path} is not a valid nanostream record ({exc}); delete it and fetch again") from exc
+
+
+def _from_catalog(raw: dict, path: Path) -> FolderRecord:
+    from .config import DATASETS
+    from .record import catalog_from_json
+
+    cat = catalog_from_json(raw)
+    val = cat.split("val")[-1].path
+    index = shard_index(val)
+    if index is None or any(shard_index(f.path) is None for f in cat.files):
+        raise ConfigError(f"{path} records {cat.name}, whose files are not shard_XXXXX.parquet: read it with "
+                          "nanostream.record.read_catalog")
+    return FolderRecord(base_url=str(raw.get("base_url") or ""), max_shard=index,
+                        dataset=cat.name if cat.name in DATASETS else None, text_column=cat.text_column)
 
 
 @dataclass(frozen=True)

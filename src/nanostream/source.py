@@ -1,4 +1,4 @@
-"""Local paths for the shards a stream reads, fetching missing ones in the background.
+"""Local paths for the files a stream reads, fetching missing ones in the background.
 
 ``ShardSource`` owns the stream's ``Fetcher`` (opened lazily, only when a shard is
 missing) and its download tasks: shards are fetched in consumption order, at
@@ -18,16 +18,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from .config import host_of
-from .errors import ConfigError, MissingShardError
-from .shards import FolderRecord, read_record, shard_name, write_record
+from .access import Access
+from .catalog import Catalog, DataFile, check_text_column
+from .errors import ConfigError, CorruptShardError, MissingShardError
+from .record import read_catalog, write_catalog
 
 log = logging.getLogger(__name__)
-
-
-def usable_remote(url: str | None) -> bool:
-    """True if ``url`` names a remote to download from (a record's empty base_url means none)."""
-    return bool(url)
 
 
 def file_id(path: Path) -> tuple[int, int, int, int] | None:
@@ -40,29 +36,27 @@ def file_id(path: Path) -> tuple[int, int, int, int] | None:
 
 
 class ShardSource:
-    """Resolves shard indices to verified local files, downloading what is missing."""
+    """Resolves file indices (into the catalog's ``files``) to verified local files, downloading what is missing."""
 
-    def __init__(self, data_dir: Path, base_url: str | None, *, max_shard: int, token: str | None = None,
-                 workers: int = 4, ahead: int = 2, retry: Any = None) -> None:
-        self.data_dir = data_dir
-        self.base_url = base_url if usable_remote(base_url) else None
-        self.max_shard = max_shard
-        self.token = token
+    def __init__(self, data_dir: Path, catalog: Catalog, *, access: Access | None = None,
+                 text_column: str = "text", workers: int = 4, ahead: int = 2, retry: Any = None) -> None:
+        self.data_dir, self.catalog, self.access, self.text_column = data_dir, catalog, access, text_column
+        self.files: tuple[DataFile, ...] = catalog.files
         self.workers = max(1, workers)
         self.ahead = max(0, ahead)
         self.retry = retry
-        self.fetched = 0  # shards this source downloaded (or waited for another process to download)
+        self.fetched = 0  # files this source downloaded (or waited for another process to download)
         self._tasks: dict[int, asyncio.Task[Path]] = {}
+        self._checked: set[int] = set()
         self._stack = AsyncExitStack()
         self._fetcher: Any = None
         self._fetcher_lock = asyncio.Lock()
 
-    @property
-    def remote_known(self) -> bool:
-        return self.base_url is not None
+    def remote_known(self, index: int) -> bool:
+        return self.access is not None and bool(self.files[index].url)
 
     def path(self, index: int) -> Path:
-        return self.data_dir / shard_name(index)
+        return self.data_dir / self.files[index].path
 
     async def __aenter__(self) -> ShardSource:
         return self
@@ -79,11 +73,12 @@ class ShardSource:
             self._tasks[index] = asyncio.create_task(self._fetch(index), name=f"nanostream-fetch-{index}")
 
     async def get(self, index: int, upcoming: Iterable[int] = ()) -> Path:
-        """The local file of shard ``index``; then starts fetching the first ``ahead`` of ``upcoming``.
+        """The local file of ``index``; then starts fetching the first ``ahead`` of ``upcoming``.
 
-        The shard needed now is requested alone, so it has every connection to itself
-        (the fetcher splits one shard over its workers): the first batch comes after
-        about one shard's download. The ones after it start as soon as it has landed.
+        The file needed now is requested alone, so it has every connection to itself
+        (the fetcher splits one file over its workers): the first batch comes after
+        about one file's download. The ones after it start as soon as it has landed.
+        A file without the text column is a DatasetError listing the columns it has.
         """
         self.want([index])
         task = self._tasks.pop(index, None)
@@ -97,21 +92,24 @@ class ShardSource:
                     task.cancel()
                     await asyncio.wait([task])
         self.want(list(upcoming)[: self.ahead])
+        if index not in self._checked:
+            await asyncio.to_thread(_check_column, path, self.text_column)
+            self._checked.add(index)
         return path
 
     async def replace(self, index: int, seen: tuple[int, int, int, int] | None) -> Path:
-        """Delete a corrupt shard (if it is still the file we read) and download it again."""
+        """Delete a corrupt file (if it is still the file we read) and download it again."""
         path = self.path(index)
         if seen is not None and file_id(path) == seen:
-            log.warning("%s is unreadable: deleting it and fetching it again from %s", path, self.base_url)
+            log.warning("%s is unreadable: deleting it and fetching it again from %s", path, self.files[index].url)
             path.unlink(missing_ok=True)
         return await self.get(index)
 
     def _missing_check(self, index: int) -> None:
-        if self.base_url is None:
+        if not self.remote_known(index):
             raise MissingShardError(
                 f"{self.path(index)} is missing and no remote is known for {self.data_dir}: "
-                "run `nanostream fetch` first, or pass base_url= (or dataset=) to stream()",
+                "run `nanostream fetch` first, or pass dataset= (or base_url=) to stream()",
                 path=self.path(index),
             )
 
@@ -120,33 +118,29 @@ class ShardSource:
             if self._fetcher is None:
                 from .fetch import Fetcher
 
-                # the caller decided the token may go to base_url's host (stream() checks Config.token_hosts)
-                kwargs: dict[str, Any] = {"workers": self.workers, "token": self.token,
-                                          "token_hosts": {host_of(self.base_url or "")}}
+                kwargs: dict[str, Any] = {"workers": self.workers, "access": self.access}
                 if self.retry is not None:
                     kwargs["retry"] = self.retry
-                assert self.base_url is not None
                 try:
                     self.data_dir.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ConfigError(f"cannot create data folder {self.data_dir}: {exc}") from exc
-                fetcher = Fetcher(self.data_dir, self.base_url, **kwargs)
+                fetcher = Fetcher(self.data_dir, **kwargs)
                 self._fetcher = await self._stack.enter_async_context(fetcher)
                 self._record_folder()
             return self._fetcher
 
     def _record_folder(self) -> None:
-        """Write the folder's record if it has none, so later readers know the validation shard."""
+        """Write the folder's record if it has none, so later readers know its files and validation."""
         try:
-            if read_record(self.data_dir) is None:
-                assert self.base_url is not None
-                write_record(self.data_dir, FolderRecord(base_url=self.base_url, max_shard=self.max_shard))
+            if read_catalog(self.data_dir) is None:
+                write_catalog(self.data_dir, self.catalog)
         except OSError as exc:
             log.warning("could not write %s/.nanostream.json (%s); continuing", self.data_dir, exc)
 
     async def _fetch(self, index: int) -> Path:
         fetcher = await self._open_fetcher()
-        result = await fetcher.fetch(index)
+        result = await fetcher.fetch(self.files[index])
         self.fetched += 1
         return Path(result.path) if result.path is not None else self.path(index)
 
@@ -164,3 +158,11 @@ class ShardSource:
                     task.exception()
         finally:
             await self._stack.aclose()
+
+
+def _check_column(path: Path, column: str) -> None:
+    """``check_text_column``, leaving unreadable files to the reader (which may fetch them again)."""
+    try:
+        check_text_column(path, column)
+    except CorruptShardError:
+        pass

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from .errors import DiskFullError
 from .partial import part_path
-from .shards import shard_name
 
 if TYPE_CHECKING:
+    from .catalog import DataFile
     from .fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -33,27 +33,29 @@ def free_bytes(folder: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-async def check_space(fetcher: Fetcher, indices: list[int], *, probe: int = 32) -> None:
-    """Raise DiskFullError if the missing shards of ``indices`` cannot fit in the data folder."""
+async def check_space(fetcher: Fetcher, files: list[DataFile], *, probe: int = 32) -> None:
+    """Raise DiskFullError if the missing ones of ``files`` cannot fit in the data folder.
+
+    Sizes the catalog lists are taken as they are; the others are probed."""
     folder = fetcher.data_dir
-    missing = [i for i in indices if not (folder / shard_name(i)).exists()
-               and not part_path(folder / shard_name(i)).exists()]
+    missing = [f for f in files if not (folder / f.path).exists() and not part_path(folder / f.path).exists()]
     free = await asyncio.to_thread(free_bytes, folder)
     if not missing or free >= len(missing) * ROOMY:
         return
-    sample = missing[:probe]
-    sizes: list[int] = []
+    listed = [f.size for f in missing if f.size is not None]
+    sample = [f for f in missing if f.size is None][: max(probe - len(listed), 1)]
+    sizes: list[int] = list(listed)
 
-    async def one(i: int) -> None:
+    async def one(f: DataFile) -> None:
         try:
-            size = await fetcher.head(i)
-        except Exception as exc:  # the download itself will report this shard's problem
-            log.debug("size probe of %s failed: %s", shard_name(i), exc)
+            size = await fetcher.head(f)
+        except Exception as exc:  # the download itself will report this file's problem
+            log.debug("size probe of %s failed: %s", f.path, exc)
             return
         if size is not None:
             sizes.append(size)
 
-    await asyncio.gather(*(one(i) for i in sample))
+    await asyncio.gather(*(one(f) for f in sample))
     if not sizes:
         return
     need = sum(sizes) + (len(missing) - len(sizes)) * (sum(sizes) // len(sizes))
@@ -61,5 +63,5 @@ async def check_space(fetcher: Fetcher, indices: list[int], *, probe: int = 32) 
         how = "" if len(sizes) == len(missing) else f" (estimated from {len(sizes)} sizes)"
         raise DiskFullError(
             f"not enough free space in {folder}: the {len(missing)} shards to fetch need "
-            f"{need / 1e6:.1f} MB{how}, {free / 1e6:.1f} MB free; free some space, fetch fewer shards (-n) "
+            f"{need / 1e6:.1f} MB{how}, {free / 1e6:.1f} MB free; free some space, fetch fewer files (-n) "
             "or choose another --data-dir")

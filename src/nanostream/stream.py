@@ -30,19 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from .blocking import BatchIterator
+from .catalog import Catalog
 from .census import row_group_counts, row_group_counts_blocking
-from .config import DEFAULT_DATASET, Config, check_url, get_dataset, token_allowed
+from .config import DEFAULT_DATASET, Config
+from .datasets import folder_name, pin_catalog, split_indices
 from .errors import ConfigError, MissingShardError
 from .order import EpochPlan
 from .producer import Batch, Chunk, Cursor, Plan, Position, Producer, _End, _resume_index, shard_order
-from .shards import check_layout, node_count, read_record, resolve_split, shard_name
-from .source import usable_remote
+from .shards import check_layout, node_count
 
 __all__ = ["Batch", "BatchIterator", "Cursor", "Position", "Stream", "default_layout", "default_rank",
            "iter_batches", "stream"]
 
 log = logging.getLogger(__name__)
-_warned_guess: set[Path] = set()
 
 
 def default_rank() -> tuple[int, int]:
@@ -106,11 +106,19 @@ def stream(
     fetch_workers: int = 4,
     retry: Any = None,
     config: Config | None = None,
+    include: str | None = None,
+    val: str | None = None,
+    text_column: str | None = None,
+    catalog: Catalog | None = None,
 ) -> Stream:
     """Batches (the documents of one row group each) of ``split`` ("train" or "val").
 
-    Nothing starts until the first ``async for`` step; arguments, folder and
-    split are checked now. See the module docstring and README for the details.
+    ``dataset`` is a built-in name, ``hf://datasets/ORG/NAME[@REV][/PATH]`` or
+    ``s3://BUCKET/PREFIX/`` (listed once per folder and recorded; ``include`` narrows
+    it); ``data_dir`` alone reads any folder of parquet files. ``val`` (a glob) and
+    ``text_column`` override the split and column; ``catalog`` skips the listing.
+    ``base_url``/``max_shard`` keep the numbered-shard form. Nothing starts until
+    the first ``async for`` step; arguments, folder and split are checked now.
     """
     return Stream(_plan(**locals()))
 
@@ -118,8 +126,9 @@ def stream(
 def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_url: str | None,
           max_shard: int | None, num_shards: int | None, rank: int | None, world_size: int | None,
           local_world_size: int | None, drop_last: bool, epochs: int | None, shuffle: bool, seed: int,
-          start: Position | Cursor | None, queue_size: int,
-          fetch_ahead: int, fetch_workers: int, retry: Any, config: Config | None) -> Plan:
+          start: Position | Cursor | None, queue_size: int, fetch_ahead: int, fetch_workers: int, retry: Any,
+          config: Config | None, include: str | None, val: str | None, text_column: str | None,
+          catalog: Catalog | None) -> Plan:
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     if epochs is not None and epochs < 1:
@@ -128,41 +137,25 @@ def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_
         raise ConfigError(f"need queue_size >= 1, fetch_ahead >= 0, fetch_workers >= 1 "
                           f"(got {queue_size}, {fetch_ahead}, {fetch_workers})")
     cfg = config or Config.from_env()
-    name = dataset or (DEFAULT_DATASET if data_dir is None else None)
-    ds = get_dataset(name) if name else None
-    folder = Path(data_dir).expanduser() if data_dir is not None else cfg.data_dir(name or DEFAULT_DATASET)
-    record = read_record(folder)
-    if base_url:
-        url: str | None = check_url(base_url)
-    elif record is not None and usable_remote(record.base_url):
-        url = record.base_url
-    else:
-        url = ds.base_url(cfg.hf_endpoint) if ds else None
-    if max_shard is None and record is None and ds is not None:
-        max_shard = ds.max_shard
-    if not folder.is_dir() and (url is None or (num_shards is None and split == "train")):
+    name = dataset or (catalog.name if catalog is not None else None)
+    name = name or (DEFAULT_DATASET if data_dir is None else None)
+    folder = Path(data_dir).expanduser() if data_dir is not None else cfg.data_dir(folder_name(name or ""))
+    cat = catalog if catalog is not None else pin_catalog(
+        dataset=name, folder=folder, base_url=base_url, max_shard=max_shard, include=include, val=val,
+        text_column=text_column, config=cfg)
+    remote = any(f.url for f in cat.files)
+    if not folder.is_dir() and (not remote or (num_shards is None and split == "train")):
         raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch "
-                                f"--data-dir {folder}` first, or pass num_shards= and base_url=", path=folder)
-    sp = resolve_split(folder, max_shard=max_shard, num_shards=num_shards)
-    if sp.guessed_val and folder not in _warned_guess:
-        _warned_guess.add(folder)
-        log.warning("%s has no .nanostream.json: assuming its last shard file %s is the validation shard "
-                    "(pass max_shard= or fetch with `nanostream fetch` to record it)", folder,
-                    shard_name(sp.val))
-    shards = sp.train if split == "train" else (sp.val,)
-    if not shards:
-        raise MissingShardError(f"no {split} shards in {folder} (validation shard is {shard_name(sp.val)}): "
-                                "fetch some with `nanostream fetch -n N`, or pass num_shards=", path=folder)
+                                f"--data-dir {folder}` first, or pass num_shards=", path=folder)
+    shards = split_indices(cat, folder, split, num_shards)
     rank, world_size, local_world_size = default_layout(rank, world_size, local_world_size)
     check_layout(rank, world_size, local_world_size)
     if node_count(world_size, local_world_size, len(shards)) == 1:
         local_world_size = world_size  # fewer shards than nodes (val): every node reads them all
     if start is not None:
         _check_start(start, shards, rank, local_world_size, epochs)
-    column = record.text_column if record is not None else (ds.text_column if ds else "text")
-    return Plan(data_dir=folder, split=split, shards=tuple(shards), max_shard=sp.val, text_column=column,
-                base_url=url, token=cfg.hf_token if url and token_allowed(url, cfg.token_hosts) else None,
-                rank=rank, world_size=world_size, epochs=epochs,
+    return Plan(data_dir=folder, split=split, shards=shards, catalog=cat, text_column=cat.text_column,
+                token=cfg.hf_token, token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, rank=rank, world_size=world_size, epochs=epochs,
                 shuffle=shuffle, seed=seed, start=start, queue_size=queue_size, fetch_ahead=fetch_ahead,
                 fetch_workers=fetch_workers, retry=retry, local_world_size=local_world_size,
                 drop_last=drop_last)
@@ -259,9 +252,8 @@ class Stream:
         the event loop. ``epoch_length``/``cursor`` then answer at once; iteration reuses the counts."""
         if self._producer.counts is None:
             p = self.plan
-            self._producer.counts = await row_group_counts(
-                p.data_dir, p.shards, p.base_url if usable_remote(p.base_url) else None, token=p.token,
-                retry=p.retry)
+            self._producer.counts = await row_group_counts(p.data_dir, p.shards, p.files, p.access(),
+                                                           retry=p.retry)
         return self._producer.counts
 
     def epoch_plan(self, epoch: int | None = None, base: Cursor | None = None) -> EpochPlan:
@@ -269,9 +261,8 @@ class Stream:
         Counts the row groups first if ``prepare`` has not (blocking)."""
         p = self.plan
         if self._producer.counts is None:
-            self._producer.counts = row_group_counts_blocking(
-                p.data_dir, p.shards, p.base_url if usable_remote(p.base_url) else None, token=p.token,
-                retry=p.retry)
+            self._producer.counts = row_group_counts_blocking(p.data_dir, p.shards, p.files, p.access(),
+                                                              retry=p.retry)
         first = p.start.epoch if p.start is not None else 0
         epoch = first if epoch is None else epoch
         if base is None and epoch == first:
