@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._compat import TaskGroup
 from .catalog import DataFile
 from .errors import FetchError
-from .fetch import DEFAULT_RETRY, Fetcher
 from .outcomes import ShardResult
 from .retry import RetryPolicy
 from .space import check_space as preflight
+
+if TYPE_CHECKING:
+    from .fetch import Fetcher
+
+DEFAULT_RETRY = RetryPolicy()  # fetch.py imports this module last: no import of fetch.py at import time
 
 
 async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_url: str | None = None,
@@ -42,6 +47,8 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
         results[k] = res
         if on_shard is not None:
             on_shard(res)
+
+    from .fetch import Fetcher
 
     async with Fetcher(Path(data_dir), base_url, workers=workers, token=token, retry=retry, verify=verify,
                        progress=progress, **fetcher_kwargs) as f:
