@@ -214,7 +214,7 @@ def first_batch_row(quick: bool) -> None:
     the first file's download included) vs one file's download alone, the server throttled per response."""
     from nanostream.config import Config
     from nanostream.fetch import fetch_files
-    from nanostream.stream import stream
+    from nanostream.streaming import stream
 
     n, mb, rate, rounds = (4, 4.0, 4e6, 2) if quick else (6, 8.0, 4e6, 3)
     sys.path.insert(0, str(ROOT / "tests"))

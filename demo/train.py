@@ -27,7 +27,7 @@ from nanostream.config import Config
 from nanostream.device import threads_for, to_device
 from nanostream.errors import ConfigError, NanostreamError
 from nanostream.loader import TokenDataset
-from nanostream.stream import iter_batches
+from nanostream.streaming import iter_batches
 from nanostream.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 LOSS_WINDOW = 10  # the loss "fall" compares the mean of the first and of the last this-many steps

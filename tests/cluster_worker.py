@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from nanostream.order import Cursor
-from nanostream.stream import iter_batches, stream
+from nanostream.streaming import iter_batches, stream
 
 from datagen import doc_id
 

@@ -2,7 +2,8 @@
 
 Each order runs in a fresh interpreter (a subprocess), because the bug this guards
 against depends on which submodules an interpreter has already loaded: importing
-``nanostream.stream`` (the module) used to replace the function ``nanostream.stream``.
+``nanostream.stream`` (the module, now ``nanostream.streaming``) used to replace the
+function ``nanostream.stream``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import pkgutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -75,10 +75,9 @@ def orders() -> dict[str, list[tuple[str, object]]]:
     return out
 
 
-def test_no_public_name_is_shadowed_by_a_submodule_unless_guarded() -> None:
+def test_no_public_name_is_also_a_submodule() -> None:
     clashes = set(PUBLIC) & set(SUBMODULES)
-    assert clashes == set(nanostream._SHADOWED), (
-        f"public names that are also submodules: {sorted(clashes)}; rename one, or add it to _SHADOWED")
+    assert not clashes, f"public names that are also submodules: {sorted(clashes)}; rename the module"
 
 
 @pytest.mark.timeout(300)
@@ -97,10 +96,9 @@ def test_import_nanostream_loads_neither_torch_nor_pyarrow() -> None:
     assert proc.stdout.split() == ["[]", "False"]  # only loader.py and device.py import torch
 
 
-def test_submodule_stays_importable_and_attribute_stays_the_function() -> None:
+def test_streaming_module_and_stream_function() -> None:
     import importlib
 
-    mod = importlib.import_module("nanostream.stream")
-    assert isinstance(mod, type(sys)) and callable(nanostream.stream) and nanostream.stream is mod.stream
-    assert Path(mod.__file__).name == "stream.py"
-    from nanostream.stream import Stream  # noqa: F401  (the module's other names)
+    mod = importlib.import_module("nanostream.streaming")
+    assert callable(nanostream.stream) and nanostream.stream is mod.stream
+    from nanostream.streaming import Stream  # noqa: F401  (the module's other names)

@@ -378,7 +378,7 @@ async def test_stream_reads_a_prefix_while_downloading(moto_url, bucket, tmp_pat
     import pyarrow.parquet as pq
 
     from nanostream.config import Config
-    from nanostream.stream import stream
+    from nanostream.streaming import stream
 
     name, client = bucket
     for split, k in (("train", 0), ("train", 1), ("val", 2)):

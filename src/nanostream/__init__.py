@@ -5,20 +5,14 @@ Public API (imported lazily so ``import nanostream`` never pulls in torch):
 ``TokenDataset``, ``to_device``, ``threads_for``, ``Config`` and the errors in
 ``nanostream.errors``.
 
-A public name never depends on import order. ``stream`` is both a function and the
-name of the submodule ``nanostream/stream.py``; importing a submodule makes Python
-set it as an attribute of the package, which would hide the function. So the package
-object's class carries a data descriptor for every such name (``_SHADOWED``): reading
-it always gives the function, and the import system's binding of the submodule is
-ignored. The submodule itself stays importable as usual
-(``from nanostream.stream import Stream``, ``sys.modules["nanostream.stream"]``).
+A public name never depends on import order: no public name is also the name of a
+submodule (the streaming module is ``nanostream.streaming``, its function ``stream``),
+so importing a submodule can never replace a function on the package.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 from .config import Config
@@ -27,11 +21,11 @@ from .errors import NanostreamError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "stream": "stream",
-    "iter_batches": "stream",
-    "Batch": "stream",
-    "Position": "stream",
-    "Cursor": "stream",
+    "stream": "streaming",
+    "iter_batches": "streaming",
+    "Batch": "streaming",
+    "Position": "streaming",
+    "Cursor": "streaming",
     "fetch_shards": "fetch",
     "Fetcher": "fetch",
     "ByteTokenizer": "tokenizer",
@@ -40,9 +34,6 @@ _LAZY = {
     "to_device": "device",
     "threads_for": "device",
 }
-
-# public names that are also submodule names: always the public object, never the module
-_SHADOWED = ("stream",)
 
 __all__ = ["Config", "NanostreamError", "__version__", *_LAZY]
 
@@ -57,41 +48,6 @@ def __getattr__(name: str) -> Any:
     value = _load(name)
     globals()[name] = value
     return value
-
-
-class _Public:
-    """Data descriptor for a public name that a submodule shares (see the module docstring).
-
-    A data descriptor on the module's class wins over the module's ``__dict__``, where the
-    import system puts the submodule. Assigning the submodule itself is ignored; any other
-    value (``monkeypatch.setattr(nanostream, "stream", fake)``) overrides until deleted.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.override: list[Any] = []
-
-    def __get__(self, obj: Any, owner: Any = None) -> Any:
-        if obj is None:
-            return self
-        return self.override[-1] if self.override else _load(self.name)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and value.__name__ == f"{obj.__name__}.{self.name}":
-            return  # the import system binding the submodule of the same name
-        self.override[:] = [value]
-
-    def __delete__(self, obj: Any) -> None:
-        self.override.clear()
-
-
-class _Package(types.ModuleType):
-    pass
-
-
-for _name in _SHADOWED:
-    setattr(_Package, _name, _Public(_name))
-sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

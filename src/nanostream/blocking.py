@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .producer import Batch
-    from .stream import Stream
+    from .streaming import Stream
 
 
 class _LoopThread:

@@ -31,7 +31,7 @@ from .errors import LoaderError
 from .packing import BestFitPacker, PackStats, token_dtype
 from .pipeline import BatchPipeline, Mark, Sink
 from .shards import worker_stride
-from .stream import Position, default_rank, iter_batches, stream
+from .streaming import Position, default_rank, iter_batches, stream
 from .tokenizer import Tokenizer
 
 __all__ = ["TokenDataset"]

@@ -45,7 +45,7 @@ from .packing import BestFitPacker, BufferSnapshot, DocBytes, join_docs
 from .tokenizer import BPETokenizer, Tokenizer
 
 if TYPE_CHECKING:
-    from .stream import Position
+    from .streaming import Position
 
 log = logging.getLogger(__name__)
 _loader_idle = False

@@ -20,7 +20,7 @@ import pytest
 
 from nanostream.errors import ConfigError, CorruptShardError, FetchError, MissingShardError
 from nanostream.shards import FolderRecord, read_record, shard_name, write_record
-from nanostream.stream import Batch, Position, iter_batches, stream
+from nanostream.streaming import Batch, Position, iter_batches, stream
 
 from datagen import doc_id, make_shards
 from servers import FaultServer
@@ -347,7 +347,7 @@ async def test_break_stops_background_downloads(tmp_path: Path) -> None:
 WORKER = """
 import sys
 from collections import Counter
-from nanostream.stream import iter_batches
+from nanostream.streaming import iter_batches
 n = Counter(t.split(" ", 1)[0] for b in iter_batches("train", data_dir=sys.argv[1], base_url=sys.argv[2],
             num_shards=5, max_shard=5, rank=int(sys.argv[3]), world_size=2) for t in b.texts)
 print(sum(n.values()), max(n.values()))
