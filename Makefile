@@ -59,7 +59,8 @@ clean:
 	rm -rf $(VENV) $(ROOT)/.pytest_cache $(ROOT)/.ruff_cache $(ROOT)/src/*.egg-info
 
 # --- demo trainer (demo/train.py): knobs as make variables or env vars; empty = the trainer's
-# default (see `$(PY) -m demo.train --help` and README.md). SOURCE: auto | hub | sample.
+# default (see `$(PY) -m demo.train --help` and README.md). SOURCE: auto | hub | sample;
+# DATASET: any parquet dataset instead (hf://datasets/ORG/NAME, s3://BUCKET/PREFIX/ or a folder).
 STEPS ?=
 DEPTH ?=
 BATCH ?=
@@ -68,7 +69,8 @@ SHARDS ?=
 SOURCE ?=
 DEVICE ?=
 VOCAB ?=
-TRAIN_FLAGS = $(if $(STEPS),--steps $(STEPS)) $(if $(DEPTH),--depth $(DEPTH)) $(if $(BATCH),--batch $(BATCH)) \
+DATASET ?=
+TRAIN_FLAGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(STEPS),--steps $(STEPS)) $(if $(DEPTH),--depth $(DEPTH)) $(if $(BATCH),--batch $(BATCH)) \
 	$(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(SHARDS),--shards $(SHARDS)) $(if $(SOURCE),--source $(SOURCE)) \
 	$(if $(VOCAB),--vocab $(VOCAB))
 

@@ -42,12 +42,20 @@ _SERVING_RE = re.compile(r"serving .* at (http://\S+)")
 class Source:
     """Resolved data source: a corpus name, where its shards are served, and where they go locally."""
 
-    kind: str  # "hub" or "sample"
+    kind: str  # "hub", "sample" or "dataset"
     name: str  # corpus name, also the tokenizer's folder prefix
-    base_url: str
-    max_shard: int  # the validation shard's index
+    base_url: str | None
+    max_shard: int | None  # the validation shard's index (None: the dataset's catalog says)
     data_dir: Path
     notice: str  # the one line telling the user which source and how to choose
+    dataset: str | None = None  # --dataset: hf://..., s3://... or a local folder (then no SOURCE)
+
+    def loader_kwargs(self) -> dict:
+        """Where ``stream()``/``TokenDataset`` read this source from."""
+        if self.kind == "dataset":
+            url = self.dataset if self.dataset and "://" in self.dataset else None
+            return {"data_dir": self.data_dir, "dataset": url}
+        return {"data_dir": self.data_dir, "base_url": self.base_url, "max_shard": self.max_shard}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -274,6 +282,26 @@ def open_source(source: str, cfg: Config, *, shards: int, dataset: str = DEFAULT
         drop_stale(data_dir, folder)
         url = stack.enter_context(serve_folder(folder))
         yield Source("sample", SAMPLE_NAME, url, shards, data_dir, notice)
+
+
+def dataset_source(dataset: str, cfg: Config) -> Source:
+    """``--dataset``: any parquet dataset (``hf://``, ``s3://`` or a local folder), fetched while streamed.
+
+    A URL is listed once and pinned in ``BASE/data/<folder_name>``; a local folder is read in place.
+    """
+    from nanostream.datasets import folder_name
+
+    if "://" in dataset:
+        folder = folder_name(dataset)
+        data_dir = cfg.data_dir(folder)
+        name = folder.replace("/", "_")
+    else:
+        data_dir = Path(dataset).expanduser()
+        if not data_dir.is_dir():
+            raise ConfigError(f"--dataset {dataset!r} is neither a URL (hf://, s3://) nor an existing folder")
+        name = "local_" + (data_dir.resolve().name or "root")
+    notice = f"data: --dataset {dataset} (SOURCE is not used with --dataset)"
+    return Source("dataset", name, None, None, data_dir, notice, dataset)
 
 
 def env_default(name: str, default: str) -> str:

@@ -147,6 +147,28 @@ def test_tiny_run_from_sample_through_loopback_server(base: Path, capsys: pytest
     assert again["losses"][0] == pytest.approx(losses[0], rel=1e-4)  # same seed, same data, same start
 
 
+async def test_make_train_cpu_on_a_hub_dataset_url(base: Path, tmp_path: Path) -> None:
+    """``make train-cpu DATASET=hf://datasets/ORG/NAME``: any parquet dataset, listed once, pinned, fetched
+    while streamed; names with a split word decide train and validation (SOURCE is not used)."""
+    from hubserver import HubServer
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    write_shard(repo / "data" / "train-00000.parquet", 0, row_groups=4, rows=64)
+    write_shard(repo / "data" / "validation-00000.parquet", 1, row_groups=2, rows=64)
+    async with HubServer() as hub:
+        sha = hub.add_repo("org/corpus", repo)
+        code, out, err = await run_make("DATASET=hf://datasets/org/corpus", "STEPS=3", "DEPTH=1", "BATCH=2",
+                                        "SEQ_LEN=32", "SHARDS=1", "VOCAB=byte",
+                                        env_extra={"HF_ENDPOINT": hub.url, "NANOSTREAM_BASE_DIR": str(base)})
+    assert code == 0, err
+    assert "data: --dataset hf://datasets/org/corpus" in out and "step     3/3" in out, out
+    folder = base / "data" / "hf" / "org" / "corpus"
+    for name in ("train-00000.parquet", "validation-00000.parquet"):
+        assert (folder / "data" / name).read_bytes() == (repo / "data" / name).read_bytes()
+    assert sha in (folder / ".nanostream.json").read_text()  # pinned to the commit listed once
+
+
 async def test_make_sample_never_touches_the_hub(base: Path, hub: FakeHub) -> None:
     rc, out, err = await run_make("SOURCE=sample", *MAKE_TINY, env_extra={"HF_ENDPOINT": hub.url})
     assert rc == 0, err
