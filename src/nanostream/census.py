@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from .access import Access, is_s3
 from .catalog import DataFile
 from .errors import CorruptShardError, FetchError, HTTPStatusError, MissingShardError, RetriesExhausted
 from .retry import Fatal, RetryPolicy, Transient, check_status, classify, describe
-from .shards import BOOKKEEPING_PREFIX
+from .shards import BOOKKEEPING_PREFIX, write_json
 
 log = logging.getLogger(__name__)
 CACHE_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.json"
@@ -141,16 +140,7 @@ def _save(data_dir: Path, counts: dict[str, int]) -> None:
     if merged == old:
         return
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{BOOKKEEPING_PREFIX}.tmp.", dir=data_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(merged, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, data_dir / CACHE_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(data_dir / CACHE_NAME, merged, sort_keys=True)
     except OSError as exc:
         log.warning("could not save row-group counts in %s (%s); continuing", data_dir / CACHE_NAME, exc)
 

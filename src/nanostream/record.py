@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from .catalog import Catalog, DataFile, numbered_catalog
 from .errors import DatasetError
+from .shards import write_json
 
 RECORD_NAME = ".nanostream.json"  # the same file as shards.RECORD_NAME
 FORMAT = "nanostream-catalog"
@@ -90,21 +89,4 @@ def read_catalog(data_dir: Path) -> Catalog | None:
 
 def write_catalog(data_dir: Path, cat: Catalog) -> None:
     """Atomically write ``DIR/.nanostream.json`` (temp file, fsync, rename, fsync the folder)."""
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".nanostream.tmp.", dir=data_dir)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(catalog_to_json(cat), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, data_dir / RECORD_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_json(Path(data_dir) / RECORD_NAME, catalog_to_json(cat), indent=1)

@@ -91,21 +91,28 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_record(data_dir: Path, record: FolderRecord) -> None:
-    """Atomically write ``DIR/.nanostream.json``."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".nanostream.tmp.", dir=data_dir)
+def write_json(path: Path, obj: object, **dump_kwargs: object) -> None:
+    """Atomically replace ``path`` with ``obj`` as JSON: a temp file in the same folder, fsync,
+    ``os.replace``, fsync the folder. The one way bookkeeping files are written."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{BOOKKEEPING_PREFIX}.tmp.", dir=folder)
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
-            json.dump(asdict(record), f, indent=2)
+            json.dump(obj, f, **dump_kwargs)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, data_dir / RECORD_NAME)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync(data_dir)
+    fsync(folder)
+
+
+def write_record(data_dir: Path, record: FolderRecord) -> None:
+    """Atomically write ``DIR/.nanostream.json``."""
+    write_json(data_dir / RECORD_NAME, asdict(record), indent=2)
 
 
 def read_record(data_dir: Path) -> FolderRecord | None:
