@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +75,9 @@ async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple
 
 def row_group_counts_blocking(*args: Any, **kwargs: Any) -> dict[int, int]:
     """``row_group_counts`` for code without an event loop (or inside one): runs on its own thread."""
-    out: dict[str, Any] = {}
+    from .datasets import run_blocking
 
-    def main() -> None:
-        try:
-            out["value"] = asyncio.run(row_group_counts(*args, **kwargs))
-        except BaseException as exc:  # handed to the caller below
-            out["error"] = exc
-
-    t = threading.Thread(target=main, name="nanostream-census")
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    return run_blocking(row_group_counts(*args, **kwargs))
 
 
 def _known(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...]) -> dict[int, int]:

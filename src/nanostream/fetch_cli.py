@@ -23,11 +23,10 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import quote
 
 from .catalog import Catalog, DataFile, numbered_catalog
 from .config import Config, check_url, get_dataset
-from .datasets import folder_name, open_catalog
+from .datasets import folder_name, open_catalog, url_prefix
 from .errors import ConfigError
 from .progress import make_progress
 from .record import read_catalog, write_catalog
@@ -102,12 +101,8 @@ def _numbered(dataset: str, base_url: str | None, args: argparse.Namespace, cfg:
 
 
 def _source(cat: Catalog) -> str:
-    """Where a catalog's bytes come from: its files' URL prefix (a Hub commit's, a bucket prefix)."""
-    first = cat.files[0]
-    for tail in ("/" + quote(first.path), "/" + first.path):
-        if first.url.endswith(tail):
-            return first.url[: -len(tail)]
-    return cat.source or cat.name
+    """Where a catalog's bytes come from (``datasets.url_prefix``)."""
+    return url_prefix(cat)
 
 
 async def _until_sigterm(coro):
