@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nanostream.errors import HTTPStatusError, RetriesExhausted
@@ -420,6 +421,9 @@ async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
         await asyncio.sleep(rng.uniform(0.0, 0.12))
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.05)  # a thread still opening a file when cancelled hands it back
+        left = [f.path for f in psutil.Process().open_files() if f.path.startswith(str(local))]
+        assert not left, left  # cancelled at any point: no descriptor or lock left open
         if (local / NAME0).exists():
             break
         if not state_path(local / NAME0).exists():

@@ -44,6 +44,19 @@ class Disk:
         """Run blocking ``fn(*args)`` in the pool; awaiting it does not block the loop."""
         return await asyncio.wrap_future(self.pool.submit(fn, *args))
 
+    async def acquire(self, release: Callable[[T], Any], fn: Callable[..., T], *args: Any) -> T:
+        """``run`` for work that returns a resource (a descriptor, a lock): if the caller is cancelled
+        while the thread still runs, the resource is handed to ``release`` once it exists, never leaked."""
+        fut = self.pool.submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            def settle(f: concurrent.futures.Future) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    release(f.result())
+            fut.add_done_callback(settle)
+            raise
+
     async def run_synced(self, fn: Callable[..., T], *args: Any) -> T:
         """Like ``run`` for work that fsyncs: at most ``max_syncs`` at a time."""
         async with self._syncs:

@@ -149,7 +149,7 @@ class RangeDownloader:
         """Stream the body into the part file at ``seg.pos`` with ``pwritev`` (no copies)."""
         part = part_path(job.final)
         try:
-            fd = await self.disk.run(os.open, part, os.O_WRONLY)
+            fd = await self.disk.acquire(os.close, os.open, part, os.O_WRONLY)
         except OSError as exc:
             raise Fatal(f"cannot open {part} for writing: {exc.strerror or exc}") from exc
         out = Writer(fd, part, self.disk)

@@ -35,7 +35,7 @@ from .disk import Disk
 from .download import Meter, RangeDownloader
 from .errors import ConfigError, FetchError, VerificationError
 from .jobs import Job, Segment
-from .outcomes import Ledger, ShardResult, open_job, try_lock
+from .outcomes import Ledger, ShardResult, open_job, release_job, try_lock
 from .partial import check_file, finalize
 from .retry import NoSpace, RetryPolicy, classify, describe, unreachable
 from .shards import shard_name
@@ -189,7 +189,8 @@ class Fetcher(Ledger):
     async def _prepare(self, job: Job) -> None:
         """Skip, defer (another process has it), resume or start ``job``."""
         try:
-            status, job.lock, state, job.pfiles = await self.disk.run(open_job, job.final, job.url, self.verify)
+            status, job.lock, state, job.pfiles = await self.disk.acquire(release_job, open_job, job.final, job.url,
+                                                                           self.verify)
         except OSError as exc:
             return self._fail(job, FetchError(f"{job.name}: cannot lock {job.final.parent}: {exc}",
                                               shard=job.name, url=job.url))

@@ -111,7 +111,7 @@ class Job:
             self.close_files()
             try:
                 await self.disk.run(create_part, self.final, size)
-                self.pfiles = await self.disk.run(lambda: PartFiles(self.final, fresh=True))
+                self.pfiles = await self.disk.acquire(PartFiles.close, lambda: PartFiles(self.final, fresh=True))
                 await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, null]]
             except OSError as exc:
                 raise Fatal(f"cannot create {part_path(self.final)} ({size / 1e6:.1f} MB): "

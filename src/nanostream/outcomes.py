@@ -85,6 +85,15 @@ def open_job(final: Path, url: str, verify: bool
         raise
 
 
+def release_job(opened: tuple[str, filelock.BaseFileLock | None, PartState | None, PartFiles | None]) -> None:
+    """Undo ``open_job`` for a caller that was cancelled meanwhile: close the files, drop the lock."""
+    _, lock, _, files = opened
+    if files is not None:
+        files.close()
+    if lock is not None:
+        lock.release()
+
+
 def translate(job: Job, exc: BaseException) -> FetchError:
     """The FetchError for a shard that failed with ``exc`` (chained to it)."""
     if isinstance(exc, FetchError):
