@@ -234,13 +234,14 @@ class BatchPipeline:
 
     Takes ownership of ``packer`` (already holding the resumed buffer, if any). ``mark`` is the
     resume point before the first batch. ``get()`` returns ``(batch, Mark)``, or None at the end
-    of the data (the batch the data ended in is dropped, its documents stay buffered).
+    of the data (the batch the data ended in is dropped, its documents stay buffered) or once
+    ``limit`` batches (counting the resumed run's ``batches``) have been made.
     """
 
     def __init__(self, open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
                  packer: BestFitPacker, sink: Sink, *, position: Position | None, batches: int,
-                 prefetch: int, ahead: int) -> None:
-        self._packer, self._sink = packer, sink
+                 prefetch: int, ahead: int, limit: int | None = None) -> None:
+        self._packer, self._sink, self._limit = packer, sink, limit
         self._position, self._batches = position, batches
         self.mark = self._mark()
         self.wait_s = 0.0  # time the consumer blocked in get()
@@ -266,7 +267,7 @@ class BatchPipeline:
             self._tokens.put(item)  # keep answering "finished" if asked again (the queue has room)
             return False
         position, tokens, lengths = item
-        self._packer.add(tokens, lengths)
+        self._packer.add(tokens, lengths, position)  # tagged: which row group each document came from
         self._position = position
         return True
 
@@ -276,6 +277,9 @@ class BatchPipeline:
         packer, sink = self._packer, self._sink
         try:
             while not self._stop.is_set():
+                if self._limit is not None and self._batches >= self._limit:
+                    _put(self._out, self._stop, _End())
+                    return
                 rows = sink.rows()
                 position = self._position
                 packer.begin()
