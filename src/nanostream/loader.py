@@ -12,8 +12,11 @@ position of the last row group moved into the packing buffer, the buffer's docum
 (compact token tensors, each run tagged with its row group's position) and counters.
 Batches assembled ahead and row groups still being tokenized are not part of it; a
 resumed dataset re-reads them. It also holds the global ``Cursor`` (``nanostream.order``)
-after the row groups whose documents have *all* left the buffer: a load at another layout
-(world size, nodes or DataLoader workers) drops the buffer and restarts the stream there.
+after the row groups the reader has taken: a load at another layout (world size, nodes or
+DataLoader workers) restarts the stream at the smallest cursor of all old readers, and new
+reader ``j`` of ``R`` takes over the buffered documents of the old readers ``i`` with
+``i % R == j``. Nothing is lost; the row groups other readers took beyond the smallest
+cursor are read again.
 
 Readers: worker ``w`` of ``k`` on rank ``r`` of ``world`` (``local`` ranks a node) is reader
 ``r*k + w`` of ``world*k`` with ``local*k`` readers a node (``shards.worker_stride``), so
@@ -64,16 +67,10 @@ def _pos_from(value: list | None) -> Position | None:
 
 
 def global_cursor(s: Stream, mark: Mark) -> Cursor:
-    """The global position after the row groups whose documents have all left the buffer at
-    ``mark``, assuming every reader got as far (``s`` is this reader's stream, started nowhere).
-    The buffer's oldest run of documents came from row group number ``taken`` of its epoch: the
-    ``taken - 1`` before it are used up."""
-    oldest = next((tag for tag, _ in mark.buffer.tags() if isinstance(tag, Position)), None)
-    if oldest is not None:
-        return s.cursor(oldest, taken=oldest.taken - 1)
-    if mark.position is not None:
-        return s.cursor(mark.position)
-    return s.cursor()
+    """The global position after the row groups this reader has moved into its buffer at
+    ``mark``, assuming every reader got as far (``s``: this reader's stream, never started).
+    Its buffered documents are not re-read from there: an elastic resume carries them over."""
+    return s.cursor(mark.position) if mark.position is not None else s.cursor()
 
 
 class _Snapshot:
@@ -94,7 +91,8 @@ class _Snapshot:
             "config": dict(it._config),
             "layout": list(it.layout),
             "position": _pos_list(mark.position),
-            "tokens": torch.from_numpy(tokens),
+            # int32: pickles everywhere (a uint16 tensor does not survive dist.all_gather_object)
+            "tokens": torch.from_numpy(tokens.astype(np.int32)),
             "lengths": torch.from_numpy(lengths),
             "parts": [[_pos_list(tag) if isinstance(tag, Position) else None, n] for tag, n in mark.buffer.tags()],
             "cursor": global_cursor(it.cursor_stream(), mark).to_list(),
@@ -129,7 +127,8 @@ class _TokenIterator:
     batches this reader makes in the whole run (None: until the data ends)."""
 
     def __init__(self, ds: TokenDataset, layout: tuple[int, int, int], state: dict[str, Any] | None,
-                 origin: Cursor | None, limit: int | None, sink: Sink | None = None) -> None:
+                 origin: Cursor | None, limit: int | None, sink: Sink | None = None,
+                 carried: tuple[dict[str, Any], ...] = ()) -> None:
         self._last = ds._last  # where close() leaves the final state and stats for the dataset
         self.layout, self.stride, self.origin = layout, layout[:2], origin
         self._config = ds._config()
@@ -151,6 +150,9 @@ class _TokenIterator:
                 doc, tok = doc + n, tok + size
             packer.stats = PackStats(**state["stats"])
             batches = int(state["batches"])
+        for old in carried:  # an elastic resume: the old readers' buffered documents, not re-read
+            packer.add(old["tokens"].numpy().astype(dtype, copy=True),
+                       old["lengths"].numpy().astype(np.int64, copy=False))
         self._sink = sink if sink is not None else HostSink(ds.batch_size, ds.seq_len + 1)
         self._kwargs = ds._source_kwargs()
         self._split = split = ds.split
@@ -285,6 +287,7 @@ class TokenDataset(IterableDataset):
         self._live: weakref.ref[_TokenIterator] | None = None
         self._last: dict[str, Any] = {}  # final state/stats of the last closed iterator
         self._rows: int | None = None  # rows packed from the sample row group (epoch_batches)
+        self._origin: Cursor | None = None  # where the last iterator's run started (len)
 
     def _config(self) -> dict[str, Any]:
         kw = self._stream_kwargs
@@ -346,7 +349,9 @@ class TokenDataset(IterableDataset):
         ``load_state_dict``, those left from its cursor)."""
         if self.epochs is None:
             raise TypeError("TokenDataset with epochs=None is endless: it has no len()")
-        _, origin = self._resume_plan((self.rank, self.world_size, self.local_world_size))
+        origin = self._origin
+        if self._pending:
+            _, origin, _ = self._resume_plan((self.rank, self.world_size, self.local_world_size))
         total = self._run_batches(origin)
         assert total is not None
         return total
@@ -355,17 +360,21 @@ class TokenDataset(IterableDataset):
     def __iter__(self) -> _TokenIterator:
         return self._iterate()
 
-    def _resume_plan(self, layout: tuple[int, int, int]) -> tuple[dict[str, Any] | None, Cursor | None]:
-        """(the pending state to resume exactly, the run's origin) for a reader of ``layout``."""
+    def _resume_plan(self, layout: tuple[int, int, int]) -> tuple[dict[str, Any] | None, Cursor | None,
+                                                                   tuple[dict[str, Any], ...]]:
+        """(the pending state to resume exactly, the run's origin, the old states whose buffers an
+        elastic resume carries over) for a reader of ``layout``."""
         if not self._pending:
-            return None, None
+            return None, None, ()
         for st in self._pending:
             if st["layout"] is not None and tuple(st["layout"]) == layout:
-                return st, None if st["origin"] is None else Cursor.from_list(st["origin"])
-        cursors = [Cursor.from_list(st["cursor"]) if st["cursor"] is not None else None for st in self._pending]
-        if any(c is None for c in cursors):
-            return None, None  # a state taken before any batch: nothing consumed yet
-        return None, min(cursors, key=lambda c: (c.epoch, c.consumed))
+                return st, None if st["origin"] is None else Cursor.from_list(st["origin"]), ()
+        carried = tuple(st for st in self._pending
+                        if st["layout"] is not None and st["layout"][0] % layout[1] == layout[0])
+        cursors = [Cursor.from_list(st["cursor"]) for st in self._pending if st["cursor"] is not None]
+        if len(cursors) < len(self._pending):
+            return None, None, carried  # a state taken before any batch: nothing consumed yet
+        return None, min(cursors, key=lambda c: (c.epoch, c.consumed)), carried
 
     def _iterate(self, sink: Sink | None = None) -> _TokenIterator:
         """A new iterator; ``sink`` decides what a finished batch is (default: CPU tensors)."""
@@ -373,12 +382,13 @@ class TokenDataset(IterableDataset):
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = worker_stride(self.rank, self.world_size, wid, k)
         layout = (reader, readers, self.local_world_size * k)
-        state, origin = self._resume_plan(layout)
+        state, origin, carried = self._resume_plan(layout)
+        self._origin = origin
         total = self._run_batches(origin)
         limit = None if total is None else total // k + (wid < total % k)
         self._pending = None
         self._last = {}
-        it = _TokenIterator(self, layout, state, origin, limit, sink)
+        it = _TokenIterator(self, layout, state, origin, limit, sink, carried)
         self._live = weakref.ref(it)
         return it
 
@@ -402,9 +412,10 @@ class TokenDataset(IterableDataset):
         """Make the next ``iter()`` continue where ``state`` was taken.
 
         The state of this reader's own layout (rank, world size, nodes, DataLoader workers)
-        resumes exactly. At another layout pass *every* old reader's state (a list): the run
-        goes on from the smallest of their global cursors, without the buffered documents (re-read
-        from the stream: see the README for how many rows that repeats)."""
+        resumes exactly. At another layout pass *every* old reader's state (a list, the same on
+        every new rank): the run goes on from the smallest of their global cursors, and the old
+        buffers are shared out (module docstring). Nothing is lost; see the README for what is
+        read twice."""
         states = state if isinstance(state, list) else [state]
         for st in states:
             self._check_state(st)
