@@ -156,17 +156,17 @@ def test_workers_and_ranks_disjoint(data: Path) -> None:
         loader = DataLoader(ds, batch_size=None, num_workers=2, pin_memory=True)
         got = [(x.clone(), y.clone()) for x, y in loader]
         assert len(got) == len(loader) == len(ds) == make(data, rank=1 - rank, world_size=2, epochs=1).__len__()
-        expect = [list(itertools.islice(make(data, rank=rank * 2 + w, world_size=4), 20)) for w in range(2)]
-        # DataLoader takes batches from its workers in turn; worker w makes len//2 (+1 for w < len % 2)
-        merged = [b for pair in zip(*expect, strict=True) for b in pair][:len(got)]
-        assert_same_batches(got, merged)
+        expect = [list(itertools.islice(make(data, rank=rank * 2 + w, world_size=4), 10)) for w in range(2)]
+        # DataLoader takes batches from its workers in turn (up to the ends of their data, the same)
+        merged = [b for pair in zip(*expect, strict=True) for b in pair]
+        assert_same_batches(got[:20], merged)
         ids = ids_of(segments(got))
         assert all(g % 4 in (2 * rank, 2 * rank + 1) for _, g, _ in ids)  # folded stride r*k+w of W*k
         all_ids += set(ids)
     assert len(all_ids) == len(set(all_ids)) > 0.7 * 3 * 8 * 12
 
 
-@pytest.mark.parametrize(("k", "epochs"), [(0, 1), (1, 1), (5, 1), (13, 2), (29, 2)])
+@pytest.mark.parametrize(("k", "epochs"), [(0, 1), (1, 1), (5, 1), (13, 2), (29, 2), (62, 1), (127, 2)])
 def test_resume_exact(data: Path, k: int, epochs: int) -> None:
     full = list(make(data, epochs=epochs))
     assert len(full) > k

@@ -24,7 +24,8 @@ ranks and workers never share a row group and each node reads only its shards.
 
 Equal batches: with finite ``epochs`` the run yields exactly ``len(ds)`` batches on every
 rank, a count fixed before it starts (``epoch_batches``); a reader whose data is longer
-stops there, one whose data is shorter goes on into the next epoch's order.
+stops there, one whose data is shorter drains its buffer, then goes on into the next
+epoch's order (``pipeline.Seam``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .errors import ConfigError, LoaderError
 from .order import Cursor
 from .packing import BestFitPacker, PackStats, flatten_docs, token_dtype
-from .pipeline import BatchPipeline, Mark, Sink
+from .pipeline import BatchPipeline, Mark, Seam, Sink
 from .shards import worker_stride
 from .stream import Position, Stream, default_layout, iter_batches, stream
 from .tokenizer import Tokenizer
@@ -157,11 +158,27 @@ class _TokenIterator:
         self._kwargs = ds._source_kwargs()
         self._split = split = ds.split
         start: Position | Cursor | None = position if position is not None else origin
-        kwargs = self._kwargs
+        kwargs, epochs = self._kwargs, ds.epochs
 
         def open_source() -> Iterator[Any]:
-            return iter_batches(split, rank=layout[0], world_size=layout[1], local_world_size=layout[2],
-                                start=start, **kwargs)
+            def read(start: Position | Cursor | None, **kw: Any) -> Iterator[Any]:
+                it = iter_batches(split, rank=layout[0], world_size=layout[1], local_world_size=layout[2],
+                                  start=start, **{**kwargs, **kw})
+                try:
+                    yield from it
+                finally:
+                    it.close()
+
+            at = start
+            if epochs is None:
+                yield from read(at)
+                return
+            if at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
+                yield from read(at, epochs=epochs)
+                yield Seam()
+                total = stream(split, rank=0, world_size=1, **kwargs).epoch_plan(0).total  # (no ref to self)
+                at = Cursor(epochs, 0, (), total)
+            yield from read(at)
 
         self._pipe = BatchPipeline(open_source, ds.tokenizer, dtype, packer, self._sink, position=position,
                                    batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit)

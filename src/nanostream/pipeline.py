@@ -79,6 +79,15 @@ class _End:
         self.error = error
 
 
+class Seam:
+    """Yielded by a source between the run's own data and what may follow it (``TokenDataset``: the
+    next epochs, to make up a rank's batch count). The tokenize thread reads on past it only once
+    the assembly thread, having packed every document before it, sets ``go``."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+
 class _Stopped(Exception):
     """Raised inside the assembly thread when ``close()`` asked it to stop."""
 
@@ -179,6 +188,16 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
         for batch in source:
             if stop.is_set():
                 return
+            if isinstance(batch, Seam):
+                while pending:
+                    if not hand_over(*pending.popleft()):
+                        return
+                if not _put(q, stop, batch):
+                    return
+                while not batch.go.wait(POLL_S):
+                    if stop.is_set():
+                        return
+                continue
             texts = list(batch.texts)
             step = _task_size(len(texts), workers)
             pending.append((batch.position, [pool.submit(_encode_task, encode, to_bytes, texts[a:a + step])
@@ -235,13 +254,16 @@ class BatchPipeline:
     Takes ownership of ``packer`` (already holding the resumed buffer, if any). ``mark`` is the
     resume point before the first batch. ``get()`` returns ``(batch, Mark)``, or None at the end
     of the data (the batch the data ended in is dropped, its documents stay buffered) or once
-    ``limit`` batches (counting the resumed run's ``batches``) have been made.
+    ``limit`` batches (counting the resumed run's ``batches``) have been made. At a ``Seam`` the
+    buffer is drained first; only if that leaves the batch count short of ``limit`` does packing
+    go on past it (the batch it ran out in is packed again, with the documents that follow).
     """
 
     def __init__(self, open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
                  packer: BestFitPacker, sink: Sink, *, position: Position | None, batches: int,
                  prefetch: int, ahead: int, limit: int | None = None) -> None:
         self._packer, self._sink, self._limit = packer, sink, limit
+        self._seam: Seam | None = None  # met and not passed yet: refill says "no more data"
         self._position, self._batches = position, batches
         self.mark = self._mark()
         self.wait_s = 0.0  # time the consumer blocked in get()
@@ -260,7 +282,12 @@ class BatchPipeline:
         return Mark(self._position, p.snapshot(), p.stats.as_dict(), self._batches, p.n_docs)
 
     def _refill(self) -> bool:
+        if self._seam is not None:
+            return False
         item = _get(self._tokens, self._stop, self._tokenizer_thread, "tokenizer")
+        if isinstance(item, Seam):
+            self._seam = item
+            return False
         if isinstance(item, _End):
             if item.error is not None:
                 raise item.error
@@ -296,6 +323,10 @@ class BatchPipeline:
                 if finished:  # the data ended inside this batch: drop it, keep its documents buffered
                     packer.rollback()
                     self._position = position
+                    seam, self._seam = self._seam, None
+                    if seam is not None and self._limit is not None and self._batches < self._limit:
+                        seam.go.set()  # short of the limit: pack this batch again, reading on
+                        continue
                     _put(self._out, self._stop, _End())
                     return
                 packer.commit()
