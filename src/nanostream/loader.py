@@ -421,9 +421,12 @@ class TokenDataset(IterableDataset):
             return dict(self._last["state"])
         if self._pending is not None and len(self._pending) == 1:
             return dict(self._pending[0])
-        return {"version": STATE_VERSION, "config": self._config(), "layout": None, "position": None,
-                "tokens": torch.zeros(0, dtype=torch.int32), "lengths": torch.zeros(0, dtype=torch.int64),
-                "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
+        fresh = {"version": STATE_VERSION, "config": self._config(), "layout": None, "position": None,
+                 "tokens": torch.zeros(0, dtype=torch.int32), "lengths": torch.zeros(0, dtype=torch.int64),
+                 "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
+        if self._pending:  # loaded for an elastic resume, not started yet: keep all of it
+            fresh["pending"] = list(self._pending)
+        return fresh
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Make the next ``iter()`` continue where ``state`` was taken.
@@ -434,6 +437,8 @@ class TokenDataset(IterableDataset):
         buffers are shared out (module docstring). Nothing is lost; see the README for what is
         read twice."""
         states = state if isinstance(state, list) else [state]
+        if len(states) == 1 and isinstance(states[0], dict) and "pending" in states[0]:
+            states = list(states[0]["pending"])  # saved between an elastic load and the first batch
         for st in states:
             self._check_state(st)
         if not states:
