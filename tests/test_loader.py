@@ -124,6 +124,7 @@ def test_equal_batches_on_every_rank(data: Path) -> None:
         ds = make(data, rank=r, world_size=4, epochs=1)
         n = len(ds)
         assert n == ds.epoch_batches(0) == 6 * ds.rows_per_row_group() // 4
+        assert len(make(data, rank=r, world_size=4, epochs=2, rows_per_row_group=5)) == 2 * (6 * 5 // 4)
         batches = list(ds)
         counts.add((n, len(batches)))
         segs = segments(batches)
@@ -237,7 +238,7 @@ def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
 
 
 @pytest.mark.parametrize("kw", [{"batch_size": 0}, {"seq_len": 0}, {"split": "test"}, {"buffer_docs": 0},
-                                {"ahead": 0}])
+                                {"ahead": 0}, {"rows_per_row_group": 0}])
 def test_bad_arguments(data: Path, kw: dict) -> None:
     with pytest.raises(LoaderError):
         make(data, **kw)

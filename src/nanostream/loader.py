@@ -266,14 +266,15 @@ class TokenDataset(IterableDataset):
     are tokenized ahead and ``ahead`` finished batches are assembled ahead (on background threads;
     ``next()`` only hands one over). Other keyword arguments (``shuffle``, ``seed``,
     ``max_shard``, ``num_shards``, ``base_url``, ``dataset``, ``queue_size``, ``fetch_ahead``,
-    ...) go to ``iter_batches``.
+    ...) go to ``iter_batches``. ``rows_per_row_group`` fixes the count's estimate (see
+    ``rows_per_row_group()``) instead of reading it from the data.
     """
 
     def __init__(self, split: str, tokenizer: Tokenizer, batch_size: int, seq_len: int, *,
                  data_dir: Any = None, rank: int | None = None, world_size: int | None = None,
                  local_world_size: int | None = None, drop_last: bool = True,
                  epochs: int | None = None, buffer_docs: int = 1000, prefetch: int = 2,
-                 ahead: int = 2, **stream_kwargs: Any) -> None:
+                 ahead: int = 2, rows_per_row_group: int | None = None, **stream_kwargs: Any) -> None:
         if split not in SPLITS:
             raise LoaderError(f"unknown split {split!r}: use 'train' or 'val'")
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
@@ -303,7 +304,9 @@ class TokenDataset(IterableDataset):
         self._pending: list[dict[str, Any]] | None = None
         self._live: weakref.ref[_TokenIterator] | None = None
         self._last: dict[str, Any] = {}  # final state/stats of the last closed iterator
-        self._rows: int | None = None  # rows packed from the sample row group (epoch_batches)
+        if rows_per_row_group is not None and (not isinstance(rows_per_row_group, int) or rows_per_row_group < 1):
+            raise LoaderError(f"TokenDataset rows_per_row_group must be an integer >= 1, got {rows_per_row_group!r}")
+        self._rows = rows_per_row_group  # rows packed from the sample row group (epoch_batches)
         self._origin: Cursor | None = None  # where the last iterator's run started (len)
 
     def _config(self) -> dict[str, Any]:
@@ -322,7 +325,8 @@ class TokenDataset(IterableDataset):
     def rows_per_row_group(self) -> int:
         """Full rows packed from one row group alone -- the first of epoch 0's global order, the
         same on every rank and node -- with this dataset's tokenizer, ``seq_len`` and ``buffer_docs``.
-        Read once (downloading that shard if it is not local) and kept."""
+        Read once (downloading that shard if it is not local) and kept, unless given to the
+        constructor (``rows_per_row_group=``; every rank must then be given the same)."""
         if self._rows is None:
             kw = {k: v for k, v in self._stream_kwargs.items() if k != "drop_last"}
             it = iter_batches(self.split, rank=0, world_size=1, local_world_size=1, epochs=1, **kw)
