@@ -329,6 +329,7 @@ class TokenDataset(IterableDataset):
         constructor (``rows_per_row_group=``; every rank must then be given the same)."""
         if self._rows is None:
             kw = {k: v for k, v in self._stream_kwargs.items() if k != "drop_last"}
+            kw["fetch_ahead"] = 0  # that shard only
             it = iter_batches(self.split, rank=0, world_size=1, local_world_size=1, epochs=1, **kw)
             try:
                 texts = list(next(it).texts)
