@@ -82,10 +82,8 @@ class _End:
 class Seam:
     """Yielded by a source between the run's own data and what may follow it (``TokenDataset``: the
     next epochs, to make up a rank's batch count). The tokenize thread reads on past it only once
-    the assembly thread, having packed every document before it, sets ``go``."""
-
-    def __init__(self) -> None:
-        self.go = threading.Event()
+    the assembly thread, having packed every document before it, sets the pipeline's ``go`` event
+    (``close()`` sets it too, so a thread waiting there stops at once)."""
 
 
 class _Stopped(Exception):
@@ -159,7 +157,7 @@ def _encode_task(encode: Callable[[list[str]], Iterable[Sequence[int]]], to_byte
 
 
 def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
-                    q: queue.Queue, stop: threading.Event) -> None:
+                    q: queue.Queue, stop: threading.Event, go: threading.Event) -> None:
     """Thread body: hands ``(position, tokens, lengths)`` per row group to the assembly thread, in order.
 
     Row group ``i+1``'s encoding tasks are queued on the encoding threads before we wait for
@@ -194,9 +192,9 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
                         return
                 if not _put(q, stop, batch):
                     return
-                while not batch.go.wait(POLL_S):
-                    if stop.is_set():
-                        return
+                go.wait()
+                if stop.is_set():
+                    return
                 continue
             texts = list(batch.texts)
             step = _task_size(len(texts), workers)
@@ -268,11 +266,12 @@ class BatchPipeline:
         self.mark = self._mark()
         self.wait_s = 0.0  # time the consumer blocked in get()
         self._stop = threading.Event()
+        self._go = threading.Event()  # read on past a Seam (set by the assembly thread, or by close)
         self._tokens: queue.Queue = queue.Queue(maxsize=prefetch)
         self._out: queue.Queue = queue.Queue(maxsize=ahead)
         self._tokenizer_thread = threading.Thread(
             target=_tokenize_ahead, name="nanostream-tokenize", daemon=True,
-            args=(open_source, tokenizer, dtype, self._tokens, self._stop))
+            args=(open_source, tokenizer, dtype, self._tokens, self._stop, self._go))
         self._thread = threading.Thread(target=self._assemble, name="nanostream-assemble", daemon=True)
         self._tokenizer_thread.start()
         self._thread.start()
@@ -325,7 +324,7 @@ class BatchPipeline:
                     self._position = position
                     seam, self._seam = self._seam, None
                     if seam is not None and self._limit is not None and self._batches < self._limit:
-                        seam.go.set()  # short of the limit: pack this batch again, reading on
+                        self._go.set()  # short of the limit: pack this batch again, reading on
                         continue
                     _put(self._out, self._stop, _End())
                     return
@@ -357,6 +356,7 @@ class BatchPipeline:
     def close(self) -> None:
         """Stop and join both threads (idempotent; safe from any thread, including our own)."""
         self._stop.set()
+        self._go.set()
         me = threading.current_thread()
         for thread in (self._thread, self._tokenizer_thread):
             if thread is not me:
