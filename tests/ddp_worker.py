@@ -2,7 +2,9 @@
 
 Usage: torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py DATA_DIR OUT_JSON
 Each rank reads one epoch through a DataLoader, decodes the document ids it saw,
-and rank 0 writes every rank's ids (and whether each rank's states differ) to OUT_JSON.
+and rank 0 writes every rank's ids, its batch count and ``len(loader)`` (and whether each
+rank's states differ) to OUT_JSON. Then the ranks' states after two batches are gathered
+and rank 0 resumes them alone (world size 1): ``elastic`` says how that went.
 """
 
 from __future__ import annotations
@@ -26,20 +28,30 @@ def main() -> None:
     try:
         ds = TokenDataset("train", ByteTokenizer(), 4, 96, data_dir=data, epochs=1, buffer_docs=16)
         assert (ds.rank, ds.world_size) == (dist.get_rank(), dist.get_world_size())
-        batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        batches = list(loader)
         it = iter(ds)  # in-process: each rank has its own resume state
+        next(it)
         next(it)
         state = ds.state_dict()
         it.close()
         mine = {"rank": ds.rank, "world_size": ds.world_size, "ids": ids_of(segments(batches)),
-                "stride": state["stride"], "position": state["position"]}
+                "stride": state["layout"][:2], "position": state["position"], "batches": len(batches),
+                "len": len(loader)}
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, mine)
+        states: list = [None] * dist.get_world_size()
+        dist.all_gather_object(states, state)
         if dist.get_rank() == 0:
             strides = {tuple(g["stride"]) for g in gathered}
             for g in gathered:
                 g["states_distinct"] = len(strides) == len(gathered)
-            out.write_text(json.dumps({"ranks": gathered}))
+            alone = TokenDataset("train", ByteTokenizer(), 4, 96, data_dir=data, epochs=1, buffer_docs=16, rank=0,
+                                 world_size=1)
+            alone.load_state_dict(states)
+            rest = list(alone)
+            elastic = {"len": len(alone), "batches": len(rest), "ids": ids_of(segments(rest))}
+            out.write_text(json.dumps({"ranks": gathered, "elastic": elastic}))
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -16,7 +16,7 @@ from nanostream import threads_for
 from nanostream.errors import LoaderError
 from nanostream.loader import HostSink
 from nanostream.pipeline import set_loader_idle
-from test_loader import assert_same_batches, make, our_threads, run_ahead
+from test_loader import assert_same_batches, ids_of, make, our_threads, run_ahead, segments
 
 from datagen import make_shards
 
@@ -125,3 +125,14 @@ def test_loader_idle_puts_every_loader_thread_under_sched_idle(data: Path) -> No
     assert any(name.startswith("nanostream-read") or name == "nanostream-loop" for name in policies)
     assert set(policies.values()) == {os.SCHED_IDLE}, policies  # stream threads inherit it
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the training thread keeps its priority
+
+
+def test_a_rank_short_of_its_count_drains_before_reading_on(data: Path) -> None:
+    """epochs=1, but the count (len) asks for more than the epoch packs: every document of the epoch
+    is placed before the next epoch's order is read (then its documents come again)."""
+    ds = make(data, epochs=1)
+    got = list(ds)
+    assert len(got) == len(ds) and ds.state_dict()["position"][0] == 1  # it read on into epoch 1
+    ids = ids_of(segments(got))
+    first_repeat = next(i for i, d in enumerate(ids) if d in ids[:i])
+    assert len(set(ids[:first_repeat])) >= len(set(ids)) - 4  # (but the batch it ran out in)

@@ -9,11 +9,23 @@ on the batch's copy event: ``device.py``).
 
 ``state_dict()`` describes the state after the last batch *returned*: the stream
 position of the last row group moved into the packing buffer, the buffer's documents
-(compact token tensors) and counters. Batches assembled ahead and row groups still
-being tokenized are not part of it; a resumed dataset re-reads them.
+(compact token tensors, each run tagged with its row group's position) and counters.
+Batches assembled ahead and row groups still being tokenized are not part of it; a
+resumed dataset re-reads them. It also holds the global ``Cursor`` (``nanostream.order``)
+after the row groups the reader has taken: a load at another layout (world size, nodes or
+DataLoader workers) restarts the stream at the smallest cursor of all old readers, and new
+reader ``j`` of ``R`` takes over the buffered documents of the old readers ``i`` with
+``i % R == j``. Nothing is lost; the row groups other readers took beyond the smallest
+cursor are read again.
 
-Worker ``w`` of ``k`` on rank ``r`` of ``world`` reads stride ``r*k + w`` of ``world*k``
-(``shards.worker_stride``), so ranks and workers never share a row group.
+Readers: worker ``w`` of ``k`` on rank ``r`` of ``world`` (``local`` ranks a node) is reader
+``r*k + w`` of ``world*k`` with ``local*k`` readers a node (``shards.worker_stride``), so
+ranks and workers never share a row group and each node reads only its shards.
+
+Equal batches: with finite ``epochs`` the run yields exactly ``len(ds)`` batches on every
+rank, a count fixed before it starts (``epoch_batches``); a reader whose data is longer
+stops there, one whose data is shorter drains its buffer, then goes on into the next
+epoch's order (``pipeline.Seam``).
 """
 
 from __future__ import annotations
@@ -27,42 +39,67 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import LoaderError
-from .packing import BestFitPacker, PackStats, token_dtype
-from .pipeline import BatchPipeline, Mark, Sink
+from .errors import ConfigError, LoaderError
+from .order import Cursor
+from .packing import BestFitPacker, PackStats, flatten_docs, token_dtype
+from .pipeline import BatchPipeline, Mark, Seam, Sink
 from .shards import worker_stride
-from .streaming import Position, default_rank, iter_batches, stream
+from .streaming import Position, Stream, default_layout, iter_batches, stream
 from .tokenizer import Tokenizer
 
 __all__ = ["TokenDataset"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2
 SPLITS = ("train", "val")
+
+
+def _pos_list(pos: Position | None) -> list | None:
+    if pos is None:
+        return None
+    return [pos.epoch, pos.shard, pos.row_group, pos.taken, None if pos.base is None else pos.base.to_list()]
+
+
+def _pos_from(value: list | None) -> Position | None:
+    if value is None:
+        return None
+    epoch, shard, group, taken, base = value
+    return Position(int(epoch), int(shard), int(group), int(taken), None if base is None else Cursor.from_list(base))
+
+
+def global_cursor(s: Stream, mark: Mark) -> Cursor:
+    """The global position after the row groups this reader has moved into its buffer at
+    ``mark``, assuming every reader got as far (``s``: this reader's stream, never started).
+    Its buffered documents are not re-read from there: an elastic resume carries them over."""
+    return s.cursor(mark.position) if mark.position is not None else s.cursor()
 
 
 class _Snapshot:
     """A TokenDataset iterator's resume state at one batch boundary, not yet turned into tensors."""
 
-    def __init__(self, config: dict[str, Any], stride: tuple[int, int], mark: Mark) -> None:
-        self.config, self.stride, self.mark = config, stride, mark
+    def __init__(self, it: _TokenIterator, mark: Mark) -> None:
+        self._it, self.mark = it, mark
 
     @property
     def batches(self) -> int:
         return self.mark.batches
 
     def state_dict(self) -> dict[str, Any]:
-        tokens, lengths = self.mark.buffer.export()
-        pos = self.mark.position
+        it, mark = self._it, self.mark
+        tokens, lengths = mark.buffer.export()
         return {
             "version": STATE_VERSION,
-            "config": dict(self.config),
-            "stride": list(self.stride),
-            "position": None if pos is None else [pos.epoch, pos.shard, pos.row_group],
-            "tokens": torch.from_numpy(tokens),
+            "config": dict(it._config),
+            "layout": list(it.layout),
+            "position": _pos_list(mark.position),
+            # int32: pickles everywhere (a uint16 tensor does not survive dist.all_gather_object)
+            "tokens": torch.from_numpy(tokens.astype(np.int32)),
             "lengths": torch.from_numpy(lengths),
-            "stats": dict(self.mark.stats),
-            "batches": self.mark.batches,
+            "parts": [[_pos_list(tag) if isinstance(tag, Position) else None, n] for tag, n in mark.buffer.tags()],
+            "cursor": global_cursor(it.cursor_stream(), mark).to_list(),
+            "origin": None if it.origin is None else it.origin.to_list(),
+            "stats": dict(mark.stats),
+            "batches": mark.batches,
         }
 
 
@@ -84,35 +121,76 @@ class HostSink:
 
 
 class _TokenIterator:
-    """One pass of a TokenDataset: the consumer's side of its ``BatchPipeline``."""
+    """One pass of a TokenDataset: the consumer's side of its ``BatchPipeline``.
 
-    def __init__(self, ds: TokenDataset, stride: tuple[int, int], state: dict[str, Any] | None,
-                 sink: Sink | None = None) -> None:
+    ``layout`` is ``(reader, readers, readers per node)``; ``state`` an exact resume state of this
+    layout, or None; ``origin`` the cursor the run started from (None: epoch 0); ``limit`` the
+    batches this reader makes in the whole run (None: until the data ends)."""
+
+    def __init__(self, ds: TokenDataset, layout: tuple[int, int, int], state: dict[str, Any] | None,
+                 origin: Cursor | None, limit: int | None, sink: Sink | None = None,
+                 carried: tuple[dict[str, Any], ...] = ()) -> None:
         self._last = ds._last  # where close() leaves the final state and stats for the dataset
-        self.stride = stride
+        self.layout, self.stride, self.origin = layout, layout[:2], origin
         self._config = ds._config()
         self._held: _Snapshot | None = None
         self._closed = False
+        self._cursor_stream: Stream | None = None
         packer = BestFitPacker(ds.buffer_docs)
         position: Position | None = None
         batches = 0
         dtype = token_dtype(ds.tokenizer.vocab_size)
         if state is not None:
-            position = Position(*state["position"]) if state["position"] is not None else None
+            position = _pos_from(state["position"])
             tokens = state["tokens"].numpy().astype(dtype, copy=True)
-            packer.add(tokens, state["lengths"].numpy().astype(np.int64, copy=False))
+            lengths = state["lengths"].numpy().astype(np.int64, copy=False)
+            doc = tok = 0
+            for tag, n in state["parts"]:  # each run of documents keeps its row group's tag
+                size = int(lengths[doc:doc + n].sum())
+                packer.add(tokens[tok:tok + size], lengths[doc:doc + n], _pos_from(tag))
+                doc, tok = doc + n, tok + size
             packer.stats = PackStats(**state["stats"])
             batches = int(state["batches"])
+        for old in carried:  # an elastic resume: the old readers' buffered documents, not re-read
+            packer.add(old["tokens"].numpy().astype(dtype, copy=True),
+                       old["lengths"].numpy().astype(np.int64, copy=False))
         self._sink = sink if sink is not None else HostSink(ds.batch_size, ds.seq_len + 1)
-        kwargs = dict(ds._stream_kwargs)
-        split = ds.split
+        self._kwargs = ds._source_kwargs()
+        self._split = split = ds.split
+        start: Position | Cursor | None = position if position is not None else origin
+        kwargs, epochs = self._kwargs, ds.epochs
 
         def open_source() -> Iterator[Any]:
-            return iter_batches(split, rank=stride[0], world_size=stride[1], start=position, **kwargs)
+            def read(start: Position | Cursor | None, **kw: Any) -> Iterator[Any]:
+                it = iter_batches(split, rank=layout[0], world_size=layout[1], local_world_size=layout[2],
+                                  start=start, **{**kwargs, **kw})
+                try:
+                    yield from it
+                finally:
+                    it.close()
+
+            at = start
+            if epochs is None:
+                yield from read(at)
+                return
+            if at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
+                yield from read(at, epochs=epochs)
+                yield Seam()
+                total = stream(split, rank=0, world_size=1, **kwargs).epoch_plan(0).total  # (no ref to self)
+                at = Cursor(epochs, 0, (), total)
+            yield from read(at)
 
         self._pipe = BatchPipeline(open_source, ds.tokenizer, dtype, packer, self._sink, position=position,
-                                   batches=batches, prefetch=ds.prefetch, ahead=ds.ahead)
+                                   batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit)
         self._mark = self._pipe.mark
+
+    def cursor_stream(self) -> Stream:
+        """This reader's stream (never started), to compute global cursors with."""
+        if self._cursor_stream is None:
+            r, w, local = self.layout
+            self._cursor_stream = stream(self._split, rank=r, world_size=w, local_world_size=local,
+                                         start=self.origin, **self._kwargs)
+        return self._cursor_stream
 
     def __iter__(self) -> _TokenIterator:
         return self
@@ -143,7 +221,7 @@ class _TokenIterator:
 
     def snapshot(self) -> _Snapshot:
         """The state after the last batch returned, cheaply (``.state_dict()`` materializes it)."""
-        return _Snapshot(self._config, self.stride, self._mark)
+        return _Snapshot(self, self._mark)
 
     def hold(self, snap: _Snapshot | None) -> None:
         """Report ``snap`` from ``state_dict()`` until released with ``hold(None)``: used by a
@@ -180,20 +258,23 @@ class TokenDataset(IterableDataset):
     """``(inputs, targets)`` batches of a split, packed best-fit from a tokenized document stream.
 
     Use directly (``for x, y in ds``) or as ``DataLoader(ds, batch_size=None, num_workers=k,
-    pin_memory=True)``. ``rank``/``world_size`` default to torch.distributed, else the
-    RANK/WORLD_SIZE env vars, else 0/1. ``epochs=None`` streams forever; with a finite
-    number, iteration ends when a full batch can no longer be built (the rest stays
-    in the buffer). ``buffer_docs`` documents are kept to choose from (nanochat: 1000),
-    ``prefetch`` row groups are tokenized ahead and ``ahead`` finished batches are assembled
-    ahead (on background threads; ``next()`` only hands one over). Other keyword arguments
-    (``shuffle``, ``seed``, ``max_shard``, ``num_shards``, ``base_url``, ``dataset``,
-    ``queue_size``, ``fetch_ahead``, ...) go to ``iter_batches``.
+    pin_memory=True)``. ``rank``/``world_size``/``local_world_size`` default as in ``stream()``
+    (torch.distributed, else torchrun's environment, else one rank); ``drop_last`` evens out the
+    row groups of the readers per epoch as there. ``epochs=None`` streams forever; with a finite
+    number, every rank yields exactly ``len(ds)`` batches (see ``epoch_batches``).
+    ``buffer_docs`` documents are kept to choose from (nanochat: 1000), ``prefetch`` row groups
+    are tokenized ahead and ``ahead`` finished batches are assembled ahead (on background threads;
+    ``next()`` only hands one over). Other keyword arguments (``shuffle``, ``seed``,
+    ``max_shard``, ``num_shards``, ``base_url``, ``dataset``, ``queue_size``, ``fetch_ahead``,
+    ...) go to ``iter_batches``. ``rows_per_row_group`` fixes the count's estimate (see
+    ``rows_per_row_group()``) instead of reading it from the data.
     """
 
     def __init__(self, split: str, tokenizer: Tokenizer, batch_size: int, seq_len: int, *,
                  data_dir: Any = None, rank: int | None = None, world_size: int | None = None,
+                 local_world_size: int | None = None, drop_last: bool = True,
                  epochs: int | None = None, buffer_docs: int = 1000, prefetch: int = 2,
-                 ahead: int = 2, **stream_kwargs: Any) -> None:
+                 ahead: int = 2, rows_per_row_group: int | None = None, **stream_kwargs: Any) -> None:
         if split not in SPLITS:
             raise LoaderError(f"unknown split {split!r}: use 'train' or 'val'")
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
@@ -208,44 +289,128 @@ class TokenDataset(IterableDataset):
             token_dtype(tokenizer.vocab_size)
         except ValueError as exc:
             raise LoaderError(str(exc)) from exc
-        if rank is None or world_size is None:
-            r, w = default_rank()
-            rank = r if rank is None else rank
-            world_size = w if world_size is None else world_size
+        if "start" in stream_kwargs:
+            raise LoaderError("TokenDataset takes no start=: resume with load_state_dict()")
+        rank, world_size, local_world_size = default_layout(rank, world_size, local_world_size)
         self.split, self.tokenizer = split, tokenizer
         self.batch_size, self.seq_len = batch_size, seq_len
-        self.rank, self.world_size = rank, world_size
         self.buffer_docs, self.prefetch, self.ahead, self.epochs = buffer_docs, prefetch, ahead, epochs
-        self._stream_kwargs = {"data_dir": data_dir, "epochs": epochs, **stream_kwargs}
-        # check folder, split and stream arguments now (starts nothing)
-        stream(split, rank=rank, world_size=world_size, **self._stream_kwargs)
-        self._pending: dict[str, Any] | None = None
+        self.drop_last = bool(drop_last)
+        self._stream_kwargs = {"data_dir": data_dir, "drop_last": self.drop_last, **stream_kwargs}
+        # check folder, split, layout and stream arguments now (starts nothing)
+        plan = stream(split, rank=rank, world_size=world_size, local_world_size=local_world_size,
+                      epochs=epochs, **self._stream_kwargs).plan
+        self.rank, self.world_size, self.local_world_size = plan.rank, plan.world_size, plan.local_world_size
+        self._pending: list[dict[str, Any]] | None = None
         self._live: weakref.ref[_TokenIterator] | None = None
         self._last: dict[str, Any] = {}  # final state/stats of the last closed iterator
+        if rows_per_row_group is not None and (not isinstance(rows_per_row_group, int) or rows_per_row_group < 1):
+            raise LoaderError(f"TokenDataset rows_per_row_group must be an integer >= 1, got {rows_per_row_group!r}")
+        self._rows = rows_per_row_group  # rows packed from the sample row group (epoch_batches)
+        self._origin: Cursor | None = None  # where the last iterator's run started (len)
 
     def _config(self) -> dict[str, Any]:
         kw = self._stream_kwargs
         return {"split": self.split, "batch_size": self.batch_size, "seq_len": self.seq_len,
                 "buffer_docs": self.buffer_docs, "bos_id": int(self.tokenizer.bos_id),
-                "vocab_size": int(self.tokenizer.vocab_size),
+                "vocab_size": int(self.tokenizer.vocab_size), "drop_last": self.drop_last,
                 "shuffle": bool(kw.get("shuffle", False)), "seed": int(kw.get("seed", 0))}
 
+    def _source_kwargs(self) -> dict[str, Any]:
+        """``iter_batches`` arguments of every reader: the stream never ends by itself (``epochs``
+        only sets the batch count), so a reader with less data goes on into the next epoch."""
+        return {**self._stream_kwargs, "epochs": None}
+
+    # -- how many batches ----------------------------------------------------------------------
+    def rows_per_row_group(self) -> int:
+        """Full rows packed from one row group alone -- the first of epoch 0's global order, the
+        same on every rank and node -- with this dataset's tokenizer, ``seq_len`` and ``buffer_docs``.
+        Read once (downloading that shard if it is not local) and kept, unless given to the
+        constructor (``rows_per_row_group=``; every rank must then be given the same)."""
+        if self._rows is None:
+            kw = {k: v for k, v in self._stream_kwargs.items() if k != "drop_last"}
+            kw["fetch_ahead"] = 0  # that shard only
+            it = iter_batches(self.split, rank=0, world_size=1, local_world_size=1, epochs=1, **kw)
+            try:
+                texts = list(next(it).texts)
+            finally:
+                it.close()
+            tokens, lengths = flatten_docs(self.tokenizer.encode_batch(texts), self.tokenizer.bos_id,
+                                           token_dtype(self.tokenizer.vocab_size))
+            packer = BestFitPacker(self.buffer_docs)
+            packer.add(tokens, lengths)
+            row, rows = np.empty(self.seq_len + 1, dtype=np.int64), 0
+            while packer.fill_row(row, lambda: False):
+                rows += 1
+            self._rows = rows
+        return self._rows
+
+    def epoch_batches(self, epoch: int = 0, *, start: Cursor | None = None) -> int:
+        """Batches every rank yields for ``epoch`` (from ``start``, if the run resumed there):
+        ``row groups each rank reads in it * rows_per_row_group() // batch_size``, known before it
+        starts and the same on every rank. Raises ConfigError if some rank reads no row group."""
+        s = stream(self.split, rank=self.rank, world_size=self.world_size, local_world_size=self.local_world_size,
+                   start=start, **self._source_kwargs())
+        return s.epoch_length(epoch) * self.rows_per_row_group() // self.batch_size
+
+    def _run_batches(self, origin: Cursor | None) -> int | None:
+        """Batches every rank yields in a run from ``origin`` (None: epoch 0) to the last epoch."""
+        if self.epochs is None:
+            return None
+        first = origin.epoch if origin is not None else 0
+        total = sum(self.epoch_batches(e, start=origin) for e in range(first, self.epochs))
+        if total == 0 and origin is None:
+            raise ConfigError(
+                f"TokenDataset makes no batch of {self.batch_size} x {self.seq_len} per rank in {self.epochs} "
+                f"epoch(s) ({self.rows_per_row_group()} rows per row group): use a smaller batch, fewer ranks "
+                "or more data")
+        return total
+
+    def __len__(self) -> int:
+        """Batches every rank yields in this run (finite ``epochs`` only; after an elastic
+        ``load_state_dict``, those left from its cursor)."""
+        if self.epochs is None:
+            raise TypeError("TokenDataset with epochs=None is endless: it has no len()")
+        origin = self._origin
+        if self._pending:
+            _, origin, _ = self._resume_plan((self.rank, self.world_size, self.local_world_size))
+        total = self._run_batches(origin)
+        assert total is not None
+        return total
+
+    # -- iterators -----------------------------------------------------------------------------
     def __iter__(self) -> _TokenIterator:
         return self._iterate()
+
+    def _resume_plan(self, layout: tuple[int, int, int]) -> tuple[dict[str, Any] | None, Cursor | None,
+                                                                   tuple[dict[str, Any], ...]]:
+        """(the pending state to resume exactly, the run's origin, the old states whose buffers an
+        elastic resume carries over) for a reader of ``layout``."""
+        if not self._pending:
+            return None, None, ()
+        for st in self._pending:
+            if st["layout"] is not None and tuple(st["layout"]) == layout:
+                return st, None if st["origin"] is None else Cursor.from_list(st["origin"]), ()
+        carried = tuple(st for st in self._pending
+                        if st["layout"] is not None and st["layout"][0] % layout[1] == layout[0])
+        cursors = [Cursor.from_list(st["cursor"]) for st in self._pending if st["cursor"] is not None]
+        if len(cursors) < len(self._pending):
+            return None, None, carried  # a state taken before any batch: nothing consumed yet
+        return None, min(cursors, key=lambda c: (c.epoch, c.consumed)), carried
 
     def _iterate(self, sink: Sink | None = None) -> _TokenIterator:
         """A new iterator; ``sink`` decides what a finished batch is (default: CPU tensors)."""
         info = get_worker_info()
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
-        stride = worker_stride(self.rank, self.world_size, wid, k)
-        state, self._pending = self._pending, None
-        if state is not None and state["stride"] is not None and tuple(state["stride"]) != stride:
-            raise LoaderError(
-                f"resume state was saved by the reader with stride {tuple(state['stride'])} (rank*workers+"
-                f"worker, world*workers) but this one is {stride}: resume with the same world_size and "
-                "num_workers, giving each rank (and worker) its own state")
+        reader, readers = worker_stride(self.rank, self.world_size, wid, k)
+        layout = (reader, readers, self.local_world_size * k)
+        state, origin, carried = self._resume_plan(layout)
+        self._origin = origin
+        total = self._run_batches(origin)
+        limit = None if total is None else total // k + (wid < total % k)
+        self._pending = None
         self._last = {}
-        it = _TokenIterator(self, stride, state, sink)
+        it = _TokenIterator(self, layout, state, origin, limit, sink, carried)
         self._live = weakref.ref(it)
         return it
 
@@ -259,14 +424,34 @@ class TokenDataset(IterableDataset):
             return it.state_dict()
         if "state" in self._last:
             return dict(self._last["state"])
-        if self._pending is not None:
-            return dict(self._pending)
-        return {"version": STATE_VERSION, "config": self._config(), "stride": None, "position": None,
-                "tokens": torch.zeros(0, dtype=torch.int32), "lengths": torch.zeros(0, dtype=torch.int64),
-                "stats": PackStats().as_dict(), "batches": 0}
+        if self._pending is not None and len(self._pending) == 1:
+            return dict(self._pending[0])
+        fresh = {"version": STATE_VERSION, "config": self._config(), "layout": None, "position": None,
+                 "tokens": torch.zeros(0, dtype=torch.int32), "lengths": torch.zeros(0, dtype=torch.int64),
+                 "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
+        if self._pending:  # loaded for an elastic resume, not started yet: keep all of it
+            fresh["pending"] = list(self._pending)
+        return fresh
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next ``iter()`` continue exactly where ``state`` was taken."""
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Make the next ``iter()`` continue where ``state`` was taken.
+
+        The state of this reader's own layout (rank, world size, nodes, DataLoader workers)
+        resumes exactly. At another layout pass *every* old reader's state (a list, the same on
+        every new rank): the run goes on from the smallest of their global cursors, and the old
+        buffers are shared out (module docstring). Nothing is lost; see the README for what is
+        read twice."""
+        states = state if isinstance(state, list) else [state]
+        if len(states) == 1 and isinstance(states[0], dict) and "pending" in states[0]:
+            states = list(states[0]["pending"])  # saved between an elastic load and the first batch
+        for st in states:
+            self._check_state(st)
+        if not states:
+            raise LoaderError("load_state_dict got an empty list of states")
+        self._pending = states
+        self._live, self._last = None, {}
+
+    def _check_state(self, state: Any) -> None:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise LoaderError(f"not a TokenDataset state (version {STATE_VERSION}): "
                               f"got {type(state).__name__} with keys {sorted(state)[:8] if isinstance(state, dict) else '-'}")
@@ -276,8 +461,6 @@ class TokenDataset(IterableDataset):
             detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise LoaderError(f"resume state comes from a different TokenDataset config ({detail or 'keys differ'}); "
                               "create the dataset with the same arguments and tokenizer")
-        self._pending = state
-        self._live, self._last = None, {}
 
     def stats(self) -> dict[str, Any]:
         """Counters of the current iterator: documents, tokens, ``crop_fraction``, ``wait_s``."""

@@ -96,12 +96,14 @@ def join_docs(parts: Sequence[bytes], lengths: Sequence[int], dtype: np.dtype) -
 
 
 class _Chunk:
-    """One batch of documents sharing a flat token array."""
+    """One batch of documents sharing a flat token array; ``tag`` says where they came from
+    (``TokenDataset``: the stream position of their row group), kept through compaction."""
 
-    __slots__ = ("alive", "lengths", "n_alive", "serial", "starts", "tokens")
+    __slots__ = ("alive", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
-    def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray) -> None:
+    def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
         self.serial = serial
+        self.tag = tag
         self.tokens = tokens
         self.lengths = lengths
         starts = np.zeros(len(lengths), dtype=np.int64)
@@ -133,16 +135,22 @@ class PackStats:
 
 
 class BufferSnapshot:
-    """The buffered documents at one moment, as references to immutable chunk arrays."""
+    """The buffered documents at one moment, as references to immutable chunk arrays, oldest first.
+    Every part holds at least one buffered document."""
 
     __slots__ = ("parts",)
 
-    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> None:
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, object]]) -> None:
         self.parts = parts
+
+    def tags(self) -> list[tuple[object, int]]:
+        """``(tag, buffered documents)`` of each part, oldest first (``export`` order)."""
+        return [(tag, len(lengths) if alive is None else int(alive.sum()))
+                for _, lengths, alive, tag in self.parts]
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         toks, lens = [], []
-        for tokens, lengths, alive in self.parts:
+        for tokens, lengths, alive, _ in self.parts:
             if alive is None:
                 toks.append(tokens)
                 lens.append(lengths)
@@ -180,18 +188,19 @@ class BestFitPacker:
         self._saved_stats: PackStats | None = None
 
     # -- buffer ------------------------------------------------------------------------------
-    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order."""
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
+        """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order, tagged
+        ``tag`` (reported by ``snapshot().tags()`` while any of them is buffered)."""
         if len(lengths) == 0:
             return
-        chunk = self._insert(tokens, lengths)
+        chunk = self._insert(tokens, lengths, tag)
         self.stats.docs_in += len(lengths)
         self.stats.tokens_in += len(tokens)
         if self._journal is not None:
             self._journal.append(("add", chunk))
 
-    def _insert(self, tokens: np.ndarray, lengths: np.ndarray) -> _Chunk:
-        chunk = _Chunk(self._serial, tokens, lengths)
+    def _insert(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> _Chunk:
+        chunk = _Chunk(self._serial, tokens, lengths, tag)
         self._serial += 1
         self._chunks[chunk.serial] = chunk
         fifo, lens = self._fifo, self._lens
@@ -207,20 +216,21 @@ class BestFitPacker:
         return chunk
 
     def _compact(self) -> None:
-        """Copy the buffered documents into one array so that the row-group arrays they came
-        from can be freed. Every FIFO is in (chunk, index) order, so rebuilding them from the
-        exported documents keeps every placement decision the same."""
-        tokens, lengths = self.export()
+        """Copy each chunk's buffered documents into a smaller array so that the row-group arrays
+        they came from can be freed (tags kept). Every FIFO is in (chunk, index) order, so
+        rebuilding them chunk by chunk, oldest first, keeps every placement decision the same."""
+        parts = self.snapshot().parts
         self._fifo, self._lens, self._chunks = {}, [], {}
         self.n_docs = self.alive_tokens = self.held_tokens = 0
-        if len(lengths):
-            self._insert(tokens, lengths)
+        for part in parts:
+            tokens, lengths = BufferSnapshot([part]).export()
+            self._insert(tokens, lengths, part[3])
         self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
         """A cheap, frozen view of the buffer (chunk arrays are never modified, only alive flags
         are copied); ``.export()`` turns it into arrays when needed."""
-        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.alive.copy())
+        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.alive.copy(), c.tag)
                  for c in sorted(self._chunks.values(), key=lambda c: c.serial)]
         return BufferSnapshot(parts)
 

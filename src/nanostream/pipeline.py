@@ -79,6 +79,13 @@ class _End:
         self.error = error
 
 
+class Seam:
+    """Yielded by a source between the run's own data and what may follow it (``TokenDataset``: the
+    next epochs, to make up a rank's batch count). The tokenize thread reads on past it only once
+    the assembly thread, having packed every document before it, sets the pipeline's ``go`` event
+    (``close()`` sets it too, so a thread waiting there stops at once)."""
+
+
 class _Stopped(Exception):
     """Raised inside the assembly thread when ``close()`` asked it to stop."""
 
@@ -150,7 +157,7 @@ def _encode_task(encode: Callable[[list[str]], Iterable[Sequence[int]]], to_byte
 
 
 def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
-                    q: queue.Queue, stop: threading.Event) -> None:
+                    q: queue.Queue, stop: threading.Event, go: threading.Event) -> None:
     """Thread body: hands ``(position, tokens, lengths)`` per row group to the assembly thread, in order.
 
     Row group ``i+1``'s encoding tasks are queued on the encoding threads before we wait for
@@ -179,6 +186,16 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
         for batch in source:
             if stop.is_set():
                 return
+            if isinstance(batch, Seam):
+                while pending:
+                    if not hand_over(*pending.popleft()):
+                        return
+                if not _put(q, stop, batch):
+                    return
+                go.wait()
+                if stop.is_set():
+                    return
+                continue
             texts = list(batch.texts)
             step = _task_size(len(texts), workers)
             pending.append((batch.position, [pool.submit(_encode_task, encode, to_bytes, texts[a:a + step])
@@ -234,22 +251,27 @@ class BatchPipeline:
 
     Takes ownership of ``packer`` (already holding the resumed buffer, if any). ``mark`` is the
     resume point before the first batch. ``get()`` returns ``(batch, Mark)``, or None at the end
-    of the data (the batch the data ended in is dropped, its documents stay buffered).
+    of the data (the batch the data ended in is dropped, its documents stay buffered) or once
+    ``limit`` batches (counting the resumed run's ``batches``) have been made. At a ``Seam`` the
+    buffer is drained first; only if that leaves the batch count short of ``limit`` does packing
+    go on past it (the batch it ran out in is packed again, with the documents that follow).
     """
 
     def __init__(self, open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
                  packer: BestFitPacker, sink: Sink, *, position: Position | None, batches: int,
-                 prefetch: int, ahead: int) -> None:
-        self._packer, self._sink = packer, sink
+                 prefetch: int, ahead: int, limit: int | None = None) -> None:
+        self._packer, self._sink, self._limit = packer, sink, limit
+        self._seam: Seam | None = None  # met and not passed yet: refill says "no more data"
         self._position, self._batches = position, batches
         self.mark = self._mark()
         self.wait_s = 0.0  # time the consumer blocked in get()
         self._stop = threading.Event()
+        self._go = threading.Event()  # read on past a Seam (set by the assembly thread, or by close)
         self._tokens: queue.Queue = queue.Queue(maxsize=prefetch)
         self._out: queue.Queue = queue.Queue(maxsize=ahead)
         self._tokenizer_thread = threading.Thread(
             target=_tokenize_ahead, name="nanostream-tokenize", daemon=True,
-            args=(open_source, tokenizer, dtype, self._tokens, self._stop))
+            args=(open_source, tokenizer, dtype, self._tokens, self._stop, self._go))
         self._thread = threading.Thread(target=self._assemble, name="nanostream-assemble", daemon=True)
         self._tokenizer_thread.start()
         self._thread.start()
@@ -259,14 +281,19 @@ class BatchPipeline:
         return Mark(self._position, p.snapshot(), p.stats.as_dict(), self._batches, p.n_docs)
 
     def _refill(self) -> bool:
+        if self._seam is not None:
+            return False
         item = _get(self._tokens, self._stop, self._tokenizer_thread, "tokenizer")
+        if isinstance(item, Seam):
+            self._seam = item
+            return False
         if isinstance(item, _End):
             if item.error is not None:
                 raise item.error
             self._tokens.put(item)  # keep answering "finished" if asked again (the queue has room)
             return False
         position, tokens, lengths = item
-        self._packer.add(tokens, lengths)
+        self._packer.add(tokens, lengths, position)  # tagged: which row group each document came from
         self._position = position
         return True
 
@@ -276,6 +303,9 @@ class BatchPipeline:
         packer, sink = self._packer, self._sink
         try:
             while not self._stop.is_set():
+                if self._limit is not None and self._batches >= self._limit:
+                    _put(self._out, self._stop, _End())
+                    return
                 rows = sink.rows()
                 position = self._position
                 packer.begin()
@@ -292,6 +322,10 @@ class BatchPipeline:
                 if finished:  # the data ended inside this batch: drop it, keep its documents buffered
                     packer.rollback()
                     self._position = position
+                    seam, self._seam = self._seam, None
+                    if seam is not None and self._limit is not None and self._batches < self._limit:
+                        self._go.set()  # short of the limit: pack this batch again, reading on
+                        continue
                     _put(self._out, self._stop, _End())
                     return
                 packer.commit()
@@ -322,6 +356,7 @@ class BatchPipeline:
     def close(self) -> None:
         """Stop and join both threads (idempotent; safe from any thread, including our own)."""
         self._stop.set()
+        self._go.set()
         me = threading.current_thread()
         for thread in (self._thread, self._tokenizer_thread):
             if thread is not me:
