@@ -7,9 +7,9 @@ written in order. Every change to the job's files (create, save, discard, publis
 runs under the job's ``files`` lock, in the Fetcher's ``Disk`` pool.
 
 State saves are coalesced: each write marks the job dirty and one saver task per
-job loops "snapshot the ranges written so far, fsync the part, replace the state"
-until nothing new was written, so the state follows the data within one fsync
-and never claims a byte that is not durable. ``Writer`` buffers received chunks
+job loops "snapshot the ranges written so far, fdatasync the part, write the state
+slot" until nothing new was written, so the state follows the data within one
+fsync and never claims a byte that is not durable. ``Writer`` buffers received chunks
 and writes them with one ``pwritev`` once ``FLUSH_BYTES`` arrived or
 ``FLUSH_SECONDS`` passed, whichever comes first.
 """
@@ -162,8 +162,6 @@ class Job:
         return PartState(self.url, self.size, self.validator, self.sha256, missing)
 
     async def _save_loop(self) -> None:
-        if os.environ.get("XNOSAVE"):
-            return
         while self._dirty:
             self._dirty = False
             async with self.files:
