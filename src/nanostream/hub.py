@@ -30,7 +30,15 @@ from yarl import URL
 from .catalog import Catalog, DataFile
 from .config import host_of, token_allowed
 from .errors import DatasetError, RetriesExhausted
-from .retry import RETRY_STATUSES, RetryPolicy, Transient, classify, describe, parse_retry_after
+from .retry import (
+    RETRY_STATUSES,
+    RetryPolicy,
+    Transient,
+    classify,
+    client_session,
+    describe,
+    parse_retry_after,
+)
 
 LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -109,9 +117,7 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
     """
     hp = parse_hub_url(url)
     if session is None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=retry.connect_timeout,
-                                        sock_read=retry.read_timeout)
-        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as own:
+        async with client_session(retry) as own:
             return await hub_catalog(url, endpoint=endpoint, token=token, include=include, val=val,
                                      text_column=text_column, revision=revision, session=own, retry=retry)
     api = Api(session, endpoint.rstrip("/"), token, hp, retry)

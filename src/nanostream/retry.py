@@ -40,6 +40,12 @@ class RetryPolicy:
         return random.uniform(0.0, min(self.cap, self.base * 2 ** max(failures - 1, 0)))
 
 
+def client_session(policy: RetryPolicy) -> aiohttp.ClientSession:
+    """A session for listing requests (Hub tree API, S3 ListObjectsV2) with the policy's timeouts."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout)
+    return aiohttp.ClientSession(timeout=timeout, trust_env=True)
+
+
 class Transient(Exception):
     """A failure worth retrying (5xx, 429, short or corrupt body)."""
 

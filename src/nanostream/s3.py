@@ -33,7 +33,15 @@ from yarl import URL
 from ._compat import TaskGroup
 from .catalog import Catalog, DataFile
 from .errors import DatasetError, RetriesExhausted
-from .retry import RETRY_STATUSES, RetryPolicy, Transient, classify, describe, parse_retry_after
+from .retry import (
+    RETRY_STATUSES,
+    RetryPolicy,
+    Transient,
+    classify,
+    client_session,
+    describe,
+    parse_retry_after,
+)
 
 LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -156,9 +164,7 @@ async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | No
     if signer is None:
         signer = await S3Signer.create(endpoint)
     if session is None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=retry.connect_timeout,
-                                        sock_read=retry.read_timeout)
-        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as own:
+        async with client_session(retry) as own:
             return await s3_catalog(url, include=include, val=val, text_column=text_column, signer=signer,
                                     session=own, retry=retry, heads=heads, page_size=page_size)
     lister = Lister(session, signer, sp, retry, page_size)
