@@ -200,15 +200,13 @@ async def _get_tail(r: Remote, n: int, retry: RetryPolicy) -> bytes:
                     raise Transient(f"short answer: {len(body)} of the last {n} bytes")
                 return body[-n:]
         except Exception as exc:  # sorted by classify; CancelledError is not an Exception
-            retryable, after = classify(exc)
             failures += 1
-            if not retryable and not isinstance(exc, Fatal):
-                raise
-            if not retryable:
-                status = exc.status if isinstance(exc, Fatal) else 0
-                raise HTTPStatusError(f"cannot read the footer of {url}: {describe(exc)}", status=status or 0,
+            if await retry.wait_to_retry(exc, failures):
+                continue
+            if not classify(exc)[0]:
+                if not isinstance(exc, Fatal):
+                    raise
+                raise HTTPStatusError(f"cannot read the footer of {url}: {describe(exc)}", status=exc.status or 0,
                                       shard=r.name, url=url) from exc
-            if failures >= retry.attempts:
-                raise RetriesExhausted(f"cannot read the footer of {url}: {describe(exc)} (after {failures} "
-                                       "tries)", attempts=failures, shard=r.name, url=url) from exc
-            await asyncio.sleep(retry.backoff(failures, after))
+            raise RetriesExhausted(f"cannot read the footer of {url}: {describe(exc)} (after {failures} "
+                                   "tries)", attempts=failures, shard=r.name, url=url) from exc

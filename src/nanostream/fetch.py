@@ -310,12 +310,10 @@ class Fetcher(Ledger):
                 sha, expected = await self._ranges.head_info(job.url, job.signed)
                 break
             except Exception as exc:
-                retryable, after = classify(exc)
                 job.attempts += 1
-                if not retryable or job.attempts >= self.retry.attempts:
+                if not await self.retry.wait_to_retry(exc, job.attempts):
                     self._fail(job, exc)
                     return False
-                await asyncio.sleep(self.retry.backoff(job.attempts, after))
         problem = await self.disk.run(check_file, job.final, expected, sha, md5)
         if problem is None:
             return True

@@ -17,7 +17,6 @@ downloads: ``config.token_allowed``), never to a host a ``Link`` or a redirect p
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import re
 from dataclasses import dataclass
@@ -31,16 +30,15 @@ from .catalog import Catalog, DataFile
 from .config import host_of, token_allowed
 from .errors import DatasetError, RetriesExhausted
 from .retry import (
+    LIST_RETRY,
     RETRY_STATUSES,
     RetryPolicy,
     Transient,
-    classify,
     client_session,
     describe,
     parse_retry_after,
 )
 
-LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPECIAL_REF_RE = re.compile(r"^(refs/convert/\w+|refs/pr/\d+)(?:/|$)")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -188,14 +186,12 @@ class Api:
             except DatasetError:
                 raise
             except Exception as exc:
-                retryable, after = classify(exc)
                 if isinstance(exc, ValueError):  # a body that is not JSON: not the Hub API
                     raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
                 failures += 1
-                if not retryable or failures >= self.retry.attempts:
+                if not await self.retry.wait_to_retry(exc, failures):
                     raise RetriesExhausted(f"listing {self.hp.source()}: gave up after {failures} attempts; "
                                            f"last: {describe(exc)} ({url})", attempts=failures, url=url) from exc
-                await asyncio.sleep(self.retry.backoff(failures, after))
 
     def _refuse(self, resp: aiohttp.ClientResponse, revision: str) -> None:
         status, code = resp.status, resp.headers.get("X-Error-Code", "")

@@ -39,6 +39,18 @@ class RetryPolicy:
             return min(max(retry_after, 0.0), self.max_retry_after)
         return random.uniform(0.0, min(self.cap, self.base * 2 ** max(failures - 1, 0)))
 
+    async def wait_to_retry(self, exc: BaseException, failures: int) -> bool:
+        """After the ``failures``-th failure ``exc``: sleep the backoff and return True, or return
+        False at once when ``exc`` is not worth retrying or the attempts are used up."""
+        retryable, after = classify(exc)
+        if not retryable or failures >= self.attempts:
+            return False
+        await asyncio.sleep(self.backoff(failures, after))
+        return True
+
+
+LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)  # listing a dataset (Hub tree API, S3 ListObjectsV2)
+
 
 def client_session(policy: RetryPolicy) -> aiohttp.ClientSession:
     """A session for listing requests (Hub tree API, S3 ListObjectsV2) with the policy's timeouts."""

@@ -34,16 +34,15 @@ from ._compat import TaskGroup
 from .catalog import Catalog, DataFile
 from .errors import DatasetError, RetriesExhausted
 from .retry import (
+    LIST_RETRY,
     RETRY_STATUSES,
     RetryPolicy,
     Transient,
-    classify,
     client_session,
     describe,
     parse_retry_after,
 )
 
-LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -263,12 +262,10 @@ class Lister:
                 self.signer = self.signer.with_region(moved.region)
                 continue
             except Exception as exc:
-                retryable, after = classify(exc)
                 failures += 1
-                if not retryable or failures >= self.retry.attempts:
+                if not await self.retry.wait_to_retry(exc, failures):
                     raise RetriesExhausted(f"listing {self.sp.url()}: gave up after {failures} attempts; last: "
                                            f"{describe(exc)} ({url})", attempts=failures, url=url) from exc
-                await asyncio.sleep(self.retry.backoff(failures, after))
 
     def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> None:
         code = message = ""
