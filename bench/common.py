@@ -71,6 +71,16 @@ class ServerProcess:
                 pass
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a bench's server subprocess never outlives its part."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def server_subprocess(root: Path, *, rate: float | None = None, latency: float = 0.0,
                       redirect: bool = False, no_sha256: bool = False, corrupt: float = 0.0,
@@ -93,12 +103,7 @@ def server_subprocess(root: Path, *, rate: float | None = None, latency: float =
             raise RuntimeError(f"server subprocess did not print its URL (got {url!r}, exit {proc.poll()})")
         yield ServerProcess(url, psutil.Process(proc.pid))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import MB, bench_env, sha256, table, verdict
+from bench.common import MB, bench_env, sha256, stop_process, table, verdict
 
 FETCHERS = 16
 MANY = 1000
@@ -102,12 +102,7 @@ def running(cmd: list[str], port: int, env: dict[str, str], log: Path) -> Iterat
         _wait_listening(port, proc)
         yield psutil.Process(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _tree(proc: psutil.Process) -> list[psutil.Process]:
