@@ -75,13 +75,13 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         pinned = recorded is not None and recorded.name == dataset
         cat = asyncio.run(open_catalog(dataset, config=cfg, data_dir=data_dir if pinned else None,
                                        include=args.include, val=args.val, text_column=args.text_column))
-    if recorded is not None and _source(recorded) != _source(cat):
+    if recorded is not None and url_prefix(recorded) != url_prefix(cat):
         present = any((data_dir / f.path).exists() for f in recorded.files)
         if present and not args.verify:
             raise ConfigError(
-                f"{data_dir} holds files of {recorded.name} fetched from {_source(recorded)}, not {_source(cat)}: "
+                f"{data_dir} holds files of {recorded.name} fetched from {url_prefix(recorded)}, not {url_prefix(cat)}: "
                 f"fetch into another --data-dir, or add --verify to check every file there against "
-                f"{_source(cat)} (and re-fetch those that differ)")
+                f"{url_prefix(cat)} (and re-fetch those that differ)")
     return data_dir, cat, cat.pick(None if args.num_shards == -1 else args.num_shards)
 
 
@@ -93,16 +93,11 @@ def _numbered(dataset: str, base_url: str | None, args: argparse.Namespace, cfg:
     base = base_url or hub_url
     max_shard = args.max_shard
     if max_shard is None:
-        same = recorded is not None and _source(recorded) == base
+        same = recorded is not None and url_prefix(recorded) == base
         max_shard = len(recorded.files) - 1 if recorded is not None and same else ds.max_shard
     cat = numbered_catalog(ds.name if base == hub_url else base, base, max_shard + 1,
                            text_column=args.text_column or ds.text_column, source=base)
     return replace(cat, val=args.val) if args.val else cat
-
-
-def _source(cat: Catalog) -> str:
-    """Where a catalog's bytes come from (``datasets.url_prefix``)."""
-    return url_prefix(cat)
 
 
 async def _until_sigterm(coro):
