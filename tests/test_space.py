@@ -7,6 +7,7 @@ is not allowed.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,7 @@ async def test_shards_start_only_as_their_space_is_reserved(fault_server, tmp_pa
     for r in ok:
         assert r.path.read_bytes() == src[r.index].read_bytes()
     assert not list(small_disk.glob(".nanostream.*.part"))
+    # no deleted-but-open part file still holds blocks: the free space is all but the two shards
+    st = os.statvfs(small_disk)
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    assert used <= sum(r.path.stat().st_blocks * 512 for r in ok) + (64 << 10), used

@@ -5,7 +5,10 @@ One ``Disk`` per Fetcher owns two small thread pools: one for the body writes
 (locks, creating and reserving a part file, fdatasync + state saves, finalize), so a
 write never queues behind an fsync and the loop keeps serving sockets while the disk
 is busy. Syncs additionally share a semaphore (``max_syncs``) so a burst of
-finishing shards cannot queue sixteen fsyncs in front of one state save.
+finishing shards cannot queue sixteen fsyncs in front of one state save. Space
+reservations take ``reserving`` one at a time: a ``posix_fallocate`` that fails on a
+nearly full disk holds the free blocks until it gives up, so a concurrent one could
+fail beside it where either alone would fit.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Disk:
         self.writes = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanostream-write")
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nanostream-disk")
         self._syncs = asyncio.Semaphore(max_syncs)
+        self.reserving = asyncio.Lock()  # held while a part file and its state file get their blocks
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         """Start a body write (``pwrite_and_hash``) in the write pool."""

@@ -110,10 +110,14 @@ class Job:
                 return
             self.close_files()
             try:
-                await self.disk.run(create_part, self.final, size)
-                self.pfiles = await self.disk.acquire(PartFiles.close, lambda: PartFiles(self.final, fresh=True))
+                async with self.disk.reserving:
+                    await self.disk.run(create_part, self.final, size)
+                    self.pfiles = await self.disk.acquire(PartFiles.close,
+                                                          lambda: PartFiles(self.final, fresh=True))
                 await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, null]]
             except OSError as exc:
+                self.close_files()  # hold no reserved blocks while failed or parked
+                await self.disk.run(discard, self.final)
                 raise Fatal(f"cannot create {part_path(self.final)} ({size / 1e6:.1f} MB): "
                             f"{exc.strerror or exc}") from exc
 

@@ -163,6 +163,8 @@ class Ledger:
             log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
                      job.name, exc.needed / 1e6, len(holders))
             job.segments = []
+            job.close_files()
+            self._release(job)  # it holds nothing on disk; taken again when it is retried
             self._parked.append(job)
             return None
         return self._fail(job, exc)

@@ -108,6 +108,12 @@ class PartFiles:
         self.part = os.open(part_path(final), os.O_RDONLY)
         try:
             self.state = os.open(state_path(final), flags, 0o644)
+            if fresh:
+                try:
+                    reserve(self.state, 2 * SLOT)  # no save can meet a full disk later
+                except BaseException:
+                    os.close(self.state)
+                    raise
         except BaseException:
             os.close(self.part)
             raise
@@ -137,6 +143,17 @@ def discard(final: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def reserve(fd: int, size: int) -> None:
+    """Make the file ``size`` bytes long with its blocks allocated (``posix_fallocate``); a
+    filesystem without fallocate gets a sparse file. OSError(ENOSPC) when the disk cannot hold it."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
 def create_part(final: Path, size: int) -> None:
     """A fresh part file of ``size`` bytes with its space reserved (``posix_fallocate``). Blocking.
 
@@ -148,12 +165,7 @@ def create_part(final: Path, size: int) -> None:
     part.unlink(missing_ok=True)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-            os.ftruncate(fd, size)
+        reserve(fd, size)
     except BaseException:
         os.close(fd)
         part.unlink(missing_ok=True)
