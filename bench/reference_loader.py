@@ -2,8 +2,8 @@
 
 A faithful re-implementation of the straightforward loop described in issue 4 (the
 shape of nanochat's BOS-aligned best-fit loader): everything runs in the consuming
-thread. A row group is tokenized when the buffer (a Python list of token lists) runs
-low; for every placement the whole list is scanned for the longest document that
+thread. A piece of 128 documents (nanochat's tokenizer batch, ``PIECE_DOCS``) is
+tokenized when the buffer (a Python list of token lists) runs low; for every placement the whole list is scanned for the longest document that
 fits, which is copied into the row tensor with ``torch.tensor``; when none fits, the
 shortest is cropped to fill the row. Same rule and tie-breaking as
 ``nanostream.packing.BestFitPacker``, so both produce the same batches.
@@ -15,15 +15,16 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from nanostream.pipeline import PIECE_DOCS
 from nanostream.tokenizer import Tokenizer
 
 
 def reference_batches(groups: Iterable[list[str]], tokenizer: Tokenizer, batch_size: int, seq_len: int,
-                      buffer_docs: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      buffer_docs: int = 1000, piece: int = PIECE_DOCS) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(inputs, targets)`` from row groups of texts until a full batch can no longer be made."""
     bos = tokenizer.bos_id
     cap = seq_len + 1
-    it = iter(groups)
+    it = (texts[a:a + piece] for texts in groups for a in range(0, len(texts), piece))
     buf: list[list[int]] = []
     exhausted = False
     while True:

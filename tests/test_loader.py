@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nanostream import ByteTokenizer, TokenDataset
+from nanostream import ByteTokenizer, TokenDataset, pipeline
 from nanostream.errors import ConfigError, CorruptShardError, LoaderError, NanostreamError, TokenizerError
 from nanostream.pipeline import _encoding
 from nanostream.tokenizer import BPETokenizer
@@ -188,6 +188,28 @@ def test_resume_exact(data: Path, k: int, epochs: int) -> None:
     rest = list(fresh)
     assert_same_batches(head + rest, full)
     assert fresh.stats()["tokens_cropped"] == make_stats(data, epochs)["tokens_cropped"]
+
+
+def test_resume_exact_inside_a_row_group(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffer refills in pieces (here 5 documents of a 12-document row group): a state taken
+    with part of a row group buffered says so (``skip``), and the resumed run reads that row group
+    without those documents -- the same batches as a run never stopped."""
+    monkeypatch.setattr(pipeline, "PIECE_DOCS", 5)
+    full = list(make(data, epochs=2))
+    skips = set()
+    for k in (1, 2, 3, 5, 8, 13, 21):
+        ds = make(data, epochs=2)
+        it = iter(ds)
+        head = [next(it) for _ in range(k)]
+        run_ahead(it)
+        state = torch_roundtrip(ds.state_dict())
+        it.close()
+        skips.add(state["skip"])
+        assert (state["skip"] > 0) == (state["partial"] is not None)
+        fresh = make(data, epochs=2)
+        fresh.load_state_dict(state)
+        assert_same_batches(head + list(fresh), full)
+    assert skips - {0} and skips <= {0, 5, 10}
 
 
 def make_stats(data: Path, epochs: int) -> dict:
@@ -412,8 +434,9 @@ def test_bpe_text_by_text_gives_the_same_batches(big_groups: Path) -> None:
     assert (torch.stack([x[:, 0] for x, _ in got]) == fast.bos_id).all()
 
 
-@pytest.mark.parametrize("k", [1, 7, 40])
-def test_bpe_resume_exact(big_groups: Path, k: int) -> None:
+@pytest.mark.parametrize(("k", "pieces"), [(1, 128), (7, 128), (40, 128), (3, 20), (7, 20)])
+def test_bpe_resume_exact(big_groups: Path, k: int, pieces: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "PIECE_DOCS", pieces)
     tok = small_bpe()
     full = list(make_bpe(big_groups, tok))
     ds = make_bpe(big_groups, tok)
@@ -483,12 +506,17 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("before", "after"), [((4, 2), (2, 1)), ((2, 1), (4, 2))])
-def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after: tuple[int, int]) -> None:
+@pytest.mark.parametrize(("before", "after", "pieces"), [((4, 2), (2, 1), 128), ((2, 1), (4, 2), 128),
+                                                       ((4, 2), (2, 1), 5)])
+def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after: tuple[int, int], pieces: int,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """4 ranks on 2 nodes -> 2 ranks on 2 nodes, and back: the old readers' states (a list) give every
     new rank the smallest global cursor; the old buffers are carried over, nothing is lost, and only
-    the row groups some old readers took beyond that cursor are read twice."""
+    the row groups some old readers took beyond that cursor are read twice (with pieces of 5, also
+    the row groups a reader was in the middle of, whose buffered documents are not carried)."""
     from nanostream.streaming import stream
+
+    monkeypatch.setattr(pipeline, "PIECE_DOCS", pieces)
 
     kw = {"shuffle": True, "seed": 3, "epochs": 1}
     (w0, l0), (w1, l1) = before, after
@@ -511,6 +539,9 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
     assert len(set(cursors)) > 1 and consumed <= taken_groups  # nothing skipped ...
     twice = taken_groups - consumed  # ... and what is read again: the spread between the old readers
     assert 0 < len(twice) <= sum(st["position"][3] for st in states) - w0 * min(st["position"][3] for st in states)
+    partial = {tuple(st["partial"][1:3]) for st in states if st["partial"] is not None}
+    assert bool(partial) == (pieces < 12)
+    assert not partial & {tuple(item) for item in consumed}  # a row group left in the middle is read again whole
     old_buffers = set().union(*(buffered_ids(st) for st in states))
     new_ids, counts = [], set()
     for r in range(w1):

@@ -8,15 +8,18 @@ tokenizes row groups ahead and assembles finished batches on background threads,
 on the batch's copy event: ``device.py``).
 
 ``state_dict()`` describes the state after the last batch *returned*: the stream
-position of the last row group moved into the packing buffer, the buffer's documents
-(compact token tensors, each run tagged with its row group's position) and counters.
+position of the last row group moved into the packing buffer whole, how many documents
+of the next one it holds already (``skip``: the buffer refills in pieces of 128), the
+buffer's documents (compact token tensors, each run tagged with its row group's
+position) and counters.
 Batches assembled ahead and row groups still being tokenized are not part of it; a
 resumed dataset re-reads them. It also holds the global ``Cursor`` (``nanostream.order``)
 after the row groups the reader has taken: a load at another layout (world size, nodes or
 DataLoader workers) restarts the stream at the smallest cursor of all old readers, and new
 reader ``j`` of ``R`` takes over the buffered documents of the old readers ``i`` with
 ``i % R == j``. Nothing is lost; the row groups other readers took beyond the smallest
-cursor are read again.
+cursor are read again, and so is a row group a reader was in the middle of (its buffered
+documents are then not carried over).
 
 Readers: worker ``w`` of ``k`` on rank ``r`` of ``world`` (``local`` ranks a node) is reader
 ``r*k + w`` of ``world*k`` with ``local*k`` readers a node (``shards.worker_stride``), so
@@ -50,7 +53,7 @@ from .tokenizer import Tokenizer
 __all__ = ["TokenDataset"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3 added "skip" and "partial"; a version 2 state loads as skip 0
 SPLITS = ("train", "val")
 
 
@@ -74,6 +77,26 @@ def global_cursor(s: Stream, mark: Mark) -> Cursor:
     return s.cursor(mark.position) if mark.position is not None else s.cursor()
 
 
+def _carried_docs(old: dict[str, Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """An old reader's buffered documents that an elastic resume carries over: all but those of
+    the row group it was in the middle of (``partial``), which the new run reads again whole."""
+    tokens = old["tokens"].numpy().astype(dtype, copy=True)
+    lengths = old["lengths"].numpy().astype(np.int64, copy=False)
+    partial = old.get("partial")
+    if partial is None:
+        return tokens, lengths
+    keep: list[tuple[np.ndarray, np.ndarray]] = []
+    doc = tok = 0
+    for tag, n in old["parts"]:
+        size = int(lengths[doc:doc + n].sum())
+        if tag != partial:
+            keep.append((tokens[tok:tok + size], lengths[doc:doc + n]))
+        doc, tok = doc + n, tok + size
+    if not keep:
+        return tokens[:0], lengths[:0]
+    return np.concatenate([t for t, _ in keep]), np.concatenate([n for _, n in keep])
+
+
 class _Snapshot:
     """A TokenDataset iterator's resume state at one batch boundary, not yet turned into tensors."""
 
@@ -92,6 +115,8 @@ class _Snapshot:
             "config": dict(it._config),
             "layout": list(it.layout),
             "position": _pos_list(mark.position),
+            "skip": mark.skip,
+            "partial": _pos_list(mark.partial),
             # int32: pickles everywhere (a uint16 tensor does not survive dist.all_gather_object)
             "tokens": torch.from_numpy(tokens.astype(np.int32)),
             "lengths": torch.from_numpy(lengths),
@@ -152,8 +177,7 @@ class _TokenIterator:
             packer.stats = PackStats(**state["stats"])
             batches = int(state["batches"])
         for old in carried:  # an elastic resume: the old readers' buffered documents, not re-read
-            packer.add(old["tokens"].numpy().astype(dtype, copy=True),
-                       old["lengths"].numpy().astype(np.int64, copy=False))
+            packer.add(*_carried_docs(old, dtype))
         self._sink = sink if sink is not None else HostSink(ds.batch_size, ds.seq_len + 1)
         self._kwargs = ds._source_kwargs()
         self._split = split = ds.split
@@ -181,7 +205,9 @@ class _TokenIterator:
             yield from read(at)
 
         self._pipe = BatchPipeline(open_source, ds.tokenizer, dtype, packer, self._sink, position=position,
-                                   batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit)
+                                   batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit,
+                                   skip=0 if state is None else int(state.get("skip", 0)),
+                                   partial=None if state is None else _pos_from(state.get("partial")))
         self._mark = self._pipe.mark
 
     def cursor_stream(self) -> Stream:
@@ -452,7 +478,7 @@ class TokenDataset(IterableDataset):
         self._live, self._last = None, {}
 
     def _check_state(self, state: Any) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") not in (2, STATE_VERSION):
             raise LoaderError(f"not a TokenDataset state (version {STATE_VERSION}): "
                               f"got {type(state).__name__} with keys {sorted(state)[:8] if isinstance(state, dict) else '-'}")
         mine = self._config()

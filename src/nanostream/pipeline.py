@@ -4,9 +4,12 @@ Owns the producer side of a ``TokenDataset`` iterator, so that the consumer's ``
 is a queue pop of a finished batch:
 
 * the tokenize thread pulls row groups from ``iter_batches`` and has them tokenized
-  ahead into flat numpy arrays (a bounded queue of ``prefetch`` row groups); a
+  ahead into flat numpy arrays, in pieces of ``PIECE_DOCS`` documents handed over in
+  order as each is ready (a bounded queue of about ``prefetch`` row groups); a
   ``BPETokenizer`` is driven text by text on its ``num_threads`` threads, the next row
-  group always queued behind the current one (see ``_encoding``);
+  group always queued behind the current one (see ``_encoding``). The packer refills
+  one piece at a time, as nanochat's loader does (128 documents): the first batch waits
+  for ``buffer_docs`` documents and one piece, not for whole row groups;
 * the assembly thread packs rows with ``packing.BestFitPacker`` (BOS-aligned best fit,
   no padding) straight into the rows buffer a *sink* lends it, has the sink turn them
   into the batch handed over (CPU tensors, or a device copy started from pinned
@@ -67,8 +70,8 @@ def background_thread() -> None:
         log.debug("SCHED_IDLE not applied to %s: %s", threading.current_thread().name, exc)
 
 
-TASKS_PER_THREAD = 2  # a row group is split into this many encoding tasks per thread ...
-MIN_TASK_TEXTS = 16  # ... of at least this many texts (fewer tasks: less hand-off overhead)
+PIECE_DOCS = 128  # documents encoded as one task and moved into the packing buffer at a time
+PIECES_AHEAD = 8  # tokenized pieces queued ahead per row group of ``prefetch`` (1024 documents)
 POLL_S = 0.05  # how often a blocked thread looks at its stop flag
 
 
@@ -117,13 +120,13 @@ def _get(q: queue.Queue, stop: threading.Event, producer: threading.Thread, what
 
 
 def _encoding(tokenizer: Tokenizer) -> tuple[Callable[[list[str]], Iterable[Sequence[int]]], int]:
-    """How to encode: (texts -> their ids, encoding threads; 1 means one task per row group).
+    """How to encode a piece: (texts -> their ids, encoding threads).
 
     A ``BPETokenizer`` (whose ``encode_batch`` is the stock one: ``encode`` of each text) is
-    driven text by text on ``num_threads`` persistent threads, each row group split into a few
-    tasks: no thread start or end-of-batch wait per row group, and each document is turned into
-    bytes right after it is encoded (cache-hot, in a GIL hold of microseconds between GIL-free
-    encodes). Any other tokenizer gets one ``encode_batch`` call per row group on one thread.
+    driven text by text on ``num_threads`` persistent threads, one task per piece: no thread
+    start or end-of-batch wait per row group, and each document is turned into bytes right
+    after it is encoded (cache-hot, in a GIL hold of microseconds between GIL-free encodes).
+    Any other tokenizer gets one ``encode_batch`` call per piece, on one thread.
     """
     cls = type(tokenizer)
     if (isinstance(tokenizer, BPETokenizer) and cls.encode_batch is BPETokenizer.encode_batch
@@ -131,12 +134,6 @@ def _encoding(tokenizer: Tokenizer) -> tuple[Callable[[list[str]], Iterable[Sequ
         encode = tokenizer.encode
         return (lambda texts: map(encode, texts)), max(1, int(tokenizer.num_threads))
     return tokenizer.encode_batch, 1
-
-
-def _task_size(n_texts: int, threads: int) -> int:
-    if threads == 1:
-        return max(1, n_texts)
-    return max(MIN_TASK_TEXTS, -(-n_texts // (TASKS_PER_THREAD * threads)))
 
 
 def _encode_task(encode: Callable[[list[str]], Iterable[Sequence[int]]], to_bytes: DocBytes,
@@ -157,8 +154,11 @@ def _encode_task(encode: Callable[[list[str]], Iterable[Sequence[int]]], to_byte
 
 
 def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
-                    q: queue.Queue, stop: threading.Event, go: threading.Event) -> None:
-    """Thread body: hands ``(position, tokens, lengths)`` per row group to the assembly thread, in order.
+                    q: queue.Queue, stop: threading.Event, go: threading.Event, skip: int) -> None:
+    """Thread body: hands ``(position, tokens, lengths, taken)`` per piece of ``PIECE_DOCS``
+    documents to the assembly thread, in order; ``taken`` counts the row group's documents
+    handed over so far, None on its last piece. The first ``skip`` documents of the first row
+    group are dropped (a resume inside it).
 
     Row group ``i+1``'s encoding tasks are queued on the encoding threads before we wait for
     row group ``i``'s, so those threads never wait for us. The encoding threads are joined and
@@ -170,19 +170,20 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
     to_bytes = DocBytes(tokenizer.bos_id, dtype)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nanostream-encode")
 
-    def hand_over(position: Position, tasks: list[Future]) -> bool:
-        parts: list[bytes] = []
-        lengths: list[int] = []
-        for task in tasks:
-            p, n = task.result()
-            parts += p
-            lengths += n
-        tokens, lens = join_docs(parts, lengths, dtype)
-        return _put(q, stop, (position, tokens, lens))
+    def hand_over(position: Position, taken: int, tasks: list[Future]) -> bool:
+        if not tasks:  # an empty row group still moves the position on
+            return _put(q, stop, (position, np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64), None))
+        for i, task in enumerate(tasks):
+            parts, lengths = task.result()
+            tokens, lens = join_docs(parts, lengths, dtype)
+            taken += len(lens)
+            if not _put(q, stop, (position, tokens, lens, None if i == len(tasks) - 1 else taken)):
+                return False
+        return True
 
     try:
         source = open_source()
-        pending: deque[tuple[Position, list[Future]]] = deque()
+        pending: deque[tuple[Position, int, list[Future]]] = deque()
         for batch in source:
             if stop.is_set():
                 return
@@ -196,10 +197,9 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
                 if stop.is_set():
                     return
                 continue
-            texts = list(batch.texts)
-            step = _task_size(len(texts), workers)
-            pending.append((batch.position, [pool.submit(_encode_task, encode, to_bytes, texts[a:a + step])
-                                             for a in range(0, len(texts), step)]))
+            texts, first, skip = list(batch.texts)[skip:], skip, 0
+            pending.append((batch.position, first, [pool.submit(_encode_task, encode, to_bytes, texts[a:a + PIECE_DOCS])
+                                                    for a in range(0, len(texts), PIECE_DOCS)]))
             if len(pending) > 1 and not hand_over(*pending.popleft()):
                 return
         while pending:
@@ -222,7 +222,9 @@ class Mark:
     ``buffer`` references immutable token arrays (no copies); ``stats`` are ``PackStats`` counters.
     """
 
-    position: Position | None  # stream position of the last row group moved into the buffer
+    position: Position | None  # stream position of the last row group moved into the buffer whole
+    skip: int  # documents of the row group after it moved into the buffer already ...
+    partial: Position | None  # ... that row group, when ``skip`` > 0
     buffer: BufferSnapshot
     stats: dict[str, int]
     batches: int
@@ -250,7 +252,8 @@ class BatchPipeline:
     """The two producer threads of one ``TokenDataset`` iterator and the queue of finished batches.
 
     Takes ownership of ``packer`` (already holding the resumed buffer, if any). ``mark`` is the
-    resume point before the first batch. ``get()`` returns ``(batch, Mark)``, or None at the end
+    resume point before the first batch (``skip``: documents of the row group after ``position``,
+    ``partial``, that it holds already). ``get()`` returns ``(batch, Mark)``, or None at the end
     of the data (the batch the data ended in is dropped, its documents stay buffered) or once
     ``limit`` batches (counting the resumed run's ``batches``) have been made. At a ``Seam`` the
     buffer is drained first; only if that leaves the batch count short of ``limit`` does packing
@@ -259,26 +262,29 @@ class BatchPipeline:
 
     def __init__(self, open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
                  packer: BestFitPacker, sink: Sink, *, position: Position | None, batches: int,
-                 prefetch: int, ahead: int, limit: int | None = None) -> None:
+                 prefetch: int, ahead: int, limit: int | None = None, skip: int = 0,
+                 partial: Position | None = None) -> None:
         self._packer, self._sink, self._limit = packer, sink, limit
         self._seam: Seam | None = None  # met and not passed yet: refill says "no more data"
-        self._position, self._batches = position, batches
+        self._position, self._skip, self._batches = position, skip, batches
+        self._partial = partial  # the row group ``skip`` counts in
         self.mark = self._mark()
         self.wait_s = 0.0  # time the consumer blocked in get()
         self._stop = threading.Event()
         self._go = threading.Event()  # read on past a Seam (set by the assembly thread, or by close)
-        self._tokens: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._tokens: queue.Queue = queue.Queue(maxsize=prefetch * PIECES_AHEAD)
         self._out: queue.Queue = queue.Queue(maxsize=ahead)
         self._tokenizer_thread = threading.Thread(
             target=_tokenize_ahead, name="nanostream-tokenize", daemon=True,
-            args=(open_source, tokenizer, dtype, self._tokens, self._stop, self._go))
+            args=(open_source, tokenizer, dtype, self._tokens, self._stop, self._go, skip))
         self._thread = threading.Thread(target=self._assemble, name="nanostream-assemble", daemon=True)
         self._tokenizer_thread.start()
         self._thread.start()
 
     def _mark(self) -> Mark:
         p = self._packer
-        return Mark(self._position, p.snapshot(), p.stats.as_dict(), self._batches, p.n_docs)
+        return Mark(self._position, self._skip, self._partial if self._skip else None, p.snapshot(),
+                    p.stats.as_dict(), self._batches, p.n_docs)
 
     def _refill(self) -> bool:
         if self._seam is not None:
@@ -292,9 +298,12 @@ class BatchPipeline:
                 raise item.error
             self._tokens.put(item)  # keep answering "finished" if asked again (the queue has room)
             return False
-        position, tokens, lengths = item
+        position, tokens, lengths, taken = item
         self._packer.add(tokens, lengths, position)  # tagged: which row group each document came from
-        self._position = position
+        if taken is None:
+            self._position, self._skip = position, 0
+        else:
+            self._skip, self._partial = taken, position
         return True
 
     def _assemble(self) -> None:
@@ -307,7 +316,7 @@ class BatchPipeline:
                     _put(self._out, self._stop, _End())
                     return
                 rows = sink.rows()
-                position = self._position
+                position, skip, partial = self._position, self._skip, self._partial
                 packer.begin()
                 finished = False
                 try:
@@ -317,11 +326,11 @@ class BatchPipeline:
                             break
                 except BaseException:
                     packer.rollback()  # the buffer matches the last batch finished
-                    self._position = position
+                    self._position, self._skip, self._partial = position, skip, partial
                     raise
                 if finished:  # the data ended inside this batch: drop it, keep its documents buffered
                     packer.rollback()
-                    self._position = position
+                    self._position, self._skip, self._partial = position, skip, partial
                     seam, self._seam = self._seam, None
                     if seam is not None and self._limit is not None and self._batches < self._limit:
                         self._go.set()  # short of the limit: pack this batch again, reading on
