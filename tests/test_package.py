@@ -90,7 +90,7 @@ def test_every_public_name_in_every_order() -> None:
 
 def test_import_nanostream_loads_neither_torch_nor_pyarrow() -> None:
     code = ("import sys, nanostream; print(sorted(m for m in ('torch', 'pyarrow', 'aiohttp') if m in sys.modules)); "
-            "import nanostream.pipeline; print('torch' in sys.modules)")
+            "import nanostream.pipeline, nanostream.resume; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]", "False"]  # only loader.py and device.py import torch

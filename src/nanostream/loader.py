@@ -7,19 +7,15 @@ tokenizes row groups ahead and assembles finished batches on background threads,
 ``next()`` only pops a finished batch (on CUDA, through ``to_device``, it also waits
 on the batch's copy event: ``device.py``).
 
-``state_dict()`` describes the state after the last batch *returned*: the stream
-position of the last row group moved into the packing buffer whole, how many documents
-of the next one it holds already (``skip``: the buffer refills in pieces of 128), the
-buffer's documents (compact token tensors, each run tagged with its row group's
-position) and counters.
-Batches assembled ahead and row groups still being tokenized are not part of it; a
-resumed dataset re-reads them. It also holds the global ``Cursor`` (``nanostream.order``)
-after the row groups the reader has taken: a load at another layout (world size, nodes or
-DataLoader workers) restarts the stream at the smallest cursor of all old readers, and new
-reader ``j`` of ``R`` takes over the buffered documents of the old readers ``i`` with
-``i % R == j``. Nothing is lost; the row groups other readers took beyond the smallest
-cursor are read again, and so is a row group a reader was in the middle of (its buffered
-documents are then not carried over).
+``state_dict()`` describes the state after the last batch *returned* (what it holds, and
+how a load at the same or another layout is planned: ``resume.py``). Batches assembled
+ahead and row groups still being tokenized are not part of it; a resumed dataset re-reads
+them. A load at another layout (world size, nodes or DataLoader workers) restarts the
+stream at the smallest global cursor of all old readers, and new reader ``j`` of ``R``
+takes over the buffered documents of the old readers ``i`` with ``i % R == j``. Nothing
+is lost; the row groups other readers took beyond the smallest cursor are read again, and
+so is a row group a reader was in the middle of (its buffered documents are then not
+carried over).
 
 Readers: worker ``w`` of ``k`` on rank ``r`` of ``world`` (``local`` ranks a node) is reader
 ``r*k + w`` of ``world*k`` with ``local*k`` readers a node (``shards.worker_stride``), so
@@ -42,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from . import resume
 from .errors import ConfigError, LoaderError
 from .order import Cursor
 from .packing import BestFitPacker, PackStats, flatten_docs, token_dtype
@@ -53,48 +50,7 @@ from .tokenizer import Tokenizer
 __all__ = ["TokenDataset"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 3  # 3 added "skip" and "partial"; a version 2 state loads as skip 0
 SPLITS = ("train", "val")
-
-
-def _pos_list(pos: Position | None) -> list | None:
-    if pos is None:
-        return None
-    return [pos.epoch, pos.shard, pos.row_group, pos.taken, None if pos.base is None else pos.base.to_list()]
-
-
-def _pos_from(value: list | None) -> Position | None:
-    if value is None:
-        return None
-    epoch, shard, group, taken, base = value
-    return Position(int(epoch), int(shard), int(group), int(taken), None if base is None else Cursor.from_list(base))
-
-
-def global_cursor(s: Stream, mark: Mark) -> Cursor:
-    """The global position after the row groups this reader has moved into its buffer at
-    ``mark``, assuming every reader got as far (``s``: this reader's stream, never started).
-    Its buffered documents are not re-read from there: an elastic resume carries them over."""
-    return s.cursor(mark.position) if mark.position is not None else s.cursor()
-
-
-def _carried_docs(old: dict[str, Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """An old reader's buffered documents that an elastic resume carries over: all but those of
-    the row group it was in the middle of (``partial``), which the new run reads again whole."""
-    tokens = old["tokens"].numpy().astype(dtype, copy=True)
-    lengths = old["lengths"].numpy().astype(np.int64, copy=False)
-    partial = old.get("partial")
-    if partial is None:
-        return tokens, lengths
-    keep: list[tuple[np.ndarray, np.ndarray]] = []
-    doc = tok = 0
-    for tag, n in old["parts"]:
-        size = int(lengths[doc:doc + n].sum())
-        if tag != partial:
-            keep.append((tokens[tok:tok + size], lengths[doc:doc + n]))
-        doc, tok = doc + n, tok + size
-    if not keep:
-        return tokens[:0], lengths[:0]
-    return np.concatenate([t for t, _ in keep]), np.concatenate([n for _, n in keep])
 
 
 class _Snapshot:
@@ -109,23 +65,13 @@ class _Snapshot:
 
     def state_dict(self) -> dict[str, Any]:
         it, mark = self._it, self.mark
-        tokens, lengths = mark.buffer.export()
-        return {
-            "version": STATE_VERSION,
-            "config": dict(it._config),
-            "layout": list(it.layout),
-            "position": _pos_list(mark.position),
-            "skip": mark.skip,
-            "partial": _pos_list(mark.partial),
-            # int32: pickles everywhere (a uint16 tensor does not survive dist.all_gather_object)
-            "tokens": torch.from_numpy(tokens.astype(np.int32)),
-            "lengths": torch.from_numpy(lengths),
-            "parts": [[_pos_list(tag) if isinstance(tag, Position) else None, n] for tag, n in mark.buffer.tags()],
-            "cursor": global_cursor(it.cursor_stream(), mark).to_list(),
-            "origin": None if it.origin is None else it.origin.to_list(),
-            "stats": dict(mark.stats),
-            "batches": mark.batches,
-        }
+        cursor = resume.global_cursor(it.cursor_stream(), mark)
+        return _tensors(resume.encode(mark, config=it._config, layout=it.layout, cursor=cursor, origin=it.origin))
+
+
+def _tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its token arrays as tensors (what ``torch.save`` and ``all_gather_object`` carry)."""
+    return {**state, "tokens": torch.from_numpy(state["tokens"]), "lengths": torch.from_numpy(state["lengths"])}
 
 
 class HostSink:
@@ -166,18 +112,9 @@ class _TokenIterator:
         batches = 0
         dtype = token_dtype(ds.tokenizer.vocab_size)
         if state is not None:
-            position = _pos_from(state["position"])
-            tokens = state["tokens"].numpy().astype(dtype, copy=True)
-            lengths = state["lengths"].numpy().astype(np.int64, copy=False)
-            doc = tok = 0
-            for tag, n in state["parts"]:  # each run of documents keeps its row group's tag
-                size = int(lengths[doc:doc + n].sum())
-                packer.add(tokens[tok:tok + size], lengths[doc:doc + n], _pos_from(tag))
-                doc, tok = doc + n, tok + size
-            packer.stats = PackStats(**state["stats"])
-            batches = int(state["batches"])
+            position, batches = resume.restore(packer, state, dtype)
         for old in carried:  # an elastic resume: the old readers' buffered documents, not re-read
-            packer.add(*_carried_docs(old, dtype))
+            packer.add(*resume.carried_docs(old, dtype))
         self._sink = sink if sink is not None else HostSink(ds.batch_size, ds.seq_len + 1)
         self._kwargs = ds._source_kwargs()
         self._split = split = ds.split
@@ -207,7 +144,7 @@ class _TokenIterator:
         self._pipe = BatchPipeline(open_source, ds.tokenizer, dtype, packer, self._sink, position=position,
                                    batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit,
                                    skip=0 if state is None else int(state.get("skip", 0)),
-                                   partial=None if state is None else _pos_from(state.get("partial")))
+                                   partial=None if state is None else resume.pos_from(state.get("partial")))
         self._mark = self._pipe.mark
 
     def cursor_stream(self) -> Stream:
@@ -399,7 +336,7 @@ class TokenDataset(IterableDataset):
             raise TypeError("TokenDataset with epochs=None is endless: it has no len()")
         origin = self._origin
         if self._pending:
-            _, origin, _ = self._resume_plan((self.rank, self.world_size, self.local_world_size))
+            _, origin, _ = resume.plan(self._pending, (self.rank, self.world_size, self.local_world_size))
         total = self._run_batches(origin)
         assert total is not None
         return total
@@ -408,29 +345,13 @@ class TokenDataset(IterableDataset):
     def __iter__(self) -> _TokenIterator:
         return self._iterate()
 
-    def _resume_plan(self, layout: tuple[int, int, int]) -> tuple[dict[str, Any] | None, Cursor | None,
-                                                                   tuple[dict[str, Any], ...]]:
-        """(the pending state to resume exactly, the run's origin, the old states whose buffers an
-        elastic resume carries over) for a reader of ``layout``."""
-        if not self._pending:
-            return None, None, ()
-        for st in self._pending:
-            if st["layout"] is not None and tuple(st["layout"]) == layout:
-                return st, None if st["origin"] is None else Cursor.from_list(st["origin"]), ()
-        carried = tuple(st for st in self._pending
-                        if st["layout"] is not None and st["layout"][0] % layout[1] == layout[0])
-        cursors = [Cursor.from_list(st["cursor"]) for st in self._pending if st["cursor"] is not None]
-        if len(cursors) < len(self._pending):
-            return None, None, carried  # a state taken before any batch: nothing consumed yet
-        return None, min(cursors, key=lambda c: (c.epoch, c.consumed)), carried
-
     def _iterate(self, sink: Sink | None = None) -> _TokenIterator:
         """A new iterator; ``sink`` decides what a finished batch is (default: CPU tensors)."""
         info = get_worker_info()
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = worker_stride(self.rank, self.world_size, wid, k)
         layout = (reader, readers, self.local_world_size * k)
-        state, origin, carried = self._resume_plan(layout)
+        state, origin, carried = resume.plan(self._pending, layout)
         self._origin = origin
         total = self._run_batches(origin)
         limit = None if total is None else total // k + (wid < total % k)
@@ -452,9 +373,7 @@ class TokenDataset(IterableDataset):
             return dict(self._last["state"])
         if self._pending is not None and len(self._pending) == 1:
             return dict(self._pending[0])
-        fresh = {"version": STATE_VERSION, "config": self._config(), "layout": None, "position": None,
-                 "tokens": torch.zeros(0, dtype=torch.int32), "lengths": torch.zeros(0, dtype=torch.int64),
-                 "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
+        fresh = _tensors(resume.empty(self._config()))
         if self._pending:  # loaded for an elastic resume, not started yet: keep all of it
             fresh["pending"] = list(self._pending)
         return fresh
@@ -471,22 +390,11 @@ class TokenDataset(IterableDataset):
         if len(states) == 1 and isinstance(states[0], dict) and "pending" in states[0]:
             states = list(states[0]["pending"])  # saved between an elastic load and the first batch
         for st in states:
-            self._check_state(st)
+            resume.check(st, self._config())
         if not states:
             raise LoaderError("load_state_dict got an empty list of states")
         self._pending = states
         self._live, self._last = None, {}
-
-    def _check_state(self, state: Any) -> None:
-        if not isinstance(state, dict) or state.get("version") not in (2, STATE_VERSION):
-            raise LoaderError(f"not a TokenDataset state (version {STATE_VERSION}): "
-                              f"got {type(state).__name__} with keys {sorted(state)[:8] if isinstance(state, dict) else '-'}")
-        mine = self._config()
-        diff = {k: (v, mine.get(k)) for k, v in state["config"].items() if mine.get(k) != v}
-        if diff or set(mine) != set(state["config"]):
-            detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise LoaderError(f"resume state comes from a different TokenDataset config ({detail or 'keys differ'}); "
-                              "create the dataset with the same arguments and tokenizer")
 
     def stats(self) -> dict[str, Any]:
         """Counters of the current iterator: documents, tokens, ``crop_fraction``, ``wait_s``."""
