@@ -306,7 +306,7 @@ async def test_cli_failure_names_shard_and_exits_1(fault_server, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
-def test_killed_fetch_leaves_no_partial_final_file_and_resumes(tmp_path, sig):
+def test_killed_fetch_leaves_no_partial_final_file_and_resumes(tmp_path, sig, sigint_default):
     remote = tmp_path / "remote"
     remote_shards(remote, 3, mb=2)
     srv = subprocess.Popen([sys.executable, str(Path(__file__).parent / "servers.py"), str(remote),
