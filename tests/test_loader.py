@@ -212,6 +212,39 @@ def test_resume_exact_inside_a_row_group(data: Path, monkeypatch: pytest.MonkeyP
     assert skips - {0} and skips <= {0, 5, 10}
 
 
+@pytest.fixture(scope="module")
+def short(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("short")
+    make_shards(folder, 4, row_groups=4, rows=12)
+    return folder
+
+
+def test_resume_exact_at_every_batch_across_the_seam(short: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count set above what the data packs (``rows_per_row_group=14``) makes the run read on past
+    its epoch (``pipeline.Seam``); with pieces of 5 some states are taken inside the first row group
+    past it while their position is still before it. A resume at every batch is exact."""
+    monkeypatch.setattr(pipeline, "PIECE_DOCS", 5)
+
+    def mk() -> TokenDataset:
+        return make(short, batch_size=2, seq_len=64, buffer_docs=8, epochs=1, rows_per_row_group=14)
+
+    full = list(mk())
+    ds = mk()
+    it = iter(ds)
+    states = []
+    for _ in range(len(full) - 1):
+        next(it)
+        states.append(torch_roundtrip(ds.state_dict()))
+    it.close()
+    straddle = [k for k, st in enumerate(states, 1) if st["partial"] is not None and st["partial"][0] >= 1
+                and st["position"][0] < 1]
+    assert straddle  # the case this test is for
+    for k, st in enumerate(states, 1):
+        fresh = mk()
+        fresh.load_state_dict(st)
+        assert_same_batches(full[:k] + list(fresh), full)
+
+
 def make_stats(data: Path, epochs: int) -> dict:
     ds = make(data, epochs=epochs)
     for _ in ds:

@@ -120,6 +120,10 @@ class _TokenIterator:
         self._split = split = ds.split
         start: Position | Cursor | None = position if position is not None else origin
         kwargs, epochs = self._kwargs, ds.epochs
+        partial = None if state is None or not state.get("skip") else resume.pos_from(state.get("partial"))
+        # stopped inside the first row group past the run's epochs: the Seam was passed already
+        past_seam = (epochs is not None and partial is not None and partial.epoch >= epochs
+                     and (start is None or start.epoch < epochs))
 
         def open_source() -> Iterator[Any]:
             def read(start: Position | Cursor | None, **kw: Any) -> Iterator[Any]:
@@ -134,17 +138,17 @@ class _TokenIterator:
             if epochs is None:
                 yield from read(at)
                 return
-            if at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
-                yield from read(at, epochs=epochs)
-                yield Seam()
+            if past_seam or at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
+                if not past_seam:
+                    yield from read(at, epochs=epochs)
+                    yield Seam()
                 total = stream(split, rank=0, world_size=1, **kwargs).epoch_plan(0).total  # (no ref to self)
                 at = Cursor(epochs, 0, (), total)
             yield from read(at)
 
         self._pipe = BatchPipeline(open_source, ds.tokenizer, dtype, packer, self._sink, position=position,
                                    batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit,
-                                   skip=0 if state is None else int(state.get("skip", 0)),
-                                   partial=None if state is None else resume.pos_from(state.get("partial")))
+                                   skip=0 if state is None else int(state.get("skip", 0)), partial=partial)
         self._mark = self._pipe.mark
 
     def cursor_stream(self) -> Stream:
