@@ -445,7 +445,7 @@ class _BatchOnlyBPE(BPETokenizer):
 @pytest.fixture(scope="module")
 def big_groups(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("big_groups")
-    make_shards(folder, 3, row_groups=3, rows=80)  # 80 docs per row group: 4 encoding tasks of 20 texts
+    make_shards(folder, 3, row_groups=3, rows=80)  # 80 docs per row group: one piece, or 4 with pieces of 20
     return folder
 
 

@@ -1,11 +1,11 @@
 """BOS-aligned best-fit packing of tokenized documents into fixed-length rows (numpy only).
 
-Owns the packing buffer used by ``TokenDataset``: documents arrive a row group at a
-time as one flat token array (each document already starts with BOS) plus their
-lengths, and leave as exact copies into the rows of a batch. Nothing here imports torch.
+Owns the packing buffer used by ``TokenDataset``: documents arrive a chunk at a time
+(``TokenDataset``: a piece of 128 documents of a row group) as one flat token array
+(each document already starts with BOS) plus their lengths, and leave as exact copies
+into the rows of a batch. Nothing here imports torch.
 
-Building that flat array: ``flatten_docs`` converts a whole row group of id lists at
-once; ``DocBytes`` converts one document right after it was encoded (while its ids
+Building that flat array: ``flatten_docs`` converts a list of id lists at once; ``DocBytes`` converts one document right after it was encoded (while its ids
 are still in the CPU cache, on the encoding thread, in a GIL hold of a few
 microseconds) and ``join_docs`` glues the pieces; both give the same arrays.
 
@@ -17,7 +17,7 @@ the output is the same as the reference loop that scans a Python list, but:
 
 * documents are found through a sorted list of the distinct lengths present
   (``bisect``) and one FIFO per length, not by scanning the buffer;
-* tokens stay in the row group's flat array and are copied once, by numpy slice,
+* tokens stay in the chunk's flat array and are copied once, by numpy slice,
   into the batch (no per-document lists or tensors);
 * a batch is a transaction: ``begin()`` / ``commit()`` / ``rollback()`` undo the
   takes and refills of a batch that could not be finished (stream ended or raised),
