@@ -229,9 +229,10 @@ class TokenDataset(IterableDataset):
     (torch.distributed, else torchrun's environment, else one rank); ``drop_last`` evens out the
     row groups of the readers per epoch as there. ``epochs=None`` streams forever; with a finite
     number, every rank yields exactly ``len(ds)`` batches (see ``epoch_batches``).
-    ``buffer_docs`` documents are kept to choose from (nanochat: 1000), ``prefetch`` row groups
-    are tokenized ahead and ``ahead`` finished batches are assembled ahead (on background threads;
-    ``next()`` only hands one over). Other keyword arguments (``shuffle``, ``seed``,
+    ``buffer_docs`` documents are kept to choose from (nanochat: 1000; refilled 128 at a time),
+    about ``prefetch`` row groups (``prefetch`` x 1024 documents, in pieces of 128) are tokenized
+    ahead and ``ahead`` finished batches are assembled ahead (on background threads; ``next()``
+    only hands one over). Other keyword arguments (``shuffle``, ``seed``,
     ``max_shard``, ``num_shards``, ``base_url``, ``dataset``, ``queue_size``, ``fetch_ahead``,
     ...) go to ``iter_batches``. ``rows_per_row_group`` fixes the count's estimate (see
     ``rows_per_row_group()``) instead of reading it from the data.
