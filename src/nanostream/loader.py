@@ -114,7 +114,8 @@ class _TokenIterator:
         if state is not None:
             position, batches = resume.restore(packer, state, dtype)
         for old in carried:  # an elastic resume: the old readers' buffered documents, not re-read
-            packer.add(*resume.carried_docs(old, dtype))
+            for tokens, lengths in resume.carried_docs(old, dtype):
+                packer.add(tokens, lengths)
         self._sink = sink if sink is not None else HostSink(ds.batch_size, ds.seq_len + 1)
         self._kwargs = ds._source_kwargs()
         self._split = split = ds.split

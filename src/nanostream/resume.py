@@ -19,6 +19,7 @@ and go out as numpy (``loader.py`` makes them tensors).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -84,37 +85,32 @@ def empty(config: dict[str, Any]) -> dict[str, Any]:
             "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
 
 
-def restore(packer: BestFitPacker, state: dict[str, Any], dtype: np.dtype) -> tuple[Position | None, int]:
-    """Refill ``packer`` with the state's buffer (tags and counters too); (position, batches)."""
+def _runs(state: dict[str, Any], dtype: np.dtype) -> Iterator[tuple[list | None, np.ndarray, np.ndarray]]:
+    """The state's buffered documents, run by run: (tag as saved, flat tokens, lengths)."""
     tokens = np.asarray(state["tokens"]).astype(dtype, copy=True)
     lengths = np.asarray(state["lengths"]).astype(np.int64, copy=False)
     doc = tok = 0
-    for tag, n in state["parts"]:  # each run of documents keeps its row group's tag
+    for tag, n in state["parts"]:
         size = int(lengths[doc:doc + n].sum())
-        packer.add(tokens[tok:tok + size], lengths[doc:doc + n], pos_from(tag))
+        yield tag, tokens[tok:tok + size], lengths[doc:doc + n]
         doc, tok = doc + n, tok + size
+
+
+def restore(packer: BestFitPacker, state: dict[str, Any], dtype: np.dtype) -> tuple[Position | None, int]:
+    """Refill ``packer`` with the state's buffer (tags and counters too); (position, batches)."""
+    for tag, tokens, lengths in _runs(state, dtype):  # each run of documents keeps its row group's tag
+        packer.add(tokens, lengths, pos_from(tag))
     packer.stats = PackStats(**state["stats"])
     return pos_from(state["position"]), int(state["batches"])
 
 
-def carried_docs(old: dict[str, Any], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """An old reader's buffered documents that an elastic resume carries over: all but those of
-    the row group it was in the middle of (``partial``), which the new run reads again whole."""
-    tokens = np.asarray(old["tokens"]).astype(dtype, copy=True)
-    lengths = np.asarray(old["lengths"]).astype(np.int64, copy=False)
+def carried_docs(old: dict[str, Any], dtype: np.dtype) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """An old reader's buffered documents that an elastic resume carries over, run by run: all but
+    those of the row group it was in the middle of (``partial``), which the new run reads again whole."""
     partial = old.get("partial")
-    if partial is None:
-        return tokens, lengths
-    keep: list[tuple[np.ndarray, np.ndarray]] = []
-    doc = tok = 0
-    for tag, n in old["parts"]:
-        size = int(lengths[doc:doc + n].sum())
-        if tag != partial:
-            keep.append((tokens[tok:tok + size], lengths[doc:doc + n]))
-        doc, tok = doc + n, tok + size
-    if not keep:
-        return tokens[:0], lengths[:0]
-    return np.concatenate([t for t, _ in keep]), np.concatenate([n for _, n in keep])
+    for tag, tokens, lengths in _runs(old, dtype):
+        if partial is None or tag != partial:
+            yield tokens, lengths
 
 
 def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int]
