@@ -122,9 +122,6 @@ class _TokenIterator:
         start: Position | Cursor | None = position if position is not None else origin
         kwargs, epochs = self._kwargs, ds.epochs
         partial = None if state is None or not state.get("skip") else resume.pos_from(state.get("partial"))
-        # stopped inside the first row group past the run's epochs: the Seam was passed already
-        past_seam = (epochs is not None and partial is not None and partial.epoch >= epochs
-                     and (start is None or start.epoch < epochs))
 
         def open_source() -> Iterator[Any]:
             def read(start: Position | Cursor | None, **kw: Any) -> Iterator[Any]:
@@ -139,9 +136,9 @@ class _TokenIterator:
             if epochs is None:
                 yield from read(at)
                 return
-            if past_seam or at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
-                if not past_seam:
-                    yield from read(at, epochs=epochs)
+            if at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
+                if partial is None or partial.epoch < epochs:  # (stopped inside the first row group past
+                    yield from read(at, epochs=epochs)  # them: the Seam was passed already)
                     yield Seam()
                 total = stream(split, rank=0, world_size=1, **kwargs).epoch_plan(0).total  # (no ref to self)
                 at = Cursor(epochs, 0, (), total)
