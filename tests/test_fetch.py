@@ -447,7 +447,7 @@ async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
 
 
 @pytest.mark.parametrize("who", ["endpoint", "opt-in", "other-host"])
-async def test_hf_token_goes_only_to_the_hub_host_and_is_never_printed(tmp_path, who):
+async def test_hf_token_goes_only_to_the_hub_host_and_is_never_printed(tmp_path, who, aiohttp_server):
     """HF_TOKEN reaches HF_ENDPOINT's host or a NANOSTREAM_TOKEN_HOSTS host, never another --base-url."""
     from aiohttp import web
 
@@ -464,11 +464,7 @@ async def test_hf_token_goes_only_to_the_hub_host_and_is_never_printed(tmp_path,
 
     app = make_app(remote)
     app.middlewares.append(record_auth)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = (await aiohttp_server(app)).port
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HF_TOKEN": "hf_s3cret"}
     env.pop("NANOSTREAM_TOKEN_HOSTS", None)
@@ -477,14 +473,11 @@ async def test_hf_token_goes_only_to_the_hub_host_and_is_never_printed(tmp_path,
         env["HF_ENDPOINT"] = url
     elif who == "opt-in":
         env["NANOSTREAM_TOKEN_HOSTS"] = f"example.org, 127.0.0.1:{port}"
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nanostream.cli", "-v", "fetch", "-n", "0", "--max-shard", "0",
-            "--base-url", url, "--data-dir", str(tmp_path / "l"), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate()
-    finally:
-        await runner.cleanup()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nanostream.cli", "-v", "fetch", "-n", "0", "--max-shard", "0",
+        "--base-url", url, "--data-dir", str(tmp_path / "l"), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
     assert proc.returncode == 0, err
     expected = None if who == "other-host" else "Bearer hf_s3cret"
     assert seen and all(h == expected for h in seen)
@@ -563,7 +556,7 @@ async def test_cli_progress_bar_on_a_tty(fault_server, tmp_path, columns):
     assert "2/2 shards present" in out.decode()
 
 
-async def test_html_200_is_retried_with_backoff_and_named(tmp_path):
+async def test_html_200_is_retried_with_backoff_and_named(tmp_path, aiohttp_server):
     """A captive portal or a wrong URL answering 200 text/html: each attempt is one request after a
     backoff, no part file is created from its size, and the error says what came back."""
     from aiohttp import web
@@ -576,23 +569,16 @@ async def test_html_200_is_retried_with_backoff_and_named(tmp_path):
 
     app = web.Application()
     app.router.add_get("/{name}", portal)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    url = f"http://127.0.0.1:{(await aiohttp_server(app)).port}"
     policy = RetryPolicy(attempts=4, base=0.05, cap=0.05, connect_timeout=5, read_timeout=1.0)
-    try:
-        [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=url, retry=policy)
-    finally:
-        await runner.cleanup()
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=url, retry=policy)
     assert isinstance(res.error, RetriesExhausted) and res.attempts == 4 and len(hits) == 4
     assert "text/html" in str(res.error) and "<!DOCTYPE html>" in str(res.error)
     assert "resume" not in str(res.error)
     assert not list((tmp_path / "l").glob(".nanostream.*.part"))
 
 
-async def test_token_is_not_carried_across_a_redirect_to_another_host(tmp_path):
+async def test_token_is_not_carried_across_a_redirect_to_another_host(tmp_path, aiohttp_server):
     """The Hub answers 302 to its CDN: the token goes to the Hub's host, never to the CDN's."""
     from aiohttp import web
 
@@ -611,11 +597,7 @@ async def test_token_is_not_carried_across_a_redirect_to_another_host(tmp_path):
 
     cdn = make_app(remote)
     cdn.middlewares.append(recorder("cdn"))
-    cdn_runner = web.AppRunner(cdn)
-    await cdn_runner.setup()
-    cdn_site = web.TCPSite(cdn_runner, "127.0.0.2", 0)
-    await cdn_site.start()
-    cdn_url = f"http://127.0.0.2:{cdn_site._server.sockets[0].getsockname()[1]}"
+    cdn_url = f"http://127.0.0.2:{(await aiohttp_server(cdn, host='127.0.0.2')).port}"
 
     async def hub(request):
         seen["hub"].append(request.headers.get("Authorization"))
@@ -623,17 +605,9 @@ async def test_token_is_not_carried_across_a_redirect_to_another_host(tmp_path):
 
     hub_app = web.Application()
     hub_app.router.add_get("/{name}", hub)
-    hub_runner = web.AppRunner(hub_app)
-    await hub_runner.setup()
-    hub_site = web.TCPSite(hub_runner, "127.0.0.1", 0)
-    await hub_site.start()
-    port = hub_site._server.sockets[0].getsockname()[1]
-    try:
-        [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=f"http://127.0.0.1:{port}",
-                                   retry=FAST, token="hf_s3cret", token_hosts={f"127.0.0.1:{port}"})
-    finally:
-        await hub_runner.cleanup()
-        await cdn_runner.cleanup()
+    port = (await aiohttp_server(hub_app)).port
+    [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=f"http://127.0.0.1:{port}",
+                               retry=FAST, token="hf_s3cret", token_hosts={f"127.0.0.1:{port}"})
     assert res.error is None, res.error
     assert seen["hub"] and all(h == "Bearer hf_s3cret" for h in seen["hub"])
     assert seen["cdn"] and all(h is None for h in seen["cdn"])

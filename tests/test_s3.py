@@ -227,20 +227,23 @@ async def test_missing_extra_is_one_clear_error(aws_env, monkeypatch):
         await S3Signer.create()
 
 
-async def refusing_store(handler) -> tuple[web.AppRunner, str, list]:
-    seen: list = []
+@pytest.fixture
+def refusing_store(aiohttp_server):
+    """``await refusing_store(handler)``: a store answering request n with ``handler(n)``;
+    (its URL, the Authorization headers it saw). Stopped at the test's end."""
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        seen.append(request.headers.get("Authorization", ""))
-        return handler(len(seen))
+    async def start(handler) -> tuple[str, list]:
+        seen: list = []
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+        async def handle(request: web.Request) -> web.StreamResponse:
+            seen.append(request.headers.get("Authorization", ""))
+            return handler(len(seen))
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        return f"http://127.0.0.1:{(await aiohttp_server(app)).port}", seen
+
+    return start
 
 
 LISTING = (b'<?xml version="1.0"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
@@ -248,7 +251,7 @@ LISTING = (b'<?xml version="1.0"?><ListBucketResult xmlns="http://s3.amazonaws.c
            b"<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag></Contents></ListBucketResult>")
 
 
-async def test_access_denied_and_another_region(aws_env):
+async def test_access_denied_and_another_region(aws_env, refusing_store):
     def deny(n: int) -> web.Response:
         return web.Response(status=403, body=b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>")
 
@@ -258,17 +261,11 @@ async def test_access_denied_and_another_region(aws_env):
                                 body=b"<Error><Code>PermanentRedirect</Code></Error>")
         return web.Response(body=LISTING)
 
-    runner, url, _ = await refusing_store(deny)
-    try:
-        with pytest.raises(DatasetError, match=r"access denied \(HTTP 403\) \(AccessDenied: no\): the credentials"):
-            await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
-    finally:
-        await runner.cleanup()
-    runner, url, seen = await refusing_store(moved_then_list)
-    try:
-        cat = await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
-    finally:
-        await runner.cleanup()
+    url, _ = await refusing_store(deny)
+    with pytest.raises(DatasetError, match=r"access denied \(HTTP 403\) \(AccessDenied: no\): the credentials"):
+        await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
+    url, seen = await refusing_store(moved_then_list)
+    cat = await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
     assert [f.md5 for f in cat.files] == ["0123456789abcdef0123456789abcdef"]
     assert "/us-east-1/s3/" in seen[0] and "/ap-south-1/s3/" in seen[1]
 
@@ -308,18 +305,15 @@ async def test_signatures_pass_a_store_that_checks_them(strict_moto, aws_env):
         await s3_catalog("s3://strict/p/", endpoint=url, retry=FAST)
 
 
-async def test_an_object_gone_between_listing_and_head_is_an_error(aws_env):
+async def test_an_object_gone_between_listing_and_head_is_an_error(aws_env, refusing_store):
     listing = LISTING.replace(b"</ETag>", b"</ETag><ChecksumAlgorithm>SHA256</ChecksumAlgorithm>")
 
     def list_then_gone(n: int) -> web.Response:
         return web.Response(body=listing) if n == 1 else web.Response(status=404)
 
-    runner, url, _ = await refusing_store(list_then_gone)
-    try:
-        with pytest.raises(DatasetError, match=r"/bkt/p/a\.parquet: the object was listed but is gone"):
-            await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
-    finally:
-        await runner.cleanup()
+    url, _ = await refusing_store(list_then_gone)
+    with pytest.raises(DatasetError, match=r"/bkt/p/a\.parquet: the object was listed but is gone"):
+        await s3_catalog("s3://bkt/p/", endpoint=url, retry=FAST)
 
 
 async def test_no_credentials_anywhere_is_the_403_hint(moto_url, bucket, aws_env):

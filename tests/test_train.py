@@ -229,15 +229,21 @@ def test_silent_hub_falls_back_within_the_timeout(base: Path) -> None:
     assert elapsed < 2.0
 
 
-def test_sigterm_stops_the_sample_server_and_exits(base: Path) -> None:
-    cmd = [sys.executable, "-m", "demo.train", "--source", "sample", *TINY[2:], "--steps", "1000000",
+ENDLESS = [sys.executable, "-m", "demo.train", "--source", "sample", *TINY[2:], "--steps", "1000000",
            "--log-every", "1"]
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+
+
+def _wait_until_it_trains(proc: subprocess.Popen) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("step"):
+            return
+
+
+def test_sigterm_stops_the_sample_server_and_exits(base: Path) -> None:
+    with subprocess.Popen(ENDLESS, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # wait until it trains
-                if line.startswith("step"):
-                    break
+            _wait_until_it_trains(proc)
             children = psutil.Process(proc.pid).children(recursive=True)
             assert any("serve" in " ".join(c.cmdline()) for c in children)
             proc.terminate()
@@ -250,15 +256,10 @@ def test_sigterm_stops_the_sample_server_and_exits(base: Path) -> None:
 
 def test_kill_9_of_the_trainer_stops_the_sample_server(base: Path) -> None:
     """The trainer cannot unwind from SIGKILL: its `nanostream serve` child must go by itself."""
-    cmd = [sys.executable, "-m", "demo.train", "--source", "sample", *TINY[2:], "--steps", "1000000",
-           "--log-every", "1"]
     servers: list[psutil.Process] = []
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+    with subprocess.Popen(ENDLESS, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # wait until it trains
-                if line.startswith("step"):
-                    break
+            _wait_until_it_trains(proc)
             servers += [c for c in psutil.Process(proc.pid).children(recursive=True)
                        if "serve" in " ".join(c.cmdline())]
             assert servers
