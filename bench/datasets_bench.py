@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from nanostream.hub import hub_catalog
-from nanostream.record import read_catalog, write_catalog
+from nanostream.sources.hub import hub_catalog
+from nanostream.sources.record import read_catalog, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 5.0
@@ -126,7 +126,7 @@ def main(quick: bool = False) -> None:
             report(f"list {label}", times, counts[label])
 
         try:
-            from nanostream.s3 import s3_catalog
+            from nanostream.sources.s3 import s3_catalog
             with moto_server() as s3url:
                 t0 = time.perf_counter()
                 fill_bucket(s3url, n)
@@ -213,8 +213,8 @@ def first_batch_row(quick: bool) -> None:
     """Time to the first batch of ``stream(dataset="hf://...")`` from an empty folder (listing, census and
     the first file's download included) vs one file's download alone, the server throttled per response."""
     from nanostream.config import Config
-    from nanostream.fetch import fetch_files
-    from nanostream.streaming import stream
+    from nanostream.fetch.many import fetch_files
+    from nanostream.streaming.streams import stream
 
     n, mb, rate, rounds = (4, 4.0, 4e6, 2) if quick else (6, 8.0, 4e6, 3)
     sys.path.insert(0, str(ROOT / "tests"))

@@ -1,7 +1,7 @@
 """Loader benchmark: ``TokenDataset`` vs the tokenizer alone and vs the reference best-fit loop.
 
-Data: the offline sample corpus (``nanostream.sample``, real English text) written to
-a temp folder; tokenizer: a BPE trained on it with ``nanostream.tokenizer.train_tokenizer``
+Data: the offline sample corpus (``nanostream.text.sample``, real English text) written to
+a temp folder; tokenizer: a BPE trained on it with ``nanostream.text.bpe.train_tokenizer``
 when that exists, else ``ByteTokenizer`` (the table says which). Batches are (8, 1024).
 
 Rows (targets, PASS/FAIL, never asserted):
@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 
 from bench.reference_loader import reference_batches
 from nanostream import ByteTokenizer, TokenDataset, iter_batches, threads_for
-from nanostream.pipeline import set_loader_idle
+from nanostream.loader.pipeline import set_loader_idle
 
 B, T = 8, 1024
 
@@ -70,7 +70,7 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
 
 def _data(folder: Path) -> Path:
     try:
-        from nanostream.sample import write_sample
+        from nanostream.text.sample import write_sample
     except ImportError:  # sample corpus not there: a synthetic one from the test generator
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from datagen import make_shards
@@ -83,7 +83,7 @@ def _data(folder: Path) -> Path:
 
 def _tokenizer(texts: list[str]) -> tuple[Any, str]:
     try:
-        from nanostream.tokenizer import train_tokenizer
+        from nanostream.text.bpe import train_tokenizer
     except ImportError:
         return ByteTokenizer(), "ByteTokenizer (train_tokenizer not available)"
     tok = train_tokenizer(texts, vocab_size=8192, max_chars=4_000_000)

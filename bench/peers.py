@@ -119,7 +119,7 @@ def _hf_main(endpoint: str, out_dir: str, threads: int, names: Sequence[str]) ->
         for name, fut in [(n, pool.submit(one, n)) for n in names]:
             try:
                 fut.result()
-            except Exception as exc:  # report every failed file, then exit 1
+            except Exception as exc:  # noqa: BLE001  (report every failed file, then exit 1)
                 failed += 1
                 print(f"hf_hub_download {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(f"hf: {len(names) - failed}/{len(names)} files in {time.perf_counter() - t0:.2f}s")

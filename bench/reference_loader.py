@@ -6,7 +6,7 @@ thread. A piece of 128 documents (nanochat's tokenizer batch, ``PIECE_DOCS``) is
 tokenized when the buffer (a Python list of token lists) runs low; for every placement the whole list is scanned for the longest document that
 fits, which is copied into the row tensor with ``torch.tensor``; when none fits, the
 shortest is cropped to fill the row. Same rule and tie-breaking as
-``nanostream.packing.BestFitPacker``, so both produce the same batches.
+``nanostream.loader.packing.BestFitPacker``, so both produce the same batches.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from nanostream.pipeline import PIECE_DOCS
-from nanostream.tokenizer import Tokenizer
+from nanostream.loader.pipeline import PIECE_DOCS
+from nanostream.text.tokenizer import Tokenizer
 
 
 def reference_batches(groups: Iterable[list[str]], tokenizer: Tokenizer, batch_size: int, seq_len: int,

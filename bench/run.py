@@ -32,7 +32,7 @@ def main() -> int:
         t0 = time.monotonic()
         try:
             importlib.import_module(f"bench.{part}_bench").main(quick=quick)
-        except Exception:  # one broken part must not hide the others' figures
+        except Exception:  # noqa: BLE001  (one broken part must not hide the others' figures)
             traceback.print_exc()
             failed.append(part)
         print(f"--- {part}: {time.monotonic() - t0:.1f}s", flush=True)

@@ -35,9 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import MB, bench_env, make_big_shards, server_subprocess, table, verdict
-from nanostream.fetch import fetch_shards
-from nanostream.shards import FolderRecord, shard_name, write_record
-from nanostream.streaming import iter_batches, stream
+from nanostream.fetch.many import fetch_shards
+from nanostream.shards import shard_name
+from nanostream.sources.record import FolderRecord, write_record
+from nanostream.streaming.streams import iter_batches, stream
 
 RATE = 4_000_000  # bytes/s per connection
 LATENCY = 0.05

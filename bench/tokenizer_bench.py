@@ -1,6 +1,6 @@
 """Tokenizer benchmark: rustbpe training + tiktoken encoding vs HF ``tokenizers``.
 
-Text: the offline sample corpus (``nanostream.sample.documents()``: real English
+Text: the offline sample corpus (``nanostream.text.sample.documents()``: real English
 docstrings, ~11 MB), cycled up to 20M characters (``--quick``: 2M). Both
 libraries train a byte-level BPE of 8192 tokens (incl. ``<|bos|>``) with the same
 GPT-4-style split pattern, then encode the whole text in batches of 1024
@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench.common import table
-from nanostream.bpe import train_with_stats
-from nanostream.sample import documents
-from nanostream.tokenizer import BOS, SPLIT_PATTERN
+from nanostream.text.bpe import train_with_stats
+from nanostream.text.sample import documents
+from nanostream.text.tokenizer import BOS, SPLIT_PATTERN
 
 VOCAB = 8192
 BATCH = 1024  # documents per encode_batch call: one row group

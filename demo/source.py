@@ -29,7 +29,8 @@ from pathlib import Path
 
 from nanostream.config import DEFAULT_DATASET, Config, get_dataset
 from nanostream.errors import ConfigError, FetchError
-from nanostream.shards import RECORD_NAME, list_shards, read_record, shard_name
+from nanostream.shards import RECORD_NAME, list_shards, shard_name
+from nanostream.sources.record import read_record
 
 SOURCES = ("auto", "hub", "sample")
 SAMPLE_NAME = "sample"
@@ -126,7 +127,7 @@ def ensure_sample(folder: Path, shards: int, say: Callable[[str], None] = _quiet
     if shards < 2:
         raise ConfigError(f"the sample needs >= 2 shards (one train, one validation), got {shards}")
     if not sample_is_complete(folder, shards):
-        from nanostream.sample import write_sample
+        from nanostream.text.sample import write_sample
 
         say(f"sample: building the sample corpus into {folder} ({shards} shards; once, can take "
             "a minute) ...")
@@ -289,7 +290,7 @@ def dataset_source(dataset: str, cfg: Config) -> Source:
 
     A URL is listed once and pinned in ``BASE/data/<folder_name>``; a local folder is read in place.
     """
-    from nanostream.datasets import folder_name
+    from nanostream.sources.resolve import folder_name
 
     if "://" in dataset:
         folder = folder_name(dataset)

@@ -22,13 +22,13 @@ import torch
 
 from demo.gpt import GPT, GPTConfig, bits_per_byte
 from demo.source import PROBE_TIMEOUT, SOURCES, Source, dataset_source, env_default, open_source
-from nanostream.bpe import train_with_stats
 from nanostream.config import Config
-from nanostream.device import threads_for, to_device
 from nanostream.errors import ConfigError, NanostreamError
-from nanostream.loader import TokenDataset
-from nanostream.streaming import iter_batches
-from nanostream.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from nanostream.loader.dataset import TokenDataset
+from nanostream.loader.device import threads_for, to_device
+from nanostream.streaming.streams import iter_batches
+from nanostream.text.bpe import train_with_stats
+from nanostream.text.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 LOSS_WINDOW = 10  # the loss "fall" compares the mean of the first and of the last this-many steps
 

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nanostream.order import Cursor
-from nanostream.streaming import iter_batches, stream
+from nanostream.streaming.order import Cursor
+from nanostream.streaming.streams import iter_batches, stream
 
 from datagen import doc_id
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nanostream.shards import FolderRecord, shard_name, write_record
+from nanostream.shards import shard_name
+from nanostream.sources.record import FolderRecord, write_record
 
 WORDS = "the of and to in is that for it as was with be by on not he this are or his from at which".split()
 

@@ -15,7 +15,7 @@ Endpoints, answered as the Hub does:
         ?recursive=true walks subfolders; ``page_size`` entries a page, the next page in
         ``Link: <...&cursor=...>; rel="next"`` (on host ``next_host`` when set); 404 EntryNotFound
     GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH  302 to /cdn/<sha256> with X-Linked-Etag: "<sha256>",
-        X-Linked-Size and X-Repo-Commit; /cdn/ serves the bytes (Range, If-Range) via nanostream.serve
+        X-Linked-Size and X-Repo-Commit; /cdn/ serves the bytes (Range, If-Range) via nanostream.serve.server
 
 A missing repo answers 401 to a request without a valid token and 404 to one with
 it (the Hub does not tell a missing repo from a private one); X-Error-Code says
@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 from aiohttp import web
 
-from nanostream.serve import ShardFiles, iter_file
+from nanostream.serve.server import ShardFiles, iter_file
 
 TOKEN = "hf_test_token"
 

@@ -1,4 +1,4 @@
-"""Fault-injection HTTP server for tests and benches, layered over the real ``nanostream.serve`` app.
+"""Fault-injection HTTP server for tests and benches, layered over the real ``nanostream.serve.server`` app.
 
 In-process (async tests)::
 
@@ -82,7 +82,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from nanostream.serve import CHUNK, FILES_KEY, ShardFiles, iter_file, make_app
+from nanostream.serve.server import CHUNK, FILES_KEY, ShardFiles, iter_file, make_app
 
 BODY_FAULTS = ("drop", "short", "stall", "flip")
 # request-state keys (web.RequestKey on aiohttp >= 3.12, where plain strings warn)

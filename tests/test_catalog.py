@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanostream.catalog import (
+from nanostream.errors import ConfigError, CorruptShardError, DatasetError
+from nanostream.sources.catalog import (
     Catalog,
     DataFile,
     builtin_catalog,
@@ -16,7 +17,6 @@ from nanostream.catalog import (
     local_catalog,
     split_of,
 )
-from nanostream.errors import ConfigError, CorruptShardError, DatasetError
 
 from datagen import write_shard
 
@@ -66,7 +66,7 @@ def test_folder_names_count_only_when_no_file_name_carries_a_split():
 
 def test_without_names_the_last_file_is_validation_said_once(caplog):
     c = cat("a.parquet", "b.parquet", "c.parquet", name="once-only")
-    with caplog.at_level(logging.WARNING, logger="nanostream.catalog"):
+    with caplog.at_level(logging.WARNING, logger="nanostream.sources.catalog"):
         sp = c.splits()
         c.splits()
     assert paths(sp.train) == ["a.parquet", "b.parquet"] and paths(sp.validation) == ["c.parquet"]

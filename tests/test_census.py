@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nanostream.access import Access
-from nanostream.catalog import numbered_catalog
-from nanostream.census import CACHE_NAME, row_group_counts, row_group_counts_blocking
 from nanostream.errors import CorruptShardError, HTTPStatusError
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
+from nanostream.sources.access import Access
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.census import CACHE_NAME, row_group_counts, row_group_counts_blocking
 
 from datagen import make_shards
 from servers import FaultServer

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from nanostream.config import Config
-from nanostream.datasets import folder_name, open_catalog
 from nanostream.errors import ConfigError, DatasetError
-from nanostream.record import write_catalog
+from nanostream.sources.record import write_catalog
+from nanostream.sources.resolve import folder_name, open_catalog
 
 from datagen import write_shard
 from hubserver import HubServer

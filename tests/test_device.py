@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from nanostream import threads_for, to_device
-from nanostream.device import CudaPrefetcher, PinnedRowsSink
 from nanostream.errors import CorruptShardError, LoaderError
+from nanostream.loader.device import CudaPrefetcher, PinnedRowsSink
 from test_loader import PIN_WARNING, assert_same_batches, corrupt, make, our_threads  # noqa: F401 (fixture)
 
 from datagen import make_shards

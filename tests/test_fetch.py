@@ -14,8 +14,9 @@ import psutil
 import pytest
 
 from nanostream.errors import HTTPStatusError, RetriesExhausted
-from nanostream.fetch import Fetcher, fetch_shards
-from nanostream.partial import PartState, part_path, state_path
+from nanostream.fetch.fetcher import Fetcher
+from nanostream.fetch.many import fetch_shards
+from nanostream.fetch.partial import PartState, part_path, state_path
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 
@@ -40,7 +41,7 @@ def assert_same(remote: Path, local: Path, n: int) -> None:
 def assert_clean(local: Path) -> None:
     """Only shard files and .nanostream* bookkeeping; no part or state files left."""
     for name in os.listdir(local):
-        assert name.startswith("shard_") or name.startswith(".nanostream"), name
+        assert name.startswith(("shard_", ".nanostream")), name
         assert not name.endswith((".part", ".state", ".tmp")), name
 
 
@@ -190,8 +191,8 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
     """Regression: range B's write, started before range A completed the prefix, was not hashed."""
     import hashlib
 
-    from nanostream.disk import Disk
-    from nanostream.jobs import Job, Segment
+    from nanostream.fetch.disk import Disk
+    from nanostream.fetch.jobs import Job, Segment
 
     disk, tasks = Disk(), []
     job = Job(0, tmp_path / NAME0, "http://127.0.0.1:1/x", disk, lambda c: tasks.append(asyncio.ensure_future(c)))
@@ -451,7 +452,7 @@ async def test_hf_token_goes_only_to_the_hub_host_and_is_never_printed(tmp_path,
     """HF_TOKEN reaches HF_ENDPOINT's host or a NANOSTREAM_TOKEN_HOSTS host, never another --base-url."""
     from aiohttp import web
 
-    from nanostream.serve import make_app
+    from nanostream.serve.server import make_app
 
     remote = tmp_path / "remote"
     remote_shards(remote, 1)
@@ -504,7 +505,7 @@ async def test_cli_loop_switch_and_plain_progress_lines(fault_server, tmp_path, 
 def test_line_progress_prints_plain_periodic_lines():
     import io
 
-    from nanostream.fetch import ShardResult
+    from nanostream.fetch.fetcher import ShardResult
     from nanostream.progress import LineProgress, make_progress
 
     buf = io.StringIO()
@@ -582,7 +583,7 @@ async def test_token_is_not_carried_across_a_redirect_to_another_host(tmp_path, 
     """The Hub answers 302 to its CDN: the token goes to the Hub's host, never to the CDN's."""
     from aiohttp import web
 
-    from nanostream.serve import make_app
+    from nanostream.serve.server import make_app
 
     remote = tmp_path / "remote"
     remote_shards(remote, 1)

@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 
-from nanostream.fetch import fetch_shards
+from nanostream.fetch.many import fetch_shards
 from nanostream.retry import RetryPolicy
-from nanostream.shards import read_record, shard_name
+from nanostream.shards import shard_name
+from nanostream.sources.record import read_record
 
 from datagen import make_shards
 

@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from nanostream.errors import DatasetError, RetriesExhausted
-from nanostream.hub import HubPath, hub_catalog, hub_headers, parse_hub_url
 from nanostream.retry import RetryPolicy
+from nanostream.sources.hub import HubPath, hub_catalog, hub_headers, parse_hub_url
 
 from datagen import write_shard
 from hubserver import TOKEN, HubServer
@@ -191,8 +191,8 @@ async def test_a_path_may_name_one_file(tmp_path):
 
 
 async def test_todays_downloader_fetches_and_verifies_a_listed_file(tmp_path):
-    """The resolve endpoint behaves as the Hub's for nanostream.fetch (redirect, X-Linked-Etag, ranges)."""
-    from nanostream.fetch import fetch_shards
+    """The resolve endpoint behaves as the Hub's for nanostream.fetch.fetcher (redirect, X-Linked-Etag, ranges)."""
+    from nanostream.fetch.many import fetch_shards
 
     shas = make_repo(tmp_path / "repo", ["shard_00000.parquet", "shard_00001.parquet"])
     async with HubServer() as hub:

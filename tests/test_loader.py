@@ -18,10 +18,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nanostream import ByteTokenizer, TokenDataset, pipeline
+from nanostream import ByteTokenizer, TokenDataset
 from nanostream.errors import ConfigError, CorruptShardError, LoaderError, NanostreamError, TokenizerError
-from nanostream.pipeline import _encoding
-from nanostream.tokenizer import BPETokenizer
+from nanostream.loader import pipeline
+from nanostream.loader.pipeline import _encoding
+from nanostream.text.tokenizer import BPETokenizer
 
 from datagen import doc_id, doc_text, make_shards
 
@@ -547,7 +548,7 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
     new rank the smallest global cursor; the old buffers are carried over, nothing is lost, and only
     the row groups some old readers took beyond that cursor are read twice (with pieces of 5, also
     the row groups a reader was in the middle of, whose buffered documents are not carried)."""
-    from nanostream.streaming import stream
+    from nanostream.streaming.streams import stream
 
     monkeypatch.setattr(pipeline, "PIECE_DOCS", pieces)
 

@@ -58,7 +58,7 @@ else:
     import pytest
 
     from nanostream.shards import list_shards
-    from nanostream.streaming import stream
+    from nanostream.streaming.streams import stream
     from test_stream_cluster import worker_env
 
     from datagen import make_shards

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from nanostream.errors import ConfigError
-from nanostream.order import Cursor, EpochPlan
+from nanostream.streaming.order import Cursor, EpochPlan
 
 
 def plan(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0) -> EpochPlan:

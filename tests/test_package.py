@@ -2,7 +2,7 @@
 
 Each order runs in a fresh interpreter (a subprocess), because the bug this guards
 against depends on which submodules an interpreter has already loaded: importing
-``nanostream.stream`` (the module, now ``nanostream.streaming``) used to replace the
+``nanostream.stream`` (the module, now ``nanostream.streaming.streams``) used to replace the
 function ``nanostream.stream``.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 import nanostream
 
-SUBMODULES = sorted(m.name for m in pkgutil.iter_modules(nanostream.__path__))
+SUBMODULES = sorted(m.name.removeprefix("nanostream.") for m in pkgutil.walk_packages(nanostream.__path__, "nanostream."))
 PUBLIC = list(nanostream.__all__)
 
 # In a fresh interpreter: run the imports of `steps` in order, then check every public name.
@@ -76,7 +76,8 @@ def orders() -> dict[str, list[tuple[str, object]]]:
 
 
 def test_no_public_name_is_also_a_submodule() -> None:
-    clashes = set(PUBLIC) & set(SUBMODULES)
+    names = {part for m in SUBMODULES for part in m.split(".")}  # every subpackage's and module's own name
+    clashes = set(PUBLIC) & names
     assert not clashes, f"public names that are also submodules: {sorted(clashes)}; rename the module"
 
 
@@ -90,7 +91,7 @@ def test_every_public_name_in_every_order() -> None:
 
 def test_import_nanostream_loads_neither_torch_nor_pyarrow() -> None:
     code = ("import sys, nanostream; print(sorted(m for m in ('torch', 'pyarrow', 'aiohttp') if m in sys.modules)); "
-            "import nanostream.pipeline, nanostream.resume; print('torch' in sys.modules)")
+            "import nanostream.loader.pipeline, nanostream.loader.resume; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]", "False"]  # only loader.py and device.py import torch
@@ -99,6 +100,6 @@ def test_import_nanostream_loads_neither_torch_nor_pyarrow() -> None:
 def test_streaming_module_and_stream_function() -> None:
     import importlib
 
-    mod = importlib.import_module("nanostream.streaming")
+    mod = importlib.import_module("nanostream.streaming.streams")
     assert callable(nanostream.stream) and nanostream.stream is mod.stream
-    from nanostream.streaming import Stream  # noqa: F401  (the module's other names)
+    from nanostream.streaming.streams import Stream  # noqa: F401  (the module's other names)

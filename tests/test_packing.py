@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from nanostream.packing import BestFitPacker, DocBytes, flatten_docs, join_docs, token_dtype
+from nanostream.loader.packing import BestFitPacker, DocBytes, flatten_docs, join_docs, token_dtype
 
 BOS = 1000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from nanostream.partial import SLOT, PartFiles, PartState, create_part, part_path, state_path
+from nanostream.fetch.partial import SLOT, PartFiles, PartState, create_part, part_path, state_path
 
 URL = "http://127.0.0.1:9/shard_00000.parquet"
 

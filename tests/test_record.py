@@ -6,10 +6,16 @@ import json
 
 import pytest
 
-from nanostream.catalog import Catalog, DataFile, builtin_catalog, numbered_catalog
 from nanostream.errors import DatasetError
-from nanostream.record import catalog_from_json, catalog_to_json, read_catalog, write_catalog
-from nanostream.shards import FolderRecord, write_record
+from nanostream.sources.catalog import Catalog, DataFile, builtin_catalog, numbered_catalog
+from nanostream.sources.record import (
+    FolderRecord,
+    catalog_from_json,
+    catalog_to_json,
+    read_catalog,
+    write_catalog,
+    write_record,
+)
 
 SHA = "ab" * 32
 

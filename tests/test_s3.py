@@ -23,7 +23,7 @@ from nanostream.retry import RetryPolicy
 pytest.importorskip("botocore")
 moto_server = pytest.importorskip("moto.server")
 
-from nanostream.s3 import S3Path, S3Signer, parse_s3_url, s3_catalog, verification_summary  # noqa: E402
+from nanostream.sources.s3 import S3Path, S3Signer, parse_s3_url, s3_catalog, verification_summary  # noqa: E402
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.02)
 BODY = b"PAR1" + bytes(range(256)) * 64 + b"PAR1"
@@ -329,7 +329,7 @@ async def test_no_credentials_anywhere_is_the_403_hint(moto_url, bucket, aws_env
 # -- downloads: the same downloader, signed, with ranges, If-Match and the catalog's checksums -----
 async def test_objects_download_split_verified_and_a_changed_object_is_an_error(moto_url, bucket, tmp_path):
     from nanostream.errors import VerificationError
-    from nanostream.fetch import fetch_files
+    from nanostream.fetch.many import fetch_files
 
     name, client = bucket
     big = b"PAR1" + os.urandom(1 << 20) + b"PAR1"
@@ -372,7 +372,7 @@ async def test_stream_reads_a_prefix_while_downloading(moto_url, bucket, tmp_pat
     import pyarrow.parquet as pq
 
     from nanostream.config import Config
-    from nanostream.streaming import stream
+    from nanostream.streaming.streams import stream
 
     name, client = bucket
     for split, k in (("train", 0), ("train", 1), ("val", 2)):
@@ -391,9 +391,9 @@ async def test_stream_reads_a_prefix_while_downloading(moto_url, bucket, tmp_pat
 async def test_a_resumed_range_sends_if_match_and_a_changed_object_answers_412(moto_url, bucket, tmp_path):
     """A part file saved against an old ETag: the continuation's If-Match gets 412. A listed file fails
     ("changed since listed"); one the catalog knows nothing about starts over and gets the new bytes."""
-    from nanostream.catalog import DataFile
-    from nanostream.fetch import fetch_files
-    from nanostream.partial import PartFiles, PartState, create_part
+    from nanostream.fetch.many import fetch_files
+    from nanostream.fetch.partial import PartFiles, PartState, create_part
+    from nanostream.sources.catalog import DataFile
 
     name, client = bucket
     old, new = b"PAR1" + os.urandom(4000) + b"PAR1", b"PAR1" + os.urandom(4000) + b"PAR1"

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import nanostream.sample as sample
+import nanostream.text.sample as sample
 from nanostream.errors import ConfigError
-from nanostream.shards import list_shards, read_record, resolve_split, shard_name
-from nanostream.tokenizer import train_tokenizer
+from nanostream.shards import list_shards, shard_name
+from nanostream.sources.record import read_record, resolve_split
+from nanostream.text.bpe import train_tokenizer
 
 from datagen import make_shards
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from nanostream.errors import ConfigError, DatasetError
-from nanostream.serve import Limits, make_app, parse_range, start_server
+from nanostream.serve.server import Limits, make_app, parse_range, start_server
 
 from servers import FaultServer
 
@@ -632,9 +632,9 @@ def test_subprocess_mode_prints_url_and_serves(root: Path) -> None:
 async def test_a_folder_fetched_from_the_hub_is_a_hub_for_the_next_node(tmp_path: Path) -> None:
     """serve answers the Hub API for its recorded hf:// dataset: HF_ENDPOINT=mirror lists the same commit."""
     from nanostream.config import Config
-    from nanostream.datasets import open_catalog
-    from nanostream.fetch import fetch_files
-    from nanostream.record import write_catalog
+    from nanostream.fetch.many import fetch_files
+    from nanostream.sources.record import write_catalog
+    from nanostream.sources.resolve import open_catalog
 
     from datagen import write_shard
     from hubserver import HubServer

@@ -7,21 +7,10 @@ import itertools
 import pytest
 
 from nanostream.errors import ConfigError, MissingShardError
-from nanostream.shards import (
-    FolderRecord,
-    check_layout,
-    deal,
-    list_shards,
-    node_count,
-    owns,
-    read_record,
-    resolve_split,
-    shard_index,
-    shard_name,
-    strided,
-    worker_stride,
-    write_record,
-)
+from nanostream.shards import list_shards, shard_index, shard_name
+from nanostream.sources.record import FolderRecord, read_record, resolve_split, write_record
+from nanostream.streaming.order import deal
+from nanostream.streaming.ranks import check_layout, node_count, owns, strided, worker_stride
 
 from datagen import make_shards
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nanostream.errors import DiskFullError
-from nanostream.fetch import fetch_shards
+from nanostream.fetch.many import fetch_shards
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nanostream.shards import list_shards, shard_name
-from nanostream.streaming import stream
+from nanostream.streaming.streams import stream
 
 from datagen import make_shards
 from servers import FaultServer

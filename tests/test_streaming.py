@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from nanostream.errors import ConfigError, CorruptShardError, FetchError, MissingShardError
-from nanostream.shards import FolderRecord, read_record, shard_name, write_record
-from nanostream.streaming import Batch, Position, iter_batches, stream
+from nanostream.shards import shard_name
+from nanostream.sources.record import FolderRecord, read_record, write_record
+from nanostream.streaming.streams import Batch, Position, iter_batches, stream
 
 from datagen import doc_id, make_shards
 from servers import FaultServer
@@ -347,7 +348,7 @@ async def test_break_stops_background_downloads(tmp_path: Path) -> None:
 WORKER = """
 import sys
 from collections import Counter
-from nanostream.streaming import iter_batches
+from nanostream.streaming.streams import iter_batches
 n = Counter(t.split(" ", 1)[0] for b in iter_batches("train", data_dir=sys.argv[1], base_url=sys.argv[2],
             num_shards=5, max_shard=5, rank=int(sys.argv[3]), world_size=2) for t in b.texts)
 print(sum(n.values()), max(n.values()))

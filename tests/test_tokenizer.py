@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import tiktoken.load
 
-from nanostream.bpe import iter_shard_texts, train_with_stats
 from nanostream.errors import ConfigError, CorruptShardError, TokenizerError
 from nanostream.shards import shard_name
-from nanostream.tokenizer import (
+from nanostream.text.bpe import iter_shard_texts, train_tokenizer, train_with_stats
+from nanostream.text.tokenizer import (
     BOS,
     CONFIG_NAME,
     RANKS_NAME,
@@ -29,7 +29,6 @@ from nanostream.tokenizer import (
     Tokenizer,
     _balanced_chunks,
     load_tokenizer,
-    train_tokenizer,
 )
 
 from datagen import make_shards, write_shard

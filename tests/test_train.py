@@ -27,9 +27,9 @@ from aiohttp import web
 
 from nanostream.config import Config, get_dataset
 from nanostream.errors import ConfigError, FetchError
-from nanostream.serve import make_app
+from nanostream.serve.server import make_app
 from nanostream.shards import list_shards, shard_name
-from nanostream.tokenizer import ByteTokenizer
+from nanostream.text.tokenizer import ByteTokenizer
 
 from datagen import make_shards, write_shard
 
@@ -283,7 +283,7 @@ def test_progress_is_printed_before_building_the_sample(tmp_path: Path, monkeypa
         assert said and said[-1].startswith("sample: building the sample corpus")
         return make_shards(out_dir, shards, row_groups=1, rows=4)
 
-    monkeypatch.setattr("nanostream.sample.write_sample", fake_write)
+    monkeypatch.setattr("nanostream.text.sample.write_sample", fake_write)
     source.ensure_sample(folder, 2, said.append)
     assert said[-1].startswith("sample: built in")
     said.clear()

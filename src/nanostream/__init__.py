@@ -6,7 +6,7 @@ Public API (imported lazily so ``import nanostream`` never pulls in torch):
 ``nanostream.errors``.
 
 A public name never depends on import order: no public name is also the name of a
-submodule (the streaming module is ``nanostream.streaming``, its function ``stream``),
+submodule (the streaming module is ``nanostream.streaming.streams``, its function ``stream``),
 so importing a submodule can never replace a function on the package.
 """
 
@@ -21,18 +21,18 @@ from .errors import NanostreamError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "stream": "streaming",
-    "iter_batches": "streaming",
-    "Batch": "streaming",
-    "Position": "streaming",
-    "Cursor": "streaming",
-    "fetch_shards": "fetch",
-    "Fetcher": "fetch",
-    "ByteTokenizer": "tokenizer",
-    "load_tokenizer": "tokenizer",
-    "TokenDataset": "loader",
-    "to_device": "device",
-    "threads_for": "device",
+    "stream": "streaming.streams",
+    "iter_batches": "streaming.streams",
+    "Batch": "streaming.plan",
+    "Position": "streaming.plan",
+    "Cursor": "streaming.order",
+    "fetch_shards": "fetch.many",
+    "Fetcher": "fetch.fetcher",
+    "ByteTokenizer": "text.tokenizer",
+    "load_tokenizer": "text.tokenizer",
+    "TokenDataset": "loader.dataset",
+    "to_device": "loader.device",
+    "threads_for": "loader.device",
 }
 
 __all__ = ["Config", "NanostreamError", "__version__", *_LAZY]

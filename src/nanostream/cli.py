@@ -95,17 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "fetch":
-        from .fetch_cli import run_fetch
+        from .fetch.command import run_fetch
 
         return run_fetch(args, cfg)
     if args.command == "serve":
-        from .serve import Limits, run_server
+        from .serve.server import Limits, run_server
 
         limits = Limits(max_connections=args.max_connections, timeout=args.timeout,
                         max_keepalive_requests=args.max_keepalive_requests)
         return run_server(args.dir, host=args.host, port=args.port, limits=limits)
     if args.command == "sample":
-        from .sample import write_sample
+        from .text.sample import write_sample
 
         if args.shards < 2:
             raise ConfigError(f"--shards must be >= 2 (one train, one validation), got {args.shards}")
@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"wrote {len(paths)} sample shards to {args.dir} (validation: {paths[-1].name})")
         return EXIT_OK
     if args.command == "tokenizer":
-        from .tokenizer import train_tokenizer_cli
+        from .text.bpe import train_tokenizer_cli
 
         return train_tokenizer_cli(args, cfg)
     raise AssertionError(args.command)

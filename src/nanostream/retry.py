@@ -150,7 +150,6 @@ def parse_sha256(value: str | None) -> str | None:
     if not value:
         return None
     v = value.strip()
-    if v.startswith("W/"):
-        v = v[2:]
+    v = v.removeprefix("W/")
     v = v.strip('"').lower()
     return v if SHA256_RE.match(v) else None

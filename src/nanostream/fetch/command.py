@@ -1,0 +1,201 @@
+"""``nanostream fetch``: turn CLI flags into a catalog's files, run the downloader, report.
+
+Validates every flag before any network work (bad input is ``ConfigError``, exit
+2), lists the dataset (``datasets.open_catalog``: a built-in name, ``hf://``,
+``s3://``) or reads the folder's pinned record, refuses a folder that holds another
+source's files, records the catalog (``.nanostream.json``) before the first byte,
+says once what each file is verified against, checks the free space when it is
+tight, picks the event loop, shows progress, and prints one summary line plus one
+line per distinct failure. Ctrl-C and SIGTERM both keep the partial downloads and their
+saved state (exit 130 and 143).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..config import Config, check_url, get_dataset
+from ..errors import ConfigError
+from ..progress import make_progress
+from ..sources.catalog import Catalog, DataFile, numbered_catalog
+from ..sources.record import read_catalog, write_catalog
+from ..sources.resolve import folder_name, open_catalog, url_prefix
+
+log = logging.getLogger(__name__)
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the fetch was cancelled like Ctrl-C."""
+
+
+def check_writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and prove we can write there, else ConfigError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".nanostream.probe.", dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"data dir {path} cannot be created or written: {exc.strerror or exc}") from exc
+    return path
+
+
+def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[DataFile, ...]]:
+    """Validate flags, list (or read the folder's record of) the dataset; (data_dir, catalog, files to fetch)."""
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.num_shards < -1:
+        raise ConfigError(f"-n must be -1 (all) or >= 0, got {args.num_shards}")
+    if args.retries < 1:
+        raise ConfigError(f"--retries must be >= 1, got {args.retries}")
+    if args.max_shard is not None and args.max_shard < 0:
+        raise ConfigError(f"--max-shard must be >= 0, got {args.max_shard}")
+    dataset = args.dataset
+    numbered = args.base_url is not None or args.max_shard is not None
+    if numbered and "://" in dataset:
+        raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
+    if numbered or "://" not in dataset:
+        get_dataset(dataset)  # an unknown name: one line listing the built-in ones
+    base_url = check_url(args.base_url) if args.base_url else None
+    data_dir = check_writable_dir((args.data_dir or cfg.data_dir(folder_name(dataset))).expanduser())
+    recorded = read_catalog(data_dir)
+    if numbered:
+        cat = _numbered(dataset, base_url, args, cfg, recorded)
+    else:
+        pinned = recorded is not None and recorded.name == dataset
+        cat = asyncio.run(open_catalog(dataset, config=cfg, data_dir=data_dir if pinned else None,
+                                       include=args.include, val=args.val, text_column=args.text_column))
+    if recorded is not None and url_prefix(recorded) != url_prefix(cat):
+        present = any((data_dir / f.path).exists() for f in recorded.files)
+        if present and not args.verify:
+            raise ConfigError(
+                f"{data_dir} holds files of {recorded.name} fetched from {url_prefix(recorded)}, not {url_prefix(cat)}: "
+                f"fetch into another --data-dir, or add --verify to check every file there against "
+                f"{url_prefix(cat)} (and re-fetch those that differ)")
+    return data_dir, cat, cat.pick(None if args.num_shards == -1 else args.num_shards)
+
+
+def _numbered(dataset: str, base_url: str | None, args: argparse.Namespace, cfg: Config,
+              recorded: Catalog | None) -> Catalog:
+    """--base-url / --max-shard: ``shard_XXXXX.parquet`` files under a URL prefix, the last validation."""
+    ds = get_dataset(dataset)
+    hub_url = ds.base_url(cfg.hf_endpoint)
+    base = base_url or hub_url
+    max_shard = args.max_shard
+    if max_shard is None:
+        same = recorded is not None and url_prefix(recorded) == base
+        max_shard = len(recorded.files) - 1 if recorded is not None and same else ds.max_shard
+    cat = numbered_catalog(ds.name if base == hub_url else base, base, max_shard + 1,
+                           text_column=args.text_column or ds.text_column, source=base)
+    return replace(cat, val=args.val) if args.val else cat
+
+
+async def _until_sigterm(coro):
+    """Run ``coro``; SIGTERM cancels it (cleanup runs as for Ctrl-C) and raises Terminated."""
+    loop, task = asyncio.get_running_loop(), asyncio.ensure_future(coro)
+    hit: list[int] = []
+
+    def on_term() -> None:
+        hit.append(1)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if hit:
+            raise Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _run_loop(coro, loop: str):
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:
+            coro.close()
+            raise ConfigError("--loop uvloop needs the uvloop package (not available on Windows)") from exc
+        return uvloop.run(_until_sigterm(coro))
+    return asyncio.run(_until_sigterm(coro))
+
+
+def summarize(results, data_dir: Path, seconds: float) -> str:
+    ok = [r for r in results if r.error is None]
+    got = sum(r.downloaded for r in results)
+    fetched = sum(1 for r in ok if not r.skipped)
+    retries = sum(r.attempts for r in results)
+    return (f"fetch: {len(ok)}/{len(results)} shards present in {data_dir} ({fetched} downloaded, "
+            f"{len(ok) - fetched} already there), {got / 1e6:.1f} MB in {seconds:.1f}s "
+            f"({got / 1e6 / max(seconds, 1e-9):.1f} MB/s), {retries} retries, "
+            f"{len(results) - len(ok)} failed")
+
+
+def failure_lines(results) -> list[str]:
+    """One line per distinct failure (a host that is down fails every shard with one message)."""
+    counts = Counter(str(r.error) for r in results if r.error is not None)
+    return [f"nanostream: failed {msg}" if n == 1 else f"nanostream: failed ({n} shards) {msg}"
+            for msg, n in counts.items()]
+
+
+def _stopped(data_dir: Path, what: str) -> None:
+    kept = any(p.name.endswith(".part") for p in data_dir.iterdir())
+    tail = ("partial downloads and their state kept in "
+            f"{data_dir}; the same command resumes them") if kept else "nothing partial was left"
+    print(f"nanostream: {what}; {tail}", file=sys.stderr, flush=True)
+
+
+def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
+    if args.quiet:  # retries and resumes are logged at INFO; --quiet keeps warnings and errors only
+        logging.getLogger("nanostream").setLevel(logging.WARNING)
+    data_dir, cat, files = plan(args, cfg)
+    loop = args.loop or cfg.loop
+    write_catalog(data_dir, cat)  # before any byte: later fetches and every rank read this pin
+    if not args.verify and all((data_dir / f.path).exists() for f in files):
+        done = [SimpleNamespace(error=None, downloaded=0, skipped=True, attempts=0) for _ in files]
+        print(summarize(done, data_dir, 0.0), flush=True)  # nothing to download: no aiohttp, no loop
+        return 0
+    from ..retry import RetryPolicy
+    from ..sources.s3 import verification_summary
+    from .many import fetch_files  # aiohttp is imported only when something is downloaded
+    val = set(cat.split("val"))
+    if not args.quiet:
+        pin = f" at commit {cat.revision[:12]}" if cat.revision and cat.revision != "main" else ""
+        print(f"fetch: {sum(f not in val for f in files)} train files + {len(val)} validation file(s) of "
+              f"{cat.name}{pin} into {data_dir} ({args.workers} connections, {loop} loop)",
+              file=sys.stderr, flush=True)
+        print(f"fetch: verification: {verification_summary(replace(cat, files=files))}", file=sys.stderr,
+              flush=True)
+    progress = make_progress(len(files), quiet=args.quiet)
+    retry = RetryPolicy(attempts=args.retries)
+    start = time.monotonic()
+    try:
+        results = _run_loop(fetch_files(files, data_dir=data_dir, workers=args.workers, token=cfg.hf_token,
+                                        token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, retry=retry,
+                                        verify=args.verify, progress=progress, check_space=True), loop)
+    except KeyboardInterrupt:
+        progress.close()
+        _stopped(data_dir, "interrupted")
+        return 130
+    except Terminated:
+        progress.close()
+        _stopped(data_dir, "terminated (SIGTERM)")
+        return EXIT_TERMINATED
+    finally:
+        progress.close()
+    for line in failure_lines(results):
+        print(line, file=sys.stderr)
+    print(summarize(results, data_dir, time.monotonic() - start), flush=True)
+    return 0 if all(r.error is None for r in results) else 1
+

@@ -1,0 +1,237 @@
+"""One file's download in progress: its byte ranges, its part and state files, and its writer.
+
+A ``Job`` is a shard being fetched: what the server said (size, sha256, validator),
+the ``Segment`` ranges still missing, a generation counter that abandons every
+in-flight range when the remote changes, and the running sha256 of the prefix
+written in order. Every change to the job's files (create, save, discard, publish)
+runs under the job's ``files`` lock, in the Fetcher's ``Disk`` pool.
+
+State saves are coalesced: each write marks the job dirty and one saver task per
+job loops "snapshot the ranges written so far, fdatasync the part, write the state
+slot" until nothing new was written, so the state follows the data within one
+fsync and never claims a byte that is not durable. ``Writer`` buffers received chunks
+and writes them with one ``pwritev`` once ``FLUSH_BYTES`` arrived or
+``FLUSH_SECONDS`` passed, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from ..retry import Fatal
+from .disk import Disk, pwrite_and_hash
+from .partial import PartFiles, PartState, create_part, discard, part_path
+
+log = logging.getLogger(__name__)
+FLUSH_BYTES = 128 << 10
+FLUSH_SECONDS = 0.2
+
+
+class Segment:
+    """A byte range [pos, end) still to download; ``end`` is None until the size is known.
+
+    ``pos`` counts bytes written; ``buffered`` bytes after it have arrived but are not
+    written yet (splits are decided on ``pos + buffered``, so received bytes are not
+    requested twice).
+    """
+
+    __slots__ = ("active", "buffered", "end", "pos")
+
+    def __init__(self, pos: int, end: int | None):
+        self.pos, self.end, self.active, self.buffered = pos, end, False, 0
+
+    def done(self) -> bool:
+        return self.end is not None and self.pos >= self.end
+
+    def left(self) -> int:
+        """Bytes not yet received (0 when the end is unknown)."""
+        return 0 if self.end is None else max(self.end - self.pos - self.buffered, 0)
+
+
+class Job:
+    """A shard being downloaded; ``future`` resolves to its ShardResult (or FetchError)."""
+
+    def __init__(self, key: str, final: Path, url: str, disk: Disk,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None,
+                 file: Any = None, signed: bool = False):
+        self.key, self.final, self.url, self.disk, self._spawn = key, final, url, disk, spawn
+        self.index = index  # the caller's number for it (a shard index, or its place in the list)
+        self.file = file  # the catalog's DataFile: what the download must match (size, sha256, md5)
+        self.signed = signed  # an s3:// object: every request is SigV4-signed
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
+        self.segments: list[Segment] = []
+        self.size: int | None = None
+        self.validator: str | None = None
+        self.sha256: str | None = None
+        self.attempts = self.downloaded = self.gen = 0
+        self.lock: filelock.BaseFileLock | None = None
+        self.finalizing = False
+        self.files = asyncio.Lock()  # serialises create / save / discard / finalize of this job's files
+        self.hasher: Any = None  # sha256 of bytes [0, hashed) as written, while one range writes them in order
+        self.hashed = 0
+        self._dirty = False
+        self._saver: asyncio.Task | None = None
+        self.pfiles: PartFiles | None = None  # open part/state descriptors while downloading
+
+    @property
+    def name(self) -> str:
+        return self.key
+
+    @property
+    def known(self) -> bool:
+        """The catalog says what this file is: a different answer is an error, never a reset."""
+        return self.file is not None and (self.file.size is not None or bool(self.file.sha256))
+
+    def live(self, gen: int) -> bool:
+        return gen == self.gen and not self.future.done()
+
+    def remaining(self) -> int:
+        """Bytes of this job not received yet (unknown ends count as nothing)."""
+        return sum(s.left() for s in self.segments)
+
+    async def learned(self, size: int, sha256: str | None, validator: str | None) -> None:
+        """The first response told us what to expect: a fresh part file of ``size`` bytes, reserved."""
+        self.size, self.sha256, self.validator = size, sha256, validator
+        self.hasher, self.hashed = (hashlib.sha256() if sha256 else None), 0
+        gen = self.gen
+        async with self.files:
+            if gen != self.gen:
+                return
+            self.close_files()
+            try:
+                async with self.disk.reserving:
+                    await self.disk.run(create_part, self.final, size)
+                    self.pfiles = await self.disk.acquire(PartFiles.close,
+                                                          lambda: PartFiles(self.final, fresh=True))
+                await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, null]]
+            except OSError as exc:
+                self.close_files()  # hold no reserved blocks while failed or parked
+                await self.disk.run(discard, self.final)
+                raise Fatal(f"cannot create {part_path(self.final)} ({size / 1e6:.1f} MB): "
+                            f"{exc.strerror or exc}") from exc
+
+    def reset(self, why: str) -> None:
+        """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
+        log.warning("%s: %s; restarting it from byte 0", self.name, why)
+        self.gen += 1
+        self.size = self.sha256 = self.validator = self.hasher = None
+        self.hashed = 0
+        self.segments = [Segment(0, None)]
+        self._spawn(self._discard())
+
+    async def _discard(self) -> None:
+        async with self.files:
+            self.close_files()
+            await self.disk.run(discard, self.final)
+
+    def close_files(self) -> None:
+        """Close the part/state descriptors (waits for a save in progress in the pool)."""
+        if self.pfiles is not None:
+            self.pfiles.close()
+            self.pfiles = None
+
+    def hasher_for(self, seg: Segment) -> Any:
+        """The running sha256 if ``seg``'s next bytes continue the in-order prefix, else None."""
+        return self.hasher if self.hasher is not None and self.hashed == seg.pos else None
+
+    def wrote(self, seg: Segment, n: int, *, hashed: bool) -> None:
+        """``n`` bytes landed at ``seg.pos``; ``hashed`` if they went through ``hasher`` too."""
+        if hashed:
+            self.hashed += n
+        seg.pos += n
+        self.downloaded += n
+        self._dirty = True
+        if self._saver is None or self._saver.done():
+            self._saver = self._spawn(self._save_loop())
+
+    def digest(self) -> str | None:
+        """The sha256 computed while writing, when it covers the whole file."""
+        return self.hasher.hexdigest() if self.hasher is not None and self.hashed == self.size else None
+
+    def snapshot(self) -> PartState:
+        """The resume state as of now: every range not written yet is missing (an unknown end: ``None``)."""
+        assert self.size is not None
+        missing = [[s.pos, s.end] for s in self.segments if not s.done()]
+        return PartState(self.url, self.size, self.validator, self.sha256, missing)
+
+    async def _save_loop(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            async with self.files:
+                if self.size is None or self.finalizing or self.future.done() or self.pfiles is None:
+                    return
+                state = self.snapshot()  # taken before the fdatasync: it claims only bytes the sync covers
+                try:
+                    await self.disk.run_synced(self.pfiles.save, state)
+                except OSError as exc:
+                    log.warning("%s: could not save resume state: %s", self.name, exc)
+                    return
+
+    def save_now(self) -> None:
+        """Blocking final save at shutdown (after every write has finished): fsync, then the state."""
+        if self.size is None or self.future.done() or self.finalizing or self.pfiles is None:
+            return
+        try:
+            self.pfiles.save(self.snapshot())
+        except OSError as exc:
+            log.warning("%s: could not save resume state: %s", self.name, exc)
+
+
+class Writer:
+    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool.
+
+    The file descriptor is closed only after any write still running in the pool has finished,
+    so a cancelled download never leaves a thread writing to a reused descriptor.
+    """
+
+    def __init__(self, fd: int, path: Path, disk: Disk):
+        self.fd, self.path, self.disk = fd, path, disk
+        self.hasher = None  # set to the job's sha256 object while this range continues the hashed prefix
+        self.chunks: list[bytes | memoryview] = []
+        self.pending = 0
+        self.since = 0.0  # monotonic time of the oldest buffered byte
+        self.inflight: concurrent.futures.Future | None = None
+
+    def add(self, chunk: bytes, room: int) -> None:
+        if len(chunk) > room:  # the range may have been split since this request started
+            chunk = memoryview(chunk)[: max(room, 0)]
+        if not self.pending:
+            self.since = time.monotonic()
+        self.chunks.append(chunk)
+        self.pending += len(chunk)
+
+    def due(self) -> bool:
+        return self.pending >= FLUSH_BYTES or (self.pending > 0 and time.monotonic() - self.since >= FLUSH_SECONDS)
+
+    async def flush(self, offset: int, end: int) -> int:
+        """Write the buffered bytes at ``offset`` (never past ``end``); return how many."""
+        chunks, n = self.chunks, self.pending
+        if offset + n > end:  # split while buffering: drop what now belongs to another range
+            n = max(end - offset, 0)
+            chunks = [memoryview(b"".join(chunks))[:n]]
+        self.chunks, self.pending = [], 0
+        self.inflight = self.disk.submit(pwrite_and_hash, self.fd, chunks, offset, self.hasher)
+        try:
+            written = await asyncio.wrap_future(self.inflight)
+        except OSError as exc:
+            raise Fatal(f"cannot write {self.path}: {exc.strerror or exc} (disk full?)") from exc
+        if written != n:
+            raise Fatal(f"short write to {self.path}: {written} of {n} bytes (disk full?)")
+        return n
+
+    def close(self) -> None:
+        if self.inflight is not None and not self.inflight.done():
+            self.inflight.add_done_callback(lambda _: os.close(self.fd))
+        else:
+            os.close(self.fd)

@@ -1,0 +1,230 @@
+"""Partial downloads on disk: the bookkeeping that makes shards atomic, verified and resumable.
+
+For a shard ``shard_00007.parquet`` in DIR the downloader uses, all hidden:
+
+- ``.nanostream.shard_00007.parquet.part``  the bytes so far (written at their offsets)
+- ``.nanostream.shard_00007.parquet.state`` JSON: URL, size, validator, sha256 and the
+  byte ranges still missing, in two checksummed slots written in turn in place
+  (the newest valid slot wins, so a torn write falls back to the previous state)
+- ``.nanostream.shard_00007.parquet.lock``  an flock held by the process downloading it
+
+"Never ahead of the data": a state slot only claims bytes that were written *and*
+fdatasynced before it was written (``Job.snapshot``, then ``PartFiles.save``: fdatasync
+the part, then pwrite the slot). The state itself needs no fsync: a slot lost or torn
+by a power cut leaves the older one, which claims less.
+A missing range whose end is not known yet is saved as ``[start, null]``: from
+``start`` to the end of the file. Only ``finalize`` creates the final name: fsync the
+part, check length, parquet magic and sha256, ``os.replace``, fsync the folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import struct
+import threading
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..shards import fsync
+
+PARQUET_MAGIC = b"PAR1"
+SLOT = 64 << 10  # bytes per state slot (a state with thousands of ranges still fits)
+SLOT_HEADER = struct.Struct("<4sQII")  # magic, sequence number, JSON length, crc32 of the JSON
+SLOT_MAGIC = b"NSS1"
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(f".nanostream.{final.name}.part")
+
+
+def state_path(final: Path) -> Path:
+    return final.with_name(f".nanostream.{final.name}.state")
+
+
+def lock_path(final: Path) -> Path:
+    return final.with_name(f".nanostream.{final.name}.lock")
+
+
+@dataclass
+class PartState:
+    """What a resumed download needs: where from, what to expect, which ranges are missing."""
+
+    url: str
+    size: int
+    validator: str | None = None  # strong ETag of the body, for If-Range
+    sha256: str | None = None
+    missing: list[list[int | None]] = field(default_factory=list)  # [start, end) to fetch; end None = EOF
+
+    def encode(self, seq: int) -> bytes:
+        body = json.dumps(asdict(self), separators=(",", ":")).encode()
+        if SLOT_HEADER.size + len(body) > SLOT:
+            raise OSError(errno.EFBIG, f"resume state of {len(self.missing)} ranges does not fit a slot")
+        return SLOT_HEADER.pack(SLOT_MAGIC, seq, len(body), zlib.crc32(body)) + body
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """``missing`` with open ends closed at ``size``."""
+        return [(s, self.size if e is None else e) for s, e in self.missing]
+
+    @classmethod
+    def load(cls, final: Path, url: str) -> tuple[PartState, int] | None:
+        """The newest valid saved state and its sequence number, if it matches ``url`` and a part
+        file of the right size exists; else None (and the stale files are removed). Blocking."""
+        part = part_path(final)
+        try:
+            best = None
+            raw = state_path(final).read_bytes()
+            for off in (0, SLOT):
+                magic, seq, n, crc = SLOT_HEADER.unpack_from(raw.ljust(off + SLOT_HEADER.size, b"\0"), off)
+                body = raw[off + SLOT_HEADER.size: off + SLOT_HEADER.size + n]
+                if magic == SLOT_MAGIC and len(body) == n and zlib.crc32(body) == crc and (best is None or seq > best[1]):
+                    best = (cls(**json.loads(body)), seq)
+            ok = best is not None and best[0].valid(url) and part.stat().st_size == best[0].size
+        except (OSError, ValueError, TypeError, struct.error):
+            ok, best = False, None
+        if not ok:
+            discard(final)
+            return None
+        return best
+
+    def valid(self, url: str) -> bool:
+        return (self.url == url and isinstance(self.size, int)
+                and all(isinstance(s, int) and (e is None or isinstance(e, int)) for s, e in self.missing)
+                and all(0 <= s <= e <= self.size for s, e in self.ranges()))
+
+
+class PartFiles:
+    """Open descriptors of a shard's part and state files, for the saves of one download attempt.
+
+    ``save`` (blocking, in the disk pool) fdatasyncs the part, then writes the state to the
+    slot after the last one. A lock makes ``close`` wait for a save in progress.
+    """
+
+    def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
+        self.part = os.open(part_path(final), os.O_RDONLY)
+        try:
+            self.state = os.open(state_path(final), flags, 0o644)
+            if fresh:
+                try:
+                    reserve(self.state, 2 * SLOT)  # no save can meet a full disk later
+                except BaseException:
+                    os.close(self.state)
+                    raise
+        except BaseException:
+            os.close(self.part)
+            raise
+        self.seq = seq
+        self._lock = threading.Lock()
+
+    def save(self, state: PartState) -> None:
+        with self._lock:
+            if self.part < 0:
+                return
+            os.fdatasync(self.part)  # the bytes the state claims are durable before the claim
+            self.seq += 1
+            data = state.encode(self.seq)
+            os.pwrite(self.state, data, (self.seq % 2) * SLOT)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.part >= 0:
+                os.close(self.part)
+                os.close(self.state)
+                self.part = self.state = -1
+
+
+def discard(final: Path) -> None:
+    """Remove a shard's part and state files (not its lock)."""
+    for p in (part_path(final), state_path(final)):
+        p.unlink(missing_ok=True)
+
+
+def reserve(fd: int, size: int) -> None:
+    """Make the file ``size`` bytes long with its blocks allocated (``posix_fallocate``); a
+    filesystem without fallocate gets a sparse file. OSError(ENOSPC) when the disk cannot hold it."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
+def create_part(final: Path, size: int) -> None:
+    """A fresh part file of ``size`` bytes with its space reserved (``posix_fallocate``). Blocking.
+
+    A fresh inode each time, so writers of an abandoned attempt can't touch it. Raises
+    OSError(ENOSPC) when the disk cannot hold it; filesystems without fallocate get a
+    sparse file instead.
+    """
+    part = part_path(final)
+    part.unlink(missing_ok=True)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        reserve(fd, size)
+    except BaseException:
+        os.close(fd)
+        part.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def file_digest(path: Path, algorithm: str = "sha256", block: int = 1 << 20) -> str:
+    """Hex digest of a file (``sha256``, or ``md5`` for an S3 ETag). Blocking."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None = None) -> str | None:
+    """Why ``path`` is not a good shard (length, magic, sha256 or else md5), or None if it is. Blocking."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"length {actual} != expected {size}"
+    if actual < 8:
+        return f"only {actual} bytes, not a parquet file"
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        tail = f.read(4)
+    if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+        return f"not a parquet file (starts with {head!r}, ends with {tail!r}; PAR1 expected at both ends)"
+    if sha256 is not None:
+        got = file_digest(path)
+        if got != sha256:
+            return f"sha256 {got[:12]}... != expected {sha256[:12]}..."
+    elif md5 is not None:
+        got = file_digest(path, "md5")
+        if got != md5:
+            return (f"MD5 {got[:12]}... != the listed ETag {md5[:12]}... (an object encrypted with SSE-KMS or "
+                    "SSE-C has an ETag that is not its MD5)")
+    return None
+
+
+def finalize(final: Path, size: int, sha256: str | None, digest: str | None = None,
+             md5: str | None = None) -> str | None:
+    """Verify the part file and atomically publish it as ``final``. Blocking.
+
+    The caller guarantees every byte of ``[0, size)`` was written (no missing range).
+    ``digest`` is the sha256 the downloader computed over the bytes as it wrote them
+    (when one request wrote the file front to back); without it the file is hashed.
+    Returns None on success, else why verification failed (the part is then discarded).
+    """
+    part = part_path(final)
+    fsync(part)
+    problem = check_file(part, size, None if digest else sha256, None if sha256 else md5)
+    if problem is None and digest and sha256 and digest != sha256:
+        problem = f"sha256 {digest[:12]}... != expected {sha256[:12]}..."
+    if problem is not None:
+        discard(final)
+        return problem
+    os.replace(part, final)
+    fsync(final.parent)
+    state_path(final).unlink(missing_ok=True)
+    return None

@@ -1,0 +1,214 @@
+"""One HTTP range request into a file's part file: headers, validation, body streaming.
+
+``RangeDownloader.fetch_range`` issues ``GET`` (with ``Range`` + ``If-Range``, or
+``If-Match`` on S3, when it continues or splits a file; headers from ``access.py``),
+learns size / sha256 / validator from the first answer (following the Hub's
+redirect: ``X-Linked-Etag`` / ``X-Linked-Size`` sit on the 302), checks them against
+the catalog (a listed file that changed is a ``VerificationError``, never a silent
+mix of versions; a file the catalog knows nothing about is restarted instead),
+checks that a body starting at byte 0 is parquet before anything is written, and
+streams the body to disk.
+Failures surface as ``Transient`` / ``Fatal`` (see ``retry.py``) for the caller's
+retry loop. ``head_info`` answers ``--verify``'s question and the size probes:
+what sha256 and size does the server announce?
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from ..errors import VerificationError
+from ..retry import Fatal, NoSpace, Transient, check_status, parse_sha256
+from ..sources.access import Access
+from .disk import Disk
+from .jobs import Job, Segment, Writer
+from .partial import PARQUET_MAGIC, part_path
+
+
+class Meter:
+    """Running estimates of one connection's rate and a request's round trip, for split sizing."""
+
+    def __init__(self) -> None:
+        self.rtt = 0.05
+        self.rate = 0.0  # bytes/s of one connection, 0 until measured
+
+    def round_trip(self, seconds: float) -> None:
+        self.rtt = 0.8 * self.rtt + 0.2 * seconds
+
+    def body(self, nbytes: int, seconds: float) -> None:
+        if nbytes >= 256 << 10 and seconds > 0:
+            r = nbytes / seconds
+            self.rate = r if not self.rate else 0.8 * self.rate + 0.2 * r
+
+
+def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
+    ctype = resp.headers.get("Content-Type", "no Content-Type")
+    return f"the server sent {ctype}, not parquet (first bytes {head[:40]!r})"
+
+
+class RangeDownloader:
+    """Shared by a Fetcher's workers: one session, one disk pool, one progress sink."""
+
+    def __init__(self, session: aiohttp.ClientSession, disk: Disk, access: Access, progress: Any,
+                 on_change: Callable[[], None], meter: Meter):
+        self.session, self.disk, self.access = session, disk, access
+        self.progress, self.on_change, self.meter = progress, on_change, meter
+        self.reached = False  # some response arrived from the server in this run
+
+    async def fetch_range(self, job: Job, seg: Segment, gen: int) -> None:
+        ranged = seg.pos > 0 or (seg.end is not None and seg.end != job.size)
+        headers = self.access.get(job.url, job.signed, seg.pos if ranged else None, seg.end, job.validator)
+        t0 = time.monotonic()
+        async with self.session.get(self.access.target(job.url, job.signed), headers=headers) as resp:
+            self.reached = True
+            self.meter.round_trip(time.monotonic() - t0)
+            if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
+                if job.known:
+                    raise changed(job, "it answers 412 to If-Match")
+                return self._reset(job, "the object changed (412 to If-Match)")
+            check_status(resp)
+            if not job.live(gen):
+                return
+            head = b""
+            if resp.status == 200:  # a body from byte 0: it must be parquet before we believe its size
+                head = await resp.content.read(64)
+                while len(head) < 4 and not resp.content.at_eof():
+                    head += await resp.content.read(64)
+                if head[:4] != PARQUET_MAGIC:
+                    raise Transient(describe_body(resp, head))
+            await self._learn(job, resp)
+            if not job.live(gen):
+                return
+            if ranged:
+                if resp.status == 200:
+                    return self._reset(job, "the server ignored Range/If-Range (remote file changed?)")
+                first = resp.headers.get("Content-Range", "").replace("bytes ", "").split("-")[0]
+                if first != str(seg.pos):
+                    raise Transient(f"asked for bytes from {seg.pos}, got Content-Range {first!r}")
+            elif resp.status == 206:
+                raise Transient("got 206 Partial Content for a plain GET")
+            if seg.end is None:
+                seg.end = job.size
+                self.on_change()  # the size is known: idle workers can now split this shard
+            await self._copy_body(job, seg, gen, resp, head)
+        if job.live(gen) and not seg.done():
+            raise Transient(f"body ended at byte {seg.pos} of {seg.end}")
+
+    async def _learn(self, job: Job, resp: aiohttp.ClientResponse) -> None:
+        """Take size, sha256 and validator from the first response; reset if a later one disagrees."""
+        linked_sha = linked_size = None
+        for r in (*resp.history, resp):
+            linked_sha = parse_sha256(r.headers.get("X-Linked-Etag")) or linked_sha
+            linked_size = r.headers.get("X-Linked-Size") or linked_size
+        if resp.status == 206:
+            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        else:
+            total = resp.headers.get("Content-Length")
+        size = int(linked_size or total) if (linked_size or total or "").isdigit() else None
+        sha = linked_sha or parse_sha256(resp.headers.get("ETag"))
+        etag = resp.headers.get("ETag")
+        listed = job.file
+        if job.known:
+            problem = listed.mismatch(size, sha)
+            tag = (etag or "").strip('"').lower()
+            if problem is None and job.signed and listed.md5 and len(tag) == 32 and tag != listed.md5:
+                problem = f"its ETag is {tag[:12]}… at the source but {listed.md5[:12]}… in the catalog"
+            if problem is not None:
+                raise changed(job, problem)
+            sha, size = sha or listed.sha256, size if size is not None else listed.size
+        if job.size is None:
+            if size is None:
+                raise Fatal("the server sent no Content-Length; cannot verify the download")
+            try:
+                await job.learned(size, sha, etag if etag and not etag.startswith("W/") else None)
+            except Fatal as exc:
+                cause = exc.__cause__
+                if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                    job.size = None  # not started: the next attempt learns again
+                    raise NoSpace(str(exc), size) from cause
+                raise
+            if self.progress is not None:
+                self.progress.add_total(size)
+        elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
+            if job.known:
+                raise changed(job, "its size or sha256 differs between two answers")
+            self._reset(job, "the remote file changed (size or sha256 differ)")
+
+    def _reset(self, job: Job, why: str) -> None:
+        job.reset(why)
+        self.on_change()
+
+    async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse,
+                         head: bytes) -> None:
+        """Stream the body into the part file at ``seg.pos`` with ``pwritev`` (no copies)."""
+        part = part_path(job.final)
+        try:
+            fd = await self.disk.acquire(os.close, os.open, part, os.O_WRONLY)
+        except OSError as exc:
+            raise Fatal(f"cannot open {part} for writing: {exc.strerror or exc}") from exc
+        out = Writer(fd, part, self.disk)
+        t0, got = time.monotonic(), 0
+
+        async def flush() -> None:
+            out.hasher = job.hasher_for(seg)
+            n = await out.flush(seg.pos, seg.end)
+            seg.buffered = 0
+            if job.live(gen):
+                job.wrote(seg, n, hashed=out.hasher is not None)
+                if self.progress is not None:
+                    self.progress.advance(n)
+
+        try:
+            try:
+                if head:
+                    out.add(head, seg.end - seg.pos)
+                    seg.buffered = out.pending
+                async for chunk, _ in resp.content.iter_chunks():
+                    if not job.live(gen):
+                        return
+                    got += len(chunk)
+                    out.add(chunk, seg.end - seg.pos - out.pending)
+                    seg.buffered = out.pending
+                    if out.due() or seg.pos + out.pending >= seg.end:
+                        await flush()
+                        if seg.done():
+                            return
+            except Exception:
+                if out.pending and job.live(gen):  # keep the good bytes that arrived before the failure
+                    await flush()
+                raise
+            if out.pending and job.live(gen):
+                await flush()
+        finally:
+            seg.buffered = 0
+            out.close()
+            self.meter.body(got, time.monotonic() - t0)
+
+    async def head_info(self, url: str, signed: bool = False) -> tuple[str | None, int | None]:
+        """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""
+        async with self.session.head(self.access.target(url, signed), headers=self.access.head(url, signed),
+                                     allow_redirects=True) as resp:
+            self.reached = True
+            check_status(resp)
+            sha = None
+            for r in (*resp.history, resp):
+                sha = parse_sha256(r.headers.get("X-Linked-Etag")) or sha
+            sha = sha or parse_sha256(resp.headers.get("ETag"))
+            size = None
+            for r in (*resp.history, resp):
+                size = r.headers.get("X-Linked-Size") or size
+            size = size or resp.headers.get("Content-Length")
+        return sha, (int(size) if size and size.isdigit() else None)
+
+
+def changed(job: Job, why: str) -> VerificationError:
+    """The error for a listed file that is not what the catalog says any more (not retried)."""
+    return VerificationError(f"{job.name} changed at the source since it was listed: {why} ({job.url}); "
+                             "nothing was kept under its name: list it again (a fresh --data-dir, or delete "
+                             ".nanostream.json) to fetch the new version", shard=job.name, url=job.url)

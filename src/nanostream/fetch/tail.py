@@ -1,0 +1,46 @@
+"""Planning the tail by bytes: which range an idle connection splits, and how small a piece may be.
+
+Once no shard is queued, an idle worker takes the back half of the range with the
+most bytes still to *receive* (``Segment.left``: bytes already received but not yet
+written count as received, so nothing is requested twice). Repeated by every idle
+worker, this gives each connection a slice of what is left, and all finish together.
+"""
+
+from __future__ import annotations
+
+from .jobs import Job, Segment
+from .ranges import Meter
+
+
+def min_piece(meter: Meter) -> int:
+    """Smallest range worth a request of its own: one round trip of one connection's bytes.
+
+    A split pays one round trip (request to first byte, server latency included) before
+    its bytes flow: ``L`` bytes left on one connection take ``L/r``, split in two they take
+    ``rtt + L/2r``, so the split wins once the new half ``L/2`` exceeds ``r * rtt``.
+    """
+    if not meter.rate:
+        return 512 << 10
+    return int(min(max(meter.rate * meter.rtt, 64 << 10), 16 << 20))
+
+
+def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
+    """Split the active range with the most bytes left to receive; return the new back half
+    (marked active for the caller), or None when no range has ``2 * floor`` bytes left."""
+    best: tuple[int, Job, Segment] | None = None
+    for job in active:
+        if job.finalizing:
+            continue
+        for seg in job.segments:
+            left = seg.left()
+            if seg.active and left >= 2 * floor and (best is None or left > best[0]):
+                best = (left, job, seg)
+    if best is None:
+        return None
+    left, job, seg = best
+    assert seg.end is not None
+    new = Segment(seg.end - left // 2, seg.end)
+    seg.end = new.pos
+    new.active = True
+    job.segments.append(new)
+    return job, new

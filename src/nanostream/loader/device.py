@@ -1,0 +1,357 @@
+"""Batches onto the accelerator, and the thread policy: ``to_device``, ``CudaPrefetcher``, ``threads_for``.
+
+On CUDA the copy of batch ``i+1`` overlaps step ``i`` and costs the training thread only a
+queue pop and an event wait:
+
+* ``to_device(TokenDataset, "cuda")``: the dataset's assembly thread packs each batch
+  straight into one of a ring of preallocated pinned ``(B, T+1)`` buffers
+  (``PinnedRowsSink``), starts its host-to-device copy on a side stream, splits it into
+  contiguous ``inputs``/``targets`` there and records an event. A buffer is reused only
+  after its copy has finished. No per-batch ``pin_memory`` allocation, half the bytes
+  over PCIe (one ``(B, T+1)`` block instead of two ``(B, T)`` ones).
+* ``to_device(any iterable of tensors, "cuda")`` (a ``DataLoader``, a generator, an
+  already-started iterator): a ``CudaPrefetcher`` thread pulls batches from it, stages
+  unpinned tensors into a pinned ring, starts the copies on a side stream and queues
+  ``ahead`` batches with their events.
+
+The consumer's stream waits on the batch's event (``wait_event``: no host sync) and
+``record_stream`` tells the caching allocator the tensors are used there.
+
+``threads_for(device)``: how many threads torch's intra-op pool and the loader should get.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import LoaderError
+from .dataset import TokenDataset
+from .pipeline import _End, _put, background_thread, set_loader_idle
+
+__all__ = ["CudaPrefetcher", "PinnedRowsSink", "ThreadPlan", "threads_for", "to_device"]
+
+POLL_S = 0.05
+EVENT_POLL_S = 0.0002  # how often a producer thread looks whether a copy it waits for has finished
+
+
+# -- thread policy -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How to split the cores: ``torch`` intra-op threads and ``loader`` threads (the stream's
+    reader, the tokenizer's encoding threads, pyarrow's decode pool)."""
+
+    device: str
+    cores: int
+    torch: int
+    loader: int
+    loader_idle: bool = False  # loader threads under SCHED_IDLE (see nanostream.loader.pipeline)
+
+    def apply(self) -> None:
+        """Set torch's intra-op pool, pyarrow's CPU pool and the loader threads' priority to this plan."""
+        import pyarrow
+
+        torch.set_num_threads(self.torch)
+        pyarrow.set_cpu_count(self.loader)
+        set_loader_idle(self.loader_idle)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, cores: int = 0,
+                loader_idle: bool = False) -> ThreadPlan:
+    """The thread split for training on ``device`` with ``cores`` cores (0: this process's).
+
+    * CPU: the model is the work. The loader's work is light but latency-bound, so it gets one
+      core's share and torch the rest (1 + 1 on 2 cores, 15 + 1 on 16): oversubscribed OpenMP
+      threads spin and stall each other.
+    * CUDA: the model runs on the GPU and torch's intra-op pool only launches kernels and
+      runs small host ops, so torch gets 1 thread (2 from 8 cores) and the loader the rest
+      (14 + 2 on 16 cores), where tokenizing is the CPU work that matters.
+
+    ``torch_threads`` > 0 overrides torch's share (the loader's stays as planned).
+    ``loader_idle``: run the loader's threads under ``SCHED_IDLE``, so that the training thread
+    never waits for a core they hold (for hosts whose spare CPU the loader can rely on).
+    """
+    dev = torch.device(device)
+    n = cores if cores > 0 else _cores()
+    if dev.type == "cpu":
+        loader = 1
+        torch_n = max(1, n - loader)
+    else:
+        torch_n = 2 if n >= 8 else 1
+        loader = max(1, n - torch_n)
+    return ThreadPlan(dev.type, n, torch_threads if torch_threads > 0 else torch_n, loader, loader_idle)
+
+
+def _wait_host(event: torch.cuda.Event) -> None:
+    """Wait on this (producer) thread for ``event``, by polling ``query()``: no blocking CUDA call,
+    so ``torch.cuda.set_sync_debug_mode("error")`` holds over the whole data path."""
+    while not event.query():
+        time.sleep(EVENT_POLL_S)
+
+
+# -- one batch ------------------------------------------------------------------------------------
+
+def _is_batch(obj: Any) -> bool:
+    return isinstance(obj, torch.Tensor) or (
+        isinstance(obj, (tuple, list)) and len(obj) > 0 and all(isinstance(t, torch.Tensor) for t in obj))
+
+
+def _move(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=batch.device.type == "cpu" and batch.is_pinned())
+    return type(batch)(_move(t, device) for t in batch)
+
+
+def _cuda(device: str | torch.device) -> torch.device:
+    if not torch.cuda.is_available():
+        raise LoaderError("to_device: a CUDA device was asked for but torch.cuda.is_available() is False")
+    dev = torch.device(device)
+    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2) -> Any:
+    """Move one batch (a tensor or a tuple of tensors), or every batch of an iterable, to ``device``.
+
+    On CUDA an iterable becomes an iterator whose copies overlap the caller's compute (see the
+    module docstring), ``ahead`` batches in flight: a ``TokenDataset`` packs into pinned memory
+    directly, anything else goes through a ``CudaPrefetcher``. On CPU the iterable's own iterator
+    is returned (no copies, no cost). Call ``close()`` on the result (or exhaust it) to stop its
+    threads; dropping it also does.
+    """
+    dev = torch.device(device)
+    if _is_batch(batches):
+        return _move(batches, dev)
+    if dev.type == "cpu":
+        return iter(batches)
+    if dev.type == "cuda":
+        if isinstance(batches, TokenDataset):
+            return batches._iterate(PinnedRowsSink(batches.batch_size, batches.seq_len + 1, _cuda(dev),
+                                                   slots=batches.ahead + 2))
+        return CudaPrefetcher(batches, dev, ahead=ahead)
+    return (_move(b, dev) for b in batches)
+
+
+# -- TokenDataset on CUDA: pack into a pinned ring ---------------------------------------------------
+
+class PinnedRowsSink:
+    """A ``pipeline.Sink`` that lends the assembly thread pinned row buffers and copies them to CUDA.
+
+    ``slots`` buffers of ``(batch_size, row_len)`` int64, allocated once. ``finish`` starts the
+    copy of the packed rows on the side stream, splits them there into contiguous ``inputs`` /
+    ``targets`` and records an event; ``rows`` hands a buffer out again only once its last copy
+    has finished (a wait on the assembly thread, never on the training thread).
+    """
+
+    def __init__(self, batch_size: int, row_len: int, device: torch.device, slots: int = 4) -> None:
+        self.device = device
+        self.side = torch.cuda.Stream(device)
+        self._host = [torch.empty((batch_size, row_len), dtype=torch.int64, pin_memory=True)
+                      for _ in range(max(2, slots))]
+        self._views = [t.numpy() for t in self._host]
+        self._copied: list[torch.cuda.Event | None] = [None] * len(self._host)
+        self._k = 0
+
+    def rows(self) -> np.ndarray:
+        slot = self._k % len(self._host)
+        done = self._copied[slot]
+        if done is not None:
+            _wait_host(done)  # this buffer's previous copy has finished: it may be rewritten
+        return self._views[slot]
+
+    def finish(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
+        slot = self._k % len(self._host)
+        self._k += 1
+        with torch.cuda.device(self.device), torch.cuda.stream(self.side):
+            block = self._host[slot].to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.side)
+            x, y = block[:, :-1].contiguous(), block[:, 1:].contiguous()
+            ready = torch.cuda.Event()
+            ready.record(self.side)
+        self._copied[slot] = done
+        return x, y, ready
+
+    def ready(self, item: tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, ready = item
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(ready)
+        x.record_stream(current)
+        y.record_stream(current)
+        return x, y
+
+
+# -- any iterable on CUDA: a prefetch thread -----------------------------------------------------------
+
+class _PinnedRing:
+    """Reusable pinned staging buffers for unpinned CPU tensors, ``slots`` sets used in turn."""
+
+    def __init__(self, slots: int) -> None:
+        self._bufs: list[list[torch.Tensor]] = [[] for _ in range(slots)]
+        self._copied: list[torch.cuda.Event | None] = [None] * slots
+        self._k = 0
+
+    def stage(self, tensors: tuple[torch.Tensor, ...]) -> tuple[int, list[torch.Tensor]]:
+        slot = self._k % len(self._bufs)
+        self._k += 1
+        done = self._copied[slot]
+        if done is not None:
+            _wait_host(done)  # that slot's buffers are free again
+        bufs, out = self._bufs[slot], []
+        for i, t in enumerate(tensors):
+            if t.device.type != "cpu" or t.is_pinned():
+                out.append(t)
+                continue
+            while len(bufs) <= i:
+                bufs.append(torch.empty(0, dtype=t.dtype, pin_memory=True))
+            if bufs[i].shape != t.shape or bufs[i].dtype != t.dtype:
+                bufs[i] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            out.append(bufs[i].copy_(t))
+        return slot, out
+
+    def copied(self, slot: int, event: torch.cuda.Event) -> None:
+        self._copied[slot] = event
+
+
+def _prefetch(it: Iterator[Any], q: queue.Queue, stop: threading.Event, device: torch.device,
+              side: torch.cuda.Stream, slots: int, capture: Any) -> None:
+    """Thread body: batches of ``it`` started on their way to ``device``, with their events and the
+    source's resume state, onto ``q``. Closes ``it`` (if it can be closed) when it returns."""
+    background_thread()
+    ring = _PinnedRing(slots)
+    try:
+        with torch.cuda.device(device), torch.cuda.stream(side):
+            while not stop.is_set():
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    _put(q, stop, _End())
+                    return
+                state = capture() if capture is not None else None
+                single = isinstance(batch, torch.Tensor)
+                slot, srcs = ring.stage((batch,) if single else tuple(batch))
+                out = tuple(s.to(device, non_blocking=True) for s in srcs)
+                done = torch.cuda.Event()
+                done.record(side)
+                ring.copied(slot, done)
+                if not _put(q, stop, (out[0] if single else out, done, state)):
+                    return
+    except Exception as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
+        _put(q, stop, _End(exc))
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+class CudaPrefetcher:
+    """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them).
+
+    A background thread reads the source ``ahead`` batches ahead: unpinned tensors are copied
+    into reusable pinned buffers (``ahead + 2`` sets; a set is rewritten only after its copy
+    has finished), copies run ``non_blocking`` on a side stream and each batch carries an
+    event that the consumer's stream waits on.
+
+    Reading ahead would make the source's resume state run ahead too, so: a ``TokenDataset``
+    iterator is told to report the state of the batch last *returned* here (its
+    ``state_dict()`` stays exact), and for other sources with a ``state_dict()`` (e.g.
+    torchdata's ``StatefulDataLoader``) it is captured after each batch on the thread and
+    returned by this object's ``state_dict()``. ``wait_s``: time ``next()`` blocked.
+    """
+
+    def __init__(self, batches: Iterable[Any], device: torch.device | str = "cuda", ahead: int = 2) -> None:
+        if not isinstance(ahead, int) or ahead < 1:
+            raise LoaderError(f"to_device ahead must be an integer >= 1, got {ahead!r}")
+        self.device = _cuda(device)
+        self._it = iter(batches)
+        snap = getattr(self._it, "snapshot", None)  # a TokenDataset iterator
+        self._tokens = self._it if snap is not None and callable(getattr(self._it, "hold", None)) else None
+        has_state = self._tokens is None and callable(getattr(batches, "state_dict", None))
+        capture = snap if self._tokens is not None else (batches.state_dict if has_state else None)
+        if self._tokens is not None:
+            self._tokens.hold(self._tokens.snapshot())  # nothing returned yet
+        self._side = torch.cuda.Stream(self.device)
+        self._q: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._state: Any = None
+        self._closed = False
+        self.wait_s = 0.0
+        self.batches = 0
+        self._thread = threading.Thread(target=_prefetch, name="nanostream-to-device", daemon=True,
+                                        args=(self._it, self._q, self._stop, self.device, self._side, ahead + 2,
+                                              capture))
+        self._thread.start()
+
+    def __iter__(self) -> CudaPrefetcher:
+        return self
+
+    def _get(self) -> Any:
+        t0 = time.perf_counter()
+        try:
+            while True:
+                try:
+                    return self._q.get(timeout=POLL_S)
+                except queue.Empty:
+                    if not self._thread.is_alive() and self._q.empty():
+                        raise LoaderError("the to_device thread stopped without a result") from None
+        finally:
+            self.wait_s += time.perf_counter() - t0
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise StopIteration
+        try:
+            item = self._get()
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(item, _End):
+            self.close()
+            if item.error is not None:
+                raise item.error
+            raise StopIteration
+        out, done, state = item
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        for t in (out,) if isinstance(out, torch.Tensor) else out:
+            t.record_stream(current)
+        self._state = state
+        if self._tokens is not None:
+            self._tokens.hold(state)  # the source now reports the batch we return
+        self.batches += 1
+        return out
+
+    def state_dict(self) -> Any:
+        """The source's resume state as of the last batch returned (None before the first)."""
+        st = self._state
+        return st.state_dict() if hasattr(st, "mark") else st
+
+    def close(self) -> None:
+        """Stop and join the prefetch thread, which closes the source (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        while not self._q.empty():
+            self._q.get_nowait()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_thread"):
+            self.close()

@@ -1,0 +1,169 @@
+"""HTTP mechanics of serving one file: byte ranges, ``If-Range``, bodies sent with ``sendfile(2)``.
+
+Used by ``serve.py`` (the mirror) and by the tests' fault layer (``iter_file``).
+``parse_range`` and ``if_range_matches`` turn the two request headers into a
+decision and raise ``ValueError`` (saying why) for a header the mirror refuses.
+``write_body`` sends bytes with ``sendfile(2)``: no copy through Python and
+nothing buffered per connection, in ``CHUNK`` steps that must each complete within
+the send timeout, so a reader that stalls is dropped instead of holding its slot.
+(Like nginx's, the ``sendfile`` call runs on the event loop's thread: a cold page
+cache makes it wait for the disk.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+from aiohttp import web
+
+from .._compat import timeout
+
+CHUNK = 1 << 20
+HASH_CHUNK = 1 << 20  # one buffer per hashing thread: little for malloc to keep after
+MAX_RANGE_HEADER = 100  # characters; one byte range needs at most ~45
+SEND_TIMEOUT = 30.0
+
+_BYTE_RANGE = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*")
+_ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e\x80-\xff]*"')
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A servable file: its resolved path, size and sha256 (hex)."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.sha256}"'
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
+    """Parse one ``Range`` header against a file of ``size`` bytes.
+
+    Returns ``(start, end)`` (end exclusive) for a satisfiable single range,
+    ``None`` when the header is absent or not in ``bytes`` (ignored: serve the whole
+    file), and ``False`` when it is unsatisfiable (416). Raises ``ValueError``
+    (saying why) for a malformed, multi-range or overlong byte range.
+    """
+    if not header:
+        return None
+    unit, eq, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes":
+        return None
+    if len(header) > MAX_RANGE_HEADER:
+        raise ValueError(f"longer than {MAX_RANGE_HEADER} characters")
+    if not eq:
+        raise ValueError("no '=' after 'bytes'")
+    if "," in spec:
+        raise ValueError("more than one range (not supported)")
+    match = _BYTE_RANGE.fullmatch(spec)
+    if match is None or not any(match.groups()):
+        raise ValueError("not of the form a-b, a- or -n")
+    first, last = match.groups()
+    if not first:
+        n = int(last)
+        if n == 0 or size == 0:
+            return False
+        return max(0, size - n), size
+    start = int(first)
+    if last and int(last) < start:
+        raise ValueError("the range ends before it starts")
+    if start >= size:
+        return False
+    end = size if not last else min(size, int(last) + 1)
+    return start, end
+
+
+def if_range_matches(value: str, etag: str) -> bool:
+    """Whether an ``If-Range`` validator lets a range through: only our own strong ETag does.
+
+    A weak ETag or an HTTP date never matches (no ``Last-Modified`` is sent).
+    Raises ``ValueError`` if ``value`` is neither an entity tag nor an HTTP date.
+    """
+    value = value.strip()
+    if _ETAG.fullmatch(value):
+        return value == etag
+    try:
+        email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError("neither an entity tag nor an HTTP date") from exc
+    return False
+
+
+async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
+    """Yield bytes ``[start, end)`` of ``path`` in chunks, read with aiofiles (a worker thread).
+
+    Use it with ``contextlib.aclosing`` so the file is closed on early exit.
+    Raises ``OSError`` if the file is shorter than ``end``.
+    """
+    async with aiofiles.open(path, "rb") as f:
+        await f.seek(start)
+        pos = start
+        while pos < end:
+            data = await f.read(min(chunk, end - pos))
+            if not data:
+                raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
+            pos += len(data)
+            yield data
+
+
+class SlowReader(ConnectionError):
+    """The client read nothing for the send timeout; its connection is dropped."""
+
+
+async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,
+                     start: int, end: int, *, send_timeout: float = SEND_TIMEOUT) -> None:
+    """The default body writer: bytes ``[start, end)`` of ``path`` with ``sendfile(2)``.
+
+    Each ``CHUNK`` must leave within ``send_timeout`` seconds, or ``SlowReader`` is
+    raised. Where the loop has no ``sendfile`` (uvloop), the file goes in ``CHUNK``
+    reads instead, each write waiting for the socket to drain, under the same timeout.
+    """
+    loop = asyncio.get_running_loop()
+    pos = start
+    with path.open("rb") as f:  # stat'ed a moment ago: opening does not wait for the disk
+        while pos < end:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+            try:
+                async with timeout(send_timeout):
+                    sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
+            except NotImplementedError:
+                break
+            except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
+                raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
+            if not sent:
+                raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
+            pos += sent
+    if pos < end:  # no sendfile here: bounded reads, each write waits for the socket to drain
+        gen = iter_file(path, pos, end)
+        try:
+            async for data in gen:
+                try:
+                    async with timeout(send_timeout):
+                        await response.write(data)
+                except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
+                    raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
+        finally:
+            await gen.aclose()

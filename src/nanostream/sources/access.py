@@ -1,0 +1,88 @@
+"""What a request for a dataset file carries: the HF_TOKEN policy for http(s), SigV4 for ``s3://``.
+
+One ``Access`` is shared by a Fetcher (or a stream's census) and answers, per file
+URL: the URL to request (an ``s3://BUCKET/KEY`` becomes the object's HTTP(S) URL,
+already in SigV4's canonical encoding) and the headers of each GET / HEAD. The
+bearer token goes only where ``config.token_allowed`` lets it (the Hub's host and
+NANOSTREAM_TOKEN_HOSTS, https unless loopback); ``s3://`` requests are signed right
+before they are sent, ``Range`` and ``If-Match`` included. A continued range sends
+``If-Range`` over http(s) and ``If-Match`` on S3 (which answers 412 when the object
+changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from yarl import URL
+
+from ..config import DEFAULT_TOKEN_HOSTS, token_allowed
+
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith("s3://")
+
+
+class Access:
+    """Token policy plus (for ``s3://`` files) one SigV4 signer, created on first need."""
+
+    def __init__(self, token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
+                 s3_endpoint: str | None = None, signer: Any = None) -> None:
+        self.token, self.token_hosts = token, frozenset(token_hosts)
+        self.s3_endpoint, self.signer = s3_endpoint, signer
+        self._lock = asyncio.Lock()
+
+    async def prepare(self, urls: Iterable[str]) -> None:
+        """Resolve the AWS credential chain once if any of ``urls`` is ``s3://``."""
+        if self.signer is None and any(is_s3(u) for u in urls):
+            async with self._lock:
+                if self.signer is None:
+                    from .s3 import S3Signer
+
+                    self.signer = await S3Signer.create(self.s3_endpoint)
+
+    def http_url(self, url: str) -> str:
+        """The URL a request goes to (``s3://B/K`` -> the object's URL; call ``prepare`` first)."""
+        if not is_s3(url):
+            return url
+        from .s3 import split_object_url
+
+        bucket, key = split_object_url(url)
+        return self.signer.object_url(bucket, key)
+
+    def target(self, http_url: str, signed: bool) -> str | URL:
+        """What to hand aiohttp: a signed URL exactly as signed (no re-quoting)."""
+        return URL(http_url, encoded=True) if signed else http_url
+
+    def plain(self, http_url: str) -> dict[str, str]:
+        headers = dict(IDENTITY)
+        if self.token and token_allowed(http_url, self.token_hosts):
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def get(self, http_url: str, signed: bool, start: int | None = None, end: int | None = None,
+            validator: str | None = None) -> dict[str, str]:
+        """Headers for a GET of ``[start, end)`` (the whole file when ``start`` is None)."""
+        if signed:
+            return {**IDENTITY, **self.signer.get_headers(http_url, start, end,
+                                                          if_match=validator if start is not None else None)}
+        headers = self.plain(http_url)
+        if start is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+            if validator:
+                headers["If-Range"] = validator
+        return headers
+
+    def head(self, http_url: str, signed: bool) -> dict[str, str]:
+        return {**IDENTITY, **self.signer.headers("HEAD", http_url)} if signed else self.plain(http_url)
+
+    def tail(self, http_url: str, signed: bool, n: int) -> dict[str, str]:
+        """Headers for a GET of the last ``n`` bytes (a suffix range)."""
+        rng = {"Range": f"bytes=-{n}"}
+        if signed:
+            return {**IDENTITY, **self.signer.headers("GET", http_url, rng)}
+        return {**self.plain(http_url), **rng}

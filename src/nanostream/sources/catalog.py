@@ -1,0 +1,259 @@
+"""The one dataset notion: an ordered list of parquet files, a text column and split rules, from a source.
+
+A ``Catalog`` holds ``DataFile`` entries (relative path, size, sha256 / md5 where the
+source knows them, download URL), the text column, the ``val`` glob override, where
+the files come from and the pinned revision. Sources build one: ``hub.py`` (``hf://``),
+``s3.py`` (``s3://``), ``local_catalog`` (any folder) and ``numbered_catalog`` (a URL
+prefix of ``shard_XXXXX.parquet`` files: the built-in datasets, and folders recorded
+by older versions, whose ``.nanostream.json`` held base_url + max_shard and is
+migrated on read: ``record.py``).
+
+Splits follow the Hub's naming (huggingface ``datasets``' keywords): a name carrying
+``train``/``training``, ``validation``/``valid``/``val``/``dev`` or
+``test``/``testing``/``eval``/``evaluation`` as a word (bounded by ``-._``, a space, a
+digit, ``/`` or the end). File names are looked at first; only if none carries a
+split, folder names. Otherwise the last file is validation (said once). A ``val``
+glob overrides both.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CorruptShardError, DatasetError
+
+log = logging.getLogger(__name__)
+
+SPLIT_WORDS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
+_WORD_RES = {split: re.compile(rf"(?:^|[-._ 0-9])(?:{'|'.join(words)})(?:$|[-._ 0-9])")
+             for split, words in SPLIT_WORDS.items()}
+_HEX = {64: re.compile(r"^[0-9a-f]{64}$"), 32: re.compile(r"^[0-9a-f]{32}$")}
+_said: set[str] = set()
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One parquet file of a dataset. ``path`` is also where it lives under the data folder."""
+
+    path: str  # relative POSIX path, e.g. "data/CC-MAIN-2024-10/000_00000.parquet"
+    size: int | None  # bytes; None only where the source never said (learned from the server)
+    sha256: str | None = None  # lowercase hex
+    md5: str | None = None  # lowercase hex (an S3 single-part ETag)
+    url: str = ""  # http(s)://..., s3://BUCKET/KEY, or "" for a file that is local only
+
+    def check(self) -> None:
+        p = self.path
+        parts = p.split("/")
+        if not p or p.startswith("/") or "\\" in p or any(x in ("", ".", "..") for x in parts):
+            raise DatasetError(f"file path {p!r} is not a clean relative path")
+        if any(x.startswith(".nanostream") for x in parts):
+            raise DatasetError(f"file path {p!r} collides with nanostream's bookkeeping (.nanostream*)")
+        if self.size is not None and self.size < 0:
+            raise DatasetError(f"{p}: negative size {self.size}")
+        for name, value, n in (("sha256", self.sha256, 64), ("md5", self.md5, 32)):
+            if value is not None and not _HEX[n].match(value):
+                raise DatasetError(f"{p}: {name} {value!r} is not {n} lowercase hex digits")
+
+    def mismatch(self, size: int | None, sha256: str | None = None) -> str | None:
+        """What differs between this listing and what a server announces at download time, or None.
+
+        The downloader calls it with the size and sha256 it learned (X-Linked-Size /
+        X-Linked-Etag, Content-Range): a difference means the file changed since it was
+        listed, which is an error, never a silent mix of versions.
+        """
+        if size is not None and self.size is not None and size != self.size:
+            return f"{self.path} is {size} bytes at the source but {self.size} in the catalog (changed since listed)"
+        if sha256 and self.sha256 and sha256.lower() != self.sha256:
+            return f"{self.path} has sha256 {sha256[:12]}… at the source but {self.sha256[:12]}… in the catalog"
+        return None
+
+    @property
+    def verification(self) -> str:
+        """What a download of this file is checked against: ``sha256``, ``md5`` or ``size``."""
+        return "sha256" if self.sha256 else "md5" if self.md5 else "size" if self.size is not None else "none"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The files of each split, in catalog order."""
+
+    train: tuple[DataFile, ...]
+    validation: tuple[DataFile, ...]
+    test: tuple[DataFile, ...] = ()
+    unassigned: tuple[DataFile, ...] = ()  # no split in their name while other files have one
+    guessed_val: bool = False  # validation is the last file because nothing named one
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A dataset: ordered files, text column, split rules, source and pinned revision."""
+
+    name: str  # as the user named it: "fineweb-edu-100b", "hf://datasets/ORG/NAME", "s3://b/p/", a folder
+    files: tuple[DataFile, ...]
+    text_column: str = "text"
+    val: str | None = None  # glob over file paths choosing validation; overrides names
+    source: str = ""  # where the files come from, e.g. "hf://datasets/ORG/NAME/PATH" (no revision)
+    revision: str | None = None  # the pinned commit sha (Hub); None where the source has none
+    include: str | None = None  # the glob the listing was narrowed with
+    _by_path: dict[str, DataFile] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", tuple(self.files))
+        if not self.files:
+            raise DatasetError(f"dataset {self.name}: no parquet files found in {self.source or self.name}")
+        if not self.text_column:
+            raise DatasetError(f"dataset {self.name}: the text column name is empty")
+        for f in self.files:
+            f.check()
+            if self._by_path.setdefault(f.path, f) is not f:
+                raise DatasetError(f"dataset {self.name}: file {f.path} is listed twice")
+
+    def file(self, path: str) -> DataFile:
+        try:
+            return self._by_path[path]
+        except KeyError:
+            raise DatasetError(f"dataset {self.name} has no file {path!r}") from None
+
+    def splits(self) -> Splits:
+        """Train / validation / test files (see the module docstring for the rules)."""
+        return resolve_splits(self)
+
+    def split(self, name: str) -> tuple[DataFile, ...]:
+        """The files of split ``name`` (train, validation/val, test); an error if there are none."""
+        key = {"val": "validation"}.get(name, name)
+        if key not in SPLIT_WORDS:
+            raise DatasetError(f"unknown split {name!r}: choose train, val (validation) or test")
+        files = getattr(self.splits(), key)
+        if not files:
+            raise empty_split(self, key)
+        return files
+
+    def pick(self, num_train: int | None = None) -> tuple[DataFile, ...]:
+        """What ``fetch`` downloads: the first ``num_train`` train files (all if None), then validation."""
+        sp = self.splits()
+        if num_train is not None and num_train < 0:
+            raise DatasetError(f"the number of train files must be >= 0, got {num_train}")
+        return sp.train[: num_train] + sp.validation
+
+
+def split_of(path: str, *, folders: bool = False) -> str | None:
+    """The split a file's name (or, with ``folders``, one of its folder names) carries, or None."""
+    parts = path.split("/")
+    for part in (reversed(parts[:-1]) if folders else parts[-1:]):
+        for split, word_re in _WORD_RES.items():
+            if word_re.search(part.lower()):
+                return split
+    return None
+
+
+def say_once(key: str, message: str) -> None:
+    """Log ``message`` once per process for ``key``."""
+    if key not in _said:
+        _said.add(key)
+        log.warning(message)
+
+
+def empty_split(cat: Catalog, split: str, why: str = "") -> DatasetError:
+    seen = [f.path for f in cat.files]
+    shown = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
+    return DatasetError(f"dataset {cat.name}: split {split!r} resolves to no file{why}; "
+                        f"files seen: {shown} (pass --val GLOB to choose validation files)")
+
+
+def resolve_splits(cat: Catalog) -> Splits:
+    files = cat.files
+    named = {f.path: split_of(f.path) for f in files}
+    if not any(named.values()):
+        named = {f.path: split_of(f.path, folders=True) for f in files}
+    has_names = any(named.values())
+    guessed = False
+    if cat.val is not None:
+        validation = tuple(f for f in files if fnmatch.fnmatchcase(f.path, cat.val))
+        if not validation:
+            raise empty_split(cat, "validation", f" (--val {cat.val!r} matches none)")
+    elif any(s == "validation" for s in named.values()):
+        validation = tuple(f for f in files if named[f.path] == "validation")
+    else:
+        pool = [f for f in files if named[f.path] == "train" or not has_names]
+        validation, guessed = tuple(pool[-1:]), True
+    chosen = {f.path for f in validation}
+    rest = [f for f in files if f.path not in chosen]
+    train = tuple(f for f in rest if named[f.path] == "train" or not has_names)
+    test = tuple(f for f in rest if named[f.path] == "test")
+    unassigned = tuple(f for f in rest if named[f.path] in (None, "validation") and has_names)
+    if guessed and validation:
+        say_once(f"val:{cat.name}", f"dataset {cat.name}: no file is named as validation; using the last "
+                 f"file, {validation[0].path}, as validation (pass --val GLOB to choose)")
+    if unassigned:
+        say_once(f"unassigned:{cat.name}", f"dataset {cat.name}: {len(unassigned)} file(s) carry no split in "
+                 f"their name and are left out, e.g. {unassigned[0].path}")
+    if not train and cat.val is None:  # an explicit val may take every file (a validation-only folder)
+        raise empty_split(cat, "train")
+    if not validation:
+        raise empty_split(cat, "validation")
+    return Splits(train, validation, test, unassigned, guessed)
+
+
+# -- sources that need no network -----------------------------------------------------------
+def numbered_catalog(name: str, base_url: str, count: int, *, text_column: str = "text",
+                     source: str = "", revision: str | None = None) -> Catalog:
+    """``shard_00000.parquet`` .. ``shard_{count-1}.parquet`` under ``base_url``, the last validation."""
+    if count < 1:
+        raise DatasetError(f"dataset {name}: needs at least 1 shard (the validation shard), got {count}")
+    base = base_url.rstrip("/")
+    names = [f"shard_{i:05d}.parquet" for i in range(count)]
+    files = tuple(DataFile(n, None, url=f"{base}/{n}" if base else "") for n in names)
+    return Catalog(name, files, text_column, val=names[-1], source=source or base, revision=revision)
+
+
+def builtin_catalog(name: str, endpoint: str) -> Catalog:
+    """A built-in dataset (``config.DATASETS``) as a numbered catalog under ``endpoint``."""
+    from ..config import get_dataset
+
+    ds = get_dataset(name)
+    return numbered_catalog(name, ds.base_url(endpoint), ds.max_shard + 1, text_column=ds.text_column,
+                            source=f"hf://datasets/{ds.repo}", revision="main")
+
+
+def local_catalog(folder: Path, *, text_column: str = "text", val: str | None = None) -> Catalog:
+    """Every ``*.parquet`` under ``folder`` (subfolders too, hidden names skipped), in sorted path order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder")
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(root).relative_to(folder).as_posix()
+        for n in names:
+            if n.endswith(".parquet") and not n.startswith("."):
+                path = n if rel == "." else f"{rel}/{n}"
+                files.append(DataFile(path, os.stat(Path(root) / n).st_size))
+    files.sort(key=lambda f: f.path)
+    return Catalog(str(folder), tuple(files), text_column, val=val, source=str(folder.resolve()))
+
+
+# -- the text column ------------------------------------------------------------------------
+def check_text_column(path: Path, column: str) -> None:
+    """Raise DatasetError (listing the columns there are) unless ``path`` has a string ``column``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptShardError(f"{path} is not a readable parquet file ({exc})", path=path) from exc
+    if column not in schema.names:
+        raise DatasetError(f"{path} has no column {column!r}; its columns are: {', '.join(schema.names)} "
+                           "(pass --text-column NAME)")
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise DatasetError(f"{path}: column {column!r} holds {kind}, not text (pass --text-column NAME)")

@@ -1,0 +1,309 @@
+"""S3 and S3-compatible stores (R2, MinIO, ...): ``s3://BUCKET/PREFIX/`` to a Catalog, and signed requests.
+
+botocore (the optional ``s3`` extra: ``pip install 'nanostream[s3]'``) supplies the
+standard AWS credential chain (environment, ``~/.aws`` config and profiles, SSO,
+instance role) and the SigV4 signer, nothing more: every request goes out through
+aiohttp, the listing here and the bytes through the existing downloader, which asks
+``S3Signer.get_headers`` for signed headers (``Range``, ``If-Match``) per request.
+
+``s3_catalog`` lists ``PREFIX/`` with ListObjectsV2 (continuation tokens), keeps the
+``*.parquet`` keys the ``include`` glob matches, and records per file what a download
+can be checked against: the sha256 when the object carries a full-object one (a HEAD
+with ``x-amz-checksum-mode: ENABLED`` for keys listed with ``ChecksumAlgorithm``
+SHA256), else the MD5 when the ETag is a single-part MD5, else the size alone.
+Objects are addressed path-style under ``AWS_ENDPOINT_URL(_S3)`` when one is set,
+virtual-hosted on AWS otherwise; a bucket in another region is followed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fnmatch
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from .._compat import TaskGroup
+from ..errors import DatasetError, RetriesExhausted
+from ..retry import (
+    LIST_RETRY,
+    RETRY_STATUSES,
+    RetryPolicy,
+    Transient,
+    client_session,
+    describe,
+    parse_retry_after,
+)
+from .catalog import Catalog, DataFile
+
+NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+MISSING_EXTRA = "s3:// datasets need botocore: pip install 'nanostream[s3]'"
+
+
+@dataclass(frozen=True)
+class S3Path:
+    bucket: str
+    prefix: str  # "" or ends with "/"
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key or self.prefix}"
+
+
+def parse_s3_url(url: str) -> S3Path:
+    """``s3://BUCKET[/PREFIX[/]]`` -> S3Path (the prefix is a folder: a missing ``/`` is added)."""
+    if not url.startswith("s3://"):
+        raise DatasetError(f"{url!r} is not an s3:// URL (use s3://BUCKET/PREFIX/)")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise DatasetError(f"{url!r}: {bucket!r} is not a valid bucket name (use s3://BUCKET/PREFIX/)")
+    prefix = prefix.lstrip("/")
+    return S3Path(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
+
+
+def split_object_url(url: str) -> tuple[str, str]:
+    """``s3://BUCKET/KEY`` (a DataFile's url) -> (bucket, key)."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+class S3Signer:
+    """Credentials from the AWS chain, the region and the endpoint; signs each request (SigV4).
+
+    Build with ``await S3Signer.create(endpoint)``. With no credentials anywhere in the
+    chain, requests go unsigned (public buckets) and a 403 says so.
+    """
+
+    def __init__(self, credentials: Any, region: str, endpoint: str | None = None) -> None:
+        self.credentials, self.region = credentials, region
+        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self._auth: Any = None
+
+    @classmethod
+    async def create(cls, endpoint: str | None = None, *, region: str | None = None,
+                     profile: str | None = None) -> S3Signer:
+        """Resolve credentials and region in a thread (the chain may read files or ask IMDS)."""
+        try:
+            import botocore.session
+        except ImportError as exc:
+            raise DatasetError(MISSING_EXTRA) from exc
+
+        def resolve() -> tuple[Any, str]:
+            session = botocore.session.Session(profile=profile)
+            creds = session.get_credentials()
+            return creds, region or session.get_config_variable("region") or "us-east-1"
+
+        try:
+            creds, reg = await asyncio.to_thread(resolve)
+        except Exception as exc:  # a broken profile, an unreachable SSO: botocore's own errors
+            raise DatasetError(f"AWS credentials could not be resolved: {exc}") from exc
+        return cls(creds, reg, endpoint)
+
+    def with_region(self, region: str) -> S3Signer:
+        return S3Signer(self.credentials, region, self.endpoint)
+
+    def bucket_url(self, bucket: str) -> str:
+        if self.endpoint:
+            return f"{self.endpoint}/{bucket}"
+        if "." in bucket:  # a dotted name does not match the wildcard certificate: path-style
+            return f"https://s3.{self.region}.amazonaws.com/{bucket}"
+        return f"https://{bucket}.s3.{self.region}.amazonaws.com"
+
+    def object_url(self, bucket: str, key: str) -> str:
+        """The HTTP(S) URL of an object, already in SigV4's canonical encoding (send it as encoded)."""
+        return f"{self.bucket_url(bucket)}/{quote(key, safe='/~')}"
+
+    def headers(self, method: str, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """``extra`` (e.g. Range, If-Range) plus the SigV4 headers for ``method url`` with no body."""
+        headers = dict(extra or {})
+        creds = self.credentials.get_frozen_credentials() if self.credentials is not None else None
+        if creds is None:
+            return headers
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method=method, url=url, headers=headers)
+        S3SigV4Auth(creds, "s3", self.region).add_auth(request)
+        return dict(request.headers.items())
+
+    def get_headers(self, url: str, start: int | None = None, end: int | None = None, *,
+                    if_match: str | None = None) -> dict[str, str]:
+        """Signed headers for a GET of bytes ``[start, end)`` of one object (all of it without a range).
+
+        ``if_match`` (the ETag the first answer carried) makes a changed object answer
+        412 instead of bytes of another version: S3 documents If-Match for GetObject,
+        and moto ignores If-Range, so a ranged continuation should send If-Match.
+        """
+        extra: dict[str, str] = {}
+        if start is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        if if_match:
+            extra["If-Match"] = if_match
+        return self.headers("GET", url, extra)
+
+
+async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | None = None,
+                     val: str | None = None, text_column: str = "text", signer: S3Signer | None = None,
+                     session: aiohttp.ClientSession | None = None, retry: RetryPolicy = LIST_RETRY,
+                     heads: int = 16, page_size: int | None = None) -> Catalog:
+    """The parquet objects under ``url`` as a Catalog (paths relative to the prefix, sorted).
+
+    ``heads`` bounds the concurrent checksum HEADs; ``page_size`` sets ListObjectsV2's
+    max-keys (the store's default, 1,000 on S3, when None).
+    """
+    sp = parse_s3_url(url)
+    if signer is None:
+        signer = await S3Signer.create(endpoint)
+    if session is None:
+        async with client_session(retry) as own:
+            return await s3_catalog(url, include=include, val=val, text_column=text_column, signer=signer,
+                                    session=own, retry=retry, heads=heads, page_size=page_size)
+    lister = Lister(session, signer, sp, retry, page_size)
+    objects = await lister.list()
+    keep = [o for o in objects if o["key"].endswith(".parquet")
+            and (not include or fnmatch.fnmatchcase(o["key"][len(sp.prefix):], include))]
+    if not keep:
+        narrowed = f" matching --include {include!r}" if include else ""
+        raise DatasetError(f"{sp.url()}: no *.parquet objects{narrowed} ({len(objects)} objects seen)")
+    sha = [o for o in keep if "SHA256" in o["algorithms"]]
+    if sha:
+        gate = asyncio.Semaphore(max(1, heads))
+        try:
+            async with TaskGroup() as tg:
+                for o in sha:
+                    tg.create_task(lister.checksum(o, gate))
+        except Exception as exc:  # the TaskGroup wraps the first failure in an ExceptionGroup: unwrap it
+            first = exc
+            while getattr(first, "exceptions", None):
+                first = first.exceptions[0]
+            if first is exc:
+                raise
+            raise first from first.__cause__  # keep its own cause
+    files = [DataFile(o["key"][len(sp.prefix):], o["size"], o.get("sha256"), o["md5"],
+                      f"s3://{sp.bucket}/{o['key']}") for o in keep]
+    files.sort(key=lambda f: f.path)
+    return Catalog(url, tuple(files), text_column, val=val, source=sp.url(), include=include)
+
+
+def verification_summary(cat: Catalog) -> str:
+    """What downloads of ``cat`` are checked against, e.g. ``sha256 for 3 files, size alone for 1``."""
+    words = {"sha256": "sha256", "md5": "MD5 (single-part ETag)", "size": "size alone", "none": "nothing"}
+    counts = Counter(f.verification for f in cat.files)
+    return ", ".join(f"{words[k]} for {n} file{'s' if n > 1 else ''}" for k, n in counts.most_common())
+
+
+class Lister:
+    """ListObjectsV2 pages and checksum HEADs for one prefix, with retries and error translation."""
+
+    def __init__(self, session: aiohttp.ClientSession, signer: S3Signer, sp: S3Path, retry: RetryPolicy,
+                 page_size: int | None = None):
+        self.session, self.signer, self.sp, self.retry = session, signer, sp, retry
+        self.page_size = page_size
+        self.moved = False
+
+    async def list(self) -> list[dict[str, Any]]:
+        objects: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            params = {"list-type": "2", "prefix": self.sp.prefix}
+            if token:
+                params["continuation-token"] = token
+            if self.page_size:
+                params["max-keys"] = str(self.page_size)
+            query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
+            _, _, body = await self._request("GET", lambda q=query: f"{self.signer.bucket_url(self.sp.bucket)}?{q}")
+            root = _xml(body, self.sp.url())
+            for c in root.iter(f"{NS}Contents"):
+                etag = (c.findtext(f"{NS}ETag") or "").strip('"').lower()
+                objects.append({"key": c.findtext(f"{NS}Key") or "", "size": int(c.findtext(f"{NS}Size") or 0),
+                                "md5": etag if _MD5_RE.match(etag) else None,
+                                "algorithms": {a.text for a in c.iter(f"{NS}ChecksumAlgorithm")}})
+            token = root.findtext(f"{NS}NextContinuationToken")
+            if root.findtext(f"{NS}IsTruncated") != "true" or not token:
+                return objects
+
+    async def checksum(self, obj: dict[str, Any], gate: asyncio.Semaphore) -> None:
+        """Set ``obj["sha256"]`` (hex) if the object carries a full-object sha256."""
+        async with gate:
+            _, headers, _ = await self._request(
+                "HEAD", lambda: self.signer.object_url(self.sp.bucket, obj["key"]),
+                {"x-amz-checksum-mode": "ENABLED"})
+        value = headers.get("x-amz-checksum-sha256", "")
+        kind = headers.get("x-amz-checksum-type", "")
+        multipart = "-" in headers.get("ETag", "")
+        if value and "-" not in value and (kind == "FULL_OBJECT" or (not kind and not multipart)):
+            try:
+                obj["sha256"] = base64.b64decode(value, validate=True).hex()
+            except ValueError:
+                return
+
+    async def _request(self, method: str, url_of, extra: dict[str, str] | None = None):
+        failures = 0
+        while True:
+            url = url_of()
+            try:
+                async with self.session.request(method, URL(url, encoded=True), allow_redirects=False,
+                                                headers=self.signer.headers(method, url, extra)) as resp:
+                    body = await resp.read()
+                    if resp.status == 200:
+                        return resp.status, resp.headers, body
+                    self._refuse(resp, body, url)
+            except DatasetError:
+                raise
+            except _Moved as moved:
+                self.signer = self.signer.with_region(moved.region)
+                continue
+            except Exception as exc:
+                failures += 1
+                if not await self.retry.wait_to_retry(exc, failures):
+                    raise RetriesExhausted(f"listing {self.sp.url()}: gave up after {failures} attempts; last: "
+                                           f"{describe(exc)} ({url})", attempts=failures, url=url) from exc
+
+    def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> None:
+        code = message = ""
+        if body:
+            try:
+                err = ET.fromstring(body)
+                code, message = err.findtext("Code") or "", err.findtext("Message") or ""
+            except ET.ParseError:
+                pass
+        region = resp.headers.get("x-amz-bucket-region")
+        if region and region != self.signer.region and not self.moved and resp.status in (301, 400):
+            self.moved = True
+            raise _Moved(region)
+        if resp.status in RETRY_STATUSES or code in ("SlowDown", "InternalError"):
+            raise Transient(f"HTTP {resp.status} {code}".strip(), parse_retry_after(resp.headers.get("Retry-After")))
+        where, detail = f"s3://{self.sp.bucket}", f" ({code}: {message})" if code else ""
+        if resp.method == "HEAD" and resp.status == 404:
+            raise DatasetError(f"{url}: the object was listed but is gone (HTTP 404): the prefix is changing "
+                               "under the listing; list again when it is stable")
+        if resp.status == 404 or code == "NoSuchBucket":
+            raise DatasetError(f"{where}: no such bucket (HTTP {resp.status}){detail}: check the name, and "
+                               "AWS_ENDPOINT_URL for R2/MinIO")
+        if resp.status in (401, 403):
+            has = "the credentials found were refused" if self.signer.credentials else "no AWS credentials found"
+            raise DatasetError(f"{where}: access denied (HTTP {resp.status}){detail}: {has}; set "
+                               "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, with s3:ListBucket and "
+                               "s3:GetObject on the bucket")
+        raise DatasetError(f"{where}: the store answered HTTP {resp.status}{detail}")
+
+
+class _Moved(Exception):
+    def __init__(self, region: str):
+        super().__init__(region)
+        self.region = region
+
+
+def _xml(body: bytes, where: str) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise DatasetError(f"{where}: the listing is not S3 XML ({exc}); is AWS_ENDPOINT_URL an S3 store?") from exc

@@ -1,0 +1,118 @@
+"""What a stream reads and what it yields: the resolved ``Plan``, ``Position``, ``Batch`` and ``Chunk``.
+
+``stream()`` (``streams.py``) resolves its arguments into one frozen ``Plan`` (folder,
+catalog, the split's files, the reader's layout, epochs, order, queue and fetch
+settings); the ``Producer`` reads by it. A ``Batch`` is the documents of one row group
+with its ``Position``, the point a resume continues after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..sources.access import Access
+from ..sources.catalog import Catalog, DataFile
+from .order import Cursor, EpochPlan
+from .reader import to_texts
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a batch came from; ``stream(..., start=pos)`` resumes right after it (same world size).
+
+    ``taken`` counts the row groups this reader took in the epoch (this one included) and
+    ``base`` is the ``Cursor`` the epoch's dealing started from (None: the epoch's start);
+    neither takes part in comparisons. ``Stream.cursor(pos)`` turns a position into the
+    global ``Cursor`` for a resume at another world size.
+    """
+
+    epoch: int
+    shard: int
+    row_group: int
+    taken: int = field(default=0, compare=False)
+    base: Cursor | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The documents of one row group and where they came from."""
+
+    texts: list[str] = field(repr=False)  # a row group is ~1000 documents: keep reprs short
+    shard: int
+    row_group: int
+    epoch: int
+    taken: int = 0
+    base: Cursor | None = field(default=None, repr=False)
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.shard, self.row_group, self.taken, self.base)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A row group as read, still in Arrow memory: what the queue holds. The consumer turns it
+    into a ``Batch`` on its own thread (``batch()``), where the strings will also be freed."""
+
+    column: pa.ChunkedArray
+    path: Path
+    shard: int
+    row_group: int
+    epoch: int
+    taken: int = 0
+    base: Cursor | None = None
+
+    def batch(self) -> Batch:
+        return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch,
+                     self.taken, self.base)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a producer needs, resolved by ``stream()``."""
+
+    data_dir: Path
+    split: str
+    shards: tuple[int, ...]  # indices into ``files``: the split's files this stream reads
+    catalog: Catalog  # the dataset (``Position.shard`` indexes its files)
+    text_column: str
+    token: str | None
+    token_hosts: frozenset[str]
+    s3_endpoint: str | None
+    rank: int
+    world_size: int
+    epochs: int | None
+    shuffle: bool
+    seed: int
+    start: Position | Cursor | None
+    queue_size: int
+    fetch_ahead: int
+    fetch_workers: int
+    retry: Any = None
+    local_world_size: int = 0  # readers per node as dealt (0: world_size, one node)
+    drop_last: bool = True
+
+    @property
+    def files(self) -> tuple[DataFile, ...]:
+        return self.catalog.files
+
+    def access(self) -> Access | None:
+        """What requests for the files carry (a fresh one per event loop); None if nothing is remote."""
+        if not any(f.url for f in self.files):
+            return None
+        return Access(self.token, self.token_hosts, self.s3_endpoint)
+
+    def epoch_plan(self, counts: dict[int, int], epoch: int, base: Cursor | None = None) -> EpochPlan:
+        return EpochPlan(self.shards, counts, epoch, shuffle=self.shuffle, seed=self.seed,
+                         world_size=self.world_size, local_world_size=self.local_world_size or self.world_size,
+                         drop_last=self.drop_last, base=base)
+
+    def start_base(self) -> Cursor | None:
+        """The cursor the first epoch's dealing starts from."""
+        if isinstance(self.start, Cursor):
+            return self.start
+        return self.start.base if self.start is not None else None
