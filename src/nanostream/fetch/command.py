@@ -1,7 +1,7 @@
 """``nanostream fetch``: turn CLI flags into a catalog's files, run the downloader, report.
 
 Validates every flag before any network work (bad input is ``ConfigError``, exit
-2), lists the dataset (``datasets.open_catalog``: a built-in name, ``hf://``,
+2), lists the dataset (``sources.resolve.open_catalog``: a built-in name, ``hf://``,
 ``s3://``) or reads the folder's pinned record, refuses a folder that holds another
 source's files, records the catalog (``.nanostream.json``) before the first byte,
 says once what each file is verified against, checks the free space when it is

@@ -14,7 +14,7 @@ A state (version 3; version 2 still loads) is a dict of plain values and two arr
 resumes exactly; at another layout the run restarts at the smallest cursor and the buffered
 documents of old readers ``i`` with ``i % readers == reader`` are carried over (``carried_docs``).
 Nothing here imports torch: the arrays come in as anything numpy reads (CPU tensors included)
-and go out as numpy (``loader.py`` makes them tensors).
+and go out as numpy (``dataset.py`` makes them tensors).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """HTTP mechanics of serving one file: byte ranges, ``If-Range``, bodies sent with ``sendfile(2)``.
 
-Used by ``serve.py`` (the mirror) and by the tests' fault layer (``iter_file``).
+Used by ``server.py`` (the mirror) and by the tests' fault layer (``iter_file``).
 ``parse_range`` and ``if_range_matches`` turn the two request headers into a
 decision and raise ``ValueError`` (saying why) for a header the mirror refuses.
 ``write_body`` sends bytes with ``sendfile(2)``: no copy through Python and

@@ -14,7 +14,7 @@ documented low-level ``web.Server`` protocol factory:
 - A request must arrive complete within ``timeout`` seconds of the connection opening, or of the
   previous response ending; otherwise the connection is dropped, with one log line. That covers
   the silent client, the half-sent or byte-by-byte request, and the idle keep-alive connection.
-  (Slow *readers* are the body writer's business: see ``serve.write_body``.)
+  (Slow *readers* are the body writer's business: see ``httpfile.write_body``.)
 - The response to the ``max_keepalive_requests``-th request on a connection says
   ``Connection: close``.
 - aiohttp's protocol errors (a malformed request line, oversized headers: 400) are logged as one

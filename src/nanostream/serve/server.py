@@ -21,7 +21,7 @@ malformed headers (400, from aiohttp's parser).
 The sha256 of each file is computed once per (path, size, mtime) in a worker
 thread. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
 ``httpfile.py``; a reader that stalls for the send timeout is dropped. A folder
-fetched from an ``hf://`` dataset also answers the Hub API for it (``hubmirror.py``),
+fetched from an ``hf://`` dataset also answers the Hub API for it (``hubapi.py``),
 so ``HF_ENDPOINT`` can point at the mirror.
 """
 
@@ -191,7 +191,7 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     app = web.Application(middlewares=[_log_refusals])
     app[FILES_KEY] = files
     hub = HubMirror.of(files.root, files)
-    if hub is not None:  # a folder fetched from hf://: answer the Hub API too (hubmirror.py)
+    if hub is not None:  # a folder fetched from hf://: answer the Hub API too (hubapi.py)
         hub.add_routes(app)
     app.router.add_get("/{name:.*}", files.handle, allow_head=True)
     return app
