@@ -101,9 +101,12 @@ def main(quick: bool = False) -> dict:
         "node-aware: every node <= its quarter + one shard": max(aware["per_node"]) <= data / NODES + shard,
         "node-aware: equal batches on every rank, every document at most once": len(aware["batches"]) == 1
         and aware["max_reads"] == 1,
+        "node-aware: every document read but at most ranks-1 row groups": aware["docs"]
+        >= shards * groups * 1024 - (NODES * PER_NODE - 1) * 1024,
     }
     for name, ok in targets.items():
         print(f"  {verdict(ok)}  {name}")
+    print(f"  documents read by node-aware: {aware['docs']:,} of {shards * groups * 1024:,}")
     return {"data_mb": round(data / MB, 2),
             "per_node_mb": {t: [round(b / MB, 2) for b in r["per_node"]] for t, r in res.items()},
             "targets": targets}

@@ -602,3 +602,26 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
             assert_same_batches(head + list(rest), got)
     assert len({n for pair in counts for n in pair}) == 1  # every new rank: len(ds) batches
     assert len(old_buffers & set(new_ids)) > 0.5 * len(old_buffers)  # the carried documents are used
+
+
+EARLY_EXIT = r"""
+import sys
+
+from nanostream import ByteTokenizer, TokenDataset, iter_batches
+ds = TokenDataset("train", ByteTokenizer(), 2, 64, data_dir=sys.argv[1], epochs=2)
+it = iter(ds)
+for _ in range(int(sys.argv[2])):
+    next(it)
+blocking = iter_batches("train", data_dir=sys.argv[1], epochs=None)
+next(blocking)
+print("done")  # and exit with both iterators still open: no close(), no del
+"""
+
+
+@pytest.mark.parametrize("batches", [1, 60])
+def test_a_script_that_stops_early_exits_cleanly(data: Path, batches: int) -> None:
+    """Interpreter exit with a TokenDataset iterator (and a blocking stream) left open: nothing on stderr
+    (closing at exit computes no state and reads no footer; it only stops threads)."""
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", EARLY_EXIT, str(data), str(batches)],
+                          capture_output=True, text=True, timeout=100)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", "")

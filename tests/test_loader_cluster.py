@@ -56,8 +56,10 @@ if __name__ == "__main__":
     worker()
 else:
     import pytest
+    import torch
 
     from nanostream.shards import list_shards
+    from nanostream.streaming.order import Cursor
     from nanostream.streaming.streams import stream
     from test_stream_cluster import worker_env
 
@@ -88,11 +90,22 @@ else:
         assert len({r["len"] for r in first}) == 1 and all(r["batches"] == 3 for r in first)
         assert [r["layout"] for r in second] == [[0, 2, 1], [1, 2, 1]]
         assert second[0]["len"] == second[1]["len"] == second[0]["batches"] == second[1]["batches"] > 0
-        # each node downloaded its own shards, plus the first of epoch 0's order (rows_per_row_group)
-        order = stream("train", data_dir=tmp_path / "node0", rank=0, world_size=1, **{
-            k: v for k, v in KW.items() if k not in ("epochs", "buffer_docs")}).order(0)
+        # each node downloaded only the shards its readers read in either run (as dealt by the plans),
+        # plus the first of epoch 0's order (rows_per_row_group), and holds every shard it read first
+        kw = {k: v for k, v in KW.items() if k not in ("epochs", "buffer_docs")}
+        order = stream("train", data_dir=tmp_path / "node0", rank=0, world_size=1, **kw).order(0)
+        smallest = min((Cursor.from_list(torch.load(f, weights_only=True)["cursor"])
+                        for f in (tmp_path / "a").glob("state*.pt")), key=lambda c: c.consumed)
         for node in range(2):
-            assert set(list_shards(tmp_path / f"node{node}")) == set(order[node::2]) | {order[0]}
+            dealt = {s for r in (2 * node, 2 * node + 1) for s, _ in
+                     stream("train", data_dir=tmp_path / f"node{node}", rank=r, world_size=4, local_world_size=2,
+                            **kw).epoch_plan(0).sequence(r)}
+            dealt |= {s for s, _ in stream("train", data_dir=tmp_path / f"node{node}", rank=node, world_size=2,
+                                           local_world_size=1, start=smallest, **kw).epoch_plan().sequence(node)}
+            read = {i[0] for r in first[2 * node: 2 * node + 2] for i in r["ids"]}  # (the second run also packs
+            # documents carried from the other node's old buffers: not downloaded)
+            held = set(list_shards(tmp_path / f"node{node}")) - {SHARDS}
+            assert read <= held <= dealt | {order[0]}
         # nothing is lost: the second run reads on from the smallest cursor of the first
         before = {tuple(i) for r in first for i in r["ids"]}
         after = {tuple(i) for r in second for i in r["ids"]}

@@ -1,13 +1,17 @@
-"""Epoch plans and the global Cursor: equal work, and resume at another world size skipping nothing."""
+"""Epoch plans and the global Cursor: equal work within the bound, and resume at another world size skipping nothing."""
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nanostream.errors import ConfigError
 from nanostream.streaming.order import Cursor, EpochPlan
+from nanostream.streaming.ranks import worker_stride
 
 
 def plan(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0) -> EpochPlan:
@@ -69,3 +73,92 @@ def test_cursor_from_other_data_is_refused():
     with pytest.raises(ConfigError, match="does not fit"):
         plan(counts, 2, 2, base=Cursor(0, 3, (), 99))
     assert plan(counts, 2, 2, base=Cursor(1, 3, (), 99)).length == 4  # another epoch's cursor: not used
+
+
+# -- properties over any layout: the bound, equal counts, the nodes' downloads, resume ---------------
+layouts = st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3))  # nodes, ranks a node, workers
+
+
+def folded(nodes: int, ranks: int, workers: int) -> tuple[int, int]:
+    """(readers, readers per node) with DataLoader workers folded in, as TokenDataset does."""
+    world, local = nodes * ranks, ranks
+    readers = {worker_stride(r, world, w, workers) for r in range(world) for w in range(workers)}
+    assert {n for _, n in readers} == {world * workers} and len(readers) == world * workers
+    return world * workers, local * workers
+
+
+@settings(max_examples=300, deadline=None)
+@given(counts=st.lists(st.integers(0, 60), min_size=1, max_size=30), layout=layouts, drop_last=st.booleans(),
+       shuffle=st.booleans())
+def test_an_epoch_leaves_out_or_repeats_at_most_readers_minus_one(counts, layout, drop_last, shuffle):
+    readers, local = folded(*layout)
+    c = dict(enumerate(counts))
+    total = sum(counts)
+    if total < readers:
+        with pytest.raises(ConfigError, match="reads no row group"):
+            plan(c, readers, local, drop_last=drop_last, shuffle=shuffle)
+        return
+    p = plan(c, readers, local, drop_last=drop_last, shuffle=shuffle)
+    seqs = [p.indices(r) for r in range(readers)]
+    assert {len(s) for s in seqs} == {p.length}  # equal work on every reader
+    read = Counter(i for s in seqs for i in s)
+    if drop_last:
+        assert p.length == total // readers and max(read.values()) == 1  # nothing read twice
+        assert p.dropped == total - len(read) == total % readers <= readers - 1
+    else:
+        assert p.length == -(-total // readers) and set(read) == set(range(total))  # nothing left out
+        assert p.padded == sum(read.values()) - total <= readers - 1
+        assert sum(n - 1 for n in read.values()) == p.padded  # only the padding repeats
+
+
+@settings(max_examples=200, deadline=None)
+@given(shards=st.integers(1, 40), groups=st.integers(1, 60), layout=layouts, shuffle=st.booleans())
+def test_a_node_downloads_at_most_one_shard_beyond_its_share(shards, groups, layout, shuffle):
+    readers, local = folded(*layout)
+    nodes = readers // local
+    if shards * groups < readers:
+        return
+    p = plan({s: groups for s in range(shards)}, readers, local, shuffle=shuffle, drop_last=False)
+    held = [{p.items[i][0] for r in range(n * local, (n + 1) * local) for i in p.indices(r)} for n in range(nodes)]
+    for n in range(nodes):
+        assert len(held[n]) <= -(-shards // nodes) + 1
+    assert sum(len(h) for h in held) <= shards + nodes - 1  # a shard is split between nodes at most nodes-1 times
+
+
+@settings(max_examples=100, deadline=None)
+@given(counts=st.lists(st.integers(1, 12), min_size=2, max_size=12), layout=layouts)
+def test_shuffle_is_a_permutation_per_epoch_the_same_on_every_rank(counts, layout):
+    readers, local = folded(*layout)
+    c = dict(enumerate(counts))
+    if sum(counts) < readers:
+        return
+    for epoch in (0, 1):
+        a, b = plan(c, readers, local, epoch=epoch), plan(c, readers, local, epoch=epoch)
+        assert a.items == b.items and [a.indices(r) for r in range(readers)] == [b.indices(r) for r in range(readers)]
+        assert sorted(a.items) == sorted((s, g) for s, n in c.items() for g in range(n))  # every row group once
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(0, 20), min_size=1, max_size=15), old=layouts, new=layouts,
+       frac=st.floats(0, 1), drop_last=st.booleans())
+def test_elastic_resume_skips_nothing_at_any_layout(counts, old, new, frac, drop_last):
+    (r1, l1), (r2, l2) = folded(*old), folded(*new)
+    c = dict(enumerate(counts))
+    if sum(counts) < max(r1, r2):
+        return
+    first = plan(c, r1, l1, drop_last=drop_last)
+    taken = int(first.length * frac)
+    cur = first.cursor_after(taken)
+    if cur.epoch == 1:
+        return  # the epoch is over
+    done = set(taken_items(first, taken))
+    assert cur.consumed == len(done)
+    second = plan(c, r2, l2, base=cur, drop_last=drop_last)
+    rest = [i for r in range(r2) for i in second.indices(r)]
+    assert done.isdisjoint(rest)  # nothing read twice across the resume (but padding)
+    assert {len(second.indices(r)) for r in range(r2)} == {second.length}
+    if drop_last:
+        assert len(set(rest)) == len(rest) and first.total - len(done) - len(rest) <= max(r2 - 1, 0) + \
+            (first.total - len(done) if second.length == 0 else 0)
+    else:
+        assert done | set(rest) == set(range(first.total))  # nothing skipped

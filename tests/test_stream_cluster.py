@@ -85,7 +85,7 @@ async def test_four_nodes_each_download_their_share(remote: Path, tmp_path: Path
                    seed=11, rank=0, world_size=1).order(0)
     data = sum(size.values())
     for node in range(4):
-        mine = sorted(order[node::4])  # shard k of the epoch's order goes to node k % 4
+        mine = sorted(order[2 * node: 2 * node + 2])  # the epoch's order cut into 4 pieces of 2 shards
         assert list_shards(tmp_path / f"n-{node}") == mine
         assert {b[0] for r in reports[2 * node:2 * node + 2] for b in r["batches"]} == set(mine)
         # its shards, plus the footers of all 8 (the row-group census), read once for both ranks
@@ -107,8 +107,8 @@ async def test_resume_at_another_number_of_nodes_loses_nothing(remote: Path, tmp
     before_docs, after_docs = docs(first), docs(second)
     assert not set(before_docs) & set(after_docs)  # the resume repeats nothing already read ...
     assert set(before_docs) | set(after_docs) == every_doc()  # ... and loses nothing
-    # 4 -> 2: 24 row groups left for 4 ranks, 6 each. 2 -> 4: 28 left for 8 ranks, dealt shard by shard
-    # to 4 nodes, are not even: drop_last would drop the surplus; padding repeats row groups instead
+    # 4 -> 2: 24 row groups left for 4 ranks, 6 each. 2 -> 4: 28 left for 8 ranks are not even: drop_last
+    # would leave 4 out (3 each); padding reads 4 of them twice instead (4 each)
     assert max(after_docs.values()) == (2 if pad else 1)
 
 

@@ -75,9 +75,9 @@ def data(tmp_path: Path) -> Path:
 
 
 # -- which shards, which ranks -------------------------------------------------------------------
-def todays_sequence(shards, counts, rank, world, epoch, shuffle, seed) -> list[tuple[int, int]]:
-    """The one-node rule before node-aware striding, written out: row group g of every shard
-    (in the epoch's shard order, each shard's row groups in its order) goes to rank g % world."""
+def one_node_sequence(shards, counts, rank, world, epoch, shuffle, seed) -> list[tuple[int, int]]:
+    """The one-node rule, written out: the epoch's global order (its shard order, each shard's row
+    groups in their order) dealt by a running count: its ``j``-th row group goes to rank ``j % world``."""
     order = list(shards)
     if shuffle:
         random.Random(f"nanostream:{seed}:{epoch}").shuffle(order)
@@ -86,23 +86,24 @@ def todays_sequence(shards, counts, rank, world, epoch, shuffle, seed) -> list[t
         groups = list(range(counts[s]))
         if shuffle:
             random.Random(f"nanostream:{seed}:{epoch}:{s}").shuffle(groups)
-        out += [(s, g) for g in groups if g % world == rank]
-    return out
+        out += [(s, g) for g in groups]
+    return out[rank::world]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("drop_last", [True, False])
 @pytest.mark.parametrize("shuffle", [False, True])
-async def test_one_node_reads_todays_order_evened_out(tmp_path: Path, world_size: int, drop_last: bool,
+async def test_one_node_reads_the_epoch_order_by_a_running_count(tmp_path: Path, world_size: int, drop_last: bool,
                                                       shuffle: bool) -> None:
     folder = tmp_path / "d"
-    make_shards(folder, 4, row_groups=4, rows=2, base_url="")  # train 0..2: 12 row groups
+    make_shards(folder, 4, row_groups=5, rows=2, base_url="")  # train 0..2: 15 row groups, not a multiple of 2
     kw = dict(data_dir=folder, world_size=world_size, drop_last=drop_last, shuffle=shuffle, seed=5, epochs=2)
     runs = [await collect(stream("train", rank=r, **kw)) for r in range(world_size)]
     for epoch in range(2):
-        today = [todays_sequence((0, 1, 2), {0: 4, 1: 4, 2: 4}, r, world_size, epoch, shuffle, 5)
+        today = [one_node_sequence((0, 1, 2), {0: 5, 1: 5, 2: 5}, r, world_size, epoch, shuffle, 5)
                  for r in range(world_size)]
         n = (min if drop_last else max)(len(t) for t in today)
+        assert n == (15 // world_size if drop_last else -(-15 // world_size))  # at most world-1 left out
         assert stream("train", rank=0, **kw).epoch_length(epoch) == n
         seen: Counter[tuple[int, int, int]] = Counter()
         for r, run in enumerate(runs):
@@ -112,14 +113,14 @@ async def test_one_node_reads_todays_order_evened_out(tmp_path: Path, world_size
         if drop_last:
             assert max(seen.values()) == 1 and len(seen) == 2 * n * world_size
         else:
-            assert set(seen) == all_ids(range(3), rows=2)
+            assert set(seen) == all_ids(range(3), row_groups=5, rows=2)
 
 
 async def test_rank_without_row_groups_is_an_error_on_every_rank(data: Path) -> None:
-    for rank in (0, 4):  # 16 row groups, row group g to rank g % 5: rank 4 reads none
+    for rank in (0, 16):  # 16 row groups for 17 readers: reader 16 reads none
         for epochs in (1, None):  # one epoch: not 0 batches silently; forever: not a hang
-            s = stream("train", data_dir=data, rank=rank, world_size=5, epochs=epochs)
-            with pytest.raises(ConfigError, match=r"reader 4 of 5 .* reads no row group"):
+            s = stream("train", data_dir=data, rank=rank, world_size=17, epochs=epochs)
+            with pytest.raises(ConfigError, match=r"reader 16 of 17 .* reads no row group"):
                 await collect(s)
             with pytest.raises(ConfigError, match="reads no row group"):
                 s.epoch_length()
@@ -385,11 +386,11 @@ async def test_resume_continues_exactly_after(data: Path, shuffle: bool) -> None
 @pytest.mark.parametrize("shuffle", [False, True])
 async def test_resume_exact_on_two_nodes_and_cursor_from_any_rank(tmp_path: Path, shuffle: bool) -> None:
     folder = tmp_path / "d"
-    make_shards(folder, 6, row_groups=4, rows=2, base_url="")  # 5 train shards, dealt to 2 nodes: uneven
+    make_shards(folder, 6, row_groups=4, rows=2, base_url="")  # 5 train shards on 2 nodes: 20 row groups
     kw = dict(data_dir=folder, world_size=4, local_world_size=2, epochs=2, shuffle=shuffle, seed=3)
     full = [await collect(stream("train", rank=r, **kw)) for r in range(4)]
     n = stream("train", rank=0, **kw).epoch_length()
-    assert [len(f) for f in full] == [2 * n] * 4 and n == 4  # node 0: 3 shards, node 1: 2 shards -> 4 each
+    assert [len(f) for f in full] == [2 * n] * 4 and n == 5  # 10 row groups a node, 5 a rank: none left out
     for k in (0, 2, n, n + 1):
         pos = pickle.loads(pickle.dumps(full[3][k].position))
         rest = await collect(stream("train", rank=3, start=pos, **kw))
@@ -409,7 +410,7 @@ def test_layout_from_torchrun_env(data: Path, monkeypatch) -> None:
     assert (p.rank, p.world_size, p.local_world_size) == (3, 4, 2)
     p = stream("train", data_dir=data, rank=5, world_size=8).plan  # workers folded in: not torchrun's world
     assert (p.rank, p.world_size, p.local_world_size) == (5, 8, 8)
-    assert stream("val", data_dir=data).plan.local_world_size == 4  # one val shard: read as one node
+    assert stream("val", data_dir=data).plan.local_world_size == 2  # one val shard: its row groups dealt to both
     monkeypatch.setenv("GROUP_RANK", "0")
     with pytest.raises(ConfigError, match="node by node"):
         stream("train", data_dir=data)
@@ -418,8 +419,8 @@ def test_layout_from_torchrun_env(data: Path, monkeypatch) -> None:
 
 
 async def test_resume_with_a_foreign_row_group_is_refused(data: Path) -> None:
-    with pytest.raises(ConfigError, match="rank"):
-        stream("train", data_dir=data, rank=0, world_size=2, start=Position(0, 1, 1))
+    with pytest.raises(ConfigError, match="not one this rank reads"):  # row group 5 of the order: rank 1's
+        await collect(stream("train", data_dir=data, rank=0, world_size=2, start=Position(0, 1, 1)))
     with pytest.raises(ConfigError, match="row group 9"):
         await collect(stream("train", data_dir=data, start=Position(0, 1, 9)))
 

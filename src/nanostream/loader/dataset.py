@@ -18,7 +18,7 @@ so is a row group a reader was in the middle of (its buffered documents are then
 carried over).
 
 Readers: worker ``w`` of ``k`` on rank ``r`` of ``world`` (``local`` ranks a node) is reader
-``r*k + w`` of ``world*k`` with ``local*k`` readers a node (``shards.worker_stride``), so
+``r*k + w`` of ``world*k`` with ``local*k`` readers a node (``streaming.ranks.worker_stride``), so
 ranks and workers never share a row group and each node reads only its shards.
 
 Equal batches: with finite ``epochs`` the run yields exactly ``len(ds)`` batches on every
@@ -54,20 +54,41 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
+class _Cursors:
+    """The reader's stream (never started) that global cursors are computed with, made on first use and
+    shared by an iterator and its snapshots (a snapshot never refers to its iterator)."""
+
+    def __init__(self, split: str, layout: tuple[int, int, int], origin: Cursor | None,
+                 kwargs: dict[str, Any]) -> None:
+        self._args, self._stream = (split, layout, origin, kwargs), None
+
+    def stream(self) -> Stream:
+        if self._stream is None:
+            split, (r, w, local), origin, kwargs = self._args
+            self._stream = stream(split, rank=r, world_size=w, local_world_size=local, start=origin, **kwargs)
+        return self._stream
+
+
 class _Snapshot:
     """A TokenDataset iterator's resume state at one batch boundary, not yet turned into tensors."""
 
-    def __init__(self, it: _TokenIterator, mark: Mark) -> None:
-        self._it, self.mark = it, mark
+    def __init__(self, cursors: _Cursors, mark: Mark, config: dict[str, Any], layout: tuple[int, int, int],
+                 origin: Cursor | None) -> None:
+        self._cursors, self.mark, self._config, self._layout, self._origin = cursors, mark, config, layout, origin
 
     @property
     def batches(self) -> int:
         return self.mark.batches
 
     def state_dict(self) -> dict[str, Any]:
-        it, mark = self._it, self.mark
-        cursor = resume.global_cursor(it.cursor_stream(), mark)
-        return _tensors(resume.encode(mark, config=it._config, layout=it.layout, cursor=cursor, origin=it.origin))
+        cursor = resume.global_cursor(self._cursors.stream(), self.mark)
+        return _tensors(resume.encode(self.mark, config=self._config, layout=self._layout, cursor=cursor,
+                                      origin=self._origin))
+
+    def stats(self) -> dict[str, Any]:
+        st = PackStats(**self.mark.stats)
+        return {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": self.mark.batches,
+                "buffered_docs": self.mark.buffered_docs}
 
 
 def _tensors(state: dict[str, Any]) -> dict[str, Any]:
@@ -102,12 +123,11 @@ class _TokenIterator:
     def __init__(self, ds: TokenDataset, layout: tuple[int, int, int], state: dict[str, Any] | None,
                  origin: Cursor | None, limit: int | None, sink: Sink | None = None,
                  carried: tuple[dict[str, Any], ...] = ()) -> None:
-        self._last = ds._last  # where close() leaves the final state and stats for the dataset
+        self._last = ds._last  # where close() leaves the final snapshot and wait time for the dataset
         self.layout, self.stride, self.origin = layout, layout[:2], origin
         self._config = ds._config()
         self._held: _Snapshot | None = None
         self._closed = False
-        self._cursor_stream: Stream | None = None
         packer = BestFitPacker(ds.buffer_docs)
         position: Position | None = None
         batches = 0
@@ -149,14 +169,7 @@ class _TokenIterator:
                                    batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit,
                                    skip=0 if state is None else int(state.get("skip", 0)), partial=partial)
         self._mark = self._pipe.mark
-
-    def cursor_stream(self) -> Stream:
-        """This reader's stream (never started), to compute global cursors with."""
-        if self._cursor_stream is None:
-            r, w, local = self.layout
-            self._cursor_stream = stream(self._split, rank=r, world_size=w, local_world_size=local,
-                                         start=self.origin, **self._kwargs)
-        return self._cursor_stream
+        self._cursors = _Cursors(split, layout, origin, kwargs)
 
     def __iter__(self) -> _TokenIterator:
         return self
@@ -187,7 +200,7 @@ class _TokenIterator:
 
     def snapshot(self) -> _Snapshot:
         """The state after the last batch returned, cheaply (``.state_dict()`` materializes it)."""
-        return _Snapshot(self, self._mark)
+        return _Snapshot(self._cursors, self._mark, self._config, self.layout, self.origin)
 
     def hold(self, snap: _Snapshot | None) -> None:
         """Report ``snap`` from ``state_dict()`` until released with ``hold(None)``: used by a
@@ -199,25 +212,28 @@ class _TokenIterator:
         return (self._held or self.snapshot()).state_dict()
 
     def stats(self) -> dict[str, Any]:
-        mark = (self._held or self.snapshot()).mark
-        st = PackStats(**mark.stats)
-        return {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": mark.batches,
-                "buffered_docs": mark.buffered_docs, "wait_s": self.wait_s}
+        return {**(self._held or self.snapshot()).stats(), "wait_s": self.wait_s}
 
     def close(self) -> None:
         """Stop and join the producer threads (idempotent; also run when the iterator is dropped)."""
         if self._closed:
             return
-        self._closed = True
-        self._pipe.close()
-        self._last.update(state=self.state_dict(), stats=self.stats())
+        self._stop()
         st = self.stats()
         log.debug("TokenDataset stride %s: %d batches, %d docs, %.2f%% of tokens cropped, waited %.2fs",
                   self.stride, st["batches"], st["docs_used"], 100 * st["crop_fraction"], self.wait_s)
 
+    def _stop(self) -> None:
+        """Join the threads and leave the final snapshot to the dataset, computing nothing: the state
+        (global cursor, footers) is made only if ``ds.state_dict()`` asks for it."""
+        self._closed = True
+        self._pipe.close()
+        self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
+
     def __del__(self) -> None:
-        if hasattr(self, "_pipe"):
-            self.close()
+        # may run at interpreter exit, when imports and footer reads fail: only stop the threads
+        if hasattr(self, "_pipe") and not self._closed:
+            self._stop()
 
 
 class TokenDataset(IterableDataset):
@@ -373,8 +389,8 @@ class TokenDataset(IterableDataset):
         it = self._current()
         if it is not None:
             return it.state_dict()
-        if "state" in self._last:
-            return dict(self._last["state"])
+        if "snapshot" in self._last:
+            return self._last["snapshot"].state_dict()
         if self._pending is not None and len(self._pending) == 1:
             return dict(self._pending[0])
         fresh = _tensors(resume.empty(self._config()))
@@ -405,8 +421,8 @@ class TokenDataset(IterableDataset):
         it = self._current()
         if it is not None:
             return it.stats()
-        if "stats" in self._last:
-            return dict(self._last["stats"])
+        if "snapshot" in self._last:
+            return {**self._last["snapshot"].stats(), "wait_s": self._last["wait_s"]}
         st = PackStats(**self.state_dict()["stats"])
         return {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": 0, "buffered_docs": 0,
                 "wait_s": 0.0}

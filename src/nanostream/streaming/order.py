@@ -1,26 +1,35 @@
 """An epoch's global order, what each reader reads of it (the deal), equal work per reader, and the ``Cursor``.
 
-Who reads which row group (``deal``):
+Who reads which row group (``deal``): the epoch's global order (below), or what is left
+of it, is cut into ``N`` contiguous pieces, one per node in node order, of as equal a
+number of row groups as can be (``node_shares``: ``T // N``, the first ``T % N`` nodes
+one more). On a node, the ``j``-th row group of its piece goes to local reader
+``j % L`` -- a running count across the piece's shards, not each shard's row-group
+index -- so the readers of a node differ by at most one row group, and all readers by at
+most one too. A node downloads the shards its piece touches: at most ``ceil(S/N) + 1``
+of ``S`` (a shard at a cut is split between two nodes, and both download it). One node
+reads the whole order: its ``j``-th row group goes to reader ``j % L``.
 
-* One node (``L == world``): row group ``g`` of every shard goes to reader
-  ``g % world``.
-* ``N`` nodes: the epoch's shard order is dealt to the nodes -- shard ``k`` of the
-  order goes to node ``k % N`` -- and within a node row group ``g`` of each of its
-  shards goes to local reader ``g % L``. A node downloads only its own shards; with
-  ``N == 1`` this is exactly the one-node rule above.
+So with ``R`` readers and ``T`` row groups, ``drop_last=True`` leaves out ``T % R <= R-1``
+row groups per epoch and ``drop_last=False`` repeats ``R - T % R`` (0 when ``R`` divides
+``T``), for any shard count, row groups per shard, ranks, nodes and workers
+(``tests/test_order.py`` checks it over random layouts).
 
 Worked example: 2 nodes x 2 ranks x 2 workers, so world 4 and L 2, folded to 8
 readers with 4 per node; the epoch's order is shards A B C D of 8 row groups each.
-Node 0 (ranks 0, 1) gets A and C, node 1 (ranks 2, 3) gets B and D. Reader
-``j = local_rank*2 + worker`` of a node reads row groups ``g`` with ``g % 4 == j``:
+Node 0 (ranks 0, 1) gets A and B, node 1 (ranks 2, 3) gets C and D. Reader
+``j = local_rank*2 + worker`` of a node reads the row groups at places ``j, j+4, ...``
+of its piece:
 
-    rank 0 worker 0: A0 A4 C0 C4    rank 2 worker 0: B0 B4 D0 D4
-    rank 0 worker 1: A1 A5 C1 C5    rank 2 worker 1: B1 B5 D1 D5
-    rank 1 worker 0: A2 A6 C2 C6    rank 3 worker 0: B2 B6 D2 D6
-    rank 1 worker 1: A3 A7 C3 C7    rank 3 worker 1: B3 B7 D3 D7
+    rank 0 worker 0: A0 A4 B0 B4    rank 2 worker 0: C0 C4 D0 D4
+    rank 0 worker 1: A1 A5 B1 B5    rank 2 worker 1: C1 C5 D1 D5
+    rank 1 worker 0: A2 A6 B2 B6    rank 3 worker 0: C2 C6 D2 D6
+    rank 1 worker 1: A3 A7 B3 B7    rank 3 worker 1: C3 C7 D3 D7
 
-Each node downloads 2 shards, not 4. A split with fewer shards than nodes (the
-single validation shard) is read as on one node (``ranks.node_count`` returns 1).
+Each node downloads 2 shards, not 4. A split with fewer shards than nodes (the single
+validation shard) is cut the same way: every node downloads it and reads its part.
+Before the row groups are counted, a node can already start downloading the shard its
+piece most likely starts in (``first_piece_shard``, by the catalog's sizes).
 
 The **global order** of epoch ``e`` is every row group of the split: the shards in
 ``shard_order`` (shuffled per epoch with ``shuffle``), each shard's row groups in
@@ -32,10 +41,10 @@ of every run.
 consumed yet) to the readers with ``deal`` and evens the work out:
 
 * ``drop_last=True`` (default): every reader reads as many row groups as the reader
-  with the fewest; the others' last ones are skipped this epoch (``dropped``; with
+  with the fewest; the others' last one is skipped this epoch (``dropped``; with
   ``shuffle`` a different remainder each epoch).
 * ``drop_last=False``: every reader reads as many as the reader with the most; the
-  others start over on their own row groups for the missing ones (``padded``).
+  others start over on their own row groups for the missing one (``padded``).
 
 A reader that would read nothing makes ``ConfigError`` on every reader, so no rank
 waits forever on the others. (Resumed near the end of an epoch at a larger world
@@ -110,7 +119,7 @@ class EpochPlan:
         self.base = base if base is not None and base.epoch == epoch else None
         skip = self._consumed(self.base)
         left = [i for i in range(self.total) if i not in skip]
-        dealt = [[left[j] for j in d] for d in deal(self._keyed(left, counts), world_size, local_world_size)]
+        dealt = [[left[j] for j in d] for d in deal([self.items[i] for i in left], world_size, local_world_size)]
         lengths = [len(d) for d in dealt]
         if min(lengths) == 0 and self.base is None:
             idle = lengths.index(0)
@@ -126,25 +135,6 @@ class EpochPlan:
         self.dropped = sum(n - self.length for n in lengths if n > self.length)
         self.padded = sum(self.length - n for n in lengths if n < self.length)
         self._seqs = [(d * (self.length // len(d) + 1))[: self.length] if d else [] for d in dealt]
-
-    def _keyed(self, left: list[int], counts: dict[int, int]) -> list[tuple[int, int]]:
-        """``(shard, key)`` of the row groups left: ``key % local`` picks the local reader. A whole
-        shard uses the row-group index (the one-node rule); a shard partly consumed (a resume at
-        another world size) numbers what is left of it, so its local readers share it evenly."""
-        per_shard: dict[int, int] = {}
-        for i in left:
-            s = self.items[i][0]
-            per_shard[s] = per_shard.get(s, 0) + 1
-        seen: dict[int, int] = {}
-        out = []
-        for i in left:
-            s, g = self.items[i]
-            if per_shard[s] == counts[s]:
-                out.append((s, g))
-            else:
-                out.append((s, seen.get(s, 0)))
-                seen[s] = seen.get(s, 0) + 1
-        return out
 
     def _consumed(self, cursor: Cursor | None) -> set[int]:
         if cursor is None:
@@ -174,15 +164,38 @@ class EpochPlan:
         return Cursor(self.epoch, prefix, tuple(sorted(i for i in done if i > prefix)), self.total)
 
 
+def node_shares(total: int, nodes: int) -> list[int]:
+    """Row groups each node reads of ``total``: as equal as can be (the first ``total % nodes`` one more)."""
+    return [total // nodes + (n < total % nodes) for n in range(nodes)]
+
+
 def deal(items: list[tuple[int, int]], world_size: int, local_world_size: int) -> list[list[int]]:
     """Indices into ``items`` (``(shard, row_group)`` pairs in read order, a shard's row groups
-    together) that each reader reads, reader by reader. The ``k``-th shard of ``items`` goes to
-    node ``k % nodes``; its row group ``g`` to local reader ``g % local_world_size`` there."""
+    together) that each reader reads, reader by reader (see the module docstring): ``items`` cut
+    into one contiguous piece per node of ``node_shares`` row groups, in node order; on a node,
+    the ``j``-th row group of its piece goes to local reader ``j % local_world_size``."""
     nodes = world_size // local_world_size
     out: list[list[int]] = [[] for _ in range(world_size)]
-    k, last = -1, None
-    for i, (shard, group) in enumerate(items):
-        if shard != last:
-            k, last = k + 1, shard
-        out[(k % nodes) * local_world_size + group % local_world_size].append(i)
+    at = 0
+    for n, share in enumerate(node_shares(len(items), nodes)):
+        for j in range(share):
+            out[n * local_world_size + j % local_world_size].append(at + j)
+        at += share
     return out
+
+
+def first_piece_shard(shards: list[int], sizes: list[int | None], node: int, nodes: int) -> int | None:
+    """The shard node ``node``'s piece most likely starts in, before the row groups are counted: the
+    one holding its share's first byte, by the catalog's sizes (each shard counted alike where a size
+    is unknown). Exact for node 0 and where row groups are proportional to bytes."""
+    if not shards or node >= nodes:
+        return None
+    known = [s for s in sizes if s]
+    mean = sum(known) / len(known) if known else 1.0
+    weights = [float(s) if s else mean for s in sizes]
+    target, at = sum(weights) * node / nodes, 0.0
+    for shard, w in zip(shards, weights, strict=True):
+        if at + w > target:
+            return shard
+        at += w
+    return shards[-1]

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile
-from .order import Cursor, EpochPlan
+from .order import Cursor, EpochPlan, first_piece_shard, shard_order
 from .reader import to_texts
 
 
@@ -110,6 +110,16 @@ class Plan:
         return EpochPlan(self.shards, counts, epoch, shuffle=self.shuffle, seed=self.seed,
                          world_size=self.world_size, local_world_size=self.local_world_size or self.world_size,
                          drop_last=self.drop_last, base=base)
+
+    def first_shard(self) -> int | None:
+        """On a fresh start, the shard this reader most likely reads first, known before the row groups
+        are counted (``order.first_piece_shard``: its node's piece of epoch 0); else None."""
+        if self.start is not None:
+            return None
+        local = self.local_world_size or self.world_size
+        order = shard_order(self.shards, 0, self.shuffle, self.seed)
+        return first_piece_shard(order, [self.files[s].size for s in order], self.rank // local,
+                                 self.world_size // local)
 
     def start_base(self) -> Cursor | None:
         """The cursor the first epoch's dealing starts from."""

@@ -1,6 +1,7 @@
 """The producer behind ``stream()``: what comes next, read on a worker thread, into a bounded queue.
 
-Owns the row-group census at start (``nanostream.sources.census``), each epoch's plan
+Owns the row-group census at start (``nanostream.sources.census``; the reader's first shard,
+known without it on a fresh start, downloads meanwhile), each epoch's plan
 (``nanostream.streaming.order``: the same global order on every rank, dealt to nodes and
 readers, equal work), resume skipping, the single reader thread (pyarrow releases
 the GIL while it decodes; the file reading itself is ``nanostream.streaming.reader``), the one
@@ -81,6 +82,9 @@ class Producer:
     async def _produce(self, source: ShardSource) -> None:
         p = self.plan
         if self.counts is None:
+            first = p.first_shard()
+            if first is not None:  # known without the counts: download it while the footers are read
+                source.want([first])
             self.counts = await row_group_counts(p.data_dir, p.shards, p.files, source.access, retry=p.retry)
         start = p.start
         for epoch in self._epochs():

@@ -23,17 +23,6 @@ def check_rank(rank: int, world_size: int) -> None:
         raise ConfigError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
 
 
-def owns(row_group: int, rank: int, world_size: int) -> bool:
-    """Row group ``i`` of every shard belongs to rank ``i % world_size``."""
-    return row_group % world_size == rank
-
-
-def strided(n: int, rank: int, world_size: int) -> range:
-    """The row-group indices in ``range(n)`` that ``rank`` of ``world_size`` reads."""
-    check_rank(rank, world_size)
-    return range(rank, n, world_size)
-
-
 def worker_stride(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:
     """Fold DataLoader workers into ranks: worker ``w`` of rank ``r`` is ``r*k + w`` of ``world*k``."""
     check_rank(rank, world_size)
@@ -48,12 +37,6 @@ def check_layout(rank: int, world_size: int, local_world_size: int) -> None:
     if local_world_size < 1 or world_size % local_world_size:
         raise ConfigError(f"local_world_size {local_world_size} does not divide world_size {world_size}: "
                           "every node must run the same number of ranks (and DataLoader workers)")
-
-
-def node_count(world_size: int, local_world_size: int, num_shards: int) -> int:
-    """Nodes the shards are dealt to: ``world // local``, or 1 if the split has fewer shards than nodes."""
-    nodes = world_size // local_world_size
-    return nodes if num_shards >= nodes else 1
 
 
 def default_rank() -> tuple[int, int]:

@@ -9,7 +9,7 @@ reading itself is ``nanostream.streaming.producer``; downloading is ``nanostream
 Ranks: ``rank``/``world_size``/``local_world_size`` (``default_layout``: torch.distributed,
 else torchrun's RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, LOCAL_RANK, GROUP_RANK -- read here,
 next to where they are used, like RANK/WORLD_SIZE always were). Shards are dealt to
-nodes and row groups to the ranks of a node (``nanostream.shards``); every rank reads
+nodes and row groups to the ranks of a node (``nanostream.streaming.order``); every rank reads
 the same number of row groups per epoch (``drop_last``; ``Stream.epoch_length``).
 
 Resume: ``batch.position`` is ``Position(epoch, shard, row_group)``;
@@ -36,7 +36,7 @@ from .blocking import BatchIterator
 from .order import Cursor, EpochPlan, shard_order
 from .plan import Batch, Chunk, Plan, Position
 from .producer import Producer, _End, _resume_index
-from .ranks import check_layout, default_layout, node_count
+from .ranks import check_layout, default_layout
 
 __all__ = ["Stream", "iter_batches", "stream"]
 
@@ -108,10 +108,8 @@ def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_
     shards = split_indices(cat, folder, split, num_shards)
     rank, world_size, local_world_size = default_layout(rank, world_size, local_world_size)
     check_layout(rank, world_size, local_world_size)
-    if node_count(world_size, local_world_size, len(shards)) == 1:
-        local_world_size = world_size  # fewer shards than nodes (val): every node reads them all
     if start is not None:
-        _check_start(start, shards, rank, local_world_size, epochs)
+        _check_start(start, shards, epochs)
     return Plan(data_dir=folder, split=split, shards=shards, catalog=cat, text_column=cat.text_column,
                 token=cfg.hf_token, token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, rank=rank, world_size=world_size, epochs=epochs,
                 shuffle=shuffle, seed=seed, start=start, queue_size=queue_size, fetch_ahead=fetch_ahead,
@@ -119,17 +117,12 @@ def _plan(split: str, *, data_dir: Path | str | None, dataset: str | None, base_
                 drop_last=drop_last)
 
 
-def _check_start(start: Position | Cursor, shards: tuple[int, ...], rank: int, local_world_size: int,
-                 epochs: int | None) -> None:
+def _check_start(start: Position | Cursor, shards: tuple[int, ...], epochs: int | None) -> None:
+    """What can be checked before the row groups are counted (the rest: ``producer._resume_index``)."""
     if isinstance(start, Position):
         if start.shard not in shards:
             raise ConfigError(f"resume position {start}: shard {start.shard} is not in this split "
                               f"({len(shards)} shards); resume with the same data_dir/num_shards")
-        if start.row_group % local_world_size != rank % local_world_size:
-            raise ConfigError(f"resume position {start}: row group {start.row_group} belongs to local rank "
-                              f"{start.row_group % local_world_size}, not rank {rank} (local rank "
-                              f"{rank % local_world_size} of {local_world_size}); resume at another world "
-                              "size from a Cursor (Stream.cursor)")
     elif not isinstance(start, Cursor):
         raise ConfigError(f"start must be a Position (batch.position) or a Cursor (Stream.cursor), got {start!r}")
     if start.epoch < 0 or (epochs is not None and start.epoch >= epochs):
