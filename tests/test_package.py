@@ -102,4 +102,4 @@ def test_streaming_module_and_stream_function() -> None:
 
     mod = importlib.import_module("nanostream.streaming.streams")
     assert callable(nanostream.stream) and nanostream.stream is mod.stream
-    from nanostream.streaming.streams import Stream  # noqa: F401  (the module's other names)
+    from nanostream.streaming.single import Stream  # noqa: F401  (the one-source stream)

@@ -21,7 +21,8 @@ import pytest
 from nanostream.errors import ConfigError, CorruptShardError, FetchError, MissingShardError
 from nanostream.shards import shard_name
 from nanostream.sources.record import FolderRecord, read_record, write_record
-from nanostream.streaming.streams import Batch, Position, iter_batches, stream
+from nanostream.streaming.plan import Batch, Position
+from nanostream.streaming.streams import iter_batches, stream
 
 from datagen import doc_id, make_shards
 from servers import FaultServer

@@ -1,7 +1,7 @@
 """nanostream: async shard downloader, row-group streamer and PyTorch loader for LLM pretraining.
 
 Public API (imported lazily so ``import nanostream`` never pulls in torch):
-``stream``, ``iter_batches``, ``fetch_shards``, ``Fetcher``, ``ByteTokenizer``,
+``stream``, ``iter_batches``, ``Source`` (a dataset of a mix), ``fetch_shards``, ``Fetcher``, ``ByteTokenizer``,
 ``TokenDataset``, ``to_device``, ``threads_for``, ``Config`` and the errors in
 ``nanostream.errors``.
 
@@ -26,6 +26,7 @@ _LAZY = {
     "Batch": "streaming.plan",
     "Position": "streaming.plan",
     "Cursor": "streaming.order",
+    "Source": "sources.spec",
     "fetch_shards": "fetch.many",
     "Fetcher": "fetch.fetcher",
     "ByteTokenizer": "text.tokenizer",

@@ -42,7 +42,8 @@ from ..errors import ConfigError, LoaderError
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..streaming.ranks import default_layout, worker_stride
-from ..streaming.streams import Stream, iter_batches, stream
+from ..streaming.single import Stream
+from ..streaming.streams import iter_batches, stream
 from ..text.tokenizer import Tokenizer
 from . import resume
 from .packing import BestFitPacker, PackStats, flatten_docs, token_dtype

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import LoaderError
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
-from ..streaming.streams import Stream
+from ..streaming.single import Stream
 from .packing import BestFitPacker, PackStats
 
 if TYPE_CHECKING:

@@ -1,7 +1,9 @@
 """Row groups to batches: ``stream()``, ``iter_batches()``, the producer, the reader and the epoch order.
 
-``streams.py`` is the entry (``stream``, ``iter_batches``, ``Stream``), resolving its
-arguments into a ``Plan`` (``plan.py``, with ``Position``, ``Batch`` and ``Chunk``);
+``streams.py`` is the entry (``stream``, ``iter_batches``), resolving its arguments into
+sources and ``Options``; ``single.py`` is one source's ``Stream`` and its ``Plan``
+(``plan.py``, with ``Position``, ``Batch`` and ``Chunk``); ``mix.py`` a weighted mix of
+sources (``MixStream``);
 ``producer.py`` reads by the plan into a bounded queue, ``reader.py`` reads one file
 with pyarrow, ``supply.py`` turns file indices into local files (fetching what is
 missing), ``order.py`` is each epoch's global order, its deal to the readers and the

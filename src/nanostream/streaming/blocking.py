@@ -19,8 +19,6 @@ class Stream(Protocol):
     """What ``BatchIterator`` drives: ``streams.Stream``'s steps (named here so this module
     needs nothing from the one that builds streams)."""
 
-    plan: Any
-
     async def next_chunk(self) -> Chunk: ...
 
     async def aclose(self) -> None: ...
@@ -78,7 +76,7 @@ class BatchIterator:
     """Blocking iterator over a ``Stream`` (see ``iter_batches``); also a context manager."""
 
     def __init__(self, s: Stream) -> None:
-        self.plan = s.plan
+        self.plan = getattr(s, "plan", None)  # a mix has one plan per source (``s.streams``)
         self._stream: Stream | None = s
         self._runner: _LoopThread | None = None
         self._finalizer: Any = None

@@ -14,9 +14,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..errors import ConfigError
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile
 from .order import Cursor, EpochPlan, first_piece_shard, shard_order
+from .ranks import check_layout
 from .reader import to_texts
 
 
@@ -39,7 +41,7 @@ class Position:
 
 @dataclass(frozen=True)
 class Batch:
-    """The documents of one row group and where they came from."""
+    """The documents of one row group and where they came from (``source``: its index in a mix)."""
 
     texts: list[str] = field(repr=False)  # a row group is ~1000 documents: keep reprs short
     shard: int
@@ -47,6 +49,7 @@ class Batch:
     epoch: int
     taken: int = 0
     base: Cursor | None = field(default=None, repr=False)
+    source: int = 0
 
     @property
     def position(self) -> Position:
@@ -65,15 +68,46 @@ class Chunk:
     epoch: int
     taken: int = 0
     base: Cursor | None = None
+    source: int = 0
 
     def batch(self) -> Batch:
         return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch,
-                     self.taken, self.base)
+                     self.taken, self.base, self.source)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run reads, the same for every source of a mix: ``stream()``'s arguments other than the
+    dataset ones, checked (``check``) and with the layout resolved (``streams.options``)."""
+
+    split: str
+    rank: int
+    world_size: int
+    local_world_size: int
+    drop_last: bool = True
+    epochs: int | None = 1
+    shuffle: bool = False
+    seed: int = 0
+    queue_size: int = 8
+    fetch_ahead: int = 2
+    fetch_workers: int = 4
+    retry: Any = None
+
+    def check(self) -> Options:
+        if self.split not in ("train", "val"):
+            raise ConfigError(f"split must be 'train' or 'val', got {self.split!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1 or None (forever), got {self.epochs}")
+        if self.queue_size < 1 or self.fetch_ahead < 0 or self.fetch_workers < 1:
+            raise ConfigError(f"need queue_size >= 1, fetch_ahead >= 0, fetch_workers >= 1 "
+                              f"(got {self.queue_size}, {self.fetch_ahead}, {self.fetch_workers})")
+        check_layout(self.rank, self.world_size, self.local_world_size)
+        return self
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything a producer needs, resolved by ``stream()``."""
+    """Everything a producer needs for one source, resolved by ``stream()``."""
 
     data_dir: Path
     split: str

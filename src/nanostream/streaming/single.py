@@ -1,0 +1,172 @@
+"""One source's ``Stream``: its plan (``source_plan``), its lifecycle, and what it can tell before it starts.
+
+``Stream`` is the async iterator ``stream()`` returns for one dataset (and each source
+of a ``MixStream`` is one): ``async for``, ``break``, cancel, ``aclose``, ``async with``
+stop its producer (``producer.py``) and downloads. Before and during iteration it answers
+``epoch_length``, ``epoch_plan`` and ``cursor`` from the row-group counts (``prepare``
+reads them without blocking the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError
+from ..sources.census import row_group_counts, row_group_counts_blocking
+from ..sources.resolve import split_indices
+from ..sources.spec import Source
+from .order import Cursor, EpochPlan, shard_order
+from .plan import Batch, Chunk, Options, Plan, Position
+from .producer import Producer, _End, _resume_index
+
+
+def source_plan(src: Source, opts: Options, cfg: Config, start: Position | Cursor | None) -> Plan:
+    """The plan of one source: its folder and catalog (pinned), its split's files, the layout."""
+    folder, cat = src.resolve(cfg, opts.split)
+    shards = split_indices(cat, folder, opts.split, src.num_shards)
+    if start is not None:
+        _check_start(start, shards, opts.epochs)
+    return Plan(data_dir=folder, split=opts.split, shards=shards, catalog=cat, text_column=cat.text_column,
+                token=cfg.hf_token, token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, rank=opts.rank,
+                world_size=opts.world_size, epochs=opts.epochs, shuffle=opts.shuffle, seed=opts.seed, start=start,
+                queue_size=opts.queue_size, fetch_ahead=opts.fetch_ahead, fetch_workers=opts.fetch_workers,
+                retry=opts.retry, local_world_size=opts.local_world_size, drop_last=opts.drop_last)
+
+
+def _check_start(start: Position | Cursor, shards: tuple[int, ...], epochs: int | None) -> None:
+    """What can be checked before the row groups are counted (the rest: ``producer._resume_index``)."""
+    if isinstance(start, Position):
+        if start.shard not in shards:
+            raise ConfigError(f"resume position {start}: shard {start.shard} is not in this split "
+                              f"({len(shards)} shards); resume with the same data_dir/num_shards")
+    elif not isinstance(start, Cursor):
+        raise ConfigError(f"start must be a Position (batch.position) or a Cursor (Stream.cursor), got {start!r}")
+    if start.epoch < 0 or (epochs is not None and start.epoch >= epochs):
+        raise ConfigError(f"resume position {start}: epoch {start.epoch} is outside 0..{epochs}")
+
+
+async def _consume(producer: Producer) -> AsyncIterator[Chunk]:
+    """The async generator behind ``Stream``: starts the producer, stops it however iteration ends."""
+    task = asyncio.create_task(producer.run(), name="nanostream-producer")
+    try:
+        while True:
+            item = await producer.queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()
+
+
+class Stream:
+    """Async iterator of ``Batch``es; also an async context manager. Single use.
+
+    Breaking out of ``async for`` stops the producer (and downloads) as soon as the
+    stream is garbage: CPython does that at once, through the event loop's async
+    generator finalizer. ``aclose()``/``async with`` do it before returning.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._producer = Producer(plan)
+        self._agen: Any = None
+        self._epoch_plan: tuple[Any, EpochPlan] | None = None
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Batch:
+        return (await self.next_chunk()).batch()
+
+    async def next_chunk(self) -> Chunk:
+        """The next row group still in Arrow memory (``chunk.batch()`` makes the ``Batch``)."""
+        if self._agen is None:
+            self._agen = _consume(self._producer)
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        if self._agen is not None:
+            await self._agen.aclose()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def qsize(self) -> int:
+        """Batches read ahead and waiting for the consumer (at most ``queue_size``)."""
+        return self._producer.queue.qsize()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: batches produced, the largest queue seen, shards downloaded by this stream."""
+        src = self._producer.source
+        return {"produced": self._producer.produced, "max_queued": self._producer.max_queued,
+                "queue_size": self.plan.queue_size, "fetched": src.fetched if src else 0}
+
+    def order(self, epoch: int) -> list[int]:
+        """The shard order of ``epoch`` (every rank uses the same)."""
+        return shard_order(self.plan.shards, epoch, self.plan.shuffle, self.plan.seed)
+
+    async def prepare(self) -> dict[int, int]:
+        """Count every shard's row groups now (footers; see ``nanostream.sources.census``), without blocking
+        the event loop. ``epoch_length``/``cursor`` then answer at once; iteration reuses the counts."""
+        if self._producer.counts is None:
+            p = self.plan
+            self._producer.counts = await row_group_counts(p.data_dir, p.shards, p.files, p.access(),
+                                                           retry=p.retry)
+        return self._producer.counts
+
+    def epoch_plan(self, epoch: int | None = None, base: Cursor | None = None) -> EpochPlan:
+        """Who reads what in ``epoch`` (default: the first this stream reads, from its start).
+        Counts the row groups first if ``prepare`` has not (blocking)."""
+        p = self.plan
+        if self._producer.counts is None:
+            self._producer.counts = row_group_counts_blocking(p.data_dir, p.shards, p.files, p.access(),
+                                                              retry=p.retry)
+        first = p.start.epoch if p.start is not None else 0
+        epoch = first if epoch is None else epoch
+        if base is None and epoch == first:
+            base = p.start_base()
+        key = (epoch, base)
+        if self._epoch_plan is None or self._epoch_plan[0] != key:  # one kept: cursor() per step is cheap
+            self._epoch_plan = (key, p.epoch_plan(self._producer.counts, epoch, base))
+        return self._epoch_plan[1]
+
+    def epoch_length(self, epoch: int | None = None) -> int:
+        """Row groups (batches) every rank reads in ``epoch`` -- the same on every rank.
+
+        Default: the first epoch this stream reads, counted from its ``start``. Raises
+        ConfigError if some rank would read none."""
+        return self.epoch_plan(epoch).length
+
+    def cursor(self, position: Position | None = None, *, taken: int | None = None) -> Cursor:
+        """The global position after ``position`` (default: the start), assuming every rank has taken
+        ``taken`` row groups of the epoch (default: as many as this one at ``position``).
+
+        Every rank computes the same cursor from the same ``taken``. Ranks that are not level
+        (a packer takes row groups at its own pace) must agree on the smallest ``taken`` among
+        them, or a resume may skip row groups; the row groups the others took beyond it are
+        read again."""
+        if position is None:
+            start = self.plan.start
+            if isinstance(start, Cursor):
+                return start
+            if start is None:
+                return Cursor(0, 0, (), self.epoch_plan(0).total)
+            position = start
+        ep = self.epoch_plan(position.epoch, position.base)
+        if taken is None:
+            taken = _resume_index(ep.sequence(self.plan.rank), position, self.plan.data_dir)
+        return ep.cursor_after(taken)
+
+
