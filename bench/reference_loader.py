@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from nanostream.loader.pipeline import PIECE_DOCS
+from nanostream.loader.feed import PIECE_DOCS
 from nanostream.text.tokenizer import Tokenizer
 
 

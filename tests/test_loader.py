@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from nanostream import ByteTokenizer, TokenDataset
 from nanostream.errors import ConfigError, CorruptShardError, LoaderError, NanostreamError, TokenizerError
-from nanostream.loader import pipeline
-from nanostream.loader.pipeline import _encoding
+from nanostream.loader import feed
+from nanostream.loader.feed import _encoding
 from nanostream.text.tokenizer import BPETokenizer
 
 from datagen import doc_id, doc_text, make_shards
@@ -87,7 +87,7 @@ def run_ahead(it, timeout: float = 5) -> None:
     pipe = it._pipe
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and pipe._thread.is_alive() and not (
-            pipe._out.full() and (pipe._tokens.full() or not pipe._tokenizer_thread.is_alive())):
+            pipe._out.full() and all(f.tokens.full() or not f.thread.is_alive() for f in pipe._feeds)):
         time.sleep(0.01)
 
 
@@ -195,7 +195,7 @@ def test_resume_exact_inside_a_row_group(data: Path, monkeypatch: pytest.MonkeyP
     """The buffer refills in pieces (here 5 documents of a 12-document row group): a state taken
     with part of a row group buffered says so (``skip``), and the resumed run reads that row group
     without those documents -- the same batches as a run never stopped."""
-    monkeypatch.setattr(pipeline, "PIECE_DOCS", 5)
+    monkeypatch.setattr(feed, "PIECE_DOCS", 5)
     full = list(make(data, epochs=2))
     skips = set()
     for k in (1, 2, 3, 5, 8, 13, 21):
@@ -222,9 +222,9 @@ def short(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_resume_exact_at_every_batch_across_the_seam(short: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A count set above what the data packs (``rows_per_row_group=14``) makes the run read on past
-    its epoch (``pipeline.Seam``); with pieces of 5 some states are taken inside the first row group
+    its epoch (``feed.Seam``); with pieces of 5 some states are taken inside the first row group
     past it while their position is still before it. A resume at every batch is exact."""
-    monkeypatch.setattr(pipeline, "PIECE_DOCS", 5)
+    monkeypatch.setattr(feed, "PIECE_DOCS", 5)
 
     def mk() -> TokenDataset:
         return make(short, batch_size=2, seq_len=64, buffer_docs=8, epochs=1, rows_per_row_group=14)
@@ -470,7 +470,7 @@ def test_bpe_text_by_text_gives_the_same_batches(big_groups: Path) -> None:
 
 @pytest.mark.parametrize(("k", "pieces"), [(1, 128), (7, 128), (40, 128), (3, 20), (7, 20)])
 def test_bpe_resume_exact(big_groups: Path, k: int, pieces: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "PIECE_DOCS", pieces)
+    monkeypatch.setattr(feed, "PIECE_DOCS", pieces)
     tok = small_bpe()
     full = list(make_bpe(big_groups, tok))
     ds = make_bpe(big_groups, tok)
@@ -550,7 +550,7 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
     the row groups a reader was in the middle of, whose buffered documents are not carried)."""
     from nanostream.streaming.streams import stream
 
-    monkeypatch.setattr(pipeline, "PIECE_DOCS", pieces)
+    monkeypatch.setattr(feed, "PIECE_DOCS", pieces)
 
     kw = {"shuffle": True, "seed": 3, "epochs": 1}
     (w0, l0), (w1, l1) = before, after

@@ -46,8 +46,9 @@ from ..streaming.single import Stream
 from ..streaming.streams import iter_batches, stream
 from ..text.tokenizer import Tokenizer
 from . import resume
+from .feed import Feed, Seam
 from .packing import BestFitPacker, PackStats, flatten_docs, token_dtype
-from .pipeline import BatchPipeline, Mark, Seam, Sink
+from .pipeline import BatchPipeline, Mark, Sink
 
 __all__ = ["TokenDataset"]
 
@@ -166,9 +167,9 @@ class _TokenIterator:
                 at = Cursor(epochs, 0, (), total)
             yield from read(at)
 
-        self._pipe = BatchPipeline(open_source, ds.tokenizer, dtype, packer, self._sink, position=position,
-                                   batches=batches, prefetch=ds.prefetch, ahead=ds.ahead, limit=limit,
-                                   skip=0 if state is None else int(state.get("skip", 0)), partial=partial)
+        feed = Feed(open_source, ds.tokenizer, dtype, packer, prefetch=ds.prefetch, position=position,
+                    skip=0 if state is None else int(state.get("skip", 0)), partial=partial)
+        self._pipe = BatchPipeline([feed], self._sink, batches=batches, ahead=ds.ahead, limit=limit)
         self._mark = self._pipe.mark
         self._cursors = _Cursors(split, layout, origin, kwargs)
 

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
-from .pipeline import _End, _put, background_thread, set_loader_idle
+from .threads import _End, _put, background_thread, set_loader_idle
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "ThreadPlan", "threads_for", "to_device"]
 
