@@ -128,7 +128,6 @@ async def test_refusals_each_have_their_hint(tmp_path):
             ("hf://datasets/org/missing", TOKEN, r"no such dataset repo .*\(HTTP 404\): check ORG/NAME"),
             ("hf://datasets/org/private", None, r"HTTP 401\): set HF_TOKEN"),
             ("hf://datasets/org/private", "hf_wrong", r"HTTP 401\): HF_TOKEN was refused"),
-            ("hf://datasets/org/gated", TOKEN, r"access denied \(HTTP 403\): accept the dataset's terms"),
             ("hf://datasets/org/name@nope", None, r"revision 'nope' does not exist"),
             ("hf://datasets/org/name/no/such/dir", None, r"no path 'no/such/dir'"),
         ]
@@ -136,7 +135,9 @@ async def test_refusals_each_have_their_hint(tmp_path):
             with pytest.raises(DatasetError, match=why):
                 await hub_catalog(url, endpoint=hub.url, token=token, retry=FAST)
         private = await hub_catalog("hf://datasets/org/private", endpoint=hub.url, token=TOKEN)
-    assert len(private.files) == 2
+        # a gated repo is listed by anyone, as on the Hub: its downloads are refused (test_fetch_cli.py)
+        gated = [await hub_catalog("hf://datasets/org/gated", endpoint=hub.url, token=t) for t in (None, TOKEN)]
+    assert len(private.files) == 2 and [len(g.files) for g in gated] == [2, 2]
     assert all(s.authorization in (None, f"Bearer {TOKEN}", "Bearer hf_wrong") for s in hub.requests)
 
 

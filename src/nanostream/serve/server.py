@@ -21,7 +21,7 @@ malformed headers (400, from aiohttp's parser).
 The sha256 of each file is computed once per (path, size, mtime) in a worker
 thread. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
 ``httpfile.py``; a reader that stalls for the send timeout is dropped. A folder
-fetched from an ``hf://`` dataset also answers the Hub API for it (``hubmirror.py``),
+fetched from an ``hf://`` dataset also answers the Hub API for it (``hubapi.py``),
 so ``HF_ENDPOINT`` can point at the mirror.
 """
 
@@ -119,12 +119,15 @@ class ShardFiles:
         """Route handler for ``/{name}``."""
         return await self.respond(request, request.match_info.get("name", ""))
 
-    async def respond(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
-        """Answer GET/HEAD for file ``name``; raise a ``web.HTTPException`` (4xx) to refuse."""
+    async def respond(self, request: web.BaseRequest, name: str, *,
+                      headers: dict[str, str] | None = None) -> web.StreamResponse:
+        """Answer GET/HEAD for file ``name`` (``headers`` added to every answer); raise a
+        ``web.HTTPException`` (4xx) to refuse."""
         info = await self.info(name)
+        extra = headers or {}
         if info is None:
-            raise web.HTTPNotFound(text=f"no file {name!r} in this mirror\n")
-        headers = {"Accept-Ranges": "bytes", "ETag": info.etag, "X-Linked-Etag": info.etag,
+            raise web.HTTPNotFound(text=f"no file {name!r} in this mirror\n", headers=extra)
+        headers = {**extra, "Accept-Ranges": "bytes", "ETag": info.etag, "X-Linked-Etag": info.etag,
                    "X-Linked-Size": str(info.size)}
         try:
             rng = parse_range(request.headers.get("Range"), info.size)
@@ -191,7 +194,7 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     app = web.Application(middlewares=[_log_refusals])
     app[FILES_KEY] = files
     hub = HubMirror.of(files.root, files)
-    if hub is not None:  # a folder fetched from hf://: answer the Hub API too (hubmirror.py)
+    if hub is not None:  # a folder fetched from hf://: answer the Hub API too (hubapi.py)
         hub.add_routes(app)
     app.router.add_get("/{name:.*}", files.handle, allow_head=True)
     return app
