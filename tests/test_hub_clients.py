@@ -96,9 +96,10 @@ def endpoint_repo(got: dict) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_serve_of_a_fetched_folder_is_a_hub_for_huggingface_hub(tmp_path):
+async def test_serve_of_a_fetched_folder_is_a_hub_for_huggingface_hub(tmp_path, monkeypatch):
     """Every HfApi / hf_hub_download / snapshot_download / HfFileSystem call of issue 16's table, at the
     mirror: the same files, bytes, sha256, git ids and rows as the Hub it was fetched from."""
+    monkeypatch.setattr("nanostream.serve.hubapi.PAGE_SIZE", 3)  # the tree's pages, as the double's
     repo = make_repo(tmp_path / "repo")
     async with HubServer(page_size=3) as hub:
         sha = hub.add_repo("org/corpus", repo)
