@@ -6,7 +6,7 @@
         hub.add_repo("org/private", folder, private=True)   # needs "Authorization: Bearer <hub.token>"
         hub.add_repo("org/gated", folder, gated=True)       # listed by anyone; downloads refused (below)
         hub.fail_next(503, 503)                         # the next two API requests answer 503
-        hub.rate_limit(2.0)                             # 429 with RateLimit: "api";r=0;t=N for 2 s
+        hub.rate_limit(2.0, "resolvers")                # from the next /resolve/, 2 s of 429 RateLimit t=N
         hub.requests                                    # [Seen(method, host, path_qs, authorization)]
 
 Endpoints, answered as the Hub does (tests/test_hub_clients.py runs the real huggingface_hub on them):
@@ -109,7 +109,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Seen] = []
         self._faults: deque[int] = deque()
-        self._limited_until = 0.0  # every request (but the CDN's) answers 429 until then
+        self._limits: list[list] = []  # [kind, seconds, until or None]: windows of 429s, in order
         self._content: dict[str, str] = {}  # a file entry's oid -> its sha256 (the blob's name)
         self._blobs = Path(tempfile.mkdtemp(prefix="nanostream-hub-blobs."))
         writer = functools.partial(_throttled, rate=rate) if rate else None  # bytes/s per response
@@ -160,10 +160,23 @@ class HubServer:
         """The next API requests answer these statuses, one each."""
         self._faults.extend(statuses)
 
-    def rate_limit(self, seconds: float) -> None:
-        """For ``seconds`` from now every API and resolve request answers 429 as the Hub does: the IETF
-        ``RateLimit: "api";r=0;t=<seconds left>`` and ``RateLimit-Policy`` headers, no Retry-After."""
-        self._limited_until = time.monotonic() + seconds
+    def rate_limit(self, seconds: float, kind: str = "api") -> None:
+        """A window of ``seconds`` from the next request of ``kind`` ("api": /api/, "resolvers": /resolve/)
+        in which those requests answer 429 as the Hub does: the IETF ``RateLimit: "KIND";r=0;t=<seconds
+        left>`` and ``RateLimit-Policy`` headers, no Retry-After. Windows queue up in call order."""
+        self._limits.append([kind, seconds, None])
+
+    def _limited(self, kind: str) -> float:
+        """Seconds left in the current window for ``kind`` (0: not limited)."""
+        now = time.monotonic()
+        while self._limits and self._limits[0][0] == kind:
+            window = self._limits[0]
+            if window[2] is None:
+                window[2] = now + window[1]
+            if now < window[2]:
+                return window[2] - now
+            self._limits.pop(0)
+        return 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> HubServer:
@@ -203,9 +216,9 @@ class HubServer:
             segs = segs[1:]
         if len(segs) < 3 or segs[0] != "datasets" or (len(segs) < 5 and not (api and len(segs) == 3)):
             return _error(404, "EntryNotFound", "no such endpoint")
-        left = self._limited_until - time.monotonic()
+        kind = "api" if api else "resolvers"
+        left = self._limited(kind)
         if left > 0:
-            kind = "api" if api else "resolvers"
             return web.json_response({"error": "Too Many Requests"}, status=429, headers={
                 "RateLimit": f'"{kind}";r=0;t={math.ceil(left)}',
                 "RateLimit-Policy": f'"fixed window";"{kind}";q=500;w=300'})

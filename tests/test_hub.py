@@ -204,3 +204,26 @@ async def test_todays_downloader_fetches_and_verifies_a_listed_file(tmp_path):
     assert [r.error for r in results] == [None, None]
     for f in cat.files:
         assert hashlib.sha256((tmp_path / "out" / f.path).read_bytes()).hexdigest() == f.sha256 == shas[f.path]
+
+
+@pytest.mark.parametrize("headers", [
+    {"RateLimit": '"api";r=0;t=55', "RateLimit-Policy": '"fixed window";"api";q=500;w=300'},
+    {"ratelimit": '"resolvers";r=0;t=7'},
+    {"RateLimit": '"api";r=3;t=55'},  # requests left in the window: no wait named
+    {"RateLimit": "api;r=0;t=55"},  # not the draft's syntax
+    {"Retry-After": "4"},
+    {},
+])
+def test_rate_limit_headers_are_read_as_huggingface_hub_reads_them(headers):
+    from huggingface_hub.utils import parse_ratelimit_headers
+    from multidict import CIMultiDict
+
+    from nanostream.retry import rate_limit_wait
+
+    theirs, ours = parse_ratelimit_headers(headers), rate_limit_wait(CIMultiDict(headers))
+    if theirs is not None and theirs.remaining == 0:
+        assert ours is not None and ours[0] == theirs.reset_in_seconds + 1  # huggingface_hub sleeps t+1
+    elif "Retry-After" in headers:
+        assert ours == (4.0, "Retry-After 4")
+    else:
+        assert ours is None
