@@ -51,6 +51,7 @@ def test_refused_host_fails_fast_with_one_line_and_a_true_summary(tmp_path):
     assert [x.split(":")[0] for x in out.stderr.splitlines()] == ["fetch", "fetch", "nanostream"], out.stderr
     assert "0/7 shards present" in out.stdout and "7 failed" in out.stdout and len(out.stdout.splitlines()) == 1
     assert " 0 retries" not in out.stdout and "Traceback" not in out.stderr
+    print(f"network down:\n{out.stderr}{out.stdout}")
 
 
 async def test_unresolvable_host_fails_every_shard_with_one_error(tmp_path):
@@ -201,7 +202,7 @@ async def test_a_rate_limited_hub_fetch_waits_says_so_once_per_wait_and_succeeds
     assert limited >= 1 and "5/5 shards present" in out.stdout and ", 0 retries" in out.stdout
     for name in names:
         assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "repo" / name).read_bytes()
-    print(f"rate-limited fetch: {seconds:.1f}s, {limited} requests answered 429")
+    print(f"rate-limited fetch: {seconds:.1f}s, {limited} requests answered 429\n{out.stderr}{out.stdout}")
 
 
 async def test_rate_limit_waits_are_bounded_by_their_own_budget(tmp_path):
@@ -240,6 +241,7 @@ async def test_a_gated_repo_fails_in_one_line_naming_its_page_exit_2_at_once(tmp
             assert ("HTTP 403 GatedRepo" if token else "HTTP 401 GatedRepo") in failed[0]
             assert len(lines) == 3 and "4 failed" in out.stdout and "Traceback" not in out.stderr, lines
             assert len(resolves) == 1  # one worker, one refusal: no other file was tried
+            print(f"gated, {'a token without access' if token else 'no token'}:\n{out.stderr}{out.stdout}")
             assert not [p for p in (tmp_path / f"d{k}").rglob("*.parquet")]
         hub.repos["org/gated"].granted = True
         ok = await hubcli(hub, "--dataset", "hf://datasets/org/gated", "-n", "-1", "--data-dir",
@@ -260,3 +262,33 @@ async def test_the_same_refusal_for_many_files_is_one_line(fault_server, tmp_pat
     assert [r.error is None for r in results] == [True, True, False, False, False]
     assert len(lines) == 1 and lines[0].startswith("nanostream: failed (3 shards) HTTP 404 Not Found"), lines
     assert lines[0].endswith(f"from {srv.url}: shard_00002.parquet, shard_00003.parquet, shard_00004.parquet")
+
+
+async def test_the_hubs_commonest_layouts_fetch_and_stream(tmp_path):
+    """data/train-00000-of-00001 + data/test-00000-of-00001 (validation: the test file, said once) and a
+    one-file repo (train on it, no validation) both fetch, and stream("train") reads what was fetched."""
+    import pyarrow.parquet as pq
+
+    from nanostream.errors import DatasetError
+    from nanostream.streaming.streams import iter_batches
+
+    from hubserver import HubServer
+
+    hub_files(tmp_path / "common", ["data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"])
+    hub_files(tmp_path / "one", ["corpus.parquet"])
+    async with HubServer() as hub:
+        hub.add_repo("org/common", tmp_path / "common")
+        hub.add_repo("org/one", tmp_path / "one")
+        common = await hubcli(hub, "--dataset", "hf://datasets/org/common", "--data-dir", str(tmp_path / "c"))
+        one = await hubcli(hub, "--dataset", "hf://datasets/org/one", "--data-dir", str(tmp_path / "o"))
+    assert common.returncode == 0 and "1 train files + 1 validation file(s)" in common.stderr, common.stderr
+    assert sum("using its 1 test file(s) for validation" in x for x in common.stderr.splitlines()) == 1
+    assert one.returncode == 0 and "1 train files + 0 validation file(s)" in one.stderr, one.stderr
+    assert sum("training on corpus.parquet; there is no validation split" in x
+               for x in one.stderr.splitlines()) == 1
+    texts = [t for b in iter_batches("train", data_dir=tmp_path / "o") for t in b.texts]
+    assert texts == pq.read_table(tmp_path / "one" / "corpus.parquet").column("text").to_pylist()
+    train = [t for b in iter_batches("train", data_dir=tmp_path / "c") for t in b.texts]
+    assert train == pq.read_table(tmp_path / "common/data/train-00000-of-00001.parquet").column("text").to_pylist()
+    with pytest.raises(DatasetError, match="--val GLOB"):
+        iter_batches("val", data_dir=tmp_path / "o")

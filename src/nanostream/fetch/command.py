@@ -184,7 +184,7 @@ def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
     from ..retry import RetryPolicy
     from ..sources.s3 import verification_summary
     from .many import fetch_files  # aiohttp is imported only when something is downloaded
-    val = set(cat.split("val"))
+    val = set(cat.splits().validation)  # none for a one-file dataset: fetch its train file
     if not args.quiet:
         pin = f" at commit {cat.revision[:12]}" if cat.revision and cat.revision != "main" else ""
         print(f"fetch: {sum(f not in val for f in files)} train files + {len(val)} validation file(s) of "
