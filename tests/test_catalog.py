@@ -212,6 +212,12 @@ def test_datasets_own_layouts_name_the_same_splits(case):
       "data/validation-00000-of-00001.parquet"],
      ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"],
      ["data/validation-00000-of-00001.parquet"], [], ""),
+    # a file in two split folders is held out; rule 1's names map by keyword, others are left out
+    (["train/a.parquet", "train/b.parquet", "train/val/x.parquet"],
+     ["train/a.parquet", "train/b.parquet"], ["train/val/x.parquet"], [], ""),
+    (["data/train-00000-of-00001.parquet", "data/dev-00000-of-00001.parquet", "data/random-00000-of-00001.parquet",
+      "data/my-split-00000-of-00001.parquet"],
+     ["data/train-00000-of-00001.parquet"], ["data/dev-00000-of-00001.parquet"], [], ""),
     # no split anywhere: the last train file is held out
     (["a.parquet", "b.parquet"], ["a.parquet"], ["b.parquet"], [], "holding out the last train file, b.parquet"),
     # one file: trained on, no validation split

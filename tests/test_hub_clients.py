@@ -158,3 +158,38 @@ def test_the_tree_ids_are_gits_own(tmp_path):
     tree = build_tree(Held(n, (tmp_path / n).stat().st_size, None, tmp_path / n, blob_oid_of_file(tmp_path / n))
                       for n in names)
     assert {p: e["oid"] for p, e in tree.entries.items()} == expected
+
+
+async def test_the_mirror_answers_the_hub_api_details(tmp_path, monkeypatch):
+    """What the table of the hubapi docstring says beyond the clients' calls: expand=, JSON paths-info,
+    the expanded page size, refs/heads/main and the fetched revision, and each 404's X-Error-Code."""
+    import aiohttp
+
+    monkeypatch.setattr("nanostream.serve.hubapi.EXPANDED_PAGE_SIZE", 2)
+    repo = make_repo(tmp_path / "repo")
+    async with HubServer() as hub:
+        sha = hub.add_repo("org/corpus", repo)
+        hub.repos["org/corpus"].refs["v1"] = sha
+        cat = await open_catalog("hf://datasets/org/corpus@v1", config=Config(base_dir=tmp_path, hf_endpoint=hub.url))
+        write_catalog(tmp_path / "node0", cat)
+        assert all(r.error is None for r in await fetch_files(cat.files, data_dir=tmp_path / "node0"))
+    mirror, url = await start_server(tmp_path / "node0")
+    api = f"{url}/api/datasets/org/corpus"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(api, params={"expand": "sha"}) as r:
+                assert await r.json() == {"id": "org/corpus", "sha": sha}
+            for rev in ("v1", "refs%2Fheads%2Fmain", sha):
+                async with s.get(f"{api}/revision/{rev}") as r:
+                    assert (await r.json())["sha"] == sha
+            async with s.post(f"{api}/paths-info/main", json={"paths": [FILE, "nope"], "expand": False}) as r:
+                assert [e["path"] for e in await r.json()] == [FILE]
+            async with s.get(f"{api}/tree/main", params={"recursive": "true", "expand": "true"}) as r:
+                assert len(await r.json()) == 2 and 'rel="next"' in r.headers["Link"]
+            for path, code in ((f"{api}/tree/main/{FILE}", "EntryNotFound"), (f"{api}/tree/v2", "RevisionNotFound"),
+                               (f"{url}/api/datasets/org/other/tree/main", "RepoNotFound"),
+                               (f"{url}/datasets/org/corpus/resolve/main/README.md", "EntryNotFound")):
+                async with s.get(path) as r:
+                    assert (r.status, r.headers["X-Error-Code"]) == (404, code), path
+    finally:
+        await mirror.cleanup()
