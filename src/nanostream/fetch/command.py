@@ -19,13 +19,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..config import Config, check_url, get_dataset
-from ..errors import ConfigError
+from ..errors import AccessDenied, ConfigError, HTTPStatusError
 from ..progress import make_progress
 from ..sources.catalog import Catalog, DataFile, numbered_catalog
 from ..sources.record import read_catalog, write_catalog
@@ -143,10 +142,26 @@ def summarize(results, data_dir: Path, seconds: float) -> str:
 
 
 def failure_lines(results) -> list[str]:
-    """One line per distinct failure (a host that is down fails every shard with one message)."""
-    counts = Counter(str(r.error) for r in results if r.error is not None)
-    return [f"nanostream: failed {msg}" if n == 1 else f"nanostream: failed ({n} shards) {msg}"
-            for msg, n in counts.items()]
+    """One line per distinct failure: a host that is down or refuses access fails every shard with one
+    error, and the same HTTP status with the same hint for several files is one line naming them."""
+    groups: dict[str, list] = {}
+    for r in results:
+        err = r.error
+        if err is None:
+            continue
+        same = isinstance(err, HTTPStatusError) and not isinstance(err, AccessDenied) and err.__cause__
+        groups.setdefault(f"{err.status}\0{err.__cause__}" if same else str(err), []).append(r)
+    lines = []
+    for key, rs in groups.items():
+        if len(rs) == 1:
+            lines.append(f"nanostream: failed {rs[0].error}")
+        elif "\0" in key:
+            names = ", ".join(r.name for r in rs[:3]) + (f" and {len(rs) - 3} more" if len(rs) > 3 else "")
+            where = (rs[0].error.url or "").rsplit("/", 1)[0]
+            lines.append(f"nanostream: failed ({len(rs)} shards) {key.split(chr(0), 1)[1]} from {where}: {names}")
+        else:
+            lines.append(f"nanostream: failed ({len(rs)} shards) {key}")
+    return lines
 
 
 def _stopped(data_dir: Path, what: str) -> None:
@@ -169,7 +184,7 @@ def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
     from ..retry import RetryPolicy
     from ..sources.s3 import verification_summary
     from .many import fetch_files  # aiohttp is imported only when something is downloaded
-    val = set(cat.split("val"))
+    val = set(cat.splits().validation)  # none for a one-file dataset: fetch its train file
     if not args.quiet:
         pin = f" at commit {cat.revision[:12]}" if cat.revision and cat.revision != "main" else ""
         print(f"fetch: {sum(f not in val for f in files)} train files + {len(val)} validation file(s) of "
@@ -197,5 +212,7 @@ def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
     for line in failure_lines(results):
         print(line, file=sys.stderr)
     print(summarize(results, data_dir, time.monotonic() - start), flush=True)
+    if any(isinstance(r.error, AccessDenied) for r in results):
+        return 2  # the dataset cannot be used as given (gated, private, a token without access)
     return 0 if all(r.error is None for r in results) else 1
 

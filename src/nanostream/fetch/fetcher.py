@@ -29,8 +29,8 @@ from pathlib import Path
 import aiohttp
 
 from ..config import DEFAULT_TOKEN_HOSTS, check_url
-from ..errors import ConfigError, FetchError, VerificationError
-from ..retry import NoSpace, RetryPolicy, classify, describe, unreachable
+from ..errors import ConfigError, FetchError, RetriesExhausted, VerificationError
+from ..retry import NoSpace, RateGate, Retries, RetryPolicy, Transient, classify, describe, unreachable
 from ..shards import shard_name
 from ..sources.access import Access, is_s3
 from ..sources.catalog import DataFile
@@ -77,6 +77,7 @@ class Fetcher(Ledger):
         self._session: aiohttp.ClientSession | None = None
         self.meter = Meter()
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
+        self.gate = RateGate(retry, "fetch")  # a 429's wait: every worker waits it out, one log line
 
     def headers_for(self, url: str) -> dict[str, str]:
         """Headers of a plain GET of an http(s) ``url`` (the token only where it may go)."""
@@ -238,6 +239,9 @@ class Fetcher(Ledger):
         gen = job.gen
         try:
             while job.live(gen) and not seg.done():
+                await self.gate.wait()
+                if not job.live(gen):
+                    return
                 try:
                     await self._ranges.fetch_range(job, seg, gen)
                     self._down_since = None
@@ -246,6 +250,12 @@ class Fetcher(Ledger):
                         return
                     if isinstance(exc, NoSpace):
                         return self._no_space(job, exc)
+                    if isinstance(exc, Transient) and exc.rate_limited:  # not a failure: the server's schedule
+                        if self.gate.hit(exc):
+                            continue
+                        err = RetriesExhausted(f"{describe(exc)}: {self.gate.exhausted()} ({job.url})", url=job.url)
+                        err.__cause__ = exc
+                        return self._fail_all(err)
                     retryable, after = classify(exc)
                     job.attempts += 1
                     why = None if self._ranges.reached else unreachable(exc)
@@ -305,15 +315,17 @@ class Fetcher(Ledger):
         """--verify: compare a present file with the catalog, else the server's sha256 (HEAD). False = re-fetch."""
         listed = job.file
         sha, expected, md5 = listed.sha256, listed.size, listed.md5
+        retries = Retries(self.retry, self.gate)
         while not job.known:
+            await self.gate.wait()
             try:
                 sha, expected = await self._ranges.head_info(job.url, job.signed)
                 break
             except Exception as exc:  # noqa: BLE001  (sorted by the retry policy, else the shard fails)
-                job.attempts += 1
-                if not await self.retry.wait_to_retry(exc, job.attempts):
+                if not await retries.again(exc):
                     self._fail(job, exc)
                     return False
+                job.attempts = retries.failures
         problem = await self.disk.run(check_file, job.final, expected, sha, md5)
         if problem is None:
             return True

@@ -5,14 +5,17 @@ resumable?), run in the Fetcher's disk pool. ``translate`` is the one boundary
 where whatever ended a shard (an HTTP status, exhausted retries, a full disk)
 becomes the ``FetchError`` the caller sees, with a message that says what to do.
 ``Ledger`` (the Fetcher's base) keeps the shards' queues and settles each one:
-resolved, failed, parked until disk space frees up, or failed all at once when
-the host was never reached.
+resolved, failed, parked until disk space frees up, or failed all at once, with one
+error, when the host was never reached, when it refuses access (401/403: a gated
+repo's download is refused for every file, ``refused``) or when its rate-limit waits
+outlast ``RetryPolicy.rate_limit_budget``.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import filelock
 
-from ..errors import DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
+from ..config import host_of
+from ..errors import AccessDenied, DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
 from ..retry import Fatal, NoSpace, RetryPolicy, classify, describe
 from ..shards import shard_name
 from .partial import PartFiles, PartState, discard, lock_path, part_path
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from .jobs import Job
 
 log = logging.getLogger(__name__)
+_HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]+))/resolve/")
 
 
 @dataclass
@@ -94,6 +99,24 @@ def release_job(opened: tuple[str, filelock.BaseFileLock | None, PartState | Non
         lock.release()
 
 
+def refused(job: Job, exc: Fatal) -> AccessDenied:
+    """The one error for a source that refused a file with 401/403: it refuses every file."""
+    hub = _HUB_FILE.match(job.url)
+    status = exc.status or 0
+    said = f"HTTP {status}" + (f" {exc.code}" if exc.code else "")
+    if hub and exc.code == "GatedRepo":
+        repo, page = f"hf://datasets/{hub['repo']}", hub["page"]
+        who = ("set HF_TOKEN to a token of that account" if status == 401 else
+               "HF_TOKEN's account has no access yet (a manual approval may still be pending)")
+        msg = f"{repo} is a gated dataset ({said}): accept its terms at {page}; {who}"
+    elif hub:
+        repo, page = f"hf://datasets/{hub['repo']}", hub["page"]
+        msg = f"{repo} refuses downloads ({said}): set HF_TOKEN to a token that may read it ({page})"
+    else:
+        msg = f"{job.url.rsplit('/', 1)[0]} refuses downloads ({exc}): check the token or credentials"
+    return AccessDenied(f"{msg}; the fetch stopped at the first refusal", status=status, url=job.url)
+
+
 def translate(job: Job, exc: BaseException) -> FetchError:
     """The FetchError for a shard that failed with ``exc`` (chained to it)."""
     if isinstance(exc, FetchError):
@@ -142,17 +165,25 @@ class Ledger:
         t = time.monotonic()
         if self._down_since is None:
             self._down_since = t
-            log.info("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
+            log.debug("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)  # told once, at the end
         if not now and t - self._down_since < self.retry.unreachable_after:
             return False
         where = self.base_url or url.rsplit("/", 1)[0]
         err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, AWS_ENDPOINT_URL or "
                          f"--base-url ({where})", url=where)
         err.__cause__ = exc
-        for other in [*self._pending, *self._active]:
-            self._fail(other, err)
-        self._pending.clear()
+        self._fail_all(err)
         return True
+
+    def _fail_all(self, err: FetchError, origin: str | None = None) -> None:
+        """Fail every queued and running shard (of ``origin``'s host, when given) with the one ``err``."""
+        hit = [j for j in [*self._pending, *self._active, *self._parked]
+               if origin is None or host_of(j.url) == origin]
+        for job in hit:
+            if job in self._parked:
+                self._parked.remove(job)
+            self._fail(job, err)
+        self._pending = collections.deque(j for j in self._pending if j not in hit)
 
     def _no_space(self, job: Job, exc: NoSpace) -> None:
         """The disk can't hold this shard now: wait for the running shards, or fail if none runs."""
@@ -196,6 +227,11 @@ class Ledger:
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
             return
+        if isinstance(exc, Fatal) and exc.status in (401, 403):  # the source refuses all: stop at once
+            denied = refused(job, exc)
+            denied.__cause__ = exc
+            self._fail_all(denied, host_of(job.url))
+            return self._fail(job, denied)  # (done already when it was queued or running)
         err = translate(job, exc)
         self._done(job)
         job.future.set_exception(err)

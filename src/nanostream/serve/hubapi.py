@@ -1,31 +1,50 @@
-"""The Hub API subset ``nanostream serve`` answers for a folder fetched from an ``hf://`` dataset.
+"""The Hub API ``nanostream serve`` answers for a folder fetched from an ``hf://`` dataset.
 
-With ``HF_ENDPOINT=http://mirror:8000``, ``hf://datasets/ORG/NAME[@REV][/PATH]`` then lists and
-downloads from the mirror as from the Hub: the same commit sha, paths, sizes and sha256, so
-a cluster's nodes fetch a dataset once fetched by one of them. The folder's record
-(``.nanostream.json``) says which repo, path and commit it holds; only those are answered:
+With ``HF_ENDPOINT=http://mirror:8000``, nanostream's own client, ``huggingface_hub``
+(``HfApi``, ``hf_hub_download``, ``snapshot_download``, ``HfFileSystem``) and
+``datasets`` list and download from the mirror as from the Hub: the same commit sha,
+paths, sizes, sha256 and git ids (``hubtree.py``). The folder's record
+(``.nanostream.json``) says which repo, path and commit it holds; the files it lists
+that are present in the folder are the repo's files, with every folder above them.
+Revisions: ``main``, the commit sha, and the revision the folder was fetched at
+(``hf://datasets/ORG/NAME@REV``); any other is a 404 with ``X-Error-Code: RevisionNotFound``.
 
-    GET /api/datasets/ORG/NAME/revision/REV       {"id", "sha"}: the recorded commit (the mirror holds
-                                                  one commit: every revision resolves to it)
-    GET /api/datasets/ORG/NAME/tree/REV[/PATH]    the recorded files present in the folder (one page)
-    GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH  the file's bytes, with ShardFiles' headers
+    GET /api/datasets/ORG/NAME[/revision/REV]     {"id", "author", "sha", "siblings", ...}
+        (``blobs=true``: siblings carry size, blobId, lfs; ``expand=K``: only those keys)
+    GET /api/datasets/ORG/NAME/tree/REV[/PATH]    entries {"type": "file"|"directory", "oid", "size",
+        "path"[, "lfs": {"oid", "size", "pointerSize"}]}; ``recursive=true`` walks subfolders;
+        1000 a page (50 with ``expand=true``), the next in ``Link: <...&cursor=...>; rel="next"``
+    POST /api/datasets/ORG/NAME/paths-info/REV    form or JSON ``paths=``: the entries of those
+        that exist, in the order asked
+    GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH  the bytes (ShardFiles: Range, ETag, X-Linked-*)
+        with ``X-Repo-Commit``
 
-Anything else under those prefixes answers 404 with the Hub's ``X-Error-Code``.
+A missing repo, revision or path answers 404 with the Hub's ``X-Error-Code``
+(RepoNotFound, RevisionNotFound, EntryNotFound). Not sent: ``lastCommit`` and
+``securityFileStatus`` (the record does not hold them), ``xetHash`` (files come as
+plain HTTP bodies), card data (a README is not part of what fetch keeps).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from ..errors import DatasetError
 from ..sources.catalog import Catalog
+from ..sources.hub import parse_hub_url
 from ..sources.record import read_catalog
+from .hubtree import Held, Tree, blob_oid_of_file, build_tree
 
 PREFIX = "hf://datasets/"
+PAGE_SIZE = 1000  # tree entries a page, as the Hub
+EXPANDED_PAGE_SIZE = 50
 
 
 class HubMirror:
@@ -33,69 +52,143 @@ class HubMirror:
 
     def __init__(self, root: Path, cat: Catalog, files) -> None:
         self.root, self.cat, self.files = root, cat, files
-        parts = cat.source[len(PREFIX):].split("/")
-        self.repo, self.path = "/".join(parts[:2]), "/".join(parts[2:])
+        hp = parse_hub_url(cat.source)
+        self.repo, self.path = hp.repo_id, hp.path
         self.sha = cat.revision or ""
+        named = parse_hub_url(cat.name).revision if cat.name.startswith(PREFIX) else None
+        self.revisions = {"main", "refs/heads/main", self.sha} | ({named} if named else set())
+        self._tree: tuple[tuple, Tree] | None = None
+        self._blobs: dict[tuple[str, int, int], str] = {}
 
     @classmethod
     def of(cls, root: Path, files) -> HubMirror | None:
         """The mirror of ``root``'s recorded hf:// dataset, or None if it holds none."""
         try:
             cat = read_catalog(root)
+            if cat is None or not cat.source.startswith(PREFIX) or not cat.revision:
+                return None
+            return cls(root, cat, files)
         except DatasetError:
             return None
-        if cat is None or not cat.source.startswith(PREFIX) or not cat.revision:
-            return None
-        return cls(root, cat, files)
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/api/datasets/{org}/{name}/revision/{rev:.+}", self.revision)
-        app.router.add_get("/api/datasets/{org}/{name}/tree/{rest:.+}", self.tree)
-        app.router.add_get("/datasets/{org}/{name}/resolve/{rev}/{path:.+}", self.resolve, allow_head=True)
+        base = "/api/datasets/{org}/{name}"
+        app.router.add_get(base, self.info)
+        app.router.add_get(base + "/revision/{rest:.+}", self.info)
+        app.router.add_get(base + "/tree/{rest:.+}", self.tree)
+        app.router.add_post(base + "/paths-info/{rest:.+}", self.paths_info)
+        app.router.add_get("/datasets/{org}/{name}/resolve/{rest:.+}", self.resolve, allow_head=True)
 
-    def _repo(self, request: web.Request) -> None:
+    # -- what the request names ---------------------------------------------------------------
+    def _target(self, request: web.Request, action: str) -> tuple[str, str]:
+        """(revision, path) of ``.../ACTION/REV[/PATH]``, read from the raw path (REV may hold ``%2F``);
+        404 for another repo or an unknown revision."""
         repo = f"{request.match_info['org']}/{request.match_info['name']}"
         if repo != self.repo:
             raise _error("RepoNotFound", f"Repository {repo} not found (this mirror holds {self.repo})")
+        segs = request.raw_path.split("?", 1)[0].split("/")
+        at = 5 if segs[1] == "api" else 4  # segs[at] is ACTION
+        rev = unquote(segs[at + 1]) if at + 1 < len(segs) else "main"
+        path = unquote("/".join(segs[at + 2:])).strip("/")
+        if rev not in self.revisions:
+            raise _error("RevisionNotFound", f"Invalid rev id: {rev} (this mirror holds {self.sha})")
+        return rev, path
 
-    def _full(self, rel: str) -> str:
-        return f"{self.path}/{rel}" if self.path else rel
+    async def _current(self) -> Tree:
+        """The tree of the recorded files present now (rebuilt when a file appears or changes)."""
+        def scan() -> tuple[tuple, list[Held]]:
+            held = []
+            for f in self.cat.files:
+                local = self.root / f.path
+                try:
+                    st = local.stat()
+                except OSError:
+                    continue
+                full = f"{self.path}/{f.path}" if self.path else f.path
+                blob = "" if f.sha256 else self._blob(local, st.st_size, st.st_mtime_ns)
+                held.append(Held(full, st.st_size, f.sha256, local, blob))
+            return tuple((h.path, h.size, h.sha256, h.blob) for h in held), held
 
-    async def revision(self, request: web.Request) -> web.Response:
-        self._repo(request)
-        return web.json_response({"id": self.repo, "sha": self.sha})
+        key, held = await asyncio.to_thread(scan)
+        if self._tree is None or self._tree[0] != key:
+            self._tree = (key, build_tree(held))
+        return self._tree[1]
+
+    def _blob(self, local: Path, size: int, mtime: int) -> str:
+        k = (str(local), size, mtime)
+        if k not in self._blobs:
+            self._blobs[k] = blob_oid_of_file(local)
+        return self._blobs[k]
+
+    # -- endpoints ----------------------------------------------------------------------------
+    async def info(self, request: web.Request) -> web.Response:
+        self._target(request, "revision")
+        tree = await self._current()
+        blobs = request.query.get("blobs", "").lower() == "true"
+        siblings = []
+        for e in tree.entries.values():
+            if e["type"] != "file":
+                continue
+            s: dict[str, Any] = {"rfilename": e["path"]}
+            if blobs:
+                s.update(size=e["size"], blobId=e["oid"])
+                if "lfs" in e:
+                    s["lfs"] = {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": e["lfs"]["pointerSize"]}
+            siblings.append(s)
+        body: dict[str, Any] = {"id": self.repo, "author": self.repo.split("/")[0], "sha": self.sha,
+                                "private": False, "gated": False, "disabled": False, "tags": [],
+                                "siblings": siblings}
+        wanted = request.query.getall("expand", []) + request.query.getall("expand[]", [])
+        if wanted:
+            body = {k: v for k, v in body.items() if k == "id" or k in wanted}
+        return web.json_response(body)
 
     async def tree(self, request: web.Request) -> web.Response:
-        self._repo(request)
-        rev, _, path = request.match_info["rest"].partition("/")
-        if rev != self.sha:
-            raise _error("RevisionNotFound", f"Invalid rev id: {rev} (this mirror holds {self.sha})")
-        path = path.strip("/")
+        _, path = self._target(request, "tree")
         recursive = request.query.get("recursive", "").lower() == "true"
-        present = await asyncio.to_thread(lambda: [f for f in self.cat.files if (self.root / f.path).is_file()])
-        entries = []
-        for f in present:
-            full = self._full(f.path)
-            rest = full[len(path) + 1:] if path else full
-            if (path and not full.startswith(path + "/")) or (not recursive and "/" in rest):
-                continue
-            entry = {"type": "file", "oid": f.sha256 or "", "size": f.size, "path": full}
-            if f.sha256:
-                entry["lfs"] = {"oid": f.sha256, "size": f.size}
-            entries.append(entry)
-        if path and not entries:
-            raise _error("EntryNotFound", f"{path} does not exist in this mirror")
-        return web.json_response(entries)
+        expand = request.query.get("expand", "").lower() == "true"
+        entries = (await self._current()).listing(path, recursive)
+        if entries is None:
+            raise _error("EntryNotFound", f"{path} does not exist at {self.sha} in this mirror", self.sha)
+        size = EXPANDED_PAGE_SIZE if expand else PAGE_SIZE
+        cursor = request.query.get("cursor")
+        try:
+            start = int(base64.urlsafe_b64decode(cursor).decode()) if cursor else 0
+        except ValueError:
+            raise web.HTTPBadRequest(text=json.dumps({"error": f"bad cursor {cursor!r}"}),
+                                     content_type="application/json") from None
+        headers = {}
+        if start + size < len(entries):
+            nxt = request.url.update_query(cursor=base64.urlsafe_b64encode(str(start + size).encode()).decode())
+            headers["Link"] = f'<{nxt}>; rel="next"'
+        return web.json_response(entries[start: start + size], headers=headers)
+
+    async def paths_info(self, request: web.Request) -> web.Response:
+        self._target(request, "paths-info")
+        if request.content_type == "application/json":
+            try:
+                raw = await request.json()
+                asked = raw.get("paths", []) if isinstance(raw, dict) else []
+            except ValueError:
+                asked = []
+        else:
+            asked = (await request.post()).getall("paths", [])
+        asked = [asked] if isinstance(asked, str) else asked
+        entries = (await self._current()).entries
+        found = [entries[p] for p in (str(x).strip("/") for x in asked) if p in entries]
+        return web.json_response(found)
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
-        self._repo(request)
-        full = request.match_info["path"]
+        _, full = self._target(request, "resolve")
+        entry = (await self._current()).entries.get(full)
         prefix = f"{self.path}/" if self.path else ""
-        if request.match_info["rev"] not in (self.sha, "main") or not full.startswith(prefix):
-            raise _error("EntryNotFound", f"{full} is not in this mirror")
-        return await self.files.respond(request, full[len(prefix):])
+        if entry is None or entry["type"] != "file":
+            raise _error("EntryNotFound", f"{full} does not exist at {self.sha} in this mirror", self.sha)
+        return await self.files.respond(request, full[len(prefix):], headers={"X-Repo-Commit": self.sha})
 
 
-def _error(code: str, message: str) -> web.HTTPNotFound:
-    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json",
-                            headers={"X-Error-Code": code})
+def _error(code: str, message: str, commit: str | None = None) -> web.HTTPNotFound:
+    headers = {"X-Error-Code": code, "X-Error-Message": message}
+    if commit:
+        headers["X-Repo-Commit"] = commit
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json", headers=headers)

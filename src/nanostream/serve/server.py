@@ -119,12 +119,15 @@ class ShardFiles:
         """Route handler for ``/{name}``."""
         return await self.respond(request, request.match_info.get("name", ""))
 
-    async def respond(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
-        """Answer GET/HEAD for file ``name``; raise a ``web.HTTPException`` (4xx) to refuse."""
+    async def respond(self, request: web.BaseRequest, name: str, *,
+                      headers: dict[str, str] | None = None) -> web.StreamResponse:
+        """Answer GET/HEAD for file ``name`` (``headers`` added to every answer); raise a
+        ``web.HTTPException`` (4xx) to refuse."""
         info = await self.info(name)
+        extra = headers or {}
         if info is None:
-            raise web.HTTPNotFound(text=f"no file {name!r} in this mirror\n")
-        headers = {"Accept-Ranges": "bytes", "ETag": info.etag, "X-Linked-Etag": info.etag,
+            raise web.HTTPNotFound(text=f"no file {name!r} in this mirror\n", headers=extra)
+        headers = {**extra, "Accept-Ranges": "bytes", "ETag": info.etag, "X-Linked-Etag": info.etag,
                    "X-Linked-Size": str(info.size)}
         try:
             rng = parse_range(request.headers.get("Range"), info.size)

@@ -8,17 +8,15 @@ prefix of ``shard_XXXXX.parquet`` files: the built-in datasets, and folders reco
 by older versions, whose ``.nanostream.json`` held base_url + max_shard and is
 migrated on read: ``record.py``).
 
-Splits follow the Hub's naming (huggingface ``datasets``' keywords): a name carrying
-``train``/``training``, ``validation``/``valid``/``val``/``dev`` or
-``test``/``testing``/``eval``/``evaluation`` as a word (bounded by ``-._``, a space, a
-digit, ``/`` or the end). File names are looked at first; only if none carries a
-split, folder names. Otherwise the last file is validation (said once). A ``val``
-glob overrides both.
+Splits are named as Hugging Face ``datasets`` infers them (``splits.py``: its
+``data/{split}-NNNNN-of-NNNNN`` rule, then folder names, then file names, else all
+train), then nanostream's fallbacks when there is no validation split (the test files,
+else the last train file held out, else none for a one-file dataset), said once. A
+``val`` glob overrides the validation files.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import re
@@ -26,16 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CorruptShardError, DatasetError
+from .splits import RULES, SPLIT_KEYWORDS, assign, custom_splits
 
 log = logging.getLogger(__name__)
 
-SPLIT_WORDS = {
-    "train": ("train", "training"),
-    "validation": ("validation", "valid", "val", "dev"),
-    "test": ("test", "testing", "eval", "evaluation"),
-}
-_WORD_RES = {split: re.compile(rf"(?:^|[-._ 0-9])(?:{'|'.join(words)})(?:$|[-._ 0-9])")
-             for split, words in SPLIT_WORDS.items()}
 _HEX = {64: re.compile(r"^[0-9a-f]{64}$"), 32: re.compile(r"^[0-9a-f]{32}$")}
 _said: set[str] = set()
 
@@ -87,10 +79,12 @@ class Splits:
     """The files of each split, in catalog order."""
 
     train: tuple[DataFile, ...]
-    validation: tuple[DataFile, ...]
+    validation: tuple[DataFile, ...]  # empty only for a one-file dataset (asking for it is an error)
     test: tuple[DataFile, ...] = ()
-    unassigned: tuple[DataFile, ...] = ()  # no split in their name while other files have one
-    guessed_val: bool = False  # validation is the last file because nothing named one
+    unassigned: tuple[DataFile, ...] = ()  # in no split under the rule that applied: left out
+    guessed_val: bool = False  # validation is the last train file because nothing named one
+    rule: int = 4  # which of datasets' rules named the splits (splits.RULES)
+    note: str = ""  # the fallback that gave the validation split, if one did
 
 
 @dataclass(frozen=True)
@@ -130,7 +124,7 @@ class Catalog:
     def split(self, name: str) -> tuple[DataFile, ...]:
         """The files of split ``name`` (train, validation/val, test); an error if there are none."""
         key = {"val": "validation"}.get(name, name)
-        if key not in SPLIT_WORDS:
+        if key not in SPLIT_KEYWORDS:
             raise DatasetError(f"unknown split {name!r}: choose train, val (validation) or test")
         files = getattr(self.splits(), key)
         if not files:
@@ -145,16 +139,6 @@ class Catalog:
         return sp.train[: num_train] + sp.validation
 
 
-def split_of(path: str, *, folders: bool = False) -> str | None:
-    """The split a file's name (or, with ``folders``, one of its folder names) carries, or None."""
-    parts = path.split("/")
-    for part in (reversed(parts[:-1]) if folders else parts[-1:]):
-        for split, word_re in _WORD_RES.items():
-            if word_re.search(part.lower()):
-                return split
-    return None
-
-
 def say_once(key: str, message: str) -> None:
     """Log ``message`` once per process for ``key``."""
     if key not in _said:
@@ -166,41 +150,25 @@ def empty_split(cat: Catalog, split: str, why: str = "") -> DatasetError:
     seen = [f.path for f in cat.files]
     shown = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
     return DatasetError(f"dataset {cat.name}: split {split!r} resolves to no file{why}; "
-                        f"files seen: {shown} (pass --val GLOB to choose validation files)")
+                        f"files seen: {shown} (pass --val GLOB, or val=GLOB, to choose validation files)")
 
 
 def resolve_splits(cat: Catalog) -> Splits:
-    files = cat.files
-    named = {f.path: split_of(f.path) for f in files}
-    if not any(named.values()):
-        named = {f.path: split_of(f.path, folders=True) for f in files}
-    has_names = any(named.values())
-    guessed = False
-    if cat.val is not None:
-        validation = tuple(f for f in files if fnmatch.fnmatchcase(f.path, cat.val))
-        if not validation:
-            raise empty_split(cat, "validation", f" (--val {cat.val!r} matches none)")
-    elif any(s == "validation" for s in named.values()):
-        validation = tuple(f for f in files if named[f.path] == "validation")
-    else:
-        pool = [f for f in files if named[f.path] == "train" or not has_names]
-        validation, guessed = tuple(pool[-1:]), True
-    chosen = {f.path for f in validation}
-    rest = [f for f in files if f.path not in chosen]
-    train = tuple(f for f in rest if named[f.path] == "train" or not has_names)
-    test = tuple(f for f in rest if named[f.path] == "test")
-    unassigned = tuple(f for f in rest if named[f.path] in (None, "validation") and has_names)
-    if guessed and validation:
-        say_once(f"val:{cat.name}", f"dataset {cat.name}: no file is named as validation; using the last "
-                 f"file, {validation[0].path}, as validation (pass --val GLOB to choose)")
-    if unassigned:
-        say_once(f"unassigned:{cat.name}", f"dataset {cat.name}: {len(unassigned)} file(s) carry no split in "
-                 f"their name and are left out, e.g. {unassigned[0].path}")
-    if not train and cat.val is None:  # an explicit val may take every file (a validation-only folder)
+    a = assign([f.path for f in cat.files], cat.val)
+    if cat.val is not None and not a.validation:
+        raise empty_split(cat, "validation", f" (--val {cat.val!r} matches none)")
+    if a.note:
+        say_once(f"val:{cat.name}", f"dataset {cat.name}: {a.note}")
+    if a.unassigned:
+        other = custom_splits(a.unassigned)
+        why = f" (splits {', '.join(other)})" if other else ""
+        say_once(f"unassigned:{cat.name}", f"dataset {cat.name}: {len(a.unassigned)} file(s) are in no train, "
+                 f"validation or test split by {RULES[a.rule]}{why} and are left out, e.g. {a.unassigned[0]}")
+    if not a.train and cat.val is None:  # an explicit val may take every file (a validation-only folder)
         raise empty_split(cat, "train")
-    if not validation:
-        raise empty_split(cat, "validation")
-    return Splits(train, validation, test, unassigned, guessed)
+    files = cat.file
+    return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)),
+                  tuple(map(files, a.unassigned)), a.held_out_last, a.rule, a.note)
 
 
 # -- sources that need no network -----------------------------------------------------------

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .._compat import TaskGroup
 from ..errors import CorruptShardError, FetchError, HTTPStatusError, MissingShardError, RetriesExhausted
-from ..retry import Fatal, RetryPolicy, Transient, check_status, classify, describe
+from ..retry import Fatal, RateGate, Retries, RetryPolicy, Transient, check_status, classify, describe
 from ..shards import BOOKKEEPING_PREFIX, write_json
 from .access import Access, is_s3
 from .catalog import DataFile
@@ -139,9 +139,10 @@ async def _remote_counts(files: tuple[DataFile, ...], shards: list[int], access:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=retry.connect_timeout, sock_read=retry.read_timeout)
     out: dict[int, int] = {}
     sem = asyncio.Semaphore(CONCURRENCY)
+    gate = RateGate(retry, "reading parquet footers")  # one wait line per rate-limit wait, not per file
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=True) as session:
         def remote(shard: int) -> Remote:
-            return Remote(session, access, files[shard], shard)
+            return Remote(session, access, files[shard], shard, gate)
 
         out[shards[0]], size = await _footer_count(remote(shards[0]), retry, 8)
         guess = size + size // 4
@@ -165,8 +166,9 @@ async def _remote_counts(files: tuple[DataFile, ...], shards: list[int], access:
 class Remote:
     """One remote file's footer reads: its URL, signed or token headers, its name for errors."""
 
-    def __init__(self, session: aiohttp.ClientSession, access: Access, file: DataFile, shard: int) -> None:
-        self.session, self.access, self.shard, self.name = session, access, shard, file.path
+    def __init__(self, session: aiohttp.ClientSession, access: Access, file: DataFile, shard: int,
+                 gate: RateGate) -> None:
+        self.session, self.access, self.shard, self.name, self.gate = session, access, shard, file.path, gate
         self.signed = is_s3(file.url)
         self.url = access.http_url(file.url)
 
@@ -189,8 +191,9 @@ async def _footer_count(r: Remote, retry: RetryPolicy, probe: int) -> tuple[int,
 
 async def _get_tail(r: Remote, n: int, retry: RetryPolicy) -> bytes:
     """The last ``n`` bytes of the remote file (a suffix Range GET), retried like a shard download."""
-    failures, url = 0, r.url
+    retries, url = Retries(retry, r.gate), r.url
     while True:
+        await r.gate.wait()
         try:
             async with r.session.get(r.access.target(url, r.signed), headers=r.access.tail(url, r.signed, n)) as resp:
                 check_status(resp)
@@ -200,13 +203,12 @@ async def _get_tail(r: Remote, n: int, retry: RetryPolicy) -> bytes:
                     raise Transient(f"short answer: {len(body)} of the last {n} bytes")
                 return body[-n:]
         except Exception as exc:  # sorted by classify; CancelledError is not an Exception
-            failures += 1
-            if await retry.wait_to_retry(exc, failures):
+            if await retries.again(exc):
                 continue
             if not classify(exc)[0]:
                 if not isinstance(exc, Fatal):
                     raise
                 raise HTTPStatusError(f"cannot read the footer of {url}: {describe(exc)}", status=exc.status or 0,
                                       shard=r.name, url=url) from exc
-            raise RetriesExhausted(f"cannot read the footer of {url}: {describe(exc)} (after {failures} "
-                                   "tries)", attempts=failures, shard=r.name, url=url) from exc
+            raise RetriesExhausted(f"cannot read the footer of {url}: {retries.why(exc)}",
+                                   attempts=retries.failures, shard=r.name, url=url) from exc

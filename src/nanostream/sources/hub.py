@@ -28,15 +28,7 @@ from yarl import URL
 
 from ..config import host_of, token_allowed
 from ..errors import DatasetError, RetriesExhausted
-from ..retry import (
-    LIST_RETRY,
-    RETRY_STATUSES,
-    RetryPolicy,
-    Transient,
-    client_session,
-    describe,
-    parse_retry_after,
-)
+from ..retry import LIST_RETRY, RETRY_STATUSES, RateGate, Retries, RetryPolicy, client_session, transient
 from .catalog import Catalog, DataFile
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -153,6 +145,7 @@ class Api:
                  retry: RetryPolicy) -> None:
         self.session, self.endpoint, self.token, self.hp, self.retry = session, endpoint, token, hp, retry
         self.base = f"{endpoint}/api/datasets/{hp.repo_id}"
+        self.gate = RateGate(retry, f"listing {hp.source()}")  # one wait line per rate-limit wait
 
     async def resolve(self, revision: str) -> str:
         body, _ = await self._get(f"{self.base}/revision/{quote(revision, safe='')}", revision)
@@ -174,8 +167,8 @@ class Api:
         return entries
 
     async def _get(self, url: str, revision: str) -> tuple[Any, str | None]:
-        """JSON body and the next page's URL, retrying transient failures."""
-        failures = 0
+        """JSON body and the next page's URL, retrying transient failures (rate-limit waits apart)."""
+        retries = Retries(self.retry, self.gate)
         while True:
             try:
                 async with self.session.get(url, headers=hub_headers(url, self.endpoint, self.token)) as resp:
@@ -188,16 +181,15 @@ class Api:
             except Exception as exc:
                 if isinstance(exc, ValueError):  # a body that is not JSON: not the Hub API
                     raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
-                failures += 1
-                if not await self.retry.wait_to_retry(exc, failures):
-                    raise RetriesExhausted(f"listing {self.hp.source()}: gave up after {failures} attempts; "
-                                           f"last: {describe(exc)} ({url})", attempts=failures, url=url) from exc
+                if not await retries.again(exc):
+                    raise RetriesExhausted(f"listing {self.hp.source()}: {retries.why(exc)} ({url})",
+                                           attempts=retries.failures, url=url) from exc
 
     def _refuse(self, resp: aiohttp.ClientResponse, revision: str) -> None:
         status, code = resp.status, resp.headers.get("X-Error-Code", "")
         repo = f"hf://datasets/{self.hp.repo_id}"
         if status in RETRY_STATUSES:
-            raise Transient(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
+            raise transient(status, f"HTTP {status}", resp.headers)
         if code == "RevisionNotFound":
             raise DatasetError(f"{repo}: revision {revision!r} does not exist (check the name after '@')")
         if code == "EntryNotFound":

@@ -126,8 +126,8 @@ def read_record(data_dir: Path) -> FolderRecord | None:
 
 def _from_catalog(raw: dict, path: Path) -> FolderRecord:
     cat = catalog_from_json(raw)
-    val = cat.split("val")[-1].path
-    index = shard_index(val)
+    vals = cat.splits().validation
+    index = shard_index(vals[-1].path) if vals else None
     if index is None or any(shard_index(f.path) is None for f in cat.files):
         raise ConfigError(f"{path} records {cat.name}, whose files are not shard_XXXXX.parquet: read it with "
                           "nanostream.sources.record.read_catalog")

@@ -199,7 +199,7 @@ def split_indices(cat: Catalog, folder: Path, split: str, num_shards: int | None
             f for f in files if (folder / f.path).exists())
     where = {f.path: i for i, f in enumerate(cat.files)}
     if not files:
-        val = ", ".join(f.path for f in cat.split("val")[:3])
+        val = ", ".join(f.path for f in cat.splits().validation[:3]) or "none"
         raise MissingShardError(f"no {split} files in {folder} (validation: {val}): fetch some with "
                                 "`nanostream fetch -n N`, or pass num_shards=", path=folder)
     return tuple(where[f.path] for f in files)

@@ -32,15 +32,7 @@ from yarl import URL
 
 from .._compat import TaskGroup
 from ..errors import DatasetError, RetriesExhausted
-from ..retry import (
-    LIST_RETRY,
-    RETRY_STATUSES,
-    RetryPolicy,
-    Transient,
-    client_session,
-    describe,
-    parse_retry_after,
-)
+from ..retry import LIST_RETRY, RETRY_STATUSES, RateGate, Retries, RetryPolicy, client_session, transient
 from .catalog import Catalog, DataFile
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -206,6 +198,7 @@ class Lister:
     def __init__(self, session: aiohttp.ClientSession, signer: S3Signer, sp: S3Path, retry: RetryPolicy,
                  page_size: int | None = None):
         self.session, self.signer, self.sp, self.retry = session, signer, sp, retry
+        self.gate = RateGate(retry, f"listing {sp.url()}")  # one wait line per rate-limit wait
         self.page_size = page_size
         self.moved = False
 
@@ -246,7 +239,7 @@ class Lister:
                 return
 
     async def _request(self, method: str, url_of, extra: dict[str, str] | None = None):
-        failures = 0
+        retries = Retries(self.retry, self.gate)
         while True:
             url = url_of()
             try:
@@ -262,10 +255,9 @@ class Lister:
                 self.signer = self.signer.with_region(moved.region)
                 continue
             except Exception as exc:
-                failures += 1
-                if not await self.retry.wait_to_retry(exc, failures):
-                    raise RetriesExhausted(f"listing {self.sp.url()}: gave up after {failures} attempts; last: "
-                                           f"{describe(exc)} ({url})", attempts=failures, url=url) from exc
+                if not await retries.again(exc):
+                    raise RetriesExhausted(f"listing {self.sp.url()}: {retries.why(exc)} ({url})",
+                                           attempts=retries.failures, url=url) from exc
 
     def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> None:
         code = message = ""
@@ -280,7 +272,7 @@ class Lister:
             self.moved = True
             raise _Moved(region)
         if resp.status in RETRY_STATUSES or code in ("SlowDown", "InternalError"):
-            raise Transient(f"HTTP {resp.status} {code}".strip(), parse_retry_after(resp.headers.get("Retry-After")))
+            raise transient(resp.status, f"HTTP {resp.status} {code}".strip(), resp.headers)
         where, detail = f"s3://{self.sp.bucket}", f" ({code}: {message})" if code else ""
         if resp.method == "HEAD" and resp.status == 404:
             raise DatasetError(f"{url}: the object was listed but is gone (HTTP 404): the prefix is changing "

@@ -1,0 +1,119 @@
+"""The git view of a mirrored hf:// folder: the tree entries the Hub's API answers for its one commit.
+
+The Hub's tree API names every file by its git blob id (``oid``) and every folder by
+its git tree id. A file stored with git LFS (every parquet file on the Hub) is, in
+git, its pointer file::
+
+    version https://git-lfs.github.com/spec/v1
+    oid sha256:<sha256 of the content>
+    size <bytes>
+
+so its ``oid`` is the sha1 of that pointer as a git blob (``sha1(b"blob <len>\\0" +
+pointer)``) and ``lfs`` carries ``{"oid": <sha256>, "size", "pointerSize": <len>}``.
+A file the record lists without a sha256 was a plain git blob on the Hub: its ``oid``
+is the sha1 of its bytes as a blob, hashed here once per (path, size, mtime). A
+folder's ``oid`` is the git tree id of what the mirror holds under it (the Hub's
+own id when the folder holds every file of that folder at that commit).
+
+``build_tree`` makes the entries; ``Tree.listing`` answers ``tree/REV/PATH`` with or
+without ``recursive``; ``Tree.entries`` answers ``paths-info``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
+
+
+def git_oid(kind: str, body: bytes) -> str:
+    """The id git gives an object of ``kind`` (blob, tree) with this body."""
+    return hashlib.sha1(f"{kind} {len(body)}\0".encode() + body).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The LFS pointer file git stores for content with this sha256 and size."""
+    return LFS_POINTER.format(sha256=sha256, size=size).encode()
+
+
+def blob_oid_of_file(path: Path) -> str:
+    """The git blob id of a file's bytes (blocking: hashes the whole file)."""
+    size = path.stat().st_size
+    h = hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_oid(children: Iterable[dict[str, Any]]) -> str:
+    """The git tree id of a folder holding these entries (git's order: a folder sorts as ``name/``)."""
+    def key(e: dict[str, Any]) -> bytes:
+        name = e["path"].rpartition("/")[2].encode()
+        return name + b"/" if e["type"] == "directory" else name
+
+    body = b""
+    for e in sorted(children, key=key):
+        mode = b"40000" if e["type"] == "directory" else b"100644"
+        body += mode + b" " + e["path"].rpartition("/")[2].encode() + b"\0" + bytes.fromhex(e["oid"])
+    return git_oid("tree", body)
+
+
+@dataclass(frozen=True)
+class Held:
+    """One file the mirror holds: its path in the repo, size, sha256 (LFS) or None, and where it lies."""
+
+    path: str
+    size: int
+    sha256: str | None
+    local: Path
+    blob: str = ""  # git blob id of the bytes, for a file that is not in LFS
+
+
+@dataclass
+class Tree:
+    """The mirror's files and folders as tree entries, by path (sorted)."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def listing(self, path: str, recursive: bool) -> list[dict[str, Any]] | None:
+        """Entries under folder ``path`` ("" = the root): its children, or every descendant with
+        ``recursive``; None if ``path`` is no folder here."""
+        if path and self.entries.get(path, {}).get("type") != "directory":
+            return None
+        prefix = f"{path}/" if path else ""
+        return [e for p, e in self.entries.items() if p.startswith(prefix)
+                and (recursive or "/" not in p[len(prefix):])]
+
+
+def file_entry(f: Held) -> dict[str, Any]:
+    if f.sha256:
+        pointer = lfs_pointer(f.sha256, f.size)
+        return {"type": "file", "oid": git_oid("blob", pointer), "size": f.size, "path": f.path,
+                "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": len(pointer)}}
+    return {"type": "file", "oid": f.blob, "size": f.size, "path": f.path}
+
+
+def build_tree(files: Iterable[Held]) -> Tree:
+    """Entries for ``files`` and every folder above them, folder ids computed bottom-up."""
+    entries = {f.path: file_entry(f) for f in files}
+    folders: dict[str, list[dict[str, Any]]] = {}
+    for p in list(entries):
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:i]), [])
+    for p, e in entries.items():
+        parent = p.rpartition("/")[0]
+        if parent:
+            folders[parent].append(e)
+    for d in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: a folder's subfolders are done
+        entry = {"type": "directory", "oid": tree_oid(folders[d]), "size": 0, "path": d}
+        entries[d] = entry
+        parent = d.rpartition("/")[0]
+        if parent:
+            folders[parent].append(entry)
+    return Tree(dict(sorted(entries.items())))
