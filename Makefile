@@ -64,7 +64,8 @@ clean:
 
 # --- demo trainer (demo/train.py): knobs as make variables or env vars; empty = the trainer's
 # default (see `$(PY) -m demo.train --help` and README.md). SOURCE: auto | hub | sample;
-# DATASET: any parquet dataset instead (hf://datasets/ORG/NAME, s3://BUCKET/PREFIX/ or a folder).
+# DATASET: any parquet dataset instead (hf://datasets/ORG/NAME, s3://BUCKET/PREFIX/ or a folder);
+# MIX: a weighted mix instead, DATASET=WEIGHT,... (e.g. MIX="hf://datasets/A=0.7,/data/code=0.3").
 STEPS ?=
 DEPTH ?=
 BATCH ?=
@@ -74,7 +75,8 @@ SOURCE ?=
 DEVICE ?=
 VOCAB ?=
 DATASET ?=
-TRAIN_FLAGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(STEPS),--steps $(STEPS)) $(if $(DEPTH),--depth $(DEPTH)) $(if $(BATCH),--batch $(BATCH)) \
+MIX ?=
+TRAIN_FLAGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(MIX),--mix "$(MIX)") $(if $(STEPS),--steps $(STEPS)) $(if $(DEPTH),--depth $(DEPTH)) $(if $(BATCH),--batch $(BATCH)) \
 	$(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(SHARDS),--shards $(SHARDS)) $(if $(SOURCE),--source $(SOURCE)) \
 	$(if $(VOCAB),--vocab $(VOCAB))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import filecmp
+import hashlib
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import nanostream
 from nanostream.config import DEFAULT_DATASET, Config, get_dataset
 from nanostream.errors import ConfigError, FetchError
 from nanostream.shards import RECORD_NAME, list_shards, shard_name
@@ -50,13 +52,18 @@ class Source:
     data_dir: Path
     notice: str  # the one line telling the user which source and how to choose
     dataset: str | None = None  # --dataset: hf://..., s3://... or a local folder (then no SOURCE)
+    mix: tuple[tuple[str, Path, float], ...] = ()  # --mix: (dataset, its data folder, weight) each
 
-    def loader_kwargs(self) -> dict:
-        """Where ``stream()``/``TokenDataset`` read this source from."""
+    def loader_kwargs(self, shards: int) -> dict:
+        """Where ``stream()``/``TokenDataset`` read this source from (its first ``shards`` train files)."""
+        if self.kind == "mix":
+            return {"mix": [nanostream.Source(url if "://" in url else None, data_dir=folder, weight=w,
+                                              num_shards=shards) for url, folder, w in self.mix]}
         if self.kind == "dataset":
             url = self.dataset if self.dataset and "://" in self.dataset else None
-            return {"data_dir": self.data_dir, "dataset": url}
-        return {"data_dir": self.data_dir, "base_url": self.base_url, "max_shard": self.max_shard}
+            return {"data_dir": self.data_dir, "dataset": url, "num_shards": shards}
+        return {"data_dir": self.data_dir, "base_url": self.base_url, "max_shard": self.max_shard,
+                "num_shards": shards}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -303,6 +310,25 @@ def dataset_source(dataset: str, cfg: Config) -> Source:
         name = "local_" + (data_dir.resolve().name or "root")
     notice = f"data: --dataset {dataset} (SOURCE is not used with --dataset)"
     return Source("dataset", name, None, None, data_dir, notice, dataset)
+
+
+def mix_source(mix: str, cfg: Config) -> Source:
+    """``--mix "hf://datasets/A=0.7,/data/code=0.3"``: a weighted mix of datasets (each as ``--dataset``)."""
+    parts = []
+    for item in (x.strip() for x in mix.split(",") if x.strip()):
+        where, sep, weight = item.rpartition("=")
+        if not sep or not where:
+            raise ConfigError(f"--mix item {item!r} is not DATASET=WEIGHT (e.g. hf://datasets/ORG/NAME=0.7)")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise ConfigError(f"--mix item {item!r}: weight {weight!r} is not a number") from None
+        parts.append((where, dataset_source(where, cfg).data_dir, w))
+    if len(parts) < 2:
+        raise ConfigError(f"--mix {mix!r} names {len(parts)} dataset(s): a mix needs two or more (else --dataset)")
+    tag = hashlib.sha256(mix.encode()).hexdigest()[:10]
+    return Source("mix", f"mix-{tag}", None, None, parts[0][1], f"data: --mix {mix} (SOURCE is not used with --mix)",
+                  mix=tuple(parts))
 
 
 def env_default(name: str, default: str) -> str:

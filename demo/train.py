@@ -21,7 +21,7 @@ from typing import TextIO
 import torch
 
 from demo.gpt import GPT, GPTConfig, bits_per_byte
-from demo.source import PROBE_TIMEOUT, SOURCES, Source, dataset_source, env_default, open_source
+from demo.source import PROBE_TIMEOUT, SOURCES, Source, dataset_source, env_default, mix_source, open_source
 from nanostream.config import Config
 from nanostream.errors import ConfigError, NanostreamError
 from nanostream.loader.dataset import TokenDataset
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=env_default("DATASET", "") or None,
                    help="any parquet dataset instead of SOURCE: hf://datasets/ORG/NAME[@REV][/PATH], "
                         "s3://BUCKET/PREFIX/ or a local folder; env DATASET (default: none, SOURCE decides)")
+    p.add_argument("--mix", default=env_default("MIX", "") or None,
+                   help="a weighted mix instead of SOURCE: DATASET=WEIGHT,... (each DATASET as --dataset; weights "
+                        "are shares of the tokens), e.g. hf://datasets/A=0.7,/data/code=0.3; env MIX (default: none)")
     p.add_argument("--device", default=env_default("DEVICE", "cpu"), help="cpu or cuda[:N]; env DEVICE")
     p.add_argument("--steps", type=int, default=250, help="optimizer steps")
     p.add_argument("--depth", type=int, default=4, help="transformer blocks")
@@ -85,7 +88,7 @@ def get_tokenizer(args: argparse.Namespace, src: Source, cfg: Config, threads: i
     say(f"tokenizer: training a BPE of {args.vocab} tokens on the first {args.tokenizer_chars:,} characters "
         f"of {src.name} (once; saved to {folder}) ...")
     t0 = time.perf_counter()
-    texts = iter_batches("train", **src.loader_kwargs(), num_shards=args.shards, epochs=1, config=cfg)
+    texts = iter_batches("train", **src.loader_kwargs(args.shards), epochs=1, config=cfg)
     try:
         tok, used = train_with_stats((t for batch in texts for t in batch.texts), vocab_size=args.vocab,
                                      max_chars=args.tokenizer_chars, num_threads=threads)
@@ -121,8 +124,8 @@ def lr_scale(step: int, args: argparse.Namespace) -> float:
 
 def dataset(split: str, args: argparse.Namespace, src: Source, tok: Tokenizer, cfg: Config,
             epochs: int | None) -> TokenDataset:
-    return TokenDataset(split, tok, args.batch, args.seq_len, **src.loader_kwargs(), num_shards=args.shards,
-                        epochs=epochs, config=cfg)
+    return TokenDataset(split, tok, args.batch, args.seq_len, **src.loader_kwargs(args.shards), epochs=epochs,
+                        config=cfg)
 
 
 def generate(model: GPT, tok: Tokenizer, device: torch.device, n: int, seed: int, autocast) -> str:
@@ -209,10 +212,13 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
     plan.apply()  # torch's intra-op pool, and pyarrow's decode pool inside the loader's share
     autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext)
     torch.manual_seed(args.seed)
-    sources = (nullcontext(dataset_source(args.dataset, cfg)) if args.dataset else
+    if args.mix and args.dataset:
+        raise ConfigError("--mix and --dataset exclude each other: name the dataset in the mix")
+    sources = (nullcontext(mix_source(args.mix, cfg)) if args.mix else
+               nullcontext(dataset_source(args.dataset, cfg)) if args.dataset else
                open_source(args.source, cfg, shards=args.shards, timeout=args.probe_timeout, say=say))
     with sources as src:
-        if args.dataset:
+        if args.dataset or args.mix:
             say(src.notice)
         say(f"threads: {plan.cores} cores -> torch {plan.torch} intra-op, loader {plan.loader} "
             f"(reader + tokenizer); device {device}{' (bf16 autocast)' if device.type == 'cuda' else ''}")
@@ -224,7 +230,8 @@ def train(args: argparse.Namespace, cfg: Config, out: TextIO | None = None) -> d
         model = GPT(mcfg).to(device)
         opt = model.optimizer(args.lr, args.emb_lr, device_type=device.type)
         say(f"model: {model.num_params() / 1e6:.2f}M params, depth {mcfg.depth}, width {mcfg.d_model}, "
-            f"seq_len {mcfg.seq_len}, batch {args.batch}; data {src.dataset or src.base_url} -> {src.data_dir}")
+            f"seq_len {mcfg.seq_len}, batch {args.batch}; data {args.mix or src.dataset or src.base_url} -> "
+            f"{src.data_dir}")
         with device_batches(dataset("train", args, src, tok, cfg, epochs=None), device) as batches:
             losses, wait_total, step_total = run_steps(model, opt, batches, args, autocast, say)
         with device_batches(dataset("val", args, src, tok, cfg, epochs=1), device) as val:

@@ -45,7 +45,7 @@ def test_to_device_cpu_is_free(data: Path) -> None:
     assert moved[0] is x and moved[1] is y
     ds = make(data, epochs=1)
     it = to_device(ds, "cpu")
-    assert type(it).__name__ == "_TokenIterator"
+    assert type(it).__name__ == "TokenIterator"
     assert next(it)[0].shape == (4, 96)
     it.close()
 

@@ -14,7 +14,7 @@ import torch
 
 from nanostream import threads_for
 from nanostream.errors import LoaderError
-from nanostream.loader.dataset import HostSink
+from nanostream.loader.iterator import HostSink
 from nanostream.loader.pipeline import set_loader_idle
 from test_loader import assert_same_batches, ids_of, make, our_threads, run_ahead, segments
 

@@ -169,6 +169,19 @@ async def test_make_train_cpu_on_a_hub_dataset_url(base: Path, tmp_path: Path) -
     assert sha in (folder / ".nanostream.json").read_text()  # pinned to the commit listed once
 
 
+async def test_make_train_cpu_on_a_weighted_mix(base: Path, tmp_path: Path) -> None:
+    """``make train-cpu MIX="A=0.7,B=0.3"``: two local folders mixed by token shares (SOURCE is not used)."""
+    for name, shard in (("web", 0), ("code", 5)):
+        (tmp_path / name).mkdir()
+        write_shard(tmp_path / name / "train-00000.parquet", shard, row_groups=4, rows=64)
+        write_shard(tmp_path / name / "validation-00000.parquet", shard + 1, row_groups=2, rows=64)
+    mix = f"{tmp_path / 'web'}=0.7,{tmp_path / 'code'}=0.3"
+    code, out, err = await run_make(f"MIX={mix}", "STEPS=3", "DEPTH=1", "BATCH=2", "SEQ_LEN=32", "SHARDS=1",
+                                    "VOCAB=byte", env_extra={"NANOSTREAM_BASE_DIR": str(base)})
+    assert code == 0, err
+    assert f"data: --mix {mix}" in out and "step     3/3" in out and "validation:" in out, out
+
+
 async def test_make_sample_never_touches_the_hub(base: Path, hub: FakeHub) -> None:
     rc, out, err = await run_make("SOURCE=sample", *MAKE_TINY, env_extra={"HF_ENDPOINT": hub.url})
     assert rc == 0, err

@@ -13,6 +13,11 @@ A state (version 3; version 2 still loads) is a dict of plain values and two arr
 ``plan`` decides what a new reader does with the loaded states: the one of its own layout
 resumes exactly; at another layout the run restarts at the smallest cursor and the buffered
 documents of old readers ``i`` with ``i % readers == reader`` are carried over (``carried_docs``).
+
+A mix's state (``encode_mix``) holds ``config``, ``layout`` and ``batches`` once, ``mix``: the
+normalized weights and the rows each source has packed (the schedule), and ``sources``: one
+state of the form above per source. ``plan`` plans each source on its own: at another layout,
+each source restarts at the smallest of its own cursors, carrying its own buffers.
 Nothing here imports torch: the arrays come in as anything numpy reads (CPU tensors included)
 and go out as numpy (``dataset.py`` makes them tensors).
 """
@@ -31,7 +36,7 @@ from ..streaming.single import Stream
 from .packing import BestFitPacker, PackStats
 
 if TYPE_CHECKING:
-    from .pipeline import Mark
+    from .feed import Part
 
 STATE_VERSION = 3  # 3 added "skip" and "partial"; a version 2 state loads as skip 0
 LOADABLE = (2, STATE_VERSION)
@@ -50,40 +55,51 @@ def pos_from(value: list | None) -> Position | None:
     return Position(int(epoch), int(shard), int(group), int(taken), None if base is None else Cursor.from_list(base))
 
 
-def global_cursor(s: Stream, mark: Mark) -> Cursor:
+def global_cursor(s: Stream, part: Part) -> Cursor:
     """The global position after the row groups this reader has moved into its buffer whole at
-    ``mark``, assuming every reader got as far (``s``: this reader's stream, never started).
+    ``part``, assuming every reader got as far (``s``: this reader's stream, never started).
     Its buffered documents are not re-read from there: an elastic resume carries them over."""
-    return s.cursor(mark.position) if mark.position is not None else s.cursor()
+    return s.cursor(part.position) if part.position is not None else s.cursor()
 
 
-def encode(mark: Mark, *, config: dict[str, Any], layout: tuple[int, int, int], cursor: Cursor,
+def encode(part: Part, *, config: dict[str, Any], layout: tuple[int, int, int], batches: int, cursor: Cursor,
            origin: Cursor | None) -> dict[str, Any]:
-    """The state at ``mark``, with ``tokens`` (int32: a uint16 tensor does not survive
+    """The state of one source at ``part``, with ``tokens`` (int32: a uint16 tensor does not survive
     ``dist.all_gather_object``) and ``lengths`` as numpy arrays."""
-    tokens, lengths = mark.buffer.export()
+    tokens, lengths = part.buffer.export()
     return {
         "version": STATE_VERSION,
         "config": dict(config),
         "layout": list(layout),
-        "position": pos_list(mark.position),
-        "skip": mark.skip,
-        "partial": pos_list(mark.partial),
+        "position": pos_list(part.position),
+        "skip": part.skip,
+        "partial": pos_list(part.partial),
         "tokens": tokens.astype(np.int32),
         "lengths": lengths,
-        "parts": [[pos_list(tag) if isinstance(tag, Position) else None, n] for tag, n in mark.buffer.tags()],
+        "parts": [[pos_list(tag) if isinstance(tag, Position) else None, n] for tag, n in part.buffer.tags()],
         "cursor": cursor.to_list(),
         "origin": None if origin is None else origin.to_list(),
-        "stats": dict(mark.stats),
-        "batches": mark.batches,
+        "stats": dict(part.stats),
+        "batches": batches,
     }
 
 
-def empty(config: dict[str, Any]) -> dict[str, Any]:
+def encode_mix(subs: list[dict[str, Any]], *, config: dict[str, Any], layout: tuple[int, int, int], batches: int,
+               weights: tuple[float, ...], rows: tuple[int, ...]) -> dict[str, Any]:
+    """A mix's state: the sources' states (``encode``) under one config, layout and batch count."""
+    return {"version": STATE_VERSION, "config": dict(config), "layout": list(layout), "batches": batches,
+            "mix": {"weights": list(weights), "rows": list(rows)}, "sources": subs}
+
+
+def empty(config: dict[str, Any], sources: int = 1) -> dict[str, Any]:
     """The state of a dataset that has not started (no layout, nothing buffered)."""
-    return {"version": STATE_VERSION, "config": dict(config), "layout": None, "position": None, "skip": 0,
-            "partial": None, "tokens": np.zeros(0, dtype=np.int32), "lengths": np.zeros(0, dtype=np.int64),
-            "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
+    one = {"version": STATE_VERSION, "config": dict(config), "layout": None, "position": None, "skip": 0,
+           "partial": None, "tokens": np.zeros(0, dtype=np.int32), "lengths": np.zeros(0, dtype=np.int64),
+           "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
+    if sources == 1:
+        return one
+    return {"version": STATE_VERSION, "config": dict(config), "layout": None, "batches": 0,
+            "mix": {"weights": [], "rows": [0] * sources}, "sources": [dict(one) for _ in range(sources)]}
 
 
 def _runs(state: dict[str, Any], dtype: np.dtype) -> Iterator[tuple[list | None, np.ndarray, np.ndarray]]:
@@ -114,20 +130,25 @@ def carried_docs(old: dict[str, Any], dtype: np.dtype) -> Iterator[tuple[np.ndar
             yield tokens, lengths
 
 
-def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int]
-         ) -> tuple[dict[str, Any] | None, Cursor | None, tuple[dict[str, Any], ...]]:
-    """(the state to resume exactly, the run's origin, the old states whose buffers an elastic
-    resume carries over) for a reader of ``layout``, given the loaded states."""
+def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int], sources: int = 1
+         ) -> tuple[dict[str, Any] | None, tuple[Cursor | None, ...], tuple[tuple[dict[str, Any], ...], ...]]:
+    """(the state to resume exactly, each source's origin of the run, each source's old states whose
+    buffers an elastic resume carries over) for a reader of ``layout``, given the loaded states."""
     if not pending:
-        return None, None, ()
+        return None, (None,) * sources, ((),) * sources
     for st in pending:
         if st["layout"] is not None and tuple(st["layout"]) == layout:
-            return st, None if st["origin"] is None else Cursor.from_list(st["origin"]), ()
-    carried = tuple(st for st in pending if st["layout"] is not None and st["layout"][0] % layout[1] == layout[0])
-    cursors = [Cursor.from_list(st["cursor"]) for st in pending if st["cursor"] is not None]
-    if len(cursors) < len(pending):
-        return None, None, carried  # a state taken before any batch: nothing consumed yet
-    return None, min(cursors, key=lambda c: (c.epoch, c.consumed)), carried
+            subs = st["sources"] if "sources" in st else [st]
+            return st, tuple(None if s["origin"] is None else Cursor.from_list(s["origin"]) for s in subs), \
+                ((),) * sources
+    origins, carried = [], []
+    for k in range(sources):
+        subs = [(st["layout"], st["sources"][k] if "sources" in st else st) for st in pending]
+        carried.append(tuple(s for lay, s in subs if lay is not None and lay[0] % layout[1] == layout[0]))
+        cursors = [Cursor.from_list(s["cursor"]) for _, s in subs if s["cursor"] is not None]
+        origins.append(None if len(cursors) < len(subs)  # a state taken before any batch: nothing consumed
+                       else min(cursors, key=lambda c: (c.epoch, c.consumed)))
+    return None, tuple(origins), tuple(carried)
 
 
 def check(state: Any, config: dict[str, Any]) -> None:

@@ -1,0 +1,269 @@
+"""One pass of a ``TokenDataset``: its iterator, the CPU sink, and the resume snapshots it hands out.
+
+``TokenIterator`` is the consumer's side of a ``pipeline.BatchPipeline``: it builds one
+``feed.Feed`` per source -- its packer refilled from an exact resume state, or from the
+documents an elastic resume carries over, and its stream from the right place -- and
+pops finished batches. A ``Snapshot`` is the resume point after the last batch returned
+(a ``pipeline.Mark`` and what turning it into a state needs, never the iterator itself):
+cheap to take, materialized by ``state_dict()`` (``resume.py``: the global cursors need
+the row-group counts). ``Recipe`` is what the dataset hands the iterator.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..streaming.mix import Schedule
+from ..streaming.order import Cursor
+from ..streaming.plan import Position
+from ..streaming.single import Stream
+from ..streaming.streams import iter_batches, stream
+from ..text.tokenizer import Tokenizer
+from . import resume
+from .feed import Feed, Seam
+from .packing import BestFitPacker, PackStats, token_dtype
+from .pipeline import BatchPipeline, Mark, Sink
+
+log = logging.getLogger(__name__)
+Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader workers folded in
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every iterator of a dataset is made from: the split, tokenizer, sizes, and per source the
+    ``stream()`` arguments (``source=`` and the common ones; ``epochs`` is the run's, the streams never
+    end by themselves); ``weights`` is a mix's, normalized (None for one source)."""
+
+    split: str
+    tokenizer: Tokenizer
+    batch_size: int
+    seq_len: int
+    buffer_docs: int
+    prefetch: int
+    ahead: int
+    epochs: int | None
+    config: dict[str, Any]
+    kwargs: tuple[dict[str, Any], ...]
+    weights: tuple[float, ...] | None = None
+    labels: tuple[str, ...] = ()
+
+
+class Cursors:
+    """Each source's stream (never started) that global cursors are computed with, made on first use
+    and shared by an iterator and its snapshots."""
+
+    def __init__(self, recipe: Recipe, layout: Layout, origins: tuple[Cursor | None, ...]) -> None:
+        self._recipe, self._layout, self._origins = recipe, layout, origins
+        self._streams: dict[int, Stream] = {}
+
+    def stream(self, k: int) -> Stream:
+        if k not in self._streams:
+            r, w, local = self._layout
+            self._streams[k] = stream(self._recipe.split, rank=r, world_size=w, local_world_size=local,
+                                      start=self._origins[k], **self._recipe.kwargs[k])
+        return self._streams[k]
+
+
+def tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its token arrays as tensors (what ``torch.save`` and ``all_gather_object`` carry)."""
+    if "sources" in state:
+        return {**state, "sources": [tensors(s) for s in state["sources"]]}
+    return {**state, "tokens": torch.from_numpy(state["tokens"]), "lengths": torch.from_numpy(state["lengths"])}
+
+
+class Snapshot:
+    """A TokenDataset iterator's resume state at one batch boundary, not yet turned into tensors."""
+
+    def __init__(self, cursors: Cursors, mark: Mark, recipe: Recipe, layout: Layout,
+                 origins: tuple[Cursor | None, ...]) -> None:
+        self._cursors, self.mark, self._recipe, self._layout, self._origins = cursors, mark, recipe, layout, origins
+
+    @property
+    def batches(self) -> int:
+        return self.mark.batches
+
+    def state_dict(self) -> dict[str, Any]:
+        mark, recipe = self.mark, self._recipe
+        subs = [resume.encode(part, config=recipe.config, layout=self._layout, batches=mark.batches,
+                              cursor=resume.global_cursor(self._cursors.stream(k), part), origin=self._origins[k])
+                for k, part in enumerate(mark.parts)]
+        if recipe.weights is None:
+            return tensors(subs[0])
+        return tensors(resume.encode_mix(subs, config=recipe.config, layout=self._layout, batches=mark.batches,
+                                         weights=recipe.weights, rows=mark.rows))
+
+    def stats(self) -> dict[str, Any]:
+        st = PackStats(**self.mark.stats)
+        out = {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": self.mark.batches,
+               "buffered_docs": self.mark.buffered_docs}
+        if self._recipe.weights is not None:
+            tokens = [p.stats["tokens_out"] for p in self.mark.parts]
+            out["sources"] = [{"source": label, "weight": w, "tokens": n, "share": n / max(sum(tokens), 1),
+                               "rows": rows}
+                              for label, w, n, rows in zip(self._recipe.labels, self._recipe.weights, tokens,
+                                                           self.mark.rows, strict=True)]
+        return out
+
+
+class HostSink:
+    """The CPU sink: rows packed into one reused scratch array, handed over as fresh tensors
+    (the caller may keep every batch)."""
+
+    def __init__(self, batch_size: int, row_len: int) -> None:
+        self._rows = np.empty((batch_size, row_len), dtype=np.int64)
+
+    def rows(self) -> np.ndarray:
+        return self._rows
+
+    def finish(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+    def ready(self, item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return item
+
+
+def _reader(recipe: Recipe, k: int, layout: Layout, start: Position | Cursor | None,
+            **kw: Any) -> Iterator[Any]:
+    """Source ``k``'s batches for this reader, from ``start``; its stream is closed however this ends."""
+    it = iter_batches(recipe.split, rank=layout[0], world_size=layout[1], local_world_size=layout[2], start=start,
+                      **{**recipe.kwargs[k], **kw})
+    try:
+        yield from it
+    finally:
+        it.close()
+
+
+def _single_source(recipe: Recipe, layout: Layout, start: Position | Cursor | None,
+                   partial: Position | None) -> Iterator[Any]:
+    """One source's batches for a run: its epochs, then (a ``Seam``) the next epochs' order, which only
+    a reader whose data ran short reads on into (``pipeline.BatchPipeline``)."""
+    epochs = recipe.epochs
+    at = start
+    if epochs is None:
+        yield from _reader(recipe, 0, layout, at)
+        return
+    if at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
+        if partial is None or partial.epoch < epochs:  # (stopped inside the first row group past
+            yield from _reader(recipe, 0, layout, at, epochs=epochs)  # them: the Seam was passed already)
+            yield Seam()
+        total = stream(recipe.split, rank=0, world_size=1, **recipe.kwargs[0]).epoch_plan(0).total
+        at = Cursor(epochs, 0, (), total)
+    yield from _reader(recipe, 0, layout, at)
+
+
+class TokenIterator:
+    """One pass of a TokenDataset: the consumer's side of its ``BatchPipeline``.
+
+    ``state`` is an exact resume state of this layout, or None; ``origins`` each source's cursor
+    the run started from (None: epoch 0); ``carried`` each source's old states whose buffered
+    documents an elastic resume carries over; ``limit`` the batches this reader makes in the
+    whole run (None: until the data ends); ``last`` where ``close()`` leaves the final snapshot."""
+
+    def __init__(self, recipe: Recipe, layout: Layout, state: dict[str, Any] | None,
+                 origins: tuple[Cursor | None, ...], limit: int | None, last: dict[str, Any],
+                 sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = ()) -> None:
+        self._last, self._recipe = last, recipe
+        self.layout, self.stride, self.origins = layout, layout[:2], origins
+        self.origin = origins[0]
+        self._held: Snapshot | None = None
+        self._closed = False
+        k = len(recipe.kwargs)
+        subs = (state["sources"] if k > 1 else [state]) if state is not None else [None] * k
+        dtype = token_dtype(recipe.tokenizer.vocab_size)
+        feeds, batches = [], int(state["batches"]) if state is not None else 0
+        for i in range(k):
+            packer, sub = BestFitPacker(recipe.buffer_docs), subs[i]
+            position = resume.restore(packer, sub, dtype)[0] if sub is not None else None
+            for old in carried[i] if carried else ():  # an elastic resume: buffered documents, not re-read
+                for tokens, lengths in resume.carried_docs(old, dtype):
+                    packer.add(tokens, lengths)
+            partial = resume.pos_from(sub.get("partial")) if sub is not None and sub.get("skip") else None
+            start = position if position is not None else origins[i]
+            source = (functools.partial(_single_source, recipe, layout, start, partial) if k == 1
+                      else functools.partial(_reader, recipe, i, layout, start))
+            feeds.append(Feed(source, recipe.tokenizer, dtype, packer, prefetch=recipe.prefetch, position=position,
+                              skip=int(sub.get("skip", 0)) if sub is not None else 0, partial=partial))
+        schedule = None
+        if recipe.weights is not None:
+            rows = tuple(state["mix"]["rows"]) if state is not None else None
+            if rows is not None and tuple(state["mix"]["weights"]) != recipe.weights:
+                log.info("TokenDataset: the mix's weights changed since the state was saved: the new shares "
+                         "count from here")
+                rows = None
+            schedule = Schedule(recipe.weights, rows)
+        self._sink = sink if sink is not None else HostSink(recipe.batch_size, recipe.seq_len + 1)
+        self._pipe = BatchPipeline(feeds, self._sink, batches=batches, ahead=recipe.ahead, limit=limit,
+                                   schedule=schedule)
+        self._mark = self._pipe.mark
+        self._cursors = Cursors(recipe, layout, origins)
+
+    def __iter__(self) -> TokenIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise StopIteration
+        try:
+            item = self._pipe.get()
+        except BaseException:
+            self.close()
+            raise
+        if item is None:  # the data ended (its last, partial batch is dropped; documents stay buffered)
+            self.close()
+            raise StopIteration
+        batch, self._mark = item
+        return self._sink.ready(batch)
+
+    @property
+    def batches(self) -> int:
+        """Batches returned so far (counting those of the run this one resumed)."""
+        return self._mark.batches
+
+    @property
+    def wait_s(self) -> float:
+        """Time the consumer blocked in ``next()`` waiting for a finished batch."""
+        return self._pipe.wait_s
+
+    def snapshot(self) -> Snapshot:
+        """The state after the last batch returned, cheaply (``.state_dict()`` materializes it)."""
+        return Snapshot(self._cursors, self._mark, self._recipe, self.layout, self.origins)
+
+    def hold(self, snap: Snapshot | None) -> None:
+        """Report ``snap`` from ``state_dict()`` until released with ``hold(None)``: used by a
+        consumer that reads batches ahead from this iterator (``device.CudaPrefetcher``) so that
+        the state matches what the training loop has actually received."""
+        self._held = snap
+
+    def state_dict(self) -> dict[str, Any]:
+        return (self._held or self.snapshot()).state_dict()
+
+    def stats(self) -> dict[str, Any]:
+        return {**(self._held or self.snapshot()).stats(), "wait_s": self.wait_s}
+
+    def close(self) -> None:
+        """Stop and join the producer threads (idempotent; also run when the iterator is dropped)."""
+        if self._closed:
+            return
+        self._stop()
+        st = self.stats()
+        log.debug("TokenDataset stride %s: %d batches, %d docs, %.2f%% of tokens cropped, waited %.2fs",
+                  self.stride, st["batches"], st["docs_used"], 100 * st["crop_fraction"], self.wait_s)
+
+    def _stop(self) -> None:
+        """Join the threads and leave the final snapshot to the dataset, computing nothing: the state
+        (global cursors, footers) is made only if ``ds.state_dict()`` asks for it."""
+        self._closed = True
+        self._pipe.close()
+        self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
+
+    def __del__(self) -> None:
+        # may run at interpreter exit, when imports and footer reads fail: only stop the threads
+        if hasattr(self, "_pipe") and not self._closed:
+            self._stop()
