@@ -5,8 +5,10 @@
    the tokens over 600k tokens (target within 2 points) and the worst window of 50 batches
    (target within 5 points). Rows are attributed to sources by the packer's own counters.
 2. Throughput: the same files read as one source (one folder holding both sets) and as the
-   0.5/0.5-by-size mix of the two folders, doc tokens/s of ``TokenDataset``, median of
-   interleaved rounds. Target: the mix >= 0.95x the single source.
+   mix of the two folders weighted by their sizes, doc tokens/s of ``TokenDataset`` (both
+   shuffled, so both read web and code documents alike; the mix's feeds share one encoding
+   pool, as many threads as the single source has), median of interleaved rounds. Target:
+   the mix >= 0.95x the single source.
 3. First batch: ``stream(mix=[two hf:// sources])`` from empty folders against one of them
    alone, behind the Hub-like test server (tests/hubserver.py, throttled per response),
    median of interleaved rounds. Target <= 1.2x.
@@ -68,10 +70,10 @@ def throughput(single: Path, web: Path, code: Path, tok, rounds: int, batches: i
     sizes = [sum(p.stat().st_size for p in d.glob("shard_*.parquet")) for d in (web, code)]
     runs = {
         "one source": lambda: TokenDataset("train", tok, 8, 1024, data_dir=single, rank=0, world_size=1,
-                                           epochs=None),
+                                           epochs=None, shuffle=True),
         "mix of two": lambda: TokenDataset("train", tok, 8, 1024, mix=[Source(data_dir=web, weight=sizes[0]),
                                                                         Source(data_dir=code, weight=sizes[1])],
-                                           rank=0, world_size=1, epochs=None),
+                                           rank=0, world_size=1, epochs=None, shuffle=True),
     }
     rates: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
@@ -120,7 +122,7 @@ def first_batch(work: Path, rounds: int) -> dict[str, float]:
 
 
 def main(quick: bool = False) -> dict:
-    rounds, batches = (2, 20) if quick else (5, 60)
+    rounds, batches = (2, 30) if quick else (5, 150)
     work = Path(tempfile.mkdtemp(prefix="nanostream-mix-bench-"))
     try:
         print("mix bench: writing two sources (documents 1x and 3x long) ...", flush=True)

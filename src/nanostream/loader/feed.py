@@ -79,7 +79,8 @@ def _encode_task(encode: Callable[[list[str]], Iterable[Sequence[int]]], to_byte
 
 
 def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
-                    q: queue.Queue, stop: threading.Event, go: threading.Event, skip: int) -> None:
+                    q: queue.Queue, stop: threading.Event, go: threading.Event, skip: int,
+                    shared: ThreadPoolExecutor | None = None) -> None:
     """Thread body: hands ``(position, tokens, lengths, taken)`` per piece of ``PIECE_DOCS``
     documents to the assembly thread, in order; ``taken`` counts the row group's documents
     handed over so far, None on its last piece. The first ``skip`` documents of the first row
@@ -87,13 +88,15 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
 
     Row group ``i+1``'s encoding tasks are queued on the encoding threads before we wait for
     row group ``i``'s, so those threads never wait for us. The encoding threads are joined and
-    the stream closed before we return.
+    the stream closed before we return. A mix's feeds share one pool (``shared``, the
+    pipeline's to shut down): then only this feed's own tasks are cancelled here.
     """
     background_thread()  # before starting the stream and encoding threads, which inherit it
     source = None
     encode, workers = _encoding(tokenizer)
     to_bytes = DocBytes(tokenizer.bos_id, dtype)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nanostream-encode")
+    pool = shared or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nanostream-encode")
+    pending: deque[tuple[Position, int, list[Future]]] = deque()
 
     def hand_over(position: Position, taken: int, tasks: list[Future]) -> bool:
         if not tasks:  # an empty row group still moves the position on
@@ -108,7 +111,6 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
 
     try:
         source = open_source()
-        pending: deque[tuple[Position, int, list[Future]]] = deque()
         for batch in source:
             if stop.is_set():
                 return
@@ -134,7 +136,12 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
     except Exception as exc:  # noqa: BLE001  (handed to the assembly thread, then to the consumer)
         _put(q, stop, _End(exc))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if shared is None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            for _, _, tasks in pending:
+                for task in tasks:
+                    task.cancel()
         close = getattr(source, "close", None)
         if close is not None:
             close()
@@ -167,12 +174,16 @@ class Feed:
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def start(self, stop: threading.Event, name: str) -> None:
-        """Start the tokenize thread; ``stop`` (the pipeline's) ends it."""
+    def encoding_threads(self) -> int:
+        return _encoding(self._args[1])[1]
+
+    def start(self, stop: threading.Event, name: str, pool: ThreadPoolExecutor | None = None) -> None:
+        """Start the tokenize thread; ``stop`` (the pipeline's) ends it; ``pool``: encoding threads shared
+        with the other feeds of a mix (else the thread has its own)."""
         self._stop = stop
         open_source, tokenizer, dtype, tokens = self._args
         self.thread = threading.Thread(target=_tokenize_ahead, name=name, daemon=True,
-                                       args=(open_source, tokenizer, dtype, tokens, stop, self.go, self.skip))
+                                       args=(open_source, tokenizer, dtype, tokens, stop, self.go, self.skip, pool))
         self.thread.start()
 
     def part(self) -> Part:

@@ -29,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -129,8 +130,12 @@ class BatchPipeline:
         self.wait_s = 0.0  # time the consumer blocked in get()
         self._stop = threading.Event()
         self._out: queue.Queue = queue.Queue(maxsize=ahead)
+        # a mix's feeds share one encoding pool: as many encoding threads as one source would have
+        self._pool = ThreadPoolExecutor(max_workers=max(f.encoding_threads() for f in feeds),
+                                        thread_name_prefix="nanostream-encode") if len(feeds) > 1 else None
         for i, feed in enumerate(feeds):
-            feed.start(self._stop, "nanostream-tokenize" if len(feeds) == 1 else f"nanostream-tokenize-{i}")
+            feed.start(self._stop, "nanostream-tokenize" if len(feeds) == 1 else f"nanostream-tokenize-{i}",
+                       self._pool)
         self._thread = threading.Thread(target=self._assemble, name="nanostream-assemble", daemon=True)
         self._thread.start()
 
@@ -217,3 +222,5 @@ class BatchPipeline:
         for thread in (self._thread, *(f.thread for f in self._feeds)):
             if thread is not None and thread is not me:
                 thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
