@@ -33,7 +33,7 @@ _LAZY = {
     "load_tokenizer": "text.tokenizer",
     "TokenDataset": "loader.dataset",
     "to_device": "loader.device",
-    "threads_for": "loader.device",
+    "threads_for": "loader.cores",
 }
 
 __all__ = ["Config", "NanostreamError", "__version__", *_LAZY]

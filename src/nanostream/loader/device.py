@@ -1,4 +1,4 @@
-"""Batches onto the accelerator, and the thread policy: ``to_device``, ``CudaPrefetcher``, ``threads_for``.
+"""Batches onto the accelerator: ``to_device``, ``CudaPrefetcher`` and the pinned ring.
 
 On CUDA the copy of batch ``i+1`` overlaps step ``i`` and costs the training thread only a
 queue pop and an event wait:
@@ -17,17 +17,16 @@ queue pop and an event wait:
 The consumer's stream waits on the batch's event (``wait_event``: no host sync) and
 ``record_stream`` tells the caching allocator the tensors are used there.
 
-``threads_for(device)``: how many threads torch's intra-op pool and the loader should get.
+``threads_for(device)`` (how many threads torch's intra-op pool and the loader should get)
+is ``cores.py``.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,67 +34,12 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
-from .threads import _End, _put, background_thread, set_loader_idle
+from .threads import _End, _put, background_thread
 
-__all__ = ["CudaPrefetcher", "PinnedRowsSink", "ThreadPlan", "threads_for", "to_device"]
+__all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
 POLL_S = 0.05
 EVENT_POLL_S = 0.0002  # how often a producer thread looks whether a copy it waits for has finished
-
-
-# -- thread policy -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ThreadPlan:
-    """How to split the cores: ``torch`` intra-op threads and ``loader`` threads (the stream's
-    reader, the tokenizer's encoding threads, pyarrow's decode pool)."""
-
-    device: str
-    cores: int
-    torch: int
-    loader: int
-    loader_idle: bool = False  # loader threads under SCHED_IDLE (see nanostream.loader.pipeline)
-
-    def apply(self) -> None:
-        """Set torch's intra-op pool, pyarrow's CPU pool and the loader threads' priority to this plan."""
-        import pyarrow
-
-        torch.set_num_threads(self.torch)
-        pyarrow.set_cpu_count(self.loader)
-        set_loader_idle(self.loader_idle)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, cores: int = 0,
-                loader_idle: bool = False) -> ThreadPlan:
-    """The thread split for training on ``device`` with ``cores`` cores (0: this process's).
-
-    * CPU: the model is the work. The loader's work is light but latency-bound, so it gets one
-      core's share and torch the rest (1 + 1 on 2 cores, 15 + 1 on 16): oversubscribed OpenMP
-      threads spin and stall each other.
-    * CUDA: the model runs on the GPU and torch's intra-op pool only launches kernels and
-      runs small host ops, so torch gets 1 thread (2 from 8 cores) and the loader the rest
-      (14 + 2 on 16 cores), where tokenizing is the CPU work that matters.
-
-    ``torch_threads`` > 0 overrides torch's share (the loader's stays as planned).
-    ``loader_idle``: run the loader's threads under ``SCHED_IDLE``, so that the training thread
-    never waits for a core they hold (for hosts whose spare CPU the loader can rely on).
-    """
-    dev = torch.device(device)
-    n = cores if cores > 0 else _cores()
-    if dev.type == "cpu":
-        loader = 1
-        torch_n = max(1, n - loader)
-    else:
-        torch_n = 2 if n >= 8 else 1
-        loader = max(1, n - torch_n)
-    return ThreadPlan(dev.type, n, torch_threads if torch_threads > 0 else torch_n, loader, loader_idle)
 
 
 def _wait_host(event: torch.cuda.Event) -> None:
