@@ -52,16 +52,16 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, obj: object, **dump_kwargs: object) -> None:
-    """Atomically replace ``path`` with ``obj`` as JSON: a temp file in the same folder, fsync,
-    ``os.replace``, fsync the folder. The one way bookkeeping files are written."""
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``: a temp file in the same folder, fsync, ``os.replace``,
+    fsync the folder. The one way bookkeeping and tokenizer files are written."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{BOOKKEEPING_PREFIX}.tmp.", dir=folder)
     try:
         os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, **dump_kwargs)  # type: ignore[arg-type]
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,3 +69,8 @@ def write_json(path: Path, obj: object, **dump_kwargs: object) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync(folder)
+
+
+def write_json(path: Path, obj: object, **dump_kwargs: object) -> None:
+    """Atomically replace ``path`` with ``obj`` as JSON (``write_bytes``)."""
+    write_bytes(path, json.dumps(obj, **dump_kwargs).encode())  # type: ignore[arg-type]

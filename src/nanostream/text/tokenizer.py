@@ -28,7 +28,6 @@ import binascii
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import tiktoken
 
 from ..errors import TokenizerError
-from ..shards import fsync
+from ..shards import write_bytes
 
 if TYPE_CHECKING:
 
@@ -175,9 +174,8 @@ class BPETokenizer:
         }
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write(directory / RANKS_NAME, ranks)
-            _atomic_write(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
-            fsync(directory)
+            write_bytes(directory / RANKS_NAME, ranks)
+            write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
         except OSError as exc:
             raise TokenizerError(f"cannot save the tokenizer to {directory}: {exc}") from exc
         return directory
@@ -193,20 +191,6 @@ def _balanced_chunks(texts: list[str], n: int) -> list[list[str]]:
             bounds.append(i + 1)
     bounds.append(len(texts))
     return [texts[a:b] for a, b in pairwise(bounds) if b > a]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _field(config: dict[str, Any], key: str, kind: type, where: Path) -> Any:
