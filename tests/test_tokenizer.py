@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tiktoken.load
 
@@ -309,3 +311,17 @@ def test_cli_bad_input_one_line(tmp_path: Path, case: str, code: int) -> None:
     assert "Traceback" not in res.stderr
     if case == "corrupt":
         assert shard_name(1) in lines[0]
+
+
+@pytest.mark.slow
+def test_cli_trains_on_any_folders_train_files_never_validation(tmp_path: Path) -> None:
+    """A folder of a catalog (nested paths, splits named as the Hub names them): only train files are read."""
+    data = tmp_path / "data"
+    (data / "data").mkdir(parents=True)
+    write_shard(data / "data" / "train-00000.parquet", 0, row_groups=2, rows=50)
+    pq.write_table(pa.table({"text": ["zzzz qqqq " * 50] * 20}), data / "data" / "validation-00000.parquet")
+    res = _cli(["tokenizer", "train", "--data-dir", str(data), "--vocab-size", "300", "--out", str(tmp_path / "t")],
+               tmp_path)
+    assert res.returncode == 0, res.stderr
+    tok = load_tokenizer(tmp_path / "t")
+    assert len(tok.encode("zzzz qqqq")) > 4  # the validation text was never learned from

@@ -20,9 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import rustbpe
 
-from ..errors import ConfigError, CorruptShardError, MissingShardError, NanostreamError, TokenizerError
-from ..shards import shard_name
-from ..sources.record import read_record, resolve_split
+from ..errors import (
+    ConfigError,
+    CorruptShardError,
+    DatasetError,
+    MissingShardError,
+    NanostreamError,
+    TokenizerError,
+)
+from ..sources.resolve import pin_catalog, split_indices
 from .tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, BPETokenizer
 
 if TYPE_CHECKING:
@@ -128,15 +134,18 @@ def train_tokenizer_cli(args: argparse.Namespace, cfg: Config) -> int:
     check_train_args(args.vocab_size, args.max_chars)
     data_dir = Path(args.data_dir) if args.data_dir is not None else cfg.data_dir()
     out = Path(args.out) if args.out is not None else cfg.tokenizer_dir()
-    split = resolve_split(data_dir)
-    if not split.train:
-        raise MissingShardError(f"no train shards in {data_dir} (only the validation shard "
-                                f"{shard_name(split.val)}): run `nanostream fetch` or `nanostream sample` first",
-                                path=data_dir)
-    record = read_record(data_dir)
-    column = record.text_column if record is not None else "text"
+    if not data_dir.is_dir():
+        raise MissingShardError(f"data folder {data_dir} does not exist: run `nanostream fetch` or "
+                                "`nanostream sample` first", path=data_dir)
+    cat = pin_catalog(dataset=None, folder=data_dir, config=cfg)  # its record, or the folder as it is
+    try:
+        train = split_indices(cat, data_dir, "train", None)  # the train files present: never validation
+    except (MissingShardError, DatasetError) as exc:
+        raise MissingShardError(f"no train files to train on in {data_dir} ({exc}): run `nanostream fetch` or "
+                                "`nanostream sample` first", path=data_dir) from exc
+    column = cat.text_column
     start = time.perf_counter()
-    with closing(iter_shard_texts((data_dir / shard_name(i) for i in split.train), column)) as texts:
+    with closing(iter_shard_texts((data_dir / cat.files[i].path for i in train), column)) as texts:
         tok, used = train_with_stats(texts, vocab_size=args.vocab_size, max_chars=args.max_chars)
     seconds = time.perf_counter() - start
     tok.save(out)
