@@ -1,29 +1,41 @@
-"""Local paths for the files a stream reads, fetching missing ones in the background.
+"""Held local files for the file indices a stream reads, fetching missing ones in the background.
 
 ``ShardSource`` owns the stream's ``Fetcher`` (opened lazily, only when a shard is
 missing) and its download tasks: shards are fetched in consumption order, at
 most ``ahead`` beyond the one being read, and a corrupt local shard can be
-deleted and fetched once more. Everything it started is cancelled and awaited
-on ``aclose``. The downloader itself (verification, atomic rename, one download
-per shard across processes via file locks) is ``nanostream.fetch.fetcher``.
+deleted and fetched once more. ``get`` hands the file over held (``usage.ReadHold``:
+no process evicts it until the reader releases it). Under a ``cache_limit`` every
+download first waits for room in the folder's budget (``budget.FolderBudget``): a file
+a reader waits for (a demand) until it fits, a prefetch only while it fits, so it may
+wait as long as it is not needed yet; a demand's reservation lasts until its reader
+holds the file. Everything it started is cancelled and awaited on ``aclose``, and the
+stream's place in the budget goes with it. The downloader itself (verification, atomic
+rename, one download per shard across processes via file locks) is
+``nanostream.fetch.fetcher``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import ConfigError, CorruptShardError, MissingShardError
+from ..errors import ConfigError, CorruptShardError, FetchError, MissingShardError
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile, check_text_column
 from ..sources.record import read_catalog, write_catalog
+from .budget import FolderBudget
+from .usage import ReadHold
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+WAIT_LOG_S = 30.0  # a demand that waits this long for room says what holds the budget
 
 
 def file_id(path: Path) -> tuple[int, int, int, int] | None:
@@ -39,7 +51,8 @@ class ShardSource:
     """Resolves file indices (into the catalog's ``files``) to verified local files, downloading what is missing."""
 
     def __init__(self, data_dir: Path, catalog: Catalog, *, access: Access | None = None,
-                 text_column: str = "text", workers: int = 4, ahead: int = 2, retry: Any = None) -> None:
+                 text_column: str = "text", workers: int = 4, ahead: int = 2, retry: Any = None,
+                 budget: FolderBudget | None = None) -> None:
         self.data_dir, self.catalog, self.access, self.text_column = data_dir, catalog, access, text_column
         self.files: tuple[DataFile, ...] = catalog.files
         self.workers = max(1, workers)
@@ -51,6 +64,11 @@ class ShardSource:
         self._stack = AsyncExitStack()
         self._fetcher: Any = None
         self._fetcher_lock = asyncio.Lock()
+        self.budget = budget
+        self._demand: set[int] = set()  # files a reader waits for
+        self._parked: set[int] = set()  # prefetches waiting for room
+        self._cleanup: set[asyncio.Task[Any]] = set()
+        self._woken = asyncio.Event()  # set (and replaced) when a file becomes a demand
 
     def remote_known(self, index: int) -> bool:
         return self.access is not None and bool(self.files[index].url)
@@ -72,38 +90,136 @@ class ShardSource:
             self._missing_check(index)
             self._tasks[index] = asyncio.create_task(self._fetch(index), name=f"nanostream-fetch-{index}")
 
-    async def get(self, index: int, upcoming: Iterable[int] = ()) -> Path:
-        """The local file of ``index``; then starts fetching the first ``ahead`` of ``upcoming``.
+    async def get(self, index: int, upcoming: Iterable[int] = ()) -> ReadHold:
+        """The local file of ``index``, held; then starts fetching the first ``ahead`` of ``upcoming``.
 
         The file needed now is requested alone, so it has every connection to itself
         (the fetcher splits one file over its workers): the first batch comes after
         about one file's download. The ones after it start as soon as it has landed.
         A file without the text column is a DatasetError listing the columns it has.
+        The caller releases the hold once it has closed the file.
         """
-        self.want([index])
-        task = self._tasks.pop(index, None)
-        if task is None:
-            path = self.path(index)
-        else:
-            try:
-                path = await task
-            finally:
-                if not task.done():  # we were cancelled: do not leave the download behind
-                    task.cancel()
-                    await asyncio.wait([task])
-        self.want(list(upcoming)[: self.ahead])
-        if index not in self._checked:
-            await asyncio.to_thread(_check_column, path, self.text_column)
-            self._checked.add(index)
-        return path
+        hold = None
+        self._demand.add(index)
+        woken, self._woken = self._woken, asyncio.Event()
+        woken.set()
+        try:
+            for _ in range(3):  # a file present but unreserved may be evicted before it is held: fetch it
+                if index in self._parked:  # a prefetch waiting for room: start over as a demand
+                    self._parked.discard(index)
+                    parked = self._tasks.pop(index, None)
+                    if parked is not None:
+                        await _cancel(parked)
+                self.want([index])
+                task = self._tasks.pop(index, None)
+                if task is not None:
+                    try:
+                        await task
+                    finally:
+                        if not task.done():  # we were cancelled: do not leave the download behind
+                            await _cancel(task)
+                hold = await self._hold(self.path(index))
+                if hold is not None:
+                    break
+            if hold is None:
+                raise FetchError(f"{self.path(index)} was evicted again each time it was fetched: another "
+                                 f"process on {self.data_dir} keeps evicting it", shard=self.files[index].path)
+        finally:
+            self._demand.discard(index)
+            if self.budget is not None:
+                self._release(index)
+        try:
+            self.want(list(upcoming)[: self.ahead])
+            if index not in self._checked:
+                await asyncio.to_thread(_check_column, hold.path, self.text_column)
+                self._checked.add(index)
+        except BaseException:
+            hold.release()
+            raise
+        return hold
 
-    async def replace(self, index: int, seen: tuple[int, int, int, int] | None) -> Path:
-        """Delete a corrupt file (if it is still the file we read) and download it again."""
+    async def replace(self, index: int, seen: tuple[int, int, int, int] | None) -> ReadHold:
+        """Delete a corrupt file (if it is still the file we read) and download it again (the caller has
+        released its hold)."""
         path = self.path(index)
         if seen is not None and file_id(path) == seen:
             log.warning("%s is unreadable: deleting it and fetching it again from %s", path, self.files[index].url)
             path.unlink(missing_ok=True)
         return await self.get(index)
+
+    async def publish(self, future: dict[str, int]) -> None:
+        """Tell the folder's budget when the node needs which file next (``horizon.Horizon.future``)."""
+        if self.budget is not None:
+            await self._blocking(self.budget.publish, future)
+
+    async def _hold(self, path: Path) -> ReadHold | None:
+        """``ReadHold.take`` off the loop (a hold taken while we were cancelled is released)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, ReadHold.take, path)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception() or (f.result() and f.result().release()))
+            raise
+        except OSError as exc:
+            if self.budget is None:  # no flock here: nothing under a limit shares the folder
+                log.debug("cannot hold %s (%s); reading it unheld", path, exc)
+                return ReadHold(path, -1)
+            raise ConfigError(f"cannot lock {path} for reading ({exc.strerror or exc}): a cache_limit needs "
+                              "flock on the data folder") from exc
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    def _release(self, index: int) -> None:
+        """Drop this stream's reservation of ``index`` in the background (``aclose`` waits for it)."""
+        assert self.budget is not None
+        task = asyncio.ensure_future(self._blocking(self.budget.release, self.files[index].path))
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _admit(self, index: int, size: int) -> None:
+        """Wait until the budget admits the download of ``index`` (a prefetch waits as long as it is one)."""
+        assert self.budget is not None
+        rel = self.files[index].path
+        delay, since = 0.02, time.monotonic()
+        told = since
+        while True:
+            now = index in self._demand
+            if await self._blocking(self.budget.admit, rel, size, now):
+                self._parked.discard(index)
+                return
+            if not now:
+                self._parked.add(index)
+            elif time.monotonic() - told > WAIT_LOG_S:
+                told = time.monotonic()
+                log.warning("waiting %.0fs for room under cache_limit: %s", told - since, self.budget.shortfall)
+            if now:
+                await asyncio.sleep(delay)
+            else:  # a prefetch that becomes a demand tries again at once
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), delay)
+            delay = min(delay * 1.5, 0.25 if now else 1.0)
+
+    async def learn_sizes(self, indices: tuple[int, ...], sizes: list[int | None], probe: int = 16
+                          ) -> list[int | None]:
+        """``sizes`` with up to ``probe`` of the unknown ones asked with HEAD (failures stay unknown: the
+        download reports them)."""
+        todo = [k for k, size in enumerate(sizes) if size is None and self.remote_known(indices[k])][:probe]
+        if not todo:
+            return sizes
+        fetcher = await self._open_fetcher()
+        got = await asyncio.gather(*(fetcher.head(self.files[indices[k]]) for k in todo), return_exceptions=True)
+        out = list(sizes)
+        for k, size in zip(todo, got, strict=True):
+            if isinstance(size, int):
+                out[k] = size
+            elif isinstance(size, BaseException) and not isinstance(size, Exception):
+                raise size
+            else:
+                log.debug("size of %s unknown: %s", self.files[indices[k]].path, size)
+        return out
 
     def _missing_check(self, index: int) -> None:
         if not self.remote_known(index):
@@ -140,12 +256,26 @@ class ShardSource:
 
     async def _fetch(self, index: int) -> Path:
         fetcher = await self._open_fetcher()
-        result = await fetcher.fetch(self.files[index])
+        file = self.files[index]
+        if self.budget is None:
+            result = await fetcher.fetch(file)
+        else:
+            size = file.size if file.size is not None else await fetcher.head(file)
+            if size is None:
+                raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
+                                 f"admitted under cache_limit; stream without cache_limit", shard=file.path,
+                                 url=file.url)
+            await self._admit(index, size)
+            try:
+                result = await fetcher.fetch(file)
+            finally:
+                if index not in self._demand:  # a prefetch: on disk now (or failed), no longer reserved
+                    self._release(index)
         self.fetched += 1
         return Path(result.path) if result.path is not None else self.path(index)
 
     async def aclose(self) -> None:
-        """Cancel every download in flight, wait for them, and close the fetcher."""
+        """Cancel every download in flight, wait for them, close the fetcher, and leave the budget."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
         try:
@@ -157,7 +287,20 @@ class ShardSource:
                 if not task.cancelled():
                     task.exception()
         finally:
-            await self._stack.aclose()
+            try:
+                await self._stack.aclose()
+            finally:
+                if self._cleanup:
+                    await asyncio.wait(list(self._cleanup))
+                if self.budget is not None:
+                    await self._blocking(self.budget.close)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
 
 
 def _check_column(path: Path, column: str) -> None:
