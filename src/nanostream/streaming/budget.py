@@ -2,7 +2,7 @@
 
 The budget is the folder's. Every stream under a limit that reads the folder (the ranks and
 DataLoader workers of a node, a validation stream beside training) takes part through the
-folder's cache lock and holder files (``usage.py``); the limit applied is the smallest that
+folder's cache lock and holder files (``holders.py``); the limit applied is the smallest that
 any live stream of the folder asked for. What counts is every file under the folder as
 allocated on disk (``usage.scan``), plus, for each download admitted but not yet on disk at
 its full size, the rest of its reservation (``usage.reserve_size``).
@@ -11,53 +11,29 @@ its full size, the rest of its reservation (``usage.reserve_size``).
 files are evicted until it does, by the known future (Belady's rule): first the files no
 reader of the node needs again, then those needed latest (ties: least recently read). Only a
 ``data`` file (listed by the folder's record with a URL) or the part of a dead download may
-go; never a file a reader holds (``ReadHold``), one another stream reserved, nor a local-only
+go; never a file a reader holds (``holders.ReadHold``), one another stream reserved, nor a local-only
 or unlisted file. A demand (``now``: a reader waits for the file) may evict any of those; a
 prefetch only files needed later than itself, and it leaves room for the demands other
 streams wait on, so prefetching goes only as far as the budget allows. ``policy="lru"``
 orders victims by last read instead (the ablation in ``bench/cache_bench.py``).
 
-``needs``: the smallest limit that works (``Needs``).
+The smallest limit that works is ``minimum.needs``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..shards import RECORD_NAME
-from ..sources.catalog import Catalog, DataFile
-from ..sources.census import CACHE_NAME
-from ..sources.record import catalog_to_json, read_catalog
-from .usage import (
-    BLOCK,
-    HOLDER_ROOM,
-    STATE_BYTES,
-    FolderScan,
-    Holder,
-    HolderInfo,
-    cache_lock,
-    evict,
-    file_blocks,
-    live_holders,
-    reserve_size,
-    scan,
-)
+from ..sources.catalog import Catalog
+from ..sources.record import read_catalog
+from .holders import Holder, HolderInfo, cache_lock, evict, live_holders
+from .usage import FolderScan, fmt, reserve_size, scan
 
 log = logging.getLogger(__name__)
-
-
-def fmt(n: float) -> str:
-    """Bytes for people: ``812.4 MB``, ``3.20 GB``, ``52.1 kB``."""
-    if abs(n) >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} kB" if abs(n) >= 1e3 else f"{int(n)} bytes"
 
 
 class FolderBudget:
@@ -105,7 +81,7 @@ class FolderBudget:
                 room -= sum(max(0, b - view.on_disk(r)) for o in others for r, b in o.waiting.items()
                             if r not in reserved)
             if extra > room:
-                for victim, part in self._victims(view, holders, reserved, rel, now):
+                for victim, part in victims(self.policy, view, self.record(), holders, reserved, rel, now):
                     freed = evict(self.folder, victim, part=part)
                     if freed:
                         self.evicted += 1
@@ -126,24 +102,6 @@ class FolderBudget:
                 mine.info.waiting[rel] = need
                 mine.write()
             return False
-
-    def _victims(self, view: FolderScan, holders: list[HolderInfo], reserved: dict[str, int], rel: str,
-                 now: bool) -> list[tuple[str, bool]]:
-        """What may be evicted for ``rel``, in eviction order: (path, is a part)."""
-        record = self.record()
-        remote = {f.path for f in record.files if f.url} if record is not None else set()
-        cands = [(r, False) for r, kind in view.kinds.items() if kind == "data" and r not in reserved and r != rel]
-        cands += [(r, True) for r in view.parts if r in remote and r not in reserved and r != rel]
-        if self.policy == "lru":
-            return sorted(cands, key=lambda c: view.atime.get(c[0], 0))
-        nxt: dict[str, float] = {}
-        for h in holders:
-            for r, d in h.future.items():
-                nxt[r] = min(nxt.get(r, math.inf), d)
-        if not now:
-            mine = nxt.get(rel, math.inf)
-            cands = [c for c in cands if nxt.get(c[0], math.inf) > mine]
-        return sorted(cands, key=lambda c: (-nxt.get(c[0], math.inf), view.atime.get(c[0], 0)))
 
     def release(self, rel: str) -> None:
         """Drop the reservation of ``rel`` (a reader holds it now, or its download ended)."""
@@ -172,80 +130,44 @@ class FolderBudget:
             self.holder = None
 
 
+def victims(policy: str, view: FolderScan, record: Catalog | None, holders: list[HolderInfo],
+            reserved: dict[str, int], rel: str | None = None, now: bool = True) -> list[tuple[str, bool]]:
+    """What may be evicted (for ``rel``), in eviction order: (path, is a part). See the module docstring."""
+    remote = {f.path for f in record.files if f.url} if record is not None else set()
+    cands = [(r, False) for r, kind in view.kinds.items() if kind == "data" and r not in reserved and r != rel]
+    cands += [(r, True) for r in view.parts if r in remote and r not in reserved and r != rel]
+    if policy == "lru":
+        return sorted(cands, key=lambda c: view.atime.get(c[0], 0))
+    nxt: dict[str, float] = {}
+    for h in holders:
+        for r, d in h.future.items():
+            nxt[r] = min(nxt.get(r, math.inf), d)
+    if not now and rel is not None:
+        mine = nxt.get(rel, math.inf)
+        cands = [c for c in cands if nxt.get(c[0], math.inf) > mine]
+    return sorted(cands, key=lambda c: (-nxt.get(c[0], math.inf), view.atime.get(c[0], 0)))
+
+
+def prune(folder: Path, target: int, policy: str = "belady") -> tuple[int, int, int]:
+    """Evict from ``folder`` as streaming would until it takes at most ``target`` bytes (never a file in use,
+    reserved, local-only or unlisted): (files evicted, bytes freed, bytes it takes now). Blocking."""
+    with cache_lock(folder):
+        view, holders = scan(folder, read_catalog(folder)), live_holders(folder)
+        reserved = _reserved(holders)
+        used = view.total + sum(max(0, b - view.on_disk(r)) for r, b in reserved.items())
+        count = freed = 0
+        for victim, part in victims(policy, view, read_catalog(folder), holders, reserved):
+            if used - freed <= target:
+                break
+            got = evict(folder, victim, part=part)
+            if got:
+                count, freed = count + 1, freed + got
+        return count, freed, used - freed
+
+
 def _reserved(holders: list[HolderInfo]) -> dict[str, int]:
     out: dict[str, int] = {}
     for h in holders:
         for r, b in h.reserved.items():
             out[r] = max(out.get(r, 0), b)
     return out
-
-
-@dataclass(frozen=True)
-class Needs:
-    """The smallest ``cache_limit`` that works for a stream, and how it is made up.
-
-    Each of the node's ``readers`` holds at most the one file it reads; a reader that moves on
-    releases it before it waits for the next. So the work never deadlocks if, beside what cannot
-    be evicted, the budget holds ``readers + 1`` files of the largest size at once (every reader's
-    file and one more: the next download, or another stream such as validation), the state files
-    of two downloads at once, the streams' holder files and the bookkeeping still to be written. ``prefetch`` also fits ``fetch_ahead``
-    files downloaded ahead; below it, fewer are."""
-
-    minimum: int
-    prefetch: int
-    files: int  # files that must fit at once
-    largest: int  # the largest file's reservation
-    pinned: int  # bytes no eviction can free
-    local: int  # of which local-only and unlisted files
-    room: int  # holder files and bookkeeping still to be written
-    estimated: bool  # some sizes were not known and were estimated
-
-    def message(self, limit: int, folder: Path, readers: int, fetch_ahead: int) -> str:
-        if self.local and self.local + self.room > limit:
-            return (f"cache_limit={fmt(limit)} is below what {folder} must keep: {fmt(self.local)} of files the "
-                    f"folder's record gives no source for (local-only or not listed) are never evicted, so "
-                    f"nothing was deleted; the smallest cache_limit that works is {self.minimum} "
-                    f"({fmt(self.minimum)})")
-        est = " (sizes partly estimated)" if self.estimated else ""
-        return (f"cache_limit={fmt(limit)} is too small for {folder}: the smallest that works is {self.minimum} "
-                f"bytes ({fmt(self.minimum)}){est} = {self.files} files of up to {fmt(self.largest)} at once "
-                f"(each of the {readers} reader(s) on this node holds the file it reads, and one more downloads) "
-                f"+ {fmt(self.pinned)} that cannot be evicted + {fmt(self.room)} of bookkeeping; prefetching "
-                f"fetch_ahead={fetch_ahead} file(s) as well needs {fmt(self.prefetch)}")
-
-
-def needs(folder: Path, catalog: Catalog, files: list[DataFile], sizes: list[int | None], readers: int,
-          fetch_ahead: int) -> Needs:
-    """``Needs`` of a stream whose node has ``readers`` readers of ``files`` (sizes as known; None: unknown).
-    Blocking (scans the folder)."""
-    view = scan(folder, read_catalog(folder) if folder.is_dir() else None) if folder.is_dir() else FolderScan(folder)
-    known = [s for s in sizes if s is not None]
-    guess = max(known) if known else 0
-    remote = sorted((file_blocks(s if s is not None else guess) for f, s in zip(files, sizes, strict=True)
-                     if f.url), reverse=True)
-    k = min(readers + 1, len(remote))
-    downloads = min(2, k)  # downloads running at once at the minimum, each with its state file
-    room = HOLDER_ROOM * (readers + 2) + _bookkeeping_to_come(folder, catalog, len(files))
-    pinned = view.pinned()
-    local = pinned - (view.bookkeeping - view.holders)
-    base = pinned + room
-    ahead = min(k + fetch_ahead, len(remote)) - k
-    return Needs(minimum=base + sum(remote[:k]) + downloads * STATE_BYTES,
-                 prefetch=base + sum(remote[:k + ahead]) + (downloads + ahead) * STATE_BYTES, files=k,
-                 largest=remote[0] if remote else 0, pinned=pinned, local=local, room=room,
-                 estimated=len(known) < len(sizes))
-
-
-def _bookkeeping_to_come(folder: Path, catalog: Catalog, n: int) -> int:
-    """Room for bookkeeping still to be written: the record (if absent), the row-group census (it grows by
-    about 64 bytes a file) and the temporary copy ``write_json`` makes of either while replacing it."""
-    record = 0 if (folder / RECORD_NAME).exists() else len(json.dumps(catalog_to_json(catalog), indent=1)) + BLOCK
-    census = 64 * n + BLOCK
-    return 4 * BLOCK + record + census + max(record, census, _size(folder / RECORD_NAME), _size(folder / CACHE_NAME))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size + BLOCK
-    except FileNotFoundError:
-        return 0

@@ -28,12 +28,12 @@ import pyarrow as pa
 from ..errors import ConfigError, CorruptShardError
 from ..sources.census import row_group_counts
 from .budget import FolderBudget
+from .holders import ReadHold
 from .horizon import Horizon
 from .order import Cursor
 from .plan import Chunk, Plan, Position
 from .reader import ShardReader, close_opened
 from .supply import ShardSource, file_id
-from .usage import ReadHold
 
 __all__ = ["Producer"]
 

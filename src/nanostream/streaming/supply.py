@@ -3,12 +3,12 @@
 ``ShardSource`` owns the stream's ``Fetcher`` (opened lazily, only when a shard is
 missing) and its download tasks: shards are fetched in consumption order, at
 most ``ahead`` beyond the one being read, and a corrupt local shard can be
-deleted and fetched once more. ``get`` hands the file over held (``usage.ReadHold``:
+deleted and fetched once more. ``get`` hands the file over held (``holders.ReadHold``:
 no process evicts it until the reader releases it). Under a ``cache_limit`` every
 download first waits for room in the folder's budget (``budget.FolderBudget``): a file
 a reader waits for (a demand) until it fits, a prefetch only while it fits, so it may
-wait as long as it is not needed yet; a demand's reservation lasts until its reader
-holds the file. Everything it started is cancelled and awaited on ``aclose``, and the
+wait as long as it is not needed yet (``admission.py``); a demand's reservation lasts
+until its reader holds the file. Everything it started is cancelled and awaited on ``aclose``, and the
 stream's place in the budget goes with it. The downloader itself (verification, atomic
 rename, one download per shard across processes via file locks) is
 ``nanostream.fetch.fetcher``.
@@ -17,25 +17,22 @@ rename, one download per shard across processes via file locks) is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import ConfigError, CorruptShardError, FetchError, MissingShardError
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile, check_text_column
 from ..sources.record import read_catalog, write_catalog
+from .admission import Admission
 from .budget import FolderBudget
-from .usage import ReadHold
+from .holders import ReadHold
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-WAIT_LOG_S = 30.0  # a demand that waits this long for room says what holds the budget
 
 
 def file_id(path: Path) -> tuple[int, int, int, int] | None:
@@ -65,10 +62,7 @@ class ShardSource:
         self._fetcher: Any = None
         self._fetcher_lock = asyncio.Lock()
         self.budget = budget
-        self._demand: set[int] = set()  # files a reader waits for
-        self._parked: set[int] = set()  # prefetches waiting for room
-        self._cleanup: set[asyncio.Task[Any]] = set()
-        self._woken = asyncio.Event()  # set (and replaced) when a file becomes a demand
+        self._admission = Admission(budget) if budget is not None else None
 
     def remote_known(self, index: int) -> bool:
         return self.access is not None and bool(self.files[index].url)
@@ -100,13 +94,13 @@ class ShardSource:
         The caller releases the hold once it has closed the file.
         """
         hold = None
-        self._demand.add(index)
-        woken, self._woken = self._woken, asyncio.Event()
-        woken.set()
+        rel, adm = self.files[index].path, self._admission
+        if adm is not None:
+            adm.wanted(rel)
         try:
             for _ in range(3):  # a file present but unreserved may be evicted before it is held: fetch it
-                if index in self._parked:  # a prefetch waiting for room: start over as a demand
-                    self._parked.discard(index)
+                if adm is not None and rel in adm.parked:  # a prefetch waiting for room: start over as a demand
+                    adm.parked.discard(rel)
                     parked = self._tasks.pop(index, None)
                     if parked is not None:
                         await _cancel(parked)
@@ -125,9 +119,8 @@ class ShardSource:
                 raise FetchError(f"{self.path(index)} was evicted again each time it was fetched: another "
                                  f"process on {self.data_dir} keeps evicting it", shard=self.files[index].path)
         finally:
-            self._demand.discard(index)
-            if self.budget is not None:
-                self._release(index)
+            if adm is not None:
+                adm.done(rel)
         try:
             self.want(list(upcoming)[: self.ahead])
             if index not in self._checked:
@@ -149,8 +142,8 @@ class ShardSource:
 
     async def publish(self, future: dict[str, int]) -> None:
         """Tell the folder's budget when the node needs which file next (``horizon.Horizon.future``)."""
-        if self.budget is not None:
-            await self._blocking(self.budget.publish, future)
+        if self._admission is not None:
+            await self._admission.publish(future)
 
     async def _hold(self, path: Path) -> ReadHold | None:
         """``ReadHold.take`` off the loop (a hold taken while we were cancelled is released)."""
@@ -167,40 +160,6 @@ class ShardSource:
                 return ReadHold(path, -1)
             raise ConfigError(f"cannot lock {path} for reading ({exc.strerror or exc}): a cache_limit needs "
                               "flock on the data folder") from exc
-
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
-
-    def _release(self, index: int) -> None:
-        """Drop this stream's reservation of ``index`` in the background (``aclose`` waits for it)."""
-        assert self.budget is not None
-        task = asyncio.ensure_future(self._blocking(self.budget.release, self.files[index].path))
-        self._cleanup.add(task)
-        task.add_done_callback(self._cleanup.discard)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _admit(self, index: int, size: int) -> None:
-        """Wait until the budget admits the download of ``index`` (a prefetch waits as long as it is one)."""
-        assert self.budget is not None
-        rel = self.files[index].path
-        delay, since = 0.02, time.monotonic()
-        told = since
-        while True:
-            now = index in self._demand
-            if await self._blocking(self.budget.admit, rel, size, now):
-                self._parked.discard(index)
-                return
-            if not now:
-                self._parked.add(index)
-            elif time.monotonic() - told > WAIT_LOG_S:
-                told = time.monotonic()
-                log.warning("waiting %.0fs for room under cache_limit: %s", told - since, self.budget.shortfall)
-            if now:
-                await asyncio.sleep(delay)
-            else:  # a prefetch that becomes a demand tries again at once
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), delay)
-            delay = min(delay * 1.5, 0.25 if now else 1.0)
 
     async def learn_sizes(self, indices: tuple[int, ...], sizes: list[int | None], probe: int = 16
                           ) -> list[int | None]:
@@ -256,8 +215,8 @@ class ShardSource:
 
     async def _fetch(self, index: int) -> Path:
         fetcher = await self._open_fetcher()
-        file = self.files[index]
-        if self.budget is None:
+        file, adm = self.files[index], self._admission
+        if adm is None:
             result = await fetcher.fetch(file)
         else:
             size = file.size if file.size is not None else await fetcher.head(file)
@@ -265,12 +224,12 @@ class ShardSource:
                 raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
                                  f"admitted under cache_limit; stream without cache_limit", shard=file.path,
                                  url=file.url)
-            await self._admit(index, size)
+            await adm.admit(file.path, size)
             try:
                 result = await fetcher.fetch(file)
             finally:
-                if index not in self._demand:  # a prefetch: on disk now (or failed), no longer reserved
-                    self._release(index)
+                if not adm.is_demand(file.path):  # a prefetch: on disk now (or failed), no longer reserved
+                    adm.release(file.path)
         self.fetched += 1
         return Path(result.path) if result.path is not None else self.path(index)
 
@@ -290,10 +249,8 @@ class ShardSource:
             try:
                 await self._stack.aclose()
             finally:
-                if self._cleanup:
-                    await asyncio.wait(list(self._cleanup))
-                if self.budget is not None:
-                    await self._blocking(self.budget.close)
+                if self._admission is not None:
+                    await self._admission.close()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
