@@ -150,6 +150,14 @@ def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_p
     assert victims("belady", view, None, [me, other], {}, "x", now=False) == [("d", False), ("c", False),
                                                                            ("b", False)]
     assert victims("belady", view, None, [me, other], {"c": 10}, "x")[:2] == [("d", False), ("b", False)]
+    # a reader is on "h" now, which nobody needs again: a prefetch waits for it rather than evict d, needed at 30
+    # (a demand does not wait)
+    reading = HolderInfo("reading", future={"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, after={"h": -1})
+    held = FolderScan(tmp_path, files={**view.files, "h": 10}, kinds={**view.kinds, "h": "data"}, atime=view.atime)
+    assert victims("belady", held, None, [reading], {}, "x", now=False) == []
+    assert victims("belady", held, None, [reading], {}, "x", now=True)[0] == ("d", False)
+    soon = HolderInfo("reading", future=reading.future, after={"h": 5})  # h is needed again before d: no wait
+    assert victims("belady", held, None, [soon], {}, "x", now=False)[0] == ("d", False)
     assert [v for v, _ in victims("lru", view, None, [me, other], {}, "x")] == ["a", "b", "c", "d"]
 
 

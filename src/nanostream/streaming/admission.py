@@ -78,8 +78,8 @@ class Admission:
         task.add_done_callback(self._cleanup.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def publish(self, future: dict[str, int]) -> None:
-        await _blocking(self.budget.publish, future)
+    async def publish(self, future: dict[str, int], after: dict[str, int]) -> None:
+        await _blocking(self.budget.publish, future, after)
 
     async def close(self) -> None:
         if self._cleanup:

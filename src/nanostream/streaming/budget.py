@@ -113,13 +113,14 @@ class FolderBudget:
             h.info.waiting.pop(rel, None)
             h.write()
 
-    def publish(self, future: dict[str, int]) -> None:
-        """Tell the folder's other streams when this node's readers need which file next (row groups from now)."""
-        if self.holder is not None and self.holder.info.future == future:
+    def publish(self, future: dict[str, int], after: dict[str, int]) -> None:
+        """Tell the folder's other streams when this node's readers need which file next (row groups from now),
+        and when the files they read now are needed again (``horizon.Horizon.future``)."""
+        if self.holder is not None and (self.holder.info.future, self.holder.info.after) == (future, after):
             return
         with cache_lock(self.folder):
             mine = self._own()
-            mine.info.future = future
+            mine.info.future, mine.info.after = future, after
             mine.write()
 
     def close(self) -> None:
@@ -142,10 +143,26 @@ def victims(policy: str, view: FolderScan, record: Catalog | None, holders: list
     for h in holders:
         for r, d in h.future.items():
             nxt[r] = min(nxt.get(r, math.inf), d)
-    if not now and rel is not None:
-        mine = nxt.get(rel, math.inf)
-        cands = [c for c in cands if nxt.get(c[0], math.inf) > mine]
-    return sorted(cands, key=lambda c: (-nxt.get(c[0], math.inf), view.atime.get(c[0], 0)))
+    order = sorted(cands, key=lambda c: (-nxt.get(c[0], math.inf), view.atime.get(c[0], 0)))
+    if now or rel is None:
+        return order
+    mine = nxt.get(rel, math.inf)  # a prefetch: only files needed after it, ...
+    order = [c for c in order if nxt.get(c[0], math.inf) > mine]
+    if order and _freed_soon(holders, nxt) > nxt.get(order[0][0], math.inf):
+        return []  # ... and none while a file read now will be a better victim once it is released
+    return order
+
+
+def _freed_soon(holders: list[HolderInfo], nxt: dict[str, float]) -> float:
+    """Of the files read now, the latest next use once this read is over (-inf: none)."""
+    later: dict[str, float] = {}
+    for h in holders:
+        for r, d in h.after.items():
+            later[r] = min(later.get(r, math.inf), math.inf if d < 0 else d)
+        for r, d in h.future.items():
+            if d > 0:
+                later[r] = min(later.get(r, math.inf), d)
+    return max((later.get(r, math.inf) for r, d in nxt.items() if d == 0), default=-math.inf)
 
 
 def prune(folder: Path, target: int, policy: str = "belady") -> tuple[int, int, int]:

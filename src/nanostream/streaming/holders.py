@@ -4,8 +4,9 @@
   and written (holders are written and read only under it).
 * holders: every stream under a limit keeps ``.nanostream.cache.<pid>-<n>.holder``, with an
   exclusive flock held for the stream's life and, as JSON, its limit, its reservations
-  (downloads admitted and not yet held by a reader), what it waits for, and its ``future``
-  (file -> row groups until a reader of the node needs it: ``horizon.py``). A holder whose
+  (downloads admitted and not yet held by a reader), what it waits for, its ``future`` (file ->
+  row groups until a reader of the node needs it) and ``after`` (the files read now -> when
+  they are needed again: ``horizon.py``). A holder whose
   flock can be taken belongs to a dead process (kill -9): ``live_holders`` removes it, and
   with it everything it reserved.
 * ``ReadHold``: a reader's shared flock on the data file it reads. ``evict`` takes an exclusive
@@ -65,6 +66,7 @@ class HolderInfo:
     waiting: dict[str, int] = field(default_factory=dict)
     future: dict[str, int] = field(default_factory=dict)
     pid: int = 0
+    after: dict[str, int] = field(default_factory=dict)  # files read now -> needed again in (-1: never)
 
 
 def live_holders(folder: Path, skip: str | None = None) -> list[HolderInfo]:
@@ -96,7 +98,8 @@ def _holder_info(name: str, raw: bytes) -> HolderInfo:
         d: Any = json.loads(raw or b"{}")
         return HolderInfo(name, d.get("limit"), {k: int(v) for k, v in d.get("reserved", {}).items()},
                           {k: int(v) for k, v in d.get("waiting", {}).items()},
-                          {k: int(v) for k, v in d.get("future", {}).items()}, int(d.get("pid", 0)))
+                          {k: int(v) for k, v in d.get("future", {}).items()}, int(d.get("pid", 0)),
+                          {k: int(v) for k, v in d.get("after", {}).items()})
     except (ValueError, TypeError, AttributeError):
         return HolderInfo(name)  # being written for the first time: it reserves nothing yet
 
@@ -124,7 +127,8 @@ class Holder:
         future = sorted(i.future.items(), key=lambda kv: kv[1])
         while True:
             data = json.dumps({"pid": i.pid, "limit": i.limit, "policy": self.policy, "reserved": i.reserved,
-                               "waiting": i.waiting, "future": dict(future)}, separators=(",", ":")).encode()
+                               "waiting": i.waiting, "after": i.after, "future": dict(future)},
+                              separators=(",", ":")).encode()
             if len(data) <= HOLDER_ROOM - BLOCK or not future:
                 break
             future = future[: len(future) // 2]  # the nearest files matter most

@@ -68,7 +68,9 @@ class Producer:
         try:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")
             p = self.plan
-            budget = FolderBudget(p.data_dir, p.cache_limit, p.cache_policy) if p.cache_limit is not None else None
+            # a folder with nothing to fetch has nothing to evict either: its size was checked up front
+            bounded = p.cache_limit is not None and p.access() is not None
+            budget = FolderBudget(p.data_dir, p.cache_limit, p.cache_policy) if bounded else None
             async with ShardSource(p.data_dir, p.catalog, access=p.access(), text_column=p.text_column,
                                    workers=p.fetch_workers, ahead=p.fetch_ahead, retry=p.retry,
                                    budget=budget) as source:

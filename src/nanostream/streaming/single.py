@@ -129,10 +129,13 @@ class Stream:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: batches produced, the largest queue seen, shards downloaded by this stream."""
+        """Counters: batches produced, the largest queue seen, shards downloaded by this stream, files it
+        evicted under ``cache_limit``."""
         src = self._producer.source
+        budget = src.budget if src else None
         return {"produced": self._producer.produced, "max_queued": self._producer.max_queued,
-                "queue_size": self.plan.queue_size, "fetched": src.fetched if src else 0}
+                "queue_size": self.plan.queue_size, "fetched": src.fetched if src else 0,
+                "evicted": budget.evicted if budget else 0}
 
     def cache_minimum(self) -> int:
         """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now: what a

@@ -140,10 +140,10 @@ class ShardSource:
             path.unlink(missing_ok=True)
         return await self.get(index)
 
-    async def publish(self, future: dict[str, int]) -> None:
+    async def publish(self, future: tuple[dict[str, int], dict[str, int]]) -> None:
         """Tell the folder's budget when the node needs which file next (``horizon.Horizon.future``)."""
         if self._admission is not None:
-            await self._admission.publish(future)
+            await self._admission.publish(*future)
 
     async def _hold(self, path: Path) -> ReadHold | None:
         """``ReadHold.take`` off the loop (a hold taken while we were cancelled is released)."""
