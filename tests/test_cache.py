@@ -299,7 +299,9 @@ async def test_exact_and_elastic_resume_fetch_what_was_evicted(remote: Path, tmp
                 if len(first[rank]) == 20:
                     break
             await s.aclose()
-        exact = [b async for b in stream("train", **kw, world_size=2, rank=0, start=first[0][-1].position)]
+        resumed = stream("train", **kw, world_size=2, rank=0, start=first[0][-1].position)
+        exact = [b async for b in resumed]
+        assert resumed.stats["evicted"] > 0
         cursor = s.cursor(first[1][-1].position)  # the global position: resume at world size 1
         elastic = [b async for b in stream("train", **kw, world_size=1, rank=0, start=cursor)]
         downloads = Counter(r.path for r in srv.requests
@@ -349,3 +351,24 @@ async def test_token_dataset_takes_cache_limit_and_resumes_under_another(remote:
     assert len(want) > 10 and len(head) + len(rest) == len(want)
     assert all(bool((a[0] == b[0]).all()) for a, b in zip(head + rest, want, strict=True))
     assert folder_bytes(tmp_path / "t") <= 4 * size
+
+
+async def test_validation_beside_training_in_one_folder_and_budget(remote: Path, tmp_path: Path) -> None:
+    """A trainer's evaluation: the training stream stops mid-file (it holds it) while a validation stream
+    on the same folder reads its file; validation files count in the same budget."""
+    local = tmp_path / "v"
+    async with FaultServer(remote, rate=50e6) as srv:
+        kw = dict(data_dir=local, base_url=srv.url, num_shards=8, max_shard=SHARDS, fetch_ahead=1)
+        limit = await asyncio.to_thread(stream("train", **kw).cache_minimum)
+        train = stream("train", **kw, cache_limit=limit, epochs=None, queue_size=1)
+        got, val_rows = 0, 0
+        with Sampler([local]) as sampler:
+            async for _ in train:
+                got += 1
+                if got % 20 == 0:  # evaluate, as a trainer does every few steps
+                    val_rows += sum([len(b.texts) async for b in stream("val", **kw, cache_limit=limit)])
+                if got == 3 * 8 * GROUPS:
+                    break
+            await train.aclose()
+    assert val_rows == (3 * 8 * GROUPS // 20) * GROUPS * ROWS and 0 < sampler.peak[local] <= limit
+    assert folder_bytes(local) <= limit

@@ -151,8 +151,9 @@ class ReadHold:
         self.path, self._fd = path, fd
 
     @classmethod
-    def take(cls, path: Path) -> ReadHold | None:
-        """Hold ``path``; None if it is absent or being evicted right now (fetch it, or try again). Blocking."""
+    def take(cls, path: Path, touch: bool = False) -> ReadHold | None:
+        """Hold ``path``; None if it is absent or being evicted right now (fetch it, or try again). ``touch``
+        sets its access time to now (the last read: LRU order, and ties). Blocking."""
         for _ in range(100):  # an exclusive flock lasts microseconds (an eviction, or a look at the folder)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -174,8 +175,9 @@ class ReadHold:
             except BaseException:
                 os.close(fd)
                 raise
-            with contextlib.suppress(OSError):  # when it was last read (LRU order, and ties); mtime kept
-                os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
+            if touch:
+                with contextlib.suppress(OSError):  # mtime kept: ``supply.file_id`` stays the same
+                    os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
             return cls(path, fd)
         return None
 

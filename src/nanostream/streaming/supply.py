@@ -148,7 +148,7 @@ class ShardSource:
     async def _hold(self, path: Path) -> ReadHold | None:
         """``ReadHold.take`` off the loop (a hold taken while we were cancelled is released)."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, ReadHold.take, path)
+        fut = loop.run_in_executor(None, ReadHold.take, path, self.budget is not None)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
