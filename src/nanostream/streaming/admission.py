@@ -73,6 +73,9 @@ class Admission:
 
     def release(self, rel: str) -> None:
         """Drop our reservation of ``rel`` in the background (``close`` waits for it)."""
+        h = self.budget.holder
+        if h is None or (rel not in h.info.reserved and rel not in h.info.waiting):
+            return  # nothing to drop (saves a trip to a thread for every file read)
         task = asyncio.ensure_future(_blocking(self.budget.release, rel))
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)

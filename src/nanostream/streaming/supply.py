@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, CorruptShardError, FetchError, MissingShardError
+from ..retry import RetryPolicy, describe
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile, check_text_column
 from ..sources.record import read_catalog, write_catalog
@@ -219,7 +220,7 @@ class ShardSource:
         if adm is None:
             result = await fetcher.fetch(file)
         else:
-            size = file.size if file.size is not None else await fetcher.head(file)
+            size = file.size if file.size is not None else await self._size(fetcher, file)
             if size is None:
                 raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
                                  f"admitted under cache_limit; stream without cache_limit", shard=file.path,
@@ -232,6 +233,19 @@ class ShardSource:
                     adm.release(file.path)
         self.fetched += 1
         return Path(result.path) if result.path is not None else self.path(index)
+
+    async def _size(self, fetcher: Any, file: DataFile) -> int | None:
+        """The size the server announces for ``file`` (HEAD), retried as a download would be."""
+        policy, failures = self.retry or RetryPolicy(), 0
+        while True:
+            try:
+                return await fetcher.head(file)
+            except Exception as exc:  # retried by the policy, else a FetchError naming the file
+                failures += 1
+                if await policy.wait_to_retry(exc, failures):
+                    continue
+                raise FetchError(f"cannot learn the size of {file.path} for cache_limit (HEAD {file.url}: "
+                                 f"{describe(exc)})", shard=file.path, url=file.url) from exc
 
     async def aclose(self) -> None:
         """Cancel every download in flight, wait for them, close the fetcher, and leave the budget."""
