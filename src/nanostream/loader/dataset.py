@@ -250,7 +250,8 @@ class TokenDataset(IterableDataset):
     ahead and ``ahead`` finished batches are assembled ahead (on background threads; ``next()``
     only hands one over). Other keyword arguments (``shuffle``, ``seed``,
     ``max_shard``, ``num_shards``, ``base_url``, ``dataset``, ``queue_size``, ``fetch_ahead``,
-    ...) go to ``iter_batches``. ``rows_per_row_group`` fixes the count's estimate (see
+    ``cache_limit``, ...) go to ``iter_batches`` (``cache_limit`` is not part of the resume state:
+    a run may resume under another budget). ``rows_per_row_group`` fixes the count's estimate (see
     ``rows_per_row_group()``) instead of reading it from the data.
     """
 
