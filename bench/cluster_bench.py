@@ -67,7 +67,7 @@ async def measure(work: Path, shards: int) -> dict:
             before = dict(srv.bytes_by)
             reports, wall = await run_cluster(work, srv.url, shards, tag, node_aware=aware)
             per_node = [srv.bytes_by[f"{tag}-{n}"] - before.get(f"{tag}-{n}", 0) for n in range(NODES)]
-            docs = Counter(tuple(d) for r in reports for _, _, ds in r["batches"] for d in ds)
+            docs = Counter(tuple(d) for r in reports for b in r["batches"] for d in b[2])
             results[tag] = {"per_node": per_node, "wall_s": wall, "docs": sum(docs.values()),
                             "max_reads": max(docs.values()), "batches": sorted({len(r["batches"]) for r in reports})}
     return results

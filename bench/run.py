@@ -3,11 +3,12 @@
 Parts: fetch (downloader vs process pool), stream (row-group producer vs bare pyarrow),
 tokenizer (rustbpe+tiktoken vs HF tokenizers), loader (TokenDataset vs encode_batch and
 the reference best-fit loop), cluster (bytes per node of a simulated 4-node run, node-aware
-vs every node reading everything), order (row groups equal work leaves out, through stream()), mix (token shares,
-throughput and first batch of weighted mixes), serve (the
-mirror vs http.server and nginx; 1000 concurrent GETs), datasets (listing 10,000 files from a Hub-like tree
-API and from moto's S3), hubclients (Hugging Face ``datasets``' streaming load_dataset against ``nanostream
-serve`` of an hf:// folder; skipped without the bench venv's ``datasets``).
+vs every node reading everything), order (row groups equal work leaves out, through stream()), mix (token
+shares, throughput and first batch of weighted mixes), serve (the mirror vs http.server and nginx; 1000
+concurrent GETs), datasets (listing 10,000 files from a Hub-like tree API and from moto's S3), hubclients
+(Hugging Face ``datasets``' streaming load_dataset against ``nanostream serve`` of an hf:// folder; skipped
+without the bench venv's ``datasets``), cache (2 ranks streaming 2 epochs through a cache_limit of a quarter
+of the data vs unbounded, Belady vs LRU).
 ``BENCH_QUICK=1`` runs smaller sizes; ``BENCH_PARTS=fetch,stream``
 picks parts.
 """
@@ -20,7 +21,8 @@ import sys
 import time
 import traceback
 
-PARTS = ("fetch", "stream", "tokenizer", "loader", "cluster", "order", "mix", "serve", "datasets", "hubclients")
+PARTS = ("fetch", "stream", "tokenizer", "loader", "cluster", "order", "mix", "cache", "serve", "datasets",
+         "hubclients")
 
 
 def main() -> int:

@@ -2,13 +2,17 @@
 
 Usage: python tests/cluster_worker.py OUT_DIR --data-dir DIR --base-url URL --num-shards N --max-shard M
            [--take K] [--start CURSOR_JSON] [--shuffle] [--pad] [--dist]
+           [--epochs E] [--cache-limit LIMIT] [--delay S] [--fetch-ahead F] [--queue-size Q] [--sync]
 
 The rank, world size and node come from torchrun's environment (RANK, WORLD_SIZE,
 LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK: set by hand in the simulation, by torchrun
 for real; ``--dist`` also joins a gloo process group first). It reads one epoch of
 ``stream()`` -- or its first K batches -- and writes OUT_DIR/rank<RANK>.json: the
 layout it saw, the epoch length it was told beforehand, every document id it read
-and the global cursor after its last batch.
+and the global cursor after its last batch; with ``--delay`` it sleeps S seconds after each
+batch (a training step) and reports the seconds it waited for batches (``wait_s``); ``--sync``
+joins a gloo group (MASTER_ADDR/MASTER_PORT from the environment) and all-reduces one number
+after each batch, as DDP's gradient all-reduce keeps ranks in step.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,26 +42,54 @@ def main() -> None:
     p.add_argument("--shuffle", action="store_true")
     p.add_argument("--pad", action="store_true", help="drop_last=False: even out by repeating")
     p.add_argument("--dist", action="store_true")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--cache-limit", default=None)
+    p.add_argument("--delay", type=float, default=0.0, help="seconds of 'training' after each batch")
+    p.add_argument("--fetch-ahead", type=int, default=2)
+    p.add_argument("--queue-size", type=int, default=8)
+    p.add_argument("--sync", action="store_true", help="all-reduce after every batch (ranks in step, as DDP)")
     args = p.parse_args()
     dist = None
-    if args.dist:
+    if args.dist or args.sync:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
     try:
         kw = dict(data_dir=args.data_dir, base_url=args.base_url, num_shards=args.num_shards,
-                  max_shard=args.max_shard, shuffle=args.shuffle, seed=11, epochs=1, drop_last=not args.pad,
-                  start=Cursor.from_list(json.loads(args.start)) if args.start else None)
+                  max_shard=args.max_shard, shuffle=args.shuffle, seed=11, epochs=args.epochs,
+                  drop_last=not args.pad, start=Cursor.from_list(json.loads(args.start)) if args.start else None,
+                  fetch_ahead=args.fetch_ahead, queue_size=args.queue_size)
+        if args.cache_limit is not None:
+            kw["cache_limit"] = int(args.cache_limit) if args.cache_limit.isdigit() else args.cache_limit
         s = stream("train", **kw)  # rank, world_size, local_world_size: from the environment
         plan = s.plan
         length = s.epoch_length()
+        step = None
+        if args.sync:
+            import torch
+
+            step = torch.zeros(1)
         batches = []
         last = None
-        for b in iter_batches("train", **kw):
-            batches.append([b.shard, b.row_group, [list(doc_id(t)) for t in b.texts]])
+        wait = 0.0
+        t0 = time.perf_counter()
+        it = iter_batches("train", **kw)
+        while True:
+            w0 = time.perf_counter()
+            b = next(it, None)
+            wait += time.perf_counter() - w0
+            if b is None:
+                break
+            batches.append([b.shard, b.row_group, [list(doc_id(t)) for t in b.texts], b.epoch])
             last = b.position
             if args.take is not None and len(batches) == args.take:
                 break
+            if args.delay:
+                time.sleep(args.delay)
+            if args.sync:
+                dist.all_reduce(step)
+        wall = time.perf_counter() - t0
+        it.close()
         cursor = s.cursor(last) if last is not None else s.cursor()
         if dist is not None:
             assert (dist.get_rank(), dist.get_world_size()) == (plan.rank, plan.world_size)
@@ -65,7 +98,7 @@ def main() -> None:
         (args.out / f"rank{plan.rank}.json").write_text(json.dumps({
             "rank": plan.rank, "world_size": plan.world_size, "local_world_size": plan.local_world_size,
             "data_dir": str(plan.data_dir), "epoch_length": length, "batches": batches,
-            "cursor": cursor.to_list()}))
+            "cursor": cursor.to_list(), "wait_s": wait, "wall_s": wall}))
     finally:
         if dist is not None:
             dist.destroy_process_group()

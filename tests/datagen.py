@@ -64,3 +64,21 @@ def make_big_shard(path: Path, shard: int, megabytes: float) -> Path:
     texts = [f"doc:{shard}:0:{r} " + os.urandom(512).hex() for r in range(rows)]
     pq.write_table(pa.table({"text": texts}), path, row_group_size=max(1, rows // 4), compression="none")
     return path
+
+
+def make_dense_shards(folder: Path, n: int, *, row_groups: int = 8, rows: int = 256, filler: int = 200) -> list[Path]:
+    """Shards 0..n-1 of documents ``"doc:<shard>:<row_group>:<row> " + hex`` (``filler`` random bytes as hex,
+    seeded: the same files every time) that compress little, so a shard's size is about
+    ``row_groups * rows * filler`` bytes; no record (a bare remote)."""
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        rng = random.Random(f"dense:{i}")
+        texts = [f"doc:{i}:{g}:{r} " + rng.randbytes(filler).hex() for g in range(row_groups) for r in range(rows)]
+        path = folder / shard_name(i)
+        pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), path, row_group_size=rows,
+                       compression="zstd")
+        paths.append(path)
+    return paths

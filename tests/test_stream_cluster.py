@@ -68,7 +68,7 @@ async def run_cluster(tmp: Path, url: str, nodes: int, tag: str, *, take: int | 
 
 
 def docs(reports: list[dict]) -> Counter:
-    return Counter(tuple(d) for rep in reports for _, _, ds in rep["batches"] for d in ds)
+    return Counter(tuple(d) for rep in reports for b in rep["batches"] for d in b[2])
 
 
 def every_doc() -> set[tuple[int, int, int]]:

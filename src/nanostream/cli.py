@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-keepalive-requests", type=int, default=100,
                    help="requests per connection before the server closes it")
 
+    c = sub.add_parser("cache", help="what data folders hold on disk; evict down to a size (--prune-to)",
+                       formatter_class=_fmt())
+    c.add_argument("dir", type=Path, help="a data folder, or a folder of them (e.g. $NANOSTREAM_BASE_DIR/data)")
+    c.add_argument("--prune-to", default=None, metavar="SIZE",
+                   help="evict files that can be fetched again (never one in use) until each folder takes at "
+                   "most SIZE: bytes, 40GB, 500MiB or 75%% of its filesystem (default: evict nothing)")
+
     sm = sub.add_parser("sample", help="write the embedded offline sample corpus", formatter_class=_fmt())
     sm.add_argument("dir", type=Path, help="folder to write shards into")
     sm.add_argument("--shards", type=int, default=4, help="number of shards, the last one is validation")
@@ -104,6 +111,10 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         limits = Limits(max_connections=args.max_connections, timeout=args.timeout,
                         max_keepalive_requests=args.max_keepalive_requests)
         return run_server(args.dir, host=args.host, port=args.port, limits=limits)
+    if args.command == "cache":
+        from .streaming.cachecmd import run_cache
+
+        return run_cache(args.dir, args.prune_to, cfg.cache_policy)
     if args.command == "sample":
         from .text.sample import write_sample
 

@@ -3,15 +3,19 @@
 Environment variables are read here and nowhere else (``Config.from_env``); the
 resulting object is passed explicitly to whatever needs it.
 
-| env var               | default                 | meaning                                        |
-|-----------------------|-------------------------|------------------------------------------------|
-| NANOSTREAM_BASE_DIR   | ~/.cache/nanostream     | root of data folders and tokenizers            |
-| HF_TOKEN              | unset                   | bearer token sent to the Hub, never printed    |
-| HF_ENDPOINT           | https://huggingface.co  | replaces the Hub's address                     |
-| NANOSTREAM_LOOP       | asyncio                 | event loop for fetch: ``asyncio`` or ``uvloop``|
-| NANOSTREAM_TOKEN_HOSTS| unset                   | extra hosts (comma list) that may get HF_TOKEN |
-| AWS_ENDPOINT_URL_S3   | unset (AWS)             | an S3-compatible store for s3:// (R2, MinIO)   |
-| AWS_ENDPOINT_URL      | unset (AWS)             | the same, when AWS_ENDPOINT_URL_S3 is unset    |
+| env var                 | default                 | meaning                                        |
+|-------------------------|-------------------------|------------------------------------------------|
+| NANOSTREAM_BASE_DIR     | ~/.cache/nanostream     | root of data folders and tokenizers            |
+| HF_TOKEN                | unset                   | bearer token sent to the Hub, never printed    |
+| HF_ENDPOINT             | https://huggingface.co  | replaces the Hub's address                     |
+| NANOSTREAM_LOOP         | asyncio                 | event loop for fetch: ``asyncio`` or ``uvloop``|
+| NANOSTREAM_TOKEN_HOSTS  | unset                   | extra hosts (comma list) that may get HF_TOKEN |
+| AWS_ENDPOINT_URL_S3     | unset (AWS)             | an S3-compatible store for s3:// (R2, MinIO)   |
+| AWS_ENDPOINT_URL        | unset (AWS)             | the same, when AWS_ENDPOINT_URL_S3 is unset    |
+| NANOSTREAM_CACHE_LIMIT  | unset (unbounded)       | default ``cache_limit``: bytes, ``40GB``,      |
+|                         |                         | ``500MiB`` or ``75%`` of the folder's disk     |
+| NANOSTREAM_CACHE_POLICY | belady                  | eviction order under a limit: ``belady``, or   |
+|                         |                         | ``lru`` (for the ablation bench only)          |
 
 HF_TOKEN goes only to the Hub's host (HF_ENDPOINT's) and the hosts listed in
 NANOSTREAM_TOKEN_HOSTS, and only over https unless the host is loopback.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,56 @@ from .errors import ConfigError
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_TOKEN_HOSTS = frozenset({"huggingface.co"})
 LOOPS = ("asyncio", "uvloop")
+CACHE_POLICIES = ("belady", "lru")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 10**3, "m": 10**6,
+          "g": 10**9, "t": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$")
+
+
+@dataclass(frozen=True)
+class CacheLimit:
+    """A data folder's disk budget: ``nbytes`` exactly, or ``fraction`` of its filesystem's size."""
+
+    nbytes: int | None = None
+    fraction: float | None = None
+
+    def resolve(self, filesystem_bytes: int) -> int:
+        """The budget in bytes for a folder on a filesystem of ``filesystem_bytes``."""
+        if self.nbytes is not None:
+            return self.nbytes
+        assert self.fraction is not None
+        return int(self.fraction * filesystem_bytes)
+
+    def __str__(self) -> str:
+        return f"{self.fraction * 100:g}%" if self.fraction is not None else f"{self.nbytes} bytes"
+
+
+def parse_cache_limit(value: object, what: str = "cache_limit") -> CacheLimit | None:
+    """``cache_limit`` as given: None (unbounded), bytes (an int), or a string: ``"40GB"``, ``"500MiB"``
+    (units B, KB/MB/GB/TB = 1000^n, KiB/MiB/GiB/TiB = 1024^n) or ``"75%"`` of the data folder's
+    filesystem. ConfigError naming ``what`` for anything else."""
+    if value is None or isinstance(value, CacheLimit):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{what} must be bytes (an int) or a string like '40GB', '500MiB' or '75%', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{what} must be >= 0 bytes, got {value}")
+        return CacheLimit(nbytes=value)
+    text = value.strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            pct = -1.0
+        if not 0 < pct <= 100:
+            raise ConfigError(f"{what}={value!r}: a percentage must be in (0, 100]%, e.g. '75%'")
+        return CacheLimit(fraction=pct / 100)
+    m = _SIZE_RE.match(text.lower())
+    if m is None or m.group(2) not in _UNITS:
+        raise ConfigError(f"{what}={value!r} is not a size: use bytes, '40GB', '500MiB' (B, KB, MB, GB, TB, "
+                          "KiB, MiB, GiB, TiB) or a percentage of the data folder's filesystem, '75%'")
+    return CacheLimit(nbytes=int(float(m.group(1)) * _UNITS[m.group(2)]))
 
 
 @dataclass(frozen=True)
@@ -108,6 +163,8 @@ class Config:
     loop: str = "asyncio"
     token_hosts: frozenset[str] = DEFAULT_TOKEN_HOSTS  # where HF_TOKEN may be sent
     s3_endpoint: str | None = None
+    cache_limit: CacheLimit | None = None  # the default ``cache_limit`` of stream()/TokenDataset
+    cache_policy: str = "belady"  # eviction order under a limit (``lru``: for the ablation bench)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -121,6 +178,9 @@ class Config:
         s3 = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         if s3 and not s3.startswith(("http://", "https://")):
             raise ConfigError(f"AWS_ENDPOINT_URL(_S3)={s3!r} is not an http:// or https:// URL")
+        policy = env.get("NANOSTREAM_CACHE_POLICY") or "belady"
+        if policy not in CACHE_POLICIES:
+            raise ConfigError(f"NANOSTREAM_CACHE_POLICY={policy!r}: choose belady or lru")
         return cls(
             base_dir=Path(base).expanduser(),
             hf_endpoint=endpoint,
@@ -128,6 +188,8 @@ class Config:
             loop=loop,
             token_hosts=frozenset({host_of(endpoint), *extra}),
             s3_endpoint=check_url(s3) if s3 else None,
+            cache_limit=parse_cache_limit(env.get("NANOSTREAM_CACHE_LIMIT") or None, "NANOSTREAM_CACHE_LIMIT"),
+            cache_policy=policy,
         )
 
     def data_dir(self, dataset: str = DEFAULT_DATASET) -> Path:

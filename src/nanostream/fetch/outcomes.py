@@ -124,7 +124,9 @@ def translate(job: Job, exc: BaseException) -> FetchError:
     if isinstance(exc, NoSpace):
         err: FetchError = DiskFullError(
             f"{job.name}: not enough free space in {job.final.parent} for {exc.needed / 1e6:.1f} MB "
-            f"({exc}); free some space or choose another --data-dir", shard=job.name, url=job.url)
+            f"({exc}); free some space, choose another --data-dir, or stream with a cache_limit= "
+            "(NANOSTREAM_CACHE_LIMIT) below the free space, so that files are evicted to make room",
+            shard=job.name, url=job.url)
     elif isinstance(exc, Fatal) and exc.status is not None:
         err = HTTPStatusError(f"{job.name}: {exc} from {job.url}", status=exc.status, shard=job.name, url=job.url)
         discard(job.final)

@@ -61,5 +61,5 @@ async def check_space(folder: Path, files: list[DataFile], head: Callable[[DataF
         how = "" if len(sizes) == len(missing) else f" (estimated from {len(sizes)} sizes)"
         raise DiskFullError(
             f"not enough free space in {folder}: the {len(missing)} shards to fetch need "
-            f"{need / 1e6:.1f} MB{how}, {free / 1e6:.1f} MB free; free some space, fetch fewer files (-n) "
-            "or choose another --data-dir")
+            f"{need / 1e6:.1f} MB{how}, {free / 1e6:.1f} MB free; free some space, fetch fewer files (-n), "
+            "choose another --data-dir, or stream them instead with a cache_limit= below the free space")

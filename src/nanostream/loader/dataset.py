@@ -70,7 +70,8 @@ class TokenDataset(IterableDataset):
     per source in a mix), about ``prefetch`` row groups (``prefetch`` x 1024 documents, in
     pieces of 128) are tokenized ahead and ``ahead`` finished batches are assembled ahead (on
     background threads; ``next()`` only hands one over). Other keyword arguments (``shuffle``,
-    ``seed``, ``queue_size``, ``fetch_ahead``, ...) go to ``iter_batches``, for every source.
+    ``seed``, ``queue_size``, ``fetch_ahead``, ``cache_limit``, ...) go to ``iter_batches``, for every
+    source (``cache_limit`` is not part of the resume state: a run may resume under another budget).
     ``rows_per_row_group`` fixes the count's estimate (see ``rows_per_row_group()``; a list, one
     per source, for a mix) instead of reading it from the data.
     """

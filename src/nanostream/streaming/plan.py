@@ -8,15 +8,17 @@ with its ``Position``, the point a resume continues after.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from ..config import parse_cache_limit
 from ..errors import ConfigError
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile
+from .minimum import Needs, needs
 from .order import Cursor, EpochPlan, first_piece_shard, shard_order
 from .ranks import check_layout
 from .reader import to_texts
@@ -92,6 +94,7 @@ class Options:
     fetch_ahead: int = 2
     fetch_workers: int = 4
     retry: Any = None
+    cache_limit: Any = None  # a config.CacheLimit once checked (None: unbounded)
 
     def check(self) -> Options:
         if self.split not in ("train", "val"):
@@ -102,7 +105,7 @@ class Options:
             raise ConfigError(f"need queue_size >= 1, fetch_ahead >= 0, fetch_workers >= 1 "
                               f"(got {self.queue_size}, {self.fetch_ahead}, {self.fetch_workers})")
         check_layout(self.rank, self.world_size, self.local_world_size)
-        return self
+        return replace(self, cache_limit=parse_cache_limit(self.cache_limit))
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class Plan:
     retry: Any = None
     local_world_size: int = 0  # readers per node as dealt (0: world_size, one node)
     drop_last: bool = True
+    cache_limit: int | None = None  # the data folder's disk budget in bytes (None: unbounded)
+    cache_policy: str = "belady"
 
     @property
     def files(self) -> tuple[DataFile, ...]:
@@ -154,6 +159,36 @@ class Plan:
         order = shard_order(self.shards, 0, self.shuffle, self.seed)
         return first_piece_shard(order, [self.files[s].size for s in order], self.rank // local,
                                  self.world_size // local)
+
+    def readers_per_node(self) -> int:
+        return self.local_world_size or self.world_size
+
+    def split_sizes(self) -> list[int | None]:
+        """Bytes of each file of the split: the catalog's, else the local file's, else None (unknown)."""
+        out: list[int | None] = []
+        for s in self.shards:
+            f = self.files[s]
+            if f.size is None:
+                try:
+                    out.append((self.data_dir / f.path).stat().st_size)
+                except FileNotFoundError:
+                    out.append(None)
+            else:
+                out.append(f.size)
+        return out
+
+    def cache_needs(self, sizes: list[int | None] | None = None) -> Needs:
+        """The smallest ``cache_limit`` that works for this stream (``budget.Needs``). Blocking."""
+        return needs(self.data_dir, self.catalog, [self.files[s] for s in self.shards],
+                     self.split_sizes() if sizes is None else sizes, self.readers_per_node(), self.fetch_ahead)
+
+    def check_cache(self, sizes: list[int | None] | None = None) -> None:
+        """ConfigError, with the sizes and the smallest limit that works, if ``cache_limit`` is below it."""
+        if self.cache_limit is None:
+            return
+        n = self.cache_needs(sizes)
+        if self.cache_limit < n.minimum:
+            raise ConfigError(n.message(self.cache_limit, self.data_dir, self.readers_per_node(), self.fetch_ahead))
 
     def start_base(self) -> Cursor | None:
         """The cursor the first epoch's dealing starts from."""

@@ -27,6 +27,9 @@ import pyarrow as pa
 
 from ..errors import ConfigError, CorruptShardError
 from ..sources.census import row_group_counts
+from .budget import FolderBudget
+from .holders import ReadHold
+from .horizon import Horizon
 from .order import Cursor
 from .plan import Chunk, Plan, Position
 from .reader import ShardReader, close_opened
@@ -65,8 +68,12 @@ class Producer:
         try:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")
             p = self.plan
+            # a folder with nothing to fetch has nothing to evict either: its size was checked up front
+            bounded = p.cache_limit is not None and p.access() is not None
+            budget = FolderBudget(p.data_dir, p.cache_limit, p.cache_policy) if bounded else None
             async with ShardSource(p.data_dir, p.catalog, access=p.access(), text_column=p.text_column,
-                                   workers=p.fetch_workers, ahead=p.fetch_ahead, retry=p.retry) as source:
+                                   workers=p.fetch_workers, ahead=p.fetch_ahead, retry=p.retry,
+                                   budget=budget) as source:
                 self.source = source
                 await self._produce(source)
         except Exception as exc:  # noqa: BLE001  (delivered to the consumer, raised there)
@@ -81,15 +88,21 @@ class Producer:
 
     async def _produce(self, source: ShardSource) -> None:
         p = self.plan
+        if p.cache_limit is not None:  # before any download: a budget too small fails at once
+            sizes = p.split_sizes()
+            if None in sizes:
+                sizes = await source.learn_sizes(p.shards, sizes)
+            await asyncio.to_thread(p.check_cache, sizes)
         if self.counts is None:
             first = p.first_shard()
             if first is not None:  # known without the counts: download it while the footers are read
                 source.want([first])
             self.counts = await row_group_counts(p.data_dir, p.shards, p.files, source.access, retry=p.retry)
         start = p.start
+        horizon = Horizon(p, self.counts) if source.budget is not None else None
         for epoch in self._epochs():
             base = p.start_base() if start is not None else None
-            ep = p.epoch_plan(self.counts, epoch, base)
+            ep = horizon.epoch_plan(epoch, base) if horizon is not None else p.epoch_plan(self.counts, epoch, base)
             seq = ep.sequence(p.rank)
             taken = _resume_index(seq, start, p.data_dir) if isinstance(start, Position) else 0
             runs = _runs(seq, taken)
@@ -100,38 +113,49 @@ class Producer:
                         break
                     if r[0] != shard:
                         upcoming[r[0]] = None
+                if horizon is not None:  # the node's future order, for every stream's evictions
+                    await source.publish(await asyncio.to_thread(horizon.future, epoch, ep, first))
                 await self._emit_shard(source, epoch, shard, groups, first, list(upcoming), ep.base)
             start = None
 
     async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
                           upcoming: list[int], base: Cursor | None) -> None:
-        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them."""
+        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them. The file is
+        held from before it is opened until after it is closed (both on the reader thread)."""
         done = 0  # of ``groups``, handed over so far
         refetched = False
-        path = await source.get(shard, upcoming)
-        while True:
-            seen = None
-            try:
-                handle = await self._open(path)
-                seen = handle.seen
+        hold: ReadHold | None = await source.get(shard, upcoming)
+        try:
+            while True:
+                assert hold is not None
+                path = hold.path
+                seen = None
                 try:
-                    self._check_count(handle, shard)
-                    self._left = len(groups) - done
+                    handle = await self._open(path)
+                    seen = handle.seen
                     try:
-                        await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base)
+                        self._check_count(handle, shard)
+                        self._left = len(groups) - done
+                        try:
+                            await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base)
+                        finally:
+                            done = len(groups) - self._left  # handed over so far, for a retry after a re-fetch
+                        return
                     finally:
-                        done = len(groups) - self._left  # handed over so far, for a retry after a re-fetch
-                    return
-                finally:
-                    # queued on the reader thread after any read of this file; not awaited (the
-                    # thread is drained before the producer ends)
-                    self._submit(handle.close).add_done_callback(_retrieve)
-            except CorruptShardError as exc:
-                if refetched or not source.remote_known(shard):
-                    raise
-                refetched = True
-                log.warning("%s; fetching it again", exc)
-                path = await source.replace(shard, seen or file_id(path))
+                        # queued on the reader thread after any read of this file; not awaited (the
+                        # thread is drained before the producer ends)
+                        self._submit(handle.close).add_done_callback(_retrieve)
+                except CorruptShardError as exc:
+                    if refetched or not source.remote_known(shard):
+                        raise
+                    refetched = True
+                    log.warning("%s; fetching it again", exc)
+                    old, hold = hold, None
+                    await self._submit(old.release)  # after the close: the reader thread runs them in order
+                    hold = await source.replace(shard, seen or file_id(path))
+        finally:
+            if hold is not None:  # released once the reader thread has closed the file
+                self._submit(hold.release).add_done_callback(_retrieve)
 
     def _check_count(self, handle: ShardReader, shard: int) -> None:
         assert self.counts is not None

@@ -16,24 +16,40 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError
 from ..sources.census import row_group_counts, row_group_counts_blocking
-from ..sources.resolve import split_indices
+from ..sources.resolve import run_blocking, split_indices
 from ..sources.spec import Source
 from .order import Cursor, EpochPlan, shard_order
 from .plan import Batch, Chunk, Options, Plan, Position
 from .producer import Producer, _End, _resume_index
+from .supply import ShardSource
+from .usage import filesystem_bytes
 
 
 def source_plan(src: Source, opts: Options, cfg: Config, start: Position | Cursor | None) -> Plan:
-    """The plan of one source: its folder and catalog (pinned), its split's files, the layout."""
+    """The plan of one source: its folder and catalog (pinned), its split's files, the layout, its disk
+    budget (checked now when every size is known, else once the producer learned them)."""
     folder, cat = src.resolve(cfg, opts.split)
+    limit = None
+    if opts.cache_limit is not None:
+        limit = opts.cache_limit.resolve(filesystem_bytes(folder))
+        if src.num_shards is None and opts.split == "train" and any(f.url for f in cat.files):
+            raise ConfigError(f"cache_limit makes {folder} a cache whose files come and go, so its train split "
+                              f"cannot be the files present: pass num_shards=N (its record lists "
+                              f"{len(cat.split('train'))} train files)")
     shards = split_indices(cat, folder, opts.split, src.num_shards)
     if start is not None:
         _check_start(start, shards, opts.epochs)
-    return Plan(data_dir=folder, split=opts.split, shards=shards, catalog=cat, text_column=cat.text_column,
+    plan = Plan(data_dir=folder, split=opts.split, shards=shards, catalog=cat, text_column=cat.text_column,
                 token=cfg.hf_token, token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, rank=opts.rank,
                 world_size=opts.world_size, epochs=opts.epochs, shuffle=opts.shuffle, seed=opts.seed, start=start,
                 queue_size=opts.queue_size, fetch_ahead=opts.fetch_ahead, fetch_workers=opts.fetch_workers,
-                retry=opts.retry, local_world_size=opts.local_world_size, drop_last=opts.drop_last)
+                retry=opts.retry, local_world_size=opts.local_world_size, drop_last=opts.drop_last,
+                cache_limit=limit, cache_policy=cfg.cache_policy)
+    if limit is not None:
+        sizes = plan.split_sizes()
+        if None not in sizes:
+            plan.check_cache(sizes)
+    return plan
 
 
 def _check_start(start: Position | Cursor, shards: tuple[int, ...], epochs: int | None) -> None:
@@ -46,6 +62,11 @@ def _check_start(start: Position | Cursor, shards: tuple[int, ...], epochs: int 
         raise ConfigError(f"start must be a Position (batch.position) or a Cursor (Stream.cursor), got {start!r}")
     if start.epoch < 0 or (epochs is not None and start.epoch >= epochs):
         raise ConfigError(f"resume position {start}: epoch {start.epoch} is outside 0..{epochs}")
+
+
+async def _learn_sizes(p: Plan, sizes: list[int | None]) -> list[int | None]:
+    async with ShardSource(p.data_dir, p.catalog, access=p.access(), workers=p.fetch_workers, retry=p.retry) as src:
+        return await src.learn_sizes(p.shards, sizes)
 
 
 async def _consume(producer: Producer) -> AsyncIterator[Chunk]:
@@ -108,10 +129,23 @@ class Stream:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: batches produced, the largest queue seen, shards downloaded by this stream."""
+        """Counters: batches produced, the largest queue seen, shards downloaded by this stream, files it
+        evicted under ``cache_limit``."""
         src = self._producer.source
+        budget = src.budget if src else None
         return {"produced": self._producer.produced, "max_queued": self._producer.max_queued,
-                "queue_size": self.plan.queue_size, "fetched": src.fetched if src else 0}
+                "queue_size": self.plan.queue_size, "fetched": src.fetched if src else 0,
+                "evicted": budget.evicted if budget else 0}
+
+    def cache_minimum(self) -> int:
+        """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now: what a
+        smaller one fails with. Sizes the catalog does not list are taken from local files, else asked
+        (HEAD, up to 16; the rest estimated from the largest), as the stream itself does."""
+        p = self.plan
+        sizes = p.split_sizes()
+        if None in sizes and p.access() is not None:
+            sizes = run_blocking(_learn_sizes(p, sizes))
+        return p.cache_needs(sizes).minimum
 
     def order(self, epoch: int) -> list[int]:
         """The shard order of ``epoch`` (every rank uses the same)."""

@@ -62,6 +62,7 @@ def stream(
     fetch_ahead: int = 2,
     fetch_workers: int = 4,
     retry: Any = None,
+    cache_limit: int | str | None = None,
     config: Config | None = None,
 ) -> Stream | MixStream:
     """Batches (the documents of one row group each) of ``split`` ("train" or "val").
@@ -75,15 +76,21 @@ def stream(
     ``base_url``/``max_shard`` keep the numbered-shard form. The other arguments apply
     to every source of a mix. Nothing starts until the first ``async for`` step;
     arguments, folders and splits are checked now.
+
+    ``cache_limit`` bounds the data folder's bytes on disk (bytes, ``"40GB"``, ``"500MiB"`` or
+    ``"75%"`` of its filesystem; default ``NANOSTREAM_CACHE_LIMIT``, else unbounded): files the
+    folder's record can fetch again are evicted by the run's known future order, shared with
+    every process on the folder (``budget.py``). In a mix each source's folder has this budget.
+    A limit below what the work needs is a ConfigError giving the smallest that works.
     """
     sources = entrance(mix, source=source, dataset=dataset, data_dir=data_dir, num_shards=num_shards,
                        include=include, val=val, text_column=text_column, base_url=base_url, max_shard=max_shard,
                        catalog=catalog)
     rank, world_size, local_world_size = default_layout(rank, world_size, local_world_size)
+    cfg = config or Config.from_env()
     opts = Options(split, rank, world_size, local_world_size, drop_last=drop_last, epochs=epochs, shuffle=shuffle,
                    seed=seed, queue_size=queue_size, fetch_ahead=fetch_ahead, fetch_workers=fetch_workers,
-                   retry=retry).check()
-    cfg = config or Config.from_env()
+                   retry=retry, cache_limit=cfg.cache_limit if cache_limit is None else cache_limit).check()
     if len(sources) == 1:
         if isinstance(start, MixStart):
             raise ConfigError("start= is a mix's position (MixStart) but no mix= was given")

@@ -1,0 +1,238 @@
+"""Who uses a data folder under a ``cache_limit``: its cache lock, the streams' holder files, readers' holds.
+
+* ``cache_lock``: an flock on ``.nanostream.cache.lock``, held while the budget is read, decided
+  and written (holders are written and read only under it).
+* holders: every stream under a limit keeps ``.nanostream.cache.<pid>-<n>.holder``, with an
+  exclusive flock held for the stream's life and, as JSON, its limit, its reservations
+  (downloads admitted and not yet held by a reader), what it waits for, its ``future`` (file ->
+  row groups until a reader of the node needs it) and ``after`` (the files read now -> when
+  they are needed again: ``horizon.py``). A holder whose
+  flock can be taken belongs to a dead process (kill -9): ``live_holders`` removes it, and
+  with it everything it reserved.
+* ``ReadHold``: a reader's shared flock on the data file it reads. ``evict`` takes an exclusive
+  one without waiting (and the file's download lock), so it skips held files; a flock dies
+  with its process, so a killed reader holds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..fetch.outcomes import try_lock
+from ..fetch.partial import discard, part_path, state_path
+from ..shards import BOOKKEEPING_PREFIX
+from .usage import BLOCK, HOLDER_PREFIX, HOLDER_ROOM, HOLDER_SUFFIX, allocated
+
+CACHE_LOCK = f"{BOOKKEEPING_PREFIX}.cache.lock"
+_count = itertools.count()
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path) -> Iterator[None]:
+    """The folder's cache lock (an flock), held while the budget is read, decided and written. Blocking."""
+    try:
+        fd = os.open(folder / CACHE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {folder / CACHE_LOCK} ({exc.strerror or exc}): a cache_limit needs "
+                          "a writable data folder") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise ConfigError(f"{folder} does not support file locks ({exc.strerror or exc}): a cache_limit "
+                              "needs flock to share the folder between processes") from exc
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@dataclass
+class HolderInfo:
+    """What a live stream's holder says."""
+
+    name: str
+    limit: int | None = None
+    reserved: dict[str, int] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)
+    future: dict[str, int] = field(default_factory=dict)
+    pid: int = 0
+    after: dict[str, int] = field(default_factory=dict)  # files read now -> needed again in (-1: never)
+
+
+def live_holders(folder: Path, skip: str | None = None) -> list[HolderInfo]:
+    """The holders of live streams (under the cache lock); those of dead processes are removed."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        if name == skip or not (name.startswith(HOLDER_PREFIX) and name.endswith(HOLDER_SUFFIX)):
+            continue
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its stream is alive
+                raw = os.pread(fd, HOLDER_ROOM, 0)
+                out.append(_holder_info(name, raw))
+                continue
+            path.unlink(missing_ok=True)  # nobody holds it: its process died (kill -9) and left it
+        finally:
+            os.close(fd)
+    return out
+
+
+def _holder_info(name: str, raw: bytes) -> HolderInfo:
+    try:
+        d: Any = json.loads(raw or b"{}")
+        return HolderInfo(name, d.get("limit"), {k: int(v) for k, v in d.get("reserved", {}).items()},
+                          {k: int(v) for k, v in d.get("waiting", {}).items()},
+                          {k: int(v) for k, v in d.get("future", {}).items()}, int(d.get("pid", 0)),
+                          {k: int(v) for k, v in d.get("after", {}).items()})
+    except (ValueError, TypeError, AttributeError):
+        return HolderInfo(name)  # being written for the first time: it reserves nothing yet
+
+
+class Holder:
+    """This stream's own holder file (create and write it under the cache lock)."""
+
+    def __init__(self, folder: Path, limit: int, policy: str) -> None:
+        self.name = f"{HOLDER_PREFIX}{os.getpid()}-{next(_count)}-{time.monotonic_ns() % 10**9}{HOLDER_SUFFIX}"
+        self.path = folder / self.name
+        self.info = HolderInfo(self.name, limit, pid=os.getpid())
+        self.policy = policy
+        self._written = b""
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(self.fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        self.write()
+
+    def write(self) -> None:
+        i = self.info
+        future = sorted(i.future.items(), key=lambda kv: kv[1])
+        while True:
+            data = json.dumps({"pid": i.pid, "limit": i.limit, "policy": self.policy, "reserved": i.reserved,
+                               "waiting": i.waiting, "after": i.after, "future": dict(future)},
+                              separators=(",", ":")).encode()
+            if len(data) <= HOLDER_ROOM - BLOCK or not future:
+                break
+            future = future[: len(future) // 2]  # the nearest files matter most
+        if data != self._written:
+            os.pwrite(self.fd, data, 0)
+            os.ftruncate(self.fd, len(data))
+            self._written = data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ReadHold:
+    """A shared flock on the data file a reader reads: no process evicts it until ``release``."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def take(cls, path: Path, touch: bool = False) -> ReadHold | None:
+        """Hold ``path``; None if it is absent or being evicted right now (fetch it, or try again). ``touch``
+        sets its access time to now (the last read: LRU order, and ties). Blocking."""
+        for _ in range(100):  # an exclusive flock lasts microseconds (an eviction, or a look at the folder)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                st = os.fstat(fd)
+                now = os.stat(path)
+                if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                    raise FileNotFoundError(path)
+            except BlockingIOError:
+                os.close(fd)
+                time.sleep(0.002)
+                continue
+            except FileNotFoundError:  # evicted under our feet
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            if touch:
+                with contextlib.suppress(OSError):  # mtime kept: ``supply.file_id`` stays the same
+                    os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
+            return cls(path, fd)
+        return None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def in_use(path: Path) -> bool:
+    """Does a reader hold ``path``? (An exclusive flock tried and dropped at once.) Blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def evict(folder: Path, rel: str, *, part: bool = False) -> int:
+    """Delete data file ``rel`` (or, with ``part``, its part and state files) unless a reader holds it or a
+    download has it; the bytes freed (0: skipped). Call under the cache lock. Blocking."""
+    path = folder / rel
+    download = try_lock(path)
+    if download is None:
+        return 0  # being downloaded (or verified) right now
+    try:
+        if part:
+            freed = 0
+            for p in (part_path(path), state_path(path)):
+                with contextlib.suppress(FileNotFoundError):
+                    freed += allocated(os.lstat(p))
+            discard(path)
+            return freed
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # a reader holds it
+            st = os.fstat(fd)
+            now = os.stat(path)
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                return 0
+            path.unlink()
+            return allocated(st)
+        finally:
+            os.close(fd)
+    finally:
+        download.release()

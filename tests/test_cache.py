@@ -1,0 +1,374 @@
+"""cache_limit: a data folder's disk budget, shared by every process on it, against real loopback servers.
+
+Ranks run as subprocesses (tests/cluster_worker.py, torchrun's environment set by hand, ``--sync``: a
+gloo all-reduce after every batch, as DDP keeps ranks in step) while this process samples the
+folder's bytes on disk every 10 ms. Readers are killed with SIGKILL mid-read; eviction runs through
+``nanostream cache --prune-to`` in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from nanostream.config import CacheLimit, Config, parse_cache_limit
+from nanostream.errors import ConfigError
+from nanostream.shards import shard_name
+from nanostream.sources.record import FolderRecord, write_record
+from nanostream.streaming.budget import victims
+from nanostream.streaming.holders import HolderInfo
+from nanostream.streaming.streams import stream
+from nanostream.streaming.usage import FolderScan, filesystem_bytes, folder_bytes
+
+from datagen import doc_id, make_dense_shards, make_shards
+from servers import FaultServer
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).with_name("cluster_worker.py")
+SHARDS, GROUPS, ROWS = 16, 8, 128  # dense shards of ~670 kB: 16 train (shard 16 is validation)
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cache") / "remote"
+    make_dense_shards(folder, SHARDS + 1, row_groups=GROUPS, rows=ROWS, filler=600)
+    return folder
+
+
+def data_bytes(remote: Path) -> int:
+    return sum((remote / shard_name(s)).stat().st_size for s in range(SHARDS))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sampler:
+    """The bytes of each folder on disk, sampled every 10 ms on a thread while ranks run."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        self.folders, self.peak, self.samples = folders, dict.fromkeys(folders, 0), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for f in self.folders:
+                if f.exists():
+                    self.peak[f] = max(self.peak[f], folder_bytes(f))
+            self.samples += 1
+            time.sleep(0.01)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def run_ranks(tmp: Path, url: str, tag: str, *, nodes: int = 1, per_node: int = 2,
+                    args: tuple[str, ...] = ()) -> list[dict]:
+    """Every rank of ``nodes`` x ``per_node`` as a process in step with the others (``--sync``); node n
+    reads into tmp/<tag>-n. Returns each rank's report."""
+    out, world, port = tmp / f"{tag}-out", nodes * per_node, free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node),
+               "GROUP_RANK": str(rank // per_node), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        cmd = [sys.executable, str(WORKER), str(out), "--data-dir", str(tmp / f"{tag}-{rank // per_node}"),
+               "--base-url", url, "--num-shards", str(SHARDS), "--max-shard", str(SHARDS), "--shuffle", "--sync",
+               *args]
+        procs.append(await asyncio.create_subprocess_exec(*cmd, stderr=subprocess.PIPE, env=env))
+    errs = [(await p.communicate())[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * world, "\n".join(errs)[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def docs_by_epoch(reports: list[dict]) -> Counter:
+    return Counter((b[3], *d) for rep in reports for b in rep["batches"] for d in b[2])
+
+
+def every_doc(epochs: int) -> Counter:
+    return Counter({(e, s, g, r): 1 for e in range(epochs) for s in range(SHARDS) for g in range(GROUPS)
+                    for r in range(ROWS)})
+
+
+# -- the limit's forms --------------------------------------------------------------------------
+def test_cache_limit_forms_and_env(tmp_path: Path) -> None:
+    assert parse_cache_limit(None) is None
+    assert parse_cache_limit(123) == CacheLimit(nbytes=123)
+    assert parse_cache_limit("40GB") == CacheLimit(nbytes=40 * 10**9)
+    assert parse_cache_limit("500MiB") == CacheLimit(nbytes=500 * 2**20)
+    assert parse_cache_limit("1.5 kb") == CacheLimit(nbytes=1500)
+    assert parse_cache_limit("75%").resolve(filesystem_bytes(tmp_path)) == int(
+        0.75 * os.statvfs(tmp_path).f_blocks * os.statvfs(tmp_path).f_frsize)
+    for bad in ("40 parsecs", "0%", "101%", "-5", "", True, 1.5, -1):
+        with pytest.raises(ConfigError, match="cache_limit"):
+            parse_cache_limit(bad)
+    assert Config.from_env({"NANOSTREAM_CACHE_LIMIT": "2GiB"}).cache_limit == CacheLimit(nbytes=2 * 2**30)
+    assert Config.from_env({}).cache_limit is None  # unbounded by default
+    with pytest.raises(ConfigError, match="NANOSTREAM_CACHE_LIMIT"):
+        Config.from_env({"NANOSTREAM_CACHE_LIMIT": "lots"})
+    make_shards(tmp_path / "d", 3)
+    s = stream("train", data_dir=tmp_path / "d", config=Config.from_env({"NANOSTREAM_CACHE_LIMIT": "1GB"}))
+    assert s.plan.cache_limit == 10**9  # the env var is the default ...
+    assert stream("train", data_dir=tmp_path / "d", cache_limit="2GB").plan.cache_limit == 2 * 10**9  # ... an arg wins
+
+
+def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_path: Path) -> None:
+    view = FolderScan(tmp_path, files=dict.fromkeys("abcde", 10), kinds={**dict.fromkeys("abcd", "data"), "e": "local"},
+                      atime={"a": 1, "b": 2, "c": 3, "d": 4, "e": 0})
+    me = HolderInfo("me", future={"x": 2, "a": 1, "b": 9})
+    other = HolderInfo("other", future={"b": 3, "c": 5})  # a lagging reader needs b sooner than we do
+    # never needed again (d) first, then the one needed latest (c at 5, b at min(9, 3) = 3, a at 1);
+    # e is local-only: never a victim
+    assert victims("belady", view, None, [me, other], {}, "x", now=True) == [("d", False), ("c", False),
+                                                                          ("b", False), ("a", False)]
+    # a prefetch of x (needed at 2) evicts only files needed after it
+    assert victims("belady", view, None, [me, other], {}, "x", now=False) == [("d", False), ("c", False),
+                                                                           ("b", False)]
+    assert victims("belady", view, None, [me, other], {"c": 10}, "x")[:2] == [("d", False), ("b", False)]
+    # a reader is on "h" now, which nobody needs again: a prefetch waits for it rather than evict d, needed at 30
+    # (a demand does not wait)
+    reading = HolderInfo("reading", future={"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, after={"h": -1})
+    held = FolderScan(tmp_path, files={**view.files, "h": 10}, kinds={**view.kinds, "h": "data"}, atime=view.atime)
+    assert victims("belady", held, None, [reading], {}, "x", now=False) == []
+    assert victims("belady", held, None, [reading], {}, "x", now=True)[0] == ("d", False)
+    soon = HolderInfo("reading", future=reading.future, after={"h": 5})  # h is needed again before d: no wait
+    assert victims("belady", held, None, [soon], {}, "x", now=False)[0] == ("d", False)
+    assert [v for v, _ in victims("lru", view, None, [me, other], {}, "x")] == ["a", "b", "c", "d"]
+
+
+# -- too small a budget -------------------------------------------------------------------------
+async def test_a_budget_too_small_fails_at_once_with_the_smallest_that_works(remote: Path, tmp_path: Path) -> None:
+    async with FaultServer(remote) as srv:
+        kw = dict(data_dir=tmp_path / "local", base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS)
+        need = await asyncio.to_thread(stream("train", **kw, world_size=3, rank=0).cache_minimum)
+        big = max((remote / shard_name(s)).stat().st_size for s in range(SHARDS))
+        assert 4 * big < need < 4 * big + 600_000  # 3 readers' files and one more, plus bookkeeping
+        with pytest.raises(ConfigError, match=f"smallest that works is {need} bytes"):
+            async for _ in stream("train", **kw, world_size=3, rank=0, cache_limit=need - 1):
+                pass
+        assert sum(r.method == "GET" for r in srv.requests) == 0  # sizes came from HEAD: nothing downloaded
+    with pytest.raises(ConfigError, match="pass num_shards"):  # a cache's train split is not "the files present"
+        stream("train", data_dir=tmp_path / "local", cache_limit="1GB")
+
+
+async def test_a_local_only_folder_loses_nothing(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    make_shards(local, 4, rows=64)  # recorded without a source
+    before = {p.name: sha(p) for p in local.glob("*.parquet")}
+    size = folder_bytes(local)
+    with pytest.raises(ConfigError, match="never evicted, so nothing was deleted"):
+        stream("train", data_dir=local, cache_limit=size // 2)
+    got = [b async for b in stream("train", data_dir=local, cache_limit=size + 10**6, epochs=2)]
+    assert len(got) == 2 * 3 * 4
+    cli = await asyncio.create_subprocess_exec(sys.executable, "-m", "nanostream.cli", "cache", str(local),
+                                               "--prune-to", "0", stdout=subprocess.PIPE,
+                                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    out = (await cli.communicate())[0].decode()
+    assert cli.returncode == 1 and "cannot get below" in out and "local-only (no source in the record) 4" in out
+    assert {p.name: sha(p) for p in local.glob("*.parquet")} == before
+
+
+# -- the budget at every moment, several processes ----------------------------------------------
+async def test_two_ranks_share_a_quarter_of_the_data_for_two_epochs(remote: Path, tmp_path: Path) -> None:
+    data = data_bytes(remote)
+    limit = data // 4
+    local = tmp_path / "q-0"
+    local.mkdir()
+    (local / "notes.txt").write_bytes(os.urandom(50_000))  # not in the record: never evicted
+    async with FaultServer(remote, rate=20e6) as srv:
+        with Sampler([local]) as sampler:
+            reports = await run_ranks(tmp_path, srv.url, "q", args=("--epochs", "2", "--cache-limit", str(limit),
+                                                                    "--delay", "0.002"))
+        served = sum(srv.bytes_sent.values())
+    assert sampler.samples > 50 and 0 < sampler.peak[local] <= limit
+    assert docs_by_epoch(reports) == every_doc(2)  # every document once per epoch, none twice
+    assert served <= 2.3 * data  # each file about once per epoch, plus the footers
+    assert (local / "notes.txt").stat().st_size == 50_000
+    kept = sorted(local.glob("shard_*.parquet"))
+    assert kept and all(sha(p) == sha(remote / p.name) for p in kept)  # re-fetched files are byte-identical
+    assert not list(local.glob(".nanostream.cache.*.holder"))  # the streams left the budget
+
+
+async def test_two_nodes_each_within_its_budget(remote: Path, tmp_path: Path) -> None:
+    limit = data_bytes(remote) // 4  # half of what each node reads
+    folders = [tmp_path / "n-0", tmp_path / "n-1"]
+    async with FaultServer(remote, rate=20e6) as srv:
+        with Sampler(folders) as sampler:
+            reports = await run_ranks(tmp_path, srv.url, "n", nodes=2, args=("--cache-limit", str(limit)))
+    assert docs_by_epoch(reports) == every_doc(1)
+    assert all(0 < sampler.peak[f] <= limit for f in folders)
+
+
+async def test_three_ranks_at_exactly_the_smallest_limit_finish(remote: Path, tmp_path: Path) -> None:
+    async with FaultServer(remote, rate=20e6) as srv:
+        kw = dict(data_dir=tmp_path / "m-0", base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS)
+        need = await asyncio.to_thread(stream("train", **kw, world_size=3, rank=0, shuffle=True).cache_minimum)
+        with Sampler([tmp_path / "m-0"]) as sampler:
+            reports = await asyncio.wait_for(run_ranks(tmp_path, srv.url, "m", per_node=3, args=(
+                "--cache-limit", str(need), "--queue-size", "2", "--delay", "0.002")), 90)
+    assert 0 < sampler.peak[tmp_path / "m-0"] <= need
+    got = docs_by_epoch(reports)
+    assert max(got.values()) == 1 and len(got) >= sum(every_doc(1).values()) - 2 * ROWS  # drop_last: <= 2 row groups
+
+
+# -- held files, killed readers ----------------------------------------------------------------
+READER = """
+import sys, time
+from nanostream.streaming.streams import iter_batches
+it = iter_batches("train", data_dir=sys.argv[1], base_url=sys.argv[2], num_shards=int(sys.argv[3]),
+                  max_shard=int(sys.argv[3]), cache_limit=int(sys.argv[4]), queue_size=1, fetch_ahead=0)
+b = next(it)
+print(b.shard, flush=True)
+time.sleep(600)  # mid-read: the producer holds the file, waiting for room in its queue
+"""
+
+
+async def prune(folder: Path, size: str) -> str:
+    cli = await asyncio.create_subprocess_exec(sys.executable, "-m", "nanostream.cli", "cache", str(folder),
+                                               "--prune-to", size, stdout=subprocess.PIPE,
+                                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    return (await cli.communicate())[0].decode()
+
+
+async def test_a_held_file_survives_eviction_until_its_reader_is_killed(remote: Path, tmp_path: Path) -> None:
+    local = tmp_path / "h"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    async with FaultServer(remote) as srv:
+        kw = dict(data_dir=local, base_url=srv.url, num_shards=4, max_shard=4)
+        limit = await asyncio.to_thread(stream("train", **kw, fetch_ahead=0).cache_minimum)
+        reader = await asyncio.create_subprocess_exec(sys.executable, "-c", READER, str(local), srv.url, "4",
+                                                      str(limit), stdout=subprocess.PIPE, env=env)
+        try:
+            assert reader.stdout is not None
+            held = shard_name(int((await asyncio.wait_for(reader.stdout.readline(), 30)).decode()))
+            inode = (local / held).stat().st_ino
+            # another stream on the folder, under the same limit, must evict to read its 4 files: never `held`
+            got = [b async for b in stream("train", **kw, cache_limit=limit, epochs=2, fetch_ahead=0)]
+            assert len(got) == 2 * 4 * GROUPS
+            assert sum(r.method == "GET" and not (r.range or "").startswith("bytes=-") for r in srv.requests) > 4
+            assert (local / held).stat().st_ino == inode  # files were evicted and fetched again, never this one
+            out = await prune(local, "0")
+            assert "in use by a reader 1" in out and "streams using it now: 1" in out, out
+            assert sorted(p.name for p in local.glob("shard_*.parquet")) == [held]
+        finally:
+            reader.send_signal(signal.SIGKILL)  # kill -9 mid-read: its flocks die with it
+            await reader.wait()
+    out = await prune(local, "0")
+    assert "evicted 1 file(s)" in out and "streams using it now: 0" in out, out
+    assert not list(local.glob("shard_*.parquet")) and not list(local.glob(".nanostream.cache.*.holder"))
+
+
+# -- resume ---------------------------------------------------------------------------------------
+async def test_exact_and_elastic_resume_fetch_what_was_evicted(remote: Path, tmp_path: Path) -> None:
+    local = tmp_path / "r"
+    limit = 5 * (remote / shard_name(0)).stat().st_size
+    async with FaultServer(remote, rate=50e6) as srv:
+        kw = dict(data_dir=local, base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS, shuffle=True,
+                  cache_limit=limit, fetch_ahead=1)
+        first: dict[int, list] = {}
+        for rank in (0, 1):  # both ranks of a 2-rank run take 20 batches, then stop
+            s = stream("train", **kw, world_size=2, rank=rank)
+            first[rank] = []
+            async for b in s:
+                first[rank].append(b)
+                if len(first[rank]) == 20:
+                    break
+            await s.aclose()
+        resumed = stream("train", **kw, world_size=2, rank=0, start=first[0][-1].position)
+        exact = [b async for b in resumed]
+        assert resumed.stats["evicted"] > 0
+        cursor = s.cursor(first[1][-1].position)  # the global position: resume at world size 1
+        elastic = [b async for b in stream("train", **kw, world_size=1, rank=0, start=cursor)]
+        downloads = Counter(r.path for r in srv.requests
+                            if r.method == "GET" and not (r.range or "").startswith("bytes=-"))
+    mine = stream("train", **kw, world_size=2, rank=0).epoch_plan(0).sequence(0)
+    assert [(b.shard, b.row_group) for b in first[0] + exact] == mine  # exact: the rest of rank 0's epoch
+    read = Counter(doc_id(t) for b in first[0] + first[1] + elastic for t in b.texts)
+    assert read == Counter({(s, g, r): 1 for s in range(SHARDS) for g in range(GROUPS) for r in range(ROWS)})
+    assert max(downloads.values()) >= 2  # some file was evicted, then fetched again for a resume
+    assert folder_bytes(local) <= limit
+
+
+def test_cli_cache_bad_input_exits_2(tmp_path: Path) -> None:
+    write_record(tmp_path, FolderRecord(base_url="http://127.0.0.1:9", max_shard=3))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "nanostream.cli", "cache", *a], capture_output=True,  # noqa: E731
+                                    text=True, env=env)
+    bad = run(str(tmp_path), "--prune-to", "lots")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--prune-to" in bad.stderr
+    missing = run(str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    ok = run(str(tmp_path))
+    assert ok.returncode == 0 and "files: 0" in ok.stdout
+
+
+async def test_token_dataset_takes_cache_limit_and_resumes_under_another(remote: Path, tmp_path: Path) -> None:
+    from nanostream import ByteTokenizer, TokenDataset
+
+    size = (remote / shard_name(0)).stat().st_size
+    async with FaultServer(remote, rate=50e6) as srv:
+        def make(limit: int) -> TokenDataset:
+            return TokenDataset("train", ByteTokenizer(), 2, 256, data_dir=tmp_path / "t", base_url=srv.url,
+                                num_shards=4, max_shard=4, rank=0, world_size=1, epochs=1, cache_limit=limit,
+                                fetch_ahead=1)
+
+        def run() -> tuple[list, list, list]:
+            ds = make(3 * size)
+            it = iter(ds)
+            head = [next(it) for _ in range(5)]
+            state = ds.state_dict()
+            want = head + list(it)
+            resumed = make(4 * size)  # another budget: resuming is allowed
+            resumed.load_state_dict(state)
+            return head, list(resumed), want
+
+        head, rest, want = await asyncio.to_thread(run)
+    assert len(want) > 10 and len(head) + len(rest) == len(want)
+    assert all(bool((a[0] == b[0]).all()) for a, b in zip(head + rest, want, strict=True))
+    assert folder_bytes(tmp_path / "t") <= 4 * size
+
+
+async def test_validation_beside_training_in_one_folder_and_budget(remote: Path, tmp_path: Path) -> None:
+    """A trainer's evaluation: the training stream stops mid-file (it holds it) while a validation stream
+    on the same folder reads its file; validation files count in the same budget."""
+    local = tmp_path / "v"
+    async with FaultServer(remote, rate=50e6) as srv:
+        kw = dict(data_dir=local, base_url=srv.url, num_shards=8, max_shard=SHARDS, fetch_ahead=1)
+        limit = await asyncio.to_thread(stream("train", **kw).cache_minimum)
+        train = stream("train", **kw, cache_limit=limit, epochs=None, queue_size=1)
+        got, val_rows = 0, 0
+        with Sampler([local]) as sampler:
+            async for _ in train:
+                got += 1
+                if got % 20 == 0:  # evaluate, as a trainer does every few steps
+                    val_rows += sum([len(b.texts) async for b in stream("val", **kw, cache_limit=limit)])
+                if got == 3 * 8 * GROUPS:
+                    break
+            await train.aclose()
+    assert val_rows == (3 * 8 * GROUPS // 20) * GROUPS * ROWS and 0 < sampler.peak[local] <= limit
+    assert folder_bytes(local) <= limit
