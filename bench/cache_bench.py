@@ -50,7 +50,7 @@ def make_data(folder: Path, groups: int, rows: int, filler: int) -> list[int]:
 
 
 def folder_bytes(folder: Path) -> int:
-    from nanostream.streaming.usage import folder_bytes as measure
+    from nanostream.streaming.cache.usage import folder_bytes as measure
 
     return measure(folder) if folder.exists() else 0
 

@@ -27,10 +27,10 @@ from nanostream.config import CacheLimit, Config, parse_cache_limit
 from nanostream.errors import ConfigError
 from nanostream.shards import shard_name
 from nanostream.sources.record import FolderRecord, write_record
-from nanostream.streaming.budget import victims
-from nanostream.streaming.holders import HolderInfo
+from nanostream.streaming.cache.budget import victims
+from nanostream.streaming.cache.holders import HolderInfo
+from nanostream.streaming.cache.usage import FolderScan, filesystem_bytes, folder_bytes
 from nanostream.streaming.streams import stream
-from nanostream.streaming.usage import FolderScan, filesystem_bytes, folder_bytes
 
 from datagen import doc_id, make_dense_shards, make_shards
 from servers import FaultServer

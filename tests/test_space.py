@@ -81,8 +81,8 @@ async def test_shards_start_only_as_their_space_is_reserved(fault_server, tmp_pa
 async def test_stream_bigger_than_the_disk_under_cache_limit(fault_server, tmp_path, small_disk):
     """12.5 MB of shards through an 8 MB disk: without a limit the disk fills and the error names
     cache_limit; with one the stream reads every document, twice, evicting as it goes."""
+    from nanostream.streaming.cache.usage import folder_bytes
     from nanostream.streaming.streams import stream
-    from nanostream.streaming.usage import folder_bytes
 
     src = remote(tmp_path / "remote", 5, 2.5)
     srv = await fault_server(rate=50e6)

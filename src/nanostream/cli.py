@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
                         max_keepalive_requests=args.max_keepalive_requests)
         return run_server(args.dir, host=args.host, port=args.port, limits=limits)
     if args.command == "cache":
-        from .streaming.cachecmd import run_cache
+        from .streaming.cache.command import run_cache
 
         return run_cache(args.dir, args.prune_to, cfg.cache_policy)
     if args.command == "sample":

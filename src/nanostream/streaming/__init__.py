@@ -8,11 +8,9 @@ sources (``MixStream``);
 with pyarrow, ``supply.py`` turns file indices into local files (fetching what is
 missing), ``order.py`` is each epoch's global order, its deal to the readers and the
 ``Cursor``, ``ranks.py`` who the reader is (rank, world, node, workers), and
-``blocking.py`` runs a stream for code without an event loop. Under a ``cache_limit``:
-``budget.py`` admits downloads and evicts (``usage.py`` measures the folder, ``holders.py``
-is the processes' locks and holder files, ``horizon.py`` the node's future order,
-``minimum.py`` the smallest limit that works, ``admission.py`` the event-loop side), and
-``cachecmd.py`` is ``nanostream cache``.
+``blocking.py`` runs a stream for code without an event loop. Under a ``cache_limit`` the
+folder is a cache of fixed size (``cache/``: the budget, its locks and ``nanostream cache``),
+whose evictions follow the node's future order (``horizon.py``).
 
 Invariant ("equal work"): every reader of a run reads the same number of row groups
 per epoch, fixed before the epoch starts, so no DDP rank waits on one that ran out.

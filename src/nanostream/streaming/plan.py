@@ -18,7 +18,7 @@ from ..config import parse_cache_limit
 from ..errors import ConfigError
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile
-from .minimum import Needs, needs
+from .cache.minimum import Needs, needs
 from .order import Cursor, EpochPlan, first_piece_shard, shard_order
 from .ranks import check_layout
 from .reader import to_texts

@@ -27,8 +27,8 @@ import pyarrow as pa
 
 from ..errors import ConfigError, CorruptShardError
 from ..sources.census import row_group_counts
-from .budget import FolderBudget
-from .holders import ReadHold
+from .cache.budget import FolderBudget
+from .cache.holders import ReadHold
 from .horizon import Horizon
 from .order import Cursor
 from .plan import Chunk, Plan, Position

@@ -18,11 +18,11 @@ from ..errors import ConfigError
 from ..sources.census import row_group_counts, row_group_counts_blocking
 from ..sources.resolve import run_blocking, split_indices
 from ..sources.spec import Source
+from .cache.usage import filesystem_bytes
 from .order import Cursor, EpochPlan, shard_order
 from .plan import Batch, Chunk, Options, Plan, Position
 from .producer import Producer, _End, _resume_index
 from .supply import ShardSource
-from .usage import filesystem_bytes
 
 
 def source_plan(src: Source, opts: Options, cfg: Config, start: Position | Cursor | None) -> Plan:

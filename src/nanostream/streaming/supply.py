@@ -29,9 +29,9 @@ from ..retry import RetryPolicy, describe
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile, check_text_column
 from ..sources.record import read_catalog, write_catalog
-from .admission import Admission
-from .budget import FolderBudget
-from .holders import ReadHold
+from .cache.admission import Admission
+from .cache.budget import FolderBudget
+from .cache.holders import ReadHold
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import parse_cache_limit
-from ..errors import ConfigError
-from ..shards import RECORD_NAME
-from ..sources.record import read_catalog
+from ...config import parse_cache_limit
+from ...errors import ConfigError
+from ...shards import RECORD_NAME
+from ...sources.record import read_catalog
 from .budget import _reserved, prune
 from .holders import cache_lock, in_use, live_holders
 from .usage import filesystem_bytes, fmt, scan

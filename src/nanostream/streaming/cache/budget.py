@@ -27,9 +27,9 @@ import math
 import os
 from pathlib import Path
 
-from ..shards import RECORD_NAME
-from ..sources.catalog import Catalog
-from ..sources.record import read_catalog
+from ...shards import RECORD_NAME
+from ...sources.catalog import Catalog
+from ...sources.record import read_catalog
 from .holders import Holder, HolderInfo, cache_lock, evict, live_holders
 from .usage import FolderScan, fmt, reserve_size, scan
 

@@ -17,10 +17,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..shards import RECORD_NAME
-from ..sources.catalog import Catalog, DataFile
-from ..sources.census import CACHE_NAME
-from ..sources.record import catalog_to_json, read_catalog
+from ...shards import RECORD_NAME
+from ...sources.catalog import Catalog, DataFile
+from ...sources.census import CACHE_NAME
+from ...sources.record import catalog_to_json, read_catalog
 from .usage import BLOCK, HOLDER_ROOM, STATE_BYTES, FolderScan, file_blocks, fmt, scan
 
 

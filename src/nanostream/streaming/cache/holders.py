@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..fetch.outcomes import try_lock
-from ..fetch.partial import discard, part_path, state_path
-from ..shards import BOOKKEEPING_PREFIX
+from ...errors import ConfigError
+from ...fetch.outcomes import try_lock
+from ...fetch.partial import discard, part_path, state_path
+from ...shards import BOOKKEEPING_PREFIX
 from .usage import BLOCK, HOLDER_PREFIX, HOLDER_ROOM, HOLDER_SUFFIX, allocated
 
 CACHE_LOCK = f"{BOOKKEEPING_PREFIX}.cache.lock"

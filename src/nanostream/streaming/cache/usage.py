@@ -16,10 +16,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fetch.partial import SLOT
-from ..shards import BOOKKEEPING_PREFIX, RECORD_NAME
-from ..sources.catalog import Catalog
-from ..sources.census import CACHE_NAME
+from ...fetch.partial import SLOT
+from ...shards import BOOKKEEPING_PREFIX, RECORD_NAME
+from ...sources.catalog import Catalog
+from ...sources.census import CACHE_NAME
 
 BLOCK = 4096  # allocation unit assumed for a file not on disk yet (one more is added as slack)
 STATE_BYTES = 2 * SLOT  # a download's state file, reserved whole (``partial.PartFiles``)
