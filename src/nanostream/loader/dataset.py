@@ -38,7 +38,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError, LoaderError
-from ..sources.spec import Source, entrance, normalized
+from ..sources.spec import DATASET_ARGS, Source, entrance, normalized
 from ..streaming.order import Cursor
 from ..streaming.ranks import default_layout, worker_stride
 from ..streaming.streams import iter_batches, stream
@@ -52,8 +52,6 @@ __all__ = ["TokenDataset"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
-DATASET_KWARGS = ("dataset", "num_shards", "include", "val", "text_column", "base_url", "max_shard", "catalog",
-                  "source")
 
 
 class TokenDataset(IterableDataset):
@@ -102,7 +100,7 @@ class TokenDataset(IterableDataset):
         self.batch_size, self.seq_len = batch_size, seq_len
         self.buffer_docs, self.prefetch, self.ahead, self.epochs = buffer_docs, prefetch, ahead, epochs
         self.drop_last = bool(drop_last)
-        dataset_args = {k: stream_kwargs.pop(k) for k in DATASET_KWARGS if k in stream_kwargs}
+        dataset_args = {k: stream_kwargs.pop(k) for k in (*DATASET_ARGS, "catalog", "source") if k in stream_kwargs}
         source = dataset_args.pop("source", None)
         self.sources = entrance(mix, source=source, data_dir=data_dir, **dataset_args)
         self.weights = normalized(self.sources) if mix is not None else None

@@ -12,7 +12,7 @@ turns a source into its data folder and its catalog (pinned in the folder's reco
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DEFAULT_DATASET, Config
@@ -120,7 +120,3 @@ def normalized(sources: tuple[Source, ...]) -> tuple[float, ...]:
     """The weights as shares summing to 1."""
     total = sum(float(s.weight) for s in sources)
     return tuple(float(s.weight) / total for s in sources)
-
-
-def with_weight(source: Source, weight: float) -> Source:
-    return replace(source, weight=weight)
