@@ -80,7 +80,7 @@ class Chunk:
 @dataclass(frozen=True)
 class Options:
     """How a run reads, the same for every source of a mix: ``stream()``'s arguments other than the
-    dataset ones, checked (``check``) and with the layout resolved (``streams.options``)."""
+    dataset ones, checked (``check``) and with the layout resolved (by ``streams.stream``)."""
 
     split: str
     rank: int
