@@ -288,3 +288,22 @@ def test_iter_batches_mix_closes_cleanly(two) -> None:
     assert {next(it).source for _ in range(4)} == {0, 1}
     it.close()
     asyncio.run(asyncio.sleep(0))
+
+
+async def test_stream_mix_resumes_from_its_cursors_skipping_nothing(two) -> None:
+    """``ms.cursor()``: each source's global cursor, the form for another world size: one rank takes 5 batches,
+    two ranks go on from its cursor, and every row group of each source's first epoch is read."""
+    async with stream("train", mix=mix_of(two), epochs=1, drop_last=False) as s:
+        seen = set()
+        async for b in s:
+            seen.add((b.source, b.shard, b.row_group, b.epoch))
+            if len(seen) == 5:
+                cursor = MixStart.from_list(s.cursor().to_list())
+                break
+    for r in (0, 1):
+        async with stream("train", mix=mix_of(two), epochs=1, rank=r, world_size=2, start=cursor,
+                          drop_last=False) as s:  # (pad: drop_last would leave out up to one row group)
+            seen |= {(b.source, b.shard, b.row_group, b.epoch) async for b in s}
+    for k, shards in ((0, 4), (1, 3)):
+        assert {(sh, g) for src, sh, g, e in seen if src == k and e == 0} == \
+            {(sh, g) for sh in range(shards) for g in range(4)}

@@ -171,7 +171,6 @@ class TokenIterator:
                  sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = ()) -> None:
         self._last, self._recipe = last, recipe
         self.layout, self.stride, self.origins = layout, layout[:2], origins
-        self.origin = origins[0]
         self._held: Snapshot | None = None
         self._closed = False
         k = len(recipe.kwargs)

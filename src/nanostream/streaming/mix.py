@@ -163,7 +163,7 @@ class MixStream:
 
     def cursor(self) -> MixStart:
         """``state()`` with each source's global ``Cursor``: ``start=`` resumes at any world size."""
-        cursors = tuple(s.cursor(p if isinstance(p, Position) else None) if not isinstance(p, Cursor) else p
+        cursors = tuple(p if isinstance(p, Cursor) else s.cursor(p)  # p: a Position, or None (not started)
                         for s, p in zip(self.streams, self.positions, strict=True))
         return MixStart(cursors, tuple(self.schedule.taken))
 
