@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, CorruptShardError, FetchError, MissingShardError
-from ..retry import RetryPolicy, describe
+from ..retry import Retries
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile, check_text_column
 from ..sources.record import read_catalog, write_catalog
@@ -236,16 +236,15 @@ class ShardSource:
 
     async def _size(self, fetcher: Any, file: DataFile) -> int | None:
         """The size the server announces for ``file`` (HEAD), retried as a download would be."""
-        policy, failures = self.retry or RetryPolicy(), 0
+        retries = Retries(fetcher.retry, fetcher.gate)  # the fetcher's own policy and rate-limit gate
         while True:
             try:
                 return await fetcher.head(file)
             except Exception as exc:  # retried by the policy, else a FetchError naming the file
-                failures += 1
-                if await policy.wait_to_retry(exc, failures):
+                if await retries.again(exc):
                     continue
                 raise FetchError(f"cannot learn the size of {file.path} for cache_limit (HEAD {file.url}: "
-                                 f"{describe(exc)})", shard=file.path, url=file.url) from exc
+                                 f"{retries.why(exc)})", shard=file.path, url=file.url) from exc
 
     async def aclose(self) -> None:
         """Cancel every download in flight, wait for them, close the fetcher, and leave the budget."""
