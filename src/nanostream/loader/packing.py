@@ -60,6 +60,28 @@ def flatten_docs(token_lists: Sequence[Sequence[int]], bos_id: int, dtype: np.dt
     return tokens, lengths
 
 
+def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Documents given flat (``tokens``, ``offsets`` of ``len + 1``) as ``(tokens, lengths)`` with BOS in
+    front of each, like ``flatten_docs``, in ``dtype``; ValueError if an id does not fit in it."""
+    dtype = np.dtype(dtype)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if len(offsets) and offsets[0]:
+        tokens, offsets = tokens[offsets[0]:offsets[-1]], offsets - offsets[0]
+    if tokens.size:
+        info = np.iinfo(dtype)
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < info.min or high > info.max:
+            raise ValueError(f"id {high if high > info.max else low} does not fit in {dtype}")
+    lengths = np.diff(offsets) + 1
+    out = np.empty(len(tokens) + len(lengths), dtype=dtype)
+    starts = offsets[:-1] + np.arange(len(lengths))  # where each document's BOS goes
+    out[starts] = bos_id
+    body = np.ones(len(out), dtype=bool)
+    body[starts] = False
+    out[body] = tokens
+    return out, lengths
+
+
 class DocBytes:
     """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or
     int32) values, for ``join_docs``. Thread-safe; keeps a bounded cache of ``struct.Struct``
