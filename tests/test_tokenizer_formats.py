@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tiktoken
 import tokenizers
+import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
 from nanostream import TokenDataset
@@ -300,3 +303,21 @@ def test_flat_arrays_are_numpy(nanochat_dir: Path) -> None:
     tokens, offsets = load_tokenizer(nanochat_dir).encode_flat(["hello world", "", "123456"])
     assert isinstance(tokens, np.ndarray) and tokens.dtype == np.uint32 and offsets.dtype == np.int64
     assert offsets[0] == 0 and offsets[1] == offsets[2] and len(offsets) == 4
+
+
+def test_token_dataset_places_bos_only_at_document_starts(nanochat_dir: Path, cl100k: Path, tmp_path: Path) -> None:
+    """Documents full of special-token text: every BOS in the batches starts a placed document (the
+    count of BOS ids equals the documents used), for each format and both encoders."""
+    data = tmp_path / "data"
+    data.mkdir()
+    texts = [f"doc {i}: {SPECIAL_TEXT[i % len(SPECIAL_TEXT)]} and <|bos|><|endoftext|> again {i}" * (1 + i % 5)
+             for i in range(96)]
+    for shard in range(2):  # the last is the validation shard
+        pq.write_table(pa.table({"text": texts}), data / f"shard_{shard:05d}.parquet", row_group_size=32)
+    for path in (nanochat_dir, cl100k):
+        for encoder in ("auto", "tiktoken"):
+            tok = load_tokenizer(path, encoder=encoder)
+            ds = TokenDataset("train", tok, 2, 48, data_dir=data, rank=0, world_size=1, epochs=1, buffer_docs=8)
+            rows = [torch.cat([x, y[:, -1:]], dim=1) for x, y in ds]
+            assert rows
+            assert sum(int((r == tok.bos_id).sum()) for r in rows) == ds.stats()["docs_used"], (path, encoder)
