@@ -30,7 +30,7 @@ import struct
 from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from itertools import chain
 
 import numpy as np
@@ -121,7 +121,7 @@ class _Chunk:
     """One batch of documents sharing a flat token array; ``tag`` says where they came from
     (``TokenDataset``: the stream position of their row group), kept through compaction."""
 
-    __slots__ = ("alive", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
+    __slots__ = ("alive", "frozen", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
     def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
         self.serial = serial
@@ -132,7 +132,13 @@ class _Chunk:
         np.cumsum(lengths[:-1], out=starts[1:])
         self.starts: list[int] = starts.tolist()
         self.alive = np.ones(len(lengths), dtype=bool)
+        self.frozen: np.ndarray | None = None  # a copy of ``alive`` for snapshots, until it changes
         self.n_alive = len(lengths)
+
+    def frozen_alive(self) -> np.ndarray:
+        if self.frozen is None:
+            self.frozen = self.alive.copy()
+        return self.frozen
 
 
 @dataclass
@@ -153,7 +159,7 @@ class PackStats:
         return self.tokens_cropped / used if used else 0.0
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return dict(self.__dict__)  # the int fields (asdict's deep copy costs more, once per batch)
 
 
 class BufferSnapshot:
@@ -250,9 +256,9 @@ class BestFitPacker:
         self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
-        """A cheap, frozen view of the buffer (chunk arrays are never modified, only alive flags
-        are copied); ``.export()`` turns it into arrays when needed."""
-        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.alive.copy(), c.tag)
+        """A cheap, frozen view of the buffer (chunk arrays are never modified; a chunk's alive flags are
+        copied once per change, not per snapshot); ``.export()`` turns it into arrays when needed."""
+        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.frozen_alive(), c.tag)
                  for c in sorted(self._chunks.values(), key=lambda c: c.serial)]
         return BufferSnapshot(parts)
 
@@ -299,6 +305,7 @@ class BestFitPacker:
 
     def _take(self, chunk: _Chunk, j: int, length: int) -> None:
         chunk.alive[j] = False
+        chunk.frozen = None
         chunk.n_alive -= 1
         self.n_docs -= 1
         self.alive_tokens -= length
@@ -331,6 +338,7 @@ class BestFitPacker:
                     self._chunks[chunk.serial] = chunk
                     self.held_tokens += len(chunk.tokens)
                 chunk.alive[j] = True
+                chunk.frozen = None
                 chunk.n_alive += 1
                 self.n_docs += 1
                 self.alive_tokens += length
