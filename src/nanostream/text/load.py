@@ -169,6 +169,6 @@ def as_tokenizer(obj: Any, *, bos: str | None = None, num_threads: int | None = 
         return HFTokenizer(obj.to_str(), bos=bos, encoder=encoder, origin=kw["origin"])
     if all(callable(getattr(obj, n, None)) for n in ("get_bos_token_id", "get_vocab_size", "encode")):
         return CallTokenizer(obj)
-    raise TokenizerError(f"a {type(obj).__name__} is not a tokenizer nanostream can use: pass {EXPECTED}, a "
+    raise TokenizerError(f"a {type(obj).__name__!r} object is not a tokenizer nanostream can use: pass {EXPECTED}, a "
                          "tiktoken Encoding, a tokenizers.Tokenizer, nanochat's tokenizer object, or an object with "
                          "bos_id, vocab_size and encode_batch (nanostream.text.tokenizer.Tokenizer)")
