@@ -65,7 +65,8 @@ def ids_equal(tok, texts: list[str], want: list[list[int]]) -> None:
 
 
 def no_special_ids(tok, specials: set[int]) -> None:
-    texts = [*SPECIAL_TEXT, getattr(tok, "bos", ""), f"text {getattr(tok, 'bos', '')} text"]
+    named = [getattr(tok, "bos", ""), *getattr(tok, "special_tokens", {})]  # its BOS's text and every special's
+    texts = [*SPECIAL_TEXT, *named, " ".join(f"text {s} text{s}" for s in named)]
     tokens, _ = tok.encode_flat(texts)
     assert not set(tokens.tolist()) & specials
     assert tok.bos_id in specials
@@ -160,9 +161,11 @@ def test_hf_tokenizer_json_ids_identical_to_tokenizers(corpus: list[str], tmp_pa
     assert byte_level_regex or "not gigatoken" in caplog.text
     assert tok.bos_id == ref.token_to_id("<|begin_of_text|>") and tok.vocab_size == ref.get_vocab_size()
     assert load_tokenizer(path).bos == "<|begin_of_text|>"  # the default: the first known BOS it has
-    ids_equal(tok, texts, want)
-    ids_equal(load_tokenizer(path, encoder="tiktoken"), texts, want)
-    no_special_ids(tok, {0, 1})
+    reference = load_tokenizer(path, bos="<|begin_of_text|>", encoder="tiktoken")  # tokenizers encodes
+    assert reference.encoder_name == "tokenizers"
+    for t in (tok, reference):
+        ids_equal(t, texts, want)
+        no_special_ids(t, {0, 1})
     clone = pickle.loads(pickle.dumps(tok))  # DataLoader workers
     ids_equal(clone, texts[:200], want[:200])
     from_object = load_tokenizer(ref, bos="<|endoftext|>")  # a tokenizers.Tokenizer object
@@ -182,7 +185,8 @@ def test_tiktoken_file_with_a_named_scheme(nanochat, corpus: list[str], tmp_path
     by_regex = load_tokenizer(path, scheme=NANOCHAT_PATTERN, bos="<|endoftext|>")
     assert by_regex.bos_id == tok.bos_id and by_regex.special_tokens == {"<|endoftext|>": tok.bos_id}
     ids_equal(by_regex, corpus[:500], want[:500])
-    no_special_ids(by_regex, {by_regex.bos_id})
+    for encoder in ("auto", "tiktoken"):
+        no_special_ids(load_tokenizer(path, scheme="nanochat", bos="<|endoftext|>", encoder=encoder), {tok.bos_id})
     other = load_tokenizer(path, scheme=r"\p{L}+|\p{N}|[^\p{L}\p{N}]+")  # a regex gigatoken has no scheme for
     assert other.encoder_name == "tiktoken"
     ref = tiktoken.Encoding("x", pat_str=r"\p{L}+|\p{N}|[^\p{L}\p{N}]+", mergeable_ranks=nanochat.enc._mergeable_ranks,
@@ -209,7 +213,8 @@ def test_real_public_vocabulary_cl100k(cl100k: Path, corpus: list[str]) -> None:
     assert tok.encoder_name == "gigatoken" and tok.bos == "<|endoftext|>" and tok.bos_id == 100257
     assert tok.vocab_size == ref.n_vocab
     ids_equal(tok, texts, want)
-    no_special_ids(tok, set(ref._special_tokens.values()))
+    for t in (tok, load_tokenizer(cl100k, encoder="tiktoken")):
+        no_special_ids(t, set(ref._special_tokens.values()))
     with pytest.raises(TokenizerError, match="not in its vocabulary"):
         load_tokenizer(cl100k, bos="<|bos|>")
 
