@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from nanostream import ByteTokenizer, TokenDataset
 from nanostream.errors import ConfigError, CorruptShardError, LoaderError, NanostreamError, TokenizerError
 from nanostream.loader import feed
-from nanostream.loader.feed import _encoding
+from nanostream.loader.encode import FLAT_TASK_PIECES, encoding
 from nanostream.text.tokenizer import BPETokenizer
 
 from datagen import doc_id, doc_text, make_shards
@@ -463,9 +463,9 @@ def test_bpe_flat_and_text_by_text_give_the_same_batches(big_groups: Path) -> No
     plain = _BatchOnlyBPE(small_bpe().ranks, num_threads=2, encoder="tiktoken")
     assert fast.encoder_name == "gigatoken" and by_text.encoder_name == "tiktoken"
     dt = np.dtype(np.uint16)
-    assert _encoding(fast, dt)[1:] == (feed.PIECE_DOCS * feed.FLAT_TASK_PIECES, 2)
-    assert _encoding(by_text, dt)[1:] == (feed.PIECE_DOCS, 2) and _encoding(plain, dt)[1:] == (feed.PIECE_DOCS, 1)
-    assert _encoding(small_bpe(num_threads=1, encoder="tiktoken"), dt)[2] == 1
+    assert encoding(fast, dt, 128)[1:] == (128 * FLAT_TASK_PIECES, 2)
+    assert encoding(by_text, dt, 128)[1:] == (128, 2) and encoding(plain, dt, 128)[1:] == (128, 1)
+    assert encoding(small_bpe(num_threads=1, encoder="tiktoken"), dt, 128)[2] == 1
     got, want = list(make_bpe(big_groups, fast)), list(make_bpe(big_groups, plain))
     assert len(got) == len(want) > 10
     assert_same_batches(got, want)

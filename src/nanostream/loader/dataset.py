@@ -45,7 +45,7 @@ from ..streaming.streams import iter_batches, stream
 from ..text.load import as_tokenizer
 from ..text.tokenizer import Tokenizer
 from . import resume
-from .feed import doc_arrays
+from .encode import doc_arrays
 from .iterator import Recipe, TokenIterator, tensors
 from .packing import BestFitPacker, PackStats, token_dtype
 from .pipeline import Sink

@@ -3,8 +3,8 @@
 The tokenize thread (``_tokenize_ahead``) pulls row groups from the source's stream and
 has them tokenized ahead into flat numpy arrays, in pieces of ``PIECE_DOCS`` documents
 handed over in order as each is ready (a bounded queue of about ``prefetch`` row groups);
-a ``BPETokenizer`` is driven text by text on its ``num_threads`` threads, the next row
-group always queued behind the current one (``_encoding``). A ``Feed`` is what the
+the encoding threads (``encode.encoding``: gigatoken's flat arrays, or tiktoken text by text)
+always have the next row group queued behind the current one. A ``Feed`` is what the
 assembly thread (``pipeline.py``) packs from: ``refill`` moves the next piece into the
 source's ``BestFitPacker`` (one piece at a time, as nanochat's loader does: the first batch
 waits for ``buffer_docs`` documents and one piece, not for whole row groups), and ``part``
@@ -18,23 +18,22 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import LoaderError
-from ..text.tokenizer import BPETokenizer, Tokenizer, flat_of
-from .packing import BestFitPacker, BufferSnapshot, DocBytes, bos_first, join_docs
+from ..text.tokenizer import Tokenizer
+from .encode import encoding
+from .packing import BestFitPacker, BufferSnapshot
 from .threads import _End, _get, _put, background_thread
 
 if TYPE_CHECKING:
     from ..streaming.plan import Position
 
 PIECE_DOCS = 128  # documents moved into the packing buffer at a time (and encoded as one task by tiktoken)
-FLAT_TASK_PIECES = 4  # pieces encoded as one task by a flat encoder (fewer, larger calls)
 PIECES_AHEAD = 8  # tokenized pieces queued ahead per row group of ``prefetch`` (1024 documents)
 
 
@@ -43,99 +42,6 @@ class Seam:
     next epochs, to make up a rank's batch count). The tokenize thread reads on past it only once
     the assembly thread, having packed every document before it, sets the pipeline's ``go`` event
     (``close()`` sets it too, so a thread waiting there stops at once)."""
-
-
-Encode = Callable[[list[str]], list[tuple[np.ndarray, np.ndarray]]]
-
-
-def _encoding(tokenizer: Tokenizer, dtype: np.dtype) -> tuple[Encode, int, int]:
-    """How to encode: (a task's texts -> its pieces' BOS-first ``(tokens, lengths)``, documents per
-    task, encoding threads).
-
-    A tokenizer with ``encode_flat`` (gigatoken, ``ByteTokenizer``, ...) gives each task's ids as
-    one array plus offsets; BOS is inserted by numpy, and no Python int is made per token. A
-    ``BPETokenizer`` left on tiktoken (whose methods are the stock ones) is driven text by text
-    on its ``num_threads`` threads, each document turned into bytes right after it is encoded
-    (cache-hot, in a GIL hold of microseconds between GIL-free encodes). Any other tokenizer gets
-    one ``encode_batch`` call per task, on one thread. Tasks are ``PIECE_DOCS`` documents, or
-    ``FLAT_TASK_PIECES`` pieces for flat encoders (fewer calls; each still handed over piece by piece).
-    """
-    cls = type(tokenizer)
-    threads = max(1, int(getattr(tokenizer, "num_threads", 1) or 1))
-    if (isinstance(tokenizer, BPETokenizer) and tokenizer.fast is None and cls.encode_batch is BPETokenizer.encode_batch
-            and cls.encode is BPETokenizer.encode):
-        encode, to_bytes = tokenizer.encode, DocBytes(tokenizer.bos_id, dtype)
-        return (lambda texts: [_doc_bytes(map(encode, texts), to_bytes, len(texts))]), PIECE_DOCS, threads
-    flat = getattr(tokenizer, "encode_flat", None)
-    bos = tokenizer.bos_id
-    if flat is None or not _flat_is_current(cls):
-        return (lambda texts: _pieces(flat_of(_checked_lists(tokenizer.encode_batch(texts), texts)), bos, dtype)), \
-            PIECE_DOCS, 1
-    return (lambda texts: _pieces(_checked_flat(flat(texts), texts), bos, dtype)), PIECE_DOCS * FLAT_TASK_PIECES, \
-        threads if isinstance(tokenizer, BPETokenizer) else 1
-
-
-def _flat_is_current(cls: type) -> bool:
-    """Whether ``encode_flat`` is defined no higher up than ``encode_batch``: a subclass that overrides only
-    ``encode_batch`` (to change its ids) is encoded through it."""
-    def owner(name: str) -> type | None:
-        return next((k for k in cls.__mro__ if name in vars(k)), None)
-
-    flat, batch = owner("encode_flat"), owner("encode_batch")
-    return flat is None or batch is None or issubclass(flat, batch)
-
-
-def doc_arrays(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``texts`` encoded as the loader does, as one BOS-first ``(tokens, lengths)``."""
-    encode = _encoding(tokenizer, dtype)[0]
-    parts = [p for a in range(0, len(texts), PIECE_DOCS) for p in encode(texts[a:a + PIECE_DOCS])]
-    if not parts:
-        return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
-    return np.concatenate([t for t, _ in parts]), np.concatenate([n for _, n in parts])
-
-
-def _checked_lists(lists: list, texts: list[str]) -> list:
-    if len(lists) != len(texts):
-        raise LoaderError(f"the tokenizer returned {len(lists)} id lists for {len(texts)} texts")
-    return lists
-
-
-def _checked_flat(flat: tuple[np.ndarray, np.ndarray], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    if len(flat[1]) != len(texts) + 1:
-        raise LoaderError(f"the tokenizer returned {len(flat[1]) - 1} documents' offsets for {len(texts)} texts")
-    return flat
-
-
-def _pieces(flat: tuple[np.ndarray, np.ndarray], bos: int, dtype: np.dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A task's ``(tokens, offsets)`` as BOS-first ``(tokens, lengths)`` per piece of ``PIECE_DOCS`` documents."""
-    tokens, offsets = flat
-    try:
-        arrays = bos_first(tokens, offsets, bos, dtype)
-    except ValueError as exc:
-        raise LoaderError(f"the tokenizer returned an id outside the token dtype ({exc}); check its "
-                          "vocab_size") from exc
-    out, lengths = arrays
-    ends = np.cumsum(lengths)
-    cuts = list(range(PIECE_DOCS, len(lengths), PIECE_DOCS))
-    bounds = [0, *(int(ends[c - 1]) for c in cuts), len(out)]
-    docs = [0, *cuts, len(lengths)]
-    return [(out[bounds[i]:bounds[i + 1]], lengths[docs[i]:docs[i + 1]]) for i in range(len(docs) - 1)]
-
-
-def _doc_bytes(ids_of: Iterable[Sequence[int]], to_bytes: DocBytes, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Runs on an encoding thread: each document's ids as the bytes of its BOS-first token array, joined."""
-    parts: list[bytes] = []
-    lengths: list[int] = []
-    for ids in ids_of:
-        try:
-            parts.append(to_bytes(ids))
-        except ValueError as exc:
-            raise LoaderError(f"the tokenizer returned an id outside the token dtype ({exc}); check its "
-                              "vocab_size") from exc
-        lengths.append(len(ids) + 1)
-    if len(lengths) != n:
-        raise LoaderError(f"the tokenizer returned {len(lengths)} id lists for {n} texts")
-    return join_docs(parts, lengths, to_bytes.dtype)
 
 
 def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
@@ -153,7 +59,7 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
     """
     background_thread()  # before starting the stream and encoding threads, which inherit it
     source = None
-    encode, task_docs, workers = _encoding(tokenizer, dtype)
+    encode, task_docs, workers = encoding(tokenizer, dtype, PIECE_DOCS)
     pool = shared or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nanostream-encode")
     pending: deque[tuple[Position, int, list[Future]]] = deque()
 
@@ -235,7 +141,7 @@ class Feed:
         self.thread: threading.Thread | None = None
 
     def encoding_threads(self) -> int:
-        return _encoding(self._args[1], self._args[2])[2]
+        return encoding(self._args[1], self._args[2], PIECE_DOCS)[2]
 
     def start(self, stop: threading.Event, name: str, pool: ThreadPoolExecutor | None = None) -> None:
         """Start the tokenize thread; ``stop`` (the pipeline's) ends it; ``pool``: encoding threads shared

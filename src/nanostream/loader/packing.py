@@ -5,9 +5,7 @@ Owns the packing buffer used by ``TokenDataset``: documents arrive a chunk at a 
 (each document already starts with BOS) plus their lengths, and leave as exact copies
 into the rows of a batch. Nothing here imports torch.
 
-Building that flat array: ``flatten_docs`` converts a list of id lists at once; ``DocBytes`` converts one document right after it was encoded (while its ids
-are still in the CPU cache, on the encoding thread, in a GIL hold of a few
-microseconds) and ``join_docs`` glues the pieces; both give the same arrays.
+Those arrays are built by ``encode.py``.
 
 The rule is nanochat's best fit: every row starts at a document boundary; from the
 buffer, place the longest document that fits in the space left, repeat, and when
@@ -26,12 +24,10 @@ the output is the same as the reference loop that scans a Python list, but:
 
 from __future__ import annotations
 
-import struct
 from bisect import bisect_right, insort
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from itertools import chain
 
 import numpy as np
 
@@ -43,78 +39,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 1 << 31:
         return np.dtype(np.int32)
     raise ValueError(f"vocab_size {vocab_size} does not fit in int32 token ids")
-
-
-def flatten_docs(token_lists: Sequence[Sequence[int]], bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate documents into one array with BOS in front of each; return (tokens, lengths).
-
-    ``lengths[i]`` counts document i's tokens plus its BOS.
-    """
-    n = len(token_lists)
-    body_lens = np.fromiter(map(len, token_lists), dtype=np.int64, count=n)
-    lengths = body_lens + 1
-    body = np.fromiter(chain.from_iterable(token_lists), dtype=dtype, count=int(body_lens.sum()))
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(body_lens[:-1], out=starts[1:])
-    tokens = np.insert(body, starts, np.array(bos_id, dtype=dtype)) if n else body
-    return tokens, lengths
-
-
-def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Documents given flat (``tokens``, ``offsets`` of ``len + 1``) as ``(tokens, lengths)`` with BOS in
-    front of each, like ``flatten_docs``, in ``dtype``; ValueError if an id does not fit in it."""
-    dtype = np.dtype(dtype)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    if len(offsets) and offsets[0]:
-        tokens, offsets = tokens[offsets[0]:offsets[-1]], offsets - offsets[0]
-    if tokens.size:
-        info = np.iinfo(dtype)
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < info.min or high > info.max:
-            raise ValueError(f"id {high if high > info.max else low} does not fit in {dtype}")
-    lengths = np.diff(offsets) + 1
-    out = np.empty(len(tokens) + len(lengths), dtype=dtype)
-    starts = offsets[:-1] + np.arange(len(lengths))  # where each document's BOS goes
-    out[starts] = bos_id
-    body = np.ones(len(out), dtype=bool)
-    body[starts] = False
-    out[body] = tokens
-    return out, lengths
-
-
-class DocBytes:
-    """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or
-    int32) values, for ``join_docs``. Thread-safe; keeps a bounded cache of ``struct.Struct``
-    objects per document length."""
-
-    MAX_CACHED = 4096
-
-    def __init__(self, bos_id: int, dtype: np.dtype) -> None:
-        dtype = np.dtype(dtype)
-        codes = {np.dtype(np.uint16): "H", np.dtype(np.int32): "i"}
-        if dtype not in codes:
-            raise ValueError(f"token dtype must be uint16 or int32, got {dtype}")
-        self.bos_id, self.dtype, self._code = bos_id, dtype, codes[dtype]
-        self._structs: dict[int, struct.Struct] = {}
-
-    def __call__(self, ids: Sequence[int]) -> bytes:
-        n = len(ids) + 1
-        packer = self._structs.get(n)
-        if packer is None:
-            if len(self._structs) >= self.MAX_CACHED:
-                self._structs.clear()
-            packer = self._structs[n] = struct.Struct(f"={n}{self._code}")
-        try:
-            return packer.pack(self.bos_id, *ids)
-        except struct.error as exc:
-            raise ValueError(f"a token id does not fit in {self.dtype} ({exc}): "
-                             f"ids must be integers in 0..{np.iinfo(self.dtype).max}") from exc
-
-
-def join_docs(parts: Sequence[bytes], lengths: Sequence[int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``DocBytes`` outputs of consecutive documents and their lengths (BOS included) as
-    ``(tokens, lengths)`` arrays, like ``flatten_docs``; ``tokens`` is read-only."""
-    return np.frombuffer(b"".join(parts), dtype=dtype), np.array(lengths, dtype=np.int64).reshape(-1)
 
 
 class _Chunk:
