@@ -171,6 +171,11 @@ def test_hf_tokenizer_json_ids_identical_to_tokenizers(corpus: list[str], tmp_pa
     from_object = load_tokenizer(ref, bos="<|endoftext|>")  # a tokenizers.Tokenizer object
     assert isinstance(from_object, HFTokenizer) and from_object.bos_id == 0
     ids_equal(from_object, texts[:200], want[:200])
+    make_shards(tmp_path / "data", 2, row_groups=2, rows=16, words=30)
+    ds = TokenDataset("train", ref, 2, 32, data_dir=tmp_path / "data", rank=0, world_size=1, epochs=1)
+    assert isinstance(ds.tokenizer, HFTokenizer) and ds.tokenizer.bos_id == ref.token_to_id("<|begin_of_text|>")
+    x, _ = next(iter(ds))
+    assert (x[:, 0] == ds.tokenizer.bos_id).all()
 
 
 # -- .tiktoken files --------------------------------------------------------------------------------
@@ -326,3 +331,15 @@ def test_token_dataset_places_bos_only_at_document_starts(nanochat_dir: Path, cl
             rows = [torch.cat([x, y[:, -1:]], dim=1) for x, y in ds]
             assert rows
             assert sum(int((r == tok.bos_id).sum()) for r in rows) == ds.stats()["docs_used"], (path, encoder)
+
+
+def test_pickle_protocols(nanochat, tmp_path: Path) -> None:
+    """Protocols 3-5 (Python 3's defaults) load; 0-2 need REDUCE and other globals, and are refused."""
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        path = tmp_path / f"p{protocol}.pkl"
+        path.write_bytes(pickle.dumps(nanochat.enc, protocol=protocol))
+        if protocol >= 3:
+            assert load_tokenizer(path).bos_id == nanochat.get_bos_token_id()
+        else:
+            with pytest.raises(TokenizerError, match="not a pickled tiktoken Encoding"):
+                load_tokenizer(path)
