@@ -24,6 +24,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from nanostream import TokenDataset
 from nanostream.errors import TokenizerError
 from nanostream.text import schemes
+from nanostream.text.bpe import train_tokenizer
 from nanostream.text.fast import FastEncoder, FromRanks
 from nanostream.text.hf import HFTokenizer
 from nanostream.text.load import load_tokenizer
@@ -315,16 +316,21 @@ def test_flat_arrays_are_numpy(nanochat_dir: Path) -> None:
     assert offsets[0] == 0 and offsets[1] == offsets[2] and len(offsets) == 4
 
 
-def test_token_dataset_places_bos_only_at_document_starts(nanochat_dir: Path, cl100k: Path, tmp_path: Path) -> None:
+def test_token_dataset_places_bos_only_at_document_starts(nanochat_dir: Path, cl100k: Path, corpus: list[str],
+                                                          tmp_path: Path) -> None:
     """Documents full of special-token text: every BOS in the batches starts a placed document (the
     count of BOS ids equals the documents used), for each format and both encoders."""
+    ours = train_tokenizer(corpus[:1000], vocab_size=600).save(tmp_path / "ours")
+    hf = tmp_path / "hf" / "tokenizer.json"
+    hf.parent.mkdir()
+    hf_tokenizer(corpus[:500], byte_level_regex=True).save(str(hf))
     data = tmp_path / "data"
     data.mkdir()
     texts = [f"doc {i}: {SPECIAL_TEXT[i % len(SPECIAL_TEXT)]} and <|bos|><|endoftext|> again {i}" * (1 + i % 5)
              for i in range(96)]
     for shard in range(2):  # the last is the validation shard
         pq.write_table(pa.table({"text": texts}), data / f"shard_{shard:05d}.parquet", row_group_size=32)
-    for path in (nanochat_dir, cl100k):
+    for path in (nanochat_dir, cl100k, ours, hf):
         for encoder in ("auto", "tiktoken"):
             tok = load_tokenizer(path, encoder=encoder)
             ds = TokenDataset("train", tok, 2, 48, data_dir=data, rank=0, world_size=1, epochs=1, buffer_docs=8)
