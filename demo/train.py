@@ -29,7 +29,8 @@ from nanostream.loader.dataset import TokenDataset
 from nanostream.loader.device import to_device
 from nanostream.streaming.streams import iter_batches
 from nanostream.text.bpe import train_with_stats
-from nanostream.text.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from nanostream.text.load import load_tokenizer
+from nanostream.text.tokenizer import ByteTokenizer, Tokenizer
 
 LOSS_WINDOW = 10  # the loss "fall" compares the mean of the first and of the last this-many steps
 

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from nanostream import ByteTokenizer, TokenDataset
 from nanostream.errors import ConfigError, CorruptShardError, LoaderError, NanostreamError, TokenizerError
 from nanostream.loader import feed
-from nanostream.loader.feed import _encoding
+from nanostream.loader.encode import FLAT_TASK_PIECES, encoding
 from nanostream.text.tokenizer import BPETokenizer
 
 from datagen import doc_id, doc_text, make_shards
@@ -430,10 +431,10 @@ def test_torchrun_two_ranks_gloo(data: Path, tmp_path: Path) -> None:
 MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"er", b"an", b"on", b"re", b" a", b"or", b"es"]
 
 
-def small_bpe(num_threads: int = 2) -> BPETokenizer:
+def small_bpe(num_threads: int = 2, encoder: str = "auto") -> BPETokenizer:
     ranks = {bytes([b]): b for b in range(256)}
     ranks.update({m: 256 + i for i, m in enumerate(MERGES)})
-    return BPETokenizer(ranks, num_threads=num_threads)
+    return BPETokenizer(ranks, num_threads=num_threads, encoder=encoder)
 
 
 class _BatchOnlyBPE(BPETokenizer):
@@ -456,13 +457,19 @@ def make_bpe(data: Path, tok, **kw) -> TokenDataset:
     return TokenDataset("train", tok, 4, 64, **args)
 
 
-def test_bpe_text_by_text_gives_the_same_batches(big_groups: Path) -> None:
-    fast, plain = small_bpe(), _BatchOnlyBPE(small_bpe().ranks, num_threads=2)
-    assert _encoding(fast)[1] == 2 and _encoding(plain)[1] == 1
-    assert _encoding(small_bpe(num_threads=1))[1] == 1
+def test_bpe_flat_and_text_by_text_give_the_same_batches(big_groups: Path) -> None:
+    """gigatoken's flat arrays, tiktoken driven text by text, and one encode_batch per task: same batches."""
+    fast, by_text = small_bpe(), small_bpe(encoder="tiktoken")
+    plain = _BatchOnlyBPE(small_bpe().ranks, num_threads=2, encoder="tiktoken")
+    assert fast.encoder_name == "gigatoken" and by_text.encoder_name == "tiktoken"
+    dt = np.dtype(np.uint16)
+    assert encoding(fast, dt, 128)[1:] == (128 * FLAT_TASK_PIECES, 2)
+    assert encoding(by_text, dt, 128)[1:] == (128, 2) and encoding(plain, dt, 128)[1:] == (128, 1)
+    assert encoding(small_bpe(num_threads=1, encoder="tiktoken"), dt, 128)[2] == 1
     got, want = list(make_bpe(big_groups, fast)), list(make_bpe(big_groups, plain))
     assert len(got) == len(want) > 10
     assert_same_batches(got, want)
+    assert_same_batches(list(make_bpe(big_groups, by_text)), want)
     texts = [fast.decode(row[1:]) for x, y in got for row in rows_of(x, y)]
     assert all(t.startswith("doc:") for t in texts)  # rows start at a document, BOS first
     assert (torch.stack([x[:, 0] for x, _ in got]) == fast.bos_id).all()

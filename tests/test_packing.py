@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from nanostream.loader.packing import BestFitPacker, DocBytes, flatten_docs, join_docs, token_dtype
+from nanostream.loader.encode import DocBytes, bos_first, flatten_docs, join_docs
+from nanostream.loader.packing import BestFitPacker, token_dtype
 
 BOS = 1000
 
@@ -188,6 +189,23 @@ def test_doc_bytes_join_equals_flatten(dtype: type) -> None:
             assert np.array_equal(tokens, want_tokens) and np.array_equal(lengths, want_lengths)
     big = DocBytes(70_000, np.dtype(np.int32))  # int32 ids above uint16
     assert np.frombuffer(big([1 << 20, 0]), dtype=np.int32).tolist() == [70_000, 1 << 20, 0]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_bos_first_equals_flatten(dtype: type) -> None:
+    """Flat ids + offsets (what encode_flat returns) give flatten_docs's arrays; ids outside the dtype raise."""
+    dt = np.dtype(dtype)
+    for seed in range(3):
+        for g in [*random_groups(seed, 4, 30, 50), []]:  # includes empty documents
+            offsets = np.cumsum([0, *map(len, g)]).astype(np.int64)
+            flat = np.array([i for d in g for i in d], dtype=np.uint32)
+            tokens, lengths = bos_first(flat, offsets, BOS, dt)
+            want_tokens, want_lengths = flatten_docs(g, BOS, dt)
+            assert tokens.dtype == dt and np.array_equal(tokens, want_tokens) and np.array_equal(lengths, want_lengths)
+            shifted = bos_first(np.concatenate([[7, 7], flat]), offsets + 2, BOS, dt)  # offsets need not start at 0
+            assert np.array_equal(shifted[0], want_tokens)
+    with pytest.raises(ValueError, match="does not fit in uint16"):
+        bos_first(np.array([1 << 16], dtype=np.uint32), np.array([0, 1]), BOS, np.dtype(np.uint16))
 
 
 def test_doc_bytes_rejects_ids_outside_dtype_and_bounds_its_cache() -> None:

@@ -22,6 +22,7 @@ import tiktoken.load
 from nanostream.errors import ConfigError, CorruptShardError, TokenizerError
 from nanostream.shards import shard_name
 from nanostream.text.bpe import iter_shard_texts, train_tokenizer, train_with_stats
+from nanostream.text.load import load_tokenizer
 from nanostream.text.tokenizer import (
     BOS,
     CONFIG_NAME,
@@ -30,7 +31,6 @@ from nanostream.text.tokenizer import (
     ByteTokenizer,
     Tokenizer,
     _balanced_chunks,
-    load_tokenizer,
 )
 
 from datagen import make_shards, write_shard

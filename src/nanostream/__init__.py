@@ -30,7 +30,7 @@ _LAZY = {
     "fetch_shards": "fetch.many",
     "Fetcher": "fetch.fetcher",
     "ByteTokenizer": "text.tokenizer",
-    "load_tokenizer": "text.tokenizer",
+    "load_tokenizer": "text.load",
     "TokenDataset": "loader.dataset",
     "to_device": "loader.device",
     "threads_for": "loader.cores",

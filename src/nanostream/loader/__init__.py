@@ -3,8 +3,8 @@
 ``dataset.py`` is ``TokenDataset`` (an ``IterableDataset`` of packed ``(inputs, targets)``, one
 dataset or a weighted mix) and its batch count, ``iterator.py`` one pass of it, ``feed.py`` one
 source's tokenize thread and packing buffer, ``pipeline.py`` the assembly thread (each row from
-one source), ``threads.py`` the threads' stop-aware queues, ``packing.py`` BOS-aligned best-fit
-packing, ``resume.py`` the ``state_dict`` format and how a load is planned, ``device.py``
+one source), ``threads.py`` the threads' stop-aware queues, ``encode.py`` a tokenizer's output as
+BOS-first flat token arrays, ``packing.py`` BOS-aligned best-fit packing, ``resume.py`` the ``state_dict`` format and how a load is planned, ``device.py``
 ``to_device`` and the pinned CUDA ring, ``cores.py`` ``threads_for``. Only ``dataset.py``,
 ``iterator.py``, ``device.py`` and ``cores.py`` import torch; the rest is numpy.
 

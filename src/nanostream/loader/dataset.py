@@ -42,10 +42,12 @@ from ..sources.spec import DATASET_ARGS, Source, entrance, normalized
 from ..streaming.order import Cursor
 from ..streaming.ranks import default_layout, worker_stride
 from ..streaming.streams import iter_batches, stream
+from ..text.load import as_tokenizer
 from ..text.tokenizer import Tokenizer
 from . import resume
+from .encode import doc_arrays
 from .iterator import Recipe, TokenIterator, tensors
-from .packing import BestFitPacker, PackStats, flatten_docs, token_dtype
+from .packing import BestFitPacker, PackStats, token_dtype
 from .pipeline import Sink
 
 __all__ = ["TokenDataset"]
@@ -85,10 +87,7 @@ class TokenDataset(IterableDataset):
                             ("buffer_docs", buffer_docs), ("prefetch", prefetch), ("ahead", ahead)):
             if not isinstance(value, int) or value < 1:
                 raise LoaderError(f"TokenDataset {name} must be an integer >= 1, got {value!r}")
-        for name in ("bos_id", "vocab_size", "encode_batch"):
-            if not hasattr(tokenizer, name):
-                raise LoaderError(f"tokenizer {type(tokenizer).__name__} has no {name}: "
-                                  "pass a nanostream.text.tokenizer.Tokenizer (e.g. ByteTokenizer)")
+        tokenizer = as_tokenizer(tokenizer)  # nanochat's tokenizer object, a tokenizers.Tokenizer, ...
         try:
             token_dtype(tokenizer.vocab_size)
         except ValueError as exc:
@@ -165,8 +164,7 @@ class TokenDataset(IterableDataset):
                 texts = list(next(it).texts)
             finally:
                 it.close()
-            tokens, lengths = flatten_docs(self.tokenizer.encode_batch(texts), self.tokenizer.bos_id,
-                                           token_dtype(self.tokenizer.vocab_size))
+            tokens, lengths = doc_arrays(self.tokenizer, texts, token_dtype(self.tokenizer.vocab_size))
             packer = BestFitPacker(self.buffer_docs)
             packer.add(tokens, lengths)
             row, rows = np.empty(self.seq_len + 1, dtype=np.int64), 0

@@ -3,8 +3,8 @@
 The tokenize thread (``_tokenize_ahead``) pulls row groups from the source's stream and
 has them tokenized ahead into flat numpy arrays, in pieces of ``PIECE_DOCS`` documents
 handed over in order as each is ready (a bounded queue of about ``prefetch`` row groups);
-a ``BPETokenizer`` is driven text by text on its ``num_threads`` threads, the next row
-group always queued behind the current one (``_encoding``). A ``Feed`` is what the
+the encoding threads (``encode.encoding``: gigatoken's flat arrays, or tiktoken text by text)
+always have the next row group queued behind the current one. A ``Feed`` is what the
 assembly thread (``pipeline.py``) packs from: ``refill`` moves the next piece into the
 source's ``BestFitPacker`` (one piece at a time, as nanochat's loader does: the first batch
 waits for ``buffer_docs`` documents and one piece, not for whole row groups), and ``part``
@@ -18,22 +18,22 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import LoaderError
-from ..text.tokenizer import BPETokenizer, Tokenizer
-from .packing import BestFitPacker, BufferSnapshot, DocBytes, join_docs
+from ..text.tokenizer import Tokenizer
+from .encode import encoding
+from .packing import BestFitPacker, BufferSnapshot
 from .threads import _End, _get, _put, background_thread
 
 if TYPE_CHECKING:
     from ..streaming.plan import Position
 
-PIECE_DOCS = 128  # documents encoded as one task and moved into the packing buffer at a time
+PIECE_DOCS = 128  # documents moved into the packing buffer at a time (and encoded as one task by tiktoken)
 PIECES_AHEAD = 8  # tokenized pieces queued ahead per row group of ``prefetch`` (1024 documents)
 
 
@@ -42,40 +42,6 @@ class Seam:
     next epochs, to make up a rank's batch count). The tokenize thread reads on past it only once
     the assembly thread, having packed every document before it, sets the pipeline's ``go`` event
     (``close()`` sets it too, so a thread waiting there stops at once)."""
-
-
-def _encoding(tokenizer: Tokenizer) -> tuple[Callable[[list[str]], Iterable[Sequence[int]]], int]:
-    """How to encode a piece: (texts -> their ids, encoding threads).
-
-    A ``BPETokenizer`` (whose ``encode_batch`` is the stock one: ``encode`` of each text) is
-    driven text by text on ``num_threads`` persistent threads, one task per piece: no thread
-    start or end-of-batch wait per row group, and each document is turned into bytes right
-    after it is encoded (cache-hot, in a GIL hold of microseconds between GIL-free encodes).
-    Any other tokenizer gets one ``encode_batch`` call per piece, on one thread.
-    """
-    cls = type(tokenizer)
-    if (isinstance(tokenizer, BPETokenizer) and cls.encode_batch is BPETokenizer.encode_batch
-            and cls.encode is BPETokenizer.encode):
-        encode = tokenizer.encode
-        return (lambda texts: map(encode, texts)), max(1, int(tokenizer.num_threads))
-    return tokenizer.encode_batch, 1
-
-
-def _encode_task(encode: Callable[[list[str]], Iterable[Sequence[int]]], to_bytes: DocBytes,
-                 texts: list[str]) -> tuple[list[bytes], list[int]]:
-    """Runs on an encoding thread: ``texts`` as the byte pieces of their BOS-first token arrays."""
-    parts: list[bytes] = []
-    lengths: list[int] = []
-    for ids in encode(texts):
-        try:
-            parts.append(to_bytes(ids))
-        except ValueError as exc:
-            raise LoaderError(f"the tokenizer returned an id outside the token dtype ({exc}); check its "
-                              "vocab_size") from exc
-        lengths.append(len(ids) + 1)
-    if len(lengths) != len(texts):
-        raise LoaderError(f"the tokenizer returned {len(lengths)} id lists for {len(texts)} texts")
-    return parts, lengths
 
 
 def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
@@ -93,8 +59,7 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
     """
     background_thread()  # before starting the stream and encoding threads, which inherit it
     source = None
-    encode, workers = _encoding(tokenizer)
-    to_bytes = DocBytes(tokenizer.bos_id, dtype)
+    encode, task_docs, workers = encoding(tokenizer, dtype, PIECE_DOCS)
     pool = shared or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nanostream-encode")
     pending: deque[tuple[Position, int, list[Future]]] = deque()
 
@@ -102,11 +67,12 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
         if not tasks:  # an empty row group still moves the position on
             return _put(q, stop, (position, np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64), None))
         for i, task in enumerate(tasks):
-            parts, lengths = task.result()
-            tokens, lens = join_docs(parts, lengths, dtype)
-            taken += len(lens)
-            if not _put(q, stop, (position, tokens, lens, None if i == len(tasks) - 1 else taken)):
-                return False
+            pieces = task.result()
+            for j, (tokens, lens) in enumerate(pieces):
+                taken += len(lens)
+                last = i == len(tasks) - 1 and j == len(pieces) - 1
+                if not _put(q, stop, (position, tokens, lens, None if last else taken)):
+                    return False
         return True
 
     try:
@@ -125,8 +91,8 @@ def _tokenize_ahead(open_source: Callable[[], Iterator[Any]], tokenizer: Tokeniz
                     return
                 continue
             texts, first, skip = list(batch.texts)[skip:], skip, 0
-            pending.append((batch.position, first, [pool.submit(_encode_task, encode, to_bytes, texts[a:a + PIECE_DOCS])
-                                                    for a in range(0, len(texts), PIECE_DOCS)]))
+            pending.append((batch.position, first, [pool.submit(encode, texts[a:a + task_docs])
+                                                    for a in range(0, len(texts), task_docs)]))
             if len(pending) > 1 and not hand_over(*pending.popleft()):
                 return
         while pending:
@@ -175,7 +141,7 @@ class Feed:
         self.thread: threading.Thread | None = None
 
     def encoding_threads(self) -> int:
-        return _encoding(self._args[1])[1]
+        return encoding(self._args[1], self._args[2], PIECE_DOCS)[2]
 
     def start(self, stop: threading.Event, name: str, pool: ThreadPoolExecutor | None = None) -> None:
         """Start the tokenize thread; ``stop`` (the pipeline's) ends it; ``pool``: encoding threads shared

@@ -5,9 +5,7 @@ Owns the packing buffer used by ``TokenDataset``: documents arrive a chunk at a 
 (each document already starts with BOS) plus their lengths, and leave as exact copies
 into the rows of a batch. Nothing here imports torch.
 
-Building that flat array: ``flatten_docs`` converts a list of id lists at once; ``DocBytes`` converts one document right after it was encoded (while its ids
-are still in the CPU cache, on the encoding thread, in a GIL hold of a few
-microseconds) and ``join_docs`` glues the pieces; both give the same arrays.
+Those arrays are built by ``encode.py``.
 
 The rule is nanochat's best fit: every row starts at a document boundary; from the
 buffer, place the longest document that fits in the space left, repeat, and when
@@ -26,12 +24,10 @@ the output is the same as the reference loop that scans a Python list, but:
 
 from __future__ import annotations
 
-import struct
 from bisect import bisect_right, insort
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from itertools import chain
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,61 +41,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise ValueError(f"vocab_size {vocab_size} does not fit in int32 token ids")
 
 
-def flatten_docs(token_lists: Sequence[Sequence[int]], bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate documents into one array with BOS in front of each; return (tokens, lengths).
-
-    ``lengths[i]`` counts document i's tokens plus its BOS.
-    """
-    n = len(token_lists)
-    body_lens = np.fromiter(map(len, token_lists), dtype=np.int64, count=n)
-    lengths = body_lens + 1
-    body = np.fromiter(chain.from_iterable(token_lists), dtype=dtype, count=int(body_lens.sum()))
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(body_lens[:-1], out=starts[1:])
-    tokens = np.insert(body, starts, np.array(bos_id, dtype=dtype)) if n else body
-    return tokens, lengths
-
-
-class DocBytes:
-    """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or
-    int32) values, for ``join_docs``. Thread-safe; keeps a bounded cache of ``struct.Struct``
-    objects per document length."""
-
-    MAX_CACHED = 4096
-
-    def __init__(self, bos_id: int, dtype: np.dtype) -> None:
-        dtype = np.dtype(dtype)
-        codes = {np.dtype(np.uint16): "H", np.dtype(np.int32): "i"}
-        if dtype not in codes:
-            raise ValueError(f"token dtype must be uint16 or int32, got {dtype}")
-        self.bos_id, self.dtype, self._code = bos_id, dtype, codes[dtype]
-        self._structs: dict[int, struct.Struct] = {}
-
-    def __call__(self, ids: Sequence[int]) -> bytes:
-        n = len(ids) + 1
-        packer = self._structs.get(n)
-        if packer is None:
-            if len(self._structs) >= self.MAX_CACHED:
-                self._structs.clear()
-            packer = self._structs[n] = struct.Struct(f"={n}{self._code}")
-        try:
-            return packer.pack(self.bos_id, *ids)
-        except struct.error as exc:
-            raise ValueError(f"a token id does not fit in {self.dtype} ({exc}): "
-                             f"ids must be integers in 0..{np.iinfo(self.dtype).max}") from exc
-
-
-def join_docs(parts: Sequence[bytes], lengths: Sequence[int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``DocBytes`` outputs of consecutive documents and their lengths (BOS included) as
-    ``(tokens, lengths)`` arrays, like ``flatten_docs``; ``tokens`` is read-only."""
-    return np.frombuffer(b"".join(parts), dtype=dtype), np.array(lengths, dtype=np.int64).reshape(-1)
-
-
 class _Chunk:
     """One batch of documents sharing a flat token array; ``tag`` says where they came from
     (``TokenDataset``: the stream position of their row group), kept through compaction."""
 
-    __slots__ = ("alive", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
+    __slots__ = ("alive", "frozen", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
     def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
         self.serial = serial
@@ -110,7 +56,13 @@ class _Chunk:
         np.cumsum(lengths[:-1], out=starts[1:])
         self.starts: list[int] = starts.tolist()
         self.alive = np.ones(len(lengths), dtype=bool)
+        self.frozen: np.ndarray | None = None  # a copy of ``alive`` for snapshots, until it changes
         self.n_alive = len(lengths)
+
+    def frozen_alive(self) -> np.ndarray:
+        if self.frozen is None:
+            self.frozen = self.alive.copy()
+        return self.frozen
 
 
 @dataclass
@@ -131,7 +83,7 @@ class PackStats:
         return self.tokens_cropped / used if used else 0.0
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return dict(self.__dict__)  # the int fields (asdict's deep copy costs more, once per batch)
 
 
 class BufferSnapshot:
@@ -228,9 +180,9 @@ class BestFitPacker:
         self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
-        """A cheap, frozen view of the buffer (chunk arrays are never modified, only alive flags
-        are copied); ``.export()`` turns it into arrays when needed."""
-        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.alive.copy(), c.tag)
+        """A cheap, frozen view of the buffer (chunk arrays are never modified; a chunk's alive flags are
+        copied once per change, not per snapshot); ``.export()`` turns it into arrays when needed."""
+        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.frozen_alive(), c.tag)
                  for c in sorted(self._chunks.values(), key=lambda c: c.serial)]
         return BufferSnapshot(parts)
 
@@ -277,6 +229,7 @@ class BestFitPacker:
 
     def _take(self, chunk: _Chunk, j: int, length: int) -> None:
         chunk.alive[j] = False
+        chunk.frozen = None
         chunk.n_alive -= 1
         self.n_docs -= 1
         self.alive_tokens -= length
@@ -309,6 +262,7 @@ class BestFitPacker:
                     self._chunks[chunk.serial] = chunk
                     self.held_tokens += len(chunk.tokens)
                 chunk.alive[j] = True
+                chunk.frozen = None
                 chunk.n_alive += 1
                 self.n_docs += 1
                 self.alive_tokens += length

@@ -1,64 +1,61 @@
-"""Tokenizers: the small protocol the loader needs, the dependency-free ByteTokenizer,
-and the BPE tokenizer (tiktoken for encoding), its saved format and its loader.
+"""Tokenizers: the protocol the loader needs, the dependency-free ByteTokenizer, and the BPE
+tokenizer (ranks + split regex + special tokens) with its two encoders.
 
-Training lives in ``nanostream.text.bpe`` (rustbpe), which builds on this module.
-
-Saved format (a folder, default ``$NANOSTREAM_BASE_DIR/tokenizer``), plain text, never pickle:
-
-``ranks.tiktoken``
-    One line per token, ``base64(token_bytes) rank``, ranks ``0..n-1`` in order;
-    the 256 single bytes are always present. This is tiktoken's own ``.tiktoken``
-    format, so ``tiktoken.load.load_tiktoken_bpe`` reads it too.
-``tokenizer.json``
-    ``{"format": "nanostream-bpe", "version": 1, "pattern": <split regex>,
-    "special_tokens": {"<|bos|>": n}, "vocab_size": n + 1, "num_ranks": n,
-    "ranks_file": "ranks.tiktoken", "ranks_sha256": <hex sha256 of ranks.tiktoken>}``.
-    Special tokens take the ids right after the ranks; ``vocab_size`` counts them.
-
-Both files are written atomically (temp file, fsync, ``os.replace``), ranks first,
-so ``tokenizer.json`` is the commit point. Loading checks every field and the
-sha256; a missing, truncated, modified or malformed file raises ``TokenizerError``
-naming the file and telling you to run ``nanostream tokenizer train`` again.
+``BPETokenizer`` encodes with gigatoken (``fast.py``) where that gives tiktoken's ids on the
+identity sample (``identity.py``) and with tiktoken otherwise, saying once why. Either way
+document text never becomes a special token: no special token is registered with the fast
+encoder, tiktoken is called through ``encode_ordinary``, and the loader places BOS itself.
+Formats are read by ``load.py``; the nanostream folder format is ``saved.py``.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
-import os
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import tiktoken
 
 from ..errors import TokenizerError
 from ..shards import write_bytes
+from . import fast, identity
+from .schemes import NANOSTREAM, fast_scheme
 
-if TYPE_CHECKING:
+log = logging.getLogger(__name__)
 
-    pass
-
-# GPT-4-style pre-split: contractions, letter runs, 1-3 digit groups, punctuation runs, whitespace.
-SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
-    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
+SPLIT_PATTERN = NANOSTREAM
 BOS = "<|bos|>"
-SPECIAL_TOKENS: tuple[str, ...] = (BOS,)
 FORMAT, FORMAT_VERSION = "nanostream-bpe", 1
 CONFIG_NAME, RANKS_NAME = "tokenizer.json", "ranks.tiktoken"
-RETRAIN = "run `nanostream tokenizer train` to train it again"
+SPECIAL_TOKENS: tuple[str, ...] = (BOS,)
+ENCODERS = ("auto", "gigatoken", "tiktoken")
 MIN_TEXTS_PER_THREAD = 16  # fewer texts than this per thread: encode them on the calling thread
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Log ``message`` as a warning the first time this process sees it."""
+    if message not in _said:
+        _said.add(message)
+        log.warning("%s", message)
 
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What TokenDataset needs from a tokenizer."""
+    """What TokenDataset needs from a tokenizer.
+
+    ``bos_id`` (placed by the loader before every document), ``vocab_size`` (ids are
+    ``0..vocab_size-1``) and ``encode_batch(texts)`` (each text's ids, no BOS, never a special
+    token for text that merely looks like one). Optional and faster: ``encode_flat(texts) ->
+    (tokens, offsets)``, every text's ids in one integer array and ``offsets`` of length
+    ``len(texts) + 1``; the loader uses it when present. ``decode`` is for people."""
 
     @property
     def bos_id(self) -> int: ...
@@ -71,6 +68,19 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def flat_of(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Id lists as ``(tokens, offsets)`` (int64)."""
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), out=offsets[1:])
+    tokens = np.fromiter((i for ids in lists for i in ids), dtype=np.int64, count=int(offsets[-1]))
+    return tokens, offsets
+
+
+def lists_of(tokens: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    """``(tokens, offsets)`` back as one id list per text."""
+    return [part.tolist() for part in np.split(tokens, offsets[1:-1])] if len(offsets) > 1 else []
+
+
 class ByteTokenizer:
     """UTF-8 bytes as tokens 0..255, BOS = 256, vocab 257. No dependencies, no training."""
 
@@ -80,12 +90,20 @@ class ByteTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(t.encode("utf-8")) for t in texts]
 
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        parts = [t.encode("utf-8") for t in texts]
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
+        return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 def default_threads() -> int:
     """Encoding threads: the CPUs this process may use, at most 8."""
+    import os
+
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -93,41 +111,81 @@ def default_threads() -> int:
     return max(1, min(8, n))
 
 
-class BPETokenizer:
-    """Byte-level BPE: ``ranks`` (token bytes -> id) plus special tokens after them.
+def ranks_text(ranks: Mapping[bytes, int]) -> bytes:
+    """``ranks`` as a ``.tiktoken`` file: ``base64(token) rank`` lines in rank order."""
+    return "".join(f"{base64.b64encode(tok).decode('ascii')} {rank}\n"
+                   for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])).encode("ascii")
 
-    ``encode``/``encode_batch`` never emit special tokens (a literal ``<|bos|>`` in the
-    text is encoded as ordinary bytes) and add no BOS: the loader prepends ``bos_id``.
-    ``decode`` renders special tokens as their names.
+
+class BPETokenizer:
+    """Byte-level BPE: ``ranks`` (token bytes -> id), a split ``pattern`` and ``special_tokens``
+    (name -> id; default: ``<|bos|>`` right after the ranks), ``bos`` one of them.
+
+    ``encoder``: ``"auto"`` (gigatoken if installed, its scheme fits ``pattern`` and its ids equal
+    tiktoken's on the identity sample; else tiktoken, logged once), ``"gigatoken"`` (that or a
+    TokenizerError) or ``"tiktoken"``. ``encoder_name`` says which runs. No encode method ever
+    emits a special token, and none adds BOS: the loader prepends ``bos_id``.
     """
 
     def __init__(self, ranks: Mapping[bytes, int], *, pattern: str = SPLIT_PATTERN,
-                 num_threads: int | None = None) -> None:
+                 special_tokens: Mapping[str, int] | None = None, bos: str = BOS, num_threads: int | None = None,
+                 encoder: str = "auto", origin: str = "BPE tokenizer") -> None:
         n = len(ranks)
         if sorted(ranks.values()) != list(range(n)):
-            raise TokenizerError(f"BPE ranks must be exactly 0..{n - 1}")
+            raise TokenizerError(f"{origin}: BPE ranks must be exactly 0..{n - 1}")
         if any(ranks.get(bytes([b])) is None for b in range(256)):
-            raise TokenizerError("BPE ranks must contain all 256 single bytes")
+            raise TokenizerError(f"{origin}: BPE ranks must contain all 256 single bytes")
+        if encoder not in ENCODERS:
+            raise TokenizerError(f"unknown encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
         self._ranks = dict(ranks)
-        self.pattern = pattern
-        self.special_tokens = {tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self.pattern, self.origin = pattern, origin
+        self.special_tokens = dict(special_tokens) if special_tokens is not None else {BOS: n}
+        if bos not in self.special_tokens:
+            raise TokenizerError(f"{origin}: BOS token {bos!r} is not in its vocabulary (its special tokens: "
+                                 f"{', '.join(self.special_tokens) or 'none'}); pass bos= one of them")
+        self.bos = bos
         self.num_threads = num_threads if num_threads is not None else default_threads()
         if self.num_threads < 1:
             raise TokenizerError(f"num_threads must be >= 1, got {self.num_threads}")
         try:
-            self._enc = tiktoken.Encoding(FORMAT, pat_str=pattern, mergeable_ranks=self._ranks,
-                                          special_tokens=self.special_tokens,
-                                          explicit_n_vocab=n + len(self.special_tokens))
+            self._enc = tiktoken.Encoding("nanostream-bpe", pat_str=pattern, mergeable_ranks=self._ranks,
+                                          special_tokens=self.special_tokens)
         except (ValueError, AssertionError) as exc:
-            raise TokenizerError(f"invalid BPE tokenizer (pattern or ranks): {exc}") from exc
+            raise TokenizerError(f"{origin}: invalid BPE tokenizer (pattern or ranks): {exc}") from exc
+        self.fast = None if encoder == "tiktoken" else self._fast_encoder(encoder == "gigatoken")
+        self.encoder_name = "tiktoken" if self.fast is None else "gigatoken"
+
+    def _fast_encoder(self, required: bool) -> fast.FastEncoder | None:
+        scheme = fast_scheme(self.pattern)
+        enc, reason = None, None
+        if not fast.available():
+            reason = "gigatoken is not installed"
+        elif scheme is None:
+            reason = "gigatoken has no scheme for its split pattern"
+        else:
+            try:
+                enc = fast.FastEncoder(fast.FromRanks(ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1])
+            except Exception as exc:  # noqa: BLE001  (any failure of the optional encoder: use the reference)
+                reason = f"gigatoken cannot load it ({exc})"
+            else:
+                diff = identity.first_difference(self._reference_batch, enc.encode_flat,
+                                                  identity.sample([*self.special_tokens, self.bos]))
+                if diff is not None:
+                    enc, reason = None, f"gigatoken's ids differ from tiktoken's on {diff[:40]!r}"
+        if reason is None:
+            return enc
+        if required:
+            raise TokenizerError(f"{self.origin}: cannot encode with gigatoken: {reason}")
+        say_once(f"{self.origin}: encoding with tiktoken, not gigatoken: {reason}")
+        return None
 
     @property
     def bos_id(self) -> int:
-        return self.special_tokens[BOS]
+        return self.special_tokens[self.bos]
 
     @property
     def vocab_size(self) -> int:
-        return len(self._ranks) + len(self.special_tokens)
+        return self._enc.n_vocab
 
     @property
     def ranks(self) -> dict[bytes, int]:
@@ -136,13 +194,22 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self._enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Each text's ids (no BOS), in order, on up to ``num_threads`` threads.
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every text's ids in one array plus offsets (``len(texts) + 1``), no BOS."""
+        if self.fast is not None:
+            return self.fast.encode_flat(texts)
+        return flat_of(self._reference_batch(texts))
 
-        tiktoken releases the GIL while it encodes, so threads run in parallel. Each
-        thread gets one contiguous run of texts of about equal total length (one task
-        per thread, not per text: less GIL traffic than ``encode_ordinary_batch``).
-        """
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's ids (no BOS), in order."""
+        if self.fast is not None:
+            return lists_of(*self.fast.encode_flat(texts))
+        return self._reference_batch(texts)
+
+    def _reference_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """tiktoken on up to ``num_threads`` threads: it releases the GIL while it encodes. Each
+        thread gets one contiguous run of texts of about equal total length (one task per thread,
+        not per text: less GIL traffic than ``encode_ordinary_batch``)."""
         texts = list(texts)
         threads = min(self.num_threads, len(texts) // MIN_TEXTS_PER_THREAD)
         if threads <= 1:
@@ -162,10 +229,10 @@ class BPETokenizer:
             raise TokenizerError(f"cannot decode ids outside 0..{self.vocab_size - 1}: {exc}") from exc
 
     def save(self, directory: Path | str) -> Path:
-        """Write ``ranks.tiktoken`` then ``tokenizer.json`` into ``directory``; return it."""
+        """Write ``ranks.tiktoken`` then ``tokenizer.json`` (the nanostream folder format, read back by
+        ``saved.py``) into ``directory``; return it."""
         directory = Path(directory)
-        ranks = "".join(f"{base64.b64encode(tok).decode('ascii')} {rank}\n"
-                        for tok, rank in sorted(self._ranks.items(), key=lambda kv: kv[1])).encode("ascii")
+        ranks = ranks_text(self._ranks)
         config = {
             "format": FORMAT, "version": FORMAT_VERSION, "pattern": self.pattern,
             "special_tokens": self.special_tokens, "vocab_size": self.vocab_size,
@@ -191,75 +258,3 @@ def _balanced_chunks(texts: list[str], n: int) -> list[list[str]]:
             bounds.append(i + 1)
     bounds.append(len(texts))
     return [texts[a:b] for a, b in pairwise(bounds) if b > a]
-
-
-def _field(config: dict[str, Any], key: str, kind: type, where: Path) -> Any:
-    value = config.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TokenizerError(f"{where}: field {key!r} is missing or not a {kind.__name__}; {RETRAIN}")
-    return value
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TokenizerError(f"no tokenizer at {path.parent} ({path.name} is missing); {RETRAIN}") from exc
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise TokenizerError(f"{path} is not valid JSON (truncated or corrupt: {exc}); {RETRAIN}") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise TokenizerError(f"{path} is not a nanostream BPE tokenizer file; {RETRAIN}")
-    if config.get("version") != FORMAT_VERSION:
-        raise TokenizerError(f"{path} has format version {config.get('version')!r}, this nanostream reads "
-                             f"version {FORMAT_VERSION}; {RETRAIN}")
-    return config
-
-
-def _parse_ranks(data: bytes, path: Path) -> dict[bytes, int]:
-    ranks: dict[bytes, int] = {}
-    for lineno, line in enumerate(data.splitlines(), 1):
-        try:
-            token, rank = line.split()
-            ranks[base64.b64decode(token, validate=True)] = int(rank)
-        except (ValueError, binascii.Error) as exc:
-            raise TokenizerError(f"{path} line {lineno} is not `base64 rank` ({exc}); {RETRAIN}") from exc
-    return ranks
-
-
-def load_tokenizer(path: Path | str, *, num_threads: int | None = None) -> Tokenizer:
-    """The tokenizer saved in folder ``path`` (or its ``tokenizer.json``); ``"byte"`` gives ByteTokenizer."""
-    if isinstance(path, str) and path == "byte":
-        return ByteTokenizer()
-    directory = Path(path).expanduser()
-    if directory.name == CONFIG_NAME and directory.is_file():
-        directory = directory.parent
-    config_path = directory / CONFIG_NAME
-    config = _read_config(config_path)
-    pattern = _field(config, "pattern", str, config_path)
-    specials = _field(config, "special_tokens", dict, config_path)
-    vocab_size = _field(config, "vocab_size", int, config_path)
-    num_ranks = _field(config, "num_ranks", int, config_path)
-    ranks_file = _field(config, "ranks_file", str, config_path)
-    sha = _field(config, "ranks_sha256", str, config_path)
-    if Path(ranks_file).name != ranks_file or ranks_file.startswith("."):
-        raise TokenizerError(f"{config_path}: ranks_file {ranks_file!r} must be a plain file name; {RETRAIN}")
-    ranks_path = directory / ranks_file
-    try:
-        data = ranks_path.read_bytes()
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {ranks_path} ({exc}); {RETRAIN}") from exc
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise TokenizerError(f"{ranks_path} does not match the sha256 in {config_path} "
-                             f"(truncated or modified); {RETRAIN}")
-    ranks = _parse_ranks(data, ranks_path)
-    expected = {tok: num_ranks + i for i, tok in enumerate(SPECIAL_TOKENS)}
-    if len(ranks) != num_ranks or specials != expected or vocab_size != num_ranks + len(expected):
-        raise TokenizerError(f"{config_path} does not agree with {ranks_path} (num_ranks {num_ranks}, "
-                             f"{len(ranks)} ranks read, vocab_size {vocab_size}, special_tokens {specials}); "
-                             f"{RETRAIN}")
-    try:
-        return BPETokenizer(ranks, pattern=pattern, num_threads=num_threads)
-    except TokenizerError as exc:
-        raise TokenizerError(f"{directory}: {exc}; {RETRAIN}") from exc

@@ -1,0 +1,174 @@
+"""``load_tokenizer``: the one way in for every tokenizer a user has, as a file, a folder or an object.
+
+Paths: ``"byte"``; a folder holding ``tokenizer.json`` (nanostream's own, ``saved.py``, or a
+Hugging Face one, ``hf.py``) or nanochat's ``tokenizer.pkl`` (``pickled.py``); or one of those
+files; or a ``.tiktoken`` rank file with its split scheme (OpenAI's file names carry it, any
+other needs ``scheme=``: a name from ``schemes.PATTERNS`` or the regex itself). Objects
+(``as_tokenizer``, also what ``TokenDataset`` calls): anything with the ``Tokenizer`` protocol
+as it is; a ``tiktoken.Encoding``; nanochat's tokenizer object (``.enc``, ``get_bos_token_id``);
+a ``tokenizers.Tokenizer``; any other object with ``get_bos_token_id``, ``get_vocab_size`` and
+``encode(list_of_texts)``. ``bos`` picks the BOS where a format has no ``<|bos|>``; every wrong
+input is one ``TokenizerError`` naming the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import regex
+import tiktoken
+
+from ..errors import TokenizerError
+from .hf import HFTokenizer
+from .pickled import read_encoding_state
+from .saved import RETRAIN, load_folder, parse_ranks, read_json
+from .schemes import ENDOFTEXT, OPENAI_SPECIALS, PATTERNS
+from .tokenizer import BOS, CONFIG_NAME, RANKS_NAME, BPETokenizer, ByteTokenizer, Tokenizer
+
+PICKLE_NAME = "tokenizer.pkl"
+EXPECTED = ("a nanostream tokenizer folder, nanochat's tokenizer folder or tokenizer.pkl, a Hugging Face "
+            'tokenizer.json, a .tiktoken rank file, or "byte"')
+# sha256 of the rank files OpenAI publishes (tiktoken_ext.openai_public): a truncated copy is caught
+OPENAI_SHA256 = {
+    "r50k_base": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+}
+
+
+def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = None,
+                   num_threads: int | None = None, encoder: str = "auto") -> Tokenizer:
+    """The tokenizer at ``path`` (or the object ``path``: see the module docstring).
+
+    ``bos``: the BOS token's text where the format has no ``<|bos|>`` (GPT-2 and OpenAI's files:
+    ``<|endoftext|>``, the default there; Llama 3: ``<|begin_of_text|>``). ``scheme``: a ``.tiktoken``
+    file's split regex or its name. ``encoder``: ``"auto"`` (the fastest encoder whose ids match
+    the reference library's, checked now), ``"gigatoken"`` or ``"tiktoken"`` (the reference).
+    """
+    kw = {"num_threads": num_threads, "encoder": encoder}
+    if isinstance(path, str) and path == "byte":
+        return ByteTokenizer()
+    if not isinstance(path, (str, os.PathLike)):
+        return as_tokenizer(path, bos=bos, **kw)
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / CONFIG_NAME).is_file():
+            return _json_file(p / CONFIG_NAME, bos, kw)
+        if (p / PICKLE_NAME).is_file():
+            return _pickle_file(p / PICKLE_NAME, bos, kw)
+        found = sorted(q.name for q in p.glob("*.tiktoken") if q.name != RANKS_NAME)
+        raise TokenizerError(f"no tokenizer in {p}: expected {CONFIG_NAME} (nanostream's or Hugging Face's) or "
+                             f"nanochat's {PICKLE_NAME}; " + (f"to read {found[0]}, pass its path and scheme="
+                                                               if found else RETRAIN))
+    if not p.exists():
+        raise TokenizerError(f"no tokenizer at {p} (it does not exist): pass {EXPECTED}")
+    if p.suffix == ".pkl":
+        return _pickle_file(p, bos, kw)
+    if p.suffix == ".tiktoken":
+        return _tiktoken_file(p, bos, scheme, kw)
+    if p.suffix == ".json":
+        return _json_file(p, bos, kw)
+    raise TokenizerError(f"{p} is not a tokenizer file this nanostream reads: pass {EXPECTED}")
+
+
+def _json_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
+    ours = (path.parent / RANKS_NAME).is_file()  # beside nanostream's ranks: a folder of ours
+    config = read_json(path, RETRAIN if ours else "copy it again")
+    if ours or (isinstance(config, dict) and "format" in config):
+        return load_folder(config, path, bos=bos, **kw)
+    if isinstance(config, dict) and "model" in config:
+        return HFTokenizer(path.read_text(encoding="utf-8"), bos=bos, encoder=kw["encoder"], origin=str(path))
+    raise TokenizerError(f"{path} is neither a nanostream tokenizer.json (no \"format\") nor a Hugging Face one "
+                         f"(no \"model\"): pass {EXPECTED}")
+
+
+def _pickle_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
+    state = read_encoding_state(path)
+    return BPETokenizer(state["mergeable_ranks"], pattern=state["pat_str"], special_tokens=state["special_tokens"],
+                        bos=bos or BOS, origin=str(path), **kw)
+
+
+def split_pattern(scheme: str | None, name: str, path: Path) -> str:
+    """The split regex for a ``.tiktoken`` file named ``name``: ``scheme``'s, else the name's."""
+    names = ", ".join(PATTERNS)
+    if scheme is None:
+        if name in OPENAI_SPECIALS:
+            return PATTERNS[name]
+        raise TokenizerError(f"{path} does not say how to split text before BPE: pass scheme= one of {names}, or "
+                             f"the split regex itself (e.g. load_tokenizer({str(path)!r}, scheme='cl100k_base'))")
+    if scheme in PATTERNS:
+        return PATTERNS[scheme]
+    if regex.fullmatch(r"[\w.-]+", scheme):
+        raise TokenizerError(f"unknown split scheme {scheme!r} for {path}: use one of {names}, or pass the split "
+                             "regex itself")
+    try:
+        regex.compile(scheme)
+    except regex.error as exc:
+        raise TokenizerError(f"split scheme for {path} is neither one of {names} nor a valid regex ({exc})") from exc
+    return scheme
+
+
+def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str, Any]) -> Tokenizer:
+    name = path.name.removesuffix(".tiktoken")
+    pattern = split_pattern(scheme, name, path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    hint = "copy the rank file again"
+    if name in OPENAI_SHA256 and hashlib.sha256(data).hexdigest() != OPENAI_SHA256[name]:
+        raise TokenizerError(f"{path} does not match the published sha256 of {name} (truncated or modified); {hint}")
+    ranks = parse_ranks(data, path, hint)
+    if not ranks:
+        raise TokenizerError(f"{path} holds no ranks (empty or truncated): {hint}")
+    if name in OPENAI_SPECIALS:
+        specials, default_bos = OPENAI_SPECIALS[name], ENDOFTEXT
+    else:  # a rank file carries no special tokens: BOS takes the id after the ranks
+        specials, default_bos = {bos or BOS: len(ranks)}, bos or BOS
+    return BPETokenizer(ranks, pattern=pattern, special_tokens=specials, bos=bos or default_bos,
+                        origin=str(path), **kw)
+
+
+class CallTokenizer:
+    """An object with nanochat's tokenizer methods (``get_bos_token_id``, ``get_vocab_size``,
+    ``encode(texts)``, ``decode``) as a ``Tokenizer``; its ``encode`` decides how text is split."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self.bos_id, self.vocab_size = int(obj.get_bos_token_id()), int(obj.get_vocab_size())
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.obj.encode(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.obj.decode(list(ids))
+
+
+def as_tokenizer(obj: Any, *, bos: str | None = None, num_threads: int | None = None,
+                 encoder: str = "auto") -> Tokenizer:
+    """``obj`` as a ``Tokenizer`` (see the module docstring); a TokenizerError if it is none of those."""
+    if isinstance(obj, (str, os.PathLike)):
+        return load_tokenizer(obj, bos=bos, num_threads=num_threads, encoder=encoder)
+    if all(hasattr(obj, n) for n in ("bos_id", "vocab_size", "encode_batch")):
+        return obj
+    kw: dict[str, Any] = {"num_threads": num_threads, "encoder": encoder, "origin": type(obj).__name__}
+    enc = obj if isinstance(obj, tiktoken.Encoding) else getattr(obj, "enc", None)
+    if isinstance(enc, tiktoken.Encoding) and hasattr(enc, "_mergeable_ranks"):
+        specials = dict(enc._special_tokens)
+        if enc is not obj and callable(getattr(obj, "get_bos_token_id", None)):  # nanochat's RustBPETokenizer
+            names = {i: s for s, i in specials.items()}
+            bos = names.get(int(obj.get_bos_token_id()), bos)
+        elif bos is None:
+            bos = BOS if BOS in specials else ENDOFTEXT
+        return BPETokenizer(enc._mergeable_ranks, pattern=enc._pat_str, special_tokens=specials, bos=bos or BOS, **kw)
+    if type(obj).__module__.partition(".")[0] == "tokenizers" and hasattr(obj, "to_str"):
+        return HFTokenizer(obj.to_str(), bos=bos, encoder=encoder, origin=kw["origin"])
+    if all(callable(getattr(obj, n, None)) for n in ("get_bos_token_id", "get_vocab_size", "encode")):
+        return CallTokenizer(obj)
+    raise TokenizerError(f"a {type(obj).__name__!r} object is not a tokenizer nanostream can use: pass {EXPECTED}, a "
+                         "tiktoken Encoding, a tokenizers.Tokenizer, nanochat's tokenizer object, or an object with "
+                         "bos_id, vocab_size and encode_batch (nanostream.text.tokenizer.Tokenizer)")
