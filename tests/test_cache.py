@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from nanostream.config import CacheLimit, Config, parse_cache_limit
 from nanostream.errors import ConfigError
 from nanostream.shards import shard_name
 from nanostream.sources.record import FolderRecord, write_record
-from nanostream.streaming.cache.budget import victims
+from nanostream.streaming.cache.budget import next_uses, victims
 from nanostream.streaming.cache.holders import HolderInfo
 from nanostream.streaming.cache.usage import FolderScan, filesystem_bytes, folder_bytes
 from nanostream.streaming.streams import stream
@@ -193,24 +194,18 @@ places = st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 60), max_si
 def test_eviction_never_takes_a_file_needed_before_the_one_it_makes_room_for(mine, at, others, rel) -> None:
     """For any readers of one run: a prefetch evicts only files every reader needs after the prefetched one;
     a demand (needed at our own place) only files no other reader needs before that place."""
-    import math
-    from tempfile import TemporaryDirectory
-
-    from nanostream.streaming.cache.budget import next_uses
-
     me = HolderInfo("me", future={**{f: max(p, at) for f, p in mine.items()}, rel: at}, at=at, run="r")
     peers = [HolderInfo(f"p{k}", future={f: max(p, a) for f, p in fut.items()}, at=a, run="r")
              for k, (fut, a) in enumerate(others)]
-    with TemporaryDirectory() as tmp:
-        names = [f for f in "abcdefgh" if f != rel]
-        view = FolderScan(Path(tmp), files=dict.fromkeys(names, 10), kinds=dict.fromkeys(names, "data"),
-                          atime=dict.fromkeys(names, 0))
-        nxt = next_uses([me, *peers], me.needs)
-        for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=False, me=me):
-            assert nxt.get(victim, math.inf) > nxt[rel]
-        theirs = next_uses(peers, me.needs)
-        for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=True, me=me):
-            assert theirs.get(victim, math.inf) >= at
+    names = [f for f in "abcdefgh" if f != rel]
+    view = FolderScan(Path("folder"), files=dict.fromkeys(names, 10), kinds=dict.fromkeys(names, "data"),
+                      atime=dict.fromkeys(names, 0))  # what victims reads of a folder: no disk needed
+    nxt = next_uses([me, *peers], me.needs)
+    for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=False, me=me):
+        assert nxt.get(victim, math.inf) > nxt[rel]
+    theirs = next_uses(peers, me.needs)
+    for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=True, me=me):
+        assert theirs.get(victim, math.inf) >= at
 
 
 # -- too small a budget -------------------------------------------------------------------------
