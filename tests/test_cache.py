@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -277,11 +278,13 @@ async def test_ranks_drifting_apart_download_each_file_once_an_epoch(remote: Pat
 
 
 async def test_a_reader_nobody_consumes_stops_protecting_its_files(remote: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Rank 1 takes one batch and is not read again for a while: its next files are needed sooner than rank
     0's, but once it has not moved for STALLED_S rank 0 evicts them and goes on (no deadlock); rank 1
     then reads the rest, fetching again what was evicted."""
     monkeypatch.setattr("nanostream.streaming.cache.budget.STALLED_S", 0.5)
+    caplog.set_level(logging.INFO, "nanostream.streaming.cache.budget")
     async with FaultServer(remote, rate=20e6) as srv:
         kw = dict(data_dir=tmp_path / "s", base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS, world_size=2,
                   shuffle=True, queue_size=2, cache_limit=data_bytes(remote) // 4)
@@ -295,6 +298,7 @@ async def test_a_reader_nobody_consumes_stops_protecting_its_files(remote: Path,
     assert len(ahead) == len(rest) == SHARDS * GROUPS // 2
     assert {(b.shard, b.row_group) for b in ahead} | {(b.shard, b.row_group) for b in rest} == {
         (s, g) for s in range(SHARDS) for g in range(GROUPS)}
+    assert sum("has not moved on for 0s" in r.getMessage() for r in caplog.records) == 1  # said once
 
 
 async def test_two_nodes_each_within_its_budget(remote: Path, tmp_path: Path) -> None:

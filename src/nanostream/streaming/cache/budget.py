@@ -54,7 +54,7 @@ class FolderBudget:
         self.evicted = 0  # files this stream evicted
         self.shortfall = ""  # why the last refused admission did not fit (for the waiting log)
         self._record: tuple[tuple[int, int], Catalog | None] | None = None
-        self._moved: dict[str, tuple[int, float]] = {}  # holder -> (its place, when first seen there)
+        self._moved: dict[str, tuple[int, float, bool]] = {}  # holder -> (place, since when, stall said)
 
     def record(self) -> Catalog | None:
         """The folder's record, read again only when it changed."""
@@ -147,13 +147,16 @@ class FolderBudget:
         """The other streams' holders, less those whose place has not changed for ``STALLED_S``."""
         now, out, moved = time.monotonic(), [], {}
         for h in others:
-            at, since = self._moved.get(h.name, (None, now))
-            moved[h.name] = (h.at, now if at != h.at else since)
-            if now - moved[h.name][1] < STALLED_S:
+            at, since, told = self._moved.get(h.name, (None, now, False))
+            if at != h.at:
+                since, told = now, False
+            if now - since < STALLED_S:
                 out.append(h)
-            elif now - since - STALLED_S < 1.0:  # said once, as it stops counting
+            elif not told:
+                told = True
                 log.info("%s: a reader (%s) has not moved on for %.0fs: the files it needs next may be evicted "
                          "and downloaded again when it reads them", self.folder, h.name, STALLED_S)
+            moved[h.name] = (h.at, since, told)
         self._moved = moved
         return out
 
