@@ -1,10 +1,12 @@
 """Streaming under ``cache_limit``: 16 train shards through a quarter of their size, 2 epochs, 2 ranks on one folder.
 
-Two ranks (tests/cluster_worker.py, torchrun's environment set by hand, ``--sync``: a gloo
-all-reduce after every batch, as DDP keeps ranks in step) share one empty data folder behind
-a throttled loopback server (tests/servers.py in a subprocess, RATE bytes/s per connection).
-Each rank "trains" ``DELAY`` seconds per batch. While they run this process samples the
-folder's bytes on disk (every file, as allocated) every 10 ms.
+Two ranks (tests/cluster_worker.py, torchrun's environment set by hand) share one empty data
+folder behind a throttled loopback server (tests/servers.py in a subprocess, RATE bytes/s per
+connection). Each rank "trains" ``DELAY`` seconds per batch, either in lockstep (``--sync``: a
+gloo all-reduce after every batch, as DDP keeps ranks in step) or without a barrier at the same
+mean speed (``--drift``: steps of 0.5 and 1.5 x ``DELAY`` by turns, ``DRIFT`` batches each,
+the two ranks in opposite phase, so they drift apart by several files and back). While they
+run this process samples the folder's bytes on disk (every file, as allocated) every 10 ms.
 
 Rows (each run is the same data, seed and layout; the figures of a row are medians of ROUNDS
 interleaved rounds):
@@ -13,6 +15,8 @@ interleaved rounds):
   limit, documents read each epoch, bytes served vs the data (and the bytes saved by files kept
   for the next epoch's first reads), batches/s against the unbounded run (target >= 0.95x);
 * the same with a link slower than consumption: the data wait the limit adds;
+* both links with the ranks drifting apart (no barrier): bytes served (each file once per
+  epoch: <= 2.3x the data), and the files downloaded more than once in an epoch;
 * Belady vs LRU eviction (``NANOSTREAM_CACHE_POLICY=lru``) on the fast-link run: bytes served.
 """
 
@@ -38,6 +42,7 @@ from bench.common import MB, ROOT, TESTS, server_subprocess, table, verdict
 SHARDS, RANKS, EPOCHS = 16, 2, 2
 FAST, SLOW = 16_000_000, 600_000  # bytes/s per connection (the downloader opens up to 4 per file)
 DELAY = 0.05  # seconds of "training" per batch
+DRIFT = 32  # batches of each speed in the runs without a barrier (half an epoch of a rank)
 
 
 def make_data(folder: Path, groups: int, rows: int, filler: int) -> list[int]:
@@ -62,7 +67,7 @@ def free_port() -> int:
 
 
 async def run_ranks(work: Path, url: str, tag: str, limit: int | None, policy: str = "belady",
-                    delay: float = DELAY) -> tuple[list[dict], int]:
+                    delay: float = DELAY, sync: bool = True) -> tuple[list[dict], int]:
     """One run of both ranks into an empty folder; (reports, peak folder bytes sampled every 10 ms)."""
     folder, out, port = work / tag, work / f"{tag}-out", free_port()
     shutil.rmtree(folder, ignore_errors=True)
@@ -85,7 +90,8 @@ async def run_ranks(work: Path, url: str, tag: str, limit: int | None, policy: s
             env.pop("NANOSTREAM_CACHE_LIMIT", None)
             cmd = [sys.executable, str(TESTS / "cluster_worker.py"), str(out), "--data-dir", str(folder),
                    "--base-url", url, "--num-shards", str(SHARDS), "--max-shard", str(SHARDS), "--shuffle",
-                   "--sync", "--epochs", str(EPOCHS), "--delay", str(delay)]
+                   "--epochs", str(EPOCHS), "--delay", str(delay)]
+            cmd += ["--sync"] if sync else ["--drift", str(DRIFT)]
             cmd += ["--cache-limit", str(limit)] if limit is not None else []
             procs.append(await asyncio.create_subprocess_exec(*cmd, stderr=subprocess.PIPE, env=env))
         errs = [(await p.communicate())[1].decode() for p in procs]
@@ -108,10 +114,10 @@ def summarize(reports: list[dict], peak: int, served: int, files: dict[str, int]
 
 
 async def one(work: Path, remote: Path, rate: int, tag: str, limit: int | None, policy: str = "belady",
-              delay: float = DELAY) -> dict:
+              delay: float = DELAY, sync: bool = True) -> dict:
     with server_subprocess(remote, rate=rate) as srv:
         before = srv.stats()
-        reports, peak = await run_ranks(work, srv.url, tag, limit, policy, delay)
+        reports, peak = await run_ranks(work, srv.url, tag, limit, policy, delay, sync)
         after = srv.stats()
     files = {k: v - before["files"].get(k, 0) for k, v in after["files"].items()}
     return summarize(reports, peak, after["bytes_sent"] - before["bytes_sent"], files)
@@ -119,6 +125,11 @@ async def one(work: Path, remote: Path, rate: int, tag: str, limit: int | None, 
 
 def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
+
+
+def again(run: dict, sizes: list[int]) -> int:
+    """Files served more than once per epoch (whole downloads beyond ``EPOCHS``, from the server's bytes)."""
+    return sum(max(0, round(run["files"].get(f"shard_{i:05d}.parquet", 0) / s) - EPOCHS) for i, s in enumerate(sizes))
 
 
 def main(quick: bool = False) -> dict:
@@ -139,6 +150,8 @@ def main(quick: bool = False) -> dict:
         lru = asyncio.run(one(work, work / "remote", FAST, "lru", limit, "lru"))
         slow = {"unbounded": asyncio.run(one(work, work / "remote", SLOW, "su", None)),
                 "limit": asyncio.run(one(work, work / "remote", SLOW, "sl", limit))}
+        drift = {"fast": asyncio.run(one(work, work / "remote", FAST, "fd", limit, sync=False)),
+                 "slow": asyncio.run(one(work, work / "remote", SLOW, "sd", limit, sync=False))}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\ncache_limit {limit / MB:.2f} MB = a quarter of {data / MB:.2f} MB; link {FAST / MB:g} MB/s per "
@@ -146,13 +159,14 @@ def main(quick: bool = False) -> dict:
           f"or {SLOW / MB:g} MB/s (slower)")
     rows_out = []
     for name, runs, link in (("unbounded", fast["unbounded"], "fast"), ("cache_limit", fast["limit"], "fast"),
-                             ("cache_limit, LRU", [lru], "fast"), ("unbounded", [slow["unbounded"]], "slow"),
-                             ("cache_limit", [slow["limit"]], "slow")):
+                             ("cache_limit, LRU", [lru], "fast"), ("cache_limit, no barrier", [drift["fast"]], "fast"),
+                             ("unbounded", [slow["unbounded"]], "slow"), ("cache_limit", [slow["limit"]], "slow"),
+                             ("cache_limit, no barrier", [drift["slow"]], "slow")):
         rows_out.append([name, link, f"{med(runs, 'peak') / MB:.2f}", f"{med(runs, 'served') / MB:.2f}",
-                         f"{med(runs, 'served') / data:.2f}x", f"{med(runs, 'docs'):,.0f}", f"{med(runs, 'bps'):.2f}",
-                         f"{med(runs, 'wait'):.2f}"])
-    print(table(["run", "link", "peak MB", "served MB", "vs data", "docs read", "batches/s/rank", "data wait s"],
-                rows_out))
+                         f"{med(runs, 'served') / data:.2f}x", f"{statistics.median(again(r, sizes) for r in runs):.0f}",
+                         f"{med(runs, 'docs'):,.0f}", f"{med(runs, 'bps'):.2f}", f"{med(runs, 'wait'):.2f}"])
+    print(table(["run", "link", "peak MB", "served MB", "vs data", "files again in an epoch", "docs read",
+                 "batches/s/rank", "data wait s"], rows_out))
     bl = fast["limit"]
     kept = [statistics.median(max(0, 2 * s - r["files"].get(f"shard_{i:05d}.parquet", 0)) for r in bl)
             for i, s in enumerate(sizes)]
@@ -164,12 +178,14 @@ def main(quick: bool = False) -> dict:
           f"{added:+.2f} s of data wait per rank ({slow['limit']['wait']:.2f} vs {slow['unbounded']['wait']:.2f} s)")
     print(f"  Belady vs LRU (fast link): {med(bl, 'served') / MB:.2f} MB vs {lru['served'] / MB:.2f} MB served "
           f"({lru['served'] / med(bl, 'served'):.2f}x)")
+    bounded = [*bl, lru, slow["limit"], drift["fast"], drift["slow"]]
     targets = {
-        "peak folder bytes (sampled every 10 ms) <= cache_limit, every run": all(
-            r["peak"] <= limit for r in [*bl, lru, slow["limit"]]),
-        "every document read each epoch, none twice": all(r["docs"] == every and r["twice"] == 0
-                                                          for r in [*bl, lru, slow["limit"]]),
-        "bytes served <= 2.3 x data": max(r["served"] for r in bl) <= 2.3 * data,
+        "peak folder bytes (sampled every 10 ms) <= cache_limit, every run": all(r["peak"] <= limit for r in bounded),
+        "every document read each epoch, none twice": all(r["docs"] == every and r["twice"] == 0 for r in bounded),
+        "bytes served <= 2.3 x data, ranks in lockstep (fast and slow link)": max(
+            r["served"] for r in [*bl, slow["limit"]]) <= 2.3 * data,
+        "bytes served <= 2.3 x data, no barrier, same mean speed (fast and slow link)": max(
+            r["served"] for r in drift.values()) <= 2.3 * data,
         "batches/s >= 0.95 x unbounded (fast link)": ratio >= 0.95,
         "Belady serves no more than LRU": med(bl, "served") <= lru["served"],
     }
@@ -177,6 +193,8 @@ def main(quick: bool = False) -> dict:
         print(f"  {verdict(ok)}  {name}")
     return {"data_mb": round(data / MB, 2), "limit_mb": round(limit / MB, 2), "ratio": round(ratio, 3),
             "served_x": round(med(bl, "served") / data, 3), "lru_x": round(lru["served"] / data, 3),
+            "slow_x": round(slow["limit"]["served"] / data, 3),
+            "drift_x": {k: round(r["served"] / data, 3) for k, r in drift.items()},
             "added_wait_s": round(added, 2), "targets": targets}
 
 

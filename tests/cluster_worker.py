@@ -2,7 +2,7 @@
 
 Usage: python tests/cluster_worker.py OUT_DIR --data-dir DIR --base-url URL --num-shards N --max-shard M
            [--take K] [--start CURSOR_JSON] [--shuffle] [--pad] [--dist]
-           [--epochs E] [--cache-limit LIMIT] [--delay S] [--fetch-ahead F] [--queue-size Q] [--sync]
+           [--epochs E] [--cache-limit LIMIT] [--delay S [--drift N]] [--fetch-ahead F] [--queue-size Q] [--sync]
 
 The rank, world size and node come from torchrun's environment (RANK, WORLD_SIZE,
 LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK: set by hand in the simulation, by torchrun
@@ -10,7 +10,9 @@ for real; ``--dist`` also joins a gloo process group first). It reads one epoch 
 ``stream()`` -- or its first K batches -- and writes OUT_DIR/rank<RANK>.json: the
 layout it saw, the epoch length it was told beforehand, every document id it read
 and the global cursor after its last batch; with ``--delay`` it sleeps S seconds after each
-batch (a training step) and reports the seconds it waited for batches (``wait_s``); ``--sync``
+batch (a training step) and reports the seconds it waited for batches (``wait_s``); ``--drift N``
+makes the step 0.5 S and 1.5 S by turns, N batches each, even ranks starting fast and odd ranks
+slow (the same mean speed, drifting apart and back without a barrier); ``--sync``
 joins a gloo group (MASTER_ADDR/MASTER_PORT from the environment) and all-reduces one number
 after each batch, as DDP's gradient all-reduce keeps ranks in step.
 """
@@ -45,6 +47,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--cache-limit", default=None)
     p.add_argument("--delay", type=float, default=0.0, help="seconds of 'training' after each batch")
+    p.add_argument("--drift", type=int, default=0, help="steps of 0.5 and 1.5 x --delay by turns, N each")
     p.add_argument("--fetch-ahead", type=int, default=2)
     p.add_argument("--queue-size", type=int, default=8)
     p.add_argument("--sync", action="store_true", help="all-reduce after every batch (ranks in step, as DDP)")
@@ -85,7 +88,10 @@ def main() -> None:
             if args.take is not None and len(batches) == args.take:
                 break
             if args.delay:
-                time.sleep(args.delay)
+                pause = args.delay
+                if args.drift:  # fast and slow by turns, odd ranks starting slow
+                    pause *= 0.5 if ((len(batches) - 1) // args.drift + plan.rank) % 2 == 0 else 1.5
+                time.sleep(pause)
             if args.sync:
                 dist.all_reduce(step)
         wall = time.perf_counter() - t0

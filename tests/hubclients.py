@@ -1,11 +1,13 @@
 """The real huggingface_hub against a Hub endpoint, as a user runs it; prints one JSON object.
 
-    HF_ENDPOINT=http://127.0.0.1:PORT python tests/hubclients.py ORG/NAME FILE [--gated]
+    HF_ENDPOINT=http://127.0.0.1:PORT python tests/hubclients.py ORG/NAME FILE [--gated] [--odd]
 
 Run in a subprocess with HF_ENDPOINT (read at import time), HF_HOME (a temp cache) and
 HF_HUB_DISABLE_TELEMETRY=1 set. Each call's outcome is a key of the output: what it
 returned, or ``{"error": ExceptionClass}``. FILE is one parquet file of the repo; ``--gated``
-runs only the calls a gated repo answers (info, tree) and the download it refuses.
+runs only the calls a gated repo answers (info, tree) and the download it refuses; ``--odd`` adds
+calls with control characters in the revision and path, each as ``{"error", "server"}``: the
+exception's class and the server's message the client shows.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ def outcome(fn):
         return {"error": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else ""}
 
 
+def server_said(fn) -> dict:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001  (the test asserts on the class and the server's message)
+        return {"error": type(exc).__name__, "server": getattr(exc, "server_message", None)}
+    return {"error": None}
+
+
 def entry(e) -> dict:
     from huggingface_hub.hf_api import RepoFile
 
@@ -39,7 +49,7 @@ def entry(e) -> dict:
     return {"type": "directory", "path": e.path, "oid": e.tree_id}
 
 
-def main(repo: str, file: str, gated: bool) -> dict:
+def main(repo: str, file: str, gated: bool, odd: bool = False) -> dict:
     import pyarrow.parquet as pq
     from huggingface_hub import (
         HfApi,
@@ -78,6 +88,9 @@ def main(repo: str, file: str, gated: bool) -> dict:
                                                           "size": meta.size}
     out["download"] = outcome(lambda: sha256(Path(hf_hub_download(repo, file, repo_type="dataset")).read_bytes()))
     out["download_missing"] = outcome(lambda: hf_hub_download(repo, "no/such.parquet", repo_type="dataset"))
+    if odd:
+        out["odd_revision"] = server_said(lambda: info(revision="a\x00b\nc"))
+        out["odd_tree"] = server_said(lambda: list(api.list_repo_tree(repo, "data/\x01x", repo_type="dataset")))
 
     def snapshot():
         where = Path(snapshot_download(repo, repo_type="dataset", local_dir=tempfile.mkdtemp()))
@@ -105,4 +118,4 @@ def main(repo: str, file: str, gated: bool) -> dict:
 
 if __name__ == "__main__":
     assert os.environ.get("HF_ENDPOINT"), "set HF_ENDPOINT"
-    print(json.dumps(main(sys.argv[1], sys.argv[2], "--gated" in sys.argv[3:])))
+    print(json.dumps(main(sys.argv[1], sys.argv[2], "--gated" in sys.argv[3:], "--odd" in sys.argv[3:])))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import math
 import os
 import signal
 import socket
@@ -22,12 +24,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nanostream.config import CacheLimit, Config, parse_cache_limit
 from nanostream.errors import ConfigError
 from nanostream.shards import shard_name
 from nanostream.sources.record import FolderRecord, write_record
-from nanostream.streaming.cache.budget import victims
+from nanostream.streaming.cache.budget import next_uses, victims
 from nanostream.streaming.cache.holders import HolderInfo
 from nanostream.streaming.cache.usage import FolderScan, filesystem_bytes, folder_bytes
 from nanostream.streaming.streams import stream
@@ -87,9 +91,9 @@ class Sampler:
 
 
 async def run_ranks(tmp: Path, url: str, tag: str, *, nodes: int = 1, per_node: int = 2,
-                    args: tuple[str, ...] = ()) -> list[dict]:
-    """Every rank of ``nodes`` x ``per_node`` as a process in step with the others (``--sync``); node n
-    reads into tmp/<tag>-n. Returns each rank's report."""
+                    args: tuple[str, ...] = (), sync: bool = True) -> list[dict]:
+    """Every rank of ``nodes`` x ``per_node`` as a process in step with the others (``--sync``, unless
+    ``sync=False``); node n reads into tmp/<tag>-n. Returns each rank's report."""
     out, world, port = tmp / f"{tag}-out", nodes * per_node, free_port()
     procs = []
     for rank in range(world):
@@ -98,8 +102,8 @@ async def run_ranks(tmp: Path, url: str, tag: str, *, nodes: int = 1, per_node: 
                "GROUP_RANK": str(rank // per_node), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port)}
         cmd = [sys.executable, str(WORKER), str(out), "--data-dir", str(tmp / f"{tag}-{rank // per_node}"),
-               "--base-url", url, "--num-shards", str(SHARDS), "--max-shard", str(SHARDS), "--shuffle", "--sync",
-               *args]
+               "--base-url", url, "--num-shards", str(SHARDS), "--max-shard", str(SHARDS), "--shuffle",
+               *(["--sync"] if sync else []), *args]
         procs.append(await asyncio.create_subprocess_exec(*cmd, stderr=subprocess.PIPE, env=env))
     errs = [(await p.communicate())[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * world, "\n".join(errs)[-4000:]
@@ -140,25 +144,69 @@ def test_cache_limit_forms_and_env(tmp_path: Path) -> None:
 def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_path: Path) -> None:
     view = FolderScan(tmp_path, files=dict.fromkeys("abcde", 10), kinds={**dict.fromkeys("abcd", "data"), "e": "local"},
                       atime={"a": 1, "b": 2, "c": 3, "d": 4, "e": 0})
-    me = HolderInfo("me", future={"x": 2, "a": 1, "b": 9})
-    other = HolderInfo("other", future={"b": 3, "c": 5})  # a lagging reader needs b sooner than we do
+    me = HolderInfo("me", future={"x": 2, "a": 1, "b": 9}, at=0, run="r")
+    other = HolderInfo("other", future={"b": 3, "c": 5}, at=0, run="r")  # needs b sooner than we do
     # never needed again (d) first, then the one needed latest (c at 5, b at min(9, 3) = 3, a at 1);
     # e is local-only: never a victim
-    assert victims("belady", view, None, [me, other], {}, "x", now=True) == [("d", False), ("c", False),
-                                                                          ("b", False), ("a", False)]
+    assert victims("belady", view, None, [me, other], {}, "x", now=True, me=me) == [
+        ("d", False), ("c", False), ("b", False), ("a", False)]
     # a prefetch of x (needed at 2) evicts only files needed after it
-    assert victims("belady", view, None, [me, other], {}, "x", now=False) == [("d", False), ("c", False),
-                                                                           ("b", False)]
-    assert victims("belady", view, None, [me, other], {"c": 10}, "x")[:2] == [("d", False), ("b", False)]
+    assert victims("belady", view, None, [me, other], {}, "x", now=False, me=me) == [
+        ("d", False), ("c", False), ("b", False)]
+    assert victims("belady", view, None, [me, other], {"c": 10}, "x", me=me)[:2] == [("d", False), ("b", False)]
     # a reader is on "h" now, which nobody needs again: a prefetch waits for it rather than evict d, needed at 30
     # (a demand does not wait)
     reading = HolderInfo("reading", future={"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, after={"h": -1})
     held = FolderScan(tmp_path, files={**view.files, "h": 10}, kinds={**view.kinds, "h": "data"}, atime=view.atime)
-    assert victims("belady", held, None, [reading], {}, "x", now=False) == []
-    assert victims("belady", held, None, [reading], {}, "x", now=True)[0] == ("d", False)
+    assert victims("belady", held, None, [reading], {}, "x", now=False, me=reading) == []
+    assert victims("belady", held, None, [reading], {}, "x", now=True, me=reading)[0] == ("d", False)
     soon = HolderInfo("reading", future=reading.future, after={"h": 5})  # h is needed again before d: no wait
-    assert victims("belady", held, None, [soon], {}, "x", now=False)[0] == ("d", False)
+    assert victims("belady", held, None, [soon], {}, "x", now=False, me=soon)[0] == ("d", False)
     assert [v for v, _ in victims("lru", view, None, [me, other], {}, "x")] == ["a", "b", "c", "d"]
+
+
+def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
+    """Places are on the run's clock: a reader behind (at 10) needs a and b before the leader (at 40) needs
+    x. The leader's prefetch and demand both leave them, its demand until that reader stops moving
+    (``behind=[]``); the reader behind may evict the leader's next files. A reader of another run counts
+    from its own place."""
+    view = FolderScan(tmp_path, files=dict.fromkeys("abcn", 10), kinds=dict.fromkeys("abcn", "data"),
+                      atime=dict.fromkeys("abcn", 0))
+    leader = HolderInfo("leader", future={"x": 40, "c": 44, "n": 90}, after={}, at=40, run="r")
+    behind = HolderInfo("behind", future={"a": 12, "b": 16, "x": 40, "c": 44, "n": 90}, at=10, run="r")
+    holders = [leader, behind]
+    assert victims("belady", view, None, holders, {}, "x", now=False, me=leader) == [("n", False), ("c", False)]
+    assert victims("belady", view, None, holders, {}, "x", now=True, me=leader) == [("n", False), ("c", False)]
+    assert victims("belady", view, None, holders, {}, "x", now=True, me=leader, behind=[]) == [
+        ("n", False), ("c", False), ("b", False), ("a", False)]  # that reader stalled: Belady's order
+    assert victims("belady", view, None, holders, {}, "b", now=True, me=behind) == [
+        ("n", False), ("c", False), ("a", False)]  # b is needed at 16, later than a: a goes last
+    other_run = HolderInfo("val", future={"a": 1005, "b": 1001}, at=1000, run="v")  # b 1 from its place
+    assert victims("belady", view, None, [leader, other_run], {}, "x", now=False, me=leader) == [
+        ("n", False), ("a", False), ("c", False), ("b", False)]  # on the leader's clock: a 45, c 44, b 41, x 40
+
+
+places = st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 60), max_size=8)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(mine=places, at=st.integers(0, 60), others=st.lists(st.tuples(places, st.integers(0, 60)), max_size=3),
+       rel=st.sampled_from("abcdefgh"))
+def test_eviction_never_takes_a_file_needed_before_the_one_it_makes_room_for(mine, at, others, rel) -> None:
+    """For any readers of one run: a prefetch evicts only files every reader needs after the prefetched one;
+    a demand (needed at our own place) only files no other reader needs before that place."""
+    me = HolderInfo("me", future={**{f: max(p, at) for f, p in mine.items()}, rel: at}, at=at, run="r")
+    peers = [HolderInfo(f"p{k}", future={f: max(p, a) for f, p in fut.items()}, at=a, run="r")
+             for k, (fut, a) in enumerate(others)]
+    names = [f for f in "abcdefgh" if f != rel]
+    view = FolderScan(Path("folder"), files=dict.fromkeys(names, 10), kinds=dict.fromkeys(names, "data"),
+                      atime=dict.fromkeys(names, 0))  # what victims reads of a folder: no disk needed
+    nxt = next_uses([me, *peers], me.needs)
+    for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=False, me=me):
+        assert nxt.get(victim, math.inf) > nxt[rel]
+    theirs = next_uses(peers, me.needs)
+    for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=True, me=me):
+        assert theirs.get(victim, math.inf) >= at
 
 
 # -- too small a budget -------------------------------------------------------------------------
@@ -212,6 +260,45 @@ async def test_two_ranks_share_a_quarter_of_the_data_for_two_epochs(remote: Path
     kept = sorted(local.glob("shard_*.parquet"))
     assert kept and all(sha(p) == sha(remote / p.name) for p in kept)  # re-fetched files are byte-identical
     assert not list(local.glob(".nanostream.cache.*.holder"))  # the streams left the budget
+
+
+async def test_ranks_drifting_apart_download_each_file_once_an_epoch(remote: Path, tmp_path: Path) -> None:
+    """Two ranks at the same mean speed without a barrier (fast and slow by turns, in opposite phase) drift
+    several files apart, more than a quarter of the data holds. The one ahead waits rather than evict a
+    file the one behind still needs, so no file is downloaded twice in an epoch."""
+    limit = data_bytes(remote) // 4
+    async with FaultServer(remote, rate=20e6) as srv:
+        with Sampler([tmp_path / "d-0"]) as sampler:
+            reports = await run_ranks(tmp_path, srv.url, "d", sync=False, args=(
+                "--dist", "--epochs", "2", "--cache-limit", str(limit), "--delay", "0.02", "--drift", "32"))
+        downloads = Counter(r.path for r in srv.requests if r.method == "GET" and r.range is None)
+    assert docs_by_epoch(reports) == every_doc(2)
+    assert 0 < sampler.peak[tmp_path / "d-0"] <= limit
+    assert len(downloads) == SHARDS and max(downloads.values()) <= 2, downloads
+
+
+async def test_a_reader_nobody_consumes_stops_protecting_its_files(remote: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Rank 1 takes one batch and is not read again for a while: its next files are needed sooner than rank
+    0's, but once it has not moved for STALLED_S rank 0 evicts them and goes on (no deadlock); rank 1
+    then reads the rest, fetching again what was evicted."""
+    monkeypatch.setattr("nanostream.streaming.cache.budget.STALLED_S", 0.5)
+    caplog.set_level(logging.INFO, "nanostream.streaming.cache.budget")
+    async with FaultServer(remote, rate=20e6) as srv:
+        kw = dict(data_dir=tmp_path / "s", base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS, world_size=2,
+                  shuffle=True, queue_size=2, cache_limit=data_bytes(remote) // 4)
+        paused = stream("train", **kw, rank=1)
+        try:
+            first = await paused.__anext__()
+            ahead = [b async for b in stream("train", **kw, rank=0)]
+            rest = [first] + [b async for b in paused]
+        finally:
+            await paused.aclose()
+    assert len(ahead) == len(rest) == SHARDS * GROUPS // 2
+    assert {(b.shard, b.row_group) for b in ahead} | {(b.shard, b.row_group) for b in rest} == {
+        (s, g) for s in range(SHARDS) for g in range(GROUPS)}
+    assert sum("has not moved on for 0s" in r.getMessage() for r in caplog.records) == 1  # said once
 
 
 async def test_two_nodes_each_within_its_budget(remote: Path, tmp_path: Path) -> None:

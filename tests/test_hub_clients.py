@@ -110,10 +110,15 @@ async def test_serve_of_a_fetched_folder_is_a_hub_for_huggingface_hub(tmp_path, 
         at_hub = await clients(hub.url, "org/corpus", tmp_path / "a")
     mirror, url = await start_server(tmp_path / "node0")
     try:
-        got = await clients(url, "org/corpus", tmp_path / "b")
+        got = await clients(url, "org/corpus", tmp_path / "b", "--odd")
     finally:
         await mirror.cleanup()
     check(got, repo, sha, LAYOUT, url)
+    # control characters in what is asked: the class from X-Error-Code, the message from the JSON body
+    assert got["odd_revision"] == {"error": "RevisionNotFoundError",
+                                   "server": f"Invalid rev id: 'a\\x00b\\nc' (this mirror holds {sha})"}
+    assert got["odd_tree"] == {"error": "RemoteEntryNotFoundError",
+                               "server": f"'data/\\x01x' does not exist at {sha} in this mirror"}
     # the double answers the same, README included (the mirror holds what fetch kept: the parquet files)
     check({**at_hub, "snapshot": {k: v for k, v in at_hub["snapshot"].items() if k != "README.md"},
            "files": [f for f in at_hub["files"] if f != "README.md"],

@@ -14,13 +14,15 @@ Revisions: ``main``, the commit sha, and the revision the folder was fetched at
     GET /api/datasets/ORG/NAME/tree/REV[/PATH]    entries {"type": "file"|"directory", "oid", "size",
         "path"[, "lfs": {"oid", "size", "pointerSize"}]}; ``recursive=true`` walks subfolders;
         1000 a page (50 with ``expand=true``), the next in ``Link: <...&cursor=...>; rel="next"``
-    POST /api/datasets/ORG/NAME/paths-info/REV    form or JSON ``paths=``: the entries of those
-        that exist, in the order asked
+    POST /api/datasets/ORG/NAME/paths-info/REV    urlencoded form or JSON ``paths=``: the entries of
+        those that exist, in the order asked
     GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH  the bytes (ShardFiles: Range, ETag, X-Linked-*)
         with ``X-Repo-Commit``
 
 A missing repo, revision or path answers 404 with the Hub's ``X-Error-Code``
-(RepoNotFound, RevisionNotFound, EntryNotFound). Not sent: ``lastCommit`` and
+(RepoNotFound, RevisionNotFound, EntryNotFound); every error has a JSON body
+``{"error": ...}``, and no request text goes into a header (``hubrequest.py`` reads and
+checks the request). Not sent: ``lastCommit`` and
 ``securityFileStatus`` (the record does not hold them), ``xetHash`` (files come as
 plain HTTP bodies), card data (a README is not part of what fetch keeps).
 """
@@ -28,11 +30,9 @@ plain HTTP bodies), card data (a README is not part of what fetch keeps).
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -40,11 +40,13 @@ from ..errors import DatasetError
 from ..sources.catalog import Catalog
 from ..sources.hub import parse_hub_url
 from ..sources.record import read_catalog
+from .hubrequest import asked_paths, cursor_start, hub_error, next_link, quoted, target
 from .hubtree import Held, Tree, blob_oid_of_file, build_tree
 
 PREFIX = "hf://datasets/"
 PAGE_SIZE = 1000  # tree entries a page, as the Hub
 EXPANDED_PAGE_SIZE = 50
+REST = r"{rest:[\s\S]+}"  # the rest of the path, a quoted newline (%0A) included: it reaches the 404s below
 
 
 class HubMirror:
@@ -74,25 +76,26 @@ class HubMirror:
     def add_routes(self, app: web.Application) -> None:
         base = "/api/datasets/{org}/{name}"
         app.router.add_get(base, self.info)
-        app.router.add_get(base + "/revision/{rest:.+}", self.info)
-        app.router.add_get(base + "/tree/{rest:.+}", self.tree)
-        app.router.add_post(base + "/paths-info/{rest:.+}", self.paths_info)
-        app.router.add_get("/datasets/{org}/{name}/resolve/{rest:.+}", self.resolve, allow_head=True)
+        app.router.add_get(base + "/revision/" + REST, self.info)
+        app.router.add_get(base + "/tree/" + REST, self.tree)
+        app.router.add_post(base + "/paths-info/" + REST, self.paths_info)
+        app.router.add_get("/datasets/{org}/{name}/resolve/" + REST, self.resolve, allow_head=True)
 
     # -- what the request names ---------------------------------------------------------------
     def _target(self, request: web.Request, action: str) -> tuple[str, str]:
-        """(revision, path) of ``.../ACTION/REV[/PATH]``, read from the raw path (REV may hold ``%2F``);
-        404 for another repo or an unknown revision."""
-        repo = f"{request.match_info['org']}/{request.match_info['name']}"
+        """(revision, path) of ``.../ACTION/REV[/PATH]``; 404 for another repo or an unknown revision."""
+        repo, rev, path = target(request, action)
         if repo != self.repo:
-            raise _error("RepoNotFound", f"Repository {repo} not found (this mirror holds {self.repo})")
-        segs = request.raw_path.split("?", 1)[0].split("/")
-        at = 5 if segs[1] == "api" else 4  # segs[at] is ACTION
-        rev = unquote(segs[at + 1]) if at + 1 < len(segs) else "main"
-        path = unquote("/".join(segs[at + 2:])).strip("/")
+            raise hub_error(web.HTTPNotFound, f"Repository {quoted(repo)} not found (this mirror holds {self.repo})",
+                            code="RepoNotFound")
         if rev not in self.revisions:
-            raise _error("RevisionNotFound", f"Invalid rev id: {rev} (this mirror holds {self.sha})")
+            raise hub_error(web.HTTPNotFound, f"Invalid rev id: {quoted(rev)} (this mirror holds {self.sha})",
+                            code="RevisionNotFound")
         return rev, path
+
+    def _missing(self, path: str) -> web.HTTPException:
+        return hub_error(web.HTTPNotFound, f"{quoted(path)} does not exist at {self.sha} in this mirror",
+                         code="EntryNotFound", commit=self.sha)
 
     async def _current(self) -> Tree:
         """The tree of the recorded files present now (rebuilt when a file appears or changes)."""
@@ -144,51 +147,32 @@ class HubMirror:
         return web.json_response(body)
 
     async def tree(self, request: web.Request) -> web.Response:
-        _, path = self._target(request, "tree")
+        rev, path = self._target(request, "tree")
         recursive = request.query.get("recursive", "").lower() == "true"
         expand = request.query.get("expand", "").lower() == "true"
+        start = cursor_start(request)
         entries = (await self._current()).listing(path, recursive)
         if entries is None:
-            raise _error("EntryNotFound", f"{path} does not exist at {self.sha} in this mirror", self.sha)
+            raise self._missing(path)
         size = EXPANDED_PAGE_SIZE if expand else PAGE_SIZE
-        cursor = request.query.get("cursor")
-        try:
-            start = int(base64.urlsafe_b64decode(cursor).decode()) if cursor else 0
-        except ValueError:
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"bad cursor {cursor!r}"}),
-                                     content_type="application/json") from None
         headers = {}
         if start + size < len(entries):
-            nxt = request.url.update_query(cursor=base64.urlsafe_b64encode(str(start + size).encode()).decode())
-            headers["Link"] = f'<{nxt}>; rel="next"'
+            route = f"/api/datasets/{self.repo}/tree/{quote(rev, safe='')}" + (f"/{quote(path)}" if path else "")
+            params = {k: "true" for k, on in (("recursive", recursive), ("expand", expand)) if on}
+            headers["Link"] = next_link(request, route, start + size, params)
         return web.json_response(entries[start: start + size], headers=headers)
 
     async def paths_info(self, request: web.Request) -> web.Response:
         self._target(request, "paths-info")
-        if request.content_type == "application/json":
-            try:
-                raw = await request.json()
-                asked = raw.get("paths", []) if isinstance(raw, dict) else []
-            except ValueError:
-                asked = []
-        else:
-            asked = (await request.post()).getall("paths", [])
-        asked = [asked] if isinstance(asked, str) else asked
+        asked = await asked_paths(request)
         entries = (await self._current()).entries
-        found = [entries[p] for p in (str(x).strip("/") for x in asked) if p in entries]
-        return web.json_response(found)
+        return web.json_response([entries[p] for p in (x.strip("/") for x in asked) if p in entries])
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
         _, full = self._target(request, "resolve")
         entry = (await self._current()).entries.get(full)
         prefix = f"{self.path}/" if self.path else ""
         if entry is None or entry["type"] != "file":
-            raise _error("EntryNotFound", f"{full} does not exist at {self.sha} in this mirror", self.sha)
+            raise self._missing(full)
         return await self.files.respond(request, full[len(prefix):], headers={"X-Repo-Commit": self.sha})
 
-
-def _error(code: str, message: str, commit: str | None = None) -> web.HTTPNotFound:
-    headers = {"X-Error-Code": code, "X-Error-Message": message}
-    if commit:
-        headers["X-Repo-Commit"] = commit
-    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json", headers=headers)

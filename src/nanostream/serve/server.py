@@ -52,6 +52,7 @@ from .httpfile import (
     write_body,
 )
 from .hubapi import HubMirror
+from .hubrequest import json_errors
 from .listener import Limits, Listener, server_kwargs
 
 __all__ = ["CHUNK", "FILES_KEY", "FileInfo", "Limits", "Mirror", "ShardFiles", "SlowReader", "iter_file",
@@ -191,10 +192,11 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     """
     writer = body_writer or functools.partial(write_body, send_timeout=send_timeout)
     files = ShardFiles(root, body_writer=writer)
-    app = web.Application(middlewares=[_log_refusals])
-    app[FILES_KEY] = files
     hub = HubMirror.of(files.root, files)
-    if hub is not None:  # a folder fetched from hf://: answer the Hub API too (hubapi.py)
+    # a folder fetched from hf:// answers the Hub API too (hubapi.py), with JSON errors on its routes
+    app = web.Application(middlewares=[_log_refusals] if hub is None else [json_errors, _log_refusals])
+    app[FILES_KEY] = files
+    if hub is not None:
         hub.add_routes(app)
     app.router.add_get("/{name:.*}", files.handle, allow_head=True)
     return app

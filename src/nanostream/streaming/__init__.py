@@ -10,7 +10,7 @@ missing), ``order.py`` is each epoch's global order, its deal to the readers and
 ``Cursor``, ``ranks.py`` who the reader is (rank, world, node, workers), and
 ``blocking.py`` runs a stream for code without an event loop. Under a ``cache_limit`` the
 folder is a cache of fixed size (``cache/``: the budget, its locks and ``nanostream cache``),
-whose evictions follow the node's future order (``horizon.py``).
+whose evictions follow the readers' future order (``horizon.py``).
 
 Invariant ("equal work"): every reader of a run reads the same number of row groups
 per epoch, fixed before the epoch starts, so no DDP rank waits on one that ran out.

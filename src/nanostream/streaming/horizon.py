@@ -1,38 +1,53 @@
-"""When the node's readers need each file next: the future that eviction decides by (Belady's rule).
+"""When this stream's reader needs each file next, on the run's clock: the future that eviction decides by.
 
-Every epoch's order and deal are known in advance (``order.py``), so a reader can tell, for
-each reader of its node, which files come next and when. ``Horizon.future(epoch, plan,
-taken)`` assumes the node's readers are level with this one (they read equal work, and DDP
-keeps ranks within a few batches of each other) and returns ``{file path: row groups from now
-until a reader of the node first needs it}`` over the rest of this epoch and, if the run has
-one, the next, for the nearest ``FILES`` files, and for the files being read now when they are
-needed again. A file missing from it is needed later than
-all of those, or never again: it is evicted first. Each stream publishes its future in its
-holder (``budget.FolderBudget.publish``) at every change of file; a file's next use is the
-smallest any live stream of the folder gives, so a reader that lags behind still counts.
+Every epoch's order and deal are known in advance (``order.py``), so a reader knows which
+files it reads next and at which of its row groups. The run's *clock* counts a reader's row
+groups from the run's start, epoch after epoch: every reader of the run reads the same number
+per epoch (equal work), so the readers of a run that keep level (DDP keeps ranks within a few
+batches of each other) reach the same place on the clock at the same time, and a reader that
+lags is at an earlier place. ``Horizon.future(epoch, plan, taken)`` returns this reader's
+``Needs``: ``{file path: the place on the clock where it needs the file next}`` over the rest
+of this epoch and, if the run has one, the next, for the nearest ``FILES`` files; for the file
+it reads now, where it needs it again; its own place; and the run's name (``run_name``: the
+same for every reader of the run, another for another split, seed or layout). Each stream
+publishes its ``Needs`` in its holder (``budget.FolderBudget.publish``) at every change of
+file; a file's next use is the earliest place any live reader of the folder gives, so a reader
+that lags behind still counts, and its files count as needed sooner than a leader's
+(``budget.victims``). Each reader publishes only its own needs: no reader guesses where
+another one is.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 from collections import OrderedDict
 from typing import Any
 
+from .cache.holders import Needs
 from .order import Cursor, EpochPlan
-from .plan import Plan
+from .plan import Plan, Position
 
 FILES = 512  # files the future covers (the nearest ones); the holder file cuts it further if needed
 
 
+def run_name(plan: Plan) -> str:
+    """What the readers of one run share (split, order, layout, start) and no other run does."""
+    start = plan.start.epoch if isinstance(plan.start, (Position, Cursor)) else 0
+    key = (plan.split, plan.shards, plan.seed, plan.shuffle, plan.world_size, plan.local_world_size,
+           plan.drop_last, plan.epochs, start, plan.start_base())
+    return hashlib.sha1(repr(key).encode()).hexdigest()[:16]
+
+
 class Horizon:
-    """The node's future order of one reader's stream (see the module docstring); keeps two epochs' plans."""
+    """The future order of one reader's stream (see the module docstring); keeps two epochs' plans."""
 
     def __init__(self, plan: Plan, counts: dict[int, int]) -> None:
         self.plan, self.counts = plan, counts
-        local = plan.local_world_size or plan.world_size
-        node = plan.rank // local
-        self.readers = range(node * local, node * local + local)
+        self.readers = range(plan.rank, plan.rank + 1)  # this stream's reader: each publishes its own
+        self.run = run_name(plan)
+        self._starts: dict[int, int] = {}  # epoch -> the clock at its first row group
         self._plans: OrderedDict[tuple[int, Cursor | None], EpochPlan] = OrderedDict()
         self._runs: OrderedDict[tuple[int, Cursor | None], tuple[EpochPlan, Any]] = OrderedDict()
 
@@ -70,40 +85,42 @@ class Horizon:
                 self._runs.popitem(last=False)
         return got[1]
 
-    def future(self, epoch: int, ep: EpochPlan, taken: int) -> tuple[dict[str, int], dict[str, int]]:
-        """With this reader at ``taken`` of ``ep`` (epoch ``epoch``): ``{path: row groups until first needed}``,
-        and for the files the node's readers are reading now, ``{path: row groups until needed again after
-        this read}`` (-1: never), which tells a prefetch to wait for one of those rather than evict a
-        file needed sooner (``budget.victims``)."""
-        dist: dict[int, int] = {}
+    def future(self, epoch: int, ep: EpochPlan, taken: int) -> Needs:
+        """This reader at ``taken`` of ``ep`` (epoch ``epoch``): ``{path: place on the clock where it is needed
+        next}``, and for the file read now ``{path: place where it is needed again after this read}`` (-1:
+        never), which tells a prefetch to wait for it rather than evict a file needed sooner
+        (``budget.victims``); with this reader's own place and the run's name."""
+        begin = self._starts.setdefault(epoch, max(self._starts.values(), default=0))
+        need: dict[int, int] = {}
         again: dict[int, float] = {}
         runs, _ = self._reader_runs(epoch, ep)
         for starts, shards in runs:
-            _add(dist, starts, shards, taken, 0)
+            _add(need, starts, shards, taken, begin)
             i = max(bisect.bisect_right(starts, taken) - 1, 0)
             if i < len(shards):
                 cur = shards[i]
-                later = next((starts[j] - taken for j in range(i + 1, len(shards)) if shards[j] == cur), math.inf)
+                later = next((begin + starts[j] for j in range(i + 1, len(shards)) if shards[j] == cur), math.inf)
                 again[cur] = min(again.get(cur, math.inf), later)
         nxt = epoch + 1
         if self.plan.epochs is None or nxt < self.plan.epochs:
-            offset = max(ep.length - taken, 0)
+            begin2 = self._starts[nxt] = begin + ep.length
             runs2, first2 = self._reader_runs(nxt, self.epoch_plan(nxt))
             for starts, shards in runs2:
-                _add(dist, starts, shards, 0, offset)
-            again = {s: d if d < math.inf or s not in first2 else offset + first2[s] for s, d in again.items()}
-        nearest = sorted(dist.items(), key=lambda kv: kv[1])[:FILES]
+                _add(need, starts, shards, 0, begin2)
+            again = {s: d if d < math.inf or s not in first2 else begin2 + first2[s] for s, d in again.items()}
+        nearest = sorted(need.items(), key=lambda kv: kv[1])[:FILES]
         files = self.plan.files
-        return ({files[s].path: d for s, d in nearest},
-                {files[s].path: int(d) if d < math.inf else -1 for s, d in again.items()})
+        return Needs({files[s].path: d for s, d in nearest},
+                     {files[s].path: int(d) if d < math.inf else -1 for s, d in again.items()}, begin + taken, self.run)
 
 
 def _add(dist: dict[int, int], starts: list[int], shards: list[int], at: int, offset: int) -> None:
-    """Fold one reader's runs from place ``at`` into ``dist`` (first need of each shard, plus ``offset``)."""
+    """Fold one reader's runs from place ``at`` into ``dist`` (first need of each shard on the clock, the epoch
+    starting at ``offset``)."""
     first = max(bisect.bisect_right(starts, at) - 1, 0)
     seen = 0
     for i in range(first, len(starts)):
-        d = max(starts[i] - at, 0) + offset
+        d = offset + max(starts[i], at)
         s = shards[i]
         if d < dist.get(s, d + 1):
             dist[s] = d

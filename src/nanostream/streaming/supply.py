@@ -31,7 +31,7 @@ from ..sources.catalog import Catalog, DataFile, check_text_column
 from ..sources.record import read_catalog, write_catalog
 from .cache.admission import Admission
 from .cache.budget import FolderBudget
-from .cache.holders import ReadHold
+from .cache.holders import Needs, ReadHold
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,10 @@ class ShardSource:
             path.unlink(missing_ok=True)
         return await self.get(index)
 
-    async def publish(self, future: tuple[dict[str, int], dict[str, int]]) -> None:
-        """Tell the folder's budget when the node needs which file next (``horizon.Horizon.future``)."""
+    async def publish(self, needs: Needs) -> None:
+        """Tell the folder's budget when this reader needs which file next (``horizon.Horizon.future``)."""
         if self._admission is not None:
-            await self._admission.publish(*future)
+            await self._admission.publish(needs)
 
     async def _hold(self, path: Path) -> ReadHold | None:
         """``ReadHold.take`` off the loop (a hold taken while we were cancelled is released)."""

@@ -3,9 +3,9 @@
 ``usage.py`` counts what the folder holds as allocated on disk; ``holders.py`` is the
 cross-process part (the folder's cache lock, each stream's holder file with its flock, the
 readers' shared flocks, eviction of a file nobody holds); ``budget.py`` one stream's part in
-the budget (admit a download, evict by the node's future order, prune); ``admission.py`` its
+the budget (admit a download, evict by the readers' future order, prune); ``admission.py`` its
 event-loop side; ``minimum.py`` the smallest limit that works; ``command.py`` the
-``nanostream cache`` command. The node's future order itself is ``streaming/horizon.py``.
+``nanostream cache`` command. Each reader's future order itself is ``streaming/horizon.py``.
 
 Invariants: a folder's bytes never exceed its limit; only a file the folder's record can fetch
 again, and that no reader holds, is evicted.

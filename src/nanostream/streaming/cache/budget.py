@@ -9,13 +9,20 @@ its full size, the rest of its reservation (``usage.reserve_size``).
 
 ``admit(file, size, now)``: a download starts only once its reservation fits. If it does not,
 files are evicted until it does, by the known future (Belady's rule): first the files no
-reader of the node needs again, then those needed latest (ties: least recently read). Only a
-``data`` file (listed by the folder's record with a URL) or the part of a dead download may
-go; never a file a reader holds (``holders.ReadHold``), one another stream reserved, nor a local-only
-or unlisted file. A demand (``now``: a reader waits for the file) may evict any of those; a
-prefetch only files needed later than itself, and it leaves room for the demands other
-streams wait on, so prefetching goes only as far as the budget allows. ``policy="lru"``
-orders victims by last read instead (the ablation in ``bench/cache_bench.py``).
+reader needs again, then those needed latest (ties: least recently read). A file's next use is
+the earliest place on the run's clock that any live reader gives (``horizon.py``; a reader of
+another run counts from its own place). Only a ``data`` file (listed by the folder's record
+with a URL) or the part of a dead download may go; never a file a reader holds
+(``holders.ReadHold``), one another stream reserved, nor a local-only or unlisted file.
+
+No file goes for one needed later: a prefetch evicts only files needed after itself, and it
+leaves room for the demands other streams wait on, so prefetching goes only as far as the
+budget allows. A demand (``now``: a reader waits for the file, needed at the reader's own
+place) evicts no file that a reader behind it on the clock still needs: it waits for that
+reader to move on, so ranks that drift apart read each file once rather than evicting each
+other's next files. The reader furthest behind can always evict, so some reader always goes
+on. A reader that has not moved for ``STALLED_S`` (a stream nobody consumes) protects nothing.
+``policy="lru"`` orders victims by last read instead (the ablation in ``bench/cache_bench.py``).
 
 The smallest limit that works is ``minimum.needs``.
 """
@@ -25,15 +32,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 from ...shards import RECORD_NAME
 from ...sources.catalog import Catalog
 from ...sources.record import read_catalog
-from .holders import Holder, HolderInfo, cache_lock, evict, live_holders
+from .holders import Holder, HolderInfo, Needs, cache_lock, evict, live_holders
 from .usage import FolderScan, fmt, reserve_size, scan
 
 log = logging.getLogger(__name__)
+STALLED_S = 60.0  # a reader whose place has not changed for this long protects nothing from a demand
 
 
 class FolderBudget:
@@ -45,6 +54,7 @@ class FolderBudget:
         self.evicted = 0  # files this stream evicted
         self.shortfall = ""  # why the last refused admission did not fit (for the waiting log)
         self._record: tuple[tuple[int, int], Catalog | None] | None = None
+        self._moved: dict[str, tuple[int, float, bool]] = {}  # holder -> (place, since when, stall said)
 
     def record(self) -> Catalog | None:
         """The folder's record, read again only when it changed."""
@@ -77,31 +87,51 @@ class FolderBudget:
             used = view.total + sum(max(0, b - view.on_disk(r)) for r, b in reserved.items())
             extra = max(0, need - max(view.on_disk(rel), reserved.get(rel, 0)))
             room = limit - used
-            if not now:  # a prefetch leaves room for what other streams wait on
+            if not now:  # a prefetch leaves room for what other streams wait on (but the file itself)
                 room -= sum(max(0, b - view.on_disk(r)) for o in others for r, b in o.waiting.items()
-                            if r not in reserved)
+                            if r not in reserved and r != rel)
             if extra > room:
-                for victim, part in victims(self.policy, view, self.record(), holders, reserved, rel, now):
-                    freed = evict(self.folder, victim, part=part)
-                    if freed:
-                        self.evicted += 1
-                        room += freed
-                        log.debug("%s: evicted %s (%s) for %s (%s)", self.folder, victim, fmt(freed), rel,
-                                  "demand" if now else "prefetch")
-                        if extra <= room:
-                            break
+                room = self._evict_for(rel, extra, room, now, view, holders, reserved)
             if extra <= room:
                 mine.info.reserved[rel] = need
                 mine.info.waiting.pop(rel, None)
                 mine.write()
                 return True
-            self.shortfall = (f"{rel} needs {fmt(need)}, {fmt(max(room, 0))} of cache_limit {fmt(limit)} can be "
-                              f"freed now: {fmt(view.pinned())} cannot be evicted, the rest is held by readers "
-                              f"or being downloaded ({len(others)} other stream(s) on {self.folder})")
             if now and mine.info.waiting.get(rel) != need:
                 mine.info.waiting[rel] = need
                 mine.write()
             return False
+
+    def _evict_for(self, rel: str, extra: int, room: int, now: bool, view: FolderScan, holders: list[HolderInfo],
+                   reserved: dict[str, int]) -> int:
+        """Evict (``victims``) until ``extra`` more bytes fit for ``rel``; the room then. If they do not fit,
+        ``shortfall`` says why. Under the cache lock."""
+        mine = self._own().info
+        others = [h for h in holders if h is not mine]
+        order = victims(self.policy, view, self.record(), holders, reserved, rel, now, mine,
+                        self._moving(others) if now else None)
+        if not now and room + sum(view.on_disk(v) for v, _ in order) < extra:
+            order = []  # a prefetch evicts only if that makes it fit: the room freed would go to another
+        for victim, part in order:
+            freed = evict(self.folder, victim, part=part)
+            if freed:
+                self.evicted += 1
+                room += freed
+                log.debug("%s: evicted %s (%s, next needed at %s) for %s (%s at %d)", self.folder, victim,
+                          fmt(freed), next_uses(holders, mine.needs).get(victim), rel,
+                          "demand" if now else "prefetch", mine.at)
+                if extra <= room:
+                    return room
+        if now and len(order) < len(victims(self.policy, view, self.record(), holders, reserved, rel, now, mine,
+                                            behind=[])):
+            log.debug("%s: %s waits for a reader behind this one to move on", self.folder, rel)
+            self.shortfall = (f"{rel} waits for a reader behind this one to read the files it would evict (a "
+                              f"reader that does not move on for {STALLED_S:.0f}s stops counting)")
+        else:
+            self.shortfall = (f"{rel} needs {fmt(extra)} more than the {fmt(max(room, 0))} that can be freed now "
+                              f"under cache_limit: {fmt(view.pinned())} cannot be evicted, the rest is held by "
+                              f"readers or being downloaded ({len(others)} other stream(s) on {self.folder})")
+        return room
 
     def release(self, rel: str) -> None:
         """Drop the reservation of ``rel`` (a reader holds it now, or its download ended)."""
@@ -113,14 +143,32 @@ class FolderBudget:
             h.info.waiting.pop(rel, None)
             h.write()
 
-    def publish(self, future: dict[str, int], after: dict[str, int]) -> None:
-        """Tell the folder's other streams when this node's readers need which file next (row groups from now),
-        and when the files they read now are needed again (``horizon.Horizon.future``)."""
-        if self.holder is not None and (self.holder.info.future, self.holder.info.after) == (future, after):
+    def _moving(self, others: list[HolderInfo]) -> list[HolderInfo]:
+        """The other streams' holders, less those whose place has not changed for ``STALLED_S``."""
+        now, out, moved = time.monotonic(), [], {}
+        for h in others:
+            at, since, told = self._moved.get(h.name, (None, now, False))
+            if at != h.at:
+                since, told = now, False
+            if now - since < STALLED_S:
+                out.append(h)
+            elif not told:
+                told = True
+                log.info("%s: a reader (%s) has not moved on for %.0fs: the files it needs next may be evicted "
+                         "and downloaded again when it reads them", self.folder, h.name, STALLED_S)
+            moved[h.name] = (h.at, since, told)
+        self._moved = moved
+        return out
+
+    def publish(self, needs: Needs) -> None:
+        """Tell the folder's other streams when this stream's reader needs which file next, and where it is
+        (``horizon.Horizon.future``)."""
+        if self.holder is not None and self.holder.info.needs == needs:
             return
         with cache_lock(self.folder):
             mine = self._own()
-            mine.info.future, mine.info.after = future, after
+            i = mine.info
+            i.future, i.after, i.at, i.run = needs
             mine.write()
 
     def close(self) -> None:
@@ -132,37 +180,57 @@ class FolderBudget:
 
 
 def victims(policy: str, view: FolderScan, record: Catalog | None, holders: list[HolderInfo],
-            reserved: dict[str, int], rel: str | None = None, now: bool = True) -> list[tuple[str, bool]]:
-    """What may be evicted (for ``rel``), in eviction order: (path, is a part). See the module docstring."""
+            reserved: dict[str, int], rel: str | None = None, now: bool = True, me: HolderInfo | None = None,
+            behind: list[HolderInfo] | None = None) -> list[tuple[str, bool]]:
+    """What may be evicted (for ``rel``, by the stream of holder ``me``), in eviction order: (path, is a
+    part). A demand keeps the files that the readers of ``behind`` (default: every holder but ``me``)
+    need before ``me``'s place. See the module docstring."""
     remote = {f.path for f in record.files if f.url} if record is not None else set()
     cands = [(r, False) for r, kind in view.kinds.items() if kind == "data" and r not in reserved and r != rel]
     cands += [(r, True) for r in view.parts if r in remote and r not in reserved and r != rel]
     if policy == "lru":
         return sorted(cands, key=lambda c: view.atime.get(c[0], 0))
-    nxt: dict[str, float] = {}
-    for h in holders:
-        for r, d in h.future.items():
-            nxt[r] = min(nxt.get(r, math.inf), d)
+    mine = me.needs if me is not None else Needs({}, {})
+    nxt = next_uses(holders, mine)
     order = sorted(cands, key=lambda c: (-nxt.get(c[0], math.inf), view.atime.get(c[0], 0)))
-    if now or rel is None:
+    if rel is None:
         return order
-    mine = nxt.get(rel, math.inf)  # a prefetch: only files needed after it, ...
-    order = [c for c in order if nxt.get(c[0], math.inf) > mine]
-    if order and _freed_soon(holders, nxt) > nxt.get(order[0][0], math.inf):
+    if now:  # needed at our own place: keep what a reader behind us needs before it gets here
+        kept = next_uses([h for h in holders if h is not me] if behind is None else behind, mine)
+        return [c for c in order if kept.get(c[0], math.inf) >= mine.at]
+    place = nxt.get(rel, math.inf)  # a prefetch: only files needed after it, ...
+    order = [c for c in order if nxt.get(c[0], math.inf) > place]
+    if order and _freed_soon(holders, mine) > nxt.get(order[0][0], math.inf):
         return []  # ... and none while a file read now will be a better victim once it is released
     return order
 
 
-def _freed_soon(holders: list[HolderInfo], nxt: dict[str, float]) -> float:
+def _place(h: HolderInfo, at: int, me: Needs) -> int:
+    """Place ``at`` of ``h``'s clock on ``me``'s: the same within one run, else as far from ``me``'s place as
+    it is from ``h``'s."""
+    return at if h.run == me.run else me.at + (at - h.at)
+
+
+def next_uses(holders: list[HolderInfo], me: Needs) -> dict[str, float]:
+    """Each file's next use, the earliest place any of ``holders`` gives, on ``me``'s clock."""
+    nxt: dict[str, float] = {}
+    for h in holders:
+        for r, d in h.future.items():
+            nxt[r] = min(nxt.get(r, math.inf), _place(h, d, me))
+    return nxt
+
+
+def _freed_soon(holders: list[HolderInfo], me: Needs) -> float:
     """Of the files read now, the latest next use once this read is over (-inf: none)."""
     later: dict[str, float] = {}
     for h in holders:
         for r, d in h.after.items():
-            later[r] = min(later.get(r, math.inf), math.inf if d < 0 else d)
+            later[r] = min(later.get(r, math.inf), math.inf if d < 0 else _place(h, d, me))
+    for h in holders:
         for r, d in h.future.items():
-            if d > 0:
-                later[r] = min(later.get(r, math.inf), d)
-    return max((later.get(r, math.inf) for r, d in nxt.items() if d == 0), default=-math.inf)
+            if r in later and d > h.at:  # needed later by a reader that does not read it now
+                later[r] = min(later[r], _place(h, d, me))
+    return max(later.values(), default=-math.inf)
 
 
 def prune(folder: Path, target: int, policy: str = "belady") -> tuple[int, int, int]:

@@ -4,9 +4,10 @@
   and written (holders are written and read only under it).
 * holders: every stream under a limit keeps ``.nanostream.cache.<pid>-<n>.holder``, with an
   exclusive flock held for the stream's life and, as JSON, its limit, its reservations
-  (downloads admitted and not yet held by a reader), what it waits for, its ``future`` (file ->
-  row groups until a reader of the node needs it) and ``after`` (the files read now -> when
-  they are needed again: ``horizon.py``). A holder whose
+  (downloads admitted and not yet held by a reader), what it waits for, and its reader's
+  ``Needs`` (``horizon.py``): ``future`` (file -> the place on its run's clock where the reader
+  needs it next), ``after`` (the file read now -> where it is needed again), ``at`` (the
+  reader's own place) and ``run`` (the run's name: places compare only within a run). A holder whose
   flock can be taken belongs to a dead process (kill -9): ``live_holders`` removes it, and
   with it everything it reserved.
 * ``ReadHold``: a reader's shared flock on the data file it reads. ``evict`` takes an exclusive
@@ -25,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...errors import ConfigError
 from ...fetch.outcomes import try_lock
@@ -56,6 +57,15 @@ def cache_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
+class Needs(NamedTuple):
+    """When a stream's reader needs which file (``horizon.Horizon.future``), as its holder publishes it."""
+
+    future: dict[str, int]  # file -> the place on the run's clock where the reader needs it next
+    after: dict[str, int]  # the file read now -> where it is needed again after this read (-1: never)
+    at: int = 0  # the reader's own place on the clock
+    run: str = ""  # the run's name: places compare only between readers of one run
+
+
 @dataclass
 class HolderInfo:
     """What a live stream's holder says."""
@@ -66,7 +76,13 @@ class HolderInfo:
     waiting: dict[str, int] = field(default_factory=dict)
     future: dict[str, int] = field(default_factory=dict)
     pid: int = 0
-    after: dict[str, int] = field(default_factory=dict)  # files read now -> needed again in (-1: never)
+    after: dict[str, int] = field(default_factory=dict)  # files read now -> needed again at (-1: never)
+    at: int = 0
+    run: str = ""
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(self.future, self.after, self.at, self.run)
 
 
 def live_holders(folder: Path, skip: str | None = None) -> list[HolderInfo]:
@@ -99,7 +115,7 @@ def _holder_info(name: str, raw: bytes) -> HolderInfo:
         return HolderInfo(name, d.get("limit"), {k: int(v) for k, v in d.get("reserved", {}).items()},
                           {k: int(v) for k, v in d.get("waiting", {}).items()},
                           {k: int(v) for k, v in d.get("future", {}).items()}, int(d.get("pid", 0)),
-                          {k: int(v) for k, v in d.get("after", {}).items()})
+                          {k: int(v) for k, v in d.get("after", {}).items()}, int(d.get("at", 0)), str(d.get("run", "")))
     except (ValueError, TypeError, AttributeError):
         return HolderInfo(name)  # being written for the first time: it reserves nothing yet
 
@@ -127,8 +143,8 @@ class Holder:
         future = sorted(i.future.items(), key=lambda kv: kv[1])
         while True:
             data = json.dumps({"pid": i.pid, "limit": i.limit, "policy": self.policy, "reserved": i.reserved,
-                               "waiting": i.waiting, "after": i.after, "future": dict(future)},
-                              separators=(",", ":")).encode()
+                               "waiting": i.waiting, "run": i.run, "at": i.at, "after": i.after,
+                               "future": dict(future)}, separators=(",", ":")).encode()
             if len(data) <= HOLDER_ROOM - BLOCK or not future:
                 break
             future = future[: len(future) // 2]  # the nearest files matter most
