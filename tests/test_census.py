@@ -14,7 +14,8 @@ from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 from nanostream.sources.access import Access
 from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.census import CACHE_NAME, row_group_counts, row_group_counts_blocking
+from nanostream.sources.census import CACHE_NAME
+from nanostream.sources.counts import row_group_counts, row_group_counts_blocking
 
 from datagen import make_shards
 from servers import FaultServer

@@ -153,8 +153,8 @@ def _single_source(recipe: Recipe, layout: Layout, start: Position | Cursor | No
         if partial is None or partial.epoch < epochs:  # (stopped inside the first row group past
             yield from _reader(recipe, 0, layout, at, epochs=epochs)  # them: the Seam was passed already)
             yield Seam()
-        total = stream(recipe.split, rank=0, world_size=1, **recipe.kwargs[0]).epoch_plan(0).total
-        at = Cursor(epochs, 0, (), total)
+        shards = len(stream(recipe.split, rank=0, world_size=1, **recipe.kwargs[0]).plan.shards)
+        at = Cursor(epochs, shards=shards)
     yield from _reader(recipe, 0, layout, at)
 
 

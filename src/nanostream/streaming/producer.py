@@ -1,9 +1,10 @@
 """The producer behind ``stream()``: what comes next, read on a worker thread, into a bounded queue.
 
-Owns the row-group census at start (``nanostream.sources.census``; the reader's first shard,
-known without it on a fresh start, downloads meanwhile), each epoch's plan
-(``nanostream.streaming.order``: the same global order on every rank, dealt to nodes and
-readers, equal work), resume skipping, the single reader thread (pyarrow releases
+Owns each epoch's reading order (``nanostream.streaming.order``: the same global order on every
+rank, dealt to nodes and readers, equal work): first the reader's share of its node's piece,
+started at once and read as far as the bound allows while row-group counts arrive (a shard's
+count from its footer as it is opened, the others through ``counting.py``), then the rest by
+the settled plan; resume skipping, the single reader thread (pyarrow releases
 the GIL while it decodes; the file reading itself is ``nanostream.streaming.reader``), the one
 re-fetch of a corrupt shard, and the hand-over of batches (or the error that ended
 the stream) to the consumer through an ``asyncio.Queue`` of at most ``queue_size``
@@ -18,7 +19,7 @@ import asyncio
 import collections
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,11 +27,13 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from ..errors import ConfigError, CorruptShardError
-from ..sources.census import row_group_counts
+from ..sources.census import local_count
+from ..sources.counts import CountBook, book_for
 from .cache.budget import FolderBudget
 from .cache.holders import ReadHold
+from .counting import EpochCounts
 from .horizon import Horizon
-from .order import Cursor
+from .order import Cursor, EpochDeal, NeedCounts
 from .plan import Chunk, Plan, Position
 from .reader import ShardReader, close_opened
 from .supply import ShardSource, file_id
@@ -39,6 +42,7 @@ __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Gate = Callable[[int], Awaitable[bool]]
 READ_AHEAD = 2  # row-group reads queued on the reader thread beyond the batch being handed over
 
 
@@ -52,14 +56,15 @@ class _End:
 class Producer:
     """Reads the plan's row groups in order and puts ``Chunk``s into ``queue``."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, book: CountBook | None = None) -> None:
         self.plan = plan
+        self.book = book if book is not None else book_for(plan.data_dir, plan.files, plan.sharer)
         self.queue: asyncio.Queue[Chunk | _End] = asyncio.Queue(maxsize=plan.queue_size)
         self.produced = 0  # batches put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.source: ShardSource | None = None
         self._left = 0  # row groups of the current shard not yet handed over
-        self.counts: dict[int, int] | None = None  # row groups per shard (census), set by Stream or run()
+        self._length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
         self._executor: ThreadPoolExecutor | None = None
 
     async def run(self) -> None:
@@ -80,6 +85,10 @@ class Producer:
             end = _End(exc)
         finally:
             await self._stop_thread()
+            try:
+                await self.book.sync(force=True)  # what this stream learned, for the others
+            except Exception as exc:  # noqa: BLE001  (best effort at the end: the counts are learned again)
+                log.debug("could not save or share the row-group counts: %s", exc)
         await self.queue.put(end)
 
     def _epochs(self) -> Iterator[int]:
@@ -93,35 +102,130 @@ class Producer:
             if None in sizes:
                 sizes = await source.learn_sizes(p.shards, sizes)
             await asyncio.to_thread(p.check_cache, sizes)
-        if self.counts is None:
-            first = p.first_shard()
-            if first is not None:  # known without the counts: download it while the footers are read
-                source.want([first])
-            self.counts = await row_group_counts(p.data_dir, p.shards, p.files, source.access, retry=p.retry)
         start = p.start
-        horizon = Horizon(p, self.counts) if source.budget is not None else None
         for epoch in self._epochs():
             base = p.start_base() if start is not None else None
-            ep = horizon.epoch_plan(epoch, base) if horizon is not None else p.epoch_plan(self.counts, epoch, base)
-            seq = ep.sequence(p.rank)
-            taken = _resume_index(seq, start, p.data_dir) if isinstance(start, Position) else 0
-            runs = _runs(seq, taken)
-            for k, (shard, first, groups) in enumerate(runs):
-                upcoming: dict[int, None] = {}
-                for r in itertools.islice(runs, k + 1, None):
-                    if len(upcoming) >= p.fetch_ahead:
-                        break
-                    if r[0] != shard:
-                        upcoming[r[0]] = None
-                if horizon is not None:  # the node's future order, for every stream's evictions
-                    await source.publish(await asyncio.to_thread(horizon.future, epoch, ep, first))
-                await self._emit_shard(source, epoch, shard, groups, first, list(upcoming), ep.base)
+            deal = await self._deal(epoch, base, source)
+            counts = EpochCounts(deal, self.book, p.rank, p.data_dir, source.access, p.retry, p.fetch_ahead)
+            skip = await self._resume_taken(deal, start, source) if isinstance(start, Position) else 0
+            await self._read_epoch(source, epoch, deal, counts, skip)
             start = None
 
+    async def _deal(self, epoch: int, base: Cursor | None, source: ShardSource) -> EpochDeal:
+        while True:
+            try:
+                return self.plan.epoch_deal(epoch, base, self.book.snapshot())
+            except NeedCounts as exc:  # a cursor saved before spans: every count first
+                await self.book.require(list(exc.shards), source.access, self.plan.retry)
+
+    async def _read_epoch(self, source: ShardSource, epoch: int, deal: EpochDeal, counts: EpochCounts,
+                          skip: int) -> None:
+        """The reader's row groups of one epoch: its node's piece as far as the bound lets it (while counts
+        arrive), then the rest by the settled plan."""
+        p = self.plan
+        L, node, i = deal.local_world_size, p.rank // deal.local_world_size, p.rank % deal.local_world_size
+        taken = skip  # the reader's row groups handed over (or skipped by a resume) this epoch
+        horizon = self._horizon(counts) if source.budget is not None else None
+        counts.refresh()
+        self._length = counts.plan.length if counts.plan is not None else -1
+        if counts.plan is None:
+            piece, offset = deal.piece(node), 0
+            for k, pos in enumerate(piece):
+                counts.at = k
+                shard = deal.order[pos]
+                upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + p.fetch_ahead]]
+                n = await self._count(source, shard, upcoming)
+                places = deal.places(pos, n)
+                todo = [(j, deal.row_group(pos, places[j - offset], n))
+                        for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
+                offset += len(places)
+                if not todo:
+                    continue
+                if horizon is not None:
+                    await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
+                        epoch, deal.base), taken))
+
+                async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
+                    return await counts.until_safe(todo[m][0])
+
+                done = await self._emit_shard(source, epoch, shard, [g for _, g in todo], taken, upcoming, deal.base,
+                                              gate)
+                taken += done
+                if done < len(todo):
+                    break  # settled meanwhile: go on by the plan
+        plan = await counts.settled()
+        self._length = plan.length
+        if horizon is not None:
+            horizon = self._horizon(counts)
+        runs = _runs(plan.sequence(p.rank), taken)
+        for k, (shard, first, groups) in enumerate(runs):
+            upcoming: dict[int, None] = {}
+            for r in itertools.islice(runs, k + 1, None):
+                if len(upcoming) >= p.fetch_ahead:
+                    break
+                if r[0] != shard:
+                    upcoming[r[0]] = None
+            if horizon is not None:  # the node's future order, for every stream's evictions
+                await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
+                    epoch, deal.base), first))
+            await self._emit_shard(source, epoch, shard, groups, first, list(upcoming), deal.base)
+
+    async def _count(self, source: ShardSource, shard: int, upcoming: list[int]) -> int:
+        """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing)."""
+        n = self.book.get(shard)
+        if n is None:
+            await self.book.look([shard], source.remote_known(shard))
+            n = self.book.get(shard)
+        if n is None:  # the node reads it anyway: its footer comes with it
+            hold = await source.get(shard, upcoming)
+            try:
+                n = await asyncio.to_thread(local_count, hold.path, source.remote_known(shard))
+                if n is None:  # unreadable: fetched once more (as a read would)
+                    old, hold = hold, None
+                    seen = file_id(old.path)
+                    old.release()
+                    log.warning("%s is not a readable parquet file; fetching it again", old.path)
+                    hold = await source.replace(shard, seen)
+                    n = await asyncio.to_thread(local_count, hold.path, False)
+            finally:
+                if hold is not None:
+                    hold.release()
+            assert n is not None
+            self.book.learn(shard, n, f"the footer of {self.plan.data_dir / self.plan.files[shard].path}")
+        await self.book.sync()
+        return n
+
+    def _horizon(self, counts: EpochCounts) -> Horizon:
+        """The node's future order for evictions: by the counts known, the others estimated."""
+        known = self.book.snapshot()
+        mean = round(sum(known.values()) / len(known)) if known else 1
+        return Horizon(self.plan, {s: known.get(s, mean) for s in self.plan.shards})
+
+    async def _resume_taken(self, deal: EpochDeal, start: Position, source: ShardSource) -> int:
+        """How many of its row groups the reader had taken at ``start``: ``start.taken``, checked against the
+        deal, else found in the settled plan."""
+        key = (start.shard, start.row_group)
+        while True:
+            counts = self.book.snapshot()
+            try:
+                if start.taken > 0:
+                    p, g = deal.reader_place(self.plan.rank, start.taken - 1, counts)
+                    if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == key:
+                        return start.taken
+                seq = deal.settle(counts).sequence(self.plan.rank)
+                return _resume_index(seq, start, self.plan.data_dir)
+            except NeedCounts as exc:
+                await self.book.require(list(exc.shards), source.access, self.plan.retry)
+            except IndexError:
+                return _resume_index(deal.settle(await self.book.require(
+                    [deal.order[q] for q in deal.left], source.access, self.plan.retry)).sequence(self.plan.rank),
+                    start, self.plan.data_dir)
+
     async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
-                          upcoming: list[int], base: Cursor | None) -> None:
-        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them. The file is
-        held from before it is opened until after it is closed (both on the reader thread)."""
+                          upcoming: list[int], base: Cursor | None, gate: Gate | None = None) -> int:
+        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(k)`` is
+        awaited before the ``k``-th is put (False: stop there). The file is held from before it is opened
+        until after it is closed (both on the reader thread). Returns how many were put."""
         done = 0  # of ``groups``, handed over so far
         refetched = False
         hold: ReadHold | None = await source.get(shard, upcoming)
@@ -134,13 +238,14 @@ class Producer:
                     handle = await self._open(path)
                     seen = handle.seen
                     try:
-                        self._check_count(handle, shard)
+                        self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
                         self._left = len(groups) - done
                         try:
-                            await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base)
+                            await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base,
+                                                        gate, done)
                         finally:
                             done = len(groups) - self._left  # handed over so far, for a retry after a re-fetch
-                        return
+                        return done
                     finally:
                         # queued on the reader thread after any read of this file; not awaited (the
                         # thread is drained before the producer ends)
@@ -157,24 +262,21 @@ class Producer:
             if hold is not None:  # released once the reader thread has closed the file
                 self._submit(hold.release).add_done_callback(_retrieve)
 
-    def _check_count(self, handle: ShardReader, shard: int) -> None:
-        assert self.counts is not None
-        if handle.num_row_groups != self.counts[shard]:
-            raise ConfigError(f"{handle.path} has {handle.num_row_groups} row groups, but "
-                              f"{self.plan.data_dir}/.nanostream.rowgroups.json says {self.counts[shard]}: the "
-                              "folder's shards changed; delete that file and start again")
-
     async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int], taken: int,
-                               base: Cursor | None) -> None:
-        """Read ``groups`` in order and put them. Up to ``READ_AHEAD`` reads wait on the reader thread,
-        so it never idles while the loop hands a batch over."""
+                               base: Cursor | None, gate: Gate | None = None, gated: int = 0) -> None:
+        """Read ``groups`` in order and put them (``gate(gated + k)`` awaited before the ``k``-th: False stops).
+        Up to ``READ_AHEAD`` reads wait on the reader thread, so it never idles while the loop hands a batch
+        over."""
         pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
         try:
             for k, group in enumerate(groups):
                 while len(pending) < READ_AHEAD and k + len(pending) < len(groups):
                     pending.append(self._submit(handle.read, groups[k + len(pending)]))
+                if gate is not None and not await gate(gated + k):
+                    return
                 column = await pending.popleft()  # if cancelled: dropped unless started
-                await self._put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base))
+                await self._put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base,
+                                      last=taken + k + 1 == self._length))
                 self._left -= 1
         finally:
             for fut in pending:  # reads ahead that nobody will take: drop them if not started
