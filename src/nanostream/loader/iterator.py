@@ -167,7 +167,7 @@ class TokenIterator:
     whole run (None: until the data ends); ``last`` where ``close()`` leaves the final snapshot."""
 
     def __init__(self, recipe: Recipe, layout: Layout, state: dict[str, Any] | None,
-                 origins: tuple[Cursor | None, ...], limit: int | None, last: dict[str, Any],
+                 origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any],
                  sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = ()) -> None:
         self._last, self._recipe = last, recipe
         self.layout, self.stride, self.origins = layout, layout[:2], origins

@@ -22,6 +22,7 @@ count may share a book (``book_for``). ``row_group_counts`` is the whole census 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -33,24 +34,26 @@ from .access import Access
 from .catalog import DataFile
 from .census import CACHE_NAME, census_lock, local_count, read_census, read_footers, save_census
 
+log = logging.getLogger(__name__)
 SAVE_EVERY = 1.0  # seconds between writes of the census file (and publications to the sharer)
 FETCH_EVERY = 0.25  # seconds between reads of the census file and the sharer while counts are awaited
 
 
 class CountSharer(Protocol):
-    """How the nodes of a run tell each other counts (``{file path in the folder: row groups}``).
-    Both calls block briefly and may run on any thread."""
+    """How the nodes of a run tell each other counts (``{file path in the folder: row groups}``) of the
+    dataset ``scope`` names (its source and revision). Both calls block briefly, may run on any thread,
+    and may raise: a sharer that fails is dropped with one WARNING line."""
 
-    def publish(self, counts: dict[str, int]) -> None: ...
+    def publish(self, scope: str, counts: dict[str, int]) -> None: ...
 
-    def fetch(self) -> dict[str, int]: ...
+    def fetch(self, scope: str) -> dict[str, int]: ...
 
 
 class CountBook:
     """What this process knows of the counts of ``files`` in ``data_dir`` (see the module docstring)."""
 
-    def __init__(self, data_dir: Path, files: tuple[DataFile, ...]) -> None:
-        self.data_dir, self.files = data_dir, files
+    def __init__(self, data_dir: Path, files: tuple[DataFile, ...], scope: str = "") -> None:
+        self.data_dir, self.files, self.scope = data_dir, files, scope
         self._index = {f.path: i for i, f in enumerate(files)}
         self._known: dict[int, int] = {}
         self._origin: dict[int, str] = {}  # where each count came from, for errors
@@ -79,7 +82,7 @@ class CountBook:
                 self.sharers.append(sharer)
                 self._unshared.update({self.files[s].path: n for s, n in self._known.items()})
 
-    def _take(self, counts: dict[str, int], origin: str, *, save: bool = False) -> None:
+    def _take(self, counts: dict[str, int], origin: str, *, save: bool = False, share: bool = True) -> None:
         with self._lock:
             for path, n in counts.items():
                 shard = self._index.get(path)
@@ -89,7 +92,20 @@ class CountBook:
                 self.log.append(shard)
                 if save:
                     self._unsaved[path] = int(n)
+                if save and share:
                     self._unshared[path] = int(n)
+
+    async def _use(self, sharer: CountSharer, call: Any, *args: Any) -> Any:
+        """``call(*args)`` on a thread; a sharer that fails is dropped (the folder and footers remain)."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except Exception as exc:  # noqa: BLE001  (any failure of a foreign channel: stop using it, say so once)
+            with self._lock:
+                if sharer in self.sharers:
+                    self.sharers.remove(sharer)
+                    log.warning("row-group counts of %s: not sharing them with other nodes any more (%s: %s)",
+                                self.scope or self.data_dir, type(exc).__name__, exc)
+            return None
 
     def learn(self, shard: int, n: int, origin: str = "its footer") -> None:
         """A count read from a footer; ``ConfigError`` if it contradicts one learned elsewhere."""
@@ -136,7 +152,7 @@ class CountBook:
                         lock.release()
             for sharer in list(self.sharers):
                 if unshared:
-                    await asyncio.to_thread(sharer.publish, unshared)
+                    await self._use(sharer, sharer.publish, self.scope, unshared)
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
             stamp = await asyncio.to_thread(_stamp, self.data_dir / CACHE_NAME)
@@ -144,7 +160,8 @@ class CountBook:
                 self._census_stamp = stamp
                 self._take(await asyncio.to_thread(read_census, self.data_dir), "the census file")
             for sharer in list(self.sharers):
-                self._take(await asyncio.to_thread(sharer.fetch), "another node")
+                self._take(await self._use(sharer, sharer.fetch, self.scope) or {}, "another node", save=True,
+                           share=False)
 
     # -- the costly one: remote footers ------------------------------------------------------------
     async def read_remote(self, shards: list[int], access: Access | None, retry: RetryPolicy | None) -> None:
@@ -210,22 +227,24 @@ _books: dict[tuple[str, tuple[str, ...]], CountBook] = {}
 _books_lock = threading.Lock()
 
 
-def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | None = None) -> CountBook:
-    """This process's book of ``files`` in ``data_dir`` (made on first use)."""
+def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | None = None,
+             scope: str = "") -> CountBook:
+    """This process's book of ``files`` in ``data_dir`` (made on first use); ``scope`` names the dataset
+    for the sharers (the same on every node)."""
     key = (str(Path(data_dir).resolve()), tuple(f.path for f in files))
     with _books_lock:
         book = _books.get(key)
         if book is None:
-            book = _books[key] = CountBook(Path(data_dir), files)
+            book = _books[key] = CountBook(Path(data_dir), files, scope)
     book.share(sharer)
     return book
 
 
 async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...],
                            access: Access | None = None, *, retry: RetryPolicy | None = None,
-                           sharer: CountSharer | None = None) -> dict[int, int]:
+                           sharer: CountSharer | None = None, scope: str = "") -> dict[int, int]:
     """``{shard: row groups}`` for ``shards`` (indices into ``files``): the whole census at once."""
-    return await book_for(data_dir, files, sharer).require(list(shards), access, retry)
+    return await book_for(data_dir, files, sharer, scope).require(list(shards), access, retry)
 
 
 def row_group_counts_blocking(*args: Any, **kwargs: Any) -> dict[int, int]:

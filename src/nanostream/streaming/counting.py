@@ -1,8 +1,9 @@
 """A reader's side of the counts in one epoch: how far the bound lets it read, and what it asks for when it waits.
 
-``EpochCounts`` keeps ``K`` (the row groups left this epoch among the shards whose counts the
-book knows; a running total over ``CountBook.log``) for ``EpochDeal.safe``, and settles the
-epoch (``EpochDeal.settle``) as soon as every count of it is known. A reader that reaches the
+``Tally`` keeps ``K`` (the row groups left this epoch among the shards whose counts the book
+knows; a running total over ``CountBook.log``) for ``EpochDeal.safe``, and settles the epoch
+(``EpochDeal.settle``) as soon as every count of it is known (``TokenDataset`` bounds its batch
+count with one). ``EpochCounts`` is a reader's tally and its waits: a reader that reaches the
 bound (``until_safe``) or the end of its piece (``settled``) waits for counts, asking the
 cheapest source first:
 
@@ -29,20 +30,22 @@ GRACE = 2.0  # seconds to wait for other nodes' counts before reading footers re
 BATCH = 16  # remote footers read at once
 
 
-class EpochCounts:
-    """One reader's running total of the counts known in one epoch, and its waits for more."""
+class Tally:
+    """``K`` of one epoch's deal, a running total over the book's log, and the settled plan once every count
+    of the epoch is known."""
 
-    def __init__(self, deal: EpochDeal, book: CountBook, reader: int, data_dir: Path, access: Any,
-                 retry: Any, ahead: int) -> None:
-        self.deal, self.book, self.data_dir, self.access, self.retry = deal, book, data_dir, access, retry
-        self.node = reader // deal.local_world_size
-        self.ahead = ahead
+    def __init__(self, deal: EpochDeal, book: CountBook) -> None:
+        self.deal, self.book = deal, book
         self._left_at = {deal.order[p]: p for p in deal.left}
         self._seen = 0  # entries of book.log counted
         self._unknown = len(self._left_at)
         self.known_left = 0
         self.plan: EpochPlan | None = None
-        self.at = 0  # index into the node's piece of the shard being read (for what to ask first)
+
+    def length_lower(self) -> int:
+        """Row groups every reader reads this epoch: exact once settled, else a lower bound (``K // R``)."""
+        self.refresh()
+        return self.plan.length if self.plan is not None else self.known_left // self.deal.world_size
 
     def refresh(self) -> None:
         """Count what the book learned since the last call; settle once every count is known."""
@@ -56,6 +59,18 @@ class EpochCounts:
                 self._unknown -= 1
         if self._unknown == 0 and self.plan is None:
             self.plan = self.deal.settle(self.book.snapshot())
+
+
+class EpochCounts(Tally):
+    """One reader's tally of one epoch, and its waits for more counts."""
+
+    def __init__(self, deal: EpochDeal, book: CountBook, reader: int, data_dir: Path, access: Any,
+                 retry: Any, ahead: int) -> None:
+        super().__init__(deal, book)
+        self.data_dir, self.access, self.retry = data_dir, access, retry
+        self.node = reader // deal.local_world_size
+        self.ahead = ahead
+        self.at = 0  # index into the node's piece of the shard being read (for what to ask first)
 
     def safe(self) -> int:
         """Row groups of its piece the node may read now (all of the settled share once settled)."""

@@ -142,6 +142,10 @@ class Plan:
     def files(self) -> tuple[DataFile, ...]:
         return self.catalog.files
 
+    def scope(self) -> str:
+        """The dataset's name for the count sharers: its source and revision, the same on every node."""
+        return f"{self.catalog.source or self.catalog.name}@{self.catalog.revision or ''}"
+
     def access(self) -> Access | None:
         """What requests for the files carry (a fresh one per event loop); None if nothing is remote."""
         if not any(f.url for f in self.files):

@@ -58,7 +58,7 @@ class Producer:
 
     def __init__(self, plan: Plan, book: CountBook | None = None) -> None:
         self.plan = plan
-        self.book = book if book is not None else book_for(plan.data_dir, plan.files, plan.sharer)
+        self.book = book if book is not None else book_for(plan.data_dir, plan.files, plan.sharer, plan.scope())
         self.queue: asyncio.Queue[Chunk | _End] = asyncio.Queue(maxsize=plan.queue_size)
         self.produced = 0  # batches put into the queue
         self.max_queued = 0  # largest queue size seen right after a put

@@ -99,7 +99,7 @@ class Stream:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.book: CountBook = book_for(plan.data_dir, plan.files, plan.sharer)
+        self.book: CountBook = book_for(plan.data_dir, plan.files, plan.sharer, plan.scope())
         self._producer = Producer(plan, self.book)
         self._agen: Any = None
         self._epoch_plan: tuple[Any, EpochPlan] | None = None
