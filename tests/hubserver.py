@@ -207,20 +207,24 @@ class HubServer:
         repo.refs[ref] = sha
         return sha
 
-    def add_numbered(self, repo_id: str, count: int, *, row_groups: int = 52, rows: int = 2) -> None:
+    def add_numbered(self, repo_id: str, count: int, *, row_groups: int = 52, rows: int = 24) -> None:
         """A repo of ``count`` files ``shard_00000.parquet``... made when first asked for (module docstring)."""
         self.numbered[repo_id] = Numbered(count, row_groups, rows, hashlib.sha1(repo_id.encode()).hexdigest())
 
     def stats(self) -> dict:
-        """The request log in short: requests per kind, 429s, and /resolve/ requests per file path."""
+        """The request log in short: requests per kind, 429s, /resolve/ requests per file path and per client
+        (its ``Authorization``: a test tells its nodes apart by their HF_TOKEN)."""
         per_path: dict[str, int] = {}
+        by: dict[str, int] = {}
         for seen in self.requests:
             if "/resolve/" in seen.path_qs:
                 name = seen.path_qs.split("/resolve/", 1)[1].split("/", 1)[-1]
                 per_path[name] = per_path.get(name, 0) + 1
+                who = (seen.authorization or "").removeprefix("Bearer ")
+                by[who] = by.get(who, 0) + 1
         return {"requests": len(self.requests), "resolve": sum(per_path.values()),
                 "api": sum(s.path_qs.startswith("/api/") for s in self.requests),
-                "limited": sum(s.status == 429 for s in self.requests), "per_path": per_path}
+                "limited": sum(s.status == 429 for s in self.requests), "per_path": per_path, "resolve_by": by}
 
     def _counted(self, remote: str, kind: str) -> dict[str, str] | None:
         """The quota headers of this answer (None: no quota for ``kind``); ``r`` is left after it."""
@@ -487,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("repo", nargs="*", metavar="ORG/NAME=DIR")
     p.add_argument("--numbered", action="append", default=[], metavar="ORG/NAME=COUNT")
     p.add_argument("--row-groups", type=int, default=52)
-    p.add_argument("--rows", type=int, default=2)
+    p.add_argument("--rows", type=int, default=24)
     p.add_argument("--quota", action="append", default=[], metavar="KIND=Q/W")
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--page-size", type=int, default=1000)

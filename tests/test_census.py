@@ -30,6 +30,7 @@ async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Pa
     make_shards(remote, 4, row_groups=3, rows=64, record=False)
     local = tmp_path / "local"
     async with FaultServer(remote) as srv:
+        srv.files.row_groups = False  # a plain file server (the Hub's CDN): the counts are in the footers only
         a, b = await asyncio.gather(*(row_group_counts(local, (0, 1, 2), files(srv.url), Access()) for _ in range(2)))
         assert a == b == {0: 3, 1: 3, 2: 3}
         ranges = [r.range for r in srv.requests]
@@ -62,3 +63,13 @@ async def test_hub_style_redirect_and_a_retried_503(tmp_path: Path) -> None:
                                         retry=RetryPolicy(base=0.01))
     assert counts == {0: 5, 1: 5}
     assert [r.status for r in srv.requests if r.path == "/" + shard_name(1)] == [503, 302]
+
+
+async def test_a_mirror_tells_the_counts_so_no_footer_is_read(tmp_path: Path) -> None:
+    """``nanostream serve`` answers every parquet file with ``X-Nanostream-Row-Groups`` (its footer read once
+    by the mirror): counting through it takes one 8-byte GET a file, whatever the footer's size."""
+    make_shards(tmp_path / "remote", 3, row_groups=7, rows=4, record=False)
+    async with FaultServer(tmp_path / "remote") as srv:
+        counts = await row_group_counts(tmp_path / "local", (0, 1, 2), files(srv.url, 3), Access())
+        assert counts == {0: 7, 1: 7, 2: 7}
+        assert [r.range for r in srv.requests] == ["bytes=-8"] * 3

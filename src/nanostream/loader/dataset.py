@@ -36,7 +36,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import ConfigError, LoaderError
+from ..errors import LoaderError
 from ..sources.spec import DATASET_ARGS, Source, entrance, normalized
 from ..streaming.order import Cursor
 from ..streaming.ranks import default_layout, worker_stride

@@ -11,7 +11,9 @@ reading and writing:
 * the footers of remote files: ``read_footers``, a suffix-range GET each -- the first
   shard's in two (its last 8 bytes, then exactly the footer), the others', 16 at a time, in
   one GET sized a quarter above the first footer (a second GET when a footer is larger): a
-  few KB per shard, not the shard; paced by the host's quota (``quota.pace``).
+  few KB per shard, not the shard; paced by the host's quota (``quota.pace``). A
+  ``nanostream serve`` mirror tells the count in ``X-Nanostream-Row-Groups``: then the first
+  8-byte GET is all, and no footer is read here.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 CACHE_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.json"
 LOCK_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.lock"
 CONCURRENCY = 16
+ROW_GROUPS_HEADER = "X-Nanostream-Row-Groups"  # a nanostream mirror's answers tell a parquet file's count
 
 
 def read_census(data_dir: Path) -> dict[str, int]:
@@ -132,6 +135,7 @@ class Remote:
         self.session, self.access, self.shard, self.name, self.gate = session, access, shard, file.path, gate
         self.signed = is_s3(file.url)
         self.url = access.http_url(file.url)
+        self.told: int | None = None  # the count a mirror's answer told
 
 
 async def _footer_count(r: Remote, retry: RetryPolicy, probe: int) -> tuple[int, int]:
@@ -139,6 +143,8 @@ async def _footer_count(r: Remote, retry: RetryPolicy, probe: int) -> tuple[int,
     last ``probe`` bytes, and a second GET if the footer is longer."""
     url = r.url
     tail = await _get_tail(r, max(probe, 8), retry)
+    if r.told is not None:
+        return r.told, 0
     if len(tail) < 8 or tail[-4:] != b"PAR1":
         raise FetchError(f"{url} does not end like a parquet file: check --base-url", shard=r.name, url=url)
     size = int.from_bytes(tail[-8:-4], "little") + 8
@@ -158,6 +164,8 @@ async def _get_tail(r: Remote, n: int, retry: RetryPolicy) -> bytes:
         try:
             async with r.session.get(r.access.target(url, r.signed), headers=r.access.tail(url, r.signed, n)) as resp:
                 check_status(resp)
+                told = resp.headers.get(ROW_GROUPS_HEADER, "")
+                r.told = int(told) if told.isdigit() else None
                 body = await resp.read()
                 whole = resp.status == 200 or resp.headers.get("Content-Range", "").endswith(f"/{len(body)}")
                 if len(body) < n and not whole:  # a file shorter than n comes whole: that is fine

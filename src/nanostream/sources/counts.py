@@ -35,7 +35,7 @@ from .catalog import DataFile
 from .census import CACHE_NAME, census_lock, local_count, read_census, read_footers, save_census
 
 log = logging.getLogger(__name__)
-SAVE_EVERY = 1.0  # seconds between writes of the census file (and publications to the sharer)
+SAVE_EVERY = 1.0  # seconds between writes of the census file
 FETCH_EVERY = 0.25  # seconds between reads of the census file and the sharer while counts are awaited
 
 
@@ -135,24 +135,24 @@ class CountBook:
         return out
 
     async def sync(self, *, fetch: bool = False, force: bool = False) -> None:
-        """Write what was learned to the census file and the sharers (at most every ``SAVE_EVERY`` s unless
-        ``force``); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
+        """Publish what was learned to the sharers, and write it to the census file (at most every
+        ``SAVE_EVERY`` s unless ``force``); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
         now = time.monotonic()
-        if (self._unsaved or self._unshared) and (force or now - self._saved_at >= SAVE_EVERY):
+        if self._unshared and self.sharers:
+            with self._lock:
+                unshared, self._unshared = self._unshared, {}
+            for sharer in list(self.sharers):
+                await self._use(sharer, sharer.publish, self.scope, unshared)
+        if self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
             self._saved_at = now
             with self._lock:
                 unsaved, self._unsaved = self._unsaved, {}
-                unshared, self._unshared = self._unshared, {}
-            if unsaved:
-                lock = await census_lock(self.data_dir)
-                try:
-                    await asyncio.to_thread(save_census, self.data_dir, unsaved)
-                finally:
-                    if lock is not None:
-                        lock.release()
-            for sharer in list(self.sharers):
-                if unshared:
-                    await self._use(sharer, sharer.publish, self.scope, unshared)
+            lock = await census_lock(self.data_dir)
+            try:
+                await asyncio.to_thread(save_census, self.data_dir, unsaved)
+            finally:
+                if lock is not None:
+                    lock.release()
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
             stamp = await asyncio.to_thread(_stamp, self.data_dir / CACHE_NAME)

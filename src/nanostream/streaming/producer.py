@@ -192,6 +192,9 @@ class Producer:
                     hold.release()
             assert n is not None
             self.book.learn(shard, n, f"the footer of {self.plan.data_dir / self.plan.files[shard].path}")
+        landed = [s for s in upcoming if self.book.get(s) is None and source.path(s).exists()]
+        if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
+            await self.book.look(landed, source.access is not None)
         await self.book.sync()
         return n
 

@@ -1,0 +1,60 @@
+"""ClimbMix's scale on one machine: nodes as processes behind one address, under the Hub double's quota.
+
+The first batch waits for no other shard's footer, and each footer is read once for the whole cluster:
+the nodes learn their own shards' counts from the files they download and tell each other through
+torch.distributed's store (tests/scale_worker.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hubserver import HubServer
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).with_name("scale_worker.py")
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_two_nodes_under_one_quota_start_at_once_and_read_each_footer_once(tmp_path: Path) -> None:
+    """2 nodes (processes) x 1 rank, 16 numbered shards of 52 row groups, the Hub's resolver quota (300 per
+    30 s for the address both share): each node's first batch comes after its own first shard, with at most
+    4 /resolve/ requests a node before it; over an epoch and into the next, every shard is asked for once in
+    all (its download: no footer is read remotely, no count twice), and no answer is a 429."""
+    shards = 16
+    async with HubServer(quota={"resolvers": (300, 30)}) as hub:
+        hub.add_numbered("karpathy/climbmix-400b-shuffle", 6543, row_groups=52)
+        port = free_port()
+        procs = []
+        for rank in range(2):
+            env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_ENDPOINT": hub.url, "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                   "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": str(rank), "OMP_NUM_THREADS": "1",
+                   "HF_TOKEN": f"node-{rank}"}  # how the double tells the nodes apart
+            procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, str(WORKER), str(tmp_path / f"out{rank}.json"), str(tmp_path / f"node{rank}"),
+                str(shards), "--dist", stderr=subprocess.PIPE, env=env))
+        errs = [(await p.communicate())[1].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(errs)[-4000:]
+        stats = hub.stats()
+    reports = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
+    for r, rep in enumerate(reports):
+        assert rep["hub_after_first"]["resolve_by"][f"node-{r}"] <= 4  # its first shard (and what it fetches next)
+        mine = sorted(os.listdir(tmp_path / f"node{r}"))
+        assert [m for m in mine if m.endswith(".parquet")] == [f"shard_{i:05d}.parquet" for i in range(8 * r, 8 * r + 8)]
+    assert stats["limited"] == 0
+    assert stats["per_path"] == {f"shard_{i:05d}.parquet": 1 for i in range(shards)}
+    assert min(rep["steps"] for rep in reports) > 100  # an epoch and into the next, in lockstep
