@@ -105,7 +105,9 @@ class Repo:
 
 @dataclass
 class Numbered:
-    """A repo of ``count`` numbered shards made on request (``HubServer.add_numbered``)."""
+    """A repo of ``count`` numbered shards made on request (``HubServer.add_numbered``): one template file,
+    uncompressed and without dictionaries, whose ``doc:00000:`` ids are rewritten to each shard's number
+    (the same length, so the file stays valid), so a shard costs a copy and a sha256."""
 
     count: int
     row_groups: int
@@ -113,16 +115,19 @@ class Numbered:
     sha: str = "0" * 40
     made: dict[int, tuple[str, int]] = field(default_factory=dict)  # index -> (sha256, size)
     recent: dict[int, bytes] = field(default_factory=dict)  # the latest few files' bytes
+    template: bytes = b""
 
     def shard(self, index: int) -> bytes:
         data = self.recent.get(index)
         if data is None:
-            texts = [f"doc:{index}:{g}:{r} " + " ".join(["numbered"] * (8 + (index + g + r) % 8))
-                     for g in range(self.row_groups) for r in range(self.rows)]
-            buf = io.BytesIO()
-            pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), buf, row_group_size=self.rows,
-                           compression="zstd")
-            data = buf.getvalue()
+            if not self.template:
+                texts = [f"doc:00000:{g}:{r} " + " ".join(["numbered"] * (8 + (g + r) % 8))
+                         for g in range(self.row_groups) for r in range(self.rows)]
+                buf = io.BytesIO()
+                pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), buf, row_group_size=self.rows,
+                               compression="none", use_dictionary=False)
+                self.template = buf.getvalue()
+            data = self.template.replace(b"doc:00000:", f"doc:{index:05d}:".encode())
             self.made[index] = (hashlib.sha256(data).hexdigest(), len(data))
             self.recent[index] = data
             while len(self.recent) > 64:

@@ -1,11 +1,13 @@
 """One node of tests/test_scale.py (and of bench/scale_bench.py): a TokenDataset of the Hub double's numbered
 ClimbMix shards, as a torchrun rank would read it.
 
-Usage: python tests/scale_worker.py OUT_JSON DATA_DIR NUM_SHARDS [--dist]
+Usage: python tests/scale_worker.py OUT_JSON DATA_DIR NUM_SHARDS [--dist] [--epoch]
 With ``--dist`` it joins a gloo process group from torchrun's variables (MASTER_ADDR, MASTER_PORT, RANK,
 WORLD_SIZE), so the nodes share row-group counts through its store, and steps in lockstep (an all_reduce
-a batch, as DDP does) until every node's stream has passed into its second epoch. OUT_JSON gets the time
-to the first batch, the Hub double's request log in short right after it, the steps and the peak RSS.
+a batch, as DDP does) until every node's stream has passed into its second epoch. With ``--epoch`` it
+reads one epoch of row groups with ``iter_batches`` instead (in lockstep with ``--dist``). OUT_JSON gets
+the time to the first batch, the Hub double's request log in short right after it and at the end, the
+steps and the peak RSS after the first batch. It runs the code on PYTHONPATH (a bench runs an older one too).
 """
 
 from __future__ import annotations
@@ -35,33 +37,73 @@ def main() -> None:
     import torch
     import torch.distributed as dist
 
-    from nanostream import ByteTokenizer, TokenDataset
-
     out, folder, shards = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     lockstep = "--dist" in sys.argv
     if lockstep:
         dist.init_process_group("gloo")
+    endpoint = os.environ["HF_ENDPOINT"]
+    report = read_epoch(folder, shards, lockstep, endpoint) if "--epoch" in sys.argv else \
+        read_batches(folder, shards, lockstep, endpoint)
+    out.write_text(json.dumps({**report, "hub_at_end": hub_stats(endpoint)}))
+    if lockstep:
+        torch.distributed.barrier()
+        dist.destroy_process_group()
+
+
+def in_step(done: bool) -> bool:
+    """Every node done? (One all_reduce: what DDP's gradient sync does to the nodes' pace.)"""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if done else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def read_batches(folder: str, shards: int, lockstep: bool, endpoint: str) -> dict:
+    from nanostream import ByteTokenizer, TokenDataset
+
     t0 = time.monotonic()
     ds = TokenDataset("train", ByteTokenizer(), 4, 64, dataset="climbmix-400b", num_shards=shards, data_dir=folder,
                       local_world_size=1, fetch_workers=4)
     it = iter(ds)
     next(it)
-    first = time.monotonic() - t0
-    report = {"first_batch_s": first, "hub_after_first": hub_stats(os.environ["HF_ENDPOINT"]),
+    report = {"first_batch_s": time.monotonic() - t0, "hub_after_first": hub_stats(endpoint),
               "rss_mb": peak_rss_mb(), "steps": 1}
-    if lockstep:
-        while True:  # DDP's pace: no node runs more than a batch ahead of the others
-            epoch = it.snapshot().mark.parts[0].position
-            flag = torch.tensor([1 if epoch is not None and epoch.epoch >= 1 else 0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            if flag.item():
-                break
-            next(it)
-            report["steps"] += 1
+    while lockstep:  # no node runs more than a batch ahead of the others, as under DDP
+        position = it.snapshot().mark.parts[0].position
+        if in_step(position is not None and position.epoch >= 1):
+            break
+        next(it)
+        report["steps"] += 1
     it.close()
-    out.write_text(json.dumps(report))
-    if lockstep:
-        dist.destroy_process_group()
+    return report
+
+
+def read_epoch(folder: str, shards: int, lockstep: bool, endpoint: str) -> dict:
+    from nanostream import iter_batches
+
+    kw = {}
+    try:  # the count sharer TokenDataset would pass (the code of today has none)
+        from nanostream.loader.sharer import default_sharer
+
+        kw["count_sharer"] = default_sharer()
+    except ImportError:
+        pass
+    t0 = time.monotonic()
+    it = iter_batches("train", dataset="climbmix-400b", num_shards=shards, data_dir=folder, local_world_size=1,
+                      epochs=1, fetch_workers=4, **kw)
+    batch = next(it, None)
+    report = {"first_batch_s": time.monotonic() - t0, "hub_after_first": hub_stats(endpoint),
+              "rss_mb": peak_rss_mb(), "steps": 0}
+    while batch is not None:
+        report["steps"] += 1
+        batch = next(it, None)
+        if lockstep:
+            in_step(False)
+    it.close()
+    report["epoch_s"] = time.monotonic() - t0
+    return report
 
 
 if __name__ == "__main__":

@@ -117,19 +117,20 @@ class CountBook:
         self._take({self.files[shard].path: n}, origin, save=True)
 
     # -- the cheap sources: local footers, the census file, the sharers --------------------------
-    async def look(self, shards: list[int], remote_known: bool = True) -> None:
+    async def look(self, shards: list[int]) -> None:
         """Learn what the census file, the sharers and local files tell of ``shards``."""
         await self.sync(fetch=True)
         todo = [s for s in shards if s not in self._known]
         if todo:
-            found = await asyncio.to_thread(self._local_counts, todo, remote_known)
+            found = await asyncio.to_thread(self._local_counts, todo)
             for s, n in found.items():
                 self.learn(s, n, f"the footer of {self.data_dir / self.files[s].path}")
 
-    def _local_counts(self, shards: list[int], remote_known: bool) -> dict[int, int]:
+    def _local_counts(self, shards: list[int]) -> dict[int, int]:
+        """Counts from the footers of the local files of ``shards`` (an unreadable one is left to its reader)."""
         out = {}
         for s in shards:
-            n = local_count(self.data_dir / self.files[s].path, remote_known and bool(self.files[s].url))
+            n = local_count(self.data_dir / self.files[s].path, True)
             if n is not None:
                 out[s] = n
         return out
@@ -167,7 +168,7 @@ class CountBook:
     async def read_remote(self, shards: list[int], access: Access | None, retry: RetryPolicy | None) -> None:
         """Read the footers of those of ``shards`` nobody knows yet (local files first), one process of the
         folder at a time."""
-        await self.look([s for s in shards if s not in self._known], access is not None)
+        await self.look([s for s in shards if s not in self._known])
         todo = [s for s in shards if s not in self._known and s not in self._reading]
         if todo:
             lock = await census_lock(self.data_dir)
@@ -181,6 +182,7 @@ class CountBook:
                         no_remote = [s for s in todo if access is None or not self.files[s].url]
                         if no_remote:
                             path = self.data_dir / self.files[no_remote[0]].path
+                            local_count(path, False)  # a CorruptShardError if it is there but unreadable
                             raise MissingShardError(f"{path} is missing and no remote is known for {self.data_dir}: "
                                                     "run `nanostream fetch` first, or pass dataset= (or base_url=)",
                                                     path=path)

@@ -96,7 +96,7 @@ class EpochCounts(Tally):
         since = time.monotonic()
         while not ok():
             own = self._own_next()
-            await self.book.look(own, self.access is not None)
+            await self.book.look(own)
             self.refresh()
             if ok():
                 return

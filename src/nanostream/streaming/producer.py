@@ -174,7 +174,7 @@ class Producer:
         """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing)."""
         n = self.book.get(shard)
         if n is None:
-            await self.book.look([shard], source.remote_known(shard))
+            await self.book.look([shard])
             n = self.book.get(shard)
         if n is None:  # the node reads it anyway: its footer comes with it
             hold = await source.get(shard, upcoming)
@@ -194,7 +194,7 @@ class Producer:
             self.book.learn(shard, n, f"the footer of {self.plan.data_dir / self.plan.files[shard].path}")
         landed = [s for s in upcoming if self.book.get(s) is None and source.path(s).exists()]
         if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
-            await self.book.look(landed, source.access is not None)
+            await self.book.look(landed)
         await self.book.sync()
         return n
 
