@@ -115,7 +115,7 @@ def one_download(url: str, work: Path) -> float:
 
 def first_batches(work: Path, srcs: dict[str, Path], counts: list[int]) -> bool:
     print("\n1. first batch from an empty folder, Hub double answering in 50 ms (1 node)")
-    rows, ok = [], True
+    rows: list[list] = []
     with hub() as url:
         dl = min(one_download(url, work) for _ in range(3))
         limit = max(2.0, 1.2 * dl)

@@ -36,7 +36,7 @@ from .census import CACHE_NAME, census_lock, local_count, read_census, read_foot
 
 log = logging.getLogger(__name__)
 SAVE_EVERY = 1.0  # seconds between writes of the census file
-FETCH_EVERY = 0.25  # seconds between reads of the census file and the sharer while counts are awaited
+FETCH_EVERY = 0.05  # seconds between reads of the census file and the sharers (at most)
 
 
 class CountSharer(Protocol):
@@ -118,13 +118,16 @@ class CountBook:
 
     # -- the cheap sources: local footers, the census file, the sharers --------------------------
     async def look(self, shards: list[int]) -> None:
-        """Learn what the census file, the sharers and local files tell of ``shards``."""
+        """Learn what the census file, the sharers and local files tell of ``shards`` (and tell the sharers
+        what the local files told)."""
         await self.sync(fetch=True)
         todo = [s for s in shards if s not in self._known]
         if todo:
             found = await asyncio.to_thread(self._local_counts, todo)
             for s, n in found.items():
                 self.learn(s, n, f"the footer of {self.data_dir / self.files[s].path}")
+            if found:
+                await self.sync()
 
     def _local_counts(self, shards: list[int]) -> dict[int, int]:
         """Counts from the footers of the local files of ``shards`` (an unreadable one is left to its reader)."""

@@ -27,6 +27,7 @@ from ..sources.counts import FETCH_EVERY, CountBook
 from .order import EpochDeal, EpochPlan
 
 GRACE = 2.0  # seconds to wait for other nodes' counts before reading footers remotely
+WATCH_EVERY = 0.1  # seconds between looks for landed downloads and shared counts while reading
 BATCH = 16  # remote footers read at once
 
 
@@ -106,8 +107,18 @@ class EpochCounts(Tally):
                 await self.book.read_remote(self._priority()[:BATCH], self.access, self.retry)
                 self.refresh()
                 continue
-            await asyncio.sleep(FETCH_EVERY)
+            await asyncio.sleep(FETCH_EVERY / 2)
             self.refresh()
+
+    async def watch(self) -> None:
+        """While the reader reads (a task of the producer's): learn the counts of its node's next shards as
+        their downloads land, and what the census file and the sharers tell, so the bound keeps ahead and
+        the other nodes hear of this node's counts at once."""
+        while self.plan is None:
+            landed = [s for s in self._own_next() if (self.data_dir / self.book.files[s].path).exists()]
+            await self.book.look(landed)
+            self.refresh()
+            await asyncio.sleep(WATCH_EVERY)
 
     def _own_next(self) -> list[int]:
         piece = self.deal.piece(self.node)

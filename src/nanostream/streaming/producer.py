@@ -108,7 +108,15 @@ class Producer:
             deal = await self._deal(epoch, base, source)
             counts = EpochCounts(deal, self.book, p.rank, p.data_dir, source.access, p.retry, p.fetch_ahead)
             skip = await self._resume_taken(deal, start, source) if isinstance(start, Position) else 0
-            await self._read_epoch(source, epoch, deal, counts, skip)
+            watcher = asyncio.create_task(counts.watch(), name="nanostream-counts")
+            try:
+                await self._read_epoch(source, epoch, deal, counts, skip)
+            finally:
+                watcher.cancel()
+                await asyncio.wait([watcher])
+            failed = None if watcher.cancelled() else watcher.exception()
+            if failed is not None:
+                raise failed
             start = None
 
     async def _deal(self, epoch: int, base: Cursor | None, source: ShardSource) -> EpochDeal:
