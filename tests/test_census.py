@@ -73,3 +73,30 @@ async def test_a_mirror_tells_the_counts_so_no_footer_is_read(tmp_path: Path) ->
         counts = await row_group_counts(tmp_path / "local", (0, 1, 2), files(srv.url, 3), Access())
         assert counts == {0: 7, 1: 7, 2: 7}
         assert [r.range for r in srv.requests] == ["bytes=-8"] * 3
+
+
+@pytest.mark.parametrize("quota, files, told", [((24, 1), 20, False), ((17, 1), 2, True)])
+async def test_footer_reads_slow_down_before_the_quota_runs_out(tmp_path: Path, caplog, quota: tuple[int, int],
+                                                                files: int, told: bool) -> None:
+    """The Hub double's resolver quota, as the Hub sends it on every answer (``RateLimit-Policy``: q a 1-second
+    window; ``RateLimit``: r left, t to the window's end): the footers are read without a single 429. The
+    requests slow down as r falls (24: spread over the window), and never use the last 16 of a window (a
+    reserve for other processes behind the address): with 17 a window, each request past the first waits
+    for the next window, and each such wait is told in one WARNING line."""
+    import logging
+
+    from nanostream.sources.catalog import numbered_catalog
+
+    from hubserver import HubServer
+
+    caplog.set_level(logging.WARNING)
+    async with HubServer(quota={"resolvers": quota}) as hub:
+        hub.add_numbered("org/many", files, row_groups=3, rows=2)
+        cat = numbered_catalog("many", f"{hub.url}/datasets/org/many/resolve/main", files)
+        counts = await row_group_counts(tmp_path, tuple(range(files)), cat.files, Access())
+        stats = hub.stats()
+    assert counts == {s: 3 for s in range(files)} and stats["resolve"] >= files
+    assert stats["limited"] == 0
+    waits = [r.getMessage() for r in caplog.records if "quota" in r.getMessage()]
+    assert bool(waits) == told and all(f"resolvers quota ({quota[0]} per 1s" in w for w in waits)
+    assert len(waits) <= stats["resolve"]  # one line per window at most

@@ -15,7 +15,7 @@ downloads, HEADs, listings, on any thread or event loop -- draw on one account (
 * when nothing is left beyond the reserve, requests wait for the window to end; a 429's named
   wait (``r=0;t=N``: ``N + 1`` s, as huggingface_hub waits) holds every request to the host.
 
-A wait of a second or more logs one WARNING line per window (``--quiet`` still explains a
+A wait for the next window logs one WARNING line per window (``--quiet`` still explains a
 pause). A server that announces nothing is not paced. Requests count against the quota from
 when they are sent until their answer says how many are left (``left`` is conservative).
 """
@@ -66,6 +66,10 @@ class Quota:
     @property
     def reserve(self) -> int:
         return max(MIN_RESERVE, (self.limit or 0) // 50)
+
+    def exhausted(self, now: float) -> bool:
+        """Nothing left of this window beyond the reserve: the next request waits for the next window."""
+        return self.left is not None and now < self.ends and self.left - self.reserve <= 0
 
     def delay(self, now: float) -> float:
         """Seconds to wait before the next request may go (0: now)."""
@@ -131,7 +135,7 @@ async def wait_turn(host: str, kind: str) -> Quota:
                 quota.send(now)
                 return quota
             mark = quota.ends  # a 429's hold is told by the request's own retry (``retry.RateGate``)
-            warn = delay >= 1.0 and now >= quota.held_until and quota.warned != mark
+            warn = quota.exhausted(now) and now >= quota.held_until and quota.warned != mark
             if warn:
                 quota.warned = mark
         if warn:
