@@ -58,3 +58,34 @@ async def test_two_nodes_under_one_quota_start_at_once_and_read_each_footer_once
     assert stats["limited"] == 0
     assert stats["per_path"] == {f"shard_{i:05d}.parquet": 1 for i in range(shards)}
     assert min(rep["steps"] for rep in reports) > 100  # an epoch and into the next, in lockstep
+
+
+def test_a_finite_run_starts_without_counting_and_len_counts_the_rest(tmp_path: Path) -> None:
+    """``TokenDataset(epochs=1)`` from an empty folder behind a plain file server (no counts in its answers):
+    the first batch reads no footer remotely (it asks only for the files it reads or fetches next: no
+    census); ``len(ds)`` asked then learns the rest (remote footers, once each) and is what the iterator
+    yields."""
+    from nanostream import ByteTokenizer, TokenDataset
+    from datagen import make_shards
+    from servers import FaultServer
+
+    make_shards(tmp_path / "remote", 13, row_groups=4, rows=64, record=False)
+
+    async def run() -> tuple[set[str], int, int, int]:
+        async with FaultServer(tmp_path / "remote") as srv:
+            srv.files.row_groups = False
+            kw = dict(data_dir=tmp_path / "local", base_url=srv.url, num_shards=12, max_shard=12, epochs=1,
+                      buffer_docs=16, fetch_ahead=1)
+            ds = TokenDataset("train", ByteTokenizer(), 4, 64, **kw)
+            it = iter(ds)
+            await asyncio.to_thread(next, it)
+            asked = {r.path.lstrip("/") for r in srv.requests if (r.range or "").startswith("bytes=-")}
+            n = await asyncio.to_thread(len, TokenDataset("train", ByteTokenizer(), 4, 64, **kw))
+            got = 1 + sum(1 for _ in await asyncio.to_thread(list, it))
+            footers = sum(1 for r in srv.requests if (r.range or "").startswith("bytes=-"))
+            return asked, n, got, footers
+
+    asked, n, got, footers = asyncio.run(run())
+    assert asked == set()  # no footer read before the first batch
+    assert n == got > 1
+    assert footers <= 12  # each remote footer at most once (the files already local are read there)

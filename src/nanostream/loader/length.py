@@ -83,7 +83,8 @@ class BatchCount:
         def rows(k: int, e: int, o: Cursor | None) -> int:
             if lengths is None:
                 return self.epoch_rows(k, e, o)
-            return lengths(k, e, o) * self.rows(k)
+            per_group = self.rows(k)  # first: reading the sample teaches its shard's count
+            return lengths(k, e, o) * per_group
 
         if ds.weights is None:
             origin = origins[0]
