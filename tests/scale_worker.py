@@ -1,11 +1,12 @@
 """One node of tests/test_scale.py (and of bench/scale_bench.py): a TokenDataset of the Hub double's numbered
 ClimbMix shards, as a torchrun rank would read it.
 
-Usage: python tests/scale_worker.py OUT_JSON DATA_DIR NUM_SHARDS [--dist] [--epoch]
+Usage: python tests/scale_worker.py OUT_JSON DATA_DIR NUM_SHARDS [--dist] [--next-epoch | --epoch]
 With ``--dist`` it joins a gloo process group from torchrun's variables (MASTER_ADDR, MASTER_PORT, RANK,
-WORLD_SIZE), so the nodes share row-group counts through its store, and steps in lockstep (an all_reduce
-a batch, as DDP does) until every node's stream has passed into its second epoch. With ``--epoch`` it
-reads one epoch of row groups with ``iter_batches`` instead (in lockstep with ``--dist``). OUT_JSON gets
+WORLD_SIZE), so the nodes share row-group counts through its store. It takes the first batch of a
+``TokenDataset``; with ``--next-epoch`` it then steps in lockstep (an all_reduce a batch, as DDP does)
+until every node's stream has passed into its second epoch. With ``--epoch`` it reads one epoch of row
+groups with ``iter_batches`` instead (in lockstep with ``--dist``). OUT_JSON gets
 the time to the first batch, the Hub double's request log in short right after it and at the end, the
 steps and the peak RSS after the first batch. It runs the code on PYTHONPATH (a bench runs an older one too).
 """
@@ -43,7 +44,7 @@ def main() -> None:
         dist.init_process_group("gloo")
     endpoint = os.environ["HF_ENDPOINT"]
     report = read_epoch(folder, shards, lockstep, endpoint) if "--epoch" in sys.argv else \
-        read_batches(folder, shards, lockstep, endpoint)
+        read_batches(folder, shards, lockstep and "--next-epoch" in sys.argv, endpoint)
     out.write_text(json.dumps({**report, "hub_at_end": hub_stats(endpoint)}))
     if lockstep:
         torch.distributed.barrier()

@@ -46,7 +46,7 @@ async def test_two_nodes_under_one_quota_start_at_once_and_read_each_footer_once
                    "HF_TOKEN": f"node-{rank}"}  # how the double tells the nodes apart
             procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, str(WORKER), str(tmp_path / f"out{rank}.json"), str(tmp_path / f"node{rank}"),
-                str(shards), "--dist", stderr=subprocess.PIPE, env=env))
+                str(shards), "--dist", "--next-epoch", stderr=subprocess.PIPE, env=env))
         errs = [(await p.communicate())[1].decode() for p in procs]
         assert [p.returncode for p in procs] == [0, 0], "\n".join(errs)[-4000:]
         stats = hub.stats()
