@@ -20,7 +20,8 @@ Readers: worker ``w`` of ``k`` on rank ``r`` of ``world`` (``local`` ranks a nod
 so ranks and workers never share a row group and each node reads only its shards.
 
 Equal batches: with finite ``epochs`` the run yields exactly ``len(ds)`` batches on every
-rank, a count fixed before it starts (``epoch_batches``); a reader whose data is longer
+rank (``length.py``: asked early it learns the row-group counts it needs; an iterator never
+waits for it); a reader whose data is longer
 stops there, one whose data is shorter drains its buffer, then goes on into the next
 epoch's order (``feed.Seam``). A mix (``mix=[Source, ...]``) packs each row from one
 source, the one furthest below its weight's share of the rows: token-exact shares. Each

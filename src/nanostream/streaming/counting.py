@@ -10,9 +10,10 @@ cheapest source first:
 1. its node's next shards' footers, as their downloads land (a shard whose part file exists is
    being downloaded, by this reader or another of the node: its footer comes with it);
 2. the folder's census file and the count sharers, polled every ``counts.FETCH_EVERY`` s;
-3. after ``GRACE`` s without enough (at once on a single node, where nobody else can tell),
-   remote footers, 16 at a time in this order: the node's own next shards, then every node's
-   piece from its start, round robin -- the counts the bound needs soonest.
+3. after ``GRACE`` s without enough (at once on a single node, where nobody else can tell; up to
+   ``LANDING`` s while a download of the node's next shards is under way), remote footers, 16 at a
+   time in this order: the node's own next shards, then every node's piece from its start, round
+   robin -- the counts the bound needs soonest.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..sources.counts import FETCH_EVERY, CountBook
 from .order import EpochDeal, EpochPlan
 
 GRACE = 2.0  # seconds to wait for other nodes' counts before reading footers remotely
+LANDING = 30.0  # ... and for a download of the node's under way (a stalled one does not hold the reader)
 WATCH_EVERY = 0.1  # seconds between looks for landed downloads and shared counts while reading
 BATCH = 16  # remote footers read at once
 
@@ -102,8 +104,8 @@ class EpochCounts(Tally):
             if ok():
                 return
             landing = any(part_path(self.data_dir / self.book.files[s].path).exists() for s in own)
-            grace = GRACE if self.deal.nodes > 1 else 0.0
-            if not landing and time.monotonic() - since >= grace:
+            grace = LANDING if landing else GRACE if self.deal.nodes > 1 else 0.0
+            if time.monotonic() - since >= grace:
                 await self.book.read_remote(self._priority()[:BATCH], self.access, self.retry)
                 self.refresh()
                 continue
