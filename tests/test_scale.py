@@ -89,3 +89,25 @@ def test_a_finite_run_starts_without_counting_and_len_counts_the_rest(tmp_path: 
     assert asked == set()  # no footer read before the first batch
     assert n == got > 1
     assert footers <= 12  # each remote footer at most once (the files already local are read there)
+
+
+def test_a_dataloader_worker_shares_counts_through_its_own_store_client() -> None:
+    """A ``StoreSharer`` pickled into another process (a DataLoader worker has no process group) opens its own
+    client of the same TCPStore: what it publishes, the main process reads, and the other way round."""
+    import pickle
+
+    import torch.distributed as dist
+
+    from nanostream.loader.sharer import StoreSharer
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    sharer = StoreSharer(store)
+    sharer.publish("hf://datasets/org/x@abc", {"a.parquet": 3})
+    child = ("import pickle, sys; s = pickle.loads(sys.stdin.buffer.read()); "
+             "s.publish('hf://datasets/org/x@abc', {'b.parquet': 7}); print(sorted(s.fetch('hf://datasets/org/x@abc')))")
+    out = subprocess.run([sys.executable, "-c", child], input=pickle.dumps(sharer), capture_output=True, timeout=100,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert out.stdout.decode().split() == ["['a.parquet',", "'b.parquet']"]
+    assert sharer.fetch("hf://datasets/org/x@abc") == {"a.parquet": 3, "b.parquet": 7}
+    assert sharer.fetch("hf://datasets/org/x@abc") == {} and sharer.fetch("another@") == {}
