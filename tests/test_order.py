@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from nanostream.errors import ConfigError
 from nanostream.streaming.cursor import Cursor
-from nanostream.streaming.order import EpochDeal, EpochPlan, NeedCounts
+from nanostream.streaming.order import EpochDeal, NeedCounts
 from nanostream.streaming.ranks import worker_stride
+from nanostream.streaming.settle import EpochPlan, cursor_after
 
 
 def plan(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0) -> EpochPlan:
@@ -223,7 +224,7 @@ def test_what_a_reader_reads_before_every_count_is_known_is_what_the_settled_pla
     if taken == 0:
         return  # nothing read yet: the base (or, settled with nothing to read, the next epoch)
     try:
-        early = deal.cursor_after(taken, partial)
+        early = cursor_after(deal, taken, partial)
     except NeedCounts as exc:
         assert exc.shards and not set(exc.shards) & set(partial)
     else:

@@ -66,6 +66,7 @@ def test_a_finite_run_starts_without_counting_and_len_counts_the_rest(tmp_path: 
     census); ``len(ds)`` asked then learns the rest (remote footers, once each) and is what the iterator
     yields."""
     from nanostream import ByteTokenizer, TokenDataset
+
     from datagen import make_shards
     from servers import FaultServer
 

@@ -7,8 +7,8 @@ import pytest
 from nanostream.errors import ConfigError, MissingShardError
 from nanostream.shards import list_shards, shard_index, shard_name
 from nanostream.sources.record import FolderRecord, read_record, resolve_split, write_record
-from nanostream.streaming.order import EpochPlan
 from nanostream.streaming.ranks import check_layout, worker_stride
+from nanostream.streaming.settle import EpochPlan
 
 from datagen import make_shards
 

@@ -31,13 +31,12 @@ from .threads import _Stopped
 
 if TYPE_CHECKING:
     from ..streaming.single import Stream
-    from .dataset import TokenDataset
 
 
 class BatchCount:
-    """The batch arithmetic of one dataset (its sources, layout, sizes and tokenizer)."""
+    """The batch arithmetic of one ``TokenDataset`` (its sources, layout, sizes and tokenizer)."""
 
-    def __init__(self, ds: TokenDataset) -> None:
+    def __init__(self, ds: Any) -> None:
         self.ds = ds
 
     def stream(self, k: int, start: Cursor | None) -> Stream:

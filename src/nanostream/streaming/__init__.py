@@ -6,9 +6,11 @@ sources and ``Options``; ``single.py`` is one source's ``Stream`` and its ``Plan
 sources (``MixStream``);
 ``producer.py`` reads by the plan into a bounded queue, ``reader.py`` reads one file
 with pyarrow, ``supply.py`` turns file indices into local files (fetching what is
-missing), ``order.py`` is each epoch's global order and its deal to the readers,
-``cursor.py`` the ``Cursor``, ``counting.py`` a reader's tally of the row-group counts known
-and its waits for more, ``ranks.py`` who the reader is (rank, world, node, workers), and
+missing), ``order.py`` is each epoch's global order and its deal to the readers before
+the row-group counts are known, ``settle.py`` the deal settled once they are, ``epoch.py`` a
+reader's way through an epoch, ``cursor.py`` the ``Cursor``, ``counting.py`` a reader's tally
+of the counts known and its waits for more, ``ranks.py`` who the reader is (rank, world, node,
+workers), and
 ``blocking.py`` runs a stream for code without an event loop. Under a ``cache_limit`` the
 folder is a cache of fixed size (``cache/``: the budget, its locks and ``nanostream cache``),
 whose evictions follow the node's future order (``horizon.py``).

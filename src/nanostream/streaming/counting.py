@@ -25,7 +25,8 @@ from typing import Any
 
 from ..fetch.partial import part_path
 from ..sources.counts import FETCH_EVERY, CountBook
-from .order import EpochDeal, EpochPlan
+from .order import EpochDeal
+from .settle import EpochPlan, settle
 
 GRACE = 2.0  # seconds to wait for other nodes' counts before reading footers remotely
 LANDING = 30.0  # ... and for a download of the node's under way (a stalled one does not hold the reader)
@@ -61,7 +62,7 @@ class Tally:
                 self.known_left += len(self.deal.places(p, self.book.get(shard) or 0))
                 self._unknown -= 1
         if self._unknown == 0 and self.plan is None:
-            self.plan = self.deal.settle(self.book.snapshot())
+            self.plan = settle(self.deal, self.book.snapshot())
 
 
 class EpochCounts(Tally):

@@ -19,8 +19,9 @@ import math
 from collections import OrderedDict
 from typing import Any
 
-from .order import Cursor, EpochPlan
+from .cursor import Cursor
 from .plan import Plan
+from .settle import EpochPlan
 
 FILES = 512  # files the future covers (the nearest ones); the holder file cuts it further if needed
 

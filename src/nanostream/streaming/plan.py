@@ -19,9 +19,10 @@ from ..errors import ConfigError
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile
 from .cache.minimum import Needs, needs
-from .order import Cursor, EpochDeal, EpochPlan
+from .order import Cursor, EpochDeal
 from .ranks import check_layout
 from .reader import to_texts
+from .settle import EpochPlan
 
 
 @dataclass(frozen=True, order=True)

@@ -19,21 +19,20 @@ import asyncio
 import collections
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from ..errors import ConfigError, CorruptShardError
-from ..sources.census import local_count
+from ..errors import CorruptShardError
 from ..sources.counts import CountBook, book_for
 from .cache.budget import FolderBudget
 from .cache.holders import ReadHold
 from .counting import EpochCounts
-from .horizon import Horizon
-from .order import Cursor, EpochDeal, NeedCounts
+from .cursor import Cursor
+from .epoch import EpochWalk, Gate
 from .plan import Chunk, Plan, Position
 from .reader import ShardReader, close_opened
 from .supply import ShardSource, file_id
@@ -42,7 +41,6 @@ __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Gate = Callable[[int], Awaitable[bool]]
 READ_AHEAD = 2  # row-group reads queued on the reader thread beyond the batch being handed over
 
 
@@ -64,7 +62,7 @@ class Producer:
         self.max_queued = 0  # largest queue size seen right after a put
         self.source: ShardSource | None = None
         self._left = 0  # row groups of the current shard not yet handed over
-        self._length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
+        self.length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
         self._executor: ThreadPoolExecutor | None = None
 
     async def run(self) -> None:
@@ -103,14 +101,15 @@ class Producer:
                 sizes = await source.learn_sizes(p.shards, sizes)
             await asyncio.to_thread(p.check_cache, sizes)
         start = p.start
+        walk = EpochWalk(p, self.book, source, self)
         for epoch in self._epochs():
             base = p.start_base() if start is not None else None
-            deal = await self._deal(epoch, base, source)
+            deal = await walk.deal(epoch, base)
             counts = EpochCounts(deal, self.book, p.rank, p.data_dir, source.access, p.retry, p.fetch_ahead)
-            skip = await self._resume_taken(deal, start, source) if isinstance(start, Position) else 0
+            skip = await walk.resume_taken(deal, start) if isinstance(start, Position) else 0
             watcher = asyncio.create_task(counts.watch(), name="nanostream-counts")
             try:
-                await self._read_epoch(source, epoch, deal, counts, skip)
+                await walk.read(epoch, deal, counts, skip)
             finally:
                 watcher.cancel()
                 await asyncio.wait([watcher])
@@ -119,121 +118,8 @@ class Producer:
                 raise failed
             start = None
 
-    async def _deal(self, epoch: int, base: Cursor | None, source: ShardSource) -> EpochDeal:
-        while True:
-            try:
-                return self.plan.epoch_deal(epoch, base, self.book.snapshot())
-            except NeedCounts as exc:  # a cursor saved before spans: every count first
-                await self.book.require(list(exc.shards), source.access, self.plan.retry)
-
-    async def _read_epoch(self, source: ShardSource, epoch: int, deal: EpochDeal, counts: EpochCounts,
-                          skip: int) -> None:
-        """The reader's row groups of one epoch: its node's piece as far as the bound lets it (while counts
-        arrive), then the rest by the settled plan."""
-        p = self.plan
-        L, node, i = deal.local_world_size, p.rank // deal.local_world_size, p.rank % deal.local_world_size
-        taken = skip  # the reader's row groups handed over (or skipped by a resume) this epoch
-        horizon = self._horizon(counts) if source.budget is not None else None
-        counts.refresh()
-        self._length = counts.plan.length if counts.plan is not None else -1
-        if counts.plan is None:
-            piece, offset = deal.piece(node), 0
-            for k, pos in enumerate(piece):
-                counts.at = k
-                shard = deal.order[pos]
-                upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + p.fetch_ahead]]
-                n = await self._count(source, shard, upcoming)
-                places = deal.places(pos, n)
-                todo = [(j, deal.row_group(pos, places[j - offset], n))
-                        for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
-                offset += len(places)
-                if not todo:
-                    continue
-                if horizon is not None:
-                    await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
-                        epoch, deal.base), taken))
-
-                async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
-                    return await counts.until_safe(todo[m][0])
-
-                done = await self._emit_shard(source, epoch, shard, [g for _, g in todo], taken, upcoming, deal.base,
-                                              gate)
-                taken += done
-                if done < len(todo):
-                    break  # settled meanwhile: go on by the plan
-        plan = await counts.settled()
-        self._length = plan.length
-        if horizon is not None:
-            horizon = self._horizon(counts)
-        runs = _runs(plan.sequence(p.rank), taken)
-        for k, (shard, first, groups) in enumerate(runs):
-            upcoming: dict[int, None] = {}
-            for r in itertools.islice(runs, k + 1, None):
-                if len(upcoming) >= p.fetch_ahead:
-                    break
-                if r[0] != shard:
-                    upcoming[r[0]] = None
-            if horizon is not None:  # the node's future order, for every stream's evictions
-                await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
-                    epoch, deal.base), first))
-            await self._emit_shard(source, epoch, shard, groups, first, list(upcoming), deal.base)
-
-    async def _count(self, source: ShardSource, shard: int, upcoming: list[int]) -> int:
-        """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing)."""
-        n = self.book.get(shard)
-        if n is None:
-            await self.book.look([shard])
-            n = self.book.get(shard)
-        if n is None:  # the node reads it anyway: its footer comes with it
-            hold = await source.get(shard, upcoming)
-            try:
-                n = await asyncio.to_thread(local_count, hold.path, source.remote_known(shard))
-                if n is None:  # unreadable: fetched once more (as a read would)
-                    old, hold = hold, None
-                    seen = file_id(old.path)
-                    old.release()
-                    log.warning("%s is not a readable parquet file; fetching it again", old.path)
-                    hold = await source.replace(shard, seen)
-                    n = await asyncio.to_thread(local_count, hold.path, False)
-            finally:
-                if hold is not None:
-                    hold.release()
-            assert n is not None
-            self.book.learn(shard, n, f"the footer of {self.plan.data_dir / self.plan.files[shard].path}")
-        landed = [s for s in upcoming if self.book.get(s) is None and source.path(s).exists()]
-        if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
-            await self.book.look(landed)
-        await self.book.sync()
-        return n
-
-    def _horizon(self, counts: EpochCounts) -> Horizon:
-        """The node's future order for evictions: by the counts known, the others estimated."""
-        known = self.book.snapshot()
-        mean = round(sum(known.values()) / len(known)) if known else 1
-        return Horizon(self.plan, {s: known.get(s, mean) for s in self.plan.shards})
-
-    async def _resume_taken(self, deal: EpochDeal, start: Position, source: ShardSource) -> int:
-        """How many of its row groups the reader had taken at ``start``: ``start.taken``, checked against the
-        deal, else found in the settled plan."""
-        key = (start.shard, start.row_group)
-        while True:
-            counts = self.book.snapshot()
-            try:
-                if start.taken > 0:
-                    p, g = deal.reader_place(self.plan.rank, start.taken - 1, counts)
-                    if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == key:
-                        return start.taken
-                seq = deal.settle(counts).sequence(self.plan.rank)
-                return _resume_index(seq, start, self.plan.data_dir)
-            except NeedCounts as exc:
-                await self.book.require(list(exc.shards), source.access, self.plan.retry)
-            except IndexError:
-                return _resume_index(deal.settle(await self.book.require(
-                    [deal.order[q] for q in deal.left], source.access, self.plan.retry)).sequence(self.plan.rank),
-                    start, self.plan.data_dir)
-
-    async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
-                          upcoming: list[int], base: Cursor | None, gate: Gate | None = None) -> int:
+    async def emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
+                         upcoming: list[int], base: Cursor | None, gate: Gate | None = None) -> int:
         """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(k)`` is
         awaited before the ``k``-th is put (False: stop there). The file is held from before it is opened
         until after it is closed (both on the reader thread). Returns how many were put."""
@@ -287,7 +173,7 @@ class Producer:
                     return
                 column = await pending.popleft()  # if cancelled: dropped unless started
                 await self._put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base,
-                                      last=taken + k + 1 == self._length))
+                                      last=taken + k + 1 == self.length))
                 self._left -= 1
         finally:
             for fut in pending:  # reads ahead that nobody will take: drop them if not started
@@ -329,27 +215,3 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Done callback for results nobody awaits: mark their exception as seen."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
-    """``seq[skip:]`` as runs of one shard: ``(shard, count before the run, row groups)``."""
-    runs: list[tuple[int, int, list[int]]] = []
-    for i in range(skip, len(seq)):
-        shard, group = seq[i]
-        if not runs or runs[-1][0] != shard:
-            runs.append((shard, i, []))
-        runs[-1][2].append(group)
-    return runs
-
-
-def _resume_index(seq: list[tuple[int, int]], start: Position, data_dir: Path) -> int:
-    """How many of ``seq`` the reader had taken at ``start`` (found by ``taken``, else searched)."""
-    key = (start.shard, start.row_group)
-    if 0 < start.taken <= len(seq) and seq[start.taken - 1] == key:
-        return start.taken
-    try:
-        return seq.index(key) + 1
-    except ValueError:
-        raise ConfigError(f"resume position {start}: row group {start.row_group} of shard {start.shard} in "
-                          f"{data_dir} is not one this rank reads in epoch {start.epoch}; resume with the same "
-                          "rank, world_size, local_world_size, shuffle and seed (or from a Cursor)") from None

@@ -21,9 +21,12 @@ from ..sources.counts import CountBook, book_for
 from ..sources.resolve import run_blocking, split_indices
 from ..sources.spec import Source
 from .cache.usage import filesystem_bytes
-from .order import Cursor, EpochDeal, EpochPlan, NeedCounts, shard_order
+from .cursor import Cursor
+from .epoch import resume_index
+from .order import EpochDeal, NeedCounts, shard_order
 from .plan import Batch, Chunk, Options, Plan, Position
-from .producer import Producer, _End, _resume_index
+from .producer import Producer, _End
+from .settle import EpochPlan, cursor_after, reader_place, settle
 from .supply import ShardSource
 
 
@@ -194,7 +197,7 @@ class Stream:
         if self._epoch_plan is None or self._epoch_plan[0] != key:  # one kept: cursor() per step is cheap
             deal = self.epoch_deal(*key)
             self._require(deal.missing(self.book.snapshot()))
-            self._epoch_plan = (key, deal.settle(self.book.snapshot()))
+            self._epoch_plan = (key, settle(deal, self.book.snapshot()))
         return self._epoch_plan[1]
 
     def epoch_length(self, epoch: int | None = None) -> int:
@@ -225,7 +228,7 @@ class Stream:
             taken = self._taken(deal, position)
         while True:
             try:
-                return deal.cursor_after(taken, self.book.snapshot())
+                return cursor_after(deal, taken, self.book.snapshot())
             except NeedCounts as exc:
                 self._require(exc.shards)
 
@@ -236,7 +239,7 @@ class Stream:
             counts = self.book.snapshot()
             try:
                 if position.taken > 0:
-                    p, g = deal.reader_place(rank, position.taken - 1, counts)
+                    p, g = reader_place(deal, rank, position.taken - 1, counts)
                     if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == (position.shard,
                                                                                          position.row_group):
                         return position.taken
@@ -245,5 +248,5 @@ class Stream:
                 self._require(exc.shards)
             except IndexError:
                 break
-        return _resume_index(self.epoch_plan(position.epoch, position.base).sequence(rank), position,
+        return resume_index(self.epoch_plan(position.epoch, position.base).sequence(rank), position,
                              self.plan.data_dir)
