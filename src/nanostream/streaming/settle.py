@@ -75,7 +75,6 @@ class EpochPlan:
         q = L * self.length
         tails = [(m, q, len(x)) for m, x in enumerate(pieces) if len(x) > q]
         self._segments: list[list[tuple[int, int, int]]] = []  # per node: (owner node, from, to) of owner's piece
-        self._streams: list[list[Place]] = []
         for n in range(N):
             segs = [(n, 0, min(len(pieces[n]), q))]
             need = q - segs[0][2]
@@ -88,20 +87,24 @@ class EpochPlan:
                 if a + k == b:
                     tails.pop(0)
             self._segments.append(segs)
-            self._streams.append([pl for m, a, b in segs for pl in pieces[m][a:b]])
         self._pieces = pieces
-        self._seqs: list[list[Place]] = []
-        for r in range(R):  # a reader still short repeats its own row groups from its start
-            node = self._streams[r // L]
-            own = node[r % L::L] or node or [pl for x in pieces for pl in x]
-            self._seqs.append((own * (self.length // len(own) + 1))[:self.length] if own else [])
+        self._seqs: dict[int, list[Place]] = {}  # made on demand: a reader needs its own only
         self.dropped = sum(b - a for _, a, b in tails)
         self.padded = R * self.length - left if R * self.length > left else 0
 
     # -- what each reader reads ----------------------------------------------------------------
     def places(self, reader: int) -> list[Place]:
-        """The places ``reader`` reads this epoch, in order (``length`` of them)."""
-        return self._seqs[reader]
+        """The places ``reader`` reads this epoch, in order (``length`` of them): every ``L``-th of its node's
+        stream (its own part, then the leftovers it took); a reader still short repeats its own from its
+        start."""
+        seq = self._seqs.get(reader)
+        if seq is None:
+            L = self.local_world_size
+            node = [pl for m, a, b in self._segments[reader // L] for pl in self._pieces[m][a:b]]
+            own = node[reader % L::L] or node or [pl for x in self._pieces for pl in x]
+            seq = (own * (self.length // len(own) + 1))[:self.length] if own else []
+            self._seqs[reader] = seq
+        return seq
 
     def sequence(self, reader: int) -> list[tuple[int, int]]:
         d = self.deal

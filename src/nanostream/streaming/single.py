@@ -227,10 +227,22 @@ class Stream:
         if taken is None:
             taken = self._taken(deal, position)
         while True:
+            plan = self._settled(position.epoch, position.base)
+            if plan is not None:  # kept: a cursor per checkpoint costs no new plan
+                return plan.cursor_after(taken)
             try:
                 return cursor_after(deal, taken, self.book.snapshot())
             except NeedCounts as exc:
                 self._require(exc.shards)
+
+    def _settled(self, epoch: int, base: Cursor | None) -> EpochPlan | None:
+        """The epoch's settled plan if every count of it is known already (no waiting), else None."""
+        key = self._first(epoch, base)
+        if self._epoch_plan is not None and self._epoch_plan[0] == key:
+            return self._epoch_plan[1]
+        if self.epoch_deal(*key).missing(self.book.snapshot()):
+            return None
+        return self.epoch_plan(*key)
 
     def _taken(self, deal: EpochDeal, position: Position) -> int:
         """How many row groups this reader had taken at ``position`` (checked against the deal)."""
@@ -239,7 +251,9 @@ class Stream:
             counts = self.book.snapshot()
             try:
                 if position.taken > 0:
-                    p, g = reader_place(deal, rank, position.taken - 1, counts)
+                    plan = self._settled(position.epoch, position.base)
+                    p, g = plan.places(rank)[position.taken - 1] if plan is not None else \
+                        reader_place(deal, rank, position.taken - 1, counts)
                     if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == (position.shard,
                                                                                          position.row_group):
                         return position.taken
