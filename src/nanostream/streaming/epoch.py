@@ -72,7 +72,7 @@ class EpochWalk:
                 counts.at = k
                 shard = deal.order[pos]
                 upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + p.fetch_ahead]]
-                n = await self._count(shard, upcoming)
+                n = await self._count(shard, upcoming, skipping=(offset + (i - offset) % L) // L < taken)
                 places = deal.places(pos, n)
                 todo = [(j, deal.row_group(pos, places[j - offset], n))
                         for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
@@ -86,8 +86,8 @@ class EpochWalk:
                 async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
                     return await counts.until_safe(todo[m][0])
 
-                done = await self.out.emit_shard(source, epoch, shard, [g for _, g in todo], taken, upcoming, deal.base,
-                                              gate)
+                done = await self.out.emit_shard(source, epoch, shard, [g for _, g in todo], taken, upcoming,
+                                                 deal.base, gate)
                 taken += done
                 if done < len(todo):
                     break  # settled meanwhile: go on by the plan
@@ -108,13 +108,16 @@ class EpochWalk:
                     epoch, deal.base), first))
             await self.out.emit_shard(source, epoch, shard, groups, first, list(upcoming), deal.base)
 
-    async def _count(self, shard: int, upcoming: list[int]) -> int:
-        """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing)."""
+    async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
+        """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;
+        ``skipping``: a resume may have read all of it already, so its footer alone is asked for)."""
         source = self.source
         n = self.book.get(shard)
         if n is None:
             await self.book.look([shard])
             n = self.book.get(shard)
+        if n is None and skipping:
+            n = (await self.book.require([shard], source.access, self.plan.retry))[shard]
         if n is None:  # the node reads it anyway: its footer comes with it
             hold = await source.get(shard, upcoming)
             try:
