@@ -8,7 +8,8 @@ shares, throughput and first batch of weighted mixes), serve (the mirror vs http
 concurrent GETs), datasets (listing 10,000 files from a Hub-like tree API and from moto's S3), hubclients
 (Hugging Face ``datasets``' streaming load_dataset against ``nanostream serve`` of an hf:// folder; skipped
 without the bench venv's ``datasets``), cache (2 ranks streaming 2 epochs through a cache_limit of a quarter
-of the data vs unbounded, Belady vs LRU).
+of the data vs unbounded, Belady vs LRU), scale (ClimbMix's 6,543 shards behind a Hub double with its quota:
+first batch, requests before it and over an epoch, 1 and 2 nodes, against main at df8d4ea).
 ``BENCH_QUICK=1`` runs smaller sizes; ``BENCH_PARTS=fetch,stream``
 picks parts.
 """
@@ -22,7 +23,7 @@ import time
 import traceback
 
 PARTS = ("fetch", "stream", "tokenizer", "loader", "cluster", "order", "mix", "cache", "serve", "datasets",
-         "hubclients")
+         "hubclients", "scale")
 
 
 def main() -> int:

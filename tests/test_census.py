@@ -14,7 +14,8 @@ from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 from nanostream.sources.access import Access
 from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.census import CACHE_NAME, row_group_counts, row_group_counts_blocking
+from nanostream.sources.census import CACHE_NAME
+from nanostream.sources.counts import row_group_counts, row_group_counts_blocking
 
 from datagen import make_shards
 from servers import FaultServer
@@ -29,6 +30,7 @@ async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Pa
     make_shards(remote, 4, row_groups=3, rows=64, record=False)
     local = tmp_path / "local"
     async with FaultServer(remote) as srv:
+        srv.files.row_groups = False  # a plain file server (the Hub's CDN): the counts are in the footers only
         a, b = await asyncio.gather(*(row_group_counts(local, (0, 1, 2), files(srv.url), Access()) for _ in range(2)))
         assert a == b == {0: 3, 1: 3, 2: 3}
         ranges = [r.range for r in srv.requests]
@@ -61,3 +63,40 @@ async def test_hub_style_redirect_and_a_retried_503(tmp_path: Path) -> None:
                                         retry=RetryPolicy(base=0.01))
     assert counts == {0: 5, 1: 5}
     assert [r.status for r in srv.requests if r.path == "/" + shard_name(1)] == [503, 302]
+
+
+async def test_a_mirror_tells_the_counts_so_no_footer_is_read(tmp_path: Path) -> None:
+    """``nanostream serve`` answers every parquet file with ``X-Nanostream-Row-Groups`` (its footer read once
+    by the mirror): counting through it takes one 8-byte GET a file, whatever the footer's size."""
+    make_shards(tmp_path / "remote", 3, row_groups=7, rows=4, record=False)
+    async with FaultServer(tmp_path / "remote") as srv:
+        counts = await row_group_counts(tmp_path / "local", (0, 1, 2), files(srv.url, 3), Access())
+        assert counts == {0: 7, 1: 7, 2: 7}
+        assert [r.range for r in srv.requests] == ["bytes=-8"] * 3
+
+
+@pytest.mark.parametrize("quota, files, told", [((24, 1), 20, False), ((17, 1), 2, True)])
+async def test_footer_reads_slow_down_before_the_quota_runs_out(tmp_path: Path, caplog, quota: tuple[int, int],
+                                                                files: int, told: bool) -> None:
+    """The Hub double's resolver quota, as the Hub sends it on every answer (``RateLimit-Policy``: q a 1-second
+    window; ``RateLimit``: r left, t to the window's end): the footers are read without a single 429. The
+    requests slow down as r falls (24: spread over the window), and never use the last 16 of a window (a
+    reserve for other processes behind the address): with 17 a window, each request past the first waits
+    for the next window, and each such wait is told in one WARNING line."""
+    import logging
+
+    from nanostream.sources.catalog import numbered_catalog
+
+    from hubserver import HubServer
+
+    caplog.set_level(logging.WARNING)
+    async with HubServer(quota={"resolvers": quota}) as hub:
+        hub.add_numbered("org/many", files, row_groups=3, rows=2)
+        cat = numbered_catalog("many", f"{hub.url}/datasets/org/many/resolve/main", files)
+        counts = await row_group_counts(tmp_path, tuple(range(files)), cat.files, Access())
+        stats = hub.stats()
+    assert counts == {s: 3 for s in range(files)} and stats["resolve"] >= files
+    assert stats["limited"] == 0
+    waits = [r.getMessage() for r in caplog.records if "quota" in r.getMessage()]
+    assert bool(waits) == told and all(f"resolvers quota ({quota[0]} per 1s" in w for w in waits)
+    assert len(waits) <= stats["resolve"]  # one line per window at most

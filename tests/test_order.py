@@ -1,4 +1,5 @@
-"""Epoch plans and the global Cursor: equal work within the bound, and resume at another world size skipping nothing."""
+"""The deal and the global Cursor: equal work within the bound, the same reads before and after every count is
+known, and resume at another world size skipping nothing."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanostream.errors import ConfigError
-from nanostream.streaming.order import Cursor, EpochPlan
+from nanostream.streaming.cursor import Cursor
+from nanostream.streaming.order import EpochDeal, NeedCounts
 from nanostream.streaming.ranks import worker_stride
+from nanostream.streaming.settle import EpochPlan, cursor_after
 
 
 def plan(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0) -> EpochPlan:
@@ -65,14 +68,31 @@ def test_cursor_at_the_same_world_size_and_at_the_epoch_end():
     after = {i for r in range(4) for i in p.indices(r)[3:]}
     assert {i for r in range(4) for i in q.indices(r)} == after  # the same rest (a shard partly read
     assert q.length == p.length - 3  # is shared anew by its node's readers), and as many each
-    assert p.cursor_after(p.length) == Cursor(1, 0, (), p.total)  # the epoch done: the next one
+    assert p.cursor_after(p.length) == Cursor(1, shards=8)  # the epoch done: the next one
 
 
 def test_cursor_from_other_data_is_refused():
     counts = {0: 4, 1: 4}
     with pytest.raises(ConfigError, match="does not fit"):
-        plan(counts, 2, 2, base=Cursor(0, 3, (), 99))
-    assert plan(counts, 2, 2, base=Cursor(1, 3, (), 99)).length == 4  # another epoch's cursor: not used
+        plan(counts, 2, 2, base=Cursor(0, ((0, 0, 0, 3),), 3, 99))
+    with pytest.raises(ConfigError, match="does not fit"):  # a row group the shard does not have
+        plan(counts, 2, 2, base=Cursor(0, ((0, 5, 1, 0),), 3, 2))
+    with pytest.raises(ConfigError, match="does not fit"):  # a cursor saved before spans, of other data
+        plan(counts, 2, 2, base=Cursor.from_list([0, 3, [], 99]))
+    assert plan(counts, 2, 2, base=Cursor(1, ((0, 0, 0, 3),), 3, 99)).length == 4  # another epoch's: not used
+
+
+def test_a_cursor_saved_before_spans_resumes_the_same():
+    """``[epoch, done, extra, total]`` (global-order indices) loads and means the same row groups."""
+    counts = {s: 3 + s % 4 for s in range(7)}
+    first = plan(counts, 3, 3, drop_last=False)
+    cur = first.cursor_after(2)
+    done = sorted(taken_items(first, 2))
+    prefix = next(i for i in range(len(done) + 1) if i == len(done) or done[i] != i)
+    old = Cursor.from_list([0, prefix, done[prefix:], first.total])
+    a, b = plan(counts, 2, 1, base=cur, drop_last=False), plan(counts, 2, 1, base=old, drop_last=False)
+    assert [a.indices(r) for r in range(2)] == [b.indices(r) for r in range(2)]
+    assert Cursor.from_list(old.to_list()).legacy == old.legacy and Cursor.from_list(cur.to_list()) == cur
 
 
 # -- properties over any layout: the bound, equal counts, the nodes' downloads, resume ---------------
@@ -112,17 +132,20 @@ def test_an_epoch_leaves_out_or_repeats_at_most_readers_minus_one(counts, layout
 
 
 @settings(max_examples=200, deadline=None)
-@given(shards=st.integers(1, 40), groups=st.integers(1, 60), layout=layouts, shuffle=st.booleans())
-def test_a_node_downloads_at_most_one_shard_beyond_its_share(shards, groups, layout, shuffle):
+@given(shards=st.integers(1, 40), groups=st.integers(1, 60), layout=layouts, shuffle=st.booleans(),
+       drop_last=st.booleans())
+def test_a_node_downloads_its_piece_and_at_most_two_shards_more(shards, groups, layout, shuffle, drop_last):
+    """Pieces are cut by shard count: ``ceil(S/N)`` shards a node, plus at most two whose leftovers it reads
+    (shards of equal row-group counts, as a dataset's are)."""
     readers, local = folded(*layout)
     nodes = readers // local
     if shards * groups < readers:
         return
-    p = plan({s: groups for s in range(shards)}, readers, local, shuffle=shuffle, drop_last=False)
+    p = plan({s: groups for s in range(shards)}, readers, local, shuffle=shuffle, drop_last=drop_last)
     held = [{p.items[i][0] for r in range(n * local, (n + 1) * local) for i in p.indices(r)} for n in range(nodes)]
     for n in range(nodes):
-        assert len(held[n]) <= -(-shards // nodes) + 1
-    assert sum(len(h) for h in held) <= shards + nodes - 1  # a shard is split between nodes at most nodes-1 times
+        assert len({p.deal.order[q] for q in p.deal.piece(n)}) <= -(-shards // nodes)
+        assert len(held[n]) <= -(-shards // nodes) + 2
 
 
 @settings(max_examples=100, deadline=None)
@@ -162,3 +185,61 @@ def test_elastic_resume_skips_nothing_at_any_layout(counts, old, new, frac, drop
             (first.total - len(done) if second.length == 0 else 0)
     else:
         assert done | set(rest) == set(range(first.total))  # nothing skipped
+
+
+@settings(max_examples=300, deadline=None)
+@given(counts=st.lists(st.integers(0, 30), min_size=1, max_size=20), layout=layouts, drop_last=st.booleans(),
+       known=st.lists(st.booleans(), min_size=20, max_size=20), frac=st.floats(0, 1), resumed=st.booleans())
+def test_what_a_reader_reads_before_every_count_is_known_is_what_the_settled_plan_gives(counts, layout, drop_last,
+                                                                                      known, frac, resumed):
+    """Before the settlement a reader reads row group ``j`` of its node's piece only while ``j < L * (K // R)``
+    (``K``: the row groups counted so far); whatever counts come later, that is the settled plan's start for
+    it, and a cursor made then is the settled plan's cursor."""
+    readers, local = folded(*layout)
+    c = dict(enumerate(counts))
+    if sum(counts) < readers:
+        return
+    base = None
+    if resumed:  # also from a cursor of another layout
+        first = plan(c, max(1, readers // 2), max(1, local // 2) if readers // 2 % max(1, local // 2) == 0 else 1,
+                     drop_last=drop_last)
+        base = first.cursor_after(int(first.length * frac))
+        if base.epoch != 0:
+            return
+    settled = plan(c, readers, local, drop_last=drop_last, base=base)
+    partial = {s: n for s, n in c.items() if known[s]}
+    deal = EpochDeal(tuple(c), 0, shuffle=True, seed=1, world_size=readers, local_world_size=local,
+                     drop_last=drop_last, base=base)
+    safe = deal.safe(deal.known_left(partial))
+    for n in range(readers // local):
+        try:
+            got = deal.piece_places(n, partial, safe)
+        except NeedCounts as exc:
+            assert set(exc.shards) - set(partial)
+            continue
+        for i in range(local):
+            mine = got[i::local]
+            assert mine == settled.places(n * local + i)[:len(mine)]
+    taken = safe // local
+    if taken == 0:
+        return  # nothing read yet: the base (or, settled with nothing to read, the next epoch)
+    try:
+        early = cursor_after(deal, taken, partial)
+    except NeedCounts as exc:
+        assert exc.shards and not set(exc.shards) & set(partial)
+    else:
+        if early != settled.cursor_after(taken):  # every reader took its whole share: settled, that is the
+            assert taken == settled.length  # next epoch; early, a cursor after which nothing is left
+            assert plan(c, readers, local, drop_last=drop_last, base=early).length == 0
+
+
+def test_a_reader_stops_at_the_bound_until_counts_arrive():
+    """One node of 2 readers, 3 shards of 4: with only the first shard counted, ``K // R`` is 2, so each reader
+    may read 2 row groups (all of the first shard) and no more before another count is known."""
+    deal = EpochDeal((0, 1, 2), 0, shuffle=False, seed=0, world_size=2, local_world_size=2)
+    assert deal.safe(deal.known_left({0: 4})) == 4
+    assert deal.piece_places(0, {0: 4}, 4) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    with pytest.raises(NeedCounts) as exc:
+        deal.piece_places(0, {0: 4}, 5)
+    assert exc.value.shards == (1,)
+    assert deal.safe(deal.known_left({0: 4, 1: 4})) == 8 and deal.first_shard(0) == 0

@@ -7,8 +7,8 @@ import pytest
 from nanostream.errors import ConfigError, MissingShardError
 from nanostream.shards import list_shards, shard_index, shard_name
 from nanostream.sources.record import FolderRecord, read_record, resolve_split, write_record
-from nanostream.streaming.order import deal
 from nanostream.streaming.ranks import check_layout, worker_stride
+from nanostream.streaming.settle import EpochPlan
 
 from datagen import make_shards
 
@@ -71,41 +71,48 @@ def test_bad_rank_is_a_config_error(rank, world):
         check_layout(rank, world, 1)
 
 
+def settled(counts: dict[int, int], world: int, local: int, drop_last: bool = True) -> EpochPlan:
+    return EpochPlan(tuple(counts), counts, 0, shuffle=False, seed=0, world_size=world, local_world_size=local,
+                     drop_last=drop_last)
+
+
 def test_worked_example_two_nodes_two_ranks_two_workers():
     """The docstring's example: shards A B C D (0..3) of 8 row groups, 2 nodes x 2 ranks x 2 workers."""
-    items = [(s, g) for s in range(4) for g in range(8)]
-    dealt = deal(items, 8, 4)  # readers r*2 + w of 8, 4 per node
-    names = [[f"{'ABCD'[items[i][0]]}{items[i][1]}" for i in d] for d in dealt]
+    plan = settled({s: 8 for s in range(4)}, 8, 4)  # readers r*2 + w of 8, 4 per node
+    names = [[f"{'ABCD'[s]}{g}" for s, g in plan.sequence(r)] for r in range(8)]
     assert names[0] == ["A0", "A4", "B0", "B4"]  # rank 0 worker 0
     assert names[1] == ["A1", "A5", "B1", "B5"]  # rank 0 worker 1
     assert names[3] == ["A3", "A7", "B3", "B7"]  # rank 1 worker 1
     assert names[4] == ["C0", "C4", "D0", "D4"]  # rank 2 worker 0
     assert names[7] == ["C3", "C7", "D3", "D7"]  # rank 3 worker 1
-    assert sorted(i for d in dealt for i in d) == list(range(32))
+    assert sorted(i for r in range(8) for i in plan.indices(r)) == list(range(32))
     for r in range(4):  # folding workers keeps a rank on its node: reader r*2+w is on node r // 2
-        assert {items[i][0] for w in range(2) for i in dealt[worker_stride(r, 4, w, 2)[0]]} == \
+        assert {s for w in range(2) for s, _ in plan.sequence(worker_stride(r, 4, w, 2)[0])} == \
             ({0, 1} if r < 2 else {2, 3})
 
 
-def test_a_split_shard_goes_to_both_nodes_and_the_running_count_continues():
-    """9 shards of 4 row groups on 2 nodes of 3 readers: 18 row groups a node (node 0: shards 0-3 and half
-    of 4), 6 a reader; none left out, where dealing whole shards by position left out 12 (the issue's
-    table: 9 x 52 on 2 x 3 left out 60 of 468)."""
-    items = [(s, g) for s in range(9) for g in range(4)]
-    dealt = deal(items, 6, 3)
-    assert [len(d) for d in dealt] == [6] * 6
-    node0 = [items[i] for r in range(3) for i in dealt[r]]
+def test_a_node_with_more_row_groups_hands_its_tail_to_the_node_with_fewer():
+    """9 shards of 4 row groups on 2 nodes of 3 readers: pieces of 5 and 4 shards (20 and 16 row groups), 6 a
+    reader: node 0 stops after 18 (shards 0-3 and half of 4), node 1 reads its 16 and the other half of 4;
+    none left out, where dealing whole shards by position left out 12 (the issue's table: 9 x 52 on 2 x 3 left
+    out 60 of 468)."""
+    plan = settled({s: 4 for s in range(9)}, 6, 3)
+    assert [len(plan.sequence(r)) for r in range(6)] == [6] * 6 and plan.dropped == 0
+    node0 = [x for r in range(3) for x in plan.sequence(r)]
+    node1 = [x for r in range(3, 6) for x in plan.sequence(r)]
     assert {s for s, _ in node0} == {0, 1, 2, 3, 4} and sorted(g for s, g in node0 if s == 4) == [0, 1]
-    assert [items[i] for i in dealt[0]][:3] == [(0, 0), (0, 3), (1, 2)]  # the count runs on across shards
+    assert {s for s, _ in node1} == {4, 5, 6, 7, 8} and sorted(g for s, g in node1 if s == 4) == [2, 3]
+    assert plan.sequence(0)[:3] == [(0, 0), (0, 3), (1, 2)]  # the count runs on across shards
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_one_node_deal_is_the_one_node_rule(world):
     """One node: the ``j``-th row group of the epoch's order goes to reader ``j % world``, across shards
     (a running count, not each shard's row-group index)."""
-    items = [(s, g) for s in (3, 0, 2) for g in (2, 0, 3, 1, 4)]  # any order, as shuffled
-    for r, d in enumerate(deal(items, world, world)):
-        assert d == list(range(r, len(items), world))
+    plan = settled({0: 5, 1: 5, 2: 5}, world, world, drop_last=False)
+    for r in range(world):
+        mine = list(range(r, 15, world))
+        assert plan.indices(r)[:len(mine)] == mine
 
 
 def test_layout_checks():

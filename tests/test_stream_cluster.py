@@ -88,7 +88,7 @@ async def test_four_nodes_each_download_their_share(remote: Path, tmp_path: Path
         mine = sorted(order[2 * node: 2 * node + 2])  # the epoch's order cut into 4 pieces of 2 shards
         assert list_shards(tmp_path / f"n-{node}") == mine
         assert {b[0] for r in reports[2 * node:2 * node + 2] for b in r["batches"]} == set(mine)
-        # its shards, plus the footers of all 8 (the row-group census), read once for both ranks
+        # its shards, plus the footers of the others' it needed before their counts could come otherwise
         assert sum(size[s] for s in mine) < srv.bytes_by[f"n-{node}"] < sum(size[s] for s in mine) + 0.05 * data
     assert sum(srv.bytes_by.values()) <= 1.1 * data + 4 * max(size.values())
 
@@ -101,7 +101,7 @@ async def test_resume_at_another_number_of_nodes_loses_nothing(remote: Path, tmp
         cursors = {json.dumps(r["cursor"]) for r in first}
         assert len(cursors) == 1  # every rank computes the same global position
         cursor = json.loads(cursors.pop())
-        assert cursor[1] + len(cursor[2]) == 2 * before  # consumed: one row group per rank
+        assert cursor[2] == 2 * before  # consumed: one row group per rank
         second = await run_cluster(tmp_path, srv.url, after, "b", start=cursor, pad=pad)
     assert {len(r["batches"]) for r in second} == {second[0]["epoch_length"]}
     before_docs, after_docs = docs(first), docs(second)

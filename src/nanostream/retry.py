@@ -29,11 +29,10 @@ from email.utils import parsedate_to_datetime
 
 import aiohttp
 
+from .quota import MIDDLEWARES, POLICY_RE, RATELIMIT_RE
+
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-# huggingface_hub's reading of the IETF draft: "api";r=0;t=55 and "fixed window";"api";q=500;w=300
-_RATELIMIT_RE = re.compile(r"\"(?P<kind>\w+)\"\s*;\s*r\s*=\s*(?P<r>\d+)\s*;\s*t\s*=\s*(?P<t>\d+)")
-_POLICY_RE = re.compile(r"q\s*=\s*(?P<q>\d+).*?w\s*=\s*(?P<w>\d+)")
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +71,7 @@ LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)  # listing a dataset (Hu
 def client_session(policy: RetryPolicy) -> aiohttp.ClientSession:
     """A session for listing requests (Hub tree API, S3 ListObjectsV2) with the policy's timeouts."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout)
-    return aiohttp.ClientSession(timeout=timeout, trust_env=True)
+    return aiohttp.ClientSession(timeout=timeout, trust_env=True, middlewares=MIDDLEWARES)
 
 
 class Transient(Exception):
@@ -88,10 +87,10 @@ class Transient(Exception):
 def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float, str] | None:
     """(seconds, what the server said) for a 429's ``RateLimit`` (``r=0``: ``t + 1`` s, as huggingface_hub
     waits) or ``Retry-After`` header; None when it names no wait."""
-    limit = _RATELIMIT_RE.search(headers.get("RateLimit", "") or "")
+    limit = RATELIMIT_RE.search(headers.get("RateLimit", "") or "")
     if limit and int(limit["r"]) == 0:
         said = f'RateLimit "{limit["kind"]}";r=0;t={limit["t"]}'
-        policy = _POLICY_RE.search(headers.get("RateLimit-Policy", "") or "")
+        policy = POLICY_RE.search(headers.get("RateLimit-Policy", "") or "")
         if policy:
             said += f", {policy['q']} requests per {policy['w']}s"
         return float(limit["t"]) + 1.0, said

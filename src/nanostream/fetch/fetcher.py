@@ -30,6 +30,7 @@ import aiohttp
 
 from ..config import DEFAULT_TOKEN_HOSTS, check_url
 from ..errors import ConfigError, FetchError, RetriesExhausted, VerificationError
+from ..quota import MIDDLEWARES
 from ..retry import NoSpace, RateGate, Retries, RetryPolicy, Transient, classify, describe, unreachable
 from ..shards import shard_name
 from ..sources.access import Access, is_s3
@@ -87,8 +88,8 @@ class Fetcher(Ledger):
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.retry.connect_timeout,
                                         sock_read=self.retry.read_timeout)
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                              auto_decompress=False, trust_env=True)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                              trust_env=True, middlewares=MIDDLEWARES)
         self._ranges = RangeDownloader(self._session, self.disk, self.access, self.progress,
                                        self._notify, self.meter)
         for _ in range(self.workers):

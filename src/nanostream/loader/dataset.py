@@ -20,7 +20,8 @@ Readers: worker ``w`` of ``k`` on rank ``r`` of ``world`` (``local`` ranks a nod
 so ranks and workers never share a row group and each node reads only its shards.
 
 Equal batches: with finite ``epochs`` the run yields exactly ``len(ds)`` batches on every
-rank, a count fixed before it starts (``epoch_batches``); a reader whose data is longer
+rank (``length.py``: asked early it learns the row-group counts it needs; an iterator never
+waits for it); a reader whose data is longer
 stops there, one whose data is shorter drains its buffer, then goes on into the next
 epoch's order (``feed.Seam``). A mix (``mix=[Source, ...]``) packs each row from one
 source, the one furthest below its weight's share of the rows: token-exact shares. Each
@@ -34,21 +35,21 @@ import logging
 import weakref
 from typing import Any
 
-import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import ConfigError, LoaderError
+from ..errors import LoaderError
 from ..sources.spec import DATASET_ARGS, Source, entrance, normalized
 from ..streaming.order import Cursor
 from ..streaming.ranks import default_layout, worker_stride
-from ..streaming.streams import iter_batches, stream
+from ..streaming.streams import stream
 from ..text.load import as_tokenizer
 from ..text.tokenizer import Tokenizer
 from . import resume
-from .encode import doc_arrays
 from .iterator import Recipe, TokenIterator, tensors
-from .packing import BestFitPacker, PackStats, token_dtype
+from .length import BatchCount, RunLimit
+from .packing import PackStats, token_dtype
 from .pipeline import Sink
+from .sharer import default_sharer
 
 __all__ = ["TokenDataset"]
 
@@ -103,6 +104,8 @@ class TokenDataset(IterableDataset):
         source = dataset_args.pop("source", None)
         self.sources = entrance(mix, source=source, data_dir=data_dir, **dataset_args)
         self.weights = normalized(self.sources) if mix is not None else None
+        if "count_sharer" not in stream_kwargs:  # the nodes tell each other row-group counts through torch
+            stream_kwargs["count_sharer"] = default_sharer()
         self._common = {"drop_last": self.drop_last, **stream_kwargs}
         # check folders, splits, layout and stream arguments now (starts nothing)
         s = stream(split, rank=rank, world_size=world_size, local_world_size=local_world_size, epochs=epochs,
@@ -144,81 +147,36 @@ class TokenDataset(IterableDataset):
                       self.ahead, self.epochs, self._config(), kwargs, self.weights,
                       tuple(s.label for s in self.sources))
 
-    # -- how many batches ----------------------------------------------------------------------
+    # -- how many batches (length.py) ----------------------------------------------------------
     def rows_per_row_group(self) -> int | list[int]:
         """Full rows packed from one row group alone -- the first of epoch 0's global order, the
         same on every rank and node -- with this dataset's tokenizer, ``seq_len`` and ``buffer_docs``
         (for a mix, a list: one per source). Read once (downloading that shard if it is not local)
         and kept, unless given to the constructor (``rows_per_row_group=``; every rank must then be
         given the same)."""
-        rows = [self._rows_of(k) for k in range(len(self.sources))]
+        rows = [BatchCount(self).rows(k) for k in range(len(self.sources))]
         return rows if self.weights is not None else rows[0]
-
-    def _rows_of(self, k: int) -> int:
-        if self._rows[k] is None:
-            kw = {key: v for key, v in self._common.items() if key != "drop_last"}
-            kw["fetch_ahead"] = 0  # that shard only
-            it = iter_batches(self.split, source=self.sources[k], rank=0, world_size=1, local_world_size=1,
-                              epochs=1, **kw)
-            try:
-                texts = list(next(it).texts)
-            finally:
-                it.close()
-            tokens, lengths = doc_arrays(self.tokenizer, texts, token_dtype(self.tokenizer.vocab_size))
-            packer = BestFitPacker(self.buffer_docs)
-            packer.add(tokens, lengths)
-            row, rows = np.empty(self.seq_len + 1, dtype=np.int64), 0
-            while packer.fill_row(row, lambda: False):
-                rows += 1
-            self._rows[k] = rows
-        return self._rows[k]  # type: ignore[return-value]
-
-    def _epoch_rows(self, k: int, epoch: int, start: Cursor | None) -> int:
-        """Rows every rank packs of source ``k`` in ``epoch``: its row groups there times its rows per row group."""
-        s = stream(self.split, source=self.sources[k], rank=self.rank, world_size=self.world_size,
-                   local_world_size=self.local_world_size, start=start, epochs=None,
-                   **{key: v for key, v in self._common.items()})
-        return s.epoch_length(epoch) * self._rows_of(k)
 
     def epoch_batches(self, epoch: int = 0, *, start: Cursor | None = None) -> int:
         """Batches every rank yields for ``epoch`` (from ``start``, if the run resumed there):
-        ``row groups each rank reads in it * rows_per_row_group() // batch_size``, known before it
-        starts and the same on every rank. Raises ConfigError if some rank reads no row group.
-        (A mix has no common epoch: its count is ``len(ds)``.)"""
+        ``row groups each rank reads in it * rows_per_row_group() // batch_size``, the same on every
+        rank; it needs every row-group count of the epoch (learned now if not known). Raises
+        ConfigError if some rank reads no row group. (A mix has no common epoch: its count is ``len(ds)``.)"""
         if self.weights is not None:
             raise LoaderError("a mix's sources have epochs of their own: use len(ds) for its batch count")
-        return self._epoch_rows(0, epoch, start) // self.batch_size
-
-    def _run_batches(self, origins: tuple[Cursor | None, ...]) -> int | None:
-        """Batches every rank yields in a run from ``origins`` (None: epoch 0) to the last epoch: for a
-        mix, until the source that needs the most rows for its share has completed its epochs."""
-        if self.epochs is None:
-            return None
-        if self.weights is None:
-            origin = origins[0]
-            first = origin.epoch if origin is not None else 0
-            total = sum(self.epoch_batches(e, start=origin) for e in range(first, self.epochs))
-        else:
-            need = [sum(self._epoch_rows(k, e, o) for e in range(o.epoch if o is not None else 0, self.epochs)) / w
-                    for k, (o, w) in enumerate(zip(origins, self.weights, strict=True))]
-            total = int(max(need)) // self.batch_size
-        if total == 0 and all(o is None for o in origins):
-            raise ConfigError(
-                f"TokenDataset makes no batch of {self.batch_size} x {self.seq_len} per rank in {self.epochs} "
-                f"epoch(s) ({self.rows_per_row_group()} rows per row group): use a smaller batch, fewer ranks "
-                "or more data")
-        return total
+        return BatchCount(self).epoch_rows(0, epoch, start) // self.batch_size
 
     def __len__(self) -> int:
         """Batches every rank yields in this run (finite ``epochs`` only; after an elastic
-        ``load_state_dict``, those left from its cursors)."""
+        ``load_state_dict``, those left from its cursors). Needs every row-group count of the run's
+        epochs: asked early, it learns them now (see ``length.py``); iterating never waits for it."""
         if self.epochs is None:
             raise TypeError("TokenDataset with epochs=None is endless: it has no len()")
         origins = self._origins
         if self._pending:
             _, origins, _ = resume.plan(self._pending, (self.rank, self.world_size, self.local_world_size),
                                         len(self.sources))
-        total = self._run_batches(origins)
+        total = BatchCount(self).total(origins)
         assert total is not None
         return total
 
@@ -234,8 +192,7 @@ class TokenDataset(IterableDataset):
         layout = (reader, readers, self.local_world_size * k)
         state, origins, carried = resume.plan(self._pending, layout, len(self.sources))
         self._origins = origins
-        total = self._run_batches(origins)
-        limit = None if total is None else total // k + (wid < total % k)
+        limit = RunLimit(BatchCount(self), origins, wid, k) if self.epochs is not None else None
         self._pending = None
         self._last = {}
         it = TokenIterator(self._recipe(), layout, state, origins, limit, self._last, sink, carried)

@@ -153,8 +153,8 @@ def _single_source(recipe: Recipe, layout: Layout, start: Position | Cursor | No
         if partial is None or partial.epoch < epochs:  # (stopped inside the first row group past
             yield from _reader(recipe, 0, layout, at, epochs=epochs)  # them: the Seam was passed already)
             yield Seam()
-        total = stream(recipe.split, rank=0, world_size=1, **recipe.kwargs[0]).epoch_plan(0).total
-        at = Cursor(epochs, 0, (), total)
+        shards = len(stream(recipe.split, rank=0, world_size=1, **recipe.kwargs[0]).plan.shards)
+        at = Cursor(epochs, shards=shards)
     yield from _reader(recipe, 0, layout, at)
 
 
@@ -167,7 +167,7 @@ class TokenIterator:
     whole run (None: until the data ends); ``last`` where ``close()`` leaves the final snapshot."""
 
     def __init__(self, recipe: Recipe, layout: Layout, state: dict[str, Any] | None,
-                 origins: tuple[Cursor | None, ...], limit: int | None, last: dict[str, Any],
+                 origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any],
                  sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = ()) -> None:
         self._last, self._recipe = last, recipe
         self.layout, self.stride, self.origins = layout, layout[:2], origins

@@ -114,13 +114,14 @@ class BatchPipeline:
     buffers, if any) and starts their threads. ``mark`` is the resume point before the first
     batch. ``get()`` returns ``(batch, Mark)``, or None at the end of the data (the batch the
     data ended in is dropped, its documents stay buffered) or once ``limit`` batches (counting
-    the resumed run's ``batches``) have been made. With one source, at a ``Seam`` the buffer is
+    the resumed run's ``batches``) have been made (``limit``: a number, or a ``length.RunLimit``, known
+    late and asked before each batch). With one source, at a ``Seam`` the buffer is
     drained first; only if that leaves the batch count short of ``limit`` does packing go on
     past it (the batch it ran out in is packed again, with the documents that follow). With
     several, ``schedule`` picks each row's source.
     """
 
-    def __init__(self, feeds: list[Feed], sink: Sink, *, batches: int, ahead: int, limit: int | None = None,
+    def __init__(self, feeds: list[Feed], sink: Sink, *, batches: int, ahead: int, limit: Any = None,
                  schedule: Schedule | None = None) -> None:
         if len(feeds) > 1 and schedule is None:
             raise ValueError("a pipeline of several sources needs a schedule")
@@ -161,7 +162,7 @@ class BatchPipeline:
         sink, feeds = self._sink, self._feeds
         try:
             while not self._stop.is_set():
-                if self._limit is not None and self._batches >= self._limit:
+                if not self._allows():
                     _put(self._out, self._stop, _End())
                     return
                 rows = sink.rows()
@@ -175,8 +176,7 @@ class BatchPipeline:
                 if finished:  # the data ended inside this batch: drop it, keep its documents buffered
                     self._undo(saved, taken)
                     seam, feeds[0].seam = feeds[0].seam, None
-                    if len(feeds) == 1 and seam is not None and self._limit is not None \
-                            and self._batches < self._limit:
+                    if len(feeds) == 1 and seam is not None and self._limit is not None and self._allows():
                         feeds[0].go.set()  # short of the limit: pack this batch again, reading on
                         continue
                     _put(self._out, self._stop, _End())
@@ -191,6 +191,15 @@ class BatchPipeline:
             return
         except Exception as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
             _put(self._out, self._stop, _End(exc))
+
+    def _allows(self) -> bool:
+        """May one more batch be made (``limit``: a number, or a ``length.RunLimit`` that may wait to tell)?"""
+        limit = self._limit
+        if limit is None:
+            return True
+        if isinstance(limit, int):
+            return self._batches < limit
+        return limit.allows(self._batches, self._stop)
 
     def _undo(self, saved: list, taken: list[int]) -> None:
         for f, s in zip(self._feeds, saved, strict=True):

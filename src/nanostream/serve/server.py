@@ -19,7 +19,9 @@ hidden files or folders, symlinks leading out, folders themselves: 404), a malfo
 malformed headers (400, from aiohttp's parser).
 
 The sha256 of each file is computed once per (path, size, mtime) in a worker
-thread. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
+thread, and so is a parquet file's row-group count (from its footer), which every answer for
+it carries in ``X-Nanostream-Row-Groups``: a node counting row groups through the mirror reads
+no footer (``sources/census.py``), so each footer is read once for the whole cluster. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
 ``httpfile.py``; a reader that stalls for the send timeout is dropped. A folder
 fetched from an ``hf://`` dataset also answers the Hub API for it (``hubapi.py``),
 so ``HF_ENDPOINT`` can point at the mirror.
@@ -40,6 +42,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError
+from ..sources.census import ROW_GROUPS_HEADER, local_count
 from .httpfile import (
     CHUNK,
     SEND_TIMEOUT,
@@ -71,7 +74,7 @@ def _clip(text: str, n: int = 200) -> str:
 class ShardFiles:
     """Resolves request names to files in ``root`` and answers GET/HEAD for them."""
 
-    def __init__(self, root: Path, *, body_writer: BodyWriter | None = None) -> None:
+    def __init__(self, root: Path, *, body_writer: BodyWriter | None = None, row_groups: bool = False) -> None:
         try:
             self.root = Path(root).resolve(strict=True)
         except (OSError, RuntimeError) as exc:
@@ -81,6 +84,8 @@ class ShardFiles:
         self.body_writer: BodyWriter = body_writer or write_body
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._locks: dict[tuple[str, int, int], asyncio.Lock] = {}
+        self.row_groups = row_groups  # tell each parquet file's row-group count (X-Nanostream-Row-Groups)
+        self._groups: dict[tuple[str, int, str], int | None] = {}
 
     def _lookup(self, name: str) -> tuple[Path, os.stat_result] | None:
         """The real path and stat of ``name`` if it is a regular file under root whose path, as asked
@@ -116,6 +121,13 @@ class ShardFiles:
             self._locks.pop(key, None)
         return FileInfo(real, st.st_size, digest)
 
+    async def _row_groups(self, info: FileInfo) -> int | None:
+        """Row groups of the parquet file ``info``, from its footer, read once per version (None: unreadable)."""
+        key = (str(info.path), info.size, info.etag)
+        if key not in self._groups:
+            self._groups[key] = await asyncio.to_thread(local_count, info.path, True)
+        return self._groups[key]
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Route handler for ``/{name}``."""
         return await self.respond(request, request.match_info.get("name", ""))
@@ -148,6 +160,10 @@ class ShardFiles:
                 text=f"the range starts at or past the end of the file ({info.size} bytes)\n")
         headers["Content-Type"] = ("application/vnd.apache.parquet" if name.endswith(".parquet")
                                    else "application/octet-stream")
+        if self.row_groups and name.endswith(".parquet"):
+            n = await self._row_groups(info)
+            if n is not None:
+                headers[ROW_GROUPS_HEADER] = str(n)
         start, end = rng or (0, info.size)
         response = web.StreamResponse(status=206 if rng else 200, headers=headers)
         if rng:
@@ -191,7 +207,7 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     Raises ConfigError if ``root`` is not an existing folder.
     """
     writer = body_writer or functools.partial(write_body, send_timeout=send_timeout)
-    files = ShardFiles(root, body_writer=writer)
+    files = ShardFiles(root, body_writer=writer, row_groups=True)
     hub = HubMirror.of(files.root, files)
     # a folder fetched from hf:// answers the Hub API too (hubapi.py), with JSON errors on its routes
     app = web.Application(middlewares=[_log_refusals] if hub is None else [json_errors, _log_refusals])

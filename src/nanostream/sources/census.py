@@ -1,19 +1,19 @@
-"""Row-group counts of a split's shards, known before an epoch starts (for equal work per rank).
+"""Where row-group counts are read and kept: parquet footers, local and remote, and the folder's census file.
 
-A node downloads only its own shards, but to give every rank the same number of row
-groups it must know how many every shard has. The counts come, in this order, from:
+What a run knows and when it asks is ``counts.py`` (``CountBook``); this module does the
+reading and writing:
 
-1. ``DIR/.nanostream.rowgroups.json`` (``{"shard_00000.parquet": 52, ...}``, keyed by the
-   file's path in the folder), written here;
-2. the footer of a local shard file;
-3. the footer of a remote shard, read with a suffix-range GET: the first shard's in two
-   (its last 8 bytes, then exactly the footer), the others', 16 at a time, in one GET
-   sized a quarter above the first footer (a second GET when a footer is larger): a
-   few KB per shard, not the shard.
-
-The ranks of a node take turns through ``DIR/.nanostream.rowgroups.lock``, so the
-first one reads the footers and the others find them in the file. Read-only folders
-work (nothing is saved; the footers are read again next time).
+* ``DIR/.nanostream.rowgroups.json`` (``{"shard_00000.parquet": 52, ...}``, keyed by the
+  file's path in the folder): ``read_census``, and ``save_census`` (merged; under
+  ``census_lock``, ``DIR/.nanostream.rowgroups.lock``, which the processes on the folder
+  take turns through). Read-only folders work: nothing is saved.
+* the footer of a local file: ``local_count``;
+* the footers of remote files: ``read_footers``, a suffix-range GET each -- the first
+  shard's in two (its last 8 bytes, then exactly the footer), the others', 16 at a time, in
+  one GET sized a quarter above the first footer (a second GET when a footer is larger): a
+  few KB per shard, not the shard; paced by the host's quota (``quota.pace``). A
+  ``nanostream serve`` mirror tells the count in ``X-Nanostream-Row-Groups``: then the first
+  8-byte GET is all, and no footer is read here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import filelock
@@ -31,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._compat import TaskGroup
-from ..errors import CorruptShardError, FetchError, HTTPStatusError, MissingShardError, RetriesExhausted
+from ..errors import CorruptShardError, FetchError, HTTPStatusError, RetriesExhausted
+from ..quota import MIDDLEWARES
 from ..retry import Fatal, RateGate, Retries, RetryPolicy, Transient, check_status, classify, describe
 from ..shards import BOOKKEEPING_PREFIX, write_json
 from .access import Access, is_s3
@@ -41,54 +41,19 @@ log = logging.getLogger(__name__)
 CACHE_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.json"
 LOCK_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.lock"
 CONCURRENCY = 16
+ROW_GROUPS_HEADER = "X-Nanostream-Row-Groups"  # a nanostream mirror's answers tell a parquet file's count
 
 
-async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...],
-                           access: Access | None = None, *, retry: RetryPolicy | None = None) -> dict[int, int]:
-    """``{shard: number of row groups}`` for ``shards`` (indices into ``files``; see the module docstring)."""
-    counts = _known(data_dir, shards, files)
-    if len(counts) == len(shards):
-        return counts
-    lock = await _lock(data_dir)
-    try:
-        counts = _known(data_dir, shards, files)  # another rank may have filled it in meanwhile
-        missing = [s for s in shards if s not in counts]
-        remote: list[int] = []
-        for s in missing:
-            n = _local_count(data_dir / files[s].path, bool(files[s].url) and access is not None)
-            if n is None:
-                remote.append(s)
-            else:
-                counts[s] = n
-        if remote:
-            if access is None or not all(files[s].url for s in remote):
-                path = data_dir / files[remote[0]].path
-                raise MissingShardError(f"{path} is missing and no remote is known for {data_dir}: run "
-                                        "`nanostream fetch` first, or pass dataset= (or base_url=)", path=path)
-            counts.update(await _remote_counts(files, remote, access, retry or RetryPolicy()))
-        _save(data_dir, {files[s].path: n for s, n in counts.items()})
-    finally:
-        if lock is not None:
-            lock.release()
-    return {s: counts[s] for s in shards}
-
-
-def row_group_counts_blocking(*args: Any, **kwargs: Any) -> dict[int, int]:
-    """``row_group_counts`` for code without an event loop (or inside one): runs on its own thread."""
-    from .resolve import run_blocking
-
-    return run_blocking(row_group_counts(*args, **kwargs))
-
-
-def _known(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...]) -> dict[int, int]:
+def read_census(data_dir: Path) -> dict[str, int]:
+    """The folder's census file: ``{file path: row groups}`` ({} when absent or unreadable)."""
     try:
         raw = json.loads((data_dir / CACHE_NAME).read_text())
-        return {s: int(raw[files[s].path]) for s in shards if files[s].path in raw}
+        return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     except (OSError, ValueError, TypeError, AttributeError):
-        return {}  # absent or unreadable: count again (and rewrite it)
+        return {}  # absent or unreadable: counted again (and rewritten)
 
 
-async def _lock(data_dir: Path) -> filelock.BaseFileLock | None:
+async def census_lock(data_dir: Path) -> filelock.BaseFileLock | None:
     """The folder's census lock, held; None where the folder cannot hold a lock (read-only)."""
     try:
         os.makedirs(data_dir, exist_ok=True)
@@ -104,7 +69,7 @@ async def _lock(data_dir: Path) -> filelock.BaseFileLock | None:
         return None
 
 
-def _local_count(path: Path, remote_known: bool) -> int | None:
+def local_count(path: Path, remote_known: bool) -> int | None:
     """Row groups in a local shard's footer; None if absent (or unreadable while a remote can tell)."""
     try:
         return pq.read_metadata(path).num_row_groups
@@ -117,13 +82,9 @@ def _local_count(path: Path, remote_known: bool) -> int | None:
                                 "(`nanostream fetch`)", path=path) from exc
 
 
-def _save(data_dir: Path, counts: dict[str, int]) -> None:
-    try:
-        old = json.loads((data_dir / CACHE_NAME).read_text())
-        if not isinstance(old, dict):
-            old = {}
-    except (OSError, ValueError):
-        old = {}
+def save_census(data_dir: Path, counts: dict[str, int]) -> None:
+    """Merge ``counts`` into the folder's census file (the caller holds ``census_lock``)."""
+    old = read_census(data_dir)
     merged = {**old, **counts}
     if merged == old:
         return
@@ -133,14 +94,17 @@ def _save(data_dir: Path, counts: dict[str, int]) -> None:
         log.warning("could not save row-group counts in %s (%s); continuing", data_dir / CACHE_NAME, exc)
 
 
-async def _remote_counts(files: tuple[DataFile, ...], shards: list[int], access: Access,
-                         retry: RetryPolicy) -> dict[int, int]:
+async def read_footers(files: tuple[DataFile, ...], shards: list[int], access: Access,
+                       retry: RetryPolicy) -> dict[int, int]:
+    """``{shard: row groups}`` from the remote files' footers (see the module docstring), paced by the
+    host's quota (``quota.pace``)."""
     await access.prepare(files[s].url for s in shards)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=retry.connect_timeout, sock_read=retry.read_timeout)
     out: dict[int, int] = {}
     sem = asyncio.Semaphore(CONCURRENCY)
     gate = RateGate(retry, "reading parquet footers")  # one wait line per rate-limit wait, not per file
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=True) as session:
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=True,
+                                     middlewares=MIDDLEWARES) as session:
         def remote(shard: int) -> Remote:
             return Remote(session, access, files[shard], shard, gate)
 
@@ -171,6 +135,7 @@ class Remote:
         self.session, self.access, self.shard, self.name, self.gate = session, access, shard, file.path, gate
         self.signed = is_s3(file.url)
         self.url = access.http_url(file.url)
+        self.told: int | None = None  # the count a mirror's answer told
 
 
 async def _footer_count(r: Remote, retry: RetryPolicy, probe: int) -> tuple[int, int]:
@@ -178,6 +143,8 @@ async def _footer_count(r: Remote, retry: RetryPolicy, probe: int) -> tuple[int,
     last ``probe`` bytes, and a second GET if the footer is longer."""
     url = r.url
     tail = await _get_tail(r, max(probe, 8), retry)
+    if r.told is not None:
+        return r.told, 0
     if len(tail) < 8 or tail[-4:] != b"PAR1":
         raise FetchError(f"{url} does not end like a parquet file: check --base-url", shard=r.name, url=url)
     size = int.from_bytes(tail[-8:-4], "little") + 8
@@ -197,6 +164,8 @@ async def _get_tail(r: Remote, n: int, retry: RetryPolicy) -> bytes:
         try:
             async with r.session.get(r.access.target(url, r.signed), headers=r.access.tail(url, r.signed, n)) as resp:
                 check_status(resp)
+                told = resp.headers.get(ROW_GROUPS_HEADER, "")
+                r.told = int(told) if told.isdigit() else None
                 body = await resp.read()
                 whole = resp.status == 200 or resp.headers.get("Content-Range", "").endswith(f"/{len(body)}")
                 if len(body) < n and not whole:  # a file shorter than n comes whole: that is fine

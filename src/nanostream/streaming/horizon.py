@@ -26,8 +26,9 @@ from collections import OrderedDict
 from typing import Any
 
 from .cache.holders import Needs
-from .order import Cursor, EpochPlan
+from .cursor import Cursor
 from .plan import Plan, Position
+from .settle import EpochPlan
 
 FILES = 512  # files the future covers (the nearest ones); the holder file cuts it further if needed
 

@@ -20,7 +20,6 @@ resume at another world size; changed weights at a resume take effect from there
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -119,8 +118,7 @@ class MixStream:
         self.schedule = Schedule(self.weights, start.yielded if start is not None else None)
         self.positions: list[Position | Cursor | None] = list(start.positions) if start is not None \
             else [None] * len(streams)
-        self._done: list[int] | None = None  # epochs each source has completed (counted on first need)
-        self._lengths: dict[tuple[int, int], int] = {}  # (source, epoch) -> row groups this reader reads
+        self._done: list[int] | None = None  # epochs each source has completed
 
     def __aiter__(self) -> MixStream:
         return self
@@ -130,32 +128,22 @@ class MixStream:
 
     async def next_chunk(self) -> Chunk:
         """The next row group of the mix, still in Arrow memory (``chunk.source`` says whose)."""
-        if self._done is None:
-            self._done = [await self._completed(k) for k in range(len(self.streams))]
+        if self._done is None:  # epochs each source has completed at the start
+            self._done = [p.epoch if p is not None else 0 for p in self.positions]
         if self.epochs is not None and min(self._done) >= self.epochs:
             raise StopAsyncIteration
         k = self.schedule.next()
         chunk = await self.streams[k].next_chunk()
+        if chunk.epoch > self._done[k]:  # its epoch ended without a last row group saying so (a resume there)
+            self._done[k] = chunk.epoch
+            if self.epochs is not None and min(self._done) >= self.epochs:
+                raise StopAsyncIteration  # the mix was over before this row group
         self.schedule.add(k, text_bytes(chunk))
         self.positions[k] = Position(chunk.epoch, chunk.shard, chunk.row_group, chunk.taken, chunk.base)
-        if chunk.taken >= await self._length(k, chunk.epoch):
+        if chunk.last:
             self._done[k] = chunk.epoch + 1
         return Chunk(chunk.column, chunk.path, chunk.shard, chunk.row_group, chunk.epoch, chunk.taken, chunk.base,
                      source=k)
-
-    async def _completed(self, k: int) -> int:
-        """Epochs source ``k`` has completed at the start (a resume may start inside or after one)."""
-        pos = self.positions[k]
-        if pos is None:
-            return 0
-        if isinstance(pos, Cursor):
-            return pos.epoch
-        return pos.epoch + (pos.taken >= await self._length(k, pos.epoch))
-
-    async def _length(self, k: int, epoch: int) -> int:
-        if (k, epoch) not in self._lengths:  # an epoch's plan is built once, off the event loop
-            self._lengths[(k, epoch)] = await asyncio.to_thread(self.streams[k].epoch_length, epoch)
-        return self._lengths[(k, epoch)]
 
     def state(self) -> MixStart:
         """The position after the last batch yielded: ``start=`` resumes right after it (same layout)."""

@@ -1,94 +1,57 @@
-"""An epoch's global order, what each reader reads of it (the deal), equal work per reader, and the ``Cursor``.
-
-Who reads which row group (``deal``): the epoch's global order (below), or what is left
-of it, is cut into ``N`` contiguous pieces, one per node in node order, of as equal a
-number of row groups as can be (``node_shares``: ``T // N``, the first ``T % N`` nodes
-one more). On a node, the ``j``-th row group of its piece goes to local reader
-``j % L`` -- a running count across the piece's shards, not each shard's row-group
-index -- so the readers of a node differ by at most one row group, and all readers by at
-most one too. A node downloads the shards its piece touches: at most ``ceil(S/N) + 1``
-of ``S`` (a shard at a cut is split between two nodes, and both download it). One node
-reads the whole order: its ``j``-th row group goes to reader ``j % L``.
-
-So with ``R`` readers and ``T`` row groups, ``drop_last=True`` leaves out ``T % R <= R-1``
-row groups per epoch and ``drop_last=False`` repeats ``R - T % R`` (0 when ``R`` divides
-``T``), for any shard count, row groups per shard, ranks, nodes and workers
-(``tests/test_order.py`` checks it over random layouts).
-
-Worked example: 2 nodes x 2 ranks x 2 workers, so world 4 and L 2, folded to 8
-readers with 4 per node; the epoch's order is shards A B C D of 8 row groups each.
-Node 0 (ranks 0, 1) gets A and B, node 1 (ranks 2, 3) gets C and D. Reader
-``j = local_rank*2 + worker`` of a node reads the row groups at places ``j, j+4, ...``
-of its piece:
-
-    rank 0 worker 0: A0 A4 B0 B4    rank 2 worker 0: C0 C4 D0 D4
-    rank 0 worker 1: A1 A5 B1 B5    rank 2 worker 1: C1 C5 D1 D5
-    rank 1 worker 0: A2 A6 B2 B6    rank 3 worker 0: C2 C6 D2 D6
-    rank 1 worker 1: A3 A7 B3 B7    rank 3 worker 1: C3 C7 D3 D7
-
-Each node downloads 2 shards, not 4. A split with fewer shards than nodes (the single
-validation shard) is cut the same way: every node downloads it and reads its part.
-Before the row groups are counted, a node can already start downloading the shard its
-piece most likely starts in (``first_piece_shard``, by the catalog's sizes).
+"""An epoch's global order and the deal: who reads which row group, with equal work, before every count is known.
 
 The **global order** of epoch ``e`` is every row group of the split: the shards in
 ``shard_order`` (shuffled per epoch with ``shuffle``), each shard's row groups in
-``row_group_order``. It depends on the split, the row-group counts, ``shuffle``,
-``seed`` and ``e`` only -- not on the world size -- so it is the same for every rank
-of every run.
+``row_group_order``. It depends on the split, ``shuffle``, ``seed`` and ``e`` only -- not
+on the world size -- so a ``Cursor`` (``cursor.py``) means the same on every rank of every
+run. Place ``(p, g)`` is row-group position ``g`` of the ``p``-th shard of that order.
 
-``EpochPlan`` deals what is left of it (all of it, or what a ``Cursor`` says is not
-consumed yet) to the readers with ``deal`` and evens the work out:
+**The deal** (``EpochDeal``), in two steps, so that a reader starts at once:
 
-* ``drop_last=True`` (default): every reader reads as many row groups as the reader
-  with the fewest; the others' last one is skipped this epoch (``dropped``; with
-  ``shuffle`` a different remainder each epoch).
-* ``drop_last=False``: every reader reads as many as the reader with the most; the
-  others start over on their own row groups for the missing one (``padded``).
+1. *Pieces, known without any footer.* The shards left of the order (all of them, or those a
+   ``Cursor`` has not wholly consumed) are cut by *shard count* into one contiguous piece per
+   node, in node order (``node_shares``: ``S // N``, the first ``S % N`` one more). Within a
+   node, the ``j``-th row group of its piece (a running count across the piece's shards) goes
+   to local reader ``j % L``. A node downloads its piece's shards: ``ceil(S / N)``.
+2. *Settlement, once every count is known* (``settle.py``: ``EpochPlan``). Each of the ``R``
+   readers reads ``length = T // R`` row groups (``ceil`` with ``drop_last=False``), so each
+   node ``Q = L * length``; a node whose piece holds more hands the rest (its tail) to the nodes
+   whose pieces hold fewer. At most ``R - 1`` row groups are left out (or repeated).
 
-A reader that would read nothing makes ``ConfigError`` on every reader, so no rank
-waits forever on the others. (Resumed near the end of an epoch at a larger world
-size, what is left may not feed every reader: then it is dropped, or with
-``drop_last=False`` the empty readers repeat from all that is left.)
+Before the settlement a reader reads row group ``j`` of its node's piece only while
+``j < L * (K // R)`` (``EpochDeal.safe``), ``K`` being the row groups counted so far (a
+count not known counts as 0): then ``j < Q`` whatever the other counts turn out to be, so
+what it read is what the settled plan gives it. Its own shards' footers arrive with their
+downloads, the others' from the nodes that download them (``sources/counts.py``), so in a
+run whose nodes go at the same pace the bound stays ahead of every reader; past it a reader
+waits for counts. A reader that would read nothing in a fresh epoch is a ``ConfigError`` on
+every reader (raised at settlement, before any of them can read past the bound).
 
-``Cursor(epoch, done, extra, total)`` is the global position: row groups ``[0, done)``
-of the epoch's global order and the indices in ``extra`` are consumed; ``consumed``
-counts them. ``cursor_after(taken)`` is the cursor once every reader has taken its
-first ``taken`` row groups of the plan. Every reader computes the same cursor from the
-same ``taken``, and ``stream(..., start=cursor)`` at any world size deals exactly the
-rest, so a resume skips nothing and, when the readers were level, repeats nothing.
+Worked example: 2 nodes x 2 ranks x 2 workers (8 readers, 4 a node); the epoch's order is
+shards A B C D of 8 row groups. Node 0 gets A B, node 1 C D (``length`` 4, no leftovers);
+reader ``j`` of a node reads places ``j, j+4, ...`` of its piece: rank 0 worker 0 reads
+A0 A4 B0 B4, rank 2 worker 0 C0 C4 D0 D4. With 9 shards of 4 on 2 nodes of 3 readers, node 0
+gets shards 0-4 (20 row groups), node 1 shards 5-8 (16): ``length`` 6, ``Q`` 18, so node 0
+stops after 18 and node 1 reads the last two of shard 4 besides its own.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from ..errors import ConfigError
+from .cursor import Cursor, Span, from_indices, merge, run_span
+
+Place = tuple[int, int]  # (position in the epoch's shard order, position in that shard's row-group order)
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """A point of an epoch's global order, the same on every rank and for any world size."""
+class NeedCounts(Exception):
+    """The deal needs row-group counts it was not given: the caller learns ``shards``' and asks again."""
 
-    epoch: int
-    done: int = 0  # row groups [0, done) of the global order are consumed
-    extra: tuple[int, ...] = ()  # indices >= done also consumed, sorted
-    total: int = 0  # row groups in the epoch's global order (a resume checks it sees the same data)
-
-    @property
-    def consumed(self) -> int:
-        """Row groups of this epoch's global order consumed by all ranks together."""
-        return self.done + len(self.extra)
-
-    def to_list(self) -> list:
-        """A plain-list form for checkpoints (``torch.load(weights_only=True)``, JSON)."""
-        return [self.epoch, self.done, list(self.extra), self.total]
-
-    @classmethod
-    def from_list(cls, value: list) -> Cursor:
-        epoch, done, extra, total = value
-        return cls(int(epoch), int(done), tuple(int(i) for i in extra), int(total))
+    def __init__(self, shards: list[int] | tuple[int, ...]) -> None:
+        super().__init__(f"row-group counts needed for {len(shards)} shard(s)")
+        self.shards = tuple(shards)
 
 
 def shard_order(shards: tuple[int, ...], epoch: int, shuffle: bool, seed: int) -> list[int]:
@@ -106,96 +69,127 @@ def row_group_order(n: int, shard: int, epoch: int, shuffle: bool, seed: int) ->
     return order
 
 
-class EpochPlan:
-    """Who reads what in one epoch: ``sequence(reader)`` lists ``(shard, row_group)`` in read order."""
-
-    def __init__(self, shards: tuple[int, ...], counts: dict[int, int], epoch: int, *, shuffle: bool,
-                 seed: int, world_size: int, local_world_size: int, drop_last: bool = True,
-                 base: Cursor | None = None) -> None:
-        self.epoch, self.world_size, self.local_world_size = epoch, world_size, local_world_size
-        self.items = [(s, g) for s in shard_order(shards, epoch, shuffle, seed)
-                      for g in row_group_order(counts[s], s, epoch, shuffle, seed)]
-        self.total = len(self.items)
-        self.base = base if base is not None and base.epoch == epoch else None
-        skip = self._consumed(self.base)
-        left = [i for i in range(self.total) if i not in skip]
-        dealt = [[left[j] for j in d] for d in deal([self.items[i] for i in left], world_size, local_world_size)]
-        lengths = [len(d) for d in dealt]
-        if min(lengths) == 0 and self.base is None:
-            idle = lengths.index(0)
-            raise ConfigError(
-                f"reader {idle} of {world_size} ({world_size // local_world_size} node(s) of "
-                f"{local_world_size}; DataLoader workers count as readers) reads no row group in epoch "
-                f"{epoch}: {len(left)} row groups for {world_size} readers. Use fewer ranks or "
-                "workers, or more shards")
-        if min(lengths) == 0 and not drop_last:  # a resume near the epoch's end: pad from what is left
-            dealt = [d or left for d in dealt]
-            lengths = [len(d) for d in dealt]
-        self.length = min(lengths) if drop_last else max(lengths)
-        self.dropped = sum(n - self.length for n in lengths if n > self.length)
-        self.padded = sum(self.length - n for n in lengths if n < self.length)
-        self._seqs = [(d * (self.length // len(d) + 1))[: self.length] if d else [] for d in dealt]
-
-    def _consumed(self, cursor: Cursor | None) -> set[int]:
-        if cursor is None:
-            return set()
-        if cursor.total != self.total or cursor.done > self.total or any(i >= self.total for i in cursor.extra):
-            raise ConfigError(f"resume cursor {cursor} does not fit epoch {self.epoch} of this split "
-                              f"({self.total} row groups): resume with the same shards, shuffle and seed")
-        return set(range(cursor.done)).union(cursor.extra)
-
-    def indices(self, reader: int) -> list[int]:
-        """Global-order indices ``reader`` reads this epoch, in order (``length`` of them)."""
-        return self._seqs[reader]
-
-    def sequence(self, reader: int) -> list[tuple[int, int]]:
-        return [self.items[i] for i in self._seqs[reader]]
-
-    def cursor_after(self, taken: int) -> Cursor:
-        """The global position once every reader has taken its first ``taken`` row groups."""
-        if taken >= self.length:
-            return Cursor(self.epoch + 1, 0, (), self.total)
-        done = self._consumed(self.base)
-        for seq in self._seqs:
-            done.update(seq[:max(taken, 0)])
-        prefix = 0
-        while prefix in done:
-            prefix += 1
-        return Cursor(self.epoch, prefix, tuple(sorted(i for i in done if i > prefix)), self.total)
-
-
 def node_shares(total: int, nodes: int) -> list[int]:
-    """Row groups each node reads of ``total``: as equal as can be (the first ``total % nodes`` one more)."""
+    """How many of ``total`` each node gets: as equal as can be (the first ``total % nodes`` one more)."""
     return [total // nodes + (n < total % nodes) for n in range(nodes)]
 
 
-def deal(items: list[tuple[int, int]], world_size: int, local_world_size: int) -> list[list[int]]:
-    """Indices into ``items`` (``(shard, row_group)`` pairs in read order, a shard's row groups
-    together) that each reader reads, reader by reader (see the module docstring): ``items`` cut
-    into one contiguous piece per node of ``node_shares`` row groups, in node order; on a node,
-    the ``j``-th row group of its piece goes to local reader ``j % local_world_size``."""
-    nodes = world_size // local_world_size
-    out: list[list[int]] = [[] for _ in range(world_size)]
-    at = 0
-    for n, share in enumerate(node_shares(len(items), nodes)):
-        for j in range(share):
-            out[n * local_world_size + j % local_world_size].append(at + j)
-        at += share
-    return out
+class EpochDeal:
+    """Epoch ``epoch``'s deal before the counts: pieces per node, the bound, and the settlement."""
 
+    def __init__(self, shards: tuple[int, ...], epoch: int, *, shuffle: bool, seed: int, world_size: int,
+                 local_world_size: int, drop_last: bool = True, base: Cursor | None = None,
+                 counts: Mapping[int, int] | None = None) -> None:
+        self.epoch, self.shuffle, self.seed, self.drop_last = epoch, shuffle, seed, drop_last
+        self.world_size, self.local_world_size = world_size, local_world_size
+        self.nodes = world_size // local_world_size
+        self.order = shard_order(tuple(shards), epoch, shuffle, seed)
+        base = base if base is not None and base.epoch == epoch else None
+        if base is not None and base.legacy is not None:
+            base = self._from_legacy(base, counts or {})
+        if base is not None and ((base.shards and base.shards != len(self.order))
+                                 or any(s[2] > len(self.order) for s in base.spans)):
+            raise self._misfit(base)
+        self.base = base
+        self.left = [p for p in range(len(self.order)) if base is None or not base.whole(p)]
+        self._pieces: list[list[int]] = []
+        at = 0
+        for share in node_shares(len(self.left), self.nodes):
+            self._pieces.append(self.left[at:at + share])
+            at += share
+        self._groups: dict[int, list[int]] = {}
 
-def first_piece_shard(shards: list[int], sizes: list[int | None], node: int, nodes: int) -> int | None:
-    """The shard node ``node``'s piece most likely starts in, before the row groups are counted: the
-    one holding its share's first byte, by the catalog's sizes (each shard counted alike where a size
-    is unknown). Exact for node 0 and where row groups are proportional to bytes."""
-    if not shards or node >= nodes:
-        return None
-    known = [s for s in sizes if s]
-    mean = sum(known) / len(known) if known else 1.0
-    weights = [float(s) if s else mean for s in sizes]
-    target, at = sum(weights) * node / nodes, 0.0
-    for shard, w in zip(shards, weights, strict=True):
-        if at + w > target:
-            return shard
-        at += w
-    return shards[-1]
+    def _misfit(self, base: Cursor) -> ConfigError:
+        return ConfigError(f"resume cursor {base} does not fit epoch {self.epoch} of this split ({len(self.order)} "
+                           "shards): resume with the same shards, shuffle and seed")
+
+    def _from_legacy(self, base: Cursor, counts: Mapping[int, int]) -> Cursor:
+        missing = [s for s in self.order if s not in counts]
+        if missing:
+            raise NeedCounts(missing)
+        assert base.legacy is not None
+        done, extra, total = base.legacy
+        sizes = [counts[s] for s in self.order]
+        if total != sum(sizes) or done > total or any(i >= total for i in extra):
+            raise self._misfit(base)
+        return Cursor(base.epoch, from_indices(done, extra, sizes), done + len(extra), len(self.order))
+
+    # -- what each node has, known without counts -----------------------------------------------
+    def piece(self, node: int) -> list[int]:
+        """Shard positions of node ``node``'s piece, in order."""
+        return self._pieces[node]
+
+    def first_shard(self, node: int) -> int | None:
+        """The shard node ``node`` reads first (its piece's first), or None if its piece is empty."""
+        piece = self._pieces[node]
+        return self.order[piece[0]] if piece else None
+
+    def places(self, p: int, count: int) -> list[int]:
+        """Row-group positions of shard position ``p`` (holding ``count``) still to read this epoch."""
+        if self.base is None:
+            return list(range(count))
+        for s in self.base.spans:
+            if (s[0] == p and s[1] >= count > 0) or (s[2] == p and s[3] > count):
+                raise self._misfit(self.base)
+        return self.base.cut(p, count)
+
+    def row_group(self, p: int, g: int, count: int) -> int:
+        """The row group at place ``(p, g)`` of shard position ``p`` holding ``count``."""
+        shard = self.order[p]
+        if shard not in self._groups or len(self._groups[shard]) != count:
+            self._groups[shard] = row_group_order(count, shard, self.epoch, self.shuffle, self.seed)
+        return self._groups[shard][g]
+
+    def missing(self, counts: Mapping[int, int]) -> list[int]:
+        """Shards left this epoch whose counts ``counts`` lacks (the settlement needs them all)."""
+        return [self.order[p] for p in self.left if self.order[p] not in counts]
+
+    def known_left(self, counts: Mapping[int, int]) -> int:
+        """``K``: row groups left among the shards whose counts are known."""
+        return sum(len(self.places(p, counts[self.order[p]])) for p in self.left if self.order[p] in counts)
+
+    def safe(self, known_left: int) -> int:
+        """Row groups of its piece a node may read before the settlement: ``L * (K // R)``."""
+        return self.local_world_size * (known_left // self.world_size)
+
+    def piece_places(self, node: int, counts: Mapping[int, int], upto: int | None = None) -> list[Place]:
+        """The first ``upto`` places of node ``node``'s piece (all of them: None), fewer if it ends first."""
+        out: list[Place] = []
+        for p in self._pieces[node]:
+            if upto is not None and len(out) >= upto:
+                break
+            shard = self.order[p]
+            if shard not in counts:
+                raise NeedCounts([shard])
+            out.extend((p, g) for g in self.places(p, counts[shard]))
+        return out if upto is None else out[:upto]
+
+    def early_place(self, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
+        """The place of ``reader``'s row group number ``taken`` (0-based) before the settlement: only while it
+        is within the bound (``NeedCounts`` otherwise; ``settle.reader_place`` is the one to call)."""
+        L = self.local_world_size
+        j = reader % L + taken * L
+        if j >= self.safe(self.known_left(counts)):
+            raise NeedCounts(self.missing(counts))
+        got = self.piece_places(reader // L, counts, j + 1)
+        if len(got) <= j:
+            raise NeedCounts(self.missing(counts))
+        return got[j]
+
+    def early_cursor(self, taken: int, counts: Mapping[int, int]) -> Cursor:
+        """The global position once every reader has taken its first ``taken`` row groups, before the
+        settlement: only while ``taken <= K // R`` (else ``NeedCounts`` for the rest; ``settle.cursor_after``
+        is the one to call)."""
+        base = self.base or Cursor(self.epoch, shards=len(self.order))
+        if taken <= 0:
+            return base
+        if taken > self.known_left(counts) // self.world_size:
+            raise NeedCounts(self.missing(counts))
+        k = self.local_world_size * taken
+        spans: list[Span] = list(base.spans)
+        for n in range(self.nodes):
+            got = self.piece_places(n, counts, k)
+            if len(got) < k:  # a short piece: its node reads leftovers, dealt at the settlement
+                raise NeedCounts(self.missing(counts))
+            spans.append(run_span(got[0], got[-1], counts[self.order[got[-1][0]]]))
+        return Cursor(self.epoch, merge(spans), base.consumed + self.nodes * k, len(self.order))

@@ -19,9 +19,10 @@ from ..errors import ConfigError
 from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile
 from .cache.minimum import Needs, needs
-from .order import Cursor, EpochPlan, first_piece_shard, shard_order
+from .order import Cursor, EpochDeal
 from .ranks import check_layout
 from .reader import to_texts
+from .settle import EpochPlan
 
 
 @dataclass(frozen=True, order=True)
@@ -71,6 +72,7 @@ class Chunk:
     taken: int = 0
     base: Cursor | None = None
     source: int = 0
+    last: bool = False  # the reader's last row group of the epoch
 
     def batch(self) -> Batch:
         return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch,
@@ -95,6 +97,7 @@ class Options:
     fetch_workers: int = 4
     retry: Any = None
     cache_limit: Any = None  # a config.CacheLimit once checked (None: unbounded)
+    sharer: Any = None  # a sources.counts.CountSharer: how nodes tell each other row-group counts
 
     def check(self) -> Options:
         if self.split not in ("train", "val"):
@@ -134,10 +137,15 @@ class Plan:
     drop_last: bool = True
     cache_limit: int | None = None  # the data folder's disk budget in bytes (None: unbounded)
     cache_policy: str = "belady"
+    sharer: Any = None  # a sources.counts.CountSharer, or None
 
     @property
     def files(self) -> tuple[DataFile, ...]:
         return self.catalog.files
+
+    def scope(self) -> str:
+        """The dataset's name for the count sharers: its source and revision, the same on every node."""
+        return f"{self.catalog.source or self.catalog.name}@{self.catalog.revision or ''}"
 
     def access(self) -> Access | None:
         """What requests for the files carry (a fresh one per event loop); None if nothing is remote."""
@@ -146,19 +154,16 @@ class Plan:
         return Access(self.token, self.token_hosts, self.s3_endpoint)
 
     def epoch_plan(self, counts: dict[int, int], epoch: int, base: Cursor | None = None) -> EpochPlan:
+        """Epoch ``epoch``'s settled deal (``counts``: at least every shard left in it)."""
         return EpochPlan(self.shards, counts, epoch, shuffle=self.shuffle, seed=self.seed,
                          world_size=self.world_size, local_world_size=self.local_world_size or self.world_size,
                          drop_last=self.drop_last, base=base)
 
-    def first_shard(self) -> int | None:
-        """On a fresh start, the shard this reader most likely reads first, known before the row groups
-        are counted (``order.first_piece_shard``: its node's piece of epoch 0); else None."""
-        if self.start is not None:
-            return None
-        local = self.local_world_size or self.world_size
-        order = shard_order(self.shards, 0, self.shuffle, self.seed)
-        return first_piece_shard(order, [self.files[s].size for s in order], self.rank // local,
-                                 self.world_size // local)
+    def epoch_deal(self, epoch: int, base: Cursor | None = None, counts: dict[int, int] | None = None) -> EpochDeal:
+        """Epoch ``epoch``'s deal before the counts (``counts``: only for a cursor saved before spans)."""
+        return EpochDeal(self.shards, epoch, shuffle=self.shuffle, seed=self.seed, world_size=self.world_size,
+                         local_world_size=self.local_world_size or self.world_size, drop_last=self.drop_last,
+                         base=base, counts=counts)
 
     def readers_per_node(self) -> int:
         return self.local_world_size or self.world_size

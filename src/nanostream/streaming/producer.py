@@ -1,9 +1,10 @@
 """The producer behind ``stream()``: what comes next, read on a worker thread, into a bounded queue.
 
-Owns the row-group census at start (``nanostream.sources.census``; the reader's first shard,
-known without it on a fresh start, downloads meanwhile), each epoch's plan
-(``nanostream.streaming.order``: the same global order on every rank, dealt to nodes and
-readers, equal work), resume skipping, the single reader thread (pyarrow releases
+Owns each epoch's reading order (``nanostream.streaming.order``: the same global order on every
+rank, dealt to nodes and readers, equal work): first the reader's share of its node's piece,
+started at once and read as far as the bound allows while row-group counts arrive (a shard's
+count from its footer as it is opened, the others through ``counting.py``), then the rest by
+the settled plan; resume skipping, the single reader thread (pyarrow releases
 the GIL while it decodes; the file reading itself is ``nanostream.streaming.reader``), the one
 re-fetch of a corrupt shard, and the hand-over of batches (or the error that ended
 the stream) to the consumer through an ``asyncio.Queue`` of at most ``queue_size``
@@ -25,12 +26,13 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from ..errors import ConfigError, CorruptShardError
-from ..sources.census import row_group_counts
+from ..errors import CorruptShardError
+from ..sources.counts import CountBook, book_for
 from .cache.budget import FolderBudget
 from .cache.holders import ReadHold
-from .horizon import Horizon
-from .order import Cursor
+from .counting import EpochCounts
+from .cursor import Cursor
+from .epoch import EpochWalk, Gate
 from .plan import Chunk, Plan, Position
 from .reader import ShardReader, close_opened
 from .supply import ShardSource, file_id
@@ -52,14 +54,15 @@ class _End:
 class Producer:
     """Reads the plan's row groups in order and puts ``Chunk``s into ``queue``."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, book: CountBook | None = None) -> None:
         self.plan = plan
+        self.book = book if book is not None else book_for(plan.data_dir, plan.files, plan.sharer, plan.scope())
         self.queue: asyncio.Queue[Chunk | _End] = asyncio.Queue(maxsize=plan.queue_size)
         self.produced = 0  # batches put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.source: ShardSource | None = None
         self._left = 0  # row groups of the current shard not yet handed over
-        self.counts: dict[int, int] | None = None  # row groups per shard (census), set by Stream or run()
+        self.length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
         self._executor: ThreadPoolExecutor | None = None
 
     async def run(self) -> None:
@@ -80,6 +83,10 @@ class Producer:
             end = _End(exc)
         finally:
             await self._stop_thread()
+            try:
+                await self.book.sync(force=True)  # what this stream learned, for the others
+            except Exception as exc:  # noqa: BLE001  (best effort at the end: the counts are learned again)
+                log.debug("could not save or share the row-group counts: %s", exc)
         await self.queue.put(end)
 
     def _epochs(self) -> Iterator[int]:
@@ -93,35 +100,29 @@ class Producer:
             if None in sizes:
                 sizes = await source.learn_sizes(p.shards, sizes)
             await asyncio.to_thread(p.check_cache, sizes)
-        if self.counts is None:
-            first = p.first_shard()
-            if first is not None:  # known without the counts: download it while the footers are read
-                source.want([first])
-            self.counts = await row_group_counts(p.data_dir, p.shards, p.files, source.access, retry=p.retry)
         start = p.start
-        horizon = Horizon(p, self.counts) if source.budget is not None else None
+        walk = EpochWalk(p, self.book, source, self)
         for epoch in self._epochs():
             base = p.start_base() if start is not None else None
-            ep = horizon.epoch_plan(epoch, base) if horizon is not None else p.epoch_plan(self.counts, epoch, base)
-            seq = ep.sequence(p.rank)
-            taken = _resume_index(seq, start, p.data_dir) if isinstance(start, Position) else 0
-            runs = _runs(seq, taken)
-            for k, (shard, first, groups) in enumerate(runs):
-                upcoming: dict[int, None] = {}
-                for r in itertools.islice(runs, k + 1, None):
-                    if len(upcoming) >= p.fetch_ahead:
-                        break
-                    if r[0] != shard:
-                        upcoming[r[0]] = None
-                if horizon is not None:  # the node's future order, for every stream's evictions
-                    await source.publish(await asyncio.to_thread(horizon.future, epoch, ep, first))
-                await self._emit_shard(source, epoch, shard, groups, first, list(upcoming), ep.base)
+            deal = await walk.deal(epoch, base)
+            counts = EpochCounts(deal, self.book, p.rank, p.data_dir, source.access, p.retry, p.fetch_ahead)
+            skip = await walk.resume_taken(deal, start) if isinstance(start, Position) else 0
+            watcher = asyncio.create_task(counts.watch(), name="nanostream-counts")
+            try:
+                await walk.read(epoch, deal, counts, skip)
+            finally:
+                watcher.cancel()
+                await asyncio.wait([watcher])
+            failed = None if watcher.cancelled() else watcher.exception()
+            if failed is not None:
+                raise failed
             start = None
 
-    async def _emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
-                          upcoming: list[int], base: Cursor | None) -> None:
-        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them. The file is
-        held from before it is opened until after it is closed (both on the reader thread)."""
+    async def emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
+                         upcoming: list[int], base: Cursor | None, gate: Gate | None = None) -> int:
+        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(k)`` is
+        awaited before the ``k``-th is put (False: stop there). The file is held from before it is opened
+        until after it is closed (both on the reader thread). Returns how many were put."""
         done = 0  # of ``groups``, handed over so far
         refetched = False
         hold: ReadHold | None = await source.get(shard, upcoming)
@@ -134,13 +135,14 @@ class Producer:
                     handle = await self._open(path)
                     seen = handle.seen
                     try:
-                        self._check_count(handle, shard)
+                        self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
                         self._left = len(groups) - done
                         try:
-                            await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base)
+                            await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base,
+                                                        gate, done)
                         finally:
                             done = len(groups) - self._left  # handed over so far, for a retry after a re-fetch
-                        return
+                        return done
                     finally:
                         # queued on the reader thread after any read of this file; not awaited (the
                         # thread is drained before the producer ends)
@@ -157,24 +159,21 @@ class Producer:
             if hold is not None:  # released once the reader thread has closed the file
                 self._submit(hold.release).add_done_callback(_retrieve)
 
-    def _check_count(self, handle: ShardReader, shard: int) -> None:
-        assert self.counts is not None
-        if handle.num_row_groups != self.counts[shard]:
-            raise ConfigError(f"{handle.path} has {handle.num_row_groups} row groups, but "
-                              f"{self.plan.data_dir}/.nanostream.rowgroups.json says {self.counts[shard]}: the "
-                              "folder's shards changed; delete that file and start again")
-
     async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int], taken: int,
-                               base: Cursor | None) -> None:
-        """Read ``groups`` in order and put them. Up to ``READ_AHEAD`` reads wait on the reader thread,
-        so it never idles while the loop hands a batch over."""
+                               base: Cursor | None, gate: Gate | None = None, gated: int = 0) -> None:
+        """Read ``groups`` in order and put them (``gate(gated + k)`` awaited before the ``k``-th: False stops).
+        Up to ``READ_AHEAD`` reads wait on the reader thread, so it never idles while the loop hands a batch
+        over."""
         pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
         try:
             for k, group in enumerate(groups):
                 while len(pending) < READ_AHEAD and k + len(pending) < len(groups):
                     pending.append(self._submit(handle.read, groups[k + len(pending)]))
+                if gate is not None and not await gate(gated + k):
+                    return
                 column = await pending.popleft()  # if cancelled: dropped unless started
-                await self._put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base))
+                await self._put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base,
+                                      last=taken + k + 1 == self.length))
                 self._left -= 1
         finally:
             for fut in pending:  # reads ahead that nobody will take: drop them if not started
@@ -216,27 +215,3 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Done callback for results nobody awaits: mark their exception as seen."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
-    """``seq[skip:]`` as runs of one shard: ``(shard, count before the run, row groups)``."""
-    runs: list[tuple[int, int, list[int]]] = []
-    for i in range(skip, len(seq)):
-        shard, group = seq[i]
-        if not runs or runs[-1][0] != shard:
-            runs.append((shard, i, []))
-        runs[-1][2].append(group)
-    return runs
-
-
-def _resume_index(seq: list[tuple[int, int]], start: Position, data_dir: Path) -> int:
-    """How many of ``seq`` the reader had taken at ``start`` (found by ``taken``, else searched)."""
-    key = (start.shard, start.row_group)
-    if 0 < start.taken <= len(seq) and seq[start.taken - 1] == key:
-        return start.taken
-    try:
-        return seq.index(key) + 1
-    except ValueError:
-        raise ConfigError(f"resume position {start}: row group {start.row_group} of shard {start.shard} in "
-                          f"{data_dir} is not one this rank reads in epoch {start.epoch}; resume with the same "
-                          "rank, world_size, local_world_size, shuffle and seed (or from a Cursor)") from None

@@ -2,9 +2,11 @@
 
 ``Stream`` is the async iterator ``stream()`` returns for one dataset (and each source
 of a ``MixStream`` is one): ``async for``, ``break``, cancel, ``aclose``, ``async with``
-stop its producer (``producer.py``) and downloads. Before and during iteration it answers
-``epoch_length``, ``epoch_plan`` and ``cursor`` from the row-group counts (``prepare``
-reads them without blocking the event loop).
+stop its producer (``producer.py``) and downloads. Iterating never waits for the whole
+census. Asked before or during iteration, ``epoch_length`` and ``epoch_plan`` need every
+row-group count of the epoch (what is not known yet is counted then: local footers, the
+census file, the count sharers, else remote footers at the quota's pace; ``prepare`` does
+it without blocking the event loop); ``cursor`` needs only the counts of what was read.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
-from ..sources.census import row_group_counts, row_group_counts_blocking
+from ..sources.counts import CountBook, book_for
 from ..sources.resolve import run_blocking, split_indices
 from ..sources.spec import Source
 from .cache.usage import filesystem_bytes
-from .order import Cursor, EpochPlan, shard_order
+from .cursor import Cursor
+from .epoch import resume_index
+from .order import EpochDeal, NeedCounts, shard_order
 from .plan import Batch, Chunk, Options, Plan, Position
-from .producer import Producer, _End, _resume_index
+from .producer import Producer, _End
+from .settle import EpochPlan, cursor_after, reader_place, settle
 from .supply import ShardSource
 
 
@@ -44,7 +49,7 @@ def source_plan(src: Source, opts: Options, cfg: Config, start: Position | Curso
                 world_size=opts.world_size, epochs=opts.epochs, shuffle=opts.shuffle, seed=opts.seed, start=start,
                 queue_size=opts.queue_size, fetch_ahead=opts.fetch_ahead, fetch_workers=opts.fetch_workers,
                 retry=opts.retry, local_world_size=opts.local_world_size, drop_last=opts.drop_last,
-                cache_limit=limit, cache_policy=cfg.cache_policy)
+                cache_limit=limit, cache_policy=cfg.cache_policy, sharer=opts.sharer)
     if limit is not None:
         sizes = plan.split_sizes()
         if None not in sizes:
@@ -97,9 +102,11 @@ class Stream:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self._producer = Producer(plan)
+        self.book: CountBook = book_for(plan.data_dir, plan.files, plan.sharer, plan.scope())
+        self._producer = Producer(plan, self.book)
         self._agen: Any = None
         self._epoch_plan: tuple[Any, EpochPlan] | None = None
+        self._deal: tuple[Any, EpochDeal] | None = None
 
     def __aiter__(self) -> Stream:
         return self
@@ -152,35 +159,52 @@ class Stream:
         return shard_order(self.plan.shards, epoch, self.plan.shuffle, self.plan.seed)
 
     async def prepare(self) -> dict[int, int]:
-        """Count every shard's row groups now (footers; see ``nanostream.sources.census``), without blocking
-        the event loop. ``epoch_length``/``cursor`` then answer at once; iteration reuses the counts."""
-        if self._producer.counts is None:
-            p = self.plan
-            self._producer.counts = await row_group_counts(p.data_dir, p.shards, p.files, p.access(),
-                                                           retry=p.retry)
-        return self._producer.counts
-
-    def epoch_plan(self, epoch: int | None = None, base: Cursor | None = None) -> EpochPlan:
-        """Who reads what in ``epoch`` (default: the first this stream reads, from its start).
-        Counts the row groups first if ``prepare`` has not (blocking)."""
+        """Count every shard's row groups now (see ``nanostream.sources.counts``), without blocking the event
+        loop: ``epoch_length``/``epoch_plan`` then answer at once. Iterating never needs it."""
         p = self.plan
-        if self._producer.counts is None:
-            self._producer.counts = row_group_counts_blocking(p.data_dir, p.shards, p.files, p.access(),
-                                                              retry=p.retry)
+        return await self.book.require(list(p.shards), p.access(), p.retry)
+
+    def _require(self, shards: tuple[int, ...] | list[int]) -> None:
+        """Learn the counts of ``shards`` (blocking; footers read remotely at the quota's pace if need be)."""
+        p = self.plan
+        if any(self.book.get(s) is None for s in shards):
+            run_blocking(self.book.require(list(shards), p.access(), p.retry))
+
+    def _first(self, epoch: int | None, base: Cursor | None) -> tuple[int, Cursor | None]:
+        p = self.plan
         first = p.start.epoch if p.start is not None else 0
         epoch = first if epoch is None else epoch
         if base is None and epoch == first:
             base = p.start_base()
-        key = (epoch, base)
+        return epoch, base
+
+    def epoch_deal(self, epoch: int | None = None, base: Cursor | None = None) -> EpochDeal:
+        """Epoch ``epoch``'s deal before the counts (default: the first this stream reads, from its start)."""
+        key = self._first(epoch, base)
+        if self._deal is None or self._deal[0] != key:
+            while True:
+                try:
+                    self._deal = (key, self.plan.epoch_deal(*key, self.book.snapshot()))
+                    break
+                except NeedCounts as exc:  # a cursor saved before spans
+                    self._require(exc.shards)
+        return self._deal[1]
+
+    def epoch_plan(self, epoch: int | None = None, base: Cursor | None = None) -> EpochPlan:
+        """Who reads what in ``epoch`` (default: the first this stream reads, from its start), settled: every
+        count of the epoch is learned first if it is not known (blocking)."""
+        key = self._first(epoch, base)
         if self._epoch_plan is None or self._epoch_plan[0] != key:  # one kept: cursor() per step is cheap
-            self._epoch_plan = (key, p.epoch_plan(self._producer.counts, epoch, base))
+            deal = self.epoch_deal(*key)
+            self._require(deal.missing(self.book.snapshot()))
+            self._epoch_plan = (key, settle(deal, self.book.snapshot()))
         return self._epoch_plan[1]
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Row groups (batches) every rank reads in ``epoch`` -- the same on every rank.
 
-        Default: the first epoch this stream reads, counted from its ``start``. Raises
-        ConfigError if some rank would read none."""
+        Default: the first epoch this stream reads, counted from its ``start``. Needs every count of the
+        epoch (see ``epoch_plan``). Raises ConfigError if some rank would read none."""
         return self.epoch_plan(epoch).length
 
     def cursor(self, position: Position | None = None, *, taken: int | None = None) -> Cursor:
@@ -190,17 +214,53 @@ class Stream:
         Every rank computes the same cursor from the same ``taken``. Ranks that are not level
         (a packer takes row groups at its own pace) must agree on the smallest ``taken`` among
         them, or a resume may skip row groups; the row groups the others took beyond it are
-        read again."""
+        read again. Needs the counts of what was read (and every count of the epoch only past
+        the bound: near its end)."""
         if position is None:
             start = self.plan.start
             if isinstance(start, Cursor):
                 return start
             if start is None:
-                return Cursor(0, 0, (), self.epoch_plan(0).total)
+                return Cursor(0, shards=len(self.plan.shards))
             position = start
-        ep = self.epoch_plan(position.epoch, position.base)
+        deal = self.epoch_deal(position.epoch, position.base)
         if taken is None:
-            taken = _resume_index(ep.sequence(self.plan.rank), position, self.plan.data_dir)
-        return ep.cursor_after(taken)
+            taken = self._taken(deal, position)
+        while True:
+            plan = self._settled(position.epoch, position.base)
+            if plan is not None:  # kept: a cursor per checkpoint costs no new plan
+                return plan.cursor_after(taken)
+            try:
+                return cursor_after(deal, taken, self.book.snapshot())
+            except NeedCounts as exc:
+                self._require(exc.shards)
 
+    def _settled(self, epoch: int, base: Cursor | None) -> EpochPlan | None:
+        """The epoch's settled plan if every count of it is known already (no waiting), else None."""
+        key = self._first(epoch, base)
+        if self._epoch_plan is not None and self._epoch_plan[0] == key:
+            return self._epoch_plan[1]
+        if self.epoch_deal(*key).missing(self.book.snapshot()):
+            return None
+        return self.epoch_plan(*key)
 
+    def _taken(self, deal: EpochDeal, position: Position) -> int:
+        """How many row groups this reader had taken at ``position`` (checked against the deal)."""
+        rank = self.plan.rank
+        while True:
+            counts = self.book.snapshot()
+            try:
+                if position.taken > 0:
+                    plan = self._settled(position.epoch, position.base)
+                    p, g = plan.places(rank)[position.taken - 1] if plan is not None else \
+                        reader_place(deal, rank, position.taken - 1, counts)
+                    if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == (position.shard,
+                                                                                         position.row_group):
+                        return position.taken
+                break
+            except NeedCounts as exc:
+                self._require(exc.shards)
+            except IndexError:
+                break
+        return resume_index(self.epoch_plan(position.epoch, position.base).sequence(rank), position,
+                             self.plan.data_dir)

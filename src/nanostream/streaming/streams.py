@@ -63,6 +63,7 @@ def stream(
     fetch_workers: int = 4,
     retry: Any = None,
     cache_limit: int | str | None = None,
+    count_sharer: Any = None,
     config: Config | None = None,
 ) -> Stream | MixStream:
     """Batches (the documents of one row group each) of ``split`` ("train" or "val").
@@ -82,6 +83,10 @@ def stream(
     folder's record can fetch again are evicted by the run's known future order, shared with
     every process on the folder (``budget.py``). In a mix each source's folder has this budget.
     A limit below what the work needs is a ConfigError giving the smallest that works.
+
+    ``count_sharer`` (a ``nanostream.sources.counts.CountSharer``) is how the nodes of a run tell
+    each other the row-group counts they learn, so each footer is read once per cluster;
+    ``TokenDataset`` passes one over torch.distributed's store when a process group is up.
     """
     sources = entrance(mix, source=source, dataset=dataset, data_dir=data_dir, num_shards=num_shards,
                        include=include, val=val, text_column=text_column, base_url=base_url, max_shard=max_shard,
@@ -90,7 +95,8 @@ def stream(
     cfg = config or Config.from_env()
     opts = Options(split, rank, world_size, local_world_size, drop_last=drop_last, epochs=epochs, shuffle=shuffle,
                    seed=seed, queue_size=queue_size, fetch_ahead=fetch_ahead, fetch_workers=fetch_workers,
-                   retry=retry, cache_limit=cfg.cache_limit if cache_limit is None else cache_limit).check()
+                   retry=retry, cache_limit=cfg.cache_limit if cache_limit is None else cache_limit,
+                   sharer=count_sharer).check()
     if len(sources) == 1:
         if isinstance(start, MixStart):
             raise ConfigError("start= is a mix's position (MixStart) but no mix= was given")

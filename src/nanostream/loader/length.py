@@ -1,0 +1,163 @@
+"""How many batches a ``TokenDataset`` makes: ``len(ds)``, per epoch, per row group, and ``RunLimit``.
+
+With finite ``epochs`` every rank yields exactly ``len(ds)`` batches: per source and epoch,
+the row groups every rank reads (``Stream.epoch_length``, which needs every row-group count of
+the epoch) times the full rows one row group packs alone (``rows``: the first row group of
+epoch 0's global order, the same on every node), over ``batch_size``; a mix runs until the
+source that needs the most rows for its share has completed its epochs.
+
+``len(ds)`` asked before the counts are known learns them then (local footers, the census
+file, the count sharers, else remote footers at the quota's pace). An iterator never waits
+for it: ``RunLimit`` answers its assembly thread's ``allows(batches)`` at once while
+``batches`` is below a lower bound -- the counts known so far, an unknown one taken as 0, and
+the sample row group, which the first batch does wait for (node 0's first shard: on node 0
+its own, on the others one shard more) -- and only past that bound learns the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..streaming.counting import Tally
+from ..streaming.order import Cursor
+from ..streaming.streams import iter_batches, stream
+from .encode import doc_arrays
+from .packing import BestFitPacker, token_dtype
+from .threads import _Stopped
+
+if TYPE_CHECKING:
+    from ..streaming.single import Stream
+
+
+class BatchCount:
+    """The batch arithmetic of one ``TokenDataset`` (its sources, layout, sizes and tokenizer)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def stream(self, k: int, start: Cursor | None) -> Stream:
+        """Source ``k``'s stream (never started) at this rank's layout, from ``start``."""
+        ds = self.ds
+        s = stream(ds.split, source=ds.sources[k], rank=ds.rank, world_size=ds.world_size,
+                   local_world_size=ds.local_world_size, start=start, epochs=None, **ds._common)
+        return s  # type: ignore[return-value]
+
+    def rows(self, k: int) -> int:
+        """Full rows packed from source ``k``'s sample row group alone (read once, then kept)."""
+        ds = self.ds
+        if ds._rows[k] is None:
+            kw = {key: v for key, v in ds._common.items() if key != "drop_last"}
+            kw["fetch_ahead"] = 0  # that shard only
+            it = iter_batches(ds.split, source=ds.sources[k], rank=0, world_size=1, local_world_size=1,
+                              epochs=1, **kw)
+            try:
+                texts = list(next(it).texts)
+            finally:
+                it.close()
+            tok = ds.tokenizer
+            tokens, lengths = doc_arrays(tok, texts, token_dtype(tok.vocab_size))
+            packer = BestFitPacker(ds.buffer_docs)
+            packer.add(tokens, lengths)
+            row, rows = np.empty(ds.seq_len + 1, dtype=np.int64), 0
+            while packer.fill_row(row, lambda: False):
+                rows += 1
+            ds._rows[k] = rows
+        return ds._rows[k]  # type: ignore[return-value]
+
+    def epoch_rows(self, k: int, epoch: int, start: Cursor | None) -> int:
+        """Rows every rank packs of source ``k`` in ``epoch``: its row groups there times ``rows(k)``."""
+        return self.stream(k, start).epoch_length(epoch) * self.rows(k)
+
+    def total(self, origins: tuple[Cursor | None, ...], lengths: Any = None) -> int | None:
+        """Batches every rank yields from ``origins`` (None: epoch 0) to the last epoch. ``lengths(k, epoch,
+        origin)`` gives each epoch's row groups (default: exact, learning every count it needs)."""
+        ds = self.ds
+        if ds.epochs is None:
+            return None
+
+        def rows(k: int, e: int, o: Cursor | None) -> int:
+            if lengths is None:
+                return self.epoch_rows(k, e, o)
+            per_group = self.rows(k)  # first: reading the sample teaches its shard's count
+            return lengths(k, e, o) * per_group
+
+        if ds.weights is None:
+            origin = origins[0]
+            first = origin.epoch if origin is not None else 0
+            total = sum(rows(0, e, origin) // ds.batch_size for e in range(first, ds.epochs))
+        else:
+            need = [sum(rows(k, e, o) for e in range(o.epoch if o is not None else 0, ds.epochs)) / w
+                    for k, (o, w) in enumerate(zip(origins, ds.weights, strict=True))]
+            total = int(max(need)) // ds.batch_size
+        if total == 0 and lengths is None and all(o is None for o in origins):
+            raise ConfigError(
+                f"TokenDataset makes no batch of {ds.batch_size} x {ds.seq_len} per rank in {ds.epochs} "
+                f"epoch(s) ({ds.rows_per_row_group()} rows per row group): use a smaller batch, fewer ranks "
+                "or more data")
+        return total
+
+
+class RunLimit:
+    """The batches one iterator (a DataLoader worker's share of its rank's) makes, known late (see the
+    module docstring)."""
+
+    def __init__(self, count: BatchCount, origins: tuple[Cursor | None, ...], worker: int, workers: int) -> None:
+        self.count, self.origins, self.worker, self.workers = count, origins, worker, workers
+        self.value: int | None = None
+        self._bound = 0
+        self._tallies: dict[tuple[int, int], Tally] = {}  # (source, 0: the origin's epoch | 1: a later one)
+
+    def _share(self, total: int) -> int:
+        return total // self.workers + (self.worker < total % self.workers)
+
+    def _length(self, k: int, epoch: int, origin: Cursor | None) -> int:
+        first = origin.epoch if origin is not None else 0
+        key = (k, int(epoch != first))
+        if key not in self._tallies:
+            s = self.count.stream(k, origin)
+            self._tallies[key] = Tally(s.epoch_deal(epoch), s.book)
+        return self._tallies[key].length_lower()
+
+    def allows(self, batches: int, stop: threading.Event) -> bool:
+        """May batch number ``batches + 1`` be made? At once below the bound; past it, after learning every
+        count (stopped by ``stop``: ``_Stopped``)."""
+        if self.value is None and batches >= self._bound:
+            self._bound = self._share(self.count.total(self.origins, self._length) or 0)
+            if batches >= self._bound:
+                for k, origin in enumerate(self.origins):
+                    _run_until(self.count.stream(k, origin).prepare(), stop)
+                self.value = self._share(self.count.total(self.origins) or 0)
+        return self.value is None or batches < self.value
+
+
+def _run_until(coro: Any, stop: threading.Event) -> Any:
+    """Run ``coro`` on a fresh event loop in a thread of its own; cancel it if ``stop`` is set (``_Stopped``)."""
+    out: dict[str, Any] = {}
+
+    async def watch() -> Any:
+        task = asyncio.ensure_future(coro)
+        while not task.done():
+            if stop.is_set():
+                task.cancel()
+            await asyncio.wait([task], timeout=0.05)
+        return task.result()
+
+    def main() -> None:
+        try:
+            out["value"] = asyncio.run(watch())
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
+            out["error"] = exc
+
+    t = threading.Thread(target=main, name="nanostream-count")
+    t.start()
+    t.join()
+    if stop.is_set():
+        raise _Stopped
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")

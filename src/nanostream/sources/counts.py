@@ -1,0 +1,259 @@
+"""Row-group counts as a run learns them: one ``CountBook`` per data folder in a process, shared with other nodes.
+
+The deal (``streaming/order.py``) needs a shard's count when a reader starts the shard, and
+every count of an epoch only when the epoch's leftovers are settled, so nothing is counted
+up front. A book learns counts, the cheapest way first:
+
+1. the folder's census file (``census.py``), shared by every process on the folder (the
+   ranks of a node; all nodes, on a shared folder), read again when it changes;
+2. the footer of a local file: each file a reader opens (``learn``), and any file present
+   when a count is looked for (``look``);
+3. a ``CountSharer``: what other nodes learned (``loader`` injects one over the default
+   torch.distributed group's key-value store);
+4. the footer of a remote file (``census.read_footers``), for counts still missing when they
+   are needed (``require``): one small GET each, paced by the host's quota.
+
+What it learns from footers it writes to the census file (merged, at most once a second) and
+publishes to the sharer, so each footer is read once per folder and, with a sharer, once per
+cluster. Thread-safe: a stream's event loop, ``Stream.epoch_length`` and a ``TokenDataset``'s
+count may share a book (``book_for``). ``row_group_counts`` is the whole census at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import ConfigError, MissingShardError
+from ..retry import RetryPolicy
+from .access import Access
+from .catalog import DataFile
+from .census import CACHE_NAME, census_lock, local_count, read_census, read_footers, save_census
+
+log = logging.getLogger(__name__)
+SAVE_EVERY = 1.0  # seconds between writes of the census file
+FETCH_EVERY = 0.05  # seconds between reads of the census file and the sharers (at most)
+
+
+class CountSharer(Protocol):
+    """How the nodes of a run tell each other counts (``{file path in the folder: row groups}``) of the
+    dataset ``scope`` names (its source and revision). Both calls block briefly, may run on any thread,
+    and may raise: a sharer that fails is dropped with one WARNING line."""
+
+    def publish(self, scope: str, counts: dict[str, int]) -> None: ...
+
+    def fetch(self, scope: str) -> dict[str, int]: ...
+
+
+class CountBook:
+    """What this process knows of the counts of ``files`` in ``data_dir`` (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, files: tuple[DataFile, ...], scope: str = "") -> None:
+        self.data_dir, self.files, self.scope = data_dir, files, scope
+        self._index = {f.path: i for i, f in enumerate(files)}
+        self._known: dict[int, int] = {}
+        self._origin: dict[int, str] = {}  # where each count came from, for errors
+        self.log: list[int] = []  # shards in the order they became known (for running totals)
+        self._unsaved: dict[str, int] = {}
+        self._unshared: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._reading: set[int] = set()  # remote footers being read by this process
+        self._saved_at = self._fetched_at = 0.0
+        self._census_stamp: tuple[int, int] | None = None
+        self.sharers: list[CountSharer] = []
+        self.remote_reads = 0  # footers this book read remotely
+        self._take(read_census(data_dir), "census")
+
+    def get(self, shard: int) -> int | None:
+        return self._known.get(shard)
+
+    def snapshot(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._known)
+
+    def share(self, sharer: CountSharer | None) -> None:
+        """Publish to and fetch from ``sharer`` too (once per sharer)."""
+        with self._lock:
+            if sharer is not None and all(s is not sharer for s in self.sharers):
+                self.sharers.append(sharer)
+                self._unshared.update({self.files[s].path: n for s, n in self._known.items()})
+
+    def _take(self, counts: dict[str, int], origin: str, *, save: bool = False, share: bool = True) -> None:
+        with self._lock:
+            for path, n in counts.items():
+                shard = self._index.get(path)
+                if shard is None or shard in self._known:
+                    continue
+                self._known[shard], self._origin[shard] = int(n), origin
+                self.log.append(shard)
+                if save:
+                    self._unsaved[path] = int(n)
+                if save and share:
+                    self._unshared[path] = int(n)
+
+    async def _use(self, sharer: CountSharer, call: Any, *args: Any) -> Any:
+        """``call(*args)`` on a thread; a sharer that fails is dropped (the folder and footers remain)."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except Exception as exc:  # noqa: BLE001  (any failure of a foreign channel: stop using it, say so once)
+            with self._lock:
+                if sharer in self.sharers:
+                    self.sharers.remove(sharer)
+                    log.warning("row-group counts of %s: not sharing them with other nodes any more (%s: %s)",
+                                self.scope or self.data_dir, type(exc).__name__, exc)
+            return None
+
+    def learn(self, shard: int, n: int, origin: str = "its footer") -> None:
+        """A count read from a footer; ``ConfigError`` if it contradicts one learned elsewhere."""
+        known = self._known.get(shard)
+        if known is not None and known != n:
+            raise ConfigError(f"{self.data_dir / self.files[shard].path} has {n} row groups, but "
+                              f"{self._origin.get(shard)} says {known}: the folder's shards changed; delete "
+                              f"{self.data_dir / CACHE_NAME} and start again")
+        self._take({self.files[shard].path: n}, origin, save=True)
+
+    # -- the cheap sources: local footers, the census file, the sharers --------------------------
+    async def look(self, shards: list[int]) -> None:
+        """Learn what the census file, the sharers and local files tell of ``shards`` (and tell the sharers
+        what the local files told)."""
+        await self.sync(fetch=True)
+        todo = [s for s in shards if s not in self._known]
+        if todo:
+            found = await asyncio.to_thread(self._local_counts, todo)
+            for s, n in found.items():
+                self.learn(s, n, f"the footer of {self.data_dir / self.files[s].path}")
+            if found:
+                await self.sync()
+
+    def _local_counts(self, shards: list[int]) -> dict[int, int]:
+        """Counts from the footers of the local files of ``shards`` (an unreadable one is left to its reader)."""
+        out = {}
+        for s in shards:
+            n = local_count(self.data_dir / self.files[s].path, True)
+            if n is not None:
+                out[s] = n
+        return out
+
+    async def sync(self, *, fetch: bool = False, force: bool = False) -> None:
+        """Publish what was learned to the sharers, and write it to the census file (at most every
+        ``SAVE_EVERY`` s unless ``force``); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
+        now = time.monotonic()
+        if self._unshared and self.sharers:
+            with self._lock:
+                unshared, self._unshared = self._unshared, {}
+            for sharer in list(self.sharers):
+                await self._use(sharer, sharer.publish, self.scope, unshared)
+        if self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
+            self._saved_at = now
+            with self._lock:
+                unsaved, self._unsaved = self._unsaved, {}
+            lock = await census_lock(self.data_dir)
+            try:
+                await asyncio.to_thread(save_census, self.data_dir, unsaved)
+            finally:
+                if lock is not None:
+                    lock.release()
+        if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
+            self._fetched_at = now
+            stamp = await asyncio.to_thread(_stamp, self.data_dir / CACHE_NAME)
+            if stamp is not None and stamp != self._census_stamp:
+                self._census_stamp = stamp
+                self._take(await asyncio.to_thread(read_census, self.data_dir), "the census file")
+            for sharer in list(self.sharers):
+                self._take(await self._use(sharer, sharer.fetch, self.scope) or {}, "another node", save=True,
+                           share=False)
+
+    # -- the costly one: remote footers ------------------------------------------------------------
+    async def read_remote(self, shards: list[int], access: Access | None, retry: RetryPolicy | None) -> None:
+        """Read the footers of those of ``shards`` nobody knows yet (local files first), one process of the
+        folder at a time."""
+        await self.look([s for s in shards if s not in self._known])
+        todo = [s for s in shards if s not in self._known and s not in self._reading]
+        if todo:
+            lock = await census_lock(self.data_dir)
+            try:
+                await self.sync(fetch=True, force=True)  # another process may have read them meanwhile
+                todo = [s for s in todo if s not in self._known and s not in self._reading]
+                with self._lock:
+                    self._reading.update(todo)
+                try:
+                    if todo:
+                        no_remote = [s for s in todo if access is None or not self.files[s].url]
+                        if no_remote:
+                            path = self.data_dir / self.files[no_remote[0]].path
+                            local_count(path, False)  # a CorruptShardError if it is there but unreadable
+                            raise MissingShardError(f"{path} is missing and no remote is known for {self.data_dir}: "
+                                                    "run `nanostream fetch` first, or pass dataset= (or base_url=)",
+                                                    path=path)
+                        assert access is not None
+                        got = await read_footers(self.files, todo, access, retry or RetryPolicy())
+                        self.remote_reads += len(got)
+                        for s, n in got.items():
+                            self.learn(s, n, f"the footer of {self.files[s].url}")
+                        with self._lock:
+                            unsaved, self._unsaved = self._unsaved, {}
+                        if unsaved:
+                            await asyncio.to_thread(save_census, self.data_dir, unsaved)
+                finally:
+                    with self._lock:
+                        self._reading.difference_update(todo)
+            finally:
+                if lock is not None:
+                    lock.release()
+        while True:  # polled: another task of this process (on any thread or loop) may be reading them
+            if not any(s in self._reading for s in shards):
+                return
+            await asyncio.sleep(0.02)
+
+    async def require(self, shards: list[int], access: Access | None = None,
+                      retry: RetryPolicy | None = None) -> dict[int, int]:
+        """Every count of ``shards``: known, else local, shared or read remotely (the whole census)."""
+        missing = [s for s in shards if s not in self._known]
+        if missing:
+            await self.read_remote(missing, access, retry)
+            await self.sync(force=True)
+        with self._lock:
+            return {s: self._known[s] for s in shards}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+_books: dict[tuple[str, tuple[str, ...]], CountBook] = {}
+_books_lock = threading.Lock()
+
+
+def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | None = None,
+             scope: str = "") -> CountBook:
+    """This process's book of ``files`` in ``data_dir`` (made on first use); ``scope`` names the dataset
+    for the sharers (the same on every node)."""
+    key = (str(Path(data_dir).resolve()), tuple(f.path for f in files))
+    with _books_lock:
+        book = _books.get(key)
+        if book is None:
+            book = _books[key] = CountBook(Path(data_dir), files, scope)
+    book.share(sharer)
+    return book
+
+
+async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...],
+                           access: Access | None = None, *, retry: RetryPolicy | None = None,
+                           sharer: CountSharer | None = None, scope: str = "") -> dict[int, int]:
+    """``{shard: row groups}`` for ``shards`` (indices into ``files``): the whole census at once."""
+    return await book_for(data_dir, files, sharer, scope).require(list(shards), access, retry)
+
+
+def row_group_counts_blocking(*args: Any, **kwargs: Any) -> dict[int, int]:
+    """``row_group_counts`` for code without an event loop (or inside one): runs on its own thread."""
+    from .resolve import run_blocking
+
+    return run_blocking(row_group_counts(*args, **kwargs))

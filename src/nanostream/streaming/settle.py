@@ -1,0 +1,153 @@
+"""An epoch's settled deal (``EpochPlan``): once every row-group count of the epoch is known, who reads what.
+
+Each of the ``R`` readers reads ``length = T // R`` of the ``T`` row groups left (``ceil`` with
+``drop_last=False``), so each node ``Q = L * length``. A node whose piece (``order.EpochDeal``:
+cut by shard count) holds more stops after ``Q``; the rest of its piece (its tail) joins the
+leftovers, every tail in node order, and the nodes whose pieces hold fewer take the leftovers
+in that order until they have ``Q``. With ``drop_last`` the end of the leftovers is dropped
+(``T % R <= R - 1`` row groups); with ``drop_last=False`` a reader still short repeats its own
+row groups from its start (``R * length - T <= R - 1``). What a reader read before the
+settlement (within ``EpochDeal.safe``) is the start of its sequence here.
+
+``settle``, ``cursor_after`` and ``reader_place`` answer from the settled plan when every count is
+known, else from the deal alone where that can tell (``NeedCounts`` otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..errors import ConfigError
+from .cursor import Cursor, Span, merge, run_span
+from .order import EpochDeal, NeedCounts, Place
+
+
+def settle(deal: EpochDeal, counts: Mapping[int, int]) -> EpochPlan:
+    return EpochPlan.from_deal(deal, counts)
+
+
+def cursor_after(deal: EpochDeal, taken: int, counts: Mapping[int, int]) -> Cursor:
+    """The global position once every reader has taken its first ``taken`` row groups of ``deal``."""
+    if not deal.missing(counts):
+        return settle(deal, counts).cursor_after(taken)
+    return deal.early_cursor(taken, counts)
+
+
+def reader_place(deal: EpochDeal, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
+    """The place of ``reader``'s row group number ``taken`` (0-based; IndexError past its share)."""
+    if not deal.missing(counts):
+        return settle(deal, counts).places(reader)[taken]
+    return deal.early_place(reader, taken, counts)
+
+
+class EpochPlan:
+    """The settled deal of one epoch: ``sequence(reader)`` lists ``(shard, row_group)`` in read order,
+    ``length`` of them for every reader."""
+
+    def __init__(self, shards: tuple[int, ...], counts: Mapping[int, int], epoch: int, *, shuffle: bool,
+                 seed: int, world_size: int, local_world_size: int, drop_last: bool = True,
+                 base: Cursor | None = None) -> None:
+        deal = EpochDeal(shards, epoch, shuffle=shuffle, seed=seed, world_size=world_size,
+                         local_world_size=local_world_size, drop_last=drop_last, base=base, counts=counts)
+        self._settle(deal, counts)
+
+    @classmethod
+    def from_deal(cls, deal: EpochDeal, counts: Mapping[int, int]) -> EpochPlan:
+        plan = cls.__new__(cls)
+        plan._settle(deal, counts)
+        return plan
+
+    def _settle(self, deal: EpochDeal, counts: Mapping[int, int]) -> None:
+        missing = deal.missing(counts)
+        if missing:
+            raise NeedCounts(missing)
+        self.deal, self.counts, self.epoch, self.base = deal, dict(counts), deal.epoch, deal.base
+        self.world_size, self.local_world_size = deal.world_size, deal.local_world_size
+        R, L, N = deal.world_size, deal.local_world_size, deal.nodes
+        pieces = [deal.piece_places(n, counts) for n in range(N)]
+        left = sum(len(x) for x in pieces)
+        if deal.base is None and left < R:
+            raise ConfigError(
+                f"reader {R - 1} of {R} ({N} node(s) of {L}; DataLoader workers count as readers) reads no row "
+                f"group in epoch {deal.epoch}: {left} row groups for {R} readers. Use fewer ranks or workers, or "
+                "more shards")
+        self.length = left // R if deal.drop_last else -(-left // R)
+        q = L * self.length
+        tails = [(m, q, len(x)) for m, x in enumerate(pieces) if len(x) > q]
+        self._segments: list[list[tuple[int, int, int]]] = []  # per node: (owner node, from, to) of owner's piece
+        for n in range(N):
+            segs = [(n, 0, min(len(pieces[n]), q))]
+            need = q - segs[0][2]
+            while need > 0 and tails:
+                m, a, b = tails[0]
+                k = min(need, b - a)
+                segs.append((m, a, a + k))
+                need -= k
+                tails[0] = (m, a + k, b)
+                if a + k == b:
+                    tails.pop(0)
+            self._segments.append(segs)
+        self._pieces = pieces
+        self._seqs: dict[int, list[Place]] = {}  # made on demand: a reader needs its own only
+        self.dropped = sum(b - a for _, a, b in tails)
+        self.padded = R * self.length - left if R * self.length > left else 0
+
+    # -- what each reader reads ----------------------------------------------------------------
+    def places(self, reader: int) -> list[Place]:
+        """The places ``reader`` reads this epoch, in order (``length`` of them): every ``L``-th of its node's
+        stream (its own part, then the leftovers it took); a reader still short repeats its own from its
+        start."""
+        seq = self._seqs.get(reader)
+        if seq is None:
+            L = self.local_world_size
+            node = [pl for m, a, b in self._segments[reader // L] for pl in self._pieces[m][a:b]]
+            own = node[reader % L::L] or node or [pl for x in self._pieces for pl in x]
+            seq = (own * (self.length // len(own) + 1))[:self.length] if own else []
+            self._seqs[reader] = seq
+        return seq
+
+    def sequence(self, reader: int) -> list[tuple[int, int]]:
+        d = self.deal
+        return [(d.order[p], d.row_group(p, g, self.counts[d.order[p]])) for p, g in self.places(reader)]
+
+    @property
+    def items(self) -> list[tuple[int, int]]:
+        """Every row group of the epoch's global order, ``(shard, row_group)`` (needs every shard's count)."""
+        d = self.deal
+        missing = [s for s in d.order if s not in self.counts]
+        if missing:
+            raise NeedCounts(missing)
+        return [(s, d.row_group(p, g, self.counts[s])) for p, s in enumerate(d.order) for g in range(self.counts[s])]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts[s] for s in self.deal.order)
+
+    def indices(self, reader: int) -> list[int]:
+        """Global-order indices ``reader`` reads this epoch, in order."""
+        starts, at = [], 0
+        for s in self.deal.order:
+            starts.append(at)
+            at += self.counts[s]
+        return [starts[p] + g for p, g in self.places(reader)]
+
+    def cursor_after(self, taken: int) -> Cursor:
+        """The global position once every reader has taken its first ``taken`` row groups."""
+        shards = len(self.deal.order)
+        if taken >= self.length:
+            return Cursor(self.epoch + 1, shards=shards)
+        base = self.base or Cursor(self.epoch, shards=shards)
+        spans: list[Span] = list(base.spans)
+        consumed = base.consumed
+        for segs in self._segments:
+            k = self.local_world_size * max(taken, 0)
+            for m, a, b in segs:  # the node's own part, then the leftovers it took (padding repeats)
+                n = min(k, b - a)
+                if k <= 0:
+                    break
+                if n <= 0:
+                    continue
+                first, last = self._pieces[m][a], self._pieces[m][a + n - 1]
+                spans.append(run_span(first, last, self.counts[self.deal.order[last[0]]]))
+                consumed, k = consumed + n, k - n
+        return Cursor(self.epoch, merge(spans), consumed, shards)
