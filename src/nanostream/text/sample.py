@@ -21,6 +21,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import pyarrow as pa
@@ -133,18 +134,9 @@ def _order_key(text: str) -> tuple[bytes, str]:
 
 def documents() -> list[str]:
     """The sample corpus: cleaned, deduplicated documents in a deterministic pseudo-random order."""
-    seen: set[str] = set()
-    for raw in _pydoc_topics():
-        text = clean(raw)
-        if text is not None:
-            seen.add(text)
-    for root in _source_roots():
-        for path in _python_files(root):
-            for raw in _docstrings(path):
-                text = clean(raw)
-                if text is not None:
-                    seen.add(text)
-    return sorted(seen, key=_order_key)
+    found = chain(_pydoc_topics(), (doc for root in _source_roots() for path in _python_files(root)
+                                    for doc in _docstrings(path)))
+    return sorted({text for text in map(clean, found) if text is not None}, key=_order_key)
 
 
 def split_counts(n_docs: int, shards: int, docs_per_group: int) -> list[int]:
