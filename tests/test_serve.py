@@ -178,6 +178,19 @@ async def test_nothing_outside_the_folder(root: Path, target: str) -> None:
         assert await raw_status(url, f"/{NAME}") == 200
 
 
+async def test_leaving_the_mirror_leaves_no_task_and_closes_the_port(root: Path) -> None:
+    """The accept loops end with the block, and an error raised in it comes out as it was raised."""
+    before = asyncio.all_tasks()
+    with pytest.raises(ConfigError, match="raised in the block"):
+        async with open_mirror(root) as mirror:
+            assert await raw_status(mirror.url, f"/{NAME}") == 200
+            assert len(asyncio.all_tasks() - before) == 1  # one accept loop: 127.0.0.1
+            raise ConfigError("raised in the block")
+    assert asyncio.all_tasks() == before
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(*host_port(mirror.url))
+
+
 async def test_files_in_subfolders_are_served(root: Path) -> None:
     async with serving(root) as (url, session):
         (root / "data" / "CC-MAIN 2024").mkdir(parents=True)
