@@ -25,11 +25,11 @@ class ShardFiles:
     """The regular, non-hidden files under ``root`` (subfolders included), answered with GET and HEAD.
 
     ``body_writer(request, response, path, start, end)`` sends bytes ``[start, end)`` once the headers
-    are out (default: ``write_body``); ``row_groups`` adds ``X-Nanostream-Row-Groups`` to each parquet
-    file's answer. ConfigError if ``root`` is not an existing folder.
+    are out (default: ``write_body``); with ``row_groups`` each parquet file's answer carries its
+    row-group count (``X-Nanostream-Row-Groups``). ConfigError if ``root`` is not an existing folder.
     """
 
-    def __init__(self, root: Path, *, body_writer: BodyWriter | None = None, row_groups: bool = False) -> None:
+    def __init__(self, root: Path, *, body_writer: BodyWriter | None = None, row_groups: bool = True) -> None:
         try:
             self.root = Path(root).resolve(strict=True)
         except (OSError, RuntimeError) as exc:

@@ -76,8 +76,7 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     """An aiohttp app serving the files under ``root`` (``ShardFiles``), and the Hub API if ``root`` was
     fetched from ``hf://``. ``body_writer`` replaces ``write_body`` (with ``send_timeout``). ConfigError if
     ``root`` is not an existing folder."""
-    files = ShardFiles(root, body_writer=body_writer or functools.partial(write_body, send_timeout=send_timeout),
-                       row_groups=True)
+    files = ShardFiles(root, body_writer=body_writer or functools.partial(write_body, send_timeout=send_timeout))
     hub = HubMirror.of(files)
     app = web.Application(middlewares=[_log_refusals] if hub is None else [json_errors, _log_refusals])
     app[FILES_KEY] = files

@@ -71,11 +71,8 @@ def save_folder(directory: Path, ranks: Mapping[bytes, int], pattern: str, speci
     return directory
 
 
-def _field(config: dict[str, Any], key: str, kind: type, where: Path) -> Any:
-    value = config.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TokenizerError(f"{where}: field {key!r} is missing or not a {kind.__name__}; {RETRAIN}")
-    return value
+FIELDS = {"pattern": str, "special_tokens": dict, "vocab_size": int, "num_ranks": int, "ranks_file": str,
+          "ranks_sha256": str}
 
 
 def read_folder(config: Any, config_path: Path) -> tuple[dict[bytes, int], str]:
@@ -86,12 +83,10 @@ def read_folder(config: Any, config_path: Path) -> tuple[dict[bytes, int], str]:
     if config.get("version") != FORMAT_VERSION:
         raise TokenizerError(f"{config_path} has format version {config.get('version')!r}, this nanostream reads "
                              f"version {FORMAT_VERSION}; {RETRAIN}")
-    pattern = _field(config, "pattern", str, config_path)
-    specials = _field(config, "special_tokens", dict, config_path)
-    vocab_size = _field(config, "vocab_size", int, config_path)
-    num_ranks = _field(config, "num_ranks", int, config_path)
-    ranks_file = _field(config, "ranks_file", str, config_path)
-    sha = _field(config, "ranks_sha256", str, config_path)
+    for key, kind in FIELDS.items():
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            raise TokenizerError(f"{config_path}: field {key!r} is missing or not a {kind.__name__}; {RETRAIN}")
+    pattern, specials, vocab_size, num_ranks, ranks_file, sha = (config[key] for key in FIELDS)
     if Path(ranks_file).name != ranks_file or ranks_file.startswith("."):
         raise TokenizerError(f"{config_path}: ranks_file {ranks_file!r} must be a plain file name; {RETRAIN}")
     ranks_path = config_path.parent / ranks_file
