@@ -127,10 +127,9 @@ class _Connection(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def _expire(self) -> None:
+    def _expire(self) -> None:  # armed only while idle and open
         self._deadline = None
-        if self.busy or self.transport is None or self._freed:
-            return
+        assert self.transport is not None
         log.info("dropped %s: no complete request within %g s (idle, or a request sent too slowly)",
                  self.peer, self.listener.limits.timeout)
         self.transport.abort()

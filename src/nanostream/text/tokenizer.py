@@ -3,7 +3,6 @@ split regex and special tokens) encoded by gigatoken where that is exact, else b
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +18,6 @@ from . import saved
 from .fast import FastEncoder, FromRanks, exact_encoder
 from .saved import BOS
 from .schemes import NANOSTREAM, fast_scheme
-
-log = logging.getLogger(__name__)
 
 SPLIT_PATTERN = NANOSTREAM
 ENCODERS = ("auto", "gigatoken", "tiktoken")
