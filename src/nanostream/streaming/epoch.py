@@ -49,6 +49,8 @@ class EpochWalk:
 
     def __init__(self, plan: Plan, book: CountBook, source: ShardSource, out: Emitter) -> None:
         self.plan, self.book, self.source, self.out = plan, book, source, out
+        # the reader's future order for evictions under a cache_limit, on the run's clock (one per stream)
+        self.horizon = Horizon(plan, book) if source.budget is not None else None
 
     async def deal(self, epoch: int, base: Cursor | None) -> EpochDeal:
         while True:
@@ -63,7 +65,7 @@ class EpochWalk:
         p, source = self.plan, self.source
         L, node, i = deal.local_world_size, p.rank // deal.local_world_size, p.rank % deal.local_world_size
         taken = skip  # the reader's row groups handed over (or skipped by a resume) this epoch
-        horizon = self._horizon(counts) if source.budget is not None else None
+        horizon = self.horizon
         counts.refresh()
         self.out.length = counts.plan.length if counts.plan is not None else -1
         if counts.plan is None:
@@ -79,9 +81,8 @@ class EpochWalk:
                 offset += len(places)
                 if not todo:
                     continue
-                if horizon is not None:
-                    await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
-                        epoch, deal.base), taken))
+                if horizon is not None:  # by the counts known so far, the others estimated
+                    await source.publish(await asyncio.to_thread(horizon.early_future, epoch, deal.base, taken))
 
                 async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
                     return await counts.until_safe(todo[m][0])
@@ -94,7 +95,7 @@ class EpochWalk:
         plan = await counts.settled()
         self.out.length = plan.length
         if horizon is not None:
-            horizon = self._horizon(counts)
+            horizon.settled(epoch, plan.length)
         runs = shard_runs(plan.sequence(p.rank), taken)
         for k, (shard, first, groups) in enumerate(runs):
             upcoming: dict[int, None] = {}
@@ -103,9 +104,8 @@ class EpochWalk:
                     break
                 if r[0] != shard:
                     upcoming[r[0]] = None
-            if horizon is not None:  # the node's future order, for every stream's evictions
-                await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
-                    epoch, deal.base), first))
+            if horizon is not None:  # the reader's future order, for every stream's evictions
+                await source.publish(await asyncio.to_thread(horizon.future, epoch, plan, first))
             await self.out.emit_shard(source, epoch, shard, groups, first, list(upcoming), deal.base)
 
     async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
@@ -139,12 +139,6 @@ class EpochWalk:
             await self.book.look(landed)
         await self.book.sync()
         return n
-
-    def _horizon(self, counts: EpochCounts) -> Horizon:
-        """The node's future order for evictions: by the counts known, the others estimated."""
-        known = self.book.snapshot()
-        mean = round(sum(known.values()) / len(known)) if known else 1
-        return Horizon(self.plan, {s: known.get(s, mean) for s in self.plan.shards})
 
     async def resume_taken(self, deal: EpochDeal, start: Position) -> int:
         """How many of its row groups the reader had taken at ``start``: ``start.taken``, checked against the
