@@ -237,16 +237,16 @@ async def test_each_reader_publishes_its_place_on_the_runs_clock_before_and_afte
 
         ranks = await asyncio.gather(read(0), read(1))
     assert all(len(r) == 3 * 22 for r in ranks)
-    by_stream: dict[int, list[Needs]] = {}
+    by_stream: dict[int, dict[int, Needs]] = {}
     for key, needs in published:
-        by_stream.setdefault(key, []).append(needs)
+        assert all(d >= needs.at for d in [*needs.future.values(), *needs.after.values()] if d != -1)
+        by_stream.setdefault(key, {})[needs.at] = needs  # the last at each place: its file's count known
     assert len(by_stream) == 2 and len({n.run for _, n in published}) == 1
     readers = []
-    for needs in by_stream.values():
-        assert all(d >= n.at for n in needs for d in [*n.future.values(), *n.after.values()] if d != -1)
-        assert max(n.at for n in needs) >= 2 * 22  # one clock for the run: epoch 2 starts at 44
+    for last in by_stream.values():
+        assert max(last) >= 2 * 22  # one clock for the run: epoch 2 starts at 44
         readers += [r for r, batches in enumerate(ranks) if all(  # the file read next is needed at its place
-            n.future.get(batches[(n.at // 22, n.at % 22 + 1)]) == n.at for n in needs)]
+            n.future.get(batches[(at // 22, at % 22 + 1)]) == at for at, n in last.items())]
     assert sorted(readers) == [0, 1]
 
 

@@ -74,15 +74,18 @@ class EpochWalk:
                 counts.at = k
                 shard = deal.order[pos]
                 upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + p.fetch_ahead]]
-                n = await self._count(shard, upcoming, skipping=(offset + (i - offset) % L) // L < taken)
+                skipping = (offset + (i - offset) % L) // L < taken  # a resume may have read all of it
+                if horizon is not None and not skipping:  # before the download that may count it (a demand)
+                    await self._publish(epoch, deal, taken)
+                n = await self._count(shard, upcoming, skipping)
                 places = deal.places(pos, n)
                 todo = [(j, deal.row_group(pos, places[j - offset], n))
                         for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
                 offset += len(places)
                 if not todo:
                     continue
-                if horizon is not None:  # by the counts known so far, the others estimated
-                    await source.publish(await asyncio.to_thread(horizon.early_future, epoch, deal.base, taken))
+                if horizon is not None:  # again, by its count now (the budget skips a future that did not change)
+                    await self._publish(epoch, deal, taken)
 
                 async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
                     return await counts.until_safe(todo[m][0])
@@ -107,6 +110,12 @@ class EpochWalk:
             if horizon is not None:  # the reader's future order, for every stream's evictions
                 await source.publish(await asyncio.to_thread(horizon.future, epoch, plan, first))
             await self.out.emit_shard(source, epoch, shard, groups, first, list(upcoming), deal.base)
+
+    async def _publish(self, epoch: int, deal: EpochDeal, taken: int) -> None:
+        """Before the settlement: this reader's future order, by the counts known so far, the others estimated
+        (``horizon.py``), published before it asks for its next file."""
+        assert self.horizon is not None
+        await self.source.publish(await asyncio.to_thread(self.horizon.early_future, epoch, deal.base, taken))
 
     async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
         """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;

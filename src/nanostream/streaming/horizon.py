@@ -91,10 +91,12 @@ class Horizon:
         got = self._runs.get(key)
         if got is None or got[0] is not ep:
             runs = []
+            order = ep.deal.order
             for r in self.readers:
                 starts: list[int] = []
                 shards: list[int] = []
-                for k, (shard, _) in enumerate(ep.sequence(r)):
+                for k, (p, _) in enumerate(ep.places(r)):  # the shards only: no row-group order needed
+                    shard = order[p]
                     if not shards or shards[-1] != shard:
                         starts.append(k)
                         shards.append(shard)
