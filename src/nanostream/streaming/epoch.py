@@ -7,7 +7,8 @@ the settlement a shard's count comes from its footer, downloaded if need be (the
 anyway), and each row group waits at the bound (a gate); once settled, the reader goes on by
 ``EpochPlan.sequence`` from where it is. Also where a resumed ``Position`` is in an epoch
 (``resume_taken``, ``resume_index``), and the node's future order for evictions under a
-``cache_limit`` (``horizon.py``, with unknown counts estimated by the mean of those known).
+``cache_limit`` (``horizon.py``: one per stream, published before each file is asked for, with
+unknown counts estimated by the mean of those known).
 """
 
 from __future__ import annotations

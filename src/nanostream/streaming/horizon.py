@@ -5,16 +5,21 @@ files it reads next and at which of its row groups. The run's *clock* counts a r
 groups from the run's start, epoch after epoch: every reader of the run reads the same number
 per epoch (equal work), so the readers of a run that keep level (DDP keeps ranks within a few
 batches of each other) reach the same place on the clock at the same time, and a reader that
-lags is at an earlier place. ``Horizon.future(epoch, plan, taken)`` returns this reader's
-``Needs``: ``{file path: the place on the clock where it needs the file next}`` over the rest
-of this epoch and, if the run has one, the next, for the nearest ``FILES`` files; for the file
-it reads now, where it needs it again; its own place; and the run's name (``run_name``: the
-same for every reader of the run, another for another split, seed or layout). Each stream
-publishes its ``Needs`` in its holder (``budget.FolderBudget.publish``) at every change of
-file; a file's next use is the earliest place any live reader of the folder gives, so a reader
-that lags behind still counts, and its files count as needed sooner than a leader's
-(``budget.victims``). Each reader publishes only its own needs: no reader guesses where
-another one is.
+lags is at an earlier place. An epoch starts on the clock where the one before ended, at its
+settled length (``settled``: the same on every reader; none reads past an epoch before it is
+settled). Before the settlement the places of a reader's next files are estimated
+(``estimate``: the counts the book knows now, the mean of those for the rest), its own place is
+exact, and no place it publishes is before its own (``budget.victims`` relies on that).
+
+``Horizon.future(epoch, plan, taken)`` returns this reader's ``Needs``: ``{file path: the place on
+the clock where it needs the file next}`` over the rest of this epoch and, if the run has one, the
+next, for the nearest ``FILES`` files; for the file it reads now, where it needs it again; its own
+place; and the run's name (``run_name``: the same for every reader of the run, another for another
+split, seed or layout). Each stream publishes its ``Needs`` in its holder
+(``budget.FolderBudget.publish``) at every change of file; a file's next use is the earliest place
+any live reader of the folder gives, so a reader that lags behind still counts, and its files count
+as needed sooner than a leader's (``budget.victims``). Each reader publishes only its own needs: no
+reader guesses where another one is.
 """
 
 from __future__ import annotations
