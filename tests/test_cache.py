@@ -31,12 +31,12 @@ from nanostream.config import CacheLimit, Config, parse_cache_limit
 from nanostream.errors import ConfigError
 from nanostream.shards import shard_name
 from nanostream.sources.record import FolderRecord, write_record
-from nanostream.streaming.cache.budget import next_uses, victims
-from nanostream.streaming.cache.holders import HolderInfo
+from nanostream.streaming.cache.budget import FolderBudget, next_uses, victims
+from nanostream.streaming.cache.holders import HolderInfo, Needs
 from nanostream.streaming.cache.usage import FolderScan, filesystem_bytes, folder_bytes
 from nanostream.streaming.streams import stream
 
-from datagen import doc_id, make_dense_shards, make_shards
+from datagen import doc_id, make_dense_shards, make_shards, write_shard
 from servers import FaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +207,47 @@ def test_eviction_never_takes_a_file_needed_before_the_one_it_makes_room_for(min
     theirs = next_uses(peers, me.needs)
     for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=True, me=me):
         assert theirs.get(victim, math.inf) >= at
+
+
+async def test_each_reader_publishes_its_place_on_the_runs_clock_before_and_after_the_settlement(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ranks of one run from an empty folder, shards of unequal row-group counts, 3 epochs: until epoch 0
+    settles its places are estimated, yet every place a reader publishes is its own on the run's clock (the
+    settled lengths of the epochs before, plus its row groups taken: the file it reads next is needed there),
+    and it needs no file before it. (Per-epoch clocks made a reader of epoch 1 look behind one still in epoch
+    0; a place past an epoch estimated from early counts put the next epoch's files before the reader.)"""
+    groups = [3, 9, 2, 12, 5, 1, 7, 5]  # 44 row groups: 22 for each rank every epoch, none left out
+    for s, n in enumerate([*groups, 2]):
+        (tmp_path / "remote").mkdir(exist_ok=True)
+        write_shard(tmp_path / "remote" / shard_name(s), s, n, 4)
+    published: list[tuple[int, Needs]] = []
+    publish = FolderBudget.publish
+
+    def spy(self: FolderBudget, needs: Needs) -> None:  # the real publish, recorded
+        published.append((id(self), needs))
+        publish(self, needs)
+
+    monkeypatch.setattr(FolderBudget, "publish", spy)
+    async with FaultServer(tmp_path / "remote") as srv:
+        kw = dict(data_dir=tmp_path / "c", base_url=srv.url, num_shards=8, max_shard=8, world_size=2,
+                  shuffle=True, epochs=3, cache_limit=10**8, queue_size=2)
+
+        async def read(rank: int) -> dict[tuple[int, int], str]:
+            return {(b.epoch, b.taken): shard_name(b.shard) async for b in stream("train", **kw, rank=rank)}
+
+        ranks = await asyncio.gather(read(0), read(1))
+    assert all(len(r) == 3 * 22 for r in ranks)
+    by_stream: dict[int, dict[int, Needs]] = {}
+    for key, needs in published:
+        assert all(d >= needs.at for d in [*needs.future.values(), *needs.after.values()] if d != -1)
+        by_stream.setdefault(key, {})[needs.at] = needs  # the last at each place: its file's count known
+    assert len(by_stream) == 2 and len({n.run for _, n in published}) == 1
+    readers = []
+    for last in by_stream.values():
+        assert max(last) >= 2 * 22  # one clock for the run: epoch 2 starts at 44
+        readers += [r for r, batches in enumerate(ranks) if all(  # the file read next is needed at its place
+            n.future.get(batches[(at // 22, at % 22 + 1)]) == at for at, n in last.items())]
+    assert sorted(readers) == [0, 1]
 
 
 # -- too small a budget -------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 from nanostream.sources.access import Access
 from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.census import CACHE_NAME
-from nanostream.sources.counts import row_group_counts, row_group_counts_blocking
+from nanostream.sources.census import CACHE_NAME, read_census
+from nanostream.sources.counts import CountBook, row_group_counts, row_group_counts_blocking
 
 from datagen import make_shards
 from servers import FaultServer
@@ -44,6 +44,22 @@ async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Pa
         srv.script(shard_name(3), "status:404")
         with pytest.raises(HTTPStatusError, match=r"shard_00003\.parquet"):
             await row_group_counts(local, (3,), files(srv.url), Access())
+
+
+async def test_a_remote_read_with_a_count_not_yet_saved_does_not_wait_for_its_own_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count learned from a local footer waits up to SAVE_EVERY to be saved. A remote footer read meanwhile
+    holds the folder's census lock; it saves that count too, under the lock it holds, and does not wait for
+    the lock a second time (a reader waiting at the bound for counts hung there forever, and every process
+    of the folder with it)."""
+    monkeypatch.setattr("nanostream.sources.counts.SAVE_EVERY", 1e9)  # nothing is saved unless forced
+    make_shards(tmp_path / "remote", 2, row_groups=3, rows=8, record=False)
+    async with FaultServer(tmp_path / "remote") as srv:
+        book = CountBook(tmp_path / "local", files(srv.url, 2))
+        book.learn(0, 3)
+        await asyncio.wait_for(book.read_remote([1], Access(), None), 20)
+    assert book.snapshot() == {0: 3, 1: 3}
+    assert read_census(tmp_path / "local") == {shard_name(0): 3, shard_name(1): 3}
 
 
 async def test_local_footers_and_a_corrupt_local_shard(tmp_path: Path) -> None:

@@ -138,16 +138,17 @@ class CountBook:
                 out[s] = n
         return out
 
-    async def sync(self, *, fetch: bool = False, force: bool = False) -> None:
+    async def sync(self, *, fetch: bool = False, force: bool = False, save: bool = True) -> None:
         """Publish what was learned to the sharers, and write it to the census file (at most every
-        ``SAVE_EVERY`` s unless ``force``); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
+        ``SAVE_EVERY`` s unless ``force``; not with ``save=False``, for a caller that holds the census lock,
+        which a save would wait for); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
         now = time.monotonic()
         if self._unshared and self.sharers:
             with self._lock:
                 unshared, self._unshared = self._unshared, {}
             for sharer in list(self.sharers):
                 await self._use(sharer, sharer.publish, self.scope, unshared)
-        if self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
+        if save and self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
             self._saved_at = now
             with self._lock:
                 unsaved, self._unsaved = self._unsaved, {}
@@ -176,7 +177,8 @@ class CountBook:
         if todo:
             lock = await census_lock(self.data_dir)
             try:
-                await self.sync(fetch=True, force=True)  # another process may have read them meanwhile
+                # another process may have read them meanwhile (what we learned is saved below, with the rest)
+                await self.sync(fetch=True, force=True, save=False)
                 todo = [s for s in todo if s not in self._known and s not in self._reading]
                 with self._lock:
                     self._reading.update(todo)

@@ -7,7 +7,8 @@ the settlement a shard's count comes from its footer, downloaded if need be (the
 anyway), and each row group waits at the bound (a gate); once settled, the reader goes on by
 ``EpochPlan.sequence`` from where it is. Also where a resumed ``Position`` is in an epoch
 (``resume_taken``, ``resume_index``), and the node's future order for evictions under a
-``cache_limit`` (``horizon.py``, with unknown counts estimated by the mean of those known).
+``cache_limit`` (``horizon.py``: one per stream, published before each file is asked for, with
+unknown counts estimated by the mean of those known).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class EpochWalk:
 
     def __init__(self, plan: Plan, book: CountBook, source: ShardSource, out: Emitter) -> None:
         self.plan, self.book, self.source, self.out = plan, book, source, out
+        # the reader's future order for evictions under a cache_limit, on the run's clock (one per stream)
+        self.horizon = Horizon(plan, book) if source.budget is not None else None
 
     async def deal(self, epoch: int, base: Cursor | None) -> EpochDeal:
         while True:
@@ -63,7 +66,7 @@ class EpochWalk:
         p, source = self.plan, self.source
         L, node, i = deal.local_world_size, p.rank // deal.local_world_size, p.rank % deal.local_world_size
         taken = skip  # the reader's row groups handed over (or skipped by a resume) this epoch
-        horizon = self._horizon(counts) if source.budget is not None else None
+        horizon = self.horizon
         counts.refresh()
         self.out.length = counts.plan.length if counts.plan is not None else -1
         if counts.plan is None:
@@ -72,16 +75,18 @@ class EpochWalk:
                 counts.at = k
                 shard = deal.order[pos]
                 upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + p.fetch_ahead]]
-                n = await self._count(shard, upcoming, skipping=(offset + (i - offset) % L) // L < taken)
+                skipping = (offset + (i - offset) % L) // L < taken  # a resume may have read all of it
+                if horizon is not None and not skipping:  # before the download that may count it (a demand)
+                    await self._publish(epoch, deal, taken)
+                n = await self._count(shard, upcoming, skipping)
                 places = deal.places(pos, n)
                 todo = [(j, deal.row_group(pos, places[j - offset], n))
                         for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
                 offset += len(places)
                 if not todo:
                     continue
-                if horizon is not None:
-                    await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
-                        epoch, deal.base), taken))
+                if horizon is not None:  # again, by its count now (the budget skips a future that did not change)
+                    await self._publish(epoch, deal, taken)
 
                 async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
                     return await counts.until_safe(todo[m][0])
@@ -94,7 +99,7 @@ class EpochWalk:
         plan = await counts.settled()
         self.out.length = plan.length
         if horizon is not None:
-            horizon = self._horizon(counts)
+            horizon.settled(epoch, plan.length)
         runs = shard_runs(plan.sequence(p.rank), taken)
         for k, (shard, first, groups) in enumerate(runs):
             upcoming: dict[int, None] = {}
@@ -103,10 +108,15 @@ class EpochWalk:
                     break
                 if r[0] != shard:
                     upcoming[r[0]] = None
-            if horizon is not None:  # the node's future order, for every stream's evictions
-                await source.publish(await asyncio.to_thread(horizon.future, epoch, horizon.epoch_plan(
-                    epoch, deal.base), first))
+            if horizon is not None:  # the reader's future order, for every stream's evictions
+                await source.publish(await asyncio.to_thread(horizon.future, epoch, plan, first))
             await self.out.emit_shard(source, epoch, shard, groups, first, list(upcoming), deal.base)
+
+    async def _publish(self, epoch: int, deal: EpochDeal, taken: int) -> None:
+        """Before the settlement: this reader's future order, by the counts known so far, the others estimated
+        (``horizon.py``), published before it asks for its next file."""
+        assert self.horizon is not None
+        await self.source.publish(await asyncio.to_thread(self.horizon.early_future, epoch, deal.base, taken))
 
     async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
         """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;
@@ -139,12 +149,6 @@ class EpochWalk:
             await self.book.look(landed)
         await self.book.sync()
         return n
-
-    def _horizon(self, counts: EpochCounts) -> Horizon:
-        """The node's future order for evictions: by the counts known, the others estimated."""
-        known = self.book.snapshot()
-        mean = round(sum(known.values()) / len(known)) if known else 1
-        return Horizon(self.plan, {s: known.get(s, mean) for s in self.plan.shards})
 
     async def resume_taken(self, deal: EpochDeal, start: Position) -> int:
         """How many of its row groups the reader had taken at ``start``: ``start.taken``, checked against the
