@@ -43,13 +43,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 class _Chunk:
     """One batch of documents sharing a flat token array; ``tag`` says where they came from
-    (``TokenDataset``: the stream position of their row group), kept through compaction."""
+    (``TokenDataset``: the stream position of their row group) and ``ids`` each document's number
+    there (its index in the row group), both kept through compaction."""
 
-    __slots__ = ("alive", "frozen", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
+    __slots__ = ("alive", "frozen", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
-    def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
+    def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
+                 ids: np.ndarray | None = None) -> None:
         self.serial = serial
         self.tag = tag
+        self.ids = np.arange(len(lengths), dtype=np.int64) if ids is None else ids
         self.tokens = tokens
         self.lengths = lengths
         starts = np.zeros(len(lengths), dtype=np.int64)
@@ -86,23 +89,30 @@ class PackStats:
         return dict(self.__dict__)  # the int fields (asdict's deep copy costs more, once per batch)
 
 
+BufferPart = tuple[np.ndarray, np.ndarray, "np.ndarray | None", object, np.ndarray]  # tokens, lengths, alive, tag, ids
+
+
 class BufferSnapshot:
     """The buffered documents at one moment, as references to immutable chunk arrays, oldest first.
     Every part holds at least one buffered document."""
 
     __slots__ = ("parts",)
 
-    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, object]]) -> None:
+    def __init__(self, parts: list[BufferPart]) -> None:
         self.parts = parts
 
     def tags(self) -> list[tuple[object, int]]:
         """``(tag, buffered documents)`` of each part, oldest first (``export`` order)."""
         return [(tag, len(lengths) if alive is None else int(alive.sum()))
-                for _, lengths, alive, tag in self.parts]
+                for _, lengths, alive, tag, _ in self.parts]
+
+    def refs(self) -> list[tuple[object, np.ndarray]]:
+        """``(tag, ids of its buffered documents)`` of each part, oldest first (``export`` order)."""
+        return [(tag, ids if alive is None else ids[alive]) for _, _, alive, tag, ids in self.parts]
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         toks, lens = [], []
-        for tokens, lengths, alive, _ in self.parts:
+        for tokens, lengths, alive, _, _ in self.parts:
             if alive is None:
                 toks.append(tokens)
                 lens.append(lengths)
@@ -140,19 +150,21 @@ class BestFitPacker:
         self._saved_stats: PackStats | None = None
 
     # -- buffer ------------------------------------------------------------------------------
-    def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None, ids: np.ndarray | None = None) -> None:
         """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order, tagged
-        ``tag`` (reported by ``snapshot().tags()`` while any of them is buffered)."""
+        ``tag`` and numbered ``ids`` (default 0, 1, ...; reported by ``snapshot().refs()`` while
+        they are buffered)."""
         if len(lengths) == 0:
             return
-        chunk = self._insert(tokens, lengths, tag)
+        chunk = self._insert(tokens, lengths, tag, ids)
         self.stats.docs_in += len(lengths)
         self.stats.tokens_in += len(tokens)
         if self._journal is not None:
             self._journal.append(("add", chunk))
 
-    def _insert(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> _Chunk:
-        chunk = _Chunk(self._serial, tokens, lengths, tag)
+    def _insert(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
+                ids: np.ndarray | None = None) -> _Chunk:
+        chunk = _Chunk(self._serial, tokens, lengths, tag, ids)
         self._serial += 1
         self._chunks[chunk.serial] = chunk
         fifo, lens = self._fifo, self._lens
@@ -176,13 +188,14 @@ class BestFitPacker:
         self.n_docs = self.alive_tokens = self.held_tokens = 0
         for part in parts:
             tokens, lengths = BufferSnapshot([part]).export()
-            self._insert(tokens, lengths, part[3])
+            alive = part[2]
+            self._insert(tokens, lengths, part[3], part[4] if alive is None else part[4][alive])
         self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
         """A cheap, frozen view of the buffer (chunk arrays are never modified; a chunk's alive flags are
         copied once per change, not per snapshot); ``.export()`` turns it into arrays when needed."""
-        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.frozen_alive(), c.tag)
+        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.frozen_alive(), c.tag, c.ids)
                  for c in sorted(self._chunks.values(), key=lambda c: c.serial)]
         return BufferSnapshot(parts)
 

@@ -161,6 +161,8 @@ class BatchPipeline:
         background_thread()
         sink, feeds = self._sink, self._feeds
         try:
+            for f in feeds:  # a resumed feed's buffer first
+                f.prime()
             while not self._stop.is_set():
                 if not self._allows():
                     _put(self._out, self._stop, _End())
