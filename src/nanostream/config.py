@@ -16,6 +16,9 @@ resulting object is passed explicitly to whatever needs it.
 |                         |                         | ``500MiB`` or ``75%`` of the folder's disk     |
 | NANOSTREAM_CACHE_POLICY | belady                  | eviction order under a limit: ``belady``, or   |
 |                         |                         | ``lru`` (for the ablation bench only)          |
+| NANOCHAT_BASE_DIR       | ~/.cache/nanochat       | nanochat's folder (``nanochat_data_dir``)      |
+| NANOCHAT_DATASET        | unset                   | nanochat's dataset name (its PR #800):         |
+|                         |                         | ``NANOCHAT_BASE_DIR/datasets/<name>``          |
 
 HF_TOKEN goes only to the Hub's host (HF_ENDPOINT's) and the hosts listed in
 NANOSTREAM_TOKEN_HOSTS, and only over https unless the host is loopback.
@@ -165,6 +168,8 @@ class Config:
     s3_endpoint: str | None = None
     cache_limit: CacheLimit | None = None  # the default ``cache_limit`` of stream()/TokenDataset
     cache_policy: str = "belady"  # eviction order under a limit (``lru``: for the ablation bench)
+    nanochat_base_dir: Path = field(default_factory=lambda: Path("~/.cache/nanochat").expanduser())
+    nanochat_dataset: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -190,6 +195,8 @@ class Config:
             s3_endpoint=check_url(s3) if s3 else None,
             cache_limit=parse_cache_limit(env.get("NANOSTREAM_CACHE_LIMIT") or None, "NANOSTREAM_CACHE_LIMIT"),
             cache_policy=policy,
+            nanochat_base_dir=Path(env.get("NANOCHAT_BASE_DIR") or "~/.cache/nanochat").expanduser(),
+            nanochat_dataset=env.get("NANOCHAT_DATASET") or None,
         )
 
     def data_dir(self, dataset: str = DEFAULT_DATASET) -> Path:
@@ -198,3 +205,13 @@ class Config:
 
     def tokenizer_dir(self) -> Path:
         return self.base_dir / "tokenizer"
+
+    def nanochat_data_dir(self, *, reading: bool = True) -> Path:
+        """nanochat's data folder, as nanochat finds it: ``NANOCHAT_BASE_DIR/datasets/NANOCHAT_DATASET`` when
+        that is set (nanochat's PR #800), else ``NANOCHAT_BASE_DIR/base_data_climbmix``, else -- ``reading``,
+        when that does not exist -- the legacy ``base_data`` (FineWeb-Edu)."""
+        base = self.nanochat_base_dir
+        if self.nanochat_dataset:
+            return base / "datasets" / self.nanochat_dataset
+        climbmix = base / "base_data_climbmix"
+        return base / "base_data" if reading and not climbmix.exists() else climbmix

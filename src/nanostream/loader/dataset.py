@@ -186,8 +186,9 @@ class TokenDataset(IterableDataset):
     def __iter__(self) -> TokenIterator:
         return self._iterate()
 
-    def _iterate(self, sink: Sink | None = None) -> TokenIterator:
-        """A new iterator; ``sink`` decides what a finished batch is (default: CPU tensors)."""
+    def _iterate(self, sink: Sink | None = None, note: Any = None) -> TokenIterator:
+        """A new iterator; ``sink`` decides what a finished batch is (default: CPU tensors); ``note(snapshot,
+        stop)`` runs on the assembly thread after each batch (``TokenIterator.note``)."""
         info = get_worker_info()
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = worker_stride(self.rank, self.world_size, wid, k)
@@ -197,7 +198,7 @@ class TokenDataset(IterableDataset):
         limit = RunLimit(BatchCount(self), origins, wid, k) if self.epochs is not None else None
         self._pending = None
         self._last = {}
-        it = TokenIterator(self._recipe(), layout, state, origins, limit, self._last, sink, carried)
+        it = TokenIterator(self._recipe(), layout, state, origins, limit, self._last, sink, carried, note)
         self._live = weakref.ref(it)
         return it
 

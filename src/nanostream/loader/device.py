@@ -85,10 +85,34 @@ def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2)
         return iter(batches)
     if dev.type == "cuda":
         if isinstance(batches, TokenDataset):
-            return batches._iterate(PinnedRowsSink(batches.batch_size, batches.seq_len + 1, _cuda(dev),
-                                                   slots=batches.ahead + 2))
+            return token_batches(batches, dev)
         return CudaPrefetcher(batches, dev, ahead=ahead)
     return (_move(b, dev) for b in batches)
+
+
+def token_batches(ds: TokenDataset, device: torch.device, note: Any = None) -> Any:
+    """A new ``TokenDataset`` iterator whose batches land on ``device``: on CUDA packed into the pinned ring
+    (``PinnedRowsSink``), on CPU as they are, elsewhere moved one by one (``note``: see ``TokenDataset._iterate``)."""
+    if device.type == "cuda":
+        return ds._iterate(PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.ahead + 2), note)
+    it = ds._iterate(None, note)
+    return it if device.type == "cpu" else _Moved(it, device)
+
+
+class _Moved:
+    """A TokenDataset iterator whose CPU batches are moved to another device (``mps``, ...) as they are returned."""
+
+    def __init__(self, it: Any, device: torch.device) -> None:
+        self.it, self.device = it, device
+
+    def __iter__(self) -> _Moved:
+        return self
+
+    def __next__(self) -> Any:
+        return _move(next(self.it), self.device)
+
+    def __getattr__(self, name: str) -> Any:  # note, state_dict, close, ...
+        return getattr(self.it, name)
 
 
 # -- TokenDataset on CUDA: pack into a pinned ring ---------------------------------------------------

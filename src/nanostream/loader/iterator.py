@@ -11,10 +11,10 @@ the row-group counts). ``Recipe`` is what the dataset hands the iterator.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,25 +79,23 @@ class Snapshot:
     def __init__(self, cursors: Cursors, mark: Mark, recipe: Recipe, layout: Layout,
                  origins: tuple[Cursor | None, ...]) -> None:
         self._cursors, self.mark, self._recipe, self._layout, self._origins = cursors, mark, recipe, layout, origins
-        self._state: dict[str, Any] | None = None
 
     @property
     def batches(self) -> int:
         return self.mark.batches
 
     def state_dict(self) -> dict[str, Any]:
-        """The resume state (plain values: ``json.dump`` writes it); made once per snapshot, copied out."""
-        if self._state is None:
-            mark, recipe = self.mark, self._recipe
-            prints = recipe.fingerprints.get()
-            subs = [resume.encode(part, config=recipe.config, fingerprint=prints[k], layout=self._layout,
-                                  batches=mark.batches, cursor=resume.global_cursor(self._cursors.stream(k), part),
-                                  origin=self._origins[k])
-                    for k, part in enumerate(mark.parts)]
-            self._state = subs[0] if recipe.weights is None else resume.encode_mix(
-                subs, config=recipe.config, layout=self._layout, batches=mark.batches, weights=recipe.weights,
-                rows=mark.rows)
-        return copy.deepcopy(self._state)
+        """The resume state (plain values: ``json.dump`` writes it)."""
+        mark, recipe = self.mark, self._recipe
+        prints = recipe.fingerprints.get()
+        subs = [resume.encode(part, config=recipe.config, fingerprint=prints[k], layout=self._layout,
+                              batches=mark.batches, cursor=resume.global_cursor(self._cursors.stream(k), part),
+                              origin=self._origins[k])
+                for k, part in enumerate(mark.parts)]
+        if recipe.weights is None:
+            return subs[0]
+        return resume.encode_mix(subs, config=recipe.config, layout=self._layout, batches=mark.batches,
+                                 weights=recipe.weights, rows=mark.rows)
 
     def stats(self) -> dict[str, Any]:
         st = PackStats(**self.mark.stats)
@@ -170,7 +168,8 @@ class TokenIterator:
 
     def __init__(self, recipe: Recipe, layout: Layout, state: dict[str, Any] | None,
                  origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any],
-                 sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = ()) -> None:
+                 sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = (),
+                 note: Callable[[Snapshot, threading.Event], Any] | None = None) -> None:
         self._last, self._recipe = last, recipe
         self.layout, self.stride, self.origins = layout, layout[:2], origins
         self._held: Snapshot | None = None
@@ -205,10 +204,14 @@ class TokenIterator:
                 rows = None
             schedule = Schedule(recipe.weights, rows)
         self._sink = sink if sink is not None else HostSink(recipe.batch_size, recipe.seq_len + 1)
-        self._pipe = BatchPipeline(feeds, self._sink, batches=batches, ahead=recipe.ahead, limit=limit,
-                                   schedule=schedule)
-        self._mark = self._pipe.mark
         self._cursors = Cursors(recipe, layout, origins)
+        noted = None
+        if note is not None:
+            def noted(mark: Mark, stop: threading.Event) -> Any:
+                return note(Snapshot(self._cursors, mark, recipe, layout, origins), stop)
+        self._pipe = BatchPipeline(feeds, self._sink, batches=batches, ahead=recipe.ahead, limit=limit,
+                                   schedule=schedule, note=noted)
+        self._mark = self._pipe.mark
 
     def __iter__(self) -> TokenIterator:
         return self
@@ -231,6 +234,12 @@ class TokenIterator:
     def batches(self) -> int:
         """Batches returned so far (counting those of the run this one resumed)."""
         return self._mark.batches
+
+    @property
+    def note(self) -> Any:
+        """What the iterator's ``note`` made of the state after the last batch returned (None before the
+        first, or without a ``note``)."""
+        return self._mark.note
 
     @property
     def wait_s(self) -> float:

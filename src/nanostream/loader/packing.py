@@ -44,28 +44,33 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class _Chunk:
     """One batch of documents sharing a flat token array; ``tag`` says where they came from
     (``TokenDataset``: the stream position of their row group) and ``ids`` each document's number
-    there (its index in the row group), both kept through compaction."""
+    there (its index in the row group; None: not known), both kept through compaction."""
 
-    __slots__ = ("alive", "frozen", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
+    __slots__ = ("alive", "frozen", "frozen_ids", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
     def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
                  ids: np.ndarray | None = None) -> None:
         self.serial = serial
         self.tag = tag
-        self.ids = np.arange(len(lengths), dtype=np.int64) if ids is None else ids
+        self.ids = ids
         self.tokens = tokens
         self.lengths = lengths
         starts = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         self.starts: list[int] = starts.tolist()
         self.alive = np.ones(len(lengths), dtype=bool)
-        self.frozen: np.ndarray | None = None  # a copy of ``alive`` for snapshots, until it changes
+        self.frozen: np.ndarray | None = None  # a copy of ``alive`` for snapshots, until it changes ...
+        self.frozen_ids: np.ndarray | None = None  # ... and the ids of the documents it keeps
         self.n_alive = len(lengths)
 
-    def frozen_alive(self) -> np.ndarray:
+    def freeze(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(alive flags, None if all; ids of the buffered documents), copied once per change."""
+        if self.n_alive == len(self.lengths):
+            return None, self.ids
         if self.frozen is None:
             self.frozen = self.alive.copy()
-        return self.frozen
+            self.frozen_ids = None if self.ids is None else self.ids[self.frozen]
+        return self.frozen, self.frozen_ids
 
 
 @dataclass
@@ -89,7 +94,8 @@ class PackStats:
         return dict(self.__dict__)  # the int fields (asdict's deep copy costs more, once per batch)
 
 
-BufferPart = tuple[np.ndarray, np.ndarray, "np.ndarray | None", object, np.ndarray]  # tokens, lengths, alive, tag, ids
+# tokens, lengths, alive (None: all), tag, ids of the buffered documents (None: not numbered)
+BufferPart = tuple[np.ndarray, np.ndarray, "np.ndarray | None", object, "np.ndarray | None"]
 
 
 class BufferSnapshot:
@@ -106,9 +112,9 @@ class BufferSnapshot:
         return [(tag, len(lengths) if alive is None else int(alive.sum()))
                 for _, lengths, alive, tag, _ in self.parts]
 
-    def refs(self) -> list[tuple[object, np.ndarray]]:
+    def refs(self) -> list[tuple[object, np.ndarray | None]]:
         """``(tag, ids of its buffered documents)`` of each part, oldest first (``export`` order)."""
-        return [(tag, ids if alive is None else ids[alive]) for _, _, alive, tag, ids in self.parts]
+        return [(tag, ids) for _, _, _, tag, ids in self.parts]
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         toks, lens = [], []
@@ -188,15 +194,16 @@ class BestFitPacker:
         self.n_docs = self.alive_tokens = self.held_tokens = 0
         for part in parts:
             tokens, lengths = BufferSnapshot([part]).export()
-            alive = part[2]
-            self._insert(tokens, lengths, part[3], part[4] if alive is None else part[4][alive])
+            self._insert(tokens, lengths, part[3], part[4])
         self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
         """A cheap, frozen view of the buffer (chunk arrays are never modified; a chunk's alive flags are
         copied once per change, not per snapshot); ``.export()`` turns it into arrays when needed."""
-        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.frozen_alive(), c.tag, c.ids)
-                 for c in sorted(self._chunks.values(), key=lambda c: c.serial)]
+        parts: list[BufferPart] = []
+        for c in sorted(self._chunks.values(), key=lambda c: c.serial):
+            alive, ids = c.freeze()
+            parts.append((c.tokens, c.lengths, alive, c.tag, ids))
         return BufferSnapshot(parts)
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:

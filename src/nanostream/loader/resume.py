@@ -41,7 +41,7 @@ from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
 from ..text.identity import SAMPLE
-from .docrefs import Run, merged, pack, unpack
+from .docrefs import NO_TAG, Run, pack, pack_columns, unpack
 from .encode import doc_arrays
 from .packing import BufferSnapshot, PackStats, token_dtype
 
@@ -110,19 +110,31 @@ def _tag(tag: object) -> tuple[int, int, int] | None:
     return (tag.epoch, tag.shard, tag.row_group) if isinstance(tag, Position) else None
 
 
-def buffer_of(part: Part) -> list[Run]:
-    """The buffered documents of ``part`` as runs: by reference where the packer knows their row group
-    and numbers (documents the stream gave), inline tokens for those it does not (loaded inline)."""
-    if part.runs is not None:  # a resumed feed whose buffer is not rebuilt yet
-        return list(part.runs)
-    runs = []
-    for tokens, lengths, alive, tag, ids in part.buffer.parts:
-        if ids is not None and isinstance(tag, Position):
-            runs.append(Run(_tag(tag), ids if alive is None else ids[alive]))
+def packed_buffer(part: Part) -> str:
+    """The buffered documents of ``part`` as ``docrefs`` text: by reference where the packer knows their
+    row group and numbers (documents the stream gave), inline tokens for those it does not (loaded inline)."""
+    if part.runs is not None:  # a resumed feed whose buffer is not rebuilt yet: the runs it was loaded from
+        return pack(list(part.runs))
+    inline: list[bool] = []
+    tags: list[tuple[int, int, int]] = []
+    counts: list[int] = []
+    ids: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    tokens: list[np.ndarray] = []
+    for toks, lens, alive, tag, numbers in part.buffer.parts:  # one short step per chunk: this runs per batch
+        if numbers is not None and type(tag) is Position:
+            inline.append(False)
+            tags.append((tag.epoch, tag.shard, tag.row_group))
+            counts.append(len(numbers))
+            ids.append(numbers)
         else:
-            keep = BufferSnapshot([(tokens, lengths, alive, tag, ids)]).export()
-            runs.append(Run(_tag(tag), None, keep[0], keep[1]))
-    return merged(runs)
+            keep = BufferSnapshot([(toks, lens, alive, tag, numbers)]).export()
+            inline.append(True)
+            tags.append(_tag(tag) or (NO_TAG, NO_TAG, NO_TAG))
+            counts.append(len(keep[1]))
+            tokens.append(keep[0])
+            lengths.append(keep[1])
+    return pack_columns(inline, tags, counts, ids, lengths, tokens)
 
 
 def encode(part: Part, *, config: dict[str, Any], fingerprint: dict[str, str], layout: tuple[int, int, int],
@@ -136,7 +148,7 @@ def encode(part: Part, *, config: dict[str, Any], fingerprint: dict[str, str], l
         "position": pos_list(part.position),
         "skip": part.skip,
         "partial": pos_list(part.partial),
-        "docs": pack(buffer_of(part)),
+        "docs": packed_buffer(part),
         "cursor": cursor.to_list(),
         "origin": None if origin is None else origin.to_list(),
         "stats": dict(part.stats),
