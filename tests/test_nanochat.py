@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ from nanostream.nanochat import (
     tokenizing_distributed_data_loader_bos_bestfit,
     tokenizing_distributed_data_loader_with_state_bos_bestfit,
 )
+from nanostream.shards import shard_name
 
-from datagen import doc_id, doc_text, make_shards
+from datagen import doc_id, doc_text, make_big_shard, make_shards
 from nanochat_like import NanochatLikeTokenizer
 
 B, T, ACCUM, BUFFER = 4, 64, 2, 32  # as tests/nanochat_worker.py
@@ -223,3 +225,49 @@ def test_two_ranks_under_torchrun_resume_every_rank_from_rank_0s_state(env: Path
     seen = set().union(*(docs_of(tok, next(alone)[0]) for _ in range(20)))
     alone.close()
     assert len(buffered & seen) > 0.5 * len(buffered)
+
+
+def nanochat_listing(folder: Path) -> list[str]:
+    """nanochat/dataset.py's list_parquet_files, reimplemented: every *.parquet not ending in .tmp, sorted."""
+    return sorted(f for f in os.listdir(folder) if f.endswith(".parquet") and not f.endswith(".tmp"))
+
+
+def test_nanochat_reads_exactly_the_verified_shards_of_a_fetch_killed_mid_download(tmp_path: Path) -> None:
+    """`nanostream fetch --nanochat` (ClimbMix's numbered shards, from a local server) is killed with SIGKILL
+    while shards are downloading: nanochat's listing of its folder is exactly the complete, verified
+    shards, no part, state, lock or record file. Run again to the end: the listing ends with the
+    validation shard, as nanochat's own download leaves it."""
+    remote, n = tmp_path / "remote", 6  # shards 0..4 train, 5 validation
+    remote.mkdir()
+    for i in range(n):
+        make_big_shard(remote / shard_name(i), i, 0.6)
+    srv = subprocess.Popen([sys.executable, str(Path(__file__).with_name("servers.py")), str(remote), "--rate",
+                            "1500000"], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path / "nanochat")}
+    folder = tmp_path / "nanochat" / "base_data_climbmix"
+    try:
+        url = srv.stdout.readline().strip()
+        args = [sys.executable, "-m", "nanostream.cli", "fetch", "--nanochat", "-n", "3", "--base-url", url,
+                "--max-shard", str(n - 1), "--workers", "2", "--quiet"]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                list(folder.glob("shard_*.parquet")) and list(folder.glob(".nanostream.*.part"))):
+            time.sleep(0.01)
+        proc.kill()
+        proc.communicate(timeout=30)
+        names = os.listdir(folder)
+        assert any(x.endswith(".part") for x in names) and any(x.endswith(".state") for x in names)
+        listed = nanochat_listing(folder)
+        assert listed and listed == sorted(x for x in names if x.startswith("shard_"))
+        for name in listed:  # complete and verified: the source's bytes
+            assert (folder / name).read_bytes() == (remote / name).read_bytes()
+        rerun = subprocess.run(args, capture_output=True, text=True, timeout=100, env=env)
+        assert rerun.returncode == 0, rerun.stderr
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)
+        srv.stdout.close()
+    listed = nanochat_listing(folder)
+    assert listed == [shard_name(i) for i in (0, 1, 2, n - 1)]  # -n 3, and the validation shard last
+    assert all((folder / x).read_bytes() == (remote / x).read_bytes() for x in listed)
