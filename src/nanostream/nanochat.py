@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # the "nanostream" entry's layout
 _RUNS = itertools.count()  # loaders with state made in this process: every rank counts the same
 _OURS = ("rank", "world_size", "local_world_size", "buffer_docs", "epochs")
+_ADAPTED: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
 
 
 def tokenizing_distributed_data_loader_with_state_bos_bestfit(
@@ -107,10 +109,22 @@ def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer
     if not any(k in data for k in ("dataset", "data_dir", "mix", "source", "catalog", "base_url")):
         data["data_dir"] = Config.from_env().nanochat_data_dir()
     rank, world, local = default_layout()
-    tok = as_tokenizer(tokenizer, num_threads=threads)
+    tok = _adapted(tokenizer, threads)
     ds = TokenDataset(split, tok, B, T, rank=rank, world_size=world, local_world_size=local, buffer_docs=buffer_size,
                       epochs=None, **data)
     return ds, rank
+
+
+def _adapted(tokenizer: Any, threads: int) -> Any:
+    """``as_tokenizer(tokenizer)``, made once per tokenizer object and thread count (base_train.py makes a
+    val loader at every evaluation: its fast encoder is built and checked once)."""
+    try:
+        made = _ADAPTED.setdefault(tokenizer, {})
+    except TypeError:  # not weakly referenceable: adapt it each time
+        return as_tokenizer(tokenizer, num_threads=threads)
+    if threads not in made:
+        made[threads] = as_tokenizer(tokenizer, num_threads=threads)
+    return made[threads]
 
 
 def _load(ds: TokenDataset, state: dict[str, Any] | None) -> dict[str, Any]:
