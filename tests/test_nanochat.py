@@ -130,6 +130,8 @@ def test_validation_through_the_plain_function(env: Path, tok) -> None:
 
 def test_folders_as_nanochat_finds_them(tmp_path: Path, tok, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = Config.from_env({"NANOCHAT_BASE_DIR": str(tmp_path)})
+    assert cfg.nanochat_data_dir() == tmp_path / "base_data_climbmix"  # neither there: where a download goes
+    (tmp_path / "base_data").mkdir()
     assert cfg.nanochat_data_dir() == tmp_path / "base_data"  # no ClimbMix folder: the legacy one
     assert cfg.nanochat_data_dir(reading=False) == tmp_path / "base_data_climbmix"  # where a download goes
     (tmp_path / "base_data_climbmix").mkdir()
@@ -270,4 +272,32 @@ def test_nanochat_reads_exactly_the_verified_shards_of_a_fetch_killed_mid_downlo
         srv.stdout.close()
     listed = nanochat_listing(folder)
     assert listed == [shard_name(i) for i in (0, 1, 2, n - 1)]  # -n 3, and the validation shard last
+    assert all((folder / x).read_bytes() == (remote / x).read_bytes() for x in listed)
+
+
+def test_downloads_while_training_land_in_nanochats_folder(env: Path, tok, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opt in with ``num_shards=`` (here from a local server standing in for the Hub): the loader starts
+    on an empty nanochat folder, downloads into it while yielding, and nanochat's own listing of the
+    folder then holds only complete, verified shards."""
+    remote = tmp_path / "remote"
+    make_shards(remote, 4, row_groups=8, rows=12, record=False)
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "fresh"))
+    srv = subprocess.Popen([sys.executable, str(Path(__file__).with_name("servers.py")), str(remote)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        url = srv.stdout.readline().strip()
+        loader = tokenizing_distributed_data_loader_with_state_bos_bestfit(
+            tok, B, T, "train", device="cpu", buffer_size=BUFFER, dataset="climbmix-400b", base_url=url,
+            max_shard=3, num_shards=3)
+        seen = set().union(*(docs_of(tok, next(loader)[0]) for _ in range(30)))
+        loader.close()
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)
+        srv.stdout.close()
+    folder = tmp_path / "fresh" / "base_data_climbmix"
+    assert {d[0] for d in seen} == {0, 1, 2}
+    listed = nanochat_listing(folder)
+    assert listed == [shard_name(i) for i in range(3)]
     assert all((folder / x).read_bytes() == (remote / x).read_bytes() for x in listed)

@@ -209,9 +209,9 @@ class Config:
     def nanochat_data_dir(self, *, reading: bool = True) -> Path:
         """nanochat's data folder, as nanochat finds it: ``NANOCHAT_BASE_DIR/datasets/NANOCHAT_DATASET`` when
         that is set (nanochat's PR #800), else ``NANOCHAT_BASE_DIR/base_data_climbmix``, else -- ``reading``,
-        when that does not exist -- the legacy ``base_data`` (FineWeb-Edu)."""
+        when that does not exist and the legacy ``base_data`` (FineWeb-Edu) does -- that one."""
         base = self.nanochat_base_dir
         if self.nanochat_dataset:
             return base / "datasets" / self.nanochat_dataset
-        climbmix = base / "base_data_climbmix"
-        return base / "base_data" if reading and not climbmix.exists() else climbmix
+        climbmix, legacy = base / "base_data_climbmix", base / "base_data"
+        return legacy if reading and not climbmix.exists() and legacy.exists() else climbmix

@@ -12,8 +12,9 @@ ring and copied ``non_blocking`` on a side stream: ``loader.device``). Underneat
 
 * **Data**: nanochat's folder (``Config.nanochat_data_dir``: ``NANOCHAT_BASE_DIR``, ClimbMix,
   else the legacy folder, or ``NANOCHAT_DATASET``), its parquet files sorted, the last one
-  validation. Keyword arguments beyond nanochat's go to ``TokenDataset``: ``dataset=``,
-  ``data_dir=``, ``num_shards=`` (downloads while training), ``cache_limit=``, ``mix=``, ...
+  validation. Keyword arguments beyond nanochat's go to ``TokenDataset``: ``dataset=`` (what
+  the folder holds, e.g. ``"climbmix-400b"``) with ``num_shards=`` (downloads while training, into
+  nanochat's folder), ``cache_limit=``, ``data_dir=``, ``mix=``, ...
 * **Ranks**: torchrun's ``RANK``/``WORLD_SIZE`` (and ``LOCAL_WORLD_SIZE``), as nanochat reads them.
 * **State**: the ``state`` yielded with a batch resumes *at* that batch (base_train.py checkpoints
   it before training on the batch): it is the state after the batch before. It is a small dict
@@ -106,8 +107,8 @@ def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer
     if tokenizer_batch_size != PIECE_DOCS:
         log.warning("tokenizer_batch_size=%s is not used: nanostream refills the buffer %d documents at a time, "
                     "as nanochat's default does", tokenizer_batch_size, PIECE_DOCS)
-    if not any(k in data for k in ("dataset", "data_dir", "mix", "source", "catalog", "base_url")):
-        data["data_dir"] = Config.from_env().nanochat_data_dir()
+    if not any(k in data for k in ("data_dir", "mix", "source", "catalog")):  # dataset= names what nanochat's
+        data["data_dir"] = Config.from_env().nanochat_data_dir()  # folder holds (downloads go there)
     rank, world, local = default_layout()
     tok = _adapted(tokenizer, threads)
     ds = TokenDataset(split, tok, B, T, rank=rank, world_size=world, local_world_size=local, buffer_docs=buffer_size,
