@@ -18,10 +18,13 @@ defaults (``tokenizer_threads=4``, ``buffer_size=1000``). Each loader runs in it
 * tokens/s: ``next()`` free-running over N batches (B x T tokens each);
 * step share: a simulated training loop, each step a 30 ms ``time.sleep`` (a GPU step releases the GIL
   the same way) followed by ``next()``: the share of wall time spent in ``next()``;
+* resume: the state yielded with the last of those batches goes through ``json.dumps``/``loads`` (as
+  base_train.py's checkpoint) into a new loader: the time to its first batch, and how many of its first
+  20 batches equal the batches the uninterrupted loader yielded from that one on;
 * RSS: the process's peak resident memory (``ru_maxrss``; both import torch).
 
 Targets (PASS/FAIL, printed, never asserted): the drop-in's tokens/s >= nanochat's, its val loader's first
-batch no slower, its step share below nanochat's.
+batch no slower, its step share below nanochat's, its resume exact (every batch equal).
 
 Run: ``NANOCHAT_DIR=<checkout> [NANOCHAT_PYTHON=<its venv's python>] python -m bench.nanochat_bench [--quick]``
 (``BENCH_PARTS=nanochat make bench`` calls ``main``).
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 B, T, STEP_S = 32, 512, 0.030
+RESUMED = 20  # batches compared after a resume
 ROOT = Path(__file__).resolve().parent.parent
 
 TRAIN_TOKENIZER = r"""
@@ -83,23 +87,34 @@ def measure(side: str, base: Path, batches: int, steps: int) -> dict[str, Any]:
     for _ in range(steps):
         time.sleep(STEP_S)
         t1 = time.perf_counter()
-        _, _, state = next(loader)
+        x, _, state = next(loader)
         waited += time.perf_counter() - t1
     wall = time.perf_counter() - t0
-    saved = json.dumps(state)  # base_train.py's meta_{step}.json
+    saved = json.dumps(state)  # base_train.py's meta_{step}.json, written before training on x
+    want = [x.clone()] + [next(loader)[0].clone() for _ in range(RESUMED - 1)]  # nanochat reuses its buffer
     t0 = time.perf_counter()
     resumed = make(tokenizer, B, T, split="train", device="cpu", resume_state_dict=json.loads(saved))
-    next(resumed)
+    got = [next(resumed)[0].clone()]
     first_resumed = time.perf_counter() - t0
+    got += [next(resumed)[0].clone() for _ in range(RESUMED - 1)]
     resumed.close()
+    same = sum(bool((a == b).all()) for a, b in zip(got, want, strict=True))
     t0 = time.perf_counter()
     val = plain(tokenizer, B, T, split="val", device="cpu")  # build_val_loader(), as each evaluation makes one
     next(val)
     first_val = time.perf_counter() - t0
     for it in (loader, val):
         it.close()
+    reread = 0
+    if side == "nanostream":  # the row groups the resumed loader read again for its buffered documents
+        import numpy as np
+
+        from nanostream.loader.docrefs import unpack
+
+        reread = len({(r.tag[1], r.tag[2]) for s in state["nanostream"]["ranks"]
+                      for r in unpack(s["docs"], np.dtype(np.int32)) if not r.inline})
     return {"side": side, "first_s": first, "first_val_s": first_val, "first_resumed_s": first_resumed,
-            "state_bytes": len(saved), "tok_s": batches * B * T / free, "share": waited / wall,
+            "reread": reread, "same": same, "state_bytes": len(saved), "tok_s": batches * B * T / free, "share": waited / wall,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -180,14 +195,16 @@ def show(out: dict[str, Any], batches: int, steps: int) -> None:
             (f"next() share of a {STEP_S * 1000:.0f} ms step ({steps} steps)", f"{100 * nc['share']:.1f}%",
              f"{100 * ns['share']:.2f}%", "", ns["share"] < nc["share"]),
             ("first batch after a resume (json state)", f"{nc['first_resumed_s']:.2f} s",
-             f"{ns['first_resumed_s']:.2f} s", "", None),
+             f"{ns['first_resumed_s']:.2f} s", f"{ns['reread']} row groups read again", None),
+            (f"batches after a resume = the run's ({RESUMED})", f"{nc['same']}/{RESUMED}", f"{ns['same']}/{RESUMED}",
+             "", ns["same"] == RESUMED),
             ("state as json.dump writes it (1 rank)", f"{nc['state_bytes']} B", f"{ns['state_bytes']} B", "", None),
             ("peak RSS", f"{nc['rss_mb']:.0f} MB", f"{ns['rss_mb']:.0f} MB", "", None)]
     print(f"B={B}, T={T}, device cpu, split train, nanochat's defaults otherwise")
-    print(f"{'':44} {'nanochat':>10} {'nanostream':>11} {'ratio':>14}  target")
+    print(f"{'':44} {'nanochat':>10} {'nanostream':>11}  {'ratio':<24}  target")
     for name, a, b, ratio, ok in rows:
         verdict = "" if ok is None else ("PASS" if ok else "FAIL")
-        print(f"{name:44} {a:>10} {b:>11} {ratio:>14}  {verdict}")
+        print(f"{name:44} {a:>10} {b:>11}  {ratio:<24}  {verdict}")
     size = out["size"]
     print(f"rank 0's state of 8 ranks, B=32, T=2048, buffer_size 1000: {size['max_bytes']:,} bytes at most over "
           f"{size['batches']} batches ({size['last_bytes']:,} at the last); target <= 65,536: "
