@@ -57,6 +57,7 @@ FORMAT = 1  # the "nanostream" entry's layout
 _RUNS = itertools.count()  # loaders with state made in this process: every rank counts the same
 _OURS = ("rank", "world_size", "local_world_size", "buffer_docs", "epochs")
 _ADAPTED: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+_SAID: set[Any] = set()  # tokenizer_batch_size values said to be unused
 
 
 def tokenizing_distributed_data_loader_with_state_bos_bestfit(
@@ -77,7 +78,7 @@ def tokenizing_distributed_data_loader_with_state_bos_bestfit(
         else:
             gather = StateGather(store, rank, ds.world_size, str(next(_RUNS)))
     note = _Note(ds.world_size, rank, gather)
-    return _with_state(token_batches(ds, torch.device(device), note), first)
+    return _with_state(token_batches(ds, torch.device(device), note), torch.device(device), first)
 
 
 def tokenizing_distributed_data_loader_bos_bestfit(*args: Any, **kwargs: Any) -> Iterator[tuple[torch.Tensor,
@@ -94,7 +95,7 @@ def tokenizing_distributed_data_loader_bos_bestfit(*args: Any, **kwargs: Any) ->
                      given.pop("tokenizer_threads", 4), given.pop("tokenizer_batch_size", 128),
                      given.pop("buffer_size", 1000), given)
     _load(ds, state)
-    return _plain(token_batches(ds, torch.device(device)))
+    return _plain(token_batches(ds, torch.device(device)), torch.device(device))
 
 
 def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer_batch_size: int, buffer_size: int,
@@ -104,7 +105,8 @@ def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer
     if clash:
         raise LoaderError(f"{', '.join(clash)}: set by the nanochat loader itself (ranks from torchrun's "
                           "environment, buffer_size, endless); leave them out")
-    if tokenizer_batch_size != PIECE_DOCS:
+    if tokenizer_batch_size != PIECE_DOCS and tokenizer_batch_size not in _SAID:
+        _SAID.add(tokenizer_batch_size)
         log.warning("tokenizer_batch_size=%s is not used: nanostream refills the buffer %d documents at a time, "
                     "as nanochat's default does", tokenizer_batch_size, PIECE_DOCS)
     if not any(k in data for k in ("data_dir", "mix", "source", "catalog")):  # dataset= names what nanochat's
@@ -180,18 +182,25 @@ def _log_fields(state: dict[str, Any]) -> dict[str, int]:
     return {"epoch": int(pos[0]) + 1, "pq_idx": int(pos[1]), "rg_idx": int(pos[2])}
 
 
-def _with_state(it: Any, first: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+def _with_state(it: Any, device: torch.device, first: dict[str, Any]
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
     state = first
     try:
         for x, y in it:
-            yield x, y, state
+            yield _on(x, device), _on(y, device), state
             state = it.note  # the state after that batch: the one to resume at the next
     finally:
         it.close()
 
 
-def _plain(it: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _plain(it: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     try:
-        yield from it
+        for x, y in it:
+            yield _on(x, device), _on(y, device)
     finally:
         it.close()
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU and CUDA batches come as they are; another device's (``mps``) are copied there."""
+    return t if device.type in ("cpu", "cuda") else t.to(device)

@@ -91,28 +91,11 @@ def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2)
 
 
 def token_batches(ds: TokenDataset, device: torch.device, note: Any = None) -> Any:
-    """A new ``TokenDataset`` iterator whose batches land on ``device``: on CUDA packed into the pinned ring
-    (``PinnedRowsSink``), on CPU as they are, elsewhere moved one by one (``note``: see ``TokenDataset._iterate``)."""
-    if device.type == "cuda":
-        return ds._iterate(PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.ahead + 2), note)
-    it = ds._iterate(None, note)
-    return it if device.type == "cpu" else _Moved(it, device)
-
-
-class _Moved:
-    """A TokenDataset iterator whose CPU batches are moved to another device (``mps``, ...) as they are returned."""
-
-    def __init__(self, it: Any, device: torch.device) -> None:
-        self.it, self.device = it, device
-
-    def __iter__(self) -> _Moved:
-        return self
-
-    def __next__(self) -> Any:
-        return _move(next(self.it), self.device)
-
-    def __getattr__(self, name: str) -> Any:  # note, state_dict, close, ...
-        return getattr(self.it, name)
+    """A new ``TokenDataset`` iterator: on CUDA its batches packed into the pinned ring (``PinnedRowsSink``),
+    else CPU tensors (``note``: see ``TokenDataset._iterate``)."""
+    sink = PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.ahead + 2) \
+        if device.type == "cuda" else None
+    return ds._iterate(sink, note)
 
 
 # -- TokenDataset on CUDA: pack into a pinned ring ---------------------------------------------------

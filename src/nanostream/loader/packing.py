@@ -107,15 +107,6 @@ class BufferSnapshot:
     def __init__(self, parts: list[BufferPart]) -> None:
         self.parts = parts
 
-    def tags(self) -> list[tuple[object, int]]:
-        """``(tag, buffered documents)`` of each part, oldest first (``export`` order)."""
-        return [(tag, len(lengths) if alive is None else int(alive.sum()))
-                for _, lengths, alive, tag, _ in self.parts]
-
-    def refs(self) -> list[tuple[object, np.ndarray | None]]:
-        """``(tag, ids of its buffered documents)`` of each part, oldest first (``export`` order)."""
-        return [(tag, ids) for _, _, _, tag, ids in self.parts]
-
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         toks, lens = [], []
         for tokens, lengths, alive, _, _ in self.parts:
@@ -158,8 +149,7 @@ class BestFitPacker:
     # -- buffer ------------------------------------------------------------------------------
     def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None, ids: np.ndarray | None = None) -> None:
         """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order, tagged
-        ``tag`` and numbered ``ids`` (default 0, 1, ...; reported by ``snapshot().refs()`` while
-        they are buffered)."""
+        ``tag`` and numbered ``ids`` (None: not numbered); ``snapshot()`` reports both."""
         if len(lengths) == 0:
             return
         chunk = self._insert(tokens, lengths, tag, ids)
