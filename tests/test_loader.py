@@ -635,3 +635,46 @@ def test_a_script_that_stops_early_exits_cleanly(data: Path, batches: int) -> No
     proc = subprocess.run([sys.executable, "-W", "error", "-c", EARLY_EXIT, str(data), str(batches)],
                           capture_output=True, text=True, timeout=100)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", "")
+
+
+def as_version_3(state: dict, data: Path) -> dict:
+    """``state`` as version 3 wrote it: the buffered documents' tokens (``ByteTokenizer``'s: BOS, then the
+    UTF-8 bytes), their lengths and each run's row group, no fingerprint."""
+    import pyarrow.parquet as pq
+
+    from nanostream.shards import shard_name
+
+    tokens, lengths, parts = [], [], []
+    for run in unpack(state["docs"], np.uint16):
+        epoch, shard, group = run.tag
+        texts = pq.ParquetFile(data / shard_name(shard)).read_row_group(group).column("text").to_pylist()
+        for i in run.ids:
+            doc = [BOS, *texts[i].encode()]
+            tokens += doc
+            lengths.append(len(doc))
+        parts.append([[epoch, shard, group, 0, None], len(run.ids)])
+    old = {k: v for k, v in state.items() if k not in ("docs", "fingerprint")}
+    return {**old, "version": 3, "tokens": torch.tensor(tokens, dtype=torch.int32),
+            "lengths": torch.tensor(lengths, dtype=torch.int64), "parts": parts}
+
+
+def test_a_state_of_version_3_still_resumes_exactly(data: Path) -> None:
+    """A state saved before documents were named by reference (its tokens inline) resumes exactly; the
+    states after it carry those documents' tokens until they leave the buffer, and resume exactly too."""
+    full = list(make(data, epochs=1))
+    ds = make(data, epochs=1)
+    it = iter(ds)
+    head = [next(it) for _ in range(7)]
+    state = ds.state_dict()
+    it.close()
+    old = torch_roundtrip(as_version_3(state, data))
+    ds = make(data, epochs=1)
+    ds.load_state_dict(old)
+    it = iter(ds)
+    mid = [next(it) for _ in range(2)]
+    after = json.loads(json.dumps(ds.state_dict()))
+    it.close()
+    assert any(r.inline for r in unpack(after["docs"], np.uint16))  # still in the buffer: inline tokens
+    fresh = make(data, epochs=1)
+    fresh.load_state_dict(after)
+    assert_same_batches(head + mid + list(fresh), full)
