@@ -9,7 +9,8 @@ concurrent GETs), datasets (listing 10,000 files from a Hub-like tree API and fr
 (Hugging Face ``datasets``' streaming load_dataset against ``nanostream serve`` of an hf:// folder; skipped
 without the bench venv's ``datasets``), cache (2 ranks streaming 2 epochs through a cache_limit of a quarter
 of the data vs unbounded, Belady vs LRU), scale (ClimbMix's 6,543 shards behind a Hub double with its quota:
-first batch, requests before it and over an epoch, 1 and 2 nodes, against main at df8d4ea).
+first batch, requests before it and over an epoch, 1 and 2 nodes, against main at df8d4ea), nanochat
+(nanochat's own loader vs the drop-in ``nanostream.nanochat``; skipped without ``NANOCHAT_DIR``).
 ``BENCH_QUICK=1`` runs smaller sizes; ``BENCH_PARTS=fetch,stream``
 picks parts.
 """
@@ -23,7 +24,7 @@ import time
 import traceback
 
 PARTS = ("fetch", "stream", "tokenizer", "loader", "cluster", "order", "mix", "cache", "serve", "datasets",
-         "hubclients", "scale")
+         "hubclients", "scale", "nanochat")
 
 
 def main() -> int:

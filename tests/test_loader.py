@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from nanostream import ByteTokenizer, TokenDataset
 from nanostream.errors import ConfigError, CorruptShardError, LoaderError, NanostreamError, TokenizerError
 from nanostream.loader import feed
+from nanostream.loader.docrefs import unpack
 from nanostream.loader.encode import FLAT_TASK_PIECES, encoding
 from nanostream.text.tokenizer import BPETokenizer
 
@@ -179,12 +180,13 @@ def test_resume_exact(data: Path, k: int, epochs: int) -> None:
     run_ahead(it)
     state = ds.state_dict()
     it.close()
-    if k:
-        assert len(state["lengths"]) > 0  # documents of partly used row groups are carried in the state
+    if k:  # documents of partly used row groups are carried in the state, by reference
+        assert sum(len(r) for r in unpack(state["docs"], np.uint16)) > 0
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
+    assert json.loads(json.dumps(state)) == state  # plain values: json writes it as it is
     fresh = make(data, epochs=epochs)
     fresh.load_state_dict(state)
     rest = list(fresh)
@@ -344,7 +346,7 @@ def test_stream_error_propagates_and_state_stays_exact(corrupt: Path) -> None:
     assert got
     assert not our_threads()
     after = ds.state_dict()  # the failed batch left no trace
-    assert after["position"] == state["position"] and torch.equal(after["tokens"], state["tokens"])
+    assert after == state
 
 
 @pytest.mark.filterwarnings(PIN_WARNING)
@@ -533,11 +535,8 @@ def torch_roundtrip(state: dict) -> dict:
 
 
 def buffered_ids(state: dict) -> set[tuple[int, int, int]]:
-    tokens, out, at = state["tokens"].tolist(), set(), 0
-    for n in state["lengths"].tolist():
-        out.add(doc_id(bytes(tokens[at + 1:at + n]).decode()))
-        at += n
-    return out
+    """The documents a state's buffer names (datagen's ids are ``(shard, row group, number)`` too)."""
+    return {(r.tag[1], r.tag[2], int(i)) for r in unpack(state["docs"], np.uint16) for i in r.ids}
 
 
 @pytest.fixture(scope="module")
@@ -636,3 +635,46 @@ def test_a_script_that_stops_early_exits_cleanly(data: Path, batches: int) -> No
     proc = subprocess.run([sys.executable, "-W", "error", "-c", EARLY_EXIT, str(data), str(batches)],
                           capture_output=True, text=True, timeout=100)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", "")
+
+
+def as_version_3(state: dict, data: Path) -> dict:
+    """``state`` as version 3 wrote it: the buffered documents' tokens (``ByteTokenizer``'s: BOS, then the
+    UTF-8 bytes), their lengths and each run's row group, no fingerprint."""
+    import pyarrow.parquet as pq
+
+    from nanostream.shards import shard_name
+
+    tokens, lengths, parts = [], [], []
+    for run in unpack(state["docs"], np.uint16):
+        epoch, shard, group = run.tag
+        texts = pq.ParquetFile(data / shard_name(shard)).read_row_group(group).column("text").to_pylist()
+        for i in run.ids:
+            doc = [BOS, *texts[i].encode()]
+            tokens += doc
+            lengths.append(len(doc))
+        parts.append([[epoch, shard, group, 0, None], len(run.ids)])
+    old = {k: v for k, v in state.items() if k not in ("docs", "fingerprint")}
+    return {**old, "version": 3, "tokens": torch.tensor(tokens, dtype=torch.int32),
+            "lengths": torch.tensor(lengths, dtype=torch.int64), "parts": parts}
+
+
+def test_a_state_of_version_3_still_resumes_exactly(data: Path) -> None:
+    """A state saved before documents were named by reference (its tokens inline) resumes exactly; the
+    states after it carry those documents' tokens until they leave the buffer, and resume exactly too."""
+    full = list(make(data, epochs=1))
+    ds = make(data, epochs=1)
+    it = iter(ds)
+    head = [next(it) for _ in range(7)]
+    state = ds.state_dict()
+    it.close()
+    old = torch_roundtrip(as_version_3(state, data))
+    ds = make(data, epochs=1)
+    ds.load_state_dict(old)
+    it = iter(ds)
+    mid = [next(it) for _ in range(2)]
+    after = json.loads(json.dumps(ds.state_dict()))
+    it.close()
+    assert any(r.inline for r in unpack(after["docs"], np.uint16))  # still in the buffer: inline tokens
+    fresh = make(data, epochs=1)
+    fresh.load_state_dict(after)
+    assert_same_batches(head + mid + list(fresh), full)

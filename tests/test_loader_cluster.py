@@ -55,9 +55,11 @@ def worker() -> None:
 if __name__ == "__main__":
     worker()
 else:
+    import numpy as np
     import pytest
     import torch
 
+    from nanostream.loader.docrefs import unpack
     from nanostream.shards import list_shards
     from nanostream.streaming.order import Cursor
     from nanostream.streaming.streams import stream
@@ -94,18 +96,20 @@ else:
         # plus the first of epoch 0's order (rows_per_row_group), and holds every shard it read first
         kw = {k: v for k, v in KW.items() if k not in ("epochs", "buffer_docs")}
         order = stream("train", data_dir=tmp_path / "node0", rank=0, world_size=1, **kw).order(0)
-        smallest = min((Cursor.from_list(torch.load(f, weights_only=True)["cursor"])
-                        for f in (tmp_path / "a").glob("state*.pt")), key=lambda c: c.consumed)
+        old = [torch.load(f, weights_only=True) for f in sorted((tmp_path / "a").glob("state*.pt"))]
+        smallest = min((Cursor.from_list(st["cursor"]) for st in old), key=lambda c: c.consumed)
         for node in range(2):
             dealt = {s for r in (2 * node, 2 * node + 1) for s, _ in
                      stream("train", data_dir=tmp_path / f"node{node}", rank=r, world_size=4, local_world_size=2,
                             **kw).epoch_plan(0).sequence(r)}
             dealt |= {s for s, _ in stream("train", data_dir=tmp_path / f"node{node}", rank=node, world_size=2,
                                            local_world_size=1, start=smallest, **kw).epoch_plan().sequence(node)}
-            read = {i[0] for r in first[2 * node: 2 * node + 2] for i in r["ids"]}  # (the second run also packs
-            # documents carried from the other node's old buffers: not downloaded)
+            # the second run's reader `node` also reads again the row groups of the documents it carries
+            # over from the old readers i with i % 2 == node (their buffers, named by reference)
+            carried = {r.tag[1] for st in old if st["layout"][0] % 2 == node for r in unpack(st["docs"], np.uint16)}
+            read = {i[0] for r in first[2 * node: 2 * node + 2] for i in r["ids"]}
             held = set(list_shards(tmp_path / f"node{node}")) - {SHARDS}
-            assert read <= held <= dealt | {order[0]}
+            assert read <= held <= dealt | {order[0]} | carried
         # nothing is lost: the second run reads on from the smallest cursor of the first
         before = {tuple(i) for r in first for i in r["ids"]}
         after = {tuple(i) for r in second for i in r["ids"]}

@@ -507,3 +507,19 @@ async def test_local_folder_of_any_names_with_val_glob_and_text_column(tmp_path:
     assert set(ids(val)) == all_ids([1], row_groups=2, rows=4)
     with pytest.raises(DatasetError, match=r"split 'validation' resolves to no file.*'z\*' matches none"):
         stream("val", data_dir=folder, val="z*")
+
+
+def test_replay_reads_row_groups_first_once_each(data: Path) -> None:
+    """``replay=`` (a TokenDataset resume's buffered documents): those row groups first, each once, sorted
+    and flagged, then the order; a shard outside the split or a row group its file lacks is refused."""
+    with iter_batches("train", data_dir=data, rank=0, world_size=1, epochs=1,
+                      replay=[(2, 1), (0, 3), (2, 1), (0, 0)]) as it:
+        got = list(it)
+    assert [(b.shard, b.row_group, b.replay) for b in got[:3]] == [(0, 0, True), (0, 3, True), (2, 1, True)]
+    assert all(doc_id(t)[:2] == (b.shard, b.row_group) for b in got[:3] for t in b.texts)
+    plain = [(b.shard, b.row_group) for b in iter_batches("train", data_dir=data, rank=0, world_size=1, epochs=1)]
+    assert [(b.shard, b.row_group) for b in got[3:]] == plain and not any(b.replay for b in got[3:])
+    with pytest.raises(ConfigError, match="not in this split"):
+        stream("train", data_dir=data, rank=0, world_size=1, replay=[(4, 0)])  # the validation shard
+    with pytest.raises(ConfigError, match="row group 9"):
+        list(iter_batches("train", data_dir=data, rank=0, world_size=1, replay=[(1, 9)]))

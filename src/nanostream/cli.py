@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-n", "--num-shards", type=int, default=8,
                    help="the first N train files to fetch (plus the validation files); -1 = all")
     f.add_argument("--workers", type=int, default=8, help="concurrent connections")
-    f.add_argument("--dataset", default=DEFAULT_DATASET,
+    f.add_argument("--dataset", default=None,
                    help=f"a built-in name ({', '.join(sorted(DATASETS))}), hf://datasets/ORG/NAME[@REV][/PATH] "
-                   "or s3://BUCKET/PREFIX/")
+                   f"or s3://BUCKET/PREFIX/ (default: {DEFAULT_DATASET}; climbmix-400b with --nanochat)")
     f.add_argument("--include", default=None, help="glob over paths under PATH/PREFIX: keep only those "
                    "(hf:// and s3://; default: every *.parquet)")
     f.add_argument("--val", default=None, help="glob of the validation files (default: the files named as "
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--base-url (default: the dataset's, or the folder's record)")
     f.add_argument("--data-dir", type=Path, default=None, help="where files go (default: "
                    "$NANOSTREAM_BASE_DIR/data/DATASET, a URL's parts as folders: hf/ORG/NAME/PATH, s3/BUCKET/PREFIX)")
+    f.add_argument("--nanochat", action="store_true", help="into nanochat's data folder: "
+                   "$NANOCHAT_BASE_DIR/base_data_climbmix (default ~/.cache/nanochat), or datasets/$NANOCHAT_DATASET; "
+                   "nanochat reads exactly the verified shards there")
     f.add_argument("--verify", action="store_true", help="re-check files already present against the "
                    "catalog's sha256/MD5/size, else the server's sha256")
     f.add_argument("--quiet", action="store_true", help="no progress output, only errors and the summary")

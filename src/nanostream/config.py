@@ -145,6 +145,8 @@ class Config:
     s3_endpoint: str | None = None
     cache_limit: CacheLimit | None = None  # the default ``cache_limit`` of stream()/TokenDataset
     cache_policy: str = "belady"  # eviction order under a limit (``lru``: for the ablation bench)
+    nanochat_base_dir: Path = field(default_factory=lambda: Path("~/.cache/nanochat").expanduser())
+    nanochat_dataset: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -170,6 +172,8 @@ class Config:
             s3_endpoint=check_url(s3) if s3 else None,
             cache_limit=parse_cache_limit(env.get("NANOSTREAM_CACHE_LIMIT") or None, "NANOSTREAM_CACHE_LIMIT"),
             cache_policy=policy,
+            nanochat_base_dir=Path(env.get("NANOCHAT_BASE_DIR") or "~/.cache/nanochat").expanduser(),
+            nanochat_dataset=env.get("NANOCHAT_DATASET") or None,
         )
 
     def data_dir(self, dataset: str = DEFAULT_DATASET) -> Path:
@@ -178,3 +182,13 @@ class Config:
 
     def tokenizer_dir(self) -> Path:
         return self.base_dir / "tokenizer"
+
+    def nanochat_data_dir(self, *, reading: bool = True) -> Path:
+        """nanochat's data folder, as nanochat finds it: ``NANOCHAT_BASE_DIR/datasets/NANOCHAT_DATASET`` when
+        that is set (nanochat's PR #800), else ``NANOCHAT_BASE_DIR/base_data_climbmix``, else -- ``reading``,
+        when that does not exist and the legacy ``base_data`` (FineWeb-Edu) does -- that one."""
+        base = self.nanochat_base_dir
+        if self.nanochat_dataset:
+            return base / "datasets" / self.nanochat_dataset
+        climbmix, legacy = base / "base_data_climbmix", base / "base_data"
+        return legacy if reading and not climbmix.exists() and legacy.exists() else climbmix

@@ -6,7 +6,10 @@ Validates every flag before any network work (bad input is ``ConfigError``, exit
 source's files, records the catalog (``.nanostream.json``) before the first byte,
 says once what each file is verified against, checks the free space when it is
 tight, picks the event loop, shows progress, and prints one summary line plus one
-line per distinct failure. Ctrl-C and SIGTERM both keep the partial downloads and their
+line per distinct failure. ``--nanochat`` fetches into nanochat's data folder
+(``Config.nanochat_data_dir``; ClimbMix unless ``--dataset`` says otherwise): only verified
+shards carry a final name there, and no bookkeeping name ends in ``.parquet``, so nanochat's
+own listing (every ``*.parquet``, sorted, the last validation) reads exactly those. Ctrl-C and SIGTERM both keep the partial downloads and their
 saved state (exit 130 and 143).
 """
 
@@ -23,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..config import Config, check_url, get_dataset
+from ..config import DEFAULT_DATASET, Config, check_url, get_dataset
 from ..errors import AccessDenied, ConfigError, HTTPStatusError
 from ..progress import make_progress
 from ..sources.catalog import Catalog, DataFile, numbered_catalog
@@ -31,6 +34,7 @@ from ..sources.record import read_catalog, write_catalog
 from ..sources.resolve import folder_name, open_catalog, url_prefix
 
 log = logging.getLogger(__name__)
+NANOCHAT_DATASET = "climbmix-400b"  # what nanochat trains on (its base_data_climbmix folder)
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
@@ -59,14 +63,17 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         raise ConfigError(f"--retries must be >= 1, got {args.retries}")
     if args.max_shard is not None and args.max_shard < 0:
         raise ConfigError(f"--max-shard must be >= 0, got {args.max_shard}")
-    dataset = args.dataset
+    if getattr(args, "nanochat", False) and args.data_dir is not None:
+        raise ConfigError("--nanochat names the data folder (nanochat's): leave out --data-dir")
+    dataset = args.dataset or (NANOCHAT_DATASET if getattr(args, "nanochat", False) else DEFAULT_DATASET)
     numbered = args.base_url is not None or args.max_shard is not None
     if numbered and "://" in dataset:
         raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
     if numbered or "://" not in dataset:
         get_dataset(dataset)  # an unknown name: one line listing the built-in ones
     base_url = check_url(args.base_url) if args.base_url else None
-    data_dir = check_writable_dir((args.data_dir or cfg.data_dir(folder_name(dataset))).expanduser())
+    folder = cfg.nanochat_data_dir(reading=False) if getattr(args, "nanochat", False) else args.data_dir
+    data_dir = check_writable_dir((folder or cfg.data_dir(folder_name(dataset))).expanduser())
     recorded = read_catalog(data_dir)
     if numbered:
         cat = _numbered(dataset, base_url, args, cfg, recorded)

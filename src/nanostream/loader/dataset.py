@@ -45,7 +45,7 @@ from ..streaming.streams import stream
 from ..text.load import as_tokenizer
 from ..text.tokenizer import Tokenizer
 from . import resume
-from .iterator import Recipe, TokenIterator, tensors
+from .iterator import Recipe, TokenIterator
 from .length import BatchCount, RunLimit
 from .packing import PackStats, token_dtype
 from .pipeline import Sink
@@ -110,8 +110,10 @@ class TokenDataset(IterableDataset):
         # check folders, splits, layout and stream arguments now (starts nothing)
         s = stream(split, rank=rank, world_size=world_size, local_world_size=local_world_size, epochs=epochs,
                    **self._data_args(), **self._common)
-        plan = s.streams[0].plan if hasattr(s, "streams") else s.plan
+        plans = [x.plan for x in s.streams] if hasattr(s, "streams") else [s.plan]
+        plan = plans[0]
         self.rank, self.world_size, self.local_world_size = plan.rank, plan.world_size, plan.local_world_size
+        self._prints = resume.Fingerprints(tokenizer, plans)
         self._pending: list[dict[str, Any]] | None = None
         self._live: weakref.ref[TokenIterator] | None = None
         self._last: dict[str, Any] = {}  # final snapshot of the last closed iterator
@@ -145,7 +147,7 @@ class TokenDataset(IterableDataset):
         kwargs = tuple({**self._common, "source": s, "epochs": None} for s in self.sources)
         return Recipe(self.split, self.tokenizer, self.batch_size, self.seq_len, self.buffer_docs, self.prefetch,
                       self.ahead, self.epochs, self._config(), kwargs, self.weights,
-                      tuple(s.label for s in self.sources))
+                      tuple(s.label for s in self.sources), self._prints)
 
     # -- how many batches (length.py) ----------------------------------------------------------
     def rows_per_row_group(self) -> int | list[int]:
@@ -184,8 +186,9 @@ class TokenDataset(IterableDataset):
     def __iter__(self) -> TokenIterator:
         return self._iterate()
 
-    def _iterate(self, sink: Sink | None = None) -> TokenIterator:
-        """A new iterator; ``sink`` decides what a finished batch is (default: CPU tensors)."""
+    def _iterate(self, sink: Sink | None = None, note: Any = None) -> TokenIterator:
+        """A new iterator; ``sink`` decides what a finished batch is (default: CPU tensors); ``note(snapshot,
+        stop)`` runs on the assembly thread after each batch (``TokenIterator.note``)."""
         info = get_worker_info()
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = worker_stride(self.rank, self.world_size, wid, k)
@@ -195,7 +198,7 @@ class TokenDataset(IterableDataset):
         limit = RunLimit(BatchCount(self), origins, wid, k) if self.epochs is not None else None
         self._pending = None
         self._last = {}
-        it = TokenIterator(self._recipe(), layout, state, origins, limit, self._last, sink, carried)
+        it = TokenIterator(self._recipe(), layout, state, origins, limit, self._last, sink, carried, note)
         self._live = weakref.ref(it)
         return it
 
@@ -211,7 +214,7 @@ class TokenDataset(IterableDataset):
             return self._last["snapshot"].state_dict()
         if self._pending is not None and len(self._pending) == 1:
             return dict(self._pending[0])
-        fresh = tensors(resume.empty(self._config(), len(self.sources)))
+        fresh = resume.empty(self._config(), self._prints.get())
         if self._pending:  # loaded for an elastic resume, not started yet: keep all of it
             fresh["pending"] = list(self._pending)
         return fresh
@@ -229,7 +232,7 @@ class TokenDataset(IterableDataset):
         if len(states) == 1 and isinstance(states[0], dict) and "pending" in states[0]:
             states = list(states[0]["pending"])  # saved between an elastic load and the first batch
         for st in states:
-            resume.check(st, self._config())
+            resume.check(st, self._config(), self._prints.get())
         if not states:
             raise LoaderError("load_state_dict got an empty list of states")
         self._pending = states

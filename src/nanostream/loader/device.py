@@ -85,10 +85,17 @@ def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2)
         return iter(batches)
     if dev.type == "cuda":
         if isinstance(batches, TokenDataset):
-            return batches._iterate(PinnedRowsSink(batches.batch_size, batches.seq_len + 1, _cuda(dev),
-                                                   slots=batches.ahead + 2))
+            return token_batches(batches, dev)
         return CudaPrefetcher(batches, dev, ahead=ahead)
     return (_move(b, dev) for b in batches)
+
+
+def token_batches(ds: TokenDataset, device: torch.device, note: Any = None) -> Any:
+    """A new ``TokenDataset`` iterator: on CUDA its batches packed into the pinned ring (``PinnedRowsSink``),
+    else CPU tensors (``note``: see ``TokenDataset._iterate``)."""
+    sink = PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.ahead + 2) \
+        if device.type == "cuda" else None
+    return ds._iterate(sink, note)
 
 
 # -- TokenDataset on CUDA: pack into a pinned ring ---------------------------------------------------

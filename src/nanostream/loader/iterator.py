@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..streaming.single import Stream
 from ..streaming.streams import iter_batches, stream
 from ..text.tokenizer import Tokenizer
 from . import resume
-from .feed import Feed, Seam
+from .feed import Feed, Seam, replay_keys
 from .packing import BestFitPacker, PackStats, token_dtype
 from .pipeline import BatchPipeline, Mark, Sink
 
@@ -53,6 +54,7 @@ class Recipe:
     kwargs: tuple[dict[str, Any], ...]
     weights: tuple[float, ...] | None = None
     labels: tuple[str, ...] = ()
+    fingerprints: Any = None  # resume.Fingerprints: per source, its data's and the tokenizer's
 
 
 class Cursors:
@@ -71,13 +73,6 @@ class Cursors:
         return self._streams[k]
 
 
-def tensors(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with its token arrays as tensors (what ``torch.save`` and ``all_gather_object`` carry)."""
-    if "sources" in state:
-        return {**state, "sources": [tensors(s) for s in state["sources"]]}
-    return {**state, "tokens": torch.from_numpy(state["tokens"]), "lengths": torch.from_numpy(state["lengths"])}
-
-
 class Snapshot:
     """A TokenDataset iterator's resume state at one batch boundary, not yet turned into tensors."""
 
@@ -90,14 +85,17 @@ class Snapshot:
         return self.mark.batches
 
     def state_dict(self) -> dict[str, Any]:
+        """The resume state (plain values: ``json.dump`` writes it)."""
         mark, recipe = self.mark, self._recipe
-        subs = [resume.encode(part, config=recipe.config, layout=self._layout, batches=mark.batches,
-                              cursor=resume.global_cursor(self._cursors.stream(k), part), origin=self._origins[k])
+        prints = recipe.fingerprints.get()
+        subs = [resume.encode(part, config=recipe.config, fingerprint=prints[k], layout=self._layout,
+                              batches=mark.batches, cursor=resume.global_cursor(self._cursors.stream(k), part),
+                              origin=self._origins[k])
                 for k, part in enumerate(mark.parts)]
         if recipe.weights is None:
-            return tensors(subs[0])
-        return tensors(resume.encode_mix(subs, config=recipe.config, layout=self._layout, batches=mark.batches,
-                                         weights=recipe.weights, rows=mark.rows))
+            return subs[0]
+        return resume.encode_mix(subs, config=recipe.config, layout=self._layout, batches=mark.batches,
+                                 weights=recipe.weights, rows=mark.rows)
 
     def stats(self) -> dict[str, Any]:
         st = PackStats(**self.mark.stats)
@@ -141,21 +139,23 @@ def _reader(recipe: Recipe, k: int, layout: Layout, start: Position | Cursor | N
 
 
 def _single_source(recipe: Recipe, layout: Layout, start: Position | Cursor | None,
-                   partial: Position | None) -> Iterator[Any]:
+                   partial: Position | None, replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
     """One source's batches for a run: its epochs, then (a ``Seam``) the next epochs' order, which only
-    a reader whose data ran short reads on into (``pipeline.BatchPipeline``)."""
+    a reader whose data ran short reads on into (``pipeline.BatchPipeline``); the first stream reads
+    the ``replay`` row groups first."""
     epochs = recipe.epochs
     at = start
     if epochs is None:
-        yield from _reader(recipe, 0, layout, at)
+        yield from _reader(recipe, 0, layout, at, replay=replay)
         return
     if at is None or at.epoch < epochs:  # the run's epochs; then, only if needed, more
         if partial is None or partial.epoch < epochs:  # (stopped inside the first row group past
-            yield from _reader(recipe, 0, layout, at, epochs=epochs)  # them: the Seam was passed already)
+            yield from _reader(recipe, 0, layout, at, epochs=epochs, replay=replay)  # them: the Seam was
+            replay = ()  # passed already)
             yield Seam()
         shards = len(stream(recipe.split, rank=0, world_size=1, **recipe.kwargs[0]).plan.shards)
         at = Cursor(epochs, shards=shards)
-    yield from _reader(recipe, 0, layout, at)
+    yield from _reader(recipe, 0, layout, at, replay=replay)
 
 
 class TokenIterator:
@@ -168,7 +168,8 @@ class TokenIterator:
 
     def __init__(self, recipe: Recipe, layout: Layout, state: dict[str, Any] | None,
                  origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any],
-                 sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = ()) -> None:
+                 sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = (),
+                 note: Callable[[Snapshot, threading.Event], Any] | None = None) -> None:
         self._last, self._recipe = last, recipe
         self.layout, self.stride, self.origins = layout, layout[:2], origins
         self._held: Snapshot | None = None
@@ -178,17 +179,22 @@ class TokenIterator:
         dtype = token_dtype(recipe.tokenizer.vocab_size)
         feeds, batches = [], int(state["batches"]) if state is not None else 0
         for i in range(k):
-            packer, sub = BestFitPacker(recipe.buffer_docs), subs[i]
-            position = resume.restore(packer, sub, dtype)[0] if sub is not None else None
-            for old in carried[i] if carried else ():  # an elastic resume: buffered documents, not re-read
-                for tokens, lengths in resume.carried_docs(old, dtype):
-                    packer.add(tokens, lengths)
+            sub = subs[i]
+            if sub is not None:  # exact: this reader's own buffer and counters
+                runs, stats, position = resume.buffer_runs(sub, dtype), PackStats(**sub["stats"]), \
+                    resume.pos_from(sub["position"])
+            else:  # an elastic resume: the old readers' buffered documents (counted as new ones)
+                runs = [r for old in (carried[i] if carried else ()) for r in resume.carried_runs(old, dtype)]
+                stats, position = None, None
             partial = resume.pos_from(sub.get("partial")) if sub is not None and sub.get("skip") else None
             start = position if position is not None else origins[i]
-            source = (functools.partial(_single_source, recipe, layout, start, partial) if k == 1
-                      else functools.partial(_reader, recipe, i, layout, start))
-            feeds.append(Feed(source, recipe.tokenizer, dtype, packer, prefetch=recipe.prefetch, position=position,
-                              skip=int(sub.get("skip", 0)) if sub is not None else 0, partial=partial))
+            replay = replay_keys(runs)  # the row groups of the buffered documents, read again first
+            source = (functools.partial(_single_source, recipe, layout, start, partial, replay) if k == 1
+                      else functools.partial(_reader, recipe, i, layout, start, replay=replay))
+            feeds.append(Feed(source, recipe.tokenizer, dtype, BestFitPacker(recipe.buffer_docs),
+                              prefetch=recipe.prefetch, position=position,
+                              skip=int(sub.get("skip", 0)) if sub is not None else 0, partial=partial,
+                              restore=runs, stats=stats))
         schedule = None
         if recipe.weights is not None:
             rows = tuple(state["mix"]["rows"]) if state is not None else None
@@ -198,10 +204,14 @@ class TokenIterator:
                 rows = None
             schedule = Schedule(recipe.weights, rows)
         self._sink = sink if sink is not None else HostSink(recipe.batch_size, recipe.seq_len + 1)
-        self._pipe = BatchPipeline(feeds, self._sink, batches=batches, ahead=recipe.ahead, limit=limit,
-                                   schedule=schedule)
-        self._mark = self._pipe.mark
         self._cursors = Cursors(recipe, layout, origins)
+        noted = None
+        if note is not None:
+            def noted(mark: Mark, stop: threading.Event) -> Any:
+                return note(Snapshot(self._cursors, mark, recipe, layout, origins), stop)
+        self._pipe = BatchPipeline(feeds, self._sink, batches=batches, ahead=recipe.ahead, limit=limit,
+                                   schedule=schedule, note=noted)
+        self._mark = self._pipe.mark
 
     def __iter__(self) -> TokenIterator:
         return self
@@ -224,6 +234,12 @@ class TokenIterator:
     def batches(self) -> int:
         """Batches returned so far (counting those of the run this one resumed)."""
         return self._mark.batches
+
+    @property
+    def note(self) -> Any:
+        """What the iterator's ``note`` made of the state after the last batch returned (None before the
+        first, or without a ``note``)."""
+        return self._mark.note
 
     @property
     def wait_s(self) -> float:

@@ -43,26 +43,34 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 class _Chunk:
     """One batch of documents sharing a flat token array; ``tag`` says where they came from
-    (``TokenDataset``: the stream position of their row group), kept through compaction."""
+    (``TokenDataset``: the stream position of their row group) and ``ids`` each document's number
+    there (its index in the row group; None: not known), both kept through compaction."""
 
-    __slots__ = ("alive", "frozen", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
+    __slots__ = ("alive", "frozen", "frozen_ids", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
-    def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
+    def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
+                 ids: np.ndarray | None = None) -> None:
         self.serial = serial
         self.tag = tag
+        self.ids = ids
         self.tokens = tokens
         self.lengths = lengths
         starts = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         self.starts: list[int] = starts.tolist()
         self.alive = np.ones(len(lengths), dtype=bool)
-        self.frozen: np.ndarray | None = None  # a copy of ``alive`` for snapshots, until it changes
+        self.frozen: np.ndarray | None = None  # a copy of ``alive`` for snapshots, until it changes ...
+        self.frozen_ids: np.ndarray | None = None  # ... and the ids of the documents it keeps
         self.n_alive = len(lengths)
 
-    def frozen_alive(self) -> np.ndarray:
+    def freeze(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(alive flags, None if all; ids of the buffered documents), copied once per change."""
+        if self.n_alive == len(self.lengths):
+            return None, self.ids
         if self.frozen is None:
             self.frozen = self.alive.copy()
-        return self.frozen
+            self.frozen_ids = None if self.ids is None else self.ids[self.frozen]
+        return self.frozen, self.frozen_ids
 
 
 @dataclass
@@ -86,23 +94,22 @@ class PackStats:
         return dict(self.__dict__)  # the int fields (asdict's deep copy costs more, once per batch)
 
 
+# tokens, lengths, alive (None: all), tag, ids of the buffered documents (None: not numbered)
+BufferPart = tuple[np.ndarray, np.ndarray, "np.ndarray | None", object, "np.ndarray | None"]
+
+
 class BufferSnapshot:
     """The buffered documents at one moment, as references to immutable chunk arrays, oldest first.
     Every part holds at least one buffered document."""
 
     __slots__ = ("parts",)
 
-    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, object]]) -> None:
+    def __init__(self, parts: list[BufferPart]) -> None:
         self.parts = parts
-
-    def tags(self) -> list[tuple[object, int]]:
-        """``(tag, buffered documents)`` of each part, oldest first (``export`` order)."""
-        return [(tag, len(lengths) if alive is None else int(alive.sum()))
-                for _, lengths, alive, tag in self.parts]
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         toks, lens = [], []
-        for tokens, lengths, alive, _ in self.parts:
+        for tokens, lengths, alive, _, _ in self.parts:
             if alive is None:
                 toks.append(tokens)
                 lens.append(lengths)
@@ -140,19 +147,20 @@ class BestFitPacker:
         self._saved_stats: PackStats | None = None
 
     # -- buffer ------------------------------------------------------------------------------
-    def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> None:
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None, ids: np.ndarray | None = None) -> None:
         """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order, tagged
-        ``tag`` (reported by ``snapshot().tags()`` while any of them is buffered)."""
+        ``tag`` and numbered ``ids`` (None: not numbered); ``snapshot()`` reports both."""
         if len(lengths) == 0:
             return
-        chunk = self._insert(tokens, lengths, tag)
+        chunk = self._insert(tokens, lengths, tag, ids)
         self.stats.docs_in += len(lengths)
         self.stats.tokens_in += len(tokens)
         if self._journal is not None:
             self._journal.append(("add", chunk))
 
-    def _insert(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None) -> _Chunk:
-        chunk = _Chunk(self._serial, tokens, lengths, tag)
+    def _insert(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
+                ids: np.ndarray | None = None) -> _Chunk:
+        chunk = _Chunk(self._serial, tokens, lengths, tag, ids)
         self._serial += 1
         self._chunks[chunk.serial] = chunk
         fifo, lens = self._fifo, self._lens
@@ -176,14 +184,16 @@ class BestFitPacker:
         self.n_docs = self.alive_tokens = self.held_tokens = 0
         for part in parts:
             tokens, lengths = BufferSnapshot([part]).export()
-            self._insert(tokens, lengths, part[3])
+            self._insert(tokens, lengths, part[3], part[4])
         self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
         """A cheap, frozen view of the buffer (chunk arrays are never modified; a chunk's alive flags are
         copied once per change, not per snapshot); ``.export()`` turns it into arrays when needed."""
-        parts = [(c.tokens, c.lengths, None if c.n_alive == len(c.lengths) else c.frozen_alive(), c.tag)
-                 for c in sorted(self._chunks.values(), key=lambda c: c.serial)]
+        parts: list[BufferPart] = []
+        for c in sorted(self._chunks.values(), key=lambda c: c.serial):
+            alive, ids = c.freeze()
+            parts.append((c.tokens, c.lengths, alive, c.tag, ids))
         return BufferSnapshot(parts)
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:

@@ -29,8 +29,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -54,11 +55,13 @@ class Mark:
 
     ``parts`` is each source's resume point (one, unless a mix); ``rows`` the rows each source
     has packed in this run (a mix's schedule). With one source, ``position``, ``skip``,
-    ``partial``, ``buffer``, ``stats`` and ``buffered_docs`` are its part's."""
+    ``partial``, ``buffer``, ``stats`` and ``buffered_docs`` are its part's. ``note``: what the
+    pipeline's ``note`` made of this mark on the assembly thread (None without one)."""
 
     parts: tuple[Part, ...]
     batches: int
     rows: tuple[int, ...] = ()
+    note: Any = None
 
     @property
     def position(self) -> Position | None:
@@ -118,14 +121,17 @@ class BatchPipeline:
     late and asked before each batch). With one source, at a ``Seam`` the buffer is
     drained first; only if that leaves the batch count short of ``limit`` does packing go on
     past it (the batch it ran out in is packed again, with the documents that follow). With
-    several, ``schedule`` picks each row's source.
+    several, ``schedule`` picks each row's source. ``note(mark, stop)``, if given, runs on the
+    assembly thread after each batch, before it is queued; its result rides on the batch's
+    ``Mark`` (``Mark.note``; an error in it reaches the consumer as any other).
     """
 
     def __init__(self, feeds: list[Feed], sink: Sink, *, batches: int, ahead: int, limit: Any = None,
-                 schedule: Schedule | None = None) -> None:
+                 schedule: Schedule | None = None, note: Callable[[Mark, threading.Event], Any] | None = None) -> None:
         if len(feeds) > 1 and schedule is None:
             raise ValueError("a pipeline of several sources needs a schedule")
         self._feeds, self._sink, self._limit, self._schedule = feeds, sink, limit, schedule
+        self._note = note
         self._batches = batches
         self.mark = self._mark()
         self.wait_s = 0.0  # time the consumer blocked in get()
@@ -161,6 +167,8 @@ class BatchPipeline:
         background_thread()
         sink, feeds = self._sink, self._feeds
         try:
+            for f in feeds:  # a resumed feed's buffer first
+                f.prime()
             while not self._stop.is_set():
                 if not self._allows():
                     _put(self._out, self._stop, _End())
@@ -185,6 +193,8 @@ class BatchPipeline:
                     f.packer.commit()
                 self._batches += 1
                 mark = self._mark()
+                if self._note is not None:
+                    mark = replace(mark, note=self._note(mark, self._stop))
                 if not _put(self._out, self._stop, (sink.finish(rows), mark)):
                     return
         except _Stopped:

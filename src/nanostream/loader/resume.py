@@ -1,18 +1,24 @@
 """``TokenDataset``'s resume state: what ``state_dict()`` holds, and how a load is checked and planned.
 
-A state (version 3; version 2 still loads) is a dict of plain values and two arrays:
+A state (version 4; versions 2 and 3 still load) is a dict of plain values that ``json.dump``,
+``torch.save`` (``weights_only`` loads) and ``dist.all_gather_object`` all carry:
 
-* ``config``: the dataset arguments batches depend on (a load with other ones is refused);
+* ``config``: the dataset arguments batches depend on (a load with other ones is refused), and
+  ``fingerprint``: the data's files and the tokenizer's ids (a load with others is refused:
+  the buffer is described by reference, so other files or ids would give other batches);
 * ``layout``: ``[reader, readers, readers per node]`` (DataLoader workers folded in);
 * ``position``: the stream position of the last row group moved into the packing buffer whole,
   ``skip``: how many documents of the next one (``partial``) it holds already;
-* ``tokens`` / ``lengths`` / ``parts``: the buffered documents, each run tagged with its row group;
+* ``docs``: the buffered documents as references (``docrefs.py``: row group and document numbers;
+  versions 2 and 3 held their tokens: ``tokens`` / ``lengths`` / ``parts``);
 * ``cursor``: the global cursor after the row groups taken (``order.Cursor``), ``origin``: where
   the run started, ``stats`` and ``batches``.
 
 ``plan`` decides what a new reader does with the loaded states: the one of its own layout
 resumes exactly; at another layout the run restarts at the smallest cursor and the buffered
-documents of old readers ``i`` with ``i % readers == reader`` are carried over (``carried_docs``).
+documents of old readers ``i`` with ``i % readers == reader`` are carried over (``carried_runs``).
+``buffer_runs`` gives the runs a reader refills its buffer from (its tokenize thread reads the
+row groups they name again: ``feed.py``).
 
 A mix's state (``encode_mix``) holds ``config``, ``layout`` and ``batches`` once, ``mix``: the
 normalized weights and the rows each source has packed (the schedule), and ``sources``: one
@@ -24,7 +30,8 @@ and go out as numpy (``dataset.py`` makes them tensors).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,13 +40,18 @@ from ..errors import LoaderError
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
-from .packing import BestFitPacker, PackStats
+from ..text.identity import SAMPLE
+from .docrefs import NO_TAG, Run, pack, pack_columns, unpack
+from .encode import doc_arrays
+from .packing import BufferSnapshot, PackStats, token_dtype
 
 if TYPE_CHECKING:
+    from ..streaming.plan import Plan
+    from ..text.tokenizer import Tokenizer
     from .feed import Part
 
-STATE_VERSION = 3  # 3 added "skip" and "partial"; a version 2 state loads as skip 0
-LOADABLE = (2, STATE_VERSION)
+STATE_VERSION = 4  # 4: documents by reference ("docs"); 3 added "skip" and "partial" (2 loads as skip 0)
+LOADABLE = (2, 3, STATE_VERSION)
 
 
 def pos_list(pos: Position | None) -> list | None:
@@ -62,21 +74,81 @@ def global_cursor(s: Stream, part: Part) -> Cursor:
     return s.cursor(part.position) if part.position is not None else s.cursor()
 
 
-def encode(part: Part, *, config: dict[str, Any], layout: tuple[int, int, int], batches: int, cursor: Cursor,
-           origin: Cursor | None) -> dict[str, Any]:
-    """The state of one source at ``part``, with ``tokens`` (int32: a uint16 tensor does not survive
-    ``dist.all_gather_object``) and ``lengths`` as numpy arrays."""
-    tokens, lengths = part.buffer.export()
+def data_fingerprint(plan: Plan) -> str:
+    """The split's files as the catalog lists them (paths, sizes, checksums), hashed: documents are named by
+    (shard, row group, number), which mean the same documents only over the same files."""
+    files = [(f.path, f.size, f.sha256, f.md5) for f in (plan.files[s] for s in plan.shards)]
+    return hashlib.sha256(json.dumps([plan.split, files]).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """The tokenizer's ids (BOS-first, as the loader encodes) on the identity sample, hashed: a resumed
+    reader tokenizes its buffered documents again, which gives the same tokens only with the same ids."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    tokens, lengths = doc_arrays(tokenizer, list(SAMPLE), dtype)
+    h = hashlib.sha256(f"{tokenizer.vocab_size}/{tokenizer.bos_id}/".encode())
+    h.update(tokens.astype("<u4").tobytes())
+    h.update(lengths.astype("<u8").tobytes())
+    return h.hexdigest()[:16]
+
+
+class Fingerprints:
+    """Each source's ``{"data": ..., "tokenizer": ...}``; the tokenizer's is computed on first use (it
+    encodes, and a tokenizer's errors belong to the first batch, not to the constructor)."""
+
+    def __init__(self, tokenizer: Tokenizer, plans: list[Plan]) -> None:
+        self._tokenizer, self._data = tokenizer, [data_fingerprint(p) for p in plans]
+        self._tok: str | None = None
+
+    def get(self) -> list[dict[str, str]]:
+        if self._tok is None:
+            self._tok = tokenizer_fingerprint(self._tokenizer)
+        return [{"data": d, "tokenizer": self._tok} for d in self._data]
+
+
+def _tag(tag: object) -> tuple[int, int, int] | None:
+    return (tag.epoch, tag.shard, tag.row_group) if isinstance(tag, Position) else None
+
+
+def packed_buffer(part: Part) -> str:
+    """The buffered documents of ``part`` as ``docrefs`` text: by reference where the packer knows their
+    row group and numbers (documents the stream gave), inline tokens for those it does not (loaded inline)."""
+    if part.runs is not None:  # a resumed feed whose buffer is not rebuilt yet: the runs it was loaded from
+        return pack(list(part.runs))
+    inline: list[bool] = []
+    tags: list[tuple[int, int, int]] = []
+    counts: list[int] = []
+    ids: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    tokens: list[np.ndarray] = []
+    for toks, lens, alive, tag, numbers in part.buffer.parts:  # one short step per chunk: this runs per batch
+        if numbers is not None and type(tag) is Position:
+            inline.append(False)
+            tags.append((tag.epoch, tag.shard, tag.row_group))
+            counts.append(len(numbers))
+            ids.append(numbers)
+        else:
+            keep = BufferSnapshot([(toks, lens, alive, tag, numbers)]).export()
+            inline.append(True)
+            tags.append(_tag(tag) or (NO_TAG, NO_TAG, NO_TAG))
+            counts.append(len(keep[1]))
+            tokens.append(keep[0])
+            lengths.append(keep[1])
+    return pack_columns(inline, tags, counts, ids, lengths, tokens)
+
+
+def encode(part: Part, *, config: dict[str, Any], fingerprint: dict[str, str], layout: tuple[int, int, int],
+           batches: int, cursor: Cursor, origin: Cursor | None) -> dict[str, Any]:
+    """The state of one source at ``part``: plain values only (the buffer as ``docrefs.pack``'s string)."""
     return {
         "version": STATE_VERSION,
         "config": dict(config),
+        "fingerprint": dict(fingerprint),
         "layout": list(layout),
         "position": pos_list(part.position),
         "skip": part.skip,
         "partial": pos_list(part.partial),
-        "tokens": tokens.astype(np.int32),
-        "lengths": lengths,
-        "parts": [[pos_list(tag) if isinstance(tag, Position) else None, n] for tag, n in part.buffer.tags()],
+        "docs": packed_buffer(part),
         "cursor": cursor.to_list(),
         "origin": None if origin is None else origin.to_list(),
         "stats": dict(part.stats),
@@ -91,43 +163,36 @@ def encode_mix(subs: list[dict[str, Any]], *, config: dict[str, Any], layout: tu
             "mix": {"weights": list(weights), "rows": list(rows)}, "sources": subs}
 
 
-def empty(config: dict[str, Any], sources: int = 1) -> dict[str, Any]:
-    """The state of a dataset that has not started (no layout, nothing buffered)."""
-    one = {"version": STATE_VERSION, "config": dict(config), "layout": None, "position": None, "skip": 0,
-           "partial": None, "tokens": np.zeros(0, dtype=np.int32), "lengths": np.zeros(0, dtype=np.int64),
-           "parts": [], "cursor": None, "origin": None, "stats": PackStats().as_dict(), "batches": 0}
-    if sources == 1:
-        return one
+def empty(config: dict[str, Any], fingerprints: list[dict[str, str]]) -> dict[str, Any]:
+    """The state of a dataset that has not started (no layout, nothing buffered; one fingerprint per source)."""
+    subs = [{"version": STATE_VERSION, "config": dict(config), "fingerprint": dict(f), "layout": None,
+             "position": None, "skip": 0, "partial": None, "docs": pack([]), "cursor": None, "origin": None,
+             "stats": PackStats().as_dict(), "batches": 0} for f in fingerprints]
+    if len(subs) == 1:
+        return subs[0]
     return {"version": STATE_VERSION, "config": dict(config), "layout": None, "batches": 0,
-            "mix": {"weights": [], "rows": [0] * sources}, "sources": [dict(one) for _ in range(sources)]}
+            "mix": {"weights": [], "rows": [0] * len(subs)}, "sources": subs}
 
 
-def _runs(state: dict[str, Any], dtype: np.dtype) -> Iterator[tuple[list | None, np.ndarray, np.ndarray]]:
-    """The state's buffered documents, run by run: (tag as saved, flat tokens, lengths)."""
+def buffer_runs(state: dict[str, Any], dtype: np.dtype) -> list[Run]:
+    """The state's buffered documents as runs, oldest first (a state of version 2 or 3: inline)."""
+    if "docs" in state:
+        return unpack(state["docs"], dtype)
     tokens = np.asarray(state["tokens"]).astype(dtype, copy=True)
     lengths = np.asarray(state["lengths"]).astype(np.int64, copy=False)
-    doc = tok = 0
+    runs, doc, tok = [], 0, 0
     for tag, n in state["parts"]:
         size = int(lengths[doc:doc + n].sum())
-        yield tag, tokens[tok:tok + size], lengths[doc:doc + n]
+        runs.append(Run(_tag(pos_from(tag)), None, tokens[tok:tok + size], lengths[doc:doc + n]))
         doc, tok = doc + n, tok + size
+    return runs
 
 
-def restore(packer: BestFitPacker, state: dict[str, Any], dtype: np.dtype) -> tuple[Position | None, int]:
-    """Refill ``packer`` with the state's buffer (tags and counters too); (position, batches)."""
-    for tag, tokens, lengths in _runs(state, dtype):  # each run of documents keeps its row group's tag
-        packer.add(tokens, lengths, pos_from(tag))
-    packer.stats = PackStats(**state["stats"])
-    return pos_from(state["position"]), int(state["batches"])
-
-
-def carried_docs(old: dict[str, Any], dtype: np.dtype) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """An old reader's buffered documents that an elastic resume carries over, run by run: all but
-    those of the row group it was in the middle of (``partial``), which the new run reads again whole."""
-    partial = old.get("partial")
-    for tag, tokens, lengths in _runs(old, dtype):
-        if partial is None or tag != partial:
-            yield tokens, lengths
+def carried_runs(old: dict[str, Any], dtype: np.dtype) -> list[Run]:
+    """An old reader's buffered documents that an elastic resume carries over: all but those of the row
+    group it was in the middle of (``partial``), which the new run reads again whole."""
+    partial = _tag(pos_from(old.get("partial")))
+    return [r for r in buffer_runs(old, dtype) if partial is None or r.tag != partial]
 
 
 def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int], sources: int = 1
@@ -151,8 +216,9 @@ def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int], sou
     return None, tuple(origins), tuple(carried)
 
 
-def check(state: Any, config: dict[str, Any]) -> None:
-    """Raise LoaderError unless ``state`` is a loadable state made with ``config``."""
+def check(state: Any, config: dict[str, Any], fingerprints: list[dict[str, str]]) -> None:
+    """Raise LoaderError unless ``state`` is a loadable state made with ``config``, the same data and the
+    same tokenizer (``fingerprints``, one per source; states before version 4 have none)."""
     if not isinstance(state, dict) or state.get("version") not in LOADABLE:
         raise LoaderError(f"not a TokenDataset state (version {STATE_VERSION}): "
                           f"got {type(state).__name__} with keys {sorted(state)[:8] if isinstance(state, dict) else '-'}")
@@ -161,3 +227,15 @@ def check(state: Any, config: dict[str, Any]) -> None:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise LoaderError(f"resume state comes from a different TokenDataset config ({detail or 'keys differ'}); "
                           "create the dataset with the same arguments and tokenizer")
+    subs = state.get("sources", [state])
+    if len(subs) != len(fingerprints):
+        raise LoaderError(f"resume state holds {len(subs)} source(s), this dataset has {len(fingerprints)}")
+    for k, (sub, now) in enumerate(zip(subs, fingerprints, strict=True)):
+        saved = sub.get("fingerprint") or {}
+        where = f" (source {k})" if len(subs) > 1 else ""
+        if saved.get("tokenizer", now["tokenizer"]) != now["tokenizer"]:
+            raise LoaderError(f"resume state was saved with another tokenizer{where} (its ids differ: fingerprint "
+                              f"{saved['tokenizer']}, now {now['tokenizer']}): resume with the run's tokenizer")
+        if saved.get("data", now["data"]) != now["data"]:
+            raise LoaderError(f"resume state was saved over other data{where} (fingerprint {saved['data']}, now "
+                              f"{now['data']}: other files, or other files present): resume over the run's files")

@@ -1,13 +1,22 @@
-"""Row-group counts shared between nodes through what torch.distributed already runs: its key-value store.
+"""What ranks tell each other through what torch.distributed already runs: its key-value store.
 
-``StoreSharer`` is a ``sources.counts.CountSharer`` over the default process group's c10d
-store (a TCPStore under torchrun), never a collective: store calls are safe from the
-stream's background threads while the trainer runs its own collectives. Each publication is
-one key ``nanostream/counts/<scope hash>/<n>`` holding ``{file path: row groups}`` as JSON, its
+Never a collective: store calls are safe from the loader's background threads while the
+trainer runs its own collectives. ``StoreClient`` is a c10d store usable from any thread and
+picklable: a DataLoader worker process has no process group, so it opens its own client of the
+same TCPStore (host and port taken in the main process, where the dataset was made); with
+another kind of store a worker has none.
+
+``StoreSharer`` (a ``sources.counts.CountSharer``): row-group counts. Each publication is one
+key ``nanostream/counts/<scope hash>/<n>`` holding ``{file path: row groups}`` as JSON, its
 number ``n`` drawn from the counter ``.../n`` (``store.add``); a reader reads the keys after
-the last one it read. A DataLoader worker process has no process group: it opens its own
-client of the same TCPStore (host and port taken in the main process, where the dataset was
-made), so workers share too; with another kind of store they rely on the folder's census file.
+the last one it read.
+
+``StateGather``: each rank's resume state for batch index ``n`` (``nanostream.nanochat``), key
+``nanostream/states/<run>/<n>/<rank>``, read by rank 0, which deletes the keys it has read so
+the store stays small.
+
+``default_store`` is the default process group's store, else (``StateGather`` only) the store
+torchrun's agent hosts for its workers (``streaming.ranks.agent_store``).
 """
 
 from __future__ import annotations
@@ -15,17 +24,27 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
+import threading
+import time
 from typing import Any
 
 import torch.distributed as dist
 
+from ..errors import LoaderError
+from ..streaming.ranks import agent_store
+
 PREFIX = "nanostream/counts"
+STATES = "nanostream/states"
 TIMEOUT = datetime.timedelta(seconds=30)
+WAIT_SAY_S = 60.0  # a rank 0 waiting this long for another rank's state says so (and every WAIT_SAY_S)
+
+log = logging.getLogger(__name__)
 
 
-class StoreSharer:
-    """Counts through a c10d store (see the module docstring); picklable for DataLoader workers."""
+class StoreClient:
+    """A c10d store for this process (see the module docstring); picklable for DataLoader workers."""
 
     def __init__(self, store: Any) -> None:
         while hasattr(store, "underlying_store"):  # the default group's keys are prefixed: use the raw store
@@ -34,10 +53,9 @@ class StoreSharer:
         self._pid = os.getpid()
         host, port = getattr(store, "host", None), getattr(store, "port", None)
         self._address = (str(host), int(port)) if isinstance(store, dist.TCPStore) and host and port else None
-        self._seen: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_store": None, "_pid": -1, "_address": self._address, "_seen": {}}
+        return {"_store": None, "_pid": -1, "_address": self._address}
 
     def _client(self) -> Any:
         if self._store is None or self._pid != os.getpid():  # another process: its own connection
@@ -47,6 +65,17 @@ class StoreSharer:
                 self._store = dist.TCPStore(host, port, is_master=False, timeout=TIMEOUT, wait_for_workers=False)
             self._pid = os.getpid()
         return self._store
+
+
+class StoreSharer(StoreClient):
+    """Row-group counts through a c10d store (see the module docstring)."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self._seen: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_seen": {}}
 
     def publish(self, scope: str, counts: dict[str, int]) -> None:
         store = self._client()
@@ -73,12 +102,64 @@ class StoreSharer:
         return out
 
 
+class StateGather(StoreClient):
+    """Every rank's resume state for a batch index, gathered to rank 0 (``run`` names the loader: every
+    rank makes its loaders in the same order, so the same ``run`` means the same loader)."""
+
+    def __init__(self, store: Any, rank: int, world_size: int, run: str) -> None:
+        super().__init__(store)
+        self.rank, self.world_size, self.run = rank, world_size, run
+
+    def _key(self, index: int, rank: int) -> str:
+        return f"{STATES}/{self.run}/{index}/{rank}"
+
+    def share(self, index: int, state: str) -> None:
+        """On a rank other than 0: publish this rank's state (JSON text) for batch index ``index``."""
+        self._client().set(self._key(index, self.rank), state)
+
+    def collect(self, index: int, stop: threading.Event) -> list[str] | None:
+        """On rank 0: the other ranks' states (JSON text, in rank order) for ``index``, once every one is
+        published (polled; None if ``stop`` is set first); their keys are deleted."""
+        store = self._client()
+        keys = [self._key(index, r) for r in range(1, self.world_size)]
+        t0 = said = time.monotonic()
+        pause = 0.0005
+        while not store.check(keys):
+            if stop.is_set():
+                return None
+            now = time.monotonic()
+            if now - said >= WAIT_SAY_S:
+                said = now
+                log.warning("rank 0 has waited %.0f s for the other ranks' data loader state of batch %d: a rank "
+                            "is behind (downloading?) or has stopped", now - t0, index)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        values = [v.decode() for v in store.multi_get(keys)]
+        for k in keys:
+            store.delete_key(k)
+        return values
+
+
 def _key(scope: str) -> str:
     return f"{PREFIX}/{hashlib.sha1(scope.encode()).hexdigest()[:16]}"
 
 
+def default_store(agent: bool = False) -> Any | None:
+    """The default process group's store when torch.distributed is initialized; else, with ``agent``, a
+    client of the store torchrun's agent hosts for its workers (None if neither is there)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.distributed_c10d._get_default_store()
+    address = agent_store() if agent else None
+    if address is None:
+        return None
+    try:
+        return dist.TCPStore(address[0], address[1], is_master=False, timeout=TIMEOUT, wait_for_workers=False)
+    except (RuntimeError, ValueError) as exc:
+        raise LoaderError(f"cannot reach torchrun's store at {address[0]}:{address[1]} ({exc}): initialize the "
+                          "process group (torch.distributed.init_process_group) before making the loader") from exc
+
+
 def default_sharer() -> StoreSharer | None:
     """A sharer over the default process group's store when torch.distributed is initialized, else None."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    return StoreSharer(dist.distributed_c10d._get_default_store())
+    store = default_store()
+    return StoreSharer(store) if store is not None else None

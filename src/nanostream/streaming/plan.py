@@ -3,7 +3,9 @@
 ``stream()`` (``streams.py``) resolves its arguments into one frozen ``Plan`` (folder,
 catalog, the split's files, the reader's layout, epochs, order, queue and fetch
 settings); the ``Producer`` reads by it. A ``Batch`` is the documents of one row group
-with its ``Position``, the point a resume continues after.
+with its ``Position``, the point a resume continues after. ``Plan.replay`` names row groups
+read first, out of the order (``Batch.replay``): what a ``TokenDataset`` resume reads again
+to rebuild its packing buffer.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class Position:
 
 @dataclass(frozen=True)
 class Batch:
-    """The documents of one row group and where they came from (``source``: its index in a mix)."""
+    """The documents of one row group and where they came from (``source``: its index in a mix;
+    ``replay``: one of the plan's ``replay`` row groups, read before the order, at epoch 0)."""
 
     texts: list[str] = field(repr=False)  # a row group is ~1000 documents: keep reprs short
     shard: int
@@ -53,6 +56,7 @@ class Batch:
     taken: int = 0
     base: Cursor | None = field(default=None, repr=False)
     source: int = 0
+    replay: bool = False
 
     @property
     def position(self) -> Position:
@@ -73,10 +77,11 @@ class Chunk:
     base: Cursor | None = None
     source: int = 0
     last: bool = False  # the reader's last row group of the epoch
+    replay: bool = False  # one of the plan's ``replay`` row groups
 
     def batch(self) -> Batch:
         return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch,
-                     self.taken, self.base, self.source)
+                     self.taken, self.base, self.source, self.replay)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Options:
     retry: Any = None
     cache_limit: Any = None  # a config.CacheLimit once checked (None: unbounded)
     sharer: Any = None  # a sources.counts.CountSharer: how nodes tell each other row-group counts
+    replay: tuple[tuple[int, int], ...] = ()  # (shard, row group) read first (``Plan.replay``)
 
     def check(self) -> Options:
         if self.split not in ("train", "val"):
@@ -138,6 +144,7 @@ class Plan:
     cache_limit: int | None = None  # the data folder's disk budget in bytes (None: unbounded)
     cache_policy: str = "belady"
     sharer: Any = None  # a sources.counts.CountSharer, or None
+    replay: tuple[tuple[int, int], ...] = ()  # (shard, row group) to read first, before the order
 
     @property
     def files(self) -> tuple[DataFile, ...]:

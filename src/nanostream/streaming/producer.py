@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from ..errors import CorruptShardError
+from ..errors import ConfigError, CorruptShardError
 from ..sources.counts import CountBook, book_for
 from .cache.budget import FolderBudget
 from .cache.holders import ReadHold
@@ -64,6 +64,7 @@ class Producer:
         self._left = 0  # row groups of the current shard not yet handed over
         self.length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
         self._executor: ThreadPoolExecutor | None = None
+        self._replaying = False  # the chunks put now are the plan's ``replay`` row groups
 
     async def run(self) -> None:
         """The producer task: every batch, then an end marker (carrying the error, if one ended it)."""
@@ -100,6 +101,8 @@ class Producer:
             if None in sizes:
                 sizes = await source.learn_sizes(p.shards, sizes)
             await asyncio.to_thread(p.check_cache, sizes)
+        if p.replay:
+            await self._replay(source)
         start = p.start
         walk = EpochWalk(p, self.book, source, self)
         for epoch in self._epochs():
@@ -117,6 +120,16 @@ class Producer:
             if failed is not None:
                 raise failed
             start = None
+
+    async def _replay(self, source: ShardSource) -> None:
+        """Put the plan's ``replay`` row groups (sorted by shard), each once, flagged, before the order."""
+        shards = [s for s, _ in itertools.groupby(s for s, _ in self.plan.replay)]
+        self._replaying = True
+        try:
+            for k, (shard, pairs) in enumerate(itertools.groupby(self.plan.replay, key=lambda sg: sg[0])):
+                await self.emit_shard(source, 0, shard, [g for _, g in pairs], 0, shards[k + 1:], None)
+        finally:
+            self._replaying = False
 
     async def emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
                          upcoming: list[int], base: Cursor | None, gate: Gate | None = None) -> int:
@@ -136,6 +149,11 @@ class Producer:
                     seen = handle.seen
                     try:
                         self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
+                        beyond = [g for g in groups if g >= handle.num_row_groups]
+                        if beyond:
+                            raise ConfigError(f"{path} has {handle.num_row_groups} row groups, but row group "
+                                              f"{beyond[0]} was asked for: a resume state of other data? resume "
+                                              "with the files the run was started with")
                         self._left = len(groups) - done
                         try:
                             await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base,
@@ -173,7 +191,8 @@ class Producer:
                     return
                 column = await pending.popleft()  # if cancelled: dropped unless started
                 await self._put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base,
-                                      last=taken + k + 1 == self.length))
+                                      last=not self._replaying and taken + k + 1 == self.length,
+                                      replay=self._replaying))
                 self._left -= 1
         finally:
             for fut in pending:  # reads ahead that nobody will take: drop them if not started

@@ -77,3 +77,17 @@ def default_layout(rank: int | None = None, world_size: int | None = None,
                     f"GROUP_RANK={env.get('GROUP_RANK')} with LOCAL_WORLD_SIZE={local}: nanostream needs ranks "
                     "numbered node by node and the same number per node; pass local_world_size= explicitly")
     return rank, world_size, local_world_size
+
+
+def agent_store() -> tuple[str, int] | None:
+    """(host, port) of the key-value store torchrun's agent hosts for its workers (TORCHELASTIC_USE_AGENT_STORE,
+    MASTER_ADDR, MASTER_PORT), or None outside torchrun."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not host or not port:
+        return None
+    try:
+        return host, int(port)
+    except ValueError as exc:
+        raise ConfigError(f"MASTER_PORT must be an integer ({exc})") from exc

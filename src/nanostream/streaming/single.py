@@ -44,12 +44,17 @@ def source_plan(src: Source, opts: Options, cfg: Config, start: Position | Curso
     shards = split_indices(cat, folder, opts.split, src.num_shards)
     if start is not None:
         _check_start(start, shards, opts.epochs)
+    strays = sorted({s for s, _ in opts.replay} - set(shards))
+    if strays:
+        raise ConfigError(f"replay names shard {strays[0]} ({cat.files[strays[0]].path if strays[0] < len(cat.files) else '?'}),"
+                          f" which is not in this split of {folder}: resume with the same data")
     plan = Plan(data_dir=folder, split=opts.split, shards=shards, catalog=cat, text_column=cat.text_column,
                 token=cfg.hf_token, token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, rank=opts.rank,
                 world_size=opts.world_size, epochs=opts.epochs, shuffle=opts.shuffle, seed=opts.seed, start=start,
                 queue_size=opts.queue_size, fetch_ahead=opts.fetch_ahead, fetch_workers=opts.fetch_workers,
                 retry=opts.retry, local_world_size=opts.local_world_size, drop_last=opts.drop_last,
-                cache_limit=limit, cache_policy=cfg.cache_policy, sharer=opts.sharer)
+                cache_limit=limit, cache_policy=cfg.cache_policy, sharer=opts.sharer,
+                replay=tuple(sorted(set(opts.replay))))
     if limit is not None:
         sizes = plan.split_sizes()
         if None not in sizes:

@@ -64,6 +64,7 @@ def stream(
     retry: Any = None,
     cache_limit: int | str | None = None,
     count_sharer: Any = None,
+    replay: Any = (),
     config: Config | None = None,
 ) -> Stream | MixStream:
     """Batches (the documents of one row group each) of ``split`` ("train" or "val").
@@ -87,6 +88,10 @@ def stream(
     ``count_sharer`` (a ``nanostream.sources.counts.CountSharer``) is how the nodes of a run tell
     each other the row-group counts they learn, so each footer is read once per cluster;
     ``TokenDataset`` passes one over torch.distributed's store when a process group is up.
+
+    ``replay`` (one source only): ``(shard, row_group)`` pairs read first, each once, before the
+    stream's order, yielded with ``batch.replay`` set (``TokenDataset``'s resume reads the row
+    groups of its buffered documents this way, with the stream's own downloads and budget).
     """
     sources = entrance(mix, source=source, dataset=dataset, data_dir=data_dir, num_shards=num_shards,
                        include=include, val=val, text_column=text_column, base_url=base_url, max_shard=max_shard,
@@ -96,11 +101,13 @@ def stream(
     opts = Options(split, rank, world_size, local_world_size, drop_last=drop_last, epochs=epochs, shuffle=shuffle,
                    seed=seed, queue_size=queue_size, fetch_ahead=fetch_ahead, fetch_workers=fetch_workers,
                    retry=retry, cache_limit=cfg.cache_limit if cache_limit is None else cache_limit,
-                   sharer=count_sharer).check()
+                   sharer=count_sharer, replay=tuple((int(s), int(g)) for s, g in replay)).check()
     if len(sources) == 1:
         if isinstance(start, MixStart):
             raise ConfigError("start= is a mix's position (MixStart) but no mix= was given")
         return Stream(source_plan(sources[0], opts, cfg, start))
+    if opts.replay:
+        raise ConfigError("replay= reads one source's row groups: stream each source of the mix on its own")
     return mix_stream(sources, opts, cfg, start)
 
 

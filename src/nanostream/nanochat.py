@@ -1,0 +1,206 @@
+"""nanochat's data loader with nanostream underneath: the same two functions, signatures, yields and folders.
+
+nanochat's ``scripts/base_train.py`` switches with one import line (docs/nanochat.md)::
+
+    from nanostream.nanochat import (tokenizing_distributed_data_loader_bos_bestfit,
+                                     tokenizing_distributed_data_loader_with_state_bos_bestfit)
+
+Both take nanochat's arguments with nanochat's defaults, its tokenizer object, and yield
+``(x, y)`` / ``(x, y, state)``: int64 ``(B, T)`` on ``device`` (on CUDA packed into a pinned
+ring and copied ``non_blocking`` on a side stream: ``loader.device``). Underneath is one
+``TokenDataset`` (BOS-aligned best fit, as nanochat packs), endless as nanochat's is.
+
+* **Data**: nanochat's folder (``Config.nanochat_data_dir``: ``NANOCHAT_BASE_DIR``, ClimbMix,
+  else the legacy folder, or ``NANOCHAT_DATASET``), its parquet files sorted, the last one
+  validation. Keyword arguments beyond nanochat's go to ``TokenDataset``: ``dataset=`` (what
+  the folder holds, e.g. ``"climbmix-400b"``) with ``num_shards=`` (downloads while training, into
+  nanochat's folder), ``cache_limit=``, ``data_dir=``, ``mix=``, ...
+* **Ranks**: torchrun's ``RANK``/``WORLD_SIZE`` (and ``LOCAL_WORLD_SIZE``), as nanochat reads them.
+* **State**: the ``state`` yielded with a batch resumes *at* that batch (base_train.py checkpoints
+  it before training on the batch): it is the state after the batch before. It is a small dict
+  of plain values (``json.dump`` writes it): ``epoch`` (from 1), ``pq_idx`` (the index of the
+  file the last documents came from in the dataset's file list: for nanochat's
+  ``shard_XXXXX.parquet``, its number) and ``rg_idx`` (its row group) for base_train.py's log
+  line, and ``nanostream``: the ``TokenDataset`` state of every rank on rank 0 (each rank's
+  own elsewhere), gathered on the assembly thread through the c10d store
+  (``loader.sharer.StateGather``) -- so rank 0's state, saved alone, resumes every rank exactly,
+  and at another world size resumes elastically.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .config import Config
+from .errors import LoaderError
+from .loader.dataset import TokenDataset
+from .loader.device import token_batches
+from .loader.feed import PIECE_DOCS
+from .loader.iterator import Snapshot
+from .loader.sharer import StateGather, default_store
+from .streaming.ranks import default_layout
+from .text.load import as_tokenizer
+
+__all__ = ["tokenizing_distributed_data_loader_bos_bestfit", "tokenizing_distributed_data_loader_with_state_bos_bestfit"]
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # the "nanostream" entry's layout
+_RUNS = itertools.count()  # loaders with state made in this process: every rank counts the same
+_OURS = ("rank", "world_size", "local_world_size", "buffer_docs", "epochs")
+_ADAPTED: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+_SAID: set[Any] = set()  # tokenizer_batch_size values said to be unused
+
+
+def tokenizing_distributed_data_loader_with_state_bos_bestfit(
+        tokenizer: Any, B: int, T: int, split: str, tokenizer_threads: int = 4, tokenizer_batch_size: int = 128,
+        device: Any = "cuda", resume_state_dict: dict[str, Any] | None = None, buffer_size: int = 1000,
+        **data: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+    """nanochat's loader with state: yields ``(x, y, state)``; ``state`` resumes at the batch it came with
+    (module docstring). Extra keyword arguments (``dataset``, ``data_dir``, ``num_shards``, ``cache_limit``,
+    ``mix``, ``shuffle``, ...) go to ``TokenDataset``; without any, nanochat's folder is read."""
+    ds, rank = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, data)
+    first = _load(ds, resume_state_dict)
+    gather = None
+    if ds.world_size > 1:
+        store = default_store(agent=True)
+        if store is None:
+            log.warning("no torch.distributed process group and no torchrun store: rank %d's loader state holds "
+                        "its own position only, so rank 0's cannot resume the other ranks", rank)
+        else:
+            gather = StateGather(store, rank, ds.world_size, str(next(_RUNS)))
+    note = _Note(ds.world_size, rank, gather)
+    return _with_state(token_batches(ds, torch.device(device), note), torch.device(device), first)
+
+
+def tokenizing_distributed_data_loader_bos_bestfit(*args: Any, **kwargs: Any) -> Iterator[tuple[torch.Tensor,
+                                                                                                  torch.Tensor]]:
+    """nanochat's loader without state: yields ``(x, y)`` (the same arguments; ``resume_state_dict`` too)."""
+    names = ("tokenizer", "B", "T", "split", "tokenizer_threads", "tokenizer_batch_size", "device",
+             "resume_state_dict", "buffer_size")
+    given = {**dict(zip(names, args, strict=False)), **kwargs}
+    if len(args) > len(names):
+        raise TypeError(f"tokenizing_distributed_data_loader_bos_bestfit takes at most {len(names)} positional "
+                        f"arguments ({len(args)} given)")
+    device, state = given.pop("device", "cuda"), given.pop("resume_state_dict", None)
+    ds, _ = _dataset(given.pop("tokenizer"), given.pop("B"), given.pop("T"), given.pop("split"),
+                     given.pop("tokenizer_threads", 4), given.pop("tokenizer_batch_size", 128),
+                     given.pop("buffer_size", 1000), given)
+    _load(ds, state)
+    return _plain(token_batches(ds, torch.device(device)), torch.device(device))
+
+
+def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer_batch_size: int, buffer_size: int,
+             data: dict[str, Any]) -> tuple[TokenDataset, int]:
+    """The endless TokenDataset of this rank, over nanochat's folder unless ``data`` says otherwise."""
+    clash = sorted(set(data) & set(_OURS))
+    if clash:
+        raise LoaderError(f"{', '.join(clash)}: set by the nanochat loader itself (ranks from torchrun's "
+                          "environment, buffer_size, endless); leave them out")
+    if tokenizer_batch_size != PIECE_DOCS and tokenizer_batch_size not in _SAID:
+        _SAID.add(tokenizer_batch_size)
+        log.warning("tokenizer_batch_size=%s is not used: nanostream refills the buffer %d documents at a time, "
+                    "as nanochat's default does", tokenizer_batch_size, PIECE_DOCS)
+    if not any(k in data for k in ("data_dir", "mix", "source", "catalog")):  # dataset= names what nanochat's
+        data["data_dir"] = Config.from_env().nanochat_data_dir()  # folder holds (downloads go there)
+    rank, world, local = default_layout()
+    tok = _adapted(tokenizer, threads)
+    ds = TokenDataset(split, tok, B, T, rank=rank, world_size=world, local_world_size=local, buffer_docs=buffer_size,
+                      epochs=None, **data)
+    return ds, rank
+
+
+def _adapted(tokenizer: Any, threads: int) -> Any:
+    """``as_tokenizer(tokenizer)``, made once per tokenizer object and thread count (base_train.py makes a
+    val loader at every evaluation: its fast encoder is built and checked once)."""
+    try:
+        made = _ADAPTED.setdefault(tokenizer, {})
+    except TypeError:  # not weakly referenceable: adapt it each time
+        return as_tokenizer(tokenizer, num_threads=threads)
+    if threads not in made:
+        made[threads] = as_tokenizer(tokenizer, num_threads=threads)
+    return made[threads]
+
+
+def _load(ds: TokenDataset, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Load a state this module yielded (rank 0's holds every rank's); the state to yield with the first batch."""
+    if state is None:
+        return {"epoch": 1, "pq_idx": 0, "rg_idx": 0,
+                "nanostream": {"format": FORMAT, "world_size": ds.world_size, "ranks": []}}
+    ours = state.get("nanostream") if isinstance(state, dict) else None
+    if not isinstance(ours, dict) or ours.get("format") != FORMAT:
+        keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
+        raise LoaderError(f"resume_state_dict is not a state this loader yielded (keys {keys}): nanochat's own "
+                          "loader state (pq_idx, rg_idx) cannot be resumed exactly; resume from a checkpoint "
+                          "written with nanostream's loader, or start the data over with resume_state_dict=None")
+    ranks = ours["ranks"]
+    missing = [r for r, s in enumerate(ranks) if s is None]
+    if missing:
+        have = [r for r, s in enumerate(ranks) if s is not None]
+        raise LoaderError(f"this loader state holds only rank {have}'s position (it was yielded on that rank): "
+                          "save rank 0's state, which holds every rank's (base_train.py does)")
+    if ranks:  # empty: saved before the first batch
+        ds.load_state_dict(list(ranks))  # this rank's own at the same world size, else elastic
+    return copy.deepcopy(state)
+
+
+class _Note:
+    """Run on the assembly thread after each batch: this rank's state after it, every rank's on rank 0."""
+
+    def __init__(self, world_size: int, rank: int, gather: StateGather | None) -> None:
+        self.world_size, self.rank, self.gather = world_size, rank, gather
+
+    def __call__(self, snap: Snapshot, stop: threading.Event) -> dict[str, Any] | None:
+        mine = snap.state_dict()
+        ranks: list[Any] = [None] * self.world_size
+        ranks[self.rank] = mine
+        if self.gather is not None:
+            if self.rank != 0:
+                self.gather.share(snap.batches, json.dumps(mine))
+            else:
+                others = self.gather.collect(snap.batches, stop)
+                if others is None:  # stopping
+                    return None
+                ranks[1:] = [json.loads(s) for s in others]
+        return {**_log_fields(mine), "nanostream": {"format": FORMAT, "world_size": self.world_size, "ranks": ranks}}
+
+
+def _log_fields(state: dict[str, Any]) -> dict[str, int]:
+    """base_train.py's log line: the epoch (from 1), file index and row group the last documents came from."""
+    sub = state["sources"][0] if "sources" in state else state
+    pos = sub["partial"] if sub.get("skip") else sub["position"]
+    if pos is None:
+        return {"epoch": 1, "pq_idx": 0, "rg_idx": 0}
+    return {"epoch": int(pos[0]) + 1, "pq_idx": int(pos[1]), "rg_idx": int(pos[2])}
+
+
+def _with_state(it: Any, device: torch.device, first: dict[str, Any]
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+    state = first
+    try:
+        for x, y in it:
+            yield _on(x, device), _on(y, device), state
+            state = it.note  # the state after that batch: the one to resume at the next
+    finally:
+        it.close()
+
+
+def _plain(it: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    try:
+        for x, y in it:
+            yield _on(x, device), _on(y, device)
+    finally:
+        it.close()
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU and CUDA batches come as they are; another device's (``mps``) are copied there."""
+    return t if device.type in ("cpu", "cuda") else t.to(device)
