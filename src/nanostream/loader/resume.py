@@ -40,7 +40,7 @@ from ..errors import LoaderError
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
-from ..text.identity import SAMPLE
+from ..text.fast import SAMPLE
 from .docrefs import NO_TAG, Run, pack, pack_columns, unpack
 from .encode import doc_arrays
 from .packing import BufferSnapshot, PackStats, token_dtype
