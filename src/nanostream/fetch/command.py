@@ -23,12 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..config import Config, check_url, get_dataset
+from ..config import Config, get_dataset
 from ..errors import AccessDenied, ConfigError, HTTPStatusError
 from ..progress import make_progress
-from ..sources.catalog import Catalog, DataFile, numbered_catalog
+from ..sources.catalog import Catalog, DataFile
 from ..sources.record import read_catalog, write_catalog
-from ..sources.resolve import folder_name, open_catalog, url_prefix
+from ..sources.resolve import folder_name, numbered_catalog_for, open_catalog, url_prefix
 
 log = logging.getLogger(__name__)
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -65,11 +65,12 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
     if numbered or "://" not in dataset:
         get_dataset(dataset)  # an unknown name: one line listing the built-in ones
-    base_url = check_url(args.base_url) if args.base_url else None
     data_dir = check_writable_dir((args.data_dir or cfg.data_dir(folder_name(dataset))).expanduser())
     recorded = read_catalog(data_dir)
-    if numbered:
-        cat = _numbered(dataset, base_url, args, cfg, recorded)
+    if numbered:  # from a mirror of a built-in dataset: --base-url defaults to the Hub, not the record
+        base_url = args.base_url or get_dataset(dataset).base_url(cfg.hf_endpoint)
+        cat = numbered_catalog_for(dataset, data_dir, base_url, args.max_shard, recorded, cfg,
+                                   text_column=args.text_column, val=args.val)
     else:
         pinned = recorded is not None and recorded.name == dataset
         cat = asyncio.run(open_catalog(dataset, config=cfg, data_dir=data_dir if pinned else None,
@@ -82,21 +83,6 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
                 f"fetch into another --data-dir, or add --verify to check every file there against "
                 f"{url_prefix(cat)} (and re-fetch those that differ)")
     return data_dir, cat, cat.pick(None if args.num_shards == -1 else args.num_shards)
-
-
-def _numbered(dataset: str, base_url: str | None, args: argparse.Namespace, cfg: Config,
-              recorded: Catalog | None) -> Catalog:
-    """--base-url / --max-shard: ``shard_XXXXX.parquet`` files under a URL prefix, the last validation."""
-    ds = get_dataset(dataset)
-    hub_url = ds.base_url(cfg.hf_endpoint)
-    base = base_url or hub_url
-    max_shard = args.max_shard
-    if max_shard is None:
-        same = recorded is not None and url_prefix(recorded) == base
-        max_shard = len(recorded.files) - 1 if recorded is not None and same else ds.max_shard
-    cat = numbered_catalog(ds.name if base == hub_url else base, base, max_shard + 1,
-                           text_column=args.text_column or ds.text_column, source=base)
-    return replace(cat, val=args.val) if args.val else cat
 
 
 async def _until_sigterm(coro):

@@ -47,7 +47,7 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
 
     async with Fetcher(Path(data_dir), base_url, workers=workers, token=token, retry=retry, verify=verify,
                        progress=progress, **fetcher_kwargs) as f:
-        await f.access.prepare(f.data_file(i).url for i in items)  # a credential problem: one error, here
+        await f.credentials.prepare(f.data_file(i).url for i in items)  # a credential problem: one error, here
         if check_space:
             await preflight(f.data_dir, [f.data_file(i) for i in items], f.head)
         async with TaskGroup() as tg:

@@ -1,20 +1,10 @@
-"""Partial downloads on disk: the bookkeeping that makes shards atomic, verified and resumable.
+"""A download's files on disk, beside the final name: part, state and lock, and the atomic publish.
 
-For a shard ``shard_00007.parquet`` in DIR the downloader uses, all hidden:
-
-- ``.nanostream.shard_00007.parquet.part``  the bytes so far (written at their offsets)
-- ``.nanostream.shard_00007.parquet.state`` JSON: URL, size, validator, sha256 and the
-  byte ranges still missing, in two checksummed slots written in turn in place
-  (the newest valid slot wins, so a torn write falls back to the previous state)
-- ``.nanostream.shard_00007.parquet.lock``  an flock held by the process downloading it
-
-"Never ahead of the data": a state slot only claims bytes that were written *and*
-fdatasynced before it was written (``Job.snapshot``, then ``PartFiles.save``: fdatasync
-the part, then pwrite the slot). The state itself needs no fsync: a slot lost or torn
-by a power cut leaves the older one, which claims less.
-A missing range whose end is not known yet is saved as ``[start, null]``: from
-``start`` to the end of the file. Only ``finalize`` creates the final name: fsync the
-part, check length, parquet magic and sha256, ``os.replace``, fsync the folder.
+For ``shard_00007.parquet`` in DIR, all hidden: ``.nanostream.shard_00007.parquet.part`` (the bytes
+so far, at their offsets), ``.state`` (URL, size, validator, sha256 and the missing ranges, in two
+checksummed slots written in turn: the newest valid one wins) and ``.lock`` (the flock of the
+process downloading it). ``open_job`` takes a first look at a file; only ``finalize`` creates the
+final name. A missing range whose end is not known yet is saved as ``[start, null]``.
 """
 
 from __future__ import annotations
@@ -28,6 +18,8 @@ import threading
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import filelock
 
 from ..shards import fsync
 
@@ -135,6 +127,48 @@ class PartFiles:
                 os.close(self.part)
                 os.close(self.state)
                 self.part = self.state = -1
+
+
+def try_lock(final: Path) -> filelock.BaseFileLock | None:
+    """The file's flock if no other process (or Fetcher) holds it, else None. Blocking."""
+    lock = filelock.FileLock(lock_path(final), thread_local=False)
+    try:
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        return None
+    return lock
+
+
+Opened = tuple[str, filelock.BaseFileLock | None, PartState | None, PartFiles | None]
+
+
+def open_job(final: Path, url: str, verify: bool) -> Opened:
+    """("present" | "busy" | "verify" | "start", lock, resume state, its open files). Blocking."""
+    if final.exists() and not verify:
+        return "present", None, None, None
+    final.parent.mkdir(parents=True, exist_ok=True)  # a catalog path may have folders
+    lock = try_lock(final)
+    if lock is None:
+        return "busy", None, None, None
+    if final.exists():
+        return "verify", lock, None, None
+    loaded = PartState.load(final, url)
+    if loaded is None:
+        return "start", lock, None, None
+    try:
+        return "start", lock, loaded[0], PartFiles(final, seq=loaded[1])
+    except BaseException:
+        lock.release()
+        raise
+
+
+def release_job(opened: Opened) -> None:
+    """Undo ``open_job`` for a caller that was cancelled meanwhile: close the files, drop the lock."""
+    _, lock, _, files = opened
+    if files is not None:
+        files.close()
+    if lock is not None:
+        lock.release()
 
 
 def discard(final: Path) -> None:

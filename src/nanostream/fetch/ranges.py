@@ -1,7 +1,7 @@
 """One HTTP range request into a file's part file: headers, validation, body streaming.
 
 ``RangeDownloader.fetch_range`` issues ``GET`` (with ``Range`` + ``If-Range``, or
-``If-Match`` on S3, when it continues or splits a file; headers from ``access.py``),
+``If-Match`` on S3, when it continues or splits a file; headers from ``credentials.py``),
 learns size / sha256 / validator from the first answer (following the Hub's
 redirect: ``X-Linked-Etag`` / ``X-Linked-Size`` sit on the 302), checks them against
 the catalog (a listed file that changed is a ``VerificationError``, never a silent
@@ -25,7 +25,7 @@ import aiohttp
 
 from ..errors import VerificationError
 from ..retry import Fatal, NoSpace, Transient, check_status, parse_sha256
-from ..sources.access import Access
+from ..sources.credentials import Credentials
 from .disk import Disk
 from .jobs import Job, Segment, Writer
 from .partial import PARQUET_MAGIC, part_path
@@ -55,17 +55,17 @@ def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
 class RangeDownloader:
     """Shared by a Fetcher's workers: one session, one disk pool, one progress sink."""
 
-    def __init__(self, session: aiohttp.ClientSession, disk: Disk, access: Access, progress: Any,
+    def __init__(self, session: aiohttp.ClientSession, disk: Disk, credentials: Credentials, progress: Any,
                  on_change: Callable[[], None], meter: Meter):
-        self.session, self.disk, self.access = session, disk, access
+        self.session, self.disk, self.credentials = session, disk, credentials
         self.progress, self.on_change, self.meter = progress, on_change, meter
         self.reached = False  # some response arrived from the server in this run
 
     async def fetch_range(self, job: Job, seg: Segment, gen: int) -> None:
         ranged = seg.pos > 0 or (seg.end is not None and seg.end != job.size)
-        headers = self.access.get(job.url, job.signed, seg.pos if ranged else None, seg.end, job.validator)
+        headers = self.credentials.get(job.url, job.signed, seg.pos if ranged else None, seg.end, job.validator)
         t0 = time.monotonic()
-        async with self.session.get(self.access.target(job.url, job.signed), headers=headers) as resp:
+        async with self.session.get(self.credentials.target(job.url, job.signed), headers=headers) as resp:
             self.reached = True
             self.meter.round_trip(time.monotonic() - t0)
             if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
@@ -192,7 +192,7 @@ class RangeDownloader:
 
     async def head_info(self, url: str, signed: bool = False) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""
-        async with self.session.head(self.access.target(url, signed), headers=self.access.head(url, signed),
+        async with self.session.head(self.credentials.target(url, signed), headers=self.credentials.head(url, signed),
                                      allow_redirects=True) as resp:
             self.reached = True
             check_status(resp)

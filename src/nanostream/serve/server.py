@@ -21,7 +21,7 @@ malformed headers (400, from aiohttp's parser).
 The sha256 of each file is computed once per (path, size, mtime) in a worker
 thread, and so is a parquet file's row-group count (from its footer), which every answer for
 it carries in ``X-Nanostream-Row-Groups``: a node counting row groups through the mirror reads
-no footer (``sources/census.py``), so each footer is read once for the whole cluster. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
+no footer (``sources/footers.py``), so each footer is read once for the whole cluster. Ranges, ``If-Range`` and the ``sendfile(2)`` body writer are in
 ``httpfile.py``; a reader that stalls for the send timeout is dropped. A folder
 fetched from an ``hf://`` dataset also answers the Hub API for it (``hubapi.py``),
 so ``HF_ENDPOINT`` can point at the mirror.
@@ -42,7 +42,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError
-from ..sources.census import ROW_GROUPS_HEADER, local_count
+from ..sources.footers import ROW_GROUPS_HEADER, local_count
 from .httpfile import (
     CHUNK,
     SEND_TIMEOUT,

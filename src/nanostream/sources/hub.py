@@ -27,8 +27,8 @@ import aiohttp
 from yarl import URL
 
 from ..config import host_of, token_allowed
-from ..errors import DatasetError, RetriesExhausted
-from ..retry import LIST_RETRY, RETRY_STATUSES, RateGate, Retries, RetryPolicy, client_session, transient
+from ..errors import DatasetError
+from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
 from .catalog import Catalog, DataFile
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -145,7 +145,6 @@ class Api:
                  retry: RetryPolicy) -> None:
         self.session, self.endpoint, self.token, self.hp, self.retry = session, endpoint, token, hp, retry
         self.base = f"{endpoint}/api/datasets/{hp.repo_id}"
-        self.gate = RateGate(retry, f"listing {hp.source()}")  # one wait line per rate-limit wait
 
     async def resolve(self, revision: str) -> str:
         body, _ = await self._get(f"{self.base}/revision/{quote(revision, safe='')}", revision)
@@ -167,23 +166,19 @@ class Api:
         return entries
 
     async def _get(self, url: str, revision: str) -> tuple[Any, str | None]:
-        """JSON body and the next page's URL, retrying transient failures (rate-limit waits apart)."""
-        retries = Retries(self.retry, self.gate)
-        while True:
-            try:
-                async with self.session.get(url, headers=hub_headers(url, self.endpoint, self.token)) as resp:
-                    if resp.status != 200:
-                        self._refuse(resp, revision)
-                    nxt = resp.links.get("next")
-                    return await resp.json(content_type=None), (str(nxt["url"]) if nxt else None)
-            except DatasetError:
-                raise
-            except Exception as exc:
-                if isinstance(exc, ValueError):  # a body that is not JSON: not the Hub API
+        """JSON body and the next page's URL, retried (``retry.with_retries``)."""
+        async def attempt() -> tuple[Any, str | None]:
+            async with self.session.get(url, headers=hub_headers(url, self.endpoint, self.token)) as resp:
+                if resp.status != 200:
+                    self._refuse(resp, revision)
+                nxt = resp.links.get("next")
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError as exc:  # a body that is not JSON: not the Hub API
                     raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
-                if not await retries.again(exc):
-                    raise RetriesExhausted(f"listing {self.hp.source()}: {retries.why(exc)} ({url})",
-                                           attempts=retries.failures, url=url) from exc
+                return body, (str(nxt["url"]) if nxt else None)
+
+        return await with_retries(Retries(self.retry, f"listing {self.hp.source()}", url=url), attempt)
 
     def _refuse(self, resp: aiohttp.ClientResponse, revision: str) -> None:
         status, code = resp.status, resp.headers.get("X-Error-Code", "")

@@ -31,8 +31,8 @@ import aiohttp
 from yarl import URL
 
 from .._compat import TaskGroup
-from ..errors import DatasetError, RetriesExhausted
-from ..retry import LIST_RETRY, RETRY_STATUSES, RateGate, Retries, RetryPolicy, client_session, transient
+from ..errors import DatasetError
+from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
 from .catalog import Catalog, DataFile
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -198,7 +198,6 @@ class Lister:
     def __init__(self, session: aiohttp.ClientSession, signer: S3Signer, sp: S3Path, retry: RetryPolicy,
                  page_size: int | None = None):
         self.session, self.signer, self.sp, self.retry = session, signer, sp, retry
-        self.gate = RateGate(retry, f"listing {sp.url()}")  # one wait line per rate-limit wait
         self.page_size = page_size
         self.moved = False
 
@@ -239,8 +238,9 @@ class Lister:
                 return
 
     async def _request(self, method: str, url_of, extra: dict[str, str] | None = None):
-        retries = Retries(self.retry, self.gate)
-        while True:
+        """(status, headers, body) of a 200 answer, retried (``retry.with_retries``); a bucket in another
+        region is followed once, not counted as a failure."""
+        async def attempt():
             url = url_of()
             try:
                 async with self.session.request(method, URL(url, encoded=True), allow_redirects=False,
@@ -249,15 +249,11 @@ class Lister:
                     if resp.status == 200:
                         return resp.status, resp.headers, body
                     self._refuse(resp, body, url)
-            except DatasetError:
-                raise
             except _Moved as moved:
                 self.signer = self.signer.with_region(moved.region)
-                continue
-            except Exception as exc:
-                if not await retries.again(exc):
-                    raise RetriesExhausted(f"listing {self.sp.url()}: {retries.why(exc)} ({url})",
-                                           attempts=retries.failures, url=url) from exc
+                return await attempt()
+
+        return await with_retries(Retries(self.retry, f"listing {self.sp.url()}", url=url_of()), attempt)
 
     def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> None:
         code = message = ""
