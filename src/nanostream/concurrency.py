@@ -3,8 +3,8 @@
 ``LoopThread`` is an event loop on its own thread that sync code hands coroutines to, one call
 at a time, for as long as it needs (a stream driven step by step); ``run_sync`` runs one
 coroutine on a fresh one. ``hand_off`` awaits a thread's work that makes a resource (a
-descriptor, a lock, an open file) so that a cancelled caller never leaks it;
-``cancel_and_wait`` ends a task that owns others.
+descriptor, a lock, an open file) so that a cancelled caller never leaks it; ``run_each`` runs
+coroutines in one TaskGroup and raises the first failure; ``cancel_and_wait`` ends a task.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
+
+from ._compat import TaskGroup
 
 T = TypeVar("T")
 
@@ -74,6 +76,30 @@ def run_sync(coro: Coroutine[Any, Any, T], name: str = "nanostream-sync") -> T:
         return runner.run(coro)
     finally:
         runner.close()
+
+
+async def run_each(coros: Iterable[Coroutine[Any, Any, Any]], limit: int | None = None) -> None:
+    """Run ``coros`` as the tasks of one TaskGroup, at most ``limit`` at once. The first failure cancels
+    the others and is raised as it is (not inside an ExceptionGroup)."""
+    room = asyncio.Semaphore(limit) if limit else None
+
+    async def one(coro: Coroutine[Any, Any, Any]) -> None:
+        if room is None:
+            return await coro
+        async with room:
+            return await coro
+
+    try:
+        async with TaskGroup() as tasks:
+            for coro in coros:
+                tasks.create_task(one(coro))
+    except BaseException as exc:
+        first = exc
+        while isinstance(getattr(first, "exceptions", None), tuple):
+            first = first.exceptions[0]  # type: ignore[attr-defined]
+        if first is exc:
+            raise
+        raise first from first.__cause__
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:

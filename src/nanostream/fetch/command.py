@@ -1,13 +1,8 @@
 """``nanostream fetch``: turn CLI flags into a catalog's files, run the downloader, report.
 
-Validates every flag before any network work (bad input is ``ConfigError``, exit
-2), lists the dataset (``sources.resolve.open_catalog``: a built-in name, ``hf://``,
-``s3://``) or reads the folder's pinned record, refuses a folder that holds another
-source's files, records the catalog (``.nanostream.json``) before the first byte,
-says once what each file is verified against, checks the free space when it is
-tight, picks the event loop, shows progress, and prints one summary line plus one
-line per distinct failure. Ctrl-C and SIGTERM both keep the partial downloads and their
-saved state (exit 130 and 143).
+Every flag is checked before any network work (``ConfigError``, exit 2); the catalog is recorded
+before the first byte; the report is one summary line plus one line per distinct failure. Ctrl-C
+and SIGTERM keep the partial downloads and their state (exit 130 and 143).
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..config import Config, get_dataset
+from ..config import Config, check_url, get_dataset
 from ..errors import AccessDenied, ConfigError, HTTPStatusError
 from ..progress import make_progress
 from ..sources.catalog import Catalog, DataFile
@@ -65,6 +60,8 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
     if numbered or "://" not in dataset:
         get_dataset(dataset)  # an unknown name: one line listing the built-in ones
+    if args.base_url:
+        check_url(args.base_url)
     data_dir = check_writable_dir((args.data_dir or cfg.data_dir(folder_name(dataset))).expanduser())
     recorded = read_catalog(data_dir)
     if numbered:  # from a mirror of a built-in dataset: --base-url defaults to the Hub, not the record

@@ -78,28 +78,20 @@ class Fetcher:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def failed(self) -> dict[str, ShardResult]:
-        """The result of each file that failed, by its path."""
-        return self.jobs.failed
-
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
         self._session = client_session(self.retry, connector=connector, auto_decompress=False)
         self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake,
                                        self.meter)
-        started = asyncio.Event()
-        self._runner = asyncio.create_task(self._run(started), name="nanostream-fetcher")
+        self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
+        self._runner = asyncio.create_task(self._run(self._tasks), name="nanostream-fetcher")
         self._runner.add_done_callback(self._stopped)
-        await started.wait()
         return self
 
-    async def _run(self, started: asyncio.Event) -> None:
-        async with TaskGroup() as tasks:
-            self._tasks = tasks
+    async def _run(self, tasks: TaskGroup) -> None:
+        async with tasks:
             for _ in range(self.workers):
                 tasks.create_task(self._worker())
-            started.set()
 
     def _stopped(self, runner: asyncio.Task[None]) -> None:
         """The TaskGroup ended on an error (a bug): no ``fetch`` waits forever, each fails with it."""
@@ -139,7 +131,7 @@ class Fetcher:
 
     async def fetch(self, item: int | DataFile, index: int | None = None) -> ShardResult:
         """Download one file (or wait for it); the verified result, or raise FetchError."""
-        if self._tasks is None:
+        if self._runner is None:
             raise RuntimeError("use Fetcher as `async with Fetcher(...) as f`")
         file = self.data_file(item)
         job = self.jobs.by_key.get(file.path)

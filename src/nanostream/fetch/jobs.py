@@ -32,12 +32,8 @@ FLUSH_SECONDS = 0.2
 
 
 class Segment:
-    """A byte range [pos, end) still to download; ``end`` is None until the size is known.
-
-    ``pos`` counts bytes written; ``buffered`` bytes after it have arrived but are not
-    written yet (splits are decided on ``pos + buffered``, so received bytes are not
-    requested twice).
-    """
+    """A byte range [pos, end) still to download (``end`` None until the size is known): ``pos`` counts
+    bytes written, ``buffered`` those after it received but not written yet."""
 
     __slots__ = ("active", "buffered", "end", "pos")
 
@@ -53,13 +49,14 @@ class Segment:
 
 
 class Job:
-    """A shard being downloaded; ``future`` resolves to its ShardResult (or FetchError)."""
+    """A file being downloaded (``name``: its path in the folder); ``future`` resolves to its ShardResult
+    (or FetchError)."""
 
-    def __init__(self, key: str, final: Path, url: str, disk: Disk, policy: RetryPolicy,
+    def __init__(self, name: str, final: Path, url: str, disk: Disk, policy: RetryPolicy,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None,
                  file: Any = None, signed: bool = False):
-        self.key, self.final, self.url, self.disk, self._spawn = key, final, url, disk, spawn
-        self.retries = Retries(policy, key, url=url, shard=key)  # its failed requests, across its ranges
+        self.name, self.final, self.url, self.disk, self._spawn = name, final, url, disk, spawn
+        self.retries = Retries(policy, name, url=url, shard=name)  # its failed requests, across its ranges
         self.index = index  # the caller's number for it (a shard index, or its place in the list)
         self.file = file  # the catalog's DataFile: what the download must match (size, sha256, md5)
         self.signed = signed  # an s3:// object: every request is SigV4-signed
@@ -80,10 +77,6 @@ class Job:
         self.pfiles: PartFiles | None = None  # open part/state descriptors while downloading
 
     @property
-    def name(self) -> str:
-        return self.key
-
-    @property
     def attempts(self) -> int:
         """Failed requests (and failed verifications) so far."""
         return self.retries.failures
@@ -95,10 +88,6 @@ class Job:
 
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
-
-    def remaining(self) -> int:
-        """Bytes of this job not received yet (unknown ends count as nothing)."""
-        return sum(s.left() for s in self.segments)
 
     async def learned(self, size: int, sha256: str | None, validator: str | None) -> None:
         """The first response told us what to expect: a fresh part file of ``size`` bytes, reserved."""

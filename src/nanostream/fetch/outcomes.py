@@ -153,7 +153,7 @@ class Jobs:
 
     def resolve(self, job: Job, *, skipped: bool) -> None:
         result = ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded, job.attempts, skipped,
-                             file=job.key)
+                             file=job.name)
         self._done(job)
         job.future.set_result(result)
         if self.progress is not None:
@@ -170,15 +170,15 @@ class Jobs:
         err = translate(job, exc)
         self._done(job)
         job.future.set_exception(err)
-        result = self.failed[job.key] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
-                                                    file=job.key)
+        result = self.failed[job.name] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
+                                                    file=job.name)
         if self.progress is not None:
             self.progress.shard_done(result)
 
     def _done(self, job: Job) -> None:
         job.close_files()
         job.unlock()
-        self.by_key.pop(job.key, None)
+        self.by_key.pop(job.name, None)
         if job in self.running:
             self.running.remove(job)
         while self.waiting_for_space:  # space was freed: the waiting files try again

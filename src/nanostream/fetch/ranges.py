@@ -1,16 +1,9 @@
-"""One HTTP range request into a file's part file: headers, validation, body streaming.
+"""One HTTP range request into a file's part file: headers, what the answer announces, the body.
 
-``RangeDownloader.fetch_range`` issues ``GET`` (with ``Range`` + ``If-Range``, or
-``If-Match`` on S3, when it continues or splits a file; headers from ``credentials.py``),
-learns size / sha256 / validator from the first answer (following the Hub's
-redirect: ``X-Linked-Etag`` / ``X-Linked-Size`` sit on the 302), checks them against
-the catalog (a listed file that changed is a ``VerificationError``, never a silent
-mix of versions; a file the catalog knows nothing about is restarted instead),
-checks that a body starting at byte 0 is parquet before anything is written, and
-streams the body to disk.
-Failures surface as ``Transient`` / ``Fatal`` (see ``retry.py``) for the caller's
-retry loop. ``head_info`` answers ``--verify``'s question and the size probes:
-what sha256 and size does the server announce?
+``fetch_range`` learns size, sha256 and validator from the first answer and checks them against
+the catalog (a listed file that changed is a ``VerificationError``; a file the catalog knows
+nothing about restarts), checks that a body from byte 0 is parquet before writing it, and
+streams the body to disk. Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 """
 
 from __future__ import annotations
@@ -45,6 +38,20 @@ class Meter:
         if nbytes >= 256 << 10 and seconds > 0:
             r = nbytes / seconds
             self.rate = r if not self.rate else 0.8 * self.rate + 0.2 * r
+
+
+def announced(resp: aiohttp.ClientResponse) -> tuple[str | None, int | None]:
+    """(sha256, size) an answer announces: the Hub's ``X-Linked-Etag`` / ``X-Linked-Size`` (on the redirect),
+    else its ``ETag`` and ``Content-Range`` total or ``Content-Length``."""
+    sha = size = None
+    for r in (*resp.history, resp):
+        sha = parse_sha256(r.headers.get("X-Linked-Etag")) or sha
+        size = r.headers.get("X-Linked-Size") or size
+    if size is None and resp.status == 206:  # a range's Content-Length is the range's
+        size = resp.headers.get("Content-Range", "").rpartition("/")[2]
+    elif size is None:
+        size = resp.headers.get("Content-Length")
+    return sha or parse_sha256(resp.headers.get("ETag")), int(size) if (size or "").isdigit() else None
 
 
 def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
@@ -102,16 +109,7 @@ class RangeDownloader:
 
     async def _learn(self, job: Job, resp: aiohttp.ClientResponse) -> None:
         """Take size, sha256 and validator from the first response; reset if a later one disagrees."""
-        linked_sha = linked_size = None
-        for r in (*resp.history, resp):
-            linked_sha = parse_sha256(r.headers.get("X-Linked-Etag")) or linked_sha
-            linked_size = r.headers.get("X-Linked-Size") or linked_size
-        if resp.status == 206:
-            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-        else:
-            total = resp.headers.get("Content-Length")
-        size = int(linked_size or total) if (linked_size or total or "").isdigit() else None
-        sha = linked_sha or parse_sha256(resp.headers.get("ETag"))
+        sha, size = announced(resp)
         etag = resp.headers.get("ETag")
         listed = job.file
         if job.known:
@@ -196,15 +194,7 @@ class RangeDownloader:
                                      allow_redirects=True) as resp:
             self.reached = True
             check_status(resp)
-            sha = None
-            for r in (*resp.history, resp):
-                sha = parse_sha256(r.headers.get("X-Linked-Etag")) or sha
-            sha = sha or parse_sha256(resp.headers.get("ETag"))
-            size = None
-            for r in (*resp.history, resp):
-                size = r.headers.get("X-Linked-Size") or size
-            size = size or resp.headers.get("Content-Length")
-        return sha, (int(size) if size and size.isdigit() else None)
+            return announced(resp)
 
 
 def changed(job: Job, why: str) -> VerificationError:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..concurrency import run_each
 from ..errors import DiskFullError
 from ..sources.catalog import DataFile
 from .partial import part_path
@@ -53,7 +54,7 @@ async def check_space(folder: Path, files: list[DataFile], head: Callable[[DataF
         if size is not None:
             sizes.append(size)
 
-    await asyncio.gather(*(one(f) for f in sample))
+    await run_each(one(f) for f in sample)
     if not sizes:
         return
     need = sum(sizes) + (len(missing) - len(sizes)) * (sum(sizes) // len(sizes))

@@ -54,33 +54,31 @@ class Credentials:
         """What to hand aiohttp: a signed URL exactly as signed (no re-quoting)."""
         return URL(http_url, encoded=True) if signed else http_url
 
-    def plain(self, http_url: str) -> dict[str, str]:
-        """Headers of a plain request: the token only where it may go."""
-        headers = dict(IDENTITY)
+    def headers(self, method: str, http_url: str, signed: bool, extra: dict[str, str] | None = None
+                ) -> dict[str, str]:
+        """``extra`` plus the SigV4 signature (``signed``), or plus the token where it may go."""
+        if signed:
+            return {**IDENTITY, **self.signer.headers(method, http_url, extra)}
+        headers = {**IDENTITY, **(extra or {})}
         if self.token and token_allowed(http_url, self.token_hosts):
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
     def get(self, http_url: str, signed: bool, start: int | None = None, end: int | None = None,
             validator: str | None = None) -> dict[str, str]:
-        """Headers for a GET of ``[start, end)`` (the whole file when ``start`` is None); a continued range
-        sends ``If-Range`` over http(s), ``If-Match`` on S3 (a changed object answers 412)."""
-        if signed:
-            return {**IDENTITY, **self.signer.get_headers(http_url, start, end,
-                                                          if_match=validator if start is not None else None)}
-        headers = self.plain(http_url)
+        """Headers for a GET of ``[start, end)`` (the whole file when ``start`` is None). A continued range
+        sends ``If-Range`` over http(s), ``If-Match`` on S3 (which ignores If-Range; a changed object
+        answers 412)."""
+        extra: dict[str, str] = {}
         if start is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
             if validator:
-                headers["If-Range"] = validator
-        return headers
+                extra["If-Match" if signed else "If-Range"] = validator
+        return self.headers("GET", http_url, signed, extra)
 
     def head(self, http_url: str, signed: bool) -> dict[str, str]:
-        return {**IDENTITY, **self.signer.headers("HEAD", http_url)} if signed else self.plain(http_url)
+        return self.headers("HEAD", http_url, signed)
 
     def tail(self, http_url: str, signed: bool, n: int) -> dict[str, str]:
         """Headers for a GET of the last ``n`` bytes (a suffix range)."""
-        rng = {"Range": f"bytes=-{n}"}
-        if signed:
-            return {**IDENTITY, **self.signer.headers("GET", http_url, rng)}
-        return {**self.plain(http_url), **rng}
+        return self.headers("GET", http_url, signed, {"Range": f"bytes=-{n}"})

@@ -8,14 +8,13 @@ the count in ``X-Nanostream-Row-Groups``: then the first 8-byte GET is all.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._compat import TaskGroup
+from ..concurrency import run_each
 from ..errors import CorruptShardError, FetchError, HTTPStatusError
 from ..retry import (
     Fatal,
@@ -52,27 +51,13 @@ async def read_footers(files: tuple[DataFile, ...], shards: list[int], credentia
     """``{shard: row groups}`` of the remote files ``files[shard]``, from their footers."""
     await credentials.prepare(files[s].url for s in shards)
     out: dict[int, int] = {}
-    sem = asyncio.Semaphore(CONCURRENCY)
     async with client_session(retry, auto_decompress=False) as session:
-        def remote(shard: int) -> Remote:
-            return Remote(session, credentials, files[shard], retry)
+        async def count(shard: int, probe: int) -> int:
+            out[shard], size = await Remote(session, credentials, files[shard], retry).count(probe)
+            return size
 
-        out[shards[0]], size = await remote(shards[0]).count(8)
-        guess = size + size // 4
-
-        async def one(shard: int) -> None:
-            async with sem:
-                out[shard], _ = await remote(shard).count(guess)
-
-        try:
-            async with TaskGroup() as tg:
-                for s in shards[1:]:
-                    tg.create_task(one(s))
-        except Exception as exc:  # an ExceptionGroup: the first failure is the one to tell
-            errors = getattr(exc, "exceptions", None)
-            if errors:
-                raise errors[0] from None
-            raise
+        size = await count(shards[0], 8)
+        await run_each((count(s, size + size // 4) for s in shards[1:]), CONCURRENCY)
     return out
 
 

@@ -1,18 +1,9 @@
-"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a pinned Catalog.
+"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a Catalog pinned to a commit.
 
-``parse_hub_url`` reads the path form of huggingface_hub's ``HfFileSystem`` (a
-revision may be URL-quoted, ``refs/pr/N`` and ``refs/convert/X`` may stand bare).
-``hub_catalog`` resolves the revision (default ``main``) to a commit sha once
-(``/api/datasets/ORG/NAME/revision/REV``), lists ``PATH`` at that sha with the tree
-API (``/api/datasets/ORG/NAME/tree/SHA/PATH?recursive=true``, following the
-paginated ``Link: <...>; rel="next"`` header), and keeps the ``*.parquet`` files the
-``include`` glob matches, with sha256 from ``lfs.oid`` and size from ``size``. File
-URLs name the sha, so every later download and every rank reads that commit.
-
-``HF_TOKEN`` goes only to the Hub's own host (``hub_headers``, the same policy as
-downloads: ``config.token_allowed``), never to a host a ``Link`` or a redirect points at. 401, 403, 404 and a missing revision become
-``DatasetError`` with their own hint; transient failures are retried per
-``RetryPolicy`` and then raise ``RetriesExhausted``.
+``hub_catalog`` resolves the revision (default ``main``) to a commit sha once, lists ``PATH`` at
+that sha with the tree API (following ``Link: rel="next"`` pages) and keeps the ``*.parquet`` files
+``include`` matches, with their sizes and sha256; file URLs name the sha. ``HF_TOKEN`` goes only to
+the Hub's own host (``hub_headers``). Refusals become a ``DatasetError`` with their own hint.
 """
 
 from __future__ import annotations
@@ -97,7 +88,6 @@ def file_url(endpoint: str, repo_id: str, sha: str, path: str) -> str:
 
 async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, include: str | None = None,
                       val: str | None = None, text_column: str = "text", revision: str | None = None,
-                      session: aiohttp.ClientSession | None = None,
                       retry: RetryPolicy = LIST_RETRY) -> Catalog:
     """The parquet files under ``url`` at one commit, as a Catalog pinned to that commit's sha.
 
@@ -106,19 +96,16 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
     ending in ``.parquet`` names one file.
     """
     hp = parse_hub_url(url)
-    if session is None:
-        async with client_session(retry) as own:
-            return await hub_catalog(url, endpoint=endpoint, token=token, include=include, val=val,
-                                     text_column=text_column, revision=revision, session=own, retry=retry)
-    api = Api(session, endpoint.rstrip("/"), token, hp, retry)
-    sha = await api.resolve(revision or hp.revision or "main")
-    if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
-        folder = hp.path.rpartition("/")[0]
-        entries = [e for e in await api.tree(sha, folder, recursive=False) if e.get("path") == hp.path]
-        prefix = f"{folder}/" if folder else ""
-    else:
-        entries = await api.tree(sha, hp.path)
-        prefix = f"{hp.path}/" if hp.path else ""
+    async with client_session(retry) as session:
+        api = Api(session, endpoint.rstrip("/"), token, hp, retry)
+        sha = await api.resolve(revision or hp.revision or "main")
+        if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
+            folder = hp.path.rpartition("/")[0]
+            entries = [e for e in await api.tree(sha, folder, recursive=False) if e.get("path") == hp.path]
+            prefix = f"{folder}/" if folder else ""
+        else:
+            entries = await api.tree(sha, hp.path)
+            prefix = f"{hp.path}/" if hp.path else ""
     files, seen = [], 0
     for e in entries:
         if e.get("type") != "file":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import filelock
@@ -23,20 +22,15 @@ from ..errors import ConfigError, DatasetError, MissingShardError
 from .catalog import Catalog, builtin_catalog, local_catalog, numbered_catalog
 from .record import read_catalog, write_catalog
 
-if TYPE_CHECKING:
-    import aiohttp
-
 SCHEMES = ("hf://", "s3://")
 
 
 async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | None = None,
-                       include: str | None = None, val: str | None = None, text_column: str | None = None,
-                       session: aiohttp.ClientSession | None = None) -> Catalog:
+                       include: str | None = None, val: str | None = None, text_column: str | None = None
+                       ) -> Catalog:
     """The catalog of ``dataset`` (None: whatever ``data_dir`` holds), pinned by the folder's record if any.
-
-    ``val`` and ``text_column`` override the recorded or listed ones; ``include``
-    narrows a listing and must match the one a recorded folder was fetched with.
-    """
+    ``val`` and ``text_column`` override the recorded or listed ones; ``include`` narrows a listing and
+    must match the one a recorded folder was fetched with."""
     recorded = read_catalog(data_dir) if data_dir is not None else None
     if recorded is not None and dataset in (None, recorded.name):
         if include is not None and include != recorded.include:
@@ -55,12 +49,12 @@ async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | 
         from .hub import hub_catalog
 
         return await hub_catalog(dataset, endpoint=config.hf_endpoint, token=config.hf_token, include=include,
-                                 val=val, text_column=column, session=session)
+                                 val=val, text_column=column)
     if dataset.startswith("s3://"):
         from .s3 import s3_catalog
 
         return await s3_catalog(dataset, endpoint=config.s3_endpoint, include=include, val=val,
-                                text_column=column, session=session)
+                                text_column=column)
     if "://" in dataset:
         scheme = dataset.split("://", 1)[0]
         raise DatasetError(f"--dataset {dataset!r}: unknown scheme {scheme!r}; use hf://datasets/ORG/NAME, "
