@@ -80,8 +80,6 @@ class Quota:
     next_at: float = 0.0  # earliest time of the next request
     held_until: float = 0.0  # the end of a 429's wait
     warned: float = -1.0  # the window end a WARNING line was logged for
-    sent: int = 0  # requests sent in all (for tests and benches)
-    limited: int = 0  # 429 answers seen
 
     @property
     def reserve(self) -> int:
@@ -100,7 +98,6 @@ class Quota:
         return max(0.0, self.next_at - now)
 
     def send(self, now: float) -> None:
-        self.sent += 1
         self.in_flight += 1
         if self.left is None or now >= self.ends:
             return
@@ -121,7 +118,6 @@ class Quota:
             self.left, self.ends = int(said["r"]) - self.in_flight, now + float(said["t"])
         if status != 429:
             return None
-        self.limited += 1
         named = rate_limit_wait(headers)
         if named is None:
             return None
@@ -140,12 +136,6 @@ def quota_for(host: str, kind: str) -> Quota:
     """The process's account of ``host``'s quota for ``kind`` (made on first use)."""
     with _lock:
         return _quotas.setdefault((host, kind), Quota(host, kind))
-
-
-def quotas() -> list[Quota]:
-    """Every account this process keeps (a copy of the list)."""
-    with _lock:
-        return list(_quotas.values())
 
 
 async def wait_turn(host: str, kind: str) -> Quota:

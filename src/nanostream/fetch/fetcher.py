@@ -36,8 +36,9 @@ from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials, is_s3
 from .disk import Disk
 from .jobs import Job, Segment
+from .opening import open_file, other_finished
 from .outcomes import Jobs, ShardResult
-from .partial import check_file, finalize, open_job, release_job, try_lock
+from .partial import finalize
 from .ranges import Meter, RangeDownloader
 from .tail import min_piece, split_tail
 
@@ -60,7 +61,7 @@ class Fetcher:
     def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
                  token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
                  retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress: Any = None,
-                 min_split: int | None = None, poll_interval: float = 0.25, s3_endpoint: str | None = None,
+                 min_split: int | None = None, s3_endpoint: str | None = None,
                  credentials: Credentials | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -68,7 +69,7 @@ class Fetcher:
             raise ConfigError(f"retry attempts must be >= 1, got {retry.attempts}")
         self.data_dir, self.base_url = Path(data_dir), check_url(base_url) if base_url else None
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
-        self.min_split, self.poll_interval = min_split, poll_interval
+        self.min_split = min_split
         self.credentials = credentials or Credentials(token, token_hosts, s3_endpoint)
         self.jobs = Jobs(retry, progress, self._wake)
         self.meter = Meter()
@@ -203,30 +204,17 @@ class Fetcher:
     async def _start(self, job: Job) -> None:
         """Skip ``job`` (present), wait for the process that has it, resume it or start it."""
         try:
-            status, job.lock, state, job.pfiles = await self.disk.acquire(release_job, open_job, job.final, job.url,
-                                                                           self.verify)
-        except OSError as exc:
-            return self.jobs.fail(job, FetchError(f"{job.name}: cannot lock {job.final.parent}: {exc}",
-                                                  shard=job.name, url=job.url))
+            status = await open_file(job, self.disk, self.verify, lambda: self._ranges.head_info(job.url, job.signed))
+        except Exception as exc:  # noqa: BLE001  (a FetchError, or what --verify's HEAD raised: the file fails)
+            return self.jobs.fail(job, exc)
         if status == "present":
             return self.jobs.resolve(job, skipped=True)
         if status == "busy":
             log.debug("%s is being downloaded by another process; waiting for it", job.name)
             self._spawn(self._wait_for_other(job))
             return None
-        if status == "verify" and await self._verify_present(job):
-            return self.jobs.resolve(job, skipped=True)
-        if job.future.done():
-            return None
-        if state is not None:
-            job.size, job.validator, job.sha256 = state.size, state.validator, state.sha256
-            job.segments = [Segment(s, e) for s, e in state.ranges() if s < e]
-            todo = sum(e - s for s, e in state.ranges())
-            log.info("%s: resuming, %d of %d bytes to go", job.name, todo, state.size)
-            if self.progress is not None:
-                self.progress.add_total(todo)
-        else:
-            job.segments = [Segment(0, None)]
+        if status == "resume" and self.progress is not None:
+            self.progress.add_total(sum(s.end - s.pos for s in job.segments))
         self.jobs.running.append(job)
         if all(s.done() for s in job.segments):
             job.finalizing = True
@@ -235,18 +223,11 @@ class Fetcher:
         return None
 
     async def _wait_for_other(self, job: Job) -> None:
-        """Another process holds the file's lock: wait for its verified file, or take over if it died.
-        (Polled: a lock held by another process wakes nothing here.)"""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            if job.final.exists() and not self.verify:
-                return self.jobs.resolve(job, skipped=True)
-            probe = try_lock(job.final)
-            if probe is not None:
-                probe.release()
-                self.jobs.queued.appendleft(job)
-                self._wake()
-                return None
+        if await other_finished(job, self.verify):
+            return self.jobs.resolve(job, skipped=True)
+        self.jobs.queued.appendleft(job)  # the other process is gone without it: take over
+        self._wake()
+        return None
 
     # -- downloading ------------------------------------------------------------------------
     async def _run_segment(self, job: Job, seg: Segment) -> None:
@@ -314,21 +295,3 @@ class Fetcher:
         job.finalizing = False
         self._wake()
         return None
-
-    async def _verify_present(self, job: Job) -> bool:
-        """--verify: compare a present file with the catalog, else the server's sha256 (HEAD). False: fetch
-        it again (or it failed)."""
-        listed = job.file
-        sha, expected, md5 = listed.sha256, listed.size, listed.md5
-        if not job.known:
-            try:
-                sha, expected = await with_retries(job.retries, lambda: self._ranges.head_info(job.url, job.signed))
-            except Exception as exc:  # noqa: BLE001  (the file fails with it)
-                self.jobs.fail(job, exc)
-                return False
-        problem = await self.disk.run(check_file, job.final, expected, sha, md5)
-        if problem is None:
-            return True
-        log.warning("%s: present but %s; downloading it again", job.name, problem)
-        job.final.unlink(missing_ok=True)
-        return False

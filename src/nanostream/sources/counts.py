@@ -102,7 +102,6 @@ class CountBook:
         self._saved_at = self._fetched_at = 0.0
         self._file_stamp: tuple[int, int] | None = None
         self.sharers: list[CountSharer] = []
-        self.remote_reads = 0  # footers this book read remotely
         self._take(read_counts_file(data_dir), "the counts file")
 
     def get(self, shard: int) -> int | None:
@@ -242,7 +241,6 @@ class CountBook:
                 return
             assert credentials is not None
             got = await read_footers(self.files, todo, credentials, retry or RetryPolicy())
-            self.remote_reads += len(got)
             for s, n in got.items():
                 self.learn(s, n, f"the footer of {self.files[s].url}")
             with self._lock:
