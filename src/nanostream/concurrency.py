@@ -21,12 +21,8 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    """An event loop running on a thread of its own, named ``name``.
-
-    ``run(coro)`` runs a coroutine there and returns its result (or raises its error); if the
-    calling thread is interrupted meanwhile (Ctrl-C), the coroutine is cancelled. ``close()`` cancels
-    whatever still runs there, awaits ``on_close()`` if given, and joins the thread.
-    """
+    """An event loop on a thread of its own, named ``name``: ``run(coro)`` runs a coroutine there and
+    returns its result; ``close()`` cancels what still runs there, awaits ``on_close()``, joins the thread."""
 
     def __init__(self, name: str, on_close: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.on_close = on_close
@@ -53,7 +49,8 @@ class LoopThread:
                 await self.on_close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on this loop and wait for its result."""
+        """Run ``coro`` on this loop and wait for its result (or its error); if the calling thread is
+    interrupted meanwhile (Ctrl-C), ``coro`` is cancelled."""
         assert self.loop is not None
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:

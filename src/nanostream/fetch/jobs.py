@@ -184,11 +184,8 @@ class Job:
 
 
 class Writer:
-    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool.
-
-    The file descriptor is closed only after any write still running in the pool has finished,
-    so a cancelled download never leaves a thread writing to a reused descriptor.
-    """
+    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool; its
+    descriptor is closed only after a write still running has finished (never a reused descriptor)."""
 
     def __init__(self, fd: int, path: Path, disk: Disk):
         self.fd, self.path, self.disk = fd, path, disk

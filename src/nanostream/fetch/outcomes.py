@@ -32,11 +32,8 @@ _HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]
 
 @dataclass
 class ShardResult:
-    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not.
-
-    ``file`` is its path relative to the data folder; ``index`` the caller's number for it
-    (the shard index for ``fetch_shards``, its place in the list for ``fetch_files``).
-    """
+    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``file``: its
+    path in the data folder; ``index``: the shard index (``fetch_shards``) or its place in the list."""
 
     index: int | None
     path: Path | None

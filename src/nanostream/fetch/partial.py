@@ -89,11 +89,8 @@ class PartState:
 
 
 class PartFiles:
-    """Open descriptors of a shard's part and state files, for the saves of one download attempt.
-
-    ``save`` (blocking, in the disk pool) fdatasyncs the part, then writes the state to the
-    slot after the last one. A lock makes ``close`` wait for a save in progress.
-    """
+    """Open descriptors of a file's part and state, for one download attempt's saves: ``save`` (blocking)
+    fdatasyncs the part, then writes the state to the slot after the last one."""
 
     def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
@@ -189,12 +186,8 @@ def reserve(fd: int, size: int) -> None:
 
 
 def create_part(final: Path, size: int) -> None:
-    """A fresh part file of ``size`` bytes with its space reserved (``posix_fallocate``). Blocking.
-
-    A fresh inode each time, so writers of an abandoned attempt can't touch it. Raises
-    OSError(ENOSPC) when the disk cannot hold it; filesystems without fallocate get a
-    sparse file instead.
-    """
+    """A fresh part file (a new inode: writers of an abandoned attempt cannot touch it) of ``size`` bytes,
+    reserved (``reserve``). Blocking; OSError(ENOSPC) when the disk cannot hold it."""
     part = part_path(final)
     part.unlink(missing_ok=True)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -243,13 +236,9 @@ def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None
 
 def finalize(final: Path, size: int, sha256: str | None, digest: str | None = None,
              md5: str | None = None) -> str | None:
-    """Verify the part file and atomically publish it as ``final``. Blocking.
-
-    The caller guarantees every byte of ``[0, size)`` was written (no missing range).
-    ``digest`` is the sha256 the downloader computed over the bytes as it wrote them
-    (when one request wrote the file front to back); without it the file is hashed.
-    Returns None on success, else why verification failed (the part is then discarded).
-    """
+    """Verify the complete part file and publish it as ``final`` (fsync, ``os.replace``, fsync the folder).
+    ``digest``: the sha256 computed while writing, if it covers the file (else the file is hashed).
+    Blocking; None when published, else why verification failed (the part is then discarded)."""
     part = part_path(final)
     fsync(part)
     problem = check_file(part, size, None if digest else sha256, None if sha256 else md5)

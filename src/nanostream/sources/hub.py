@@ -89,12 +89,8 @@ def file_url(endpoint: str, repo_id: str, sha: str, path: str) -> str:
 async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, include: str | None = None,
                       val: str | None = None, text_column: str = "text", revision: str | None = None,
                       retry: RetryPolicy = LIST_RETRY) -> Catalog:
-    """The parquet files under ``url`` at one commit, as a Catalog pinned to that commit's sha.
-
-    ``revision`` (a recorded sha) replaces the one in the URL: a folder fetched before
-    lists the same commit again. Paths in the catalog are relative to ``PATH``; a ``PATH``
-    ending in ``.parquet`` names one file.
-    """
+    """The parquet files under ``url`` at one commit (``revision`` replaces the URL's), as a Catalog pinned
+    to that commit's sha; paths relative to ``PATH`` (a ``PATH`` ending in ``.parquet``: that file)."""
     hp = parse_hub_url(url)
     async with client_session(retry) as session:
         api = Api(session, endpoint.rstrip("/"), token, hp, retry)

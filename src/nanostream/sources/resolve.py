@@ -71,11 +71,8 @@ def _override(cat: Catalog, val: str | None, text_column: str | None) -> Catalog
 
 
 def folder_name(dataset: str) -> str:
-    """The default folder under ``BASE_DIR/data`` for ``dataset``: ``hf://datasets/o/n@v1/x`` -> ``hf/o/n@v1/x``.
-
-    A built-in name is itself; a URL keeps its parts as nested folders (the revision
-    too: two revisions never share a folder).
-    """
+    """The default folder under ``BASE_DIR/data`` for ``dataset``: ``hf://datasets/o/n@v1/x`` -> ``hf/o/n@v1/x``
+    (a built-in name is itself; two revisions never share a folder)."""
     if dataset.startswith("hf://"):
         from .hub import parse_hub_url
 
