@@ -1,12 +1,9 @@
 """Row-group counts as a run learns them: one ``CountBook`` per data folder in a process, shared with other nodes.
 
-A book learns a file's count the cheapest way first: the folder's counts file
-(``.nanostream.rowgroups.json``, shared by every process on the folder), the footer of a local
-file, a ``CountSharer`` (what other nodes learned), and only for a count still missing when it
-is needed (``require``) the remote file's footer (``footers.read_footers``). What it learns it
-writes to the counts file (at most once a second) and tells the sharers, so each footer is read
-once per folder and, with a sharer, once per cluster. Thread-safe: ``book_for`` gives one book per
-folder and file list in a process.
+A book learns a count the cheapest way first: the folder's counts file, a local file's footer, a
+``CountSharer`` (other nodes), and only for a count still missing when needed (``require``) the
+remote footer (``footers.py``). What it learns goes to the counts file and the sharers, so each
+footer is read once per folder and, with a sharer, once per cluster. Thread-safe.
 """
 
 from __future__ import annotations
