@@ -45,8 +45,9 @@ from nanostream.text.bpe import train_with_stats
 from nanostream.text.fast import REBUILD_CHARS, FastEncoder, FromRanks
 from nanostream.text.load import load_tokenizer
 from nanostream.text.sample import documents
+from nanostream.text.saved import BOS, ranks_text
 from nanostream.text.schemes import NANOCHAT
-from nanostream.text.tokenizer import BOS, SPLIT_PATTERN, BPETokenizer, ranks_text
+from nanostream.text.tokenizer import SPLIT_PATTERN, BPETokenizer
 
 VOCAB = 8192
 NANOCHAT_SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",

@@ -82,7 +82,9 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from nanostream.serve.server import CHUNK, FILES_KEY, ShardFiles, iter_file, make_app
+from nanostream.serve.files import ShardFiles
+from nanostream.serve.httpfile import CHUNK, iter_file
+from nanostream.serve.server import FILES_KEY, make_app
 
 BODY_FAULTS = ("drop", "short", "stall", "flip")
 # request-state keys (web.RequestKey on aiohttp >= 3.12, where plain strings warn)

@@ -16,7 +16,7 @@ import pytest
 
 from nanostream.config import Config
 from nanostream.fetch.many import fetch_files
-from nanostream.serve.server import start_server
+from nanostream.serve.server import open_mirror
 from nanostream.sources.record import write_catalog
 from nanostream.sources.resolve import open_catalog
 
@@ -108,11 +108,9 @@ async def test_serve_of_a_fetched_folder_is_a_hub_for_huggingface_hub(tmp_path, 
         write_catalog(tmp_path / "node0", cat)
         assert all(r.error is None for r in await fetch_files(cat.files, data_dir=tmp_path / "node0"))
         at_hub = await clients(hub.url, "org/corpus", tmp_path / "a")
-    mirror, url = await start_server(tmp_path / "node0")
-    try:
+    async with open_mirror(tmp_path / "node0") as mirror:
+        url = mirror.url
         got = await clients(url, "org/corpus", tmp_path / "b", "--odd")
-    finally:
-        await mirror.cleanup()
     check(got, repo, sha, LAYOUT, url)
     # control characters in what is asked: the class from X-Error-Code, the message from the JSON body
     assert got["odd_revision"] == {"error": "RevisionNotFoundError",
@@ -178,9 +176,9 @@ async def test_the_mirror_answers_the_hub_api_details(tmp_path, monkeypatch):
         cat = await open_catalog("hf://datasets/org/corpus@v1", config=Config(base_dir=tmp_path, hf_endpoint=hub.url))
         write_catalog(tmp_path / "node0", cat)
         assert all(r.error is None for r in await fetch_files(cat.files, data_dir=tmp_path / "node0"))
-    mirror, url = await start_server(tmp_path / "node0")
-    api = f"{url}/api/datasets/org/corpus"
-    try:
+    async with open_mirror(tmp_path / "node0") as mirror:
+        url = mirror.url
+        api = f"{url}/api/datasets/org/corpus"
         async with aiohttp.ClientSession() as s:
             async with s.get(api, params={"expand": "sha"}) as r:
                 assert await r.json() == {"id": "org/corpus", "sha": sha}
@@ -196,5 +194,3 @@ async def test_the_mirror_answers_the_hub_api_details(tmp_path, monkeypatch):
                                (f"{url}/datasets/org/corpus/resolve/main/README.md", "EntryNotFound")):
                 async with s.get(path) as r:
                     assert (r.status, r.headers["X-Error-Code"]) == (404, code), path
-    finally:
-        await mirror.cleanup()

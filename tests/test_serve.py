@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -11,13 +12,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from nanostream.errors import ConfigError, DatasetError
-from nanostream.serve.server import Limits, make_app, parse_range, start_server
+from nanostream.serve.httpfile import parse_range
+from nanostream.serve.listener import Limits
+from nanostream.serve.server import make_app, open_mirror
 
 from servers import FaultServer
 
@@ -34,14 +38,11 @@ def root(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-async def mirror(root: Path):
-    runner, url = await start_server(root)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield url, session
-    finally:
-        await runner.cleanup()
+@contextlib.asynccontextmanager
+async def serving(root: Path) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    """The mirror of ``root`` and a client session, for the length of the block."""
+    async with open_mirror(root) as mirror, aiohttp.ClientSession() as session:
+        yield mirror.url, session
 
 
 def sha(path: Path) -> str:
@@ -63,47 +64,47 @@ async def raw_status(url: str, target: str) -> int:
 
 
 # -- the mirror --------------------------------------------------------------------------------
-async def test_head_and_get_headers_and_bytes(root: Path, mirror) -> None:
-    url, session = mirror
-    digest = sha(root / NAME)
-    async with session.head(f"{url}/{NAME}") as r:
-        assert r.status == 200
-        assert r.headers["Content-Length"] == str(SIZE)
-        assert r.headers["Accept-Ranges"] == "bytes"
-        assert r.headers["ETag"] == f'"{digest}"'
-        assert r.headers["X-Linked-Etag"] == f'"{digest}"'
-        assert r.headers["X-Linked-Size"] == str(SIZE)
-        assert r.headers["Content-Type"] in ("application/vnd.apache.parquet", "application/octet-stream")
-        assert await r.read() == b""
-    async with session.get(f"{url}/{NAME}") as r:
-        assert r.status == 200
-        assert r.headers["ETag"] == f'"{digest}"'
-        assert await r.read() == (root / NAME).read_bytes()
+async def test_head_and_get_headers_and_bytes(root: Path) -> None:
+    async with serving(root) as (url, session):
+        digest = sha(root / NAME)
+        async with session.head(f"{url}/{NAME}") as r:
+            assert r.status == 200
+            assert r.headers["Content-Length"] == str(SIZE)
+            assert r.headers["Accept-Ranges"] == "bytes"
+            assert r.headers["ETag"] == f'"{digest}"'
+            assert r.headers["X-Linked-Etag"] == f'"{digest}"'
+            assert r.headers["X-Linked-Size"] == str(SIZE)
+            assert r.headers["Content-Type"] in ("application/vnd.apache.parquet", "application/octet-stream")
+            assert await r.read() == b""
+        async with session.get(f"{url}/{NAME}") as r:
+            assert r.status == 200
+            assert r.headers["ETag"] == f'"{digest}"'
+            assert await r.read() == (root / NAME).read_bytes()
 
 
-async def test_ranges(root: Path, mirror) -> None:
-    url, session = mirror
-    data = (root / NAME).read_bytes()
-    cases = {
-        "bytes=10-19": (10, 20),
-        "bytes=1000-": (1000, SIZE),
-        "bytes=-50": (SIZE - 50, SIZE),
-        "bytes=-999999999": (0, SIZE),
-        f"bytes=5-{SIZE * 2}": (5, SIZE),
-    }
-    for header, (start, end) in cases.items():
-        async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
-            assert r.status == 206, header
-            assert r.headers["Content-Range"] == f"bytes {start}-{end - 1}/{SIZE}"
-            assert r.headers["Content-Length"] == str(end - start)
-            assert await r.read() == data[start:end], header
-    for header in (f"bytes={SIZE}-", f"bytes={SIZE + 5}-{SIZE + 9}", "bytes=-0"):
-        async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
-            assert r.status == 416, header
-            assert r.headers["Content-Range"] == f"bytes */{SIZE}"
-    async with session.get(f"{url}/{NAME}", headers={"Range": "items=0-5"}) as r:  # RFC 9110: ignore the unit
-        assert r.status == 200
-        assert await r.read() == data
+async def test_ranges(root: Path) -> None:
+    async with serving(root) as (url, session):
+        data = (root / NAME).read_bytes()
+        cases = {
+            "bytes=10-19": (10, 20),
+            "bytes=1000-": (1000, SIZE),
+            "bytes=-50": (SIZE - 50, SIZE),
+            "bytes=-999999999": (0, SIZE),
+            f"bytes=5-{SIZE * 2}": (5, SIZE),
+        }
+        for header, (start, end) in cases.items():
+            async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
+                assert r.status == 206, header
+                assert r.headers["Content-Range"] == f"bytes {start}-{end - 1}/{SIZE}"
+                assert r.headers["Content-Length"] == str(end - start)
+                assert await r.read() == data[start:end], header
+        for header in (f"bytes={SIZE}-", f"bytes={SIZE + 5}-{SIZE + 9}", "bytes=-0"):
+            async with session.get(f"{url}/{NAME}", headers={"Range": header}) as r:
+                assert r.status == 416, header
+                assert r.headers["Content-Range"] == f"bytes */{SIZE}"
+        async with session.get(f"{url}/{NAME}", headers={"Range": "items=0-5"}) as r:  # RFC 9110: ignore the unit
+            assert r.status == 200
+            assert await r.read() == data
 
 
 def test_parse_range_edges() -> None:
@@ -120,30 +121,30 @@ def test_parse_range_edges() -> None:
             parse_range(bad, 10)
 
 
-async def test_if_range(root: Path, mirror) -> None:
-    url, session = mirror
-    data = (root / NAME).read_bytes()
-    etag = f'"{sha(root / NAME)}"'
-    async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=100-", "If-Range": etag}) as r:
-        assert r.status == 206
-        assert await r.read() == data[100:]
-    stale = '"' + "0" * 64 + '"'
-    async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=100-", "If-Range": stale}) as r:
-        assert r.status == 200
-        assert "Content-Range" not in r.headers
-        assert await r.read() == data
+async def test_if_range(root: Path) -> None:
+    async with serving(root) as (url, session):
+        data = (root / NAME).read_bytes()
+        etag = f'"{sha(root / NAME)}"'
+        async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=100-", "If-Range": etag}) as r:
+            assert r.status == 206
+            assert await r.read() == data[100:]
+        stale = '"' + "0" * 64 + '"'
+        async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=100-", "If-Range": stale}) as r:
+            assert r.status == 200
+            assert "Content-Range" not in r.headers
+            assert await r.read() == data
 
 
-async def test_etag_follows_file_changes(root: Path, mirror) -> None:
-    url, session = mirror
-    path = root / "shard_00001.parquet"
-    async with session.head(f"{url}/{path.name}") as r:
-        first = r.headers["ETag"]
-    path.write_bytes(os.urandom(1001))
-    async with session.head(f"{url}/{path.name}") as r:
-        assert r.headers["ETag"] != first
-        assert r.headers["ETag"] == f'"{sha(path)}"'
-        assert r.headers["Content-Length"] == "1001"
+async def test_etag_follows_file_changes(root: Path) -> None:
+    async with serving(root) as (url, session):
+        path = root / "shard_00001.parquet"
+        async with session.head(f"{url}/{path.name}") as r:
+            first = r.headers["ETag"]
+        path.write_bytes(os.urandom(1001))
+        async with session.head(f"{url}/{path.name}") as r:
+            assert r.headers["ETag"] != first
+            assert r.headers["ETag"] == f'"{sha(path)}"'
+            assert r.headers["Content-Length"] == "1001"
 
 
 @pytest.mark.parametrize("target", [
@@ -171,28 +172,39 @@ async def test_nothing_outside_the_folder(root: Path, target: str) -> None:
     (root / ".hidden").write_text("hidden")
     (root / "outside_link.parquet").symlink_to(root.parent / "secret.txt")
     (root / "dir_link").symlink_to(root / "sub")
-    runner, url = await start_server(root)
-    try:
+    async with open_mirror(root) as mirror:
+        url = mirror.url
         assert await raw_status(url, target) == 404
         assert await raw_status(url, f"/{NAME}") == 200
-    finally:
-        await runner.cleanup()
 
 
-async def test_files_in_subfolders_are_served(root: Path, mirror) -> None:
-    url, session = mirror
-    (root / "data" / "CC-MAIN 2024").mkdir(parents=True)
-    (root / "data" / "CC-MAIN 2024" / "000_00000.parquet").write_bytes((root / NAME).read_bytes())
-    async with session.get(f"{url}/data/CC-MAIN%202024/000_00000.parquet", headers={"Range": "bytes=0-3"}) as r:
-        assert r.status == 206 and await r.read() == (root / NAME).read_bytes()[:4]
+async def test_leaving_the_mirror_leaves_no_task_and_closes_the_port(root: Path) -> None:
+    """The accept loops end with the block, and an error raised in it comes out as it was raised."""
+    before = asyncio.all_tasks()
+    with pytest.raises(ConfigError, match="raised in the block"):
+        async with open_mirror(root) as mirror:
+            assert await raw_status(mirror.url, f"/{NAME}") == 200
+            assert len(asyncio.all_tasks() - before) == 1  # one accept loop: 127.0.0.1
+            raise ConfigError("raised in the block")
+    assert asyncio.all_tasks() == before
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(*host_port(mirror.url))
 
 
-async def test_symlink_inside_the_folder_is_served(root: Path, mirror) -> None:
-    url, session = mirror
-    (root / "alias.parquet").symlink_to(root / NAME)
-    async with session.get(f"{url}/alias.parquet") as r:
-        assert r.status == 200
-        assert await r.read() == (root / NAME).read_bytes()
+async def test_files_in_subfolders_are_served(root: Path) -> None:
+    async with serving(root) as (url, session):
+        (root / "data" / "CC-MAIN 2024").mkdir(parents=True)
+        (root / "data" / "CC-MAIN 2024" / "000_00000.parquet").write_bytes((root / NAME).read_bytes())
+        async with session.get(f"{url}/data/CC-MAIN%202024/000_00000.parquet", headers={"Range": "bytes=0-3"}) as r:
+            assert r.status == 206 and await r.read() == (root / NAME).read_bytes()[:4]
+
+
+async def test_symlink_inside_the_folder_is_served(root: Path) -> None:
+    async with serving(root) as (url, session):
+        (root / "alias.parquet").symlink_to(root / NAME)
+        async with session.get(f"{url}/alias.parquet") as r:
+            assert r.status == 200
+            assert await r.read() == (root / NAME).read_bytes()
 
 
 def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
@@ -287,8 +299,8 @@ async def test_bad_request_gets_4xx_and_one_log_line(root: Path, case: str,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     data, status = BAD_REQUESTS[case]
     caplog.set_level(logging.INFO)
-    mirror, url = await start_server(root)
-    try:
+    async with open_mirror(root) as mirror:
+        url = mirror.url
         caplog.clear()
         answer = await raw_exchange(url, data)
         assert answer.split(b"\r\n", 1)[0].split()[1] == str(status).encode(), answer[:200]
@@ -296,19 +308,17 @@ async def test_bad_request_gets_4xx_and_one_log_line(root: Path, case: str,
         assert len(records) == 1, [r.getMessage() for r in records]
         assert records[0].exc_info is None and str(status) in records[0].getMessage()
         assert await raw_status(url, f"/{NAME}") == 200  # and the mirror still serves
-    finally:
-        await mirror.cleanup()
 
 
-async def test_if_range_validators(root: Path, mirror) -> None:
-    url, session = mirror
-    data = (root / NAME).read_bytes()
-    for validator in ("Sat, 28 Nov 2026 10:00:00 GMT", f'W/"{sha(root / NAME)}"', '"other"'):
-        async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=5-", "If-Range": validator}) as r:
-            assert r.status == 200, validator  # a date or a weak/other tag never matches: the whole file
-            assert await r.read() == data
-    async with session.get(f"{url}/{NAME}", headers={"If-Range": "garbage"}) as r:  # no Range: ignored
-        assert r.status == 200
+async def test_if_range_validators(root: Path) -> None:
+    async with serving(root) as (url, session):
+        data = (root / NAME).read_bytes()
+        for validator in ("Sat, 28 Nov 2026 10:00:00 GMT", f'W/"{sha(root / NAME)}"', '"other"'):
+            async with session.get(f"{url}/{NAME}", headers={"Range": "bytes=5-", "If-Range": validator}) as r:
+                assert r.status == 200, validator  # a date or a weak/other tag never matches: the whole file
+                assert await r.read() == data
+        async with session.get(f"{url}/{NAME}", headers={"If-Range": "garbage"}) as r:  # no Range: ignored
+            assert r.status == 200
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
@@ -323,8 +333,8 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
 async def test_silent_or_half_sent_client_is_dropped(root: Path, sent: bytes,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    mirror, url = await start_server(root, limits=Limits(timeout=0.3))
-    try:
+    async with open_mirror(root, limits=Limits(timeout=0.3)) as mirror:
+        url = mirror.url
         reader, writer = await asyncio.open_connection(*host_port(url))
         writer.write(sent)
         assert await closed_by_server(reader) == b""
@@ -332,14 +342,12 @@ async def test_silent_or_half_sent_client_is_dropped(root: Path, sent: bytes,
         await writer.wait_closed()
         assert any("no complete request within 0.3 s" in r.getMessage() for r in logged(caplog))
         assert mirror.listener.open_connections == 0
-    finally:
-        await mirror.cleanup()
 
 
 async def test_dribbling_client_is_dropped(root: Path) -> None:
     """A request sent a byte at a time (slowloris) is cut at the deadline, however often bytes arrive."""
-    mirror, url = await start_server(root, limits=Limits(timeout=0.3))
-    try:
+    async with open_mirror(root, limits=Limits(timeout=0.3)) as mirror:
+        url = mirror.url
         reader, writer = await asyncio.open_connection(*host_port(url))
         writer.write(b"GET /shard_00000.parquet HTTP/1.1\r\nHost: mirror\r\nX-Slow: ")
         with pytest.raises(ConnectionError):
@@ -350,8 +358,6 @@ async def test_dribbling_client_is_dropped(root: Path) -> None:
                     raise ConnectionResetError("closed by the server")
                 await asyncio.sleep(0.02)
         writer.close()
-    finally:
-        await mirror.cleanup()
 
 
 async def test_idle_keepalive_dropped_but_busy_response_is_not(root: Path) -> None:
@@ -359,8 +365,8 @@ async def test_idle_keepalive_dropped_but_busy_response_is_not(root: Path) -> No
         await asyncio.sleep(0.6)  # longer than the request deadline: a busy connection must survive it
         await response.write((root / NAME).read_bytes()[start:end])
 
-    mirror, url = await start_server(root, limits=Limits(timeout=0.3), body_writer=slow_body)
-    try:
+    async with open_mirror(root, limits=Limits(timeout=0.3), body_writer=slow_body) as mirror:
+        url = mirror.url
         reader, writer = await asyncio.open_connection(*host_port(url))
         writer.write(f"GET /{NAME} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -369,13 +375,11 @@ async def test_idle_keepalive_dropped_but_busy_response_is_not(root: Path) -> No
         assert body == (root / NAME).read_bytes()
         assert await closed_by_server(reader) == b""  # then idle on keep-alive: dropped
         writer.close()
-    finally:
-        await mirror.cleanup()
 
 
 async def test_keepalive_request_limit(root: Path) -> None:
-    mirror, url = await start_server(root, limits=Limits(max_keepalive_requests=3))
-    try:
+    async with open_mirror(root, limits=Limits(max_keepalive_requests=3)) as mirror:
+        url = mirror.url
         connector = aiohttp.TCPConnector(limit=1)
         async with aiohttp.ClientSession(connector=connector) as s:
             closes = []
@@ -384,8 +388,6 @@ async def test_keepalive_request_limit(root: Path) -> None:
                     await r.read()
                     closes.append(r.headers.get("Connection", "").lower() == "close")
         assert closes == [False, False, True, False]  # the third on a connection closes it; a new one starts
-    finally:
-        await mirror.cleanup()
 
 
 async def test_stalled_reader_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -394,8 +396,8 @@ async def test_stalled_reader_is_dropped(tmp_path: Path, caplog: pytest.LogCaptu
     folder.mkdir()
     size = 32 << 20  # more than the loopback socket buffers hold
     (folder / "big.bin").write_bytes(os.urandom(size))
-    mirror, url = await start_server(folder, limits=Limits(timeout=0.3))
-    try:
+    async with open_mirror(folder, limits=Limits(timeout=0.3)) as mirror:
+        url = mirror.url
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -412,8 +414,6 @@ async def test_stalled_reader_is_dropped(tmp_path: Path, caplog: pytest.LogCaptu
         assert any("read nothing for 0.3 s" in r.getMessage() for r in logged(caplog))
         assert mirror.listener.open_connections == 0
         writer.close()
-    finally:
-        await mirror.cleanup()
 
 
 async def test_connection_cap_holds(root: Path) -> None:
@@ -427,8 +427,8 @@ async def test_connection_cap_holds(root: Path) -> None:
         await release.wait()
         await response.write(path.read_bytes()[start:end])
 
-    mirror, url = await start_server(root, limits=Limits(max_connections=cap, timeout=20), body_writer=gated_body)
-    try:
+    async with open_mirror(root, limits=Limits(max_connections=cap, timeout=20), body_writer=gated_body) as mirror:
+        url = mirror.url
         async def client() -> bytes:
             reader, writer = await asyncio.open_connection(*host_port(url))
             try:
@@ -449,8 +449,6 @@ async def test_connection_cap_holds(root: Path) -> None:
         data = (root / NAME).read_bytes()
         assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(data) for a in answers)
         assert started == clients and mirror.listener.peak == cap
-    finally:
-        await mirror.cleanup()
 
 
 @pytest.fixture
@@ -649,14 +647,12 @@ async def test_a_folder_fetched_from_the_hub_is_a_hub_for_the_next_node(tmp_path
         first = await open_catalog(url, config=Config(base_dir=tmp_path, hf_endpoint=hub.url))
         write_catalog(tmp_path / "node0", first)
         assert all(r.error is None for r in await fetch_files(first.files, data_dir=tmp_path / "node0"))
-    runner, mirror = await start_server(tmp_path / "node0")
-    try:
+    async with open_mirror(tmp_path / "node0") as served:
+        mirror = served.url
         again = await open_catalog(url, config=Config(base_dir=tmp_path, hf_endpoint=mirror))
         results = await fetch_files(again.files, data_dir=tmp_path / "node1")
         with pytest.raises(DatasetError, match="no such dataset repo"):
             await open_catalog("hf://datasets/org/other", config=Config(base_dir=tmp_path, hf_endpoint=mirror))
-    finally:
-        await runner.cleanup()
     assert again.revision == sha and [(f.path, f.size, f.sha256) for f in again.files] == \
         [(f.path, f.size, f.sha256) for f in first.files]
     assert all(r.error is None for r in results)

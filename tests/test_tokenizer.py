@@ -23,15 +23,8 @@ from nanostream.errors import ConfigError, CorruptShardError, TokenizerError
 from nanostream.shards import shard_name
 from nanostream.text.bpe import iter_shard_texts, train_tokenizer, train_with_stats
 from nanostream.text.load import load_tokenizer
-from nanostream.text.tokenizer import (
-    BOS,
-    CONFIG_NAME,
-    RANKS_NAME,
-    BPETokenizer,
-    ByteTokenizer,
-    Tokenizer,
-    _balanced_chunks,
-)
+from nanostream.text.saved import BOS, CONFIG_NAME, RANKS_NAME
+from nanostream.text.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, _balanced_chunks
 
 from datagen import make_shards, write_shard
 

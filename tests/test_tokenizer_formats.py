@@ -29,7 +29,8 @@ from nanostream.text.fast import FastEncoder, FromRanks
 from nanostream.text.hf import HFTokenizer
 from nanostream.text.load import load_tokenizer
 from nanostream.text.sample import documents
-from nanostream.text.tokenizer import BPETokenizer, ranks_text
+from nanostream.text.saved import ranks_text
+from nanostream.text.tokenizer import BPETokenizer
 
 from datagen import make_shards
 from nanochat_like import NANOCHAT_PATTERN, NanochatLikeTokenizer, number_docs
@@ -104,7 +105,7 @@ def test_mismatch_falls_back_to_tiktoken_once(nanochat, monkeypatch: pytest.Monk
     monkeypatch.setitem(schemes._FAST, NANOCHAT_PATTERN, ("gpt4", False))  # no digit cut: wrong on numbers
     enc = nanochat.enc
     args = {"pattern": enc._pat_str, "special_tokens": enc._special_tokens, "origin": "mismatch-test"}
-    with caplog.at_level(logging.WARNING, logger="nanostream.text.tokenizer"):
+    with caplog.at_level(logging.WARNING):
         first = BPETokenizer(enc._mergeable_ranks, **args)
         BPETokenizer(enc._mergeable_ranks, **args)
     assert first.encoder_name == "tiktoken"
@@ -156,7 +157,7 @@ def test_hf_tokenizer_json_ids_identical_to_tokenizers(corpus: list[str], tmp_pa
     ref.encode_special_tokens = True  # the reference as a data loader calls it: specials in text are text
     texts = corpus[:3000] + corpus[-300:]
     want = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
-    with caplog.at_level(logging.WARNING, logger="nanostream.text.tokenizer"):
+    with caplog.at_level(logging.WARNING):
         tok = load_tokenizer(tmp_path, bos="<|begin_of_text|>")
     assert tok.encoder_name == ("gigatoken" if byte_level_regex else "tokenizers")
     assert byte_level_regex or "not gigatoken" in caplog.text

@@ -35,16 +35,12 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _fmt():
-    return _Help
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nanostream", description="Async data path for small-LLM pretraining shards.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    f = sub.add_parser("fetch", help="download parquet shards", formatter_class=_fmt())
+    f = sub.add_parser("fetch", help="download parquet shards", formatter_class=_Help)
     f.add_argument("-n", "--num-shards", type=int, default=8,
                    help="the first N train files to fetch (plus the validation files); -1 = all")
     f.add_argument("--workers", type=int, default=8, help="concurrent connections")
@@ -68,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--retries", type=int, default=8, help="attempts per shard before giving up")
     f.add_argument("--loop", choices=LOOPS, default=None, help="event loop (default: $NANOSTREAM_LOOP or asyncio)")
 
-    s = sub.add_parser("serve", help="serve a folder of shards over HTTP (offline mirror)", formatter_class=_fmt())
+    s = sub.add_parser("serve", help="serve a folder of shards over HTTP (offline mirror)", formatter_class=_Help)
     s.add_argument("dir", type=Path, help="folder whose shard files to serve")
     s.add_argument("--host", default="127.0.0.1", help="address to bind")
     s.add_argument("--port", type=int, default=8000, help="port to bind, 0-65535 (0 = any free port)")
@@ -80,19 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per connection before the server closes it")
 
     c = sub.add_parser("cache", help="what data folders hold on disk; evict down to a size (--prune-to)",
-                       formatter_class=_fmt())
+                       formatter_class=_Help)
     c.add_argument("dir", type=Path, help="a data folder, or a folder of them (e.g. $NANOSTREAM_BASE_DIR/data)")
     c.add_argument("--prune-to", default=None, metavar="SIZE",
                    help="evict files that can be fetched again (never one in use) until each folder takes at "
                    "most SIZE: bytes, 40GB, 500MiB or 75%% of its filesystem (default: evict nothing)")
 
-    sm = sub.add_parser("sample", help="write the embedded offline sample corpus", formatter_class=_fmt())
+    sm = sub.add_parser("sample", help="write the embedded offline sample corpus", formatter_class=_Help)
     sm.add_argument("dir", type=Path, help="folder to write shards into")
     sm.add_argument("--shards", type=int, default=4, help="number of shards, the last one is validation")
 
-    t = sub.add_parser("tokenizer", help="BPE tokenizer tools", formatter_class=_fmt())
+    t = sub.add_parser("tokenizer", help="BPE tokenizer tools", formatter_class=_Help)
     tsub = t.add_subparsers(dest="tok_command", required=True, parser_class=_Parser)
-    tt = tsub.add_parser("train", help="train a BPE tokenizer on train shards", formatter_class=_fmt())
+    tt = tsub.add_parser("train", help="train a BPE tokenizer on train shards", formatter_class=_Help)
     tt.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size incl. special tokens")
     tt.add_argument("--max-chars", type=int, default=20_000_000, help="characters of text to train on")
     tt.add_argument("--data-dir", type=Path, default=None, help="shard folder (default: $NANOSTREAM_BASE_DIR/data/fineweb-edu-100b)")

@@ -1,28 +1,8 @@
-"""Configuration: the built-in datasets and the one frozen ``Config`` read from env.
+"""Configuration: the built-in datasets, and the one frozen ``Config`` read from the environment.
 
-Environment variables are read here and nowhere else (``Config.from_env``); the
-resulting object is passed explicitly to whatever needs it.
-
-| env var                 | default                 | meaning                                        |
-|-------------------------|-------------------------|------------------------------------------------|
-| NANOSTREAM_BASE_DIR     | ~/.cache/nanostream     | root of data folders and tokenizers            |
-| HF_TOKEN                | unset                   | bearer token sent to the Hub, never printed    |
-| HF_ENDPOINT             | https://huggingface.co  | replaces the Hub's address                     |
-| NANOSTREAM_LOOP         | asyncio                 | event loop for fetch: ``asyncio`` or ``uvloop``|
-| NANOSTREAM_TOKEN_HOSTS  | unset                   | extra hosts (comma list) that may get HF_TOKEN |
-| AWS_ENDPOINT_URL_S3     | unset (AWS)             | an S3-compatible store for s3:// (R2, MinIO)   |
-| AWS_ENDPOINT_URL        | unset (AWS)             | the same, when AWS_ENDPOINT_URL_S3 is unset    |
-| NANOSTREAM_CACHE_LIMIT  | unset (unbounded)       | default ``cache_limit``: bytes, ``40GB``,      |
-|                         |                         | ``500MiB`` or ``75%`` of the folder's disk     |
-| NANOSTREAM_CACHE_POLICY | belady                  | eviction order under a limit: ``belady``, or   |
-|                         |                         | ``lru`` (for the ablation bench only)          |
-
-HF_TOKEN goes only to the Hub's host (HF_ENDPOINT's) and the hosts listed in
-NANOSTREAM_TOKEN_HOSTS, and only over https unless the host is loopback.
-
-AWS credentials, profile and region are resolved by botocore's standard chain
-(``s3.S3Signer.create``), which reads its own variables (AWS_ACCESS_KEY_ID,
-AWS_PROFILE, AWS_DEFAULT_REGION, ...) and ``~/.aws``.
+The library's environment variables are read here and nowhere else (``Config.from_env``; the table is
+in docs/configuration.md), and the ``Config`` is passed to whatever needs it. HF_TOKEN goes only where
+``token_allowed`` says.
 """
 
 from __future__ import annotations

@@ -1,27 +1,7 @@
-"""Every exception nanostream raises, in one hierarchy.
+"""Every exception nanostream raises, in one tree rooted at ``NanostreamError`` (drawn in docs/errors.md).
 
-Library errors (aiohttp's, pyarrow's, OS errors) are translated into these at
-one boundary per module with ``raise ... from exc``, so callers catch one root
-and still see the cause. Messages name the shard, URL or path and say what to
-do next.
-
-    NanostreamError
-    ├── ConfigError              bad input: flag, env var, dataset name, folder (CLI exit 2)
-    │   └── DatasetError         a dataset that cannot be used: unknown scheme, no such repo/bucket/
-    │                            revision, no access, no parquet files, an empty split, no text column
-    ├── FetchError               a shard could not be downloaded
-    │   ├── HTTPStatusError      the server refused (401/403/404, ...): not retried
-    │   │   └── AccessDenied     the source refuses every file (401/403: a gated or private repo, a bad
-    │   │                        token): one error for the whole fetch, which stops (CLI exit 2)
-    │   ├── RetriesExhausted     transient failures (5xx, 429, drops, stalls) outlasted the retries
-    │   ├── VerificationError    bytes on disk do not match size / sha256 / MD5 / parquet magic, or a
-    │   │                        listed file changed at the source since it was listed
-    │   └── DiskFullError        the data folder cannot hold the shards (checked before starting)
-    ├── ShardError               a shard on disk cannot be used
-    │   ├── MissingShardError    a shard or data folder that should exist does not
-    │   └── CorruptShardError    pyarrow cannot read the file (truncated, not parquet, bad column)
-    ├── TokenizerError           a tokenizer file is missing, corrupt, or cannot be trained
-    └── LoaderError              bad TokenDataset arguments or an incompatible resume state
+aiohttp's, pyarrow's and OS errors are translated into these at one boundary per module with
+``raise ... from exc``; messages name the shard, URL or path and say what to do next.
 """
 
 from __future__ import annotations

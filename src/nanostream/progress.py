@@ -1,7 +1,6 @@
-"""Progress feedback for long work: a tqdm bar on a TTY, plain periodic lines in logs, or nothing.
+"""Progress of a download: a tqdm bar on a TTY, a plain line every few seconds in logs, or nothing.
 
-All three share one small interface the downloader calls: ``add_total(nbytes)``,
-``advance(nbytes)``, ``shard_done(result)`` and ``close()``.
+The downloader calls ``add_total(nbytes)``, ``advance(nbytes)``, ``shard_done(result)`` and ``close()``.
 """
 
 from __future__ import annotations
@@ -9,31 +8,28 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
-class _Counts:
+class NullProgress:
+    """Counts shards and bytes, shows nothing."""
+
     def __init__(self, shards: int) -> None:
         self.shards, self.done, self.failed = shards, 0, 0
         self.total = self.bytes = 0
         self.started = time.monotonic()
 
-    def shard_done(self, result) -> None:
-        if result.error is None:
-            self.done += 1
-        else:
-            self.failed += 1
-
-    def rate(self) -> float:
-        return self.bytes / max(time.monotonic() - self.started, 1e-9)
-
-
-class NullProgress(_Counts):
     def add_total(self, n: int) -> None:
         self.total += n
 
     def advance(self, n: int) -> None:
         self.bytes += n
+
+    def shard_done(self, result: Any) -> None:
+        if result.error is None:
+            self.done += 1
+        else:
+            self.failed += 1
 
     def close(self) -> None:
         pass
@@ -47,6 +43,12 @@ class LineProgress(NullProgress):
         self.stream, self.interval = stream, interval
         self._last = time.monotonic()
 
+    def line(self) -> str:
+        rate = self.bytes / max(time.monotonic() - self.started, 1e-9)
+        eta = (self.total - self.bytes) / max(rate, 1e-9)
+        return (f"fetch: {self.done}/{self.shards} shards, {self.failed} failed, "
+                f"{self.bytes / 1e6:.1f}/{self.total / 1e6:.1f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f}s")
+
     def _maybe_print(self) -> None:
         now = time.monotonic()
         if now - self._last >= self.interval:
@@ -54,18 +56,11 @@ class LineProgress(NullProgress):
             self.stream.write(self.line() + "\n")
             self.stream.flush()
 
-    def line(self) -> str:
-        mb, total = self.bytes / 1e6, self.total / 1e6
-        rate = self.rate() / 1e6
-        eta = (self.total - self.bytes) / max(self.rate(), 1e-9)
-        return (f"fetch: {self.done}/{self.shards} shards, {self.failed} failed, "
-                f"{mb:.1f}/{total:.1f} MB, {rate:.1f} MB/s, ETA {eta:.0f}s")
-
     def advance(self, n: int) -> None:
         super().advance(n)
         self._maybe_print()
 
-    def shard_done(self, result) -> None:
+    def shard_done(self, result: Any) -> None:
         super().shard_done(result)
         if result.error is None:  # failures are told once, by the summary (a host that is down fails
             self._maybe_print()   # every shard in one go: no line halfway through the count)
@@ -98,7 +93,7 @@ class BarProgress(NullProgress):
         super().advance(n)
         self.bar.update(n)
 
-    def shard_done(self, result) -> None:
+    def shard_done(self, result: Any) -> None:
         super().shard_done(result)
         self._postfix()
         self.bar.refresh()
@@ -108,6 +103,7 @@ class BarProgress(NullProgress):
 
 
 def make_progress(shards: int, *, quiet: bool = False, stream: TextIO = sys.stderr) -> NullProgress:
+    """Nothing when ``quiet``, a bar on a TTY, else plain lines."""
     if quiet:
         return NullProgress(shards)
     if stream.isatty():

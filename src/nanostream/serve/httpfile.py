@@ -1,24 +1,16 @@
-"""HTTP mechanics of serving one file: byte ranges, ``If-Range``, bodies sent with ``sendfile(2)``.
-
-Used by ``server.py`` (the mirror) and by the tests' fault layer (``iter_file``).
-``parse_range`` and ``if_range_matches`` turn the two request headers into a
-decision and raise ``ValueError`` (saying why) for a header the mirror refuses.
-``write_body`` sends bytes with ``sendfile(2)``: no copy through Python and
-nothing buffered per connection, in ``CHUNK`` steps that must each complete within
-the send timeout, so a reader that stalls is dropped instead of holding its slot.
-(Like nginx's, the ``sendfile`` call runs on the event loop's thread: a cold page
-cache makes it wait for the disk.)
-"""
+"""Serving one file over HTTP: file digests, ``Range`` and ``If-Range``, and the ``sendfile(2)`` body writer."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 from aiohttp import web
@@ -26,7 +18,6 @@ from aiohttp import web
 from .._compat import timeout
 
 CHUNK = 1 << 20
-HASH_CHUNK = 1 << 20  # one buffer per hashing thread: little for malloc to keep after
 MAX_RANGE_HEADER = 100  # characters; one byte range needs at most ~45
 SEND_TIMEOUT = 30.0
 
@@ -47,9 +38,9 @@ class FileInfo:
         return f'"{self.sha256}"'
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK)
+def hex_digest(path: Path, h: Any) -> str:
+    """The hex digest of ``path``'s bytes fed to the hash object ``h`` (blocking: reads the whole file)."""
+    buf = bytearray(CHUNK)  # one buffer per call: little for malloc to keep after
     view = memoryview(buf)
     with path.open("rb", buffering=0) as f:
         while n := f.readinto(buf):
@@ -57,13 +48,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
-    """Parse one ``Range`` header against a file of ``size`` bytes.
+def sha256_file(path: Path) -> str:
+    return hex_digest(path, hashlib.sha256())
 
-    Returns ``(start, end)`` (end exclusive) for a satisfiable single range,
-    ``None`` when the header is absent or not in ``bytes`` (ignored: serve the whole
-    file), and ``False`` when it is unsatisfiable (416). Raises ``ValueError``
-    (saying why) for a malformed, multi-range or overlong byte range.
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
+    """One ``Range`` header against a file of ``size`` bytes.
+
+    Returns ``(start, end)`` (end exclusive) for a satisfiable single range, ``None`` when the
+    header is absent or not in ``bytes`` (serve the whole file), ``False`` when it is unsatisfiable
+    (416). Raises ``ValueError`` saying why for a malformed, multi-range or overlong byte range.
     """
     if not header:
         return None
@@ -95,11 +89,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
 
 
 def if_range_matches(value: str, etag: str) -> bool:
-    """Whether an ``If-Range`` validator lets a range through: only our own strong ETag does.
-
-    A weak ETag or an HTTP date never matches (no ``Last-Modified`` is sent).
-    Raises ``ValueError`` if ``value`` is neither an entity tag nor an HTTP date.
-    """
+    """Whether an ``If-Range`` validator lets a range through: only our own strong ETag does (a weak
+    ETag or a date never matches: no ``Last-Modified`` is sent). ``ValueError`` if it is neither."""
     value = value.strip()
     if _ETAG.fullmatch(value):
         return value == etag
@@ -111,11 +102,8 @@ def if_range_matches(value: str, etag: str) -> bool:
 
 
 async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """Yield bytes ``[start, end)`` of ``path`` in chunks, read with aiofiles (a worker thread).
-
-    Use it with ``contextlib.aclosing`` so the file is closed on early exit.
-    Raises ``OSError`` if the file is shorter than ``end``.
-    """
+    """Bytes ``[start, end)`` of ``path`` in chunks, read on a worker thread; ``OSError`` if the file is
+    shorter. Use it with ``contextlib.aclosing`` so the file is closed on an early exit."""
     async with aiofiles.open(path, "rb") as f:
         await f.seek(start)
         pos = start
@@ -133,37 +121,30 @@ class SlowReader(ConnectionError):
 
 async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,
                      start: int, end: int, *, send_timeout: float = SEND_TIMEOUT) -> None:
-    """The default body writer: bytes ``[start, end)`` of ``path`` with ``sendfile(2)``.
-
-    Each ``CHUNK`` must leave within ``send_timeout`` seconds, or ``SlowReader`` is
-    raised. Where the loop has no ``sendfile`` (uvloop), the file goes in ``CHUNK``
-    reads instead, each write waiting for the socket to drain, under the same timeout.
-    """
+    """Send bytes ``[start, end)`` of ``path`` with ``sendfile(2)``, each ``CHUNK`` within ``send_timeout``
+    seconds or ``SlowReader``. Where the loop has no ``sendfile`` (uvloop), ``CHUNK`` reads, each write
+    waiting for the socket to drain, under the same timeout. (Like nginx's, the ``sendfile`` call runs
+    on the event loop's thread: a cold page cache makes it wait for the disk.)"""
     loop = asyncio.get_running_loop()
     pos = start
-    with path.open("rb") as f:  # stat'ed a moment ago: opening does not wait for the disk
-        while pos < end:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client closed the connection")
-            try:
-                async with timeout(send_timeout):
-                    sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
-            except NotImplementedError:
-                break
-            except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
-                raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
-            if not sent:
-                raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
-            pos += sent
-    if pos < end:  # no sendfile here: bounded reads, each write waits for the socket to drain
-        gen = iter_file(path, pos, end)
-        try:
-            async for data in gen:
+    try:
+        with path.open("rb") as f:  # stat'ed a moment ago: opening does not wait for the disk
+            while pos < end:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client closed the connection")
                 try:
                     async with timeout(send_timeout):
+                        sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
+                except NotImplementedError:
+                    break
+                if not sent:
+                    raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
+                pos += sent
+        if pos < end:
+            async with contextlib.aclosing(iter_file(path, pos, end)) as chunks:
+                async for data in chunks:
+                    async with timeout(send_timeout):
                         await response.write(data)
-                except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
-                    raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
-        finally:
-            await gen.aclose()
+    except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
+        raise SlowReader(f"read nothing for {send_timeout:g} s") from exc

@@ -1,30 +1,8 @@
-"""The Hub API ``nanostream serve`` answers for a folder fetched from an ``hf://`` dataset.
+"""The Hub API that ``nanostream serve`` answers for a folder fetched from an ``hf://`` dataset.
 
-With ``HF_ENDPOINT=http://mirror:8000``, nanostream's own client, ``huggingface_hub``
-(``HfApi``, ``hf_hub_download``, ``snapshot_download``, ``HfFileSystem``) and
-``datasets`` list and download from the mirror as from the Hub: the same commit sha,
-paths, sizes, sha256 and git ids (``hubtree.py``). The folder's record
-(``.nanostream.json``) says which repo, path and commit it holds; the files it lists
-that are present in the folder are the repo's files, with every folder above them.
-Revisions: ``main``, the commit sha, and the revision the folder was fetched at
-(``hf://datasets/ORG/NAME@REV``); any other is a 404 with ``X-Error-Code: RevisionNotFound``.
-
-    GET /api/datasets/ORG/NAME[/revision/REV]     {"id", "author", "sha", "siblings", ...}
-        (``blobs=true``: siblings carry size, blobId, lfs; ``expand=K``: only those keys)
-    GET /api/datasets/ORG/NAME/tree/REV[/PATH]    entries {"type": "file"|"directory", "oid", "size",
-        "path"[, "lfs": {"oid", "size", "pointerSize"}]}; ``recursive=true`` walks subfolders;
-        1000 a page (50 with ``expand=true``), the next in ``Link: <...&cursor=...>; rel="next"``
-    POST /api/datasets/ORG/NAME/paths-info/REV    urlencoded form or JSON ``paths=``: the entries of
-        those that exist, in the order asked
-    GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH  the bytes (ShardFiles: Range, ETag, X-Linked-*)
-        with ``X-Repo-Commit``
-
-A missing repo, revision or path answers 404 with the Hub's ``X-Error-Code``
-(RepoNotFound, RevisionNotFound, EntryNotFound); every error has a JSON body
-``{"error": ...}``, and no request text goes into a header (``hubrequest.py`` reads and
-checks the request). Not sent: ``lastCommit`` and
-``securityFileStatus`` (the record does not hold them), ``xetHash`` (files come as
-plain HTTP bodies), card data (a README is not part of what fetch keeps).
+With ``HF_ENDPOINT`` at the mirror, nanostream, ``huggingface_hub`` and ``datasets`` list and download
+the recorded commit as from the Hub (routes and answers: docs/serve.md). ``hubrequest.py`` reads and
+checks each request and makes the JSON errors; ``hubtree.py`` makes the git tree entries.
 """
 
 from __future__ import annotations
@@ -40,6 +18,7 @@ from ..errors import DatasetError
 from ..sources.catalog import Catalog
 from ..sources.hub import parse_hub_url
 from ..sources.record import read_catalog
+from .files import ShardFiles
 from .hubrequest import asked_paths, cursor_start, hub_error, next_link, quoted, target
 from .hubtree import Held, Tree, blob_oid_of_file, build_tree
 
@@ -52,8 +31,8 @@ REST = r"{rest:[\s\S]+}"  # the rest of the path, a quoted newline (%0A) include
 class HubMirror:
     """Routes for the Hub API of the one dataset recorded in ``root``."""
 
-    def __init__(self, root: Path, cat: Catalog, files) -> None:
-        self.root, self.cat, self.files = root, cat, files
+    def __init__(self, cat: Catalog, files: ShardFiles) -> None:
+        self.root, self.cat, self.files = files.root, cat, files
         hp = parse_hub_url(cat.source)
         self.repo, self.path = hp.repo_id, hp.path
         self.sha = cat.revision or ""
@@ -63,17 +42,18 @@ class HubMirror:
         self._blobs: dict[tuple[str, int, int], str] = {}
 
     @classmethod
-    def of(cls, root: Path, files) -> HubMirror | None:
-        """The mirror of ``root``'s recorded hf:// dataset, or None if it holds none."""
+    def of(cls, files: ShardFiles) -> HubMirror | None:
+        """The Hub API of the hf:// dataset recorded in the served folder, or None if it holds none."""
         try:
-            cat = read_catalog(root)
-            if cat is None or not cat.source.startswith(PREFIX) or not cat.revision:
-                return None
-            return cls(root, cat, files)
+            cat = read_catalog(files.root)
         except DatasetError:
             return None
+        if cat is None or not cat.source.startswith(PREFIX) or not cat.revision:
+            return None
+        return cls(cat, files)
 
     def add_routes(self, app: web.Application) -> None:
+        """The Hub's routes for this dataset, added to ``app``."""
         base = "/api/datasets/{org}/{name}"
         app.router.add_get(base, self.info)
         app.router.add_get(base + "/revision/" + REST, self.info)
@@ -125,6 +105,8 @@ class HubMirror:
 
     # -- endpoints ----------------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:
+        """``GET /api/datasets/ORG/NAME[/revision/REV]``: id, sha and siblings (``blobs=true``: with sizes
+        and ids; ``expand=K``: only those keys)."""
         self._target(request, "revision")
         tree = await self._current()
         blobs = request.query.get("blobs", "").lower() == "true"
@@ -147,6 +129,8 @@ class HubMirror:
         return web.json_response(body)
 
     async def tree(self, request: web.Request) -> web.Response:
+        """``GET .../tree/REV[/PATH]``: one page of the folder's entries (``recursive=true``: all below it),
+        the next page's URL in ``Link``."""
         rev, path = self._target(request, "tree")
         recursive = request.query.get("recursive", "").lower() == "true"
         expand = request.query.get("expand", "").lower() == "true"
@@ -163,12 +147,14 @@ class HubMirror:
         return web.json_response(entries[start: start + size], headers=headers)
 
     async def paths_info(self, request: web.Request) -> web.Response:
+        """``POST .../paths-info/REV``: the entries of the asked paths that exist, in the order asked."""
         self._target(request, "paths-info")
         asked = await asked_paths(request)
         entries = (await self._current()).entries
         return web.json_response([entries[p] for p in (x.strip("/") for x in asked) if p in entries])
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
+        """``GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH``: the file, with ``X-Repo-Commit``."""
         _, full = self._target(request, "resolve")
         entry = (await self._current()).entries.get(full)
         prefix = f"{self.path}/" if self.path else ""

@@ -1,20 +1,5 @@
-"""What a request to the mirror's Hub API asks for, checked, and the JSON errors a bad one gets.
-
-``hubapi.py`` answers; this module reads the request for it: the repo, revision and path
-of ``.../ACTION/REV[/PATH]``, the ``paths=`` of a ``paths-info`` body, a tree page's
-``cursor``, and the ``Link`` to the next page. Whatever the client sent that cannot be
-answered is a 4xx with a JSON body ``{"error": "..."}``, as the Hub's errors are:
-huggingface_hub shows that text in the exception it raises, and picks the exception's
-class from ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound). A malformed
-``paths-info`` body or cursor is a 400, a body that is neither JSON nor a urlencoded form
-a 415, one over aiohttp's 1 MiB a 413. ``json_errors`` gives every other refusal under
-the Hub's routes (``/api/...``, ``/datasets/...``: 404, 405, 416) the same JSON body.
-
-No request text goes into a response header, escaped or not: the headers carry only the
-mirror's own values (error codes, its commit, a ``Link`` rebuilt from the revision and
-folder it found, the client's ``Host`` only if it is a plain host[:port]). Request text is
-quoted (``repr``, clipped) inside the JSON body only.
-"""
+"""What a request to the mirror's Hub API asks for, checked, and the JSON errors (``{"error": ...}``, as
+the Hub's) a bad one gets. No request text ever goes into a response header, only into a JSON body."""
 
 from __future__ import annotations
 

@@ -1,22 +1,8 @@
-"""The git view of a mirrored hf:// folder: the tree entries the Hub's API answers for its one commit.
+"""The git view of a mirrored ``hf://`` folder: the tree entries the Hub's API answers, with git's ids.
 
-The Hub's tree API names every file by its git blob id (``oid``) and every folder by
-its git tree id. A file stored with git LFS (every parquet file on the Hub) is, in
-git, its pointer file::
-
-    version https://git-lfs.github.com/spec/v1
-    oid sha256:<sha256 of the content>
-    size <bytes>
-
-so its ``oid`` is the sha1 of that pointer as a git blob (``sha1(b"blob <len>\\0" +
-pointer)``) and ``lfs`` carries ``{"oid": <sha256>, "size", "pointerSize": <len>}``.
-A file the record lists without a sha256 was a plain git blob on the Hub: its ``oid``
-is the sha1 of its bytes as a blob, hashed here once per (path, size, mtime). A
-folder's ``oid`` is the git tree id of what the mirror holds under it (the Hub's
-own id when the folder holds every file of that folder at that commit).
-
-``build_tree`` makes the entries; ``Tree.listing`` answers ``tree/REV/PATH`` with or
-without ``recursive``; ``Tree.entries`` answers ``paths-info``.
+A file in git LFS (every parquet file on the Hub) is, in git, its LFS pointer file: its ``oid`` is that
+pointer's git blob id. A file recorded without a sha256 was a plain git blob: its ``oid`` is its bytes'.
+A folder's ``oid`` is the git tree id of what the mirror holds under it.
 """
 
 from __future__ import annotations
@@ -26,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .httpfile import hex_digest
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 
@@ -42,12 +30,7 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 def blob_oid_of_file(path: Path) -> str:
     """The git blob id of a file's bytes (blocking: hashes the whole file)."""
-    size = path.stat().st_size
-    h = hashlib.sha1(f"blob {size}\0".encode())
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hex_digest(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
 
 
 def tree_oid(children: Iterable[dict[str, Any]]) -> str:

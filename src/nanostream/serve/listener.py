@@ -1,24 +1,7 @@
-"""The mirror's connection layer: a capped accept loop, request deadlines and keep-alive limits.
+"""The mirror's connection limits: a capped accept loop, a deadline for each request, a keep-alive request limit.
 
-What aiohttp's server offers (3.14.5, as installed): ``keepalive_timeout`` (3630 s by default in
-``RequestHandler``) and header size limits (``max_line_size``, ``max_field_size``,
-``max_headers``). It has no header-read timeout option, no limit of requests per keep-alive
-connection, and no cap on connections: ``loop.create_server`` accepts whatever arrives. (In 3.14
-the keep-alive timer also starts when a connection opens; that is an implementation detail the
-project's ``aiohttp>=3.9`` floor cannot count on.) ``Listener`` adds all three around aiohttp's
-documented low-level ``web.Server`` protocol factory:
-
-- At most ``max_connections`` connections are open at once. At the cap it stops calling
-  ``accept()``: new clients wait in the kernel's listen backlog, and cost this process neither
-  memory nor file descriptors until a slot frees.
-- A request must arrive complete within ``timeout`` seconds of the connection opening, or of the
-  previous response ending; otherwise the connection is dropped, with one log line. That covers
-  the silent client, the half-sent or byte-by-byte request, and the idle keep-alive connection.
-  (Slow *readers* are the body writer's business: see ``httpfile.write_body``.)
-- The response to the ``max_keepalive_requests``-th request on a connection says
-  ``Connection: close``.
-- aiohttp's protocol errors (a malformed request line, oversized headers: 400) are logged as one
-  line instead of a traceback.
+aiohttp's server has none of the three (it accepts whatever arrives and has no header-read timeout), so
+``Listener`` accepts connections itself and hands each to aiohttp's ``web.Server`` protocol factory.
 """
 
 from __future__ import annotations
@@ -28,13 +11,14 @@ import errno
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
+from .._compat import TaskGroup
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,15 +26,16 @@ log = logging.getLogger(__name__)
 BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 FDS_PER_CONNECTION = 2  # the socket, plus the file being sent
 FDS_SPARE = 64  # listening sockets, the event loop, worker threads' files, logging
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """How much the mirror lets clients hold; ``check()`` raises ConfigError for bad values."""
+    """How much the mirror lets clients hold; ``check()`` returns it, or raises ConfigError for a bad value."""
 
-    max_connections: int = 256
+    max_connections: int = 256  # open at once; more wait in the kernel's listen backlog
     timeout: float = 30.0  # to send a whole request; idle keep-alive; a stalled reader
-    max_keepalive_requests: int = 100
+    max_keepalive_requests: int = 100  # the answer to the last one says Connection: close
 
     def check(self) -> Limits:
         if not 1 <= self.max_connections <= 1_000_000:
@@ -77,49 +62,18 @@ class Limits:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-class _OneLineLog:
-    """aiohttp's server logger, except that a rejected request (HttpProcessingError) is one line."""
-
-    def __init__(self, inner: logging.Logger) -> None:
-        self._inner = inner
-
-    def _rejected(self, msg: str, args: tuple[Any, ...], exc_info: object) -> bool:
-        if not isinstance(exc_info, HttpProcessingError):
-            return False
-        text = " ".join(str(exc_info.message).split())[:200]
-        log.info("%s: %s %s", msg % args, exc_info.code, text)
-        return True
-
-    def exception(self, msg: str, *args: Any, exc_info: object = True, **kwargs: Any) -> None:
-        if not self._rejected(msg, args, exc_info):
-            self._inner.exception(msg, *args, exc_info=exc_info, **kwargs)  # a bug: keep its traceback
-
-    def debug(self, msg: str, *args: Any, exc_info: object = None, **kwargs: Any) -> None:
-        if not self._rejected(msg, args, exc_info):
-            self._inner.debug(msg, *args, exc_info=exc_info, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def server_kwargs(limits: Limits) -> dict[str, Any]:
-    """Keyword arguments for ``web.AppRunner`` / ``web.Server`` that go with ``limits``."""
-    return {"keepalive_timeout": limits.timeout, "max_line_size": 8190, "max_field_size": 8190,
-            "max_headers": 32, "logger": _OneLineLog(logging.getLogger("aiohttp.server"))}
-
-
-class _Conn(asyncio.Protocol):
-    """One accepted connection: forwards to aiohttp's handler, keeps its deadline and its slot."""
+class _Connection(asyncio.Protocol):
+    """One accepted connection: forwards to aiohttp's handler, holds a slot, and is dropped when no
+    complete request arrives within the timeout of its opening or of its previous response."""
 
     def __init__(self, listener: Listener, inner: Any, peer: str) -> None:
         self.listener, self.inner, self.peer = listener, inner, peer
         self.transport: asyncio.Transport | None = None
         self.requests = 0
-        self.busy = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self.busy = 0  # requests being answered: no deadline meanwhile
+        self._deadline: asyncio.TimerHandle | None = None
         self._freed = False
 
-    # -- asyncio.Protocol, forwarded to aiohttp's RequestHandler ----------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         live = self.listener.live
@@ -146,12 +100,9 @@ class _Conn(asyncio.Protocol):
         finally:
             self.free()
 
-    # -- bookkeeping ---------------------------------------------------------------------------
     def free(self) -> None:
         """Cancel the deadline and give the slot back (once)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         if not self._freed:
             self._freed = True
             self.listener.live.pop(self.inner, None)
@@ -160,9 +111,7 @@ class _Conn(asyncio.Protocol):
     def begin(self) -> None:
         self.busy += 1
         self.requests += 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
 
     def end(self) -> None:
         self.busy -= 1
@@ -170,40 +119,35 @@ class _Conn(asyncio.Protocol):
             self._arm()
 
     def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.listener.limits.timeout, self._expire)
+        self._disarm()
+        self._deadline = asyncio.get_running_loop().call_later(self.listener.limits.timeout, self._expire)
 
-    def _expire(self) -> None:
-        self._timer = None
-        if self.busy or self.transport is None or self._freed:
-            return
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:  # armed only while idle and open
+        self._deadline = None
+        assert self.transport is not None
         log.info("dropped %s: no complete request within %g s (idle, or a request sent too slowly)",
                  self.peer, self.listener.limits.timeout)
         self.transport.abort()
 
 
-def _peer(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
-    return str(addr)
-
-
 class Listener:
-    """Listening sockets plus a capped accept loop feeding aiohttp's ``web.Server`` (see the module doc).
+    """Listening sockets and a capped accept loop in front of aiohttp's ``web.Server``.
 
-    Use: ``port = await l.bind(host, port)``; add ``l.middleware`` and ``l.on_response_prepare`` to
-    the app before the runner's setup; ``l.start(runner.server)``; at the end ``await l.close()``,
-    ``await runner.cleanup()``, ``l.abort_all()``.
+    ``await bind(host, port)``, ``install(app)`` before the app's runner is set up, then
+    ``async with accepting(runner.server):`` serves; ``abort_all()`` drops what is still open after it.
     """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits.check()
         self.slots = asyncio.Semaphore(limits.max_connections)
-        self.live: dict[Any, _Conn] = {}  # aiohttp RequestHandler -> its connection
+        self.live: dict[Any, _Connection] = {}  # aiohttp RequestHandler -> its connection
         self.peak = 0  # most connections ever open at once
         self._socks: list[socket.socket] = []
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def open_connections(self) -> int:
@@ -240,10 +184,30 @@ class Listener:
             raise ConfigError(f"cannot listen on {host}:{port} ({why}); choose another --host/--port") from exc
         return self._socks[0].getsockname()[1]
 
-    def start(self, factory: Callable[[], Any]) -> None:
-        """Start accepting, handing each connection to ``factory()`` (aiohttp's ``runner.server``)."""
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._accept(sock, factory)) for sock in self._socks]
+    def install(self, app: web.Application) -> None:
+        """Hook the request deadline and the keep-alive limit into ``app``."""
+        app.middlewares.append(self._middleware)
+        app.on_response_prepare.append(self._on_response_prepare)
+
+    @asynccontextmanager
+    async def accepting(self, factory: Callable[[], Any]) -> AsyncIterator[None]:
+        """Accept connections into ``factory()`` (aiohttp's ``runner.server``) for the length of the block,
+        one task per listening socket; the sockets are closed after it (open connections stay)."""
+        try:
+            async with TaskGroup() as tg:
+                loops = [tg.create_task(self._accept(sock, factory)) for sock in self._socks]
+                try:
+                    yield
+                finally:
+                    for task in loops:
+                        task.cancel()
+        except Exception as exc:  # the TaskGroup wraps an error of the block: raise it as it was raised
+            inner = getattr(exc, "exceptions", ())
+            if len(inner) != 1:
+                raise
+            raise inner[0] from inner[0].__cause__
+        finally:
+            self._close_sockets()
 
     async def _accept(self, sock: socket.socket, factory: Callable[[], Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -251,44 +215,43 @@ class Listener:
             await self.slots.acquire()
             try:
                 conn, addr = await loop.sock_accept(sock)
-            except OSError as exc:  # out of descriptors or memory, or the client gave up: try again
+            except OSError as exc:  # the client gave up, or we are out of descriptors or memory: try again
                 self.slots.release()
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if exc.errno in OUT_OF_RESOURCES:
                     log.warning("cannot accept a connection (%s); retrying in 0.5 s", exc.strerror)
                     await asyncio.sleep(0.5)
                 continue
             except BaseException:
                 self.slots.release()
                 raise
-            proto = _Conn(self, factory(), _peer(addr))
+            peer = f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+            connection = _Connection(self, factory(), peer)
             try:
-                await loop.connect_accepted_socket(lambda p=proto: p, conn)
-            except OSError as exc:
-                log.info("dropped %s at connect: %s", proto.peer, exc)
+                await loop.connect_accepted_socket(lambda c=connection: c, conn)
+            except BaseException as exc:
                 conn.close()
-                proto.free()
-            except BaseException:
-                conn.close()
-                proto.free()
-                raise
+                connection.free()
+                if not isinstance(exc, OSError):
+                    raise
+                log.info("dropped %s at connect: %s", peer, exc)
 
     @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        """Marks the connection busy while a request is handled (its deadline waits meanwhile)."""
-        conn = self.live.get(request.protocol)
-        if conn is None:
+    async def _middleware(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """The connection is busy while a request is handled: its deadline waits meanwhile."""
+        connection = self.live.get(request.protocol)
+        if connection is None:
             return await handler(request)
-        conn.begin()
+        connection.begin()
         try:
             return await handler(request)
         finally:
-            conn.end()
+            connection.end()
 
-    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Closes the connection after its ``max_keepalive_requests``-th response."""
-        conn = self.live.get(request.protocol)
-        if conn is not None and conn.requests >= self.limits.max_keepalive_requests:
+    async def _on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Close the connection after its ``max_keepalive_requests``-th response."""
+        connection = self.live.get(request.protocol)
+        if connection is not None and connection.requests >= self.limits.max_keepalive_requests:
             response.force_close()  # headers are computed before this hook: say it too
             response.headers["Connection"] = "close"
 
@@ -297,17 +260,8 @@ class Listener:
             sock.close()
         self._socks.clear()
 
-    async def close(self) -> None:
-        """Stop accepting and close the listening sockets (open connections stay: see ``abort_all``)."""
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-        self._tasks.clear()
-        self._close_sockets()
-
     def abort_all(self) -> None:
-        """Drop every connection still open (after the runner's graceful shutdown)."""
-        for conn in list(self.live.values()):
-            if conn.transport is not None:
-                conn.transport.abort()
+        """Drop every connection still open."""
+        for connection in list(self.live.values()):
+            if connection.transport is not None:
+                connection.transport.abort()

@@ -1,11 +1,5 @@
-"""BPE training: ``train_tokenizer`` (rustbpe) and ``nanostream tokenizer train``.
-
-rustbpe learns the merges (multi-threaded, GPT-4-style pre-split pattern from
-``nanostream.text.tokenizer.SPLIT_PATTERN``); the result is a ``BPETokenizer`` whose
-encoding runs on tiktoken. The CLI reads the folder's train shards (never the
-validation shard) row group by row group until ``--max-chars`` characters, trains,
-and saves to ``--out`` (default ``$NANOSTREAM_BASE_DIR/tokenizer``).
-"""
+"""BPE training: ``train_tokenizer`` (rustbpe learns the merges; tiktoken or gigatoken encode the result) and
+``nanostream tokenizer train``, which reads a folder's train files, never its validation files."""
 
 from __future__ import annotations
 
@@ -29,7 +23,8 @@ from ..errors import (
     TokenizerError,
 )
 from ..sources.resolve import pin_catalog, split_indices
-from .tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, BPETokenizer
+from .saved import SPECIAL_TOKENS
+from .tokenizer import SPLIT_PATTERN, BPETokenizer
 
 if TYPE_CHECKING:
     import argparse

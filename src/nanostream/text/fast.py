@@ -1,38 +1,26 @@
-"""The fast encoder: gigatoken (Rust BPE), as flat arrays, with its memory bounded.
+"""The fast encoder: gigatoken (Rust BPE) as flat arrays with bounded memory, used only where a load-time
+check on a fixed sample shows it gives the reference library's ids.
 
-``FastEncoder.encode_flat(texts)`` returns ``(tokens, offsets)``: every text's ids in one
-``uint32`` array and ``offsets`` (``int64``, ``len(texts) + 1``) where text ``i`` is
-``tokens[offsets[i]:offsets[i+1]]`` -- gigatoken's own output arrays, no Python ints.
-
-* No special token is ever registered with it (a ``.tiktoken`` build gets none; an HF
-  ``tokenizer.json`` has its special added tokens removed first), so document text is
-  encoded as text: the loader places BOS itself.
-* gigatoken caches the encoding of every distinct piece of text it meets and never shrinks
-  that cache, so the encoder is rebuilt from its source after every ``REBUILD_CHARS``
-  characters it encoded (a build takes 10 ms for an 8k vocabulary, 80 ms for cl100k's 100k), and
-  the freed cache is returned to the OS (``malloc_trim`` on glibc): memory stays bounded over a
-  run of any length. Threads already encoding finish on the encoder they started with.
-* It is called with ``parallel=False`` on the caller's threads (it releases the GIL): no
-  process-wide thread pool, which also keeps it safe in forked DataLoader workers.
-* ``digit_cut``: nanochat's ``\\p{N}{1,2}`` pattern runs on the GPT-4 scheme after cutting
-  digit runs into pairs (``schemes.digit_pieces``).
-
-gigatoken is imported here only (``available()``); without it tokenizers use their reference
-library. Nothing here decides whether the fast encoder may be used: ``identity.py`` checks it.
+gigatoken is imported here only. No special token is ever registered with it, so document text is
+encoded as text. Its cache of encoded pieces never shrinks, so the encoder is rebuilt every
+``REBUILD_CHARS`` characters and the freed memory handed back to the OS.
 """
 
 from __future__ import annotations
 
 import ctypes
+import random
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import TokenizerError
+from ..sources.catalog import say_once
 from .schemes import digit_pieces
 
 REBUILD_CHARS = 32_000_000  # characters encoded between two rebuilds of the encoder (bounds its cache)
@@ -75,9 +63,12 @@ class FromJson:
         return gigatoken.Tokenizer.from_json(self.data).backend
 
 
+_trim: Any = None
+
+
 def _return_freed_memory() -> None:
-    """glibc's ``malloc_trim(0)``: freed heap pages go back to the OS (a freed encode cache otherwise stays
-    resident, and RSS creeps up by its size at each rebuild). Nothing elsewhere."""
+    """glibc's ``malloc_trim(0)``: freed heap pages go back to the OS (else a freed encode cache stays
+    resident and RSS creeps up by its size at each rebuild). Nothing elsewhere."""
     global _trim
     if _trim is None:
         try:
@@ -88,12 +79,9 @@ def _return_freed_memory() -> None:
         _trim(0)
 
 
-_trim: Any = None
-
-
 class FastEncoder:
-    """A gigatoken encoder, rebuilt every ``rebuild_chars`` characters; thread-safe. Pickles as its
-    builder (DataLoader workers build their own)."""
+    """A gigatoken encoder made by ``build()``, rebuilt every ``rebuild_chars`` characters; thread-safe.
+    ``digit_cut``: cut digit runs into pairs first (``schemes.digit_pieces``). Pickles as its builder."""
 
     def __init__(self, build: Callable[[], Any], *, digit_cut: bool = False,
                  rebuild_chars: int = REBUILD_CHARS) -> None:
@@ -117,12 +105,13 @@ class FastEncoder:
             return self._backend
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every text's ids in one ``uint32`` array, and ``offsets`` (``int64``, ``len(texts) + 1``)."""
         import awkward as ak
 
         texts = texts if isinstance(texts, list) else list(texts)
         cut = digit_pieces(texts) if self.digit_cut else None
         pieces = texts if cut is None else cut[0]
-        backend = self._current(sum(map(len, pieces)))
+        backend = self._current(sum(map(len, pieces)))  # on the caller's thread: it releases the GIL
         layout = ak.to_layout(backend.encode_batch(pieces, parallel=False))
         tokens, offsets = np.asarray(layout.content.data), np.asarray(layout.offsets.data)
         if cut is not None:  # each text's pieces are consecutive: keep the offsets at text boundaries
@@ -135,3 +124,85 @@ class FastEncoder:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["build"], digit_cut=state["digit_cut"], rebuild_chars=state["rebuild_chars"])
+
+
+# -- the identity check: texts on which split patterns and encoders disagree ------------------------
+_NUMBERS = [
+    "1", "12", "123", "1234", "12345", "123456", "1234567", "12345678901234567890",
+    "3.14159", "1e-9", "0xDEADBEEF", "2024-12-07", "1,234,567.89", "$1000000", "v1.2.3", "+33 1 23 45 67 89",
+    "abc123def", "a1b22c333d4444", "x²³ y⁴⁵⁶", "١٢٣٤٥ ٦٧", "०१२३४५६७", "৩৪৫৬", "１２３４５", "½¾⅞ Ⅻ Ⅳ ⑩⑪⑫",
+    "𝟘𝟙𝟚𝟛", "10²³ atoms", "١2٣4٥", "9 99 999 9999 99999",
+]
+_SPACES = [
+    "", " ", "  ", "\n", "\n\n", "a \n ", "a\n\n  ", "x  ", "end \t\n\t", " \n \n ", "\r\n", "a\r\n\r\nb",
+    "tabs\tand\nnewlines\r\n\n  indented   spaces   ", "  123", " 1234", "\t\t12345", "a  1234 b", "\n 123\n",
+    "nbsp\u00a0\u00a0123", "line\u2028sep\u2029para", "ideo\u3000graphic\u3000 space",
+]
+_WORDS = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "don't DON'T I'm I'M we'll WE'LL they've THEY'VE you're YOU'RE he'd HE'D it's IT'S o'clock ’s ’S",
+    "naïve café — Ünïcödé ß ø 你好，世界 こんにちは Привет مرحبا नमस्ते क्षत्रिय",
+    "emoji 😀👍🏽👨‍👩‍👧 flags 🇫🇷 and a lone combining mark e\u0301 and ǅ Ǆ ǆ",
+    "punctuation!!! ... ??? --- *** ((())) [[x]] {y} <z> 'quoted' \"double\" `back`",
+    "code: def f(x): return x**2 + 1  # comment\n    if x: pass\n",
+    "\x00\x01 control chars \x7f \x1b[31m",
+    "x" * 3000, " " * 300 + "y", "1" * 200, "ab" * 700, "\n" * 50,
+]
+_SPECIAL_TEXT = ["<|bos|>", "<|endoftext|>", "<|begin_of_text|>", "<|end_of_text|>", "<s>", "</s>", "<unk>",
+                 "<|im_start|>", "<|user_start|>", "<|fim_prefix|>", "[CLS]", "<pad>"]
+
+
+def _generated(n: int, seed: int = 0) -> list[str]:
+    atoms = [*list("aZé ß\t\n\r '’sStTdDlL.,!?-_/\\|()0123456789²³١٢٣४½Ⅻ\u00a0\u2028\u3000\u0301中😀"),
+             "'s", "'LL", "\r\n", " \n ", "\n\n", "  ", "123", "4567", "<|bos|>", "<|endoftext|>", " the", "ing"]
+    rng = random.Random(seed)
+    return ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+SAMPLE: tuple[str, ...] = tuple(
+    [*_NUMBERS, *_SPACES, *_WORDS, *_SPECIAL_TEXT,
+     " ".join(_NUMBERS), "".join(_NUMBERS), " ".join(_SPECIAL_TEXT), "".join(_SPECIAL_TEXT),
+     *(f"text {s} text{s}{s} {s}" for s in _SPECIAL_TEXT), *_generated(400)])
+
+
+def first_difference(reference: Callable[[list[str]], Sequence[Sequence[int]]], fast: FastEncoder,
+                     specials: Iterable[str]) -> str | None:
+    """The first text of ``SAMPLE`` (plus each of ``specials`` alone and in a sentence) whose ids from
+    ``fast`` differ from ``reference``'s, or None."""
+    texts = [*SAMPLE, *(t for s in specials for t in (s, f"a {s} in text{s}{s}."))]
+    want = reference(texts)
+    tokens, offsets = fast.encode_flat(texts)
+    if len(offsets) != len(texts) + 1:
+        return texts[0]
+    for i, ids in enumerate(want):
+        got = tokens[offsets[i]:offsets[i + 1]]
+        if len(got) != len(ids) or not np.array_equal(got, np.asarray(ids, dtype=np.int64)):
+            return texts[i]
+    return None
+
+
+def exact_encoder(build: Callable[[], FastEncoder], reference: Callable[[list[str]], Sequence[Sequence[int]]],
+                  specials: Iterable[str], *, required: bool, origin: str, reference_name: str,
+                  unfit: str | None = None) -> FastEncoder | None:
+    """The encoder ``build()`` makes if gigatoken is installed, it builds, and it gives ``reference``'s ids
+    on ``SAMPLE`` with ``specials``; else None, said once, or a TokenizerError if ``required``.
+    ``unfit``: why gigatoken cannot encode this tokenizer at all."""
+    enc, reason = None, unfit
+    if reason is None and not available():
+        reason = "gigatoken is not installed"
+    if reason is None:
+        try:
+            enc = build()
+        except Exception as exc:  # noqa: BLE001  (gigatoken raises plain errors for what it cannot encode)
+            reason = f"gigatoken cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        else:
+            diff = first_difference(reference, enc, specials)
+            if diff is not None:
+                whose = reference_name + ("'" if reference_name.endswith("s") else "'s")
+                enc, reason = None, f"gigatoken's ids differ from {whose} on {diff[:40]!r}"
+    if reason is None:
+        return enc
+    if required:
+        raise TokenizerError(f"{origin}: cannot encode with gigatoken: {reason}")
+    say_once(f"encoder:{origin}:{reason}", f"{origin}: encoding with {reference_name}, not gigatoken: {reason}")
+    return None

@@ -1,15 +1,6 @@
-"""``load_tokenizer``: the one way in for every tokenizer a user has, as a file, a folder or an object.
-
-Paths: ``"byte"``; a folder holding ``tokenizer.json`` (nanostream's own, ``saved.py``, or a
-Hugging Face one, ``hf.py``) or nanochat's ``tokenizer.pkl`` (``pickled.py``); or one of those
-files; or a ``.tiktoken`` rank file with its split scheme (OpenAI's file names carry it, any
-other needs ``scheme=``: a name from ``schemes.PATTERNS`` or the regex itself). Objects
-(``as_tokenizer``, also what ``TokenDataset`` calls): anything with the ``Tokenizer`` protocol
-as it is; a ``tiktoken.Encoding``; nanochat's tokenizer object (``.enc``, ``get_bos_token_id``);
-a ``tokenizers.Tokenizer``; any other object with ``get_bos_token_id``, ``get_vocab_size`` and
-``encode(list_of_texts)``. ``bos`` picks the BOS where a format has no ``<|bos|>``; every wrong
-input is one ``TokenizerError`` naming the file and what was expected.
-"""
+"""``load_tokenizer`` and ``as_tokenizer``: the one way in for every tokenizer a user has, a file, a folder or
+an object, each format read in its own module (``saved.py``, ``pickled.py``, ``hf.py``; a ``.tiktoken``
+rank file here). Every wrong input is one ``TokenizerError`` naming the file and what was expected."""
 
 from __future__ import annotations
 
@@ -19,35 +10,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import regex
 import tiktoken
 
 from ..errors import TokenizerError
 from .hf import HFTokenizer
 from .pickled import read_encoding_state
-from .saved import RETRAIN, load_folder, parse_ranks, read_json
-from .schemes import ENDOFTEXT, OPENAI_SPECIALS, PATTERNS
-from .tokenizer import BOS, CONFIG_NAME, RANKS_NAME, BPETokenizer, ByteTokenizer, Tokenizer
+from .saved import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN, parse_ranks, read_folder, read_json
+from .schemes import ENDOFTEXT, OPENAI_SHA256, OPENAI_SPECIALS, split_pattern
+from .tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
 
 PICKLE_NAME = "tokenizer.pkl"
 EXPECTED = ("a nanostream tokenizer folder, nanochat's tokenizer folder or tokenizer.pkl, a Hugging Face "
             'tokenizer.json, a .tiktoken rank file, or "byte"')
-# sha256 of the rank files OpenAI publishes (tiktoken_ext.openai_public): a truncated copy is caught
-OPENAI_SHA256 = {
-    "r50k_base": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
-    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-}
 
 
 def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = None,
                    num_threads: int | None = None, encoder: str = "auto") -> Tokenizer:
-    """The tokenizer at ``path`` (or the object ``path``: see the module docstring).
+    """The tokenizer at ``path``: ``"byte"``, a folder holding ``tokenizer.json`` (nanostream's or Hugging
+    Face's) or nanochat's ``tokenizer.pkl``, one of those files, or a ``.tiktoken`` rank file; or an object
+    (``as_tokenizer``).
 
-    ``bos``: the BOS token's text where the format has no ``<|bos|>`` (GPT-2 and OpenAI's files:
-    ``<|endoftext|>``, the default there; Llama 3: ``<|begin_of_text|>``). ``scheme``: a ``.tiktoken``
-    file's split regex or its name. ``encoder``: ``"auto"`` (the fastest encoder whose ids match
-    the reference library's, checked now), ``"gigatoken"`` or ``"tiktoken"`` (the reference).
+    ``bos``: the BOS token's text where the format has no ``<|bos|>`` (OpenAI's files: ``<|endoftext|>``,
+    the default there; Llama 3: ``<|begin_of_text|>``). ``scheme``: a ``.tiktoken`` file's split regex or
+    its name in ``schemes.PATTERNS`` (OpenAI's file names carry it). ``encoder``: ``"auto"`` (gigatoken
+    where its ids equal the reference library's, checked now), ``"gigatoken"`` or ``"tiktoken"`` (the
+    reference).
     """
     kw = {"num_threads": num_threads, "encoder": encoder}
     if isinstance(path, str) and path == "byte":
@@ -79,7 +66,11 @@ def _json_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
     ours = (path.parent / RANKS_NAME).is_file()  # beside nanostream's ranks: a folder of ours
     config = read_json(path, RETRAIN if ours else "copy it again")
     if ours or (isinstance(config, dict) and "format" in config):
-        return load_folder(config, path, bos=bos, **kw)
+        ranks, pattern = read_folder(config, path)
+        try:
+            return BPETokenizer(ranks, pattern=pattern, bos=bos or BOS, origin=str(path.parent), **kw)
+        except TokenizerError as exc:
+            raise TokenizerError(f"{exc}; {RETRAIN}") from exc
     if isinstance(config, dict) and "model" in config:
         return HFTokenizer(path.read_text(encoding="utf-8"), bos=bos, encoder=kw["encoder"], origin=str(path))
     raise TokenizerError(f"{path} is neither a nanostream tokenizer.json (no \"format\") nor a Hugging Face one "
@@ -92,27 +83,9 @@ def _pickle_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
                         bos=bos or BOS, origin=str(path), **kw)
 
 
-def split_pattern(scheme: str | None, name: str, path: Path) -> str:
-    """The split regex for a ``.tiktoken`` file named ``name``: ``scheme``'s, else the name's."""
-    names = ", ".join(PATTERNS)
-    if scheme is None:
-        if name in OPENAI_SPECIALS:
-            return PATTERNS[name]
-        raise TokenizerError(f"{path} does not say how to split text before BPE: pass scheme= one of {names}, or "
-                             f"the split regex itself (e.g. load_tokenizer({str(path)!r}, scheme='cl100k_base'))")
-    if scheme in PATTERNS:
-        return PATTERNS[scheme]
-    if regex.fullmatch(r"[\w.-]+", scheme):
-        raise TokenizerError(f"unknown split scheme {scheme!r} for {path}: use one of {names}, or pass the split "
-                             "regex itself")
-    try:
-        regex.compile(scheme)
-    except regex.error as exc:
-        raise TokenizerError(f"split scheme for {path} is neither one of {names} nor a valid regex ({exc})") from exc
-    return scheme
-
-
 def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str, Any]) -> Tokenizer:
+    """A ``.tiktoken`` rank file: OpenAI's (checked against its published sha256, with its special tokens),
+    or any other with BOS given the id after the ranks."""
     name = path.name.removesuffix(".tiktoken")
     pattern = split_pattern(scheme, name, path)
     try:
@@ -126,11 +99,10 @@ def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str
     if not ranks:
         raise TokenizerError(f"{path} holds no ranks (empty or truncated): {hint}")
     if name in OPENAI_SPECIALS:
-        specials, default_bos = OPENAI_SPECIALS[name], ENDOFTEXT
-    else:  # a rank file carries no special tokens: BOS takes the id after the ranks
-        specials, default_bos = {bos or BOS: len(ranks)}, bos or BOS
-    return BPETokenizer(ranks, pattern=pattern, special_tokens=specials, bos=bos or default_bos,
-                        origin=str(path), **kw)
+        specials, bos = OPENAI_SPECIALS[name], bos or ENDOFTEXT
+    else:
+        specials, bos = {bos or BOS: len(ranks)}, bos or BOS
+    return BPETokenizer(ranks, pattern=pattern, special_tokens=specials, bos=bos, origin=str(path), **kw)
 
 
 class CallTokenizer:
@@ -150,7 +122,10 @@ class CallTokenizer:
 
 def as_tokenizer(obj: Any, *, bos: str | None = None, num_threads: int | None = None,
                  encoder: str = "auto") -> Tokenizer:
-    """``obj`` as a ``Tokenizer`` (see the module docstring); a TokenizerError if it is none of those."""
+    """``obj`` as a ``Tokenizer`` (what ``TokenDataset`` calls): a path goes to ``load_tokenizer``; a
+    ``Tokenizer`` stays as it is; a ``tiktoken.Encoding``, nanochat's tokenizer object (its ``.enc``) and a
+    ``tokenizers.Tokenizer`` get nanostream's encoders; any other object with nanochat's methods is called
+    as it is (``CallTokenizer``). A TokenizerError for anything else."""
     if isinstance(obj, (str, os.PathLike)):
         return load_tokenizer(obj, bos=bos, num_threads=num_threads, encoder=encoder)
     if all(hasattr(obj, n) for n in ("bos_id", "vocab_size", "encode_batch")):

@@ -1,14 +1,8 @@
 """Reading nanochat's ``tokenizer.pkl`` (``pickle.dump`` of a ``tiktoken.Encoding``) without running pickle code.
 
-A pickled ``Encoding`` (protocol 3 and later; Python 3's default is 4 or 5) is exactly: one
-global, ``tiktoken.core.Encoding``, made with ``NEWOBJ`` and no arguments, then ``BUILD`` with
-its ``__getstate__`` dict ``{"name", "pat_str", "mergeable_ranks", "special_tokens"}`` of
-strings, bytes and ints. ``read_encoding_state`` first walks the opcodes (``pickletools``
-parses, it executes nothing) and refuses any opcode outside that set and any other ``GLOBAL``;
-then it unpickles with that global bound to a plain record class of ours (any other global,
-``STACK_GLOBAL``'s too, is refused there), so not even
-tiktoken's ``__setstate__`` runs; then it checks the state's types. Anything else is one
-``TokenizerError`` naming the file.
+``read_encoding_state`` accepts only the opcodes and the one global (``tiktoken.core.Encoding``) such a
+pickle holds, checked before unpickling, binds that global to a plain record class (so not even
+tiktoken's ``__setstate__`` runs), and checks the state's types.
 """
 
 from __future__ import annotations

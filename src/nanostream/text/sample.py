@@ -1,29 +1,10 @@
-"""The offline sample corpus: ``nanostream sample DIR [--shards N]``.
+"""The offline sample corpus: ``nanostream sample DIR [--shards N]``, real English text from what every Python
+that runs nanostream has on disk, written as a data folder.
 
-Owns building a small corpus of real English text from what every Python that
-runs nanostream already has on disk, and writing it in exactly the layout of a
-real data folder: ``shard_XXXXX.parquet`` files with one ``text`` column, row
-groups of 1024 documents (the last row group of a shard may be shorter), zstd
-compression, the last shard being the validation shard, plus ``.nanostream.json``
-(the catalog of ``dataset="sample"``, with no remote).
-
-Sources (package source is parsed with ``ast``, never imported or executed):
-
-* docstrings of the CPython standard library (tests excluded),
-* the language-reference topics pydoc ships (``pydoc_data.topics``),
-* docstrings of the installed packages in ``PACKAGES`` (nanostream's own
-  dependencies and theirs: numpy, pyarrow, aiohttp, torch, sympy, networkx, ...);
-  a package that is not installed is skipped.
-
-Files whose triple-quoted strings are under a tenth of their bytes are skipped
-unparsed (mostly code: a third of the parse time for 5% of the text).
-One document per module, class or function docstring; doctest examples are cut,
-documents under ``MIN_CHARS`` or that read like code rather than English are
-dropped, duplicates are removed, and the rest are ordered by a hash of their text
-(mixing sources, so the validation shard looks like the train shards). The same
-interpreter with the same installed packages gives byte-identical shards on every
-run; with torch installed that is about 11 MB of text in ~13.4k documents,
-built in ~8 s on two cores.
+Documents are the docstrings of the standard library and of the installed ``PACKAGES`` (parsed with
+``ast``, never imported) and pydoc's topics, cleaned, deduplicated and ordered by a hash of their text,
+in ``shard_XXXXX.parquet`` files (one ``text`` column, row groups of 1024, zstd), the last one
+validation. The same interpreter and packages give byte-identical shards.
 """
 
 from __future__ import annotations
@@ -40,6 +21,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import pyarrow as pa
@@ -153,18 +135,9 @@ def _order_key(text: str) -> tuple[bytes, str]:
 
 def documents() -> list[str]:
     """The sample corpus: cleaned, deduplicated documents in a deterministic pseudo-random order."""
-    seen: set[str] = set()
-    for raw in _pydoc_topics():
-        text = clean(raw)
-        if text is not None:
-            seen.add(text)
-    for root in _source_roots():
-        for path in _python_files(root):
-            for raw in _docstrings(path):
-                text = clean(raw)
-                if text is not None:
-                    seen.add(text)
-    return sorted(seen, key=_order_key)
+    found = chain(_pydoc_topics(), (doc for root in _source_roots() for path in _python_files(root)
+                                    for doc in _docstrings(path)))
+    return sorted({text for text in map(clean, found) if text is not None}, key=_order_key)
 
 
 def split_counts(n_docs: int, shards: int, docs_per_group: int) -> list[int]:

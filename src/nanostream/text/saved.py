@@ -1,23 +1,6 @@
-"""Reading nanostream's own tokenizer folder, and the two file readers every format shares.
-
-The folder (default ``$NANOSTREAM_BASE_DIR/tokenizer``), written by ``BPETokenizer.save``,
-plain text, never pickle:
-
-``ranks.tiktoken``
-    One line per token, ``base64(token_bytes) rank``, ranks ``0..n-1`` in order;
-    the 256 single bytes are always present. This is tiktoken's own ``.tiktoken``
-    format, so ``tiktoken.load.load_tiktoken_bpe`` reads it too.
-``tokenizer.json``
-    ``{"format": "nanostream-bpe", "version": 1, "pattern": <split regex>,
-    "special_tokens": {"<|bos|>": n}, "vocab_size": n + 1, "num_ranks": n,
-    "ranks_file": "ranks.tiktoken", "ranks_sha256": <hex sha256 of ranks.tiktoken>}``.
-    Special tokens take the ids right after the ranks; ``vocab_size`` counts them.
-
-Both files are written atomically (temp file, fsync, ``os.replace``), ranks first,
-so ``tokenizer.json`` is the commit point. Loading checks every field and the
-sha256; a missing, truncated, modified or malformed file raises ``TokenizerError``
-naming the file and telling you to run ``nanostream tokenizer train`` again.
-"""
+"""nanostream's own tokenizer folder, written and read: ``ranks.tiktoken`` (tiktoken's rank-file format,
+``base64(token) rank`` lines) and ``tokenizer.json`` (the split pattern, the special tokens, the ranks'
+sha256); the layout is in docs/tokenizer.md. Also the readers every file format shares."""
 
 from __future__ import annotations
 
@@ -25,29 +8,29 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
-from .tokenizer import FORMAT, FORMAT_VERSION, SPECIAL_TOKENS, BPETokenizer
+from ..shards import write_bytes
 
+BOS = "<|bos|>"
+SPECIAL_TOKENS: tuple[str, ...] = (BOS,)  # nanostream's tokenizers have these, right after the ranks
+FORMAT, FORMAT_VERSION = "nanostream-bpe", 1
+CONFIG_NAME, RANKS_NAME = "tokenizer.json", "ranks.tiktoken"
 RETRAIN = "run `nanostream tokenizer train` to train it again"
 
 
-def read_json(path: Path, hint: str) -> Any:
-    """``path`` parsed as JSON; a TokenizerError naming it (and ending with ``hint``) if it cannot be."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TokenizerError(f"no tokenizer at {path.parent} ({path.name} is missing); {hint}") from exc
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise TokenizerError(f"{path} is not valid JSON (truncated or corrupt: {exc}); {hint}") from exc
+def ranks_text(ranks: Mapping[bytes, int]) -> bytes:
+    """``ranks`` as a ``.tiktoken`` file: ``base64(token) rank`` lines in rank order."""
+    return "".join(f"{base64.b64encode(tok).decode('ascii')} {rank}\n"
+                   for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])).encode("ascii")
 
 
 def parse_ranks(data: bytes, path: Path, hint: str) -> dict[bytes, int]:
-    """A ``.tiktoken`` file's ``base64 rank`` lines as ``{token bytes: rank}``."""
+    """A ``.tiktoken`` file's lines as ``{token bytes: rank}``; a TokenizerError naming ``path`` and ending
+    with ``hint`` for a line that is not ``base64 rank``."""
     ranks: dict[bytes, int] = {}
     for lineno, line in enumerate(data.splitlines(), 1):
         try:
@@ -59,30 +42,54 @@ def parse_ranks(data: bytes, path: Path, hint: str) -> dict[bytes, int]:
     return ranks
 
 
-def _field(config: dict[str, Any], key: str, kind: type, where: Path) -> Any:
-    value = config.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TokenizerError(f"{where}: field {key!r} is missing or not a {kind.__name__}; {RETRAIN}")
-    return value
+def read_json(path: Path, hint: str) -> Any:
+    """``path`` parsed as JSON; a TokenizerError naming it and ending with ``hint`` if it cannot be."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise TokenizerError(f"no tokenizer at {path.parent} ({path.name} is missing); {hint}") from exc
+    except OSError as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise TokenizerError(f"{path} is not valid JSON (truncated or corrupt: {exc}); {hint}") from exc
 
 
-def load_folder(config: Any, config_path: Path, **kwargs: Any) -> BPETokenizer:
-    """The tokenizer whose ``tokenizer.json`` at ``config_path`` parsed as ``config``; ``kwargs`` go to BPETokenizer."""
+def save_folder(directory: Path, ranks: Mapping[bytes, int], pattern: str, special_tokens: Mapping[str, int],
+                vocab_size: int) -> Path:
+    """Write ``ranks.tiktoken``, then ``tokenizer.json`` (the commit point), each atomically, into
+    ``directory``; return it."""
+    data = ranks_text(ranks)
+    config = {"format": FORMAT, "version": FORMAT_VERSION, "pattern": pattern,
+              "special_tokens": dict(special_tokens), "vocab_size": vocab_size, "num_ranks": len(ranks),
+              "ranks_file": RANKS_NAME, "ranks_sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_bytes(directory / RANKS_NAME, data)
+        write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise TokenizerError(f"cannot save the tokenizer to {directory}: {exc}") from exc
+    return directory
+
+
+FIELDS = {"pattern": str, "special_tokens": dict, "vocab_size": int, "num_ranks": int, "ranks_file": str,
+          "ranks_sha256": str}
+
+
+def read_folder(config: Any, config_path: Path) -> tuple[dict[bytes, int], str]:
+    """The ranks and split pattern of the folder whose ``tokenizer.json`` at ``config_path`` parsed as
+    ``config``, every field and the ranks' sha256 checked; a TokenizerError naming the file if one is wrong."""
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise TokenizerError(f"{config_path} is not a nanostream BPE tokenizer file; {RETRAIN}")
     if config.get("version") != FORMAT_VERSION:
         raise TokenizerError(f"{config_path} has format version {config.get('version')!r}, this nanostream reads "
                              f"version {FORMAT_VERSION}; {RETRAIN}")
-    directory = config_path.parent
-    pattern = _field(config, "pattern", str, config_path)
-    specials = _field(config, "special_tokens", dict, config_path)
-    vocab_size = _field(config, "vocab_size", int, config_path)
-    num_ranks = _field(config, "num_ranks", int, config_path)
-    ranks_file = _field(config, "ranks_file", str, config_path)
-    sha = _field(config, "ranks_sha256", str, config_path)
+    for key, kind in FIELDS.items():
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            raise TokenizerError(f"{config_path}: field {key!r} is missing or not a {kind.__name__}; {RETRAIN}")
+    pattern, specials, vocab_size, num_ranks, ranks_file, sha = (config[key] for key in FIELDS)
     if Path(ranks_file).name != ranks_file or ranks_file.startswith("."):
         raise TokenizerError(f"{config_path}: ranks_file {ranks_file!r} must be a plain file name; {RETRAIN}")
-    ranks_path = directory / ranks_file
+    ranks_path = config_path.parent / ranks_file
     try:
         data = ranks_path.read_bytes()
     except OSError as exc:
@@ -96,10 +103,4 @@ def load_folder(config: Any, config_path: Path, **kwargs: Any) -> BPETokenizer:
         raise TokenizerError(f"{config_path} does not agree with {ranks_path} (num_ranks {num_ranks}, "
                              f"{len(ranks)} ranks read, vocab_size {vocab_size}, special_tokens {specials}); "
                              f"{RETRAIN}")
-    if kwargs.get("bos") is None:
-        kwargs.pop("bos", None)
-    try:
-        return BPETokenizer(ranks, pattern=pattern, origin=str(directory), **kwargs)
-    except TokenizerError as exc:
-        raise TokenizerError(f"{exc}; {RETRAIN}") from exc
-
+    return ranks, pattern

@@ -1,20 +1,14 @@
-"""Split schemes: the pre-split regexes nanostream knows by name, and which fast-encoder scheme runs each.
-
-A BPE vocabulary (a ``.tiktoken`` rank file, a pickled ``tiktoken.Encoding``) is ranks plus a
-split regex. ``PATTERNS`` names the regexes of the public encodings (``gpt2``/``r50k_base``,
-``cl100k_base``, ``o200k_base``) and of nanostream and nanochat; ``OPENAI_SPECIALS`` the special
-tokens OpenAI's rank files leave out. ``fast_scheme(pattern)`` says which gigatoken pre-tokenizer
-gives the same pieces as ``pattern`` (None: no fast encoder for it), and whether runs of 3 or more
-``\\p{N}`` characters must first be cut into pairs (nanochat's ``\\p{N}{1,2}`` on the GPT-4
-scheme's ``\\p{N}{1,3}``: ``digit_pieces``). Whatever this table says, the encoder is checked
-against tiktoken on a fixed sample when a tokenizer is loaded (``identity.py``).
-"""
+"""Split schemes: the pre-split regexes of the public encodings, nanostream's and nanochat's, by name; the
+special tokens and sha256 of OpenAI's rank files; and which gigatoken pre-tokenizer splits as each regex."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import regex
+
+from ..errors import TokenizerError
 
 # GPT-4-style pre-split of nanostream's and nanochat's trainer (rustbpe's default): contractions,
 # letter runs, 1-3 digit groups, punctuation runs, whitespace.
@@ -44,11 +38,38 @@ OPENAI_SPECIALS = {
                     "<|fim_suffix|>": 100260, ENDOFPROMPT: 100276},
     "o200k_base": {ENDOFTEXT: 199999, ENDOFPROMPT: 200018},
 }
+# sha256 of the rank files OpenAI publishes (tiktoken_ext.openai_public): a truncated copy is caught
+OPENAI_SHA256 = {
+    "r50k_base": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+}
 # regex -> (gigatoken pre-tokenizer, cut digit runs into pairs first)
 _FAST = {R50K: ("gpt2", False), CL100K: ("gpt4", False), NANOSTREAM: ("gpt4", False), O200K: ("o200k", False),
          NANOCHAT: ("gpt4", True)}
 
 _RUN = regex.compile(r"\p{N}{3,}")
+
+
+def split_pattern(scheme: str | None, name: str, path: Path) -> str:
+    """The split regex of the ``.tiktoken`` file ``path`` (named ``name``): ``scheme``'s (a name in
+    ``PATTERNS`` or a regex), else its name's if OpenAI's; a TokenizerError if there is none."""
+    names = ", ".join(PATTERNS)
+    if scheme is None:
+        if name in OPENAI_SPECIALS:
+            return PATTERNS[name]
+        raise TokenizerError(f"{path} does not say how to split text before BPE: pass scheme= one of {names}, or "
+                             f"the split regex itself (e.g. load_tokenizer({str(path)!r}, scheme='cl100k_base'))")
+    if scheme in PATTERNS:
+        return PATTERNS[scheme]
+    if regex.fullmatch(r"[\w.-]+", scheme):
+        raise TokenizerError(f"unknown split scheme {scheme!r} for {path}: use one of {names}, or pass the split "
+                             "regex itself")
+    try:
+        regex.compile(scheme)
+    except regex.error as exc:
+        raise TokenizerError(f"split scheme for {path} is neither one of {names} nor a valid regex ({exc})") from exc
+    return scheme
 
 
 def fast_scheme(pattern: str) -> tuple[str, bool] | None:
@@ -57,11 +78,9 @@ def fast_scheme(pattern: str) -> tuple[str, bool] | None:
 
 
 def digit_pieces(texts: Sequence[str]) -> tuple[list[str], list[int]] | None:
-    """``texts`` with every run of 3+ ``\\p{N}`` characters cut after its 2nd, 4th, ... character
-    (the run's first two stay with the text before it), and each text's number of pieces; None
-    when no text has such a run. Encoding each piece with ``\\p{N}{1,3}`` and joining a text's
-    pieces gives its ``\\p{N}{1,2}`` encoding: a piece never ends in whitespace, and no other
-    alternative of the pattern consumes or looks past a number character."""
+    """``texts`` with every run of 3+ ``\\p{N}`` characters cut after its 2nd, 4th, ... character (the
+    run's first two stay with the text before it), and each text's number of pieces; None when no text
+    has such a run. The pieces encoded with ``\\p{N}{1,3}`` give the texts' ``\\p{N}{1,2}`` ids."""
     pieces: list[str] = []
     counts: list[int] = []
     cut_any = False
