@@ -62,7 +62,8 @@ from torch.utils.data import DataLoader
 from bench.reference_loader import reference_batches
 from nanostream import ByteTokenizer, TokenDataset, iter_batches, threads_for
 from nanostream.loader.pipeline import set_loader_idle
-from nanostream.sources.record import FolderRecord, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
 from nanostream.text.tokenizer import BPETokenizer
 
 B, T = 8, 1024
@@ -334,7 +335,7 @@ def _diverse_shards(folder: Path, megabytes: int) -> int:
         pq.write_table(table, folder / f"shard_{i:05d}.parquet", row_group_size=1024, compression="zstd",
                        compression_level=1)
         total += len(text) if i < shards - 1 else 0
-    write_record(folder, FolderRecord(base_url="", max_shard=shards - 1, dataset=None))  # the last is validation
+    write_catalog(folder, numbered_catalog(str(folder), "", shards))  # the last is validation
     return total
 
 

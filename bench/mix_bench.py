@@ -33,7 +33,8 @@ from bench.datasets_bench import hub_server
 from bench.stream_bench import make_text_shards
 from nanostream import Source, TokenDataset
 from nanostream.config import Config
-from nanostream.sources.record import FolderRecord, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
 from nanostream.streaming.streams import stream
 from nanostream.text.bpe import train_tokenizer
 
@@ -143,7 +144,7 @@ def main(quick: bool = False) -> dict:
                  sorted(halves[0].glob("shard_*.parquet"))[4]]
         for k, p in enumerate(files):  # both halves' train files, then one validation file
             shutil.copy(p, single / f"shard_{k:05d}.parquet")
-        write_record(single, FolderRecord(base_url="", max_shard=len(files) - 1))
+        write_catalog(single, numbered_catalog(str(single), "", len(files)))
         tok = tokenizer(web)
         print("mix bench: token shares ...", flush=True)
         sh = shares(web, code, tok)

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from bench.common import table, verdict
 from nanostream.shards import shard_name
-from nanostream.sources.record import FolderRecord, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
 from nanostream.streaming.streams import stream
 
 ROWS = [(8, 52, 8, 1), (8, 52, 16, 1), (9, 52, 16, 2), (9, 52, 6, 2), (6, 8, 3, 1), (6, 8, 5, 1),
@@ -33,7 +34,7 @@ def write(folder: Path, shards: int, groups: int) -> None:
     for s in range(shards + 1):
         texts = [f"doc {s} {g}" for g in range(groups)]
         pq.write_table(pa.table({"text": texts}), folder / shard_name(s), row_group_size=1)
-    write_record(folder, FolderRecord(base_url="", max_shard=shards))
+    write_catalog(folder, numbered_catalog(str(folder), "", shards + 1))
 
 
 async def read_all(folder: Path, world: int, local: int, drop_last: bool) -> Counter[tuple[int, int]]:

@@ -40,7 +40,8 @@ import pyarrow.parquet as pq
 from bench.common import MB, bench_env, make_big_shards, server_subprocess, table, verdict
 from nanostream.fetch.many import fetch_shards
 from nanostream.shards import shard_name
-from nanostream.sources.record import FolderRecord, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
 from nanostream.streaming.streams import iter_batches, stream
 
 RATE = 4_000_000  # bytes/s per connection
@@ -71,7 +72,7 @@ def make_text_shards(folder: Path, n: int, *, row_groups: int, rows: int, words:
         pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), path, row_group_size=rows,
                        compression="zstd")
         paths.append(path)
-    write_record(folder, FolderRecord(base_url="", max_shard=n - 1))
+    write_catalog(folder, numbered_catalog(str(folder), "", n))
     return paths
 
 

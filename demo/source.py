@@ -32,7 +32,7 @@ import nanostream
 from nanostream.config import DEFAULT_DATASET, Config, get_dataset
 from nanostream.errors import ConfigError, FetchError
 from nanostream.shards import RECORD_NAME, list_shards, shard_name
-from nanostream.sources.record import read_record
+from nanostream.sources.record import read_catalog
 
 SOURCES = ("auto", "hub", "sample")
 SAMPLE_NAME = "sample"
@@ -121,8 +121,8 @@ def probe_hub(cfg: Config, dataset: str = DEFAULT_DATASET, timeout: float = PROB
 
 
 def sample_is_complete(folder: Path, shards: int) -> bool:
-    record = read_record(folder)
-    return record is not None and record.max_shard == shards - 1 and list_shards(folder) == list(range(shards))
+    record = read_catalog(folder)
+    return record is not None and len(record.files) == shards and list_shards(folder) == list(range(shards))
 
 
 def _quiet(msg: str) -> None:
@@ -151,9 +151,9 @@ def drop_stale(data_dir: Path, src_dir: Path) -> None:
     ``--shards`` (and with the installed packages it is built from); the fetcher keeps a
     shard that is already on disk, so a stale copy would silently be trained on.
     """
-    served = read_record(src_dir)
-    record = read_record(data_dir)
-    if record is not None and (served is None or record.max_shard != served.max_shard):
+    served = read_catalog(src_dir)
+    record = read_catalog(data_dir)
+    if record is not None and (served is None or len(record.files) != len(served.files)):
         (data_dir / RECORD_NAME).unlink(missing_ok=True)
     for index in list_shards(data_dir):
         local, remote = data_dir / shard_name(index), src_dir / shard_name(index)

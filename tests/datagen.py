@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanostream.shards import shard_name
-from nanostream.sources.record import FolderRecord, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
 
 WORDS = "the of and to in is that for it as was with be by on not he this are or his from at which".split()
 
@@ -52,7 +53,7 @@ def make_shards(
     folder.mkdir(parents=True, exist_ok=True)
     paths = [write_shard(folder / shard_name(i), i, row_groups, rows, words) for i in range(n)]
     if record:
-        write_record(folder, FolderRecord(base_url=base_url, max_shard=n - 1, dataset=None))
+        write_catalog(folder, numbered_catalog(base_url or str(folder), base_url, n))
     return paths
 
 

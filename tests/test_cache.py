@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from nanostream.config import CacheLimit, Config, parse_cache_limit
 from nanostream.errors import ConfigError
 from nanostream.shards import shard_name
-from nanostream.sources.record import FolderRecord, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
 from nanostream.streaming.cache.budget import FolderBudget, next_uses, victims
 from nanostream.streaming.cache.holders import HolderInfo, Needs
 from nanostream.streaming.cache.usage import FolderScan, filesystem_bytes, folder_bytes
@@ -443,7 +444,7 @@ async def test_exact_and_elastic_resume_fetch_what_was_evicted(remote: Path, tmp
 
 
 def test_cli_cache_bad_input_exits_2(tmp_path: Path) -> None:
-    write_record(tmp_path, FolderRecord(base_url="http://127.0.0.1:9", max_shard=3))
+    write_catalog(tmp_path, numbered_catalog("t", "http://127.0.0.1:9", 4))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     run = lambda *a: subprocess.run([sys.executable, "-m", "nanostream.cli", "cache", *a], capture_output=True,  # noqa: E731
                                     text=True, env=env)

@@ -209,7 +209,8 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
     from nanostream.fetch.jobs import Job, Segment
 
     disk, tasks = Disk(), []
-    job = Job(0, tmp_path / NAME0, "http://127.0.0.1:1/x", disk, lambda c: tasks.append(asyncio.ensure_future(c)))
+    job = Job(NAME0, tmp_path / NAME0, "http://127.0.0.1:1/x", disk, FAST,
+              lambda c: tasks.append(asyncio.ensure_future(c)))
     await job.learned(100, "0" * 64, None)
     a, b = Segment(0, 60), Segment(60, 100)
     job.segments = [a, b]
@@ -439,6 +440,8 @@ async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
         await asyncio.sleep(0.05)  # a thread still opening a file when cancelled hands it back
         left = [f.path for f in psutil.Process().open_files() if f.path.startswith(str(local))]
         assert not left, left  # cancelled at any point: no descriptor or lock left open
+        ours = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith(("Fetcher.", "Job."))]
+        assert not ours, ours  # nor a task: a state saver outliving the Fetcher's disk threads was a bug
         if (local / NAME0).exists():
             break
         if not state_path(local / NAME0).exists():

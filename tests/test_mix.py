@@ -19,7 +19,8 @@ import torch
 from nanostream import ByteTokenizer, Source, TokenDataset, iter_batches, stream
 from nanostream.errors import ConfigError, DatasetError
 from nanostream.shards import shard_name
-from nanostream.sources.record import FolderRecord, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
 from nanostream.streaming.mix import MixStart, Schedule
 
 WORDS = "the of and data model train token shard stream mix code web text page loop".split()
@@ -38,7 +39,7 @@ def write_source(folder: Path, tag: str, shards: int, *, row_groups: int = 4, ro
                 n = words // 2 + h % (words + 1)
                 texts.append(f"{tag}:{s}:{g}:{r} " + " ".join(WORDS[(h >> (i % 24)) % len(WORDS)] for i in range(n)))
         pq.write_table(pa.table({"text": texts}), folder / shard_name(s), row_group_size=rows)
-    write_record(folder, FolderRecord(base_url="", max_shard=shards - 1))
+    write_catalog(folder, numbered_catalog(str(folder), "", shards))
     return folder
 
 

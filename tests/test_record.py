@@ -1,4 +1,4 @@
-"""The folder record of a catalog: JSON round trip, atomic write, and migration of the previous record."""
+"""The folder record of a catalog: JSON round trip, atomic write, and bad records."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ import json
 import pytest
 
 from nanostream.errors import DatasetError
-from nanostream.sources.catalog import Catalog, DataFile, builtin_catalog, numbered_catalog
-from nanostream.sources.record import (
-    FolderRecord,
-    catalog_from_json,
-    catalog_to_json,
-    read_catalog,
-    write_catalog,
-    write_record,
-)
+from nanostream.sources.catalog import Catalog, DataFile, builtin_catalog
+from nanostream.sources.record import catalog_from_json, catalog_to_json, read_catalog, write_catalog
 
 SHA = "ab" * 32
 
@@ -35,16 +28,6 @@ def test_record_round_trip_keeps_everything_and_stays_compact(tmp_path):
     big = builtin_catalog("climbmix-400b", "https://huggingface.co")
     assert len(json.dumps(catalog_to_json(big))) < 400_000
     assert catalog_from_json(json.loads(json.dumps(catalog_to_json(big)))) == big
-
-
-def test_records_of_the_previous_version_migrate(tmp_path):
-    write_record(tmp_path, FolderRecord(base_url="http://h/x", max_shard=3, dataset="fineweb-edu-100b"))
-    c = read_catalog(tmp_path)
-    assert c == numbered_catalog("fineweb-edu-100b", "http://h/x", 4)
-    assert c.files[3].url == "http://h/x/shard_00003.parquet" and [f.path for f in c.split("val")] == ["shard_00003.parquet"]
-    write_record(tmp_path, FolderRecord(base_url="", max_shard=1, text_column="content"))  # no remote
-    c = read_catalog(tmp_path)
-    assert [f.url for f in c.files] == ["", ""] and c.text_column == "content"
 
 
 def test_bad_records_are_config_errors(tmp_path):

@@ -19,6 +19,7 @@ from yarl import URL
 
 from nanostream.errors import DatasetError
 from nanostream.retry import RetryPolicy
+from nanostream.sources.credentials import Credentials
 
 pytest.importorskip("botocore")
 moto_server = pytest.importorskip("moto.server")
@@ -188,19 +189,19 @@ async def test_signed_ranged_get_reads_the_bytes(moto_url, bucket):
     put(client, name, "data/odd key+(1).parquet")
     signer = await S3Signer.create(moto_url)
     url = signer.object_url(name, "data/odd key+(1).parquet")
-    headers = signer.get_headers(url, 4, 100)
+    headers = Credentials(signer=signer).get(url, True, 4, 100)
     assert "range" in headers["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
     assert headers["Range"] == "bytes=4-99" and "Credential=AKIDENV/" in headers["Authorization"]
     async with aiohttp.ClientSession() as s:
         async with s.get(URL(url, encoded=True), headers=headers) as resp:
             assert resp.status == 206 and await resp.read() == BODY[4:100]
             assert resp.headers["Content-Range"] == f"bytes 4-99/{len(BODY)}"
-        async with s.get(URL(url, encoded=True), headers=signer.get_headers(url)) as resp:
+        async with s.get(URL(url, encoded=True), headers=Credentials(signer=signer).get(url, True)) as resp:
             assert resp.status == 200 and await resp.read() == BODY
             etag = resp.headers["ETag"]
-        async with s.get(URL(url, encoded=True), headers=signer.get_headers(url, 4, 8, if_match=etag)) as resp:
+        async with s.get(URL(url, encoded=True), headers=Credentials(signer=signer).get(url, True, 4, 8, etag)) as resp:
             assert resp.status == 206 and await resp.read() == BODY[4:8]
-        changed = signer.get_headers(url, 4, 8, if_match='"0123456789abcdef0123456789abcdef"')
+        changed = Credentials(signer=signer).get(url, True, 4, 8, '"0123456789abcdef0123456789abcdef"')
         async with s.get(URL(url, encoded=True), headers=changed) as resp:
             assert resp.status == 412  # another version: no bytes of it
 
@@ -213,12 +214,13 @@ async def test_credentials_come_from_the_standard_chain(aws_env, tmp_path):
     aws_env.delenv("AWS_ACCESS_KEY_ID")
     aws_env.delenv("AWS_SECRET_ACCESS_KEY")
     signer = await S3Signer.create()
-    headers = signer.get_headers(signer.object_url("bkt", "k.parquet"), 0, 10)
+    headers = Credentials(signer=signer).get(signer.object_url("bkt", "k.parquet"), True, 0, 10)
     assert "Credential=AKIDPROFILE/" in headers["Authorization"] and "/eu-west-3/s3/" in headers["Authorization"]
     assert signer.object_url("bkt", "k.parquet") == "https://bkt.s3.eu-west-3.amazonaws.com/k.parquet"
     aws_env.delenv("AWS_PROFILE")
     anonymous = await S3Signer.create("http://127.0.0.1:9")
-    assert anonymous.get_headers("http://127.0.0.1:9/b/k", 0, 10) == {"Range": "bytes=0-9"}
+    assert Credentials(signer=anonymous).get("http://127.0.0.1:9/b/k", True, 0, 10) == {
+        "Accept-Encoding": "identity", "Range": "bytes=0-9"}
 
 
 async def test_missing_extra_is_one_clear_error(aws_env, monkeypatch):
@@ -297,7 +299,7 @@ async def test_signatures_pass_a_store_that_checks_them(strict_moto, aws_env):
     signer = await S3Signer.create(url)
     obj = signer.object_url("strict", "p/odd key+(1)=&.parquet")
     async with aiohttp.ClientSession() as s:
-        async with s.get(URL(obj, encoded=True), headers=signer.get_headers(obj, 2, 6)) as resp:
+        async with s.get(URL(obj, encoded=True), headers=Credentials(signer=signer).get(obj, True, 2, 6)) as resp:
             assert resp.status == 206 and await resp.read() == BODY[2:6]
     aws_env.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(DatasetError, match=r"access denied \(HTTP 403\) \(SignatureDoesNotMatch.*credentials found "

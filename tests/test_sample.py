@@ -15,7 +15,7 @@ import pytest
 import nanostream.text.sample as sample
 from nanostream.errors import ConfigError
 from nanostream.shards import list_shards, shard_name
-from nanostream.sources.record import read_record, resolve_split
+from nanostream.sources.record import read_catalog
 from nanostream.text.bpe import train_tokenizer
 
 from datagen import make_shards
@@ -59,10 +59,12 @@ def test_layout(corpus: tuple[Path, list[Path]]) -> None:
     folder, paths = corpus
     assert [p.name for p in paths] == [shard_name(i) for i in range(3)]
     assert sorted(os.listdir(folder)) == [".nanostream.json", *(shard_name(i) for i in range(3))]
-    record = read_record(folder)
+    record = read_catalog(folder)
     assert record is not None
-    assert (record.max_shard, record.dataset, record.base_url, record.text_column) == (2, "sample", "", "text")
-    assert resolve_split(folder).train == (0, 1) and resolve_split(folder).val == 2
+    assert (len(record.files), record.name, record.text_column) == (3, "sample", "text")
+    assert [f.url for f in record.files] == ["", "", ""]  # no remote
+    assert [f.path for f in record.split("train")] == [shard_name(0), shard_name(1)]
+    assert [f.path for f in record.split("val")] == [shard_name(2)]
     sizes = []
     for path in paths:
         with pq.ParquetFile(path) as pf:
@@ -155,7 +157,7 @@ def test_rerun_with_fewer_shards_replaces_the_old_ones(small_docs: list[str], tm
     paths = sample.write_sample(folder, shards=2, docs_per_group=8)
     assert list_shards(folder) == [0, 1]
     assert sorted(os.listdir(folder)) == [".nanostream.json", fresh.name, shard_name(0), shard_name(1)]
-    assert read_record(folder).max_shard == 1  # type: ignore[union-attr]
+    assert len(read_catalog(folder).files) == 2  # type: ignore[union-attr]
     assert [d for p in paths for d in _texts(p)] == small_docs
     groups = []
     for path in paths:

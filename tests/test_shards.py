@@ -1,12 +1,15 @@
-"""Shard names, the folder record, the train/val split, worker folding and the deal's worked example."""
+"""Shard names, the train/val split of a numbered folder, worker folding and the deal's worked example."""
 
 from __future__ import annotations
 
 import pytest
 
+from nanostream.config import Config
 from nanostream.errors import ConfigError, MissingShardError
 from nanostream.shards import list_shards, shard_index, shard_name
-from nanostream.sources.record import FolderRecord, read_record, resolve_split, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import write_catalog
+from nanostream.sources.resolve import pin_catalog, split_indices
 from nanostream.streaming.ranks import check_layout, worker_stride
 from nanostream.streaming.settle import EpochPlan
 
@@ -30,31 +33,23 @@ def test_listing_ignores_bookkeeping(tmp_path):
     assert list_shards(tmp_path / "missing") == []
 
 
-def test_record_round_trip_and_corrupt_record(tmp_path):
-    rec = FolderRecord(base_url="http://h/x", max_shard=1822, dataset="fineweb-edu-100b")
-    write_record(tmp_path, rec)
-    assert read_record(tmp_path) == rec
-    assert read_record(tmp_path / "none") is None
-    (tmp_path / ".nanostream.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="not a valid nanostream record"):
-        read_record(tmp_path)
-
-
 def test_val_is_the_recorded_last_shard_whatever_is_on_disk(tmp_path):
     make_shards(tmp_path, 3, record=False)  # shards 0, 1, 2 on disk
-    write_record(tmp_path, FolderRecord(base_url="", max_shard=10))
-    split = resolve_split(tmp_path)
-    assert split.val == 10 and split.train == (0, 1, 2) and not split.guessed_val
-    assert resolve_split(tmp_path, num_shards=5).train == (0, 1, 2, 3, 4)
-    assert resolve_split(tmp_path, num_shards=50).train == tuple(range(10))  # clamped below val
+    write_catalog(tmp_path, numbered_catalog("t", "", 11))
+    cat = pin_catalog(dataset=None, folder=tmp_path, config=Config())
+    assert split_indices(cat, tmp_path, "val", None) == (10,)
+    assert split_indices(cat, tmp_path, "train", None) == (0, 1, 2)
+    assert split_indices(cat, tmp_path, "train", 5) == (0, 1, 2, 3, 4)
+    assert split_indices(cat, tmp_path, "train", 50) == tuple(range(10))  # clamped below val
 
 
 def test_without_record_the_last_file_is_val(tmp_path):
     make_shards(tmp_path, 4, record=False)
-    split = resolve_split(tmp_path)
-    assert split.val == 3 and split.train == (0, 1, 2) and split.guessed_val
+    cat = pin_catalog(dataset=None, folder=tmp_path, config=Config())
+    assert split_indices(cat, tmp_path, "val", None) == (3,)
+    assert split_indices(cat, tmp_path, "train", None) == (0, 1, 2)
     with pytest.raises(MissingShardError, match="nanostream fetch"):
-        resolve_split(tmp_path / "empty")
+        pin_catalog(dataset=None, folder=tmp_path / "empty", config=Config())
 
 
 @pytest.mark.parametrize("world, workers", [(1, 1), (2, 2), (3, 4), (1, 0)])

@@ -20,7 +20,9 @@ import pytest
 
 from nanostream.errors import ConfigError, CorruptShardError, FetchError, MissingShardError
 from nanostream.shards import shard_name
-from nanostream.sources.record import FolderRecord, read_record, write_record
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import read_catalog, write_catalog
+from nanostream.sources.resolve import url_prefix
 from nanostream.streaming.plan import Batch, Position
 from nanostream.streaming.streams import iter_batches, stream
 
@@ -152,9 +154,9 @@ async def test_val_is_last_shard_also_with_fewer_train_shards(data: Path, caplog
     # no record: the last shard file is val, and we are told so once
     (data / ".nanostream.json").unlink()
     with caplog.at_level(logging.WARNING, logger="nanostream"):
-        assert {b.shard for b in await collect(stream("val", data_dir=data))} == {4}
-        assert {b.shard for b in await collect(stream("train", data_dir=data))} == {0, 1}
-    warnings = [r for r in caplog.records if "validation shard" in r.getMessage()]
+        assert set(ids(await collect(stream("val", data_dir=data)))) == all_ids([4])  # the folder's 3rd file
+        assert set(ids(await collect(stream("train", data_dir=data)))) == all_ids([0, 1])
+    warnings = [r for r in caplog.records if "for validation" in r.getMessage()]
     assert len(warnings) == 1 and "shard_00004.parquet" in warnings[0].getMessage()
 
 
@@ -307,8 +309,8 @@ async def test_stream_from_empty_folder_while_downloading(tmp_path: Path) -> Non
     assert Counter(ids(got)) == Counter(all_ids(range(5), rows=16))
     assert [b.shard for b in got] == sorted(b.shard for b in got)
     assert all(downloads(srv, shard_name(i)) == 1 for i in range(5)) and srv.count(shard_name(5)) == 0
-    rec = read_record(local)
-    assert rec is not None and rec.max_shard == 5 and rec.base_url == srv.url
+    rec = read_catalog(local)
+    assert rec is not None and len(rec.files) == 6 and url_prefix(rec) == srv.url
     await settled()
 
 
@@ -318,7 +320,7 @@ async def test_corrupt_local_shard_is_fetched_again(tmp_path: Path) -> None:
     make_shards(local, 4, record=False)
     (local / shard_name(1)).write_bytes(b"PAR1 truncated")
     async with FaultServer(src) as srv:
-        write_record(local, FolderRecord(base_url=srv.url, max_shard=3))
+        write_catalog(local, numbered_catalog(srv.url, srv.url, 4))
         got = await collect(stream("train", data_dir=local))
     assert set(ids(got)) == all_ids(range(3), rows=16)
     assert downloads(srv, shard_name(1)) == 1 and srv.count(shard_name(0)) == 0

@@ -1,34 +1,24 @@
-"""Request quotas a server announces, obeyed before they run out: one ``Quota`` per host and kind in a process.
+"""Each host's gate, one per host and kind of request in a process: its announced quota and its 429 waits.
 
-The Hub answers every ``/resolve/`` request with its quota for the client's address:
-``RateLimit-Policy: "fixed window";"resolvers";q=3000;w=300`` (``q`` requests per ``w``-second
-window) and ``RateLimit: "resolvers";r=2999;t=287`` (``r`` left, the window ends in ``t`` s).
-``pace`` is an aiohttp client middleware on every session nanostream opens: it runs for each
-request and each redirect hop, waits before sending as the host's quota requires, and reads
-every answer's headers, so all requests to one host in the process -- footer reads,
-downloads, HEADs, listings, on any thread or event loop -- draw on one account (``quota_for``):
-
-* while more than half of the window's quota is left, requests go at once;
-* below that, what is left beyond a ``reserve`` (``q // 50``, at least 16: requests of other
-  processes behind the same address may be in flight) is spread evenly over the rest of the
-  window;
-* when nothing is left beyond the reserve, requests wait for the window to end; a 429's named
-  wait (``r=0;t=N``: ``N + 1`` s, as huggingface_hub waits) holds every request to the host.
-
-A wait for the next window logs one WARNING line per window (``--quiet`` still explains a
-pause). A server that announces nothing is not paced. Requests count against the quota from
-when they are sent until their answer says how many are left (``left`` is conservative).
+``pace`` is an aiohttp client middleware on every session nanostream opens. Before each request
+(and redirect hop) it waits as the host's ``Quota`` requires; from each answer it reads the quota
+(``RateLimit-Policy: "fixed window";"resolvers";q=3000;w=300``, ``RateLimit: "resolvers";r=2999;t=287``)
+and a 429's named wait (``RateLimit ...;r=0;t=N``: ``N + 1`` s, as huggingface_hub waits, else
+``Retry-After``), which holds every request to that host and kind. Each wait for the next window
+and each new 429 wait is one WARNING line. The pacing rules are in docs/design.md (the core).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 
@@ -36,6 +26,7 @@ import aiohttp
 RATELIMIT_RE = re.compile(r"\"(?P<kind>\w+)\"\s*;\s*r\s*=\s*(?P<r>\d+)\s*;\s*t\s*=\s*(?P<t>\d+)")
 POLICY_RE = re.compile(r"q\s*=\s*(?P<q>\d+).*?w\s*=\s*(?P<w>\d+)")
 MIN_RESERVE = 16
+LONGEST_WAIT = 301.0  # the longest wait a server's Retry-After or RateLimit t+1 is obeyed for
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +35,35 @@ def kind_of(path: str) -> str:
     if "/resolve/" in path:
         return "resolvers"
     return "api" if path.startswith("/api/") else "other"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` value (seconds or an HTTP date), None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float, str] | None:
+    """(seconds, what the server said) a 429 names: ``RateLimit`` with ``r=0`` (``t + 1`` s), else
+    ``Retry-After``; None when it names no wait."""
+    limit = RATELIMIT_RE.search(headers.get("RateLimit", "") or "")
+    if limit and int(limit["r"]) == 0:
+        said = f'RateLimit "{limit["kind"]}";r=0;t={limit["t"]}'
+        policy = POLICY_RE.search(headers.get("RateLimit-Policy", "") or "")
+        if policy:
+            said += f", {policy['q']} requests per {policy['w']}s"
+        return float(limit["t"]) + 1.0, said
+    after = parse_retry_after(headers.get("Retry-After"))
+    return (after, f"Retry-After {headers.get('Retry-After')}") if after is not None else None
 
 
 @dataclass
@@ -58,10 +78,8 @@ class Quota:
     ends: float = 0.0  # monotonic time the current window ends
     in_flight: int = 0
     next_at: float = 0.0  # earliest time of the next request
-    held_until: float = 0.0  # a 429's wait
-    warned: float = -1.0  # the window end (or hold) a WARNING line was logged for
-    sent: int = 0  # requests sent in all (for tests and benches)
-    limited: int = 0  # 429 answers seen
+    held_until: float = 0.0  # the end of a 429's wait
+    warned: float = -1.0  # the window end a WARNING line was logged for
 
     @property
     def reserve(self) -> int:
@@ -75,14 +93,11 @@ class Quota:
         """Seconds to wait before the next request may go (0: now)."""
         if now < self.held_until:
             return self.held_until - now
-        if self.left is None or now >= self.ends:
-            return max(0.0, self.next_at - now)
-        if self.left - self.reserve <= 0:
+        if self.exhausted(now):
             return self.ends - now + 0.25
         return max(0.0, self.next_at - now)
 
     def send(self, now: float) -> None:
-        self.sent += 1
         self.in_flight += 1
         if self.left is None or now >= self.ends:
             return
@@ -91,21 +106,26 @@ class Quota:
         if self.limit is not None and spare <= self.limit // 2:
             self.next_at = now + (self.ends - now) / max(spare, 1)
 
-    def answer(self, now: float, status: int, headers: Mapping[str, str]) -> None:
-        """Read an answer's quota headers (the request it answers is no longer in flight)."""
+    def answer(self, now: float, status: int, headers: Mapping[str, str]) -> str | None:
+        """Read an answer's quota headers (its request is no longer in flight); a 429's named wait holds
+        the host. Returns the WARNING line of a wait that was not already held, else None."""
         self.in_flight = max(0, self.in_flight - 1)
         policy = POLICY_RE.search(headers.get("RateLimit-Policy", "") or "")
         if policy:
             self.limit, self.window = int(policy["q"]), float(policy["w"])
         said = RATELIMIT_RE.search(headers.get("RateLimit", "") or "")
-        if said is None:
-            return
-        r, t = int(said["r"]), float(said["t"])
-        self.left, self.ends = r - self.in_flight, now + t
-        if status == 429:
-            self.limited += 1
-            self.left = 0
-            self.held_until = max(self.held_until, now + t + 1.0)
+        if said is not None:
+            self.left, self.ends = int(said["r"]) - self.in_flight, now + float(said["t"])
+        if status != 429:
+            return None
+        named = rate_limit_wait(headers)
+        if named is None:
+            return None
+        seconds = min(max(named[0], 0.0), LONGEST_WAIT)
+        if now + seconds <= self.held_until + 1.0:  # an answer to a request already in flight: the same wait
+            return None
+        self.held_until = now + seconds
+        return f"{self.host}: HTTP 429 ({named[1]}): rate-limited; waiting {seconds:.0f}s before the next request"
 
 
 _quotas: dict[tuple[str, str], Quota] = {}
@@ -118,12 +138,6 @@ def quota_for(host: str, kind: str) -> Quota:
         return _quotas.setdefault((host, kind), Quota(host, kind))
 
 
-def quotas() -> list[Quota]:
-    """Every account this process keeps (a copy of the list)."""
-    with _lock:
-        return list(_quotas.values())
-
-
 async def wait_turn(host: str, kind: str) -> Quota:
     """Wait until a request of ``kind`` to ``host`` may be sent, and count it as sent."""
     quota = quota_for(host, kind)
@@ -134,10 +148,9 @@ async def wait_turn(host: str, kind: str) -> Quota:
             if delay <= 0:
                 quota.send(now)
                 return quota
-            mark = quota.ends  # a 429's hold is told by the request's own retry (``retry.RateGate``)
-            warn = quota.exhausted(now) and now >= quota.held_until and quota.warned != mark
-            if warn:
-                quota.warned = mark
+            warn = quota.exhausted(now) and now >= quota.held_until and quota.warned != quota.ends
+            if warn:  # a 429's wait was told when it arrived
+                quota.warned = quota.ends
         if warn:
             log.warning("%s: %s quota %s; waiting %.0fs before the next request", host, kind, _said(quota), delay)
         await asyncio.sleep(delay)
@@ -148,17 +161,12 @@ def _said(q: Quota) -> str:
     return f"({per}, {max(q.left or 0, 0)} left)"
 
 
-def answered(quota: Quota, status: int, headers: Mapping[str, str]) -> None:
-    with _lock:
-        quota.answer(time.monotonic(), status, headers)
-
-
 Handler = Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]]
 
 
 async def pace(request: aiohttp.ClientRequest, handler: Handler) -> aiohttp.ClientResponse:
-    """aiohttp client middleware: every request (and redirect hop) waits its turn in its host's quota,
-    and every answer's ``RateLimit`` headers update it."""
+    """aiohttp client middleware: every request (and redirect hop) waits its turn at its host's gate, and
+    every answer's headers update the gate."""
     url = request.url
     quota = await wait_turn(f"{url.host}:{url.port}", kind_of(url.path))
     try:
@@ -174,7 +182,10 @@ async def pace(request: aiohttp.ClientRequest, handler: Handler) -> aiohttp.Clie
         quota = quota_for(quota.host, named["kind"])
         with _lock:
             quota.in_flight += 1
-    answered(quota, resp.status, resp.headers)
+    with _lock:
+        line = quota.answer(time.monotonic(), resp.status, resp.headers)
+    if line is not None:
+        log.warning("%s", line)
     return resp
 
 

@@ -1,10 +1,7 @@
 """Names and files of a data folder that every layer uses: shard names, bookkeeping names, atomic writes.
 
-A data folder holds the dataset's parquet files (``shard_XXXXX.parquet`` for the built-in
-datasets, any relative path for others) plus bookkeeping whose names all start with
-``.nanostream`` (``.nanostream.json``, the folder's record: ``nanostream.sources.record``).
-``write_json`` is the one way bookkeeping files are written: a temp file in the same folder,
-fsync, ``os.replace``, fsync the folder.
+A data folder holds the dataset's parquet files plus bookkeeping whose names all start with
+``.nanostream``; ``write_bytes`` / ``write_json`` are the one way bookkeeping files are written.
 """
 
 from __future__ import annotations
@@ -54,7 +51,7 @@ def fsync(path: Path) -> None:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``: a temp file in the same folder, fsync, ``os.replace``,
-    fsync the folder. The one way bookkeeping and tokenizer files are written."""
+    fsync the folder."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{BOOKKEEPING_PREFIX}.tmp.", dir=folder)

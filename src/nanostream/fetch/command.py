@@ -1,16 +1,10 @@
 """``nanostream fetch``: turn CLI flags into a catalog's files, run the downloader, report.
 
-Validates every flag before any network work (bad input is ``ConfigError``, exit
-2), lists the dataset (``sources.resolve.open_catalog``: a built-in name, ``hf://``,
-``s3://``) or reads the folder's pinned record, refuses a folder that holds another
-source's files, records the catalog (``.nanostream.json``) before the first byte,
-says once what each file is verified against, checks the free space when it is
-tight, picks the event loop, shows progress, and prints one summary line plus one
-line per distinct failure. ``--nanochat`` fetches into nanochat's data folder
-(``Config.nanochat_data_dir``; ClimbMix unless ``--dataset`` says otherwise): only verified
-shards carry a final name there, and no bookkeeping name ends in ``.parquet``, so nanochat's
-own listing (every ``*.parquet``, sorted, the last validation) reads exactly those. Ctrl-C and SIGTERM both keep the partial downloads and their
-saved state (exit 130 and 143).
+Every flag is checked before any network work (``ConfigError``, exit 2); the catalog is recorded
+before the first byte; the report is one summary line plus one line per distinct failure. Ctrl-C
+and SIGTERM keep the partial downloads and their state (exit 130 and 143). ``--nanochat`` fetches
+into nanochat's data folder (``Config.nanochat_data_dir``), where nanochat's own listing reads exactly
+the verified shards.
 """
 
 from __future__ import annotations
@@ -29,9 +23,9 @@ from types import SimpleNamespace
 from ..config import DEFAULT_DATASET, Config, check_url, get_dataset
 from ..errors import AccessDenied, ConfigError, HTTPStatusError
 from ..progress import make_progress
-from ..sources.catalog import Catalog, DataFile, numbered_catalog
+from ..sources.catalog import Catalog, DataFile
 from ..sources.record import read_catalog, write_catalog
-from ..sources.resolve import folder_name, open_catalog, url_prefix
+from ..sources.resolve import folder_name, numbered_catalog_for, open_catalog, url_prefix
 
 log = logging.getLogger(__name__)
 NANOCHAT_DATASET = "climbmix-400b"  # what nanochat trains on (its base_data_climbmix folder)
@@ -71,12 +65,15 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
     if numbered or "://" not in dataset:
         get_dataset(dataset)  # an unknown name: one line listing the built-in ones
-    base_url = check_url(args.base_url) if args.base_url else None
+    if args.base_url:
+        check_url(args.base_url)
     folder = cfg.nanochat_data_dir(reading=False) if getattr(args, "nanochat", False) else args.data_dir
     data_dir = check_writable_dir((folder or cfg.data_dir(folder_name(dataset))).expanduser())
     recorded = read_catalog(data_dir)
-    if numbered:
-        cat = _numbered(dataset, base_url, args, cfg, recorded)
+    if numbered:  # from a mirror of a built-in dataset: --base-url defaults to the Hub, not the record
+        base_url = args.base_url or get_dataset(dataset).base_url(cfg.hf_endpoint)
+        cat = numbered_catalog_for(dataset, data_dir, base_url, args.max_shard, recorded, cfg,
+                                   text_column=args.text_column, val=args.val)
     else:
         pinned = recorded is not None and recorded.name == dataset
         cat = asyncio.run(open_catalog(dataset, config=cfg, data_dir=data_dir if pinned else None,
@@ -89,21 +86,6 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
                 f"fetch into another --data-dir, or add --verify to check every file there against "
                 f"{url_prefix(cat)} (and re-fetch those that differ)")
     return data_dir, cat, cat.pick(None if args.num_shards == -1 else args.num_shards)
-
-
-def _numbered(dataset: str, base_url: str | None, args: argparse.Namespace, cfg: Config,
-              recorded: Catalog | None) -> Catalog:
-    """--base-url / --max-shard: ``shard_XXXXX.parquet`` files under a URL prefix, the last validation."""
-    ds = get_dataset(dataset)
-    hub_url = ds.base_url(cfg.hf_endpoint)
-    base = base_url or hub_url
-    max_shard = args.max_shard
-    if max_shard is None:
-        same = recorded is not None and url_prefix(recorded) == base
-        max_shard = len(recorded.files) - 1 if recorded is not None and same else ds.max_shard
-    cat = numbered_catalog(ds.name if base == hub_url else base, base, max_shard + 1,
-                           text_column=args.text_column or ds.text_column, source=base)
-    return replace(cat, val=args.val) if args.val else cat
 
 
 async def _until_sigterm(coro):

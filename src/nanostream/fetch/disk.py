@@ -1,14 +1,10 @@
 """The downloader's disk work, always off the event loop: writes, part creation, fsyncs, state saves.
 
-One ``Disk`` per Fetcher owns two small thread pools: one for the body writes
-(``pwritev`` + sha256), one for everything else that can block on the filesystem
-(locks, creating and reserving a part file, fdatasync + state saves, finalize), so a
-write never queues behind an fsync and the loop keeps serving sockets while the disk
-is busy. Syncs additionally share a semaphore (``max_syncs``) so a burst of
-finishing shards cannot queue sixteen fsyncs in front of one state save. Space
-reservations take ``reserving`` one at a time: a ``posix_fallocate`` that fails on a
-nearly full disk holds the free blocks until it gives up, so a concurrent one could
-fail beside it where either alone would fit.
+One ``Disk`` per Fetcher owns two thread pools, one for body writes (``pwritev`` + sha256) and one
+for the rest (locks, reserving a part file, fdatasync + state saves, finalize), so a write never
+queues behind an fsync. At most ``max_syncs`` fsyncs run at once, and space is reserved one file
+at a time (``reserving``): a ``posix_fallocate`` that fails on a nearly full disk holds the free
+blocks until it gives up.
 """
 
 from __future__ import annotations
@@ -18,6 +14,8 @@ import concurrent.futures
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from ..concurrency import hand_off
 
 T = TypeVar("T")
 
@@ -51,15 +49,7 @@ class Disk:
     async def acquire(self, release: Callable[[T], Any], fn: Callable[..., T], *args: Any) -> T:
         """``run`` for work that returns a resource (a descriptor, a lock): if the caller is cancelled
         while the thread still runs, the resource is handed to ``release`` once it exists, never leaked."""
-        fut = self.pool.submit(fn, *args)
-        try:
-            return await asyncio.wrap_future(fut)
-        except asyncio.CancelledError:
-            def settle(f: concurrent.futures.Future) -> None:
-                if not f.cancelled() and f.exception() is None:
-                    release(f.result())
-            fut.add_done_callback(settle)
-            raise
+        return await hand_off(self.pool.submit(fn, *args), release)
 
     async def run_synced(self, fn: Callable[..., T], *args: Any) -> T:
         """Like ``run`` for work that fsyncs: at most ``max_syncs`` at a time."""

@@ -1,44 +1,44 @@
-"""The async shard downloader: one event loop, one aiohttp session, at most W connections.
+"""The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections).
 
-``Fetcher`` runs W worker tasks; each holds at most one connection, so W bounds the
-connections (the session's connector is capped at W as well). A worker takes, in
-order: an idle byte range of a shard already started (a resumed or retried one),
-the next queued shard, or -- once the queue is empty -- a slice of the tail
-(``tail.py``). A shard's finalize (fsync, checks, rename) runs in its own task so
-its worker moves on at once. How each shard is settled lives in ``outcomes.py``.
-
-Guarantees (see ``partial.py`` and ``jobs.py`` for the files): bytes land in a
-hidden part file at their offsets, reserved up front (a disk too small for the
-next shard makes it wait for the running ones instead of filling the disk with
-partials); the remaining ranges are saved right after each write, never ahead of
-the fsynced data, so a crash or Ctrl-C resumes with ``Range`` + ``If-Range``; a
-shard gets its final name only when every byte was written and its length,
-parquet magic and (when the catalog lists or the server announces one) sha256
-match, or the MD5 an S3 ETag listed; a per-shard flock keeps two processes from
-downloading the same shard. A file the catalog lists (size, sha256, ETag) that the
-source answers differently for is a ``VerificationError``, never a restart.
+A worker takes, in order: an idle byte range of a file already started (a resumed or retried one),
+the next queued file, or, once the queue is empty, a slice of the tail (``tail.py``). A file is
+published in a task of its own, so its worker moves on at once. Every task is a child of the
+Fetcher's TaskGroup and none outlives it. What it guarantees, and the tests, are in docs/design.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from .._compat import TaskGroup
+from ..concurrency import cancel_and_wait
 from ..config import DEFAULT_TOKEN_HOSTS, check_url
-from ..errors import ConfigError, FetchError, RetriesExhausted, VerificationError
-from ..quota import MIDDLEWARES
-from ..retry import NoSpace, RateGate, Retries, RetryPolicy, Transient, classify, describe, unreachable
+from ..errors import ConfigError, FetchError, HTTPStatusError, RetriesExhausted, VerificationError
+from ..retry import (
+    Fatal,
+    NoSpace,
+    Retries,
+    RetryPolicy,
+    Transient,
+    client_session,
+    describe,
+    unreachable,
+    with_retries,
+)
 from ..shards import shard_name
-from ..sources.access import Access, is_s3
 from ..sources.catalog import DataFile
+from ..sources.credentials import Credentials, is_s3
 from .disk import Disk
 from .jobs import Job, Segment
-from .outcomes import Ledger, ShardResult, open_job, release_job, try_lock
-from .partial import check_file, finalize
+from .opening import open_file, other_finished
+from .outcomes import Jobs, ShardResult
+from .partial import finalize
 from .ranges import Meter, RangeDownloader
 from .tail import min_piece, split_tail
 
@@ -48,70 +48,78 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy()
 
 
-class Fetcher(Ledger):
+class Fetcher:
     """Download catalog files (``DataFile``) into ``data_dir / file.path``.
 
-    Use as ``async with Fetcher(dir) as f: result = await f.fetch(file)``; concurrent
-    ``fetch`` calls share the workers. With a ``base_url``, ``fetch(7)`` fetches
-    ``base_url/shard_00007.parquet``. ``progress`` is an optional object with
-    ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``. ``token`` is
-    sent only to ``token_hosts`` (and only over https unless the host is loopback);
-    ``s3://`` files are signed with the AWS chain's credentials (``access.py``).
+    ``async with Fetcher(dir) as f: result = await f.fetch(file)``; concurrent ``fetch`` calls share
+    the workers. With a ``base_url``, ``fetch(7)`` fetches ``base_url/shard_00007.parquet``.
+    ``progress`` is an optional object with ``add_total(nbytes)``, ``advance(nbytes)`` and
+    ``shard_done(result)``. ``token`` goes only to ``token_hosts``; ``s3://`` files are signed with the
+    AWS chain's credentials (``credentials``, made from these when not given).
     """
 
     def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
                  token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
-                 retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress=None,
-                 min_split: int | None = None, poll_interval: float = 0.25, s3_endpoint: str | None = None,
-                 access: Access | None = None) -> None:
+                 retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress: Any = None,
+                 min_split: int | None = None, s3_endpoint: str | None = None,
+                 credentials: Credentials | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if retry.attempts < 1:
             raise ConfigError(f"retry attempts must be >= 1, got {retry.attempts}")
         self.data_dir, self.base_url = Path(data_dir), check_url(base_url) if base_url else None
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
-        self.min_split, self.poll_interval = min_split, poll_interval
-        self.access = access or Access(token, token_hosts, s3_endpoint)
-        super().__init__()
-        self._tasks: set[asyncio.Task] = set()
-        self._event = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
+        self.min_split = min_split
+        self.credentials = credentials or Credentials(token, token_hosts, s3_endpoint)
+        self.jobs = Jobs(retry, progress, self._wake)
         self.meter = Meter()
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
-        self.gate = RateGate(retry, "fetch")  # a 429's wait: every worker waits it out, one log line
-
-    def headers_for(self, url: str) -> dict[str, str]:
-        """Headers of a plain GET of an http(s) ``url`` (the token only where it may go)."""
-        return self.access.plain(url)
+        self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
+        self._tasks: TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def __aenter__(self) -> Fetcher:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.retry.connect_timeout,
-                                        sock_read=self.retry.read_timeout)
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                              trust_env=True, middlewares=MIDDLEWARES)
-        self._ranges = RangeDownloader(self._session, self.disk, self.access, self.progress,
-                                       self._notify, self.meter)
-        for _ in range(self.workers):
-            self._spawn(self._worker())
+        self._session = client_session(self.retry, connector=connector, auto_decompress=False)
+        self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake,
+                                       self.meter)
+        self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
+        self._runner = asyncio.create_task(self._run(self._tasks), name="nanostream-fetcher")
+        self._runner.add_done_callback(self._stopped)
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
+    async def _run(self, tasks: TaskGroup) -> None:
+        async with tasks:
+            for _ in range(self.workers):
+                tasks.create_task(self._worker())
+
+    def _stopped(self, runner: asyncio.Task[None]) -> None:
+        """The TaskGroup ended on an error (a bug): no ``fetch`` waits forever, each fails with it."""
+        if runner.cancelled() or runner.exception() is None:
+            return
+        err = FetchError(f"the downloader stopped: {runner.exception()!r}")
+        err.__cause__ = runner.exception()
+        for job in list(self.jobs.by_key.values()):
+            if not job.future.done():
+                job.future.set_exception(err)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True
+        assert self._runner is not None
         try:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(self._runner)
         finally:
             self.disk.close()  # every write has finished: the final saves see all of them
-            for job in list(self._jobs.values()):
+            for job in list(self.jobs.by_key.values()):
                 job.save_now()
                 job.close_files()
-                self._release(job)
+                job.unlock()
                 if not job.future.done():
                     job.future.cancel()
-            if self._session is not None:
-                await self._session.close()
+            await self._session.close()
+        if not self._runner.cancelled() and self._runner.exception() is not None:
+            raise self._runner.exception()  # type: ignore[misc]
 
     def data_file(self, item: int | DataFile) -> DataFile:
         """``item`` as a DataFile: a shard index names ``base_url/shard_XXXXX.parquet``."""
@@ -124,40 +132,50 @@ class Fetcher(Ledger):
 
     async def fetch(self, item: int | DataFile, index: int | None = None) -> ShardResult:
         """Download one file (or wait for it); the verified result, or raise FetchError."""
-        if self._session is None:
+        if self._runner is None:
             raise RuntimeError("use Fetcher as `async with Fetcher(...) as f`")
         file = self.data_file(item)
-        job = self._jobs.get(file.path)
+        job = self.jobs.by_key.get(file.path)
         if job is None:
             if not file.url:
                 raise ConfigError(f"{file.path} has no source URL: it can only be read where it is")
-            await self.access.prepare([file.url])
-            signed = is_s3(file.url)
-            job = self._jobs[file.path] = Job(file.path, self.data_dir / file.path, self.access.http_url(file.url),
-                                              self.disk, self._spawn, file=file, signed=signed,
-                                              index=item if isinstance(item, int) else index)
-            self._pending.append(job)
-            self._notify()
+            await self.credentials.prepare([file.url])
+            job = self.jobs.by_key[file.path] = Job(
+                file.path, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
+                self._spawn, file=file, signed=is_s3(file.url), index=item if isinstance(item, int) else index)
+            self.jobs.queued.append(job)
+            self._wake()
         return await asyncio.shield(job.future)
 
     async def head(self, item: int | DataFile) -> int | None:
-        """The size of a file: the catalog's, else what the server announces (HEAD), or None."""
+        """The size of a file: the catalog's, else what the server announces (HEAD, retried), or None."""
         file = self.data_file(item)
         if file.size is not None:
             return file.size
-        await self.access.prepare([file.url])
-        return (await self._ranges.head_info(self.access.http_url(file.url), is_s3(file.url)))[1]
+        await self.credentials.prepare([file.url])
+        url, signed = self.credentials.http_url(file.url), is_s3(file.url)
+        retries = Retries(self.retry, f"HEAD {file.path}", url=url, shard=file.path)
+        try:
+            return (await with_retries(retries, lambda: self._ranges.head_info(url, signed)))[1]
+        except Fatal as exc:
+            raise HTTPStatusError(f"HEAD {url}: {exc}", status=exc.status or 0, shard=file.path, url=url) from exc
 
     # -- scheduling -------------------------------------------------------------------------
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+        """Run ``coro`` as a child of the Fetcher's TaskGroup; once it is closing, ``coro`` never runs
+        (``__aexit__`` saves what is left)."""
+        if self._closing or self._tasks is None:
+            coro.close()
+            return None
+        try:
+            return self._tasks.create_task(coro)
+        except RuntimeError:  # the TaskGroup is shutting down after an error
+            coro.close()
+            return None
 
-    def _notify(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+    def _wake(self) -> None:
+        work, self._work = self._work, asyncio.Event()
+        work.set()
 
     async def _worker(self) -> None:
         while True:
@@ -166,119 +184,89 @@ class Fetcher(Ledger):
 
     async def _next_work(self) -> tuple[Job, Segment]:
         while True:
-            event = self._event
-            for job in self._active:
+            work = self._work
+            for job in self.jobs.running:
                 if job.finalizing:
                     continue
                 for seg in job.segments:
                     if not seg.active and not seg.done():
                         seg.active = True
                         return job, seg
-            if self._pending:
-                await self._prepare(self._pending.popleft())
+            if self.jobs.queued:
+                await self._start(self.jobs.queued.popleft())
                 continue
-            stolen = self._steal()
+            piece = self.min_split if self.min_split is not None else min_piece(self.meter)
+            stolen = split_tail(self.jobs.running, piece)
             if stolen is not None:
                 return stolen
-            await event.wait()
+            await work.wait()
 
-    def min_piece(self) -> int:
-        return self.min_split if self.min_split is not None else min_piece(self.meter)
-
-    def _steal(self) -> tuple[Job, Segment] | None:
-        return split_tail(self._active, self.min_piece())
-
-    async def _prepare(self, job: Job) -> None:
-        """Skip, defer (another process has it), resume or start ``job``."""
+    async def _start(self, job: Job) -> None:
+        """Skip ``job`` (present), wait for the process that has it, resume it or start it."""
         try:
-            status, job.lock, state, job.pfiles = await self.disk.acquire(release_job, open_job, job.final, job.url,
-                                                                           self.verify)
-        except OSError as exc:
-            return self._fail(job, FetchError(f"{job.name}: cannot lock {job.final.parent}: {exc}",
-                                              shard=job.name, url=job.url))
+            status = await open_file(job, self.disk, self.verify, lambda: self._ranges.head_info(job.url, job.signed))
+        except Exception as exc:  # noqa: BLE001  (a FetchError, or what --verify's HEAD raised: the file fails)
+            return self.jobs.fail(job, exc)
         if status == "present":
-            return self._resolve(job, skipped=True)
+            return self.jobs.resolve(job, skipped=True)
         if status == "busy":
             log.debug("%s is being downloaded by another process; waiting for it", job.name)
             self._spawn(self._wait_for_other(job))
             return None
-        if status == "verify" and await self._verify_existing(job):
-            return self._resolve(job, skipped=True)
-        if job.future.done():
-            return None
-        if state is not None:
-            job.size, job.validator, job.sha256 = state.size, state.validator, state.sha256
-            job.segments = [Segment(s, e) for s, e in state.ranges() if s < e]
-            todo = sum(e - s for s, e in state.ranges())
-            log.info("%s: resuming, %d of %d bytes to go", job.name, todo, state.size)
-            if self.progress is not None:
-                self.progress.add_total(todo)
-        else:
-            job.segments = [Segment(0, None)]
-        self._active.append(job)
+        if status == "resume" and self.progress is not None:
+            self.progress.add_total(sum(s.end - s.pos for s in job.segments))
+        self.jobs.running.append(job)
         if all(s.done() for s in job.segments):
             job.finalizing = True
             self._spawn(self._finalize(job))
-        self._notify()
+        self._wake()
         return None
 
     async def _wait_for_other(self, job: Job) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            if job.final.exists() and not self.verify:
-                return self._resolve(job, skipped=True)
-            probe = try_lock(job.final)
-            if probe is None:
-                continue
-            probe.release()  # the other process is gone without the file (or we verify): take over
-            self._pending.appendleft(job)
-            self._notify()
-            return None
+        if await other_finished(job, self.verify):
+            return self.jobs.resolve(job, skipped=True)
+        self.jobs.queued.appendleft(job)  # the other process is gone without it: take over
+        self._wake()
+        return None
 
     # -- downloading ------------------------------------------------------------------------
     async def _run_segment(self, job: Job, seg: Segment) -> None:
         gen = job.gen
         try:
             while job.live(gen) and not seg.done():
-                await self.gate.wait()
-                if not job.live(gen):
-                    return
                 try:
                     await self._ranges.fetch_range(job, seg, gen)
-                    self._down_since = None
-                except Exception as exc:  # noqa: BLE001  (sorted by classify(): retried, or the shard fails)
-                    if not job.live(gen):
+                    self.jobs.down_since = None
+                except Exception as exc:  # noqa: BLE001  (sorted by Retries: retried, or the file fails)
+                    if not job.live(gen) or not await self._again(job, exc):
                         return
-                    if isinstance(exc, NoSpace):
-                        return self._no_space(job, exc)
-                    if isinstance(exc, Transient) and exc.rate_limited:  # not a failure: the server's schedule
-                        if self.gate.hit(exc):
-                            continue
-                        err = RetriesExhausted(f"{describe(exc)}: {self.gate.exhausted()} ({job.url})", url=job.url)
-                        err.__cause__ = exc
-                        return self._fail_all(err)
-                    retryable, after = classify(exc)
-                    job.attempts += 1
-                    why = None if self._ranges.reached else unreachable(exc)
-                    if why is not None and self._host_down(why, exc, now=job.attempts >= self.retry.attempts,
-                                                           url=job.url):
-                        return None
-                    if not retryable or job.attempts >= self.retry.attempts:
-                        return self._fail(job, exc)
-                    delay = self.retry.backoff(job.attempts, after)
-                    if why is not None:  # never reached the host yet: retry often, fail in bounded time
-                        delay = min(delay, 1.0)
-                        log.debug("%s: %s; retrying in %.1fs", job.name, why, delay)
-                    else:
-                        log.info("%s: %s; retry %d/%d in %.1fs", job.name, describe(exc),
-                                 job.attempts, self.retry.attempts - 1, delay)
-                    await asyncio.sleep(delay)
         finally:
             seg.active = False
-            self._notify()
+            self._wake()
         if job.live(gen) and not job.finalizing and all(s.done() and not s.active for s in job.segments):
             job.finalizing = True
             self._spawn(self._finalize(job))
+
+    async def _again(self, job: Job, exc: Exception) -> bool:
+        """After a failed range request: wait and return True to retry it; else the file (or every file)
+        has failed."""
+        if isinstance(exc, NoSpace):
+            self.jobs.no_space(job, exc)
+            return False
+        why = None if self._ranges.reached else unreachable(exc)
+        where = self.base_url or job.url.rsplit("/", 1)[0]
+        if why is not None and self.jobs.host_down(why, exc, now=job.attempts + 1 >= self.retry.attempts,
+                                                   where=where):
+            return False
+        if await job.retries.again(exc):
+            return True
+        if job.retries.rate_limited(exc):  # the host's schedule outlasts the budget: for every file
+            err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
+            err.__cause__ = exc
+            self.jobs.fail_all(err)
+        else:
+            self.jobs.fail(job, exc)
+        return False
 
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
@@ -290,47 +278,20 @@ class Fetcher(Ledger):
                 problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(), md5)
             except OSError as exc:
                 job.finalizing = False
-                return self._fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
-                                                  shard=job.name, url=job.url))
+                return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
+                                                      shard=job.name, url=job.url))
         if not job.live(gen):
             return None
         if problem is None:
             job.finalizing = False
-            return self._resolve(job, skipped=False)
-        job.attempts += 1
+            return self.jobs.resolve(job, skipped=False)
         err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
                                 shard=job.name, url=job.url)
-        if job.attempts >= self.retry.attempts:
+        log.warning("%s", err)
+        if not await job.retries.again(Transient(problem)):
             job.finalizing = False
-            return self._fail(job, err)
-        delay = self.retry.backoff(job.attempts)
-        log.warning("%s: %s; downloading it again in %.1fs (attempt %d/%d)", job.name, problem, delay,
-                    job.attempts, self.retry.attempts - 1)
-        await asyncio.sleep(delay)
+            return self.jobs.fail(job, err)
         job.reset(f"{problem}; discarded the bytes")
         job.finalizing = False
-        self._notify()
+        self._wake()
         return None
-
-    async def _verify_existing(self, job: Job) -> bool:
-        """--verify: compare a present file with the catalog, else the server's sha256 (HEAD). False = re-fetch."""
-        listed = job.file
-        sha, expected, md5 = listed.sha256, listed.size, listed.md5
-        retries = Retries(self.retry, self.gate)
-        while not job.known:
-            await self.gate.wait()
-            try:
-                sha, expected = await self._ranges.head_info(job.url, job.signed)
-                break
-            except Exception as exc:  # noqa: BLE001  (sorted by the retry policy, else the shard fails)
-                if not await retries.again(exc):
-                    self._fail(job, exc)
-                    return False
-                job.attempts = retries.failures
-        problem = await self.disk.run(check_file, job.final, expected, sha, md5)
-        if problem is None:
-            return True
-        log.warning("%s: present but %s; downloading it again", job.name, problem)
-        job.final.unlink(missing_ok=True)
-        return False
-

@@ -1,17 +1,11 @@
-"""One file's download in progress: its byte ranges, its part and state files, and its writer.
+"""One file's download in progress: its byte ranges, its part and state files, its saver and its writer.
 
-A ``Job`` is a shard being fetched: what the server said (size, sha256, validator),
-the ``Segment`` ranges still missing, a generation counter that abandons every
-in-flight range when the remote changes, and the running sha256 of the prefix
-written in order. Every change to the job's files (create, save, discard, publish)
-runs under the job's ``files`` lock, in the Fetcher's ``Disk`` pool.
-
-State saves are coalesced: each write marks the job dirty and one saver task per
-job loops "snapshot the ranges written so far, fdatasync the part, write the state
-slot" until nothing new was written, so the state follows the data within one
-fsync and never claims a byte that is not durable. ``Writer`` buffers received chunks
-and writes them with one ``pwritev`` once ``FLUSH_BYTES`` arrived or
-``FLUSH_SECONDS`` passed, whichever comes first.
+A ``Job`` holds what the server said (size, sha256, validator), the ``Segment`` ranges still
+missing, a generation counter that abandons every range in flight when the remote changes, and
+the running sha256 of the prefix written in order. Every change to its files (create, save,
+discard, publish) runs under its ``files`` lock, in the Fetcher's ``Disk`` pool; one saver task
+per job writes the resume state after the data it claims is durable. ``Writer`` buffers a
+range's chunks and writes them with one ``pwritev`` every ``FLUSH_BYTES`` or ``FLUSH_SECONDS``.
 """
 
 from __future__ import annotations
@@ -28,7 +22,7 @@ from typing import Any
 
 import filelock
 
-from ..retry import Fatal
+from ..retry import Fatal, Retries, RetryPolicy
 from .disk import Disk, pwrite_and_hash
 from .partial import PartFiles, PartState, create_part, discard, part_path
 
@@ -38,12 +32,8 @@ FLUSH_SECONDS = 0.2
 
 
 class Segment:
-    """A byte range [pos, end) still to download; ``end`` is None until the size is known.
-
-    ``pos`` counts bytes written; ``buffered`` bytes after it have arrived but are not
-    written yet (splits are decided on ``pos + buffered``, so received bytes are not
-    requested twice).
-    """
+    """A byte range [pos, end) still to download (``end`` None until the size is known): ``pos`` counts
+    bytes written, ``buffered`` those after it received but not written yet."""
 
     __slots__ = ("active", "buffered", "end", "pos")
 
@@ -59,12 +49,14 @@ class Segment:
 
 
 class Job:
-    """A shard being downloaded; ``future`` resolves to its ShardResult (or FetchError)."""
+    """A file being downloaded (``name``: its path in the folder); ``future`` resolves to its ShardResult
+    (or FetchError)."""
 
-    def __init__(self, key: str, final: Path, url: str, disk: Disk,
+    def __init__(self, name: str, final: Path, url: str, disk: Disk, policy: RetryPolicy,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None,
                  file: Any = None, signed: bool = False):
-        self.key, self.final, self.url, self.disk, self._spawn = key, final, url, disk, spawn
+        self.name, self.final, self.url, self.disk, self._spawn = name, final, url, disk, spawn
+        self.retries = Retries(policy, name, url=url, shard=name)  # its failed requests, across its ranges
         self.index = index  # the caller's number for it (a shard index, or its place in the list)
         self.file = file  # the catalog's DataFile: what the download must match (size, sha256, md5)
         self.signed = signed  # an s3:// object: every request is SigV4-signed
@@ -74,7 +66,7 @@ class Job:
         self.size: int | None = None
         self.validator: str | None = None
         self.sha256: str | None = None
-        self.attempts = self.downloaded = self.gen = 0
+        self.downloaded = self.gen = 0
         self.lock: filelock.BaseFileLock | None = None
         self.finalizing = False
         self.files = asyncio.Lock()  # serialises create / save / discard / finalize of this job's files
@@ -85,8 +77,9 @@ class Job:
         self.pfiles: PartFiles | None = None  # open part/state descriptors while downloading
 
     @property
-    def name(self) -> str:
-        return self.key
+    def attempts(self) -> int:
+        """Failed requests (and failed verifications) so far."""
+        return self.retries.failures
 
     @property
     def known(self) -> bool:
@@ -95,10 +88,6 @@ class Job:
 
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
-
-    def remaining(self) -> int:
-        """Bytes of this job not received yet (unknown ends count as nothing)."""
-        return sum(s.left() for s in self.segments)
 
     async def learned(self, size: int, sha256: str | None, validator: str | None) -> None:
         """The first response told us what to expect: a fresh part file of ``size`` bytes, reserved."""
@@ -134,6 +123,12 @@ class Job:
         async with self.files:
             self.close_files()
             await self.disk.run(discard, self.final)
+
+    def unlock(self) -> None:
+        """Release the file's flock (another process may take it over)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def close_files(self) -> None:
         """Close the part/state descriptors (waits for a save in progress in the pool)."""
@@ -189,11 +184,8 @@ class Job:
 
 
 class Writer:
-    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool.
-
-    The file descriptor is closed only after any write still running in the pool has finished,
-    so a cancelled download never leaves a thread writing to a reused descriptor.
-    """
+    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool; its
+    descriptor is closed only after a write still running has finished (never a reused descriptor)."""
 
     def __init__(self, fd: int, path: Path, disk: Disk):
         self.fd, self.path, self.disk = fd, path, disk

@@ -1,37 +1,27 @@
-"""Fetching a list of files with one ``Fetcher``: ``fetch_files`` (catalog files) and ``fetch_shards``.
-
-Both return one ``ShardResult`` per item, in order, with failures in ``.error``
-(never raised), after the optional free-space preflight (``space.py``). They are
-what ``nanostream fetch`` runs; ``fetch_shards`` keeps the numbered-shard form
-(``base_url/shard_XXXXX.parquet``) of earlier versions.
-"""
+"""Fetching a list of files with one ``Fetcher``: ``fetch_files`` (catalog files) and ``fetch_shards``
+(``base_url/shard_XXXXX.parquet``): one ``ShardResult`` per item, in order, failures in ``.error``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .._compat import TaskGroup
+from ..concurrency import run_each
 from ..errors import FetchError
 from ..retry import RetryPolicy
 from ..sources.catalog import DataFile
-from .fetcher import Fetcher
+from .fetcher import DEFAULT_RETRY, Fetcher
 from .outcomes import ShardResult
 from .space import check_space as preflight
-
-DEFAULT_RETRY = RetryPolicy()
 
 
 async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_url: str | None = None,
                       workers: int = 8, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
                       verify: bool = False, on_shard: Callable[[ShardResult], None] | None = None,
                       progress=None, check_space: bool = False, **fetcher_kwargs) -> list[ShardResult]:
-    """Fetch every file (a ``DataFile``, or a shard index under ``base_url``); one result each, in order.
-
-    ``on_shard`` is called as each file lands or fails. Raises only for bad arguments
-    (``ConfigError``), a disk too small for the files (``DiskFullError``, with
-    ``check_space``) or cancellation; partial downloads are kept for resume.
-    """
+    """Fetch every file (a ``DataFile``, or a shard index under ``base_url``); one result each, in order,
+    ``on_shard`` called as each lands or fails. Raises only for bad arguments (``ConfigError``), a disk
+    too small for the files (``DiskFullError``, with ``check_space``) or cancellation."""
     items = list(dict.fromkeys(files))
     results: dict[int, ShardResult] = {}
 
@@ -40,19 +30,17 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
         try:
             res = await f.fetch(item, index=k)
         except FetchError as exc:
-            res = f.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, file=key)
+            res = f.jobs.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, file=key)
         results[k] = res
         if on_shard is not None:
             on_shard(res)
 
     async with Fetcher(Path(data_dir), base_url, workers=workers, token=token, retry=retry, verify=verify,
                        progress=progress, **fetcher_kwargs) as f:
-        await f.access.prepare(f.data_file(i).url for i in items)  # a credential problem: one error, here
+        await f.credentials.prepare(f.data_file(i).url for i in items)  # a credential problem: one error, here
         if check_space:
             await preflight(f.data_dir, [f.data_file(i) for i in items], f.head)
-        async with TaskGroup() as tg:
-            for k, item in enumerate(items):
-                tg.create_task(one(f, k, item))
+        await run_each(one(f, k, item) for k, item in enumerate(items))
     return [results[k] for k in range(len(items))]
 
 

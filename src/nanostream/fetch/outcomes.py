@@ -1,14 +1,9 @@
-"""What a shard's download comes to: taking its lock, its ``ShardResult``, and its error.
+"""How each file of a fetch is settled: ``Jobs`` (the files a Fetcher knows of, by state), results and errors.
 
-``open_job`` is the blocking first look at a shard (present? someone else's?
-resumable?), run in the Fetcher's disk pool. ``translate`` is the one boundary
-where whatever ended a shard (an HTTP status, exhausted retries, a full disk)
-becomes the ``FetchError`` the caller sees, with a message that says what to do.
-``Ledger`` (the Fetcher's base) keeps the shards' queues and settles each one:
-resolved, failed, parked until disk space frees up, or failed all at once, with one
-error, when the host was never reached, when it refuses access (401/403: a gated
-repo's download is refused for every file, ``refused``) or when its rate-limit waits
-outlast ``RetryPolicy.rate_limit_budget``.
+``translate`` is the one boundary where whatever ended a file (an HTTP status, exhausted retries,
+a full disk) becomes the ``FetchError`` the caller sees. A host that was never reached, that
+refuses access (401/403) or whose rate limits outlast the budget fails every file at once, with
+one error.
 """
 
 from __future__ import annotations
@@ -22,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import filelock
-
 from ..config import host_of
 from ..errors import AccessDenied, DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
-from ..retry import Fatal, NoSpace, RetryPolicy, classify, describe
+from ..retry import Fatal, NoSpace, RetryPolicy, classify
 from ..shards import shard_name
-from .partial import PartFiles, PartState, discard, lock_path, part_path
+from .partial import discard, part_path
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -39,11 +32,8 @@ _HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]
 
 @dataclass
 class ShardResult:
-    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not.
-
-    ``file`` is its path relative to the data folder; ``index`` the caller's number for it
-    (the shard index for ``fetch_shards``, its place in the list for ``fetch_files``).
-    """
+    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``file``: its
+    path in the data folder; ``index``: the shard index (``fetch_shards``) or its place in the list."""
 
     index: int | None
     path: Path | None
@@ -57,46 +47,6 @@ class ShardResult:
     @property
     def name(self) -> str:
         return self.file or shard_name(self.index or 0)
-
-
-def try_lock(final: Path) -> filelock.BaseFileLock | None:
-    """The shard's flock if no other process (or Fetcher) holds it, else None. Blocking."""
-    lock = filelock.FileLock(lock_path(final), thread_local=False)
-    try:
-        lock.acquire(blocking=False)
-    except filelock.Timeout:
-        return None
-    return lock
-
-
-def open_job(final: Path, url: str, verify: bool
-             ) -> tuple[str, filelock.BaseFileLock | None, PartState | None, PartFiles | None]:
-    """("present" | "busy" | "verify" | "start", lock, resume state, its open files). Blocking."""
-    if final.exists() and not verify:
-        return "present", None, None, None
-    final.parent.mkdir(parents=True, exist_ok=True)  # a catalog path may have folders
-    lock = try_lock(final)
-    if lock is None:
-        return "busy", None, None, None
-    if final.exists():
-        return "verify", lock, None, None
-    loaded = PartState.load(final, url)
-    if loaded is None:
-        return "start", lock, None, None
-    try:
-        return "start", lock, loaded[0], PartFiles(final, seq=loaded[1])
-    except BaseException:
-        lock.release()
-        raise
-
-
-def release_job(opened: tuple[str, filelock.BaseFileLock | None, PartState | None, PartFiles | None]) -> None:
-    """Undo ``open_job`` for a caller that was cancelled meanwhile: close the files, drop the lock."""
-    _, lock, _, files = opened
-    if files is not None:
-        files.close()
-    if lock is not None:
-        lock.release()
 
 
 def refused(job: Job, exc: Fatal) -> AccessDenied:
@@ -118,7 +68,7 @@ def refused(job: Job, exc: Fatal) -> AccessDenied:
 
 
 def translate(job: Job, exc: BaseException) -> FetchError:
-    """The FetchError for a shard that failed with ``exc`` (chained to it)."""
+    """The FetchError for a file that failed with ``exc`` (chained to it)."""
     if isinstance(exc, FetchError):
         return exc
     if isinstance(exc, NoSpace):
@@ -138,106 +88,96 @@ def translate(job: Job, exc: BaseException) -> FetchError:
     else:
         kept = part_path(job.final).exists() and job.size is not None and job.downloaded > 0
         hint = "; rerun to resume the partial download" if kept else ""
-        err = RetriesExhausted(
-            f"{job.name}: gave up after {job.attempts} failed attempts; last: {describe(exc)} "
-            f"({job.url}){hint}", attempts=job.attempts, shard=job.name, url=job.url)
+        err = RetriesExhausted(f"{job.name}: {job.retries.why(exc)} ({job.url}){hint}", attempts=job.attempts,
+                               shard=job.name, url=job.url)
     err.__cause__ = exc
     return err
 
 
-class Ledger:
-    """The shards a Fetcher knows of, by state, and how each one is settled."""
+class Jobs:
+    """The files a Fetcher knows of, by state (queued, running, waiting for disk space), and how each one
+    is settled: resolved, failed, or set aside until the running ones free disk space. ``wake`` tells
+    the idle workers that there is something new to do."""
 
-    base_url: str | None
-    retry: RetryPolicy
-    progress: Any
-    _notify: Callable[[], None]
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
-        self._pending: collections.deque[Job] = collections.deque()
-        self._active: list[Job] = []
-        self._parked: list[Job] = []  # shards waiting for disk space held by running ones
-        self._down_since: float | None = None
+    def __init__(self, policy: RetryPolicy, progress: Any, wake: Callable[[], None]) -> None:
+        self.policy, self.progress, self.wake = policy, progress, wake
+        self.by_key: dict[str, Job] = {}
+        self.queued: collections.deque[Job] = collections.deque()
+        self.running: list[Job] = []
+        self.waiting_for_space: list[Job] = []
         self.failed: dict[str, ShardResult] = {}  # file path -> the result of a file that failed
+        self.down_since: float | None = None  # when the host was first found unreachable
 
-    def _host_down(self, why: str, exc: BaseException, *, now: bool = False, url: str = "") -> bool:
-        """No connection was ever made: after ``unreachable_after`` seconds (or when a shard runs out
-        of attempts) fail every shard at once, with one error."""
+    def host_down(self, why: str, exc: BaseException, *, now: bool = False, where: str = "") -> bool:
+        """No connection was ever made: after ``unreachable_after`` seconds (or at once with ``now``) fail
+        every file with one error; True when it did."""
         t = time.monotonic()
-        if self._down_since is None:
-            self._down_since = t
-            log.debug("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)  # told once, at the end
-        if not now and t - self._down_since < self.retry.unreachable_after:
+        if self.down_since is None:
+            self.down_since = t
+            log.debug("%s; retrying for up to %.0fs", why, self.policy.unreachable_after)
+        if not now and t - self.down_since < self.policy.unreachable_after:
             return False
-        where = self.base_url or url.rsplit("/", 1)[0]
         err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, AWS_ENDPOINT_URL or "
                          f"--base-url ({where})", url=where)
         err.__cause__ = exc
-        self._fail_all(err)
+        self.fail_all(err)
         return True
 
-    def _fail_all(self, err: FetchError, origin: str | None = None) -> None:
-        """Fail every queued and running shard (of ``origin``'s host, when given) with the one ``err``."""
-        hit = [j for j in [*self._pending, *self._active, *self._parked]
-               if origin is None or host_of(j.url) == origin]
+    def fail_all(self, err: FetchError, host: str | None = None) -> None:
+        """Fail every queued, running and waiting file (of ``host``, when given) with the one ``err``."""
+        every = [*self.queued, *self.running, *self.waiting_for_space]
+        hit = [j for j in every if host is None or host_of(j.url) == host]
         for job in hit:
-            if job in self._parked:
-                self._parked.remove(job)
-            self._fail(job, err)
-        self._pending = collections.deque(j for j in self._pending if j not in hit)
+            if job in self.waiting_for_space:
+                self.waiting_for_space.remove(job)
+            self.fail(job, err)
+        self.queued = collections.deque(j for j in self.queued if j not in hit)
 
-    def _no_space(self, job: Job, exc: NoSpace) -> None:
-        """The disk can't hold this shard now: wait for the running shards, or fail if none runs."""
-        holders = [j for j in self._active if j is not job and j.size is not None]
-        if job in self._active:
-            self._active.remove(job)
-        if holders:
-            log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
-                     job.name, exc.needed / 1e6, len(holders))
-            job.segments = []
-            job.close_files()
-            self._release(job)  # it holds nothing on disk; taken again when it is retried
-            self._parked.append(job)
-            return None
-        return self._fail(job, exc)
-
-
-    def _done(self, job: Job) -> None:
+    def no_space(self, job: Job, exc: NoSpace) -> None:
+        """The disk cannot hold this file now: wait for the running ones to finish, or fail if none runs."""
+        others = [j for j in self.running if j is not job and j.size is not None]
+        if job in self.running:
+            self.running.remove(job)
+        if not others:
+            return self.fail(job, exc)
+        log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
+                 job.name, exc.needed / 1e6, len(others))
+        job.segments = []
         job.close_files()
-        self._release(job)
-        self._jobs.pop(job.key, None)
-        if job in self._active:
-            self._active.remove(job)
-        while self._parked:  # space was freed (or a reservation ended): parked shards try again
-            self._pending.appendleft(self._parked.pop())
-        self._notify()
+        job.unlock()  # it holds nothing on disk; locked again when it is retried
+        self.waiting_for_space.append(job)
+        return None
 
-    def _release(self, job: Job) -> None:
-        if job.lock is not None:
-            job.lock.release()
-            job.lock = None
-
-    def _resolve(self, job: Job, *, skipped: bool) -> None:
-        size = job.final.stat().st_size
-        result = ShardResult(job.index, job.final, size, job.downloaded, job.attempts, skipped, file=job.key)
+    def resolve(self, job: Job, *, skipped: bool) -> None:
+        result = ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded, job.attempts, skipped,
+                             file=job.name)
         self._done(job)
         job.future.set_result(result)
         if self.progress is not None:
             self.progress.shard_done(result)
 
-    def _fail(self, job: Job, exc: BaseException) -> None:
+    def fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
             return
         if isinstance(exc, Fatal) and exc.status in (401, 403):  # the source refuses all: stop at once
             denied = refused(job, exc)
             denied.__cause__ = exc
-            self._fail_all(denied, host_of(job.url))
-            return self._fail(job, denied)  # (done already when it was queued or running)
+            self.fail_all(denied, host_of(job.url))
+            return self.fail(job, denied)  # (done already when it was queued or running)
         err = translate(job, exc)
         self._done(job)
         job.future.set_exception(err)
-        result = self.failed[job.key] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
-                                                  file=job.key)
+        result = self.failed[job.name] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
+                                                    file=job.name)
         if self.progress is not None:
             self.progress.shard_done(result)
+
+    def _done(self, job: Job) -> None:
+        job.close_files()
+        job.unlock()
+        self.by_key.pop(job.name, None)
+        if job in self.running:
+            self.running.remove(job)
+        while self.waiting_for_space:  # space was freed: the waiting files try again
+            self.queued.appendleft(self.waiting_for_space.pop())
+        self.wake()

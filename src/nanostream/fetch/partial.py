@@ -1,20 +1,10 @@
-"""Partial downloads on disk: the bookkeeping that makes shards atomic, verified and resumable.
+"""A download's files on disk, beside the final name: part, state and lock, and the atomic publish.
 
-For a shard ``shard_00007.parquet`` in DIR the downloader uses, all hidden:
-
-- ``.nanostream.shard_00007.parquet.part``  the bytes so far (written at their offsets)
-- ``.nanostream.shard_00007.parquet.state`` JSON: URL, size, validator, sha256 and the
-  byte ranges still missing, in two checksummed slots written in turn in place
-  (the newest valid slot wins, so a torn write falls back to the previous state)
-- ``.nanostream.shard_00007.parquet.lock``  an flock held by the process downloading it
-
-"Never ahead of the data": a state slot only claims bytes that were written *and*
-fdatasynced before it was written (``Job.snapshot``, then ``PartFiles.save``: fdatasync
-the part, then pwrite the slot). The state itself needs no fsync: a slot lost or torn
-by a power cut leaves the older one, which claims less.
-A missing range whose end is not known yet is saved as ``[start, null]``: from
-``start`` to the end of the file. Only ``finalize`` creates the final name: fsync the
-part, check length, parquet magic and sha256, ``os.replace``, fsync the folder.
+For ``shard_00007.parquet`` in DIR, all hidden: ``.nanostream.shard_00007.parquet.part`` (the bytes
+so far, at their offsets), ``.state`` (URL, size, validator, sha256 and the missing ranges, in two
+checksummed slots written in turn: the newest valid one wins) and ``.lock`` (the flock of the
+process downloading it). ``open_job`` takes a first look at a file; only ``finalize`` creates the
+final name. A missing range whose end is not known yet is saved as ``[start, null]``.
 """
 
 from __future__ import annotations
@@ -28,6 +18,8 @@ import threading
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import filelock
 
 from ..shards import fsync
 
@@ -97,11 +89,8 @@ class PartState:
 
 
 class PartFiles:
-    """Open descriptors of a shard's part and state files, for the saves of one download attempt.
-
-    ``save`` (blocking, in the disk pool) fdatasyncs the part, then writes the state to the
-    slot after the last one. A lock makes ``close`` wait for a save in progress.
-    """
+    """Open descriptors of a file's part and state, for one download attempt's saves: ``save`` (blocking)
+    fdatasyncs the part, then writes the state to the slot after the last one."""
 
     def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
@@ -137,6 +126,48 @@ class PartFiles:
                 self.part = self.state = -1
 
 
+def try_lock(final: Path) -> filelock.BaseFileLock | None:
+    """The file's flock if no other process (or Fetcher) holds it, else None. Blocking."""
+    lock = filelock.FileLock(lock_path(final), thread_local=False)
+    try:
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        return None
+    return lock
+
+
+Opened = tuple[str, filelock.BaseFileLock | None, PartState | None, PartFiles | None]
+
+
+def open_job(final: Path, url: str, verify: bool) -> Opened:
+    """("present" | "busy" | "verify" | "start", lock, resume state, its open files). Blocking."""
+    if final.exists() and not verify:
+        return "present", None, None, None
+    final.parent.mkdir(parents=True, exist_ok=True)  # a catalog path may have folders
+    lock = try_lock(final)
+    if lock is None:
+        return "busy", None, None, None
+    if final.exists():
+        return "verify", lock, None, None
+    loaded = PartState.load(final, url)
+    if loaded is None:
+        return "start", lock, None, None
+    try:
+        return "start", lock, loaded[0], PartFiles(final, seq=loaded[1])
+    except BaseException:
+        lock.release()
+        raise
+
+
+def release_job(opened: Opened) -> None:
+    """Undo ``open_job`` for a caller that was cancelled meanwhile: close the files, drop the lock."""
+    _, lock, _, files = opened
+    if files is not None:
+        files.close()
+    if lock is not None:
+        lock.release()
+
+
 def discard(final: Path) -> None:
     """Remove a shard's part and state files (not its lock)."""
     for p in (part_path(final), state_path(final)):
@@ -155,12 +186,8 @@ def reserve(fd: int, size: int) -> None:
 
 
 def create_part(final: Path, size: int) -> None:
-    """A fresh part file of ``size`` bytes with its space reserved (``posix_fallocate``). Blocking.
-
-    A fresh inode each time, so writers of an abandoned attempt can't touch it. Raises
-    OSError(ENOSPC) when the disk cannot hold it; filesystems without fallocate get a
-    sparse file instead.
-    """
+    """A fresh part file (a new inode: writers of an abandoned attempt cannot touch it) of ``size`` bytes,
+    reserved (``reserve``). Blocking; OSError(ENOSPC) when the disk cannot hold it."""
     part = part_path(final)
     part.unlink(missing_ok=True)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -209,13 +236,9 @@ def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None
 
 def finalize(final: Path, size: int, sha256: str | None, digest: str | None = None,
              md5: str | None = None) -> str | None:
-    """Verify the part file and atomically publish it as ``final``. Blocking.
-
-    The caller guarantees every byte of ``[0, size)`` was written (no missing range).
-    ``digest`` is the sha256 the downloader computed over the bytes as it wrote them
-    (when one request wrote the file front to back); without it the file is hashed.
-    Returns None on success, else why verification failed (the part is then discarded).
-    """
+    """Verify the complete part file and publish it as ``final`` (fsync, ``os.replace``, fsync the folder).
+    ``digest``: the sha256 computed while writing, if it covers the file (else the file is hashed).
+    Blocking; None when published, else why verification failed (the part is then discarded)."""
     part = part_path(final)
     fsync(part)
     problem = check_file(part, size, None if digest else sha256, None if sha256 else md5)

@@ -1,16 +1,9 @@
-"""One HTTP range request into a file's part file: headers, validation, body streaming.
+"""One HTTP range request into a file's part file: headers, what the answer announces, the body.
 
-``RangeDownloader.fetch_range`` issues ``GET`` (with ``Range`` + ``If-Range``, or
-``If-Match`` on S3, when it continues or splits a file; headers from ``access.py``),
-learns size / sha256 / validator from the first answer (following the Hub's
-redirect: ``X-Linked-Etag`` / ``X-Linked-Size`` sit on the 302), checks them against
-the catalog (a listed file that changed is a ``VerificationError``, never a silent
-mix of versions; a file the catalog knows nothing about is restarted instead),
-checks that a body starting at byte 0 is parquet before anything is written, and
-streams the body to disk.
-Failures surface as ``Transient`` / ``Fatal`` (see ``retry.py``) for the caller's
-retry loop. ``head_info`` answers ``--verify``'s question and the size probes:
-what sha256 and size does the server announce?
+``fetch_range`` learns size, sha256 and validator from the first answer and checks them against
+the catalog (a listed file that changed is a ``VerificationError``; a file the catalog knows
+nothing about restarts), checks that a body from byte 0 is parquet before writing it, and
+streams the body to disk. Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ import aiohttp
 
 from ..errors import VerificationError
 from ..retry import Fatal, NoSpace, Transient, check_status, parse_sha256
-from ..sources.access import Access
+from ..sources.credentials import Credentials
 from .disk import Disk
 from .jobs import Job, Segment, Writer
 from .partial import PARQUET_MAGIC, part_path
@@ -47,6 +40,20 @@ class Meter:
             self.rate = r if not self.rate else 0.8 * self.rate + 0.2 * r
 
 
+def announced(resp: aiohttp.ClientResponse) -> tuple[str | None, int | None]:
+    """(sha256, size) an answer announces: the Hub's ``X-Linked-Etag`` / ``X-Linked-Size`` (on the redirect),
+    else its ``ETag`` and ``Content-Range`` total or ``Content-Length``."""
+    sha = size = None
+    for r in (*resp.history, resp):
+        sha = parse_sha256(r.headers.get("X-Linked-Etag")) or sha
+        size = r.headers.get("X-Linked-Size") or size
+    if size is None and resp.status == 206:  # a range's Content-Length is the range's
+        size = resp.headers.get("Content-Range", "").rpartition("/")[2]
+    elif size is None:
+        size = resp.headers.get("Content-Length")
+    return sha or parse_sha256(resp.headers.get("ETag")), int(size) if (size or "").isdigit() else None
+
+
 def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
     ctype = resp.headers.get("Content-Type", "no Content-Type")
     return f"the server sent {ctype}, not parquet (first bytes {head[:40]!r})"
@@ -55,17 +62,17 @@ def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
 class RangeDownloader:
     """Shared by a Fetcher's workers: one session, one disk pool, one progress sink."""
 
-    def __init__(self, session: aiohttp.ClientSession, disk: Disk, access: Access, progress: Any,
+    def __init__(self, session: aiohttp.ClientSession, disk: Disk, credentials: Credentials, progress: Any,
                  on_change: Callable[[], None], meter: Meter):
-        self.session, self.disk, self.access = session, disk, access
+        self.session, self.disk, self.credentials = session, disk, credentials
         self.progress, self.on_change, self.meter = progress, on_change, meter
         self.reached = False  # some response arrived from the server in this run
 
     async def fetch_range(self, job: Job, seg: Segment, gen: int) -> None:
         ranged = seg.pos > 0 or (seg.end is not None and seg.end != job.size)
-        headers = self.access.get(job.url, job.signed, seg.pos if ranged else None, seg.end, job.validator)
+        headers = self.credentials.get(job.url, job.signed, seg.pos if ranged else None, seg.end, job.validator)
         t0 = time.monotonic()
-        async with self.session.get(self.access.target(job.url, job.signed), headers=headers) as resp:
+        async with self.session.get(self.credentials.target(job.url, job.signed), headers=headers) as resp:
             self.reached = True
             self.meter.round_trip(time.monotonic() - t0)
             if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
@@ -102,16 +109,7 @@ class RangeDownloader:
 
     async def _learn(self, job: Job, resp: aiohttp.ClientResponse) -> None:
         """Take size, sha256 and validator from the first response; reset if a later one disagrees."""
-        linked_sha = linked_size = None
-        for r in (*resp.history, resp):
-            linked_sha = parse_sha256(r.headers.get("X-Linked-Etag")) or linked_sha
-            linked_size = r.headers.get("X-Linked-Size") or linked_size
-        if resp.status == 206:
-            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-        else:
-            total = resp.headers.get("Content-Length")
-        size = int(linked_size or total) if (linked_size or total or "").isdigit() else None
-        sha = linked_sha or parse_sha256(resp.headers.get("ETag"))
+        sha, size = announced(resp)
         etag = resp.headers.get("ETag")
         listed = job.file
         if job.known:
@@ -192,19 +190,11 @@ class RangeDownloader:
 
     async def head_info(self, url: str, signed: bool = False) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""
-        async with self.session.head(self.access.target(url, signed), headers=self.access.head(url, signed),
+        async with self.session.head(self.credentials.target(url, signed), headers=self.credentials.head(url, signed),
                                      allow_redirects=True) as resp:
             self.reached = True
             check_status(resp)
-            sha = None
-            for r in (*resp.history, resp):
-                sha = parse_sha256(r.headers.get("X-Linked-Etag")) or sha
-            sha = sha or parse_sha256(resp.headers.get("ETag"))
-            size = None
-            for r in (*resp.history, resp):
-                size = r.headers.get("X-Linked-Size") or size
-            size = size or resp.headers.get("Content-Length")
-        return sha, (int(size) if size and size.isdigit() else None)
+            return announced(resp)
 
 
 def changed(job: Job, why: str) -> VerificationError:

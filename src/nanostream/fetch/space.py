@@ -1,12 +1,8 @@
-"""Free-space preflight for a fetch: fail at once when the shards cannot fit on the disk.
+"""Free-space preflight for a fetch: fail at once when the files cannot fit on the disk.
 
-When the folder's filesystem has less free space than a generous bound per missing
-shard (``ROOMY``), the sizes of the missing shards are asked with HEAD (at most
-``probe`` of them; the rest are estimated from their mean) and compared with
-``statvfs``. Shards that already have a part file hold their space (it was
-reserved with ``posix_fallocate``). Past the preflight, ``Fetcher`` still starts
-only the shards whose space it can reserve, so a disk that fills later never ends
-full of partials.
+Only when free space is below ``ROOMY`` per missing file: the missing files' sizes (at most
+``probe`` asked with HEAD, the rest estimated from their mean) are compared with ``statvfs``;
+a file with a part file already holds its space.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..concurrency import run_each
 from ..errors import DiskFullError
 from ..sources.catalog import DataFile
 from .partial import part_path
@@ -32,10 +29,8 @@ def free_bytes(folder: Path) -> int:
 
 async def check_space(folder: Path, files: list[DataFile], head: Callable[[DataFile], Awaitable[int | None]], *,
                       probe: int = 32) -> None:
-    """Raise DiskFullError if the missing ones of ``files`` cannot fit in ``folder``.
-
-    Sizes the catalog lists are taken as they are; the others are asked with ``head``
-    (``Fetcher.head``: a HEAD request)."""
+    """Raise DiskFullError if the missing ones of ``files`` cannot fit in ``folder``: the sizes the catalog
+    lists, the others asked with ``head`` (``Fetcher.head``)."""
     missing = [f for f in files if not (folder / f.path).exists() and not part_path(folder / f.path).exists()]
     free = await asyncio.to_thread(free_bytes, folder)
     if not missing or free >= len(missing) * ROOMY:
@@ -53,7 +48,7 @@ async def check_space(folder: Path, files: list[DataFile], head: Callable[[DataF
         if size is not None:
             sizes.append(size)
 
-    await asyncio.gather(*(one(f) for f in sample))
+    await run_each(one(f) for f in sample)
     if not sizes:
         return
     need = sum(sizes) + (len(missing) - len(sizes)) * (sum(sizes) // len(sizes))

@@ -1,9 +1,8 @@
 """Planning the tail by bytes: which range an idle connection splits, and how small a piece may be.
 
-Once no shard is queued, an idle worker takes the back half of the range with the
-most bytes still to *receive* (``Segment.left``: bytes already received but not yet
-written count as received, so nothing is requested twice). Repeated by every idle
-worker, this gives each connection a slice of what is left, and all finish together.
+Once no file is queued, an idle worker takes the back half of the range with the most bytes
+still to receive (received but unwritten bytes count as received), so all connections finish
+together.
 """
 
 from __future__ import annotations
@@ -13,12 +12,8 @@ from .ranges import Meter
 
 
 def min_piece(meter: Meter) -> int:
-    """Smallest range worth a request of its own: one round trip of one connection's bytes.
-
-    A split pays one round trip (request to first byte, server latency included) before
-    its bytes flow: ``L`` bytes left on one connection take ``L/r``, split in two they take
-    ``rtt + L/2r``, so the split wins once the new half ``L/2`` exceeds ``r * rtt``.
-    """
+    """Smallest range worth a request of its own: one round trip of one connection's bytes (``L`` bytes
+    take ``L/r`` on one connection, ``rtt + L/2r`` split in two: the split wins once ``L/2 > r * rtt``)."""
     if not meter.rate:
         return 512 << 10
     return int(min(max(meter.rate * meter.rtt, 64 << 10), 16 << 20))

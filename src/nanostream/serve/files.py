@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError
-from ..sources.census import ROW_GROUPS_HEADER, local_count
+from ..sources.footers import ROW_GROUPS_HEADER, local_count
 from .httpfile import FileInfo, if_range_matches, parse_range, sha256_file, write_body
 
 log = logging.getLogger(__name__)

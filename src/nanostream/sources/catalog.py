@@ -1,18 +1,8 @@
-"""The one dataset notion: an ordered list of parquet files, a text column and split rules, from a source.
+"""The one dataset notion: ``Catalog``, an ordered list of parquet files, a text column and split rules.
 
-A ``Catalog`` holds ``DataFile`` entries (relative path, size, sha256 / md5 where the
-source knows them, download URL), the text column, the ``val`` glob override, where
-the files come from and the pinned revision. Sources build one: ``hub.py`` (``hf://``),
-``s3.py`` (``s3://``), ``local_catalog`` (any folder) and ``numbered_catalog`` (a URL
-prefix of ``shard_XXXXX.parquet`` files: the built-in datasets, and folders recorded
-by older versions, whose ``.nanostream.json`` held base_url + max_shard and is
-migrated on read: ``record.py``).
-
-Splits are named as Hugging Face ``datasets`` infers them (``splits.py``: its
-``data/{split}-NNNNN-of-NNNNN`` rule, then folder names, then file names, else all
-train), then nanostream's fallbacks when there is no validation split (the test files,
-else the last train file held out, else none for a one-file dataset), said once. A
-``val`` glob overrides the validation files.
+A ``DataFile`` is a relative path with the size and checksums its source knows and its download
+URL. ``hub.py`` and ``s3.py`` list one, ``local_catalog`` walks a folder, ``numbered_catalog`` names
+``shard_XXXXX.parquet`` files under a URL (the built-in datasets). Splits follow ``splits.py``.
 """
 
 from __future__ import annotations
@@ -56,12 +46,7 @@ class DataFile:
                 raise DatasetError(f"{p}: {name} {value!r} is not {n} lowercase hex digits")
 
     def mismatch(self, size: int | None, sha256: str | None = None) -> str | None:
-        """What differs between this listing and what a server announces at download time, or None.
-
-        The downloader calls it with the size and sha256 it learned (X-Linked-Size /
-        X-Linked-Etag, Content-Range): a difference means the file changed since it was
-        listed, which is an error, never a silent mix of versions.
-        """
+        """What differs between this listing and the size and sha256 a server announces, or None."""
         if size is not None and self.size is not None and size != self.size:
             return f"{self.path} is {size} bytes at the source but {self.size} in the catalog (changed since listed)"
         if sha256 and self.sha256 and sha256.lower() != self.sha256:
@@ -118,7 +103,7 @@ class Catalog:
             raise DatasetError(f"dataset {self.name} has no file {path!r}") from None
 
     def splits(self) -> Splits:
-        """Train / validation / test files (see the module docstring for the rules)."""
+        """Train / validation / test files (``splits.assign``)."""
         return resolve_splits(self)
 
     def split(self, name: str) -> tuple[DataFile, ...]:

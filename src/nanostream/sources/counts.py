@@ -1,42 +1,75 @@
 """Row-group counts as a run learns them: one ``CountBook`` per data folder in a process, shared with other nodes.
 
-The deal (``streaming/order.py``) needs a shard's count when a reader starts the shard, and
-every count of an epoch only when the epoch's leftovers are settled, so nothing is counted
-up front. A book learns counts, the cheapest way first:
-
-1. the folder's census file (``census.py``), shared by every process on the folder (the
-   ranks of a node; all nodes, on a shared folder), read again when it changes;
-2. the footer of a local file: each file a reader opens (``learn``), and any file present
-   when a count is looked for (``look``);
-3. a ``CountSharer``: what other nodes learned (``loader`` injects one over the default
-   torch.distributed group's key-value store);
-4. the footer of a remote file (``census.read_footers``), for counts still missing when they
-   are needed (``require``): one small GET each, paced by the host's quota.
-
-What it learns from footers it writes to the census file (merged, at most once a second) and
-publishes to the sharer, so each footer is read once per folder and, with a sharer, once per
-cluster. Thread-safe: a stream's event loop, ``Stream.epoch_length`` and a ``TokenDataset``'s
-count may share a book (``book_for``). ``row_group_counts`` is the whole census at once.
+A book learns a count the cheapest way first: the folder's counts file, a local file's footer, a
+``CountSharer`` (other nodes), and only for a count still missing when needed (``require``) the
+remote footer (``footers.py``). What it learns goes to the counts file and the sharers, so each
+footer is read once per folder and, with a sharer, once per cluster. Thread-safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import filelock
+
+from ..concurrency import run_sync
 from ..errors import ConfigError, MissingShardError
 from ..retry import RetryPolicy
-from .access import Access
+from ..shards import BOOKKEEPING_PREFIX, write_json
 from .catalog import DataFile
-from .census import CACHE_NAME, census_lock, local_count, read_census, read_footers, save_census
+from .credentials import Credentials
+from .footers import local_count, read_footers
 
 log = logging.getLogger(__name__)
-SAVE_EVERY = 1.0  # seconds between writes of the census file
-FETCH_EVERY = 0.05  # seconds between reads of the census file and the sharers (at most)
+COUNTS_FILE = f"{BOOKKEEPING_PREFIX}.rowgroups.json"  # {file path in the folder: row groups}
+LOCK_NAME = f"{BOOKKEEPING_PREFIX}.rowgroups.lock"
+SAVE_EVERY = 1.0  # seconds between writes of the counts file
+FETCH_EVERY = 0.05  # seconds between reads of the counts file and the sharers (at most)
+
+
+def read_counts_file(data_dir: Path) -> dict[str, int]:
+    """The folder's counts file ({} when absent or unreadable: counted again, and rewritten)."""
+    try:
+        raw = json.loads((data_dir / COUNTS_FILE).read_text())
+        return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def save_counts_file(data_dir: Path, counts: dict[str, int]) -> None:
+    """Merge ``counts`` into the folder's counts file (the caller holds ``counts_lock``)."""
+    old = read_counts_file(data_dir)
+    merged = {**old, **counts}
+    if merged == old:
+        return
+    try:
+        write_json(data_dir / COUNTS_FILE, merged, sort_keys=True)
+    except OSError as exc:
+        log.warning("could not save row-group counts in %s (%s); continuing", data_dir / COUNTS_FILE, exc)
+
+
+async def counts_lock(data_dir: Path) -> filelock.BaseFileLock | None:
+    """The folder's counts lock, held; None where the folder cannot hold a lock (read-only)."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        lock = filelock.FileLock(data_dir / LOCK_NAME)
+        while True:  # another process holds it: nothing in this process can wake us, so poll (cancellable)
+            try:
+                lock.acquire(blocking=False)
+                return lock
+            except filelock.Timeout:
+                await asyncio.sleep(0.02)
+    except OSError as exc:
+        log.debug("no counts lock in %s (%s)", data_dir, exc)
+        return None
 
 
 class CountSharer(Protocol):
@@ -62,11 +95,11 @@ class CountBook:
         self._unshared: dict[str, int] = {}
         self._lock = threading.Lock()
         self._reading: set[int] = set()  # remote footers being read by this process
+        self._readers_done: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []  # who waits for them
         self._saved_at = self._fetched_at = 0.0
-        self._census_stamp: tuple[int, int] | None = None
+        self._file_stamp: tuple[int, int] | None = None
         self.sharers: list[CountSharer] = []
-        self.remote_reads = 0  # footers this book read remotely
-        self._take(read_census(data_dir), "census")
+        self._take(read_counts_file(data_dir), "the counts file")
 
     def get(self, shard: int) -> int | None:
         return self._known.get(shard)
@@ -113,12 +146,12 @@ class CountBook:
         if known is not None and known != n:
             raise ConfigError(f"{self.data_dir / self.files[shard].path} has {n} row groups, but "
                               f"{self._origin.get(shard)} says {known}: the folder's shards changed; delete "
-                              f"{self.data_dir / CACHE_NAME} and start again")
+                              f"{self.data_dir / COUNTS_FILE} and start again")
         self._take({self.files[shard].path: n}, origin, save=True)
 
-    # -- the cheap sources: local footers, the census file, the sharers --------------------------
+    # -- the cheap sources: local footers, the counts file, the sharers --------------------------
     async def look(self, shards: list[int]) -> None:
-        """Learn what the census file, the sharers and local files tell of ``shards`` (and tell the sharers
+        """Learn what the counts file, the sharers and local files tell of ``shards`` (and tell the sharers
         what the local files told)."""
         await self.sync(fetch=True)
         todo = [s for s in shards if s not in self._known]
@@ -139,9 +172,9 @@ class CountBook:
         return out
 
     async def sync(self, *, fetch: bool = False, force: bool = False, save: bool = True) -> None:
-        """Publish what was learned to the sharers, and write it to the census file (at most every
-        ``SAVE_EVERY`` s unless ``force``; not with ``save=False``, for a caller that holds the census lock,
-        which a save would wait for); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
+        """Publish what was learned to the sharers, and write it to the counts file (at most every
+        ``SAVE_EVERY`` s unless ``force``; not with ``save=False``, for a caller holding the counts lock, which
+        a save would wait for); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
         now = time.monotonic()
         if self._unshared and self.sharers:
             with self._lock:
@@ -152,71 +185,81 @@ class CountBook:
             self._saved_at = now
             with self._lock:
                 unsaved, self._unsaved = self._unsaved, {}
-            lock = await census_lock(self.data_dir)
+            lock = await counts_lock(self.data_dir)
             try:
-                await asyncio.to_thread(save_census, self.data_dir, unsaved)
+                await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
             finally:
                 if lock is not None:
                     lock.release()
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
-            stamp = await asyncio.to_thread(_stamp, self.data_dir / CACHE_NAME)
-            if stamp is not None and stamp != self._census_stamp:
-                self._census_stamp = stamp
-                self._take(await asyncio.to_thread(read_census, self.data_dir), "the census file")
+            stamp = await asyncio.to_thread(_stamp, self.data_dir / COUNTS_FILE)
+            if stamp is not None and stamp != self._file_stamp:
+                self._file_stamp = stamp
+                self._take(await asyncio.to_thread(read_counts_file, self.data_dir), "the counts file")
             for sharer in list(self.sharers):
                 self._take(await self._use(sharer, sharer.fetch, self.scope) or {}, "another node", save=True,
                            share=False)
 
     # -- the costly one: remote footers ------------------------------------------------------------
-    async def read_remote(self, shards: list[int], access: Access | None, retry: RetryPolicy | None) -> None:
+    async def read_remote(self, shards: list[int], credentials: Credentials | None,
+                          retry: RetryPolicy | None) -> None:
         """Read the footers of those of ``shards`` nobody knows yet (local files first), one process of the
         folder at a time."""
         await self.look([s for s in shards if s not in self._known])
-        todo = [s for s in shards if s not in self._known and s not in self._reading]
-        if todo:
-            lock = await census_lock(self.data_dir)
+        if any(s not in self._known and s not in self._reading for s in shards):
+            lock = await counts_lock(self.data_dir)
             try:
-                # another process may have read them meanwhile (what we learned is saved below, with the rest)
+                # another process may have read them meanwhile (what we learned is saved with the rest, below)
                 await self.sync(fetch=True, force=True, save=False)
-                todo = [s for s in todo if s not in self._known and s not in self._reading]
-                with self._lock:
-                    self._reading.update(todo)
-                try:
-                    if todo:
-                        no_remote = [s for s in todo if access is None or not self.files[s].url]
-                        if no_remote:
-                            path = self.data_dir / self.files[no_remote[0]].path
-                            local_count(path, False)  # a CorruptShardError if it is there but unreadable
-                            raise MissingShardError(f"{path} is missing and no remote is known for {self.data_dir}: "
-                                                    "run `nanostream fetch` first, or pass dataset= (or base_url=)",
-                                                    path=path)
-                        assert access is not None
-                        got = await read_footers(self.files, todo, access, retry or RetryPolicy())
-                        self.remote_reads += len(got)
-                        for s, n in got.items():
-                            self.learn(s, n, f"the footer of {self.files[s].url}")
-                        with self._lock:
-                            unsaved, self._unsaved = self._unsaved, {}
-                        if unsaved:
-                            await asyncio.to_thread(save_census, self.data_dir, unsaved)
-                finally:
-                    with self._lock:
-                        self._reading.difference_update(todo)
+                await self._read_footers(shards, credentials, retry)
             finally:
                 if lock is not None:
                     lock.release()
-        while True:  # polled: another task of this process (on any thread or loop) may be reading them
-            if not any(s in self._reading for s in shards):
-                return
-            await asyncio.sleep(0.02)
+        while True:  # another task of this process (on any thread or loop) may be reading some of them
+            with self._lock:
+                if not any(s in self._reading for s in shards):
+                    return
+                read = asyncio.Event()
+                self._readers_done.append((asyncio.get_running_loop(), read))
+            await read.wait()
 
-    async def require(self, shards: list[int], access: Access | None = None,
+    async def _read_footers(self, shards: list[int], credentials: Credentials | None,
+                            retry: RetryPolicy | None) -> None:
+        with self._lock:
+            todo = [s for s in shards if s not in self._known and s not in self._reading]
+            self._reading.update(todo)
+        try:
+            no_remote = [s for s in todo if credentials is None or not self.files[s].url]
+            if no_remote:
+                path = self.data_dir / self.files[no_remote[0]].path
+                local_count(path, False)  # a CorruptShardError if it is there but unreadable
+                raise MissingShardError(f"{path} is missing and no remote is known for {self.data_dir}: "
+                                        "run `nanostream fetch` first, or pass dataset= (or base_url=)", path=path)
+            if not todo:
+                return
+            assert credentials is not None
+            got = await read_footers(self.files, todo, credentials, retry or RetryPolicy())
+            for s, n in got.items():
+                self.learn(s, n, f"the footer of {self.files[s].url}")
+            with self._lock:
+                unsaved, self._unsaved = self._unsaved, {}
+            if unsaved:
+                await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
+        finally:
+            with self._lock:
+                self._reading.difference_update(todo)
+                waiting, self._readers_done = self._readers_done, []
+            for loop, read in waiting:
+                with contextlib.suppress(RuntimeError):  # that waiter's loop is gone
+                    loop.call_soon_threadsafe(read.set)
+
+    async def require(self, shards: list[int], credentials: Credentials | None = None,
                       retry: RetryPolicy | None = None) -> dict[int, int]:
-        """Every count of ``shards``: known, else local, shared or read remotely (the whole census)."""
+        """Every count of ``shards``: known, else local, shared or read remotely."""
         missing = [s for s in shards if s not in self._known]
         if missing:
-            await self.read_remote(missing, access, retry)
+            await self.read_remote(missing, credentials, retry)
             await self.sync(force=True)
         with self._lock:
             return {s: self._known[s] for s in shards}
@@ -248,14 +291,12 @@ def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | 
 
 
 async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...],
-                           access: Access | None = None, *, retry: RetryPolicy | None = None,
+                           credentials: Credentials | None = None, *, retry: RetryPolicy | None = None,
                            sharer: CountSharer | None = None, scope: str = "") -> dict[int, int]:
-    """``{shard: row groups}`` for ``shards`` (indices into ``files``): the whole census at once."""
-    return await book_for(data_dir, files, sharer, scope).require(list(shards), access, retry)
+    """``{shard: row groups}`` for ``shards`` (indices into ``files``): every count at once."""
+    return await book_for(data_dir, files, sharer, scope).require(list(shards), credentials, retry)
 
 
 def row_group_counts_blocking(*args: Any, **kwargs: Any) -> dict[int, int]:
     """``row_group_counts`` for code without an event loop (or inside one): runs on its own thread."""
-    from .resolve import run_blocking
-
-    return run_blocking(row_group_counts(*args, **kwargs))
+    return run_sync(row_group_counts(*args, **kwargs))

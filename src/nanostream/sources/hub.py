@@ -1,18 +1,9 @@
-"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a pinned Catalog.
+"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a Catalog pinned to a commit.
 
-``parse_hub_url`` reads the path form of huggingface_hub's ``HfFileSystem`` (a
-revision may be URL-quoted, ``refs/pr/N`` and ``refs/convert/X`` may stand bare).
-``hub_catalog`` resolves the revision (default ``main``) to a commit sha once
-(``/api/datasets/ORG/NAME/revision/REV``), lists ``PATH`` at that sha with the tree
-API (``/api/datasets/ORG/NAME/tree/SHA/PATH?recursive=true``, following the
-paginated ``Link: <...>; rel="next"`` header), and keeps the ``*.parquet`` files the
-``include`` glob matches, with sha256 from ``lfs.oid`` and size from ``size``. File
-URLs name the sha, so every later download and every rank reads that commit.
-
-``HF_TOKEN`` goes only to the Hub's own host (``hub_headers``, the same policy as
-downloads: ``config.token_allowed``), never to a host a ``Link`` or a redirect points at. 401, 403, 404 and a missing revision become
-``DatasetError`` with their own hint; transient failures are retried per
-``RetryPolicy`` and then raise ``RetriesExhausted``.
+``hub_catalog`` resolves the revision (default ``main``) to a commit sha once, lists ``PATH`` at
+that sha with the tree API (following ``Link: rel="next"`` pages) and keeps the ``*.parquet`` files
+``include`` matches, with their sizes and sha256; file URLs name the sha. ``HF_TOKEN`` goes only to
+the Hub's own host (``hub_headers``). Refusals become a ``DatasetError`` with their own hint.
 """
 
 from __future__ import annotations
@@ -27,8 +18,8 @@ import aiohttp
 from yarl import URL
 
 from ..config import host_of, token_allowed
-from ..errors import DatasetError, RetriesExhausted
-from ..retry import LIST_RETRY, RETRY_STATUSES, RateGate, Retries, RetryPolicy, client_session, transient
+from ..errors import DatasetError
+from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
 from .catalog import Catalog, DataFile
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -97,28 +88,20 @@ def file_url(endpoint: str, repo_id: str, sha: str, path: str) -> str:
 
 async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, include: str | None = None,
                       val: str | None = None, text_column: str = "text", revision: str | None = None,
-                      session: aiohttp.ClientSession | None = None,
                       retry: RetryPolicy = LIST_RETRY) -> Catalog:
-    """The parquet files under ``url`` at one commit, as a Catalog pinned to that commit's sha.
-
-    ``revision`` (a recorded sha) replaces the one in the URL: a folder fetched before
-    lists the same commit again. Paths in the catalog are relative to ``PATH``; a ``PATH``
-    ending in ``.parquet`` names one file.
-    """
+    """The parquet files under ``url`` at one commit (``revision`` replaces the URL's), as a Catalog pinned
+    to that commit's sha; paths relative to ``PATH`` (a ``PATH`` ending in ``.parquet``: that file)."""
     hp = parse_hub_url(url)
-    if session is None:
-        async with client_session(retry) as own:
-            return await hub_catalog(url, endpoint=endpoint, token=token, include=include, val=val,
-                                     text_column=text_column, revision=revision, session=own, retry=retry)
-    api = Api(session, endpoint.rstrip("/"), token, hp, retry)
-    sha = await api.resolve(revision or hp.revision or "main")
-    if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
-        folder = hp.path.rpartition("/")[0]
-        entries = [e for e in await api.tree(sha, folder, recursive=False) if e.get("path") == hp.path]
-        prefix = f"{folder}/" if folder else ""
-    else:
-        entries = await api.tree(sha, hp.path)
-        prefix = f"{hp.path}/" if hp.path else ""
+    async with client_session(retry) as session:
+        api = Api(session, endpoint.rstrip("/"), token, hp, retry)
+        sha = await api.resolve(revision or hp.revision or "main")
+        if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
+            folder = hp.path.rpartition("/")[0]
+            entries = [e for e in await api.tree(sha, folder, recursive=False) if e.get("path") == hp.path]
+            prefix = f"{folder}/" if folder else ""
+        else:
+            entries = await api.tree(sha, hp.path)
+            prefix = f"{hp.path}/" if hp.path else ""
     files, seen = [], 0
     for e in entries:
         if e.get("type") != "file":
@@ -145,7 +128,6 @@ class Api:
                  retry: RetryPolicy) -> None:
         self.session, self.endpoint, self.token, self.hp, self.retry = session, endpoint, token, hp, retry
         self.base = f"{endpoint}/api/datasets/{hp.repo_id}"
-        self.gate = RateGate(retry, f"listing {hp.source()}")  # one wait line per rate-limit wait
 
     async def resolve(self, revision: str) -> str:
         body, _ = await self._get(f"{self.base}/revision/{quote(revision, safe='')}", revision)
@@ -167,23 +149,19 @@ class Api:
         return entries
 
     async def _get(self, url: str, revision: str) -> tuple[Any, str | None]:
-        """JSON body and the next page's URL, retrying transient failures (rate-limit waits apart)."""
-        retries = Retries(self.retry, self.gate)
-        while True:
-            try:
-                async with self.session.get(url, headers=hub_headers(url, self.endpoint, self.token)) as resp:
-                    if resp.status != 200:
-                        self._refuse(resp, revision)
-                    nxt = resp.links.get("next")
-                    return await resp.json(content_type=None), (str(nxt["url"]) if nxt else None)
-            except DatasetError:
-                raise
-            except Exception as exc:
-                if isinstance(exc, ValueError):  # a body that is not JSON: not the Hub API
+        """JSON body and the next page's URL, retried (``retry.with_retries``)."""
+        async def attempt() -> tuple[Any, str | None]:
+            async with self.session.get(url, headers=hub_headers(url, self.endpoint, self.token)) as resp:
+                if resp.status != 200:
+                    self._refuse(resp, revision)
+                nxt = resp.links.get("next")
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError as exc:  # a body that is not JSON: not the Hub API
                     raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
-                if not await retries.again(exc):
-                    raise RetriesExhausted(f"listing {self.hp.source()}: {retries.why(exc)} ({url})",
-                                           attempts=retries.failures, url=url) from exc
+                return body, (str(nxt["url"]) if nxt else None)
+
+        return await with_retries(Retries(self.retry, f"listing {self.hp.source()}", url=url), attempt)
 
     def _refuse(self, resp: aiohttp.ClientResponse, revision: str) -> None:
         status, code = resp.status, resp.headers.get("X-Error-Code", "")

@@ -1,50 +1,36 @@
 """What a ``--dataset`` value means: a built-in name, ``hf://``, ``s3://`` or a local folder, as one Catalog.
 
-``open_catalog`` is the one entry point for fetch, stream, TokenDataset and serve.
-A data folder whose record names the same dataset gets the recorded catalog back,
-untouched: the same commit, files, sizes and checksums, with no network call, so
-later fetches and every rank read what the first fetch pinned. Otherwise the
-source is listed (``hub.hub_catalog``, ``s3.s3_catalog``), built (``builtin_catalog``)
-or walked (``local_catalog``). Writing the record is the caller's job
-(``record.write_catalog``), once it has decided to fetch.
-
-``pin_catalog`` is ``stream()``'s blocking entry: it also reads the numbered-shard
-arguments of earlier versions (``base_url=``, ``max_shard=``), reads a folder of
-``shard_XXXXX.parquet`` files with no record as those versions did, and lists an
-``hf://`` or ``s3://`` dataset once per folder, under a lock, recording it.
+``open_catalog`` (async) is the entry for fetch, stream, TokenDataset and serve: a folder whose
+record names the same dataset gets the recorded catalog back with no network call; otherwise the
+source is listed (``hub.py``, ``s3.py``), built (a built-in dataset) or walked (a folder). Writing
+the record is the caller's job (``record.write_catalog``). ``pin_catalog`` is ``stream()``'s
+blocking entry: it lists an ``hf://`` or ``s3://`` dataset once per folder, under a lock, and
+records it. ``numbered_catalog_for`` is the ``base_url`` / ``max_shard`` form (``--base-url``, ``--max-shard``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import filelock
 
+from ..concurrency import run_sync
 from ..config import DATASETS, Config, check_url, get_dataset
 from ..errors import ConfigError, DatasetError, MissingShardError
-from ..shards import shard_index, shard_name
-from .catalog import Catalog, builtin_catalog, local_catalog, numbered_catalog, say_once
+from .catalog import Catalog, builtin_catalog, local_catalog, numbered_catalog
 from .record import read_catalog, write_catalog
-
-if TYPE_CHECKING:
-    import aiohttp
 
 SCHEMES = ("hf://", "s3://")
 
 
 async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | None = None,
-                       include: str | None = None, val: str | None = None, text_column: str | None = None,
-                       session: aiohttp.ClientSession | None = None) -> Catalog:
+                       include: str | None = None, val: str | None = None, text_column: str | None = None
+                       ) -> Catalog:
     """The catalog of ``dataset`` (None: whatever ``data_dir`` holds), pinned by the folder's record if any.
-
-    ``val`` and ``text_column`` override the recorded or listed ones; ``include``
-    narrows a listing and must match the one a recorded folder was fetched with.
-    """
+    ``val`` and ``text_column`` override the recorded or listed ones; ``include`` narrows a listing and
+    must match the one a recorded folder was fetched with."""
     recorded = read_catalog(data_dir) if data_dir is not None else None
     if recorded is not None and dataset in (None, recorded.name):
         if include is not None and include != recorded.include:
@@ -63,12 +49,12 @@ async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | 
         from .hub import hub_catalog
 
         return await hub_catalog(dataset, endpoint=config.hf_endpoint, token=config.hf_token, include=include,
-                                 val=val, text_column=column, session=session)
+                                 val=val, text_column=column)
     if dataset.startswith("s3://"):
         from .s3 import s3_catalog
 
         return await s3_catalog(dataset, endpoint=config.s3_endpoint, include=include, val=val,
-                                text_column=column, session=session)
+                                text_column=column)
     if "://" in dataset:
         scheme = dataset.split("://", 1)[0]
         raise DatasetError(f"--dataset {dataset!r}: unknown scheme {scheme!r}; use hf://datasets/ORG/NAME, "
@@ -85,11 +71,8 @@ def _override(cat: Catalog, val: str | None, text_column: str | None) -> Catalog
 
 
 def folder_name(dataset: str) -> str:
-    """The default folder under ``BASE_DIR/data`` for ``dataset``: ``hf://datasets/o/n@v1/x`` -> ``hf/o/n@v1/x``.
-
-    A built-in name is itself; a URL keeps its parts as nested folders (the revision
-    too: two revisions never share a folder).
-    """
+    """The default folder under ``BASE_DIR/data`` for ``dataset``: ``hf://datasets/o/n@v1/x`` -> ``hf/o/n@v1/x``
+    (a built-in name is itself; two revisions never share a folder)."""
     if dataset.startswith("hf://"):
         from .hub import parse_hub_url
 
@@ -113,46 +96,34 @@ def url_prefix(cat: Catalog) -> str:
     return cat.source or cat.name
 
 
-def folder_catalog(folder: Path, *, text_column: str | None = None, val: str | None = None) -> Catalog:
-    """A folder with no record: numbered ``shard_XXXXX.parquet`` files as earlier versions read them (the
-    last one validation, said once), anything else as ``local_catalog``."""
-    if not folder.is_dir():
-        raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch --data-dir {folder}` "
-                                "first, or pass dataset= (or num_shards= and base_url=)", path=folder)
-    cat = local_catalog(folder, text_column=text_column or "text", val=val)
-    numbers = [shard_index(f.path) for f in cat.files]
-    if val is not None or any(n is None for n in numbers):
-        return cat
-    last = numbers[-1]
-    assert last is not None
-    say_once(f"val:{folder}", f"{folder} has no .nanostream.json: assuming its last shard file {shard_name(last)} "
-             "is the validation shard (pass max_shard= or fetch with `nanostream fetch` to record it)")
-    return numbered_catalog(str(folder), "", last + 1, text_column=text_column or "text", source=str(folder))
-
-
-def numbered_for(name: str | None, folder: Path, base_url: str | None, max_shard: int | None,
-                 recorded: Catalog | None, text_column: str | None, config: Config) -> Catalog:
-    """``base_url=`` / ``max_shard=`` (the numbered-shard form): shard_XXXXX.parquet under a URL prefix."""
-    ds = get_dataset(name) if name in DATASETS else None
-    hub = ds.base_url(config.hf_endpoint) if ds else None
+def numbered_catalog_for(dataset: str | None, folder: Path, base_url: str | None, max_shard: int | None,
+             recorded: Catalog | None, config: Config, *, text_column: str | None = None,
+             val: str | None = None) -> Catalog:
+    """``shard_00000.parquet`` .. ``shard_{max_shard}.parquet`` under ``base_url`` (a mirror of a built-in
+    dataset), the last one validation. ``base_url`` defaults to the folder's recorded one, else the
+    built-in dataset's; ``max_shard`` to the record's, else the dataset's."""
+    ds = get_dataset(dataset) if dataset is not None else None
+    hub = ds.base_url(config.hf_endpoint) if ds is not None else ""
     if base_url is not None:
         base = check_url(base_url)
     elif recorded is not None and "://" in url_prefix(recorded):
         base = url_prefix(recorded)
     else:
-        base = hub or ""
+        base = hub
+    same = recorded is not None and url_prefix(recorded) == base
     if max_shard is None:
-        if recorded is not None:
-            max_shard = len(recorded.files) - 1
+        if same:
+            max_shard = len(recorded.files) - 1  # type: ignore[union-attr]
         elif ds is not None:
             max_shard = ds.max_shard
         else:
-            return folder_catalog(folder, text_column=text_column)
-    if recorded is not None and url_prefix(recorded) == base and len(recorded.files) == max_shard + 1:
-        return _override(recorded, None, text_column)
+            raise ConfigError(f"base_url={base_url!r} needs max_shard= (the index of the validation shard)")
+    if same and len(recorded.files) == max_shard + 1:  # type: ignore[union-attr]
+        return _override(recorded, val, text_column)  # type: ignore[arg-type]
     column = text_column or (recorded.text_column if recorded else ds.text_column if ds else "text")
     label = ds.name if ds is not None and base == hub else base or str(folder)
-    return numbered_catalog(label, base, max_shard + 1, text_column=column, source=base or str(folder))
+    cat = numbered_catalog(label, base, max_shard + 1, text_column=column, source=base or str(folder))
+    return _override(cat, val, None)
 
 
 def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = None, max_shard: int | None = None,
@@ -162,11 +133,15 @@ def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = Non
     process lists and records it under the folder's lock, the others (every rank) read the record."""
     recorded = read_catalog(folder) if folder.is_dir() else None
     if base_url is not None or max_shard is not None:
-        return numbered_for(dataset, folder, base_url, max_shard, recorded, text_column, config)
+        return numbered_catalog_for(dataset, folder, base_url, max_shard, recorded, config, text_column=text_column, val=val)
     if dataset is None and recorded is None:
-        return folder_catalog(folder, text_column=text_column, val=val)
-    legacy = dataset in DATASETS and not recorded_name(recorded).startswith(SCHEMES)  # numbered folders
-    if recorded is not None and (dataset is None or dataset == recorded.name or legacy):
+        if not folder.is_dir():
+            raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch --data-dir "
+                                    f"{folder}` first, or pass dataset=", path=folder)
+        return local_catalog(folder, text_column=text_column or "text", val=val)
+    # a built-in dataset fetched from a mirror is recorded under the mirror's URL
+    mirrored = dataset in DATASETS and recorded is not None and not recorded.name.startswith(SCHEMES)
+    if recorded is not None and (dataset is None or dataset == recorded.name or mirrored):
         if include is not None and include != recorded.include:
             raise DatasetError(f"{folder} was fetched with --include {recorded.include!r}, not {include!r}: "
                                "pass the same, or use another data folder")
@@ -179,13 +154,13 @@ def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = Non
             raise ConfigError(f"cannot create data folder {folder}: {exc}") from exc
         with lock:
             recorded = read_catalog(folder)
-            cat = run_blocking(open_catalog(dataset, config=config, data_dir=folder if recorded else None,
-                                            include=include, val=val, text_column=text_column))
+            cat = run_sync(open_catalog(dataset, config=config, data_dir=folder if recorded else None,
+                                        include=include, val=val, text_column=text_column))
             if recorded is None:
                 write_catalog(folder, cat)
             return cat
-    return run_blocking(open_catalog(dataset, config=config, data_dir=folder, include=include, val=val,
-                                     text_column=text_column))
+    return run_sync(open_catalog(dataset, config=config, data_dir=folder, include=include, val=val,
+                                 text_column=text_column))
 
 
 def split_indices(cat: Catalog, folder: Path, split: str, num_shards: int | None) -> tuple[int, ...]:
@@ -203,25 +178,3 @@ def split_indices(cat: Catalog, folder: Path, split: str, num_shards: int | None
         raise MissingShardError(f"no {split} files in {folder} (validation: {val}): fetch some with "
                                 "`nanostream fetch -n N`, or pass num_shards=", path=folder)
     return tuple(where[f.path] for f in files)
-
-
-def recorded_name(cat: Catalog | None) -> str:
-    return cat.name if cat is not None else ""
-
-
-def run_blocking(coro: Any) -> Any:
-    """Run ``coro`` to its end on a fresh event loop in its own thread (callers may be inside a loop)."""
-    out: dict[str, Any] = {}
-
-    def main() -> None:
-        try:
-            out["value"] = asyncio.run(coro)
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
-            out["error"] = exc
-
-    t = threading.Thread(target=main, name="nanostream-catalog")
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]

@@ -1,18 +1,11 @@
-"""S3 and S3-compatible stores (R2, MinIO, ...): ``s3://BUCKET/PREFIX/`` to a Catalog, and signed requests.
+"""S3 and S3-compatible stores (R2, MinIO, Ceph): ``s3://BUCKET/PREFIX/`` to a Catalog, and signed requests.
 
-botocore (the optional ``s3`` extra: ``pip install 'nanostream[s3]'``) supplies the
-standard AWS credential chain (environment, ``~/.aws`` config and profiles, SSO,
-instance role) and the SigV4 signer, nothing more: every request goes out through
-aiohttp, the listing here and the bytes through the existing downloader, which asks
-``S3Signer.get_headers`` for signed headers (``Range``, ``If-Match``) per request.
-
-``s3_catalog`` lists ``PREFIX/`` with ListObjectsV2 (continuation tokens), keeps the
-``*.parquet`` keys the ``include`` glob matches, and records per file what a download
-can be checked against: the sha256 when the object carries a full-object one (a HEAD
-with ``x-amz-checksum-mode: ENABLED`` for keys listed with ``ChecksumAlgorithm``
-SHA256), else the MD5 when the ETag is a single-part MD5, else the size alone.
-Objects are addressed path-style under ``AWS_ENDPOINT_URL(_S3)`` when one is set,
-virtual-hosted on AWS otherwise; a bucket in another region is followed once.
+botocore (the ``s3`` extra) supplies the AWS credential chain and the SigV4 signer, nothing more:
+every request goes out through aiohttp. ``s3_catalog`` lists the prefix with ListObjectsV2 and
+records per file what a download is checked against: a full-object sha256 (a HEAD with
+``x-amz-checksum-mode``), else the MD5 of a single-part ETag, else the size. Objects are addressed
+path-style under ``AWS_ENDPOINT_URL(_S3)``, virtual-hosted on AWS; a bucket in another region is
+followed once.
 """
 
 from __future__ import annotations
@@ -30,9 +23,9 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from .._compat import TaskGroup
-from ..errors import DatasetError, RetriesExhausted
-from ..retry import LIST_RETRY, RETRY_STATUSES, RateGate, Retries, RetryPolicy, client_session, transient
+from ..concurrency import run_each
+from ..errors import DatasetError
+from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
 from .catalog import Catalog, DataFile
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -68,16 +61,12 @@ def split_object_url(url: str) -> tuple[str, str]:
 
 
 class S3Signer:
-    """Credentials from the AWS chain, the region and the endpoint; signs each request (SigV4).
-
-    Build with ``await S3Signer.create(endpoint)``. With no credentials anywhere in the
-    chain, requests go unsigned (public buckets) and a 403 says so.
-    """
+    """Credentials from the AWS chain, the region and the endpoint; signs each request (SigV4). Build with
+    ``await S3Signer.create(endpoint)``; with no credentials in the chain, requests go unsigned."""
 
     def __init__(self, credentials: Any, region: str, endpoint: str | None = None) -> None:
         self.credentials, self.region = credentials, region
         self.endpoint = endpoint.rstrip("/") if endpoint else None
-        self._auth: Any = None
 
     @classmethod
     async def create(cls, endpoint: str | None = None, *, region: str | None = None,
@@ -126,59 +115,25 @@ class S3Signer:
         S3SigV4Auth(creds, "s3", self.region).add_auth(request)
         return dict(request.headers.items())
 
-    def get_headers(self, url: str, start: int | None = None, end: int | None = None, *,
-                    if_match: str | None = None) -> dict[str, str]:
-        """Signed headers for a GET of bytes ``[start, end)`` of one object (all of it without a range).
-
-        ``if_match`` (the ETag the first answer carried) makes a changed object answer
-        412 instead of bytes of another version: S3 documents If-Match for GetObject,
-        and moto ignores If-Range, so a ranged continuation should send If-Match.
-        """
-        extra: dict[str, str] = {}
-        if start is not None:
-            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        if if_match:
-            extra["If-Match"] = if_match
-        return self.headers("GET", url, extra)
 
 
 async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | None = None,
                      val: str | None = None, text_column: str = "text", signer: S3Signer | None = None,
-                     session: aiohttp.ClientSession | None = None, retry: RetryPolicy = LIST_RETRY,
-                     heads: int = 16, page_size: int | None = None) -> Catalog:
-    """The parquet objects under ``url`` as a Catalog (paths relative to the prefix, sorted).
-
-    ``heads`` bounds the concurrent checksum HEADs; ``page_size`` sets ListObjectsV2's
-    max-keys (the store's default, 1,000 on S3, when None).
-    """
+                     retry: RetryPolicy = LIST_RETRY, heads: int = 16, page_size: int | None = None) -> Catalog:
+    """The parquet objects under ``url`` as a Catalog (paths relative to the prefix, sorted); at most
+    ``heads`` checksum HEADs at once; ``page_size``: ListObjectsV2's max-keys (None: the store's)."""
     sp = parse_s3_url(url)
     if signer is None:
         signer = await S3Signer.create(endpoint)
-    if session is None:
-        async with client_session(retry) as own:
-            return await s3_catalog(url, include=include, val=val, text_column=text_column, signer=signer,
-                                    session=own, retry=retry, heads=heads, page_size=page_size)
-    lister = Lister(session, signer, sp, retry, page_size)
-    objects = await lister.list()
-    keep = [o for o in objects if o["key"].endswith(".parquet")
-            and (not include or fnmatch.fnmatchcase(o["key"][len(sp.prefix):], include))]
-    if not keep:
-        narrowed = f" matching --include {include!r}" if include else ""
-        raise DatasetError(f"{sp.url()}: no *.parquet objects{narrowed} ({len(objects)} objects seen)")
-    sha = [o for o in keep if "SHA256" in o["algorithms"]]
-    if sha:
-        gate = asyncio.Semaphore(max(1, heads))
-        try:
-            async with TaskGroup() as tg:
-                for o in sha:
-                    tg.create_task(lister.checksum(o, gate))
-        except Exception as exc:  # the TaskGroup wraps the first failure in an ExceptionGroup: unwrap it
-            first = exc
-            while getattr(first, "exceptions", None):
-                first = first.exceptions[0]
-            if first is exc:
-                raise
-            raise first from first.__cause__  # keep its own cause
+    async with client_session(retry) as session:
+        lister = Lister(session, signer, sp, retry, page_size)
+        objects = await lister.list()
+        keep = [o for o in objects if o["key"].endswith(".parquet")
+                and (not include or fnmatch.fnmatchcase(o["key"][len(sp.prefix):], include))]
+        if not keep:
+            narrowed = f" matching --include {include!r}" if include else ""
+            raise DatasetError(f"{sp.url()}: no *.parquet objects{narrowed} ({len(objects)} objects seen)")
+        await run_each((lister.checksum(o) for o in keep if "SHA256" in o["algorithms"]), max(1, heads))
     files = [DataFile(o["key"][len(sp.prefix):], o["size"], o.get("sha256"), o["md5"],
                       f"s3://{sp.bucket}/{o['key']}") for o in keep]
     files.sort(key=lambda f: f.path)
@@ -198,7 +153,6 @@ class Lister:
     def __init__(self, session: aiohttp.ClientSession, signer: S3Signer, sp: S3Path, retry: RetryPolicy,
                  page_size: int | None = None):
         self.session, self.signer, self.sp, self.retry = session, signer, sp, retry
-        self.gate = RateGate(retry, f"listing {sp.url()}")  # one wait line per rate-limit wait
         self.page_size = page_size
         self.moved = False
 
@@ -223,12 +177,10 @@ class Lister:
             if root.findtext(f"{NS}IsTruncated") != "true" or not token:
                 return objects
 
-    async def checksum(self, obj: dict[str, Any], gate: asyncio.Semaphore) -> None:
+    async def checksum(self, obj: dict[str, Any]) -> None:
         """Set ``obj["sha256"]`` (hex) if the object carries a full-object sha256."""
-        async with gate:
-            _, headers, _ = await self._request(
-                "HEAD", lambda: self.signer.object_url(self.sp.bucket, obj["key"]),
-                {"x-amz-checksum-mode": "ENABLED"})
+        _, headers, _ = await self._request("HEAD", lambda: self.signer.object_url(self.sp.bucket, obj["key"]),
+                                            {"x-amz-checksum-mode": "ENABLED"})
         value = headers.get("x-amz-checksum-sha256", "")
         kind = headers.get("x-amz-checksum-type", "")
         multipart = "-" in headers.get("ETag", "")
@@ -239,8 +191,9 @@ class Lister:
                 return
 
     async def _request(self, method: str, url_of, extra: dict[str, str] | None = None):
-        retries = Retries(self.retry, self.gate)
-        while True:
+        """(status, headers, body) of a 200 answer, retried (``retry.with_retries``); a bucket in another
+        region is followed once, not counted as a failure."""
+        async def attempt():
             url = url_of()
             try:
                 async with self.session.request(method, URL(url, encoded=True), allow_redirects=False,
@@ -249,15 +202,11 @@ class Lister:
                     if resp.status == 200:
                         return resp.status, resp.headers, body
                     self._refuse(resp, body, url)
-            except DatasetError:
-                raise
             except _Moved as moved:
                 self.signer = self.signer.with_region(moved.region)
-                continue
-            except Exception as exc:
-                if not await retries.again(exc):
-                    raise RetriesExhausted(f"listing {self.sp.url()}: {retries.why(exc)} ({url})",
-                                           attempts=retries.failures, url=url) from exc
+                return await attempt()
+
+        return await with_retries(Retries(self.retry, f"listing {self.sp.url()}", url=url_of()), attempt)
 
     def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> None:
         code = message = ""

@@ -1,12 +1,8 @@
 """``Source``: the one object that says where a dataset is, and its weight in a mix.
 
-``stream()``, ``iter_batches()`` and ``TokenDataset`` take either the dataset arguments
-(``dataset``, ``data_dir``, ``num_shards``, ``include``, ``val``, ``text_column``,
-``base_url``, ``max_shard``: the public shorthand, folded into one ``Source`` at the
-entrance) or ``mix=[Source(...), ...]``; below the entrance only ``Source`` objects are
-passed. Each field means what the same-named argument of ``stream()`` means. ``resolve``
-turns a source into its data folder and its catalog (pinned in the folder's record:
-``resolve.pin_catalog``); ``check_mix`` refuses what cannot be mixed, naming the source.
+The dataset arguments of ``stream()`` / ``TokenDataset`` are folded into one ``Source`` at the
+entrance (``entrance``); below it only ``Source`` objects are passed. ``Source.resolve`` gives its
+data folder and pinned catalog; ``check_mix`` refuses what cannot be mixed, naming the source.
 """
 
 from __future__ import annotations

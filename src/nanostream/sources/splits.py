@@ -1,31 +1,8 @@
 """Which split each file of a dataset is in: Hugging Face ``datasets``' inference, then nanostream's fallbacks.
 
-Pure functions over relative file paths (a catalog's, relative to its ``hf://`` PATH,
-bucket prefix or folder, as ``load_dataset(..., data_dir=PATH)`` sees them). The rules are
-those of ``datasets/data_files.py`` (``get_data_patterns``), which the Hub's dataset viewer
-uses too, tried in order; the first that matches any file decides:
-
-1. ``data/{split}-NNNNN-of-NNNNN*.*`` (``SPLIT_PATTERN_SHARDED``): only the files of that
-   form count; the split is the name before ``-NNNNN``. ``train``/``training``,
-   ``validation``/``valid``/``dev``/``val`` and ``test``/``testing``/``eval``/``evaluation``
-   name nanostream's three splits; any other name is a split nanostream leaves out.
-2. Folder names (``DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME``): a folder at any depth named a
-   keyword, or holding one bounded by ``-._ `` or a digit (``my_train_dir/``, ``train-1/``).
-3. File names (``DEFAULT_PATTERNS_SPLIT_IN_FILENAME``): a name starting with a keyword or
-   holding one, followed by one of those separators (``train.parquet``, ``x-test_0.parquet``).
-4. Everything is train (``DEFAULT_PATTERNS_ALL``).
-
-Under rules 2 and 3 a file that matches no split is left out, as ``datasets`` leaves it
-out; a file that matches several is held out (validation before test before train).
-Keywords match case-insensitively (``Validation.parquet`` is validation; ``datasets``'
-globs are case-sensitive); a file ``datasets`` itself would put in validation or test is
-never trained on, whatever the case-insensitive match said.
-
-Then nanostream's fallbacks, because training needs a validation split: a ``val`` glob
-overrides the validation files; with no validation split the test files are used for
-validation; with no test files either, the last train file is held out when there are at
-least two; a dataset of one train file trains on it and has no validation split (asking for
-it is an error naming ``--val``). ``Assignment.note`` says which fallback applied.
+Pure functions over relative file paths, as ``load_dataset(..., data_dir=PATH)`` sees them. The
+rules (``datasets/data_files.py``'s ``get_data_patterns``, tried in order), the fallbacks when no
+validation split is named, and where nanostream differs are in docs/datasets.md#splits-and-the-text-column.
 """
 
 from __future__ import annotations

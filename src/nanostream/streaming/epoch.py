@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import ConfigError
-from ..sources.census import local_count
 from ..sources.counts import CountBook
+from ..sources.footers import local_count
 from .counting import EpochCounts
 from .cursor import Cursor
 from .horizon import Horizon

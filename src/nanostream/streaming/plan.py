@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from ..config import parse_cache_limit
 from ..errors import ConfigError
-from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile
+from ..sources.credentials import Credentials
 from .cache.minimum import Needs, needs
 from .order import Cursor, EpochDeal
 from .ranks import check_layout
@@ -154,11 +154,11 @@ class Plan:
         """The dataset's name for the count sharers: its source and revision, the same on every node."""
         return f"{self.catalog.source or self.catalog.name}@{self.catalog.revision or ''}"
 
-    def access(self) -> Access | None:
+    def access(self) -> Credentials | None:
         """What requests for the files carry (a fresh one per event loop); None if nothing is remote."""
         if not any(f.url for f in self.files):
             return None
-        return Access(self.token, self.token_hosts, self.s3_endpoint)
+        return Credentials(self.token, self.token_hosts, self.s3_endpoint)
 
     def epoch_plan(self, counts: dict[int, int], epoch: int, base: Cursor | None = None) -> EpochPlan:
         """Epoch ``epoch``'s settled deal (``counts``: at least every shard left in it)."""

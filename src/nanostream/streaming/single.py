@@ -15,10 +15,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..concurrency import run_sync
 from ..config import Config
 from ..errors import ConfigError
 from ..sources.counts import CountBook, book_for
-from ..sources.resolve import run_blocking, split_indices
+from ..sources.resolve import split_indices
 from ..sources.spec import Source
 from .cache.usage import filesystem_bytes
 from .cursor import Cursor
@@ -156,7 +157,7 @@ class Stream:
         p = self.plan
         sizes = p.split_sizes()
         if None in sizes and p.access() is not None:
-            sizes = run_blocking(_learn_sizes(p, sizes))
+            sizes = run_sync(_learn_sizes(p, sizes))
         return p.cache_needs(sizes).minimum
 
     def order(self, epoch: int) -> list[int]:
@@ -173,7 +174,7 @@ class Stream:
         """Learn the counts of ``shards`` (blocking; footers read remotely at the quota's pace if need be)."""
         p = self.plan
         if any(self.book.get(s) is None for s in shards):
-            run_blocking(self.book.require(list(shards), p.access(), p.retry))
+            run_sync(self.book.require(list(shards), p.access(), p.retry))
 
     def _first(self, epoch: int | None, base: Cursor | None) -> tuple[int, Cursor | None]:
         p = self.plan

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, CorruptShardError, FetchError, MissingShardError
-from ..retry import Retries
-from ..sources.access import Access
 from ..sources.catalog import Catalog, DataFile, check_text_column
+from ..sources.credentials import Credentials
 from ..sources.record import read_catalog, write_catalog
 from .cache.admission import Admission
 from .cache.budget import FolderBudget
@@ -48,7 +47,7 @@ def file_id(path: Path) -> tuple[int, int, int, int] | None:
 class ShardSource:
     """Resolves file indices (into the catalog's ``files``) to verified local files, downloading what is missing."""
 
-    def __init__(self, data_dir: Path, catalog: Catalog, *, access: Access | None = None,
+    def __init__(self, data_dir: Path, catalog: Catalog, *, access: Credentials | None = None,
                  text_column: str = "text", workers: int = 4, ahead: int = 2, retry: Any = None,
                  budget: FolderBudget | None = None) -> None:
         self.data_dir, self.catalog, self.access, self.text_column = data_dir, catalog, access, text_column
@@ -194,7 +193,7 @@ class ShardSource:
             if self._fetcher is None:
                 from ..fetch.fetcher import Fetcher
 
-                kwargs: dict[str, Any] = {"workers": self.workers, "access": self.access}
+                kwargs: dict[str, Any] = {"workers": self.workers, "credentials": self.access}
                 if self.retry is not None:
                     kwargs["retry"] = self.retry
                 try:
@@ -235,16 +234,12 @@ class ShardSource:
         return Path(result.path) if result.path is not None else self.path(index)
 
     async def _size(self, fetcher: Any, file: DataFile) -> int | None:
-        """The size the server announces for ``file`` (HEAD), retried as a download would be."""
-        retries = Retries(fetcher.retry, fetcher.gate)  # the fetcher's own policy and rate-limit gate
-        while True:
-            try:
-                return await fetcher.head(file)
-            except Exception as exc:  # retried by the policy, else a FetchError naming the file
-                if await retries.again(exc):
-                    continue
-                raise FetchError(f"cannot learn the size of {file.path} for cache_limit (HEAD {file.url}: "
-                                 f"{retries.why(exc)})", shard=file.path, url=file.url) from exc
+        """The size the server announces for ``file`` (HEAD, retried as a download would be)."""
+        try:
+            return await fetcher.head(file)
+        except FetchError as exc:
+            raise FetchError(f"cannot learn the size of {file.path} for cache_limit: {exc}", shard=file.path,
+                             url=file.url) from exc
 
     async def aclose(self) -> None:
         """Cancel every download in flight, wait for them, close the fetcher, and leave the budget."""

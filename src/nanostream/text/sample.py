@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, ShardError
 from ..shards import BOOKKEEPING_PREFIX, fsync, list_shards, shard_name
-from ..sources.record import FolderRecord, read_record, write_record
+from ..sources.catalog import numbered_catalog
+from ..sources.record import read_catalog, write_catalog
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,12 @@ def _claim_folder(out_dir: Path, shards: int) -> None:
         raise ConfigError(f"cannot create sample folder {out_dir}: {exc}") from exc
     if not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is not a folder: pick a folder for the sample shards")
-    record = read_record(out_dir)
+    record = read_catalog(out_dir)
     present = list_shards(out_dir)
-    if (record is None and present) or (record is not None and record.dataset != DATASET):
-        what = f"dataset {record.dataset!r}" if record and record.dataset else "other shards"
+    if (record is None and present) or (record is not None and record.name != DATASET):
+        what = f"dataset {record.name!r}" if record else "other shards"
         raise ConfigError(f"{out_dir} already holds {what}: pick an empty folder for the sample")
-    write_record(out_dir, FolderRecord(base_url="", max_shard=shards - 1, dataset=DATASET))
+    write_catalog(out_dir, numbered_catalog(DATASET, "", shards))
     for name in os.listdir(out_dir):
         tmp = out_dir / name
         try:  # temps of a killed run; a fresh one may belong to a concurrent run

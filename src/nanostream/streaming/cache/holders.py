@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ...errors import ConfigError
-from ...fetch.outcomes import try_lock
-from ...fetch.partial import discard, part_path, state_path
+from ...fetch.partial import discard, part_path, state_path, try_lock
 from ...shards import BOOKKEEPING_PREFIX
 from .usage import BLOCK, HOLDER_PREFIX, HOLDER_ROOM, HOLDER_SUFFIX, allocated
 

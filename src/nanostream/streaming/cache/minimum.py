@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ...shards import RECORD_NAME
 from ...sources.catalog import Catalog, DataFile
-from ...sources.census import CACHE_NAME
+from ...sources.counts import COUNTS_FILE
 from ...sources.record import catalog_to_json, read_catalog
 from .usage import BLOCK, HOLDER_ROOM, STATE_BYTES, FolderScan, file_blocks, fmt, scan
 
@@ -86,7 +86,7 @@ def _bookkeeping_to_come(folder: Path, catalog: Catalog, n: int) -> int:
     they exist yet or not, so every process of a run computes the same minimum."""
     record = max(_allocated(folder / RECORD_NAME),
                  file_blocks(len(json.dumps(catalog_to_json(catalog), indent=1))))
-    census = max(_allocated(folder / CACHE_NAME), file_blocks(64 * n))
+    census = max(_allocated(folder / COUNTS_FILE), file_blocks(64 * n))
     return 4 * BLOCK + record + census + max(record, census)
 
 

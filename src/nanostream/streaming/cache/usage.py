@@ -19,14 +19,14 @@ from pathlib import Path
 from ...fetch.partial import SLOT
 from ...shards import BOOKKEEPING_PREFIX, RECORD_NAME
 from ...sources.catalog import Catalog
-from ...sources.census import CACHE_NAME
+from ...sources.counts import COUNTS_FILE
 
 BLOCK = 4096  # allocation unit assumed for a file not on disk yet (one more is added as slack)
 STATE_BYTES = 2 * SLOT  # a download's state file, reserved whole (``partial.PartFiles``)
 HOLDER_PREFIX = f"{BOOKKEEPING_PREFIX}.cache."
 HOLDER_SUFFIX = ".holder"
 HOLDER_ROOM = 16 << 10  # the most a holder file takes (its ``future`` is cut to fit: ``holders.Holder``)
-RECORDS = (RECORD_NAME, CACHE_NAME)
+RECORDS = (RECORD_NAME, COUNTS_FILE)
 TEMP_PREFIX = f"{BOOKKEEPING_PREFIX}.tmp."  # ``shards.write_json``'s temporary file
 _PART = (f"{BOOKKEEPING_PREFIX}.", ".part")
 _STATE = (f"{BOOKKEEPING_PREFIX}.", ".state")

@@ -1,5 +1,5 @@
-"""The row-group census: counts from local footers, from remote footers by two small ranged GETs,
-saved in the folder and shared by the ranks of a node."""
+"""Row-group counts: from local footers, from remote footers by two small ranged GETs, saved in the
+folder's counts file and shared by the ranks of a node."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from nanostream.errors import CorruptShardError, HTTPStatusError
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
-from nanostream.sources.access import Access
 from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.census import CACHE_NAME, read_census
-from nanostream.sources.counts import CountBook, row_group_counts, row_group_counts_blocking
+from nanostream.sources.counts import (COUNTS_FILE, CountBook, read_counts_file, row_group_counts,
+                                       row_group_counts_blocking)
+from nanostream.sources.credentials import Credentials
 
 from datagen import make_shards
 from servers import FaultServer
@@ -31,25 +31,25 @@ async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Pa
     local = tmp_path / "local"
     async with FaultServer(remote) as srv:
         srv.files.row_groups = False  # a plain file server (the Hub's CDN): the counts are in the footers only
-        a, b = await asyncio.gather(*(row_group_counts(local, (0, 1, 2), files(srv.url), Access()) for _ in range(2)))
+        a, b = await asyncio.gather(*(row_group_counts(local, (0, 1, 2), files(srv.url), Credentials()) for _ in range(2)))
         assert a == b == {0: 3, 1: 3, 2: 3}
         ranges = [r.range for r in srv.requests]
         assert all(r.startswith("bytes=-") for r in ranges)  # footers only, and once for both readers:
         assert len(ranges) == 4  # the first shard's in two GETs (8 bytes, the footer), the others' in one
         footer_bytes = sum(srv.bytes_sent.values())
         assert footer_bytes < 0.2 * sum((remote / shard_name(s)).stat().st_size for s in range(3))
-        assert json.loads((local / CACHE_NAME).read_text()) == {shard_name(s): 3 for s in range(3)}
-        assert row_group_counts_blocking(local, (2, 0), files(srv.url), Access()) == {2: 3, 0: 3}  # from the file
+        assert json.loads((local / COUNTS_FILE).read_text()) == {shard_name(s): 3 for s in range(3)}
+        assert row_group_counts_blocking(local, (2, 0), files(srv.url), Credentials()) == {2: 3, 0: 3}  # from the file
         assert len(srv.requests) == 4
         srv.script(shard_name(3), "status:404")
         with pytest.raises(HTTPStatusError, match=r"shard_00003\.parquet"):
-            await row_group_counts(local, (3,), files(srv.url), Access())
+            await row_group_counts(local, (3,), files(srv.url), Credentials())
 
 
 async def test_a_remote_read_with_a_count_not_yet_saved_does_not_wait_for_its_own_lock(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A count learned from a local footer waits up to SAVE_EVERY to be saved. A remote footer read meanwhile
-    holds the folder's census lock; it saves that count too, under the lock it holds, and does not wait for
+    holds the folder's counts lock; it saves that count too, under the lock it holds, and does not wait for
     the lock a second time (a reader waiting at the bound for counts hung there forever, and every process
     of the folder with it)."""
     monkeypatch.setattr("nanostream.sources.counts.SAVE_EVERY", 1e9)  # nothing is saved unless forced
@@ -57,9 +57,9 @@ async def test_a_remote_read_with_a_count_not_yet_saved_does_not_wait_for_its_ow
     async with FaultServer(tmp_path / "remote") as srv:
         book = CountBook(tmp_path / "local", files(srv.url, 2))
         book.learn(0, 3)
-        await asyncio.wait_for(book.read_remote([1], Access(), None), 20)
+        await asyncio.wait_for(book.read_remote([1], Credentials(), None), 20)
     assert book.snapshot() == {0: 3, 1: 3}
-    assert read_census(tmp_path / "local") == {shard_name(0): 3, shard_name(1): 3}
+    assert read_counts_file(tmp_path / "local") == {shard_name(0): 3, shard_name(1): 3}
 
 
 async def test_local_footers_and_a_corrupt_local_shard(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ async def test_hub_style_redirect_and_a_retried_503(tmp_path: Path) -> None:
     make_shards(tmp_path / "remote", 2, row_groups=5, rows=8, record=False)
     async with FaultServer(tmp_path / "remote", redirect=True) as srv:
         srv.script(shard_name(1), "status:503")
-        access = Access("t", {srv.url.split("://")[1]})
+        access = Credentials("t", {srv.url.split("://")[1]})
         counts = await row_group_counts(tmp_path / "local", (0, 1), files(srv.url, 2), access,
                                         retry=RetryPolicy(base=0.01))
     assert counts == {0: 5, 1: 5}
@@ -86,7 +86,7 @@ async def test_a_mirror_tells_the_counts_so_no_footer_is_read(tmp_path: Path) ->
     by the mirror): counting through it takes one 8-byte GET a file, whatever the footer's size."""
     make_shards(tmp_path / "remote", 3, row_groups=7, rows=4, record=False)
     async with FaultServer(tmp_path / "remote") as srv:
-        counts = await row_group_counts(tmp_path / "local", (0, 1, 2), files(srv.url, 3), Access())
+        counts = await row_group_counts(tmp_path / "local", (0, 1, 2), files(srv.url, 3), Credentials())
         assert counts == {0: 7, 1: 7, 2: 7}
         assert [r.range for r in srv.requests] == ["bytes=-8"] * 3
 
@@ -109,7 +109,7 @@ async def test_footer_reads_slow_down_before_the_quota_runs_out(tmp_path: Path, 
     async with HubServer(quota={"resolvers": quota}) as hub:
         hub.add_numbered("org/many", files, row_groups=3, rows=2)
         cat = numbered_catalog("many", f"{hub.url}/datasets/org/many/resolve/main", files)
-        counts = await row_group_counts(tmp_path, tuple(range(files)), cat.files, Access())
+        counts = await row_group_counts(tmp_path, tuple(range(files)), cat.files, Credentials())
         stats = hub.stats()
     assert counts == {s: 3 for s in range(files)} and stats["resolve"] >= files
     assert stats["limited"] == 0

@@ -1,13 +1,9 @@
-"""What a request for a dataset file carries: the HF_TOKEN policy for http(s), SigV4 for ``s3://``.
+"""The credentials a request for a dataset file carries: the HF token where it may go, or a SigV4 signature.
 
-One ``Access`` is shared by a Fetcher (or a stream's census) and answers, per file
-URL: the URL to request (an ``s3://BUCKET/KEY`` becomes the object's HTTP(S) URL,
-already in SigV4's canonical encoding) and the headers of each GET / HEAD. The
-bearer token goes only where ``config.token_allowed`` lets it (the Hub's host and
-NANOSTREAM_TOKEN_HOSTS, https unless loopback); ``s3://`` requests are signed right
-before they are sent, ``Range`` and ``If-Match`` included. A continued range sends
-``If-Range`` over http(s) and ``If-Match`` on S3 (which answers 412 when the object
-changed).
+One ``Credentials`` is shared by a Fetcher (or a stream's footer reads) and gives, per file URL,
+the URL to request (``s3://BUCKET/KEY`` becomes the object's HTTP(S) URL) and the headers of each
+GET or HEAD: the token only where ``config.token_allowed`` lets it go; ``s3://`` requests signed
+right before they are sent, ``Range`` and ``If-Match`` included.
 """
 
 from __future__ import annotations
@@ -27,8 +23,8 @@ def is_s3(url: str) -> bool:
     return url.startswith("s3://")
 
 
-class Access:
-    """Token policy plus (for ``s3://`` files) one SigV4 signer, created on first need."""
+class Credentials:
+    """The token and where it may go, plus (for ``s3://`` files) one SigV4 signer, made on first need."""
 
     def __init__(self, token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
                  s3_endpoint: str | None = None, signer: Any = None) -> None:
@@ -58,31 +54,31 @@ class Access:
         """What to hand aiohttp: a signed URL exactly as signed (no re-quoting)."""
         return URL(http_url, encoded=True) if signed else http_url
 
-    def plain(self, http_url: str) -> dict[str, str]:
-        headers = dict(IDENTITY)
+    def headers(self, method: str, http_url: str, signed: bool, extra: dict[str, str] | None = None
+                ) -> dict[str, str]:
+        """``extra`` plus the SigV4 signature (``signed``), or plus the token where it may go."""
+        if signed:
+            return {**IDENTITY, **self.signer.headers(method, http_url, extra)}
+        headers = {**IDENTITY, **(extra or {})}
         if self.token and token_allowed(http_url, self.token_hosts):
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
     def get(self, http_url: str, signed: bool, start: int | None = None, end: int | None = None,
             validator: str | None = None) -> dict[str, str]:
-        """Headers for a GET of ``[start, end)`` (the whole file when ``start`` is None)."""
-        if signed:
-            return {**IDENTITY, **self.signer.get_headers(http_url, start, end,
-                                                          if_match=validator if start is not None else None)}
-        headers = self.plain(http_url)
+        """Headers for a GET of ``[start, end)`` (the whole file when ``start`` is None). A continued range
+        sends ``If-Range`` over http(s), ``If-Match`` on S3 (which ignores If-Range; a changed object
+        answers 412)."""
+        extra: dict[str, str] = {}
         if start is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
             if validator:
-                headers["If-Range"] = validator
-        return headers
+                extra["If-Match" if signed else "If-Range"] = validator
+        return self.headers("GET", http_url, signed, extra)
 
     def head(self, http_url: str, signed: bool) -> dict[str, str]:
-        return {**IDENTITY, **self.signer.headers("HEAD", http_url)} if signed else self.plain(http_url)
+        return self.headers("HEAD", http_url, signed)
 
     def tail(self, http_url: str, signed: bool, n: int) -> dict[str, str]:
         """Headers for a GET of the last ``n`` bytes (a suffix range)."""
-        rng = {"Range": f"bytes=-{n}"}
-        if signed:
-            return {**IDENTITY, **self.signer.headers("GET", http_url, rng)}
-        return {**self.plain(http_url), **rng}
+        return self.headers("GET", http_url, signed, {"Range": f"bytes=-{n}"})

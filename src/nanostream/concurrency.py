@@ -1,0 +1,129 @@
+"""Async helpers every layer shares: the sync bridge, the cancel-safe hand-off, and ending a task.
+
+``LoopThread`` is an event loop on its own thread that sync code hands coroutines to, one call
+at a time, for as long as it needs (a stream driven step by step); ``run_sync`` runs one
+coroutine on a fresh one. ``hand_off`` awaits a thread's work that makes a resource (a
+descriptor, a lock, an open file) so that a cancelled caller never leaks it; ``run_each`` runs
+coroutines in one TaskGroup and raises the first failure; ``cancel_and_wait`` ends a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+from ._compat import TaskGroup
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop on a thread of its own, named ``name``: ``run(coro)`` runs a coroutine there and
+    returns its result; ``close()`` cancels what still runs there, awaits ``on_close()``, joins the thread."""
+
+    def __init__(self, name: str, on_close: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self.on_close = on_close
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        ready = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)), name=name, daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    async def _main(self, ready: threading.Event) -> None:
+        self.loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            me = asyncio.current_task()
+            running = [t for t in asyncio.all_tasks() if t is not me]
+            for task in running:  # a call still waiting (close() from another thread)
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+            if self.on_close is not None:
+                await self.on_close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this loop and wait for its result (or its error); if the calling thread is
+    interrupted meanwhile (Ctrl-C), ``coro`` is cancelled."""
+        assert self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        finally:
+            future.cancel()  # a no-op once done; stops the coroutine if we were interrupted
+
+    def close(self) -> None:
+        """Stop the loop (cancelling what runs on it, then ``on_close``) and join its thread."""
+        if self.loop is not None and self._stop is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
+
+
+def run_sync(coro: Coroutine[Any, Any, T], name: str = "nanostream-sync") -> T:
+    """Run ``coro`` to its end on a fresh event loop in its own thread (the caller may be inside a loop)."""
+    runner = LoopThread(name)
+    try:
+        return runner.run(coro)
+    finally:
+        runner.close()
+
+
+async def run_each(coros: Iterable[Coroutine[Any, Any, Any]], limit: int | None = None) -> None:
+    """Run ``coros`` as the tasks of one TaskGroup, at most ``limit`` at once. The first failure cancels
+    the others and is raised as it is (not inside an ExceptionGroup)."""
+    room = asyncio.Semaphore(limit) if limit else None
+
+    async def one(coro: Coroutine[Any, Any, Any]) -> None:
+        if room is None:
+            return await coro
+        async with room:
+            return await coro
+
+    try:
+        async with TaskGroup() as tasks:
+            for coro in coros:
+                tasks.create_task(one(coro))
+    except BaseException as exc:
+        first = exc
+        while isinstance(getattr(first, "exceptions", None), tuple):
+            first = first.exceptions[0]  # type: ignore[attr-defined]
+        if first is exc:
+            raise
+        raise first from first.__cause__
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, even if the caller is cancelled meanwhile (that
+    cancellation is raised once ``task`` has ended). Its outcome is left on the task."""
+    task.cancel()
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+async def hand_off(work: concurrent.futures.Future[T] | asyncio.Future[T], release: Callable[[T], Any]) -> T:
+    """The result of ``work`` (a thread's work that makes a resource). If the caller is cancelled first,
+    the work is left to finish and its result goes to ``release``: nothing made is leaked."""
+    waiting = asyncio.wrap_future(work) if isinstance(work, concurrent.futures.Future) else asyncio.shield(work)
+    try:
+        return await waiting
+    except asyncio.CancelledError:
+        work.add_done_callback(lambda done: _release(done, release))
+        raise
+
+
+def _release(done: Any, release: Callable[[Any], Any]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        release(done.result())
