@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import LoaderError
-from ..streaming.order import Cursor
+from ..streaming.cursor import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
 from .packing import BestFitPacker, PackStats

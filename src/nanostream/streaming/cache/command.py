@@ -21,7 +21,7 @@ from ...errors import ConfigError
 from ...shards import RECORD_NAME
 from ...sources.record import read_catalog
 from .budget import _reserved, prune
-from .holders import cache_lock, in_use, live_holders
+from .claims import cache_lock, in_use, live_claims
 from .usage import filesystem_bytes, fmt, scan
 
 EXIT_OK, EXIT_SHORT = 0, 1
@@ -56,8 +56,8 @@ def survey(folder: Path) -> Survey:
     """What ``folder`` holds (under its cache lock, so no stream changes it meanwhile). Blocking."""
     with cache_lock(folder):
         record = read_catalog(folder)
-        view, holders = scan(folder, record), live_holders(folder)
-        reserved = _reserved(holders)
+        view, claims = scan(folder, record), live_claims(folder)
+        reserved = _reserved(claims)
         out = Survey(folder, record.name if record is not None else "no record: a local folder", view.total)
         for rel, n in view.files.items():
             _add(out.files, n)
@@ -78,8 +78,8 @@ def survey(folder: Path) -> Survey:
             if rel in remote and rel not in reserved:
                 _add(out.stale_parts, n)
         out.bookkeeping = view.bookkeeping
-        out.streams = len(holders)
-        out.limits = sorted({h.limit for h in holders if h.limit is not None})
+        out.streams = len(claims)
+        out.limits = sorted({h.limit for h in claims if h.limit is not None})
     return out
 
 
