@@ -143,7 +143,7 @@ class Stream:
     def stats(self) -> dict[str, int]:
         """Row groups produced, the largest queue seen, files downloaded and evicted for this stream."""
         return {"produced": self._producer.produced, "max_queued": self._producer.max_queued,
-                "queue_size": self.plan.options.read_ahead.row_groups, "fetched": self._files.fetched,
+                "fetched": self._files.fetched,
                 "evicted": self._files.evicted}
 
     def cache_minimum(self) -> int:

@@ -1,30 +1,6 @@
-"""One stream's part in a data folder's disk budget (``cache_limit``): admit downloads, evict, publish the future.
-
-The budget is the folder's. Every stream under a limit that reads the folder (the ranks and
-DataLoader workers of a node, a validation stream beside training) takes part through the
-folder's cache lock and claim files (``claims.py``); the limit applied is the smallest that
-any live stream of the folder asked for. What counts is every file under the folder as
-allocated on disk (``usage.scan``), plus, for each download admitted but not yet on disk at
-its full size, the rest of its reservation (``usage.reserve_size``).
-
-``admit(file, size, now)``: a download starts only once its reservation fits. If it does not,
-files are evicted until it does, by the known future (Belady's rule): first the files no
-reader needs again, then those needed latest (ties: least recently read). A file's next use is
-the earliest place on the run's clock that any live reader gives (``horizon.py``; a reader of
-another run counts from its own place). Only a ``data`` file (listed by the folder's record
-with a URL) or the part of a dead download may go; never a file a reader holds
-(``claims.ReadLock``), one another stream reserved, nor a local-only or unlisted file.
-
-No file goes for one needed later: a prefetch evicts only files needed after itself, and it
-leaves room for the demands other streams wait on, so prefetching goes only as far as the
-budget allows. A demand (``now``: a reader waits for the file, needed at the reader's own
-place) evicts no file that a reader behind it on the clock still needs: it waits for that
-reader to move on, so ranks that drift apart read each file once rather than evicting each
-other's next files. The reader furthest behind can always evict, so some reader always goes
-on. A reader that has not moved for ``STALLED_S`` (a stream nobody consumes) protects nothing.
-``policy="lru"`` orders victims by last read instead (the ablation in ``bench/cache_bench.py``).
-
-The smallest limit that works is ``minimum.needs``.
+"""One stream's side of a data folder's disk budget: admit a download, evicting by the readers' needs
+(Belady's rule, or ``lru`` for the ablation), release it, publish the reader's needs; and ``prune``.
+Every call blocks. The rules are docs/cache.md's "How it works".
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""Who uses a data folder under a ``cache_limit``: its cache lock, the streams' claim files, readers' holds.
+"""What the processes streaming a cached folder share: its cache lock, the streams' claims, the readers' locks.
 
-* ``cache_lock``: an flock on ``.nanostream.cache.lock``, held while the budget is read, decided
-  and written (claims are written and read only under it).
-* claims: every stream under a limit keeps ``.nanostream.cache.<pid>-<n>.claim``, with an
-  exclusive flock held for the stream's life and, as JSON, its limit, its reservations
-  (downloads admitted and not yet held by a reader), what it waits for, and its reader's
-  ``Needs`` (``horizon.py``): ``future`` (file -> the place on its run's clock where the reader
-  needs it next), ``after`` (the file read now -> where it is needed again), ``at`` (the
-  reader's own place) and ``run`` (the run's name: places compare only within a run). A claim whose
-  flock can be taken belongs to a dead process (kill -9): ``live_claims`` removes it, and
-  with it everything it reserved.
-* ``ReadLock``: a reader's shared flock on the data file it reads. ``evict`` takes an exclusive
-  one without waiting (and the file's download lock), so it skips held files; a flock dies
-  with its process, so a killed reader holds nothing.
+A stream's claim file (``.nanostream.cache.<pid>-<n>.claim``, flocked for the stream's life) holds its
+limit, its reservations, what it waits for and its reader's ``Needs``; one whose flock can be taken is a
+dead process's and goes. A ``ReadLock`` is a reader's shared flock on the file it reads, which ``evict``
+skips. Claims are read and written under the cache lock. Every call blocks.
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""``nanostream cache DIR [--prune-to SIZE]``: what each data folder under DIR holds, and pruning it.
-
-Per data folder (DIR itself when it has a record ``.nanostream.json`` or parquet files, else
-every folder under DIR with a record): its files and their total as allocated on disk, its
-part files, what can be evicted (files the record lists with a source, not in use) and what
-cannot (held by a reader, reserved by a running stream, local-only, not in the record), and
-the streams using it. ``--prune-to SIZE`` (bytes, ``40GB``, ``500MiB`` or ``75%`` of the
-folder's filesystem) evicts as streaming does (``budget.prune``: the files no running stream
-needs first, then the one needed latest, then the least recently read), never a file in use,
-until the folder takes at most SIZE; exit 1 when what cannot be evicted is more than that.
+"""``nanostream cache DIR [--prune-to SIZE]``: what each data folder under DIR holds, and pruning it the way
+streaming evicts (docs/cache.md). DIR is a data folder, or a folder of them.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""What a data folder takes on disk under a ``cache_limit``, file by file, as allocated.
-
-``scan`` lists every file under the folder with the blocks it takes (``st_blocks * 512``; a
-part file is reserved whole with ``posix_fallocate``, so a download in progress counts at its
-full size) and sorts it by the folder's record (``.nanostream.json``) into ``data`` (listed
-with a URL: may be evicted), ``local`` (listed without a source), ``unlisted`` (not in the
-record), parts (with their state files: a download in progress, or one a killed process left)
-and bookkeeping (the other ``.nanostream*`` files, claims among them). ``folder_bytes`` is the
-number a limit bounds; ``reserve_size`` what a download may take while it runs.
+"""What a data folder takes on disk (``st_blocks * 512``), file by file, sorted by the folder's record into
+data files (listed with a URL: may be evicted), local-only and unlisted files, parts (with their state
+files) and bookkeeping. ``folder_bytes`` is what a limit bounds; ``reserve_size`` what a download may take.
 """
 
 from __future__ import annotations
