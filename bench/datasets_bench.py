@@ -210,11 +210,11 @@ def fetch_row(quick: bool) -> None:
 
 
 def first_batch_row(quick: bool) -> None:
-    """Time to the first batch of ``stream(dataset="hf://...")`` from an empty folder (listing, census and
+    """Time to the first batch of ``stream(data=Source("hf://..."))`` from an empty folder (listing, census and
     the first file's download included) vs one file's download alone, the server throttled per response."""
+    from nanostream import ReadAhead, Source, stream
     from nanostream.config import Config
     from nanostream.fetch.many import fetch_files
-    from nanostream.streaming.streams import stream
 
     n, mb, rate, rounds = (4, 4.0, 4e6, 2) if quick else (6, 8.0, 4e6, 3)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -231,8 +231,8 @@ def first_batch_row(quick: bool) -> None:
             cfg = Config(base_dir=Path(tmp), hf_endpoint=url)
             for r in range(rounds):
                 t = time.perf_counter()
-                s = stream("train", dataset="hf://datasets/bench/data", data_dir=Path(tmp) / f"s{r}",
-                           num_shards=n, fetch_workers=4, config=cfg)
+                s = stream("train", data=Source("hf://datasets/bench/data", folder=Path(tmp) / f"s{r}", num_shards=n),
+                           read_ahead=ReadAhead(connections=4), config=cfg)
 
                 async def first(s=s) -> None:
                     async with s:

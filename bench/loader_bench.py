@@ -60,7 +60,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.reference_loader import reference_batches
-from nanostream import ByteTokenizer, TokenDataset, iter_batches, threads_for
+from nanostream import ByteTokenizer, Ranks, TokenDataset, iter_batches, threads_for
 from nanostream.loader.pipeline import set_loader_idle
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
@@ -104,7 +104,7 @@ def _tokenizer(texts: list[str]) -> tuple[Any, Any, str]:
 
 
 def _groups(folder: Path) -> list[list[str]]:
-    with iter_batches("train", data_dir=folder, rank=0, world_size=1, epochs=1) as it:
+    with iter_batches("train", data=folder, ranks=Ranks(0, 1), epochs=1) as it:
         return [b.texts for b in it]
 
 
@@ -192,7 +192,7 @@ def _simulate(folder: Path, tok: Any, ref_tok: Any, quick: bool, loader_threads:
         return TokenDataset("train", tok, SIM_B, seq_len, data_dir=folder, rank=0, world_size=1, epochs=None)
 
     def endless_texts() -> Any:
-        with iter_batches("train", data_dir=folder, rank=0, world_size=1, epochs=None) as it:
+        with iter_batches("train", data=folder, ranks=Ranks(0, 1), epochs=None) as it:
             for b in it:
                 yield b.texts
 
@@ -379,7 +379,7 @@ def main(quick: bool = False, sim_only: bool = False) -> dict[str, Any]:
             return TokenDataset("train", t, B, T, data_dir=folder, rank=0, world_size=1, **kw)
 
         def texts() -> Any:
-            with iter_batches("train", data_dir=folder, rank=0, world_size=1, epochs=epochs) as it:
+            with iter_batches("train", data=folder, ranks=Ranks(0, 1), epochs=epochs) as it:
                 for b in it:
                     yield b.texts
 

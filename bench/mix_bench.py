@@ -31,11 +31,10 @@ from pathlib import Path
 from bench.common import ROOT, table, verdict
 from bench.datasets_bench import hub_server
 from bench.stream_bench import make_text_shards
-from nanostream import Source, TokenDataset
+from nanostream import Ranks, Source, TokenDataset, stream
 from nanostream.config import Config
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
-from nanostream.streaming.streams import stream
 from nanostream.text.bpe import train_tokenizer
 
 
@@ -47,7 +46,7 @@ def tokenizer(folder: Path):
 
 
 def shares(web: Path, code: Path, tok) -> dict[str, float]:
-    ds = TokenDataset("train", tok, 8, 256, mix=[Source(data_dir=web, weight=0.7), Source(data_dir=code, weight=0.3)],
+    ds = TokenDataset("train", tok, 8, 256, mix=[Source(web, weight=0.7), Source(code, weight=0.3)],
                       rank=0, world_size=1, epochs=None)
     it = iter(ds)
     per_batch = []  # cumulative tokens of the web source after each batch
@@ -73,8 +72,8 @@ def throughput(single: Path, halves: tuple[Path, Path], tok, rounds: int, batche
     runs = {
         "one source": lambda: TokenDataset("train", tok, 8, 1024, data_dir=single, rank=0, world_size=1,
                                            epochs=None, shuffle=True),
-        "mix of two": lambda: TokenDataset("train", tok, 8, 1024, mix=[Source(data_dir=halves[0]),
-                                                                        Source(data_dir=halves[1])],
+        "mix of two": lambda: TokenDataset("train", tok, 8, 1024, mix=[Source(halves[0]),
+                                                                        Source(halves[1])],
                                            rank=0, world_size=1, epochs=None, shuffle=True),
     }
     rates: dict[str, list[float]] = {k: [] for k in runs}
@@ -96,7 +95,7 @@ def throughput(single: Path, halves: tuple[Path, Path], tok, rounds: int, batche
 
 async def _first_batch(kwargs: dict) -> float:
     t0 = time.perf_counter()
-    async with stream("train", rank=0, world_size=1, **kwargs) as s:
+    async with stream("train", ranks=Ranks(0, 1), **kwargs) as s:
         async for _ in s:
             return time.perf_counter() - t0
     raise RuntimeError("no batch")
@@ -116,10 +115,9 @@ def first_batch(work: Path, rounds: int) -> dict[str, float]:
     with hub_server(repo, 1000, rate=4e6) as url:
         cfg = Config.from_env({"HF_ENDPOINT": url, "NANOSTREAM_BASE_DIR": str(work / "base")})
         for k in range(rounds):
-            one = {"dataset": "hf://datasets/bench/data/a", "data_dir": work / f"one{k}", "num_shards": 3,
-                   "config": cfg}
-            mix = {"mix": [Source("hf://datasets/bench/data/a", data_dir=work / f"ma{k}", num_shards=3),
-                           Source("hf://datasets/bench/data/b", data_dir=work / f"mb{k}", num_shards=3)],
+            one = {"data": Source("hf://datasets/bench/data/a", folder=work / f"one{k}", num_shards=3), "config": cfg}
+            mix = {"data": [Source("hf://datasets/bench/data/a", folder=work / f"ma{k}", num_shards=3),
+                            Source("hf://datasets/bench/data/b", folder=work / f"mb{k}", num_shards=3)],
                    "config": cfg}
             times["one hf:// source"].append(asyncio.run(_first_batch(one)))
             times["mix of two hf:// sources"].append(asyncio.run(_first_batch(mix)))

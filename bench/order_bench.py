@@ -2,7 +2,7 @@
 
 For each row: ``S`` train shards of ``G`` row groups (one tiny document each, plus a
 validation shard), ``W`` ranks on ``N`` nodes; every rank streams one epoch with
-``stream("train", rank=r, world_size=W, local_world_size=W // N, epochs=1)``, and the
+``stream("train", ranks=Ranks(r, W, W // N), epochs=1)``, and the
 distinct row groups all ranks read together are counted, with ``drop_last=True`` (left
 out) and ``drop_last=False`` (read twice). The bound: at most ``W - 1`` either way.
 ``python -m bench.order_bench``; part ``order`` of ``make bench``.
@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import table, verdict
+from nanostream import Ranks, stream
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
-from nanostream.streaming.streams import stream
 
 ROWS = [(8, 52, 8, 1), (8, 52, 16, 1), (9, 52, 16, 2), (9, 52, 6, 2), (6, 8, 3, 1), (6, 8, 5, 1),
         (7, 50, 24, 3), (13, 47, 8, 2)]  # (shards, row groups each, ranks, nodes); the last two: extra cases
@@ -40,8 +40,7 @@ def write(folder: Path, shards: int, groups: int) -> None:
 async def read_all(folder: Path, world: int, local: int, drop_last: bool) -> Counter[tuple[int, int]]:
     seen: Counter[tuple[int, int]] = Counter()
     for r in range(world):
-        async for b in stream("train", data_dir=folder, rank=r, world_size=world, local_world_size=local,
-                              epochs=1, drop_last=drop_last):
+        async for b in stream("train", data=folder, ranks=Ranks(r, world, local, drop_last), epochs=1):
             seen[(b.shard, b.row_group)] += 1
     return seen
 

@@ -38,11 +38,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import MB, bench_env, make_big_shards, server_subprocess, table, verdict
+from nanostream import Ranks, ReadAhead, Source, iter_batches, stream
 from nanostream.fetch.many import fetch_shards
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
-from nanostream.streaming.streams import iter_batches, stream
 
 RATE = 4_000_000  # bytes/s per connection
 LATENCY = 0.05
@@ -91,7 +91,7 @@ def bare_loop(paths: list[Path], use_threads: bool = True) -> int:
 
 
 async def _stream_docs(folder: Path, n: int) -> int:
-    return sum([len(b.texts) async for b in stream("train", data_dir=folder, num_shards=n, rank=0, world_size=1)])
+    return sum([len(b.texts) async for b in stream("train", data=Source(folder, num_shards=n), ranks=Ranks(0, 1))])
 
 
 def stream_loop(folder: Path, n: int) -> int:
@@ -99,7 +99,7 @@ def stream_loop(folder: Path, n: int) -> int:
 
 
 def blocking_loop(folder: Path, n: int) -> int:
-    with iter_batches("train", data_dir=folder, num_shards=n, rank=0, world_size=1) as it:
+    with iter_batches("train", data=Source(folder, num_shards=n), ranks=Ranks(0, 1)) as it:
         return sum(len(b.texts) for b in it)
 
 
@@ -133,8 +133,8 @@ def throughput(folder: Path, n: int, rounds: int) -> tuple[dict[str, tuple[float
 # -- 2. time to first batch ------------------------------------------------------------------------
 async def _first_batch(local: Path, url: str, n: int) -> float:
     t0 = time.perf_counter()
-    async with stream("train", data_dir=local, base_url=url, num_shards=n, max_shard=n, rank=0, world_size=1,
-                      fetch_workers=WORKERS) as s:
+    async with stream("train", data=Source(url, folder=local, num_shards=n, max_shard=n), ranks=Ranks(0, 1),
+                      read_ahead=ReadAhead(connections=WORKERS)) as s:
         async for _ in s:
             return time.perf_counter() - t0
     raise RuntimeError("no batch")

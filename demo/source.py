@@ -54,16 +54,25 @@ class Source:
     dataset: str | None = None  # --dataset: hf://..., s3://... or a local folder (then no SOURCE)
     mix: tuple[tuple[str, Path, float], ...] = ()  # --mix: (dataset, its data folder, weight) each
 
-    def loader_kwargs(self, shards: int) -> dict:
-        """Where ``stream()``/``TokenDataset`` read this source from (its first ``shards`` train files)."""
+    def data(self, shards: int) -> nanostream.Source | list[nanostream.Source]:
+        """What ``stream(data=...)`` reads for this source: its first ``shards`` train files."""
         if self.kind == "mix":
-            return {"mix": [nanostream.Source(url if "://" in url else None, data_dir=folder, weight=w,
-                                              num_shards=shards) for url, folder, w in self.mix]}
+            return [_source(url, folder, shards, weight=w) for url, folder, w in self.mix]
         if self.kind == "dataset":
-            url = self.dataset if self.dataset and "://" in self.dataset else None
-            return {"data_dir": self.data_dir, "dataset": url, "num_shards": shards}
-        return {"data_dir": self.data_dir, "base_url": self.base_url, "max_shard": self.max_shard,
-                "num_shards": shards}
+            return _source(self.dataset or "", self.data_dir, shards)
+        return _source(self.base_url or "", self.data_dir, shards, max_shard=self.max_shard)
+
+    def loader_kwargs(self, shards: int) -> dict:
+        """The same for ``TokenDataset``."""
+        data = self.data(shards)
+        return {"mix": data} if isinstance(data, list) else {"source": data}
+
+
+def _source(url: str, folder: Path, shards: int, **kw) -> nanostream.Source:
+    """A dataset at ``url`` downloaded into ``folder``, or the folder itself when ``url`` is not a URL."""
+    if "://" in url:
+        return nanostream.Source(url, folder=folder, num_shards=shards, **kw)
+    return nanostream.Source(folder, num_shards=shards, **kw)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

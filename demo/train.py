@@ -90,7 +90,7 @@ def get_tokenizer(args: argparse.Namespace, src: Source, cfg: Config, threads: i
     say(f"tokenizer: training a BPE of {args.vocab} tokens on the first {args.tokenizer_chars:,} characters "
         f"of {src.name} (once; saved to {folder}) ...")
     t0 = time.perf_counter()
-    texts = iter_batches("train", **src.loader_kwargs(args.shards), epochs=1, config=cfg)
+    texts = iter_batches("train", data=src.data(args.shards), epochs=1, config=cfg)
     try:
         tok, used = train_with_stats((t for batch in texts for t in batch.texts), vocab_size=args.vocab,
                                      max_chars=args.tokenizer_chars, num_threads=threads)

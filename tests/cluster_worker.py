@@ -1,15 +1,15 @@
 """One rank of a (simulated or torchrun) cluster for tests/test_stream_cluster.py and bench/cluster_bench.py.
 
 Usage: python tests/cluster_worker.py OUT_DIR --data-dir DIR --base-url URL --num-shards N --max-shard M
-           [--take K] [--start CURSOR_JSON] [--shuffle] [--pad] [--dist]
+           [--take K] [--resume STATE_JSON] [--shuffle] [--pad] [--dist]
            [--epochs E] [--cache-limit LIMIT] [--delay S [--drift N]] [--fetch-ahead F] [--queue-size Q] [--sync]
 
 The rank, world size and node come from torchrun's environment (RANK, WORLD_SIZE,
 LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK: set by hand in the simulation, by torchrun
 for real; ``--dist`` also joins a gloo process group first). It reads one epoch of
 ``stream()`` -- or its first K batches -- and writes OUT_DIR/rank<RANK>.json: the
-layout it saw, the epoch length it was told beforehand, every document id it read
-and the global cursor after its last batch; with ``--delay`` it sleeps S seconds after each
+layout it saw, the epoch length it was told beforehand, every document id it read,
+its ``state_dict()`` and the global cursor after its last batch; with ``--delay`` it sleeps S seconds after each
 batch (a training step) and reports the seconds it waited for batches (``wait_s``); ``--drift N``
 makes the step 0.5 S and 1.5 S by turns, N batches each, even ranks starting fast and odd ranks
 slow (the same mean speed, drifting apart and back without a barrier); ``--sync``
@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nanostream.streaming.order import Cursor
-from nanostream.streaming.streams import iter_batches, stream
+from nanostream import Ranks, ReadAhead, Source, iter_batches, stream
 
 from datagen import doc_id
 
@@ -40,7 +39,7 @@ def main() -> None:
     p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--max-shard", type=int, required=True)
     p.add_argument("--take", type=int, default=None)
-    p.add_argument("--start", default=None, help="a Cursor as JSON (Cursor.to_list)")
+    p.add_argument("--resume", default=None, help="a stream's state_dict() as JSON")
     p.add_argument("--shuffle", action="store_true")
     p.add_argument("--pad", action="store_true", help="drop_last=False: even out by repeating")
     p.add_argument("--dist", action="store_true")
@@ -58,14 +57,14 @@ def main() -> None:
 
         dist.init_process_group("gloo")
     try:
-        kw = dict(data_dir=args.data_dir, base_url=args.base_url, num_shards=args.num_shards,
-                  max_shard=args.max_shard, shuffle=args.shuffle, seed=11, epochs=args.epochs,
-                  drop_last=not args.pad, start=Cursor.from_list(json.loads(args.start)) if args.start else None,
-                  fetch_ahead=args.fetch_ahead, queue_size=args.queue_size)
+        kw = dict(data=Source(args.base_url, folder=args.data_dir, num_shards=args.num_shards,
+                              max_shard=args.max_shard), shuffle=args.shuffle, seed=11, epochs=args.epochs,
+                  ranks=Ranks(drop_last=not args.pad), resume=json.loads(args.resume) if args.resume else None,
+                  read_ahead=ReadAhead(files=args.fetch_ahead, row_groups=args.queue_size))
         if args.cache_limit is not None:
             kw["cache_limit"] = int(args.cache_limit) if args.cache_limit.isdigit() else args.cache_limit
         s = stream("train", **kw)  # rank, world_size, local_world_size: from the environment
-        plan = s.plan
+        ranks = s.plan.ranks
         length = s.epoch_length()
         step = None
         if args.sync:
@@ -90,20 +89,21 @@ def main() -> None:
             if args.delay:
                 pause = args.delay
                 if args.drift:  # fast and slow by turns, odd ranks starting slow
-                    pause *= 0.5 if ((len(batches) - 1) // args.drift + plan.rank) % 2 == 0 else 1.5
+                    pause *= 0.5 if ((len(batches) - 1) // args.drift + ranks.rank) % 2 == 0 else 1.5
                 time.sleep(pause)
             if args.sync:
                 dist.all_reduce(step)
         wall = time.perf_counter() - t0
+        state = it.state_dict()
         it.close()
-        cursor = s.cursor(last) if last is not None else s.cursor()
+        cursor = s.cursor(last) if last is not None else s.cursor()  # internal: the same on every rank
         if dist is not None:
-            assert (dist.get_rank(), dist.get_world_size()) == (plan.rank, plan.world_size)
+            assert (dist.get_rank(), dist.get_world_size()) == (ranks.rank, ranks.world_size)
             dist.barrier()
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"rank{plan.rank}.json").write_text(json.dumps({
-            "rank": plan.rank, "world_size": plan.world_size, "local_world_size": plan.local_world_size,
-            "data_dir": str(plan.data_dir), "epoch_length": length, "batches": batches,
+        (args.out / f"rank{ranks.rank}.json").write_text(json.dumps({
+            "rank": ranks.rank, "world_size": ranks.world_size, "local_world_size": ranks.local_world_size,
+            "data_dir": str(s.plan.folder), "epoch_length": length, "batches": batches, "state": state,
             "cursor": cursor.to_list(), "wait_s": wait, "wall_s": wall}))
     finally:
         if dist is not None:

@@ -82,18 +82,8 @@ def read_batches(folder: str, shards: int, lockstep: bool, endpoint: str) -> dic
 
 
 def read_epoch(folder: str, shards: int, lockstep: bool, endpoint: str) -> dict:
-    from nanostream import iter_batches
-
-    kw = {}
-    try:  # the count sharer TokenDataset would pass (the code of today has none)
-        from nanostream.loader.sharer import default_sharer
-
-        kw["count_sharer"] = default_sharer()
-    except ImportError:
-        pass
     t0 = time.monotonic()
-    it = iter_batches("train", dataset="climbmix-400b", num_shards=shards, data_dir=folder, local_world_size=1,
-                      epochs=1, fetch_workers=4, **kw)
+    it = one_epoch(folder, shards)
     batch = next(it, None)
     report = {"first_batch_s": time.monotonic() - t0, "hub_after_first": hub_stats(endpoint),
               "rss_mb": peak_rss_mb(), "steps": 0}
@@ -105,6 +95,34 @@ def read_epoch(folder: str, shards: int, lockstep: bool, endpoint: str) -> dict:
     it.close()
     report["epoch_s"] = time.monotonic() - t0
     return report
+
+
+def one_epoch(folder: str, shards: int):
+    """``iter_batches`` of one epoch with the count sharer ``TokenDataset`` passes (internal: ``open_stream``); an
+    older library's own form when the bench runs one."""
+    try:
+        from nanostream import Ranks, ReadAhead, Source
+        from nanostream.config import Config
+        from nanostream.loader.sharer import default_sharer
+        from nanostream.streaming.blocking import BatchIterator
+        from nanostream.streaming.plan import Options
+        from nanostream.streaming.single import open_stream
+    except ImportError:
+        from nanostream import iter_batches
+
+        kw = {}
+        try:  # the code of df8d4ea has no count sharer
+            from nanostream.loader.sharer import default_sharer
+
+            kw["count_sharer"] = default_sharer()
+        except ImportError:
+            pass
+        return iter_batches("train", dataset="climbmix-400b", num_shards=shards, data_dir=folder, local_world_size=1,
+                            epochs=1, fetch_workers=4, **kw)
+    options = Options("train", Ranks(local_world_size=1).resolved(), 1, read_ahead=ReadAhead(connections=4),
+                      sharer=default_sharer())
+    data = Source("climbmix-400b", folder=folder, num_shards=shards)
+    return BatchIterator(open_stream(data, options.check(), Config.from_env()))
 
 
 if __name__ == "__main__":

@@ -27,15 +27,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nanostream import Ranks, ReadAhead, Source, stream
 from nanostream.config import CacheLimit, Config, parse_cache_limit
 from nanostream.errors import ConfigError
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
 from nanostream.streaming.cache.budget import FolderBudget, next_uses, victims
-from nanostream.streaming.cache.holders import HolderInfo, Needs
+from nanostream.streaming.cache.claims import ClaimInfo, Needs
 from nanostream.streaming.cache.usage import FolderScan, filesystem_bytes, folder_bytes
-from nanostream.streaming.streams import stream
 
 from datagen import doc_id, make_dense_shards, make_shards, write_shard
 from servers import FaultServer
@@ -137,16 +137,16 @@ def test_cache_limit_forms_and_env(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="NANOSTREAM_CACHE_LIMIT"):
         Config.from_env({"NANOSTREAM_CACHE_LIMIT": "lots"})
     make_shards(tmp_path / "d", 3)
-    s = stream("train", data_dir=tmp_path / "d", config=Config.from_env({"NANOSTREAM_CACHE_LIMIT": "1GB"}))
+    s = stream("train", data=tmp_path / "d", config=Config.from_env({"NANOSTREAM_CACHE_LIMIT": "1GB"}))
     assert s.plan.cache_limit == 10**9  # the env var is the default ...
-    assert stream("train", data_dir=tmp_path / "d", cache_limit="2GB").plan.cache_limit == 2 * 10**9  # ... an arg wins
+    assert stream("train", data=tmp_path / "d", cache_limit="2GB").plan.cache_limit == 2 * 10**9  # ... an arg wins
 
 
 def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_path: Path) -> None:
     view = FolderScan(tmp_path, files=dict.fromkeys("abcde", 10), kinds={**dict.fromkeys("abcd", "data"), "e": "local"},
                       atime={"a": 1, "b": 2, "c": 3, "d": 4, "e": 0})
-    me = HolderInfo("me", future={"x": 2, "a": 1, "b": 9}, at=0, run="r")
-    other = HolderInfo("other", future={"b": 3, "c": 5}, at=0, run="r")  # needs b sooner than we do
+    me = ClaimInfo("me", future={"x": 2, "a": 1, "b": 9}, at=0, run="r")
+    other = ClaimInfo("other", future={"b": 3, "c": 5}, at=0, run="r")  # needs b sooner than we do
     # never needed again (d) first, then the one needed latest (c at 5, b at min(9, 3) = 3, a at 1);
     # e is local-only: never a victim
     assert victims("belady", view, None, [me, other], {}, "x", now=True, me=me) == [
@@ -157,11 +157,11 @@ def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_p
     assert victims("belady", view, None, [me, other], {"c": 10}, "x", me=me)[:2] == [("d", False), ("b", False)]
     # a reader is on "h" now, which nobody needs again: a prefetch waits for it rather than evict d, needed at 30
     # (a demand does not wait)
-    reading = HolderInfo("reading", future={"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, after={"h": -1})
+    reading = ClaimInfo("reading", future={"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, after={"h": -1})
     held = FolderScan(tmp_path, files={**view.files, "h": 10}, kinds={**view.kinds, "h": "data"}, atime=view.atime)
     assert victims("belady", held, None, [reading], {}, "x", now=False, me=reading) == []
     assert victims("belady", held, None, [reading], {}, "x", now=True, me=reading)[0] == ("d", False)
-    soon = HolderInfo("reading", future=reading.future, after={"h": 5})  # h is needed again before d: no wait
+    soon = ClaimInfo("reading", future=reading.future, after={"h": 5})  # h is needed again before d: no wait
     assert victims("belady", held, None, [soon], {}, "x", now=False, me=soon)[0] == ("d", False)
     assert [v for v, _ in victims("lru", view, None, [me, other], {}, "x")] == ["a", "b", "c", "d"]
 
@@ -173,8 +173,8 @@ def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
     from its own place."""
     view = FolderScan(tmp_path, files=dict.fromkeys("abcn", 10), kinds=dict.fromkeys("abcn", "data"),
                       atime=dict.fromkeys("abcn", 0))
-    leader = HolderInfo("leader", future={"x": 40, "c": 44, "n": 90}, after={}, at=40, run="r")
-    behind = HolderInfo("behind", future={"a": 12, "b": 16, "x": 40, "c": 44, "n": 90}, at=10, run="r")
+    leader = ClaimInfo("leader", future={"x": 40, "c": 44, "n": 90}, after={}, at=40, run="r")
+    behind = ClaimInfo("behind", future={"a": 12, "b": 16, "x": 40, "c": 44, "n": 90}, at=10, run="r")
     holders = [leader, behind]
     assert victims("belady", view, None, holders, {}, "x", now=False, me=leader) == [("n", False), ("c", False)]
     assert victims("belady", view, None, holders, {}, "x", now=True, me=leader) == [("n", False), ("c", False)]
@@ -182,7 +182,7 @@ def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
         ("n", False), ("c", False), ("b", False), ("a", False)]  # that reader stalled: Belady's order
     assert victims("belady", view, None, holders, {}, "b", now=True, me=behind) == [
         ("n", False), ("c", False), ("a", False)]  # b is needed at 16, later than a: a goes last
-    other_run = HolderInfo("val", future={"a": 1005, "b": 1001}, at=1000, run="v")  # b 1 from its place
+    other_run = ClaimInfo("val", future={"a": 1005, "b": 1001}, at=1000, run="v")  # b 1 from its place
     assert victims("belady", view, None, [leader, other_run], {}, "x", now=False, me=leader) == [
         ("n", False), ("a", False), ("c", False), ("b", False)]  # on the leader's clock: a 45, c 44, b 41, x 40
 
@@ -196,8 +196,8 @@ places = st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 60), max_si
 def test_eviction_never_takes_a_file_needed_before_the_one_it_makes_room_for(mine, at, others, rel) -> None:
     """For any readers of one run: a prefetch evicts only files every reader needs after the prefetched one;
     a demand (needed at our own place) only files no other reader needs before that place."""
-    me = HolderInfo("me", future={**{f: max(p, at) for f, p in mine.items()}, rel: at}, at=at, run="r")
-    peers = [HolderInfo(f"p{k}", future={f: max(p, a) for f, p in fut.items()}, at=a, run="r")
+    me = ClaimInfo("me", future={**{f: max(p, at) for f, p in mine.items()}, rel: at}, at=at, run="r")
+    peers = [ClaimInfo(f"p{k}", future={f: max(p, a) for f, p in fut.items()}, at=a, run="r")
              for k, (fut, a) in enumerate(others)]
     names = [f for f in "abcdefgh" if f != rel]
     view = FolderScan(Path("folder"), files=dict.fromkeys(names, 10), kinds=dict.fromkeys(names, "data"),
@@ -230,11 +230,11 @@ async def test_each_reader_publishes_its_place_on_the_runs_clock_before_and_afte
 
     monkeypatch.setattr(FolderBudget, "publish", spy)
     async with FaultServer(tmp_path / "remote") as srv:
-        kw = dict(data_dir=tmp_path / "c", base_url=srv.url, num_shards=8, max_shard=8, world_size=2,
-                  shuffle=True, epochs=3, cache_limit=10**8, queue_size=2)
+        kw = dict(data=Source(srv.url, folder=tmp_path / "c", num_shards=8, max_shard=8), shuffle=True, epochs=3,
+                  cache_limit=10**8, read_ahead=ReadAhead(row_groups=2))
 
         async def read(rank: int) -> dict[tuple[int, int], str]:
-            return {(b.epoch, b.taken): shard_name(b.shard) async for b in stream("train", **kw, rank=rank)}
+            return {(b.epoch, b.taken): shard_name(b.shard) async for b in stream("train", **kw, ranks=Ranks(rank, 2))}
 
         ranks = await asyncio.gather(read(0), read(1))
     assert all(len(r) == 3 * 22 for r in ranks)
@@ -254,16 +254,16 @@ async def test_each_reader_publishes_its_place_on_the_runs_clock_before_and_afte
 # -- too small a budget -------------------------------------------------------------------------
 async def test_a_budget_too_small_fails_at_once_with_the_smallest_that_works(remote: Path, tmp_path: Path) -> None:
     async with FaultServer(remote) as srv:
-        kw = dict(data_dir=tmp_path / "local", base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS)
-        need = await asyncio.to_thread(stream("train", **kw, world_size=3, rank=0).cache_minimum)
+        kw = dict(data=Source(srv.url, folder=tmp_path / "local", num_shards=SHARDS, max_shard=SHARDS))
+        need = await asyncio.to_thread(stream("train", **kw, ranks=Ranks(0, 3)).cache_minimum)
         big = max((remote / shard_name(s)).stat().st_size for s in range(SHARDS))
         assert 4 * big < need < 4 * big + 600_000  # 3 readers' files and one more, plus bookkeeping
         with pytest.raises(ConfigError, match=f"smallest that works is {need} bytes"):
-            async for _ in stream("train", **kw, world_size=3, rank=0, cache_limit=need - 1):
+            async for _ in stream("train", **kw, ranks=Ranks(0, 3), cache_limit=need - 1):
                 pass
         assert sum(r.method == "GET" for r in srv.requests) == 0  # sizes came from HEAD: nothing downloaded
-    with pytest.raises(ConfigError, match="pass num_shards"):  # a cache's train split is not "the files present"
-        stream("train", data_dir=tmp_path / "local", cache_limit="1GB")
+    with pytest.raises(ConfigError, match="num_shards=N"):  # a cache's train split is not "the files present"
+        stream("train", data=tmp_path / "local", cache_limit="1GB")
 
 
 async def test_a_local_only_folder_loses_nothing(tmp_path: Path) -> None:
@@ -272,8 +272,8 @@ async def test_a_local_only_folder_loses_nothing(tmp_path: Path) -> None:
     before = {p.name: sha(p) for p in local.glob("*.parquet")}
     size = folder_bytes(local)
     with pytest.raises(ConfigError, match="never evicted, so nothing was deleted"):
-        stream("train", data_dir=local, cache_limit=size // 2)
-    got = [b async for b in stream("train", data_dir=local, cache_limit=size + 10**6, epochs=2)]
+        stream("train", data=local, cache_limit=size // 2)
+    got = [b async for b in stream("train", data=local, cache_limit=size + 10**6, epochs=2)]
     assert len(got) == 2 * 3 * 4
     cli = await asyncio.create_subprocess_exec(sys.executable, "-m", "nanostream.cli", "cache", str(local),
                                                "--prune-to", "0", stdout=subprocess.PIPE,
@@ -301,7 +301,7 @@ async def test_two_ranks_share_a_quarter_of_the_data_for_two_epochs(remote: Path
     assert (local / "notes.txt").stat().st_size == 50_000
     kept = sorted(local.glob("shard_*.parquet"))
     assert kept and all(sha(p) == sha(remote / p.name) for p in kept)  # re-fetched files are byte-identical
-    assert not list(local.glob(".nanostream.cache.*.holder"))  # the streams left the budget
+    assert not list(local.glob(".nanostream.cache.*.claim"))  # the streams left the budget
 
 
 async def test_ranks_drifting_apart_download_each_file_once_an_epoch(remote: Path, tmp_path: Path) -> None:
@@ -328,12 +328,12 @@ async def test_a_reader_nobody_consumes_stops_protecting_its_files(remote: Path,
     monkeypatch.setattr("nanostream.streaming.cache.budget.STALLED_S", 0.5)
     caplog.set_level(logging.INFO, "nanostream.streaming.cache.budget")
     async with FaultServer(remote, rate=20e6) as srv:
-        kw = dict(data_dir=tmp_path / "s", base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS, world_size=2,
-                  shuffle=True, queue_size=2, cache_limit=data_bytes(remote) // 4)
-        paused = stream("train", **kw, rank=1)
+        kw = dict(data=Source(srv.url, folder=tmp_path / "s", num_shards=SHARDS, max_shard=SHARDS), shuffle=True,
+                  read_ahead=ReadAhead(row_groups=2), cache_limit=data_bytes(remote) // 4)
+        paused = stream("train", **kw, ranks=Ranks(1, 2))
         try:
             first = await paused.__anext__()
-            ahead = [b async for b in stream("train", **kw, rank=0)]
+            ahead = [b async for b in stream("train", **kw, ranks=Ranks(0, 2))]
             rest = [first] + [b async for b in paused]
         finally:
             await paused.aclose()
@@ -355,8 +355,8 @@ async def test_two_nodes_each_within_its_budget(remote: Path, tmp_path: Path) ->
 
 async def test_three_ranks_at_exactly_the_smallest_limit_finish(remote: Path, tmp_path: Path) -> None:
     async with FaultServer(remote, rate=20e6) as srv:
-        kw = dict(data_dir=tmp_path / "m-0", base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS)
-        need = await asyncio.to_thread(stream("train", **kw, world_size=3, rank=0, shuffle=True).cache_minimum)
+        kw = dict(data=Source(srv.url, folder=tmp_path / "m-0", num_shards=SHARDS, max_shard=SHARDS))
+        need = await asyncio.to_thread(stream("train", **kw, ranks=Ranks(0, 3), shuffle=True).cache_minimum)
         with Sampler([tmp_path / "m-0"]) as sampler:
             reports = await asyncio.wait_for(run_ranks(tmp_path, srv.url, "m", per_node=3, args=(
                 "--cache-limit", str(need), "--queue-size", "2", "--delay", "0.002")), 90)
@@ -368,9 +368,9 @@ async def test_three_ranks_at_exactly_the_smallest_limit_finish(remote: Path, tm
 # -- held files, killed readers ----------------------------------------------------------------
 READER = """
 import sys, time
-from nanostream.streaming.streams import iter_batches
-it = iter_batches("train", data_dir=sys.argv[1], base_url=sys.argv[2], num_shards=int(sys.argv[3]),
-                  max_shard=int(sys.argv[3]), cache_limit=int(sys.argv[4]), queue_size=1, fetch_ahead=0)
+from nanostream import ReadAhead, Source, iter_batches
+data = Source(sys.argv[2], folder=sys.argv[1], num_shards=int(sys.argv[3]), max_shard=int(sys.argv[3]))
+it = iter_batches("train", data=data, cache_limit=int(sys.argv[4]), read_ahead=ReadAhead(row_groups=1, files=0))
 b = next(it)
 print(b.shard, flush=True)
 time.sleep(600)  # mid-read: the producer holds the file, waiting for room in its queue
@@ -388,8 +388,8 @@ async def test_a_held_file_survives_eviction_until_its_reader_is_killed(remote: 
     local = tmp_path / "h"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     async with FaultServer(remote) as srv:
-        kw = dict(data_dir=local, base_url=srv.url, num_shards=4, max_shard=4)
-        limit = await asyncio.to_thread(stream("train", **kw, fetch_ahead=0).cache_minimum)
+        kw = dict(data=Source(srv.url, folder=local, num_shards=4, max_shard=4), read_ahead=ReadAhead(files=0))
+        limit = await asyncio.to_thread(stream("train", **kw).cache_minimum)
         reader = await asyncio.create_subprocess_exec(sys.executable, "-c", READER, str(local), srv.url, "4",
                                                       str(limit), stdout=subprocess.PIPE, env=env)
         try:
@@ -397,7 +397,7 @@ async def test_a_held_file_survives_eviction_until_its_reader_is_killed(remote: 
             held = shard_name(int((await asyncio.wait_for(reader.stdout.readline(), 30)).decode()))
             inode = (local / held).stat().st_ino
             # another stream on the folder, under the same limit, must evict to read its 4 files: never `held`
-            got = [b async for b in stream("train", **kw, cache_limit=limit, epochs=2, fetch_ahead=0)]
+            got = [b async for b in stream("train", **kw, cache_limit=limit, epochs=2)]
             assert len(got) == 2 * 4 * GROUPS
             assert sum(r.method == "GET" and not (r.range or "").startswith("bytes=-") for r in srv.requests) > 4
             assert (local / held).stat().st_ino == inode  # files were evicted and fetched again, never this one
@@ -409,7 +409,7 @@ async def test_a_held_file_survives_eviction_until_its_reader_is_killed(remote: 
             await reader.wait()
     out = await prune(local, "0")
     assert "evicted 1 file(s)" in out and "streams using it now: 0" in out, out
-    assert not list(local.glob("shard_*.parquet")) and not list(local.glob(".nanostream.cache.*.holder"))
+    assert not list(local.glob("shard_*.parquet")) and not list(local.glob(".nanostream.cache.*.claim"))
 
 
 # -- resume ---------------------------------------------------------------------------------------
@@ -417,25 +417,27 @@ async def test_exact_and_elastic_resume_fetch_what_was_evicted(remote: Path, tmp
     local = tmp_path / "r"
     limit = 5 * (remote / shard_name(0)).stat().st_size
     async with FaultServer(remote, rate=50e6) as srv:
-        kw = dict(data_dir=local, base_url=srv.url, num_shards=SHARDS, max_shard=SHARDS, shuffle=True,
-                  cache_limit=limit, fetch_ahead=1)
+        kw = dict(data=Source(srv.url, folder=local, num_shards=SHARDS, max_shard=SHARDS), shuffle=True,
+                  cache_limit=limit, read_ahead=ReadAhead(files=1))
         first: dict[int, list] = {}
+        states = {}
         for rank in (0, 1):  # both ranks of a 2-rank run take 20 batches, then stop
-            s = stream("train", **kw, world_size=2, rank=rank)
+            s = stream("train", **kw, ranks=Ranks(rank, 2))
             first[rank] = []
             async for b in s:
                 first[rank].append(b)
                 if len(first[rank]) == 20:
                     break
+            states[rank] = s.state_dict()
             await s.aclose()
-        resumed = stream("train", **kw, world_size=2, rank=0, start=first[0][-1].position)
+        resumed = stream("train", **kw, ranks=Ranks(0, 2), resume=states[0])
         exact = [b async for b in resumed]
         assert resumed.stats["evicted"] > 0
-        cursor = s.cursor(first[1][-1].position)  # the global position: resume at world size 1
-        elastic = [b async for b in stream("train", **kw, world_size=1, rank=0, start=cursor)]
+        # at world size 1, from the global position rank 1's state tells
+        elastic = [b async for b in stream("train", **kw, ranks=Ranks(0, 1), resume=states[1])]
         downloads = Counter(r.path for r in srv.requests
                             if r.method == "GET" and not (r.range or "").startswith("bytes=-"))
-    mine = stream("train", **kw, world_size=2, rank=0).epoch_plan(0).sequence(0)
+    mine = stream("train", **kw, ranks=Ranks(0, 2)).settled_deal(0).sequence(0)
     assert [(b.shard, b.row_group) for b in first[0] + exact] == mine  # exact: the rest of rank 0's epoch
     read = Counter(doc_id(t) for b in first[0] + first[1] + elastic for t in b.texts)
     assert read == Counter({(s, g, r): 1 for s in range(SHARDS) for g in range(GROUPS) for r in range(ROWS)})
@@ -487,15 +489,16 @@ async def test_validation_beside_training_in_one_folder_and_budget(remote: Path,
     on the same folder reads its file; validation files count in the same budget."""
     local = tmp_path / "v"
     async with FaultServer(remote, rate=50e6) as srv:
-        kw = dict(data_dir=local, base_url=srv.url, num_shards=8, max_shard=SHARDS, fetch_ahead=1)
-        limit = await asyncio.to_thread(stream("train", **kw).cache_minimum)
-        train = stream("train", **kw, cache_limit=limit, epochs=None, queue_size=1)
+        kw = dict(data=Source(srv.url, folder=local, num_shards=8, max_shard=SHARDS))
+        limit = await asyncio.to_thread(stream("train", **kw, read_ahead=ReadAhead(files=1)).cache_minimum)
+        train = stream("train", **kw, cache_limit=limit, epochs=None, read_ahead=ReadAhead(row_groups=1, files=1))
         got, val_rows = 0, 0
         with Sampler([local]) as sampler:
             async for _ in train:
                 got += 1
                 if got % 20 == 0:  # evaluate, as a trainer does every few steps
-                    val_rows += sum([len(b.texts) async for b in stream("val", **kw, cache_limit=limit)])
+                    val_rows += sum([len(b.texts) async for b in stream("val", **kw, cache_limit=limit,
+                                                                        read_ahead=ReadAhead(files=1))])
                 if got == 3 * 8 * GROUPS:
                     break
             await train.aclose()

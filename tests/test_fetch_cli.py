@@ -288,9 +288,9 @@ async def test_the_hubs_commonest_layouts_fetch_and_stream(tmp_path):
     assert one.returncode == 0 and "1 train files + 0 validation file(s)" in one.stderr, one.stderr
     assert sum("training on corpus.parquet; there is no validation split" in x
                for x in one.stderr.splitlines()) == 1
-    texts = [t for b in iter_batches("train", data_dir=tmp_path / "o") for t in b.texts]
+    texts = [t for b in iter_batches("train", data=tmp_path / "o") for t in b.texts]
     assert texts == pq.read_table(tmp_path / "one" / "corpus.parquet").column("text").to_pylist()
-    train = [t for b in iter_batches("train", data_dir=tmp_path / "c") for t in b.texts]
+    train = [t for b in iter_batches("train", data=tmp_path / "c") for t in b.texts]
     assert train == pq.read_table(tmp_path / "common/data/train-00000-of-00001.parquet").column("text").to_pylist()
     with pytest.raises(DatasetError, match="--val GLOB"):
-        iter_batches("val", data_dir=tmp_path / "o")
+        iter_batches("val", data=tmp_path / "o")

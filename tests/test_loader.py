@@ -554,8 +554,8 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
     new rank the smallest global cursor; the old buffers are carried over, nothing is lost, and only
     the row groups some old readers took beyond that cursor are read twice (with pieces of 5, also
     the row groups a reader was in the middle of, whose buffered documents are not carried)."""
+    from nanostream import Ranks, stream
     from nanostream.streaming.cursor import Cursor
-    from nanostream.streaming.streams import stream
 
     monkeypatch.setattr(feed, "PIECE_DOCS", pieces)
 
@@ -571,11 +571,11 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
         it.close()
         pos = states[-1]["position"]
         assert pos[0] == 0
-        seq = stream("train", data_dir=wide, rank=r, world_size=w0, local_world_size=l0, **kw).epoch_plan(0).sequence(r)
+        seq = stream("train", data=wide, ranks=Ranks(r, w0, l0), **kw).settled_deal(0).sequence(r)
         taken_groups |= set(seq[:pos[3]])
     cursors = [tuple(map(str, st["cursor"])) for st in states]
     cursor = Cursor.from_list(min((st["cursor"] for st in states), key=lambda c: c[2]))
-    plan = stream("train", data_dir=wide, rank=0, world_size=1, **kw).epoch_plan(0)
+    plan = stream("train", data=wide, ranks=Ranks(0, 1), **kw).settled_deal(0)
     deal = plan.deal
     consumed = {(s, deal.row_group(p, g, plan.counts[s])) for p, s in enumerate(deal.order)
                 for g in range(plan.counts[s]) if cursor.covers(p, g)}
@@ -622,7 +622,7 @@ ds = TokenDataset("train", ByteTokenizer(), 2, 64, data_dir=sys.argv[1], epochs=
 it = iter(ds)
 for _ in range(int(sys.argv[2])):
     next(it)
-blocking = iter_batches("train", data_dir=sys.argv[1], epochs=None)
+blocking = iter_batches("train", data=sys.argv[1], epochs=None)
 next(blocking)
 print("done")  # and exit with both iterators still open: no close(), no del
 """

@@ -60,9 +60,9 @@ else:
     import torch
 
     from nanostream.loader.docrefs import unpack
+    from nanostream import Ranks, Source, stream
     from nanostream.shards import list_shards
-    from nanostream.streaming.order import Cursor
-    from nanostream.streaming.streams import stream
+    from nanostream.streaming.cursor import Cursor
     from test_stream_cluster import worker_env
 
     from datagen import make_shards
@@ -94,16 +94,20 @@ else:
         assert second[0]["len"] == second[1]["len"] == second[0]["batches"] == second[1]["batches"] > 0
         # each node downloaded only the shards its readers read in either run (as dealt by the plans),
         # plus the first of epoch 0's order (rows_per_row_group), and holds every shard it read first
-        kw = {k: v for k, v in KW.items() if k not in ("epochs", "buffer_docs")}
-        order = stream("train", data_dir=tmp_path / "node0", rank=0, world_size=1, **kw).order(0)
+        kw = {"shuffle": True, "seed": 11}
+
+        def data(node: int) -> Source:
+            return Source(tmp_path / f"node{node}", num_shards=SHARDS, max_shard=SHARDS)
+
+        order = stream("train", data=data(0), ranks=Ranks(0, 1), **kw).order(0)
         old = [torch.load(f, weights_only=True) for f in sorted((tmp_path / "a").glob("state*.pt"))]
         smallest = min((Cursor.from_list(st["cursor"]) for st in old), key=lambda c: c.consumed)
         for node in range(2):
             dealt = {s for r in (2 * node, 2 * node + 1) for s, _ in
-                     stream("train", data_dir=tmp_path / f"node{node}", rank=r, world_size=4, local_world_size=2,
-                            **kw).epoch_plan(0).sequence(r)}
-            dealt |= {s for s, _ in stream("train", data_dir=tmp_path / f"node{node}", rank=node, world_size=2,
-                                           local_world_size=1, start=smallest, **kw).epoch_plan().sequence(node)}
+                     stream("train", data=data(node), ranks=Ranks(r, 4, 2), **kw).settled_deal(0).sequence(r)}
+            at = {"ranks": [node, 2, 1, True], "position": None, "cursor": smallest.to_list()}  # a state at a cursor
+            dealt |= {s for s, _ in stream("train", data=data(node), ranks=Ranks(node, 2, 1), resume=at,
+                                           **kw).settled_deal().sequence(node)}
             # the second run's reader `node` also reads again the row groups of the documents it carries
             # over from the old readers i with i % 2 == node (their buffers, named by reference)
             carried = {r.tag[1] for st in old if st["layout"][0] % 2 == node for r in unpack(st["docs"], np.uint16)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -16,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nanostream import ByteTokenizer, Source, TokenDataset, iter_batches, stream
+from nanostream import ByteTokenizer, Ranks, Source, TokenDataset, iter_batches, stream
 from nanostream.errors import ConfigError, DatasetError
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
-from nanostream.streaming.mix import MixStart, Schedule
+from nanostream.streaming.mix import Schedule
 
 WORDS = "the of and data model train token shard stream mix code web text page loop".split()
 
@@ -51,7 +52,7 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def mix_of(two: tuple[Path, Path], w: tuple[float, float] = (0.7, 0.3)) -> list[Source]:
-    return [Source(data_dir=two[0], weight=w[0]), Source(data_dir=two[1], weight=w[1])]
+    return [Source(two[0], weight=w[0]), Source(two[1], weight=w[1])]
 
 
 def make(two, **kw) -> TokenDataset:
@@ -92,7 +93,7 @@ def test_token_shares_hold_over_the_run_and_in_every_window(two) -> None:
 
 async def test_stream_shares_are_in_text_bytes(two) -> None:
     got: Counter[int] = Counter()
-    async with stream("train", mix=mix_of(two), epochs=None) as s:
+    async with stream("train", data=mix_of(two), epochs=None) as s:
         async for b in s:
             got[b.source] += sum(len(t.encode()) for t in b.texts)
             if sum(got.values()) > 400_000:
@@ -115,7 +116,7 @@ DIGEST = r"""
 import hashlib, sys
 from nanostream import ByteTokenizer, Source, TokenDataset
 a, b, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ds = TokenDataset("train", ByteTokenizer(), 4, 128, mix=[Source(data_dir=a, weight=2), Source(data_dir=b)],
+ds = TokenDataset("train", ByteTokenizer(), 4, 128, mix=[Source(a, weight=2), Source(b)],
                   rank=rank, world_size=2, buffer_docs=16, shuffle=True, seed=4, epochs=1)
 h = hashlib.sha256()
 for x, y in ds:
@@ -138,7 +139,7 @@ def test_each_source_keeps_its_own_deal_on_every_node(two) -> None:
     """2 nodes x 1 rank: each node reads its own piece of each source's epoch (disjoint, and together all of it)."""
     seen = [set(), set()]
     for r in (0, 1):
-        with iter_batches("train", mix=mix_of(two), rank=r, world_size=2, local_world_size=1, epochs=1) as it:
+        with iter_batches("train", data=mix_of(two), ranks=Ranks(r, 2, 1), epochs=1) as it:
             for b in it:
                 if b.epoch == 0:
                     seen[r].add((b.source, b.shard, b.row_group))
@@ -166,7 +167,7 @@ def test_a_small_source_is_upsampled_and_len_is_known_before(two) -> None:
 
 async def test_stream_mix_ends_once_every_source_completed_its_epochs(two) -> None:
     epochs: dict[int, set[int]] = {0: set(), 1: set()}
-    async with stream("train", mix=mix_of(two), epochs=2) as s:
+    async with stream("train", data=mix_of(two), epochs=2) as s:
         async for b in s:
             epochs[b.source].add(b.epoch)
     assert min(epochs[0]) == 0 and max(epochs[0]) >= 1 and max(epochs[1]) >= 1
@@ -235,16 +236,16 @@ def test_changed_weights_at_resume_go_on_from_every_cursor(two, caplog: pytest.L
 
 
 async def test_stream_mix_resumes_exactly_from_its_state(two) -> None:
-    async with stream("train", mix=mix_of(two), epochs=1) as s:
+    async with stream("train", data=mix_of(two), epochs=1) as s:
         full = [(b.source, b.shard, b.row_group, b.epoch) async for b in s]
-    async with stream("train", mix=mix_of(two), epochs=1) as s:
+    async with stream("train", data=mix_of(two), epochs=1) as s:
         head = []
         async for b in s:
             head.append((b.source, b.shard, b.row_group, b.epoch))
             if len(head) == 6:
-                state = MixStart.from_list(s.state().to_list())
+                state = json.loads(json.dumps(s.state_dict()))
                 break
-    async with stream("train", mix=mix_of(two), epochs=1, start=state) as s:
+    async with stream("train", data=mix_of(two), epochs=1, resume=state) as s:
         rest = [(b.source, b.shard, b.row_group, b.epoch) async for b in s]
     assert head + rest == full
 
@@ -261,21 +262,21 @@ def test_validation_mixes_each_sources_validation_files(two) -> None:
 def test_every_bad_mix_is_one_error_naming_the_source(two, tmp_path: Path) -> None:
     web, code = two
     with pytest.raises(ConfigError, match="a mix needs two or more"):
-        stream("train", mix=[Source(data_dir=web)])
+        stream("train", data=[Source(web)])
     for bad in (0, -1, float("nan"), "0.5", True):
         with pytest.raises(ConfigError, match=f"source {code}: weight must be a positive number"):
-            stream("train", mix=[Source(data_dir=web), Source(data_dir=code, weight=bad)])
+            stream("train", data=[Source(web), Source(code, weight=bad)])
     with pytest.raises(ConfigError, match="resolve to the same data folder"):
-        stream("train", mix=[Source(data_dir=web), Source(data_dir=web, weight=2)])
-    with pytest.raises(ConfigError, match="mix= excludes data_dir"):
-        stream("train", mix=mix_of(two), data_dir=web)
+        stream("train", data=[Source(web), Source(web, weight=2)])
+    with pytest.raises(ConfigError, match=r"takes its MixStream\.state_dict"):
+        stream("train", data=mix_of(two), resume={"ranks": [0, 1, 1, True], "position": None, "cursor": None})
     only_train = tmp_path / "only"
     only_train.mkdir()
     pq.write_table(pa.table({"text": ["a b c"] * 4}), only_train / "train-00000.parquet")
     with pytest.raises(DatasetError, match=f"mix source 1 \\({only_train}\\)"):
-        stream("val", mix=[Source(data_dir=web), Source(data_dir=only_train)])
+        stream("val", data=[Source(web), Source(only_train)])
     with pytest.raises(ConfigError, match="a mix needs two or more"):
-        TokenDataset("train", ByteTokenizer(), 4, 128, mix=[Source(data_dir=web)])
+        TokenDataset("train", ByteTokenizer(), 4, 128, mix=[Source(web)])
 
 
 def test_a_mix_resumes_only_a_mix_state(two) -> None:
@@ -285,25 +286,25 @@ def test_a_mix_resumes_only_a_mix_state(two) -> None:
 
 
 def test_iter_batches_mix_closes_cleanly(two) -> None:
-    it = iter_batches("train", mix=mix_of(two), epochs=None)
+    it = iter_batches("train", data=mix_of(two), epochs=None)
     assert {next(it).source for _ in range(4)} == {0, 1}
     it.close()
     asyncio.run(asyncio.sleep(0))
 
 
-async def test_stream_mix_resumes_from_its_cursors_skipping_nothing(two) -> None:
-    """``ms.cursor()``: each source's global cursor, the form for another world size: one rank takes 5 batches,
-    two ranks go on from its cursor, and every row group of each source's first epoch is read."""
-    async with stream("train", mix=mix_of(two), epochs=1, drop_last=False) as s:
+async def test_stream_mix_resumes_at_another_world_size_skipping_nothing(two) -> None:
+    """One rank takes 5 batches; two ranks resume from its state (each source from its global cursor), and
+    every row group of each source's first epoch is read."""
+    async with stream("train", data=mix_of(two), epochs=1, ranks=Ranks(0, 1, drop_last=False)) as s:
         seen = set()
         async for b in s:
             seen.add((b.source, b.shard, b.row_group, b.epoch))
             if len(seen) == 5:
-                cursor = MixStart.from_list(s.cursor().to_list())
+                state = s.state_dict()
                 break
     for r in (0, 1):
-        async with stream("train", mix=mix_of(two), epochs=1, rank=r, world_size=2, start=cursor,
-                          drop_last=False) as s:  # (pad: drop_last would leave out up to one row group)
+        async with stream("train", data=mix_of(two), epochs=1, ranks=Ranks(r, 2, drop_last=False),
+                          resume=state) as s:  # (pad: drop_last would leave out up to one row group)
             seen |= {(b.source, b.shard, b.row_group, b.epoch) async for b in s}
     for k, shards in ((0, 4), (1, 3)):
         assert {(sh, g) for src, sh, g, e in seen if src == k and e == 0} == \

@@ -13,16 +13,20 @@ from hypothesis import strategies as st
 from nanostream.errors import ConfigError
 from nanostream.streaming.cursor import Cursor
 from nanostream.streaming.order import EpochDeal, NeedCounts
-from nanostream.streaming.ranks import worker_stride
-from nanostream.streaming.settle import EpochPlan, cursor_after
+from nanostream.streaming.ranks import Ranks, worker_stride
+from nanostream.streaming.settle import SettledDeal, cursor_after
 
 
-def plan(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0) -> EpochPlan:
-    return EpochPlan(tuple(counts), counts, epoch, shuffle=shuffle, seed=1, world_size=world, local_world_size=local,
-                     drop_last=drop_last, base=base)
+def deal(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0, seed=1) -> EpochDeal:
+    return EpochDeal(tuple(counts), epoch, Ranks(0, world, local, drop_last), shuffle=shuffle, seed=seed, base=base)
 
 
-def taken_items(p: EpochPlan, taken: int) -> list[int]:
+def plan(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0) -> SettledDeal:
+    return SettledDeal(deal(counts, world, local, base=base, drop_last=drop_last, shuffle=shuffle, epoch=epoch),
+                       counts)
+
+
+def taken_items(p: SettledDeal, taken: int) -> list[int]:
     return [i for r in range(p.world_size) for i in p.indices(r)[:taken]]
 
 
@@ -77,22 +81,7 @@ def test_cursor_from_other_data_is_refused():
         plan(counts, 2, 2, base=Cursor(0, ((0, 0, 0, 3),), 3, 99))
     with pytest.raises(ConfigError, match="does not fit"):  # a row group the shard does not have
         plan(counts, 2, 2, base=Cursor(0, ((0, 5, 1, 0),), 3, 2))
-    with pytest.raises(ConfigError, match="does not fit"):  # a cursor saved before spans, of other data
-        plan(counts, 2, 2, base=Cursor.from_list([0, 3, [], 99]))
     assert plan(counts, 2, 2, base=Cursor(1, ((0, 0, 0, 3),), 3, 99)).length == 4  # another epoch's: not used
-
-
-def test_a_cursor_saved_before_spans_resumes_the_same():
-    """``[epoch, done, extra, total]`` (global-order indices) loads and means the same row groups."""
-    counts = {s: 3 + s % 4 for s in range(7)}
-    first = plan(counts, 3, 3, drop_last=False)
-    cur = first.cursor_after(2)
-    done = sorted(taken_items(first, 2))
-    prefix = next(i for i in range(len(done) + 1) if i == len(done) or done[i] != i)
-    old = Cursor.from_list([0, prefix, done[prefix:], first.total])
-    a, b = plan(counts, 2, 1, base=cur, drop_last=False), plan(counts, 2, 1, base=old, drop_last=False)
-    assert [a.indices(r) for r in range(2)] == [b.indices(r) for r in range(2)]
-    assert Cursor.from_list(old.to_list()).legacy == old.legacy and Cursor.from_list(cur.to_list()) == cur
 
 
 # -- properties over any layout: the bound, equal counts, the nodes' downloads, resume ---------------
@@ -208,12 +197,11 @@ def test_what_a_reader_reads_before_every_count_is_known_is_what_the_settled_pla
             return
     settled = plan(c, readers, local, drop_last=drop_last, base=base)
     partial = {s: n for s, n in c.items() if known[s]}
-    deal = EpochDeal(tuple(c), 0, shuffle=True, seed=1, world_size=readers, local_world_size=local,
-                     drop_last=drop_last, base=base)
-    safe = deal.safe(deal.known_left(partial))
+    d = deal(c, readers, local, drop_last=drop_last, base=base)
+    safe = d.safe(d.known_left(partial))
     for n in range(readers // local):
         try:
-            got = deal.piece_places(n, partial, safe)
+            got = d.piece_places(n, partial, safe)
         except NeedCounts as exc:
             assert set(exc.shards) - set(partial)
             continue
@@ -224,7 +212,7 @@ def test_what_a_reader_reads_before_every_count_is_known_is_what_the_settled_pla
     if taken == 0:
         return  # nothing read yet: the base (or, settled with nothing to read, the next epoch)
     try:
-        early = cursor_after(deal, taken, partial)
+        early = cursor_after(d, taken, partial)
     except NeedCounts as exc:
         assert exc.shards and not set(exc.shards) & set(partial)
     else:
@@ -236,10 +224,10 @@ def test_what_a_reader_reads_before_every_count_is_known_is_what_the_settled_pla
 def test_a_reader_stops_at_the_bound_until_counts_arrive():
     """One node of 2 readers, 3 shards of 4: with only the first shard counted, ``K // R`` is 2, so each reader
     may read 2 row groups (all of the first shard) and no more before another count is known."""
-    deal = EpochDeal((0, 1, 2), 0, shuffle=False, seed=0, world_size=2, local_world_size=2)
-    assert deal.safe(deal.known_left({0: 4})) == 4
-    assert deal.piece_places(0, {0: 4}, 4) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    d = deal({0: 4, 1: 4, 2: 4}, 2, 2, shuffle=False, seed=0)
+    assert d.safe(d.known_left({0: 4})) == 4
+    assert d.piece_places(0, {0: 4}, 4) == [(0, 0), (0, 1), (0, 2), (0, 3)]
     with pytest.raises(NeedCounts) as exc:
-        deal.piece_places(0, {0: 4}, 5)
+        d.piece_places(0, {0: 4}, 5)
     assert exc.value.shards == (1,)
-    assert deal.safe(deal.known_left({0: 4, 1: 4})) == 8 and deal.first_shard(0) == 0
+    assert d.safe(d.known_left({0: 4, 1: 4})) == 8 and d.first_shard(0) == 0

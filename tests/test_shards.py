@@ -10,8 +10,9 @@ from nanostream.shards import list_shards, shard_index, shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
 from nanostream.sources.resolve import pin_catalog, split_indices
-from nanostream.streaming.ranks import check_layout, worker_stride
-from nanostream.streaming.settle import EpochPlan
+from nanostream.streaming.order import EpochDeal
+from nanostream.streaming.ranks import Ranks, worker_stride
+from nanostream.streaming.settle import SettledDeal
 
 from datagen import make_shards
 
@@ -63,16 +64,15 @@ def test_workers_fold_into_disjoint_ranks(world, workers):
 @pytest.mark.parametrize("rank, world", [(-1, 2), (2, 2), (0, 0)])
 def test_bad_rank_is_a_config_error(rank, world):
     with pytest.raises(ConfigError):
-        check_layout(rank, world, 1)
+        Ranks(rank, world, 1).resolved()
 
 
-def settled(counts: dict[int, int], world: int, local: int, drop_last: bool = True) -> EpochPlan:
-    return EpochPlan(tuple(counts), counts, 0, shuffle=False, seed=0, world_size=world, local_world_size=local,
-                     drop_last=drop_last)
+def settled(counts: dict[int, int], world: int, local: int, drop_last: bool = True) -> SettledDeal:
+    return SettledDeal(EpochDeal(tuple(counts), 0, Ranks(0, world, local, drop_last), shuffle=False, seed=0), counts)
 
 
 def test_worked_example_two_nodes_two_ranks_two_workers():
-    """The docstring's example: shards A B C D (0..3) of 8 row groups, 2 nodes x 2 ranks x 2 workers."""
+    """docs/multi-node.md's example: shards A B C D (0..3) of 8 row groups, 2 nodes x 2 ranks x 2 workers."""
     plan = settled({s: 8 for s in range(4)}, 8, 4)  # readers r*2 + w of 8, 4 per node
     names = [[f"{'ABCD'[s]}{g}" for s, g in plan.sequence(r)] for r in range(8)]
     assert names[0] == ["A0", "A4", "B0", "B4"]  # rank 0 worker 0
@@ -111,8 +111,8 @@ def test_one_node_deal_is_the_one_node_rule(world):
 
 
 def test_layout_checks():
-    check_layout(3, 4, 2)
+    Ranks(3, 4, 2).resolved()
     with pytest.raises(ConfigError, match="does not divide"):
-        check_layout(0, 6, 4)
+        Ranks(0, 6, 4).resolved()
     with pytest.raises(ConfigError):
-        check_layout(4, 4, 2)
+        Ranks(4, 4, 2).resolved()

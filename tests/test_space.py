@@ -81,18 +81,18 @@ async def test_shards_start_only_as_their_space_is_reserved(fault_server, tmp_pa
 async def test_stream_bigger_than_the_disk_under_cache_limit(fault_server, tmp_path, small_disk):
     """12.5 MB of shards through an 8 MB disk: without a limit the disk fills and the error names
     cache_limit; with one the stream reads every document, twice, evicting as it goes."""
+    from nanostream import ReadAhead, Source, stream
     from nanostream.streaming.cache.usage import folder_bytes
-    from nanostream.streaming.streams import stream
 
     src = remote(tmp_path / "remote", 5, 2.5)
     srv = await fault_server(rate=50e6)
-    kw = dict(data_dir=small_disk, base_url=srv.url, num_shards=4, max_shard=4, retry=FAST)
+    kw = dict(data=Source(srv.url, folder=small_disk, num_shards=4, max_shard=4), retry=FAST)
     with pytest.raises(DiskFullError, match="cache_limit") as err:
         async for _ in stream("train", **kw):
             pass
     assert "not enough free space" in str(err.value)
     assert not list(small_disk.glob(".nanostream.*.part"))
-    rows = [b async for b in stream("train", **kw, cache_limit="7MB", epochs=2, fetch_ahead=1)]
+    rows = [b async for b in stream("train", **kw, cache_limit="7MB", epochs=2, read_ahead=ReadAhead(files=1))]
     groups = sum(pq.ParquetFile(p).num_row_groups for p in src[:4])
     assert len(rows) == 2 * groups and folder_bytes(small_disk) <= 7_000_000
     assert {b.shard for b in rows} == {0, 1, 2, 3}

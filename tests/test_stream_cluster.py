@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from nanostream import Ranks, Source, stream
 from nanostream.shards import list_shards, shard_name
-from nanostream.streaming.streams import stream
 
 from datagen import make_shards
 from servers import FaultServer
@@ -49,7 +49,7 @@ def worker_env(rank: int, world: int, per_node: int, token: str, url: str) -> di
 
 
 async def run_cluster(tmp: Path, url: str, nodes: int, tag: str, *, take: int | None = None,
-                      start: list | None = None, pad: bool = False, per_node: int = 2) -> list[dict]:
+                      resume: dict | None = None, pad: bool = False, per_node: int = 2) -> list[dict]:
     """Every rank of ``nodes`` x ``per_node`` as its own process; node n downloads into tmp/<tag>-n
     with HF_TOKEN=<tag>-n (how the server tells the nodes apart). Returns each rank's report."""
     out = tmp / f"{tag}-out"
@@ -58,7 +58,7 @@ async def run_cluster(tmp: Path, url: str, nodes: int, tag: str, *, take: int | 
         cmd = [sys.executable, str(WORKER), str(out), "--data-dir", str(tmp / f"{tag}-{rank // per_node}"),
                "--base-url", url, "--num-shards", str(SHARDS), "--max-shard", str(SHARDS), "--shuffle"]
         cmd += ["--take", str(take)] if take is not None else []
-        cmd += ["--start", json.dumps(start)] if start is not None else []
+        cmd += ["--resume", json.dumps(resume)] if resume is not None else []
         cmd += ["--pad"] if pad else []
         procs.append(await asyncio.create_subprocess_exec(
             *cmd, stderr=subprocess.PIPE, env=worker_env(rank, nodes * per_node, per_node, f"{tag}-{rank // per_node}", url)))
@@ -81,8 +81,8 @@ async def test_four_nodes_each_download_their_share(remote: Path, tmp_path: Path
         reports = await run_cluster(tmp_path, srv.url, 4, "n")
     assert docs(reports) == Counter(every_doc())  # every document exactly once across the 8 ranks
     assert {len(r["batches"]) for r in reports} == {r["epoch_length"] for r in reports} == {SHARDS * GROUPS // 8}
-    order = stream("train", data_dir=tmp_path / "n-0", num_shards=SHARDS, max_shard=SHARDS, shuffle=True,
-                   seed=11, rank=0, world_size=1).order(0)
+    order = stream("train", data=Source(tmp_path / "n-0", num_shards=SHARDS, max_shard=SHARDS), shuffle=True,
+                   seed=11, ranks=Ranks(0, 1)).order(0)
     data = sum(size.values())
     for node in range(4):
         mine = sorted(order[2 * node: 2 * node + 2])  # the epoch's order cut into 4 pieces of 2 shards
@@ -100,9 +100,9 @@ async def test_resume_at_another_number_of_nodes_loses_nothing(remote: Path, tmp
         first = await run_cluster(tmp_path, srv.url, before, "a", take=1)
         cursors = {json.dumps(r["cursor"]) for r in first}
         assert len(cursors) == 1  # every rank computes the same global position
-        cursor = json.loads(cursors.pop())
-        assert cursor[2] == 2 * before  # consumed: one row group per rank
-        second = await run_cluster(tmp_path, srv.url, after, "b", start=cursor, pad=pad)
+        assert json.loads(cursors.pop())[2] == 2 * before  # consumed: one row group per rank
+        # any rank's state resumes the run at another number of nodes (from that global position)
+        second = await run_cluster(tmp_path, srv.url, after, "b", resume=first[-1]["state"], pad=pad)
     assert {len(r["batches"]) for r in second} == {second[0]["epoch_length"]}
     before_docs, after_docs = docs(first), docs(second)
     assert not set(before_docs) & set(after_docs)  # the resume repeats nothing already read ...

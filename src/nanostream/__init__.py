@@ -1,9 +1,9 @@
 """nanostream: async shard downloader, row-group streamer and PyTorch loader for LLM pretraining.
 
 Public API (imported lazily so ``import nanostream`` never pulls in torch):
-``stream``, ``iter_batches``, ``Source`` (a dataset of a mix), ``fetch_shards``, ``Fetcher``, ``ByteTokenizer``,
-``TokenDataset``, ``to_device``, ``threads_for``, ``Config`` and the errors in
-``nanostream.errors``.
+``stream``, ``iter_batches``, ``Source``, ``Ranks``, ``ReadAhead``, ``RetryPolicy``, ``fetch_shards``,
+``Fetcher``, ``ByteTokenizer``, ``load_tokenizer``, ``TokenDataset``, ``to_device``, ``threads_for``,
+``Config`` and the errors in ``nanostream.errors``.
 
 A public name never depends on import order: no public name is also the name of a
 submodule (the streaming module is ``nanostream.streaming.streams``, its function ``stream``),
@@ -23,10 +23,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "stream": "streaming.streams",
     "iter_batches": "streaming.streams",
-    "Batch": "streaming.plan",
-    "Position": "streaming.plan",
-    "Cursor": "streaming.order",
     "Source": "sources.spec",
+    "Ranks": "streaming.ranks",
+    "ReadAhead": "streaming.plan",
+    "RetryPolicy": "retry",
     "fetch_shards": "fetch.many",
     "Fetcher": "fetch.fetcher",
     "ByteTokenizer": "text.tokenizer",

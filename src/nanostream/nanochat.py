@@ -47,7 +47,7 @@ from .loader.device import token_batches
 from .loader.feed import PIECE_DOCS
 from .loader.iterator import Snapshot
 from .loader.sharer import StateGather, default_store
-from .streaming.ranks import default_layout
+from .streaming.ranks import Ranks
 from .text.load import as_tokenizer
 
 __all__ = ["tokenizing_distributed_data_loader_bos_bestfit", "tokenizing_distributed_data_loader_with_state_bos_bestfit"]
@@ -111,7 +111,8 @@ def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer
                     "as nanochat's default does", tokenizer_batch_size, PIECE_DOCS)
     if not any(k in data for k in ("data_dir", "mix", "source", "catalog")):  # dataset= names what nanochat's
         data["data_dir"] = Config.from_env().nanochat_data_dir()  # folder holds (downloads go there)
-    rank, world, local = default_layout()
+    ranks = Ranks().resolved()  # torchrun's environment, as nanochat's get_dist_info reads it
+    rank, world, local = ranks.rank, ranks.world_size, ranks.local_world_size
     tok = _adapted(tokenizer, threads)
     ds = TokenDataset(split, tok, B, T, rank=rank, world_size=world, local_world_size=local, buffer_docs=buffer_size,
                       epochs=None, **data)

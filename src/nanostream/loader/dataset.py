@@ -33,15 +33,19 @@ from __future__ import annotations
 
 import logging
 import weakref
+from dataclasses import replace
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import LoaderError
-from ..sources.spec import DATASET_ARGS, Source, entrance, normalized
-from ..streaming.order import Cursor
-from ..streaming.ranks import default_layout, worker_stride
-from ..streaming.streams import stream
+from ..config import Config, parse_cache_limit
+from ..errors import ConfigError, LoaderError
+from ..sources.spec import Source, normalized, sources_of
+from ..streaming.cursor import Cursor
+from ..streaming.mix import open_mix
+from ..streaming.plan import Options, ReadAhead
+from ..streaming.ranks import Ranks, worker_stride
+from ..streaming.single import open_stream
 from ..text.load import as_tokenizer
 from ..text.tokenizer import Tokenizer
 from . import resume
@@ -95,33 +99,27 @@ class TokenDataset(IterableDataset):
             raise LoaderError(str(exc)) from exc
         if "start" in stream_kwargs:
             raise LoaderError("TokenDataset takes no start=: resume with load_state_dict()")
-        rank, world_size, local_world_size = default_layout(rank, world_size, local_world_size)
         self.split, self.tokenizer = split, tokenizer
         self.batch_size, self.seq_len = batch_size, seq_len
         self.buffer_docs, self.prefetch, self.ahead, self.epochs = buffer_docs, prefetch, ahead, epochs
         self.drop_last = bool(drop_last)
-        dataset_args = {k: stream_kwargs.pop(k) for k in (*DATASET_ARGS, "catalog", "source") if k in stream_kwargs}
-        source = dataset_args.pop("source", None)
-        self.sources = entrance(mix, source=source, data_dir=data_dir, **dataset_args)
+        self.sources = _legacy_sources(mix, data_dir, stream_kwargs)
         self.weights = normalized(self.sources) if mix is not None else None
-        if "count_sharer" not in stream_kwargs:  # the nodes tell each other row-group counts through torch
-            stream_kwargs["count_sharer"] = default_sharer()
-        self._common = {"drop_last": self.drop_last, **stream_kwargs}
+        self._cfg, self._options = _legacy_options(split, Ranks(rank, world_size, local_world_size, self.drop_last),
+                                                   stream_kwargs)
         # check folders, splits, layout and stream arguments now (starts nothing)
-        s = stream(split, rank=rank, world_size=world_size, local_world_size=local_world_size, epochs=epochs,
-                   **self._data_args(), **self._common)
+        run = replace(self._options, epochs=epochs).check()
+        s = open_mix(self.sources, run, self._cfg) if len(self.sources) > 1 else open_stream(self.sources[0], run,
+                                                                                               self._cfg)
         plans = [x.plan for x in s.streams] if hasattr(s, "streams") else [s.plan]
-        plan = plans[0]
-        self.rank, self.world_size, self.local_world_size = plan.rank, plan.world_size, plan.local_world_size
+        ranks = self._options.ranks
+        self.rank, self.world_size, self.local_world_size = ranks.rank, ranks.world_size, ranks.local_world_size
         self._prints = resume.Fingerprints(tokenizer, plans)
         self._pending: list[dict[str, Any]] | None = None
         self._live: weakref.ref[TokenIterator] | None = None
         self._last: dict[str, Any] = {}  # final snapshot of the last closed iterator
         self._rows = self._check_rows(rows_per_row_group)  # rows packed from each source's sample row group
         self._origins: tuple[Cursor | None, ...] = (None,) * len(self.sources)  # where the last run started
-
-    def _data_args(self) -> dict[str, Any]:
-        return {"mix": list(self.sources)} if self.weights is not None else {"source": self.sources[0]}
 
     def _check_rows(self, rows: int | list[int] | None) -> list[int | None]:
         given = rows if isinstance(rows, list) else [rows] * len(self.sources)
@@ -132,21 +130,19 @@ class TokenDataset(IterableDataset):
         return list(given)
 
     def _config(self) -> dict[str, Any]:
-        kw = self._common
         config = {"split": self.split, "batch_size": self.batch_size, "seq_len": self.seq_len,
                   "buffer_docs": self.buffer_docs, "bos_id": int(self.tokenizer.bos_id),
                   "vocab_size": int(self.tokenizer.vocab_size), "drop_last": self.drop_last,
-                  "shuffle": bool(kw.get("shuffle", False)), "seed": int(kw.get("seed", 0))}
+                  "shuffle": bool(self._options.shuffle), "seed": int(self._options.seed)}
         if self.weights is not None:
             config["mix"] = [s.label for s in self.sources]  # the same sources (their weights may change)
         return config
 
     def _recipe(self) -> Recipe:
-        """Per source, the ``iter_batches`` arguments of every reader: the streams never end by
-        themselves (``epochs`` only sets the batch count), so a reader with less data goes on."""
-        kwargs = tuple({**self._common, "source": s, "epochs": None} for s in self.sources)
+        """What every iterator is made from: the streams never end by themselves (``epochs`` only sets the
+        batch count), so a reader with less data goes on."""
         return Recipe(self.split, self.tokenizer, self.batch_size, self.seq_len, self.buffer_docs, self.prefetch,
-                      self.ahead, self.epochs, self._config(), kwargs, self.weights,
+                      self.ahead, self.epochs, self._config(), self.sources, self._options, self._cfg, self.weights,
                       tuple(s.label for s in self.sources), self._prints)
 
     # -- how many batches (length.py) ----------------------------------------------------------
@@ -254,3 +250,39 @@ class TokenDataset(IterableDataset):
         d = dict(self.__dict__)
         d["_live"], d["_last"] = None, {}
         return d
+
+
+_SOURCE_ARGS = ("num_shards", "include", "val", "text_column", "max_shard")
+
+
+def _legacy_sources(mix: list[Source] | None, data_dir: Any, kw: dict[str, Any]) -> tuple[Source, ...]:
+    """The sources of the dataset arguments TokenDataset still takes (``mix=``, ``source=``, ``dataset=``,
+    ``data_dir=``, ``base_url=``, ...), as ``stream(data=...)`` would have them."""
+    args = {k: kw.pop(k) for k in ("dataset", "base_url", "source", *_SOURCE_ARGS) if k in kw}
+    if mix is not None or args.get("source") is not None:
+        if data_dir is not None or len(args) > ("source" in args):
+            raise ConfigError(f"mix= and source= exclude {', '.join(sorted({*args, 'data_dir'} - {'source'}))}: "
+                              "give those to each Source")
+        return sources_of(mix if mix is not None else args["source"])
+    remote = args.pop("base_url", None) or args.pop("dataset", None)
+    args.pop("source", None)
+    if remote is None:
+        return (Source(data_dir, **args),)
+    return (Source(remote, folder=data_dir, **args),)
+
+
+def _legacy_options(split: str, ranks: Ranks, kw: dict[str, Any]) -> tuple[Config, Options]:
+    """The ``Options`` of the stream keyword arguments TokenDataset still takes (``shuffle``, ``queue_size``,
+    ``fetch_ahead``, ``cache_limit``, ...); its streams never end by themselves."""
+    cfg = kw.pop("config", None) or Config.from_env()
+    known = {"shuffle", "seed", "queue_size", "fetch_ahead", "fetch_workers", "retry", "cache_limit", "count_sharer"}
+    unknown = set(kw) - known
+    if unknown:
+        raise TypeError(f"TokenDataset got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    ahead = ReadAhead(row_groups=kw.get("queue_size", 8), files=kw.get("fetch_ahead", 2),
+                      connections=kw.get("fetch_workers", 4))
+    limit = kw.get("cache_limit")
+    sharer = kw["count_sharer"] if "count_sharer" in kw else default_sharer()  # counts shared through torch
+    options = Options(split, ranks.resolved(), None, bool(kw.get("shuffle", False)), int(kw.get("seed", 0)), ahead,
+                      kw.get("retry"), cfg.cache_limit if limit is None else parse_cache_limit(limit), sharer)
+    return cfg, options.check()

@@ -15,17 +15,20 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..config import Config
+from ..sources.spec import Source
+from ..streaming.blocking import BatchIterator
+from ..streaming.cursor import Cursor
 from ..streaming.mix import Schedule
-from ..streaming.order import Cursor
-from ..streaming.plan import Position
-from ..streaming.single import Stream
-from ..streaming.streams import iter_batches, stream
+from ..streaming.plan import Options, Position
+from ..streaming.ranks import Ranks
+from ..streaming.single import Stream, open_stream
 from ..text.tokenizer import Tokenizer
 from . import resume
 from .feed import Feed, Seam, replay_keys
@@ -51,10 +54,19 @@ class Recipe:
     ahead: int
     epochs: int | None
     config: dict[str, Any]
-    kwargs: tuple[dict[str, Any], ...]
+    sources: tuple[Source, ...]
+    options: Options
+    settings: Config
     weights: tuple[float, ...] | None = None
     labels: tuple[str, ...] = ()
     fingerprints: Any = None  # resume.Fingerprints: per source, its data's and the tokenizer's
+
+    def stream(self, k: int, layout: Layout, start: Position | Cursor | None = None, epochs: int | None = None,
+               replay: tuple[tuple[int, int], ...] = ()) -> Stream:
+        """Source ``k``'s stream for reader ``layout`` (never started), from ``start``, reading ``replay`` first."""
+        ranks = Ranks(*layout, drop_last=self.options.ranks.drop_last).resolved()
+        options = replace(self.options, ranks=ranks, epochs=epochs, replay=replay)
+        return open_stream(self.sources[k], options, self.settings, start)
 
 
 class Cursors:
@@ -67,9 +79,7 @@ class Cursors:
 
     def stream(self, k: int) -> Stream:
         if k not in self._streams:
-            r, w, local = self._layout
-            self._streams[k] = stream(self._recipe.split, rank=r, world_size=w, local_world_size=local,
-                                      start=self._origins[k], **self._recipe.kwargs[k])
+            self._streams[k] = self._recipe.stream(k, self._layout, self._origins[k])
         return self._streams[k]
 
 
@@ -127,11 +137,10 @@ class HostSink:
         return item
 
 
-def _reader(recipe: Recipe, k: int, layout: Layout, start: Position | Cursor | None,
-            **kw: Any) -> Iterator[Any]:
+def _reader(recipe: Recipe, k: int, layout: Layout, start: Position | Cursor | None, epochs: int | None = None,
+            replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
     """Source ``k``'s batches for this reader, from ``start``; its stream is closed however this ends."""
-    it = iter_batches(recipe.split, rank=layout[0], world_size=layout[1], local_world_size=layout[2], start=start,
-                      **{**recipe.kwargs[k], **kw})
+    it = BatchIterator(recipe.stream(k, layout, start, epochs, replay))
     try:
         yield from it
     finally:
@@ -153,7 +162,7 @@ def _single_source(recipe: Recipe, layout: Layout, start: Position | Cursor | No
             yield from _reader(recipe, 0, layout, at, epochs=epochs, replay=replay)  # them: the Seam was
             replay = ()  # passed already)
             yield Seam()
-        shards = len(stream(recipe.split, rank=0, world_size=1, **recipe.kwargs[0]).plan.shards)
+        shards = len(recipe.stream(0, (0, 1, 1)).plan.shards)
         at = Cursor(epochs, shards=shards)
     yield from _reader(recipe, 0, layout, at, replay=replay)
 
@@ -174,7 +183,7 @@ class TokenIterator:
         self.layout, self.stride, self.origins = layout, layout[:2], origins
         self._held: Snapshot | None = None
         self._closed = False
-        k = len(recipe.kwargs)
+        k = len(recipe.sources)
         subs = (state["sources"] if k > 1 else [state]) if state is not None else [None] * k
         dtype = token_dtype(recipe.tokenizer.vocab_size)
         feeds, batches = [], int(state["batches"]) if state is not None else 0

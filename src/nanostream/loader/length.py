@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..streaming.blocking import BatchIterator
 from ..streaming.counting import Tally
-from ..streaming.order import Cursor
-from ..streaming.streams import iter_batches, stream
+from ..streaming.cursor import Cursor
+from ..streaming.plan import Options
+from ..streaming.ranks import Ranks
+from ..streaming.single import open_stream
 from .encode import doc_arrays
 from .packing import BestFitPacker, token_dtype
 from .threads import _Stopped
@@ -43,18 +47,15 @@ class BatchCount:
     def stream(self, k: int, start: Cursor | None) -> Stream:
         """Source ``k``'s stream (never started) at this rank's layout, from ``start``."""
         ds = self.ds
-        s = stream(ds.split, source=ds.sources[k], rank=ds.rank, world_size=ds.world_size,
-                   local_world_size=ds.local_world_size, start=start, epochs=None, **ds._common)
-        return s  # type: ignore[return-value]
+        return open_stream(ds.sources[k], ds._options, ds._cfg, start)
 
     def rows(self, k: int) -> int:
         """Full rows packed from source ``k``'s sample row group alone (read once, then kept)."""
         ds = self.ds
         if ds._rows[k] is None:
-            kw = {key: v for key, v in ds._common.items() if key != "drop_last"}
-            kw["fetch_ahead"] = 0  # that shard only
-            it = iter_batches(ds.split, source=ds.sources[k], rank=0, world_size=1, local_world_size=1,
-                              epochs=1, **kw)
+            o: Options = ds._options
+            one = replace(o, ranks=Ranks(0, 1, 1), epochs=1, read_ahead=replace(o.read_ahead, files=0))  # that shard
+            it = BatchIterator(open_stream(ds.sources[k], one, ds._cfg))
             try:
                 texts = list(next(it).texts)
             finally:

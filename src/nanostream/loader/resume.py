@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import LoaderError
-from ..streaming.order import Cursor
+from ..streaming.cursor import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
 from ..text.fast import SAMPLE
@@ -78,7 +78,7 @@ def data_fingerprint(plan: Plan) -> str:
     """The split's files as the catalog lists them (paths, sizes, checksums), hashed: documents are named by
     (shard, row group, number), which mean the same documents only over the same files."""
     files = [(f.path, f.size, f.sha256, f.md5) for f in (plan.files[s] for s in plan.shards)]
-    return hashlib.sha256(json.dumps([plan.split, files]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([plan.options.split, files]).encode()).hexdigest()[:16]
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:

@@ -23,6 +23,8 @@ class Stream(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def state_dict(self) -> dict[str, Any]: ...
+
 
 class _LoopThread:
     """An event loop on a background thread that runs one ``Stream`` (never refers to its iterator)."""
@@ -102,10 +104,15 @@ class BatchIterator:
             self.close()
             raise
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's ``state_dict()``: after the last batch this iterator returned."""
+        s = self._stream if self._runner is None else self._runner.stream
+        assert s is not None
+        return s.state_dict()
+
     def close(self) -> None:
         """Stop the stream and join its thread (also done when the iterator is garbage collected)."""
         self._closed = True
-        self._stream = None
         if self._finalizer is not None:
             self._finalizer()
 

@@ -1,42 +1,36 @@
-"""A reader's side of the counts in one epoch: how far the bound lets it read, and what it asks for when it waits.
+"""A reader's side of the row-group counts in one epoch: how far the bound lets it read, and its waits for more.
 
-``Tally`` keeps ``K`` (the row groups left this epoch among the shards whose counts the book
-knows; a running total over ``CountBook.log``) for ``EpochDeal.safe``, and settles the epoch
-(``EpochDeal.settle``) as soon as every count of it is known (``TokenDataset`` bounds its batch
-count with one). ``EpochCounts`` is a reader's tally and its waits: a reader that reaches the
-bound (``until_safe``) or the end of its piece (``settled``) waits for counts, asking the
-cheapest source first:
-
-1. its node's next shards' footers, as their downloads land (a shard whose part file exists is
-   being downloaded, by this reader or another of the node: its footer comes with it);
-2. the folder's census file and the count sharers, polled every ``counts.FETCH_EVERY`` s;
-3. after ``GRACE`` s without enough (at once on a single node, where nobody else can tell; up to
-   ``LANDING`` s while a download of the node's next shards is under way), remote footers, 16 at a
-   time in this order: the node's own next shards, then every node's piece from its start, round
-   robin -- the counts the bound needs soonest.
+``Tally`` keeps ``K``, the row groups left this epoch among the shards whose counts the book knows (a
+running total over ``CountBook.log``), and settles the epoch once every count is known. ``EpochCounts``
+adds a reader's waits. While the reader reads, ``watch`` learns the counts of its node's next shards as
+their downloads land, and what the folder's counts file and the count sharers tell; those are other
+processes, which cannot wake this one, so it looks every ``FETCH_EVERY`` s. A reader waiting at the bound
+is woken by what ``watch`` learns; after ``GRACE`` s without enough (at once on one node; up to ``LANDING``
+s while a download of the node's next shards is under way) it reads remote footers, ``BATCH`` at a time,
+the ones the bound needs soonest first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..fetch.partial import part_path
 from ..sources.counts import FETCH_EVERY, CountBook
 from .order import EpochDeal
-from .settle import EpochPlan, settle
+from .plan import Plan
+from .settle import SettledDeal
 
 GRACE = 2.0  # seconds to wait for other nodes' counts before reading footers remotely
 LANDING = 30.0  # ... and for a download of the node's under way (a stalled one does not hold the reader)
-WATCH_EVERY = 0.1  # seconds between looks for landed downloads and shared counts while reading
 BATCH = 16  # remote footers read at once
 
 
 class Tally:
-    """``K`` of one epoch's deal, a running total over the book's log, and the settled plan once every count
-    of the epoch is known."""
+    """``K`` of one epoch's deal, and the settled deal once every count of the epoch is known."""
 
     def __init__(self, deal: EpochDeal, book: CountBook) -> None:
         self.deal, self.book = deal, book
@@ -44,16 +38,16 @@ class Tally:
         self._seen = 0  # entries of book.log counted
         self._unknown = len(self._left_at)
         self.known_left = 0
-        self.plan: EpochPlan | None = None
+        self.settled: SettledDeal | None = None
 
     def length_lower(self) -> int:
         """Row groups every reader reads this epoch: exact once settled, else a lower bound (``K // R``)."""
         self.refresh()
-        return self.plan.length if self.plan is not None else self.known_left // self.deal.world_size
+        return self.settled.length if self.settled is not None else self.known_left // self.deal.world_size
 
-    def refresh(self) -> None:
-        """Count what the book learned since the last call; settle once every count is known."""
-        log = self.book.log
+    def refresh(self) -> bool:
+        """Count what the book learned since the last call (True if anything); settle once every count is known."""
+        log, seen = self.book.log, self._seen
         while self._seen < len(log):
             shard = log[self._seen]
             self._seen += 1
@@ -61,72 +55,67 @@ class Tally:
             if p is not None:
                 self.known_left += len(self.deal.places(p, self.book.get(shard) or 0))
                 self._unknown -= 1
-        if self._unknown == 0 and self.plan is None:
-            self.plan = settle(self.deal, self.book.snapshot())
+        if self._unknown == 0 and self.settled is None:
+            self.settled = SettledDeal(self.deal, self.book.snapshot())
+        return self._seen > seen
 
 
 class EpochCounts(Tally):
-    """One reader's tally of one epoch, and its waits for more counts."""
+    """One reader's tally of one epoch, and its waits for more counts (see the module docstring)."""
 
-    def __init__(self, deal: EpochDeal, book: CountBook, reader: int, data_dir: Path, access: Any,
-                 retry: Any, ahead: int) -> None:
+    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan, access: Any) -> None:
         super().__init__(deal, book)
-        self.data_dir, self.access, self.retry = data_dir, access, retry
-        self.node = reader // deal.local_world_size
-        self.ahead = ahead
-        self.at = 0  # index into the node's piece of the shard being read (for what to ask first)
+        self.plan, self.access = plan, access
+        self.node = plan.ranks.rank // deal.local_world_size
+        self.at = 0  # index into the node's piece of the shard being read (what to ask for first)
+        self._learned = asyncio.Event()
 
-    def safe(self) -> int:
-        """Row groups of its piece the node may read now (all of the settled share once settled)."""
-        self.refresh()
-        if self.plan is not None:
-            return self.deal.local_world_size * self.plan.length
-        return self.deal.safe(self.known_left)
+    def refresh(self) -> bool:
+        if super().refresh():
+            self._learned.set()
+            return True
+        return False
 
     async def until_safe(self, j: int) -> bool:
         """Wait until row group ``j`` of the node's piece may be read: True; False once the epoch is settled
-        (the reader then goes on by the settled plan)."""
-        await self._wait(lambda: self.plan is not None or j < self.deal.safe(self.known_left))
-        return self.plan is None
+        (the reader then goes on by the settled deal)."""
+        await self._wait(lambda: self.settled is not None or j < self.deal.safe(self.known_left))
+        return self.settled is None
 
-    async def settled(self) -> EpochPlan:
-        """The settled plan, waiting for every count of the epoch."""
-        await self._wait(lambda: self.plan is not None)
-        assert self.plan is not None
-        return self.plan
+    async def settle(self) -> SettledDeal:
+        """The settled deal, waiting for every count of the epoch."""
+        await self._wait(lambda: self.settled is not None)
+        assert self.settled is not None
+        return self.settled
 
-    async def _wait(self, ok: Any) -> None:
+    async def _wait(self, ok: Callable[[], bool]) -> None:
         self.refresh()
         since = time.monotonic()
         while not ok():
-            own = self._own_next()
-            await self.book.look(own)
-            self.refresh()
-            if ok():
-                return
-            landing = any(part_path(self.data_dir / self.book.files[s].path).exists() for s in own)
+            landing = any(part_path(self.plan.folder / self.book.files[s].path).exists() for s in self._own_next())
             grace = LANDING if landing else GRACE if self.deal.nodes > 1 else 0.0
-            if time.monotonic() - since >= grace:
-                await self.book.read_remote(self._priority()[:BATCH], self.access, self.retry)
-                self.refresh()
-                continue
-            await asyncio.sleep(FETCH_EVERY / 2)
+            left = grace - (time.monotonic() - since)
+            if left <= 0:
+                await self.book.read_remote(self._priority()[:BATCH], self.access, self.plan.options.retry)
+            else:
+                self._learned.clear()
+                with contextlib.suppress(asyncio.TimeoutError):  # woken by what ``watch`` learns
+                    await asyncio.wait_for(self._learned.wait(), min(left, 1.0))
             self.refresh()
 
     async def watch(self) -> None:
-        """While the reader reads (a task of the producer's): learn the counts of its node's next shards as
-        their downloads land, and what the census file and the sharers tell, so the bound keeps ahead and
-        the other nodes hear of this node's counts at once."""
-        while self.plan is None:
-            landed = [s for s in self._own_next() if (self.data_dir / self.book.files[s].path).exists()]
+        """While the reader reads: learn the counts of the node's next shards as they land, and what the counts
+        file and the sharers tell (polled: see the module docstring)."""
+        while self.settled is None:
+            landed = [s for s in self._own_next() if (self.plan.folder / self.book.files[s].path).exists()]
             await self.book.look(landed)
             self.refresh()
-            await asyncio.sleep(WATCH_EVERY)
+            await asyncio.sleep(FETCH_EVERY)
 
     def _own_next(self) -> list[int]:
         piece = self.deal.piece(self.node)
         nxt = [self.deal.order[p] for p in piece[self.at:]]
-        return [s for s in nxt if s in self._left_at][: self.ahead + 1]
+        return [s for s in nxt if s in self._left_at][: self.plan.options.read_ahead.files + 1]
 
     def _priority(self) -> list[int]:
         """Shards whose counts are unknown, the ones the bound needs soonest first."""

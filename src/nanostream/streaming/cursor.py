@@ -1,23 +1,14 @@
-"""The ``Cursor``: what all ranks together have consumed of an epoch's global order, without row-group counts.
+"""The ``Cursor``: what all readers together have consumed of an epoch's global order, without row-group counts.
 
-A place in epoch ``e``'s global order (``order.py``) is ``(p, g)``: the ``g``-th row group, in
-that shard's row-group order, of the ``p``-th shard of the epoch's shard order. A ``Cursor``
-holds the consumed places as ``spans``, half-open ranges ``[(p, g), (q, h))`` in that
-lexicographic order (every row group of the shards strictly between ``p`` and ``q`` included),
-sorted and disjoint. Each node consumes a prefix of its piece (and of the leftovers it was
-dealt), so a cursor is a handful of spans whatever the world size, and it is made and read
-without knowing how many row groups the shards hold: only the shards a span starts or ends
-in are cut inside. ``consumed`` counts the row groups in the spans and ``shards`` the split's
-shards (a resume with other data is refused).
-
-A cursor saved before spans (``[epoch, done, extra, total]``: indices into the global order)
-still loads: it keeps that form in ``legacy`` and becomes spans once the counts are known
-(``from_indices``).
+A place ``(p, g)`` is row group ``g`` (in that shard's row-group order) of the ``p``-th shard of the
+epoch's shard order (``order.py``). A cursor holds the consumed places as ``spans``: sorted, disjoint,
+half-open ranges ``[(p, g), (q, h))`` in lexicographic order. Only the shards a span starts or ends in
+are cut inside, so a cursor is made and read without knowing the other shards' counts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Span = tuple[int, int, int, int]  # consumed [(p, g), (q, h)): shard position p..q of the order, row-group position g..h
 
@@ -30,23 +21,15 @@ class Cursor:
     spans: tuple[Span, ...] = ()
     consumed: int = 0  # row groups of this epoch's order consumed by all ranks together
     shards: int = 0  # shards in the split when it was made (0: not recorded)
-    legacy: tuple[int, tuple[int, ...], int] | None = field(default=None, compare=False)  # (done, extra, total)
 
     def to_list(self) -> list:
-        """A plain-list form for checkpoints (``torch.load(weights_only=True)``, JSON)."""
-        if self.legacy is not None:
-            done, extra, total = self.legacy
-            return [self.epoch, done, list(extra), total]
+        """A plain-list form for checkpoints (JSON, ``torch.load(weights_only=True)``)."""
         return [self.epoch, [list(s) for s in self.spans], self.consumed, self.shards]
 
     @classmethod
     def from_list(cls, value: list) -> Cursor:
-        epoch, second, third, fourth = value
-        if isinstance(second, int):  # the form before spans: global-order indices
-            extra = tuple(int(i) for i in third)
-            return cls(int(epoch), (), int(second) + len(extra), 0, legacy=(int(second), extra, int(fourth)))
-        spans = tuple(_span(s) for s in second)
-        return cls(int(epoch), spans, int(third), int(fourth))
+        epoch, spans, consumed, shards = value
+        return cls(int(epoch), tuple(_span(s) for s in spans), int(consumed), int(shards))
 
     def covers(self, p: int, g: int) -> bool:
         """Is row group position ``g`` of shard position ``p`` consumed?"""
@@ -87,30 +70,3 @@ def run_span(first: tuple[int, int], last: tuple[int, int], count_of_last: int) 
     p, g = last
     end = (p + 1, 0) if g + 1 >= count_of_last else (p, g + 1)
     return (*first, *end)
-
-
-def from_indices(done: int, extra: tuple[int, ...], sizes: list[int]) -> tuple[Span, ...]:
-    """The spans of a cursor saved before spans: global-order indices ``[0, done)`` and ``extra``, with
-    ``sizes`` the row groups of each shard position of the epoch's order."""
-    starts, at = [], 0
-    for n in sizes:
-        starts.append(at)
-        at += n
-
-    def place(i: int) -> tuple[int, int]:
-        lo, hi = 0, len(starts) - 1
-        while lo < hi:  # the last shard position starting at or before i (empty shards skipped)
-            mid = (lo + hi + 1) // 2
-            if starts[mid] <= i:
-                lo = mid
-            else:
-                hi = mid - 1
-        while sizes[lo] == 0:
-            lo += 1
-        return lo, i - starts[lo]
-
-    spans: list[Span] = []
-    for a, b in ([(0, done)] if done else []) + [(i, i + 1) for i in extra]:
-        p, g = place(a)
-        spans.append(run_span((p, g), place(b - 1), sizes[place(b - 1)[0]]))
-    return merge(spans)

@@ -1,38 +1,33 @@
-"""One reader's epoch: its node's piece as far as the bound lets it, then the rest by the settled plan.
+"""One reader's epoch: its node's piece as far as the bound lets it, then the rest by the settled deal.
 
-``EpochWalk.read`` decides which row groups of which shard the reader hands over next, in order,
-and when it waits for row-group counts (``counting.py``); the producer (``producer.py``: the
-reader thread, the queue) opens the files and hands the row groups over (``Emitter``). Before
-the settlement a shard's count comes from its footer, downloaded if need be (the node reads it
-anyway), and each row group waits at the bound (a gate); once settled, the reader goes on by
-``EpochPlan.sequence`` from where it is. Also where a resumed ``Position`` is in an epoch
-(``resume_taken``, ``resume_index``), and the node's future order for evictions under a
-``cache_limit`` (``horizon.py``: one per stream, published before each file is asked for, with
-unknown counts estimated by the mean of those known).
+``EpochWalk.read`` decides which row groups of which shard the reader hands over next, and when it waits
+for counts (``counting.py``); the producer opens the files and hands the row groups over (``emit_shard``).
+Before the settlement a shard's count comes from its footer (the node downloads the shard anyway) and
+each row group waits at the bound; once settled, the reader goes on by ``SettledDeal.sequence``. The file
+provider hears where the reader is before each file it asks for (``reader_at``: what a cache evicts by).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol, TypeVar
 
 from ..errors import ConfigError
 from ..sources.counts import CountBook
 from ..sources.footers import local_count
 from .counting import EpochCounts
 from .cursor import Cursor
-from .horizon import Horizon
+from .files import FolderFiles
 from .order import EpochDeal, NeedCounts
 from .plan import Plan, Position
-from .settle import reader_place, settle
-from .supply import ShardSource, file_id
+from .reader import file_id
+from .settle import reader_place
 
 log = logging.getLogger(__name__)
 Gate = Callable[[int], Awaitable[bool]]
+T = TypeVar("T")
 
 
 class Emitter(Protocol):
@@ -41,43 +36,61 @@ class Emitter(Protocol):
 
     length: int
 
-    async def emit_shard(self, source: ShardSource, epoch: int, shard: int, groups: list[int], first: int,
-                         upcoming: list[int], base: Cursor | None, gate: Gate | None = None) -> int: ...
+    async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
+                         base: Cursor | None, gate: Gate | None = None) -> int: ...
+
+
+async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int, int]], T]) -> T:
+    """``answer(counts)``, learning the counts it needs first (``NeedCounts``) until it can tell."""
+    while True:
+        try:
+            return answer(book.snapshot())
+        except NeedCounts as exc:
+            await book.require(list(exc.shards), plan.access(), plan.options.retry)
+
+
+def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int, int]) -> int:
+    """How many of its row groups reader ``rank`` had taken at ``position`` (checked against the deal;
+    ``NeedCounts`` if the counts do not tell yet)."""
+    try:
+        if position.taken > 0:
+            p, g = reader_place(deal, rank, position.taken - 1, counts)
+            if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == (position.shard, position.row_group):
+                return position.taken
+    except IndexError:
+        pass
+    raise ConfigError(f"resume position {position}: row group {position.row_group} of shard {position.shard} is "
+                      f"not one rank {rank} reads in epoch {position.epoch}; resume with the same data, Ranks, "
+                      "shuffle and seed")
 
 
 class EpochWalk:
     """One reader's way through its epochs (see the module docstring)."""
 
-    def __init__(self, plan: Plan, book: CountBook, source: ShardSource, out: Emitter) -> None:
-        self.plan, self.book, self.source, self.out = plan, book, source, out
-        # the reader's future order for evictions under a cache_limit, on the run's clock (one per stream)
-        self.horizon = Horizon(plan, book) if source.budget is not None else None
+    def __init__(self, plan: Plan, book: CountBook, files: FolderFiles, out: Emitter) -> None:
+        self.plan, self.book, self.files, self.out = plan, book, files, out
 
-    async def deal(self, epoch: int, base: Cursor | None) -> EpochDeal:
-        while True:
-            try:
-                return self.plan.epoch_deal(epoch, base, self.book.snapshot())
-            except NeedCounts as exc:  # a cursor saved before spans: every count first
-                await self.book.require(list(exc.shards), self.source.access, self.plan.retry)
+    async def taken_at(self, deal: EpochDeal, start: Position) -> int:
+        return await with_counts(self.book, self.plan, lambda c: taken_at(deal, self.plan.ranks.rank, start, c))
 
     async def read(self, epoch: int, deal: EpochDeal, counts: EpochCounts, skip: int) -> None:
         """The reader's row groups of one epoch: its node's piece as far as the bound lets it (while counts
-        arrive), then the rest by the settled plan."""
-        p, source = self.plan, self.source
-        L, node, i = deal.local_world_size, p.rank // deal.local_world_size, p.rank % deal.local_world_size
+        arrive), then the rest by the settled deal."""
+        p, files = self.plan, self.files
+        ahead = p.options.read_ahead.files
+        L, node, i = deal.local_world_size, p.ranks.rank // deal.local_world_size, p.ranks.rank % deal.local_world_size
         taken = skip  # the reader's row groups handed over (or skipped by a resume) this epoch
-        horizon = self.horizon
         counts.refresh()
-        self.out.length = counts.plan.length if counts.plan is not None else -1
-        if counts.plan is None:
+        self.out.length = counts.settled.length if counts.settled is not None else -1
+        if counts.settled is None:
             piece, offset = deal.piece(node), 0
             for k, pos in enumerate(piece):
                 counts.at = k
                 shard = deal.order[pos]
-                upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + p.fetch_ahead]]
+                upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + ahead]]
                 skipping = (offset + (i - offset) % L) // L < taken  # a resume may have read all of it
-                if horizon is not None and not skipping:  # before the download that may count it (a demand)
-                    await self._publish(epoch, deal, taken)
+                if not skipping:  # before the download that may count it
+                    await files.reader_at(epoch, taken, deal)
                 n = await self._count(shard, upcoming, skipping)
                 places = deal.places(pos, n)
                 todo = [(j, deal.row_group(pos, places[j - offset], n))
@@ -85,90 +98,54 @@ class EpochWalk:
                 offset += len(places)
                 if not todo:
                     continue
-                if horizon is not None:  # again, by its count now (the budget skips a future that did not change)
-                    await self._publish(epoch, deal, taken)
+                await files.reader_at(epoch, taken, deal)  # again, with its count known now
 
                 async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
                     return await counts.until_safe(todo[m][0])
 
-                done = await self.out.emit_shard(source, epoch, shard, [g for _, g in todo], taken, upcoming,
-                                                 deal.base, gate)
+                done = await self.out.emit_shard(epoch, shard, [g for _, g in todo], taken, upcoming, deal.base, gate)
                 taken += done
                 if done < len(todo):
-                    break  # settled meanwhile: go on by the plan
-        plan = await counts.settled()
-        self.out.length = plan.length
-        if horizon is not None:
-            horizon.settled(epoch, plan.length)
-        runs = shard_runs(plan.sequence(p.rank), taken)
+                    break  # settled meanwhile: go on by the settled deal
+        settled = await counts.settle()
+        self.out.length = settled.length
+        runs = shard_runs(settled.sequence(p.ranks.rank), taken)
         for k, (shard, first, groups) in enumerate(runs):
-            upcoming: dict[int, None] = {}
-            for r in itertools.islice(runs, k + 1, None):
-                if len(upcoming) >= p.fetch_ahead:
-                    break
-                if r[0] != shard:
-                    upcoming[r[0]] = None
-            if horizon is not None:  # the reader's future order, for every stream's evictions
-                await source.publish(await asyncio.to_thread(horizon.future, epoch, plan, first))
-            await self.out.emit_shard(source, epoch, shard, groups, first, list(upcoming), deal.base)
-
-    async def _publish(self, epoch: int, deal: EpochDeal, taken: int) -> None:
-        """Before the settlement: this reader's future order, by the counts known so far, the others estimated
-        (``horizon.py``), published before it asks for its next file."""
-        assert self.horizon is not None
-        await self.source.publish(await asyncio.to_thread(self.horizon.early_future, epoch, deal.base, taken))
+            upcoming = _next_shards(runs, k, ahead)
+            await files.reader_at(epoch, first, deal, settled)
+            await self.out.emit_shard(epoch, shard, groups, first, upcoming, deal.base)
 
     async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
         """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;
         ``skipping``: a resume may have read all of it already, so its footer alone is asked for)."""
-        source = self.source
-        n = self.book.get(shard)
+        files, book = self.files, self.book
+        n = book.get(shard)
         if n is None:
-            await self.book.look([shard])
-            n = self.book.get(shard)
+            await book.look([shard])
+            n = book.get(shard)
         if n is None and skipping:
-            n = (await self.book.require([shard], source.access, self.plan.retry))[shard]
+            n = (await book.require([shard], files.access, self.plan.options.retry))[shard]
         if n is None:  # the node reads it anyway: its footer comes with it
-            hold = await source.get(shard, upcoming)
+            lock = await files.hold(shard, upcoming)
             try:
-                n = await asyncio.to_thread(local_count, hold.path, source.remote_known(shard))
+                n = await asyncio.to_thread(local_count, lock.path, files.remote(shard))
                 if n is None:  # unreadable: fetched once more (as a read would)
-                    old, hold = hold, None
+                    old, lock = lock, None
                     seen = file_id(old.path)
                     old.release()
                     log.warning("%s is not a readable parquet file; fetching it again", old.path)
-                    hold = await source.replace(shard, seen)
-                    n = await asyncio.to_thread(local_count, hold.path, False)
+                    lock = await files.refetch(shard, seen)
+                    n = await asyncio.to_thread(local_count, lock.path, False)
             finally:
-                if hold is not None:
-                    hold.release()
+                if lock is not None:
+                    lock.release()
             assert n is not None
-            self.book.learn(shard, n, f"the footer of {self.plan.data_dir / self.plan.files[shard].path}")
-        landed = [s for s in upcoming if self.book.get(s) is None and source.path(s).exists()]
+            book.learn(shard, n, f"the footer of {self.plan.folder / self.plan.files[shard].path}")
+        landed = [s for s in upcoming if book.get(s) is None and files.path(s).exists()]
         if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
-            await self.book.look(landed)
-        await self.book.sync()
+            await book.look(landed)
+        await book.sync()
         return n
-
-    async def resume_taken(self, deal: EpochDeal, start: Position) -> int:
-        """How many of its row groups the reader had taken at ``start``: ``start.taken``, checked against the
-        deal, else found in the settled plan."""
-        key = (start.shard, start.row_group)
-        while True:
-            counts = self.book.snapshot()
-            try:
-                if start.taken > 0:
-                    p, g = reader_place(deal, self.plan.rank, start.taken - 1, counts)
-                    if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == key:
-                        return start.taken
-                seq = settle(deal, counts).sequence(self.plan.rank)
-                return resume_index(seq, start, self.plan.data_dir)
-            except NeedCounts as exc:
-                await self.book.require(list(exc.shards), self.source.access, self.plan.retry)
-            except IndexError:
-                return resume_index(settle(deal, await self.book.require(
-                    [deal.order[q] for q in deal.left], self.source.access, self.plan.retry)).sequence(self.plan.rank),
-                    start, self.plan.data_dir)
 
 
 def shard_runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
@@ -182,14 +159,12 @@ def shard_runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, li
     return runs
 
 
-def resume_index(seq: list[tuple[int, int]], start: Position, data_dir: Path) -> int:
-    """How many of ``seq`` the reader had taken at ``start`` (found by ``taken``, else searched)."""
-    key = (start.shard, start.row_group)
-    if 0 < start.taken <= len(seq) and seq[start.taken - 1] == key:
-        return start.taken
-    try:
-        return seq.index(key) + 1
-    except ValueError:
-        raise ConfigError(f"resume position {start}: row group {start.row_group} of shard {start.shard} in "
-                          f"{data_dir} is not one this rank reads in epoch {start.epoch}; resume with the same "
-                          "rank, world_size, local_world_size, shuffle and seed (or from a Cursor)") from None
+def _next_shards(runs: list[tuple[int, int, list[int]]], k: int, n: int) -> list[int]:
+    """The first ``n`` shards after run ``k`` other than its own."""
+    out: list[int] = []
+    for j in range(k + 1, len(runs)):
+        if len(out) >= n:
+            break
+        if runs[j][0] != runs[k][0] and runs[j][0] not in out:
+            out.append(runs[j][0])
+    return out

@@ -1,26 +1,15 @@
-"""A weighted mix of sources as one stream: each source's own stream, interleaved by a byte-share schedule.
+"""A weighted mix of sources as one stream: each source's own stream, interleaved by a byte-share ``Schedule``.
 
-``stream(split, mix=[Source(...), ...])`` returns a ``MixStream``. Every source keeps its
-own order: its shuffle per epoch and its own deal of row groups to ranks and nodes,
-with equal work per source (``order.py``), so a node downloads only its share of each
-source. The mix yields whole row groups (``Batch.source`` says whose); the next one
-comes from the source furthest below its share of the text yielded so far, in UTF-8
-bytes (``Schedule``: deterministic, ties to the first source). A source that runs out
-starts its next epoch, in its own next order, while the others go on (a small source
-is upsampled); with ``epochs=N`` the mix ends once every source has completed ``N``
-epochs, ``epochs=None`` never. Ranks follow the same rule on their own row groups, so
-with documents of different sizes their batch counts may differ by a few: equal
-batches on every rank are ``TokenDataset``'s (it mixes by rows of tokens).
-
-Resume: ``ms.state()`` after a batch is a ``MixStart`` (each source's ``Position`` and
-the bytes per source); ``stream(..., mix=..., start=state)`` continues exactly after
-it (same layout). ``ms.cursor()`` gives each source's global ``Cursor`` instead, to
-resume at another world size; changed weights at a resume take effect from there.
+Every source keeps its own order, deal and epochs (a small source starts its next epoch while the others
+go on); the next row group comes from the source furthest below its share of the text yielded so far, in
+UTF-8 bytes. With ``epochs=N`` the mix ends once every source has completed ``N`` epochs. docs/mixing.md
+has the rules; ``TokenDataset`` mixes by rows of tokens instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pyarrow.compute as pc
@@ -28,45 +17,8 @@ import pyarrow.compute as pc
 from ..config import Config
 from ..errors import ConfigError, DatasetError, ShardError
 from ..sources.spec import Source, check_folders, normalized
-from .order import Cursor
-from .plan import Batch, Chunk, Options, Position
-from .single import Stream, source_plan
-
-
-@dataclass(frozen=True)
-class MixStart:
-    """Where a mix is: per source, the position after its last batch (a ``Position``, or a ``Cursor`` for
-    a resume at another world size, or None: not started), and the text bytes each source has yielded."""
-
-    positions: tuple[Position | Cursor | None, ...]
-    yielded: tuple[int, ...]
-
-    def to_list(self) -> list:
-        """Plain lists, for checkpoints."""
-        out = []
-        for p in self.positions:
-            if isinstance(p, Cursor):
-                out.append(["cursor", p.to_list()])
-            elif isinstance(p, Position):
-                out.append(["position", [p.epoch, p.shard, p.row_group, p.taken,
-                                         None if p.base is None else p.base.to_list()]])
-            else:
-                out.append(None)
-        return [out, list(self.yielded)]
-
-    @classmethod
-    def from_list(cls, value: list) -> MixStart:
-        raw, yielded = value
-        positions: list[Position | Cursor | None] = []
-        for item in raw:
-            if item is None:
-                positions.append(None)
-            elif item[0] == "cursor":
-                positions.append(Cursor.from_list(item[1]))
-            else:
-                e, s, g, t, base = item[1]
-                positions.append(Position(int(e), int(s), int(g), int(t), None if base is None else Cursor.from_list(base)))
-        return cls(tuple(positions), tuple(int(b) for b in yielded))
+from .plan import Batch, Chunk, Options
+from .single import Stream, open_stream, resume_start
 
 
 class Schedule:
@@ -87,38 +39,35 @@ class Schedule:
 
 def text_bytes(chunk: Chunk) -> int:
     """UTF-8 bytes of the documents of a row group (its text column), without making Python strings."""
-    n = pc.sum(pc.binary_length(chunk.column)).as_py()
-    return int(n or 0)
+    return int(pc.sum(pc.binary_length(chunk.column)).as_py() or 0)
 
 
-def mix_stream(sources: tuple[Source, ...], opts: Options, cfg: Config, start: Any) -> MixStream:
-    """The ``MixStream`` of ``sources`` (each source's stream endless: the mix counts the epochs)."""
-    if start is not None and not isinstance(start, MixStart):
-        raise ConfigError(f"start= of a mix must be a MixStart (MixStream.state() or .cursor()), got {start!r}")
-    if start is not None and len(start.positions) != len(sources):
-        raise ConfigError(f"start= holds {len(start.positions)} sources, the mix has {len(sources)}")
-    endless = replace(opts, epochs=None)
-    plans = []
+def open_mix(sources: tuple[Source, ...], options: Options, config: Config,
+             state: Mapping[str, Any] | None = None) -> MixStream:
+    """The ``MixStream`` of ``sources`` from ``state`` (a ``MixStream.state_dict()``; None: the start)."""
+    if state is not None and (not isinstance(state, Mapping) or len(state.get("sources", ())) != len(sources)):
+        raise ConfigError(f"resume= of a mix of {len(sources)} sources takes its MixStream.state_dict(), "
+                          f"got {state!r:.200}")
+    endless = replace(options, epochs=None)  # the mix counts the epochs
+    streams = []
     for k, src in enumerate(sources):
         try:
-            plans.append(source_plan(src, endless, cfg, start.positions[k] if start is not None else None))
+            start = resume_start(src, endless, config, state["sources"][k]) if state is not None else None
+            streams.append(open_stream(src, endless, config, start))
         except (ConfigError, ShardError) as exc:
             raise DatasetError(f"mix source {k} ({src.label}): {exc}") from exc
-    check_folders(sources, [p.data_dir for p in plans])
-    return MixStream([Stream(p) for p in plans], sources, opts.epochs, start)
+    check_folders(sources, [s.plan.folder for s in streams])
+    return MixStream(streams, sources, options.epochs, state)
 
 
 class MixStream:
-    """Async iterator of the ``Batch``es of a mix; also an async context manager. Single use."""
+    """Async iterator of the ``Batch``es of a mix (``batch.source``: whose); also an async context manager."""
 
     def __init__(self, streams: list[Stream], sources: tuple[Source, ...], epochs: int | None,
-                 start: MixStart | None) -> None:
+                 state: Mapping[str, Any] | None) -> None:
         self.streams, self.sources, self.epochs = streams, sources, epochs
-        self.weights = normalized(sources)
-        self.schedule = Schedule(self.weights, start.yielded if start is not None else None)
-        self.positions: list[Position | Cursor | None] = list(start.positions) if start is not None \
-            else [None] * len(streams)
-        self._done: list[int] | None = None  # epochs each source has completed
+        self.schedule = Schedule(normalized(sources), tuple(state["yielded"]) if state is not None else None)
+        self._done = [s.plan.first_epoch() for s in streams]  # epochs each source has completed
 
     def __aiter__(self) -> MixStream:
         return self
@@ -127,9 +76,7 @@ class MixStream:
         return (await self.next_chunk()).batch()
 
     async def next_chunk(self) -> Chunk:
-        """The next row group of the mix, still in Arrow memory (``chunk.source`` says whose)."""
-        if self._done is None:  # epochs each source has completed at the start
-            self._done = [p.epoch if p is not None else 0 for p in self.positions]
+        """The next row group of the mix, still in Arrow memory."""
         if self.epochs is not None and min(self._done) >= self.epochs:
             raise StopAsyncIteration
         k = self.schedule.next()
@@ -139,21 +86,14 @@ class MixStream:
             if self.epochs is not None and min(self._done) >= self.epochs:
                 raise StopAsyncIteration  # the mix was over before this row group
         self.schedule.add(k, text_bytes(chunk))
-        self.positions[k] = Position(chunk.epoch, chunk.shard, chunk.row_group, chunk.taken, chunk.base)
         if chunk.last:
             self._done[k] = chunk.epoch + 1
-        return Chunk(chunk.column, chunk.path, chunk.shard, chunk.row_group, chunk.epoch, chunk.taken, chunk.base,
-                     source=k)
+        return replace(chunk, source=k)
 
-    def state(self) -> MixStart:
-        """The position after the last batch yielded: ``start=`` resumes right after it (same layout)."""
-        return MixStart(tuple(self.positions), tuple(self.schedule.taken))
-
-    def cursor(self) -> MixStart:
-        """``state()`` with each source's global ``Cursor``: ``start=`` resumes at any world size."""
-        cursors = tuple(p if isinstance(p, Cursor) else s.cursor(p)  # p: a Position, or None (not started)
-                        for s, p in zip(self.streams, self.positions, strict=True))
-        return MixStart(cursors, tuple(self.schedule.taken))
+    def state_dict(self) -> dict[str, Any]:
+        """Each source's ``Stream.state_dict()`` and the text bytes each has yielded: ``resume=`` continues right
+        after the last batch (exactly at the same ``Ranks``, elastically at another)."""
+        return {"sources": [s.state_dict() for s in self.streams], "yielded": list(self.schedule.taken)}
 
     async def aclose(self) -> None:
         for s in self.streams:

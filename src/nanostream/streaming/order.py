@@ -1,38 +1,12 @@
-"""An epoch's global order and the deal: who reads which row group, with equal work, before every count is known.
+"""An epoch's global order and its deal (``EpochDeal``): who reads which row group before every count is known.
 
-The **global order** of epoch ``e`` is every row group of the split: the shards in
-``shard_order`` (shuffled per epoch with ``shuffle``), each shard's row groups in
-``row_group_order``. It depends on the split, ``shuffle``, ``seed`` and ``e`` only -- not
-on the world size -- so a ``Cursor`` (``cursor.py``) means the same on every rank of every
-run. Place ``(p, g)`` is row-group position ``g`` of the ``p``-th shard of that order.
-
-**The deal** (``EpochDeal``), in two steps, so that a reader starts at once:
-
-1. *Pieces, known without any footer.* The shards left of the order (all of them, or those a
-   ``Cursor`` has not wholly consumed) are cut by *shard count* into one contiguous piece per
-   node, in node order (``node_shares``: ``S // N``, the first ``S % N`` one more). Within a
-   node, the ``j``-th row group of its piece (a running count across the piece's shards) goes
-   to local reader ``j % L``. A node downloads its piece's shards: ``ceil(S / N)``.
-2. *Settlement, once every count is known* (``settle.py``: ``EpochPlan``). Each of the ``R``
-   readers reads ``length = T // R`` row groups (``ceil`` with ``drop_last=False``), so each
-   node ``Q = L * length``; a node whose piece holds more hands the rest (its tail) to the nodes
-   whose pieces hold fewer. At most ``R - 1`` row groups are left out (or repeated).
-
-Before the settlement a reader reads row group ``j`` of its node's piece only while
-``j < L * (K // R)`` (``EpochDeal.safe``), ``K`` being the row groups counted so far (a
-count not known counts as 0): then ``j < Q`` whatever the other counts turn out to be, so
-what it read is what the settled plan gives it. Its own shards' footers arrive with their
-downloads, the others' from the nodes that download them (``sources/counts.py``), so in a
-run whose nodes go at the same pace the bound stays ahead of every reader; past it a reader
-waits for counts. A reader that would read nothing in a fresh epoch is a ``ConfigError`` on
-every reader (raised at settlement, before any of them can read past the bound).
-
-Worked example: 2 nodes x 2 ranks x 2 workers (8 readers, 4 a node); the epoch's order is
-shards A B C D of 8 row groups. Node 0 gets A B, node 1 C D (``length`` 4, no leftovers);
-reader ``j`` of a node reads places ``j, j+4, ...`` of its piece: rank 0 worker 0 reads
-A0 A4 B0 B4, rank 2 worker 0 C0 C4 D0 D4. With 9 shards of 4 on 2 nodes of 3 readers, node 0
-gets shards 0-4 (20 row groups), node 1 shards 5-8 (16): ``length`` 6, ``Q`` 18, so node 0
-stops after 18 and node 1 reads the last two of shard 4 besides its own.
+The global order of an epoch is every row group of the split: the shards in ``shard_order``, each
+shard's row groups in ``row_group_order``. It depends on the split, ``shuffle``, ``seed`` and the epoch
+only, never on the world size, so a ``Cursor`` means the same in every run. The deal cuts what is
+left of the order into one piece per node by shard count, the ``j``-th row group of a node's piece
+going to its local reader ``j % L``; before the settlement (``settle.py``) a node reads row group
+``j`` of its piece only while ``j < L * (K // R)`` (``safe``). docs/multi-node.md has the rules,
+the bound's proof and a worked example.
 """
 
 from __future__ import annotations
@@ -41,7 +15,8 @@ import random
 from collections.abc import Mapping
 
 from ..errors import ConfigError
-from .cursor import Cursor, Span, from_indices, merge, run_span
+from .cursor import Cursor, Span, merge, run_span
+from .ranks import Ranks
 
 Place = tuple[int, int]  # (position in the epoch's shard order, position in that shard's row-group order)
 
@@ -75,18 +50,15 @@ def node_shares(total: int, nodes: int) -> list[int]:
 
 
 class EpochDeal:
-    """Epoch ``epoch``'s deal before the counts: pieces per node, the bound, and the settlement."""
+    """Epoch ``epoch``'s deal before the counts: the pieces per node, and the bound."""
 
-    def __init__(self, shards: tuple[int, ...], epoch: int, *, shuffle: bool, seed: int, world_size: int,
-                 local_world_size: int, drop_last: bool = True, base: Cursor | None = None,
-                 counts: Mapping[int, int] | None = None) -> None:
-        self.epoch, self.shuffle, self.seed, self.drop_last = epoch, shuffle, seed, drop_last
-        self.world_size, self.local_world_size = world_size, local_world_size
-        self.nodes = world_size // local_world_size
+    def __init__(self, shards: tuple[int, ...], epoch: int, ranks: Ranks, *, shuffle: bool, seed: int,
+                 base: Cursor | None = None) -> None:
+        self.epoch, self.shuffle, self.seed, self.drop_last = epoch, shuffle, seed, ranks.drop_last
+        self.world_size, self.local_world_size = ranks.world_size, ranks.local_world_size
+        self.nodes = ranks.nodes
         self.order = shard_order(tuple(shards), epoch, shuffle, seed)
         base = base if base is not None and base.epoch == epoch else None
-        if base is not None and base.legacy is not None:
-            base = self._from_legacy(base, counts or {})
         if base is not None and ((base.shards and base.shards != len(self.order))
                                  or any(s[2] > len(self.order) for s in base.spans)):
             raise self._misfit(base)
@@ -102,17 +74,6 @@ class EpochDeal:
     def _misfit(self, base: Cursor) -> ConfigError:
         return ConfigError(f"resume cursor {base} does not fit epoch {self.epoch} of this split ({len(self.order)} "
                            "shards): resume with the same shards, shuffle and seed")
-
-    def _from_legacy(self, base: Cursor, counts: Mapping[int, int]) -> Cursor:
-        missing = [s for s in self.order if s not in counts]
-        if missing:
-            raise NeedCounts(missing)
-        assert base.legacy is not None
-        done, extra, total = base.legacy
-        sizes = [counts[s] for s in self.order]
-        if total != sum(sizes) or done > total or any(i >= total for i in extra):
-            raise self._misfit(base)
-        return Cursor(base.epoch, from_indices(done, extra, sizes), done + len(extra), len(self.order))
 
     # -- what each node has, known without counts -----------------------------------------------
     def piece(self, node: int) -> list[int]:

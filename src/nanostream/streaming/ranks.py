@@ -1,21 +1,45 @@
-"""Who this reader is: rank, world size and node, from torch.distributed or torchrun, with workers folded in.
+"""``Ranks``: who reads (rank, world size, ranks per node) and ``drop_last``, detected from torch.distributed or torchrun.
 
-Readers are ranks, with DataLoader workers folded in below them (``worker_stride``:
-worker ``w`` of ``k`` on rank ``r`` is reader ``r*k + w`` of ``world*k``; a node of ``L``
-ranks then has ``L*k`` readers). Ranks are numbered node by node, as torchrun does:
-rank ``r`` is local reader ``r % L`` of node ``r // L``, with ``N = world // L`` nodes.
-``default_layout`` reads torch.distributed, else torchrun's RANK, WORLD_SIZE,
-LOCAL_WORLD_SIZE, LOCAL_RANK and GROUP_RANK (read here, next to where they are used,
-never through ``Config``: they describe the process, not the user's settings). Who
-reads which row group is ``nanostream.streaming.order``.
+Ranks are numbered node by node, as torchrun does: rank ``r`` is local rank ``r % L`` of node ``r // L``.
+DataLoader workers fold in below them (``worker_stride``). torchrun's variables are read here, not in
+``Config``: they describe the process, not the user's settings.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """The readers of a run: ``rank`` of ``world_size``, ``local_world_size`` per node (None: detected when the
+    stream is built), and ``drop_last`` (even out an epoch by leaving row groups out, else by repeating)."""
+
+    rank: int | None = None
+    world_size: int | None = None
+    local_world_size: int | None = None
+    drop_last: bool = True
+
+    @property
+    def nodes(self) -> int:
+        return self.world_size // self.local_world_size  # type: ignore[operator]
+
+    def resolved(self) -> Ranks:
+        """These ranks with every None detected (torch.distributed, else torchrun's environment, else one
+        rank), checked. torchrun's LOCAL_WORLD_SIZE is used only with its own world size."""
+        env_rank, env_world = _detected()
+        rank = env_rank if self.rank is None else self.rank
+        world = env_world if self.world_size is None else self.world_size
+        local = self.local_world_size if self.local_world_size is not None else _local(rank, world)
+        check_rank(rank, world)
+        if local < 1 or world % local:
+            raise ConfigError(f"local_world_size {local} does not divide world_size {world}: every node must run "
+                              "the same number of ranks (and DataLoader workers)")
+        return Ranks(rank, world, local, bool(self.drop_last))
 
 
 def check_rank(rank: int, world_size: int) -> None:
@@ -31,15 +55,7 @@ def worker_stride(rank: int, world_size: int, worker_id: int, num_workers: int) 
     return rank * k + worker_id, world_size * k
 
 
-def check_layout(rank: int, world_size: int, local_world_size: int) -> None:
-    """Raise ConfigError unless ``rank`` is in the world and the nodes hold equal numbers of ranks."""
-    check_rank(rank, world_size)
-    if local_world_size < 1 or world_size % local_world_size:
-        raise ConfigError(f"local_world_size {local_world_size} does not divide world_size {world_size}: "
-                          "every node must run the same number of ranks (and DataLoader workers)")
-
-
-def default_rank() -> tuple[int, int]:
+def _detected() -> tuple[int, int]:
     """(rank, world_size) from torch.distributed if initialised, else RANK/WORLD_SIZE, else (0, 1)."""
     dist = sys.modules.get("torch.distributed")  # never import torch here
     if dist is not None and dist.is_available() and dist.is_initialized():
@@ -50,33 +66,24 @@ def default_rank() -> tuple[int, int]:
         raise ConfigError(f"RANK/WORLD_SIZE must be integers ({exc})") from exc
 
 
-def default_layout(rank: int | None = None, world_size: int | None = None,
-                   local_world_size: int | None = None) -> tuple[int, int, int]:
-    """(rank, world_size, local_world_size), the given ones kept, the others from ``default_rank`` and
-    torchrun's LOCAL_WORLD_SIZE. That is used only when world_size is torchrun's own (not given, or
-    equal to WORLD_SIZE); otherwise local_world_size defaults to world_size: one node. Where torchrun
-    also sets LOCAL_RANK and GROUP_RANK, they must agree with ``rank`` being numbered node by node."""
-    env_rank, env_world = default_rank()
-    rank = env_rank if rank is None else rank
-    world_size = env_world if world_size is None else world_size
-    if local_world_size is None:
-        try:
-            env = {k: int(os.environ[k]) for k in ("LOCAL_WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE")
-                   if os.environ.get(k)}
-        except ValueError as exc:
-            raise ConfigError(f"LOCAL_WORLD_SIZE/LOCAL_RANK/GROUP_RANK must be integers ({exc})") from exc
-        local = env.get("LOCAL_WORLD_SIZE")
-        if local is None or env.get("WORLD_SIZE", world_size) != world_size:
-            local_world_size = world_size
-        else:
-            local_world_size = local
-            node, local_rank = divmod(rank, local) if local > 0 else (0, 0)
-            if env.get("LOCAL_RANK", local_rank) != local_rank or env.get("GROUP_RANK", node) != node:
-                raise ConfigError(
-                    f"RANK={rank} is not local rank LOCAL_RANK={env.get('LOCAL_RANK')} of node "
-                    f"GROUP_RANK={env.get('GROUP_RANK')} with LOCAL_WORLD_SIZE={local}: nanostream needs ranks "
-                    "numbered node by node and the same number per node; pass local_world_size= explicitly")
-    return rank, world_size, local_world_size
+def _local(rank: int, world: int) -> int:
+    """torchrun's LOCAL_WORLD_SIZE when ``world`` is its WORLD_SIZE, checked against LOCAL_RANK and GROUP_RANK;
+    else ``world`` (one node)."""
+    try:
+        env = {k: int(os.environ[k]) for k in ("LOCAL_WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE")
+               if os.environ.get(k)}
+    except ValueError as exc:
+        raise ConfigError(f"LOCAL_WORLD_SIZE/LOCAL_RANK/GROUP_RANK must be integers ({exc})") from exc
+    local = env.get("LOCAL_WORLD_SIZE")
+    if local is None or env.get("WORLD_SIZE", world) != world:
+        return world
+    node, local_rank = divmod(rank, local) if local > 0 else (0, 0)
+    if env.get("LOCAL_RANK", local_rank) != local_rank or env.get("GROUP_RANK", node) != node:
+        raise ConfigError(
+            f"RANK={rank} is not local rank LOCAL_RANK={env.get('LOCAL_RANK')} of node GROUP_RANK="
+            f"{env.get('GROUP_RANK')} with LOCAL_WORLD_SIZE={local}: nanostream needs ranks numbered node by "
+            "node and the same number per node; pass Ranks(local_world_size=...) explicitly")
+    return local
 
 
 def agent_store() -> tuple[str, int] | None:

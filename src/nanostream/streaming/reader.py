@@ -7,6 +7,7 @@ Every call blocks; the producer runs them on its reader thread.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -14,7 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CorruptShardError, MissingShardError
-from .supply import file_id
+
+
+def file_id(path: Path) -> tuple[int, int, int, int] | None:
+    """Identity of the file at ``path`` (device, inode, size, mtime), None if absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class ShardReader:

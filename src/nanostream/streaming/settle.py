@@ -1,16 +1,9 @@
-"""An epoch's settled deal (``EpochPlan``): once every row-group count of the epoch is known, who reads what.
+"""An epoch's settled deal (``SettledDeal``): once every row-group count of the epoch is known, who reads what.
 
 Each of the ``R`` readers reads ``length = T // R`` of the ``T`` row groups left (``ceil`` with
-``drop_last=False``), so each node ``Q = L * length``. A node whose piece (``order.EpochDeal``:
-cut by shard count) holds more stops after ``Q``; the rest of its piece (its tail) joins the
-leftovers, every tail in node order, and the nodes whose pieces hold fewer take the leftovers
-in that order until they have ``Q``. With ``drop_last`` the end of the leftovers is dropped
-(``T % R <= R - 1`` row groups); with ``drop_last=False`` a reader still short repeats its own
-row groups from its start (``R * length - T <= R - 1``). What a reader read before the
-settlement (within ``EpochDeal.safe``) is the start of its sequence here.
-
-``settle``, ``cursor_after`` and ``reader_place`` answer from the settled plan when every count is
-known, else from the deal alone where that can tell (``NeedCounts`` otherwise).
+``drop_last=False``); a node whose piece holds more than ``L * length`` hands its tail to the nodes
+whose pieces hold fewer. What a reader read before the settlement is the start of its sequence here.
+``cursor_after`` and ``reader_place`` answer from the deal alone where that can tell.
 """
 
 from __future__ import annotations
@@ -22,42 +15,25 @@ from .cursor import Cursor, Span, merge, run_span
 from .order import EpochDeal, NeedCounts, Place
 
 
-def settle(deal: EpochDeal, counts: Mapping[int, int]) -> EpochPlan:
-    return EpochPlan.from_deal(deal, counts)
-
-
 def cursor_after(deal: EpochDeal, taken: int, counts: Mapping[int, int]) -> Cursor:
     """The global position once every reader has taken its first ``taken`` row groups of ``deal``."""
     if not deal.missing(counts):
-        return settle(deal, counts).cursor_after(taken)
+        return SettledDeal(deal, counts).cursor_after(taken)
     return deal.early_cursor(taken, counts)
 
 
 def reader_place(deal: EpochDeal, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
     """The place of ``reader``'s row group number ``taken`` (0-based; IndexError past its share)."""
     if not deal.missing(counts):
-        return settle(deal, counts).places(reader)[taken]
+        return SettledDeal(deal, counts).places(reader)[taken]
     return deal.early_place(reader, taken, counts)
 
 
-class EpochPlan:
+class SettledDeal:
     """The settled deal of one epoch: ``sequence(reader)`` lists ``(shard, row_group)`` in read order,
-    ``length`` of them for every reader."""
+    ``length`` of them for every reader (``counts``: at least every shard left in the epoch)."""
 
-    def __init__(self, shards: tuple[int, ...], counts: Mapping[int, int], epoch: int, *, shuffle: bool,
-                 seed: int, world_size: int, local_world_size: int, drop_last: bool = True,
-                 base: Cursor | None = None) -> None:
-        deal = EpochDeal(shards, epoch, shuffle=shuffle, seed=seed, world_size=world_size,
-                         local_world_size=local_world_size, drop_last=drop_last, base=base, counts=counts)
-        self._settle(deal, counts)
-
-    @classmethod
-    def from_deal(cls, deal: EpochDeal, counts: Mapping[int, int]) -> EpochPlan:
-        plan = cls.__new__(cls)
-        plan._settle(deal, counts)
-        return plan
-
-    def _settle(self, deal: EpochDeal, counts: Mapping[int, int]) -> None:
+    def __init__(self, deal: EpochDeal, counts: Mapping[int, int]) -> None:
         missing = deal.missing(counts)
         if missing:
             raise NeedCounts(missing)

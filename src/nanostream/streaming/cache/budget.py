@@ -1,30 +1,6 @@
-"""One stream's part in a data folder's disk budget (``cache_limit``): admit downloads, evict, publish the future.
-
-The budget is the folder's. Every stream under a limit that reads the folder (the ranks and
-DataLoader workers of a node, a validation stream beside training) takes part through the
-folder's cache lock and holder files (``holders.py``); the limit applied is the smallest that
-any live stream of the folder asked for. What counts is every file under the folder as
-allocated on disk (``usage.scan``), plus, for each download admitted but not yet on disk at
-its full size, the rest of its reservation (``usage.reserve_size``).
-
-``admit(file, size, now)``: a download starts only once its reservation fits. If it does not,
-files are evicted until it does, by the known future (Belady's rule): first the files no
-reader needs again, then those needed latest (ties: least recently read). A file's next use is
-the earliest place on the run's clock that any live reader gives (``horizon.py``; a reader of
-another run counts from its own place). Only a ``data`` file (listed by the folder's record
-with a URL) or the part of a dead download may go; never a file a reader holds
-(``holders.ReadHold``), one another stream reserved, nor a local-only or unlisted file.
-
-No file goes for one needed later: a prefetch evicts only files needed after itself, and it
-leaves room for the demands other streams wait on, so prefetching goes only as far as the
-budget allows. A demand (``now``: a reader waits for the file, needed at the reader's own
-place) evicts no file that a reader behind it on the clock still needs: it waits for that
-reader to move on, so ranks that drift apart read each file once rather than evicting each
-other's next files. The reader furthest behind can always evict, so some reader always goes
-on. A reader that has not moved for ``STALLED_S`` (a stream nobody consumes) protects nothing.
-``policy="lru"`` orders victims by last read instead (the ablation in ``bench/cache_bench.py``).
-
-The smallest limit that works is ``minimum.needs``.
+"""One stream's side of a data folder's disk budget: admit a download, evicting by the readers' needs
+(Belady's rule, or ``lru`` for the ablation), release it, publish the reader's needs; and ``prune``.
+Every call blocks. The rules are docs/cache.md's "How it works".
 """
 
 from __future__ import annotations
@@ -38,7 +14,7 @@ from pathlib import Path
 from ...shards import RECORD_NAME
 from ...sources.catalog import Catalog
 from ...sources.record import read_catalog
-from .holders import Holder, HolderInfo, Needs, cache_lock, evict, live_holders
+from .claims import Claim, ClaimInfo, Needs, cache_lock, evict, live_claims
 from .usage import FolderScan, fmt, reserve_size, scan
 
 log = logging.getLogger(__name__)
@@ -50,11 +26,11 @@ class FolderBudget:
 
     def __init__(self, folder: Path, limit: int, policy: str = "belady") -> None:
         self.folder, self.limit, self.policy = folder, limit, policy
-        self.holder: Holder | None = None
+        self.claim: Claim | None = None
         self.evicted = 0  # files this stream evicted
         self.shortfall = ""  # why the last refused admission did not fit (for the waiting log)
         self._record: tuple[tuple[int, int], Catalog | None] | None = None
-        self._moved: dict[str, tuple[int, float, bool]] = {}  # holder -> (place, since when, stall said)
+        self._moved: dict[str, tuple[int, float, bool]] = {}  # claim -> (place, since when, stall said)
 
     def record(self) -> Catalog | None:
         """The folder's record, read again only when it changed."""
@@ -67,10 +43,10 @@ class FolderBudget:
             self._record = (key, read_catalog(self.folder))
         return self._record[1]
 
-    def _own(self) -> Holder:
-        if self.holder is None:
-            self.holder = Holder(self.folder, self.limit, self.policy)
-        return self.holder
+    def _own(self) -> Claim:
+        if self.claim is None:
+            self.claim = Claim(self.folder, self.limit, self.policy)
+        return self.claim
 
     def admit(self, rel: str, size: int, now: bool) -> bool:
         """Reserve room for downloading ``rel`` (``size`` bytes), evicting as needed; False if it does not
@@ -78,11 +54,11 @@ class FolderBudget:
         need = reserve_size(size)
         with cache_lock(self.folder):
             mine = self._own()
-            view, others = scan(self.folder, self.record()), live_holders(self.folder, skip=mine.name)
+            view, others = scan(self.folder, self.record()), live_claims(self.folder, skip=mine.name)
             if view.kinds.get(rel) is not None and rel not in view.parts:
                 return True  # already there (finished by another process)
-            holders = [*others, mine.info]
-            reserved = _reserved(holders)
+            claims = [*others, mine.info]
+            reserved = _reserved(claims)
             limit = min([self.limit, *(o.limit for o in others if o.limit is not None)])
             used = view.total + sum(max(0, b - view.on_disk(r)) for r, b in reserved.items())
             extra = max(0, need - max(view.on_disk(rel), reserved.get(rel, 0)))
@@ -91,7 +67,7 @@ class FolderBudget:
                 room -= sum(max(0, b - view.on_disk(r)) for o in others for r, b in o.waiting.items()
                             if r not in reserved and r != rel)
             if extra > room:
-                room = self._evict_for(rel, extra, room, now, view, holders, reserved)
+                room = self._evict_for(rel, extra, room, now, view, claims, reserved)
             if extra <= room:
                 mine.info.reserved[rel] = need
                 mine.info.waiting.pop(rel, None)
@@ -102,13 +78,13 @@ class FolderBudget:
                 mine.write()
             return False
 
-    def _evict_for(self, rel: str, extra: int, room: int, now: bool, view: FolderScan, holders: list[HolderInfo],
+    def _evict_for(self, rel: str, extra: int, room: int, now: bool, view: FolderScan, claims: list[ClaimInfo],
                    reserved: dict[str, int]) -> int:
         """Evict (``victims``) until ``extra`` more bytes fit for ``rel``; the room then. If they do not fit,
         ``shortfall`` says why. Under the cache lock."""
         mine = self._own().info
-        others = [h for h in holders if h is not mine]
-        order = victims(self.policy, view, self.record(), holders, reserved, rel, now, mine,
+        others = [h for h in claims if h is not mine]
+        order = victims(self.policy, view, self.record(), claims, reserved, rel, now, mine,
                         self._moving(others) if now else None)
         if not now and room + sum(view.on_disk(v) for v, _ in order) < extra:
             order = []  # a prefetch evicts only if that makes it fit: the room freed would go to another
@@ -118,11 +94,11 @@ class FolderBudget:
                 self.evicted += 1
                 room += freed
                 log.debug("%s: evicted %s (%s, next needed at %s) for %s (%s at %d)", self.folder, victim,
-                          fmt(freed), next_uses(holders, mine.needs).get(victim), rel,
+                          fmt(freed), next_uses(claims, mine.needs).get(victim), rel,
                           "demand" if now else "prefetch", mine.at)
                 if extra <= room:
                     return room
-        if now and len(order) < len(victims(self.policy, view, self.record(), holders, reserved, rel, now, mine,
+        if now and len(order) < len(victims(self.policy, view, self.record(), claims, reserved, rel, now, mine,
                                             behind=[])):
             log.debug("%s: %s waits for a reader behind this one to move on", self.folder, rel)
             self.shortfall = (f"{rel} waits for a reader behind this one to read the files it would evict (a "
@@ -135,7 +111,7 @@ class FolderBudget:
 
     def release(self, rel: str) -> None:
         """Drop the reservation of ``rel`` (a reader holds it now, or its download ended)."""
-        h = self.holder
+        h = self.claim
         if h is None or (rel not in h.info.reserved and rel not in h.info.waiting):
             return
         with cache_lock(self.folder):
@@ -143,8 +119,8 @@ class FolderBudget:
             h.info.waiting.pop(rel, None)
             h.write()
 
-    def _moving(self, others: list[HolderInfo]) -> list[HolderInfo]:
-        """The other streams' holders, less those whose place has not changed for ``STALLED_S``."""
+    def _moving(self, others: list[ClaimInfo]) -> list[ClaimInfo]:
+        """The other streams' claims, less those whose place has not changed for ``STALLED_S``."""
         now, out, moved = time.monotonic(), [], {}
         for h in others:
             at, since, told = self._moved.get(h.name, (None, now, False))
@@ -163,7 +139,7 @@ class FolderBudget:
     def publish(self, needs: Needs) -> None:
         """Tell the folder's other streams when this stream's reader needs which file next, and where it is
         (``horizon.Horizon.future``)."""
-        if self.holder is not None and self.holder.info.needs == needs:
+        if self.claim is not None and self.claim.info.needs == needs:
             return
         with cache_lock(self.folder):
             mine = self._own()
@@ -172,18 +148,18 @@ class FolderBudget:
             mine.write()
 
     def close(self) -> None:
-        """Leave the budget: this stream's reservations and future go with its holder file."""
-        if self.holder is not None:
+        """Leave the budget: this stream's reservations and future go with its claim file."""
+        if self.claim is not None:
             with cache_lock(self.folder):
-                self.holder.close()
-            self.holder = None
+                self.claim.close()
+            self.claim = None
 
 
-def victims(policy: str, view: FolderScan, record: Catalog | None, holders: list[HolderInfo],
-            reserved: dict[str, int], rel: str | None = None, now: bool = True, me: HolderInfo | None = None,
-            behind: list[HolderInfo] | None = None) -> list[tuple[str, bool]]:
-    """What may be evicted (for ``rel``, by the stream of holder ``me``), in eviction order: (path, is a
-    part). A demand keeps the files that the readers of ``behind`` (default: every holder but ``me``)
+def victims(policy: str, view: FolderScan, record: Catalog | None, claims: list[ClaimInfo],
+            reserved: dict[str, int], rel: str | None = None, now: bool = True, me: ClaimInfo | None = None,
+            behind: list[ClaimInfo] | None = None) -> list[tuple[str, bool]]:
+    """What may be evicted (for ``rel``, by the stream of claim ``me``), in eviction order: (path, is a
+    part). A demand keeps the files that the readers of ``behind`` (default: every claim but ``me``)
     need before ``me``'s place. See the module docstring."""
     remote = {f.path for f in record.files if f.url} if record is not None else set()
     cands = [(r, False) for r, kind in view.kinds.items() if kind == "data" and r not in reserved and r != rel]
@@ -191,42 +167,42 @@ def victims(policy: str, view: FolderScan, record: Catalog | None, holders: list
     if policy == "lru":
         return sorted(cands, key=lambda c: view.atime.get(c[0], 0))
     mine = me.needs if me is not None else Needs({}, {})
-    nxt = next_uses(holders, mine)
+    nxt = next_uses(claims, mine)
     order = sorted(cands, key=lambda c: (-nxt.get(c[0], math.inf), view.atime.get(c[0], 0)))
     if rel is None:
         return order
     if now:  # needed at our own place: keep what a reader behind us needs before it gets here
-        kept = next_uses([h for h in holders if h is not me] if behind is None else behind, mine)
+        kept = next_uses([h for h in claims if h is not me] if behind is None else behind, mine)
         return [c for c in order if kept.get(c[0], math.inf) >= mine.at]
     place = nxt.get(rel, math.inf)  # a prefetch: only files needed after it, ...
     order = [c for c in order if nxt.get(c[0], math.inf) > place]
-    if order and _freed_soon(holders, mine) > nxt.get(order[0][0], math.inf):
+    if order and _freed_soon(claims, mine) > nxt.get(order[0][0], math.inf):
         return []  # ... and none while a file read now will be a better victim once it is released
     return order
 
 
-def _place(h: HolderInfo, at: int, me: Needs) -> int:
+def _place(h: ClaimInfo, at: int, me: Needs) -> int:
     """Place ``at`` of ``h``'s clock on ``me``'s: the same within one run, else as far from ``me``'s place as
     it is from ``h``'s."""
     return at if h.run == me.run else me.at + (at - h.at)
 
 
-def next_uses(holders: list[HolderInfo], me: Needs) -> dict[str, float]:
-    """Each file's next use, the earliest place any of ``holders`` gives, on ``me``'s clock."""
+def next_uses(claims: list[ClaimInfo], me: Needs) -> dict[str, float]:
+    """Each file's next use, the earliest place any of ``claims`` gives, on ``me``'s clock."""
     nxt: dict[str, float] = {}
-    for h in holders:
+    for h in claims:
         for r, d in h.future.items():
             nxt[r] = min(nxt.get(r, math.inf), _place(h, d, me))
     return nxt
 
 
-def _freed_soon(holders: list[HolderInfo], me: Needs) -> float:
+def _freed_soon(claims: list[ClaimInfo], me: Needs) -> float:
     """Of the files read now, the latest next use once this read is over (-inf: none)."""
     later: dict[str, float] = {}
-    for h in holders:
+    for h in claims:
         for r, d in h.after.items():
             later[r] = min(later.get(r, math.inf), math.inf if d < 0 else _place(h, d, me))
-    for h in holders:
+    for h in claims:
         for r, d in h.future.items():
             if r in later and d > h.at:  # needed later by a reader that does not read it now
                 later[r] = min(later[r], _place(h, d, me))
@@ -237,11 +213,11 @@ def prune(folder: Path, target: int, policy: str = "belady") -> tuple[int, int, 
     """Evict from ``folder`` as streaming would until it takes at most ``target`` bytes (never a file in use,
     reserved, local-only or unlisted): (files evicted, bytes freed, bytes it takes now). Blocking."""
     with cache_lock(folder):
-        view, holders = scan(folder, read_catalog(folder)), live_holders(folder)
-        reserved = _reserved(holders)
+        view, claims = scan(folder, read_catalog(folder)), live_claims(folder)
+        reserved = _reserved(claims)
         used = view.total + sum(max(0, b - view.on_disk(r)) for r, b in reserved.items())
         count = freed = 0
-        for victim, part in victims(policy, view, read_catalog(folder), holders, reserved):
+        for victim, part in victims(policy, view, read_catalog(folder), claims, reserved):
             if used - freed <= target:
                 break
             got = evict(folder, victim, part=part)
@@ -250,9 +226,9 @@ def prune(folder: Path, target: int, policy: str = "belady") -> tuple[int, int, 
         return count, freed, used - freed
 
 
-def _reserved(holders: list[HolderInfo]) -> dict[str, int]:
+def _reserved(claims: list[ClaimInfo]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for h in holders:
+    for h in claims:
         for r, b in h.reserved.items():
             out[r] = max(out.get(r, 0), b)
     return out

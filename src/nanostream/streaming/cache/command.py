@@ -1,13 +1,5 @@
-"""``nanostream cache DIR [--prune-to SIZE]``: what each data folder under DIR holds, and pruning it.
-
-Per data folder (DIR itself when it has a record ``.nanostream.json`` or parquet files, else
-every folder under DIR with a record): its files and their total as allocated on disk, its
-part files, what can be evicted (files the record lists with a source, not in use) and what
-cannot (held by a reader, reserved by a running stream, local-only, not in the record), and
-the streams using it. ``--prune-to SIZE`` (bytes, ``40GB``, ``500MiB`` or ``75%`` of the
-folder's filesystem) evicts as streaming does (``budget.prune``: the files no running stream
-needs first, then the one needed latest, then the least recently read), never a file in use,
-until the folder takes at most SIZE; exit 1 when what cannot be evicted is more than that.
+"""``nanostream cache DIR [--prune-to SIZE]``: what each data folder under DIR holds, and pruning it the way
+streaming evicts (docs/cache.md). DIR is a data folder, or a folder of them.
 """
 
 from __future__ import annotations
@@ -21,7 +13,7 @@ from ...errors import ConfigError
 from ...shards import RECORD_NAME
 from ...sources.record import read_catalog
 from .budget import _reserved, prune
-from .holders import cache_lock, in_use, live_holders
+from .claims import cache_lock, in_use, live_claims
 from .usage import filesystem_bytes, fmt, scan
 
 EXIT_OK, EXIT_SHORT = 0, 1
@@ -56,8 +48,8 @@ def survey(folder: Path) -> Survey:
     """What ``folder`` holds (under its cache lock, so no stream changes it meanwhile). Blocking."""
     with cache_lock(folder):
         record = read_catalog(folder)
-        view, holders = scan(folder, record), live_holders(folder)
-        reserved = _reserved(holders)
+        view, claims = scan(folder, record), live_claims(folder)
+        reserved = _reserved(claims)
         out = Survey(folder, record.name if record is not None else "no record: a local folder", view.total)
         for rel, n in view.files.items():
             _add(out.files, n)
@@ -78,8 +70,8 @@ def survey(folder: Path) -> Survey:
             if rel in remote and rel not in reserved:
                 _add(out.stale_parts, n)
         out.bookkeeping = view.bookkeeping
-        out.streams = len(holders)
-        out.limits = sorted({h.limit for h in holders if h.limit is not None})
+        out.streams = len(claims)
+        out.limits = sorted({h.limit for h in claims if h.limit is not None})
     return out
 
 

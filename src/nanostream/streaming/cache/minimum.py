@@ -1,14 +1,8 @@
-"""The smallest ``cache_limit`` that works for a stream: ``needs`` and what it is made of (``Needs``).
+"""The smallest ``cache_limit`` that works for a stream: ``minimum`` and what it is made of (``Minimum``).
 
-Each of the node's readers holds at most the one file it reads, and releases it before it waits
-for the next (``producer._emit_shard``); a waiting reader holds nothing, and every download
-admitted ends (it lands or fails) whatever the consumers do. So, beside what no eviction can
-free, a budget that fits ``readers + 1`` of the split's largest files at once (every reader's
-file and one more: the next download, or another stream such as validation), the state files of
-two downloads, the streams' holder files and the bookkeeping still to be written always lets
-some reader go on: no deadlock, at any lag between readers (``tests/test_cache.py`` runs ranks
-at exactly this limit). ``fetch_ahead`` is not needed for that: prefetching uses what the budget
-has beyond it (``Needs.prefetch``: enough for all of it), down to none at the minimum.
+Each of the node's readers locks at most the file it reads and releases it before it waits for the next,
+so room for the readers' files and one more, two downloads' state files, the claims and the bookkeeping,
+beside what cannot be evicted, always lets some reader go on (docs/cache.md).
 """
 
 from __future__ import annotations
@@ -21,46 +15,40 @@ from ...shards import RECORD_NAME
 from ...sources.catalog import Catalog, DataFile
 from ...sources.counts import COUNTS_FILE
 from ...sources.record import catalog_to_json, read_catalog
-from .usage import BLOCK, HOLDER_ROOM, STATE_BYTES, FolderScan, file_blocks, fmt, scan
+from .usage import BLOCK, CLAIM_ROOM, STATE_BYTES, FolderScan, file_blocks, fmt, scan
 
 
 @dataclass(frozen=True)
-class Needs:
-    """The smallest ``cache_limit`` that works for a stream, and how it is made up.
+class Minimum:
+    """The smallest ``cache_limit`` that works for a stream (``size``), how it is made up, and the size at which
+    every file ``ReadAhead.files`` asks for is prefetched too (``prefetch``)."""
 
-    Each of the node's ``readers`` holds at most the one file it reads; a reader that moves on
-    releases it before it waits for the next. So the work never deadlocks if, beside what cannot
-    be evicted, the budget holds ``readers + 1`` files of the largest size at once (every reader's
-    file and one more: the next download, or another stream such as validation), the state files
-    of two downloads at once, the streams' holder files and the bookkeeping still to be written. ``prefetch`` also fits ``fetch_ahead``
-    files downloaded ahead; below it, fewer are."""
-
-    minimum: int
+    size: int
     prefetch: int
     files: int  # files that must fit at once
     largest: int  # the largest file's reservation
     pinned: int  # bytes no eviction can free
     local: int  # of which local-only and unlisted files
-    room: int  # holder files and bookkeeping still to be written
+    room: int  # claim files and bookkeeping still to be written
     estimated: bool  # some sizes were not known and were estimated
 
-    def message(self, limit: int, folder: Path, readers: int, fetch_ahead: int) -> str:
+    def message(self, limit: int, folder: Path, readers: int, ahead: int) -> str:
         if self.local and self.local + self.room > limit:
             return (f"cache_limit={fmt(limit)} is below what {folder} must keep: {fmt(self.local)} of files the "
                     f"folder's record gives no source for (local-only or not listed) are never evicted, so "
-                    f"nothing was deleted; the smallest cache_limit that works is {self.minimum} "
-                    f"({fmt(self.minimum)})")
+                    f"nothing was deleted; the smallest cache_limit that works is {self.size} "
+                    f"({fmt(self.size)})")
         est = " (sizes partly estimated)" if self.estimated else ""
-        return (f"cache_limit={fmt(limit)} is too small for {folder}: the smallest that works is {self.minimum} "
-                f"bytes ({fmt(self.minimum)}){est} = {self.files} files of up to {fmt(self.largest)} at once "
+        return (f"cache_limit={fmt(limit)} is too small for {folder}: the smallest that works is {self.size} "
+                f"bytes ({fmt(self.size)}){est} = {self.files} files of up to {fmt(self.largest)} at once "
                 f"(each of the {readers} reader(s) on this node holds the file it reads, and one more downloads) "
                 f"+ {fmt(self.pinned)} that cannot be evicted + {fmt(self.room)} of bookkeeping; prefetching "
-                f"fetch_ahead={fetch_ahead} file(s) as well needs {fmt(self.prefetch)}")
+                f"ReadAhead(files={ahead}) as well needs {fmt(self.prefetch)}")
 
 
-def needs(folder: Path, catalog: Catalog, files: list[DataFile], sizes: list[int | None], readers: int,
-          fetch_ahead: int) -> Needs:
-    """``Needs`` of a stream whose node has ``readers`` readers of ``files`` (sizes as known; None: unknown).
+def minimum(folder: Path, catalog: Catalog, files: list[DataFile], sizes: list[int | None], readers: int,
+            ahead: int) -> Minimum:
+    """``Minimum`` of a stream whose node has ``readers`` readers of ``files`` (sizes as known; None: unknown).
     Blocking (scans the folder)."""
     view = scan(folder, read_catalog(folder) if folder.is_dir() else None) if folder.is_dir() else FolderScan(folder)
     known = [s for s in sizes if s is not None]
@@ -69,25 +57,25 @@ def needs(folder: Path, catalog: Catalog, files: list[DataFile], sizes: list[int
                      if f.url), reverse=True)
     k = min(readers + 1, len(remote))
     downloads = min(2, k)  # downloads running at once at the minimum, each with its state file
-    room = HOLDER_ROOM * (readers + 2) + _bookkeeping_to_come(folder, catalog, len(files))
+    room = CLAIM_ROOM * (readers + 2) + _bookkeeping_to_come(folder, catalog, len(files))
     pinned = view.pinned()
     local = sum(b for rel, b in view.files.items() if view.kinds[rel] != "data")
     base = pinned + room
-    ahead = min(k + fetch_ahead, len(remote)) - k
-    return Needs(minimum=base + sum(remote[:k]) + downloads * STATE_BYTES,
-                 prefetch=base + sum(remote[:k + ahead]) + (downloads + ahead) * STATE_BYTES, files=k,
-                 largest=remote[0] if remote else 0, pinned=pinned, local=local, room=room,
-                 estimated=len(known) < len(sizes))
+    extra = min(k + ahead, len(remote)) - k  # prefetched files that fit at most
+    return Minimum(size=base + sum(remote[:k]) + downloads * STATE_BYTES,
+                   prefetch=base + sum(remote[:k + extra]) + (downloads + extra) * STATE_BYTES, files=k,
+                   largest=remote[0] if remote else 0, pinned=pinned, local=local, room=room,
+                   estimated=len(known) < len(sizes))
 
 
 def _bookkeeping_to_come(folder: Path, catalog: Catalog, n: int) -> int:
-    """Room for the record and the row-group census (about 64 bytes a file), as they are or will be, and
+    """Room for the record and the row-group counts file (about 64 bytes a file), as they are or will be, and
     for the temporary copy ``shards.write_json`` makes of either while replacing it: the same whether
     they exist yet or not, so every process of a run computes the same minimum."""
     record = max(_allocated(folder / RECORD_NAME),
                  file_blocks(len(json.dumps(catalog_to_json(catalog), indent=1))))
-    census = max(_allocated(folder / COUNTS_FILE), file_blocks(64 * n))
-    return 4 * BLOCK + record + census + max(record, census)
+    counts = max(_allocated(folder / COUNTS_FILE), file_blocks(64 * n))
+    return 4 * BLOCK + record + counts + max(record, counts)
 
 
 def _allocated(path: Path) -> int:

@@ -1,12 +1,6 @@
-"""What a data folder takes on disk under a ``cache_limit``, file by file, as allocated.
-
-``scan`` lists every file under the folder with the blocks it takes (``st_blocks * 512``; a
-part file is reserved whole with ``posix_fallocate``, so a download in progress counts at its
-full size) and sorts it by the folder's record (``.nanostream.json``) into ``data`` (listed
-with a URL: may be evicted), ``local`` (listed without a source), ``unlisted`` (not in the
-record), parts (with their state files: a download in progress, or one a killed process left)
-and bookkeeping (the other ``.nanostream*`` files, holders among them). ``folder_bytes`` is the
-number a limit bounds; ``reserve_size`` what a download may take while it runs.
+"""What a data folder takes on disk (``st_blocks * 512``), file by file, sorted by the folder's record into
+data files (listed with a URL: may be evicted), local-only and unlisted files, parts (with their state
+files) and bookkeeping. ``folder_bytes`` is what a limit bounds; ``reserve_size`` what a download may take.
 """
 
 from __future__ import annotations
@@ -23,9 +17,9 @@ from ...sources.counts import COUNTS_FILE
 
 BLOCK = 4096  # allocation unit assumed for a file not on disk yet (one more is added as slack)
 STATE_BYTES = 2 * SLOT  # a download's state file, reserved whole (``partial.PartFiles``)
-HOLDER_PREFIX = f"{BOOKKEEPING_PREFIX}.cache."
-HOLDER_SUFFIX = ".holder"
-HOLDER_ROOM = 16 << 10  # the most a holder file takes (its ``future`` is cut to fit: ``holders.Holder``)
+CLAIM_PREFIX = f"{BOOKKEEPING_PREFIX}.cache."
+CLAIM_SUFFIX = ".claim"
+CLAIM_ROOM = 16 << 10  # the most a claim file takes (its ``future`` is cut to fit: ``claims.Claim``)
 RECORDS = (RECORD_NAME, COUNTS_FILE)
 TEMP_PREFIX = f"{BOOKKEEPING_PREFIX}.tmp."  # ``shards.write_json``'s temporary file
 _PART = (f"{BOOKKEEPING_PREFIX}.", ".part")
@@ -83,9 +77,9 @@ class FolderScan:
     kinds: dict[str, str] = field(default_factory=dict)  # data file -> "data" | "local" | "unlisted"
     atime: dict[str, int] = field(default_factory=dict)  # data file or part -> last read (ns)
     parts: dict[str, int] = field(default_factory=dict)  # data file -> its part + state files' bytes
-    bookkeeping: int = 0  # the other .nanostream* files (record, census, holders, locks)
-    holders: int = 0  # of which holder files
-    records: int = 0  # of which the record and the row-group census (and their temporary copies)
+    bookkeeping: int = 0  # the other .nanostream* files (record, counts file, claims, locks)
+    claims: int = 0  # of which claim files
+    records: int = 0  # of which the record and the row-group counts file (and their temporary copies)
     total: int = 0
 
     def on_disk(self, rel: str) -> int:
@@ -93,9 +87,9 @@ class FolderScan:
 
     def pinned(self) -> int:
         """Bytes that no eviction can free: local-only and unlisted files, and the bookkeeping other than the
-        holders, the record and the census (``minimum.needs`` counts those apart)."""
+        claims, the record and the counts file (``minimum.needs`` counts those apart)."""
         keep = sum(n for rel, n in self.files.items() if self.kinds[rel] != "data")
-        return keep + self.bookkeeping - self.holders - self.records
+        return keep + self.bookkeeping - self.claims - self.records
 
 
 def _owner(name: str, affix: tuple[str, str]) -> str | None:
@@ -127,8 +121,8 @@ def scan(folder: Path, record: Catalog | None) -> FolderScan:
                     out.atime[key] = max(out.atime.get(key, 0), st.st_atime_ns)
             elif n.startswith(BOOKKEEPING_PREFIX):
                 out.bookkeeping += size
-                if n.startswith(HOLDER_PREFIX) and n.endswith(HOLDER_SUFFIX):
-                    out.holders += size
+                if n.startswith(CLAIM_PREFIX) and n.endswith(CLAIM_SUFFIX):
+                    out.claims += size
                 elif (rel_dir == "." and n in RECORDS) or n.startswith(TEMP_PREFIX):
                     out.records += size
             else:

@@ -1,18 +1,9 @@
-"""Who uses a data folder under a ``cache_limit``: its cache lock, the streams' holder files, readers' holds.
+"""What the processes streaming a cached folder share: its cache lock, the streams' claims, the readers' locks.
 
-* ``cache_lock``: an flock on ``.nanostream.cache.lock``, held while the budget is read, decided
-  and written (holders are written and read only under it).
-* holders: every stream under a limit keeps ``.nanostream.cache.<pid>-<n>.holder``, with an
-  exclusive flock held for the stream's life and, as JSON, its limit, its reservations
-  (downloads admitted and not yet held by a reader), what it waits for, and its reader's
-  ``Needs`` (``horizon.py``): ``future`` (file -> the place on its run's clock where the reader
-  needs it next), ``after`` (the file read now -> where it is needed again), ``at`` (the
-  reader's own place) and ``run`` (the run's name: places compare only within a run). A holder whose
-  flock can be taken belongs to a dead process (kill -9): ``live_holders`` removes it, and
-  with it everything it reserved.
-* ``ReadHold``: a reader's shared flock on the data file it reads. ``evict`` takes an exclusive
-  one without waiting (and the file's download lock), so it skips held files; a flock dies
-  with its process, so a killed reader holds nothing.
+A stream's claim file (``.nanostream.cache.<pid>-<n>.claim``, flocked for the stream's life) holds its
+limit, its reservations, what it waits for and its reader's ``Needs``; one whose flock can be taken is a
+dead process's and goes. A ``ReadLock`` is a reader's shared flock on the file it reads, which ``evict``
+skips. Claims are read and written under the cache lock. Every call blocks.
 """
 
 from __future__ import annotations
@@ -31,7 +22,7 @@ from typing import Any, NamedTuple
 from ...errors import ConfigError
 from ...fetch.partial import discard, part_path, state_path, try_lock
 from ...shards import BOOKKEEPING_PREFIX
-from .usage import BLOCK, HOLDER_PREFIX, HOLDER_ROOM, HOLDER_SUFFIX, allocated
+from .usage import BLOCK, CLAIM_PREFIX, CLAIM_ROOM, CLAIM_SUFFIX, allocated
 
 CACHE_LOCK = f"{BOOKKEEPING_PREFIX}.cache.lock"
 _count = itertools.count()
@@ -57,7 +48,7 @@ def cache_lock(folder: Path) -> Iterator[None]:
 
 
 class Needs(NamedTuple):
-    """When a stream's reader needs which file (``horizon.Horizon.future``), as its holder publishes it."""
+    """When a stream's reader needs which file (``horizon.Horizon.future``), as its claim publishes it."""
 
     future: dict[str, int]  # file -> the place on the run's clock where the reader needs it next
     after: dict[str, int]  # the file read now -> where it is needed again after this read (-1: never)
@@ -66,8 +57,8 @@ class Needs(NamedTuple):
 
 
 @dataclass
-class HolderInfo:
-    """What a live stream's holder says."""
+class ClaimInfo:
+    """What a live stream's claim says."""
 
     name: str
     limit: int | None = None
@@ -84,11 +75,11 @@ class HolderInfo:
         return Needs(self.future, self.after, self.at, self.run)
 
 
-def live_holders(folder: Path, skip: str | None = None) -> list[HolderInfo]:
-    """The holders of live streams (under the cache lock); those of dead processes are removed."""
+def live_claims(folder: Path, skip: str | None = None) -> list[ClaimInfo]:
+    """The claims of live streams (under the cache lock); those of dead processes are removed."""
     out = []
     for name in sorted(os.listdir(folder)):
-        if name == skip or not (name.startswith(HOLDER_PREFIX) and name.endswith(HOLDER_SUFFIX)):
+        if name == skip or not (name.startswith(CLAIM_PREFIX) and name.endswith(CLAIM_SUFFIX)):
             continue
         path = folder / name
         try:
@@ -99,8 +90,8 @@ def live_holders(folder: Path, skip: str | None = None) -> list[HolderInfo]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # its stream is alive
-                raw = os.pread(fd, HOLDER_ROOM, 0)
-                out.append(_holder_info(name, raw))
+                raw = os.pread(fd, CLAIM_ROOM, 0)
+                out.append(_claim_info(name, raw))
                 continue
             path.unlink(missing_ok=True)  # nobody holds it: its process died (kill -9) and left it
         finally:
@@ -108,24 +99,24 @@ def live_holders(folder: Path, skip: str | None = None) -> list[HolderInfo]:
     return out
 
 
-def _holder_info(name: str, raw: bytes) -> HolderInfo:
+def _claim_info(name: str, raw: bytes) -> ClaimInfo:
     try:
         d: Any = json.loads(raw or b"{}")
-        return HolderInfo(name, d.get("limit"), {k: int(v) for k, v in d.get("reserved", {}).items()},
+        return ClaimInfo(name, d.get("limit"), {k: int(v) for k, v in d.get("reserved", {}).items()},
                           {k: int(v) for k, v in d.get("waiting", {}).items()},
                           {k: int(v) for k, v in d.get("future", {}).items()}, int(d.get("pid", 0)),
                           {k: int(v) for k, v in d.get("after", {}).items()}, int(d.get("at", 0)), str(d.get("run", "")))
     except (ValueError, TypeError, AttributeError):
-        return HolderInfo(name)  # being written for the first time: it reserves nothing yet
+        return ClaimInfo(name)  # being written for the first time: it reserves nothing yet
 
 
-class Holder:
-    """This stream's own holder file (create and write it under the cache lock)."""
+class Claim:
+    """This stream's own claim file (create and write it under the cache lock)."""
 
     def __init__(self, folder: Path, limit: int, policy: str) -> None:
-        self.name = f"{HOLDER_PREFIX}{os.getpid()}-{next(_count)}-{time.monotonic_ns() % 10**9}{HOLDER_SUFFIX}"
+        self.name = f"{CLAIM_PREFIX}{os.getpid()}-{next(_count)}-{time.monotonic_ns() % 10**9}{CLAIM_SUFFIX}"
         self.path = folder / self.name
-        self.info = HolderInfo(self.name, limit, pid=os.getpid())
+        self.info = ClaimInfo(self.name, limit, pid=os.getpid())
         self.policy = policy
         self._written = b""
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -144,7 +135,7 @@ class Holder:
             data = json.dumps({"pid": i.pid, "limit": i.limit, "policy": self.policy, "reserved": i.reserved,
                                "waiting": i.waiting, "run": i.run, "at": i.at, "after": i.after,
                                "future": dict(future)}, separators=(",", ":")).encode()
-            if len(data) <= HOLDER_ROOM - BLOCK or not future:
+            if len(data) <= CLAIM_ROOM - BLOCK or not future:
                 break
             future = future[: len(future) // 2]  # the nearest files matter most
         if data != self._written:
@@ -159,14 +150,14 @@ class Holder:
             self.fd = -1
 
 
-class ReadHold:
+class ReadLock:
     """A shared flock on the data file a reader reads: no process evicts it until ``release``."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self._fd = path, fd
 
     @classmethod
-    def take(cls, path: Path, touch: bool = False) -> ReadHold | None:
+    def take(cls, path: Path, touch: bool = False) -> ReadLock | None:
         """Hold ``path``; None if it is absent or being evicted right now (fetch it, or try again). ``touch``
         sets its access time to now (the last read: LRU order, and ties). Blocking."""
         for _ in range(100):  # an exclusive flock lasts microseconds (an eviction, or a look at the folder)

@@ -1,0 +1,167 @@
+"""``CachedFiles``: the file provider under a ``cache_limit``, the data folder as a cache shared by every process on it.
+
+Every download first gets room in the folder's budget (``cache.budget.FolderBudget``): a file a reader
+waits for (a *demand*) until it fits, a *prefetch* only while it fits, in the order the prefetches were
+asked for. Room is freed by other processes' readers and evictions, which cannot tell this one: a
+waiting download asks the budget again every 20-250 ms (a prefetch up to every second, and at once when
+it becomes a demand or the one before it is through). The reader's needs (``needs.py``) are published
+at every change of file, for every stream's evictions. ``open_files`` picks the provider for a plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, FetchError
+from ..sources.counts import CountBook
+from .cache.budget import FolderBudget
+from .cache.claims import ReadLock
+from .cache.minimum import Minimum, minimum
+from .files import FolderFiles
+from .needs import ReaderNeeds
+from .order import EpochDeal
+from .plan import Plan
+from .settle import SettledDeal
+
+log = logging.getLogger(__name__)
+WAIT_LOG_S = 30.0  # a demand that waits this long for room says what holds the budget
+
+
+def open_files(plan: Plan, book: CountBook) -> FolderFiles:
+    """The provider for ``plan``: a cache under a ``cache_limit`` when something can be fetched again, else the
+    folder (whose size was checked when the plan was made)."""
+    if plan.cache_limit is not None and plan.access() is not None:
+        return CachedFiles(plan, book)
+    return FolderFiles(plan)
+
+
+def folder_minimum(plan: Plan, sizes: list[int | None] | None = None) -> Minimum:
+    """The smallest ``cache_limit`` that works for ``plan``'s stream (sizes: as known). Blocking."""
+    r = plan.ranks
+    return minimum(plan.folder, plan.catalog, [plan.files[s] for s in plan.shards],
+                   plan.split_sizes() if sizes is None else sizes, r.local_world_size, plan.options.read_ahead.files)
+
+
+def check_limit(plan: Plan, sizes: list[int | None] | None = None) -> None:
+    """ConfigError, with the sizes and the smallest limit that works, if ``plan.cache_limit`` is below it."""
+    if plan.cache_limit is not None:
+        m = folder_minimum(plan, sizes)
+        if plan.cache_limit < m.size:
+            raise ConfigError(m.message(plan.cache_limit, plan.folder, plan.ranks.local_world_size,
+                                        plan.options.read_ahead.files))
+
+
+class CachedFiles(FolderFiles):
+    """``FolderFiles`` whose downloads wait for room in the folder's budget, publishing the reader's needs."""
+
+    touch = True  # the last read sets a file's access time: LRU order, and ties
+
+    def __init__(self, plan: Plan, book: CountBook) -> None:
+        super().__init__(plan)
+        assert plan.cache_limit is not None
+        self.budget = FolderBudget(plan.folder, plan.cache_limit, plan.config.cache_policy)
+        self.needs = ReaderNeeds(plan, book)
+        self._demands: set[str] = set()  # files a reader waits for
+        self._queued: list[str] = []  # prefetches not admitted yet, in the order they are needed
+        self._woken = asyncio.Event()  # set (and replaced) when a file becomes a demand or a prefetch moves up
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await super().__aexit__(*exc)
+        finally:
+            await asyncio.to_thread(self.budget.close)  # leave the budget: every reservation goes with it
+
+    async def prepare(self) -> None:
+        """Before any download, a budget too small for the work fails at once."""
+        sizes = self.plan.split_sizes()
+        if None in sizes:
+            sizes = await self.learn_sizes(sizes)
+        await asyncio.to_thread(check_limit, self.plan, sizes)
+
+    async def reader_at(self, epoch: int, taken: int, deal: EpochDeal, settled: SettledDeal | None = None) -> None:
+        if settled is not None:
+            self.needs.settled(epoch, settled.length)
+            needs = await asyncio.to_thread(self.needs.needs, epoch, settled, taken)
+        else:
+            needs = await asyncio.to_thread(lambda: self.needs.needs(epoch, self.needs.estimate(epoch, deal.base),
+                                                                     taken))
+        await asyncio.to_thread(self.budget.publish, needs)
+
+    @property
+    def evicted(self) -> int:
+        return self.budget.evicted
+
+    def unlockable(self, path: Path, exc: OSError) -> ReadLock:
+        raise ConfigError(f"cannot lock {path} for reading ({exc.strerror or exc}): a cache_limit needs flock on "
+                          "the data folder") from exc
+
+    async def _local(self, index: int) -> ReadLock:
+        rel = self.files[index].path
+        self._demands.add(rel)
+        self._wake()
+        try:
+            return await super()._local(index)
+        finally:
+            self._demands.discard(rel)
+            await self._release(rel)  # the reader holds it (or gave up on it): no longer reserved
+
+    async def _download(self, index: int) -> Path:
+        file = self.files[index]
+        size = file.size if file.size is not None else await self._size(index)
+        await self._admit(file.path, size)
+        try:
+            return await super()._download(index)
+        finally:
+            if file.path not in self._demands:  # a prefetch: on disk now (or failed), no longer reserved
+                await self._release(file.path)
+
+    async def _admit(self, rel: str, size: int) -> None:
+        """Wait until the budget has reserved room to download ``rel``; prefetches in the order asked for."""
+        delay = 0.02
+        since = told = time.monotonic()
+        self._queued.append(rel)
+        try:
+            while True:
+                now = rel in self._demands
+                if (now or self._queued[0] == rel) and await asyncio.to_thread(self.budget.admit, rel, size, now):
+                    return
+                if now and time.monotonic() - told > WAIT_LOG_S:
+                    told = time.monotonic()
+                    log.warning("waiting %.0fs for room under cache_limit: %s", told - since, self.budget.shortfall)
+                if now:
+                    await asyncio.sleep(delay)
+                else:  # a prefetch that becomes a demand, or moves up, asks again at once
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._woken.wait(), delay)
+                delay = min(delay * 1.5, 0.25 if now else 1.0)
+        finally:
+            self._queued.remove(rel)
+            self._wake()
+
+    def _wake(self) -> None:
+        woken, self._woken = self._woken, asyncio.Event()
+        woken.set()
+
+    async def _release(self, rel: str) -> None:
+        c = self.budget.claim
+        if c is not None and (rel in c.info.reserved or rel in c.info.waiting):  # else no trip to a thread
+            await asyncio.to_thread(self.budget.release, rel)
+
+    async def _size(self, index: int) -> int:
+        """The size the server announces for file ``index`` (HEAD)."""
+        file = self.files[index]
+        fetcher = await self.fetcher()
+        try:
+            size = await fetcher.head(file)  # retried as a download would be
+        except FetchError as exc:
+            raise FetchError(f"cannot learn the size of {file.path} for cache_limit: {exc}", shard=file.path,
+                             url=file.url) from exc
+        if size is None:
+            raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
+                             "admitted under cache_limit; stream without cache_limit", shard=file.path, url=file.url)
+        return size
