@@ -59,8 +59,8 @@ else:
     import pytest
     import torch
 
-    from nanostream.loader.docrefs import unpack
     from nanostream import Ranks, Source, stream
+    from nanostream.loader.docrefs import unpack
     from nanostream.shards import list_shards
     from nanostream.streaming.cursor import Cursor
     from test_stream_cluster import worker_env

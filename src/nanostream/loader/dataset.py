@@ -264,7 +264,8 @@ def _legacy_sources(mix: list[Source] | None, data_dir: Any, kw: dict[str, Any])
             raise ConfigError(f"mix= and source= exclude {', '.join(sorted({*args, 'data_dir'} - {'source'}))}: "
                               "give those to each Source")
         return sources_of(mix if mix is not None else args["source"])
-    remote = args.pop("base_url", None) or args.pop("dataset", None)
+    base_url, dataset = args.pop("base_url", None), args.pop("dataset", None)
+    remote = base_url or dataset
     args.pop("source", None)
     if remote is None:
         return (Source(data_dir, **args),)

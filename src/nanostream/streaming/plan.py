@@ -16,8 +16,8 @@ import pyarrow as pa
 from ..config import CacheLimit, Config
 from ..errors import ConfigError
 from ..retry import RetryPolicy
-from ..sources.credentials import Credentials
 from ..sources.catalog import Catalog, DataFile
+from ..sources.credentials import Credentials
 from .cursor import Cursor
 from .order import EpochDeal
 from .ranks import Ranks

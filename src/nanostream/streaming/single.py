@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from ..concurrency import run_sync
 from ..config import Config
 from ..errors import ConfigError
 from ..sources.counts import CountBook, book_for
-from ..concurrency import run_sync
 from ..sources.resolve import split_indices
 from ..sources.spec import Source
 from .cache.usage import filesystem_bytes
