@@ -4,15 +4,16 @@
 at a time, for as long as it needs (a stream driven step by step); ``run_sync`` runs one
 coroutine on a fresh one. ``hand_off`` awaits a thread's work that makes a resource (a
 descriptor, a lock, an open file) so that a cancelled caller never leaks it; ``run_each`` runs
-coroutines in one TaskGroup and raises the first failure; ``cancel_and_wait`` ends a task.
+coroutines in one TaskGroup and raises the first failure (``task_group``); ``cancel_and_wait`` ends a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from ._compat import TaskGroup
@@ -86,10 +87,17 @@ async def run_each(coros: Iterable[Coroutine[Any, Any, Any]], limit: int | None 
         async with room:
             return await coro
 
+    async with task_group() as tasks:
+        for coro in coros:
+            tasks.create_task(one(coro))
+
+
+@contextlib.asynccontextmanager
+async def task_group() -> AsyncIterator[TaskGroup]:
+    """A TaskGroup whose first failure is raised as it is (not inside an ExceptionGroup)."""
     try:
-        async with TaskGroup() as tasks:
-            for coro in coros:
-                tasks.create_task(one(coro))
+        async with TaskGroup() as group:
+            yield group
     except BaseException as exc:
         first = exc
         while isinstance(getattr(first, "exceptions", None), tuple):

@@ -1,86 +1,25 @@
-"""The blocking twin of ``stream()``: ``BatchIterator`` runs a ``Stream`` on a background event loop.
+"""``BatchIterator``: a stream driven from code without an event loop, one step at a time on a ``LoopThread``.
 
-Owns that thread and loop: ``next()`` hands one step of the stream to the loop and
-waits for it; ``close()``, ``with``, exhaustion, an error, or the iterator being
-garbage collected (``break`` out of a ``for``) stop the stream and join the thread.
+``close()``, ``with``, exhaustion, an error, or the iterator being garbage collected (``break`` out of
+a ``for``) stop the stream and join the thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import weakref
-from typing import Any, Protocol
+from typing import Any
 
-from .plan import Batch, Chunk
-
-
-class Stream(Protocol):
-    """What ``BatchIterator`` drives: ``streams.Stream``'s steps (named here so this module
-    needs nothing from the one that builds streams)."""
-
-    async def next_chunk(self) -> Chunk: ...
-
-    async def aclose(self) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-
-class _LoopThread:
-    """An event loop on a background thread that runs one ``Stream`` (never refers to its iterator)."""
-
-    def __init__(self, s: Stream) -> None:
-        self.stream = s
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, name="nanostream-loop", daemon=True)
-        self.thread.start()
-        self._ready.wait()
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            # a step still waiting (close() from another thread) is cancelled first: that also
-            # closes the stream; then close it in case no step was running
-            me = asyncio.current_task()
-            others = [t for t in asyncio.all_tasks() if t is not me]
-            for t in others:
-                t.cancel()
-            if others:
-                await asyncio.wait(others)
-            await self.stream.aclose()
-
-    def next(self) -> Batch:
-        assert self.loop is not None
-        fut = asyncio.run_coroutine_threadsafe(self.stream.next_chunk(), self.loop)
-        try:
-            chunk = fut.result()
-        finally:
-            fut.cancel()  # no-op once done; stops the step if we were interrupted (Ctrl-C)
-        return chunk.batch()  # strings made on the caller's thread, which will also free them
-
-    def close(self) -> None:
-        if self.loop is not None and self._stop is not None and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        if threading.current_thread() is not self.thread:
-            self.thread.join()
+from ..concurrency import LoopThread
+from .plan import Batch
 
 
 class BatchIterator:
-    """Blocking iterator over a ``Stream`` (see ``iter_batches``); also a context manager."""
+    """Blocking iterator over a ``Stream`` or ``MixStream`` (see ``iter_batches``); also a context manager."""
 
-    def __init__(self, s: Stream) -> None:
+    def __init__(self, s: Any) -> None:
         self.plan = getattr(s, "plan", None)  # a mix has one plan per source (``s.streams``)
-        self._stream: Stream | None = s
-        self._runner: _LoopThread | None = None
+        self._stream = s
+        self._loop: LoopThread | None = None
         self._finalizer: Any = None
         self._closed = False
 
@@ -90,25 +29,22 @@ class BatchIterator:
     def __next__(self) -> Batch:
         if self._closed:
             raise StopIteration
-        if self._runner is None:
-            assert self._stream is not None
-            self._runner = _LoopThread(self._stream)
-            self._stream = None
-            self._finalizer = weakref.finalize(self, self._runner.close)
+        if self._loop is None:  # the finalizer holds the loop, never this iterator
+            self._loop = LoopThread("nanostream-loop", on_close=self._stream.aclose)
+            self._finalizer = weakref.finalize(self, self._loop.close)
         try:
-            return self._runner.next()
+            chunk = self._loop.run(self._stream.next_chunk())
         except StopAsyncIteration:
             self.close()
             raise StopIteration from None
         except BaseException:
             self.close()
             raise
+        return chunk.batch()  # strings made on the caller's thread, which will also free them
 
     def state_dict(self) -> dict[str, Any]:
         """The stream's ``state_dict()``: after the last batch this iterator returned."""
-        s = self._stream if self._runner is None else self._runner.stream
-        assert s is not None
-        return s.state_dict()
+        return self._stream.state_dict()
 
     def close(self) -> None:
         """Stop the stream and join its thread (also done when the iterator is garbage collected)."""

@@ -10,14 +10,14 @@ across processes are the ``Fetcher``'s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 from .._compat import TaskGroup
+from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError, FetchError, MissingShardError
 from ..sources.catalog import check_text_column
 from ..sources.record import read_catalog, write_catalog
@@ -27,21 +27,6 @@ from .reader import file_id
 
 log = logging.getLogger(__name__)
 FileId = tuple[int, int, int, int]
-
-
-@contextlib.asynccontextmanager
-async def task_group() -> AsyncIterator[TaskGroup]:
-    """A TaskGroup whose first error comes out as it was raised, not inside an ExceptionGroup."""
-    try:
-        async with TaskGroup() as group:
-            yield group
-    except BaseException as exc:  # re-raised: the first error of the group, as it was
-        first = exc
-        while isinstance(getattr(first, "exceptions", None), tuple) and first.exceptions:  # type: ignore[attr-defined]
-            first = first.exceptions[0]  # type: ignore[attr-defined]
-        if first is exc:
-            raise
-        raise first from first.__cause__
 
 
 class FolderFiles:
@@ -159,10 +144,7 @@ class FolderFiles:
         """``ReadLock.take`` off the loop (a lock taken while we were cancelled is released)."""
         fut = asyncio.get_running_loop().run_in_executor(None, ReadLock.take, path, self.touch)
         try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception() or (f.result() and f.result().release()))
-            raise
+            return await hand_off(fut, lambda lock: lock and lock.release())
         except OSError as exc:
             return self.unlockable(path, exc)
 

@@ -14,21 +14,22 @@ import collections
 import itertools
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError
 from ..sources.counts import CountBook
 from .cache.claims import ReadLock
 from .counting import EpochCounts
 from .cursor import Cursor
 from .epoch import EpochWalk, Gate
-from .files import FolderFiles, task_group
+from .files import FolderFiles
 from .plan import Chunk, Plan, Position
-from .reader import ShardReader, close_opened, file_id
+from .reader import ShardReader, file_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -169,13 +170,8 @@ class Producer:
         return asyncio.wrap_future(self._executor.submit(fn, *args))
 
     async def _open(self, path: Path) -> ShardReader:
-        assert self._executor is not None
-        cf: Future[ShardReader] = self._executor.submit(ShardReader, path, self.plan.catalog.text_column)
-        try:
-            return await asyncio.wrap_future(cf)
-        except asyncio.CancelledError:
-            self._executor.submit(close_opened, cf)  # runs after the open: closes what it opened
-            raise
+        assert self._executor is not None  # a cancelled open's file is closed on the reader thread, as it ends
+        return await hand_off(self._executor.submit(ShardReader, path, self.plan.catalog.text_column), ShardReader.close)
 
     async def _stop_thread(self) -> None:
         executor, self._executor = self._executor, None

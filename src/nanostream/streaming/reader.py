@@ -8,7 +8,6 @@ Every call blocks; the producer runs them on its reader thread.
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,12 +73,6 @@ def _corrupt(path: Path, exc: BaseException, row_group: int | None = None) -> Co
     return CorruptShardError(
         f"{path}{where} is not a readable parquet shard ({exc}): delete it and fetch it again "
         "(`nanostream fetch`)", path=path)
-
-
-def close_opened(cf: Future[ShardReader]) -> None:
-    """Close the reader a (finished) open produced, if it produced one: for opens nobody awaited."""
-    if not cf.cancelled() and cf.exception() is None:
-        cf.result().close()
 
 
 def to_texts(column: pa.ChunkedArray, path: Path, row_group: int) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from ..concurrency import run_sync
+from ..concurrency import cancel_and_wait, run_sync
 from ..config import Config
 from ..errors import ConfigError
 from ..sources.counts import CountBook, book_for
@@ -219,13 +219,6 @@ class Stream:
             return answer(self.book.snapshot())
         except NeedCounts:
             return run_sync(with_counts(self.book, self.plan, answer))
-
-
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:  # TODO: concurrency.cancel_and_wait (s-net)
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled():
-        task.exception()
 
 
 async def _learn_sizes(plan: Plan, sizes: list[int | None]) -> list[int | None]:
