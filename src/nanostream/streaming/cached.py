@@ -35,7 +35,7 @@ WAIT_LOG_S = 30.0  # a demand that waits this long for room says what holds the 
 def open_files(plan: Plan, book: CountBook) -> FolderFiles:
     """The provider for ``plan``: a cache under a ``cache_limit`` when something can be fetched again, else the
     folder (whose size was checked when the plan was made)."""
-    if plan.cache_limit is not None and plan.access() is not None:
+    if plan.cache_limit is not None and plan.credentials() is not None:
         return CachedFiles(plan, book)
     return FolderFiles(plan)
 
@@ -67,7 +67,7 @@ class CachedFiles(FolderFiles):
         self.budget = FolderBudget(plan.folder, plan.cache_limit, plan.config.cache_policy)
         self.needs = ReaderNeeds(plan, book)
         self._demands: set[str] = set()  # files a reader waits for
-        self._queued: list[str] = []  # prefetches not admitted yet, in the order they are needed
+        self._queued: list[str] = []  # prefetches not given room yet, in the order they are needed
         self._woken = asyncio.Event()  # set (and replaced) when a file becomes a demand or a prefetch moves up
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -113,14 +113,14 @@ class CachedFiles(FolderFiles):
     async def _download(self, index: int) -> Path:
         file = self.files[index]
         size = file.size if file.size is not None else await self._size(index)
-        await self._admit(file.path, size)
+        await self._wait_for_room(file.path, size)
         try:
             return await super()._download(index)
         finally:
             if file.path not in self._demands:  # a prefetch: on disk now (or failed), no longer reserved
                 await self._release(file.path)
 
-    async def _admit(self, rel: str, size: int) -> None:
+    async def _wait_for_room(self, rel: str, size: int) -> None:
         """Wait until the budget has reserved room to download ``rel``; prefetches in the order asked for."""
         delay = 0.02
         since = told = time.monotonic()
@@ -128,7 +128,7 @@ class CachedFiles(FolderFiles):
         try:
             while True:
                 now = rel in self._demands
-                if (now or self._queued[0] == rel) and await asyncio.to_thread(self.budget.admit, rel, size, now):
+                if (now or self._queued[0] == rel) and await asyncio.to_thread(self.budget.reserve, rel, size, now):
                     return
                 if now and time.monotonic() - told > WAIT_LOG_S:
                     told = time.monotonic()
@@ -163,5 +163,5 @@ class CachedFiles(FolderFiles):
                              url=file.url) from exc
         if size is None:
             raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
-                             "admitted under cache_limit; stream without cache_limit", shard=file.path, url=file.url)
+                             "given room under cache_limit; stream without cache_limit", shard=file.path, url=file.url)
         return size

@@ -63,9 +63,9 @@ class Tally:
 class EpochCounts(Tally):
     """One reader's tally of one epoch, and its waits for more counts (see the module docstring)."""
 
-    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan, access: Any) -> None:
+    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan, credentials: Any) -> None:
         super().__init__(deal, book)
-        self.plan, self.access = plan, access
+        self.plan, self.credentials = plan, credentials
         self.node = plan.ranks.rank // deal.local_world_size
         self.at = 0  # index into the node's piece of the shard being read (what to ask for first)
         self._learned = asyncio.Event()
@@ -96,7 +96,7 @@ class EpochCounts(Tally):
             grace = LANDING if landing else GRACE if self.deal.nodes > 1 else 0.0
             left = grace - (time.monotonic() - since)
             if left <= 0:
-                await self.book.read_remote(self._priority()[:BATCH], self.access, self.plan.options.retry)
+                await self.book.read_remote(self._priority()[:BATCH], self.credentials, self.plan.options.retry)
             else:
                 self._learned.clear()
                 with contextlib.suppress(asyncio.TimeoutError):  # woken by what ``watch`` learns

@@ -46,7 +46,7 @@ async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int
         try:
             return answer(book.snapshot())
         except NeedCounts as exc:
-            await book.require(list(exc.shards), plan.access(), plan.options.retry)
+            await book.require(list(exc.shards), plan.credentials(), plan.options.retry)
 
 
 def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int, int]) -> int:
@@ -124,7 +124,7 @@ class EpochWalk:
             await book.look([shard])
             n = book.get(shard)
         if n is None and skipping:
-            n = (await book.require([shard], files.access, self.plan.options.retry))[shard]
+            n = (await book.require([shard], files.credentials, self.plan.options.retry))[shard]
         if n is None:  # the node reads it anyway: its footer comes with it
             lock = await files.hold(shard, upcoming)
             try:

@@ -36,7 +36,7 @@ class FolderFiles:
 
     def __init__(self, plan: Plan) -> None:
         self.plan, self.folder, self.files = plan, plan.folder, plan.files
-        self.access = plan.access()
+        self.credentials = plan.credentials()
         self.fetched = 0  # files downloaded for this stream (or waited for while another process did)
         self._downloads: dict[int, asyncio.Task[Path | BaseException]] = {}
         self._checked: set[int] = set()
@@ -65,7 +65,7 @@ class FolderFiles:
 
     def remote(self, index: int) -> bool:
         """Can file ``index`` be downloaded (again)?"""
-        return self.access is not None and bool(self.files[index].url)
+        return self.credentials is not None and bool(self.files[index].url)
 
     def path(self, index: int) -> Path:
         return self.folder / self.files[index].path
@@ -180,7 +180,7 @@ class FolderFiles:
                 from ..fetch.fetcher import Fetcher
 
                 p = self.plan
-                kwargs: dict[str, Any] = {"workers": p.options.read_ahead.connections, "credentials": self.access}
+                kwargs: dict[str, Any] = {"workers": p.options.read_ahead.connections, "credentials": self.credentials}
                 if p.options.retry is not None:
                     kwargs["retry"] = p.options.retry
                 try:

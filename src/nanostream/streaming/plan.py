@@ -92,7 +92,7 @@ class Plan:
         """The dataset's name for the count sharers: its source and revision, the same on every node."""
         return f"{self.catalog.source or self.catalog.name}@{self.catalog.revision or ''}"
 
-    def access(self) -> Credentials | None:
+    def credentials(self) -> Credentials | None:
         """What requests for the files carry (a fresh one per event loop); None if nothing is remote."""
         if not any(f.url for f in self.files):
             return None

@@ -79,7 +79,7 @@ class Producer:
         walk = EpochWalk(p, self.book, self.files, self)
         for epoch in self._epochs():
             deal = p.deal(epoch, p.start_base() if start is not None else None)
-            counts = EpochCounts(deal, self.book, p, self.files.access)
+            counts = EpochCounts(deal, self.book, p, self.files.credentials)
             skip = await walk.taken_at(deal, start) if isinstance(start, Position) else 0
             async with task_group() as group:
                 watcher = group.create_task(counts.watch(), name="nanostream-counts")

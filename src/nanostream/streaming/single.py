@@ -154,7 +154,7 @@ class Stream:
         """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now. Sizes the
         catalog does not list are taken from local files, else asked (HEAD, up to 16; the rest estimated)."""
         sizes = self.plan.split_sizes()
-        if None in sizes and self.plan.access() is not None:
+        if None in sizes and self.plan.credentials() is not None:
             sizes = run_sync(_learn_sizes(self.plan, sizes))
         return folder_minimum(self.plan, sizes).size
 
@@ -166,7 +166,7 @@ class Stream:
     async def prepare(self) -> dict[int, int]:
         """Learn every shard's row-group count now without blocking the event loop (``epoch_length`` then
         answers at once). Iterating never needs it."""
-        return await self.book.require(list(self.plan.shards), self.plan.access(), self.plan.options.retry)
+        return await self.book.require(list(self.plan.shards), self.plan.credentials(), self.plan.options.retry)
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Row groups (batches) every rank reads in ``epoch`` (default: the first this stream reads, from its

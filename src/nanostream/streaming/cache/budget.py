@@ -1,4 +1,4 @@
-"""One stream's side of a data folder's disk budget: admit a download, evicting by the readers' needs
+"""One stream's side of a data folder's disk budget: reserve room for a download, evicting by the readers' needs
 (Belady's rule, or ``lru`` for the ablation), release it, publish the reader's needs; and ``prune``.
 Every call blocks. The rules are docs/cache.md's "How it works".
 """
@@ -28,7 +28,7 @@ class FolderBudget:
         self.folder, self.limit, self.policy = folder, limit, policy
         self.claim: Claim | None = None
         self.evicted = 0  # files this stream evicted
-        self.shortfall = ""  # why the last refused admission did not fit (for the waiting log)
+        self.shortfall = ""  # why the last refused reservation did not fit (for the waiting log)
         self._record: tuple[tuple[int, int], Catalog | None] | None = None
         self._moved: dict[str, tuple[int, float, bool]] = {}  # claim -> (place, since when, stall said)
 
@@ -48,7 +48,7 @@ class FolderBudget:
             self.claim = Claim(self.folder, self.limit, self.policy)
         return self.claim
 
-    def admit(self, rel: str, size: int, now: bool) -> bool:
+    def reserve(self, rel: str, size: int, now: bool) -> bool:
         """Reserve room for downloading ``rel`` (``size`` bytes), evicting as needed; False if it does not
         fit now (a demand is then recorded as waiting, so prefetches leave it room)."""
         need = reserve_size(size)
@@ -138,7 +138,7 @@ class FolderBudget:
 
     def publish(self, needs: Needs) -> None:
         """Tell the folder's other streams when this stream's reader needs which file next, and where it is
-        (``horizon.Horizon.future``)."""
+        (``needs.ReaderNeeds``)."""
         if self.claim is not None and self.claim.info.needs == needs:
             return
         with cache_lock(self.folder):

@@ -48,7 +48,7 @@ def cache_lock(folder: Path) -> Iterator[None]:
 
 
 class Needs(NamedTuple):
-    """When a stream's reader needs which file (``horizon.Horizon.future``), as its claim publishes it."""
+    """When a stream's reader needs which file (``needs.ReaderNeeds``), as its claim publishes it."""
 
     future: dict[str, int]  # file -> the place on the run's clock where the reader needs it next
     after: dict[str, int]  # the file read now -> where it is needed again after this read (-1: never)
@@ -182,7 +182,7 @@ class ReadLock:
                 os.close(fd)
                 raise
             if touch:
-                with contextlib.suppress(OSError):  # mtime kept: ``supply.file_id`` stays the same
+                with contextlib.suppress(OSError):  # mtime kept: ``reader.file_id`` stays the same
                     os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
             return cls(path, fd)
         return None
