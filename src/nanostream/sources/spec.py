@@ -1,7 +1,4 @@
 """``Source``: where one dataset is (a name, a URL or a folder), which of its files, and its weight in a mix.
-
-``sources_of`` turns ``stream(data=...)`` into sources; ``Source.resolve`` gives a source's data folder
-and its catalog, pinned in the folder's record (``resolve.pin_catalog``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""``CachedFiles``: the file provider under a ``cache_limit``, the data folder as a cache shared by every process on it.
-
-Every download first gets room in the folder's budget (``cache.budget.FolderBudget``): a file a reader
-waits for (a *demand*) until it fits, a *prefetch* only while it fits, in the order the prefetches were
-asked for. Room is freed by other processes' readers and evictions, which cannot tell this one: a
-waiting download asks the budget again every 20-250 ms (a prefetch up to every second, and at once when
-it becomes a demand or the one before it is through). The reader's needs (``needs.py``) are published
-at every change of file, for every stream's evictions. ``open_files`` picks the provider for a plan.
+"""``CachedFiles``: the file provider under a ``cache_limit``; every download first gets room in the folder's
+budget (``cache.budget``), and the reader's needs are published for every stream's evictions.
 """
 
 from __future__ import annotations
@@ -121,7 +115,9 @@ class CachedFiles(FolderFiles):
                 await self._release(file.path)
 
     async def _wait_for_room(self, rel: str, size: int) -> None:
-        """Wait until the budget has reserved room to download ``rel``; prefetches in the order asked for."""
+        """Wait until the budget has reserved room to download ``rel``; prefetches in the order asked for. Room
+        is freed by other processes' readers and evictions, which cannot wake this one: asked again every
+        20-250 ms (a prefetch up to every second, or at once when it becomes a demand or moves up)."""
         delay = 0.02
         since = told = time.monotonic()
         self._queued.append(rel)

@@ -1,13 +1,5 @@
-"""A reader's side of the row-group counts in one epoch: how far the bound lets it read, and its waits for more.
-
-``Tally`` keeps ``K``, the row groups left this epoch among the shards whose counts the book knows (a
-running total over ``CountBook.log``), and settles the epoch once every count is known. ``EpochCounts``
-adds a reader's waits. While the reader reads, ``watch`` learns the counts of its node's next shards as
-their downloads land, and what the folder's counts file and the count sharers tell; those are other
-processes, which cannot wake this one, so it looks every ``FETCH_EVERY`` s. A reader waiting at the bound
-is woken by what ``watch`` learns; after ``GRACE`` s without enough (at once on one node; up to ``LANDING``
-s while a download of the node's next shards is under way) it reads remote footers, ``BATCH`` at a time,
-the ones the bound needs soonest first.
+"""A reader's side of the row-group counts in one epoch: ``Tally`` keeps ``K`` (the row groups left among
+shards with known counts) and settles the epoch; ``EpochCounts`` adds the reader's waits for more.
 """
 
 from __future__ import annotations
@@ -61,7 +53,9 @@ class Tally:
 
 
 class EpochCounts(Tally):
-    """One reader's tally of one epoch, and its waits for more counts (see the module docstring)."""
+    """One reader's tally of one epoch, and its waits for more counts: woken by what ``watch`` learns; after
+    ``GRACE`` s without enough (none on one node, ``LANDING`` while the node's next download lands) it reads
+    remote footers, ``BATCH`` at a time, the ones the bound needs soonest first."""
 
     def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan, credentials: Any) -> None:
         super().__init__(deal, book)
@@ -105,8 +99,8 @@ class EpochCounts(Tally):
 
     async def watch(self) -> None:
         """While the reader reads: learn the counts of the node's next shards as they land, and what the counts
-        file and the sharers tell (polled: see the module docstring)."""
-        while self.settled is None:
+        file and the sharers tell."""
+        while self.settled is None:  # polled: downloads, the counts file and sharers are other processes' work
             landed = [s for s in self._own_next() if (self.plan.folder / self.book.files[s].path).exists()]
             await self.book.look(landed)
             self.refresh()

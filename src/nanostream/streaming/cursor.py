@@ -1,9 +1,5 @@
-"""The ``Cursor``: what all readers together have consumed of an epoch's global order, without row-group counts.
-
-A place ``(p, g)`` is row group ``g`` (in that shard's row-group order) of the ``p``-th shard of the
-epoch's shard order (``order.py``). A cursor holds the consumed places as ``spans``: sorted, disjoint,
-half-open ranges ``[(p, g), (q, h))`` in lexicographic order. Only the shards a span starts or ends in
-are cut inside, so a cursor is made and read without knowing the other shards' counts.
+"""The ``Cursor``: what all readers together have consumed of an epoch's global order, as spans of places
+``[(p, g), (q, h))`` (shard position, row-group position), made and read without the other shards' counts.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""One reader's epoch: its node's piece as far as the bound lets it, then the rest by the settled deal.
-
-``EpochWalk.read`` decides which row groups of which shard the reader hands over next, and when it waits
-for counts (``counting.py``); the producer opens the files and hands the row groups over (``emit_shard``).
-Before the settlement a shard's count comes from its footer (the node downloads the shard anyway) and
-each row group waits at the bound; once settled, the reader goes on by ``SettledDeal.sequence``. The file
-provider hears where the reader is before each file it asks for (``reader_at``: what a cache evicts by).
+"""One reader's epoch (``EpochWalk``): its node's piece as far as the bound lets it, then the rest by the
+settled deal; the file provider hears where the reader is before each file (``reader_at``).
 """
 
 from __future__ import annotations
@@ -65,7 +60,7 @@ def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int
 
 
 class EpochWalk:
-    """One reader's way through its epochs (see the module docstring)."""
+    """One reader's way through its epochs."""
 
     def __init__(self, plan: Plan, book: CountBook, files: FolderFiles, out: Emitter) -> None:
         self.plan, self.book, self.files, self.out = plan, book, files, out

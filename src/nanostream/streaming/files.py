@@ -1,10 +1,5 @@
-"""The file provider the producer reads through: a local file for a file index, read-locked, downloaded if missing.
-
-``FolderFiles`` is the unbounded data folder: the files there stay, missing ones are downloaded (the
-one needed now alone, then ``ReadAhead.files`` more in the reading order) by download tasks its
-TaskGroup owns. ``cached.CachedFiles`` is the same under a ``cache_limit``. The reader releases each
-``ReadLock`` once it has closed the file. Verification, atomic publish and one download per file
-across processes are the ``Fetcher``'s.
+"""The file provider the producer reads through: a local file for a file index, read-locked, downloaded if
+missing. ``FolderFiles`` is the unbounded data folder; ``cached.CachedFiles`` the same under a ``cache_limit``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """A weighted mix of sources as one stream: each source's own stream, interleaved by a byte-share ``Schedule``.
 
-Every source keeps its own order, deal and epochs (a small source starts its next epoch while the others
-go on); the next row group comes from the source furthest below its share of the text yielded so far, in
-UTF-8 bytes. With ``epochs=N`` the mix ends once every source has completed ``N`` epochs. docs/mixing.md
-has the rules; ``TokenDataset`` mixes by rows of tokens instead.
+Each source keeps its own order, deal and epochs; docs/mixing.md has the rules.
 """
 
 from __future__ import annotations
@@ -17,8 +14,8 @@ import pyarrow.compute as pc
 from ..config import Config
 from ..errors import ConfigError, DatasetError, ShardError
 from ..sources.spec import Source, check_folders, normalized
-from .plan import Batch, Chunk, Options
-from .single import Stream, open_stream, resume_start
+from .plan import Chunk, Options
+from .single import Batches, Stream, open_stream, resume_start
 
 
 class Schedule:
@@ -60,7 +57,7 @@ def open_mix(sources: tuple[Source, ...], options: Options, config: Config,
     return MixStream(streams, sources, options.epochs, state)
 
 
-class MixStream:
+class MixStream(Batches):
     """Async iterator of the ``Batch``es of a mix (``batch.source``: whose); also an async context manager."""
 
     def __init__(self, streams: list[Stream], sources: tuple[Source, ...], epochs: int | None,
@@ -69,25 +66,20 @@ class MixStream:
         self.schedule = Schedule(normalized(sources), tuple(state["yielded"]) if state is not None else None)
         self._done = [s.plan.first_epoch() for s in streams]  # epochs each source has completed
 
-    def __aiter__(self) -> MixStream:
-        return self
-
-    async def __anext__(self) -> Batch:
-        return (await self.next_chunk()).batch()
-
     async def next_chunk(self) -> Chunk:
         """The next row group of the mix, still in Arrow memory."""
         if self.epochs is not None and min(self._done) >= self.epochs:
             raise StopAsyncIteration
         k = self.schedule.next()
         chunk = await self.streams[k].next_chunk()
-        if chunk.epoch > self._done[k]:  # its epoch ended without a last row group saying so (a resume there)
-            self._done[k] = chunk.epoch
+        epoch = chunk.position.epoch
+        if epoch > self._done[k]:  # its epoch ended without a last row group saying so (a resume there)
+            self._done[k] = epoch
             if self.epochs is not None and min(self._done) >= self.epochs:
                 raise StopAsyncIteration  # the mix was over before this row group
         self.schedule.add(k, text_bytes(chunk))
         if chunk.last:
-            self._done[k] = chunk.epoch + 1
+            self._done[k] = epoch + 1
         return replace(chunk, source=k)
 
     def state_dict(self) -> dict[str, Any]:
@@ -98,12 +90,6 @@ class MixStream:
     async def aclose(self) -> None:
         for s in self.streams:
             await s.aclose()
-
-    async def __aenter__(self) -> MixStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -1,9 +1,4 @@
-"""When this stream's reader needs each file next, on the run's clock: what a cache evicts by.
-
-The run's clock counts a reader's row groups from the run's start, epoch after epoch; an epoch
-starts where the one before ended, at its settled length. Before an epoch is settled, the places
-of the reader's next files are estimated from the counts known (the mean for the rest); its own
-place is exact. docs/cache.md has the rules this follows and why.
+"""When this stream's reader needs each file next, on the run's clock: what a cache evicts by (docs/cache.md).
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""An epoch's global order and its deal (``EpochDeal``): who reads which row group before every count is known.
-
-The global order of an epoch is every row group of the split: the shards in ``shard_order``, each
-shard's row groups in ``row_group_order``. It depends on the split, ``shuffle``, ``seed`` and the epoch
-only, never on the world size, so a ``Cursor`` means the same in every run. The deal cuts what is
-left of the order into one piece per node by shard count, the ``j``-th row group of a node's piece
-going to its local reader ``j % L``; before the settlement (``settle.py``) a node reads row group
-``j`` of its piece only while ``j < L * (K // R)`` (``safe``). docs/multi-node.md has the rules,
-the bound's proof and a worked example.
+"""An epoch's global order (every row group of the split, by ``shuffle``, ``seed`` and epoch only) and its deal
+(``EpochDeal``): who reads which row group before every count is known. docs/multi-node.md has the rules.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""What a stream reads and yields: ``ReadAhead``, ``Options`` (a run's), ``Plan`` (one source's), ``Batch``, ``Position``.
-
-``Options`` is how a run reads, the same for every source of a mix; a ``Plan`` is one source's folder,
-catalog and split composed with those options. A ``Batch`` is the documents of one row group;
-its ``Position`` is where a resume continues after it.
+"""What a stream reads and yields: ``ReadAhead``, ``Options`` (a run's, the same for every source of a mix),
+``Plan`` (one source's folder, catalog and split with those options), ``Position``, ``Batch`` and ``Chunk``.
 """
 
 from __future__ import annotations
@@ -89,11 +86,11 @@ class Plan:
         return self.options.ranks
 
     def scope(self) -> str:
-        """The dataset's name for the count sharers: its source and revision, the same on every node."""
+        """The dataset's name for the count sharers, the same on every node."""
         return f"{self.catalog.source or self.catalog.name}@{self.catalog.revision or ''}"
 
     def credentials(self) -> Credentials | None:
-        """What requests for the files carry (a fresh one per event loop); None if nothing is remote."""
+        """What requests for the files carry; None if nothing is remote."""
         if not any(f.url for f in self.files):
             return None
         c = self.config
@@ -165,23 +162,16 @@ class Batch:
 @dataclass(frozen=True)
 class Chunk:
     """A row group as read, still in Arrow memory: what the queue holds. ``batch()`` makes the ``Batch`` on
-    the consumer's thread, which also frees its strings."""
+    the consumer's thread, which also frees its strings. ``last``: the reader's last row group of the epoch."""
 
     column: pa.ChunkedArray
     path: Path
-    shard: int
-    row_group: int
-    epoch: int
-    taken: int = 0
-    base: Cursor | None = None
+    position: Position
     source: int = 0
-    last: bool = False  # the reader's last row group of the epoch
-    replay: bool = False  # one of the options' ``replay`` row groups
+    last: bool = False
+    replay: bool = False
 
     def batch(self) -> Batch:
-        return Batch(to_texts(self.column, self.path, self.row_group), self.shard, self.row_group, self.epoch,
-                     self.taken, self.base, self.source, self.replay)
-
-    @property
-    def position(self) -> Position:
-        return Position(self.epoch, self.shard, self.row_group, self.taken, self.base)
+        p = self.position
+        return Batch(to_texts(self.column, self.path, p.row_group), p.shard, p.row_group, p.epoch, p.taken, p.base,
+                     self.source, self.replay)

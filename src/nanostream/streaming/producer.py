@@ -1,10 +1,5 @@
-"""The producer behind a ``Stream``: reads each epoch's row groups on one reader thread into a bounded queue.
-
-``Producer.run`` is the stream's one task. Per epoch, ``epoch.EpochWalk`` decides what comes next while
-``counting.EpochCounts.watch`` learns row-group counts beside it (a task of the epoch's TaskGroup); the
-producer opens each file through the file provider (``files.py``), reads its row groups on the
-``nanostream-read`` thread, re-fetches a corrupt shard once, and puts each row group (a ``Chunk``, in
-Arrow memory) into the queue, then None, or the error that ended the stream.
+"""The producer behind a ``Stream``, its one task: per epoch, ``EpochWalk`` decides what comes next while
+``EpochCounts.watch`` learns counts; each row group is read on the reader thread into the bounded queue.
 """
 
 from __future__ import annotations
@@ -153,7 +148,7 @@ class Producer:
                 if gate is not None and not await gate(gated + k):
                     return
                 column = await pending.popleft()  # if cancelled: dropped unless started
-                await self.queue.put(Chunk(column, handle.path, shard, group, epoch, taken + k + 1, base,
+                await self.queue.put(Chunk(column, handle.path, Position(epoch, shard, group, taken + k + 1, base),
                                            last=not self._replaying and taken + k + 1 == self.length,
                                            replay=self._replaying))
                 self.produced += 1

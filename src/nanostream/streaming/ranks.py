@@ -1,8 +1,5 @@
-"""``Ranks``: who reads (rank, world size, ranks per node) and ``drop_last``, detected from torch.distributed or torchrun.
-
-Ranks are numbered node by node, as torchrun does: rank ``r`` is local rank ``r % L`` of node ``r // L``.
-DataLoader workers fold in below them (``worker_stride``). torchrun's variables are read here, not in
-``Config``: they describe the process, not the user's settings.
+"""``Ranks``: who reads (rank, world size, ranks per node) and ``drop_last``, detected from torch.distributed or
+torchrun's environment (read here, not in ``Config``: it describes the process).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Reading one shard file with pyarrow: open it, read a row group's text column, close it.
-
-Owns the translation of pyarrow and OS errors into ``MissingShardError`` /
-``CorruptShardError`` naming the file (and row group) and saying what to do.
-Every call blocks; the producer runs them on its reader thread.
+"""Reading one shard file with pyarrow (blocking: the producer's reader thread), its errors translated into
+``MissingShardError``/``CorruptShardError`` naming the file.
 """
 
 from __future__ import annotations

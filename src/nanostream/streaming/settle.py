@@ -1,9 +1,4 @@
 """An epoch's settled deal (``SettledDeal``): once every row-group count of the epoch is known, who reads what.
-
-Each of the ``R`` readers reads ``length = T // R`` of the ``T`` row groups left (``ceil`` with
-``drop_last=False``); a node whose piece holds more than ``L * length`` hands its tail to the nodes
-whose pieces hold fewer. What a reader read before the settlement is the start of its sequence here.
-``cursor_after`` and ``reader_place`` answer from the deal alone where that can tell.
 """
 
 from __future__ import annotations

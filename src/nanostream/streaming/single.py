@@ -1,10 +1,8 @@
-"""One source's ``Stream``: its plan (``open_stream``), its lifecycle, its state, and what it can tell before it runs.
+"""One source's ``Stream``: ``open_stream`` (the internal entry ``TokenDataset`` uses too), its lifecycle and state.
 
-``open_stream`` is the internal entry (``TokenDataset`` uses it): one ``Source`` with ``Options`` and a
-start (a ``Position`` to resume exactly, a ``Cursor``, or None). ``resume_start`` turns a saved
-``state_dict()`` into that start. The stream's producer task is started by its first step and ended
-by ``aclose`` (or by its garbage collection after ``break``): the steps may come from different tasks
-(``iter_batches`` runs each on its loop thread), so no TaskGroup of theirs can own it.
+The producer task is started by the first step and ended by ``aclose`` (or the stream's garbage
+collection after ``break``): steps may come from different tasks (``iter_batches``), so no TaskGroup
+of theirs can own it.
 """
 
 from __future__ import annotations
@@ -62,8 +60,8 @@ def open_stream(source: Source, options: Options, config: Config, start: Positio
 
 def resume_start(source: Source, options: Options, config: Config, state: Mapping[str, Any]
                  ) -> Position | Cursor | None:
-    """Where a ``Stream.state_dict()`` continues: after its position at the same ``Ranks``, else at the global
-    cursor every reader had reached (counted at the saved ranks)."""
+    """Where a ``Stream.state_dict()`` continues: after its position at the same ``Ranks``, else at the cursor
+    every reader had reached."""
     try:
         ranks, position, cursor = Ranks(*state["ranks"]), state["position"], state["cursor"]
         start = Position.from_list(position) if position is not None else None
@@ -87,28 +85,41 @@ async def _consume(producer: Producer) -> AsyncIterator[Chunk]:
         await cancel_and_wait(task)
 
 
-class Stream:
-    """Async iterator of ``Batch``es of one source; also an async context manager. Single use.
+class Batches:
+    """What ``Stream`` and ``MixStream`` share: ``async for`` over ``next_chunk()``, and ``async with``."""
 
-    ``break`` stops the producer and its downloads once the stream is garbage (at once in CPython, through
-    the event loop's async generator finalizer); ``aclose()`` and ``async with`` do it before returning."""
+    async def next_chunk(self) -> Chunk:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> Batches:
+        return self
+
+    async def __anext__(self) -> Batch:
+        return (await self.next_chunk()).batch()
+
+    async def __aenter__(self) -> Batches:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Stream(Batches):
+    """Async iterator of the ``Batch``es of one source. Single use. ``break`` stops the producer and its downloads
+    once the stream is garbage; ``aclose()`` and ``async with`` do it before returning."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        o = plan.options
-        self.book: CountBook = book_for(plan.folder, plan.files, o.sharer, plan.scope())
+        self.book: CountBook = book_for(plan.folder, plan.files, plan.options.sharer, plan.scope())
         self._files: FolderFiles = open_files(plan, self.book)
         self._producer = Producer(plan, self.book, self._files)
         self._agen: Any = None
         self._last: Position | None = None
         self._settled: tuple[Any, SettledDeal] | None = None
         self._deal: tuple[Any, EpochDeal] | None = None
-
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self) -> Batch:
-        return (await self.next_chunk()).batch()
 
     async def next_chunk(self) -> Chunk:
         """The next row group still in Arrow memory (``chunk.batch()`` makes the ``Batch``)."""
@@ -122,16 +133,8 @@ class Stream:
         if self._agen is not None:
             await self._agen.aclose()
 
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     def state_dict(self) -> dict[str, Any]:
-        """Where the stream is, after the last batch it yielded, as plain JSON values: ``stream(...,
-        resume=state)`` continues right after it, exactly at the same ``Ranks`` and at another without
-        skipping or repeating a row group (those other readers took beyond this one are read again)."""
+        """Where the stream is after the last batch it yielded, as JSON values, for ``stream(..., resume=)``."""
         r, start = self.plan.ranks, self.plan.start
         position = self._last or (start if isinstance(start, Position) else None)
         cursor = start if position is None and isinstance(start, Cursor) else None
@@ -151,8 +154,7 @@ class Stream:
                 "evicted": self._files.evicted}
 
     def cache_minimum(self) -> int:
-        """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now. Sizes the
-        catalog does not list are taken from local files, else asked (HEAD, up to 16; the rest estimated)."""
+        """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now (blocking)."""
         sizes = self.plan.split_sizes()
         if None in sizes and self.plan.credentials() is not None:
             sizes = run_sync(_learn_sizes(self.plan, sizes))
@@ -164,19 +166,16 @@ class Stream:
         return shard_order(self.plan.shards, epoch, o.shuffle, o.seed)
 
     async def prepare(self) -> dict[int, int]:
-        """Learn every shard's row-group count now without blocking the event loop (``epoch_length`` then
-        answers at once). Iterating never needs it."""
+        """Learn every shard's row-group count now (``epoch_length`` then answers at once)."""
         return await self.book.require(list(self.plan.shards), self.plan.credentials(), self.plan.options.retry)
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Row groups (batches) every rank reads in ``epoch`` (default: the first this stream reads, from its
-        start). Needs every count of the epoch: learned now if not known (blocking). ConfigError if some rank
-        would read none."""
+        start); every count of the epoch is learned first if need be (blocking)."""
         return self.settled_deal(epoch).length
 
     def settled_deal(self, epoch: int | None = None, base: Cursor | None = None) -> SettledDeal:
-        """Who reads what in ``epoch`` (default: the first this stream reads, from its start), every count of the
-        epoch learned first if need be (blocking)."""
+        """Who reads what in ``epoch`` (default as ``epoch_length``), the counts learned first if need be."""
         key = self._first(epoch, base)
         if self._settled is None or self._settled[0] != key:  # one kept: a cursor per step is cheap
             deal = self.epoch_deal(*key)
@@ -184,7 +183,7 @@ class Stream:
         return self._settled[1]
 
     def epoch_deal(self, epoch: int | None = None, base: Cursor | None = None) -> EpochDeal:
-        """Epoch ``epoch``'s deal before the counts (default: the first this stream reads, from its start)."""
+        """Epoch ``epoch``'s deal before the counts (default as ``epoch_length``)."""
         key = self._first(epoch, base)
         if self._deal is None or self._deal[0] != key:
             self._deal = (key, self.plan.deal(*key))
@@ -192,8 +191,7 @@ class Stream:
 
     def cursor(self, position: Position | None = None, *, taken: int | None = None) -> Cursor:
         """The global position after ``position`` (default: the start), every reader having taken ``taken`` row
-        groups of the epoch (default: as many as this one at ``position``). Readers that are not level must
-        agree on the smallest ``taken``, or a resume skips row groups. Needs the counts of what was read."""
+        groups of the epoch (default: as many as this one at ``position``; readers not level pass the smallest)."""
         start = self.plan.start
         if position is None:
             if not isinstance(start, Position):
@@ -214,7 +212,7 @@ class Stream:
         return epoch, self.plan.start_base() if base is None and epoch == first else base
 
     def _answer(self, answer: Any) -> Any:
-        """``answer(counts)``, learning the counts it needs first (blocking) if the book does not know them."""
+        """``answer(counts)``, learning the counts it needs first (blocking)."""
         try:
             return answer(self.book.snapshot())
         except NeedCounts:

@@ -1,8 +1,4 @@
 """``stream()`` and ``iter_batches()``: the front door, where a call's arguments become sources and ``Options``.
-
-One source gives a ``Stream`` (``single.py``), a list of sources a ``MixStream`` (``mix.py``);
-``iter_batches`` runs either on a background event loop (``blocking.py``). Nothing here is what
-``TokenDataset`` calls: it builds its streams through ``single.open_stream``.
 """
 
 from __future__ import annotations

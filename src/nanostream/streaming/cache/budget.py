@@ -160,7 +160,7 @@ def victims(policy: str, view: FolderScan, record: Catalog | None, claims: list[
             behind: list[ClaimInfo] | None = None) -> list[tuple[str, bool]]:
     """What may be evicted (for ``rel``, by the stream of claim ``me``), in eviction order: (path, is a
     part). A demand keeps the files that the readers of ``behind`` (default: every claim but ``me``)
-    need before ``me``'s place. See the module docstring."""
+    need before ``me``'s place."""
     remote = {f.path for f in record.files if f.url} if record is not None else set()
     cands = [(r, False) for r, kind in view.kinds.items() if kind == "data" and r not in reserved and r != rel]
     cands += [(r, True) for r in view.parts if r in remote and r not in reserved and r != rel]

@@ -1,9 +1,5 @@
-"""What the processes streaming a cached folder share: its cache lock, the streams' claims, the readers' locks.
-
-A stream's claim file (``.nanostream.cache.<pid>-<n>.claim``, flocked for the stream's life) holds its
-limit, its reservations, what it waits for and its reader's ``Needs``; one whose flock can be taken is a
-dead process's and goes. A ``ReadLock`` is a reader's shared flock on the file it reads, which ``evict``
-skips. Claims are read and written under the cache lock. Every call blocks.
+"""What the processes streaming a cached folder share: its cache lock, each stream's claim file (flocked for
+its life, holding its reservations and its reader's ``Needs``), the readers' read locks, eviction. Blocking.
 """
 
 from __future__ import annotations
@@ -160,7 +156,7 @@ class ReadLock:
     def take(cls, path: Path, touch: bool = False) -> ReadLock | None:
         """Hold ``path``; None if it is absent or being evicted right now (fetch it, or try again). ``touch``
         sets its access time to now (the last read: LRU order, and ties). Blocking."""
-        for _ in range(100):  # an exclusive flock lasts microseconds (an eviction, or a look at the folder)
+        for _ in range(100):  # polled: an eviction's exclusive flock (another process) lasts microseconds
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:

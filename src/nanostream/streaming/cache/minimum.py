@@ -1,8 +1,5 @@
-"""The smallest ``cache_limit`` that works for a stream: ``minimum`` and what it is made of (``Minimum``).
-
-Each of the node's readers locks at most the file it reads and releases it before it waits for the next,
-so room for the readers' files and one more, two downloads' state files, the claims and the bookkeeping,
-beside what cannot be evicted, always lets some reader go on (docs/cache.md).
+"""The smallest ``cache_limit`` that works for a stream (``Minimum``): docs/cache.md says why it always
+lets some reader go on.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """What a data folder takes on disk (``st_blocks * 512``), file by file, sorted by the folder's record into
-data files (listed with a URL: may be evicted), local-only and unlisted files, parts (with their state
-files) and bookkeeping. ``folder_bytes`` is what a limit bounds; ``reserve_size`` what a download may take.
+evictable data files, local-only and unlisted files, parts and bookkeeping.
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ def _owner(name: str, affix: tuple[str, str]) -> str | None:
 
 
 def scan(folder: Path, record: Catalog | None) -> FolderScan:
-    """Every file under ``folder`` (see the module docstring), sorted by ``record``."""
+    """Every file under ``folder``, sorted by ``record``."""
     out = FolderScan(folder)
     urls = {f.path: bool(f.url) for f in record.files} if record is not None else {}
     for root, _dirs, names in os.walk(folder):
