@@ -373,8 +373,8 @@ async def test_stream_reads_a_prefix_while_downloading(moto_url, bucket, tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from nanostream import Source, stream
     from nanostream.config import Config
-    from nanostream.streaming.streams import stream
 
     name, client = bucket
     for split, k in (("train", 0), ("train", 1), ("val", 2)):
@@ -382,7 +382,7 @@ async def test_stream_reads_a_prefix_while_downloading(moto_url, bucket, tmp_pat
         pq.write_table(pa.table({"text": [f"doc:{k}:{r}" for r in range(12)]}), buf, row_group_size=4)
         put(client, name, f"p/{split}/{k}.parquet", buf.getvalue(), sha=k == 0)
     cfg = Config(base_dir=tmp_path, s3_endpoint=moto_url)
-    s = await asyncio.to_thread(stream, "train", dataset=f"s3://{name}/p/", num_shards=2, config=cfg)
+    s = await asyncio.to_thread(stream, "train", data=Source(f"s3://{name}/p/", num_shards=2), config=cfg)
     texts = [t async for b in s for t in b.texts]
     assert sorted(texts) == sorted(f"doc:{k}:{r}" for k in (0, 1) for r in range(12))
     folder = tmp_path / "data" / "s3" / name / "p"
