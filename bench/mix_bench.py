@@ -10,7 +10,7 @@
    (tokens per second of the tokenizer differ by 30% between the 1x and 3x sources of row 1,
    so a window of a shuffled single source would measure the text, not the loader). The mix's
    feeds share one encoding pool, as many threads as one source has. Target: >= 0.95x.
-3. First batch: ``stream(mix=[two hf:// sources])`` from empty folders against one of them
+3. First batch: ``stream(data=[two hf:// Sources])`` from empty folders against one of them
    alone, behind the Hub-like test server (tests/hubserver.py, throttled per response),
    median of interleaved rounds. Target <= 1.2x.
 

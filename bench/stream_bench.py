@@ -10,8 +10,8 @@
    server (``tests/servers.py`` as a subprocess) vs "fetch everything, then read",
    and vs one shard's download time alone (same downloader, same workers).
    Target: first batch within 1.5x of one shard's download. And the issue-15 row: 9 small
-   shards (~0.8 MB) behind 1.5 MB/s per connection and 50 ms latency, where the row-group
-   census (footers) costs as much as a shard: the first batch over one shard's download,
+   shards (~0.8 MB) behind 1.5 MB/s per connection and 50 ms latency, where reading every
+   footer first costs as much as a shard: the first batch over one shard's download,
    median of interleaved rounds. Target <= 1.1.
 3. Peak RSS streaming 4 vs 16 shards, each in a fresh subprocess that reports its own
    ``VmHWM`` (``/proc/self/status``: the peak of *its* address space, which starts anew at

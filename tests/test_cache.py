@@ -175,12 +175,12 @@ def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
                       atime=dict.fromkeys("abcn", 0))
     leader = ClaimInfo("leader", future={"x": 40, "c": 44, "n": 90}, after={}, at=40, run="r")
     behind = ClaimInfo("behind", future={"a": 12, "b": 16, "x": 40, "c": 44, "n": 90}, at=10, run="r")
-    holders = [leader, behind]
-    assert victims("belady", view, None, holders, {}, "x", now=False, me=leader) == [("n", False), ("c", False)]
-    assert victims("belady", view, None, holders, {}, "x", now=True, me=leader) == [("n", False), ("c", False)]
-    assert victims("belady", view, None, holders, {}, "x", now=True, me=leader, behind=[]) == [
+    claims = [leader, behind]
+    assert victims("belady", view, None, claims, {}, "x", now=False, me=leader) == [("n", False), ("c", False)]
+    assert victims("belady", view, None, claims, {}, "x", now=True, me=leader) == [("n", False), ("c", False)]
+    assert victims("belady", view, None, claims, {}, "x", now=True, me=leader, behind=[]) == [
         ("n", False), ("c", False), ("b", False), ("a", False)]  # that reader stalled: Belady's order
-    assert victims("belady", view, None, holders, {}, "b", now=True, me=behind) == [
+    assert victims("belady", view, None, claims, {}, "b", now=True, me=behind) == [
         ("n", False), ("c", False), ("a", False)]  # b is needed at 16, later than a: a goes last
     other_run = ClaimInfo("val", future={"a": 1005, "b": 1001}, at=1000, run="v")  # b 1 from its place
     assert victims("belady", view, None, [leader, other_run], {}, "x", now=False, me=leader) == [

@@ -62,8 +62,8 @@ async def test_two_nodes_under_one_quota_start_at_once_and_read_each_footer_once
 
 def test_a_finite_run_starts_without_counting_and_len_counts_the_rest(tmp_path: Path) -> None:
     """``TokenDataset(epochs=1)`` from an empty folder behind a plain file server (no counts in its answers):
-    the first batch reads no footer remotely (it asks only for the files it reads or fetches next: no
-    census); ``len(ds)`` asked then learns the rest (remote footers, once each) and is what the iterator
+    the first batch reads no footer remotely (it asks only for the files it reads or fetches next, not
+    every footer first); ``len(ds)`` asked then learns the rest (remote footers, once each) and is what the iterator
     yields."""
     from nanostream import ByteTokenizer, TokenDataset
 

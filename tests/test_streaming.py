@@ -297,7 +297,7 @@ async def test_missing_shard_without_remote(tmp_path: Path) -> None:
 
 # -- background fetching ---------------------------------------------------------------------------
 def downloads(srv: FaultServer, name: str) -> int:
-    """GETs of ``name`` that download it (not the census's suffix-range reads of its footer)."""
+    """GETs of ``name`` that download it (not the suffix-range reads of its footer)."""
     return sum(1 for r in srv.requests if r.path == "/" + name and r.method == "GET"
                and not (r.range or "").startswith("bytes=-"))
 
