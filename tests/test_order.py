@@ -26,21 +26,39 @@ def plan(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch
                        counts)
 
 
+def items(p: SettledDeal) -> list[tuple[int, int]]:
+    """Every row group of the epoch's global order, ``(shard, row_group)``."""
+    d = p.deal
+    return [(s, d.row_group(q, g, p.counts[s])) for q, s in enumerate(d.order) for g in range(p.counts[s])]
+
+
+def total(p: SettledDeal) -> int:
+    return sum(p.counts[s] for s in p.deal.order)
+
+
+def indices(p: SettledDeal, reader: int) -> list[int]:
+    """Global-order indices ``reader`` reads this epoch, in order."""
+    starts = [0]
+    for s in p.deal.order:
+        starts.append(starts[-1] + p.counts[s])
+    return [starts[q] + g for q, g in p.places(reader)]
+
+
 def taken_items(p: SettledDeal, taken: int) -> list[int]:
-    return [i for r in range(p.world_size) for i in p.indices(r)[:taken]]
+    return [i for r in range(p.world_size) for i in indices(p, r)[:taken]]
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_every_reader_reads_the_same_number(drop_last):
     counts = {0: 5, 1: 3, 2: 7, 3: 4, 4: 6}
     p = plan(counts, 4, 2, drop_last=drop_last)
-    lengths = {len(p.indices(r)) for r in range(4)}
+    lengths = {len(indices(p, r)) for r in range(4)}
     assert lengths == {p.length}
-    everything = [i for r in range(4) for i in p.indices(r)]
+    everything = [i for r in range(4) for i in indices(p, r)]
     if drop_last:
-        assert len(set(everything)) == len(everything) == p.total - p.dropped  # at most once
+        assert len(set(everything)) == len(everything) == total(p) - p.dropped  # at most once
     else:
-        assert set(everything) == set(range(p.total)) and len(everything) == p.total + p.padded
+        assert set(everything) == set(range(total(p))) and len(everything) == total(p) + p.padded
 
 
 @pytest.mark.parametrize("old, new", [((4, 2), (2, 2)), ((2, 2), (4, 2)), ((4, 2), (3, 3)), ((2, 1), (8, 4)),
@@ -53,24 +71,24 @@ def test_resume_at_another_world_size_skips_and_repeats_nothing(old, new):
     cur = first.cursor_after(taken)
     assert cur.consumed == len(set(taken_items(first, taken)))  # row groups consumed by all ranks together
     again = plan(counts, *old, drop_last=False, base=Cursor.from_list(cur.to_list()))
-    rest = {i for r in range(again.world_size) for i in again.indices(r)}
+    rest = {i for r in range(again.world_size) for i in indices(again, r)}
     assert rest.isdisjoint(taken_items(first, taken))
-    assert rest | set(taken_items(first, taken)) == set(range(first.total))
+    assert rest | set(taken_items(first, taken)) == set(range(total(first)))
     # ... and again at the new size, twice over (a cursor after a resume keeps both parts)
     second = plan(counts, *new, drop_last=False, base=cur)
     cur2 = second.cursor_after(second.length // 3)
     third = plan(counts, *old, drop_last=False, base=cur2)
     parts = [set(taken_items(first, taken)), set(taken_items(second, second.length // 3)),
-             {i for r in range(third.world_size) for i in third.indices(r)}]
-    assert sum(len(x) for x in parts) == len(set().union(*parts)) == first.total
+             {i for r in range(third.world_size) for i in indices(third, r)}]
+    assert sum(len(x) for x in parts) == len(set().union(*parts)) == total(first)
 
 
 def test_cursor_at_the_same_world_size_and_at_the_epoch_end():
     counts = {s: 4 for s in range(8)}
     p = plan(counts, 4, 2)
     q = plan(counts, 4, 2, base=p.cursor_after(3))
-    after = {i for r in range(4) for i in p.indices(r)[3:]}
-    assert {i for r in range(4) for i in q.indices(r)} == after  # the same rest (a shard partly read
+    after = {i for r in range(4) for i in indices(p, r)[3:]}
+    assert {i for r in range(4) for i in indices(q, r)} == after  # the same rest (a shard partly read
     assert q.length == p.length - 3  # is shared anew by its node's readers), and as many each
     assert p.cursor_after(p.length) == Cursor(1, shards=8)  # the epoch done: the next one
 
@@ -108,7 +126,7 @@ def test_an_epoch_leaves_out_or_repeats_at_most_readers_minus_one(counts, layout
             plan(c, readers, local, drop_last=drop_last, shuffle=shuffle)
         return
     p = plan(c, readers, local, drop_last=drop_last, shuffle=shuffle)
-    seqs = [p.indices(r) for r in range(readers)]
+    seqs = [indices(p, r) for r in range(readers)]
     assert {len(s) for s in seqs} == {p.length}  # equal work on every reader
     read = Counter(i for s in seqs for i in s)
     if drop_last:
@@ -131,7 +149,8 @@ def test_a_node_downloads_its_piece_and_at_most_two_shards_more(shards, groups, 
     if shards * groups < readers:
         return
     p = plan({s: groups for s in range(shards)}, readers, local, shuffle=shuffle, drop_last=drop_last)
-    held = [{p.items[i][0] for r in range(n * local, (n + 1) * local) for i in p.indices(r)} for n in range(nodes)]
+    every = items(p)
+    held = [{every[i][0] for r in range(n * local, (n + 1) * local) for i in indices(p, r)} for n in range(nodes)]
     for n in range(nodes):
         assert len({p.deal.order[q] for q in p.deal.piece(n)}) <= -(-shards // nodes)
         assert len(held[n]) <= -(-shards // nodes) + 2
@@ -146,8 +165,8 @@ def test_shuffle_is_a_permutation_per_epoch_the_same_on_every_rank(counts, layou
         return
     for epoch in (0, 1):
         a, b = plan(c, readers, local, epoch=epoch), plan(c, readers, local, epoch=epoch)
-        assert a.items == b.items and [a.indices(r) for r in range(readers)] == [b.indices(r) for r in range(readers)]
-        assert sorted(a.items) == sorted((s, g) for s, n in c.items() for g in range(n))  # every row group once
+        assert items(a) == items(b) and [indices(a, r) for r in range(readers)] == [indices(b, r) for r in range(readers)]
+        assert sorted(items(a)) == sorted((s, g) for s, n in c.items() for g in range(n))  # every row group once
 
 
 @settings(max_examples=200, deadline=None)
@@ -166,14 +185,14 @@ def test_elastic_resume_skips_nothing_at_any_layout(counts, old, new, frac, drop
     done = set(taken_items(first, taken))
     assert cur.consumed == len(done)
     second = plan(c, r2, l2, base=cur, drop_last=drop_last)
-    rest = [i for r in range(r2) for i in second.indices(r)]
+    rest = [i for r in range(r2) for i in indices(second, r)]
     assert done.isdisjoint(rest)  # nothing read twice across the resume (but padding)
-    assert {len(second.indices(r)) for r in range(r2)} == {second.length}
+    assert {len(indices(second, r)) for r in range(r2)} == {second.length}
     if drop_last:
-        assert len(set(rest)) == len(rest) and first.total - len(done) - len(rest) <= max(r2 - 1, 0) + \
-            (first.total - len(done) if second.length == 0 else 0)
+        assert len(set(rest)) == len(rest) and total(first) - len(done) - len(rest) <= max(r2 - 1, 0) + \
+            (total(first) - len(done) if second.length == 0 else 0)
     else:
-        assert done | set(rest) == set(range(first.total))  # nothing skipped
+        assert done | set(rest) == set(range(total(first)))  # nothing skipped
 
 
 @settings(max_examples=300, deadline=None)
@@ -230,4 +249,4 @@ def test_a_reader_stops_at_the_bound_until_counts_arrive():
     with pytest.raises(NeedCounts) as exc:
         d.piece_places(0, {0: 4}, 5)
     assert exc.value.shards == (1,)
-    assert d.safe(d.known_left({0: 4, 1: 4})) == 8 and d.first_shard(0) == 0
+    assert d.safe(d.known_left({0: 4, 1: 4})) == 8 and d.order[d.piece(0)[0]] == 0

@@ -73,11 +73,6 @@ class EpochDeal:
         """Shard positions of node ``node``'s piece, in order."""
         return self._pieces[node]
 
-    def first_shard(self, node: int) -> int | None:
-        """The shard node ``node`` reads first (its piece's first), or None if its piece is empty."""
-        piece = self._pieces[node]
-        return self.order[piece[0]] if piece else None
-
     def places(self, p: int, count: int) -> list[int]:
         """Row-group positions of shard position ``p`` (holding ``count``) still to read this epoch."""
         if self.base is None:

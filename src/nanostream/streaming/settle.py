@@ -81,27 +81,6 @@ class SettledDeal:
         d = self.deal
         return [(d.order[p], d.row_group(p, g, self.counts[d.order[p]])) for p, g in self.places(reader)]
 
-    @property
-    def items(self) -> list[tuple[int, int]]:
-        """Every row group of the epoch's global order, ``(shard, row_group)`` (needs every shard's count)."""
-        d = self.deal
-        missing = [s for s in d.order if s not in self.counts]
-        if missing:
-            raise NeedCounts(missing)
-        return [(s, d.row_group(p, g, self.counts[s])) for p, s in enumerate(d.order) for g in range(self.counts[s])]
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts[s] for s in self.deal.order)
-
-    def indices(self, reader: int) -> list[int]:
-        """Global-order indices ``reader`` reads this epoch, in order."""
-        starts, at = [], 0
-        for s in self.deal.order:
-            starts.append(at)
-            at += self.counts[s]
-        return [starts[p] + g for p, g in self.places(reader)]
-
     def cursor_after(self, taken: int) -> Cursor:
         """The global position once every reader has taken its first ``taken`` row groups."""
         shards = len(self.deal.order)

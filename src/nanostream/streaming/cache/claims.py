@@ -146,6 +146,27 @@ class Claim:
             self.fd = -1
 
 
+def _flocked(path: Path, mode: int) -> int | None:
+    """A descriptor of ``path`` flocked with ``mode`` without waiting, still the file at ``path``; None if it is
+    absent or was replaced. BlockingIOError if another descriptor holds a conflicting flock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        st, now = os.fstat(fd), os.stat(path)
+        if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+            return fd
+    except FileNotFoundError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)  # evicted or replaced under our feet
+    return None
+
+
 class ReadLock:
     """A shared flock on the data file a reader reads: no process evicts it until ``release``."""
 
@@ -158,29 +179,14 @@ class ReadLock:
         sets its access time to now (the last read: LRU order, and ties). Blocking."""
         for _ in range(100):  # polled: an eviction's exclusive flock (another process) lasts microseconds
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                st = os.fstat(fd)
-                now = os.stat(path)
-                if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
-                    raise FileNotFoundError(path)
+                fd = _flocked(path, fcntl.LOCK_SH)
             except BlockingIOError:
-                os.close(fd)
                 time.sleep(0.002)
                 continue
-            except FileNotFoundError:  # evicted under our feet
-                os.close(fd)
-                return None
-            except BaseException:
-                os.close(fd)
-                raise
-            if touch:
+            if fd is not None and touch:
                 with contextlib.suppress(OSError):  # mtime kept: ``reader.file_id`` stays the same
-                    os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
-            return cls(path, fd)
+                    os.utime(fd, ns=(time.time_ns(), os.fstat(fd).st_mtime_ns))
+            return None if fd is None else cls(path, fd)
         return None
 
     def release(self) -> None:
@@ -192,14 +198,10 @@ class ReadLock:
 def in_use(path: Path) -> bool:
     """Does a reader hold ``path``? (An exclusive flock tried and dropped at once.) Blocking."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = _flocked(path, fcntl.LOCK_EX)
     except BlockingIOError:
         return True
-    finally:
+    if fd is not None:
         os.close(fd)
     return False
 
@@ -220,20 +222,15 @@ def evict(folder: Path, rel: str, *, part: bool = False) -> int:
             discard(path)
             return freed
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = _flocked(path, fcntl.LOCK_EX)
+        except BlockingIOError:
+            return 0  # a reader holds it
+        if fd is None:
             return 0
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0  # a reader holds it
-            st = os.fstat(fd)
-            now = os.stat(path)
-            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
-                return 0
+            freed = allocated(os.fstat(fd))
             path.unlink()
-            return allocated(st)
+            return freed
         finally:
             os.close(fd)
     finally:
