@@ -169,13 +169,10 @@ class Producer:
         return await hand_off(self._executor.submit(ShardReader, path, self.plan.catalog.text_column), ShardReader.close)
 
     async def _stop_thread(self) -> None:
+        """Join the reader thread once it has finished everything queued on it."""
         executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        fence = asyncio.wrap_future(executor.submit(lambda: None))
-        executor.shutdown(wait=False)
-        await asyncio.wait([fence])  # the thread has finished everything queued on it
-        executor.shutdown(wait=True)  # joins a thread that is already exiting
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

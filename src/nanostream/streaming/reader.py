@@ -73,11 +73,8 @@ def _corrupt(path: Path, exc: BaseException, row_group: int | None = None) -> Co
 
 
 def to_texts(column: pa.ChunkedArray, path: Path, row_group: int) -> list[str]:
-    """Python strings of a column read by ``ShardReader.read``.
-
-    Call it on the thread that will drop the strings: strings made on one thread
-    and freed on another cost about three times as much CPU (allocator arenas).
-    """
+    """Python strings of a column read by ``ShardReader.read``. Call it on the thread that will drop them:
+    strings made on one thread and freed on another cost about three times as much CPU (allocator arenas)."""
     try:
         return column.to_pylist()
     except (pa.ArrowException, ValueError) as exc:

@@ -27,15 +27,10 @@ def stream(split: str = "train", *, data: Data = None, epochs: int | None = 1, s
            resume: Mapping[str, Any] | None = None, config: Config | None = None) -> Stream | MixStream:
     """Batches of ``split`` ("train" or "val"): the documents of one row group each, read while downloading.
 
-    ``data``: where the data is: None (the default dataset), a built-in name, ``hf://``/``s3://``/
-    ``http(s)://`` URL, a folder, a ``Source``, or a list of ``Source``s (a weighted mix: ``MixStream``).
-    ``epochs=None`` streams forever; ``shuffle``/``seed`` permute shards and row groups per epoch, the same
-    on every rank. ``ranks`` (default: detected), ``read_ahead``, ``retry``: see their classes.
-    ``cache_limit`` bounds the data folder's bytes on disk (bytes, ``"40GB"``, ``"500MiB"``, ``"75%"`` of
-    its filesystem; default ``NANOSTREAM_CACHE_LIMIT``); a limit below what the work needs is a
-    ConfigError giving the smallest that works. ``resume``: a ``state_dict()`` of an earlier stream of the
-    same data, continued right after its last batch. Folders, splits and arguments are checked now;
-    nothing runs before the first ``async for`` step.
+    ``data``: None (the default dataset), a built-in name, a ``hf://``/``s3://``/``http(s)://`` URL, a folder,
+    a ``Source``, or a list of ``Source``s (a weighted mix: ``MixStream``). ``epochs=None`` streams forever.
+    ``resume``: a ``state_dict()`` of an earlier stream of the same data. The rest: docs/streaming.md.
+    Folders, splits and arguments are checked now; nothing runs before the first ``async for`` step.
     """
     cfg = config or Config.from_env()
     sources = sources_of(data)
