@@ -42,8 +42,8 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import os
 import json
+import os
 import resource
 import statistics
 import sys

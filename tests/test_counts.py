@@ -13,8 +13,13 @@ from nanostream.errors import CorruptShardError, HTTPStatusError
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.counts import (COUNTS_FILE, CountBook, read_counts_file, row_group_counts,
-                                       row_group_counts_blocking)
+from nanostream.sources.counts import (
+    COUNTS_FILE,
+    CountBook,
+    read_counts_file,
+    row_group_counts,
+    row_group_counts_blocking,
+)
 from nanostream.sources.credentials import Credentials
 
 from datagen import make_shards
