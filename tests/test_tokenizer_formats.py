@@ -102,7 +102,7 @@ def test_mismatch_falls_back_to_tiktoken_once(nanochat, monkeypatch: pytest.Monk
                                               caplog: pytest.LogCaptureFixture) -> None:
     """If the fast scheme gives other ids on the identity sample, tiktoken encodes (said once), or
     encoder="gigatoken" refuses."""
-    monkeypatch.setitem(schemes._FAST, NANOCHAT_PATTERN, ("gpt4", False))  # no digit cut: wrong on numbers
+    monkeypatch.setitem(schemes.FAST_SCHEMES, NANOCHAT_PATTERN, ("gpt4", False))  # no digit cut: wrong on numbers
     enc = nanochat.enc
     args = {"pattern": enc._pat_str, "special_tokens": enc._special_tokens, "origin": "mismatch-test"}
     with caplog.at_level(logging.WARNING):

@@ -26,16 +26,6 @@ from .schemes import digit_pieces
 REBUILD_CHARS = 32_000_000  # characters encoded between two rebuilds of the encoder (bounds its cache)
 
 
-def available() -> bool:
-    """Whether gigatoken (and awkward, for its arrays) can be imported."""
-    try:
-        import awkward  # noqa: F401
-        import gigatoken  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class FromRanks:
     """Builds gigatoken encoders for ``ranks_file`` (``.tiktoken`` contents) and ``scheme``, no specials."""
 
@@ -63,20 +53,8 @@ class FromJson:
         return gigatoken.Tokenizer.from_json(self.data).backend
 
 
-_trim: Any = None
-
-
-def _return_freed_memory() -> None:
-    """glibc's ``malloc_trim(0)``: freed heap pages go back to the OS (else a freed encode cache stays
-    resident and RSS creeps up by its size at each rebuild). Nothing elsewhere."""
-    global _trim
-    if _trim is None:
-        try:
-            _trim = ctypes.CDLL(None).malloc_trim if sys.platform.startswith("linux") else False
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim:
-        _trim(0)
+# glibc's malloc_trim: a freed encode cache goes back to the OS instead of staying resident
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
 
 
 class FastEncoder:
@@ -99,8 +77,8 @@ class FastEncoder:
                 self._backend, self._chars = None, 0  # the old encoder and its cache are freed here ...
                 self._backend = self._build()
                 self.builds += 1
-                if rebuilt:
-                    _return_freed_memory()  # ... and handed back to the OS, not kept by the allocator
+                if rebuilt and _MALLOC_TRIM is not None:
+                    _MALLOC_TRIM(0)  # ... and handed back to the OS, not kept by the allocator
             self._chars += chars
             return self._backend
 
@@ -188,11 +166,11 @@ def exact_encoder(build: Callable[[], FastEncoder], reference: Callable[[list[st
     on ``SAMPLE`` with ``specials``; else None, said once, or a TokenizerError if ``required``.
     ``unfit``: why gigatoken cannot encode this tokenizer at all."""
     enc, reason = None, unfit
-    if reason is None and not available():
-        reason = "gigatoken is not installed"
     if reason is None:
         try:
             enc = build()
+        except ImportError:
+            reason = "gigatoken is not installed"
         except Exception as exc:  # noqa: BLE001  (gigatoken raises plain errors for what it cannot encode)
             reason = f"gigatoken cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         else:

@@ -4,7 +4,7 @@ split regex and special tokens) encoded by gigatoken where that is exact, else b
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
@@ -17,7 +17,7 @@ from ..errors import TokenizerError
 from . import saved
 from .fast import FastEncoder, FromRanks, exact_encoder
 from .saved import BOS
-from .schemes import NANOSTREAM, fast_scheme
+from .schemes import FAST_SCHEMES, NANOSTREAM
 
 SPLIT_PATTERN = NANOSTREAM
 ENCODERS = ("auto", "gigatoken", "tiktoken")
@@ -46,12 +46,17 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def _offsets(parts: Sequence[Sized]) -> np.ndarray:
+    """Where each part starts in their concatenation, and its total length at the end (int64)."""
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
+    return offsets
+
+
 def flat_of(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Id lists as ``(tokens, offsets)`` (int64)."""
-    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), out=offsets[1:])
-    tokens = np.fromiter((i for ids in lists for i in ids), dtype=np.int64, count=int(offsets[-1]))
-    return tokens, offsets
+    offsets = _offsets(lists)
+    return np.fromiter((i for ids in lists for i in ids), dtype=np.int64, count=int(offsets[-1])), offsets
 
 
 def lists_of(tokens: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
@@ -70,9 +75,7 @@ class ByteTokenizer:
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = [t.encode("utf-8") for t in texts]
-        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
-        return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+        return np.frombuffer(b"".join(parts), dtype=np.uint8), _offsets(parts)
 
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
@@ -150,7 +153,7 @@ class BPETokenizer(FastOrReference):
                                           special_tokens=self.special_tokens)
         except (ValueError, AssertionError) as exc:
             raise TokenizerError(f"{origin}: invalid BPE tokenizer (pattern or ranks): {exc}") from exc
-        scheme = fast_scheme(pattern)
+        scheme = FAST_SCHEMES.get(pattern)
         self._choose_encoder(
             encoder, lambda: FastEncoder(FromRanks(saved.ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
             [*self.special_tokens, bos], unfit=None if scheme else "gigatoken has no scheme for its split pattern")
