@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -46,10 +45,6 @@ def hex_digest(path: Path, h: Any) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return hex_digest(path, hashlib.sha256())
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
