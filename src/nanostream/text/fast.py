@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TokenizerError
-from ..sources.catalog import say_once
 from .schemes import digit_pieces
 
 REBUILD_CHARS = 32_000_000  # characters encoded between two rebuilds of the encoder (bounds its cache)
@@ -143,44 +141,20 @@ SAMPLE: tuple[str, ...] = tuple(
      *(f"text {s} text{s}{s} {s}" for s in _SPECIAL_TEXT), *_generated(400)])
 
 
-def first_difference(reference: Callable[[list[str]], Sequence[Sequence[int]]], fast: FastEncoder,
-                     specials: Iterable[str]) -> str | None:
-    """The first text of ``SAMPLE`` (plus each of ``specials`` alone and in a sentence) whose ids from
-    ``fast`` differ from ``reference``'s, or None."""
-    texts = [*SAMPLE, *(t for s in specials for t in (s, f"a {s} in text{s}{s}."))]
-    want = reference(texts)
-    tokens, offsets = fast.encode_flat(texts)
-    if len(offsets) != len(texts) + 1:
-        return texts[0]
-    for i, ids in enumerate(want):
-        got = tokens[offsets[i]:offsets[i + 1]]
-        if len(got) != len(ids) or not np.array_equal(got, np.asarray(ids, dtype=np.int64)):
-            return texts[i]
-    return None
-
-
 def exact_encoder(build: Callable[[], FastEncoder], reference: Callable[[list[str]], Sequence[Sequence[int]]],
-                  specials: Iterable[str], *, required: bool, origin: str, reference_name: str,
-                  unfit: str | None = None) -> FastEncoder | None:
-    """The encoder ``build()`` makes if gigatoken is installed, it builds, and it gives ``reference``'s ids
-    on ``SAMPLE`` with ``specials``; else None, said once, or a TokenizerError if ``required``.
-    ``unfit``: why gigatoken cannot encode this tokenizer at all."""
-    enc, reason = None, unfit
-    if reason is None:
-        try:
-            enc = build()
-        except ImportError:
-            reason = "gigatoken is not installed"
-        except Exception as exc:  # noqa: BLE001  (gigatoken raises plain errors for what it cannot encode)
-            reason = f"gigatoken cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        else:
-            diff = first_difference(reference, enc, specials)
-            if diff is not None:
-                whose = reference_name + ("'" if reference_name.endswith("s") else "'s")
-                enc, reason = None, f"gigatoken's ids differ from {whose} on {diff[:40]!r}"
-    if reason is None:
-        return enc
-    if required:
-        raise TokenizerError(f"{origin}: cannot encode with gigatoken: {reason}")
-    say_once(f"encoder:{origin}:{reason}", f"{origin}: encoding with {reference_name}, not gigatoken: {reason}")
-    return None
+                  specials: Iterable[str], reference_name: str) -> tuple[FastEncoder | None, str | None]:
+    """``(build(), None)`` if it gives ``reference``'s ids on ``SAMPLE`` plus each of ``specials`` alone and in
+    a sentence; else ``(None, why not)``."""
+    try:
+        enc = build()
+    except ImportError:
+        return None, "gigatoken is not installed"
+    except Exception as exc:  # noqa: BLE001  (gigatoken raises plain errors for what it cannot encode)
+        return None, f"gigatoken cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    texts = [*SAMPLE, *(t for s in specials for t in (s, f"a {s} in text{s}{s}."))]
+    tokens, offsets = enc.encode_flat(texts)
+    for i, ids in enumerate(reference(texts)):
+        if not np.array_equal(tokens[offsets[i]:offsets[i + 1]], np.asarray(ids, dtype=np.int64)):
+            whose = reference_name + ("'" if reference_name.endswith("s") else "'s")
+            return None, f"gigatoken's ids differ from {whose} on {texts[i][:40]!r}"
+    return enc, None

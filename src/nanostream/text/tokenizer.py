@@ -14,6 +14,7 @@ import numpy as np
 import tiktoken
 
 from ..errors import TokenizerError
+from ..sources.catalog import say_once
 from . import saved
 from .fast import FastEncoder, FromRanks, exact_encoder
 from .saved import BOS
@@ -92,12 +93,18 @@ class FastOrReference:
     def _choose_encoder(self, encoder: str, build: Callable[[], FastEncoder], specials: Iterable[str],
                         unfit: str | None = None) -> None:
         """Set ``fast`` for ``encoder``: ``"auto"`` (gigatoken where exact, else the reference, said once),
-        ``"gigatoken"`` (that or a TokenizerError) or ``"tiktoken"`` (the reference)."""
+        ``"gigatoken"`` (that or a TokenizerError) or ``"tiktoken"`` (the reference). ``unfit``: why
+        gigatoken cannot encode this tokenizer at all."""
         if encoder not in ENCODERS:
             raise TokenizerError(f"unknown encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
-        self.fast = None if encoder == "tiktoken" else exact_encoder(
-            build, self._reference_batch, specials, required=encoder == "gigatoken", origin=self.origin,
-            reference_name=self.reference_name, unfit=unfit)
+        self.fast, why = None, unfit
+        if encoder != "tiktoken" and why is None:
+            self.fast, why = exact_encoder(build, self._reference_batch, specials, self.reference_name)
+        if encoder == "gigatoken" and why is not None:
+            raise TokenizerError(f"{self.origin}: cannot encode with gigatoken: {why}")
+        if encoder == "auto" and why is not None:
+            say_once(f"encoder:{self.origin}:{why}", f"{self.origin}: encoding with {self.reference_name}, "
+                     f"not gigatoken: {why}")
         self.encoder_name = self.reference_name if self.fast is None else "gigatoken"
 
     def _reference_batch(self, texts: Sequence[str]) -> list[list[int]]:
