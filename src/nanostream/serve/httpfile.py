@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 from aiohttp import web
 
 from .._compat import timeout
@@ -97,13 +96,13 @@ def if_range_matches(value: str, etag: str) -> bool:
 
 
 async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """Bytes ``[start, end)`` of ``path`` in chunks, read on a worker thread; ``OSError`` if the file is
+    """Bytes ``[start, end)`` of ``path`` in chunks, each read on a worker thread; ``OSError`` if the file is
     shorter. Use it with ``contextlib.aclosing`` so the file is closed on an early exit."""
-    async with aiofiles.open(path, "rb") as f:
-        await f.seek(start)
+    with path.open("rb") as f:  # stat'ed a moment ago: opening does not wait for the disk
+        f.seek(start)
         pos = start
         while pos < end:
-            data = await f.read(min(chunk, end - pos))
+            data = await asyncio.to_thread(f.read, min(chunk, end - pos))
             if not data:
                 raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
             pos += len(data)
