@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +25,21 @@ from .schemes import digit_pieces
 REBUILD_CHARS = 32_000_000  # characters encoded between two rebuilds of the encoder (bounds its cache)
 
 
-class FromRanks:
-    """Builds gigatoken encoders for ``ranks_file`` (``.tiktoken`` contents) and ``scheme``, no specials."""
+def from_ranks(ranks_file: bytes, scheme: str) -> Any:
+    """A gigatoken encoder for ``ranks_file`` (``.tiktoken`` contents) split by ``scheme``, no special tokens."""
+    import gigatoken
 
-    def __init__(self, ranks_file: bytes, scheme: str) -> None:
-        self.ranks_file, self.scheme = ranks_file, scheme
-
-    def __call__(self) -> Any:
-        import gigatoken
-
-        with tempfile.TemporaryDirectory(prefix="nanostream-ranks-") as tmp:
-            path = Path(tmp) / "ranks.tiktoken"
-            path.write_bytes(self.ranks_file)
-            return gigatoken.Tokenizer.from_tiktoken(str(path), pretokenizer=self.scheme, special_tokens=None).backend
+    with tempfile.TemporaryDirectory(prefix="nanostream-ranks-") as tmp:
+        path = Path(tmp) / "ranks.tiktoken"
+        path.write_bytes(ranks_file)
+        return gigatoken.Tokenizer.from_tiktoken(str(path), pretokenizer=scheme, special_tokens=None).backend
 
 
-class FromJson:
-    """Builds gigatoken encoders for a ``tokenizer.json`` (already stripped of its special added tokens)."""
+def from_json(data: str) -> Any:
+    """A gigatoken encoder for a ``tokenizer.json`` (already stripped of its special added tokens)."""
+    import gigatoken
 
-    def __init__(self, data: str) -> None:
-        self.data = data
-
-    def __call__(self) -> Any:
-        import gigatoken
-
-        return gigatoken.Tokenizer.from_json(self.data).backend
+    return gigatoken.Tokenizer.from_json(data).backend
 
 
 # glibc's malloc_trim: a freed encode cache goes back to the OS instead of staying resident
@@ -56,8 +47,9 @@ _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.s
 
 
 class FastEncoder:
-    """A gigatoken encoder made by ``build()``, rebuilt every ``rebuild_chars`` characters; thread-safe.
-    ``digit_cut``: cut digit runs into pairs first (``schemes.digit_pieces``). Pickles as its builder."""
+    """A gigatoken encoder made by ``build()`` (``partial(from_ranks, ...)`` or ``partial(from_json, ...)``),
+    rebuilt every ``rebuild_chars`` characters; thread-safe. ``digit_cut``: cut digit runs into pairs first
+    (``schemes.digit_pieces``). Pickles as its builder."""
 
     def __init__(self, build: Callable[[], Any], *, digit_cut: bool = False,
                  rebuild_chars: int = REBUILD_CHARS) -> None:
@@ -95,11 +87,8 @@ class FastEncoder:
             offsets = np.concatenate([offsets[:1], offsets[ends]])
         return tokens, offsets
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"build": self._build, "digit_cut": self.digit_cut, "rebuild_chars": self.rebuild_chars}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["build"], digit_cut=state["digit_cut"], rebuild_chars=state["rebuild_chars"])
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return partial(FastEncoder, digit_cut=self.digit_cut, rebuild_chars=self.rebuild_chars), (self._build,)
 
 
 # -- the identity check: texts on which split patterns and encoders disagree ------------------------

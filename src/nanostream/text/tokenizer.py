@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -16,7 +17,7 @@ import tiktoken
 from ..errors import TokenizerError
 from ..sources.catalog import say_once
 from . import saved
-from .fast import FastEncoder, FromRanks, exact_encoder
+from .fast import FastEncoder, exact_encoder, from_ranks
 from .saved import BOS
 from .schemes import FAST_SCHEMES, NANOSTREAM
 
@@ -162,7 +163,7 @@ class BPETokenizer(FastOrReference):
             raise TokenizerError(f"{origin}: invalid BPE tokenizer (pattern or ranks): {exc}") from exc
         scheme = FAST_SCHEMES.get(pattern)
         self._choose_encoder(
-            encoder, lambda: FastEncoder(FromRanks(saved.ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
+            encoder, lambda: FastEncoder(partial(from_ranks, saved.ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
             [*self.special_tokens, bos], unfit=None if scheme else "gigatoken has no scheme for its split pattern")
 
     @property
