@@ -26,11 +26,11 @@ class ShardFiles:
     """The regular, non-hidden files under ``root`` (subfolders included), answered with GET and HEAD.
 
     ``body_writer(request, response, path, start, end)`` sends bytes ``[start, end)`` once the headers
-    are out (default: ``write_body``); each parquet file's answer carries its row-group count
-    (``X-Nanostream-Row-Groups``). ConfigError if ``root`` is not an existing folder.
+    are out (default: ``write_body``); with ``row_groups`` each parquet file's answer carries its
+    row-group count (``X-Nanostream-Row-Groups``). ConfigError if ``root`` is not an existing folder.
     """
 
-    def __init__(self, root: Path, *, body_writer: BodyWriter | None = None) -> None:
+    def __init__(self, root: Path, *, body_writer: BodyWriter | None = None, row_groups: bool = True) -> None:
         try:
             self.root = Path(root).resolve(strict=True)
         except (OSError, RuntimeError) as exc:
@@ -38,6 +38,7 @@ class ShardFiles:
         if not self.root.is_dir():
             raise ConfigError(f"cannot serve {root}: not a folder")
         self.body_writer: BodyWriter = body_writer or write_body
+        self.row_groups = row_groups
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._hashing: dict[tuple[str, int, int], asyncio.Lock] = {}
         self._groups: dict[tuple[str, int, str], int | None] = {}
@@ -111,7 +112,7 @@ class ShardFiles:
                 headers=unsatisfiable, text=f"the range starts at or past the end of the file ({info.size} bytes)\n")
         parquet = name.endswith(".parquet")
         headers["Content-Type"] = "application/vnd.apache.parquet" if parquet else "application/octet-stream"
-        if parquet and (n := await self._row_groups(info)) is not None:
+        if self.row_groups and parquet and (n := await self._row_groups(info)) is not None:
             headers[ROW_GROUPS_HEADER] = str(n)
         start, end = rng or (0, info.size)
         response = web.StreamResponse(status=206 if rng else 200, headers=headers)
