@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import rustbpe
 
 from bench.common import table
 from nanostream.text.bpe import train_with_stats
-from nanostream.text.fast import REBUILD_CHARS, FastEncoder, FromRanks
+from nanostream.text.fast import REBUILD_CHARS, FastEncoder, from_ranks
 from nanostream.text.load import load_tokenizer
 from nanostream.text.sample import documents
 from nanostream.text.saved import BOS, ranks_text
@@ -184,7 +185,7 @@ def bench_cache(ours: Any, megabytes: int) -> list[list[str]]:
     for label, every in ((f"rebuilt every {REBUILD_CHARS / 1e6:.0f}M chars", REBUILD_CHARS), ("never rebuilt", 1 << 62)):
         gc.collect()
         proc = psutil.Process()
-        enc = FastEncoder(FromRanks(ranks_text(ours.ranks), "gpt4"), rebuild_chars=every)
+        enc = FastEncoder(partial(from_ranks, ranks_text(ours.ranks), "gpt4"), rebuild_chars=every)
         start, peak, t0, done = proc.memory_info().rss, 0, time.perf_counter(), 0
         while done < megabytes * 1_000_000:
             chars = letters[rng.integers(0, 26, size=1024 * 1000, dtype=np.uint8)]

@@ -160,7 +160,7 @@ def test_the_tree_ids_are_gits_own(tmp_path):
     expected = {line.split("\t")[1]: line.split()[2] for line in listed.splitlines()}
     tree = build_tree(Held(n, (tmp_path / n).stat().st_size, None, tmp_path / n, blob_oid_of_file(tmp_path / n))
                       for n in names)
-    assert {p: e["oid"] for p, e in tree.entries.items()} == expected
+    assert {p: e["oid"] for p, e in tree.items()} == expected
 
 
 async def test_the_mirror_answers_the_hub_api_details(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from nanostream import TokenDataset
 from nanostream.errors import TokenizerError
 from nanostream.text import schemes
 from nanostream.text.bpe import train_tokenizer
-from nanostream.text.fast import FastEncoder, FromRanks
+from nanostream.text.fast import FastEncoder, from_ranks
 from nanostream.text.hf import HFTokenizer
 from nanostream.text.load import load_tokenizer
 from nanostream.text.sample import documents
@@ -92,7 +93,7 @@ def test_nanochat_pickle_ids_identical_to_nanochat(nanochat_dir: Path, nanochat,
 def test_nanochat_digit_runs_need_the_cut(nanochat, corpus: list[str]) -> None:
     """Without cutting digit runs the GPT-4 scheme differs from nanochat's pattern on numbers."""
     texts = number_docs()
-    fast = FastEncoder(FromRanks(ranks_text(nanochat.enc._mergeable_ranks), "gpt4"))
+    fast = FastEncoder(partial(from_ranks, ranks_text(nanochat.enc._mergeable_ranks), "gpt4"))
     tokens, offsets = fast.encode_flat(texts)
     want = nanochat.encode(texts)
     assert any(tokens[offsets[i]:offsets[i + 1]].tolist() != w for i, w in enumerate(want))
@@ -102,7 +103,7 @@ def test_mismatch_falls_back_to_tiktoken_once(nanochat, monkeypatch: pytest.Monk
                                               caplog: pytest.LogCaptureFixture) -> None:
     """If the fast scheme gives other ids on the identity sample, tiktoken encodes (said once), or
     encoder="gigatoken" refuses."""
-    monkeypatch.setitem(schemes._FAST, NANOCHAT_PATTERN, ("gpt4", False))  # no digit cut: wrong on numbers
+    monkeypatch.setitem(schemes.FAST_SCHEMES, NANOCHAT_PATTERN, ("gpt4", False))  # no digit cut: wrong on numbers
     enc = nanochat.enc
     args = {"pattern": enc._pat_str, "special_tokens": enc._special_tokens, "origin": "mismatch-test"}
     with caplog.at_level(logging.WARNING):
@@ -288,7 +289,7 @@ def test_cli_one_line_for_a_bad_tokenizer(tmp_path: Path) -> None:
 
 def test_rebuilds_bound_the_cache_and_keep_ids(nanochat, corpus: list[str]) -> None:
     enc = nanochat.enc
-    fast = FastEncoder(FromRanks(ranks_text(enc._mergeable_ranks), "gpt4"), digit_cut=True, rebuild_chars=200_000)
+    fast = FastEncoder(partial(from_ranks, ranks_text(enc._mergeable_ranks), "gpt4"), digit_cut=True, rebuild_chars=200_000)
     texts = corpus[:3000]
     got = [fast.encode_flat(texts[a:a + 100]) for a in range(0, len(texts), 100)]
     assert fast.builds > sum(map(len, texts)) // 400_000  # rebuilt about every 200k characters

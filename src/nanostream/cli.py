@@ -1,9 +1,5 @@
-"""The ``nanostream`` command line: argparse, one subcommand per library entry point.
-
-Every subcommand turns a ``NanostreamError`` into one clear line on stderr (no
-traceback) and an exit code: 0 ok, 1 work failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM
-(fetch).
-"""
+"""The ``nanostream`` command line: one subcommand per library entry point, each ``NanostreamError`` one
+line on stderr and an exit code (0 ok, 1 work failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM in fetch)."""
 
 from __future__ import annotations
 
@@ -150,11 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The ``nanostream`` console script: ``main``, then a fast exit.
-
-    Every file is durable (published shards fsynced, partial state saved) before
-    ``main`` returns, so the interpreter's teardown -- ~0.1 s after aiohttp -- is skipped.
-    """
+    """The ``nanostream`` console script: ``main``, then an exit that skips the interpreter's teardown
+    (every file is durable before ``main`` returns)."""
     code = main()
     logging.shutdown()
     sys.stdout.flush()

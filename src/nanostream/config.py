@@ -1,9 +1,5 @@
-"""Configuration: the built-in datasets, and the one frozen ``Config`` read from the environment.
-
-The library's environment variables are read here and nowhere else (``Config.from_env``; the table is
-in docs/configuration.md), and the ``Config`` is passed to whatever needs it. HF_TOKEN goes only where
-``token_allowed`` says.
-"""
+"""Configuration: the built-in datasets, and the one frozen ``Config``, read from the environment here and
+nowhere else (``Config.from_env``; the table is in docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -108,8 +104,7 @@ def check_url(url: str) -> str:
 
 def host_of(url: str) -> str:
     """``host[:port]`` of an http(s) URL, lower-cased (no userinfo)."""
-    netloc = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1].lower()
-    return netloc
+    return url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1].lower()
 
 
 def _is_loopback(host: str) -> bool:
@@ -184,9 +179,8 @@ class Config:
         return self.base_dir / "tokenizer"
 
     def nanochat_data_dir(self, *, reading: bool = True) -> Path:
-        """nanochat's data folder, as nanochat finds it: ``NANOCHAT_BASE_DIR/datasets/NANOCHAT_DATASET`` when
-        that is set (nanochat's PR #800), else ``NANOCHAT_BASE_DIR/base_data_climbmix``, else -- ``reading``,
-        when that does not exist and the legacy ``base_data`` (FineWeb-Edu) does -- that one."""
+        """nanochat's data folder, as nanochat finds it: ``NANOCHAT_BASE_DIR/datasets/NANOCHAT_DATASET``, else
+        ``base_data_climbmix``, else (``reading``, when only it exists) the older ``base_data``."""
         base = self.nanochat_base_dir
         if self.nanochat_dataset:
             return base / "datasets" / self.nanochat_dataset

@@ -1,12 +1,7 @@
 """Every exception nanostream raises, in one tree rooted at ``NanostreamError`` (drawn in docs/errors.md).
-
-aiohttp's, pyarrow's and OS errors are translated into these at one boundary per module with
-``raise ... from exc``; messages name the shard, URL or path and say what to do next.
-"""
+Every ``__init__`` takes the message alone too: DataLoader workers re-raise errors as ``cls(message)``."""
 
 from __future__ import annotations
-
-# Every __init__ takes the message alone too: DataLoader workers re-raise errors as ``cls(message)``.
 
 
 class NanostreamError(Exception):

@@ -1,7 +1,5 @@
-"""Progress of a download: a tqdm bar on a TTY, a plain line every few seconds in logs, or nothing.
-
-The downloader calls ``add_total(nbytes)``, ``advance(nbytes)``, ``shard_done(result)`` and ``close()``.
-"""
+"""Progress of a download: a tqdm bar on a TTY, a plain line every few seconds in logs, or nothing; the
+downloader calls ``add_total(nbytes)``, ``advance(nbytes)``, ``shard_done(result)`` and ``close()``."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ GET/HEAD answer for one of them."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import stat
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from ..errors import ConfigError
 from ..sources.footers import ROW_GROUPS_HEADER, local_count
-from .httpfile import FileInfo, if_range_matches, parse_range, sha256_file, write_body
+from .httpfile import FileInfo, hex_digest, if_range_matches, parse_range, write_body
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class ShardFiles:
         if key not in self._hashes:
             async with self._hashing.setdefault(key, asyncio.Lock()):
                 if key not in self._hashes:
-                    self._hashes[key] = await asyncio.to_thread(sha256_file, real)
+                    self._hashes[key] = await asyncio.to_thread(hex_digest, real, hashlib.sha256())
             self._hashing.pop(key, None)
         return FileInfo(real, st.st_size, self._hashes[key])
 

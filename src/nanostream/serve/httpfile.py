@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 from aiohttp import web
 
 from .._compat import timeout
@@ -46,10 +44,6 @@ def hex_digest(path: Path, h: Any) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return hex_digest(path, hashlib.sha256())
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
@@ -102,13 +96,13 @@ def if_range_matches(value: str, etag: str) -> bool:
 
 
 async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """Bytes ``[start, end)`` of ``path`` in chunks, read on a worker thread; ``OSError`` if the file is
+    """Bytes ``[start, end)`` of ``path`` in chunks, each read on a worker thread; ``OSError`` if the file is
     shorter. Use it with ``contextlib.aclosing`` so the file is closed on an early exit."""
-    async with aiofiles.open(path, "rb") as f:
-        await f.seek(start)
+    with path.open("rb") as f:  # stat'ed a moment ago: opening does not wait for the disk
+        f.seek(start)
         pos = start
         while pos < end:
-            data = await f.read(min(chunk, end - pos))
+            data = await asyncio.to_thread(f.read, min(chunk, end - pos))
             if not data:
                 raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
             pos += len(data)

@@ -20,7 +20,7 @@ from ..sources.hub import parse_hub_url
 from ..sources.record import read_catalog
 from .files import ShardFiles
 from .hubrequest import asked_paths, cursor_start, hub_error, next_link, quoted, target
-from .hubtree import Held, Tree, blob_oid_of_file, build_tree
+from .hubtree import Held, Tree, blob_oid_of_file, build_tree, listing
 
 PREFIX = "hf://datasets/"
 PAGE_SIZE = 1000  # tree entries a page, as the Hub
@@ -111,7 +111,7 @@ class HubMirror:
         tree = await self._current()
         blobs = request.query.get("blobs", "").lower() == "true"
         siblings = []
-        for e in tree.entries.values():
+        for e in tree.values():
             if e["type"] != "file":
                 continue
             s: dict[str, Any] = {"rfilename": e["path"]}
@@ -135,7 +135,7 @@ class HubMirror:
         recursive = request.query.get("recursive", "").lower() == "true"
         expand = request.query.get("expand", "").lower() == "true"
         start = cursor_start(request)
-        entries = (await self._current()).listing(path, recursive)
+        entries = listing(await self._current(), path, recursive)
         if entries is None:
             raise self._missing(path)
         size = EXPANDED_PAGE_SIZE if expand else PAGE_SIZE
@@ -150,13 +150,13 @@ class HubMirror:
         """``POST .../paths-info/REV``: the entries of the asked paths that exist, in the order asked."""
         self._target(request, "paths-info")
         asked = await asked_paths(request)
-        entries = (await self._current()).entries
+        entries = await self._current()
         return web.json_response([entries[p] for p in (x.strip("/") for x in asked) if p in entries])
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
         """``GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH``: the file, with ``X-Repo-Commit``."""
         _, full = self._target(request, "resolve")
-        entry = (await self._current()).entries.get(full)
+        entry = (await self._current()).get(full)
         prefix = f"{self.path}/" if self.path else ""
         if entry is None or entry["type"] != "file":
             raise self._missing(full)

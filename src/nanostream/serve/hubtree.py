@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +57,16 @@ class Held:
     blob: str = ""  # git blob id of the bytes, for a file that is not in LFS
 
 
-@dataclass
-class Tree:
-    """The mirror's files and folders as tree entries, by path (sorted)."""
+Tree = dict[str, dict[str, Any]]  # tree entries by path, sorted
 
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def listing(self, path: str, recursive: bool) -> list[dict[str, Any]] | None:
-        """Entries under folder ``path`` ("" = the root): its children, or every descendant with
-        ``recursive``; None if ``path`` is no folder here."""
-        if path and self.entries.get(path, {}).get("type") != "directory":
-            return None
-        prefix = f"{path}/" if path else ""
-        return [e for p, e in self.entries.items() if p.startswith(prefix)
-                and (recursive or "/" not in p[len(prefix):])]
+def listing(tree: Tree, path: str, recursive: bool) -> list[dict[str, Any]] | None:
+    """Entries under folder ``path`` ("" = the root): its children, or every descendant with
+    ``recursive``; None if ``path`` is no folder here."""
+    if path and tree.get(path, {}).get("type") != "directory":
+        return None
+    prefix = f"{path}/" if path else ""
+    return [e for p, e in tree.items() if p.startswith(prefix) and (recursive or "/" not in p[len(prefix):])]
 
 
 def file_entry(f: Held) -> dict[str, Any]:
@@ -99,4 +95,4 @@ def build_tree(files: Iterable[Held]) -> Tree:
         parent = d.rpartition("/")[0]
         if parent:
             folders[parent].append(entry)
-    return Tree(dict(sorted(entries.items())))
+    return dict(sorted(entries.items()))

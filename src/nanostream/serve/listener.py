@@ -1,8 +1,5 @@
-"""The mirror's connection limits: a capped accept loop, a deadline for each request, a keep-alive request limit.
-
-aiohttp's server has none of the three (it accepts whatever arrives and has no header-read timeout), so
-``Listener`` accepts connections itself and hands each to aiohttp's ``web.Server`` protocol factory.
-"""
+"""The mirror's connection limits, which aiohttp's server lacks: a capped accept loop (``Listener`` accepts
+connections itself and hands each to aiohttp's protocol), a deadline for each request, a keep-alive limit."""
 
 from __future__ import annotations
 
@@ -62,9 +59,10 @@ class Limits:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-class _Connection(asyncio.Protocol):
-    """One accepted connection: forwards to aiohttp's handler, holds a slot, and is dropped when no
-    complete request arrives within the timeout of its opening or of its previous response."""
+class _Connection:
+    """One accepted connection: aiohttp's protocol ``inner`` (every protocol call not defined here goes to
+    it), a slot, and a deadline: dropped when no complete request arrives within the timeout of its
+    opening or of its previous response."""
 
     def __init__(self, listener: Listener, inner: Any, peer: str) -> None:
         self.listener, self.inner, self.peer = listener, inner, peer
@@ -82,17 +80,8 @@ class _Connection(asyncio.Protocol):
         self._arm()
         self.inner.connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
+    def __getattr__(self, name: str) -> Any:  # data_received, eof_received, pause/resume_writing
+        return getattr(self.inner, name)
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:

@@ -20,19 +20,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .files import BodyWriter, ShardFiles
 from .httpfile import SEND_TIMEOUT, write_body
 from .hubapi import HubMirror
-from .hubrequest import json_errors
+from .hubrequest import json_errors, quoted
 from .listener import Limits, Listener
 
 log = logging.getLogger(__name__)
 
 FILES_KEY = web.AppKey("nanostream_files", ShardFiles)
 HEADER_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 32}  # larger: a 400
-
-
-def one_line(text: str, n: int = 200) -> str:
-    """``text`` on one line, clipped to about ``n`` characters, for a log line."""
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[:n] + "..."
 
 
 class _OneLineLog:
@@ -44,7 +38,7 @@ class _OneLineLog:
     def _rejected(self, msg: str, args: tuple[Any, ...], exc_info: object) -> bool:
         if not isinstance(exc_info, HttpProcessingError):
             return False
-        log.info("%s: %s %s", msg % args, exc_info.code, one_line(str(exc_info.message)))
+        log.info("%s: %s %s", msg % args, exc_info.code, quoted(str(exc_info.message), 200))
         return True
 
     def exception(self, msg: str, *args: Any, exc_info: object = True, **kwargs: Any) -> None:
@@ -66,8 +60,8 @@ async def _log_refusals(request: web.Request,
         return await handler(request)
     except web.HTTPException as exc:
         if 400 <= exc.status < 500:
-            log.info("%d %s %s from %s: %s", exc.status, request.method, one_line(request.path_qs), request.remote,
-                     one_line(exc.text or exc.reason))
+            log.info("%d %s %s from %s: %s", exc.status, request.method, quoted(request.path_qs, 200), request.remote,
+                     quoted(exc.text or exc.reason, 200))
         raise
 
 

@@ -94,12 +94,8 @@ def train_with_stats(texts: Iterable[str], *, vocab_size: int = 8192, max_chars:
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 8192, max_chars: int = 20_000_000,
                     num_threads: int | None = None) -> BPETokenizer:
-    """Train a byte-level BPE on the first ``max_chars`` characters of ``texts``.
-
-    ``vocab_size`` counts the 256 byte tokens, the merges and the special tokens; a
-    corpus too small to supply that many merges gives a smaller vocabulary (logged).
-    Raises ConfigError for bad arguments, TokenizerError if there is no text.
-    """
+    """A byte-level BPE trained on the first ``max_chars`` characters of ``texts``: ``vocab_size`` tokens (the
+    256 bytes, the merges, the special tokens), fewer (logged) if the text holds too few merges."""
     return train_with_stats(texts, vocab_size=vocab_size, max_chars=max_chars, num_threads=num_threads)[0]
 
 

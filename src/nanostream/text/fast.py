@@ -14,74 +14,42 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import TokenizerError
-from ..sources.catalog import say_once
 from .schemes import digit_pieces
 
 REBUILD_CHARS = 32_000_000  # characters encoded between two rebuilds of the encoder (bounds its cache)
 
 
-def available() -> bool:
-    """Whether gigatoken (and awkward, for its arrays) can be imported."""
-    try:
-        import awkward  # noqa: F401
-        import gigatoken  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def from_ranks(ranks_file: bytes, scheme: str) -> Any:
+    """A gigatoken encoder for ``ranks_file`` (``.tiktoken`` contents) split by ``scheme``, no special tokens."""
+    import gigatoken
+
+    with tempfile.TemporaryDirectory(prefix="nanostream-ranks-") as tmp:
+        path = Path(tmp) / "ranks.tiktoken"
+        path.write_bytes(ranks_file)
+        return gigatoken.Tokenizer.from_tiktoken(str(path), pretokenizer=scheme, special_tokens=None).backend
 
 
-class FromRanks:
-    """Builds gigatoken encoders for ``ranks_file`` (``.tiktoken`` contents) and ``scheme``, no specials."""
+def from_json(data: str) -> Any:
+    """A gigatoken encoder for a ``tokenizer.json`` (already stripped of its special added tokens)."""
+    import gigatoken
 
-    def __init__(self, ranks_file: bytes, scheme: str) -> None:
-        self.ranks_file, self.scheme = ranks_file, scheme
-
-    def __call__(self) -> Any:
-        import gigatoken
-
-        with tempfile.TemporaryDirectory(prefix="nanostream-ranks-") as tmp:
-            path = Path(tmp) / "ranks.tiktoken"
-            path.write_bytes(self.ranks_file)
-            return gigatoken.Tokenizer.from_tiktoken(str(path), pretokenizer=self.scheme, special_tokens=None).backend
+    return gigatoken.Tokenizer.from_json(data).backend
 
 
-class FromJson:
-    """Builds gigatoken encoders for a ``tokenizer.json`` (already stripped of its special added tokens)."""
-
-    def __init__(self, data: str) -> None:
-        self.data = data
-
-    def __call__(self) -> Any:
-        import gigatoken
-
-        return gigatoken.Tokenizer.from_json(self.data).backend
-
-
-_trim: Any = None
-
-
-def _return_freed_memory() -> None:
-    """glibc's ``malloc_trim(0)``: freed heap pages go back to the OS (else a freed encode cache stays
-    resident and RSS creeps up by its size at each rebuild). Nothing elsewhere."""
-    global _trim
-    if _trim is None:
-        try:
-            _trim = ctypes.CDLL(None).malloc_trim if sys.platform.startswith("linux") else False
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim:
-        _trim(0)
+# glibc's malloc_trim: a freed encode cache goes back to the OS instead of staying resident
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
 
 
 class FastEncoder:
-    """A gigatoken encoder made by ``build()``, rebuilt every ``rebuild_chars`` characters; thread-safe.
-    ``digit_cut``: cut digit runs into pairs first (``schemes.digit_pieces``). Pickles as its builder."""
+    """A gigatoken encoder made by ``build()`` (``partial(from_ranks, ...)`` or ``partial(from_json, ...)``),
+    rebuilt every ``rebuild_chars`` characters; thread-safe. ``digit_cut``: cut digit runs into pairs first
+    (``schemes.digit_pieces``). Pickles as its builder."""
 
     def __init__(self, build: Callable[[], Any], *, digit_cut: bool = False,
                  rebuild_chars: int = REBUILD_CHARS) -> None:
@@ -99,8 +67,8 @@ class FastEncoder:
                 self._backend, self._chars = None, 0  # the old encoder and its cache are freed here ...
                 self._backend = self._build()
                 self.builds += 1
-                if rebuilt:
-                    _return_freed_memory()  # ... and handed back to the OS, not kept by the allocator
+                if rebuilt and _MALLOC_TRIM is not None:
+                    _MALLOC_TRIM(0)  # ... and handed back to the OS, not kept by the allocator
             self._chars += chars
             return self._backend
 
@@ -119,11 +87,8 @@ class FastEncoder:
             offsets = np.concatenate([offsets[:1], offsets[ends]])
         return tokens, offsets
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"build": self._build, "digit_cut": self.digit_cut, "rebuild_chars": self.rebuild_chars}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["build"], digit_cut=state["digit_cut"], rebuild_chars=state["rebuild_chars"])
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return partial(FastEncoder, digit_cut=self.digit_cut, rebuild_chars=self.rebuild_chars), (self._build,)
 
 
 # -- the identity check: texts on which split patterns and encoders disagree ------------------------
@@ -165,44 +130,20 @@ SAMPLE: tuple[str, ...] = tuple(
      *(f"text {s} text{s}{s} {s}" for s in _SPECIAL_TEXT), *_generated(400)])
 
 
-def first_difference(reference: Callable[[list[str]], Sequence[Sequence[int]]], fast: FastEncoder,
-                     specials: Iterable[str]) -> str | None:
-    """The first text of ``SAMPLE`` (plus each of ``specials`` alone and in a sentence) whose ids from
-    ``fast`` differ from ``reference``'s, or None."""
-    texts = [*SAMPLE, *(t for s in specials for t in (s, f"a {s} in text{s}{s}."))]
-    want = reference(texts)
-    tokens, offsets = fast.encode_flat(texts)
-    if len(offsets) != len(texts) + 1:
-        return texts[0]
-    for i, ids in enumerate(want):
-        got = tokens[offsets[i]:offsets[i + 1]]
-        if len(got) != len(ids) or not np.array_equal(got, np.asarray(ids, dtype=np.int64)):
-            return texts[i]
-    return None
-
-
 def exact_encoder(build: Callable[[], FastEncoder], reference: Callable[[list[str]], Sequence[Sequence[int]]],
-                  specials: Iterable[str], *, required: bool, origin: str, reference_name: str,
-                  unfit: str | None = None) -> FastEncoder | None:
-    """The encoder ``build()`` makes if gigatoken is installed, it builds, and it gives ``reference``'s ids
-    on ``SAMPLE`` with ``specials``; else None, said once, or a TokenizerError if ``required``.
-    ``unfit``: why gigatoken cannot encode this tokenizer at all."""
-    enc, reason = None, unfit
-    if reason is None and not available():
-        reason = "gigatoken is not installed"
-    if reason is None:
-        try:
-            enc = build()
-        except Exception as exc:  # noqa: BLE001  (gigatoken raises plain errors for what it cannot encode)
-            reason = f"gigatoken cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        else:
-            diff = first_difference(reference, enc, specials)
-            if diff is not None:
-                whose = reference_name + ("'" if reference_name.endswith("s") else "'s")
-                enc, reason = None, f"gigatoken's ids differ from {whose} on {diff[:40]!r}"
-    if reason is None:
-        return enc
-    if required:
-        raise TokenizerError(f"{origin}: cannot encode with gigatoken: {reason}")
-    say_once(f"encoder:{origin}:{reason}", f"{origin}: encoding with {reference_name}, not gigatoken: {reason}")
-    return None
+                  specials: Iterable[str], reference_name: str) -> tuple[FastEncoder | None, str | None]:
+    """``(build(), None)`` if it gives ``reference``'s ids on ``SAMPLE`` plus each of ``specials`` alone and in
+    a sentence; else ``(None, why not)``."""
+    try:
+        enc = build()
+    except ImportError:
+        return None, "gigatoken is not installed"
+    except Exception as exc:  # noqa: BLE001  (gigatoken raises plain errors for what it cannot encode)
+        return None, f"gigatoken cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    texts = [*SAMPLE, *(t for s in specials for t in (s, f"a {s} in text{s}{s}."))]
+    tokens, offsets = enc.encode_flat(texts)
+    for i, ids in enumerate(reference(texts)):
+        if not np.array_equal(tokens[offsets[i]:offsets[i + 1]], np.asarray(ids, dtype=np.int64)):
+            whose = reference_name + ("'" if reference_name.endswith("s") else "'s")
+            return None, f"gigatoken's ids differ from {whose} on {texts[i][:40]!r}"
+    return enc, None

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from ..errors import TokenizerError
-from .fast import FastEncoder, FromJson
+from .fast import FastEncoder, from_json
 from .tokenizer import FastOrReference
 
 DEFAULT_BOS = ("<|bos|>", "<|begin_of_text|>", "<|endoftext|>", "<s>")
@@ -54,7 +55,7 @@ class HFTokenizer(FastOrReference):
                                  "one of them")
         self.bos, self.bos_id = found[0]
         self.vocab_size = self._ref.get_vocab_size(with_added_tokens=True)
-        self._choose_encoder(encoder, lambda: FastEncoder(FromJson(_without_specials(data))),
+        self._choose_encoder(encoder, lambda: FastEncoder(partial(from_json, _without_specials(data))),
                              [*self.special_tokens, self.bos])
 
     def _reference_batch(self, texts: Sequence[str]) -> list[list[int]]:

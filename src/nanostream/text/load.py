@@ -1,6 +1,6 @@
-"""``load_tokenizer`` and ``as_tokenizer``: the one way in for every tokenizer a user has, a file, a folder or
-an object, each format read in its own module (``saved.py``, ``pickled.py``, ``hf.py``; a ``.tiktoken``
-rank file here). Every wrong input is one ``TokenizerError`` naming the file and what was expected."""
+"""``load_tokenizer`` and ``as_tokenizer``: the one way in for every tokenizer a user has (a file, a folder or
+an object); each format is read in its own module (``saved.py``, ``pickled.py``, ``hf.py``), a ``.tiktoken``
+rank file here."""
 
 from __future__ import annotations
 
@@ -28,33 +28,29 @@ def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = No
                    num_threads: int | None = None, encoder: str = "auto") -> Tokenizer:
     """The tokenizer at ``path``: ``"byte"``, a folder holding ``tokenizer.json`` (nanostream's or Hugging
     Face's) or nanochat's ``tokenizer.pkl``, one of those files, or a ``.tiktoken`` rank file; or an object
-    (``as_tokenizer``).
-
-    ``bos``: the BOS token's text where the format has no ``<|bos|>`` (OpenAI's files: ``<|endoftext|>``,
-    the default there; Llama 3: ``<|begin_of_text|>``). ``scheme``: a ``.tiktoken`` file's split regex or
-    its name in ``schemes.PATTERNS`` (OpenAI's file names carry it). ``encoder``: ``"auto"`` (gigatoken
-    where its ids equal the reference library's, checked now), ``"gigatoken"`` or ``"tiktoken"`` (the
-    reference).
-    """
-    kw = {"num_threads": num_threads, "encoder": encoder}
+    (``as_tokenizer``). ``bos``: the BOS token's text where the format has no ``<|bos|>``; ``scheme``: a
+    ``.tiktoken`` file's split regex or its name in ``schemes.PATTERNS``; ``encoder``: ``"auto"``,
+    ``"gigatoken"`` or ``"tiktoken"`` (``FastOrReference._choose_encoder``)."""
+    kw: dict[str, Any] = {"num_threads": num_threads, "encoder": encoder}
     if isinstance(path, str) and path == "byte":
         return ByteTokenizer()
     if not isinstance(path, (str, os.PathLike)):
         return as_tokenizer(path, bos=bos, **kw)
     p = Path(path).expanduser()
     if p.is_dir():
-        if (p / CONFIG_NAME).is_file():
-            return _json_file(p / CONFIG_NAME, bos, kw)
-        if (p / PICKLE_NAME).is_file():
-            return _pickle_file(p / PICKLE_NAME, bos, kw)
-        found = sorted(q.name for q in p.glob("*.tiktoken") if q.name != RANKS_NAME)
-        raise TokenizerError(f"no tokenizer in {p}: expected {CONFIG_NAME} (nanostream's or Hugging Face's) or "
-                             f"nanochat's {PICKLE_NAME}; " + (f"to read {found[0]}, pass its path and scheme="
-                                                               if found else RETRAIN))
-    if not p.exists():
+        found = [p / name for name in (CONFIG_NAME, PICKLE_NAME) if (p / name).is_file()]
+        if not found:
+            rank_files = sorted(q.name for q in p.glob("*.tiktoken") if q.name != RANKS_NAME)
+            raise TokenizerError(f"no tokenizer in {p}: expected {CONFIG_NAME} (nanostream's or Hugging Face's) or "
+                                 f"nanochat's {PICKLE_NAME}; " + (f"to read {rank_files[0]}, pass its path and "
+                                                                   "scheme=" if rank_files else RETRAIN))
+        p = found[0]
+    elif not p.exists():
         raise TokenizerError(f"no tokenizer at {p} (it does not exist): pass {EXPECTED}")
     if p.suffix == ".pkl":
-        return _pickle_file(p, bos, kw)
+        state = read_encoding_state(p)
+        return BPETokenizer(state["mergeable_ranks"], pattern=state["pat_str"],
+                            special_tokens=state["special_tokens"], bos=bos or BOS, origin=str(p), **kw)
     if p.suffix == ".tiktoken":
         return _tiktoken_file(p, bos, scheme, kw)
     if p.suffix == ".json":
@@ -75,12 +71,6 @@ def _json_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
         return HFTokenizer(path.read_text(encoding="utf-8"), bos=bos, encoder=kw["encoder"], origin=str(path))
     raise TokenizerError(f"{path} is neither a nanostream tokenizer.json (no \"format\") nor a Hugging Face one "
                          f"(no \"model\"): pass {EXPECTED}")
-
-
-def _pickle_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
-    state = read_encoding_state(path)
-    return BPETokenizer(state["mergeable_ranks"], pattern=state["pat_str"], special_tokens=state["special_tokens"],
-                        bos=bos or BOS, origin=str(path), **kw)
 
 
 def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str, Any]) -> Tokenizer:

@@ -51,9 +51,6 @@ def read_encoding_state(path: Path) -> dict[str, Any]:
     """The ``Encoding`` state pickled in ``path``: name, pat_str, mergeable_ranks, special_tokens."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise TokenizerError(f"{path} does not exist: expected nanochat's tokenizer.pkl (written by "
-                             "`python -m scripts.tok_train`)") from exc
     except OSError as exc:
         raise TokenizerError(f"cannot read {path}: {exc}") from exc
     try:

@@ -1,11 +1,6 @@
-"""The offline sample corpus: ``nanostream sample DIR [--shards N]``, real English text from what every Python
-that runs nanostream has on disk, written as a data folder.
-
-Documents are the docstrings of the standard library and of the installed ``PACKAGES`` (parsed with
-``ast``, never imported) and pydoc's topics, cleaned, deduplicated and ordered by a hash of their text,
-in ``shard_XXXXX.parquet`` files (one ``text`` column, row groups of 1024, zstd), the last one
-validation. The same interpreter and packages give byte-identical shards.
-"""
+"""The offline sample corpus (``nanostream sample DIR``): the docstrings of the standard library and of
+``PACKAGES`` (parsed, never imported) and pydoc's topics, cleaned, deduplicated and ordered by a hash of
+their text, written as ``shard_XXXXX.parquet`` files, the last one validation."""
 
 from __future__ import annotations
 
@@ -17,7 +12,6 @@ import math
 import os
 import re
 import sysconfig
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -28,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, ShardError
-from ..shards import BOOKKEEPING_PREFIX, fsync, list_shards, shard_name
+from ..shards import BOOKKEEPING_PREFIX, list_shards, shard_name, write_bytes
 from ..sources.catalog import numbered_catalog
 from ..sources.record import read_catalog, write_catalog
 
@@ -39,7 +33,7 @@ PACKAGES = ("numpy", "pyarrow", "aiohttp", "torch", "networkx", "sympy", "jinja2
 SKIP_DIRS = frozenset({"test", "tests", "testing", "idle_test", "__pycache__", "site-packages", "dist-packages"})
 MIN_CHARS = 200
 MIN_QUOTED_SHARE = 0.1  # skip files whose triple-quoted strings are under 10% of the bytes (~5% of text)
-TMP_PREFIX = f"{BOOKKEEPING_PREFIX}.sample."
+TMP_PREFIX = f"{BOOKKEEPING_PREFIX}.tmp."  # write_bytes's temporary files
 STALE_TMP_S = 3600.0
 _TRIPLE_QUOTED = re.compile(rb'("""|\'\'\')(.*?)\1', re.DOTALL)
 _DEFS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -183,30 +177,20 @@ def _claim_folder(out_dir: Path, shards: int) -> None:
 
 
 def _write_shard(path: Path, texts: list[str], docs_per_group: int) -> None:
-    """Write one shard atomically: temp file in the same folder, fsync, rename."""
-    table = pa.table({"text": pa.array(texts, pa.string())})
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent)
+    """Write one shard atomically (``shards.write_bytes``)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), buffer, row_group_size=docs_per_group,
+                   compression="zstd", use_dictionary=False)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; shards are ordinary readable files
-            pq.write_table(table, f, row_group_size=docs_per_group, compression="zstd", use_dictionary=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_bytes(path, buffer.getvalue().to_pybytes())
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ShardError(f"could not write sample shard {path}: {exc}; check free space and permissions",
                          path=path) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_sample(out_dir: Path, shards: int = 4, *, docs_per_group: int = 1024) -> list[Path]:
-    """Write the sample corpus into ``out_dir`` as ``shards`` shards (the last one validation).
-
-    Returns the shard paths in index order. Safe to run again on its own output.
-    """
+    """Write the sample corpus into ``out_dir`` as ``shards`` shards (the last one validation); return
+    their paths. Safe to run again on its own output."""
     out_dir = Path(out_dir)
     docs = documents()
     counts = split_counts(len(docs), shards, docs_per_group)
@@ -218,7 +202,6 @@ def write_sample(out_dir: Path, shards: int = 4, *, docs_per_group: int = 1024) 
         _write_shard(path, docs[start:start + count], docs_per_group)
         paths.append(path)
         start += count
-    fsync(out_dir)
     log.debug("sample: %d documents, %d chars in %d shards under %s",
               len(docs), sum(map(len, docs)), shards, out_dir)
     return paths

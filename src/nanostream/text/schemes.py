@@ -44,8 +44,8 @@ OPENAI_SHA256 = {
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
     "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
 }
-# regex -> (gigatoken pre-tokenizer, cut digit runs into pairs first)
-_FAST = {R50K: ("gpt2", False), CL100K: ("gpt4", False), NANOSTREAM: ("gpt4", False), O200K: ("o200k", False),
+# regex -> (gigatoken pre-tokenizer, cut digit runs into pairs first: ``digit_pieces``)
+FAST_SCHEMES = {R50K: ("gpt2", False), CL100K: ("gpt4", False), NANOSTREAM: ("gpt4", False), O200K: ("o200k", False),
          NANOCHAT: ("gpt4", True)}
 
 _RUN = regex.compile(r"\p{N}{3,}")
@@ -70,11 +70,6 @@ def split_pattern(scheme: str | None, name: str, path: Path) -> str:
     except regex.error as exc:
         raise TokenizerError(f"split scheme for {path} is neither one of {names} nor a valid regex ({exc})") from exc
     return scheme
-
-
-def fast_scheme(pattern: str) -> tuple[str, bool] | None:
-    """(gigatoken scheme, cut digit runs) that splits text as ``pattern`` does, or None."""
-    return _FAST.get(pattern)
 
 
 def digit_pieces(texts: Sequence[str]) -> tuple[list[str], list[int]] | None:

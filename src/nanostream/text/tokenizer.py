@@ -4,8 +4,9 @@ split regex and special tokens) encoded by gigatoken where that is exact, else b
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -14,10 +15,11 @@ import numpy as np
 import tiktoken
 
 from ..errors import TokenizerError
+from ..sources.catalog import say_once
 from . import saved
-from .fast import FastEncoder, FromRanks, exact_encoder
+from .fast import FastEncoder, exact_encoder, from_ranks
 from .saved import BOS
-from .schemes import NANOSTREAM, fast_scheme
+from .schemes import FAST_SCHEMES, NANOSTREAM
 
 SPLIT_PATTERN = NANOSTREAM
 ENCODERS = ("auto", "gigatoken", "tiktoken")
@@ -46,12 +48,17 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def _offsets(parts: Sequence[Sized]) -> np.ndarray:
+    """Where each part starts in their concatenation, and its total length at the end (int64)."""
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
+    return offsets
+
+
 def flat_of(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Id lists as ``(tokens, offsets)`` (int64)."""
-    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), out=offsets[1:])
-    tokens = np.fromiter((i for ids in lists for i in ids), dtype=np.int64, count=int(offsets[-1]))
-    return tokens, offsets
+    offsets = _offsets(lists)
+    return np.fromiter((i for ids in lists for i in ids), dtype=np.int64, count=int(offsets[-1])), offsets
 
 
 def lists_of(tokens: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
@@ -70,9 +77,7 @@ class ByteTokenizer:
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = [t.encode("utf-8") for t in texts]
-        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=offsets[1:])
-        return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+        return np.frombuffer(b"".join(parts), dtype=np.uint8), _offsets(parts)
 
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
@@ -89,12 +94,18 @@ class FastOrReference:
     def _choose_encoder(self, encoder: str, build: Callable[[], FastEncoder], specials: Iterable[str],
                         unfit: str | None = None) -> None:
         """Set ``fast`` for ``encoder``: ``"auto"`` (gigatoken where exact, else the reference, said once),
-        ``"gigatoken"`` (that or a TokenizerError) or ``"tiktoken"`` (the reference)."""
+        ``"gigatoken"`` (that or a TokenizerError) or ``"tiktoken"`` (the reference). ``unfit``: why
+        gigatoken cannot encode this tokenizer at all."""
         if encoder not in ENCODERS:
             raise TokenizerError(f"unknown encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
-        self.fast = None if encoder == "tiktoken" else exact_encoder(
-            build, self._reference_batch, specials, required=encoder == "gigatoken", origin=self.origin,
-            reference_name=self.reference_name, unfit=unfit)
+        self.fast, why = None, unfit
+        if encoder != "tiktoken" and why is None:
+            self.fast, why = exact_encoder(build, self._reference_batch, specials, self.reference_name)
+        if encoder == "gigatoken" and why is not None:
+            raise TokenizerError(f"{self.origin}: cannot encode with gigatoken: {why}")
+        if encoder == "auto" and why is not None:
+            say_once(f"encoder:{self.origin}:{why}", f"{self.origin}: encoding with {self.reference_name}, "
+                     f"not gigatoken: {why}")
         self.encoder_name = self.reference_name if self.fast is None else "gigatoken"
 
     def _reference_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -150,9 +161,9 @@ class BPETokenizer(FastOrReference):
                                           special_tokens=self.special_tokens)
         except (ValueError, AssertionError) as exc:
             raise TokenizerError(f"{origin}: invalid BPE tokenizer (pattern or ranks): {exc}") from exc
-        scheme = fast_scheme(pattern)
+        scheme = FAST_SCHEMES.get(pattern)
         self._choose_encoder(
-            encoder, lambda: FastEncoder(FromRanks(saved.ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
+            encoder, lambda: FastEncoder(partial(from_ranks, saved.ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
             [*self.special_tokens, bos], unfit=None if scheme else "gigatoken has no scheme for its split pattern")
 
     @property
