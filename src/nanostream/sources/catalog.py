@@ -1,8 +1,5 @@
-"""The one dataset notion: ``Catalog``, an ordered list of parquet files, a text column and split rules.
-
-A ``DataFile`` is a relative path with the size and checksums its source knows and its download
-URL. ``hub.py`` and ``s3.py`` list one, ``local_catalog`` walks a folder, ``numbered_catalog`` names
-``shard_XXXXX.parquet`` files under a URL (the built-in datasets). Splits follow ``splits.py``.
+"""The one dataset notion: ``Catalog``, an ordered list of ``DataFile`` (path, size, checksums, URL), a text
+column and split rules; ``numbered_catalog`` and ``local_catalog`` build one without the network.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Row-group counts read from parquet footers: a local file's, or remote files' by small suffix-range GETs.
-
-``read_footers`` reads the first file's footer in two GETs (its last 8 bytes, then exactly the
-footer) and the others', 16 at a time, in one GET sized a quarter above the first footer (a second
-GET when a footer is larger): a few KB per file, not the file. A ``nanostream serve`` mirror tells
-the count in ``X-Nanostream-Row-Groups``: then the first 8-byte GET is all.
+"""Row-group counts from parquet footers: a local file's, or remote files' by small suffix-range GETs
+(a few KB per file; a ``nanostream serve`` mirror tells the count in a header).
 """
 
 from __future__ import annotations

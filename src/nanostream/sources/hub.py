@@ -1,9 +1,5 @@
-"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a Catalog pinned to a commit.
-
-``hub_catalog`` resolves the revision (default ``main``) to a commit sha once, lists ``PATH`` at
-that sha with the tree API (following ``Link: rel="next"`` pages) and keeps the ``*.parquet`` files
-``include`` matches, with their sizes and sha256; file URLs name the sha. ``HF_TOKEN`` goes only to
-the Hub's own host (``hub_headers``). Refusals become a ``DatasetError`` with their own hint.
+"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a Catalog pinned to a commit
+(the revision resolved once, then the tree API); refusals become a ``DatasetError`` with their hint.
 """
 
 from __future__ import annotations
