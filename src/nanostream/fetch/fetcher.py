@@ -1,9 +1,6 @@
-"""The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections).
-
-A worker takes, in order: an idle byte range of a file already started (a resumed or retried one),
-the next queued file, or, once the queue is empty, a slice of the tail (``tail.py``). A file is
-published in a task of its own, so its worker moves on at once. Every task is a child of the
-Fetcher's TaskGroup and none outlives it. What it guarantees, and the tests, are in docs/design.md.
+"""The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections), every
+task a child of its TaskGroup. A worker takes an idle range of a started file, else the next queued file,
+else a slice of the tail (``tail.py``).
 """
 
 from __future__ import annotations
@@ -49,14 +46,9 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 class Fetcher:
-    """Download catalog files (``DataFile``) into ``data_dir / file.path``.
-
-    ``async with Fetcher(dir) as f: result = await f.fetch(file)``; concurrent ``fetch`` calls share
-    the workers. With a ``base_url``, ``fetch(7)`` fetches ``base_url/shard_00007.parquet``.
-    ``progress`` is an optional object with ``add_total(nbytes)``, ``advance(nbytes)`` and
-    ``shard_done(result)``. ``token`` goes only to ``token_hosts``; ``s3://`` files are signed with the
-    AWS chain's credentials (``credentials``, made from these when not given).
-    """
+    """Download catalog files into ``data_dir / file.path``: ``async with Fetcher(dir) as f: await f.fetch(file)``
+    (with a ``base_url``, ``fetch(7)`` fetches ``base_url/shard_00007.parquet``). ``progress``: an object with
+    ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``."""
 
     def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
                  token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,

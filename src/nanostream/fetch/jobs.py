@@ -1,11 +1,5 @@
-"""One file's download in progress: its byte ranges, its part and state files, its saver and its writer.
-
-A ``Job`` holds what the server said (size, sha256, validator), the ``Segment`` ranges still
-missing, a generation counter that abandons every range in flight when the remote changes, and
-the running sha256 of the prefix written in order. Every change to its files (create, save,
-discard, publish) runs under its ``files`` lock, in the Fetcher's ``Disk`` pool; one saver task
-per job writes the resume state after the data it claims is durable. ``Writer`` buffers a
-range's chunks and writes them with one ``pwritev`` every ``FLUSH_BYTES`` or ``FLUSH_SECONDS``.
+"""One file's download in progress: ``Job`` (its byte ranges ``Segment``, part and state files, saver) and
+``Writer`` (a range's chunks, written with one ``pwritev`` every ``FLUSH_BYTES`` or ``FLUSH_SECONDS``).
 """
 
 from __future__ import annotations
@@ -160,11 +154,14 @@ class Job:
         missing = [[s.pos, s.end] for s in self.segments if not s.done()]
         return PartState(self.url, self.size, self.validator, self.sha256, missing)
 
+    def _saving(self) -> bool:
+        return self.size is not None and not self.finalizing and not self.future.done() and self.pfiles is not None
+
     async def _save_loop(self) -> None:
         while self._dirty:
             self._dirty = False
             async with self.files:
-                if self.size is None or self.finalizing or self.future.done() or self.pfiles is None:
+                if not self._saving():
                     return
                 state = self.snapshot()  # taken before the fdatasync: it claims only bytes the sync covers
                 try:
@@ -175,7 +172,7 @@ class Job:
 
     def save_now(self) -> None:
         """Blocking final save at shutdown (after every write has finished): fsync, then the state."""
-        if self.size is None or self.future.done() or self.finalizing or self.pfiles is None:
+        if not self._saving():
             return
         try:
             self.pfiles.save(self.snapshot())

@@ -1,10 +1,5 @@
-"""A download's files on disk, beside the final name: part, state and lock, and the atomic publish.
-
-For ``shard_00007.parquet`` in DIR, all hidden: ``.nanostream.shard_00007.parquet.part`` (the bytes
-so far, at their offsets), ``.state`` (URL, size, validator, sha256 and the missing ranges, in two
-checksummed slots written in turn: the newest valid one wins) and ``.lock`` (the flock of the
-process downloading it). ``open_job`` takes a first look at a file; only ``finalize`` creates the
-final name. A missing range whose end is not known yet is saved as ``[start, null]``.
+"""A download's hidden files beside the final name (``.nanostream.NAME.part``, ``.state``, ``.lock``) and the
+verified, atomic publish (``finalize``), the only code that creates a final name.
 """
 
 from __future__ import annotations
