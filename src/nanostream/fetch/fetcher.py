@@ -263,27 +263,26 @@ class Fetcher:
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
         assert job.size is not None
-        async with job.files:
-            job.close_files()
-            try:
-                md5 = job.file.md5 if job.file is not None else None
-                problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(), md5)
-            except OSError as exc:
-                job.finalizing = False
-                return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
-                                                      shard=job.name, url=job.url))
-        if not job.live(gen):
+        try:
+            async with job.files:
+                job.close_files()
+                try:
+                    md5 = job.file.md5 if job.file is not None else None
+                    problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(), md5)
+                except OSError as exc:
+                    return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
+                                                          shard=job.name, url=job.url))
+            if not job.live(gen):
+                return None
+            if problem is None:
+                return self.jobs.resolve(job, skipped=False)
+            err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
+                                    shard=job.name, url=job.url)
+            log.warning("%s", err)
+            if not await job.retries.again(Transient(problem)):
+                return self.jobs.fail(job, err)
+            job.reset(f"{problem}; discarded the bytes")
+            self._wake()
             return None
-        if problem is None:
+        finally:
             job.finalizing = False
-            return self.jobs.resolve(job, skipped=False)
-        err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
-                                shard=job.name, url=job.url)
-        log.warning("%s", err)
-        if not await job.retries.again(Transient(problem)):
-            job.finalizing = False
-            return self.jobs.fail(job, err)
-        job.reset(f"{problem}; discarded the bytes")
-        job.finalizing = False
-        self._wake()
-        return None

@@ -4,6 +4,7 @@ verified, atomic publish (``finalize``), the only code that creates a final name
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -89,18 +90,14 @@ class PartFiles:
 
     def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
-        self.part = os.open(part_path(final), os.O_RDONLY)
-        try:
+        with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
+            self.part = os.open(part_path(final), os.O_RDONLY)
+            undo.callback(os.close, self.part)
             self.state = os.open(state_path(final), flags, 0o644)
+            undo.callback(os.close, self.state)
             if fresh:
-                try:
-                    reserve(self.state, 2 * SLOT)  # no save can meet a full disk later
-                except BaseException:
-                    os.close(self.state)
-                    raise
-        except BaseException:
-            os.close(self.part)
-            raise
+                reserve(self.state, 2 * SLOT)  # no save can meet a full disk later
+            undo.pop_all()
         self.seq = seq
         self._lock = threading.Lock()
 
