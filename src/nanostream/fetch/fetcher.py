@@ -133,8 +133,8 @@ class Fetcher:
                 raise ConfigError(f"{file.path} has no source URL: it can only be read where it is")
             await self.credentials.prepare([file.url])
             job = self.jobs.by_key[file.path] = Job(
-                file.path, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
-                self._spawn, file=file, signed=is_s3(file.url), index=item if isinstance(item, int) else index)
+                file, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
+                self._spawn, index=item if isinstance(item, int) else index)
             self.jobs.queued.append(job)
             self._wake()
         return await asyncio.shield(job.future)
@@ -267,8 +267,8 @@ class Fetcher:
             async with job.files:
                 job.close_files()
                 try:
-                    md5 = job.file.md5 if job.file is not None else None
-                    problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(), md5)
+                    problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(),
+                                                         job.file.md5)
                 except OSError as exc:
                     return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
                                                           shard=job.name, url=job.url))

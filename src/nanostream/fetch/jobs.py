@@ -17,6 +17,8 @@ from typing import Any
 import filelock
 
 from ..retry import Fatal, Retries, RetryPolicy
+from ..sources.catalog import DataFile
+from ..sources.credentials import is_s3
 from .disk import Disk, pwrite_and_hash
 from .partial import PartFiles, PartState, create_part, discard, part_path
 
@@ -43,17 +45,15 @@ class Segment:
 
 
 class Job:
-    """A file being downloaded (``name``: its path in the folder); ``future`` resolves to its ShardResult
-    (or FetchError)."""
+    """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult (or
+    FetchError). ``index``: the caller's number for it (a shard index, or its place in the list)."""
 
-    def __init__(self, name: str, final: Path, url: str, disk: Disk, policy: RetryPolicy,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None,
-                 file: Any = None, signed: bool = False):
-        self.name, self.final, self.url, self.disk, self._spawn = name, final, url, disk, spawn
-        self.retries = Retries(policy, name, url=url, shard=name)  # its failed requests, across its ranges
-        self.index = index  # the caller's number for it (a shard index, or its place in the list)
-        self.file = file  # the catalog's DataFile: what the download must match (size, sha256, md5)
-        self.signed = signed  # an s3:// object: every request is SigV4-signed
+    def __init__(self, file: DataFile, final: Path, url: str, disk: Disk, policy: RetryPolicy,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None):
+        self.file, self.name, self.final, self.url, self.disk, self._spawn = file, file.path, final, url, disk, spawn
+        self.retries = Retries(policy, file.path, url=url, shard=file.path)  # its failed requests, across its ranges
+        self.index = index
+        self.signed = is_s3(file.url)  # every request is SigV4-signed
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
         self.segments: list[Segment] = []
@@ -78,7 +78,7 @@ class Job:
     @property
     def known(self) -> bool:
         """The catalog says what this file is: a different answer is an error, never a reset."""
-        return self.file is not None and (self.file.size is not None or bool(self.file.sha256))
+        return self.file.size is not None or bool(self.file.sha256)
 
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
