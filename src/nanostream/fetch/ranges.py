@@ -182,7 +182,8 @@ class RangeDownloader:
 
     async def head_info(self, url: str, signed: bool = False) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""
-        async with self.session.head(self.credentials.target(url, signed), headers=self.credentials.head(url, signed),
+        async with self.session.head(self.credentials.target(url, signed),
+                                     headers=self.credentials.headers("HEAD", url, signed),
                                      allow_redirects=True) as resp:
             self.reached = True
             check_status(resp)

@@ -71,10 +71,3 @@ class Credentials:
             if validator:
                 extra["If-Match" if signed else "If-Range"] = validator
         return self.headers("GET", http_url, signed, extra)
-
-    def head(self, http_url: str, signed: bool) -> dict[str, str]:
-        return self.headers("HEAD", http_url, signed)
-
-    def tail(self, http_url: str, signed: bool, n: int) -> dict[str, str]:
-        """Headers for a GET of the last ``n`` bytes (a suffix range)."""
-        return self.headers("GET", http_url, signed, {"Range": f"bytes=-{n}"})

@@ -66,7 +66,8 @@ async def footer_count(session: aiohttp.ClientSession, credentials: Credentials,
 
     async def tail(n: int) -> tuple[bytes, int | None]:
         async def attempt() -> tuple[bytes, int | None]:
-            async with session.get(credentials.target(url, signed), headers=credentials.tail(url, signed, n)) as resp:
+            headers = credentials.headers("GET", url, signed, {"Range": f"bytes=-{n}"})  # the last n bytes
+            async with session.get(credentials.target(url, signed), headers=headers) as resp:
                 check_status(resp)
                 told = resp.headers.get(ROW_GROUPS_HEADER, "")
                 body = await resp.read()

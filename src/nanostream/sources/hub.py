@@ -78,10 +78,6 @@ def hub_headers(url: str | URL, endpoint: str, token: str | None) -> dict[str, s
     return {}
 
 
-def file_url(endpoint: str, repo_id: str, sha: str, path: str) -> str:
-    return f"{endpoint.rstrip('/')}/datasets/{repo_id}/resolve/{sha}/{quote(path)}"
-
-
 async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, include: str | None = None,
                       val: str | None = None, text_column: str = "text", revision: str | None = None,
                       retry: RetryPolicy = LIST_RETRY) -> Catalog:
@@ -109,7 +105,7 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
             continue
         lfs = e.get("lfs") or {}
         files.append(DataFile(rel, int(e["size"]), (lfs.get("oid") or None), None,
-                              file_url(endpoint, hp.repo_id, sha, full)))
+                              f"{endpoint.rstrip('/')}/datasets/{hp.repo_id}/resolve/{sha}/{quote(full)}"))
     if not files:
         narrowed = f" matching --include {include!r}" if include else ""
         raise DatasetError(f"{url}: no *.parquet files{narrowed} at commit {sha[:12]} ({seen} files seen)")
