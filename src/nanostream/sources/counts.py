@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,20 +54,26 @@ def save_counts_file(data_dir: Path, counts: dict[str, int]) -> None:
         log.warning("could not save row-group counts in %s (%s); continuing", data_dir / COUNTS_FILE, exc)
 
 
-async def counts_lock(data_dir: Path) -> filelock.BaseFileLock | None:
-    """The folder's counts lock, held; None where the folder cannot hold a lock (read-only)."""
+@contextlib.asynccontextmanager
+async def counts_lock(data_dir: Path) -> AsyncIterator[None]:
+    """Hold the folder's counts lock (no lock where the folder cannot hold one: read-only)."""
+    lock: filelock.BaseFileLock | None = filelock.FileLock(data_dir / LOCK_NAME)
     try:
         os.makedirs(data_dir, exist_ok=True)
-        lock = filelock.FileLock(data_dir / LOCK_NAME)
         while True:  # another process holds it: nothing in this process can wake us, so poll (cancellable)
             try:
                 lock.acquire(blocking=False)
-                return lock
+                break
             except filelock.Timeout:
                 await asyncio.sleep(0.02)
     except OSError as exc:
         log.debug("no counts lock in %s (%s)", data_dir, exc)
-        return None
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 class CountSharer(Protocol):
@@ -166,14 +173,8 @@ class CountBook:
                 await self._use(sharer, sharer.publish, self.scope, unshared)
         if save and self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
             self._saved_at = now
-            with self._lock:
-                unsaved, self._unsaved = self._unsaved, {}
-            lock = await counts_lock(self.data_dir)
-            try:
-                await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
-            finally:
-                if lock is not None:
-                    lock.release()
+            async with counts_lock(self.data_dir):
+                await self._save()
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
             stamp = await asyncio.to_thread(_stamp, self.data_dir / COUNTS_FILE)
@@ -184,18 +185,21 @@ class CountBook:
                 self._take(await self._use(sharer, sharer.fetch, self.scope) or {}, "another node", save=True,
                            share=False)
 
+    async def _save(self) -> None:
+        """Write what was learned to the counts file (the caller holds the counts lock)."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, {}
+        if unsaved:
+            await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
+
     async def read_remote(self, shards: list[int], credentials: Credentials | None,
                           retry: RetryPolicy | None) -> None:
         """Read the remote footers of those of ``shards`` nobody knows yet, one process of the folder at a time."""
         await self.look([s for s in shards if s not in self._known])
         if any(s not in self._known and s not in self._reading for s in shards):
-            lock = await counts_lock(self.data_dir)
-            try:
+            async with counts_lock(self.data_dir):
                 await self.sync(fetch=True, force=True, save=False)
                 await self._read_footers(shards, credentials, retry)
-            finally:
-                if lock is not None:
-                    lock.release()
         while True:  # another task of this process (on any thread or loop) may be reading some of them
             with self._lock:
                 if not any(s in self._reading for s in shards):
@@ -222,10 +226,7 @@ class CountBook:
             got = await read_footers(self.files, todo, credentials, retry or RetryPolicy())
             for s, n in got.items():
                 self.learn(s, n, f"the footer of {self.files[s].url}")
-            with self._lock:
-                unsaved, self._unsaved = self._unsaved, {}
-            if unsaved:
-                await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
+            await self._save()  # under the counts lock read_remote holds
         finally:
             with self._lock:
                 self._reading.difference_update(todo)
