@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from nanostream.concurrency import run_sync
 from nanostream.errors import CorruptShardError, HTTPStatusError
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.counts import (
-    COUNTS_FILE,
-    CountBook,
-    read_counts_file,
-    row_group_counts,
-    row_group_counts_blocking,
-)
+from nanostream.sources.counts import COUNTS_FILE, CountBook, read_counts_file, row_group_counts
 from nanostream.sources.credentials import Credentials
 
 from datagen import make_shards
@@ -44,7 +39,7 @@ async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Pa
         footer_bytes = sum(srv.bytes_sent.values())
         assert footer_bytes < 0.2 * sum((remote / shard_name(s)).stat().st_size for s in range(3))
         assert json.loads((local / COUNTS_FILE).read_text()) == {shard_name(s): 3 for s in range(3)}
-        assert row_group_counts_blocking(local, (2, 0), files(srv.url), Credentials()) == {2: 3, 0: 3}  # from the file
+        assert run_sync(row_group_counts(local, (2, 0), files(srv.url), Credentials())) == {2: 3, 0: 3}  # from the file
         assert len(srv.requests) == 4
         srv.script(shard_name(3), "status:404")
         with pytest.raises(HTTPStatusError, match=r"shard_00003\.parquet"):

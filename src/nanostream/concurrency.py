@@ -1,10 +1,6 @@
-"""Async helpers every layer shares: the sync bridge, the cancel-safe hand-off, and ending a task.
-
-``LoopThread`` is an event loop on its own thread that sync code hands coroutines to, one call
-at a time, for as long as it needs (a stream driven step by step); ``run_sync`` runs one
-coroutine on a fresh one. ``hand_off`` awaits a thread's work that makes a resource (a
-descriptor, a lock, an open file) so that a cancelled caller never leaks it; ``run_each`` runs
-coroutines in one TaskGroup and raises the first failure (``task_group``); ``cancel_and_wait`` ends a task.
+"""Async helpers every layer shares: the one sync bridge (``LoopThread``, ``run_sync``), the one cancel-safe
+hand-off (``hand_off``), ``run_each`` and ``task_group`` (coroutines in one TaskGroup, the first failure raised
+as it is) and ``cancel_and_wait``.
 """
 
 from __future__ import annotations
@@ -22,8 +18,8 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    """An event loop on a thread of its own, named ``name``: ``run(coro)`` runs a coroutine there and
-    returns its result; ``close()`` cancels what still runs there, awaits ``on_close()``, joins the thread."""
+    """An event loop on a thread of its own that sync code hands coroutines to (``run``), one call at a time,
+    for as long as it needs; ``close()`` cancels what still runs there, awaits ``on_close()``, joins it."""
 
     def __init__(self, name: str, on_close: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.on_close = on_close
@@ -50,8 +46,7 @@ class LoopThread:
                 await self.on_close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on this loop and wait for its result (or its error); if the calling thread is
-    interrupted meanwhile (Ctrl-C), ``coro`` is cancelled."""
+        """Run ``coro`` on this loop and wait for its result; a Ctrl-C meanwhile cancels ``coro``."""
         assert self.loop is not None
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
@@ -60,7 +55,6 @@ class LoopThread:
             future.cancel()  # a no-op once done; stops the coroutine if we were interrupted
 
     def close(self) -> None:
-        """Stop the loop (cancelling what runs on it, then ``on_close``) and join its thread."""
         if self.loop is not None and self._stop is not None and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         if threading.current_thread() is not self.thread:
@@ -68,7 +62,7 @@ class LoopThread:
 
 
 def run_sync(coro: Coroutine[Any, Any, T], name: str = "nanostream-sync") -> T:
-    """Run ``coro`` to its end on a fresh event loop in its own thread (the caller may be inside a loop)."""
+    """Run ``coro`` on a fresh event loop in its own thread (the caller may be inside a loop)."""
     runner = LoopThread(name)
     try:
         return runner.run(coro)
@@ -77,8 +71,7 @@ def run_sync(coro: Coroutine[Any, Any, T], name: str = "nanostream-sync") -> T:
 
 
 async def run_each(coros: Iterable[Coroutine[Any, Any, Any]], limit: int | None = None) -> None:
-    """Run ``coros`` as the tasks of one TaskGroup, at most ``limit`` at once. The first failure cancels
-    the others and is raised as it is (not inside an ExceptionGroup)."""
+    """Run ``coros`` in one TaskGroup, at most ``limit`` at once; the first failure is raised as it is."""
     room = asyncio.Semaphore(limit) if limit else None
 
     async def one(coro: Coroutine[Any, Any, Any]) -> None:
@@ -108,8 +101,7 @@ async def task_group() -> AsyncIterator[TaskGroup]:
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait until it has ended, even if the caller is cancelled meanwhile (that
-    cancellation is raised once ``task`` has ended). Its outcome is left on the task."""
+    """Cancel ``task`` and wait until it has ended, even if the caller is cancelled meanwhile (raised after)."""
     task.cancel()
     interrupted = False
     while not task.done():
@@ -122,8 +114,8 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
 
 
 async def hand_off(work: concurrent.futures.Future[T] | asyncio.Future[T], release: Callable[[T], Any]) -> T:
-    """The result of ``work`` (a thread's work that makes a resource). If the caller is cancelled first,
-    the work is left to finish and its result goes to ``release``: nothing made is leaked."""
+    """The result of ``work`` (a thread's work that makes a resource); a cancelled caller's result goes to
+    ``release`` once made."""
     waiting = asyncio.wrap_future(work) if isinstance(work, concurrent.futures.Future) else asyncio.shield(work)
     try:
         return await waiting

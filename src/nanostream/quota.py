@@ -1,11 +1,7 @@
-"""Each host's gate, one per host and kind of request in a process: its announced quota and its 429 waits.
+"""One gate per host and kind of request in a process: its announced quota and its 429 waits.
 
-``pace`` is an aiohttp client middleware on every session nanostream opens. Before each request
-(and redirect hop) it waits as the host's ``Quota`` requires; from each answer it reads the quota
-(``RateLimit-Policy: "fixed window";"resolvers";q=3000;w=300``, ``RateLimit: "resolvers";r=2999;t=287``)
-and a 429's named wait (``RateLimit ...;r=0;t=N``: ``N + 1`` s, as huggingface_hub waits, else
-``Retry-After``), which holds every request to that host and kind. Each wait for the next window
-and each new 429 wait is one WARNING line. The pacing rules are in docs/design.md (the core).
+``pace``, an aiohttp client middleware on every session, waits at the gate before each request and
+updates it from each answer's ``RateLimit-Policy`` / ``RateLimit`` / ``Retry-After`` (rules: docs/design.md).
 """
 
 from __future__ import annotations
@@ -31,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def kind_of(path: str) -> str:
-    """Which of a Hub's quotas a request to ``path`` draws on (the kinds its headers name)."""
+    """Which of a Hub's quotas a request to ``path`` draws on."""
     if "/resolve/" in path:
         return "resolvers"
     return "api" if path.startswith("/api/") else "other"
@@ -53,8 +49,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float, str] | None:
-    """(seconds, what the server said) a 429 names: ``RateLimit`` with ``r=0`` (``t + 1`` s), else
-    ``Retry-After``; None when it names no wait."""
+    """(seconds, what the server said) a 429 names (``RateLimit`` with ``r=0``: ``t + 1`` s, else ``Retry-After``),
+    or None."""
     limit = RATELIMIT_RE.search(headers.get("RateLimit", "") or "")
     if limit and int(limit["r"]) == 0:
         said = f'RateLimit "{limit["kind"]}";r=0;t={limit["t"]}'
@@ -86,7 +82,7 @@ class Quota:
         return max(MIN_RESERVE, (self.limit or 0) // 50)
 
     def exhausted(self, now: float) -> bool:
-        """Nothing left of this window beyond the reserve: the next request waits for the next window."""
+        """Nothing left of this window beyond the reserve."""
         return self.left is not None and now < self.ends and self.left - self.reserve <= 0
 
     def delay(self, now: float) -> float:
@@ -107,9 +103,8 @@ class Quota:
             self.next_at = now + (self.ends - now) / max(spare, 1)
 
     def answer(self, now: float, status: int, headers: Mapping[str, str]) -> str | None:
-        """Read an answer's quota headers (its request is no longer in flight); a 429's named wait holds
-        the host. Returns the WARNING line of a wait that was not already held, else None."""
-        self.in_flight = max(0, self.in_flight - 1)
+        """Read an answer's quota headers; a 429's named wait holds the host. The WARNING line of a new
+        wait, else None."""
         policy = POLICY_RE.search(headers.get("RateLimit-Policy", "") or "")
         if policy:
             self.limit, self.window = int(policy["q"]), float(policy["w"])
@@ -152,36 +147,28 @@ async def wait_turn(host: str, kind: str) -> Quota:
             if warn:  # a 429's wait was told when it arrived
                 quota.warned = quota.ends
         if warn:
-            log.warning("%s: %s quota %s; waiting %.0fs before the next request", host, kind, _said(quota), delay)
+            per = f"{quota.limit} per {quota.window:.0f}s" if quota.window is not None else "announced"
+            log.warning("%s: %s quota (%s, %d left); waiting %.0fs before the next request", host, kind, per,
+                        max(quota.left or 0, 0), delay)
         await asyncio.sleep(delay)
-
-
-def _said(q: Quota) -> str:
-    per = f"{q.limit} per {q.window:.0f}s" if q.limit is not None and q.window is not None else "announced"
-    return f"({per}, {max(q.left or 0, 0)} left)"
 
 
 Handler = Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]]
 
 
 async def pace(request: aiohttp.ClientRequest, handler: Handler) -> aiohttp.ClientResponse:
-    """aiohttp client middleware: every request (and redirect hop) waits its turn at its host's gate, and
-    every answer's headers update the gate."""
+    """aiohttp client middleware: each request (and redirect hop) waits at its host's gate; each answer
+    updates it."""
     url = request.url
     quota = await wait_turn(f"{url.host}:{url.port}", kind_of(url.path))
     try:
         resp = await handler(request)
-    except BaseException:
+    finally:
         with _lock:
             quota.in_flight = max(0, quota.in_flight - 1)
-        raise
     named = RATELIMIT_RE.search(resp.headers.get("RateLimit", "") or "")
     if named is not None and named["kind"] != quota.kind:  # the server's own name for it
-        with _lock:
-            quota.in_flight = max(0, quota.in_flight - 1)
         quota = quota_for(quota.host, named["kind"])
-        with _lock:
-            quota.in_flight += 1
     with _lock:
         line = quota.answer(time.monotonic(), resp.status, resp.headers)
     if line is not None:

@@ -1,11 +1,5 @@
-"""Retrying HTTP requests: the policy, how a failure is sorted, and ``with_retries``, the one request loop.
-
-``classify`` sorts what a request raised into "retry after N s" or "give up"; ``Retries`` is one
-request's (or one file's) count of failures and decides, logs and waits (``again``);
-``with_retries`` runs an attempt until it succeeds or ``Retries`` gives up. A 429 that names its
-wait is the host's schedule, not a failure: ``quota.pace`` holds the host's requests for it, and it
-counts against ``rate_limit_budget`` instead of ``attempts``. ``client_session`` is the one way a
-session is opened (the policy's timeouts, ``quota.pace`` on every request).
+"""Retrying HTTP requests: ``RetryPolicy``, ``classify`` (retry or give up), ``Retries`` (one request's or
+one file's failures) and ``with_retries``, the one request loop; ``client_session`` opens every session.
 """
 
 from __future__ import annotations
@@ -43,8 +37,7 @@ class RetryPolicy:
     rate_limit_budget: float = 900.0  # rate-limit waits (429) allowed in all, beyond attempts
 
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after the ``failures``-th failure: ``uniform(0, min(cap, base * 2**k))``, or the
-        server's ``Retry-After`` up to ``max_retry_after``."""
+        """Seconds to wait after the ``failures``-th failure (or the server's ``Retry-After``)."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
         return random.uniform(0.0, min(self.cap, self.base * 2 ** max(failures - 1, 0)))
@@ -54,14 +47,13 @@ LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)  # listing a dataset (Hu
 
 
 def client_session(policy: RetryPolicy, **kwargs: Any) -> aiohttp.ClientSession:
-    """A session with the policy's timeouts (no total timeout) whose requests are paced by ``quota.pace``."""
+    """A session with the policy's timeouts (no total one), every request paced by ``quota.pace``."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout)
     return aiohttp.ClientSession(timeout=timeout, trust_env=True, middlewares=MIDDLEWARES, **kwargs)
 
 
 class Transient(Exception):
-    """A failure worth retrying (5xx, 429, short or corrupt body). ``rate_limited``: a 429 that named its
-    wait (``retry_after``)."""
+    """A failure worth retrying (5xx, 429, short or corrupt body); ``rate_limited``: a 429 that named its wait."""
 
     def __init__(self, message: str, retry_after: float | None = None, *, rate_limited: bool = False):
         super().__init__(message)
@@ -70,7 +62,7 @@ class Transient(Exception):
 
 
 class Fatal(Exception):
-    """A failure retrying cannot fix (404, 403, disk full): ``status`` and the Hub's ``X-Error-Code``."""
+    """A failure retrying cannot fix (404, 403, disk full)."""
 
     def __init__(self, message: str, status: int | None = None, code: str = ""):
         super().__init__(message)
@@ -78,7 +70,7 @@ class Fatal(Exception):
 
 
 class NoSpace(Fatal):
-    """The disk cannot hold this file's part file now (``posix_fallocate`` said ENOSPC)."""
+    """The disk cannot hold this file's part file now."""
 
     def __init__(self, message: str, needed: int):
         super().__init__(message)
@@ -116,11 +108,7 @@ def classify(exc: BaseException) -> tuple[bool, float | None]:
     """(retryable, retry_after) for an exception raised while requesting or reading."""
     if isinstance(exc, Transient):
         return True, exc.retry_after
-    if isinstance(exc, Fatal):
-        return False, None
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)):
-        return True, None
-    return False, None
+    return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)), None
 
 
 def unreachable(exc: BaseException) -> str | None:
@@ -144,10 +132,7 @@ def describe(exc: BaseException) -> str:
 
 
 class Retries:
-    """The retries of one request, or of one file's requests: the one place that decides retry or give up.
-
-    ``what`` names it in log lines and errors (``listing hf://...``, ``shard_00001.parquet``).
-    """
+    """The failures of one request, or of one file's requests, named ``what`` in logs and errors."""
 
     def __init__(self, policy: RetryPolicy, what: str, *, url: str = "", shard: str | None = None) -> None:
         self.policy, self.what, self.url, self.shard = policy, what, url, shard
@@ -159,11 +144,10 @@ class Retries:
         return isinstance(exc, Transient) and exc.rate_limited
 
     async def again(self, exc: BaseException) -> bool:
-        """After ``exc``: wait and return True to retry, or return False at once to give up. A 429's wait
-        is held by the host's gate (``quota.pace``) and only counted here; a host that never answered
-        is tried again within a second."""
-        if self.rate_limited(exc):
-            assert isinstance(exc, Transient) and exc.retry_after is not None
+        """After ``exc``: wait and return True to retry, or return False at once to give up (a 429's wait
+        is held by ``quota.pace`` and only counted here)."""
+        if isinstance(exc, Transient) and exc.rate_limited:
+            assert exc.retry_after is not None
             if self.waited + exc.retry_after > self.policy.rate_limit_budget:
                 return False
             self.waited += exc.retry_after
@@ -183,14 +167,13 @@ class Retries:
         return True
 
     def why(self, exc: BaseException) -> str:
-        """What the last failure was, for the error after ``again`` said no."""
+        """What the last failure was, once ``again`` said no."""
         if self.rate_limited(exc):
             return (f"still rate-limited after waiting {self.waited:.0f}s (rate_limit_budget "
                     f"{self.policy.rate_limit_budget:.0f}s): try again later, or with HF_TOKEN set (a higher limit)")
         return f"gave up after {self.failures} attempts; last: {describe(exc)}"
 
     def exhausted(self, exc: BaseException) -> RetriesExhausted:
-        """The error for a retryable failure ``again`` gave up on."""
         where = f" ({self.url})" if self.url else ""
         return RetriesExhausted(f"{self.what}: {self.why(exc)}{where}", attempts=self.failures, shard=self.shard,
                                 url=self.url or None)
@@ -198,7 +181,7 @@ class Retries:
 
 async def with_retries(retries: Retries, attempt: Callable[[], Awaitable[T]]) -> T:
     """``await attempt()`` until it returns; a failure ``retries`` gives up on is raised as it is, or as
-    ``RetriesExhausted`` when it was worth retrying. CancelledError is never caught."""
+    ``RetriesExhausted`` when it was worth retrying."""
     while True:
         try:
             return await attempt()

@@ -1,8 +1,4 @@
-"""Names and files of a data folder that every layer uses: shard names, bookkeeping names, atomic writes.
-
-A data folder holds the dataset's parquet files plus bookkeeping whose names all start with
-``.nanostream``; ``write_bytes`` / ``write_json`` are the one way bookkeeping files are written.
-"""
+"""A data folder's names and files: shard names, bookkeeping names (``.nanostream*``), atomic writes."""
 
 from __future__ import annotations
 
@@ -50,8 +46,7 @@ def fsync(path: Path) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``: a temp file in the same folder, fsync, ``os.replace``,
-    fsync the folder."""
+    """Atomically replace ``path`` with ``data`` (temp file, fsync, ``os.replace``, fsync the folder)."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{BOOKKEEPING_PREFIX}.tmp.", dir=folder)
@@ -69,5 +64,5 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: object, **dump_kwargs: object) -> None:
-    """Atomically replace ``path`` with ``obj`` as JSON (``write_bytes``)."""
+    """Atomically replace ``path`` with ``obj`` as JSON."""
     write_bytes(path, json.dumps(obj, **dump_kwargs).encode())  # type: ignore[arg-type]

@@ -1,5 +1,4 @@
 """The downloader: ``Fetcher`` and what makes every file it publishes complete, verified and resumable.
 
-May import: ``nanostream.sources`` and the core. Never: ``serve``, ``streaming``, ``text``, ``loader``,
-``cli``.
+May import ``nanostream.sources`` and the core; never ``serve``, ``streaming``, ``text``, ``loader``, ``cli``.
 """

@@ -1,11 +1,4 @@
-"""``nanostream fetch``: turn CLI flags into a catalog's files, run the downloader, report.
-
-Every flag is checked before any network work (``ConfigError``, exit 2); the catalog is recorded
-before the first byte; the report is one summary line plus one line per distinct failure. Ctrl-C
-and SIGTERM keep the partial downloads and their state (exit 130 and 143). ``--nanochat`` fetches
-into nanochat's data folder (``Config.nanochat_data_dir``), where nanochat's own listing reads exactly
-the verified shards.
-"""
+"""``nanostream fetch``: turn CLI flags into a catalog's files, run the downloader, report (docs/fetch.md)."""
 
 from __future__ import annotations
 
@@ -57,9 +50,10 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         raise ConfigError(f"--retries must be >= 1, got {args.retries}")
     if args.max_shard is not None and args.max_shard < 0:
         raise ConfigError(f"--max-shard must be >= 0, got {args.max_shard}")
-    if getattr(args, "nanochat", False) and args.data_dir is not None:
+    nanochat = getattr(args, "nanochat", False)
+    if nanochat and args.data_dir is not None:
         raise ConfigError("--nanochat names the data folder (nanochat's): leave out --data-dir")
-    dataset = args.dataset or (NANOCHAT_DATASET if getattr(args, "nanochat", False) else DEFAULT_DATASET)
+    dataset = args.dataset or (NANOCHAT_DATASET if nanochat else DEFAULT_DATASET)
     numbered = args.base_url is not None or args.max_shard is not None
     if numbered and "://" in dataset:
         raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
@@ -67,7 +61,7 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         get_dataset(dataset)  # an unknown name: one line listing the built-in ones
     if args.base_url:
         check_url(args.base_url)
-    folder = cfg.nanochat_data_dir(reading=False) if getattr(args, "nanochat", False) else args.data_dir
+    folder = cfg.nanochat_data_dir(reading=False) if nanochat else args.data_dir
     data_dir = check_writable_dir((folder or cfg.data_dir(folder_name(dataset))).expanduser())
     recorded = read_catalog(data_dir)
     if numbered:  # from a mirror of a built-in dataset: --base-url defaults to the Hub, not the record
@@ -109,14 +103,14 @@ async def _until_sigterm(coro):
 
 
 def _run_loop(coro, loop: str):
+    run = asyncio.run
     if loop == "uvloop":
         try:
-            import uvloop
+            from uvloop import run
         except ImportError as exc:
             coro.close()
             raise ConfigError("--loop uvloop needs the uvloop package (not available on Windows)") from exc
-        return uvloop.run(_until_sigterm(coro))
-    return asyncio.run(_until_sigterm(coro))
+    return run(_until_sigterm(coro))
 
 
 def summarize(results, data_dir: Path, seconds: float) -> str:
@@ -188,14 +182,11 @@ def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
         results = _run_loop(fetch_files(files, data_dir=data_dir, workers=args.workers, token=cfg.hf_token,
                                         token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, retry=retry,
                                         verify=args.verify, progress=progress, check_space=True), loop)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         progress.close()
-        _stopped(data_dir, "interrupted")
-        return 130
-    except Terminated:
-        progress.close()
-        _stopped(data_dir, "terminated (SIGTERM)")
-        return EXIT_TERMINATED
+        terminated = isinstance(exc, Terminated)
+        _stopped(data_dir, "terminated (SIGTERM)" if terminated else "interrupted")
+        return EXIT_TERMINATED if terminated else 130
     finally:
         progress.close()
     for line in failure_lines(results):

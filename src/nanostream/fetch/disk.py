@@ -1,10 +1,5 @@
-"""The downloader's disk work, always off the event loop: writes, part creation, fsyncs, state saves.
-
-One ``Disk`` per Fetcher owns two thread pools, one for body writes (``pwritev`` + sha256) and one
-for the rest (locks, reserving a part file, fdatasync + state saves, finalize), so a write never
-queues behind an fsync. At most ``max_syncs`` fsyncs run at once, and space is reserved one file
-at a time (``reserving``): a ``posix_fallocate`` that fails on a nearly full disk holds the free
-blocks until it gives up.
+"""The downloader's disk work, off the event loop: ``Disk``, one write pool (``pwritev`` + sha256) and one pool
+for the rest (locks, part files, fdatasync + state saves, finalize), at most ``max_syncs`` fsyncs at once.
 """
 
 from __future__ import annotations

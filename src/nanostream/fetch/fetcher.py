@@ -1,9 +1,6 @@
-"""The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections).
-
-A worker takes, in order: an idle byte range of a file already started (a resumed or retried one),
-the next queued file, or, once the queue is empty, a slice of the tail (``tail.py``). A file is
-published in a task of its own, so its worker moves on at once. Every task is a child of the
-Fetcher's TaskGroup and none outlives it. What it guarantees, and the tests, are in docs/design.md.
+"""The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections), every
+task a child of its TaskGroup. A worker takes an idle range of a started file, else the next queued file,
+else a slice of the tail (``tail.py``).
 """
 
 from __future__ import annotations
@@ -49,14 +46,9 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 class Fetcher:
-    """Download catalog files (``DataFile``) into ``data_dir / file.path``.
-
-    ``async with Fetcher(dir) as f: result = await f.fetch(file)``; concurrent ``fetch`` calls share
-    the workers. With a ``base_url``, ``fetch(7)`` fetches ``base_url/shard_00007.parquet``.
-    ``progress`` is an optional object with ``add_total(nbytes)``, ``advance(nbytes)`` and
-    ``shard_done(result)``. ``token`` goes only to ``token_hosts``; ``s3://`` files are signed with the
-    AWS chain's credentials (``credentials``, made from these when not given).
-    """
+    """Download catalog files into ``data_dir / file.path``: ``async with Fetcher(dir) as f: await f.fetch(file)``
+    (with a ``base_url``, ``fetch(7)`` fetches ``base_url/shard_00007.parquet``). ``progress``: an object with
+    ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``."""
 
     def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
                  token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
@@ -141,8 +133,8 @@ class Fetcher:
                 raise ConfigError(f"{file.path} has no source URL: it can only be read where it is")
             await self.credentials.prepare([file.url])
             job = self.jobs.by_key[file.path] = Job(
-                file.path, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
-                self._spawn, file=file, signed=is_s3(file.url), index=item if isinstance(item, int) else index)
+                file, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
+                self._spawn, index=item if isinstance(item, int) else index)
             self.jobs.queued.append(job)
             self._wake()
         return await asyncio.shield(job.future)
@@ -271,27 +263,26 @@ class Fetcher:
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
         assert job.size is not None
-        async with job.files:
-            job.close_files()
-            try:
-                md5 = job.file.md5 if job.file is not None else None
-                problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(), md5)
-            except OSError as exc:
-                job.finalizing = False
-                return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
-                                                      shard=job.name, url=job.url))
-        if not job.live(gen):
+        try:
+            async with job.files:
+                job.close_files()
+                try:
+                    problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(),
+                                                         job.file.md5)
+                except OSError as exc:
+                    return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
+                                                          shard=job.name, url=job.url))
+            if not job.live(gen):
+                return None
+            if problem is None:
+                return self.jobs.resolve(job, skipped=False)
+            err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
+                                    shard=job.name, url=job.url)
+            log.warning("%s", err)
+            if not await job.retries.again(Transient(problem)):
+                return self.jobs.fail(job, err)
+            job.reset(f"{problem}; discarded the bytes")
+            self._wake()
             return None
-        if problem is None:
+        finally:
             job.finalizing = False
-            return self.jobs.resolve(job, skipped=False)
-        err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
-                                shard=job.name, url=job.url)
-        log.warning("%s", err)
-        if not await job.retries.again(Transient(problem)):
-            job.finalizing = False
-            return self.jobs.fail(job, err)
-        job.reset(f"{problem}; discarded the bytes")
-        job.finalizing = False
-        self._wake()
-        return None

@@ -1,11 +1,5 @@
-"""One file's download in progress: its byte ranges, its part and state files, its saver and its writer.
-
-A ``Job`` holds what the server said (size, sha256, validator), the ``Segment`` ranges still
-missing, a generation counter that abandons every range in flight when the remote changes, and
-the running sha256 of the prefix written in order. Every change to its files (create, save,
-discard, publish) runs under its ``files`` lock, in the Fetcher's ``Disk`` pool; one saver task
-per job writes the resume state after the data it claims is durable. ``Writer`` buffers a
-range's chunks and writes them with one ``pwritev`` every ``FLUSH_BYTES`` or ``FLUSH_SECONDS``.
+"""One file's download in progress: ``Job`` (its byte ranges ``Segment``, part and state files, saver) and
+``Writer`` (a range's chunks, written with one ``pwritev`` every ``FLUSH_BYTES`` or ``FLUSH_SECONDS``).
 """
 
 from __future__ import annotations
@@ -23,6 +17,8 @@ from typing import Any
 import filelock
 
 from ..retry import Fatal, Retries, RetryPolicy
+from ..sources.catalog import DataFile
+from ..sources.credentials import is_s3
 from .disk import Disk, pwrite_and_hash
 from .partial import PartFiles, PartState, create_part, discard, part_path
 
@@ -49,17 +45,15 @@ class Segment:
 
 
 class Job:
-    """A file being downloaded (``name``: its path in the folder); ``future`` resolves to its ShardResult
-    (or FetchError)."""
+    """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult (or
+    FetchError). ``index``: the caller's number for it (a shard index, or its place in the list)."""
 
-    def __init__(self, name: str, final: Path, url: str, disk: Disk, policy: RetryPolicy,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None,
-                 file: Any = None, signed: bool = False):
-        self.name, self.final, self.url, self.disk, self._spawn = name, final, url, disk, spawn
-        self.retries = Retries(policy, name, url=url, shard=name)  # its failed requests, across its ranges
-        self.index = index  # the caller's number for it (a shard index, or its place in the list)
-        self.file = file  # the catalog's DataFile: what the download must match (size, sha256, md5)
-        self.signed = signed  # an s3:// object: every request is SigV4-signed
+    def __init__(self, file: DataFile, final: Path, url: str, disk: Disk, policy: RetryPolicy,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None):
+        self.file, self.name, self.final, self.url, self.disk, self._spawn = file, file.path, final, url, disk, spawn
+        self.retries = Retries(policy, file.path, url=url, shard=file.path)  # its failed requests, across its ranges
+        self.index = index
+        self.signed = is_s3(file.url)  # every request is SigV4-signed
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
         self.segments: list[Segment] = []
@@ -84,7 +78,7 @@ class Job:
     @property
     def known(self) -> bool:
         """The catalog says what this file is: a different answer is an error, never a reset."""
-        return self.file is not None and (self.file.size is not None or bool(self.file.sha256))
+        return self.file.size is not None or bool(self.file.sha256)
 
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
@@ -160,11 +154,14 @@ class Job:
         missing = [[s.pos, s.end] for s in self.segments if not s.done()]
         return PartState(self.url, self.size, self.validator, self.sha256, missing)
 
+    def _saving(self) -> bool:
+        return self.size is not None and not self.finalizing and not self.future.done() and self.pfiles is not None
+
     async def _save_loop(self) -> None:
         while self._dirty:
             self._dirty = False
             async with self.files:
-                if self.size is None or self.finalizing or self.future.done() or self.pfiles is None:
+                if not self._saving():
                     return
                 state = self.snapshot()  # taken before the fdatasync: it claims only bytes the sync covers
                 try:
@@ -175,7 +172,7 @@ class Job:
 
     def save_now(self) -> None:
         """Blocking final save at shutdown (after every write has finished): fsync, then the state."""
-        if self.size is None or self.future.done() or self.finalizing or self.pfiles is None:
+        if not self._saving():
             return
         try:
             self.pfiles.save(self.snapshot())

@@ -1,5 +1,4 @@
-"""Fetching a list of files with one ``Fetcher``: ``fetch_files`` (catalog files) and ``fetch_shards``
-(``base_url/shard_XXXXX.parquet``): one ``ShardResult`` per item, in order, failures in ``.error``."""
+"""``fetch_files`` and ``fetch_shards``: a list of files with one ``Fetcher``, one ``ShardResult`` each, in order."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""How each file of a fetch is settled: ``Jobs`` (the files a Fetcher knows of, by state), results and errors.
-
-``translate`` is the one boundary where whatever ended a file (an HTTP status, exhausted retries,
-a full disk) becomes the ``FetchError`` the caller sees. A host that was never reached, that
-refuses access (401/403) or whose rate limits outlast the budget fails every file at once, with
-one error.
+"""How each file of a fetch is settled: ``Jobs`` (the files a Fetcher knows of, by state), ``ShardResult`` and
+``translate``, the one boundary where what ended a file becomes the caller's ``FetchError``.
 """
 
 from __future__ import annotations

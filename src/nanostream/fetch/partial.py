@@ -1,14 +1,10 @@
-"""A download's files on disk, beside the final name: part, state and lock, and the atomic publish.
-
-For ``shard_00007.parquet`` in DIR, all hidden: ``.nanostream.shard_00007.parquet.part`` (the bytes
-so far, at their offsets), ``.state`` (URL, size, validator, sha256 and the missing ranges, in two
-checksummed slots written in turn: the newest valid one wins) and ``.lock`` (the flock of the
-process downloading it). ``open_job`` takes a first look at a file; only ``finalize`` creates the
-final name. A missing range whose end is not known yet is saved as ``[start, null]``.
+"""A download's hidden files beside the final name (``.nanostream.NAME.part``, ``.state``, ``.lock``) and the
+verified, atomic publish (``finalize``), the only code that creates a final name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -94,18 +90,14 @@ class PartFiles:
 
     def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
-        self.part = os.open(part_path(final), os.O_RDONLY)
-        try:
+        with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
+            self.part = os.open(part_path(final), os.O_RDONLY)
+            undo.callback(os.close, self.part)
             self.state = os.open(state_path(final), flags, 0o644)
+            undo.callback(os.close, self.state)
             if fresh:
-                try:
-                    reserve(self.state, 2 * SLOT)  # no save can meet a full disk later
-                except BaseException:
-                    os.close(self.state)
-                    raise
-        except BaseException:
-            os.close(self.part)
-            raise
+                reserve(self.state, 2 * SLOT)  # no save can meet a full disk later
+            undo.pop_all()
         self.seq = seq
         self._lock = threading.Lock()
 

@@ -1,9 +1,5 @@
 """One HTTP range request into a file's part file: headers, what the answer announces, the body.
-
-``fetch_range`` learns size, sha256 and validator from the first answer and checks them against
-the catalog (a listed file that changed is a ``VerificationError``; a file the catalog knows
-nothing about restarts), checks that a body from byte 0 is parquet before writing it, and
-streams the body to disk. Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
+Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 """
 
 from __future__ import annotations
@@ -54,11 +50,6 @@ def announced(resp: aiohttp.ClientResponse) -> tuple[str | None, int | None]:
     return sha or parse_sha256(resp.headers.get("ETag")), int(size) if (size or "").isdigit() else None
 
 
-def describe_body(resp: aiohttp.ClientResponse, head: bytes) -> str:
-    ctype = resp.headers.get("Content-Type", "no Content-Type")
-    return f"the server sent {ctype}, not parquet (first bytes {head[:40]!r})"
-
-
 class RangeDownloader:
     """Shared by a Fetcher's workers: one session, one disk pool, one progress sink."""
 
@@ -88,7 +79,8 @@ class RangeDownloader:
                 while len(head) < 4 and not resp.content.at_eof():
                     head += await resp.content.read(64)
                 if head[:4] != PARQUET_MAGIC:
-                    raise Transient(describe_body(resp, head))
+                    ctype = resp.headers.get("Content-Type", "no Content-Type")
+                    raise Transient(f"the server sent {ctype}, not parquet (first bytes {head[:40]!r})")
             await self._learn(job, resp)
             if not job.live(gen):
                 return
@@ -190,7 +182,8 @@ class RangeDownloader:
 
     async def head_info(self, url: str, signed: bool = False) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""
-        async with self.session.head(self.credentials.target(url, signed), headers=self.credentials.head(url, signed),
+        async with self.session.head(self.credentials.target(url, signed),
+                                     headers=self.credentials.headers("HEAD", url, signed),
                                      allow_redirects=True) as resp:
             self.reached = True
             check_status(resp)

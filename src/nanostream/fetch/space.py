@@ -1,9 +1,4 @@
-"""Free-space preflight for a fetch: fail at once when the files cannot fit on the disk.
-
-Only when free space is below ``ROOMY`` per missing file: the missing files' sizes (at most
-``probe`` asked with HEAD, the rest estimated from their mean) are compared with ``statvfs``;
-a file with a part file already holds its space.
-"""
+"""Free-space preflight for a fetch: fail at once when the missing files cannot fit on the disk."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""Planning the tail by bytes: which range an idle connection splits, and how small a piece may be.
-
-Once no file is queued, an idle worker takes the back half of the range with the most bytes
-still to receive (received but unwritten bytes count as received), so all connections finish
-together.
-"""
+"""The tail of a fetch: once no file is queued, an idle worker splits the range with the most bytes left."""
 
 from __future__ import annotations
 

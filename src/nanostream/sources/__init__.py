@@ -1,5 +1,4 @@
-"""Where a dataset lives and what it holds: the catalog of its files, its listing and record, its row-group counts.
+"""Where a dataset lives and what it holds: its catalog, listing, record and row-group counts.
 
-May import: the core (``nanostream.config``, ``errors``, ``retry``, ``quota``, ``shards``, ``concurrency``,
-``_compat``). Never: ``fetch``, ``serve``, ``streaming``, ``text``, ``loader``, ``cli``.
+May import the core only; never ``fetch``, ``serve``, ``streaming``, ``text``, ``loader``, ``cli``.
 """

@@ -1,8 +1,5 @@
-"""The one dataset notion: ``Catalog``, an ordered list of parquet files, a text column and split rules.
-
-A ``DataFile`` is a relative path with the size and checksums its source knows and its download
-URL. ``hub.py`` and ``s3.py`` list one, ``local_catalog`` walks a folder, ``numbered_catalog`` names
-``shard_XXXXX.parquet`` files under a URL (the built-in datasets). Splits follow ``splits.py``.
+"""The one dataset notion: ``Catalog``, an ordered list of ``DataFile`` (path, size, checksums, URL), a text
+column and split rules; ``numbered_catalog`` and ``local_catalog`` build one without the network.
 """
 
 from __future__ import annotations
@@ -66,7 +63,6 @@ class Splits:
     train: tuple[DataFile, ...]
     validation: tuple[DataFile, ...]  # empty only for a one-file dataset (asking for it is an error)
     test: tuple[DataFile, ...] = ()
-    unassigned: tuple[DataFile, ...] = ()  # in no split under the rule that applied: left out
     guessed_val: bool = False  # validation is the last train file because nothing named one
     rule: int = 4  # which of datasets' rules named the splits (splits.RULES)
     note: str = ""  # the fallback that gave the validation split, if one did
@@ -103,8 +99,22 @@ class Catalog:
             raise DatasetError(f"dataset {self.name} has no file {path!r}") from None
 
     def splits(self) -> Splits:
-        """Train / validation / test files (``splits.assign``)."""
-        return resolve_splits(self)
+        """Train / validation / test files (``splits.assign``); logs once what was left out or guessed."""
+        a = assign([f.path for f in self.files], self.val)
+        if self.val is not None and not a.validation:
+            raise empty_split(self, "validation", f" (--val {self.val!r} matches none)")
+        if a.note:
+            say_once(f"val:{self.name}", f"dataset {self.name}: {a.note}")
+        if a.unassigned:
+            other = custom_splits(a.unassigned)
+            why = f" (splits {', '.join(other)})" if other else ""
+            say_once(f"unassigned:{self.name}", f"dataset {self.name}: {len(a.unassigned)} file(s) are in no train, "
+                     f"validation or test split by {RULES[a.rule]}{why} and are left out, e.g. {a.unassigned[0]}")
+        if not a.train and self.val is None:  # an explicit val may take every file (a validation-only folder)
+            raise empty_split(self, "train")
+        files = self.file
+        return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)),
+                      a.held_out_last, a.rule, a.note)
 
     def split(self, name: str) -> tuple[DataFile, ...]:
         """The files of split ``name`` (train, validation/val, test); an error if there are none."""
@@ -136,24 +146,6 @@ def empty_split(cat: Catalog, split: str, why: str = "") -> DatasetError:
     shown = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
     return DatasetError(f"dataset {cat.name}: split {split!r} resolves to no file{why}; "
                         f"files seen: {shown} (pass --val GLOB, or val=GLOB, to choose validation files)")
-
-
-def resolve_splits(cat: Catalog) -> Splits:
-    a = assign([f.path for f in cat.files], cat.val)
-    if cat.val is not None and not a.validation:
-        raise empty_split(cat, "validation", f" (--val {cat.val!r} matches none)")
-    if a.note:
-        say_once(f"val:{cat.name}", f"dataset {cat.name}: {a.note}")
-    if a.unassigned:
-        other = custom_splits(a.unassigned)
-        why = f" (splits {', '.join(other)})" if other else ""
-        say_once(f"unassigned:{cat.name}", f"dataset {cat.name}: {len(a.unassigned)} file(s) are in no train, "
-                 f"validation or test split by {RULES[a.rule]}{why} and are left out, e.g. {a.unassigned[0]}")
-    if not a.train and cat.val is None:  # an explicit val may take every file (a validation-only folder)
-        raise empty_split(cat, "train")
-    files = cat.file
-    return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)),
-                  tuple(map(files, a.unassigned)), a.held_out_last, a.rule, a.note)
 
 
 # -- sources that need no network -----------------------------------------------------------

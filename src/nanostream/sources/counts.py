@@ -1,9 +1,7 @@
 """Row-group counts as a run learns them: one ``CountBook`` per data folder in a process, shared with other nodes.
 
-A book learns a count the cheapest way first: the folder's counts file, a local file's footer, a
-``CountSharer`` (other nodes), and only for a count still missing when needed (``require``) the
-remote footer (``footers.py``). What it learns goes to the counts file and the sharers, so each
-footer is read once per folder and, with a sharer, once per cluster. Thread-safe.
+Cheapest first: the folder's counts file, local footers, a ``CountSharer``, and only then remote footers
+(``footers.py``); what is learned is saved and shared, so each footer is read once per folder (and cluster).
 """
 
 from __future__ import annotations
@@ -15,12 +13,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import filelock
 
-from ..concurrency import run_sync
 from ..errors import ConfigError, MissingShardError
 from ..retry import RetryPolicy
 from ..shards import BOOKKEEPING_PREFIX, write_json
@@ -36,7 +34,7 @@ FETCH_EVERY = 0.05  # seconds between reads of the counts file and the sharers (
 
 
 def read_counts_file(data_dir: Path) -> dict[str, int]:
-    """The folder's counts file ({} when absent or unreadable: counted again, and rewritten)."""
+    """The folder's counts file ({} when absent or unreadable)."""
     try:
         raw = json.loads((data_dir / COUNTS_FILE).read_text())
         return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
@@ -56,26 +54,31 @@ def save_counts_file(data_dir: Path, counts: dict[str, int]) -> None:
         log.warning("could not save row-group counts in %s (%s); continuing", data_dir / COUNTS_FILE, exc)
 
 
-async def counts_lock(data_dir: Path) -> filelock.BaseFileLock | None:
-    """The folder's counts lock, held; None where the folder cannot hold a lock (read-only)."""
+@contextlib.asynccontextmanager
+async def counts_lock(data_dir: Path) -> AsyncIterator[None]:
+    """Hold the folder's counts lock (no lock where the folder cannot hold one: read-only)."""
+    lock: filelock.BaseFileLock | None = filelock.FileLock(data_dir / LOCK_NAME)
     try:
         os.makedirs(data_dir, exist_ok=True)
-        lock = filelock.FileLock(data_dir / LOCK_NAME)
         while True:  # another process holds it: nothing in this process can wake us, so poll (cancellable)
             try:
                 lock.acquire(blocking=False)
-                return lock
+                break
             except filelock.Timeout:
                 await asyncio.sleep(0.02)
     except OSError as exc:
         log.debug("no counts lock in %s (%s)", data_dir, exc)
-        return None
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 class CountSharer(Protocol):
-    """How the nodes of a run tell each other counts (``{file path in the folder: row groups}``) of the
-    dataset ``scope`` names (its source and revision). Both calls block briefly, may run on any thread,
-    and may raise: a sharer that fails is dropped with one WARNING line."""
+    """How the nodes of a run tell each other the counts (``{file path: row groups}``) of the dataset ``scope``
+    names. Both calls may block briefly, on any thread, and may raise (the sharer is then dropped)."""
 
     def publish(self, scope: str, counts: dict[str, int]) -> None: ...
 
@@ -83,7 +86,7 @@ class CountSharer(Protocol):
 
 
 class CountBook:
-    """What this process knows of the counts of ``files`` in ``data_dir`` (see the module docstring)."""
+    """What this process knows of the counts of ``files`` in ``data_dir``; thread-safe."""
 
     def __init__(self, data_dir: Path, files: tuple[DataFile, ...], scope: str = "") -> None:
         self.data_dir, self.files, self.scope = data_dir, files, scope
@@ -129,7 +132,7 @@ class CountBook:
                     self._unshared[path] = int(n)
 
     async def _use(self, sharer: CountSharer, call: Any, *args: Any) -> Any:
-        """``call(*args)`` on a thread; a sharer that fails is dropped (the folder and footers remain)."""
+        """``call(*args)`` on a thread; a sharer that fails is dropped, with one WARNING line."""
         try:
             return await asyncio.to_thread(call, *args)
         except Exception as exc:  # noqa: BLE001  (any failure of a foreign channel: stop using it, say so once)
@@ -149,32 +152,19 @@ class CountBook:
                               f"{self.data_dir / COUNTS_FILE} and start again")
         self._take({self.files[shard].path: n}, origin, save=True)
 
-    # -- the cheap sources: local footers, the counts file, the sharers --------------------------
     async def look(self, shards: list[int]) -> None:
-        """Learn what the counts file, the sharers and local files tell of ``shards`` (and tell the sharers
-        what the local files told)."""
+        """Learn what the counts file, the sharers and the local files tell of ``shards``."""
         await self.sync(fetch=True)
-        todo = [s for s in shards if s not in self._known]
-        if todo:
-            found = await asyncio.to_thread(self._local_counts, todo)
-            for s, n in found.items():
-                self.learn(s, n, f"the footer of {self.data_dir / self.files[s].path}")
-            if found:
-                await self.sync()
-
-    def _local_counts(self, shards: list[int]) -> dict[int, int]:
-        """Counts from the footers of the local files of ``shards`` (an unreadable one is left to its reader)."""
-        out = {}
-        for s in shards:
-            n = local_count(self.data_dir / self.files[s].path, True)
-            if n is not None:
-                out[s] = n
-        return out
+        paths = {s: self.data_dir / self.files[s].path for s in shards if s not in self._known}
+        found = await asyncio.to_thread(_local_counts, paths) if paths else {}
+        for s, n in found.items():
+            self.learn(s, n, f"the footer of {paths[s]}")
+        if found:
+            await self.sync()
 
     async def sync(self, *, fetch: bool = False, force: bool = False, save: bool = True) -> None:
-        """Publish what was learned to the sharers, and write it to the counts file (at most every
-        ``SAVE_EVERY`` s unless ``force``; not with ``save=False``, for a caller holding the counts lock, which
-        a save would wait for); with ``fetch``, read theirs (at most every ``FETCH_EVERY`` s)."""
+        """Publish what was learned to the sharers and save it (at most every ``SAVE_EVERY`` s unless ``force``;
+        never with ``save=False``, for a caller holding the counts lock); with ``fetch``, read theirs and the file."""
         now = time.monotonic()
         if self._unshared and self.sharers:
             with self._lock:
@@ -183,14 +173,8 @@ class CountBook:
                 await self._use(sharer, sharer.publish, self.scope, unshared)
         if save and self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
             self._saved_at = now
-            with self._lock:
-                unsaved, self._unsaved = self._unsaved, {}
-            lock = await counts_lock(self.data_dir)
-            try:
-                await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
-            finally:
-                if lock is not None:
-                    lock.release()
+            async with counts_lock(self.data_dir):
+                await self._save()
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
             stamp = await asyncio.to_thread(_stamp, self.data_dir / COUNTS_FILE)
@@ -201,21 +185,21 @@ class CountBook:
                 self._take(await self._use(sharer, sharer.fetch, self.scope) or {}, "another node", save=True,
                            share=False)
 
-    # -- the costly one: remote footers ------------------------------------------------------------
+    async def _save(self) -> None:
+        """Write what was learned to the counts file (the caller holds the counts lock)."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, {}
+        if unsaved:
+            await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
+
     async def read_remote(self, shards: list[int], credentials: Credentials | None,
                           retry: RetryPolicy | None) -> None:
-        """Read the footers of those of ``shards`` nobody knows yet (local files first), one process of the
-        folder at a time."""
+        """Read the remote footers of those of ``shards`` nobody knows yet, one process of the folder at a time."""
         await self.look([s for s in shards if s not in self._known])
         if any(s not in self._known and s not in self._reading for s in shards):
-            lock = await counts_lock(self.data_dir)
-            try:
-                # another process may have read them meanwhile (what we learned is saved with the rest, below)
+            async with counts_lock(self.data_dir):
                 await self.sync(fetch=True, force=True, save=False)
                 await self._read_footers(shards, credentials, retry)
-            finally:
-                if lock is not None:
-                    lock.release()
         while True:  # another task of this process (on any thread or loop) may be reading some of them
             with self._lock:
                 if not any(s in self._reading for s in shards):
@@ -242,10 +226,7 @@ class CountBook:
             got = await read_footers(self.files, todo, credentials, retry or RetryPolicy())
             for s, n in got.items():
                 self.learn(s, n, f"the footer of {self.files[s].url}")
-            with self._lock:
-                unsaved, self._unsaved = self._unsaved, {}
-            if unsaved:
-                await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
+            await self._save()  # under the counts lock read_remote holds
         finally:
             with self._lock:
                 self._reading.difference_update(todo)
@@ -265,6 +246,12 @@ class CountBook:
             return {s: self._known[s] for s in shards}
 
 
+def _local_counts(paths: dict[int, Path]) -> dict[int, int]:
+    """The counts in the footers of the local files (an unreadable one is left to its reader)."""
+    counts = {s: local_count(path, True) for s, path in paths.items()}
+    return {s: n for s, n in counts.items() if n is not None}
+
+
 def _stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -279,8 +266,7 @@ _books_lock = threading.Lock()
 
 def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | None = None,
              scope: str = "") -> CountBook:
-    """This process's book of ``files`` in ``data_dir`` (made on first use); ``scope`` names the dataset
-    for the sharers (the same on every node)."""
+    """This process's book of ``files`` in ``data_dir``; ``scope`` names the dataset for the sharers."""
     key = (str(Path(data_dir).resolve()), tuple(f.path for f in files))
     with _books_lock:
         book = _books.get(key)
@@ -293,10 +279,5 @@ def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | 
 async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...],
                            credentials: Credentials | None = None, *, retry: RetryPolicy | None = None,
                            sharer: CountSharer | None = None, scope: str = "") -> dict[int, int]:
-    """``{shard: row groups}`` for ``shards`` (indices into ``files``): every count at once."""
+    """``{shard: row groups}`` for ``shards`` (indices into ``files``)."""
     return await book_for(data_dir, files, sharer, scope).require(list(shards), credentials, retry)
-
-
-def row_group_counts_blocking(*args: Any, **kwargs: Any) -> dict[int, int]:
-    """``row_group_counts`` for code without an event loop (or inside one): runs on its own thread."""
-    return run_sync(row_group_counts(*args, **kwargs))

@@ -1,9 +1,5 @@
-"""The credentials a request for a dataset file carries: the HF token where it may go, or a SigV4 signature.
-
-One ``Credentials`` is shared by a Fetcher (or a stream's footer reads) and gives, per file URL,
-the URL to request (``s3://BUCKET/KEY`` becomes the object's HTTP(S) URL) and the headers of each
-GET or HEAD: the token only where ``config.token_allowed`` lets it go; ``s3://`` requests signed
-right before they are sent, ``Range`` and ``If-Match`` included.
+"""``Credentials``: what a request for a dataset file carries (the HF token where it may go, or SigV4 for
+``s3://``) and where it goes (``s3://BUCKET/KEY`` becomes the object's HTTP(S) URL).
 """
 
 from __future__ import annotations
@@ -75,10 +71,3 @@ class Credentials:
             if validator:
                 extra["If-Match" if signed else "If-Range"] = validator
         return self.headers("GET", http_url, signed, extra)
-
-    def head(self, http_url: str, signed: bool) -> dict[str, str]:
-        return self.headers("HEAD", http_url, signed)
-
-    def tail(self, http_url: str, signed: bool, n: int) -> dict[str, str]:
-        """Headers for a GET of the last ``n`` bytes (a suffix range)."""
-        return self.headers("GET", http_url, signed, {"Range": f"bytes=-{n}"})

@@ -1,9 +1,5 @@
-"""Row-group counts read from parquet footers: a local file's, or remote files' by small suffix-range GETs.
-
-``read_footers`` reads the first file's footer in two GETs (its last 8 bytes, then exactly the
-footer) and the others', 16 at a time, in one GET sized a quarter above the first footer (a second
-GET when a footer is larger): a few KB per file, not the file. A ``nanostream serve`` mirror tells
-the count in ``X-Nanostream-Row-Groups``: then the first 8-byte GET is all.
+"""Row-group counts from parquet footers: a local file's, or remote files' by small suffix-range GETs
+(a few KB per file; a ``nanostream serve`` mirror tells the count in a header).
 """
 
 from __future__ import annotations
@@ -48,12 +44,13 @@ def local_count(path: Path, remote_known: bool) -> int | None:
 
 async def read_footers(files: tuple[DataFile, ...], shards: list[int], credentials: Credentials,
                        retry: RetryPolicy) -> dict[int, int]:
-    """``{shard: row groups}`` of the remote files ``files[shard]``, from their footers."""
+    """``{shard: row groups}`` of the remote files ``files[shard]``: the first footer in two GETs (its last 8
+    bytes, then the footer), the others in one GET a quarter larger than the first footer, 16 at a time."""
     await credentials.prepare(files[s].url for s in shards)
     out: dict[int, int] = {}
     async with client_session(retry, auto_decompress=False) as session:
         async def count(shard: int, probe: int) -> int:
-            out[shard], size = await Remote(session, credentials, files[shard], retry).count(probe)
+            out[shard], size = await footer_count(session, credentials, files[shard], retry, probe)
             return size
 
         size = await count(shards[0], 8)
@@ -61,51 +58,39 @@ async def read_footers(files: tuple[DataFile, ...], shards: list[int], credentia
     return out
 
 
-class Remote:
-    """One remote file's footer reads."""
+async def footer_count(session: aiohttp.ClientSession, credentials: Credentials, file: DataFile,
+                       retry: RetryPolicy, probe: int) -> tuple[int, int]:
+    """(row groups, footer bytes with its 8-byte trailer) of a remote file, from its last ``probe`` bytes and
+    a second GET if the footer is longer (a mirror's ``ROW_GROUPS_HEADER`` answers at once: 0 bytes)."""
+    url, signed, name = credentials.http_url(file.url), is_s3(file.url), file.path
 
-    def __init__(self, session: aiohttp.ClientSession, credentials: Credentials, file: DataFile,
-                 retry: RetryPolicy) -> None:
-        self.session, self.credentials, self.name, self.retry = session, credentials, file.path, retry
-        self.signed = is_s3(file.url)
-        self.url = credentials.http_url(file.url)
-        self.told: int | None = None  # the count a mirror's answer told
-
-    async def count(self, probe: int) -> tuple[int, int]:
-        """(row groups, footer bytes with its 8-byte trailer), from the last ``probe`` bytes and a second
-        GET if the footer is longer."""
-        url = self.url
-        tail = await self.tail(max(probe, 8))
-        if self.told is not None:
-            return self.told, 0
-        if len(tail) < 8 or tail[-4:] != b"PAR1":
-            raise FetchError(f"{url} does not end like a parquet file: check --base-url", shard=self.name, url=url)
-        size = int.from_bytes(tail[-8:-4], "little") + 8
-        if size > len(tail):
-            tail = await self.tail(size)
-        try:
-            return pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-size:])).num_row_groups, size
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise FetchError(f"the parquet footer of {url} is unreadable ({exc})", shard=self.name, url=url) from exc
-
-    async def tail(self, n: int) -> bytes:
-        """The last ``n`` bytes of the file (a suffix Range GET), retried like a download."""
-        url, c = self.url, self.credentials
-
-        async def attempt() -> bytes:
-            async with self.session.get(c.target(url, self.signed), headers=c.tail(url, self.signed, n)) as resp:
+    async def tail(n: int) -> tuple[bytes, int | None]:
+        async def attempt() -> tuple[bytes, int | None]:
+            headers = credentials.headers("GET", url, signed, {"Range": f"bytes=-{n}"})  # the last n bytes
+            async with session.get(credentials.target(url, signed), headers=headers) as resp:
                 check_status(resp)
                 told = resp.headers.get(ROW_GROUPS_HEADER, "")
-                self.told = int(told) if told.isdigit() else None
                 body = await resp.read()
                 whole = resp.status == 200 or resp.headers.get("Content-Range", "").endswith(f"/{len(body)}")
                 if len(body) < n and not whole:  # a file shorter than n comes whole: that is fine
                     raise Transient(f"short answer: {len(body)} of the last {n} bytes")
-                return body[-n:]
+                return body[-n:], int(told) if told.isdigit() else None
 
-        retries = Retries(self.retry, f"reading the footer of {self.name}", url=url, shard=self.name)
         try:
-            return await with_retries(retries, attempt)
+            return await with_retries(Retries(retry, f"reading the footer of {name}", url=url, shard=name), attempt)
         except Fatal as exc:
             raise HTTPStatusError(f"cannot read the footer of {url}: {describe(exc)}", status=exc.status or 0,
-                                  shard=self.name, url=url) from exc
+                                  shard=name, url=url) from exc
+
+    body, told = await tail(max(probe, 8))
+    if told is not None:
+        return told, 0
+    if len(body) < 8 or body[-4:] != b"PAR1":
+        raise FetchError(f"{url} does not end like a parquet file: check --base-url", shard=name, url=url)
+    size = int.from_bytes(body[-8:-4], "little") + 8
+    if size > len(body):
+        body, _ = await tail(size)
+    try:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + body[-size:])).num_row_groups, size
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise FetchError(f"the parquet footer of {url} is unreadable ({exc})", shard=name, url=url) from exc

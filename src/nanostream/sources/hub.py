@@ -1,9 +1,5 @@
-"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a Catalog pinned to a commit.
-
-``hub_catalog`` resolves the revision (default ``main``) to a commit sha once, lists ``PATH`` at
-that sha with the tree API (following ``Link: rel="next"`` pages) and keeps the ``*.parquet`` files
-``include`` matches, with their sizes and sha256; file URLs name the sha. ``HF_TOKEN`` goes only to
-the Hub's own host (``hub_headers``). Refusals become a ``DatasetError`` with their own hint.
+"""Hugging Face Hub dataset repos: ``hf://datasets/ORG/NAME[@REVISION][/PATH]`` to a Catalog pinned to a commit
+(the revision resolved once, then the tree API); refusals become a ``DatasetError`` with their hint.
 """
 
 from __future__ import annotations
@@ -73,17 +69,12 @@ def parse_hub_url(url: str) -> HubPath:
 
 
 def hub_headers(url: str | URL, endpoint: str, token: str | None) -> dict[str, str]:
-    """Headers for a request to ``url``: the bearer token only where ``config.token_allowed`` lets it go
-    with the Hub's host as the one allowed host (the downloader's policy: https unless loopback), over
-    the endpoint's own scheme."""
+    """The bearer token for a request to ``url`` where ``config.token_allowed`` lets it go with the Hub's host
+    as the one allowed host, over the endpoint's own scheme; else no header."""
     same_scheme = URL(str(url)).scheme == URL(endpoint).scheme
     if token and same_scheme and token_allowed(str(url), {host_of(endpoint)}):
         return {"Authorization": f"Bearer {token}"}
     return {}
-
-
-def file_url(endpoint: str, repo_id: str, sha: str, path: str) -> str:
-    return f"{endpoint.rstrip('/')}/datasets/{repo_id}/resolve/{sha}/{quote(path)}"
 
 
 async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, include: str | None = None,
@@ -91,9 +82,9 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
                       retry: RetryPolicy = LIST_RETRY) -> Catalog:
     """The parquet files under ``url`` at one commit (``revision`` replaces the URL's), as a Catalog pinned
     to that commit's sha; paths relative to ``PATH`` (a ``PATH`` ending in ``.parquet``: that file)."""
-    hp = parse_hub_url(url)
+    hp, endpoint = parse_hub_url(url), endpoint.rstrip("/")
     async with client_session(retry) as session:
-        api = Api(session, endpoint.rstrip("/"), token, hp, retry)
+        api = Api(session, endpoint, token, hp, retry)
         sha = await api.resolve(revision or hp.revision or "main")
         if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
             folder = hp.path.rpartition("/")[0]
@@ -113,7 +104,7 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
             continue
         lfs = e.get("lfs") or {}
         files.append(DataFile(rel, int(e["size"]), (lfs.get("oid") or None), None,
-                              file_url(endpoint, hp.repo_id, sha, full)))
+                              f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(full)}"))
     if not files:
         narrowed = f" matching --include {include!r}" if include else ""
         raise DatasetError(f"{url}: no *.parquet files{narrowed} at commit {sha[:12]} ({seen} files seen)")

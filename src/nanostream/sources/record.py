@@ -1,8 +1,4 @@
-"""The data folder's record of its catalog, ``.nanostream.json``: written atomically, read back as it was.
-
-File URLs equal to ``base_url/PATH`` are left out of the JSON, so a 10,000-file record of a Hub
-repo is about 1.5 MB.
-"""
+"""The data folder's record of its catalog, ``.nanostream.json`` (file URLs equal to ``base_url/PATH`` left out)."""
 
 from __future__ import annotations
 

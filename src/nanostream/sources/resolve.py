@@ -1,11 +1,5 @@
-"""What a ``--dataset`` value means: a built-in name, ``hf://``, ``s3://`` or a local folder, as one Catalog.
-
-``open_catalog`` (async) is the entry for fetch, stream, TokenDataset and serve: a folder whose
-record names the same dataset gets the recorded catalog back with no network call; otherwise the
-source is listed (``hub.py``, ``s3.py``), built (a built-in dataset) or walked (a folder). Writing
-the record is the caller's job (``record.write_catalog``). ``pin_catalog`` is ``stream()``'s
-blocking entry: it lists an ``hf://`` or ``s3://`` dataset once per folder, under a lock, and
-records it. ``numbered_catalog_for`` is the ``base_url`` / ``max_shard`` form (``--base-url``, ``--max-shard``).
+"""What a ``--dataset`` value means (a built-in name, ``hf://``, ``s3://`` or a folder) as one Catalog:
+``open_catalog`` (async), ``pin_catalog`` (blocking, lists once per folder) and ``numbered_catalog_for``.
 """
 
 from __future__ import annotations
@@ -32,6 +26,25 @@ async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | 
     ``val`` and ``text_column`` override the recorded or listed ones; ``include`` narrows a listing and
     must match the one a recorded folder was fetched with."""
     recorded = read_catalog(data_dir) if data_dir is not None else None
+    cat = _unlisted(dataset, config, data_dir, recorded, include, val, text_column)
+    if cat is not None:
+        return cat
+    assert dataset is not None
+    if dataset.startswith("hf://"):
+        from .hub import hub_catalog
+
+        return await hub_catalog(dataset, endpoint=config.hf_endpoint, token=config.hf_token, include=include,
+                                 val=val, text_column=text_column or "text")
+    from .s3 import s3_catalog
+
+    return await s3_catalog(dataset, endpoint=config.s3_endpoint, include=include, val=val,
+                            text_column=text_column or "text")
+
+
+def _unlisted(dataset: str | None, config: Config, data_dir: Path | None, recorded: Catalog | None,
+              include: str | None, val: str | None, text_column: str | None) -> Catalog | None:
+    """``open_catalog`` without the network: ``data_dir``'s record (``recorded``), a folder or a built-in
+    dataset; None for a dataset to list (``hf://``, ``s3://``)."""
     if recorded is not None and dataset in (None, recorded.name):
         if include is not None and include != recorded.include:
             raise DatasetError(f"{data_dir} was fetched with --include {recorded.include!r}, not {include!r}: "
@@ -40,21 +53,12 @@ async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | 
     if recorded is not None:
         raise DatasetError(f"{data_dir} holds dataset {recorded.name}, not {dataset}: pass another --data-dir "
                            "(or delete its .nanostream.json to start over)")
-    column = text_column or "text"
     if dataset is None:
         if data_dir is None:
             raise DatasetError("no dataset and no data folder given: pass --dataset or --data-dir")
-        return local_catalog(data_dir, text_column=column, val=val)
-    if dataset.startswith("hf://"):
-        from .hub import hub_catalog
-
-        return await hub_catalog(dataset, endpoint=config.hf_endpoint, token=config.hf_token, include=include,
-                                 val=val, text_column=column)
-    if dataset.startswith("s3://"):
-        from .s3 import s3_catalog
-
-        return await s3_catalog(dataset, endpoint=config.s3_endpoint, include=include, val=val,
-                                text_column=column)
+        return local_catalog(data_dir, text_column=text_column or "text", val=val)
+    if dataset.startswith(SCHEMES):
+        return None
     if "://" in dataset:
         scheme = dataset.split("://", 1)[0]
         raise DatasetError(f"--dataset {dataset!r}: unknown scheme {scheme!r}; use hf://datasets/ORG/NAME, "
@@ -134,33 +138,25 @@ def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = Non
     recorded = read_catalog(folder) if folder.is_dir() else None
     if base_url is not None or max_shard is not None:
         return numbered_catalog_for(dataset, folder, base_url, max_shard, recorded, config, text_column=text_column, val=val)
-    if dataset is None and recorded is None:
-        if not folder.is_dir():
-            raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch --data-dir "
-                                    f"{folder}` first, or pass dataset=", path=folder)
-        return local_catalog(folder, text_column=text_column or "text", val=val)
-    # a built-in dataset fetched from a mirror is recorded under the mirror's URL
-    mirrored = dataset in DATASETS and recorded is not None and not recorded.name.startswith(SCHEMES)
-    if recorded is not None and (dataset is None or dataset == recorded.name or mirrored):
-        if include is not None and include != recorded.include:
-            raise DatasetError(f"{folder} was fetched with --include {recorded.include!r}, not {include!r}: "
-                               "pass the same, or use another data folder")
-        return _override(recorded, val, text_column)
-    if dataset is not None and dataset.startswith(SCHEMES):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            lock = filelock.FileLock(folder / ".nanostream.catalog.lock")
-        except OSError as exc:
-            raise ConfigError(f"cannot create data folder {folder}: {exc}") from exc
-        with lock:
-            recorded = read_catalog(folder)
-            cat = run_sync(open_catalog(dataset, config=config, data_dir=folder if recorded else None,
-                                        include=include, val=val, text_column=text_column))
-            if recorded is None:
-                write_catalog(folder, cat)
-            return cat
-    return run_sync(open_catalog(dataset, config=config, data_dir=folder, include=include, val=val,
-                                 text_column=text_column))
+    if dataset is None and not folder.is_dir():
+        raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch --data-dir "
+                                f"{folder}` first, or pass dataset=", path=folder)
+    if dataset in DATASETS and recorded is not None and not recorded.name.startswith(SCHEMES):
+        dataset = recorded.name  # a built-in dataset fetched from a mirror is recorded under the mirror's URL
+    cat = _unlisted(dataset, config, folder, recorded, include, val, text_column)
+    if cat is not None:
+        return cat
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(folder / ".nanostream.catalog.lock")
+    except OSError as exc:
+        raise ConfigError(f"cannot create data folder {folder}: {exc}") from exc
+    with lock:
+        cat = _unlisted(dataset, config, folder, read_catalog(folder), include, val, text_column)  # listed meanwhile?
+        if cat is None:
+            cat = run_sync(open_catalog(dataset, config=config, include=include, val=val, text_column=text_column))
+            write_catalog(folder, cat)
+        return cat
 
 
 def split_indices(cat: Catalog, folder: Path, split: str, num_shards: int | None) -> tuple[int, ...]:

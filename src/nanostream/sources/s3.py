@@ -1,11 +1,6 @@
-"""S3 and S3-compatible stores (R2, MinIO, Ceph): ``s3://BUCKET/PREFIX/`` to a Catalog, and signed requests.
+"""S3 and S3-compatible stores (R2, MinIO, Ceph): ``s3://BUCKET/PREFIX/`` to a Catalog, and SigV4 signing.
 
-botocore (the ``s3`` extra) supplies the AWS credential chain and the SigV4 signer, nothing more:
-every request goes out through aiohttp. ``s3_catalog`` lists the prefix with ListObjectsV2 and
-records per file what a download is checked against: a full-object sha256 (a HEAD with
-``x-amz-checksum-mode``), else the MD5 of a single-part ETag, else the size. Objects are addressed
-path-style under ``AWS_ENDPOINT_URL(_S3)``, virtual-hosted on AWS; a bucket in another region is
-followed once.
+botocore (the ``s3`` extra) gives the credential chain and the signer only; requests go out through aiohttp.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import aiohttp
@@ -116,7 +111,6 @@ class S3Signer:
         return dict(request.headers.items())
 
 
-
 async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | None = None,
                      val: str | None = None, text_column: str = "text", signer: S3Signer | None = None,
                      retry: RetryPolicy = LIST_RETRY, heads: int = 16, page_size: int | None = None) -> Catalog:
@@ -195,20 +189,21 @@ class Lister:
         region is followed once, not counted as a failure."""
         async def attempt():
             url = url_of()
-            try:
-                async with self.session.request(method, URL(url, encoded=True), allow_redirects=False,
-                                                headers=self.signer.headers(method, url, extra)) as resp:
-                    body = await resp.read()
-                    if resp.status == 200:
-                        return resp.status, resp.headers, body
+            async with self.session.request(method, URL(url, encoded=True), allow_redirects=False,
+                                            headers=self.signer.headers(method, url, extra)) as resp:
+                body = await resp.read()
+                if resp.status == 200:
+                    return resp.status, resp.headers, body
+                region = resp.headers.get("x-amz-bucket-region")
+                if not region or region == self.signer.region or self.moved or resp.status not in (301, 400):
                     self._refuse(resp, body, url)
-            except _Moved as moved:
-                self.signer = self.signer.with_region(moved.region)
-                return await attempt()
+            self.moved = True  # the bucket is in another region: follow it once
+            self.signer = self.signer.with_region(region)
+            return await attempt()
 
         return await with_retries(Retries(self.retry, f"listing {self.sp.url()}", url=url_of()), attempt)
 
-    def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> None:
+    def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> NoReturn:
         code = message = ""
         if body:
             try:
@@ -216,10 +211,6 @@ class Lister:
                 code, message = err.findtext("Code") or "", err.findtext("Message") or ""
             except ET.ParseError:
                 pass
-        region = resp.headers.get("x-amz-bucket-region")
-        if region and region != self.signer.region and not self.moved and resp.status in (301, 400):
-            self.moved = True
-            raise _Moved(region)
         if resp.status in RETRY_STATUSES or code in ("SlowDown", "InternalError"):
             raise transient(resp.status, f"HTTP {resp.status} {code}".strip(), resp.headers)
         where, detail = f"s3://{self.sp.bucket}", f" ({code}: {message})" if code else ""
@@ -235,12 +226,6 @@ class Lister:
                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, with s3:ListBucket and "
                                "s3:GetObject on the bucket")
         raise DatasetError(f"{where}: the store answered HTTP {resp.status}{detail}")
-
-
-class _Moved(Exception):
-    def __init__(self, region: str):
-        super().__init__(region)
-        self.region = region
 
 
 def _xml(body: bytes, where: str) -> ET.Element:

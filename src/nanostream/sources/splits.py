@@ -1,8 +1,5 @@
-"""Which split each file of a dataset is in: Hugging Face ``datasets``' inference, then nanostream's fallbacks.
-
-Pure functions over relative file paths, as ``load_dataset(..., data_dir=PATH)`` sees them. The
-rules (``datasets/data_files.py``'s ``get_data_patterns``, tried in order), the fallbacks when no
-validation split is named, and where nanostream differs are in docs/datasets.md#splits-and-the-text-column.
+"""Which split each file of a dataset is in: Hugging Face ``datasets``' inference, then nanostream's fallbacks
+(docs/datasets.md#splits-and-the-text-column). Pure functions over relative file paths.
 """
 
 from __future__ import annotations
