@@ -23,7 +23,6 @@ is ``cores.py``.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -34,11 +33,10 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
-from .threads import _End, _put, background_thread
+from .threads import Channel, Closed, End, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
-POLL_S = 0.05
 EVENT_POLL_S = 0.0002  # how often a producer thread looks whether a copy it waits for has finished
 
 
@@ -93,7 +91,7 @@ def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2)
 def token_batches(ds: TokenDataset, device: torch.device, note: Any = None) -> Any:
     """A new ``TokenDataset`` iterator: on CUDA its batches packed into the pinned ring (``PinnedRowsSink``),
     else CPU tensors (``note``: see ``TokenDataset._iterate``)."""
-    sink = PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.ahead + 2) \
+    sink = PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.read_ahead.batches + 2) \
         if device.type == "cuda" else None
     return ds._iterate(sink, note)
 
@@ -179,31 +177,31 @@ class _PinnedRing:
         self._copied[slot] = event
 
 
-def _prefetch(it: Iterator[Any], q: queue.Queue, stop: threading.Event, device: torch.device,
-              side: torch.cuda.Stream, slots: int, capture: Any) -> None:
+def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch.cuda.Stream, slots: int,
+              capture: Any) -> None:
     """Thread body: batches of ``it`` started on their way to ``device``, with their events and the
-    source's resume state, onto ``q``. Closes ``it`` (if it can be closed) when it returns."""
+    source's resume state, onto ``out``. Closes ``it`` (if it can be closed) when it returns."""
     background_thread()
     ring = _PinnedRing(slots)
     try:
         with torch.cuda.device(device), torch.cuda.stream(side):
-            while not stop.is_set():
+            while True:
                 try:
                     batch = next(it)
                 except StopIteration:
-                    _put(q, stop, _End())
+                    out.put(End())
                     return
                 state = capture() if capture is not None else None
                 single = isinstance(batch, torch.Tensor)
                 slot, srcs = ring.stage((batch,) if single else tuple(batch))
-                out = tuple(s.to(device, non_blocking=True) for s in srcs)
+                moved = tuple(s.to(device, non_blocking=True) for s in srcs)
                 done = torch.cuda.Event()
                 done.record(side)
                 ring.copied(slot, done)
-                if not _put(q, stop, (out[0] if single else out, done, state)):
+                if not out.put((moved[0] if single else moved, done, state)):
                     return
     except Exception as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
-        _put(q, stop, _End(exc))
+        out.put(End(exc))
     finally:
         close = getattr(it, "close", None)
         if close is not None:
@@ -237,41 +235,32 @@ class CudaPrefetcher:
         if self._tokens is not None:
             self._tokens.hold(self._tokens.snapshot())  # nothing returned yet
         self._side = torch.cuda.Stream(self.device)
-        self._q: queue.Queue = queue.Queue(maxsize=ahead)
-        self._stop = threading.Event()
+        self._out = Channel(ahead)
         self._state: Any = None
         self._closed = False
         self.wait_s = 0.0
         self.batches = 0
         self._thread = threading.Thread(target=_prefetch, name="nanostream-to-device", daemon=True,
-                                        args=(self._it, self._q, self._stop, self.device, self._side, ahead + 2,
-                                              capture))
+                                        args=(self._it, self._out, self.device, self._side, ahead + 2, capture))
         self._thread.start()
 
     def __iter__(self) -> CudaPrefetcher:
         return self
 
-    def _get(self) -> Any:
-        t0 = time.perf_counter()
-        try:
-            while True:
-                try:
-                    return self._q.get(timeout=POLL_S)
-                except queue.Empty:
-                    if not self._thread.is_alive() and self._q.empty():
-                        raise LoaderError("the to_device thread stopped without a result") from None
-        finally:
-            self.wait_s += time.perf_counter() - t0
-
     def __next__(self) -> Any:
         if self._closed:
             raise StopIteration
+        t0 = time.perf_counter()
         try:
-            item = self._get()
+            item = self._out.get()
+        except Closed:
+            item = End()
         except BaseException:
             self.close()
             raise
-        if isinstance(item, _End):
+        finally:
+            self.wait_s += time.perf_counter() - t0
+        if isinstance(item, End):
             self.close()
             if item.error is not None:
                 raise item.error
@@ -297,11 +286,9 @@ class CudaPrefetcher:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        self._out.close()
         if threading.current_thread() is not self._thread:
             self._thread.join()
-        while not self._q.empty():
-            self._q.get_nowait()
 
     def __del__(self) -> None:
         if hasattr(self, "_thread"):
