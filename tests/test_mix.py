@@ -56,7 +56,7 @@ def mix_of(two: tuple[Path, Path], w: tuple[float, float] = (0.7, 0.3)) -> list[
 
 
 def make(two, **kw) -> TokenDataset:
-    args = {"rank": 0, "world_size": 1, "buffer_docs": 16, "mix": mix_of(two)}
+    args = {"ranks": Ranks(0, 1), "buffer_docs": 16, "data": mix_of(two)}
     args.update(kw)
     return TokenDataset("train", ByteTokenizer(), args.pop("batch_size", 8), args.pop("seq_len", 256), **args)
 
@@ -114,7 +114,7 @@ def test_schedule_takes_the_source_furthest_below_its_share() -> None:
 # -- the same everywhere -----------------------------------------------------------------------------
 DIGEST = r"""
 import hashlib, sys
-from nanostream import ByteTokenizer, Source, TokenDataset
+from nanostream import ByteTokenizer, Ranks, Source, TokenDataset
 a, b, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ds = TokenDataset("train", ByteTokenizer(), 4, 128, data=[Source(a, weight=2), Source(b)],
                   ranks=Ranks(rank, 2), buffer_docs=16, shuffle=True, seed=4, epochs=1)

@@ -159,7 +159,7 @@ def test_a_state_of_other_data_or_another_tokenizer_is_refused_in_one_line(env: 
     other_tok = NanochatLikeTokenizer.train_from_iterator([doc_text(9, g, r, words=5) for g in range(4)
                                                            for r in range(12)], 300)  # same size, other merges
     cases = [(other_tok, {}, "another tokenizer"),
-             (tok, {"data_dir": make_shards(tmp_path / "more", 5, row_groups=8, rows=12, record=False)[0].parent},
+             (tok, {"data": make_shards(tmp_path / "more", 5, row_groups=8, rows=12, record=False)[0].parent},
               "other data")]
     for t, data, match in cases:
         with pytest.raises(LoaderError, match=match) as info:

@@ -1,30 +1,13 @@
 """nanochat's data loader with nanostream underneath: the same two functions, signatures, yields and folders.
 
-nanochat's ``scripts/base_train.py`` switches with one import line (docs/nanochat.md)::
-
-    from nanostream.nanochat import (tokenizing_distributed_data_loader_bos_bestfit,
-                                     tokenizing_distributed_data_loader_with_state_bos_bestfit)
-
-Both take nanochat's arguments with nanochat's defaults, its tokenizer object, and yield
-``(x, y)`` / ``(x, y, state)``: int64 ``(B, T)`` on ``device`` (on CUDA packed into a pinned
-ring and copied ``non_blocking`` on a side stream: ``loader.device``). Underneath is one
-``TokenDataset`` (BOS-aligned best fit, as nanochat packs), endless as nanochat's is.
-
-* **Data**: nanochat's folder (``Config.nanochat_data_dir``: ``NANOCHAT_BASE_DIR``, ClimbMix,
-  else the legacy folder, or ``NANOCHAT_DATASET``), its parquet files sorted, the last one
-  validation. The keyword arguments after nanochat's are ``TokenDataset``'s: ``data=`` (a dataset
-  name, URL or ``Source`` without ``folder=`` lands in nanochat's folder, e.g.
-  ``Source("climbmix-400b", num_shards=170)`` downloads while training), ``cache_limit=``, ...
-* **Ranks**: torchrun's ``RANK``/``WORLD_SIZE`` (and ``LOCAL_WORLD_SIZE``), as nanochat reads them.
-* **State**: the ``state`` yielded with a batch resumes *at* that batch (base_train.py checkpoints
-  it before training on the batch): it is the state after the batch before. It is a small dict
-  of plain values (``json.dump`` writes it): ``epoch`` (from 1), ``pq_idx`` (the index of the
-  file the last documents came from in the dataset's file list: for nanochat's
-  ``shard_XXXXX.parquet``, its number) and ``rg_idx`` (its row group) for base_train.py's log
-  line, and ``nanostream``: the ``TokenDataset`` state of every rank on rank 0 (each rank's
-  own elsewhere), gathered on the assembly thread through the c10d store
-  (``loader.sharer.StateGather``) -- so rank 0's state, saved alone, resumes every rank exactly,
-  and at another world size resumes elastically.
+nanochat's ``scripts/base_train.py`` switches with one import line (docs/nanochat.md). Both functions take
+nanochat's arguments and defaults and its tokenizer object, and yield ``(x, y)`` / ``(x, y, state)`` on
+``device`` from one endless ``TokenDataset`` over nanochat's folder (``Config.nanochat_data_dir``), ranks from
+torchrun's environment. The keyword arguments after nanochat's are ``TokenDataset``'s (opt in): a dataset
+name, URL or ``Source`` without ``folder=`` downloads into nanochat's folder. ``state`` resumes *at* the
+batch it came with; it is a small JSON-able dict: ``epoch``, ``pq_idx``, ``rg_idx`` for the log line, and
+``nanostream``: every rank's ``TokenDataset`` state on rank 0 (gathered through the c10d store:
+``loader.sharer.StateGather``), so rank 0's state alone resumes every rank.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
 """Batches onto the accelerator: ``to_device``, ``CudaPrefetcher`` and the pinned ring.
 
-On CUDA the copy of batch ``i+1`` overlaps step ``i`` and costs the training thread only a
-queue pop and an event wait:
-
-* ``to_device(TokenDataset, "cuda")``: the dataset's assembly thread packs each batch
-  straight into one of a ring of preallocated pinned ``(B, T+1)`` buffers
-  (``PinnedRowsSink``), starts its host-to-device copy on a side stream, splits it into
-  contiguous ``inputs``/``targets`` there and records an event. A buffer is reused only
-  after its copy has finished. No per-batch ``pin_memory`` allocation, half the bytes
-  over PCIe (one ``(B, T+1)`` block instead of two ``(B, T)`` ones).
-* ``to_device(any iterable of tensors, "cuda")`` (a ``DataLoader``, a generator, an
-  already-started iterator): a ``CudaPrefetcher`` thread pulls batches from it, stages
-  unpinned tensors into a pinned ring, starts the copies on a side stream and queues
-  ``ahead`` batches with their events.
-
-The consumer's stream waits on the batch's event (``wait_event``: no host sync) and
-``record_stream`` tells the caching allocator the tensors are used there.
-
-``threads_for(device)`` (how many threads torch's intra-op pool and the loader should get)
-is ``cores.py``.
+On CUDA the copy of batch ``i+1`` overlaps step ``i``: a ``TokenDataset`` packs straight into a ring of
+pinned ``(B, T+1)`` buffers (``PinnedRowsSink``) whose copies start on a side stream; any other iterable
+goes through a ``CudaPrefetcher`` thread that stages batches into a pinned ring. The consumer's stream
+waits on each batch's event (no host sync). docs/loader.md has the measurements.
 """
 
 from __future__ import annotations
@@ -41,13 +26,11 @@ EVENT_POLL_S = 0.0002  # how often a producer thread looks whether a copy it wai
 
 
 def _wait_host(event: torch.cuda.Event) -> None:
-    """Wait on this (producer) thread for ``event``, by polling ``query()``: no blocking CUDA call,
-    so ``torch.cuda.set_sync_debug_mode("error")`` holds over the whole data path."""
+    """Wait on this (producer) thread for ``event`` by polling ``query()``: no blocking CUDA call, so
+    ``torch.cuda.set_sync_debug_mode("error")`` holds over the whole data path."""
     while not event.query():
         time.sleep(EVENT_POLL_S)
 
-
-# -- one batch ------------------------------------------------------------------------------------
 
 def _is_batch(obj: Any) -> bool:
     return isinstance(obj, torch.Tensor) or (
@@ -70,12 +53,9 @@ def _cuda(device: str | torch.device) -> torch.device:
 def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2) -> Any:
     """Move one batch (a tensor or a tuple of tensors), or every batch of an iterable, to ``device``.
 
-    On CUDA an iterable becomes an iterator whose copies overlap the caller's compute (see the
-    module docstring), ``ahead`` batches in flight: a ``TokenDataset`` packs into pinned memory
-    directly, anything else goes through a ``CudaPrefetcher``. On CPU the iterable's own iterator
-    is returned (no copies, no cost). Call ``close()`` on the result (or exhaust it) to stop its
-    threads; dropping it also does.
-    """
+    On CUDA an iterable becomes an iterator whose copies overlap the caller's compute, ``ahead`` batches in
+    flight; on CPU its own iterator is returned. ``close()`` on the result (or exhausting or dropping it)
+    stops its threads."""
     dev = torch.device(device)
     if _is_batch(batches):
         return _move(batches, dev)
@@ -96,16 +76,10 @@ def token_batches(ds: TokenDataset, device: torch.device, note: Any = None) -> A
     return ds._iterate(sink, note)
 
 
-# -- TokenDataset on CUDA: pack into a pinned ring ---------------------------------------------------
-
 class PinnedRowsSink:
-    """A ``pipeline.Sink`` that lends the assembly thread pinned row buffers and copies them to CUDA.
-
-    ``slots`` buffers of ``(batch_size, row_len)`` int64, allocated once. ``finish`` starts the
-    copy of the packed rows on the side stream, splits them there into contiguous ``inputs`` /
-    ``targets`` and records an event; ``rows`` hands a buffer out again only once its last copy
-    has finished (a wait on the assembly thread, never on the training thread).
-    """
+    """A ``pipeline.Sink`` of ``slots`` pinned ``(batch_size, row_len)`` buffers: ``finish`` starts the packed
+    rows' copy on the side stream, splits them there into ``inputs``/``targets`` and records an event;
+    ``rows`` lends a buffer again only once its copy has finished (a wait on the assembly thread)."""
 
     def __init__(self, batch_size: int, row_len: int, device: torch.device, slots: int = 4) -> None:
         self.device = device
@@ -144,8 +118,6 @@ class PinnedRowsSink:
         y.record_stream(current)
         return x, y
 
-
-# -- any iterable on CUDA: a prefetch thread -----------------------------------------------------------
 
 class _PinnedRing:
     """Reusable pinned staging buffers for unpinned CPU tensors, ``slots`` sets used in turn."""
@@ -209,19 +181,12 @@ def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch
 
 
 class CudaPrefetcher:
-    """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them).
+    """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them), read ``ahead`` batches
+    ahead on a thread (unpinned tensors staged into ``ahead + 2`` reused pinned sets).
 
-    A background thread reads the source ``ahead`` batches ahead: unpinned tensors are copied
-    into reusable pinned buffers (``ahead + 2`` sets; a set is rewritten only after its copy
-    has finished), copies run ``non_blocking`` on a side stream and each batch carries an
-    event that the consumer's stream waits on.
-
-    Reading ahead would make the source's resume state run ahead too, so: a ``TokenDataset``
-    iterator is told to report the state of the batch last *returned* here (its
-    ``state_dict()`` stays exact), and for other sources with a ``state_dict()`` (e.g.
-    torchdata's ``StatefulDataLoader``) it is captured after each batch on the thread and
-    returned by this object's ``state_dict()``. ``wait_s``: time ``next()`` blocked.
-    """
+    The resume state follows the batch last *returned* here: a ``TokenDataset`` iterator is told to report
+    it (``hold``); another source's ``state_dict()`` (torchdata's ``StatefulDataLoader``) is captured after
+    each batch and returned by this object's ``state_dict()``. ``wait_s``: time ``next()`` blocked."""
 
     def __init__(self, batches: Iterable[Any], device: torch.device | str = "cuda", ahead: int = 2) -> None:
         if not isinstance(ahead, int) or ahead < 1:
