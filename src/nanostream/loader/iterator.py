@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +28,6 @@ from .feed import Feed, Seam, replay_keys
 from .packing import BestFitPacker, PackStats, token_dtype
 from .pipeline import BatchPipeline, Mark, Sink
 
-if TYPE_CHECKING:
-    from .dataset import TokenDataset
-
 log = logging.getLogger(__name__)
 Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader workers folded in
 
@@ -39,7 +36,7 @@ class Reader:
     """Who an iterator reads as: its dataset, layout and origins, and the streams (never started) that global
     cursors are computed with, made on first use (shared by the iterator and its snapshots)."""
 
-    def __init__(self, ds: TokenDataset, layout: Layout, origins: tuple[Cursor | None, ...]) -> None:
+    def __init__(self, ds: Any, layout: Layout, origins: tuple[Cursor | None, ...]) -> None:
         self.ds, self.layout, self.origins = ds, layout, origins
         self._streams: dict[int, Stream] = {}
 
@@ -102,7 +99,7 @@ class HostSink:
         return item
 
 
-def _reader(ds: TokenDataset, k: int, layout: Layout, start: Position | Cursor | None, epochs: int | None = None,
+def _reader(ds: Any, k: int, layout: Layout, start: Position | Cursor | None, epochs: int | None = None,
             replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
     """Source ``k``'s batches for this reader, from ``start``; its stream is closed however this ends."""
     it = BatchIterator(ds._stream(k, layout, start, epochs, replay))
@@ -112,7 +109,7 @@ def _reader(ds: TokenDataset, k: int, layout: Layout, start: Position | Cursor |
         it.close()
 
 
-def _single_source(ds: TokenDataset, layout: Layout, start: Position | Cursor | None, partial: Position | None,
+def _single_source(ds: Any, layout: Layout, start: Position | Cursor | None, partial: Position | None,
                    replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
     """One source's batches for a run: its epochs, a ``Seam``, then the next epochs' order (which only a
     reader whose data ran short reads on into); the first stream reads the ``replay`` row groups first."""
@@ -138,7 +135,7 @@ class TokenIterator:
     ``last`` where ``close()`` leaves the final snapshot; ``note(snapshot, stopping)`` runs on the assembly
     thread after each batch."""
 
-    def __init__(self, ds: TokenDataset, layout: Layout, state: dict[str, Any] | None,
+    def __init__(self, ds: Any, layout: Layout, state: dict[str, Any] | None,
                  origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any],
                  sink: Sink | None = None, carried: tuple[tuple[dict[str, Any], ...], ...] = (),
                  note: Callable[[Snapshot, threading.Event], Any] | None = None) -> None:
