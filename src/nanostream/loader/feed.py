@@ -1,12 +1,11 @@
 """One source of a ``TokenDataset`` pipeline: its stream, its tokenizing read-ahead, its packing buffer, its resume point.
 
-A ``Feed`` runs on the assembly thread (``pipeline.py``). ``refill`` moves the next piece of
-``PIECE_DOCS`` tokenized documents into the source's ``BestFitPacker``; behind it, the encoding
-tasks of the next ``ahead`` row groups already run on the pipeline's encoding threads. Every
-document enters the buffer tagged with its row group and its number there, so a resume state
-names it instead of holding its tokens (``docrefs.py``). A resumed feed first rebuilds its buffer
-(``prime``): the stream yields the row groups the state names first (``replay``), and those
-documents are tokenized again. Nothing here imports torch.
+A ``Feed`` runs on the assembly thread (``pipeline.py``). ``refill`` moves the next piece of ``PIECE_DOCS``
+tokenized documents into the source's ``BestFitPacker``; the encoding of the next row groups
+(``ReadAhead.tokenized`` in all) runs on the pipeline's encoding threads meanwhile. Every document is tagged
+with its row group and its number there, so a resume state names it instead of holding its tokens
+(``docrefs.py``). A resumed feed first rebuilds its buffer (``start``): the stream yields the row groups the
+state names first (``Options.replay``), and those documents are tokenized again. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ class Feed:
         once they are in (None: count the restored documents as new ones, as an elastic resume does)."""
         self.packer, self._open, self._tokenizer, self._dtype = packer, open_source, tokenizer, dtype
         self._encode, self._task_docs, self.threads = encoding(tokenizer, dtype, PIECE_DOCS)
-        self._ahead = ahead + 1  # row groups whose encoding is queued (the one being handed over, and more)
+        self._ahead = ahead  # row groups whose encoding is queued: the one handed over next, and those after it
         self._restore: tuple[Run, ...] | None = tuple(restore) if restore else None
         self._stats = stats
         self.position, self.skip, self.partial = position, skip, partial
@@ -135,14 +134,14 @@ class Feed:
         return True
 
     def _next_row_group(self) -> bool:
-        """Wait for the oldest queued row group's encoding and split it into pieces; False if none is left."""
+        """Queue the next row groups' encoding, then wait for the oldest one's and split it into pieces (the
+        encoding threads go on with the others meanwhile); False if none is left."""
         self._queue_ahead()
         if not self._queued:
             if self._error is not None:
                 raise self._error
             return False
         position, first, tasks = self._queued.popleft()
-        self._queue_ahead()  # keep the encoding threads busy while we wait
         pieces = [piece for task in tasks for piece in task.result()]
         if not pieces:  # an empty row group still moves the position on
             pieces = [(np.zeros(0, dtype=self._dtype), np.zeros(0, dtype=np.int64))]
