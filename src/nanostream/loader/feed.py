@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ class Feed:
         self._first_skip = skip  # documents of the first row group read that are in the buffer already
         self._source: Any = None
         self._batches: Iterator[Any] | None = None
-        self._queued: deque[tuple[Position, int, deque[Future]]] = deque()
+        self._queued: deque[list[Any]] = deque()  # per row group: [position, documents handed, its tasks]
         self._pieces: deque[tuple[Position, int, np.ndarray, np.ndarray, bool]] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self.at_seam = False  # met and not passed: refill says "no more data"
@@ -122,8 +122,9 @@ class Feed:
 
     def refill(self) -> bool:
         """Move the next tokenized piece into the packer; False at the end of the data (or at a Seam)."""
-        if not self._pieces and not self._next_row_group():
-            return False
+        while not self._pieces:
+            if not self._next_task():
+                return False
         position, first, tokens, lengths, last = self._pieces.popleft()
         # tagged: which row group each document came from, and its number there
         self.packer.add(tokens, lengths, position, np.arange(first, first + len(lengths), dtype=np.int64))
@@ -133,21 +134,25 @@ class Feed:
             self.skip, self.partial = first + len(lengths), position
         return True
 
-    def _next_row_group(self) -> bool:
-        """Queue the next row groups' encoding, then wait for the oldest one's and split it into pieces (the
-        encoding threads go on with the others meanwhile); False if none is left."""
+    def _next_task(self) -> bool:
+        """Queue the next row groups' encoding, then wait for the oldest row group's next task and hold its
+        pieces (the encoding threads go on with the rest meanwhile); False if no row group is left."""
         self._queue_ahead()
         if not self._queued:
             if self._error is not None:
                 raise self._error
             return False
-        position, first, tasks = self._queued.popleft()
-        pieces = [piece for task in tasks for piece in task.result()]
-        if not pieces:  # an empty row group still moves the position on
-            pieces = [(np.zeros(0, dtype=self._dtype), np.zeros(0, dtype=np.int64))]
+        head = self._queued[0]  # [position, documents handed so far, tasks]
+        tasks = head[2]
+        pieces = tasks.popleft().result() if tasks else []
+        last = not tasks
+        if last:
+            self._queued.popleft()
+            if not pieces:  # an empty row group still moves the position on
+                pieces = [(np.zeros(0, dtype=self._dtype), np.zeros(0, dtype=np.int64))]
         for i, (tokens, lengths) in enumerate(pieces):
-            self._pieces.append((position, first, tokens, lengths, i == len(pieces) - 1))
-            first += len(lengths)
+            self._pieces.append((head[0], head[1], tokens, lengths, last and i == len(pieces) - 1))
+            head[1] += len(lengths)
         return True
 
     def _queue_ahead(self) -> None:
@@ -167,7 +172,7 @@ class Feed:
                 texts = list(batch.texts)[skip:]
                 tasks = deque(self._pool.submit(self._encode, texts[a:a + self._task_docs])
                               for a in range(0, len(texts), self._task_docs))
-                self._queued.append((batch.position, skip, tasks))
+                self._queued.append([batch.position, skip, tasks])
 
 
 def _restored(runs: Sequence[Run], batches: Iterator[Any], tokenizer: Tokenizer,
