@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from nanostream import ByteTokenizer, TokenDataset, threads_for, to_device  # noqa: E402
+from nanostream import ByteTokenizer, Ranks, TokenDataset, threads_for, to_device  # noqa: E402
 
 from datagen import make_shards  # noqa: E402  (tests/)
 
@@ -58,7 +58,7 @@ def _same(a: list, b: list) -> bool:
 
 def correctness(folder: Path, device: str) -> dict[str, bool]:
     def ds() -> TokenDataset:
-        return TokenDataset("train", ByteTokenizer(), 8, 512, data_dir=folder, rank=0, world_size=1, epochs=1)
+        return TokenDataset("train", ByteTokenizer(), 8, 512, data=folder, ranks=Ranks(0, 1), epochs=1)
 
     cpu = list(ds())
     res = {"dataset": _same([tuple(t.clone() for t in b) for b in to_device(ds(), device)], cpu),
@@ -163,7 +163,7 @@ def data_wait(folder: Path, device: str, steps: int, workers: int) -> dict[str, 
                                 torch.nn.GELU(), torch.nn.Linear(4 * D, D)) for _ in range(4)],
                                 torch.nn.Linear(D, V)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    ds = TokenDataset("train", ByteTokenizer(), B, T, data_dir=folder, rank=0, world_size=1)
+    ds = TokenDataset("train", ByteTokenizer(), B, T, data=folder, ranks=Ranks(0, 1))
     source: Any = ds if workers == 0 else DataLoader(ds, batch_size=None, num_workers=workers,
                                                     pin_memory=device == "cuda")
     it = to_device(source, device)

@@ -61,7 +61,8 @@ from torch.utils.data import DataLoader
 
 from bench.reference_loader import reference_batches
 from nanostream import ByteTokenizer, Ranks, TokenDataset, iter_batches, threads_for
-from nanostream.loader.pipeline import set_loader_idle
+from nanostream.loader.dataset import fix_rows_per_row_group
+from nanostream.loader.threads import set_loader_idle
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
 from nanostream.text.tokenizer import BPETokenizer
@@ -189,7 +190,7 @@ def _simulate(folder: Path, tok: Any, ref_tok: Any, quick: bool, loader_threads:
     steps, ref_steps = (100, 30) if quick else (400, 60)
 
     def dataset(seq_len: int) -> TokenDataset:
-        return TokenDataset("train", tok, SIM_B, seq_len, data_dir=folder, rank=0, world_size=1, epochs=None)
+        return TokenDataset("train", tok, SIM_B, seq_len, data=folder, ranks=Ranks(0, 1), epochs=None)
 
     def endless_texts() -> Any:
         with iter_batches("train", data=folder, ranks=Ranks(0, 1), epochs=None) as it:
@@ -346,7 +347,7 @@ def rss_over_text(folder: Path, tok: Any, megabytes: int) -> dict[str, Any]:
     gc.collect()
     samples: list[int] = []
     t0 = time.perf_counter()
-    ds = TokenDataset("train", tok, B, T, data_dir=folder, rank=0, world_size=1, epochs=1)
+    ds = TokenDataset("train", tok, B, T, data=folder, ranks=Ranks(0, 1), epochs=1)
     n = 0
     for n, _ in enumerate(ds, 1):
         if n % 20 == 0:
@@ -376,7 +377,7 @@ def main(quick: bool = False, sim_only: bool = False) -> dict[str, Any]:
             return res
 
         def loader(t: Any = tok, **kw: Any) -> TokenDataset:
-            return TokenDataset("train", t, B, T, data_dir=folder, rank=0, world_size=1, **kw)
+            return TokenDataset("train", t, B, T, data=folder, ranks=Ranks(0, 1), **kw)
 
         def texts() -> Any:
             with iter_batches("train", data=folder, ranks=Ranks(0, 1), epochs=epochs) as it:
@@ -395,7 +396,7 @@ def main(quick: bool = False, sim_only: bool = False) -> dict[str, Any]:
         rows = loader(epochs=epochs).rows_per_row_group()  # the batch count's estimate, read once untimed
 
         def run_dataset(t: Any = tok, key: str = "dataset") -> TokenDataset:
-            ds = loader(t, epochs=epochs, rows_per_row_group=rows)
+            ds = fix_rows_per_row_group(loader(t, epochs=epochs), rows)
             res[f"{key}_batches"] = sum(1 for _ in ds)
             return ds
 
@@ -432,9 +433,8 @@ def main(quick: bool = False, sim_only: bool = False) -> dict[str, Any]:
         # the data path alone: the same two loaders over a tokenizer that only looks tokens up
         cached = _Pretokenized(tok, groups)
         pre: dict[str, float] = {}
-        for name, fn in (("dataset", lambda: sum(1 for _ in TokenDataset("train", cached, B, T, data_dir=folder,
-                                                                          rank=0, world_size=1, epochs=epochs,
-                                                                          rows_per_row_group=rows))),
+        for name, fn in (("dataset", lambda: sum(1 for _ in fix_rows_per_row_group(loader(cached, epochs=epochs),
+                                                                                    rows))),
                          ("reference", lambda: sum(1 for _ in reference_batches(texts(), cached, B, T)))):
             pre[name] = min(_timed(fn)[0] for _ in range(rounds))
         res["pretok_dataset_tok_s"] = doc_tokens / pre["dataset"]

@@ -1,6 +1,6 @@
 """Weighted mixes (issue 18): token shares against the weights, the mix's throughput, and its first batch.
 
-1. Shares: ``TokenDataset(mix=[web 0.7, code 0.3])`` over sources whose documents differ 3x
+1. Shares: ``TokenDataset(data=[web 0.7, code 0.3])`` over sources whose documents differ 3x
    in mean length (BPE of the sample corpus' kind, batches (8, 256)): each source's share of
    the tokens over 600k tokens (target within 2 points) and the worst window of 50 batches
    (target within 5 points). Rows are attributed to sources by the packer's own counters.
@@ -46,8 +46,8 @@ def tokenizer(folder: Path):
 
 
 def shares(web: Path, code: Path, tok) -> dict[str, float]:
-    ds = TokenDataset("train", tok, 8, 256, mix=[Source(web, weight=0.7), Source(code, weight=0.3)],
-                      rank=0, world_size=1, epochs=None)
+    ds = TokenDataset("train", tok, 8, 256, data=[Source(web, weight=0.7), Source(code, weight=0.3)],
+                      ranks=Ranks(0, 1), epochs=None)
     it = iter(ds)
     per_batch = []  # cumulative tokens of the web source after each batch
     total = 0
@@ -70,11 +70,11 @@ def shares(web: Path, code: Path, tok) -> dict[str, float]:
 
 def throughput(single: Path, halves: tuple[Path, Path], tok, rounds: int, batches: int) -> dict[str, float]:
     runs = {
-        "one source": lambda: TokenDataset("train", tok, 8, 1024, data_dir=single, rank=0, world_size=1,
+        "one source": lambda: TokenDataset("train", tok, 8, 1024, data=single, ranks=Ranks(0, 1),
                                            epochs=None, shuffle=True),
-        "mix of two": lambda: TokenDataset("train", tok, 8, 1024, mix=[Source(halves[0]),
+        "mix of two": lambda: TokenDataset("train", tok, 8, 1024, data=[Source(halves[0]),
                                                                         Source(halves[1])],
-                                           rank=0, world_size=1, epochs=None, shuffle=True),
+                                           ranks=Ranks(0, 1), epochs=None, shuffle=True),
     }
     rates: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):

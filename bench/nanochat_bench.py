@@ -107,12 +107,10 @@ def measure(side: str, base: Path, batches: int, steps: int) -> dict[str, Any]:
         it.close()
     reread = 0
     if side == "nanostream":  # the row groups the resumed loader read again for its buffered documents
-        import numpy as np
-
         from nanostream.loader.docrefs import unpack
 
         reread = len({(r.tag[1], r.tag[2]) for s in state["nanostream"]["ranks"]
-                      for r in unpack(s["docs"], np.dtype(np.int32)) if not r.inline})
+                      for r in unpack(s["docs"])})
     return {"side": side, "first_s": first, "first_val_s": first_val, "first_resumed_s": first_resumed,
             "reread": reread, "same": same, "state_bytes": len(saved), "tok_s": batches * B * T / free, "share": waited / wall,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -125,14 +123,14 @@ def state_size(base: Path, batches: int, ranks: int = 8, batch: int = 32, seq: i
     sys.path.insert(0, os.environ["NANOCHAT_DIR"])
     from nanochat.tokenizer import RustBPETokenizer
 
-    from nanostream import TokenDataset
+    from nanostream import Ranks, TokenDataset
     from nanostream.nanochat import FORMAT, _log_fields
 
     tokenizer = RustBPETokenizer.from_directory(str(base / "tokenizer"))
     per_rank: list[list[dict[str, Any]]] = []
     for r in range(ranks):
-        ds = TokenDataset("train", tokenizer, batch, seq, data_dir=base / "base_data_climbmix", rank=r,
-                          world_size=ranks, buffer_docs=1000)
+        ds = TokenDataset("train", tokenizer, batch, seq, data=base / "base_data_climbmix",
+                          ranks=Ranks(r, ranks), buffer_docs=1000)
         it, states = iter(ds), []
         for k in range(1, batches + 1):
             next(it)

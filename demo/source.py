@@ -55,17 +55,13 @@ class Source:
     mix: tuple[tuple[str, Path, float], ...] = ()  # --mix: (dataset, its data folder, weight) each
 
     def data(self, shards: int) -> nanostream.Source | list[nanostream.Source]:
-        """What ``stream(data=...)`` reads for this source: its first ``shards`` train files."""
+        """What ``stream(data=...)`` and ``TokenDataset(data=...)`` read for this source: its first ``shards``
+        train files."""
         if self.kind == "mix":
             return [_source(url, folder, shards, weight=w) for url, folder, w in self.mix]
         if self.kind == "dataset":
             return _source(self.dataset or "", self.data_dir, shards)
         return _source(self.base_url or "", self.data_dir, shards, max_shard=self.max_shard)
-
-    def loader_kwargs(self, shards: int) -> dict:
-        """The same for ``TokenDataset``."""
-        data = self.data(shards)
-        return {"mix": data} if isinstance(data, list) else {"source": data}
 
 
 def _source(url: str, folder: Path, shards: int, **kw) -> nanostream.Source:

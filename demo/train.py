@@ -126,8 +126,7 @@ def lr_scale(step: int, args: argparse.Namespace) -> float:
 
 def dataset(split: str, args: argparse.Namespace, src: Source, tok: Tokenizer, cfg: Config,
             epochs: int | None) -> TokenDataset:
-    return TokenDataset(split, tok, args.batch, args.seq_len, **src.loader_kwargs(args.shards), epochs=epochs,
-                        config=cfg)
+    return TokenDataset(split, tok, args.batch, args.seq_len, data=src.data(args.shards), epochs=epochs, config=cfg)
 
 
 def generate(model: GPT, tok: Tokenizer, device: torch.device, n: int, seed: int, autocast) -> str:

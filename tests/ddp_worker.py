@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from nanostream import ByteTokenizer, TokenDataset
+from nanostream import ByteTokenizer, Ranks, TokenDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_loader import ids_of, segments
@@ -26,7 +26,7 @@ def main() -> None:
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
     dist.init_process_group("gloo")
     try:
-        ds = TokenDataset("train", ByteTokenizer(), 4, 96, data_dir=data, epochs=1, buffer_docs=16)
+        ds = TokenDataset("train", ByteTokenizer(), 4, 96, data=data, epochs=1, buffer_docs=16)
         assert (ds.rank, ds.world_size) == (dist.get_rank(), dist.get_world_size())
         loader = DataLoader(ds, batch_size=None, num_workers=2)
         batches = list(loader)
@@ -46,8 +46,8 @@ def main() -> None:
             strides = {tuple(g["stride"]) for g in gathered}
             for g in gathered:
                 g["states_distinct"] = len(strides) == len(gathered)
-            alone = TokenDataset("train", ByteTokenizer(), 4, 96, data_dir=data, epochs=1, buffer_docs=16, rank=0,
-                                 world_size=1)
+            alone = TokenDataset("train", ByteTokenizer(), 4, 96, data=data, epochs=1, buffer_docs=16,
+                                 ranks=Ranks(0, 1))
             alone.load_state_dict(states)
             rest = list(alone)
             elastic = {"len": len(alone), "batches": len(rest), "ids": ids_of(segments(rest))}

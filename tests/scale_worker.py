@@ -62,11 +62,11 @@ def in_step(done: bool) -> bool:
 
 
 def read_batches(folder: str, shards: int, lockstep: bool, endpoint: str) -> dict:
-    from nanostream import ByteTokenizer, TokenDataset
+    from nanostream import ByteTokenizer, Ranks, ReadAhead, Source, TokenDataset
 
     t0 = time.monotonic()
-    ds = TokenDataset("train", ByteTokenizer(), 4, 64, dataset="climbmix-400b", num_shards=shards, data_dir=folder,
-                      local_world_size=1, fetch_workers=4)
+    ds = TokenDataset("train", ByteTokenizer(), 4, 64, data=Source("climbmix-400b", folder=folder, num_shards=shards),
+                      ranks=Ranks(local_world_size=1), read_ahead=ReadAhead(connections=4))
     it = iter(ds)
     next(it)
     report = {"first_batch_s": time.monotonic() - t0, "hub_after_first": hub_stats(endpoint),

@@ -464,9 +464,9 @@ async def test_token_dataset_takes_cache_limit_and_resumes_under_another(remote:
     size = (remote / shard_name(0)).stat().st_size
     async with FaultServer(remote, rate=50e6) as srv:
         def make(limit: int) -> TokenDataset:
-            return TokenDataset("train", ByteTokenizer(), 2, 256, data_dir=tmp_path / "t", base_url=srv.url,
-                                num_shards=4, max_shard=4, rank=0, world_size=1, epochs=1, cache_limit=limit,
-                                fetch_ahead=1)
+            return TokenDataset("train", ByteTokenizer(), 2, 256, epochs=1, cache_limit=limit,
+                                data=Source(srv.url, folder=tmp_path / "t", num_shards=4, max_shard=4),
+                                ranks=Ranks(0, 1), read_ahead=ReadAhead(files=1))
 
         def run() -> tuple[list, list, list]:
             ds = make(3 * size)

@@ -19,9 +19,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nanostream import ByteTokenizer, TokenDataset
+from nanostream import ByteTokenizer, Ranks, ReadAhead, TokenDataset
 from nanostream.errors import ConfigError, CorruptShardError, LoaderError, NanostreamError, TokenizerError
 from nanostream.loader import feed
+from nanostream.loader.dataset import fix_rows_per_row_group
 from nanostream.loader.docrefs import unpack
 from nanostream.loader.encode import FLAT_TASK_PIECES, encoding
 from nanostream.text.tokenizer import BPETokenizer
@@ -39,10 +40,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def make(data: Path, **kw) -> TokenDataset:
-    args = {"batch_size": 4, "seq_len": 96, "data_dir": data, "rank": 0, "world_size": 1, "buffer_docs": 16}
+def make(data: Path, rows_per_row_group: int | None = None, **kw) -> TokenDataset:
+    args = {"batch_size": 4, "seq_len": 96, "data": data, "ranks": Ranks(0, 1), "buffer_docs": 16}
     args.update(kw)
-    return TokenDataset(kw.pop("split", "train"), ByteTokenizer(), **{k: v for k, v in args.items() if k != "split"})
+    ds = TokenDataset(kw.pop("split", "train"), ByteTokenizer(), **{k: v for k, v in args.items() if k != "split"})
+    return ds if rows_per_row_group is None else fix_rows_per_row_group(ds, rows_per_row_group)
 
 
 def rows_of(x: torch.Tensor, y: torch.Tensor) -> list[bytes]:
@@ -88,8 +90,7 @@ def run_ahead(it, timeout: float = 5) -> None:
     ahead of the last batch returned (or the data finished)."""
     pipe = it._pipe
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pipe._thread.is_alive() and not (
-            pipe._out.full() and all(f.tokens.full() or not f.thread.is_alive() for f in pipe._feeds)):
+    while time.monotonic() < deadline and pipe._thread.is_alive() and len(pipe._out._items) < pipe._out._size:
         time.sleep(0.01)
 
 
@@ -124,10 +125,10 @@ def test_equal_batches_on_every_rank(data: Path) -> None:
     counts, seen = set(), []
     docs_in = used = left = 0
     for r in range(4):  # 8 row groups a shard: 6 per rank and epoch
-        ds = make(data, rank=r, world_size=4, epochs=1)
+        ds = make(data, ranks=Ranks(r, 4), epochs=1)
         n = len(ds)
         assert n == ds.epoch_batches(0) == 6 * ds.rows_per_row_group() // 4
-        assert len(make(data, rank=r, world_size=4, epochs=2, rows_per_row_group=5)) == 2 * (6 * 5 // 4)
+        assert len(make(data, ranks=Ranks(r, 4), epochs=2, rows_per_row_group=5)) == 2 * (6 * 5 // 4)
         batches = list(ds)
         counts.add((n, len(batches)))
         segs = segments(batches)
@@ -145,9 +146,9 @@ def test_equal_batches_on_every_rank(data: Path) -> None:
 
 def test_a_rank_without_data_fails(data: Path) -> None:
     with pytest.raises(ConfigError, match="reads no row group"):
-        len(make(data, rank=0, world_size=32, epochs=1))  # 24 row groups for 32 ranks
+        len(make(data, ranks=Ranks(0, 32), epochs=1))  # 24 row groups for 32 ranks
     with pytest.raises(ConfigError, match="no batch"):
-        len(make(data, batch_size=100, rank=0, world_size=4, epochs=1))  # 6 * 11 rows
+        len(make(data, batch_size=100, ranks=Ranks(0, 4), epochs=1))  # 6 * 11 rows
 
 
 @pytest.mark.filterwarnings(PIN_WARNING)
@@ -156,11 +157,11 @@ def test_workers_and_ranks_disjoint(data: Path) -> None:
     and len(loader) batches in all on every rank."""
     all_ids: list[tuple[int, int, int]] = []
     for rank in range(2):
-        ds = make(data, rank=rank, world_size=2, epochs=1)
+        ds = make(data, ranks=Ranks(rank, 2), epochs=1)
         loader = DataLoader(ds, batch_size=None, num_workers=2, pin_memory=True)
         got = [(x.clone(), y.clone()) for x, y in loader]
-        assert len(got) == len(loader) == len(ds) == make(data, rank=1 - rank, world_size=2, epochs=1).__len__()
-        expect = [list(itertools.islice(make(data, rank=rank * 2 + w, world_size=4), 10)) for w in range(2)]
+        assert len(got) == len(loader) == len(ds) == make(data, ranks=Ranks(1 - rank, 2), epochs=1).__len__()
+        expect = [list(itertools.islice(make(data, ranks=Ranks(rank * 2 + w, 4)), 10)) for w in range(2)]
         # DataLoader takes batches from its workers in turn (up to the ends of their data, the same)
         merged = [b for pair in zip(*expect, strict=True) for b in pair]
         assert_same_batches(got[:20], merged)
@@ -181,7 +182,7 @@ def test_resume_exact(data: Path, k: int, epochs: int) -> None:
     state = ds.state_dict()
     it.close()
     if k:  # documents of partly used row groups are carried in the state, by reference
-        assert sum(len(r) for r in unpack(state["docs"], np.uint16)) > 0
+        assert sum(len(r) for r in unpack(state["docs"])) > 0
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
@@ -291,16 +292,18 @@ def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
     assert len(list(longer)) > len(list(make(data, epochs=1)))
     with pytest.raises(LoaderError, match="not a TokenDataset state"):
         make(data, epochs=1).load_state_dict({"foo": 1})
-    other = make(data, rank=1, world_size=2, epochs=1)  # another layout: resumes from the global cursor
+    other = make(data, ranks=Ranks(1, 2), epochs=1)  # another layout: resumes from the global cursor
     other.load_state_dict(state)
     assert ids_of(segments(other)) and other.stats()["batches"] == len(other)
 
 
 @pytest.mark.parametrize("kw", [{"batch_size": 0}, {"seq_len": 0}, {"split": "test"}, {"buffer_docs": 0},
-                                {"ahead": 0}, {"rows_per_row_group": 0}])
+                                {"rows_per_row_group": 0}])
 def test_bad_arguments(data: Path, kw: dict) -> None:
     with pytest.raises(LoaderError):
         make(data, **kw)
+    with pytest.raises(ConfigError, match="ReadAhead"):
+        make(data, read_ahead=ReadAhead(batches=0))
 
 
 def test_val_split_and_missing_folder(data: Path, tmp_path: Path) -> None:
@@ -369,7 +372,7 @@ class _FailingTokenizer(ByteTokenizer):
 
 
 def test_tokenizer_error_propagates_and_threads_stop(data: Path) -> None:
-    ds = TokenDataset("train", _FailingTokenizer(after=3), 4, 96, data_dir=data, rank=0, world_size=1,
+    ds = TokenDataset("train", _FailingTokenizer(after=3), 4, 96, data=data, ranks=Ranks(0, 1),
                       buffer_docs=16)
     n = 0
     with pytest.raises(TokenizerError, match="on purpose"):
@@ -454,7 +457,7 @@ def big_groups(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_bpe(data: Path, tok, **kw) -> TokenDataset:
-    args = {"data_dir": data, "rank": 0, "world_size": 1, "buffer_docs": 40, "epochs": 2}
+    args = {"data": data, "ranks": Ranks(0, 1), "buffer_docs": 40, "epochs": 2}
     args.update(kw)
     return TokenDataset("train", tok, 4, 64, **args)
 
@@ -518,7 +521,7 @@ class _DroppingTokenizer(ByteTokenizer):
 @pytest.mark.parametrize(("tok", "match"), [(_WideIdTokenizer(), "outside the token dtype"),
                                             (_DroppingTokenizer(), "11 id lists for 12 texts")])
 def test_bad_tokenizer_output_raises_loader_error(data: Path, tok, match: str) -> None:
-    ds = TokenDataset("train", tok, 4, 96, data_dir=data, rank=0, world_size=1, buffer_docs=16)
+    ds = TokenDataset("train", tok, 4, 96, data=data, ranks=Ranks(0, 1), buffer_docs=16)
     with pytest.raises(LoaderError, match=match):
         next(iter(ds))
     gc.collect()
@@ -536,7 +539,7 @@ def torch_roundtrip(state: dict) -> dict:
 
 def buffered_ids(state: dict) -> set[tuple[int, int, int]]:
     """The documents a state's buffer names (datagen's ids are ``(shard, row group, number)`` too)."""
-    return {(r.tag[1], r.tag[2], int(i)) for r in unpack(state["docs"], np.uint16) for i in r.ids}
+    return {(r.tag[1], r.tag[2], int(i)) for r in unpack(state["docs"]) for i in r.ids}
 
 
 @pytest.fixture(scope="module")
@@ -563,7 +566,7 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
     (w0, l0), (w1, l1) = before, after
     states, taken_groups = [], set()
     for r in range(w0):
-        ds = make(wide, rank=r, world_size=w0, local_world_size=l0, **kw)
+        ds = make(wide, ranks=Ranks(r, w0, l0), **kw)
         it = iter(ds)
         for _ in range(1 + 2 * r):  # the ranks are not level: each has taken another number of row groups
             next(it)
@@ -589,24 +592,24 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
     old_buffers = set().union(*(buffered_ids(st) for st in states))
     new_ids, counts = [], set()
     for r in range(w1):
-        ds = make(wide, rank=r, world_size=w1, local_world_size=l1, **kw)
+        ds = make(wide, ranks=Ranks(r, w1, l1), **kw)
         ds.load_state_dict(states)
         if r == 0:  # saved again before the first batch, the loaded states are kept
             saved = torch_roundtrip(ds.state_dict())
-            ds = make(wide, rank=r, world_size=w1, local_world_size=l1, **kw)
+            ds = make(wide, ranks=Ranks(r, w1, l1), **kw)
             ds.load_state_dict(saved)
         n = len(ds)
         got = list(ds)
         counts.add((n, len(got)))
         new_ids += ids_of(segments(got))
         if r == w1 - 1:  # a run that started from a cursor resumes exactly at its own layout
-            again = make(wide, rank=r, world_size=w1, local_world_size=l1, **kw)
+            again = make(wide, ranks=Ranks(r, w1, l1), **kw)
             again.load_state_dict(states)
             it = iter(again)
             head = [next(it) for _ in range(3)]
             state = again.state_dict()
             it.close()
-            rest = make(wide, rank=r, world_size=w1, local_world_size=l1, **kw)
+            rest = make(wide, ranks=Ranks(r, w1, l1), **kw)
             rest.load_state_dict(state)
             assert len(rest) == n
             assert_same_batches(head + list(rest), got)
@@ -618,7 +621,7 @@ EARLY_EXIT = r"""
 import sys
 
 from nanostream import ByteTokenizer, TokenDataset, iter_batches
-ds = TokenDataset("train", ByteTokenizer(), 2, 64, data_dir=sys.argv[1], epochs=2)
+ds = TokenDataset("train", ByteTokenizer(), 2, 64, data=sys.argv[1], epochs=2)
 it = iter(ds)
 for _ in range(int(sys.argv[2])):
     next(it)
@@ -635,46 +638,3 @@ def test_a_script_that_stops_early_exits_cleanly(data: Path, batches: int) -> No
     proc = subprocess.run([sys.executable, "-W", "error", "-c", EARLY_EXIT, str(data), str(batches)],
                           capture_output=True, text=True, timeout=100)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", "")
-
-
-def as_version_3(state: dict, data: Path) -> dict:
-    """``state`` as version 3 wrote it: the buffered documents' tokens (``ByteTokenizer``'s: BOS, then the
-    UTF-8 bytes), their lengths and each run's row group, no fingerprint."""
-    import pyarrow.parquet as pq
-
-    from nanostream.shards import shard_name
-
-    tokens, lengths, parts = [], [], []
-    for run in unpack(state["docs"], np.uint16):
-        epoch, shard, group = run.tag
-        texts = pq.ParquetFile(data / shard_name(shard)).read_row_group(group).column("text").to_pylist()
-        for i in run.ids:
-            doc = [BOS, *texts[i].encode()]
-            tokens += doc
-            lengths.append(len(doc))
-        parts.append([[epoch, shard, group, 0, None], len(run.ids)])
-    old = {k: v for k, v in state.items() if k not in ("docs", "fingerprint")}
-    return {**old, "version": 3, "tokens": torch.tensor(tokens, dtype=torch.int32),
-            "lengths": torch.tensor(lengths, dtype=torch.int64), "parts": parts}
-
-
-def test_a_state_of_version_3_still_resumes_exactly(data: Path) -> None:
-    """A state saved before documents were named by reference (its tokens inline) resumes exactly; the
-    states after it carry those documents' tokens until they leave the buffer, and resume exactly too."""
-    full = list(make(data, epochs=1))
-    ds = make(data, epochs=1)
-    it = iter(ds)
-    head = [next(it) for _ in range(7)]
-    state = ds.state_dict()
-    it.close()
-    old = torch_roundtrip(as_version_3(state, data))
-    ds = make(data, epochs=1)
-    ds.load_state_dict(old)
-    it = iter(ds)
-    mid = [next(it) for _ in range(2)]
-    after = json.loads(json.dumps(ds.state_dict()))
-    it.close()
-    assert any(r.inline for r in unpack(after["docs"], np.uint16))  # still in the buffer: inline tokens
-    fresh = make(data, epochs=1)
-    fresh.load_state_dict(after)
-    assert_same_batches(head + mid + list(fresh), full)

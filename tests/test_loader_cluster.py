@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 SHARDS, GROUPS, ROWS = 8, 4, 24  # train shards 0..7 (8 is val)
-KW = {"num_shards": SHARDS, "max_shard": SHARDS, "shuffle": True, "seed": 11, "epochs": 1, "buffer_docs": 16}
+KW = {"shuffle": True, "seed": 11, "epochs": 1, "buffer_docs": 16}
 
 
 def worker() -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from nanostream import ByteTokenizer, TokenDataset
+    from nanostream import ByteTokenizer, Source, TokenDataset
     from test_loader import ids_of, segments
 
     p = argparse.ArgumentParser()
@@ -33,7 +33,8 @@ def worker() -> None:
     p.add_argument("--take", type=int, default=None)
     p.add_argument("--states", type=Path, default=None)
     args = p.parse_args()
-    ds = TokenDataset("train", ByteTokenizer(), 4, 96, data_dir=args.data_dir, base_url=args.base_url, **KW)
+    ds = TokenDataset("train", ByteTokenizer(), 4, 96, data=Source(args.base_url, folder=args.data_dir, num_shards=SHARDS,
+                                                                    max_shard=SHARDS), **KW)
     if args.states is not None:
         ds.load_state_dict([torch.load(f, weights_only=True) for f in sorted(args.states.glob("state*.pt"))])
     n = len(ds)
@@ -55,7 +56,6 @@ def worker() -> None:
 if __name__ == "__main__":
     worker()
 else:
-    import numpy as np
     import pytest
     import torch
 
@@ -110,7 +110,7 @@ else:
                                            **kw).settled_deal().sequence(node)}
             # the second run's reader `node` also reads again the row groups of the documents it carries
             # over from the old readers i with i % 2 == node (their buffers, named by reference)
-            carried = {r.tag[1] for st in old if st["layout"][0] % 2 == node for r in unpack(st["docs"], np.uint16)}
+            carried = {r.tag[1] for st in old if st["layout"][0] % 2 == node for r in unpack(st["docs"])}
             read = {i[0] for r in first[2 * node: 2 * node + 2] for i in r["ids"]}
             held = set(list_shards(tmp_path / f"node{node}")) - {SHARDS}
             assert read <= held <= dealt | {order[0]} | carried

@@ -56,7 +56,7 @@ def mix_of(two: tuple[Path, Path], w: tuple[float, float] = (0.7, 0.3)) -> list[
 
 
 def make(two, **kw) -> TokenDataset:
-    args = {"rank": 0, "world_size": 1, "buffer_docs": 16, "mix": mix_of(two)}
+    args = {"ranks": Ranks(0, 1), "buffer_docs": 16, "data": mix_of(two)}
     args.update(kw)
     return TokenDataset("train", ByteTokenizer(), args.pop("batch_size", 8), args.pop("seq_len", 256), **args)
 
@@ -114,10 +114,10 @@ def test_schedule_takes_the_source_furthest_below_its_share() -> None:
 # -- the same everywhere -----------------------------------------------------------------------------
 DIGEST = r"""
 import hashlib, sys
-from nanostream import ByteTokenizer, Source, TokenDataset
+from nanostream import ByteTokenizer, Ranks, Source, TokenDataset
 a, b, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ds = TokenDataset("train", ByteTokenizer(), 4, 128, mix=[Source(a, weight=2), Source(b)],
-                  rank=rank, world_size=2, buffer_docs=16, shuffle=True, seed=4, epochs=1)
+ds = TokenDataset("train", ByteTokenizer(), 4, 128, data=[Source(a, weight=2), Source(b)],
+                  ranks=Ranks(rank, 2), buffer_docs=16, shuffle=True, seed=4, epochs=1)
 h = hashlib.sha256()
 for x, y in ds:
     h.update(x.numpy().tobytes())
@@ -131,7 +131,7 @@ def test_the_same_batches_in_every_process_and_equal_counts_on_every_rank(two) -
     assert runs[0] == runs[1]  # two processes, one rank: identical batches
     assert runs[0][0] == runs[2][0] and runs[0][1] != runs[2][1]  # both ranks len(ds) batches, their own data
     for r in (0, 1):  # and as many as len(ds) says, in this process too
-        ds = make(two, rank=r, world_size=2, shuffle=True, seed=4, epochs=1)
+        ds = make(two, ranks=Ranks(r, 2), shuffle=True, seed=4, epochs=1)
         assert sum(1 for _ in ds) == len(ds) > 0
 
 
@@ -153,12 +153,12 @@ def test_each_source_keeps_its_own_deal_on_every_node(two) -> None:
 def test_a_small_source_is_upsampled_and_len_is_known_before(two) -> None:
     """The code source has fewer documents than its share needs: it starts its next epoch (its own next
     order) while the web source finishes its one; the run is len(ds) batches."""
-    ds = make(two, epochs=1, mix=mix_of(two, (0.3, 0.7)))
+    ds = make(two, epochs=1, data=mix_of(two, (0.3, 0.7)))
     n = len(ds)
     rows = [src for x, _ in ds for src in source_of(x)]
     assert len(rows) == n * 8
     ids = Counter()
-    for x, _ in make(two, epochs=1, mix=mix_of(two, (0.3, 0.7)), batch_size=8):
+    for x, _ in make(two, epochs=1, data=mix_of(two, (0.3, 0.7)), batch_size=8):
         for row in x.tolist():
             text = bytes(t for t in row if t < 256).decode("utf-8", "replace")
             ids.update(w for w in text.split() if w.startswith("code:"))
@@ -199,7 +199,7 @@ def test_exact_resume_mid_run(two, k: int) -> None:
 def test_elastic_resume_from_two_ranks_to_one_skips_nothing(two) -> None:
     states = []
     for r in (0, 1):
-        ds = make(two, rank=r, world_size=2, epochs=1)
+        ds = make(two, ranks=Ranks(r, 2), epochs=1)
         it = iter(ds)
         for _ in range(2 + 3 * r):  # not level
             next(it)
@@ -223,7 +223,7 @@ def test_changed_weights_at_resume_go_on_from_every_cursor(two, caplog: pytest.L
         next(it)
     state = ds.state_dict()
     it.close()
-    again = make(two, epochs=None, mix=mix_of(two, (0.2, 0.8)))
+    again = make(two, epochs=None, data=mix_of(two, (0.2, 0.8)))
     again.load_state_dict(state)
     rows = []
     with caplog.at_level("INFO", logger="nanostream.loader.iterator"):
@@ -251,7 +251,7 @@ async def test_stream_mix_resumes_exactly_from_its_state(two) -> None:
 
 
 def test_validation_mixes_each_sources_validation_files(two) -> None:
-    ds = TokenDataset("val", ByteTokenizer(), 4, 128, mix=mix_of(two), rank=0, world_size=1, buffer_docs=16,
+    ds = TokenDataset("val", ByteTokenizer(), 4, 128, data=mix_of(two), ranks=Ranks(0, 1), buffer_docs=16,
                       epochs=1)
     x = torch.cat([x for x, _ in ds])
     tags = Counter(source_of(x))
@@ -276,11 +276,11 @@ def test_every_bad_mix_is_one_error_naming_the_source(two, tmp_path: Path) -> No
     with pytest.raises(DatasetError, match=f"mix source 1 \\({only_train}\\)"):
         stream("val", data=[Source(web), Source(only_train)])
     with pytest.raises(ConfigError, match="a mix needs two or more"):
-        TokenDataset("train", ByteTokenizer(), 4, 128, mix=[Source(web)])
+        TokenDataset("train", ByteTokenizer(), 4, 128, data=[Source(web)])
 
 
 def test_a_mix_resumes_only_a_mix_state(two) -> None:
-    single = TokenDataset("train", ByteTokenizer(), 8, 256, data_dir=two[0], rank=0, world_size=1, buffer_docs=16)
+    single = TokenDataset("train", ByteTokenizer(), 8, 256, data=two[0], ranks=Ranks(0, 1), buffer_docs=16)
     with pytest.raises(Exception, match="different TokenDataset config"):
         make(two).load_state_dict(single.state_dict())
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from nanostream import Source
 from nanostream.config import Config
 from nanostream.errors import LoaderError
 from nanostream.loader.docrefs import Run, pack, unpack
@@ -158,7 +159,7 @@ def test_a_state_of_other_data_or_another_tokenizer_is_refused_in_one_line(env: 
     other_tok = NanochatLikeTokenizer.train_from_iterator([doc_text(9, g, r, words=5) for g in range(4)
                                                            for r in range(12)], 300)  # same size, other merges
     cases = [(other_tok, {}, "another tokenizer"),
-             (tok, {"data_dir": make_shards(tmp_path / "more", 5, row_groups=8, rows=12, record=False)[0].parent},
+             (tok, {"data": make_shards(tmp_path / "more", 5, row_groups=8, rows=12, record=False)[0].parent},
               "other data")]
     for t, data, match in cases:
         with pytest.raises(LoaderError, match=match) as info:
@@ -221,7 +222,7 @@ def test_two_ranks_under_torchrun_resume_every_rank_from_rank_0s_state(env: Path
     state = meta["dataloader_state_dict"]
     assert [s["layout"] for s in state["nanostream"]["ranks"]] == [[0, 2, 2], [1, 2, 2]]
     buffered = {(r.tag[1], r.tag[2], int(i)) for s in state["nanostream"]["ranks"]
-                for r in unpack(s["docs"], np.uint16) for i in r.ids}
+                for r in unpack(s["docs"]) for i in r.ids}
     alone = tokenizing_distributed_data_loader_with_state_bos_bestfit(tok, B, T, "train", device="cpu",
                                                                       buffer_size=BUFFER, resume_state_dict=state)
     seen = set().union(*(docs_of(tok, next(alone)[0]) for _ in range(20)))
@@ -288,8 +289,7 @@ def test_downloads_while_training_land_in_nanochats_folder(env: Path, tok, tmp_p
     try:
         url = srv.stdout.readline().strip()
         loader = tokenizing_distributed_data_loader_with_state_bos_bestfit(
-            tok, B, T, "train", device="cpu", buffer_size=BUFFER, dataset="climbmix-400b", base_url=url,
-            max_shard=3, num_shards=3)
+            tok, B, T, "train", device="cpu", buffer_size=BUFFER, data=Source(url, max_shard=3, num_shards=3))
         seen = set().union(*(docs_of(tok, next(loader)[0]) for _ in range(30)))
         loader.close()
     finally:

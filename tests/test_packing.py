@@ -7,10 +7,16 @@ import random
 import numpy as np
 import pytest
 
-from nanostream.loader.encode import DocBytes, bos_first, flatten_docs, join_docs
+from nanostream.loader.encode import DocBytes, bos_first, join_docs
 from nanostream.loader.packing import BestFitPacker, token_dtype
 
 BOS = 1000
+
+
+def flatten_docs(token_lists, bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The plain reference: documents as one array with BOS in front of each, and their lengths (BOS counted)."""
+    tokens = [t for doc in token_lists for t in (bos_id, *doc)]
+    return np.array(tokens, dtype=dtype), np.array([len(d) + 1 for d in token_lists], dtype=np.int64)
 
 
 def reference_rows(groups: list[list[list[int]]], cap: int, n_rows: int, buffer_docs: int) -> list[list[int]]:

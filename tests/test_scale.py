@@ -65,7 +65,7 @@ def test_a_finite_run_starts_without_counting_and_len_counts_the_rest(tmp_path: 
     the first batch reads no footer remotely (it asks only for the files it reads or fetches next, not
     every footer first); ``len(ds)`` asked then learns the rest (remote footers, once each) and is what the iterator
     yields."""
-    from nanostream import ByteTokenizer, TokenDataset
+    from nanostream import ByteTokenizer, ReadAhead, Source, TokenDataset
 
     from datagen import make_shards
     from servers import FaultServer
@@ -75,8 +75,8 @@ def test_a_finite_run_starts_without_counting_and_len_counts_the_rest(tmp_path: 
     async def run() -> tuple[set[str], int, int, int]:
         async with FaultServer(tmp_path / "remote") as srv:
             srv.files.row_groups = False
-            kw = dict(data_dir=tmp_path / "local", base_url=srv.url, num_shards=12, max_shard=12, epochs=1,
-                      buffer_docs=16, fetch_ahead=1)
+            kw = dict(data=Source(srv.url, folder=tmp_path / "local", num_shards=12, max_shard=12), epochs=1,
+                      buffer_docs=16, read_ahead=ReadAhead(files=1))
             ds = TokenDataset("train", ByteTokenizer(), 4, 64, **kw)
             it = iter(ds)
             await asyncio.to_thread(next, it)

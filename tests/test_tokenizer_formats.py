@@ -22,7 +22,7 @@ import tokenizers
 import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
-from nanostream import TokenDataset
+from nanostream import Ranks, TokenDataset
 from nanostream.errors import TokenizerError
 from nanostream.text import schemes
 from nanostream.text.bpe import train_tokenizer
@@ -122,10 +122,10 @@ def test_nanochat_object_in_token_dataset(nanochat_dir: Path, nanochat, tmp_path
     make_shards(data, 3, row_groups=3, rows=48, words=40)
 
     def batches(tok) -> list:
-        ds = TokenDataset("train", tok, 4, 64, data_dir=data, rank=0, world_size=1, epochs=1, buffer_docs=32)
+        ds = TokenDataset("train", tok, 4, 64, data=data, ranks=Ranks(0, 1), epochs=1, buffer_docs=32)
         return [(x.clone(), y.clone()) for x, y in ds]
 
-    from_object = TokenDataset("train", nanochat, 4, 64, data_dir=data, rank=0, world_size=1).tokenizer
+    from_object = TokenDataset("train", nanochat, 4, 64, data=data, ranks=Ranks(0, 1)).tokenizer
     assert from_object.encoder_name == "gigatoken" and from_object.bos_id == nanochat.get_bos_token_id()
     got, want = batches(nanochat), batches(load_tokenizer(nanochat_dir, encoder="tiktoken"))
     assert len(got) == len(want) > 3
@@ -175,7 +175,7 @@ def test_hf_tokenizer_json_ids_identical_to_tokenizers(corpus: list[str], tmp_pa
     assert isinstance(from_object, HFTokenizer) and from_object.bos_id == 0
     ids_equal(from_object, texts[:200], want[:200])
     make_shards(tmp_path / "data", 2, row_groups=2, rows=16, words=30)
-    ds = TokenDataset("train", ref, 2, 32, data_dir=tmp_path / "data", rank=0, world_size=1, epochs=1)
+    ds = TokenDataset("train", ref, 2, 32, data=tmp_path / "data", ranks=Ranks(0, 1), epochs=1)
     assert isinstance(ds.tokenizer, HFTokenizer) and ds.tokenizer.bos_id == ref.token_to_id("<|begin_of_text|>")
     x, _ = next(iter(ds))
     assert (x[:, 0] == ds.tokenizer.bos_id).all()
@@ -335,7 +335,7 @@ def test_token_dataset_places_bos_only_at_document_starts(nanochat_dir: Path, cl
     for path in (nanochat_dir, cl100k, ours, hf):
         for encoder in ("auto", "tiktoken"):
             tok = load_tokenizer(path, encoder=encoder)
-            ds = TokenDataset("train", tok, 2, 48, data_dir=data, rank=0, world_size=1, epochs=1, buffer_docs=8)
+            ds = TokenDataset("train", tok, 2, 48, data=data, ranks=Ranks(0, 1), epochs=1, buffer_docs=8)
             rows = [torch.cat([x, y[:, -1:]], dim=1) for x, y in ds]
             assert rows
             assert sum(int((r == tok.bos_id).sum()) for r in rows) == ds.stats()["docs_used"], (path, encoder)

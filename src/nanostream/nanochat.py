@@ -1,30 +1,13 @@
 """nanochat's data loader with nanostream underneath: the same two functions, signatures, yields and folders.
 
-nanochat's ``scripts/base_train.py`` switches with one import line (docs/nanochat.md)::
-
-    from nanostream.nanochat import (tokenizing_distributed_data_loader_bos_bestfit,
-                                     tokenizing_distributed_data_loader_with_state_bos_bestfit)
-
-Both take nanochat's arguments with nanochat's defaults, its tokenizer object, and yield
-``(x, y)`` / ``(x, y, state)``: int64 ``(B, T)`` on ``device`` (on CUDA packed into a pinned
-ring and copied ``non_blocking`` on a side stream: ``loader.device``). Underneath is one
-``TokenDataset`` (BOS-aligned best fit, as nanochat packs), endless as nanochat's is.
-
-* **Data**: nanochat's folder (``Config.nanochat_data_dir``: ``NANOCHAT_BASE_DIR``, ClimbMix,
-  else the legacy folder, or ``NANOCHAT_DATASET``), its parquet files sorted, the last one
-  validation. Keyword arguments beyond nanochat's go to ``TokenDataset``: ``dataset=`` (what
-  the folder holds, e.g. ``"climbmix-400b"``) with ``num_shards=`` (downloads while training, into
-  nanochat's folder), ``cache_limit=``, ``data_dir=``, ``mix=``, ...
-* **Ranks**: torchrun's ``RANK``/``WORLD_SIZE`` (and ``LOCAL_WORLD_SIZE``), as nanochat reads them.
-* **State**: the ``state`` yielded with a batch resumes *at* that batch (base_train.py checkpoints
-  it before training on the batch): it is the state after the batch before. It is a small dict
-  of plain values (``json.dump`` writes it): ``epoch`` (from 1), ``pq_idx`` (the index of the
-  file the last documents came from in the dataset's file list: for nanochat's
-  ``shard_XXXXX.parquet``, its number) and ``rg_idx`` (its row group) for base_train.py's log
-  line, and ``nanostream``: the ``TokenDataset`` state of every rank on rank 0 (each rank's
-  own elsewhere), gathered on the assembly thread through the c10d store
-  (``loader.sharer.StateGather``) -- so rank 0's state, saved alone, resumes every rank exactly,
-  and at another world size resumes elastically.
+nanochat's ``scripts/base_train.py`` switches with one import line (docs/nanochat.md). Both functions take
+nanochat's arguments and defaults and its tokenizer object, and yield ``(x, y)`` / ``(x, y, state)`` on
+``device`` from one endless ``TokenDataset`` over nanochat's folder (``Config.nanochat_data_dir``), ranks from
+torchrun's environment. The keyword arguments after nanochat's are ``TokenDataset``'s (opt in): a dataset
+name, URL or ``Source`` without ``folder=`` downloads into nanochat's folder. ``state`` resumes *at* the
+batch it came with; it is a small JSON-able dict: ``epoch``, ``pq_idx``, ``rg_idx`` for the log line, and
+``nanostream``: every rank's ``TokenDataset`` state on rank 0 (gathered through the c10d store:
+``loader.sharer.StateGather``), so rank 0's state alone resumes every rank.
 """
 
 from __future__ import annotations
@@ -36,18 +19,23 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from .config import Config
+from .config import DATASETS, Config
 from .errors import LoaderError
 from .loader.dataset import TokenDataset
 from .loader.device import token_batches
 from .loader.feed import PIECE_DOCS
 from .loader.iterator import Snapshot
 from .loader.sharer import StateGather, default_store
+from .retry import RetryPolicy
+from .sources.spec import Source
+from .streaming.plan import ReadAhead
 from .streaming.ranks import Ranks
+from .streaming.streams import Data
 from .text.load import as_tokenizer
 
 __all__ = ["tokenizing_distributed_data_loader_bos_bestfit", "tokenizing_distributed_data_loader_with_state_bos_bestfit"]
@@ -55,68 +43,72 @@ __all__ = ["tokenizing_distributed_data_loader_bos_bestfit", "tokenizing_distrib
 log = logging.getLogger(__name__)
 FORMAT = 1  # the "nanostream" entry's layout
 _RUNS = itertools.count()  # loaders with state made in this process: every rank counts the same
-_OURS = ("rank", "world_size", "local_world_size", "buffer_docs", "epochs")
 _ADAPTED: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
 _SAID: set[Any] = set()  # tokenizer_batch_size values said to be unused
 
 
 def tokenizing_distributed_data_loader_with_state_bos_bestfit(
         tokenizer: Any, B: int, T: int, split: str, tokenizer_threads: int = 4, tokenizer_batch_size: int = 128,
-        device: Any = "cuda", resume_state_dict: dict[str, Any] | None = None, buffer_size: int = 1000,
-        **data: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+        device: Any = "cuda", resume_state_dict: dict[str, Any] | None = None, buffer_size: int = 1000, *,
+        data: Data = None, shuffle: bool = False, seed: int = 0, read_ahead: ReadAhead | None = None,
+        cache_limit: int | str | None = None, retry: RetryPolicy | None = None,
+        config: Config | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
     """nanochat's loader with state: yields ``(x, y, state)``; ``state`` resumes at the batch it came with
-    (module docstring). Extra keyword arguments (``dataset``, ``data_dir``, ``num_shards``, ``cache_limit``,
-    ``mix``, ``shuffle``, ...) go to ``TokenDataset``; without any, nanochat's folder is read."""
-    ds, rank = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, data)
+    (module docstring). The keyword arguments after nanochat's are ``TokenDataset``'s (opt in)."""
+    extras = {"data": data, "shuffle": shuffle, "seed": seed, "read_ahead": read_ahead, "cache_limit": cache_limit,
+              "retry": retry, "config": config}
+    ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, extras)
     first = _load(ds, resume_state_dict)
     gather = None
     if ds.world_size > 1:
         store = default_store(agent=True)
         if store is None:
             log.warning("no torch.distributed process group and no torchrun store: rank %d's loader state holds "
-                        "its own position only, so rank 0's cannot resume the other ranks", rank)
+                        "its own position only, so rank 0's cannot resume the other ranks", ds.rank)
         else:
-            gather = StateGather(store, rank, ds.world_size, str(next(_RUNS)))
-    note = _Note(ds.world_size, rank, gather)
+            gather = StateGather(store, ds.rank, ds.world_size, str(next(_RUNS)))
+    note = _Note(ds.world_size, ds.rank, gather)
     return _with_state(token_batches(ds, torch.device(device), note), torch.device(device), first)
 
 
-def tokenizing_distributed_data_loader_bos_bestfit(*args: Any, **kwargs: Any) -> Iterator[tuple[torch.Tensor,
-                                                                                                  torch.Tensor]]:
-    """nanochat's loader without state: yields ``(x, y)`` (the same arguments; ``resume_state_dict`` too)."""
-    names = ("tokenizer", "B", "T", "split", "tokenizer_threads", "tokenizer_batch_size", "device",
-             "resume_state_dict", "buffer_size")
-    given = {**dict(zip(names, args, strict=False)), **kwargs}
-    if len(args) > len(names):
-        raise TypeError(f"tokenizing_distributed_data_loader_bos_bestfit takes at most {len(names)} positional "
-                        f"arguments ({len(args)} given)")
-    device, state = given.pop("device", "cuda"), given.pop("resume_state_dict", None)
-    ds, _ = _dataset(given.pop("tokenizer"), given.pop("B"), given.pop("T"), given.pop("split"),
-                     given.pop("tokenizer_threads", 4), given.pop("tokenizer_batch_size", 128),
-                     given.pop("buffer_size", 1000), given)
-    _load(ds, state)
+def tokenizing_distributed_data_loader_bos_bestfit(
+        tokenizer: Any, B: int, T: int, split: str, tokenizer_threads: int = 4, tokenizer_batch_size: int = 128,
+        device: Any = "cuda", resume_state_dict: dict[str, Any] | None = None, buffer_size: int = 1000, *,
+        data: Data = None, shuffle: bool = False, seed: int = 0, read_ahead: ReadAhead | None = None,
+        cache_limit: int | str | None = None, retry: RetryPolicy | None = None,
+        config: Config | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """nanochat's loader without state: yields ``(x, y)`` (the same arguments)."""
+    extras = {"data": data, "shuffle": shuffle, "seed": seed, "read_ahead": read_ahead, "cache_limit": cache_limit,
+              "retry": retry, "config": config}
+    ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, extras)
+    _load(ds, resume_state_dict)
     return _plain(token_batches(ds, torch.device(device)), torch.device(device))
 
 
 def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer_batch_size: int, buffer_size: int,
-             data: dict[str, Any]) -> tuple[TokenDataset, int]:
-    """The endless TokenDataset of this rank, over nanochat's folder unless ``data`` says otherwise."""
-    clash = sorted(set(data) & set(_OURS))
-    if clash:
-        raise LoaderError(f"{', '.join(clash)}: set by the nanochat loader itself (ranks from torchrun's "
-                          "environment, buffer_size, endless); leave them out")
+             extras: dict[str, Any]) -> TokenDataset:
+    """The endless TokenDataset of this rank, over nanochat's folder unless ``data`` says otherwise: a dataset
+    name, URL or ``Source`` without ``folder=`` downloads into nanochat's folder."""
     if tokenizer_batch_size != PIECE_DOCS and tokenizer_batch_size not in _SAID:
         _SAID.add(tokenizer_batch_size)
         log.warning("tokenizer_batch_size=%s is not used: nanostream refills the buffer %d documents at a time, "
                     "as nanochat's default does", tokenizer_batch_size, PIECE_DOCS)
-    if not any(k in data for k in ("data_dir", "mix", "source", "catalog")):  # dataset= names what nanochat's
-        data["data_dir"] = Config.from_env().nanochat_data_dir()  # folder holds (downloads go there)
+    cfg = extras["config"] or Config.from_env()
+    data = extras["data"]
+    if data is None:
+        data = cfg.nanochat_data_dir()
+    elif isinstance(data, str) and not _is_folder(Source(data)):
+        data = Source(data)
+    if isinstance(data, Source) and data.folder is None and not _is_folder(data):
+        data = replace(data, folder=cfg.nanochat_data_dir())
     ranks = Ranks().resolved()  # torchrun's environment, as nanochat's get_dist_info reads it
-    rank, world, local = ranks.rank, ranks.world_size, ranks.local_world_size
-    tok = _adapted(tokenizer, threads)
-    ds = TokenDataset(split, tok, B, T, rank=rank, world_size=world, local_world_size=local, buffer_docs=buffer_size,
-                      epochs=None, **data)
-    return ds, rank
+    return TokenDataset(split, _adapted(tokenizer, threads), B, T, **{**extras, "data": data, "config": cfg},
+                        ranks=ranks, buffer_docs=buffer_size, epochs=None)
+
+
+def _is_folder(source: Source) -> bool:
+    """Whether the source's data is a folder (not None, a built-in name or a URL)."""
+    return source.data is not None and str(source.data) not in DATASETS and "://" not in str(source.data)
 
 
 def _adapted(tokenizer: Any, threads: int) -> Any:

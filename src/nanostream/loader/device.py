@@ -1,29 +1,13 @@
 """Batches onto the accelerator: ``to_device``, ``CudaPrefetcher`` and the pinned ring.
 
-On CUDA the copy of batch ``i+1`` overlaps step ``i`` and costs the training thread only a
-queue pop and an event wait:
-
-* ``to_device(TokenDataset, "cuda")``: the dataset's assembly thread packs each batch
-  straight into one of a ring of preallocated pinned ``(B, T+1)`` buffers
-  (``PinnedRowsSink``), starts its host-to-device copy on a side stream, splits it into
-  contiguous ``inputs``/``targets`` there and records an event. A buffer is reused only
-  after its copy has finished. No per-batch ``pin_memory`` allocation, half the bytes
-  over PCIe (one ``(B, T+1)`` block instead of two ``(B, T)`` ones).
-* ``to_device(any iterable of tensors, "cuda")`` (a ``DataLoader``, a generator, an
-  already-started iterator): a ``CudaPrefetcher`` thread pulls batches from it, stages
-  unpinned tensors into a pinned ring, starts the copies on a side stream and queues
-  ``ahead`` batches with their events.
-
-The consumer's stream waits on the batch's event (``wait_event``: no host sync) and
-``record_stream`` tells the caching allocator the tensors are used there.
-
-``threads_for(device)`` (how many threads torch's intra-op pool and the loader should get)
-is ``cores.py``.
+On CUDA the copy of batch ``i+1`` overlaps step ``i``: a ``TokenDataset`` packs straight into a ring of
+pinned ``(B, T+1)`` buffers (``PinnedRowsSink``) whose copies start on a side stream; any other iterable
+goes through a ``CudaPrefetcher`` thread that stages batches into a pinned ring. The consumer's stream
+waits on each batch's event (no host sync). docs/loader.md has the measurements.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -34,22 +18,19 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
-from .threads import _End, _put, background_thread
+from .threads import Channel, Closed, End, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
-POLL_S = 0.05
 EVENT_POLL_S = 0.0002  # how often a producer thread looks whether a copy it waits for has finished
 
 
 def _wait_host(event: torch.cuda.Event) -> None:
-    """Wait on this (producer) thread for ``event``, by polling ``query()``: no blocking CUDA call,
-    so ``torch.cuda.set_sync_debug_mode("error")`` holds over the whole data path."""
+    """Wait on this (producer) thread for ``event`` by polling ``query()``: no blocking CUDA call, so
+    ``torch.cuda.set_sync_debug_mode("error")`` holds over the whole data path."""
     while not event.query():
         time.sleep(EVENT_POLL_S)
 
-
-# -- one batch ------------------------------------------------------------------------------------
 
 def _is_batch(obj: Any) -> bool:
     return isinstance(obj, torch.Tensor) or (
@@ -72,12 +53,9 @@ def _cuda(device: str | torch.device) -> torch.device:
 def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2) -> Any:
     """Move one batch (a tensor or a tuple of tensors), or every batch of an iterable, to ``device``.
 
-    On CUDA an iterable becomes an iterator whose copies overlap the caller's compute (see the
-    module docstring), ``ahead`` batches in flight: a ``TokenDataset`` packs into pinned memory
-    directly, anything else goes through a ``CudaPrefetcher``. On CPU the iterable's own iterator
-    is returned (no copies, no cost). Call ``close()`` on the result (or exhaust it) to stop its
-    threads; dropping it also does.
-    """
+    On CUDA an iterable becomes an iterator whose copies overlap the caller's compute, ``ahead`` batches in
+    flight; on CPU its own iterator is returned. ``close()`` on the result (or exhausting or dropping it)
+    stops its threads."""
     dev = torch.device(device)
     if _is_batch(batches):
         return _move(batches, dev)
@@ -93,21 +71,15 @@ def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2)
 def token_batches(ds: TokenDataset, device: torch.device, note: Any = None) -> Any:
     """A new ``TokenDataset`` iterator: on CUDA its batches packed into the pinned ring (``PinnedRowsSink``),
     else CPU tensors (``note``: see ``TokenDataset._iterate``)."""
-    sink = PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.ahead + 2) \
+    sink = PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.read_ahead.batches + 2) \
         if device.type == "cuda" else None
     return ds._iterate(sink, note)
 
 
-# -- TokenDataset on CUDA: pack into a pinned ring ---------------------------------------------------
-
 class PinnedRowsSink:
-    """A ``pipeline.Sink`` that lends the assembly thread pinned row buffers and copies them to CUDA.
-
-    ``slots`` buffers of ``(batch_size, row_len)`` int64, allocated once. ``finish`` starts the
-    copy of the packed rows on the side stream, splits them there into contiguous ``inputs`` /
-    ``targets`` and records an event; ``rows`` hands a buffer out again only once its last copy
-    has finished (a wait on the assembly thread, never on the training thread).
-    """
+    """A ``pipeline.Sink`` of ``slots`` pinned ``(batch_size, row_len)`` buffers: ``finish`` starts the packed
+    rows' copy on the side stream, splits them there into ``inputs``/``targets`` and records an event;
+    ``rows`` lends a buffer again only once its copy has finished (a wait on the assembly thread)."""
 
     def __init__(self, batch_size: int, row_len: int, device: torch.device, slots: int = 4) -> None:
         self.device = device
@@ -147,8 +119,6 @@ class PinnedRowsSink:
         return x, y
 
 
-# -- any iterable on CUDA: a prefetch thread -----------------------------------------------------------
-
 class _PinnedRing:
     """Reusable pinned staging buffers for unpinned CPU tensors, ``slots`` sets used in turn."""
 
@@ -179,31 +149,31 @@ class _PinnedRing:
         self._copied[slot] = event
 
 
-def _prefetch(it: Iterator[Any], q: queue.Queue, stop: threading.Event, device: torch.device,
-              side: torch.cuda.Stream, slots: int, capture: Any) -> None:
+def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch.cuda.Stream, slots: int,
+              capture: Any) -> None:
     """Thread body: batches of ``it`` started on their way to ``device``, with their events and the
-    source's resume state, onto ``q``. Closes ``it`` (if it can be closed) when it returns."""
+    source's resume state, onto ``out``. Closes ``it`` (if it can be closed) when it returns."""
     background_thread()
     ring = _PinnedRing(slots)
     try:
         with torch.cuda.device(device), torch.cuda.stream(side):
-            while not stop.is_set():
+            while True:
                 try:
                     batch = next(it)
                 except StopIteration:
-                    _put(q, stop, _End())
+                    out.put(End())
                     return
                 state = capture() if capture is not None else None
                 single = isinstance(batch, torch.Tensor)
                 slot, srcs = ring.stage((batch,) if single else tuple(batch))
-                out = tuple(s.to(device, non_blocking=True) for s in srcs)
+                moved = tuple(s.to(device, non_blocking=True) for s in srcs)
                 done = torch.cuda.Event()
                 done.record(side)
                 ring.copied(slot, done)
-                if not _put(q, stop, (out[0] if single else out, done, state)):
+                if not out.put((moved[0] if single else moved, done, state)):
                     return
     except Exception as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
-        _put(q, stop, _End(exc))
+        out.put(End(exc))
     finally:
         close = getattr(it, "close", None)
         if close is not None:
@@ -211,19 +181,12 @@ def _prefetch(it: Iterator[Any], q: queue.Queue, stop: threading.Event, device: 
 
 
 class CudaPrefetcher:
-    """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them).
+    """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them), read ``ahead`` batches
+    ahead on a thread (unpinned tensors staged into ``ahead + 2`` reused pinned sets).
 
-    A background thread reads the source ``ahead`` batches ahead: unpinned tensors are copied
-    into reusable pinned buffers (``ahead + 2`` sets; a set is rewritten only after its copy
-    has finished), copies run ``non_blocking`` on a side stream and each batch carries an
-    event that the consumer's stream waits on.
-
-    Reading ahead would make the source's resume state run ahead too, so: a ``TokenDataset``
-    iterator is told to report the state of the batch last *returned* here (its
-    ``state_dict()`` stays exact), and for other sources with a ``state_dict()`` (e.g.
-    torchdata's ``StatefulDataLoader``) it is captured after each batch on the thread and
-    returned by this object's ``state_dict()``. ``wait_s``: time ``next()`` blocked.
-    """
+    The resume state follows the batch last *returned* here: a ``TokenDataset`` iterator is told to report
+    it (``hold``); another source's ``state_dict()`` (torchdata's ``StatefulDataLoader``) is captured after
+    each batch and returned by this object's ``state_dict()``. ``wait_s``: time ``next()`` blocked."""
 
     def __init__(self, batches: Iterable[Any], device: torch.device | str = "cuda", ahead: int = 2) -> None:
         if not isinstance(ahead, int) or ahead < 1:
@@ -237,41 +200,32 @@ class CudaPrefetcher:
         if self._tokens is not None:
             self._tokens.hold(self._tokens.snapshot())  # nothing returned yet
         self._side = torch.cuda.Stream(self.device)
-        self._q: queue.Queue = queue.Queue(maxsize=ahead)
-        self._stop = threading.Event()
+        self._out = Channel(ahead)
         self._state: Any = None
         self._closed = False
         self.wait_s = 0.0
         self.batches = 0
         self._thread = threading.Thread(target=_prefetch, name="nanostream-to-device", daemon=True,
-                                        args=(self._it, self._q, self._stop, self.device, self._side, ahead + 2,
-                                              capture))
+                                        args=(self._it, self._out, self.device, self._side, ahead + 2, capture))
         self._thread.start()
 
     def __iter__(self) -> CudaPrefetcher:
         return self
 
-    def _get(self) -> Any:
-        t0 = time.perf_counter()
-        try:
-            while True:
-                try:
-                    return self._q.get(timeout=POLL_S)
-                except queue.Empty:
-                    if not self._thread.is_alive() and self._q.empty():
-                        raise LoaderError("the to_device thread stopped without a result") from None
-        finally:
-            self.wait_s += time.perf_counter() - t0
-
     def __next__(self) -> Any:
         if self._closed:
             raise StopIteration
+        t0 = time.perf_counter()
         try:
-            item = self._get()
+            item = self._out.get()
+        except Closed:
+            item = End()
         except BaseException:
             self.close()
             raise
-        if isinstance(item, _End):
+        finally:
+            self.wait_s += time.perf_counter() - t0
+        if isinstance(item, End):
             self.close()
             if item.error is not None:
                 raise item.error
@@ -297,11 +251,9 @@ class CudaPrefetcher:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        self._out.close()
         if threading.current_thread() is not self._thread:
             self._thread.join()
-        while not self._q.empty():
-            self._q.get_nowait()
 
     def __del__(self) -> None:
         if hasattr(self, "_thread"):

@@ -1,20 +1,15 @@
 """Documents as BOS-first flat token arrays: how a tokenizer's output becomes what the packer takes (numpy only).
 
-``encoding(tokenizer, dtype, piece_docs)`` picks how the loader encodes (``feed.py`` runs it
-on its encoding threads): a tokenizer with ``encode_flat`` gives each task's ids as one array
-plus offsets and ``bos_first`` inserts the BOS with numpy (no Python int per token); a
-``BPETokenizer`` on tiktoken is driven text by text, each document turned into bytes by
-``DocBytes`` right after it is encoded (while its ids are still in the CPU cache, in a GIL hold
-of a few microseconds) and ``join_docs`` glues them; any other tokenizer's ``encode_batch``
-lists are flattened at once. All of them give the same ``(tokens, lengths)`` arrays
-(``flatten_docs`` is the plain version). ``doc_arrays`` encodes texts the way the loader does.
+``encoding`` picks how the loader encodes: a tokenizer with ``encode_flat`` gives one array plus offsets
+(``bos_first`` inserts the BOS with numpy); a ``BPETokenizer`` on tiktoken is driven text by text, each
+document turned into bytes right after it is encoded (``DocBytes``, ``join_docs``); any other
+tokenizer's ``encode_batch`` lists are flattened. ``doc_arrays`` encodes texts the way the loader does.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from itertools import chain
 
 import numpy as np
 
@@ -24,24 +19,9 @@ from ..text.tokenizer import BPETokenizer, Tokenizer, flat_of
 FLAT_TASK_PIECES = 4  # pieces encoded as one task by a flat encoder (fewer, larger calls)
 
 
-def flatten_docs(token_lists: Sequence[Sequence[int]], bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate documents into one array with BOS in front of each; return (tokens, lengths).
-
-    ``lengths[i]`` counts document i's tokens plus its BOS.
-    """
-    n = len(token_lists)
-    body_lens = np.fromiter(map(len, token_lists), dtype=np.int64, count=n)
-    lengths = body_lens + 1
-    body = np.fromiter(chain.from_iterable(token_lists), dtype=dtype, count=int(body_lens.sum()))
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(body_lens[:-1], out=starts[1:])
-    tokens = np.insert(body, starts, np.array(bos_id, dtype=dtype)) if n else body
-    return tokens, lengths
-
-
 def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Documents given flat (``tokens``, ``offsets`` of ``len + 1``) as ``(tokens, lengths)`` with BOS in
-    front of each, like ``flatten_docs``, in ``dtype``; ValueError if an id does not fit in it."""
+    front of each (``lengths`` count it), in ``dtype``; ValueError if an id does not fit in it."""
     dtype = np.dtype(dtype)
     offsets = np.asarray(offsets, dtype=np.int64)
     if len(offsets) and offsets[0]:
@@ -62,9 +42,8 @@ def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dt
 
 
 class DocBytes:
-    """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or
-    int32) values, for ``join_docs``. Thread-safe; keeps a bounded cache of ``struct.Struct``
-    objects per document length."""
+    """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or int32) values,
+    for ``join_docs``. Thread-safe; a bounded cache of ``struct.Struct`` objects per document length."""
 
     MAX_CACHED = 4096
 
@@ -91,8 +70,8 @@ class DocBytes:
 
 
 def join_docs(parts: Sequence[bytes], lengths: Sequence[int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``DocBytes`` outputs of consecutive documents and their lengths (BOS included) as
-    ``(tokens, lengths)`` arrays, like ``flatten_docs``; ``tokens`` is read-only."""
+    """``DocBytes`` outputs of consecutive documents and their lengths (BOS included) as ``(tokens, lengths)``
+    arrays; ``tokens`` is read-only."""
     return np.frombuffer(b"".join(parts), dtype=dtype), np.array(lengths, dtype=np.int64).reshape(-1)
 
 
@@ -100,17 +79,9 @@ Encode = Callable[[list[str]], list[tuple[np.ndarray, np.ndarray]]]
 
 
 def encoding(tokenizer: Tokenizer, dtype: np.dtype, piece_docs: int) -> tuple[Encode, int, int]:
-    """How to encode: (a task's texts -> its pieces' BOS-first ``(tokens, lengths)``, documents per
-    task, encoding threads).
-
-    A tokenizer with ``encode_flat`` (gigatoken, ``ByteTokenizer``, ...) gives each task's ids as
-    one array plus offsets; BOS is inserted by numpy, and no Python int is made per token. A
-    ``BPETokenizer`` left on tiktoken (whose methods are the stock ones) is driven text by text
-    on its ``num_threads`` threads, each document turned into bytes right after it is encoded
-    (cache-hot, in a GIL hold of microseconds between GIL-free encodes). Any other tokenizer gets
-    one ``encode_batch`` call per task, on one thread. Tasks are ``piece_docs`` documents, or
-    ``FLAT_TASK_PIECES`` pieces for flat encoders (fewer calls; each still handed over piece by piece).
-    """
+    """How to encode (module docstring): (a task's texts -> its pieces' BOS-first ``(tokens, lengths)``,
+    documents per task, encoding threads). Tasks are ``piece_docs`` documents, or ``FLAT_TASK_PIECES``
+    pieces for flat encoders (fewer calls; still handed over piece by piece)."""
     cls = type(tokenizer)
     threads = max(1, int(getattr(tokenizer, "num_threads", 1) or 1))
     if (isinstance(tokenizer, BPETokenizer) and tokenizer.fast is None and cls.encode_batch is BPETokenizer.encode_batch

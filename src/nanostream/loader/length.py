@@ -1,28 +1,20 @@
 """How many batches a ``TokenDataset`` makes: ``len(ds)``, per epoch, per row group, and ``RunLimit``.
 
-With finite ``epochs`` every rank yields exactly ``len(ds)`` batches: per source and epoch,
-the row groups every rank reads (``Stream.epoch_length``, which needs every row-group count of
-the epoch) times the full rows one row group packs alone (``rows``: the first row group of
-epoch 0's global order, the same on every node), over ``batch_size``; a mix runs until the
-source that needs the most rows for its share has completed its epochs.
-
-``len(ds)`` asked before the counts are known learns them then (local footers, the census
-file, the count sharers, else remote footers at the quota's pace). An iterator never waits
-for it: ``RunLimit`` answers its assembly thread's ``allows(batches)`` at once while
-``batches`` is below a lower bound -- the counts known so far, an unknown one taken as 0, and
-the sample row group, which the first batch does wait for (node 0's first shard: on node 0
-its own, on the others one shard more) -- and only past that bound learns the rest.
+Per source and epoch: the row groups every rank reads (which needs every row-group count of the epoch)
+times the full rows one row group packs alone (``rows``: the first row group of epoch 0's global order,
+the same on every node), over ``batch_size``; a mix runs until the source that needs the most rows for its
+share has completed its epochs. An iterator never waits for ``len(ds)``: ``RunLimit`` answers at once
+below a lower bound made of the counts known so far, and learns the rest only past it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..concurrency import LoopThread
 from ..errors import ConfigError
 from ..streaming.blocking import BatchIterator
 from ..streaming.counting import Tally
@@ -32,7 +24,7 @@ from ..streaming.ranks import Ranks
 from ..streaming.single import open_stream
 from .encode import doc_arrays
 from .packing import BestFitPacker, token_dtype
-from .threads import _Stopped
+from .threads import Closed
 
 if TYPE_CHECKING:
     from ..streaming.single import Stream
@@ -112,6 +104,8 @@ class RunLimit:
         self.value: int | None = None
         self._bound = 0
         self._tallies: dict[tuple[int, int], Tally] = {}  # (source, 0: the origin's epoch | 1: a later one)
+        self._runner: LoopThread | None = None
+        self._interrupted = False
 
     def _share(self, total: int) -> int:
         return total // self.workers + (self.worker < total % self.workers)
@@ -124,41 +118,25 @@ class RunLimit:
             self._tallies[key] = Tally(s.epoch_deal(epoch), s.book)
         return self._tallies[key].length_lower()
 
-    def allows(self, batches: int, stop: threading.Event) -> bool:
+    def allows(self, batches: int) -> bool:
         """May batch number ``batches + 1`` be made? At once below the bound; past it, after learning every
-        count (stopped by ``stop``: ``_Stopped``)."""
+        count (``interrupt()`` from another thread ends that wait: ``Closed``)."""
         if self.value is None and batches >= self._bound:
             self._bound = self._share(self.count.total(self.origins, self._length) or 0)
             if batches >= self._bound:
-                for k, origin in enumerate(self.origins):
-                    _run_until(self.count.stream(k, origin).prepare(), stop)
+                self._runner = runner = LoopThread("nanostream-count")
+                try:
+                    if self._interrupted:
+                        raise Closed
+                    for k, origin in enumerate(self.origins):
+                        runner.run(self.count.stream(k, origin).prepare())
+                finally:
+                    runner.close()
                 self.value = self._share(self.count.total(self.origins) or 0)
         return self.value is None or batches < self.value
 
-
-def _run_until(coro: Any, stop: threading.Event) -> Any:
-    """Run ``coro`` on a fresh event loop in a thread of its own; cancel it if ``stop`` is set (``_Stopped``)."""
-    out: dict[str, Any] = {}
-
-    async def watch() -> Any:
-        task = asyncio.ensure_future(coro)
-        while not task.done():
-            if stop.is_set():
-                task.cancel()
-            await asyncio.wait([task], timeout=0.05)
-        return task.result()
-
-    def main() -> None:
-        try:
-            out["value"] = asyncio.run(watch())
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread below)
-            out["error"] = exc
-
-    t = threading.Thread(target=main, name="nanostream-count")
-    t.start()
-    t.join()
-    if stop.is_set():
-        raise _Stopped
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
+    def interrupt(self) -> None:
+        """Cancel a count being learned (on another thread) and any later one."""
+        self._interrupted = True
+        if self._runner is not None:
+            self._runner.close()

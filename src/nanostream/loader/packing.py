@@ -1,25 +1,9 @@
 """BOS-aligned best-fit packing of tokenized documents into fixed-length rows (numpy only).
 
-Owns the packing buffer used by ``TokenDataset``: documents arrive a chunk at a time
-(``TokenDataset``: a piece of 128 documents of a row group) as one flat token array
-(each document already starts with BOS) plus their lengths, and leave as exact copies
-into the rows of a batch. Nothing here imports torch.
-
-Those arrays are built by ``encode.py``.
-
-The rule is nanochat's best fit: every row starts at a document boundary; from the
-buffer, place the longest document that fits in the space left, repeat, and when
-none fits, crop the shortest document to fill the row exactly (its tail is dropped
-and counted as cropped). Ties go to the document that entered the buffer first, so
-the output is the same as the reference loop that scans a Python list, but:
-
-* documents are found through a sorted list of the distinct lengths present
-  (``bisect``) and one FIFO per length, not by scanning the buffer;
-* tokens stay in the chunk's flat array and are copied once, by numpy slice,
-  into the batch (no per-document lists or tensors);
-* a batch is a transaction: ``begin()`` / ``commit()`` / ``rollback()`` undo the
-  takes and refills of a batch that could not be finished (stream ended or raised),
-  so the buffer always matches the last batch actually handed out.
+``BestFitPacker`` is nanochat's rule: every row starts at a document; place the longest buffered document
+that fits, repeat, and when none fits crop the shortest to fill the row (ties: the oldest). Documents are
+found through a sorted list of distinct lengths and a FIFO per length, and copied once, by numpy slice. A
+batch is a transaction (``begin``/``commit``/``rollback``), so the buffer matches the last batch handed out.
 """
 
 from __future__ import annotations
@@ -42,9 +26,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class _Chunk:
-    """One batch of documents sharing a flat token array; ``tag`` says where they came from
-    (``TokenDataset``: the stream position of their row group) and ``ids`` each document's number
-    there (its index in the row group; None: not known), both kept through compaction."""
+    """Documents sharing a flat token array; ``tag``: where they came from (their row group's position),
+    ``ids``: each one's number there (None: not known), both kept through compaction."""
 
     __slots__ = ("alive", "frozen", "frozen_ids", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
@@ -99,8 +82,7 @@ BufferPart = tuple[np.ndarray, np.ndarray, "np.ndarray | None", object, "np.ndar
 
 
 class BufferSnapshot:
-    """The buffered documents at one moment, as references to immutable chunk arrays, oldest first.
-    Every part holds at least one buffered document."""
+    """The buffered documents at one moment, as references to immutable chunk arrays, oldest first."""
 
     __slots__ = ("parts",)
 
@@ -122,12 +104,9 @@ class BufferSnapshot:
 
 
 class BestFitPacker:
-    """A buffer of documents and the best-fit rule that fills rows from it.
-
-    ``fill_row(out, refill)`` calls ``refill()`` (which should ``add`` one chunk and return
-    True, or return False at the end of the data) whenever fewer than ``buffer_docs``
-    documents are buffered before a placement, exactly like the reference loop.
-    """
+    """A buffer of documents and the best-fit rule that fills rows from it. ``fill_row(out, refill)`` calls
+    ``refill()`` (``add`` one chunk and return True, or False at the end of the data) whenever fewer than
+    ``buffer_docs`` documents are buffered before a placement, as the reference loop does."""
 
     def __init__(self, buffer_docs: int, *, compact_slack: int = 1 << 18) -> None:
         if buffer_docs < 1:
@@ -143,20 +122,16 @@ class BestFitPacker:
         self._fifo: dict[int, deque[tuple[_Chunk, int]]] = {}
         self._chunks: dict[int, _Chunk] = {}
         self._serial = 0
-        self._journal: list[tuple] | None = None
-        self._saved_stats: PackStats | None = None
+        self._saved: tuple[BufferSnapshot, PackStats] | None = None  # the buffer and counters at ``begin()``
 
     # -- buffer ------------------------------------------------------------------------------
     def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None, ids: np.ndarray | None = None) -> None:
-        """Append documents (flat ``tokens``, BOS-first, and their ``lengths``) in order, tagged
-        ``tag`` and numbered ``ids`` (None: not numbered); ``snapshot()`` reports both."""
+        """Append documents (flat BOS-first ``tokens`` and their ``lengths``), tagged ``tag`` and numbered ``ids``."""
         if len(lengths) == 0:
             return
-        chunk = self._insert(tokens, lengths, tag, ids)
+        self._insert(tokens, lengths, tag, ids)
         self.stats.docs_in += len(lengths)
         self.stats.tokens_in += len(tokens)
-        if self._journal is not None:
-            self._journal.append(("add", chunk))
 
     def _insert(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
                 ids: np.ndarray | None = None) -> _Chunk:
@@ -175,21 +150,17 @@ class BestFitPacker:
         self.held_tokens += len(tokens)
         return chunk
 
-    def _compact(self) -> None:
-        """Copy each chunk's buffered documents into a smaller array so that the row-group arrays
-        they came from can be freed (tags kept). Every FIFO is in (chunk, index) order, so
-        rebuilding them chunk by chunk, oldest first, keeps every placement decision the same."""
-        parts = self.snapshot().parts
+    def _rebuild(self, parts: list[BufferPart]) -> None:
+        """Make the buffer hold exactly ``parts`` (a snapshot's), each copied into a smaller array (tags and
+        numbers kept; oldest first, so every placement decision stays the same)."""
         self._fifo, self._lens, self._chunks = {}, [], {}
         self.n_docs = self.alive_tokens = self.held_tokens = 0
         for part in parts:
             tokens, lengths = BufferSnapshot([part]).export()
             self._insert(tokens, lengths, part[3], part[4])
-        self.compactions += 1
 
     def snapshot(self) -> BufferSnapshot:
-        """A cheap, frozen view of the buffer (chunk arrays are never modified; a chunk's alive flags are
-        copied once per change, not per snapshot); ``.export()`` turns it into arrays when needed."""
+        """A cheap, frozen view of the buffer (a chunk's alive flags are copied once per change, not per call)."""
         parts: list[BufferPart] = []
         for c in sorted(self._chunks.values(), key=lambda c: c.serial):
             alive, ids = c.freeze()
@@ -197,8 +168,7 @@ class BestFitPacker:
         return BufferSnapshot(parts)
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """The buffered documents in arrival order: (flat tokens, lengths). Adding them to a
-        fresh packer recreates this one's buffer exactly."""
+        """The buffered documents in arrival order: (flat tokens, lengths); a fresh packer given them packs the same."""
         return self.snapshot().export()
 
     # -- rows --------------------------------------------------------------------------------
@@ -233,8 +203,6 @@ class BestFitPacker:
             if crop:
                 st.docs_cropped += 1
                 st.tokens_cropped += length - n
-            if self._journal is not None:
-                self._journal.append(("take", chunk, j, length))
         return True
 
     def _take(self, chunk: _Chunk, j: int, length: int) -> None:
@@ -249,53 +217,19 @@ class BestFitPacker:
 
     # -- batch transactions ------------------------------------------------------------------
     def begin(self) -> None:
-        """Start recording changes so that ``rollback()`` can undo them."""
-        self._journal = []
-        self._saved_stats = replace(self.stats)
+        """Remember the buffer and counters, so that ``rollback()`` can go back to them."""
+        self._saved = (self.snapshot(), replace(self.stats))
 
     def commit(self) -> None:
-        """End the batch; compact when the kept row-group arrays outweigh the buffer (bounded memory)."""
-        self._journal = None
-        self._saved_stats = None
+        """End the batch; compact when the kept arrays outweigh the buffer (bounded memory)."""
+        self._saved = None
         if self.held_tokens > 2 * self.alive_tokens + self.compact_slack:
-            self._compact()
+            self._rebuild(self.snapshot().parts)
+            self.compactions += 1
 
     def rollback(self) -> None:
-        """Undo every take and add since ``begin()``, newest first."""
-        journal, self._journal = self._journal, None
-        if journal is None:
-            return
-        for entry in reversed(journal):
-            if entry[0] == "take":
-                _, chunk, j, length = entry
-                if chunk.n_alive == 0:
-                    self._chunks[chunk.serial] = chunk
-                    self.held_tokens += len(chunk.tokens)
-                chunk.alive[j] = True
-                chunk.frozen = None
-                chunk.n_alive += 1
-                self.n_docs += 1
-                self.alive_tokens += length
-                self._push_front(length, chunk, j)
-            else:
-                chunk = entry[1]
-                for length in reversed(chunk.lengths.tolist()):
-                    q = self._fifo[length]
-                    q.pop()
-                    if not q:
-                        del self._fifo[length]
-                        self._lens.remove(length)
-                self.n_docs -= len(chunk.lengths)
-                self.alive_tokens -= len(chunk.tokens)
-                self.held_tokens -= len(chunk.tokens)
-                del self._chunks[chunk.serial]
-                self._serial = chunk.serial
-        assert self._saved_stats is not None
-        self.stats, self._saved_stats = self._saved_stats, None
-
-    def _push_front(self, length: int, chunk: _Chunk, j: int) -> None:
-        q = self._fifo.get(length)
-        if q is None:
-            q = self._fifo[length] = deque()
-            insort(self._lens, length)
-        q.appendleft((chunk, j))
+        """Go back to the buffer and counters of ``begin()``."""
+        if self._saved is not None:
+            buffer, stats = self._saved
+            self._rebuild(buffer.parts)
+            self.stats, self._saved = stats, None

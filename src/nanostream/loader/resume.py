@@ -1,31 +1,12 @@
-"""``TokenDataset``'s resume state: what ``state_dict()`` holds, and how a load is checked and planned.
+"""``TokenDataset``'s resume state (version 4): what ``state_dict()`` holds, and how a load is checked and planned.
 
-A state (version 4; versions 2 and 3 still load) is a dict of plain values that ``json.dump``,
-``torch.save`` (``weights_only`` loads) and ``dist.all_gather_object`` all carry:
-
-* ``config``: the dataset arguments batches depend on (a load with other ones is refused), and
-  ``fingerprint``: the data's files and the tokenizer's ids (a load with others is refused:
-  the buffer is described by reference, so other files or ids would give other batches);
-* ``layout``: ``[reader, readers, readers per node]`` (DataLoader workers folded in);
-* ``position``: the stream position of the last row group moved into the packing buffer whole,
-  ``skip``: how many documents of the next one (``partial``) it holds already;
-* ``docs``: the buffered documents as references (``docrefs.py``: row group and document numbers;
-  versions 2 and 3 held their tokens: ``tokens`` / ``lengths`` / ``parts``);
-* ``cursor``: the global cursor after the row groups taken (``order.Cursor``), ``origin``: where
-  the run started, ``stats`` and ``batches``.
-
-``plan`` decides what a new reader does with the loaded states: the one of its own layout
-resumes exactly; at another layout the run restarts at the smallest cursor and the buffered
-documents of old readers ``i`` with ``i % readers == reader`` are carried over (``carried_runs``).
-``buffer_runs`` gives the runs a reader refills its buffer from (its tokenize thread reads the
-row groups they name again: ``feed.py``).
-
-A mix's state (``encode_mix``) holds ``config``, ``layout`` and ``batches`` once, ``mix``: the
-normalized weights and the rows each source has packed (the schedule), and ``sources``: one
-state of the form above per source. ``plan`` plans each source on its own: at another layout,
-each source restarts at the smallest of its own cursors, carrying its own buffers.
-Nothing here imports torch: the arrays come in as anything numpy reads (CPU tensors included)
-and go out as numpy (``dataset.py`` makes them tensors).
+A state is a dict of plain values (``json.dump`` writes it): ``config`` and ``fingerprint`` (a load
+with other arguments, other files or another tokenizer is refused), ``layout`` ``[reader, readers,
+readers per node]``, ``position``/``skip``/``partial`` (where the stream goes on), ``docs`` (the
+buffered documents by reference: ``docrefs.py``), ``cursor`` (the global cursor after the row groups
+taken), ``origin`` (where the run started), ``stats`` and ``batches``. A mix's state holds
+``config``, ``layout``, ``batches`` and ``mix`` once and one such state per source (``sources``).
+docs/loader.md says what an exact and an elastic load do.
 """
 
 from __future__ import annotations
@@ -34,24 +15,21 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..errors import LoaderError
 from ..streaming.cursor import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
 from ..text.fast import SAMPLE
-from .docrefs import NO_TAG, Run, pack, pack_columns, unpack
+from .docrefs import Run, pack, unpack
 from .encode import doc_arrays
-from .packing import BufferSnapshot, PackStats, token_dtype
+from .packing import PackStats, token_dtype
 
 if TYPE_CHECKING:
     from ..streaming.plan import Plan
     from ..text.tokenizer import Tokenizer
     from .feed import Part
 
-STATE_VERSION = 4  # 4: documents by reference ("docs"); 3 added "skip" and "partial" (2 loads as skip 0)
-LOADABLE = (2, 3, STATE_VERSION)
+STATE_VERSION = 4
 
 
 def pos_list(pos: Position | None) -> list | None:
@@ -68,9 +46,8 @@ def pos_from(value: list | None) -> Position | None:
 
 
 def global_cursor(s: Stream, part: Part) -> Cursor:
-    """The global position after the row groups this reader has moved into its buffer whole at
-    ``part``, assuming every reader got as far (``s``: this reader's stream, never started).
-    Its buffered documents are not re-read from there: an elastic resume carries them over."""
+    """The global cursor after the row groups this reader has moved into its buffer whole at ``part``, assuming
+    every reader got as far (``s``: this reader's stream, never started)."""
     return s.cursor(part.position) if part.position is not None else s.cursor()
 
 
@@ -106,35 +83,11 @@ class Fingerprints:
         return [{"data": d, "tokenizer": self._tok} for d in self._data]
 
 
-def _tag(tag: object) -> tuple[int, int, int] | None:
-    return (tag.epoch, tag.shard, tag.row_group) if isinstance(tag, Position) else None
-
-
 def packed_buffer(part: Part) -> str:
-    """The buffered documents of ``part`` as ``docrefs`` text: by reference where the packer knows their
-    row group and numbers (documents the stream gave), inline tokens for those it does not (loaded inline)."""
-    if part.runs is not None:  # a resumed feed whose buffer is not rebuilt yet: the runs it was loaded from
-        return pack(list(part.runs))
-    inline: list[bool] = []
-    tags: list[tuple[int, int, int]] = []
-    counts: list[int] = []
-    ids: list[np.ndarray] = []
-    lengths: list[np.ndarray] = []
-    tokens: list[np.ndarray] = []
-    for toks, lens, alive, tag, numbers in part.buffer.parts:  # one short step per chunk: this runs per batch
-        if numbers is not None and type(tag) is Position:
-            inline.append(False)
-            tags.append((tag.epoch, tag.shard, tag.row_group))
-            counts.append(len(numbers))
-            ids.append(numbers)
-        else:
-            keep = BufferSnapshot([(toks, lens, alive, tag, numbers)]).export()
-            inline.append(True)
-            tags.append(_tag(tag) or (NO_TAG, NO_TAG, NO_TAG))
-            counts.append(len(keep[1]))
-            tokens.append(keep[0])
-            lengths.append(keep[1])
-    return pack_columns(inline, tags, counts, ids, lengths, tokens)
+    """The buffered documents of ``part`` as ``docrefs`` text (a feed not rebuilt yet: the runs it was loaded from)."""
+    if part.runs is not None:
+        return pack(part.runs)
+    return pack([Run((tag.epoch, tag.shard, tag.row_group), ids) for _, _, _, tag, ids in part.buffer.parts])
 
 
 def encode(part: Part, *, config: dict[str, Any], fingerprint: dict[str, str], layout: tuple[int, int, int],
@@ -174,25 +127,11 @@ def empty(config: dict[str, Any], fingerprints: list[dict[str, str]]) -> dict[st
             "mix": {"weights": [], "rows": [0] * len(subs)}, "sources": subs}
 
 
-def buffer_runs(state: dict[str, Any], dtype: np.dtype) -> list[Run]:
-    """The state's buffered documents as runs, oldest first (a state of version 2 or 3: inline)."""
-    if "docs" in state:
-        return unpack(state["docs"], dtype)
-    tokens = np.asarray(state["tokens"]).astype(dtype, copy=True)
-    lengths = np.asarray(state["lengths"]).astype(np.int64, copy=False)
-    runs, doc, tok = [], 0, 0
-    for tag, n in state["parts"]:
-        size = int(lengths[doc:doc + n].sum())
-        runs.append(Run(_tag(pos_from(tag)), None, tokens[tok:tok + size], lengths[doc:doc + n]))
-        doc, tok = doc + n, tok + size
-    return runs
-
-
-def carried_runs(old: dict[str, Any], dtype: np.dtype) -> list[Run]:
+def carried_runs(old: dict[str, Any]) -> list[Run]:
     """An old reader's buffered documents that an elastic resume carries over: all but those of the row
     group it was in the middle of (``partial``), which the new run reads again whole."""
-    partial = _tag(pos_from(old.get("partial")))
-    return [r for r in buffer_runs(old, dtype) if partial is None or r.tag != partial]
+    partial = old.get("partial")
+    return [r for r in unpack(old["docs"]) if partial is None or list(r.tag) != partial[:3]]
 
 
 def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int], sources: int = 1
@@ -218,8 +157,8 @@ def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int], sou
 
 def check(state: Any, config: dict[str, Any], fingerprints: list[dict[str, str]]) -> None:
     """Raise LoaderError unless ``state`` is a loadable state made with ``config``, the same data and the
-    same tokenizer (``fingerprints``, one per source; states before version 4 have none)."""
-    if not isinstance(state, dict) or state.get("version") not in LOADABLE:
+    same tokenizer (``fingerprints``, one per source)."""
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise LoaderError(f"not a TokenDataset state (version {STATE_VERSION}): "
                           f"got {type(state).__name__} with keys {sorted(state)[:8] if isinstance(state, dict) else '-'}")
     diff = {k: (v, config.get(k)) for k, v in state["config"].items() if config.get(k) != v}
@@ -231,11 +170,11 @@ def check(state: Any, config: dict[str, Any], fingerprints: list[dict[str, str]]
     if len(subs) != len(fingerprints):
         raise LoaderError(f"resume state holds {len(subs)} source(s), this dataset has {len(fingerprints)}")
     for k, (sub, now) in enumerate(zip(subs, fingerprints, strict=True)):
-        saved = sub.get("fingerprint") or {}
+        saved = sub["fingerprint"]
         where = f" (source {k})" if len(subs) > 1 else ""
-        if saved.get("tokenizer", now["tokenizer"]) != now["tokenizer"]:
+        if saved["tokenizer"] != now["tokenizer"]:
             raise LoaderError(f"resume state was saved with another tokenizer{where} (its ids differ: fingerprint "
                               f"{saved['tokenizer']}, now {now['tokenizer']}): resume with the run's tokenizer")
-        if saved.get("data", now["data"]) != now["data"]:
+        if saved["data"] != now["data"]:
             raise LoaderError(f"resume state was saved over other data{where} (fingerprint {saved['data']}, now "
                               f"{now['data']}: other files, or other files present): resume over the run's files")

@@ -1,22 +1,9 @@
-"""What ranks tell each other through what torch.distributed already runs: its key-value store.
+"""What ranks tell each other through torch.distributed's key-value store (never a collective: safe from the
+loader's threads while the trainer runs its own).
 
-Never a collective: store calls are safe from the loader's background threads while the
-trainer runs its own collectives. ``StoreClient`` is a c10d store usable from any thread and
-picklable: a DataLoader worker process has no process group, so it opens its own client of the
-same TCPStore (host and port taken in the main process, where the dataset was made); with
-another kind of store a worker has none.
-
-``StoreSharer`` (a ``sources.counts.CountSharer``): row-group counts. Each publication is one
-key ``nanostream/counts/<scope hash>/<n>`` holding ``{file path: row groups}`` as JSON, its
-number ``n`` drawn from the counter ``.../n`` (``store.add``); a reader reads the keys after
-the last one it read.
-
-``StateGather``: each rank's resume state for batch index ``n`` (``nanostream.nanochat``), key
-``nanostream/states/<run>/<n>/<rank>``, read by rank 0, which deletes the keys it has read so
-the store stays small.
-
-``default_store`` is the default process group's store, else (``StateGather`` only) the store
-torchrun's agent hosts for its workers (``streaming.ranks.agent_store``).
+``StoreSharer``: row-group counts (a ``sources.counts.CountSharer``), one key per publication.
+``StateGather``: each rank's resume state for a batch index, read (and deleted) by rank 0 (``nanostream.nanochat``).
+``StoreClient`` is picklable: a DataLoader worker opens its own client of the same TCPStore.
 """
 
 from __future__ import annotations
@@ -118,8 +105,8 @@ class StateGather(StoreClient):
         self._client().set(self._key(index, self.rank), state)
 
     def collect(self, index: int, stop: threading.Event) -> list[str] | None:
-        """On rank 0: the other ranks' states (JSON text, in rank order) for ``index``, once every one is
-        published (polled; None if ``stop`` is set first); their keys are deleted."""
+        """On rank 0: the other ranks' states (JSON text, in rank order) for ``index`` once every one is
+        published (polled: a store has no wake-up; None if ``stop`` is set first); their keys are deleted."""
         store = self._client()
         keys = [self._key(index, r) for r in range(1, self.world_size)]
         t0 = said = time.monotonic()

@@ -1,25 +1,16 @@
-"""The loader's thread plumbing: stop-aware queue hand-overs, end markers, and the threads' scheduling policy.
-
-Shared by the pipeline's threads (``feed.py``: tokenize; ``pipeline.py``: assembly) and the
-CUDA prefetcher (``device.py``). Every blocking put/get looks at a stop event every
-``POLL_S`` seconds, so ``close()`` from any thread ends every wait. With
-``set_loader_idle(True)`` (``ThreadPlan(loader_idle=True).apply()``) the producer threads,
-and the threads they start, run under Linux ``SCHED_IDLE``.
-"""
+"""The loader's thread plumbing: ``Channel`` (a bounded hand-over that ``close()`` ends), ``End``, and the
+producer threads' scheduling policy (``set_loader_idle``: Linux ``SCHED_IDLE``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
+from collections import deque
 from typing import Any
-
-from ..errors import LoaderError
 
 log = logging.getLogger(__name__)
 _loader_idle = False
-POLL_S = 0.05  # how often a blocked thread looks at its stop flag
 
 
 def set_loader_idle(idle: bool) -> None:
@@ -38,38 +29,49 @@ def background_thread() -> None:
         log.debug("SCHED_IDLE not applied to %s: %s", threading.current_thread().name, exc)
 
 
-class _End:
-    """Queue marker: the data finished (``error`` None) or failed."""
+class End:
+    """The last item a producer puts: the data finished (``error`` None) or failed."""
 
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
 
 
-class _Stopped(Exception):
-    """Raised inside the assembly thread when ``close()`` asked it to stop."""
+class Closed(Exception):
+    """Raised by ``Channel.get`` once the channel is closed."""
 
 
-def _put(q: queue.Queue, stop: threading.Event, item: object) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=POLL_S)
+class Channel:
+    """A bounded queue between two threads; ``close()`` wakes every waiter at once (no polling)."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[Any] = deque()
+        self._size = size
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def put(self, item: Any) -> bool:
+        """Wait for room, then append ``item``; False if the channel is closed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or len(self._items) < self._size)
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._changed.notify_all()
             return True
-        except queue.Full:
-            continue
-    return False
 
+    def get(self) -> Any:
+        """Wait for the next item; raises ``Closed`` once the channel is closed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or self._items)
+            if self._closed:
+                raise Closed
+            item = self._items.popleft()
+            self._changed.notify_all()
+            return item
 
-def _get(q: queue.Queue, stop: threading.Event, producer: threading.Thread, what: str) -> Any:
-    """The next item of ``q``; raises ``_Stopped`` on stop, LoaderError if ``producer`` died silently."""
-    try:
-        return q.get_nowait()  # the common case when producers are ahead: no timed wait
-    except queue.Empty:
-        pass
-    while True:
-        if stop.is_set():
-            raise _Stopped
-        try:
-            return q.get(timeout=POLL_S)
-        except queue.Empty:
-            if not producer.is_alive() and q.empty():
-                raise LoaderError(f"the {what} thread stopped without a result") from None
+    def close(self) -> None:
+        """Drop what is queued and wake every waiter (idempotent)."""
+        with self._changed:
+            self._closed = True
+            self._items.clear()
+            self._changed.notify_all()
