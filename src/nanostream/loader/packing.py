@@ -123,6 +123,7 @@ class BestFitPacker:
         self._chunks: dict[int, _Chunk] = {}
         self._serial = 0
         self._saved: tuple[BufferSnapshot, PackStats] | None = None  # the buffer and counters at ``begin()``
+        self._snapshot: BufferSnapshot | None = None  # the buffer as it is, until it changes
 
     # -- buffer ------------------------------------------------------------------------------
     def add(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None, ids: np.ndarray | None = None) -> None:
@@ -137,6 +138,7 @@ class BestFitPacker:
                 ids: np.ndarray | None = None) -> _Chunk:
         chunk = _Chunk(self._serial, tokens, lengths, tag, ids)
         self._serial += 1
+        self._snapshot = None
         self._chunks[chunk.serial] = chunk
         fifo, lens = self._fifo, self._lens
         for j, length in enumerate(lengths.tolist()):
@@ -153,19 +155,21 @@ class BestFitPacker:
     def _rebuild(self, parts: list[BufferPart]) -> None:
         """Make the buffer hold exactly ``parts`` (a snapshot's), each copied into a smaller array (tags and
         numbers kept; oldest first, so every placement decision stays the same)."""
-        self._fifo, self._lens, self._chunks = {}, [], {}
+        self._fifo, self._lens, self._chunks, self._snapshot = {}, [], {}, None
         self.n_docs = self.alive_tokens = self.held_tokens = 0
         for part in parts:
             tokens, lengths = BufferSnapshot([part]).export()
             self._insert(tokens, lengths, part[3], part[4])
 
     def snapshot(self) -> BufferSnapshot:
-        """A cheap, frozen view of the buffer (a chunk's alive flags are copied once per change, not per call)."""
-        parts: list[BufferPart] = []
-        for c in sorted(self._chunks.values(), key=lambda c: c.serial):
-            alive, ids = c.freeze()
-            parts.append((c.tokens, c.lengths, alive, c.tag, ids))
-        return BufferSnapshot(parts)
+        """A frozen view of the buffer, made once per change (the state of every batch and its rollback point)."""
+        if self._snapshot is None:
+            parts: list[BufferPart] = []
+            for c in sorted(self._chunks.values(), key=lambda c: c.serial):
+                alive, ids = c.freeze()
+                parts.append((c.tokens, c.lengths, alive, c.tag, ids))
+            self._snapshot = BufferSnapshot(parts)
+        return self._snapshot
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         """The buffered documents in arrival order: (flat tokens, lengths); a fresh packer given them packs the same."""
@@ -208,6 +212,7 @@ class BestFitPacker:
     def _take(self, chunk: _Chunk, j: int, length: int) -> None:
         chunk.alive[j] = False
         chunk.frozen = None
+        self._snapshot = None
         chunk.n_alive -= 1
         self.n_docs -= 1
         self.alive_tokens -= length
