@@ -62,12 +62,8 @@ def in_step(done: bool) -> bool:
 
 
 def read_batches(folder: str, shards: int, lockstep: bool, endpoint: str) -> dict:
-    from nanostream import ByteTokenizer, Ranks, ReadAhead, Source, TokenDataset
-
     t0 = time.monotonic()
-    ds = TokenDataset("train", ByteTokenizer(), 4, 64, data=Source("climbmix-400b", folder=folder, num_shards=shards),
-                      ranks=Ranks(local_world_size=1), read_ahead=ReadAhead(connections=4))
-    it = iter(ds)
+    it = iter(dataset(folder, shards))
     next(it)
     report = {"first_batch_s": time.monotonic() - t0, "hub_after_first": hub_stats(endpoint),
               "rss_mb": peak_rss_mb(), "steps": 1}
@@ -79,6 +75,19 @@ def read_batches(folder: str, shards: int, lockstep: bool, endpoint: str) -> dic
         report["steps"] += 1
     it.close()
     return report
+
+
+def dataset(folder: str, shards: int):
+    """The TokenDataset of a node; an older library's own form when the bench runs one."""
+    from nanostream import ByteTokenizer, TokenDataset
+
+    try:
+        from nanostream import Ranks, ReadAhead, Source
+    except ImportError:
+        return TokenDataset("train", ByteTokenizer(), 4, 64, dataset="climbmix-400b", num_shards=shards,
+                            data_dir=folder, local_world_size=1, fetch_workers=4)
+    return TokenDataset("train", ByteTokenizer(), 4, 64, data=Source("climbmix-400b", folder=folder, num_shards=shards),
+                        ranks=Ranks(local_world_size=1), read_ahead=ReadAhead(connections=4))
 
 
 def read_epoch(folder: str, shards: int, lockstep: bool, endpoint: str) -> dict:
