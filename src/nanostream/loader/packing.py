@@ -29,7 +29,7 @@ class _Chunk:
     """Documents sharing a flat token array; ``tag``: where they came from (their row group's position),
     ``ids``: each one's number there (None: not known), both kept through compaction."""
 
-    __slots__ = ("alive", "frozen", "frozen_ids", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
+    __slots__ = ("alive", "frozen", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
     def __init__(self, serial: int, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
                  ids: np.ndarray | None = None) -> None:
@@ -42,18 +42,18 @@ class _Chunk:
         np.cumsum(lengths[:-1], out=starts[1:])
         self.starts: list[int] = starts.tolist()
         self.alive = np.ones(len(lengths), dtype=bool)
-        self.frozen: np.ndarray | None = None  # a copy of ``alive`` for snapshots, until it changes ...
-        self.frozen_ids: np.ndarray | None = None  # ... and the ids of the documents it keeps
+        self.frozen: BufferPart | None = None  # this chunk's part of a snapshot, until it changes
         self.n_alive = len(lengths)
 
-    def freeze(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(alive flags, None if all; ids of the buffered documents), copied once per change."""
-        if self.n_alive == len(self.lengths):
-            return None, self.ids
+    def part(self) -> BufferPart:
+        """This chunk's buffered documents as a snapshot part (alive flags and ids copied once per change)."""
         if self.frozen is None:
-            self.frozen = self.alive.copy()
-            self.frozen_ids = None if self.ids is None else self.ids[self.frozen]
-        return self.frozen, self.frozen_ids
+            if self.n_alive == len(self.lengths):
+                self.frozen = (self.tokens, self.lengths, None, self.tag, self.ids)
+            else:
+                alive = self.alive.copy()
+                self.frozen = (self.tokens, self.lengths, alive, self.tag, None if self.ids is None else self.ids[alive])
+        return self.frozen
 
 
 @dataclass
@@ -163,12 +163,8 @@ class BestFitPacker:
 
     def snapshot(self) -> BufferSnapshot:
         """A frozen view of the buffer, made once per change (the state of every batch and its rollback point)."""
-        if self._snapshot is None:
-            parts: list[BufferPart] = []
-            for c in sorted(self._chunks.values(), key=lambda c: c.serial):
-                alive, ids = c.freeze()
-                parts.append((c.tokens, c.lengths, alive, c.tag, ids))
-            self._snapshot = BufferSnapshot(parts)
+        if self._snapshot is None:  # chunks are kept in arrival order (serials only grow)
+            self._snapshot = BufferSnapshot([c.part() for c in self._chunks.values()])
         return self._snapshot
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
@@ -179,46 +175,52 @@ class BestFitPacker:
     def fill_row(self, out: np.ndarray, refill: Callable[[], bool]) -> bool:
         """Fill ``out`` (1-D) completely; False if the data ran out first (``out`` is then partial)."""
         cap, pos = len(out), 0
-        lens, exhausted = self._lens, False
-        while pos < cap:
-            while self.n_docs < self.buffer_docs and not exhausted:
-                exhausted = not refill()
-            if self.n_docs == 0:
-                return False
-            room = cap - pos
-            i = bisect_right(lens, room) - 1
-            crop = i < 0
-            if crop:
-                i = 0
-            length = lens[i]
-            q = self._fifo[length]
-            chunk, j = q.popleft()
-            if not q:
-                del self._fifo[length]
-                del lens[i]
-            n = room if crop else length
-            start = chunk.starts[j]
-            out[pos : pos + n] = chunk.tokens[start : start + n]
-            pos += n
-            self._take(chunk, j, length)
-            st = self.stats
-            st.docs_used += 1
-            st.tokens_out += n
-            if crop:
-                st.docs_cropped += 1
-                st.tokens_cropped += length - n
-        return True
-
-    def _take(self, chunk: _Chunk, j: int, length: int) -> None:
-        chunk.alive[j] = False
-        chunk.frozen = None
-        self._snapshot = None
-        chunk.n_alive -= 1
-        self.n_docs -= 1
-        self.alive_tokens -= length
-        if chunk.n_alive == 0:
-            del self._chunks[chunk.serial]
-            self.held_tokens -= len(chunk.tokens)
+        lens, fifo, chunks, exhausted = self._lens, self._fifo, self._chunks, False
+        used = cropped = out_tokens = cropped_tokens = 0
+        try:
+            while pos < cap:
+                while self.n_docs < self.buffer_docs and not exhausted:
+                    exhausted = not refill()
+                if self.n_docs == 0:
+                    return False
+                room = cap - pos
+                i = bisect_right(lens, room) - 1
+                crop = i < 0
+                if crop:
+                    i = 0
+                length = lens[i]
+                q = fifo[length]
+                chunk, j = q.popleft()
+                if not q:
+                    del fifo[length]
+                    del lens[i]
+                n = room if crop else length
+                start = chunk.starts[j]
+                out[pos : pos + n] = chunk.tokens[start : start + n]
+                pos += n
+                # the document leaves the buffer
+                chunk.alive[j] = False
+                chunk.frozen = None
+                chunk.n_alive -= 1
+                self.n_docs -= 1
+                self.alive_tokens -= length
+                if chunk.n_alive == 0:
+                    del chunks[chunk.serial]
+                    self.held_tokens -= len(chunk.tokens)
+                used += 1
+                out_tokens += n
+                if crop:
+                    cropped += 1
+                    cropped_tokens += length - n
+            return True
+        finally:
+            if used:
+                self._snapshot = None
+                st = self.stats
+                st.docs_used += used
+                st.tokens_out += out_tokens
+                st.docs_cropped += cropped
+                st.tokens_cropped += cropped_tokens
 
     # -- batch transactions ------------------------------------------------------------------
     def begin(self) -> None:
