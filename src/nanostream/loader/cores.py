@@ -7,11 +7,11 @@ plan.apply()`` sets torch's intra-op pool to ``plan.torch`` and pyarrow's pool t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
+from ..text.tokenizer import usable_cpus
 from .threads import set_loader_idle
 
 __all__ = ["ThreadPlan", "threads_for"]
@@ -37,13 +37,6 @@ class ThreadPlan:
         set_loader_idle(self.loader_idle)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, cores: int = 0,
                 loader_idle: bool = False) -> ThreadPlan:
     """The thread split for training on ``device`` with ``cores`` cores (0: this process's).
@@ -60,7 +53,7 @@ def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, core
     never waits for a core they hold (for hosts whose spare CPU the loader can rely on).
     """
     dev = torch.device(device)
-    n = cores if cores > 0 else _cores()
+    n = cores if cores > 0 else usable_cpus()
     if dev.type == "cpu":
         loader = 1
         torch_n = max(1, n - loader)

@@ -124,13 +124,17 @@ class FastOrReference:
         return self._reference_batch(texts)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity on Linux, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """Encoding threads: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    return max(1, min(8, usable_cpus()))
 
 
 class BPETokenizer(FastOrReference):
