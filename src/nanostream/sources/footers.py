@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..concurrency import run_each
 from ..errors import CorruptShardError, FetchError, HTTPStatusError
@@ -31,6 +29,9 @@ ROW_GROUPS_HEADER = "X-Nanostream-Row-Groups"  # a nanostream mirror's answers t
 
 def local_count(path: Path, remote_known: bool) -> int | None:
     """Row groups in a local file's footer; None if absent (or unreadable while a remote can tell)."""
+    import pyarrow as pa  # here, not at import: the mirror (serve) needs pyarrow only once it serves a parquet file
+    import pyarrow.parquet as pq
+
     try:
         return pq.read_metadata(path).num_row_groups
     except FileNotFoundError:
@@ -90,6 +91,9 @@ async def footer_count(session: aiohttp.ClientSession, credentials: Credentials,
     size = int.from_bytes(body[-8:-4], "little") + 8
     if size > len(body):
         body, _ = await tail(size)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         return pq.read_metadata(pa.BufferReader(b"PAR1" + body[-size:])).num_row_groups, size
     except (pa.ArrowException, OSError, ValueError) as exc:
