@@ -81,7 +81,7 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
 
 def _data(folder: Path) -> Path:
     try:
-        from nanostream.text.sample import write_sample
+        from demo.sample import write_sample
     except ImportError:  # sample corpus not there: a synthetic one from the test generator
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from datagen import make_shards
@@ -95,7 +95,7 @@ def _data(folder: Path) -> Path:
 def _tokenizer(texts: list[str]) -> tuple[Any, Any, str]:
     """(the tokenizer as load_tokenizer gives it: gigatoken where it is exact, the same BPE on tiktoken, a name)."""
     try:
-        from nanostream.text.bpe import train_tokenizer
+        from demo.tokenizer import train_tokenizer
     except ImportError:
         return ByteTokenizer(), ByteTokenizer(), "ByteTokenizer (train_tokenizer not available)"
     tok = train_tokenizer(texts, vocab_size=8192, max_chars=4_000_000)

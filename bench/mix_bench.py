@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from demo.tokenizer import train_tokenizer
+
 from bench.common import ROOT, table, verdict
 from bench.datasets_bench import hub_server
 from bench.stream_bench import make_text_shards
@@ -35,7 +37,6 @@ from nanostream import Ranks, Source, TokenDataset, stream
 from nanostream.config import Config
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
-from nanostream.text.bpe import train_tokenizer
 
 
 def tokenizer(folder: Path):

@@ -162,7 +162,7 @@ def main(quick: bool = False) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="nanochat-bench-") as tmp:
         base = Path(tmp)
         data = base / "base_data_climbmix"
-        from nanostream.text.sample import write_sample
+        from demo.sample import write_sample
 
         write_sample(data, shards=4)
         env = {**os.environ, "NANOCHAT_BASE_DIR": str(base), "NANOCHAT_DIR": root, "PYTHONPATH": root}

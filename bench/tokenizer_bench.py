@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 import psutil
 import rustbpe
+from demo.sample import documents
+from demo.tokenizer import train_with_stats
 
 from bench.common import table
-from nanostream.text.bpe import train_with_stats
 from nanostream.text.fast import REBUILD_CHARS, FastEncoder, from_ranks
 from nanostream.text.load import load_tokenizer
-from nanostream.text.sample import documents
 from nanostream.text.saved import BOS, ranks_text
 from nanostream.text.schemes import NANOCHAT
 from nanostream.text.tokenizer import SPLIT_PATTERN, BPETokenizer

@@ -139,7 +139,7 @@ def ensure_sample(folder: Path, shards: int, say: Callable[[str], None] = _quiet
     if shards < 2:
         raise ConfigError(f"the sample needs >= 2 shards (one train, one validation), got {shards}")
     if not sample_is_complete(folder, shards):
-        from nanostream.text.sample import write_sample
+        from demo.sample import write_sample
 
         say(f"sample: building the sample corpus into {folder} ({shards} shards; once, can take "
             "a minute) ...")

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import demo.sample as sample
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from demo.tokenizer import train_tokenizer
 
-import nanostream.text.sample as sample
 from nanostream.errors import ConfigError
 from nanostream.shards import list_shards, shard_name
 from nanostream.sources.record import read_catalog
-from nanostream.text.bpe import train_tokenizer
 
 from datagen import make_shards
 
@@ -25,8 +25,8 @@ STOPWORDS = set("the a an of to is and in that for it as with be by on not this 
 
 def _cli(args: list[str], base: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NANOSTREAM_BASE_DIR": str(base)}
-    return subprocess.run([sys.executable, "-m", "nanostream.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=110, check=False)
+    return subprocess.run([sys.executable, "-m", "demo.sample", *args], env=env, capture_output=True, text=True,
+                          timeout=110, check=False, cwd=Path(__file__).parents[1])
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -48,7 +48,7 @@ def test_cli_writes_byte_identical_shards(corpus: tuple[Path, list[Path]], tmp_p
     """A second run, in another process via the CLI, gives exactly the same bytes."""
     folder, _ = corpus
     other = tmp_path / "again"
-    res = _cli(["sample", str(other), "--shards", "3"], tmp_path)
+    res = _cli([str(other), "--shards", "3"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines() == [f"wrote 3 sample shards to {other} (validation: shard_00002.parquet)"]
     assert _digests(other) == _digests(folder)
@@ -102,7 +102,7 @@ def test_text_is_english_and_deduplicated(corpus: tuple[Path, list[Path]]) -> No
 
 @pytest.mark.slow
 def test_cli_rejects_one_shard(tmp_path: Path) -> None:
-    res = _cli(["sample", str(tmp_path / "s"), "--shards", "1"], tmp_path)
+    res = _cli([str(tmp_path / "s"), "--shards", "1"], tmp_path)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--shards" in lines[0] and "Traceback" not in res.stderr

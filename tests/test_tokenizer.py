@@ -1,4 +1,4 @@
-"""ByteTokenizer, BPE training/encoding, the saved format and its error cases, and the CLI."""
+"""ByteTokenizer, BPE encoding (trained by the demo's rustbpe trainer), the saved format and its error cases."""
 
 from __future__ import annotations
 
@@ -9,24 +9,21 @@ import os
 import pickle
 import random
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiktoken.load
+from demo.tokenizer import train_tokenizer, train_with_stats
 
-from nanostream.errors import ConfigError, CorruptShardError, TokenizerError
+from nanostream.errors import ConfigError, TokenizerError
 from nanostream.shards import shard_name
-from nanostream.text.bpe import iter_shard_texts, train_tokenizer, train_with_stats
 from nanostream.text.load import load_tokenizer
-from nanostream.text.saved import BOS, CONFIG_NAME, RANKS_NAME
+from nanostream.text.saved import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN
 from nanostream.text.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, _balanced_chunks
 
-from datagen import make_shards, write_shard
+from datagen import make_shards
 
 TRICKY = [
     "",
@@ -40,6 +37,10 @@ TRICKY = [
     "\x00\x01 control chars \x7f",
     "x" * 5000,
 ]
+
+
+def shard_texts(paths) -> list[str]:
+    return [t for p in paths for t in pq.read_table(p, columns=["text"]).column(0).to_pylist() if t]
 
 
 def rich_texts(n: int = 400, seed: int = 0) -> list[str]:
@@ -63,7 +64,7 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tok(shard_dir: Path) -> BPETokenizer:
     paths = [shard_dir / shard_name(i) for i in (0, 1)]
-    texts = list(iter_shard_texts(paths)) + rich_texts()
+    texts = shard_texts(paths) + rich_texts()
     return train_tokenizer(texts, vocab_size=1000)
 
 
@@ -85,7 +86,7 @@ def test_byte_tokenizer_round_trip() -> None:
 
 
 def test_bpe_trains_on_generated_shards(shard_dir: Path) -> None:
-    texts = list(iter_shard_texts(shard_dir / shard_name(i) for i in (0, 1)))
+    texts = shard_texts(shard_dir / shard_name(i) for i in (0, 1))
     assert len(texts) == 2 * 4 * 64
     tok, used = train_with_stats(texts, vocab_size=512)
     assert used == sum(map(len, texts))
@@ -220,7 +221,7 @@ def test_broken_files_raise_tokenizer_error(saved: Path, breakage: str) -> None:
         load_tokenizer(saved)
     message = str(info.value)
     assert str(saved) in message
-    assert "nanostream tokenizer train" in message
+    assert RETRAIN in message
 
 
 def test_missing_folder_raises(tmp_path: Path) -> None:
@@ -244,77 +245,3 @@ def test_max_chars_caps_training_text() -> None:
     tok, used = train_with_stats(iter(texts), vocab_size=300, max_chars=1234)
     assert used == 1234
     assert tok.vocab_size <= 300
-
-
-def test_unreadable_shards_raise_corrupt_shard_error(tmp_path: Path) -> None:
-    garbage = tmp_path / shard_name(0)
-    garbage.write_bytes(b"PAR1 this is not parquet PAR1")
-    with pytest.raises(CorruptShardError, match=re.escape(str(garbage))):
-        list(iter_shard_texts([garbage]))
-    good = write_shard(tmp_path / shard_name(1), 1, 1, 4)
-    with pytest.raises(CorruptShardError, match="no string column 'body'"):
-        list(iter_shard_texts([good], column="body"))
-
-
-# --- CLI (subprocesses) -------------------------------------------------------------------------
-
-def _cli(args: list[str], base: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NANOSTREAM_BASE_DIR": str(base)}
-    return subprocess.run([sys.executable, "-m", "nanostream.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=100, check=False)
-
-
-@pytest.mark.slow
-def test_cli_trains_and_saves(shard_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    res = _cli(["tokenizer", "train", "--data-dir", str(shard_dir), "--out", str(out), "--vocab-size", "512"],
-               tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.count("\n") == 1 and str(out) in res.stdout and "vocab" in res.stdout
-    assert "Progress" not in res.stderr  # rustbpe's progress log is quiet without -v
-    tok = load_tokenizer(out)
-    assert tok.vocab_size <= 512
-    # default --out is $NANOSTREAM_BASE_DIR/tokenizer; --max-chars limits the text
-    res = _cli(["tokenizer", "train", "--data-dir", str(shard_dir), "--vocab-size", "300",
-                "--max-chars", "5000"], tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert "5,000 chars" in res.stdout
-    assert load_tokenizer(tmp_path / "tokenizer").vocab_size <= 300
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("case", "code"), [("vocab", 2), ("chars", 2), ("nodata", 1), ("onlyval", 1),
-                                            ("corrupt", 1)])
-def test_cli_bad_input_one_line(tmp_path: Path, case: str, code: int) -> None:
-    data = tmp_path / "data"
-    args = ["tokenizer", "train", "--data-dir", str(data)]
-    if case == "vocab":
-        args += ["--vocab-size", "100"]
-    elif case == "chars":
-        args += ["--max-chars", "0"]
-    elif case == "onlyval":
-        make_shards(data, 1)
-    elif case == "corrupt":
-        make_shards(data, 3)
-        (data / shard_name(1)).write_bytes(b"garbage")
-    res = _cli(args, tmp_path)
-    assert res.returncode == code, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nanostream: error:"), res.stderr
-    assert "Traceback" not in res.stderr
-    if case == "corrupt":
-        assert shard_name(1) in lines[0]
-
-
-@pytest.mark.slow
-def test_cli_trains_on_any_folders_train_files_never_validation(tmp_path: Path) -> None:
-    """A folder of a catalog (nested paths, splits named as the Hub names them): only train files are read."""
-    data = tmp_path / "data"
-    (data / "data").mkdir(parents=True)
-    write_shard(data / "data" / "train-00000.parquet", 0, row_groups=2, rows=50)
-    pq.write_table(pa.table({"text": ["zzzz qqqq " * 50] * 20}), data / "data" / "validation-00000.parquet")
-    res = _cli(["tokenizer", "train", "--data-dir", str(data), "--vocab-size", "300", "--out", str(tmp_path / "t")],
-               tmp_path)
-    assert res.returncode == 0, res.stderr
-    tok = load_tokenizer(tmp_path / "t")
-    assert len(tok.encode("zzzz qqqq")) > 4  # the validation text was never learned from

@@ -20,16 +20,16 @@ import pytest
 import tiktoken
 import tokenizers
 import torch
+from demo.sample import documents
+from demo.tokenizer import train_tokenizer
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
 from nanostream import Ranks, TokenDataset
 from nanostream.errors import TokenizerError
 from nanostream.text import schemes
-from nanostream.text.bpe import train_tokenizer
 from nanostream.text.fast import FastEncoder, from_ranks
 from nanostream.text.hf import HFTokenizer
 from nanostream.text.load import load_tokenizer
-from nanostream.text.sample import documents
 from nanostream.text.saved import ranks_text
 from nanostream.text.tokenizer import BPETokenizer
 

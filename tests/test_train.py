@@ -296,7 +296,7 @@ def test_progress_is_printed_before_building_the_sample(tmp_path: Path, monkeypa
         assert said and said[-1].startswith("sample: building the sample corpus")
         return make_shards(out_dir, shards, row_groups=1, rows=4)
 
-    monkeypatch.setattr("nanostream.text.sample.write_sample", fake_write)
+    monkeypatch.setattr("demo.sample.write_sample", fake_write)
     source.ensure_sample(folder, 2, said.append)
     assert said[-1].startswith("sample: built in")
     said.clear()

@@ -81,17 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evict files that can be fetched again (never one in use) until each folder takes at "
                    "most SIZE: bytes, 40GB, 500MiB or 75%% of its filesystem (default: evict nothing)")
 
-    sm = sub.add_parser("sample", help="write the embedded offline sample corpus", formatter_class=_Help)
-    sm.add_argument("dir", type=Path, help="folder to write shards into")
-    sm.add_argument("--shards", type=int, default=4, help="number of shards, the last one is validation")
-
-    t = sub.add_parser("tokenizer", help="BPE tokenizer tools", formatter_class=_Help)
-    tsub = t.add_subparsers(dest="tok_command", required=True, parser_class=_Parser)
-    tt = tsub.add_parser("train", help="train a BPE tokenizer on train shards", formatter_class=_Help)
-    tt.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size incl. special tokens")
-    tt.add_argument("--max-chars", type=int, default=20_000_000, help="characters of text to train on")
-    tt.add_argument("--data-dir", type=Path, default=None, help="shard folder (default: $NANOSTREAM_BASE_DIR/data/fineweb-edu-100b)")
-    tt.add_argument("--out", type=Path, default=None, help="output folder (default: $NANOSTREAM_BASE_DIR/tokenizer)")
     return p
 
 
@@ -110,18 +99,6 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         from .streaming.cache.command import run_cache
 
         return run_cache(args.dir, args.prune_to, cfg.cache_policy)
-    if args.command == "sample":
-        from .text.sample import write_sample
-
-        if args.shards < 2:
-            raise ConfigError(f"--shards must be >= 2 (one train, one validation), got {args.shards}")
-        paths = write_sample(args.dir, shards=args.shards)
-        print(f"wrote {len(paths)} sample shards to {args.dir} (validation: {paths[-1].name})")
-        return EXIT_OK
-    if args.command == "tokenizer":
-        from .text.bpe import train_tokenizer_cli
-
-        return train_tokenizer_cli(args, cfg)
     raise AssertionError(args.command)
 
 

@@ -19,7 +19,7 @@ BOS = "<|bos|>"
 SPECIAL_TOKENS: tuple[str, ...] = (BOS,)  # nanostream's tokenizers have these, right after the ranks
 FORMAT, FORMAT_VERSION = "nanostream-bpe", 1
 CONFIG_NAME, RANKS_NAME = "tokenizer.json", "ranks.tiktoken"
-RETRAIN = "run `nanostream tokenizer train` to train it again"
+RETRAIN = "save the tokenizer again (BPETokenizer.save)"
 
 
 def ranks_text(ranks: Mapping[bytes, int]) -> bytes:

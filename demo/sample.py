@@ -1,9 +1,10 @@
-"""The offline sample corpus (``nanostream sample DIR``): the docstrings of the standard library and of
+"""The demo's offline sample corpus (``python -m demo.sample DIR [--shards N]``): the docstrings of the standard library and of
 ``PACKAGES`` (parsed, never imported) and pydoc's topics, cleaned, deduplicated and ordered by a hash of
 their text, written as ``shard_XXXXX.parquet`` files, the last one validation."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import importlib.util
@@ -11,6 +12,7 @@ import logging
 import math
 import os
 import re
+import sys
 import sysconfig
 import time
 import warnings
@@ -21,10 +23,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError, ShardError
-from ..shards import BOOKKEEPING_PREFIX, list_shards, shard_name, write_bytes
-from ..sources.catalog import numbered_catalog
-from ..sources.record import read_catalog, write_catalog
+from nanostream.errors import ConfigError, NanostreamError, ShardError
+from nanostream.shards import BOOKKEEPING_PREFIX, list_shards, shard_name, write_bytes
+from nanostream.sources.catalog import numbered_catalog
+from nanostream.sources.record import read_catalog, write_catalog
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +207,23 @@ def write_sample(out_dir: Path, shards: int = 4, *, docs_per_group: int = 1024) 
     log.debug("sample: %d documents, %d chars in %d shards under %s",
               len(docs), sum(map(len, docs)), shards, out_dir)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m demo.sample", description="Write the offline sample corpus.")
+    p.add_argument("dir", type=Path, help="folder to write shards into")
+    p.add_argument("--shards", type=int, default=4, help="number of shards, the last one is validation")
+    args = p.parse_args(argv)
+    try:
+        if args.shards < 2:
+            raise ConfigError(f"--shards must be >= 2 (one train, one validation), got {args.shards}")
+        paths = write_sample(args.dir, shards=args.shards)
+    except NanostreamError as exc:
+        print(f"demo.sample: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    print(f"wrote {len(paths)} sample shards to {args.dir} (validation: {paths[-1].name})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
