@@ -44,10 +44,9 @@ from demo.sample import documents
 from demo.tokenizer import train_with_stats
 
 from bench.common import table
-from nanostream.text.fast import REBUILD_CHARS, FastEncoder, from_ranks
+from nanostream.text.fast import NANOCHAT, REBUILD_CHARS, FastEncoder, from_ranks
 from nanostream.text.load import load_tokenizer
 from nanostream.text.saved import BOS, ranks_text
-from nanostream.text.schemes import NANOCHAT
 from nanostream.text.tokenizer import SPLIT_PATTERN, BPETokenizer
 
 VOCAB = 8192

@@ -26,9 +26,8 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
 from nanostream import Ranks, TokenDataset
 from nanostream.errors import TokenizerError
-from nanostream.text import schemes
-from nanostream.text.fast import FastEncoder, from_ranks
-from nanostream.text.hf import HFTokenizer
+from nanostream.text.fast import FAST_SCHEMES, FastEncoder, from_ranks
+from nanostream.text.formats import HFTokenizer
 from nanostream.text.load import load_tokenizer
 from nanostream.text.saved import ranks_text
 from nanostream.text.tokenizer import BPETokenizer
@@ -103,7 +102,7 @@ def test_mismatch_falls_back_to_tiktoken_once(nanochat, monkeypatch: pytest.Monk
                                               caplog: pytest.LogCaptureFixture) -> None:
     """If the fast scheme gives other ids on the identity sample, tiktoken encodes (said once), or
     encoder="gigatoken" refuses."""
-    monkeypatch.setitem(schemes.FAST_SCHEMES, NANOCHAT_PATTERN, ("gpt4", False))  # no digit cut: wrong on numbers
+    monkeypatch.setitem(FAST_SCHEMES, NANOCHAT_PATTERN, ("gpt4", False))  # no digit cut: wrong on numbers
     enc = nanochat.enc
     args = {"pattern": enc._pat_str, "special_tokens": enc._special_tokens, "origin": "mismatch-test"}
     with caplog.at_level(logging.WARNING):

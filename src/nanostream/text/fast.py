@@ -1,10 +1,6 @@
-"""The fast encoder: gigatoken (Rust BPE) as flat arrays with bounded memory, used only where a load-time
-check on a fixed sample shows it gives the reference library's ids.
-
-gigatoken is imported here only. No special token is ever registered with it, so document text is
-encoded as text. Its cache of encoded pieces never shrinks, so the encoder is rebuilt every
-``REBUILD_CHARS`` characters and the freed memory handed back to the OS.
-"""
+"""The split regexes by name, and the fast encoder: gigatoken (imported here only, no special token ever
+registered) as flat arrays, rebuilt every ``REBUILD_CHARS`` characters to bound its cache, used only where a
+load-time check on a fixed sample gives the reference library's ids."""
 
 from __future__ import annotations
 
@@ -19,10 +15,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .schemes import digit_pieces
+import regex
 
 REBUILD_CHARS = 32_000_000  # characters encoded between two rebuilds of the encoder (bounds its cache)
+
+# GPT-4-style pre-split of nanostream's and nanochat's trainer (rustbpe's default): contractions,
+# letter runs, 1-3 digit groups, punctuation runs, whitespace.
+NANOSTREAM = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+# nanochat's tokenizer.py: the same with 1-2 digit groups
+NANOCHAT = NANOSTREAM.replace(r"\p{N}{1,3}", r"\p{N}{1,2}")
+# tiktoken_ext.openai_public (the patterns of OpenAI's public encodings)
+R50K = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+CL100K = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$"""
+          r"""|\s*[\r\n]|\s+(?!\S)|\s""")
+O200K = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""", r"""\s+(?!\S)""", r"""\s+""",
+])
+PATTERNS = {"gpt2": R50K, "r50k_base": R50K, "cl100k_base": CL100K, "o200k_base": O200K,
+            "nanostream": NANOSTREAM, "nanochat": NANOCHAT}
+# regex -> (gigatoken pre-tokenizer, cut digit runs into pairs first: ``digit_pieces``)
+FAST_SCHEMES = {R50K: ("gpt2", False), CL100K: ("gpt4", False), NANOSTREAM: ("gpt4", False),
+                O200K: ("o200k", False), NANOCHAT: ("gpt4", True)}
+_RUN = regex.compile(r"\p{N}{3,}")
 
 
 def from_ranks(ranks_file: bytes, scheme: str) -> Any:
@@ -49,7 +68,7 @@ _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.s
 class FastEncoder:
     """A gigatoken encoder made by ``build()`` (``partial(from_ranks, ...)`` or ``partial(from_json, ...)``),
     rebuilt every ``rebuild_chars`` characters; thread-safe. ``digit_cut``: cut digit runs into pairs first
-    (``schemes.digit_pieces``). Pickles as its builder."""
+    (``digit_pieces``). Pickles as its builder."""
 
     def __init__(self, build: Callable[[], Any], *, digit_cut: bool = False,
                  rebuild_chars: int = REBUILD_CHARS) -> None:
@@ -89,6 +108,33 @@ class FastEncoder:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return partial(FastEncoder, digit_cut=self.digit_cut, rebuild_chars=self.rebuild_chars), (self._build,)
+
+
+def digit_pieces(texts: Sequence[str]) -> tuple[list[str], list[int]] | None:
+    """``texts`` with every run of 3+ ``\\p{N}`` characters cut after its 2nd, 4th, ... character (the
+    run's first two stay with the text before it), and each text's number of pieces; None when no text
+    has such a run. The pieces encoded with ``\\p{N}{1,3}`` give the texts' ``\\p{N}{1,2}`` ids."""
+    pieces: list[str] = []
+    counts: list[int] = []
+    cut_any = False
+    search = _RUN.search
+    for text in texts:
+        m = search(text)
+        if m is None:
+            pieces.append(text)
+            counts.append(1)
+            continue
+        cut_any = True
+        n0, last = len(pieces), 0
+        while m is not None:
+            a, b = m.span()
+            for cut in range(a + 2, b, 2):
+                pieces.append(text[last:cut])
+                last = cut
+            m = search(text, b)
+        pieces.append(text[last:])
+        counts.append(len(pieces) - n0)
+    return (pieces, counts) if cut_any else None
 
 
 # -- the identity check: texts on which split patterns and encoders disagree ------------------------

@@ -1,6 +1,5 @@
-"""``load_tokenizer`` and ``as_tokenizer``: the one way in for every tokenizer a user has (a file, a folder or
-an object); each format is read in its own module (``saved.py``, ``pickled.py``, ``hf.py``), a ``.tiktoken``
-rank file here."""
+"""``load_tokenizer`` and ``as_tokenizer``, the one way in for every tokenizer a user has (file, folder, object);
+``.tiktoken`` rank files are read here, the other formats in ``saved.py`` and ``formats.py``."""
 
 from __future__ import annotations
 
@@ -10,15 +9,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import regex
 import tiktoken
 
 from ..errors import TokenizerError
-from .hf import HFTokenizer
-from .pickled import read_encoding_state
+from .fast import PATTERNS
+from .formats import HFTokenizer, read_encoding_state
 from .saved import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN, parse_ranks, read_folder, read_json
-from .schemes import ENDOFTEXT, OPENAI_SHA256, OPENAI_SPECIALS, split_pattern
 from .tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
 
+ENDOFTEXT, ENDOFPROMPT = "<|endoftext|>", "<|endofprompt|>"
+OPENAI_SPECIALS = {
+    "r50k_base": {ENDOFTEXT: 50256},
+    "gpt2": {ENDOFTEXT: 50256},
+    "cl100k_base": {ENDOFTEXT: 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
+                    "<|fim_suffix|>": 100260, ENDOFPROMPT: 100276},
+    "o200k_base": {ENDOFTEXT: 199999, ENDOFPROMPT: 200018},
+}
+# sha256 of the rank files OpenAI publishes (tiktoken_ext.openai_public): a truncated copy is caught
+OPENAI_SHA256 = {
+    "r50k_base": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+}
 PICKLE_NAME = "tokenizer.pkl"
 EXPECTED = ("a nanostream tokenizer folder, nanochat's tokenizer folder or tokenizer.pkl, a Hugging Face "
             'tokenizer.json, a .tiktoken rank file, or "byte"')
@@ -26,11 +39,9 @@ EXPECTED = ("a nanostream tokenizer folder, nanochat's tokenizer folder or token
 
 def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = None,
                    num_threads: int | None = None, encoder: str = "auto") -> Tokenizer:
-    """The tokenizer at ``path``: ``"byte"``, a folder holding ``tokenizer.json`` (nanostream's or Hugging
-    Face's) or nanochat's ``tokenizer.pkl``, one of those files, or a ``.tiktoken`` rank file; or an object
-    (``as_tokenizer``). ``bos``: the BOS token's text where the format has no ``<|bos|>``; ``scheme``: a
-    ``.tiktoken`` file's split regex or its name in ``schemes.PATTERNS``; ``encoder``: ``"auto"``,
-    ``"gigatoken"`` or ``"tiktoken"`` (``FastOrReference._choose_encoder``)."""
+    """The tokenizer at ``path`` (``EXPECTED``), or the object ``path`` (``as_tokenizer``). ``bos``: its BOS where
+    the format has no ``<|bos|>``; ``scheme``: a ``.tiktoken`` file's split regex or its name in ``PATTERNS``;
+    ``encoder``: ``"auto"``, ``"gigatoken"`` or ``"tiktoken"``."""
     kw: dict[str, Any] = {"num_threads": num_threads, "encoder": encoder}
     if isinstance(path, str) and path == "byte":
         return ByteTokenizer()
@@ -74,8 +85,8 @@ def _json_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
 
 
 def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str, Any]) -> Tokenizer:
-    """A ``.tiktoken`` rank file: OpenAI's (checked against its published sha256, with its special tokens),
-    or any other with BOS given the id after the ranks."""
+    """A ``.tiktoken`` rank file: OpenAI's (its sha256 checked, its special tokens), or another with BOS after
+    the ranks."""
     name = path.name.removesuffix(".tiktoken")
     pattern = split_pattern(scheme, name, path)
     try:
@@ -95,6 +106,26 @@ def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str
     return BPETokenizer(ranks, pattern=pattern, special_tokens=specials, bos=bos, origin=str(path), **kw)
 
 
+def split_pattern(scheme: str | None, name: str, path: Path) -> str:
+    """The split regex of the ``.tiktoken`` file ``path`` named ``name``: ``scheme``'s, else OpenAI's for its name."""
+    names = ", ".join(PATTERNS)
+    if scheme is None:
+        if name in OPENAI_SPECIALS:
+            return PATTERNS[name]
+        raise TokenizerError(f"{path} does not say how to split text before BPE: pass scheme= one of {names}, or "
+                             f"the split regex itself (e.g. load_tokenizer({str(path)!r}, scheme='cl100k_base'))")
+    if scheme in PATTERNS:
+        return PATTERNS[scheme]
+    if regex.fullmatch(r"[\w.-]+", scheme):
+        raise TokenizerError(f"unknown split scheme {scheme!r} for {path}: use one of {names}, or pass the split "
+                             "regex itself")
+    try:
+        regex.compile(scheme)
+    except regex.error as exc:
+        raise TokenizerError(f"split scheme for {path} is neither one of {names} nor a valid regex ({exc})") from exc
+    return scheme
+
+
 class CallTokenizer:
     """An object with nanochat's tokenizer methods (``get_bos_token_id``, ``get_vocab_size``,
     ``encode(texts)``, ``decode``) as a ``Tokenizer``; its ``encode`` decides how text is split."""
@@ -112,10 +143,8 @@ class CallTokenizer:
 
 def as_tokenizer(obj: Any, *, bos: str | None = None, num_threads: int | None = None,
                  encoder: str = "auto") -> Tokenizer:
-    """``obj`` as a ``Tokenizer`` (what ``TokenDataset`` calls): a path goes to ``load_tokenizer``; a
-    ``Tokenizer`` stays as it is; a ``tiktoken.Encoding``, nanochat's tokenizer object (its ``.enc``) and a
-    ``tokenizers.Tokenizer`` get nanostream's encoders; any other object with nanochat's methods is called
-    as it is (``CallTokenizer``). A TokenizerError for anything else."""
+    """``obj`` as a ``Tokenizer``: a path is loaded, a ``Tokenizer`` kept, a ``tiktoken.Encoding``, nanochat's
+    object or a ``tokenizers.Tokenizer`` gets nanostream's encoders, another with nanochat's methods is called."""
     if isinstance(obj, (str, os.PathLike)):
         return load_tokenizer(obj, bos=bos, num_threads=num_threads, encoder=encoder)
     if all(hasattr(obj, n) for n in ("bos_id", "vocab_size", "encode_batch")):

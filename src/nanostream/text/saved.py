@@ -1,6 +1,5 @@
-"""nanostream's own tokenizer folder, written and read: ``ranks.tiktoken`` (tiktoken's rank-file format,
-``base64(token) rank`` lines) and ``tokenizer.json`` (the split pattern, the special tokens, the ranks'
-sha256); the layout is in docs/tokenizer.md. Also the readers every file format shares."""
+"""nanostream's own tokenizer folder, written and read (``ranks.tiktoken`` and ``tokenizer.json``, laid out in
+docs/tokenizer.md), and the readers every file format shares."""
 
 from __future__ import annotations
 
@@ -56,8 +55,7 @@ def read_json(path: Path, hint: str) -> Any:
 
 def save_folder(directory: Path, ranks: Mapping[bytes, int], pattern: str, special_tokens: Mapping[str, int],
                 vocab_size: int) -> Path:
-    """Write ``ranks.tiktoken``, then ``tokenizer.json`` (the commit point), each atomically, into
-    ``directory``; return it."""
+    """Write ``ranks.tiktoken``, then ``tokenizer.json`` (the commit point), each atomically, into ``directory``."""
     data = ranks_text(ranks)
     config = {"format": FORMAT, "version": FORMAT_VERSION, "pattern": pattern,
               "special_tokens": dict(special_tokens), "vocab_size": vocab_size, "num_ranks": len(ranks),
@@ -78,29 +76,30 @@ FIELDS = {"pattern": str, "special_tokens": dict, "vocab_size": int, "num_ranks"
 def read_folder(config: Any, config_path: Path) -> tuple[dict[bytes, int], str]:
     """The ranks and split pattern of the folder whose ``tokenizer.json`` at ``config_path`` parsed as
     ``config``, every field and the ranks' sha256 checked; a TokenizerError naming the file if one is wrong."""
+
+    def bad(why: str) -> TokenizerError:
+        return TokenizerError(f"{config_path}{why}; {RETRAIN}")
+
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise TokenizerError(f"{config_path} is not a nanostream BPE tokenizer file; {RETRAIN}")
+        raise bad(" is not a nanostream BPE tokenizer file")
     if config.get("version") != FORMAT_VERSION:
-        raise TokenizerError(f"{config_path} has format version {config.get('version')!r}, this nanostream reads "
-                             f"version {FORMAT_VERSION}; {RETRAIN}")
+        raise bad(f" has format version {config.get('version')!r}, this nanostream reads version {FORMAT_VERSION}")
     for key, kind in FIELDS.items():
         if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
-            raise TokenizerError(f"{config_path}: field {key!r} is missing or not a {kind.__name__}; {RETRAIN}")
+            raise bad(f": field {key!r} is missing or not a {kind.__name__}")
     pattern, specials, vocab_size, num_ranks, ranks_file, sha = (config[key] for key in FIELDS)
     if Path(ranks_file).name != ranks_file or ranks_file.startswith("."):
-        raise TokenizerError(f"{config_path}: ranks_file {ranks_file!r} must be a plain file name; {RETRAIN}")
+        raise bad(f": ranks_file {ranks_file!r} must be a plain file name")
     ranks_path = config_path.parent / ranks_file
     try:
         data = ranks_path.read_bytes()
     except OSError as exc:
-        raise TokenizerError(f"cannot read {ranks_path} ({exc}); {RETRAIN}") from exc
+        raise bad(f": cannot read {ranks_path} ({exc})") from exc
     if hashlib.sha256(data).hexdigest() != sha:
-        raise TokenizerError(f"{ranks_path} does not match the sha256 in {config_path} "
-                             f"(truncated or modified); {RETRAIN}")
+        raise bad(f": {ranks_path} does not match its sha256 (truncated or modified)")
     ranks = parse_ranks(data, ranks_path, RETRAIN)
     expected = {tok: num_ranks + i for i, tok in enumerate(SPECIAL_TOKENS)}
     if len(ranks) != num_ranks or specials != expected or vocab_size != num_ranks + len(expected):
-        raise TokenizerError(f"{config_path} does not agree with {ranks_path} (num_ranks {num_ranks}, "
-                             f"{len(ranks)} ranks read, vocab_size {vocab_size}, special_tokens {specials}); "
-                             f"{RETRAIN}")
+        raise bad(f" does not agree with {ranks_path} (num_ranks {num_ranks}, {len(ranks)} ranks read, "
+                  f"vocab_size {vocab_size}, special_tokens {specials})")
     return ranks, pattern

@@ -17,9 +17,8 @@ import tiktoken
 from ..errors import TokenizerError
 from ..sources.catalog import say_once
 from . import saved
-from .fast import FastEncoder, exact_encoder, from_ranks
+from .fast import FAST_SCHEMES, NANOSTREAM, FastEncoder, exact_encoder, from_ranks
 from .saved import BOS
-from .schemes import FAST_SCHEMES, NANOSTREAM
 
 SPLIT_PATTERN = NANOSTREAM
 ENCODERS = ("auto", "gigatoken", "tiktoken")
@@ -28,14 +27,7 @@ MIN_TEXTS_PER_THREAD = 16  # fewer texts than this per thread: encode them on th
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What TokenDataset needs from a tokenizer.
-
-    ``bos_id`` (the loader places it before every document), ``vocab_size`` (ids are
-    ``0..vocab_size-1``) and ``encode_batch(texts)``: each text's ids, no BOS, and never a special
-    token's id for text that looks like one. Optional and faster: ``encode_flat(texts) -> (tokens,
-    offsets)``, every text's ids in one integer array, text ``i`` at ``tokens[offsets[i]:offsets[i+1]]``.
-    ``decode`` is for people.
-    """
+    """What TokenDataset needs from a tokenizer (the contract, and the optional ``encode_flat``: docs/tokenizer.md)."""
 
     @property
     def bos_id(self) -> int: ...
@@ -85,7 +77,7 @@ class ByteTokenizer:
 
 class FastOrReference:
     """Base of ``BPETokenizer`` and ``HFTokenizer``: encodes with ``fast`` (gigatoken) where it gives the
-    reference library's ids, else with ``_reference_batch``; ``encoder_name`` says which runs."""
+    reference library's ids, else with ``_reference_batch``."""
 
     reference_name = "tiktoken"
     origin = "tokenizer"
@@ -94,8 +86,7 @@ class FastOrReference:
     def _choose_encoder(self, encoder: str, build: Callable[[], FastEncoder], specials: Iterable[str],
                         unfit: str | None = None) -> None:
         """Set ``fast`` for ``encoder``: ``"auto"`` (gigatoken where exact, else the reference, said once),
-        ``"gigatoken"`` (that or a TokenizerError) or ``"tiktoken"`` (the reference). ``unfit``: why
-        gigatoken cannot encode this tokenizer at all."""
+        ``"gigatoken"`` (or a TokenizerError) or ``"tiktoken"``; ``unfit``: why gigatoken cannot encode it."""
         if encoder not in ENCODERS:
             raise TokenizerError(f"unknown encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
         self.fast, why = None, unfit
@@ -138,9 +129,8 @@ def default_threads() -> int:
 
 
 class BPETokenizer(FastOrReference):
-    """Byte-level BPE: ``ranks`` (token bytes -> id), a split ``pattern`` and ``special_tokens`` (name -> id;
-    default: ``<|bos|>`` right after the ranks), ``bos`` one of them. ``encoder``: see ``_choose_encoder``;
-    tiktoken encodes on up to ``num_threads`` threads. ``origin`` names it in errors."""
+    """Byte-level BPE: ``ranks`` (token bytes -> id), a split ``pattern``, ``special_tokens`` (default: ``<|bos|>``
+    after the ranks) and ``bos`` one of them; tiktoken encodes on up to ``num_threads`` threads."""
 
     def __init__(self, ranks: Mapping[bytes, int], *, pattern: str = SPLIT_PATTERN,
                  special_tokens: Mapping[str, int] | None = None, bos: str = BOS, num_threads: int | None = None,
@@ -187,18 +177,15 @@ class BPETokenizer(FastOrReference):
         return self._enc.encode_ordinary(text)
 
     def _reference_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """tiktoken on up to ``num_threads`` threads (it releases the GIL), each thread one contiguous run of
-        texts of about equal total length: fewer hand-offs than ``encode_ordinary_batch``."""
-        texts = list(texts)
+        """tiktoken on up to ``num_threads`` threads (it releases the GIL), one run of texts of about equal
+        length each: fewer hand-offs than ``encode_ordinary_batch``."""
+        texts, encode = list(texts), self._enc.encode_ordinary
         threads = min(self.num_threads, len(texts) // MIN_TEXTS_PER_THREAD)
         if threads <= 1:
-            return [self._enc.encode_ordinary(t) for t in texts]
+            return [encode(t) for t in texts]
         with ThreadPoolExecutor(threads, thread_name_prefix="nanostream-bpe") as pool:
-            parts = list(pool.map(self._encode_all, _balanced_chunks(texts, threads)))
-        return [ids for part in parts for ids in part]
-
-    def _encode_all(self, texts: list[str]) -> list[list[int]]:
-        return [self._enc.encode_ordinary(t) for t in texts]
+            parts = pool.map(lambda run: [encode(t) for t in run], _balanced_chunks(texts, threads))
+            return [ids for part in parts for ids in part]
 
     def decode(self, ids: Sequence[int]) -> str:
         try:
