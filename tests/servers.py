@@ -82,8 +82,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from nanostream.serve.files import ShardFiles
-from nanostream.serve.httpfile import CHUNK, iter_file
+from nanostream.serve.files import CHUNK, ShardFiles, iter_file
 from nanostream.serve.server import FILES_KEY, make_app
 
 BODY_FAULTS = ("drop", "short", "stall", "flip")

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from nanostream.errors import ConfigError, DatasetError
-from nanostream.serve.httpfile import parse_range
+from nanostream.serve.files import parse_range
 from nanostream.serve.listener import Limits
 from nanostream.serve.server import make_app, open_mirror
 

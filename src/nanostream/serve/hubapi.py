@@ -1,16 +1,18 @@
-"""The Hub API that ``nanostream serve`` answers for a folder fetched from an ``hf://`` dataset.
-
-With ``HF_ENDPOINT`` at the mirror, nanostream, ``huggingface_hub`` and ``datasets`` list and download
-the recorded commit as from the Hub (routes and answers: docs/serve.md). ``hubrequest.py`` reads and
-checks each request and makes the JSON errors; ``hubtree.py`` makes the git tree entries.
-"""
+"""The Hub API that ``nanostream serve`` answers for a folder fetched from an ``hf://`` dataset: with
+``HF_ENDPOINT`` at the mirror, nanostream, ``huggingface_hub`` and ``datasets`` list and download the recorded
+commit as from the Hub (routes and answers: docs/serve.md). Bad requests get the Hub's JSON errors; no request
+text ever goes into a response header."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlencode
 
 from aiohttp import web
 
@@ -19,13 +21,101 @@ from ..sources.catalog import Catalog
 from ..sources.hub import parse_hub_url
 from ..sources.record import read_catalog
 from .files import ShardFiles
-from .hubrequest import asked_paths, cursor_start, hub_error, next_link, quoted, target
 from .hubtree import Held, Tree, blob_oid_of_file, build_tree, listing
 
+HUB_ROUTES = ("api", "datasets")  # the first part of the paths the Hub API answers
+FORM_TYPES = ("", "application/x-www-form-urlencoded")
+_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 PREFIX = "hf://datasets/"
 PAGE_SIZE = 1000  # tree entries a page, as the Hub
 EXPANDED_PAGE_SIZE = 50
 REST = r"{rest:[\s\S]+}"  # the rest of the path, a quoted newline (%0A) included: it reaches the 404s below
+
+
+def quoted(text: object, n: int = 120) -> str:
+    """``text`` as Python writes it (control characters escaped), clipped to about ``n`` characters."""
+    r = repr(text)
+    return r if len(r) <= n else r[:n] + "..."
+
+
+def hub_error(cls: type[web.HTTPException], message: str, *, code: str | None = None,
+              commit: str | None = None) -> web.HTTPException:
+    """An HTTP error of class ``cls`` with the JSON body ``{"error": message}``; ``code`` goes to
+    ``X-Error-Code`` (a fixed name, never request text), ``commit`` to ``X-Repo-Commit``."""
+    headers = {k: v for k, v in (("X-Error-Code", code), ("X-Repo-Commit", commit)) if v}
+    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+
+
+def bad_request(message: str) -> web.HTTPException:
+    return hub_error(web.HTTPBadRequest, message)
+
+
+async def asked_paths(request: web.Request) -> list[str]:
+    """The ``paths`` of a paths-info body: JSON ``{"paths": [...]}`` (or one string), or a form with ``paths=``
+    repeated; 400 for anything else of those types, 415 for another type, 413 past aiohttp's size limit."""
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except (ValueError, LookupError) as exc:  # not JSON, not in its charset, or an unknown charset
+            raise bad_request(f"the body is not JSON ({quoted(str(exc), 80)}); send {{\"paths\": [...]}}") from None
+        if not isinstance(body, dict) or "paths" not in body:
+            raise bad_request("the JSON body must be an object with a list of strings under \"paths\"")
+        paths = body["paths"]
+    elif request.content_type in FORM_TYPES:
+        try:
+            paths = (await request.post()).getall("paths", None)
+        except (ValueError, LookupError) as exc:
+            raise bad_request(f"the form cannot be read ({quoted(str(exc), 80)}); send paths=...&paths=...") from None
+        if paths is None:
+            raise bad_request("the form has no paths= field")
+    else:
+        raise hub_error(web.HTTPUnsupportedMediaType, f"a paths-info body is JSON or a urlencoded form, not "
+                        f"{quoted(request.content_type, 60)}")
+    paths = [paths] if isinstance(paths, str) else paths
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise bad_request(f"paths must be a list of strings, got {quoted(paths, 80)}")
+    return paths
+
+
+def cursor_start(request: web.Request) -> int:
+    """Where a tree page starts: 0, or the entry a ``cursor`` from an earlier page's ``Link`` names."""
+    cursor = request.query.get("cursor")
+    if not cursor:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode()).decode()
+        if text.isascii() and text.isdigit():
+            return int(text)
+    except ValueError:  # not base64 (binascii.Error), not UTF-8, or past int's 4300 digits
+        pass
+    raise bad_request(f"bad cursor {quoted(cursor, 80)}: use the Link of the previous page")
+
+
+def next_link(request: web.Request, route: str, start: int, params: dict[str, str]) -> str:
+    """The ``Link`` header to the page at ``start`` of ``route`` (a path the mirror built and quoted)."""
+    host = request.headers.get("Host", "")
+    if not _HOST.fullmatch(host):  # the client's Host is echoed only when it is a plain host[:port]
+        sock = request.get_extra_info("sockname") or ("127.0.0.1", 0)
+        host = f"[{sock[0]}]:{sock[1]}" if ":" in str(sock[0]) else f"{sock[0]}:{sock[1]}"
+    scheme = "https" if request.secure else "http"
+    query = urlencode({**params, "cursor": base64.urlsafe_b64encode(str(start).encode()).decode()})
+    return f'<{scheme}://{host}{route}?{query}>; rel="next"'
+
+
+@web.middleware
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every 4xx under the Hub's routes (the file server's refusals, 405, 413, 416 included) gets a JSON
+    ``{"error": ...}`` body, its headers kept."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if not (400 <= exc.status < 500 and request.path.split("/")[1] in HUB_ROUTES) or \
+                exc.content_type == "application/json":
+            raise
+        text = (exc.text or exc.reason or "").strip()
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.json_response({"error": text}, status=exc.status, headers=headers)
 
 
 class HubMirror:
@@ -62,16 +152,20 @@ class HubMirror:
         app.router.add_get("/datasets/{org}/{name}/resolve/" + REST, self.resolve, allow_head=True)
 
     # -- what the request names ---------------------------------------------------------------
-    def _target(self, request: web.Request, action: str) -> tuple[str, str]:
-        """(revision, path) of ``.../ACTION/REV[/PATH]``; 404 for another repo or an unknown revision."""
-        repo, rev, path = target(request, action)
+    def _target(self, request: web.Request) -> tuple[str, str]:
+        """(revision, path) of ``.../ACTION/REV[/PATH]``, read from the raw path (REV may hold ``%2F``; ``main``
+        where the route has none); 404 for another repo or an unknown revision."""
+        repo = f"{request.match_info['org']}/{request.match_info['name']}"
+        segs = request.raw_path.split("?", 1)[0].split("/")
+        at = 5 if segs[1] == "api" else 4  # segs[at] is ACTION
+        rev = unquote(segs[at + 1]) if at + 1 < len(segs) else "main"
         if repo != self.repo:
             raise hub_error(web.HTTPNotFound, f"Repository {quoted(repo)} not found (this mirror holds {self.repo})",
                             code="RepoNotFound")
         if rev not in self.revisions:
             raise hub_error(web.HTTPNotFound, f"Invalid rev id: {quoted(rev)} (this mirror holds {self.sha})",
                             code="RevisionNotFound")
-        return rev, path
+        return rev, unquote("/".join(segs[at + 2:])).strip("/")
 
     def _missing(self, path: str) -> web.HTTPException:
         return hub_error(web.HTTPNotFound, f"{quoted(path)} does not exist at {self.sha} in this mirror",
@@ -105,9 +199,8 @@ class HubMirror:
 
     # -- endpoints ----------------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:
-        """``GET /api/datasets/ORG/NAME[/revision/REV]``: id, sha and siblings (``blobs=true``: with sizes
-        and ids; ``expand=K``: only those keys)."""
-        self._target(request, "revision")
+        """``GET /api/datasets/ORG/NAME[/revision/REV]``: id, sha and siblings (``blobs``, ``expand``: docs/serve.md)."""
+        self._target(request)
         tree = await self._current()
         blobs = request.query.get("blobs", "").lower() == "true"
         siblings = []
@@ -129,9 +222,8 @@ class HubMirror:
         return web.json_response(body)
 
     async def tree(self, request: web.Request) -> web.Response:
-        """``GET .../tree/REV[/PATH]``: one page of the folder's entries (``recursive=true``: all below it),
-        the next page's URL in ``Link``."""
-        rev, path = self._target(request, "tree")
+        """``GET .../tree/REV[/PATH]``: one page of the folder's entries, the next page's URL in ``Link``."""
+        rev, path = self._target(request)
         recursive = request.query.get("recursive", "").lower() == "true"
         expand = request.query.get("expand", "").lower() == "true"
         start = cursor_start(request)
@@ -148,14 +240,14 @@ class HubMirror:
 
     async def paths_info(self, request: web.Request) -> web.Response:
         """``POST .../paths-info/REV``: the entries of the asked paths that exist, in the order asked."""
-        self._target(request, "paths-info")
+        self._target(request)
         asked = await asked_paths(request)
         entries = await self._current()
         return web.json_response([entries[p] for p in (x.strip("/") for x in asked) if p in entries])
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
         """``GET|HEAD /datasets/ORG/NAME/resolve/REV/PATH``: the file, with ``X-Repo-Commit``."""
-        _, full = self._target(request, "resolve")
+        _, full = self._target(request)
         entry = (await self._current()).get(full)
         prefix = f"{self.path}/" if self.path else ""
         if entry is None or entry["type"] != "file":

@@ -1,9 +1,5 @@
-"""The git view of a mirrored ``hf://`` folder: the tree entries the Hub's API answers, with git's ids.
-
-A file in git LFS (every parquet file on the Hub) is, in git, its LFS pointer file: its ``oid`` is that
-pointer's git blob id. A file recorded without a sha256 was a plain git blob: its ``oid`` is its bytes'.
-A folder's ``oid`` is the git tree id of what the mirror holds under it.
-"""
+"""The git view of a mirrored ``hf://`` folder: the tree entries the Hub's API answers, with git's ids (an LFS
+file's is its pointer file's blob id, another file's its bytes', a folder's the tree id of what is under it)."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .httpfile import hex_digest
+from .files import hex_digest
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 
@@ -21,11 +17,6 @@ LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\n
 def git_oid(kind: str, body: bytes) -> str:
     """The id git gives an object of ``kind`` (blob, tree) with this body."""
     return hashlib.sha1(f"{kind} {len(body)}\0".encode() + body).hexdigest()
-
-
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    """The LFS pointer file git stores for content with this sha256 and size."""
-    return LFS_POINTER.format(sha256=sha256, size=size).encode()
 
 
 def blob_oid_of_file(path: Path) -> str:
@@ -71,7 +62,7 @@ def listing(tree: Tree, path: str, recursive: bool) -> list[dict[str, Any]] | No
 
 def file_entry(f: Held) -> dict[str, Any]:
     if f.sha256:
-        pointer = lfs_pointer(f.sha256, f.size)
+        pointer = LFS_POINTER.format(sha256=f.sha256, size=f.size).encode()
         return {"type": "file", "oid": git_oid("blob", pointer), "size": f.size, "path": f.path,
                 "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": len(pointer)}}
     return {"type": "file", "oid": f.blob, "size": f.size, "path": f.path}

@@ -1,5 +1,5 @@
-"""The mirror's connection limits, which aiohttp's server lacks: a capped accept loop (``Listener`` accepts
-connections itself and hands each to aiohttp's protocol), a deadline for each request, a keep-alive limit."""
+"""The mirror's connection limits, which aiohttp's server lacks: a capped accept loop handing each connection to
+aiohttp's protocol, a deadline for each request, a keep-alive limit."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .._compat import TaskGroup
+from ..concurrency import task_group
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,8 @@ class Limits:
 
 
 class _Connection:
-    """One accepted connection: aiohttp's protocol ``inner`` (every protocol call not defined here goes to
-    it), a slot, and a deadline: dropped when no complete request arrives within the timeout of its
-    opening or of its previous response."""
+    """One accepted connection: aiohttp's protocol ``inner`` (which gets every call not defined here), a slot,
+    and a deadline: dropped when no complete request arrives within the timeout of its opening or last answer."""
 
     def __init__(self, listener: Listener, inner: Any, peer: str) -> None:
         self.listener, self.inner, self.peer = listener, inner, peer
@@ -125,11 +124,8 @@ class _Connection:
 
 
 class Listener:
-    """Listening sockets and a capped accept loop in front of aiohttp's ``web.Server``.
-
-    ``await bind(host, port)``, ``install(app)`` before the app's runner is set up, then
-    ``async with accepting(runner.server):`` serves; ``abort_all()`` drops what is still open after it.
-    """
+    """Listening sockets and a capped accept loop in front of aiohttp's ``web.Server``: ``bind``, ``install(app)``
+    before the app's runner is set up, then ``async with accepting(runner.server)``; ``abort_all()`` after."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits.check()
@@ -180,21 +176,15 @@ class Listener:
 
     @asynccontextmanager
     async def accepting(self, factory: Callable[[], Any]) -> AsyncIterator[None]:
-        """Accept connections into ``factory()`` (aiohttp's ``runner.server``) for the length of the block,
-        one task per listening socket; the sockets are closed after it (open connections stay)."""
+        """Accept connections into ``factory()`` for the length of the block; the sockets are closed after it."""
         try:
-            async with TaskGroup() as tg:
+            async with task_group() as tg:
                 loops = [tg.create_task(self._accept(sock, factory)) for sock in self._socks]
                 try:
                     yield
                 finally:
                     for task in loops:
                         task.cancel()
-        except Exception as exc:  # the TaskGroup wraps an error of the block: raise it as it was raised
-            inner = getattr(exc, "exceptions", ())
-            if len(inner) != 1:
-                raise
-            raise inner[0] from inner[0].__cause__
         finally:
             self._close_sockets()
 

@@ -17,10 +17,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .files import BodyWriter, ShardFiles
-from .httpfile import SEND_TIMEOUT, write_body
-from .hubapi import HubMirror
-from .hubrequest import json_errors, quoted
+from .files import SEND_TIMEOUT, BodyWriter, ShardFiles, write_body
+from .hubapi import HubMirror, json_errors, quoted
 from .listener import Limits, Listener
 
 log = logging.getLogger(__name__)
@@ -67,9 +65,8 @@ async def _log_refusals(request: web.Request,
 
 def make_app(root: Path, *, body_writer: BodyWriter | None = None,
              send_timeout: float = SEND_TIMEOUT) -> web.Application:
-    """An aiohttp app serving the files under ``root`` (``ShardFiles``), and the Hub API if ``root`` was
-    fetched from ``hf://``. ``body_writer`` replaces ``write_body`` (with ``send_timeout``). ConfigError if
-    ``root`` is not an existing folder."""
+    """An aiohttp app serving the files under ``root``, and the Hub API if ``root`` was fetched from ``hf://``;
+    ``body_writer`` replaces ``write_body`` (with ``send_timeout``)."""
     files = ShardFiles(root, body_writer=body_writer or functools.partial(write_body, send_timeout=send_timeout))
     hub = HubMirror.of(files)
     app = web.Application(middlewares=[_log_refusals] if hub is None else [json_errors, _log_refusals])
@@ -92,9 +89,8 @@ class Mirror:
 async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, limits: Limits | None = None,
                       shutdown_timeout: float = 2.0, access_log: bool = False,
                       body_writer: BodyWriter | None = None) -> AsyncIterator[Mirror]:
-    """Serve ``root`` for the length of the block (``port=0``: any free port). On the way out it stops
-    accepting, lets running answers finish for ``shutdown_timeout`` seconds and drops the rest.
-    ConfigError, before anything is served, for a bad folder, limit, host or port."""
+    """Serve ``root`` for the length of the block (``port=0``: any free port); on the way out, running answers
+    get ``shutdown_timeout`` seconds. ConfigError, before anything is served, for a bad folder, limit or address."""
     limits = (limits or Limits()).check()
     app = make_app(root, body_writer=body_writer, send_timeout=limits.timeout)
     listener = Listener(limits)
@@ -116,9 +112,8 @@ async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, lim
 
 
 def run_server(root: Path, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None) -> int:
-    """Serve ``root`` until Ctrl-C or SIGTERM, then return 0; prints the URL first (``port=0``: any free
-    port). ConfigError, before serving, for a bad folder, limit, host or port, or a descriptor limit too
-    low for ``limits.max_connections``."""
+    """Serve ``root`` until Ctrl-C or SIGTERM, then return 0, printing the URL first; ConfigError as ``open_mirror``,
+    or for a descriptor limit too low for ``limits.max_connections``."""
     limits = (limits or Limits()).check()
     limits.reserve_fds()
     with contextlib.suppress(KeyboardInterrupt):
