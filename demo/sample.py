@@ -1,6 +1,6 @@
-"""The demo's offline sample corpus (``python -m demo.sample DIR [--shards N]``): the docstrings of the standard library and of
-``PACKAGES`` (parsed, never imported) and pydoc's topics, cleaned, deduplicated and ordered by a hash of
-their text, written as ``shard_XXXXX.parquet`` files, the last one validation."""
+"""The demo's offline sample corpus (``python -m demo.sample DIR [--shards N]``): the docstrings of the
+standard library and of ``PACKAGES`` (parsed, never imported) and pydoc's topics, cleaned, deduplicated
+and ordered by a hash of their text, written as ``shard_XXXXX.parquet`` files, the last one validation."""
 
 from __future__ import annotations
 

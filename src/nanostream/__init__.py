@@ -1,14 +1,7 @@
 """nanostream: async shard downloader, row-group streamer and PyTorch loader for LLM pretraining.
 
-Public API (imported lazily so ``import nanostream`` never pulls in torch):
-``stream``, ``iter_batches``, ``Source``, ``Ranks``, ``ReadAhead``, ``RetryPolicy``, ``fetch_shards``,
-``Fetcher``, ``ByteTokenizer``, ``load_tokenizer``, ``TokenDataset``, ``to_device``, ``threads_for``,
-``Config`` and the errors in ``nanostream.errors``.
-
-A public name never depends on import order: no public name is also the name of a
-submodule (the streaming module is ``nanostream.streaming.streams``, its function ``stream``),
-so importing a submodule can never replace a function on the package.
-"""
+The public API is ``__all__`` (imported lazily, so ``import nanostream`` never pulls in torch) and the errors in
+``nanostream.errors``; no public name is also a submodule's name, so no import order can replace one."""
 
 from __future__ import annotations
 

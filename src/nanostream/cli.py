@@ -111,12 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = Config.from_env()
         return _run(args, cfg)
-    except ConfigError as exc:
-        print(f"nanostream: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except NanostreamError as exc:
         print(f"nanostream: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     except KeyboardInterrupt:
         print("nanostream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -72,13 +72,11 @@ def run_sync(coro: Coroutine[Any, Any, T], name: str = "nanostream-sync") -> T:
 
 async def run_each(coros: Iterable[Coroutine[Any, Any, Any]], limit: int | None = None) -> None:
     """Run ``coros`` in one TaskGroup, at most ``limit`` at once; the first failure is raised as it is."""
-    room = asyncio.Semaphore(limit) if limit else None
+    room = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
 
     async def one(coro: Coroutine[Any, Any, Any]) -> None:
-        if room is None:
-            return await coro
         async with room:
-            return await coro
+            await coro
 
     async with task_group() as tasks:
         for coro in coros:

@@ -148,16 +148,15 @@ class Config:
         env = os.environ if env is None else env
         base = env.get("NANOSTREAM_BASE_DIR") or "~/.cache/nanostream"
         endpoint = check_url(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
-        loop = env.get("NANOSTREAM_LOOP") or "asyncio"
-        if loop not in LOOPS:
-            raise ConfigError(f"NANOSTREAM_LOOP={loop!r}: choose asyncio or uvloop")
+        loop, policy = env.get("NANOSTREAM_LOOP") or "asyncio", env.get("NANOSTREAM_CACHE_POLICY") or "belady"
+        for name, value, choices in (("NANOSTREAM_LOOP", loop, LOOPS),
+                                     ("NANOSTREAM_CACHE_POLICY", policy, CACHE_POLICIES)):
+            if value not in choices:
+                raise ConfigError(f"{name}={value!r}: choose {' or '.join(choices)}")
         extra = {h.strip().lower() for h in (env.get("NANOSTREAM_TOKEN_HOSTS") or "").split(",") if h.strip()}
         s3 = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         if s3 and not s3.startswith(("http://", "https://")):
             raise ConfigError(f"AWS_ENDPOINT_URL(_S3)={s3!r} is not an http:// or https:// URL")
-        policy = env.get("NANOSTREAM_CACHE_POLICY") or "belady"
-        if policy not in CACHE_POLICIES:
-            raise ConfigError(f"NANOSTREAM_CACHE_POLICY={policy!r}: choose belady or lru")
         return cls(
             base_dir=Path(base).expanduser(),
             hf_endpoint=endpoint,

@@ -175,5 +175,3 @@ async def pace(request: aiohttp.ClientRequest, handler: Handler) -> aiohttp.Clie
         log.warning("%s", line)
     return resp
 
-
-MIDDLEWARES = (pace,)

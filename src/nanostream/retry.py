@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from .errors import RetriesExhausted
-from .quota import LONGEST_WAIT, MIDDLEWARES, parse_retry_after, rate_limit_wait
+from .quota import LONGEST_WAIT, pace, parse_retry_after, rate_limit_wait
 
 T = TypeVar("T")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -49,7 +49,7 @@ LIST_RETRY = RetryPolicy(attempts=5, base=0.5, cap=8.0)  # listing a dataset (Hu
 def client_session(policy: RetryPolicy, **kwargs: Any) -> aiohttp.ClientSession:
     """A session with the policy's timeouts (no total one), every request paced by ``quota.pace``."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout)
-    return aiohttp.ClientSession(timeout=timeout, trust_env=True, middlewares=MIDDLEWARES, **kwargs)
+    return aiohttp.ClientSession(timeout=timeout, trust_env=True, middlewares=(pace,), **kwargs)
 
 
 class Transient(Exception):
@@ -146,8 +146,8 @@ class Retries:
     async def again(self, exc: BaseException) -> bool:
         """After ``exc``: wait and return True to retry, or return False at once to give up (a 429's wait
         is held by ``quota.pace`` and only counted here)."""
-        if isinstance(exc, Transient) and exc.rate_limited:
-            assert exc.retry_after is not None
+        if self.rate_limited(exc):
+            assert isinstance(exc, Transient) and exc.retry_after is not None
             if self.waited + exc.retry_after > self.policy.rate_limit_budget:
                 return False
             self.waited += exc.retry_after

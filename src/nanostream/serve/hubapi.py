@@ -199,7 +199,7 @@ class HubMirror:
 
     # -- endpoints ----------------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:
-        """``GET /api/datasets/ORG/NAME[/revision/REV]``: id, sha and siblings (``blobs``, ``expand``: docs/serve.md)."""
+        """``GET /api/datasets/ORG/NAME[/revision/REV]``: id, sha and siblings (``blobs``, ``expand``: serve.md)."""
         self._target(request)
         tree = await self._current()
         blobs = request.query.get("blobs", "").lower() == "true"

@@ -27,7 +27,7 @@ MIN_TEXTS_PER_THREAD = 16  # fewer texts than this per thread: encode them on th
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What TokenDataset needs from a tokenizer (the contract, and the optional ``encode_flat``: docs/tokenizer.md)."""
+    """What TokenDataset needs from a tokenizer (the contract and the optional ``encode_flat``: tokenizer.md)."""
 
     @property
     def bos_id(self) -> int: ...
