@@ -53,11 +53,6 @@ def flat_of(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return np.fromiter((i for ids in lists for i in ids), dtype=np.int64, count=int(offsets[-1])), offsets
 
 
-def lists_of(tokens: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
-    """``(tokens, offsets)`` back as one id list per text."""
-    return [part.tolist() for part in np.split(tokens, offsets[1:-1])] if len(offsets) > 1 else []
-
-
 class ByteTokenizer:
     """UTF-8 bytes as tokens 0..255, BOS = 256, vocab 257. No dependencies, no training."""
 
@@ -110,9 +105,10 @@ class FastOrReference:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's ids (no BOS), in order."""
-        if self.fast is not None:
-            return lists_of(*self.fast.encode_flat(texts))
-        return self._reference_batch(texts)
+        if self.fast is None:
+            return self._reference_batch(texts)
+        tokens, offsets = self.fast.encode_flat(texts)
+        return [part.tolist() for part in np.split(tokens, offsets[1:-1])] if len(offsets) > 1 else []
 
 
 def usable_cpus() -> int:
