@@ -1,7 +1,5 @@
 """Async helpers every layer shares: the one sync bridge (``LoopThread``, ``run_sync``), the one cancel-safe
-hand-off (``hand_off``), ``run_each`` and ``task_group`` (coroutines in one TaskGroup, the first failure raised
-as it is) and ``cancel_and_wait``.
-"""
+hand-off (``hand_off``), ``run_each``, ``task_group`` and ``cancel_and_wait``."""
 
 from __future__ import annotations
 

@@ -46,8 +46,7 @@ class RetriesExhausted(FetchError):
 
 
 class VerificationError(FetchError):
-    """Downloaded bytes failed a check (length, sha256, MD5, parquet magic), or the file changed at the
-    source since the catalog listed it."""
+    """Downloaded bytes failed a check (length, sha256, MD5, parquet magic), or the file changed at its source."""
 
 
 class DiskFullError(FetchError):

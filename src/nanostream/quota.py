@@ -1,8 +1,5 @@
-"""One gate per host and kind of request in a process: its announced quota and its 429 waits.
-
-``pace``, an aiohttp client middleware on every session, waits at the gate before each request and
-updates it from each answer's ``RateLimit-Policy`` / ``RateLimit`` / ``Retry-After`` (rules: docs/design.md).
-"""
+"""One gate per host and kind of request in a process, paced by its announced quota and its 429 waits:
+``pace``, the client middleware of every session, waits at it and updates it from each answer (design.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Retrying HTTP requests: ``RetryPolicy``, ``classify`` (retry or give up), ``Retries`` (one request's or
-one file's failures) and ``with_retries``, the one request loop; ``client_session`` opens every session.
-"""
+"""Retrying HTTP requests: ``RetryPolicy``, ``classify``, ``Retries`` (one request's or file's failures),
+``with_retries`` (the one request loop) and ``client_session``, which opens every session."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -118,6 +119,12 @@ async def json_errors(request: web.Request,
         return web.json_response({"error": text}, status=exc.status, headers=headers)
 
 
+@functools.cache
+def _blob_oid(local: Path, size: int, mtime_ns: int) -> str:
+    """The git blob id of one version (size, mtime) of a file."""
+    return blob_oid_of_file(local)
+
+
 class HubMirror:
     """Routes for the Hub API of the one dataset recorded in ``root``."""
 
@@ -128,8 +135,7 @@ class HubMirror:
         self.sha = cat.revision or ""
         named = parse_hub_url(cat.name).revision if cat.name.startswith(PREFIX) else None
         self.revisions = {"main", "refs/heads/main", self.sha} | ({named} if named else set())
-        self._tree: tuple[tuple, Tree] | None = None
-        self._blobs: dict[tuple[str, int, int], str] = {}
+        self._tree: tuple[tuple[Held, ...], Tree] | None = None
 
     @classmethod
     def of(cls, files: ShardFiles) -> HubMirror | None:
@@ -173,7 +179,7 @@ class HubMirror:
 
     async def _current(self) -> Tree:
         """The tree of the recorded files present now (rebuilt when a file appears or changes)."""
-        def scan() -> tuple[tuple, list[Held]]:
+        def scan() -> tuple[Held, ...]:
             held = []
             for f in self.cat.files:
                 local = self.root / f.path
@@ -182,20 +188,14 @@ class HubMirror:
                 except OSError:
                     continue
                 full = f"{self.path}/{f.path}" if self.path else f.path
-                blob = "" if f.sha256 else self._blob(local, st.st_size, st.st_mtime_ns)
+                blob = "" if f.sha256 else _blob_oid(local, st.st_size, st.st_mtime_ns)
                 held.append(Held(full, st.st_size, f.sha256, local, blob))
-            return tuple((h.path, h.size, h.sha256, h.blob) for h in held), held
+            return tuple(held)
 
-        key, held = await asyncio.to_thread(scan)
-        if self._tree is None or self._tree[0] != key:
-            self._tree = (key, build_tree(held))
+        held = await asyncio.to_thread(scan)
+        if self._tree is None or self._tree[0] != held:
+            self._tree = (held, build_tree(held))
         return self._tree[1]
-
-    def _blob(self, local: Path, size: int, mtime: int) -> str:
-        k = (str(local), size, mtime)
-        if k not in self._blobs:
-            self._blobs[k] = blob_oid_of_file(local)
-        return self._blobs[k]
 
     # -- endpoints ----------------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:

@@ -28,20 +28,19 @@ OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 @dataclass(frozen=True)
 class Limits:
-    """How much the mirror lets clients hold; ``check()`` returns it, or raises ConfigError for a bad value."""
+    """How much the mirror lets clients hold; ConfigError for a bad value."""
 
     max_connections: int = 256  # open at once; more wait in the kernel's listen backlog
     timeout: float = 30.0  # to send a whole request; idle keep-alive; a stalled reader
     max_keepalive_requests: int = 100  # the answer to the last one says Connection: close
 
-    def check(self) -> Limits:
+    def __post_init__(self) -> None:
         if not 1 <= self.max_connections <= 1_000_000:
             raise ConfigError(f"--max-connections must be between 1 and 1000000, got {self.max_connections}")
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.max_keepalive_requests < 1:
             raise ConfigError(f"--max-keepalive-requests must be >= 1, got {self.max_keepalive_requests}")
-        return self
 
     def reserve_fds(self) -> None:
         """Raise the soft ``RLIMIT_NOFILE`` if the cap needs it; ConfigError if the hard limit is too low."""
@@ -128,7 +127,7 @@ class Listener:
     before the app's runner is set up, then ``async with accepting(runner.server)``; ``abort_all()`` after."""
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits.check()
+        self.limits = limits
         self.slots = asyncio.Semaphore(limits.max_connections)
         self.live: dict[Any, _Connection] = {}  # aiohttp RequestHandler -> its connection
         self.peak = 0  # most connections ever open at once

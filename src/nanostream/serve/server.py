@@ -91,7 +91,7 @@ async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, lim
                       body_writer: BodyWriter | None = None) -> AsyncIterator[Mirror]:
     """Serve ``root`` for the length of the block (``port=0``: any free port); on the way out, running answers
     get ``shutdown_timeout`` seconds. ConfigError, before anything is served, for a bad folder, limit or address."""
-    limits = (limits or Limits()).check()
+    limits = limits or Limits()
     app = make_app(root, body_writer=body_writer, send_timeout=limits.timeout)
     listener = Listener(limits)
     listener.install(app)
@@ -114,7 +114,7 @@ async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, lim
 def run_server(root: Path, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None) -> int:
     """Serve ``root`` until Ctrl-C or SIGTERM, then return 0, printing the URL first; ConfigError as ``open_mirror``,
     or for a descriptor limit too low for ``limits.max_connections``."""
-    limits = (limits or Limits()).check()
+    limits = limits or Limits()
     limits.reserve_fds()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_until_stopped(Path(root), host, port, limits))
