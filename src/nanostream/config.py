@@ -18,7 +18,7 @@ LOOPS = ("asyncio", "uvloop")
 CACHE_POLICIES = ("belady", "lru")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 10**3, "m": 10**6,
           "g": 10**9, "t": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*|%)\s*$")
 
 
 @dataclass(frozen=True)
@@ -51,16 +51,11 @@ def parse_cache_limit(value: object, what: str = "cache_limit") -> CacheLimit | 
         if value < 0:
             raise ConfigError(f"{what} must be >= 0 bytes, got {value}")
         return CacheLimit(nbytes=value)
-    text = value.strip()
-    if text.endswith("%"):
-        try:
-            pct = float(text[:-1])
-        except ValueError:
-            pct = -1.0
-        if not 0 < pct <= 100:
+    m = _SIZE_RE.match(value.lower())
+    if m is not None and m.group(2) == "%":
+        if not 0 < float(m.group(1)) <= 100:
             raise ConfigError(f"{what}={value!r}: a percentage must be in (0, 100]%, e.g. '75%'")
-        return CacheLimit(fraction=pct / 100)
-    m = _SIZE_RE.match(text.lower())
+        return CacheLimit(fraction=float(m.group(1)) / 100)
     if m is None or m.group(2) not in _UNITS:
         raise ConfigError(f"{what}={value!r} is not a size: use bytes, '40GB', '500MiB' (B, KB, MB, GB, TB, "
                           "KiB, MiB, GiB, TiB) or a percentage of the data folder's filesystem, '75%'")
