@@ -24,9 +24,9 @@ from demo.gpt import GPT, GPTConfig, bits_per_byte
 from demo.source import PROBE_TIMEOUT, SOURCES, Source, dataset_source, env_default, mix_source, open_source
 from nanostream.config import Config
 from nanostream.errors import ConfigError, NanostreamError
-from nanostream.loader.cores import threads_for
 from nanostream.loader.dataset import TokenDataset
 from nanostream.loader.device import to_device
+from nanostream.loader.threads import threads_for
 from nanostream.streaming.streams import iter_batches
 from nanostream.text.bpe import train_with_stats
 from nanostream.text.load import load_tokenizer

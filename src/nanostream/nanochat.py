@@ -29,7 +29,7 @@ from .errors import LoaderError
 from .loader.dataset import TokenDataset
 from .loader.device import token_batches
 from .loader.feed import PIECE_DOCS
-from .loader.iterator import Snapshot
+from .loader.resume import Snapshot
 from .loader.sharer import StateGather, default_store
 from .retry import RetryPolicy
 from .sources.spec import Source

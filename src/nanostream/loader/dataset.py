@@ -1,6 +1,6 @@
 """``TokenDataset``: packed ``(inputs, targets)`` batches of a split (or a weighted mix), how many, and its resume state.
 
-Each iterator (the main process, or each DataLoader worker) is a ``iterator.TokenIterator``: worker
+Each iterator (the main process, or each DataLoader worker) is a ``pipeline.TokenIterator``: worker
 ``w`` of ``k`` on rank ``r`` of ``world`` reads as reader ``r*k + w`` of ``world*k``
 (``streaming.ranks.worker_stride``). docs/loader.md has the rules (equal batches, exact and
 elastic resume, mixes).
@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import Config, parse_cache_limit
@@ -27,10 +29,9 @@ from ..streaming.ranks import Ranks, worker_stride
 from ..streaming.single import Stream, open_stream
 from ..text.load import as_tokenizer
 from . import resume
-from .iterator import Layout, TokenIterator
 from .length import BatchCount, RunLimit
 from .packing import PackStats, token_dtype
-from .pipeline import Sink
+from .pipeline import TokenIterator
 from .sharer import default_sharer
 
 __all__ = ["TokenDataset"]
@@ -99,7 +100,7 @@ class TokenDataset(IterableDataset):
             config["mix"] = [s.label for s in self.sources]  # the same sources (their weights may change)
         return config
 
-    def _stream(self, k: int, layout: Layout, start: Position | Cursor | None = None, epochs: int | None = None,
+    def _stream(self, k: int, layout: tuple[int, int, int], start: Position | Cursor | None = None, epochs: int | None = None,
                 replay: tuple[tuple[int, int], ...] = ()) -> Stream:
         """Source ``k``'s stream (never started) for reader ``layout``, from ``start``, reading ``replay`` first."""
         ranks = Ranks(*layout, drop_last=self.ranks.drop_last).resolved()
@@ -137,8 +138,8 @@ class TokenDataset(IterableDataset):
     def __iter__(self) -> TokenIterator:
         return self._iterate()
 
-    def _iterate(self, sink: Sink | None = None, note: Any = None) -> TokenIterator:
-        """A new iterator; ``sink`` makes the batches (default: CPU tensors); ``note``: see ``TokenIterator``."""
+    def _iterate(self, sink: Any = None, note: Any = None) -> TokenIterator:
+        """A new iterator; ``sink`` makes the batches (default: ``HostSink``); ``note``: see ``TokenIterator``."""
         info = get_worker_info()
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = worker_stride(self.rank, self.world_size, wid, k)
@@ -148,6 +149,7 @@ class TokenDataset(IterableDataset):
         limit = RunLimit(BatchCount(self), origins, wid, k) if self.epochs is not None else None
         self._pending = None
         self._last = {}
+        sink = sink if sink is not None else HostSink(self.batch_size, self.seq_len + 1)
         it = TokenIterator(self, layout, state, origins, limit, self._last, sink, carried, note)
         self._live = weakref.ref(it)
         return it
@@ -199,6 +201,22 @@ class TokenDataset(IterableDataset):
         d = dict(self.__dict__)
         d["_live"], d["_last"] = None, {}
         return d
+
+
+class HostSink:
+    """The CPU sink: rows packed into one reused array, handed over as fresh tensors (the caller may keep them)."""
+
+    def __init__(self, batch_size: int, row_len: int) -> None:
+        self._rows = np.empty((batch_size, row_len), dtype=np.int64)
+
+    def rows(self) -> np.ndarray:
+        return self._rows
+
+    def finish(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+    def ready(self, item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return item
 
 
 def fix_rows_per_row_group(ds: TokenDataset, rows: int | list[int]) -> TokenDataset:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import LoaderError
+from ..streaming.blocking import BatchIterator
+from ..streaming.cursor import Cursor
 from ..streaming.plan import Position
 from ..text.tokenizer import Tokenizer
 from .docrefs import Run
@@ -30,7 +32,7 @@ PIECE_DOCS = 128  # documents moved into the packing buffer at a time (and encod
 
 class Seam:
     """Yielded by a source between the run's own epochs and the ones after them, which a reader whose data ran
-    short reads on into (``TokenDataset``'s equal batch counts); the feed stops there until ``pass_seam()``."""
+    short reads on into (``TokenDataset``'s equal batch counts); the feed stops there (``at_seam``)."""
 
 
 def replay_keys(runs: Sequence[Run]) -> tuple[tuple[int, int], ...]:
@@ -50,6 +52,30 @@ class Part:
     stats: dict[str, int]  # ``PackStats`` counters
     buffered_docs: int
     runs: tuple[Run, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The resume point right after one batch: each source's ``Part``, the batches made, the rows each source
+    has packed (a mix's schedule), and what the iterator's ``note`` made of it (None without one)."""
+
+    parts: tuple[Part, ...]
+    batches: int
+    rows: tuple[int, ...] = ()
+    note: Any = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters of every source together."""
+        total = PackStats()
+        for p in self.parts:
+            for k, v in p.stats.items():
+                setattr(total, k, getattr(total, k) + v)
+        return total.as_dict()
+
+    @property
+    def buffered_docs(self) -> int:
+        return sum(p.buffered_docs for p in self.parts)
 
 
 class Feed:
@@ -98,9 +124,6 @@ class Feed:
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
-
-    def pass_seam(self) -> None:
-        self.at_seam = False
 
     def part(self) -> Part:
         p = self.packer
@@ -173,6 +196,33 @@ class Feed:
                 tasks = deque(self._pool.submit(self._encode, texts[a:a + self._task_docs])
                               for a in range(0, len(texts), self._task_docs))
                 self._queued.append([batch.position, skip, tasks])
+
+
+def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Position | Cursor | None,
+                   epochs: int | None = None, replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
+    """Source ``k``'s batches for reader ``layout``, from ``start``; its stream is closed however this ends."""
+    it = BatchIterator(ds._stream(k, layout, start, epochs, replay))
+    try:
+        yield from it
+    finally:
+        it.close()
+
+
+def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Cursor | None, partial: Position | None,
+                  replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
+    """One source's batches for a run: its epochs, a ``Seam``, then the next epochs' order (which only a
+    reader whose data ran short reads on into); the first stream reads the ``replay`` row groups first."""
+    epochs, at = ds.epochs, start
+    if epochs is None:
+        yield from source_batches(ds, 0, layout, at, replay=replay)
+        return
+    if at is None or at.epoch < epochs:
+        if partial is None or partial.epoch < epochs:  # else stopped past the run's epochs: the Seam was passed
+            yield from source_batches(ds, 0, layout, at, epochs=epochs, replay=replay)
+            replay = ()
+            yield Seam()
+        at = Cursor(epochs, shards=len(ds._stream(0, (0, 1, 1)).plan.shards))
+    yield from source_batches(ds, 0, layout, at, replay=replay)
 
 
 def _restored(runs: Sequence[Run], batches: Iterator[Any], tokenizer: Tokenizer,

@@ -1,4 +1,5 @@
-"""``TokenDataset``'s resume state (version 4): what ``state_dict()`` holds, and how a load is checked and planned.
+"""``TokenDataset``'s resume state (version 4): what ``state_dict()`` holds (``Snapshot``), and how a load is
+checked and planned.
 
 A state is a dict of plain values (``json.dump`` writes it): ``config`` and ``fingerprint`` (a load
 with other arguments, other files or another tokenizer is refused), ``layout`` ``[reader, readers,
@@ -27,9 +28,60 @@ from .packing import PackStats, token_dtype
 if TYPE_CHECKING:
     from ..streaming.plan import Plan
     from ..text.tokenizer import Tokenizer
-    from .feed import Part
+    from .feed import Mark, Part
 
 STATE_VERSION = 4
+Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader workers folded in
+
+
+class Reader:
+    """Who an iterator reads as: its dataset, layout and origins, and the streams (never started) that global
+    cursors are computed with, made on first use (shared by the iterator and its snapshots)."""
+
+    def __init__(self, ds: Any, layout: Layout, origins: tuple[Cursor | None, ...]) -> None:
+        self.ds, self.layout, self.origins = ds, layout, origins
+        self._streams: dict[int, Stream] = {}
+
+    def cursor_stream(self, k: int) -> Stream:
+        if k not in self._streams:
+            self._streams[k] = self.ds._stream(k, self.layout, self.origins[k])
+        return self._streams[k]
+
+
+class Snapshot:
+    """A TokenDataset iterator's resume state at one batch boundary, not yet turned into plain values."""
+
+    def __init__(self, reader: Reader, mark: Mark) -> None:
+        self._reader, self.mark = reader, mark
+
+    @property
+    def batches(self) -> int:
+        return self.mark.batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """The resume state (plain values: ``json.dump`` writes it)."""
+        it, mark = self._reader, self.mark
+        ds = it.ds
+        prints = ds._prints.get()
+        subs = [encode(part, config=ds._config(), fingerprint=prints[k], layout=it.layout, batches=mark.batches,
+                       cursor=global_cursor(it.cursor_stream(k), part), origin=it.origins[k])
+                for k, part in enumerate(mark.parts)]
+        if ds.weights is None:
+            return subs[0]
+        return encode_mix(subs, config=ds._config(), layout=it.layout, batches=mark.batches, weights=ds.weights,
+                          rows=mark.rows)
+
+    def stats(self) -> dict[str, Any]:
+        st = PackStats(**self.mark.stats)
+        out = {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": self.mark.batches,
+               "buffered_docs": self.mark.buffered_docs}
+        ds = self._reader.ds
+        if ds.weights is not None:
+            tokens = [p.stats["tokens_out"] for p in self.mark.parts]
+            out["sources"] = [{"source": s.label, "weight": w, "tokens": n, "share": n / max(sum(tokens), 1),
+                               "rows": rows}
+                              for s, w, n, rows in zip(ds.sources, ds.weights, tokens, self.mark.rows, strict=True)]
+        return out
 
 
 def pos_list(pos: Position | None) -> list | None:
