@@ -1,10 +1,6 @@
-"""``TokenDataset``: packed ``(inputs, targets)`` batches of a split (or a weighted mix), how many, and its resume state.
-
-Each iterator (the main process, or each DataLoader worker) is a ``pipeline.TokenIterator``: worker
-``w`` of ``k`` on rank ``r`` of ``world`` reads as reader ``r*k + w`` of ``world*k``
-(``streaming.ranks.worker_stride``). docs/loader.md has the rules (equal batches, exact and
-elastic resume, mixes).
-"""
+"""``TokenDataset``: packed ``(inputs, targets)`` batches of a split (or a weighted mix), how many, and its resume
+state; ``HostSink``, the CPU tensors it hands out. docs/loader.md has the rules (equal batches, exact and elastic
+resume, mixes)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Batches onto the accelerator: ``to_device``, ``CudaPrefetcher`` and the pinned ring.
-
-On CUDA the copy of batch ``i+1`` overlaps step ``i``: a ``TokenDataset`` packs straight into a ring of
-pinned ``(B, T+1)`` buffers (``PinnedRowsSink``) whose copies start on a side stream; any other iterable
-goes through a ``CudaPrefetcher`` thread that stages batches into a pinned ring. The consumer's stream
-waits on each batch's event (no host sync). docs/loader.md has the measurements.
-"""
+"""Batches onto the accelerator: ``to_device``, ``CudaPrefetcher`` and the pinned ring. On CUDA the copy of
+batch ``i+1`` overlaps step ``i`` and the consumer's stream waits on each batch's event (no host sync)."""
 
 from __future__ import annotations
 

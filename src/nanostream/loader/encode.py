@@ -1,10 +1,5 @@
 """Documents as BOS-first flat token arrays: how a tokenizer's output becomes what the packer takes (numpy only).
-
-``encoding`` picks how the loader encodes: a tokenizer with ``encode_flat`` gives one array plus offsets
-(``bos_first`` inserts the BOS with numpy); a ``BPETokenizer`` on tiktoken is driven text by text, each
-document turned into bytes right after it is encoded (``DocBytes``, ``join_docs``); any other
-tokenizer's ``encode_batch`` lists are flattened. ``doc_arrays`` encodes texts the way the loader does.
-"""
+``encoding`` picks how: ``encode_flat`` arrays, tiktoken text by text (``DocBytes``), or ``encode_batch`` lists."""
 
 from __future__ import annotations
 

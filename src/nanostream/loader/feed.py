@@ -1,12 +1,6 @@
-"""One source of a ``TokenDataset`` pipeline: its stream, its tokenizing read-ahead, its packing buffer, its resume point.
-
-A ``Feed`` runs on the assembly thread (``pipeline.py``). ``refill`` moves the next piece of ``PIECE_DOCS``
-tokenized documents into the source's ``BestFitPacker``; the encoding of the next row groups
-(``ReadAhead.tokenized`` in all) runs on the pipeline's encoding threads meanwhile. Every document is tagged
-with its row group and its number there, so a resume state names it instead of holding its tokens
-(``docrefs.py``). A resumed feed first rebuilds its buffer (``start``): the stream yields the row groups the
-state names first (``Options.replay``), and those documents are tokenized again. Nothing here imports torch.
-"""
+"""One source of a ``TokenDataset`` pass (``Feed``, on the assembly thread): its stream, its tokenizing read-ahead,
+its packing buffer and its resume point (``Part``, ``Mark``). A resumed feed rebuilds its buffer from the row groups
+the state names, which its stream reads again first. Nothing here imports torch."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""How many batches a ``TokenDataset`` makes: ``len(ds)``, per epoch, per row group, and ``RunLimit``.
-
-Per source and epoch: the row groups every rank reads (which needs every row-group count of the epoch)
-times the full rows one row group packs alone (``rows``: the first row group of epoch 0's global order,
-the same on every node), over ``batch_size``; a mix runs until the source that needs the most rows for its
-share has completed its epochs. An iterator never waits for ``len(ds)``: ``RunLimit`` answers at once
-below a lower bound made of the counts known so far, and learns the rest only past it.
-"""
+"""How many batches a ``TokenDataset`` makes (``len(ds)``, per epoch, per row group) and ``RunLimit``, an
+iterator's batch count bounded from below by the row-group counts known, so that it never waits for them."""
 
 from __future__ import annotations
 

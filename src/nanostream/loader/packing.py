@@ -1,10 +1,5 @@
-"""BOS-aligned best-fit packing of tokenized documents into fixed-length rows (numpy only).
-
-``BestFitPacker`` is nanochat's rule: every row starts at a document; place the longest buffered document
-that fits, repeat, and when none fits crop the shortest to fill the row (ties: the oldest). Documents are
-found through a sorted list of distinct lengths and a FIFO per length, and copied once, by numpy slice. A
-batch is a transaction (``begin``/``commit``/``rollback``), so the buffer matches the last batch handed out.
-"""
+"""BOS-aligned best-fit packing of tokenized documents into fixed-length rows (``BestFitPacker``, nanochat's rule;
+numpy only). A batch is a transaction (``begin``/``commit``/``rollback``)."""
 
 from __future__ import annotations
 

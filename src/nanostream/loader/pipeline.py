@@ -1,11 +1,6 @@
-"""One pass of a ``TokenDataset``: ``TokenIterator`` and its ``Assembly`` thread (numpy only).
-
-The assembly thread owns everything that makes batches: each source's ``feed.Feed`` (its stream and its
-packer), the encoding threads they share, and the sink that turns packed rows into the batch handed over
-(CPU tensors: ``dataset.HostSink``; a device copy: ``device.PinnedRowsSink``). It packs each row from one
-source (a mix: ``Schedule`` picks the source furthest below its share) and puts ``(batch, Mark)`` on a
-``Channel`` of ``ReadAhead.batches`` finished batches, so the consumer's ``next()`` is a hand-over.
-"""
+"""One pass of a ``TokenDataset``: ``TokenIterator`` and its ``Assembly`` thread, which packs each row from one
+source's feed (a mix: the source furthest below its share) and hands finished batches over a ``Channel`` of
+``ReadAhead.batches``, so that ``next()`` is a hand-over (numpy only)."""
 
 from __future__ import annotations
 

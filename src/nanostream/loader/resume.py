@@ -1,13 +1,6 @@
 """``TokenDataset``'s resume state (version 4): what ``state_dict()`` holds (``Snapshot``), and how a load is
-checked and planned.
-
-A state is a dict of plain values (``json.dump`` writes it): ``config`` and ``fingerprint`` (a load
-with other arguments, other files or another tokenizer is refused), ``layout`` ``[reader, readers,
-readers per node]``, ``position``/``skip``/``partial`` (where the stream goes on), ``docs`` (the
-buffered documents by reference: ``docrefs.py``), ``cursor`` (the global cursor after the row groups
-taken), ``origin`` (where the run started), ``stats`` and ``batches``. A mix's state holds
-``config``, ``layout``, ``batches`` and ``mix`` once and one such state per source (``sources``).
-docs/loader.md says what an exact and an elastic load do.
+checked and planned. A state is a dict of plain values (``json.dump`` writes it); a mix's holds one state per
+source under ``sources``. docs/loader.md says what an exact and an elastic load do.
 """
 
 from __future__ import annotations
@@ -142,41 +135,40 @@ def packed_buffer(part: Part) -> str:
     return pack([Run((tag.epoch, tag.shard, tag.row_group), ids) for _, _, _, tag, ids in part.buffer.parts])
 
 
-def encode(part: Part, *, config: dict[str, Any], fingerprint: dict[str, str], layout: tuple[int, int, int],
-           batches: int, cursor: Cursor, origin: Cursor | None) -> dict[str, Any]:
-    """The state of one source at ``part``: plain values only (the buffer as ``docrefs.pack``'s string)."""
+def encode(part: Part | None, *, config: dict[str, Any], fingerprint: dict[str, str], layout: Layout | None,
+           batches: int, cursor: Cursor | None, origin: Cursor | None) -> dict[str, Any]:
+    """The state of one source at ``part`` (None: not started): plain values only (the buffer by reference,
+    ``origin``: where the run started, ``cursor``: the global cursor after the row groups taken)."""
     return {
         "version": STATE_VERSION,
         "config": dict(config),
         "fingerprint": dict(fingerprint),
-        "layout": list(layout),
-        "position": pos_list(part.position),
-        "skip": part.skip,
-        "partial": pos_list(part.partial),
-        "docs": packed_buffer(part),
-        "cursor": cursor.to_list(),
+        "layout": None if layout is None else list(layout),
+        "position": pos_list(part.position) if part else None,
+        "skip": part.skip if part else 0,
+        "partial": pos_list(part.partial) if part else None,
+        "docs": packed_buffer(part) if part else pack([]),
+        "cursor": None if cursor is None else cursor.to_list(),
         "origin": None if origin is None else origin.to_list(),
-        "stats": dict(part.stats),
+        "stats": dict(part.stats) if part else PackStats().as_dict(),
         "batches": batches,
     }
 
 
-def encode_mix(subs: list[dict[str, Any]], *, config: dict[str, Any], layout: tuple[int, int, int], batches: int,
+def encode_mix(subs: list[dict[str, Any]], *, config: dict[str, Any], layout: Layout | None, batches: int,
                weights: tuple[float, ...], rows: tuple[int, ...]) -> dict[str, Any]:
     """A mix's state: the sources' states (``encode``) under one config, layout and batch count."""
-    return {"version": STATE_VERSION, "config": dict(config), "layout": list(layout), "batches": batches,
-            "mix": {"weights": list(weights), "rows": list(rows)}, "sources": subs}
+    return {"version": STATE_VERSION, "config": dict(config), "layout": None if layout is None else list(layout),
+            "batches": batches, "mix": {"weights": list(weights), "rows": list(rows)}, "sources": subs}
 
 
 def empty(config: dict[str, Any], fingerprints: list[dict[str, str]]) -> dict[str, Any]:
     """The state of a dataset that has not started (no layout, nothing buffered; one fingerprint per source)."""
-    subs = [{"version": STATE_VERSION, "config": dict(config), "fingerprint": dict(f), "layout": None,
-             "position": None, "skip": 0, "partial": None, "docs": pack([]), "cursor": None, "origin": None,
-             "stats": PackStats().as_dict(), "batches": 0} for f in fingerprints]
+    subs = [encode(None, config=config, fingerprint=f, layout=None, batches=0, cursor=None, origin=None)
+            for f in fingerprints]
     if len(subs) == 1:
         return subs[0]
-    return {"version": STATE_VERSION, "config": dict(config), "layout": None, "batches": 0,
-            "mix": {"weights": [], "rows": [0] * len(subs)}, "sources": subs}
+    return encode_mix(subs, config=config, layout=None, batches=0, weights=(), rows=(0,) * len(subs))
 
 
 def carried_runs(old: dict[str, Any]) -> list[Run]:
