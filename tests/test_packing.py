@@ -116,7 +116,7 @@ def test_export_reload_continues_identically() -> None:
     cap, bd = 97, 30
     full, _, _ = packed_rows(groups, cap, 10_000, bd)
     first, packer, rest = packed_rows(groups, cap, 25, bd)
-    tokens, lengths = packer.export()
+    tokens, lengths = packer.snapshot().export()
     assert lengths.sum() == len(tokens) and len(lengths) == packer.n_docs
     fresh = BestFitPacker(bd, compact_slack=0)
     fresh.add(tokens, lengths)
@@ -128,7 +128,7 @@ def test_rollback_restores_everything() -> None:
     groups = random_groups(3, 12, 9, 60)
     cap, bd = 50, 10
     _, packer, rest = packed_rows(groups, cap, 6, bd)
-    before = (packer.export(), packer.stats.as_dict(), packer.n_docs)
+    before = (packer.snapshot().export(), packer.stats.as_dict(), packer.n_docs)
     rest = list(rest)
     packer.begin()
     out = np.empty(cap, dtype=np.int64)
@@ -145,7 +145,7 @@ def test_rollback_restores_everything() -> None:
         if not packer.fill_row(out, refill):
             break
     packer.rollback()
-    after = (packer.export(), packer.stats.as_dict(), packer.n_docs)
+    after = (packer.snapshot().export(), packer.stats.as_dict(), packer.n_docs)
     assert np.array_equal(before[0][0], after[0][0]) and np.array_equal(before[0][1], after[0][1])
     assert before[1:] == after[1:]
     # and it still packs exactly like a packer that never saw the rolled-back work

@@ -55,14 +55,15 @@ def tokenizing_distributed_data_loader_with_state_bos_bestfit(
                   shuffle=shuffle, seed=seed, read_ahead=read_ahead, cache_limit=cache_limit, retry=retry)
     state = _load(ds, resume_state_dict)
     gather = None
-    if ds.world_size > 1:
+    rank, world_size = ds.ranks.rank, ds.ranks.world_size
+    if world_size > 1:
         store = default_store(agent=True)
         if store is None:
             log.warning("no torch.distributed process group and no torchrun store: rank %d's loader state holds "
-                        "its own position only, so rank 0's cannot resume the other ranks", ds.rank)
+                        "its own position only, so rank 0's cannot resume the other ranks", rank)
         else:
-            gather = StateGather(store, ds.rank, ds.world_size, str(next(_RUNS)))
-    note = functools.partial(_note, ds.world_size, ds.rank, gather)
+            gather = StateGather(store, rank, world_size, str(next(_RUNS)))
+    note = functools.partial(_note, world_size, rank, gather)
     return _with_state(token_batches(ds, torch.device(device), note), torch.device(device), state)
 
 
@@ -120,7 +121,7 @@ def _load(ds: TokenDataset, state: dict[str, Any] | None) -> dict[str, Any]:
     """Load a state this module yielded (rank 0's holds every rank's); the state to yield with the first batch."""
     if state is None:
         return {"epoch": 1, "pq_idx": 0, "rg_idx": 0,
-                "nanostream": {"format": FORMAT, "world_size": ds.world_size, "ranks": []}}
+                "nanostream": {"format": FORMAT, "world_size": ds.ranks.world_size, "ranks": []}}
     ours = state.get("nanostream") if isinstance(state, dict) else None
     if not isinstance(ours, dict) or ours.get("format") != FORMAT:
         keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
-from .threads import Channel, Closed, End, background_thread
+from .threads import Channel, End, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
@@ -213,8 +213,6 @@ class CudaPrefetcher:
         t0 = time.perf_counter()
         try:
             item = self._out.get()
-        except Closed:
-            item = End()
         except BaseException:
             self.close()
             raise

@@ -61,11 +61,7 @@ class Mark:
     @property
     def stats(self) -> dict[str, int]:
         """The counters of every source together."""
-        total = PackStats()
-        for p in self.parts:
-            for k, v in p.stats.items():
-                setattr(total, k, getattr(total, k) + v)
-        return total.as_dict()
+        return {k: sum(p.stats[k] for p in self.parts) for k in self.parts[0].stats}
 
     @property
     def buffered_docs(self) -> int:

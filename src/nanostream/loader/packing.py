@@ -85,6 +85,7 @@ class BufferSnapshot:
         self.parts = parts
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """The buffered documents in arrival order: (flat tokens, lengths); a fresh packer given them packs the same."""
         toks, lens = [], []
         for tokens, lengths, alive, _, _ in self.parts:
             if alive is None:
@@ -161,10 +162,6 @@ class BestFitPacker:
         if self._snapshot is None:  # chunks are kept in arrival order (serials only grow)
             self._snapshot = BufferSnapshot([c.part() for c in self._chunks.values()])
         return self._snapshot
-
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """The buffered documents in arrival order: (flat tokens, lengths); a fresh packer given them packs the same."""
-        return self.snapshot().export()
 
     # -- rows --------------------------------------------------------------------------------
     def fill_row(self, out: np.ndarray, refill: Callable[[], bool]) -> bool:

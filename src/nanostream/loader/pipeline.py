@@ -22,7 +22,7 @@ from .docrefs import unpack
 from .feed import Feed, Mark, replay_keys, single_source, source_batches
 from .packing import BestFitPacker, PackStats, token_dtype
 from .resume import Layout, Reader, Snapshot
-from .threads import Channel, Closed, End, background_thread
+from .threads import Channel, End, background_thread
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,6 @@ class TokenIterator:
         t0 = time.perf_counter()
         try:
             item = self._out.get()
-        except Closed:
-            item = End()
         except BaseException:
             self.close()
             raise

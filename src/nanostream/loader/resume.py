@@ -55,7 +55,7 @@ class Snapshot:
         """The resume state (plain values: ``json.dump`` writes it)."""
         it, mark = self._reader, self.mark
         ds = it.ds
-        prints = ds._prints.get()
+        prints = ds._fingerprints
         subs = [encode(part, config=ds._config(), fingerprint=prints[k], layout=it.layout, batches=mark.batches,
                        cursor=global_cursor(it.cursor_stream(k), part), origin=it.origins[k])
                 for k, part in enumerate(mark.parts)]
@@ -112,20 +112,6 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     h.update(tokens.astype("<u4").tobytes())
     h.update(lengths.astype("<u8").tobytes())
     return h.hexdigest()[:16]
-
-
-class Fingerprints:
-    """Each source's ``{"data": ..., "tokenizer": ...}``; the tokenizer's is computed on first use (it
-    encodes, and a tokenizer's errors belong to the first batch, not to the constructor)."""
-
-    def __init__(self, tokenizer: Tokenizer, plans: list[Plan]) -> None:
-        self._tokenizer, self._data = tokenizer, [data_fingerprint(p) for p in plans]
-        self._tok: str | None = None
-
-    def get(self) -> list[dict[str, str]]:
-        if self._tok is None:
-            self._tok = tokenizer_fingerprint(self._tokenizer)
-        return [{"data": d, "tokenizer": self._tok} for d in self._data]
 
 
 def packed_buffer(part: Part) -> str:

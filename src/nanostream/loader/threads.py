@@ -87,7 +87,7 @@ class End:
 
 
 class Closed(Exception):
-    """Raised by ``Channel.get`` once the channel is closed."""
+    """Raised in a producer thread's wait that ``close()`` ended."""
 
 
 class Channel:
@@ -110,11 +110,11 @@ class Channel:
             return True
 
     def get(self) -> Any:
-        """Wait for the next item; raises ``Closed`` once the channel is closed."""
+        """Wait for the next item; an ``End`` once the channel is closed."""
         with self._changed:
             self._changed.wait_for(lambda: self._closed or self._items)
             if self._closed:
-                raise Closed
+                return End()
             item = self._items.popleft()
             self._changed.notify_all()
             return item
