@@ -189,7 +189,7 @@ def test_doc_bytes_join_equals_flatten(dtype: type) -> None:
         groups = random_groups(seed, 4, 30, 50)  # includes empty documents
         for g in [*groups, []]:
             to_bytes = DocBytes(BOS, dt)
-            tokens, lengths = join_docs([to_bytes(d) for d in g], [len(d) + 1 for d in g], dt)
+            tokens, lengths = join_docs(g, to_bytes, len(g))
             want_tokens, want_lengths = flatten_docs(g, BOS, dt)
             assert tokens.dtype == dt and lengths.dtype == np.int64
             assert np.array_equal(tokens, want_tokens) and np.array_equal(lengths, want_lengths)
