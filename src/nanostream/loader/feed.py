@@ -5,7 +5,7 @@ the state names, which its stream reads again first. Nothing here imports torch.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +71,7 @@ class Mark:
 class Feed:
     """A source's stream, its encoding tasks queued ahead, and its packer (assembly thread only)."""
 
-    def __init__(self, open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
+    def __init__(self, open_source: Callable[[], Generator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
                  packer: BestFitPacker, *, ahead: int, position: Position | None, skip: int = 0,
                  partial: Position | None = None, restore: Sequence[Run] = (), stats: PackStats | None = None) -> None:
         """``restore``: the runs to rebuild the buffer from first; ``stats``: the counters to go on from
@@ -83,8 +83,7 @@ class Feed:
         self._stats = stats
         self.position, self.skip, self.partial = position, skip, partial
         self._first_skip = skip  # documents of the first row group read that are in the buffer already
-        self._source: Any = None
-        self._batches: Iterator[Any] | None = None
+        self._batches: Generator[Any] | None = None
         self._queued: deque[list[Any]] = deque()  # per row group: [position, documents handed, its tasks]
         self._pieces: deque[tuple[Position, int, np.ndarray, np.ndarray, bool]] = deque()
         self._pool: ThreadPoolExecutor | None = None
@@ -95,8 +94,7 @@ class Feed:
     def start(self, pool: ThreadPoolExecutor) -> None:
         """Open the stream and rebuild a resumed buffer (on the assembly thread, before the first batch)."""
         self._pool = pool
-        self._source = self._open()
-        self._batches = iter(self._source)
+        self._batches = self._open()
         if self._restore is None:
             return
         for tag, tokens, lengths, ids in _restored(self._restore, self._batches, self._tokenizer, self._dtype):
@@ -111,9 +109,8 @@ class Feed:
             for task in tasks:
                 task.cancel()
         self._queued.clear()
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            close()
+        if self._batches is not None:
+            self._batches.close()
 
     def part(self) -> Part:
         p = self.packer

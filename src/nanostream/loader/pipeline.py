@@ -17,6 +17,7 @@ import numpy as np
 
 from ..streaming.cursor import Cursor
 from ..streaming.mix import Schedule
+from ..streaming.plan import Position
 from . import resume
 from .docrefs import unpack
 from .feed import Feed, Mark, replay_keys, single_source, source_batches
@@ -228,11 +229,12 @@ def _feed(ds: Any, i: int, sub: dict[str, Any] | None, layout: Layout, origins: 
     """Source ``i``'s feed: from its exact state ``sub``, else (elastic) from the old readers' buffers."""
     if sub is not None:  # exact: this reader's own buffer and counters
         runs, stats = unpack(sub["docs"]), PackStats(**sub["stats"])
-        position, skip = resume.pos_from(sub["position"]), int(sub["skip"])
+        position = Position.from_list(sub["position"]) if sub["position"] is not None else None
+        skip = int(sub["skip"])
     else:  # an elastic resume: the old readers' buffered documents (counted as new ones)
         runs = [r for old in (carried[i] if carried else ()) for r in resume.carried_runs(old)]
         stats, position, skip = None, None, 0
-    partial = resume.pos_from(sub["partial"]) if skip else None
+    partial = Position.from_list(sub["partial"]) if skip else None
     start = position if position is not None else origins[i]
     replay = replay_keys(runs)  # the row groups of the buffered documents, read again first
     source = (functools.partial(single_source, ds, layout, start, partial, replay) if len(ds.sources) == 1

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LoaderError
 from ..streaming.cursor import Cursor
-from ..streaming.plan import Position
 from ..streaming.single import Stream
 from ..text.fast import SAMPLE
 from .docrefs import Run, pack, unpack
@@ -77,19 +76,6 @@ class Snapshot:
         return out
 
 
-def pos_list(pos: Position | None) -> list | None:
-    if pos is None:
-        return None
-    return [pos.epoch, pos.shard, pos.row_group, pos.taken, None if pos.base is None else pos.base.to_list()]
-
-
-def pos_from(value: list | None) -> Position | None:
-    if value is None:
-        return None
-    epoch, shard, group, taken, base = value
-    return Position(int(epoch), int(shard), int(group), int(taken), None if base is None else Cursor.from_list(base))
-
-
 def global_cursor(s: Stream, part: Part) -> Cursor:
     """The global cursor after the row groups this reader has moved into its buffer whole at ``part``, assuming
     every reader got as far (``s``: this reader's stream, never started)."""
@@ -130,9 +116,9 @@ def encode(part: Part | None, *, config: dict[str, Any], fingerprint: dict[str, 
         "config": dict(config),
         "fingerprint": dict(fingerprint),
         "layout": None if layout is None else list(layout),
-        "position": pos_list(part.position) if part else None,
+        "position": part.position.to_list() if part and part.position else None,
         "skip": part.skip if part else 0,
-        "partial": pos_list(part.partial) if part else None,
+        "partial": part.partial.to_list() if part and part.partial else None,
         "docs": packed_buffer(part) if part else pack([]),
         "cursor": None if cursor is None else cursor.to_list(),
         "origin": None if origin is None else origin.to_list(),
