@@ -33,9 +33,9 @@ class Assembly:
     stops the thread): packs ``(batch, Mark)`` pairs onto ``out`` until the data ends, fails or ``stopping``."""
 
     def __init__(self, feeds: list[Feed], sink: Any, out: Channel, schedule: Schedule | None, limit: Any,
-                 note: Callable[[Mark, threading.Event], Any] | None, batches: int) -> None:
+                 reader: Reader, note: Callable[[Snapshot, threading.Event], Any] | None, batches: int) -> None:
         self.feeds, self.sink, self.out, self.schedule, self.limit = feeds, sink, out, schedule, limit
-        self.note, self.batches = note, batches
+        self.reader, self.note, self.batches = reader, note, batches
         self.stopping = threading.Event()
 
     def mark(self) -> Mark:
@@ -88,7 +88,7 @@ class Assembly:
         self.batches += 1
         mark = self.mark()
         if self.note is not None:
-            mark = replace(mark, note=self.note(mark, self.stopping))
+            mark = replace(mark, note=self.note(Snapshot(self.reader, mark), self.stopping))
         return self.sink.finish(rows), mark
 
     def _pack(self, rows: np.ndarray) -> bool:
@@ -124,7 +124,7 @@ class TokenIterator:
                  carried: tuple[tuple[dict[str, Any], ...], ...] = (),
                  note: Callable[[Snapshot, threading.Event], Any] | None = None) -> None:
         self._last, self.layout, self._sink, self._limit = last, layout, sink, limit
-        self._reader = reader = Reader(ds, layout, origins)
+        self._reader = Reader(ds, layout, origins)
         self._held: Snapshot | None = None
         self._closed = False
         k = len(ds.sources)
@@ -138,13 +138,9 @@ class TokenIterator:
                          "count from here")
                 rows = None
             schedule = Schedule(ds.weights, rows)
-        noted = None
-        if note is not None:
-            def noted(mark: Mark, stopping: threading.Event) -> Any:
-                return note(Snapshot(reader, mark), stopping)
         self._out = Channel(ds.read_ahead.batches)
         batches = int(state["batches"]) if state is not None else 0
-        self._assembly = Assembly(feeds, sink, self._out, schedule, limit, noted, batches)
+        self._assembly = Assembly(feeds, sink, self._out, schedule, limit, self._reader, note, batches)
         self._mark = self._assembly.mark()
         self.wait_s = 0.0  # time the consumer blocked in next()
         self._thread = threading.Thread(target=self._assembly.run, name="nanostream-assemble", daemon=True)
