@@ -25,9 +25,9 @@ from demo.source import PROBE_TIMEOUT, SOURCES, Source, dataset_source, env_defa
 from demo.tokenizer import train_with_stats
 from nanostream.config import Config
 from nanostream.errors import ConfigError, NanostreamError
-from nanostream.loader.cores import threads_for
 from nanostream.loader.dataset import TokenDataset
 from nanostream.loader.device import to_device
+from nanostream.loader.threads import threads_for
 from nanostream.streaming.streams import iter_batches
 from nanostream.text.load import load_tokenizer
 from nanostream.text.tokenizer import ByteTokenizer, Tokenizer

@@ -27,7 +27,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     try:
         ds = TokenDataset("train", ByteTokenizer(), 4, 96, data=data, epochs=1, buffer_docs=16)
-        assert (ds.rank, ds.world_size) == (dist.get_rank(), dist.get_world_size())
+        assert (ds.ranks.rank, ds.ranks.world_size) == (dist.get_rank(), dist.get_world_size())
         loader = DataLoader(ds, batch_size=None, num_workers=2)
         batches = list(loader)
         it = iter(ds)  # in-process: each rank has its own resume state
@@ -35,7 +35,7 @@ def main() -> None:
         next(it)
         state = ds.state_dict()
         it.close()
-        mine = {"rank": ds.rank, "world_size": ds.world_size, "ids": ids_of(segments(batches)),
+        mine = {"rank": ds.ranks.rank, "world_size": ds.ranks.world_size, "ids": ids_of(segments(batches)),
                 "stride": state["layout"][:2], "position": state["position"], "batches": len(batches),
                 "len": len(loader)}
         gathered: list = [None] * dist.get_world_size()

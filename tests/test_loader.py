@@ -88,7 +88,7 @@ def assert_same_batches(got, want) -> None:
 def run_ahead(it, timeout: float = 5) -> None:
     """Let the iterator's producer threads run ahead: batches assembled and row groups tokenized
     ahead of the last batch returned (or the data finished)."""
-    pipe = it._pipe
+    pipe = it
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and pipe._thread.is_alive() and len(pipe._out._items) < pipe._out._size:
         time.sleep(0.01)

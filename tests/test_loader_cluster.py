@@ -47,9 +47,9 @@ def worker() -> None:
     state = ds.state_dict()
     it.close()
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.out / f"state{ds.rank}.pt")
-    (args.out / f"rank{ds.rank}.json").write_text(json.dumps({
-        "rank": ds.rank, "layout": [ds.rank, ds.world_size, ds.local_world_size], "len": n,
+    torch.save(state, args.out / f"state{ds.ranks.rank}.pt")
+    (args.out / f"rank{ds.ranks.rank}.json").write_text(json.dumps({
+        "rank": ds.ranks.rank, "layout": [ds.ranks.rank, ds.ranks.world_size, ds.ranks.local_world_size], "len": n,
         "batches": len(got), "ids": ids_of(segments(got)), "position": state["position"]}))
 
 

@@ -226,7 +226,7 @@ def test_changed_weights_at_resume_go_on_from_every_cursor(two, caplog: pytest.L
     again = make(two, epochs=None, data=mix_of(two, (0.2, 0.8)))
     again.load_state_dict(state)
     rows = []
-    with caplog.at_level("INFO", logger="nanostream.loader.iterator"):
+    with caplog.at_level("INFO", logger="nanostream.loader.pipeline"):
         for n, (x, _) in enumerate(again):
             rows += source_of(x)
             if n == 49:

@@ -116,7 +116,7 @@ def test_export_reload_continues_identically() -> None:
     cap, bd = 97, 30
     full, _, _ = packed_rows(groups, cap, 10_000, bd)
     first, packer, rest = packed_rows(groups, cap, 25, bd)
-    tokens, lengths = packer.export()
+    tokens, lengths = packer.snapshot().export()
     assert lengths.sum() == len(tokens) and len(lengths) == packer.n_docs
     fresh = BestFitPacker(bd, compact_slack=0)
     fresh.add(tokens, lengths)
@@ -128,7 +128,7 @@ def test_rollback_restores_everything() -> None:
     groups = random_groups(3, 12, 9, 60)
     cap, bd = 50, 10
     _, packer, rest = packed_rows(groups, cap, 6, bd)
-    before = (packer.export(), packer.stats.as_dict(), packer.n_docs)
+    before = (packer.snapshot().export(), packer.stats.as_dict(), packer.n_docs)
     rest = list(rest)
     packer.begin()
     out = np.empty(cap, dtype=np.int64)
@@ -145,7 +145,7 @@ def test_rollback_restores_everything() -> None:
         if not packer.fill_row(out, refill):
             break
     packer.rollback()
-    after = (packer.export(), packer.stats.as_dict(), packer.n_docs)
+    after = (packer.snapshot().export(), packer.stats.as_dict(), packer.n_docs)
     assert np.array_equal(before[0][0], after[0][0]) and np.array_equal(before[0][1], after[0][1])
     assert before[1:] == after[1:]
     # and it still packs exactly like a packer that never saw the rolled-back work
@@ -189,7 +189,7 @@ def test_doc_bytes_join_equals_flatten(dtype: type) -> None:
         groups = random_groups(seed, 4, 30, 50)  # includes empty documents
         for g in [*groups, []]:
             to_bytes = DocBytes(BOS, dt)
-            tokens, lengths = join_docs([to_bytes(d) for d in g], [len(d) + 1 for d in g], dt)
+            tokens, lengths = join_docs(g, to_bytes, len(g))
             want_tokens, want_lengths = flatten_docs(g, BOS, dt)
             assert tokens.dtype == dt and lengths.dtype == np.int64
             assert np.array_equal(tokens, want_tokens) and np.array_equal(lengths, want_lengths)

@@ -14,7 +14,7 @@ import torch
 
 from nanostream import ReadAhead, threads_for
 from nanostream.errors import LoaderError
-from nanostream.loader.iterator import HostSink
+from nanostream.loader.dataset import HostSink
 from nanostream.loader.threads import set_loader_idle
 from test_loader import assert_same_batches, ids_of, make, our_threads, run_ahead, segments
 
@@ -59,7 +59,7 @@ def test_batches_are_finished_on_the_producer_thread_ahead_of_next(data: Path) -
     it = ds._iterate(sink)
     got = [next(it)]
     run_ahead(it)
-    assert len(it._pipe._out._items) == 3  # three finished batches wait, beyond the one returned
+    assert len(it._out._items) == 3  # three finished batches wait, beyond the one returned
     assert sink.finished == 5  # 1 returned, 3 queued, 1 waiting for room
     assert it.batches == 1 and ds.state_dict()["batches"] == 1
     got += list(it)

@@ -26,7 +26,7 @@ _LAZY = {
     "load_tokenizer": "text.load",
     "TokenDataset": "loader.dataset",
     "to_device": "loader.device",
-    "threads_for": "loader.cores",
+    "threads_for": "loader.threads",
 }
 
 __all__ = ["Config", "NanostreamError", "__version__", *_LAZY]

@@ -1,18 +1,14 @@
 """nanochat's data loader with nanostream underneath: the same two functions, signatures, yields and folders.
 
-nanochat's ``scripts/base_train.py`` switches with one import line (docs/nanochat.md). Both functions take
-nanochat's arguments and defaults and its tokenizer object, and yield ``(x, y)`` / ``(x, y, state)`` on
-``device`` from one endless ``TokenDataset`` over nanochat's folder (``Config.nanochat_data_dir``), ranks from
-torchrun's environment. The keyword arguments after nanochat's are ``TokenDataset``'s (opt in): a dataset
-name, URL or ``Source`` without ``folder=`` downloads into nanochat's folder. ``state`` resumes *at* the
-batch it came with; it is a small JSON-able dict: ``epoch``, ``pq_idx``, ``rg_idx`` for the log line, and
-``nanostream``: every rank's ``TokenDataset`` state on rank 0 (gathered through the c10d store:
-``loader.sharer.StateGather``), so rank 0's state alone resumes every rank.
+``scripts/base_train.py`` switches with one import line (docs/nanochat.md). Both functions yield from one
+endless ``TokenDataset`` over nanochat's folder, ranks from torchrun's environment; the keyword arguments after
+nanochat's are ``TokenDataset``'s. The ``state`` yielded with a batch resumes at it, every rank from rank 0's.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import logging
@@ -29,7 +25,7 @@ from .errors import LoaderError
 from .loader.dataset import TokenDataset
 from .loader.device import token_batches
 from .loader.feed import PIECE_DOCS
-from .loader.iterator import Snapshot
+from .loader.resume import Snapshot
 from .loader.sharer import StateGather, default_store
 from .retry import RetryPolicy
 from .sources.spec import Source
@@ -55,20 +51,20 @@ def tokenizing_distributed_data_loader_with_state_bos_bestfit(
         config: Config | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
     """nanochat's loader with state: yields ``(x, y, state)``; ``state`` resumes at the batch it came with
     (module docstring). The keyword arguments after nanochat's are ``TokenDataset``'s (opt in)."""
-    extras = {"data": data, "shuffle": shuffle, "seed": seed, "read_ahead": read_ahead, "cache_limit": cache_limit,
-              "retry": retry, "config": config}
-    ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, extras)
-    first = _load(ds, resume_state_dict)
+    ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, data, config,
+                  shuffle=shuffle, seed=seed, read_ahead=read_ahead, cache_limit=cache_limit, retry=retry)
+    state = _load(ds, resume_state_dict)
     gather = None
-    if ds.world_size > 1:
+    rank, world_size = ds.ranks.rank, ds.ranks.world_size
+    if world_size > 1:
         store = default_store(agent=True)
         if store is None:
             log.warning("no torch.distributed process group and no torchrun store: rank %d's loader state holds "
-                        "its own position only, so rank 0's cannot resume the other ranks", ds.rank)
+                        "its own position only, so rank 0's cannot resume the other ranks", rank)
         else:
-            gather = StateGather(store, ds.rank, ds.world_size, str(next(_RUNS)))
-    note = _Note(ds.world_size, ds.rank, gather)
-    return _with_state(token_batches(ds, torch.device(device), note), torch.device(device), first)
+            gather = StateGather(store, rank, world_size, str(next(_RUNS)))
+    note = functools.partial(_note, world_size, rank, gather)
+    return _with_state(token_batches(ds, torch.device(device), note), torch.device(device), state)
 
 
 def tokenizing_distributed_data_loader_bos_bestfit(
@@ -78,23 +74,21 @@ def tokenizing_distributed_data_loader_bos_bestfit(
         cache_limit: int | str | None = None, retry: RetryPolicy | None = None,
         config: Config | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """nanochat's loader without state: yields ``(x, y)`` (the same arguments)."""
-    extras = {"data": data, "shuffle": shuffle, "seed": seed, "read_ahead": read_ahead, "cache_limit": cache_limit,
-              "retry": retry, "config": config}
-    ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, extras)
+    ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, data, config,
+                  shuffle=shuffle, seed=seed, read_ahead=read_ahead, cache_limit=cache_limit, retry=retry)
     _load(ds, resume_state_dict)
     return _plain(token_batches(ds, torch.device(device)), torch.device(device))
 
 
 def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer_batch_size: int, buffer_size: int,
-             extras: dict[str, Any]) -> TokenDataset:
+             data: Data, config: Config | None, **options: Any) -> TokenDataset:
     """The endless TokenDataset of this rank, over nanochat's folder unless ``data`` says otherwise: a dataset
     name, URL or ``Source`` without ``folder=`` downloads into nanochat's folder."""
     if tokenizer_batch_size != PIECE_DOCS and tokenizer_batch_size not in _SAID:
         _SAID.add(tokenizer_batch_size)
         log.warning("tokenizer_batch_size=%s is not used: nanostream refills the buffer %d documents at a time, "
                     "as nanochat's default does", tokenizer_batch_size, PIECE_DOCS)
-    cfg = extras["config"] or Config.from_env()
-    data = extras["data"]
+    cfg = config or Config.from_env()
     if data is None:
         data = cfg.nanochat_data_dir()
     elif isinstance(data, str) and not _is_folder(Source(data)):
@@ -102,8 +96,8 @@ def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer
     if isinstance(data, Source) and data.folder is None and not _is_folder(data):
         data = replace(data, folder=cfg.nanochat_data_dir())
     ranks = Ranks().resolved()  # torchrun's environment, as nanochat's get_dist_info reads it
-    return TokenDataset(split, _adapted(tokenizer, threads), B, T, **{**extras, "data": data, "config": cfg},
-                        ranks=ranks, buffer_docs=buffer_size, epochs=None)
+    return TokenDataset(split, _adapted(tokenizer, threads), B, T, data=data, config=cfg, ranks=ranks,
+                        buffer_docs=buffer_size, epochs=None, **options)
 
 
 def _is_folder(source: Source) -> bool:
@@ -127,7 +121,7 @@ def _load(ds: TokenDataset, state: dict[str, Any] | None) -> dict[str, Any]:
     """Load a state this module yielded (rank 0's holds every rank's); the state to yield with the first batch."""
     if state is None:
         return {"epoch": 1, "pq_idx": 0, "rg_idx": 0,
-                "nanostream": {"format": FORMAT, "world_size": ds.world_size, "ranks": []}}
+                "nanostream": {"format": FORMAT, "world_size": ds.ranks.world_size, "ranks": []}}
     ours = state.get("nanostream") if isinstance(state, dict) else None
     if not isinstance(ours, dict) or ours.get("format") != FORMAT:
         keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
@@ -145,25 +139,21 @@ def _load(ds: TokenDataset, state: dict[str, Any] | None) -> dict[str, Any]:
     return copy.deepcopy(state)
 
 
-class _Note:
+def _note(world_size: int, rank: int, gather: StateGather | None, snap: Snapshot,
+          stop: threading.Event) -> dict[str, Any] | None:
     """Run on the assembly thread after each batch: this rank's state after it, every rank's on rank 0."""
-
-    def __init__(self, world_size: int, rank: int, gather: StateGather | None) -> None:
-        self.world_size, self.rank, self.gather = world_size, rank, gather
-
-    def __call__(self, snap: Snapshot, stop: threading.Event) -> dict[str, Any] | None:
-        mine = snap.state_dict()
-        ranks: list[Any] = [None] * self.world_size
-        ranks[self.rank] = mine
-        if self.gather is not None:
-            if self.rank != 0:
-                self.gather.share(snap.batches, json.dumps(mine))
-            else:
-                others = self.gather.collect(snap.batches, stop)
-                if others is None:  # stopping
-                    return None
-                ranks[1:] = [json.loads(s) for s in others]
-        return {**_log_fields(mine), "nanostream": {"format": FORMAT, "world_size": self.world_size, "ranks": ranks}}
+    mine = snap.state_dict()
+    ranks: list[Any] = [None] * world_size
+    ranks[rank] = mine
+    if gather is not None:
+        if rank != 0:
+            gather.share(snap.batches, json.dumps(mine))
+        else:
+            others = gather.collect(snap.batches, stop)
+            if others is None:  # stopping
+                return None
+            ranks[1:] = [json.loads(s) for s in others]
+    return {**_log_fields(mine), "nanostream": {"format": FORMAT, "world_size": world_size, "ranks": ranks}}
 
 
 def _log_fields(state: dict[str, Any]) -> dict[str, int]:

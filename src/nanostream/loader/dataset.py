@@ -1,19 +1,18 @@
-"""``TokenDataset``: packed ``(inputs, targets)`` batches of a split (or a weighted mix), how many, and its resume state.
-
-Each iterator (the main process, or each DataLoader worker) is a ``iterator.TokenIterator``: worker
-``w`` of ``k`` on rank ``r`` of ``world`` reads as reader ``r*k + w`` of ``world*k``
-(``streaming.ranks.worker_stride``). docs/loader.md has the rules (equal batches, exact and
-elastic resume, mixes).
-"""
+"""``TokenDataset``: packed ``(inputs, targets)`` batches of a split (or a weighted mix), how many, and its resume
+state; ``HostSink``, the CPU tensors it hands out. docs/loader.md has the rules (equal batches, exact and elastic
+resume, mixes)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import Config, parse_cache_limit
@@ -27,10 +26,9 @@ from ..streaming.ranks import Ranks, worker_stride
 from ..streaming.single import Stream, open_stream
 from ..text.load import as_tokenizer
 from . import resume
-from .iterator import Layout, TokenIterator
-from .length import BatchCount, RunLimit
+from .length import RunLimit, epoch_rows, sample_rows, total_batches
 from .packing import PackStats, token_dtype
-from .pipeline import Sink
+from .pipeline import TokenIterator
 from .sharer import default_sharer
 
 __all__ = ["TokenDataset"]
@@ -80,9 +78,7 @@ class TokenDataset(IterableDataset):
         plans = [x.plan for x in s.streams] if self.weights else [s.plan]
         self.ranks = self._options.ranks
         self.read_ahead = self._options.read_ahead
-        self.rank, self.world_size, self.local_world_size = self.ranks.rank, self.ranks.world_size, \
-            self.ranks.local_world_size
-        self._prints = resume.Fingerprints(tokenizer, plans)
+        self._data_prints = [resume.data_fingerprint(p) for p in plans]
         self._pending: list[dict[str, Any]] | None = None
         self._live: weakref.ref[TokenIterator] | None = None
         self._last: dict[str, Any] = {}  # final snapshot of the last closed iterator
@@ -99,7 +95,14 @@ class TokenDataset(IterableDataset):
             config["mix"] = [s.label for s in self.sources]  # the same sources (their weights may change)
         return config
 
-    def _stream(self, k: int, layout: Layout, start: Position | Cursor | None = None, epochs: int | None = None,
+    @functools.cached_property
+    def _fingerprints(self) -> list[dict[str, str]]:
+        """Each source's data and tokenizer fingerprints (the tokenizer's on first use: it encodes, and its errors
+        belong to the first batch, not to the constructor)."""
+        tok = resume.tokenizer_fingerprint(self.tokenizer)
+        return [{"data": d, "tokenizer": tok} for d in self._data_prints]
+
+    def _stream(self, k: int, layout: tuple[int, int, int], start: Position | Cursor | None = None, epochs: int | None = None,
                 replay: tuple[tuple[int, int], ...] = ()) -> Stream:
         """Source ``k``'s stream (never started) for reader ``layout``, from ``start``, reading ``replay`` first."""
         ranks = Ranks(*layout, drop_last=self.ranks.drop_last).resolved()
@@ -110,7 +113,7 @@ class TokenDataset(IterableDataset):
     def rows_per_row_group(self) -> int | list[int]:
         """Full rows packed from one row group alone (the first of epoch 0's global order, the same on every
         node) with this dataset's tokenizer, ``seq_len`` and ``buffer_docs``; a list for a mix. Read once."""
-        rows = [BatchCount(self).rows(k) for k in range(len(self.sources))]
+        rows = [sample_rows(self, k) for k in range(len(self.sources))]
         return rows if self.weights is not None else rows[0]
 
     def epoch_batches(self, epoch: int = 0) -> int:
@@ -118,7 +121,7 @@ class TokenDataset(IterableDataset):
         batch_size`` (learns every row-group count of the epoch). A mix has no common epoch: use ``len(ds)``."""
         if self.weights is not None:
             raise LoaderError("a mix's sources have epochs of their own: use len(ds) for its batch count")
-        return BatchCount(self).epoch_rows(0, epoch, None) // self.batch_size
+        return epoch_rows(self, 0, epoch, None) // self.batch_size
 
     def __len__(self) -> int:
         """Batches every rank yields in this run (finite ``epochs``; after an elastic ``load_state_dict``, those
@@ -127,27 +130,26 @@ class TokenDataset(IterableDataset):
             raise TypeError("TokenDataset with epochs=None is endless: it has no len()")
         origins = self._origins
         if self._pending:
-            _, origins, _ = resume.plan(self._pending, (self.rank, self.world_size, self.local_world_size),
-                                        len(self.sources))
-        total = BatchCount(self).total(origins)
-        assert total is not None
-        return total
+            r = self.ranks
+            _, origins, _ = resume.plan(self._pending, (r.rank, r.world_size, r.local_world_size), len(self.sources))
+        return total_batches(self, origins)
 
     # -- iterators -----------------------------------------------------------------------------
     def __iter__(self) -> TokenIterator:
         return self._iterate()
 
-    def _iterate(self, sink: Sink | None = None, note: Any = None) -> TokenIterator:
-        """A new iterator; ``sink`` makes the batches (default: CPU tensors); ``note``: see ``TokenIterator``."""
+    def _iterate(self, sink: Any = None, note: Any = None) -> TokenIterator:
+        """A new iterator; ``sink`` makes the batches (default: ``HostSink``); ``note``: see ``TokenIterator``."""
         info = get_worker_info()
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader, readers = worker_stride(self.rank, self.world_size, wid, k)
-        layout = (reader, readers, self.local_world_size * k)
+        reader, readers = worker_stride(self.ranks.rank, self.ranks.world_size, wid, k)
+        layout = (reader, readers, self.ranks.local_world_size * k)
         state, origins, carried = resume.plan(self._pending, layout, len(self.sources))
         self._origins = origins
-        limit = RunLimit(BatchCount(self), origins, wid, k) if self.epochs is not None else None
+        limit = RunLimit(self, origins, wid, k) if self.epochs is not None else None
         self._pending = None
         self._last = {}
+        sink = sink if sink is not None else HostSink(self.batch_size, self.seq_len + 1)
         it = TokenIterator(self, layout, state, origins, limit, self._last, sink, carried, note)
         self._live = weakref.ref(it)
         return it
@@ -164,7 +166,7 @@ class TokenDataset(IterableDataset):
             return self._last["snapshot"].state_dict()
         if self._pending is not None and len(self._pending) == 1:
             return dict(self._pending[0])
-        fresh = resume.empty(self._config(), self._prints.get())
+        fresh = resume.empty(self._config(), self._fingerprints)
         if self._pending:  # loaded for an elastic resume, not started yet: keep all of it
             fresh["pending"] = list(self._pending)
         return fresh
@@ -177,7 +179,7 @@ class TokenDataset(IterableDataset):
         if len(states) == 1 and isinstance(states[0], dict) and "pending" in states[0]:
             states = list(states[0]["pending"])  # saved between an elastic load and the first batch
         for st in states:
-            resume.check(st, self._config(), self._prints.get())
+            resume.check(st, self._config(), self._fingerprints)
         if not states:
             raise LoaderError("load_state_dict got an empty list of states")
         self._pending = states
@@ -199,6 +201,22 @@ class TokenDataset(IterableDataset):
         d = dict(self.__dict__)
         d["_live"], d["_last"] = None, {}
         return d
+
+
+class HostSink:
+    """The CPU sink: rows packed into one reused array, handed over as fresh tensors (the caller may keep them)."""
+
+    def __init__(self, batch_size: int, row_len: int) -> None:
+        self._rows = np.empty((batch_size, row_len), dtype=np.int64)
+
+    def rows(self) -> np.ndarray:
+        return self._rows
+
+    def finish(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+    def ready(self, item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return item
 
 
 def fix_rows_per_row_group(ds: TokenDataset, rows: int | list[int]) -> TokenDataset:

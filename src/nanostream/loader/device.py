@@ -1,10 +1,5 @@
-"""Batches onto the accelerator: ``to_device``, ``CudaPrefetcher`` and the pinned ring.
-
-On CUDA the copy of batch ``i+1`` overlaps step ``i``: a ``TokenDataset`` packs straight into a ring of
-pinned ``(B, T+1)`` buffers (``PinnedRowsSink``) whose copies start on a side stream; any other iterable
-goes through a ``CudaPrefetcher`` thread that stages batches into a pinned ring. The consumer's stream
-waits on each batch's event (no host sync). docs/loader.md has the measurements.
-"""
+"""Batches onto the accelerator: ``to_device``, ``CudaPrefetcher`` and the pinned ring. On CUDA the copy of
+batch ``i+1`` overlaps step ``i`` and the consumer's stream waits on each batch's event (no host sync)."""
 
 from __future__ import annotations
 
@@ -18,7 +13,7 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
-from .threads import Channel, Closed, End, background_thread
+from .threads import Channel, End, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
@@ -218,8 +213,6 @@ class CudaPrefetcher:
         t0 = time.perf_counter()
         try:
             item = self._out.get()
-        except Closed:
-            item = End()
         except BaseException:
             self.close()
             raise

@@ -1,9 +1,5 @@
-"""A packing buffer as document references: which documents of which row groups, not their tokens (numpy only).
-
-A resume state (``resume.py``) describes the buffer as *runs*, oldest first: consecutive buffered
-documents of one row group, named by its ``(epoch, shard, row_group)`` and their numbers in it.
-``pack`` turns the runs into one ASCII string that ``json.dump`` writes as it is, ``unpack`` back.
-"""
+"""A packing buffer as document references (numpy only): *runs* of documents of one row group, named by its
+``(epoch, shard, row_group)`` and their numbers in it; ``pack`` makes them one ASCII string, ``unpack`` reads it."""
 
 from __future__ import annotations
 

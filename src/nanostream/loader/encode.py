@@ -1,10 +1,5 @@
 """Documents as BOS-first flat token arrays: how a tokenizer's output becomes what the packer takes (numpy only).
-
-``encoding`` picks how the loader encodes: a tokenizer with ``encode_flat`` gives one array plus offsets
-(``bos_first`` inserts the BOS with numpy); a ``BPETokenizer`` on tiktoken is driven text by text, each
-document turned into bytes right after it is encoded (``DocBytes``, ``join_docs``); any other
-tokenizer's ``encode_batch`` lists are flattened. ``doc_arrays`` encodes texts the way the loader does.
-"""
+``encoding`` picks how: ``encode_flat`` arrays, tiktoken text by text (``DocBytes``), or ``encode_batch`` lists."""
 
 from __future__ import annotations
 
@@ -21,7 +16,7 @@ FLAT_TASK_PIECES = 4  # pieces encoded as one task by a flat encoder (fewer, lar
 
 def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Documents given flat (``tokens``, ``offsets`` of ``len + 1``) as ``(tokens, lengths)`` with BOS in
-    front of each (``lengths`` count it), in ``dtype``; ValueError if an id does not fit in it."""
+    front of each (``lengths`` count it), in ``dtype``; LoaderError if an id does not fit in it."""
     dtype = np.dtype(dtype)
     offsets = np.asarray(offsets, dtype=np.int64)
     if len(offsets) and offsets[0]:
@@ -30,7 +25,8 @@ def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dt
         info = np.iinfo(dtype)
         low, high = int(tokens.min()), int(tokens.max())
         if low < info.min or high > info.max:
-            raise ValueError(f"id {high if high > info.max else low} does not fit in {dtype}")
+            raise LoaderError(f"the tokenizer returned an id outside the token dtype (id {high if high > info.max else low} "
+                              f"does not fit in {dtype}); check its vocab_size")
     lengths = np.diff(offsets) + 1
     out = np.empty(len(tokens) + len(lengths), dtype=dtype)
     starts = offsets[:-1] + np.arange(len(lengths))  # where each document's BOS goes
@@ -42,8 +38,8 @@ def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dt
 
 
 class DocBytes:
-    """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or int32) values,
-    for ``join_docs``. Thread-safe; a bounded cache of ``struct.Struct`` objects per document length."""
+    """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or int32) values
+    (LoaderError if an id does not fit). Thread-safe; a bounded cache of ``struct.Struct`` objects per length."""
 
     MAX_CACHED = 4096
 
@@ -65,14 +61,18 @@ class DocBytes:
         try:
             return packer.pack(self.bos_id, *ids)
         except struct.error as exc:
-            raise ValueError(f"a token id does not fit in {self.dtype} ({exc}): "
-                             f"ids must be integers in 0..{np.iinfo(self.dtype).max}") from exc
+            raise LoaderError(f"the tokenizer returned an id outside the token dtype ({exc}: a token id does not fit "
+                              f"in {self.dtype}); check its vocab_size") from exc
 
 
-def join_docs(parts: Sequence[bytes], lengths: Sequence[int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``DocBytes`` outputs of consecutive documents and their lengths (BOS included) as ``(tokens, lengths)``
-    arrays; ``tokens`` is read-only."""
-    return np.frombuffer(b"".join(parts), dtype=dtype), np.array(lengths, dtype=np.int64).reshape(-1)
+def join_docs(ids_of: Iterable[Sequence[int]], to_bytes: DocBytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` documents' ids as one BOS-first ``(tokens, lengths)`` (``tokens`` read-only), each document turned
+    into bytes as soon as it is encoded."""
+    parts = [to_bytes(ids) for ids in ids_of]
+    if len(parts) != n:
+        raise LoaderError(f"the tokenizer returned {len(parts)} id lists for {n} texts")
+    lengths = np.array([len(p) for p in parts], dtype=np.int64) // to_bytes.dtype.itemsize
+    return np.frombuffer(b"".join(parts), dtype=to_bytes.dtype), lengths
 
 
 Encode = Callable[[list[str]], list[tuple[np.ndarray, np.ndarray]]]
@@ -87,13 +87,13 @@ def encoding(tokenizer: Tokenizer, dtype: np.dtype, piece_docs: int) -> tuple[En
     if (isinstance(tokenizer, BPETokenizer) and tokenizer.fast is None and cls.encode_batch is BPETokenizer.encode_batch
             and cls.encode is BPETokenizer.encode):
         encode, to_bytes = tokenizer.encode, DocBytes(tokenizer.bos_id, dtype)
-        return (lambda texts: [_doc_bytes(map(encode, texts), to_bytes, len(texts))]), piece_docs, threads
+        return (lambda texts: [join_docs(map(encode, texts), to_bytes, len(texts))]), piece_docs, threads
     flat = getattr(tokenizer, "encode_flat", None)
     bos = tokenizer.bos_id
     if flat is None or not _flat_is_current(cls):
-        return (lambda texts: _pieces(flat_of(_checked_lists(tokenizer.encode_batch(texts), texts)), bos, dtype, piece_docs)), \
+        return (lambda texts: _pieces(flat_of(tokenizer.encode_batch(texts)), len(texts), bos, dtype, piece_docs)), \
             piece_docs, 1
-    return (lambda texts: _pieces(_checked_flat(flat(texts), texts), bos, dtype, piece_docs)), piece_docs * FLAT_TASK_PIECES, \
+    return (lambda texts: _pieces(flat(texts), len(texts), bos, dtype, piece_docs)), piece_docs * FLAT_TASK_PIECES, \
         threads if isinstance(tokenizer, BPETokenizer) else 1
 
 
@@ -116,46 +116,16 @@ def doc_arrays(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype) -> tuple
     return np.concatenate([t for t, _ in parts]), np.concatenate([n for _, n in parts])
 
 
-def _checked_lists(lists: list, texts: list[str]) -> list:
-    if len(lists) != len(texts):
-        raise LoaderError(f"the tokenizer returned {len(lists)} id lists for {len(texts)} texts")
-    return lists
-
-
-def _checked_flat(flat: tuple[np.ndarray, np.ndarray], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    if len(flat[1]) != len(texts) + 1:
-        raise LoaderError(f"the tokenizer returned {len(flat[1]) - 1} documents' offsets for {len(texts)} texts")
-    return flat
-
-
-def _pieces(flat: tuple[np.ndarray, np.ndarray], bos: int, dtype: np.dtype,
+def _pieces(flat: tuple[np.ndarray, np.ndarray], n: int, bos: int, dtype: np.dtype,
             piece_docs: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A task's ``(tokens, offsets)`` as BOS-first ``(tokens, lengths)`` per piece of ``piece_docs`` documents."""
+    """A task's ``(tokens, offsets)`` for ``n`` texts as BOS-first ``(tokens, lengths)`` per piece of ``piece_docs``
+    documents."""
     tokens, offsets = flat
-    try:
-        arrays = bos_first(tokens, offsets, bos, dtype)
-    except ValueError as exc:
-        raise LoaderError(f"the tokenizer returned an id outside the token dtype ({exc}); check its "
-                          "vocab_size") from exc
-    out, lengths = arrays
+    if len(offsets) != n + 1:
+        raise LoaderError(f"the tokenizer returned {len(offsets) - 1} id lists for {n} texts")
+    out, lengths = bos_first(tokens, offsets, bos, dtype)
     ends = np.cumsum(lengths)
     cuts = list(range(piece_docs, len(lengths), piece_docs))
     bounds = [0, *(int(ends[c - 1]) for c in cuts), len(out)]
     docs = [0, *cuts, len(lengths)]
     return [(out[bounds[i]:bounds[i + 1]], lengths[docs[i]:docs[i + 1]]) for i in range(len(docs) - 1)]
-
-
-def _doc_bytes(ids_of: Iterable[Sequence[int]], to_bytes: DocBytes, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Runs on an encoding thread: each document's ids as the bytes of its BOS-first token array, joined."""
-    parts: list[bytes] = []
-    lengths: list[int] = []
-    for ids in ids_of:
-        try:
-            parts.append(to_bytes(ids))
-        except ValueError as exc:
-            raise LoaderError(f"the tokenizer returned an id outside the token dtype ({exc}); check its "
-                              "vocab_size") from exc
-        lengths.append(len(ids) + 1)
-    if len(lengths) != n:
-        raise LoaderError(f"the tokenizer returned {len(lengths)} id lists for {n} texts")
-    return join_docs(parts, lengths, to_bytes.dtype)

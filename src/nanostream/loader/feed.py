@@ -1,17 +1,11 @@
-"""One source of a ``TokenDataset`` pipeline: its stream, its tokenizing read-ahead, its packing buffer, its resume point.
-
-A ``Feed`` runs on the assembly thread (``pipeline.py``). ``refill`` moves the next piece of ``PIECE_DOCS``
-tokenized documents into the source's ``BestFitPacker``; the encoding of the next row groups
-(``ReadAhead.tokenized`` in all) runs on the pipeline's encoding threads meanwhile. Every document is tagged
-with its row group and its number there, so a resume state names it instead of holding its tokens
-(``docrefs.py``). A resumed feed first rebuilds its buffer (``start``): the stream yields the row groups the
-state names first (``Options.replay``), and those documents are tokenized again. Nothing here imports torch.
-"""
+"""One source of a ``TokenDataset`` pass (``Feed``, on the assembly thread): its stream, its tokenizing read-ahead,
+its packing buffer and its resume point (``Part``, ``Mark``). A resumed feed rebuilds its buffer from the row groups
+the state names, which its stream reads again first. Nothing here imports torch."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import LoaderError
+from ..streaming.blocking import BatchIterator
+from ..streaming.cursor import Cursor
 from ..streaming.plan import Position
 from ..text.tokenizer import Tokenizer
 from .docrefs import Run
@@ -30,7 +26,7 @@ PIECE_DOCS = 128  # documents moved into the packing buffer at a time (and encod
 
 class Seam:
     """Yielded by a source between the run's own epochs and the ones after them, which a reader whose data ran
-    short reads on into (``TokenDataset``'s equal batch counts); the feed stops there until ``pass_seam()``."""
+    short reads on into (``TokenDataset``'s equal batch counts); the feed stops there (``at_seam``)."""
 
 
 def replay_keys(runs: Sequence[Run]) -> tuple[tuple[int, int], ...]:
@@ -52,10 +48,30 @@ class Part:
     runs: tuple[Run, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Mark:
+    """The resume point right after one batch: each source's ``Part``, the batches made, the rows each source
+    has packed (a mix's schedule), and what the iterator's ``note`` made of it (None without one)."""
+
+    parts: tuple[Part, ...]
+    batches: int
+    rows: tuple[int, ...] = ()
+    note: Any = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters of every source together."""
+        return {k: sum(p.stats[k] for p in self.parts) for k in self.parts[0].stats}
+
+    @property
+    def buffered_docs(self) -> int:
+        return sum(p.buffered_docs for p in self.parts)
+
+
 class Feed:
     """A source's stream, its encoding tasks queued ahead, and its packer (assembly thread only)."""
 
-    def __init__(self, open_source: Callable[[], Iterator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
+    def __init__(self, open_source: Callable[[], Generator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
                  packer: BestFitPacker, *, ahead: int, position: Position | None, skip: int = 0,
                  partial: Position | None = None, restore: Sequence[Run] = (), stats: PackStats | None = None) -> None:
         """``restore``: the runs to rebuild the buffer from first; ``stats``: the counters to go on from
@@ -67,8 +83,7 @@ class Feed:
         self._stats = stats
         self.position, self.skip, self.partial = position, skip, partial
         self._first_skip = skip  # documents of the first row group read that are in the buffer already
-        self._source: Any = None
-        self._batches: Iterator[Any] | None = None
+        self._batches: Generator[Any] | None = None
         self._queued: deque[list[Any]] = deque()  # per row group: [position, documents handed, its tasks]
         self._pieces: deque[tuple[Position, int, np.ndarray, np.ndarray, bool]] = deque()
         self._pool: ThreadPoolExecutor | None = None
@@ -79,8 +94,7 @@ class Feed:
     def start(self, pool: ThreadPoolExecutor) -> None:
         """Open the stream and rebuild a resumed buffer (on the assembly thread, before the first batch)."""
         self._pool = pool
-        self._source = self._open()
-        self._batches = iter(self._source)
+        self._batches = self._open()
         if self._restore is None:
             return
         for tag, tokens, lengths, ids in _restored(self._restore, self._batches, self._tokenizer, self._dtype):
@@ -95,12 +109,8 @@ class Feed:
             for task in tasks:
                 task.cancel()
         self._queued.clear()
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            close()
-
-    def pass_seam(self) -> None:
-        self.at_seam = False
+        if self._batches is not None:
+            self._batches.close()
 
     def part(self) -> Part:
         p = self.packer
@@ -173,6 +183,33 @@ class Feed:
                 tasks = deque(self._pool.submit(self._encode, texts[a:a + self._task_docs])
                               for a in range(0, len(texts), self._task_docs))
                 self._queued.append([batch.position, skip, tasks])
+
+
+def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Position | Cursor | None,
+                   epochs: int | None = None, replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
+    """Source ``k``'s batches for reader ``layout``, from ``start``; its stream is closed however this ends."""
+    it = BatchIterator(ds._stream(k, layout, start, epochs, replay))
+    try:
+        yield from it
+    finally:
+        it.close()
+
+
+def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Cursor | None, partial: Position | None,
+                  replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
+    """One source's batches for a run: its epochs, a ``Seam``, then the next epochs' order (which only a
+    reader whose data ran short reads on into); the first stream reads the ``replay`` row groups first."""
+    epochs, at = ds.epochs, start
+    if epochs is None:
+        yield from source_batches(ds, 0, layout, at, replay=replay)
+        return
+    if at is None or at.epoch < epochs:
+        if partial is None or partial.epoch < epochs:  # else stopped past the run's epochs: the Seam was passed
+            yield from source_batches(ds, 0, layout, at, epochs=epochs, replay=replay)
+            replay = ()
+            yield Seam()
+        at = Cursor(epochs, shards=len(ds._stream(0, (0, 1, 1)).plan.shards))
+    yield from source_batches(ds, 0, layout, at, replay=replay)
 
 
 def _restored(runs: Sequence[Run], batches: Iterator[Any], tokenizer: Tokenizer,

@@ -1,11 +1,5 @@
-"""How many batches a ``TokenDataset`` makes: ``len(ds)``, per epoch, per row group, and ``RunLimit``.
-
-Per source and epoch: the row groups every rank reads (which needs every row-group count of the epoch)
-times the full rows one row group packs alone (``rows``: the first row group of epoch 0's global order,
-the same on every node), over ``batch_size``; a mix runs until the source that needs the most rows for its
-share has completed its epochs. An iterator never waits for ``len(ds)``: ``RunLimit`` answers at once
-below a lower bound made of the counts known so far, and learns the rest only past it.
-"""
+"""How many batches a ``TokenDataset`` makes (``len(ds)``, per epoch, per row group) and ``RunLimit``, an
+iterator's batch count bounded from below by the row-group counts known, so that it never waits for them."""
 
 from __future__ import annotations
 
@@ -30,77 +24,70 @@ if TYPE_CHECKING:
     from ..streaming.single import Stream
 
 
-class BatchCount:
-    """The batch arithmetic of one ``TokenDataset`` (its sources, layout, sizes and tokenizer)."""
+def count_stream(ds: Any, k: int, start: Cursor | None) -> Stream:
+    """Source ``k``'s stream (never started) at this rank's layout, from ``start``."""
+    return open_stream(ds.sources[k], ds._options, ds._cfg, start)
 
-    def __init__(self, ds: Any) -> None:
-        self.ds = ds
 
-    def stream(self, k: int, start: Cursor | None) -> Stream:
-        """Source ``k``'s stream (never started) at this rank's layout, from ``start``."""
-        ds = self.ds
-        return open_stream(ds.sources[k], ds._options, ds._cfg, start)
+def sample_rows(ds: Any, k: int) -> int:
+    """Full rows packed from source ``k``'s sample row group alone (the first of epoch 0's global order, the
+    same on every node; read once, then kept)."""
+    if ds._rows[k] is None:
+        o: Options = ds._options
+        one = replace(o, ranks=Ranks(0, 1, 1), epochs=1, read_ahead=replace(o.read_ahead, files=0))  # that shard
+        it = BatchIterator(open_stream(ds.sources[k], one, ds._cfg))
+        try:
+            texts = list(next(it).texts)
+        finally:
+            it.close()
+        tokens, lengths = doc_arrays(ds.tokenizer, texts, token_dtype(ds.tokenizer.vocab_size))
+        packer = BestFitPacker(ds.buffer_docs)
+        packer.add(tokens, lengths)
+        row, rows = np.empty(ds.seq_len + 1, dtype=np.int64), 0
+        while packer.fill_row(row, lambda: False):
+            rows += 1
+        ds._rows[k] = rows
+    return ds._rows[k]
 
-    def rows(self, k: int) -> int:
-        """Full rows packed from source ``k``'s sample row group alone (read once, then kept)."""
-        ds = self.ds
-        if ds._rows[k] is None:
-            o: Options = ds._options
-            one = replace(o, ranks=Ranks(0, 1, 1), epochs=1, read_ahead=replace(o.read_ahead, files=0))  # that shard
-            it = BatchIterator(open_stream(ds.sources[k], one, ds._cfg))
-            try:
-                texts = list(next(it).texts)
-            finally:
-                it.close()
-            tok = ds.tokenizer
-            tokens, lengths = doc_arrays(tok, texts, token_dtype(tok.vocab_size))
-            packer = BestFitPacker(ds.buffer_docs)
-            packer.add(tokens, lengths)
-            row, rows = np.empty(ds.seq_len + 1, dtype=np.int64), 0
-            while packer.fill_row(row, lambda: False):
-                rows += 1
-            ds._rows[k] = rows
-        return ds._rows[k]  # type: ignore[return-value]
 
-    def epoch_rows(self, k: int, epoch: int, start: Cursor | None) -> int:
-        """Rows every rank packs of source ``k`` in ``epoch``: its row groups there times ``rows(k)``."""
-        return self.stream(k, start).epoch_length(epoch) * self.rows(k)
+def epoch_rows(ds: Any, k: int, epoch: int, start: Cursor | None) -> int:
+    """Rows every rank packs of source ``k`` in ``epoch``: its row groups there times ``sample_rows``."""
+    return count_stream(ds, k, start).epoch_length(epoch) * sample_rows(ds, k)
 
-    def total(self, origins: tuple[Cursor | None, ...], lengths: Any = None) -> int | None:
-        """Batches every rank yields from ``origins`` (None: epoch 0) to the last epoch. ``lengths(k, epoch,
-        origin)`` gives each epoch's row groups (default: exact, learning every count it needs)."""
-        ds = self.ds
-        if ds.epochs is None:
-            return None
 
-        def rows(k: int, e: int, o: Cursor | None) -> int:
-            if lengths is None:
-                return self.epoch_rows(k, e, o)
-            per_group = self.rows(k)  # first: reading the sample teaches its shard's count
-            return lengths(k, e, o) * per_group
+def total_batches(ds: Any, origins: tuple[Cursor | None, ...], lengths: Any = None) -> int:
+    """Batches every rank yields from ``origins`` (None: epoch 0) to the last epoch; a mix runs until the
+    source that needs the most rows for its share is done. ``lengths(k, epoch, origin)`` gives each epoch's
+    row groups (default: exact, learning every count it needs)."""
 
-        if ds.weights is None:
-            origin = origins[0]
-            first = origin.epoch if origin is not None else 0
-            total = sum(rows(0, e, origin) // ds.batch_size for e in range(first, ds.epochs))
-        else:
-            need = [sum(rows(k, e, o) for e in range(o.epoch if o is not None else 0, ds.epochs)) / w
-                    for k, (o, w) in enumerate(zip(origins, ds.weights, strict=True))]
-            total = int(max(need)) // ds.batch_size
-        if total == 0 and lengths is None and all(o is None for o in origins):
-            raise ConfigError(
-                f"TokenDataset makes no batch of {ds.batch_size} x {ds.seq_len} per rank in {ds.epochs} "
-                f"epoch(s) ({ds.rows_per_row_group()} rows per row group): use a smaller batch, fewer ranks "
-                "or more data")
-        return total
+    def rows(k: int, e: int, o: Cursor | None) -> int:
+        if lengths is None:
+            return epoch_rows(ds, k, e, o)
+        per_group = sample_rows(ds, k)  # first: reading the sample teaches its shard's count
+        return lengths(k, e, o) * per_group
+
+    if ds.weights is None:
+        origin = origins[0]
+        first = origin.epoch if origin is not None else 0
+        total = sum(rows(0, e, origin) // ds.batch_size for e in range(first, ds.epochs))
+    else:
+        need = [sum(rows(k, e, o) for e in range(o.epoch if o is not None else 0, ds.epochs)) / w
+                for k, (o, w) in enumerate(zip(origins, ds.weights, strict=True))]
+        total = int(max(need)) // ds.batch_size
+    if total == 0 and lengths is None and all(o is None for o in origins):
+        raise ConfigError(
+            f"TokenDataset makes no batch of {ds.batch_size} x {ds.seq_len} per rank in {ds.epochs} "
+            f"epoch(s) ({ds.rows_per_row_group()} rows per row group): use a smaller batch, fewer ranks "
+            "or more data")
+    return total
 
 
 class RunLimit:
-    """The batches one iterator (a DataLoader worker's share of its rank's) makes, known late (see the
-    module docstring)."""
+    """The batches one iterator (a DataLoader worker's share of its rank's) makes: answered at once below a lower
+    bound made of the row-group counts known so far, learning the rest only past it."""
 
-    def __init__(self, count: BatchCount, origins: tuple[Cursor | None, ...], worker: int, workers: int) -> None:
-        self.count, self.origins, self.worker, self.workers = count, origins, worker, workers
+    def __init__(self, ds: Any, origins: tuple[Cursor | None, ...], worker: int, workers: int) -> None:
+        self.ds, self.origins, self.worker, self.workers = ds, origins, worker, workers
         self.value: int | None = None
         self._bound = 0
         self._tallies: dict[tuple[int, int], Tally] = {}  # (source, 0: the origin's epoch | 1: a later one)
@@ -114,7 +101,7 @@ class RunLimit:
         first = origin.epoch if origin is not None else 0
         key = (k, int(epoch != first))
         if key not in self._tallies:
-            s = self.count.stream(k, origin)
+            s = count_stream(self.ds, k, origin)
             self._tallies[key] = Tally(s.epoch_deal(epoch), s.book)
         return self._tallies[key].length_lower()
 
@@ -122,17 +109,17 @@ class RunLimit:
         """May batch number ``batches + 1`` be made? At once below the bound; past it, after learning every
         count (``interrupt()`` from another thread ends that wait: ``Closed``)."""
         if self.value is None and batches >= self._bound:
-            self._bound = self._share(self.count.total(self.origins, self._length) or 0)
+            self._bound = self._share(total_batches(self.ds, self.origins, self._length))
             if batches >= self._bound:
                 self._runner = runner = LoopThread("nanostream-count")
                 try:
                     if self._interrupted:
                         raise Closed
                     for k, origin in enumerate(self.origins):
-                        runner.run(self.count.stream(k, origin).prepare())
+                        runner.run(count_stream(self.ds, k, origin).prepare())
                 finally:
                     runner.close()
-                self.value = self._share(self.count.total(self.origins) or 0)
+                self.value = self._share(total_batches(self.ds, self.origins))
         return self.value is None or batches < self.value
 
     def interrupt(self) -> None:

@@ -1,10 +1,5 @@
-"""BOS-aligned best-fit packing of tokenized documents into fixed-length rows (numpy only).
-
-``BestFitPacker`` is nanochat's rule: every row starts at a document; place the longest buffered document
-that fits, repeat, and when none fits crop the shortest to fill the row (ties: the oldest). Documents are
-found through a sorted list of distinct lengths and a FIFO per length, and copied once, by numpy slice. A
-batch is a transaction (``begin``/``commit``/``rollback``), so the buffer matches the last batch handed out.
-"""
+"""BOS-aligned best-fit packing of tokenized documents into fixed-length rows (``BestFitPacker``, nanochat's rule;
+numpy only). A batch is a transaction (``begin``/``commit``/``rollback``)."""
 
 from __future__ import annotations
 
@@ -90,6 +85,7 @@ class BufferSnapshot:
         self.parts = parts
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """The buffered documents in arrival order: (flat tokens, lengths); a fresh packer given them packs the same."""
         toks, lens = [], []
         for tokens, lengths, alive, _, _ in self.parts:
             if alive is None:
@@ -166,10 +162,6 @@ class BestFitPacker:
         if self._snapshot is None:  # chunks are kept in arrival order (serials only grow)
             self._snapshot = BufferSnapshot([c.part() for c in self._chunks.values()])
         return self._snapshot
-
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """The buffered documents in arrival order: (flat tokens, lengths); a fresh packer given them packs the same."""
-        return self.snapshot().export()
 
     # -- rows --------------------------------------------------------------------------------
     def fill_row(self, out: np.ndarray, refill: Callable[[], bool]) -> bool:

@@ -1,123 +1,75 @@
-"""A ``TokenDataset`` iterator's producer: one assembly thread that packs finished batches ahead (numpy only).
-
-The assembly thread owns everything that makes batches: each source's ``feed.Feed`` (its stream and
-its packer), the encoding threads they share, and the sink that turns packed rows into the batch
-handed over (CPU tensors, or a device copy: ``device.py``). It packs each row best-fit from one
-source (a mix: ``Schedule`` picks the source furthest below its share) and puts ``(batch, Mark)`` on
-a ``Channel`` of ``batches`` finished batches, so the consumer's ``next()`` is a hand-over. Every error
-reaches the consumer unchanged; ``close()`` wakes every wait and joins every thread.
-"""
+"""One pass of a ``TokenDataset``: ``TokenIterator`` and its ``Assembly`` thread, which packs each row from one
+source's feed (a mix: the source furthest below its share) and hands finished batches over a ``Channel`` of
+``ReadAhead.batches``, so that ``next()`` is a hand-over (numpy only)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
+from ..streaming.cursor import Cursor
 from ..streaming.mix import Schedule
-from .feed import Feed, Part
-from .packing import PackStats
-from .threads import Channel, Closed, End, background_thread
+from ..streaming.plan import Position
+from . import resume
+from .docrefs import unpack
+from .feed import Feed, Mark, replay_keys, single_source, source_batches
+from .packing import BestFitPacker, PackStats, token_dtype
+from .resume import Layout, Reader, Snapshot
+from .threads import Channel, End, background_thread
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Mark:
-    """The resume point right after one batch: each source's ``Part``, the batches made, the rows each source
-    has packed (a mix's schedule), and what the pipeline's ``note`` made of it (None without one)."""
+class Assembly:
+    """The assembly thread's side of a ``TokenIterator`` (kept apart from it, so that dropping the iterator
+    stops the thread): packs ``(batch, Mark)`` pairs onto ``out`` until the data ends, fails or ``stopping``."""
 
-    parts: tuple[Part, ...]
-    batches: int
-    rows: tuple[int, ...] = ()
-    note: Any = None
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """The counters of every source together."""
-        total = PackStats()
-        for p in self.parts:
-            for k, v in p.stats.items():
-                setattr(total, k, getattr(total, k) + v)
-        return total.as_dict()
-
-    @property
-    def buffered_docs(self) -> int:
-        return sum(p.buffered_docs for p in self.parts)
-
-
-class Sink(Protocol):
-    """Where assembled rows go: ``rows`` and ``finish`` run on the assembly thread, ``ready`` on the consumer's."""
-
-    def rows(self) -> np.ndarray:
-        """An int64 ``(batch_size, seq_len + 1)`` array to pack the next batch into."""
-        ...
-
-    def finish(self, rows: np.ndarray) -> Any:
-        """The packed ``rows`` as the object handed to the consumer."""
-        ...
-
-    def ready(self, item: Any) -> tuple[Any, Any]:
-        """On the consumer's thread: the handed object as the ``(inputs, targets)`` returned."""
-        ...
-
-
-class BatchPipeline:
-    """The assembly thread of one iterator and its channel of finished batches.
-
-    ``get()`` returns ``(batch, Mark)``, or None at the end: the data ended (the batch it ended in is
-    dropped, its documents stay buffered) or ``limit`` said no more (a ``length.RunLimit``). With one
-    source, at a ``Seam`` the buffer is drained first, and packing reads on past it only while the
-    limit allows more. ``note(mark, stopping)`` runs on the assembly thread after each batch; its result rides on
-    the batch's ``Mark``.
-    """
-
-    def __init__(self, feeds: list[Feed], sink: Sink, *, batches: int, ahead: int, limit: Any = None,
-                 schedule: Schedule | None = None, note: Callable[[Mark, threading.Event], Any] | None = None) -> None:
-        self._feeds, self._sink, self._limit, self._schedule = feeds, sink, limit, schedule
-        self._note = note
-        self._batches = batches
-        self.mark = self._mark()
-        self.wait_s = 0.0  # time the consumer blocked in get()
+    def __init__(self, feeds: list[Feed], sink: Any, out: Channel, schedule: Schedule | None, limit: Any,
+                 reader: Reader, note: Callable[[Snapshot, threading.Event], Any] | None, batches: int) -> None:
+        self.feeds, self.sink, self.out, self.schedule, self.limit = feeds, sink, out, schedule, limit
+        self.reader, self.note, self.batches = reader, note, batches
         self.stopping = threading.Event()
-        self._out = Channel(ahead)
-        self._thread = threading.Thread(target=self._assemble, name="nanostream-assemble", daemon=True)
-        self._thread.start()
 
-    def _mark(self) -> Mark:
-        rows = tuple(self._schedule.taken) if self._schedule is not None else ()
-        return Mark(tuple(f.part() for f in self._feeds), self._batches, rows)
+    def mark(self) -> Mark:
+        rows = tuple(self.schedule.taken) if self.schedule is not None else ()
+        return Mark(tuple(f.part() for f in self.feeds), self.batches, rows)
 
-    def _assemble(self) -> None:
+    def run(self) -> None:
         """Thread body: pack, finish and hand over batches until the data ends, fails or we are stopped."""
         background_thread()  # before the stream and encoding threads start: they inherit it
-        pool = ThreadPoolExecutor(max_workers=max(f.threads for f in self._feeds),
+        pool = ThreadPoolExecutor(max_workers=max(f.threads for f in self.feeds),
                                   thread_name_prefix="nanostream-encode")
         try:
-            for f in self._feeds:
+            for f in self.feeds:
                 f.start(pool)
             while not self.stopping.is_set():
-                item = self._next()
-                if not self._out.put(item) or isinstance(item, End):
+                item = self._next_batch()
+                if not self.out.put(item) or isinstance(item, End):
                     return
         except BaseException as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
             if not self.stopping.is_set():
-                self._out.put(End(exc))
+                self.out.put(End(exc))
         finally:
-            for f in self._feeds:
+            for f in self.feeds:
                 f.close()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _next(self) -> tuple[Any, Mark] | End:
-        """The next finished batch and its Mark, or End."""
-        sink, feeds, schedule = self._sink, self._feeds, self._schedule
+    def _next_batch(self) -> tuple[Any, Mark] | End:
+        """The next finished batch and its Mark, or End. The batch the data ends in is dropped (its documents
+        stay buffered); with one source, at a ``Seam`` it is packed again reading on, if the limit allows."""
+        feeds, schedule = self.feeds, self.schedule
         while True:
-            if self._limit is not None and not self._limit.allows(self._batches):
+            if self.limit is not None and not self.limit.allows(self.batches):
                 return End()
-            rows = sink.rows()
+            rows = self.sink.rows()
             saved = [f.begin() for f in feeds]
             taken = list(schedule.taken) if schedule is not None else []
             try:
@@ -127,21 +79,21 @@ class BatchPipeline:
                 raise
             if full:
                 break
-            self._undo(saved, taken)  # the data ended inside this batch: drop it, keep its documents buffered
-            if not (len(feeds) == 1 and feeds[0].at_seam and self._limit is not None):
+            self._undo(saved, taken)
+            if not (len(feeds) == 1 and feeds[0].at_seam and self.limit is not None):
                 return End()
-            feeds[0].pass_seam()  # pack this batch again, reading on (if the limit allows it)
+            feeds[0].at_seam = False
         for f in feeds:
             f.packer.commit()
-        self._batches += 1
-        mark = self._mark()
-        if self._note is not None:
-            mark = replace(mark, note=self._note(mark, self.stopping))
-        return sink.finish(rows), mark
+        self.batches += 1
+        mark = self.mark()
+        if self.note is not None:
+            mark = replace(mark, note=self.note(Snapshot(self.reader, mark), self.stopping))
+        return self.sink.finish(rows), mark
 
     def _pack(self, rows: np.ndarray) -> bool:
         """Fill every row of ``rows``; False if a source's data ended first (the caller undoes it)."""
-        feeds, schedule = self._feeds, self._schedule
+        feeds, schedule = self.feeds, self.schedule
         for row in rows:
             k = schedule.next() if schedule is not None else 0
             if not feeds[k].packer.fill_row(row, feeds[k].refill):
@@ -151,32 +103,138 @@ class BatchPipeline:
         return True
 
     def _undo(self, saved: list, taken: list[int]) -> None:
-        for f, s in zip(self._feeds, saved, strict=True):
+        for f, s in zip(self.feeds, saved, strict=True):
             f.rollback(s)
-        if self._schedule is not None:
-            self._schedule.taken = taken
+        if self.schedule is not None:
+            self.schedule.taken = taken
 
-    def get(self) -> tuple[Any, Mark] | None:
-        """The next finished batch and its Mark; None at the end; raises the producer's error."""
+
+class TokenIterator:
+    """One pass of a TokenDataset: the consumer's side of its ``Assembly``.
+
+    ``state`` is an exact resume state of this layout, or None; ``origins`` each source's cursor the run
+    started from (None: epoch 0); ``carried`` each source's old states whose buffered documents an elastic
+    resume carries over; ``limit`` the batches this reader makes in the run (a ``length.RunLimit``; None:
+    until the data ends); ``last`` where ``close()`` leaves the final snapshot; ``sink`` makes the batches
+    (``rows``/``finish`` on the assembly thread, ``ready`` on the consumer's); ``note(snapshot, stopping)``
+    runs on the assembly thread after each batch, its result rides on the batch's ``Mark``."""
+
+    def __init__(self, ds: Any, layout: Layout, state: dict[str, Any] | None,
+                 origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any], sink: Any,
+                 carried: tuple[tuple[dict[str, Any], ...], ...] = (),
+                 note: Callable[[Snapshot, threading.Event], Any] | None = None) -> None:
+        self._last, self.layout, self._sink, self._limit = last, layout, sink, limit
+        self._reader = Reader(ds, layout, origins)
+        self._held: Snapshot | None = None
+        self._closed = False
+        k = len(ds.sources)
+        subs = (state["sources"] if k > 1 else [state]) if state is not None else [None] * k
+        feeds = [_feed(ds, i, sub, layout, origins, carried) for i, sub in enumerate(subs)]
+        schedule = None
+        if ds.weights is not None:
+            rows = tuple(state["mix"]["rows"]) if state is not None else None
+            if rows is not None and tuple(state["mix"]["weights"]) != ds.weights:
+                log.info("TokenDataset: the mix's weights changed since the state was saved: the new shares "
+                         "count from here")
+                rows = None
+            schedule = Schedule(ds.weights, rows)
+        self._out = Channel(ds.read_ahead.batches)
+        batches = int(state["batches"]) if state is not None else 0
+        self._assembly = Assembly(feeds, sink, self._out, schedule, limit, self._reader, note, batches)
+        self._mark = self._assembly.mark()
+        self.wait_s = 0.0  # time the consumer blocked in next()
+        self._thread = threading.Thread(target=self._assembly.run, name="nanostream-assemble", daemon=True)
+        self._thread.start()
+
+    # -- the consumer --------------------------------------------------------------------------
+    def __iter__(self) -> TokenIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise StopIteration
         t0 = time.perf_counter()
         try:
             item = self._out.get()
-        except Closed:
-            return None
+        except BaseException:
+            self.close()
+            raise
         finally:
             self.wait_s += time.perf_counter() - t0
         if isinstance(item, End):
-            self._out.close()
+            self.close()
             if item.error is not None:
                 raise item.error
-            return None
-        return item
+            raise StopIteration
+        batch, self._mark = item
+        return self._sink.ready(batch)
+
+    @property
+    def batches(self) -> int:
+        """Batches returned so far (counting those of the run this one resumed)."""
+        return self._mark.batches
+
+    @property
+    def note(self) -> Any:
+        """What ``note`` made of the state after the last batch returned (None before the first)."""
+        return self._mark.note
+
+    def snapshot(self) -> Snapshot:
+        """The state after the last batch returned, cheaply (``.state_dict()`` materializes it)."""
+        return Snapshot(self._reader, self._mark)
+
+    def hold(self, snap: Snapshot | None) -> None:
+        """Report ``snap`` from ``state_dict()`` until ``hold(None)``: for a consumer that reads batches ahead
+        (``device.CudaPrefetcher``), so the state matches what the training loop has received."""
+        self._held = snap
+
+    def state_dict(self) -> dict[str, Any]:
+        return (self._held or self.snapshot()).state_dict()
+
+    def stats(self) -> dict[str, Any]:
+        return {**(self._held or self.snapshot()).stats(), "wait_s": self.wait_s}
 
     def close(self) -> None:
-        """Stop and join the assembly thread, which closes the streams and encoding threads (idempotent)."""
-        self.stopping.set()
+        """Stop and join the assembly thread, which closes the streams and encoding threads (idempotent; also
+        run when the iterator is dropped, then without the log line)."""
+        if self._closed:
+            return
+        self._stop()
+        st = self.stats()
+        log.debug("TokenDataset reader %s: %d batches, %d docs, %.2f%% of tokens cropped, waited %.2fs",
+                  self.layout[:2], st["batches"], st["docs_used"], 100 * st["crop_fraction"], self.wait_s)
+
+    def _stop(self) -> None:
+        self._closed = True
+        self._assembly.stopping.set()
         self._out.close()
         if self._limit is not None:
             self._limit.interrupt()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+        self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
+
+    def __del__(self) -> None:
+        # may run at interpreter exit, when imports and footer reads fail: only stop the threads
+        if hasattr(self, "_thread") and not self._closed:
+            self._stop()
+
+
+def _feed(ds: Any, i: int, sub: dict[str, Any] | None, layout: Layout, origins: tuple[Cursor | None, ...],
+          carried: tuple) -> Feed:
+    """Source ``i``'s feed: from its exact state ``sub``, else (elastic) from the old readers' buffers."""
+    if sub is not None:  # exact: this reader's own buffer and counters
+        runs, stats = unpack(sub["docs"]), PackStats(**sub["stats"])
+        position = Position.from_list(sub["position"]) if sub["position"] is not None else None
+        skip = int(sub["skip"])
+    else:  # an elastic resume: the old readers' buffered documents (counted as new ones)
+        runs = [r for old in (carried[i] if carried else ()) for r in resume.carried_runs(old)]
+        stats, position, skip = None, None, 0
+    partial = Position.from_list(sub["partial"]) if skip else None
+    start = position if position is not None else origins[i]
+    replay = replay_keys(runs)  # the row groups of the buffered documents, read again first
+    source = (functools.partial(single_source, ds, layout, start, partial, replay) if len(ds.sources) == 1
+              else functools.partial(source_batches, ds, i, layout, start, replay=replay))
+    return Feed(source, ds.tokenizer, token_dtype(ds.tokenizer.vocab_size), BestFitPacker(ds.buffer_docs),
+                ahead=ds.read_ahead.tokenized, position=position, skip=skip, partial=partial, restore=runs,
+                stats=stats)

@@ -1,12 +1,6 @@
-"""``TokenDataset``'s resume state (version 4): what ``state_dict()`` holds, and how a load is checked and planned.
-
-A state is a dict of plain values (``json.dump`` writes it): ``config`` and ``fingerprint`` (a load
-with other arguments, other files or another tokenizer is refused), ``layout`` ``[reader, readers,
-readers per node]``, ``position``/``skip``/``partial`` (where the stream goes on), ``docs`` (the
-buffered documents by reference: ``docrefs.py``), ``cursor`` (the global cursor after the row groups
-taken), ``origin`` (where the run started), ``stats`` and ``batches``. A mix's state holds
-``config``, ``layout``, ``batches`` and ``mix`` once and one such state per source (``sources``).
-docs/loader.md says what an exact and an elastic load do.
+"""``TokenDataset``'s resume state (version 4): what ``state_dict()`` holds (``Snapshot``), and how a load is
+checked and planned. A state is a dict of plain values (``json.dump`` writes it); a mix's holds one state per
+source under ``sources``. docs/loader.md says what an exact and an elastic load do.
 """
 
 from __future__ import annotations
@@ -17,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LoaderError
 from ..streaming.cursor import Cursor
-from ..streaming.plan import Position
 from ..streaming.single import Stream
 from ..text.fast import SAMPLE
 from .docrefs import Run, pack, unpack
@@ -27,22 +20,60 @@ from .packing import PackStats, token_dtype
 if TYPE_CHECKING:
     from ..streaming.plan import Plan
     from ..text.tokenizer import Tokenizer
-    from .feed import Part
+    from .feed import Mark, Part
 
 STATE_VERSION = 4
+Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader workers folded in
 
 
-def pos_list(pos: Position | None) -> list | None:
-    if pos is None:
-        return None
-    return [pos.epoch, pos.shard, pos.row_group, pos.taken, None if pos.base is None else pos.base.to_list()]
+class Reader:
+    """Who an iterator reads as: its dataset, layout and origins, and the streams (never started) that global
+    cursors are computed with, made on first use (shared by the iterator and its snapshots)."""
+
+    def __init__(self, ds: Any, layout: Layout, origins: tuple[Cursor | None, ...]) -> None:
+        self.ds, self.layout, self.origins = ds, layout, origins
+        self._streams: dict[int, Stream] = {}
+
+    def cursor_stream(self, k: int) -> Stream:
+        if k not in self._streams:
+            self._streams[k] = self.ds._stream(k, self.layout, self.origins[k])
+        return self._streams[k]
 
 
-def pos_from(value: list | None) -> Position | None:
-    if value is None:
-        return None
-    epoch, shard, group, taken, base = value
-    return Position(int(epoch), int(shard), int(group), int(taken), None if base is None else Cursor.from_list(base))
+class Snapshot:
+    """A TokenDataset iterator's resume state at one batch boundary, not yet turned into plain values."""
+
+    def __init__(self, reader: Reader, mark: Mark) -> None:
+        self._reader, self.mark = reader, mark
+
+    @property
+    def batches(self) -> int:
+        return self.mark.batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """The resume state (plain values: ``json.dump`` writes it)."""
+        it, mark = self._reader, self.mark
+        ds = it.ds
+        prints = ds._fingerprints
+        subs = [encode(part, config=ds._config(), fingerprint=prints[k], layout=it.layout, batches=mark.batches,
+                       cursor=global_cursor(it.cursor_stream(k), part), origin=it.origins[k])
+                for k, part in enumerate(mark.parts)]
+        if ds.weights is None:
+            return subs[0]
+        return encode_mix(subs, config=ds._config(), layout=it.layout, batches=mark.batches, weights=ds.weights,
+                          rows=mark.rows)
+
+    def stats(self) -> dict[str, Any]:
+        st = PackStats(**self.mark.stats)
+        out = {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": self.mark.batches,
+               "buffered_docs": self.mark.buffered_docs}
+        ds = self._reader.ds
+        if ds.weights is not None:
+            tokens = [p.stats["tokens_out"] for p in self.mark.parts]
+            out["sources"] = [{"source": s.label, "weight": w, "tokens": n, "share": n / max(sum(tokens), 1),
+                               "rows": rows}
+                              for s, w, n, rows in zip(ds.sources, ds.weights, tokens, self.mark.rows, strict=True)]
+        return out
 
 
 def global_cursor(s: Stream, part: Part) -> Cursor:
@@ -69,20 +100,6 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-class Fingerprints:
-    """Each source's ``{"data": ..., "tokenizer": ...}``; the tokenizer's is computed on first use (it
-    encodes, and a tokenizer's errors belong to the first batch, not to the constructor)."""
-
-    def __init__(self, tokenizer: Tokenizer, plans: list[Plan]) -> None:
-        self._tokenizer, self._data = tokenizer, [data_fingerprint(p) for p in plans]
-        self._tok: str | None = None
-
-    def get(self) -> list[dict[str, str]]:
-        if self._tok is None:
-            self._tok = tokenizer_fingerprint(self._tokenizer)
-        return [{"data": d, "tokenizer": self._tok} for d in self._data]
-
-
 def packed_buffer(part: Part) -> str:
     """The buffered documents of ``part`` as ``docrefs`` text (a feed not rebuilt yet: the runs it was loaded from)."""
     if part.runs is not None:
@@ -90,41 +107,40 @@ def packed_buffer(part: Part) -> str:
     return pack([Run((tag.epoch, tag.shard, tag.row_group), ids) for _, _, _, tag, ids in part.buffer.parts])
 
 
-def encode(part: Part, *, config: dict[str, Any], fingerprint: dict[str, str], layout: tuple[int, int, int],
-           batches: int, cursor: Cursor, origin: Cursor | None) -> dict[str, Any]:
-    """The state of one source at ``part``: plain values only (the buffer as ``docrefs.pack``'s string)."""
+def encode(part: Part | None, *, config: dict[str, Any], fingerprint: dict[str, str], layout: Layout | None,
+           batches: int, cursor: Cursor | None, origin: Cursor | None) -> dict[str, Any]:
+    """The state of one source at ``part`` (None: not started): plain values only (the buffer by reference,
+    ``origin``: where the run started, ``cursor``: the global cursor after the row groups taken)."""
     return {
         "version": STATE_VERSION,
         "config": dict(config),
         "fingerprint": dict(fingerprint),
-        "layout": list(layout),
-        "position": pos_list(part.position),
-        "skip": part.skip,
-        "partial": pos_list(part.partial),
-        "docs": packed_buffer(part),
-        "cursor": cursor.to_list(),
+        "layout": None if layout is None else list(layout),
+        "position": part.position.to_list() if part and part.position else None,
+        "skip": part.skip if part else 0,
+        "partial": part.partial.to_list() if part and part.partial else None,
+        "docs": packed_buffer(part) if part else pack([]),
+        "cursor": None if cursor is None else cursor.to_list(),
         "origin": None if origin is None else origin.to_list(),
-        "stats": dict(part.stats),
+        "stats": dict(part.stats) if part else PackStats().as_dict(),
         "batches": batches,
     }
 
 
-def encode_mix(subs: list[dict[str, Any]], *, config: dict[str, Any], layout: tuple[int, int, int], batches: int,
+def encode_mix(subs: list[dict[str, Any]], *, config: dict[str, Any], layout: Layout | None, batches: int,
                weights: tuple[float, ...], rows: tuple[int, ...]) -> dict[str, Any]:
     """A mix's state: the sources' states (``encode``) under one config, layout and batch count."""
-    return {"version": STATE_VERSION, "config": dict(config), "layout": list(layout), "batches": batches,
-            "mix": {"weights": list(weights), "rows": list(rows)}, "sources": subs}
+    return {"version": STATE_VERSION, "config": dict(config), "layout": None if layout is None else list(layout),
+            "batches": batches, "mix": {"weights": list(weights), "rows": list(rows)}, "sources": subs}
 
 
 def empty(config: dict[str, Any], fingerprints: list[dict[str, str]]) -> dict[str, Any]:
     """The state of a dataset that has not started (no layout, nothing buffered; one fingerprint per source)."""
-    subs = [{"version": STATE_VERSION, "config": dict(config), "fingerprint": dict(f), "layout": None,
-             "position": None, "skip": 0, "partial": None, "docs": pack([]), "cursor": None, "origin": None,
-             "stats": PackStats().as_dict(), "batches": 0} for f in fingerprints]
+    subs = [encode(None, config=config, fingerprint=f, layout=None, batches=0, cursor=None, origin=None)
+            for f in fingerprints]
     if len(subs) == 1:
         return subs[0]
-    return {"version": STATE_VERSION, "config": dict(config), "layout": None, "batches": 0,
-            "mix": {"weights": [], "rows": [0] * len(subs)}, "sources": subs}
+    return encode_mix(subs, config=config, layout=None, batches=0, weights=(), rows=(0,) * len(subs))
 
 
 def carried_runs(old: dict[str, Any]) -> list[Run]:

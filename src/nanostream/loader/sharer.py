@@ -1,10 +1,5 @@
-"""What ranks tell each other through torch.distributed's key-value store (never a collective: safe from the
-loader's threads while the trainer runs its own).
-
-``StoreSharer``: row-group counts (a ``sources.counts.CountSharer``), one key per publication.
-``StateGather``: each rank's resume state for a batch index, read (and deleted) by rank 0 (``nanostream.nanochat``).
-``StoreClient`` is picklable: a DataLoader worker opens its own client of the same TCPStore.
-"""
+"""What ranks tell each other through torch.distributed's key-value store (never a collective): row-group
+counts (``StoreSharer``) and every rank's resume state gathered to rank 0 (``StateGather``)."""
 
 from __future__ import annotations
 

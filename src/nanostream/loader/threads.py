@@ -1,5 +1,6 @@
-"""The loader's thread plumbing: ``Channel`` (a bounded hand-over that ``close()`` ends), ``End``, and the
-producer threads' scheduling policy (``set_loader_idle``: Linux ``SCHED_IDLE``)."""
+"""The loader's threads and cores: how a host's cores are split (``threads_for``), the producer threads'
+scheduling policy (``set_loader_idle``: Linux ``SCHED_IDLE``) and ``Channel``, the bounded hand-over
+between two threads that ``close()`` ends."""
 
 from __future__ import annotations
 
@@ -7,14 +8,63 @@ import logging
 import os
 import threading
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..text.tokenizer import usable_cpus
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ThreadPlan", "threads_for"]
 
 log = logging.getLogger(__name__)
 _loader_idle = False
 
 
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How to split the cores: ``torch`` intra-op threads and ``loader`` threads (the stream's reader, the
+    tokenizer's encoding threads, pyarrow's decode pool); pass ``loader`` as the tokenizer's ``num_threads``."""
+
+    device: str
+    cores: int
+    torch: int
+    loader: int
+    loader_idle: bool = False
+
+    def apply(self) -> None:
+        """Set torch's intra-op pool, pyarrow's CPU pool and the loader threads' priority to this plan."""
+        import pyarrow
+        import torch
+
+        torch.set_num_threads(self.torch)
+        pyarrow.set_cpu_count(self.loader)
+        set_loader_idle(self.loader_idle)
+
+
+def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, cores: int = 0,
+                loader_idle: bool = False) -> ThreadPlan:
+    """The thread split for training on ``device`` with ``cores`` cores (0: this process's): on CPU the loader
+    gets one core and torch the rest; on CUDA torch gets 1 (2 from 8 cores) and the loader the rest
+    (docs/loader.md says why). ``torch_threads`` > 0 overrides torch's share; ``loader_idle``: see
+    ``set_loader_idle``."""
+    import torch  # imported here: the assembly thread's modules (``pipeline.py``) never import torch
+
+    dev = torch.device(device)
+    n = cores if cores > 0 else usable_cpus()
+    if dev.type == "cpu":
+        loader = 1
+        torch_n = max(1, n - loader)
+    else:
+        torch_n = 2 if n >= 8 else 1
+        loader = max(1, n - torch_n)
+    return ThreadPlan(dev.type, n, torch_threads if torch_threads > 0 else torch_n, loader, loader_idle)
+
+
 def set_loader_idle(idle: bool) -> None:
-    """Run the producer threads of loaders started from now on under ``SCHED_IDLE`` (Linux)."""
+    """Run the producer threads of loaders started from now on under ``SCHED_IDLE`` (Linux), so that the
+    training thread never waits for a core they hold."""
     global _loader_idle
     _loader_idle = bool(idle)
 
@@ -37,7 +87,7 @@ class End:
 
 
 class Closed(Exception):
-    """Raised by ``Channel.get`` once the channel is closed."""
+    """Raised in a producer thread's wait that ``close()`` ended."""
 
 
 class Channel:
@@ -60,11 +110,11 @@ class Channel:
             return True
 
     def get(self) -> Any:
-        """Wait for the next item; raises ``Closed`` once the channel is closed."""
+        """Wait for the next item; an ``End`` once the channel is closed."""
         with self._changed:
             self._changed.wait_for(lambda: self._closed or self._items)
             if self._closed:
-                raise Closed
+                return End()
             item = self._items.popleft()
             self._changed.notify_all()
             return item
