@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..streaming.blocking import BatchIterator
-from ..streaming.cursor import Cursor
 from ..streaming.mix import Schedule
+from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
 from . import resume
