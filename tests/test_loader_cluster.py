@@ -62,7 +62,7 @@ else:
     from nanostream import Ranks, Source, stream
     from nanostream.loader.docrefs import unpack
     from nanostream.shards import list_shards
-    from nanostream.streaming.cursor import Cursor
+    from nanostream.streaming.order import Cursor
     from test_stream_cluster import worker_env
 
     from datagen import make_shards

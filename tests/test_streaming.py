@@ -24,7 +24,7 @@ from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import read_catalog, write_catalog
 from nanostream.sources.resolve import url_prefix
-from nanostream.streaming.cursor import Cursor
+from nanostream.streaming.order import Cursor
 from nanostream.streaming.plan import Batch
 
 from datagen import doc_id, make_shards

@@ -18,9 +18,8 @@ from .cache.claims import ReadLock
 from .cache.minimum import Minimum, minimum
 from .files import FolderFiles
 from .needs import ReaderNeeds
-from .order import EpochDeal
+from .order import EpochDeal, SettledDeal
 from .plan import Plan
-from .settle import SettledDeal
 
 log = logging.getLogger(__name__)
 WAIT_LOG_S = 30.0  # a demand that waits this long for room says what holds the budget

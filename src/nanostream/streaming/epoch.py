@@ -1,28 +1,135 @@
-"""One reader's epoch (``EpochWalk``): its node's piece as far as the bound lets it, then the rest by the
-settled deal; the file provider hears where the reader is before each file (``reader_at``).
+"""One reader's epoch: ``EpochWalk`` reads its node's piece as far as the bound lets it, then the rest by the
+settled deal; ``Tally`` keeps ``K`` (the row groups left among shards with known counts) and settles the epoch;
+``EpochCounts`` adds the reader's waits for more counts. The file provider hears where the reader is
+(``reader_at``) before each file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..errors import ConfigError
-from ..sources.counts import CountBook
+from ..fetch.partial import part_path
+from ..sources.counts import FETCH_EVERY, CountBook
 from ..sources.footers import local_count
-from .counting import EpochCounts
-from .cursor import Cursor
 from .files import FolderFiles
-from .order import EpochDeal, NeedCounts
+from .order import Cursor, EpochDeal, NeedCounts, SettledDeal, reader_place
 from .plan import Plan, Position
 from .reader import file_id
-from .settle import reader_place
 
 log = logging.getLogger(__name__)
 Gate = Callable[[int], Awaitable[bool]]
 T = TypeVar("T")
+GRACE = 2.0  # seconds to wait for other nodes' counts before reading footers remotely
+LANDING = 30.0  # ... and for a download of the node's under way (a stalled one does not hold the reader)
+BATCH = 16  # remote footers read at once
+
+
+class Tally:
+    """``K`` of one epoch's deal, and the settled deal once every count of the epoch is known."""
+
+    def __init__(self, deal: EpochDeal, book: CountBook) -> None:
+        self.deal, self.book = deal, book
+        self._left_at = {deal.order[p]: p for p in deal.left}
+        self._seen = 0  # entries of book.log counted
+        self._unknown = len(self._left_at)
+        self.known_left = 0
+        self.settled: SettledDeal | None = None
+
+    def length_lower(self) -> int:
+        """Row groups every reader reads this epoch: exact once settled, else a lower bound (``K // R``)."""
+        self.refresh()
+        return self.settled.length if self.settled is not None else self.known_left // self.deal.world_size
+
+    def refresh(self) -> bool:
+        """Count what the book learned since the last call (True if anything); settle once every count is known."""
+        log, seen = self.book.log, self._seen
+        while self._seen < len(log):
+            shard = log[self._seen]
+            self._seen += 1
+            p = self._left_at.pop(shard, None)
+            if p is not None:
+                self.known_left += len(self.deal.places(p, self.book.get(shard) or 0))
+                self._unknown -= 1
+        if self._unknown == 0 and self.settled is None:
+            self.settled = SettledDeal(self.deal, self.book.snapshot())
+        return self._seen > seen
+
+
+class EpochCounts(Tally):
+    """One reader's tally of one epoch, and its waits for more counts: woken by what ``watch`` learns; after
+    ``GRACE`` s without enough (none on one node, ``LANDING`` while the node's next download lands) it reads
+    remote footers, ``BATCH`` at a time, the ones the bound needs soonest first."""
+
+    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan, credentials: Any) -> None:
+        super().__init__(deal, book)
+        self.plan, self.credentials = plan, credentials
+        self.node = plan.ranks.rank // deal.local_world_size
+        self.at = 0  # index into the node's piece of the shard being read (what to ask for first)
+        self._learned = asyncio.Event()
+
+    def refresh(self) -> bool:
+        if super().refresh():
+            self._learned.set()
+            return True
+        return False
+
+    async def until_safe(self, j: int) -> bool:
+        """Wait until row group ``j`` of the node's piece may be read: True; False once the epoch is settled
+        (the reader then goes on by the settled deal)."""
+        await self._wait(lambda: self.settled is not None or j < self.deal.safe(self.known_left))
+        return self.settled is None
+
+    async def settle(self) -> SettledDeal:
+        """The settled deal, waiting for every count of the epoch."""
+        await self._wait(lambda: self.settled is not None)
+        assert self.settled is not None
+        return self.settled
+
+    async def _wait(self, ok: Callable[[], bool]) -> None:
+        self.refresh()
+        since = time.monotonic()
+        while not ok():
+            landing = any(part_path(self.plan.folder / self.book.files[s].path).exists() for s in self._own_next())
+            grace = LANDING if landing else GRACE if self.deal.nodes > 1 else 0.0
+            left = grace - (time.monotonic() - since)
+            if left <= 0:
+                await self.book.read_remote(self._priority()[:BATCH], self.credentials, self.plan.options.retry)
+            else:
+                self._learned.clear()
+                with contextlib.suppress(asyncio.TimeoutError):  # woken by what ``watch`` learns
+                    await asyncio.wait_for(self._learned.wait(), min(left, 1.0))
+            self.refresh()
+
+    async def watch(self) -> None:
+        """While the reader reads: learn the counts of the node's next shards as they land, and what the counts
+        file and the sharers tell."""
+        while self.settled is None:  # polled: downloads, the counts file and sharers are other processes' work
+            landed = [s for s in self._own_next() if (self.plan.folder / self.book.files[s].path).exists()]
+            await self.book.look(landed)
+            self.refresh()
+            await asyncio.sleep(FETCH_EVERY)
+
+    def _own_next(self) -> list[int]:
+        piece = self.deal.piece(self.node)
+        nxt = [self.deal.order[p] for p in piece[self.at:]]
+        return [s for s in nxt if s in self._left_at][: self.plan.options.read_ahead.files + 1]
+
+    def _priority(self) -> list[int]:
+        """Shards whose counts are unknown, the ones the bound needs soonest first."""
+        out = self._own_next()
+        pieces = [self.deal.piece(n) for n in range(self.deal.nodes)]
+        for k in range(max((len(x) for x in pieces), default=0)):
+            for piece in pieces:
+                if k < len(piece) and self.deal.order[piece[k]] in self._left_at:
+                    out.append(self.deal.order[piece[k]])
+        return list(dict.fromkeys(out))
+
 
 
 class Emitter(Protocol):

@@ -9,9 +9,8 @@ import math
 
 from ..sources.counts import CountBook
 from .cache.claims import Needs
-from .cursor import Cursor
+from .order import Cursor, SettledDeal
 from .plan import Plan
-from .settle import SettledDeal
 
 FILES = 512  # files a reader's needs cover (the nearest ones); the claim file cuts it further if needed
 

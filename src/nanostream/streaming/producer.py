@@ -19,10 +19,9 @@ from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError
 from ..sources.counts import CountBook
 from .cache.claims import ReadLock
-from .counting import EpochCounts
-from .cursor import Cursor
-from .epoch import EpochWalk, Gate
+from .epoch import EpochCounts, EpochWalk, Gate
 from .files import FolderFiles
+from .order import Cursor
 from .plan import Chunk, Plan, Position
 from .reader import ShardReader, file_id
 

@@ -20,14 +20,12 @@ from ..sources.resolve import split_indices
 from ..sources.spec import Source
 from .cache.usage import filesystem_bytes
 from .cached import check_limit, folder_minimum, open_files
-from .cursor import Cursor
 from .epoch import taken_at, with_counts
 from .files import FolderFiles
-from .order import EpochDeal, NeedCounts, shard_order
+from .order import Cursor, EpochDeal, NeedCounts, SettledDeal, cursor_after, shuffled
 from .plan import Batch, Chunk, Options, Plan, Position
 from .producer import Producer
 from .ranks import Ranks
-from .settle import SettledDeal, cursor_after
 
 T = TypeVar("T")
 
@@ -163,7 +161,7 @@ class Stream(Batches):
     def order(self, epoch: int) -> list[int]:
         """The shard order of ``epoch`` (every rank uses the same)."""
         o = self.plan.options
-        return shard_order(self.plan.shards, epoch, o.shuffle, o.seed)
+        return shuffled(self.plan.shards, o.shuffle, o.seed, epoch)
 
     async def prepare(self) -> dict[int, int]:
         """Learn every shard's row-group count now (``epoch_length`` then answers at once)."""
