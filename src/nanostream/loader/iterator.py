@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..streaming.blocking import BatchIterator
+from ..streaming.streams import BatchIterator
 from ..streaming.mix import Schedule
 from ..streaming.order import Cursor
 from ..streaming.plan import Position

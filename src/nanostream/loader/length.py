@@ -16,7 +16,7 @@ import numpy as np
 
 from ..concurrency import LoopThread
 from ..errors import ConfigError
-from ..streaming.blocking import BatchIterator
+from ..streaming.streams import BatchIterator
 from ..streaming.epoch import Tally
 from ..streaming.order import Cursor
 from ..streaming.plan import Options
