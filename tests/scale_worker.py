@@ -113,7 +113,7 @@ def one_epoch(folder: str, shards: int):
         from nanostream import Ranks, ReadAhead, Source
         from nanostream.config import Config
         from nanostream.loader.sharer import default_sharer
-        from nanostream.streaming.blocking import BatchIterator
+        from nanostream.streaming.streams import BatchIterator
         from nanostream.streaming.plan import Options
         from nanostream.streaming.single import open_stream
     except ImportError:

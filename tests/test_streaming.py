@@ -534,7 +534,7 @@ def test_replay_reads_row_groups_first_once_each(data: Path) -> None:
     """``Options.replay`` (a TokenDataset resume's buffered documents): those row groups first, each once, sorted
     and flagged, then the order; a shard outside the split or a row group its file lacks is refused."""
     from nanostream.config import Config
-    from nanostream.streaming.blocking import BatchIterator
+    from nanostream.streaming.streams import BatchIterator
     from nanostream.streaming.plan import Options
     from nanostream.streaming.single import open_stream
 
