@@ -1,7 +1,5 @@
-"""One reader's epoch: ``EpochWalk`` reads its node's piece as far as the bound lets it, then the rest by the
-settled deal; ``Tally`` keeps ``K`` (the row groups left among shards with known counts) and settles the epoch;
-``EpochCounts`` adds the reader's waits for more counts. The file provider hears where the reader is
-(``reader_at``) before each file.
+"""A reader's side of the row-group counts in one epoch: ``Tally`` keeps ``K`` (the row groups left among
+shards with known counts) and settles the epoch; ``EpochCounts`` adds the reader's waits for more.
 """
 
 from __future__ import annotations
@@ -10,20 +8,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from ..fetch.partial import part_path
 from ..sources.counts import FETCH_EVERY, CountBook
-from ..sources.footers import local_count
-from .files import FolderFiles
-from .order import Cursor, EpochDeal, NeedCounts, SettledDeal, reader_place
+from .order import EpochDeal, NeedCounts, SettledDeal, reader_place
 from .plan import Plan, Position
-from .reader import file_id
 
 log = logging.getLogger(__name__)
-Gate = Callable[[int], Awaitable[bool]]
 T = TypeVar("T")
 GRACE = 2.0  # seconds to wait for other nodes' counts before reading footers remotely
 LANDING = 30.0  # ... and for a download of the node's under way (a stalled one does not hold the reader)
@@ -132,16 +126,6 @@ class EpochCounts(Tally):
 
 
 
-class Emitter(Protocol):
-    """What hands a shard's row groups over (``Producer``); ``length``: the reader's row groups this epoch
-    once settled (-1 before), so the last one is marked."""
-
-    length: int
-
-    async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
-                         base: Cursor | None, gate: Gate | None = None) -> int: ...
-
-
 async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int, int]], T]) -> T:
     """``answer(counts)``, learning the counts it needs first (``NeedCounts``) until it can tell."""
     while True:
@@ -164,109 +148,3 @@ def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int
     raise ConfigError(f"resume position {position}: row group {position.row_group} of shard {position.shard} is "
                       f"not one rank {rank} reads in epoch {position.epoch}; resume with the same data, Ranks, "
                       "shuffle and seed")
-
-
-class EpochWalk:
-    """One reader's way through its epochs."""
-
-    def __init__(self, plan: Plan, book: CountBook, files: FolderFiles, out: Emitter) -> None:
-        self.plan, self.book, self.files, self.out = plan, book, files, out
-
-    async def taken_at(self, deal: EpochDeal, start: Position) -> int:
-        return await with_counts(self.book, self.plan, lambda c: taken_at(deal, self.plan.ranks.rank, start, c))
-
-    async def read(self, epoch: int, deal: EpochDeal, counts: EpochCounts, skip: int) -> None:
-        """The reader's row groups of one epoch: its node's piece as far as the bound lets it (while counts
-        arrive), then the rest by the settled deal."""
-        p, files = self.plan, self.files
-        ahead = p.options.read_ahead.files
-        L, node, i = deal.local_world_size, p.ranks.rank // deal.local_world_size, p.ranks.rank % deal.local_world_size
-        taken = skip  # the reader's row groups handed over (or skipped by a resume) this epoch
-        counts.refresh()
-        self.out.length = counts.settled.length if counts.settled is not None else -1
-        if counts.settled is None:
-            piece, offset = deal.piece(node), 0
-            for k, pos in enumerate(piece):
-                counts.at = k
-                shard = deal.order[pos]
-                upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + ahead]]
-                skipping = (offset + (i - offset) % L) // L < taken  # a resume may have read all of it
-                if not skipping:  # before the download that may count it
-                    await files.reader_at(epoch, taken, deal)
-                n = await self._count(shard, upcoming, skipping)
-                places = deal.places(pos, n)
-                todo = [(j, deal.row_group(pos, places[j - offset], n))
-                        for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
-                offset += len(places)
-                if not todo:
-                    continue
-                await files.reader_at(epoch, taken, deal)  # again, with its count known now
-
-                async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
-                    return await counts.until_safe(todo[m][0])
-
-                done = await self.out.emit_shard(epoch, shard, [g for _, g in todo], taken, upcoming, deal.base, gate)
-                taken += done
-                if done < len(todo):
-                    break  # settled meanwhile: go on by the settled deal
-        settled = await counts.settle()
-        self.out.length = settled.length
-        runs = shard_runs(settled.sequence(p.ranks.rank), taken)
-        for k, (shard, first, groups) in enumerate(runs):
-            upcoming = _next_shards(runs, k, ahead)
-            await files.reader_at(epoch, first, deal, settled)
-            await self.out.emit_shard(epoch, shard, groups, first, upcoming, deal.base)
-
-    async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
-        """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;
-        ``skipping``: a resume may have read all of it already, so its footer alone is asked for)."""
-        files, book = self.files, self.book
-        n = book.get(shard)
-        if n is None:
-            await book.look([shard])
-            n = book.get(shard)
-        if n is None and skipping:
-            n = (await book.require([shard], files.credentials, self.plan.options.retry))[shard]
-        if n is None:  # the node reads it anyway: its footer comes with it
-            lock = await files.hold(shard, upcoming)
-            try:
-                n = await asyncio.to_thread(local_count, lock.path, files.remote(shard))
-                if n is None:  # unreadable: fetched once more (as a read would)
-                    old, lock = lock, None
-                    seen = file_id(old.path)
-                    old.release()
-                    log.warning("%s is not a readable parquet file; fetching it again", old.path)
-                    lock = await files.refetch(shard, seen)
-                    n = await asyncio.to_thread(local_count, lock.path, False)
-            finally:
-                if lock is not None:
-                    lock.release()
-            assert n is not None
-            book.learn(shard, n, f"the footer of {self.plan.folder / self.plan.files[shard].path}")
-        landed = [s for s in upcoming if book.get(s) is None and files.path(s).exists()]
-        if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
-            await book.look(landed)
-        await book.sync()
-        return n
-
-
-def shard_runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
-    """``seq[skip:]`` as runs of one shard: ``(shard, count before the run, row groups)``."""
-    runs: list[tuple[int, int, list[int]]] = []
-    for i in range(skip, len(seq)):
-        shard, group = seq[i]
-        if not runs or runs[-1][0] != shard:
-            runs.append((shard, i, []))
-        runs[-1][2].append(group)
-    return runs
-
-
-def _next_shards(runs: list[tuple[int, int, list[int]]], k: int, n: int) -> list[int]:
-    """The first ``n`` shards after run ``k`` other than its own."""
-    out: list[int] = []
-    for j in range(k + 1, len(runs)):
-        if len(out) >= n:
-            break
-        if runs[j][0] != runs[k][0] and runs[j][0] not in out:
-            out.append(runs[j][0])
-    return out

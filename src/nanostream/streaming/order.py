@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ..errors import ConfigError
 from .ranks import Ranks
@@ -111,7 +112,7 @@ class EpochDeal:
         self.left = [p for p in range(len(self.order)) if base is None or not base.whole(p)]
         n, nodes = len(self.left), self.nodes  # node k's piece: n // nodes, and one more for the first n % nodes
         cuts = [k * (n // nodes) + min(k, n % nodes) for k in range(nodes + 1)]
-        self._pieces = [self.left[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        self._pieces = [self.left[a:b] for a, b in pairwise(cuts)]
         self._groups: dict[int, list[int]] = {}
 
     def _misfit(self, base: Cursor) -> ConfigError:
