@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..streaming.streams import BatchIterator
-from ..streaming.mix import Schedule
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..streaming.single import Stream
+from ..streaming.streams import BatchIterator, Schedule
 from . import resume
 from .docrefs import unpack
 from .feed import Feed, Seam, replay_keys

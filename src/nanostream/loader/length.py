@@ -16,12 +16,12 @@ import numpy as np
 
 from ..concurrency import LoopThread
 from ..errors import ConfigError
-from ..streaming.streams import BatchIterator
 from ..streaming.epoch import Tally
 from ..streaming.order import Cursor
 from ..streaming.plan import Options
 from ..streaming.ranks import Ranks
 from ..streaming.single import open_stream
+from ..streaming.streams import BatchIterator
 from .encode import doc_arrays
 from .packing import BestFitPacker, token_dtype
 from .threads import Closed

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..streaming.mix import Schedule
+from ..streaming.streams import Schedule
 from .feed import Feed, Part
 from .packing import PackStats
 from .threads import Channel, Closed, End, background_thread
