@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +25,7 @@ CLAIM_SUFFIX = ".claim"
 CLAIM_ROOM = 16 << 10  # the most a claim file takes (its ``future`` is cut to fit: ``claims.Claim``)
 RECORDS = (RECORD_NAME, COUNTS_FILE)
 TEMP_PREFIX = f"{BOOKKEEPING_PREFIX}.tmp."  # ``shards.write_json``'s temporary file
-_PART = (f"{BOOKKEEPING_PREFIX}.", ".part")
-_STATE = (f"{BOOKKEEPING_PREFIX}.", ".state")
+DOWNLOAD = re.compile(rf"{re.escape(BOOKKEEPING_PREFIX)}\.(.+)\.(part|state)")  # a download's part or state file
 
 
 def fmt(n: float) -> str:
@@ -99,19 +99,13 @@ class FolderScan:
         return keep + self.bookkeeping - self.claims - self.records
 
 
-def _owner(name: str, affix: tuple[str, str]) -> str | None:
-    head, tail = affix
-    if name.startswith(head) and name.endswith(tail) and len(name) > len(head) + len(tail):
-        return name[len(head):-len(tail)]
-    return None
-
-
 def scan(folder: Path, record: Catalog | None) -> FolderScan:
     """Every file under ``folder``, sorted by ``record``."""
     urls = {f.path: bool(f.url) for f in record.files} if record is not None else {}
     out = FolderScan(folder, remote={rel for rel, url in urls.items() if url})
     for root, _dirs, names in os.walk(folder):
         rel_dir = os.path.relpath(root, folder)
+        under = "" if rel_dir == "." else f"{Path(rel_dir).as_posix()}/"
         for n in names:
             try:
                 st = os.lstat(os.path.join(root, n))
@@ -119,10 +113,9 @@ def scan(folder: Path, record: Catalog | None) -> FolderScan:
                 continue
             size = allocated(st)
             out.total += size
-            owner = _owner(n, _PART) or _owner(n, _STATE)
-            rel = n if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{n}"
-            if owner is not None:
-                key = owner if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{owner}"
+            download, rel = DOWNLOAD.fullmatch(n), under + n
+            if download is not None:
+                key = under + download[1]
                 out.parts[key] = out.parts.get(key, 0) + size
                 if n.endswith(".part"):
                     out.atime[key] = max(out.atime.get(key, 0), st.st_atime_ns)
