@@ -147,8 +147,7 @@ class CachedFiles(FolderFiles):
         woken.set()
 
     async def _release(self, rel: str) -> None:
-        c = self.budget.claim
-        if c is not None and (rel in c.info.reserved or rel in c.info.waiting):  # else no trip to a thread
+        if self.budget.holds(rel):  # else no trip to a thread
             await asyncio.to_thread(self.budget.release, rel)
 
     async def _size(self, index: int) -> int:

@@ -186,10 +186,8 @@ class Stream(Batches):
         deal = self.epoch_deal(position.epoch, position.base)
         if taken is None:
             taken = self._answer(lambda counts: taken_at(deal, self.plan.ranks.rank, position, counts))
-        settled = self._settled[1] if self._settled is not None and self._settled[0] == (deal.epoch, deal.base) \
-            else None
-        if settled is not None:
-            return settled.cursor_after(taken)
+        if self._settled is not None and self._settled[0] == (deal.epoch, deal.base):
+            return self._settled[1].cursor_after(taken)
         return self._answer(lambda counts: cursor_after(deal, taken, counts))
 
     def _first(self, epoch: int | None, base: Cursor | None) -> tuple[int, Cursor | None]:

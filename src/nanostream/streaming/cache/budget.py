@@ -109,15 +109,18 @@ class FolderBudget:
                               f"readers or being downloaded ({len(others)} other stream(s) on {self.folder})")
         return room
 
+    def holds(self, rel: str) -> bool:
+        """Does this stream reserve room for ``rel``, or wait for it?"""
+        return self.claim is not None and (rel in self.claim.info.reserved or rel in self.claim.info.waiting)
+
     def release(self, rel: str) -> None:
         """Drop the reservation of ``rel`` (a reader holds it now, or its download ended)."""
-        h = self.claim
-        if h is None or (rel not in h.info.reserved and rel not in h.info.waiting):
-            return
-        with cache_lock(self.folder):
-            h.info.reserved.pop(rel, None)
-            h.info.waiting.pop(rel, None)
-            h.write()
+        if self.holds(rel):
+            with cache_lock(self.folder):
+                info = self.claim.info
+                info.reserved.pop(rel, None)
+                info.waiting.pop(rel, None)
+                self.claim.write()
 
     def _moving(self, others: list[ClaimInfo]) -> list[ClaimInfo]:
         """The other streams' claims, less those whose place has not changed for ``STALLED_S``."""
