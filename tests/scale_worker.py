@@ -113,9 +113,9 @@ def one_epoch(folder: str, shards: int):
         from nanostream import Ranks, ReadAhead, Source
         from nanostream.config import Config
         from nanostream.loader.sharer import default_sharer
-        from nanostream.streaming.blocking import BatchIterator
         from nanostream.streaming.plan import Options
         from nanostream.streaming.single import open_stream
+        from nanostream.streaming.streams import BatchIterator
     except ImportError:
         from nanostream import iter_batches
 

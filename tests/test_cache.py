@@ -149,21 +149,21 @@ def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_p
     other = ClaimInfo("other", future={"b": 3, "c": 5}, at=0, run="r")  # needs b sooner than we do
     # never needed again (d) first, then the one needed latest (c at 5, b at min(9, 3) = 3, a at 1);
     # e is local-only: never a victim
-    assert victims("belady", view, None, [me, other], {}, "x", now=True, me=me) == [
+    assert victims("belady", view, [me, other], {}, "x", now=True, me=me) == [
         ("d", False), ("c", False), ("b", False), ("a", False)]
     # a prefetch of x (needed at 2) evicts only files needed after it
-    assert victims("belady", view, None, [me, other], {}, "x", now=False, me=me) == [
+    assert victims("belady", view, [me, other], {}, "x", now=False, me=me) == [
         ("d", False), ("c", False), ("b", False)]
-    assert victims("belady", view, None, [me, other], {"c": 10}, "x", me=me)[:2] == [("d", False), ("b", False)]
+    assert victims("belady", view, [me, other], {"c": 10}, "x", me=me)[:2] == [("d", False), ("b", False)]
     # a reader is on "h" now, which nobody needs again: a prefetch waits for it rather than evict d, needed at 30
     # (a demand does not wait)
     reading = ClaimInfo("reading", future={"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, after={"h": -1})
     held = FolderScan(tmp_path, files={**view.files, "h": 10}, kinds={**view.kinds, "h": "data"}, atime=view.atime)
-    assert victims("belady", held, None, [reading], {}, "x", now=False, me=reading) == []
-    assert victims("belady", held, None, [reading], {}, "x", now=True, me=reading)[0] == ("d", False)
+    assert victims("belady", held, [reading], {}, "x", now=False, me=reading) == []
+    assert victims("belady", held, [reading], {}, "x", now=True, me=reading)[0] == ("d", False)
     soon = ClaimInfo("reading", future=reading.future, after={"h": 5})  # h is needed again before d: no wait
-    assert victims("belady", held, None, [soon], {}, "x", now=False, me=soon)[0] == ("d", False)
-    assert [v for v, _ in victims("lru", view, None, [me, other], {}, "x")] == ["a", "b", "c", "d"]
+    assert victims("belady", held, [soon], {}, "x", now=False, me=soon)[0] == ("d", False)
+    assert [v for v, _ in victims("lru", view, [me, other], {}, "x")] == ["a", "b", "c", "d"]
 
 
 def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
@@ -176,14 +176,14 @@ def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
     leader = ClaimInfo("leader", future={"x": 40, "c": 44, "n": 90}, after={}, at=40, run="r")
     behind = ClaimInfo("behind", future={"a": 12, "b": 16, "x": 40, "c": 44, "n": 90}, at=10, run="r")
     claims = [leader, behind]
-    assert victims("belady", view, None, claims, {}, "x", now=False, me=leader) == [("n", False), ("c", False)]
-    assert victims("belady", view, None, claims, {}, "x", now=True, me=leader) == [("n", False), ("c", False)]
-    assert victims("belady", view, None, claims, {}, "x", now=True, me=leader, behind=[]) == [
+    assert victims("belady", view, claims, {}, "x", now=False, me=leader) == [("n", False), ("c", False)]
+    assert victims("belady", view, claims, {}, "x", now=True, me=leader) == [("n", False), ("c", False)]
+    assert victims("belady", view, claims, {}, "x", now=True, me=leader, behind=[]) == [
         ("n", False), ("c", False), ("b", False), ("a", False)]  # that reader stalled: Belady's order
-    assert victims("belady", view, None, claims, {}, "b", now=True, me=behind) == [
+    assert victims("belady", view, claims, {}, "b", now=True, me=behind) == [
         ("n", False), ("c", False), ("a", False)]  # b is needed at 16, later than a: a goes last
     other_run = ClaimInfo("val", future={"a": 1005, "b": 1001}, at=1000, run="v")  # b 1 from its place
-    assert victims("belady", view, None, [leader, other_run], {}, "x", now=False, me=leader) == [
+    assert victims("belady", view, [leader, other_run], {}, "x", now=False, me=leader) == [
         ("n", False), ("a", False), ("c", False), ("b", False)]  # on the leader's clock: a 45, c 44, b 41, x 40
 
 
@@ -203,10 +203,10 @@ def test_eviction_never_takes_a_file_needed_before_the_one_it_makes_room_for(min
     view = FolderScan(Path("folder"), files=dict.fromkeys(names, 10), kinds=dict.fromkeys(names, "data"),
                       atime=dict.fromkeys(names, 0))  # what victims reads of a folder: no disk needed
     nxt = next_uses([me, *peers], me.needs)
-    for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=False, me=me):
+    for victim, _ in victims("belady", view, [me, *peers], {}, rel, now=False, me=me):
         assert nxt.get(victim, math.inf) > nxt[rel]
     theirs = next_uses(peers, me.needs)
-    for victim, _ in victims("belady", view, None, [me, *peers], {}, rel, now=True, me=me):
+    for victim, _ in victims("belady", view, [me, *peers], {}, rel, now=True, me=me):
         assert theirs.get(victim, math.inf) >= at
 
 

@@ -558,7 +558,7 @@ def test_elastic_resume_loses_nothing(wide: Path, before: tuple[int, int], after
     the row groups some old readers took beyond that cursor are read twice (with pieces of 5, also
     the row groups a reader was in the middle of, whose buffered documents are not carried)."""
     from nanostream import Ranks, stream
-    from nanostream.streaming.cursor import Cursor
+    from nanostream.streaming.order import Cursor
 
     monkeypatch.setattr(feed, "PIECE_DOCS", pieces)
 

@@ -62,7 +62,7 @@ else:
     from nanostream import Ranks, Source, stream
     from nanostream.loader.docrefs import unpack
     from nanostream.shards import list_shards
-    from nanostream.streaming.cursor import Cursor
+    from nanostream.streaming.order import Cursor
     from test_stream_cluster import worker_env
 
     from datagen import make_shards
@@ -99,7 +99,7 @@ else:
         def data(node: int) -> Source:
             return Source(tmp_path / f"node{node}", num_shards=SHARDS, max_shard=SHARDS)
 
-        order = stream("train", data=data(0), ranks=Ranks(0, 1), **kw).order(0)
+        order = stream("train", data=data(0), ranks=Ranks(0, 1), **kw).epoch_deal(0).order
         old = [torch.load(f, weights_only=True) for f in sorted((tmp_path / "a").glob("state*.pt"))]
         smallest = min((Cursor.from_list(st["cursor"]) for st in old), key=lambda c: c.consumed)
         for node in range(2):

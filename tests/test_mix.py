@@ -22,7 +22,7 @@ from nanostream.errors import ConfigError, DatasetError
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
-from nanostream.streaming.mix import Schedule
+from nanostream.streaming.streams import Schedule
 
 WORDS = "the of and data model train token shard stream mix code web text page loop".split()
 

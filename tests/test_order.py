@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanostream.errors import ConfigError
-from nanostream.streaming.cursor import Cursor
-from nanostream.streaming.order import EpochDeal, NeedCounts
+from nanostream.streaming.order import Cursor, EpochDeal, NeedCounts, SettledDeal, cursor_after
 from nanostream.streaming.ranks import Ranks, worker_stride
-from nanostream.streaming.settle import SettledDeal, cursor_after
 
 
 def deal(counts, world, local, *, base=None, drop_last=True, shuffle=True, epoch=0, seed=1) -> EpochDeal:
@@ -45,7 +43,7 @@ def indices(p: SettledDeal, reader: int) -> list[int]:
 
 
 def taken_items(p: SettledDeal, taken: int) -> list[int]:
-    return [i for r in range(p.world_size) for i in indices(p, r)[:taken]]
+    return [i for r in range(p.deal.world_size) for i in indices(p, r)[:taken]]
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
@@ -71,7 +69,7 @@ def test_resume_at_another_world_size_skips_and_repeats_nothing(old, new):
     cur = first.cursor_after(taken)
     assert cur.consumed == len(set(taken_items(first, taken)))  # row groups consumed by all ranks together
     again = plan(counts, *old, drop_last=False, base=Cursor.from_list(cur.to_list()))
-    rest = {i for r in range(again.world_size) for i in indices(again, r)}
+    rest = {i for r in range(again.deal.world_size) for i in indices(again, r)}
     assert rest.isdisjoint(taken_items(first, taken))
     assert rest | set(taken_items(first, taken)) == set(range(total(first)))
     # ... and again at the new size, twice over (a cursor after a resume keeps both parts)
@@ -79,7 +77,7 @@ def test_resume_at_another_world_size_skips_and_repeats_nothing(old, new):
     cur2 = second.cursor_after(second.length // 3)
     third = plan(counts, *old, drop_last=False, base=cur2)
     parts = [set(taken_items(first, taken)), set(taken_items(second, second.length // 3)),
-             {i for r in range(third.world_size) for i in indices(third, r)}]
+             {i for r in range(third.deal.world_size) for i in indices(third, r)}]
     assert sum(len(x) for x in parts) == len(set().union(*parts)) == total(first)
 
 

@@ -10,9 +10,8 @@ from nanostream.shards import list_shards, shard_index, shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import write_catalog
 from nanostream.sources.resolve import pin_catalog, split_indices
-from nanostream.streaming.order import EpochDeal
+from nanostream.streaming.order import EpochDeal, SettledDeal
 from nanostream.streaming.ranks import Ranks, worker_stride
-from nanostream.streaming.settle import SettledDeal
 from test_order import indices
 
 from datagen import make_shards

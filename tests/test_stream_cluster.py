@@ -82,7 +82,7 @@ async def test_four_nodes_each_download_their_share(remote: Path, tmp_path: Path
     assert docs(reports) == Counter(every_doc())  # every document exactly once across the 8 ranks
     assert {len(r["batches"]) for r in reports} == {r["epoch_length"] for r in reports} == {SHARDS * GROUPS // 8}
     order = stream("train", data=Source(tmp_path / "n-0", num_shards=SHARDS, max_shard=SHARDS), shuffle=True,
-                   seed=11, ranks=Ranks(0, 1)).order(0)
+                   seed=11, ranks=Ranks(0, 1)).epoch_deal(0).order
     data = sum(size.values())
     for node in range(4):
         mine = sorted(order[2 * node: 2 * node + 2])  # the epoch's order cut into 4 pieces of 2 shards

@@ -24,7 +24,7 @@ from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
 from nanostream.sources.record import read_catalog, write_catalog
 from nanostream.sources.resolve import url_prefix
-from nanostream.streaming.cursor import Cursor
+from nanostream.streaming.order import Cursor
 from nanostream.streaming.plan import Batch
 
 from datagen import doc_id, make_shards
@@ -203,7 +203,7 @@ async def test_back_pressure_slow_consumer(tmp_path: Path) -> None:
         consumed += 1
         await asyncio.sleep(0.05)  # slow consumer: the producer must wait, not run ahead
         st = s.stats
-        assert s.qsize() <= 3 and st["max_queued"] <= 3
+        assert st["max_queued"] <= 3  # the largest queue seen right after a put
         assert st["produced"] <= consumed + 3
     assert consumed == 20 and s.stats["produced"] == 20 and s.stats["max_queued"] == 3
 
@@ -534,9 +534,9 @@ def test_replay_reads_row_groups_first_once_each(data: Path) -> None:
     """``Options.replay`` (a TokenDataset resume's buffered documents): those row groups first, each once, sorted
     and flagged, then the order; a shard outside the split or a row group its file lacks is refused."""
     from nanostream.config import Config
-    from nanostream.streaming.blocking import BatchIterator
     from nanostream.streaming.plan import Options
     from nanostream.streaming.single import open_stream
+    from nanostream.streaming.streams import BatchIterator
 
     def replayed(replay: list[tuple[int, int]]) -> BatchIterator:
         options = Options("train", R(0, 1, 1), epochs=1, replay=tuple(replay)).check()

@@ -19,11 +19,11 @@ from ..config import Config, parse_cache_limit
 from ..errors import LoaderError
 from ..retry import RetryPolicy
 from ..sources.spec import Source, normalized, sources_of
-from ..streaming.cursor import Cursor
-from ..streaming.mix import open_mix
+from ..streaming.order import Cursor
 from ..streaming.plan import Options, Position, ReadAhead
 from ..streaming.ranks import Ranks, worker_stride
 from ..streaming.single import Stream, open_stream
+from ..streaming.streams import open_mix
 from ..text.load import as_tokenizer
 from . import resume
 from .length import RunLimit, epoch_rows, sample_rows, total_batches

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import LoaderError
-from ..streaming.blocking import BatchIterator
-from ..streaming.cursor import Cursor
+from ..streaming.streams import BatchIterator
+from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..text.tokenizer import Tokenizer
 from .docrefs import Run

@@ -10,12 +10,12 @@ import numpy as np
 
 from ..concurrency import LoopThread
 from ..errors import ConfigError
-from ..streaming.blocking import BatchIterator
-from ..streaming.counting import Tally
-from ..streaming.cursor import Cursor
+from ..streaming.epoch import Tally
+from ..streaming.order import Cursor
 from ..streaming.plan import Options
 from ..streaming.ranks import Ranks
 from ..streaming.single import open_stream
+from ..streaming.streams import BatchIterator
 from .encode import doc_arrays
 from .packing import BestFitPacker, token_dtype
 from .threads import Closed

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..streaming.cursor import Cursor
-from ..streaming.mix import Schedule
+from ..streaming.order import Cursor
+from ..streaming.streams import Schedule
 from ..streaming.plan import Position
 from . import resume
 from .docrefs import unpack

@@ -28,6 +28,7 @@ class FolderFiles:
     """The data folder of ``plan``, unbounded. Use it as an async context: leaving it cancels the downloads."""
 
     touch = False  # set a file's access time as it is read (a cache's LRU order)
+    evicted = 0  # files evicted for this stream (only a cache evicts)
 
     def __init__(self, plan: Plan) -> None:
         self.plan, self.folder, self.files = plan, plan.folder, plan.files
@@ -52,11 +53,6 @@ class FolderFiles:
             await self._scope.__aexit__(*exc)
         finally:
             await self._closing.aclose()
-
-    @property
-    def evicted(self) -> int:
-        """Files evicted for this stream (only a cache evicts)."""
-        return 0
 
     def remote(self, index: int) -> bool:
         """Can file ``index`` be downloaded (again)?"""
@@ -172,18 +168,17 @@ class FolderFiles:
         """The stream's ``Fetcher``, opened at the first download (the folder's record written then)."""
         async with self._fetcher_lock:
             if self._fetcher is None:
-                from ..fetch.fetcher import Fetcher
+                from ..fetch.fetcher import DEFAULT_RETRY, Fetcher
 
-                p = self.plan
-                kwargs: dict[str, Any] = {"workers": p.options.read_ahead.connections, "credentials": self.credentials}
-                if p.options.retry is not None:
-                    kwargs["retry"] = p.options.retry
+                o = self.plan.options
                 try:
                     self.folder.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ConfigError(f"cannot create data folder {self.folder}: {exc}") from exc
-                self._fetcher = await self._closing.enter_async_context(Fetcher(self.folder, **kwargs))
-                _record(self.folder, p)
+                fetcher = Fetcher(self.folder, workers=o.read_ahead.connections, credentials=self.credentials,
+                                  retry=o.retry or DEFAULT_RETRY)
+                self._fetcher = await self._closing.enter_async_context(fetcher)
+                _record(self.folder, self.plan)
             return self._fetcher
 
 

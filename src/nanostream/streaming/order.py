@@ -1,15 +1,79 @@
-"""An epoch's global order (every row group of the split, by ``shuffle``, ``seed`` and epoch only) and its deal
-(``EpochDeal``): who reads which row group before every count is known. docs/multi-node.md has the rules.
+"""An epoch's global order (every row group of the split, by ``shuffle``, ``seed`` and epoch only), its deal
+before the counts (``EpochDeal``) and once every count is known (``SettledDeal``), and the ``Cursor``: a point
+of the order, the same on every rank and for any world size. docs/multi-node.md has the rules.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
 
 from ..errors import ConfigError
-from .cursor import Cursor, Span, merge, run_span
 from .ranks import Ranks
+
+Span = tuple[int, int, int, int]  # consumed [(p, g), (q, h)): shard position p..q of the order, row-group position g..h
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A point of an epoch's global order, the same on every rank and for any world size."""
+
+    epoch: int
+    spans: tuple[Span, ...] = ()
+    consumed: int = 0  # row groups of this epoch's order consumed by all ranks together
+    shards: int = 0  # shards in the split when it was made (0: not recorded)
+
+    def to_list(self) -> list:
+        """A plain-list form for checkpoints (JSON, ``torch.load(weights_only=True)``)."""
+        return [self.epoch, [list(s) for s in self.spans], self.consumed, self.shards]
+
+    @classmethod
+    def from_list(cls, value: list) -> Cursor:
+        epoch, spans, consumed, shards = value
+        return cls(int(epoch), tuple(_span(s) for s in spans), int(consumed), int(shards))
+
+    def covers(self, p: int, g: int) -> bool:
+        """Is row group position ``g`` of shard position ``p`` consumed?"""
+        return any((s[0], s[1]) <= (p, g) < (s[2], s[3]) for s in self.spans)
+
+    def whole(self, p: int) -> bool:
+        """Is every row group of shard position ``p`` consumed (known without its count)?"""
+        return any((s[0] < p or (s[0] == p and s[1] == 0)) and p < s[2] for s in self.spans)
+
+    def cut(self, p: int, count: int) -> list[int]:
+        """Row-group positions of shard position ``p`` (of ``count``) not consumed, in order."""
+        taken = [(s[1] if s[0] == p else 0, s[3] if s[2] == p else count) for s in self.spans if s[0] <= p <= s[2]]
+        return [g for g in range(count) if not any(a <= g < b for a, b in taken)]
+
+
+def _span(raw: list) -> Span:
+    p, g, q, h = (int(x) for x in raw)
+    if (p, g) >= (q, h) or min(p, g, q, h) < 0:
+        raise ValueError(f"not a span of a cursor: {raw!r}")
+    return p, g, q, h
+
+
+def merge(spans: list[Span]) -> tuple[Span, ...]:
+    """``spans`` sorted, with overlapping or touching ones joined."""
+    out: list[list[int]] = []
+    for p, g, q, h in sorted(spans):
+        if out and (p, g) <= (out[-1][2], out[-1][3]):
+            if (q, h) > (out[-1][2], out[-1][3]):
+                out[-1][2:] = [q, h]
+        else:
+            out.append([p, g, q, h])
+    return tuple((a, b, c, d) for a, b, c, d in out)
+
+
+def run_span(first: tuple[int, int], last: tuple[int, int], count_of_last: int) -> Span:
+    """The span from place ``first`` through place ``last`` (the end normalized to the next shard when
+    ``last`` is its shard's final row group)."""
+    p, g = last
+    end = (p + 1, 0) if g + 1 >= count_of_last else (p, g + 1)
+    return (*first, *end)
+
 
 Place = tuple[int, int]  # (position in the epoch's shard order, position in that shard's row-group order)
 
@@ -22,24 +86,13 @@ class NeedCounts(Exception):
         self.shards = tuple(shards)
 
 
-def shard_order(shards: tuple[int, ...], epoch: int, shuffle: bool, seed: int) -> list[int]:
-    order = list(shards)
+def shuffled(items: Iterable[int], shuffle: bool, *key: int) -> list[int]:
+    """``items`` in an epoch's order: as given, or shuffled by ``key`` (seed, epoch, and the shard for its row
+    groups)."""
+    out = list(items)
     if shuffle:
-        random.Random(f"nanostream:{seed}:{epoch}").shuffle(order)
-    return order
-
-
-def row_group_order(n: int, shard: int, epoch: int, shuffle: bool, seed: int) -> list[int]:
-    """All row groups of a shard, in this epoch's order."""
-    order = list(range(n))
-    if shuffle:
-        random.Random(f"nanostream:{seed}:{epoch}:{shard}").shuffle(order)
-    return order
-
-
-def node_shares(total: int, nodes: int) -> list[int]:
-    """How many of ``total`` each node gets: as equal as can be (the first ``total % nodes`` one more)."""
-    return [total // nodes + (n < total % nodes) for n in range(nodes)]
+        random.Random(":".join(map(str, ("nanostream", *key)))).shuffle(out)
+    return out
 
 
 class EpochDeal:
@@ -50,25 +103,22 @@ class EpochDeal:
         self.epoch, self.shuffle, self.seed, self.drop_last = epoch, shuffle, seed, ranks.drop_last
         self.world_size, self.local_world_size = ranks.world_size, ranks.local_world_size
         self.nodes = ranks.nodes
-        self.order = shard_order(tuple(shards), epoch, shuffle, seed)
+        self.order = shuffled(shards, shuffle, seed, epoch)
         base = base if base is not None and base.epoch == epoch else None
         if base is not None and ((base.shards and base.shards != len(self.order))
                                  or any(s[2] > len(self.order) for s in base.spans)):
             raise self._misfit(base)
         self.base = base
         self.left = [p for p in range(len(self.order)) if base is None or not base.whole(p)]
-        self._pieces: list[list[int]] = []
-        at = 0
-        for share in node_shares(len(self.left), self.nodes):
-            self._pieces.append(self.left[at:at + share])
-            at += share
+        n, nodes = len(self.left), self.nodes  # node k's piece: n // nodes, and one more for the first n % nodes
+        cuts = [k * (n // nodes) + min(k, n % nodes) for k in range(nodes + 1)]
+        self._pieces = [self.left[a:b] for a, b in pairwise(cuts)]
         self._groups: dict[int, list[int]] = {}
 
     def _misfit(self, base: Cursor) -> ConfigError:
         return ConfigError(f"resume cursor {base} does not fit epoch {self.epoch} of this split ({len(self.order)} "
                            "shards): resume with the same shards, shuffle and seed")
 
-    # -- what each node has, known without counts -----------------------------------------------
     def piece(self, node: int) -> list[int]:
         """Shard positions of node ``node``'s piece, in order."""
         return self._pieces[node]
@@ -86,7 +136,7 @@ class EpochDeal:
         """The row group at place ``(p, g)`` of shard position ``p`` holding ``count``."""
         shard = self.order[p]
         if shard not in self._groups or len(self._groups[shard]) != count:
-            self._groups[shard] = row_group_order(count, shard, self.epoch, self.shuffle, self.seed)
+            self._groups[shard] = shuffled(range(count), self.shuffle, self.seed, self.epoch, shard)
         return self._groups[shard][g]
 
     def missing(self, counts: Mapping[int, int]) -> list[int]:
@@ -142,3 +192,94 @@ class EpochDeal:
                 raise NeedCounts(self.missing(counts))
             spans.append(run_span(got[0], got[-1], counts[self.order[got[-1][0]]]))
         return Cursor(self.epoch, merge(spans), base.consumed + self.nodes * k, len(self.order))
+
+
+def cursor_after(deal: EpochDeal, taken: int, counts: Mapping[int, int]) -> Cursor:
+    """The global position once every reader has taken its first ``taken`` row groups of ``deal``."""
+    if not deal.missing(counts):
+        return SettledDeal(deal, counts).cursor_after(taken)
+    return deal.early_cursor(taken, counts)
+
+
+def reader_place(deal: EpochDeal, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
+    """The place of ``reader``'s row group number ``taken`` (0-based; IndexError past its share)."""
+    if not deal.missing(counts):
+        return SettledDeal(deal, counts).places(reader)[taken]
+    return deal.early_place(reader, taken, counts)
+
+
+class SettledDeal:
+    """The settled deal of one epoch: ``sequence(reader)`` lists ``(shard, row_group)`` in read order,
+    ``length`` of them for every reader (``counts``: at least every shard left in the epoch)."""
+
+    def __init__(self, deal: EpochDeal, counts: Mapping[int, int]) -> None:
+        missing = deal.missing(counts)
+        if missing:
+            raise NeedCounts(missing)
+        self.deal, self.counts, self.epoch, self.base = deal, dict(counts), deal.epoch, deal.base
+        R, L, N = deal.world_size, deal.local_world_size, deal.nodes
+        pieces = [deal.piece_places(n, counts) for n in range(N)]
+        left = sum(len(x) for x in pieces)
+        if deal.base is None and left < R:
+            raise ConfigError(
+                f"reader {R - 1} of {R} ({N} node(s) of {L}; DataLoader workers count as readers) reads no row "
+                f"group in epoch {deal.epoch}: {left} row groups for {R} readers. Use fewer ranks or workers, or "
+                "more shards")
+        self.length = left // R if deal.drop_last else -(-left // R)
+        q = L * self.length
+        tails = [(m, q, len(x)) for m, x in enumerate(pieces) if len(x) > q]
+        self._segments: list[list[tuple[int, int, int]]] = []  # per node: (owner node, from, to) of owner's piece
+        for n in range(N):
+            segs = [(n, 0, min(len(pieces[n]), q))]
+            need = q - segs[0][2]
+            while need > 0 and tails:
+                m, a, b = tails[0]
+                k = min(need, b - a)
+                segs.append((m, a, a + k))
+                need -= k
+                tails[0] = (m, a + k, b)
+                if a + k == b:
+                    tails.pop(0)
+            self._segments.append(segs)
+        self._pieces = pieces
+        self._seqs: dict[int, list[Place]] = {}  # made on demand: a reader needs its own only
+        self.dropped = sum(b - a for _, a, b in tails)
+        self.padded = max(0, R * self.length - left)
+
+    def places(self, reader: int) -> list[Place]:
+        """The places ``reader`` reads this epoch, in order (``length`` of them): every ``L``-th of its node's
+        stream (its own part, then the leftovers it took); a reader still short repeats its own from its
+        start."""
+        seq = self._seqs.get(reader)
+        if seq is None:
+            L = self.deal.local_world_size
+            node = [pl for m, a, b in self._segments[reader // L] for pl in self._pieces[m][a:b]]
+            own = node[reader % L::L] or node or [pl for x in self._pieces for pl in x]
+            seq = (own * (self.length // len(own) + 1))[:self.length] if own else []
+            self._seqs[reader] = seq
+        return seq
+
+    def sequence(self, reader: int) -> list[tuple[int, int]]:
+        d = self.deal
+        return [(d.order[p], d.row_group(p, g, self.counts[d.order[p]])) for p, g in self.places(reader)]
+
+    def cursor_after(self, taken: int) -> Cursor:
+        """The global position once every reader has taken its first ``taken`` row groups."""
+        shards = len(self.deal.order)
+        if taken >= self.length:
+            return Cursor(self.epoch + 1, shards=shards)
+        base = self.base or Cursor(self.epoch, shards=shards)
+        spans: list[Span] = list(base.spans)
+        consumed = base.consumed
+        for segs in self._segments:
+            k = self.deal.local_world_size * max(taken, 0)
+            for m, a, b in segs:  # the node's own part, then the leftovers it took (padding repeats)
+                n = min(k, b - a)
+                if k <= 0:
+                    break
+                if n <= 0:
+                    continue
+                first, last = self._pieces[m][a], self._pieces[m][a + n - 1]
+                spans.append(run_span(first, last, self.counts[self.deal.order[last[0]]]))
+                consumed, k = consumed + n, k - n
+        return Cursor(self.epoch, merge(spans), consumed, shards)

@@ -15,8 +15,7 @@ from ..errors import ConfigError
 from ..retry import RetryPolicy
 from ..sources.catalog import Catalog, DataFile
 from ..sources.credentials import Credentials
-from .cursor import Cursor
-from .order import EpochDeal
+from .order import Cursor, EpochDeal
 from .ranks import Ranks
 from .reader import to_texts
 

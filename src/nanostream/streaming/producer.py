@@ -1,5 +1,7 @@
-"""The producer behind a ``Stream``, its one task: per epoch, ``EpochWalk`` decides what comes next while
-``EpochCounts.watch`` learns counts; each row group is read on the reader thread into the bounded queue.
+"""The producer behind a ``Stream``, its one task: per epoch, the reader's row groups (its node's piece as far
+as the bound lets it, then the rest by the settled deal) while ``EpochCounts.watch`` learns counts; each row
+group is read on the reader thread into the bounded queue. The file provider hears where the reader is
+(``reader_at``) before each file.
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ import asyncio
 import collections
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,16 +21,17 @@ import pyarrow as pa
 from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError
 from ..sources.counts import CountBook
+from ..sources.footers import local_count
 from .cache.claims import ReadLock
-from .counting import EpochCounts
-from .cursor import Cursor
-from .epoch import EpochWalk, Gate
+from .epoch import EpochCounts, taken_at, with_counts
 from .files import FolderFiles
+from .order import Cursor, EpochDeal
 from .plan import Chunk, Plan, Position
 from .reader import ShardReader, file_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Gate = Callable[[int], Awaitable[bool]]
 READS_QUEUED = 2  # row-group reads queued on the reader thread beyond the one being handed over
 
 
@@ -63,24 +67,94 @@ class Producer:
                 log.debug("could not save or share the row-group counts: %s", exc)
         await self.queue.put(end)
 
-    def _epochs(self) -> Iterator[int]:
-        first, epochs = self.plan.first_epoch(), self.plan.options.epochs
-        return itertools.count(first) if epochs is None else iter(range(first, epochs))
-
     async def _produce(self) -> None:
         p, start = self.plan, self.plan.start
         if p.options.replay:
             await self._replay()
-        walk = EpochWalk(p, self.book, self.files, self)
-        for epoch in self._epochs():
+        first, end = p.first_epoch(), p.options.epochs
+        for epoch in itertools.count(first) if end is None else range(first, end):
             deal = p.deal(epoch, p.start_base() if start is not None else None)
             counts = EpochCounts(deal, self.book, p, self.files.credentials)
-            skip = await walk.taken_at(deal, start) if isinstance(start, Position) else 0
+            skip = 0
+            if isinstance(start, Position):  # a resume: the reader's row groups of the epoch before it
+                skip = await with_counts(self.book, p, partial(taken_at, deal, p.ranks.rank, start))
             async with task_group() as group:
                 watcher = group.create_task(counts.watch(), name="nanostream-counts")
-                await walk.read(epoch, deal, counts, skip)
+                await self._read_epoch(epoch, deal, counts, skip)
                 watcher.cancel()
             start = None
+
+    async def _read_epoch(self, epoch: int, deal: EpochDeal, counts: EpochCounts, skip: int) -> None:
+        """The reader's row groups of one epoch: its node's piece as far as the bound lets it (while counts
+        arrive), then the rest by the settled deal."""
+        p, files = self.plan, self.files
+        ahead = p.options.read_ahead.files
+        L, node, i = deal.local_world_size, p.ranks.rank // deal.local_world_size, p.ranks.rank % deal.local_world_size
+        taken = skip  # the reader's row groups handed over (or skipped by a resume) this epoch
+        counts.refresh()
+        self.length = counts.settled.length if counts.settled is not None else -1
+        if counts.settled is None:
+            piece, offset = deal.piece(node), 0
+            for k, pos in enumerate(piece):
+                counts.at = k
+                shard = deal.order[pos]
+                upcoming = [deal.order[q] for q in piece[k + 1:k + 1 + ahead]]
+                skipping = (offset + (i - offset) % L) // L < taken  # a resume may have read all of it
+                if not skipping:  # before the download that may count it
+                    await files.reader_at(epoch, taken, deal)
+                n = await self._count(shard, upcoming, skipping)
+                places = deal.places(pos, n)
+                todo = [(j, deal.row_group(pos, places[j - offset], n))
+                        for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
+                offset += len(places)
+                if not todo:
+                    continue
+                await files.reader_at(epoch, taken, deal)  # again, with its count known now
+
+                async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
+                    return await counts.until_safe(todo[m][0])
+
+                done = await self.emit_shard(epoch, shard, [g for _, g in todo], taken, upcoming, deal.base, gate)
+                taken += done
+                if done < len(todo):
+                    break  # settled meanwhile: go on by the settled deal
+        settled = await counts.settle()
+        self.length = settled.length
+        runs = shard_runs(settled.sequence(p.ranks.rank), taken)
+        for k, (shard, first, groups) in enumerate(runs):
+            upcoming = _next_shards(runs, k, ahead)
+            await files.reader_at(epoch, first, deal, settled)
+            await self.emit_shard(epoch, shard, groups, first, upcoming, deal.base)
+
+    async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
+        """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;
+        ``skipping``: a resume may have read all of it already, so its footer alone is asked for)."""
+        files, book = self.files, self.book
+        n = book.get(shard)
+        if n is None:
+            await book.look([shard])
+            n = book.get(shard)
+        if n is None and skipping:
+            n = (await book.require([shard], files.credentials, self.plan.options.retry))[shard]
+        if n is None:  # the node reads it anyway: its footer comes with it
+            lock = await files.hold(shard, upcoming)
+            try:
+                n = await asyncio.to_thread(local_count, lock.path, files.remote(shard))
+                if n is None:  # unreadable: fetched once more (as a read would)
+                    seen = file_id(lock.path)
+                    lock.release()
+                    lock = await files.refetch(shard, seen)
+                    n = await asyncio.to_thread(local_count, lock.path, False)
+            finally:
+                if lock is not None:
+                    lock.release()
+            assert n is not None
+            book.learn(shard, n, f"the footer of {self.plan.folder / self.plan.files[shard].path}")
+        landed = [s for s in upcoming if book.get(s) is None and files.path(s).exists()]
+        if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
+            await book.look(landed)
+        await book.sync()
+        return n
 
     async def _replay(self) -> None:
         """Put the options' ``replay`` row groups (sorted by shard), each once, flagged, before the order."""
@@ -179,3 +253,25 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Done callback for results nobody awaits: mark their exception as seen."""
     if not fut.cancelled():
         fut.exception()
+
+
+def shard_runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
+    """``seq[skip:]`` as runs of one shard: ``(shard, count before the run, row groups)``."""
+    runs: list[tuple[int, int, list[int]]] = []
+    for i in range(skip, len(seq)):
+        shard, group = seq[i]
+        if not runs or runs[-1][0] != shard:
+            runs.append((shard, i, []))
+        runs[-1][2].append(group)
+    return runs
+
+
+def _next_shards(runs: list[tuple[int, int, list[int]]], k: int, n: int) -> list[int]:
+    """The first ``n`` shards after run ``k`` other than its own."""
+    out: list[int] = []
+    for j in range(k + 1, len(runs)):
+        if len(out) >= n:
+            break
+        if runs[j][0] != runs[k][0] and runs[j][0] not in out:
+            out.append(runs[j][0])
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from ..concurrency import cancel_and_wait, run_sync
 from ..config import Config
@@ -20,16 +20,12 @@ from ..sources.resolve import split_indices
 from ..sources.spec import Source
 from .cache.usage import filesystem_bytes
 from .cached import check_limit, folder_minimum, open_files
-from .cursor import Cursor
 from .epoch import taken_at, with_counts
 from .files import FolderFiles
-from .order import EpochDeal, NeedCounts, shard_order
+from .order import Cursor, EpochDeal, NeedCounts, SettledDeal, cursor_after
 from .plan import Batch, Chunk, Options, Plan, Position
 from .producer import Producer
 from .ranks import Ranks
-from .settle import SettledDeal, cursor_after
-
-T = TypeVar("T")
 
 
 def open_stream(source: Source, options: Options, config: Config, start: Position | Cursor | None = None) -> Stream:
@@ -142,16 +138,11 @@ class Stream(Batches):
                 "position": position.to_list() if position is not None else None,
                 "cursor": cursor.to_list() if cursor is not None else None}
 
-    def qsize(self) -> int:
-        """Row groups read ahead and waiting for the consumer."""
-        return self._producer.queue.qsize()
-
     @property
     def stats(self) -> dict[str, int]:
         """Row groups produced, the largest queue seen, files downloaded and evicted for this stream."""
         return {"produced": self._producer.produced, "max_queued": self._producer.max_queued,
-                "fetched": self._files.fetched,
-                "evicted": self._files.evicted}
+                "fetched": self._files.fetched, "evicted": self._files.evicted}
 
     def cache_minimum(self) -> int:
         """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now (blocking)."""
@@ -159,11 +150,6 @@ class Stream(Batches):
         if None in sizes and self.plan.credentials() is not None:
             sizes = run_sync(_learn_sizes(self.plan, sizes))
         return folder_minimum(self.plan, sizes).size
-
-    def order(self, epoch: int) -> list[int]:
-        """The shard order of ``epoch`` (every rank uses the same)."""
-        o = self.plan.options
-        return shard_order(self.plan.shards, epoch, o.shuffle, o.seed)
 
     async def prepare(self) -> dict[int, int]:
         """Learn every shard's row-group count now (``epoch_length`` then answers at once)."""
@@ -200,10 +186,8 @@ class Stream(Batches):
         deal = self.epoch_deal(position.epoch, position.base)
         if taken is None:
             taken = self._answer(lambda counts: taken_at(deal, self.plan.ranks.rank, position, counts))
-        settled = self._settled[1] if self._settled is not None and self._settled[0] == (deal.epoch, deal.base) \
-            else None
-        if settled is not None:
-            return settled.cursor_after(taken)
+        if self._settled is not None and self._settled[0] == (deal.epoch, deal.base):
+            return self._settled[1].cursor_after(taken)
         return self._answer(lambda counts: cursor_after(deal, taken, counts))
 
     def _first(self, epoch: int | None, base: Cursor | None) -> tuple[int, Cursor | None]:

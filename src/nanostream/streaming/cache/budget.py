@@ -58,9 +58,9 @@ class FolderBudget:
             if view.kinds.get(rel) is not None and rel not in view.parts:
                 return True  # already there (finished by another process)
             claims = [*others, mine.info]
-            reserved = _reserved(claims)
+            reserved = reservations(claims)
             limit = min([self.limit, *(o.limit for o in others if o.limit is not None)])
-            used = view.total + sum(max(0, b - view.on_disk(r)) for r, b in reserved.items())
+            used = view.used(reserved)
             extra = max(0, need - max(view.on_disk(rel), reserved.get(rel, 0)))
             room = limit - used
             if not now:  # a prefetch leaves room for what other streams wait on (but the file itself)
@@ -84,7 +84,7 @@ class FolderBudget:
         ``shortfall`` says why. Under the cache lock."""
         mine = self._own().info
         others = [h for h in claims if h is not mine]
-        order = victims(self.policy, view, self.record(), claims, reserved, rel, now, mine,
+        order = victims(self.policy, view, claims, reserved, rel, now, mine,
                         self._moving(others) if now else None)
         if not now and room + sum(view.on_disk(v) for v, _ in order) < extra:
             order = []  # a prefetch evicts only if that makes it fit: the room freed would go to another
@@ -98,7 +98,7 @@ class FolderBudget:
                           "demand" if now else "prefetch", mine.at)
                 if extra <= room:
                     return room
-        if now and len(order) < len(victims(self.policy, view, self.record(), claims, reserved, rel, now, mine,
+        if now and len(order) < len(victims(self.policy, view, claims, reserved, rel, now, mine,
                                             behind=[])):
             log.debug("%s: %s waits for a reader behind this one to move on", self.folder, rel)
             self.shortfall = (f"{rel} waits for a reader behind this one to read the files it would evict (a "
@@ -109,15 +109,18 @@ class FolderBudget:
                               f"readers or being downloaded ({len(others)} other stream(s) on {self.folder})")
         return room
 
+    def holds(self, rel: str) -> bool:
+        """Does this stream reserve room for ``rel``, or wait for it?"""
+        return self.claim is not None and (rel in self.claim.info.reserved or rel in self.claim.info.waiting)
+
     def release(self, rel: str) -> None:
         """Drop the reservation of ``rel`` (a reader holds it now, or its download ended)."""
-        h = self.claim
-        if h is None or (rel not in h.info.reserved and rel not in h.info.waiting):
-            return
-        with cache_lock(self.folder):
-            h.info.reserved.pop(rel, None)
-            h.info.waiting.pop(rel, None)
-            h.write()
+        if self.holds(rel):
+            with cache_lock(self.folder):
+                info = self.claim.info
+                info.reserved.pop(rel, None)
+                info.waiting.pop(rel, None)
+                self.claim.write()
 
     def _moving(self, others: list[ClaimInfo]) -> list[ClaimInfo]:
         """The other streams' claims, less those whose place has not changed for ``STALLED_S``."""
@@ -155,15 +158,13 @@ class FolderBudget:
             self.claim = None
 
 
-def victims(policy: str, view: FolderScan, record: Catalog | None, claims: list[ClaimInfo],
-            reserved: dict[str, int], rel: str | None = None, now: bool = True, me: ClaimInfo | None = None,
+def victims(policy: str, view: FolderScan, claims: list[ClaimInfo], reserved: dict[str, int], rel: str | None = None, now: bool = True, me: ClaimInfo | None = None,
             behind: list[ClaimInfo] | None = None) -> list[tuple[str, bool]]:
     """What may be evicted (for ``rel``, by the stream of claim ``me``), in eviction order: (path, is a
     part). A demand keeps the files that the readers of ``behind`` (default: every claim but ``me``)
     need before ``me``'s place."""
-    remote = {f.path for f in record.files if f.url} if record is not None else set()
     cands = [(r, False) for r, kind in view.kinds.items() if kind == "data" and r not in reserved and r != rel]
-    cands += [(r, True) for r in view.parts if r in remote and r not in reserved and r != rel]
+    cands += [(r, True) for r in view.parts if r in view.remote and r not in reserved and r != rel]
     if policy == "lru":
         return sorted(cands, key=lambda c: view.atime.get(c[0], 0))
     mine = me.needs if me is not None else Needs({}, {})
@@ -214,10 +215,10 @@ def prune(folder: Path, target: int, policy: str = "belady") -> tuple[int, int, 
     reserved, local-only or unlisted): (files evicted, bytes freed, bytes it takes now). Blocking."""
     with cache_lock(folder):
         view, claims = scan(folder, read_catalog(folder)), live_claims(folder)
-        reserved = _reserved(claims)
-        used = view.total + sum(max(0, b - view.on_disk(r)) for r, b in reserved.items())
+        reserved = reservations(claims)
+        used = view.used(reserved)
         count = freed = 0
-        for victim, part in victims(policy, view, read_catalog(folder), claims, reserved):
+        for victim, part in victims(policy, view, claims, reserved):
             if used - freed <= target:
                 break
             got = evict(folder, victim, part=part)
@@ -226,7 +227,8 @@ def prune(folder: Path, target: int, policy: str = "belady") -> tuple[int, int, 
         return count, freed, used - freed
 
 
-def _reserved(claims: list[ClaimInfo]) -> dict[str, int]:
+def reservations(claims: list[ClaimInfo]) -> dict[str, int]:
+    """The bytes reserved for each file: the most any of ``claims`` reserves."""
     out: dict[str, int] = {}
     for h in claims:
         for r, b in h.reserved.items():

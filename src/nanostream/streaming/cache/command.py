@@ -12,7 +12,7 @@ from ...config import parse_cache_limit
 from ...errors import ConfigError
 from ...shards import RECORD_NAME
 from ...sources.record import read_catalog
-from .budget import _reserved, prune
+from .budget import prune, reservations
 from .claims import cache_lock, in_use, live_claims
 from .usage import filesystem_bytes, fmt, scan
 
@@ -32,16 +32,15 @@ def describe(folder: Path) -> list[str]:
     with cache_lock(folder):
         record = read_catalog(folder)
         view, claims = scan(folder, record), live_claims(folder)
-        reserved = _reserved(claims)
+        reserved = reservations(claims)
         for rel, n in view.files.items():
             add("files", n)
             kind = view.kinds[rel]
             add(kind if kind != "data" else "reserved" if rel in reserved else
                 "in_use" if in_use(folder / rel) else "evictable", n)
-        remote = {f.path for f in record.files if f.url} if record is not None else set()
         for rel, n in view.parts.items():
             add("parts", n)
-            if rel in remote and rel not in reserved:
+            if rel in view.remote and rel not in reserved:
                 add("stale_parts", n)
 
     def pair(group: str) -> str:
