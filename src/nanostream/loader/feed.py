@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import LoaderError
-from ..streaming.streams import BatchIterator
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
+from ..streaming.streams import BatchIterator
 from ..text.tokenizer import Tokenizer
 from .docrefs import Run
 from .encode import doc_arrays, encoding

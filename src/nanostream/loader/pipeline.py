@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..streaming.order import Cursor
-from ..streaming.streams import Schedule
 from ..streaming.plan import Position
+from ..streaming.streams import Schedule
 from . import resume
 from .docrefs import unpack
 from .feed import Feed, Mark, replay_keys, single_source, source_batches

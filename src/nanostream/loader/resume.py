@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LoaderError
 from ..streaming.order import Cursor
-from ..streaming.plan import Position
 from ..streaming.single import Stream
 from ..text.fast import SAMPLE
 from .docrefs import Run, pack, unpack
