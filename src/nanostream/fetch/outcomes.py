@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from ..config import host_of
 from ..errors import AccessDenied, DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
 from ..retry import Fatal, NoSpace, RetryPolicy, classify
-from ..shards import shard_name
 from .partial import discard, part_path
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ _HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]
 
 @dataclass
 class ShardResult:
-    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``file``: its
+    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``name``: its
     path in the data folder; ``index``: the shard index (``fetch_shards``) or its place in the list."""
 
     index: int | None
@@ -38,11 +37,7 @@ class ShardResult:
     attempts: int = 0  # failed requests (retries) along the way
     skipped: bool = False  # already present (or finished by another process): no download
     error: FetchError | None = None
-    file: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.file or shard_name(self.index or 0)
+    name: str = ""
 
 
 def refused(job: Job, exc: Fatal) -> AccessDenied:
@@ -146,7 +141,7 @@ class Jobs:
 
     def resolve(self, job: Job, *, skipped: bool) -> None:
         result = ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded, job.attempts, skipped,
-                             file=job.name)
+                             name=job.name)
         self._done(job)
         job.future.set_result(result)
         if self.progress is not None:
@@ -164,7 +159,7 @@ class Jobs:
         self._done(job)
         job.future.set_exception(err)
         result = self.failed[job.name] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
-                                                    file=job.name)
+                                                    name=job.name)
         if self.progress is not None:
             self.progress.shard_done(result)
 

@@ -1,4 +1,5 @@
-"""One HTTP range request into a file's part file: headers, what the answer announces, the body.
+"""One HTTP range request into a file's part file (headers, what the answer announces, the body) and the
+tail's split: once no file is queued, an idle worker splits the range with the most bytes left.
 Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 """
 
@@ -15,8 +16,8 @@ import aiohttp
 from ..errors import VerificationError
 from ..retry import Fatal, NoSpace, Transient, check_status, parse_sha256
 from ..sources.credentials import Credentials
-from .disk import Disk
-from .jobs import Job, Segment, Writer
+from .disk import Disk, Writer
+from .jobs import Job, Segment
 from .partial import PARQUET_MAGIC, part_path
 
 
@@ -34,6 +35,35 @@ class Meter:
         if nbytes >= 256 << 10 and seconds > 0:
             r = nbytes / seconds
             self.rate = r if not self.rate else 0.8 * self.rate + 0.2 * r
+
+    def min_piece(self) -> int:
+        """Smallest range worth a request of its own: one round trip of one connection's bytes (``L`` bytes
+        take ``L/r`` on one connection, ``rtt + L/2r`` split in two: the split wins once ``L/2 > r * rtt``)."""
+        if not self.rate:
+            return 512 << 10
+        return int(min(max(self.rate * self.rtt, 64 << 10), 16 << 20))
+
+
+def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
+    """Split the active range with the most bytes left to receive; return the new back half
+    (marked active for the caller), or None when no range has ``2 * floor`` bytes left."""
+    best: tuple[int, Job, Segment] | None = None
+    for job in active:
+        if job.finalizing:
+            continue
+        for seg in job.segments:
+            left = seg.left()
+            if seg.active and left >= 2 * floor and (best is None or left > best[0]):
+                best = (left, job, seg)
+    if best is None:
+        return None
+    left, job, seg = best
+    assert seg.end is not None
+    new = Segment(seg.end - left // 2, seg.end)
+    seg.end = new.pos
+    new.active = True
+    job.segments.append(new)
+    return job, new
 
 
 def announced(resp: aiohttp.ClientResponse) -> tuple[str | None, int | None]:
