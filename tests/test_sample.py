@@ -15,7 +15,7 @@ import pytest
 import nanostream.text.sample as sample
 from nanostream.errors import ConfigError
 from nanostream.shards import list_shards, shard_name
-from nanostream.sources.record import read_catalog
+from nanostream.sources.catalog import read_catalog
 from nanostream.text.bpe import train_tokenizer
 
 from datagen import make_shards

@@ -15,9 +15,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..errors import DatasetError
-from ..sources.catalog import Catalog
+from ..sources.catalog import Catalog, read_catalog
 from ..sources.hub import parse_hub_url
-from ..sources.record import read_catalog
 from .files import ShardFiles
 from .hubrequest import asked_paths, cursor_start, hub_error, next_link, quoted, target
 from .hubtree import Held, Tree, blob_oid_of_file, build_tree, listing

@@ -23,8 +23,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, ShardError
 from ..shards import BOOKKEEPING_PREFIX, list_shards, shard_name, write_bytes
-from ..sources.catalog import numbered_catalog
-from ..sources.record import read_catalog, write_catalog
+from ..sources.catalog import numbered_catalog, read_catalog, write_catalog
 
 log = logging.getLogger(__name__)
 

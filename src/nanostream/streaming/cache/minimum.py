@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...shards import RECORD_NAME
-from ...sources.catalog import Catalog, DataFile
+from ...sources.catalog import Catalog, DataFile, catalog_to_json, read_catalog
 from ...sources.counts import COUNTS_FILE
-from ...sources.record import catalog_to_json, read_catalog
 from .usage import BLOCK, CLAIM_ROOM, STATE_BYTES, FolderScan, file_blocks, fmt, scan
 
 
