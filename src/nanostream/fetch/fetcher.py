@@ -36,7 +36,7 @@ from .disk import Disk
 from .jobs import Job, Segment
 from .outcomes import Jobs, ShardResult
 from .partial import finalize
-from .ranges import Meter, RangeDownloader, split_tail
+from .ranges import RangeDownloader, split_tail
 
 log = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy()
@@ -61,7 +61,6 @@ class Fetcher:
         self.min_split = min_split
         self.credentials = credentials or Credentials(token, token_hosts, s3_endpoint)
         self.jobs = Jobs(retry, progress, self._wake)
-        self.meter = Meter()
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
         self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
         self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
@@ -71,8 +70,7 @@ class Fetcher:
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
         self._session = client_session(self.retry, connector=connector, auto_decompress=False)
-        self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake,
-                                       self.meter)
+        self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake)
         self._runner = asyncio.create_task(self._run(), name="nanostream-fetcher")
         self._runner.add_done_callback(self._stopped)
         return self
@@ -180,7 +178,7 @@ class Fetcher:
             if self.jobs.queued:
                 await self._start(self.jobs.queued.popleft())
                 continue
-            piece = self.min_split if self.min_split is not None else self.meter.min_piece()
+            piece = self.min_split if self.min_split is not None else self._ranges.min_piece()
             stolen = split_tail(self.jobs.running, piece)
             if stolen is not None:
                 return stolen

@@ -5,43 +5,36 @@ byte ranges (``Segment``), part and state files, and the saver of its resume sta
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import filelock
 
 from ..errors import FetchError
-from ..retry import Fatal, Retries, RetryPolicy, with_retries
+from ..retry import Fatal, NoSpace, Retries, RetryPolicy, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
 from .disk import Disk
-from .partial import (
-    PartFiles,
-    PartState,
-    check_file,
-    create_part,
-    discard,
-    open_job,
-    part_path,
-    release_job,
-    try_lock,
-)
+from .partial import PartFiles, PartState, check_file, create_part, discard, open_job, release_job, try_lock
 
 log = logging.getLogger(__name__)
 POLL = 0.25  # seconds between looks at a file another process downloads
 
 
+@dataclass(slots=True)
 class Segment:
     """A byte range [pos, end) still to download (``end`` None until the size is known): ``pos`` counts
     bytes written, ``buffered`` those after it received but not written yet."""
 
-    __slots__ = ("active", "buffered", "end", "pos")
-
-    def __init__(self, pos: int, end: int | None):
-        self.pos, self.end, self.active, self.buffered = pos, end, False, 0
+    pos: int
+    end: int | None
+    active: bool = False
+    buffered: int = 0
 
     def done(self) -> bool:
         return self.end is not None and self.pos >= self.end
@@ -153,8 +146,11 @@ class Job:
             except OSError as exc:
                 self.close_files()  # hold no reserved blocks while failed or parked
                 await self.disk.run(discard, self.final)
-                raise Fatal(f"cannot create {part_path(self.final)} ({size / 1e6:.1f} MB): "
-                            f"{exc.strerror or exc}") from exc
+                why = f"cannot create the part file of {self.final} ({size / 1e6:.1f} MB): {exc.strerror or exc}"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.size = None  # not started: the next attempt learns again
+                    raise NoSpace(why, size) from exc
+                raise Fatal(why) from exc
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
