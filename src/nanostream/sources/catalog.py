@@ -71,9 +71,6 @@ class Splits:
     train: tuple[DataFile, ...]
     validation: tuple[DataFile, ...]  # empty only for a one-file dataset (asking for it is an error)
     test: tuple[DataFile, ...] = ()
-    guessed_val: bool = False  # validation is the last train file because nothing named one
-    rule: int = 4  # which of datasets' rules named the splits (splits.RULES)
-    note: str = ""  # the fallback that gave the validation split, if one did
 
 
 @dataclass(frozen=True)
@@ -121,8 +118,7 @@ class Catalog:
         if not a.train and self.val is None:  # an explicit val may take every file (a validation-only folder)
             raise empty_split(self, "train")
         files = self.file
-        return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)),
-                      a.held_out_last, a.rule, a.note)
+        return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)))
 
     def split(self, name: str) -> tuple[DataFile, ...]:
         """The files of split ``name`` (train, validation/val, test); an error if there are none."""
