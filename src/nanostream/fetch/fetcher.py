@@ -17,18 +17,8 @@ import aiohttp
 from .._compat import TaskGroup
 from ..concurrency import cancel_and_wait
 from ..config import DEFAULT_TOKEN_HOSTS, check_url
-from ..errors import ConfigError, FetchError, HTTPStatusError, RetriesExhausted, VerificationError
-from ..retry import (
-    Fatal,
-    NoSpace,
-    Retries,
-    RetryPolicy,
-    Transient,
-    client_session,
-    describe,
-    unreachable,
-    with_retries,
-)
+from ..errors import ConfigError, FetchError, HTTPStatusError, VerificationError
+from ..retry import Fatal, NoSpace, Retries, RetryPolicy, Transient, client_session, unreachable, with_retries
 from ..shards import shard_name
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials, is_s3
@@ -243,12 +233,7 @@ class Fetcher:
             return False
         if await job.retries.again(exc):
             return True
-        if job.retries.rate_limited(exc):  # the host's schedule outlasts the budget: for every file
-            err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
-            err.__cause__ = exc
-            self.jobs.fail_all(err)
-        else:
-            self.jobs.fail(job, exc)
+        self.jobs.fail(job, exc)
         return False
 
     async def _finalize(self, job: Job) -> None:

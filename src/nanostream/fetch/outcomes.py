@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import host_of
 from ..errors import AccessDenied, DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
-from ..retry import Fatal, NoSpace, RetryPolicy, classify
+from ..retry import Fatal, NoSpace, RetryPolicy, classify, describe
 from .partial import discard, part_path
 
 if TYPE_CHECKING:
@@ -155,6 +155,11 @@ class Jobs:
             denied.__cause__ = exc
             self.fail_all(denied, host_of(job.url))
             return self.fail(job, denied)  # (done already when it was queued or running)
+        if job.retries.rate_limited(exc):  # the host's schedule outlasts the budget: for every file
+            err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
+            err.__cause__ = exc
+            self.fail_all(err)
+            return self.fail(job, err)
         err = translate(job, exc)
         self._done(job)
         job.future.set_exception(err)
