@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 POLL = 0.25  # seconds between looks at a file another process downloads
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity, as a range in flight is
 class Segment:
     """A byte range [pos, end) still to download (``end`` None until the size is known): ``pos`` counts
     bytes written, ``buffered`` those after it received but not written yet."""
