@@ -140,12 +140,8 @@ class Jobs:
         return None
 
     def resolve(self, job: Job, *, skipped: bool) -> None:
-        result = ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded, job.attempts, skipped,
-                             name=job.name)
-        self._done(job)
-        job.future.set_result(result)
-        if self.progress is not None:
-            self.progress.shard_done(result)
+        self._settle(job, ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded, job.attempts,
+                                      skipped, name=job.name))
 
     def fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
@@ -160,15 +156,11 @@ class Jobs:
             err.__cause__ = exc
             self.fail_all(err)
             return self.fail(job, err)
-        err = translate(job, exc)
-        self._done(job)
-        job.future.set_exception(err)
-        result = self.failed[job.name] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
-                                                    name=job.name)
-        if self.progress is not None:
-            self.progress.shard_done(result)
+        result = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=translate(job, exc), name=job.name)
+        self.failed[job.name] = result
+        self._settle(job, result)
 
-    def _done(self, job: Job) -> None:
+    def _settle(self, job: Job, result: ShardResult) -> None:
         job.close_files()
         job.unlock()
         self.by_key.pop(job.name, None)
@@ -177,3 +169,9 @@ class Jobs:
         while self.waiting_for_space:  # space was freed: the waiting files try again
             self.queued.appendleft(self.waiting_for_space.pop())
         self.wake()
+        if result.error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(result.error)
+        if self.progress is not None:
+            self.progress.shard_done(result)
