@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from nanostream.sources.catalog import read_catalog, write_catalog
 from nanostream.sources.hub import hub_catalog
-from nanostream.sources.record import read_catalog, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 5.0

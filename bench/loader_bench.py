@@ -63,8 +63,7 @@ from bench.reference_loader import reference_batches
 from nanostream import ByteTokenizer, Ranks, TokenDataset, iter_batches, threads_for
 from nanostream.loader.dataset import fix_rows_per_row_group
 from nanostream.loader.threads import set_loader_idle
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 from nanostream.text.tokenizer import BPETokenizer
 
 B, T = 8, 1024

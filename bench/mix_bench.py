@@ -35,8 +35,7 @@ from bench.datasets_bench import hub_server
 from bench.stream_bench import make_text_shards
 from nanostream import Ranks, Source, TokenDataset, stream
 from nanostream.config import Config
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 
 
 def tokenizer(folder: Path):

@@ -22,8 +22,7 @@ import pyarrow.parquet as pq
 from bench.common import table, verdict
 from nanostream import Ranks, stream
 from nanostream.shards import shard_name
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 
 ROWS = [(8, 52, 8, 1), (8, 52, 16, 1), (9, 52, 16, 2), (9, 52, 6, 2), (6, 8, 3, 1), (6, 8, 5, 1),
         (7, 50, 24, 3), (13, 47, 8, 2)]  # (shards, row groups each, ranks, nodes); the last two: extra cases

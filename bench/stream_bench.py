@@ -41,8 +41,7 @@ from bench.common import MB, bench_env, make_big_shards, server_subprocess, tabl
 from nanostream import Ranks, ReadAhead, Source, iter_batches, stream
 from nanostream.fetch.many import fetch_shards
 from nanostream.shards import shard_name
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 
 RATE = 4_000_000  # bytes/s per connection
 LATENCY = 0.05

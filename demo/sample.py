@@ -25,8 +25,7 @@ import pyarrow.parquet as pq
 
 from nanostream.errors import ConfigError, NanostreamError, ShardError
 from nanostream.shards import BOOKKEEPING_PREFIX, list_shards, shard_name, write_bytes
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import read_catalog, write_catalog
+from nanostream.sources.catalog import numbered_catalog, read_catalog, write_catalog
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import nanostream
 from nanostream.config import DEFAULT_DATASET, Config, get_dataset
 from nanostream.errors import ConfigError, FetchError
 from nanostream.shards import RECORD_NAME, list_shards, shard_name
-from nanostream.sources.record import read_catalog
+from nanostream.sources.catalog import read_catalog
 
 SOURCES = ("auto", "hub", "sample")
 SAMPLE_NAME = "sample"

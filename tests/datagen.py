@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanostream.shards import shard_name
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 
 WORDS = "the of and to in is that for it as was with be by on not he this are or his from at which".split()
 

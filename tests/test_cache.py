@@ -31,8 +31,7 @@ from nanostream import Ranks, ReadAhead, Source, stream
 from nanostream.config import CacheLimit, Config, parse_cache_limit
 from nanostream.errors import ConfigError
 from nanostream.shards import shard_name
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 from nanostream.streaming.cache.budget import FolderBudget, next_uses, victims
 from nanostream.streaming.cache.claims import ClaimInfo, Needs
 from nanostream.streaming.cache.usage import FolderScan, filesystem_bytes, folder_bytes

@@ -10,13 +10,18 @@ import pytest
 
 from nanostream.errors import ConfigError, CorruptShardError, DatasetError
 from nanostream.sources.catalog import Catalog, DataFile, builtin_catalog, check_text_column, local_catalog
-from nanostream.sources.splits import custom_splits, infer
+from nanostream.sources.splits import assign, custom_splits, infer
 
 from datagen import write_shard
 
 
 def cat(*paths: str, val: str | None = None, name: str = "ds") -> Catalog:
     return Catalog(name, tuple(DataFile(p, 10) for p in paths), val=val)
+
+
+def held_out_last(c: Catalog) -> bool:
+    """Whether validation is the last train file because nothing named one (``splits.assign``)."""
+    return assign([f.path for f in c.files], c.val).held_out_last
 
 
 def paths(files) -> list[str]:
@@ -47,7 +52,8 @@ def test_named_files_give_the_splits():
     sp = c.splits()
     assert paths(sp.train) == ["data/train-0.parquet", "data/train-1.parquet"]
     assert paths(sp.validation) == ["data/validation-0.parquet"]
-    assert paths(sp.test) == ["data/test-0.parquet"] and not sp.guessed_val and sp.rule == 3
+    assert paths(sp.test) == ["data/test-0.parquet"] and not held_out_last(c)
+    assert assign([f.path for f in c.files]).rule == 3
 
 
 def test_folder_names_win_over_file_names():
@@ -64,7 +70,7 @@ def test_without_names_the_last_file_is_validation_said_once(caplog):
         sp = c.splits()
         c.splits()
     assert paths(sp.train) == ["a.parquet", "b.parquet"] and paths(sp.validation) == ["c.parquet"]
-    assert sp.guessed_val
+    assert held_out_last(c)
     assert [r.getMessage().count("c.parquet") for r in caplog.records] == [1]
 
 
@@ -72,9 +78,10 @@ def test_val_glob_overrides_names_and_order():
     c = cat("data/train-0.parquet", "data/train-1.parquet", "data/validation-0.parquet", val="*train-0*")
     sp = c.splits()
     assert paths(sp.validation) == ["data/train-0.parquet"] and paths(sp.train) == ["data/train-1.parquet"]
-    sp = cat("a.parquet", "b.parquet", "c.parquet", val="a.*").splits()
+    c = cat("a.parquet", "b.parquet", "c.parquet", val="a.*")
+    sp = c.splits()
     assert paths(sp.validation) == ["a.parquet"] and paths(sp.train) == ["b.parquet", "c.parquet"]
-    assert not sp.guessed_val
+    assert not held_out_last(c)
 
 
 def test_a_split_with_no_file_names_dataset_split_and_files():
@@ -105,7 +112,7 @@ def test_builtin_datasets_are_plain_numbered_catalogs():
     assert len(c.files) == 1823 and c.files[0].path == "shard_00000.parquet"
     assert c.files[0].url == "https://hub.example/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_00000.parquet"
     sp = c.splits()
-    assert paths(sp.validation) == ["shard_01822.parquet"] and len(sp.train) == 1822 and not sp.guessed_val
+    assert paths(sp.validation) == ["shard_01822.parquet"] and len(sp.train) == 1822 and not held_out_last(c)
     assert paths(c.pick(2)) == ["shard_00000.parquet", "shard_00001.parquet", "shard_01822.parquet"]
     assert paths(builtin_catalog("climbmix-400b", "http://h").split("val")) == ["shard_06542.parquet"]
 

@@ -14,7 +14,7 @@ from nanostream.errors import CorruptShardError, HTTPStatusError
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
 from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.counts import COUNTS_FILE, CountBook, read_counts_file, row_group_counts
+from nanostream.sources.counts import COUNTS_FILE, CountBook, book_for, read_counts_file
 from nanostream.sources.credentials import Credentials
 
 from datagen import make_shards
@@ -23,6 +23,11 @@ from servers import FaultServer
 
 def files(url: str, n: int = 4):
     return numbered_catalog("t", url, n).files
+
+
+async def row_group_counts(folder: Path, shards: tuple[int, ...], files: tuple, credentials=None, *, retry=None):
+    """``{shard: row groups}``, as a stream asks its folder's book (``book_for``)."""
+    return await book_for(folder, files).require(list(shards), credentials, retry)
 
 
 async def test_remote_footers_read_once_for_two_readers_of_a_folder(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from nanostream.config import Config
 from nanostream.errors import ConfigError, DatasetError
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import write_catalog
 from nanostream.sources.resolve import folder_name, open_catalog
 
 from datagen import write_shard

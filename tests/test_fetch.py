@@ -523,14 +523,14 @@ async def test_cli_loop_switch_and_plain_progress_lines(fault_server, tmp_path, 
 def test_line_progress_prints_plain_periodic_lines():
     import io
 
-    from nanostream.fetch.fetcher import ShardResult
+    from nanostream.fetch.outcomes import ShardResult
     from nanostream.progress import LineProgress, make_progress
 
     buf = io.StringIO()
     p = LineProgress(3, buf, interval=0.0)
     p.add_total(3_000_000)
     p.advance(1_000_000)
-    p.shard_done(ShardResult(0, Path("x"), 1_000_000))
+    p.shard_done(ShardResult(0, Path("x"), 1_000_000, name="shard_00000.parquet"))
     lines = buf.getvalue().splitlines()
     assert lines and lines[-1].startswith("fetch: 1/3 shards, 0 failed, 1.0/3.0 MB")
     assert type(make_progress(3, stream=io.StringIO())) is LineProgress

@@ -13,7 +13,7 @@ import pytest
 from nanostream.fetch.many import fetch_shards
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
-from nanostream.sources.record import read_catalog
+from nanostream.sources.catalog import read_catalog
 from nanostream.sources.resolve import url_prefix
 
 from datagen import make_shards

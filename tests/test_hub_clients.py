@@ -17,7 +17,7 @@ import pytest
 from nanostream.config import Config
 from nanostream.fetch.many import fetch_files
 from nanostream.serve.server import open_mirror
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import write_catalog
 from nanostream.sources.resolve import open_catalog
 
 from datagen import write_shard

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from nanostream.config import Config
 from nanostream.fetch.many import fetch_files
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import write_catalog
 from nanostream.sources.resolve import open_catalog
 
 from datagen import write_shard

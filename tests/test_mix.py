@@ -20,8 +20,7 @@ import torch
 from nanostream import ByteTokenizer, Ranks, Source, TokenDataset, iter_batches, stream
 from nanostream.errors import ConfigError, DatasetError
 from nanostream.shards import shard_name
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 from nanostream.streaming.streams import Schedule
 
 WORDS = "the of and data model train token shard stream mix code web text page loop".split()

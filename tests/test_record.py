@@ -7,8 +7,15 @@ import json
 import pytest
 
 from nanostream.errors import DatasetError
-from nanostream.sources.catalog import Catalog, DataFile, builtin_catalog
-from nanostream.sources.record import catalog_from_json, catalog_to_json, read_catalog, write_catalog
+from nanostream.sources.catalog import (
+    Catalog,
+    DataFile,
+    builtin_catalog,
+    catalog_from_json,
+    catalog_to_json,
+    read_catalog,
+    write_catalog,
+)
 
 SHA = "ab" * 32
 

@@ -340,7 +340,7 @@ async def test_objects_download_split_verified_and_a_changed_object_is_an_error(
     cat = await s3_catalog(f"s3://{name}/c/", endpoint=moto_url, retry=FAST)
     results = await fetch_files(cat.files, data_dir=tmp_path / "d", s3_endpoint=moto_url, workers=4,
                                 min_split=64 << 10, retry=FAST)
-    assert [r.error for r in results] == [None, None] and [r.file for r in results] == ["a.parquet", "sub/b b.parquet"]
+    assert [r.error for r in results] == [None, None] and [r.name for r in results] == ["a.parquet", "sub/b b.parquet"]
     assert (tmp_path / "d" / "a.parquet").read_bytes() == big
     assert (tmp_path / "d" / "sub" / "b b.parquet").read_bytes() == BODY
     put(client, name, "c/sub/b b.parquet", BODY[:-8] + b"zzzzPAR1")  # same size, other bytes

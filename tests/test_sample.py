@@ -16,7 +16,7 @@ from demo.tokenizer import train_tokenizer
 
 from nanostream.errors import ConfigError
 from nanostream.shards import list_shards, shard_name
-from nanostream.sources.record import read_catalog
+from nanostream.sources.catalog import read_catalog
 
 from datagen import make_shards
 

@@ -631,7 +631,7 @@ async def test_a_folder_fetched_from_the_hub_is_a_hub_for_the_next_node(tmp_path
     """serve answers the Hub API for its recorded hf:// dataset: HF_ENDPOINT=mirror lists the same commit."""
     from nanostream.config import Config
     from nanostream.fetch.many import fetch_files
-    from nanostream.sources.record import write_catalog
+    from nanostream.sources.catalog import write_catalog
     from nanostream.sources.resolve import open_catalog
 
     from datagen import write_shard

@@ -7,8 +7,7 @@ import pytest
 from nanostream.config import Config
 from nanostream.errors import ConfigError, MissingShardError
 from nanostream.shards import list_shards, shard_index, shard_name
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import write_catalog
+from nanostream.sources.catalog import numbered_catalog, write_catalog
 from nanostream.sources.resolve import pin_catalog, split_indices
 from nanostream.streaming.order import EpochDeal, SettledDeal
 from nanostream.streaming.ranks import Ranks, worker_stride

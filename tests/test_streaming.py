@@ -21,8 +21,7 @@ from nanostream import Ranks as R
 from nanostream import ReadAhead, Source, iter_batches, stream
 from nanostream.errors import ConfigError, CorruptShardError, FetchError, MissingShardError
 from nanostream.shards import shard_name
-from nanostream.sources.catalog import numbered_catalog
-from nanostream.sources.record import read_catalog, write_catalog
+from nanostream.sources.catalog import numbered_catalog, read_catalog, write_catalog
 from nanostream.sources.resolve import url_prefix
 from nanostream.streaming.order import Cursor
 from nanostream.streaming.plan import Batch

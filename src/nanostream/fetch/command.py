@@ -16,8 +16,7 @@ from types import SimpleNamespace
 from ..config import DEFAULT_DATASET, Config, check_url, get_dataset
 from ..errors import AccessDenied, ConfigError, HTTPStatusError
 from ..progress import make_progress
-from ..sources.catalog import Catalog, DataFile
-from ..sources.record import read_catalog, write_catalog
+from ..sources.catalog import Catalog, DataFile, read_catalog, write_catalog
 from ..sources.resolve import folder_name, numbered_catalog_for, open_catalog, url_prefix
 
 log = logging.getLogger(__name__)

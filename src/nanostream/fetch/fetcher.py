@@ -1,11 +1,12 @@
 """The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections), every
 task a child of its TaskGroup. A worker takes an idle range of a started file, else the next queued file,
-else a slice of the tail (``tail.py``).
+else a slice of the tail (``ranges.split_tail``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Collection, Coroutine
 from pathlib import Path
@@ -16,30 +17,16 @@ import aiohttp
 from .._compat import TaskGroup
 from ..concurrency import cancel_and_wait
 from ..config import DEFAULT_TOKEN_HOSTS, check_url
-from ..errors import ConfigError, FetchError, HTTPStatusError, RetriesExhausted, VerificationError
-from ..retry import (
-    Fatal,
-    NoSpace,
-    Retries,
-    RetryPolicy,
-    Transient,
-    client_session,
-    describe,
-    unreachable,
-    with_retries,
-)
+from ..errors import ConfigError, FetchError, HTTPStatusError, VerificationError
+from ..retry import Fatal, NoSpace, Retries, RetryPolicy, Transient, client_session, unreachable, with_retries
 from ..shards import shard_name
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials, is_s3
 from .disk import Disk
 from .jobs import Job, Segment
-from .opening import open_file, other_finished
 from .outcomes import Jobs, ShardResult
 from .partial import finalize
-from .ranges import Meter, RangeDownloader
-from .tail import min_piece, split_tail
-
-__all__ = ["Fetcher", "RetryPolicy", "ShardResult"]
+from .ranges import RangeDownloader, split_tail
 
 log = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy()
@@ -64,27 +51,24 @@ class Fetcher:
         self.min_split = min_split
         self.credentials = credentials or Credentials(token, token_hosts, s3_endpoint)
         self.jobs = Jobs(retry, progress, self._wake)
-        self.meter = Meter()
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
         self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
-        self._tasks: TaskGroup | None = None
+        self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(limit=self.workers, limit_per_host=self.workers)
         self._session = client_session(self.retry, connector=connector, auto_decompress=False)
-        self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake,
-                                       self.meter)
-        self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
-        self._runner = asyncio.create_task(self._run(self._tasks), name="nanostream-fetcher")
+        self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake)
+        self._runner = asyncio.create_task(self._run(), name="nanostream-fetcher")
         self._runner.add_done_callback(self._stopped)
         return self
 
-    async def _run(self, tasks: TaskGroup) -> None:
-        async with tasks:
+    async def _run(self) -> None:
+        async with self._tasks:
             for _ in range(self.workers):
-                tasks.create_task(self._worker())
+                self._tasks.create_task(self._worker())
 
     def _stopped(self, runner: asyncio.Task[None]) -> None:
         """The TaskGroup ended on an error (a bug): no ``fetch`` waits forever, each fails with it."""
@@ -156,14 +140,11 @@ class Fetcher:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
         """Run ``coro`` as a child of the Fetcher's TaskGroup; once it is closing, ``coro`` never runs
         (``__aexit__`` saves what is left)."""
-        if self._closing or self._tasks is None:
-            coro.close()
-            return None
-        try:
-            return self._tasks.create_task(coro)
-        except RuntimeError:  # the TaskGroup is shutting down after an error
-            coro.close()
-            return None
+        if not self._closing:
+            with contextlib.suppress(RuntimeError):  # the TaskGroup is shutting down after an error
+                return self._tasks.create_task(coro)
+        coro.close()
+        return None
 
     def _wake(self) -> None:
         work, self._work = self._work, asyncio.Event()
@@ -187,7 +168,7 @@ class Fetcher:
             if self.jobs.queued:
                 await self._start(self.jobs.queued.popleft())
                 continue
-            piece = self.min_split if self.min_split is not None else min_piece(self.meter)
+            piece = self.min_split if self.min_split is not None else self._ranges.min_piece()
             stolen = split_tail(self.jobs.running, piece)
             if stolen is not None:
                 return stolen
@@ -196,7 +177,7 @@ class Fetcher:
     async def _start(self, job: Job) -> None:
         """Skip ``job`` (present), wait for the process that has it, resume it or start it."""
         try:
-            status = await open_file(job, self.disk, self.verify, lambda: self._ranges.head_info(job.url, job.signed))
+            status = await job.open(self.verify, lambda: self._ranges.head_info(job.url, job.signed))
         except Exception as exc:  # noqa: BLE001  (a FetchError, or what --verify's HEAD raised: the file fails)
             return self.jobs.fail(job, exc)
         if status == "present":
@@ -215,7 +196,7 @@ class Fetcher:
         return None
 
     async def _wait_for_other(self, job: Job) -> None:
-        if await other_finished(job, self.verify):
+        if await job.other_finished(self.verify):
             return self.jobs.resolve(job, skipped=True)
         self.jobs.queued.appendleft(job)  # the other process is gone without it: take over
         self._wake()
@@ -252,12 +233,7 @@ class Fetcher:
             return False
         if await job.retries.again(exc):
             return True
-        if job.retries.rate_limited(exc):  # the host's schedule outlasts the budget: for every file
-            err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
-            err.__cause__ = exc
-            self.jobs.fail_all(err)
-        else:
-            self.jobs.fail(job, exc)
+        self.jobs.fail(job, exc)
         return False
 
     async def _finalize(self, job: Job) -> None:

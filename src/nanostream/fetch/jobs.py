@@ -1,40 +1,40 @@
-"""One file's download in progress: ``Job`` (its byte ranges ``Segment``, part and state files, saver) and
-``Writer`` (a range's chunks, written with one ``pwritev`` every ``FLUSH_BYTES`` or ``FLUSH_SECONDS``).
+"""One file's download in progress: ``Job``, how it begins (present, another process's, resumed or new), its
+byte ranges (``Segment``), part and state files, and the saver of its resume state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import errno
 import hashlib
 import logging
-import os
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import filelock
 
-from ..retry import Fatal, Retries, RetryPolicy
+from ..errors import FetchError
+from ..retry import Fatal, NoSpace, Retries, RetryPolicy, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
-from .disk import Disk, pwrite_and_hash
-from .partial import PartFiles, PartState, create_part, discard, part_path
+from .disk import Disk
+from .partial import PartFiles, PartState, check_file, create_part, discard, open_job, release_job, try_lock
 
 log = logging.getLogger(__name__)
-FLUSH_BYTES = 128 << 10
-FLUSH_SECONDS = 0.2
+POLL = 0.25  # seconds between looks at a file another process downloads
 
 
+@dataclass(slots=True, eq=False)  # compared by identity, as a range in flight is
 class Segment:
     """A byte range [pos, end) still to download (``end`` None until the size is known): ``pos`` counts
     bytes written, ``buffered`` those after it received but not written yet."""
 
-    __slots__ = ("active", "buffered", "end", "pos")
-
-    def __init__(self, pos: int, end: int | None):
-        self.pos, self.end, self.active, self.buffered = pos, end, False, 0
+    pos: int
+    end: int | None
+    active: bool = False
+    buffered: int = 0
 
     def done(self) -> bool:
         return self.end is not None and self.pos >= self.end
@@ -83,6 +83,51 @@ class Job:
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
 
+    async def open(self, verify: bool, announced: Callable[[], Awaitable[tuple[str | None, int | None]]]) -> str:
+        """Take the file's lock and resume state: "present" (nothing to download), "busy" (another process
+        downloads it), "resume" or "start" (``segments`` set: the missing ranges, or the whole file).
+        With ``verify`` a present file is checked against the catalog, else against ``announced()`` (the
+        server's sha256 and size), and fetched again if it differs. Raises FetchError."""
+        try:
+            status, self.lock, state, self.pfiles = await self.disk.acquire(release_job, open_job, self.final,
+                                                                            self.url, verify)
+        except OSError as exc:
+            raise FetchError(f"{self.name}: cannot lock {self.final.parent}: {exc}", shard=self.name,
+                             url=self.url) from exc
+        if status == "verify" and await self._verified(announced):
+            return "present"
+        if status in ("present", "busy"):
+            return status
+        if state is None:
+            self.segments = [Segment(0, None)]
+            return "start"
+        self.size, self.validator, self.sha256 = state.size, state.validator, state.sha256
+        self.segments = [Segment(s, e) for s, e in state.ranges() if s < e]
+        log.info("%s: resuming, %d of %d bytes to go", self.name, sum(e - s for s, e in state.ranges()), state.size)
+        return "resume"
+
+    async def _verified(self, announced: Callable[[], Awaitable[tuple[str | None, int | None]]]) -> bool:
+        sha, size, md5 = self.file.sha256, self.file.size, self.file.md5
+        if not self.known:
+            sha, size = await with_retries(self.retries, announced)
+        problem = await self.disk.run(check_file, self.final, size, sha, md5)
+        if problem is not None:
+            log.warning("%s: present but %s; downloading it again", self.name, problem)
+            self.final.unlink(missing_ok=True)
+        return problem is None
+
+    async def other_finished(self, verify: bool) -> bool:
+        """Another process holds the lock: True once its file is there, False when that process is gone
+        without it (take over). Polled: a lock another process holds wakes nothing here."""
+        while True:
+            await asyncio.sleep(POLL)
+            if self.final.exists() and not verify:
+                return True
+            probe = try_lock(self.final)
+            if probe is not None:
+                probe.release()
+                return False
+
     async def learned(self, size: int, sha256: str | None, validator: str | None) -> None:
         """The first response told us what to expect: a fresh part file of ``size`` bytes, reserved."""
         self.size, self.sha256, self.validator = size, sha256, validator
@@ -101,8 +146,11 @@ class Job:
             except OSError as exc:
                 self.close_files()  # hold no reserved blocks while failed or parked
                 await self.disk.run(discard, self.final)
-                raise Fatal(f"cannot create {part_path(self.final)} ({size / 1e6:.1f} MB): "
-                            f"{exc.strerror or exc}") from exc
+                why = f"cannot create the part file of {self.final} ({size / 1e6:.1f} MB): {exc.strerror or exc}"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.size = None  # not started: the next attempt learns again
+                    raise NoSpace(why, size) from exc
+                raise Fatal(why) from exc
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
@@ -178,49 +226,3 @@ class Job:
             self.pfiles.save(self.snapshot())
         except OSError as exc:
             log.warning("%s: could not save resume state: %s", self.name, exc)
-
-
-class Writer:
-    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool; its
-    descriptor is closed only after a write still running has finished (never a reused descriptor)."""
-
-    def __init__(self, fd: int, path: Path, disk: Disk):
-        self.fd, self.path, self.disk = fd, path, disk
-        self.hasher = None  # set to the job's sha256 object while this range continues the hashed prefix
-        self.chunks: list[bytes | memoryview] = []
-        self.pending = 0
-        self.since = 0.0  # monotonic time of the oldest buffered byte
-        self.inflight: concurrent.futures.Future | None = None
-
-    def add(self, chunk: bytes, room: int) -> None:
-        if len(chunk) > room:  # the range may have been split since this request started
-            chunk = memoryview(chunk)[: max(room, 0)]
-        if not self.pending:
-            self.since = time.monotonic()
-        self.chunks.append(chunk)
-        self.pending += len(chunk)
-
-    def due(self) -> bool:
-        return self.pending >= FLUSH_BYTES or (self.pending > 0 and time.monotonic() - self.since >= FLUSH_SECONDS)
-
-    async def flush(self, offset: int, end: int) -> int:
-        """Write the buffered bytes at ``offset`` (never past ``end``); return how many."""
-        chunks, n = self.chunks, self.pending
-        if offset + n > end:  # split while buffering: drop what now belongs to another range
-            n = max(end - offset, 0)
-            chunks = [memoryview(b"".join(chunks))[:n]]
-        self.chunks, self.pending = [], 0
-        self.inflight = self.disk.submit(pwrite_and_hash, self.fd, chunks, offset, self.hasher)
-        try:
-            written = await asyncio.wrap_future(self.inflight)
-        except OSError as exc:
-            raise Fatal(f"cannot write {self.path}: {exc.strerror or exc} (disk full?)") from exc
-        if written != n:
-            raise Fatal(f"short write to {self.path}: {written} of {n} bytes (disk full?)")
-        return n
-
-    def close(self) -> None:
-        if self.inflight is not None and not self.inflight.done():
-            self.inflight.add_done_callback(lambda _: os.close(self.fd))
-        else:
-            os.close(self.fd)

@@ -1,17 +1,25 @@
-"""``fetch_files`` and ``fetch_shards``: a list of files with one ``Fetcher``, one ``ShardResult`` each, in order."""
+"""``fetch_files`` and ``fetch_shards``: a list of files with one ``Fetcher``, one ``ShardResult`` each, in order;
+and the free-space preflight, which fails at once when the missing files cannot fit on the disk.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from ..concurrency import run_each
-from ..errors import FetchError
+from ..errors import DiskFullError, FetchError
 from ..retry import RetryPolicy
 from ..sources.catalog import DataFile
 from .fetcher import DEFAULT_RETRY, Fetcher
 from .outcomes import ShardResult
-from .space import check_space as preflight
+from .partial import part_path
+
+log = logging.getLogger(__name__)
+ROOMY = 1 << 30  # free space above this per missing shard skips the probes
 
 
 async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_url: str | None = None,
@@ -29,7 +37,7 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
         try:
             res = await f.fetch(item, index=k)
         except FetchError as exc:
-            res = f.jobs.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, file=key)
+            res = f.jobs.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, name=key)
         results[k] = res
         if on_shard is not None:
             on_shard(res)
@@ -38,7 +46,7 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
                        progress=progress, **fetcher_kwargs) as f:
         await f.credentials.prepare(f.data_file(i).url for i in items)  # a credential problem: one error, here
         if check_space:
-            await preflight(f.data_dir, [f.data_file(i) for i in items], f.head)
+            await check_free_space(f.data_dir, [f.data_file(i) for i in items], f.head)
         await run_each(one(f, k, item) for k, item in enumerate(items))
     return [results[k] for k in range(len(items))]
 
@@ -46,3 +54,37 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
 async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str, **kwargs) -> list[ShardResult]:
     """Fetch ``base_url/shard_XXXXX.parquet`` for each index (see ``fetch_files``)."""
     return await fetch_files(list(indices), data_dir=data_dir, base_url=base_url, **kwargs)
+
+
+async def check_free_space(folder: Path, files: list[DataFile], head: Callable[[DataFile], Awaitable[int | None]],
+                           *, probe: int = 32) -> None:
+    """Raise DiskFullError if the missing ones of ``files`` cannot fit in ``folder``: the sizes the catalog
+    lists, the others asked with ``head`` (``Fetcher.head``)."""
+    missing = [f for f in files if not (folder / f.path).exists() and not part_path(folder / f.path).exists()]
+    disk = await asyncio.to_thread(os.statvfs, folder)
+    free = disk.f_bavail * disk.f_frsize
+    if not missing or free >= len(missing) * ROOMY:
+        return
+    listed = [f.size for f in missing if f.size is not None]
+    sample = [f for f in missing if f.size is None][: max(probe - len(listed), 1)]
+    sizes: list[int] = list(listed)
+
+    async def one(f: DataFile) -> None:
+        try:
+            size = await head(f)
+        except Exception as exc:  # noqa: BLE001  (the download itself reports this file's problem)
+            log.debug("size probe of %s failed: %s", f.path, exc)
+            return
+        if size is not None:
+            sizes.append(size)
+
+    await run_each(one(f) for f in sample)
+    if not sizes:
+        return
+    need = sum(sizes) + (len(missing) - len(sizes)) * (sum(sizes) // len(sizes))
+    if need > free:
+        how = "" if len(sizes) == len(missing) else f" (estimated from {len(sizes)} sizes)"
+        raise DiskFullError(
+            f"not enough free space in {folder}: the {len(missing)} shards to fetch need "
+            f"{need / 1e6:.1f} MB{how}, {free / 1e6:.1f} MB free; free some space, fetch fewer files (-n), "
+            "choose another --data-dir, or stream them instead with a cache_limit= below the free space")

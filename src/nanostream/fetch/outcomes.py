@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import host_of
 from ..errors import AccessDenied, DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
-from ..retry import Fatal, NoSpace, RetryPolicy, classify
-from ..shards import shard_name
+from ..retry import Fatal, NoSpace, RetryPolicy, classify, describe
 from .partial import discard, part_path
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ _HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]
 
 @dataclass
 class ShardResult:
-    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``file``: its
+    """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``name``: its
     path in the data folder; ``index``: the shard index (``fetch_shards``) or its place in the list."""
 
     index: int | None
@@ -38,11 +37,7 @@ class ShardResult:
     attempts: int = 0  # failed requests (retries) along the way
     skipped: bool = False  # already present (or finished by another process): no download
     error: FetchError | None = None
-    file: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.file or shard_name(self.index or 0)
+    name: str = ""
 
 
 def refused(job: Job, exc: Fatal) -> AccessDenied:
@@ -145,12 +140,8 @@ class Jobs:
         return None
 
     def resolve(self, job: Job, *, skipped: bool) -> None:
-        result = ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded, job.attempts, skipped,
-                             file=job.name)
-        self._done(job)
-        job.future.set_result(result)
-        if self.progress is not None:
-            self.progress.shard_done(result)
+        self._settle(job, ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded, job.attempts,
+                                      skipped, name=job.name))
 
     def fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
@@ -160,15 +151,16 @@ class Jobs:
             denied.__cause__ = exc
             self.fail_all(denied, host_of(job.url))
             return self.fail(job, denied)  # (done already when it was queued or running)
-        err = translate(job, exc)
-        self._done(job)
-        job.future.set_exception(err)
-        result = self.failed[job.name] = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
-                                                    file=job.name)
-        if self.progress is not None:
-            self.progress.shard_done(result)
+        if job.retries.rate_limited(exc):  # the host's schedule outlasts the budget: for every file
+            err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
+            err.__cause__ = exc
+            self.fail_all(err)
+            return self.fail(job, err)
+        result = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=translate(job, exc), name=job.name)
+        self.failed[job.name] = result
+        self._settle(job, result)
 
-    def _done(self, job: Job) -> None:
+    def _settle(self, job: Job, result: ShardResult) -> None:
         job.close_files()
         job.unlock()
         self.by_key.pop(job.name, None)
@@ -177,3 +169,9 @@ class Jobs:
         while self.waiting_for_space:  # space was freed: the waiting files try again
             self.queued.appendleft(self.waiting_for_space.pop())
         self.wake()
+        if result.error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(result.error)
+        if self.progress is not None:
+            self.progress.shard_done(result)

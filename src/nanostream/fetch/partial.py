@@ -61,22 +61,20 @@ class PartState:
     def load(cls, final: Path, url: str) -> tuple[PartState, int] | None:
         """The newest valid saved state and its sequence number, if it matches ``url`` and a part
         file of the right size exists; else None (and the stale files are removed). Blocking."""
-        part = part_path(final)
         try:
-            best = None
-            raw = state_path(final).read_bytes()
+            raw, slots = state_path(final).read_bytes(), []
             for off in (0, SLOT):
                 magic, seq, n, crc = SLOT_HEADER.unpack_from(raw.ljust(off + SLOT_HEADER.size, b"\0"), off)
                 body = raw[off + SLOT_HEADER.size: off + SLOT_HEADER.size + n]
-                if magic == SLOT_MAGIC and len(body) == n and zlib.crc32(body) == crc and (best is None or seq > best[1]):
-                    best = (cls(**json.loads(body)), seq)
-            ok = best is not None and best[0].valid(url) and part.stat().st_size == best[0].size
+                if magic == SLOT_MAGIC and len(body) == n and zlib.crc32(body) == crc:
+                    slots.append((seq, cls(**json.loads(body))))
+            seq, best = max(slots, key=lambda slot: slot[0])  # ValueError when neither slot is whole
+            if best.valid(url) and part_path(final).stat().st_size == best.size:
+                return best, seq
         except (OSError, ValueError, TypeError, struct.error):
-            ok, best = False, None
-        if not ok:
-            discard(final)
-            return None
-        return best
+            pass
+        discard(final)
+        return None
 
     def valid(self, url: str) -> bool:
         return (self.url == url and isinstance(self.size, int)

@@ -1,10 +1,10 @@
-"""One HTTP range request into a file's part file: headers, what the answer announces, the body.
+"""One HTTP range request into a file's part file (headers, what the answer announces, the body) and the
+tail's split: once no file is queued, an idle worker splits the range with the most bytes left.
 Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Callable
@@ -13,27 +13,32 @@ from typing import Any
 import aiohttp
 
 from ..errors import VerificationError
-from ..retry import Fatal, NoSpace, Transient, check_status, parse_sha256
+from ..retry import Fatal, Transient, check_status, parse_sha256
 from ..sources.credentials import Credentials
-from .disk import Disk
-from .jobs import Job, Segment, Writer
+from .disk import Disk, Writer
+from .jobs import Job, Segment
 from .partial import PARQUET_MAGIC, part_path
 
 
-class Meter:
-    """Running estimates of one connection's rate and a request's round trip, for split sizing."""
-
-    def __init__(self) -> None:
-        self.rtt = 0.05
-        self.rate = 0.0  # bytes/s of one connection, 0 until measured
-
-    def round_trip(self, seconds: float) -> None:
-        self.rtt = 0.8 * self.rtt + 0.2 * seconds
-
-    def body(self, nbytes: int, seconds: float) -> None:
-        if nbytes >= 256 << 10 and seconds > 0:
-            r = nbytes / seconds
-            self.rate = r if not self.rate else 0.8 * self.rate + 0.2 * r
+def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
+    """Split the active range with the most bytes left to receive; return the new back half
+    (marked active for the caller), or None when no range has ``2 * floor`` bytes left."""
+    best: tuple[int, Job, Segment] | None = None
+    for job in active:
+        if job.finalizing:
+            continue
+        for seg in job.segments:
+            left = seg.left()
+            if seg.active and left >= 2 * floor and (best is None or left > best[0]):
+                best = (left, job, seg)
+    if best is None:
+        return None
+    left, job, seg = best
+    assert seg.end is not None
+    new = Segment(seg.end - left // 2, seg.end, active=True)
+    seg.end = new.pos
+    job.segments.append(new)
+    return job, new
 
 
 def announced(resp: aiohttp.ClientResponse) -> tuple[str | None, int | None]:
@@ -51,13 +56,23 @@ def announced(resp: aiohttp.ClientResponse) -> tuple[str | None, int | None]:
 
 
 class RangeDownloader:
-    """Shared by a Fetcher's workers: one session, one disk pool, one progress sink."""
+    """Shared by a Fetcher's workers: one session, one disk pool, one progress sink, and running estimates of
+    one connection's rate and a request's round trip, for split sizing."""
 
     def __init__(self, session: aiohttp.ClientSession, disk: Disk, credentials: Credentials, progress: Any,
-                 on_change: Callable[[], None], meter: Meter):
+                 on_change: Callable[[], None]):
         self.session, self.disk, self.credentials = session, disk, credentials
-        self.progress, self.on_change, self.meter = progress, on_change, meter
+        self.progress, self.on_change = progress, on_change
         self.reached = False  # some response arrived from the server in this run
+        self.rtt = 0.05
+        self.rate = 0.0  # bytes/s of one connection, 0 until measured
+
+    def min_piece(self) -> int:
+        """Smallest range worth a request of its own: one round trip of one connection's bytes (``L`` bytes
+        take ``L/r`` on one connection, ``rtt + L/2r`` split in two: the split wins once ``L/2 > r * rtt``)."""
+        if not self.rate:
+            return 512 << 10
+        return int(min(max(self.rate * self.rtt, 64 << 10), 16 << 20))
 
     async def fetch_range(self, job: Job, seg: Segment, gen: int) -> None:
         ranged = seg.pos > 0 or (seg.end is not None and seg.end != job.size)
@@ -65,7 +80,7 @@ class RangeDownloader:
         t0 = time.monotonic()
         async with self.session.get(self.credentials.target(job.url, job.signed), headers=headers) as resp:
             self.reached = True
-            self.meter.round_trip(time.monotonic() - t0)
+            self.rtt = 0.8 * self.rtt + 0.2 * (time.monotonic() - t0)
             if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
                 if job.known:
                     raise changed(job, "it answers 412 to If-Match")
@@ -115,14 +130,7 @@ class RangeDownloader:
         if job.size is None:
             if size is None:
                 raise Fatal("the server sent no Content-Length; cannot verify the download")
-            try:
-                await job.learned(size, sha, etag if etag and not etag.startswith("W/") else None)
-            except Fatal as exc:
-                cause = exc.__cause__
-                if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-                    job.size = None  # not started: the next attempt learns again
-                    raise NoSpace(str(exc), size) from cause
-                raise
+            await job.learned(size, sha, etag if etag and not etag.startswith("W/") else None)
             if self.progress is not None:
                 self.progress.add_total(size)
         elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
@@ -178,7 +186,9 @@ class RangeDownloader:
         finally:
             seg.buffered = 0
             out.close()
-            self.meter.body(got, time.monotonic() - t0)
+            seconds = time.monotonic() - t0
+            if got >= 256 << 10 and seconds > 0:
+                self.rate = got / seconds if not self.rate else 0.8 * self.rate + 0.2 * got / seconds
 
     async def head_info(self, url: str, signed: bool = False) -> tuple[str | None, int | None]:
         """(sha256, size) the server announces for ``url`` (HEAD, redirects followed)."""

@@ -18,9 +18,8 @@ from urllib.parse import quote, unquote, urlencode
 from aiohttp import web
 
 from ..errors import DatasetError
-from ..sources.catalog import Catalog
+from ..sources.catalog import Catalog, read_catalog
 from ..sources.hub import parse_hub_url
-from ..sources.record import read_catalog
 from .files import ShardFiles
 from .hubtree import Held, Tree, blob_oid_of_file, build_tree, listing
 

@@ -1,22 +1,30 @@
 """The one dataset notion: ``Catalog``, an ordered list of ``DataFile`` (path, size, checksums, URL), a text
-column and split rules; ``numbered_catalog`` and ``local_catalog`` build one without the network.
+column and split rules; ``numbered_catalog`` and ``local_catalog`` build one without the network; the data
+folder's record of it, ``.nanostream.json`` (``read_catalog`` / ``write_catalog``).
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from ..errors import CorruptShardError, DatasetError
+from ..shards import RECORD_NAME, write_json
 from .splits import RULES, SPLIT_KEYWORDS, assign, custom_splits
 
 log = logging.getLogger(__name__)
 
 _HEX = {64: re.compile(r"^[0-9a-f]{64}$"), 32: re.compile(r"^[0-9a-f]{32}$")}
 _said: set[str] = set()
+FORMAT = "nanostream-catalog"
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,6 @@ class Splits:
     train: tuple[DataFile, ...]
     validation: tuple[DataFile, ...]  # empty only for a one-file dataset (asking for it is an error)
     test: tuple[DataFile, ...] = ()
-    guessed_val: bool = False  # validation is the last train file because nothing named one
-    rule: int = 4  # which of datasets' rules named the splits (splits.RULES)
-    note: str = ""  # the fallback that gave the validation split, if one did
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,7 @@ class Catalog:
         if not a.train and self.val is None:  # an explicit val may take every file (a validation-only folder)
             raise empty_split(self, "train")
         files = self.file
-        return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)),
-                      a.held_out_last, a.rule, a.note)
+        return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)))
 
     def split(self, name: str) -> tuple[DataFile, ...]:
         """The files of split ``name`` (train, validation/val, test); an error if there are none."""
@@ -202,3 +206,58 @@ def check_text_column(path: Path, column: str) -> None:
     kind = schema.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         raise DatasetError(f"{path}: column {column!r} holds {kind}, not text (pass --text-column NAME)")
+
+
+# -- the record ------------------------------------------------------------------------------
+def _join(base: str, path: str) -> str:
+    return f"{base}/{quote(path)}"
+
+
+def catalog_to_json(cat: Catalog) -> dict[str, Any]:
+    """The record as a JSON-ready dict (URLs equal to ``base_url/PATH`` left out)."""
+    tails = ((f.url, "/" + quote(f.path)) for f in cat.files)
+    bases = collections.Counter(url[: -len(tail)] for url, tail in tails if url.endswith(tail))
+    base = bases.most_common(1)[0][0] if bases else ""
+    files = []
+    for f in cat.files:
+        entry: dict[str, Any] = {"path": f.path, "size": f.size}
+        if f.sha256:
+            entry["sha256"] = f.sha256
+        if f.md5:
+            entry["md5"] = f.md5
+        if f.url != (_join(base, f.path) if base else ""):
+            entry["url"] = f.url
+        files.append(entry)
+    return {"format": FORMAT, "version": VERSION, "name": cat.name, "source": cat.source,
+            "revision": cat.revision, "text_column": cat.text_column, "val": cat.val,
+            "include": cat.include, "base_url": base, "files": files}
+
+
+def catalog_from_json(raw: Any) -> Catalog:
+    """The catalog of a record written by ``catalog_to_json``."""
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise DatasetError("not a nanostream catalog record")
+    if raw.get("version") != VERSION:
+        raise DatasetError(f"catalog record version {raw.get('version')!r} is newer than this nanostream "
+                           f"(reads {VERSION}): upgrade nanostream")
+    base = raw.get("base_url") or ""
+    files = tuple(DataFile(e["path"], e.get("size"), e.get("sha256"), e.get("md5"),
+                           e.get("url", _join(base, e["path"]) if base else "")) for e in raw["files"])
+    return Catalog(raw["name"], files, raw.get("text_column") or "text", raw.get("val"),
+                   raw.get("source") or "", raw.get("revision"), raw.get("include"))
+
+
+def read_catalog(data_dir: Path) -> Catalog | None:
+    """The catalog recorded in ``DIR/.nanostream.json``, None if none."""
+    path = Path(data_dir) / RECORD_NAME
+    try:
+        return catalog_from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # DatasetError is a ValueError
+        raise DatasetError(f"{path} is not a valid nanostream record ({exc}); delete it and fetch again") from exc
+
+
+def write_catalog(data_dir: Path, cat: Catalog) -> None:
+    """Atomically write ``DIR/.nanostream.json`` (temp file, fsync, rename, fsync the folder)."""
+    write_json(Path(data_dir) / RECORD_NAME, catalog_to_json(cat), indent=1)

@@ -156,10 +156,11 @@ class CountBook:
         """Learn what the counts file, the sharers and the local files tell of ``shards``."""
         await self.sync(fetch=True)
         paths = {s: self.data_dir / self.files[s].path for s in shards if s not in self._known}
-        found = await asyncio.to_thread(_local_counts, paths) if paths else {}
+        found = await asyncio.to_thread(lambda: {s: local_count(path, True) for s, path in paths.items()})
         for s, n in found.items():
-            self.learn(s, n, f"the footer of {paths[s]}")
-        if found:
+            if n is not None:  # an unreadable one is left to its reader
+                self.learn(s, n, f"the footer of {paths[s]}")
+        if any(n is not None for n in found.values()):
             await self.sync()
 
     async def sync(self, *, fetch: bool = False, force: bool = False, save: bool = True) -> None:
@@ -246,12 +247,6 @@ class CountBook:
             return {s: self._known[s] for s in shards}
 
 
-def _local_counts(paths: dict[int, Path]) -> dict[int, int]:
-    """The counts in the footers of the local files (an unreadable one is left to its reader)."""
-    counts = {s: local_count(path, True) for s, path in paths.items()}
-    return {s: n for s, n in counts.items() if n is not None}
-
-
 def _stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -275,9 +270,3 @@ def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | 
     book.share(sharer)
     return book
 
-
-async def row_group_counts(data_dir: Path, shards: tuple[int, ...], files: tuple[DataFile, ...],
-                           credentials: Credentials | None = None, *, retry: RetryPolicy | None = None,
-                           sharer: CountSharer | None = None, scope: str = "") -> dict[int, int]:
-    """``{shard: row groups}`` for ``shards`` (indices into ``files``)."""
-    return await book_for(data_dir, files, sharer, scope).require(list(shards), credentials, retry)

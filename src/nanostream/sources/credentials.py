@@ -41,9 +41,7 @@ class Credentials:
         """The URL a request goes to (``s3://B/K`` -> the object's URL; call ``prepare`` first)."""
         if not is_s3(url):
             return url
-        from .s3 import split_object_url
-
-        bucket, key = split_object_url(url)
+        bucket, _, key = url.removeprefix("s3://").partition("/")
         return self.signer.object_url(bucket, key)
 
     def target(self, http_url: str, signed: bool) -> str | URL:

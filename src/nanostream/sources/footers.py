@@ -10,16 +10,7 @@ import aiohttp
 
 from ..concurrency import run_each
 from ..errors import CorruptShardError, FetchError, HTTPStatusError
-from ..retry import (
-    Fatal,
-    Retries,
-    RetryPolicy,
-    Transient,
-    check_status,
-    client_session,
-    describe,
-    with_retries,
-)
+from ..retry import Fatal, Retries, RetryPolicy, Transient, check_status, client_session, with_retries
 from .catalog import DataFile
 from .credentials import Credentials, is_s3
 
@@ -80,7 +71,7 @@ async def footer_count(session: aiohttp.ClientSession, credentials: Credentials,
         try:
             return await with_retries(Retries(retry, f"reading the footer of {name}", url=url, shard=name), attempt)
         except Fatal as exc:
-            raise HTTPStatusError(f"cannot read the footer of {url}: {describe(exc)}", status=exc.status or 0,
+            raise HTTPStatusError(f"cannot read the footer of {url}: {exc}", status=exc.status or 0,
                                   shard=name, url=url) from exc
 
     body, told = await tail(max(probe, 8))

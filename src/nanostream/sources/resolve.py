@@ -13,8 +13,7 @@ import filelock
 from ..concurrency import run_sync
 from ..config import DATASETS, Config, check_url, get_dataset
 from ..errors import ConfigError, DatasetError, MissingShardError
-from .catalog import Catalog, builtin_catalog, local_catalog, numbered_catalog
-from .record import read_catalog, write_catalog
+from .catalog import Catalog, builtin_catalog, local_catalog, numbered_catalog, read_catalog, write_catalog
 
 SCHEMES = ("hf://", "s3://")
 

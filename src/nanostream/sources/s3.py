@@ -27,6 +27,7 @@ NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 MISSING_EXTRA = "s3:// datasets need botocore: pip install 'nanostream[s3]'"
+HEADS = 16  # checksum HEADs at once while listing
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,6 @@ def parse_s3_url(url: str) -> S3Path:
     return S3Path(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
 
 
-def split_object_url(url: str) -> tuple[str, str]:
-    """``s3://BUCKET/KEY`` (a DataFile's url) -> (bucket, key)."""
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    return bucket, key
-
-
 class S3Signer:
     """Credentials from the AWS chain, the region and the endpoint; signs each request (SigV4). Build with
     ``await S3Signer.create(endpoint)``; with no credentials in the chain, requests go unsigned."""
@@ -64,8 +59,7 @@ class S3Signer:
         self.endpoint = endpoint.rstrip("/") if endpoint else None
 
     @classmethod
-    async def create(cls, endpoint: str | None = None, *, region: str | None = None,
-                     profile: str | None = None) -> S3Signer:
+    async def create(cls, endpoint: str | None = None) -> S3Signer:
         """Resolve credentials and region in a thread (the chain may read files or ask IMDS)."""
         try:
             import botocore.session
@@ -73,18 +67,14 @@ class S3Signer:
             raise DatasetError(MISSING_EXTRA) from exc
 
         def resolve() -> tuple[Any, str]:
-            session = botocore.session.Session(profile=profile)
-            creds = session.get_credentials()
-            return creds, region or session.get_config_variable("region") or "us-east-1"
+            session = botocore.session.Session()
+            return session.get_credentials(), session.get_config_variable("region") or "us-east-1"
 
         try:
             creds, reg = await asyncio.to_thread(resolve)
         except Exception as exc:  # a broken profile, an unreachable SSO: botocore's own errors
             raise DatasetError(f"AWS credentials could not be resolved: {exc}") from exc
         return cls(creds, reg, endpoint)
-
-    def with_region(self, region: str) -> S3Signer:
-        return S3Signer(self.credentials, region, self.endpoint)
 
     def bucket_url(self, bucket: str) -> str:
         if self.endpoint:
@@ -112,13 +102,12 @@ class S3Signer:
 
 
 async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | None = None,
-                     val: str | None = None, text_column: str = "text", signer: S3Signer | None = None,
-                     retry: RetryPolicy = LIST_RETRY, heads: int = 16, page_size: int | None = None) -> Catalog:
+                     val: str | None = None, text_column: str = "text", retry: RetryPolicy = LIST_RETRY,
+                     page_size: int | None = None) -> Catalog:
     """The parquet objects under ``url`` as a Catalog (paths relative to the prefix, sorted); at most
-    ``heads`` checksum HEADs at once; ``page_size``: ListObjectsV2's max-keys (None: the store's)."""
+    ``HEADS`` checksum HEADs at once; ``page_size``: ListObjectsV2's max-keys (None: the store's)."""
     sp = parse_s3_url(url)
-    if signer is None:
-        signer = await S3Signer.create(endpoint)
+    signer = await S3Signer.create(endpoint)
     async with client_session(retry) as session:
         lister = Lister(session, signer, sp, retry, page_size)
         objects = await lister.list()
@@ -127,7 +116,7 @@ async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | No
         if not keep:
             narrowed = f" matching --include {include!r}" if include else ""
             raise DatasetError(f"{sp.url()}: no *.parquet objects{narrowed} ({len(objects)} objects seen)")
-        await run_each((lister.checksum(o) for o in keep if "SHA256" in o["algorithms"]), max(1, heads))
+        await run_each((lister.checksum(o) for o in keep if "SHA256" in o["algorithms"]), HEADS)
     files = [DataFile(o["key"][len(sp.prefix):], o["size"], o.get("sha256"), o["md5"],
                       f"s3://{sp.bucket}/{o['key']}") for o in keep]
     files.sort(key=lambda f: f.path)
@@ -161,7 +150,11 @@ class Lister:
                 params["max-keys"] = str(self.page_size)
             query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
             _, _, body = await self._request("GET", lambda q=query: f"{self.signer.bucket_url(self.sp.bucket)}?{q}")
-            root = _xml(body, self.sp.url())
+            try:
+                root = ET.fromstring(body)
+            except ET.ParseError as exc:
+                raise DatasetError(f"{self.sp.url()}: the listing is not S3 XML ({exc}); is AWS_ENDPOINT_URL an "
+                                   "S3 store?") from exc
             for c in root.iter(f"{NS}Contents"):
                 etag = (c.findtext(f"{NS}ETag") or "").strip('"').lower()
                 objects.append({"key": c.findtext(f"{NS}Key") or "", "size": int(c.findtext(f"{NS}Size") or 0),
@@ -198,7 +191,7 @@ class Lister:
                 if not region or region == self.signer.region or self.moved or resp.status not in (301, 400):
                     self._refuse(resp, body, url)
             self.moved = True  # the bucket is in another region: follow it once
-            self.signer = self.signer.with_region(region)
+            self.signer = S3Signer(self.signer.credentials, region, self.signer.endpoint)
             return await attempt()
 
         return await with_retries(Retries(self.retry, f"listing {self.sp.url()}", url=url_of()), attempt)
@@ -227,9 +220,3 @@ class Lister:
                                "s3:GetObject on the bucket")
         raise DatasetError(f"{where}: the store answered HTTP {resp.status}{detail}")
 
-
-def _xml(body: bytes, where: str) -> ET.Element:
-    try:
-        return ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise DatasetError(f"{where}: the listing is not S3 XML ({exc}); is AWS_ENDPOINT_URL an S3 store?") from exc

@@ -14,8 +14,7 @@ from typing import Any
 from .._compat import TaskGroup
 from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError, FetchError, MissingShardError
-from ..sources.catalog import check_text_column
-from ..sources.record import read_catalog, write_catalog
+from ..sources.catalog import check_text_column, read_catalog, write_catalog
 from .cache.claims import ReadLock
 from .plan import Plan
 from .reader import file_id

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from ...shards import RECORD_NAME
-from ...sources.catalog import Catalog
-from ...sources.record import read_catalog
+from ...sources.catalog import Catalog, read_catalog
 from .claims import Claim, ClaimInfo, Needs, cache_lock, evict, live_claims
 from .usage import FolderScan, fmt, reserve_size, scan
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from ...config import parse_cache_limit
 from ...errors import ConfigError
 from ...shards import RECORD_NAME
-from ...sources.record import read_catalog
+from ...sources.catalog import read_catalog
 from .budget import prune, reservations
 from .claims import cache_lock, in_use, live_claims
 from .usage import filesystem_bytes, fmt, scan

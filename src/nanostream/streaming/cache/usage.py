@@ -14,9 +14,8 @@ from pathlib import Path
 
 from ...fetch.partial import SLOT
 from ...shards import BOOKKEEPING_PREFIX, RECORD_NAME
-from ...sources.catalog import Catalog, DataFile
+from ...sources.catalog import Catalog, DataFile, catalog_to_json, read_catalog
 from ...sources.counts import COUNTS_FILE
-from ...sources.record import catalog_to_json, read_catalog
 
 BLOCK = 4096  # allocation unit assumed for a file not on disk yet (one more is added as slack)
 STATE_BYTES = 2 * SLOT  # a download's state file, reserved whole (``partial.PartFiles``)
