@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..concurrency import LoopThread
 from ..errors import LoaderError
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
@@ -91,10 +92,10 @@ class Feed:
         self._ended = False
         self._error: BaseException | None = None  # the stream's, raised once what came before it is packed
 
-    def start(self, pool: ThreadPoolExecutor) -> None:
-        """Open the stream and rebuild a resumed buffer (on the assembly thread, before the first batch)."""
+    def start(self, pool: ThreadPoolExecutor, loop: LoopThread) -> None:
+        """Open the stream on ``loop`` and rebuild a resumed buffer (on the assembly thread, before the first batch)."""
         self._pool = pool
-        self._batches = self._open()
+        self._batches = self._open(loop=loop)
         if self._restore is None:
             return
         for tag, tokens, lengths, ids in _restored(self._restore, self._batches, self._tokenizer, self._dtype):
@@ -186,9 +187,11 @@ class Feed:
 
 
 def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Position | Cursor | None,
-                   epochs: int | None = None, replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
-    """Source ``k``'s batches for reader ``layout``, from ``start``; its stream is closed however this ends."""
-    it = BatchIterator(ds._stream(k, layout, start, epochs, replay))
+                   epochs: int | None = None, replay: tuple[tuple[int, int], ...] = (),
+                   loop: LoopThread | None = None) -> Iterator[Any]:
+    """Source ``k``'s batches for reader ``layout``, from ``start`` (on ``loop``, the iterator's; None: a loop of its
+    own); its stream is closed however this ends."""
+    it = BatchIterator(ds._stream(k, layout, start, epochs, replay), loop)
     try:
         yield from it
     finally:
@@ -196,20 +199,20 @@ def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Positio
 
 
 def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Cursor | None, partial: Position | None,
-                  replay: tuple[tuple[int, int], ...] = ()) -> Iterator[Any]:
+                  replay: tuple[tuple[int, int], ...] = (), loop: LoopThread | None = None) -> Iterator[Any]:
     """One source's batches for a run: its epochs, a ``Seam``, then the next epochs' order (which only a
     reader whose data ran short reads on into); the first stream reads the ``replay`` row groups first."""
     epochs, at = ds.epochs, start
     if epochs is None:
-        yield from source_batches(ds, 0, layout, at, replay=replay)
+        yield from source_batches(ds, 0, layout, at, replay=replay, loop=loop)
         return
     if at is None or at.epoch < epochs:
         if partial is None or partial.epoch < epochs:  # else stopped past the run's epochs: the Seam was passed
-            yield from source_batches(ds, 0, layout, at, epochs=epochs, replay=replay)
+            yield from source_batches(ds, 0, layout, at, epochs=epochs, replay=replay, loop=loop)
             replay = ()
             yield Seam()
         at = Cursor(epochs, shards=len(ds._stream(0, (0, 1, 1)).plan.shards))
-    yield from source_batches(ds, 0, layout, at, replay=replay)
+    yield from source_batches(ds, 0, layout, at, replay=replay, loop=loop)
 
 
 def _restored(runs: Sequence[Run], batches: Iterator[Any], tokenizer: Tokenizer,

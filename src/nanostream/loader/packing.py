@@ -3,10 +3,11 @@ numpy only). A batch is a transaction (``begin``/``commit``/``rollback``)."""
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -116,7 +117,8 @@ class BestFitPacker:
         self.compactions = 0
         self._lens: list[int] = []  # distinct lengths with a non-empty FIFO, sorted
         self._fifo: dict[int, deque[tuple[_Chunk, int]]] = {}
-        self._chunks: dict[int, _Chunk] = {}
+        self._parts: dict[int, BufferPart] = {}  # each buffered chunk's snapshot part, in arrival order ...
+        self._changed: list[_Chunk] = []  # ... but for these chunks', which changed since the last snapshot
         self._serial = 0
         self._saved: tuple[BufferSnapshot, PackStats] | None = None  # the buffer and counters at ``begin()``
         self._snapshot: BufferSnapshot | None = None  # the buffer as it is, until it changes
@@ -135,7 +137,7 @@ class BestFitPacker:
         chunk = _Chunk(self._serial, tokens, lengths, tag, ids)
         self._serial += 1
         self._snapshot = None
-        self._chunks[chunk.serial] = chunk
+        self._parts[chunk.serial] = chunk.part()
         fifo, lens = self._fifo, self._lens
         for j, length in enumerate(lengths.tolist()):
             q = fifo.get(length)
@@ -151,7 +153,8 @@ class BestFitPacker:
     def _rebuild(self, parts: list[BufferPart]) -> None:
         """Make the buffer hold exactly ``parts`` (a snapshot's), each copied into a smaller array (tags and
         numbers kept; oldest first, so every placement decision stays the same)."""
-        self._fifo, self._lens, self._chunks, self._snapshot = {}, [], {}, None
+        self._fifo, self._lens, self._snapshot = {}, [], None
+        self._parts, self._changed = {}, []
         self.n_docs = self.alive_tokens = self.held_tokens = 0
         for part in parts:
             tokens, lengths = BufferSnapshot([part]).export()
@@ -160,14 +163,19 @@ class BestFitPacker:
     def snapshot(self) -> BufferSnapshot:
         """A frozen view of the buffer, made once per change (the state of every batch and its rollback point)."""
         if self._snapshot is None:  # chunks are kept in arrival order (serials only grow)
-            self._snapshot = BufferSnapshot([c.part() for c in self._chunks.values()])
+            parts = self._parts
+            for c in self._changed:
+                if c.serial in parts:
+                    parts[c.serial] = c.part()
+            self._changed.clear()
+            self._snapshot = BufferSnapshot(list(parts.values()))
         return self._snapshot
 
     # -- rows --------------------------------------------------------------------------------
     def fill_row(self, out: np.ndarray, refill: Callable[[], bool]) -> bool:
         """Fill ``out`` (1-D) completely; False if the data ran out first (``out`` is then partial)."""
         cap, pos = len(out), 0
-        lens, fifo, chunks, exhausted = self._lens, self._fifo, self._chunks, False
+        lens, fifo, parts, changed, exhausted = self._lens, self._fifo, self._parts, self._changed, False
         used = cropped = out_tokens = cropped_tokens = 0
         try:
             while pos < cap:
@@ -192,12 +200,14 @@ class BestFitPacker:
                 pos += n
                 # the document leaves the buffer
                 chunk.alive[j] = False
-                chunk.frozen = None
+                if chunk.frozen is not None:
+                    chunk.frozen = None
+                    changed.append(chunk)
                 chunk.n_alive -= 1
                 self.n_docs -= 1
                 self.alive_tokens -= length
                 if chunk.n_alive == 0:
-                    del chunks[chunk.serial]
+                    del parts[chunk.serial]
                     self.held_tokens -= len(chunk.tokens)
                 used += 1
                 out_tokens += n
@@ -217,7 +227,7 @@ class BestFitPacker:
     # -- batch transactions ------------------------------------------------------------------
     def begin(self) -> None:
         """Remember the buffer and counters, so that ``rollback()`` can go back to them."""
-        self._saved = (self.snapshot(), replace(self.stats))
+        self._saved = (self.snapshot(), copy.copy(self.stats))
 
     def commit(self) -> None:
         """End the batch; compact when the kept arrays outweigh the buffer (bounded memory)."""

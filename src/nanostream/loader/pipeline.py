@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..concurrency import LoopThread
 from ..streaming.order import Cursor
 from ..streaming.plan import Position
 from ..streaming.streams import Schedule
@@ -47,9 +48,10 @@ class Assembly:
         background_thread()  # before the stream and encoding threads start: they inherit it
         pool = ThreadPoolExecutor(max_workers=max(f.threads for f in self.feeds),
                                   thread_name_prefix="nanostream-encode")
+        loop = LoopThread("nanostream-loop")  # every source's stream, one after another
         try:
             for f in self.feeds:
-                f.start(pool)
+                f.start(pool, loop)
             while not self.stopping.is_set():
                 item = self._next_batch()
                 if not self.out.put(item) or isinstance(item, End):
@@ -61,6 +63,7 @@ class Assembly:
             for f in self.feeds:
                 f.close()
             pool.shutdown(wait=True, cancel_futures=True)
+            loop.close()
 
     def _next_batch(self) -> tuple[Any, Mark] | End:
         """The next finished batch and its Mark, or End. The batch the data ends in is dropped (its documents

@@ -5,6 +5,7 @@ docs/mixing.md); ``BatchIterator``, a stream driven from code without an event l
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import replace
@@ -68,8 +69,11 @@ class Schedule:
 
     def next(self) -> int:
         total = sum(self.taken)
-        deficits = [w * total - t for w, t in zip(self.weights, self.taken, strict=True)]
-        return max(range(len(deficits)), key=lambda i: (deficits[i], -i))
+        best, most = 0, -math.inf
+        for i, (w, t) in enumerate(zip(self.weights, self.taken, strict=True)):
+            if w * total - t > most:  # ties: the first
+                best, most = i, w * total - t
+        return best
 
     def add(self, source: int, amount: int) -> None:
         self.taken[source] += amount
@@ -141,10 +145,12 @@ class MixStream(Batches):
 class BatchIterator:
     """Blocking iterator over a ``Stream`` or ``MixStream`` (see ``iter_batches``); also a context manager."""
 
-    def __init__(self, s: Any) -> None:
+    def __init__(self, s: Any, loop: LoopThread | None = None) -> None:
+        """``loop``: a loop thread shared with other streams, which its owner closes (None: one of its own)."""
         self.plan = getattr(s, "plan", None)  # a mix has one plan per source (``s.streams``)
         self._stream = s
-        self._loop: LoopThread | None = None
+        self._shared = loop
+        self._loop: LoopThread | None = loop
         self._finalizer: Any = None
         self._closed = False
 
@@ -173,6 +179,8 @@ class BatchIterator:
 
     def close(self) -> None:
         """Stop the stream and join its thread (also done when the iterator is garbage collected)."""
+        if self._shared is not None and not self._closed:
+            self._shared.run(self._stream.aclose())
         self._closed = True
         if self._finalizer is not None:
             self._finalizer()
