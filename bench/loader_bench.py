@@ -1,7 +1,7 @@
 """Loader benchmark: ``TokenDataset`` with the fast encoder vs the same loader on tiktoken and vs the reference loop.
 
-Data: the offline sample corpus (``nanostream.text.sample``, real English text) written to
-a temp folder; tokenizer: a BPE trained on it with ``nanostream.text.bpe.train_tokenizer``
+Data: the offline sample corpus (``demo.sample``, real English text) written to
+a temp folder; tokenizer: a BPE trained on it with ``demo.tokenizer.train_tokenizer``
 (gigatoken encodes it where its ids equal tiktoken's, as ``load_tokenizer`` gives it), and the
 same ranks on tiktoken as the baseline, else ``ByteTokenizer`` (the table says which). Batches are (8, 1024).
 

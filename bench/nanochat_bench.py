@@ -4,7 +4,7 @@ Skipped (cleanly) unless ``NANOCHAT_DIR`` names a checkout of github.com/karpath
 runs from there, in ``NANOCHAT_PYTHON`` (its own venv; default: this interpreter), never copied.
 
 Same everything, as ``runs/runcpu.sh`` sets it up: the data is nanochat's folder
-(``NANOCHAT_BASE_DIR/base_data_climbmix``) holding the offline sample corpus (``nanostream sample``,
+(``NANOCHAT_BASE_DIR/base_data_climbmix``) holding the offline sample corpus (``python -m demo.sample``,
 4 shards, the last validation); the tokenizer is trained by nanochat's own
 ``RustBPETokenizer.train_from_iterator`` (tok_train.py's vocab 32768 and 10,000-character document cap,
 quick: 8192) and read back with ``RustBPETokenizer.from_directory``, as base_train.py's

@@ -1,6 +1,6 @@
 """Tokenizer benchmark: rustbpe training, and encoding by tiktoken, gigatoken and HF ``tokenizers``.
 
-Text: the offline sample corpus (``nanostream.text.sample.documents()``: real English
+Text: the offline sample corpus (``demo.sample.documents()``: real English
 docstrings, ~11 MB), cycled up to 20M characters (``--quick``: 2M). Both
 libraries train a byte-level BPE of 8192 tokens (incl. ``<|bos|>``) with the same
 GPT-4-style split pattern, then encode the whole text in batches of 1024
