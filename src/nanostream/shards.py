@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -34,6 +36,17 @@ def list_shards(data_dir: Path) -> list[int]:
     except FileNotFoundError:
         return []
     return sorted(i for i in map(shard_index, names) if i is not None)
+
+
+def file_digest(path: Path, h: str | Any = "sha256") -> str:
+    """Hex digest of a file's bytes fed to ``h``: a hashlib name or a hash object (blocking: reads it all)."""
+    h = hashlib.new(h) if isinstance(h, str) else h
+    buf = bytearray(1 << 20)  # one buffer per call: little for malloc to keep after
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def fsync(path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import struct
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import filelock
 
-from ..shards import fsync
+from ..shards import file_digest, fsync
 
 PARQUET_MAGIC = b"PAR1"
 SLOT = 64 << 10  # bytes per state slot (a state with thousands of ranges still fits)
@@ -188,15 +187,6 @@ def create_part(final: Path, size: int) -> None:
         part.unlink(missing_ok=True)
         raise
     os.close(fd)
-
-
-def file_digest(path: Path, algorithm: str = "sha256", block: int = 1 << 20) -> str:
-    """Hex digest of a file (``sha256``, or ``md5`` for an S3 ETag). Blocking."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None = None) -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hashlib
 import logging
 import os
 import re
@@ -14,12 +13,12 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from .._compat import timeout
 from ..errors import ConfigError
+from ..shards import file_digest
 from ..sources.footers import ROW_GROUPS_HEADER, local_count
 
 log = logging.getLogger(__name__)
@@ -43,16 +42,6 @@ class FileInfo:
     @property
     def etag(self) -> str:
         return f'"{self.sha256}"'
-
-
-def hex_digest(path: Path, h: Any) -> str:
-    """The hex digest of ``path``'s bytes fed to the hash object ``h`` (blocking: reads the whole file)."""
-    buf = bytearray(CHUNK)  # one buffer per call: little for malloc to keep after
-    view = memoryview(buf)
-    with path.open("rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
@@ -193,7 +182,7 @@ class ShardFiles:
         if key not in self._hashes:
             async with self._hashing.setdefault(key, asyncio.Lock()):
                 if key not in self._hashes:
-                    self._hashes[key] = await asyncio.to_thread(hex_digest, real, hashlib.sha256())
+                    self._hashes[key] = await asyncio.to_thread(file_digest, real)
             self._hashing.pop(key, None)
         return FileInfo(real, st.st_size, self._hashes[key])
 

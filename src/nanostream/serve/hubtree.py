@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import hex_digest
+from ..shards import file_digest
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 
@@ -21,7 +21,7 @@ def git_oid(kind: str, body: bytes) -> str:
 
 def blob_oid_of_file(path: Path) -> str:
     """The git blob id of a file's bytes (blocking: hashes the whole file)."""
-    return hex_digest(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+    return file_digest(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
 
 
 def tree_oid(children: Iterable[dict[str, Any]]) -> str:
