@@ -23,6 +23,9 @@ class LoopThread:
         self.on_close = on_close
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._lock = threading.Lock()  # run() and close() from different threads
+        self._closed = False
+        self._calls: set[concurrent.futures.Future[Any]] = set()
         ready = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)), name=name, daemon=True)
         self.thread.start()
@@ -44,19 +47,32 @@ class LoopThread:
                 await self.on_close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on this loop and wait for its result; a Ctrl-C meanwhile cancels ``coro``."""
+        """Run ``coro`` on this loop and wait for its result; a Ctrl-C meanwhile, or ``close()`` from another
+        thread (before or during the call), cancels it (``concurrent.futures.CancelledError``)."""
         assert self.loop is not None
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise concurrent.futures.CancelledError
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._calls.add(future)
         try:
             return future.result()
         finally:
+            with self._lock:
+                self._calls.discard(future)
             future.cancel()  # a no-op once done; stops the coroutine if we were interrupted
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            calls = list(self._calls)
         if self.loop is not None and self._stop is not None and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         if threading.current_thread() is not self.thread:
             self.thread.join()
+            for future in calls:  # handed over as the loop stopped, so never started: its caller must not wait on
+                future.cancel()
 
 
 def run_sync(coro: Coroutine[Any, Any, T], name: str = "nanostream-sync") -> T:
