@@ -187,10 +187,10 @@ class Feed:
 
 
 def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Position | Cursor | None,
-                   epochs: int | None = None, replay: tuple[tuple[int, int], ...] = (),
-                   loop: LoopThread | None = None) -> Iterator[Any]:
-    """Source ``k``'s batches for reader ``layout``, from ``start`` (on ``loop``, the iterator's; None: a loop of its
-    own); its stream is closed however this ends."""
+                   epochs: int | None = None, replay: tuple[tuple[int, int], ...] = (), *,
+                   loop: LoopThread) -> Iterator[Any]:
+    """Source ``k``'s batches for reader ``layout``, from ``start``, on ``loop`` (the iterator's); its stream is
+    closed however this ends."""
     it = BatchIterator(ds._stream(k, layout, start, epochs, replay), loop)
     try:
         yield from it
@@ -199,7 +199,7 @@ def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Positio
 
 
 def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Cursor | None, partial: Position | None,
-                  replay: tuple[tuple[int, int], ...] = (), loop: LoopThread | None = None) -> Iterator[Any]:
+                  replay: tuple[tuple[int, int], ...] = (), *, loop: LoopThread) -> Iterator[Any]:
     """One source's batches for a run: its epochs, a ``Seam``, then the next epochs' order (which only a
     reader whose data ran short reads on into); the first stream reads the ``replay`` row groups first."""
     epochs, at = ds.epochs, start

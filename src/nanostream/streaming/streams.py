@@ -71,8 +71,9 @@ class Schedule:
         total = sum(self.taken)
         best, most = 0, -math.inf
         for i, (w, t) in enumerate(zip(self.weights, self.taken, strict=True)):
-            if w * total - t > most:  # ties: the first
-                best, most = i, w * total - t
+            gap = w * total - t
+            if gap > most:  # ties: the first
+                best, most = i, gap
         return best
 
     def add(self, source: int, amount: int) -> None:
