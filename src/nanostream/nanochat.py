@@ -25,7 +25,7 @@ from .errors import LoaderError
 from .loader.dataset import TokenDataset
 from .loader.device import token_batches
 from .loader.feed import PIECE_DOCS
-from .loader.resume import Snapshot
+from .loader.resume import Mark
 from .loader.sharer import StateGather, default_store
 from .retry import RetryPolicy
 from .sources.spec import Source
@@ -139,7 +139,7 @@ def _load(ds: TokenDataset, state: dict[str, Any] | None) -> dict[str, Any]:
     return copy.deepcopy(state)
 
 
-def _note(world_size: int, rank: int, gather: StateGather | None, snap: Snapshot,
+def _note(world_size: int, rank: int, gather: StateGather | None, snap: Mark,
           stop: threading.Event) -> dict[str, Any] | None:
     """Run on the assembly thread after each batch: this rank's state after it, every rank's on rank 0."""
     mine = snap.state_dict()

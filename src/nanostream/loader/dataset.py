@@ -166,7 +166,7 @@ class TokenDataset(IterableDataset):
             return self._last["snapshot"].state_dict()
         if self._pending is not None and len(self._pending) == 1:
             return dict(self._pending[0])
-        fresh = resume.empty(self._config(), self._fingerprints)
+        fresh = resume.empty(self)
         if self._pending:  # loaded for an elastic resume, not started yet: keep all of it
             fresh["pending"] = list(self._pending)
         return fresh
@@ -193,9 +193,8 @@ class TokenDataset(IterableDataset):
             return it.stats()
         if "snapshot" in self._last:
             return {**self._last["snapshot"].stats(), "wait_s": self._last["wait_s"]}
-        st = PackStats(**self.state_dict().get("stats", PackStats().as_dict()))
-        return {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": 0, "buffered_docs": 0,
-                "wait_s": 0.0}
+        stats = self.state_dict().get("stats", PackStats().as_dict())
+        return resume.counters(stats, batches=0, buffered_docs=0, wait_s=0.0)
 
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)

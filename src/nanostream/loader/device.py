@@ -13,6 +13,7 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
+from .resume import Mark
 from .threads import Channel, End, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
@@ -237,7 +238,7 @@ class CudaPrefetcher:
     def state_dict(self) -> Any:
         """The source's resume state as of the last batch returned (None before the first)."""
         st = self._state
-        return st.state_dict() if hasattr(st, "mark") else st
+        return st.state_dict() if isinstance(st, Mark) else st
 
     def close(self) -> None:
         """Stop and join the prefetch thread, which closes the source (idempotent)."""

@@ -1,5 +1,5 @@
 """One source of a ``TokenDataset`` pass (``Feed``, on the assembly thread): its stream, its tokenizing read-ahead,
-its packing buffer and its resume point (``Part``, ``Mark``). A resumed feed rebuilds its buffer from the row groups
+its packing buffer and its resume point (a ``resume.Part``). A resumed feed rebuilds its buffer from the row groups
 the state names, which its stream reads again first. Nothing here imports torch."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,8 @@ from ..streaming.streams import BatchIterator
 from ..text.tokenizer import Tokenizer
 from .docrefs import Run
 from .encode import doc_arrays, encoding
-from .packing import BestFitPacker, BufferSnapshot, PackStats
+from .packing import BestFitPacker, PackStats
+from .resume import Part
 
 PIECE_DOCS = 128  # documents moved into the packing buffer at a time (and encoded as one task by tiktoken)
 
@@ -35,55 +35,20 @@ def replay_keys(runs: Sequence[Run]) -> tuple[tuple[int, int], ...]:
     return tuple(sorted({(r.tag[1], r.tag[2]) for r in runs}))
 
 
-@dataclass(frozen=True)
-class Part:
-    """One source's resume point at a batch boundary (``buffer`` references immutable arrays: no copies;
-    ``runs``: the buffer of a resumed feed not rebuilt yet, as the state described it)."""
-
-    position: Position | None  # stream position of the last row group moved into the buffer whole
-    skip: int  # documents of the row group after it moved into the buffer already ...
-    partial: Position | None  # ... that row group, when ``skip`` > 0
-    buffer: BufferSnapshot
-    stats: dict[str, int]  # ``PackStats`` counters
-    buffered_docs: int
-    runs: tuple[Run, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Mark:
-    """The resume point right after one batch: each source's ``Part``, the batches made, the rows each source
-    has packed (a mix's schedule), and what the iterator's ``note`` made of it (None without one)."""
-
-    parts: tuple[Part, ...]
-    batches: int
-    rows: tuple[int, ...] = ()
-    note: Any = None
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """The counters of every source together."""
-        return {k: sum(p.stats[k] for p in self.parts) for k in self.parts[0].stats}
-
-    @property
-    def buffered_docs(self) -> int:
-        return sum(p.buffered_docs for p in self.parts)
-
-
 class Feed:
     """A source's stream, its encoding tasks queued ahead, and its packer (assembly thread only)."""
 
     def __init__(self, open_source: Callable[[], Generator[Any]], tokenizer: Tokenizer, dtype: np.dtype,
-                 packer: BestFitPacker, *, ahead: int, position: Position | None, skip: int = 0,
-                 partial: Position | None = None, restore: Sequence[Run] = (), stats: PackStats | None = None) -> None:
-        """``restore``: the runs to rebuild the buffer from first; ``stats``: the counters to go on from
-        once they are in (None: count the restored documents as new ones, as an elastic resume does)."""
+                 packer: BestFitPacker, *, ahead: int, start: Part, elastic: bool = False) -> None:
+        """``start``: where to go on from, its ``runs`` the buffer to rebuild first; ``elastic``: count those
+        documents as new ones instead of going on from its counters."""
         self.packer, self._open, self._tokenizer, self._dtype = packer, open_source, tokenizer, dtype
         self._encode, self._task_docs, self.threads = encoding(tokenizer, dtype, PIECE_DOCS)
         self._ahead = ahead  # row groups whose encoding is queued: the one handed over next, and those after it
-        self._restore: tuple[Run, ...] | None = tuple(restore) if restore else None
-        self._stats = stats
-        self.position, self.skip, self.partial = position, skip, partial
-        self._first_skip = skip  # documents of the first row group read that are in the buffer already
+        self._start: Part | None = start  # until ``start()``: the part this feed reports
+        self._elastic = elastic
+        self.position, self.skip, self.partial = start.position, start.skip, start.partial
+        self._first_skip = start.skip  # documents of the first row group read that are in the buffer already
         self._batches: Generator[Any] | None = None
         self._queued: deque[list[Any]] = deque()  # per row group: [position, documents handed, its tasks]
         self._pieces: deque[tuple[Position, int, np.ndarray, np.ndarray, bool]] = deque()
@@ -96,13 +61,11 @@ class Feed:
         """Open the stream on ``loop`` and rebuild a resumed buffer (on the assembly thread, before the first batch)."""
         self._pool = pool
         self._batches = self._open(loop=loop)
-        if self._restore is None:
-            return
-        for tag, tokens, lengths, ids in _restored(self._restore, self._batches, self._tokenizer, self._dtype):
+        start, self._start = self._start, None
+        for tag, tokens, lengths, ids in _restored(start.runs or (), self._batches, self._tokenizer, self._dtype):
             self.packer.add(tokens, lengths, tag, ids)
-        if self._stats is not None:
-            self.packer.stats = self._stats
-        self._restore = None
+        if not self._elastic:
+            self.packer.stats = PackStats(**start.stats)
 
     def close(self) -> None:
         """Cancel the queued encoding tasks and close the stream."""
@@ -114,11 +77,9 @@ class Feed:
             self._batches.close()
 
     def part(self) -> Part:
+        if self._start is not None:
+            return self._start
         p = self.packer
-        if self._restore is not None:  # not rebuilt yet: the state it was loaded from
-            stats = (self._stats or PackStats()).as_dict()
-            return Part(self.position, self.skip, self.partial if self.skip else None, BufferSnapshot([]), stats,
-                        sum(len(r) for r in self._restore), self._restore)
         return Part(self.position, self.skip, self.partial if self.skip else None, p.snapshot(), p.stats.as_dict(),
                     p.n_docs)
 
@@ -191,11 +152,8 @@ def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Positio
                    loop: LoopThread) -> Iterator[Any]:
     """Source ``k``'s batches for reader ``layout``, from ``start``, on ``loop`` (the iterator's); its stream is
     closed however this ends."""
-    it = BatchIterator(ds._stream(k, layout, start, epochs, replay), loop)
-    try:
+    with BatchIterator(ds._stream(k, layout, start, epochs, replay), loop) as it:
         yield from it
-    finally:
-        it.close()
 
 
 def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Cursor | None, partial: Position | None,

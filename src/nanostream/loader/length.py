@@ -35,11 +35,8 @@ def sample_rows(ds: Any, k: int) -> int:
     if ds._rows[k] is None:
         o: Options = ds._options
         one = replace(o, ranks=Ranks(0, 1, 1), epochs=1, read_ahead=replace(o.read_ahead, files=0))  # that shard
-        it = BatchIterator(open_stream(ds.sources[k], one, ds._cfg))
-        try:
+        with BatchIterator(open_stream(ds.sources[k], one, ds._cfg)) as it:
             texts = list(next(it).texts)
-        finally:
-            it.close()
         tokens, lengths = doc_arrays(ds.tokenizer, texts, token_dtype(ds.tokenizer.vocab_size))
         packer = BestFitPacker(ds.buffer_docs)
         packer.add(tokens, lengths)

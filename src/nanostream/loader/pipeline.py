@@ -17,13 +17,11 @@ import numpy as np
 
 from ..concurrency import LoopThread
 from ..streaming.order import Cursor
-from ..streaming.plan import Position
 from ..streaming.streams import Schedule
 from . import resume
-from .docrefs import unpack
-from .feed import Feed, Mark, replay_keys, single_source, source_batches
-from .packing import BestFitPacker, PackStats, token_dtype
-from .resume import Layout, Reader, Snapshot
+from .feed import Feed, replay_keys, single_source, source_batches
+from .packing import BestFitPacker, token_dtype
+from .resume import Layout, Mark, Reader
 from .threads import Channel, End, background_thread
 
 log = logging.getLogger(__name__)
@@ -34,14 +32,14 @@ class Assembly:
     stops the thread): packs ``(batch, Mark)`` pairs onto ``out`` until the data ends, fails or ``stopping``."""
 
     def __init__(self, feeds: list[Feed], sink: Any, out: Channel, schedule: Schedule | None, limit: Any,
-                 reader: Reader, note: Callable[[Snapshot, threading.Event], Any] | None, batches: int) -> None:
+                 reader: Reader, note: Callable[[Mark, threading.Event], Any] | None, batches: int) -> None:
         self.feeds, self.sink, self.out, self.schedule, self.limit = feeds, sink, out, schedule, limit
         self.reader, self.note, self.batches = reader, note, batches
         self.stopping = threading.Event()
 
     def mark(self) -> Mark:
         rows = tuple(self.schedule.taken) if self.schedule is not None else ()
-        return Mark(tuple(f.part() for f in self.feeds), self.batches, rows)
+        return Mark(self.reader, tuple(f.part() for f in self.feeds), self.batches, rows)
 
     def run(self) -> None:
         """Thread body: pack, finish and hand over batches until the data ends, fails or we are stopped."""
@@ -91,7 +89,7 @@ class Assembly:
         self.batches += 1
         mark = self.mark()
         if self.note is not None:
-            mark = replace(mark, note=self.note(Snapshot(self.reader, mark), self.stopping))
+            mark = replace(mark, note=self.note(mark, self.stopping))
         return self.sink.finish(rows), mark
 
     def _pack(self, rows: np.ndarray) -> bool:
@@ -124,11 +122,10 @@ class TokenIterator:
 
     def __init__(self, ds: Any, layout: Layout, state: dict[str, Any] | None,
                  origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any], sink: Any,
-                 carried: tuple[tuple[dict[str, Any], ...], ...] = (),
-                 note: Callable[[Snapshot, threading.Event], Any] | None = None) -> None:
+                 carried: tuple[tuple[dict[str, Any], ...], ...],
+                 note: Callable[[Mark, threading.Event], Any] | None = None) -> None:
         self._last, self.layout, self._sink, self._limit = last, layout, sink, limit
-        self._reader = Reader(ds, layout, origins)
-        self._held: Snapshot | None = None
+        self._held: Mark | None = None
         self._closed = False
         k = len(ds.sources)
         subs = (state["sources"] if k > 1 else [state]) if state is not None else [None] * k
@@ -143,7 +140,7 @@ class TokenIterator:
             schedule = Schedule(ds.weights, rows)
         self._out = Channel(ds.read_ahead.batches)
         batches = int(state["batches"]) if state is not None else 0
-        self._assembly = Assembly(feeds, sink, self._out, schedule, limit, self._reader, note, batches)
+        self._assembly = Assembly(feeds, sink, self._out, schedule, limit, Reader(ds, layout, origins), note, batches)
         self._mark = self._assembly.mark()
         self.wait_s = 0.0  # time the consumer blocked in next()
         self._thread = threading.Thread(target=self._assembly.run, name="nanostream-assemble", daemon=True)
@@ -182,11 +179,11 @@ class TokenIterator:
         """What ``note`` made of the state after the last batch returned (None before the first)."""
         return self._mark.note
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Mark:
         """The state after the last batch returned, cheaply (``.state_dict()`` materializes it)."""
-        return Snapshot(self._reader, self._mark)
+        return self._mark
 
-    def hold(self, snap: Snapshot | None) -> None:
+    def hold(self, snap: Mark | None) -> None:
         """Report ``snap`` from ``state_dict()`` until ``hold(None)``: for a consumer that reads batches ahead
         (``device.CudaPrefetcher``), so the state matches what the training loop has received."""
         self._held = snap
@@ -226,18 +223,10 @@ class TokenIterator:
 def _feed(ds: Any, i: int, sub: dict[str, Any] | None, layout: Layout, origins: tuple[Cursor | None, ...],
           carried: tuple) -> Feed:
     """Source ``i``'s feed: from its exact state ``sub``, else (elastic) from the old readers' buffers."""
-    if sub is not None:  # exact: this reader's own buffer and counters
-        runs, stats = unpack(sub["docs"]), PackStats(**sub["stats"])
-        position = Position.from_list(sub["position"]) if sub["position"] is not None else None
-        skip = int(sub["skip"])
-    else:  # an elastic resume: the old readers' buffered documents (counted as new ones)
-        runs = [r for old in (carried[i] if carried else ()) for r in resume.carried_runs(old)]
-        stats, position, skip = None, None, 0
-    partial = Position.from_list(sub["partial"]) if skip else None
-    start = position if position is not None else origins[i]
-    replay = replay_keys(runs)  # the row groups of the buffered documents, read again first
-    source = (functools.partial(single_source, ds, layout, start, partial, replay) if len(ds.sources) == 1
-              else functools.partial(source_batches, ds, i, layout, start, replay=replay))
+    start = resume.resumed_part(sub, carried[i])
+    at = start.position if start.position is not None else origins[i]
+    replay = replay_keys(start.runs)  # the row groups of the buffered documents, read again first
+    source = (functools.partial(single_source, ds, layout, at, start.partial, replay) if len(ds.sources) == 1
+              else functools.partial(source_batches, ds, i, layout, at, replay=replay))
     return Feed(source, ds.tokenizer, token_dtype(ds.tokenizer.vocab_size), BestFitPacker(ds.buffer_docs),
-                ahead=ds.read_ahead.tokenized, position=position, skip=skip, partial=partial, restore=runs,
-                stats=stats)
+                ahead=ds.read_ahead.tokenized, start=start, elastic=sub is None)

@@ -1,26 +1,28 @@
-"""``TokenDataset``'s resume state (version 4): what ``state_dict()`` holds (``Snapshot``), and how a load is
-checked and planned. A state is a dict of plain values (``json.dump`` writes it); a mix's holds one state per
-source under ``sources``. docs/loader.md says what an exact and an elastic load do.
+"""``TokenDataset``'s resume state (version 4): the resume point after a batch (``Mark``, of one ``Part`` per
+source), what ``state_dict()`` makes of it, and how a load is checked and planned. A state is a dict of plain
+values (``json.dump`` writes it); a mix's holds one state per source under ``sources``. docs/loader.md says what
+an exact and an elastic load do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LoaderError
 from ..streaming.order import Cursor
+from ..streaming.plan import Position
 from ..streaming.single import Stream
 from ..text.fast import SAMPLE
 from .docrefs import Run, pack, unpack
 from .encode import doc_arrays
-from .packing import PackStats, token_dtype
+from .packing import BufferSnapshot, PackStats, token_dtype
 
 if TYPE_CHECKING:
     from ..streaming.plan import Plan
     from ..text.tokenizer import Tokenizer
-    from .feed import Mark, Part
 
 STATE_VERSION = 4
 Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader workers folded in
@@ -28,7 +30,7 @@ Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader
 
 class Reader:
     """Who an iterator reads as: its dataset, layout and origins, and the streams (never started) that global
-    cursors are computed with, made on first use (shared by the iterator and its snapshots)."""
+    cursors are computed with, made on first use (shared by the iterator and its marks)."""
 
     def __init__(self, ds: Any, layout: Layout, origins: tuple[Cursor | None, ...]) -> None:
         self.ds, self.layout, self.origins = ds, layout, origins
@@ -40,46 +42,58 @@ class Reader:
         return self._streams[k]
 
 
-class Snapshot:
-    """A TokenDataset iterator's resume state at one batch boundary, not yet turned into plain values."""
+@dataclass(frozen=True)
+class Part:
+    """One source's resume point at a batch boundary (``buffer`` references immutable arrays: no copies;
+    ``runs``: the buffer of a resumed feed not rebuilt yet, as the state names it)."""
 
-    def __init__(self, reader: Reader, mark: Mark) -> None:
-        self._reader, self.mark = reader, mark
+    position: Position | None  # stream position of the last row group moved into the buffer whole
+    skip: int  # documents of the row group after it moved into the buffer already ...
+    partial: Position | None  # ... that row group, when ``skip`` > 0
+    buffer: BufferSnapshot
+    stats: dict[str, int]  # ``PackStats`` counters
+    buffered_docs: int
+    runs: tuple[Run, ...] | None = None
 
-    @property
-    def batches(self) -> int:
-        return self.mark.batches
+
+NOTHING = Part(None, 0, None, BufferSnapshot([]), PackStats().as_dict(), 0)  # a source not started
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An iterator's resume point right after one batch: each source's ``Part``, the batches made, the rows
+    each source has packed (a mix's schedule), and what the iterator's ``note`` made of it (None without one)."""
+
+    reader: Reader
+    parts: tuple[Part, ...]
+    batches: int
+    rows: tuple[int, ...] = ()
+    note: Any = None
 
     def state_dict(self) -> dict[str, Any]:
         """The resume state (plain values: ``json.dump`` writes it)."""
-        it, mark = self._reader, self.mark
-        ds = it.ds
-        prints = ds._fingerprints
-        subs = [encode(part, config=ds._config(), fingerprint=prints[k], layout=it.layout, batches=mark.batches,
-                       cursor=global_cursor(it.cursor_stream(k), part), origin=it.origins[k])
-                for k, part in enumerate(mark.parts)]
-        if ds.weights is None:
-            return subs[0]
-        return encode_mix(subs, config=ds._config(), layout=it.layout, batches=mark.batches, weights=ds.weights,
-                          rows=mark.rows)
+        r = self.reader
+        subs = [encode(part, r.ds._fingerprints[k], r.cursor_stream(k).cursor(part.position), r.origins[k])
+                for k, part in enumerate(self.parts)]
+        return whole(r.ds, r.layout, self.batches, subs, self.rows)
 
     def stats(self) -> dict[str, Any]:
-        st = PackStats(**self.mark.stats)
-        out = {**st.as_dict(), "crop_fraction": st.crop_fraction, "batches": self.mark.batches,
-               "buffered_docs": self.mark.buffered_docs}
-        ds = self._reader.ds
+        """The counters of every source together (and, for a mix, each source's tokens and share)."""
+        counts = {k: sum(p.stats[k] for p in self.parts) for k in self.parts[0].stats}
+        out = counters(counts, batches=self.batches, buffered_docs=sum(p.buffered_docs for p in self.parts))
+        ds = self.reader.ds
         if ds.weights is not None:
-            tokens = [p.stats["tokens_out"] for p in self.mark.parts]
+            tokens = [p.stats["tokens_out"] for p in self.parts]
             out["sources"] = [{"source": s.label, "weight": w, "tokens": n, "share": n / max(sum(tokens), 1),
                                "rows": rows}
-                              for s, w, n, rows in zip(ds.sources, ds.weights, tokens, self.mark.rows, strict=True)]
+                              for s, w, n, rows in zip(ds.sources, ds.weights, tokens, self.rows, strict=True)]
         return out
 
 
-def global_cursor(s: Stream, part: Part) -> Cursor:
-    """The global cursor after the row groups this reader has moved into its buffer whole at ``part``, assuming
-    every reader got as far (``s``: this reader's stream, never started)."""
-    return s.cursor(part.position) if part.position is not None else s.cursor()
+def counters(stats: dict[str, int], **more: Any) -> dict[str, Any]:
+    """``PackStats`` counters with their ``crop_fraction``, and ``more``."""
+    st = PackStats(**stats)
+    return {**st.as_dict(), "crop_fraction": st.crop_fraction, **more}
 
 
 def data_fingerprint(plan: Plan) -> str:
@@ -100,54 +114,48 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def packed_buffer(part: Part) -> str:
-    """The buffered documents of ``part`` as ``docrefs`` text (a feed not rebuilt yet: the runs it was loaded from)."""
-    if part.runs is not None:
-        return pack(part.runs)
-    return pack([Run((tag.epoch, tag.shard, tag.row_group), ids) for _, _, _, tag, ids in part.buffer.parts])
+def encode(part: Part, fingerprint: dict[str, str], cursor: Cursor | None, origin: Cursor | None) -> dict[str, Any]:
+    """One source's state at ``part``: plain values only (the buffer by reference, ``origin``: where the run
+    started, ``cursor``: the global cursor after the row groups taken)."""
+    runs = part.runs
+    if runs is None:
+        runs = [Run((tag.epoch, tag.shard, tag.row_group), ids) for _, _, _, tag, ids in part.buffer.parts]
+    return {"fingerprint": dict(fingerprint), "position": _listed(part.position), "skip": part.skip,
+            "partial": _listed(part.partial), "docs": pack(runs), "cursor": _listed(cursor),
+            "origin": _listed(origin), "stats": dict(part.stats)}
 
 
-def encode(part: Part | None, *, config: dict[str, Any], fingerprint: dict[str, str], layout: Layout | None,
-           batches: int, cursor: Cursor | None, origin: Cursor | None) -> dict[str, Any]:
-    """The state of one source at ``part`` (None: not started): plain values only (the buffer by reference,
-    ``origin``: where the run started, ``cursor``: the global cursor after the row groups taken)."""
-    return {
-        "version": STATE_VERSION,
-        "config": dict(config),
-        "fingerprint": dict(fingerprint),
-        "layout": None if layout is None else list(layout),
-        "position": part.position.to_list() if part and part.position else None,
-        "skip": part.skip if part else 0,
-        "partial": part.partial.to_list() if part and part.partial else None,
-        "docs": packed_buffer(part) if part else pack([]),
-        "cursor": None if cursor is None else cursor.to_list(),
-        "origin": None if origin is None else origin.to_list(),
-        "stats": dict(part.stats) if part else PackStats().as_dict(),
-        "batches": batches,
-    }
+def whole(ds: Any, layout: Layout | None, batches: int, subs: list[dict[str, Any]],
+          rows: tuple[int, ...]) -> dict[str, Any]:
+    """The state of ``ds``: its sources' states (``encode``) under its config, the layout and the batch count."""
+    head = {"version": STATE_VERSION, "config": ds._config(), "layout": None if layout is None else list(layout), "batches": batches}
+    if ds.weights is None:
+        return {**head, **subs[0]}
+    return {**head, "mix": {"weights": list(ds.weights), "rows": list(rows)}, "sources": subs}
 
 
-def encode_mix(subs: list[dict[str, Any]], *, config: dict[str, Any], layout: Layout | None, batches: int,
-               weights: tuple[float, ...], rows: tuple[int, ...]) -> dict[str, Any]:
-    """A mix's state: the sources' states (``encode``) under one config, layout and batch count."""
-    return {"version": STATE_VERSION, "config": dict(config), "layout": None if layout is None else list(layout),
-            "batches": batches, "mix": {"weights": list(weights), "rows": list(rows)}, "sources": subs}
+def empty(ds: Any) -> dict[str, Any]:
+    """The state of ``ds`` not started (no layout, nothing buffered)."""
+    subs = [encode(NOTHING, f, None, None) for f in ds._fingerprints]
+    return whole(ds, None, 0, subs, (0,) * len(subs))
 
 
-def empty(config: dict[str, Any], fingerprints: list[dict[str, str]]) -> dict[str, Any]:
-    """The state of a dataset that has not started (no layout, nothing buffered; one fingerprint per source)."""
-    subs = [encode(None, config=config, fingerprint=f, layout=None, batches=0, cursor=None, origin=None)
-            for f in fingerprints]
-    if len(subs) == 1:
-        return subs[0]
-    return encode_mix(subs, config=config, layout=None, batches=0, weights=(), rows=(0,) * len(subs))
+def _listed(value: Position | Cursor | None) -> list | None:
+    return None if value is None else value.to_list()
 
 
-def carried_runs(old: dict[str, Any]) -> list[Run]:
-    """An old reader's buffered documents that an elastic resume carries over: all but those of the row
-    group it was in the middle of (``partial``), which the new run reads again whole."""
-    partial = old.get("partial")
-    return [r for r in unpack(old["docs"]) if partial is None or list(r.tag) != partial[:3]]
+def resumed_part(sub: dict[str, Any] | None, carried: tuple[dict[str, Any], ...]) -> Part:
+    """Where a source's feed goes on from: its exact state ``sub``, else (an elastic resume) the documents the
+    old readers ``carried`` buffered, but for those of the row group each was in the middle of (``partial``),
+    which the new run reads again whole."""
+    if sub is None:
+        runs = tuple(r for old in carried for r in unpack(old["docs"])
+                     if old["partial"] is None or list(r.tag) != old["partial"][:3])
+        return Part(None, 0, None, NOTHING.buffer, NOTHING.stats, sum(map(len, runs)), runs)
+    runs, skip = tuple(unpack(sub["docs"])), int(sub["skip"])
+    position = Position.from_list(sub["position"]) if sub["position"] is not None else None
+    partial = Position.from_list(sub["partial"]) if skip else None
+    return Part(position, skip, partial, NOTHING.buffer, sub["stats"], sum(map(len, runs)), runs)
 
 
 def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int], sources: int = 1
