@@ -26,7 +26,7 @@ from ..streaming.single import Stream, open_stream
 from ..streaming.streams import open_mix
 from ..text.load import as_tokenizer
 from . import resume
-from .length import RunLimit, epoch_rows, sample_rows, total_batches
+from .length import RunLimit, sample_rows, total_batches
 from .packing import PackStats, token_dtype
 from .pipeline import TokenIterator
 from .sharer import default_sharer
@@ -102,10 +102,11 @@ class TokenDataset(IterableDataset):
         tok = resume.tokenizer_fingerprint(self.tokenizer)
         return [{"data": d, "tokenizer": tok} for d in self._data_prints]
 
-    def _stream(self, k: int, layout: tuple[int, int, int], start: Position | Cursor | None = None, epochs: int | None = None,
-                replay: tuple[tuple[int, int], ...] = ()) -> Stream:
-        """Source ``k``'s stream (never started) for reader ``layout``, from ``start``, reading ``replay`` first."""
-        ranks = Ranks(*layout, drop_last=self.ranks.drop_last).resolved()
+    def _stream(self, k: int, layout: tuple[int, int, int] | None = None, start: Position | Cursor | None = None,
+                epochs: int | None = None, replay: tuple[tuple[int, int], ...] = ()) -> Stream:
+        """Source ``k``'s stream (never started) for reader ``layout`` (None: this rank), from ``start``, reading
+        ``replay`` first."""
+        ranks = self.ranks if layout is None else Ranks(*layout, drop_last=self.ranks.drop_last).resolved()
         options = replace(self._options, ranks=ranks, epochs=epochs, replay=replay)
         return open_stream(self.sources[k], options, self._cfg, start)
 
@@ -121,7 +122,7 @@ class TokenDataset(IterableDataset):
         batch_size`` (learns every row-group count of the epoch). A mix has no common epoch: use ``len(ds)``."""
         if self.weights is not None:
             raise LoaderError("a mix's sources have epochs of their own: use len(ds) for its batch count")
-        return epoch_rows(self, 0, epoch, None) // self.batch_size
+        return self._stream(0).epoch_length(epoch) * sample_rows(self, 0) // self.batch_size
 
     def __len__(self) -> int:
         """Batches every rank yields in this run (finite ``epochs``; after an elastic ``load_state_dict``, those

@@ -14,7 +14,7 @@ import torch
 from ..errors import LoaderError
 from .dataset import TokenDataset
 from .resume import Mark
-from .threads import Channel, End, background_thread
+from .threads import Channel, End, Receiver, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
@@ -176,7 +176,7 @@ def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch
             close()
 
 
-class CudaPrefetcher:
+class CudaPrefetcher(Receiver):
     """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them), read ``ahead`` batches
     ahead on a thread (unpinned tensors staged into ``ahead + 2`` reused pinned sets).
 
@@ -196,34 +196,14 @@ class CudaPrefetcher:
         if self._tokens is not None:
             self._tokens.hold(self._tokens.snapshot())  # nothing returned yet
         self._side = torch.cuda.Stream(self.device)
-        self._out = Channel(ahead)
+        super().__init__(ahead)
         self._state: Any = None
-        self._closed = False
-        self.wait_s = 0.0
         self.batches = 0
         self._thread = threading.Thread(target=_prefetch, name="nanostream-to-device", daemon=True,
                                         args=(self._it, self._out, self.device, self._side, ahead + 2, capture))
         self._thread.start()
 
-    def __iter__(self) -> CudaPrefetcher:
-        return self
-
-    def __next__(self) -> Any:
-        if self._closed:
-            raise StopIteration
-        t0 = time.perf_counter()
-        try:
-            item = self._out.get()
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self.wait_s += time.perf_counter() - t0
-        if isinstance(item, End):
-            self.close()
-            if item.error is not None:
-                raise item.error
-            raise StopIteration
+    def _received(self, item: tuple[Any, torch.cuda.Event, Any]) -> Any:
         out, done, state = item
         current = torch.cuda.current_stream(self.device)
         current.wait_event(done)
@@ -246,8 +226,7 @@ class CudaPrefetcher:
             return
         self._closed = True
         self._out.close()
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+        self._join()
 
     def __del__(self) -> None:
         if hasattr(self, "_thread"):

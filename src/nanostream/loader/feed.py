@@ -169,7 +169,7 @@ def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Curso
             yield from source_batches(ds, 0, layout, at, epochs=epochs, replay=replay, loop=loop)
             replay = ()
             yield Seam()
-        at = Cursor(epochs, shards=len(ds._stream(0, (0, 1, 1)).plan.shards))
+        at = Cursor(epochs, shards=len(ds._stream(0).plan.shards))
     yield from source_batches(ds, 0, layout, at, replay=replay, loop=loop)
 
 

@@ -4,7 +4,7 @@ iterator's batch count bounded from below by the row-group counts known, so that
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -18,15 +18,6 @@ from ..streaming.single import open_stream
 from ..streaming.streams import BatchIterator
 from .encode import doc_arrays
 from .packing import BestFitPacker, token_dtype
-from .threads import Closed
-
-if TYPE_CHECKING:
-    from ..streaming.single import Stream
-
-
-def count_stream(ds: Any, k: int, start: Cursor | None) -> Stream:
-    """Source ``k``'s stream (never started) at this rank's layout, from ``start``."""
-    return open_stream(ds.sources[k], ds._options, ds._cfg, start)
 
 
 def sample_rows(ds: Any, k: int) -> int:
@@ -47,21 +38,14 @@ def sample_rows(ds: Any, k: int) -> int:
     return ds._rows[k]
 
 
-def epoch_rows(ds: Any, k: int, epoch: int, start: Cursor | None) -> int:
-    """Rows every rank packs of source ``k`` in ``epoch``: its row groups there times ``sample_rows``."""
-    return count_stream(ds, k, start).epoch_length(epoch) * sample_rows(ds, k)
-
-
 def total_batches(ds: Any, origins: tuple[Cursor | None, ...], lengths: Any = None) -> int:
     """Batches every rank yields from ``origins`` (None: epoch 0) to the last epoch; a mix runs until the
     source that needs the most rows for its share is done. ``lengths(k, epoch, origin)`` gives each epoch's
     row groups (default: exact, learning every count it needs)."""
 
     def rows(k: int, e: int, o: Cursor | None) -> int:
-        if lengths is None:
-            return epoch_rows(ds, k, e, o)
         per_group = sample_rows(ds, k)  # first: reading the sample teaches its shard's count
-        return lengths(k, e, o) * per_group
+        return (lengths(k, e, o) if lengths is not None else ds._stream(k, None, o).epoch_length(e)) * per_group
 
     if ds.weights is None:
         origin = origins[0]
@@ -98,22 +82,22 @@ class RunLimit:
         first = origin.epoch if origin is not None else 0
         key = (k, int(epoch != first))
         if key not in self._tallies:
-            s = count_stream(self.ds, k, origin)
+            s = self.ds._stream(k, None, origin)
             self._tallies[key] = Tally(s.epoch_deal(epoch), s.book)
         return self._tallies[key].length_lower()
 
     def allows(self, batches: int) -> bool:
         """May batch number ``batches + 1`` be made? At once below the bound; past it, after learning every
-        count (``interrupt()`` from another thread ends that wait: ``Closed``)."""
+        count (``interrupt()`` from another thread ends that wait: ``CancelledError``)."""
         if self.value is None and batches >= self._bound:
             self._bound = self._share(total_batches(self.ds, self.origins, self._length))
             if batches >= self._bound:
                 self._runner = runner = LoopThread("nanostream-count")
+                if self._interrupted:  # before the runner was there: it runs nothing
+                    runner.close()
                 try:
-                    if self._interrupted:
-                        raise Closed
                     for k, origin in enumerate(self.origins):
-                        runner.run(count_stream(self.ds, k, origin).prepare())
+                        runner.run(self.ds._stream(k, None, origin).prepare())
                 finally:
                     runner.close()
                 self.value = self._share(total_batches(self.ds, self.origins))

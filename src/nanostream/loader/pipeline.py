@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -22,7 +21,7 @@ from . import resume
 from .feed import Feed, replay_keys, single_source, source_batches
 from .packing import BestFitPacker, token_dtype
 from .resume import Layout, Mark, Reader
-from .threads import Channel, End, background_thread
+from .threads import Channel, End, Receiver, background_thread
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class Assembly:
             self.schedule.taken = taken
 
 
-class TokenIterator:
+class TokenIterator(Receiver):
     """One pass of a TokenDataset: the consumer's side of its ``Assembly``.
 
     ``state`` is an exact resume state of this layout, or None; ``origins`` each source's cursor the run
@@ -124,9 +123,9 @@ class TokenIterator:
                  origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any], sink: Any,
                  carried: tuple[tuple[dict[str, Any], ...], ...],
                  note: Callable[[Mark, threading.Event], Any] | None = None) -> None:
+        super().__init__(ds.read_ahead.batches)
         self._last, self.layout, self._sink, self._limit = last, layout, sink, limit
         self._held: Mark | None = None
-        self._closed = False
         k = len(ds.sources)
         subs = (state["sources"] if k > 1 else [state]) if state is not None else [None] * k
         feeds = [_feed(ds, i, sub, layout, origins, carried) for i, sub in enumerate(subs)]
@@ -138,34 +137,14 @@ class TokenIterator:
                          "count from here")
                 rows = None
             schedule = Schedule(ds.weights, rows)
-        self._out = Channel(ds.read_ahead.batches)
         batches = int(state["batches"]) if state is not None else 0
         self._assembly = Assembly(feeds, sink, self._out, schedule, limit, Reader(ds, layout, origins), note, batches)
         self._mark = self._assembly.mark()
-        self.wait_s = 0.0  # time the consumer blocked in next()
         self._thread = threading.Thread(target=self._assembly.run, name="nanostream-assemble", daemon=True)
         self._thread.start()
 
     # -- the consumer --------------------------------------------------------------------------
-    def __iter__(self) -> TokenIterator:
-        return self
-
-    def __next__(self) -> Any:
-        if self._closed:
-            raise StopIteration
-        t0 = time.perf_counter()
-        try:
-            item = self._out.get()
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self.wait_s += time.perf_counter() - t0
-        if isinstance(item, End):
-            self.close()
-            if item.error is not None:
-                raise item.error
-            raise StopIteration
+    def _received(self, item: tuple[Any, Mark]) -> Any:
         batch, self._mark = item
         return self._sink.ready(batch)
 
@@ -210,8 +189,7 @@ class TokenIterator:
         self._out.close()
         if self._limit is not None:
             self._limit.interrupt()
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+        self._join()
         self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
 
     def __del__(self) -> None:

@@ -1,12 +1,13 @@
 """The loader's threads and cores: how a host's cores are split (``threads_for``), the producer threads'
-scheduling policy (``set_loader_idle``: Linux ``SCHED_IDLE``) and ``Channel``, the bounded hand-over
-between two threads that ``close()`` ends."""
+scheduling policy (``set_loader_idle``: Linux ``SCHED_IDLE``), ``Channel``, the bounded hand-over
+between two threads that ``close()`` ends, and ``Receiver``, the consumer's iterator over one."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -86,10 +87,6 @@ class End:
         self.error = error
 
 
-class Closed(Exception):
-    """Raised in a producer thread's wait that ``close()`` ended."""
-
-
 class Channel:
     """A bounded queue between two threads; ``close()`` wakes every waiter at once (no polling)."""
 
@@ -125,3 +122,48 @@ class Channel:
             self._closed = True
             self._items.clear()
             self._changed.notify_all()
+
+
+class Receiver:
+    """The consumer's side of a producer thread that puts items on ``self._out``: ``next()`` takes the next one
+    (``wait_s``: the time it blocked) until an ``End``, which closes this and raises the producer's error.
+    Subclasses say what an item becomes (``_received``), start ``self._thread`` and stop it (``close``)."""
+
+    _thread: threading.Thread
+
+    def __init__(self, size: int) -> None:
+        self._out = Channel(size)
+        self._closed = False
+        self.wait_s = 0.0
+
+    def __iter__(self) -> Receiver:
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise StopIteration
+        t0 = time.perf_counter()
+        try:
+            item = self._out.get()
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self.wait_s += time.perf_counter() - t0
+        if isinstance(item, End):
+            self.close()
+            if item.error is not None:
+                raise item.error
+            raise StopIteration
+        return self._received(item)
+
+    def _received(self, item: Any) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _join(self) -> None:
+        """Join the producer thread, unless this runs on it."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
