@@ -1,4 +1,4 @@
-"""Best-fit packer: same rows as the reference list-scanning loop, exact export/import, rollback."""
+"""Best-fit packer: same rows as the reference list-scanning loop, exact export/import, restore."""
 
 from __future__ import annotations
 
@@ -72,11 +72,11 @@ def packed_rows(groups, cap, n_rows, buffer_docs, packer=None, slack=0):
     rows = []
     for _ in range(n_rows):
         out = np.empty(cap, dtype=np.int64)
-        packer.begin()
+        saved = (packer.snapshot(), packer.stats.as_dict())
         if not packer.fill_row(out, refill):
-            packer.rollback()  # like the loader: an unfinished row (batch) leaves no trace
+            packer.restore(*saved)  # like the loader: an unfinished row (batch) leaves no trace
             break
-        packer.commit()
+        packer.compact()
         assert packer.held_tokens <= 2 * packer.alive_tokens + packer.compact_slack
         rows.append(out.tolist())
     return rows, packer, it
@@ -130,7 +130,7 @@ def test_rollback_restores_everything() -> None:
     _, packer, rest = packed_rows(groups, cap, 6, bd)
     before = (packer.snapshot().export(), packer.stats.as_dict(), packer.n_docs)
     rest = list(rest)
-    packer.begin()
+    saved = (packer.snapshot(), packer.stats.as_dict())
     out = np.empty(cap, dtype=np.int64)
     feed = iter(rest[:3])
 
@@ -144,7 +144,7 @@ def test_rollback_restores_everything() -> None:
     for _ in range(40):
         if not packer.fill_row(out, refill):
             break
-    packer.rollback()
+    packer.restore(*saved)
     after = (packer.snapshot().export(), packer.stats.as_dict(), packer.n_docs)
     assert np.array_equal(before[0][0], after[0][0]) and np.array_equal(before[0][1], after[0][1])
     assert before[1:] == after[1:]

@@ -64,7 +64,7 @@ def tokenizing_distributed_data_loader_with_state_bos_bestfit(
         else:
             gather = StateGather(store, rank, world_size, str(next(_RUNS)))
     note = functools.partial(_note, world_size, rank, gather)
-    return _with_state(token_batches(ds, torch.device(device), note), torch.device(device), state)
+    return _batches(token_batches(ds, torch.device(device), note), torch.device(device), state)
 
 
 def tokenizing_distributed_data_loader_bos_bestfit(
@@ -77,7 +77,7 @@ def tokenizing_distributed_data_loader_bos_bestfit(
     ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, data, config,
                   shuffle=shuffle, seed=seed, read_ahead=read_ahead, cache_limit=cache_limit, retry=retry)
     _load(ds, resume_state_dict)
-    return _plain(token_batches(ds, torch.device(device)), torch.device(device))
+    return _batches(token_batches(ds, torch.device(device)), torch.device(device))
 
 
 def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer_batch_size: int, buffer_size: int,
@@ -165,25 +165,17 @@ def _log_fields(state: dict[str, Any]) -> dict[str, int]:
     return {"epoch": int(pos[0]) + 1, "pq_idx": int(pos[1]), "rg_idx": int(pos[2])}
 
 
-def _with_state(it: Any, device: torch.device, first: dict[str, Any]
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
-    state = first
+def _batches(it: Any, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+    """``(x, y)`` per batch of ``it``; given the first ``state``, ``(x, y, state)``. CPU and CUDA batches come as
+    they are; another device's (``mps``) are copied there."""
     try:
         for x, y in it:
-            yield _on(x, device), _on(y, device), state
-            state = it.note  # the state after that batch: the one to resume at the next
+            if device.type not in ("cpu", "cuda"):
+                x, y = x.to(device), y.to(device)
+            if state is None:
+                yield x, y
+            else:
+                yield x, y, state
+                state = it.note  # the state after that batch: the one to resume at the next
     finally:
         it.close()
-
-
-def _plain(it: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    try:
-        for x, y in it:
-            yield _on(x, device), _on(y, device)
-    finally:
-        it.close()
-
-
-def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """CPU and CUDA batches come as they are; another device's (``mps``) are copied there."""
-    return t if device.type in ("cpu", "cuda") else t.to(device)

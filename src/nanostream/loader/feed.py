@@ -83,14 +83,10 @@ class Feed:
         return Part(self.position, self.skip, self.partial if self.skip else None, p.snapshot(), p.stats.as_dict(),
                     p.n_docs)
 
-    def begin(self) -> tuple[Position | None, int, Position | None]:
-        """Start a batch: a transaction on the packer, and the resume fields to go back to."""
-        self.packer.begin()
-        return self.position, self.skip, self.partial
-
-    def rollback(self, saved: tuple[Position | None, int, Position | None]) -> None:
-        self.packer.rollback()  # the buffer matches the last batch finished
-        self.position, self.skip, self.partial = saved
+    def restore(self, part: Part) -> None:
+        """Go back to ``part``, one this feed made since it started (a batch the data ended in is undone)."""
+        self.packer.restore(part.buffer, part.stats)
+        self.position, self.skip, self.partial = part.position, part.skip, part.partial
 
     def refill(self) -> bool:
         """Move the next tokenized piece into the packer; False at the end of the data (or at a Seam)."""

@@ -1,9 +1,8 @@
 """BOS-aligned best-fit packing of tokenized documents into fixed-length rows (``BestFitPacker``, nanochat's rule;
-numpy only). A batch is a transaction (``begin``/``commit``/``rollback``)."""
+numpy only). A batch that cannot be finished is undone (``restore``)."""
 
 from __future__ import annotations
 
-import copy
 from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable
@@ -120,7 +119,6 @@ class BestFitPacker:
         self._parts: dict[int, BufferPart] = {}  # each buffered chunk's snapshot part, in arrival order ...
         self._changed: list[_Chunk] = []  # ... but for these chunks', which changed since the last snapshot
         self._serial = 0
-        self._saved: tuple[BufferSnapshot, PackStats] | None = None  # the buffer and counters at ``begin()``
         self._snapshot: BufferSnapshot | None = None  # the buffer as it is, until it changes
 
     # -- buffer ------------------------------------------------------------------------------
@@ -224,21 +222,14 @@ class BestFitPacker:
                 st.docs_cropped += cropped
                 st.tokens_cropped += cropped_tokens
 
-    # -- batch transactions ------------------------------------------------------------------
-    def begin(self) -> None:
-        """Remember the buffer and counters, so that ``rollback()`` can go back to them."""
-        self._saved = (self.snapshot(), copy.copy(self.stats))
-
-    def commit(self) -> None:
-        """End the batch; compact when the kept arrays outweigh the buffer (bounded memory)."""
-        self._saved = None
+    # -- between batches ---------------------------------------------------------------------
+    def compact(self) -> None:
+        """Copy the buffer into smaller arrays when the kept ones outweigh it (bounded memory)."""
         if self.held_tokens > 2 * self.alive_tokens + self.compact_slack:
             self._rebuild(self.snapshot().parts)
             self.compactions += 1
 
-    def rollback(self) -> None:
-        """Go back to the buffer and counters of ``begin()``."""
-        if self._saved is not None:
-            buffer, stats = self._saved
-            self._rebuild(buffer.parts)
-            self.stats, self._saved = stats, None
+    def restore(self, buffer: BufferSnapshot, stats: dict[str, int]) -> None:
+        """Go back to ``buffer`` (a ``snapshot()`` of this packer) and the counters ``stats``."""
+        self._rebuild(buffer.parts)
+        self.stats = PackStats(**stats)

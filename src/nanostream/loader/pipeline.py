@@ -49,6 +49,7 @@ class Assembly:
         try:
             for f in self.feeds:
                 f.start(pool, loop)
+            self.last = self.mark()  # where an unfinished batch goes back to
             while not self.stopping.is_set():
                 item = self._next_batch()
                 if not self.out.put(item) or isinstance(item, End):
@@ -65,28 +66,21 @@ class Assembly:
     def _next_batch(self) -> tuple[Any, Mark] | End:
         """The next finished batch and its Mark, or End. The batch the data ends in is dropped (its documents
         stay buffered); with one source, at a ``Seam`` it is packed again reading on, if the limit allows."""
-        feeds, schedule = self.feeds, self.schedule
+        feeds = self.feeds
         while True:
             if self.limit is not None and not self.limit.allows(self.batches):
                 return End()
             rows = self.sink.rows()
-            saved = [f.begin() for f in feeds]
-            taken = list(schedule.taken) if schedule is not None else []
-            try:
-                full = self._pack(rows)
-            except BaseException:
-                self._undo(saved, taken)
-                raise
-            if full:
+            if self._pack(rows):
                 break
-            self._undo(saved, taken)
+            self._undo()
             if not (len(feeds) == 1 and feeds[0].at_seam and self.limit is not None):
                 return End()
             feeds[0].at_seam = False
         for f in feeds:
-            f.packer.commit()
+            f.packer.compact()
         self.batches += 1
-        mark = self.mark()
+        self.last = mark = self.mark()
         if self.note is not None:
             mark = replace(mark, note=self.note(mark, self.stopping))
         return self.sink.finish(rows), mark
@@ -102,11 +96,12 @@ class Assembly:
                 schedule.add(k, 1)
         return True
 
-    def _undo(self, saved: list, taken: list[int]) -> None:
-        for f, s in zip(self.feeds, saved, strict=True):
-            f.rollback(s)
+    def _undo(self) -> None:
+        """Go back to the last batch's mark."""
+        for f, part in zip(self.feeds, self.last.parts, strict=True):
+            f.restore(part)
         if self.schedule is not None:
-            self.schedule.taken = taken
+            self.schedule.taken = list(self.last.rows)
 
 
 class TokenIterator(Receiver):
