@@ -297,10 +297,11 @@ def test_resume_with_other_config_or_stride_fails(data: Path) -> None:
     assert ids_of(segments(other)) and other.stats()["batches"] == len(other)
 
 
-@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"seq_len": 0}, {"split": "test"}, {"buffer_docs": 0},
-                                {"rows_per_row_group": 0}])
-def test_bad_arguments(data: Path, kw: dict) -> None:
-    with pytest.raises(LoaderError):
+@pytest.mark.parametrize(("kw", "error"), [({"batch_size": 0}, LoaderError), ({"seq_len": 0}, LoaderError),
+                                           ({"split": "test"}, ConfigError), ({"buffer_docs": 0}, LoaderError),
+                                           ({"rows_per_row_group": 0}, LoaderError)])
+def test_bad_arguments(data: Path, kw: dict, error: type) -> None:
+    with pytest.raises(error):
         make(data, **kw)
     with pytest.raises(ConfigError, match="ReadAhead"):
         make(data, read_ahead=ReadAhead(batches=0))

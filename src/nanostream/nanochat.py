@@ -49,8 +49,7 @@ def tokenizing_distributed_data_loader_with_state_bos_bestfit(
         data: Data = None, shuffle: bool = False, seed: int = 0, read_ahead: ReadAhead | None = None,
         cache_limit: int | str | None = None, retry: RetryPolicy | None = None,
         config: Config | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
-    """nanochat's loader with state: yields ``(x, y, state)``; ``state`` resumes at the batch it came with
-    (module docstring). The keyword arguments after nanochat's are ``TokenDataset``'s (opt in)."""
+    """nanochat's loader with state: yields ``(x, y, state)``; ``state`` resumes at the batch it came with."""
     ds = _dataset(tokenizer, B, T, split, tokenizer_threads, tokenizer_batch_size, buffer_size, data, config,
                   shuffle=shuffle, seed=seed, read_ahead=read_ahead, cache_limit=cache_limit, retry=retry)
     state = _load(ds, resume_state_dict)
@@ -106,8 +105,7 @@ def _is_folder(source: Source) -> bool:
 
 
 def _adapted(tokenizer: Any, threads: int) -> Any:
-    """``as_tokenizer(tokenizer)``, made once per tokenizer object and thread count (base_train.py makes a
-    val loader at every evaluation: its fast encoder is built and checked once)."""
+    """``as_tokenizer(tokenizer)``, made once per tokenizer object and thread count (one per val loader else)."""
     try:
         made = _ADAPTED.setdefault(tokenizer, {})
     except TypeError:  # not weakly referenceable: adapt it each time

@@ -5,7 +5,6 @@ resume, mixes)."""
 from __future__ import annotations
 
 import functools
-import logging
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -33,8 +32,6 @@ from .sharer import default_sharer
 
 __all__ = ["TokenDataset"]
 
-log = logging.getLogger(__name__)
-SPLITS = ("train", "val")
 
 
 class TokenDataset(IterableDataset):
@@ -54,16 +51,11 @@ class TokenDataset(IterableDataset):
                  shuffle: bool = False, seed: int = 0, ranks: Ranks | None = None,
                  read_ahead: ReadAhead | None = None, cache_limit: int | str | None = None,
                  retry: RetryPolicy | None = None, buffer_docs: int = 1000, config: Config | None = None) -> None:
-        if split not in SPLITS:
-            raise LoaderError(f"unknown split {split!r}: use 'train' or 'val'")
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("buffer_docs", buffer_docs)):
             if not isinstance(value, int) or value < 1:
                 raise LoaderError(f"TokenDataset {name} must be an integer >= 1, got {value!r}")
         tokenizer = as_tokenizer(tokenizer)  # nanochat's tokenizer object, a tokenizers.Tokenizer, ...
-        try:
-            token_dtype(tokenizer.vocab_size)
-        except ValueError as exc:
-            raise LoaderError(str(exc)) from exc
+        token_dtype(tokenizer.vocab_size)  # its ids fit an array dtype
         self.split, self.tokenizer = split, tokenizer
         self.batch_size, self.seq_len, self.buffer_docs, self.epochs = batch_size, seq_len, buffer_docs, epochs
         self.sources = sources_of(data)
@@ -97,36 +89,31 @@ class TokenDataset(IterableDataset):
 
     @functools.cached_property
     def _fingerprints(self) -> list[dict[str, str]]:
-        """Each source's data and tokenizer fingerprints (the tokenizer's on first use: it encodes, and its errors
-        belong to the first batch, not to the constructor)."""
+        """Each source's data and tokenizer fingerprints (the tokenizer's made on first use: it encodes)."""
         tok = resume.tokenizer_fingerprint(self.tokenizer)
         return [{"data": d, "tokenizer": tok} for d in self._data_prints]
 
     def _stream(self, k: int, layout: tuple[int, int, int] | None = None, start: Position | Cursor | None = None,
                 epochs: int | None = None, replay: tuple[tuple[int, int], ...] = ()) -> Stream:
-        """Source ``k``'s stream (never started) for reader ``layout`` (None: this rank), from ``start``, reading
-        ``replay`` first."""
+        """Source ``k``'s stream (never started) for reader ``layout`` (None: this rank's), from ``start``."""
         ranks = self.ranks if layout is None else Ranks(*layout, drop_last=self.ranks.drop_last).resolved()
         options = replace(self._options, ranks=ranks, epochs=epochs, replay=replay)
         return open_stream(self.sources[k], options, self._cfg, start)
 
     # -- how many batches (length.py) ----------------------------------------------------------
     def rows_per_row_group(self) -> int | list[int]:
-        """Full rows packed from one row group alone (the first of epoch 0's global order, the same on every
-        node) with this dataset's tokenizer, ``seq_len`` and ``buffer_docs``; a list for a mix. Read once."""
+        """Full rows packed from one row group alone (``length.sample_rows``); a list for a mix."""
         rows = [sample_rows(self, k) for k in range(len(self.sources))]
         return rows if self.weights is not None else rows[0]
 
     def epoch_batches(self, epoch: int = 0) -> int:
-        """Batches every rank yields in ``epoch``: ``row groups each rank reads * rows_per_row_group() //
-        batch_size`` (learns every row-group count of the epoch). A mix has no common epoch: use ``len(ds)``."""
+        """Batches every rank yields in ``epoch``: its row groups * ``rows_per_row_group()`` // ``batch_size``."""
         if self.weights is not None:
             raise LoaderError("a mix's sources have epochs of their own: use len(ds) for its batch count")
         return self._stream(0).epoch_length(epoch) * sample_rows(self, 0) // self.batch_size
 
     def __len__(self) -> int:
-        """Batches every rank yields in this run (finite ``epochs``; after an elastic ``load_state_dict``, those
-        left from its cursors). Asked early, it learns every row-group count now; iterating never waits for it."""
+        """Batches every rank yields in this run (after a ``load_state_dict``, those left); learns every count."""
         if self.epochs is None:
             raise TypeError("TokenDataset with epochs=None is endless: it has no len()")
         origins = self._origins
@@ -155,12 +142,9 @@ class TokenDataset(IterableDataset):
         self._live = weakref.ref(it)
         return it
 
-    def _current(self) -> TokenIterator | None:
-        return self._live() if self._live is not None else None
-
     def state_dict(self) -> dict[str, Any]:
         """Resume state after the last batch this process's current iterator returned (JSON-able)."""
-        it = self._current()
+        it = self._live() if self._live is not None else None
         if it is not None:
             return it.state_dict()
         if "snapshot" in self._last:
@@ -187,9 +171,8 @@ class TokenDataset(IterableDataset):
         self._live, self._last = None, {}
 
     def stats(self) -> dict[str, Any]:
-        """Counters of the current iterator: documents, tokens, ``crop_fraction``, ``wait_s`` (and, for a
-        mix, ``sources``: each source's tokens and share)."""
-        it = self._current()
+        """Counters of the current iterator (``Mark.stats``) and ``wait_s``, the time its ``next()`` waited."""
+        it = self._live() if self._live is not None else None
         if it is not None:
             return it.stats()
         if "snapshot" in self._last:
@@ -220,8 +203,7 @@ class HostSink:
 
 
 def fix_rows_per_row_group(ds: TokenDataset, rows: int | list[int]) -> TokenDataset:
-    """Internal (benches, tests): take ``rows`` as ``ds.rows_per_row_group()`` instead of reading it (every rank
-    must be given the same)."""
+    """Internal (benches, tests): take ``rows`` as ``ds.rows_per_row_group()`` instead of reading it."""
     given = rows if isinstance(rows, list) else [rows]
     if len(given) != len(ds.sources) or any(not isinstance(r, int) or r < 1 for r in given):
         raise LoaderError(f"rows_per_row_group must be an integer >= 1 (a list of one per source for a mix), "

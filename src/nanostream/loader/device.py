@@ -22,8 +22,7 @@ EVENT_POLL_S = 0.0002  # how often a producer thread looks whether a copy it wai
 
 
 def _wait_host(event: torch.cuda.Event) -> None:
-    """Wait on this (producer) thread for ``event`` by polling ``query()``: no blocking CUDA call, so
-    ``torch.cuda.set_sync_debug_mode("error")`` holds over the whole data path."""
+    """Wait on this (producer) thread for ``event`` by polling ``query()``: no blocking CUDA call."""
     while not event.query():
         time.sleep(EVENT_POLL_S)
 
@@ -65,8 +64,7 @@ def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2)
 
 
 def token_batches(ds: TokenDataset, device: torch.device, note: Any = None) -> Any:
-    """A new ``TokenDataset`` iterator: on CUDA its batches packed into the pinned ring (``PinnedRowsSink``),
-    else CPU tensors (``note``: see ``TokenDataset._iterate``)."""
+    """A new ``TokenDataset`` iterator: on CUDA its batches packed into the pinned ring, else CPU tensors."""
     sink = PinnedRowsSink(ds.batch_size, ds.seq_len + 1, _cuda(device), slots=ds.read_ahead.batches + 2) \
         if device.type == "cuda" else None
     return ds._iterate(sink, note)
@@ -147,8 +145,7 @@ class _PinnedRing:
 
 def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch.cuda.Stream, slots: int,
               capture: Any) -> None:
-    """Thread body: batches of ``it`` started on their way to ``device``, with their events and the
-    source's resume state, onto ``out``. Closes ``it`` (if it can be closed) when it returns."""
+    """Thread body: batches of ``it`` on their way to ``device``, their events and resume states, onto ``out``."""
     background_thread()
     ring = _PinnedRing(slots)
     try:

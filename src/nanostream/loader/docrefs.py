@@ -17,8 +17,7 @@ FORMAT = 2  # the packed layout below; a string of another layout is refused
 
 @dataclass(frozen=True)
 class Run:
-    """Consecutive buffered documents of one row group: ``tag`` is ``(epoch, shard, row_group)``, ``ids`` their
-    numbers in it, ascending."""
+    """Buffered documents of one row group ``tag`` (``(epoch, shard, row_group)``), ``ids`` ascending."""
 
     tag: tuple[int, int, int]
     ids: np.ndarray

@@ -39,7 +39,7 @@ def bos_first(tokens: np.ndarray, offsets: np.ndarray, bos_id: int, dtype: np.dt
 
 class DocBytes:
     """``doc_bytes(ids)``: the bytes of ``[bos_id, *ids]`` as native-order ``dtype`` (uint16 or int32) values
-    (LoaderError if an id does not fit). Thread-safe; a bounded cache of ``struct.Struct`` objects per length."""
+    (LoaderError if an id does not fit)."""
 
     MAX_CACHED = 4096
 
@@ -66,8 +66,7 @@ class DocBytes:
 
 
 def join_docs(ids_of: Iterable[Sequence[int]], to_bytes: DocBytes, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` documents' ids as one BOS-first ``(tokens, lengths)`` (``tokens`` read-only), each document turned
-    into bytes as soon as it is encoded."""
+    """The ``n`` documents' ids as one BOS-first ``(tokens, lengths)`` (``tokens`` read-only)."""
     parts = [to_bytes(ids) for ids in ids_of]
     if len(parts) != n:
         raise LoaderError(f"the tokenizer returned {len(parts)} id lists for {n} texts")
@@ -118,8 +117,7 @@ def doc_arrays(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype) -> tuple
 
 def _pieces(flat: tuple[np.ndarray, np.ndarray], n: int, bos: int, dtype: np.dtype,
             piece_docs: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A task's ``(tokens, offsets)`` for ``n`` texts as BOS-first ``(tokens, lengths)`` per piece of ``piece_docs``
-    documents."""
+    """A task's ``(tokens, offsets)`` for ``n`` texts as BOS-first ``(tokens, lengths)`` per ``piece_docs``."""
     tokens, offsets = flat
     if len(offsets) != n + 1:
         raise LoaderError(f"the tokenizer returned {len(offsets) - 1} id lists for {n} texts")

@@ -26,8 +26,7 @@ PIECE_DOCS = 128  # documents moved into the packing buffer at a time (and encod
 
 
 class Seam:
-    """Yielded by a source between the run's own epochs and the ones after them, which a reader whose data ran
-    short reads on into (``TokenDataset``'s equal batch counts); the feed stops there (``at_seam``)."""
+    """Yielded by a source between the run's own epochs and the ones after them; the feed stops there."""
 
 
 def replay_keys(runs: Sequence[Run]) -> tuple[tuple[int, int], ...]:
@@ -94,7 +93,6 @@ class Feed:
             if not self._next_task():
                 return False
         position, first, tokens, lengths, last = self._pieces.popleft()
-        # tagged: which row group each document came from, and its number there
         self.packer.add(tokens, lengths, position, np.arange(first, first + len(lengths), dtype=np.int64))
         if last:
             self.position, self.skip = position, 0
@@ -103,8 +101,7 @@ class Feed:
         return True
 
     def _next_task(self) -> bool:
-        """Queue the next row groups' encoding, then wait for the oldest row group's next task and hold its
-        pieces (the encoding threads go on with the rest meanwhile); False if no row group is left."""
+        """Wait for the oldest row group's next encoding task and hold its pieces; False if none is left."""
         self._queue_ahead()
         if not self._queued:
             if self._error is not None:
@@ -146,8 +143,7 @@ class Feed:
 def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Position | Cursor | None,
                    epochs: int | None = None, replay: tuple[tuple[int, int], ...] = (), *,
                    loop: LoopThread) -> Iterator[Any]:
-    """Source ``k``'s batches for reader ``layout``, from ``start``, on ``loop`` (the iterator's); its stream is
-    closed however this ends."""
+    """Source ``k``'s batches for reader ``layout``, from ``start``, on ``loop`` (the iterator's)."""
     with BatchIterator(ds._stream(k, layout, start, epochs, replay), loop) as it:
         yield from it
 
@@ -155,7 +151,7 @@ def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Positio
 def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Cursor | None, partial: Position | None,
                   replay: tuple[tuple[int, int], ...] = (), *, loop: LoopThread) -> Iterator[Any]:
     """One source's batches for a run: its epochs, a ``Seam``, then the next epochs' order (which only a
-    reader whose data ran short reads on into); the first stream reads the ``replay`` row groups first."""
+    reader whose data ran short reads on into)."""
     epochs, at = ds.epochs, start
     if epochs is None:
         yield from source_batches(ds, 0, layout, at, replay=replay, loop=loop)

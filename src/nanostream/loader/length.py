@@ -21,8 +21,7 @@ from .packing import BestFitPacker, token_dtype
 
 
 def sample_rows(ds: Any, k: int) -> int:
-    """Full rows packed from source ``k``'s sample row group alone (the first of epoch 0's global order, the
-    same on every node; read once, then kept)."""
+    """Full rows packed from source ``k``'s first row group of epoch 0 alone (the same on every node; kept)."""
     if ds._rows[k] is None:
         o: Options = ds._options
         one = replace(o, ranks=Ranks(0, 1, 1), epochs=1, read_ahead=replace(o.read_ahead, files=0))  # that shard
@@ -64,8 +63,8 @@ def total_batches(ds: Any, origins: tuple[Cursor | None, ...], lengths: Any = No
 
 
 class RunLimit:
-    """The batches one iterator (a DataLoader worker's share of its rank's) makes: answered at once below a lower
-    bound made of the row-group counts known so far, learning the rest only past it."""
+    """The batches one iterator (a DataLoader worker's share of its rank's) makes, known at once below a lower
+    bound from the row-group counts known so far."""
 
     def __init__(self, ds: Any, origins: tuple[Cursor | None, ...], worker: int, workers: int) -> None:
         self.ds, self.origins, self.worker, self.workers = ds, origins, worker, workers

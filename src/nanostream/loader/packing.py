@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import LoaderError
+
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest array dtype holding every token id (uint16 up to 65536 ids, else int32)."""
@@ -17,12 +19,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
         return np.dtype(np.uint16)
     if vocab_size <= 1 << 31:
         return np.dtype(np.int32)
-    raise ValueError(f"vocab_size {vocab_size} does not fit in int32 token ids")
+    raise LoaderError(f"vocab_size {vocab_size} does not fit in int32 token ids")
 
 
 class _Chunk:
-    """Documents sharing a flat token array; ``tag``: where they came from (their row group's position),
-    ``ids``: each one's number there (None: not known), both kept through compaction."""
+    """Documents sharing a flat token array; ``tag``: their row group's position, ``ids``: their numbers there."""
 
     __slots__ = ("alive", "frozen", "ids", "lengths", "n_alive", "serial", "starts", "tag", "tokens")
 
@@ -105,8 +106,6 @@ class BestFitPacker:
     ``buffer_docs`` documents are buffered before a placement, as the reference loop does."""
 
     def __init__(self, buffer_docs: int, *, compact_slack: int = 1 << 18) -> None:
-        if buffer_docs < 1:
-            raise ValueError(f"buffer_docs must be >= 1, got {buffer_docs}")
         self.buffer_docs = buffer_docs
         self.compact_slack = compact_slack
         self.stats = PackStats()
@@ -149,8 +148,7 @@ class BestFitPacker:
         return chunk
 
     def _rebuild(self, parts: list[BufferPart]) -> None:
-        """Make the buffer hold exactly ``parts`` (a snapshot's), each copied into a smaller array (tags and
-        numbers kept; oldest first, so every placement decision stays the same)."""
+        """Make the buffer hold exactly ``parts`` (a snapshot's, oldest first), each copied into a smaller array."""
         self._fifo, self._lens, self._snapshot = {}, [], None
         self._parts, self._changed = {}, []
         self.n_docs = self.alive_tokens = self.held_tokens = 0

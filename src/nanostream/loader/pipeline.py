@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class Assembly:
-    """The assembly thread's side of a ``TokenIterator`` (kept apart from it, so that dropping the iterator
-    stops the thread): packs ``(batch, Mark)`` pairs onto ``out`` until the data ends, fails or ``stopping``."""
+    """The assembly thread's side of a ``TokenIterator`` (apart, so that dropping the iterator stops the thread)."""
 
     def __init__(self, feeds: list[Feed], sink: Any, out: Channel, schedule: Schedule | None, limit: Any,
                  reader: Reader, note: Callable[[Mark, threading.Event], Any] | None, batches: int) -> None:
@@ -105,14 +104,9 @@ class Assembly:
 
 
 class TokenIterator(Receiver):
-    """One pass of a TokenDataset: the consumer's side of its ``Assembly``.
-
-    ``state`` is an exact resume state of this layout, or None; ``origins`` each source's cursor the run
-    started from (None: epoch 0); ``carried`` each source's old states whose buffered documents an elastic
-    resume carries over; ``limit`` the batches this reader makes in the run (a ``length.RunLimit``; None:
-    until the data ends); ``last`` where ``close()`` leaves the final snapshot; ``sink`` makes the batches
-    (``rows``/``finish`` on the assembly thread, ``ready`` on the consumer's); ``note(snapshot, stopping)``
-    runs on the assembly thread after each batch, its result rides on the batch's ``Mark``."""
+    """One pass of a TokenDataset: the consumer's side of its ``Assembly``. ``state``, ``origins``, ``carried``:
+    ``resume.plan``'s; ``limit``: a ``length.RunLimit`` or None; ``last``: where ``close()`` leaves the final
+    mark; ``note(mark, stopping)`` runs on the assembly thread after each batch, its result on the ``Mark``."""
 
     def __init__(self, ds: Any, layout: Layout, state: dict[str, Any] | None,
                  origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any], sink: Any,
@@ -158,8 +152,7 @@ class TokenIterator(Receiver):
         return self._mark
 
     def hold(self, snap: Mark | None) -> None:
-        """Report ``snap`` from ``state_dict()`` until ``hold(None)``: for a consumer that reads batches ahead
-        (``device.CudaPrefetcher``), so the state matches what the training loop has received."""
+        """Report ``snap`` from ``state_dict()`` until ``hold(None)`` (for ``device.CudaPrefetcher``, which reads ahead)."""
         self._held = snap
 
     def state_dict(self) -> dict[str, Any]:
@@ -169,8 +162,7 @@ class TokenIterator(Receiver):
         return {**(self._held or self.snapshot()).stats(), "wait_s": self.wait_s}
 
     def close(self) -> None:
-        """Stop and join the assembly thread, which closes the streams and encoding threads (idempotent; also
-        run when the iterator is dropped, then without the log line)."""
+        """Stop and join the assembly thread, which closes the streams and encoding threads (idempotent)."""
         if self._closed:
             return
         self._stop()

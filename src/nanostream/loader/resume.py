@@ -29,8 +29,7 @@ Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader
 
 
 class Reader:
-    """Who an iterator reads as: its dataset, layout and origins, and the streams (never started) that global
-    cursors are computed with, made on first use (shared by the iterator and its marks)."""
+    """Who an iterator reads as (dataset, layout, origins), and the streams global cursors are computed with."""
 
     def __init__(self, ds: Any, layout: Layout, origins: tuple[Cursor | None, ...]) -> None:
         self.ds, self.layout, self.origins = ds, layout, origins
@@ -97,15 +96,13 @@ def counters(stats: dict[str, int], **more: Any) -> dict[str, Any]:
 
 
 def data_fingerprint(plan: Plan) -> str:
-    """The split's files as the catalog lists them (paths, sizes, checksums), hashed: documents are named by
-    (shard, row group, number), which mean the same documents only over the same files."""
+    """The split's files as the catalog lists them (paths, sizes, checksums), hashed."""
     files = [(f.path, f.size, f.sha256, f.md5) for f in (plan.files[s] for s in plan.shards)]
     return hashlib.sha256(json.dumps([plan.options.split, files]).encode()).hexdigest()[:16]
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
-    """The tokenizer's ids (BOS-first, as the loader encodes) on the identity sample, hashed: a resumed
-    reader tokenizes its buffered documents again, which gives the same tokens only with the same ids."""
+    """The tokenizer's ids (BOS-first, as the loader encodes) on the identity sample, hashed."""
     dtype = token_dtype(tokenizer.vocab_size)
     tokens, lengths = doc_arrays(tokenizer, list(SAMPLE), dtype)
     h = hashlib.sha256(f"{tokenizer.vocab_size}/{tokenizer.bos_id}/".encode())
@@ -145,9 +142,8 @@ def _listed(value: Position | Cursor | None) -> list | None:
 
 
 def resumed_part(sub: dict[str, Any] | None, carried: tuple[dict[str, Any], ...]) -> Part:
-    """Where a source's feed goes on from: its exact state ``sub``, else (an elastic resume) the documents the
-    old readers ``carried`` buffered, but for those of the row group each was in the middle of (``partial``),
-    which the new run reads again whole."""
+    """Where a source's feed goes on from: its exact state ``sub``, else (elastic) the documents the old readers
+    ``carried`` buffered but for those of the row group each was in (``partial``: read again whole)."""
     if sub is None:
         runs = tuple(r for old in carried for r in unpack(old["docs"])
                      if old["partial"] is None or list(r.tag) != old["partial"][:3])

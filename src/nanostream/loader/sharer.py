@@ -85,8 +85,7 @@ class StoreSharer(StoreClient):
 
 
 class StateGather(StoreClient):
-    """Every rank's resume state for a batch index, gathered to rank 0 (``run`` names the loader: every
-    rank makes its loaders in the same order, so the same ``run`` means the same loader)."""
+    """Every rank's resume state for a batch index, gathered to rank 0 (``run`` names the loader)."""
 
     def __init__(self, store: Any, rank: int, world_size: int, run: str) -> None:
         super().__init__(store)

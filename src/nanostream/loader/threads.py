@@ -47,9 +47,8 @@ class ThreadPlan:
 def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, cores: int = 0,
                 loader_idle: bool = False) -> ThreadPlan:
     """The thread split for training on ``device`` with ``cores`` cores (0: this process's): on CPU the loader
-    gets one core and torch the rest; on CUDA torch gets 1 (2 from 8 cores) and the loader the rest
-    (docs/loader.md says why). ``torch_threads`` > 0 overrides torch's share; ``loader_idle``: see
-    ``set_loader_idle``."""
+    gets one core, on CUDA torch gets 1 (2 from 8 cores), the other the rest. ``torch_threads`` > 0 overrides
+    torch's share."""
     import torch  # imported here: the assembly thread's modules (``pipeline.py``) never import torch
 
     dev = torch.device(device)
@@ -64,8 +63,7 @@ def threads_for(device: str | torch.device = "cpu", torch_threads: int = 0, core
 
 
 def set_loader_idle(idle: bool) -> None:
-    """Run the producer threads of loaders started from now on under ``SCHED_IDLE`` (Linux), so that the
-    training thread never waits for a core they hold."""
+    """Run the producer threads of loaders started from now on under ``SCHED_IDLE`` (Linux)."""
     global _loader_idle
     _loader_idle = bool(idle)
 
