@@ -28,6 +28,7 @@ from .loader.feed import PIECE_DOCS
 from .loader.resume import Mark
 from .loader.sharer import StateGather, default_store
 from .retry import RetryPolicy
+from .sources.catalog import say_once
 from .sources.spec import Source
 from .streaming.plan import ReadAhead
 from .streaming.ranks import Ranks
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # the "nanostream" entry's layout
 _RUNS = itertools.count()  # loaders with state made in this process: every rank counts the same
 _ADAPTED: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
-_SAID: set[Any] = set()  # tokenizer_batch_size values said to be unused
 
 
 def tokenizing_distributed_data_loader_with_state_bos_bestfit(
@@ -83,10 +83,9 @@ def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer
              data: Data, config: Config | None, **options: Any) -> TokenDataset:
     """The endless TokenDataset of this rank, over nanochat's folder unless ``data`` says otherwise: a dataset
     name, URL or ``Source`` without ``folder=`` downloads into nanochat's folder."""
-    if tokenizer_batch_size != PIECE_DOCS and tokenizer_batch_size not in _SAID:
-        _SAID.add(tokenizer_batch_size)
-        log.warning("tokenizer_batch_size=%s is not used: nanostream refills the buffer %d documents at a time, "
-                    "as nanochat's default does", tokenizer_batch_size, PIECE_DOCS)
+    if tokenizer_batch_size != PIECE_DOCS:
+        say_once(f"tokenizer_batch_size={tokenizer_batch_size}", f"tokenizer_batch_size={tokenizer_batch_size} is not "
+                 f"used: nanostream refills the buffer {PIECE_DOCS} documents at a time, as nanochat's default does")
     cfg = config or Config.from_env()
     if data is None:
         data = cfg.nanochat_data_dir()

@@ -15,19 +15,19 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import Config, parse_cache_limit
-from ..errors import LoaderError
+from ..errors import ConfigError, LoaderError
 from ..retry import RetryPolicy
 from ..sources.spec import Source, normalized, sources_of
 from ..streaming.order import Cursor
 from ..streaming.plan import Options, Position, ReadAhead
 from ..streaming.ranks import Ranks, worker_stride
 from ..streaming.single import Stream, open_stream
-from ..streaming.streams import open_mix
+from ..streaming.streams import BatchIterator, open_mix
 from ..text.load import as_tokenizer
 from . import resume
-from .length import RunLimit, sample_rows, total_batches
-from .packing import PackStats, token_dtype
-from .pipeline import TokenIterator
+from .encode import doc_arrays
+from .packing import BestFitPacker, PackStats, token_dtype
+from .pipeline import RunLimit, TokenIterator
 from .sharer import default_sharer
 
 __all__ = ["TokenDataset"]
@@ -100,17 +100,33 @@ class TokenDataset(IterableDataset):
         options = replace(self._options, ranks=ranks, epochs=epochs, replay=replay)
         return open_stream(self.sources[k], options, self._cfg, start)
 
-    # -- how many batches (length.py) ----------------------------------------------------------
+    # -- how many batches --------------------------------------------------------------------
     def rows_per_row_group(self) -> int | list[int]:
-        """Full rows packed from one row group alone (``length.sample_rows``); a list for a mix."""
-        rows = [sample_rows(self, k) for k in range(len(self.sources))]
+        """Full rows packed from one row group alone (the first of epoch 0's global order, the same on every
+        node); a list for a mix."""
+        rows = [self._sample_rows(k) for k in range(len(self.sources))]
         return rows if self.weights is not None else rows[0]
+
+    def _sample_rows(self, k: int) -> int:
+        """``rows_per_row_group()`` of source ``k`` (read once, then kept)."""
+        if self._rows[k] is None:
+            ahead = replace(self.read_ahead, files=0)  # that shard only
+            one = replace(self._options, ranks=Ranks(0, 1, 1), epochs=1, read_ahead=ahead)
+            with BatchIterator(open_stream(self.sources[k], one, self._cfg)) as it:
+                texts = list(next(it).texts)
+            packer = BestFitPacker(self.buffer_docs)
+            packer.add(*doc_arrays(self.tokenizer, texts, token_dtype(self.tokenizer.vocab_size)))
+            row, rows = np.empty(self.seq_len + 1, dtype=np.int64), 0
+            while packer.fill_row(row, lambda: False):
+                rows += 1
+            self._rows[k] = rows
+        return self._rows[k]
 
     def epoch_batches(self, epoch: int = 0) -> int:
         """Batches every rank yields in ``epoch``: its row groups * ``rows_per_row_group()`` // ``batch_size``."""
         if self.weights is not None:
             raise LoaderError("a mix's sources have epochs of their own: use len(ds) for its batch count")
-        return self._stream(0).epoch_length(epoch) * sample_rows(self, 0) // self.batch_size
+        return self._stream(0).epoch_length(epoch) * self._sample_rows(0) // self.batch_size
 
     def __len__(self) -> int:
         """Batches every rank yields in this run (after a ``load_state_dict``, those left); learns every count."""
@@ -120,7 +136,31 @@ class TokenDataset(IterableDataset):
         if self._pending:
             r = self.ranks
             _, origins, _ = resume.plan(self._pending, (r.rank, r.world_size, r.local_world_size), len(self.sources))
-        return total_batches(self, origins)
+        return self._total_batches(origins)
+
+    def _total_batches(self, origins: tuple[Cursor | None, ...], lengths: Any = None) -> int:
+        """Batches every rank yields from ``origins`` (None: epoch 0) to the last epoch; a mix runs until the
+        source that needs the most rows for its share is done. ``lengths(k, epoch, origin)`` gives each epoch's
+        row groups (default: exact, learning every count it needs)."""
+
+        def rows(k: int, e: int, o: Cursor | None) -> int:
+            per_group = self._sample_rows(k)  # first: reading the sample teaches its shard's count
+            return (lengths(k, e, o) if lengths is not None else self._stream(k, None, o).epoch_length(e)) * per_group
+
+        if self.weights is None:
+            origin = origins[0]
+            first = origin.epoch if origin is not None else 0
+            total = sum(rows(0, e, origin) // self.batch_size for e in range(first, self.epochs))
+        else:
+            need = [sum(rows(k, e, o) for e in range(o.epoch if o is not None else 0, self.epochs)) / w
+                    for k, (o, w) in enumerate(zip(origins, self.weights, strict=True))]
+            total = int(max(need)) // self.batch_size
+        if total == 0 and lengths is None and all(o is None for o in origins):
+            raise ConfigError(
+                f"TokenDataset makes no batch of {self.batch_size} x {self.seq_len} per rank in {self.epochs} "
+                f"epoch(s) ({self.rows_per_row_group()} rows per row group): use a smaller batch, fewer ranks "
+                "or more data")
+        return total
 
     # -- iterators -----------------------------------------------------------------------------
     def __iter__(self) -> TokenIterator:

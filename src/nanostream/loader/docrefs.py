@@ -12,8 +12,6 @@ import numpy as np
 
 from ..errors import LoaderError
 
-FORMAT = 2  # the packed layout below; a string of another layout is refused
-
 
 @dataclass(frozen=True)
 class Run:
@@ -53,7 +51,7 @@ def pack(runs: Sequence[Run]) -> str:
         raise ValueError("a run's document numbers must ascend")
     tag = np.array(tags, dtype=np.uint64).reshape(len(tags), 3)
     columns = [*tag.T, count.astype(np.uint64), deltas.astype(np.uint64)]
-    raw = np.array([FORMAT, len(counts)], dtype="<u4").tobytes() + b"".join(_bits(c) for c in columns)
+    raw = np.array([len(counts)], dtype="<u4").tobytes() + b"".join(_bits(c) for c in columns)
     return base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
 
 
@@ -61,10 +59,7 @@ def unpack(text: str) -> list[Run]:
     """The runs of a ``pack`` string; LoaderError if it is not one."""
     try:
         raw = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
-        fmt, n = (int(x) for x in np.frombuffer(raw[:8], dtype="<u4"))
-        if fmt != FORMAT:
-            raise ValueError(f"layout {fmt}, expected {FORMAT}")
-        at, head = 8, []
+        n, at, head = int(np.frombuffer(raw[:4], dtype="<u4")[0]), 4, []
         for _ in range(4):
             col, at = _unbits(raw, at, n)
             head.append(col.astype(np.int64))

@@ -1,6 +1,6 @@
 """One pass of a ``TokenDataset``: ``TokenIterator`` and its ``Assembly`` thread, which packs each row from one
 source's feed (a mix: the source furthest below its share) and hands finished batches over a ``Channel`` of
-``ReadAhead.batches``, so that ``next()`` is a hand-over (numpy only)."""
+``ReadAhead.batches``, so that ``next()`` is a hand-over (numpy only); ``RunLimit``, how many it makes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..concurrency import LoopThread
+from ..streaming.epoch import Tally
 from ..streaming.order import Cursor
 from ..streaming.streams import Schedule
 from . import resume
@@ -105,7 +106,7 @@ class Assembly:
 
 class TokenIterator(Receiver):
     """One pass of a TokenDataset: the consumer's side of its ``Assembly``. ``state``, ``origins``, ``carried``:
-    ``resume.plan``'s; ``limit``: a ``length.RunLimit`` or None; ``last``: where ``close()`` leaves the final
+    ``resume.plan``'s; ``limit``: a ``RunLimit`` or None; ``last``: where ``close()`` leaves the final
     mark; ``note(mark, stopping)`` runs on the assembly thread after each batch, its result on the ``Mark``."""
 
     def __init__(self, ds: Any, layout: Layout, state: dict[str, Any] | None,
@@ -195,3 +196,50 @@ def _feed(ds: Any, i: int, sub: dict[str, Any] | None, layout: Layout, origins: 
               else functools.partial(source_batches, ds, i, layout, at, replay=replay))
     return Feed(source, ds.tokenizer, token_dtype(ds.tokenizer.vocab_size), BestFitPacker(ds.buffer_docs),
                 ahead=ds.read_ahead.tokenized, start=start, elastic=sub is None)
+
+
+class RunLimit:
+    """The batches one iterator (a DataLoader worker's share of its rank's) makes, known at once below a lower
+    bound from the row-group counts known so far."""
+
+    def __init__(self, ds: Any, origins: tuple[Cursor | None, ...], worker: int, workers: int) -> None:
+        self.ds, self.origins, self.worker, self.workers = ds, origins, worker, workers
+        self.value: int | None = None
+        self._bound = 0
+        self._tallies: dict[tuple[int, int], Tally] = {}  # (source, 0: the origin's epoch | 1: a later one)
+        self._runner: LoopThread | None = None
+        self._interrupted = False
+
+    def _share(self, total: int) -> int:
+        return total // self.workers + (self.worker < total % self.workers)
+
+    def _length(self, k: int, epoch: int, origin: Cursor | None) -> int:
+        first = origin.epoch if origin is not None else 0
+        key = (k, int(epoch != first))
+        if key not in self._tallies:
+            s = self.ds._stream(k, None, origin)
+            self._tallies[key] = Tally(s.epoch_deal(epoch), s.book)
+        return self._tallies[key].length_lower()
+
+    def allows(self, batches: int) -> bool:
+        """May batch number ``batches + 1`` be made? At once below the bound; past it, after learning every
+        count (``interrupt()`` from another thread ends that wait: ``CancelledError``)."""
+        if self.value is None and batches >= self._bound:
+            self._bound = self._share(self.ds._total_batches(self.origins, self._length))
+            if batches >= self._bound:
+                self._runner = runner = LoopThread("nanostream-count")
+                if self._interrupted:  # before the runner was there: it runs nothing
+                    runner.close()
+                try:
+                    for k, origin in enumerate(self.origins):
+                        runner.run(self.ds._stream(k, None, origin).prepare())
+                finally:
+                    runner.close()
+                self.value = self._share(self.ds._total_batches(self.origins))
+        return self.value is None or batches < self.value
+
+    def interrupt(self) -> None:
+        """Cancel a count being learned (on another thread) and any later one."""
+        self._interrupted = True
+        if self._runner is not None:
+            self._runner.close()

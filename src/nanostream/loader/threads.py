@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,8 @@ class Receiver:
     Subclasses say what an item becomes (``_received``), start ``self._thread`` and stop it (``close``)."""
 
     _thread: threading.Thread
+    _received: Callable[[Any], Any]
+    close: Callable[[], None]
 
     def __init__(self, size: int) -> None:
         self._out = Channel(size)
@@ -154,12 +157,6 @@ class Receiver:
                 raise item.error
             raise StopIteration
         return self._received(item)
-
-    def _received(self, item: Any) -> Any:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
 
     def _join(self) -> None:
         """Join the producer thread, unless this runs on it."""
