@@ -172,13 +172,13 @@ class TokenDataset(IterableDataset):
         wid, k = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = worker_stride(self.ranks.rank, self.ranks.world_size, wid, k)
         layout = (reader, readers, self.ranks.local_world_size * k)
-        state, origins, carried = resume.plan(self._pending, layout, len(self.sources))
+        state, origins, parts = resume.plan(self._pending, layout, len(self.sources))
         self._origins = origins
         limit = RunLimit(self, origins, wid, k) if self.epochs is not None else None
         self._pending = None
         self._last = {}
         sink = sink if sink is not None else HostSink(self.batch_size, self.seq_len + 1)
-        it = TokenIterator(self, layout, state, origins, limit, self._last, sink, carried, note)
+        it = TokenIterator(self, layout, state, origins, parts, limit, self._last, sink, note)
         self._live = weakref.ref(it)
         return it
 

@@ -18,10 +18,9 @@ from ..concurrency import LoopThread
 from ..streaming.epoch import Tally
 from ..streaming.order import Cursor
 from ..streaming.streams import Schedule
-from . import resume
 from .feed import Feed, replay_keys, single_source, source_batches
 from .packing import BestFitPacker, token_dtype
-from .resume import Layout, Mark, Reader
+from .resume import Layout, Mark, Part, Reader
 from .threads import Channel, End, Receiver, background_thread
 
 log = logging.getLogger(__name__)
@@ -105,20 +104,17 @@ class Assembly:
 
 
 class TokenIterator(Receiver):
-    """One pass of a TokenDataset: the consumer's side of its ``Assembly``. ``state``, ``origins``, ``carried``:
+    """One pass of a TokenDataset: the consumer's side of its ``Assembly``. ``state``, ``origins``, ``parts``:
     ``resume.plan``'s; ``limit``: a ``RunLimit`` or None; ``last``: where ``close()`` leaves the final
     mark; ``note(mark, stopping)`` runs on the assembly thread after each batch, its result on the ``Mark``."""
 
-    def __init__(self, ds: Any, layout: Layout, state: dict[str, Any] | None,
-                 origins: tuple[Cursor | None, ...], limit: Any, last: dict[str, Any], sink: Any,
-                 carried: tuple[tuple[dict[str, Any], ...], ...],
+    def __init__(self, ds: Any, layout: Layout, state: dict[str, Any] | None, origins: tuple[Cursor | None, ...],
+                 parts: tuple[Part, ...], limit: Any, last: dict[str, Any], sink: Any,
                  note: Callable[[Mark, threading.Event], Any] | None = None) -> None:
         super().__init__(ds.read_ahead.batches)
         self._last, self.layout, self._sink, self._limit = last, layout, sink, limit
         self._held: Mark | None = None
-        k = len(ds.sources)
-        subs = (state["sources"] if k > 1 else [state]) if state is not None else [None] * k
-        feeds = [_feed(ds, i, sub, layout, origins, carried) for i, sub in enumerate(subs)]
+        feeds = [_feed(ds, i, part, layout, origins[i], elastic=state is None) for i, part in enumerate(parts)]
         schedule = None
         if ds.weights is not None:
             rows = tuple(state["mix"]["rows"]) if state is not None else None
@@ -186,16 +182,14 @@ class TokenIterator(Receiver):
             self._stop()
 
 
-def _feed(ds: Any, i: int, sub: dict[str, Any] | None, layout: Layout, origins: tuple[Cursor | None, ...],
-          carried: tuple) -> Feed:
-    """Source ``i``'s feed: from its exact state ``sub``, else (elastic) from the old readers' buffers."""
-    start = resume.resumed_part(sub, carried[i])
-    at = start.position if start.position is not None else origins[i]
-    replay = replay_keys(start.runs)  # the row groups of the buffered documents, read again first
+def _feed(ds: Any, i: int, start: Part, layout: Layout, origin: Cursor | None, elastic: bool) -> Feed:
+    """Source ``i``'s feed, from ``start``; its stream reads the row groups of the buffered documents first."""
+    at = start.position if start.position is not None else origin
+    replay = replay_keys(start.runs)
     source = (functools.partial(single_source, ds, layout, at, start.partial, replay) if len(ds.sources) == 1
               else functools.partial(source_batches, ds, i, layout, at, replay=replay))
     return Feed(source, ds.tokenizer, token_dtype(ds.tokenizer.vocab_size), BestFitPacker(ds.buffer_docs),
-                ahead=ds.read_ahead.tokenized, start=start, elastic=sub is None)
+                ahead=ds.read_ahead.tokenized, start=start, elastic=elastic)
 
 
 class RunLimit:

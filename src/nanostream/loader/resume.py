@@ -55,7 +55,7 @@ class Part:
     runs: tuple[Run, ...] | None = None
 
 
-NOTHING = Part(None, 0, None, BufferSnapshot([]), PackStats().as_dict(), 0)  # a source not started
+NOTHING = Part(None, 0, None, BufferSnapshot([]), PackStats().as_dict(), 0, ())  # a source not started
 
 
 @dataclass(frozen=True)
@@ -141,38 +141,37 @@ def _listed(value: Position | Cursor | None) -> list | None:
     return None if value is None else value.to_list()
 
 
-def resumed_part(sub: dict[str, Any] | None, carried: tuple[dict[str, Any], ...]) -> Part:
-    """Where a source's feed goes on from: its exact state ``sub``, else (elastic) the documents the old readers
-    ``carried`` buffered but for those of the row group each was in (``partial``: read again whole)."""
-    if sub is None:
-        runs = tuple(r for old in carried for r in unpack(old["docs"])
-                     if old["partial"] is None or list(r.tag) != old["partial"][:3])
-        return Part(None, 0, None, NOTHING.buffer, NOTHING.stats, sum(map(len, runs)), runs)
+def plan(pending: list[dict[str, Any]] | None, layout: Layout, sources: int = 1
+         ) -> tuple[dict[str, Any] | None, tuple[Cursor | None, ...], tuple[Part, ...]]:
+    """(the state to resume exactly, each source's origin of the run, each source's ``Part`` to go on from) for
+    a reader of ``layout``, given the loaded states. An elastic resume carries the documents the old readers of
+    its stride buffered, but for those of the row group each was in (``partial``: read again whole)."""
+    if not pending:
+        return None, (None,) * sources, (NOTHING,) * sources
+    for st in pending:
+        if st["layout"] is not None and tuple(st["layout"]) == layout:
+            subs = st["sources"] if "sources" in st else [st]
+            origins = tuple(None if s["origin"] is None else Cursor.from_list(s["origin"]) for s in subs)
+            return st, origins, tuple(_exact_part(s) for s in subs)
+    origins, parts = [], []
+    for k in range(sources):
+        subs = [(st["layout"], st["sources"][k] if "sources" in st else st) for st in pending]
+        carried = [s for lay, s in subs if lay is not None and lay[0] % layout[1] == layout[0]]
+        runs = tuple(r for s in carried for r in unpack(s["docs"])
+                     if s["partial"] is None or list(r.tag) != s["partial"][:3])
+        parts.append(Part(None, 0, None, NOTHING.buffer, NOTHING.stats, sum(map(len, runs)), runs))
+        cursors = [Cursor.from_list(s["cursor"]) for _, s in subs if s["cursor"] is not None]
+        origins.append(None if len(cursors) < len(subs)  # a state taken before any batch: nothing consumed
+                       else min(cursors, key=lambda c: (c.epoch, c.consumed)))
+    return None, tuple(origins), tuple(parts)
+
+
+def _exact_part(sub: dict[str, Any]) -> Part:
+    """The ``Part`` a source's state ``sub`` goes on from, its buffer as the runs it names."""
     runs, skip = tuple(unpack(sub["docs"])), int(sub["skip"])
     position = Position.from_list(sub["position"]) if sub["position"] is not None else None
     partial = Position.from_list(sub["partial"]) if skip else None
     return Part(position, skip, partial, NOTHING.buffer, sub["stats"], sum(map(len, runs)), runs)
-
-
-def plan(pending: list[dict[str, Any]] | None, layout: tuple[int, int, int], sources: int = 1
-         ) -> tuple[dict[str, Any] | None, tuple[Cursor | None, ...], tuple[tuple[dict[str, Any], ...], ...]]:
-    """(the state to resume exactly, each source's origin of the run, each source's old states whose
-    buffers an elastic resume carries over) for a reader of ``layout``, given the loaded states."""
-    if not pending:
-        return None, (None,) * sources, ((),) * sources
-    for st in pending:
-        if st["layout"] is not None and tuple(st["layout"]) == layout:
-            subs = st["sources"] if "sources" in st else [st]
-            return st, tuple(None if s["origin"] is None else Cursor.from_list(s["origin"]) for s in subs), \
-                ((),) * sources
-    origins, carried = [], []
-    for k in range(sources):
-        subs = [(st["layout"], st["sources"][k] if "sources" in st else st) for st in pending]
-        carried.append(tuple(s for lay, s in subs if lay is not None and lay[0] % layout[1] == layout[0]))
-        cursors = [Cursor.from_list(s["cursor"]) for _, s in subs if s["cursor"] is not None]
-        origins.append(None if len(cursors) < len(subs)  # a state taken before any batch: nothing consumed
-                       else min(cursors, key=lambda c: (c.epoch, c.consumed)))
-    return None, tuple(origins), tuple(carried)
 
 
 def check(state: Any, config: dict[str, Any], fingerprints: list[dict[str, str]]) -> None:
