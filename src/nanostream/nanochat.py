@@ -1,9 +1,6 @@
-"""nanochat's data loader with nanostream underneath: the same two functions, signatures, yields and folders.
-
-``scripts/base_train.py`` switches with one import line (docs/nanochat.md). Both functions yield from one
-endless ``TokenDataset`` over nanochat's folder, ranks from torchrun's environment; the keyword arguments after
-nanochat's are ``TokenDataset``'s. The ``state`` yielded with a batch resumes at it, every rank from rank 0's.
-"""
+"""nanochat's data loader with nanostream underneath: the same two functions, signatures, yields and folders
+(docs/nanochat.md). Both yield from one endless ``TokenDataset`` over nanochat's folder, ranks from torchrun's
+environment; the keyword arguments after nanochat's are ``TokenDataset``'s."""
 
 from __future__ import annotations
 

@@ -139,9 +139,8 @@ class TokenDataset(IterableDataset):
         return self._total_batches(origins)
 
     def _total_batches(self, origins: tuple[Cursor | None, ...], lengths: Any = None) -> int:
-        """Batches every rank yields from ``origins`` (None: epoch 0) to the last epoch; a mix runs until the
-        source that needs the most rows for its share is done. ``lengths(k, epoch, origin)`` gives each epoch's
-        row groups (default: exact, learning every count it needs)."""
+        """Batches every rank yields from ``origins`` (None: epoch 0) on, a mix's until its last source is done;
+        ``lengths(k, epoch, origin)``: each epoch's row groups (default: exact, learning every count)."""
 
         def rows(k: int, e: int, o: Cursor | None) -> int:
             per_group = self._sample_rows(k)  # first: reading the sample teaches its shard's count
@@ -221,9 +220,7 @@ class TokenDataset(IterableDataset):
         return resume.counters(stats, batches=0, buffered_docs=0, wait_s=0.0)
 
     def __getstate__(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["_live"], d["_last"] = None, {}
-        return d
+        return {**self.__dict__, "_live": None, "_last": {}}
 
 
 class HostSink:

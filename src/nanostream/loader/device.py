@@ -46,11 +46,8 @@ def _cuda(device: str | torch.device) -> torch.device:
 
 
 def to_device(batches: Any, device: str | torch.device = "cuda", ahead: int = 2) -> Any:
-    """Move one batch (a tensor or a tuple of tensors), or every batch of an iterable, to ``device``.
-
-    On CUDA an iterable becomes an iterator whose copies overlap the caller's compute, ``ahead`` batches in
-    flight; on CPU its own iterator is returned. ``close()`` on the result (or exhausting or dropping it)
-    stops its threads."""
+    """Move one batch (a tensor or a tuple of tensors), or every batch of an iterable, to ``device``: on CUDA
+    an iterator whose copies overlap the caller's compute, ``ahead`` batches in flight (``close()`` stops it)."""
     dev = torch.device(device)
     if _is_batch(batches):
         return _move(batches, dev)
@@ -174,12 +171,9 @@ def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch
 
 
 class CudaPrefetcher(Receiver):
-    """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them), read ``ahead`` batches
-    ahead on a thread (unpinned tensors staged into ``ahead + 2`` reused pinned sets).
-
-    The resume state follows the batch last *returned* here: a ``TokenDataset`` iterator is told to report
-    it (``hold``); another source's ``state_dict()`` (torchdata's ``StatefulDataLoader``) is captured after
-    each batch and returned by this object's ``state_dict()``. ``wait_s``: time ``next()`` blocked."""
+    """Iterator of CUDA batches from any iterable of CPU tensors (or tuples of them), read ``ahead`` batches ahead
+    on a thread. The resume state follows the batch last *returned*: a ``TokenDataset`` iterator is told to
+    report it (``hold``); another source's ``state_dict()`` is captured after each batch (``state_dict()``)."""
 
     def __init__(self, batches: Iterable[Any], device: torch.device | str = "cuda", ahead: int = 2) -> None:
         if not isinstance(ahead, int) or ahead < 1:

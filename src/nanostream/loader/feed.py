@@ -61,8 +61,9 @@ class Feed:
         self._pool = pool
         self._batches = self._open(loop=loop)
         start, self._start = self._start, None
-        for tag, tokens, lengths, ids in _restored(start.runs or (), self._batches, self._tokenizer, self._dtype):
-            self.packer.add(tokens, lengths, tag, ids)
+        if start.runs:
+            for tag, tokens, lengths, ids in _restored(start.runs, self._batches, self._tokenizer, self._dtype):
+                self.packer.add(tokens, lengths, tag, ids)
         if not self._elastic:
             self.packer.stats = PackStats(**start.stats)
 
@@ -185,10 +186,6 @@ def _restored(runs: Sequence[Run], batches: Iterator[Any], tokenizer: Tokenizer,
         texts[key] = {i: docs[i] for i in wanted[key]}
     order = [texts[(r.tag[1], r.tag[2])][i] for r in runs for i in r.ids.tolist()]
     tokens, lengths = doc_arrays(tokenizer, order, dtype)
-    out, doc, tok = [], 0, 0
-    for r in runs:
-        n = len(r.ids)
-        size = int(lengths[doc:doc + n].sum())
-        out.append((Position(*r.tag), tokens[tok:tok + size], lengths[doc:doc + n], r.ids))
-        doc, tok = doc + n, tok + size
-    return out
+    lens = np.split(lengths, np.cumsum([len(r) for r in runs[:-1]], dtype=np.int64))
+    toks = np.split(tokens, np.cumsum([int(n.sum()) for n in lens[:-1]], dtype=np.int64))
+    return [(Position(*r.tag), t, n, r.ids) for r, t, n in zip(runs, toks, lens, strict=True)]

@@ -7,6 +7,7 @@ from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,13 +78,10 @@ class PackStats:
 BufferPart = tuple[np.ndarray, np.ndarray, "np.ndarray | None", object, "np.ndarray | None"]
 
 
-class BufferSnapshot:
+class BufferSnapshot(NamedTuple):
     """The buffered documents at one moment, as references to immutable chunk arrays, oldest first."""
 
-    __slots__ = ("parts",)
-
-    def __init__(self, parts: list[BufferPart]) -> None:
-        self.parts = parts
+    parts: list[BufferPart]
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         """The buffered documents in arrival order: (flat tokens, lengths); a fresh packer given them packs the same."""
@@ -130,7 +128,7 @@ class BestFitPacker:
         self.stats.tokens_in += len(tokens)
 
     def _insert(self, tokens: np.ndarray, lengths: np.ndarray, tag: object = None,
-                ids: np.ndarray | None = None) -> _Chunk:
+                ids: np.ndarray | None = None) -> None:
         chunk = _Chunk(self._serial, tokens, lengths, tag, ids)
         self._serial += 1
         self._snapshot = None
@@ -145,7 +143,6 @@ class BestFitPacker:
         self.n_docs += len(lengths)
         self.alive_tokens += len(tokens)
         self.held_tokens += len(tokens)
-        return chunk
 
     def _rebuild(self, parts: list[BufferPart]) -> None:
         """Make the buffer hold exactly ``parts`` (a snapshot's, oldest first), each copied into a smaller array."""

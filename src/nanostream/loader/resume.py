@@ -1,8 +1,5 @@
-"""``TokenDataset``'s resume state (version 4): the resume point after a batch (``Mark``, of one ``Part`` per
-source), what ``state_dict()`` makes of it, and how a load is checked and planned. A state is a dict of plain
-values (``json.dump`` writes it); a mix's holds one state per source under ``sources``. docs/loader.md says what
-an exact and an elastic load do.
-"""
+"""``TokenDataset``'s resume state (version 4, plain values): the resume point after a batch (``Mark``, of one
+``Part`` per source), what ``state_dict()`` makes of it, and how a load is checked and planned."""
 
 from __future__ import annotations
 

@@ -79,11 +79,11 @@ def background_thread() -> None:
         log.debug("SCHED_IDLE not applied to %s: %s", threading.current_thread().name, exc)
 
 
+@dataclass
 class End:
     """The last item a producer puts: the data finished (``error`` None) or failed."""
 
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
+    error: BaseException | None = None
 
 
 class Channel:
@@ -124,9 +124,8 @@ class Channel:
 
 
 class Receiver:
-    """The consumer's side of a producer thread that puts items on ``self._out``: ``next()`` takes the next one
-    (``wait_s``: the time it blocked) until an ``End``, which closes this and raises the producer's error.
-    Subclasses say what an item becomes (``_received``), start ``self._thread`` and stop it (``close``)."""
+    """The consumer's side of a producer thread: ``next()`` takes its items (``wait_s``: the time it blocked) until an
+    ``End``. Subclasses say what an item becomes (``_received``), start ``self._thread`` and stop it (``close``)."""
 
     _thread: threading.Thread
     _received: Callable[[Any], Any]
