@@ -123,8 +123,7 @@ def _load(ds: TokenDataset, state: dict[str, Any] | None) -> dict[str, Any]:
                           "loader state (pq_idx, rg_idx) cannot be resumed exactly; resume from a checkpoint "
                           "written with nanostream's loader, or start the data over with resume_state_dict=None")
     ranks = ours["ranks"]
-    missing = [r for r, s in enumerate(ranks) if s is None]
-    if missing:
+    if None in ranks:
         have = [r for r, s in enumerate(ranks) if s is not None]
         raise LoaderError(f"this loader state holds only rank {have}'s position (it was yielded on that rank): "
                           "save rank 0's state, which holds every rank's (base_train.py does)")

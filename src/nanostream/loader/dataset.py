@@ -102,8 +102,7 @@ class TokenDataset(IterableDataset):
 
     # -- how many batches --------------------------------------------------------------------
     def rows_per_row_group(self) -> int | list[int]:
-        """Full rows packed from one row group alone (the first of epoch 0's global order, the same on every
-        node); a list for a mix."""
+        """Full rows packed from the first row group of epoch 0 alone (the same on every node); a list for a mix."""
         rows = [self._sample_rows(k) for k in range(len(self.sources))]
         return rows if self.weights is not None else rows[0]
 

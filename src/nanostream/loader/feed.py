@@ -29,11 +29,6 @@ class Seam:
     """Yielded by a source between the run's own epochs and the ones after them; the feed stops there."""
 
 
-def replay_keys(runs: Sequence[Run]) -> tuple[tuple[int, int], ...]:
-    """The ``(shard, row_group)`` the runs name, each once, sorted: what a resumed stream reads first."""
-    return tuple(sorted({(r.tag[1], r.tag[2]) for r in runs}))
-
-
 class Feed:
     """A source's stream, its encoding tasks queued ahead, and its packer (assembly thread only)."""
 
@@ -68,11 +63,7 @@ class Feed:
             self.packer.stats = PackStats(**start.stats)
 
     def close(self) -> None:
-        """Cancel the queued encoding tasks and close the stream."""
-        for _, _, tasks in self._queued:
-            for task in tasks:
-                task.cancel()
-        self._queued.clear()
+        """Close the stream (the encoding pool's shutdown cancels the queued tasks)."""
         if self._batches is not None:
             self._batches.close()
 

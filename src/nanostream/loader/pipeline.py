@@ -18,7 +18,7 @@ from ..concurrency import LoopThread
 from ..streaming.epoch import Tally
 from ..streaming.order import Cursor
 from ..streaming.streams import Schedule
-from .feed import Feed, replay_keys, single_source, source_batches
+from .feed import Feed, single_source, source_batches
 from .packing import BestFitPacker, token_dtype
 from .resume import Layout, Mark, Part, Reader
 from .threads import Channel, End, Receiver, background_thread
@@ -149,7 +149,7 @@ class TokenIterator(Receiver):
         return self._mark
 
     def hold(self, snap: Mark | None) -> None:
-        """Report ``snap`` from ``state_dict()`` until ``hold(None)`` (for ``device.CudaPrefetcher``, which reads ahead)."""
+        """Report ``snap`` from ``state_dict()`` until ``hold(None)`` (``device.CudaPrefetcher`` reads ahead)."""
         self._held = snap
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,7 +185,7 @@ class TokenIterator(Receiver):
 def _feed(ds: Any, i: int, start: Part, layout: Layout, origin: Cursor | None, elastic: bool) -> Feed:
     """Source ``i``'s feed, from ``start``; its stream reads the row groups of the buffered documents first."""
     at = start.position if start.position is not None else origin
-    replay = replay_keys(start.runs)
+    replay = tuple(sorted({(r.tag[1], r.tag[2]) for r in start.runs}))  # (shard, row group), read first
     source = (functools.partial(single_source, ds, layout, at, start.partial, replay) if len(ds.sources) == 1
               else functools.partial(source_batches, ds, i, layout, at, replay=replay))
     return Feed(source, ds.tokenizer, token_dtype(ds.tokenizer.vocab_size), BestFitPacker(ds.buffer_docs),

@@ -122,7 +122,8 @@ def encode(part: Part, fingerprint: dict[str, str], cursor: Cursor | None, origi
 def whole(ds: Any, layout: Layout | None, batches: int, subs: list[dict[str, Any]],
           rows: tuple[int, ...]) -> dict[str, Any]:
     """The state of ``ds``: its sources' states (``encode``) under its config, the layout and the batch count."""
-    head = {"version": STATE_VERSION, "config": ds._config(), "layout": None if layout is None else list(layout), "batches": batches}
+    head = {"version": STATE_VERSION, "config": ds._config(), "batches": batches,
+            "layout": None if layout is None else list(layout)}
     if ds.weights is None:
         return {**head, **subs[0]}
     return {**head, "mix": {"weights": list(ds.weights), "rows": list(rows)}, "sources": subs}
