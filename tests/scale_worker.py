@@ -68,7 +68,7 @@ def read_batches(folder: str, shards: int, lockstep: bool, endpoint: str) -> dic
     report = {"first_batch_s": time.monotonic() - t0, "hub_after_first": hub_stats(endpoint),
               "rss_mb": peak_rss_mb(), "steps": 1}
     while lockstep:  # no node runs more than a batch ahead of the others, as under DDP
-        position = it.snapshot().mark.parts[0].position
+        position = it.snapshot().parts[0].position
         if in_step(position is not None and position.epoch >= 1):
             break
         next(it)
