@@ -1,13 +1,14 @@
-"""The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections), every
-task a child of its TaskGroup. A worker takes an idle range of a started file, else the next queued file,
-else a slice of the tail (``ranges.split_tail``).
+"""The async downloader: ``Fetcher``, one aiohttp session, W worker tasks (at most W connections) and the
+files it knows of, by state (queued, running, waiting for disk space), each settled once: published or failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Coroutine
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,32 @@ import aiohttp
 
 from .._compat import TaskGroup
 from ..concurrency import cancel_and_wait
-from ..config import DEFAULT_TOKEN_HOSTS, check_url
-from ..errors import ConfigError, FetchError, HTTPStatusError, VerificationError
-from ..retry import Fatal, NoSpace, Retries, RetryPolicy, Transient, client_session, unreachable, with_retries
+from ..config import DEFAULT_TOKEN_HOSTS, check_url, host_of
+from ..errors import (
+    AccessDenied,
+    ConfigError,
+    FetchError,
+    HTTPStatusError,
+    RetriesExhausted,
+    VerificationError,
+)
+from ..retry import (
+    Fatal,
+    NoSpace,
+    Retries,
+    RetryPolicy,
+    Transient,
+    client_session,
+    describe,
+    unreachable,
+    with_retries,
+)
 from ..shards import shard_name
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials, is_s3
 from .disk import Disk
 from .jobs import Job, Segment
-from .outcomes import Jobs, ShardResult
-from .partial import finalize
+from .outcomes import ShardResult, refused, translate
 from .ranges import RangeDownloader, split_tail
 
 log = logging.getLogger(__name__)
@@ -50,7 +67,12 @@ class Fetcher:
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
         self.min_split = min_split
         self.credentials = credentials or Credentials(token, token_hosts, s3_endpoint)
-        self.jobs = Jobs(retry, progress, self._wake)
+        self.by_key: dict[str, Job] = {}  # file path -> its job, until it is settled
+        self.queued: collections.deque[Job] = collections.deque()
+        self.running: list[Job] = []
+        self.waiting_for_space: list[Job] = []
+        self.failed: dict[str, ShardResult] = {}  # file path -> the result of a file that failed
+        self.down_since: float | None = None  # when the host was first found unreachable
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
         self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
         self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
@@ -76,7 +98,7 @@ class Fetcher:
             return
         err = FetchError(f"the downloader stopped: {runner.exception()!r}")
         err.__cause__ = runner.exception()
-        for job in list(self.jobs.by_key.values()):
+        for job in list(self.by_key.values()):
             if not job.future.done():
                 job.future.set_exception(err)
 
@@ -87,7 +109,7 @@ class Fetcher:
             await cancel_and_wait(self._runner)
         finally:
             self.disk.close()  # every write has finished: the final saves see all of them
-            for job in list(self.jobs.by_key.values()):
+            for job in list(self.by_key.values()):
                 job.save_now()
                 job.close_files()
                 job.unlock()
@@ -111,15 +133,15 @@ class Fetcher:
         if self._runner is None:
             raise RuntimeError("use Fetcher as `async with Fetcher(...) as f`")
         file = self.data_file(item)
-        job = self.jobs.by_key.get(file.path)
+        job = self.by_key.get(file.path)
         if job is None:
             if not file.url:
                 raise ConfigError(f"{file.path} has no source URL: it can only be read where it is")
             await self.credentials.prepare([file.url])
-            job = self.jobs.by_key[file.path] = Job(
+            job = self.by_key[file.path] = Job(
                 file, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
                 self._spawn, index=item if isinstance(item, int) else index)
-            self.jobs.queued.append(job)
+            self.queued.append(job)
             self._wake()
         return await asyncio.shield(job.future)
 
@@ -156,20 +178,19 @@ class Fetcher:
             await self._run_segment(job, seg)
 
     async def _next_work(self) -> tuple[Job, Segment]:
+        """An idle range of a started file, else the next queued file's first, else a slice of the tail."""
         while True:
             work = self._work
-            for job in self.jobs.running:
-                if job.finalizing:
-                    continue
-                for seg in job.segments:
+            for job in self.running:
+                for seg in [] if job.finalizing else job.segments:
                     if not seg.active and not seg.done():
                         seg.active = True
                         return job, seg
-            if self.jobs.queued:
-                await self._start(self.jobs.queued.popleft())
+            if self.queued:
+                await self._start(self.queued.popleft())
                 continue
             piece = self.min_split if self.min_split is not None else self._ranges.min_piece()
-            stolen = split_tail(self.jobs.running, piece)
+            stolen = split_tail(self.running, piece)
             if stolen is not None:
                 return stolen
             await work.wait()
@@ -179,26 +200,24 @@ class Fetcher:
         try:
             status = await job.open(self.verify, lambda: self._ranges.head_info(job.url, job.signed))
         except Exception as exc:  # noqa: BLE001  (a FetchError, or what --verify's HEAD raised: the file fails)
-            return self.jobs.fail(job, exc)
+            return self._fail(job, exc)
         if status == "present":
-            return self.jobs.resolve(job, skipped=True)
+            return self._resolve(job, skipped=True)
         if status == "busy":
             log.debug("%s is being downloaded by another process; waiting for it", job.name)
             self._spawn(self._wait_for_other(job))
             return None
         if status == "resume" and self.progress is not None:
             self.progress.add_total(sum(s.end - s.pos for s in job.segments))
-        self.jobs.running.append(job)
-        if all(s.done() for s in job.segments):
-            job.finalizing = True
-            self._spawn(self._finalize(job))
+        self.running.append(job)
+        self._finish_if_done(job)
         self._wake()
         return None
 
     async def _wait_for_other(self, job: Job) -> None:
         if await job.other_finished(self.verify):
-            return self.jobs.resolve(job, skipped=True)
-        self.jobs.queued.appendleft(job)  # the other process is gone without it: take over
+            return self._resolve(job, skipped=True)
+        self.queued.appendleft(job)  # the other process is gone without it: take over
         self._wake()
         return None
 
@@ -209,56 +228,120 @@ class Fetcher:
             while job.live(gen) and not seg.done():
                 try:
                     await self._ranges.fetch_range(job, seg, gen)
-                    self.jobs.down_since = None
+                    self.down_since = None
                 except Exception as exc:  # noqa: BLE001  (sorted by Retries: retried, or the file fails)
                     if not job.live(gen) or not await self._again(job, exc):
                         return
         finally:
             seg.active = False
             self._wake()
-        if job.live(gen) and not job.finalizing and all(s.done() and not s.active for s in job.segments):
-            job.finalizing = True
-            self._spawn(self._finalize(job))
+        if job.live(gen):
+            self._finish_if_done(job)
 
     async def _again(self, job: Job, exc: Exception) -> bool:
         """After a failed range request: wait and return True to retry it; else the file (or every file)
-        has failed."""
+        has failed. A host never reached fails every file after ``unreachable_after`` seconds."""
         if isinstance(exc, NoSpace):
-            self.jobs.no_space(job, exc)
+            self._no_space(job, exc)
             return False
         why = None if self._ranges.reached else unreachable(exc)
-        where = self.base_url or job.url.rsplit("/", 1)[0]
-        if why is not None and self.jobs.host_down(why, exc, now=job.attempts + 1 >= self.retry.attempts,
-                                                   where=where):
-            return False
+        if why is not None:
+            now = time.monotonic()
+            if self.down_since is None:
+                self.down_since = now
+                log.debug("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
+            if job.attempts + 1 >= self.retry.attempts or now - self.down_since >= self.retry.unreachable_after:
+                where = self.base_url or job.url.rsplit("/", 1)[0]
+                err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, "
+                                 f"AWS_ENDPOINT_URL or --base-url ({where})", url=where)
+                err.__cause__ = exc
+                self._fail_all(err)
+                return False
         if await job.retries.again(exc):
             return True
-        self.jobs.fail(job, exc)
+        self._fail(job, exc)
         return False
+
+    def _finish_if_done(self, job: Job) -> None:
+        if not job.finalizing and all(s.done() and not s.active for s in job.segments):
+            job.finalizing = True
+            self._spawn(self._finalize(job))
 
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
-        assert job.size is not None
         try:
-            async with job.files:
-                job.close_files()
-                try:
-                    problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(),
-                                                         job.file.md5)
-                except OSError as exc:
-                    return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
-                                                          shard=job.name, url=job.url))
+            problem = await job.publish()
             if not job.live(gen):
                 return None
             if problem is None:
-                return self.jobs.resolve(job, skipped=False)
+                return self._resolve(job, skipped=False)
             err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
                                     shard=job.name, url=job.url)
             log.warning("%s", err)
             if not await job.retries.again(Transient(problem)):
-                return self.jobs.fail(job, err)
+                return self._fail(job, err)
             job.reset(f"{problem}; discarded the bytes")
             self._wake()
             return None
+        except FetchError as exc:
+            return self._fail(job, exc)
         finally:
             job.finalizing = False
+
+    # -- settling: each file once, published or failed ----------------------------------------
+    def _fail_all(self, err: FetchError, host: str | None = None) -> None:
+        """Fail every queued, running and waiting file (of ``host``, when given) with the one ``err``."""
+        for job in [*self.queued, *self.running, *self.waiting_for_space]:
+            if host is None or host_of(job.url) == host:
+                self._fail(job, err)
+
+    def _no_space(self, job: Job, exc: NoSpace) -> None:
+        """The disk cannot hold this file now: wait for the running ones to finish, or fail if none runs."""
+        others = [j for j in self.running if j is not job and j.size is not None]
+        if not others:
+            return self._fail(job, exc)
+        log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
+                 job.name, exc.needed / 1e6, len(others))
+        self.running.remove(job)
+        job.segments = []
+        job.close_files()
+        job.unlock()  # it holds nothing on disk; locked again when it is retried
+        self.waiting_for_space.append(job)
+        return None
+
+    def _resolve(self, job: Job, *, skipped: bool) -> None:
+        self._settle(job, ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded,
+                                      job.attempts, skipped, name=job.name))
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        if job.future.done():
+            return
+        if isinstance(exc, Fatal) and exc.status in (401, 403):  # the source refuses all: stop at once
+            err: FetchError = refused(job, exc)
+        elif job.retries.rate_limited(exc):  # the host's schedule outlasts the budget: for every file
+            err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
+        else:
+            result = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=translate(job, exc),
+                                 name=job.name)
+            self.failed[job.name] = result
+            return self._settle(job, result)
+        err.__cause__ = exc
+        self._fail_all(err, host_of(job.url) if isinstance(err, AccessDenied) else None)
+        return self._fail(job, err)  # (done already when it was queued or running)
+
+    def _settle(self, job: Job, result: ShardResult) -> None:
+        job.close_files()
+        job.unlock()
+        self.by_key.pop(job.name, None)
+        for group in (self.queued, self.running, self.waiting_for_space):
+            if job in group:
+                group.remove(job)
+        while self.waiting_for_space:  # space was freed: the waiting files try again
+            self.queued.appendleft(self.waiting_for_space.pop())
+        self._wake()
+        if result.error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(result.error)
+        if self.progress is not None:
+            self.progress.shard_done(result)

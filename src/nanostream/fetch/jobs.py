@@ -20,7 +20,17 @@ from ..retry import Fatal, NoSpace, Retries, RetryPolicy, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
 from .disk import Disk
-from .partial import PartFiles, PartState, check_file, create_part, discard, open_job, release_job, try_lock
+from .partial import (
+    PartFiles,
+    PartState,
+    check_file,
+    create_part,
+    discard,
+    finalize,
+    open_job,
+    release_job,
+    try_lock,
+)
 
 log = logging.getLogger(__name__)
 POLL = 0.25  # seconds between looks at a file another process downloads
@@ -151,6 +161,18 @@ class Job:
                     self.size = None  # not started: the next attempt learns again
                     raise NoSpace(why, size) from exc
                 raise Fatal(why) from exc
+
+    async def publish(self) -> str | None:
+        """Verify the complete part file and publish it (``partial.finalize``): None, or why it failed
+        verification. Raises FetchError when it cannot be published."""
+        async with self.files:
+            self.close_files()
+            try:
+                return await self.disk.run_synced(finalize, self.final, self.size, self.sha256, self.digest(),
+                                                  self.file.md5)
+            except OSError as exc:
+                raise FetchError(f"{self.name}: cannot publish {self.final}: {exc}", shard=self.name,
+                                 url=self.url) from exc
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""

@@ -37,7 +37,7 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
         try:
             res = await f.fetch(item, index=k)
         except FetchError as exc:
-            res = f.jobs.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, name=key)
+            res = f.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, name=key)
         results[k] = res
         if on_shard is not None:
             on_shard(res)
