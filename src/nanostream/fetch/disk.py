@@ -1,6 +1,5 @@
 """The downloader's disk work, off the event loop: ``Disk``, one write pool (``pwritev`` + sha256) and one pool
-for the rest (locks, part files, fdatasync + state saves, finalize), at most ``max_syncs`` fsyncs at once;
-``Writer``, a range's received chunks written with one ``pwritev`` every ``FLUSH_BYTES`` or ``FLUSH_SECONDS``.
+for the rest (locks, part files, fdatasync + state saves, finalize), at most ``max_syncs`` fsyncs at once.
 """
 
 from __future__ import annotations
@@ -8,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ..concurrency import hand_off
-from ..retry import Fatal
 
 T = TypeVar("T")
 FLUSH_BYTES = 128 << 10
@@ -57,49 +53,3 @@ class Disk:
         """Wait for every write and sync still running (no thread outlives the Fetcher)."""
         self.writes.shutdown(wait=True)
         self.pool.shutdown(wait=True)
-
-
-class Writer:
-    """Buffers received chunks and writes them at an offset with one ``pwritev`` in the Disk pool; its
-    descriptor is closed only after a write still running has finished (never a reused descriptor)."""
-
-    def __init__(self, fd: int, path: Path, disk: Disk):
-        self.fd, self.path, self.disk = fd, path, disk
-        self.hasher = None  # set to the job's sha256 object while this range continues the hashed prefix
-        self.chunks: list[bytes | memoryview] = []
-        self.pending = 0
-        self.since = 0.0  # monotonic time of the oldest buffered byte
-        self.inflight: concurrent.futures.Future | None = None
-
-    def add(self, chunk: bytes, room: int) -> None:
-        if len(chunk) > room:  # the range may have been split since this request started
-            chunk = memoryview(chunk)[: max(room, 0)]
-        if not self.pending:
-            self.since = time.monotonic()
-        self.chunks.append(chunk)
-        self.pending += len(chunk)
-
-    def due(self) -> bool:
-        return self.pending >= FLUSH_BYTES or (self.pending > 0 and time.monotonic() - self.since >= FLUSH_SECONDS)
-
-    async def flush(self, offset: int, end: int) -> int:
-        """Write the buffered bytes at ``offset`` (never past ``end``); return how many."""
-        chunks, n = self.chunks, self.pending
-        if offset + n > end:  # split while buffering: drop what now belongs to another range
-            n = max(end - offset, 0)
-            chunks = [memoryview(b"".join(chunks))[:n]]
-        self.chunks, self.pending = [], 0
-        self.inflight = self.disk.writes.submit(pwrite_and_hash, self.fd, chunks, offset, self.hasher)
-        try:
-            written = await asyncio.wrap_future(self.inflight)
-        except OSError as exc:
-            raise Fatal(f"cannot write {self.path}: {exc.strerror or exc} (disk full?)") from exc
-        if written != n:
-            raise Fatal(f"short write to {self.path}: {written} of {n} bytes (disk full?)")
-        return n
-
-    def close(self) -> None:
-        if self.inflight is not None and not self.inflight.done():
-            self.inflight.add_done_callback(lambda _: os.close(self.fd))
-        else:
-            os.close(self.fd)

@@ -5,6 +5,7 @@ Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import aiohttp
 from ..errors import VerificationError
 from ..retry import Fatal, Transient, check_status, parse_sha256
 from ..sources.credentials import Credentials
-from .disk import Disk, Writer
+from .disk import FLUSH_BYTES, FLUSH_SECONDS, Disk, pwrite_and_hash
 from .jobs import Job, Segment
 from .partial import PARQUET_MAGIC, part_path
 
@@ -144,48 +145,65 @@ class RangeDownloader:
 
     async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse,
                          head: bytes) -> None:
-        """Stream the body into the part file at ``seg.pos`` with ``pwritev`` (no copies)."""
+        """Stream the body into the part file at ``seg.pos``: one ``pwritev`` (no copies) in the Disk's write
+        pool per ``FLUSH_BYTES`` or ``FLUSH_SECONDS``; the descriptor is closed after the last write ends."""
         part = part_path(job.final)
         try:
             fd = await self.disk.acquire(os.close, os.open, part, os.O_WRONLY)
         except OSError as exc:
             raise Fatal(f"cannot open {part} for writing: {exc.strerror or exc}") from exc
-        out = Writer(fd, part, self.disk)
-        t0, got = time.monotonic(), 0
+        chunks: list[bytes | memoryview] = [head] if head else []
+        seg.buffered = len(head)
+        t0 = since = time.monotonic()  # since: when the oldest buffered byte arrived
+        got, write = 0, None
 
         async def flush() -> None:
-            out.hasher = job.hasher_for(seg)
-            n = await out.flush(seg.pos, seg.end)
-            seg.buffered = 0
+            nonlocal write
+            n = min(seg.buffered, seg.end - seg.pos)  # split while buffering: the rest is another range's
+            data = list(chunks) if n == seg.buffered else [memoryview(b"".join(chunks))[:n]]
+            chunks.clear()
+            hasher = job.hasher_for(seg)
+            write = self.disk.writes.submit(pwrite_and_hash, fd, data, seg.pos, hasher)
+            try:
+                written = await asyncio.wrap_future(write)
+            except OSError as exc:
+                raise Fatal(f"cannot write {part}: {exc.strerror or exc} (disk full?)") from exc
+            finally:
+                seg.buffered = 0
+            if written != n:
+                raise Fatal(f"short write to {part}: {written} of {n} bytes (disk full?)")
             if job.live(gen):
-                job.wrote(seg, n, hashed=out.hasher is not None)
+                job.wrote(seg, n, hashed=hasher is not None)
                 if self.progress is not None:
                     self.progress.advance(n)
 
         try:
             try:
-                if head:
-                    out.add(head, seg.end - seg.pos)
-                    seg.buffered = out.pending
                 async for chunk, _ in resp.content.iter_chunks():
                     if not job.live(gen):
                         return
                     got += len(chunk)
-                    out.add(chunk, seg.end - seg.pos - out.pending)
-                    seg.buffered = out.pending
-                    if out.due() or seg.pos + out.pending >= seg.end:
+                    if not seg.buffered:
+                        since = time.monotonic()
+                    chunks.append(chunk)
+                    seg.buffered += len(chunk)
+                    if (seg.buffered >= FLUSH_BYTES or seg.pos + seg.buffered >= seg.end
+                            or time.monotonic() - since >= FLUSH_SECONDS):
                         await flush()
                         if seg.done():
                             return
             except Exception:
-                if out.pending and job.live(gen):  # keep the good bytes that arrived before the failure
+                if seg.buffered and job.live(gen):  # keep the good bytes that arrived before the failure
                     await flush()
                 raise
-            if out.pending and job.live(gen):
+            if seg.buffered and job.live(gen):
                 await flush()
         finally:
             seg.buffered = 0
-            out.close()
+            if write is not None and not write.done():
+                write.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
             seconds = time.monotonic() - t0
             if got >= 256 << 10 and seconds > 0:
                 self.rate = got / seconds if not self.rate else 0.8 * self.rate + 0.2 * got / seconds
