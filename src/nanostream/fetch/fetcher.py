@@ -9,7 +9,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +17,15 @@ import aiohttp
 
 from .._compat import TaskGroup
 from ..concurrency import cancel_and_wait
-from ..config import DEFAULT_TOKEN_HOSTS, check_url, host_of
-from ..errors import (
-    AccessDenied,
-    ConfigError,
-    FetchError,
-    HTTPStatusError,
-    RetriesExhausted,
-    VerificationError,
-)
-from ..retry import (
-    Fatal,
-    NoSpace,
-    Retries,
-    RetryPolicy,
-    Transient,
-    client_session,
-    describe,
-    unreachable,
-    with_retries,
-)
+from ..config import check_url, host_of
+from ..errors import ConfigError, FetchError, VerificationError
+from ..retry import NoSpace, RetryPolicy, Transient, client_session, unreachable
 from ..shards import shard_name
 from ..sources.catalog import DataFile
-from ..sources.credentials import Credentials, is_s3
+from ..sources.credentials import Credentials
 from .disk import Disk
 from .jobs import Job, Segment
-from .outcomes import ShardResult, refused, translate
+from .outcomes import ShardResult, translate
 from .ranges import RangeDownloader, split_tail
 
 log = logging.getLogger(__name__)
@@ -55,10 +38,8 @@ class Fetcher:
     ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``."""
 
     def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
-                 token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
                  retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress: Any = None,
-                 min_split: int | None = None, s3_endpoint: str | None = None,
-                 credentials: Credentials | None = None) -> None:
+                 min_split: int | None = None, credentials: Credentials | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if retry.attempts < 1:
@@ -66,7 +47,7 @@ class Fetcher:
         self.data_dir, self.base_url = Path(data_dir), check_url(base_url) if base_url else None
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
         self.min_split = min_split
-        self.credentials = credentials or Credentials(token, token_hosts, s3_endpoint)
+        self.credentials = credentials or Credentials()
         self.by_key: dict[str, Job] = {}  # file path -> its job, until it is settled
         self.queued: collections.deque[Job] = collections.deque()
         self.running: list[Job] = []
@@ -151,12 +132,7 @@ class Fetcher:
         if file.size is not None:
             return file.size
         await self.credentials.prepare([file.url])
-        url, signed = self.credentials.http_url(file.url), is_s3(file.url)
-        retries = Retries(self.retry, f"HEAD {file.path}", url=url, shard=file.path)
-        try:
-            return (await with_retries(retries, lambda: self._ranges.head_info(url, signed)))[1]
-        except Fatal as exc:
-            raise HTTPStatusError(f"HEAD {url}: {exc}", status=exc.status or 0, shard=file.path, url=url) from exc
+        return await self._ranges.size_of(file, self.retry)
 
     # -- scheduling -------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
@@ -316,18 +292,13 @@ class Fetcher:
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
             return
-        if isinstance(exc, Fatal) and exc.status in (401, 403):  # the source refuses all: stop at once
-            err: FetchError = refused(job, exc)
-        elif job.retries.rate_limited(exc):  # the host's schedule outlasts the budget: for every file
-            err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
-        else:
-            result = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=translate(job, exc),
-                                 name=job.name)
+        err, scope = translate(job, exc)
+        if scope is None:
+            result = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err, name=job.name)
             self.failed[job.name] = result
             return self._settle(job, result)
-        err.__cause__ = exc
-        self._fail_all(err, host_of(job.url) if isinstance(err, AccessDenied) else None)
-        return self._fail(job, err)  # (done already when it was queued or running)
+        self._fail_all(err, host_of(job.url) if scope == "host" else None)  # this job too, when queued or running
+        return self._fail(job, err)
 
     def _settle(self, job: Job, result: ShardResult) -> None:
         job.close_files()

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
 from ..concurrency import run_each
+from ..config import DEFAULT_TOKEN_HOSTS
 from ..errors import DiskFullError, FetchError
 from ..retry import RetryPolicy
 from ..sources.catalog import DataFile
+from ..sources.credentials import Credentials
 from .fetcher import DEFAULT_RETRY, Fetcher
 from .outcomes import ShardResult
 from .partial import part_path
@@ -23,9 +25,11 @@ ROOMY = 1 << 30  # free space above this per missing shard skips the probes
 
 
 async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_url: str | None = None,
-                      workers: int = 8, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
-                      verify: bool = False, on_shard: Callable[[ShardResult], None] | None = None,
-                      progress=None, check_space: bool = False, **fetcher_kwargs) -> list[ShardResult]:
+                      workers: int = 8, retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False,
+                      on_shard: Callable[[ShardResult], None] | None = None, progress=None,
+                      check_space: bool = False, token: str | None = None,
+                      token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS, s3_endpoint: str | None = None,
+                      min_split: int | None = None) -> list[ShardResult]:
     """Fetch every file (a ``DataFile``, or a shard index under ``base_url``); one result each, in order,
     ``on_shard`` called as each lands or fails. Raises only for bad arguments (``ConfigError``), a disk
     too small for the files (``DiskFullError``, with ``check_space``) or cancellation."""
@@ -42,8 +46,9 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
         if on_shard is not None:
             on_shard(res)
 
-    async with Fetcher(Path(data_dir), base_url, workers=workers, token=token, retry=retry, verify=verify,
-                       progress=progress, **fetcher_kwargs) as f:
+    credentials = Credentials(token, token_hosts, s3_endpoint)
+    async with Fetcher(Path(data_dir), base_url, workers=workers, retry=retry, verify=verify, progress=progress,
+                       min_split=min_split, credentials=credentials) as f:
         await f.credentials.prepare(f.data_file(i).url for i in items)  # a credential problem: one error, here
         if check_space:
             await check_free_space(f.data_dir, [f.data_file(i) for i in items], f.head)

@@ -4,20 +4,18 @@ ended a file becomes the caller's ``FetchError``.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import AccessDenied, DiskFullError, FetchError, HTTPStatusError, RetriesExhausted
-from ..retry import Fatal, NoSpace, classify
+from ..retry import Fatal, NoSpace, classify, describe
 from .partial import discard, part_path
 
 if TYPE_CHECKING:
     from .jobs import Job
 
-log = logging.getLogger(__name__)
 _HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]+))/resolve/")
 
 
@@ -41,25 +39,32 @@ def refused(job: Job, exc: Fatal) -> AccessDenied:
     hub = _HUB_FILE.match(job.url)
     status = exc.status or 0
     said = f"HTTP {status}" + (f" {exc.code}" if exc.code else "")
+    repo, page = (f"hf://datasets/{hub['repo']}", hub["page"]) if hub else ("", "")
     if hub and exc.code == "GatedRepo":
-        repo, page = f"hf://datasets/{hub['repo']}", hub["page"]
         who = ("set HF_TOKEN to a token of that account" if status == 401 else
                "HF_TOKEN's account has no access yet (a manual approval may still be pending)")
         msg = f"{repo} is a gated dataset ({said}): accept its terms at {page}; {who}"
     elif hub:
-        repo, page = f"hf://datasets/{hub['repo']}", hub["page"]
         msg = f"{repo} refuses downloads ({said}): set HF_TOKEN to a token that may read it ({page})"
     else:
         msg = f"{job.url.rsplit('/', 1)[0]} refuses downloads ({exc}): check the token or credentials"
     return AccessDenied(f"{msg}; the fetch stopped at the first refusal", status=status, url=job.url)
 
 
-def translate(job: Job, exc: BaseException) -> FetchError:
-    """The FetchError for a file that failed with ``exc`` (chained to it)."""
+def translate(job: Job, exc: BaseException) -> tuple[FetchError, str | None]:
+    """The FetchError for a file that failed with ``exc`` (chained to it), and whom it fails: ``None`` this
+    file, ``"host"`` every file of its host (a 401/403), ``"all"`` every file (429 waits past the budget)."""
     if isinstance(exc, FetchError):
-        return exc
-    if isinstance(exc, NoSpace):
-        err: FetchError = DiskFullError(
+        return exc, None
+    scope = None
+    if isinstance(exc, Fatal) and exc.status in (401, 403):
+        err: FetchError = refused(job, exc)
+        scope = "host"
+    elif job.retries.rate_limited(exc):
+        err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
+        scope = "all"
+    elif isinstance(exc, NoSpace):
+        err = DiskFullError(
             f"{job.name}: not enough free space in {job.final.parent} for {exc.needed / 1e6:.1f} MB "
             f"({exc}); free some space, choose another --data-dir, or stream with a cache_limit= "
             "(NANOSTREAM_CACHE_LIMIT) below the free space, so that files are evicted to make room",
@@ -78,4 +83,4 @@ def translate(job: Job, exc: BaseException) -> FetchError:
         err = RetriesExhausted(f"{job.name}: {job.retries.why(exc)} ({job.url}){hint}", attempts=job.attempts,
                                shard=job.name, url=job.url)
     err.__cause__ = exc
-    return err
+    return err, scope

@@ -13,9 +13,10 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import VerificationError
-from ..retry import Fatal, Transient, check_status, parse_sha256
-from ..sources.credentials import Credentials
+from ..errors import HTTPStatusError, VerificationError
+from ..retry import Fatal, Retries, RetryPolicy, Transient, check_status, parse_sha256, with_retries
+from ..sources.catalog import DataFile
+from ..sources.credentials import Credentials, is_s3
 from .disk import FLUSH_BYTES, FLUSH_SECONDS, Disk, pwrite_and_hash
 from .jobs import Job, Segment
 from .partial import PARQUET_MAGIC, part_path
@@ -216,6 +217,15 @@ class RangeDownloader:
             self.reached = True
             check_status(resp)
             return announced(resp)
+
+    async def size_of(self, file: DataFile, policy: RetryPolicy) -> int | None:
+        """The size the server announces for ``file`` (HEAD, retried); HTTPStatusError if it refuses."""
+        url, signed = self.credentials.http_url(file.url), is_s3(file.url)
+        retries = Retries(policy, f"HEAD {file.path}", url=url, shard=file.path)
+        try:
+            return (await with_retries(retries, lambda: self.head_info(url, signed)))[1]
+        except Fatal as exc:
+            raise HTTPStatusError(f"HEAD {url}: {exc}", status=exc.status or 0, shard=file.path, url=url) from exc
 
 
 def changed(job: Job, why: str) -> VerificationError:
