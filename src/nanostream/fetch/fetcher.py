@@ -23,9 +23,9 @@ from ..retry import NoSpace, RetryPolicy, Transient, client_session, unreachable
 from ..shards import shard_name
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials
-from .disk import Disk
 from .jobs import Job, Segment
 from .outcomes import ShardResult, translate
+from .partial import Disk
 from .ranges import RangeDownloader, split_tail
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from ..errors import FetchError
 from ..retry import Fatal, NoSpace, Retries, RetryPolicy, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
-from .disk import Disk
 from .partial import (
+    Disk,
     PartFiles,
     PartState,
     check_file,

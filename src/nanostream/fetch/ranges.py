@@ -17,9 +17,11 @@ from ..errors import HTTPStatusError, VerificationError
 from ..retry import Fatal, Retries, RetryPolicy, Transient, check_status, parse_sha256, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials, is_s3
-from .disk import FLUSH_BYTES, FLUSH_SECONDS, Disk, pwrite_and_hash
 from .jobs import Job, Segment
-from .partial import PARQUET_MAGIC, part_path
+from .partial import PARQUET_MAGIC, Disk, part_path
+
+FLUSH_BYTES = 128 << 10  # a range writes what it received every FLUSH_BYTES or FLUSH_SECONDS
+FLUSH_SECONDS = 0.2
 
 
 def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
@@ -226,6 +228,15 @@ class RangeDownloader:
             return (await with_retries(retries, lambda: self.head_info(url, signed)))[1]
         except Fatal as exc:
             raise HTTPStatusError(f"HEAD {url}: {exc}", status=exc.status or 0, shard=file.path, url=url) from exc
+
+
+def pwrite_and_hash(fd: int, chunks: list, offset: int, hasher: Any) -> int:
+    """Write ``chunks`` at ``offset`` with one ``pwritev`` (no copies); feed ``hasher`` too."""
+    written = os.pwritev(fd, chunks, offset)
+    if hasher is not None:
+        for c in chunks:
+            hasher.update(c)
+    return written
 
 
 def changed(job: Job, why: str) -> VerificationError:
