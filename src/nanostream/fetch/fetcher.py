@@ -65,23 +65,20 @@ class Fetcher:
         self._session = client_session(self.retry, connector=connector, auto_decompress=False)
         self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake)
         self._runner = asyncio.create_task(self._run(), name="nanostream-fetcher")
-        self._runner.add_done_callback(self._stopped)
         return self
 
     async def _run(self) -> None:
-        async with self._tasks:
-            for _ in range(self.workers):
-                self._tasks.create_task(self._worker())
-
-    def _stopped(self, runner: asyncio.Task[None]) -> None:
-        """The TaskGroup ended on an error (a bug): no ``fetch`` waits forever, each fails with it."""
-        if runner.cancelled() or runner.exception() is None:
-            return
-        err = FetchError(f"the downloader stopped: {runner.exception()!r}")
-        err.__cause__ = runner.exception()
-        for job in list(self.by_key.values()):
-            if not job.future.done():
-                job.future.set_exception(err)
+        try:
+            async with self._tasks:
+                for _ in range(self.workers):
+                    self._tasks.create_task(self._worker())
+        except Exception as exc:  # a bug ended the TaskGroup: no ``fetch`` waits forever, each fails with it
+            err = FetchError(f"the downloader stopped: {exc!r}")
+            err.__cause__ = exc
+            for job in self.by_key.values():
+                if not job.future.done():
+                    job.future.set_exception(err)
+            raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True

@@ -49,10 +49,6 @@ class Segment:
     def done(self) -> bool:
         return self.end is not None and self.pos >= self.end
 
-    def left(self) -> int:
-        """Bytes not yet received (0 when the end is unknown)."""
-        return 0 if self.end is None else max(self.end - self.pos - self.buffered, 0)
-
 
 class Job:
     """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult (or

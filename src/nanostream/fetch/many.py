@@ -70,9 +70,8 @@ async def check_free_space(folder: Path, files: list[DataFile], head: Callable[[
     free = disk.f_bavail * disk.f_frsize
     if not missing or free >= len(missing) * ROOMY:
         return
-    listed = [f.size for f in missing if f.size is not None]
-    sample = [f for f in missing if f.size is None][: max(probe - len(listed), 1)]
-    sizes: list[int] = list(listed)
+    sizes = [f.size for f in missing if f.size is not None]
+    sample = [f for f in missing if f.size is None][: max(probe - len(sizes), 1)]
 
     async def one(f: DataFile) -> None:
         try:

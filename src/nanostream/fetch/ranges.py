@@ -32,7 +32,7 @@ def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
         if job.finalizing:
             continue
         for seg in job.segments:
-            left = seg.left()
+            left = 0 if seg.end is None else seg.end - seg.pos - seg.buffered  # not received yet
             if seg.active and left >= 2 * floor and (best is None or left > best[0]):
                 best = (left, job, seg)
     if best is None:
