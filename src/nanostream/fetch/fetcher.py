@@ -201,7 +201,6 @@ class Fetcher:
             while job.live(gen) and not seg.done():
                 try:
                     await self._ranges.fetch_range(job, seg, gen)
-                    self.down_since = None
                 except Exception as exc:  # noqa: BLE001  (sorted by Retries: retried, or the file fails)
                     if not job.live(gen) or not await self._again(job, exc):
                         return
