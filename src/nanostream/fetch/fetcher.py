@@ -52,7 +52,6 @@ class Fetcher:
         self.queued: collections.deque[Job] = collections.deque()
         self.running: list[Job] = []
         self.waiting_for_space: list[Job] = []
-        self.failed: dict[str, ShardResult] = {}  # file path -> the result of a file that failed
         self.down_since: float | None = None  # when the host was first found unreachable
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
         self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
@@ -77,7 +76,7 @@ class Fetcher:
             err.__cause__ = exc
             for job in self.by_key.values():
                 if not job.future.done():
-                    job.future.set_exception(err)
+                    job.future.set_result(ShardResult(job.index, None, error=err, name=job.name))
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -107,7 +106,14 @@ class Fetcher:
         return DataFile(name, None, url=f"{self.base_url}/{name}")
 
     async def fetch(self, item: int | DataFile, index: int | None = None) -> ShardResult:
-        """Download one file (or wait for it); the verified result, or raise FetchError."""
+        """Download one file (or wait for it); the verified result, or raise its FetchError."""
+        result = await self.fetch_result(item, index)
+        if result.error is not None:
+            raise result.error
+        return result
+
+    async def fetch_result(self, item: int | DataFile, index: int | None = None) -> ShardResult:
+        """Like ``fetch``, with a failure in ``ShardResult.error`` instead of raised."""
         if self._runner is None:
             raise RuntimeError("use Fetcher as `async with Fetcher(...) as f`")
         file = self.data_file(item)
@@ -290,9 +296,8 @@ class Fetcher:
             return
         err, scope = translate(job, exc)
         if scope is None:
-            result = ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err, name=job.name)
-            self.failed[job.name] = result
-            return self._settle(job, result)
+            return self._settle(job, ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
+                                                 name=job.name))
         self._fail_all(err, host_of(job.url) if scope == "host" else None)  # this job too, when queued or running
         return self._fail(job, err)
 
@@ -306,9 +311,6 @@ class Fetcher:
         while self.waiting_for_space:  # space was freed: the waiting files try again
             self.queued.appendleft(self.waiting_for_space.pop())
         self._wake()
-        if result.error is None:
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(result.error)
+        job.future.set_result(result)
         if self.progress is not None:
             self.progress.shard_done(result)

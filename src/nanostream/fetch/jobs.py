@@ -51,8 +51,8 @@ class Segment:
 
 
 class Job:
-    """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult (or
-    FetchError). ``index``: the caller's number for it (a shard index, or its place in the list)."""
+    """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult.
+    ``index``: the caller's number for it (a shard index, or its place in the list)."""
 
     def __init__(self, file: DataFile, final: Path, url: str, disk: Disk, policy: RetryPolicy,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None):
@@ -61,7 +61,6 @@ class Job:
         self.index = index
         self.signed = is_s3(file.url)  # every request is SigV4-signed
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
         self.segments: list[Segment] = []
         self.size: int | None = None
         self.validator: str | None = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..concurrency import run_each
 from ..config import DEFAULT_TOKEN_HOSTS
-from ..errors import DiskFullError, FetchError
+from ..errors import DiskFullError
 from ..retry import RetryPolicy
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials
@@ -37,14 +37,9 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
     results: dict[int, ShardResult] = {}
 
     async def one(f: Fetcher, k: int, item: DataFile | int) -> None:
-        key = f.data_file(item).path
-        try:
-            res = await f.fetch(item, index=k)
-        except FetchError as exc:
-            res = f.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, name=key)
-        results[k] = res
+        results[k] = await f.fetch_result(item, index=k)
         if on_shard is not None:
-            on_shard(res)
+            on_shard(results[k])
 
     credentials = Credentials(token, token_hosts, s3_endpoint)
     async with Fetcher(Path(data_dir), base_url, workers=workers, retry=retry, verify=verify, progress=progress,
