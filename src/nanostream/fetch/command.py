@@ -124,23 +124,23 @@ def summarize(results, data_dir: Path, seconds: float) -> str:
 def failure_lines(results) -> list[str]:
     """One line per distinct failure: a host that is down or refuses access fails every shard with one
     error, and the same HTTP status with the same hint for several files is one line naming them."""
-    groups: dict[str, list] = {}
+    groups: dict[tuple[int | None, str], list] = {}  # (the HTTP status or None, what was said) -> results
     for r in results:
         err = r.error
         if err is None:
             continue
-        same = isinstance(err, HTTPStatusError) and not isinstance(err, AccessDenied) and err.__cause__
-        groups.setdefault(f"{err.status}\0{err.__cause__}" if same else str(err), []).append(r)
+        by_status = isinstance(err, HTTPStatusError) and not isinstance(err, AccessDenied) and err.__cause__
+        groups.setdefault((err.status, str(err.__cause__)) if by_status else (None, str(err)), []).append(r)
     lines = []
-    for key, rs in groups.items():
+    for (status, said), rs in groups.items():
         if len(rs) == 1:
             lines.append(f"nanostream: failed {rs[0].error}")
-        elif "\0" in key:
+        elif status is not None:
             names = ", ".join(r.name for r in rs[:3]) + (f" and {len(rs) - 3} more" if len(rs) > 3 else "")
             where = (rs[0].error.url or "").rsplit("/", 1)[0]
-            lines.append(f"nanostream: failed ({len(rs)} shards) {key.split(chr(0), 1)[1]} from {where}: {names}")
+            lines.append(f"nanostream: failed ({len(rs)} shards) {said} from {where}: {names}")
         else:
-            lines.append(f"nanostream: failed ({len(rs)} shards) {key}")
+            lines.append(f"nanostream: failed ({len(rs)} shards) {said}")
     return lines
 
 

@@ -72,8 +72,7 @@ class RangeDownloader:
         self.rate = 0.0  # bytes/s of one connection, 0 until measured
 
     def min_piece(self) -> int:
-        """Smallest range worth a request of its own: one round trip of one connection's bytes (``L`` bytes
-        take ``L/r`` on one connection, ``rtt + L/2r`` split in two: the split wins once ``L/2 > r * rtt``)."""
+        """Smallest range worth a request of its own: one round trip of one connection's bytes (fetch.md)."""
         if not self.rate:
             return 512 << 10
         return int(min(max(self.rate * self.rtt, 64 << 10), 16 << 20))
