@@ -8,7 +8,7 @@ import threading
 
 import psutil
 
-from nanostream.fetch.disk import Disk
+from nanostream.fetch.partial import Disk
 
 
 async def test_cancelled_acquire_hands_the_resource_back(tmp_path):

@@ -205,8 +205,8 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
     """Regression: range B's write, started before range A completed the prefix, was not hashed."""
     import hashlib
 
-    from nanostream.fetch.disk import Disk
     from nanostream.fetch.jobs import Job, Segment
+    from nanostream.fetch.partial import Disk
     from nanostream.sources.catalog import DataFile
 
     disk, tasks = Disk(), []

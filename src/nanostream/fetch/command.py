@@ -41,14 +41,12 @@ def check_writable_dir(path: Path) -> Path:
 
 def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[DataFile, ...]]:
     """Validate flags, list (or read the folder's record of) the dataset; (data_dir, catalog, files to fetch)."""
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.num_shards < -1:
         raise ConfigError(f"-n must be -1 (all) or >= 0, got {args.num_shards}")
-    if args.retries < 1:
-        raise ConfigError(f"--retries must be >= 1, got {args.retries}")
-    if args.max_shard is not None and args.max_shard < 0:
-        raise ConfigError(f"--max-shard must be >= 0, got {args.max_shard}")
+    for flag, value, least in (("--workers", args.workers, 1), ("--retries", args.retries, 1),
+                               ("--max-shard", args.max_shard, 0)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
     nanochat = getattr(args, "nanochat", False)
     if nanochat and args.data_dir is not None:
         raise ConfigError("--nanochat names the data folder (nanochat's): leave out --data-dir")
@@ -81,27 +79,9 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
     return data_dir, cat, cat.pick(None if args.num_shards == -1 else args.num_shards)
 
 
-async def _until_sigterm(coro):
-    """Run ``coro``; SIGTERM cancels it (cleanup runs as for Ctrl-C) and raises Terminated."""
-    loop, task = asyncio.get_running_loop(), asyncio.ensure_future(coro)
-    hit: list[int] = []
-
-    def on_term() -> None:
-        hit.append(1)
-        task.cancel()
-
-    loop.add_signal_handler(signal.SIGTERM, on_term)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if hit:
-            raise Terminated from None
-        raise
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
 def _run_loop(coro, loop: str):
+    """Run ``coro`` on the ``--loop`` event loop; SIGTERM cancels it (cleanup runs as for Ctrl-C) and raises
+    Terminated."""
     run = asyncio.run
     if loop == "uvloop":
         try:
@@ -109,7 +89,25 @@ def _run_loop(coro, loop: str):
         except ImportError as exc:
             coro.close()
             raise ConfigError("--loop uvloop needs the uvloop package (not available on Windows)") from exc
-    return run(_until_sigterm(coro))
+
+    async def until_sigterm():
+        task, terminated = asyncio.ensure_future(coro), []
+
+        def on_term() -> None:
+            terminated.append(True)
+            task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if terminated:
+                raise Terminated from None
+            raise
+        finally:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+    return run(until_sigterm())
 
 
 def summarize(results, data_dir: Path, seconds: float) -> str:
@@ -126,31 +124,24 @@ def summarize(results, data_dir: Path, seconds: float) -> str:
 def failure_lines(results) -> list[str]:
     """One line per distinct failure: a host that is down or refuses access fails every shard with one
     error, and the same HTTP status with the same hint for several files is one line naming them."""
-    groups: dict[str, list] = {}
+    groups: dict[tuple[int | None, str], list] = {}  # (the HTTP status or None, what was said) -> results
     for r in results:
         err = r.error
         if err is None:
             continue
-        same = isinstance(err, HTTPStatusError) and not isinstance(err, AccessDenied) and err.__cause__
-        groups.setdefault(f"{err.status}\0{err.__cause__}" if same else str(err), []).append(r)
+        by_status = isinstance(err, HTTPStatusError) and not isinstance(err, AccessDenied) and err.__cause__
+        groups.setdefault((err.status, str(err.__cause__)) if by_status else (None, str(err)), []).append(r)
     lines = []
-    for key, rs in groups.items():
+    for (status, said), rs in groups.items():
         if len(rs) == 1:
             lines.append(f"nanostream: failed {rs[0].error}")
-        elif "\0" in key:
+        elif status is not None:
             names = ", ".join(r.name for r in rs[:3]) + (f" and {len(rs) - 3} more" if len(rs) > 3 else "")
             where = (rs[0].error.url or "").rsplit("/", 1)[0]
-            lines.append(f"nanostream: failed ({len(rs)} shards) {key.split(chr(0), 1)[1]} from {where}: {names}")
+            lines.append(f"nanostream: failed ({len(rs)} shards) {said} from {where}: {names}")
         else:
-            lines.append(f"nanostream: failed ({len(rs)} shards) {key}")
+            lines.append(f"nanostream: failed ({len(rs)} shards) {said}")
     return lines
-
-
-def _stopped(data_dir: Path, what: str) -> None:
-    kept = any(p.name.endswith(".part") for p in data_dir.iterdir())
-    tail = ("partial downloads and their state kept in "
-            f"{data_dir}; the same command resumes them") if kept else "nothing partial was left"
-    print(f"nanostream: {what}; {tail}", file=sys.stderr, flush=True)
 
 
 def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
@@ -175,17 +166,20 @@ def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
         print(f"fetch: verification: {verification_summary(replace(cat, files=files))}", file=sys.stderr,
               flush=True)
     progress = make_progress(len(files), quiet=args.quiet)
-    retry = RetryPolicy(attempts=args.retries)
     start = time.monotonic()
     try:
         results = _run_loop(fetch_files(files, data_dir=data_dir, workers=args.workers, token=cfg.hf_token,
-                                        token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint, retry=retry,
-                                        verify=args.verify, progress=progress, check_space=True), loop)
+                                        token_hosts=cfg.token_hosts, s3_endpoint=cfg.s3_endpoint,
+                                        retry=RetryPolicy(attempts=args.retries), verify=args.verify,
+                                        progress=progress, check_space=True), loop)
     except (KeyboardInterrupt, Terminated) as exc:
         progress.close()
-        terminated = isinstance(exc, Terminated)
-        _stopped(data_dir, "terminated (SIGTERM)" if terminated else "interrupted")
-        return EXIT_TERMINATED if terminated else 130
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        kept = any(p.name.endswith(".part") for p in data_dir.iterdir())
+        tail = (f"partial downloads and their state kept in {data_dir}; the same command resumes them" if kept
+                else "nothing partial was left")
+        print(f"nanostream: {what}; {tail}", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else 130
     finally:
         progress.close()
     for line in failure_lines(results):

@@ -1,14 +1,15 @@
-"""The async downloader: ``Fetcher``, one aiohttp session and W worker tasks (at most W connections), every
-task a child of its TaskGroup. A worker takes an idle range of a started file, else the next queued file,
-else a slice of the tail (``ranges.split_tail``).
+"""The async downloader: ``Fetcher``, one aiohttp session, W worker tasks (at most W connections) and the
+files it knows of, by state (queued, running, waiting for disk space), each settled once: published or failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import Collection, Coroutine
+import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,15 @@ import aiohttp
 
 from .._compat import TaskGroup
 from ..concurrency import cancel_and_wait
-from ..config import DEFAULT_TOKEN_HOSTS, check_url
-from ..errors import ConfigError, FetchError, HTTPStatusError, VerificationError
-from ..retry import Fatal, NoSpace, Retries, RetryPolicy, Transient, client_session, unreachable, with_retries
+from ..config import check_url, host_of
+from ..errors import ConfigError, FetchError, VerificationError
+from ..retry import NoSpace, RetryPolicy, Transient, client_session, unreachable
 from ..shards import shard_name
 from ..sources.catalog import DataFile
-from ..sources.credentials import Credentials, is_s3
-from .disk import Disk
+from ..sources.credentials import Credentials
 from .jobs import Job, Segment
-from .outcomes import Jobs, ShardResult
-from .partial import finalize
+from .outcomes import ShardResult, translate
+from .partial import Disk
 from .ranges import RangeDownloader, split_tail
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,8 @@ class Fetcher:
     ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``."""
 
     def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
-                 token: str | None = None, token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS,
                  retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress: Any = None,
-                 min_split: int | None = None, s3_endpoint: str | None = None,
-                 credentials: Credentials | None = None) -> None:
+                 min_split: int | None = None, credentials: Credentials | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if retry.attempts < 1:
@@ -49,8 +47,12 @@ class Fetcher:
         self.data_dir, self.base_url = Path(data_dir), check_url(base_url) if base_url else None
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
         self.min_split = min_split
-        self.credentials = credentials or Credentials(token, token_hosts, s3_endpoint)
-        self.jobs = Jobs(retry, progress, self._wake)
+        self.credentials = credentials or Credentials()
+        self.by_key: dict[str, Job] = {}  # file path -> its job, until it is settled
+        self.queued: collections.deque[Job] = collections.deque()
+        self.running: list[Job] = []
+        self.waiting_for_space: list[Job] = []
+        self.down_since: float | None = None  # when the host was first found unreachable
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
         self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
         self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
@@ -62,23 +64,20 @@ class Fetcher:
         self._session = client_session(self.retry, connector=connector, auto_decompress=False)
         self._ranges = RangeDownloader(self._session, self.disk, self.credentials, self.progress, self._wake)
         self._runner = asyncio.create_task(self._run(), name="nanostream-fetcher")
-        self._runner.add_done_callback(self._stopped)
         return self
 
     async def _run(self) -> None:
-        async with self._tasks:
-            for _ in range(self.workers):
-                self._tasks.create_task(self._worker())
-
-    def _stopped(self, runner: asyncio.Task[None]) -> None:
-        """The TaskGroup ended on an error (a bug): no ``fetch`` waits forever, each fails with it."""
-        if runner.cancelled() or runner.exception() is None:
-            return
-        err = FetchError(f"the downloader stopped: {runner.exception()!r}")
-        err.__cause__ = runner.exception()
-        for job in list(self.jobs.by_key.values()):
-            if not job.future.done():
-                job.future.set_exception(err)
+        try:
+            async with self._tasks:
+                for _ in range(self.workers):
+                    self._tasks.create_task(self._worker())
+        except Exception as exc:  # a bug ended the TaskGroup: no ``fetch`` waits forever, each fails with it
+            err = FetchError(f"the downloader stopped: {exc!r}")
+            err.__cause__ = exc
+            for job in self.by_key.values():
+                if not job.future.done():
+                    job.future.set_result(ShardResult(job.index, None, error=err, name=job.name))
+            raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True
@@ -87,7 +86,7 @@ class Fetcher:
             await cancel_and_wait(self._runner)
         finally:
             self.disk.close()  # every write has finished: the final saves see all of them
-            for job in list(self.jobs.by_key.values()):
+            for job in list(self.by_key.values()):
                 job.save_now()
                 job.close_files()
                 job.unlock()
@@ -107,19 +106,26 @@ class Fetcher:
         return DataFile(name, None, url=f"{self.base_url}/{name}")
 
     async def fetch(self, item: int | DataFile, index: int | None = None) -> ShardResult:
-        """Download one file (or wait for it); the verified result, or raise FetchError."""
+        """Download one file (or wait for it); the verified result, or raise its FetchError."""
+        result = await self.fetch_result(item, index)
+        if result.error is not None:
+            raise result.error
+        return result
+
+    async def fetch_result(self, item: int | DataFile, index: int | None = None) -> ShardResult:
+        """Like ``fetch``, with a failure in ``ShardResult.error`` instead of raised."""
         if self._runner is None:
             raise RuntimeError("use Fetcher as `async with Fetcher(...) as f`")
         file = self.data_file(item)
-        job = self.jobs.by_key.get(file.path)
+        job = self.by_key.get(file.path)
         if job is None:
             if not file.url:
                 raise ConfigError(f"{file.path} has no source URL: it can only be read where it is")
             await self.credentials.prepare([file.url])
-            job = self.jobs.by_key[file.path] = Job(
+            job = self.by_key[file.path] = Job(
                 file, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
                 self._spawn, index=item if isinstance(item, int) else index)
-            self.jobs.queued.append(job)
+            self.queued.append(job)
             self._wake()
         return await asyncio.shield(job.future)
 
@@ -129,12 +135,7 @@ class Fetcher:
         if file.size is not None:
             return file.size
         await self.credentials.prepare([file.url])
-        url, signed = self.credentials.http_url(file.url), is_s3(file.url)
-        retries = Retries(self.retry, f"HEAD {file.path}", url=url, shard=file.path)
-        try:
-            return (await with_retries(retries, lambda: self._ranges.head_info(url, signed)))[1]
-        except Fatal as exc:
-            raise HTTPStatusError(f"HEAD {url}: {exc}", status=exc.status or 0, shard=file.path, url=url) from exc
+        return await self._ranges.size_of(file, self.retry)
 
     # -- scheduling -------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
@@ -156,20 +157,19 @@ class Fetcher:
             await self._run_segment(job, seg)
 
     async def _next_work(self) -> tuple[Job, Segment]:
+        """An idle range of a started file, else the next queued file's first, else a slice of the tail."""
         while True:
             work = self._work
-            for job in self.jobs.running:
-                if job.finalizing:
-                    continue
-                for seg in job.segments:
+            for job in self.running:
+                for seg in [] if job.finalizing else job.segments:
                     if not seg.active and not seg.done():
                         seg.active = True
                         return job, seg
-            if self.jobs.queued:
-                await self._start(self.jobs.queued.popleft())
+            if self.queued:
+                await self._start(self.queued.popleft())
                 continue
             piece = self.min_split if self.min_split is not None else self._ranges.min_piece()
-            stolen = split_tail(self.jobs.running, piece)
+            stolen = split_tail(self.running, piece)
             if stolen is not None:
                 return stolen
             await work.wait()
@@ -179,26 +179,24 @@ class Fetcher:
         try:
             status = await job.open(self.verify, lambda: self._ranges.head_info(job.url, job.signed))
         except Exception as exc:  # noqa: BLE001  (a FetchError, or what --verify's HEAD raised: the file fails)
-            return self.jobs.fail(job, exc)
+            return self._fail(job, exc)
         if status == "present":
-            return self.jobs.resolve(job, skipped=True)
+            return self._resolve(job, skipped=True)
         if status == "busy":
             log.debug("%s is being downloaded by another process; waiting for it", job.name)
             self._spawn(self._wait_for_other(job))
             return None
         if status == "resume" and self.progress is not None:
             self.progress.add_total(sum(s.end - s.pos for s in job.segments))
-        self.jobs.running.append(job)
-        if all(s.done() for s in job.segments):
-            job.finalizing = True
-            self._spawn(self._finalize(job))
+        self.running.append(job)
+        self._finish_if_done(job)
         self._wake()
         return None
 
     async def _wait_for_other(self, job: Job) -> None:
         if await job.other_finished(self.verify):
-            return self.jobs.resolve(job, skipped=True)
-        self.jobs.queued.appendleft(job)  # the other process is gone without it: take over
+            return self._resolve(job, skipped=True)
+        self.queued.appendleft(job)  # the other process is gone without it: take over
         self._wake()
         return None
 
@@ -209,56 +207,110 @@ class Fetcher:
             while job.live(gen) and not seg.done():
                 try:
                     await self._ranges.fetch_range(job, seg, gen)
-                    self.jobs.down_since = None
                 except Exception as exc:  # noqa: BLE001  (sorted by Retries: retried, or the file fails)
                     if not job.live(gen) or not await self._again(job, exc):
                         return
         finally:
             seg.active = False
             self._wake()
-        if job.live(gen) and not job.finalizing and all(s.done() and not s.active for s in job.segments):
-            job.finalizing = True
-            self._spawn(self._finalize(job))
+        if job.live(gen):
+            self._finish_if_done(job)
 
     async def _again(self, job: Job, exc: Exception) -> bool:
         """After a failed range request: wait and return True to retry it; else the file (or every file)
-        has failed."""
+        has failed. A host never reached fails every file after ``unreachable_after`` seconds."""
         if isinstance(exc, NoSpace):
-            self.jobs.no_space(job, exc)
+            self._no_space(job, exc)
             return False
         why = None if self._ranges.reached else unreachable(exc)
-        where = self.base_url or job.url.rsplit("/", 1)[0]
-        if why is not None and self.jobs.host_down(why, exc, now=job.attempts + 1 >= self.retry.attempts,
-                                                   where=where):
-            return False
+        if why is not None:
+            now = time.monotonic()
+            if self.down_since is None:
+                self.down_since = now
+                log.debug("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
+            if job.attempts + 1 >= self.retry.attempts or now - self.down_since >= self.retry.unreachable_after:
+                where = self.base_url or job.url.rsplit("/", 1)[0]
+                err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, "
+                                 f"AWS_ENDPOINT_URL or --base-url ({where})", url=where)
+                err.__cause__ = exc
+                self._fail_all(err)
+                return False
         if await job.retries.again(exc):
             return True
-        self.jobs.fail(job, exc)
+        self._fail(job, exc)
         return False
+
+    def _finish_if_done(self, job: Job) -> None:
+        if not job.finalizing and all(s.done() and not s.active for s in job.segments):
+            job.finalizing = True
+            self._spawn(self._finalize(job))
 
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
-        assert job.size is not None
         try:
-            async with job.files:
-                job.close_files()
-                try:
-                    problem = await self.disk.run_synced(finalize, job.final, job.size, job.sha256, job.digest(),
-                                                         job.file.md5)
-                except OSError as exc:
-                    return self.jobs.fail(job, FetchError(f"{job.name}: cannot publish {job.final}: {exc}",
-                                                          shard=job.name, url=job.url))
+            problem = await job.publish()
             if not job.live(gen):
                 return None
             if problem is None:
-                return self.jobs.resolve(job, skipped=False)
+                return self._resolve(job, skipped=False)
             err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
                                     shard=job.name, url=job.url)
             log.warning("%s", err)
             if not await job.retries.again(Transient(problem)):
-                return self.jobs.fail(job, err)
+                return self._fail(job, err)
             job.reset(f"{problem}; discarded the bytes")
             self._wake()
             return None
+        except FetchError as exc:
+            return self._fail(job, exc)
         finally:
             job.finalizing = False
+
+    # -- settling: each file once, published or failed ----------------------------------------
+    def _fail_all(self, err: FetchError, host: str | None = None) -> None:
+        """Fail every queued, running and waiting file (of ``host``, when given) with the one ``err``."""
+        for job in [*self.queued, *self.running, *self.waiting_for_space]:
+            if host is None or host_of(job.url) == host:
+                self._fail(job, err)
+
+    def _no_space(self, job: Job, exc: NoSpace) -> None:
+        """The disk cannot hold this file now: wait for the running ones to finish, or fail if none runs."""
+        others = [j for j in self.running if j is not job and j.size is not None]
+        if not others:
+            return self._fail(job, exc)
+        log.info("%s: %.1f MB do not fit on the disk now; waiting for %d running shard(s) to finish",
+                 job.name, exc.needed / 1e6, len(others))
+        self.running.remove(job)
+        job.segments = []
+        job.close_files()
+        job.unlock()  # it holds nothing on disk; locked again when it is retried
+        self.waiting_for_space.append(job)
+        return None
+
+    def _resolve(self, job: Job, *, skipped: bool) -> None:
+        self._settle(job, ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded,
+                                      job.attempts, skipped, name=job.name))
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        if job.future.done():
+            return
+        err, scope = translate(job, exc)
+        if scope is None:
+            return self._settle(job, ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
+                                                 name=job.name))
+        self._fail_all(err, host_of(job.url) if scope == "host" else None)  # this job too, when queued or running
+        return self._fail(job, err)
+
+    def _settle(self, job: Job, result: ShardResult) -> None:
+        job.close_files()
+        job.unlock()
+        self.by_key.pop(job.name, None)
+        for group in (self.queued, self.running, self.waiting_for_space):
+            if job in group:
+                group.remove(job)
+        while self.waiting_for_space:  # space was freed: the waiting files try again
+            self.queued.appendleft(self.waiting_for_space.pop())
+        self._wake()
+        job.future.set_result(result)
+        if self.progress is not None:
+            self.progress.shard_done(result)

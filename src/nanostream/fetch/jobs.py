@@ -19,8 +19,18 @@ from ..errors import FetchError
 from ..retry import Fatal, NoSpace, Retries, RetryPolicy, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
-from .disk import Disk
-from .partial import PartFiles, PartState, check_file, create_part, discard, open_job, release_job, try_lock
+from .partial import (
+    Disk,
+    PartFiles,
+    PartState,
+    check_file,
+    create_part,
+    discard,
+    finalize,
+    open_job,
+    release_job,
+    try_lock,
+)
 
 log = logging.getLogger(__name__)
 POLL = 0.25  # seconds between looks at a file another process downloads
@@ -39,14 +49,10 @@ class Segment:
     def done(self) -> bool:
         return self.end is not None and self.pos >= self.end
 
-    def left(self) -> int:
-        """Bytes not yet received (0 when the end is unknown)."""
-        return 0 if self.end is None else max(self.end - self.pos - self.buffered, 0)
-
 
 class Job:
-    """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult (or
-    FetchError). ``index``: the caller's number for it (a shard index, or its place in the list)."""
+    """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult.
+    ``index``: the caller's number for it (a shard index, or its place in the list)."""
 
     def __init__(self, file: DataFile, final: Path, url: str, disk: Disk, policy: RetryPolicy,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None):
@@ -55,7 +61,6 @@ class Job:
         self.index = index
         self.signed = is_s3(file.url)  # every request is SigV4-signed
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC noise
         self.segments: list[Segment] = []
         self.size: int | None = None
         self.validator: str | None = None
@@ -151,6 +156,18 @@ class Job:
                     self.size = None  # not started: the next attempt learns again
                     raise NoSpace(why, size) from exc
                 raise Fatal(why) from exc
+
+    async def publish(self) -> str | None:
+        """Verify the complete part file and publish it (``partial.finalize``): None, or why it failed
+        verification. Raises FetchError when it cannot be published."""
+        async with self.files:
+            self.close_files()
+            try:
+                return await self.disk.run_synced(finalize, self.final, self.size, self.sha256, self.digest(),
+                                                  self.file.md5)
+            except OSError as exc:
+                raise FetchError(f"{self.name}: cannot publish {self.final}: {exc}", shard=self.name,
+                                 url=self.url) from exc
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""

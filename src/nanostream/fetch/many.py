@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
 from ..concurrency import run_each
-from ..errors import DiskFullError, FetchError
+from ..config import DEFAULT_TOKEN_HOSTS
+from ..errors import DiskFullError
 from ..retry import RetryPolicy
 from ..sources.catalog import DataFile
+from ..sources.credentials import Credentials
 from .fetcher import DEFAULT_RETRY, Fetcher
 from .outcomes import ShardResult
 from .partial import part_path
@@ -23,9 +25,11 @@ ROOMY = 1 << 30  # free space above this per missing shard skips the probes
 
 
 async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_url: str | None = None,
-                      workers: int = 8, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
-                      verify: bool = False, on_shard: Callable[[ShardResult], None] | None = None,
-                      progress=None, check_space: bool = False, **fetcher_kwargs) -> list[ShardResult]:
+                      workers: int = 8, retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False,
+                      on_shard: Callable[[ShardResult], None] | None = None, progress=None,
+                      check_space: bool = False, token: str | None = None,
+                      token_hosts: Collection[str] = DEFAULT_TOKEN_HOSTS, s3_endpoint: str | None = None,
+                      min_split: int | None = None) -> list[ShardResult]:
     """Fetch every file (a ``DataFile``, or a shard index under ``base_url``); one result each, in order,
     ``on_shard`` called as each lands or fails. Raises only for bad arguments (``ConfigError``), a disk
     too small for the files (``DiskFullError``, with ``check_space``) or cancellation."""
@@ -33,17 +37,13 @@ async def fetch_files(files: Iterable[DataFile | int], *, data_dir: Path, base_u
     results: dict[int, ShardResult] = {}
 
     async def one(f: Fetcher, k: int, item: DataFile | int) -> None:
-        key = f.data_file(item).path
-        try:
-            res = await f.fetch(item, index=k)
-        except FetchError as exc:
-            res = f.jobs.failed.get(key) or ShardResult(item if isinstance(item, int) else k, None, error=exc, name=key)
-        results[k] = res
+        results[k] = await f.fetch_result(item, index=k)
         if on_shard is not None:
-            on_shard(res)
+            on_shard(results[k])
 
-    async with Fetcher(Path(data_dir), base_url, workers=workers, token=token, retry=retry, verify=verify,
-                       progress=progress, **fetcher_kwargs) as f:
+    credentials = Credentials(token, token_hosts, s3_endpoint)
+    async with Fetcher(Path(data_dir), base_url, workers=workers, retry=retry, verify=verify, progress=progress,
+                       min_split=min_split, credentials=credentials) as f:
         await f.credentials.prepare(f.data_file(i).url for i in items)  # a credential problem: one error, here
         if check_space:
             await check_free_space(f.data_dir, [f.data_file(i) for i in items], f.head)
@@ -65,9 +65,8 @@ async def check_free_space(folder: Path, files: list[DataFile], head: Callable[[
     free = disk.f_bavail * disk.f_frsize
     if not missing or free >= len(missing) * ROOMY:
         return
-    listed = [f.size for f in missing if f.size is not None]
-    sample = [f for f in missing if f.size is None][: max(probe - len(listed), 1)]
-    sizes: list[int] = list(listed)
+    sizes = [f.size for f in missing if f.size is not None]
+    sample = [f for f in missing if f.size is None][: max(probe - len(sizes), 1)]
 
     async def one(f: DataFile) -> None:
         try:

@@ -1,9 +1,12 @@
-"""A download's hidden files beside the final name (``.nanostream.NAME.part``, ``.state``, ``.lock``) and the
-verified, atomic publish (``finalize``), the only code that creates a final name.
+"""A download's hidden files beside the final name (``.nanostream.NAME.part``, ``.state``, ``.lock``), the
+verified, atomic publish (``finalize``), the only code that creates a final name, and ``Disk``, the threads
+that do this blocking work off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import json
@@ -11,13 +14,17 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import filelock
 
+from ..concurrency import hand_off
 from ..shards import file_digest, fsync
 
+T = TypeVar("T")
 PARQUET_MAGIC = b"PAR1"
 SLOT = 64 << 10  # bytes per state slot (a state with thousands of ranges still fits)
 SLOT_HEADER = struct.Struct("<4sQII")  # magic, sequence number, JSON length, crc32 of the JSON
@@ -30,10 +37,6 @@ def part_path(final: Path) -> Path:
 
 def state_path(final: Path) -> Path:
     return final.with_name(f".nanostream.{final.name}.state")
-
-
-def lock_path(final: Path) -> Path:
-    return final.with_name(f".nanostream.{final.name}.lock")
 
 
 @dataclass
@@ -81,6 +84,35 @@ class PartState:
                 and all(0 <= s <= e <= self.size for s, e in self.ranges()))
 
 
+class Disk:
+    """A thread pool for blocking file work plus a cap on concurrent fsyncs."""
+
+    def __init__(self, threads: int = 4, max_syncs: int = 2) -> None:
+        self.writes = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="nanostream-write")
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nanostream-disk")
+        self._syncs = asyncio.Semaphore(max_syncs)
+        self.reserving = asyncio.Lock()  # held while a part file and its state file get their blocks
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking ``fn(*args)`` in the pool; awaiting it does not block the loop."""
+        return await asyncio.wrap_future(self.pool.submit(fn, *args))
+
+    async def acquire(self, release: Callable[[T], Any], fn: Callable[..., T], *args: Any) -> T:
+        """``run`` for work that returns a resource (a descriptor, a lock): if the caller is cancelled
+        while the thread still runs, the resource is handed to ``release`` once it exists, never leaked."""
+        return await hand_off(self.pool.submit(fn, *args), release)
+
+    async def run_synced(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like ``run`` for work that fsyncs: at most ``max_syncs`` at a time."""
+        async with self._syncs:
+            return await self.run(fn, *args)
+
+    def close(self) -> None:
+        """Wait for every write and sync still running (no thread outlives the Fetcher)."""
+        self.writes.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
+
+
 class PartFiles:
     """Open descriptors of a file's part and state, for one download attempt's saves: ``save`` (blocking)
     fdatasyncs the part, then writes the state to the slot after the last one."""
@@ -117,7 +149,7 @@ class PartFiles:
 
 def try_lock(final: Path) -> filelock.BaseFileLock | None:
     """The file's flock if no other process (or Fetcher) holds it, else None. Blocking."""
-    lock = filelock.FileLock(lock_path(final), thread_local=False)
+    lock = filelock.FileLock(final.with_name(f".nanostream.{final.name}.lock"), thread_local=False)
     try:
         lock.acquire(blocking=False)
     except filelock.Timeout:
@@ -183,10 +215,10 @@ def create_part(final: Path, size: int) -> None:
     try:
         reserve(fd, size)
     except BaseException:
-        os.close(fd)
         part.unlink(missing_ok=True)
         raise
-    os.close(fd)
+    finally:
+        os.close(fd)
 
 
 def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None = None) -> str | None:

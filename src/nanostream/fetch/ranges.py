@@ -5,6 +5,7 @@ Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -12,12 +13,15 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import VerificationError
-from ..retry import Fatal, Transient, check_status, parse_sha256
-from ..sources.credentials import Credentials
-from .disk import Disk, Writer
+from ..errors import HTTPStatusError, VerificationError
+from ..retry import Fatal, Retries, RetryPolicy, Transient, check_status, parse_sha256, with_retries
+from ..sources.catalog import DataFile
+from ..sources.credentials import Credentials, is_s3
 from .jobs import Job, Segment
-from .partial import PARQUET_MAGIC, part_path
+from .partial import PARQUET_MAGIC, Disk, part_path
+
+FLUSH_BYTES = 128 << 10  # a range writes what it received every FLUSH_BYTES or FLUSH_SECONDS
+FLUSH_SECONDS = 0.2
 
 
 def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
@@ -28,7 +32,7 @@ def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
         if job.finalizing:
             continue
         for seg in job.segments:
-            left = seg.left()
+            left = 0 if seg.end is None else seg.end - seg.pos - seg.buffered  # not received yet
             if seg.active and left >= 2 * floor and (best is None or left > best[0]):
                 best = (left, job, seg)
     if best is None:
@@ -68,8 +72,7 @@ class RangeDownloader:
         self.rate = 0.0  # bytes/s of one connection, 0 until measured
 
     def min_piece(self) -> int:
-        """Smallest range worth a request of its own: one round trip of one connection's bytes (``L`` bytes
-        take ``L/r`` on one connection, ``rtt + L/2r`` split in two: the split wins once ``L/2 > r * rtt``)."""
+        """Smallest range worth a request of its own: one round trip of one connection's bytes (fetch.md)."""
         if not self.rate:
             return 512 << 10
         return int(min(max(self.rate * self.rtt, 64 << 10), 16 << 20))
@@ -144,48 +147,65 @@ class RangeDownloader:
 
     async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse,
                          head: bytes) -> None:
-        """Stream the body into the part file at ``seg.pos`` with ``pwritev`` (no copies)."""
+        """Stream the body into the part file at ``seg.pos``: one ``pwritev`` (no copies) in the Disk's write
+        pool per ``FLUSH_BYTES`` or ``FLUSH_SECONDS``; the descriptor is closed after the last write ends."""
         part = part_path(job.final)
         try:
             fd = await self.disk.acquire(os.close, os.open, part, os.O_WRONLY)
         except OSError as exc:
             raise Fatal(f"cannot open {part} for writing: {exc.strerror or exc}") from exc
-        out = Writer(fd, part, self.disk)
-        t0, got = time.monotonic(), 0
+        chunks: list[bytes | memoryview] = [head] if head else []
+        seg.buffered = len(head)
+        t0 = since = time.monotonic()  # since: when the oldest buffered byte arrived
+        got, write = 0, None
 
         async def flush() -> None:
-            out.hasher = job.hasher_for(seg)
-            n = await out.flush(seg.pos, seg.end)
-            seg.buffered = 0
+            nonlocal write
+            n = min(seg.buffered, seg.end - seg.pos)  # split while buffering: the rest is another range's
+            data = list(chunks) if n == seg.buffered else [memoryview(b"".join(chunks))[:n]]
+            chunks.clear()
+            hasher = job.hasher_for(seg)
+            write = self.disk.writes.submit(pwrite_and_hash, fd, data, seg.pos, hasher)
+            try:
+                written = await asyncio.wrap_future(write)
+            except OSError as exc:
+                raise Fatal(f"cannot write {part}: {exc.strerror or exc} (disk full?)") from exc
+            finally:
+                seg.buffered = 0
+            if written != n:
+                raise Fatal(f"short write to {part}: {written} of {n} bytes (disk full?)")
             if job.live(gen):
-                job.wrote(seg, n, hashed=out.hasher is not None)
+                job.wrote(seg, n, hashed=hasher is not None)
                 if self.progress is not None:
                     self.progress.advance(n)
 
         try:
             try:
-                if head:
-                    out.add(head, seg.end - seg.pos)
-                    seg.buffered = out.pending
                 async for chunk, _ in resp.content.iter_chunks():
                     if not job.live(gen):
                         return
                     got += len(chunk)
-                    out.add(chunk, seg.end - seg.pos - out.pending)
-                    seg.buffered = out.pending
-                    if out.due() or seg.pos + out.pending >= seg.end:
+                    if not seg.buffered:
+                        since = time.monotonic()
+                    chunks.append(chunk)
+                    seg.buffered += len(chunk)
+                    if (seg.buffered >= FLUSH_BYTES or seg.pos + seg.buffered >= seg.end
+                            or time.monotonic() - since >= FLUSH_SECONDS):
                         await flush()
                         if seg.done():
                             return
             except Exception:
-                if out.pending and job.live(gen):  # keep the good bytes that arrived before the failure
+                if seg.buffered and job.live(gen):  # keep the good bytes that arrived before the failure
                     await flush()
                 raise
-            if out.pending and job.live(gen):
+            if seg.buffered and job.live(gen):
                 await flush()
         finally:
             seg.buffered = 0
-            out.close()
+            if write is not None and not write.done():
+                write.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
             seconds = time.monotonic() - t0
             if got >= 256 << 10 and seconds > 0:
                 self.rate = got / seconds if not self.rate else 0.8 * self.rate + 0.2 * got / seconds
@@ -198,6 +218,24 @@ class RangeDownloader:
             self.reached = True
             check_status(resp)
             return announced(resp)
+
+    async def size_of(self, file: DataFile, policy: RetryPolicy) -> int | None:
+        """The size the server announces for ``file`` (HEAD, retried); HTTPStatusError if it refuses."""
+        url, signed = self.credentials.http_url(file.url), is_s3(file.url)
+        retries = Retries(policy, f"HEAD {file.path}", url=url, shard=file.path)
+        try:
+            return (await with_retries(retries, lambda: self.head_info(url, signed)))[1]
+        except Fatal as exc:
+            raise HTTPStatusError(f"HEAD {url}: {exc}", status=exc.status or 0, shard=file.path, url=url) from exc
+
+
+def pwrite_and_hash(fd: int, chunks: list, offset: int, hasher: Any) -> int:
+    """Write ``chunks`` at ``offset`` with one ``pwritev`` (no copies); feed ``hasher`` too."""
+    written = os.pwritev(fd, chunks, offset)
+    if hasher is not None:
+        for c in chunks:
+            hasher.update(c)
+    return written
 
 
 def changed(job: Job, why: str) -> VerificationError:
