@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import filelock
 
-from ..errors import ConfigError, MissingShardError
+from ..errors import ConfigError
 from ..retry import RetryPolicy
 from ..shards import BOOKKEEPING_PREFIX, write_json
 from .catalog import DataFile
@@ -111,13 +111,6 @@ class CountBook:
         with self._lock:
             return dict(self._known)
 
-    def share(self, sharer: CountSharer | None) -> None:
-        """Publish to and fetch from ``sharer`` too (once per sharer)."""
-        with self._lock:
-            if sharer is not None and all(s is not sharer for s in self.sharers):
-                self.sharers.append(sharer)
-                self._unshared.update({self.files[s].path: n for s, n in self._known.items()})
-
     def _take(self, counts: dict[str, int], origin: str, *, save: bool = False, share: bool = True) -> None:
         with self._lock:
             for path, n in counts.items():
@@ -195,12 +188,28 @@ class CountBook:
 
     async def read_remote(self, shards: list[int], credentials: Credentials | None,
                           retry: RetryPolicy | None) -> None:
-        """Read the remote footers of those of ``shards`` nobody knows yet, one process of the folder at a time."""
+        """Read the remote footers of those of ``shards`` nobody knows yet, one process of the folder at a time
+        (the counts lock held, and what was read saved under it)."""
         await self.look([s for s in shards if s not in self._known])
         if any(s not in self._known and s not in self._reading for s in shards):
             async with counts_lock(self.data_dir):
                 await self.sync(fetch=True, force=True, save=False)
-                await self._read_footers(shards, credentials, retry)
+                with self._lock:
+                    todo = [s for s in shards if s not in self._known and s not in self._reading]
+                    self._reading.update(todo)
+                try:
+                    if todo:
+                        got = await read_footers(self.data_dir, self.files, todo, credentials, retry or RetryPolicy())
+                        for s, n in got.items():
+                            self.learn(s, n, f"the footer of {self.files[s].url}")
+                        await self._save()
+                finally:
+                    with self._lock:
+                        self._reading.difference_update(todo)
+                        waiting, self._readers_done = self._readers_done, []
+                    for loop, read in waiting:
+                        with contextlib.suppress(RuntimeError):  # that waiter's loop is gone
+                            loop.call_soon_threadsafe(read.set)
         while True:  # another task of this process (on any thread or loop) may be reading some of them
             with self._lock:
                 if not any(s in self._reading for s in shards):
@@ -208,33 +217,6 @@ class CountBook:
                 read = asyncio.Event()
                 self._readers_done.append((asyncio.get_running_loop(), read))
             await read.wait()
-
-    async def _read_footers(self, shards: list[int], credentials: Credentials | None,
-                            retry: RetryPolicy | None) -> None:
-        with self._lock:
-            todo = [s for s in shards if s not in self._known and s not in self._reading]
-            self._reading.update(todo)
-        try:
-            no_remote = [s for s in todo if credentials is None or not self.files[s].url]
-            if no_remote:
-                path = self.data_dir / self.files[no_remote[0]].path
-                local_count(path, False)  # a CorruptShardError if it is there but unreadable
-                raise MissingShardError(f"{path} is missing and no remote is known for {self.data_dir}: "
-                                        "run `nanostream fetch` first, or pass dataset= (or base_url=)", path=path)
-            if not todo:
-                return
-            assert credentials is not None
-            got = await read_footers(self.files, todo, credentials, retry or RetryPolicy())
-            for s, n in got.items():
-                self.learn(s, n, f"the footer of {self.files[s].url}")
-            await self._save()  # under the counts lock read_remote holds
-        finally:
-            with self._lock:
-                self._reading.difference_update(todo)
-                waiting, self._readers_done = self._readers_done, []
-            for loop, read in waiting:
-                with contextlib.suppress(RuntimeError):  # that waiter's loop is gone
-                    loop.call_soon_threadsafe(read.set)
 
     async def require(self, shards: list[int], credentials: Credentials | None = None,
                       retry: RetryPolicy | None = None) -> dict[int, int]:
@@ -267,6 +249,9 @@ def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | 
         book = _books.get(key)
         if book is None:
             book = _books[key] = CountBook(Path(data_dir), files, scope)
-    book.share(sharer)
+    with book._lock:
+        if sharer is not None and all(s is not sharer for s in book.sharers):  # publish to it what is known
+            book.sharers.append(sharer)
+            book._unshared.update({files[s].path: n for s, n in book._known.items()})
     return book
 
