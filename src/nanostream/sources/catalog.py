@@ -6,6 +6,7 @@ folder's record of it, ``.nanostream.json`` (``read_catalog`` / ``write_catalog`
 from __future__ import annotations
 
 import collections
+import fnmatch
 import json
 import logging
 import os
@@ -153,6 +154,15 @@ def empty_split(cat: Catalog, split: str, why: str = "") -> DatasetError:
 
 
 # -- sources that need no network -----------------------------------------------------------
+def parquet_only(listed: list[DataFile], include: str | None, where: str, noun: str) -> list[DataFile]:
+    """The ``*.parquet`` files of a listing that match ``include``, by path; DatasetError if none."""
+    keep = [f for f in listed if f.path.endswith(".parquet") and (not include or fnmatch.fnmatchcase(f.path, include))]
+    if not keep:
+        narrowed = f" matching --include {include!r}" if include else ""
+        raise DatasetError(f"{where}: no *.parquet {noun}{narrowed} ({len(listed)} {noun} seen)")
+    return sorted(keep, key=lambda f: f.path)
+
+
 def numbered_catalog(name: str, base_url: str, count: int, *, text_column: str = "text",
                      source: str = "", revision: str | None = None) -> Catalog:
     """``shard_00000.parquet`` .. ``shard_{count-1}.parquet`` under ``base_url``, the last validation."""

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from yarl import URL
 from ..config import host_of, token_allowed
 from ..errors import DatasetError
 from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
-from .catalog import Catalog, DataFile
+from .catalog import Catalog, DataFile, parquet_only
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPECIAL_REF_RE = re.compile(r"^(refs/convert/\w+|refs/pr/\d+)(?:/|$)")
@@ -93,22 +92,13 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
         else:
             entries = await api.tree(sha, hp.path)
             prefix = f"{hp.path}/" if hp.path else ""
-    files, seen = [], 0
+    files = []
     for e in entries:
-        if e.get("type") != "file":
-            continue
-        seen += 1
-        full = e["path"]
-        rel = full.removeprefix(prefix)
-        if not full.endswith(".parquet") or (include and not fnmatch.fnmatchcase(rel, include)):
-            continue
-        lfs = e.get("lfs") or {}
-        files.append(DataFile(rel, int(e["size"]), (lfs.get("oid") or None), None,
-                              f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(full)}"))
-    if not files:
-        narrowed = f" matching --include {include!r}" if include else ""
-        raise DatasetError(f"{url}: no *.parquet files{narrowed} at commit {sha[:12]} ({seen} files seen)")
-    files.sort(key=lambda f: f.path)
+        if e.get("type") == "file":
+            lfs = e.get("lfs") or {}
+            files.append(DataFile(e["path"].removeprefix(prefix), int(e["size"]), lfs.get("oid") or None, None,
+                                  f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(e['path'])}"))
+    files = parquet_only(files, include, f"{url} at commit {sha[:12]}", "files")
     return Catalog(url, tuple(files), text_column, val=val, source=hp.source(), revision=sha, include=include)
 
 

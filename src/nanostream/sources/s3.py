@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fnmatch
+import contextlib
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -21,7 +21,7 @@ from yarl import URL
 from ..concurrency import run_each
 from ..errors import DatasetError
 from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
-from .catalog import Catalog, DataFile
+from .catalog import Catalog, DataFile, parquet_only
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -110,16 +110,11 @@ async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | No
     signer = await S3Signer.create(endpoint)
     async with client_session(retry) as session:
         lister = Lister(session, signer, sp, retry, page_size)
-        objects = await lister.list()
-        keep = [o for o in objects if o["key"].endswith(".parquet")
-                and (not include or fnmatch.fnmatchcase(o["key"][len(sp.prefix):], include))]
-        if not keep:
-            narrowed = f" matching --include {include!r}" if include else ""
-            raise DatasetError(f"{sp.url()}: no *.parquet objects{narrowed} ({len(objects)} objects seen)")
-        await run_each((lister.checksum(o) for o in keep if "SHA256" in o["algorithms"]), HEADS)
-    files = [DataFile(o["key"][len(sp.prefix):], o["size"], o.get("sha256"), o["md5"],
-                      f"s3://{sp.bucket}/{o['key']}") for o in keep]
-    files.sort(key=lambda f: f.path)
+        listed, with_sha256 = await lister.list()
+        files = parquet_only(listed, include, sp.url(), "objects")
+        sha256: dict[str, str] = {}
+        await run_each((lister.checksum(f.path, sha256) for f in files if f.path in with_sha256), HEADS)
+    files = [replace(f, sha256=sha256.get(f.path)) for f in files]
     return Catalog(url, tuple(files), text_column, val=val, source=sp.url(), include=include)
 
 
@@ -139,8 +134,9 @@ class Lister:
         self.page_size = page_size
         self.moved = False
 
-    async def list(self) -> list[dict[str, Any]]:
-        objects: list[dict[str, Any]] = []
+    async def list(self) -> tuple[list[DataFile], set[str]]:
+        """Every object under the prefix (paths relative to it), and the paths of those listed with a sha256."""
+        files, with_sha256 = [], set()
         token: str | None = None
         while True:
             params = {"list-type": "2", "prefix": self.sp.prefix}
@@ -156,26 +152,26 @@ class Lister:
                 raise DatasetError(f"{self.sp.url()}: the listing is not S3 XML ({exc}); is AWS_ENDPOINT_URL an "
                                    "S3 store?") from exc
             for c in root.iter(f"{NS}Contents"):
-                etag = (c.findtext(f"{NS}ETag") or "").strip('"').lower()
-                objects.append({"key": c.findtext(f"{NS}Key") or "", "size": int(c.findtext(f"{NS}Size") or 0),
-                                "md5": etag if _MD5_RE.match(etag) else None,
-                                "algorithms": {a.text for a in c.iter(f"{NS}ChecksumAlgorithm")}})
+                key, etag = c.findtext(f"{NS}Key") or "", (c.findtext(f"{NS}ETag") or "").strip('"').lower()
+                path = key[len(self.sp.prefix):]
+                files.append(DataFile(path, int(c.findtext(f"{NS}Size") or 0), None,
+                                      etag if _MD5_RE.match(etag) else None, f"s3://{self.sp.bucket}/{key}"))
+                if any(a.text == "SHA256" for a in c.iter(f"{NS}ChecksumAlgorithm")):
+                    with_sha256.add(path)
             token = root.findtext(f"{NS}NextContinuationToken")
             if root.findtext(f"{NS}IsTruncated") != "true" or not token:
-                return objects
+                return files, with_sha256
 
-    async def checksum(self, obj: dict[str, Any]) -> None:
-        """Set ``obj["sha256"]`` (hex) if the object carries a full-object sha256."""
-        _, headers, _ = await self._request("HEAD", lambda: self.signer.object_url(self.sp.bucket, obj["key"]),
+    async def checksum(self, path: str, sha256: dict[str, str]) -> None:
+        """Set ``sha256[path]`` (hex) if the object carries a full-object sha256."""
+        _, headers, _ = await self._request("HEAD", lambda: self.signer.object_url(self.sp.bucket, self.sp.prefix + path),
                                             {"x-amz-checksum-mode": "ENABLED"})
         value = headers.get("x-amz-checksum-sha256", "")
         kind = headers.get("x-amz-checksum-type", "")
         multipart = "-" in headers.get("ETag", "")
         if value and "-" not in value and (kind == "FULL_OBJECT" or (not kind and not multipart)):
-            try:
-                obj["sha256"] = base64.b64decode(value, validate=True).hex()
-            except ValueError:
-                return
+            with contextlib.suppress(ValueError):
+                sha256[path] = base64.b64decode(value, validate=True).hex()
 
     async def _request(self, method: str, url_of, extra: dict[str, str] | None = None):
         """(status, headers, body) of a 200 answer, retried (``retry.with_retries``); a bucket in another
