@@ -11,18 +11,17 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from ..errors import CorruptShardError, DatasetError
 from ..shards import RECORD_NAME, write_json
-from .splits import RULES, SPLIT_KEYWORDS, assign, custom_splits
+from .splits import RULES, SPLIT_KEYWORDS, Splits, assign, custom_splits
 
 log = logging.getLogger(__name__)
 
-_HEX = {64: re.compile(r"^[0-9a-f]{64}$"), 32: re.compile(r"^[0-9a-f]{32}$")}
 _said: set[str] = set()
 FORMAT = "nanostream-catalog"
 VERSION = 2
@@ -48,7 +47,7 @@ class DataFile:
         if self.size is not None and self.size < 0:
             raise DatasetError(f"{p}: negative size {self.size}")
         for name, value, n in (("sha256", self.sha256, 64), ("md5", self.md5, 32)):
-            if value is not None and not _HEX[n].match(value):
+            if value is not None and not re.fullmatch(f"[0-9a-f]{{{n}}}", value):
                 raise DatasetError(f"{p}: {name} {value!r} is not {n} lowercase hex digits")
 
     def mismatch(self, size: int | None, sha256: str | None = None) -> str | None:
@@ -66,15 +65,6 @@ class DataFile:
 
 
 @dataclass(frozen=True)
-class Splits:
-    """The files of each split, in catalog order."""
-
-    train: tuple[DataFile, ...]
-    validation: tuple[DataFile, ...]  # empty only for a one-file dataset (asking for it is an error)
-    test: tuple[DataFile, ...] = ()
-
-
-@dataclass(frozen=True)
 class Catalog:
     """A dataset: ordered files, text column, split rules, source and pinned revision."""
 
@@ -85,7 +75,6 @@ class Catalog:
     source: str = ""  # where the files come from, e.g. "hf://datasets/ORG/NAME/PATH" (no revision)
     revision: str | None = None  # the pinned commit sha (Hub); None where the source has none
     include: str | None = None  # the glob the listing was narrowed with
-    _by_path: dict[str, DataFile] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
@@ -93,18 +82,14 @@ class Catalog:
             raise DatasetError(f"dataset {self.name}: no parquet files found in {self.source or self.name}")
         if not self.text_column:
             raise DatasetError(f"dataset {self.name}: the text column name is empty")
+        seen: set[str] = set()
         for f in self.files:
             f.check()
-            if self._by_path.setdefault(f.path, f) is not f:
+            if f.path in seen:
                 raise DatasetError(f"dataset {self.name}: file {f.path} is listed twice")
+            seen.add(f.path)
 
-    def file(self, path: str) -> DataFile:
-        try:
-            return self._by_path[path]
-        except KeyError:
-            raise DatasetError(f"dataset {self.name} has no file {path!r}") from None
-
-    def splits(self) -> Splits:
+    def splits(self) -> Splits[DataFile]:
         """Train / validation / test files (``splits.assign``); logs once what was left out or guessed."""
         a = assign([f.path for f in self.files], self.val)
         if self.val is not None and not a.validation:
@@ -118,8 +103,9 @@ class Catalog:
                      f"validation or test split by {RULES[a.rule]}{why} and are left out, e.g. {a.unassigned[0]}")
         if not a.train and self.val is None:  # an explicit val may take every file (a validation-only folder)
             raise empty_split(self, "train")
-        files = self.file
-        return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)))
+        files = {f.path: f for f in self.files}.__getitem__
+        return replace(a, train=tuple(map(files, a.train)), validation=tuple(map(files, a.validation)),
+                       test=tuple(map(files, a.test)), unassigned=tuple(map(files, a.unassigned)))
 
     def split(self, name: str) -> tuple[DataFile, ...]:
         """The files of split ``name`` (train, validation/val, test); an error if there are none."""
@@ -219,25 +205,15 @@ def check_text_column(path: Path, column: str) -> None:
 
 
 # -- the record ------------------------------------------------------------------------------
-def _join(base: str, path: str) -> str:
-    return f"{base}/{quote(path)}"
-
-
 def catalog_to_json(cat: Catalog) -> dict[str, Any]:
     """The record as a JSON-ready dict (URLs equal to ``base_url/PATH`` left out)."""
     tails = ((f.url, "/" + quote(f.path)) for f in cat.files)
     bases = collections.Counter(url[: -len(tail)] for url, tail in tails if url.endswith(tail))
     base = bases.most_common(1)[0][0] if bases else ""
-    files = []
-    for f in cat.files:
-        entry: dict[str, Any] = {"path": f.path, "size": f.size}
-        if f.sha256:
-            entry["sha256"] = f.sha256
-        if f.md5:
-            entry["md5"] = f.md5
-        if f.url != (_join(base, f.path) if base else ""):
-            entry["url"] = f.url
-        files.append(entry)
+    files = [{k: v for k, v in vars(f).items() if v is not None or k == "size"} for f in cat.files]
+    for entry in files:
+        if entry["url"] == (f"{base}/{quote(entry['path'])}" if base else ""):
+            del entry["url"]
     return {"format": FORMAT, "version": VERSION, "name": cat.name, "source": cat.source,
             "revision": cat.revision, "text_column": cat.text_column, "val": cat.val,
             "include": cat.include, "base_url": base, "files": files}
@@ -251,8 +227,7 @@ def catalog_from_json(raw: Any) -> Catalog:
         raise DatasetError(f"catalog record version {raw.get('version')!r} is newer than this nanostream "
                            f"(reads {VERSION}): upgrade nanostream")
     base = raw.get("base_url") or ""
-    files = tuple(DataFile(e["path"], e.get("size"), e.get("sha256"), e.get("md5"),
-                           e.get("url", _join(base, e["path"]) if base else "")) for e in raw["files"])
+    files = tuple(DataFile(**{"url": f"{base}/{quote(e['path'])}" if base else "", **e}) for e in raw["files"])
     return Catalog(raw["name"], files, raw.get("text_column") or "text", raw.get("val"),
                    raw.get("source") or "", raw.get("revision"), raw.get("include"))
 

@@ -8,6 +8,7 @@ import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 SPLIT_KEYWORDS = {  # datasets.data_files.SPLIT_KEYWORDS
     "train": ("train", "training"),
@@ -18,6 +19,7 @@ SPLIT_OF_KEYWORD = {word: split for split, words in SPLIT_KEYWORDS.items() for w
 SEP = "[-._ 0-9]"  # datasets.data_files.NON_WORDS_CHARS
 SHARDED = re.compile(r"^data/(?P<split>[^/]+)-[0-9]{5}-of-[0-9]{5}[^/]*\.[^/]*$")
 HELD_OUT = ("validation", "test")  # a file in several splits goes to the first of these it is in
+T = TypeVar("T")
 RULES = {1: "data/{split}-NNNNN-of-NNNNN file names", 2: "split folder names", 3: "split words in file names",
          4: "no split names (every file is train)"}
 
@@ -64,18 +66,19 @@ def custom_splits(paths: Sequence[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Assignment:
-    """The paths of each split (in the given order), the rule that named them, and the fallback used."""
+class Splits(Generic[T]):
+    """The files (paths, or a catalog's ``DataFile``s) of each split in the given order, the rule that named
+    them, and the fallback used."""
 
-    train: tuple[str, ...]
-    validation: tuple[str, ...]
-    test: tuple[str, ...]
-    unassigned: tuple[str, ...]  # left out: no split under the rule that applied, or a split of another name
+    train: tuple[T, ...]
+    validation: tuple[T, ...]  # empty only for a one-file dataset (asking for it is an error)
+    test: tuple[T, ...]
+    unassigned: tuple[T, ...]  # left out: no split under the rule that applied, or a split of another name
     rule: int  # the inference rule that applied: 1-4 (RULES)
     note: str = ""  # the fallback that gave the validation split, "" when the files named it
 
 
-def assign(paths: Sequence[str], val: str | None = None) -> Assignment:
+def assign(paths: Sequence[str], val: str | None = None) -> Splits[str]:
     """Every path's split: ``datasets``' inference (case-insensitive keywords, and never train on what
     ``datasets`` holds out), then the ``val`` glob or the fallbacks of docs/datasets.md."""
     rule, ours = infer(paths, fold=True)
@@ -100,4 +103,4 @@ def assign(paths: Sequence[str], val: str | None = None) -> Assignment:
         elif train:
             note = (f"one train file and no validation or test split: training on {train[0]}; there is no "
                     "validation split (pass --val GLOB to choose one)")
-    return Assignment(tuple(train), tuple(validation), tuple(test), tuple(of[None]), rule, note)
+    return Splits(tuple(train), tuple(validation), tuple(test), tuple(of[None]), rule, note)
