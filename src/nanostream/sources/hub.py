@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -82,85 +82,59 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
     """The parquet files under ``url`` at one commit (``revision`` replaces the URL's), as a Catalog pinned
     to that commit's sha; paths relative to ``PATH`` (a ``PATH`` ending in ``.parquet``: that file)."""
     hp, endpoint = parse_hub_url(url), endpoint.rstrip("/")
+    revision = revision or hp.revision or "main"
+    api = f"{endpoint}/api/datasets/{hp.repo_id}"
+    one_file = hp.path.endswith(".parquet")  # list its folder, keep it
+    folder = hp.path.rpartition("/")[0] if one_file else hp.path
     async with client_session(retry) as session:
-        api = Api(session, endpoint, token, hp, retry)
-        sha = await api.resolve(revision or hp.revision or "main")
-        if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
-            folder = hp.path.rpartition("/")[0]
-            entries = [e for e in await api.tree(sha, folder, recursive=False) if e.get("path") == hp.path]
-            prefix = f"{folder}/" if folder else ""
-        else:
-            entries = await api.tree(sha, hp.path)
-            prefix = f"{hp.path}/" if hp.path else ""
-    files = []
-    for e in entries:
-        if e.get("type") == "file":
-            lfs = e.get("lfs") or {}
-            files.append(DataFile(e["path"].removeprefix(prefix), int(e["size"]), lfs.get("oid") or None, None,
-                                  f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(e['path'])}"))
+        async def get(url: str, revision: str) -> tuple[Any, str | None]:
+            """The JSON body and the next page's URL, retried (``retry.with_retries``)."""
+            async def attempt() -> tuple[Any, str | None]:
+                async with session.get(url, headers=hub_headers(url, endpoint, token)) as resp:
+                    if resp.status != 200:
+                        _refuse(resp, hp, revision, endpoint, token)
+                    nxt = resp.links.get("next")
+                    try:
+                        body = await resp.json(content_type=None)
+                    except ValueError as exc:  # a body that is not JSON: not the Hub API
+                        raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
+                    return body, (str(nxt["url"]) if nxt else None)
+
+            return await with_retries(Retries(retry, f"listing {hp.source()}", url=url), attempt)
+
+        body, _ = await get(f"{api}/revision/{quote(revision, safe='')}", revision)
+        sha = body.get("sha") if isinstance(body, dict) else None
+        if not isinstance(sha, str) or not _SHA_RE.match(sha):
+            raise DatasetError(f"{endpoint}: revision {revision!r} of {hp.repo_id} resolved to "
+                               f"no commit sha (got {sha!r}); is HF_ENDPOINT a Hub?")
+        where = f"/{quote(folder, safe='')}" if folder else ""
+        page: str | None = f"{api}/tree/{sha}{where}{'' if one_file else '?recursive=true'}"
+        entries: list[dict[str, Any]] = []
+        while page is not None:
+            listed, page = await get(page, sha)
+            if not isinstance(listed, list):
+                raise DatasetError(f"{endpoint}: the tree listing of {hp.repo_id} is not a list")
+            entries.extend(listed)
+    prefix = f"{folder}/" if folder else ""
+    files = [DataFile(e["path"].removeprefix(prefix), int(e["size"]), (e.get("lfs") or {}).get("oid") or None,
+                      None, f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(e['path'])}")
+             for e in entries if e.get("type") == "file" and (not one_file or e["path"] == hp.path)]
     files = parquet_only(files, include, f"{url} at commit {sha[:12]}", "files")
     return Catalog(url, tuple(files), text_column, val=val, source=hp.source(), revision=sha, include=include)
 
 
-class Api:
-    """The two Hub API calls a listing needs, with retries and error translation."""
-
-    def __init__(self, session: aiohttp.ClientSession, endpoint: str, token: str | None, hp: HubPath,
-                 retry: RetryPolicy) -> None:
-        self.session, self.endpoint, self.token, self.hp, self.retry = session, endpoint, token, hp, retry
-        self.base = f"{endpoint}/api/datasets/{hp.repo_id}"
-
-    async def resolve(self, revision: str) -> str:
-        body, _ = await self._get(f"{self.base}/revision/{quote(revision, safe='')}", revision)
-        sha = body.get("sha") if isinstance(body, dict) else None
-        if not isinstance(sha, str) or not _SHA_RE.match(sha):
-            raise DatasetError(f"{self.endpoint}: revision {revision!r} of {self.hp.repo_id} resolved to "
-                               f"no commit sha (got {sha!r}); is HF_ENDPOINT a Hub?")
-        return sha
-
-    async def tree(self, sha: str, folder: str, *, recursive: bool = True) -> list[dict[str, Any]]:
-        path = f"/{quote(folder, safe='')}" if folder else ""
-        url: str | None = f"{self.base}/tree/{sha}{path}{'?recursive=true' if recursive else ''}"
-        entries: list[dict[str, Any]] = []
-        while url is not None:
-            page, url = await self._get(url, sha)
-            if not isinstance(page, list):
-                raise DatasetError(f"{self.endpoint}: the tree listing of {self.hp.repo_id} is not a list")
-            entries.extend(page)
-        return entries
-
-    async def _get(self, url: str, revision: str) -> tuple[Any, str | None]:
-        """JSON body and the next page's URL, retried (``retry.with_retries``)."""
-        async def attempt() -> tuple[Any, str | None]:
-            async with self.session.get(url, headers=hub_headers(url, self.endpoint, self.token)) as resp:
-                if resp.status != 200:
-                    self._refuse(resp, revision)
-                nxt = resp.links.get("next")
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError as exc:  # a body that is not JSON: not the Hub API
-                    raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
-                return body, (str(nxt["url"]) if nxt else None)
-
-        return await with_retries(Retries(self.retry, f"listing {self.hp.source()}", url=url), attempt)
-
-    def _refuse(self, resp: aiohttp.ClientResponse, revision: str) -> None:
-        status, code = resp.status, resp.headers.get("X-Error-Code", "")
-        repo = f"hf://datasets/{self.hp.repo_id}"
-        if status in RETRY_STATUSES:
-            raise transient(status, f"HTTP {status}", resp.headers)
-        if code == "RevisionNotFound":
-            raise DatasetError(f"{repo}: revision {revision!r} does not exist (check the name after '@')")
-        if code == "EntryNotFound":
-            raise DatasetError(f"{repo}: no path {self.hp.path!r} at revision {revision[:12]}")
-        if status == 401:
-            has = "HF_TOKEN was refused" if self.token else "set HF_TOKEN"
-            raise DatasetError(f"{repo}: not found or private (HTTP 401): {has}; a private repo needs "
-                               "HF_TOKEN with read access")
-        if status == 403:
-            raise DatasetError(f"{repo}: access denied (HTTP 403): accept the dataset's terms on the Hub "
-                               "and check that HF_TOKEN may read it")
-        if status == 404:
-            raise DatasetError(f"{repo}: no such dataset repo on {self.endpoint} (HTTP 404): check "
-                               "ORG/NAME (a private repo also needs HF_TOKEN)")
-        raise DatasetError(f"{repo}: the Hub answered HTTP {status} {resp.reason or ''}".rstrip())
+def _refuse(resp: aiohttp.ClientResponse, hp: HubPath, revision: str, endpoint: str, token: str | None) -> NoReturn:
+    """Raise what a Hub API refusal means: a transient error to retry, else a DatasetError with its hint."""
+    status, code = resp.status, resp.headers.get("X-Error-Code", "")
+    if status in RETRY_STATUSES:
+        raise transient(status, f"HTTP {status}", resp.headers)
+    has = "HF_TOKEN was refused" if token else "set HF_TOKEN"
+    hints: dict[str | int, str] = {
+        "RevisionNotFound": f"revision {revision!r} does not exist (check the name after '@')",
+        "EntryNotFound": f"no path {hp.path!r} at revision {revision[:12]}",
+        401: f"not found or private (HTTP 401): {has}; a private repo needs HF_TOKEN with read access",
+        403: "access denied (HTTP 403): accept the dataset's terms on the Hub and check that HF_TOKEN may read it",
+        404: f"no such dataset repo on {endpoint} (HTTP 404): check ORG/NAME (a private repo also needs HF_TOKEN)",
+    }
+    hint = hints.get(code) or hints.get(status) or f"the Hub answered HTTP {status} {resp.reason or ''}".rstrip()
+    raise DatasetError(f"hf://datasets/{hp.repo_id}: {hint}")

@@ -139,13 +139,10 @@ class Lister:
         files, with_sha256 = [], set()
         token: str | None = None
         while True:
-            params = {"list-type": "2", "prefix": self.sp.prefix}
-            if token:
-                params["continuation-token"] = token
-            if self.page_size:
-                params["max-keys"] = str(self.page_size)
-            query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
-            _, _, body = await self._request("GET", lambda q=query: f"{self.signer.bucket_url(self.sp.bucket)}?{q}")
+            params = {"list-type": "2", "prefix": self.sp.prefix, "continuation-token": token,
+                      "max-keys": str(self.page_size) if self.page_size else None}
+            query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()) if v is not None)
+            _, body = await self._request("GET", lambda q=query: f"{self.signer.bucket_url(self.sp.bucket)}?{q}")
             try:
                 root = ET.fromstring(body)
             except ET.ParseError as exc:
@@ -164,8 +161,9 @@ class Lister:
 
     async def checksum(self, path: str, sha256: dict[str, str]) -> None:
         """Set ``sha256[path]`` (hex) if the object carries a full-object sha256."""
-        _, headers, _ = await self._request("HEAD", lambda: self.signer.object_url(self.sp.bucket, self.sp.prefix + path),
-                                            {"x-amz-checksum-mode": "ENABLED"})
+        key = self.sp.prefix + path
+        headers, _ = await self._request("HEAD", lambda: self.signer.object_url(self.sp.bucket, key),
+                                         {"x-amz-checksum-mode": "ENABLED"})
         value = headers.get("x-amz-checksum-sha256", "")
         kind = headers.get("x-amz-checksum-type", "")
         multipart = "-" in headers.get("ETag", "")
@@ -174,7 +172,7 @@ class Lister:
                 sha256[path] = base64.b64decode(value, validate=True).hex()
 
     async def _request(self, method: str, url_of, extra: dict[str, str] | None = None):
-        """(status, headers, body) of a 200 answer, retried (``retry.with_retries``); a bucket in another
+        """(headers, body) of a 200 answer, retried (``retry.with_retries``); a bucket in another
         region is followed once, not counted as a failure."""
         async def attempt():
             url = url_of()
@@ -182,7 +180,7 @@ class Lister:
                                             headers=self.signer.headers(method, url, extra)) as resp:
                 body = await resp.read()
                 if resp.status == 200:
-                    return resp.status, resp.headers, body
+                    return resp.headers, body
                 region = resp.headers.get("x-amz-bucket-region")
                 if not region or region == self.signer.region or self.moved or resp.status not in (301, 400):
                     self._refuse(resp, body, url)
@@ -195,11 +193,9 @@ class Lister:
     def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> NoReturn:
         code = message = ""
         if body:
-            try:
+            with contextlib.suppress(ET.ParseError):
                 err = ET.fromstring(body)
                 code, message = err.findtext("Code") or "", err.findtext("Message") or ""
-            except ET.ParseError:
-                pass
         if resp.status in RETRY_STATUSES or code in ("SlowDown", "InternalError"):
             raise transient(resp.status, f"HTTP {resp.status} {code}".strip(), resp.headers)
         where, detail = f"s3://{self.sp.bucket}", f" ({code}: {message})" if code else ""
