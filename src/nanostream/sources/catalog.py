@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..config import get_dataset
 from ..errors import CorruptShardError, DatasetError
 from ..shards import RECORD_NAME, write_json
 from .splits import RULES, SPLIT_KEYWORDS, Splits, assign, custom_splits
@@ -120,9 +121,7 @@ class Catalog:
     def pick(self, num_train: int | None = None) -> tuple[DataFile, ...]:
         """What ``fetch`` downloads: the first ``num_train`` train files (all if None), then validation."""
         sp = self.splits()
-        if num_train is not None and num_train < 0:
-            raise DatasetError(f"the number of train files must be >= 0, got {num_train}")
-        return sp.train[: num_train] + sp.validation
+        return sp.train[:num_train] + sp.validation
 
 
 def say_once(key: str, message: str) -> None:
@@ -162,8 +161,6 @@ def numbered_catalog(name: str, base_url: str, count: int, *, text_column: str =
 
 def builtin_catalog(name: str, endpoint: str) -> Catalog:
     """A built-in dataset (``config.DATASETS``) as a numbered catalog under ``endpoint``."""
-    from ..config import get_dataset
-
     ds = get_dataset(name)
     return numbered_catalog(name, ds.base_url(endpoint), ds.max_shard + 1, text_column=ds.text_column,
                             source=f"hf://datasets/{ds.repo}", revision="main")

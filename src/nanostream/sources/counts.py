@@ -150,10 +150,10 @@ class CountBook:
         await self.sync(fetch=True)
         paths = {s: self.data_dir / self.files[s].path for s in shards if s not in self._known}
         found = await asyncio.to_thread(lambda: {s: local_count(path, True) for s, path in paths.items()})
+        found = {s: n for s, n in found.items() if n is not None}  # an unreadable one is left to its reader
         for s, n in found.items():
-            if n is not None:  # an unreadable one is left to its reader
-                self.learn(s, n, f"the footer of {paths[s]}")
-        if any(n is not None for n in found.values()):
+            self.learn(s, n, f"the footer of {paths[s]}")
+        if found:
             await self.sync()
 
     async def sync(self, *, fetch: bool = False, force: bool = False, save: bool = True) -> None:

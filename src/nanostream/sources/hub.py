@@ -77,8 +77,7 @@ def hub_headers(url: str | URL, endpoint: str, token: str | None) -> dict[str, s
 
 
 async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, include: str | None = None,
-                      val: str | None = None, text_column: str = "text", revision: str | None = None,
-                      retry: RetryPolicy = LIST_RETRY) -> Catalog:
+                      revision: str | None = None, retry: RetryPolicy = LIST_RETRY) -> Catalog:
     """The parquet files under ``url`` at one commit (``revision`` replaces the URL's), as a Catalog pinned
     to that commit's sha; paths relative to ``PATH`` (a ``PATH`` ending in ``.parquet``: that file)."""
     hp, endpoint = parse_hub_url(url), endpoint.rstrip("/")
@@ -120,7 +119,7 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
                       None, f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(e['path'])}")
              for e in entries if e.get("type") == "file" and (not one_file or e["path"] == hp.path)]
     files = parquet_only(files, include, f"{url} at commit {sha[:12]}", "files")
-    return Catalog(url, tuple(files), text_column, val=val, source=hp.source(), revision=sha, include=include)
+    return Catalog(url, tuple(files), source=hp.source(), revision=sha, include=include)
 
 
 def _refuse(resp: aiohttp.ClientResponse, hp: HubPath, revision: str, endpoint: str, token: str | None) -> NoReturn:

@@ -32,12 +32,12 @@ async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | 
     if dataset.startswith("hf://"):
         from .hub import hub_catalog
 
-        return await hub_catalog(dataset, endpoint=config.hf_endpoint, token=config.hf_token, include=include,
-                                 val=val, text_column=text_column or "text")
-    from .s3 import s3_catalog
+        cat = await hub_catalog(dataset, endpoint=config.hf_endpoint, token=config.hf_token, include=include)
+    else:
+        from .s3 import s3_catalog
 
-    return await s3_catalog(dataset, endpoint=config.s3_endpoint, include=include, val=val,
-                            text_column=text_column or "text")
+        cat = await s3_catalog(dataset, endpoint=config.s3_endpoint, include=include)
+    return _override(cat, val, text_column)
 
 
 def _unlisted(dataset: str | None, config: Config, data_dir: Path | None, recorded: Catalog | None,
@@ -100,32 +100,26 @@ def url_prefix(cat: Catalog) -> str:
 
 
 def numbered_catalog_for(dataset: str | None, folder: Path, base_url: str | None, max_shard: int | None,
-             recorded: Catalog | None, config: Config, *, text_column: str | None = None,
-             val: str | None = None) -> Catalog:
+                         recorded: Catalog | None, config: Config, *, text_column: str | None = None,
+                         val: str | None = None) -> Catalog:
     """``shard_00000.parquet`` .. ``shard_{max_shard}.parquet`` under ``base_url`` (a mirror of a built-in
     dataset), the last one validation. ``base_url`` defaults to the folder's recorded one, else the
     built-in dataset's; ``max_shard`` to the record's, else the dataset's."""
     ds = get_dataset(dataset) if dataset is not None else None
     hub = ds.base_url(config.hf_endpoint) if ds is not None else ""
+    prefix = url_prefix(recorded) if recorded is not None else None
     if base_url is not None:
         base = check_url(base_url)
-    elif recorded is not None and "://" in url_prefix(recorded):
-        base = url_prefix(recorded)
     else:
-        base = hub
-    same = recorded is not None and url_prefix(recorded) == base
-    if max_shard is None:
-        if same:
-            max_shard = len(recorded.files) - 1  # type: ignore[union-attr]
-        elif ds is not None:
-            max_shard = ds.max_shard
-        else:
-            raise ConfigError(f"base_url={base_url!r} needs max_shard= (the index of the validation shard)")
-    if same and len(recorded.files) == max_shard + 1:  # type: ignore[union-attr]
-        return _override(recorded, val, text_column)  # type: ignore[arg-type]
+        base = prefix if prefix is not None and "://" in prefix else hub
+    if max_shard is None and prefix != base and ds is None:
+        raise ConfigError(f"base_url={base_url!r} needs max_shard= (the index of the validation shard)")
+    if recorded is not None and prefix == base and max_shard in (None, len(recorded.files) - 1):
+        return _override(recorded, val, text_column)
+    count = max_shard + 1 if max_shard is not None else ds.max_shard + 1  # type: ignore[union-attr]
     column = text_column or (recorded.text_column if recorded else ds.text_column if ds else "text")
     label = ds.name if ds is not None and base == hub else base or str(folder)
-    cat = numbered_catalog(label, base, max_shard + 1, text_column=column, source=base or str(folder))
+    cat = numbered_catalog(label, base, count, text_column=column, source=base or str(folder))
     return _override(cat, val, None)
 
 

@@ -102,8 +102,7 @@ class S3Signer:
 
 
 async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | None = None,
-                     val: str | None = None, text_column: str = "text", retry: RetryPolicy = LIST_RETRY,
-                     page_size: int | None = None) -> Catalog:
+                     retry: RetryPolicy = LIST_RETRY, page_size: int | None = None) -> Catalog:
     """The parquet objects under ``url`` as a Catalog (paths relative to the prefix, sorted); at most
     ``HEADS`` checksum HEADs at once; ``page_size``: ListObjectsV2's max-keys (None: the store's)."""
     sp = parse_s3_url(url)
@@ -115,7 +114,7 @@ async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | No
         sha256: dict[str, str] = {}
         await run_each((lister.checksum(f.path, sha256) for f in files if f.path in with_sha256), HEADS)
     files = [replace(f, sha256=sha256.get(f.path)) for f in files]
-    return Catalog(url, tuple(files), text_column, val=val, source=sp.url(), include=include)
+    return Catalog(url, tuple(files), source=sp.url(), include=include)
 
 
 def verification_summary(cat: Catalog) -> str:
