@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -211,9 +211,8 @@ def catalog_to_json(cat: Catalog) -> dict[str, Any]:
     for entry in files:
         if entry["url"] == (f"{base}/{quote(entry['path'])}" if base else ""):
             del entry["url"]
-    return {"format": FORMAT, "version": VERSION, "name": cat.name, "source": cat.source,
-            "revision": cat.revision, "text_column": cat.text_column, "val": cat.val,
-            "include": cat.include, "base_url": base, "files": files}
+    header = {k: v for k, v in vars(cat).items() if k != "files"}
+    return {"format": FORMAT, "version": VERSION, **header, "base_url": base, "files": files}
 
 
 def catalog_from_json(raw: Any) -> Catalog:
@@ -225,8 +224,7 @@ def catalog_from_json(raw: Any) -> Catalog:
                            f"(reads {VERSION}): upgrade nanostream")
     base = raw.get("base_url") or ""
     files = tuple(DataFile(**{"url": f"{base}/{quote(e['path'])}" if base else "", **e}) for e in raw["files"])
-    return Catalog(raw["name"], files, raw.get("text_column") or "text", raw.get("val"),
-                   raw.get("source") or "", raw.get("revision"), raw.get("include"))
+    return Catalog(files=files, **{f.name: raw[f.name] for f in fields(Catalog) if f.name != "files"})
 
 
 def read_catalog(data_dir: Path) -> Catalog | None:

@@ -124,17 +124,19 @@ class CountBook:
                 if save and share:
                     self._unshared[path] = int(n)
 
-    async def _use(self, sharer: CountSharer, call: Any, *args: Any) -> Any:
-        """``call(*args)`` on a thread; a sharer that fails is dropped, with one WARNING line."""
-        try:
-            return await asyncio.to_thread(call, *args)
-        except Exception as exc:  # noqa: BLE001  (any failure of a foreign channel: stop using it, say so once)
-            with self._lock:
-                if sharer in self.sharers:
-                    self.sharers.remove(sharer)
-                    log.warning("row-group counts of %s: not sharing them with other nodes any more (%s: %s)",
-                                self.scope or self.data_dir, type(exc).__name__, exc)
-            return None
+    async def _ask_sharers(self, call: str, *args: Any) -> list[Any]:
+        """Each sharer's answer to ``<call>(*args)``, asked on a thread; one that fails is dropped, said once."""
+        answers = []
+        for sharer in list(self.sharers):
+            try:
+                answers.append(await asyncio.to_thread(getattr(sharer, call), *args))
+            except Exception as exc:  # noqa: BLE001  (any failure of a foreign channel: stop using it, say so once)
+                with self._lock:
+                    if sharer in self.sharers:
+                        self.sharers.remove(sharer)
+                        log.warning("row-group counts of %s: not sharing them with other nodes any more (%s: %s)",
+                                    self.scope or self.data_dir, type(exc).__name__, exc)
+        return answers
 
     def learn(self, shard: int, n: int, origin: str = "its footer") -> None:
         """A count read from a footer; ``ConfigError`` if it contradicts one learned elsewhere."""
@@ -163,21 +165,24 @@ class CountBook:
         if self._unshared and self.sharers:
             with self._lock:
                 unshared, self._unshared = self._unshared, {}
-            for sharer in list(self.sharers):
-                await self._use(sharer, sharer.publish, self.scope, unshared)
+            await self._ask_sharers("publish", self.scope, unshared)
         if save and self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
             self._saved_at = now
             async with counts_lock(self.data_dir):
                 await self._save()
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
-            stamp = await asyncio.to_thread(_stamp, self.data_dir / COUNTS_FILE)
-            if stamp is not None and stamp != self._file_stamp:
-                self._file_stamp = stamp
-                self._take(await asyncio.to_thread(read_counts_file, self.data_dir), "the counts file")
-            for sharer in list(self.sharers):
-                self._take(await self._use(sharer, sharer.fetch, self.scope) or {}, "another node", save=True,
-                           share=False)
+            await asyncio.to_thread(self._reread_counts_file)
+            for counts in await self._ask_sharers("fetch", self.scope):
+                self._take(counts, "another node", save=True, share=False)
+
+    def _reread_counts_file(self) -> None:
+        """Take what the counts file says if it changed since it was last read (blocking)."""
+        with contextlib.suppress(OSError):
+            st = (self.data_dir / COUNTS_FILE).stat()
+            if (st.st_mtime_ns, st.st_size) != self._file_stamp:
+                self._file_stamp = (st.st_mtime_ns, st.st_size)
+                self._take(read_counts_file(self.data_dir), "the counts file")
 
     async def _save(self) -> None:
         """Write what was learned to the counts file (the caller holds the counts lock)."""
@@ -227,14 +232,6 @@ class CountBook:
             await self.sync(force=True)
         with self._lock:
             return {s: self._known[s] for s in shards}
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 _books: dict[tuple[str, tuple[str, ...]], CountBook] = {}
