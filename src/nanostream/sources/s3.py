@@ -1,18 +1,16 @@
-"""S3 and S3-compatible stores (R2, MinIO, Ceph): ``s3://BUCKET/PREFIX/`` to a Catalog, and SigV4 signing.
-
-botocore (the ``s3`` extra) gives the credential chain and the signer only; requests go out through aiohttp.
+"""S3 and S3-compatible stores (R2, MinIO, Ceph): ``s3://BUCKET/PREFIX/`` to a Catalog (ListObjectsV2 and
+checksum HEADs, signed by ``Credentials``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import quote
 
 import aiohttp
@@ -22,11 +20,11 @@ from ..concurrency import run_each
 from ..errors import DatasetError
 from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
 from .catalog import Catalog, DataFile, parquet_only
+from .credentials import Credentials
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
-MISSING_EXTRA = "s3:// datasets need botocore: pip install 'nanostream[s3]'"
 HEADS = 16  # checksum HEADs at once while listing
 
 
@@ -50,65 +48,14 @@ def parse_s3_url(url: str) -> S3Path:
     return S3Path(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
 
 
-class S3Signer:
-    """Credentials from the AWS chain, the region and the endpoint; signs each request (SigV4). Build with
-    ``await S3Signer.create(endpoint)``; with no credentials in the chain, requests go unsigned."""
-
-    def __init__(self, credentials: Any, region: str, endpoint: str | None = None) -> None:
-        self.credentials, self.region = credentials, region
-        self.endpoint = endpoint.rstrip("/") if endpoint else None
-
-    @classmethod
-    async def create(cls, endpoint: str | None = None) -> S3Signer:
-        """Resolve credentials and region in a thread (the chain may read files or ask IMDS)."""
-        try:
-            import botocore.session
-        except ImportError as exc:
-            raise DatasetError(MISSING_EXTRA) from exc
-
-        def resolve() -> tuple[Any, str]:
-            session = botocore.session.Session()
-            return session.get_credentials(), session.get_config_variable("region") or "us-east-1"
-
-        try:
-            creds, reg = await asyncio.to_thread(resolve)
-        except Exception as exc:  # a broken profile, an unreachable SSO: botocore's own errors
-            raise DatasetError(f"AWS credentials could not be resolved: {exc}") from exc
-        return cls(creds, reg, endpoint)
-
-    def bucket_url(self, bucket: str) -> str:
-        if self.endpoint:
-            return f"{self.endpoint}/{bucket}"
-        if "." in bucket:  # a dotted name does not match the wildcard certificate: path-style
-            return f"https://s3.{self.region}.amazonaws.com/{bucket}"
-        return f"https://{bucket}.s3.{self.region}.amazonaws.com"
-
-    def object_url(self, bucket: str, key: str) -> str:
-        """The HTTP(S) URL of an object, already in SigV4's canonical encoding (send it as encoded)."""
-        return f"{self.bucket_url(bucket)}/{quote(key, safe='/~')}"
-
-    def headers(self, method: str, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """``extra`` (e.g. Range, If-Range) plus the SigV4 headers for ``method url`` with no body."""
-        headers = dict(extra or {})
-        creds = self.credentials.get_frozen_credentials() if self.credentials is not None else None
-        if creds is None:
-            return headers
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
-        request = AWSRequest(method=method, url=url, headers=headers)
-        S3SigV4Auth(creds, "s3", self.region).add_auth(request)
-        return dict(request.headers.items())
-
-
 async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | None = None,
                      retry: RetryPolicy = LIST_RETRY, page_size: int | None = None) -> Catalog:
     """The parquet objects under ``url`` as a Catalog (paths relative to the prefix, sorted); at most
     ``HEADS`` checksum HEADs at once; ``page_size``: ListObjectsV2's max-keys (None: the store's)."""
-    sp = parse_s3_url(url)
-    signer = await S3Signer.create(endpoint)
+    sp, credentials = parse_s3_url(url), Credentials(s3_endpoint=endpoint)
+    await credentials.prepare([url])
     async with client_session(retry) as session:
-        lister = Lister(session, signer, sp, retry, page_size)
+        lister = Lister(session, credentials, sp, retry, page_size)
         listed, with_sha256 = await lister.list()
         files = parquet_only(listed, include, sp.url(), "objects")
         sha256: dict[str, str] = {}
@@ -127,11 +74,11 @@ def verification_summary(cat: Catalog) -> str:
 class Lister:
     """ListObjectsV2 pages and checksum HEADs for one prefix, with retries and error translation."""
 
-    def __init__(self, session: aiohttp.ClientSession, signer: S3Signer, sp: S3Path, retry: RetryPolicy,
+    def __init__(self, session: aiohttp.ClientSession, credentials: Credentials, sp: S3Path, retry: RetryPolicy,
                  page_size: int | None = None):
-        self.session, self.signer, self.sp, self.retry = session, signer, sp, retry
+        self.session, self.credentials, self.sp, self.retry = session, credentials, sp, retry
         self.page_size = page_size
-        self.moved = False
+        self.region: str | None = None  # the bucket's, where it is not the chain's
 
     async def list(self) -> tuple[list[DataFile], set[str]]:
         """Every object under the prefix (paths relative to it), and the paths of those listed with a sha256."""
@@ -141,7 +88,7 @@ class Lister:
             params = {"list-type": "2", "prefix": self.sp.prefix, "continuation-token": token,
                       "max-keys": str(self.page_size) if self.page_size else None}
             query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()) if v is not None)
-            _, body = await self._request("GET", lambda q=query: f"{self.signer.bucket_url(self.sp.bucket)}?{q}")
+            _, body = await self._request("GET", lambda q=query: f"{self.credentials.bucket_url(self.sp.bucket, self.region)}?{q}")
             try:
                 root = ET.fromstring(body)
             except ET.ParseError as exc:
@@ -160,8 +107,8 @@ class Lister:
 
     async def checksum(self, path: str, sha256: dict[str, str]) -> None:
         """Set ``sha256[path]`` (hex) if the object carries a full-object sha256."""
-        key = self.sp.prefix + path
-        headers, _ = await self._request("HEAD", lambda: self.signer.object_url(self.sp.bucket, key),
+        key = f"s3://{self.sp.bucket}/{self.sp.prefix}{path}"
+        headers, _ = await self._request("HEAD", lambda: self.credentials.http_url(key, self.region),
                                          {"x-amz-checksum-mode": "ENABLED"})
         value = headers.get("x-amz-checksum-sha256", "")
         kind = headers.get("x-amz-checksum-type", "")
@@ -175,16 +122,17 @@ class Lister:
         region is followed once, not counted as a failure."""
         async def attempt():
             url = url_of()
+            headers = self.credentials.sign(method, url, extra, self.region)
             async with self.session.request(method, URL(url, encoded=True), allow_redirects=False,
-                                            headers=self.signer.headers(method, url, extra)) as resp:
+                                            headers=headers) as resp:
                 body = await resp.read()
                 if resp.status == 200:
                     return resp.headers, body
                 region = resp.headers.get("x-amz-bucket-region")
-                if not region or region == self.signer.region or self.moved or resp.status not in (301, 400):
+                followed = self.region is not None  # a bucket in another region is followed once
+                if followed or not region or region == self.credentials.region or resp.status not in (301, 400):
                     self._refuse(resp, body, url)
-            self.moved = True  # the bucket is in another region: follow it once
-            self.signer = S3Signer(self.signer.credentials, region, self.signer.endpoint)
+            self.region = region
             return await attempt()
 
         return await with_retries(Retries(self.retry, f"listing {self.sp.url()}", url=url_of()), attempt)
@@ -205,7 +153,7 @@ class Lister:
             raise DatasetError(f"{where}: no such bucket (HTTP {resp.status}){detail}: check the name, and "
                                "AWS_ENDPOINT_URL for R2/MinIO")
         if resp.status in (401, 403):
-            has = "the credentials found were refused" if self.signer.credentials else "no AWS credentials found"
+            has = "the credentials found were refused" if self.credentials.aws else "no AWS credentials found"
             raise DatasetError(f"{where}: access denied (HTTP {resp.status}){detail}: {has}; set "
                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, with s3:ListBucket and "
                                "s3:GetObject on the bucket")
