@@ -44,29 +44,26 @@ class Credentials:
                 if self.region is None:
                     self.aws, self.region = await asyncio.to_thread(_aws_chain)
 
-    def bucket_url(self, bucket: str, region: str | None = None) -> str:
-        """A bucket's HTTP(S) URL (in ``region``, default the chain's)."""
-        region = region or self.region
+    def bucket_url(self, bucket: str) -> str:
         if self.s3_endpoint:
             return f"{self.s3_endpoint}/{bucket}"
         if "." in bucket:  # a dotted name does not match the wildcard certificate: path-style
-            return f"https://s3.{region}.amazonaws.com/{bucket}"
-        return f"https://{bucket}.s3.{region}.amazonaws.com"
+            return f"https://s3.{self.region}.amazonaws.com/{bucket}"
+        return f"https://{bucket}.s3.{self.region}.amazonaws.com"
 
-    def http_url(self, url: str, region: str | None = None) -> str:
+    def http_url(self, url: str) -> str:
         """The URL a request goes to: ``s3://B/K`` becomes the object's URL, already in SigV4's canonical
         encoding (send it as encoded; call ``prepare`` first)."""
         if not is_s3(url):
             return url
         bucket, _, key = url.removeprefix("s3://").partition("/")
-        return f"{self.bucket_url(bucket, region)}/{quote(key, safe='/~')}"
+        return f"{self.bucket_url(bucket)}/{quote(key, safe='/~')}"
 
     def target(self, http_url: str, signed: bool) -> str | URL:
         """What to hand aiohttp: a signed URL exactly as signed (no re-quoting)."""
         return URL(http_url, encoded=True) if signed else http_url
 
-    def sign(self, method: str, http_url: str, extra: dict[str, str] | None = None,
-             region: str | None = None) -> dict[str, str]:
+    def sign(self, method: str, http_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         """``extra`` (e.g. Range, If-Match) plus the SigV4 headers for ``method http_url`` with no body."""
         headers = dict(extra or {})
         frozen = self.aws.get_frozen_credentials() if self.aws is not None else None
@@ -76,7 +73,7 @@ class Credentials:
         from botocore.awsrequest import AWSRequest
 
         request = AWSRequest(method=method, url=http_url, headers=headers)
-        S3SigV4Auth(frozen, "s3", region or self.region).add_auth(request)
+        S3SigV4Auth(frozen, "s3", self.region).add_auth(request)
         return dict(request.headers.items())
 
     def headers(self, method: str, http_url: str, signed: bool, extra: dict[str, str] | None = None

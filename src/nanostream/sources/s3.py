@@ -78,7 +78,6 @@ class Lister:
                  page_size: int | None = None):
         self.session, self.credentials, self.sp, self.retry = session, credentials, sp, retry
         self.page_size = page_size
-        self.region: str | None = None  # the bucket's, where it is not the chain's
 
     async def list(self) -> tuple[list[DataFile], set[str]]:
         """Every object under the prefix (paths relative to it), and the paths of those listed with a sha256."""
@@ -88,7 +87,7 @@ class Lister:
             params = {"list-type": "2", "prefix": self.sp.prefix, "continuation-token": token,
                       "max-keys": str(self.page_size) if self.page_size else None}
             query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()) if v is not None)
-            _, body = await self._request("GET", lambda q=query: f"{self.credentials.bucket_url(self.sp.bucket, self.region)}?{q}")
+            _, body = await self._request("GET", f"{self.credentials.bucket_url(self.sp.bucket)}?{query}")
             try:
                 root = ET.fromstring(body)
             except ET.ParseError as exc:
@@ -107,9 +106,8 @@ class Lister:
 
     async def checksum(self, path: str, sha256: dict[str, str]) -> None:
         """Set ``sha256[path]`` (hex) if the object carries a full-object sha256."""
-        key = f"s3://{self.sp.bucket}/{self.sp.prefix}{path}"
-        headers, _ = await self._request("HEAD", lambda: self.credentials.http_url(key, self.region),
-                                         {"x-amz-checksum-mode": "ENABLED"})
+        url = self.credentials.http_url(f"s3://{self.sp.bucket}/{self.sp.prefix}{path}")
+        headers, _ = await self._request("HEAD", url, {"x-amz-checksum-mode": "ENABLED"})
         value = headers.get("x-amz-checksum-sha256", "")
         kind = headers.get("x-amz-checksum-type", "")
         multipart = "-" in headers.get("ETag", "")
@@ -117,25 +115,17 @@ class Lister:
             with contextlib.suppress(ValueError):
                 sha256[path] = base64.b64decode(value, validate=True).hex()
 
-    async def _request(self, method: str, url_of, extra: dict[str, str] | None = None):
-        """(headers, body) of a 200 answer, retried (``retry.with_retries``); a bucket in another
-        region is followed once, not counted as a failure."""
+    async def _request(self, method: str, url: str, extra: dict[str, str] | None = None):
+        """(headers, body) of a 200 answer, retried (``retry.with_retries``)."""
         async def attempt():
-            url = url_of()
-            headers = self.credentials.sign(method, url, extra, self.region)
             async with self.session.request(method, URL(url, encoded=True), allow_redirects=False,
-                                            headers=headers) as resp:
+                                            headers=self.credentials.sign(method, url, extra)) as resp:
                 body = await resp.read()
-                if resp.status == 200:
-                    return resp.headers, body
-                region = resp.headers.get("x-amz-bucket-region")
-                followed = self.region is not None  # a bucket in another region is followed once
-                if followed or not region or region == self.credentials.region or resp.status not in (301, 400):
+                if resp.status != 200:
                     self._refuse(resp, body, url)
-            self.region = region
-            return await attempt()
+                return resp.headers, body
 
-        return await with_retries(Retries(self.retry, f"listing {self.sp.url()}", url=url_of()), attempt)
+        return await with_retries(Retries(self.retry, f"listing {self.sp.url()}", url=url), attempt)
 
     def _refuse(self, resp: aiohttp.ClientResponse, body: bytes, url: str) -> NoReturn:
         code = message = ""
@@ -146,6 +136,10 @@ class Lister:
         if resp.status in RETRY_STATUSES or code in ("SlowDown", "InternalError"):
             raise transient(resp.status, f"HTTP {resp.status} {code}".strip(), resp.headers)
         where, detail = f"s3://{self.sp.bucket}", f" ({code}: {message})" if code else ""
+        region = resp.headers.get("x-amz-bucket-region")
+        if resp.status in (301, 400) and region and region != self.credentials.region:  # we sign for the chain's
+            raise DatasetError(f"{where} is in region {region}, not {self.credentials.region} (HTTP {resp.status}"
+                               f"{detail}): set AWS_REGION={region}")
         if resp.method == "HEAD" and resp.status == 404:
             raise DatasetError(f"{url}: the object was listed but is gone (HTTP 404): the prefix is changing "
                                "under the listing; list again when it is stable")
