@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..config import get_dataset
-from ..errors import CorruptShardError, DatasetError
+from ..errors import CorruptShardError, DatasetError, MissingShardError
 from ..shards import RECORD_NAME, write_json
 from .splits import RULES, SPLIT_KEYWORDS, Splits, assign, custom_splits
 
@@ -83,12 +83,11 @@ class Catalog:
             raise DatasetError(f"dataset {self.name}: no parquet files found in {self.source or self.name}")
         if not self.text_column:
             raise DatasetError(f"dataset {self.name}: the text column name is empty")
-        seen: set[str] = set()
         for f in self.files:
             f.check()
-            if f.path in seen:
-                raise DatasetError(f"dataset {self.name}: file {f.path} is listed twice")
-            seen.add(f.path)
+        twice = [path for path, n in collections.Counter(f.path for f in self.files).items() if n > 1]
+        if twice:
+            raise DatasetError(f"dataset {self.name}: file {twice[0]} is listed twice")
 
     def splits(self) -> Splits[DataFile]:
         """Train / validation / test files (``splits.assign``); logs once what was left out or guessed."""
@@ -170,7 +169,8 @@ def local_catalog(folder: Path, *, text_column: str = "text", val: str | None = 
     """Every ``*.parquet`` under ``folder`` (subfolders too, hidden names skipped), in sorted path order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder} is not a folder")
+        raise MissingShardError(f"data folder {folder} does not exist or is not a folder: run `nanostream fetch "
+                                f"--data-dir {folder}` first, or pass dataset=", path=folder)
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]

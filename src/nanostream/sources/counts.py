@@ -61,11 +61,10 @@ async def counts_lock(data_dir: Path) -> AsyncIterator[None]:
     try:
         os.makedirs(data_dir, exist_ok=True)
         while True:  # another process holds it: nothing in this process can wake us, so poll (cancellable)
-            try:
+            with contextlib.suppress(filelock.Timeout):
                 lock.acquire(blocking=False)
                 break
-            except filelock.Timeout:
-                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)
     except OSError as exc:
         log.debug("no counts lock in %s (%s)", data_dir, exc)
         lock = None

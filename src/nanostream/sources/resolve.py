@@ -116,9 +116,6 @@ def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = Non
     recorded = read_catalog(folder) if folder.is_dir() else None
     if base_url is not None or max_shard is not None:
         return numbered_catalog_for(dataset, folder, base_url, max_shard, recorded, config, text_column=text_column, val=val)
-    if dataset is None and not folder.is_dir():
-        raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch --data-dir "
-                                f"{folder}` first, or pass dataset=", path=folder)
     if dataset in DATASETS and recorded is not None and not recorded.name.startswith(SCHEMES):
         dataset = recorded.name  # a built-in dataset fetched from a mirror is recorded under the mirror's URL
     cat = _unlisted(dataset, config, folder, recorded, include, val, text_column)

@@ -33,8 +33,8 @@ class S3Path:
     bucket: str
     prefix: str  # "" or ends with "/"
 
-    def url(self, key: str = "") -> str:
-        return f"s3://{self.bucket}/{key or self.prefix}"
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
 
 def parse_s3_url(url: str) -> S3Path:
