@@ -19,7 +19,7 @@ from urllib.parse import quote
 from ..config import get_dataset
 from ..errors import CorruptShardError, DatasetError, MissingShardError
 from ..shards import RECORD_NAME, write_json
-from .splits import RULES, SPLIT_KEYWORDS, Splits, assign, custom_splits
+from .splits import RULES, Splits, assign, custom_splits
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,6 @@ class Catalog:
     def split(self, name: str) -> tuple[DataFile, ...]:
         """The files of split ``name`` (train, validation/val, test); an error if there are none."""
         key = {"val": "validation"}.get(name, name)
-        if key not in SPLIT_KEYWORDS:
-            raise DatasetError(f"unknown split {name!r}: choose train, val (validation) or test")
         files = getattr(self.splits(), key)
         if not files:
             raise empty_split(self, key)

@@ -42,18 +42,6 @@ def read_counts_file(data_dir: Path) -> dict[str, int]:
         return {}
 
 
-def save_counts_file(data_dir: Path, counts: dict[str, int]) -> None:
-    """Merge ``counts`` into the folder's counts file (the caller holds ``counts_lock``)."""
-    old = read_counts_file(data_dir)
-    merged = {**old, **counts}
-    if merged == old:
-        return
-    try:
-        write_json(data_dir / COUNTS_FILE, merged, sort_keys=True)
-    except OSError as exc:
-        log.warning("could not save row-group counts in %s (%s); continuing", data_dir / COUNTS_FILE, exc)
-
-
 @contextlib.asynccontextmanager
 async def counts_lock(data_dir: Path) -> AsyncIterator[None]:
     """Hold the folder's counts lock (no lock where the folder cannot hold one: read-only)."""
@@ -168,7 +156,7 @@ class CountBook:
         if save and self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
             self._saved_at = now
             async with counts_lock(self.data_dir):
-                await self._save()
+                await asyncio.to_thread(self._save)
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
             await asyncio.to_thread(self._reread_counts_file)
@@ -183,12 +171,17 @@ class CountBook:
                 self._file_stamp = (st.st_mtime_ns, st.st_size)
                 self._take(read_counts_file(self.data_dir), "the counts file")
 
-    async def _save(self) -> None:
-        """Write what was learned to the counts file (the caller holds the counts lock)."""
+    def _save(self) -> None:
+        """Merge what was learned into the counts file (blocking; the caller holds the counts lock)."""
         with self._lock:
             unsaved, self._unsaved = self._unsaved, {}
-        if unsaved:
-            await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
+        old = read_counts_file(self.data_dir) if unsaved else {}
+        merged, path = {**old, **unsaved}, self.data_dir / COUNTS_FILE
+        if merged != old:
+            try:
+                write_json(path, merged, sort_keys=True)
+            except OSError as exc:
+                log.warning("could not save row-group counts in %s (%s); continuing", path, exc)
 
     async def read_remote(self, shards: list[int], credentials: Credentials | None,
                           retry: RetryPolicy | None) -> None:
@@ -206,7 +199,7 @@ class CountBook:
                         got = await read_footers(self.data_dir, self.files, todo, credentials, retry or RetryPolicy())
                         for s, n in got.items():
                             self.learn(s, n, f"the footer of {self.files[s].url}")
-                        await self._save()
+                        await asyncio.to_thread(self._save)
                 finally:
                     with self._lock:
                         self._reading.difference_update(todo)

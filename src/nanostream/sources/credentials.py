@@ -88,9 +88,8 @@ class Credentials:
 
     def get(self, http_url: str, signed: bool, start: int | None = None, end: int | None = None,
             validator: str | None = None) -> dict[str, str]:
-        """Headers for a GET of ``[start, end)`` (the whole file when ``start`` is None). A continued range
-        sends ``If-Range`` over http(s), ``If-Match`` on S3 (which ignores If-Range; a changed object
-        answers 412)."""
+        """Headers for a GET of ``[start, end)`` (the whole file when ``start`` is None); a continued range sends
+        ``If-Range`` over http(s), ``If-Match`` on S3 (which ignores If-Range; a changed object answers 412)."""
         extra: dict[str, str] = {}
         if start is not None:
             extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"

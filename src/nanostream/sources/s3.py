@@ -55,8 +55,8 @@ async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | No
     sp, credentials = parse_s3_url(url), Credentials(s3_endpoint=endpoint)
     await credentials.prepare([url])
     async with client_session(retry) as session:
-        lister = Lister(session, credentials, sp, retry, page_size)
-        listed, with_sha256 = await lister.list()
+        lister = Lister(session, credentials, sp, retry)
+        listed, with_sha256 = await lister.list(page_size)
         files = parquet_only(listed, include, sp.url(), "objects")
         sha256: dict[str, str] = {}
         await run_each((lister.checksum(f.path, sha256) for f in files if f.path in with_sha256), HEADS)
@@ -74,18 +74,16 @@ def verification_summary(cat: Catalog) -> str:
 class Lister:
     """ListObjectsV2 pages and checksum HEADs for one prefix, with retries and error translation."""
 
-    def __init__(self, session: aiohttp.ClientSession, credentials: Credentials, sp: S3Path, retry: RetryPolicy,
-                 page_size: int | None = None):
+    def __init__(self, session: aiohttp.ClientSession, credentials: Credentials, sp: S3Path, retry: RetryPolicy):
         self.session, self.credentials, self.sp, self.retry = session, credentials, sp, retry
-        self.page_size = page_size
 
-    async def list(self) -> tuple[list[DataFile], set[str]]:
+    async def list(self, page_size: int | None) -> tuple[list[DataFile], set[str]]:
         """Every object under the prefix (paths relative to it), and the paths of those listed with a sha256."""
         files, with_sha256 = [], set()
         token: str | None = None
         while True:
             params = {"list-type": "2", "prefix": self.sp.prefix, "continuation-token": token,
-                      "max-keys": str(self.page_size) if self.page_size else None}
+                      "max-keys": str(page_size) if page_size else None}
             query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()) if v is not None)
             _, body = await self._request("GET", f"{self.credentials.bucket_url(self.sp.bucket)}?{query}")
             try:
