@@ -19,7 +19,7 @@ from urllib.parse import quote
 from ..config import get_dataset
 from ..errors import CorruptShardError, DatasetError, MissingShardError
 from ..shards import RECORD_NAME, write_json
-from .splits import RULES, Splits, assign, custom_splits
+from .splits import Splits, assign
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,9 @@ class Catalog:
         a = assign([f.path for f in self.files], self.val)
         if self.val is not None and not a.validation:
             raise empty_split(self, "validation", f" (--val {self.val!r} matches none)")
-        if a.note:
-            say_once(f"val:{self.name}", f"dataset {self.name}: {a.note}")
-        if a.unassigned:
-            other = custom_splits(a.unassigned)
-            why = f" (splits {', '.join(other)})" if other else ""
-            say_once(f"unassigned:{self.name}", f"dataset {self.name}: {len(a.unassigned)} file(s) are in no train, "
-                     f"validation or test split by {RULES[a.rule]}{why} and are left out, e.g. {a.unassigned[0]}")
+        for kind, note in (("val", a.note), ("unassigned", a.left_out)):
+            if note:
+                say_once(f"{kind}:{self.name}", f"dataset {self.name}: {note}")
         if not a.train and self.val is None:  # an explicit val may take every file (a validation-only folder)
             raise empty_split(self, "train")
         files = {f.path: f for f in self.files}.__getitem__

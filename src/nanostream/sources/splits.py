@@ -60,11 +60,6 @@ def infer(paths: Sequence[str], *, fold: bool = True) -> tuple[int, dict[str, se
     return 4, {p: {"train"} for p in paths}
 
 
-def custom_splits(paths: Sequence[str]) -> list[str]:
-    """Rule 1's split names that are none of nanostream's three (``data/random-00000-of-00001.parquet``)."""
-    return sorted({n for n in map(_sharded_split, paths) if n and n not in SPLIT_OF_KEYWORD})
-
-
 @dataclass(frozen=True)
 class Splits(Generic[T]):
     """The files (paths, or a catalog's ``DataFile``s) of each split in the given order, the rule that named
@@ -76,6 +71,7 @@ class Splits(Generic[T]):
     unassigned: tuple[T, ...]  # left out: no split under the rule that applied, or a split of another name
     rule: int  # the inference rule that applied: 1-4 (RULES)
     note: str = ""  # the fallback that gave the validation split, "" when the files named it
+    left_out: str = ""  # what is in no split and why, "" when every file is in one
 
 
 def assign(paths: Sequence[str], val: str | None = None) -> Splits[str]:
@@ -103,4 +99,10 @@ def assign(paths: Sequence[str], val: str | None = None) -> Splits[str]:
         elif train:
             note = (f"one train file and no validation or test split: training on {train[0]}; there is no "
                     "validation split (pass --val GLOB to choose one)")
-    return Splits(tuple(train), tuple(validation), tuple(test), tuple(of[None]), rule, note)
+    left_out, unassigned = "", of[None]
+    if unassigned:  # a rule 1 split of another name (data/random-00000-of-00001.parquet), or no split word
+        other = sorted({n for n in map(_sharded_split, unassigned) if n and n not in SPLIT_OF_KEYWORD})
+        why = f" (splits {', '.join(other)})" if other else ""
+        left_out = (f"{len(unassigned)} file(s) are in no train, validation or test split by {RULES[rule]}{why} "
+                    f"and are left out, e.g. {unassigned[0]}")
+    return Splits(tuple(train), tuple(validation), tuple(test), tuple(unassigned), rule, note, left_out)
