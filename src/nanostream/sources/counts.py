@@ -1,7 +1,5 @@
-"""Row-group counts as a run learns them: one ``CountBook`` per data folder in a process, shared with other nodes.
-
-Cheapest first: the folder's counts file, local footers, a ``CountSharer``, and only then remote footers
-(``footers.py``); what is learned is saved and shared, so each footer is read once per folder (and cluster).
+"""Row-group counts as a run learns them, cheapest first (the folder's counts file, local footers, other nodes,
+remote footers): one ``CountBook`` per data folder in a process, saved in the counts file and shared.
 """
 
 from __future__ import annotations
@@ -195,11 +193,10 @@ class CountBook:
                     todo = [s for s in shards if s not in self._known and s not in self._reading]
                     self._reading.update(todo)
                 try:
-                    if todo:
-                        got = await read_footers(self.data_dir, self.files, todo, credentials, retry or RetryPolicy())
-                        for s, n in got.items():
-                            self.learn(s, n, f"the footer of {self.files[s].url}")
-                        await asyncio.to_thread(self._save)
+                    got = await read_footers(self.data_dir, self.files, todo, credentials, retry or RetryPolicy())
+                    for s, n in got.items():
+                        self.learn(s, n, f"the footer of {self.files[s].url}")
+                    await asyncio.to_thread(self._save)
                 finally:
                     with self._lock:
                         self._reading.difference_update(todo)

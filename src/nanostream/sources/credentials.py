@@ -1,7 +1,6 @@
 """``Credentials``: what a request for a dataset file carries (the HF token where it may go, or a SigV4
-signature for ``s3://``) and where it goes (``s3://BUCKET/KEY`` becomes the object's HTTP(S) URL).
-
-botocore (the ``s3`` extra) gives the AWS credential chain and the signer only; requests go out through aiohttp.
+signature for ``s3://``: botocore, the ``s3`` extra, gives the AWS chain and the signer only) and where it
+goes (``s3://BUCKET/KEY`` becomes the object's HTTP(S) URL).
 """
 
 from __future__ import annotations
@@ -37,8 +36,7 @@ class Credentials:
         self._lock = asyncio.Lock()
 
     async def prepare(self, urls: Iterable[str]) -> None:
-        """Resolve the AWS credential chain and region once (on a thread: it may read files or ask IMDS) if any
-        of ``urls`` is ``s3://``."""
+        """Resolve the AWS chain's credentials and region once, on a thread, if any of ``urls`` is ``s3://``."""
         if self.region is None and any(is_s3(u) for u in urls):
             async with self._lock:
                 if self.region is None:

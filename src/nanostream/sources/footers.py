@@ -34,11 +34,13 @@ def local_count(path: Path, remote_known: bool) -> int | None:
                                 "(`nanostream fetch`)", path=path) from exc
 
 
-async def read_footers(data_dir: Path, files: tuple[DataFile, ...], shards: list[int], credentials: Credentials | None,
-                       retry: RetryPolicy) -> dict[int, int]:
+async def read_footers(data_dir: Path, files: tuple[DataFile, ...], shards: list[int],
+                       credentials: Credentials | None, retry: RetryPolicy) -> dict[int, int]:
     """``{shard: row groups}`` of the remote files ``files[shard]``: the first footer in two GETs (its last 8
     bytes, then the footer), the others in one GET a quarter larger than the first footer, 16 at a time.
     ``MissingShardError`` if one has no remote (``CorruptShardError`` if its local copy is unreadable)."""
+    if not shards:
+        return {}
     for s in shards:
         if credentials is None or not files[s].url:
             path = data_dir / files[s].path

@@ -68,8 +68,7 @@ def parse_hub_url(url: str) -> HubPath:
 
 
 def hub_headers(url: str | URL, endpoint: str, token: str | None) -> dict[str, str]:
-    """The bearer token for a request to ``url`` where ``config.token_allowed`` lets it go with the Hub's host
-    as the one allowed host, over the endpoint's own scheme; else no header."""
+    """The bearer token for ``url`` where ``config.token_allowed`` lets it go to the Hub's host, over its scheme."""
     same_scheme = URL(str(url)).scheme == URL(endpoint).scheme
     if token and same_scheme and token_allowed(str(url), {host_of(endpoint)}):
         return {"Authorization": f"Bearer {token}"}

@@ -24,14 +24,15 @@ RULES = {1: "data/{split}-NNNNN-of-NNNNN file names", 2: "split folder names", 3
          4: "no split names (every file is train)"}
 
 
-def _keyword_regex(words: Sequence[str], rule: int, fold: bool) -> re.Pattern[str]:
-    """A split's keywords as a folder name (rule 2: up to the folder's end) or as a part of a file name (rule 3)."""
+def _keyword_regexes(rule: int, fold: bool) -> dict[str, re.Pattern[str]]:
+    """Per split, its keywords as a folder name (rule 2: up to the folder's end) or a part of a file name (3)."""
     tail = f"(?:{SEP}|$)" if rule == 2 else SEP
-    return re.compile(rf"(?:^|{SEP})(?:{'|'.join(words)}){tail}", re.IGNORECASE if fold else 0)
+    flags = re.IGNORECASE if fold else 0
+    return {split: re.compile(rf"(?:^|{SEP})(?:{'|'.join(words)}){tail}", flags)
+            for split, words in SPLIT_KEYWORDS.items()}
 
 
-_KEYWORD_REGEXES = {(rule, fold): {split: _keyword_regex(words, rule, fold) for split, words in SPLIT_KEYWORDS.items()}
-                    for rule in (2, 3) for fold in (False, True)}
+_KEYWORD_REGEXES = {(rule, fold): _keyword_regexes(rule, fold) for rule in (2, 3) for fold in (False, True)}
 
 
 def _sharded_split(path: str) -> str | None:
