@@ -78,7 +78,6 @@ class Catalog:
     include: str | None = None  # the glob the listing was narrowed with
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "files", tuple(self.files))
         if not self.files:
             raise DatasetError(f"dataset {self.name}: no parquet files found in {self.source or self.name}")
         if not self.text_column:

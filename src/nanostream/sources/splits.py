@@ -63,8 +63,7 @@ def infer(paths: Sequence[str], *, fold: bool = True) -> tuple[int, dict[str, se
 
 @dataclass(frozen=True)
 class Splits(Generic[T]):
-    """The files (paths, or a catalog's ``DataFile``s) of each split in the given order, the rule that named
-    them, and the fallback used."""
+    """The files of each split (paths, or a catalog's ``DataFile``s, in order), and how they were chosen."""
 
     train: tuple[T, ...]
     validation: tuple[T, ...]  # empty only for a one-file dataset (asking for it is an error)
