@@ -170,8 +170,7 @@ def local_catalog(folder: Path, *, text_column: str = "text", val: str | None = 
         rel = Path(root).relative_to(folder).as_posix()
         for n in names:
             if n.endswith(".parquet") and not n.startswith("."):
-                path = n if rel == "." else f"{rel}/{n}"
-                files.append(DataFile(path, os.stat(Path(root) / n).st_size))
+                files.append(DataFile(n if rel == "." else f"{rel}/{n}", os.stat(Path(root) / n).st_size))
     files.sort(key=lambda f: f.path)
     return Catalog(str(folder), tuple(files), text_column, val=val, source=str(folder.resolve()))
 

@@ -183,8 +183,7 @@ class CountBook:
 
     async def read_remote(self, shards: list[int], credentials: Credentials | None,
                           retry: RetryPolicy | None) -> None:
-        """Read the remote footers of those of ``shards`` nobody knows yet, one process of the folder at a time
-        (the counts lock held, and what was read saved under it)."""
+        """Read the remote footers of those of ``shards`` nobody knows yet, one process of the folder at a time."""
         await self.look([s for s in shards if s not in self._known])
         if any(s not in self._known and s not in self._reading for s in shards):
             async with counts_lock(self.data_dir):

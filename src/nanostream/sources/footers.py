@@ -36,9 +36,8 @@ def local_count(path: Path, remote_known: bool) -> int | None:
 
 async def read_footers(data_dir: Path, files: tuple[DataFile, ...], shards: list[int],
                        credentials: Credentials | None, retry: RetryPolicy) -> dict[int, int]:
-    """``{shard: row groups}`` of the remote files ``files[shard]``: the first footer in two GETs (its last 8
-    bytes, then the footer), the others in one GET a quarter larger than the first footer, 16 at a time.
-    ``MissingShardError`` if one has no remote (``CorruptShardError`` if its local copy is unreadable)."""
+    """``{shard: row groups}`` from the footers of ``files[shard]``: the first in two GETs (its last 8 bytes, then
+    the footer), the others in one a quarter larger, 16 at a time; ``MissingShardError`` if one has no remote."""
     if not shards:
         return {}
     for s in shards:

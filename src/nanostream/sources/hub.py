@@ -19,7 +19,6 @@ from .catalog import Catalog, DataFile, parquet_only
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPECIAL_REF_RE = re.compile(r"^(refs/convert/\w+|refs/pr/\d+)(?:/|$)")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
 
         body, _ = await get(f"{api}/revision/{quote(revision, safe='')}", revision)
         sha = body.get("sha") if isinstance(body, dict) else None
-        if not isinstance(sha, str) or not _SHA_RE.match(sha):
+        if not isinstance(sha, str) or not re.fullmatch("[0-9a-f]{40}", sha):
             raise DatasetError(f"{endpoint}: revision {revision!r} of {hp.repo_id} resolved to "
                                f"no commit sha (got {sha!r}); is HF_ENDPOINT a Hub?")
         where = f"/{quote(folder, safe='')}" if folder else ""
@@ -113,8 +112,7 @@ async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, incl
             if not isinstance(listed, list):
                 raise DatasetError(f"{endpoint}: the tree listing of {hp.repo_id} is not a list")
             entries.extend(listed)
-    prefix = f"{folder}/" if folder else ""
-    files = [DataFile(e["path"].removeprefix(prefix), int(e["size"]), (e.get("lfs") or {}).get("oid") or None,
+    files = [DataFile(e["path"].removeprefix(f"{folder}/"), int(e["size"]), (e.get("lfs") or {}).get("oid") or None,
                       None, f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(e['path'])}")
              for e in entries if e.get("type") == "file" and (not one_file or e["path"] == hp.path)]
     files = parquet_only(files, include, f"{url} at commit {sha[:12]}", "files")

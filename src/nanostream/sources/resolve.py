@@ -71,8 +71,7 @@ class Source:
 
 
 def sources_of(data: str | Path | Source | list[Source] | tuple[Source, ...] | None) -> tuple[Source, ...]:
-    """The sources ``data=`` names: one (a name, URL, folder or ``Source``) or a weighted mix (a list of
-    ``Source``s: two or more, each weight a positive number)."""
+    """The sources ``data=`` names: one (a name, URL, folder or ``Source``) or a mix (two or more ``Source``s)."""
     if not isinstance(data, (list, tuple)):
         if data is not None and not isinstance(data, (str, Path, Source)):
             raise ConfigError(f"data= takes a name, a URL, a folder, a Source or a list of Sources, got {data!r}")
@@ -158,8 +157,7 @@ async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | 
 
 def _unlisted(dataset: str | None, config: Config, data_dir: Path | None, recorded: Catalog | None,
               include: str | None, val: str | None, text_column: str | None) -> Catalog | None:
-    """``open_catalog`` without the network: ``data_dir``'s record (``recorded``), a folder or a built-in
-    dataset; None for a dataset to list (``hf://``, ``s3://``)."""
+    """``open_catalog`` without the network (a record, a folder, a built-in name); None for hf:// or s3://."""
     if recorded is not None and dataset in (None, recorded.name):
         if include is not None and include != recorded.include:
             raise DatasetError(f"{data_dir} was fetched with --include {recorded.include!r}, not {include!r}: "
@@ -240,8 +238,7 @@ def numbered_catalog_for(dataset: str | None, folder: Path, base_url: str | None
 
 
 def split_indices(cat: Catalog, folder: Path, split: str, num_shards: int | None) -> tuple[int, ...]:
-    """Indices into ``cat.files`` of the split: validation's all, train's first ``num_shards``, or those
-    present in the folder when ``num_shards`` is None."""
+    """The split's indices into ``cat.files``: validation's all, train's first ``num_shards`` (None: those here)."""
     if num_shards is not None and num_shards < 0:
         raise ConfigError(f"num_shards must be >= 0, got {num_shards}")
     files = cat.split("train" if split == "train" else "val")
