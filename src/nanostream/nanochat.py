@@ -28,7 +28,7 @@ from .loader.feed import PIECE_DOCS
 from .loader.resume import Snapshot
 from .loader.sharer import StateGather, default_store
 from .retry import RetryPolicy
-from .sources.spec import Source
+from .sources.resolve import Source
 from .streaming.plan import ReadAhead
 from .streaming.ranks import Ranks
 from .streaming.streams import Data
