@@ -10,7 +10,7 @@ import pytest
 
 from nanostream.errors import ConfigError, CorruptShardError, DatasetError
 from nanostream.sources.catalog import Catalog, DataFile, builtin_catalog, check_text_column, local_catalog
-from nanostream.sources.splits import assign, custom_splits, infer
+from nanostream.sources.splits import assign, infer
 
 from datagen import write_shard
 
@@ -21,7 +21,7 @@ def cat(*paths: str, val: str | None = None, name: str = "ds") -> Catalog:
 
 def held_out_last(c: Catalog) -> bool:
     """Whether validation is the last train file because nothing named one (``splits.assign``)."""
-    return assign([f.path for f in c.files], c.val).held_out_last
+    return "holding out the last train file" in assign([f.path for f in c.files], c.val).note
 
 
 def paths(files) -> list[str]:
@@ -193,7 +193,7 @@ def test_datasets_own_layouts_name_the_same_splits(case):
     for fold in (False, True):
         _, found = infer(sorted(expected), fold=fold)
         assert found == {p: {s} if s != "random" else set() for p, s in expected.items()}
-    assert custom_splits(list(expected)) == (["random"] if "random" in case else [])
+    assert ("(splits random)" in assign(sorted(expected)).left_out) == ("random" in case)
 
 
 @pytest.mark.parametrize("layout, train, validation, test, note", [

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "stream": "streaming.streams",
     "iter_batches": "streaming.streams",
-    "Source": "sources.spec",
+    "Source": "sources.resolve",
     "Ranks": "streaming.ranks",
     "ReadAhead": "streaming.plan",
     "RetryPolicy": "retry",

@@ -26,7 +26,7 @@ from .loader.resume import Mark
 from .loader.sharer import StateGather, default_store
 from .retry import RetryPolicy
 from .sources.catalog import say_once
-from .sources.spec import Source
+from .sources.resolve import Source
 from .streaming.plan import ReadAhead
 from .streaming.ranks import Ranks
 from .streaming.streams import Data

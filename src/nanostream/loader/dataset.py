@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..config import Config, parse_cache_limit
 from ..errors import ConfigError, LoaderError
 from ..retry import RetryPolicy
-from ..sources.spec import Source, normalized, sources_of
+from ..sources.resolve import Source, normalized, sources_of
 from ..streaming.order import Cursor
 from ..streaming.plan import Options, Position, ReadAhead
 from ..streaming.ranks import Ranks, worker_stride

@@ -6,22 +6,23 @@ folder's record of it, ``.nanostream.json`` (``read_catalog`` / ``write_catalog`
 from __future__ import annotations
 
 import collections
+import fnmatch
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import CorruptShardError, DatasetError
+from ..config import get_dataset
+from ..errors import CorruptShardError, DatasetError, MissingShardError
 from ..shards import RECORD_NAME, write_json
-from .splits import RULES, SPLIT_KEYWORDS, assign, custom_splits
+from .splits import Splits, assign
 
 log = logging.getLogger(__name__)
 
-_HEX = {64: re.compile(r"^[0-9a-f]{64}$"), 32: re.compile(r"^[0-9a-f]{32}$")}
 _said: set[str] = set()
 FORMAT = "nanostream-catalog"
 VERSION = 2
@@ -47,7 +48,7 @@ class DataFile:
         if self.size is not None and self.size < 0:
             raise DatasetError(f"{p}: negative size {self.size}")
         for name, value, n in (("sha256", self.sha256, 64), ("md5", self.md5, 32)):
-            if value is not None and not _HEX[n].match(value):
+            if value is not None and not re.fullmatch(f"[0-9a-f]{{{n}}}", value):
                 raise DatasetError(f"{p}: {name} {value!r} is not {n} lowercase hex digits")
 
     def mismatch(self, size: int | None, sha256: str | None = None) -> str | None:
@@ -65,15 +66,6 @@ class DataFile:
 
 
 @dataclass(frozen=True)
-class Splits:
-    """The files of each split, in catalog order."""
-
-    train: tuple[DataFile, ...]
-    validation: tuple[DataFile, ...]  # empty only for a one-file dataset (asking for it is an error)
-    test: tuple[DataFile, ...] = ()
-
-
-@dataclass(frozen=True)
 class Catalog:
     """A dataset: ordered files, text column, split rules, source and pinned revision."""
 
@@ -84,47 +76,35 @@ class Catalog:
     source: str = ""  # where the files come from, e.g. "hf://datasets/ORG/NAME/PATH" (no revision)
     revision: str | None = None  # the pinned commit sha (Hub); None where the source has none
     include: str | None = None  # the glob the listing was narrowed with
-    _by_path: dict[str, DataFile] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "files", tuple(self.files))
         if not self.files:
             raise DatasetError(f"dataset {self.name}: no parquet files found in {self.source or self.name}")
         if not self.text_column:
             raise DatasetError(f"dataset {self.name}: the text column name is empty")
         for f in self.files:
             f.check()
-            if self._by_path.setdefault(f.path, f) is not f:
-                raise DatasetError(f"dataset {self.name}: file {f.path} is listed twice")
+        twice = [path for path, n in collections.Counter(f.path for f in self.files).items() if n > 1]
+        if twice:
+            raise DatasetError(f"dataset {self.name}: file {twice[0]} is listed twice")
 
-    def file(self, path: str) -> DataFile:
-        try:
-            return self._by_path[path]
-        except KeyError:
-            raise DatasetError(f"dataset {self.name} has no file {path!r}") from None
-
-    def splits(self) -> Splits:
+    def splits(self) -> Splits[DataFile]:
         """Train / validation / test files (``splits.assign``); logs once what was left out or guessed."""
         a = assign([f.path for f in self.files], self.val)
         if self.val is not None and not a.validation:
             raise empty_split(self, "validation", f" (--val {self.val!r} matches none)")
-        if a.note:
-            say_once(f"val:{self.name}", f"dataset {self.name}: {a.note}")
-        if a.unassigned:
-            other = custom_splits(a.unassigned)
-            why = f" (splits {', '.join(other)})" if other else ""
-            say_once(f"unassigned:{self.name}", f"dataset {self.name}: {len(a.unassigned)} file(s) are in no train, "
-                     f"validation or test split by {RULES[a.rule]}{why} and are left out, e.g. {a.unassigned[0]}")
+        for kind, note in (("val", a.note), ("unassigned", a.left_out)):
+            if note:
+                say_once(f"{kind}:{self.name}", f"dataset {self.name}: {note}")
         if not a.train and self.val is None:  # an explicit val may take every file (a validation-only folder)
             raise empty_split(self, "train")
-        files = self.file
-        return Splits(tuple(map(files, a.train)), tuple(map(files, a.validation)), tuple(map(files, a.test)))
+        files = {f.path: f for f in self.files}.__getitem__
+        return replace(a, train=tuple(map(files, a.train)), validation=tuple(map(files, a.validation)),
+                       test=tuple(map(files, a.test)), unassigned=tuple(map(files, a.unassigned)))
 
     def split(self, name: str) -> tuple[DataFile, ...]:
         """The files of split ``name`` (train, validation/val, test); an error if there are none."""
         key = {"val": "validation"}.get(name, name)
-        if key not in SPLIT_KEYWORDS:
-            raise DatasetError(f"unknown split {name!r}: choose train, val (validation) or test")
         files = getattr(self.splits(), key)
         if not files:
             raise empty_split(self, key)
@@ -133,9 +113,7 @@ class Catalog:
     def pick(self, num_train: int | None = None) -> tuple[DataFile, ...]:
         """What ``fetch`` downloads: the first ``num_train`` train files (all if None), then validation."""
         sp = self.splits()
-        if num_train is not None and num_train < 0:
-            raise DatasetError(f"the number of train files must be >= 0, got {num_train}")
-        return sp.train[: num_train] + sp.validation
+        return sp.train[:num_train] + sp.validation
 
 
 def say_once(key: str, message: str) -> None:
@@ -153,6 +131,15 @@ def empty_split(cat: Catalog, split: str, why: str = "") -> DatasetError:
 
 
 # -- sources that need no network -----------------------------------------------------------
+def parquet_only(listed: list[DataFile], include: str | None, where: str, noun: str) -> list[DataFile]:
+    """The ``*.parquet`` files of a listing that match ``include``, by path; DatasetError if none."""
+    keep = [f for f in listed if f.path.endswith(".parquet") and fnmatch.fnmatchcase(f.path, include or "*")]
+    if not keep:
+        narrowed = f" matching --include {include!r}" if include else ""
+        raise DatasetError(f"{where}: no *.parquet {noun}{narrowed} ({len(listed)} {noun} seen)")
+    return sorted(keep, key=lambda f: f.path)
+
+
 def numbered_catalog(name: str, base_url: str, count: int, *, text_column: str = "text",
                      source: str = "", revision: str | None = None) -> Catalog:
     """``shard_00000.parquet`` .. ``shard_{count-1}.parquet`` under ``base_url``, the last validation."""
@@ -166,8 +153,6 @@ def numbered_catalog(name: str, base_url: str, count: int, *, text_column: str =
 
 def builtin_catalog(name: str, endpoint: str) -> Catalog:
     """A built-in dataset (``config.DATASETS``) as a numbered catalog under ``endpoint``."""
-    from ..config import get_dataset
-
     ds = get_dataset(name)
     return numbered_catalog(name, ds.base_url(endpoint), ds.max_shard + 1, text_column=ds.text_column,
                             source=f"hf://datasets/{ds.repo}", revision="main")
@@ -177,15 +162,15 @@ def local_catalog(folder: Path, *, text_column: str = "text", val: str | None = 
     """Every ``*.parquet`` under ``folder`` (subfolders too, hidden names skipped), in sorted path order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder} is not a folder")
+        raise MissingShardError(f"data folder {folder} does not exist or is not a folder: run `nanostream fetch "
+                                f"--data-dir {folder}` first, or pass dataset=", path=folder)
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel = Path(root).relative_to(folder).as_posix()
         for n in names:
             if n.endswith(".parquet") and not n.startswith("."):
-                path = n if rel == "." else f"{rel}/{n}"
-                files.append(DataFile(path, os.stat(Path(root) / n).st_size))
+                files.append(DataFile(n if rel == "." else f"{rel}/{n}", os.stat(Path(root) / n).st_size))
     files.sort(key=lambda f: f.path)
     return Catalog(str(folder), tuple(files), text_column, val=val, source=str(folder.resolve()))
 
@@ -209,28 +194,17 @@ def check_text_column(path: Path, column: str) -> None:
 
 
 # -- the record ------------------------------------------------------------------------------
-def _join(base: str, path: str) -> str:
-    return f"{base}/{quote(path)}"
-
-
 def catalog_to_json(cat: Catalog) -> dict[str, Any]:
     """The record as a JSON-ready dict (URLs equal to ``base_url/PATH`` left out)."""
     tails = ((f.url, "/" + quote(f.path)) for f in cat.files)
     bases = collections.Counter(url[: -len(tail)] for url, tail in tails if url.endswith(tail))
     base = bases.most_common(1)[0][0] if bases else ""
-    files = []
-    for f in cat.files:
-        entry: dict[str, Any] = {"path": f.path, "size": f.size}
-        if f.sha256:
-            entry["sha256"] = f.sha256
-        if f.md5:
-            entry["md5"] = f.md5
-        if f.url != (_join(base, f.path) if base else ""):
-            entry["url"] = f.url
-        files.append(entry)
-    return {"format": FORMAT, "version": VERSION, "name": cat.name, "source": cat.source,
-            "revision": cat.revision, "text_column": cat.text_column, "val": cat.val,
-            "include": cat.include, "base_url": base, "files": files}
+    files = [{k: v for k, v in vars(f).items() if v is not None or k == "size"} for f in cat.files]
+    for entry in files:
+        if entry["url"] == (f"{base}/{quote(entry['path'])}" if base else ""):
+            del entry["url"]
+    header = {k: v for k, v in vars(cat).items() if k != "files"}
+    return {"format": FORMAT, "version": VERSION, **header, "base_url": base, "files": files}
 
 
 def catalog_from_json(raw: Any) -> Catalog:
@@ -241,10 +215,8 @@ def catalog_from_json(raw: Any) -> Catalog:
         raise DatasetError(f"catalog record version {raw.get('version')!r} is newer than this nanostream "
                            f"(reads {VERSION}): upgrade nanostream")
     base = raw.get("base_url") or ""
-    files = tuple(DataFile(e["path"], e.get("size"), e.get("sha256"), e.get("md5"),
-                           e.get("url", _join(base, e["path"]) if base else "")) for e in raw["files"])
-    return Catalog(raw["name"], files, raw.get("text_column") or "text", raw.get("val"),
-                   raw.get("source") or "", raw.get("revision"), raw.get("include"))
+    files = tuple(DataFile(**{"url": f"{base}/{quote(e['path'])}" if base else "", **e}) for e in raw["files"])
+    return Catalog(files=files, **{f.name: raw[f.name] for f in fields(Catalog) if f.name != "files"})
 
 
 def read_catalog(data_dir: Path) -> Catalog | None:

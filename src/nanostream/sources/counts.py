@@ -1,7 +1,5 @@
-"""Row-group counts as a run learns them: one ``CountBook`` per data folder in a process, shared with other nodes.
-
-Cheapest first: the folder's counts file, local footers, a ``CountSharer``, and only then remote footers
-(``footers.py``); what is learned is saved and shared, so each footer is read once per folder (and cluster).
+"""Row-group counts as a run learns them, cheapest first (the folder's counts file, local footers, other nodes,
+remote footers): one ``CountBook`` per data folder in a process, saved in the counts file and shared.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import Any, Protocol
 
 import filelock
 
-from ..errors import ConfigError, MissingShardError
+from ..errors import ConfigError
 from ..retry import RetryPolicy
 from ..shards import BOOKKEEPING_PREFIX, write_json
 from .catalog import DataFile
@@ -42,18 +40,6 @@ def read_counts_file(data_dir: Path) -> dict[str, int]:
         return {}
 
 
-def save_counts_file(data_dir: Path, counts: dict[str, int]) -> None:
-    """Merge ``counts`` into the folder's counts file (the caller holds ``counts_lock``)."""
-    old = read_counts_file(data_dir)
-    merged = {**old, **counts}
-    if merged == old:
-        return
-    try:
-        write_json(data_dir / COUNTS_FILE, merged, sort_keys=True)
-    except OSError as exc:
-        log.warning("could not save row-group counts in %s (%s); continuing", data_dir / COUNTS_FILE, exc)
-
-
 @contextlib.asynccontextmanager
 async def counts_lock(data_dir: Path) -> AsyncIterator[None]:
     """Hold the folder's counts lock (no lock where the folder cannot hold one: read-only)."""
@@ -61,11 +47,10 @@ async def counts_lock(data_dir: Path) -> AsyncIterator[None]:
     try:
         os.makedirs(data_dir, exist_ok=True)
         while True:  # another process holds it: nothing in this process can wake us, so poll (cancellable)
-            try:
+            with contextlib.suppress(filelock.Timeout):
                 lock.acquire(blocking=False)
                 break
-            except filelock.Timeout:
-                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)
     except OSError as exc:
         log.debug("no counts lock in %s (%s)", data_dir, exc)
         lock = None
@@ -111,13 +96,6 @@ class CountBook:
         with self._lock:
             return dict(self._known)
 
-    def share(self, sharer: CountSharer | None) -> None:
-        """Publish to and fetch from ``sharer`` too (once per sharer)."""
-        with self._lock:
-            if sharer is not None and all(s is not sharer for s in self.sharers):
-                self.sharers.append(sharer)
-                self._unshared.update({self.files[s].path: n for s, n in self._known.items()})
-
     def _take(self, counts: dict[str, int], origin: str, *, save: bool = False, share: bool = True) -> None:
         with self._lock:
             for path, n in counts.items():
@@ -131,17 +109,19 @@ class CountBook:
                 if save and share:
                     self._unshared[path] = int(n)
 
-    async def _use(self, sharer: CountSharer, call: Any, *args: Any) -> Any:
-        """``call(*args)`` on a thread; a sharer that fails is dropped, with one WARNING line."""
-        try:
-            return await asyncio.to_thread(call, *args)
-        except Exception as exc:  # noqa: BLE001  (any failure of a foreign channel: stop using it, say so once)
-            with self._lock:
-                if sharer in self.sharers:
-                    self.sharers.remove(sharer)
-                    log.warning("row-group counts of %s: not sharing them with other nodes any more (%s: %s)",
-                                self.scope or self.data_dir, type(exc).__name__, exc)
-            return None
+    async def _ask_sharers(self, call: str, *args: Any) -> list[Any]:
+        """Each sharer's answer to ``<call>(*args)``, asked on a thread; one that fails is dropped, said once."""
+        answers = []
+        for sharer in list(self.sharers):
+            try:
+                answers.append(await asyncio.to_thread(getattr(sharer, call), *args))
+            except Exception as exc:  # noqa: BLE001  (any failure of a foreign channel: stop using it, say so once)
+                with self._lock:
+                    if sharer in self.sharers:
+                        self.sharers.remove(sharer)
+                        log.warning("row-group counts of %s: not sharing them with other nodes any more (%s: %s)",
+                                    self.scope or self.data_dir, type(exc).__name__, exc)
+        return answers
 
     def learn(self, shard: int, n: int, origin: str = "its footer") -> None:
         """A count read from a footer; ``ConfigError`` if it contradicts one learned elsewhere."""
@@ -157,10 +137,10 @@ class CountBook:
         await self.sync(fetch=True)
         paths = {s: self.data_dir / self.files[s].path for s in shards if s not in self._known}
         found = await asyncio.to_thread(lambda: {s: local_count(path, True) for s, path in paths.items()})
+        found = {s: n for s, n in found.items() if n is not None}  # an unreadable one is left to its reader
         for s, n in found.items():
-            if n is not None:  # an unreadable one is left to its reader
-                self.learn(s, n, f"the footer of {paths[s]}")
-        if any(n is not None for n in found.values()):
+            self.learn(s, n, f"the footer of {paths[s]}")
+        if found:
             await self.sync()
 
     async def sync(self, *, fetch: bool = False, force: bool = False, save: bool = True) -> None:
@@ -170,28 +150,36 @@ class CountBook:
         if self._unshared and self.sharers:
             with self._lock:
                 unshared, self._unshared = self._unshared, {}
-            for sharer in list(self.sharers):
-                await self._use(sharer, sharer.publish, self.scope, unshared)
+            await self._ask_sharers("publish", self.scope, unshared)
         if save and self._unsaved and (force or now - self._saved_at >= SAVE_EVERY):
             self._saved_at = now
             async with counts_lock(self.data_dir):
-                await self._save()
+                await asyncio.to_thread(self._save)
         if fetch and (force or now - self._fetched_at >= FETCH_EVERY):
             self._fetched_at = now
-            stamp = await asyncio.to_thread(_stamp, self.data_dir / COUNTS_FILE)
-            if stamp is not None and stamp != self._file_stamp:
-                self._file_stamp = stamp
-                self._take(await asyncio.to_thread(read_counts_file, self.data_dir), "the counts file")
-            for sharer in list(self.sharers):
-                self._take(await self._use(sharer, sharer.fetch, self.scope) or {}, "another node", save=True,
-                           share=False)
+            await asyncio.to_thread(self._reread_counts_file)
+            for counts in await self._ask_sharers("fetch", self.scope):
+                self._take(counts, "another node", save=True, share=False)
 
-    async def _save(self) -> None:
-        """Write what was learned to the counts file (the caller holds the counts lock)."""
+    def _reread_counts_file(self) -> None:
+        """Take what the counts file says if it changed since it was last read (blocking)."""
+        with contextlib.suppress(OSError):
+            st = (self.data_dir / COUNTS_FILE).stat()
+            if (st.st_mtime_ns, st.st_size) != self._file_stamp:
+                self._file_stamp = (st.st_mtime_ns, st.st_size)
+                self._take(read_counts_file(self.data_dir), "the counts file")
+
+    def _save(self) -> None:
+        """Merge what was learned into the counts file (blocking; the caller holds the counts lock)."""
         with self._lock:
             unsaved, self._unsaved = self._unsaved, {}
-        if unsaved:
-            await asyncio.to_thread(save_counts_file, self.data_dir, unsaved)
+        old = read_counts_file(self.data_dir) if unsaved else {}
+        merged, path = {**old, **unsaved}, self.data_dir / COUNTS_FILE
+        if merged != old:
+            try:
+                write_json(path, merged, sort_keys=True)
+            except OSError as exc:
+                log.warning("could not save row-group counts in %s (%s); continuing", path, exc)
 
     async def read_remote(self, shards: list[int], credentials: Credentials | None,
                           retry: RetryPolicy | None) -> None:
@@ -200,7 +188,21 @@ class CountBook:
         if any(s not in self._known and s not in self._reading for s in shards):
             async with counts_lock(self.data_dir):
                 await self.sync(fetch=True, force=True, save=False)
-                await self._read_footers(shards, credentials, retry)
+                with self._lock:
+                    todo = [s for s in shards if s not in self._known and s not in self._reading]
+                    self._reading.update(todo)
+                try:
+                    got = await read_footers(self.data_dir, self.files, todo, credentials, retry or RetryPolicy())
+                    for s, n in got.items():
+                        self.learn(s, n, f"the footer of {self.files[s].url}")
+                    await asyncio.to_thread(self._save)
+                finally:
+                    with self._lock:
+                        self._reading.difference_update(todo)
+                        waiting, self._readers_done = self._readers_done, []
+                    for loop, read in waiting:
+                        with contextlib.suppress(RuntimeError):  # that waiter's loop is gone
+                            loop.call_soon_threadsafe(read.set)
         while True:  # another task of this process (on any thread or loop) may be reading some of them
             with self._lock:
                 if not any(s in self._reading for s in shards):
@@ -208,33 +210,6 @@ class CountBook:
                 read = asyncio.Event()
                 self._readers_done.append((asyncio.get_running_loop(), read))
             await read.wait()
-
-    async def _read_footers(self, shards: list[int], credentials: Credentials | None,
-                            retry: RetryPolicy | None) -> None:
-        with self._lock:
-            todo = [s for s in shards if s not in self._known and s not in self._reading]
-            self._reading.update(todo)
-        try:
-            no_remote = [s for s in todo if credentials is None or not self.files[s].url]
-            if no_remote:
-                path = self.data_dir / self.files[no_remote[0]].path
-                local_count(path, False)  # a CorruptShardError if it is there but unreadable
-                raise MissingShardError(f"{path} is missing and no remote is known for {self.data_dir}: "
-                                        "run `nanostream fetch` first, or pass dataset= (or base_url=)", path=path)
-            if not todo:
-                return
-            assert credentials is not None
-            got = await read_footers(self.files, todo, credentials, retry or RetryPolicy())
-            for s, n in got.items():
-                self.learn(s, n, f"the footer of {self.files[s].url}")
-            await self._save()  # under the counts lock read_remote holds
-        finally:
-            with self._lock:
-                self._reading.difference_update(todo)
-                waiting, self._readers_done = self._readers_done, []
-            for loop, read in waiting:
-                with contextlib.suppress(RuntimeError):  # that waiter's loop is gone
-                    loop.call_soon_threadsafe(read.set)
 
     async def require(self, shards: list[int], credentials: Credentials | None = None,
                       retry: RetryPolicy | None = None) -> dict[int, int]:
@@ -245,14 +220,6 @@ class CountBook:
             await self.sync(force=True)
         with self._lock:
             return {s: self._known[s] for s in shards}
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 _books: dict[tuple[str, tuple[str, ...]], CountBook] = {}
@@ -267,6 +234,9 @@ def book_for(data_dir: Path, files: tuple[DataFile, ...], sharer: CountSharer | 
         book = _books.get(key)
         if book is None:
             book = _books[key] = CountBook(Path(data_dir), files, scope)
-    book.share(sharer)
+    with book._lock:
+        if sharer is not None and all(s is not sharer for s in book.sharers):  # publish to it what is known
+            book.sharers.append(sharer)
+            book._unshared.update({files[s].path: n for s, n in book._known.items()})
     return book
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 
 from ..concurrency import run_each
-from ..errors import CorruptShardError, FetchError, HTTPStatusError
+from ..errors import CorruptShardError, FetchError, HTTPStatusError, MissingShardError
 from ..retry import Fatal, Retries, RetryPolicy, Transient, check_status, client_session, with_retries
 from .catalog import DataFile
 from .credentials import Credentials, is_s3
@@ -34,10 +34,19 @@ def local_count(path: Path, remote_known: bool) -> int | None:
                                 "(`nanostream fetch`)", path=path) from exc
 
 
-async def read_footers(files: tuple[DataFile, ...], shards: list[int], credentials: Credentials,
-                       retry: RetryPolicy) -> dict[int, int]:
-    """``{shard: row groups}`` of the remote files ``files[shard]``: the first footer in two GETs (its last 8
-    bytes, then the footer), the others in one GET a quarter larger than the first footer, 16 at a time."""
+async def read_footers(data_dir: Path, files: tuple[DataFile, ...], shards: list[int],
+                       credentials: Credentials | None, retry: RetryPolicy) -> dict[int, int]:
+    """``{shard: row groups}`` from the footers of ``files[shard]``: the first in two GETs (its last 8 bytes, then
+    the footer), the others in one a quarter larger, 16 at a time; ``MissingShardError`` if one has no remote."""
+    if not shards:
+        return {}
+    for s in shards:
+        if credentials is None or not files[s].url:
+            path = data_dir / files[s].path
+            local_count(path, False)
+            raise MissingShardError(f"{path} is missing and no remote is known for {data_dir}: "
+                                    "run `nanostream fetch` first, or pass dataset= (or base_url=)", path=path)
+    assert credentials is not None
     await credentials.prepare(files[s].url for s in shards)
     out: dict[int, int] = {}
     async with client_session(retry, auto_decompress=False) as session:

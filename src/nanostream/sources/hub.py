@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -16,11 +15,10 @@ from yarl import URL
 from ..config import host_of, token_allowed
 from ..errors import DatasetError
 from ..retry import LIST_RETRY, RETRY_STATUSES, Retries, RetryPolicy, client_session, transient, with_retries
-from .catalog import Catalog, DataFile
+from .catalog import Catalog, DataFile, parquet_only
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPECIAL_REF_RE = re.compile(r"^(refs/convert/\w+|refs/pr/\d+)(?:/|$)")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,7 @@ def parse_hub_url(url: str) -> HubPath:
 
 
 def hub_headers(url: str | URL, endpoint: str, token: str | None) -> dict[str, str]:
-    """The bearer token for a request to ``url`` where ``config.token_allowed`` lets it go with the Hub's host
-    as the one allowed host, over the endpoint's own scheme; else no header."""
+    """The bearer token for ``url`` where ``config.token_allowed`` lets it go to the Hub's host, over its scheme."""
     same_scheme = URL(str(url)).scheme == URL(endpoint).scheme
     if token and same_scheme and token_allowed(str(url), {host_of(endpoint)}):
         return {"Authorization": f"Bearer {token}"}
@@ -78,99 +75,62 @@ def hub_headers(url: str | URL, endpoint: str, token: str | None) -> dict[str, s
 
 
 async def hub_catalog(url: str, *, endpoint: str, token: str | None = None, include: str | None = None,
-                      val: str | None = None, text_column: str = "text", revision: str | None = None,
-                      retry: RetryPolicy = LIST_RETRY) -> Catalog:
+                      revision: str | None = None, retry: RetryPolicy = LIST_RETRY) -> Catalog:
     """The parquet files under ``url`` at one commit (``revision`` replaces the URL's), as a Catalog pinned
     to that commit's sha; paths relative to ``PATH`` (a ``PATH`` ending in ``.parquet``: that file)."""
     hp, endpoint = parse_hub_url(url), endpoint.rstrip("/")
+    revision = revision or hp.revision or "main"
+    api = f"{endpoint}/api/datasets/{hp.repo_id}"
+    one_file = hp.path.endswith(".parquet")  # list its folder, keep it
+    folder = hp.path.rpartition("/")[0] if one_file else hp.path
     async with client_session(retry) as session:
-        api = Api(session, endpoint, token, hp, retry)
-        sha = await api.resolve(revision or hp.revision or "main")
-        if hp.path.endswith(".parquet"):  # one file: list its folder, keep it
-            folder = hp.path.rpartition("/")[0]
-            entries = [e for e in await api.tree(sha, folder, recursive=False) if e.get("path") == hp.path]
-            prefix = f"{folder}/" if folder else ""
-        else:
-            entries = await api.tree(sha, hp.path)
-            prefix = f"{hp.path}/" if hp.path else ""
-    files, seen = [], 0
-    for e in entries:
-        if e.get("type") != "file":
-            continue
-        seen += 1
-        full = e["path"]
-        rel = full.removeprefix(prefix)
-        if not full.endswith(".parquet") or (include and not fnmatch.fnmatchcase(rel, include)):
-            continue
-        lfs = e.get("lfs") or {}
-        files.append(DataFile(rel, int(e["size"]), (lfs.get("oid") or None), None,
-                              f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(full)}"))
-    if not files:
-        narrowed = f" matching --include {include!r}" if include else ""
-        raise DatasetError(f"{url}: no *.parquet files{narrowed} at commit {sha[:12]} ({seen} files seen)")
-    files.sort(key=lambda f: f.path)
-    return Catalog(url, tuple(files), text_column, val=val, source=hp.source(), revision=sha, include=include)
+        async def get(url: str, revision: str) -> tuple[Any, str | None]:
+            """The JSON body and the next page's URL, retried (``retry.with_retries``)."""
+            async def attempt() -> tuple[Any, str | None]:
+                async with session.get(url, headers=hub_headers(url, endpoint, token)) as resp:
+                    if resp.status != 200:
+                        _refuse(resp, hp, revision, endpoint, token)
+                    nxt = resp.links.get("next")
+                    try:
+                        body = await resp.json(content_type=None)
+                    except ValueError as exc:  # a body that is not JSON: not the Hub API
+                        raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
+                    return body, (str(nxt["url"]) if nxt else None)
 
+            return await with_retries(Retries(retry, f"listing {hp.source()}", url=url), attempt)
 
-class Api:
-    """The two Hub API calls a listing needs, with retries and error translation."""
-
-    def __init__(self, session: aiohttp.ClientSession, endpoint: str, token: str | None, hp: HubPath,
-                 retry: RetryPolicy) -> None:
-        self.session, self.endpoint, self.token, self.hp, self.retry = session, endpoint, token, hp, retry
-        self.base = f"{endpoint}/api/datasets/{hp.repo_id}"
-
-    async def resolve(self, revision: str) -> str:
-        body, _ = await self._get(f"{self.base}/revision/{quote(revision, safe='')}", revision)
+        body, _ = await get(f"{api}/revision/{quote(revision, safe='')}", revision)
         sha = body.get("sha") if isinstance(body, dict) else None
-        if not isinstance(sha, str) or not _SHA_RE.match(sha):
-            raise DatasetError(f"{self.endpoint}: revision {revision!r} of {self.hp.repo_id} resolved to "
+        if not isinstance(sha, str) or not re.fullmatch("[0-9a-f]{40}", sha):
+            raise DatasetError(f"{endpoint}: revision {revision!r} of {hp.repo_id} resolved to "
                                f"no commit sha (got {sha!r}); is HF_ENDPOINT a Hub?")
-        return sha
-
-    async def tree(self, sha: str, folder: str, *, recursive: bool = True) -> list[dict[str, Any]]:
-        path = f"/{quote(folder, safe='')}" if folder else ""
-        url: str | None = f"{self.base}/tree/{sha}{path}{'?recursive=true' if recursive else ''}"
+        where = f"/{quote(folder, safe='')}" if folder else ""
+        page: str | None = f"{api}/tree/{sha}{where}{'' if one_file else '?recursive=true'}"
         entries: list[dict[str, Any]] = []
-        while url is not None:
-            page, url = await self._get(url, sha)
-            if not isinstance(page, list):
-                raise DatasetError(f"{self.endpoint}: the tree listing of {self.hp.repo_id} is not a list")
-            entries.extend(page)
-        return entries
+        while page is not None:
+            listed, page = await get(page, sha)
+            if not isinstance(listed, list):
+                raise DatasetError(f"{endpoint}: the tree listing of {hp.repo_id} is not a list")
+            entries.extend(listed)
+    files = [DataFile(e["path"].removeprefix(f"{folder}/"), int(e["size"]), (e.get("lfs") or {}).get("oid") or None,
+                      None, f"{endpoint}/datasets/{hp.repo_id}/resolve/{sha}/{quote(e['path'])}")
+             for e in entries if e.get("type") == "file" and (not one_file or e["path"] == hp.path)]
+    files = parquet_only(files, include, f"{url} at commit {sha[:12]}", "files")
+    return Catalog(url, tuple(files), source=hp.source(), revision=sha, include=include)
 
-    async def _get(self, url: str, revision: str) -> tuple[Any, str | None]:
-        """JSON body and the next page's URL, retried (``retry.with_retries``)."""
-        async def attempt() -> tuple[Any, str | None]:
-            async with self.session.get(url, headers=hub_headers(url, self.endpoint, self.token)) as resp:
-                if resp.status != 200:
-                    self._refuse(resp, revision)
-                nxt = resp.links.get("next")
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError as exc:  # a body that is not JSON: not the Hub API
-                    raise DatasetError(f"{url}: the answer is not JSON; is HF_ENDPOINT a Hub?") from exc
-                return body, (str(nxt["url"]) if nxt else None)
 
-        return await with_retries(Retries(self.retry, f"listing {self.hp.source()}", url=url), attempt)
-
-    def _refuse(self, resp: aiohttp.ClientResponse, revision: str) -> None:
-        status, code = resp.status, resp.headers.get("X-Error-Code", "")
-        repo = f"hf://datasets/{self.hp.repo_id}"
-        if status in RETRY_STATUSES:
-            raise transient(status, f"HTTP {status}", resp.headers)
-        if code == "RevisionNotFound":
-            raise DatasetError(f"{repo}: revision {revision!r} does not exist (check the name after '@')")
-        if code == "EntryNotFound":
-            raise DatasetError(f"{repo}: no path {self.hp.path!r} at revision {revision[:12]}")
-        if status == 401:
-            has = "HF_TOKEN was refused" if self.token else "set HF_TOKEN"
-            raise DatasetError(f"{repo}: not found or private (HTTP 401): {has}; a private repo needs "
-                               "HF_TOKEN with read access")
-        if status == 403:
-            raise DatasetError(f"{repo}: access denied (HTTP 403): accept the dataset's terms on the Hub "
-                               "and check that HF_TOKEN may read it")
-        if status == 404:
-            raise DatasetError(f"{repo}: no such dataset repo on {self.endpoint} (HTTP 404): check "
-                               "ORG/NAME (a private repo also needs HF_TOKEN)")
-        raise DatasetError(f"{repo}: the Hub answered HTTP {status} {resp.reason or ''}".rstrip())
+def _refuse(resp: aiohttp.ClientResponse, hp: HubPath, revision: str, endpoint: str, token: str | None) -> NoReturn:
+    """Raise what a Hub API refusal means: a transient error to retry, else a DatasetError with its hint."""
+    status, code = resp.status, resp.headers.get("X-Error-Code", "")
+    if status in RETRY_STATUSES:
+        raise transient(status, f"HTTP {status}", resp.headers)
+    has = "HF_TOKEN was refused" if token else "set HF_TOKEN"
+    hints: dict[str | int, str] = {
+        "RevisionNotFound": f"revision {revision!r} does not exist (check the name after '@')",
+        "EntryNotFound": f"no path {hp.path!r} at revision {revision[:12]}",
+        401: f"not found or private (HTTP 401): {has}; a private repo needs HF_TOKEN with read access",
+        403: "access denied (HTTP 403): accept the dataset's terms on the Hub and check that HF_TOKEN may read it",
+        404: f"no such dataset repo on {endpoint} (HTTP 404): check ORG/NAME (a private repo also needs HF_TOKEN)",
+    }
+    hint = hints.get(code) or hints.get(status) or f"the Hub answered HTTP {status} {resp.reason or ''}".rstrip()
+    raise DatasetError(f"hf://datasets/{hp.repo_id}: {hint}")

@@ -16,8 +16,7 @@ from ..concurrency import cancel_and_wait, run_sync
 from ..config import Config
 from ..errors import ConfigError
 from ..sources.counts import CountBook, book_for
-from ..sources.resolve import split_indices
-from ..sources.spec import Source
+from ..sources.resolve import Source, split_indices
 from .cache.usage import filesystem_bytes
 from .cached import check_limit, folder_minimum, open_files
 from .epoch import taken_at, with_counts

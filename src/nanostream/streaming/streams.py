@@ -18,7 +18,7 @@ from ..concurrency import LoopThread
 from ..config import Config, parse_cache_limit
 from ..errors import ConfigError, DatasetError, ShardError
 from ..retry import RetryPolicy
-from ..sources.spec import Source, check_folders, normalized, sources_of
+from ..sources.resolve import Source, check_folders, normalized, sources_of
 from .plan import Batch, Chunk, Options, ReadAhead
 from .ranks import Ranks
 from .single import Batches, Stream, open_stream, resume_start
