@@ -102,17 +102,6 @@ def host_of(url: str) -> str:
     return url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1].lower()
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def token_allowed(url: str, hosts: Collection[str]) -> bool:
     """May a bearer token go to ``url``? Only to ``hosts`` (``host`` or ``host:port``), and only
     over https unless that host is loopback (a test server or a local mirror)."""
@@ -120,7 +109,11 @@ def token_allowed(url: str, hosts: Collection[str]) -> bool:
     bare = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
     if host not in hosts and bare not in hosts:
         return False
-    return url.startswith("https://") or _is_loopback(host)
+    name = bare.strip("[]")
+    try:
+        return url.startswith("https://") or name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a name, not an address
+        return False
 
 
 @dataclass(frozen=True)

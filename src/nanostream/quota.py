@@ -32,17 +32,14 @@ def kind_of(path: str) -> str:
 
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` value (seconds or an HTTP date), None if absent or unreadable."""
-    if not value:
-        return None
     try:
-        return float(value)
+        return float(value or "")
     except ValueError:
         pass
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+    except (TypeError, ValueError):  # absent, or neither seconds nor a date
         return None
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
 def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float, str] | None:
@@ -108,9 +105,7 @@ class Quota:
         said = RATELIMIT_RE.search(headers.get("RateLimit", "") or "")
         if said is not None:
             self.left, self.ends = int(said["r"]) - self.in_flight, now + float(said["t"])
-        if status != 429:
-            return None
-        named = rate_limit_wait(headers)
+        named = rate_limit_wait(headers) if status == 429 else None
         if named is None:
             return None
         seconds = min(max(named[0], 0.0), LONGEST_WAIT)
