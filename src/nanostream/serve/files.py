@@ -154,7 +154,7 @@ class ShardFiles:
         self.row_groups = row_groups
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._hashing: dict[tuple[str, int, int], asyncio.Lock] = {}
-        self._groups: dict[tuple[str, int, str], int | None] = {}
+        self._groups: dict[FileInfo, int | None] = {}  # row groups of a parquet file (None: unreadable)
 
     def _lookup(self, name: str) -> tuple[Path, os.stat_result] | None:
         """The real path and stat of ``name`` if it is a regular file under root with no hidden part in its
@@ -186,21 +186,11 @@ class ShardFiles:
             self._hashing.pop(key, None)
         return FileInfo(real, st.st_size, self._hashes[key])
 
-    async def _row_groups(self, info: FileInfo) -> int | None:
-        """Row groups of the parquet file ``info``, from its footer, read once per version (None: unreadable)."""
-        key = (str(info.path), info.size, info.etag)
-        if key not in self._groups:
-            self._groups[key] = await asyncio.to_thread(local_count, info.path, True)
-        return self._groups[key]
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Route handler for ``/{name}``."""
-        return await self.respond(request, request.match_info.get("name", ""))
-
-    async def respond(self, request: web.BaseRequest, name: str, *,
+    async def respond(self, request: web.BaseRequest, name: str | None = None, *,
                       headers: dict[str, str] | None = None) -> web.StreamResponse:
-        """Answer GET/HEAD for file ``name`` (``headers`` added to every answer); a 4xx ``web.HTTPException``
-        for a name it does not serve or a ``Range``/``If-Range`` it refuses."""
+        """Answer GET/HEAD for file ``name`` (default: the route's ``{name}``; ``headers`` added to every answer);
+        a 4xx ``web.HTTPException`` for a name it does not serve or a ``Range``/``If-Range`` it refuses."""
+        name = request.match_info.get("name", "") if name is None else name
         info = await self.info(name)
         extra = headers or {}
         if info is None:
@@ -225,8 +215,10 @@ class ShardFiles:
                 headers=unsatisfiable, text=f"the range starts at or past the end of the file ({info.size} bytes)\n")
         parquet = name.endswith(".parquet")
         headers["Content-Type"] = "application/vnd.apache.parquet" if parquet else "application/octet-stream"
-        if self.row_groups and parquet and (n := await self._row_groups(info)) is not None:
-            headers[ROW_GROUPS_HEADER] = str(n)
+        if self.row_groups and parquet and info not in self._groups:  # read from its footer once per version
+            self._groups[info] = await asyncio.to_thread(local_count, info.path, True)
+        if self.row_groups and parquet and self._groups[info] is not None:
+            headers[ROW_GROUPS_HEADER] = str(self._groups[info])
         start, end = rng or (0, info.size)
         response = web.StreamResponse(status=206 if rng else 200, headers=headers)
         if rng:

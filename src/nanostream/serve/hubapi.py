@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -21,7 +19,7 @@ from ..errors import DatasetError
 from ..sources.catalog import Catalog, read_catalog
 from ..sources.hub import parse_hub_url
 from .files import ShardFiles
-from .hubtree import Held, Tree, blob_oid_of_file, build_tree, listing
+from .hubtree import Held, Tree, blob_oid, build_tree, listing
 
 HUB_ROUTES = ("api", "datasets")  # the first part of the paths the Hub API answers
 FORM_TYPES = ("", "application/x-www-form-urlencoded")
@@ -118,12 +116,6 @@ async def json_errors(request: web.Request,
         return web.json_response({"error": text}, status=exc.status, headers=headers)
 
 
-@functools.cache
-def _blob_oid(local: Path, size: int, mtime_ns: int) -> str:
-    """The git blob id of one version (size, mtime) of a file."""
-    return blob_oid_of_file(local)
-
-
 class HubMirror:
     """Routes for the Hub API of the one dataset recorded in ``root``."""
 
@@ -187,8 +179,8 @@ class HubMirror:
                 except OSError:
                     continue
                 full = f"{self.path}/{f.path}" if self.path else f.path
-                blob = "" if f.sha256 else _blob_oid(local, st.st_size, st.st_mtime_ns)
-                held.append(Held(full, st.st_size, f.sha256, local, blob))
+                blob = "" if f.sha256 else blob_oid(local, st.st_size, st.st_mtime_ns)
+                held.append(Held(full, st.st_size, f.sha256, blob))
             return tuple(held)
 
         held = await asyncio.to_thread(scan)

@@ -3,6 +3,7 @@ file's is its pointer file's blob id, another file's its bytes', a folder's the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ def git_oid(kind: str, body: bytes) -> str:
     return hashlib.sha1(f"{kind} {len(body)}\0".encode() + body).hexdigest()
 
 
-def blob_oid_of_file(path: Path) -> str:
-    """The git blob id of a file's bytes (blocking: hashes the whole file)."""
-    return file_digest(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+@functools.cache
+def blob_oid(path: Path, size: int, mtime_ns: int) -> str:
+    """The git blob id of the bytes of one version (size, mtime) of a file (blocking: hashes it all)."""
+    return file_digest(path, hashlib.sha1(f"blob {size}\0".encode()))
 
 
 def tree_oid(children: Iterable[dict[str, Any]]) -> str:
@@ -39,13 +41,12 @@ def tree_oid(children: Iterable[dict[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class Held:
-    """One file the mirror holds: its path in the repo, size, sha256 (LFS) or None, and where it lies."""
+    """One file the mirror holds: its path in the repo, size, and sha256 (LFS) or git blob id (not in LFS)."""
 
     path: str
     size: int
     sha256: str | None
-    local: Path
-    blob: str = ""  # git blob id of the bytes, for a file that is not in LFS
+    blob: str = ""
 
 
 Tree = dict[str, dict[str, Any]]  # tree entries by path, sorted

@@ -129,13 +129,9 @@ class Listener:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.slots = asyncio.Semaphore(limits.max_connections)
-        self.live: dict[Any, _Connection] = {}  # aiohttp RequestHandler -> its connection
+        self.live: dict[Any, _Connection] = {}  # the open connections, by their aiohttp RequestHandler
         self.peak = 0  # most connections ever open at once
         self._socks: list[socket.socket] = []
-
-    @property
-    def open_connections(self) -> int:
-        return len(self.live)
 
     async def bind(self, host: str, port: int) -> int:
         """Bind and listen on every address ``host`` resolves to; return the port. ConfigError on failure."""

@@ -27,28 +27,14 @@ FILES_KEY = web.AppKey("nanostream_files", ShardFiles)
 HEADER_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 32}  # larger: a 400
 
 
-class _OneLineLog:
+class _OneLineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server logger, except that a request its parser rejects (HttpProcessingError) is one line."""
 
-    def __init__(self, inner: logging.Logger) -> None:
-        self._inner = inner
-
-    def _rejected(self, msg: str, args: tuple[Any, ...], exc_info: object) -> bool:
-        if not isinstance(exc_info, HttpProcessingError):
-            return False
-        log.info("%s: %s %s", msg % args, exc_info.code, quoted(str(exc_info.message), 200))
-        return True
-
-    def exception(self, msg: str, *args: Any, exc_info: object = True, **kwargs: Any) -> None:
-        if not self._rejected(msg, args, exc_info):
-            self._inner.exception(msg, *args, exc_info=exc_info, **kwargs)  # a bug: keep its traceback
-
-    def debug(self, msg: str, *args: Any, exc_info: object = None, **kwargs: Any) -> None:
-        if not self._rejected(msg, args, exc_info):
-            self._inner.debug(msg, *args, exc_info=exc_info, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    def log(self, level: int, msg: object, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            log.info("%s: %s %s", str(msg) % args, exc_info.code, quoted(str(exc_info.message), 200))
+        else:  # a bug keeps its traceback
+            super().log(level, msg, *args, exc_info=exc_info, **kwargs)
 
 
 @web.middleware
@@ -73,7 +59,7 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     app[FILES_KEY] = files
     if hub is not None:
         hub.add_routes(app)
-    app.router.add_get("/{name:.*}", files.handle, allow_head=True)
+    app.router.add_get("/{name:.*}", files.respond, allow_head=True)
     return app
 
 

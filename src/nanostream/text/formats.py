@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import TokenizerError
 from .fast import FastEncoder, from_json
-from .tokenizer import FastOrReference
+from .saved import read_file
+from .tokenizer import FastOrReference, missing_bos
 
 DEFAULT_BOS = ("<|bos|>", "<|begin_of_text|>", "<|endoftext|>", "<s>")
 INSTALL = "reading a Hugging Face tokenizer.json needs the `tokenizers` package: pip install tokenizers"
@@ -51,9 +52,7 @@ class HFTokenizer(FastOrReference):
         candidates = (bos,) if bos is not None else DEFAULT_BOS
         found = [(b, i) for b in candidates if (i := self._ref.token_to_id(b)) is not None]
         if not found:
-            raise TokenizerError(f"{origin}: BOS token {' or '.join(map(repr, candidates))} is not in its vocabulary "
-                                 f"(its special tokens: {', '.join(self.special_tokens) or 'none'}); pass bos= "
-                                 "one of them")
+            raise missing_bos(origin, candidates, self.special_tokens)
         self.bos, self.bos_id = found[0]
         self.vocab_size = self._ref.get_vocab_size(with_added_tokens=True)
         self._choose_encoder(encoder, lambda: FastEncoder(partial(from_json, _without_specials(data))),
@@ -111,10 +110,7 @@ def _refused(path: Path, why: str) -> TokenizerError:
 
 def read_encoding_state(path: Path) -> dict[str, Any]:
     """The ``Encoding`` state pickled in ``path``: name, pat_str, mergeable_ranks, special_tokens."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    data = read_file(path)
     try:
         for op, arg, _ in pickletools.genops(data):
             if op.name not in _OPCODES:

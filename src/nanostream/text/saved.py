@@ -41,14 +41,18 @@ def parse_ranks(data: bytes, path: Path, hint: str) -> dict[bytes, int]:
     return ranks
 
 
+def read_file(path: Path) -> bytes:
+    """``path``'s bytes; a TokenizerError naming it if they cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+
+
 def read_json(path: Path, hint: str) -> Any:
     """``path`` parsed as JSON; a TokenizerError naming it and ending with ``hint`` if it cannot be."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TokenizerError(f"no tokenizer at {path.parent} ({path.name} is missing); {hint}") from exc
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+        return json.loads(read_file(path).decode("utf-8"))
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise TokenizerError(f"{path} is not valid JSON (truncated or corrupt: {exc}); {hint}") from exc
 
@@ -92,9 +96,9 @@ def read_folder(config: Any, config_path: Path) -> tuple[dict[bytes, int], str]:
         raise bad(f": ranks_file {ranks_file!r} must be a plain file name")
     ranks_path = config_path.parent / ranks_file
     try:
-        data = ranks_path.read_bytes()
-    except OSError as exc:
-        raise bad(f": cannot read {ranks_path} ({exc})") from exc
+        data = read_file(ranks_path)
+    except TokenizerError as exc:
+        raise bad(f": {exc}") from exc
     if hashlib.sha256(data).hexdigest() != sha:
         raise bad(f": {ranks_path} does not match its sha256 (truncated or modified)")
     ranks = parse_ranks(data, ranks_path, RETRAIN)

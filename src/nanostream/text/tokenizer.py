@@ -119,14 +119,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads() -> int:
-    """Encoding threads: the CPUs this process may use, at most 8."""
-    return max(1, min(8, usable_cpus()))
+def missing_bos(origin: str, candidates: Sequence[str], specials: Iterable[str]) -> TokenizerError:
+    """The error for a BOS token (one of ``candidates``) that a tokenizer's vocabulary lacks."""
+    return TokenizerError(f"{origin}: BOS token {' or '.join(map(repr, candidates))} is not in its vocabulary "
+                          f"(its special tokens: {', '.join(specials) or 'none'}); pass bos= one of them")
 
 
 class BPETokenizer(FastOrReference):
     """Byte-level BPE: ``ranks`` (token bytes -> id), a split ``pattern``, ``special_tokens`` (default: ``<|bos|>``
-    after the ranks) and ``bos`` one of them; tiktoken encodes on up to ``num_threads`` threads."""
+    after the ranks) and ``bos`` one of them; tiktoken encodes on up to ``num_threads`` threads (default: the
+    usable CPUs, at most 8)."""
 
     def __init__(self, ranks: Mapping[bytes, int], *, pattern: str = SPLIT_PATTERN,
                  special_tokens: Mapping[str, int] | None = None, bos: str = BOS, num_threads: int | None = None,
@@ -140,10 +142,9 @@ class BPETokenizer(FastOrReference):
         self.pattern, self.origin = pattern, origin
         self.special_tokens = dict(special_tokens) if special_tokens is not None else {BOS: n}
         if bos not in self.special_tokens:
-            raise TokenizerError(f"{origin}: BOS token {bos!r} is not in its vocabulary (its special tokens: "
-                                 f"{', '.join(self.special_tokens) or 'none'}); pass bos= one of them")
+            raise missing_bos(origin, [bos], self.special_tokens)
         self.bos = bos
-        self.num_threads = num_threads if num_threads is not None else default_threads()
+        self.num_threads = num_threads if num_threads is not None else max(1, min(8, usable_cpus()))
         if self.num_threads < 1:
             raise TokenizerError(f"num_threads must be >= 1, got {self.num_threads}")
         try:
