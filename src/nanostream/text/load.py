@@ -1,5 +1,5 @@
 """``load_tokenizer``, the one way in for every tokenizer a user has (file, folder, object); ``.tiktoken`` rank
-files are read here, the other formats in ``saved.py`` and ``formats.py``."""
+files are read here, the other files in ``formats.py``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,18 @@ import tiktoken
 
 from ..errors import TokenizerError
 from .fast import PATTERNS
-from .formats import HFTokenizer, read_encoding_state
-from .saved import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN, parse_ranks, read_file, read_folder, read_json
-from .tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
+from .formats import (
+    BOS,
+    CONFIG_NAME,
+    RANKS_NAME,
+    RETRAIN,
+    parse_ranks,
+    read_encoding_state,
+    read_file,
+    read_folder,
+    read_json,
+)
+from .tokenizer import BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
 
 ENDOFTEXT, ENDOFPROMPT = "<|endoftext|>", "<|endofprompt|>"
 OPENAI_SPECIALS = {
