@@ -4,7 +4,6 @@ answer for one (``Range``, ``If-Range``, the ``sendfile(2)`` body writer)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
 import os
@@ -109,8 +108,8 @@ class SlowReader(ConnectionError):
 
 async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,
                      start: int, end: int, *, send_timeout: float = SEND_TIMEOUT) -> None:
-    """Send bytes ``[start, end)`` of ``path`` with ``sendfile(2)`` (where the loop has none, uvloop: reads and
-    drained writes), each ``CHUNK`` within ``send_timeout`` seconds or ``SlowReader``."""
+    """Send bytes ``[start, end)`` of ``path`` with ``sendfile(2)`` (the mirror runs on asyncio's loop, which has
+    it), each ``CHUNK`` within ``send_timeout`` seconds or ``SlowReader``."""
     loop = asyncio.get_running_loop()
     pos = start
     try:
@@ -119,19 +118,11 @@ async def write_body(request: web.BaseRequest, response: web.StreamResponse, pat
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("the client closed the connection")
-                try:
-                    async with timeout(send_timeout):
-                        sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
-                except NotImplementedError:
-                    break
+                async with timeout(send_timeout):
+                    sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
                 if not sent:
                     raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
                 pos += sent
-        if pos < end:
-            async with contextlib.aclosing(iter_file(path, pos, end)) as chunks:
-                async for data in chunks:
-                    async with timeout(send_timeout):
-                        await response.write(data)
     except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
         raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
 

@@ -65,8 +65,7 @@ class _Connection:
     def __init__(self, listener: Listener, inner: Any, peer: str) -> None:
         self.listener, self.inner, self.peer = listener, inner, peer
         self.transport: asyncio.Transport | None = None
-        self.requests = 0
-        self.busy = 0  # requests being answered: no deadline meanwhile
+        self.requests = 0  # answered or being answered (aiohttp answers one at a time: no deadline meanwhile)
         self._deadline: asyncio.TimerHandle | None = None
         self._freed = False
 
@@ -96,13 +95,11 @@ class _Connection:
             self.listener.slots.release()
 
     def begin(self) -> None:
-        self.busy += 1
         self.requests += 1
         self._disarm()
 
     def end(self) -> None:
-        self.busy -= 1
-        if not self.busy and not self._freed:
+        if not self._freed:
             self._arm()
 
     def _arm(self) -> None:
@@ -111,11 +108,9 @@ class _Connection:
 
     def _disarm(self) -> None:
         if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+            self._deadline.cancel()  # a no-op once it ran
 
     def _expire(self) -> None:  # armed only while idle and open
-        self._deadline = None
         assert self.transport is not None
         log.info("dropped %s: no complete request within %g s (idle, or a request sent too slowly)",
                  self.peer, self.listener.limits.timeout)
@@ -189,15 +184,14 @@ class Listener:
             await self.slots.acquire()
             try:
                 conn, addr = await loop.sock_accept(sock)
-            except OSError as exc:  # the client gave up, or we are out of descriptors or memory: try again
+            except BaseException as exc:
                 self.slots.release()
-                if exc.errno in OUT_OF_RESOURCES:
+                if not isinstance(exc, OSError):
+                    raise
+                if exc.errno in OUT_OF_RESOURCES:  # else the client gave up: accept the next
                     log.warning("cannot accept a connection (%s); retrying in 0.5 s", exc.strerror)
                     await asyncio.sleep(0.5)
                 continue
-            except BaseException:
-                self.slots.release()
-                raise
             peer = f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
             connection = _Connection(self, factory(), peer)
             try:
