@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,19 +73,11 @@ def file_entry(f: Held) -> dict[str, Any]:
 def build_tree(files: Iterable[Held]) -> Tree:
     """Entries for ``files`` and every folder above them, folder ids computed bottom-up."""
     entries = {f.path: file_entry(f) for f in files}
-    folders: dict[str, list[dict[str, Any]]] = {}
-    for p in list(entries):
-        parts = p.split("/")
-        for i in range(1, len(parts)):
-            folders.setdefault("/".join(parts[:i]), [])
-    for p, e in entries.items():
-        parent = p.rpartition("/")[0]
-        if parent:
-            folders[parent].append(e)
+    children: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)  # by the folder they are in
+    for path, entry in entries.items():
+        children[path.rpartition("/")[0]].append(entry)
+    folders = {path.rsplit("/", up)[0] for path in entries for up in range(1, path.count("/") + 1)}
     for d in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: a folder's subfolders are done
-        entry = {"type": "directory", "oid": tree_oid(folders[d]), "size": 0, "path": d}
-        entries[d] = entry
-        parent = d.rpartition("/")[0]
-        if parent:
-            folders[parent].append(entry)
+        entries[d] = {"type": "directory", "oid": tree_oid(children[d]), "size": 0, "path": d}
+        children[d.rpartition("/")[0]].append(entries[d])
     return dict(sorted(entries.items()))

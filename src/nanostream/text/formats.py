@@ -168,10 +168,7 @@ def read_encoding_state(path: Path) -> dict[str, Any]:
         raise TokenizerError(f"{path} is truncated or corrupt ({exc}): {WHAT}; copy it again") from exc
     if not isinstance(obj, _EncodingState):
         raise _refused(path, f"it holds a {type(obj).__name__}")
-    return _checked(obj.state, path)
-
-
-def _checked(state: Any, path: Path) -> dict[str, Any]:
+    state = obj.state
     if isinstance(state, str):
         raise TokenizerError(f"{path} names tiktoken's registered encoding {state!r} instead of holding its ranks: "
                              f"pass that encoding's .tiktoken file, e.g. load_tokenizer('{state}.tiktoken')")
