@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,10 +37,10 @@ def quoted(text: object, n: int = 120) -> str:
 
 def hub_error(cls: type[web.HTTPException], message: str, *, code: str | None = None,
               commit: str | None = None) -> web.HTTPException:
-    """An HTTP error of class ``cls`` with the JSON body ``{"error": message}``; ``code`` goes to
-    ``X-Error-Code`` (a fixed name, never request text), ``commit`` to ``X-Repo-Commit``."""
+    """An HTTP error of class ``cls`` saying ``message`` (``json_errors`` makes it the body ``{"error": message}``);
+    ``code`` goes to ``X-Error-Code`` (a fixed name, never request text), ``commit`` to ``X-Repo-Commit``."""
     headers = {k: v for k, v in (("X-Error-Code", code), ("X-Repo-Commit", commit)) if v}
-    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+    return cls(text=message, headers=headers)
 
 
 def bad_request(message: str) -> web.HTTPException:
@@ -108,8 +107,7 @@ async def json_errors(request: web.Request,
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if not (400 <= exc.status < 500 and request.path.split("/")[1] in HUB_ROUTES) or \
-                exc.content_type == "application/json":
+        if not (400 <= exc.status < 500 and request.path.split("/")[1] in HUB_ROUTES):
             raise
         text = (exc.text or exc.reason or "").strip()
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
