@@ -53,6 +53,18 @@ def read_file(path: Path) -> bytes:
         raise TokenizerError(f"cannot read {path}: {exc}") from exc
 
 
+def read_tiktoken(path: Path, published_sha256: str | None = None) -> dict[bytes, int]:
+    """A ``.tiktoken`` file's ranks, its bytes checked against ``published_sha256`` (OpenAI's) if given."""
+    data, hint = read_file(path), "copy the rank file again"
+    if published_sha256 is not None and hashlib.sha256(data).hexdigest() != published_sha256:
+        raise TokenizerError(f"{path} does not match the published sha256 of {path.stem} (truncated or modified); "
+                             f"{hint}")
+    ranks = parse_ranks(data, path, hint)
+    if not ranks:
+        raise TokenizerError(f"{path} holds no ranks (empty or truncated): {hint}")
+    return ranks
+
+
 def read_json(path: Path, hint: str) -> Any:
     """``path`` parsed as JSON; a TokenizerError naming it and ending with ``hint`` if it cannot be."""
     try:

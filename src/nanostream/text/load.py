@@ -1,9 +1,8 @@
 """``load_tokenizer``, the one way in for every tokenizer a user has (file, folder, object); ``.tiktoken`` rank
-files are read here, the other files in ``formats.py``."""
+files and the others are read by ``formats.py``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,18 +12,9 @@ import regex
 import tiktoken
 
 from ..errors import TokenizerError
+from . import formats
 from .fast import PATTERNS
-from .formats import (
-    BOS,
-    CONFIG_NAME,
-    RANKS_NAME,
-    RETRAIN,
-    parse_ranks,
-    read_encoding_state,
-    read_file,
-    read_folder,
-    read_json,
-)
+from .formats import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN
 from .tokenizer import BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
 
 ENDOFTEXT, ENDOFPROMPT = "<|endoftext|>", "<|endofprompt|>"
@@ -68,7 +58,7 @@ def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = No
     elif not p.exists():
         raise TokenizerError(f"no tokenizer at {p} (it does not exist): pass {EXPECTED}")
     if p.suffix == ".pkl":
-        state = read_encoding_state(p)
+        state = formats.read_encoding_state(p)
         return BPETokenizer(state["mergeable_ranks"], pattern=state["pat_str"],
                             special_tokens=state["special_tokens"], bos=bos or BOS, origin=str(p), **kw)
     if p.suffix == ".tiktoken":
@@ -80,9 +70,9 @@ def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = No
 
 def _json_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
     ours = (path.parent / RANKS_NAME).is_file()  # beside nanostream's ranks: a folder of ours
-    config = read_json(path, RETRAIN if ours else "copy it again")
+    config = formats.read_json(path, RETRAIN if ours else "copy it again")
     if ours or (isinstance(config, dict) and "format" in config):
-        ranks, pattern = read_folder(config, path)
+        ranks, pattern = formats.read_folder(config, path)
         try:
             return BPETokenizer(ranks, pattern=pattern, bos=bos or BOS, origin=str(path.parent), **kw)
         except TokenizerError as exc:
@@ -98,13 +88,7 @@ def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str
     the ranks."""
     name = path.name.removesuffix(".tiktoken")
     pattern = split_pattern(scheme, name, path)
-    data = read_file(path)
-    hint = "copy the rank file again"
-    if name in OPENAI_SHA256 and hashlib.sha256(data).hexdigest() != OPENAI_SHA256[name]:
-        raise TokenizerError(f"{path} does not match the published sha256 of {name} (truncated or modified); {hint}")
-    ranks = parse_ranks(data, path, hint)
-    if not ranks:
-        raise TokenizerError(f"{path} holds no ranks (empty or truncated): {hint}")
+    ranks = formats.read_tiktoken(path, OPENAI_SHA256.get(name))
     if name in OPENAI_SPECIALS:
         specials, bos = OPENAI_SPECIALS[name], bos or ENDOFTEXT
     else:
