@@ -23,20 +23,17 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*|%)\s*$")
 
 @dataclass(frozen=True)
 class CacheLimit:
-    """A data folder's disk budget: ``nbytes`` exactly, or ``fraction`` of its filesystem's size."""
+    """A data folder's disk budget: ``fraction`` of its filesystem's size if given, else ``nbytes`` exactly."""
 
-    nbytes: int | None = None
+    nbytes: int = 0
     fraction: float | None = None
 
     def resolve(self, filesystem_bytes: int) -> int:
         """The budget in bytes for a folder on a filesystem of ``filesystem_bytes``."""
-        if self.nbytes is not None:
-            return self.nbytes
-        assert self.fraction is not None
-        return int(self.fraction * filesystem_bytes)
+        return self.nbytes if self.fraction is None else int(self.fraction * filesystem_bytes)
 
     def __str__(self) -> str:
-        return f"{self.fraction * 100:g}%" if self.fraction is not None else f"{self.nbytes} bytes"
+        return f"{self.nbytes} bytes" if self.fraction is None else f"{self.fraction * 100:g}%"
 
 
 def parse_cache_limit(value: object, what: str = "cache_limit") -> CacheLimit | None:

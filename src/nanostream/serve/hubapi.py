@@ -124,7 +124,6 @@ class HubMirror:
         self.sha = cat.revision or ""
         named = parse_hub_url(cat.name).revision if cat.name.startswith(PREFIX) else None
         self.revisions = {"main", "refs/heads/main", self.sha} | ({named} if named else set())
-        self._tree: tuple[tuple[Held, ...], Tree] | None = None
 
     @classmethod
     def of(cls, files: ShardFiles) -> HubMirror | None:
@@ -181,10 +180,7 @@ class HubMirror:
                 held.append(Held(full, st.st_size, f.sha256, blob))
             return tuple(held)
 
-        held = await asyncio.to_thread(scan)
-        if self._tree is None or self._tree[0] != held:
-            self._tree = (held, build_tree(held))
-        return self._tree[1]
+        return build_tree(await asyncio.to_thread(scan))
 
     # -- endpoints ----------------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:

@@ -70,8 +70,9 @@ def file_entry(f: Held) -> dict[str, Any]:
     return {"type": "file", "oid": f.blob, "size": f.size, "path": f.path}
 
 
+@functools.lru_cache(maxsize=1)  # the mirror asks again with the same files until one appears or changes
 def build_tree(files: Iterable[Held]) -> Tree:
-    """Entries for ``files`` and every folder above them, folder ids computed bottom-up."""
+    """Entries for ``files`` and every folder above them, folder ids computed bottom-up (read-only)."""
     entries = {f.path: file_entry(f) for f in files}
     children: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)  # by the folder they are in
     for path, entry in entries.items():
