@@ -139,20 +139,15 @@ class Listener:
             raise ConfigError(f"cannot resolve --host {host!r} ({exc}); give an IP address or a known name") from exc
         seen: set[tuple[int, str]] = set()
         try:
-            for family, _, proto, _, addr in infos:
+            for family, _, _, _, addr in infos:
                 if (family, addr[0]) in seen:
                     continue
                 seen.add((family, addr[0]))
                 if self._socks:  # port 0: every address gets the port the first one got
                     addr = (addr[0], self._socks[0].getsockname()[1], *addr[2:])
-                sock = socket.socket(family, socket.SOCK_STREAM, proto)
-                self._socks.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(addr)
-                sock.listen(BACKLOG)
-                sock.setblocking(False)
+                # SO_REUSEADDR, and IPv6 only on an IPv6 address; an error names the address
+                self._socks.append(socket.create_server(addr, family=family, backlog=BACKLOG))
+                self._socks[-1].setblocking(False)
         except (OSError, OverflowError) as exc:
             self._close_sockets()
             why = getattr(exc, "strerror", None) or exc
