@@ -126,10 +126,11 @@ class Listener:
         self.slots = asyncio.Semaphore(limits.max_connections)
         self.live: dict[Any, _Connection] = {}  # the open connections, by their aiohttp RequestHandler
         self.peak = 0  # most connections ever open at once
+        self.url = ""  # the base URL, once bound
         self._socks: list[socket.socket] = []
 
-    async def bind(self, host: str, port: int) -> int:
-        """Bind and listen on every address ``host`` resolves to; return the port. ConfigError on failure."""
+    async def bind(self, host: str, port: int) -> None:
+        """Bind and listen on every address ``host`` resolves to, and set ``url``. ConfigError on failure."""
         if not 0 <= port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {port}")
         loop = asyncio.get_running_loop()
@@ -152,7 +153,8 @@ class Listener:
             self._close_sockets()
             why = getattr(exc, "strerror", None) or exc
             raise ConfigError(f"cannot listen on {host}:{port} ({why}); choose another --host/--port") from exc
-        return self._socks[0].getsockname()[1]
+        port = self._socks[0].getsockname()[1]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def install(self, app: web.Application) -> None:
         """Hook the request deadline and the keep-alive limit into ``app``."""

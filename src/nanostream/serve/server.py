@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,20 +62,13 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     return app
 
 
-@dataclass(frozen=True)
-class Mirror:
-    """A running mirror: its base URL and its ``Listener`` (open connections, peak)."""
-
-    url: str
-    listener: Listener
-
-
 @contextlib.asynccontextmanager
 async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, limits: Limits | None = None,
                       shutdown_timeout: float = 2.0, access_log: bool = False,
-                      body_writer: BodyWriter | None = None) -> AsyncIterator[Mirror]:
-    """Serve ``root`` for the length of the block (``port=0``: any free port); on the way out, running answers
-    get ``shutdown_timeout`` seconds. ConfigError, before anything is served, for a bad folder, limit or address."""
+                      body_writer: BodyWriter | None = None) -> AsyncIterator[Listener]:
+    """Serve ``root`` for the length of the block (``port=0``: any free port), giving its ``Listener`` (``url``,
+    open connections, peak); on the way out, running answers get ``shutdown_timeout`` seconds. ConfigError,
+    before anything is served, for a bad folder, limit or address."""
     limits = limits or Limits()
     app = make_app(root, body_writer=body_writer, send_timeout=limits.timeout)
     listener = Listener(limits)
@@ -88,9 +80,9 @@ async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, lim
     try:
         await runner.setup()
         assert runner.server is not None
-        port = await listener.bind(host, port)
+        await listener.bind(host, port)
         async with listener.accepting(runner.server):
-            yield Mirror(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}", listener)
+            yield listener
     finally:
         await runner.cleanup()
         listener.abort_all()
