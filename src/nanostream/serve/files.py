@@ -96,14 +96,10 @@ async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> Asy
             yield data
 
 
-class SlowReader(ConnectionError):
-    """The client read nothing for the send timeout; its connection is dropped."""
-
-
 async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,
                      start: int, end: int, *, send_timeout: float = SEND_TIMEOUT) -> None:
     """Send bytes ``[start, end)`` of ``path`` with ``sendfile(2)`` (the mirror runs on asyncio's loop, which has
-    it), each ``CHUNK`` within ``send_timeout`` seconds or ``SlowReader``."""
+    it), each ``CHUNK`` within ``send_timeout`` seconds or a ``TimeoutError`` (the connection is dropped)."""
     loop = asyncio.get_running_loop()
     pos = start
     try:
@@ -118,7 +114,7 @@ async def write_body(request: web.BaseRequest, response: web.StreamResponse, pat
                     raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
                 pos += sent
     except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
-        raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
+        raise TimeoutError(f"read nothing for {send_timeout:g} s") from exc  # an OSError: respond drops it
 
 
 BodyWriter = Callable[[web.BaseRequest, web.StreamResponse, Path, int, int], Awaitable[None]]
