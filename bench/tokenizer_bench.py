@@ -45,8 +45,8 @@ from demo.tokenizer import train_with_stats
 
 from bench.common import table
 from nanostream.text.fast import NANOCHAT, REBUILD_CHARS, FastEncoder, from_ranks
+from nanostream.text.formats import BOS, ranks_text
 from nanostream.text.load import load_tokenizer
-from nanostream.text.saved import BOS, ranks_text
 from nanostream.text.tokenizer import SPLIT_PATTERN, BPETokenizer
 
 VOCAB = 8192

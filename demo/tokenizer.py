@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 import rustbpe
 
 from nanostream.errors import ConfigError, NanostreamError, TokenizerError
-from nanostream.text.saved import SPECIAL_TOKENS
+from nanostream.text.formats import SPECIAL_TOKENS
 from nanostream.text.tokenizer import SPLIT_PATTERN, BPETokenizer
 
 log = logging.getLogger(__name__)

@@ -142,7 +142,7 @@ async def test_a_gated_repo_lists_without_a_token_and_refuses_the_download(tmp_p
 
 def test_the_tree_ids_are_gits_own(tmp_path):
     """hubtree's blob and tree ids equal what git computes for the same files."""
-    from nanostream.serve.hubtree import Held, blob_oid_of_file, build_tree
+    from nanostream.serve.hubtree import Held, blob_oid, build_tree
 
     git = subprocess.run(["git", "--version"], capture_output=True)
     if git.returncode != 0:
@@ -158,8 +158,9 @@ def test_the_tree_ids_are_gits_own(tmp_path):
     listed = subprocess.run(["git", "-C", str(tmp_path), "ls-tree", "-r", "-t", "HEAD"], check=True,
                             capture_output=True, text=True).stdout
     expected = {line.split("\t")[1]: line.split()[2] for line in listed.splitlines()}
-    tree = build_tree(Held(n, (tmp_path / n).stat().st_size, None, tmp_path / n, blob_oid_of_file(tmp_path / n))
-                      for n in names)
+    stats = {n: (tmp_path / n).stat() for n in names}
+    tree = build_tree(Held(n, st.st_size, None, blob_oid(tmp_path / n, st.st_size, st.st_mtime_ns))
+                      for n, st in stats.items())
     assert {p: e["oid"] for p, e in tree.items()} == expected
 
 

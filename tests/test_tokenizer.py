@@ -19,8 +19,8 @@ from demo.tokenizer import train_tokenizer, train_with_stats
 
 from nanostream.errors import ConfigError, TokenizerError
 from nanostream.shards import shard_name
+from nanostream.text.formats import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN
 from nanostream.text.load import load_tokenizer
-from nanostream.text.saved import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN
 from nanostream.text.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, _balanced_chunks
 
 from datagen import make_shards

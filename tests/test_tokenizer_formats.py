@@ -27,10 +27,9 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from nanostream import Ranks, TokenDataset
 from nanostream.errors import TokenizerError
 from nanostream.text.fast import FAST_SCHEMES, FastEncoder, from_ranks
-from nanostream.text.formats import HFTokenizer
+from nanostream.text.formats import ranks_text
 from nanostream.text.load import load_tokenizer
-from nanostream.text.saved import ranks_text
-from nanostream.text.tokenizer import BPETokenizer
+from nanostream.text.tokenizer import BPETokenizer, HFTokenizer
 
 from datagen import make_shards
 from nanochat_like import NANOCHAT_PATTERN, NanochatLikeTokenizer, number_docs

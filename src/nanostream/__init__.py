@@ -32,14 +32,10 @@ _LAZY = {
 __all__ = ["Config", "NanostreamError", "__version__", *_LAZY]
 
 
-def _load(name: str) -> Any:
-    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-
-
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'nanostream' has no attribute {name!r}")
-    value = _load(name)
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     globals()[name] = value
     return value
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import DATASETS, DEFAULT_DATASET, LOOPS, Config
 from .errors import ConfigError, NanostreamError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,11 +95,9 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         limits = Limits(max_connections=args.max_connections, timeout=args.timeout,
                         max_keepalive_requests=args.max_keepalive_requests)
         return run_server(args.dir, host=args.host, port=args.port, limits=limits)
-    if args.command == "cache":
-        from .streaming.cache.command import run_cache
+    from .streaming.cache.command import run_cache  # the last of the three subcommands: cache
 
-        return run_cache(args.dir, args.prune_to, cfg.cache_policy)
-    raise AssertionError(args.command)
+    return run_cache(args.dir, args.prune_to, cfg.cache_policy)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

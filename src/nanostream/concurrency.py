@@ -21,8 +21,8 @@ class LoopThread:
 
     def __init__(self, name: str, on_close: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.on_close = on_close
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by the thread before ``ready``
+        self._stop = asyncio.Event()  # bound to the thread's loop by its first wait
         self._lock = threading.Lock()  # run() and close() from different threads
         self._closed = False
         self._calls: set[concurrent.futures.Future[Any]] = set()
@@ -32,7 +32,7 @@ class LoopThread:
         ready.wait()
 
     async def _main(self, ready: threading.Event) -> None:
-        self.loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self.loop = asyncio.get_running_loop()
         ready.set()
         try:
             await self._stop.wait()
@@ -49,7 +49,6 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on this loop and wait for its result; a Ctrl-C meanwhile, or ``close()`` from another
         thread (before or during the call), cancels it (``concurrent.futures.CancelledError``)."""
-        assert self.loop is not None
         with self._lock:
             if self._closed:
                 coro.close()
@@ -67,7 +66,7 @@ class LoopThread:
         with self._lock:
             self._closed = True
             calls = list(self._calls)
-        if self.loop is not None and self._stop is not None and self.thread.is_alive():
+        if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         if threading.current_thread() is not self.thread:
             self.thread.join()
@@ -132,10 +131,9 @@ async def hand_off(work: concurrent.futures.Future[T] | asyncio.Future[T], relea
     try:
         return await waiting
     except asyncio.CancelledError:
-        work.add_done_callback(lambda done: _release(done, release))
+        def release_made(done: Any) -> None:
+            if not done.cancelled() and done.exception() is None:
+                release(done.result())
+
+        work.add_done_callback(release_made)
         raise
-
-
-def _release(done: Any, release: Callable[[Any], Any]) -> None:
-    if not done.cancelled() and done.exception() is None:
-        release(done.result())

@@ -23,20 +23,17 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*|%)\s*$")
 
 @dataclass(frozen=True)
 class CacheLimit:
-    """A data folder's disk budget: ``nbytes`` exactly, or ``fraction`` of its filesystem's size."""
+    """A data folder's disk budget: ``fraction`` of its filesystem's size if given, else ``nbytes`` exactly."""
 
-    nbytes: int | None = None
+    nbytes: int = 0
     fraction: float | None = None
 
     def resolve(self, filesystem_bytes: int) -> int:
         """The budget in bytes for a folder on a filesystem of ``filesystem_bytes``."""
-        if self.nbytes is not None:
-            return self.nbytes
-        assert self.fraction is not None
-        return int(self.fraction * filesystem_bytes)
+        return self.nbytes if self.fraction is None else int(self.fraction * filesystem_bytes)
 
     def __str__(self) -> str:
-        return f"{self.fraction * 100:g}%" if self.fraction is not None else f"{self.nbytes} bytes"
+        return f"{self.nbytes} bytes" if self.fraction is None else f"{self.fraction * 100:g}%"
 
 
 def parse_cache_limit(value: object, what: str = "cache_limit") -> CacheLimit | None:
@@ -102,17 +99,6 @@ def host_of(url: str) -> str:
     return url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1].lower()
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def token_allowed(url: str, hosts: Collection[str]) -> bool:
     """May a bearer token go to ``url``? Only to ``hosts`` (``host`` or ``host:port``), and only
     over https unless that host is loopback (a test server or a local mirror)."""
@@ -120,7 +106,11 @@ def token_allowed(url: str, hosts: Collection[str]) -> bool:
     bare = host.rsplit(":", 1)[0] if ":" in host and not host.endswith("]") else host
     if host not in hosts and bare not in hosts:
         return False
-    return url.startswith("https://") or _is_loopback(host)
+    name = bare.strip("[]")
+    try:
+        return url.startswith("https://") or name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a name, not an address
+        return False
 
 
 @dataclass(frozen=True)

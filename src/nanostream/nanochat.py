@@ -30,7 +30,7 @@ from .sources.resolve import Source
 from .streaming.plan import ReadAhead
 from .streaming.ranks import Ranks
 from .streaming.streams import Data
-from .text.load import as_tokenizer
+from .text.load import load_tokenizer
 
 __all__ = ["tokenizing_distributed_data_loader_bos_bestfit", "tokenizing_distributed_data_loader_with_state_bos_bestfit"]
 
@@ -101,13 +101,13 @@ def _is_folder(source: Source) -> bool:
 
 
 def _adapted(tokenizer: Any, threads: int) -> Any:
-    """``as_tokenizer(tokenizer)``, made once per tokenizer object and thread count (one per val loader else)."""
+    """``load_tokenizer(tokenizer)``, made once per tokenizer object and thread count (one per val loader else)."""
     try:
         made = _ADAPTED.setdefault(tokenizer, {})
     except TypeError:  # not weakly referenceable: adapt it each time
-        return as_tokenizer(tokenizer, num_threads=threads)
+        return load_tokenizer(tokenizer, num_threads=threads)
     if threads not in made:
-        made[threads] = as_tokenizer(tokenizer, num_threads=threads)
+        made[threads] = load_tokenizer(tokenizer, num_threads=threads)
     return made[threads]
 
 

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 
 class NullProgress:
-    """Counts shards and bytes, shows nothing."""
+    """Counts shards and bytes; ``show`` (nothing here) displays them after each change."""
 
     def __init__(self, shards: int) -> None:
         self.shards, self.done, self.failed = shards, 0, 0
@@ -19,15 +19,22 @@ class NullProgress:
 
     def add_total(self, n: int) -> None:
         self.total += n
+        self.show(news=False)
 
     def advance(self, n: int) -> None:
         self.bytes += n
+        self.show(news=True)
 
     def shard_done(self, result: Any) -> None:
         if result.error is None:
             self.done += 1
         else:
             self.failed += 1
+        # failures are told once, by the summary (a host that is down fails every shard in one go)
+        self.show(news=result.error is None)
+
+    def show(self, news: bool) -> None:
+        """Display the counts; ``news``: bytes arrived or a shard was completed."""
 
     def close(self) -> None:
         pass
@@ -47,21 +54,12 @@ class LineProgress(NullProgress):
         return (f"fetch: {self.done}/{self.shards} shards, {self.failed} failed, "
                 f"{self.bytes / 1e6:.1f}/{self.total / 1e6:.1f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f}s")
 
-    def _maybe_print(self) -> None:
+    def show(self, news: bool) -> None:
         now = time.monotonic()
-        if now - self._last >= self.interval:
+        if news and now - self._last >= self.interval:
             self._last = now
             self.stream.write(self.line() + "\n")
             self.stream.flush()
-
-    def advance(self, n: int) -> None:
-        super().advance(n)
-        self._maybe_print()
-
-    def shard_done(self, result: Any) -> None:
-        super().shard_done(result)
-        if result.error is None:  # failures are told once, by the summary (a host that is down fails
-            self._maybe_print()   # every shard in one go: no line halfway through the count)
 
 
 class BarProgress(NullProgress):
@@ -77,24 +75,15 @@ class BarProgress(NullProgress):
             sized = False
         self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, file=stream, desc="fetch",
                         dynamic_ncols=sized, ncols=None if sized else 100, miniters=1, mininterval=0.2)
-        self._postfix()
+        self.show(news=False)
 
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"shards {self.done}/{self.shards} failed {self.failed}", refresh=False)
-
-    def add_total(self, n: int) -> None:
-        super().add_total(n)
+    def show(self, news: bool) -> None:
         self.bar.total = self.total
-        self.bar.refresh()
-
-    def advance(self, n: int) -> None:
-        super().advance(n)
-        self.bar.update(n)
-
-    def shard_done(self, result: Any) -> None:
-        super().shard_done(result)
-        self._postfix()
-        self.bar.refresh()
+        self.bar.set_postfix_str(f"shards {self.done}/{self.shards} failed {self.failed}", refresh=False)
+        if self.bytes > self.bar.n:
+            self.bar.update(self.bytes - self.bar.n)  # redraws at most every mininterval
+        else:
+            self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()

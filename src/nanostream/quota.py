@@ -23,26 +23,16 @@ LONGEST_WAIT = 301.0  # the longest wait a server's Retry-After or RateLimit t+1
 log = logging.getLogger(__name__)
 
 
-def kind_of(path: str) -> str:
-    """Which of a Hub's quotas a request to ``path`` draws on."""
-    if "/resolve/" in path:
-        return "resolvers"
-    return "api" if path.startswith("/api/") else "other"
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` value (seconds or an HTTP date), None if absent or unreadable."""
-    if not value:
-        return None
     try:
-        return float(value)
+        return float(value or "")
     except ValueError:
         pass
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+    except (TypeError, ValueError):  # absent, or neither seconds nor a date
         return None
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
 def rate_limit_wait(headers: Mapping[str, str]) -> tuple[float, str] | None:
@@ -108,9 +98,7 @@ class Quota:
         said = RATELIMIT_RE.search(headers.get("RateLimit", "") or "")
         if said is not None:
             self.left, self.ends = int(said["r"]) - self.in_flight, now + float(said["t"])
-        if status != 429:
-            return None
-        named = rate_limit_wait(headers)
+        named = rate_limit_wait(headers) if status == 429 else None
         if named is None:
             return None
         seconds = min(max(named[0], 0.0), LONGEST_WAIT)
@@ -130,23 +118,22 @@ def quota_for(host: str, kind: str) -> Quota:
         return _quotas.setdefault((host, kind), Quota(host, kind))
 
 
-async def wait_turn(host: str, kind: str) -> Quota:
-    """Wait until a request of ``kind`` to ``host`` may be sent, and count it as sent."""
-    quota = quota_for(host, kind)
+async def wait_turn(quota: Quota) -> None:
+    """Wait until a request may draw on ``quota``, and count it as sent."""
     while True:
         with _lock:
             now = time.monotonic()
             delay = quota.delay(now)
             if delay <= 0:
                 quota.send(now)
-                return quota
+                return
             warn = quota.exhausted(now) and now >= quota.held_until and quota.warned != quota.ends
             if warn:  # a 429's wait was told when it arrived
                 quota.warned = quota.ends
         if warn:
             per = f"{quota.limit} per {quota.window:.0f}s" if quota.window is not None else "announced"
-            log.warning("%s: %s quota (%s, %d left); waiting %.0fs before the next request", host, kind, per,
-                        max(quota.left or 0, 0), delay)
+            log.warning("%s: %s quota (%s, %d left); waiting %.0fs before the next request", quota.host, quota.kind,
+                        per, max(quota.left or 0, 0), delay)
         await asyncio.sleep(delay)
 
 
@@ -157,7 +144,11 @@ async def pace(request: aiohttp.ClientRequest, handler: Handler) -> aiohttp.Clie
     """aiohttp client middleware: each request (and redirect hop) waits at its host's gate; each answer
     updates it."""
     url = request.url
-    quota = await wait_turn(f"{url.host}:{url.port}", kind_of(url.path))
+    kind = "api" if url.path.startswith("/api/") else "other"  # which of a Hub's quotas it draws on
+    if "/resolve/" in url.path:
+        kind = "resolvers"
+    quota = quota_for(f"{url.host}:{url.port}", kind)
+    await wait_turn(quota)
     try:
         resp = await handler(request)
     finally:

@@ -23,7 +23,7 @@ from ..streaming.plan import Options, Position, ReadAhead
 from ..streaming.ranks import Ranks, worker_stride
 from ..streaming.single import Stream, open_stream
 from ..streaming.streams import BatchIterator, open_mix
-from ..text.load import as_tokenizer
+from ..text.load import load_tokenizer
 from . import resume
 from .encode import doc_arrays
 from .packing import BestFitPacker, PackStats, token_dtype
@@ -54,7 +54,7 @@ class TokenDataset(IterableDataset):
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("buffer_docs", buffer_docs)):
             if not isinstance(value, int) or value < 1:
                 raise LoaderError(f"TokenDataset {name} must be an integer >= 1, got {value!r}")
-        tokenizer = as_tokenizer(tokenizer)  # nanochat's tokenizer object, a tokenizers.Tokenizer, ...
+        tokenizer = load_tokenizer(tokenizer)  # nanochat's tokenizer object, a tokenizers.Tokenizer, ...
         token_dtype(tokenizer.vocab_size)  # its ids fit an array dtype
         self.split, self.tokenizer = split, tokenizer
         self.batch_size, self.seq_len, self.buffer_docs, self.epochs = batch_size, seq_len, buffer_docs, epochs

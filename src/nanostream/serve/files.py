@@ -4,7 +4,6 @@ answer for one (``Range``, ``If-Range``, the ``sendfile(2)`` body writer)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
 import os
@@ -52,15 +51,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     unit, eq, spec = header.strip().partition("=")
     if unit.strip().lower() != "bytes":
         return None
-    if len(header) > MAX_RANGE_HEADER:
-        raise ValueError(f"longer than {MAX_RANGE_HEADER} characters")
-    if not eq:
-        raise ValueError("no '=' after 'bytes'")
-    if "," in spec:
-        raise ValueError("more than one range (not supported)")
-    match = _BYTE_RANGE.fullmatch(spec)
-    if match is None or not any(match.groups()):
-        raise ValueError("not of the form a-b, a- or -n")
+    match = _BYTE_RANGE.fullmatch(spec) if eq and len(header) <= MAX_RANGE_HEADER else None
+    if match is None or not any(match.groups()):  # a comma (several ranges) does not match either
+        raise ValueError(f"not one range of the form a-b, a- or -n in at most {MAX_RANGE_HEADER} characters")
     first, last = match.groups()
     if not first:
         n = int(last)
@@ -103,14 +96,10 @@ async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> Asy
             yield data
 
 
-class SlowReader(ConnectionError):
-    """The client read nothing for the send timeout; its connection is dropped."""
-
-
 async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,
                      start: int, end: int, *, send_timeout: float = SEND_TIMEOUT) -> None:
-    """Send bytes ``[start, end)`` of ``path`` with ``sendfile(2)`` (where the loop has none, uvloop: reads and
-    drained writes), each ``CHUNK`` within ``send_timeout`` seconds or ``SlowReader``."""
+    """Send bytes ``[start, end)`` of ``path`` with ``sendfile(2)`` (the mirror runs on asyncio's loop, which has
+    it), each ``CHUNK`` within ``send_timeout`` seconds or a ``TimeoutError`` (the connection is dropped)."""
     loop = asyncio.get_running_loop()
     pos = start
     try:
@@ -119,21 +108,13 @@ async def write_body(request: web.BaseRequest, response: web.StreamResponse, pat
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("the client closed the connection")
-                try:
-                    async with timeout(send_timeout):
-                        sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
-                except NotImplementedError:
-                    break
+                async with timeout(send_timeout):
+                    sent = await loop.sendfile(transport, f, pos, min(CHUNK, end - pos))
                 if not sent:
                     raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
                 pos += sent
-        if pos < end:
-            async with contextlib.aclosing(iter_file(path, pos, end)) as chunks:
-                async for data in chunks:
-                    async with timeout(send_timeout):
-                        await response.write(data)
     except asyncio.TimeoutError as exc:  # TimeoutError on 3.11+, not on 3.10
-        raise SlowReader(f"read nothing for {send_timeout:g} s") from exc
+        raise TimeoutError(f"read nothing for {send_timeout:g} s") from exc  # an OSError: respond drops it
 
 
 BodyWriter = Callable[[web.BaseRequest, web.StreamResponse, Path, int, int], Awaitable[None]]
@@ -154,7 +135,7 @@ class ShardFiles:
         self.row_groups = row_groups
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._hashing: dict[tuple[str, int, int], asyncio.Lock] = {}
-        self._groups: dict[tuple[str, int, str], int | None] = {}
+        self._groups: dict[FileInfo, int | None] = {}  # row groups of a parquet file (None: unreadable)
 
     def _lookup(self, name: str) -> tuple[Path, os.stat_result] | None:
         """The real path and stat of ``name`` if it is a regular file under root with no hidden part in its
@@ -186,21 +167,11 @@ class ShardFiles:
             self._hashing.pop(key, None)
         return FileInfo(real, st.st_size, self._hashes[key])
 
-    async def _row_groups(self, info: FileInfo) -> int | None:
-        """Row groups of the parquet file ``info``, from its footer, read once per version (None: unreadable)."""
-        key = (str(info.path), info.size, info.etag)
-        if key not in self._groups:
-            self._groups[key] = await asyncio.to_thread(local_count, info.path, True)
-        return self._groups[key]
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Route handler for ``/{name}``."""
-        return await self.respond(request, request.match_info.get("name", ""))
-
-    async def respond(self, request: web.BaseRequest, name: str, *,
+    async def respond(self, request: web.BaseRequest, name: str | None = None, *,
                       headers: dict[str, str] | None = None) -> web.StreamResponse:
-        """Answer GET/HEAD for file ``name`` (``headers`` added to every answer); a 4xx ``web.HTTPException``
-        for a name it does not serve or a ``Range``/``If-Range`` it refuses."""
+        """Answer GET/HEAD for file ``name`` (default: the route's ``{name}``; ``headers`` added to every answer);
+        a 4xx ``web.HTTPException`` for a name it does not serve or a ``Range``/``If-Range`` it refuses."""
+        name = request.match_info.get("name", "") if name is None else name
         info = await self.info(name)
         extra = headers or {}
         if info is None:
@@ -225,8 +196,10 @@ class ShardFiles:
                 headers=unsatisfiable, text=f"the range starts at or past the end of the file ({info.size} bytes)\n")
         parquet = name.endswith(".parquet")
         headers["Content-Type"] = "application/vnd.apache.parquet" if parquet else "application/octet-stream"
-        if self.row_groups and parquet and (n := await self._row_groups(info)) is not None:
-            headers[ROW_GROUPS_HEADER] = str(n)
+        if self.row_groups and parquet and info not in self._groups:  # read from its footer once per version
+            self._groups[info] = await asyncio.to_thread(local_count, info.path, True)
+        if self.row_groups and parquet and self._groups[info] is not None:
+            headers[ROW_GROUPS_HEADER] = str(self._groups[info])
         start, end = rng or (0, info.size)
         response = web.StreamResponse(status=206 if rng else 200, headers=headers)
         if rng:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
-import json
 import re
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -21,7 +18,7 @@ from ..errors import DatasetError
 from ..sources.catalog import Catalog, read_catalog
 from ..sources.hub import parse_hub_url
 from .files import ShardFiles
-from .hubtree import Held, Tree, blob_oid_of_file, build_tree, listing
+from .hubtree import Held, Tree, blob_oid, build_tree, listing
 
 HUB_ROUTES = ("api", "datasets")  # the first part of the paths the Hub API answers
 FORM_TYPES = ("", "application/x-www-form-urlencoded")
@@ -40,10 +37,10 @@ def quoted(text: object, n: int = 120) -> str:
 
 def hub_error(cls: type[web.HTTPException], message: str, *, code: str | None = None,
               commit: str | None = None) -> web.HTTPException:
-    """An HTTP error of class ``cls`` with the JSON body ``{"error": message}``; ``code`` goes to
-    ``X-Error-Code`` (a fixed name, never request text), ``commit`` to ``X-Repo-Commit``."""
+    """An HTTP error of class ``cls`` saying ``message`` (``json_errors`` makes it the body ``{"error": message}``);
+    ``code`` goes to ``X-Error-Code`` (a fixed name, never request text), ``commit`` to ``X-Repo-Commit``."""
     headers = {k: v for k, v in (("X-Error-Code", code), ("X-Repo-Commit", commit)) if v}
-    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+    return cls(text=message, headers=headers)
 
 
 def bad_request(message: str) -> web.HTTPException:
@@ -110,18 +107,11 @@ async def json_errors(request: web.Request,
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if not (400 <= exc.status < 500 and request.path.split("/")[1] in HUB_ROUTES) or \
-                exc.content_type == "application/json":
+        if not (400 <= exc.status < 500 and request.path.split("/")[1] in HUB_ROUTES):
             raise
         text = (exc.text or exc.reason or "").strip()
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return web.json_response({"error": text}, status=exc.status, headers=headers)
-
-
-@functools.cache
-def _blob_oid(local: Path, size: int, mtime_ns: int) -> str:
-    """The git blob id of one version (size, mtime) of a file."""
-    return blob_oid_of_file(local)
 
 
 class HubMirror:
@@ -134,7 +124,6 @@ class HubMirror:
         self.sha = cat.revision or ""
         named = parse_hub_url(cat.name).revision if cat.name.startswith(PREFIX) else None
         self.revisions = {"main", "refs/heads/main", self.sha} | ({named} if named else set())
-        self._tree: tuple[tuple[Held, ...], Tree] | None = None
 
     @classmethod
     def of(cls, files: ShardFiles) -> HubMirror | None:
@@ -187,14 +176,11 @@ class HubMirror:
                 except OSError:
                     continue
                 full = f"{self.path}/{f.path}" if self.path else f.path
-                blob = "" if f.sha256 else _blob_oid(local, st.st_size, st.st_mtime_ns)
-                held.append(Held(full, st.st_size, f.sha256, local, blob))
+                blob = "" if f.sha256 else blob_oid(local, st.st_size, st.st_mtime_ns)
+                held.append(Held(full, st.st_size, f.sha256, blob))
             return tuple(held)
 
-        held = await asyncio.to_thread(scan)
-        if self._tree is None or self._tree[0] != held:
-            self._tree = (held, build_tree(held))
-        return self._tree[1]
+        return build_tree(await asyncio.to_thread(scan))
 
     # -- endpoints ----------------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:

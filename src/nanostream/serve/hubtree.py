@@ -3,7 +3,9 @@ file's is its pointer file's blob id, another file's its bytes', a folder's the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,10 @@ def git_oid(kind: str, body: bytes) -> str:
     return hashlib.sha1(f"{kind} {len(body)}\0".encode() + body).hexdigest()
 
 
-def blob_oid_of_file(path: Path) -> str:
-    """The git blob id of a file's bytes (blocking: hashes the whole file)."""
-    return file_digest(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+@functools.cache
+def blob_oid(path: Path, size: int, mtime_ns: int) -> str:
+    """The git blob id of the bytes of one version (size, mtime) of a file (blocking: hashes it all)."""
+    return file_digest(path, hashlib.sha1(f"blob {size}\0".encode()))
 
 
 def tree_oid(children: Iterable[dict[str, Any]]) -> str:
@@ -39,13 +42,12 @@ def tree_oid(children: Iterable[dict[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class Held:
-    """One file the mirror holds: its path in the repo, size, sha256 (LFS) or None, and where it lies."""
+    """One file the mirror holds: its path in the repo, size, and sha256 (LFS) or git blob id (not in LFS)."""
 
     path: str
     size: int
     sha256: str | None
-    local: Path
-    blob: str = ""  # git blob id of the bytes, for a file that is not in LFS
+    blob: str = ""
 
 
 Tree = dict[str, dict[str, Any]]  # tree entries by path, sorted
@@ -68,22 +70,15 @@ def file_entry(f: Held) -> dict[str, Any]:
     return {"type": "file", "oid": f.blob, "size": f.size, "path": f.path}
 
 
+@functools.lru_cache(maxsize=1)  # the mirror asks again with the same files until one appears or changes
 def build_tree(files: Iterable[Held]) -> Tree:
-    """Entries for ``files`` and every folder above them, folder ids computed bottom-up."""
+    """Entries for ``files`` and every folder above them, folder ids computed bottom-up (read-only)."""
     entries = {f.path: file_entry(f) for f in files}
-    folders: dict[str, list[dict[str, Any]]] = {}
-    for p in list(entries):
-        parts = p.split("/")
-        for i in range(1, len(parts)):
-            folders.setdefault("/".join(parts[:i]), [])
-    for p, e in entries.items():
-        parent = p.rpartition("/")[0]
-        if parent:
-            folders[parent].append(e)
+    children: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)  # by the folder they are in
+    for path, entry in entries.items():
+        children[path.rpartition("/")[0]].append(entry)
+    folders = {path.rsplit("/", up)[0] for path in entries for up in range(1, path.count("/") + 1)}
     for d in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: a folder's subfolders are done
-        entry = {"type": "directory", "oid": tree_oid(folders[d]), "size": 0, "path": d}
-        entries[d] = entry
-        parent = d.rpartition("/")[0]
-        if parent:
-            folders[parent].append(entry)
+        entries[d] = {"type": "directory", "oid": tree_oid(children[d]), "size": 0, "path": d}
+        children[d.rpartition("/")[0]].append(entries[d])
     return dict(sorted(entries.items()))

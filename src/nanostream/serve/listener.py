@@ -65,8 +65,7 @@ class _Connection:
     def __init__(self, listener: Listener, inner: Any, peer: str) -> None:
         self.listener, self.inner, self.peer = listener, inner, peer
         self.transport: asyncio.Transport | None = None
-        self.requests = 0
-        self.busy = 0  # requests being answered: no deadline meanwhile
+        self.requests = 0  # answered or being answered (aiohttp answers one at a time: no deadline meanwhile)
         self._deadline: asyncio.TimerHandle | None = None
         self._freed = False
 
@@ -96,13 +95,11 @@ class _Connection:
             self.listener.slots.release()
 
     def begin(self) -> None:
-        self.busy += 1
         self.requests += 1
         self._disarm()
 
     def end(self) -> None:
-        self.busy -= 1
-        if not self.busy and not self._freed:
+        if not self._freed:
             self._arm()
 
     def _arm(self) -> None:
@@ -111,11 +108,9 @@ class _Connection:
 
     def _disarm(self) -> None:
         if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+            self._deadline.cancel()  # a no-op once it ran
 
     def _expire(self) -> None:  # armed only while idle and open
-        self._deadline = None
         assert self.transport is not None
         log.info("dropped %s: no complete request within %g s (idle, or a request sent too slowly)",
                  self.peer, self.listener.limits.timeout)
@@ -129,16 +124,13 @@ class Listener:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.slots = asyncio.Semaphore(limits.max_connections)
-        self.live: dict[Any, _Connection] = {}  # aiohttp RequestHandler -> its connection
+        self.live: dict[Any, _Connection] = {}  # the open connections, by their aiohttp RequestHandler
         self.peak = 0  # most connections ever open at once
+        self.url = ""  # the base URL, once bound
         self._socks: list[socket.socket] = []
 
-    @property
-    def open_connections(self) -> int:
-        return len(self.live)
-
-    async def bind(self, host: str, port: int) -> int:
-        """Bind and listen on every address ``host`` resolves to; return the port. ConfigError on failure."""
+    async def bind(self, host: str, port: int) -> None:
+        """Bind and listen on every address ``host`` resolves to, and set ``url``. ConfigError on failure."""
         if not 0 <= port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {port}")
         loop = asyncio.get_running_loop()
@@ -148,25 +140,21 @@ class Listener:
             raise ConfigError(f"cannot resolve --host {host!r} ({exc}); give an IP address or a known name") from exc
         seen: set[tuple[int, str]] = set()
         try:
-            for family, _, proto, _, addr in infos:
+            for family, _, _, _, addr in infos:
                 if (family, addr[0]) in seen:
                     continue
                 seen.add((family, addr[0]))
                 if self._socks:  # port 0: every address gets the port the first one got
                     addr = (addr[0], self._socks[0].getsockname()[1], *addr[2:])
-                sock = socket.socket(family, socket.SOCK_STREAM, proto)
-                self._socks.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(addr)
-                sock.listen(BACKLOG)
-                sock.setblocking(False)
+                # SO_REUSEADDR, and IPv6 only on an IPv6 address; an error names the address
+                self._socks.append(socket.create_server(addr, family=family, backlog=BACKLOG))
+                self._socks[-1].setblocking(False)
         except (OSError, OverflowError) as exc:
             self._close_sockets()
             why = getattr(exc, "strerror", None) or exc
             raise ConfigError(f"cannot listen on {host}:{port} ({why}); choose another --host/--port") from exc
-        return self._socks[0].getsockname()[1]
+        port = self._socks[0].getsockname()[1]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def install(self, app: web.Application) -> None:
         """Hook the request deadline and the keep-alive limit into ``app``."""
@@ -193,15 +181,14 @@ class Listener:
             await self.slots.acquire()
             try:
                 conn, addr = await loop.sock_accept(sock)
-            except OSError as exc:  # the client gave up, or we are out of descriptors or memory: try again
+            except BaseException as exc:
                 self.slots.release()
-                if exc.errno in OUT_OF_RESOURCES:
+                if not isinstance(exc, OSError):
+                    raise
+                if exc.errno in OUT_OF_RESOURCES:  # else the client gave up: accept the next
                     log.warning("cannot accept a connection (%s); retrying in 0.5 s", exc.strerror)
                     await asyncio.sleep(0.5)
                 continue
-            except BaseException:
-                self.slots.release()
-                raise
             peer = f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
             connection = _Connection(self, factory(), peer)
             try:

@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +26,14 @@ FILES_KEY = web.AppKey("nanostream_files", ShardFiles)
 HEADER_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 32}  # larger: a 400
 
 
-class _OneLineLog:
+class _OneLineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server logger, except that a request its parser rejects (HttpProcessingError) is one line."""
 
-    def __init__(self, inner: logging.Logger) -> None:
-        self._inner = inner
-
-    def _rejected(self, msg: str, args: tuple[Any, ...], exc_info: object) -> bool:
-        if not isinstance(exc_info, HttpProcessingError):
-            return False
-        log.info("%s: %s %s", msg % args, exc_info.code, quoted(str(exc_info.message), 200))
-        return True
-
-    def exception(self, msg: str, *args: Any, exc_info: object = True, **kwargs: Any) -> None:
-        if not self._rejected(msg, args, exc_info):
-            self._inner.exception(msg, *args, exc_info=exc_info, **kwargs)  # a bug: keep its traceback
-
-    def debug(self, msg: str, *args: Any, exc_info: object = None, **kwargs: Any) -> None:
-        if not self._rejected(msg, args, exc_info):
-            self._inner.debug(msg, *args, exc_info=exc_info, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    def log(self, level: int, msg: object, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            log.info("%s: %s %s", str(msg) % args, exc_info.code, quoted(str(exc_info.message), 200))
+        else:  # a bug keeps its traceback
+            super().log(level, msg, *args, exc_info=exc_info, **kwargs)
 
 
 @web.middleware
@@ -73,24 +58,17 @@ def make_app(root: Path, *, body_writer: BodyWriter | None = None,
     app[FILES_KEY] = files
     if hub is not None:
         hub.add_routes(app)
-    app.router.add_get("/{name:.*}", files.handle, allow_head=True)
+    app.router.add_get("/{name:.*}", files.respond, allow_head=True)
     return app
-
-
-@dataclass(frozen=True)
-class Mirror:
-    """A running mirror: its base URL and its ``Listener`` (open connections, peak)."""
-
-    url: str
-    listener: Listener
 
 
 @contextlib.asynccontextmanager
 async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, limits: Limits | None = None,
                       shutdown_timeout: float = 2.0, access_log: bool = False,
-                      body_writer: BodyWriter | None = None) -> AsyncIterator[Mirror]:
-    """Serve ``root`` for the length of the block (``port=0``: any free port); on the way out, running answers
-    get ``shutdown_timeout`` seconds. ConfigError, before anything is served, for a bad folder, limit or address."""
+                      body_writer: BodyWriter | None = None) -> AsyncIterator[Listener]:
+    """Serve ``root`` for the length of the block (``port=0``: any free port), giving its ``Listener`` (``url``,
+    open connections, peak); on the way out, running answers get ``shutdown_timeout`` seconds. ConfigError,
+    before anything is served, for a bad folder, limit or address."""
     limits = limits or Limits()
     app = make_app(root, body_writer=body_writer, send_timeout=limits.timeout)
     listener = Listener(limits)
@@ -102,9 +80,9 @@ async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, lim
     try:
         await runner.setup()
         assert runner.server is not None
-        port = await listener.bind(host, port)
+        await listener.bind(host, port)
         async with listener.accepting(runner.server):
-            yield Mirror(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}", listener)
+            yield listener
     finally:
         await runner.cleanup()
         listener.abort_all()

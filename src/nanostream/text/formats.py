@@ -1,79 +1,128 @@
-"""The formats other than nanostream's own folder: a Hugging Face ``tokenizer.json`` (``HFTokenizer``, its
-reference the ``tokenizers`` library) and nanochat's ``tokenizer.pkl``, read without running pickle code
-(``read_encoding_state``: only an ``Encoding``'s opcodes and global, bound to a plain record class)."""
+"""The tokenizer files: nanostream's own folder (``ranks.tiktoken`` and ``tokenizer.json``, laid out in
+docs/tokenizer.md) written and read, the readers every format shares, and nanochat's ``tokenizer.pkl``, read
+without running pickle code (``read_encoding_state``: only an ``Encoding``'s opcodes and global)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import io
 import json
 import pickle
 import pickletools
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
-from .fast import FastEncoder, from_json
-from .tokenizer import FastOrReference
+from ..shards import write_bytes
 
-DEFAULT_BOS = ("<|bos|>", "<|begin_of_text|>", "<|endoftext|>", "<s>")
-INSTALL = "reading a Hugging Face tokenizer.json needs the `tokenizers` package: pip install tokenizers"
-
-
-def _without_specials(data: str) -> str:
-    config = json.loads(data)
-    config["added_tokens"] = [t for t in config.get("added_tokens") or [] if not t.get("special")]
-    return json.dumps(config)
+BOS = "<|bos|>"
+SPECIAL_TOKENS: tuple[str, ...] = (BOS,)  # nanostream's tokenizers have these, right after the ranks
+FORMAT, FORMAT_VERSION = "nanostream-bpe", 1
+CONFIG_NAME, RANKS_NAME = "tokenizer.json", "ranks.tiktoken"
+RETRAIN = "save the tokenizer again (BPETokenizer.save)"
 
 
-class HFTokenizer(FastOrReference):
-    """``tokenizer.json`` text ``data`` on ``tokenizers`` (no post-processor, special tokens' text encoded as
-    text) or gigatoken (the file without its special tokens); BOS ``bos``, default the first of ``DEFAULT_BOS``
-    it has; ``encoder`` as ``BPETokenizer`` takes it (``"tiktoken"`` meaning ``tokenizers`` here)."""
+def ranks_text(ranks: Mapping[bytes, int]) -> bytes:
+    """``ranks`` as a ``.tiktoken`` file: ``base64(token) rank`` lines in rank order."""
+    return "".join(f"{base64.b64encode(tok).decode('ascii')} {rank}\n"
+                   for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])).encode("ascii")
 
-    reference_name = "tokenizers"
 
-    def __init__(self, data: str, *, bos: str | None = None, encoder: str = "auto",
-                 origin: str = "tokenizer.json") -> None:
+def parse_ranks(data: bytes, path: Path, hint: str) -> dict[bytes, int]:
+    """A ``.tiktoken`` file's lines as ``{token bytes: rank}``; a TokenizerError naming ``path`` and ending
+    with ``hint`` for a line that is not ``base64 rank``."""
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(data.splitlines(), 1):
         try:
-            import tokenizers
-        except ImportError as exc:
-            raise TokenizerError(f"{origin}: {INSTALL}") from exc
-        try:
-            self._ref = tokenizers.Tokenizer.from_str(data)
-        except Exception as exc:
-            raise TokenizerError(f"{origin} is not a Hugging Face tokenizer.json tokenizers can load ({exc})") from exc
-        self._ref.encode_special_tokens = True  # a special token's text in a document is text
-        self.origin = origin
-        added = json.loads(data).get("added_tokens") or []
-        self.special_tokens = {t["content"]: t["id"] for t in added if t.get("special")}
-        candidates = (bos,) if bos is not None else DEFAULT_BOS
-        found = [(b, i) for b in candidates if (i := self._ref.token_to_id(b)) is not None]
-        if not found:
-            raise TokenizerError(f"{origin}: BOS token {' or '.join(map(repr, candidates))} is not in its vocabulary "
-                                 f"(its special tokens: {', '.join(self.special_tokens) or 'none'}); pass bos= "
-                                 "one of them")
-        self.bos, self.bos_id = found[0]
-        self.vocab_size = self._ref.get_vocab_size(with_added_tokens=True)
-        self._choose_encoder(encoder, lambda: FastEncoder(partial(from_json, _without_specials(data))),
-                             [*self.special_tokens, self.bos])
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error) as exc:
+            raise TokenizerError(f"{path} line {lineno} is not `base64 rank` (truncated or corrupt: {exc}); "
+                                 f"{hint}") from exc
+    return ranks
 
-    def _reference_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._ref.encode_batch(list(texts), add_special_tokens=False)]
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._ref.decode([int(i) for i in ids], skip_special_tokens=False)
+def read_file(path: Path) -> bytes:
+    """``path``'s bytes; a TokenizerError naming it if they cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_ref": self._ref.to_str()}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        import tokenizers
+def read_tiktoken(path: Path, published_sha256: str | None = None) -> dict[bytes, int]:
+    """A ``.tiktoken`` file's ranks, its bytes checked against ``published_sha256`` (OpenAI's) if given."""
+    data, hint = read_file(path), "copy the rank file again"
+    if published_sha256 is not None and hashlib.sha256(data).hexdigest() != published_sha256:
+        raise TokenizerError(f"{path} does not match the published sha256 of {path.stem} (truncated or modified); "
+                             f"{hint}")
+    ranks = parse_ranks(data, path, hint)
+    if not ranks:
+        raise TokenizerError(f"{path} holds no ranks (empty or truncated): {hint}")
+    return ranks
 
-        self.__dict__.update(state)
-        self._ref = tokenizers.Tokenizer.from_str(state["_ref"])
-        self._ref.encode_special_tokens = True
+
+def read_json(path: Path, hint: str) -> Any:
+    """``path`` parsed as JSON; a TokenizerError naming it and ending with ``hint`` if it cannot be."""
+    try:
+        return json.loads(read_file(path).decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise TokenizerError(f"{path} is not valid JSON (truncated or corrupt: {exc}); {hint}") from exc
+
+
+def save_folder(directory: Path, ranks: Mapping[bytes, int], pattern: str, special_tokens: Mapping[str, int],
+                vocab_size: int) -> Path:
+    """Write ``ranks.tiktoken``, then ``tokenizer.json`` (the commit point), each atomically, into ``directory``."""
+    data = ranks_text(ranks)
+    config = {"format": FORMAT, "version": FORMAT_VERSION, "pattern": pattern,
+              "special_tokens": dict(special_tokens), "vocab_size": vocab_size, "num_ranks": len(ranks),
+              "ranks_file": RANKS_NAME, "ranks_sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_bytes(directory / RANKS_NAME, data)
+        write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise TokenizerError(f"cannot save the tokenizer to {directory}: {exc}") from exc
+    return directory
+
+
+FIELDS = {"pattern": str, "special_tokens": dict, "vocab_size": int, "num_ranks": int, "ranks_file": str,
+          "ranks_sha256": str}
+
+
+def read_folder(config: Any, config_path: Path) -> tuple[dict[bytes, int], str]:
+    """The ranks and split pattern of the folder whose ``tokenizer.json`` at ``config_path`` parsed as
+    ``config``, every field and the ranks' sha256 checked; a TokenizerError naming the file if one is wrong."""
+
+    def bad(why: str) -> TokenizerError:
+        return TokenizerError(f"{config_path}{why}; {RETRAIN}")
+
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise bad(" is not a nanostream BPE tokenizer file")
+    if config.get("version") != FORMAT_VERSION:
+        raise bad(f" has format version {config.get('version')!r}, this nanostream reads version {FORMAT_VERSION}")
+    for key, kind in FIELDS.items():
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            raise bad(f": field {key!r} is missing or not a {kind.__name__}")
+    pattern, specials, vocab_size, num_ranks, ranks_file, sha = (config[key] for key in FIELDS)
+    if Path(ranks_file).name != ranks_file or ranks_file.startswith("."):
+        raise bad(f": ranks_file {ranks_file!r} must be a plain file name")
+    ranks_path = config_path.parent / ranks_file
+    try:
+        data = read_file(ranks_path)
+    except TokenizerError as exc:
+        raise bad(f": {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise bad(f": {ranks_path} does not match its sha256 (truncated or modified)")
+    ranks = parse_ranks(data, ranks_path, RETRAIN)
+    expected = {tok: num_ranks + i for i, tok in enumerate(SPECIAL_TOKENS)}
+    if len(ranks) != num_ranks or specials != expected or vocab_size != num_ranks + len(expected):
+        raise bad(f" does not agree with {ranks_path} (num_ranks {num_ranks}, {len(ranks)} ranks read, "
+                  f"vocab_size {vocab_size}, special_tokens {specials})")
+    return ranks, pattern
 
 
 # -- nanochat's tokenizer.pkl -------------------------------------------------------------------
@@ -111,10 +160,7 @@ def _refused(path: Path, why: str) -> TokenizerError:
 
 def read_encoding_state(path: Path) -> dict[str, Any]:
     """The ``Encoding`` state pickled in ``path``: name, pat_str, mergeable_ranks, special_tokens."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    data = read_file(path)
     try:
         for op, arg, _ in pickletools.genops(data):
             if op.name not in _OPCODES:
@@ -134,10 +180,7 @@ def read_encoding_state(path: Path) -> dict[str, Any]:
         raise TokenizerError(f"{path} is truncated or corrupt ({exc}): {WHAT}; copy it again") from exc
     if not isinstance(obj, _EncodingState):
         raise _refused(path, f"it holds a {type(obj).__name__}")
-    return _checked(obj.state, path)
-
-
-def _checked(state: Any, path: Path) -> dict[str, Any]:
+    state = obj.state
     if isinstance(state, str):
         raise TokenizerError(f"{path} names tiktoken's registered encoding {state!r} instead of holding its ranks: "
                              f"pass that encoding's .tiktoken file, e.g. load_tokenizer('{state}.tiktoken')")

@@ -1,9 +1,8 @@
-"""``load_tokenizer`` and ``as_tokenizer``, the one way in for every tokenizer a user has (file, folder, object);
-``.tiktoken`` rank files are read here, the other formats in ``saved.py`` and ``formats.py``."""
+"""``load_tokenizer``, the one way in for every tokenizer a user has (file, folder, object); ``.tiktoken`` rank
+files and the others are read by ``formats.py``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,15 +12,15 @@ import regex
 import tiktoken
 
 from ..errors import TokenizerError
+from . import formats
 from .fast import PATTERNS
-from .formats import HFTokenizer, read_encoding_state
-from .saved import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN, parse_ranks, read_folder, read_json
-from .tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
+from .formats import BOS, CONFIG_NAME, RANKS_NAME, RETRAIN
+from .tokenizer import BPETokenizer, ByteTokenizer, HFTokenizer, Tokenizer
 
 ENDOFTEXT, ENDOFPROMPT = "<|endoftext|>", "<|endofprompt|>"
 OPENAI_SPECIALS = {
     "r50k_base": {ENDOFTEXT: 50256},
-    "gpt2": {ENDOFTEXT: 50256},
+    "gpt2": {ENDOFTEXT: 50256},  # r50k_base's other name
     "cl100k_base": {ENDOFTEXT: 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
                     "<|fim_suffix|>": 100260, ENDOFPROMPT: 100276},
     "o200k_base": {ENDOFTEXT: 199999, ENDOFPROMPT: 200018},
@@ -39,14 +38,14 @@ EXPECTED = ("a nanostream tokenizer folder, nanochat's tokenizer folder or token
 
 def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = None,
                    num_threads: int | None = None, encoder: str = "auto") -> Tokenizer:
-    """The tokenizer at ``path`` (``EXPECTED``), or the object ``path`` (``as_tokenizer``). ``bos``: its BOS where
+    """The tokenizer at ``path`` (``EXPECTED``), or the object ``path`` (``_from_object``). ``bos``: its BOS where
     the format has no ``<|bos|>``; ``scheme``: a ``.tiktoken`` file's split regex or its name in ``PATTERNS``;
     ``encoder``: ``"auto"``, ``"gigatoken"`` or ``"tiktoken"``."""
     kw: dict[str, Any] = {"num_threads": num_threads, "encoder": encoder}
     if isinstance(path, str) and path == "byte":
         return ByteTokenizer()
     if not isinstance(path, (str, os.PathLike)):
-        return as_tokenizer(path, bos=bos, **kw)
+        return _from_object(path, bos, kw)
     p = Path(path).expanduser()
     if p.is_dir():
         found = [p / name for name in (CONFIG_NAME, PICKLE_NAME) if (p / name).is_file()]
@@ -59,7 +58,7 @@ def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = No
     elif not p.exists():
         raise TokenizerError(f"no tokenizer at {p} (it does not exist): pass {EXPECTED}")
     if p.suffix == ".pkl":
-        state = read_encoding_state(p)
+        state = formats.read_encoding_state(p)
         return BPETokenizer(state["mergeable_ranks"], pattern=state["pat_str"],
                             special_tokens=state["special_tokens"], bos=bos or BOS, origin=str(p), **kw)
     if p.suffix == ".tiktoken":
@@ -71,9 +70,9 @@ def load_tokenizer(path: Any, *, bos: str | None = None, scheme: str | None = No
 
 def _json_file(path: Path, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
     ours = (path.parent / RANKS_NAME).is_file()  # beside nanostream's ranks: a folder of ours
-    config = read_json(path, RETRAIN if ours else "copy it again")
+    config = formats.read_json(path, RETRAIN if ours else "copy it again")
     if ours or (isinstance(config, dict) and "format" in config):
-        ranks, pattern = read_folder(config, path)
+        ranks, pattern = formats.read_folder(config, path)
         try:
             return BPETokenizer(ranks, pattern=pattern, bos=bos or BOS, origin=str(path.parent), **kw)
         except TokenizerError as exc:
@@ -89,16 +88,7 @@ def _tiktoken_file(path: Path, bos: str | None, scheme: str | None, kw: dict[str
     the ranks."""
     name = path.name.removesuffix(".tiktoken")
     pattern = split_pattern(scheme, name, path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
-    hint = "copy the rank file again"
-    if name in OPENAI_SHA256 and hashlib.sha256(data).hexdigest() != OPENAI_SHA256[name]:
-        raise TokenizerError(f"{path} does not match the published sha256 of {name} (truncated or modified); {hint}")
-    ranks = parse_ranks(data, path, hint)
-    if not ranks:
-        raise TokenizerError(f"{path} holds no ranks (empty or truncated): {hint}")
+    ranks = formats.read_tiktoken(path, OPENAI_SHA256.get(name))
     if name in OPENAI_SPECIALS:
         specials, bos = OPENAI_SPECIALS[name], bos or ENDOFTEXT
     else:
@@ -141,15 +131,12 @@ class CallTokenizer:
         return self.obj.decode(list(ids))
 
 
-def as_tokenizer(obj: Any, *, bos: str | None = None, num_threads: int | None = None,
-                 encoder: str = "auto") -> Tokenizer:
-    """``obj`` as a ``Tokenizer``: a path is loaded, a ``Tokenizer`` kept, a ``tiktoken.Encoding``, nanochat's
-    object or a ``tokenizers.Tokenizer`` gets nanostream's encoders, another with nanochat's methods is called."""
-    if isinstance(obj, (str, os.PathLike)):
-        return load_tokenizer(obj, bos=bos, num_threads=num_threads, encoder=encoder)
+def _from_object(obj: Any, bos: str | None, kw: dict[str, Any]) -> Tokenizer:
+    """``obj`` as a ``Tokenizer``: a ``Tokenizer`` is kept, a ``tiktoken.Encoding``, nanochat's object or a
+    ``tokenizers.Tokenizer`` gets nanostream's encoders, another with nanochat's methods is called."""
     if all(hasattr(obj, n) for n in ("bos_id", "vocab_size", "encode_batch")):
         return obj
-    kw: dict[str, Any] = {"num_threads": num_threads, "encoder": encoder, "origin": type(obj).__name__}
+    kw = {**kw, "origin": type(obj).__name__}
     enc = obj if isinstance(obj, tiktoken.Encoding) else getattr(obj, "enc", None)
     if isinstance(enc, tiktoken.Encoding) and hasattr(enc, "_mergeable_ranks"):
         specials = dict(enc._special_tokens)
@@ -160,7 +147,7 @@ def as_tokenizer(obj: Any, *, bos: str | None = None, num_threads: int | None = 
             bos = BOS if BOS in specials else ENDOFTEXT
         return BPETokenizer(enc._mergeable_ranks, pattern=enc._pat_str, special_tokens=specials, bos=bos or BOS, **kw)
     if type(obj).__module__.partition(".")[0] == "tokenizers" and hasattr(obj, "to_str"):
-        return HFTokenizer(obj.to_str(), bos=bos, encoder=encoder, origin=kw["origin"])
+        return HFTokenizer(obj.to_str(), bos=bos, encoder=kw["encoder"], origin=kw["origin"])
     if all(callable(getattr(obj, n, None)) for n in ("get_bos_token_id", "get_vocab_size", "encode")):
         return CallTokenizer(obj)
     raise TokenizerError(f"a {type(obj).__name__!r} object is not a tokenizer nanostream can use: pass {EXPECTED}, a "

@@ -1,24 +1,25 @@
-"""Tokenizers: the ``Tokenizer`` protocol the loader needs, ``ByteTokenizer``, and ``BPETokenizer`` (ranks, a
-split regex and special tokens) encoded by gigatoken where that is exact, else by tiktoken."""
+"""Tokenizers: the ``Tokenizer`` protocol the loader needs, ``ByteTokenizer``, and the BPE encoders,
+``BPETokenizer`` (ranks, a split regex, special tokens) and ``HFTokenizer`` (a ``tokenizer.json``), each encoded
+by gigatoken where that gives its reference library's ids (tiktoken, ``tokenizers``), else by that library."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import tiktoken
 
 from ..errors import TokenizerError
 from ..sources.catalog import say_once
-from . import saved
-from .fast import FAST_SCHEMES, NANOSTREAM, FastEncoder, exact_encoder, from_ranks
-from .saved import BOS
+from .fast import FAST_SCHEMES, NANOSTREAM, FastEncoder, exact_encoder, from_json, from_ranks
+from .formats import BOS, ranks_text, save_folder
 
 SPLIT_PATTERN = NANOSTREAM
 ENCODERS = ("auto", "gigatoken", "tiktoken")
@@ -119,14 +120,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads() -> int:
-    """Encoding threads: the CPUs this process may use, at most 8."""
-    return max(1, min(8, usable_cpus()))
+def missing_bos(origin: str, candidates: Sequence[str], specials: Iterable[str]) -> TokenizerError:
+    """The error for a BOS token (one of ``candidates``) that a tokenizer's vocabulary lacks."""
+    return TokenizerError(f"{origin}: BOS token {' or '.join(map(repr, candidates))} is not in its vocabulary "
+                          f"(its special tokens: {', '.join(specials) or 'none'}); pass bos= one of them")
 
 
 class BPETokenizer(FastOrReference):
     """Byte-level BPE: ``ranks`` (token bytes -> id), a split ``pattern``, ``special_tokens`` (default: ``<|bos|>``
-    after the ranks) and ``bos`` one of them; tiktoken encodes on up to ``num_threads`` threads."""
+    after the ranks) and ``bos`` one of them; tiktoken encodes on up to ``num_threads`` threads (default: the
+    usable CPUs, at most 8)."""
 
     def __init__(self, ranks: Mapping[bytes, int], *, pattern: str = SPLIT_PATTERN,
                  special_tokens: Mapping[str, int] | None = None, bos: str = BOS, num_threads: int | None = None,
@@ -140,10 +143,9 @@ class BPETokenizer(FastOrReference):
         self.pattern, self.origin = pattern, origin
         self.special_tokens = dict(special_tokens) if special_tokens is not None else {BOS: n}
         if bos not in self.special_tokens:
-            raise TokenizerError(f"{origin}: BOS token {bos!r} is not in its vocabulary (its special tokens: "
-                                 f"{', '.join(self.special_tokens) or 'none'}); pass bos= one of them")
+            raise missing_bos(origin, [bos], self.special_tokens)
         self.bos = bos
-        self.num_threads = num_threads if num_threads is not None else default_threads()
+        self.num_threads = num_threads if num_threads is not None else max(1, min(8, usable_cpus()))
         if self.num_threads < 1:
             raise TokenizerError(f"num_threads must be >= 1, got {self.num_threads}")
         try:
@@ -153,7 +155,7 @@ class BPETokenizer(FastOrReference):
             raise TokenizerError(f"{origin}: invalid BPE tokenizer (pattern or ranks): {exc}") from exc
         scheme = FAST_SCHEMES.get(pattern)
         self._choose_encoder(
-            encoder, lambda: FastEncoder(partial(from_ranks, saved.ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
+            encoder, lambda: FastEncoder(partial(from_ranks, ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
             [*self.special_tokens, bos], unfit=None if scheme else "gigatoken has no scheme for its split pattern")
 
     @property
@@ -190,8 +192,8 @@ class BPETokenizer(FastOrReference):
             raise TokenizerError(f"cannot decode ids outside 0..{self.vocab_size - 1}: {exc}") from exc
 
     def save(self, directory: Path | str) -> Path:
-        """Write nanostream's tokenizer folder (``saved.py``) into ``directory``; return it."""
-        return saved.save_folder(Path(directory), self._ranks, self.pattern, self.special_tokens, self.vocab_size)
+        """Write nanostream's tokenizer folder (``formats.py``) into ``directory``; return it."""
+        return save_folder(Path(directory), self._ranks, self.pattern, self.special_tokens, self.vocab_size)
 
 
 def _balanced_chunks(texts: list[str], n: int) -> list[list[str]]:
@@ -204,3 +206,60 @@ def _balanced_chunks(texts: list[str], n: int) -> list[list[str]]:
             bounds.append(i + 1)
     bounds.append(len(texts))
     return [texts[a:b] for a, b in pairwise(bounds) if b > a]
+
+
+DEFAULT_BOS = ("<|bos|>", "<|begin_of_text|>", "<|endoftext|>", "<s>")
+INSTALL = "reading a Hugging Face tokenizer.json needs the `tokenizers` package: pip install tokenizers"
+
+
+def _without_specials(data: str) -> str:
+    config = json.loads(data)
+    config["added_tokens"] = [t for t in config.get("added_tokens") or [] if not t.get("special")]
+    return json.dumps(config)
+
+
+class HFTokenizer(FastOrReference):
+    """``tokenizer.json`` text ``data`` on ``tokenizers`` (no post-processor, special tokens' text encoded as
+    text) or gigatoken (the file without its special tokens); BOS ``bos``, default the first of ``DEFAULT_BOS``
+    it has; ``encoder`` as ``BPETokenizer`` takes it (``"tiktoken"`` meaning ``tokenizers`` here)."""
+
+    reference_name = "tokenizers"
+
+    def __init__(self, data: str, *, bos: str | None = None, encoder: str = "auto",
+                 origin: str = "tokenizer.json") -> None:
+        try:
+            import tokenizers
+        except ImportError as exc:
+            raise TokenizerError(f"{origin}: {INSTALL}") from exc
+        try:
+            self._ref = tokenizers.Tokenizer.from_str(data)
+        except Exception as exc:
+            raise TokenizerError(f"{origin} is not a Hugging Face tokenizer.json tokenizers can load ({exc})") from exc
+        self._ref.encode_special_tokens = True  # a special token's text in a document is text
+        self.origin = origin
+        added = json.loads(data).get("added_tokens") or []
+        self.special_tokens = {t["content"]: t["id"] for t in added if t.get("special")}
+        candidates = (bos,) if bos is not None else DEFAULT_BOS
+        found = [(b, i) for b in candidates if (i := self._ref.token_to_id(b)) is not None]
+        if not found:
+            raise missing_bos(origin, candidates, self.special_tokens)
+        self.bos, self.bos_id = found[0]
+        self.vocab_size = self._ref.get_vocab_size(with_added_tokens=True)
+        self._choose_encoder(encoder, lambda: FastEncoder(partial(from_json, _without_specials(data))),
+                             [*self.special_tokens, self.bos])
+
+    def _reference_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._ref.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._ref.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ref": self._ref.to_str()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import tokenizers
+
+        self.__dict__.update(state)
+        self._ref = tokenizers.Tokenizer.from_str(state["_ref"])
+        self._ref.encode_special_tokens = True
