@@ -21,7 +21,6 @@ import pyarrow as pa
 from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError
 from ..sources.counts import CountBook
-from ..sources.footers import local_count
 from .cache.claims import ReadLock
 from .epoch import EpochCounts, taken_at, with_counts
 from .files import FolderFiles
@@ -44,9 +43,7 @@ class Producer:
         self.produced = 0  # row groups put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
-        self._left = 0  # row groups of the current shard not yet handed over
         self._executor: ThreadPoolExecutor | None = None
-        self._replaying = False  # the chunks put now are the options' ``replay`` row groups
 
     async def run(self) -> None:
         """Every row group, then None (or the error that ended the stream). The reader thread and every file
@@ -137,19 +134,8 @@ class Producer:
         if n is None and skipping:
             n = (await book.require([shard], files.credentials, self.plan.options.retry))[shard]
         if n is None:  # the node reads it anyway: its footer comes with it
-            lock = await files.hold(shard, upcoming)
-            try:
-                n = await asyncio.to_thread(local_count, lock.path, files.remote(shard))
-                if n is None:  # unreadable: fetched once more (as a read would)
-                    seen = file_id(lock.path)
-                    lock.release()
-                    lock = await files.refetch(shard, seen)
-                    n = await asyncio.to_thread(local_count, lock.path, False)
-            finally:
-                if lock is not None:
-                    lock.release()
-            assert n is not None
-            book.learn(shard, n, f"the footer of {self.plan.folder / self.plan.files[shard].path}")
+            n = await self._with_file(shard, upcoming, self._footer_count)
+            book.learn(shard, n, f"the footer of {files.path(shard)}")
         landed = [s for s in upcoming if book.get(s) is None and files.path(s).exists()]
         if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
             await book.look(landed)
@@ -160,78 +146,71 @@ class Producer:
         """Put the options' ``replay`` row groups (sorted by shard), each once, flagged, before the order."""
         replay = sorted(set(self.plan.options.replay))
         shards = [s for s, _ in itertools.groupby(s for s, _ in replay)]
-        self._replaying = True
-        try:
-            for k, (shard, pairs) in enumerate(itertools.groupby(replay, key=lambda sg: sg[0])):
-                await self.emit_shard(0, shard, [g for _, g in pairs], 0, shards[k + 1:], None)
-        finally:
-            self._replaying = False
+        for k, (shard, pairs) in enumerate(itertools.groupby(replay, key=lambda sg: sg[0])):
+            await self.emit_shard(0, shard, [g for _, g in pairs], 0, shards[k + 1:], None, replay=True)
 
-    async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
-                         base: Cursor | None, gate: Gate | None = None) -> int:
-        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(k)`` is
-        awaited before the ``k``-th is put (False: stop there). The file is locked from before it is opened
-        until after it is closed (both on the reader thread). Returns how many were put."""
-        done = 0  # of ``groups``, handed over so far
-        refetched = False
+    async def _with_file(self, shard: int, upcoming: list[int], use: Callable[[Path], Awaitable[T]]) -> T:
+        """``use(path)`` of the shard's local file, read-locked until the reader thread is done with it; a corrupt
+        file that can be fetched again is, once, and used again."""
         lock: ReadLock | None = await self.files.hold(shard, upcoming)
         try:
-            while True:
-                assert lock is not None
-                path, seen = lock.path, None
-                try:
-                    handle = await self._open(path)
-                    seen = handle.seen
-                    try:
-                        self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
-                        beyond = [g for g in groups if g >= handle.num_row_groups]
-                        if beyond:
-                            raise ConfigError(f"{path} has {handle.num_row_groups} row groups, but a resume state "
-                                              f"names row group {beyond[0]}: resume with the files the run was "
-                                              "started with")
-                        self._left = len(groups) - done
-                        try:
-                            await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base,
-                                                        gate, done)
-                        finally:
-                            done = len(groups) - self._left  # handed over so far, for a retry after a re-fetch
-                        return done
-                    finally:  # queued after any read of this file; the thread is drained before the producer ends
-                        self._submit(handle.close).add_done_callback(_retrieve)
-                except CorruptShardError as exc:
-                    if refetched or not self.files.remote(shard):
-                        raise
-                    refetched = True
-                    log.warning("%s; fetching it again", exc)
-                    old, lock = lock, None
-                    await self._submit(old.release)  # after the close: the reader thread runs them in order
-                    lock = await self.files.refetch(shard, seen or file_id(path))
+            seen = file_id(lock.path)
+            try:
+                return await use(lock.path)
+            except CorruptShardError as exc:
+                if not self.files.remote(shard):
+                    raise
+                log.warning("%s; fetching it again", exc)
+            old, lock = lock, None
+            await self._submit(old.release)  # after the close: the reader thread runs them in order
+            lock = await self.files.refetch(shard, seen)
+            return await use(lock.path)
         finally:
-            if lock is not None:  # released once the reader thread has closed the file
+            if lock is not None:
                 self._submit(lock.release).add_done_callback(_retrieve)
 
-    async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int], taken: int,
-                               base: Cursor | None, gate: Gate | None = None, gated: int = 0) -> None:
-        """Read ``groups`` in order and put them (``gate(gated + k)`` awaited before the ``k``-th: False stops),
-        with up to ``READS_QUEUED`` reads waiting on the reader thread so it never idles meanwhile."""
-        pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
-        try:
-            for k, group in enumerate(groups):
-                while len(pending) < READS_QUEUED and k + len(pending) < len(groups):
-                    pending.append(self._submit(handle.read, groups[k + len(pending)]))
-                if gate is not None and not await gate(gated + k):
-                    return
-                column = await pending.popleft()  # if cancelled: dropped unless started
-                await self.queue.put(Chunk(column, handle.path, Position(epoch, shard, group, taken + k + 1, base),
-                                           last=not self._replaying and taken + k + 1 == self.length,
-                                           replay=self._replaying))
-                self.produced += 1
-                self.max_queued = max(self.max_queued, self.queue.qsize())
-                self._left -= 1
-        finally:
-            for fut in pending:  # reads ahead that nobody will take: dropped if not started
-                fut.cancel()
-                fut.add_done_callback(_retrieve)
+    async def _footer_count(self, path: Path) -> int:
+        handle = await self._open(path)
+        self._submit(handle.close).add_done_callback(_retrieve)
+        return handle.num_row_groups
+
+    async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
+                         base: Cursor | None, gate: Gate | None = None, replay: bool = False) -> int:
+        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(k)`` is
+        awaited before the ``k``-th is put (False: stop there); ``replay``: the options' ``replay`` row groups.
+        Up to ``READS_QUEUED`` reads wait on the reader thread so it never idles. Returns how many were put."""
+        done = 0  # of ``groups``, handed over so far (a re-fetched file goes on from there)
+
+        async def emit(path: Path) -> int:
+            nonlocal done
+            handle = await self._open(path)
+            pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
+            try:
+                self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
+                beyond = [g for g in groups if g >= handle.num_row_groups]
+                if beyond:
+                    raise ConfigError(f"{path} has {handle.num_row_groups} row groups, but a resume state names row "
+                                      f"group {beyond[0]}: resume with the files the run was started with")
+                while done < len(groups):
+                    while len(pending) < READS_QUEUED and done + len(pending) < len(groups):
+                        pending.append(self._submit(handle.read, groups[done + len(pending)]))
+                    if gate is not None and not await gate(done):
+                        break
+                    column = await pending.popleft()  # if cancelled: dropped unless started
+                    taken = first + done + 1
+                    await self.queue.put(Chunk(column, path, Position(epoch, shard, groups[done], taken, base),
+                                               last=not replay and taken == self.length, replay=replay))
+                    done += 1
+                    self.produced += 1
+                    self.max_queued = max(self.max_queued, self.queue.qsize())
+                return done
+            finally:
+                for fut in pending:  # reads ahead that nobody will take: dropped if not started
+                    fut.cancel()
+                    fut.add_done_callback(_retrieve)
+                self._submit(handle.close).add_done_callback(_retrieve)  # queued after any read of this file
+
+        return await self._with_file(shard, upcoming, emit)
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn`` on the reader thread: first in first out, so a file is never closed under a read."""

@@ -28,7 +28,6 @@ class ShardReader:
     def __init__(self, path: Path, column: str) -> None:
         self.path = path
         self.column = column
-        self.seen = file_id(path)
         try:
             # we open (and close) the native file ourselves: a failed ParquetFile() must not keep it open
             self.source = pa.OSFile(str(path), "r")
