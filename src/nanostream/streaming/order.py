@@ -67,14 +67,6 @@ def merge(spans: list[Span]) -> tuple[Span, ...]:
     return tuple((a, b, c, d) for a, b, c, d in out)
 
 
-def run_span(first: tuple[int, int], last: tuple[int, int], count_of_last: int) -> Span:
-    """The span from place ``first`` through place ``last`` (the end normalized to the next shard when
-    ``last`` is its shard's final row group)."""
-    p, g = last
-    end = (p + 1, 0) if g + 1 >= count_of_last else (p, g + 1)
-    return (*first, *end)
-
-
 Place = tuple[int, int]  # (position in the epoch's shard order, position in that shard's row-group order)
 
 
@@ -179,19 +171,24 @@ class EpochDeal:
         """The global position once every reader has taken its first ``taken`` row groups, before the
         settlement: only while ``taken <= K // R`` (else ``NeedCounts`` for the rest; ``settle.cursor_after``
         is the one to call)."""
-        base = self.base or Cursor(self.epoch, shards=len(self.order))
-        if taken <= 0:
-            return base
         if taken > self.known_left(counts) // self.world_size:
             raise NeedCounts(self.missing(counts))
-        k = self.local_world_size * taken
-        spans: list[Span] = list(base.spans)
-        for n in range(self.nodes):
-            got = self.piece_places(n, counts, k)
-            if len(got) < k:  # a short piece: its node reads leftovers, dealt at the settlement
-                raise NeedCounts(self.missing(counts))
-            spans.append(run_span(got[0], got[-1], counts[self.order[got[-1][0]]]))
-        return Cursor(self.epoch, merge(spans), base.consumed + self.nodes * k, len(self.order))
+        k = self.local_world_size * max(taken, 0)
+        runs = [self.piece_places(n, counts, k) for n in range(self.nodes)]
+        if any(len(run) < k for run in runs):  # a short piece: its node reads leftovers, dealt at the settlement
+            raise NeedCounts(self.missing(counts))
+        return self.cursor(runs, counts)
+
+    def cursor(self, runs: list[list[Place]], counts: Mapping[int, int]) -> Cursor:
+        """The base cursor with ``runs`` consumed too (each a run of consecutive unconsumed places)."""
+        base = self.base or Cursor(self.epoch, shards=len(self.order))
+        spans, consumed = list(base.spans), base.consumed
+        for run in filter(None, runs):
+            (p, g), (q, h) = run[0], run[-1]
+            end = (q + 1, 0) if h + 1 >= counts[self.order[q]] else (q, h + 1)  # a shard read to its end: the next
+            spans.append((p, g, *end))
+            consumed += len(run)
+        return Cursor(self.epoch, merge(spans), consumed, len(self.order))
 
 
 def cursor_after(deal: EpochDeal, taken: int, counts: Mapping[int, int]) -> Cursor:
@@ -265,21 +262,12 @@ class SettledDeal:
 
     def cursor_after(self, taken: int) -> Cursor:
         """The global position once every reader has taken its first ``taken`` row groups."""
-        shards = len(self.deal.order)
         if taken >= self.length:
-            return Cursor(self.epoch + 1, shards=shards)
-        base = self.base or Cursor(self.epoch, shards=shards)
-        spans: list[Span] = list(base.spans)
-        consumed = base.consumed
-        for segs in self._segments:
-            k = self.deal.local_world_size * max(taken, 0)
-            for m, a, b in segs:  # the node's own part, then the leftovers it took (padding repeats)
-                n = min(k, b - a)
-                if k <= 0:
-                    break
-                if n <= 0:
-                    continue
-                first, last = self._pieces[m][a], self._pieces[m][a + n - 1]
-                spans.append(run_span(first, last, self.counts[self.deal.order[last[0]]]))
-                consumed, k = consumed + n, k - n
-        return Cursor(self.epoch, merge(spans), consumed, shards)
+            return Cursor(self.epoch + 1, shards=len(self.deal.order))
+        runs = []
+        for segs in self._segments:  # the node's own part, then the leftovers it took (padding repeats)
+            left = self.deal.local_world_size * max(taken, 0)
+            for m, a, b in segs:
+                runs.append(self._pieces[m][a:a + max(0, min(left, b - a))])
+                left -= len(runs[-1])
+        return self.deal.cursor(runs, self.counts)
