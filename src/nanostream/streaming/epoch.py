@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from ..errors import ConfigError
 from ..fetch.partial import part_path
 from ..sources.counts import FETCH_EVERY, CountBook
-from .order import EpochDeal, NeedCounts, SettledDeal, reader_place
+from .order import EpochDeal, NeedCounts, SettledDeal
 from .plan import Plan, Position
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int
     ``NeedCounts`` if the counts do not tell yet)."""
     try:
         if position.taken > 0:
-            p, g = reader_place(deal, rank, position.taken - 1, counts)
+            p, g = deal.reader_place(rank, position.taken - 1, counts)
             if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == (position.shard, position.row_group):
                 return position.taken
     except IndexError:

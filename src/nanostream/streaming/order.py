@@ -155,25 +155,26 @@ class EpochDeal:
             out.extend((p, g) for g in self.places(p, counts[shard]))
         return out if upto is None else out[:upto]
 
-    def early_place(self, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
-        """The place of ``reader``'s row group number ``taken`` (0-based) before the settlement: only while it
-        is within the bound (``NeedCounts`` otherwise; ``settle.reader_place`` is the one to call)."""
+    def reader_place(self, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
+        """The place of ``reader``'s row group number ``taken`` (0-based; IndexError past its share). Before the
+        settlement only while it is within the bound (``NeedCounts`` otherwise)."""
+        if not self.missing(counts):
+            return SettledDeal(self, counts).places(reader)[taken]
         L = self.local_world_size
         j = reader % L + taken * L
-        if j >= self.safe(self.known_left(counts)):
-            raise NeedCounts(self.missing(counts))
-        got = self.piece_places(reader // L, counts, j + 1)
+        got = self.piece_places(reader // L, counts, j + 1) if j < self.safe(self.known_left(counts)) else []
         if len(got) <= j:
             raise NeedCounts(self.missing(counts))
         return got[j]
 
-    def early_cursor(self, taken: int, counts: Mapping[int, int]) -> Cursor:
-        """The global position once every reader has taken its first ``taken`` row groups, before the
-        settlement: only while ``taken <= K // R`` (else ``NeedCounts`` for the rest; ``settle.cursor_after``
-        is the one to call)."""
+    def cursor_after(self, taken: int, counts: Mapping[int, int]) -> Cursor:
+        """The global position once every reader has taken its first ``taken`` row groups. Before the
+        settlement only while ``taken <= K // R`` (else ``NeedCounts`` for the rest)."""
+        if not self.missing(counts):
+            return SettledDeal(self, counts).cursor_after(taken)
+        k = self.local_world_size * max(taken, 0)
         if taken > self.known_left(counts) // self.world_size:
             raise NeedCounts(self.missing(counts))
-        k = self.local_world_size * max(taken, 0)
         runs = [self.piece_places(n, counts, k) for n in range(self.nodes)]
         if any(len(run) < k for run in runs):  # a short piece: its node reads leftovers, dealt at the settlement
             raise NeedCounts(self.missing(counts))
@@ -189,20 +190,6 @@ class EpochDeal:
             spans.append((p, g, *end))
             consumed += len(run)
         return Cursor(self.epoch, merge(spans), consumed, len(self.order))
-
-
-def cursor_after(deal: EpochDeal, taken: int, counts: Mapping[int, int]) -> Cursor:
-    """The global position once every reader has taken its first ``taken`` row groups of ``deal``."""
-    if not deal.missing(counts):
-        return SettledDeal(deal, counts).cursor_after(taken)
-    return deal.early_cursor(taken, counts)
-
-
-def reader_place(deal: EpochDeal, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
-    """The place of ``reader``'s row group number ``taken`` (0-based; IndexError past its share)."""
-    if not deal.missing(counts):
-        return SettledDeal(deal, counts).places(reader)[taken]
-    return deal.early_place(reader, taken, counts)
 
 
 class SettledDeal:

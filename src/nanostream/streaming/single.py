@@ -22,7 +22,7 @@ from .cache.usage import filesystem_bytes
 from .cached import check_limit, folder_minimum, open_files
 from .epoch import taken_at, with_counts
 from .files import FolderFiles
-from .order import Cursor, EpochDeal, NeedCounts, SettledDeal, cursor_after
+from .order import Cursor, EpochDeal, NeedCounts, SettledDeal
 from .plan import Batch, Chunk, Options, Plan, Position
 from .producer import Producer
 from .ranks import Ranks
@@ -188,7 +188,7 @@ class Stream(Batches):
             taken = self._answer(lambda counts: taken_at(deal, self.plan.ranks.rank, position, counts))
         if self._settled is not None and self._settled[0] == (deal.epoch, deal.base):
             return self._settled[1].cursor_after(taken)
-        return self._answer(lambda counts: cursor_after(deal, taken, counts))
+        return self._answer(lambda counts: deal.cursor_after(taken, counts))
 
     def _first(self, epoch: int | None, base: Cursor | None) -> tuple[int, Cursor | None]:
         first = self.plan.first_epoch()
