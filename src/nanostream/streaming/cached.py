@@ -9,6 +9,7 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -81,13 +82,7 @@ class CachedFiles(FolderFiles):
         await asyncio.to_thread(check_limit, self.plan, sizes)
 
     async def reader_at(self, epoch: int, taken: int, deal: EpochDeal, settled: SettledDeal | None = None) -> None:
-        if settled is not None:
-            self.needs.settled(epoch, settled.length)
-            needs = await asyncio.to_thread(self.needs.needs, epoch, settled, taken)
-        else:
-            needs = await asyncio.to_thread(lambda: self.needs.needs(epoch, self.needs.estimate(epoch, deal.base),
-                                                                     taken))
-        await asyncio.to_thread(self.budget.publish, needs)
+        await asyncio.to_thread(lambda: self.budget.publish(self.needs.needs(epoch, taken, deal.base, settled)))
 
     @property
     def evicted(self) -> int:
@@ -179,70 +174,43 @@ class ReaderNeeds:
     def __init__(self, plan: Plan, book: CountBook) -> None:
         self.plan, self.book = plan, book
         self.run = run_name(plan)
-        self._starts: dict[int, int] = {}  # epoch -> the clock at its first row group (``settled``)
-        self._counts: tuple[int, dict[int, int]] | None = None  # (counts the book knew, every count estimated)
-        self._estimates: dict[tuple[int, Cursor | None], tuple[int, SettledDeal]] = {}
-        self._runs: dict[int, tuple[SettledDeal, list[int], list[int]]] = {}
-
-    def counts(self) -> dict[int, int]:
-        """Every shard's count: the book's where it knows it, else the mean of those it knows (1 if none)."""
-        version = len(self.book.log)
-        if self._counts is None or self._counts[0] != version:
-            known = self.book.snapshot()
-            mean = round(sum(known.values()) / len(known)) if known else 1
-            self._counts = (version, {s: known.get(s, mean) for s in self.plan.shards})
-        return self._counts[1]
+        self._starts: dict[int, int] = {}  # epoch -> the clock at its first row group
+        self._estimates: dict[tuple[int, Cursor | None, int], SettledDeal] = {}
 
     def estimate(self, epoch: int, base: Cursor | None = None) -> SettledDeal:
-        """The epoch's deal settled by ``counts()``: the file order exact, the places of shards whose counts
-        are not known yet estimated. Made again when the book learns a count."""
-        key, version = (epoch, base), len(self.book.log)
-        got = self._estimates.get(key)
-        if got is None or got[0] != version:
+        """The epoch's deal settled by the counts the book knows, the others estimated by their mean (1 if none
+        is known): the file order exact. Made again when the book learns a count."""
+        key = (epoch, base, len(self.book.log))
+        if key not in self._estimates:
+            known = self.book.snapshot()
+            mean = round(sum(known.values()) / len(known)) if known else 1
             if len(self._estimates) >= 2:
                 self._estimates.pop(next(iter(self._estimates)))
-            self._estimates[key] = got = (version, SettledDeal(self.plan.deal(epoch, base), self.counts()))
-        return got[1]
+            self._estimates[key] = SettledDeal(self.plan.deal(epoch, base),
+                                               {s: known.get(s, mean) for s in self.plan.shards})
+        return self._estimates[key]
 
-    def settled(self, epoch: int, length: int) -> None:
-        """Epoch ``epoch`` is settled at ``length`` row groups a reader: the next one starts that much later."""
-        begin = self._starts.setdefault(epoch, max(self._starts.values(), default=0))
-        self._starts = {epoch: begin, epoch + 1: begin + length}
-
-    def _shard_runs(self, epoch: int, deal: SettledDeal) -> tuple[list[int], list[int]]:
-        """Where each of the reader's runs of one shard starts (its row groups taken), and that shard."""
-        got = self._runs.get(epoch)
-        if got is None or got[0] is not deal:
-            starts: list[int] = []
-            shards: list[int] = []
-            for k, (p, _) in enumerate(deal.places(self.plan.ranks.rank)):  # shards only: no row-group order
-                if not shards or shards[-1] != deal.deal.order[p]:
-                    starts.append(k)
-                    shards.append(deal.deal.order[p])
-            if len(self._runs) >= 2:
-                self._runs.pop(next(iter(self._runs)))
-            self._runs[epoch] = got = (deal, starts, shards)
-        return got[1], got[2]
-
-    def needs(self, epoch: int, deal: SettledDeal, taken: int) -> Needs:
-        """The reader at ``taken`` of ``deal`` (settled or estimated): ``{path: place where it needs the file
-        next}`` over this epoch and the next, ``{path of the file read now: place where it is needed again}``
-        (-1: never), its own place and the run's name."""
+    def needs(self, epoch: int, taken: int, base: Cursor | None, settled: SettledDeal | None) -> Needs:
+        """The reader at ``taken`` of epoch ``epoch`` (its deal from ``base``: ``settled``, else estimated):
+        ``{path: place where it needs the file next}`` over this epoch and the next, ``{path of the file read
+        now: place where it is needed again}`` (-1: never), its own place and the run's name."""
         begin = self._starts.setdefault(epoch, max(self._starts.values(), default=0))  # the run starts at 0
-        need: dict[int, int] = {}
-        starts, shards = self._shard_runs(epoch, deal)
-        _add(need, starts, shards, taken, begin)
-        i = max(bisect.bisect_right(starts, taken) - 1, 0)
+        if settled is not None:  # the next epoch starts that much later
+            self._starts = {epoch: begin, epoch + 1: begin + settled.length}
+        deal = settled or self.estimate(epoch, base)
+        rank, need = self.plan.ranks.rank, {}
+        runs = deal.runs(rank)
+        i = _add(need, runs, taken, begin)
         again: dict[int, float] = {}
-        if i < len(shards):
-            later = (begin + starts[j] for j in range(i + 1, len(shards)) if shards[j] == shards[i])
-            again[shards[i]] = next(later, math.inf)
+        if i < len(runs):
+            shard = runs[i][1]
+            again[shard] = next((begin + k for k, s in itertools.islice(runs, i + 1, None) if s == shard), math.inf)
         nxt = epoch + 1
         if self.plan.options.epochs is None or nxt < self.plan.options.epochs:
             begin2 = self._starts.get(nxt, begin + max(deal.length, taken))  # never before the reader's place
-            starts2, shards2 = self._shard_runs(nxt, self.estimate(nxt))
-            _add(need, starts2, shards2, 0, begin2)
-            first2 = dict(zip(reversed(shards2), reversed(starts2), strict=True))
+            runs2 = self.estimate(nxt).runs(rank)
+            _add(need, runs2, 0, begin2)
+            first2 = {s: k for k, s in reversed(runs2)}
             again = {s: d if d < math.inf or s not in first2 else begin2 + first2[s] for s, d in again.items()}
         nearest = sorted(need.items(), key=lambda kv: kv[1])[:FILES]
         files = self.plan.files
@@ -250,11 +218,12 @@ class ReaderNeeds:
                      {files[s].path: int(d) if d < math.inf else -1 for s, d in again.items()}, begin + taken, self.run)
 
 
-def _add(need: dict[int, int], starts: list[int], shards: list[int], at: int, offset: int) -> None:
-    """Fold the reader's runs from place ``at`` into ``need`` (first need of each shard on the clock, the epoch
-    starting at ``offset``), the nearest ``FILES`` of them."""
-    first = max(bisect.bisect_right(starts, at) - 1, 0)
-    for i in range(first, min(len(starts), first + FILES)):
-        d = offset + max(starts[i], at)
-        if d < need.get(shards[i], d + 1):
-            need[shards[i]] = d
+def _add(need: dict[int, int], runs: list[tuple[int, int]], at: int, offset: int) -> int:
+    """Fold the reader's runs (``SettledDeal.runs``) from place ``at`` into ``need`` (first need of each shard on
+    the clock, the epoch starting at ``offset``), the nearest ``FILES`` of them; the index of the run at ``at``."""
+    first = max(bisect.bisect_right(runs, (at, math.inf)) - 1, 0)
+    for k, shard in runs[first:first + FILES]:
+        d = offset + max(k, at)
+        if d < need.get(shard, d + 1):
+            need[shard] = d
+    return first

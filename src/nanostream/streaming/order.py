@@ -227,6 +227,7 @@ class SettledDeal:
             self._segments.append(segs)
         self._pieces = pieces
         self._seqs: dict[int, list[Place]] = {}  # made on demand: a reader needs its own only
+        self._runs: dict[int, list[tuple[int, int]]] = {}
         self.dropped = sum(b - a for _, a, b in tails)
         self.padded = max(0, R * self.length - left)
 
@@ -242,6 +243,16 @@ class SettledDeal:
             seq = (own * (self.length // len(own) + 1))[:self.length] if own else []
             self._seqs[reader] = seq
         return seq
+
+    def runs(self, reader: int) -> list[tuple[int, int]]:
+        """``reader``'s places as runs of one shard: (its row groups taken before the run, the shard), in order."""
+        runs = self._runs.get(reader)
+        if runs is None:
+            runs = self._runs[reader] = []
+            for k, (p, _) in enumerate(self.places(reader)):  # shards only: no row-group order
+                if not runs or runs[-1][1] != self.deal.order[p]:
+                    runs.append((k, self.deal.order[p]))
+        return runs
 
     def sequence(self, reader: int) -> list[tuple[int, int]]:
         d = self.deal

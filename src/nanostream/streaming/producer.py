@@ -117,11 +117,14 @@ class Producer:
                     break  # settled meanwhile: go on by the settled deal
         settled = await counts.settle()
         self.length = settled.length
-        runs = shard_runs(settled.sequence(p.ranks.rank), taken)
-        for k, (shard, first, groups) in enumerate(runs):
-            upcoming = _next_shards(runs, k, ahead)
-            await files.reader_at(epoch, first, deal, settled)
-            await self.emit_shard(epoch, shard, groups, first, upcoming, deal.base)
+        seq, runs = settled.sequence(p.ranks.rank), settled.runs(p.ranks.rank)
+        for k, (start, shard) in enumerate(runs):
+            end = runs[k + 1][0] if k + 1 < len(runs) else len(seq)
+            if end > taken:
+                first = max(start, taken)
+                await files.reader_at(epoch, first, deal, settled)
+                await self.emit_shard(epoch, shard, [g for _, g in seq[first:end]], first,
+                                      _next_shards(runs, k, ahead), deal.base)
 
     async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
         """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;
@@ -234,23 +237,12 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def shard_runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
-    """``seq[skip:]`` as runs of one shard: ``(shard, count before the run, row groups)``."""
-    runs: list[tuple[int, int, list[int]]] = []
-    for i in range(skip, len(seq)):
-        shard, group = seq[i]
-        if not runs or runs[-1][0] != shard:
-            runs.append((shard, i, []))
-        runs[-1][2].append(group)
-    return runs
-
-
-def _next_shards(runs: list[tuple[int, int, list[int]]], k: int, n: int) -> list[int]:
-    """The first ``n`` shards after run ``k`` other than its own."""
+def _next_shards(runs: list[tuple[int, int]], k: int, n: int) -> list[int]:
+    """The first ``n`` shards of the runs (``SettledDeal.runs``) after run ``k``, other than its own."""
     out: list[int] = []
-    for j in range(k + 1, len(runs)):
+    for _, shard in itertools.islice(runs, k + 1, None):
         if len(out) >= n:
             break
-        if runs[j][0] != runs[k][0] and runs[j][0] not in out:
-            out.append(runs[j][0])
+        if shard != runs[k][1] and shard not in out:
+            out.append(shard)
     return out
