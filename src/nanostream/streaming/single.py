@@ -114,8 +114,8 @@ class Stream(Batches):
         self._producer = Producer(plan, self.book, self._files)
         self._agen: Any = None
         self._last: Position | None = None
-        self._settled: tuple[Any, SettledDeal] | None = None
-        self._deal: tuple[Any, EpochDeal] | None = None
+        self._settled: SettledDeal | None = None
+        self._deal: tuple[Any, Any] = (None, None)  # (epoch, base) and its EpochDeal
 
     async def next_chunk(self) -> Chunk:
         """The next row group still in Arrow memory (``chunk.batch()`` makes the ``Batch``)."""
@@ -162,38 +162,33 @@ class Stream(Batches):
 
     def settled_deal(self, epoch: int | None = None, base: Cursor | None = None) -> SettledDeal:
         """Who reads what in ``epoch`` (default as ``epoch_length``), the counts learned first if need be."""
-        key = self._first(epoch, base)
-        if self._settled is None or self._settled[0] != key:  # one kept: a cursor per step is cheap
-            deal = self.epoch_deal(*key)
-            self._settled = (key, self._answer(lambda counts: SettledDeal(deal, counts)))
-        return self._settled[1]
+        deal = self.epoch_deal(epoch, base)
+        if self._settled is None or self._settled.deal is not deal:  # one kept: a cursor per step is cheap
+            self._settled = self._answer(lambda counts: SettledDeal(deal, counts))
+        return self._settled
 
     def epoch_deal(self, epoch: int | None = None, base: Cursor | None = None) -> EpochDeal:
         """Epoch ``epoch``'s deal before the counts (default as ``epoch_length``)."""
-        key = self._first(epoch, base)
-        if self._deal is None or self._deal[0] != key:
+        first = self.plan.first_epoch()
+        epoch = first if epoch is None else epoch
+        key = (epoch, self.plan.start_base() if base is None and epoch == first else base)
+        if self._deal[0] != key:
             self._deal = (key, self.plan.deal(*key))
         return self._deal[1]
 
-    def cursor(self, position: Position | None = None, *, taken: int | None = None) -> Cursor:
-        """The global position after ``position`` (default: the start), every reader having taken ``taken`` row
-        groups of the epoch (default: as many as this one at ``position``; readers not level pass the smallest)."""
+    def cursor(self, position: Position | None = None) -> Cursor:
+        """The global position once every reader has taken as many row groups of the epoch as this one at
+        ``position`` (default: the start)."""
         start = self.plan.start
         if position is None:
             if not isinstance(start, Position):
                 return start or Cursor(0, shards=len(self.plan.shards))
             position = start
         deal = self.epoch_deal(position.epoch, position.base)
-        if taken is None:
-            taken = self._answer(lambda counts: taken_at(deal, self.plan.ranks.rank, position, counts))
-        if self._settled is not None and self._settled[0] == (deal.epoch, deal.base):
-            return self._settled[1].cursor_after(taken)
+        taken = self._answer(lambda counts: taken_at(deal, self.plan.ranks.rank, position, counts))
+        if self._settled is not None and self._settled.deal is deal:
+            return self._settled.cursor_after(taken)
         return self._answer(lambda counts: deal.cursor_after(taken, counts))
-
-    def _first(self, epoch: int | None, base: Cursor | None) -> tuple[int, Cursor | None]:
-        first = self.plan.first_epoch()
-        epoch = first if epoch is None else epoch
-        return epoch, self.plan.start_base() if base is None and epoch == first else base
 
     def _answer(self, answer: Any) -> Any:
         """``answer(counts)``, learning the counts it needs first (blocking)."""

@@ -5,7 +5,6 @@ that works for a stream (``Minimum``: docs/cache.md says why it always lets some
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -61,12 +60,7 @@ def filesystem_bytes(folder: Path) -> int:
 
 def folder_bytes(folder: Path) -> int:
     """Every file under ``folder``, as allocated on disk: what a ``cache_limit`` bounds."""
-    total = 0
-    for root, _dirs, names in os.walk(folder):
-        for n in names:
-            with contextlib.suppress(FileNotFoundError):
-                total += allocated(os.lstat(os.path.join(root, n)))
-    return total
+    return scan(folder, None).total
 
 
 @dataclass
@@ -163,7 +157,7 @@ def minimum(folder: Path, catalog: Catalog, files: list[DataFile], sizes: list[i
             ahead: int) -> Minimum:
     """``Minimum`` of a stream whose node has ``readers`` readers of ``files`` (sizes as known; None: unknown).
     Blocking (scans the folder)."""
-    view = scan(folder, read_catalog(folder) if folder.is_dir() else None) if folder.is_dir() else FolderScan(folder)
+    view = scan(folder, read_catalog(folder)) if folder.is_dir() else FolderScan(folder)
     known = [s for s in sizes if s is not None]
     guess = max(known) if known else 0
     remote = sorted((file_blocks(s if s is not None else guess) for f, s in zip(files, sizes, strict=True)
