@@ -5,6 +5,7 @@ missing. ``FolderFiles`` is the unbounded data folder; ``cached.CachedFiles`` th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
@@ -73,8 +74,9 @@ class FolderFiles:
         lock = await self._local(index)
         try:
             self.prefetch(list(upcoming)[: self.plan.options.read_ahead.files])
-            if index not in self._checked:
-                await asyncio.to_thread(_check_column, lock.path, self.plan.catalog.text_column)
+            if index not in self._checked:  # an unreadable file is left to the reader (which may fetch it again)
+                with contextlib.suppress(CorruptShardError):
+                    await asyncio.to_thread(check_text_column, lock.path, self.plan.catalog.text_column)
                 self._checked.add(index)
         except BaseException:
             lock.release()
@@ -177,22 +179,9 @@ class FolderFiles:
                 fetcher = Fetcher(self.folder, workers=o.read_ahead.connections, credentials=self.credentials,
                                   retry=o.retry or DEFAULT_RETRY)
                 self._fetcher = await self._closing.enter_async_context(fetcher)
-                _record(self.folder, self.plan)
+                try:  # the folder's record, if it has none: later readers know its files and validation
+                    if read_catalog(self.folder) is None:
+                        write_catalog(self.folder, self.plan.catalog)
+                except OSError as exc:
+                    log.warning("could not write %s/.nanostream.json (%s); continuing", self.folder, exc)
             return self._fetcher
-
-
-def _record(folder: Path, plan: Plan) -> None:
-    """Write the folder's record if it has none, so later readers know its files and validation."""
-    try:
-        if read_catalog(folder) is None:
-            write_catalog(folder, plan.catalog)
-    except OSError as exc:
-        log.warning("could not write %s/.nanostream.json (%s); continuing", folder, exc)
-
-
-def _check_column(path: Path, column: str) -> None:
-    """``check_text_column``, leaving unreadable files to the reader (which may fetch them again)."""
-    try:
-        check_text_column(path, column)
-    except CorruptShardError:
-        pass

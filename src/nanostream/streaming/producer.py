@@ -43,21 +43,20 @@ class Producer:
         self.produced = 0  # row groups put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")  # its thread starts with a read
 
     async def run(self) -> None:
         """Every row group, then None (or the error that ended the stream). The reader thread and every file
         opened are gone when it returns, also when it is cancelled."""
         end: BaseException | None = None
         try:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")
             async with self.files:
                 await self.files.prepare()
                 await self._produce()
         except Exception as exc:  # noqa: BLE001  (delivered to the consumer, raised there)
             end = exc
         finally:
-            await self._stop_thread()
+            await asyncio.to_thread(self._executor.shutdown)  # joined once it has finished everything queued
             try:
                 await self.book.sync(force=True)  # what this stream learned, for the others
             except Exception as exc:  # noqa: BLE001  (best effort at the end: the counts are learned again)
@@ -217,18 +216,11 @@ class Producer:
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn`` on the reader thread: first in first out, so a file is never closed under a read."""
-        assert self._executor is not None
         return asyncio.wrap_future(self._executor.submit(fn, *args))
 
     async def _open(self, path: Path) -> ShardReader:
-        assert self._executor is not None  # a cancelled open's file is closed on the reader thread, as it ends
+        # a cancelled open's file is closed on the reader thread, as it ends
         return await hand_off(self._executor.submit(ShardReader, path, self.plan.catalog.text_column), ShardReader.close)
-
-    async def _stop_thread(self) -> None:
-        """Join the reader thread once it has finished everything queued on it."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -80,11 +80,6 @@ class Schedule:
         self.taken[source] += amount
 
 
-def text_bytes(chunk: Chunk) -> int:
-    """UTF-8 bytes of the documents of a row group (its text column), without making Python strings."""
-    return int(pc.sum(pc.binary_length(chunk.column)).as_py() or 0)
-
-
 def open_mix(sources: tuple[Source, ...], options: Options, config: Config,
              state: Mapping[str, Any] | None = None) -> MixStream:
     """The ``MixStream`` of ``sources`` from ``state`` (a ``MixStream.state_dict()``; None: the start)."""
@@ -123,7 +118,7 @@ class MixStream(Batches):
             self._done[k] = epoch
             if self.epochs is not None and min(self._done) >= self.epochs:
                 raise StopAsyncIteration  # the mix was over before this row group
-        self.schedule.add(k, text_bytes(chunk))
+        self.schedule.add(k, int(pc.sum(pc.binary_length(chunk.column)).as_py() or 0))  # text bytes, no strings
         if chunk.last:
             self._done[k] = epoch + 1
         return replace(chunk, source=k)

@@ -71,18 +71,13 @@ def live_claims(folder: Path, skip: str | None = None) -> list[ClaimInfo]:
             continue
         path = folder / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = _flocked(path, fcntl.LOCK_EX)
+        except BlockingIOError:  # its stream is alive
+            with contextlib.suppress(FileNotFoundError):
+                out.append(_claim_info(name, path.read_bytes()))
             continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # its stream is alive
-                raw = os.pread(fd, CLAIM_ROOM, 0)
-                out.append(_claim_info(name, raw))
-                continue
-            path.unlink(missing_ok=True)  # nobody holds it: its process died (kill -9) and left it
-        finally:
+        if fd is not None:  # nobody holds it: its process died (kill -9) and left it
+            path.unlink(missing_ok=True)
             os.close(fd)
     return out
 
