@@ -211,24 +211,21 @@ class SettledDeal:
                 "more shards")
         self.length = left // R if deal.drop_last else -(-left // R)
         q = L * self.length
-        tails = [(m, q, len(x)) for m, x in enumerate(pieces) if len(x) > q]
-        self._segments: list[list[tuple[int, int, int]]] = []  # per node: (owner node, from, to) of owner's piece
-        for n in range(N):
-            segs = [(n, 0, min(len(pieces[n]), q))]
-            need = q - segs[0][2]
+        tails = [x[q:] for x in pieces if len(x) > q]  # what nodes with more than their share leave over
+        self._streams: list[list[list[Place]]] = []  # per node: its own part, then the leftovers it took
+        for x in pieces:
+            runs, need = [x[:q]], q - min(len(x), q)
             while need > 0 and tails:
-                m, a, b = tails[0]
-                k = min(need, b - a)
-                segs.append((m, a, a + k))
-                need -= k
-                tails[0] = (m, a + k, b)
-                if a + k == b:
+                runs.append(tails[0][:need])
+                tails[0] = tails[0][need:]
+                need -= len(runs[-1])
+                if not tails[0]:
                     tails.pop(0)
-            self._segments.append(segs)
+            self._streams.append(runs)
         self._pieces = pieces
         self._seqs: dict[int, list[Place]] = {}  # made on demand: a reader needs its own only
         self._runs: dict[int, list[tuple[int, int]]] = {}
-        self.dropped = sum(b - a for _, a, b in tails)
+        self.dropped = sum(len(t) for t in tails)
         self.padded = max(0, R * self.length - left)
 
     def places(self, reader: int) -> list[Place]:
@@ -238,7 +235,7 @@ class SettledDeal:
         seq = self._seqs.get(reader)
         if seq is None:
             L = self.deal.local_world_size
-            node = [pl for m, a, b in self._segments[reader // L] for pl in self._pieces[m][a:b]]
+            node = [pl for run in self._streams[reader // L] for pl in run]
             own = node[reader % L::L] or node or [pl for x in self._pieces for pl in x]
             seq = (own * (self.length // len(own) + 1))[:self.length] if own else []
             self._seqs[reader] = seq
@@ -263,9 +260,9 @@ class SettledDeal:
         if taken >= self.length:
             return Cursor(self.epoch + 1, shards=len(self.deal.order))
         runs = []
-        for segs in self._segments:  # the node's own part, then the leftovers it took (padding repeats)
+        for node in self._streams:  # its own part, then the leftovers it took (padding repeats)
             left = self.deal.local_world_size * max(taken, 0)
-            for m, a, b in segs:
-                runs.append(self._pieces[m][a:a + max(0, min(left, b - a))])
+            for run in node:
+                runs.append(run[:left])
                 left -= len(runs[-1])
         return self.deal.cursor(runs, self.counts)
