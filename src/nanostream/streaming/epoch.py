@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,6 @@ class Tally:
         self.deal, self.book = deal, book
         self._left_at = {deal.order[p]: p for p in deal.left}
         self._seen = 0  # entries of book.log counted
-        self._unknown = len(self._left_at)
         self.known_left = 0
         self.settled: SettledDeal | None = None
 
@@ -49,8 +49,7 @@ class Tally:
             p = self._left_at.pop(shard, None)
             if p is not None:
                 self.known_left += len(self.deal.places(p, self.book.get(shard) or 0))
-                self._unknown -= 1
-        if self._unknown == 0 and self.settled is None:
+        if not self._left_at and self.settled is None:
             self.settled = SettledDeal(self.deal, self.book.snapshot())
         return self._seen > seen
 
@@ -117,13 +116,9 @@ class EpochCounts(Tally):
     def _priority(self) -> list[int]:
         """Shards whose counts are unknown, the ones the bound needs soonest first."""
         out = self._own_next()
-        pieces = [self.deal.piece(n) for n in range(self.deal.nodes)]
-        for k in range(max((len(x) for x in pieces), default=0)):
-            for piece in pieces:
-                if k < len(piece) and self.deal.order[piece[k]] in self._left_at:
-                    out.append(self.deal.order[piece[k]])
+        for places in itertools.zip_longest(*(self.deal.piece(n) for n in range(self.deal.nodes))):
+            out.extend(self.deal.order[p] for p in places if p is not None and self.deal.order[p] in self._left_at)
         return list(dict.fromkeys(out))
-
 
 
 async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int, int]], T]) -> T:
