@@ -72,9 +72,10 @@ class EpochCounts(Tally):
             return True
         return False
 
-    async def until_safe(self, j: int) -> bool:
-        """Wait until row group ``j`` of the node's piece may be read: True; False once the epoch is settled
-        (the reader then goes on by the settled deal)."""
+    async def until_safe(self, taken: int) -> bool:
+        """Wait until the reader's row group number ``taken`` (of the node's piece: place ``rank % L + L *
+        taken``) may be read: True; False once the epoch is settled (the reader then goes on by the settled deal)."""
+        j = self.plan.ranks.rank % self.deal.local_world_size + self.deal.local_world_size * taken
         await self._wait(lambda: self.settled is not None or j < self.deal.safe(self.known_left))
         return self.settled is None
 

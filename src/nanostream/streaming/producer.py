@@ -30,7 +30,7 @@ from .reader import ShardReader, file_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Gate = Callable[[int], Awaitable[bool]]
+Gate = Callable[[int], Awaitable[bool]]  # called with the reader's count of the epoch
 READS_QUEUED = 2  # row-group reads queued on the reader thread beyond the one being handed over
 
 
@@ -100,17 +100,13 @@ class Producer:
                     await files.reader_at(epoch, taken, deal)
                 n = await self._count(shard, upcoming, skipping)
                 places = deal.places(pos, n)
-                todo = [(j, deal.row_group(pos, places[j - offset], n))
+                todo = [deal.row_group(pos, places[j - offset], n)  # the reader's: j = i + L * (its count)
                         for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
                 offset += len(places)
                 if not todo:
                     continue
                 await files.reader_at(epoch, taken, deal)  # again, with its count known now
-
-                async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
-                    return await counts.until_safe(todo[m][0])
-
-                done = await self.emit_shard(epoch, shard, [g for _, g in todo], taken, upcoming, deal.base, gate)
+                done = await self.emit_shard(epoch, shard, todo, taken, upcoming, deal.base, counts.until_safe)
                 taken += done
                 if done < len(todo):
                     break  # settled meanwhile: go on by the settled deal
@@ -178,8 +174,8 @@ class Producer:
 
     async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
                          base: Cursor | None, gate: Gate | None = None, replay: bool = False) -> int:
-        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(k)`` is
-        awaited before the ``k``-th is put (False: stop there); ``replay``: the options' ``replay`` row groups.
+        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(t)`` is
+        awaited before its ``t``-th is put (False: stop there); ``replay``: the options' ``replay`` row groups.
         Up to ``READS_QUEUED`` reads wait on the reader thread so it never idles. Returns how many were put."""
         done = 0  # of ``groups``, handed over so far (a re-fetched file goes on from there)
 
@@ -196,7 +192,7 @@ class Producer:
                 while done < len(groups):
                     while len(pending) < READS_QUEUED and done + len(pending) < len(groups):
                         pending.append(self._submit(handle.read, groups[done + len(pending)]))
-                    if gate is not None and not await gate(done):
+                    if gate is not None and not await gate(first + done):
                         break
                     column = await pending.popleft()  # if cancelled: dropped unless started
                     taken = first + done + 1
