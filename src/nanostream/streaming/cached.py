@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, FetchError
+from ..errors import ConfigError
 from ..sources.counts import CountBook
 from .cache.budget import FolderBudget
 from .cache.claims import Needs, ReadLock
@@ -104,7 +104,7 @@ class CachedFiles(FolderFiles):
 
     async def _download(self, index: int) -> Path:
         file = self.files[index]
-        size = file.size if file.size is not None else await self._size(index)
+        size = file.size if file.size is not None else await self.size(index)
         await self._wait_for_room(file.path, size)
         try:
             return await super()._download(index)
@@ -127,11 +127,8 @@ class CachedFiles(FolderFiles):
                 if now and time.monotonic() - told > WAIT_LOG_S:
                     told = time.monotonic()
                     log.warning("waiting %.0fs for room under cache_limit: %s", told - since, self.budget.shortfall)
-                if now:
-                    await asyncio.sleep(delay)
-                else:  # a prefetch that becomes a demand, or moves up, asks again at once
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._woken.wait(), delay)
+                with contextlib.suppress(asyncio.TimeoutError):  # a prefetch that becomes a demand, or moves up,
+                    await asyncio.wait_for(self._woken.wait(), delay)  # asks again at once
                 delay = min(delay * 1.5, 0.25 if now else 1.0)
         finally:
             self._queued.remove(rel)
@@ -144,20 +141,6 @@ class CachedFiles(FolderFiles):
     async def _release(self, rel: str) -> None:
         if self.budget.holds(rel):  # else no trip to a thread
             await asyncio.to_thread(self.budget.release, rel)
-
-    async def _size(self, index: int) -> int:
-        """The size the server announces for file ``index`` (HEAD)."""
-        file = self.files[index]
-        fetcher = await self.fetcher()
-        try:
-            size = await fetcher.head(file)  # retried as a download would be
-        except FetchError as exc:
-            raise FetchError(f"cannot learn the size of {file.path} for cache_limit: {exc}", shard=file.path,
-                             url=file.url) from exc
-        if size is None:
-            raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
-                             "given room under cache_limit; stream without cache_limit", shard=file.path, url=file.url)
-        return size
 
 
 def run_name(plan: Plan) -> str:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ class FolderFiles:
         self._checked: set[int] = set()
         self._scope = task_group()
         self._group: TaskGroup | None = None
-        self._closing = AsyncExitStack()  # the fetcher, closed once every download task has ended
+        self._closing = contextlib.AsyncExitStack()  # the fetcher, closed once every download task has ended
         self._fetcher: Any = None
         self._fetcher_lock = asyncio.Lock()
 
@@ -151,19 +150,30 @@ class FolderFiles:
         unknown: the download reports them)."""
         shards = self.plan.shards
         todo = [k for k, size in enumerate(sizes) if size is None and self.remote(shards[k])][:probe]
-        if not todo:
-            return sizes
-        fetcher = await self.fetcher()
-        got = await asyncio.gather(*(fetcher.head(self.files[shards[k]]) for k in todo), return_exceptions=True)
+        got = await asyncio.gather(*(self.size(shards[k]) for k in todo), return_exceptions=True)
         out = list(sizes)
         for k, size in zip(todo, got, strict=True):
             if isinstance(size, int):
                 out[k] = size
-            elif isinstance(size, BaseException) and not isinstance(size, Exception):
+            elif not isinstance(size, Exception):
                 raise size
             else:
                 log.debug("size of %s unknown: %s", self.files[shards[k]].path, size)
         return out
+
+    async def size(self, index: int) -> int:
+        """The size the server announces for file ``index`` (HEAD)."""
+        file = self.files[index]
+        fetcher = await self.fetcher()
+        try:
+            size = await fetcher.head(file)  # retried as a download would be
+        except FetchError as exc:
+            raise FetchError(f"cannot learn the size of {file.path} for cache_limit: {exc}", shard=file.path,
+                             url=file.url) from exc
+        if size is None:
+            raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
+                             "given room under cache_limit; stream without cache_limit", shard=file.path, url=file.url)
+        return size
 
     async def fetcher(self) -> Any:
         """The stream's ``Fetcher``, opened at the first download (the folder's record written then)."""
