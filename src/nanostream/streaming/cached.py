@@ -184,21 +184,19 @@ class ReaderNeeds:
         rank, need = self.plan.ranks.rank, {}
         runs = deal.runs(rank)
         i = _add(need, runs, taken, begin)
-        again: dict[int, float] = {}
-        if i < len(runs):
-            shard = runs[i][1]
-            again[shard] = next((begin + k for k, s in itertools.islice(runs, i + 1, None) if s == shard), math.inf)
+        now = runs[i][1] if runs else None  # the shard read now, and when it is needed again
+        again = next((begin + k for k, s in itertools.islice(runs, i + 1, None) if s == now), -1)
         nxt = epoch + 1
         if self.plan.options.epochs is None or nxt < self.plan.options.epochs:
             begin2 = self._starts.get(nxt, begin + max(deal.length, taken))  # never before the reader's place
             runs2 = self.estimate(nxt).runs(rank)
             _add(need, runs2, 0, begin2)
-            first2 = {s: k for k, s in reversed(runs2)}
-            again = {s: d if d < math.inf or s not in first2 else begin2 + first2[s] for s, d in again.items()}
+            if again < 0:
+                again = next((begin2 + k for k, s in runs2 if s == now), -1)
         nearest = sorted(need.items(), key=lambda kv: kv[1])[:FILES]
         files = self.plan.files
-        return Needs({files[s].path: d for s, d in nearest},
-                     {files[s].path: int(d) if d < math.inf else -1 for s, d in again.items()}, begin + taken, self.run)
+        return Needs({files[s].path: d for s, d in nearest}, {} if now is None else {files[now].path: again},
+                     begin + taken, self.run)
 
 
 def _add(need: dict[int, int], runs: list[tuple[int, int]], at: int, offset: int) -> int:
