@@ -33,7 +33,7 @@ FILES = 512  # files a reader's needs cover (the nearest ones); the claim file c
 def open_files(plan: Plan, book: CountBook) -> FolderFiles:
     """The provider for ``plan``: a cache under a ``cache_limit`` when something can be fetched again, else the
     folder (whose size was checked when the plan was made)."""
-    if plan.cache_limit is not None and plan.credentials() is not None:
+    if plan.cache_limit is not None and plan.credentials is not None:
         return CachedFiles(plan, book)
     return FolderFiles(plan)
 

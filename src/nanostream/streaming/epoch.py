@@ -10,7 +10,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..errors import ConfigError
 from ..fetch.partial import part_path
@@ -59,9 +59,9 @@ class EpochCounts(Tally):
     ``GRACE`` s without enough (none on one node, ``LANDING`` while the node's next download lands) it reads
     remote footers, ``BATCH`` at a time, the ones the bound needs soonest first."""
 
-    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan, credentials: Any) -> None:
+    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan) -> None:
         super().__init__(deal, book)
-        self.plan, self.credentials = plan, credentials
+        self.plan = plan
         self.node = plan.ranks.rank // deal.local_world_size
         self.at = 0  # index into the node's piece of the shard being read (what to ask for first)
         self._learned = asyncio.Event()
@@ -93,7 +93,7 @@ class EpochCounts(Tally):
             grace = LANDING if landing else GRACE if self.deal.nodes > 1 else 0.0
             left = grace - (time.monotonic() - since)
             if left <= 0:
-                await self.book.read_remote(self._priority()[:BATCH], self.credentials, self.plan.options.retry)
+                await self.book.read_remote(self._priority()[:BATCH], self.plan.credentials, self.plan.options.retry)
             else:
                 self._learned.clear()
                 with contextlib.suppress(asyncio.TimeoutError):  # woken by what ``watch`` learns
@@ -128,7 +128,7 @@ async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int
         try:
             return answer(book.snapshot())
         except NeedCounts as exc:
-            await book.require(list(exc.shards), plan.credentials(), plan.options.retry)
+            await book.require(list(exc.shards), plan.credentials, plan.options.retry)
 
 
 def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int, int]) -> int:

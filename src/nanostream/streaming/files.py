@@ -31,7 +31,6 @@ class FolderFiles:
 
     def __init__(self, plan: Plan) -> None:
         self.plan, self.folder, self.files = plan, plan.folder, plan.files
-        self.credentials = plan.credentials()
         self.fetched = 0  # files downloaded for this stream (or waited for while another process did)
         self._downloads: dict[int, asyncio.Task[Path | BaseException]] = {}
         self._checked: set[int] = set()
@@ -55,7 +54,7 @@ class FolderFiles:
 
     def remote(self, index: int) -> bool:
         """Can file ``index`` be downloaded (again)?"""
-        return self.credentials is not None and bool(self.files[index].url)
+        return self.plan.credentials is not None and bool(self.files[index].url)
 
     def path(self, index: int) -> Path:
         return self.folder / self.files[index].path
@@ -186,7 +185,7 @@ class FolderFiles:
                     self.folder.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ConfigError(f"cannot create data folder {self.folder}: {exc}") from exc
-                fetcher = Fetcher(self.folder, workers=o.read_ahead.connections, credentials=self.credentials,
+                fetcher = Fetcher(self.folder, workers=o.read_ahead.connections, credentials=self.plan.credentials,
                                   retry=o.retry or DEFAULT_RETRY)
                 self._fetcher = await self._closing.enter_async_context(fetcher)
                 try:  # the folder's record, if it has none: later readers know its files and validation

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,9 @@ class Plan:
     def ranks(self) -> Ranks:
         return self.options.ranks
 
-    def scope(self) -> str:
-        """The dataset's name for the count sharers, the same on every node."""
-        return f"{self.catalog.source or self.catalog.name}@{self.catalog.revision or ''}"
-
+    @cached_property
     def credentials(self) -> Credentials | None:
-        """What requests for the files carry; None if nothing is remote."""
+        """What requests for the files carry (one object per stream); None if nothing is remote."""
         if not any(f.url for f in self.files):
             return None
         c = self.config

@@ -70,7 +70,7 @@ class Producer:
         first, end = p.first_epoch(), p.options.epochs
         for epoch in itertools.count(first) if end is None else range(first, end):
             deal = p.deal(epoch, p.start_base() if start is not None else None)
-            counts = EpochCounts(deal, self.book, p, self.files.credentials)
+            counts = EpochCounts(deal, self.book, p)
             skip = 0
             if isinstance(start, Position):  # a resume: the reader's row groups of the epoch before it
                 skip = await with_counts(self.book, p, partial(taken_at, deal, p.ranks.rank, start))
@@ -130,7 +130,7 @@ class Producer:
             await book.look([shard])
             n = book.get(shard)
         if n is None and skipping:
-            n = (await book.require([shard], files.credentials, self.plan.options.retry))[shard]
+            n = (await book.require([shard], self.plan.credentials, self.plan.options.retry))[shard]
         if n is None:  # the node reads it anyway: its footer comes with it
             n = await self._with_file(shard, upcoming, self._footer_count)
             book.learn(shard, n, f"the footer of {files.path(shard)}")

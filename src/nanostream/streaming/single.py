@@ -109,7 +109,9 @@ class Stream(Batches):
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.book: CountBook = book_for(plan.folder, plan.files, plan.options.sharer, plan.scope())
+        cat = plan.catalog  # the count sharers' name for the dataset, the same on every node:
+        self.book: CountBook = book_for(plan.folder, plan.files, plan.options.sharer,
+                                        f"{cat.source or cat.name}@{cat.revision or ''}")
         self._files: FolderFiles = open_files(plan, self.book)
         self._producer = Producer(plan, self.book, self._files)
         self._agen: Any = None
@@ -147,13 +149,13 @@ class Stream(Batches):
     def cache_minimum(self) -> int:
         """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now (blocking)."""
         sizes = self.plan.split_sizes()
-        if None in sizes and self.plan.credentials() is not None:
+        if None in sizes and self.plan.credentials is not None:
             sizes = run_sync(_learn_sizes(self.plan, sizes))
         return folder_minimum(self.plan, sizes).size
 
     async def prepare(self) -> dict[int, int]:
         """Learn every shard's row-group count now (``epoch_length`` then answers at once)."""
-        return await self.book.require(list(self.plan.shards), self.plan.credentials(), self.plan.options.retry)
+        return await self.book.require(list(self.plan.shards), self.plan.credentials, self.plan.options.retry)
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Row groups (batches) every rank reads in ``epoch`` (default: the first this stream reads, from its
