@@ -38,14 +38,13 @@ def open_files(plan: Plan, book: CountBook) -> FolderFiles:
     return FolderFiles(plan)
 
 
-def folder_minimum(plan: Plan, sizes: list[int | None] | None = None) -> Minimum:
+def folder_minimum(plan: Plan, sizes: list[int | None]) -> Minimum:
     """The smallest ``cache_limit`` that works for ``plan``'s stream (sizes: as known). Blocking."""
-    r = plan.ranks
-    return minimum(plan.folder, plan.catalog, [plan.files[s] for s in plan.shards],
-                   plan.split_sizes() if sizes is None else sizes, r.local_world_size, plan.options.read_ahead.files)
+    return minimum(plan.folder, plan.catalog, [plan.files[s] for s in plan.shards], sizes,
+                   plan.ranks.local_world_size, plan.options.read_ahead.files)
 
 
-def check_limit(plan: Plan, sizes: list[int | None] | None = None) -> None:
+def check_limit(plan: Plan, sizes: list[int | None]) -> None:
     """ConfigError, with the sizes and the smallest limit that works, if ``plan.cache_limit`` is below it."""
     if plan.cache_limit is not None:
         m = folder_minimum(plan, sizes)

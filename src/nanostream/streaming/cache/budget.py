@@ -14,7 +14,7 @@ from pathlib import Path
 from ...shards import RECORD_NAME
 from ...sources.catalog import Catalog, read_catalog
 from .claims import Claim, ClaimInfo, Needs, cache_lock, evict, live_claims
-from .usage import FolderScan, fmt, reserve_size, scan
+from .usage import STATE_BYTES, FolderScan, file_blocks, fmt, scan
 
 log = logging.getLogger(__name__)
 STALLED_S = 60.0  # a reader whose place has not changed for this long protects nothing from a demand
@@ -50,7 +50,7 @@ class FolderBudget:
     def reserve(self, rel: str, size: int, now: bool) -> bool:
         """Reserve room for downloading ``rel`` (``size`` bytes), evicting as needed; False if it does not
         fit now (a demand is then recorded as waiting, so prefetches leave it room)."""
-        need = reserve_size(size)
+        need = file_blocks(size) + STATE_BYTES  # what its part file and state file may take while it runs
         with cache_lock(self.folder):
             mine = self._own()
             view, others = scan(self.folder, self.record()), live_claims(self.folder, skip=mine.name)

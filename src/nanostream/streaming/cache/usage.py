@@ -28,11 +28,10 @@ DOWNLOAD = re.compile(rf"{re.escape(BOOKKEEPING_PREFIX)}\.(.+)\.(part|state)")  
 
 def fmt(n: float) -> str:
     """Bytes for people: ``812.4 MB``, ``3.20 GB``, ``52.1 kB``."""
-    if abs(n) >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} kB" if abs(n) >= 1e3 else f"{int(n)} bytes"
+    for unit, size, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if abs(n) >= size:
+            return f"{n / size:.{digits}f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def allocated(st: os.stat_result) -> int:
@@ -42,11 +41,6 @@ def allocated(st: os.stat_result) -> int:
 def file_blocks(size: int) -> int:
     """What a ``size``-byte file takes on disk: whole blocks, and one more of slack."""
     return -(-size // BLOCK) * BLOCK + BLOCK
-
-
-def reserve_size(size: int) -> int:
-    """What a download of a ``size``-byte file may take while it runs: its part file and its state file."""
-    return file_blocks(size) + STATE_BYTES
 
 
 def filesystem_bytes(folder: Path) -> int:
