@@ -144,8 +144,8 @@ def test_cache_limit_forms_and_env(tmp_path: Path) -> None:
 def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_path: Path) -> None:
     view = FolderScan(tmp_path, files=dict.fromkeys("abcde", 10), kinds={**dict.fromkeys("abcd", "data"), "e": "local"},
                       atime={"a": 1, "b": 2, "c": 3, "d": 4, "e": 0})
-    me = ClaimInfo("me", future={"x": 2, "a": 1, "b": 9}, at=0, run="r")
-    other = ClaimInfo("other", future={"b": 3, "c": 5}, at=0, run="r")  # needs b sooner than we do
+    me = ClaimInfo("me", needs=Needs({"x": 2, "a": 1, "b": 9}, {}, 0, "r"))
+    other = ClaimInfo("other", needs=Needs({"b": 3, "c": 5}, {}, 0, "r"))  # needs b sooner than we do
     # never needed again (d) first, then the one needed latest (c at 5, b at min(9, 3) = 3, a at 1);
     # e is local-only: never a victim
     assert victims("belady", view, [me, other], {}, "x", now=True, me=me) == [
@@ -156,11 +156,11 @@ def test_belady_evicts_what_is_needed_latest_lru_what_was_read_longest_ago(tmp_p
     assert victims("belady", view, [me, other], {"c": 10}, "x", me=me)[:2] == [("d", False), ("b", False)]
     # a reader is on "h" now, which nobody needs again: a prefetch waits for it rather than evict d, needed at 30
     # (a demand does not wait)
-    reading = ClaimInfo("reading", future={"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, after={"h": -1})
+    reading = ClaimInfo("reading", needs=Needs({"h": 0, "x": 2, "a": 10, "b": 20, "c": 25, "d": 30}, {"h": -1}))
     held = FolderScan(tmp_path, files={**view.files, "h": 10}, kinds={**view.kinds, "h": "data"}, atime=view.atime)
     assert victims("belady", held, [reading], {}, "x", now=False, me=reading) == []
     assert victims("belady", held, [reading], {}, "x", now=True, me=reading)[0] == ("d", False)
-    soon = ClaimInfo("reading", future=reading.future, after={"h": 5})  # h is needed again before d: no wait
+    soon = ClaimInfo("reading", needs=Needs(reading.needs.future, {"h": 5}))  # h is needed again before d: no wait
     assert victims("belady", held, [soon], {}, "x", now=False, me=soon)[0] == ("d", False)
     assert [v for v, _ in victims("lru", view, [me, other], {}, "x")] == ["a", "b", "c", "d"]
 
@@ -172,8 +172,8 @@ def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
     from its own place."""
     view = FolderScan(tmp_path, files=dict.fromkeys("abcn", 10), kinds=dict.fromkeys("abcn", "data"),
                       atime=dict.fromkeys("abcn", 0))
-    leader = ClaimInfo("leader", future={"x": 40, "c": 44, "n": 90}, after={}, at=40, run="r")
-    behind = ClaimInfo("behind", future={"a": 12, "b": 16, "x": 40, "c": 44, "n": 90}, at=10, run="r")
+    leader = ClaimInfo("leader", needs=Needs({"x": 40, "c": 44, "n": 90}, {}, 40, "r"))
+    behind = ClaimInfo("behind", needs=Needs({"a": 12, "b": 16, "x": 40, "c": 44, "n": 90}, {}, 10, "r"))
     claims = [leader, behind]
     assert victims("belady", view, claims, {}, "x", now=False, me=leader) == [("n", False), ("c", False)]
     assert victims("belady", view, claims, {}, "x", now=True, me=leader) == [("n", False), ("c", False)]
@@ -181,7 +181,7 @@ def test_no_eviction_takes_a_file_a_reader_needs_sooner(tmp_path: Path) -> None:
         ("n", False), ("c", False), ("b", False), ("a", False)]  # that reader stalled: Belady's order
     assert victims("belady", view, claims, {}, "b", now=True, me=behind) == [
         ("n", False), ("c", False), ("a", False)]  # b is needed at 16, later than a: a goes last
-    other_run = ClaimInfo("val", future={"a": 1005, "b": 1001}, at=1000, run="v")  # b 1 from its place
+    other_run = ClaimInfo("val", needs=Needs({"a": 1005, "b": 1001}, {}, 1000, "v"))  # b 1 from its place
     assert victims("belady", view, [leader, other_run], {}, "x", now=False, me=leader) == [
         ("n", False), ("a", False), ("c", False), ("b", False)]  # on the leader's clock: a 45, c 44, b 41, x 40
 
@@ -195,8 +195,8 @@ places = st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 60), max_si
 def test_eviction_never_takes_a_file_needed_before_the_one_it_makes_room_for(mine, at, others, rel) -> None:
     """For any readers of one run: a prefetch evicts only files every reader needs after the prefetched one;
     a demand (needed at our own place) only files no other reader needs before that place."""
-    me = ClaimInfo("me", future={**{f: max(p, at) for f, p in mine.items()}, rel: at}, at=at, run="r")
-    peers = [ClaimInfo(f"p{k}", future={f: max(p, a) for f, p in fut.items()}, at=a, run="r")
+    me = ClaimInfo("me", needs=Needs({**{f: max(p, at) for f, p in mine.items()}, rel: at}, {}, at, "r"))
+    peers = [ClaimInfo(f"p{k}", needs=Needs({f: max(p, a) for f, p in fut.items()}, {}, a, "r"))
              for k, (fut, a) in enumerate(others)]
     names = [f for f in "abcdefgh" if f != rel]
     view = FolderScan(Path("folder"), files=dict.fromkeys(names, 10), kinds=dict.fromkeys(names, "data"),

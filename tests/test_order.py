@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanostream.errors import ConfigError
-from nanostream.streaming.order import Cursor, EpochDeal, NeedCounts, SettledDeal, cursor_after
+from nanostream.streaming.order import Cursor, EpochDeal, NeedCounts, SettledDeal
 from nanostream.streaming.ranks import Ranks, worker_stride
 
 
@@ -229,7 +229,7 @@ def test_what_a_reader_reads_before_every_count_is_known_is_what_the_settled_pla
     if taken == 0:
         return  # nothing read yet: the base (or, settled with nothing to read, the next epoch)
     try:
-        early = cursor_after(d, taken, partial)
+        early = d.cursor_after(taken, partial)
     except NeedCounts as exc:
         assert exc.shards and not set(exc.shards) & set(partial)
     else:

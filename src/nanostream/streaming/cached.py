@@ -9,13 +9,14 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, FetchError
+from ..errors import ConfigError
 from ..sources.counts import CountBook
 from .cache.budget import FolderBudget
 from .cache.claims import Needs, ReadLock
@@ -32,19 +33,18 @@ FILES = 512  # files a reader's needs cover (the nearest ones); the claim file c
 def open_files(plan: Plan, book: CountBook) -> FolderFiles:
     """The provider for ``plan``: a cache under a ``cache_limit`` when something can be fetched again, else the
     folder (whose size was checked when the plan was made)."""
-    if plan.cache_limit is not None and plan.credentials() is not None:
+    if plan.cache_limit is not None and plan.credentials is not None:
         return CachedFiles(plan, book)
     return FolderFiles(plan)
 
 
-def folder_minimum(plan: Plan, sizes: list[int | None] | None = None) -> Minimum:
+def folder_minimum(plan: Plan, sizes: list[int | None]) -> Minimum:
     """The smallest ``cache_limit`` that works for ``plan``'s stream (sizes: as known). Blocking."""
-    r = plan.ranks
-    return minimum(plan.folder, plan.catalog, [plan.files[s] for s in plan.shards],
-                   plan.split_sizes() if sizes is None else sizes, r.local_world_size, plan.options.read_ahead.files)
+    return minimum(plan.folder, plan.catalog, [plan.files[s] for s in plan.shards], sizes,
+                   plan.ranks.local_world_size, plan.options.read_ahead.files)
 
 
-def check_limit(plan: Plan, sizes: list[int | None] | None = None) -> None:
+def check_limit(plan: Plan, sizes: list[int | None]) -> None:
     """ConfigError, with the sizes and the smallest limit that works, if ``plan.cache_limit`` is below it."""
     if plan.cache_limit is not None:
         m = folder_minimum(plan, sizes)
@@ -81,13 +81,7 @@ class CachedFiles(FolderFiles):
         await asyncio.to_thread(check_limit, self.plan, sizes)
 
     async def reader_at(self, epoch: int, taken: int, deal: EpochDeal, settled: SettledDeal | None = None) -> None:
-        if settled is not None:
-            self.needs.settled(epoch, settled.length)
-            needs = await asyncio.to_thread(self.needs.needs, epoch, settled, taken)
-        else:
-            needs = await asyncio.to_thread(lambda: self.needs.needs(epoch, self.needs.estimate(epoch, deal.base),
-                                                                     taken))
-        await asyncio.to_thread(self.budget.publish, needs)
+        await asyncio.to_thread(lambda: self.budget.publish(self.needs.needs(epoch, taken, deal.base, settled)))
 
     @property
     def evicted(self) -> int:
@@ -109,7 +103,7 @@ class CachedFiles(FolderFiles):
 
     async def _download(self, index: int) -> Path:
         file = self.files[index]
-        size = file.size if file.size is not None else await self._size(index)
+        size = file.size if file.size is not None else await self.size(index)
         await self._wait_for_room(file.path, size)
         try:
             return await super()._download(index)
@@ -132,11 +126,8 @@ class CachedFiles(FolderFiles):
                 if now and time.monotonic() - told > WAIT_LOG_S:
                     told = time.monotonic()
                     log.warning("waiting %.0fs for room under cache_limit: %s", told - since, self.budget.shortfall)
-                if now:
-                    await asyncio.sleep(delay)
-                else:  # a prefetch that becomes a demand, or moves up, asks again at once
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._woken.wait(), delay)
+                with contextlib.suppress(asyncio.TimeoutError):  # a prefetch that becomes a demand, or moves up,
+                    await asyncio.wait_for(self._woken.wait(), delay)  # asks again at once
                 delay = min(delay * 1.5, 0.25 if now else 1.0)
         finally:
             self._queued.remove(rel)
@@ -149,20 +140,6 @@ class CachedFiles(FolderFiles):
     async def _release(self, rel: str) -> None:
         if self.budget.holds(rel):  # else no trip to a thread
             await asyncio.to_thread(self.budget.release, rel)
-
-    async def _size(self, index: int) -> int:
-        """The size the server announces for file ``index`` (HEAD)."""
-        file = self.files[index]
-        fetcher = await self.fetcher()
-        try:
-            size = await fetcher.head(file)  # retried as a download would be
-        except FetchError as exc:
-            raise FetchError(f"cannot learn the size of {file.path} for cache_limit: {exc}", shard=file.path,
-                             url=file.url) from exc
-        if size is None:
-            raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
-                             "given room under cache_limit; stream without cache_limit", shard=file.path, url=file.url)
-        return size
 
 
 def run_name(plan: Plan) -> str:
@@ -179,82 +156,54 @@ class ReaderNeeds:
     def __init__(self, plan: Plan, book: CountBook) -> None:
         self.plan, self.book = plan, book
         self.run = run_name(plan)
-        self._starts: dict[int, int] = {}  # epoch -> the clock at its first row group (``settled``)
-        self._counts: tuple[int, dict[int, int]] | None = None  # (counts the book knew, every count estimated)
-        self._estimates: dict[tuple[int, Cursor | None], tuple[int, SettledDeal]] = {}
-        self._runs: dict[int, tuple[SettledDeal, list[int], list[int]]] = {}
-
-    def counts(self) -> dict[int, int]:
-        """Every shard's count: the book's where it knows it, else the mean of those it knows (1 if none)."""
-        version = len(self.book.log)
-        if self._counts is None or self._counts[0] != version:
-            known = self.book.snapshot()
-            mean = round(sum(known.values()) / len(known)) if known else 1
-            self._counts = (version, {s: known.get(s, mean) for s in self.plan.shards})
-        return self._counts[1]
+        self._starts: dict[int, int] = {}  # epoch -> the clock at its first row group
+        self._estimates: dict[tuple[int, Cursor | None, int], SettledDeal] = {}
 
     def estimate(self, epoch: int, base: Cursor | None = None) -> SettledDeal:
-        """The epoch's deal settled by ``counts()``: the file order exact, the places of shards whose counts
-        are not known yet estimated. Made again when the book learns a count."""
-        key, version = (epoch, base), len(self.book.log)
-        got = self._estimates.get(key)
-        if got is None or got[0] != version:
+        """The epoch's deal settled by the counts the book knows, the others estimated by their mean (1 if none
+        is known): the file order exact. Made again when the book learns a count."""
+        key = (epoch, base, len(self.book.log))
+        if key not in self._estimates:
+            known = self.book.snapshot()
+            mean = round(sum(known.values()) / len(known)) if known else 1
             if len(self._estimates) >= 2:
                 self._estimates.pop(next(iter(self._estimates)))
-            self._estimates[key] = got = (version, SettledDeal(self.plan.deal(epoch, base), self.counts()))
-        return got[1]
+            self._estimates[key] = SettledDeal(self.plan.deal(epoch, base),
+                                               {s: known.get(s, mean) for s in self.plan.shards})
+        return self._estimates[key]
 
-    def settled(self, epoch: int, length: int) -> None:
-        """Epoch ``epoch`` is settled at ``length`` row groups a reader: the next one starts that much later."""
-        begin = self._starts.setdefault(epoch, max(self._starts.values(), default=0))
-        self._starts = {epoch: begin, epoch + 1: begin + length}
-
-    def _shard_runs(self, epoch: int, deal: SettledDeal) -> tuple[list[int], list[int]]:
-        """Where each of the reader's runs of one shard starts (its row groups taken), and that shard."""
-        got = self._runs.get(epoch)
-        if got is None or got[0] is not deal:
-            starts: list[int] = []
-            shards: list[int] = []
-            for k, (p, _) in enumerate(deal.places(self.plan.ranks.rank)):  # shards only: no row-group order
-                if not shards or shards[-1] != deal.deal.order[p]:
-                    starts.append(k)
-                    shards.append(deal.deal.order[p])
-            if len(self._runs) >= 2:
-                self._runs.pop(next(iter(self._runs)))
-            self._runs[epoch] = got = (deal, starts, shards)
-        return got[1], got[2]
-
-    def needs(self, epoch: int, deal: SettledDeal, taken: int) -> Needs:
-        """The reader at ``taken`` of ``deal`` (settled or estimated): ``{path: place where it needs the file
-        next}`` over this epoch and the next, ``{path of the file read now: place where it is needed again}``
-        (-1: never), its own place and the run's name."""
+    def needs(self, epoch: int, taken: int, base: Cursor | None, settled: SettledDeal | None) -> Needs:
+        """The reader at ``taken`` of epoch ``epoch`` (its deal from ``base``: ``settled``, else estimated):
+        ``{path: place where it needs the file next}`` over this epoch and the next, ``{path of the file read
+        now: place where it is needed again}`` (-1: never), its own place and the run's name."""
         begin = self._starts.setdefault(epoch, max(self._starts.values(), default=0))  # the run starts at 0
-        need: dict[int, int] = {}
-        starts, shards = self._shard_runs(epoch, deal)
-        _add(need, starts, shards, taken, begin)
-        i = max(bisect.bisect_right(starts, taken) - 1, 0)
-        again: dict[int, float] = {}
-        if i < len(shards):
-            later = (begin + starts[j] for j in range(i + 1, len(shards)) if shards[j] == shards[i])
-            again[shards[i]] = next(later, math.inf)
+        if settled is not None:  # the next epoch starts that much later
+            self._starts = {epoch: begin, epoch + 1: begin + settled.length}
+        deal = settled or self.estimate(epoch, base)
+        rank, need = self.plan.ranks.rank, {}
+        runs = deal.runs(rank)
+        i = _add(need, runs, taken, begin)
+        now = runs[i][1] if runs else None  # the shard read now, and when it is needed again
+        again = next((begin + k for k, s in itertools.islice(runs, i + 1, None) if s == now), -1)
         nxt = epoch + 1
         if self.plan.options.epochs is None or nxt < self.plan.options.epochs:
             begin2 = self._starts.get(nxt, begin + max(deal.length, taken))  # never before the reader's place
-            starts2, shards2 = self._shard_runs(nxt, self.estimate(nxt))
-            _add(need, starts2, shards2, 0, begin2)
-            first2 = dict(zip(reversed(shards2), reversed(starts2), strict=True))
-            again = {s: d if d < math.inf or s not in first2 else begin2 + first2[s] for s, d in again.items()}
+            runs2 = self.estimate(nxt).runs(rank)
+            _add(need, runs2, 0, begin2)
+            if again < 0:
+                again = next((begin2 + k for k, s in runs2 if s == now), -1)
         nearest = sorted(need.items(), key=lambda kv: kv[1])[:FILES]
         files = self.plan.files
-        return Needs({files[s].path: d for s, d in nearest},
-                     {files[s].path: int(d) if d < math.inf else -1 for s, d in again.items()}, begin + taken, self.run)
+        return Needs({files[s].path: d for s, d in nearest}, {} if now is None else {files[now].path: again},
+                     begin + taken, self.run)
 
 
-def _add(need: dict[int, int], starts: list[int], shards: list[int], at: int, offset: int) -> None:
-    """Fold the reader's runs from place ``at`` into ``need`` (first need of each shard on the clock, the epoch
-    starting at ``offset``), the nearest ``FILES`` of them."""
-    first = max(bisect.bisect_right(starts, at) - 1, 0)
-    for i in range(first, min(len(starts), first + FILES)):
-        d = offset + max(starts[i], at)
-        if d < need.get(shards[i], d + 1):
-            need[shards[i]] = d
+def _add(need: dict[int, int], runs: list[tuple[int, int]], at: int, offset: int) -> int:
+    """Fold the reader's runs (``SettledDeal.runs``) from place ``at`` into ``need`` (first need of each shard on
+    the clock, the epoch starting at ``offset``), the nearest ``FILES`` of them; the index of the run at ``at``."""
+    first = max(bisect.bisect_right(runs, (at, math.inf)) - 1, 0)
+    for k, shard in runs[first:first + FILES]:
+        d = offset + max(k, at)
+        if d < need.get(shard, d + 1):
+            need[shard] = d
+    return first

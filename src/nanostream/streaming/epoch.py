@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..errors import ConfigError
 from ..fetch.partial import part_path
 from ..sources.counts import FETCH_EVERY, CountBook
-from .order import EpochDeal, NeedCounts, SettledDeal, reader_place
+from .order import EpochDeal, NeedCounts, SettledDeal
 from .plan import Plan, Position
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ class Tally:
         self.deal, self.book = deal, book
         self._left_at = {deal.order[p]: p for p in deal.left}
         self._seen = 0  # entries of book.log counted
-        self._unknown = len(self._left_at)
         self.known_left = 0
         self.settled: SettledDeal | None = None
 
@@ -49,8 +49,7 @@ class Tally:
             p = self._left_at.pop(shard, None)
             if p is not None:
                 self.known_left += len(self.deal.places(p, self.book.get(shard) or 0))
-                self._unknown -= 1
-        if self._unknown == 0 and self.settled is None:
+        if not self._left_at and self.settled is None:
             self.settled = SettledDeal(self.deal, self.book.snapshot())
         return self._seen > seen
 
@@ -60,9 +59,9 @@ class EpochCounts(Tally):
     ``GRACE`` s without enough (none on one node, ``LANDING`` while the node's next download lands) it reads
     remote footers, ``BATCH`` at a time, the ones the bound needs soonest first."""
 
-    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan, credentials: Any) -> None:
+    def __init__(self, deal: EpochDeal, book: CountBook, plan: Plan) -> None:
         super().__init__(deal, book)
-        self.plan, self.credentials = plan, credentials
+        self.plan = plan
         self.node = plan.ranks.rank // deal.local_world_size
         self.at = 0  # index into the node's piece of the shard being read (what to ask for first)
         self._learned = asyncio.Event()
@@ -73,9 +72,10 @@ class EpochCounts(Tally):
             return True
         return False
 
-    async def until_safe(self, j: int) -> bool:
-        """Wait until row group ``j`` of the node's piece may be read: True; False once the epoch is settled
-        (the reader then goes on by the settled deal)."""
+    async def until_safe(self, taken: int) -> bool:
+        """Wait until the reader's row group number ``taken`` (of the node's piece: place ``rank % L + L *
+        taken``) may be read: True; False once the epoch is settled (the reader then goes on by the settled deal)."""
+        j = self.plan.ranks.rank % self.deal.local_world_size + self.deal.local_world_size * taken
         await self._wait(lambda: self.settled is not None or j < self.deal.safe(self.known_left))
         return self.settled is None
 
@@ -93,7 +93,7 @@ class EpochCounts(Tally):
             grace = LANDING if landing else GRACE if self.deal.nodes > 1 else 0.0
             left = grace - (time.monotonic() - since)
             if left <= 0:
-                await self.book.read_remote(self._priority()[:BATCH], self.credentials, self.plan.options.retry)
+                await self.book.read_remote(self._priority()[:BATCH], self.plan.credentials, self.plan.options.retry)
             else:
                 self._learned.clear()
                 with contextlib.suppress(asyncio.TimeoutError):  # woken by what ``watch`` learns
@@ -117,13 +117,9 @@ class EpochCounts(Tally):
     def _priority(self) -> list[int]:
         """Shards whose counts are unknown, the ones the bound needs soonest first."""
         out = self._own_next()
-        pieces = [self.deal.piece(n) for n in range(self.deal.nodes)]
-        for k in range(max((len(x) for x in pieces), default=0)):
-            for piece in pieces:
-                if k < len(piece) and self.deal.order[piece[k]] in self._left_at:
-                    out.append(self.deal.order[piece[k]])
+        for places in itertools.zip_longest(*(self.deal.piece(n) for n in range(self.deal.nodes))):
+            out.extend(self.deal.order[p] for p in places if p is not None and self.deal.order[p] in self._left_at)
         return list(dict.fromkeys(out))
-
 
 
 async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int, int]], T]) -> T:
@@ -132,7 +128,7 @@ async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int
         try:
             return answer(book.snapshot())
         except NeedCounts as exc:
-            await book.require(list(exc.shards), plan.credentials(), plan.options.retry)
+            await book.require(list(exc.shards), plan.credentials, plan.options.retry)
 
 
 def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int, int]) -> int:
@@ -140,7 +136,7 @@ def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int
     ``NeedCounts`` if the counts do not tell yet)."""
     try:
         if position.taken > 0:
-            p, g = reader_place(deal, rank, position.taken - 1, counts)
+            p, g = deal.reader_place(rank, position.taken - 1, counts)
             if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == (position.shard, position.row_group):
                 return position.taken
     except IndexError:

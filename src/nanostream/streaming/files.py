@@ -5,9 +5,9 @@ missing. ``FolderFiles`` is the unbounded data folder; ``cached.CachedFiles`` th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,12 @@ class FolderFiles:
 
     def __init__(self, plan: Plan) -> None:
         self.plan, self.folder, self.files = plan, plan.folder, plan.files
-        self.credentials = plan.credentials()
         self.fetched = 0  # files downloaded for this stream (or waited for while another process did)
         self._downloads: dict[int, asyncio.Task[Path | BaseException]] = {}
         self._checked: set[int] = set()
         self._scope = task_group()
         self._group: TaskGroup | None = None
-        self._closing = AsyncExitStack()  # the fetcher, closed once every download task has ended
+        self._closing = contextlib.AsyncExitStack()  # the fetcher, closed once every download task has ended
         self._fetcher: Any = None
         self._fetcher_lock = asyncio.Lock()
 
@@ -55,7 +54,7 @@ class FolderFiles:
 
     def remote(self, index: int) -> bool:
         """Can file ``index`` be downloaded (again)?"""
-        return self.credentials is not None and bool(self.files[index].url)
+        return self.plan.credentials is not None and bool(self.files[index].url)
 
     def path(self, index: int) -> Path:
         return self.folder / self.files[index].path
@@ -73,8 +72,9 @@ class FolderFiles:
         lock = await self._local(index)
         try:
             self.prefetch(list(upcoming)[: self.plan.options.read_ahead.files])
-            if index not in self._checked:
-                await asyncio.to_thread(_check_column, lock.path, self.plan.catalog.text_column)
+            if index not in self._checked:  # an unreadable file is left to the reader (which may fetch it again)
+                with contextlib.suppress(CorruptShardError):
+                    await asyncio.to_thread(check_text_column, lock.path, self.plan.catalog.text_column)
                 self._checked.add(index)
         except BaseException:
             lock.release()
@@ -149,19 +149,30 @@ class FolderFiles:
         unknown: the download reports them)."""
         shards = self.plan.shards
         todo = [k for k, size in enumerate(sizes) if size is None and self.remote(shards[k])][:probe]
-        if not todo:
-            return sizes
-        fetcher = await self.fetcher()
-        got = await asyncio.gather(*(fetcher.head(self.files[shards[k]]) for k in todo), return_exceptions=True)
+        got = await asyncio.gather(*(self.size(shards[k]) for k in todo), return_exceptions=True)
         out = list(sizes)
         for k, size in zip(todo, got, strict=True):
             if isinstance(size, int):
                 out[k] = size
-            elif isinstance(size, BaseException) and not isinstance(size, Exception):
+            elif not isinstance(size, Exception):
                 raise size
             else:
                 log.debug("size of %s unknown: %s", self.files[shards[k]].path, size)
         return out
+
+    async def size(self, index: int) -> int:
+        """The size the server announces for file ``index`` (HEAD)."""
+        file = self.files[index]
+        fetcher = await self.fetcher()
+        try:
+            size = await fetcher.head(file)  # retried as a download would be
+        except FetchError as exc:
+            raise FetchError(f"cannot learn the size of {file.path} for cache_limit: {exc}", shard=file.path,
+                             url=file.url) from exc
+        if size is None:
+            raise FetchError(f"{file.url} does not say how large {file.path} is, so its download cannot be "
+                             "given room under cache_limit; stream without cache_limit", shard=file.path, url=file.url)
+        return size
 
     async def fetcher(self) -> Any:
         """The stream's ``Fetcher``, opened at the first download (the folder's record written then)."""
@@ -174,25 +185,12 @@ class FolderFiles:
                     self.folder.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ConfigError(f"cannot create data folder {self.folder}: {exc}") from exc
-                fetcher = Fetcher(self.folder, workers=o.read_ahead.connections, credentials=self.credentials,
+                fetcher = Fetcher(self.folder, workers=o.read_ahead.connections, credentials=self.plan.credentials,
                                   retry=o.retry or DEFAULT_RETRY)
                 self._fetcher = await self._closing.enter_async_context(fetcher)
-                _record(self.folder, self.plan)
+                try:  # the folder's record, if it has none: later readers know its files and validation
+                    if read_catalog(self.folder) is None:
+                        write_catalog(self.folder, self.plan.catalog)
+                except OSError as exc:
+                    log.warning("could not write %s/.nanostream.json (%s); continuing", self.folder, exc)
             return self._fetcher
-
-
-def _record(folder: Path, plan: Plan) -> None:
-    """Write the folder's record if it has none, so later readers know its files and validation."""
-    try:
-        if read_catalog(folder) is None:
-            write_catalog(folder, plan.catalog)
-    except OSError as exc:
-        log.warning("could not write %s/.nanostream.json (%s); continuing", folder, exc)
-
-
-def _check_column(path: Path, column: str) -> None:
-    """``check_text_column``, leaving unreadable files to the reader (which may fetch them again)."""
-    try:
-        check_text_column(path, column)
-    except CorruptShardError:
-        pass

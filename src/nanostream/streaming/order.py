@@ -67,14 +67,6 @@ def merge(spans: list[Span]) -> tuple[Span, ...]:
     return tuple((a, b, c, d) for a, b, c, d in out)
 
 
-def run_span(first: tuple[int, int], last: tuple[int, int], count_of_last: int) -> Span:
-    """The span from place ``first`` through place ``last`` (the end normalized to the next shard when
-    ``last`` is its shard's final row group)."""
-    p, g = last
-    end = (p + 1, 0) if g + 1 >= count_of_last else (p, g + 1)
-    return (*first, *end)
-
-
 Place = tuple[int, int]  # (position in the epoch's shard order, position in that shard's row-group order)
 
 
@@ -163,49 +155,41 @@ class EpochDeal:
             out.extend((p, g) for g in self.places(p, counts[shard]))
         return out if upto is None else out[:upto]
 
-    def early_place(self, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
-        """The place of ``reader``'s row group number ``taken`` (0-based) before the settlement: only while it
-        is within the bound (``NeedCounts`` otherwise; ``settle.reader_place`` is the one to call)."""
+    def reader_place(self, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
+        """The place of ``reader``'s row group number ``taken`` (0-based; IndexError past its share). Before the
+        settlement only while it is within the bound (``NeedCounts`` otherwise)."""
+        if not self.missing(counts):
+            return SettledDeal(self, counts).places(reader)[taken]
         L = self.local_world_size
         j = reader % L + taken * L
-        if j >= self.safe(self.known_left(counts)):
-            raise NeedCounts(self.missing(counts))
-        got = self.piece_places(reader // L, counts, j + 1)
+        got = self.piece_places(reader // L, counts, j + 1) if j < self.safe(self.known_left(counts)) else []
         if len(got) <= j:
             raise NeedCounts(self.missing(counts))
         return got[j]
 
-    def early_cursor(self, taken: int, counts: Mapping[int, int]) -> Cursor:
-        """The global position once every reader has taken its first ``taken`` row groups, before the
-        settlement: only while ``taken <= K // R`` (else ``NeedCounts`` for the rest; ``settle.cursor_after``
-        is the one to call)."""
-        base = self.base or Cursor(self.epoch, shards=len(self.order))
-        if taken <= 0:
-            return base
+    def cursor_after(self, taken: int, counts: Mapping[int, int]) -> Cursor:
+        """The global position once every reader has taken its first ``taken`` row groups. Before the
+        settlement only while ``taken <= K // R`` (else ``NeedCounts`` for the rest)."""
+        if not self.missing(counts):
+            return SettledDeal(self, counts).cursor_after(taken)
+        k = self.local_world_size * max(taken, 0)
         if taken > self.known_left(counts) // self.world_size:
             raise NeedCounts(self.missing(counts))
-        k = self.local_world_size * taken
-        spans: list[Span] = list(base.spans)
-        for n in range(self.nodes):
-            got = self.piece_places(n, counts, k)
-            if len(got) < k:  # a short piece: its node reads leftovers, dealt at the settlement
-                raise NeedCounts(self.missing(counts))
-            spans.append(run_span(got[0], got[-1], counts[self.order[got[-1][0]]]))
-        return Cursor(self.epoch, merge(spans), base.consumed + self.nodes * k, len(self.order))
+        runs = [self.piece_places(n, counts, k) for n in range(self.nodes)]
+        if any(len(run) < k for run in runs):  # a short piece: its node reads leftovers, dealt at the settlement
+            raise NeedCounts(self.missing(counts))
+        return self.cursor(runs, counts)
 
-
-def cursor_after(deal: EpochDeal, taken: int, counts: Mapping[int, int]) -> Cursor:
-    """The global position once every reader has taken its first ``taken`` row groups of ``deal``."""
-    if not deal.missing(counts):
-        return SettledDeal(deal, counts).cursor_after(taken)
-    return deal.early_cursor(taken, counts)
-
-
-def reader_place(deal: EpochDeal, reader: int, taken: int, counts: Mapping[int, int]) -> Place:
-    """The place of ``reader``'s row group number ``taken`` (0-based; IndexError past its share)."""
-    if not deal.missing(counts):
-        return SettledDeal(deal, counts).places(reader)[taken]
-    return deal.early_place(reader, taken, counts)
+    def cursor(self, runs: list[list[Place]], counts: Mapping[int, int]) -> Cursor:
+        """The base cursor with ``runs`` consumed too (each a run of consecutive unconsumed places)."""
+        base = self.base or Cursor(self.epoch, shards=len(self.order))
+        spans, consumed = list(base.spans), base.consumed
+        for run in filter(None, runs):
+            (p, g), (q, h) = run[0], run[-1]
+            end = (q + 1, 0) if h + 1 >= counts[self.order[q]] else (q, h + 1)  # a shard read to its end: the next
+            spans.append((p, g, *end))
+            consumed += len(run)
+        return Cursor(self.epoch, merge(spans), consumed, len(self.order))
 
 
 class SettledDeal:
@@ -227,23 +211,21 @@ class SettledDeal:
                 "more shards")
         self.length = left // R if deal.drop_last else -(-left // R)
         q = L * self.length
-        tails = [(m, q, len(x)) for m, x in enumerate(pieces) if len(x) > q]
-        self._segments: list[list[tuple[int, int, int]]] = []  # per node: (owner node, from, to) of owner's piece
-        for n in range(N):
-            segs = [(n, 0, min(len(pieces[n]), q))]
-            need = q - segs[0][2]
+        tails = [x[q:] for x in pieces if len(x) > q]  # what nodes with more than their share leave over
+        self._streams: list[list[list[Place]]] = []  # per node: its own part, then the leftovers it took
+        for x in pieces:
+            runs, need = [x[:q]], q - min(len(x), q)
             while need > 0 and tails:
-                m, a, b = tails[0]
-                k = min(need, b - a)
-                segs.append((m, a, a + k))
-                need -= k
-                tails[0] = (m, a + k, b)
-                if a + k == b:
+                runs.append(tails[0][:need])
+                tails[0] = tails[0][need:]
+                need -= len(runs[-1])
+                if not tails[0]:
                     tails.pop(0)
-            self._segments.append(segs)
+            self._streams.append(runs)
         self._pieces = pieces
         self._seqs: dict[int, list[Place]] = {}  # made on demand: a reader needs its own only
-        self.dropped = sum(b - a for _, a, b in tails)
+        self._runs: dict[int, list[tuple[int, int]]] = {}
+        self.dropped = sum(len(t) for t in tails)
         self.padded = max(0, R * self.length - left)
 
     def places(self, reader: int) -> list[Place]:
@@ -253,11 +235,21 @@ class SettledDeal:
         seq = self._seqs.get(reader)
         if seq is None:
             L = self.deal.local_world_size
-            node = [pl for m, a, b in self._segments[reader // L] for pl in self._pieces[m][a:b]]
+            node = [pl for run in self._streams[reader // L] for pl in run]
             own = node[reader % L::L] or node or [pl for x in self._pieces for pl in x]
             seq = (own * (self.length // len(own) + 1))[:self.length] if own else []
             self._seqs[reader] = seq
         return seq
+
+    def runs(self, reader: int) -> list[tuple[int, int]]:
+        """``reader``'s places as runs of one shard: (its row groups taken before the run, the shard), in order."""
+        runs = self._runs.get(reader)
+        if runs is None:
+            runs = self._runs[reader] = []
+            for k, (p, _) in enumerate(self.places(reader)):  # shards only: no row-group order
+                if not runs or runs[-1][1] != self.deal.order[p]:
+                    runs.append((k, self.deal.order[p]))
+        return runs
 
     def sequence(self, reader: int) -> list[tuple[int, int]]:
         d = self.deal
@@ -265,21 +257,12 @@ class SettledDeal:
 
     def cursor_after(self, taken: int) -> Cursor:
         """The global position once every reader has taken its first ``taken`` row groups."""
-        shards = len(self.deal.order)
         if taken >= self.length:
-            return Cursor(self.epoch + 1, shards=shards)
-        base = self.base or Cursor(self.epoch, shards=shards)
-        spans: list[Span] = list(base.spans)
-        consumed = base.consumed
-        for segs in self._segments:
-            k = self.deal.local_world_size * max(taken, 0)
-            for m, a, b in segs:  # the node's own part, then the leftovers it took (padding repeats)
-                n = min(k, b - a)
-                if k <= 0:
-                    break
-                if n <= 0:
-                    continue
-                first, last = self._pieces[m][a], self._pieces[m][a + n - 1]
-                spans.append(run_span(first, last, self.counts[self.deal.order[last[0]]]))
-                consumed, k = consumed + n, k - n
-        return Cursor(self.epoch, merge(spans), consumed, shards)
+            return Cursor(self.epoch + 1, shards=len(self.deal.order))
+        runs = []
+        for node in self._streams:  # its own part, then the leftovers it took (padding repeats)
+            left = self.deal.local_world_size * max(taken, 0)
+            for run in node:
+                runs.append(run[:left])
+                left -= len(runs[-1])
+        return self.deal.cursor(runs, self.counts)

@@ -21,7 +21,6 @@ import pyarrow as pa
 from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError
 from ..sources.counts import CountBook
-from ..sources.footers import local_count
 from .cache.claims import ReadLock
 from .epoch import EpochCounts, taken_at, with_counts
 from .files import FolderFiles
@@ -31,7 +30,7 @@ from .reader import ShardReader, file_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Gate = Callable[[int], Awaitable[bool]]
+Gate = Callable[[int], Awaitable[bool]]  # called with the reader's count of the epoch
 READS_QUEUED = 2  # row-group reads queued on the reader thread beyond the one being handed over
 
 
@@ -44,23 +43,20 @@ class Producer:
         self.produced = 0  # row groups put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
-        self._left = 0  # row groups of the current shard not yet handed over
-        self._executor: ThreadPoolExecutor | None = None
-        self._replaying = False  # the chunks put now are the options' ``replay`` row groups
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")  # its thread starts with a read
 
     async def run(self) -> None:
         """Every row group, then None (or the error that ended the stream). The reader thread and every file
         opened are gone when it returns, also when it is cancelled."""
         end: BaseException | None = None
         try:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")
             async with self.files:
                 await self.files.prepare()
                 await self._produce()
         except Exception as exc:  # noqa: BLE001  (delivered to the consumer, raised there)
             end = exc
         finally:
-            await self._stop_thread()
+            await asyncio.to_thread(self._executor.shutdown)  # joined once it has finished everything queued
             try:
                 await self.book.sync(force=True)  # what this stream learned, for the others
             except Exception as exc:  # noqa: BLE001  (best effort at the end: the counts are learned again)
@@ -74,7 +70,7 @@ class Producer:
         first, end = p.first_epoch(), p.options.epochs
         for epoch in itertools.count(first) if end is None else range(first, end):
             deal = p.deal(epoch, p.start_base() if start is not None else None)
-            counts = EpochCounts(deal, self.book, p, self.files.credentials)
+            counts = EpochCounts(deal, self.book, p)
             skip = 0
             if isinstance(start, Position):  # a resume: the reader's row groups of the epoch before it
                 skip = await with_counts(self.book, p, partial(taken_at, deal, p.ranks.rank, start))
@@ -104,27 +100,26 @@ class Producer:
                     await files.reader_at(epoch, taken, deal)
                 n = await self._count(shard, upcoming, skipping)
                 places = deal.places(pos, n)
-                todo = [(j, deal.row_group(pos, places[j - offset], n))
+                todo = [deal.row_group(pos, places[j - offset], n)  # the reader's: j = i + L * (its count)
                         for j in range(offset + (i - offset) % L, offset + len(places), L) if j // L >= taken]
                 offset += len(places)
                 if not todo:
                     continue
                 await files.reader_at(epoch, taken, deal)  # again, with its count known now
-
-                async def gate(m: int, todo: list[tuple[int, int]] = todo) -> bool:
-                    return await counts.until_safe(todo[m][0])
-
-                done = await self.emit_shard(epoch, shard, [g for _, g in todo], taken, upcoming, deal.base, gate)
+                done = await self.emit_shard(epoch, shard, todo, taken, upcoming, deal.base, counts.until_safe)
                 taken += done
                 if done < len(todo):
                     break  # settled meanwhile: go on by the settled deal
         settled = await counts.settle()
         self.length = settled.length
-        runs = shard_runs(settled.sequence(p.ranks.rank), taken)
-        for k, (shard, first, groups) in enumerate(runs):
-            upcoming = _next_shards(runs, k, ahead)
-            await files.reader_at(epoch, first, deal, settled)
-            await self.emit_shard(epoch, shard, groups, first, upcoming, deal.base)
+        seq, runs = settled.sequence(p.ranks.rank), settled.runs(p.ranks.rank)
+        for k, (start, shard) in enumerate(runs):
+            end = runs[k + 1][0] if k + 1 < len(runs) else len(seq)
+            if end > taken:
+                first = max(start, taken)
+                await files.reader_at(epoch, first, deal, settled)
+                await self.emit_shard(epoch, shard, [g for _, g in seq[first:end]], first,
+                                      _next_shards(runs, k, ahead), deal.base)
 
     async def _count(self, shard: int, upcoming: list[int], skipping: bool = False) -> int:
         """The row groups of a shard of the node's piece: known, else from its footer (downloaded if missing;
@@ -135,21 +130,10 @@ class Producer:
             await book.look([shard])
             n = book.get(shard)
         if n is None and skipping:
-            n = (await book.require([shard], files.credentials, self.plan.options.retry))[shard]
+            n = (await book.require([shard], self.plan.credentials, self.plan.options.retry))[shard]
         if n is None:  # the node reads it anyway: its footer comes with it
-            lock = await files.hold(shard, upcoming)
-            try:
-                n = await asyncio.to_thread(local_count, lock.path, files.remote(shard))
-                if n is None:  # unreadable: fetched once more (as a read would)
-                    seen = file_id(lock.path)
-                    lock.release()
-                    lock = await files.refetch(shard, seen)
-                    n = await asyncio.to_thread(local_count, lock.path, False)
-            finally:
-                if lock is not None:
-                    lock.release()
-            assert n is not None
-            book.learn(shard, n, f"the footer of {self.plan.folder / self.plan.files[shard].path}")
+            n = await self._with_file(shard, upcoming, self._footer_count)
+            book.learn(shard, n, f"the footer of {files.path(shard)}")
         landed = [s for s in upcoming if book.get(s) is None and files.path(s).exists()]
         if landed:  # the next shards downloaded meanwhile: their counts, for the bound and the other nodes
             await book.look(landed)
@@ -160,93 +144,79 @@ class Producer:
         """Put the options' ``replay`` row groups (sorted by shard), each once, flagged, before the order."""
         replay = sorted(set(self.plan.options.replay))
         shards = [s for s, _ in itertools.groupby(s for s, _ in replay)]
-        self._replaying = True
-        try:
-            for k, (shard, pairs) in enumerate(itertools.groupby(replay, key=lambda sg: sg[0])):
-                await self.emit_shard(0, shard, [g for _, g in pairs], 0, shards[k + 1:], None)
-        finally:
-            self._replaying = False
+        for k, (shard, pairs) in enumerate(itertools.groupby(replay, key=lambda sg: sg[0])):
+            await self.emit_shard(0, shard, [g for _, g in pairs], 0, shards[k + 1:], None, replay=True)
 
-    async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
-                         base: Cursor | None, gate: Gate | None = None) -> int:
-        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(k)`` is
-        awaited before the ``k``-th is put (False: stop there). The file is locked from before it is opened
-        until after it is closed (both on the reader thread). Returns how many were put."""
-        done = 0  # of ``groups``, handed over so far
-        refetched = False
+    async def _with_file(self, shard: int, upcoming: list[int], use: Callable[[Path], Awaitable[T]]) -> T:
+        """``use(path)`` of the shard's local file, read-locked until the reader thread is done with it; a corrupt
+        file that can be fetched again is, once, and used again."""
         lock: ReadLock | None = await self.files.hold(shard, upcoming)
         try:
-            while True:
-                assert lock is not None
-                path, seen = lock.path, None
-                try:
-                    handle = await self._open(path)
-                    seen = handle.seen
-                    try:
-                        self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
-                        beyond = [g for g in groups if g >= handle.num_row_groups]
-                        if beyond:
-                            raise ConfigError(f"{path} has {handle.num_row_groups} row groups, but a resume state "
-                                              f"names row group {beyond[0]}: resume with the files the run was "
-                                              "started with")
-                        self._left = len(groups) - done
-                        try:
-                            await self._emit_row_groups(handle, epoch, shard, groups[done:], first + done, base,
-                                                        gate, done)
-                        finally:
-                            done = len(groups) - self._left  # handed over so far, for a retry after a re-fetch
-                        return done
-                    finally:  # queued after any read of this file; the thread is drained before the producer ends
-                        self._submit(handle.close).add_done_callback(_retrieve)
-                except CorruptShardError as exc:
-                    if refetched or not self.files.remote(shard):
-                        raise
-                    refetched = True
-                    log.warning("%s; fetching it again", exc)
-                    old, lock = lock, None
-                    await self._submit(old.release)  # after the close: the reader thread runs them in order
-                    lock = await self.files.refetch(shard, seen or file_id(path))
+            seen = file_id(lock.path)
+            try:
+                return await use(lock.path)
+            except CorruptShardError as exc:
+                if not self.files.remote(shard):
+                    raise
+                log.warning("%s; fetching it again", exc)
+            old, lock = lock, None
+            await self._submit(old.release)  # after the close: the reader thread runs them in order
+            lock = await self.files.refetch(shard, seen)
+            return await use(lock.path)
         finally:
-            if lock is not None:  # released once the reader thread has closed the file
+            if lock is not None:
                 self._submit(lock.release).add_done_callback(_retrieve)
 
-    async def _emit_row_groups(self, handle: ShardReader, epoch: int, shard: int, groups: list[int], taken: int,
-                               base: Cursor | None, gate: Gate | None = None, gated: int = 0) -> None:
-        """Read ``groups`` in order and put them (``gate(gated + k)`` awaited before the ``k``-th: False stops),
-        with up to ``READS_QUEUED`` reads waiting on the reader thread so it never idles meanwhile."""
-        pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
-        try:
-            for k, group in enumerate(groups):
-                while len(pending) < READS_QUEUED and k + len(pending) < len(groups):
-                    pending.append(self._submit(handle.read, groups[k + len(pending)]))
-                if gate is not None and not await gate(gated + k):
-                    return
-                column = await pending.popleft()  # if cancelled: dropped unless started
-                await self.queue.put(Chunk(column, handle.path, Position(epoch, shard, group, taken + k + 1, base),
-                                           last=not self._replaying and taken + k + 1 == self.length,
-                                           replay=self._replaying))
-                self.produced += 1
-                self.max_queued = max(self.max_queued, self.queue.qsize())
-                self._left -= 1
-        finally:
-            for fut in pending:  # reads ahead that nobody will take: dropped if not started
-                fut.cancel()
-                fut.add_done_callback(_retrieve)
+    async def _footer_count(self, path: Path) -> int:
+        handle = await self._open(path)
+        self._submit(handle.close).add_done_callback(_retrieve)
+        return handle.num_row_groups
+
+    async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
+                         base: Cursor | None, gate: Gate | None = None, replay: bool = False) -> int:
+        """Put row groups ``groups`` of one shard; ``first`` is the reader's count before them; ``gate(t)`` is
+        awaited before its ``t``-th is put (False: stop there); ``replay``: the options' ``replay`` row groups.
+        Up to ``READS_QUEUED`` reads wait on the reader thread so it never idles. Returns how many were put."""
+        done = 0  # of ``groups``, handed over so far (a re-fetched file goes on from there)
+
+        async def emit(path: Path) -> int:
+            nonlocal done
+            handle = await self._open(path)
+            pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
+            try:
+                self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
+                beyond = [g for g in groups if g >= handle.num_row_groups]
+                if beyond:
+                    raise ConfigError(f"{path} has {handle.num_row_groups} row groups, but a resume state names row "
+                                      f"group {beyond[0]}: resume with the files the run was started with")
+                while done < len(groups):
+                    while len(pending) < READS_QUEUED and done + len(pending) < len(groups):
+                        pending.append(self._submit(handle.read, groups[done + len(pending)]))
+                    if gate is not None and not await gate(first + done):
+                        break
+                    column = await pending.popleft()  # if cancelled: dropped unless started
+                    taken = first + done + 1
+                    await self.queue.put(Chunk(column, path, Position(epoch, shard, groups[done], taken, base),
+                                               last=not replay and taken == self.length, replay=replay))
+                    done += 1
+                    self.produced += 1
+                    self.max_queued = max(self.max_queued, self.queue.qsize())
+                return done
+            finally:
+                for fut in pending:  # reads ahead that nobody will take: dropped if not started
+                    fut.cancel()
+                    fut.add_done_callback(_retrieve)
+                self._submit(handle.close).add_done_callback(_retrieve)  # queued after any read of this file
+
+        return await self._with_file(shard, upcoming, emit)
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn`` on the reader thread: first in first out, so a file is never closed under a read."""
-        assert self._executor is not None
         return asyncio.wrap_future(self._executor.submit(fn, *args))
 
     async def _open(self, path: Path) -> ShardReader:
-        assert self._executor is not None  # a cancelled open's file is closed on the reader thread, as it ends
+        # a cancelled open's file is closed on the reader thread, as it ends
         return await hand_off(self._executor.submit(ShardReader, path, self.plan.catalog.text_column), ShardReader.close)
-
-    async def _stop_thread(self) -> None:
-        """Join the reader thread once it has finished everything queued on it."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -255,23 +225,12 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def shard_runs(seq: list[tuple[int, int]], skip: int) -> list[tuple[int, int, list[int]]]:
-    """``seq[skip:]`` as runs of one shard: ``(shard, count before the run, row groups)``."""
-    runs: list[tuple[int, int, list[int]]] = []
-    for i in range(skip, len(seq)):
-        shard, group = seq[i]
-        if not runs or runs[-1][0] != shard:
-            runs.append((shard, i, []))
-        runs[-1][2].append(group)
-    return runs
-
-
-def _next_shards(runs: list[tuple[int, int, list[int]]], k: int, n: int) -> list[int]:
-    """The first ``n`` shards after run ``k`` other than its own."""
+def _next_shards(runs: list[tuple[int, int]], k: int, n: int) -> list[int]:
+    """The first ``n`` shards of the runs (``SettledDeal.runs``) after run ``k``, other than its own."""
     out: list[int] = []
-    for j in range(k + 1, len(runs)):
+    for _, shard in itertools.islice(runs, k + 1, None):
         if len(out) >= n:
             break
-        if runs[j][0] != runs[k][0] and runs[j][0] not in out:
-            out.append(runs[j][0])
+        if shard != runs[k][1] and shard not in out:
+            out.append(shard)
     return out

@@ -28,14 +28,13 @@ class ShardReader:
     def __init__(self, path: Path, column: str) -> None:
         self.path = path
         self.column = column
-        self.seen = file_id(path)
         try:
             # we open (and close) the native file ourselves: a failed ParquetFile() must not keep it open
             self.source = pa.OSFile(str(path), "r")
         except FileNotFoundError as exc:
             raise MissingShardError(f"{path} disappeared while streaming: fetch it again", path=path) from exc
         except OSError as exc:
-            raise _corrupt(path, exc) from exc
+            raise unreadable(path, exc) from exc
         try:
             self.file = pq.ParquetFile(self.source)
             field = self.file.schema_arrow.field(column)
@@ -46,36 +45,27 @@ class ShardReader:
                                     path=path) from exc
         except (pa.ArrowException, OSError, ValueError) as exc:
             self.source.close()
-            raise _corrupt(path, exc) from exc
+            raise unreadable(path, exc) from exc
         if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
             self.source.close()
             raise CorruptShardError(f"{path}: column {column!r} is {field.type}, not text", path=path)
 
     def read(self, row_group: int) -> pa.ChunkedArray:
-        """The row group's text column, still in Arrow memory (see ``to_texts``)."""
+        """The row group's text column, still in Arrow memory (see ``plan.Chunk``)."""
         try:
             # use_threads=False: one text column gains nothing from Arrow's pool, only switches
             column = self.file.read_row_group(row_group, columns=[self.column], use_threads=False).column(0)
             return column.drop_null() if column.null_count else column  # a null is no document
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise _corrupt(self.path, exc, row_group) from exc
+            raise unreadable(self.path, exc, row_group) from exc
 
     def close(self) -> None:
         self.file.close()
         self.source.close()
 
 
-def _corrupt(path: Path, exc: BaseException, row_group: int | None = None) -> CorruptShardError:
+def unreadable(path: Path, exc: BaseException, row_group: int | None = None) -> CorruptShardError:
     where = f" (row group {row_group})" if row_group is not None else ""
     return CorruptShardError(
         f"{path}{where} is not a readable parquet shard ({exc}): delete it and fetch it again "
         "(`nanostream fetch`)", path=path)
-
-
-def to_texts(column: pa.ChunkedArray, path: Path, row_group: int) -> list[str]:
-    """Python strings of a column read by ``ShardReader.read``. Call it on the thread that will drop them:
-    strings made on one thread and freed on another cost about three times as much CPU (allocator arenas)."""
-    try:
-        return column.to_pylist()
-    except (pa.ArrowException, ValueError) as exc:
-        raise _corrupt(path, exc, row_group) from exc

@@ -21,7 +21,7 @@ from .cache.usage import filesystem_bytes
 from .cached import check_limit, folder_minimum, open_files
 from .epoch import taken_at, with_counts
 from .files import FolderFiles
-from .order import Cursor, EpochDeal, NeedCounts, SettledDeal, cursor_after
+from .order import Cursor, EpochDeal, NeedCounts, SettledDeal
 from .plan import Batch, Chunk, Options, Plan, Position
 from .producer import Producer
 from .ranks import Ranks
@@ -108,13 +108,15 @@ class Stream(Batches):
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.book: CountBook = book_for(plan.folder, plan.files, plan.options.sharer, plan.scope())
+        cat = plan.catalog  # the count sharers' name for the dataset, the same on every node:
+        self.book: CountBook = book_for(plan.folder, plan.files, plan.options.sharer,
+                                        f"{cat.source or cat.name}@{cat.revision or ''}")
         self._files: FolderFiles = open_files(plan, self.book)
         self._producer = Producer(plan, self.book, self._files)
         self._agen: Any = None
         self._last: Position | None = None
-        self._settled: tuple[Any, SettledDeal] | None = None
-        self._deal: tuple[Any, EpochDeal] | None = None
+        self._settled: SettledDeal | None = None
+        self._deal: tuple[Any, Any] = (None, None)  # (epoch, base) and its EpochDeal
 
     async def next_chunk(self) -> Chunk:
         """The next row group still in Arrow memory (``chunk.batch()`` makes the ``Batch``)."""
@@ -146,13 +148,13 @@ class Stream(Batches):
     def cache_minimum(self) -> int:
         """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now (blocking)."""
         sizes = self.plan.split_sizes()
-        if None in sizes and self.plan.credentials() is not None:
+        if None in sizes and self.plan.credentials is not None:
             sizes = run_sync(_learn_sizes(self.plan, sizes))
         return folder_minimum(self.plan, sizes).size
 
     async def prepare(self) -> dict[int, int]:
         """Learn every shard's row-group count now (``epoch_length`` then answers at once)."""
-        return await self.book.require(list(self.plan.shards), self.plan.credentials(), self.plan.options.retry)
+        return await self.book.require(list(self.plan.shards), self.plan.credentials, self.plan.options.retry)
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Row groups (batches) every rank reads in ``epoch`` (default: the first this stream reads, from its
@@ -161,38 +163,33 @@ class Stream(Batches):
 
     def settled_deal(self, epoch: int | None = None, base: Cursor | None = None) -> SettledDeal:
         """Who reads what in ``epoch`` (default as ``epoch_length``), the counts learned first if need be."""
-        key = self._first(epoch, base)
-        if self._settled is None or self._settled[0] != key:  # one kept: a cursor per step is cheap
-            deal = self.epoch_deal(*key)
-            self._settled = (key, self._answer(lambda counts: SettledDeal(deal, counts)))
-        return self._settled[1]
+        deal = self.epoch_deal(epoch, base)
+        if self._settled is None or self._settled.deal is not deal:  # one kept: a cursor per step is cheap
+            self._settled = self._answer(lambda counts: SettledDeal(deal, counts))
+        return self._settled
 
     def epoch_deal(self, epoch: int | None = None, base: Cursor | None = None) -> EpochDeal:
         """Epoch ``epoch``'s deal before the counts (default as ``epoch_length``)."""
-        key = self._first(epoch, base)
-        if self._deal is None or self._deal[0] != key:
+        first = self.plan.first_epoch()
+        epoch = first if epoch is None else epoch
+        key = (epoch, self.plan.start_base() if base is None and epoch == first else base)
+        if self._deal[0] != key:
             self._deal = (key, self.plan.deal(*key))
         return self._deal[1]
 
-    def cursor(self, position: Position | None = None, *, taken: int | None = None) -> Cursor:
-        """The global position after ``position`` (default: the start), every reader having taken ``taken`` row
-        groups of the epoch (default: as many as this one at ``position``; readers not level pass the smallest)."""
+    def cursor(self, position: Position | None = None) -> Cursor:
+        """The global position once every reader has taken as many row groups of the epoch as this one at
+        ``position`` (default: the start)."""
         start = self.plan.start
         if position is None:
             if not isinstance(start, Position):
                 return start or Cursor(0, shards=len(self.plan.shards))
             position = start
         deal = self.epoch_deal(position.epoch, position.base)
-        if taken is None:
-            taken = self._answer(lambda counts: taken_at(deal, self.plan.ranks.rank, position, counts))
-        if self._settled is not None and self._settled[0] == (deal.epoch, deal.base):
-            return self._settled[1].cursor_after(taken)
-        return self._answer(lambda counts: cursor_after(deal, taken, counts))
-
-    def _first(self, epoch: int | None, base: Cursor | None) -> tuple[int, Cursor | None]:
-        first = self.plan.first_epoch()
-        epoch = first if epoch is None else epoch
-        return epoch, self.plan.start_base() if base is None and epoch == first else base
+        taken = self._answer(lambda counts: taken_at(deal, self.plan.ranks.rank, position, counts))
+        if self._settled is not None and self._settled.deal is deal:
+            return self._settled.cursor_after(taken)
+        return self._answer(lambda counts: deal.cursor_after(taken, counts))
 
     def _answer(self, answer: Any) -> Any:
         """``answer(counts)``, learning the counts it needs first (blocking)."""

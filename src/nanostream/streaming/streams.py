@@ -5,7 +5,6 @@ docs/mixing.md); ``BatchIterator``, a stream driven from code without an event l
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import replace
@@ -69,20 +68,10 @@ class Schedule:
 
     def next(self) -> int:
         total = sum(self.taken)
-        best, most = 0, -math.inf
-        for i, (w, t) in enumerate(zip(self.weights, self.taken, strict=True)):
-            gap = w * total - t
-            if gap > most:  # ties: the first
-                best, most = i, gap
-        return best
+        return max(range(len(self.weights)), key=lambda i: self.weights[i] * total - self.taken[i])  # ties: the first
 
     def add(self, source: int, amount: int) -> None:
         self.taken[source] += amount
-
-
-def text_bytes(chunk: Chunk) -> int:
-    """UTF-8 bytes of the documents of a row group (its text column), without making Python strings."""
-    return int(pc.sum(pc.binary_length(chunk.column)).as_py() or 0)
 
 
 def open_mix(sources: tuple[Source, ...], options: Options, config: Config,
@@ -108,7 +97,7 @@ class MixStream(Batches):
 
     def __init__(self, streams: list[Stream], sources: tuple[Source, ...], epochs: int | None,
                  state: Mapping[str, Any] | None) -> None:
-        self.streams, self.sources, self.epochs = streams, sources, epochs
+        self.streams, self.epochs = streams, epochs
         self.schedule = Schedule(normalized(sources), tuple(state["yielded"]) if state is not None else None)
         self._done = [s.plan.first_epoch() for s in streams]  # epochs each source has completed
 
@@ -123,7 +112,7 @@ class MixStream(Batches):
             self._done[k] = epoch
             if self.epochs is not None and min(self._done) >= self.epochs:
                 raise StopAsyncIteration  # the mix was over before this row group
-        self.schedule.add(k, text_bytes(chunk))
+        self.schedule.add(k, int(pc.sum(pc.binary_length(chunk.column)).as_py() or 0))  # text bytes, no strings
         if chunk.last:
             self._done[k] = epoch + 1
         return replace(chunk, source=k)
@@ -148,7 +137,6 @@ class BatchIterator:
 
     def __init__(self, s: Any, loop: LoopThread | None = None) -> None:
         """``loop``: a loop thread shared with other streams, which its owner closes (None: one of its own)."""
-        self.plan = getattr(s, "plan", None)  # a mix has one plan per source (``s.streams``)
         self._stream = s
         self._shared = loop
         self._loop: LoopThread | None = loop

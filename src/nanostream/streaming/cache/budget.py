@@ -14,7 +14,7 @@ from pathlib import Path
 from ...shards import RECORD_NAME
 from ...sources.catalog import Catalog, read_catalog
 from .claims import Claim, ClaimInfo, Needs, cache_lock, evict, live_claims
-from .usage import FolderScan, fmt, reserve_size, scan
+from .usage import STATE_BYTES, FolderScan, file_blocks, fmt, scan
 
 log = logging.getLogger(__name__)
 STALLED_S = 60.0  # a reader whose place has not changed for this long protects nothing from a demand
@@ -50,7 +50,7 @@ class FolderBudget:
     def reserve(self, rel: str, size: int, now: bool) -> bool:
         """Reserve room for downloading ``rel`` (``size`` bytes), evicting as needed; False if it does not
         fit now (a demand is then recorded as waiting, so prefetches leave it room)."""
-        need = reserve_size(size)
+        need = file_blocks(size) + STATE_BYTES  # what its part file and state file may take while it runs
         with cache_lock(self.folder):
             mine = self._own()
             view, others = scan(self.folder, self.record()), live_claims(self.folder, skip=mine.name)
@@ -94,7 +94,7 @@ class FolderBudget:
                 room += freed
                 log.debug("%s: evicted %s (%s, next needed at %s) for %s (%s at %d)", self.folder, victim,
                           fmt(freed), next_uses(claims, mine.needs).get(victim), rel,
-                          "demand" if now else "prefetch", mine.at)
+                          "demand" if now else "prefetch", mine.needs.at)
                 if extra <= room:
                     return room
         if now and len(order) < len(victims(self.policy, view, claims, reserved, rel, now, mine,
@@ -126,7 +126,7 @@ class FolderBudget:
         now, out, moved = time.monotonic(), [], {}
         for h in others:
             at, since, told = self._moved.get(h.name, (None, now, False))
-            if at != h.at:
+            if at != h.needs.at:
                 since, told = now, False
             if now - since < STALLED_S:
                 out.append(h)
@@ -134,7 +134,7 @@ class FolderBudget:
                 told = True
                 log.info("%s: a reader (%s) has not moved on for %.0fs: the files it needs next may be evicted "
                          "and downloaded again when it reads them", self.folder, h.name, STALLED_S)
-            moved[h.name] = (h.at, since, told)
+            moved[h.name] = (h.needs.at, since, told)
         self._moved = moved
         return out
 
@@ -145,8 +145,7 @@ class FolderBudget:
             return
         with cache_lock(self.folder):
             mine = self._own()
-            i = mine.info
-            i.future, i.after, i.at, i.run = needs
+            mine.info.needs = needs
             mine.write()
 
     def close(self) -> None:
@@ -181,7 +180,7 @@ def victims(policy: str, view: FolderScan, claims: list[ClaimInfo], reserved: di
     return order
 
 
-def _place(h: ClaimInfo, at: int, me: Needs) -> int:
+def _place(h: Needs, at: int, me: Needs) -> int:
     """Place ``at`` of ``h``'s clock on ``me``'s: the same within one run, else as far from ``me``'s place as
     it is from ``h``'s."""
     return at if h.run == me.run else me.at + (at - h.at)
@@ -191,21 +190,22 @@ def next_uses(claims: list[ClaimInfo], me: Needs) -> dict[str, float]:
     """Each file's next use, the earliest place any of ``claims`` gives, on ``me``'s clock."""
     nxt: dict[str, float] = {}
     for h in claims:
-        for r, d in h.future.items():
-            nxt[r] = min(nxt.get(r, math.inf), _place(h, d, me))
+        for r, d in h.needs.future.items():
+            nxt[r] = min(nxt.get(r, math.inf), _place(h.needs, d, me))
     return nxt
 
 
 def _freed_soon(claims: list[ClaimInfo], me: Needs) -> float:
     """Of the files read now, the latest next use once this read is over (-inf: none)."""
     later: dict[str, float] = {}
-    for h in claims:
-        for r, d in h.after.items():
-            later[r] = min(later.get(r, math.inf), math.inf if d < 0 else _place(h, d, me))
-    for h in claims:
-        for r, d in h.future.items():
-            if r in later and d > h.at:  # needed later by a reader that does not read it now
-                later[r] = min(later[r], _place(h, d, me))
+    needs = [h.needs for h in claims]
+    for n in needs:
+        for r, d in n.after.items():
+            later[r] = min(later.get(r, math.inf), math.inf if d < 0 else _place(n, d, me))
+    for n in needs:
+        for r, d in n.future.items():
+            if r in later and d > n.at:  # needed later by a reader that does not read it now
+                later[r] = min(later[r], _place(n, d, me))
     return max(later.values(), default=-math.inf)
 
 

@@ -54,21 +54,13 @@ class Needs(NamedTuple):
 
 @dataclass
 class ClaimInfo:
-    """What a live stream's claim says."""
+    """What a live stream's claim says: its limit, the room it reserves, the demands it waits on, its ``Needs``."""
 
     name: str
     limit: int | None = None
     reserved: dict[str, int] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)
-    future: dict[str, int] = field(default_factory=dict)
-    pid: int = 0
-    after: dict[str, int] = field(default_factory=dict)  # files read now -> needed again at (-1: never)
-    at: int = 0
-    run: str = ""
-
-    @property
-    def needs(self) -> Needs:
-        return Needs(self.future, self.after, self.at, self.run)
+    needs: Needs = field(default_factory=lambda: Needs({}, {}))
 
 
 def live_claims(folder: Path, skip: str | None = None) -> list[ClaimInfo]:
@@ -79,30 +71,22 @@ def live_claims(folder: Path, skip: str | None = None) -> list[ClaimInfo]:
             continue
         path = folder / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = _flocked(path, fcntl.LOCK_EX)
+        except BlockingIOError:  # its stream is alive
+            with contextlib.suppress(FileNotFoundError):
+                out.append(_claim_info(name, path.read_bytes()))
             continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # its stream is alive
-                raw = os.pread(fd, CLAIM_ROOM, 0)
-                out.append(_claim_info(name, raw))
-                continue
-            path.unlink(missing_ok=True)  # nobody holds it: its process died (kill -9) and left it
-        finally:
+        if fd is not None:  # nobody holds it: its process died (kill -9) and left it
+            path.unlink(missing_ok=True)
             os.close(fd)
     return out
 
 
 def _claim_info(name: str, raw: bytes) -> ClaimInfo:
     try:
-        d: Any = json.loads(raw or b"{}")
-        return ClaimInfo(name, d.get("limit"), {k: int(v) for k, v in d.get("reserved", {}).items()},
-                          {k: int(v) for k, v in d.get("waiting", {}).items()},
-                          {k: int(v) for k, v in d.get("future", {}).items()}, int(d.get("pid", 0)),
-                          {k: int(v) for k, v in d.get("after", {}).items()}, int(d.get("at", 0)), str(d.get("run", "")))
-    except (ValueError, TypeError, AttributeError):
+        d: Any = json.loads(raw)
+        return ClaimInfo(name, d["limit"], d["reserved"], d["waiting"], Needs(*d["needs"]))
+    except (ValueError, KeyError, TypeError):
         return ClaimInfo(name)  # being written for the first time: it reserves nothing yet
 
 
@@ -112,7 +96,7 @@ class Claim:
     def __init__(self, folder: Path, limit: int, policy: str) -> None:
         self.name = f"{CLAIM_PREFIX}{os.getpid()}-{next(_count)}-{time.monotonic_ns() % 10**9}{CLAIM_SUFFIX}"
         self.path = folder / self.name
-        self.info = ClaimInfo(self.name, limit, pid=os.getpid())
+        self.info = ClaimInfo(self.name, limit)
         self.policy = policy
         self._written = b""
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -126,11 +110,11 @@ class Claim:
 
     def write(self) -> None:
         i = self.info
-        future = sorted(i.future.items(), key=lambda kv: kv[1])
+        future = sorted(i.needs.future.items(), key=lambda kv: kv[1])
         while True:
-            data = json.dumps({"pid": i.pid, "limit": i.limit, "policy": self.policy, "reserved": i.reserved,
-                               "waiting": i.waiting, "run": i.run, "at": i.at, "after": i.after,
-                               "future": dict(future)}, separators=(",", ":")).encode()
+            needs = i.needs._replace(future=dict(future))
+            data = json.dumps({"pid": os.getpid(), "limit": i.limit, "policy": self.policy, "reserved": i.reserved,
+                               "waiting": i.waiting, "needs": needs}, separators=(",", ":")).encode()
             if len(data) <= CLAIM_ROOM - BLOCK or not future:
                 break
             future = future[: len(future) // 2]  # the nearest files matter most

@@ -5,7 +5,6 @@ that works for a stream (``Minimum``: docs/cache.md says why it always lets some
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -29,11 +28,10 @@ DOWNLOAD = re.compile(rf"{re.escape(BOOKKEEPING_PREFIX)}\.(.+)\.(part|state)")  
 
 def fmt(n: float) -> str:
     """Bytes for people: ``812.4 MB``, ``3.20 GB``, ``52.1 kB``."""
-    if abs(n) >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} kB" if abs(n) >= 1e3 else f"{int(n)} bytes"
+    for unit, size, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if abs(n) >= size:
+            return f"{n / size:.{digits}f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def allocated(st: os.stat_result) -> int:
@@ -43,11 +41,6 @@ def allocated(st: os.stat_result) -> int:
 def file_blocks(size: int) -> int:
     """What a ``size``-byte file takes on disk: whole blocks, and one more of slack."""
     return -(-size // BLOCK) * BLOCK + BLOCK
-
-
-def reserve_size(size: int) -> int:
-    """What a download of a ``size``-byte file may take while it runs: its part file and its state file."""
-    return file_blocks(size) + STATE_BYTES
 
 
 def filesystem_bytes(folder: Path) -> int:
@@ -61,12 +54,7 @@ def filesystem_bytes(folder: Path) -> int:
 
 def folder_bytes(folder: Path) -> int:
     """Every file under ``folder``, as allocated on disk: what a ``cache_limit`` bounds."""
-    total = 0
-    for root, _dirs, names in os.walk(folder):
-        for n in names:
-            with contextlib.suppress(FileNotFoundError):
-                total += allocated(os.lstat(os.path.join(root, n)))
-    return total
+    return scan(folder, None).total
 
 
 @dataclass
@@ -163,7 +151,7 @@ def minimum(folder: Path, catalog: Catalog, files: list[DataFile], sizes: list[i
             ahead: int) -> Minimum:
     """``Minimum`` of a stream whose node has ``readers`` readers of ``files`` (sizes as known; None: unknown).
     Blocking (scans the folder)."""
-    view = scan(folder, read_catalog(folder) if folder.is_dir() else None) if folder.is_dir() else FolderScan(folder)
+    view = scan(folder, read_catalog(folder)) if folder.is_dir() else FolderScan(folder)
     known = [s for s in sizes if s is not None]
     guess = max(known) if known else 0
     remote = sorted((file_blocks(s if s is not None else guess) for f, s in zip(files, sizes, strict=True)
