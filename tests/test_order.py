@@ -150,7 +150,7 @@ def test_a_node_downloads_its_piece_and_at_most_two_shards_more(shards, groups, 
     every = items(p)
     held = [{every[i][0] for r in range(n * local, (n + 1) * local) for i in indices(p, r)} for n in range(nodes)]
     for n in range(nodes):
-        assert len({p.deal.order[q] for q in p.deal.piece(n)}) <= -(-shards // nodes)
+        assert len({p.deal.order[q] for q in p.deal.pieces[n]}) <= -(-shards // nodes)
         assert len(held[n]) <= -(-shards // nodes) + 2
 
 
@@ -247,4 +247,4 @@ def test_a_reader_stops_at_the_bound_until_counts_arrive():
     with pytest.raises(NeedCounts) as exc:
         d.piece_places(0, {0: 4}, 5)
     assert exc.value.shards == (1,)
-    assert d.safe(d.known_left({0: 4, 1: 4})) == 8 and d.order[d.piece(0)[0]] == 0
+    assert d.safe(d.known_left({0: 4, 1: 4})) == 8 and d.order[d.pieces[0][0]] == 0

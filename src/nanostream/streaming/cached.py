@@ -30,14 +30,6 @@ WAIT_LOG_S = 30.0  # a demand that waits this long for room says what holds the 
 FILES = 512  # files a reader's needs cover (the nearest ones); the claim file cuts it further if needed
 
 
-def open_files(plan: Plan, book: CountBook) -> FolderFiles:
-    """The provider for ``plan``: a cache under a ``cache_limit`` when something can be fetched again, else the
-    folder (whose size was checked when the plan was made)."""
-    if plan.cache_limit is not None and plan.credentials is not None:
-        return CachedFiles(plan, book)
-    return FolderFiles(plan)
-
-
 def folder_minimum(plan: Plan, sizes: list[int | None]) -> Minimum:
     """The smallest ``cache_limit`` that works for ``plan``'s stream (sizes: as known). Blocking."""
     return minimum(plan.folder, plan.catalog, [plan.files[s] for s in plan.shards], sizes,
@@ -142,20 +134,14 @@ class CachedFiles(FolderFiles):
             await asyncio.to_thread(self.budget.release, rel)
 
 
-def run_name(plan: Plan) -> str:
-    """What the readers of one run share (split, order, layout, start) and no other run does."""
-    o = plan.options
-    key = (o.split, plan.shards, o.seed, o.shuffle, o.ranks.world_size, o.ranks.local_world_size,
-           o.ranks.drop_last, o.epochs, plan.first_epoch(), plan.start_base())
-    return hashlib.sha1(repr(key).encode()).hexdigest()[:16]
-
-
 class ReaderNeeds:
     """The needs of one stream's reader over its epochs; one per stream."""
 
     def __init__(self, plan: Plan, book: CountBook) -> None:
-        self.plan, self.book = plan, book
-        self.run = run_name(plan)
+        self.plan, self.book, o = plan, book, plan.options
+        run = (o.split, plan.shards, o.seed, o.shuffle, o.ranks.world_size, o.ranks.local_world_size,
+               o.ranks.drop_last, o.epochs, plan.first_epoch(), plan.start_base())
+        self.run = hashlib.sha1(repr(run).encode()).hexdigest()[:16]  # shared by the readers of this run only
         self._starts: dict[int, int] = {}  # epoch -> the clock at its first row group
         self._estimates: dict[tuple[int, Cursor | None, int], SettledDeal] = {}
 

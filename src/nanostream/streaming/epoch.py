@@ -66,12 +66,6 @@ class EpochCounts(Tally):
         self.at = 0  # index into the node's piece of the shard being read (what to ask for first)
         self._learned = asyncio.Event()
 
-    def refresh(self) -> bool:
-        if super().refresh():
-            self._learned.set()
-            return True
-        return False
-
     async def until_safe(self, taken: int) -> bool:
         """Wait until the reader's row group number ``taken`` (of the node's piece: place ``rank % L + L *
         taken``) may be read: True; False once the epoch is settled (the reader then goes on by the settled deal)."""
@@ -106,18 +100,19 @@ class EpochCounts(Tally):
         while self.settled is None:  # polled: downloads, the counts file and sharers are other processes' work
             landed = [s for s in self._own_next() if (self.plan.folder / self.book.files[s].path).exists()]
             await self.book.look(landed)
-            self.refresh()
+            if self.refresh():
+                self._learned.set()
             await asyncio.sleep(FETCH_EVERY)
 
     def _own_next(self) -> list[int]:
-        piece = self.deal.piece(self.node)
+        piece = self.deal.pieces[self.node]
         nxt = [self.deal.order[p] for p in piece[self.at:]]
         return [s for s in nxt if s in self._left_at][: self.plan.options.read_ahead.files + 1]
 
     def _priority(self) -> list[int]:
         """Shards whose counts are unknown, the ones the bound needs soonest first."""
         out = self._own_next()
-        for places in itertools.zip_longest(*(self.deal.piece(n) for n in range(self.deal.nodes))):
+        for places in itertools.zip_longest(*self.deal.pieces):
             out.extend(self.deal.order[p] for p in places if p is not None and self.deal.order[p] in self._left_at)
         return list(dict.fromkeys(out))
 

@@ -104,16 +104,12 @@ class EpochDeal:
         self.left = [p for p in range(len(self.order)) if base is None or not base.whole(p)]
         n, nodes = len(self.left), self.nodes  # node k's piece: n // nodes, and one more for the first n % nodes
         cuts = [k * (n // nodes) + min(k, n % nodes) for k in range(nodes + 1)]
-        self._pieces = [self.left[a:b] for a, b in pairwise(cuts)]
+        self.pieces = [self.left[a:b] for a, b in pairwise(cuts)]  # per node: its shard positions, in order
         self._groups: dict[int, list[int]] = {}
 
     def _misfit(self, base: Cursor) -> ConfigError:
         return ConfigError(f"resume cursor {base} does not fit epoch {self.epoch} of this split ({len(self.order)} "
                            "shards): resume with the same shards, shuffle and seed")
-
-    def piece(self, node: int) -> list[int]:
-        """Shard positions of node ``node``'s piece, in order."""
-        return self._pieces[node]
 
     def places(self, p: int, count: int) -> list[int]:
         """Row-group positions of shard position ``p`` (holding ``count``) still to read this epoch."""
@@ -146,7 +142,7 @@ class EpochDeal:
     def piece_places(self, node: int, counts: Mapping[int, int], upto: int | None = None) -> list[Place]:
         """The first ``upto`` places of node ``node``'s piece (all of them: None), fewer if it ends first."""
         out: list[Place] = []
-        for p in self._pieces[node]:
+        for p in self.pieces[node]:
             if upto is not None and len(out) >= upto:
                 break
             shard = self.order[p]

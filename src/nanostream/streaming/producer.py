@@ -90,7 +90,7 @@ class Producer:
         counts.refresh()
         self.length = counts.settled.length if counts.settled is not None else -1
         if counts.settled is None:
-            piece, offset = deal.piece(node), 0
+            piece, offset = deal.pieces[node], 0
             for k, pos in enumerate(piece):
                 counts.at = k
                 shard = deal.order[pos]

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..sources.counts import CountBook, book_for
 from ..sources.resolve import Source, split_indices
 from .cache.usage import filesystem_bytes
-from .cached import check_limit, folder_minimum, open_files
+from .cached import CachedFiles, check_limit, folder_minimum
 from .epoch import taken_at, with_counts
 from .files import FolderFiles
 from .order import Cursor, EpochDeal, NeedCounts, SettledDeal
@@ -111,7 +111,9 @@ class Stream(Batches):
         cat = plan.catalog  # the count sharers' name for the dataset, the same on every node:
         self.book: CountBook = book_for(plan.folder, plan.files, plan.options.sharer,
                                         f"{cat.source or cat.name}@{cat.revision or ''}")
-        self._files: FolderFiles = open_files(plan, self.book)
+        # the file provider: a cache under a cache_limit if files can be fetched again (else open_stream checked)
+        cached = plan.cache_limit is not None and plan.credentials is not None
+        self._files = CachedFiles(plan, self.book) if cached else FolderFiles(plan)
         self._producer = Producer(plan, self.book, self._files)
         self._agen: Any = None
         self._last: Position | None = None

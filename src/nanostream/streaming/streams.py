@@ -126,11 +126,6 @@ class MixStream(Batches):
         for s in self.streams:
             await s.aclose()
 
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Each source's stream counters, and the text bytes each has yielded."""
-        return {"sources": [s.stats for s in self.streams], "bytes": list(self.schedule.taken)}
-
 
 class BatchIterator:
     """Blocking iterator over a ``Stream`` or ``MixStream`` (see ``iter_batches``); also a context manager."""
