@@ -67,10 +67,7 @@ class CachedFiles(FolderFiles):
 
     async def prepare(self) -> None:
         """Before any download, a budget too small for the work fails at once."""
-        sizes = self.plan.split_sizes()
-        if None in sizes:
-            sizes = await self.learn_sizes(sizes)
-        await asyncio.to_thread(check_limit, self.plan, sizes)
+        await asyncio.to_thread(check_limit, self.plan, await self.split_sizes())
 
     async def reader_at(self, epoch: int, taken: int, deal: EpochDeal, settled: SettledDeal | None = None) -> None:
         await asyncio.to_thread(lambda: self.budget.publish(self.needs.needs(epoch, taken, deal.base, settled)))

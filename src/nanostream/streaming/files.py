@@ -144,21 +144,20 @@ class FolderFiles:
         log.debug("cannot lock %s (%s); reading it unlocked", path, exc)
         return ReadLock(path, -1)
 
-    async def learn_sizes(self, sizes: list[int | None], probe: int = 16) -> list[int | None]:
-        """``sizes`` of the split's files with up to ``probe`` unknown ones asked with HEAD (failures stay
-        unknown: the download reports them)."""
-        shards = self.plan.shards
-        todo = [k for k, size in enumerate(sizes) if size is None and self.remote(shards[k])][:probe]
+    async def split_sizes(self) -> list[int | None]:
+        """``Plan.split_sizes`` with up to 16 unknown ones asked with HEAD (failures stay unknown: the download
+        reports them)."""
+        sizes, shards = self.plan.split_sizes(), self.plan.shards
+        todo = [k for k, size in enumerate(sizes) if size is None and self.remote(shards[k])][:16]
         got = await asyncio.gather(*(self.size(shards[k]) for k in todo), return_exceptions=True)
-        out = list(sizes)
         for k, size in zip(todo, got, strict=True):
             if isinstance(size, int):
-                out[k] = size
+                sizes[k] = size
             elif not isinstance(size, Exception):
                 raise size
             else:
                 log.debug("size of %s unknown: %s", self.files[shards[k]].path, size)
-        return out
+        return sizes
 
     async def size(self, index: int) -> int:
         """The size the server announces for file ``index`` (HEAD)."""

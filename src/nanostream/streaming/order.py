@@ -94,7 +94,7 @@ class EpochDeal:
                  base: Cursor | None = None) -> None:
         self.epoch, self.shuffle, self.seed, self.drop_last = epoch, shuffle, seed, ranks.drop_last
         self.world_size, self.local_world_size = ranks.world_size, ranks.local_world_size
-        self.nodes = ranks.nodes
+        self.nodes = ranks.world_size // ranks.local_world_size
         self.order = shuffled(shards, shuffle, seed, epoch)
         base = base if base is not None and base.epoch == epoch else None
         if base is not None and ((base.shards and base.shards != len(self.order))

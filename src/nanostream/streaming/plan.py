@@ -33,11 +33,6 @@ class ReadAhead:
     tokenized: int = 2
     batches: int = 2
 
-    def check(self) -> ReadAhead:
-        if min(self.row_groups, self.connections, self.tokenized, self.batches) < 1 or self.files < 0:
-            raise ConfigError(f"ReadAhead needs files >= 0 and every other field >= 1, got {self}")
-        return self
-
 
 @dataclass(frozen=True)
 class Options:
@@ -60,7 +55,9 @@ class Options:
             raise ConfigError(f"split must be 'train' or 'val', got {self.split!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1 or None (forever), got {self.epochs}")
-        self.read_ahead.check()
+        r = self.read_ahead
+        if min(r.row_groups, r.connections, r.tokenized, r.batches) < 1 or r.files < 0:
+            raise ConfigError(f"ReadAhead needs files >= 0 and every other field >= 1, got {r}")
         return self
 
 

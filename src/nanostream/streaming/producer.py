@@ -11,10 +11,10 @@ import collections
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -43,7 +43,9 @@ class Producer:
         self.produced = 0  # row groups put into the queue
         self.max_queued = 0  # largest queue size seen right after a put
         self.length = -1  # row groups the reader reads this epoch, once settled (-1: not yet)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")  # its thread starts with a read
+        # the reader thread (started by the first job): its jobs run in order, so a file is never closed under a
+        # read; the result of a job nobody awaits is dropped with its future
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanostream-read")
 
     async def run(self) -> None:
         """Every row group, then None (or the error that ended the stream). The reader thread and every file
@@ -160,16 +162,16 @@ class Producer:
                     raise
                 log.warning("%s; fetching it again", exc)
             old, lock = lock, None
-            await self._submit(old.release)  # after the close: the reader thread runs them in order
+            await asyncio.wrap_future(self._executor.submit(old.release))  # queued after the file's close
             lock = await self.files.refetch(shard, seen)
             return await use(lock.path)
         finally:
             if lock is not None:
-                self._submit(lock.release).add_done_callback(_retrieve)
+                self._executor.submit(lock.release)
 
     async def _footer_count(self, path: Path) -> int:
         handle = await self._open(path)
-        self._submit(handle.close).add_done_callback(_retrieve)
+        self._executor.submit(handle.close)
         return handle.num_row_groups
 
     async def emit_shard(self, epoch: int, shard: int, groups: list[int], first: int, upcoming: list[int],
@@ -182,7 +184,7 @@ class Producer:
         async def emit(path: Path) -> int:
             nonlocal done
             handle = await self._open(path)
-            pending: collections.deque[asyncio.Future[pa.ChunkedArray]] = collections.deque()
+            pending: collections.deque[Future[pa.ChunkedArray]] = collections.deque()
             try:
                 self.book.learn(shard, handle.num_row_groups, f"the footer of {path}")
                 beyond = [g for g in groups if g >= handle.num_row_groups]
@@ -191,10 +193,10 @@ class Producer:
                                       f"group {beyond[0]}: resume with the files the run was started with")
                 while done < len(groups):
                     while len(pending) < READS_QUEUED and done + len(pending) < len(groups):
-                        pending.append(self._submit(handle.read, groups[done + len(pending)]))
+                        pending.append(self._executor.submit(handle.read, groups[done + len(pending)]))
                     if gate is not None and not await gate(first + done):
                         break
-                    column = await pending.popleft()  # if cancelled: dropped unless started
+                    column = await asyncio.wrap_future(pending.popleft())  # if cancelled: dropped unless started
                     taken = first + done + 1
                     await self.queue.put(Chunk(column, path, Position(epoch, shard, groups[done], taken, base),
                                                last=not replay and taken == self.length, replay=replay))
@@ -205,24 +207,13 @@ class Producer:
             finally:
                 for fut in pending:  # reads ahead that nobody will take: dropped if not started
                     fut.cancel()
-                    fut.add_done_callback(_retrieve)
-                self._submit(handle.close).add_done_callback(_retrieve)  # queued after any read of this file
+                self._executor.submit(handle.close)  # queued after any read of this file
 
         return await self._with_file(shard, upcoming, emit)
-
-    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Queue ``fn`` on the reader thread: first in first out, so a file is never closed under a read."""
-        return asyncio.wrap_future(self._executor.submit(fn, *args))
 
     async def _open(self, path: Path) -> ShardReader:
         # a cancelled open's file is closed on the reader thread, as it ends
         return await hand_off(self._executor.submit(ShardReader, path, self.plan.catalog.text_column), ShardReader.close)
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Done callback for results nobody awaits: mark their exception as seen."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _next_shards(runs: list[tuple[int, int]], k: int, n: int) -> list[int]:

@@ -21,10 +21,6 @@ class Ranks:
     local_world_size: int | None = None
     drop_last: bool = True
 
-    @property
-    def nodes(self) -> int:
-        return self.world_size // self.local_world_size  # type: ignore[operator]
-
     def resolved(self) -> Ranks:
         """These ranks with every None detected (torch.distributed, else torchrun's environment, else one
         rank), checked. torchrun's LOCAL_WORLD_SIZE is used only with its own world size."""

@@ -1,8 +1,4 @@
 """One source's ``Stream``: ``open_stream`` (the internal entry ``TokenDataset`` uses too), its lifecycle and state.
-
-The producer task is started by the first step and ended by ``aclose`` (or the stream's garbage
-collection after ``break``): steps may come from different tasks (``iter_batches``), so no TaskGroup
-of theirs can own it.
 """
 
 from __future__ import annotations
@@ -38,12 +34,10 @@ def open_stream(source: Source, options: Options, config: Config, start: Positio
                               f"cannot be the files present: give the Source num_shards=N (its record lists "
                               f"{len(cat.split('train'))} train files)")
     shards = split_indices(cat, folder, options.split, source.num_shards)
-    if isinstance(start, Position) and start.shard not in shards:
-        raise ConfigError(f"resume position {start}: shard {start.shard} is not in this split ({len(shards)} "
-                          "shards); resume with the same data")
     if start is not None and (start.epoch < 0 or (options.epochs is not None and start.epoch >= options.epochs)):
         raise ConfigError(f"resume position {start}: epoch {start.epoch} is outside 0..{options.epochs}")
-    strays = sorted({s for s, _ in options.replay} - set(shards))
+    named = {s for s, _ in options.replay} | ({start.shard} if isinstance(start, Position) else set())
+    strays = sorted(named - set(shards))
     if strays:
         raise ConfigError(f"a resume state names shard {strays[0]}, which is not in this split of {folder}: "
                           "resume with the same data")
@@ -69,7 +63,8 @@ def resume_start(source: Source, options: Options, config: Config, state: Mappin
 
 
 async def _consume(producer: Producer) -> AsyncIterator[Chunk]:
-    """The async generator behind a ``Stream``: starts the producer, ends it however iteration ends."""
+    """The async generator behind a ``Stream``: starts the producer, ends it however iteration ends (steps may
+    come from different tasks, ``iter_batches``'s, so no TaskGroup of theirs can own it)."""
     task = asyncio.create_task(producer.run(), name="nanostream-producer")
     try:
         while (item := await producer.queue.get()) is not None:
@@ -149,10 +144,7 @@ class Stream(Batches):
 
     def cache_minimum(self) -> int:
         """The smallest ``cache_limit`` (bytes) this stream works with on its folder as it is now (blocking)."""
-        sizes = self.plan.split_sizes()
-        if None in sizes and self.plan.credentials is not None:
-            sizes = run_sync(_learn_sizes(self.plan, sizes))
-        return folder_minimum(self.plan, sizes).size
+        return folder_minimum(self.plan, run_sync(_split_sizes(self.plan))).size
 
     async def prepare(self) -> dict[int, int]:
         """Learn every shard's row-group count now (``epoch_length`` then answers at once)."""
@@ -201,6 +193,6 @@ class Stream(Batches):
             return run_sync(with_counts(self.book, self.plan, answer))
 
 
-async def _learn_sizes(plan: Plan, sizes: list[int | None]) -> list[int | None]:
+async def _split_sizes(plan: Plan) -> list[int | None]:
     async with FolderFiles(plan) as files:
-        return await files.learn_sizes(sizes)
+        return await files.split_sizes()

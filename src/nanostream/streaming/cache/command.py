@@ -16,7 +16,6 @@ from .budget import prune, reservations
 from .claims import cache_lock, in_use, live_claims
 from .usage import filesystem_bytes, fmt, scan
 
-EXIT_OK, EXIT_SHORT = 0, 1
 KEPT = {"in_use": "in use by a reader", "reserved": "being fetched for a stream",
         "local": "local-only (no source in the record)", "unlisted": "not in the record"}
 
@@ -80,7 +79,7 @@ def data_folders(root: Path) -> list[Path]:
 def run_cache(root: Path, prune_to: str | None, policy: str = "belady") -> int:
     """The ``nanostream cache`` command: print each folder (pruned first with ``prune_to``); the exit code."""
     limit = parse_cache_limit(prune_to, "--prune-to") if prune_to is not None else None
-    code = EXIT_OK
+    code = 0
     for folder in data_folders(root):
         if limit is not None:
             target = limit.resolve(filesystem_bytes(folder))
@@ -89,7 +88,7 @@ def run_cache(root: Path, prune_to: str | None, policy: str = "belady") -> int:
             if now > target:
                 print(f"{folder}: cannot get below {fmt(target)}: the rest is in use, being fetched, local-only "
                       "or not in the record, and is never evicted")
-                code = EXIT_SHORT
+                code = 1  # short of the target
         for line in describe(folder):
             print(line)
     return code
