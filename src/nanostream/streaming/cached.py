@@ -38,11 +38,10 @@ def folder_minimum(plan: Plan, sizes: list[int | None]) -> Minimum:
 
 def check_limit(plan: Plan, sizes: list[int | None]) -> None:
     """ConfigError, with the sizes and the smallest limit that works, if ``plan.cache_limit`` is below it."""
-    if plan.cache_limit is not None:
-        m = folder_minimum(plan, sizes)
-        if plan.cache_limit < m.size:
-            raise ConfigError(m.message(plan.cache_limit, plan.folder, plan.ranks.local_world_size,
-                                        plan.options.read_ahead.files))
+    m = folder_minimum(plan, sizes)
+    if plan.cache_limit < m.size:
+        raise ConfigError(m.message(plan.cache_limit, plan.folder, plan.ranks.local_world_size,
+                                    plan.options.read_ahead.files))
 
 
 class CachedFiles(FolderFiles):

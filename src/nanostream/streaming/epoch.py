@@ -42,16 +42,15 @@ class Tally:
 
     def refresh(self) -> bool:
         """Count what the book learned since the last call (True if anything); settle once every count is known."""
-        log, seen = self.book.log, self._seen
-        while self._seen < len(log):
-            shard = log[self._seen]
-            self._seen += 1
+        new = self.book.log[self._seen:]
+        self._seen += len(new)
+        for shard in new:
             p = self._left_at.pop(shard, None)
             if p is not None:
                 self.known_left += len(self.deal.places(p, self.book.get(shard) or 0))
         if not self._left_at and self.settled is None:
             self.settled = SettledDeal(self.deal, self.book.snapshot())
-        return self._seen > seen
+        return bool(new)
 
 
 class EpochCounts(Tally):
@@ -105,8 +104,7 @@ class EpochCounts(Tally):
             await asyncio.sleep(FETCH_EVERY)
 
     def _own_next(self) -> list[int]:
-        piece = self.deal.pieces[self.node]
-        nxt = [self.deal.order[p] for p in piece[self.at:]]
+        nxt = [self.deal.order[p] for p in self.deal.pieces[self.node][self.at:]]
         return [s for s in nxt if s in self._left_at][: self.plan.options.read_ahead.files + 1]
 
     def _priority(self) -> list[int]:
@@ -129,13 +127,11 @@ async def with_counts(book: CountBook, plan: Plan, answer: Callable[[Mapping[int
 def taken_at(deal: EpochDeal, rank: int, position: Position, counts: Mapping[int, int]) -> int:
     """How many of its row groups reader ``rank`` had taken at ``position`` (checked against the deal;
     ``NeedCounts`` if the counts do not tell yet)."""
-    try:
+    with contextlib.suppress(IndexError):  # past its share
         if position.taken > 0:
             p, g = deal.reader_place(rank, position.taken - 1, counts)
             if (deal.order[p], deal.row_group(p, g, counts[deal.order[p]])) == (position.shard, position.row_group):
                 return position.taken
-    except IndexError:
-        pass
     raise ConfigError(f"resume position {position}: row group {position.row_group} of shard {position.shard} is "
                       f"not one rank {rank} reads in epoch {position.epoch}; resume with the same data, Ranks, "
                       "shuffle and seed")

@@ -196,7 +196,7 @@ class SettledDeal:
         missing = deal.missing(counts)
         if missing:
             raise NeedCounts(missing)
-        self.deal, self.counts, self.epoch, self.base = deal, dict(counts), deal.epoch, deal.base
+        self.deal, self.counts = deal, dict(counts)
         R, L, N = deal.world_size, deal.local_world_size, deal.nodes
         pieces = [deal.piece_places(n, counts) for n in range(N)]
         left = sum(len(x) for x in pieces)
@@ -254,7 +254,7 @@ class SettledDeal:
     def cursor_after(self, taken: int) -> Cursor:
         """The global position once every reader has taken its first ``taken`` row groups."""
         if taken >= self.length:
-            return Cursor(self.epoch + 1, shards=len(self.deal.order))
+            return Cursor(self.deal.epoch + 1, shards=len(self.deal.order))
         runs = []
         for node in self._streams:  # its own part, then the leftovers it took (padding repeats)
             left = self.deal.local_world_size * max(taken, 0)

@@ -76,13 +76,8 @@ async def _consume(producer: Producer) -> AsyncIterator[Chunk]:
 
 
 class Batches:
-    """What ``Stream`` and ``MixStream`` share: ``async for`` over ``next_chunk()``, and ``async with``."""
-
-    async def next_chunk(self) -> Chunk:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        raise NotImplementedError
+    """What ``Stream`` and ``MixStream`` share: ``async for`` over their ``next_chunk()``, and ``async with`` (their
+    ``aclose()``)."""
 
     def __aiter__(self) -> Batches:
         return self

@@ -113,13 +113,12 @@ class FolderBudget:
         return self.claim is not None and (rel in self.claim.info.reserved or rel in self.claim.info.waiting)
 
     def release(self, rel: str) -> None:
-        """Drop the reservation of ``rel`` (a reader holds it now, or its download ended)."""
-        if self.holds(rel):
-            with cache_lock(self.folder):
-                info = self.claim.info
-                info.reserved.pop(rel, None)
-                info.waiting.pop(rel, None)
-                self.claim.write()
+        """Drop the reservation of ``rel`` (a reader holds it now, or its download ended): ask ``holds`` first."""
+        with cache_lock(self.folder):
+            info = self.claim.info
+            info.reserved.pop(rel, None)
+            info.waiting.pop(rel, None)
+            self.claim.write()
 
     def _moving(self, others: list[ClaimInfo]) -> list[ClaimInfo]:
         """The other streams' claims, less those whose place has not changed for ``STALLED_S``."""
