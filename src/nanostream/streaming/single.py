@@ -1,5 +1,5 @@
-"""One source's ``Stream``: ``open_stream`` (the internal entry ``TokenDataset`` uses too), its lifecycle and state.
-"""
+"""One source's ``Stream``: ``open_stream`` (the internal entry ``TokenDataset`` uses too), its lifecycle and
+state."""
 
 from __future__ import annotations
 
