@@ -189,7 +189,6 @@ class CudaPrefetcher(Receiver):
         self._side = torch.cuda.Stream(self.device)
         super().__init__(ahead)
         self._state: Any = None
-        self.batches = 0
         self._thread = threading.Thread(target=_prefetch, name="nanostream-to-device", daemon=True,
                                         args=(self._it, self._out, self.device, self._side, ahead + 2, capture))
         self._thread.start()
@@ -203,7 +202,6 @@ class CudaPrefetcher(Receiver):
         self._state = state
         if self._tokens is not None:
             self._tokens.hold(state)  # the source now reports the batch we return
-        self.batches += 1
         return out
 
     def state_dict(self) -> Any:

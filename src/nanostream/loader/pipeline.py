@@ -64,7 +64,7 @@ class Assembly:
 
     def _next_batch(self) -> tuple[Any, Mark] | End:
         """The next finished batch and its Mark, or End. The batch the data ends in is dropped (its documents
-        stay buffered); with one source, at a ``Seam`` it is packed again reading on, if the limit allows."""
+        stay buffered); with one source, at the ``SEAM`` it is packed again reading on, if the limit allows."""
         feeds = self.feeds
         while True:
             if self.limit is not None and not self.limit.allows(self.batches):
@@ -134,18 +134,9 @@ class TokenIterator(Receiver):
         batch, self._mark = item
         return self._sink.ready(batch)
 
-    @property
-    def batches(self) -> int:
-        """Batches returned so far (counting those of the run this one resumed)."""
-        return self._mark.batches
-
-    @property
-    def note(self) -> Any:
-        """What ``note`` made of the state after the last batch returned (None before the first)."""
-        return self._mark.note
-
     def snapshot(self) -> Mark:
-        """The state after the last batch returned, cheaply (``.state_dict()`` materializes it)."""
+        """The state after the last batch returned, cheaply (``.state_dict()`` materializes it; ``.batches``: the
+        batches returned so far, those of the resumed run too; ``.note``: what ``note`` made of it)."""
         return self._mark
 
     def hold(self, snap: Mark | None) -> None:
