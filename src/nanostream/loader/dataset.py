@@ -240,5 +240,9 @@ class HostSink:
 
 def fix_rows_per_row_group(ds: TokenDataset, rows: int | list[int]) -> TokenDataset:
     """Internal (benches, tests): take ``rows`` as ``ds.rows_per_row_group()`` instead of reading it."""
-    ds._rows = list(rows) if isinstance(rows, list) else [rows]
+    given = rows if isinstance(rows, list) else [rows]
+    if len(given) != len(ds.sources) or any(not isinstance(r, int) or r < 1 for r in given):
+        raise LoaderError(f"rows_per_row_group must be an integer >= 1 (a list of one per source for a mix), "
+                          f"got {rows!r}")
+    ds._rows = list(given)
     return ds

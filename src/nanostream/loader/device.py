@@ -14,7 +14,7 @@ import torch
 from ..errors import LoaderError
 from .dataset import TokenDataset
 from .resume import Mark
-from .threads import Channel, End, Receiver, background_thread
+from .threads import Channel, Receiver, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
@@ -151,7 +151,7 @@ def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch
                 try:
                     batch = next(it)
                 except StopIteration:
-                    out.put(End())
+                    out.put(StopIteration())
                     return
                 state = capture() if capture is not None else None
                 single = isinstance(batch, torch.Tensor)
@@ -163,7 +163,7 @@ def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch
                 if not out.put((moved[0] if single else moved, done, state)):
                     return
     except Exception as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
-        out.put(End(exc))
+        out.put(exc)
     finally:
         close = getattr(it, "close", None)
         if close is not None:

@@ -21,7 +21,7 @@ from ..streaming.streams import Schedule
 from .feed import Feed, single_source, source_batches
 from .packing import BestFitPacker, token_dtype
 from .resume import Layout, Mark, Part, Reader
-from .threads import Channel, End, Receiver, background_thread
+from .threads import Channel, Receiver, background_thread
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +51,30 @@ class Assembly:
             self.last = self.mark()  # where an unfinished batch goes back to
             while not self.stopping.is_set():
                 item = self._next_batch()
-                if not self.out.put(item) or isinstance(item, End):
+                if not self.out.put(item) or isinstance(item, StopIteration):
                     return
         except BaseException as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
             if not self.stopping.is_set():
-                self.out.put(End(exc))
+                self.out.put(exc)
         finally:
             for f in self.feeds:
                 f.close()
             pool.shutdown(wait=True, cancel_futures=True)
             loop.close()
 
-    def _next_batch(self) -> tuple[Any, Mark] | End:
-        """The next finished batch and its Mark, or End. The batch the data ends in is dropped (its documents
-        stay buffered); with one source, at the ``SEAM`` it is packed again reading on, if the limit allows."""
+    def _next_batch(self) -> tuple[Any, Mark] | StopIteration:
+        """The next finished batch and its Mark, or ``StopIteration()``. The batch the data ends in is dropped (its
+        documents stay buffered); with one source, at the ``SEAM`` it is packed again reading on, if the limit allows."""
         feeds = self.feeds
         while True:
             if self.limit is not None and not self.limit.allows(self.batches):
-                return End()
+                return StopIteration()
             rows = self.sink.rows()
             if self._pack(rows):
                 break
             self._undo()
             if not (len(feeds) == 1 and feeds[0].at_seam and self.limit is not None):
-                return End()
+                return StopIteration()
             feeds[0].at_seam = False
         for f in feeds:
             f.packer.compact()
