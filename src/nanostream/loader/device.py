@@ -13,6 +13,7 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
+from .pipeline import TokenIterator
 from .resume import Mark
 from .threads import Channel, Receiver, background_thread
 
@@ -180,10 +181,8 @@ class CudaPrefetcher(Receiver):
             raise LoaderError(f"to_device ahead must be an integer >= 1, got {ahead!r}")
         self.device = _cuda(device)
         self._it = iter(batches)
-        snap = getattr(self._it, "snapshot", None)  # a TokenDataset iterator
-        self._tokens = self._it if snap is not None and callable(getattr(self._it, "hold", None)) else None
-        has_state = self._tokens is None and callable(getattr(batches, "state_dict", None))
-        capture = snap if self._tokens is not None else (batches.state_dict if has_state else None)
+        self._tokens = self._it if isinstance(self._it, TokenIterator) else None
+        capture = self._tokens.snapshot if self._tokens is not None else getattr(batches, "state_dict", None)
         if self._tokens is not None:
             self._tokens.hold(self._tokens.snapshot())  # nothing returned yet
         self._side = torch.cuda.Stream(self.device)

@@ -112,7 +112,7 @@ class TokenIterator(Receiver):
                  parts: tuple[Part, ...], limit: Any, last: dict[str, Any], sink: Any,
                  note: Callable[[Mark, threading.Event], Any] | None = None) -> None:
         super().__init__(ds.read_ahead.batches)
-        self._last, self.layout, self._sink, self._limit = last, layout, sink, limit
+        self._last, self._sink, self._limit = last, sink, limit
         self._held: Mark | None = None
         feeds = [_feed(ds, i, part, layout, origins[i], elastic=state is None) for i, part in enumerate(parts)]
         schedule = None
@@ -153,12 +153,6 @@ class TokenIterator(Receiver):
         """Stop and join the assembly thread, which closes the streams and encoding threads (idempotent)."""
         if self._closed:
             return
-        self._stop()
-        st = self.stats()
-        log.debug("TokenDataset reader %s: %d batches, %d docs, %.2f%% of tokens cropped, waited %.2fs",
-                  self.layout[:2], st["batches"], st["docs_used"], 100 * st["crop_fraction"], self.wait_s)
-
-    def _stop(self) -> None:
         self._closed = True
         self._assembly.stopping.set()
         self._out.close()
@@ -168,9 +162,8 @@ class TokenIterator(Receiver):
         self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
 
     def __del__(self) -> None:
-        # may run at interpreter exit, when imports and footer reads fail: only stop the threads
-        if hasattr(self, "_thread") and not self._closed:
-            self._stop()
+        if hasattr(self, "_thread"):
+            self.close()
 
 
 def _feed(ds: Any, i: int, start: Part, layout: Layout, origin: Cursor | None, elastic: bool) -> Feed:
