@@ -113,7 +113,6 @@ class Feed:
 
     def _queue_ahead(self) -> None:
         """Read row groups and queue their encoding until ``ahead`` are queued, the data ends or the SEAM comes."""
-        assert self._batches is not None and self._pool is not None
         while len(self._queued) < self._ahead and not self.at_seam and not self._ended:
             try:
                 batch = next(self._batches, None)
