@@ -207,15 +207,3 @@ class CudaPrefetcher(Receiver):
         """The source's resume state as of the last batch returned (None before the first)."""
         st = self._state
         return st.state_dict() if isinstance(st, Mark) else st
-
-    def close(self) -> None:
-        """Stop and join the prefetch thread, which closes the source (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._out.close()
-        self._join()
-
-    def __del__(self) -> None:
-        if hasattr(self, "_thread"):
-            self.close()

@@ -143,10 +143,7 @@ def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Curso
     """One source's batches for a run: its epochs, ``SEAM``, then the next epochs' order (which only a
     reader whose data ran short reads on into)."""
     epochs, at = ds.epochs, start
-    if epochs is None:
-        yield from source_batches(ds, 0, layout, at, replay=replay, loop=loop)
-        return
-    if at is None or at.epoch < epochs:
+    if epochs is not None and (at is None or at.epoch < epochs):
         if partial is None or partial.epoch < epochs:  # else stopped past the run's epochs: the SEAM was passed
             yield from source_batches(ds, 0, layout, at, epochs=epochs, replay=replay, loop=loop)
             replay = ()

@@ -151,19 +151,12 @@ class TokenIterator(Receiver):
 
     def close(self) -> None:
         """Stop and join the assembly thread, which closes the streams and encoding threads (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._assembly.stopping.set()
-        self._out.close()
-        if self._limit is not None:
-            self._limit.interrupt()
-        self._join()
-        self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
-
-    def __del__(self) -> None:
-        if hasattr(self, "_thread"):
-            self.close()
+        if not self._closed:
+            self._assembly.stopping.set()
+            if self._limit is not None:
+                self._limit.interrupt()
+            super().close()
+            self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
 
 
 def _feed(ds: Any, i: int, start: Part, layout: Layout, origin: Cursor | None, elastic: bool) -> Feed:

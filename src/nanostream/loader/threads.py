@@ -118,12 +118,12 @@ class Channel:
 
 
 class Receiver:
-    """The consumer's side of a producer thread: ``next()`` takes its items (``wait_s``: the time it blocked) until an
-    exception, which it raises. Subclasses say what an item becomes (``_received``), start ``self._thread`` and stop it (``close``)."""
+    """The consumer's side of a producer thread: ``next()`` takes its items (``wait_s``: the time it blocked) until
+    an exception, which it raises; ``close()`` stops and joins the thread. Subclasses say what an item becomes
+    (``_received``) and start ``self._thread``."""
 
     _thread: threading.Thread
     _received: Callable[[Any], Any]
-    close: Callable[[], None]
 
     def __init__(self, size: int) -> None:
         self._out = Channel(size)
@@ -149,7 +149,15 @@ class Receiver:
             raise item
         return self._received(item)
 
-    def _join(self) -> None:
-        """Join the producer thread, unless this runs on it."""
+    def close(self) -> None:
+        """Close the channel (waking the producer) and join its thread, unless this runs on it (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._out.close()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_thread"):
+            self.close()
