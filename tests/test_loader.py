@@ -226,7 +226,7 @@ def short(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_resume_exact_at_every_batch_across_the_seam(short: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A count set above what the data packs (``rows_per_row_group=14``) makes the run read on past
-    its epoch (``feed.Seam``); with pieces of 5 some states are taken inside the first row group
+    its epoch (``feed.SEAM``); with pieces of 5 some states are taken inside the first row group
     past it while their position is still before it. A resume at every batch is exact."""
     monkeypatch.setattr(feed, "PIECE_DOCS", 5)
 

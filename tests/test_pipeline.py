@@ -61,7 +61,7 @@ def test_batches_are_finished_on_the_producer_thread_ahead_of_next(data: Path) -
     run_ahead(it)
     assert len(it._out._items) == 3  # three finished batches wait, beyond the one returned
     assert sink.finished == 5  # 1 returned, 3 queued, 1 waiting for room
-    assert it.batches == 1 and ds.state_dict()["batches"] == 1
+    assert it.snapshot().batches == 1 and ds.state_dict()["batches"] == 1
     got += list(it)
     assert_same_batches(got, full)
     assert sink.threads == {"rows": {"nanostream-assemble"}, "finish": {"nanostream-assemble"},

@@ -8,7 +8,7 @@ from nanostream.config import Config
 from nanostream.errors import ConfigError, MissingShardError
 from nanostream.shards import list_shards, shard_index, shard_name
 from nanostream.sources.catalog import numbered_catalog, write_catalog
-from nanostream.sources.resolve import pin_catalog, split_indices
+from nanostream.sources.resolve import Source, split_indices
 from nanostream.streaming.order import EpochDeal, SettledDeal
 from nanostream.streaming.ranks import Ranks, worker_stride
 from test_order import indices
@@ -36,7 +36,7 @@ def test_listing_ignores_bookkeeping(tmp_path):
 def test_val_is_the_recorded_last_shard_whatever_is_on_disk(tmp_path):
     make_shards(tmp_path, 3, record=False)  # shards 0, 1, 2 on disk
     write_catalog(tmp_path, numbered_catalog("t", "", 11))
-    cat = pin_catalog(dataset=None, folder=tmp_path, config=Config())
+    _, cat = Source(tmp_path).resolve(Config(), "train")
     assert split_indices(cat, tmp_path, "val", None) == (10,)
     assert split_indices(cat, tmp_path, "train", None) == (0, 1, 2)
     assert split_indices(cat, tmp_path, "train", 5) == (0, 1, 2, 3, 4)
@@ -45,11 +45,11 @@ def test_val_is_the_recorded_last_shard_whatever_is_on_disk(tmp_path):
 
 def test_without_record_the_last_file_is_val(tmp_path):
     make_shards(tmp_path, 4, record=False)
-    cat = pin_catalog(dataset=None, folder=tmp_path, config=Config())
+    _, cat = Source(tmp_path).resolve(Config(), "train")
     assert split_indices(cat, tmp_path, "val", None) == (3,)
     assert split_indices(cat, tmp_path, "train", None) == (0, 1, 2)
     with pytest.raises(MissingShardError, match="nanostream fetch"):
-        pin_catalog(dataset=None, folder=tmp_path / "empty", config=Config())
+        Source(tmp_path / "empty").resolve(Config(), "train")
 
 
 @pytest.mark.parametrize("world, workers", [(1, 1), (2, 2), (3, 4), (1, 0)])

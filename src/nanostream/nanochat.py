@@ -86,18 +86,14 @@ def _dataset(tokenizer: Any, B: int, T: int, split: str, threads: int, tokenizer
     cfg = config or Config.from_env()
     if data is None:
         data = cfg.nanochat_data_dir()
-    elif isinstance(data, str) and not _is_folder(Source(data)):
+    if isinstance(data, str):
         data = Source(data)
-    if isinstance(data, Source) and data.folder is None and not _is_folder(data):
+    named = isinstance(data, Source) and (data.data is None or str(data.data) in DATASETS or "://" in str(data.data))
+    if named and data.folder is None:
         data = replace(data, folder=cfg.nanochat_data_dir())
     ranks = Ranks().resolved()  # torchrun's environment, as nanochat's get_dist_info reads it
     return TokenDataset(split, _adapted(tokenizer, threads), B, T, data=data, config=cfg, ranks=ranks,
                         buffer_docs=buffer_size, epochs=None, **options)
-
-
-def _is_folder(source: Source) -> bool:
-    """Whether the source's data is a folder (not None, a built-in name or a URL)."""
-    return source.data is not None and str(source.data) not in DATASETS and "://" not in str(source.data)
 
 
 def _adapted(tokenizer: Any, threads: int) -> Any:
@@ -152,9 +148,7 @@ def _note(world_size: int, rank: int, gather: StateGather | None, snap: Mark,
 def _log_fields(state: dict[str, Any]) -> dict[str, int]:
     """base_train.py's log line: the epoch (from 1), file index and row group the last documents came from."""
     sub = state["sources"][0] if "sources" in state else state
-    pos = sub["partial"] if sub.get("skip") else sub["position"]
-    if pos is None:
-        return {"epoch": 1, "pq_idx": 0, "rg_idx": 0}
+    pos = (sub["partial"] if sub.get("skip") else sub["position"]) or (0, 0, 0)  # None: no batch yet
     return {"epoch": int(pos[0]) + 1, "pq_idx": int(pos[1]), "rg_idx": int(pos[2])}
 
 
@@ -169,6 +163,6 @@ def _batches(it: Any, device: torch.device, state: dict[str, Any] | None = None)
                 yield x, y
             else:
                 yield x, y, state
-                state = it.note  # the state after that batch: the one to resume at the next
+                state = it.snapshot().note  # the state after that batch: the one to resume at the next
     finally:
         it.close()

@@ -13,8 +13,9 @@ import torch
 
 from ..errors import LoaderError
 from .dataset import TokenDataset
+from .pipeline import TokenIterator
 from .resume import Mark
-from .threads import Channel, End, Receiver, background_thread
+from .threads import Channel, Receiver, background_thread
 
 __all__ = ["CudaPrefetcher", "PinnedRowsSink", "to_device"]
 
@@ -151,7 +152,7 @@ def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch
                 try:
                     batch = next(it)
                 except StopIteration:
-                    out.put(End())
+                    out.put(StopIteration())
                     return
                 state = capture() if capture is not None else None
                 single = isinstance(batch, torch.Tensor)
@@ -163,7 +164,7 @@ def _prefetch(it: Iterator[Any], out: Channel, device: torch.device, side: torch
                 if not out.put((moved[0] if single else moved, done, state)):
                     return
     except Exception as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
-        out.put(End(exc))
+        out.put(exc)
     finally:
         close = getattr(it, "close", None)
         if close is not None:
@@ -180,16 +181,13 @@ class CudaPrefetcher(Receiver):
             raise LoaderError(f"to_device ahead must be an integer >= 1, got {ahead!r}")
         self.device = _cuda(device)
         self._it = iter(batches)
-        snap = getattr(self._it, "snapshot", None)  # a TokenDataset iterator
-        self._tokens = self._it if snap is not None and callable(getattr(self._it, "hold", None)) else None
-        has_state = self._tokens is None and callable(getattr(batches, "state_dict", None))
-        capture = snap if self._tokens is not None else (batches.state_dict if has_state else None)
+        self._tokens = self._it if isinstance(self._it, TokenIterator) else None
+        capture = self._tokens.snapshot if self._tokens is not None else getattr(batches, "state_dict", None)
         if self._tokens is not None:
             self._tokens.hold(self._tokens.snapshot())  # nothing returned yet
         self._side = torch.cuda.Stream(self.device)
         super().__init__(ahead)
         self._state: Any = None
-        self.batches = 0
         self._thread = threading.Thread(target=_prefetch, name="nanostream-to-device", daemon=True,
                                         args=(self._it, self._out, self.device, self._side, ahead + 2, capture))
         self._thread.start()
@@ -203,22 +201,9 @@ class CudaPrefetcher(Receiver):
         self._state = state
         if self._tokens is not None:
             self._tokens.hold(state)  # the source now reports the batch we return
-        self.batches += 1
         return out
 
     def state_dict(self) -> Any:
         """The source's resume state as of the last batch returned (None before the first)."""
         st = self._state
         return st.state_dict() if isinstance(st, Mark) else st
-
-    def close(self) -> None:
-        """Stop and join the prefetch thread, which closes the source (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._out.close()
-        self._join()
-
-    def __del__(self) -> None:
-        if hasattr(self, "_thread"):
-            self.close()

@@ -25,8 +25,7 @@ from .resume import Part
 PIECE_DOCS = 128  # documents moved into the packing buffer at a time (and encoded as one task by tiktoken)
 
 
-class Seam:
-    """Yielded by a source between the run's own epochs and the ones after them; the feed stops there."""
+SEAM = object()  # yielded by a source between the run's own epochs and the ones after them; the feed stops there
 
 
 class Feed:
@@ -80,7 +79,7 @@ class Feed:
         self.position, self.skip, self.partial = part.position, part.skip, part.partial
 
     def refill(self) -> bool:
-        """Move the next tokenized piece into the packer; False at the end of the data (or at a Seam)."""
+        """Move the next tokenized piece into the packer; False at the end of the data (or at the SEAM)."""
         while not self._pieces:
             if not self._next_task():
                 return False
@@ -113,8 +112,7 @@ class Feed:
         return True
 
     def _queue_ahead(self) -> None:
-        """Read row groups and queue their encoding until ``ahead`` are queued, the data ends or a Seam comes."""
-        assert self._batches is not None and self._pool is not None
+        """Read row groups and queue their encoding until ``ahead`` are queued, the data ends or the SEAM comes."""
         while len(self._queued) < self._ahead and not self.at_seam and not self._ended:
             try:
                 batch = next(self._batches, None)
@@ -122,7 +120,7 @@ class Feed:
                 self._error, batch = exc, None
             if batch is None:
                 self._ended = True
-            elif isinstance(batch, Seam):
+            elif batch is SEAM:
                 self.at_seam = True
             else:
                 skip, self._first_skip = self._first_skip, 0
@@ -142,17 +140,14 @@ def source_batches(ds: Any, k: int, layout: tuple[int, int, int], start: Positio
 
 def single_source(ds: Any, layout: tuple[int, int, int], start: Position | Cursor | None, partial: Position | None,
                   replay: tuple[tuple[int, int], ...] = (), *, loop: LoopThread) -> Iterator[Any]:
-    """One source's batches for a run: its epochs, a ``Seam``, then the next epochs' order (which only a
+    """One source's batches for a run: its epochs, ``SEAM``, then the next epochs' order (which only a
     reader whose data ran short reads on into)."""
     epochs, at = ds.epochs, start
-    if epochs is None:
-        yield from source_batches(ds, 0, layout, at, replay=replay, loop=loop)
-        return
-    if at is None or at.epoch < epochs:
-        if partial is None or partial.epoch < epochs:  # else stopped past the run's epochs: the Seam was passed
+    if epochs is not None and (at is None or at.epoch < epochs):
+        if partial is None or partial.epoch < epochs:  # else stopped past the run's epochs: the SEAM was passed
             yield from source_batches(ds, 0, layout, at, epochs=epochs, replay=replay, loop=loop)
             replay = ()
-            yield Seam()
+            yield SEAM
         at = Cursor(epochs, shards=len(ds._stream(0).plan.shards))
     yield from source_batches(ds, 0, layout, at, replay=replay, loop=loop)
 

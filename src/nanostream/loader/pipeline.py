@@ -21,7 +21,7 @@ from ..streaming.streams import Schedule
 from .feed import Feed, single_source, source_batches
 from .packing import BestFitPacker, token_dtype
 from .resume import Layout, Mark, Part, Reader
-from .threads import Channel, End, Receiver, background_thread
+from .threads import Channel, Receiver, background_thread
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +51,30 @@ class Assembly:
             self.last = self.mark()  # where an unfinished batch goes back to
             while not self.stopping.is_set():
                 item = self._next_batch()
-                if not self.out.put(item) or isinstance(item, End):
+                if not self.out.put(item) or isinstance(item, StopIteration):
                     return
         except BaseException as exc:  # noqa: BLE001  (raised in the consumer's next(), unchanged)
             if not self.stopping.is_set():
-                self.out.put(End(exc))
+                self.out.put(exc)
         finally:
             for f in self.feeds:
                 f.close()
             pool.shutdown(wait=True, cancel_futures=True)
             loop.close()
 
-    def _next_batch(self) -> tuple[Any, Mark] | End:
-        """The next finished batch and its Mark, or End. The batch the data ends in is dropped (its documents
-        stay buffered); with one source, at a ``Seam`` it is packed again reading on, if the limit allows."""
+    def _next_batch(self) -> tuple[Any, Mark] | StopIteration:
+        """The next finished batch and its Mark, or ``StopIteration()``. The batch the data ends in is dropped (its
+        documents stay buffered); with one source, at the ``SEAM`` it is packed again reading on, if the limit allows."""
         feeds = self.feeds
         while True:
             if self.limit is not None and not self.limit.allows(self.batches):
-                return End()
+                return StopIteration()
             rows = self.sink.rows()
             if self._pack(rows):
                 break
             self._undo()
             if not (len(feeds) == 1 and feeds[0].at_seam and self.limit is not None):
-                return End()
+                return StopIteration()
             feeds[0].at_seam = False
         for f in feeds:
             f.packer.compact()
@@ -112,7 +112,7 @@ class TokenIterator(Receiver):
                  parts: tuple[Part, ...], limit: Any, last: dict[str, Any], sink: Any,
                  note: Callable[[Mark, threading.Event], Any] | None = None) -> None:
         super().__init__(ds.read_ahead.batches)
-        self._last, self.layout, self._sink, self._limit = last, layout, sink, limit
+        self._last, self._sink, self._limit = last, sink, limit
         self._held: Mark | None = None
         feeds = [_feed(ds, i, part, layout, origins[i], elastic=state is None) for i, part in enumerate(parts)]
         schedule = None
@@ -134,18 +134,9 @@ class TokenIterator(Receiver):
         batch, self._mark = item
         return self._sink.ready(batch)
 
-    @property
-    def batches(self) -> int:
-        """Batches returned so far (counting those of the run this one resumed)."""
-        return self._mark.batches
-
-    @property
-    def note(self) -> Any:
-        """What ``note`` made of the state after the last batch returned (None before the first)."""
-        return self._mark.note
-
     def snapshot(self) -> Mark:
-        """The state after the last batch returned, cheaply (``.state_dict()`` materializes it)."""
+        """The state after the last batch returned, cheaply (``.state_dict()`` materializes it; ``.batches``: the
+        batches returned so far, those of the resumed run too; ``.note``: what ``note`` made of it)."""
         return self._mark
 
     def hold(self, snap: Mark | None) -> None:
@@ -160,26 +151,12 @@ class TokenIterator(Receiver):
 
     def close(self) -> None:
         """Stop and join the assembly thread, which closes the streams and encoding threads (idempotent)."""
-        if self._closed:
-            return
-        self._stop()
-        st = self.stats()
-        log.debug("TokenDataset reader %s: %d batches, %d docs, %.2f%% of tokens cropped, waited %.2fs",
-                  self.layout[:2], st["batches"], st["docs_used"], 100 * st["crop_fraction"], self.wait_s)
-
-    def _stop(self) -> None:
-        self._closed = True
-        self._assembly.stopping.set()
-        self._out.close()
-        if self._limit is not None:
-            self._limit.interrupt()
-        self._join()
-        self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
-
-    def __del__(self) -> None:
-        # may run at interpreter exit, when imports and footer reads fail: only stop the threads
-        if hasattr(self, "_thread") and not self._closed:
-            self._stop()
+        if not self._closed:
+            self._assembly.stopping.set()
+            if self._limit is not None:
+                self._limit.interrupt()
+            super().close()
+            self._last.update(snapshot=self._held or self.snapshot(), wait_s=self.wait_s)
 
 
 def _feed(ds: Any, i: int, start: Part, layout: Layout, origin: Cursor | None, elastic: bool) -> Feed:

@@ -17,8 +17,6 @@ import torch.distributed as dist
 from ..errors import LoaderError
 from ..streaming.ranks import agent_store
 
-PREFIX = "nanostream/counts"
-STATES = "nanostream/states"
 TIMEOUT = datetime.timedelta(seconds=30)
 WAIT_SAY_S = 60.0  # a rank 0 waiting this long for another rank's state says so (and every WAIT_SAY_S)
 
@@ -92,7 +90,7 @@ class StateGather(StoreClient):
         self.rank, self.world_size, self.run = rank, world_size, run
 
     def _key(self, index: int, rank: int) -> str:
-        return f"{STATES}/{self.run}/{index}/{rank}"
+        return f"nanostream/states/{self.run}/{index}/{rank}"
 
     def share(self, index: int, state: str) -> None:
         """On a rank other than 0: publish this rank's state (JSON text) for batch index ``index``."""
@@ -122,7 +120,7 @@ class StateGather(StoreClient):
 
 
 def _key(scope: str) -> str:
-    return f"{PREFIX}/{hashlib.sha1(scope.encode()).hexdigest()[:16]}"
+    return f"nanostream/counts/{hashlib.sha1(scope.encode()).hexdigest()[:16]}"
 
 
 def default_store(agent: bool = False) -> Any | None:

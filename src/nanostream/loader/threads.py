@@ -79,15 +79,9 @@ def background_thread() -> None:
         log.debug("SCHED_IDLE not applied to %s: %s", threading.current_thread().name, exc)
 
 
-@dataclass
-class End:
-    """The last item a producer puts: the data finished (``error`` None) or failed."""
-
-    error: BaseException | None = None
-
-
 class Channel:
-    """A bounded queue between two threads; ``close()`` wakes every waiter at once (no polling)."""
+    """A bounded queue between two threads; ``close()`` wakes every waiter at once (no polling). A producer's last
+    item is the exception the consumer's ``next()`` raises: ``StopIteration()`` when the data finished."""
 
     def __init__(self, size: int) -> None:
         self._items: deque[Any] = deque()
@@ -106,11 +100,11 @@ class Channel:
             return True
 
     def get(self) -> Any:
-        """Wait for the next item; an ``End`` once the channel is closed."""
+        """Wait for the next item; a ``StopIteration()`` once the channel is closed."""
         with self._changed:
             self._changed.wait_for(lambda: self._closed or self._items)
             if self._closed:
-                return End()
+                return StopIteration()
             item = self._items.popleft()
             self._changed.notify_all()
             return item
@@ -124,12 +118,12 @@ class Channel:
 
 
 class Receiver:
-    """The consumer's side of a producer thread: ``next()`` takes its items (``wait_s``: the time it blocked) until an
-    ``End``. Subclasses say what an item becomes (``_received``), start ``self._thread`` and stop it (``close``)."""
+    """The consumer's side of a producer thread: ``next()`` takes its items (``wait_s``: the time it blocked) until
+    an exception, which it raises; ``close()`` stops and joins the thread. Subclasses say what an item becomes
+    (``_received``) and start ``self._thread``."""
 
     _thread: threading.Thread
     _received: Callable[[Any], Any]
-    close: Callable[[], None]
 
     def __init__(self, size: int) -> None:
         self._out = Channel(size)
@@ -150,14 +144,20 @@ class Receiver:
             raise
         finally:
             self.wait_s += time.perf_counter() - t0
-        if isinstance(item, End):
+        if isinstance(item, BaseException):  # the end of the data (StopIteration) or the producer's error
             self.close()
-            if item.error is not None:
-                raise item.error
-            raise StopIteration
+            raise item
         return self._received(item)
 
-    def _join(self) -> None:
-        """Join the producer thread, unless this runs on it."""
+    def close(self) -> None:
+        """Close the channel (waking the producer) and join its thread, unless this runs on it (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._out.close()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_thread"):
+            self.close()

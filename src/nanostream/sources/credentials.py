@@ -16,7 +16,6 @@ from ..config import DEFAULT_TOKEN_HOSTS, token_allowed
 from ..errors import DatasetError
 
 IDENTITY = {"Accept-Encoding": "identity"}
-MISSING_EXTRA = "s3:// datasets need botocore: pip install 'nanostream[s3]'"
 
 
 def is_s3(url: str) -> bool:
@@ -101,7 +100,7 @@ def _aws_chain() -> tuple[Any, str]:
     try:
         import botocore.session
     except ImportError as exc:
-        raise DatasetError(MISSING_EXTRA) from exc
+        raise DatasetError("s3:// datasets need botocore: pip install 'nanostream[s3]'") from exc
     try:
         session = botocore.session.Session()
         return session.get_credentials(), session.get_config_variable("region") or "us-east-1"

@@ -1,5 +1,5 @@
 """Where a dataset is and what it holds: a ``Source`` (a built-in name, ``hf://``, ``s3://``, a mirror's URL or a
-folder, and its weight in a mix) to its data folder and one Catalog, listed once per folder (``pin_catalog``);
+folder, and its weight in a mix) to its data folder and one Catalog, listed once per folder (``Source.resolve``);
 ``open_catalog`` (async) and ``numbered_catalog_for`` for ``fetch``.
 """
 
@@ -59,15 +59,40 @@ class Source:
         return dataset, base, config.data_dir(folder_name(dataset or DEFAULT_DATASET))
 
     def resolve(self, config: Config, split: str) -> tuple[Path, Catalog]:
-        """(data folder, catalog): the folder's recorded catalog, or the dataset's listing, recorded once."""
+        """(data folder, catalog), blocking: the folder's recorded catalog, or the dataset's listing. A listing
+        (hf://, s3://) happens once per folder: the first process lists and records it under the folder's lock,
+        the others (every rank) read the record."""
         dataset, base, folder = self._where(config)
-        cat = pin_catalog(dataset=dataset, folder=folder, base_url=base, max_shard=self.max_shard,
-                          include=self.include, val=self.val, text_column=self.text_column, config=config)
+        cat = self._pin(dataset, base, folder, config)
         remote = any(f.url for f in cat.files)
         if not folder.is_dir() and (not remote or (self.num_shards is None and split == "train")):
             raise MissingShardError(f"data folder {folder} does not exist: run `nanostream fetch "
                                     f"--data-dir {folder}` first, or give the Source num_shards=", path=folder)
         return folder, cat
+
+    def _pin(self, dataset: str | None, base_url: str | None, folder: Path, config: Config) -> Catalog:
+        """``resolve``'s catalog (``_where``'s dataset, base URL and folder)."""
+        recorded = read_catalog(folder) if folder.is_dir() else None
+        if base_url is not None or self.max_shard is not None:
+            return numbered_catalog_for(dataset, folder, base_url, self.max_shard, recorded, config,
+                                        text_column=self.text_column, val=self.val)
+        if dataset in DATASETS and recorded is not None and not recorded.name.startswith(SCHEMES):
+            dataset = recorded.name  # a built-in dataset fetched from a mirror is recorded under the mirror's URL
+        options = {"include": self.include, "val": self.val, "text_column": self.text_column}
+        cat = _unlisted(dataset, config, folder, recorded, **options)
+        if cat is not None:
+            return cat
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(folder / ".nanostream.catalog.lock")
+        except OSError as exc:
+            raise ConfigError(f"cannot create data folder {folder}: {exc}") from exc
+        with lock:
+            cat = _unlisted(dataset, config, folder, read_catalog(folder), **options)  # listed meanwhile?
+            if cat is None:
+                cat = run_sync(open_catalog(dataset, config=config, **options))
+                write_catalog(folder, cat)
+            return cat
 
 
 def sources_of(data: str | Path | Source | list[Source] | tuple[Source, ...] | None) -> tuple[Source, ...]:
@@ -105,32 +130,6 @@ def normalized(sources: tuple[Source, ...]) -> tuple[float, ...]:
     """The weights as shares summing to 1."""
     total = sum(float(s.weight) for s in sources)
     return tuple(float(s.weight) / total for s in sources)
-
-
-def pin_catalog(*, dataset: str | None, folder: Path, base_url: str | None = None, max_shard: int | None = None,
-                include: str | None = None, val: str | None = None, text_column: str | None = None,
-                config: Config) -> Catalog:
-    """The catalog a stream reads (blocking). A listing (hf://, s3://) happens once per folder: the first
-    process lists and records it under the folder's lock, the others (every rank) read the record."""
-    recorded = read_catalog(folder) if folder.is_dir() else None
-    if base_url is not None or max_shard is not None:
-        return numbered_catalog_for(dataset, folder, base_url, max_shard, recorded, config, text_column=text_column, val=val)
-    if dataset in DATASETS and recorded is not None and not recorded.name.startswith(SCHEMES):
-        dataset = recorded.name  # a built-in dataset fetched from a mirror is recorded under the mirror's URL
-    cat = _unlisted(dataset, config, folder, recorded, include, val, text_column)
-    if cat is not None:
-        return cat
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(folder / ".nanostream.catalog.lock")
-    except OSError as exc:
-        raise ConfigError(f"cannot create data folder {folder}: {exc}") from exc
-    with lock:
-        cat = _unlisted(dataset, config, folder, read_catalog(folder), include, val, text_column)  # listed meanwhile?
-        if cat is None:
-            cat = run_sync(open_catalog(dataset, config=config, include=include, val=val, text_column=text_column))
-            write_catalog(folder, cat)
-        return cat
 
 
 async def open_catalog(dataset: str | None, *, config: Config, data_dir: Path | None = None,
