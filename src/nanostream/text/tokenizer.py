@@ -24,7 +24,6 @@ from .formats import BOS, ranks_text, save_folder
 
 SPLIT_PATTERN = NANOSTREAM
 ENCODERS = ("auto", "gigatoken", "tiktoken")
-MIN_TEXTS_PER_THREAD = 16  # fewer texts than this per thread: encode them on the calling thread
 
 
 @runtime_checkable
@@ -77,7 +76,6 @@ class FastOrReference:
     reference library's ids, else with ``_reference_batch``."""
 
     reference_name = "tiktoken"
-    origin = "tokenizer"
     fast: FastEncoder | None = None
 
     def _choose_encoder(self, encoder: str, build: Callable[[], FastEncoder], specials: Iterable[str],
@@ -168,7 +166,7 @@ class BPETokenizer(FastOrReference):
         """tiktoken on up to ``num_threads`` threads (it releases the GIL), one run of texts of about equal
         length each: fewer hand-offs than ``encode_ordinary_batch``."""
         texts, encode = list(texts), self._enc.encode_ordinary
-        threads = min(self.num_threads, len(texts) // MIN_TEXTS_PER_THREAD)
+        threads = min(self.num_threads, len(texts) // 16)  # 16+ texts a thread, else this thread
         if threads <= 1:
             return [encode(t) for t in texts]
         with ThreadPoolExecutor(threads, thread_name_prefix="nanostream-bpe") as pool:
