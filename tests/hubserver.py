@@ -77,7 +77,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from aiohttp import web
 
-from nanostream.serve.files import ShardFiles, iter_file, parse_range
+from nanostream.serve.files import ShardFiles, parse_range
+
+from servers import iter_file
 
 TOKEN = "hf_test_token"
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n"

@@ -82,7 +82,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from nanostream.serve.files import CHUNK, ShardFiles, iter_file
+from nanostream.serve.files import CHUNK, ShardFiles
 from nanostream.serve.server import FILES_KEY, make_app
 
 BODY_FAULTS = ("drop", "short", "stall", "flip")
@@ -94,6 +94,20 @@ _CDN: Any = _RequestKey("nanostream_cdn", bool) if _RequestKey else "nanostream_
 _HUB_PATH = re.compile(r"^/(?:datasets/|spaces/)?[^/]+/[^/]+/resolve/[^/]+/(?P<name>[^/]+)$")
 REPO_COMMIT = "0123456789abcdef0123456789abcdef01234567"  # X-Repo-Commit on every answer
 STATS_PATH = "/-/stats"
+
+
+async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
+    """Bytes ``[start, end)`` of ``path`` in chunks, each read on a worker thread; ``OSError`` if the file is
+    shorter. Use it with ``contextlib.aclosing`` so the file is closed on an early exit."""
+    with path.open("rb") as f:
+        f.seek(start)
+        pos = start
+        while pos < end:
+            data = await asyncio.to_thread(f.read, min(chunk, end - pos))
+            if not data:
+                raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
+            pos += len(data)
+            yield data
 
 
 @dataclass(frozen=True)

@@ -84,22 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace, cfg: Config) -> int:
-    if args.command == "fetch":
-        from .fetch.command import run_fetch
-
-        return run_fetch(args, cfg)
-    if args.command == "serve":
-        from .serve.server import Limits, run_server
-
-        limits = Limits(max_connections=args.max_connections, timeout=args.timeout,
-                        max_keepalive_requests=args.max_keepalive_requests)
-        return run_server(args.dir, host=args.host, port=args.port, limits=limits)
-    from .streaming.cache.command import run_cache  # the last of the three subcommands: cache
-
-    return run_cache(args.dir, args.prune_to, cfg.cache_policy)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -108,7 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         cfg = Config.from_env()
-        return _run(args, cfg)
+        if args.command == "fetch":
+            from .fetch.command import run_fetch
+
+            return run_fetch(args, cfg)
+        if args.command == "serve":
+            from .serve.server import Limits, run_server
+
+            limits = Limits(max_connections=args.max_connections, timeout=args.timeout,
+                            max_keepalive_requests=args.max_keepalive_requests)
+            return run_server(args.dir, args.host, args.port, limits)
+        from .streaming.cache.command import run_cache  # the last of the three subcommands: cache
+
+        return run_cache(args.dir, args.prune_to, cfg.cache_policy)
     except NanostreamError as exc:
         print(f"nanostream: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED

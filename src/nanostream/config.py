@@ -32,9 +32,6 @@ class CacheLimit:
         """The budget in bytes for a folder on a filesystem of ``filesystem_bytes``."""
         return self.nbytes if self.fraction is None else int(self.fraction * filesystem_bytes)
 
-    def __str__(self) -> str:
-        return f"{self.nbytes} bytes" if self.fraction is None else f"{self.fraction * 100:g}%"
-
 
 def parse_cache_limit(value: object, what: str = "cache_limit") -> CacheLimit | None:
     """``cache_limit`` as given: None (unbounded), bytes (an int), or a string: ``"40GB"``, ``"500MiB"``
@@ -80,11 +77,9 @@ DEFAULT_DATASET = "fineweb-edu-100b"
 
 
 def get_dataset(name: str) -> Dataset:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        known = ", ".join(sorted(DATASETS))
-        raise ConfigError(f"unknown dataset {name!r}: choose one of {known}") from None
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
 
 
 def check_url(url: str) -> str:

@@ -21,8 +21,7 @@ class FetchError(NanostreamError):
 
     def __init__(self, message: str, *, shard: str | None = None, url: str | None = None):
         super().__init__(message)
-        self.shard = shard
-        self.url = url
+        self.shard, self.url = shard, url
 
 
 class HTTPStatusError(FetchError):

@@ -48,18 +48,16 @@ class LineProgress(NullProgress):
         self.stream, self.interval = stream, interval
         self._last = time.monotonic()
 
-    def line(self) -> str:
-        rate = self.bytes / max(time.monotonic() - self.started, 1e-9)
-        eta = (self.total - self.bytes) / max(rate, 1e-9)
-        return (f"fetch: {self.done}/{self.shards} shards, {self.failed} failed, "
-                f"{self.bytes / 1e6:.1f}/{self.total / 1e6:.1f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f}s")
-
     def show(self, news: bool) -> None:
         now = time.monotonic()
-        if news and now - self._last >= self.interval:
-            self._last = now
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
+        if not news or now - self._last < self.interval:
+            return
+        self._last = now
+        rate = self.bytes / max(now - self.started, 1e-9)
+        eta = (self.total - self.bytes) / max(rate, 1e-9)
+        self.stream.write(f"fetch: {self.done}/{self.shards} shards, {self.failed} failed, {self.bytes / 1e6:.1f}/"
+                          f"{self.total / 1e6:.1f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f}s\n")
+        self.stream.flush()
 
 
 class BarProgress(NullProgress):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -25,10 +26,8 @@ log = logging.getLogger(__name__)
 
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` value (seconds or an HTTP date), None if absent or unreadable."""
-    try:
+    with contextlib.suppress(ValueError):
         return float(value or "")
-    except ValueError:
-        pass
     try:
         return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
     except (TypeError, ValueError):  # absent, or neither seconds nor a date

@@ -56,8 +56,7 @@ class Transient(Exception):
 
     def __init__(self, message: str, retry_after: float | None = None, *, rate_limited: bool = False):
         super().__init__(message)
-        self.retry_after = retry_after
-        self.rate_limited = rate_limited and retry_after is not None
+        self.retry_after, self.rate_limited = retry_after, rate_limited
 
 
 class Fatal(Exception):
@@ -172,11 +171,6 @@ class Retries:
                     f"{self.policy.rate_limit_budget:.0f}s): try again later, or with HF_TOKEN set (a higher limit)")
         return f"gave up after {self.failures} attempts; last: {describe(exc)}"
 
-    def exhausted(self, exc: BaseException) -> RetriesExhausted:
-        where = f" ({self.url})" if self.url else ""
-        return RetriesExhausted(f"{self.what}: {self.why(exc)}{where}", attempts=self.failures, shard=self.shard,
-                                url=self.url or None)
-
 
 async def with_retries(retries: Retries, attempt: Callable[[], Awaitable[T]]) -> T:
     """``await attempt()`` until it returns; a failure ``retries`` gives up on is raised as it is, or as
@@ -187,9 +181,11 @@ async def with_retries(retries: Retries, attempt: Callable[[], Awaitable[T]]) ->
         except Exception as exc:  # sorted by Retries.again (classify)
             if await retries.again(exc):
                 continue
-            if classify(exc)[0]:
-                raise retries.exhausted(exc) from exc
-            raise
+            if not classify(exc)[0]:
+                raise
+            where = f" ({retries.url})" if retries.url else ""
+            raise RetriesExhausted(f"{retries.what}: {retries.why(exc)}{where}", attempts=retries.failures,
+                                   shard=retries.shard, url=retries.url or None) from exc
 
 
 def parse_sha256(value: str | None) -> str | None:

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,20 +80,6 @@ def if_range_matches(value: str, etag: str) -> bool:
     except (TypeError, ValueError, IndexError) as exc:
         raise ValueError("neither an entity tag nor an HTTP date") from exc
     return False
-
-
-async def iter_file(path: Path, start: int, end: int, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """Bytes ``[start, end)`` of ``path`` in chunks, each read on a worker thread; ``OSError`` if the file is
-    shorter. Use it with ``contextlib.aclosing`` so the file is closed on an early exit."""
-    with path.open("rb") as f:  # stat'ed a moment ago: opening does not wait for the disk
-        f.seek(start)
-        pos = start
-        while pos < end:
-            data = await asyncio.to_thread(f.read, min(chunk, end - pos))
-            if not data:
-                raise OSError(f"{path} shrank while being served (at byte {pos}, expected {end})")
-            pos += len(data)
-            yield data
 
 
 async def write_body(request: web.BaseRequest, response: web.StreamResponse, path: Path,

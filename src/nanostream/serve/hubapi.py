@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -79,12 +80,10 @@ def cursor_start(request: web.Request) -> int:
     cursor = request.query.get("cursor")
     if not cursor:
         return 0
-    try:
+    with contextlib.suppress(ValueError):  # not base64 (binascii.Error), not UTF-8, or past int's 4300 digits
         text = base64.urlsafe_b64decode(cursor.encode()).decode()
         if text.isascii() and text.isdigit():
             return int(text)
-    except ValueError:  # not base64 (binascii.Error), not UTF-8, or past int's 4300 digits
-        pass
     raise bad_request(f"bad cursor {quoted(cursor, 80)}: use the Link of the previous page")
 
 

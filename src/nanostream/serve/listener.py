@@ -74,7 +74,7 @@ class _Connection:
         live = self.listener.live
         live[self.inner] = self
         self.listener.peak = max(self.listener.peak, len(live))
-        self._arm()
+        self.arm()
         self.inner.connection_made(transport)
 
     def __getattr__(self, name: str) -> Any:  # data_received, eof_received, pause/resume_writing
@@ -88,25 +88,19 @@ class _Connection:
 
     def free(self) -> None:
         """Cancel the deadline and give the slot back (once)."""
-        self._disarm()
+        self.disarm()
         if not self._freed:
             self._freed = True
             self.listener.live.pop(self.inner, None)
             self.listener.slots.release()
 
-    def begin(self) -> None:
-        self.requests += 1
-        self._disarm()
-
-    def end(self) -> None:
+    def arm(self) -> None:
+        """(Re)start the deadline, unless the connection is gone."""
+        self.disarm()
         if not self._freed:
-            self._arm()
+            self._deadline = asyncio.get_running_loop().call_later(self.listener.limits.timeout, self._expire)
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._deadline = asyncio.get_running_loop().call_later(self.listener.limits.timeout, self._expire)
-
-    def _disarm(self) -> None:
+    def disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()  # a no-op once it ran
 
@@ -207,11 +201,12 @@ class Listener:
         connection = self.live.get(request.protocol)
         if connection is None:
             return await handler(request)
-        connection.begin()
+        connection.requests += 1
+        connection.disarm()
         try:
             return await handler(request)
         finally:
-            connection.end()
+            connection.arm()
 
     async def _on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """Close the connection after its ``max_keepalive_requests``-th response."""

@@ -89,10 +89,9 @@ async def open_mirror(root: Path, host: str = "127.0.0.1", port: int = 0, *, lim
         await asyncio.sleep(0)  # let the aborted transports report connection_lost
 
 
-def run_server(root: Path, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None) -> int:
+def run_server(root: Path, host: str, port: int, limits: Limits) -> int:
     """Serve ``root`` until Ctrl-C or SIGTERM, then return 0, printing the URL first; ConfigError as ``open_mirror``,
     or for a descriptor limit too low for ``limits.max_connections``."""
-    limits = limits or Limits()
     limits.reserve_fds()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_until_stopped(Path(root), host, port, limits))

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +75,17 @@ class FastEncoder:
                  rebuild_chars: int = REBUILD_CHARS) -> None:
         self._build, self.digit_cut, self.rebuild_chars = build, digit_cut, rebuild_chars
         self._lock = threading.Lock()
-        self._backend: Any = None
+        self._backend: Any = build()  # built now: a broken vocabulary fails at load time
         self._chars = 0
-        self.builds = 0
-        self._current(0)  # build now: a broken vocabulary fails at load time
+        self.builds = 1
 
     def _current(self, chars: int) -> Any:
         with self._lock:
-            if self._backend is None or self._chars >= self.rebuild_chars:
-                rebuilt = self._backend is not None
+            if self._chars >= self.rebuild_chars:
                 self._backend, self._chars = None, 0  # the old encoder and its cache are freed here ...
                 self._backend = self._build()
                 self.builds += 1
-                if rebuilt and _MALLOC_TRIM is not None:
+                if _MALLOC_TRIM is not None:
                     _MALLOC_TRIM(0)  # ... and handed back to the OS, not kept by the allocator
             self._chars += chars
             return self._backend
@@ -116,25 +115,11 @@ def digit_pieces(texts: Sequence[str]) -> tuple[list[str], list[int]] | None:
     has such a run. The pieces encoded with ``\\p{N}{1,3}`` give the texts' ``\\p{N}{1,2}`` ids."""
     pieces: list[str] = []
     counts: list[int] = []
-    cut_any = False
-    search = _RUN.search
     for text in texts:
-        m = search(text)
-        if m is None:
-            pieces.append(text)
-            counts.append(1)
-            continue
-        cut_any = True
-        n0, last = len(pieces), 0
-        while m is not None:
-            a, b = m.span()
-            for cut in range(a + 2, b, 2):
-                pieces.append(text[last:cut])
-                last = cut
-            m = search(text, b)
-        pieces.append(text[last:])
-        counts.append(len(pieces) - n0)
-    return (pieces, counts) if cut_any else None
+        cuts = [cut for m in _RUN.finditer(text) for cut in range(m.start() + 2, m.end(), 2)]
+        pieces.extend(text[a:b] for a, b in pairwise([0, *cuts, len(text)]))
+        counts.append(len(cuts) + 1)
+    return (pieces, counts) if len(pieces) > len(texts) else None
 
 
 # -- the identity check: texts on which split patterns and encoders disagree ------------------------

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,7 +24,6 @@ from .formats import BOS, ranks_text, save_folder
 
 SPLIT_PATTERN = NANOSTREAM
 ENCODERS = ("auto", "gigatoken", "tiktoken")
-MIN_TEXTS_PER_THREAD = 16  # fewer texts than this per thread: encode them on the calling thread
 
 
 @runtime_checkable
@@ -76,7 +76,6 @@ class FastOrReference:
     reference library's ids, else with ``_reference_batch``."""
 
     reference_name = "tiktoken"
-    origin = "tokenizer"
     fast: FastEncoder | None = None
 
     def _choose_encoder(self, encoder: str, build: Callable[[], FastEncoder], specials: Iterable[str],
@@ -139,36 +138,25 @@ class BPETokenizer(FastOrReference):
             raise TokenizerError(f"{origin}: BPE ranks must be exactly 0..{n - 1}")
         if any(ranks.get(bytes([b])) is None for b in range(256)):
             raise TokenizerError(f"{origin}: BPE ranks must contain all 256 single bytes")
-        self._ranks = dict(ranks)
+        self.ranks = dict(ranks)
         self.pattern, self.origin = pattern, origin
         self.special_tokens = dict(special_tokens) if special_tokens is not None else {BOS: n}
         if bos not in self.special_tokens:
             raise missing_bos(origin, [bos], self.special_tokens)
-        self.bos = bos
+        self.bos, self.bos_id = bos, self.special_tokens[bos]
         self.num_threads = num_threads if num_threads is not None else max(1, min(8, usable_cpus()))
         if self.num_threads < 1:
             raise TokenizerError(f"num_threads must be >= 1, got {self.num_threads}")
         try:
-            self._enc = tiktoken.Encoding("nanostream-bpe", pat_str=pattern, mergeable_ranks=self._ranks,
+            self._enc = tiktoken.Encoding("nanostream-bpe", pat_str=pattern, mergeable_ranks=self.ranks,
                                           special_tokens=self.special_tokens)
         except (ValueError, AssertionError) as exc:
             raise TokenizerError(f"{origin}: invalid BPE tokenizer (pattern or ranks): {exc}") from exc
+        self.vocab_size = self._enc.n_vocab
         scheme = FAST_SCHEMES.get(pattern)
         self._choose_encoder(
-            encoder, lambda: FastEncoder(partial(from_ranks, ranks_text(self._ranks), scheme[0]), digit_cut=scheme[1]),
+            encoder, lambda: FastEncoder(partial(from_ranks, ranks_text(self.ranks), scheme[0]), digit_cut=scheme[1]),
             [*self.special_tokens, bos], unfit=None if scheme else "gigatoken has no scheme for its split pattern")
-
-    @property
-    def bos_id(self) -> int:
-        return self.special_tokens[self.bos]
-
-    @property
-    def vocab_size(self) -> int:
-        return self._enc.n_vocab
-
-    @property
-    def ranks(self) -> dict[bytes, int]:
-        return dict(self._ranks)
 
     def encode(self, text: str) -> list[int]:
         """One text's ids on tiktoken (no BOS, no special token)."""
@@ -178,7 +166,7 @@ class BPETokenizer(FastOrReference):
         """tiktoken on up to ``num_threads`` threads (it releases the GIL), one run of texts of about equal
         length each: fewer hand-offs than ``encode_ordinary_batch``."""
         texts, encode = list(texts), self._enc.encode_ordinary
-        threads = min(self.num_threads, len(texts) // MIN_TEXTS_PER_THREAD)
+        threads = min(self.num_threads, len(texts) // 16)  # 16+ texts a thread, else this thread
         if threads <= 1:
             return [encode(t) for t in texts]
         with ThreadPoolExecutor(threads, thread_name_prefix="nanostream-bpe") as pool:
@@ -193,23 +181,26 @@ class BPETokenizer(FastOrReference):
 
     def save(self, directory: Path | str) -> Path:
         """Write nanostream's tokenizer folder (``formats.py``) into ``directory``; return it."""
-        return save_folder(Path(directory), self._ranks, self.pattern, self.special_tokens, self.vocab_size)
+        return save_folder(Path(directory), self.ranks, self.pattern, self.special_tokens, self.vocab_size)
 
 
 def _balanced_chunks(texts: list[str], n: int) -> list[list[str]]:
     """``texts`` cut into at most ``n`` contiguous runs of about equal total length."""
-    bounds = [0]
-    target, total = sum(map(len, texts)) / n, 0
-    for i, text in enumerate(texts):
-        total += len(text)
-        if total >= target * len(bounds) and len(bounds) < n and i + 1 < len(texts):
-            bounds.append(i + 1)
-    bounds.append(len(texts))
-    return [texts[a:b] for a, b in pairwise(bounds) if b > a]
+    ends = list(accumulate(map(len, texts)))  # where each text ends in their concatenation
+    cuts = [bisect_left(ends, ends[-1] * k / n) + 1 for k in range(1, n)]
+    return [texts[a:b] for a, b in pairwise([0, *cuts, len(texts)]) if b > a]
 
 
 DEFAULT_BOS = ("<|bos|>", "<|begin_of_text|>", "<|endoftext|>", "<s>")
-INSTALL = "reading a Hugging Face tokenizer.json needs the `tokenizers` package: pip install tokenizers"
+
+
+def _reference(data: str) -> Any:
+    """``tokenizers``' tokenizer for ``tokenizer.json`` text, encoding a special token's text in a document as text."""
+    import tokenizers
+
+    ref = tokenizers.Tokenizer.from_str(data)
+    ref.encode_special_tokens = True
+    return ref
 
 
 def _without_specials(data: str) -> str:
@@ -228,14 +219,12 @@ class HFTokenizer(FastOrReference):
     def __init__(self, data: str, *, bos: str | None = None, encoder: str = "auto",
                  origin: str = "tokenizer.json") -> None:
         try:
-            import tokenizers
+            self._ref = _reference(data)
         except ImportError as exc:
-            raise TokenizerError(f"{origin}: {INSTALL}") from exc
-        try:
-            self._ref = tokenizers.Tokenizer.from_str(data)
+            raise TokenizerError(f"{origin}: reading a Hugging Face tokenizer.json needs the `tokenizers` package: "
+                                 "pip install tokenizers") from exc
         except Exception as exc:
             raise TokenizerError(f"{origin} is not a Hugging Face tokenizer.json tokenizers can load ({exc})") from exc
-        self._ref.encode_special_tokens = True  # a special token's text in a document is text
         self.origin = origin
         added = json.loads(data).get("added_tokens") or []
         self.special_tokens = {t["content"]: t["id"] for t in added if t.get("special")}
@@ -258,8 +247,4 @@ class HFTokenizer(FastOrReference):
         return {**self.__dict__, "_ref": self._ref.to_str()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        import tokenizers
-
-        self.__dict__.update(state)
-        self._ref = tokenizers.Tokenizer.from_str(state["_ref"])
-        self._ref.encode_special_tokens = True
+        self.__dict__.update(state, _ref=_reference(state["_ref"]))
