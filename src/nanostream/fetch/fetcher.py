@@ -8,7 +8,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import aiohttp
 from .._compat import TaskGroup
 from ..concurrency import cancel_and_wait
 from ..config import check_url, host_of
-from ..errors import ConfigError, FetchError, VerificationError
-from ..retry import NoSpace, RetryPolicy, Transient, client_session, unreachable
+from ..errors import ConfigError, FetchError
+from ..retry import NoSpace, RetryPolicy, client_session
 from ..shards import shard_name
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials
@@ -52,7 +51,6 @@ class Fetcher:
         self.queued: collections.deque[Job] = collections.deque()
         self.running: list[Job] = []
         self.waiting_for_space: list[Job] = []
-        self.down_since: float | None = None  # when the host was first found unreachable
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
         self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
         self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
@@ -88,8 +86,7 @@ class Fetcher:
             self.disk.close()  # every write has finished: the final saves see all of them
             for job in list(self.by_key.values()):
                 job.save_now()
-                job.close_files()
-                job.unlock()
+                job.release()
                 if not job.future.done():
                     job.future.cancel()
             await self._session.close()
@@ -222,19 +219,10 @@ class Fetcher:
         if isinstance(exc, NoSpace):
             self._no_space(job, exc)
             return False
-        why = None if self._ranges.reached else unreachable(exc)
-        if why is not None:
-            now = time.monotonic()
-            if self.down_since is None:
-                self.down_since = now
-                log.debug("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
-            if job.attempts + 1 >= self.retry.attempts or now - self.down_since >= self.retry.unreachable_after:
-                where = self.base_url or job.url.rsplit("/", 1)[0]
-                err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, "
-                                 f"AWS_ENDPOINT_URL or --base-url ({where})", url=where)
-                err.__cause__ = exc
-                self._fail_all(err)
-                return False
+        down = self._ranges.host_down(job, exc, self.retry)
+        if down is not None:
+            self._fail_all(down)
+            return False
         if await job.retries.again(exc):
             return True
         self._fail(job, exc)
@@ -248,23 +236,13 @@ class Fetcher:
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
         try:
-            problem = await job.publish()
-            if not job.live(gen):
-                return None
-            if problem is None:
-                return self._resolve(job, skipped=False)
-            err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
-                                    shard=job.name, url=job.url)
-            log.warning("%s", err)
-            if not await job.retries.again(Transient(problem)):
-                return self._fail(job, err)
-            job.reset(f"{problem}; discarded the bytes")
-            self._wake()
-            return None
+            if await job.publish() and job.live(gen):
+                self._resolve(job, skipped=False)
         except FetchError as exc:
-            return self._fail(job, exc)
+            self._fail(job, exc)
         finally:
             job.finalizing = False
+            self._wake()  # after a reset, its range is there to take
 
     # -- settling: each file once, published or failed ----------------------------------------
     def _fail_all(self, err: FetchError, host: str | None = None) -> None:
@@ -282,8 +260,7 @@ class Fetcher:
                  job.name, exc.needed / 1e6, len(others))
         self.running.remove(job)
         job.segments = []
-        job.close_files()
-        job.unlock()  # it holds nothing on disk; locked again when it is retried
+        job.release()  # it holds nothing on disk; locked again when it is retried
         self.waiting_for_space.append(job)
         return None
 
@@ -302,8 +279,7 @@ class Fetcher:
         return self._fail(job, err)
 
     def _settle(self, job: Job, result: ShardResult) -> None:
-        job.close_files()
-        job.unlock()
+        job.release()
         self.by_key.pop(job.name, None)
         for group in (self.queued, self.running, self.waiting_for_space):
             if job in group:

@@ -15,8 +15,8 @@ from typing import Any
 
 import filelock
 
-from ..errors import FetchError
-from ..retry import Fatal, NoSpace, Retries, RetryPolicy, with_retries
+from ..errors import FetchError, VerificationError
+from ..retry import Fatal, NoSpace, Retries, RetryPolicy, Transient, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
 from .partial import (
@@ -60,6 +60,7 @@ class Job:
         self.retries = Retries(policy, file.path, url=url, shard=file.path)  # its failed requests, across its ranges
         self.index = index
         self.signed = is_s3(file.url)  # every request is SigV4-signed
+        self.known = file.size is not None or bool(file.sha256)  # a different answer is an error, not a reset
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.segments: list[Segment] = []
         self.size: int | None = None
@@ -80,11 +81,6 @@ class Job:
         """Failed requests (and failed verifications) so far."""
         return self.retries.failures
 
-    @property
-    def known(self) -> bool:
-        """The catalog says what this file is: a different answer is an error, never a reset."""
-        return self.file.size is not None or bool(self.file.sha256)
-
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
 
@@ -99,8 +95,15 @@ class Job:
         except OSError as exc:
             raise FetchError(f"{self.name}: cannot lock {self.final.parent}: {exc}", shard=self.name,
                              url=self.url) from exc
-        if status == "verify" and await self._verified(announced):
-            return "present"
+        if status == "verify":
+            sha, size = self.file.sha256, self.file.size
+            if not self.known:
+                sha, size = await with_retries(self.retries, announced)
+            problem = await self.disk.run(check_file, self.final, size, sha, self.file.md5)
+            if problem is None:
+                return "present"
+            log.warning("%s: present but %s; downloading it again", self.name, problem)
+            self.final.unlink(missing_ok=True)
         if status in ("present", "busy"):
             return status
         if state is None:
@@ -110,16 +113,6 @@ class Job:
         self.segments = [Segment(s, e) for s, e in state.ranges() if s < e]
         log.info("%s: resuming, %d of %d bytes to go", self.name, sum(e - s for s, e in state.ranges()), state.size)
         return "resume"
-
-    async def _verified(self, announced: Callable[[], Awaitable[tuple[str | None, int | None]]]) -> bool:
-        sha, size, md5 = self.file.sha256, self.file.size, self.file.md5
-        if not self.known:
-            sha, size = await with_retries(self.retries, announced)
-        problem = await self.disk.run(check_file, self.final, size, sha, md5)
-        if problem is not None:
-            log.warning("%s: present but %s; downloading it again", self.name, problem)
-            self.final.unlink(missing_ok=True)
-        return problem is None
 
     async def other_finished(self, verify: bool) -> bool:
         """Another process holds the lock: True once its file is there, False when that process is gone
@@ -157,17 +150,28 @@ class Job:
                     raise NoSpace(why, size) from exc
                 raise Fatal(why) from exc
 
-    async def publish(self) -> str | None:
-        """Verify the complete part file and publish it (``partial.finalize``): None, or why it failed
-        verification. Raises FetchError when it cannot be published."""
+    async def publish(self) -> bool:
+        """Verify the complete part file and publish it (``partial.finalize``): True when published, False when
+        the bytes failed verification and the file starts again. Raises FetchError when it cannot be published,
+        or VerificationError when its bytes failed verification more often than the policy allows."""
+        gen = self.gen
         async with self.files:
             self.close_files()
             try:
-                return await self.disk.run_synced(finalize, self.final, self.size, self.sha256, self.digest(),
-                                                  self.file.md5)
+                problem = await self.disk.run_synced(finalize, self.final, self.size, self.sha256, self.digest(),
+                                                     self.file.md5)
             except OSError as exc:
                 raise FetchError(f"{self.name}: cannot publish {self.final}: {exc}", shard=self.name,
                                  url=self.url) from exc
+        if problem is None or not self.live(gen):
+            return problem is None
+        err = VerificationError(f"{self.name}: downloaded bytes failed verification: {problem} ({self.url})",
+                                shard=self.name, url=self.url)
+        log.warning("%s", err)
+        if not await self.retries.again(Transient(problem)):
+            raise err
+        self.reset(f"{problem}; discarded the bytes")
+        return False
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
@@ -183,8 +187,9 @@ class Job:
             self.close_files()
             await self.disk.run(discard, self.final)
 
-    def unlock(self) -> None:
-        """Release the file's flock (another process may take it over)."""
+    def release(self) -> None:
+        """Close the part/state descriptors and release the file's flock (another process may take it over)."""
+        self.close_files()
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -6,6 +6,7 @@ Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -13,13 +14,23 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import HTTPStatusError, VerificationError
-from ..retry import Fatal, Retries, RetryPolicy, Transient, check_status, parse_sha256, with_retries
+from ..errors import FetchError, HTTPStatusError, VerificationError
+from ..retry import (
+    Fatal,
+    Retries,
+    RetryPolicy,
+    Transient,
+    check_status,
+    parse_sha256,
+    unreachable,
+    with_retries,
+)
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials, is_s3
 from .jobs import Job, Segment
 from .partial import PARQUET_MAGIC, Disk, part_path
 
+log = logging.getLogger(__name__)
 FLUSH_BYTES = 128 << 10  # a range writes what it received every FLUSH_BYTES or FLUSH_SECONDS
 FLUSH_SECONDS = 0.2
 
@@ -68,8 +79,25 @@ class RangeDownloader:
         self.session, self.disk, self.credentials = session, disk, credentials
         self.progress, self.on_change = progress, on_change
         self.reached = False  # some response arrived from the server in this run
+        self.down_since: float | None = None  # when the host was first found unreachable
         self.rtt = 0.05
         self.rate = 0.0  # bytes/s of one connection, 0 until measured
+
+    def host_down(self, job: Job, exc: Exception, policy: RetryPolicy) -> FetchError | None:
+        """The error that fails every file when ``exc`` ends a request to a host never reached that failed
+        ``policy.attempts`` times or for ``policy.unreachable_after`` seconds; else None (retry)."""
+        why = None if self.reached else unreachable(exc)
+        if why is not None and self.down_since is None:
+            self.down_since = time.monotonic()
+            log.debug("%s; retrying for up to %.0fs", why, policy.unreachable_after)
+        if why is None or (job.attempts + 1 < policy.attempts
+                           and time.monotonic() - self.down_since < policy.unreachable_after):
+            return None
+        where = job.url.rsplit("/", 1)[0]
+        err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, AWS_ENDPOINT_URL "
+                         f"or --base-url ({where})", url=where)
+        err.__cause__ = exc
+        return err
 
     def min_piece(self) -> int:
         """Smallest range worth a request of its own: one round trip of one connection's bytes (fetch.md)."""
@@ -87,7 +115,7 @@ class RangeDownloader:
             if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
                 if job.known:
                     raise changed(job, "it answers 412 to If-Match")
-                return self._reset(job, "the object changed (412 to If-Match)")
+                return job.reset("the object changed (412 to If-Match)")
             check_status(resp)
             if not job.live(gen):
                 return
@@ -104,7 +132,7 @@ class RangeDownloader:
                 return
             if ranged:
                 if resp.status == 200:
-                    return self._reset(job, "the server ignored Range/If-Range (remote file changed?)")
+                    return job.reset("the server ignored Range/If-Range (remote file changed?)")
                 first = resp.headers.get("Content-Range", "").replace("bytes ", "").split("-")[0]
                 if first != str(seg.pos):
                     raise Transient(f"asked for bytes from {seg.pos}, got Content-Range {first!r}")
@@ -139,11 +167,7 @@ class RangeDownloader:
         elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
             if job.known:
                 raise changed(job, "its size or sha256 differs between two answers")
-            self._reset(job, "the remote file changed (size or sha256 differ)")
-
-    def _reset(self, job: Job, why: str) -> None:
-        job.reset(why)
-        self.on_change()
+            job.reset("the remote file changed (size or sha256 differ)")
 
     async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse,
                          head: bytes) -> None:
