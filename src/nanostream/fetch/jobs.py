@@ -57,7 +57,7 @@ class Job:
     def __init__(self, file: DataFile, final: Path, url: str, disk: Disk, policy: RetryPolicy,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None):
         self.file, self.name, self.final, self.url, self.disk, self._spawn = file, file.path, final, url, disk, spawn
-        self.retries = Retries(policy, file.path, url=url, shard=file.path)  # its failed requests, across its ranges
+        self.retries = Retries(policy, file.path, url=url, shard=file.path)  # failed requests and verifications
         self.index = index
         self.signed = is_s3(file.url)  # every request is SigV4-signed
         self.known = file.size is not None or bool(file.sha256)  # a different answer is an error, not a reset
@@ -75,11 +75,6 @@ class Job:
         self._dirty = False
         self._saver: asyncio.Task | None = None
         self.pfiles: PartFiles | None = None  # open part/state descriptors while downloading
-
-    @property
-    def attempts(self) -> int:
-        """Failed requests (and failed verifications) so far."""
-        return self.retries.failures
 
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
@@ -151,15 +146,15 @@ class Job:
                 raise Fatal(why) from exc
 
     async def publish(self) -> bool:
-        """Verify the complete part file and publish it (``partial.finalize``): True when published, False when
-        the bytes failed verification and the file starts again. Raises FetchError when it cannot be published,
-        or VerificationError when its bytes failed verification more often than the policy allows."""
+        """Verify the complete part file and publish it (``partial.finalize``): True when published, False
+        when the bytes failed verification and the file starts again. Raises FetchError when it cannot be
+        published, or VerificationError once verification failed more often than the policy allows."""
         gen = self.gen
         async with self.files:
             self.close_files()
             try:
-                problem = await self.disk.run_synced(finalize, self.final, self.size, self.sha256, self.digest(),
-                                                     self.file.md5)
+                problem = await self.disk.run_synced(finalize, self.final, self.size, self.sha256,
+                                                     self.digest(), self.file.md5)
             except OSError as exc:
                 raise FetchError(f"{self.name}: cannot publish {self.final}: {exc}", shard=self.name,
                                  url=self.url) from exc
@@ -188,7 +183,7 @@ class Job:
             await self.disk.run(discard, self.final)
 
     def release(self) -> None:
-        """Close the part/state descriptors and release the file's flock (another process may take it over)."""
+        """Close the part/state descriptors, release the file's flock (another process may take it over)."""
         self.close_files()
         if self.lock is not None:
             self.lock.release()

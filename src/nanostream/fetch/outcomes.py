@@ -22,7 +22,7 @@ _HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]
 @dataclass
 class ShardResult:
     """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``name``: its
-    path in the data folder; ``index``: the shard index (``fetch_shards``) or its place in the list."""
+    path in the data folder; ``index``: its place in the list ``fetch_files`` was given."""
 
     index: int | None
     path: Path | None
@@ -80,7 +80,7 @@ def translate(job: Job, exc: BaseException) -> tuple[FetchError, str | None]:
     else:
         kept = part_path(job.final).exists() and job.size is not None and job.downloaded > 0
         hint = "; rerun to resume the partial download" if kept else ""
-        err = RetriesExhausted(f"{job.name}: {job.retries.why(exc)} ({job.url}){hint}", attempts=job.attempts,
-                               shard=job.name, url=job.url)
+        err = RetriesExhausted(f"{job.name}: {job.retries.why(exc)} ({job.url}){hint}",
+                               attempts=job.retries.failures, shard=job.name, url=job.url)
     err.__cause__ = exc
     return err, scope

@@ -71,10 +71,10 @@ class PartState:
                 if magic == SLOT_MAGIC and len(body) == n and zlib.crc32(body) == crc:
                     slots.append((seq, cls(**json.loads(body))))
             seq, best = max(slots, key=lambda slot: slot[0])  # ValueError when neither slot is whole
-            if (best.url == url and all(0 <= s <= e <= best.size for s, e in best.ranges())  # TypeError: not ints
+            if (best.url == url and all(0 <= s <= e <= best.size for s, e in best.ranges())
                     and part_path(final).stat().st_size == best.size):
                 return best, seq
-        except (OSError, ValueError, TypeError, struct.error):
+        except (OSError, ValueError, TypeError, struct.error):  # TypeError: a field that is not an int
             pass
         discard(final)
         return None

@@ -90,7 +90,7 @@ class RangeDownloader:
         if why is not None and self.down_since is None:
             self.down_since = time.monotonic()
             log.debug("%s; retrying for up to %.0fs", why, policy.unreachable_after)
-        if why is None or (job.attempts + 1 < policy.attempts
+        if why is None or (job.retries.failures + 1 < policy.attempts
                            and time.monotonic() - self.down_since < policy.unreachable_after):
             return None
         where = job.url.rsplit("/", 1)[0]
