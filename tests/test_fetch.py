@@ -212,6 +212,7 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
     disk, tasks = Disk(), []
     job = Job(DataFile(NAME0, None, url="http://127.0.0.1:1/x"), tmp_path / NAME0, "http://127.0.0.1:1/x", disk,
               FAST, lambda c: tasks.append(asyncio.ensure_future(c)))
+    job.segments = [Segment(0, None)]  # as Job.open starts a new file
     await job.learned(100, "0" * 64, None)
     a, b = Segment(0, 60), Segment(60, 100)
     job.segments = [a, b]
@@ -454,7 +455,7 @@ async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
         data = part_path(local / NAME0).read_bytes()
         assert len(data) == state.size == len(want)
         holes, pos = [], 0
-        for start, end in sorted(state.ranges()):
+        for start, end in sorted(state.missing):
             holes.append((pos, start))
             pos = end
         holes.append((pos, state.size))

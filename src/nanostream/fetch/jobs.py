@@ -33,7 +33,6 @@ from .partial import (
 )
 
 log = logging.getLogger(__name__)
-POLL = 0.25  # seconds between looks at a file another process downloads
 
 
 @dataclass(slots=True, eq=False)  # compared by identity, as a range in flight is
@@ -105,15 +104,15 @@ class Job:
             self.segments = [Segment(0, None)]
             return "start"
         self.size, self.validator, self.sha256 = state.size, state.validator, state.sha256
-        self.segments = [Segment(s, e) for s, e in state.ranges() if s < e]
-        log.info("%s: resuming, %d of %d bytes to go", self.name, sum(e - s for s, e in state.ranges()), state.size)
+        self.segments = [Segment(s, e) for s, e in state.missing if s < e]
+        log.info("%s: resuming, %d of %d bytes to go", self.name, sum(e - s for s, e in state.missing), state.size)
         return "resume"
 
     async def other_finished(self, verify: bool) -> bool:
         """Another process holds the lock: True once its file is there, False when that process is gone
         without it (take over). Polled: a lock another process holds wakes nothing here."""
         while True:
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(0.25)
             if self.final.exists() and not verify:
                 return True
             probe = try_lock(self.final)
@@ -125,6 +124,7 @@ class Job:
         """The first response told us what to expect: a fresh part file of ``size`` bytes, reserved."""
         self.size, self.sha256, self.validator = size, sha256, validator
         self.hasher, self.hashed = (hashlib.sha256() if sha256 else None), 0
+        self.segments[0].end = size  # the one range, from byte 0, ends at the file's end
         gen = self.gen
         async with self.files:
             if gen != self.gen:
@@ -135,7 +135,7 @@ class Job:
                     await self.disk.run(create_part, self.final, size)
                     self.pfiles = await self.disk.acquire(PartFiles.close,
                                                           lambda: PartFiles(self.final, fresh=True))
-                await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, null]]
+                await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, size]]
             except OSError as exc:
                 self.close_files()  # hold no reserved blocks while failed or parked
                 await self.disk.run(discard, self.final)
@@ -214,7 +214,7 @@ class Job:
         return self.hasher.hexdigest() if self.hasher is not None and self.hashed == self.size else None
 
     def snapshot(self) -> PartState:
-        """The resume state as of now: every range not written yet is missing (an unknown end: ``None``)."""
+        """The resume state as of now: every range not written yet is missing."""
         assert self.size is not None
         missing = [[s.pos, s.end] for s in self.segments if not s.done()]
         return PartState(self.url, self.size, self.validator, self.sha256, missing)

@@ -47,17 +47,13 @@ class PartState:
     size: int
     validator: str | None = None  # strong ETag of the body, for If-Range
     sha256: str | None = None
-    missing: list[list[int | None]] = field(default_factory=list)  # [start, end) to fetch; end None = EOF
+    missing: list[list[int]] = field(default_factory=list)  # [start, end) ranges still to fetch
 
     def encode(self, seq: int) -> bytes:
         body = json.dumps(asdict(self), separators=(",", ":")).encode()
         if SLOT_HEADER.size + len(body) > SLOT:
             raise OSError(errno.EFBIG, f"resume state of {len(self.missing)} ranges does not fit a slot")
         return SLOT_HEADER.pack(SLOT_MAGIC, seq, len(body), zlib.crc32(body)) + body
-
-    def ranges(self) -> list[tuple[int, int]]:
-        """``missing`` with open ends closed at ``size``."""
-        return [(s, self.size if e is None else e) for s, e in self.missing]
 
     @classmethod
     def load(cls, final: Path, url: str) -> tuple[PartState, int] | None:
@@ -71,7 +67,7 @@ class PartState:
                 if magic == SLOT_MAGIC and len(body) == n and zlib.crc32(body) == crc:
                     slots.append((seq, cls(**json.loads(body))))
             seq, best = max(slots, key=lambda slot: slot[0])  # ValueError when neither slot is whole
-            if (best.url == url and all(0 <= s <= e <= best.size for s, e in best.ranges())
+            if (best.url == url and all(0 <= s <= e <= best.size for s, e in best.missing)
                     and part_path(final).stat().st_size == best.size):
                 return best, seq
         except (OSError, ValueError, TypeError, struct.error):  # TypeError: a field that is not an int
