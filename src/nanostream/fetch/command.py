@@ -35,7 +35,7 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
                                ("--max-shard", args.max_shard, 0)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
-    nanochat = getattr(args, "nanochat", False)
+    nanochat = args.nanochat
     if nanochat and args.data_dir is not None:
         raise ConfigError("--nanochat names the data folder (nanochat's): leave out --data-dir")
     dataset = args.dataset or (NANOCHAT_DATASET if nanochat else DEFAULT_DATASET)

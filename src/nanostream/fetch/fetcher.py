@@ -71,14 +71,12 @@ class Fetcher:
         except Exception as exc:  # a bug ended the TaskGroup: no ``fetch`` waits forever, each fails with it
             err = FetchError(f"the downloader stopped: {exc!r}")
             err.__cause__ = exc
-            for job in self.by_key.values():
-                if not job.future.done():
-                    job.future.set_result(ShardResult(job.index, None, error=err, name=job.name))
+            for job in self.by_key.values():  # unsettled: each future is pending
+                job.future.set_result(ShardResult(job.index, None, error=err, name=job.name))
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True
-        assert self._runner is not None
         try:
             await cancel_and_wait(self._runner)
         finally:
@@ -86,8 +84,7 @@ class Fetcher:
             for job in list(self.by_key.values()):
                 job.save_now()
                 job.release()
-                if not job.future.done():
-                    job.future.cancel()
+                job.future.cancel()  # no-op when the runner's failure settled it
             await self._session.close()
         if not self._runner.cancelled() and self._runner.exception() is not None:
             raise self._runner.exception()  # type: ignore[misc]
@@ -117,9 +114,6 @@ class Fetcher:
 
     async def head(self, file: DataFile) -> int | None:
         """The size of a file: the catalog's, else what the server announces (HEAD, retried), or None."""
-        if file.size is not None:
-            return file.size
-        await self.credentials.prepare([file.url])
         return await self._ranges.size_of(file, self.retry)
 
     # -- scheduling -------------------------------------------------------------------------

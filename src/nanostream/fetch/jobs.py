@@ -168,6 +168,15 @@ class Job:
         self.reset(f"{problem}; discarded the bytes")
         return False
 
+    def changed(self, why: str) -> None:
+        """The remote file is not the one this download began with: a listed file fails (raises
+        VerificationError, not retried), another starts again from byte 0."""
+        if not self.known:
+            return self.reset(f"the remote file changed: {why}")
+        raise VerificationError(f"{self.name} changed at the source since it was listed: {why} ({self.url}); "
+                                "nothing was kept under its name: list it again (a fresh --data-dir, or delete "
+                                ".nanostream.json) to fetch the new version", shard=self.name, url=self.url)
+
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
         log.warning("%s: %s; restarting it from byte 0", self.name, why)

@@ -22,7 +22,6 @@ from .outcomes import ShardResult
 from .partial import part_path
 
 log = logging.getLogger(__name__)
-ROOMY = 1 << 30  # free space above this per missing shard skips the probes
 
 
 async def fetch_files(files: Iterable[DataFile], *, data_dir: Path, workers: int = 8,
@@ -58,17 +57,17 @@ async def fetch_shards(indices: Iterable[int], *, data_dir: Path, base_url: str,
     return await fetch_files(files, data_dir=data_dir, **kwargs)
 
 
-async def check_free_space(folder: Path, files: list[DataFile], head: Callable[[DataFile], Awaitable[int | None]],
-                           *, probe: int = 32) -> None:
+async def check_free_space(folder: Path, files: list[DataFile],
+                           head: Callable[[DataFile], Awaitable[int | None]]) -> None:
     """Raise DiskFullError if the missing ones of ``files`` cannot fit in ``folder``: the sizes the catalog
     lists, the others asked with ``head`` (``Fetcher.head``)."""
     missing = [f for f in files if not (folder / f.path).exists() and not part_path(folder / f.path).exists()]
     disk = await asyncio.to_thread(os.statvfs, folder)
     free = disk.f_bavail * disk.f_frsize
-    if not missing or free >= len(missing) * ROOMY:
+    if not missing or free >= len(missing) << 30:  # 1 GB a missing file: room enough without asking sizes
         return
     sizes = [f.size for f in missing if f.size is not None]
-    sample = [f for f in missing if f.size is None][: max(probe - len(sizes), 1)]
+    sample = [f for f in missing if f.size is None][: max(32 - len(sizes), 1)]
 
     async def one(f: DataFile) -> None:
         try:

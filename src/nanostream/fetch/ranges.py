@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import FetchError, HTTPStatusError, VerificationError
+from ..errors import FetchError, HTTPStatusError
 from ..retry import (
     Fatal,
     Retries,
@@ -49,7 +49,6 @@ def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
     if best is None:
         return None
     left, job, seg = best
-    assert seg.end is not None
     new = Segment(seg.end - left // 2, seg.end, active=True)
     seg.end = new.pos
     job.segments.append(new)
@@ -113,9 +112,7 @@ class RangeDownloader:
             self.reached = True
             self.rtt = 0.8 * self.rtt + 0.2 * (time.monotonic() - t0)
             if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
-                if job.known:
-                    raise changed(job, "it answers 412 to If-Match")
-                return job.reset("the object changed (412 to If-Match)")
+                return job.changed("it answers 412 to If-Match")
             check_status(resp)
             if not job.live(gen):
                 return
@@ -153,7 +150,7 @@ class RangeDownloader:
             if problem is None and job.signed and listed.md5 and len(tag) == 32 and tag != listed.md5:
                 problem = f"its ETag is {tag[:12]}… at the source but {listed.md5[:12]}… in the catalog"
             if problem is not None:
-                raise changed(job, problem)
+                job.changed(problem)  # listed: raises
             sha, size = sha or listed.sha256, size if size is not None else listed.size
         if job.size is None:
             if size is None:
@@ -163,9 +160,7 @@ class RangeDownloader:
                 self.progress.add_total(size)
             self.on_change()  # the size is known: idle workers can now split this file
         elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
-            if job.known:
-                raise changed(job, "its size or sha256 differs between two answers")
-            job.reset("the remote file changed (size or sha256 differ)")
+            job.changed("its size or sha256 differs between two answers")
 
     async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse,
                          head: bytes) -> None:
@@ -242,7 +237,10 @@ class RangeDownloader:
             return announced(resp)
 
     async def size_of(self, file: DataFile, policy: RetryPolicy) -> int | None:
-        """The size the server announces for ``file`` (HEAD, retried); HTTPStatusError if it refuses."""
+        """The catalog's size of ``file``, else the server's (HEAD, retried); HTTPStatusError if it refuses."""
+        if file.size is not None:
+            return file.size
+        await self.credentials.prepare([file.url])
         url, signed = self.credentials.http_url(file.url), is_s3(file.url)
         retries = Retries(policy, f"HEAD {file.path}", url=url, shard=file.path)
         try:
@@ -259,9 +257,3 @@ def pwrite_and_hash(fd: int, chunks: list, offset: int, hasher: Any) -> int:
             hasher.update(c)
     return written
 
-
-def changed(job: Job, why: str) -> VerificationError:
-    """The error for a listed file that is not what the catalog says any more (not retried)."""
-    return VerificationError(f"{job.name} changed at the source since it was listed: {why} ({job.url}); "
-                             "nothing was kept under its name: list it again (a fresh --data-dir, or delete "
-                             ".nanostream.json) to fetch the new version", shard=job.name, url=job.url)
