@@ -12,8 +12,7 @@ URL = "http://127.0.0.1:9/shard_00000.parquet"
 
 def test_newest_valid_slot_wins_and_a_torn_one_falls_back(tmp_path):
     final = tmp_path / "shard_00000.parquet"
-    create_part(final, 1000)
-    files = PartFiles(final, fresh=True)
+    files = PartFiles(final, size=1000)
     files.save(PartState(URL, 1000, missing=[[0, 1000]]))
     files.save(PartState(URL, 1000, missing=[[100, 1000]]))
     files.save(PartState(URL, 1000, missing=[[300, 900]]))
@@ -33,8 +32,7 @@ def test_newest_valid_slot_wins_and_a_torn_one_falls_back(tmp_path):
 
 def test_a_state_for_another_url_or_size_or_format_is_discarded(tmp_path):
     final = tmp_path / "shard_00000.parquet"
-    create_part(final, 1000)
-    files = PartFiles(final, fresh=True)
+    files = PartFiles(final, size=1000)
     files.save(PartState(URL, 1000, missing=[[0, 1000]]))
     files.close()
     assert PartState.load(final, URL + "x") is None

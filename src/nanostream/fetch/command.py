@@ -35,10 +35,9 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
                                ("--max-shard", args.max_shard, 0)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
-    nanochat = args.nanochat
-    if nanochat and args.data_dir is not None:
+    if args.nanochat and args.data_dir is not None:
         raise ConfigError("--nanochat names the data folder (nanochat's): leave out --data-dir")
-    dataset = args.dataset or (NANOCHAT_DATASET if nanochat else DEFAULT_DATASET)
+    dataset = args.dataset or (NANOCHAT_DATASET if args.nanochat else DEFAULT_DATASET)
     numbered = args.base_url is not None or args.max_shard is not None
     if numbered and "://" in dataset:
         raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
@@ -46,7 +45,7 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         get_dataset(dataset)  # an unknown name: one line listing the built-in ones
     if args.base_url:
         check_url(args.base_url)
-    folder = cfg.nanochat_data_dir(reading=False) if nanochat else args.data_dir
+    folder = cfg.nanochat_data_dir(reading=False) if args.nanochat else args.data_dir
     data_dir = (folder or cfg.data_dir(folder_name(dataset))).expanduser()
     try:  # create it if needed and prove we can write there
         data_dir.mkdir(parents=True, exist_ok=True)

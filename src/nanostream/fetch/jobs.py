@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
@@ -19,18 +19,10 @@ from ..errors import FetchError, VerificationError
 from ..retry import Fatal, NoSpace, Retries, RetryPolicy, Transient, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
-from .partial import (
-    Disk,
-    PartFiles,
-    PartState,
-    check_file,
-    create_part,
-    discard,
-    finalize,
-    open_job,
-    release_job,
-    try_lock,
-)
+from .partial import PartFiles, PartState, check_file, discard, finalize, open_job, release_job, try_lock
+
+if TYPE_CHECKING:
+    from .partial import Disk
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +43,7 @@ class Segment:
 
 class Job:
     """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult.
-    ``index``: the caller's number for it (a shard index, or its place in the list)."""
+    ``index``: its place in the list ``fetch_files`` was given."""
 
     def __init__(self, file: DataFile, final: Path, url: str, disk: Disk, policy: RetryPolicy,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None):
@@ -132,9 +124,7 @@ class Job:
             self.close_files()
             try:
                 async with self.disk.reserving:
-                    await self.disk.run(create_part, self.final, size)
-                    self.pfiles = await self.disk.acquire(PartFiles.close,
-                                                          lambda: PartFiles(self.final, fresh=True))
+                    self.pfiles = await self.disk.acquire(PartFiles.close, lambda: PartFiles(self.final, size=size))
                 await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, size]]
             except OSError as exc:
                 self.close_files()  # hold no reserved blocks while failed or parked

@@ -107,9 +107,13 @@ class Disk:
 
 class PartFiles:
     """Open descriptors of a file's part and state, for one download attempt's saves: ``save`` (blocking)
-    fdatasyncs the part, then writes the state to the slot after the last one."""
+    fdatasyncs the part, then writes the state to the slot after the last one. With ``size``, a fresh part
+    file of ``size`` bytes (``create_part``) and a fresh state file, both reserved, are made first."""
 
-    def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
+    def __init__(self, final: Path, *, seq: int = 0, size: int | None = None) -> None:
+        fresh = size is not None
+        if fresh:
+            create_part(final, size)
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
             self.part = os.open(part_path(final), os.O_RDONLY)
