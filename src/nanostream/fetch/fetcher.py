@@ -170,14 +170,12 @@ class Fetcher:
         self.running.append(job)
         self._finish_if_done(job)
         self._wake()
-        return None
 
     async def _wait_for_other(self, job: Job) -> None:
         if await job.other_finished(self.verify):
             return self._settle(job, skipped=True)
         self.queued.appendleft(job)  # the other process is gone without it: take over
         self._wake()
-        return None
 
     # -- downloading ------------------------------------------------------------------------
     async def _run_segment(self, job: Job, seg: Segment) -> None:
@@ -244,7 +242,6 @@ class Fetcher:
         job.segments = []
         job.release()  # it holds nothing on disk; locked again when it is retried
         self.waiting_for_space.append(job)
-        return None
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():

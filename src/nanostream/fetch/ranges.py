@@ -1,6 +1,6 @@
-"""One HTTP range request into a file's part file (headers, what the answer announces, the body) and the
-tail's split: once no file is queued, an idle worker splits the range with the most bytes left.
-Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
+"""One HTTP range request into a file's part file (headers, what the answer announces, the body), the tail's
+split (once no file is queued, an idle worker splits the range with the most bytes left) and the clock that
+gives up on a host never reached. Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 """
 
 from __future__ import annotations
