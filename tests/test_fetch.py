@@ -212,7 +212,6 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
     disk, tasks = Disk(), []
     job = Job(DataFile(NAME0, None, url="http://127.0.0.1:1/x"), tmp_path / NAME0, "http://127.0.0.1:1/x", disk,
               FAST, lambda c: tasks.append(asyncio.ensure_future(c)))
-    job.segments = [Segment(0, None)]  # as Job.open starts a new file
     await job.learned(100, "0" * 64, None)
     a, b = Segment(0, 60), Segment(60, 100)
     job.segments = [a, b]

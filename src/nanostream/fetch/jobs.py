@@ -70,6 +70,10 @@ class Job:
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
 
+    def error(self, text: str, kind: type[FetchError] = FetchError, **extra: Any) -> FetchError:
+        """A ``kind`` error saying ``"NAME: text"``, for this file and its URL."""
+        return kind(f"{self.name}: {text}", shard=self.name, url=self.url, **extra)
+
     async def open(self, verify: bool, announced: Callable[[], Awaitable[tuple[str | None, int | None]]]) -> str:
         """Take the file's lock and resume state: "present" (nothing to download), "busy" (another process
         downloads it), "resume" or "start" (``segments`` set: the missing ranges, or the whole file).
@@ -79,8 +83,7 @@ class Job:
             status, self.lock, state, self.pfiles = await self.disk.acquire(release_job, open_job, self.final,
                                                                             self.url, verify)
         except OSError as exc:
-            raise FetchError(f"{self.name}: cannot lock {self.final.parent}: {exc}", shard=self.name,
-                             url=self.url) from exc
+            raise self.error(f"cannot lock {self.final.parent}: {exc}") from exc
         if status == "verify":
             sha, size = self.file.sha256, self.file.size
             if not self.known:
@@ -116,7 +119,6 @@ class Job:
         """The first response told us what to expect: a fresh part file of ``size`` bytes, reserved."""
         self.size, self.sha256, self.validator = size, sha256, validator
         self.hasher, self.hashed = (hashlib.sha256() if sha256 else None), 0
-        self.segments[0].end = size  # the one range, from byte 0, ends at the file's end
         gen = self.gen
         async with self.files:
             if gen != self.gen:
@@ -146,12 +148,10 @@ class Job:
                 problem = await self.disk.run_synced(finalize, self.final, self.size, self.sha256,
                                                      self.digest(), self.file.md5)
             except OSError as exc:
-                raise FetchError(f"{self.name}: cannot publish {self.final}: {exc}", shard=self.name,
-                                 url=self.url) from exc
+                raise self.error(f"cannot publish {self.final}: {exc}") from exc
         if problem is None or not self.live(gen):
             return problem is None
-        err = VerificationError(f"{self.name}: downloaded bytes failed verification: {problem} ({self.url})",
-                                shard=self.name, url=self.url)
+        err = self.error(f"downloaded bytes failed verification: {problem} ({self.url})", VerificationError)
         log.warning("%s", err)
         if not await self.retries.again(Transient(problem)):
             raise err
@@ -213,9 +213,9 @@ class Job:
         return self.hasher.hexdigest() if self.hasher is not None and self.hashed == self.size else None
 
     def snapshot(self) -> PartState:
-        """The resume state as of now: every range not written yet is missing."""
+        """The resume state as of now: every range not written yet is missing (an open one up to ``size``)."""
         assert self.size is not None
-        missing = [[s.pos, s.end] for s in self.segments if not s.done()]
+        missing = [[s.pos, self.size if s.end is None else s.end] for s in self.segments if not s.done()]
         return PartState(self.url, self.size, self.validator, self.sha256, missing)
 
     def _saving(self) -> bool:

@@ -135,6 +135,9 @@ class RangeDownloader:
                     raise Transient(f"asked for bytes from {seg.pos}, got Content-Range {first!r}")
             elif resp.status == 206:
                 raise Transient("got 206 Partial Content for a plain GET")
+            if seg.end is None:
+                seg.end = job.size
+                self.on_change()  # the size is known: idle workers can now split this shard
             await self._copy_body(job, seg, gen, resp, head)
         if job.live(gen) and not seg.done():
             raise Transient(f"body ended at byte {seg.pos} of {seg.end}")
@@ -158,7 +161,6 @@ class RangeDownloader:
             await job.learned(size, sha, etag if etag and not etag.startswith("W/") else None)
             if self.progress is not None:
                 self.progress.add_total(size)
-            self.on_change()  # the size is known: idle workers can now split this file
         elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
             job.changed("its size or sha256 differs between two answers")
 
