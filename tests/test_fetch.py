@@ -19,6 +19,7 @@ from nanostream.fetch.many import fetch_shards
 from nanostream.fetch.partial import PartState, part_path, state_path
 from nanostream.retry import RetryPolicy
 from nanostream.shards import shard_name
+from nanostream.sources.catalog import DataFile
 
 from datagen import make_big_shard, make_shards
 
@@ -207,7 +208,6 @@ async def test_running_sha256_counts_only_bytes_it_hashed(tmp_path):
 
     from nanostream.fetch.jobs import Job, Segment
     from nanostream.fetch.partial import Disk
-    from nanostream.sources.catalog import DataFile
 
     disk, tasks = Disk(), []
     job = Job(DataFile(NAME0, None, url="http://127.0.0.1:1/x"), tmp_path / NAME0, "http://127.0.0.1:1/x", disk,
@@ -272,10 +272,11 @@ async def test_fetcher_api_dedupes_and_cancels_cleanly(fault_server, tmp_path):
     srv = await fault_server(rate=1_000_000)
     remote_shards(srv.root, 2, mb=2)
     local = tmp_path / "l"
-    async with Fetcher(local, srv.url, workers=2, retry=FAST, min_split=64 << 20) as f:
-        r1, r2 = await asyncio.gather(f.fetch(0), f.fetch(0))
+    file0, file1 = (DataFile(shard_name(i), None, url=f"{srv.url}/{shard_name(i)}") for i in range(2))
+    async with Fetcher(local, workers=2, retry=FAST, min_split=64 << 20) as f:
+        r1, r2 = await asyncio.gather(f.fetch(file0), f.fetch(file0))
         assert r1 is r2 and srv.count(NAME0) == 1
-        task = asyncio.create_task(f.fetch(1))
+        task = asyncio.create_task(f.fetch(file1))
         await asyncio.sleep(0.3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -453,7 +454,7 @@ async def test_state_never_claims_a_byte_not_written(fault_server, tmp_path):
         data = part_path(local / NAME0).read_bytes()
         assert len(data) == state.size == len(want)
         holes, pos = [], 0
-        for start, end in sorted(state.ranges()):
+        for start, end in sorted(state.missing):
             holes.append((pos, start))
             pos = end
         holes.append((pos, state.size))

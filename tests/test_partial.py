@@ -12,30 +12,28 @@ URL = "http://127.0.0.1:9/shard_00000.parquet"
 
 def test_newest_valid_slot_wins_and_a_torn_one_falls_back(tmp_path):
     final = tmp_path / "shard_00000.parquet"
-    create_part(final, 1000)
-    files = PartFiles(final, fresh=True)
-    files.save(PartState(URL, 1000, missing=[[0, None]]))
-    files.save(PartState(URL, 1000, missing=[[100, None]]))
+    files = PartFiles(final, size=1000)
+    files.save(PartState(URL, 1000, missing=[[0, 1000]]))
+    files.save(PartState(URL, 1000, missing=[[100, 1000]]))
     files.save(PartState(URL, 1000, missing=[[300, 900]]))
     files.close()
     state, seq = PartState.load(final, URL)
-    assert seq == 3 and state.ranges() == [(300, 900)]
+    assert seq == 3 and state.missing == [[300, 900]]
     with open(state_path(final), "r+b") as f:  # a power cut tore the newest slot (seq 3 -> slot 1)
         f.seek(SLOT + 30)
         f.write(b"\xff" * 8)
     state, seq = PartState.load(final, URL)
-    assert seq == 2 and state.ranges() == [(100, 1000)]  # the older slot claims less: still safe
+    assert seq == 2 and state.missing == [[100, 1000]]  # the older slot claims less: still safe
     reopened = PartFiles(final, seq=seq)  # resuming continues the sequence in the other slot
     reopened.save(PartState(URL, 1000, missing=[[500, 1000]]))
     reopened.close()
-    assert PartState.load(final, URL)[0].ranges() == [(500, 1000)]
+    assert PartState.load(final, URL)[0].missing == [[500, 1000]]
 
 
 def test_a_state_for_another_url_or_size_or_format_is_discarded(tmp_path):
     final = tmp_path / "shard_00000.parquet"
-    create_part(final, 1000)
-    files = PartFiles(final, fresh=True)
-    files.save(PartState(URL, 1000, missing=[[0, None]]))
+    files = PartFiles(final, size=1000)
+    files.save(PartState(URL, 1000, missing=[[0, 1000]]))
     files.close()
     assert PartState.load(final, URL + "x") is None
     assert not part_path(final).exists() and not state_path(final).exists()

@@ -400,7 +400,7 @@ async def test_a_resumed_range_sends_if_match_and_a_changed_object_answers_412(m
     """A part file saved against an old ETag: the continuation's If-Match gets 412. A listed file fails
     ("changed since listed"); one the catalog knows nothing about starts over and gets the new bytes."""
     from nanostream.fetch.many import fetch_files
-    from nanostream.fetch.partial import PartFiles, PartState, create_part
+    from nanostream.fetch.partial import PartFiles, PartState
     from nanostream.sources.catalog import DataFile
 
     name, client = bucket
@@ -413,9 +413,8 @@ async def test_a_resumed_range_sends_if_match_and_a_changed_object_answers_412(m
     for k, listed in enumerate((True, False)):
         final = tmp_path / f"d{k}" / "x.parquet"
         final.parent.mkdir()
-        create_part(final, len(old))
-        pf = PartFiles(final, fresh=True)
-        pf.save(PartState(url, len(old), etag, None, [[2000, None]]))  # bytes [0, 2000) "written" before
+        pf = PartFiles(final, size=len(old))
+        pf.save(PartState(url, len(old), etag, None, [[2000, len(old)]]))  # bytes [0, 2000) "written" before
         pf.close()
         file = DataFile("x.parquet", len(old) if listed else None, url=f"s3://{name}/r/x.parquet")
         [res] = await fetch_files([file], data_dir=final.parent, s3_endpoint=moto_url, retry=FAST)

@@ -21,22 +21,10 @@ from ..sources.resolve import folder_name, numbered_catalog_for, open_catalog, u
 
 log = logging.getLogger(__name__)
 NANOCHAT_DATASET = "climbmix-400b"  # what nanochat trains on (its base_data_climbmix folder)
-EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class Terminated(Exception):
     """SIGTERM arrived: the fetch was cancelled like Ctrl-C."""
-
-
-def check_writable_dir(path: Path) -> Path:
-    """Create ``path`` if needed and prove we can write there, else ConfigError."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=".nanostream.probe.", dir=path):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"data dir {path} cannot be created or written: {exc.strerror or exc}") from exc
-    return path
 
 
 def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[DataFile, ...]]:
@@ -47,10 +35,9 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
                                ("--max-shard", args.max_shard, 0)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
-    nanochat = getattr(args, "nanochat", False)
-    if nanochat and args.data_dir is not None:
+    if args.nanochat and args.data_dir is not None:
         raise ConfigError("--nanochat names the data folder (nanochat's): leave out --data-dir")
-    dataset = args.dataset or (NANOCHAT_DATASET if nanochat else DEFAULT_DATASET)
+    dataset = args.dataset or (NANOCHAT_DATASET if args.nanochat else DEFAULT_DATASET)
     numbered = args.base_url is not None or args.max_shard is not None
     if numbered and "://" in dataset:
         raise ConfigError("--base-url and --max-shard apply to the built-in datasets, not to a URL --dataset")
@@ -58,8 +45,14 @@ def plan(args: argparse.Namespace, cfg: Config) -> tuple[Path, Catalog, tuple[Da
         get_dataset(dataset)  # an unknown name: one line listing the built-in ones
     if args.base_url:
         check_url(args.base_url)
-    folder = cfg.nanochat_data_dir(reading=False) if nanochat else args.data_dir
-    data_dir = check_writable_dir((folder or cfg.data_dir(folder_name(dataset))).expanduser())
+    folder = cfg.nanochat_data_dir(reading=False) if args.nanochat else args.data_dir
+    data_dir = (folder or cfg.data_dir(folder_name(dataset))).expanduser()
+    try:  # create it if needed and prove we can write there
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".nanostream.probe.", dir=data_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"data dir {data_dir} cannot be created or written: {exc.strerror or exc}") from exc
     recorded = read_catalog(data_dir)
     if numbered:  # from a mirror of a built-in dataset: --base-url defaults to the Hub, not the record
         base_url = args.base_url or get_dataset(dataset).base_url(cfg.hf_endpoint)
@@ -179,7 +172,7 @@ def run_fetch(args: argparse.Namespace, cfg: Config) -> int:
         tail = (f"partial downloads and their state kept in {data_dir}; the same command resumes them" if kept
                 else "nothing partial was left")
         print(f"nanostream: {what}; {tail}", file=sys.stderr, flush=True)
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     finally:
         progress.close()
     for line in failure_lines(results):

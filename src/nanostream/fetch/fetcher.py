@@ -8,7 +8,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ import aiohttp
 
 from .._compat import TaskGroup
 from ..concurrency import cancel_and_wait
-from ..config import check_url, host_of
-from ..errors import ConfigError, FetchError, VerificationError
-from ..retry import NoSpace, RetryPolicy, Transient, client_session, unreachable
-from ..shards import shard_name
+from ..config import host_of
+from ..errors import ConfigError, FetchError
+from ..retry import NoSpace, RetryPolicy, client_session
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials
 from .jobs import Job, Segment
@@ -33,18 +31,18 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 class Fetcher:
-    """Download catalog files into ``data_dir / file.path``: ``async with Fetcher(dir) as f: await f.fetch(file)``
-    (with a ``base_url``, ``fetch(7)`` fetches ``base_url/shard_00007.parquet``). ``progress``: an object with
-    ``add_total(nbytes)``, ``advance(nbytes)`` and ``shard_done(result)``."""
+    """Download catalog files into ``data_dir / file.path``: ``async with Fetcher(dir) as f: await
+    f.fetch(file)``. ``progress``: an object with ``add_total(nbytes)``, ``advance(nbytes)`` and
+    ``shard_done(result)``."""
 
-    def __init__(self, data_dir: Path, base_url: str | None = None, *, workers: int = 8,
+    def __init__(self, data_dir: Path, *, workers: int = 8,
                  retry: RetryPolicy = DEFAULT_RETRY, verify: bool = False, progress: Any = None,
                  min_split: int | None = None, credentials: Credentials | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if retry.attempts < 1:
             raise ConfigError(f"retry attempts must be >= 1, got {retry.attempts}")
-        self.data_dir, self.base_url = Path(data_dir), check_url(base_url) if base_url else None
+        self.data_dir = Path(data_dir)
         self.workers, self.retry, self.verify, self.progress = workers, retry, verify, progress
         self.min_split = min_split
         self.credentials = credentials or Credentials()
@@ -52,7 +50,6 @@ class Fetcher:
         self.queued: collections.deque[Job] = collections.deque()
         self.running: list[Job] = []
         self.waiting_for_space: list[Job] = []
-        self.down_since: float | None = None  # when the host was first found unreachable
         self.disk = Disk(threads=max(4, min(16, workers // 2)))
         self._work = asyncio.Event()  # set (and replaced) whenever there may be new work
         self._tasks = TaskGroup()  # entered by the runner task, before any task of it spawns another
@@ -74,49 +71,35 @@ class Fetcher:
         except Exception as exc:  # a bug ended the TaskGroup: no ``fetch`` waits forever, each fails with it
             err = FetchError(f"the downloader stopped: {exc!r}")
             err.__cause__ = exc
-            for job in self.by_key.values():
-                if not job.future.done():
-                    job.future.set_result(ShardResult(job.index, None, error=err, name=job.name))
+            for job in self.by_key.values():  # unsettled: each future is pending
+                job.future.set_result(ShardResult(job.index, None, error=err, name=job.name))
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True
-        assert self._runner is not None
         try:
             await cancel_and_wait(self._runner)
         finally:
             self.disk.close()  # every write has finished: the final saves see all of them
             for job in list(self.by_key.values()):
                 job.save_now()
-                job.close_files()
-                job.unlock()
-                if not job.future.done():
-                    job.future.cancel()
+                job.release()
+                job.future.cancel()  # no-op when the runner's failure settled it
             await self._session.close()
         if not self._runner.cancelled() and self._runner.exception() is not None:
             raise self._runner.exception()  # type: ignore[misc]
 
-    def data_file(self, item: int | DataFile) -> DataFile:
-        """``item`` as a DataFile: a shard index names ``base_url/shard_XXXXX.parquet``."""
-        if isinstance(item, DataFile):
-            return item
-        if self.base_url is None:
-            raise ConfigError(f"shard {item}: this Fetcher has no base_url; pass a DataFile")
-        name = shard_name(item)
-        return DataFile(name, None, url=f"{self.base_url}/{name}")
-
-    async def fetch(self, item: int | DataFile, index: int | None = None) -> ShardResult:
+    async def fetch(self, file: DataFile, index: int | None = None) -> ShardResult:
         """Download one file (or wait for it); the verified result, or raise its FetchError."""
-        result = await self.fetch_result(item, index)
+        result = await self.fetch_result(file, index)
         if result.error is not None:
             raise result.error
         return result
 
-    async def fetch_result(self, item: int | DataFile, index: int | None = None) -> ShardResult:
+    async def fetch_result(self, file: DataFile, index: int | None = None) -> ShardResult:
         """Like ``fetch``, with a failure in ``ShardResult.error`` instead of raised."""
         if self._runner is None:
             raise RuntimeError("use Fetcher as `async with Fetcher(...) as f`")
-        file = self.data_file(item)
         job = self.by_key.get(file.path)
         if job is None:
             if not file.url:
@@ -124,17 +107,13 @@ class Fetcher:
             await self.credentials.prepare([file.url])
             job = self.by_key[file.path] = Job(
                 file, self.data_dir / file.path, self.credentials.http_url(file.url), self.disk, self.retry,
-                self._spawn, index=item if isinstance(item, int) else index)
+                self._spawn, index=index)
             self.queued.append(job)
             self._wake()
         return await asyncio.shield(job.future)
 
-    async def head(self, item: int | DataFile) -> int | None:
+    async def head(self, file: DataFile) -> int | None:
         """The size of a file: the catalog's, else what the server announces (HEAD, retried), or None."""
-        file = self.data_file(item)
-        if file.size is not None:
-            return file.size
-        await self.credentials.prepare([file.url])
         return await self._ranges.size_of(file, self.retry)
 
     # -- scheduling -------------------------------------------------------------------------
@@ -181,7 +160,7 @@ class Fetcher:
         except Exception as exc:  # noqa: BLE001  (a FetchError, or what --verify's HEAD raised: the file fails)
             return self._fail(job, exc)
         if status == "present":
-            return self._resolve(job, skipped=True)
+            return self._settle(job, skipped=True)
         if status == "busy":
             log.debug("%s is being downloaded by another process; waiting for it", job.name)
             self._spawn(self._wait_for_other(job))
@@ -191,14 +170,12 @@ class Fetcher:
         self.running.append(job)
         self._finish_if_done(job)
         self._wake()
-        return None
 
     async def _wait_for_other(self, job: Job) -> None:
         if await job.other_finished(self.verify):
-            return self._resolve(job, skipped=True)
+            return self._settle(job, skipped=True)
         self.queued.appendleft(job)  # the other process is gone without it: take over
         self._wake()
-        return None
 
     # -- downloading ------------------------------------------------------------------------
     async def _run_segment(self, job: Job, seg: Segment) -> None:
@@ -222,19 +199,10 @@ class Fetcher:
         if isinstance(exc, NoSpace):
             self._no_space(job, exc)
             return False
-        why = None if self._ranges.reached else unreachable(exc)
-        if why is not None:
-            now = time.monotonic()
-            if self.down_since is None:
-                self.down_since = now
-                log.debug("%s; retrying for up to %.0fs", why, self.retry.unreachable_after)
-            if job.attempts + 1 >= self.retry.attempts or now - self.down_since >= self.retry.unreachable_after:
-                where = self.base_url or job.url.rsplit("/", 1)[0]
-                err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, "
-                                 f"AWS_ENDPOINT_URL or --base-url ({where})", url=where)
-                err.__cause__ = exc
-                self._fail_all(err)
-                return False
+        down = self._ranges.host_down(job, exc, self.retry)
+        if down is not None:
+            self._fail_all(down)
+            return False
         if await job.retries.again(exc):
             return True
         self._fail(job, exc)
@@ -248,23 +216,13 @@ class Fetcher:
     async def _finalize(self, job: Job) -> None:
         gen = job.gen
         try:
-            problem = await job.publish()
-            if not job.live(gen):
-                return None
-            if problem is None:
-                return self._resolve(job, skipped=False)
-            err = VerificationError(f"{job.name}: downloaded bytes failed verification: {problem} ({job.url})",
-                                    shard=job.name, url=job.url)
-            log.warning("%s", err)
-            if not await job.retries.again(Transient(problem)):
-                return self._fail(job, err)
-            job.reset(f"{problem}; discarded the bytes")
-            self._wake()
-            return None
+            if await job.publish() and job.live(gen):
+                self._settle(job)
         except FetchError as exc:
-            return self._fail(job, exc)
+            self._fail(job, exc)
         finally:
             job.finalizing = False
+            self._wake()  # after a reset, its range is there to take
 
     # -- settling: each file once, published or failed ----------------------------------------
     def _fail_all(self, err: FetchError, host: str | None = None) -> None:
@@ -282,28 +240,21 @@ class Fetcher:
                  job.name, exc.needed / 1e6, len(others))
         self.running.remove(job)
         job.segments = []
-        job.close_files()
-        job.unlock()  # it holds nothing on disk; locked again when it is retried
+        job.release()  # it holds nothing on disk; locked again when it is retried
         self.waiting_for_space.append(job)
-        return None
-
-    def _resolve(self, job: Job, *, skipped: bool) -> None:
-        self._settle(job, ShardResult(job.index, job.final, job.final.stat().st_size, job.downloaded,
-                                      job.attempts, skipped, name=job.name))
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.future.done():
             return
         err, scope = translate(job, exc)
-        if scope is None:
-            return self._settle(job, ShardResult(job.index, None, 0, job.downloaded, job.attempts, error=err,
-                                                 name=job.name))
-        self._fail_all(err, host_of(job.url) if scope == "host" else None)  # this job too, when queued or running
-        return self._fail(job, err)
+        if scope is not None:  # this job too, when queued or running
+            self._fail_all(err, host_of(job.url) if scope == "host" else None)
+        if not job.future.done():
+            self._settle(job, err)
 
-    def _settle(self, job: Job, result: ShardResult) -> None:
-        job.close_files()
-        job.unlock()
+    def _settle(self, job: Job, error: FetchError | None = None, *, skipped: bool = False) -> None:
+        """Settle ``job`` once: its result is its published file, or ``error``; waiting files try again."""
+        job.release()
         self.by_key.pop(job.name, None)
         for group in (self.queued, self.running, self.waiting_for_space):
             if job in group:
@@ -311,6 +262,9 @@ class Fetcher:
         while self.waiting_for_space:  # space was freed: the waiting files try again
             self.queued.appendleft(self.waiting_for_space.pop())
         self._wake()
+        path = job.final if error is None else None
+        result = ShardResult(job.index, path, path.stat().st_size if path else 0, job.downloaded,
+                             job.retries.failures, skipped, error, job.name)
         job.future.set_result(result)
         if self.progress is not None:
             self.progress.shard_done(result)

@@ -11,29 +11,20 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
-from ..errors import FetchError
-from ..retry import Fatal, NoSpace, Retries, RetryPolicy, with_retries
+from ..errors import FetchError, VerificationError
+from ..retry import Fatal, NoSpace, Retries, RetryPolicy, Transient, with_retries
 from ..sources.catalog import DataFile
 from ..sources.credentials import is_s3
-from .partial import (
-    Disk,
-    PartFiles,
-    PartState,
-    check_file,
-    create_part,
-    discard,
-    finalize,
-    open_job,
-    release_job,
-    try_lock,
-)
+from .partial import PartFiles, PartState, check_file, discard, finalize, open_job, release_job, try_lock
+
+if TYPE_CHECKING:
+    from .partial import Disk
 
 log = logging.getLogger(__name__)
-POLL = 0.25  # seconds between looks at a file another process downloads
 
 
 @dataclass(slots=True, eq=False)  # compared by identity, as a range in flight is
@@ -52,14 +43,15 @@ class Segment:
 
 class Job:
     """A catalog file being downloaded from ``url`` to ``final``; ``future`` resolves to its ShardResult.
-    ``index``: the caller's number for it (a shard index, or its place in the list)."""
+    ``index``: its place in the list ``fetch_files`` was given."""
 
     def __init__(self, file: DataFile, final: Path, url: str, disk: Disk, policy: RetryPolicy,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any], *, index: int | None = None):
         self.file, self.name, self.final, self.url, self.disk, self._spawn = file, file.path, final, url, disk, spawn
-        self.retries = Retries(policy, file.path, url=url, shard=file.path)  # its failed requests, across its ranges
+        self.retries = Retries(policy, file.path, url=url, shard=file.path)  # failed requests and verifications
         self.index = index
         self.signed = is_s3(file.url)  # every request is SigV4-signed
+        self.known = file.size is not None or bool(file.sha256)  # a different answer is an error, not a reset
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.segments: list[Segment] = []
         self.size: int | None = None
@@ -75,18 +67,12 @@ class Job:
         self._saver: asyncio.Task | None = None
         self.pfiles: PartFiles | None = None  # open part/state descriptors while downloading
 
-    @property
-    def attempts(self) -> int:
-        """Failed requests (and failed verifications) so far."""
-        return self.retries.failures
-
-    @property
-    def known(self) -> bool:
-        """The catalog says what this file is: a different answer is an error, never a reset."""
-        return self.file.size is not None or bool(self.file.sha256)
-
     def live(self, gen: int) -> bool:
         return gen == self.gen and not self.future.done()
+
+    def error(self, text: str, kind: type[FetchError] = FetchError, **extra: Any) -> FetchError:
+        """A ``kind`` error saying ``"NAME: text"``, for this file and its URL."""
+        return kind(f"{self.name}: {text}", shard=self.name, url=self.url, **extra)
 
     async def open(self, verify: bool, announced: Callable[[], Awaitable[tuple[str | None, int | None]]]) -> str:
         """Take the file's lock and resume state: "present" (nothing to download), "busy" (another process
@@ -97,35 +83,31 @@ class Job:
             status, self.lock, state, self.pfiles = await self.disk.acquire(release_job, open_job, self.final,
                                                                             self.url, verify)
         except OSError as exc:
-            raise FetchError(f"{self.name}: cannot lock {self.final.parent}: {exc}", shard=self.name,
-                             url=self.url) from exc
-        if status == "verify" and await self._verified(announced):
-            return "present"
+            raise self.error(f"cannot lock {self.final.parent}: {exc}") from exc
+        if status == "verify":
+            sha, size = self.file.sha256, self.file.size
+            if not self.known:
+                sha, size = await with_retries(self.retries, announced)
+            problem = await self.disk.run(check_file, self.final, size, sha, self.file.md5)
+            if problem is None:
+                return "present"
+            log.warning("%s: present but %s; downloading it again", self.name, problem)
+            self.final.unlink(missing_ok=True)
         if status in ("present", "busy"):
             return status
         if state is None:
             self.segments = [Segment(0, None)]
             return "start"
         self.size, self.validator, self.sha256 = state.size, state.validator, state.sha256
-        self.segments = [Segment(s, e) for s, e in state.ranges() if s < e]
-        log.info("%s: resuming, %d of %d bytes to go", self.name, sum(e - s for s, e in state.ranges()), state.size)
+        self.segments = [Segment(s, e) for s, e in state.missing if s < e]
+        log.info("%s: resuming, %d of %d bytes to go", self.name, sum(e - s for s, e in state.missing), state.size)
         return "resume"
-
-    async def _verified(self, announced: Callable[[], Awaitable[tuple[str | None, int | None]]]) -> bool:
-        sha, size, md5 = self.file.sha256, self.file.size, self.file.md5
-        if not self.known:
-            sha, size = await with_retries(self.retries, announced)
-        problem = await self.disk.run(check_file, self.final, size, sha, md5)
-        if problem is not None:
-            log.warning("%s: present but %s; downloading it again", self.name, problem)
-            self.final.unlink(missing_ok=True)
-        return problem is None
 
     async def other_finished(self, verify: bool) -> bool:
         """Another process holds the lock: True once its file is there, False when that process is gone
         without it (take over). Polled: a lock another process holds wakes nothing here."""
         while True:
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(0.25)
             if self.final.exists() and not verify:
                 return True
             probe = try_lock(self.final)
@@ -144,10 +126,8 @@ class Job:
             self.close_files()
             try:
                 async with self.disk.reserving:
-                    await self.disk.run(create_part, self.final, size)
-                    self.pfiles = await self.disk.acquire(PartFiles.close,
-                                                          lambda: PartFiles(self.final, fresh=True))
-                await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, null]]
+                    self.pfiles = await self.disk.acquire(PartFiles.close, lambda: PartFiles(self.final, size=size))
+                await self.disk.run(self.pfiles.save, self.snapshot())  # claims nothing yet: [[0, size]]
             except OSError as exc:
                 self.close_files()  # hold no reserved blocks while failed or parked
                 await self.disk.run(discard, self.final)
@@ -157,17 +137,35 @@ class Job:
                     raise NoSpace(why, size) from exc
                 raise Fatal(why) from exc
 
-    async def publish(self) -> str | None:
-        """Verify the complete part file and publish it (``partial.finalize``): None, or why it failed
-        verification. Raises FetchError when it cannot be published."""
+    async def publish(self) -> bool:
+        """Verify the complete part file and publish it (``partial.finalize``): True when published, False
+        when the bytes failed verification and the file starts again. Raises FetchError when it cannot be
+        published, or VerificationError once verification failed more often than the policy allows."""
+        gen = self.gen
         async with self.files:
             self.close_files()
             try:
-                return await self.disk.run_synced(finalize, self.final, self.size, self.sha256, self.digest(),
-                                                  self.file.md5)
+                problem = await self.disk.run_synced(finalize, self.final, self.size, self.sha256,
+                                                     self.digest(), self.file.md5)
             except OSError as exc:
-                raise FetchError(f"{self.name}: cannot publish {self.final}: {exc}", shard=self.name,
-                                 url=self.url) from exc
+                raise self.error(f"cannot publish {self.final}: {exc}") from exc
+        if problem is None or not self.live(gen):
+            return problem is None
+        err = self.error(f"downloaded bytes failed verification: {problem} ({self.url})", VerificationError)
+        log.warning("%s", err)
+        if not await self.retries.again(Transient(problem)):
+            raise err
+        self.reset(f"{problem}; discarded the bytes")
+        return False
+
+    def changed(self, why: str) -> None:
+        """The remote file is not the one this download began with: a listed file fails (raises
+        VerificationError, not retried), another starts again from byte 0."""
+        if not self.known:
+            return self.reset(f"the remote file changed: {why}")
+        raise VerificationError(f"{self.name} changed at the source since it was listed: {why} ({self.url}); "
+                                "nothing was kept under its name: list it again (a fresh --data-dir, or delete "
+                                ".nanostream.json) to fetch the new version", shard=self.name, url=self.url)
 
     def reset(self, why: str) -> None:
         """Abandon every range in flight and start again from byte 0 (the remote changed, or bad bytes)."""
@@ -183,8 +181,9 @@ class Job:
             self.close_files()
             await self.disk.run(discard, self.final)
 
-    def unlock(self) -> None:
-        """Release the file's flock (another process may take it over)."""
+    def release(self) -> None:
+        """Close the part/state descriptors, release the file's flock (another process may take it over)."""
+        self.close_files()
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -214,9 +213,9 @@ class Job:
         return self.hasher.hexdigest() if self.hasher is not None and self.hashed == self.size else None
 
     def snapshot(self) -> PartState:
-        """The resume state as of now: every range not written yet is missing (an unknown end: ``None``)."""
+        """The resume state as of now: every range not written yet is missing (an open one up to ``size``)."""
         assert self.size is not None
-        missing = [[s.pos, s.end] for s in self.segments if not s.done()]
+        missing = [[s.pos, self.size if s.end is None else s.end] for s in self.segments if not s.done()]
         return PartState(self.url, self.size, self.validator, self.sha256, missing)
 
     def _saving(self) -> bool:

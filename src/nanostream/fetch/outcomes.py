@@ -22,7 +22,7 @@ _HUB_FILE = re.compile(r"^(?P<page>https?://[^?#]*?/datasets/(?P<repo>[^/]+/[^/]
 @dataclass
 class ShardResult:
     """Outcome of one file: ``path`` is the verified final file, or ``error`` says why not. ``name``: its
-    path in the data folder; ``index``: the shard index (``fetch_shards``) or its place in the list."""
+    path in the data folder; ``index``: its place in the list ``fetch_files`` was given."""
 
     index: int | None
     path: Path | None
@@ -64,23 +64,21 @@ def translate(job: Job, exc: BaseException) -> tuple[FetchError, str | None]:
         err = RetriesExhausted(f"{describe(exc)}: {job.retries.why(exc)} ({job.url})", url=job.url)
         scope = "all"
     elif isinstance(exc, NoSpace):
-        err = DiskFullError(
-            f"{job.name}: not enough free space in {job.final.parent} for {exc.needed / 1e6:.1f} MB "
-            f"({exc}); free some space, choose another --data-dir, or stream with a cache_limit= "
-            "(NANOSTREAM_CACHE_LIMIT) below the free space, so that files are evicted to make room",
-            shard=job.name, url=job.url)
+        err = job.error(f"not enough free space in {job.final.parent} for {exc.needed / 1e6:.1f} MB ({exc}); "
+                        "free some space, choose another --data-dir, or stream with a cache_limit= "
+                        "(NANOSTREAM_CACHE_LIMIT) below the free space, so that files are evicted to make "
+                        "room", DiskFullError)
     elif isinstance(exc, Fatal) and exc.status is not None:
-        err = HTTPStatusError(f"{job.name}: {exc} from {job.url}", status=exc.status, shard=job.name, url=job.url)
+        err = job.error(f"{exc} from {job.url}", HTTPStatusError, status=exc.status)
         discard(job.final)
     elif isinstance(exc, Fatal):
-        err = FetchError(f"{job.name}: {exc}", shard=job.name, url=job.url)
+        err = job.error(str(exc))
     elif not classify(exc)[0]:
-        err = FetchError(f"{job.name}: unexpected {type(exc).__name__}: {exc} ({job.url})",
-                         shard=job.name, url=job.url)
+        err = job.error(f"unexpected {type(exc).__name__}: {exc} ({job.url})")
     else:
         kept = part_path(job.final).exists() and job.size is not None and job.downloaded > 0
         hint = "; rerun to resume the partial download" if kept else ""
-        err = RetriesExhausted(f"{job.name}: {job.retries.why(exc)} ({job.url}){hint}", attempts=job.attempts,
-                               shard=job.name, url=job.url)
+        err = job.error(f"{job.retries.why(exc)} ({job.url}){hint}", RetriesExhausted,
+                        attempts=job.retries.failures)
     err.__cause__ = exc
     return err, scope

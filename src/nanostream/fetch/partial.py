@@ -47,17 +47,13 @@ class PartState:
     size: int
     validator: str | None = None  # strong ETag of the body, for If-Range
     sha256: str | None = None
-    missing: list[list[int | None]] = field(default_factory=list)  # [start, end) to fetch; end None = EOF
+    missing: list[list[int]] = field(default_factory=list)  # [start, end) ranges still to fetch
 
     def encode(self, seq: int) -> bytes:
         body = json.dumps(asdict(self), separators=(",", ":")).encode()
         if SLOT_HEADER.size + len(body) > SLOT:
             raise OSError(errno.EFBIG, f"resume state of {len(self.missing)} ranges does not fit a slot")
         return SLOT_HEADER.pack(SLOT_MAGIC, seq, len(body), zlib.crc32(body)) + body
-
-    def ranges(self) -> list[tuple[int, int]]:
-        """``missing`` with open ends closed at ``size``."""
-        return [(s, self.size if e is None else e) for s, e in self.missing]
 
     @classmethod
     def load(cls, final: Path, url: str) -> tuple[PartState, int] | None:
@@ -71,17 +67,13 @@ class PartState:
                 if magic == SLOT_MAGIC and len(body) == n and zlib.crc32(body) == crc:
                     slots.append((seq, cls(**json.loads(body))))
             seq, best = max(slots, key=lambda slot: slot[0])  # ValueError when neither slot is whole
-            if best.valid(url) and part_path(final).stat().st_size == best.size:
+            if (best.url == url and all(0 <= s <= e <= best.size for s, e in best.missing)
+                    and part_path(final).stat().st_size == best.size):
                 return best, seq
-        except (OSError, ValueError, TypeError, struct.error):
+        except (OSError, ValueError, TypeError, struct.error):  # TypeError: a field that is not an int
             pass
         discard(final)
         return None
-
-    def valid(self, url: str) -> bool:
-        return (self.url == url and isinstance(self.size, int)
-                and all(isinstance(s, int) and (e is None or isinstance(e, int)) for s, e in self.missing)
-                and all(0 <= s <= e <= self.size for s, e in self.ranges()))
 
 
 class Disk:
@@ -115,9 +107,13 @@ class Disk:
 
 class PartFiles:
     """Open descriptors of a file's part and state, for one download attempt's saves: ``save`` (blocking)
-    fdatasyncs the part, then writes the state to the slot after the last one."""
+    fdatasyncs the part, then writes the state to the slot after the last one. With ``size``, a fresh part
+    file of ``size`` bytes (``create_part``) and a fresh state file, both reserved, are made first."""
 
-    def __init__(self, final: Path, *, seq: int = 0, fresh: bool = False) -> None:
+    def __init__(self, final: Path, *, seq: int = 0, size: int | None = None) -> None:
+        fresh = size is not None
+        if fresh:
+            create_part(final, size)
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
             self.part = os.open(part_path(final), os.O_RDONLY)
@@ -221,8 +217,10 @@ def create_part(final: Path, size: int) -> None:
         os.close(fd)
 
 
-def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None = None) -> str | None:
-    """Why ``path`` is not a good shard (length, magic, sha256 or else md5), or None if it is. Blocking."""
+def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None = None,
+               digest: str | None = None) -> str | None:
+    """Why ``path`` is not a good shard (length, magic, sha256 or else md5), or None if it is. ``digest``: its
+    sha256 if already computed (else the file is hashed). Blocking."""
     actual = path.stat().st_size
     if size is not None and actual != size:
         return f"length {actual} != expected {size}"
@@ -235,7 +233,7 @@ def check_file(path: Path, size: int | None, sha256: str | None, md5: str | None
     if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
         return f"not a parquet file (starts with {head!r}, ends with {tail!r}; PAR1 expected at both ends)"
     if sha256 is not None:
-        got = file_digest(path)
+        got = digest or file_digest(path)
         if got != sha256:
             return f"sha256 {got[:12]}... != expected {sha256[:12]}..."
     elif md5 is not None:
@@ -253,9 +251,7 @@ def finalize(final: Path, size: int, sha256: str | None, digest: str | None = No
     Blocking; None when published, else why verification failed (the part is then discarded)."""
     part = part_path(final)
     fsync(part)
-    problem = check_file(part, size, None if digest else sha256, None if sha256 else md5)
-    if problem is None and digest and sha256 and digest != sha256:
-        problem = f"sha256 {digest[:12]}... != expected {sha256[:12]}..."
+    problem = check_file(part, size, sha256, md5, digest)
     if problem is not None:
         discard(final)
         return problem

@@ -1,11 +1,12 @@
-"""One HTTP range request into a file's part file (headers, what the answer announces, the body) and the
-tail's split: once no file is queued, an idle worker splits the range with the most bytes left.
-Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
+"""One HTTP range request into a file's part file (headers, what the answer announces, the body), the tail's
+split (once no file is queued, an idle worker splits the range with the most bytes left) and the clock that
+gives up on a host never reached. Failures are ``Transient`` / ``Fatal`` for the caller's ``Retries``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -13,13 +14,23 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import HTTPStatusError, VerificationError
-from ..retry import Fatal, Retries, RetryPolicy, Transient, check_status, parse_sha256, with_retries
+from ..errors import FetchError, HTTPStatusError
+from ..retry import (
+    Fatal,
+    Retries,
+    RetryPolicy,
+    Transient,
+    check_status,
+    parse_sha256,
+    unreachable,
+    with_retries,
+)
 from ..sources.catalog import DataFile
 from ..sources.credentials import Credentials, is_s3
 from .jobs import Job, Segment
 from .partial import PARQUET_MAGIC, Disk, part_path
 
+log = logging.getLogger(__name__)
 FLUSH_BYTES = 128 << 10  # a range writes what it received every FLUSH_BYTES or FLUSH_SECONDS
 FLUSH_SECONDS = 0.2
 
@@ -38,7 +49,6 @@ def split_tail(active: list[Job], floor: int) -> tuple[Job, Segment] | None:
     if best is None:
         return None
     left, job, seg = best
-    assert seg.end is not None
     new = Segment(seg.end - left // 2, seg.end, active=True)
     seg.end = new.pos
     job.segments.append(new)
@@ -68,8 +78,25 @@ class RangeDownloader:
         self.session, self.disk, self.credentials = session, disk, credentials
         self.progress, self.on_change = progress, on_change
         self.reached = False  # some response arrived from the server in this run
+        self.down_since: float | None = None  # when the host was first found unreachable
         self.rtt = 0.05
         self.rate = 0.0  # bytes/s of one connection, 0 until measured
+
+    def host_down(self, job: Job, exc: Exception, policy: RetryPolicy) -> FetchError | None:
+        """The error that fails every file when ``exc`` ends a request to a host never reached that failed
+        ``policy.attempts`` times or for ``policy.unreachable_after`` seconds; else None (retry)."""
+        why = None if self.reached else unreachable(exc)
+        if why is not None and self.down_since is None:
+            self.down_since = time.monotonic()
+            log.debug("%s; retrying for up to %.0fs", why, policy.unreachable_after)
+        if why is None or (job.retries.failures + 1 < policy.attempts
+                           and time.monotonic() - self.down_since < policy.unreachable_after):
+            return None
+        where = job.url.rsplit("/", 1)[0]
+        err = FetchError(f"{why}: nothing was downloaded; check the network, HF_ENDPOINT, AWS_ENDPOINT_URL "
+                         f"or --base-url ({where})", url=where)
+        err.__cause__ = exc
+        return err
 
     def min_piece(self) -> int:
         """Smallest range worth a request of its own: one round trip of one connection's bytes (fetch.md)."""
@@ -85,9 +112,7 @@ class RangeDownloader:
             self.reached = True
             self.rtt = 0.8 * self.rtt + 0.2 * (time.monotonic() - t0)
             if resp.status == 412:  # If-Match (S3): the object is no longer the one we started
-                if job.known:
-                    raise changed(job, "it answers 412 to If-Match")
-                return self._reset(job, "the object changed (412 to If-Match)")
+                return job.changed("it answers 412 to If-Match")
             check_status(resp)
             if not job.live(gen):
                 return
@@ -104,7 +129,7 @@ class RangeDownloader:
                 return
             if ranged:
                 if resp.status == 200:
-                    return self._reset(job, "the server ignored Range/If-Range (remote file changed?)")
+                    return job.reset("the server ignored Range/If-Range (remote file changed?)")
                 first = resp.headers.get("Content-Range", "").replace("bytes ", "").split("-")[0]
                 if first != str(seg.pos):
                     raise Transient(f"asked for bytes from {seg.pos}, got Content-Range {first!r}")
@@ -128,7 +153,7 @@ class RangeDownloader:
             if problem is None and job.signed and listed.md5 and len(tag) == 32 and tag != listed.md5:
                 problem = f"its ETag is {tag[:12]}… at the source but {listed.md5[:12]}… in the catalog"
             if problem is not None:
-                raise changed(job, problem)
+                job.changed(problem)  # listed: raises
             sha, size = sha or listed.sha256, size if size is not None else listed.size
         if job.size is None:
             if size is None:
@@ -137,13 +162,7 @@ class RangeDownloader:
             if self.progress is not None:
                 self.progress.add_total(size)
         elif (size is not None and size != job.size) or (sha and job.sha256 and sha != job.sha256):
-            if job.known:
-                raise changed(job, "its size or sha256 differs between two answers")
-            self._reset(job, "the remote file changed (size or sha256 differ)")
-
-    def _reset(self, job: Job, why: str) -> None:
-        job.reset(why)
-        self.on_change()
+            job.changed("its size or sha256 differs between two answers")
 
     async def _copy_body(self, job: Job, seg: Segment, gen: int, resp: aiohttp.ClientResponse,
                          head: bytes) -> None:
@@ -220,7 +239,10 @@ class RangeDownloader:
             return announced(resp)
 
     async def size_of(self, file: DataFile, policy: RetryPolicy) -> int | None:
-        """The size the server announces for ``file`` (HEAD, retried); HTTPStatusError if it refuses."""
+        """The catalog's size of ``file``, else the server's (HEAD, retried); HTTPStatusError if it refuses."""
+        if file.size is not None:
+            return file.size
+        await self.credentials.prepare([file.url])
         url, signed = self.credentials.http_url(file.url), is_s3(file.url)
         retries = Retries(policy, f"HEAD {file.path}", url=url, shard=file.path)
         try:
@@ -237,9 +259,3 @@ def pwrite_and_hash(fd: int, chunks: list, offset: int, hasher: Any) -> int:
             hasher.update(c)
     return written
 
-
-def changed(job: Job, why: str) -> VerificationError:
-    """The error for a listed file that is not what the catalog says any more (not retried)."""
-    return VerificationError(f"{job.name} changed at the source since it was listed: {why} ({job.url}); "
-                             "nothing was kept under its name: list it again (a fresh --data-dir, or delete "
-                             ".nanostream.json) to fetch the new version", shard=job.name, url=job.url)
