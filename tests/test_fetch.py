@@ -237,6 +237,20 @@ async def test_split_ranges_never_fail_verification(fault_server, tmp_path):
     assert_same(srv.root, tmp_path / "l", 3)
 
 
+async def test_many_idle_workers_split_fresh_files_unthrottled(fault_server, tmp_path):
+    """Regression: with far more workers than files on an unthrottled link, idle workers split a file's
+    first range as soon as its size is known, before its part file exists; every file still arrives."""
+    srv = await fault_server()
+    remote_shards(srv.root, 12, mb=0.5)
+    for k in range(3):
+        local = tmp_path / f"l{k}"
+        results = await fetch_shards(range(12), data_dir=local, base_url=srv.url, workers=64, retry=FAST,
+                                     min_split=64 * 1024)
+        assert [r.error for r in results] == [None] * 12
+        assert_same(srv.root, local, 12)
+        assert_clean(local)
+
+
 async def test_two_fetchers_download_each_shard_once(fault_server, tmp_path):
     srv = await fault_server(rate=4_000_000)
     remote_shards(srv.root, 4, mb=1)
