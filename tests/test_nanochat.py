@@ -255,7 +255,8 @@ def test_nanochat_reads_exactly_the_verified_shards_of_a_fetch_killed_mid_downlo
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None and not (
-                list(folder.glob("shard_*.parquet")) and list(folder.glob(".nanostream.*.part"))):
+                list(folder.glob("shard_*.parquet")) and list(folder.glob(".nanostream.*.part"))
+                and list(folder.glob(".nanostream.*.state"))):  # a part file is made just before its state
             time.sleep(0.01)
         proc.kill()
         proc.communicate(timeout=30)
