@@ -133,7 +133,7 @@ def empty_split(cat: Catalog, split: str, why: str = "") -> DatasetError:
 # -- sources that need no network -----------------------------------------------------------
 def parquet_only(listed: list[DataFile], include: str | None, where: str, noun: str) -> list[DataFile]:
     """The ``*.parquet`` files of a listing that match ``include``, by path; DatasetError if none."""
-    keep = [f for f in listed if f.path.endswith(".parquet") and fnmatch.fnmatchcase(f.path, include or "*")]
+    keep = [f for f in listed if f.path.endswith(".parquet") and (not include or fnmatch.fnmatchcase(f.path, include))]
     if not keep:
         narrowed = f" matching --include {include!r}" if include else ""
         raise DatasetError(f"{where}: no *.parquet {noun}{narrowed} ({len(listed)} {noun} seen)")

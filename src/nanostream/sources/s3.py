@@ -60,7 +60,7 @@ async def s3_catalog(url: str, *, endpoint: str | None = None, include: str | No
         files = parquet_only(listed, include, sp.url(), "objects")
         sha256: dict[str, str] = {}
         await run_each((lister.checksum(f.path, sha256) for f in files if f.path in with_sha256), HEADS)
-    files = [replace(f, sha256=sha256.get(f.path)) for f in files]
+    files = [replace(f, sha256=sha256[f.path]) if f.path in sha256 else f for f in files]
     return Catalog(url, tuple(files), source=sp.url(), include=include)
 
 

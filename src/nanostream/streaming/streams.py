@@ -68,7 +68,8 @@ class Schedule:
 
     def next(self) -> int:
         total = sum(self.taken)
-        return max(range(len(self.weights)), key=lambda i: self.weights[i] * total - self.taken[i])  # ties: the first
+        gaps = [w * total - t for w, t in zip(self.weights, self.taken, strict=True)]
+        return gaps.index(max(gaps))  # ties: the first
 
     def add(self, source: int, amount: int) -> None:
         self.taken[source] += amount
