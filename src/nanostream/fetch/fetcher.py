@@ -227,9 +227,12 @@ class Fetcher:
     # -- settling: each file once, published or failed ----------------------------------------
     def _fail_all(self, err: FetchError, host: str | None = None) -> None:
         """Fail every queued, running and waiting file (of ``host``, when given) with the one ``err``."""
-        for job in [*self.queued, *self.running, *self.waiting_for_space]:
-            if host is None or host_of(job.url) == host:
-                self._fail(job, err)
+        hit = {j: None for j in (*self.queued, *self.running, *self.waiting_for_space)
+               if host is None or host_of(j.url) == host}  # in order; jobs hash by identity
+        self.queued = collections.deque(j for j in self.queued if j not in hit)
+        self.waiting_for_space = [j for j in self.waiting_for_space if j not in hit]
+        for job in hit:
+            self._fail(job, err)
 
     def _no_space(self, job: Job, exc: NoSpace) -> None:
         """The disk cannot hold this file now: wait for the running ones to finish, or fail if none runs."""
@@ -256,9 +259,8 @@ class Fetcher:
         """Settle ``job`` once: its result is its published file, or ``error``; waiting files try again."""
         job.release()
         self.by_key.pop(job.name, None)
-        for group in (self.queued, self.running, self.waiting_for_space):
-            if job in group:
-                group.remove(job)
+        if job in self.running:  # a queued or waiting file settles only through _fail_all, which takes it out
+            self.running.remove(job)
         while self.waiting_for_space:  # space was freed: the waiting files try again
             self.queued.appendleft(self.waiting_for_space.pop())
         self._wake()
