@@ -21,7 +21,6 @@ import pyarrow as pa
 from ..concurrency import hand_off, task_group
 from ..errors import ConfigError, CorruptShardError
 from ..sources.counts import CountBook
-from .cache.claims import ReadLock
 from .epoch import EpochCounts, taken_at, with_counts
 from .files import FolderFiles
 from .order import Cursor, EpochDeal
@@ -152,7 +151,7 @@ class Producer:
     async def _with_file(self, shard: int, upcoming: list[int], use: Callable[[Path], Awaitable[T]]) -> T:
         """``use(path)`` of the shard's local file, read-locked until the reader thread is done with it; a corrupt
         file that can be fetched again is, once, and used again."""
-        lock: ReadLock | None = await self.files.hold(shard, upcoming)
+        lock = await self.files.hold(shard, upcoming)
         try:
             seen = file_id(lock.path)
             try:
@@ -161,13 +160,12 @@ class Producer:
                 if not self.files.remote(shard):
                     raise
                 log.warning("%s; fetching it again", exc)
-            old, lock = lock, None
-            await asyncio.wrap_future(self._executor.submit(old.release))  # queued after the file's close
+            # queued after the file's close; if this wait is cancelled, ``finally`` releases it (twice is harmless)
+            await asyncio.wrap_future(self._executor.submit(lock.release))
             lock = await self.files.refetch(shard, seen)
             return await use(lock.path)
         finally:
-            if lock is not None:
-                self._executor.submit(lock.release)
+            self._executor.submit(lock.release)
 
     async def _footer_count(self, path: Path) -> int:
         handle = await self._open(path)
