@@ -1,4 +1,4 @@
-"""``TokenDataset``'s resume state (version 4, plain values): the resume point after a batch (``Mark``, of one
+"""``TokenDataset``'s resume state (version 5, plain values): the resume point after a batch (``Mark``, of one
 ``Part`` per source), what ``state_dict()`` makes of it, and how a load is checked and planned."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..streaming.plan import Plan
     from ..text.tokenizer import Tokenizer
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 Layout = tuple[int, int, int]  # (reader, readers, readers per node), DataLoader workers folded in
 
 
