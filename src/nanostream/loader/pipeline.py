@@ -57,9 +57,10 @@ class Assembly:
             if not self.stopping.is_set():
                 self.out.put(exc)
         finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # drop the queued encodings before the streams close
             for f in self.feeds:
                 f.close()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)
             loop.close()
 
     def _next_batch(self) -> tuple[Any, Mark] | StopIteration:
