@@ -182,10 +182,11 @@ class ShardFiles:
                 headers=unsatisfiable, text=f"the range starts at or past the end of the file ({info.size} bytes)\n")
         parquet = name.endswith(".parquet")
         headers["Content-Type"] = "application/vnd.apache.parquet" if parquet else "application/octet-stream"
-        if self.row_groups and parquet and info not in self._groups:  # read from its footer once per version
-            self._groups[info] = await asyncio.to_thread(local_count, info.path, True)
-        if self.row_groups and parquet and self._groups[info] is not None:
-            headers[ROW_GROUPS_HEADER] = str(self._groups[info])
+        if self.row_groups and parquet:
+            if info not in self._groups:  # read from its footer once per version
+                self._groups[info] = await asyncio.to_thread(local_count, info.path, True)
+            if self._groups[info] is not None:
+                headers[ROW_GROUPS_HEADER] = str(self._groups[info])
         start, end = rng or (0, info.size)
         response = web.StreamResponse(status=206 if rng else 200, headers=headers)
         if rng:
